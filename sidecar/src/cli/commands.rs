@@ -1,0 +1,122 @@
+//! The subcommands. Each returns the process exit code; `Err` is reserved
+//! for bad settings (exit 2).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use gatehouse::config::Config;
+use gatehouse::policy::{self, PolicyLoad};
+use gatehouse::{Document, Runtime};
+
+/// A short article the demo feeds to every example plugin.
+const SAMPLE: &str = include_str!("sample-article.json");
+
+pub fn policy_check(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| config.policy_dir.clone());
+    let load = read_policies(&dir, &config.plugin_dir)?;
+    for (name, policy) in &load.set.plugins {
+        println!("ok    {name} ({})", policy.file.display());
+    }
+    for error in &load.errors {
+        println!("error {error}");
+    }
+    let (ok, bad) = (load.set.plugins.len(), load.errors.len());
+    println!("{ok} plugin(s) valid, {bad} problem(s)");
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn invoke(
+    config: &Config,
+    plugin: &str,
+    input: &Path,
+    content_type: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = if input == Path::new("-") {
+        let mut body = Vec::new();
+        std::io::stdin().read_to_end(&mut body).context("reading stdin")?;
+        body
+    } else {
+        std::fs::read(input).with_context(|| format!("reading {}", input.display()))?
+    };
+    let content_type = content_type.unwrap_or_else(|| {
+        let json = input.extension().is_some_and(|ext| ext == "json");
+        if json { "application/json" } else { "text/plain" }.to_string()
+    });
+    let runtime = start(config).await?;
+    match runtime.invoke(plugin, Document { content_type, body }).await {
+        Ok(output) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&output.body)?;
+            if !output.body.ends_with(b"\n") {
+                stdout.write_all(b"\n")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", e.kind());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
+    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    report_policy_errors(&load);
+    let runtime = Runtime::new(config.runtime.clone())?;
+    let mut failed = !load.errors.is_empty();
+    for (name, policy) in &load.set.plugins {
+        match runtime.precompile(policy) {
+            Ok((path, outcome)) => println!("{name}: {outcome:?} -> {}", path.display()),
+            Err(e) => {
+                eprintln!("error: {name}: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = start(config).await?;
+    let plugins = runtime.plugins();
+    if plugins.is_empty() {
+        anyhow::bail!("no plugin loaded from {}", config.policy_dir.display());
+    }
+    let mut failed = false;
+    for (name, info) in plugins {
+        println!("== {name} {} — {}", info.version, info.description);
+        let input = Document { content_type: "application/json".into(), body: SAMPLE.as_bytes().to_vec() };
+        match runtime.invoke(name, input).await {
+            Ok(output) => println!("{}\n", String::from_utf8_lossy(&output.body)),
+            Err(e) => {
+                println!("error: {}: {e}\n", e.kind());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Loads policies and plugins, reporting (not failing on) refused ones.
+async fn start(config: &Config) -> anyhow::Result<Runtime> {
+    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    report_policy_errors(&load);
+    let mut runtime = Runtime::new(config.runtime.clone())?;
+    let report = runtime.load(&load.set).await;
+    for refused in &report.refused {
+        eprintln!("error: {refused}");
+    }
+    Ok(runtime)
+}
+
+fn read_policies(dir: &Path, plugin_dir: &Path) -> anyhow::Result<PolicyLoad> {
+    Ok(policy::load_dir(dir, plugin_dir)?)
+}
+
+fn report_policy_errors(load: &PolicyLoad) {
+    for error in &load.errors {
+        eprintln!("error: policy refused: {error}");
+    }
+}

@@ -1,0 +1,129 @@
+//! `gatehouse run | invoke | policy … | compile | demo`.
+//!
+//! The CLI is the binary's edge: it turns library errors into messages and
+//! exit codes (0 success, 1 the operation failed, 2 bad usage or settings).
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatehouse::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about = "Runs WebAssembly plugins behind policy-checked host services")]
+struct Cli {
+    /// Settings file. Defaults to ./gatehouse.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Policy directory (overrides the settings file).
+    #[arg(long, global = true, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Directory that policy `component` paths are relative to.
+    #[arg(long, global = true, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one plugin on one input and print its output document.
+    Invoke {
+        /// Plugin name, as in its policy file.
+        plugin: String,
+        /// Input file, or `-` for stdin (the default).
+        #[arg(long, short, default_value = "-")]
+        input: PathBuf,
+        /// Media type of the input. Defaults to application/json for
+        /// `*.json` files and text/plain otherwise.
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Compile every plugin into the code cache, so that loading is fast.
+    Compile,
+    /// Load the example plugins and run each on a sample document.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy directory (and the components it pins); exit 1
+    /// with every problem, by file and line, if anything is wrong.
+    Check {
+        /// Policy directory; defaults to the configured one.
+        dir: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match load_config(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Invoke { plugin, input, content_type } => {
+                commands::invoke(&config, &plugin, &input, content_type).await
+            }
+            Command::Policy(PolicyCommand::Check { dir }) => commands::policy_check(&config, dir),
+            Command::Compile => commands::compile(&config),
+            Command::Demo => commands::demo(&config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let default_file = PathBuf::from("gatehouse.toml");
+    let file = cli.config.clone().or_else(|| default_file.is_file().then_some(default_file));
+    let mut config = match &file {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = &cli.policies {
+        config.policy_dir = dir.clone();
+        // Without a settings file, components sit next to their policies.
+        if file.is_none() {
+            config.plugin_dir = dir.clone();
+        }
+    }
+    if let Some(dir) = &cli.plugins {
+        config.plugin_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr so that `invoke` output on stdout stays clean.
+/// `GATEHOUSE_LOG` (or `RUST_LOG`) overrides the `info` default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("GATEHOUSE_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

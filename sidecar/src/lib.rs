@@ -1,0 +1,52 @@
+//! Gatehouse runs WebAssembly components (plugins) with wasmtime and puts
+//! host-mediated, policy-checked services in front of them. A plugin never
+//! holds a socket, a file path or a database connection: it imports narrow
+//! WIT interfaces (see `wit/` in the repository) and the sidecar decides, per
+//! plugin, what each call may do.
+//!
+//! # Layout
+//!
+//! - [`config`]: sidecar settings (policy and plugin directories, data
+//!   directory, engine sizing), read from `gatehouse.toml`.
+//! - [`policy`]: `policies/*.toml` -> validated, typed grants. Pure parsing
+//!   and validation; the only I/O is reading the files and the components
+//!   they pin.
+//! - [`runtime`]: the wasmtime engine (pooling allocator, epoch deadlines,
+//!   compiled-code cache), the import check that refuses ungranted
+//!   interfaces at load time, and [`Runtime::invoke`], the one entry point
+//!   the CLI and the HTTP server call.
+//! - [`services`]: one module per host interface. Each owns its policy check
+//!   and backend; the runtime only wires them into the linker.
+//! - [`error`]: the error kinds shared with guests (the WIT `error` record).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use gatehouse::{Document, Runtime, RuntimeSettings, policy};
+//!
+//! let policies = policy::load_dir("policies".as_ref(), "plugins".as_ref())?;
+//! let mut runtime = Runtime::new(RuntimeSettings::default())?;
+//! let report = runtime.load(&policies.set).await;
+//! assert!(report.refused.is_empty());
+//! let output = runtime
+//!     .invoke("doc-enricher", Document { content_type: "text/plain".into(), body: b"Hello.".to_vec() })
+//!     .await?;
+//! println!("{}", String::from_utf8_lossy(&output.body));
+//! # Ok(()) }
+//! ```
+
+pub mod bindings;
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod runtime;
+pub mod services;
+
+pub use error::{ErrorKind, GuestError};
+pub use runtime::{InvokeError, LoadError, LoadReport, Runtime, RuntimeError, RuntimeSettings};
+
+/// The unit of work a plugin receives and returns (WIT `document`).
+pub use bindings::gatehouse::services::types::Document;
+/// What a plugin says about itself (WIT `plugin-info`).
+pub use bindings::gatehouse::services::types::PluginInfo;

@@ -1,0 +1,218 @@
+//! Reading a policy directory: parse each `*.toml`, validate it, resolve and
+//! pin its component, and refuse duplicates.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::error::{PolicyError, line_of};
+use super::file::PolicyFile;
+use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
+
+/// Smallest memory limit that can run a real guest (its shadow stack alone
+/// is usually 1 MiB).
+const MIN_MEMORY: u64 = 2 << 20;
+/// The most a 32-bit linear memory can address.
+const MAX_MEMORY: u64 = 4 << 30;
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_CONCURRENCY: i64 = 10_000;
+const MAX_NAME_LEN: usize = 64;
+
+/// The outcome of reading a policy directory: the files that passed, and a
+/// problem list for those that did not. A refused file grants nothing.
+#[derive(Debug, Default)]
+pub struct PolicyLoad {
+    /// Policies from the files that passed validation.
+    pub set: PolicySet,
+    /// Every problem found, in file order.
+    pub errors: Vec<PolicyError>,
+}
+
+/// Reads every `*.toml` file in `dir` (other files, such as the README, are
+/// ignored). Component paths are resolved against `plugin_dir`.
+///
+/// Fails only when the directory itself cannot be read; problems with
+/// individual files are collected in [`PolicyLoad::errors`].
+pub fn load_dir(dir: &Path, plugin_dir: &Path) -> Result<PolicyLoad, PolicyError> {
+    let unreadable = |e: std::io::Error| PolicyError {
+        file: dir.to_path_buf(),
+        line: None,
+        reason: format!("cannot read the policy directory: {e}"),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(unreadable)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+        .collect();
+    files.sort();
+
+    let mut load = PolicyLoad::default();
+    let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for file in files {
+        match load_file(&file, plugin_dir) {
+            Ok(policy) => {
+                if let Some(first) = origin.get(&policy.name) {
+                    load.errors.push(PolicyError {
+                        file,
+                        line: None,
+                        reason: format!(
+                            "duplicate plugin name `{}`: already defined in {}",
+                            policy.name,
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                origin.insert(policy.name.clone(), file);
+                load.set.plugins.insert(policy.name.clone(), policy);
+            }
+            Err(errors) => load.errors.extend(errors),
+        }
+    }
+    Ok(load)
+}
+
+/// Parses and validates one policy file, reporting every problem found.
+pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, Vec<PolicyError>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}") }])?;
+    let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
+        vec![PolicyError {
+            file: file.to_path_buf(),
+            line: e.span().map(|span| line_of(&text, span.start)),
+            reason: e.message().trim_end().to_string(),
+        }]
+    })?;
+
+    let mut v = Validator { file, text: &text, errors: Vec::new() };
+    v.check_name(&raw.plugin.name);
+    let limits = v.limits(&raw.limits);
+    let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
+    match (component, v.errors.is_empty()) {
+        (Some(component), true) => Ok(PluginPolicy {
+            name: raw.plugin.name.into_inner(),
+            file: file.to_path_buf(),
+            component,
+            stdio: raw.plugin.stdio,
+            limits,
+        }),
+        _ => Err(v.errors),
+    }
+}
+
+/// Collects problems with spans resolved to lines.
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<PolicyError>,
+}
+
+impl Validator<'_> {
+    fn fail<T>(&mut self, at: &Spanned<T>, reason: String) {
+        self.errors.push(PolicyError {
+            file: self.file.to_path_buf(),
+            line: Some(line_of(self.text, at.span().start)),
+            reason,
+        });
+    }
+
+    fn check_name(&mut self, name: &Spanned<String>) {
+        let text = name.get_ref();
+        let valid = !text.is_empty()
+            && text.len() <= MAX_NAME_LEN
+            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            self.fail(
+                name,
+                format!(
+                    "invalid plugin name `{text}`: use 1 to {MAX_NAME_LEN} lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+                ),
+            );
+        }
+    }
+
+    fn limits(&mut self, raw: &super::file::LimitsSection) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(memory) = &raw.memory {
+            let bytes = memory.get_ref().0;
+            if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+                self.fail(
+                    memory,
+                    format!("memory limit {} is out of range: it must be between 2 MiB and 4 GiB", memory.get_ref()),
+                );
+            }
+            limits.memory = bytes;
+        }
+        if let Some(timeout) = &raw.timeout {
+            let duration = timeout.get_ref().0;
+            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&duration) {
+                self.fail(
+                    timeout,
+                    format!("timeout {} is out of range: it must be between 1ms and 10m", timeout.get_ref()),
+                );
+            }
+            limits.timeout = duration;
+        }
+        if let Some(concurrency) = &raw.concurrency {
+            let n = *concurrency.get_ref();
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                self.fail(
+                    concurrency,
+                    format!("concurrency {n} is out of range: it must be between 1 and {MAX_CONCURRENCY}"),
+                );
+            }
+            limits.concurrency = n.clamp(1, MAX_CONCURRENCY) as u32;
+        }
+        limits
+    }
+
+    fn component(
+        &mut self,
+        path: &Spanned<String>,
+        pin: Option<&Spanned<String>>,
+        plugin_dir: &Path,
+    ) -> Option<ComponentSource> {
+        let pin = match pin {
+            None => None,
+            Some(pin) => match parse_sha256(pin.get_ref()) {
+                Some(digest) => Some(digest),
+                None => {
+                    self.fail(pin, format!("invalid sha256 pin `{}`: expected 64 hexadecimal digits", pin.get_ref()));
+                    return None;
+                }
+            },
+        };
+        let resolved = plugin_dir.join(path.get_ref());
+        let bytes = match std::fs::read(&resolved) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.fail(path, format!("component `{}` cannot be read: {e}", resolved.display()));
+                return None;
+            }
+        };
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(expected) = pin.filter(|expected| *expected != sha256) {
+            let reason = format!(
+                "component `{}` does not match its sha256 pin: expected {}, found {}",
+                resolved.display(),
+                hex::encode(expected),
+                hex::encode(sha256)
+            );
+            self.fail(path, reason);
+            return None;
+        }
+        Some(ComponentSource { path: resolved, sha256, bytes: Arc::from(bytes) })
+    }
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut digest).ok()?;
+    Some(digest)
+}

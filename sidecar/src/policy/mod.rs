@@ -1,0 +1,105 @@
+//! Policies as code: one TOML file per plugin in the policy directory,
+//! validated into typed grants. Deny by default: what a file does not grant,
+//! the plugin does not get.
+//!
+//! A file with any problem (unknown field, unparsable value, impossible
+//! combination, missing component, hash mismatch, duplicate plugin name) is
+//! refused as a whole, and every problem is reported with file and line.
+//! The format is documented in `policies/README.md`.
+
+mod error;
+mod file;
+mod load;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use error::PolicyError;
+pub use load::{PolicyLoad, load_dir};
+
+/// Default per-invocation memory limit when `[limits] memory` is absent.
+pub const DEFAULT_MEMORY: u64 = 64 << 20;
+/// Default per-invocation deadline when `[limits] timeout` is absent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of concurrent invocations per plugin.
+pub const DEFAULT_CONCURRENCY: u32 = 16;
+
+/// The validated policies of a directory, by plugin name.
+#[derive(Debug, Default, Clone)]
+pub struct PolicySet {
+    /// Plugin name -> its policy.
+    pub plugins: BTreeMap<String, PluginPolicy>,
+}
+
+/// Everything the sidecar grants one plugin.
+#[derive(Debug, Clone)]
+pub struct PluginPolicy {
+    /// Unique plugin name: lowercase ASCII letters, digits, `-` and `_`.
+    pub name: String,
+    /// The policy file this came from.
+    pub file: PathBuf,
+    /// The component's bytes, read once and checked against the pin.
+    pub component: ComponentSource,
+    /// Where the guest's stdout/stderr go.
+    pub stdio: Stdio,
+    /// Per-invocation resource limits.
+    pub limits: Limits,
+}
+
+/// A component's bytes and where they came from.
+#[derive(Clone)]
+pub struct ComponentSource {
+    /// Path the bytes were read from.
+    pub path: PathBuf,
+    /// SHA-256 of `bytes`; the key of the compiled-code cache.
+    pub sha256: [u8; 32],
+    /// The component itself. Kept so that what was hashed is what runs.
+    pub bytes: Arc<[u8]>,
+}
+
+impl fmt::Debug for ComponentSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentSource")
+            .field("path", &self.path)
+            .field("sha256", &hex::encode(self.sha256))
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// Per-invocation limits (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory of one invocation, in bytes.
+    pub memory: u64,
+    /// Wall-clock deadline of one invocation.
+    pub timeout: Duration,
+    /// Invocations of this plugin that may run at once.
+    pub concurrency: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory: DEFAULT_MEMORY, timeout: DEFAULT_TIMEOUT, concurrency: DEFAULT_CONCURRENCY }
+    }
+}
+
+/// What happens to a guest's stdout and stderr (`[plugin] stdio`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stdio {
+    /// Each line becomes a log event tagged with the plugin (the default).
+    #[default]
+    Log,
+    /// Written raw to the sidecar's own stdout/stderr. Grant sparingly:
+    /// the guest can then forge output that looks like the sidecar's.
+    Inherit,
+    /// Dropped.
+    Discard,
+}

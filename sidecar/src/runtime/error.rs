@@ -1,0 +1,109 @@
+//! Runtime errors: starting the engine, loading a plugin, invoking one.
+
+use std::time::Duration;
+
+use crate::error::{ErrorKind, GuestError};
+
+/// The engine could not be created (a configuration the host cannot run).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the wasm engine: {0}")]
+pub struct RuntimeError(pub String);
+
+/// A plugin that was refused at load time. It is not invocable; every other
+/// plugin is unaffected.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin `{plugin}` ({file}) refused: {reason}")]
+pub struct LoadError {
+    /// Plugin name from its policy.
+    pub plugin: String,
+    /// The policy file, for the operator.
+    pub file: String,
+    /// Why, naming the offending import or limit.
+    pub reason: String,
+}
+
+/// Why an invocation failed. [`InvokeError::kind`] maps each case onto the
+/// shared error kinds (and so onto HTTP statuses in the API).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// No plugin of that name is loaded.
+    #[error("no plugin named `{0}` is loaded")]
+    UnknownPlugin(String),
+    /// The plugin was refused at load time.
+    #[error("{0}")]
+    Refused(LoadError),
+    /// All of the plugin's concurrency slots stayed busy for its timeout.
+    #[error("plugin `{plugin}` is at its concurrency limit of {limit}")]
+    Busy {
+        /// Plugin name.
+        plugin: String,
+        /// The policy's `concurrency`.
+        limit: u32,
+    },
+    /// The invocation ran past its deadline and was stopped.
+    #[error("plugin `{plugin}` did not finish within its {timeout:?} timeout")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The policy's `timeout`.
+        timeout: Duration,
+    },
+    /// The guest tried to grow its memory beyond the policy's limit.
+    #[error("plugin `{plugin}` exceeded its memory limit of {limit} bytes")]
+    MemoryLimit {
+        /// Plugin name.
+        plugin: String,
+        /// The policy's `memory`, in bytes.
+        limit: u64,
+    },
+    /// The guest trapped (a panic, an out-of-bounds access, `unreachable`).
+    #[error("plugin `{plugin}` crashed: {message}")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap and the guest backtrace, when available.
+        message: String,
+    },
+    /// The guest returned its own typed error.
+    #[error("plugin `{plugin}` returned {}: {}", error.kind, error.message)]
+    Plugin {
+        /// Plugin name.
+        plugin: String,
+        /// The guest's error record, unchanged.
+        error: GuestError,
+    },
+    /// The sidecar could not start an instance (for example, every
+    /// instance slot of the engine is in use).
+    #[error("plugin `{plugin}` could not be started: {message}")]
+    Unavailable {
+        /// Plugin name.
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl InvokeError {
+    /// The shared error kind for this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            InvokeError::UnknownPlugin(_) => ErrorKind::NotFound,
+            InvokeError::Refused(_) => ErrorKind::Unavailable,
+            InvokeError::Busy { .. } => ErrorKind::RateLimited,
+            InvokeError::Timeout { .. } => ErrorKind::Timeout,
+            InvokeError::MemoryLimit { .. } => ErrorKind::QuotaExceeded,
+            InvokeError::Trap { .. } => ErrorKind::Internal,
+            InvokeError::Plugin { error, .. } => error.kind,
+            InvokeError::Unavailable { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// How long to wait before retrying, when the failure says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InvokeError::Plugin { error, .. } => error.retry_after_ms.map(Duration::from_millis),
+            _ => None,
+        }
+    }
+}

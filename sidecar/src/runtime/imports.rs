@@ -1,0 +1,106 @@
+//! The load-time import check: a plugin whose component imports an
+//! interface that its policy does not grant, or that the sidecar does not
+//! provide, is refused before it ever runs, with a message naming the
+//! import. Failing at load rather than at the first call means a bad
+//! deployment shows up in `gatehouse policy check`, not in production.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::policy::PluginPolicy;
+
+/// How the sidecar treats an imported interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Provided to every plugin, sandboxed (see [`super::linker`]).
+    Always,
+    /// Never linked; the reason is shown to the operator.
+    Never(&'static str),
+    /// Not something this sidecar provides.
+    Unknown,
+}
+
+/// Interfaces every plugin gets. The WASI ones are what ordinary guests
+/// (Rust's standard library among them) import; they are sandboxed: no
+/// environment, no arguments, no preopened directories, stdio captured.
+const ALWAYS: &[(&str, &[&str])] = &[
+    ("wasi:io", &["error", "poll", "streams"]),
+    ("wasi:clocks", &["wall-clock", "monotonic-clock"]),
+    ("wasi:random", &["random", "insecure", "insecure-seed"]),
+    (
+        "wasi:cli",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+    ),
+    ("wasi:filesystem", &["types", "preopens"]),
+    ("gatehouse:services", &["types", "log"]),
+];
+
+fn rule(package: &str, interface: &str) -> Rule {
+    if ALWAYS.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface)) {
+        return Rule::Always;
+    }
+    match package {
+        "wasi:sockets" => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
+        _ => Rule::Unknown,
+    }
+}
+
+/// Checks every import of `component` against what `policy` grants and
+/// returns one message per refused import.
+pub(super) fn check(engine: &Engine, component: &Component, _policy: &PluginPolicy) -> Result<(), Vec<String>> {
+    let refused: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .filter_map(|(name, _)| {
+            let Some((package, interface)) = split_interface_name(name) else {
+                return Some(format!("imports `{name}`, which is not an interface the sidecar provides"));
+            };
+            match rule(package, interface) {
+                Rule::Always => None,
+                Rule::Never(why) => Some(format!("imports `{name}`, which is never granted: {why}")),
+                Rule::Unknown => Some(format!("imports `{name}`, which the sidecar does not provide")),
+            }
+        })
+        .collect();
+    if refused.is_empty() { Ok(()) } else { Err(refused) }
+}
+
+/// Splits `ns:pkg/interface@1.2.3` into (`ns:pkg`, `interface`).
+fn split_interface_name(name: &str) -> Option<(&str, &str)> {
+    let unversioned = name.split_once('@').map_or(name, |(n, _)| n);
+    let (package, interface) = unversioned.split_once('/')?;
+    package.contains(':').then_some((package, interface))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_names_split_into_package_and_interface() {
+        assert_eq!(split_interface_name("wasi:cli/stdout@0.2.4"), Some(("wasi:cli", "stdout")));
+        assert_eq!(split_interface_name("gatehouse:services/log@0.1.0"), Some(("gatehouse:services", "log")));
+        assert_eq!(split_interface_name("bare-function"), None);
+        assert_eq!(split_interface_name("no-namespace/iface"), None);
+    }
+
+    #[test]
+    fn rules_table() {
+        assert_eq!(rule("wasi:cli", "environment"), Rule::Always);
+        assert_eq!(rule("gatehouse:services", "log"), Rule::Always);
+        assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
+        assert_eq!(rule("wasi:cli", "run"), Rule::Unknown);
+        assert_eq!(rule("evil:net", "raw"), Rule::Unknown);
+    }
+}

@@ -1,0 +1,63 @@
+//! What a plugin may import, as one table of contents. Every entry here is
+//! also listed in [`super::imports`], which refuses a component whose
+//! imports go beyond what its policy grants before it is instantiated.
+
+use wasmtime::Engine;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings as wasi;
+use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+
+use super::state::PluginState;
+use crate::bindings::gatehouse::services as gatehouse;
+use crate::services::log::LogService;
+
+pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
+    let mut linker = Linker::new(engine);
+    let l = &mut linker;
+    type S = PluginState;
+
+    // wasi:io: the streams and pollables the other WASI interfaces hand out.
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, Io>(l, |s| &mut s.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, Io>(l, |s| &mut s.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, Io>(l, |s| &mut s.table)?;
+
+    // wasi:clocks and wasi:random: harmless, and every language runtime needs them.
+    wasi::clocks::wall_clock::add_to_linker::<S, WasiClocks>(l, S::clocks)?;
+    wasi::clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(l, S::clocks)?;
+    wasi::random::random::add_to_linker::<S, WasiRandom>(l, S::random)?;
+    wasi::random::insecure::add_to_linker::<S, WasiRandom>(l, S::random)?;
+    wasi::random::insecure_seed::add_to_linker::<S, WasiRandom>(l, S::random)?;
+
+    // wasi:cli: empty environment and arguments, empty stdin, stdout and
+    // stderr captured into the plugin's log (see `PluginState::new`).
+    wasi::cli::environment::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::exit::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::stdin::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::stdout::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::stderr::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::terminal_input::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::terminal_output::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::terminal_stdin::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::terminal_stdout::add_to_linker::<S, WasiCli>(l, S::cli)?;
+    wasi::cli::terminal_stderr::add_to_linker::<S, WasiCli>(l, S::cli)?;
+
+    // wasi:filesystem: the types, so standard libraries link, but no
+    // preopened directories, so there is nothing to open.
+    wasi::filesystem::types::add_to_linker::<S, WasiFilesystem>(l, S::filesystem)?;
+    wasi::filesystem::preopens::add_to_linker::<S, WasiFilesystem>(l, S::filesystem)?;
+
+    // gatehouse:services
+    gatehouse::log::add_to_linker::<S, LogService>(l, |s| &mut s.logger)?;
+
+    Ok(linker)
+}
+
+/// Links wasi:io against the store's resource table.
+struct Io;
+
+impl HasData for Io {
+    type Data<'a> = &'a mut ResourceTable;
+}

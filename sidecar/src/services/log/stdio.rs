@@ -1,0 +1,162 @@
+//! Captured guest stdout/stderr: each complete line becomes a log event
+//! (`info` for stdout, `warn` for stderr) tagged like the guest's own log
+//! calls, so a guest can never write raw bytes to the sidecar's terminal
+//! unless its policy says `stdio = "inherit"`.
+//!
+//! Capture is bounded per invocation; past the cap the rest is dropped and
+//! one warning says so. Writes never fail, because a guest whose `println!`
+//! fails would panic.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi_io::bytes::Bytes;
+use wasmtime_wasi_io::poll::Pollable;
+use wasmtime_wasi_io::streams::{OutputStream, StreamResult};
+
+use super::Logger;
+use crate::bindings::gatehouse::services::log::{Field, Level};
+
+/// Bytes captured per stream per invocation.
+pub const MAX_CAPTURE: usize = 64 * 1024;
+
+/// Which of the guest's output streams this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// `wasi:cli/stdout`.
+    Stdout,
+    /// `wasi:cli/stderr`.
+    Stderr,
+}
+
+/// A `wasi:cli` output stream that turns lines into log events.
+#[derive(Clone)]
+pub struct CapturedOutput(Arc<Mutex<LineBuffer>>);
+
+impl CapturedOutput {
+    /// Captures `stream` for the plugin `logger` belongs to.
+    pub fn new(logger: Logger, stream: Stream) -> Self {
+        CapturedOutput(Arc::new(Mutex::new(LineBuffer {
+            logger,
+            stream,
+            pending: Vec::new(),
+            captured: 0,
+            truncated: false,
+        })))
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write(bytes);
+    }
+}
+
+struct LineBuffer {
+    logger: Logger,
+    stream: Stream,
+    pending: Vec<u8>,
+    captured: usize,
+    truncated: bool,
+}
+
+impl LineBuffer {
+    fn write(&mut self, bytes: &[u8]) {
+        let room = MAX_CAPTURE - self.captured;
+        if bytes.len() > room && !self.truncated {
+            self.truncated = true;
+            let limit = Field { key: "limit_bytes".into(), value: MAX_CAPTURE.to_string() };
+            self.logger.emit(Level::Warn, "guest output truncated", &[self.stream_field(), limit]);
+        }
+        let kept = &bytes[..bytes.len().min(room)];
+        self.captured += kept.len();
+        self.pending.extend_from_slice(kept);
+        while let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=newline).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            return;
+        }
+        let level = match self.stream {
+            Stream::Stdout => Level::Info,
+            Stream::Stderr => Level::Warn,
+        };
+        self.logger.emit(level, line, &[self.stream_field()]);
+    }
+
+    fn stream_field(&self) -> Field {
+        let name = match self.stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        Field { key: "stream".into(), value: name.into() }
+    }
+}
+
+impl Drop for LineBuffer {
+    /// A last line without a newline is still worth seeing.
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(&rest);
+        }
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        CapturedOutput::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(MAX_CAPTURE)
+    }
+}
+
+impl AsyncWrite for CapturedOutput {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        CapturedOutput::write(&self, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

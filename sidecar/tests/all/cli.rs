@@ -1,0 +1,96 @@
+//! The `gatehouse` binary, run as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::{Policies, guest_dir};
+
+fn gatehouse(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .current_dir(cwd)
+        .env("GATEHOUSE_LOG", "warn")
+        .output()
+        .expect("running gatehouse")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+#[test]
+fn policy_check_accepts_the_example_policies() {
+    let guests = guest_dir();
+    let out = gatehouse(&["--plugins", guests.to_str().unwrap(), "policy", "check", "policies"], repo());
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok    doc-enricher") && stdout.contains("0 problem(s)"), "{stdout}");
+}
+
+#[test]
+fn policy_check_fails_naming_file_line_and_problem() {
+    let policies = Policies::new();
+    policies.write("typo.toml", "[plugin]\nname = \"typo\"\ncomponent = \"x.wasm\"\ncomponnet = \"y\"\n");
+    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()], repo());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let expected = format!("{}:4: unknown field `componnet`", policies.dir.path().join("typo.toml").display());
+    assert!(stdout.contains(&expected), "expected `{expected}` in:\n{stdout}");
+}
+
+#[test]
+fn invoke_prints_the_output_document() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let input = policies.dir.path().join("input.json");
+    std::fs::write(&input, r#"{"text": "Alpha beta gamma."}"#).unwrap();
+    let dir = policies.dir.path().to_str().unwrap();
+    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()], repo());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON document");
+    assert_eq!(doc["enrichment"]["words"], 3);
+}
+
+#[test]
+fn invoke_reports_a_typed_error_and_exits_non_zero() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let input = policies.dir.path().join("input.json");
+    std::fs::write(&input, "[1, 2]").unwrap();
+    let dir = policies.dir.path().to_str().unwrap();
+    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()], repo());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "error: invalid-input: plugin `doc-enricher` returned invalid-input: the JSON body must be an object"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn compile_fills_the_cache_and_a_second_run_hits_it() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("policy_dir = {:?}\ndata_dir = \"state\"\n", policies.dir.path().display().to_string()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let first = gatehouse(&["--config", config, "compile"], repo());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).starts_with("echo: Compiled -> "), "{}", text(&first.stdout));
+    let cached: Vec<_> = std::fs::read_dir(data.path().join("state/cache")).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+    let second = gatehouse(&["--config", config, "compile"], repo());
+    assert!(text(&second.stdout).starts_with("echo: Hit -> "), "{}", text(&second.stdout));
+}

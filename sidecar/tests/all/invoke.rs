@@ -1,0 +1,106 @@
+//! Invoking well-behaved plugins: outputs, typed guest errors, logging.
+
+use gatehouse::{Document, ErrorKind, InvokeError};
+use serde_json::Value;
+
+use crate::common::{Policies, capture_logs, runtime};
+
+fn json(body: &str) -> Document {
+    Document { content_type: "application/json".into(), body: body.as_bytes().to_vec() }
+}
+
+#[tokio::test]
+async fn doc_enricher_computes_statistics_and_keeps_other_fields() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let runtime = runtime(&policies).await;
+
+    let input = json(r#"{"id": 7, "text": "The quick fox jumps. The quick dog sleeps!\n\nQuick, quick."}"#);
+    let output = runtime.invoke("doc-enricher", input).await.expect("enriched");
+    assert_eq!(output.content_type, "application/json");
+    let doc: Value = serde_json::from_slice(&output.body).unwrap();
+    assert_eq!(doc["id"], 7);
+    let e = &doc["enrichment"];
+    assert_eq!(e["words"], 10);
+    assert_eq!(e["sentences"], 3);
+    assert_eq!(e["paragraphs"], 2);
+    assert_eq!(e["top_terms"][0], serde_json::json!({ "term": "quick", "count": 4 }));
+}
+
+#[tokio::test]
+async fn doc_enricher_accepts_plain_text() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let runtime = runtime(&policies).await;
+    let input = Document {
+        content_type: "text/plain; charset=utf-8".into(),
+        body: "Ünïcode wörds, 東京 too.".as_bytes().to_vec(),
+    };
+    let output = runtime.invoke("doc-enricher", input).await.expect("enriched");
+    let doc: Value = serde_json::from_slice(&output.body).unwrap();
+    assert_eq!(doc["enrichment"]["words"], 4);
+    assert_eq!(doc["enrichment"]["characters"], 22);
+}
+
+#[tokio::test]
+async fn a_guest_error_comes_back_typed() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let runtime = runtime(&policies).await;
+    let error = runtime.invoke("doc-enricher", json("{not json")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    let InvokeError::Plugin { plugin, error } = error else { panic!("expected a plugin error, got {error:?}") };
+    assert_eq!(plugin, "doc-enricher");
+    assert!(error.message.contains("not valid JSON"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn echo_returns_arbitrary_bytes_unchanged() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let runtime = runtime(&policies).await;
+    let body: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let input = Document { content_type: "application/octet-stream".into(), body: body.clone() };
+    let output = runtime.invoke("echo", input).await.unwrap();
+    assert_eq!(output.body, body);
+    assert_eq!(output.content_type, "application/octet-stream");
+}
+
+#[tokio::test]
+async fn unknown_plugin_is_not_found() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let runtime = runtime(&policies).await;
+    let error = runtime.invoke("nobody", json("{}")).await.unwrap_err();
+    assert!(matches!(error, InvokeError::UnknownPlugin(ref name) if name == "nobody"), "{error:?}");
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn plugin_info_is_read_at_load() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    policies.plugin("echo", "echo", "");
+    let runtime = runtime(&policies).await;
+    let plugins: Vec<_> = runtime.plugins().into_iter().map(|(name, info)| (name, info.version.as_str())).collect();
+    assert_eq!(plugins, [("doc-enricher", "0.1.0"), ("echo", "0.1.0")]);
+}
+
+#[tokio::test]
+async fn guest_log_calls_become_tagged_events() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    let runtime = runtime(&policies).await;
+    let (logs, _guard) = capture_logs();
+    runtime.invoke("doc-enricher", json(r#"{"text": "one two three"}"#)).await.unwrap();
+    let events = logs.events();
+    let event = events
+        .iter()
+        .find(|e| e.target == "gatehouse::plugin")
+        .unwrap_or_else(|| panic!("no plugin event in {events:#?}"));
+    assert_eq!(event.level, tracing::Level::INFO);
+    assert_eq!(event.fields["message"], "enriched document");
+    assert_eq!(event.fields["plugin"], "doc-enricher");
+    assert_eq!(event.fields["version"], "0.1.0");
+    assert!(event.fields["fields"].contains("words=3"), "{:?}", event.fields);
+}

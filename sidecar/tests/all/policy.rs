@@ -1,0 +1,188 @@
+//! Policy loading: every refusal names the file, the line where it can, and
+//! the problem; a refused file never takes a good one down with it.
+
+use gatehouse::policy::{DEFAULT_CONCURRENCY, DEFAULT_MEMORY, DEFAULT_TIMEOUT, PolicyError, Stdio};
+use sha2::{Digest, Sha256};
+
+use crate::common::{Policies, guest};
+
+fn only_error(policies: &Policies) -> PolicyError {
+    let load = policies.load();
+    assert_eq!(load.errors.len(), 1, "expected exactly one error, got {:?}", load.errors);
+    load.errors.into_iter().next().unwrap()
+}
+
+fn policy_with(extra_plugin: &str, limits: &str) -> String {
+    format!(
+        "[plugin]\nname = \"echo\"\ncomponent = {:?}\n{extra_plugin}\n[limits]\n{limits}\n",
+        guest("echo").display().to_string()
+    )
+}
+
+#[test]
+fn a_minimal_policy_gets_the_documented_defaults() {
+    let policies = Policies::new();
+    policies.write(
+        "echo.toml",
+        &format!("[plugin]\nname = \"echo\"\ncomponent = {:?}\n", guest("echo").display().to_string()),
+    );
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let echo = &load.set.plugins["echo"];
+    assert_eq!(echo.limits.memory, DEFAULT_MEMORY);
+    assert_eq!(echo.limits.timeout, DEFAULT_TIMEOUT);
+    assert_eq!(echo.limits.concurrency, DEFAULT_CONCURRENCY);
+    assert_eq!(echo.stdio, Stdio::Log);
+    assert_eq!(echo.component.bytes.len(), std::fs::metadata(guest("echo")).unwrap().len() as usize);
+}
+
+#[test]
+fn human_readable_limits_are_parsed() {
+    let policies = Policies::new();
+    policies.write(
+        "echo.toml",
+        &policy_with("stdio = \"discard\"", "memory = \"3 MiB\"\ntimeout = \"250ms\"\nconcurrency = 7"),
+    );
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let limits = load.set.plugins["echo"].limits;
+    assert_eq!(limits.memory, 3 << 20);
+    assert_eq!(limits.timeout, std::time::Duration::from_millis(250));
+    assert_eq!(limits.concurrency, 7);
+    assert_eq!(load.set.plugins["echo"].stdio, Stdio::Discard);
+}
+
+#[test]
+fn unknown_field_is_refused_with_file_and_line() {
+    let policies = Policies::new();
+    let file = policies.write("echo.toml", &policy_with("", "memroy = \"8 MiB\""));
+    let error = only_error(&policies);
+    assert_eq!(error.file, file);
+    assert_eq!(error.line, Some(6));
+    assert!(error.reason.contains("unknown field `memroy`"), "{error}");
+    assert!(error.to_string().starts_with(&format!("{}:6: ", file.display())), "{error}");
+}
+
+#[test]
+fn an_ungranted_section_is_refused_as_unknown() {
+    // Deny by default: a section this sidecar does not know grants nothing
+    // and is an error, not silently ignored.
+    let policies = Policies::new();
+    policies.write("echo.toml", &format!("{}\n[sockets]\nallow = true\n", policy_with("", "")));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("unknown field `sockets`"), "{error}");
+}
+
+#[test]
+fn bad_size_is_refused() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("", "memory = \"lots\""));
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(6));
+    assert!(error.reason.contains("invalid size `lots`"), "{error}");
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("", "timeout = \"soon\""));
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(6));
+    assert!(error.reason.contains("invalid duration `soon`"), "{error}");
+}
+
+#[test]
+fn toml_syntax_error_is_refused_with_line() {
+    let policies = Policies::new();
+    policies.write("echo.toml", "[plugin]\nname = \"echo\"\ncomponent = \"echo.wasm\n");
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(3), "{error}");
+}
+
+#[test]
+fn missing_component_is_refused() {
+    let policies = Policies::new();
+    policies.write("ghost.toml", "[plugin]\nname = \"ghost\"\ncomponent = \"no-such-component.wasm\"\n");
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(3));
+    assert!(error.reason.contains("no-such-component.wasm") && error.reason.contains("cannot be read"), "{error}");
+}
+
+#[test]
+fn sha256_pin_mismatch_is_refused_and_a_matching_pin_loads() {
+    let digest = hex::encode(Sha256::digest(std::fs::read(guest("echo")).unwrap()));
+    let wrong = "0".repeat(64);
+
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with(&format!("sha256 = \"{wrong}\""), ""));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("does not match its sha256 pin"), "{error}");
+    assert!(error.reason.contains(&digest), "the message shows the actual digest: {error}");
+
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with(&format!("sha256 = \"{digest}\""), ""));
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    assert_eq!(hex::encode(load.set.plugins["echo"].component.sha256), digest);
+}
+
+#[test]
+fn malformed_sha256_pin_is_refused() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("sha256 = \"abc\"", ""));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("invalid sha256 pin `abc`"), "{error}");
+}
+
+#[test]
+fn duplicate_plugin_name_is_refused_naming_the_first_file() {
+    let policies = Policies::new();
+    let first = policies.write("a.toml", &policy_with("", ""));
+    let second = policies.write("b.toml", &policy_with("", ""));
+    let load = policies.load();
+    assert_eq!(load.set.plugins["echo"].file, first);
+    assert_eq!(load.errors.len(), 1);
+    assert_eq!(load.errors[0].file, second);
+    assert!(load.errors[0].reason.contains("duplicate plugin name `echo`"), "{}", load.errors[0]);
+    assert!(load.errors[0].reason.contains(&first.display().to_string()), "{}", load.errors[0]);
+}
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_once() {
+    let policies = Policies::new();
+    policies.write(
+        "bad.toml",
+        "[plugin]\nname = \"Not A Name\"\ncomponent = \"missing.wasm\"\n\n[limits]\nmemory = \"8 GiB\"\ntimeout = \"0s\"\nconcurrency = 0\n",
+    );
+    let load = policies.load();
+    let lines: Vec<_> = load.errors.iter().map(|e| e.line).collect();
+    assert_eq!(lines, [Some(2), Some(6), Some(7), Some(8), Some(3)], "{:#?}", load.errors);
+    let text = load.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    for needle in [
+        "invalid plugin name",
+        "memory limit 8.0 GiB is out of range",
+        "timeout 0s is out of range",
+        "concurrency 0 is out of range",
+        "cannot be read",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_file_does_not_take_good_files_down() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("", ""));
+    policies.write("broken.toml", "[plugin]\nname = \"broken\"\n");
+    policies.write("README.md", "not a policy");
+    let load = policies.load();
+    assert_eq!(load.set.plugins.keys().collect::<Vec<_>>(), ["echo"]);
+    assert_eq!(load.errors.len(), 1);
+    assert!(load.errors[0].reason.contains("missing field `component`"), "{}", load.errors[0]);
+}
+
+#[test]
+fn an_unreadable_directory_is_an_error() {
+    let error = gatehouse::policy::load_dir("/no/such/dir".as_ref(), "/".as_ref()).unwrap_err();
+    assert!(error.reason.contains("cannot read the policy directory"), "{error}");
+}
