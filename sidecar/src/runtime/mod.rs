@@ -252,14 +252,17 @@ impl Runtime {
             Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
         });
 
-        let outcome = tokio::time::timeout(timeout + TIMEOUT_GRACE, async {
-            let instance: PluginBindings = pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
-            let reply = match call {
-                Call::Handle(input) => instance.call_handle(&mut store, &input).await.map(Reply::Handle),
-                Call::Info => instance.call_info(&mut store).await.map(Reply::Info),
-            };
-            reply.map_err(|e| (false, e))
-        })
+        let outcome = tokio::time::timeout(
+            timeout + TIMEOUT_GRACE,
+            Box::pin(async {
+                let instance: PluginBindings = pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+                let reply = match call {
+                    Call::Handle(input) => instance.call_handle(&mut store, &input).await.map(Reply::Handle),
+                    Call::Info => instance.call_info(&mut store).await.map(Reply::Info),
+                };
+                reply.map_err(|e| (false, e))
+            }),
+        )
         .await;
 
         let plugin = policy.name.clone();

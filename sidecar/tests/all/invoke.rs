@@ -67,6 +67,20 @@ async fn echo_returns_arbitrary_bytes_unchanged() {
 }
 
 #[tokio::test]
+async fn the_no_std_noop_plugin_round_trips_small_and_large_inputs() {
+    let policies = Policies::new();
+    policies.plugin("noop", "noop", "");
+    let runtime = runtime(&policies).await;
+    // 4 bytes fit its static arena; 1 MiB makes it grow linear memory.
+    for size in [4, 1 << 20] {
+        let body = vec![0x5a; size];
+        let output = runtime.invoke("noop", Document { content_type: "x/y".into(), body: body.clone() }).await.unwrap();
+        assert_eq!(output.body, body);
+        assert_eq!(output.content_type, "x/y");
+    }
+}
+
+#[tokio::test]
 async fn unknown_plugin_is_not_found() {
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");
