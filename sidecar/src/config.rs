@@ -6,10 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::policy::units::{ByteSize, HumanDuration};
 use crate::runtime::RuntimeSettings;
+use crate::secrets::SecretSource;
 
 /// The sidecar's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +52,16 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     engine: EngineSection,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSection>,
+}
+
+/// `[secrets.<name>]`: exactly one of `env` or `file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretSection {
+    env: Option<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,11 +83,27 @@ impl Config {
             fail(format!("line {}: {}", line.unwrap_or(1), e.message().trim_end()))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        for (name, secret) in &raw.secrets {
+            if secret.env.is_some() == secret.file.is_some() {
+                return Err(fail(format!("[secrets.{name}]: set exactly one of `env` or `file`")));
+            }
+        }
         Ok(Config::from_file(raw, base))
     }
 
     fn from_file(raw: FileConfig, base: &Path) -> Config {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let secrets = raw
+            .secrets
+            .into_iter()
+            .map(|(name, secret)| {
+                let source = match (secret.env, secret.file) {
+                    (Some(var), _) => SecretSource::Env(var),
+                    (None, file) => SecretSource::File(resolve(file.unwrap_or_default())),
+                };
+                (name, source)
+            })
+            .collect();
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
@@ -86,6 +115,7 @@ impl Config {
             epoch_tick: engine.epoch_tick.map_or(defaults.epoch_tick, |d| d.0),
             keep_resident: engine.keep_resident.map_or(defaults.keep_resident, |s| s.0),
             cache_dir: Some(data_dir.join("cache")),
+            secrets,
             ..defaults
         };
         Config { policy_dir, plugin_dir, data_dir, runtime }

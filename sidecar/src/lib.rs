@@ -17,6 +17,7 @@
 //!   the CLI and the HTTP server call.
 //! - [`services`]: one module per host interface. Each owns its policy check
 //!   and backend; the runtime only wires them into the linker.
+//! - [`secrets`]: credentials the platform adds on a plugin's behalf.
 //! - [`error`]: the error kinds shared with guests (the WIT `error` record).
 //!
 //! # Example
@@ -41,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod policy;
 pub mod runtime;
+pub mod secrets;
 pub mod services;
 
 pub use error::{ErrorKind, GuestError};

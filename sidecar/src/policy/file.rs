@@ -14,6 +14,7 @@ pub(super) struct PolicyFile {
     pub plugin: PluginSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    pub http: Option<HttpSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,4 +33,32 @@ pub(super) struct LimitsSection {
     pub memory: Option<Spanned<ByteSize>>,
     pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<i64>>,
+}
+
+/// `[http]`: see `services::http::policy` for the meaning of each field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpSection {
+    pub allow: Spanned<Vec<Spanned<String>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub rate: Option<Spanned<String>>,
+    pub max_request: Option<Spanned<ByteSize>>,
+    pub max_response: Option<Spanned<ByteSize>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub max_redirects: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub deny_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub inject: Vec<InjectSection>,
+}
+
+/// `[[http.inject]]`: a header the platform adds for one origin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InjectSection {
+    pub origin: Spanned<String>,
+    pub header: Spanned<String>,
+    pub secret: Spanned<String>,
+    #[serde(default)]
+    pub prefix: String,
 }

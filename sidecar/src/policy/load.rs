@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::error::{PolicyError, line_of};
-use super::file::PolicyFile;
+use super::file::{HttpSection, InjectSection, PolicyFile};
+use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
+use crate::services::http::policy::{ALWAYS_DENIED_HEADERS, AllowRule, HttpPolicy, Injection, Rate};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
 /// is usually 1 MiB).
@@ -22,6 +24,7 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_CONCURRENCY: i64 = 10_000;
 const MAX_NAME_LEN: usize = 64;
+const MAX_REDIRECTS: u32 = 20;
 
 /// The outcome of reading a policy directory: the files that passed, and a
 /// problem list for those that did not. A refused file grants nothing.
@@ -92,6 +95,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, 
     let mut v = Validator { file, text: &text, errors: Vec::new() };
     v.check_name(&raw.plugin.name);
     let limits = v.limits(&raw.limits);
+    let http = raw.http.as_ref().map(|section| v.http(section));
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
@@ -100,6 +104,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, 
             component,
             stdio: raw.plugin.stdio,
             limits,
+            http,
         }),
         _ => Err(v.errors),
     }
@@ -137,6 +142,18 @@ impl Validator<'_> {
         }
     }
 
+    /// A timeout within [`MIN_TIMEOUT`, `MAX_TIMEOUT`].
+    fn timeout(&mut self, timeout: &Spanned<HumanDuration>) -> Duration {
+        let duration = timeout.get_ref().0;
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&duration) {
+            self.fail(
+                timeout,
+                format!("timeout {} is out of range: it must be between 1ms and 10m", timeout.get_ref()),
+            );
+        }
+        duration
+    }
+
     fn limits(&mut self, raw: &super::file::LimitsSection) -> Limits {
         let mut limits = Limits::default();
         if let Some(memory) = &raw.memory {
@@ -150,14 +167,7 @@ impl Validator<'_> {
             limits.memory = bytes;
         }
         if let Some(timeout) = &raw.timeout {
-            let duration = timeout.get_ref().0;
-            if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&duration) {
-                self.fail(
-                    timeout,
-                    format!("timeout {} is out of range: it must be between 1ms and 10m", timeout.get_ref()),
-                );
-            }
-            limits.timeout = duration;
+            limits.timeout = self.timeout(timeout);
         }
         if let Some(concurrency) = &raw.concurrency {
             let n = *concurrency.get_ref();
@@ -170,6 +180,95 @@ impl Validator<'_> {
             limits.concurrency = n.clamp(1, MAX_CONCURRENCY) as u32;
         }
         limits
+    }
+
+    fn http(&mut self, raw: &HttpSection) -> HttpPolicy {
+        let mut allow = Vec::new();
+        for entry in raw.allow.get_ref() {
+            match AllowRule::parse(entry.get_ref()) {
+                Ok(rule) => allow.push(rule),
+                Err(reason) => self.fail(entry, reason),
+            }
+        }
+        if raw.allow.get_ref().is_empty() {
+            self.fail(
+                &raw.allow,
+                "[http] allow is empty: list the origins the plugin may reach, or remove [http]".into(),
+            );
+        }
+        let mut policy = HttpPolicy::new(allow);
+        if let Some(methods) = &raw.methods {
+            policy.methods.clear();
+            for method in methods {
+                let name = method.get_ref().to_ascii_uppercase();
+                if name == "CONNECT" {
+                    self.fail(method, "method CONNECT is never allowed: a tunnel would bypass every check".into());
+                } else if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                    self.fail(method, format!("invalid method `{}`", method.get_ref()));
+                } else {
+                    policy.methods.insert(name);
+                }
+            }
+        }
+        if let Some(rate) = &raw.rate {
+            match Rate::parse(rate.get_ref()) {
+                Ok(parsed) => policy.rate = parsed,
+                Err(reason) => self.fail(rate, reason),
+            }
+        }
+        if let Some(size) = &raw.max_request {
+            policy.max_request = size.get_ref().0;
+        }
+        if let Some(size) = &raw.max_response {
+            policy.max_response = size.get_ref().0;
+        }
+        if let Some(timeout) = &raw.timeout {
+            policy.timeout = self.timeout(timeout);
+        }
+        if let Some(redirects) = &raw.max_redirects {
+            match u32::try_from(*redirects.get_ref()) {
+                Ok(n) if n <= MAX_REDIRECTS => policy.max_redirects = n,
+                _ => self.fail(redirects, format!("max_redirects must be between 0 and {MAX_REDIRECTS}")),
+            }
+        }
+        for header in &raw.deny_headers {
+            match valid_header_name(header.get_ref()) {
+                Some(name) => {
+                    policy.deny_headers.insert(name);
+                }
+                None => self.fail(header, format!("invalid header name `{}`", header.get_ref())),
+            }
+        }
+        for inject in &raw.inject {
+            if let Some(injection) = self.injection(inject, &policy.allow) {
+                policy.inject.push(injection);
+            }
+        }
+        policy
+    }
+
+    fn injection(&mut self, raw: &InjectSection, allow: &[AllowRule]) -> Option<Injection> {
+        let to = match AllowRule::parse(raw.origin.get_ref()) {
+            Ok(rule) => rule,
+            Err(reason) => {
+                self.fail(&raw.origin, reason);
+                return None;
+            }
+        };
+        if !allow.iter().any(|rule| rule.covers(&to)) {
+            self.fail(&raw.origin, format!("injection origin `{}` is not covered by any allow entry", to.text));
+        }
+        let Some(header) = valid_header_name(raw.header.get_ref()) else {
+            self.fail(&raw.header, format!("invalid header name `{}`", raw.header.get_ref()));
+            return None;
+        };
+        if ALWAYS_DENIED_HEADERS.contains(&header.as_str()) {
+            self.fail(&raw.header, format!("header `{header}` is managed by the sidecar and cannot be injected"));
+        }
+        if raw.secret.get_ref().is_empty() {
+            self.fail(&raw.secret, "secret name is empty".into());
+        }
+        Some(Injection { to, header, secret: raw.secret.get_ref().clone(), prefix: raw.prefix.clone() })
     }
 
     fn component(
@@ -209,6 +308,11 @@ impl Validator<'_> {
         }
         Some(ComponentSource { path: resolved, sha256, bytes: Arc::from(bytes) })
     }
+}
+
+/// Lowercase `name` if it is a valid HTTP header name.
+fn valid_header_name(name: &str) -> Option<String> {
+    http::HeaderName::from_bytes(name.as_bytes()).ok().map(|n| n.as_str().to_string())
 }
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::services::http::HttpPolicy;
+
 pub use error::PolicyError;
 pub use load::{PolicyLoad, load_dir};
 
@@ -50,6 +52,18 @@ pub struct PluginPolicy {
     pub stdio: Stdio,
     /// Per-invocation resource limits.
     pub limits: Limits,
+    /// Outbound HTTP (`[http]`); `None` grants no network access at all.
+    pub http: Option<HttpPolicy>,
+}
+
+impl PluginPolicy {
+    /// Whether the policy has the named service section (`"http"`, ...).
+    pub fn grants(&self, section: &str) -> bool {
+        match section {
+            "http" => self.http.is_some(),
+            _ => false,
+        }
+    }
 }
 
 /// A component's bytes and where they came from.

@@ -14,6 +14,8 @@ use crate::policy::PluginPolicy;
 enum Rule {
     /// Provided to every plugin, sandboxed (see [`super::linker`]).
     Always,
+    /// Linked only for plugins whose policy has this section.
+    Needs(&'static str),
     /// Never linked; the reason is shown to the operator.
     Never(&'static str),
     /// Not something this sidecar provides.
@@ -50,15 +52,16 @@ fn rule(package: &str, interface: &str) -> Rule {
     if ALWAYS.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface)) {
         return Rule::Always;
     }
-    match package {
-        "wasi:sockets" => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
+    match (package, interface) {
+        ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler" | "types") => Rule::Needs("http"),
+        ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
     }
 }
 
 /// Checks every import of `component` against what `policy` grants and
 /// returns one message per refused import.
-pub(super) fn check(engine: &Engine, component: &Component, _policy: &PluginPolicy) -> Result<(), Vec<String>> {
+pub(super) fn check(engine: &Engine, component: &Component, policy: &PluginPolicy) -> Result<(), Vec<String>> {
     let refused: Vec<String> = component
         .component_type()
         .imports(engine)
@@ -68,6 +71,10 @@ pub(super) fn check(engine: &Engine, component: &Component, _policy: &PluginPoli
             };
             match rule(package, interface) {
                 Rule::Always => None,
+                Rule::Needs(section) if policy.grants(section) => None,
+                Rule::Needs(section) => {
+                    Some(format!("imports `{name}`, which needs a [{section}] section in its policy"))
+                }
                 Rule::Never(why) => Some(format!("imports `{name}`, which is never granted: {why}")),
                 Rule::Unknown => Some(format!("imports `{name}`, which the sidecar does not provide")),
             }
@@ -100,6 +107,9 @@ mod tests {
         assert_eq!(rule("wasi:cli", "environment"), Rule::Always);
         assert_eq!(rule("gatehouse:services", "log"), Rule::Always);
         assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
+        assert_eq!(rule("wasi:http", "outgoing-handler"), Rule::Needs("http"));
+        assert_eq!(rule("gatehouse:services", "http-client"), Rule::Needs("http"));
+        assert_eq!(rule("wasi:http", "incoming-handler"), Rule::Unknown);
         assert_eq!(rule("wasi:cli", "run"), Rule::Unknown);
         assert_eq!(rule("evil:net", "raw"), Rule::Unknown);
     }

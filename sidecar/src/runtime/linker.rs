@@ -12,6 +12,7 @@ use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
 use super::state::PluginState;
 use crate::bindings::gatehouse::services as gatehouse;
+use crate::services::http::host::HttpClientService;
 use crate::services::log::LogService;
 
 pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
@@ -51,6 +52,11 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
 
     // gatehouse:services
     gatehouse::log::add_to_linker::<S, LogService>(l, |s| &mut s.logger)?;
+
+    // Outbound HTTP, two doors onto one gateway (`services::http`). Linked
+    // for everyone, usable only with an [http] grant (see `imports`).
+    gatehouse::http_client::add_to_linker::<S, HttpClientService>(l, |s| &mut s.http)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
 
     Ok(linker)
 }

@@ -16,7 +16,7 @@ mod imports;
 mod linker;
 mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ pub use error::{InvokeError, LoadError, RuntimeError};
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
 use crate::policy::{PluginPolicy, PolicySet};
+use crate::secrets::SecretSource;
+use crate::services::http::resolve::{Lookup, SystemLookup};
+use crate::services::http::{HttpGateway, HttpMetricsSnapshot, PluginHttp};
 use crate::services::log::PluginTag;
 use crate::{Document, PluginInfo};
 use state::PluginState;
@@ -54,6 +57,8 @@ pub struct RuntimeSettings {
     pub pooling: bool,
     /// Directory of the compiled-code cache; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,
+    /// Secrets policies may inject into requests, by name.
+    pub secrets: BTreeMap<String, SecretSource>,
 }
 
 impl Default for RuntimeSettings {
@@ -65,6 +70,7 @@ impl Default for RuntimeSettings {
             keep_resident: 2 << 20,
             pooling: true,
             cache_dir: None,
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -76,6 +82,7 @@ struct LoadedPlugin {
     info: PluginInfo,
     pre: PluginPre<PluginState>,
     slots: Semaphore,
+    http: Option<Arc<PluginHttp>>,
 }
 
 /// What [`Runtime::load`] did with each policy.
@@ -94,6 +101,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     cache: cache::CodeCache,
+    http: Arc<HttpGateway>,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     refused: HashMap<String, LoadError>,
 }
@@ -115,7 +123,27 @@ impl Runtime {
         let engine = engine::new_engine(&settings).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let linker = linker::new_linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let cache = cache::CodeCache::new(settings.cache_dir.clone());
-        Ok(Runtime { settings, engine, linker, cache, plugins: HashMap::new(), refused: HashMap::new() })
+        let http = Arc::new(HttpGateway::new(Arc::new(SystemLookup)).map_err(|e| RuntimeError(e.to_string()))?);
+        Ok(Runtime { settings, engine, linker, cache, http, plugins: HashMap::new(), refused: HashMap::new() })
+    }
+
+    /// Replaces the DNS resolver of outbound HTTP (the system resolver by
+    /// default), for plugins loaded from now on. Tests and benchmarks use
+    /// it to point names at loopback servers without a DNS server.
+    pub fn set_dns(&mut self, lookup: Arc<dyn Lookup>) -> Result<(), RuntimeError> {
+        self.http = Arc::new(HttpGateway::new(lookup).map_err(|e| RuntimeError(e.to_string()))?);
+        Ok(())
+    }
+
+    /// The outbound HTTP gateway plugins are loaded against.
+    pub fn http_gateway(&self) -> &Arc<HttpGateway> {
+        &self.http
+    }
+
+    /// Outbound HTTP counters of `plugin`, if it is loaded with an
+    /// `[http]` grant. They restart when policies are reloaded.
+    pub fn http_metrics(&self, plugin: &str) -> Option<HttpMetricsSnapshot> {
+        self.plugins.get(plugin)?.http.as_ref().map(|http| http.metrics())
     }
 
     /// Replaces the loaded plugins with those of `policies`. Each plugin is
@@ -187,7 +215,7 @@ impl Runtime {
             Ok(Err(_closed)) => unreachable!("plugin semaphores are never closed"),
             Err(_) => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
         };
-        match self.run(&loaded.pre, &loaded.policy, &loaded.tag, Call::Handle(input)).await? {
+        match self.run(&loaded.pre, &loaded.policy, &loaded.tag, &loaded.http, Call::Handle(input)).await? {
             Reply::Handle(Ok(output)) => Ok(output),
             Reply::Handle(Err(error)) => Err(InvokeError::Plugin { plugin: plugin.to_string(), error }),
             Reply::Info(_) => unreachable!("asked for handle"),
@@ -213,9 +241,15 @@ impl Runtime {
         tracing::debug!(plugin = %policy.name, ?outcome, "component ready");
         imports::check(&self.engine, &component, policy).map_err(|refused| refused.join("; "))?;
         let pre = self.instance_pre(&component)?;
+        let http = match &policy.http {
+            Some(grant) => {
+                Some(Arc::new(PluginHttp::new(&policy.name, grant.clone(), self.http.clone(), &self.settings.secrets)?))
+            }
+            None => None,
+        };
 
         let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
-        let info = match self.run(&pre, policy, &tag, Call::Info).await {
+        let info = match self.run(&pre, policy, &tag, &http, Call::Info).await {
             Ok(Reply::Info(info)) => info,
             Ok(Reply::Handle(_)) => unreachable!("asked for info"),
             Err(e) => return Err(format!("info() failed: {e}")),
@@ -225,7 +259,7 @@ impl Runtime {
         }
         tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
         let slots = Semaphore::new(limits.concurrency as usize);
-        Ok(LoadedPlugin { policy: policy.clone(), tag, info, pre, slots })
+        Ok(LoadedPlugin { policy: policy.clone(), tag, info, pre, slots, http })
     }
 
     fn instance_pre(&self, component: &Component) -> Result<PluginPre<PluginState>, String> {
@@ -239,10 +273,11 @@ impl Runtime {
         pre: &PluginPre<PluginState>,
         policy: &PluginPolicy,
         tag: &Arc<PluginTag>,
+        http: &Option<Arc<PluginHttp>>,
         call: Call,
     ) -> Result<Reply, InvokeError> {
         let timeout = policy.limits.timeout;
-        let mut store = Store::new(&self.engine, PluginState::new(policy, tag));
+        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, http.clone()));
         store.limiter(|state| &mut state.limiter);
         // Check the deadline on every epoch tick, yielding to the executor
         // in between so a spinning guest never monopolises a worker thread.

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::policy::{PluginPolicy, Stdio};
+use crate::services::http::PluginHttp;
+use crate::services::http::host::HttpHost;
 use crate::services::log::stdio::{CapturedOutput, Stream};
 use crate::services::log::{Logger, PluginTag};
 
@@ -15,10 +18,12 @@ pub(crate) struct PluginState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) logger: Logger,
+    pub(crate) http: HttpHost,
+    http_ctx: WasiHttpCtx,
 }
 
 impl PluginState {
-    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>) -> Self {
+    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>, http: Option<Arc<PluginHttp>>) -> Self {
         let logger = Logger::new(tag.clone());
         // No arguments, no environment variables, no preopened directories:
         // the builder grants nothing unless asked, and we never ask.
@@ -38,6 +43,8 @@ impl PluginState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(policy.limits.memory),
             logger,
+            http: HttpHost::new(http),
+            http_ctx: WasiHttpCtx::new(),
         }
     }
 }
@@ -45,6 +52,12 @@ impl PluginState {
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
     }
 }
 

@@ -2,4 +2,5 @@
 //! check and backend and is testable without wasm; the runtime only links
 //! them (see `runtime::linker`).
 
+pub mod http;
 pub mod log;

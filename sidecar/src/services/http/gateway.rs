@@ -1,0 +1,348 @@
+//! The request pipeline both doors share: validate, rate-limit, check the
+//! allowlist, pick the client for the address zone, send, follow redirects
+//! (checking each hop again), read a bounded body.
+//!
+//! Connection pools are shared by every plugin, so the pool must not let one
+//! plugin reuse another's grant: a plugin allowed into a private network
+//! (exact grant) and one that is not (wildcard, or no grant) must never
+//! share a connection to the same name. The gateway therefore keeps one
+//! pooled client per [`Zone`]: the public client's resolver admits only
+//! public addresses, whoever asks, and the granted client is used only for
+//! requests whose own policy grants that exact host and port.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use http::header::{AUTHORIZATION, COOKIE, LOCATION, PROXY_AUTHORIZATION};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::addr::classify;
+use super::error::{HttpError, from_reqwest};
+use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
+use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
+use super::resolve::{AddressRefused, GuardedResolver, Lookup, Zone};
+use super::url::{Target, TargetHost, normalize};
+use crate::secrets::SecretSource;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The shared half: one pooled client per address zone, and the resolver
+/// they use. Create one per process and share it between plugins.
+pub struct HttpGateway {
+    public: reqwest::Client,
+    granted: reqwest::Client,
+    lookup: Arc<dyn Lookup>,
+}
+
+/// The gateway could not be built (TLS or resolver setup).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct GatewayError(String);
+
+impl HttpGateway {
+    /// Builds the clients. `lookup` resolves every name they connect to.
+    pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, GatewayError> {
+        // reqwest is built without a bundled crypto provider; use ring's,
+        // unless the embedding application installed one already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = |zone| {
+            reqwest::Client::builder()
+                .dns_resolver(Arc::new(GuardedResolver::new(lookup.clone(), zone)))
+                // Proxies from the environment would bypass the address check.
+                .no_proxy()
+                // Redirects are followed here, so that each hop is checked.
+                .redirect(reqwest::redirect::Policy::none())
+                .retry(reqwest::retry::never())
+                .referer(false)
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .tcp_nodelay(true)
+                .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| GatewayError(e.to_string()))
+        };
+        Ok(HttpGateway { public: client(Zone::Public)?, granted: client(Zone::Granted)?, lookup })
+    }
+
+    /// The resolver, for `explain-url`.
+    pub fn lookup(&self) -> &dyn Lookup {
+        self.lookup.as_ref()
+    }
+
+    fn client(&self, zone: Zone) -> &reqwest::Client {
+        match zone {
+            Zone::Public => &self.public,
+            Zone::Granted => &self.granted,
+        }
+    }
+}
+
+/// A request as a guest makes it, through either door. Nothing in it is
+/// trusted yet.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundRequest {
+    /// Method, any case.
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Header names and raw values.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body, if any.
+    pub body: Option<Bytes>,
+    /// Shortens the policy's timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// A complete response.
+#[derive(Debug, Clone)]
+pub struct InboundResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Response headers, as received.
+    pub headers: HeaderMap,
+    /// The whole body (within the policy's `max_response`).
+    pub body: Bytes,
+}
+
+/// A header the platform adds to requests for matching origins.
+struct ResolvedInjection {
+    to: AllowRule,
+    name: HeaderName,
+    value: HeaderValue,
+}
+
+/// One plugin's view of the gateway: its policy, rate limiter, injected
+/// credentials and counters. Lives as long as the loaded plugin, shared by
+/// all its invocations.
+pub struct PluginHttp {
+    plugin: String,
+    policy: HttpPolicy,
+    gateway: Arc<HttpGateway>,
+    limiter: DefaultDirectRateLimiter,
+    injections: Vec<ResolvedInjection>,
+    metrics: HttpMetrics,
+}
+
+impl PluginHttp {
+    /// Prepares `plugin`'s HTTP grant, reading the secrets its injections
+    /// name. Fails if a secret is undefined or unreadable.
+    pub fn new(
+        plugin: &str,
+        policy: HttpPolicy,
+        gateway: Arc<HttpGateway>,
+        secrets: &BTreeMap<String, SecretSource>,
+    ) -> Result<Self, String> {
+        let quota = match policy.rate.per {
+            Per::Second => Quota::per_second(policy.rate.count),
+            Per::Minute => Quota::per_minute(policy.rate.count),
+            Per::Hour => Quota::per_hour(policy.rate.count),
+        };
+        let mut injections = Vec::new();
+        for injection in &policy.inject {
+            let source = secrets.get(&injection.secret).ok_or_else(|| {
+                format!(
+                    "[[http.inject]] uses secret `{}`, which gatehouse.toml does not define (add [secrets.{}])",
+                    injection.secret, injection.secret
+                )
+            })?;
+            let secret = source.read().map_err(|e| format!("cannot read secret `{}` from {e}", injection.secret))?;
+            let mut value = HeaderValue::try_from(format!("{}{secret}", injection.prefix))
+                .map_err(|_| format!("secret `{}` is not a valid header value", injection.secret))?;
+            value.set_sensitive(true);
+            let name = HeaderName::try_from(injection.header.as_str())
+                .map_err(|_| format!("invalid injected header name `{}`", injection.header))?;
+            injections.push(ResolvedInjection { to: injection.to.clone(), name, value });
+        }
+        Ok(PluginHttp {
+            plugin: plugin.to_string(),
+            limiter: DefaultDirectRateLimiter::direct(quota),
+            policy,
+            gateway,
+            injections,
+            metrics: HttpMetrics::default(),
+        })
+    }
+
+    /// The policy this plugin runs under.
+    pub fn policy(&self) -> &HttpPolicy {
+        &self.policy
+    }
+
+    /// The plugin's counters.
+    pub fn metrics(&self) -> HttpMetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Sends `request` if the policy allows it, following redirects, and
+    /// reads the whole response. Every outcome is counted and logged.
+    pub async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
+        let started = Instant::now();
+        let deadline = request.timeout.map_or(self.policy.timeout, |t| t.min(self.policy.timeout));
+        let (method, url) = (request.method.clone(), request.url.clone());
+        let outcome = match tokio::time::timeout(deadline, self.send_within(request, deadline)).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(HttpError::Timeout(deadline)),
+        };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        match &outcome {
+            Ok(response) => tracing::debug!(
+                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
+                status = response.status.as_u16(), bytes = response.body.len(), elapsed_ms, "outbound request"
+            ),
+            Err(error) => tracing::info!(
+                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
+                kind = %error.kind(), %error, elapsed_ms, "outbound request failed"
+            ),
+        }
+        self.record(&outcome);
+        outcome
+    }
+
+    /// Counts a request that failed before reaching [`PluginHttp::send`]
+    /// (a door could not even read it).
+    pub fn record(&self, outcome: &Result<InboundResponse, HttpError>) {
+        let received = outcome.as_ref().map_or(0, |r| r.body.len() as u64);
+        self.metrics.finished(outcome, received);
+    }
+
+    async fn send_within(&self, request: OutboundRequest, deadline: Duration) -> Result<InboundResponse, HttpError> {
+        let mut method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| HttpError::BadRequest(format!("invalid method `{}`", request.method)))?;
+        self.policy.check_method(method.as_str()).map_err(|d| HttpError::Denied(d.0))?;
+        let mut body = request.body;
+        let size = body.as_ref().map_or(0, |b| b.len() as u64);
+        if size > self.policy.max_request {
+            return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
+        }
+        let mut headers = self.guest_headers(&request.headers)?;
+        self.take_token()?;
+
+        let mut target = normalize(&request.url)?;
+        let mut hops = 0;
+        loop {
+            let zone = self.zone_for(&target).map_err(|e| match (hops, e) {
+                (0, e) => e,
+                (_, HttpError::Denied(reason)) => HttpError::Denied(format!("redirect to {}: {reason}", target.url)),
+                (_, e) => e,
+            })?;
+            let mut outgoing = self.gateway.client(zone).request(method.clone(), target.url.clone());
+            outgoing = outgoing.headers(headers.clone());
+            for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
+                outgoing = outgoing.header(injection.name.clone(), injection.value.clone());
+            }
+            if let Some(body) = &body {
+                outgoing = outgoing.body(body.clone());
+            }
+            let response = outgoing.send().await.map_err(|e| from_reqwest(&e, deadline))?;
+            self.metrics.sent(body.as_ref().map_or(0, |b| b.len() as u64));
+
+            let Some(next) = redirect_target(&target, &response)? else {
+                return self.read_body(response, deadline).await;
+            };
+            if hops == self.policy.max_redirects {
+                return Err(HttpError::TooManyRedirects { limit: self.policy.max_redirects });
+            }
+            hops += 1;
+            self.metrics.redirect();
+            // What browsers and curl do: 303 always becomes GET (bar HEAD),
+            // and so does a POST answered with 301 or 302.
+            let status = response.status();
+            if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
+                || (method == Method::POST && matches!(status.as_u16(), 301 | 302))
+            {
+                method = Method::GET;
+                body = None;
+                headers.remove(http::header::CONTENT_TYPE);
+            }
+            // Credentials the guest set are for the origin it named.
+            if next.origin() != target.origin() {
+                for name in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION] {
+                    headers.remove(name);
+                }
+            }
+            target = next;
+        }
+    }
+
+    /// Checks the allowlist and, for IP literals (which never reach the
+    /// resolver), the address; returns the zone whose client may connect.
+    fn zone_for(&self, target: &Target) -> Result<Zone, HttpError> {
+        self.policy.check_target(target).map_err(|d| HttpError::Denied(d.0))?;
+        let zone = if self.policy.grants_private(&target.host) { Zone::Granted } else { Zone::Public };
+        if let TargetHost::Ip(ip) = target.host {
+            let class = classify(ip);
+            if !zone.admits(class) {
+                return Err(HttpError::AddressRefused(AddressRefused {
+                    host: target.host.to_string(),
+                    addrs: vec![(ip, class)],
+                }));
+            }
+        }
+        Ok(zone)
+    }
+
+    fn guest_headers(&self, raw: &[(String, Vec<u8>)]) -> Result<HeaderMap, HttpError> {
+        if raw.len() > MAX_HEADERS {
+            return Err(HttpError::BadRequest(format!("{} headers is more than the {MAX_HEADERS} allowed", raw.len())));
+        }
+        let mut headers = HeaderMap::with_capacity(raw.len());
+        for (name, value) in raw {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| HttpError::BadRequest(format!("invalid header name `{}`", name.escape_debug())))?;
+            self.policy.check_header(name.as_str()).map_err(|d| HttpError::Denied(d.0))?;
+            if value.len() > MAX_HEADER_VALUE {
+                return Err(HttpError::BadRequest(format!("header `{name}` is longer than {MAX_HEADER_VALUE} bytes")));
+            }
+            let value = HeaderValue::from_bytes(value)
+                .map_err(|_| HttpError::BadRequest(format!("header `{name}` has an invalid value")))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+
+    fn take_token(&self) -> Result<(), HttpError> {
+        self.limiter.check().map_err(|not_until| HttpError::RateLimited {
+            rate: self.policy.rate.to_string(),
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
+    async fn read_body(&self, response: reqwest::Response, deadline: Duration) -> Result<InboundResponse, HttpError> {
+        let limit = self.policy.max_response;
+        if response.content_length().is_some_and(|declared| declared > limit) {
+            return Err(HttpError::ResponseTooLarge { limit });
+        }
+        let response = http::Response::from(response);
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                return HttpError::ResponseTooLarge { limit };
+            }
+            match e.downcast_ref::<reqwest::Error>() {
+                Some(e) => from_reqwest(e, deadline),
+                None => HttpError::Unavailable(format!("reading the response body: {e}")),
+            }
+        })?;
+        Ok(InboundResponse { status: parts.status, headers: parts.headers, body: body.to_bytes() })
+    }
+}
+
+/// Where a redirect response points, normalised; `None` if `response` is
+/// not a redirect to follow.
+fn redirect_target(from: &Target, response: &reqwest::Response) -> Result<Option<Target>, HttpError> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return Ok(None);
+    }
+    let Some(location) = response.headers().get(LOCATION) else {
+        return Ok(None);
+    };
+    let invalid = |why: String| HttpError::Denied(format!("redirect from {} to an invalid location: {why}", from.url));
+    let location = location.to_str().map_err(|_| invalid("not ASCII".into()))?;
+    let next = from.url.join(location).map_err(|e| invalid(e.to_string()))?;
+    normalize(next.as_str()).map(Some).map_err(|e| invalid(e.to_string()))
+}
