@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use gatehouse::config::Config;
 use gatehouse::policy::{self, PolicyLoad};
+use gatehouse::services::http::explain::explain;
+use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::{Document, Runtime};
 
 /// A short article the demo feeds to every example plugin.
@@ -25,6 +27,41 @@ pub fn policy_check(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<Exi
     let (ok, bad) = (load.set.plugins.len(), load.errors.len());
     println!("{ok} plugin(s) valid, {bad} problem(s)");
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub async fn explain_url(config: &Config, plugin: &str, url: &str) -> anyhow::Result<ExitCode> {
+    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let Some(policy) = load.set.plugins.get(plugin) else {
+        report_policy_errors(&load);
+        anyhow::bail!("no valid policy for plugin `{plugin}` in {}", config.policy_dir.display());
+    };
+    let e = explain(policy.http.as_ref(), url, &SystemLookup).await;
+    println!("plugin      {plugin} ({})", policy.file.display());
+    println!("url         {}", e.normalized.as_deref().unwrap_or(url));
+    println!("rule        {}", e.rule.as_deref().unwrap_or("(none matched)"));
+    if e.rule.is_some() {
+        let zone = if e.private_granted { "any single address (exact grant)" } else { "public addresses only" };
+        println!("may reach   {zone}");
+    }
+    match &e.addresses {
+        Ok(addrs) => {
+            for a in addrs {
+                let verdict = if a.admitted { "admitted" } else { "refused" };
+                println!("address     {} {} ({verdict})", a.ip, a.class);
+            }
+        }
+        Err(why) => println!("address     {why}"),
+    }
+    Ok(match &e.verdict {
+        Ok(()) => {
+            println!("verdict     allowed");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("verdict     denied: {why}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 pub async fn invoke(

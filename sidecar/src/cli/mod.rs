@@ -1,4 +1,4 @@
-//! `gatehouse run | invoke | policy … | compile | demo`.
+//! `gatehouse invoke | policy … | compile | demo`.
 //!
 //! The CLI is the binary's edge: it turns library errors into messages and
 //! exit codes (0 success, 1 the operation failed, 2 bad usage or settings).
@@ -58,6 +58,15 @@ enum PolicyCommand {
         /// Policy directory; defaults to the configured one.
         dir: Option<PathBuf>,
     },
+    /// Say whether a plugin's `[http]` policy lets it reach a URL, which
+    /// rule matched or why none did, and what the host resolves to; exit 0
+    /// if allowed, 1 if denied. Sends nothing.
+    ExplainUrl {
+        /// Plugin name, as in its policy file.
+        plugin: String,
+        /// The URL the plugin would request.
+        url: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -83,6 +92,9 @@ pub fn main() -> ExitCode {
                 commands::invoke(&config, &plugin, &input, content_type).await
             }
             Command::Policy(PolicyCommand::Check { dir }) => commands::policy_check(&config, dir),
+            Command::Policy(PolicyCommand::ExplainUrl { plugin, url }) => {
+                commands::explain_url(&config, &plugin, &url).await
+            }
             Command::Compile => commands::compile(&config),
             Command::Demo => commands::demo(&config).await,
         }
