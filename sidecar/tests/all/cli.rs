@@ -94,3 +94,58 @@ fn compile_fills_the_cache_and_a_second_run_hits_it() {
     let second = gatehouse(&["--config", config, "compile"], repo());
     assert!(text(&second.stdout).starts_with("echo: Hit -> "), "{}", text(&second.stdout));
 }
+
+#[test]
+fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
+    let policies = Policies::new();
+    let component = crate::common::guest("fetcher").display().to_string();
+    policies.write(
+        "fetcher.toml",
+        &format!(
+            "[plugin]\nname = \"fetcher\"\ncomponent = {component:?}\n\n[http]\n\
+             allow = [\"http://localhost:8080\", \"https://*.example.com\"]\n"
+        ),
+    );
+    policies.plugin("echo", "echo", "");
+    let dir = policies.dir.path().to_str().unwrap();
+    let explain =
+        |plugin: &str, url: &str| gatehouse(&["--policies", dir, "policy", "explain-url", plugin, url], repo());
+
+    // An exact grant: resolved through the system resolver, loopback admitted.
+    let out = explain("fetcher", "HTTP://LOCALHOST.:8080/status");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("url         http://localhost:8080/status"), "{stdout}");
+    assert!(stdout.contains("rule        http://localhost:8080"), "{stdout}");
+    assert!(stdout.contains("(exact grant)"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1 loopback (admitted)"), "{stdout}");
+    assert!(stdout.contains("verdict     allowed"), "{stdout}");
+
+    // Denied by the allowlist, naming the rule that nearly matched.
+    let out = explain("fetcher", "http://localhost:9090/");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rule        (none matched)"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "denied: http://localhost:9090 is not allowed: the host is allowed only as http://localhost:8080"
+        ),
+        "{stdout}"
+    );
+
+    // Cloud metadata by IP literal: classified, and denied.
+    let out = explain("fetcher", "http://169.254.169.254/latest/meta-data/");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("169.254.169.254 link-local (refused)"), "{}", text(&out.stdout));
+
+    // Credentials in the URL, a plugin without [http], an unknown plugin.
+    let out = explain("fetcher", "https://user@api.example.com/");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("credentials"), "{}", text(&out.stdout));
+    let out = explain("echo", "https://api.example.com/");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("no [http] section"), "{}", text(&out.stdout));
+    let out = explain("nobody", "https://api.example.com/");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no valid policy for plugin `nobody`"), "{}", text(&out.stderr));
+}

@@ -4,5 +4,10 @@
 mod cli;
 mod common;
 mod hostile;
+mod http_doors;
+mod http_gateway;
+mod http_props;
 mod invoke;
 mod policy;
+mod ssrf;
+mod upstream;

@@ -186,3 +186,98 @@ fn an_unreadable_directory_is_an_error() {
     let error = gatehouse::policy::load_dir("/no/such/dir".as_ref(), "/".as_ref()).unwrap_err();
     assert!(error.reason.contains("cannot read the policy directory"), "{error}");
 }
+
+/// The echo policy plus an `[http]` section; returns the file's text too.
+fn with_http(policies: &Policies, http: &str) -> String {
+    let text = format!("{}\n[http]\n{http}\n", policy_with("", ""));
+    policies.write("echo.toml", &text);
+    text
+}
+
+fn line_containing(text: &str, needle: &str) -> usize {
+    text.lines().position(|line| line.contains(needle)).expect("needle in text") + 1
+}
+
+#[test]
+fn an_http_section_is_parsed_with_documented_defaults() {
+    use gatehouse::services::http::policy::{
+        DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RESPONSE, DEFAULT_RATE, DEFAULT_TIMEOUT, HostPattern,
+    };
+    let policies = Policies::new();
+    with_http(&policies, "allow = [\"https://api.example.com\", \"https://*.example.org:8443\"]");
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let http = load.set.plugins["echo"].http.clone().expect("an [http] grant");
+    assert_eq!(http.allow.len(), 2);
+    assert_eq!(http.allow[1].host, HostPattern::Subdomains("example.org".into()));
+    assert_eq!(http.allow[1].port, 8443);
+    assert_eq!(http.methods.iter().map(String::as_str).collect::<Vec<_>>(), ["GET", "HEAD"]);
+    assert_eq!(
+        (http.rate, http.max_response, http.timeout, http.max_redirects),
+        (DEFAULT_RATE, DEFAULT_MAX_RESPONSE, DEFAULT_TIMEOUT, DEFAULT_MAX_REDIRECTS)
+    );
+
+    with_http(
+        &policies,
+        "allow = [\"http://db.internal:8080\"]\nmethods = [\"get\", \"post\"]\nrate = \"300/m\"\n\
+         max_request = \"2 KiB\"\nmax_response = \"1 MiB\"\ntimeout = \"750ms\"\nmax_redirects = 0\n\
+         deny_headers = [\"X-Internal\"]\n\
+         [[http.inject]]\norigin = \"http://db.internal:8080\"\nheader = \"authorization\"\nsecret = \"db\"\nprefix = \"Bearer \"",
+    );
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let http = load.set.plugins["echo"].http.clone().unwrap();
+    assert!(http.methods.contains("POST"));
+    assert_eq!(http.rate.to_string(), "300/m");
+    assert_eq!((http.max_request, http.max_response), (2048, 1 << 20));
+    assert_eq!(http.timeout, std::time::Duration::from_millis(750));
+    assert_eq!(http.max_redirects, 0);
+    assert!(http.deny_headers.contains("x-internal"));
+    assert_eq!(http.inject[0].secret, "db");
+}
+
+#[test]
+fn every_bad_http_setting_is_reported_with_its_line() {
+    let policies = Policies::new();
+    let text = with_http(
+        &policies,
+        "allow = [\"https://api.example.com/v1\", \"https://a.*.example.com\", \"https://ok.example.com\"]\n\
+         methods = [\"GET\", \"CONNECT\"]\nrate = \"fast\"\nmax_redirects = 99\ntimeout = \"0s\"\n\
+         deny_headers = [\"bad header\"]\n\
+         [[http.inject]]\norigin = \"https://elsewhere.example.net\"\nheader = \"host\"\nsecret = \"token\"",
+    );
+    let load = policies.load();
+    let found: Vec<(usize, String)> = load.errors.iter().map(|e| (e.line.unwrap_or(0), e.reason.clone())).collect();
+    let expect = [
+        ("api.example.com/v1", "without a path"),
+        ("a.*.example.com", "`*` is only allowed as the first label"),
+        ("CONNECT", "CONNECT is never allowed"),
+        ("rate = ", "invalid rate `fast`"),
+        ("max_redirects", "max_redirects must be between 0 and 20"),
+        ("timeout = ", "out of range"),
+        ("bad header", "invalid header name"),
+        ("elsewhere.example.net", "not covered by any allow entry"),
+        ("header = \"host\"", "managed by the sidecar"),
+    ];
+    for (needle, reason) in expect {
+        let line = line_containing(&text, needle);
+        assert!(
+            found.iter().any(|(l, r)| *l == line && r.contains(reason)),
+            "line {line} `{reason}` not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    assert!(load.set.plugins.is_empty(), "a file with problems grants nothing");
+}
+
+#[test]
+fn an_unknown_or_empty_http_field_is_refused() {
+    let policies = Policies::new();
+    let text = with_http(&policies, "allow = [\"https://api.example.com\"]\nalow_all = true");
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(line_containing(&text, "alow_all")));
+    assert!(error.reason.contains("unknown field `alow_all`"), "{error}");
+
+    with_http(&policies, "allow = []");
+    assert!(only_error(&policies).reason.contains("[http] allow is empty"));
+}

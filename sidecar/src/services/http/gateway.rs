@@ -220,16 +220,13 @@ impl PluginHttp {
             return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
         }
         let mut headers = self.guest_headers(&request.headers)?;
+        let mut target = normalize(&request.url)?;
+        let mut zone = self.zone_for(&target)?;
+        // Only requests the policy allows spend the rate budget.
         self.take_token()?;
 
-        let mut target = normalize(&request.url)?;
         let mut hops = 0;
         loop {
-            let zone = self.zone_for(&target).map_err(|e| match (hops, e) {
-                (0, e) => e,
-                (_, HttpError::Denied(reason)) => HttpError::Denied(format!("redirect to {}: {reason}", target.url)),
-                (_, e) => e,
-            })?;
             let mut outgoing = self.gateway.client(zone).request(method.clone(), target.url.clone());
             outgoing = outgoing.headers(headers.clone());
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
@@ -265,6 +262,10 @@ impl PluginHttp {
                     headers.remove(name);
                 }
             }
+            zone = self.zone_for(&next).map_err(|e| match e {
+                HttpError::Denied(reason) => HttpError::Denied(format!("redirect to {}: {reason}", next.url)),
+                e => e,
+            })?;
             target = next;
         }
     }

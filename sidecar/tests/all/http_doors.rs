@@ -1,0 +1,199 @@
+//! Outbound HTTP end to end, through both doors: `fetcher` uses
+//! `gatehouse:services/http-client`, `wasi-fetcher` the standard
+//! `wasi:http/outgoing-handler`. Both are real components built from
+//! `guests/`, loaded from real policy files, talking to a real server on
+//! loopback; the same policy must give the same answers through either.
+
+use std::sync::Arc;
+
+use gatehouse::{Document, ErrorKind, InvokeError, Runtime};
+use serde_json::{Value, json};
+
+use crate::common::{Policies, guest, settings};
+use crate::http_gateway::{dns, ip};
+use crate::upstream::Upstream;
+
+/// (plugin name, guest component) for each door.
+const DOORS: [(&str, &str); 2] = [("fetcher", "fetcher"), ("wasi-fetcher", "wasi_fetcher")];
+
+fn policy(name: &str, guest_name: &str, http: &str) -> String {
+    format!(
+        "[plugin]\nname = \"{name}\"\ncomponent = {:?}\n\n[http]\n{http}\n",
+        guest(guest_name).display().to_string()
+    )
+}
+
+/// Both fetchers under the same `[http]` section.
+async fn runtime(http: &str) -> Runtime {
+    let policies = Policies::new();
+    for (name, guest_name) in DOORS {
+        policies.write(&format!("{name}.toml"), &policy(name, guest_name, http));
+    }
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let mut runtime = Runtime::new(settings()).unwrap();
+    runtime.set_dns(Arc::new(dns().with("a.wild.test", &[ip("127.0.0.1")]))).unwrap();
+    let report = runtime.load(&load.set).await;
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    runtime
+}
+
+fn allow(up: &Upstream, extra: &str) -> String {
+    format!(
+        "allow = [\"http://upstream.test:{port}\", \"http://*.wild.test:{port}\"]\nmethods = [\"GET\", \"POST\"]\nrate = \"1000/s\"\n{extra}",
+        port = up.port()
+    )
+}
+
+async fn fetch(runtime: &Runtime, plugin: &str, request: Value) -> Result<Value, InvokeError> {
+    let input = Document { content_type: "application/json".into(), body: request.to_string().into_bytes() };
+    let output = runtime.invoke(plugin, input).await?;
+    Ok(serde_json::from_slice(&output.body).expect("fetcher output is JSON"))
+}
+
+fn guest_error(error: InvokeError) -> gatehouse::GuestError {
+    match error {
+        InvokeError::Plugin { error, .. } => error,
+        other => panic!("expected the plugin's own error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn both_doors_fetch_an_allowed_url() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "")).await;
+    for (plugin, _) in DOORS {
+        let url = format!("http://upstream.test:{}/hello", up.port());
+        let response = fetch(&runtime, plugin, json!({ "url": url })).await.unwrap();
+        assert_eq!(response["status"], 200, "{plugin}: {response}");
+        assert_eq!(response["body"], "hello", "{plugin}");
+
+        let url = format!("http://upstream.test:{}/echo", up.port());
+        let request =
+            json!({ "method": "POST", "url": url, "headers": [["x-trace", plugin]], "body": "from the guest" });
+        let response = fetch(&runtime, plugin, request).await.unwrap();
+        let echo: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (echo["method"].as_str(), echo["body"].as_str()),
+            (Some("POST"), Some("from the guest")),
+            "{plugin}"
+        );
+        assert!(echo["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-trace" && h[1] == plugin), "{echo}");
+
+        let response =
+            fetch(&runtime, plugin, json!({ "url": format!("http://upstream.test:{}/hello", up.port()), "repeat": 3 }))
+                .await
+                .unwrap();
+        assert_eq!(response["requests"], 3);
+        let metrics = runtime.http_metrics(plugin).unwrap();
+        assert_eq!((metrics.requests, metrics.responses), (5, 5), "{plugin}");
+    }
+    assert_eq!(up.hits(), 10);
+}
+
+#[tokio::test]
+async fn both_doors_deny_what_the_policy_does_not_grant() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "")).await;
+    let port = up.port();
+    // (request, what the custom door's message says, the wasi:http code)
+    let cases = [
+        (json!({ "url": format!("http://127.0.0.1:{port}/hello") }), "not in the allowlist", "HttpRequestDenied"),
+        (json!({ "url": format!("http://upstream.test:{}/hello", port + 1) }), "allowed only as", "HttpRequestDenied"),
+        (
+            json!({ "method": "DELETE", "url": format!("http://upstream.test:{port}/hello") }),
+            "method DELETE",
+            "HttpRequestDenied",
+        ),
+        (
+            json!({ "url": format!("http://a.wild.test:{port}/hello") }),
+            "127.0.0.1 (loopback)",
+            "DestinationIpProhibited",
+        ),
+        (
+            json!({ "url": format!("http://upstream.test:{port}/redirect?to=http://a.wild.test:{port}/hello") }),
+            "127.0.0.1 (loopback)",
+            "DestinationIpProhibited",
+        ),
+    ];
+    for (request, custom_says, wasi_code) in cases {
+        let custom = guest_error(fetch(&runtime, "fetcher", request.clone()).await.unwrap_err());
+        assert_eq!(custom.kind, ErrorKind::Denied, "{request}: {custom:?}");
+        assert!(custom.message.contains(custom_says), "{request}: {}", custom.message);
+        let wasi = guest_error(fetch(&runtime, "wasi-fetcher", request.clone()).await.unwrap_err());
+        assert_eq!(wasi.kind, ErrorKind::Denied, "{request}: {wasi:?}");
+        assert!(wasi.message.contains(wasi_code), "{request}: {}", wasi.message);
+    }
+    assert_eq!(up.hits(), 2, "only the two redirecting responses were served");
+}
+
+#[tokio::test]
+async fn headers_the_policy_denies_are_refused_by_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "deny_headers = [\"x-internal\"]")).await;
+    for header in ["host", "x-internal", "connection"] {
+        let request = json!({ "url": format!("http://upstream.test:{}/echo", up.port()), "headers": [[header, "x"]] });
+        for (plugin, _) in DOORS {
+            let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
+            assert_eq!(error.kind, ErrorKind::Denied, "{plugin} {header}: {error:?}");
+        }
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn size_limits_hold_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "max_request = \"8 B\"\nmax_response = \"1 KiB\"")).await;
+    let port = up.port();
+    for (plugin, _) in DOORS {
+        let big_body =
+            json!({ "method": "POST", "url": format!("http://upstream.test:{port}/echo"), "body": "123456789" });
+        let error = guest_error(fetch(&runtime, plugin, big_body).await.unwrap_err());
+        assert_eq!(error.kind, ErrorKind::InvalidInput, "{plugin}: {error:?}");
+        let big_response = json!({ "url": format!("http://upstream.test:{port}/big?n=4096&chunked=1") });
+        let error = guest_error(fetch(&runtime, plugin, big_response).await.unwrap_err());
+        assert_eq!(error.kind, ErrorKind::QuotaExceeded, "{plugin}: {error:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_each_door_in_its_own_vocabulary() {
+    let up = Upstream::start().await;
+    let http = format!("allow = [\"http://upstream.test:{}\"]\nrate = \"1/m\"", up.port());
+    let runtime = runtime(&http).await;
+    let request = json!({ "url": format!("http://upstream.test:{}/hello", up.port()) });
+
+    fetch(&runtime, "fetcher", request.clone()).await.unwrap();
+    let error = guest_error(fetch(&runtime, "fetcher", request.clone()).await.unwrap_err());
+    assert_eq!(error.kind, ErrorKind::RateLimited);
+    assert!(error.retry_after_ms.is_some_and(|ms| ms > 0 && ms <= 60_000), "{error:?}");
+
+    // wasi:http has no rate-limit error code: the guest sees a 429.
+    fetch(&runtime, "wasi-fetcher", request.clone()).await.unwrap();
+    let response = fetch(&runtime, "wasi-fetcher", request).await.unwrap();
+    assert_eq!(response["status"], 429, "{response}");
+    let headers = response["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h[0] == "retry-after"), "{response}");
+    assert!(headers.iter().any(|h| h[0] == "gatehouse-retry-after-ms"), "{response}");
+    // Limits are per plugin: each fetcher had its own one request.
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_plugin_that_imports_http_without_an_http_grant_is_refused_at_load() {
+    let policies = Policies::new();
+    for (name, guest_name) in DOORS {
+        policies.plugin(name, guest_name, "");
+    }
+    let mut runtime = Runtime::new(settings()).unwrap();
+    let report = runtime.load(&policies.load().set).await;
+    assert!(report.loaded.is_empty());
+    let reasons: Vec<String> = report.refused.iter().map(|e| e.to_string()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("gatehouse:services/http-client") && r.contains("[http]")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("wasi:http/outgoing-handler") && r.contains("[http]")), "{reasons:?}");
+}

@@ -1,0 +1,335 @@
+//! The outbound HTTP pipeline without wasm: real loopback servers, the real
+//! pooled clients, a static DNS table in place of a DNS server. Every
+//! denial path of `[http]` has a test here; the same pipeline serves both
+//! guest-facing doors (see `http_doors.rs`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::ErrorKind;
+use gatehouse::secrets::SecretSource;
+use gatehouse::services::http::policy::{AllowRule, Injection, Rate};
+use gatehouse::services::http::resolve::{Lookup, LookupFuture, StaticLookup};
+use gatehouse::services::http::{HttpError, HttpGateway, HttpPolicy, OutboundRequest, PluginHttp};
+use serde_json::Value;
+
+use crate::upstream::Upstream;
+
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+pub fn rules(allow: &[String]) -> Vec<AllowRule> {
+    allow.iter().map(|text| AllowRule::parse(text).unwrap()).collect()
+}
+
+/// `upstream.test` is granted exactly (so it may reach loopback);
+/// `*.wild.test` is a wildcard grant (public addresses only).
+pub fn dns() -> StaticLookup {
+    StaticLookup::new().with("upstream.test", &[ip("127.0.0.1")]).with("other.test", &[ip("127.0.0.1")])
+}
+
+fn gateway(lookup: impl Lookup) -> Arc<HttpGateway> {
+    Arc::new(HttpGateway::new(Arc::new(lookup)).expect("gateway"))
+}
+
+fn plugin(policy: HttpPolicy, lookup: impl Lookup) -> PluginHttp {
+    PluginHttp::new("test", policy, gateway(lookup), &BTreeMap::new()).expect("plugin http")
+}
+
+fn exact(up: &Upstream) -> HttpPolicy {
+    HttpPolicy {
+        rate: Rate::parse("1000/s").unwrap(),
+        ..HttpPolicy::new(rules(&[format!("http://upstream.test:{}", up.port())]))
+    }
+}
+
+fn get(url: impl Into<String>) -> OutboundRequest {
+    OutboundRequest { method: "GET".into(), url: url.into(), ..OutboundRequest::default() }
+}
+
+fn echo_json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("echo JSON")
+}
+
+#[tokio::test]
+async fn an_allowed_request_reaches_the_upstream_and_reads_the_response() {
+    let up = Upstream::start().await;
+    let http = plugin(exact(&up), dns());
+    let response = http.send(get(format!("http://UPSTREAM.test.:{}/hello", up.port()))).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(&response.body[..], b"hello");
+    assert_eq!(up.hits(), 1);
+    let metrics = http.metrics();
+    assert_eq!((metrics.requests, metrics.responses, metrics.bytes_received), (1, 1, 5));
+}
+
+#[tokio::test]
+async fn post_bodies_and_guest_headers_arrive_unchanged() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods.insert("POST".into());
+    let http = plugin(policy, dns());
+    let request = OutboundRequest {
+        method: "post".into(),
+        url: format!("http://upstream.test:{}/echo", up.port()),
+        headers: vec![("X-Trace".into(), b"abc".to_vec())],
+        body: Some(Bytes::from_static(b"payload")),
+        timeout: None,
+    };
+    let echo = echo_json(&http.send(request).await.unwrap().body);
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], "payload");
+    assert!(echo["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-trace" && h[1] == "abc"), "{echo}");
+}
+
+#[tokio::test]
+async fn each_allowlist_denial_names_the_origin_and_never_connects() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let http = plugin(exact(&up), dns());
+    let cases = [
+        (format!("http://other.test:{port}/hello"), "the host is not in the allowlist"),
+        (format!("http://upstream.test:{}/hello", port + 1), "allowed only as http://upstream.test"),
+        (format!("https://upstream.test:{port}/hello"), "allowed only as http://upstream.test"),
+        (format!("http://127.0.0.1:{port}/hello"), "the host is not in the allowlist"),
+    ];
+    for (url, why) in cases {
+        let error = http.send(get(url.clone())).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{url}: {error}");
+        assert!(error.to_string().contains(why), "{url}: {error}");
+    }
+    assert_eq!(up.hits(), 0);
+    assert_eq!(http.metrics().denied, 4);
+}
+
+#[tokio::test]
+async fn methods_outside_the_grant_are_denied() {
+    let up = Upstream::start().await;
+    let http = plugin(exact(&up), dns());
+    let mut request = get(format!("http://upstream.test:{}/echo", up.port()));
+    request.method = "DELETE".into();
+    let error = http.send(request.clone()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied);
+    assert!(error.to_string().contains("method DELETE is not allowed (allowed: GET, HEAD)"), "{error}");
+    request.method = "GE T".into();
+    assert_eq!(http.send(request).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn managed_denied_and_injected_headers_cannot_be_set_by_the_guest() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.deny_headers.insert("x-internal".into());
+    let http = plugin(policy, dns());
+    for name in ["Host", "Transfer-Encoding", "Connection", "X-Internal", "Proxy-Authorization"] {
+        let mut request = get(format!("http://upstream.test:{}/echo", up.port()));
+        request.headers.push((name.into(), b"x".to_vec()));
+        let error = http.send(request).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{name}: {error}");
+    }
+    let mut request = get(format!("http://upstream.test:{}/echo", up.port()));
+    request.headers.push(("x-ok".into(), b"bad\nvalue".to_vec()));
+    assert_eq!(http.send(request).await.unwrap_err().kind(), ErrorKind::InvalidInput);
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn injected_credentials_reach_only_their_origin_and_the_guest_cannot_override_them() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "s3cr3t\n").unwrap();
+    let mut policy =
+        HttpPolicy::new(rules(&[format!("http://upstream.test:{port}"), format!("http://other.test:{port}")]));
+    policy.inject.push(Injection {
+        to: AllowRule::parse(&format!("http://upstream.test:{port}")).unwrap(),
+        header: "authorization".into(),
+        secret: "api".into(),
+        prefix: "Bearer ".into(),
+    });
+    let secrets = BTreeMap::from([("api".to_string(), SecretSource::File(secret_file.path().into()))]);
+    let http = PluginHttp::new("test", policy, gateway(dns()), &secrets).unwrap();
+
+    let echo = echo_json(&http.send(get(format!("http://upstream.test:{port}/echo"))).await.unwrap().body);
+    let sent: Vec<&Value> = echo["headers"].as_array().unwrap().iter().filter(|h| h[0] == "authorization").collect();
+    assert_eq!(sent.len(), 1, "{echo}");
+    assert_eq!(sent[0][1], "Bearer s3cr3t");
+
+    let echo = echo_json(&http.send(get(format!("http://other.test:{port}/echo"))).await.unwrap().body);
+    assert!(!echo.to_string().contains("s3cr3t"), "the secret leaked to another origin: {echo}");
+
+    let mut request = get(format!("http://upstream.test:{port}/echo"));
+    request.headers.push(("Authorization".into(), b"Bearer forged".to_vec()));
+    assert_eq!(http.send(request).await.unwrap_err().kind(), ErrorKind::Denied);
+}
+
+#[tokio::test]
+async fn an_undefined_or_unreadable_secret_refuses_the_grant() {
+    let mut policy = HttpPolicy::new(rules(&["https://api.example.com".into()]));
+    policy.inject.push(Injection {
+        to: AllowRule::parse("https://api.example.com").unwrap(),
+        header: "authorization".into(),
+        secret: "missing".into(),
+        prefix: String::new(),
+    });
+    let error = PluginHttp::new("test", policy.clone(), gateway(dns()), &BTreeMap::new()).err().unwrap();
+    assert!(error.contains("secret `missing`") && error.contains("[secrets.missing]"), "{error}");
+    let secrets = BTreeMap::from([("missing".to_string(), SecretSource::Env("GATEHOUSE_TEST_UNSET_VAR".into()))]);
+    let error = PluginHttp::new("test", policy, gateway(dns()), &secrets).err().unwrap();
+    assert!(error.contains("GATEHOUSE_TEST_UNSET_VAR"), "{error}");
+}
+
+#[tokio::test]
+async fn body_limits_refuse_oversized_requests_and_responses() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.methods.insert("POST".into());
+    policy.max_request = 16;
+    policy.max_response = 1000;
+    let http = plugin(policy, dns());
+
+    let mut request = get(format!("http://upstream.test:{port}/echo"));
+    request.method = "POST".into();
+    request.body = Some(Bytes::from(vec![b'a'; 17]));
+    let error = http.send(request).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert_eq!(up.hits(), 0);
+
+    let ok = http.send(get(format!("http://upstream.test:{port}/big?n=1000"))).await.unwrap();
+    assert_eq!(ok.body.len(), 1000);
+    for url in
+        [format!("http://upstream.test:{port}/big?n=1001"), format!("http://upstream.test:{port}/big?n=5000&chunked=1")]
+    {
+        let error = http.send(get(url.clone())).await.unwrap_err();
+        assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1000 }), "{url}: {error}");
+        assert_eq!(error.kind(), ErrorKind::QuotaExceeded);
+    }
+}
+
+#[tokio::test]
+async fn the_rate_limit_refuses_with_a_retry_hint() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.rate = Rate::parse("2/m").unwrap();
+    let http = plugin(policy, dns());
+    let url = format!("http://upstream.test:{}/hello", up.port());
+    http.send(get(url.clone())).await.unwrap();
+    http.send(get(url.clone())).await.unwrap();
+    let error = http.send(get(url)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    let retry = error.to_guest().retry_after_ms.expect("a retry hint");
+    assert!((1..=30_000).contains(&retry), "2/m refills one request every 30 s, hint was {retry} ms");
+    assert_eq!(up.hits(), 2);
+    assert_eq!(http.metrics().rate_limited, 1);
+}
+
+#[tokio::test]
+async fn slow_upstreams_time_out_at_the_policy_or_request_deadline() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.timeout = Duration::from_millis(300);
+    let http = plugin(policy, dns());
+    let error = http.send(get(format!("http://upstream.test:{}/slow?ms=3000", up.port()))).await.unwrap_err();
+    assert_eq!(error, HttpError::Timeout(Duration::from_millis(300)));
+    let mut request = get(format!("http://upstream.test:{}/slow?ms=3000", up.port()));
+    request.timeout = Some(Duration::from_millis(50));
+    assert_eq!(http.send(request.clone()).await.unwrap_err(), HttpError::Timeout(Duration::from_millis(50)));
+    // A request may shorten the deadline, never lengthen it.
+    request.timeout = Some(Duration::from_secs(60));
+    assert_eq!(http.send(request).await.unwrap_err(), HttpError::Timeout(Duration::from_millis(300)));
+}
+
+#[tokio::test]
+async fn a_connection_failure_is_unavailable() {
+    // Bind and drop a listener: nothing listens on that port any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let policy = HttpPolicy::new(rules(&[format!("http://upstream.test:{port}")]));
+    let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    let unresolvable = HttpPolicy::new(rules(&["http://nowhere.test".into()]));
+    let error = plugin(unresolvable, dns()).send(get("http://nowhere.test/")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+}
+
+#[tokio::test]
+async fn redirects_are_followed_only_where_each_hop_is_allowed() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.allow.push(AllowRule::parse(&format!("http://*.wild.test:{port}")).unwrap());
+    policy.max_redirects = 2;
+    let lookup = dns().with("evil.wild.test", &[ip("127.0.0.1")]);
+    let http = plugin(policy, lookup);
+    let redirect = |to: &str| get(format!("http://upstream.test:{port}/redirect?to={to}"));
+
+    // Allowed hop: followed, and counted.
+    let response = http.send(redirect("/hello")).await.unwrap();
+    assert_eq!((response.status.as_u16(), &response.body[..]), (200, &b"hello"[..]));
+    assert_eq!(http.metrics().redirects, 1);
+
+    // A hop to a host outside the allowlist: denied, never contacted.
+    let before = up.hits();
+    let error = http.send(redirect(&format!("http://127.0.0.1:{port}/hello"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied);
+    assert!(error.to_string().starts_with("redirect to http://127.0.0.1"), "{error}");
+    // A hop to an allowed (wildcard) name that resolves to a private address.
+    let error = http.send(redirect(&format!("http://evil.wild.test:{port}/hello"))).await.unwrap_err();
+    assert!(matches!(error, HttpError::AddressRefused(_)), "{error}");
+    // A hop to a scheme the client does not speak.
+    let error = http.send(redirect("file:///etc/passwd")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    assert_eq!(up.hits(), before + 3, "only the redirecting responses were served");
+
+    // A loop stops at max_redirects.
+    let looping = format!("http://upstream.test:{port}/loop");
+    assert_eq!(http.send(get(looping)).await.unwrap_err(), HttpError::TooManyRedirects { limit: 2 });
+}
+
+#[tokio::test]
+async fn a_303_turns_a_post_into_a_get_without_its_body() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods.insert("POST".into());
+    let http = plugin(policy, dns());
+    let mut request = get(format!("http://upstream.test:{}/redirect?to=/echo&status=303", up.port()));
+    request.method = "POST".into();
+    request.body = Some(Bytes::from_static(b"form"));
+    let echo = echo_json(&http.send(request).await.unwrap().body);
+    assert_eq!((echo["method"].as_str(), echo["body"].as_str()), (Some("GET"), Some("")));
+}
+
+/// A resolver whose answers are counted, and which answers loopback: the
+/// DNS-rebinding attacker's second answer.
+struct CountingLookup(Arc<AtomicUsize>);
+
+impl Lookup for CountingLookup {
+    fn lookup<'a>(&'a self, _host: &'a str) -> LookupFuture<'a> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(Ok(vec![ip("127.0.0.1")])))
+    }
+}
+
+#[tokio::test]
+async fn the_address_checked_is_the_address_connected_to() {
+    // DNS rebinding needs two lookups: one that a check sees (public) and
+    // one that the connection uses (private). The gateway resolves once
+    // per connection, inside the connector, and checks that answer: one
+    // request makes exactly one lookup, and a loopback answer is refused.
+    let up = Upstream::start().await;
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let policy = HttpPolicy::new(rules(&[format!("http://*.rebind.test:{}", up.port())]));
+    let http = plugin(policy, CountingLookup(lookups.clone()));
+    let error = http.send(get(format!("http://a.rebind.test:{}/hello", up.port()))).await.unwrap_err();
+    assert!(matches!(error, HttpError::AddressRefused(_)), "{error}");
+    assert_eq!(error.kind(), ErrorKind::Denied);
+    assert!(error.to_string().contains("127.0.0.1 (loopback)"), "{error}");
+    assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(up.hits(), 0);
+}
