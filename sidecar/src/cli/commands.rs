@@ -12,9 +12,6 @@ use gatehouse::services::http::explain::explain;
 use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::{Document, Runtime};
 
-/// A short article the demo feeds to every example plugin.
-const SAMPLE: &str = include_str!("sample-article.json");
-
 pub fn policy_check(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = dir.unwrap_or_else(|| config.policy_dir.clone());
     let load = read_policies(&dir, &config.plugin_dir)?;
@@ -115,29 +112,8 @@ pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
-    let runtime = start(config).await?;
-    let plugins = runtime.plugins();
-    if plugins.is_empty() {
-        anyhow::bail!("no plugin loaded from {}", config.policy_dir.display());
-    }
-    let mut failed = false;
-    for (name, info) in plugins {
-        println!("== {name} {} — {}", info.version, info.description);
-        let input = Document { content_type: "application/json".into(), body: SAMPLE.as_bytes().to_vec() };
-        match runtime.invoke(name, input).await {
-            Ok(output) => println!("{}\n", String::from_utf8_lossy(&output.body)),
-            Err(e) => {
-                println!("error: {}: {e}\n", e.kind());
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
-}
-
 /// Loads policies and plugins, reporting (not failing on) refused ones.
-async fn start(config: &Config) -> anyhow::Result<Runtime> {
+pub(super) async fn start(config: &Config) -> anyhow::Result<Runtime> {
     let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
     report_policy_errors(&load);
     let mut runtime = Runtime::new(config.runtime.clone())?;

@@ -4,6 +4,7 @@
 //! exit codes (0 success, 1 the operation failed, 2 bad usage or settings).
 
 mod commands;
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,7 +97,7 @@ pub fn main() -> ExitCode {
                 commands::explain_url(&config, &plugin, &url).await
             }
             Command::Compile => commands::compile(&config),
-            Command::Demo => commands::demo(&config).await,
+            Command::Demo => demo::demo(&config).await,
         }
     });
     match result {

@@ -333,3 +333,29 @@ async fn the_address_checked_is_the_address_connected_to() {
     assert_eq!(lookups.load(Ordering::SeqCst), 1);
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test]
+async fn credentials_the_guest_set_do_not_follow_a_redirect_to_another_origin() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let policy = HttpPolicy {
+        rate: Rate::parse("1000/s").unwrap(),
+        ..HttpPolicy::new(rules(&[format!("http://upstream.test:{port}"), format!("http://other.test:{port}")]))
+    };
+    let http = plugin(policy, dns());
+    let with_credentials = |url: String| OutboundRequest {
+        headers: vec![
+            ("authorization".into(), b"Basic dXNlcjpwdw==".to_vec()),
+            ("cookie".into(), b"session=1".to_vec()),
+        ],
+        ..get(url)
+    };
+    let sent_credentials =
+        |echo: &Value| echo["headers"].as_array().unwrap().iter().any(|h| h[0] == "authorization" || h[0] == "cookie");
+    let same_origin = with_credentials(format!("http://upstream.test:{port}/redirect?to=/echo"));
+    assert!(sent_credentials(&echo_json(&http.send(same_origin).await.unwrap().body)));
+    let cross_origin =
+        with_credentials(format!("http://upstream.test:{port}/redirect?to=http://other.test:{port}/echo"));
+    let echo = echo_json(&http.send(cross_origin).await.unwrap().body);
+    assert!(!sent_credentials(&echo), "{echo}");
+}
