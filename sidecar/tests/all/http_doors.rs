@@ -197,3 +197,18 @@ async fn a_plugin_that_imports_http_without_an_http_grant_is_refused_at_load() {
     );
     assert!(reasons.iter().any(|r| r.contains("wasi:http/outgoing-handler") && r.contains("[http]")), "{reasons:?}");
 }
+
+#[tokio::test]
+async fn a_request_deadline_holds_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "timeout = \"2s\"")).await;
+    // The guest asks for 100 ms (http-client `timeout-ms`; wasi:http
+    // `first-byte-timeout`), shorter than the policy's 2 s. Were it ignored,
+    // the invocation's own 1 s deadline would stop the plugin first, and
+    // the error would be the runtime's, not the plugin's.
+    let request = json!({ "url": format!("http://upstream.test:{}/slow?ms=5000", up.port()), "timeout_ms": 100 });
+    for (plugin, _) in DOORS {
+        let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
+        assert_eq!(error.kind, ErrorKind::Timeout, "{plugin}: {error:?}");
+    }
+}

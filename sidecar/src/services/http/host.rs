@@ -99,7 +99,11 @@ impl WasiHttpHooks for HttpHost {
             let Some(plugin) = plugin else {
                 return Err(HttpError::NotGranted.to_wasi());
             };
-            let outbound = match read_wasi_request(request, options, plugin.policy()).await {
+            // A guest that never finishes its body must not hold the
+            // request open past the policy's deadline.
+            let timeout = plugin.policy().timeout;
+            let read = tokio::time::timeout(timeout, read_wasi_request(request, options, plugin.policy()));
+            let outbound = match read.await.unwrap_or(Err(HttpError::Timeout(timeout))) {
                 Ok(outbound) => outbound,
                 Err(error) => {
                     let wasi = error.to_wasi();
