@@ -17,7 +17,7 @@ use super::commands::start;
 /// The article fed to plugins without a sample of their own.
 const ARTICLE: &str = include_str!("sample-article.json");
 /// Where the demo upstream listens (the example fetcher policy's grant).
-pub const UPSTREAM_PORT: u16 = 8089;
+const UPSTREAM_PORT: u16 = 8089;
 
 pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
     let _upstream = start_upstream().await;

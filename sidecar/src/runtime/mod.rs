@@ -135,11 +135,6 @@ impl Runtime {
         Ok(())
     }
 
-    /// The outbound HTTP gateway plugins are loaded against.
-    pub fn http_gateway(&self) -> &Arc<HttpGateway> {
-        &self.http
-    }
-
     /// Outbound HTTP counters of `plugin`, if it is loaded with an
     /// `[http]` grant. They restart when policies are reloaded.
     pub fn http_metrics(&self, plugin: &str) -> Option<HttpMetricsSnapshot> {

@@ -32,12 +32,12 @@ use crate::secrets::SecretSource;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The shared half: one pooled client per address zone, and the resolver
-/// they use. Create one per process and share it between plugins.
+/// The shared half: one pooled client per address zone, each resolving
+/// names through the SSRF guard. Create one per process and share it
+/// between plugins.
 pub struct HttpGateway {
     public: reqwest::Client,
     granted: reqwest::Client,
-    lookup: Arc<dyn Lookup>,
 }
 
 /// The gateway could not be built (TLS or resolver setup).
@@ -66,12 +66,7 @@ impl HttpGateway {
                 .build()
                 .map_err(|e| GatewayError(e.to_string()))
         };
-        Ok(HttpGateway { public: client(Zone::Public)?, granted: client(Zone::Granted)?, lookup })
-    }
-
-    /// The resolver, for `explain-url`.
-    pub fn lookup(&self) -> &dyn Lookup {
-        self.lookup.as_ref()
+        Ok(HttpGateway { public: client(Zone::Public)?, granted: client(Zone::Granted)? })
     }
 
     fn client(&self, zone: Zone) -> &reqwest::Client {
