@@ -121,19 +121,16 @@ impl HttpError {
     }
 }
 
-/// Classifies a reqwest failure. The SSRF guard's refusal travels inside
+/// Classifies a transport failure. The SSRF guard's refusal travels inside
 /// the connector's error chain; find it to report `denied`, not a
 /// connection failure.
-pub(super) fn from_reqwest(error: &reqwest::Error, deadline: Duration) -> HttpError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+pub(super) fn from_transport(error: &(dyn std::error::Error + 'static)) -> HttpError {
+    let mut source = Some(error);
     while let Some(e) = source {
         if let Some(refused) = e.downcast_ref::<AddressRefused>() {
             return HttpError::AddressRefused(refused.clone());
         }
         source = e.source();
-    }
-    if error.is_timeout() {
-        return HttpError::Timeout(deadline);
     }
     HttpError::Unavailable(render_chain(error))
 }

@@ -17,59 +17,42 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
-use http::header::{AUTHORIZATION, COOKIE, LOCATION, PROXY_AUTHORIZATION};
+use http::header::{AUTHORIZATION, COOKIE, LOCATION, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body as _;
 
 use super::addr::classify;
-use super::error::{HttpError, from_reqwest};
+use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
-use super::resolve::{AddressRefused, GuardedResolver, Lookup, Zone};
+use super::resolve::{AddressRefused, Lookup, Zone};
+use super::transport::{self, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
 use crate::secrets::SecretSource;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sent unless the guest sets its own `user-agent`.
+const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
 
-/// The shared half: one pooled client per address zone, each resolving
+/// The shared half: one connection pool per address zone, each resolving
 /// names through the SSRF guard. Create one per process and share it
-/// between plugins.
+/// between plugins. There is no proxy support: a proxy would connect on
+/// the gateway's behalf, out of reach of the address check.
 pub struct HttpGateway {
-    public: reqwest::Client,
-    granted: reqwest::Client,
+    public: Transport,
+    granted: Transport,
 }
 
-/// The gateway could not be built (TLS or resolver setup).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct GatewayError(String);
-
 impl HttpGateway {
-    /// Builds the clients. `lookup` resolves every name they connect to.
-    pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, GatewayError> {
-        // reqwest is built without a bundled crypto provider; use ring's,
-        // unless the embedding application installed one already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = |zone| {
-            reqwest::Client::builder()
-                .dns_resolver(Arc::new(GuardedResolver::new(lookup.clone(), zone)))
-                // Proxies from the environment would bypass the address check.
-                .no_proxy()
-                // Redirects are followed here, so that each hop is checked.
-                .redirect(reqwest::redirect::Policy::none())
-                .retry(reqwest::retry::never())
-                .referer(false)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .tcp_nodelay(true)
-                .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| GatewayError(e.to_string()))
-        };
-        Ok(HttpGateway { public: client(Zone::Public)?, granted: client(Zone::Granted)? })
+    /// Builds the pools. `lookup` resolves every name they connect to.
+    pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, TransportError> {
+        Ok(HttpGateway {
+            public: transport::transport(lookup.clone(), Zone::Public)?,
+            granted: transport::transport(lookup, Zone::Granted)?,
+        })
     }
 
-    fn client(&self, zone: Zone) -> &reqwest::Client {
+    fn transport(&self, zone: Zone) -> &Transport {
         match zone {
             Zone::Public => &self.public,
             Zone::Granted => &self.granted,
@@ -179,7 +162,7 @@ impl PluginHttp {
         let started = Instant::now();
         let deadline = request.timeout.map_or(self.policy.timeout, |t| t.min(self.policy.timeout));
         let (method, url) = (request.method.clone(), request.url.clone());
-        let outcome = match tokio::time::timeout(deadline, self.send_within(request, deadline)).await {
+        let outcome = match tokio::time::timeout(deadline, self.send_within(request)).await {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
@@ -205,7 +188,7 @@ impl PluginHttp {
         self.metrics.finished(outcome, received);
     }
 
-    async fn send_within(&self, request: OutboundRequest, deadline: Duration) -> Result<InboundResponse, HttpError> {
+    async fn send_within(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
         let mut method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| HttpError::BadRequest(format!("invalid method `{}`", request.method)))?;
         self.policy.check_method(method.as_str()).map_err(|d| HttpError::Denied(d.0))?;
@@ -215,6 +198,9 @@ impl PluginHttp {
             return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
         }
         let mut headers = self.guest_headers(&request.headers)?;
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(USER_AGENT, USER_AGENT_VALUE);
+        }
         let mut target = normalize(&request.url)?;
         let mut zone = self.zone_for(&target)?;
         // Only requests the policy allows spend the rate budget.
@@ -222,19 +208,20 @@ impl PluginHttp {
 
         let mut hops = 0;
         loop {
-            let mut outgoing = self.gateway.client(zone).request(method.clone(), target.url.clone());
-            outgoing = outgoing.headers(headers.clone());
+            let uri = transport::uri(&target)
+                .ok_or_else(|| HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url)))?;
+            let mut outgoing = http::Request::new(Full::new(body.clone().unwrap_or_default()));
+            *outgoing.method_mut() = method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.headers_mut() = headers.clone();
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
-                outgoing = outgoing.header(injection.name.clone(), injection.value.clone());
+                outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }
-            if let Some(body) = &body {
-                outgoing = outgoing.body(body.clone());
-            }
-            let response = outgoing.send().await.map_err(|e| from_reqwest(&e, deadline))?;
+            let response = self.gateway.transport(zone).request(outgoing).await.map_err(|e| from_transport(&e))?;
             self.metrics.sent(body.as_ref().map_or(0, |b| b.len() as u64));
 
             let Some(next) = redirect_target(&target, &response)? else {
-                return self.read_body(response, deadline).await;
+                return self.read_body(response).await;
             };
             if hops == self.policy.max_redirects {
                 return Err(HttpError::TooManyRedirects { limit: self.policy.max_redirects });
@@ -308,20 +295,18 @@ impl PluginHttp {
         })
     }
 
-    async fn read_body(&self, response: reqwest::Response, deadline: Duration) -> Result<InboundResponse, HttpError> {
+    async fn read_body(&self, response: Response) -> Result<InboundResponse, HttpError> {
         let limit = self.policy.max_response;
-        if response.content_length().is_some_and(|declared| declared > limit) {
+        // A declared length over the limit is refused before reading.
+        if response.body().size_hint().lower() > limit {
             return Err(HttpError::ResponseTooLarge { limit });
         }
-        let response = http::Response::from(response);
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
             if e.downcast_ref::<LengthLimitError>().is_some() {
-                return HttpError::ResponseTooLarge { limit };
-            }
-            match e.downcast_ref::<reqwest::Error>() {
-                Some(e) => from_reqwest(e, deadline),
-                None => HttpError::Unavailable(format!("reading the response body: {e}")),
+                HttpError::ResponseTooLarge { limit }
+            } else {
+                HttpError::Unavailable(format!("reading the response body: {e}"))
             }
         })?;
         Ok(InboundResponse { status: parts.status, headers: parts.headers, body: body.to_bytes() })
@@ -330,7 +315,7 @@ impl PluginHttp {
 
 /// Where a redirect response points, normalised; `None` if `response` is
 /// not a redirect to follow.
-fn redirect_target(from: &Target, response: &reqwest::Response) -> Result<Option<Target>, HttpError> {
+fn redirect_target(from: &Target, response: &Response) -> Result<Option<Target>, HttpError> {
     if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
         return Ok(None);
     }

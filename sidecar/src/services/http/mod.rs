@@ -9,8 +9,9 @@
 //!   refused unless granted exactly.
 //! - [`resolve`]: DNS with that check applied to the addresses the
 //!   connector will use.
-//! - [`gateway`]: the pipeline, the pooled clients, the per-plugin rate
-//!   limiter and metrics.
+//! - [`transport`]: the pooled HTTP/1.1 client (hyper-util, rustls), one
+//!   pool per address zone.
+//! - [`gateway`]: the pipeline, the per-plugin rate limiter and metrics.
 //! - [`host`]: the two doors, translating guest requests into the pipeline
 //!   and its errors back into each door's vocabulary.
 //! - [`explain`]: the same checks, dry, for `gatehouse policy explain-url`.
@@ -23,6 +24,7 @@ pub mod host;
 pub mod metrics;
 pub mod policy;
 pub mod resolve;
+pub mod transport;
 pub mod url;
 
 pub use error::HttpError;

@@ -11,6 +11,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::dns::Name;
 
 use super::addr::{AddrClass, classify};
 
@@ -87,8 +90,8 @@ impl Zone {
     }
 }
 
-/// Every address a name resolved to was refused. Travels through reqwest's
-/// error chain, where the gateway finds it to report `denied`.
+/// Every address a name resolved to was refused. Travels through the
+/// connector's error chain, where the gateway finds it to report `denied`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct AddressRefused {
     /// The name that was resolved.
@@ -107,7 +110,8 @@ impl fmt::Display for AddressRefused {
     }
 }
 
-/// The resolver plugged into each gateway client.
+/// The resolver plugged into each gateway transport.
+#[derive(Clone)]
 pub(super) struct GuardedResolver {
     lookup: Arc<dyn Lookup>,
     zone: Zone,
@@ -119,15 +123,26 @@ impl GuardedResolver {
     }
 }
 
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+/// What the connector gets: the admitted addresses (port filled in by it).
+type Resolving = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
         let (lookup, zone) = (self.lookup.clone(), self.zone);
         Box::pin(async move {
             let host = name.as_str();
             let resolved = lookup.lookup(host).await?;
             if resolved.is_empty() {
-                let error = io::Error::new(io::ErrorKind::NotFound, format!("`{host}` resolves to no address"));
-                return Err(error.into());
+                return Err(io::Error::new(io::ErrorKind::NotFound, format!("`{host}` resolves to no address")).into());
             }
             let (admitted, refused) = admit(zone, &resolved);
             if admitted.is_empty() {
@@ -138,8 +153,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             if !refused.is_empty() {
                 tracing::debug!(target: "gatehouse::http", host, ?refused, "SSRF guard dropped some addresses");
             }
-            let addrs: reqwest::dns::Addrs = Box::new(admitted.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
+            Ok(admitted.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect::<Vec<_>>().into_iter())
         })
     }
 }
