@@ -161,20 +161,21 @@ impl PluginHttp {
     pub async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
         let started = Instant::now();
         let deadline = request.timeout.map_or(self.policy.timeout, |t| t.min(self.policy.timeout));
-        let (method, url) = (request.method.clone(), request.url.clone());
-        let outcome = match tokio::time::timeout(deadline, self.send_within(request)).await {
+        let outcome = match tokio::time::timeout(deadline, self.send_within(&request)).await {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Field expressions run only when the event is enabled.
         match &outcome {
             Ok(response) => tracing::debug!(
-                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
-                status = response.status.as_u16(), bytes = response.body.len(), elapsed_ms, "outbound request"
+                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
+                status = response.status.as_u16(), bytes = response.body.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request"
             ),
             Err(error) => tracing::info!(
-                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
-                kind = %error.kind(), %error, elapsed_ms, "outbound request failed"
+                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
+                kind = %error.kind(), %error,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request failed"
             ),
         }
         self.record(&outcome);
@@ -188,11 +189,10 @@ impl PluginHttp {
         self.metrics.finished(outcome, received);
     }
 
-    async fn send_within(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
-        let mut method = Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| HttpError::BadRequest(format!("invalid method `{}`", request.method)))?;
+    async fn send_within(&self, request: &OutboundRequest) -> Result<InboundResponse, HttpError> {
+        let mut method = parse_method(&request.method)?;
         self.policy.check_method(method.as_str()).map_err(|d| HttpError::Denied(d.0))?;
-        let mut body = request.body;
+        let mut body = request.body.clone();
         let size = body.as_ref().map_or(0, |b| b.len() as u64);
         if size > self.policy.max_request {
             return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
@@ -310,6 +310,16 @@ impl PluginHttp {
             }
         })?;
         Ok(InboundResponse { status: parts.status, headers: parts.headers, body: body.to_bytes() })
+    }
+}
+
+/// The method in canonical (uppercase) form; guests may send any case.
+fn parse_method(raw: &str) -> Result<Method, HttpError> {
+    let invalid = || HttpError::BadRequest(format!("invalid method `{raw}`"));
+    if raw.bytes().any(|b| b.is_ascii_lowercase()) {
+        Method::from_bytes(raw.to_ascii_uppercase().as_bytes()).map_err(|_| invalid())
+    } else {
+        Method::from_bytes(raw.as_bytes()).map_err(|_| invalid())
     }
 }
 

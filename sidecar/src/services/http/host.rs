@@ -60,7 +60,7 @@ fn into_wit_response(response: InboundResponse) -> Response {
     let headers = response
         .headers
         .iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
     Response { status: response.status.as_u16(), headers, body: response.body.into() }
 }
