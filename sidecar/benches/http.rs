@@ -3,33 +3,60 @@
 //! table for BENCHMARKS.md.
 //!
 //! Rows, each at 1 and at 32 concurrent callers:
-//! - direct: one pooled `reqwest::Client`, `GET` + read body (the baseline);
-//!   direct and gateway alternate over three rounds, median kept;
-//! - gateway: `PluginHttp::send` from Rust, no wasm (policy check, rate
+//! - direct reqwest: one pooled `reqwest::Client`, `GET` + read body (the
+//!   baseline every ratio is against);
+//! - direct hyper-util client: the transport the gateway uses, called
+//!   directly, so the gateway's own cost can be read off;
+//! - gateway from Rust: `PluginHttp::send`, no wasm (policy check, rate
 //!   limiter, guarded resolver, bounded body read);
-//! - fetcher / wasi-fetcher: one plugin invocation per request through
-//!   each door (fresh instance, JSON in and out);
 //! - fetcher x100: one invocation sending 100 requests, so the instance
-//!   cost is amortised and what remains is the per-request host call.
+//!   cost is amortised and what remains is the per-request host call;
+//! - fetcher / wasi-fetcher: one plugin invocation per request through
+//!   each door (fresh instance, JSON in and out).
+//!
+//! The first four alternate over three rounds and the median is kept; the
+//! last two run once.
 //!
 //! Run with `./dev bench` (or `cargo bench -p gatehouse --bench http`).
 #![allow(missing_docs)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use gatehouse::policy;
 use gatehouse::services::http::resolve::StaticLookup;
 use gatehouse::services::http::{HttpGateway, OutboundRequest, PluginHttp};
 use gatehouse::{Document, Runtime, RuntimeSettings};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 /// Requests per row (after a warm-up of a tenth of that).
 const REQUESTS: usize = 20_000;
-/// Alternating rounds of the direct and gateway rows.
+/// Rounds of the alternating rows.
 const ROUNDS: usize = 3;
+
+/// One way of making a request (or an invocation making `per_call` of them).
+struct Path {
+    label: String,
+    per_call: usize,
+    call: Call,
+}
+
+type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+fn path<F, Fut>(label: impl Into<String>, per_call: usize, call: F) -> Path
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Path { label: label.into(), per_call, call: Arc::new(move || Box::pin(call())) }
+}
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -45,59 +72,76 @@ fn main() {
         let http = Arc::new(http);
         let direct_url = format!("http://127.0.0.1:{port}/hello");
         let gateway_url = format!("http://upstream.test:{port}/hello");
-        let direct = reqwest::Client::builder().no_proxy().build().unwrap();
+        let reqwest = reqwest::Client::builder().no_proxy().build().unwrap();
+        let hyper = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let hyper_uri: http::Uri = direct_url.parse().unwrap();
+
+        let invoke = |plugin: &'static str, repeat: usize| {
+            let runtime = runtime.clone();
+            let body = format!(r#"{{"url": "{gateway_url}", "repeat": {repeat}}}"#).into_bytes();
+            let label = if repeat == 1 {
+                format!("{plugin} (1 per invocation)")
+            } else {
+                format!("{plugin} x{repeat} per invocation")
+            };
+            path(label, repeat, move || {
+                let (runtime, body) = (runtime.clone(), body.clone());
+                async move {
+                    let document = Document { content_type: "application/json".into(), body };
+                    runtime.invoke(plugin, document).await.unwrap();
+                }
+            })
+        };
+        // Alternated over the rounds, median kept.
+        let alternating = [
+            path("direct reqwest", 1, move || {
+                let (client, url) = (reqwest.clone(), direct_url.clone());
+                async move {
+                    let response = client.get(url).send().await.unwrap();
+                    assert!(response.bytes().await.unwrap().len() == 5);
+                }
+            }),
+            path("direct hyper-util client", 1, move || {
+                let (client, uri) = (hyper.clone(), hyper_uri.clone());
+                async move {
+                    let response = client.get(uri).await.unwrap();
+                    assert!(response.into_body().collect().await.unwrap().to_bytes().len() == 5);
+                }
+            }),
+            path("gateway from Rust", 1, {
+                let url = gateway_url.clone();
+                move || {
+                    let (h, url) = (http.clone(), url.clone());
+                    async move {
+                        let request = OutboundRequest { method: "GET".into(), url, ..OutboundRequest::default() };
+                        assert!(h.send(request).await.unwrap().body.len() == 5);
+                    }
+                }
+            }),
+            invoke("fetcher", 100),
+        ];
+        // Run once each.
+        let once = [invoke("fetcher", 1), invoke("wasi-fetcher", 1)];
 
         println!("outbound GET of a 5-byte body over loopback, {REQUESTS} requests per row\n");
-        println!("| path | callers | req/s | p50 µs | p99 µs | vs direct |");
+        println!("| path | callers | req/s | p50 µs | p99 µs | vs direct reqwest |");
         println!("|---|---|---|---|---|---|");
         for callers in [1, 32] {
-            // Direct and gateway alternate over a few rounds (median kept),
-            // so that drift on a shared VM does not favour either.
-            let (mut direct_runs, mut gateway_runs) = (Vec::new(), Vec::new());
+            // Rounds alternate the paths, so that drift on a shared VM does
+            // not favour any of them.
+            let mut runs: Vec<Vec<Result>> = alternating.iter().map(|_| Vec::new()).collect();
             for _ in 0..ROUNDS {
-                let (client, url) = (direct.clone(), direct_url.clone());
-                direct_runs.push(
-                    run(callers, 1, move || {
-                        let (client, url) = (client.clone(), url.clone());
-                        async move {
-                            let response = client.get(url).send().await.unwrap();
-                            assert!(response.bytes().await.unwrap().len() == 5);
-                        }
-                    })
-                    .await,
-                );
-                let (h, url) = (http.clone(), gateway_url.clone());
-                gateway_runs.push(
-                    run(callers, 1, move || {
-                        let (h, url) = (h.clone(), url.clone());
-                        async move {
-                            let request = OutboundRequest { method: "GET".into(), url, ..OutboundRequest::default() };
-                            assert!(h.send(request).await.unwrap().body.len() == 5);
-                        }
-                    })
-                    .await,
-                );
+                for (path, runs) in alternating.iter().zip(&mut runs) {
+                    runs.push(run(callers, path).await);
+                }
             }
-            let baseline = median(direct_runs);
-            baseline.row("direct reqwest", callers, baseline.rps);
-            median(gateway_runs).row("gateway from Rust", callers, baseline.rps);
-            for (plugin, repeat) in [("fetcher", 1), ("wasi-fetcher", 1), ("fetcher", 100)] {
-                let input = format!(r#"{{"url": "{gateway_url}", "repeat": {repeat}}}"#).into_bytes();
-                let runtime = runtime.clone();
-                let label = if repeat == 1 {
-                    format!("{plugin} (1 per invocation)")
-                } else {
-                    format!("{plugin} x{repeat} per invocation")
-                };
-                run(callers, repeat, move || {
-                    let (runtime, body) = (runtime.clone(), input.clone());
-                    async move {
-                        let document = Document { content_type: "application/json".into(), body };
-                        runtime.invoke(plugin, document).await.unwrap();
-                    }
-                })
-                .await
-                .row(&label, callers, baseline.rps);
+            let medians: Vec<Result> = runs.into_iter().map(median).collect();
+            let baseline = medians[0].rps;
+            for (path, result) in alternating.iter().zip(&medians) {
+                result.row(&path.label, callers, baseline);
+            }
+            for path in &once {
+                run(callers, path).await.row(&path.label, callers, baseline);
             }
         }
         println!("\n(latency of the x100 rows is per invocation of 100 requests)");
@@ -108,7 +152,7 @@ async fn setup(port: u16, lookup: Arc<StaticLookup>) -> (Runtime, PluginHttp) {
     let dir = tempfile::tempdir().unwrap();
     let guests = std::env::var_os("GATEHOUSE_GUEST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"));
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"));
     for (name, file) in [("fetcher", "fetcher"), ("wasi-fetcher", "wasi_fetcher")] {
         let component = guests.join(format!("{file}.wasm")).display().to_string();
         let text = format!(
@@ -153,31 +197,23 @@ fn median(mut runs: Vec<Result>) -> Result {
     runs.swap_remove(runs.len() / 2)
 }
 
-/// Runs `call` from `callers` concurrent tasks until `REQUESTS` requests
-/// (each call making `per_call` of them) are done; warms up first.
-async fn run<F, Fut>(callers: usize, per_call: usize, call: F) -> Result
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let calls = REQUESTS / per_call;
-    drive(callers, calls / 10, call.clone()).await;
+/// Runs `path` from `callers` concurrent tasks until `REQUESTS` requests
+/// are done; warms up first.
+async fn run(callers: usize, path: &Path) -> Result {
+    let calls = REQUESTS / path.per_call;
+    drive(callers, calls / 10, &path.call).await;
     let started = Instant::now();
-    let mut latencies = drive(callers, calls, call).await;
+    let mut latencies = drive(callers, calls, &path.call).await;
     let elapsed = started.elapsed();
     latencies.sort();
     Result {
-        rps: (calls * per_call) as f64 / elapsed.as_secs_f64(),
+        rps: (calls * path.per_call) as f64 / elapsed.as_secs_f64(),
         p50: latencies[latencies.len() / 2],
         p99: latencies[latencies.len() * 99 / 100],
     }
 }
 
-async fn drive<F, Fut>(callers: usize, calls: usize, call: F) -> Vec<Duration>
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
+async fn drive(callers: usize, calls: usize, call: &Call) -> Vec<Duration> {
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..callers)
         .map(|_| {

@@ -198,9 +198,6 @@ impl PluginHttp {
             return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
         }
         let mut headers = self.guest_headers(&request.headers)?;
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(USER_AGENT, USER_AGENT_VALUE);
-        }
         let mut target = normalize(&request.url)?;
         let mut zone = self.zone_for(&target)?;
         // Only requests the policy allows spend the rate budget.
@@ -208,12 +205,14 @@ impl PluginHttp {
 
         let mut hops = 0;
         loop {
-            let uri = transport::uri(&target)
-                .ok_or_else(|| HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url)))?;
+            let uri = transport::uri(&target).ok_or_else(|| {
+                HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url))
+            })?;
             let mut outgoing = http::Request::new(Full::new(body.clone().unwrap_or_default()));
             *outgoing.method_mut() = method.clone();
             *outgoing.uri_mut() = uri;
             *outgoing.headers_mut() = headers.clone();
+            outgoing.headers_mut().entry(USER_AGENT).or_insert(USER_AGENT_VALUE);
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
                 outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }

@@ -14,14 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
-use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use url::Position;
 
 use super::resolve::{GuardedResolver, Lookup, Zone};
 use super::url::Target;
@@ -64,17 +62,65 @@ pub(super) fn transport(lookup: Arc<dyn Lookup>, zone: Zone) -> Result<Transport
         .build(https))
 }
 
-/// The URI to send for `target`, assembled from its normalised parts so the
-/// authority the connector dials is the one the allowlist matched (no
-/// second parser reads the URL). `None` if the path or query holds
-/// characters `http::Uri` does not accept.
+/// The URI to send for `target`. The connector dials the URI's authority,
+/// so it is checked to be exactly the normalised host and port the
+/// allowlist matched: a second parser reading the URL differently must not
+/// be able to change where the request goes. `None` if the URL is not a
+/// valid `http::Uri` (its path or query holds characters `http` refuses)
+/// or the two parsers disagree.
 pub(super) fn uri(target: &Target) -> Option<Uri> {
     let url = &target.url;
-    let scheme = if target.scheme == "https" { Scheme::HTTPS } else { Scheme::HTTP };
-    let authority = Authority::try_from(&url[Position::BeforeHost..Position::AfterPort]).ok()?;
-    let path_and_query = PathAndQuery::try_from(&url[Position::BeforePath..Position::AfterQuery]).ok()?;
-    Uri::builder().scheme(scheme).authority(authority).path_and_query(path_and_query).build().ok()
+    let uri = Uri::try_from(url.as_str()).ok()?;
+    let same = uri.scheme_str() == Some(target.scheme) && uri.host() == url.host_str() && uri.port_u16() == url.port();
+    same.then_some(uri)
 }
 
 /// A response whose body is still to be read.
 pub(super) type Response = http::Response<Incoming>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::http::url::normalize;
+
+    fn sent(url: &str) -> Option<String> {
+        uri(&normalize(url).unwrap()).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn the_uri_sent_is_the_normalised_url() {
+        let cases = [
+            ("HTTP://API.Example.com.:80/a/../b?q=1#frag", "http://api.example.com/b?q=1"),
+            ("https://bücher.example:8443/x", "https://xn--bcher-kva.example:8443/x"),
+            ("http://[::FFFF:7f00:1]:8080/", "http://[::ffff:7f00:1]:8080/"),
+            ("http://0x7f.1/", "http://127.0.0.1/"),
+            ("http://example.com/ä?ö=%20", "http://example.com/%C3%A4?%C3%B6=%20"),
+            ("http://example.com/{x}?y={z}|^`", "http://example.com/%7Bx%7D?y={z}|^`"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(sent(input).as_deref(), Some(expected), "{input}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever the normaliser accepts can be sent, to the host and port
+        /// it matched.
+        #[test]
+        fn every_normalised_url_becomes_a_uri_for_the_same_authority(
+            scheme in "(http|https|HTTP)",
+            host in "([a-z0-9-]{1,8}\\.){0,2}[a-z]{1,5}|[0-9]{1,3}(\\.[0-9]{1,3}){0,3}|\\[[0-9a-f:]{2,12}\\]|0x[0-9a-f]{1,8}",
+            port in proptest::option::of(0u16..),
+            rest in "[!-~]{0,40}",
+        ) {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let Ok(target) = normalize(&format!("{scheme}://{host}{port}/{rest}")) else { return Ok(()) };
+            let uri = uri(&target);
+            proptest::prop_assert!(uri.is_some(), "{} was normalised but cannot be sent", target.url);
+            let uri = uri.unwrap();
+            proptest::prop_assert_eq!(uri.host(), target.url.host_str());
+            proptest::prop_assert_eq!(uri.port_u16().unwrap_or(if target.scheme == "https" { 443 } else { 80 }), target.port);
+        }
+    }
+}

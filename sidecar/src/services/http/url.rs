@@ -87,7 +87,12 @@ pub fn normalize(input: &str) -> Result<Target, UrlError> {
     if input.contains('\\') {
         return Err(UrlError::Ambiguous("a backslash"));
     }
-    if input.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let spaced = if input.is_ascii() {
+        input.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    } else {
+        input.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if spaced {
         return Err(UrlError::Ambiguous("whitespace or a control character"));
     }
     let mut url = Url::parse(input).map_err(|e| UrlError::Invalid(e.to_string()))?;
