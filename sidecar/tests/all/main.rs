@@ -10,4 +10,5 @@ mod http_props;
 mod invoke;
 mod policy;
 mod ssrf;
+mod tls;
 mod upstream;

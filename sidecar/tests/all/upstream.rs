@@ -32,7 +32,7 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding loopback");
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
-        let app = axum::Router::new().fallback(handle).with_state(hits.clone());
+        let app = routes(hits.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("upstream server");
         });
@@ -47,6 +47,11 @@ impl Upstream {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+}
+
+/// The routes above, counting every request in `hits`.
+pub fn routes(hits: Arc<AtomicUsize>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(hits)
 }
 
 fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
