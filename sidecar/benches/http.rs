@@ -12,10 +12,11 @@
 //! - fetcher x100: one invocation sending 100 requests, so the instance
 //!   cost is amortised and what remains is the per-request host call;
 //! - fetcher / wasi-fetcher: one plugin invocation per request through
-//!   each door (fresh instance, JSON in and out).
+//!   each door (fresh instance, JSON in and out);
+//! - wasi-fetcher x100: the amortised row through `wasi:http`.
 //!
 //! The first four alternate over three rounds and the median is kept; the
-//! last two run once.
+//! last three run once.
 //!
 //! Run with `./dev bench` (or `cargo bench -p gatehouse --bench http`).
 #![allow(missing_docs)]
@@ -121,7 +122,7 @@ fn main() {
             invoke("fetcher", 100),
         ];
         // Run once each.
-        let once = [invoke("fetcher", 1), invoke("wasi-fetcher", 1)];
+        let once = [invoke("fetcher", 1), invoke("wasi-fetcher", 1), invoke("wasi-fetcher", 100)];
 
         println!("outbound GET of a 5-byte body over loopback, {REQUESTS} requests per row\n");
         println!("| path | callers | req/s | p50 µs | p99 µs | vs direct reqwest |");
