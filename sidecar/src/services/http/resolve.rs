@@ -1,5 +1,5 @@
 //! DNS with the SSRF guard built in. The gateway's HTTP clients resolve
-//! names only through [`GuardedResolver`], which drops every address the
+//! names only through `GuardedResolver`, which drops every address the
 //! requesting plugin may not reach before the connector sees the list. The
 //! check therefore applies to the address actually connected to: there is
 //! no earlier lookup whose answer a rebinding DNS server could change.

@@ -1,5 +1,5 @@
 //! The pooled HTTP/1.1 client the gateway sends through: hyper-util's
-//! pooled client, connecting only to addresses [`GuardedResolver`] admits,
+//! pooled client, connecting only to addresses `GuardedResolver` admits,
 //! with rustls and the platform's certificate verifier for `https`.
 //!
 //! Why not reqwest, which is built from these same parts: the gateway does

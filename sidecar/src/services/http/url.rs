@@ -1,6 +1,8 @@
 //! URL normalisation: one canonical form for the allowlist to match and for
-//! the client to connect to, produced by the same WHATWG parser (the `url`
-//! crate) that reqwest uses, so there is no parser differential to exploit.
+//! the client to connect to, produced by a WHATWG parser (the `url` crate).
+//! The transport sends this form and checks that the URI it dials names the
+//! same host and port (`transport::uri`), so there is no parser differential
+//! to exploit.
 //!
 //! The parser lowercases, applies IDNA (`bücher.example` becomes
 //! `xn--bcher-kva.example`), decodes percent-escapes in the host, rewrites
