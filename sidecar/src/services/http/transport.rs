@@ -31,6 +31,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// bodies in full, within the policy's `max_request`).
 pub(super) type RequestBody = Full<Bytes>;
 
+/// A response whose body is still to be read.
+pub(super) type Response = http::Response<Incoming>;
+
 /// One connection pool whose connections all go to addresses a [`Zone`]
 /// admits.
 pub(super) type Transport = Client<HttpsConnector<HttpConnector<GuardedResolver>>, RequestBody>;
@@ -74,9 +77,6 @@ pub(super) fn uri(target: &Target) -> Option<Uri> {
     let same = uri.scheme_str() == Some(target.scheme) && uri.host() == url.host_str() && uri.port_u16() == url.port();
     same.then_some(uri)
 }
-
-/// A response whose body is still to be read.
-pub(super) type Response = http::Response<Incoming>;
 
 #[cfg(test)]
 mod tests {
