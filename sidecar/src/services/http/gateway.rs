@@ -46,9 +46,10 @@ pub struct HttpGateway {
 impl HttpGateway {
     /// Builds the pools. `lookup` resolves every name they connect to.
     pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, TransportError> {
+        let tls = transport::tls_config()?;
         Ok(HttpGateway {
-            public: transport::transport(lookup.clone(), Zone::Public)?,
-            granted: transport::transport(lookup, Zone::Granted)?,
+            public: transport::transport(lookup.clone(), Zone::Public, tls.clone()),
+            granted: transport::transport(lookup, Zone::Granted, tls),
         })
     }
 

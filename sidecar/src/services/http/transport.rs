@@ -16,10 +16,11 @@ use bytes::Bytes;
 use http::Uri;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
 
 use super::resolve::{GuardedResolver, Lookup, Zone};
 use super::url::Target;
@@ -43,26 +44,33 @@ pub(super) type Transport = Client<HttpsConnector<HttpConnector<GuardedResolver>
 #[error("cannot set up TLS for outbound HTTP: {0}")]
 pub struct TransportError(String);
 
+/// The TLS settings every pool shares: rustls with the platform's
+/// certificate verifier. Building the verifier reads and parses the
+/// system's root certificates, so it is done once per gateway.
+pub(super) fn tls_config() -> Result<ClientConfig, TransportError> {
+    // Use ring unless the embedding application installed a provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = ClientConfig::builder().try_with_platform_verifier().map_err(|e| TransportError(e.to_string()))?;
+    Ok(config.with_no_client_auth())
+}
+
 /// Builds the pool for `zone`. Names are resolved by `lookup` through the
 /// zone's address check; IP literals skip the resolver (hyper-util connects
 /// to them directly), so the gateway checks those itself before sending.
-pub(super) fn transport(lookup: Arc<dyn Lookup>, zone: Zone) -> Result<Transport, TransportError> {
-    // Use ring unless the embedding application installed a provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+pub(super) fn transport(lookup: Arc<dyn Lookup>, zone: Zone, tls: ClientConfig) -> Transport {
     let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(lookup, zone));
     // `https` URLs are handed to the TLS layer, not refused.
     http.enforce_http(false);
     http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .try_with_platform_verifier()
-        .map_err(|e| TransportError(e.to_string()))?
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
-        .build(https))
+        .build(https)
 }
 
 /// The URI to send for `target`. The connector dials the URI's authority,
