@@ -75,12 +75,16 @@ type ResponseFuture = Box<
 >;
 
 impl WasiHttpHooks for HttpHost {
+    /// Asked for every header a guest sets. Overridden (not left to the
+    /// default, which builds `forbidden_header_filter`'s closure per call)
+    /// because the wasi:http types ask it once per header.
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        wasi_header_forbidden(self.plugin.as_deref(), name)
+    }
+
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
-        let policy: Option<Arc<PluginHttp>> = self.plugin.clone();
-        Arc::new(move |name| {
-            wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
-                || policy.as_ref().is_some_and(|p| wasi_header_denied(p.policy(), name))
-        })
+        let plugin = self.plugin.clone();
+        Arc::new(move |name| wasi_header_forbidden(plugin.as_deref(), name))
     }
 
     /// The URL carries the authority; a guest-set `host` could disagree.
@@ -126,10 +130,13 @@ impl WasiHttpHooks for HttpHost {
     }
 }
 
-/// Policy-denied headers, except `content-length`: standard guests may set
-/// it, and the body is read in full before sending anyway.
-fn wasi_header_denied(policy: &HttpPolicy, name: &HeaderName) -> bool {
-    *name != http::header::CONTENT_LENGTH && policy.check_header(name.as_str()).is_err()
+/// wasmtime-wasi-http's forbidden headers, and the policy's denied ones
+/// except `content-length`: standard guests may set it, and the body is
+/// read in full before sending anyway.
+fn wasi_header_forbidden(plugin: Option<&PluginHttp>, name: &HeaderName) -> bool {
+    wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        || plugin
+            .is_some_and(|p| *name != http::header::CONTENT_LENGTH && p.policy().check_header(name.as_str()).is_err())
 }
 
 /// Reads the guest's body (up to the request limit) and flattens the
