@@ -4,9 +4,8 @@
 //! resolved against the directory that holds the file, so the sidecar
 //! behaves the same whatever directory it is started from.
 
-use std::path::{Path, PathBuf};
-
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -30,7 +29,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config::from_file(FileConfig::default(), Path::new("."))
+        Config::from_file(FileConfig::default(), Path::new(".")).expect("built-in defaults are valid")
     }
 }
 
@@ -83,27 +82,20 @@ impl Config {
             fail(format!("line {}: {}", line.unwrap_or(1), e.message().trim_end()))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for (name, secret) in &raw.secrets {
-            if secret.env.is_some() == secret.file.is_some() {
-                return Err(fail(format!("[secrets.{name}]: set exactly one of `env` or `file`")));
-            }
-        }
-        Ok(Config::from_file(raw, base))
+        Config::from_file(raw, base).map_err(fail)
     }
 
-    fn from_file(raw: FileConfig, base: &Path) -> Config {
+    fn from_file(raw: FileConfig, base: &Path) -> Result<Config, String> {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let secrets = raw
             .secrets
             .into_iter()
-            .map(|(name, secret)| {
-                let source = match (secret.env, secret.file) {
-                    (Some(var), _) => SecretSource::Env(var),
-                    (None, file) => SecretSource::File(resolve(file.unwrap_or_default())),
-                };
-                (name, source)
+            .map(|(name, secret)| match (secret.env, secret.file) {
+                (Some(var), None) => Ok((name, SecretSource::Env(var))),
+                (None, Some(file)) => Ok((name, SecretSource::File(resolve(file)))),
+                _ => Err(format!("[secrets.{name}]: set exactly one of `env` or `file`")),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
@@ -118,6 +110,36 @@ impl Config {
             secrets,
             ..defaults
         };
-        Config { policy_dir, plugin_dir, data_dir, runtime }
+        Ok(Config { policy_dir, plugin_dir, data_dir, runtime })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_a_file_relative_to_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, "[secrets.a]\nenv = \"A_TOKEN\"\n[secrets.b]\nfile = \"b.txt\"\n").unwrap();
+        let secrets = Config::load(&path).unwrap().runtime.secrets;
+        assert_eq!(secrets["a"], SecretSource::Env("A_TOKEN".into()));
+        assert_eq!(secrets["b"], SecretSource::File(dir.path().join("b.txt")));
+    }
+
+    #[test]
+    fn a_secret_needs_exactly_one_source() {
+        for text in ["[secrets.t]\nenv = \"T\"\nfile = \"t\"\n", "[secrets.t]\n"] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.ends_with("[secrets.t]: set exactly one of `env` or `file`"), "{error}");
+        }
     }
 }
