@@ -19,6 +19,8 @@
 //!   and backend; the runtime only wires them into the linker.
 //! - [`secrets`]: credentials the platform adds on a plugin's behalf.
 //! - [`error`]: the error kinds shared with guests (the WIT `error` record).
+//! - [`guest_text`]: escapes and bounds every guest-controlled string before
+//!   it reaches a log, an error message or a terminal.
 //!
 //! # Example
 //!
@@ -40,6 +42,7 @@
 pub mod bindings;
 pub mod config;
 pub mod error;
+pub mod guest_text;
 pub mod policy;
 pub mod runtime;
 pub mod secrets;

@@ -6,63 +6,142 @@ pub mod stdio;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::component::HasData;
 
 use crate::bindings::gatehouse::services::log::{Field, Host, Level};
+use crate::guest_text::{self, escaped};
 
-/// Longest message kept, in bytes; longer ones are cut at a char boundary.
-pub const MAX_MESSAGE: usize = 4096;
+/// Longest message kept, in escaped bytes; the rest is replaced by a marker.
+pub const MAX_MESSAGE: usize = guest_text::MESSAGE;
 /// Fields kept per event; the rest are dropped.
 pub const MAX_FIELDS: usize = 32;
+/// Longest field key, in escaped bytes.
+pub const MAX_FIELD_KEY: usize = 64;
+/// Longest field value, in escaped bytes.
+pub const MAX_FIELD_VALUE: usize = 1024;
+/// Events one invocation may log (log calls and captured stdio lines).
+pub const MAX_EVENTS_PER_INVOCATION: u64 = 256;
+/// Guest text one invocation may log, counted after escaping.
+pub const MAX_BYTES_PER_INVOCATION: u64 = 256 * 1024;
 
 /// Who is logging: attached to every event a plugin produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginTag {
     /// Plugin name from its policy.
     pub name: String,
-    /// Version the plugin reports through `info()`.
+    /// Version the plugin reports through `info()` (validated at load).
     pub version: String,
 }
 
-/// The per-invocation state of the log interface.
+/// The per-invocation state of the log interface. Clones share one
+/// budget, so the guest's log calls and its captured stdout and stderr
+/// draw on the same per-invocation allowance.
 #[derive(Debug, Clone)]
 pub struct Logger {
+    budget: Arc<Budget>,
+}
+
+/// What one invocation has logged so far, and what it was refused. When
+/// the invocation ends (the last clone of its logger is dropped), one
+/// summary event reports what was dropped.
+#[derive(Debug)]
+struct Budget {
     tag: Arc<PluginTag>,
+    events: AtomicU64,
+    bytes: AtomicU64,
+    dropped_events: AtomicU64,
+    dropped_bytes: AtomicU64,
 }
 
 impl Logger {
-    /// A logger tagging events with `tag`.
+    /// A logger tagging events with `tag`, with a fresh budget.
     pub fn new(tag: Arc<PluginTag>) -> Self {
-        Logger { tag }
+        Logger {
+            budget: Arc::new(Budget {
+                tag,
+                events: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                dropped_events: AtomicU64::new(0),
+                dropped_bytes: AtomicU64::new(0),
+            }),
+        }
     }
 
-    /// Emits one event; also the path for captured stdout/stderr lines.
+    /// Emits one guest event, escaped and bounded, if the invocation's
+    /// budget allows; also the path for captured stdout/stderr lines.
     pub fn emit(&self, level: Level, message: &str, fields: &[Field]) {
-        let message = truncate(message, MAX_MESSAGE);
+        let message = escaped(message, MAX_MESSAGE).to_string();
         let mut rendered = String::new();
         for field in fields.iter().take(MAX_FIELDS) {
-            let (key, value) = (truncate(&field.key, 128), truncate(&field.value, 1024));
+            let (key, value) = (escaped(&field.key, MAX_FIELD_KEY), escaped(&field.value, MAX_FIELD_VALUE));
             // Quote only values that would otherwise be ambiguous.
-            if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '=' || c == '"') {
-                let _ = write!(rendered, "{key}={value:?} ");
+            let value = value.to_string();
+            if value.is_empty() || value.contains([' ', '=', '"']) {
+                let _ = write!(rendered, "{key}=\"{}\" ", value.replace('"', "\\\""));
             } else {
                 let _ = write!(rendered, "{key}={value} ");
             }
         }
         let fields = rendered.trim_end();
-        let (plugin, version) = (&self.tag.name, &self.tag.version);
-        macro_rules! event {
-            ($level:expr) => {
-                tracing::event!(target: "gatehouse::plugin", $level, plugin = %plugin, version = %version, fields, "{message}")
-            };
+        if !self.budget.spend((message.len() + fields.len()) as u64) {
+            return;
         }
-        match level {
-            Level::Trace => event!(tracing::Level::TRACE),
-            Level::Debug => event!(tracing::Level::DEBUG),
-            Level::Info => event!(tracing::Level::INFO),
-            Level::Warn => event!(tracing::Level::WARN),
-            Level::Error => event!(tracing::Level::ERROR),
+        self.event(level, &message, fields);
+    }
+
+    /// Emits an event the sidecar writes about the guest (not guest text),
+    /// outside the budget.
+    pub(crate) fn notice(&self, level: Level, message: &str, fields: &str) {
+        self.event(level, message, fields);
+    }
+
+    fn event(&self, level: Level, message: &str, fields: &str) {
+        emit_event(&self.budget.tag, level, message, fields);
+    }
+}
+
+fn emit_event(tag: &PluginTag, level: Level, message: &str, fields: &str) {
+    let (plugin, version) = (&tag.name, &tag.version);
+    macro_rules! event {
+        ($level:expr) => {
+            tracing::event!(target: "gatehouse::plugin", $level, plugin = %plugin, version = %version, fields, "{message}")
+        };
+    }
+    match level {
+        Level::Trace => event!(tracing::Level::TRACE),
+        Level::Debug => event!(tracing::Level::DEBUG),
+        Level::Info => event!(tracing::Level::INFO),
+        Level::Warn => event!(tracing::Level::WARN),
+        Level::Error => event!(tracing::Level::ERROR),
+    }
+}
+
+impl Budget {
+    /// Takes one event of `bytes` from the budget; false (and counted as
+    /// dropped) if either allowance would be exceeded.
+    fn spend(&self, bytes: u64) -> bool {
+        let events = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if events > MAX_EVENTS_PER_INVOCATION || total > MAX_BYTES_PER_INVOCATION {
+            self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            self.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        let dropped = *self.dropped_events.get_mut();
+        if dropped > 0 {
+            let fields = format!(
+                "dropped_events={dropped} dropped_bytes={} max_events={MAX_EVENTS_PER_INVOCATION} max_bytes={MAX_BYTES_PER_INVOCATION}",
+                self.dropped_bytes.get_mut()
+            );
+            emit_event(&self.tag, Level::Warn, "log budget of the invocation exceeded; later events dropped", &fields);
         }
     }
 }
@@ -79,28 +158,4 @@ pub struct LogService;
 
 impl HasData for LogService {
     type Data<'a> = &'a mut Logger;
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("hello", 10), "hello");
-        assert_eq!(truncate("hello", 3), "hel");
-        // 'é' is two bytes: cutting inside it backs off to the boundary.
-        assert_eq!(truncate("éé", 3), "é");
-    }
 }

@@ -66,8 +66,8 @@ impl LineBuffer {
         let room = MAX_CAPTURE - self.captured;
         if bytes.len() > room && !self.truncated {
             self.truncated = true;
-            let limit = Field { key: "limit_bytes".into(), value: MAX_CAPTURE.to_string() };
-            self.logger.emit(Level::Warn, "guest output truncated", &[self.stream_field(), limit]);
+            let fields = format!("stream={} limit_bytes={MAX_CAPTURE}", self.stream_name());
+            self.logger.notice(Level::Warn, "guest output truncated", &fields);
         }
         let kept = &bytes[..bytes.len().min(room)];
         self.captured += kept.len();
@@ -92,11 +92,14 @@ impl LineBuffer {
     }
 
     fn stream_field(&self) -> Field {
-        let name = match self.stream {
+        Field { key: "stream".into(), value: self.stream_name().into() }
+    }
+
+    fn stream_name(&self) -> &'static str {
+        match self.stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
-        };
-        Field { key: "stream".into(), value: name.into() }
+        }
     }
 }
 
