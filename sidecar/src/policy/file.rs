@@ -33,6 +33,7 @@ pub(super) struct LimitsSection {
     pub memory: Option<Spanned<ByteSize>>,
     pub timeout: Option<Spanned<HumanDuration>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub max_output: Option<Spanned<ByteSize>>,
 }
 
 /// `[http]`: see `services::http::policy` for the meaning of each field.

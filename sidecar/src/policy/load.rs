@@ -23,6 +23,11 @@ const MAX_MEMORY: u64 = 4 << 30;
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_CONCURRENCY: i64 = 10_000;
+const MIN_OUTPUT: u64 = 1 << 10;
+const MAX_OUTPUT: u64 = 1 << 30;
+/// Largest component file read (bigger than any real plugin: a Python
+/// component with its interpreter is about 40 MiB).
+pub const MAX_COMPONENT_SIZE: u64 = 128 << 20;
 const MAX_NAME_LEN: usize = 64;
 const MAX_REDIRECTS: u32 = 20;
 
@@ -179,6 +184,16 @@ impl Validator<'_> {
             }
             limits.concurrency = n.clamp(1, MAX_CONCURRENCY) as u32;
         }
+        if let Some(max_output) = &raw.max_output {
+            let bytes = max_output.get_ref().0;
+            if !(MIN_OUTPUT..=MAX_OUTPUT).contains(&bytes) {
+                self.fail(
+                    max_output,
+                    format!("max_output {} is out of range: it must be between 1 KiB and 1 GiB", max_output.get_ref()),
+                );
+            }
+            limits.max_output = bytes;
+        }
         limits
     }
 
@@ -288,7 +303,7 @@ impl Validator<'_> {
             },
         };
         let resolved = plugin_dir.join(path.get_ref());
-        let bytes = match std::fs::read(&resolved) {
+        let bytes = match read_capped(&resolved, MAX_COMPONENT_SIZE) {
             Ok(bytes) => bytes,
             Err(e) => {
                 self.fail(path, format!("component `{}` cannot be read: {e}", resolved.display()));
@@ -313,6 +328,22 @@ impl Validator<'_> {
 /// Lowercase `name` if it is a valid HTTP header name.
 fn valid_header_name(name: &str) -> Option<String> {
     http::HeaderName::from_bytes(name.as_bytes()).ok().map(|n| n.as_str().to_string())
+}
+
+/// Reads at most `cap` bytes: a `component` pointing at `/dev/zero` or a
+/// runaway build artifact fails fast instead of exhausting memory.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::other(format!("larger than the {} MiB a component may be", cap >> 20)));
+    }
+    Ok(bytes)
 }
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::services::http::HttpPolicy;
 
 pub use error::PolicyError;
-pub use load::{PolicyLoad, load_dir};
+pub use load::{MAX_COMPONENT_SIZE, PolicyLoad, load_dir};
 
 /// Default per-invocation memory limit when `[limits] memory` is absent.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
@@ -31,6 +31,8 @@ pub const DEFAULT_MEMORY: u64 = 64 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default number of concurrent invocations per plugin.
 pub const DEFAULT_CONCURRENCY: u32 = 16;
+/// Default largest output document.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 << 20;
 
 /// The validated policies of a directory, by plugin name.
 #[derive(Debug, Default, Clone)]
@@ -96,11 +98,18 @@ pub struct Limits {
     pub timeout: Duration,
     /// Invocations of this plugin that may run at once.
     pub concurrency: u32,
+    /// Largest output document, in bytes (body and content type).
+    pub max_output: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory: DEFAULT_MEMORY, timeout: DEFAULT_TIMEOUT, concurrency: DEFAULT_CONCURRENCY }
+        Limits {
+            memory: DEFAULT_MEMORY,
+            timeout: DEFAULT_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
     }
 }
 

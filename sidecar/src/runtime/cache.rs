@@ -9,8 +9,12 @@
 //! earlier, so the cache directory must be writable only by the sidecar
 //! (it lives in the data directory, which has that requirement anyway).
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -31,11 +35,45 @@ pub enum CacheOutcome {
 #[derive(Debug, Clone)]
 pub(super) struct CodeCache {
     dir: Option<PathBuf>,
+    /// One lock per component (by hash), held while it compiles: loads of
+    /// the same bytes wait for one compilation instead of repeating it,
+    /// including one that outlived its budget and still runs.
+    compiling: Arc<Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl CodeCache {
     pub(super) fn new(dir: Option<PathBuf>) -> Self {
-        CodeCache { dir }
+        CodeCache { dir, compiling: Arc::default() }
+    }
+
+    /// [`CodeCache::load`] on a blocking thread, given at most `budget`.
+    /// Compilation cannot be interrupted, so past the budget the plugin is
+    /// refused and the compilation finishes in the background (and lands
+    /// in the cache, where a later load finds it).
+    pub(super) async fn load_within(
+        &self,
+        engine: &Engine,
+        source: &ComponentSource,
+        budget: Duration,
+    ) -> Result<(Component, CacheOutcome), String> {
+        let lock = self.compiling.lock().unwrap_or_else(|p| p.into_inner()).entry(source.sha256).or_default().clone();
+        let (cache, engine, source) = (self.clone(), engine.clone(), source.clone());
+        let compile = async move {
+            let held = lock.lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _held = held;
+                cache.load(&engine, &source)
+            })
+            .await
+        };
+        match tokio::time::timeout(budget, compile).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(panicked)) => Err(format!("compilation failed: {panicked}")),
+            Err(_) => Err(format!(
+                "compiling it took longer than the compile budget of {budget:?} ([engine] compile_timeout); \
+                 it goes on in the background, or precompile it with `gatehouse compile`"
+            )),
+        }
     }
 
     /// Path of the cached artifact for `source` under `engine`'s settings.
@@ -82,12 +120,17 @@ fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component, String>
 }
 
 /// Writes via a temporary file and rename, so a crash never leaves a
-/// truncated artifact under the final name.
+/// truncated artifact under the final name. The temporary name is unique
+/// per call (process id and a counter), so concurrent writers of the same
+/// artifact, in one process or several, never write into one file.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp =
-        dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

@@ -11,19 +11,24 @@ use std::time::Duration;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::RuntimeSettings;
+use super::limits::{MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLES_PER_COMPONENT};
 
 pub(super) fn new_engine(settings: &RuntimeSettings) -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true).concurrency_support(false).epoch_interruption(true).memory_init_cow(true);
     if settings.pooling {
-        let instances = settings.max_instances;
+        // Every invocation is one component instance capped at the
+        // per-component counts, so a pool of `pool_instances` such shapes
+        // can never be emptied by one odd-shaped component.
+        let instances = settings.pool_instances();
         let mut pool = PoolingAllocationConfig::default();
-        // A Rust component is a handful of core instances (the program plus
-        // small adapter shims), only one of which owns a memory.
         pool.total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(4))
-            .total_tables(instances.saturating_mul(4))
-            .total_memories(instances)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .total_core_instances(instances.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+            .total_tables(instances.saturating_mul(MAX_TABLES_PER_COMPONENT))
+            .total_memories(instances.saturating_mul(MAX_MEMORIES_PER_COMPONENT))
             .total_stacks(instances)
             .max_memory_size(usize::try_from(settings.max_memory).unwrap_or(usize::MAX))
             // Resetting a reused slot with memset is cheaper than madvise

@@ -42,12 +42,19 @@ pub enum InvokeError {
         limit: u32,
     },
     /// The invocation ran past its deadline and was stopped.
-    #[error("plugin `{plugin}` did not finish within its {timeout:?} timeout")]
+    #[error(
+        "plugin `{plugin}` did not finish within its {timeout:?} timeout{}",
+        if *in_host_call { " (stopped while waiting in a host call)" } else { "" }
+    )]
     Timeout {
         /// Plugin name.
         plugin: String,
         /// The policy's `timeout`.
         timeout: Duration,
+        /// Whether the guest was parked in a host call (stopped by the
+        /// fallback timer at deadline + grace) rather than running wasm
+        /// (stopped by the epoch deadline).
+        in_host_call: bool,
     },
     /// The guest tried to grow its memory beyond the policy's limit.
     #[error("plugin `{plugin}` exceeded its memory limit of {limit} bytes")]
@@ -57,16 +64,53 @@ pub enum InvokeError {
         /// The policy's `memory`, in bytes.
         limit: u64,
     },
+    /// The output document is larger than the policy's `max_output`.
+    #[error("plugin `{plugin}` returned a {size}-byte output, over its max_output of {limit} bytes")]
+    OutputTooLarge {
+        /// Plugin name.
+        plugin: String,
+        /// Size of the output (body and content type).
+        size: u64,
+        /// The policy's `max_output`.
+        limit: u64,
+    },
+    /// One host call, or the output, carried more data than the plugin's
+    /// limits allow to cross from guest to host at once.
+    #[error(
+        "plugin `{plugin}` passed more than {limit} bytes to the host in one call (or as its output); \
+         see max_output in its policy"
+    )]
+    TooMuchData {
+        /// Plugin name.
+        plugin: String,
+        /// Bytes one host call may pass.
+        limit: u64,
+    },
+    /// The guest called `wasi:cli/exit` instead of returning a result.
+    #[error("plugin `{plugin}` exited (status {status}) without returning a result")]
+    Exited {
+        /// Plugin name.
+        plugin: String,
+        /// The exit status it gave.
+        status: i32,
+    },
     /// The guest trapped (a panic, an out-of-bounds access, `unreachable`).
     #[error("plugin `{plugin}` crashed: {message}")]
     Trap {
         /// Plugin name.
         plugin: String,
-        /// The trap and the guest backtrace, when available.
+        /// The trap and the guest backtrace, when available (escaped and
+        /// bounded: function names come from the guest).
         message: String,
     },
-    /// The guest returned its own typed error.
-    #[error("plugin `{plugin}` returned {}: {}", error.kind, error.message)]
+    /// The guest returned its own typed error. The record is kept as the
+    /// guest sent it (the API returns it as data); displaying it escapes
+    /// and bounds the guest's message.
+    #[error(
+        "plugin `{plugin}` returned {}: {}",
+        error.kind,
+        crate::guest_text::escaped(&error.message, crate::guest_text::MESSAGE)
+    )]
     Plugin {
         /// Plugin name.
         plugin: String,
@@ -92,8 +136,10 @@ impl InvokeError {
             InvokeError::Refused(_) => ErrorKind::Unavailable,
             InvokeError::Busy { .. } => ErrorKind::RateLimited,
             InvokeError::Timeout { .. } => ErrorKind::Timeout,
-            InvokeError::MemoryLimit { .. } => ErrorKind::QuotaExceeded,
-            InvokeError::Trap { .. } => ErrorKind::Internal,
+            InvokeError::MemoryLimit { .. } | InvokeError::OutputTooLarge { .. } | InvokeError::TooMuchData { .. } => {
+                ErrorKind::QuotaExceeded
+            }
+            InvokeError::Trap { .. } | InvokeError::Exited { .. } => ErrorKind::Internal,
             InvokeError::Plugin { error, .. } => error.kind,
             InvokeError::Unavailable { .. } => ErrorKind::Unavailable,
         }

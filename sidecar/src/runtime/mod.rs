@@ -4,16 +4,27 @@
 //! Isolation is per invocation: every call gets a new instance whose memory
 //! comes from the pooling allocator's copy-on-write image, so nothing a call
 //! does survives it and one call's crash cannot touch another. Each call is
-//! bounded three ways: the policy's memory limit (a `ResourceLimiter`), an
-//! epoch deadline (stops a guest spinning in wasm), and a tokio timeout
-//! around the whole call (stops a guest parked in a host call, which epochs
-//! cannot interrupt).
+//! bounded: the policy's memory limit across every memory of the instance
+//! (`limits`), the data one host call may pass in (hostcall fuel), the
+//! output size, its log volume (`services::log`), an epoch deadline (stops
+//! a guest spinning in wasm) and a tokio timeout around the whole call
+//! (stops a guest parked in a host call, which epochs cannot interrupt).
+//!
+//! Fairness: a spinning guest yields to the executor on every epoch tick
+//! through `tokio::task::yield_now`, which lets the worker poll its timers
+//! and sockets before running the guest again, so other plugins' timers,
+//! I/O and deadlines keep working under hostile load. No plugin can empty
+//! the shared instance pool: each invocation is one instance of capped
+//! shape, and the concurrency of all loaded plugins together must fit in
+//! the pool (see [`Runtime::load`]).
 
 mod cache;
 mod engine;
 mod error;
 mod imports;
+mod limits;
 mod linker;
+mod plugin_info;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +38,9 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 pub use cache::CacheOutcome;
 pub use error::{InvokeError, LoadError, RuntimeError};
+pub use limits::{
+    MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_COMPONENT,
+};
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
 use crate::policy::{PluginPolicy, PolicySet};
@@ -39,7 +53,19 @@ use state::PluginState;
 
 /// Extra time the tokio timeout allows beyond a plugin's deadline, so that
 /// the epoch deadline (which reports a clean trap) normally fires first.
-const TIMEOUT_GRACE: Duration = Duration::from_millis(100);
+/// A guest parked in a host call is stopped at deadline + grace.
+pub const TIMEOUT_GRACE: Duration = Duration::from_millis(50);
+/// Deadline of the `info()` call made once at load time (or the policy's
+/// timeout, if shorter): a plugin whose `info()` spins must not hold up
+/// loading.
+pub const INFO_DEADLINE: Duration = Duration::from_secs(1);
+/// Instances kept in the pool beyond `max_instances` for the `info()`
+/// calls of plugins being loaded, so a reload under full load never fails
+/// for want of an instance; also the number of plugins loaded at once.
+const LOAD_INSTANCES: u32 = 4;
+/// Data one host call may pass to the host beyond what the policy's
+/// grants need (log messages, small records).
+const HOSTCALL_BASE: u64 = 1 << 20;
 
 /// Engine sizing. Defaults suit a sidecar next to one application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +74,12 @@ pub struct RuntimeSettings {
     pub max_memory: u64,
     /// Instances alive at once across all plugins (the pool size).
     pub max_instances: u32,
-    /// Epoch tick: deadlines are checked at this granularity.
+    /// Epoch tick: deadlines are checked at this granularity, and a guest
+    /// running in wasm yields to the executor this often.
     pub epoch_tick: Duration,
+    /// Longest time compiling one component may take at load (cache
+    /// misses only; `gatehouse compile` has no budget).
+    pub compile_timeout: Duration,
     /// Bytes of each reused memory slot reset with memset instead of
     /// being returned to the kernel.
     pub keep_resident: u64,
@@ -61,12 +91,20 @@ pub struct RuntimeSettings {
     pub secrets: BTreeMap<String, SecretSource>,
 }
 
+impl RuntimeSettings {
+    /// Component instances in the pool: invocations, plus the load reserve.
+    pub(crate) fn pool_instances(&self) -> u32 {
+        self.max_instances.saturating_add(LOAD_INSTANCES)
+    }
+}
+
 impl Default for RuntimeSettings {
     fn default() -> Self {
         RuntimeSettings {
             max_memory: 4 << 30,
             max_instances: 1000,
-            epoch_tick: Duration::from_millis(10),
+            epoch_tick: Duration::from_millis(1),
+            compile_timeout: Duration::from_secs(10),
             keep_resident: 2 << 20,
             pooling: true,
             cache_dir: None,
@@ -83,6 +121,8 @@ struct LoadedPlugin {
     pre: PluginPre<PluginState>,
     slots: Semaphore,
     http: Option<Arc<PluginHttp>>,
+    /// Bytes one host call (or the output) may lift from guest memory.
+    hostcall_fuel: usize,
 }
 
 /// What [`Runtime::load`] did with each policy.
@@ -104,6 +144,11 @@ pub struct Runtime {
     http: Arc<HttpGateway>,
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     refused: HashMap<String, LoadError>,
+    /// One permit per pool instance available to invocations. Loaded
+    /// plugins' concurrency never adds up to more, so in steady state no
+    /// one waits here; during a reload, invocations of the old and the new
+    /// plugins together still never overfill the pool.
+    instances: Arc<Semaphore>,
 }
 
 /// What one instance is asked to do.
@@ -124,7 +169,17 @@ impl Runtime {
         let linker = linker::new_linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let cache = cache::CodeCache::new(settings.cache_dir.clone());
         let http = Arc::new(HttpGateway::new(Arc::new(SystemLookup)).map_err(|e| RuntimeError(e.to_string()))?);
-        Ok(Runtime { settings, engine, linker, cache, http, plugins: HashMap::new(), refused: HashMap::new() })
+        let instances = Arc::new(Semaphore::new(settings.max_instances as usize));
+        Ok(Runtime {
+            settings,
+            engine,
+            linker,
+            cache,
+            http,
+            plugins: HashMap::new(),
+            refused: HashMap::new(),
+            instances,
+        })
     }
 
     /// Replaces the DNS resolver of outbound HTTP (the system resolver by
@@ -142,15 +197,42 @@ impl Runtime {
     }
 
     /// Replaces the loaded plugins with those of `policies`. Each plugin is
-    /// compiled (or taken from the cache), its imports checked against its
-    /// policy, and its `info()` read once. A plugin that fails any step is
-    /// refused alone; the others load.
+    /// compiled (or taken from the cache) within the compile budget, its
+    /// imports checked against its policy, and its `info()` read once
+    /// under [`INFO_DEADLINE`]. Plugins load concurrently, so one that is
+    /// slow or failing delays no other; a plugin that fails any step is
+    /// refused alone. Plugins are admitted in name order while their
+    /// concurrency fits in the pool (`max_instances`); the rest are
+    /// refused, so every loaded plugin can always run at its concurrency.
     pub async fn load(&mut self, policies: &PolicySet) -> LoadReport {
         let mut report = LoadReport::default();
         let mut plugins = HashMap::new();
         self.refused.clear();
-        for policy in policies.plugins.values() {
-            match self.load_plugin(policy).await {
+        let loads = Semaphore::new(LOAD_INSTANCES as usize);
+        let this = &*self;
+        let outcomes = futures::future::join_all(policies.plugins.values().map(|policy| {
+            let loads = &loads;
+            async move {
+                let _turn = loads.acquire().await.expect("never closed");
+                (policy, this.load_plugin(policy).await)
+            }
+        }))
+        .await;
+        let mut reserved: u32 = 0;
+        for (policy, outcome) in outcomes {
+            let outcome = outcome.and_then(|plugin| {
+                let total = reserved.saturating_add(policy.limits.concurrency);
+                if total > self.settings.max_instances {
+                    return Err(format!(
+                        "its concurrency of {} would bring the loaded plugins' total to {total}, over the engine's \
+                         max_instances of {} (gatehouse.toml [engine]); lower some concurrency or raise max_instances",
+                        policy.limits.concurrency, self.settings.max_instances
+                    ));
+                }
+                reserved = total;
+                Ok(plugin)
+            });
+            match outcome {
                 Ok(plugin) => {
                     tracing::info!(plugin = %policy.name, version = %plugin.info.version, "plugin loaded");
                     report.loaded.push(plugin.info.clone());
@@ -196,7 +278,9 @@ impl Runtime {
 
     /// Runs `plugin`'s `handle` on `input` in a fresh instance, under the
     /// plugin's limits. Waits for a free concurrency slot for at most the
-    /// plugin's timeout.
+    /// plugin's timeout plus [`TIMEOUT_GRACE`]: the longest a holder can
+    /// keep one, so a caller behind a stuck invocation gets the slot it
+    /// frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
         let Some(loaded) = self.plugins.get(plugin) else {
             return Err(match self.refused.get(plugin) {
@@ -205,13 +289,27 @@ impl Runtime {
             });
         };
         let limits = loaded.policy.limits;
-        let _slot = match tokio::time::timeout(limits.timeout, loaded.slots.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_closed)) => unreachable!("plugin semaphores are never closed"),
+        let wait = limits.timeout + TIMEOUT_GRACE + self.settings.epoch_tick;
+        let acquire = async { (loaded.slots.acquire().await, self.instances.acquire().await) };
+        let _slots = match tokio::time::timeout(wait, acquire).await {
+            Ok((Ok(slot), Ok(instance))) => (slot, instance),
+            Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
             Err(_) => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
         };
-        match self.run(&loaded.pre, &loaded.policy, &loaded.tag, &loaded.http, Call::Handle(input)).await? {
-            Reply::Handle(Ok(output)) => Ok(output),
+        let reply =
+            self.run(&loaded.pre, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, Call::Handle(input));
+        match reply.await? {
+            Reply::Handle(Ok(output)) => {
+                let size = (output.body.len() + output.content_type.len()) as u64;
+                if size > limits.max_output {
+                    return Err(InvokeError::OutputTooLarge {
+                        plugin: plugin.to_string(),
+                        size,
+                        limit: limits.max_output,
+                    });
+                }
+                Ok(output)
+            }
             Reply::Handle(Err(error)) => Err(InvokeError::Plugin { plugin: plugin.to_string(), error }),
             Reply::Info(_) => unreachable!("asked for handle"),
         }
@@ -231,8 +329,11 @@ impl Runtime {
                 limits.concurrency, self.settings.max_instances
             ));
         }
-        let (component, outcome) =
-            self.cache.load(&self.engine, &policy.component).map_err(|e| format!("not a valid component: {e}"))?;
+        let (component, outcome) = self
+            .cache
+            .load_within(&self.engine, &policy.component, self.settings.compile_timeout)
+            .await
+            .map_err(|e| format!("not a valid component: {e}"))?;
         tracing::debug!(plugin = %policy.name, ?outcome, "component ready");
         imports::check(&self.engine, &component, policy).map_err(|refused| refused.join("; "))?;
         let pre = self.instance_pre(&component)?;
@@ -243,18 +344,23 @@ impl Runtime {
             None => None,
         };
 
+        let hostcall_fuel = hostcall_fuel(policy);
+
         let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
-        let info = match self.run(&pre, policy, &tag, &http, Call::Info).await {
+        let mut info_policy = policy.clone();
+        info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
+        let info = match self.run(&pre, &info_policy, &tag, &http, hostcall_fuel, Call::Info).await {
             Ok(Reply::Info(info)) => info,
             Ok(Reply::Handle(_)) => unreachable!("asked for info"),
-            Err(e) => return Err(format!("info() failed: {e}")),
+            Err(e) => return Err(format!("info() failed: {}", load_failure(&e))),
         };
+        plugin_info::validate(&info)?;
         if info.name != policy.name {
             tracing::warn!(plugin = %policy.name, reported = %info.name, "plugin reports a different name than its policy; the policy's name is used");
         }
         tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
         let slots = Semaphore::new(limits.concurrency as usize);
-        Ok(LoadedPlugin { policy: policy.clone(), tag, info, pre, slots, http })
+        Ok(LoadedPlugin { policy: policy.clone(), tag, info, pre, slots, http, hostcall_fuel })
     }
 
     fn instance_pre(&self, component: &Component) -> Result<PluginPre<PluginState>, String> {
@@ -269,17 +375,25 @@ impl Runtime {
         policy: &PluginPolicy,
         tag: &Arc<PluginTag>,
         http: &Option<Arc<PluginHttp>>,
+        hostcall_fuel: usize,
         call: Call,
     ) -> Result<Reply, InvokeError> {
         let timeout = policy.limits.timeout;
         let mut store = Store::new(&self.engine, PluginState::new(policy, tag, http.clone()));
         store.limiter(|state| &mut state.limiter);
-        // Check the deadline on every epoch tick, yielding to the executor
-        // in between so a spinning guest never monopolises a worker thread.
+        store.set_hostcall_fuel(hostcall_fuel);
+        // Check the deadline on every epoch tick. In between, yield to the
+        // executor through `yield_now`, which tokio defers until the worker
+        // has polled its timers and sockets: other tasks' wake-ups are never
+        // starved by guests that spin.
         let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
         });
 
         let outcome = tokio::time::timeout(
@@ -298,16 +412,65 @@ impl Runtime {
         let plugin = policy.name.clone();
         match outcome {
             Ok(Ok(reply)) => Ok(reply),
-            Err(_elapsed) => Err(InvokeError::Timeout { plugin, timeout }),
+            Err(_elapsed) => Err(InvokeError::Timeout { plugin, timeout, in_host_call: true }),
             Ok(Err(_)) if store.data().limiter.exceeded() => {
                 Err(InvokeError::MemoryLimit { plugin, limit: policy.limits.memory })
             }
-            Ok(Err((instantiating, error))) => Err(match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => InvokeError::Timeout { plugin, timeout },
-                Some(_) => InvokeError::Trap { plugin, message: format!("{error:?}") },
-                None if instantiating => InvokeError::Unavailable { plugin, message: format!("{error:#}") },
-                None => InvokeError::Trap { plugin, message: format!("{error:#}") },
-            }),
+            Ok(Err((instantiating, error))) => {
+                Err(classify_failure(plugin, timeout, hostcall_fuel, instantiating, &error))
+            }
         }
+    }
+}
+
+/// What one host call may lift from guest memory: enough for the output
+/// document and for the largest request the plugin's grants allow, and
+/// no more, so a guest cannot make the host allocate far past its limits.
+fn hostcall_fuel(policy: &PluginPolicy) -> usize {
+    let http = policy.http.as_ref().map_or(0, |http| http.max_request + HOSTCALL_BASE);
+    let fuel = policy.limits.max_output.max(http).max(HOSTCALL_BASE);
+    usize::try_from(fuel).unwrap_or(usize::MAX)
+}
+
+/// Turns what wasmtime reported into the invocation's typed error.
+fn classify_failure(
+    plugin: String,
+    timeout: Duration,
+    hostcall_fuel: usize,
+    instantiating: bool,
+    error: &wasmtime::Error,
+) -> InvokeError {
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return InvokeError::Exited { plugin, status: exit.0 };
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::Interrupt => InvokeError::Timeout { plugin, timeout, in_host_call: false },
+            _ => InvokeError::Trap {
+                plugin,
+                message: crate::guest_text::escape(&format!("{error:?}"), crate::guest_text::MESSAGE),
+            },
+        };
+    }
+    let text = format!("{error:#}");
+    // wasmtime's error for a host call (or output) past the hostcall fuel
+    // has no public type; its message is stable within the pinned version.
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return InvokeError::TooMuchData { plugin, limit: hostcall_fuel as u64 };
+    }
+    let message = crate::guest_text::escape(&text, crate::guest_text::MESSAGE);
+    if instantiating { InvokeError::Unavailable { plugin, message } } else { InvokeError::Trap { plugin, message } }
+}
+
+/// The reason a load-time `info()` call failed, for the refusal message.
+fn load_failure(error: &InvokeError) -> String {
+    match error {
+        InvokeError::Unavailable { message, .. } if message.contains("per component") || message.contains("limit") => {
+            format!(
+                "{message} (a component may have at most {MAX_CORE_INSTANCES_PER_COMPONENT} core instances, \
+                 {MAX_MEMORIES_PER_COMPONENT} memories and {MAX_TABLES_PER_COMPONENT} tables)"
+            )
+        }
+        other => other.to_string(),
     }
 }

@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::limits::InvocationLimiter;
 use crate::policy::{PluginPolicy, Stdio};
 use crate::services::http::PluginHttp;
 use crate::services::http::host::HttpHost;
@@ -16,7 +17,7 @@ use crate::services::log::{Logger, PluginTag};
 pub(crate) struct PluginState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limiter: MemoryLimiter,
+    pub(crate) limiter: InvocationLimiter,
     pub(crate) logger: Logger,
     pub(crate) http: HttpHost,
     http_ctx: WasiHttpCtx,
@@ -41,7 +42,7 @@ impl PluginState {
         PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(policy.limits.memory),
+            limiter: InvocationLimiter::new(policy.limits.memory),
             logger,
             http: HttpHost::new(http),
             http_ctx: WasiHttpCtx::new(),
@@ -58,40 +59,5 @@ impl WasiView for PluginState {
 impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
-    }
-}
-
-/// Enforces the policy's memory limit and remembers whether it had to, so
-/// that the trap a refused `memory.grow` usually leads to (allocation
-/// failure aborts a Rust guest) is reported as `quota-exceeded`.
-pub(crate) struct MemoryLimiter {
-    max_memory: usize,
-    exceeded: bool,
-}
-
-/// Table elements one instance may grow to; generous for real guests.
-const MAX_TABLE_ELEMENTS: usize = 100_000;
-
-impl MemoryLimiter {
-    fn new(max_memory: u64) -> Self {
-        MemoryLimiter { max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX), exceeded: false }
-    }
-
-    pub(crate) fn exceeded(&self) -> bool {
-        self.exceeded
-    }
-}
-
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            self.exceeded = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
