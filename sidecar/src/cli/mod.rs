@@ -130,13 +130,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// Logs go to stderr so that `invoke` output on stdout stays clean.
-/// `GATEHOUSE_LOG` (or `RUST_LOG`) overrides the `info` default.
+/// `GATEHOUSE_LOG` (or `RUST_LOG`) overrides the `info` default. Colours
+/// only on a terminal, and never with `NO_COLOR` set.
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("GATEHOUSE_LOG")
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
 }

@@ -38,18 +38,21 @@ pub(super) struct CodeCache {
     /// One lock per component (by hash), held while it compiles: loads of
     /// the same bytes wait for one compilation instead of repeating it,
     /// including one that outlived its budget and still runs.
-    compiling: Arc<Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>>,
+    compiling: Arc<Mutex<HashMap<[u8; 32], CompileLock>>>,
 }
+
+type CompileLock = Arc<tokio::sync::Mutex<()>>;
 
 impl CodeCache {
     pub(super) fn new(dir: Option<PathBuf>) -> Self {
         CodeCache { dir, compiling: Arc::default() }
     }
 
-    /// [`CodeCache::load`] on a blocking thread, given at most `budget`.
+    /// [`CodeCache::load`] on a thread of its own, given at most `budget`.
     /// Compilation cannot be interrupted, so past the budget the plugin is
     /// refused and the compilation finishes in the background (and lands
-    /// in the cache, where a later load finds it).
+    /// in the cache, where a later load finds it). A plain thread, not
+    /// tokio's blocking pool, so a runtime shutting down never waits for it.
     pub(super) async fn load_within(
         &self,
         engine: &Engine,
@@ -60,15 +63,18 @@ impl CodeCache {
         let (cache, engine, source) = (self.clone(), engine.clone(), source.clone());
         let compile = async move {
             let held = lock.lock_owned().await;
-            tokio::task::spawn_blocking(move || {
-                let _held = held;
-                cache.load(&engine, &source)
-            })
-            .await
+            let (done, result) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("gatehouse-compile".into())
+                .spawn(move || {
+                    let _held = held;
+                    let _ = done.send(cache.load(&engine, &source));
+                })
+                .map_err(|e| format!("cannot start a compiler thread: {e}"))?;
+            result.await.map_err(|_| "the compiler thread panicked".to_string())?
         };
         match tokio::time::timeout(budget, compile).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(panicked)) => Err(format!("compilation failed: {panicked}")),
+            Ok(result) => result,
             Err(_) => Err(format!(
                 "compiling it took longer than the compile budget of {budget:?} ([engine] compile_timeout); \
                  it goes on in the background, or precompile it with `gatehouse compile`"

@@ -64,8 +64,8 @@ pub const INFO_DEADLINE: Duration = Duration::from_secs(1);
 /// for want of an instance; also the number of plugins loaded at once.
 const LOAD_INSTANCES: u32 = 4;
 /// Data one host call may pass to the host beyond what the policy's
-/// grants need (log messages, small records).
-const HOSTCALL_BASE: u64 = 1 << 20;
+/// grants need (log messages, headers, small records).
+pub const HOSTCALL_BASE: u64 = 1 << 20;
 
 /// Engine sizing. Defaults suit a sidecar next to one application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +344,7 @@ impl Runtime {
             None => None,
         };
 
-        let hostcall_fuel = hostcall_fuel(policy);
+        let hostcall_fuel = usize::try_from(hostcall_fuel(policy)).unwrap_or(usize::MAX);
 
         let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
         let mut info_policy = policy.clone();
@@ -352,7 +352,7 @@ impl Runtime {
         let info = match self.run(&pre, &info_policy, &tag, &http, hostcall_fuel, Call::Info).await {
             Ok(Reply::Info(info)) => info,
             Ok(Reply::Handle(_)) => unreachable!("asked for info"),
-            Err(e) => return Err(format!("info() failed: {}", load_failure(&e))),
+            Err(e) => return Err(format!("info() failed: {e}")),
         };
         plugin_info::validate(&info)?;
         if info.name != policy.name {
@@ -424,12 +424,12 @@ impl Runtime {
 }
 
 /// What one host call may lift from guest memory: enough for the output
-/// document and for the largest request the plugin's grants allow, and
-/// no more, so a guest cannot make the host allocate far past its limits.
-fn hostcall_fuel(policy: &PluginPolicy) -> usize {
-    let http = policy.http.as_ref().map_or(0, |http| http.max_request + HOSTCALL_BASE);
-    let fuel = policy.limits.max_output.max(http).max(HOSTCALL_BASE);
-    usize::try_from(fuel).unwrap_or(usize::MAX)
+/// document or the largest request the plugin's grants allow, plus
+/// [`HOSTCALL_BASE`] for the rest of a call, and no more, so a guest cannot
+/// make the host allocate far past its limits.
+pub fn hostcall_fuel(policy: &PluginPolicy) -> u64 {
+    let http = policy.http.as_ref().map_or(0, |http| http.max_request);
+    policy.limits.max_output.max(http) + HOSTCALL_BASE
 }
 
 /// Turns what wasmtime reported into the invocation's typed error.
@@ -460,17 +460,4 @@ fn classify_failure(
     }
     let message = crate::guest_text::escape(&text, crate::guest_text::MESSAGE);
     if instantiating { InvokeError::Unavailable { plugin, message } } else { InvokeError::Trap { plugin, message } }
-}
-
-/// The reason a load-time `info()` call failed, for the refusal message.
-fn load_failure(error: &InvokeError) -> String {
-    match error {
-        InvokeError::Unavailable { message, .. } if message.contains("per component") || message.contains("limit") => {
-            format!(
-                "{message} (a component may have at most {MAX_CORE_INSTANCES_PER_COMPONENT} core instances, \
-                 {MAX_MEMORIES_PER_COMPONENT} memories and {MAX_TABLES_PER_COMPONENT} tables)"
-            )
-        }
-        other => other.to_string(),
-    }
 }

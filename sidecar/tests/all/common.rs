@@ -59,15 +59,31 @@ impl Policies {
     }
 }
 
-/// Engine settings for tests: a small pool, and a code cache shared by all
-/// tests so each guest is compiled once per engine configuration.
+/// Engine settings for tests: a small pool, and a code cache for this run
+/// of the suite (`./dev test` makes a fresh one in `GATEHOUSE_TEST_CACHE`,
+/// so each guest is compiled once per run and no artifact of an earlier
+/// build is trusted); without it, a cache for this test process only.
 pub fn settings() -> RuntimeSettings {
-    RuntimeSettings {
-        max_instances: 64,
-        max_memory: 512 << 20,
-        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-code-cache")),
-        ..RuntimeSettings::default()
-    }
+    static PROCESS_CACHE: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    let cache = match std::env::var_os("GATEHOUSE_TEST_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PROCESS_CACHE.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_path_buf(),
+    };
+    RuntimeSettings { max_instances: 64, max_memory: 512 << 20, cache_dir: Some(cache), ..RuntimeSettings::default() }
+}
+
+/// A hand-written hostile component: `guests/hostile-shapes/plugin.wat`
+/// with `guests/hostile-shapes/<shape>.wat` spliced in, assembled into
+/// `dir/<shape>.wasm`.
+pub fn shape(dir: &Path, shape: &str) -> PathBuf {
+    let shapes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guests/hostile-shapes");
+    let plugin = std::fs::read_to_string(shapes.join("plugin.wat")).expect("plugin.wat");
+    let part = std::fs::read_to_string(shapes.join(format!("{shape}.wat"))).expect("shape file");
+    let text = plugin.replace(";; HOSTILE SHAPE", &part);
+    let bytes = wat::parse_str(&text).unwrap_or_else(|e| panic!("{shape}.wat: {e}"));
+    let path = dir.join(format!("{shape}.wasm"));
+    std::fs::write(&path, bytes).expect("writing component");
+    path
 }
 
 /// A runtime with every policy of `policies` loaded; panics on any refusal.
@@ -88,8 +104,9 @@ pub struct Event {
     pub fields: BTreeMap<String, String>,
 }
 
-/// Collects tracing events emitted on the current thread while the guard
-/// returned by [`capture_logs`] lives.
+/// Collects tracing events emitted on any thread of the process while the
+/// guard returned by [`capture_logs`] lives (nextest runs each test in a
+/// process of its own, so these are the test's events).
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<Event>>>);
 
@@ -99,15 +116,39 @@ impl Captured {
     }
 }
 
-pub fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::registry().with(captured.clone());
-    let guard = tracing::subscriber::set_default(subscriber);
-    (captured, guard)
+/// Stops a capture when dropped.
+pub struct CaptureGuard(Captured);
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        ACTIVE.lock().unwrap().retain(|c| !Arc::ptr_eq(&c.0, &(self.0).0));
+    }
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+static ACTIVE: Mutex<Vec<Captured>> = Mutex::new(Vec::new());
+
+/// Starts capturing every event, from every thread (a global subscriber is
+/// installed on first use, so multi-thread runtimes are captured too).
+pub fn capture_logs() -> (Captured, CaptureGuard) {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::registry().with(Dispatch);
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+    });
+    let captured = Captured::default();
+    ACTIVE.lock().unwrap().push(captured.clone());
+    (captured.clone(), CaptureGuard(captured))
+}
+
+/// The global layer: hands each event to every active capture.
+struct Dispatch;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Dispatch {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let active = ACTIVE.lock().unwrap().clone();
+        if active.is_empty() {
+            return;
+        }
         struct Fields<'a>(&'a mut BTreeMap<String, String>);
         impl Visit for Fields<'_> {
             fn record_str(&mut self, field: &Field, value: &str) {
@@ -120,6 +161,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
         let meta = event.metadata();
-        self.0.lock().unwrap().push(Event { target: meta.target().to_string(), level: *meta.level(), fields });
+        let event = Event { target: meta.target().to_string(), level: *meta.level(), fields };
+        for capture in active {
+            capture.0.lock().unwrap().push(event.clone());
+        }
     }
 }

@@ -72,6 +72,11 @@ impl Logger {
     /// Emits one guest event, escaped and bounded, if the invocation's
     /// budget allows; also the path for captured stdout/stderr lines.
     pub fn emit(&self, level: Level, message: &str, fields: &[Field]) {
+        // Once the budget is spent, drop without rendering anything.
+        if self.budget.spent() {
+            self.budget.drop_event(message.len() as u64);
+            return;
+        }
         let message = escaped(message, MAX_MESSAGE).to_string();
         let mut rendered = String::new();
         for field in fields.iter().take(MAX_FIELDS) {
@@ -125,11 +130,21 @@ impl Budget {
         let events = self.events.fetch_add(1, Ordering::Relaxed) + 1;
         let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if events > MAX_EVENTS_PER_INVOCATION || total > MAX_BYTES_PER_INVOCATION {
-            self.dropped_events.fetch_add(1, Ordering::Relaxed);
-            self.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.drop_event(bytes);
             return false;
         }
         true
+    }
+
+    /// Whether no further event can fit.
+    fn spent(&self) -> bool {
+        self.events.load(Ordering::Relaxed) >= MAX_EVENTS_PER_INVOCATION
+            || self.bytes.load(Ordering::Relaxed) >= MAX_BYTES_PER_INVOCATION
+    }
+
+    fn drop_event(&self, bytes: u64) {
+        self.dropped_events.fetch_add(1, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
