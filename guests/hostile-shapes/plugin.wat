@@ -5,9 +5,9 @@
 ;; extra core instances and memories are created when it is instantiated.
 (component
   (core module $main
-    (memory (export "memory") 1)
+    (memory (export "memory") 64)
     (global $heap (mut i32) (i32.const 4096))
-    ;; A bump allocator: enough for the one input an instance receives.
+        ;; A bump allocator: enough for the one input an instance receives.
     (func (export "realloc") (param i32 i32 i32 i32) (result i32)
       (local $at i32)
       (local.set $at
@@ -26,6 +26,14 @@
     (data (i32.const 16) "hostile-shapes0.1.0")
     (data (i32.const 64) "\10\00\00\00\0e\00\00\00\1e\00\00\00\05\00\00\00\23\00\00\00\00\00\00\00")
     (func (export "info") (result i32) (i32.const 64))
+    ;; Writes one byte per page, so the plugin's own 4 MiB are really used.
+    (func $touch (local $at i32)
+      (local.set $at (i32.const 65536))
+      (loop $pages
+        (i32.store8 (local.get $at) (i32.const 1))
+        (local.set $at (i32.add (local.get $at) (i32.const 65536)))
+        (br_if $pages (i32.lt_u (local.get $at) (i32.const 4194304)))))
+    (start $touch)
     ;; handle: result<document, error> at 128, tag 0 (ok), document at offset 8
     (func (export "handle") (param i32 i32 i32 i32) (result i32)
       (i32.store8 (i32.const 128) (i32.const 0))

@@ -278,9 +278,9 @@ impl Runtime {
 
     /// Runs `plugin`'s `handle` on `input` in a fresh instance, under the
     /// plugin's limits. Waits for a free concurrency slot for at most the
-    /// plugin's timeout plus [`TIMEOUT_GRACE`]: the longest a holder can
-    /// keep one, so a caller behind a stuck invocation gets the slot it
-    /// frees rather than `rate-limited`.
+    /// plugin's timeout plus twice [`TIMEOUT_GRACE`]: longer than a holder
+    /// can keep one (timeout + grace), so a caller behind a stuck
+    /// invocation gets the slot it frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
         let Some(loaded) = self.plugins.get(plugin) else {
             return Err(match self.refused.get(plugin) {
@@ -289,7 +289,7 @@ impl Runtime {
             });
         };
         let limits = loaded.policy.limits;
-        let wait = limits.timeout + TIMEOUT_GRACE + self.settings.epoch_tick;
+        let wait = limits.timeout + 2 * TIMEOUT_GRACE;
         let acquire = async { (loaded.slots.acquire().await, self.instances.acquire().await) };
         let _slots = match tokio::time::timeout(wait, acquire).await {
             Ok((Ok(slot), Ok(instance))) => (slot, instance),

@@ -1,7 +1,9 @@
 //! Policy loading: every refusal names the file, the line where it can, and
 //! the problem; a refused file never takes a good one down with it.
 
-use gatehouse::policy::{DEFAULT_CONCURRENCY, DEFAULT_MEMORY, DEFAULT_TIMEOUT, PolicyError, Stdio};
+use std::time::{Duration, Instant};
+
+use gatehouse::policy::{PolicyError, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::common::{Policies, guest};
@@ -29,9 +31,12 @@ fn a_minimal_policy_gets_the_documented_defaults() {
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
     let echo = &load.set.plugins["echo"];
-    assert_eq!(echo.limits.memory, DEFAULT_MEMORY);
-    assert_eq!(echo.limits.timeout, DEFAULT_TIMEOUT);
-    assert_eq!(echo.limits.concurrency, DEFAULT_CONCURRENCY);
+    // The values policies/README.md documents, written out here so that a
+    // changed constant cannot silently change the documented behaviour.
+    assert_eq!(echo.limits.memory, 64 << 20);
+    assert_eq!(echo.limits.timeout, Duration::from_secs(1));
+    assert_eq!(echo.limits.concurrency, 16);
+    assert_eq!(echo.limits.max_output, 16 << 20);
     assert_eq!(echo.stdio, Stdio::Log);
     assert_eq!(echo.component.bytes.len(), std::fs::metadata(guest("echo")).unwrap().len() as usize);
 }
@@ -280,4 +285,32 @@ fn an_unknown_or_empty_http_field_is_refused() {
 
     with_http(&policies, "allow = []");
     assert!(only_error(&policies).reason.contains("[http] allow is empty"));
+}
+
+#[test]
+fn a_component_that_is_not_a_regular_file_or_too_large_fails_fast() {
+    let policies = Policies::new();
+    let huge = policies.dir.path().join("huge.wasm");
+    // Sparse: 129 MiB on paper, nothing on disk.
+    std::fs::File::create(&huge).unwrap().set_len(129 << 20).unwrap();
+    for (name, path) in [("zero", "/dev/zero"), ("huge", huge.to_str().unwrap())] {
+        policies.write(&format!("{name}.toml"), &format!("[plugin]\nname = \"{name}\"\ncomponent = {path:?}\n"));
+    }
+    let started = Instant::now();
+    let load = policies.load();
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let reasons: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("/dev/zero") && r.contains("not a regular file")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("larger than the 128 MiB a component may be")), "{reasons:?}");
+}
+
+#[test]
+fn max_output_is_parsed_and_range_checked() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("", "max_output = \"2 MiB\""));
+    assert_eq!(policies.load().set.plugins["echo"].limits.max_output, 2 << 20);
+    policies.write("echo.toml", &policy_with("", "max_output = \"10 B\""));
+    let error = only_error(&policies);
+    assert!(error.to_string().contains("max_output 10 B is out of range"), "{error}");
 }

@@ -1,7 +1,7 @@
 //! The sandbox under a hostile plugin author: components built to take more
 //! than their share. Attacks tried, and what must happen:
-//! - a second core instance with its own 48 MiB memory next to the plugin's
-//!   (one-more-memory.wat): both memories count against one limit;
+//! - a second core instance with its own 30 MiB memory next to the
+//!   plugin's 4 MiB (one-more-memory.wat): both count against one limit;
 //! - 40 core instances with 64 MiB memories each (forty-memories.wat) and
 //!   1000 one-page memories in three nested components
 //!   (thousand-memories.wat): refused at load by the per-component caps,
@@ -66,7 +66,7 @@ fn refusal(report: &gatehouse::LoadReport, plugin: &str) -> String {
 #[tokio::test]
 async fn every_memory_of_an_invocation_counts_against_one_limit() {
     let policies = Policies::new();
-    // The plugin's own memory plus a 48 MiB one: over 32 MiB together,
+    // The plugin's own 4 MiB plus a 30 MiB memory: over 32 MiB together,
     // though each alone is under it.
     shape_policy(&policies, "tight", "one-more-memory", "memory = \"32 MiB\"");
     shape_policy(&policies, "roomy", "one-more-memory", "memory = \"64 MiB\"");
@@ -93,7 +93,7 @@ async fn components_with_more_memories_than_allowed_are_refused_at_load() {
         assert!(!reason.contains('\n') && reason.len() < 1000, "{plugin}: one bounded line: {reason}");
     }
     let table = refusal(&report, "table");
-    assert!(table.contains("table"), "{table}");
+    assert!(table.contains("exceeds table limits"), "{table}");
     assert_eq!(runtime.invoke("echo", doc("ok")).await.unwrap().body, b"ok");
 }
 
@@ -149,8 +149,9 @@ async fn plugin_info_that_could_forge_or_flood_the_log_is_refused_at_load() {
     assert_eq!(report.loaded.len(), 1);
 }
 
+/// Named for the nextest group that runs alone: it times the load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin() {
+async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin_under_hostile_load() {
     let policies = Policies::new();
     policies.plugin("slow-info", "hostile_slow_info", "timeout = \"10m\"");
     let slow = policies.dir.path().join("slow.wasm");
@@ -159,7 +160,7 @@ async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin() {
     policies.plugin("echo", "echo", "");
     // A cache of its own, so the slow component is compiled here.
     let cache = tempfile::tempdir().unwrap();
-    let budget = Duration::from_millis(300);
+    let budget = Duration::from_secs(1);
     let settings =
         RuntimeSettings { compile_timeout: budget, cache_dir: Some(cache.path().to_path_buf()), ..settings() };
     // echo is compiled ahead (as `gatehouse compile` would), so that on
@@ -171,11 +172,11 @@ async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin() {
     let (runtime, report) = load(&policies, settings).await;
     let took = started.elapsed();
     assert!(refusal(&report, "slow-info").contains("did not finish within its 1s timeout"), "{report:?}");
-    assert!(refusal(&report, "slow").contains("compile budget of 300ms"), "{report:?}");
+    assert!(refusal(&report, "slow").contains("compile budget of 1s"), "{report:?}");
     assert_eq!(runtime.invoke("echo", doc("ok")).await.unwrap().body, b"ok");
-    // Both run at once, each bounded by its own budget: not one after the
-    // other, and not for the policy's 10 minutes.
-    assert!(took < INFO_DEADLINE + Duration::from_secs(2), "loading took {took:?}");
+    // Both run at once, each bounded by its own budget of 1 s: not one
+    // after the other (2 s), and not for the policy's 10 minutes.
+    assert!(took < INFO_DEADLINE + Duration::from_millis(800), "loading took {took:?}");
 }
 
 /// A component whose one function has 4000 locals and 8000 small blocks
@@ -264,15 +265,34 @@ async fn a_caller_queued_behind_a_parked_guest_gets_the_slot_it_frees() {
 /// Latency of another plugin, and deadline overshoot, with 16 guests
 /// spinning on a 2-worker runtime (the sidecar's layout on a 2-core
 /// machine). Before yields let tokio poll its drivers, the victim was woken
-/// about every 600 ms and a 100 ms deadline was enforced at 577 ms. The
-/// bounds asserted here are the ones the README states.
+/// about every 600 ms and a 100 ms deadline was enforced at 577 ms. With
+/// the default 1 ms tick the bound is the one the README states; with a
+/// 10 ms tick (one yield per 10 ms, where tokio's own interval of 61 polls
+/// would mean 610 ms between driver checks) the victim must still be
+/// served within a few rounds of the spinners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_and_deadlines_hold_under_hostile_load() {
+    let (victim, overshoot) = spin_and_measure(settings()).await;
+    assert!(victim < Duration::from_millis(100), "a 5 ms sleep took {victim:?}");
+    assert!(overshoot < Duration::from_millis(100), "deadline overshoot {overshoot:?}");
+
+    let coarse = RuntimeSettings { epoch_tick: Duration::from_millis(10), ..settings() };
+    let (victim, overshoot) = spin_and_measure(coarse).await;
+    assert!(victim < Duration::from_millis(300), "10 ms tick: a 5 ms sleep took {victim:?}");
+    assert!(overshoot < Duration::from_millis(300), "10 ms tick: deadline overshoot {overshoot:?}");
+}
+
+/// Runs 16 spinners (300 ms deadline, restarted as they time out) and a
+/// victim sleeping 5 ms in a loop for 1.5 s; returns the victim's worst
+/// call and the worst deadline overshoot.
+async fn spin_and_measure(settings: RuntimeSettings) -> (Duration, Duration) {
     const SPINNERS: usize = 16;
     let policies = Policies::new();
     policies.plugin("spin", "hostile_loop", &format!("timeout = \"300ms\"\nconcurrency = {SPINNERS}"));
     policies.plugin("victim", "sleeper", "timeout = \"5s\"");
-    let runtime = Arc::new(runtime(&policies).await);
+    let (runtime, report) = load(&policies, settings.clone()).await;
+    assert!(report.refused.is_empty(), "{report:?}");
+    let runtime = Arc::new(runtime);
     let window = Duration::from_millis(1500);
     let started = Instant::now();
 
@@ -304,9 +324,11 @@ async fn timers_and_deadlines_hold_under_hostile_load() {
     for spinner in spinners {
         spin_worst = spin_worst.max(spinner.await.unwrap());
     }
-    eprintln!("victim: {victim_calls} calls, worst {victim_worst:?}; spin overshoot worst {spin_worst:?}");
-    assert!(victim_worst < Duration::from_millis(100), "a 5 ms sleep took {victim_worst:?}");
-    assert!(spin_worst < Duration::from_millis(100), "deadline overshoot {spin_worst:?}");
+    eprintln!(
+        "tick {:?}: victim {victim_calls} calls, worst {victim_worst:?}; spin overshoot worst {spin_worst:?}",
+        settings.epoch_tick
+    );
+    (victim_worst, spin_worst)
 }
 
 #[test]
