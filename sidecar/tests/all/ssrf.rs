@@ -7,8 +7,8 @@
 //! attacks, by the layer that stops them:
 //! - spellings of internal IP literals (decimal, octal, hex, short IPv4,
 //!   IPv6 loopback, IPv4-mapped/-compatible/NAT64 IPv6, `0.0.0.0`, `[::]`,
-//!   percent-encoded digits, cloud metadata): normalised, then not in the
-//!   allowlist;
+//!   percent-encoded digits, cloud metadata, a double trailing dot that
+//!   turns a name into a literal): normalised, then not in the allowlist;
 //! - confusion tricks (userinfo `allowed@evil`, backslashes, fragments and
 //!   `@` combinations, control characters, suffix and apex tricks, foreign
 //!   schemes): refused by the URL normaliser or the allowlist;
@@ -115,6 +115,8 @@ async fn every_ssrf_form_is_refused_and_nothing_reaches_loopback() {
         (format!("http://[0:0:0:0:0:ffff:169.254.169.254]:{port}/"), Allowlist),
         (format!("http://[64:ff9b::7f00:1]:{port}/"), Allowlist),
         (format!("http://[::]:{port}/"), Allowlist),
+        (format!("http://127.0.0.1..:{port}/"), Allowlist),
+        (format!("http://0x7f.1...:{port}/"), Allowlist),
         ("http://169.254.169.254/latest/meta-data/".into(), Allowlist),
         ("http://[fd00:ec2::254]/latest/meta-data/".into(), Allowlist),
         (format!("http://localhost:{port}/"), Allowlist),

@@ -355,6 +355,8 @@ mod tests {
             "https://user@api.example.com",
             "ftp://files.example.com",
             "https://*.10.0.0.1",
+            // `0.1..` is `0.1` once its dots are stripped: an IPv4 literal.
+            "http://*.0.1..",
         ] {
             assert!(AllowRule::parse(bad).is_err(), "{bad} should be refused");
         }
