@@ -359,3 +359,37 @@ async fn credentials_the_guest_set_do_not_follow_a_redirect_to_another_origin() 
     let echo = echo_json(&http.send(cross_origin).await.unwrap().body);
     assert!(!sent_credentials(&echo), "{echo}");
 }
+
+#[tokio::test]
+async fn header_names_are_compared_with_underscores_read_as_dashes() {
+    // CGI-style upstreams read `x_api_key` as `x-api-key` (CVE-2024-45614):
+    // the deny list, injected headers and `proxy-*` must refuse both.
+    let up = Upstream::start().await;
+    let port = up.port();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "s3cr3t").unwrap();
+    let mut policy = exact(&up);
+    policy.deny_headers.insert("x-internal-user".into());
+    policy.inject.push(Injection {
+        to: AllowRule::parse(&format!("http://upstream.test:{port}")).unwrap(),
+        header: "x-api-key".into(),
+        secret: "api".into(),
+        prefix: String::new(),
+    });
+    let secrets = BTreeMap::from([("api".to_string(), SecretSource::File(secret_file.path().into()))]);
+    let http = PluginHttp::new("test", policy, gateway(dns()), &secrets).unwrap();
+    for name in ["x_internal_user", "X_Internal-User", "x_api_key", "X-API_KEY", "Proxy-Foo", "proxy_foo", "PROXY-X"] {
+        let mut request = get(format!("http://upstream.test:{port}/echo"));
+        request.headers.push((name.into(), b"forged".to_vec()));
+        let error = http.send(request).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{name}: {error}");
+    }
+    assert_eq!(up.hits(), 0, "a header that folds onto a denied one reached the upstream");
+    // Underscore names that fold onto nothing denied still go through.
+    let mut request = get(format!("http://upstream.test:{port}/echo"));
+    request.headers.push(("x_trace".into(), b"1".to_vec()));
+    let echo = echo_json(&http.send(request).await.unwrap().body);
+    let headers = echo["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h[0] == "x_trace"), "{echo}");
+    assert_eq!(headers.iter().filter(|h| h[0] == "x-api-key" && h[1] == "s3cr3t").count(), 1, "{echo}");
+}
