@@ -250,3 +250,22 @@ async fn underscore_and_proxy_headers_are_refused_by_both_doors() {
         assert_eq!(headers.iter().find(|h| h[0] == "x-api-key").unwrap()[1], "s3cr3t", "{plugin}: {echo}");
     }
 }
+
+#[tokio::test]
+async fn max_redirects_0_returns_redirects_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "max_redirects = 0")).await;
+    let port = up.port();
+    for (path, status, location) in
+        [("/redirect?to=/hello&status=302", 302, "/hello"), ("/bad-redirect", 302, "http://exa mple.com:99999/")]
+    {
+        for (plugin, _) in DOORS {
+            let url = format!("http://upstream.test:{port}{path}");
+            let response = fetch(&runtime, plugin, json!({ "url": url })).await.unwrap();
+            assert_eq!(response["status"], status, "{plugin} {path}: {response}");
+            let headers = response["headers"].as_array().unwrap();
+            assert!(headers.iter().any(|h| h[0] == "location" && h[1] == location), "{plugin}: {response}");
+        }
+    }
+    assert_eq!(up.hits(), 4);
+}

@@ -393,3 +393,84 @@ async fn header_names_are_compared_with_underscores_read_as_dashes() {
     assert!(headers.iter().any(|h| h[0] == "x_trace"), "{echo}");
     assert_eq!(headers.iter().filter(|h| h[0] == "x-api-key" && h[1] == "s3cr3t").count(), 1, "{echo}");
 }
+
+#[tokio::test]
+async fn each_redirect_hop_spends_a_rate_token() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods.insert("POST".into());
+    policy.rate = Rate::parse("1/h").unwrap();
+    policy.max_redirects = 20;
+    let http = plugin(policy, dns());
+    let request = OutboundRequest {
+        method: "POST".into(),
+        url: format!("http://upstream.test:{}/redirect?to=/loop&status=307", up.port()),
+        body: Some(Bytes::from_static(b"payload")),
+        ..OutboundRequest::default()
+    };
+    let error = http.send(request).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert_eq!(up.hits(), 1, "one token, one request sent");
+}
+
+#[tokio::test]
+async fn a_redirect_that_changes_the_method_needs_the_new_method_granted() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods = ["POST".to_string()].into();
+    let http = plugin(policy, dns());
+    for status in [303, 302, 301] {
+        let request = OutboundRequest {
+            method: "POST".into(),
+            url: format!("http://upstream.test:{}/redirect?to=/echo&status={status}", up.port()),
+            body: Some(Bytes::from_static(b"form")),
+            ..OutboundRequest::default()
+        };
+        let error = http.send(request).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{status}: {error}");
+        assert!(error.to_string().contains("into a GET"), "{status}: {error}");
+    }
+    assert_eq!(up.hits(), 3, "only the redirecting responses were served");
+}
+
+#[tokio::test]
+async fn max_redirects_0_hands_every_3xx_back() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.max_redirects = 0;
+    let http = plugin(policy, dns());
+    let port = up.port();
+    for (path, location) in [
+        ("/redirect?to=/hello".to_string(), "/hello"),
+        (format!("/redirect?to=http://elsewhere.test:{port}/&status=308"), "http://elsewhere.test"),
+        ("/bad-redirect".to_string(), "http://exa mple.com"),
+    ] {
+        let response = http.send(get(format!("http://upstream.test:{port}{path}"))).await.unwrap();
+        assert!(response.status.is_redirection(), "{path}: {}", response.status);
+        let sent = response.headers["location"].to_str().unwrap();
+        assert!(sent.starts_with(location), "{path}: {sent}");
+    }
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn an_address_the_guard_refuses_does_not_spend_the_rate_budget() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.allow.push(AllowRule::parse(&format!("http://*.wild.test:{port}")).unwrap());
+    policy.rate = Rate::parse("1/h").unwrap();
+    let http = plugin(policy, dns().with("a.wild.test", &[ip("127.0.0.1")]));
+    // Denied by the allowlist, by the address guard on an IP literal, and
+    // on a resolved name: none spends the one token.
+    let refused = [format!("http://nowhere.test:{port}/"), format!("http://a.wild.test:{port}/hello")];
+    for url in refused {
+        let error = http.send(get(url.clone())).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{url}: {error}");
+    }
+    let ok = http.send(get(format!("http://upstream.test:{port}/hello"))).await.unwrap();
+    assert_eq!(ok.status, 200);
+    let error = http.send(get(format!("http://upstream.test:{port}/hello"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert_eq!(up.hits(), 1);
+}

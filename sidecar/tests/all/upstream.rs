@@ -7,6 +7,7 @@
 //! - `/echo`: the method, headers and body it received, as JSON
 //! - `/redirect?to=URL&status=302`: a redirect to `URL`
 //! - `/loop`: a redirect to itself
+//! - `/bad-redirect`: a `302` whose `Location` is not a URL
 //! - `/big?n=N&chunked=1`: `N` bytes of `x`, with or without a length
 //! - `/slow?ms=N`: answers after `N` milliseconds
 
@@ -89,6 +90,11 @@ async fn handle(State(hits): State<Arc<AtomicUsize>>, request: Request) -> Respo
         "/loop" => {
             let mut response = text(StatusCode::FOUND, "");
             response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/loop"));
+            response
+        }
+        "/bad-redirect" => {
+            let mut response = text(StatusCode::FOUND, "");
+            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://exa mple.com:99999/"));
             response
         }
         "/big" => {

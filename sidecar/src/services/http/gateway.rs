@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota};
 use http::header::{AUTHORIZATION, COOKIE, LOCATION, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
 
 use super::addr::classify;
+use super::budget::Budget;
 use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
@@ -102,7 +101,7 @@ pub struct PluginHttp {
     plugin: String,
     policy: HttpPolicy,
     gateway: Arc<HttpGateway>,
-    limiter: DefaultDirectRateLimiter,
+    rate: Budget,
     injections: Vec<ResolvedInjection>,
     metrics: HttpMetrics,
 }
@@ -116,11 +115,12 @@ impl PluginHttp {
         gateway: Arc<HttpGateway>,
         secrets: &BTreeMap<String, SecretSource>,
     ) -> Result<Self, String> {
-        let quota = match policy.rate.per {
-            Per::Second => Quota::per_second(policy.rate.count),
-            Per::Minute => Quota::per_minute(policy.rate.count),
-            Per::Hour => Quota::per_hour(policy.rate.count),
+        let per = match policy.rate.per {
+            Per::Second => Duration::from_secs(1),
+            Per::Minute => Duration::from_secs(60),
+            Per::Hour => Duration::from_secs(3600),
         };
+        let rate = Budget::new(policy.rate.count.get(), per / policy.rate.count.get());
         let mut injections = Vec::new();
         for injection in &policy.inject {
             let source = secrets.get(&injection.secret).ok_or_else(|| {
@@ -139,7 +139,7 @@ impl PluginHttp {
         }
         Ok(PluginHttp {
             plugin: plugin.to_string(),
-            limiter: DefaultDirectRateLimiter::direct(quota),
+            rate,
             policy,
             gateway,
             injections,
@@ -200,26 +200,49 @@ impl PluginHttp {
         }
         let mut headers = self.guest_headers(&request.headers)?;
         let mut target = normalize(&request.url)?;
-        let mut zone = self.zone_for(&target)?;
-        // Only requests the policy allows spend the rate budget.
-        self.take_token()?;
 
         let mut hops = 0;
         loop {
+            let zone = self.zone_for(&target).map_err(|e| match e {
+                HttpError::Denied(reason) if hops > 0 => {
+                    HttpError::Denied(format!("redirect to {}: {reason}", target.url))
+                }
+                e => e,
+            })?;
             let uri = transport::uri(&target).ok_or_else(|| {
                 HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url))
             })?;
+            // Every request sent spends a token, each redirect hop
+            // included, and only once the policy allows it.
+            self.take_token()?;
             let mut outgoing = http::Request::new(Full::new(body.clone().unwrap_or_default()));
             *outgoing.method_mut() = method.clone();
             *outgoing.uri_mut() = uri;
             *outgoing.headers_mut() = headers.clone();
             outgoing.headers_mut().entry(USER_AGENT).or_insert(USER_AGENT_VALUE);
+            // Chosen for each hop's own origin.
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
                 outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }
-            let response = self.gateway.transport(zone).request(outgoing).await.map_err(|e| from_transport(&e))?;
+            let response = match self.gateway.transport(zone).request(outgoing).await {
+                Ok(response) => response,
+                Err(e) => {
+                    let error = from_transport(&e);
+                    if matches!(error, HttpError::AddressRefused(_)) {
+                        // Refused by the address guard: a denied request,
+                        // which does not spend the rate budget.
+                        self.rate.refund();
+                    }
+                    return Err(error);
+                }
+            };
             self.metrics.sent(body.as_ref().map_or(0, |b| b.len() as u64));
 
+            // With `max_redirects = 0` the plugin follows redirects itself,
+            // if at all: every 3xx is its answer, whatever its Location.
+            if self.policy.max_redirects == 0 {
+                return self.read_body(response).await;
+            }
             let Some(next) = redirect_target(&target, &response)? else {
                 return self.read_body(response).await;
             };
@@ -229,11 +252,18 @@ impl PluginHttp {
             hops += 1;
             self.metrics.redirect();
             // What browsers and curl do: 303 always becomes GET (bar HEAD),
-            // and so does a POST answered with 301 or 302.
+            // and so does a POST answered with 301 or 302. The new method
+            // must be one the policy allows, like the first.
             let status = response.status();
             if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
                 || (method == Method::POST && matches!(status.as_u16(), 301 | 302))
             {
+                self.policy.check_method(Method::GET.as_str()).map_err(|d| {
+                    HttpError::Denied(format!(
+                        "redirect ({status}) from {} turns the {method} into a GET: {}",
+                        target.url, d.0
+                    ))
+                })?;
                 method = Method::GET;
                 body = None;
                 headers.remove(http::header::CONTENT_TYPE);
@@ -244,10 +274,6 @@ impl PluginHttp {
                     headers.remove(name);
                 }
             }
-            zone = self.zone_for(&next).map_err(|e| match e {
-                HttpError::Denied(reason) => HttpError::Denied(format!("redirect to {}: {reason}", next.url)),
-                e => e,
-            })?;
             target = next;
         }
     }
@@ -289,10 +315,9 @@ impl PluginHttp {
     }
 
     fn take_token(&self) -> Result<(), HttpError> {
-        self.limiter.check().map_err(|not_until| HttpError::RateLimited {
-            rate: self.policy.rate.to_string(),
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        self.rate
+            .take()
+            .map_err(|retry_after| HttpError::RateLimited { rate: self.policy.rate.to_string(), retry_after })
     }
 
     async fn read_body(&self, response: Response) -> Result<InboundResponse, HttpError> {
