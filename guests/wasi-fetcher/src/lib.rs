@@ -125,7 +125,9 @@ fn from_code(code: ErrorCode) -> Error {
         | ErrorCode::HttpRequestMethodInvalid
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::HttpProtocolError => ErrorKind::InvalidInput,
-        ErrorCode::HttpResponseBodySize(_) => ErrorKind::QuotaExceeded,
+        ErrorCode::HttpResponseBodySize(_)
+        | ErrorCode::HttpResponseHeaderSectionSize(_)
+        | ErrorCode::HttpResponseHeaderSize(_) => ErrorKind::QuotaExceeded,
         ErrorCode::ConnectionLimitReached => ErrorKind::RateLimited,
         ErrorCode::HttpResponseTimeout | ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
             ErrorKind::Timeout

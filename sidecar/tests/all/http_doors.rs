@@ -269,3 +269,17 @@ async fn max_redirects_0_returns_redirects_through_both_doors() {
     }
     assert_eq!(up.hits(), 4);
 }
+
+#[tokio::test]
+async fn response_headers_are_bounded_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "max_response = \"32 KiB\"")).await;
+    let port = up.port();
+    for n in [360_000, 40_000] {
+        let request = json!({ "url": format!("http://upstream.test:{port}/headers?n={n}") });
+        for (plugin, _) in DOORS {
+            let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
+            assert_eq!(error.kind, ErrorKind::QuotaExceeded, "{plugin} {n}: {error:?}");
+        }
+    }
+}

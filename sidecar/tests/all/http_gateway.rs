@@ -192,7 +192,8 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     let mut policy = exact(&up);
     policy.methods.insert("POST".into());
     policy.max_request = 16;
-    policy.max_response = 1000;
+    // Headers count too: /big sends about 80 bytes of them.
+    policy.max_response = 1200;
     let http = plugin(policy, dns());
 
     let mut request = get(format!("http://upstream.test:{port}/echo"));
@@ -205,10 +206,10 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     let ok = http.send(get(format!("http://upstream.test:{port}/big?n=1000"))).await.unwrap();
     assert_eq!(ok.body.len(), 1000);
     for url in
-        [format!("http://upstream.test:{port}/big?n=1001"), format!("http://upstream.test:{port}/big?n=5000&chunked=1")]
+        [format!("http://upstream.test:{port}/big?n=1200"), format!("http://upstream.test:{port}/big?n=5000&chunked=1")]
     {
         let error = http.send(get(url.clone())).await.unwrap_err();
-        assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1000 }), "{url}: {error}");
+        assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1200 }), "{url}: {error}");
         assert_eq!(error.kind(), ErrorKind::QuotaExceeded);
     }
 }
@@ -473,4 +474,23 @@ async fn an_address_the_guard_refuses_does_not_spend_the_rate_budget() {
     let error = http.send(get(format!("http://upstream.test:{port}/hello"))).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
     assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn response_headers_count_against_the_response_limit() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.max_response = 64 << 10;
+    let http = plugin(policy, dns());
+    // About 360 KB of headers: over the transport's fixed bound (64 KiB).
+    // About 40 KB: under it, but with the body over a 32 KiB limit.
+    let error = http.send(get(format!("http://upstream.test:{port}/headers?n=360000"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    let ok = http.send(get(format!("http://upstream.test:{port}/headers?n=40000"))).await.unwrap();
+    assert_eq!(ok.status, 200);
+    let mut policy = exact(&up);
+    policy.max_response = 32 << 10;
+    let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/headers?n=40000"))).await;
+    assert!(matches!(error, Err(HttpError::ResponseHeadersTooLarge { limit: 32768 })), "{error:?}");
 }

@@ -320,20 +320,28 @@ impl PluginHttp {
             .map_err(|retry_after| HttpError::RateLimited { rate: self.policy.rate.to_string(), retry_after })
     }
 
+    /// Reads the body within `max_response`, which the header bytes count
+    /// against too (each field as `name: value\r\n`).
     async fn read_body(&self, response: Response) -> Result<InboundResponse, HttpError> {
         let limit = self.policy.max_response;
+        let head: u64 = response.headers().iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
+        if head > limit {
+            return Err(HttpError::ResponseHeadersTooLarge { limit });
+        }
+        let body_limit = limit - head;
         // A declared length over the limit is refused before reading.
-        if response.body().size_hint().lower() > limit {
+        if response.body().size_hint().lower() > body_limit {
             return Err(HttpError::ResponseTooLarge { limit });
         }
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                HttpError::ResponseTooLarge { limit }
-            } else {
-                HttpError::Unavailable(format!("reading the response body: {e}"))
-            }
-        })?;
+        let body =
+            Limited::new(body, usize::try_from(body_limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    HttpError::ResponseTooLarge { limit }
+                } else {
+                    HttpError::Unavailable(format!("reading the response body: {e}"))
+                }
+            })?;
         Ok(InboundResponse { status: parts.status, headers: parts.headers, body: body.to_bytes() })
     }
 }

@@ -28,6 +28,14 @@ use super::url::Target;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Largest response head (status line and headers) read, in bytes, whatever
+/// the policy: hyper buffers the whole head before the gateway sees any of
+/// it, so this bounds that memory (hyper's own default is about 400 KB).
+/// The policy's `max_response` then counts the header bytes too. (The
+/// number of fields is bounded by hyper's default, 100: setting it moves
+/// hyper's header parsing to the heap, about 5% slower.)
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// A request body: always complete before sending (the doors read guest
 /// bodies in full, within the policy's `max_request`).
 pub(super) type RequestBody = Full<Bytes>;
@@ -70,6 +78,7 @@ pub(super) fn transport(lookup: Arc<dyn Lookup>, zone: Zone, tls: ClientConfig) 
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .build(https)
 }
 
