@@ -494,3 +494,76 @@ async fn response_headers_count_against_the_response_limit() {
     let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/headers?n=40000"))).await;
     assert!(matches!(error, Err(HttpError::ResponseHeadersTooLarge { limit: 32768 })), "{error:?}");
 }
+
+/// Resolves like `getaddrinfo`: on tokio's blocking pool. Names under
+/// `hang.test` block their thread until released, as a lookup whose DNS
+/// server never answers does.
+struct BlockingLookup {
+    released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Lookup for BlockingLookup {
+    fn lookup<'a>(&'a self, host: &'a str) -> LookupFuture<'a> {
+        let (released, hangs) = (self.released.clone(), host.ends_with(".hang.test"));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let (lock, wake) = &*released;
+                let mut done = lock.lock().unwrap();
+                while hangs && !*done {
+                    done = wake.wait(done).unwrap();
+                }
+                Ok(vec![ip("127.0.0.1")])
+            })
+            .await
+            .unwrap()
+        })
+    }
+}
+
+#[test]
+fn one_plugins_hanging_dns_does_not_stall_another_plugins_requests() {
+    use gatehouse::services::http::resolve::MAX_LOOKUPS;
+    // A blocking pool barely larger than one plugin's lookup slots, so a
+    // plugin that could start a lookup per request would fill it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(MAX_LOOKUPS + 2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let released = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let outcome = runtime.block_on(async {
+        let up = Upstream::start().await;
+        let port = up.port();
+        let gateway = gateway(BlockingLookup { released: released.clone() });
+        let plugin = |name: &str, allow: String| {
+            let policy = HttpPolicy { rate: Rate::parse("1000/s").unwrap(), ..HttpPolicy::new(rules(&[allow])) };
+            Arc::new(PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap())
+        };
+        let slow = plugin("slow", format!("http://*.hang.test:{port}"));
+        let good = plugin("good", format!("http://upstream.test:{port}"));
+        let stuck: Vec<_> = (0..4 * MAX_LOOKUPS)
+            .map(|i| {
+                let slow = slow.clone();
+                let request = OutboundRequest {
+                    timeout: Some(Duration::from_millis(100)),
+                    ..get(format!("http://n{i}.hang.test:{port}/"))
+                };
+                tokio::spawn(async move { slow.send(request).await })
+            })
+            .collect();
+        for request in futures::future::join_all(stuck).await {
+            assert_eq!(request.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+        }
+        // The slow plugin's lookups are still blocked; the good plugin's
+        // own lookup must still find a thread.
+        let mut request = get(format!("http://upstream.test:{port}/hello"));
+        request.timeout = Some(Duration::from_secs(3));
+        good.send(request).await
+    });
+    let (lock, wake) = &*released;
+    *lock.lock().unwrap() = true;
+    wake.notify_all();
+    let response = outcome.expect("the other plugin's request completes");
+    assert_eq!(response.status, 200);
+}

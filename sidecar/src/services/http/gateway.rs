@@ -25,7 +25,7 @@ use super::budget::Budget;
 use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
-use super::resolve::{AddressRefused, Lookup, Zone};
+use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
 use super::transport::{self, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
 use crate::secrets::SecretSource;
@@ -102,6 +102,7 @@ pub struct PluginHttp {
     policy: HttpPolicy,
     gateway: Arc<HttpGateway>,
     rate: Budget,
+    lookups: LookupSlots,
     injections: Vec<ResolvedInjection>,
     metrics: HttpMetrics,
 }
@@ -140,6 +141,7 @@ impl PluginHttp {
         Ok(PluginHttp {
             plugin: plugin.to_string(),
             rate,
+            lookups: LookupSlots::default(),
             policy,
             gateway,
             injections,
@@ -224,7 +226,8 @@ impl PluginHttp {
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
                 outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }
-            let response = match self.gateway.transport(zone).request(outgoing).await {
+            let sending = self.lookups.scope(self.gateway.transport(zone).request(outgoing));
+            let response = match sending.await {
                 Ok(response) => response,
                 Err(e) => {
                     let error = from_transport(&e);
