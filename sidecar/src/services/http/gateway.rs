@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +29,15 @@ use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
 use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
 use super::transport::{self, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
+use crate::guest_text::{LINE, SHORT, escaped};
 use crate::secrets::SecretSource;
+
+/// Refusal log lines one plugin may write at once (the bucket's burst)...
+pub const REFUSAL_LOG_BURST: u32 = 10;
+/// ...and then one every this often: 2 lines a second, sustained. Lines
+/// over the budget are counted and the count is reported as `suppressed`
+/// on the next line written.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Sent unless the guest sets its own `user-agent`.
 const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
@@ -103,8 +112,31 @@ pub struct PluginHttp {
     gateway: Arc<HttpGateway>,
     rate: Budget,
     lookups: LookupSlots,
+    refusal_log: RefusalLog,
     injections: Vec<ResolvedInjection>,
     metrics: HttpMetrics,
+}
+
+/// The budget of one plugin's refusal log lines. A guest decides how often
+/// its requests fail, so without a budget it decides how much the sidecar
+/// logs.
+struct RefusalLog {
+    budget: Budget,
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    /// `Some(lines suppressed since the last one written)` if a line may be
+    /// written now.
+    fn admit(&self) -> Option<u64> {
+        match self.budget.take() {
+            Ok(()) => Some(self.suppressed.swap(0, Ordering::Relaxed)),
+            Err(_) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
 }
 
 impl PluginHttp {
@@ -142,6 +174,10 @@ impl PluginHttp {
             plugin: plugin.to_string(),
             rate,
             lookups: LookupSlots::default(),
+            refusal_log: RefusalLog {
+                budget: Budget::new(REFUSAL_LOG_BURST, REFUSAL_LOG_INTERVAL),
+                suppressed: AtomicU64::new(0),
+            },
             policy,
             gateway,
             injections,
@@ -168,18 +204,34 @@ impl PluginHttp {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
-        // Field expressions run only when the event is enabled.
+        // Every guest-supplied string is escaped and bounded, and refusals
+        // draw on the plugin's log budget. Field expressions run only when
+        // the event is enabled.
+        let (method, url) = (escaped(&request.method, SHORT), escaped(&request.url, LINE));
+        let elapsed_ms = || started.elapsed().as_secs_f64() * 1e3;
         match &outcome {
             Ok(response) => tracing::debug!(
-                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
+                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
                 status = response.status.as_u16(), bytes = response.body.len(),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request"
+                elapsed_ms = elapsed_ms(), "outbound request"
             ),
-            Err(error) => tracing::info!(
-                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
-                kind = %error.kind(), %error,
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request failed"
-            ),
+            Err(error) => {
+                if let Some(suppressed) = self.refusal_log.admit() {
+                    let text = error.to_string();
+                    let (kind, error) = (error.kind(), escaped(&text, LINE));
+                    if matches!(outcome, Err(HttpError::AddressRefused(_))) {
+                        tracing::warn!(
+                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
+                            suppressed, elapsed_ms = elapsed_ms(), "SSRF guard refused every address"
+                        );
+                    } else {
+                        tracing::info!(
+                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
+                            suppressed, elapsed_ms = elapsed_ms(), "outbound request failed"
+                        );
+                    }
+                }
+            }
         }
         self.record(&outcome);
         outcome
@@ -207,12 +259,13 @@ impl PluginHttp {
         loop {
             let zone = self.zone_for(&target).map_err(|e| match e {
                 HttpError::Denied(reason) if hops > 0 => {
-                    HttpError::Denied(format!("redirect to {}: {reason}", target.url))
+                    HttpError::Denied(format!("redirect to {}: {reason}", escaped(target.url.as_str(), LINE)))
                 }
                 e => e,
             })?;
             let uri = transport::uri(&target).ok_or_else(|| {
-                HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url))
+                let url = escaped(target.url.as_str(), LINE);
+                HttpError::BadRequest(format!("`{url}` cannot be sent as an HTTP request target"))
             })?;
             // Every request sent spends a token, each redirect hop
             // included, and only once the policy allows it.
@@ -264,7 +317,8 @@ impl PluginHttp {
                 self.policy.check_method(Method::GET.as_str()).map_err(|d| {
                     HttpError::Denied(format!(
                         "redirect ({status}) from {} turns the {method} into a GET: {}",
-                        target.url, d.0
+                        escaped(target.url.as_str(), LINE),
+                        d.0
                     ))
                 })?;
                 method = Method::GET;
@@ -305,13 +359,17 @@ impl PluginHttp {
         let mut headers = HeaderMap::with_capacity(raw.len());
         for (name, value) in raw {
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::BadRequest(format!("invalid header name `{}`", name.escape_debug())))?;
+                .map_err(|_| HttpError::BadRequest(format!("invalid header name `{}`", escaped(name, SHORT))))?;
             self.policy.check_header(name.as_str()).map_err(|d| HttpError::Denied(d.0))?;
+            let quoted = || escaped(name.as_str(), SHORT);
             if value.len() > MAX_HEADER_VALUE {
-                return Err(HttpError::BadRequest(format!("header `{name}` is longer than {MAX_HEADER_VALUE} bytes")));
+                return Err(HttpError::BadRequest(format!(
+                    "header `{}` is longer than {MAX_HEADER_VALUE} bytes",
+                    quoted()
+                )));
             }
             let value = HeaderValue::from_bytes(value)
-                .map_err(|_| HttpError::BadRequest(format!("header `{name}` has an invalid value")))?;
+                .map_err(|_| HttpError::BadRequest(format!("header `{}` has an invalid value", quoted())))?;
             headers.append(name, value);
         }
         Ok(headers)
@@ -351,7 +409,7 @@ impl PluginHttp {
 
 /// The method in canonical (uppercase) form; guests may send any case.
 fn parse_method(raw: &str) -> Result<Method, HttpError> {
-    let invalid = || HttpError::BadRequest(format!("invalid method `{raw}`"));
+    let invalid = || HttpError::BadRequest(format!("invalid method `{}`", escaped(raw, SHORT)));
     if raw.bytes().any(|b| b.is_ascii_lowercase()) {
         Method::from_bytes(raw.to_ascii_uppercase().as_bytes()).map_err(|_| invalid())
     } else {
@@ -368,7 +426,10 @@ fn redirect_target(from: &Target, response: &Response) -> Result<Option<Target>,
     let Some(location) = response.headers().get(LOCATION) else {
         return Ok(None);
     };
-    let invalid = |why: String| HttpError::Denied(format!("redirect from {} to an invalid location: {why}", from.url));
+    let invalid = |why: String| {
+        let from = escaped(from.url.as_str(), LINE);
+        HttpError::Denied(format!("redirect from {from} to an invalid location: {}", escaped(&why, LINE)))
+    };
     let location = location.to_str().map_err(|_| invalid("not ASCII".into()))?;
     let next = from.url.join(location).map_err(|e| invalid(e.to_string()))?;
     normalize(next.as_str()).map(Some).map_err(|e| invalid(e.to_string()))

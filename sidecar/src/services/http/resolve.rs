@@ -208,9 +208,8 @@ impl tower_service::Service<Name> for GuardedResolver {
             }
             let (admitted, refused) = admit(zone, &resolved);
             if admitted.is_empty() {
-                let error = AddressRefused { host: host.to_string(), addrs: refused };
-                tracing::warn!(target: "gatehouse::http", %error, "SSRF guard refused every address");
-                return Err(error.into());
+                // Logged by the gateway, within the plugin's log budget.
+                return Err(AddressRefused { host: host.to_string(), addrs: refused }.into());
             }
             if !refused.is_empty() {
                 tracing::debug!(target: "gatehouse::http", host, ?refused, "SSRF guard dropped some addresses");

@@ -16,6 +16,8 @@ use std::net::IpAddr;
 
 use url::{Host, Url};
 
+use crate::guest_text::{SHORT, escaped};
+
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 8 * 1024;
 
@@ -71,7 +73,7 @@ pub enum UrlError {
     #[error("URL contains {0}, which is refused as ambiguous")]
     Ambiguous(&'static str),
     /// Only `http` and `https` are supported.
-    #[error("scheme `{0}` is not supported (only http and https)")]
+    #[error("scheme `{}` is not supported (only http and https)", escaped(.0, SHORT))]
     Scheme(String),
     /// `user:password@` in a URL.
     #[error("URLs with credentials (user:password@host) are refused; the platform injects credentials")]
