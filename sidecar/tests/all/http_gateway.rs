@@ -249,8 +249,15 @@ async fn slow_upstreams_time_out_at_the_policy_or_request_deadline() {
 
 #[tokio::test]
 async fn a_connection_failure_is_unavailable() {
-    // Bind and drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A listener that closes every connection it accepts, unanswered (kept
+    // bound for the whole test, so no other process can take the port).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
     let policy = HttpPolicy::new(rules(&[format!("http://upstream.test:{port}")]));
     let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/"))).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
@@ -566,4 +573,95 @@ fn one_plugins_hanging_dns_does_not_stall_another_plugins_requests() {
     wake.notify_all();
     let response = outcome.expect("the other plugin's request completes");
     assert_eq!(response.status, 200);
+}
+
+#[tokio::test]
+async fn the_request_header_caps_hold_at_the_documented_values() {
+    // policies/README.md: at most 64 headers, each value at most 8 KiB.
+    let up = Upstream::start().await;
+    let http = plugin(exact(&up), dns());
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    let with_headers = |count: usize, value_len: usize| OutboundRequest {
+        headers: (0..count).map(|i| (format!("x-h{i}"), vec![b'v'; value_len])).collect(),
+        ..get(url.clone())
+    };
+    for (count, value_len) in [(64, 16), (1, 8192)] {
+        let echo = echo_json(&http.send(with_headers(count, value_len)).await.unwrap().body);
+        let sent = echo["headers"].as_array().unwrap().iter().filter(|h| h[0].as_str().unwrap().starts_with("x-h"));
+        assert_eq!(sent.count(), count, "{echo}");
+    }
+    for (count, value_len) in [(65, 1), (1, 8193)] {
+        let error = http.send(with_headers(count, value_len)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{count} x {value_len}: {error}");
+    }
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn injected_credentials_are_chosen_for_each_hop() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut secrets = BTreeMap::new();
+    let mut policy = HttpPolicy {
+        rate: Rate::parse("1000/s").unwrap(),
+        ..HttpPolicy::new(rules(&[format!("http://upstream.test:{port}"), format!("http://other.test:{port}")]))
+    };
+    for (host, secret) in [("upstream.test", "first-secret"), ("other.test", "second-secret")] {
+        let path = dir.path().join(host);
+        std::fs::write(&path, secret).unwrap();
+        secrets.insert(host.to_string(), SecretSource::File(path));
+        policy.inject.push(Injection {
+            to: AllowRule::parse(&format!("http://{host}:{port}")).unwrap(),
+            header: "authorization".into(),
+            secret: host.into(),
+            prefix: "Bearer ".into(),
+        });
+    }
+    let http = PluginHttp::new("test", policy, gateway(dns()), &secrets).unwrap();
+    let url = format!("http://upstream.test:{port}/redirect?to=http://other.test:{port}/echo");
+    let echo = echo_json(&http.send(get(url)).await.unwrap().body);
+    let sent: Vec<&Value> = echo["headers"].as_array().unwrap().iter().filter(|h| h[0] == "authorization").collect();
+    assert_eq!(sent, [&serde_json::json!(["authorization", "Bearer second-secret"])], "{echo}");
+}
+
+#[tokio::test]
+async fn an_exact_grant_connection_is_never_reused_by_a_wildcard_plugin() {
+    // Two plugins on one gateway, the same name: one grants it exactly
+    // (may reach loopback), the other through a wildcard (public only).
+    // If the pools were shared, the second would reuse the first's
+    // connection to loopback without any address check.
+    let up = Upstream::start().await;
+    let port = up.port();
+    let gateway = gateway(dns().with("api.shared.test", &[ip("127.0.0.1")]));
+    let plugin = |name: &str, allow: String| {
+        let policy = HttpPolicy { rate: Rate::parse("1000/s").unwrap(), ..HttpPolicy::new(rules(&[allow])) };
+        PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap()
+    };
+    let exact = plugin("exact", format!("http://api.shared.test:{port}"));
+    let wildcard = plugin("wildcard", format!("http://*.shared.test:{port}"));
+    let url = format!("http://api.shared.test:{port}/hello");
+    assert_eq!(exact.send(get(url.clone())).await.unwrap().status, 200);
+    let error = wildcard.send(get(url.clone())).await.unwrap_err();
+    assert!(matches!(error, HttpError::AddressRefused(_)), "{error}");
+    assert_eq!(exact.send(get(url)).await.unwrap().status, 200);
+    assert_eq!(up.hits(), 2);
+}
+
+#[test]
+fn http_policy_defaults_are_the_documented_values() {
+    // The literal values policies/README.md gives, not the code's constants.
+    let toml = "[plugin]\nname = \"p\"\ncomponent = \"p.wasm\"\n[http]\nallow = [\"https://api.example.com\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let load = gatehouse::policy::load_dir(dir.path(), dir.path()).unwrap();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let http = load.set.plugins["p"].http.clone().expect("an [http] grant");
+    assert_eq!(http.methods.iter().map(String::as_str).collect::<Vec<_>>(), ["GET", "HEAD"]);
+    assert_eq!(http.rate.to_string(), "10/s");
+    assert_eq!(http.max_request, 1024 * 1024);
+    assert_eq!(http.max_response, 4 * 1024 * 1024);
+    assert_eq!(http.timeout, Duration::from_secs(5));
+    assert_eq!(http.max_redirects, 3);
 }
