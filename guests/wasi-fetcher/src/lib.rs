@@ -93,7 +93,13 @@ fn send(fetch: &FetchRequest) -> Result<FetchResponse, Error> {
             .write_all(bytes.as_bytes())
             .map_err(|e| error(ErrorKind::InvalidInput, format!("writing the body: {e}")))?;
     }
-    OutgoingBody::finish(body, None).map_err(from_code)?;
+    // Kept open (not finished, not dropped) until the response arrives.
+    let _unfinished = if fetch.unfinished_body {
+        Some(body)
+    } else {
+        OutgoingBody::finish(body, None).map_err(from_code)?;
+        None
+    };
 
     pending.subscribe().block();
     let response = pending.get().expect("ready after block").expect("taken once").map_err(from_code)?;

@@ -283,3 +283,18 @@ async fn response_headers_are_bounded_through_both_doors() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_guest_that_never_finishes_its_body_is_stopped_at_the_request_deadline() {
+    // The wasi:http door reads the whole body before sending. A guest that
+    // stalls its upload gets `timeout` at the policy's deadline (300 ms),
+    // as its own error, well before the invocation's deadline (1 s) would
+    // stop it.
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "timeout = \"300ms\"")).await;
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    let request = json!({ "method": "POST", "url": url, "body": "partial", "unfinished_body": true });
+    let error = guest_error(fetch(&runtime, "wasi-fetcher", request).await.unwrap_err());
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
+    assert_eq!(up.hits(), 0);
+}
