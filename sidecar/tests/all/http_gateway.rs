@@ -503,15 +503,20 @@ async fn response_headers_count_against_the_response_limit() {
 }
 
 /// Resolves like `getaddrinfo`: on tokio's blocking pool. Names under
-/// `hang.test` block their thread until released, as a lookup whose DNS
-/// server never answers does.
+/// `hang.test` block their thread until the lookup is dropped (released),
+/// as a lookup whose DNS server never answers does; `begun` counts them.
+#[derive(Clone, Default)]
 struct BlockingLookup {
     released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    begun: Arc<AtomicUsize>,
 }
 
 impl Lookup for BlockingLookup {
     fn lookup<'a>(&'a self, host: &'a str) -> LookupFuture<'a> {
         let (released, hangs) = (self.released.clone(), host.ends_with(".hang.test"));
+        if hangs {
+            self.begun.fetch_add(1, Ordering::SeqCst);
+        }
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let (lock, wake) = &*released;
@@ -527,6 +532,18 @@ impl Lookup for BlockingLookup {
     }
 }
 
+/// Unblocks every hanging lookup when dropped (also when a test fails), so
+/// that the runtime, which waits for its blocking threads, can shut down.
+struct Release(BlockingLookup);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.0.released;
+        *lock.lock().unwrap() = true;
+        wake.notify_all();
+    }
+}
+
 #[test]
 fn one_plugins_hanging_dns_does_not_stall_another_plugins_requests() {
     use gatehouse::services::http::resolve::MAX_LOOKUPS;
@@ -538,41 +555,41 @@ fn one_plugins_hanging_dns_does_not_stall_another_plugins_requests() {
         .enable_all()
         .build()
         .unwrap();
-    let released = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let outcome = runtime.block_on(async {
+    let lookup = BlockingLookup::default();
+    let _release = Release(lookup.clone());
+    runtime.block_on(async {
         let up = Upstream::start().await;
         let port = up.port();
-        let gateway = gateway(BlockingLookup { released: released.clone() });
+        let gateway = gateway(lookup.clone());
         let plugin = |name: &str, allow: String| {
             let policy = HttpPolicy { rate: Rate::parse("1000/s").unwrap(), ..HttpPolicy::new(rules(&[allow])) };
             Arc::new(PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap())
         };
+        let hang = |plugin: &Arc<PluginHttp>, i: usize| {
+            let (plugin, url) = (plugin.clone(), format!("http://n{i}.hang.test:{port}/"));
+            let request = OutboundRequest { timeout: Some(Duration::from_millis(200)), ..get(url) };
+            tokio::spawn(async move { plugin.send(request).await })
+        };
         let slow = plugin("slow", format!("http://*.hang.test:{port}"));
-        let good = plugin("good", format!("http://upstream.test:{port}"));
-        let stuck: Vec<_> = (0..4 * MAX_LOOKUPS)
-            .map(|i| {
-                let slow = slow.clone();
-                let request = OutboundRequest {
-                    timeout: Some(Duration::from_millis(100)),
-                    ..get(format!("http://n{i}.hang.test:{port}/"))
-                };
-                tokio::spawn(async move { slow.send(request).await })
-            })
-            .collect();
+        let stuck: Vec<_> = (0..4 * MAX_LOOKUPS).map(|i| hang(&slow, i)).collect();
         for request in futures::future::join_all(stuck).await {
             assert_eq!(request.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
         }
-        // The slow plugin's lookups are still blocked; the good plugin's
-        // own lookup must still find a thread.
+        assert_eq!(lookup.begun.load(Ordering::SeqCst), MAX_LOOKUPS, "one plugin's lookups are bounded");
+
+        // Another plugin with the same wildcard (same pool, same resolver)
+        // still gets a slot of its own: the slots are the plugin's.
+        let other = plugin("other", format!("http://*.hang.test:{port}"));
+        assert_eq!(hang(&other, 0).await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+        assert_eq!(lookup.begun.load(Ordering::SeqCst), MAX_LOOKUPS + 1);
+
+        // And a third plugin's lookup finds a thread and completes.
+        let good = plugin("good", format!("http://upstream.test:{port}"));
         let mut request = get(format!("http://upstream.test:{port}/hello"));
         request.timeout = Some(Duration::from_secs(3));
-        good.send(request).await
+        let response = good.send(request).await.expect("the other plugin's request completes");
+        assert_eq!(response.status, 200);
     });
-    let (lock, wake) = &*released;
-    *lock.lock().unwrap() = true;
-    wake.notify_all();
-    let response = outcome.expect("the other plugin's request completes");
-    assert_eq!(response.status, 200);
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //! `xn--bcher-kva.example`), decodes percent-escapes in the host, rewrites
 //! every IPv4 spelling (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`) to
 //! dotted decimal and fills in default ports. On top of that this module
-//! strips a trailing dot and refuses what is ambiguous or carries secrets:
+//! strips trailing dots (then reads the host again, since `127.0.0.1..`
+//! becomes an IPv4 literal) and refuses what is ambiguous or carries secrets:
 //! userinfo, backslashes, whitespace and control characters.
 
 use std::fmt;
