@@ -11,6 +11,9 @@
 //! ```
 //! Only `url` is required. `repeat` sends the same request that many times
 //! in one invocation (for load tests) and returns the last response.
+//! `"unfinished_body": true` (`wasi-fetcher` only) writes the body but never
+//! finishes it, then waits for the response, as a guest that stalls its
+//! upload would: the sidecar must give up at the request's deadline.
 //!
 //! Output: `{"status": 200, "headers": [["content-type", "…"]], "body": "…",
 //! "requests": 1}`, the body decoded as UTF-8 (lossily).
@@ -33,6 +36,8 @@ pub struct FetchRequest {
     pub timeout_ms: Option<u64>,
     #[serde(default = "one")]
     pub repeat: u32,
+    #[serde(default)]
+    pub unfinished_body: bool,
 }
 
 fn get() -> String {

@@ -93,7 +93,13 @@ fn send(fetch: &FetchRequest) -> Result<FetchResponse, Error> {
             .write_all(bytes.as_bytes())
             .map_err(|e| error(ErrorKind::InvalidInput, format!("writing the body: {e}")))?;
     }
-    OutgoingBody::finish(body, None).map_err(from_code)?;
+    // Kept open (not finished, not dropped) until the response arrives.
+    let _unfinished = if fetch.unfinished_body {
+        Some(body)
+    } else {
+        OutgoingBody::finish(body, None).map_err(from_code)?;
+        None
+    };
 
     pending.subscribe().block();
     let response = pending.get().expect("ready after block").expect("taken once").map_err(from_code)?;
@@ -125,7 +131,9 @@ fn from_code(code: ErrorCode) -> Error {
         | ErrorCode::HttpRequestMethodInvalid
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::HttpProtocolError => ErrorKind::InvalidInput,
-        ErrorCode::HttpResponseBodySize(_) => ErrorKind::QuotaExceeded,
+        ErrorCode::HttpResponseBodySize(_)
+        | ErrorCode::HttpResponseHeaderSectionSize(_)
+        | ErrorCode::HttpResponseHeaderSize(_) => ErrorKind::QuotaExceeded,
         ErrorCode::ConnectionLimitReached => ErrorKind::RateLimited,
         ErrorCode::HttpResponseTimeout | ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
             ErrorKind::Timeout

@@ -4,9 +4,11 @@
 //! `guests/`, loaded from real policy files, talking to a real server on
 //! loopback; the same policy must give the same answers through either.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use gatehouse::{Document, ErrorKind, InvokeError, Runtime};
+use gatehouse::secrets::SecretSource;
+use gatehouse::{Document, ErrorKind, InvokeError, Runtime, RuntimeSettings};
 use serde_json::{Value, json};
 
 use crate::common::{Policies, guest, settings};
@@ -25,13 +27,17 @@ fn policy(name: &str, guest_name: &str, http: &str) -> String {
 
 /// Both fetchers under the same `[http]` section.
 async fn runtime(http: &str) -> Runtime {
+    runtime_with_secrets(http, BTreeMap::new()).await
+}
+
+async fn runtime_with_secrets(http: &str, secrets: BTreeMap<String, SecretSource>) -> Runtime {
     let policies = Policies::new();
     for (name, guest_name) in DOORS {
         policies.write(&format!("{name}.toml"), &policy(name, guest_name, http));
     }
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let mut runtime = Runtime::new(settings()).unwrap();
+    let mut runtime = Runtime::new(RuntimeSettings { secrets, ..settings() }).unwrap();
     runtime.set_dns(Arc::new(dns().with("a.wild.test", &[ip("127.0.0.1")]))).unwrap();
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
@@ -211,4 +217,84 @@ async fn a_request_deadline_holds_through_both_doors() {
         let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
         assert_eq!(error.kind, ErrorKind::Timeout, "{plugin}: {error:?}");
     }
+}
+
+#[tokio::test]
+async fn underscore_and_proxy_headers_are_refused_by_both_doors() {
+    // The upstream's /echo records every header it receives; with these
+    // refused, nothing reaches it at all.
+    let up = Upstream::start().await;
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "s3cr3t").unwrap();
+    let inject = format!(
+        "deny_headers = [\"x-internal-user\"]\n[[http.inject]]\norigin = \"http://upstream.test:{}\"\nheader = \"x-api-key\"\nsecret = \"api\"",
+        up.port()
+    );
+    let secrets = BTreeMap::from([("api".to_string(), SecretSource::File(secret_file.path().into()))]);
+    let runtime = runtime_with_secrets(&allow(&up, &inject), secrets).await;
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    for header in ["x_internal_user", "x_api_key", "X_Api-Key", "proxy-foo", "Proxy_Foo", "proxy-authorization"] {
+        let request = json!({ "url": url, "headers": [[header, "forged"]] });
+        for (plugin, _) in DOORS {
+            let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
+            assert_eq!(error.kind, ErrorKind::Denied, "{plugin} {header}: {error:?}");
+        }
+    }
+    assert_eq!(up.hits(), 0);
+    for (plugin, _) in DOORS {
+        let response = fetch(&runtime, plugin, json!({ "url": url, "headers": [["x_trace", "1"]] })).await.unwrap();
+        let echo: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+        let headers = echo["headers"].as_array().unwrap();
+        assert!(headers.iter().any(|h| h[0] == "x_trace"), "{plugin}: {echo}");
+        assert_eq!(headers.iter().filter(|h| h[0] == "x-api-key").count(), 1, "{plugin}: {echo}");
+        assert_eq!(headers.iter().find(|h| h[0] == "x-api-key").unwrap()[1], "s3cr3t", "{plugin}: {echo}");
+    }
+}
+
+#[tokio::test]
+async fn max_redirects_0_returns_redirects_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "max_redirects = 0")).await;
+    let port = up.port();
+    for (path, status, location) in
+        [("/redirect?to=/hello&status=302", 302, "/hello"), ("/bad-redirect", 302, "http://exa mple.com:99999/")]
+    {
+        for (plugin, _) in DOORS {
+            let url = format!("http://upstream.test:{port}{path}");
+            let response = fetch(&runtime, plugin, json!({ "url": url })).await.unwrap();
+            assert_eq!(response["status"], status, "{plugin} {path}: {response}");
+            let headers = response["headers"].as_array().unwrap();
+            assert!(headers.iter().any(|h| h[0] == "location" && h[1] == location), "{plugin}: {response}");
+        }
+    }
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test]
+async fn response_headers_are_bounded_through_both_doors() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "max_response = \"32 KiB\"")).await;
+    let port = up.port();
+    for n in [360_000, 40_000] {
+        let request = json!({ "url": format!("http://upstream.test:{port}/headers?n={n}") });
+        for (plugin, _) in DOORS {
+            let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
+            assert_eq!(error.kind, ErrorKind::QuotaExceeded, "{plugin} {n}: {error:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_guest_that_never_finishes_its_body_is_stopped_at_the_request_deadline() {
+    // The wasi:http door reads the whole body before sending. A guest that
+    // stalls its upload gets `timeout` at the policy's deadline (300 ms),
+    // as its own error, well before the invocation's deadline (1 s) would
+    // stop it.
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "timeout = \"300ms\"")).await;
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    let request = json!({ "method": "POST", "url": url, "body": "partial", "unfinished_body": true });
+    let error = guest_error(fetch(&runtime, "wasi-fetcher", request).await.unwrap_err());
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
+    assert_eq!(up.hits(), 0);
 }

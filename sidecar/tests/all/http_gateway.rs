@@ -192,7 +192,8 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     let mut policy = exact(&up);
     policy.methods.insert("POST".into());
     policy.max_request = 16;
-    policy.max_response = 1000;
+    // Headers count too: /big sends about 80 bytes of them.
+    policy.max_response = 1200;
     let http = plugin(policy, dns());
 
     let mut request = get(format!("http://upstream.test:{port}/echo"));
@@ -205,10 +206,10 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     let ok = http.send(get(format!("http://upstream.test:{port}/big?n=1000"))).await.unwrap();
     assert_eq!(ok.body.len(), 1000);
     for url in
-        [format!("http://upstream.test:{port}/big?n=1001"), format!("http://upstream.test:{port}/big?n=5000&chunked=1")]
+        [format!("http://upstream.test:{port}/big?n=1200"), format!("http://upstream.test:{port}/big?n=5000&chunked=1")]
     {
         let error = http.send(get(url.clone())).await.unwrap_err();
-        assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1000 }), "{url}: {error}");
+        assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1200 }), "{url}: {error}");
         assert_eq!(error.kind(), ErrorKind::QuotaExceeded);
     }
 }
@@ -248,8 +249,15 @@ async fn slow_upstreams_time_out_at_the_policy_or_request_deadline() {
 
 #[tokio::test]
 async fn a_connection_failure_is_unavailable() {
-    // Bind and drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A listener that closes every connection it accepts, unanswered (kept
+    // bound for the whole test, so no other process can take the port).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = listener.accept().await {
+            drop(connection);
+        }
+    });
     let policy = HttpPolicy::new(rules(&[format!("http://upstream.test:{port}")]));
     let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/"))).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
@@ -358,4 +366,319 @@ async fn credentials_the_guest_set_do_not_follow_a_redirect_to_another_origin() 
         with_credentials(format!("http://upstream.test:{port}/redirect?to=http://other.test:{port}/echo"));
     let echo = echo_json(&http.send(cross_origin).await.unwrap().body);
     assert!(!sent_credentials(&echo), "{echo}");
+}
+
+#[tokio::test]
+async fn header_names_are_compared_with_underscores_read_as_dashes() {
+    // CGI-style upstreams read `x_api_key` as `x-api-key` (CVE-2024-45614):
+    // the deny list, injected headers and `proxy-*` must refuse both.
+    let up = Upstream::start().await;
+    let port = up.port();
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "s3cr3t").unwrap();
+    let mut policy = exact(&up);
+    policy.deny_headers.insert("x-internal-user".into());
+    policy.inject.push(Injection {
+        to: AllowRule::parse(&format!("http://upstream.test:{port}")).unwrap(),
+        header: "x-api-key".into(),
+        secret: "api".into(),
+        prefix: String::new(),
+    });
+    let secrets = BTreeMap::from([("api".to_string(), SecretSource::File(secret_file.path().into()))]);
+    let http = PluginHttp::new("test", policy, gateway(dns()), &secrets).unwrap();
+    for name in ["x_internal_user", "X_Internal-User", "x_api_key", "X-API_KEY", "Proxy-Foo", "proxy_foo", "PROXY-X"] {
+        let mut request = get(format!("http://upstream.test:{port}/echo"));
+        request.headers.push((name.into(), b"forged".to_vec()));
+        let error = http.send(request).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{name}: {error}");
+    }
+    assert_eq!(up.hits(), 0, "a header that folds onto a denied one reached the upstream");
+    // Underscore names that fold onto nothing denied still go through.
+    let mut request = get(format!("http://upstream.test:{port}/echo"));
+    request.headers.push(("x_trace".into(), b"1".to_vec()));
+    let echo = echo_json(&http.send(request).await.unwrap().body);
+    let headers = echo["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h[0] == "x_trace"), "{echo}");
+    assert_eq!(headers.iter().filter(|h| h[0] == "x-api-key" && h[1] == "s3cr3t").count(), 1, "{echo}");
+}
+
+#[tokio::test]
+async fn each_redirect_hop_spends_a_rate_token() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods.insert("POST".into());
+    policy.rate = Rate::parse("1/h").unwrap();
+    policy.max_redirects = 20;
+    let http = plugin(policy, dns());
+    let request = OutboundRequest {
+        method: "POST".into(),
+        url: format!("http://upstream.test:{}/redirect?to=/loop&status=307", up.port()),
+        body: Some(Bytes::from_static(b"payload")),
+        ..OutboundRequest::default()
+    };
+    let error = http.send(request).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert_eq!(up.hits(), 1, "one token, one request sent");
+}
+
+#[tokio::test]
+async fn a_redirect_that_changes_the_method_needs_the_new_method_granted() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.methods = ["POST".to_string()].into();
+    let http = plugin(policy, dns());
+    for status in [303, 302, 301] {
+        let request = OutboundRequest {
+            method: "POST".into(),
+            url: format!("http://upstream.test:{}/redirect?to=/echo&status={status}", up.port()),
+            body: Some(Bytes::from_static(b"form")),
+            ..OutboundRequest::default()
+        };
+        let error = http.send(request).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{status}: {error}");
+        assert!(error.to_string().contains("into a GET"), "{status}: {error}");
+    }
+    assert_eq!(up.hits(), 3, "only the redirecting responses were served");
+}
+
+#[tokio::test]
+async fn max_redirects_0_hands_every_3xx_back() {
+    let up = Upstream::start().await;
+    let mut policy = exact(&up);
+    policy.max_redirects = 0;
+    let http = plugin(policy, dns());
+    let port = up.port();
+    for (path, location) in [
+        ("/redirect?to=/hello".to_string(), "/hello"),
+        (format!("/redirect?to=http://elsewhere.test:{port}/&status=308"), "http://elsewhere.test"),
+        ("/bad-redirect".to_string(), "http://exa mple.com"),
+    ] {
+        let response = http.send(get(format!("http://upstream.test:{port}{path}"))).await.unwrap();
+        assert!(response.status.is_redirection(), "{path}: {}", response.status);
+        let sent = response.headers["location"].to_str().unwrap();
+        assert!(sent.starts_with(location), "{path}: {sent}");
+    }
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn an_address_the_guard_refuses_does_not_spend_the_rate_budget() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.allow.push(AllowRule::parse(&format!("http://*.wild.test:{port}")).unwrap());
+    policy.rate = Rate::parse("1/h").unwrap();
+    let http = plugin(policy, dns().with("a.wild.test", &[ip("127.0.0.1")]));
+    // Denied by the allowlist, by the address guard on an IP literal, and
+    // on a resolved name: none spends the one token.
+    let refused = [format!("http://nowhere.test:{port}/"), format!("http://a.wild.test:{port}/hello")];
+    for url in refused {
+        let error = http.send(get(url.clone())).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{url}: {error}");
+    }
+    let ok = http.send(get(format!("http://upstream.test:{port}/hello"))).await.unwrap();
+    assert_eq!(ok.status, 200);
+    let error = http.send(get(format!("http://upstream.test:{port}/hello"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn response_headers_count_against_the_response_limit() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let mut policy = exact(&up);
+    policy.max_response = 64 << 10;
+    let http = plugin(policy, dns());
+    // About 360 KB of headers: over the transport's fixed bound (64 KiB).
+    // About 40 KB: under it, but with the body over a 32 KiB limit.
+    let error = http.send(get(format!("http://upstream.test:{port}/headers?n=360000"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    let ok = http.send(get(format!("http://upstream.test:{port}/headers?n=40000"))).await.unwrap();
+    assert_eq!(ok.status, 200);
+    let mut policy = exact(&up);
+    policy.max_response = 32 << 10;
+    let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{port}/headers?n=40000"))).await;
+    assert!(matches!(error, Err(HttpError::ResponseHeadersTooLarge { limit: 32768 })), "{error:?}");
+}
+
+/// Resolves like `getaddrinfo`: on tokio's blocking pool. Names under
+/// `hang.test` block their thread until the lookup is dropped (released),
+/// as a lookup whose DNS server never answers does; `begun` counts them.
+#[derive(Clone, Default)]
+struct BlockingLookup {
+    released: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    begun: Arc<AtomicUsize>,
+}
+
+impl Lookup for BlockingLookup {
+    fn lookup<'a>(&'a self, host: &'a str) -> LookupFuture<'a> {
+        let (released, hangs) = (self.released.clone(), host.ends_with(".hang.test"));
+        if hangs {
+            self.begun.fetch_add(1, Ordering::SeqCst);
+        }
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let (lock, wake) = &*released;
+                let mut done = lock.lock().unwrap();
+                while hangs && !*done {
+                    done = wake.wait(done).unwrap();
+                }
+                Ok(vec![ip("127.0.0.1")])
+            })
+            .await
+            .unwrap()
+        })
+    }
+}
+
+/// Unblocks every hanging lookup when dropped (also when a test fails), so
+/// that the runtime, which waits for its blocking threads, can shut down.
+struct Release(BlockingLookup);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.0.released;
+        *lock.lock().unwrap() = true;
+        wake.notify_all();
+    }
+}
+
+#[test]
+fn one_plugins_hanging_dns_does_not_stall_another_plugins_requests() {
+    use gatehouse::services::http::resolve::MAX_LOOKUPS;
+    // A blocking pool barely larger than one plugin's lookup slots, so a
+    // plugin that could start a lookup per request would fill it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(MAX_LOOKUPS + 2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let lookup = BlockingLookup::default();
+    let _release = Release(lookup.clone());
+    runtime.block_on(async {
+        let up = Upstream::start().await;
+        let port = up.port();
+        let gateway = gateway(lookup.clone());
+        let plugin = |name: &str, allow: String| {
+            let policy = HttpPolicy { rate: Rate::parse("1000/s").unwrap(), ..HttpPolicy::new(rules(&[allow])) };
+            Arc::new(PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap())
+        };
+        let hang = |plugin: &Arc<PluginHttp>, i: usize| {
+            let (plugin, url) = (plugin.clone(), format!("http://n{i}.hang.test:{port}/"));
+            let request = OutboundRequest { timeout: Some(Duration::from_millis(200)), ..get(url) };
+            tokio::spawn(async move { plugin.send(request).await })
+        };
+        let slow = plugin("slow", format!("http://*.hang.test:{port}"));
+        let stuck: Vec<_> = (0..4 * MAX_LOOKUPS).map(|i| hang(&slow, i)).collect();
+        for request in futures::future::join_all(stuck).await {
+            assert_eq!(request.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+        }
+        assert_eq!(lookup.begun.load(Ordering::SeqCst), MAX_LOOKUPS, "one plugin's lookups are bounded");
+
+        // Another plugin with the same wildcard (same pool, same resolver)
+        // still gets a slot of its own: the slots are the plugin's.
+        let other = plugin("other", format!("http://*.hang.test:{port}"));
+        assert_eq!(hang(&other, 0).await.unwrap().unwrap_err().kind(), ErrorKind::Timeout);
+        assert_eq!(lookup.begun.load(Ordering::SeqCst), MAX_LOOKUPS + 1);
+
+        // And a third plugin's lookup finds a thread and completes.
+        let good = plugin("good", format!("http://upstream.test:{port}"));
+        let mut request = get(format!("http://upstream.test:{port}/hello"));
+        request.timeout = Some(Duration::from_secs(3));
+        let response = good.send(request).await.expect("the other plugin's request completes");
+        assert_eq!(response.status, 200);
+    });
+}
+
+#[tokio::test]
+async fn the_request_header_caps_hold_at_the_documented_values() {
+    // policies/README.md: at most 64 headers, each value at most 8 KiB.
+    let up = Upstream::start().await;
+    let http = plugin(exact(&up), dns());
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    let with_headers = |count: usize, value_len: usize| OutboundRequest {
+        headers: (0..count).map(|i| (format!("x-h{i}"), vec![b'v'; value_len])).collect(),
+        ..get(url.clone())
+    };
+    for (count, value_len) in [(64, 16), (1, 8192)] {
+        let echo = echo_json(&http.send(with_headers(count, value_len)).await.unwrap().body);
+        let sent = echo["headers"].as_array().unwrap().iter().filter(|h| h[0].as_str().unwrap().starts_with("x-h"));
+        assert_eq!(sent.count(), count, "{echo}");
+    }
+    for (count, value_len) in [(65, 1), (1, 8193)] {
+        let error = http.send(with_headers(count, value_len)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{count} x {value_len}: {error}");
+    }
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test]
+async fn injected_credentials_are_chosen_for_each_hop() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut secrets = BTreeMap::new();
+    let mut policy = HttpPolicy {
+        rate: Rate::parse("1000/s").unwrap(),
+        ..HttpPolicy::new(rules(&[format!("http://upstream.test:{port}"), format!("http://other.test:{port}")]))
+    };
+    for (host, secret) in [("upstream.test", "first-secret"), ("other.test", "second-secret")] {
+        let path = dir.path().join(host);
+        std::fs::write(&path, secret).unwrap();
+        secrets.insert(host.to_string(), SecretSource::File(path));
+        policy.inject.push(Injection {
+            to: AllowRule::parse(&format!("http://{host}:{port}")).unwrap(),
+            header: "authorization".into(),
+            secret: host.into(),
+            prefix: "Bearer ".into(),
+        });
+    }
+    let http = PluginHttp::new("test", policy, gateway(dns()), &secrets).unwrap();
+    let url = format!("http://upstream.test:{port}/redirect?to=http://other.test:{port}/echo");
+    let echo = echo_json(&http.send(get(url)).await.unwrap().body);
+    let sent: Vec<&Value> = echo["headers"].as_array().unwrap().iter().filter(|h| h[0] == "authorization").collect();
+    assert_eq!(sent, [&serde_json::json!(["authorization", "Bearer second-secret"])], "{echo}");
+}
+
+#[tokio::test]
+async fn an_exact_grant_connection_is_never_reused_by_a_wildcard_plugin() {
+    // Two plugins on one gateway, the same name: one grants it exactly
+    // (may reach loopback), the other through a wildcard (public only).
+    // If the pools were shared, the second would reuse the first's
+    // connection to loopback without any address check.
+    let up = Upstream::start().await;
+    let port = up.port();
+    let gateway = gateway(dns().with("api.shared.test", &[ip("127.0.0.1")]));
+    let plugin = |name: &str, allow: String| {
+        let policy = HttpPolicy { rate: Rate::parse("1000/s").unwrap(), ..HttpPolicy::new(rules(&[allow])) };
+        PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap()
+    };
+    let exact = plugin("exact", format!("http://api.shared.test:{port}"));
+    let wildcard = plugin("wildcard", format!("http://*.shared.test:{port}"));
+    let url = format!("http://api.shared.test:{port}/hello");
+    assert_eq!(exact.send(get(url.clone())).await.unwrap().status, 200);
+    let error = wildcard.send(get(url.clone())).await.unwrap_err();
+    assert!(matches!(error, HttpError::AddressRefused(_)), "{error}");
+    assert_eq!(exact.send(get(url)).await.unwrap().status, 200);
+    assert_eq!(up.hits(), 2);
+}
+
+#[test]
+fn http_policy_defaults_are_the_documented_values() {
+    // The literal values policies/README.md gives, not the code's constants.
+    let toml = "[plugin]\nname = \"p\"\ncomponent = \"p.wasm\"\n[http]\nallow = [\"https://api.example.com\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), b"").unwrap();
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let load = gatehouse::policy::load_dir(dir.path(), dir.path()).unwrap();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let http = load.set.plugins["p"].http.clone().expect("an [http] grant");
+    assert_eq!(http.methods.iter().map(String::as_str).collect::<Vec<_>>(), ["GET", "HEAD"]);
+    assert_eq!(http.rate.to_string(), "10/s");
+    assert_eq!(http.max_request, 1024 * 1024);
+    assert_eq!(http.max_response, 4 * 1024 * 1024);
+    assert_eq!(http.timeout, Duration::from_secs(5));
+    assert_eq!(http.max_redirects, 3);
 }

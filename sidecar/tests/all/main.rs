@@ -6,6 +6,7 @@ mod common;
 mod hostile;
 mod http_doors;
 mod http_gateway;
+mod http_logs;
 mod http_props;
 mod invoke;
 mod logs;

@@ -6,9 +6,11 @@
 //! public addresses only) and `http://granted.test:<port>` (exact). The
 //! attacks, by the layer that stops them:
 //! - spellings of internal IP literals (decimal, octal, hex, short IPv4,
-//!   IPv6 loopback, IPv4-mapped/-compatible/NAT64 IPv6, `0.0.0.0`, `[::]`,
-//!   percent-encoded digits, cloud metadata): normalised, then not in the
-//!   allowlist;
+//!   IPv6 loopback, IPv4-mapped/-compatible/NAT64 IPv6, percent-encoded
+//!   digits, cloud metadata, a double trailing dot that turns a name into
+//!   a literal): normalised, then not in the allowlist (an IP literal can
+//!   only be granted exactly, and an exact grant of a loopback or private
+//!   literal opens it by design);
 //! - confusion tricks (userinfo `allowed@evil`, backslashes, fragments and
 //!   `@` combinations, control characters, suffix and apex tricks, foreign
 //!   schemes): refused by the URL normaliser or the allowlist;
@@ -17,7 +19,12 @@
 //!   answers, trailing dots, IDNA and case variants of the name): refused
 //!   by the guard on the resolved address;
 //! - exact grants of addresses that are never one destination (`0.0.0.0`,
-//!   multicast, broadcast): refused even though granted.
+//!   `[::]`, multicast, broadcast, as names and as IP literals in several
+//!   spellings): allowed by the allowlist, so these rows reach the address
+//!   guard itself, which refuses them;
+//! - a DNS answer mixing a public address with internal ones
+//!   (`a_mixed_answer_connects_only_to_its_public_address`): only the
+//!   public one is ever connected to.
 
 use gatehouse::ErrorKind;
 use gatehouse::services::http::policy::Rate;
@@ -93,6 +100,10 @@ async fn every_ssrf_form_is_refused_and_nothing_reaches_loopback() {
         format!("http://granted-multicast.test:{port}"),
         format!("http://0.0.0.0:{port}"),
         format!("http://[ff02::1]:{port}"),
+        format!("http://[::]:{port}"),
+        format!("http://224.0.0.1:{port}"),
+        format!("http://255.255.255.255:{port}"),
+        format!("http://[::ffff:0.0.0.0]:{port}"),
     ]));
     policy.rate = Rate::parse("1000/s").unwrap();
     let gateway = std::sync::Arc::new(HttpGateway::new(std::sync::Arc::new(lookup)).unwrap());
@@ -114,7 +125,8 @@ async fn every_ssrf_form_is_refused_and_nothing_reaches_loopback() {
         (format!("http://[::ffff:7f00:1]:{port}/"), Allowlist),
         (format!("http://[0:0:0:0:0:ffff:169.254.169.254]:{port}/"), Allowlist),
         (format!("http://[64:ff9b::7f00:1]:{port}/"), Allowlist),
-        (format!("http://[::]:{port}/"), Allowlist),
+        (format!("http://127.0.0.1..:{port}/"), Allowlist),
+        (format!("http://0x7f.1...:{port}/"), Allowlist),
         ("http://169.254.169.254/latest/meta-data/".into(), Allowlist),
         ("http://[fd00:ec2::254]/latest/meta-data/".into(), Allowlist),
         (format!("http://localhost:{port}/"), Allowlist),
@@ -140,6 +152,15 @@ async fn every_ssrf_form_is_refused_and_nothing_reaches_loopback() {
         (format!("http://0.0.0.0:{port}/"), Address),
         (format!("http://0:{port}/"), Address),
         (format!("http://[ff02::1]:{port}/"), Address),
+        (format!("http://0x0:{port}/"), Address),
+        (format!("http://0.0.0.0..:{port}/"), Address),
+        (format!("http://[::]:{port}/"), Address),
+        (format!("http://[0:0::0]:{port}/"), Address),
+        (format!("http://224.0.0.1:{port}/"), Address),
+        (format!("http://0xe0000001:{port}/"), Address),
+        (format!("http://255.255.255.255:{port}/"), Address),
+        (format!("http://4294967295:{port}/"), Address),
+        (format!("http://[::ffff:0.0.0.0]:{port}/"), Address),
     ];
     for (name, _) in HOSTILE_NAMES {
         cases.push((format!("http://{name}:{port}/"), Address));
@@ -159,4 +180,28 @@ async fn every_ssrf_form_is_refused_and_nothing_reaches_loopback() {
     }
     assert_eq!(up.hits(), 0, "a refused request reached the loopback server");
     println!("{} SSRF forms refused", cases.len());
+}
+
+#[tokio::test]
+async fn a_mixed_answer_connects_only_to_its_public_address() {
+    // `[public, internal]` under a wildcard grant: the internal address is
+    // a live loopback server, listed first and last, so a guard that let
+    // it through would connect to it before giving up on the public one
+    // (which does not answer within the deadline, or refuses).
+    let up = Upstream::start().await;
+    let port = up.port();
+    let lookup = StaticLookup::new()
+        .with("first.victim.test", &[ip("127.0.0.1"), ip("1.2.3.4")])
+        .with("last.victim.test", &[ip("1.2.3.4"), ip("169.254.169.254"), ip("127.0.0.1")]);
+    let mut policy = HttpPolicy::new(rules(&[format!("http://*.victim.test:{port}")]));
+    policy.timeout = std::time::Duration::from_millis(300);
+    let gateway = std::sync::Arc::new(HttpGateway::new(std::sync::Arc::new(lookup)).unwrap());
+    let http = PluginHttp::new("victim", policy, gateway, &Default::default()).unwrap();
+    for name in ["first.victim.test", "last.victim.test"] {
+        let request =
+            OutboundRequest { method: "GET".into(), url: format!("http://{name}:{port}/hello"), ..Default::default() };
+        let error = http.send(request).await.expect_err("1.2.3.4 does not serve HTTP here");
+        assert!(matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Unavailable), "{name}: {error:?}");
+    }
+    assert_eq!(up.hits(), 0, "a request reached the internal address of a mixed answer");
 }

@@ -7,6 +7,9 @@
 //! - `/echo`: the method, headers and body it received, as JSON
 //! - `/redirect?to=URL&status=302`: a redirect to `URL`
 //! - `/loop`: a redirect to itself
+//! - `/bad-redirect`: a `302` whose `Location` is not a URL
+//! - `/headers?n=N`: `200` with about `N` bytes of headers, in fields of
+//!   4000 bytes
 //! - `/big?n=N&chunked=1`: `N` bytes of `x`, with or without a length
 //! - `/slow?ms=N`: answers after `N` milliseconds
 
@@ -89,6 +92,21 @@ async fn handle(State(hits): State<Arc<AtomicUsize>>, request: Request) -> Respo
         "/loop" => {
             let mut response = text(StatusCode::FOUND, "");
             response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/loop"));
+            response
+        }
+        "/bad-redirect" => {
+            let mut response = text(StatusCode::FOUND, "");
+            response.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://exa mple.com:99999/"));
+            response
+        }
+        "/headers" => {
+            let mut response = text(StatusCode::OK, "headers");
+            let field = HeaderValue::from_str(&"h".repeat(4000)).unwrap();
+            for i in 0..number("n").div_ceil(4000) {
+                response
+                    .headers_mut()
+                    .insert(format!("x-filler-{i}").parse::<header::HeaderName>().unwrap(), field.clone());
+            }
             response
         }
         "/big" => {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::resolve::AddressRefused;
+use super::transport::MAX_RESPONSE_HEAD;
 use super::url::UrlError;
 use crate::error::{ErrorKind, GuestError};
 
@@ -50,6 +51,14 @@ pub enum HttpError {
         /// When the next request would be allowed.
         retry_after: Duration,
     },
+    /// The response's header section is larger than allowed: over the
+    /// transport's fixed bound (`transport::MAX_RESPONSE_HEAD`), or over the
+    /// policy's `max_response`, which counts header bytes too.
+    #[error("response headers exceed the limit of {limit} bytes")]
+    ResponseHeadersTooLarge {
+        /// The bound that was exceeded.
+        limit: u64,
+    },
     /// The redirect chain is longer than the policy allows.
     #[error("stopped after {limit} redirect(s), the policy's max_redirects")]
     TooManyRedirects {
@@ -74,7 +83,7 @@ impl HttpError {
             | HttpError::TooManyRedirects { .. }
             | HttpError::Url(UrlError::Credentials) => ErrorKind::Denied,
             HttpError::Url(_) | HttpError::BadRequest(_) | HttpError::RequestTooLarge { .. } => ErrorKind::InvalidInput,
-            HttpError::ResponseTooLarge { .. } => ErrorKind::QuotaExceeded,
+            HttpError::ResponseTooLarge { .. } | HttpError::ResponseHeadersTooLarge { .. } => ErrorKind::QuotaExceeded,
             HttpError::RateLimited { .. } => ErrorKind::RateLimited,
             HttpError::Timeout(_) => ErrorKind::Timeout,
             HttpError::Unavailable(_) => ErrorKind::Unavailable,
@@ -112,6 +121,9 @@ impl HttpError {
             HttpError::BadRequest(_) => Wasi::HttpProtocolError,
             HttpError::RequestTooLarge { limit, .. } => Wasi::HttpRequestBodySize(Some(*limit)),
             HttpError::ResponseTooLarge { limit } => Wasi::HttpResponseBodySize(Some(*limit)),
+            HttpError::ResponseHeadersTooLarge { limit } => {
+                Wasi::HttpResponseHeaderSectionSize(Some(u32::try_from(*limit).unwrap_or(u32::MAX)))
+            }
             HttpError::TooManyRedirects { .. } => Wasi::LoopDetected,
             HttpError::Timeout(_) => Wasi::HttpResponseTimeout,
             HttpError::Unavailable(_) => Wasi::DestinationUnavailable,
@@ -123,12 +135,16 @@ impl HttpError {
 
 /// Classifies a transport failure. The SSRF guard's refusal travels inside
 /// the connector's error chain; find it to report `denied`, not a
-/// connection failure.
+/// connection failure. hyper refuses a response head over the transport's
+/// bound as a parse error; report that as the size limit it is.
 pub(super) fn from_transport(error: &(dyn std::error::Error + 'static)) -> HttpError {
     let mut source = Some(error);
     while let Some(e) = source {
         if let Some(refused) = e.downcast_ref::<AddressRefused>() {
             return HttpError::AddressRefused(refused.clone());
+        }
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large) {
+            return HttpError::ResponseHeadersTooLarge { limit: MAX_RESPONSE_HEAD as u64 };
         }
         source = e.source();
     }

@@ -12,24 +12,32 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota};
 use http::header::{AUTHORIZATION, COOKIE, LOCATION, PROXY_AUTHORIZATION, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
 
 use super::addr::classify;
+use super::budget::Budget;
 use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
-use super::resolve::{AddressRefused, Lookup, Zone};
+use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
 use super::transport::{self, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
+use crate::guest_text::{LINE, SHORT, escaped};
 use crate::secrets::SecretSource;
+
+/// Refusal log lines one plugin may write at once (the bucket's burst)...
+pub const REFUSAL_LOG_BURST: u32 = 10;
+/// ...and then one every this often: 2 lines a second, sustained. Lines
+/// over the budget are counted and the count is reported as `suppressed`
+/// on the next line written.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Sent unless the guest sets its own `user-agent`.
 const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
@@ -102,9 +110,33 @@ pub struct PluginHttp {
     plugin: String,
     policy: HttpPolicy,
     gateway: Arc<HttpGateway>,
-    limiter: DefaultDirectRateLimiter,
+    rate: Budget,
+    lookups: LookupSlots,
+    refusal_log: RefusalLog,
     injections: Vec<ResolvedInjection>,
     metrics: HttpMetrics,
+}
+
+/// The budget of one plugin's refusal log lines. A guest decides how often
+/// its requests fail, so without a budget it decides how much the sidecar
+/// logs.
+struct RefusalLog {
+    budget: Budget,
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    /// `Some(lines suppressed since the last one written)` if a line may be
+    /// written now.
+    fn admit(&self) -> Option<u64> {
+        match self.budget.take() {
+            Ok(()) => Some(self.suppressed.swap(0, Ordering::Relaxed)),
+            Err(_) => {
+                self.suppressed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
 }
 
 impl PluginHttp {
@@ -116,11 +148,12 @@ impl PluginHttp {
         gateway: Arc<HttpGateway>,
         secrets: &BTreeMap<String, SecretSource>,
     ) -> Result<Self, String> {
-        let quota = match policy.rate.per {
-            Per::Second => Quota::per_second(policy.rate.count),
-            Per::Minute => Quota::per_minute(policy.rate.count),
-            Per::Hour => Quota::per_hour(policy.rate.count),
+        let per = match policy.rate.per {
+            Per::Second => Duration::from_secs(1),
+            Per::Minute => Duration::from_secs(60),
+            Per::Hour => Duration::from_secs(3600),
         };
+        let rate = Budget::new(policy.rate.count.get(), per / policy.rate.count.get());
         let mut injections = Vec::new();
         for injection in &policy.inject {
             let source = secrets.get(&injection.secret).ok_or_else(|| {
@@ -139,7 +172,12 @@ impl PluginHttp {
         }
         Ok(PluginHttp {
             plugin: plugin.to_string(),
-            limiter: DefaultDirectRateLimiter::direct(quota),
+            rate,
+            lookups: LookupSlots::default(),
+            refusal_log: RefusalLog {
+                budget: Budget::new(REFUSAL_LOG_BURST, REFUSAL_LOG_INTERVAL),
+                suppressed: AtomicU64::new(0),
+            },
             policy,
             gateway,
             injections,
@@ -166,18 +204,34 @@ impl PluginHttp {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
-        // Field expressions run only when the event is enabled.
+        // Every guest-supplied string is escaped and bounded, and refusals
+        // draw on the plugin's log budget. Field expressions run only when
+        // the event is enabled.
+        let (method, url) = (escaped(&request.method, SHORT), escaped(&request.url, LINE));
+        let elapsed_ms = || started.elapsed().as_secs_f64() * 1e3;
         match &outcome {
             Ok(response) => tracing::debug!(
-                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
+                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
                 status = response.status.as_u16(), bytes = response.body.len(),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request"
+                elapsed_ms = elapsed_ms(), "outbound request"
             ),
-            Err(error) => tracing::info!(
-                target: "gatehouse::http", plugin = %self.plugin, method = %request.method, url = %request.url,
-                kind = %error.kind(), %error,
-                elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "outbound request failed"
-            ),
+            Err(error) => {
+                if let Some(suppressed) = self.refusal_log.admit() {
+                    let text = error.to_string();
+                    let (kind, error) = (error.kind(), escaped(&text, LINE));
+                    if matches!(outcome, Err(HttpError::AddressRefused(_))) {
+                        tracing::warn!(
+                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
+                            suppressed, elapsed_ms = elapsed_ms(), "SSRF guard refused every address"
+                        );
+                    } else {
+                        tracing::info!(
+                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
+                            suppressed, elapsed_ms = elapsed_ms(), "outbound request failed"
+                        );
+                    }
+                }
+            }
         }
         self.record(&outcome);
         outcome
@@ -200,26 +254,51 @@ impl PluginHttp {
         }
         let mut headers = self.guest_headers(&request.headers)?;
         let mut target = normalize(&request.url)?;
-        let mut zone = self.zone_for(&target)?;
-        // Only requests the policy allows spend the rate budget.
-        self.take_token()?;
 
         let mut hops = 0;
         loop {
-            let uri = transport::uri(&target).ok_or_else(|| {
-                HttpError::BadRequest(format!("`{}` cannot be sent as an HTTP request target", target.url))
+            let zone = self.zone_for(&target).map_err(|e| match e {
+                HttpError::Denied(reason) if hops > 0 => {
+                    HttpError::Denied(format!("redirect to {}: {reason}", escaped(target.url.as_str(), LINE)))
+                }
+                e => e,
             })?;
+            let uri = transport::uri(&target).ok_or_else(|| {
+                let url = escaped(target.url.as_str(), LINE);
+                HttpError::BadRequest(format!("`{url}` cannot be sent as an HTTP request target"))
+            })?;
+            // Every request sent spends a token, each redirect hop
+            // included, and only once the policy allows it.
+            self.take_token()?;
             let mut outgoing = http::Request::new(Full::new(body.clone().unwrap_or_default()));
             *outgoing.method_mut() = method.clone();
             *outgoing.uri_mut() = uri;
             *outgoing.headers_mut() = headers.clone();
             outgoing.headers_mut().entry(USER_AGENT).or_insert(USER_AGENT_VALUE);
+            // Chosen for each hop's own origin.
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
                 outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }
-            let response = self.gateway.transport(zone).request(outgoing).await.map_err(|e| from_transport(&e))?;
+            let sending = self.lookups.scope(self.gateway.transport(zone).request(outgoing));
+            let response = match sending.await {
+                Ok(response) => response,
+                Err(e) => {
+                    let error = from_transport(&e);
+                    if matches!(error, HttpError::AddressRefused(_)) {
+                        // Refused by the address guard: a denied request,
+                        // which does not spend the rate budget.
+                        self.rate.refund();
+                    }
+                    return Err(error);
+                }
+            };
             self.metrics.sent(body.as_ref().map_or(0, |b| b.len() as u64));
 
+            // With `max_redirects = 0` the plugin follows redirects itself,
+            // if at all: every 3xx is its answer, whatever its Location.
+            if self.policy.max_redirects == 0 {
+                return self.read_body(response).await;
+            }
             let Some(next) = redirect_target(&target, &response)? else {
                 return self.read_body(response).await;
             };
@@ -229,11 +308,19 @@ impl PluginHttp {
             hops += 1;
             self.metrics.redirect();
             // What browsers and curl do: 303 always becomes GET (bar HEAD),
-            // and so does a POST answered with 301 or 302.
+            // and so does a POST answered with 301 or 302. The new method
+            // must be one the policy allows, like the first.
             let status = response.status();
             if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
                 || (method == Method::POST && matches!(status.as_u16(), 301 | 302))
             {
+                self.policy.check_method(Method::GET.as_str()).map_err(|d| {
+                    HttpError::Denied(format!(
+                        "redirect ({status}) from {} turns the {method} into a GET: {}",
+                        escaped(target.url.as_str(), LINE),
+                        d.0
+                    ))
+                })?;
                 method = Method::GET;
                 body = None;
                 headers.remove(http::header::CONTENT_TYPE);
@@ -244,10 +331,6 @@ impl PluginHttp {
                     headers.remove(name);
                 }
             }
-            zone = self.zone_for(&next).map_err(|e| match e {
-                HttpError::Denied(reason) => HttpError::Denied(format!("redirect to {}: {reason}", next.url)),
-                e => e,
-            })?;
             target = next;
         }
     }
@@ -276,46 +359,57 @@ impl PluginHttp {
         let mut headers = HeaderMap::with_capacity(raw.len());
         for (name, value) in raw {
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpError::BadRequest(format!("invalid header name `{}`", name.escape_debug())))?;
+                .map_err(|_| HttpError::BadRequest(format!("invalid header name `{}`", escaped(name, SHORT))))?;
             self.policy.check_header(name.as_str()).map_err(|d| HttpError::Denied(d.0))?;
+            let quoted = || escaped(name.as_str(), SHORT);
             if value.len() > MAX_HEADER_VALUE {
-                return Err(HttpError::BadRequest(format!("header `{name}` is longer than {MAX_HEADER_VALUE} bytes")));
+                return Err(HttpError::BadRequest(format!(
+                    "header `{}` is longer than {MAX_HEADER_VALUE} bytes",
+                    quoted()
+                )));
             }
             let value = HeaderValue::from_bytes(value)
-                .map_err(|_| HttpError::BadRequest(format!("header `{name}` has an invalid value")))?;
+                .map_err(|_| HttpError::BadRequest(format!("header `{}` has an invalid value", quoted())))?;
             headers.append(name, value);
         }
         Ok(headers)
     }
 
     fn take_token(&self) -> Result<(), HttpError> {
-        self.limiter.check().map_err(|not_until| HttpError::RateLimited {
-            rate: self.policy.rate.to_string(),
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        self.rate
+            .take()
+            .map_err(|retry_after| HttpError::RateLimited { rate: self.policy.rate.to_string(), retry_after })
     }
 
+    /// Reads the body within `max_response`, which the header bytes count
+    /// against too (each field as `name: value\r\n`).
     async fn read_body(&self, response: Response) -> Result<InboundResponse, HttpError> {
         let limit = self.policy.max_response;
+        let head: u64 = response.headers().iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
+        if head > limit {
+            return Err(HttpError::ResponseHeadersTooLarge { limit });
+        }
+        let body_limit = limit - head;
         // A declared length over the limit is refused before reading.
-        if response.body().size_hint().lower() > limit {
+        if response.body().size_hint().lower() > body_limit {
             return Err(HttpError::ResponseTooLarge { limit });
         }
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                HttpError::ResponseTooLarge { limit }
-            } else {
-                HttpError::Unavailable(format!("reading the response body: {e}"))
-            }
-        })?;
+        let body =
+            Limited::new(body, usize::try_from(body_limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    HttpError::ResponseTooLarge { limit }
+                } else {
+                    HttpError::Unavailable(format!("reading the response body: {e}"))
+                }
+            })?;
         Ok(InboundResponse { status: parts.status, headers: parts.headers, body: body.to_bytes() })
     }
 }
 
 /// The method in canonical (uppercase) form; guests may send any case.
 fn parse_method(raw: &str) -> Result<Method, HttpError> {
-    let invalid = || HttpError::BadRequest(format!("invalid method `{raw}`"));
+    let invalid = || HttpError::BadRequest(format!("invalid method `{}`", escaped(raw, SHORT)));
     if raw.bytes().any(|b| b.is_ascii_lowercase()) {
         Method::from_bytes(raw.to_ascii_uppercase().as_bytes()).map_err(|_| invalid())
     } else {
@@ -332,7 +426,10 @@ fn redirect_target(from: &Target, response: &Response) -> Result<Option<Target>,
     let Some(location) = response.headers().get(LOCATION) else {
         return Ok(None);
     };
-    let invalid = |why: String| HttpError::Denied(format!("redirect from {} to an invalid location: {why}", from.url));
+    let invalid = |why: String| {
+        let from = escaped(from.url.as_str(), LINE);
+        HttpError::Denied(format!("redirect from {from} to an invalid location: {}", escaped(&why, LINE)))
+    };
     let location = location.to_str().map_err(|_| invalid("not ASCII".into()))?;
     let next = from.url.join(location).map_err(|e| invalid(e.to_string()))?;
     normalize(next.as_str()).map(Some).map_err(|e| invalid(e.to_string()))

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::url::{Target, TargetHost, normalize};
+use crate::guest_text::{SHORT, escaped};
 
 /// Default methods when `[http] methods` is absent.
 pub const DEFAULT_METHODS: &[&str] = &["GET", "HEAD"];
@@ -28,6 +29,9 @@ pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 
 /// Headers no guest may set, whatever the policy: hop-by-hop and framing
 /// headers (the client owns the connection) and `host` (the URL decides).
+/// Every name starting with [`ALWAYS_DENIED_PREFIX`] is refused too (the
+/// `proxy-*` names listed here are also what policy loading refuses to
+/// inject).
 pub const ALWAYS_DENIED_HEADERS: &[&str] = &[
     "host",
     "connection",
@@ -43,6 +47,23 @@ pub const ALWAYS_DENIED_HEADERS: &[&str] = &[
     "expect",
     "http2-settings",
 ];
+
+/// `proxy-authorization`, `proxy-connection` and every other `proxy-*`
+/// header are for proxies, and the sidecar uses none: an upstream that is
+/// one must never see them from a guest.
+pub const ALWAYS_DENIED_PREFIX: &str = "proxy-";
+
+/// Whether two header names are the same once case is ignored and `_` is
+/// read as `-`. CGI-style servers (WSGI, Rack, PHP, Puma: CVE-2024-45614)
+/// turn both `x-api-key` and `x_api_key` into `HTTP_X_API_KEY`, so a deny
+/// list or an injected header that compared names exactly would be
+/// bypassed by spelling the name with underscores. Folding (rather than
+/// refusing `_` outright) keeps the odd API that uses underscore names
+/// reachable, while every name that folds onto a denied one is refused.
+pub fn same_header(a: &str, b: &str) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
 
 /// One `allow` entry: scheme, host (exact or `*.` subdomains) and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,14 +288,18 @@ impl HttpPolicy {
         Err(Denial(format!("method {method} is not allowed (allowed: {allowed})")))
     }
 
-    /// Whether the guest may set header `name` (any case).
+    /// Whether the guest may set header `name`: any case, and `_` counts
+    /// as `-` (see [`same_header`]).
     pub fn check_header(&self, name: &str) -> Result<(), Denial> {
-        let name = name.to_ascii_lowercase();
-        if ALWAYS_DENIED_HEADERS.contains(&name.as_str()) {
-            return Err(Denial(format!("header `{name}` is managed by the sidecar and may not be set")));
+        let quoted = || escaped(name, SHORT);
+        let proxy = name.get(..ALWAYS_DENIED_PREFIX.len()).is_some_and(|p| same_header(p, ALWAYS_DENIED_PREFIX));
+        if proxy || ALWAYS_DENIED_HEADERS.iter().any(|denied| same_header(denied, name)) {
+            return Err(Denial(format!("header `{}` is managed by the sidecar and may not be set", quoted())));
         }
-        if self.deny_headers.contains(&name) || self.inject.iter().any(|i| i.header == name) {
-            return Err(Denial(format!("header `{name}` may not be set by this plugin")));
+        if self.deny_headers.iter().any(|denied| same_header(denied, name))
+            || self.inject.iter().any(|i| same_header(&i.header, name))
+        {
+            return Err(Denial(format!("header `{}` may not be set by this plugin", quoted())));
         }
         Ok(())
     }
@@ -355,6 +380,8 @@ mod tests {
             "https://user@api.example.com",
             "ftp://files.example.com",
             "https://*.10.0.0.1",
+            // `0.1..` is `0.1` once its dots are stripped: an IPv4 literal.
+            "http://*.0.1..",
         ] {
             assert!(AllowRule::parse(bad).is_err(), "{bad} should be refused");
         }
@@ -385,6 +412,16 @@ mod tests {
         }
         assert!(p.check_header("X-Internal").is_err());
         assert!(p.check_header("Authorization").is_err(), "injected headers cannot be overridden");
+        // `_` reads as `-`, as CGI-style upstreams read it.
+        for name in ["x_internal", "X_Internal", "transfer_encoding", "content_length", "proxy_authorization"] {
+            assert!(p.check_header(name).is_err(), "{name}");
+        }
+        for name in ["proxy-foo", "Proxy-Authorization", "proxy_foo", "PROXY-x"] {
+            assert!(p.check_header(name).unwrap_err().0.contains("managed by the sidecar"), "{name}");
+        }
+        for name in ["proxy", "x-proxy-foo", "x_trace", "hosts"] {
+            assert!(p.check_header(name).is_ok(), "{name}");
+        }
     }
 
     #[test]

@@ -3,6 +3,14 @@
 //! requesting plugin may not reach before the connector sees the list. The
 //! check therefore applies to the address actually connected to: there is
 //! no earlier lookup whose answer a rebinding DNS server could change.
+//!
+//! Lookups are also bounded per plugin ([`LookupSlots`]): the system
+//! resolver blocks a thread of tokio's blocking pool for as long as
+//! `getaddrinfo` takes, which a hostile DNS server (reachable through any
+//! wildcard grant) can stretch far past the request's deadline. A plugin
+//! can keep at most [`MAX_LOOKUPS`] lookups running, each abandoned after
+//! [`LOOKUP_TIMEOUT`], so its slow names cannot take the threads other
+//! plugins' lookups need.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,8 +20,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::client::legacy::connect::dns::Name;
+use tokio::sync::Semaphore;
 
 use super::addr::{AddrClass, classify};
 
@@ -110,17 +120,68 @@ impl fmt::Display for AddressRefused {
     }
 }
 
+/// Lookups one plugin may have running at once.
+pub const MAX_LOOKUPS: usize = 4;
+/// How long a lookup may run, whoever is still waiting for it.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One plugin's share of the resolver: [`MAX_LOOKUPS`] slots. A slot is
+/// held until the lookup itself ends (or [`LOOKUP_TIMEOUT`] passes), not
+/// until the request that started it gives up: what is bounded is the work
+/// in the resolver, which outlives an abandoned request.
+#[derive(Debug, Clone)]
+pub struct LookupSlots(Arc<Semaphore>);
+
+impl Default for LookupSlots {
+    fn default() -> Self {
+        LookupSlots(Arc::new(Semaphore::new(MAX_LOOKUPS)))
+    }
+}
+
+tokio::task_local! {
+    /// The slots of the plugin whose request is being sent. The connector
+    /// has only the URI to go on, and the pools are shared by all plugins,
+    /// so the gateway sets this around each send; hyper-util starts a
+    /// connection (and so its lookup) inside the future that sends.
+    static SLOTS: LookupSlots;
+}
+
+impl LookupSlots {
+    /// Runs `send` with lookups it starts counted against these slots.
+    pub(super) async fn scope<F: Future>(&self, send: F) -> F::Output {
+        SLOTS.scope(self.clone(), send).await
+    }
+}
+
 /// The resolver plugged into each gateway transport.
 #[derive(Clone)]
 pub(super) struct GuardedResolver {
     lookup: Arc<dyn Lookup>,
     zone: Zone,
+    /// For lookups started outside any plugin's scope (none are expected):
+    /// bounded all the same.
+    unattributed: LookupSlots,
 }
 
 impl GuardedResolver {
     pub(super) fn new(lookup: Arc<dyn Lookup>, zone: Zone) -> Self {
-        GuardedResolver { lookup, zone }
+        GuardedResolver { lookup, zone, unattributed: LookupSlots::default() }
     }
+}
+
+/// Resolves `host` in a slot of `slots`, on a task of its own that keeps
+/// the slot until the lookup ends or [`LOOKUP_TIMEOUT`] passes.
+async fn bounded_lookup(lookup: Arc<dyn Lookup>, slots: LookupSlots, host: String) -> io::Result<Vec<IpAddr>> {
+    let busy = || io::Error::new(io::ErrorKind::TimedOut, format!("resolving `{host}`: no lookup slot was free"));
+    let slot =
+        tokio::time::timeout(LOOKUP_TIMEOUT, slots.0.acquire_owned()).await.map_err(|_| busy())?.map_err(|_| busy())?;
+    let resolving = tokio::spawn(async move {
+        let _slot = slot;
+        tokio::time::timeout(LOOKUP_TIMEOUT, lookup.lookup(&host)).await.unwrap_or_else(|_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("resolving `{host}` took over {LOOKUP_TIMEOUT:?}")))
+        })
+    });
+    resolving.await.map_err(io::Error::other)?
 }
 
 /// What the connector gets: the admitted addresses (port filled in by it).
@@ -138,17 +199,17 @@ impl tower_service::Service<Name> for GuardedResolver {
 
     fn call(&mut self, name: Name) -> Resolving {
         let (lookup, zone) = (self.lookup.clone(), self.zone);
+        let slots = SLOTS.try_with(LookupSlots::clone).unwrap_or_else(|_| self.unattributed.clone());
         Box::pin(async move {
             let host = name.as_str();
-            let resolved = lookup.lookup(host).await?;
+            let resolved = bounded_lookup(lookup, slots, host.to_string()).await?;
             if resolved.is_empty() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, format!("`{host}` resolves to no address")).into());
             }
             let (admitted, refused) = admit(zone, &resolved);
             if admitted.is_empty() {
-                let error = AddressRefused { host: host.to_string(), addrs: refused };
-                tracing::warn!(target: "gatehouse::http", %error, "SSRF guard refused every address");
-                return Err(error.into());
+                // Logged by the gateway, within the plugin's log budget.
+                return Err(AddressRefused { host: host.to_string(), addrs: refused }.into());
             }
             if !refused.is_empty() {
                 tracing::debug!(target: "gatehouse::http", host, ?refused, "SSRF guard dropped some addresses");

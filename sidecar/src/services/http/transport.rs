@@ -28,6 +28,14 @@ use super::url::Target;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Largest response head (status line and headers) read, in bytes, whatever
+/// the policy: hyper buffers the whole head before the gateway sees any of
+/// it, so this bounds that memory (hyper's own default is about 400 KB).
+/// The policy's `max_response` then counts the header bytes too. (The
+/// number of fields is bounded by hyper's default, 100: setting it moves
+/// hyper's header parsing to the heap, about 5% slower.)
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// A request body: always complete before sending (the doors read guest
 /// bodies in full, within the policy's `max_request`).
 pub(super) type RequestBody = Full<Bytes>;
@@ -70,6 +78,7 @@ pub(super) fn transport(lookup: Arc<dyn Lookup>, zone: Zone, tls: ClientConfig) 
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
         .build(https)
 }
 
@@ -89,7 +98,7 @@ pub(super) fn uri(target: &Target) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::http::url::normalize;
+    use crate::services::http::url::{TargetHost, normalize};
 
     fn sent(url: &str) -> Option<String> {
         uri(&normalize(url).unwrap()).map(|u| u.to_string())
@@ -130,5 +139,35 @@ mod tests {
             proptest::prop_assert_eq!(uri.host(), target.url.host_str());
             proptest::prop_assert_eq!(uri.port_u16().unwrap_or(if target.scheme == "https" { 443 } else { 80 }), target.port);
         }
+
+        /// The invariant the address guard rests on: every URI the client
+        /// dials either names a host that goes through the guarded resolver
+        /// (a name the connector does not read as an IP literal) or is an IP
+        /// literal that the gateway judged as one (`TargetHost::Ip`, checked
+        /// in `PluginHttp::zone_for`). Hosts are built to hit the rewrites:
+        /// trailing dots, IPv4 spellings, percent-escapes, IPv6.
+        #[test]
+        fn every_dialed_ip_literal_was_judged_as_one(
+            host in "([0-9]{1,3}|0x[0-9a-f]{1,2}|%3[0-9]|[a-z]{1,3})(\\.([0-9]{1,3}|0x[0-9a-f]{1,2}|[a-z]{1,3})){0,4}\\.{0,3}|\\[[0-9a-f:.]{2,20}\\]",
+            port in proptest::option::of(1u16..),
+        ) {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let Ok(target) = normalize(&format!("http://{host}{port}/")) else { return Ok(()) };
+            let Some(uri) = uri(&target) else { return Ok(()) };
+            match dialed_literal(&uri) {
+                Some(ip) => proptest::prop_assert_eq!(&target.host, &TargetHost::Ip(ip), "{} is dialed directly", uri),
+                None => proptest::prop_assert!(
+                    matches!(&target.host, TargetHost::Domain(name) if Some(name.as_str()) == uri.host()),
+                    "{} goes through the resolver but was judged as {:?}", uri, target.host
+                ),
+            }
+        }
+    }
+
+    /// What hyper-util's `HttpConnector` dials without resolving: a host
+    /// that parses as an IP address (brackets stripped).
+    fn dialed_literal(uri: &Uri) -> Option<std::net::IpAddr> {
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        host.parse().ok()
     }
 }

@@ -8,13 +8,16 @@
 //! `xn--bcher-kva.example`), decodes percent-escapes in the host, rewrites
 //! every IPv4 spelling (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`) to
 //! dotted decimal and fills in default ports. On top of that this module
-//! strips a trailing dot and refuses what is ambiguous or carries secrets:
+//! strips trailing dots (then reads the host again, since `127.0.0.1..`
+//! becomes an IPv4 literal) and refuses what is ambiguous or carries secrets:
 //! userinfo, backslashes, whitespace and control characters.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use url::{Host, Url};
+
+use crate::guest_text::{SHORT, escaped};
 
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 8 * 1024;
@@ -71,7 +74,7 @@ pub enum UrlError {
     #[error("URL contains {0}, which is refused as ambiguous")]
     Ambiguous(&'static str),
     /// Only `http` and `https` are supported.
-    #[error("scheme `{0}` is not supported (only http and https)")]
+    #[error("scheme `{}` is not supported (only http and https)", escaped(.0, SHORT))]
     Scheme(String),
     /// `user:password@` in a URL.
     #[error("URLs with credentials (user:password@host) are refused; the platform injects credentials")]
@@ -106,23 +109,27 @@ pub fn normalize(input: &str) -> Result<Target, UrlError> {
     if !url.username().is_empty() || url.password().is_some() {
         return Err(UrlError::Credentials);
     }
-    let host = match url.host() {
-        Some(Host::Domain(name)) => {
-            let name = name.trim_end_matches('.');
-            if name.is_empty() {
-                return Err(UrlError::NoHost);
-            }
-            TargetHost::Domain(name.to_string())
+    // A trailing dot is stripped by rewriting the URL, and the host is read
+    // back from the rewritten URL: the rewrite can change the host's class
+    // (`127.0.0.1..` parses as a name, but `127.0.0.1` is an IPv4 literal
+    // the client would dial without the resolver), and what the allowlist
+    // and the address guard judge must be what is sent.
+    if let Some(Host::Domain(name)) = url.host()
+        && name.ends_with('.')
+    {
+        let name = name.trim_end_matches('.').to_string();
+        if name.is_empty() {
+            return Err(UrlError::NoHost);
         }
+        url.set_host(Some(&name)).map_err(|e| UrlError::Invalid(e.to_string()))?;
+    }
+    let host = match url.host() {
+        Some(Host::Domain(name)) if name.is_empty() || name.ends_with('.') => return Err(UrlError::NoHost),
+        Some(Host::Domain(name)) => TargetHost::Domain(name.to_string()),
         Some(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
         Some(Host::Ipv6(ip)) => TargetHost::Ip(IpAddr::V6(ip)),
         None => return Err(UrlError::NoHost),
     };
-    if let TargetHost::Domain(name) = &host
-        && url.host_str() != Some(name.as_str())
-    {
-        url.set_host(Some(name)).map_err(|e| UrlError::Invalid(e.to_string()))?;
-    }
     let port = url.port_or_known_default().ok_or(UrlError::NoHost)?;
     url.set_fragment(None);
     Ok(Target { url, scheme, host, port })
@@ -151,6 +158,10 @@ mod tests {
             ("http://127.1/", "http://127.0.0.1:80"),
             ("http://[::FFFF:7f00:1]/", "http://[::ffff:127.0.0.1]:80"),
             ("https://example.com/#frag", "https://example.com:443"),
+            // Stripping the dots leaves an IPv4 literal: judged as one.
+            ("http://127.0.0.1../", "http://127.0.0.1:80"),
+            ("http://0x7f.1.../", "http://127.0.0.1:80"),
+            ("http://example.com../", "http://example.com:80"),
         ];
         for (input, expected) in cases {
             assert_eq!(origin(input), expected, "{input}");
