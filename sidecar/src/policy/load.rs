@@ -334,7 +334,13 @@ fn valid_header_name(name: &str) -> Option<String> {
 /// runaway build artifact fails fast instead of exhausting memory.
 fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Checked before opening, and opened non-blocking: opening a FIFO
+    // would otherwise wait for a writer, and hold up every other plugin.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
@@ -344,6 +350,12 @@ fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other(format!("larger than the {} MiB a component may be", cap >> 20)));
     }
     Ok(bytes)
+}
+
+/// `O_NONBLOCK` on Linux (the same value on every architecture Rust's std
+/// supports there), without a libc dependency for one constant.
+const fn libc_o_nonblock() -> i32 {
+    0o4000
 }
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {

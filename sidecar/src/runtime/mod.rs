@@ -239,6 +239,9 @@ impl Runtime {
                     plugins.insert(policy.name.clone(), Arc::new(plugin));
                 }
                 Err(reason) => {
+                    // Reasons quote wasmtime's errors, which quote names
+                    // from the component (import names, function names).
+                    let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
                     let error =
                         LoadError { plugin: policy.name.clone(), file: policy.file.display().to_string(), reason };
                     tracing::error!(%error, "plugin refused");

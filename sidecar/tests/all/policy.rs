@@ -296,11 +296,15 @@ fn a_component_that_is_not_a_regular_file_or_too_large_fails_fast() {
     for (name, path) in [("zero", "/dev/zero"), ("huge", huge.to_str().unwrap())] {
         policies.write(&format!("{name}.toml"), &format!("[plugin]\nname = \"{name}\"\ncomponent = {path:?}\n"));
     }
+    let fifo = policies.dir.path().join("fifo.wasm");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    policies.write("fifo.toml", &format!("[plugin]\nname = \"fifo\"\ncomponent = {:?}\n", fifo.display().to_string()));
     let started = Instant::now();
     let load = policies.load();
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     let reasons: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("fifo.wasm") && r.contains("not a regular file")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("/dev/zero") && r.contains("not a regular file")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("larger than the 128 MiB a component may be")), "{reasons:?}");
 }

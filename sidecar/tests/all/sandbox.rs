@@ -340,3 +340,20 @@ fn hostile_shapes_parse() {
     }
     assert!(Path::new(&guest("echo")).is_file());
 }
+
+#[tokio::test]
+async fn names_quoted_from_a_component_in_load_errors_are_escaped() {
+    // An import name that is a forged log line: wasmtime's error quotes it.
+    let policies = Policies::new();
+    let forged = "x\\0a2026-11-25T18:00:00Z  INFO gatehouse::runtime: plugin loaded plugin=admin\\1b[31m";
+    let text =
+        format!("(component (core module $e (import \"{forged}\" \"f\" (func))) (core instance (instantiate $e)))");
+    let path = policies.dir.path().join("forge.wasm");
+    std::fs::write(&path, wat::parse_str(text).unwrap()).unwrap();
+    policies
+        .write("forge.toml", &format!("[plugin]\nname = \"forge\"\ncomponent = {:?}\n", path.display().to_string()));
+    let (_runtime, report) = load(&policies, settings()).await;
+    let reason = refusal(&report, "forge");
+    assert!(reason.contains("plugin loaded plugin=admin"), "{reason}");
+    assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason:?}");
+}
