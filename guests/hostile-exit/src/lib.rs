@@ -1,10 +1,18 @@
-//! Hostile test guest: ends an invocation in ways other than returning.
+//! Hostile test guest: ends an invocation in ways other than returning,
+//! or makes the host do much work in one synchronous call.
 //! Input `exit` calls `wasi:cli/exit` with success; `big:<n>` returns an
-//! output document of `n` bytes.
+//! output document of `n` bytes; `random:<n>` asks `wasi:random` for `n`
+//! bytes in one call (through the raw import, as any guest may).
 
 wit_bindgen::generate!({ path: "../../wit", world: "gatehouse:services/plugin" });
 
 use gatehouse::services::types::ErrorKind;
+
+#[link(wasm_import_module = "wasi:random/random@0.2.0")]
+unsafe extern "C" {
+    #[link_name = "get-random-bytes"]
+    fn get_random_bytes(len: i64, ret: *mut usize);
+}
 
 struct HostileExit;
 
@@ -13,6 +21,13 @@ impl Guest for HostileExit {
         let text = String::from_utf8_lossy(&input.body).into_owned();
         if text == "exit" {
             std::process::exit(0);
+        }
+        if let Some(n) = text.strip_prefix("random:").and_then(|n| n.parse::<u64>().ok()) {
+            let mut list = [0usize; 2];
+            // SAFETY: the canonical ABI writes (pointer, length) of a list
+            // it allocated with this module's `cabi_realloc` into `list`.
+            unsafe { get_random_bytes(n as i64, list.as_mut_ptr()) };
+            return Ok(Document { content_type: "text/plain".into(), body: list[1].to_string().into_bytes() });
         }
         if let Some(n) = text.strip_prefix("big:").and_then(|n| n.parse::<usize>().ok()) {
             return Ok(Document { content_type: "application/octet-stream".into(), body: vec![b'b'; n] });

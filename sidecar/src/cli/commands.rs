@@ -78,7 +78,7 @@ pub async fn invoke(
         let json = input.extension().is_some_and(|ext| ext == "json");
         if json { "application/json" } else { "text/plain" }.to_string()
     });
-    let runtime = start(config).await?;
+    let runtime = start(config, Some(plugin)).await?;
     match runtime.invoke(plugin, Document { content_type, body }).await {
         Ok(output) => {
             let mut stdout = std::io::stdout().lock();
@@ -113,8 +113,18 @@ pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads policies and plugins, reporting (not failing on) refused ones.
-pub(super) async fn start(config: &Config) -> anyhow::Result<Runtime> {
-    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+/// With `only`, loads just that plugin when its policy is valid, so one
+/// invocation neither waits for nor reports on unrelated plugins; if its
+/// policy is not among the valid ones, every policy problem is reported,
+/// since one of them is probably why.
+pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result<Runtime> {
+    let mut load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    if let Some(name) = only
+        && load.set.plugins.contains_key(name)
+    {
+        load.set.plugins.retain(|plugin, _| plugin == name);
+        load.errors.clear();
+    }
     report_policy_errors(&load);
     let mut runtime = Runtime::new(config.runtime.clone())?;
     let report = runtime.load(&load.set).await;

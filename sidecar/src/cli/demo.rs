@@ -21,7 +21,7 @@ const UPSTREAM_PORT: u16 = 8089;
 
 pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
     let _upstream = start_upstream().await;
-    let runtime = start(config).await?;
+    let runtime = start(config, None).await?;
     let plugins = runtime.plugins();
     if plugins.is_empty() {
         anyhow::bail!("no plugin loaded from {}", config.policy_dir.display());

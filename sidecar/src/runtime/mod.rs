@@ -41,6 +41,7 @@ pub use error::{InvokeError, LoadError, RuntimeError};
 pub use limits::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_COMPONENT,
 };
+pub use state::MAX_RANDOM_BYTES;
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
 use crate::policy::{PluginPolicy, PolicySet};

@@ -14,6 +14,9 @@ use crate::services::http::host::HttpHost;
 use crate::services::log::stdio::{CapturedOutput, Stream};
 use crate::services::log::{Logger, PluginTag};
 
+/// Most bytes one `wasi:random` call may ask for.
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 pub(crate) struct PluginState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
@@ -29,6 +32,9 @@ impl PluginState {
         // No arguments, no environment variables, no preopened directories:
         // the builder grants nothing unless asked, and we never ask.
         let mut wasi = WasiCtxBuilder::new();
+        // `get-random-bytes` fills its answer synchronously, where no
+        // deadline can stop it: keep one call to milliseconds of work.
+        wasi.max_random_size(MAX_RANDOM_BYTES);
         match policy.stdio {
             Stdio::Log => {
                 wasi.stdout(CapturedOutput::new(logger.clone(), Stream::Stdout));

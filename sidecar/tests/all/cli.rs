@@ -149,3 +149,28 @@ fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no valid policy for plugin `nobody`"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn invoke_loads_only_the_plugin_it_runs() {
+    // A sibling whose info() spins and a broken sibling file: neither is
+    // loaded nor reported when another plugin is invoked.
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.plugin("slow", "hostile_slow_info", "timeout = \"10m\"");
+    policies.write("typo.toml", "[plugin]\nname = \"typo\"\ncomponnet = \"x\"\n");
+    let dir = policies.dir.path().to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--policies", dir, "invoke", "echo"])
+        .env("GATEHOUSE_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("slow") && !stderr.contains("typo"), "{stderr}");
+
+    // Invoking a plugin whose policy is broken reports the problems.
+    let out = gatehouse(&["--policies", dir, "invoke", "typo"], repo());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("componnet"), "{}", text(&out.stderr));
+}

@@ -70,9 +70,13 @@ async fn every_memory_of_an_invocation_counts_against_one_limit() {
     // though each alone is under it.
     shape_policy(&policies, "tight", "one-more-memory", "memory = \"32 MiB\"");
     shape_policy(&policies, "roomy", "one-more-memory", "memory = \"64 MiB\"");
+    // The same, reached by memory.grow instead of declared sizes.
+    shape_policy(&policies, "grower", "grow-two", "memory = \"16 MiB\"");
     let (runtime, report) = load(&policies, settings()).await;
     let tight = refusal(&report, "tight");
     assert!(tight.contains("memory limit of 33554432 bytes"), "{tight}");
+    let grower = refusal(&report, "grower");
+    assert!(grower.contains("memory limit of 16777216 bytes"), "{grower}");
     assert_eq!(runtime.invoke("roomy", doc("hi")).await.unwrap().body, b"hi");
 }
 
@@ -218,6 +222,15 @@ async fn exits_and_oversized_outputs_are_typed_errors() {
     assert_eq!(error.kind(), ErrorKind::QuotaExceeded);
     // Within bounds, it works.
     assert_eq!(runtime.invoke("exit", doc("big:1000")).await.unwrap().body.len(), 1000);
+
+    // 64 MiB of random bytes in one synchronous host call would take the
+    // host ~250 ms and 64 MiB, past any deadline: refused at 1 MiB.
+    assert_eq!(runtime.invoke("exit", doc("random:32")).await.unwrap().body, b"32");
+    let started = Instant::now();
+    let error = runtime.invoke("exit", doc(&format!("random:{}", 64 << 20))).await.unwrap_err();
+    assert!(matches!(error, InvokeError::Trap { .. }), "{error:?}");
+    assert!(error.to_string().contains("exceeds limit 1048576"), "{error}");
+    assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,7 +111,7 @@ fn emit_event(tag: &PluginTag, level: Level, message: &str, fields: &str) {
     let (plugin, version) = (&tag.name, &tag.version);
     macro_rules! event {
         ($level:expr) => {
-            tracing::event!(target: "gatehouse::plugin", $level, plugin = %plugin, version = %version, fields, "{message}")
+            tracing::event!(target: "gatehouse::plugin", $level, plugin = %plugin, version = %version, fields = %fields, "{message}")
         };
     }
     match level {
