@@ -18,6 +18,8 @@
 //! - [`services`]: one module per host interface. Each owns its policy check
 //!   and backend; the runtime only wires them into the linker.
 //! - [`secrets`]: credentials the platform adds on a plugin's behalf.
+//! - [`data_dir`]: the sidecar's own directories, used only when no one
+//!   else may write to them.
 //! - [`error`]: the error kinds shared with guests (the WIT `error` record).
 //! - [`guest_text`]: escapes and bounds every guest-controlled string before
 //!   it reaches a log, an error message or a terminal.
@@ -41,6 +43,7 @@
 
 pub mod bindings;
 pub mod config;
+pub mod data_dir;
 pub mod error;
 pub mod guest_text;
 pub mod policy;

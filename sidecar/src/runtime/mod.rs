@@ -165,7 +165,12 @@ enum Reply {
 
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) and the linker.
+    /// Refuses a code cache directory that someone else could write to (see
+    /// [`crate::data_dir`]): its artifacts are loaded as native code.
     pub fn new(settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+        if let Some(dir) = &settings.cache_dir {
+            crate::data_dir::secure(dir).map_err(|e| RuntimeError(format!("code cache: {e}")))?;
+        }
         let engine = engine::new_engine(&settings).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let linker = linker::new_linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let cache = cache::CodeCache::new(settings.cache_dir.clone());

@@ -174,3 +174,35 @@ fn invoke_loads_only_the_plugin_it_runs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("componnet"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_data_directory_others_may_write_is_refused_at_start() {
+    // Attack: whoever can write the code cache can swap a pinned
+    // component's compiled form for their own native code.
+    use std::os::unix::fs::PermissionsExt;
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = root.path().join("gatehouse.toml");
+    let settings = format!(
+        "policy_dir = {:?}\nplugin_dir = {:?}\ndata_dir = \"data\"\n",
+        policies.dir.path().display().to_string(),
+        guest_dir().display().to_string()
+    );
+    std::fs::write(&config, settings).unwrap();
+    let run = || gatehouse(&["--config", config.to_str().unwrap(), "invoke", "echo"], root.path());
+
+    let out = run();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("writable by its group or by others (mode 777)"), "{}", text(&out.stderr));
+
+    // Fixed permissions: it starts, and the cache it creates is private.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cache = std::fs::metadata(data.join("cache")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(cache, 0o700);
+}

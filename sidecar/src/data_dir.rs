@@ -1,0 +1,111 @@
+//! The sidecar's own directories (the data directory and the compiled-code
+//! cache in it) hold native code that is loaded and run, and later keys:
+//! whoever can write there can run code as the sidecar or swap a pinned
+//! component's compiled form. So, like OpenSSH's StrictModes, a directory
+//! is used only if it belongs to the user the sidecar runs as and neither
+//! its group nor others may write to it; one that does not exist yet is
+//! created with mode 0700.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A directory the sidecar refuses to use, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// It could not be created or inspected.
+    #[error("cannot use {path}: {source}")]
+    Io {
+        /// The directory.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// It exists but is not a directory.
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    /// Another user owns it.
+    #[error("{path} is owned by uid {owner}, not by the sidecar's uid {uid}; chown it to the sidecar's user")]
+    WrongOwner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The sidecar's effective user id.
+        uid: u32,
+    },
+    /// Its group or others may write to it.
+    #[error("{path} is writable by its group or by others (mode {mode:o}); run `chmod go-w {path}`")]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks the one
+/// that is there. The parent of `dir` is checked too when it exists, since
+/// whoever can write to it can replace `dir` itself.
+pub fn secure(dir: &Path) -> Result<(), DataDirError> {
+    let io = |source| DataDirError::Io { path: dir.to_path_buf(), source };
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    }
+    check(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent_mode = std::fs::metadata(parent).map_err(io)?.mode();
+        // A sticky world-writable parent (like /tmp) cannot have its
+        // entries replaced by others; anything else writable is refused.
+        if parent_mode & 0o1000 == 0 {
+            check(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn check(dir: &Path) -> Result<(), DataDirError> {
+    let meta = std::fs::metadata(dir).map_err(|source| DataDirError::Io { path: dir.to_path_buf(), source })?;
+    if !meta.is_dir() {
+        return Err(DataDirError::NotADirectory(dir.to_path_buf()));
+    }
+    let uid = rustix::process::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(DataDirError::WrongOwner { path: dir.to_path_buf(), owner: meta.uid(), uid });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(DataDirError::Writable { path: dir.to_path_buf(), mode });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_missing_directories_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data/cache");
+        secure(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn refuses_a_directory_others_may_write() {
+        let root = tempfile::tempdir().unwrap();
+        for (mode, refused) in [(0o777, true), (0o770, true), (0o755, false), (0o700, false)] {
+            let dir = root.path().join(format!("d{mode:o}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let result = secure(&dir);
+            assert_eq!(result.is_err(), refused, "{mode:o}: {result:?}");
+        }
+        // A writable parent is refused too: it could replace the directory.
+        let parent = root.path().join("open");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = secure(&parent.join("cache")).unwrap_err();
+        assert!(matches!(error, DataDirError::Writable { ref path, .. } if *path == parent), "{error}");
+    }
+}
