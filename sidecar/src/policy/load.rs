@@ -13,7 +13,7 @@ use super::error::{PolicyError, line_of};
 use super::file::{HttpSection, InjectSection, PolicyFile};
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
-use crate::services::http::policy::{ALWAYS_DENIED_HEADERS, AllowRule, HttpPolicy, Injection, Rate};
+use crate::services::http::policy::{AllowRule, HttpPolicy, Injection, Rate, is_sidecar_managed};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
 /// is usually 1 MiB).
@@ -277,7 +277,7 @@ impl Validator<'_> {
             self.fail(&raw.header, format!("invalid header name `{}`", raw.header.get_ref()));
             return None;
         };
-        if ALWAYS_DENIED_HEADERS.contains(&header.as_str()) {
+        if is_sidecar_managed(&header) {
             self.fail(&raw.header, format!("header `{header}` is managed by the sidecar and cannot be injected"));
         }
         if raw.secret.get_ref().is_empty() {

@@ -318,3 +318,19 @@ fn max_output_is_parsed_and_range_checked() {
     let error = only_error(&policies);
     assert!(error.to_string().contains("max_output 10 B is out of range"), "{error}");
 }
+
+#[test]
+fn an_injection_cannot_target_a_managed_header_in_any_spelling() {
+    for header in ["Proxy_Authorization", "proxy-anything", "transfer_encoding", "HOST"] {
+        let policies = Policies::new();
+        with_http(
+            &policies,
+            &format!(
+                "allow = [\"https://api.example.com\"]\n[[http.inject]]\norigin = \"https://api.example.com\"\n\
+                 header = \"{header}\"\nsecret = \"token\""
+            ),
+        );
+        let error = only_error(&policies);
+        assert!(error.reason.contains("managed by the sidecar and cannot be injected"), "{header}: {error}");
+    }
+}

@@ -65,6 +65,14 @@ pub fn same_header(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
+/// Whether `name` is a header the sidecar manages itself (hop-by-hop,
+/// framing, `host`, every `proxy-*`), in any spelling [`same_header`]
+/// accepts: neither a guest nor an injection may set it.
+pub fn is_sidecar_managed(name: &str) -> bool {
+    let proxy = name.get(..ALWAYS_DENIED_PREFIX.len()).is_some_and(|p| same_header(p, ALWAYS_DENIED_PREFIX));
+    proxy || ALWAYS_DENIED_HEADERS.iter().any(|denied| same_header(denied, name))
+}
+
 /// One `allow` entry: scheme, host (exact or `*.` subdomains) and port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
@@ -292,8 +300,7 @@ impl HttpPolicy {
     /// as `-` (see [`same_header`]).
     pub fn check_header(&self, name: &str) -> Result<(), Denial> {
         let quoted = || escaped(name, SHORT);
-        let proxy = name.get(..ALWAYS_DENIED_PREFIX.len()).is_some_and(|p| same_header(p, ALWAYS_DENIED_PREFIX));
-        if proxy || ALWAYS_DENIED_HEADERS.iter().any(|denied| same_header(denied, name)) {
+        if is_sidecar_managed(name) {
             return Err(Denial(format!("header `{}` is managed by the sidecar and may not be set", quoted())));
         }
         if self.deny_headers.iter().any(|denied| same_header(denied, name))
