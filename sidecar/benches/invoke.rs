@@ -97,7 +97,7 @@ fn bench_policies() -> PolicyLoad {
 }
 
 async fn gatehouse_runtime(policies: &PolicySet, settings: RuntimeSettings) -> Runtime {
-    let mut runtime = Runtime::new(settings).unwrap();
+    let runtime = Runtime::new(settings).unwrap();
     let report = runtime.load(policies).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     runtime

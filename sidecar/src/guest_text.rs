@@ -93,9 +93,11 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Quoted, with `"` escaped too: the form for a `key=value` log field, so
+/// that guest text with spaces or `=` cannot pass for fields of its own.
 impl fmt::Debug for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
+        write!(f, "\"{}\"", self.to_string().replace('"', "\\\""))
     }
 }
 
@@ -106,7 +108,7 @@ impl fmt::Debug for Escaped<'_> {
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || c == '\\'
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{61c}')
         || matches!(c, '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
@@ -126,6 +128,7 @@ mod tests {
             ("ls\u{2028}ps\u{2029}", "ls\\u{2028}ps\\u{2029}"),
             ("bidi \u{202e}txt.exe", "bidi \\u{202e}txt.exe"),
             ("zw\u{200b}j\u{feff}", "zw\\u{200b}j\\u{feff}"),
+            ("arabic letter mark \u{61c}", "arabic letter mark \\u{61c}"),
             ("nul\0", "nul\\u{0}"),
             ("tab\t", "tab\\t"),
         ];
@@ -133,6 +136,13 @@ mod tests {
             assert_eq!(escape(input, 1000), expected, "{input:?}");
             assert_eq!(is_plain(input, 1000), input == expected, "{input:?}");
         }
+    }
+
+    #[test]
+    fn the_debug_form_is_one_quoted_field() {
+        let forged = "GET url=http://ok/ kind=success plugin=\"other\"";
+        let field = format!("{:?}", escaped(forged, 1000));
+        assert_eq!(field, "\"GET url=http://ok/ kind=success plugin=\\\"other\\\"\"");
     }
 
     #[test]

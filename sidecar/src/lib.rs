@@ -31,7 +31,7 @@
 //! use gatehouse::{Document, Runtime, RuntimeSettings, policy};
 //!
 //! let policies = policy::load_dir("policies".as_ref(), "plugins".as_ref())?;
-//! let mut runtime = Runtime::new(RuntimeSettings::default())?;
+//! let runtime = Runtime::new(RuntimeSettings::default())?;
 //! let report = runtime.load(&policies.set).await;
 //! assert!(report.refused.is_empty());
 //! let output = runtime

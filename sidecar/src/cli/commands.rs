@@ -126,7 +126,7 @@ pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result
         load.errors.clear();
     }
     report_policy_errors(&load);
-    let mut runtime = Runtime::new(config.runtime.clone())?;
+    let runtime = Runtime::new(config.runtime.clone())?;
     let report = runtime.load(&load.set).await;
     for refused in &report.refused {
         eprintln!("error: {refused}");

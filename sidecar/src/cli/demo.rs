@@ -36,7 +36,7 @@ pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
             Err(e) => anyhow::bail!("reading {}: {e}", sample.display()),
         };
         let input = Document { content_type: "application/json".into(), body };
-        match runtime.invoke(name, input).await {
+        match runtime.invoke(&name, input).await {
             Ok(output) => println!("{}\n", String::from_utf8_lossy(&output.body)),
             Err(e) => {
                 println!("error: {}: {e}\n", e.kind());

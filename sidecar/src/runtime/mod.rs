@@ -29,7 +29,7 @@ mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -126,6 +126,13 @@ struct LoadedPlugin {
     hostcall_fuel: usize,
 }
 
+/// One set of loaded plugins and the refusals that came with it.
+#[derive(Default)]
+struct Generation {
+    plugins: HashMap<String, Arc<LoadedPlugin>>,
+    refused: HashMap<String, LoadError>,
+}
+
 /// What [`Runtime::load`] did with each policy.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -143,8 +150,13 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     cache: cache::CodeCache,
     http: Arc<HttpGateway>,
-    plugins: HashMap<String, Arc<LoadedPlugin>>,
-    refused: HashMap<String, LoadError>,
+    /// The plugins in force. Replaced whole by a (re)load, so each
+    /// invocation runs on the version it started with while the next
+    /// generation takes over.
+    current: RwLock<Arc<Generation>>,
+    /// Serialises loads: two reloads at once would each build a
+    /// generation from the same starting point.
+    loading: tokio::sync::Mutex<()>,
     /// One permit per pool instance available to invocations. Loaded
     /// plugins' concurrency never adds up to more, so in steady state no
     /// one waits here; during a reload, invocations of the old and the new
@@ -182,8 +194,8 @@ impl Runtime {
             linker,
             cache,
             http,
-            plugins: HashMap::new(),
-            refused: HashMap::new(),
+            current: RwLock::default(),
+            loading: tokio::sync::Mutex::new(()),
             instances,
         })
     }
@@ -199,7 +211,11 @@ impl Runtime {
     /// Outbound HTTP counters of `plugin`, if it is loaded with an
     /// `[http]` grant. They restart when policies are reloaded.
     pub fn http_metrics(&self, plugin: &str) -> Option<HttpMetricsSnapshot> {
-        self.plugins.get(plugin)?.http.as_ref().map(|http| http.metrics())
+        self.generation().plugins.get(plugin)?.http.as_ref().map(|http| http.metrics())
+    }
+
+    fn generation(&self) -> Arc<Generation> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces the loaded plugins with those of `policies`. Each plugin is
@@ -210,21 +226,43 @@ impl Runtime {
     /// refused alone. Plugins are admitted in name order while their
     /// concurrency fits in the pool (`max_instances`); the rest are
     /// refused, so every loaded plugin can always run at its concurrency.
-    pub async fn load(&mut self, policies: &PolicySet) -> LoadReport {
+    pub async fn load(&self, policies: &PolicySet) -> LoadReport {
+        self.install(policies, &[], false).await
+    }
+
+    /// Like [`Runtime::load`], for a running sidecar: a plugin whose
+    /// policy file is among `broken_files` (it failed to parse or
+    /// validate), or whose new version is refused, keeps the version it
+    /// had, and the refusal is reported. Invocations already running
+    /// finish on the version they started with.
+    pub async fn reload(&self, policies: &PolicySet, broken_files: &[PathBuf]) -> LoadReport {
+        self.install(policies, broken_files, true).await
+    }
+
+    async fn install(&self, policies: &PolicySet, broken_files: &[PathBuf], keep_on_refusal: bool) -> LoadReport {
+        let _one_at_a_time = self.loading.lock().await;
+        let previous = self.generation();
         let mut report = LoadReport::default();
-        let mut plugins = HashMap::new();
-        self.refused.clear();
+        let mut next = Generation::default();
         let loads = Semaphore::new(LOAD_INSTANCES as usize);
-        let this = &*self;
         let outcomes = futures::future::join_all(policies.plugins.values().map(|policy| {
             let loads = &loads;
             async move {
                 let _turn = loads.acquire().await.expect("never closed");
-                (policy, this.load_plugin(policy).await)
+                (policy, self.load_plugin(policy).await)
             }
         }))
         .await;
+        // Plugins whose file is broken keep their version, and their share
+        // of the pool, first.
         let mut reserved: u32 = 0;
+        for (name, plugin) in &previous.plugins {
+            if broken_files.contains(&plugin.policy.file) && !policies.plugins.contains_key(name) {
+                tracing::warn!(plugin = %name, file = %plugin.policy.file.display(), "policy file refused; keeping the loaded version");
+                reserved = reserved.saturating_add(plugin.policy.limits.concurrency);
+                next.plugins.insert(name.clone(), plugin.clone());
+            }
+        }
         for (policy, outcome) in outcomes {
             let outcome = outcome.and_then(|plugin| {
                 let total = reserved.saturating_add(policy.limits.concurrency);
@@ -242,7 +280,7 @@ impl Runtime {
                 Ok(plugin) => {
                     tracing::info!(plugin = %policy.name, version = %plugin.info.version, "plugin loaded");
                     report.loaded.push(plugin.info.clone());
-                    plugins.insert(policy.name.clone(), Arc::new(plugin));
+                    next.plugins.insert(policy.name.clone(), Arc::new(plugin));
                 }
                 Err(reason) => {
                     // Reasons quote wasmtime's errors, which quote names
@@ -251,12 +289,20 @@ impl Runtime {
                     let error =
                         LoadError { plugin: policy.name.clone(), file: policy.file.display().to_string(), reason };
                     tracing::error!(%error, "plugin refused");
-                    self.refused.insert(policy.name.clone(), error.clone());
+                    match previous.plugins.get(&policy.name).filter(|_| keep_on_refusal) {
+                        Some(old) => {
+                            tracing::warn!(plugin = %policy.name, version = %old.info.version, "keeping the loaded version");
+                            next.plugins.insert(policy.name.clone(), old.clone());
+                        }
+                        None => {
+                            next.refused.insert(policy.name.clone(), error.clone());
+                        }
+                    }
                     report.refused.push(error);
                 }
             }
         }
-        self.plugins = plugins;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         report
     }
 
@@ -272,16 +318,18 @@ impl Runtime {
     }
 
     /// Names and self-descriptions of the loaded plugins, sorted by name.
-    pub fn plugins(&self) -> Vec<(&str, &PluginInfo)> {
-        let mut list: Vec<_> = self.plugins.iter().map(|(name, p)| (name.as_str(), &p.info)).collect();
-        list.sort_by_key(|(name, _)| *name);
+    pub fn plugins(&self) -> Vec<(String, PluginInfo)> {
+        let generation = self.generation();
+        let mut list: Vec<_> = generation.plugins.iter().map(|(name, p)| (name.clone(), p.info.clone())).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
         list
     }
 
     /// Invocations of `plugin` running right now (at most its policy's
     /// `concurrency`); `None` if no such plugin is loaded.
     pub fn in_flight(&self, plugin: &str) -> Option<u32> {
-        let loaded = self.plugins.get(plugin)?;
+        let generation = self.generation();
+        let loaded = generation.plugins.get(plugin)?;
         Some(loaded.policy.limits.concurrency - loaded.slots.available_permits() as u32)
     }
 
@@ -291,12 +339,14 @@ impl Runtime {
     /// can keep one (timeout + grace), so a caller behind a stuck
     /// invocation gets the slot it frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
-        let Some(loaded) = self.plugins.get(plugin) else {
-            return Err(match self.refused.get(plugin) {
+        let generation = self.generation();
+        let Some(loaded) = generation.plugins.get(plugin).cloned() else {
+            return Err(match generation.refused.get(plugin) {
                 Some(error) => InvokeError::Refused(error.clone()),
                 None => InvokeError::UnknownPlugin(plugin.to_string()),
             });
         };
+        drop(generation);
         let limits = loaded.policy.limits;
         let wait = limits.timeout + 2 * TIMEOUT_GRACE;
         let acquire = async { (loaded.slots.acquire().await, self.instances.acquire().await) };

@@ -90,7 +90,7 @@ pub fn shape(dir: &Path, shape: &str) -> PathBuf {
 pub async fn runtime(policies: &Policies) -> Runtime {
     let load = policies.load();
     assert!(load.errors.is_empty(), "policy errors: {:?}", load.errors);
-    let mut runtime = Runtime::new(settings()).expect("engine");
+    let runtime = Runtime::new(settings()).expect("engine");
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "refused: {:?}", report.refused);
     runtime

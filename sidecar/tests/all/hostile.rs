@@ -124,7 +124,7 @@ async fn ungranted_and_unknown_imports_are_refused_at_load() {
     policies.plugin("echo", "echo", "");
     let load = policies.load();
     assert!(load.errors.is_empty());
-    let mut runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings()).unwrap();
     let report = runtime.load(&load.set).await;
 
     assert_eq!(report.loaded.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["echo"]);
@@ -147,7 +147,7 @@ async fn bytes_that_are_not_a_component_are_refused_at_load() {
     let junk = policies.dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm but not really").unwrap();
     policies.write("junk.toml", &format!("[plugin]\nname = \"junk\"\ncomponent = {:?}\n", junk.display().to_string()));
-    let mut runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings()).unwrap();
     let report = runtime.load(&policies.load().set).await;
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].reason.contains("not a valid component"), "{}", report.refused[0]);

@@ -152,11 +152,20 @@ async fn size_limits_hold_through_both_doors() {
     let up = Upstream::start().await;
     let runtime = runtime(&allow(&up, "max_request = \"8 B\"\nmax_response = \"1 KiB\"")).await;
     let port = up.port();
+    let (logs, _guard) = crate::common::capture_logs();
     for (plugin, _) in DOORS {
         let big_body =
             json!({ "method": "POST", "url": format!("http://upstream.test:{port}/echo"), "body": "123456789" });
         let error = guest_error(fetch(&runtime, plugin, big_body).await.unwrap_err());
         assert_eq!(error.kind, ErrorKind::InvalidInput, "{plugin}: {error:?}");
+        // Refused by either door, the request is logged (the wasi:http door
+        // refuses it while reading the body, before the pipeline).
+        let logged = logs.events().iter().any(|e| {
+            e.target == "gatehouse::http"
+                && e.fields.get("plugin").is_some_and(|p| p == plugin)
+                && e.fields.get("error").is_some_and(|m| m.contains("request body"))
+        });
+        assert!(logged, "{plugin}: the refusal is not in the log");
         let big_response = json!({ "url": format!("http://upstream.test:{port}/big?n=4096&chunked=1") });
         let error = guest_error(fetch(&runtime, plugin, big_response).await.unwrap_err());
         assert_eq!(error.kind, ErrorKind::QuotaExceeded, "{plugin}: {error:?}");
@@ -192,7 +201,7 @@ async fn a_plugin_that_imports_http_without_an_http_grant_is_refused_at_load() {
     for (name, guest_name) in DOORS {
         policies.plugin(name, guest_name, "");
     }
-    let mut runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings()).unwrap();
     let report = runtime.load(&policies.load().set).await;
     assert!(report.loaded.is_empty());
     let reasons: Vec<String> = report.refused.iter().map(|e| e.to_string()).collect();

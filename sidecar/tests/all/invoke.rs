@@ -5,6 +5,10 @@ use serde_json::Value;
 
 use crate::common::{Policies, capture_logs, runtime};
 
+fn doc(text: &str) -> Document {
+    Document { content_type: "text/plain".into(), body: text.as_bytes().to_vec() }
+}
+
 fn json(body: &str) -> Document {
     Document { content_type: "application/json".into(), body: body.as_bytes().to_vec() }
 }
@@ -96,8 +100,8 @@ async fn plugin_info_is_read_at_load() {
     policies.plugin("doc-enricher", "doc_enricher", "");
     policies.plugin("echo", "echo", "");
     let runtime = runtime(&policies).await;
-    let plugins: Vec<_> = runtime.plugins().into_iter().map(|(name, info)| (name, info.version.as_str())).collect();
-    assert_eq!(plugins, [("doc-enricher", "0.1.0"), ("echo", "0.1.0")]);
+    let plugins: Vec<_> = runtime.plugins().into_iter().map(|(name, info)| (name, info.version)).collect();
+    assert_eq!(plugins, [("doc-enricher".to_string(), "0.1.0".to_string()), ("echo".into(), "0.1.0".into())]);
 }
 
 #[tokio::test]
@@ -117,4 +121,41 @@ async fn guest_log_calls_become_tagged_events() {
     assert_eq!(event.fields["plugin"], "doc-enricher");
     assert_eq!(event.fields["version"], "0.1.0");
     assert!(event.fields["fields"].contains("words=3"), "{:?}", event.fields);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_loaded_version_of_a_plugin_whose_new_policy_or_component_is_refused() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sleeper = policies.plugin("sleeper", "sleeper", "timeout = \"5s\"");
+    let runtime = std::sync::Arc::new(runtime(&policies).await);
+    // In flight across the reload: it finishes on the version it started on.
+    let in_flight = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { runtime.invoke("sleeper", doc("300")).await })
+    };
+    while runtime.in_flight("sleeper") != Some(1) {
+        tokio::task::yield_now().await;
+    }
+
+    // sleeper's file no longer parses; echo's component is not wasm.
+    std::fs::write(&sleeper, "[plugin\nname = ").unwrap();
+    let junk = policies.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    policies.write("echo.toml", &format!("[plugin]\nname = \"echo\"\ncomponent = {:?}\n", junk.display().to_string()));
+    let load = policies.load();
+    let broken: Vec<_> = load.errors.iter().map(|e| e.file.clone()).collect();
+    assert_eq!(broken, std::slice::from_ref(&sleeper));
+    let report = runtime.reload(&load.set, &broken).await;
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+
+    assert_eq!(in_flight.await.unwrap().unwrap().body, b"slept");
+    assert_eq!(runtime.invoke("sleeper", doc("1")).await.unwrap().body, b"slept");
+    assert_eq!(runtime.invoke("echo", doc("still the old echo")).await.unwrap().body, b"still the old echo");
+
+    // A plain load (start-up) does not keep anything.
+    let report = runtime.load(&load.set).await;
+    assert_eq!(report.refused.len(), 1);
+    assert!(matches!(runtime.invoke("echo", doc("x")).await, Err(InvokeError::Refused(_))));
+    assert!(matches!(runtime.invoke("sleeper", doc("1")).await, Err(InvokeError::UnknownPlugin(_))));
 }

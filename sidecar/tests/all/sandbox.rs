@@ -54,7 +54,7 @@ fn shape_policy(policies: &Policies, name: &str, shape_name: &str, limits: &str)
 async fn load(policies: &Policies, settings: RuntimeSettings) -> (Runtime, gatehouse::LoadReport) {
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let mut runtime = Runtime::new(settings).unwrap();
+    let runtime = Runtime::new(settings).unwrap();
     let report = runtime.load(&load.set).await;
     (runtime, report)
 }

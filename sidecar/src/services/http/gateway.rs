@@ -27,7 +27,7 @@ use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
 use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
-use super::transport::{self, Response, Transport, TransportError};
+use super::transport::{self, MAX_RESPONSE_HEAD, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
 use crate::guest_text::{LINE, SHORT, escaped};
 use crate::secrets::SecretSource;
@@ -204,44 +204,54 @@ impl PluginHttp {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
-        // Every guest-supplied string is escaped and bounded, and refusals
-        // draw on the plugin's log budget. Field expressions run only when
-        // the event is enabled.
-        let (method, url) = (escaped(&request.method, SHORT), escaped(&request.url, LINE));
-        let elapsed_ms = || started.elapsed().as_secs_f64() * 1e3;
-        match &outcome {
-            Ok(response) => tracing::debug!(
-                target: "gatehouse::http", plugin = %self.plugin, %method, %url,
-                status = response.status.as_u16(), bytes = response.body.len(),
-                elapsed_ms = elapsed_ms(), "outbound request"
-            ),
-            Err(error) => {
-                if let Some(suppressed) = self.refusal_log.admit() {
-                    let text = error.to_string();
-                    let (kind, error) = (error.kind(), escaped(&text, LINE));
-                    if matches!(outcome, Err(HttpError::AddressRefused(_))) {
-                        tracing::warn!(
-                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
-                            suppressed, elapsed_ms = elapsed_ms(), "SSRF guard refused every address"
-                        );
-                    } else {
-                        tracing::info!(
-                            target: "gatehouse::http", plugin = %self.plugin, %method, %url, %kind, %error,
-                            suppressed, elapsed_ms = elapsed_ms(), "outbound request failed"
-                        );
-                    }
-                }
-            }
-        }
+        self.log(&request.method, &request.url, &outcome, started);
         self.record(&outcome);
         outcome
     }
 
-    /// Counts a request that failed before reaching [`PluginHttp::send`]
-    /// (a door could not even read it).
-    pub fn record(&self, outcome: &Result<InboundResponse, HttpError>) {
+    /// Counts and logs a request that failed before reaching
+    /// [`PluginHttp::send`] (a door could not even read it).
+    pub fn refused_at_door(&self, method: &str, url: &str, error: HttpError, started: Instant) {
+        let outcome = Err(error);
+        self.log(method, url, &outcome, started);
+        self.record(&outcome);
+    }
+
+    fn record(&self, outcome: &Result<InboundResponse, HttpError>) {
         let received = outcome.as_ref().map_or(0, |r| r.body.len() as u64);
         self.metrics.finished(outcome, received);
+    }
+
+    /// Every guest-supplied string is escaped, bounded and quoted (the
+    /// `Debug` form), so it can neither start a line nor pass for a field
+    /// of its own; refusals draw on the plugin's log budget. Field
+    /// expressions run only when the event is enabled.
+    fn log(&self, method: &str, url: &str, outcome: &Result<InboundResponse, HttpError>, started: Instant) {
+        let (method, url) = (escaped(method, SHORT), escaped(url, LINE));
+        let elapsed_ms = || started.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            Ok(response) => tracing::debug!(
+                target: "gatehouse::http", plugin = %self.plugin, ?method, ?url,
+                status = response.status.as_u16(), bytes = response.body.len(),
+                elapsed_ms = elapsed_ms(), "outbound request"
+            ),
+            Err(error) => {
+                let Some(suppressed) = self.refusal_log.admit() else { return };
+                let text = error.to_string();
+                let (kind, error_text) = (error.kind(), escaped(&text, LINE));
+                if matches!(error, HttpError::AddressRefused(_)) {
+                    tracing::warn!(
+                        target: "gatehouse::http", plugin = %self.plugin, ?method, ?url, %kind, error = ?error_text,
+                        suppressed, elapsed_ms = elapsed_ms(), "SSRF guard refused every address"
+                    );
+                } else {
+                    tracing::info!(
+                        target: "gatehouse::http", plugin = %self.plugin, ?method, ?url, %kind, error = ?error_text,
+                        suppressed, elapsed_ms = elapsed_ms(), "outbound request failed"
+                    );
+                }
+            }
+        }
     }
 
     async fn send_within(&self, request: &OutboundRequest) -> Result<InboundResponse, HttpError> {
@@ -386,8 +396,11 @@ impl PluginHttp {
     async fn read_body(&self, response: Response) -> Result<InboundResponse, HttpError> {
         let limit = self.policy.max_response;
         let head: u64 = response.headers().iter().map(|(n, v)| (n.as_str().len() + v.len() + 4) as u64).sum();
-        if head > limit {
-            return Err(HttpError::ResponseHeadersTooLarge { limit });
+        // hyper stops reading a head at its buffer size, but a head that
+        // arrived in one read may be longer: check the fixed bound here too.
+        let head_limit = limit.min(MAX_RESPONSE_HEAD as u64);
+        if head > head_limit {
+            return Err(HttpError::ResponseHeadersTooLarge { limit: head_limit });
         }
         let body_limit = limit - head;
         // A declared length over the limit is refused before reading.

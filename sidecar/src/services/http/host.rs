@@ -106,12 +106,14 @@ impl WasiHttpHooks for HttpHost {
             // A guest that never finishes its body must not hold the
             // request open past the policy's deadline.
             let timeout = plugin.policy().timeout;
+            let started = std::time::Instant::now();
+            let (method, url) = (request.method().to_string(), request.uri().to_string());
             let read = tokio::time::timeout(timeout, read_wasi_request(request, options, plugin.policy()));
             let outbound = match read.await.unwrap_or(Err(HttpError::Timeout(timeout))) {
                 Ok(outbound) => outbound,
                 Err(error) => {
                     let wasi = error.to_wasi();
-                    plugin.record(&Err(error));
+                    plugin.refused_at_door(&method, &url, error, started);
                     return Err(wasi);
                 }
             };
