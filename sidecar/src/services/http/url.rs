@@ -125,6 +125,11 @@ pub fn normalize(input: &str) -> Result<Target, UrlError> {
     }
     let host = match url.host() {
         Some(Host::Domain(name)) if name.is_empty() || name.ends_with('.') => return Err(UrlError::NoHost),
+        // An empty label (`a..example.com`) names nothing DNS can resolve,
+        // yet `*.example.com` would match it: refuse it as malformed.
+        Some(Host::Domain(name)) if name.starts_with('.') || name.contains("..") => {
+            return Err(UrlError::Invalid(format!("host `{}` has an empty label", escaped(name, SHORT))));
+        }
         Some(Host::Domain(name)) => TargetHost::Domain(name.to_string()),
         Some(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
         Some(Host::Ipv6(ip)) => TargetHost::Ip(IpAddr::V6(ip)),
@@ -186,6 +191,9 @@ mod tests {
         assert!(matches!(normalize("not a url").unwrap_err(), UrlError::Ambiguous(_)));
         assert!(matches!(normalize("http://").unwrap_err(), UrlError::Invalid(_)));
         assert!(matches!(normalize("http://./").unwrap_err(), UrlError::NoHost | UrlError::Invalid(_)));
+        for empty_label in ["http://a..example.com/", "http://.example.com/", "http://a...example.com./"] {
+            assert!(matches!(normalize(empty_label).unwrap_err(), UrlError::Invalid(_)), "{empty_label}");
+        }
         assert_eq!(normalize(&format!("http://a.com/{}", "x".repeat(MAX_URL_LEN))).unwrap_err(), UrlError::TooLong);
     }
 
