@@ -5,7 +5,9 @@
 //! behaves the same whatever directory it is started from.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -25,6 +27,42 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Engine sizing.
     pub runtime: RuntimeSettings,
+    /// `gatehouse run`: listeners and request limits.
+    pub server: ServerSettings,
+}
+
+/// `[server]`: where `gatehouse run` listens and what one request may cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// The invoke API (plugins, health, metrics).
+    pub listen: SocketAddr,
+    /// The admin API; `None` turns it off.
+    pub admin_listen: Option<SocketAddr>,
+    /// Where the admin bearer token comes from. Required unless the admin
+    /// listener is on a loopback address.
+    pub admin_token: Option<SecretSource>,
+    /// Largest request body.
+    pub max_body: u64,
+    /// Time a client has to send a request's head, and then its body.
+    pub request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            admin_token: None,
+            max_body: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -53,6 +91,21 @@ struct FileConfig {
     engine: EngineSection,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSection>,
+    #[serde(default)]
+    server: ServerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<SocketAddr>,
+    /// `"off"` or an address.
+    admin_listen: Option<String>,
+    admin_token: Option<SecretSection>,
+    max_body: Option<ByteSize>,
+    request_timeout: Option<HumanDuration>,
+    drain_timeout: Option<HumanDuration>,
+    max_connections: Option<usize>,
 }
 
 /// `[secrets.<name>]`: exactly one of `env` or `file`.
@@ -88,15 +141,17 @@ impl Config {
 
     fn from_file(raw: FileConfig, base: &Path) -> Result<Config, String> {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let source = |what: &str, secret: SecretSection| match (secret.env, secret.file) {
+            (Some(var), None) => Ok(SecretSource::Env(var)),
+            (None, Some(file)) => Ok(SecretSource::File(resolve(file))),
+            _ => Err(format!("{what}: set exactly one of `env` or `file`")),
+        };
         let secrets = raw
             .secrets
             .into_iter()
-            .map(|(name, secret)| match (secret.env, secret.file) {
-                (Some(var), None) => Ok((name, SecretSource::Env(var))),
-                (None, Some(file)) => Ok((name, SecretSource::File(resolve(file)))),
-                _ => Err(format!("[secrets.{name}]: set exactly one of `env` or `file`")),
-            })
-            .collect::<Result<_, _>>()?;
+            .map(|(name, secret)| Ok((name.clone(), source(&format!("[secrets.{name}]"), secret)?)))
+            .collect::<Result<_, String>>()?;
+        let server = server_settings(raw.server, |s| source("[server] admin_token", s))?;
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
@@ -112,8 +167,45 @@ impl Config {
             secrets,
             ..defaults
         };
-        Ok(Config { policy_dir, plugin_dir, data_dir, runtime })
+        Ok(Config { policy_dir, plugin_dir, data_dir, runtime, server })
     }
+}
+
+fn server_settings(
+    raw: ServerSection,
+    source: impl Fn(SecretSection) -> Result<SecretSource, String>,
+) -> Result<ServerSettings, String> {
+    let defaults = ServerSettings::default();
+    let admin_listen = match raw.admin_listen.as_deref() {
+        None => defaults.admin_listen,
+        Some("off") => None,
+        Some(text) => {
+            Some(text.parse().map_err(|_| format!("[server] admin_listen: `{text}` is not an address or \"off\""))?)
+        }
+    };
+    let admin_token = raw.admin_token.map(source).transpose()?;
+    if let Some(addr) = admin_listen
+        && !addr.ip().is_loopback()
+        && admin_token.is_none()
+    {
+        return Err(format!(
+            "[server] admin_listen {addr} is not a loopback address: set [server] admin_token (env or file), \
+             or the admin API would be open to the network"
+        ));
+    }
+    let settings = ServerSettings {
+        listen: raw.listen.unwrap_or(defaults.listen),
+        admin_listen,
+        admin_token,
+        max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
+        request_timeout: raw.request_timeout.map_or(defaults.request_timeout, |d| d.0),
+        drain_timeout: raw.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections).max(1),
+    };
+    if settings.admin_listen == Some(settings.listen) && settings.listen.port() != 0 {
+        return Err("[server] admin_listen must differ from listen: the invoke listener serves no admin route".into());
+    }
+    Ok(settings)
 }
 
 #[cfg(test)]
@@ -135,6 +227,16 @@ mod tests {
         let secrets = Config::load(&path).unwrap().runtime.secrets;
         assert_eq!(secrets["a"], SecretSource::Env("A_TOKEN".into()));
         assert_eq!(secrets["b"], SecretSource::File(dir.path().join("b.txt")));
+    }
+
+    #[test]
+    fn the_admin_api_needs_a_token_off_loopback() {
+        let error = load("[server]\nadmin_listen = \"0.0.0.0:8081\"\n").unwrap_err().to_string();
+        assert!(error.contains("not a loopback address: set [server] admin_token"), "{error}");
+        let config = load("[server]\nadmin_listen = \"0.0.0.0:8081\"\nadmin_token = { env = \"T\" }\n").unwrap();
+        assert_eq!(config.server.admin_token, Some(SecretSource::Env("T".into())));
+        assert_eq!(load("[server]\nadmin_listen = \"off\"\n").unwrap().server.admin_listen, None);
+        assert_eq!(load("").unwrap().server, ServerSettings::default());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   the CLI and the HTTP server call.
 //! - [`services`]: one module per host interface. Each owns its policy check
 //!   and backend; the runtime only wires them into the linker.
+//! - [`api`]: the HTTP server of `gatehouse run`: invoke API, admin API,
+//!   health, metrics.
 //! - [`secrets`]: credentials the platform adds on a plugin's behalf.
 //! - [`data_dir`]: the sidecar's own directories, used only when no one
 //!   else may write to them.
@@ -41,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod bindings;
 pub mod config;
 pub mod data_dir;
@@ -52,7 +55,7 @@ pub mod secrets;
 pub mod services;
 
 pub use error::{ErrorKind, GuestError};
-pub use runtime::{InvokeError, LoadError, LoadReport, Runtime, RuntimeError, RuntimeSettings};
+pub use runtime::{InvokeError, LoadError, LoadReport, PluginSummary, Runtime, RuntimeError, RuntimeSettings};
 
 /// The unit of work a plugin receives and returns (WIT `document`).
 pub use bindings::gatehouse::services::types::Document;

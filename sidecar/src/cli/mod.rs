@@ -5,6 +5,7 @@
 
 mod commands;
 mod demo;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     Policy(PolicyCommand),
     /// Compile every plugin into the code cache, so that loading is fast.
     Compile,
+    /// Run the sidecar: the invoke API, the admin API, health and metrics,
+    /// until SIGTERM (SIGHUP reloads the policies).
+    Run,
     /// Load the example plugins and run each on a sample document.
     Demo,
 }
@@ -97,6 +101,7 @@ pub fn main() -> ExitCode {
                 commands::explain_url(&config, &plugin, &url).await
             }
             Command::Compile => commands::compile(&config),
+            Command::Run => run::run(&config).await,
             Command::Demo => demo::demo(&config).await,
         }
     });

@@ -124,6 +124,31 @@ struct LoadedPlugin {
     http: Option<Arc<PluginHttp>>,
     /// Bytes one host call (or the output) may lift from guest memory.
     hostcall_fuel: usize,
+    /// Callers waiting for a slot.
+    waiting: std::sync::atomic::AtomicU32,
+}
+
+/// Callers that may wait per concurrency slot before more are refused.
+pub const QUEUE_PER_SLOT: u32 = 4;
+
+/// A place in a plugin's queue, given back on drop.
+struct Queued<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> Queued<'a> {
+    fn join(waiting: &'a std::sync::atomic::AtomicU32, limit: u32) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Queued(waiting))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// One set of loaded plugins and the refusals that came with it.
@@ -131,6 +156,25 @@ struct LoadedPlugin {
 struct Generation {
     plugins: HashMap<String, Arc<LoadedPlugin>>,
     refused: HashMap<String, LoadError>,
+}
+
+/// One loaded plugin, as the API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginSummary {
+    /// Plugin name from its policy.
+    pub name: String,
+    /// Version it reports.
+    pub version: String,
+    /// What it says it does.
+    pub description: String,
+    /// SHA-256 of its component, hex.
+    pub sha256: String,
+    /// The policy file it was loaded from.
+    pub policy_file: String,
+    /// The policy's concurrency.
+    pub concurrency: u32,
+    /// The `[http]` allowlist, if granted.
+    pub http: Option<Vec<String>>,
 }
 
 /// What [`Runtime::load`] did with each policy.
@@ -317,6 +361,32 @@ impl Runtime {
         Ok((path, outcome))
     }
 
+    /// What is loaded, for the API: name, self-description, component
+    /// digest and policy file, sorted by name.
+    pub fn summaries(&self) -> Vec<PluginSummary> {
+        let generation = self.generation();
+        let mut list: Vec<_> = generation
+            .plugins
+            .iter()
+            .map(|(name, p)| PluginSummary {
+                name: name.clone(),
+                version: p.info.version.clone(),
+                description: p.info.description.clone(),
+                sha256: hex::encode(p.policy.component.sha256),
+                policy_file: p.policy.file.display().to_string(),
+                concurrency: p.policy.limits.concurrency,
+                http: p.policy.http.as_ref().map(|h| h.allow.iter().map(|r| r.text.clone()).collect()),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The version `plugin` reports, if it is loaded.
+    pub fn version(&self, plugin: &str) -> Option<String> {
+        self.generation().plugins.get(plugin).map(|p| p.info.version.clone())
+    }
+
     /// Names and self-descriptions of the loaded plugins, sorted by name.
     pub fn plugins(&self) -> Vec<(String, PluginInfo)> {
         let generation = self.generation();
@@ -348,10 +418,19 @@ impl Runtime {
         };
         drop(generation);
         let limits = loaded.policy.limits;
+        // A bounded queue: past QUEUE_PER_SLOT callers per slot waiting,
+        // more are turned away at once instead of piling up in memory.
+        let _queued = match Queued::join(&loaded.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) {
+            Some(queued) => queued,
+            None => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
+        };
         let wait = limits.timeout + 2 * TIMEOUT_GRACE;
         let acquire = async { (loaded.slots.acquire().await, self.instances.acquire().await) };
         let _slots = match tokio::time::timeout(wait, acquire).await {
-            Ok((Ok(slot), Ok(instance))) => (slot, instance),
+            Ok((Ok(slot), Ok(instance))) => {
+                drop(_queued);
+                (slot, instance)
+            }
             Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
             Err(_) => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
         };
@@ -419,7 +498,16 @@ impl Runtime {
         }
         tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
         let slots = Semaphore::new(limits.concurrency as usize);
-        Ok(LoadedPlugin { policy: policy.clone(), tag, info, pre, slots, http, hostcall_fuel })
+        Ok(LoadedPlugin {
+            policy: policy.clone(),
+            tag,
+            info,
+            pre,
+            slots,
+            http,
+            hostcall_fuel,
+            waiting: Default::default(),
+        })
     }
 
     fn instance_pre(&self, component: &Component) -> Result<PluginPre<PluginState>, String> {

@@ -12,6 +12,7 @@ mod invoke;
 mod logs;
 mod policy;
 mod sandbox;
+mod server;
 mod ssrf;
 mod tls;
 mod upstream;

@@ -1,0 +1,77 @@
+//! The admin listener: what is loaded and granted, and reload. Every
+//! request needs `Authorization: Bearer <token>` when a token is set
+//! (compared in constant time); without a token the listener must be on
+//! a loopback address (checked when the settings are read).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::Api;
+use super::invoke::json;
+
+/// The admin routes, behind the token check.
+pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
+    let token = Arc::new(token);
+    Router::new().route("/admin/plugins", get(plugins)).route("/admin/reload", post(reload)).with_state(api).layer(
+        middleware::from_fn(move |request: Request, next: Next| {
+            let token = token.clone();
+            async move { authorize(token.as_deref(), request, next).await }
+        }),
+    )
+}
+
+async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
+    if let Some(expected) = token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            let mut response = (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// says nothing about how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn plugins(State(api): State<Arc<Api>>) -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "plugins": api.runtime.summaries() }))
+}
+
+async fn reload(State(api): State<Arc<Api>>) -> Response {
+    let summary = api.reload().await;
+    let status = if summary.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    json(status, &serde_json::to_value(summary).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_by_value() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+}

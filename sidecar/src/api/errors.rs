@@ -1,0 +1,75 @@
+//! Errors as the HTTP API returns them: one status per error kind (the
+//! mapping `../shared/DESIGN.md` fixes), a JSON body `{kind, message,
+//! retry_after_ms}`, and `Retry-After` whenever there is a hint.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::ErrorKind;
+
+/// The status for an error kind. `quota-exceeded` is 507 (the request
+/// cannot be met with the resources granted), `rate-limited` 429.
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Denied => StatusCode::FORBIDDEN,
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// An error response. `message` must already be safe to show (the
+/// runtime's errors escape and bound the guest text they quote).
+pub fn respond(kind: ErrorKind, message: &str, retry_after: Option<Duration>) -> Response {
+    // Transient failures always say when to come back; rate limits without
+    // a hint of their own get one second.
+    let retry_after = retry_after.or((kind == ErrorKind::RateLimited).then_some(Duration::from_secs(1)));
+    let retry_after_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let body = serde_json::json!({ "kind": kind.as_str(), "message": message, "retry_after_ms": retry_after_ms });
+    let mut response = (status(kind), body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(ms) = retry_after_ms {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_design() {
+        let expected = [
+            (ErrorKind::Denied, 403),
+            (ErrorKind::InvalidInput, 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::Conflict, 409),
+            (ErrorKind::QuotaExceeded, 507),
+            (ErrorKind::RateLimited, 429),
+            (ErrorKind::Timeout, 504),
+            (ErrorKind::Unavailable, 503),
+            (ErrorKind::Internal, 500),
+        ];
+        for (kind, code) in expected {
+            assert_eq!(status(kind).as_u16(), code, "{kind}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_always_carry_retry_after() {
+        let response = respond(ErrorKind::RateLimited, "slow down", None);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = respond(ErrorKind::RateLimited, "slow down", Some(Duration::from_millis(2500)));
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert!(respond(ErrorKind::Denied, "no", None).headers().get(header::RETRY_AFTER).is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! The invoke listener. It has no admin route at all, so nothing on it can
+//! change what is loaded or granted.
+//!
+//! `POST /v1/plugins/{name}/invoke`: the request body is the input
+//! document and its `content-type` is carried through (default
+//! `application/octet-stream`); the response is the output document with
+//! the plugin's content type. Errors are JSON (see [`super::errors`]).
+//! Every response carries `x-request-id`: the caller's (1–128 of
+//! `A-Za-z0-9._-`) or a generated one; the plugin's log events carry it
+//! as a span field.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tracing::Instrument;
+
+use super::{Api, errors};
+use crate::{Document, ErrorKind};
+
+/// The request id header, taken from the caller or generated.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The invoke listener's routes.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/v1/plugins/{name}/invoke", post(invoke))
+        .route("/v1/plugins", get(list))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(api)
+}
+
+async fn invoke(State(api): State<Arc<Api>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let id = request_id(&headers);
+    // The id is checked or generated to be plain ASCII.
+    let span = tracing::info_span!(
+        "invoke",
+        request_id = id.to_str().unwrap_or(""),
+        plugin = %crate::guest_text::escaped(&name, 64)
+    );
+    let mut response = async {
+        let read = tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, api.max_body)).await;
+        let body = match read {
+            Ok(Ok(body)) => body,
+            Err(_slow) => {
+                let message = format!("request body not received within {:?}", api.body_timeout);
+                return errors::respond(ErrorKind::InvalidInput, &message, None)
+                    .into_response()
+                    .with_status(StatusCode::REQUEST_TIMEOUT);
+            }
+            Ok(Err(_)) => {
+                let message = format!("request body over the limit of {} bytes, or not fully received", api.max_body);
+                return errors::respond(ErrorKind::InvalidInput, &message, None)
+                    .into_response()
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+            }
+        };
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let started = Instant::now();
+        let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
+        let outcome = api.runtime.invoke(&name, Document { content_type, body: body.to_vec() }).await;
+        let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
+        // Unknown names are counted under one label: callers choose them.
+        let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
+        api.metrics.invocation(plugin, &version, label, started.elapsed());
+        match outcome {
+            Ok(output) => {
+                let content_type = HeaderValue::from_str(&output.content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                ([(header::CONTENT_TYPE, content_type)], output.body).into_response()
+            }
+            Err(error) => {
+                tracing::info!(kind = %error.kind(), %error, "invocation failed");
+                errors::respond(error.kind(), &error.to_string(), error.retry_after())
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+trait WithStatus {
+    fn with_status(self, status: StatusCode) -> Self;
+}
+
+impl WithStatus for Response {
+    fn with_status(mut self, status: StatusCode) -> Self {
+        *self.status_mut() = status;
+        self
+    }
+}
+
+/// The caller's request id if it is short and plain, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let given = headers.get(REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+    });
+    if let Some(id) = given {
+        return id.clone();
+    }
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let id = format!("{start:016x}-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::from_str(&id).expect("hex digits and a dash")
+}
+
+async fn list(State(api): State<Arc<Api>>) -> Response {
+    let plugins: Vec<_> = api
+        .runtime
+        .summaries()
+        .into_iter()
+        .map(|p| serde_json::json!({ "name": p.name, "version": p.version, "description": p.description, "sha256": p.sha256 }))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
+}
+
+async fn ready(State(api): State<Arc<Api>>) -> Response {
+    if api.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading plugins\n").into_response()
+    }
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let text = api.metrics.render(&api.runtime);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// A JSON response.
+pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}

@@ -1,0 +1,100 @@
+//! `/metrics`: Prometheus text format through `prometheus-client`.
+//!
+//! Invocation counters and latency histograms live here and are updated
+//! by the invoke handler; the outbound HTTP counters are kept by
+//! `services::http` per loaded plugin and copied into the exposition at
+//! scrape time (they restart when a plugin is reloaded, which Prometheus
+//! treats as a counter reset).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::Runtime;
+
+/// Labels of an invocation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version (`unknown` for a plugin that is not loaded).
+    pub version: String,
+    /// `ok`, or the error kind.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+    version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
+type LatencyFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+/// The server's own counters.
+#[derive(Clone)]
+pub struct Metrics {
+    invocations: Family<InvocationLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        fn latency() -> Histogram {
+            // 50 µs to about 26 s.
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        }
+        Metrics { invocations: Family::default(), latency: Family::new_with_constructor(latency) }
+    }
+}
+
+impl Metrics {
+    /// Counts one invocation and its latency.
+    pub fn invocation(&self, plugin: &str, version: &str, outcome: &str, took: Duration) {
+        let labels = InvocationLabels { plugin: plugin.into(), version: version.into(), outcome: outcome.into() };
+        self.invocations.get_or_create(&labels).inc();
+        let labels = PluginLabels { plugin: plugin.into(), version: version.into() };
+        self.latency.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// The exposition, in the OpenMetrics text format.
+    pub fn render(&self, runtime: &Runtime) -> String {
+        let mut registry = Registry::with_prefix("gatehouse");
+        registry.register("invocations", "Plugin invocations, by outcome", self.invocations.clone());
+        registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
+        let http: Family<HttpLabels, Counter> = Family::default();
+        let http_bytes: Family<HttpLabels, Counter> = Family::default();
+        for (plugin, _) in runtime.plugins() {
+            let Some(s) = runtime.http_metrics(&plugin) else { continue };
+            for (outcome, n) in [
+                ("response", s.responses),
+                ("denied", s.denied),
+                ("rate_limited", s.rate_limited),
+                ("failed", s.failed),
+                ("redirect", s.redirects),
+            ] {
+                http.get_or_create(&HttpLabels { plugin: plugin.clone(), outcome }).inc_by(n);
+            }
+            http_bytes.get_or_create(&HttpLabels { plugin: plugin.clone(), outcome: "sent" }).inc_by(s.bytes_sent);
+            http_bytes
+                .get_or_create(&HttpLabels { plugin: plugin.clone(), outcome: "received" })
+                .inc_by(s.bytes_received);
+        }
+        registry.register("outbound_http_requests", "Outbound HTTP requests of plugins, by outcome", http);
+        registry.register("outbound_http_body_bytes", "Outbound HTTP body bytes of plugins", http_bytes);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}

@@ -1,0 +1,104 @@
+//! The sidecar's HTTP server (`gatehouse run`): two listeners, each a
+//! plain axum router served by hyper with connection limits and timeouts.
+//!
+//! - [`invoke`]: the invoke listener: `POST /v1/plugins/{name}/invoke`,
+//!   `GET /v1/plugins`, `/healthz`, `/readyz`, `/metrics`. No admin route.
+//! - [`admin`]: the admin listener, behind a bearer token: plugins with
+//!   versions and grants, reload.
+//! - [`errors`]: the one mapping from error kinds to HTTP statuses.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`serve`]: accepts connections until shutdown, then drains.
+
+pub mod admin;
+pub mod errors;
+pub mod invoke;
+pub mod metrics;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::Runtime;
+use crate::policy;
+
+pub use serve::{ServeLimits, serve};
+
+/// What both listeners share.
+pub struct Api {
+    /// The plugins.
+    pub runtime: Arc<Runtime>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// Largest request body accepted.
+    pub max_body: usize,
+    /// Time a client has to send the request body.
+    pub body_timeout: std::time::Duration,
+    /// Where policies are (re)loaded from.
+    pub policy_dir: PathBuf,
+    /// Directory that policy `component` paths are relative to.
+    pub plugin_dir: PathBuf,
+    ready: AtomicBool,
+}
+
+/// What a reload did, for the admin API and the SIGHUP log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    /// Plugins now loaded (new or kept), by name.
+    pub loaded: Vec<String>,
+    /// Every problem: policy files refused, plugins refused (a plugin
+    /// that had a version keeps it).
+    pub errors: Vec<String>,
+}
+
+impl Api {
+    /// An API over `runtime`, not ready until [`Api::reload`] has run once.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        server: &crate::config::ServerSettings,
+        policy_dir: PathBuf,
+        plugin_dir: PathBuf,
+    ) -> Self {
+        Api {
+            runtime,
+            metrics: metrics::Metrics::default(),
+            max_body: usize::try_from(server.max_body).unwrap_or(usize::MAX),
+            body_timeout: server.request_timeout,
+            policy_dir,
+            plugin_dir,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the first load has completed (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Reads the policy directory again and swaps in the new plugins. A
+    /// plugin whose file or component is refused keeps the version it has;
+    /// in-flight invocations finish on the version they started with.
+    pub async fn reload(&self) -> ReloadSummary {
+        let load = match policy::load_dir(&self.policy_dir, &self.plugin_dir) {
+            Ok(load) => load,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed: the policy directory cannot be read; keeping every plugin");
+                self.ready.store(true, Ordering::Release);
+                return ReloadSummary { loaded: self.names(), errors: vec![e.to_string()] };
+            }
+        };
+        let broken: Vec<PathBuf> = load.errors.iter().map(|e| e.file.clone()).collect();
+        let mut errors: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
+        for error in &load.errors {
+            tracing::error!(%error, "policy refused");
+        }
+        let report = self.runtime.reload(&load.set, &broken).await;
+        errors.extend(report.refused.iter().map(|e| e.to_string()));
+        self.ready.store(true, Ordering::Release);
+        ReloadSummary { loaded: self.names(), errors }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.runtime.plugins().into_iter().map(|(name, _)| name).collect()
+    }
+}

@@ -1,0 +1,79 @@
+//! `gatehouse run`: the long-running sidecar. Binds the invoke and admin
+//! listeners, loads the plugins (`/readyz` says when), then serves until
+//! SIGTERM or SIGINT, draining in-flight requests. SIGHUP reloads the
+//! policy directory, as `POST /admin/reload` does.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gatehouse::Runtime;
+use gatehouse::api::{self, Api, ServeLimits};
+use gatehouse::config::Config;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let server = &config.server;
+    let token = server
+        .admin_token
+        .as_ref()
+        .map(|source| source.read().map_err(|e| anyhow::anyhow!("[server] admin_token: cannot read {e}")))
+        .transpose()?;
+    let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+    let api = Arc::new(Api::new(runtime, server, config.policy_dir.clone(), config.plugin_dir.clone()));
+
+    let listener = TcpListener::bind(server.listen).await.with_context(|| format!("binding {}", server.listen))?;
+    let invoke_addr = listener.local_addr()?;
+    let admin = match server.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding admin {addr}"))?),
+        None => None,
+    };
+    println!("gatehouse: invoke API on http://{invoke_addr}");
+    if let Some(admin) = &admin {
+        let auth = if token.is_some() { "bearer token" } else { "loopback only, no token" };
+        println!("gatehouse: admin API on http://{} ({auth})", admin.local_addr()?);
+    }
+    println!(
+        "try: curl -s -H 'content-type: application/json' --data '{{\"text\": \"Hello, world.\"}}' \
+         http://{invoke_addr}/v1/plugins/doc-enricher/invoke"
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let limits = ServeLimits {
+        max_connections: server.max_connections,
+        header_timeout: server.request_timeout,
+        drain_timeout: server.drain_timeout,
+    };
+    let wait = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(api::serve(listener, api::invoke::router(api.clone()), limits, wait(stopped.clone())));
+    if let Some(admin) = admin {
+        servers.spawn(api::serve(admin, api::admin::router(api.clone(), token), limits, wait(stopped.clone())));
+    }
+
+    let summary = api.reload().await;
+    tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "ready");
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let summary = api.reload().await;
+                tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "reloaded on SIGHUP");
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!(timeout = ?server.drain_timeout, "stopping: draining in-flight requests");
+    let _ = stop.send(true);
+    while servers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

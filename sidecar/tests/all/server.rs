@@ -1,0 +1,397 @@
+//! `gatehouse run`, the real binary, over real HTTP on loopback. What is
+//! tried, and what must happen:
+//! - an invocation returns the plugin's document with its content type and
+//!   a request id (the caller's, or a new one) that the plugin's log
+//!   events carry;
+//! - each error kind comes back with its status, a JSON body and, when
+//!   transient, `Retry-After`;
+//! - the admin API refuses a missing or wrong token (401) and exists only on
+//!   the admin listener;
+//! - a reload under concurrent load loses no request, and each request sees
+//!   one version; SIGHUP with a broken policy keeps the loaded version;
+//!   SIGTERM lets in-flight requests finish;
+//! - `/metrics` counts what happened;
+//! - an oversized body, a client that never finishes its request head, and
+//!   a flood of one plugin do not hurt another plugin's requests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Policies, guest_dir};
+
+/// A running `gatehouse run` with its two addresses.
+struct Sidecar {
+    child: Child,
+    invoke: String,
+    admin: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    _data: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the binary on `policies` with `server` settings appended to
+    /// `[server]`, and waits until it is ready.
+    fn start(policies: &Policies, server: &str, env: &[(&str, &str)]) -> Sidecar {
+        let data = tempfile::tempdir().unwrap();
+        let config = data.path().join("gatehouse.toml");
+        let text = format!(
+            "policy_dir = {:?}\nplugin_dir = {:?}\ndata_dir = \"data\"\n[engine]\nmax_instances = 256\n\
+             [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n",
+            policies.dir.path().display().to_string(),
+            guest_dir().display().to_string()
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .envs(env.iter().copied())
+            .env("GATEHOUSE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let mut pipe = child.stderr.take().unwrap();
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stderr.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut address = |prefix: &str| {
+            let line = lines.next().expect("gatehouse printed its addresses").unwrap();
+            let at = line.find(prefix).unwrap_or_else(|| panic!("{prefix} in {line}")) + prefix.len();
+            line[at..].split_whitespace().next().unwrap().to_string()
+        };
+        let invoke = address("invoke API on http://");
+        let admin = address("admin API on http://");
+        let sidecar = Sidecar { child, invoke, admin, stderr, _data: data };
+        let started = Instant::now();
+        while sidecar.get(&sidecar.invoke, "/readyz").0 != 200 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not ready: {}", sidecar.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sidecar
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn get(&self, addr: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        request(addr, "GET", path, &[], b"")
+    }
+
+    fn invoke(&self, plugin: &str, body: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        request(
+            &self.invoke,
+            "POST",
+            &format!("/v1/plugins/{plugin}/invoke"),
+            &[("content-type", "text/plain")],
+            body.as_bytes(),
+        )
+    }
+
+    fn signal(&self, name: &str) {
+        assert!(Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap().success());
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: status, headers, body.
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn invoke_returns_the_document_and_a_request_id() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.plugin("log", "hostile_log", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+
+    let (status, headers, body) = sidecar.invoke("echo", "hello");
+    assert_eq!((status, body.as_slice()), (200, b"hello".as_slice()));
+    assert_eq!(header(&headers, "content-type"), Some("text/plain"));
+    assert!(header(&headers, "x-request-id").is_some_and(|id| !id.is_empty()));
+
+    // The caller's id comes back, and the plugin's own log lines carry it.
+    let path = "/v1/plugins/log/invoke";
+    let (status, headers, _) = request(&sidecar.invoke, "POST", path, &[("x-request-id", "req-42.a_b")], b"forge");
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "x-request-id"), Some("req-42.a_b"));
+    let started = Instant::now();
+    while !sidecar.stderr().lines().any(|l| l.contains("req-42.a_b") && l.contains("gatehouse::plugin")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An id that is not plain is replaced, not echoed.
+    let (_, headers, _) = request(&sidecar.invoke, "POST", path, &[("x-request-id", "evil id=x")], b"forge");
+    assert!(header(&headers, "x-request-id").is_some_and(|id| !id.contains("evil")));
+
+    let (status, _, body) = sidecar.get(&sidecar.invoke, "/v1/plugins");
+    assert_eq!(status, 200);
+    let plugins = json(&body)["plugins"].clone();
+    assert_eq!(plugins[0]["name"], "echo");
+    assert_eq!(plugins[0]["version"], "0.1.0");
+    assert_eq!(plugins[0]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn each_error_kind_has_its_status_body_and_hint() {
+    let policies = Policies::new();
+    policies.plugin("log", "hostile_log", "");
+    policies.plugin("spin", "hostile_loop", "timeout = \"100ms\"");
+    policies.plugin("hog", "hostile_memory", "memory = \"16 MiB\"\ntimeout = \"5s\"");
+    policies.plugin("crash", "hostile_trap", "");
+    policies.plugin("busy", "sleeper", "concurrency = 1\ntimeout = \"2s\"");
+    policies.plugin("socket", "hostile_socket", "");
+    let sidecar = Sidecar::start(&policies, "max_body = \"1 KiB\"", &[]);
+
+    let expect = |plugin: &str, input: &str, status: u16, kind: &str| {
+        let (got, headers, body) = sidecar.invoke(plugin, input);
+        let body = json(&body);
+        assert_eq!((got, body["kind"].as_str().unwrap()), (status, kind), "{plugin}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+        headers
+    };
+    expect("log", "error", 403, "denied");
+    expect("log", "no such attack", 400, "invalid-input");
+    expect("nope", "x", 404, "not-found");
+    expect("hog", "eat", 507, "quota-exceeded");
+    expect("spin", "go", 504, "timeout");
+    expect("socket", "x", 503, "unavailable");
+    expect("crash", "12345", 500, "internal");
+
+    // Rate limited: the only slot is held, and its queue is full.
+    let holder = {
+        let addr = sidecar.invoke.clone();
+        std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/busy/invoke", &[], b"1500"))
+    };
+    let started = Instant::now();
+    let mut limited = None;
+    while limited.is_none() && started.elapsed() < Duration::from_secs(10) {
+        // Six callers at once: one slot, four places in the queue.
+        let callers: Vec<_> = (0..6)
+            .map(|_| {
+                let addr = sidecar.invoke.clone();
+                std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/busy/invoke", &[], b"1"))
+            })
+            .collect();
+        for caller in callers {
+            let (status, headers, body) = caller.join().unwrap();
+            if status == 429 {
+                assert_eq!(json(&body)["kind"], "rate-limited");
+                limited = Some(headers);
+            }
+        }
+    }
+    let headers = limited.expect("a full queue answers 429");
+    assert!(header(&headers, "retry-after").is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
+    // The holder may itself have lost the race for the slot.
+    assert!([200, 429].contains(&holder.join().unwrap().0));
+
+    // Too large a body is refused before any plugin runs.
+    let (status, _, body) = sidecar.invoke("log", &"x".repeat(2048));
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["kind"], "invalid-input");
+}
+
+#[test]
+fn the_admin_api_needs_its_token_and_only_exists_on_its_listener() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar =
+        Sidecar::start(&policies, "admin_token = { env = \"TEST_ADMIN_TOKEN\" }", &[("TEST_ADMIN_TOKEN", "s3cret")]);
+    let admin = &sidecar.admin;
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[], b"").0, 401);
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[("authorization", "Bearer wrong")], b"").0, 401);
+    assert_eq!(request(admin, "POST", "/admin/reload", &[("authorization", "Bearer s3cre")], b"").0, 401);
+    let (status, _, body) = request(admin, "GET", "/admin/plugins", &[("authorization", "Bearer s3cret")], b"");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["plugins"][0]["name"], "echo");
+    for path in ["/admin/plugins", "/admin/reload"] {
+        assert_eq!(request(&sidecar.invoke, "GET", path, &[("authorization", "Bearer s3cret")], b"").0, 404);
+        assert_eq!(request(&sidecar.invoke, "POST", path, &[("authorization", "Bearer s3cret")], b"").0, 404);
+    }
+    // The invoke API is not on the admin listener either.
+    assert_eq!(request(admin, "POST", "/v1/plugins/echo/invoke", &[("authorization", "Bearer s3cret")], b"x").0, 404);
+}
+
+#[test]
+fn a_reload_under_load_loses_no_request_and_each_sees_one_version() {
+    let policies = Policies::new();
+    policies.plugin("p", "echo", "concurrency = 8");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = sidecar.invoke.clone();
+            std::thread::spawn(move || {
+                (0..60)
+                    .map(|_| request(&addr, "POST", "/v1/plugins/p/invoke", &[], b"{\"text\": \"One two.\"}"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Swap p from echo to doc-enricher, twice, while the load runs.
+    for component in ["doc_enricher", "echo", "doc_enricher"] {
+        policies.plugin("p", component, "concurrency = 8");
+        let (status, _, body) = request(&sidecar.admin, "POST", "/admin/reload", &[], b"");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    for thread in load {
+        for (status, _, body) in thread.join().unwrap() {
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            let text = String::from_utf8_lossy(&body).into_owned();
+            // Either the echo of the input, or doc-enricher's whole answer.
+            let echoed = text == "{\"text\": \"One two.\"}";
+            let enriched = json(&body)["enrichment"]["words"] == 2;
+            assert!(echoed ^ enriched, "a mixed answer: {text}");
+            versions.insert(echoed);
+        }
+    }
+    assert_eq!(sidecar.invoke("p", "{\"text\": \"a b c\"}").0, 200);
+}
+
+#[test]
+fn sighup_with_a_broken_policy_keeps_the_loaded_version_and_sigterm_drains() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sleeper = policies.plugin("sleeper", "sleeper", "timeout = \"5s\"");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+
+    std::fs::write(&sleeper, "[plugin\nname = ").unwrap();
+    sidecar.signal("HUP");
+    let started = Instant::now();
+    while !sidecar.stderr().contains("reloaded on SIGHUP") {
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sidecar.stderr().contains("keeping the loaded version"), "{}", sidecar.stderr());
+    assert_eq!(sidecar.invoke("sleeper", "1").0, 200, "the old grants stay in force");
+
+    // SIGTERM while a request runs: it completes, then the process exits.
+    let in_flight = {
+        let addr = sidecar.invoke.clone();
+        std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/sleeper/invoke", &[], b"700"))
+    };
+    let started = Instant::now();
+    while !sidecar.stderr().contains("sleeper") || started.elapsed() < Duration::from_millis(100) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut sidecar = sidecar;
+    sidecar.signal("TERM");
+    let (status, _, body) = in_flight.join().unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"slept".as_slice()));
+    let exit = sidecar.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(sidecar.stderr().contains("stopped"));
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.plugin("crash", "hostile_trap", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    for _ in 0..3 {
+        assert_eq!(sidecar.invoke("echo", "x").0, 200);
+    }
+    assert_eq!(sidecar.invoke("crash", "12345").0, 500);
+    let (status, headers, body) = sidecar.get(&sidecar.invoke, "/metrics");
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = String::from_utf8(body).unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    };
+    assert_eq!(value("gatehouse_invocations_total{plugin=\"echo\",version=\"0.1.0\",outcome=\"ok\"}"), 3.0);
+    assert_eq!(value("gatehouse_invocations_total{plugin=\"crash\",version=\"0.1.0\",outcome=\"internal\"}"), 1.0);
+    assert_eq!(value("gatehouse_invocation_seconds_count{plugin=\"echo\",version=\"0.1.0\"}"), 3.0);
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+#[test]
+fn a_slow_client_or_a_flood_of_one_plugin_does_not_hurt_another() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.plugin("slow", "sleeper", "concurrency = 2\ntimeout = \"3s\"");
+    let sidecar = Sidecar::start(&policies, "request_timeout = \"1s\"", &[]);
+
+    // A client that never finishes its request head.
+    let mut slowloris = TcpStream::connect(&sidecar.invoke).unwrap();
+    slowloris.write_all(b"POST /v1/plugins/echo/invoke HTTP/1.1\r\nhost: x\r\n").unwrap();
+    // A flood of the slow plugin: most are turned away at once.
+    let flood: Vec<_> = (0..30)
+        .map(|_| {
+            let addr = sidecar.invoke.clone();
+            std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/slow/invoke", &[], b"500").0)
+        })
+        .collect();
+    for i in 0..20 {
+        let (status, _, body) = sidecar.invoke("echo", &format!("still here {i}"));
+        assert_eq!((status, body), (200, format!("still here {i}").into_bytes()));
+    }
+    let statuses: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| [200, 429].contains(s)), "{statuses:?}");
+    assert!(statuses.contains(&429), "the queue is bounded: {statuses:?}");
+
+    // The slow client is cut off after the header timeout.
+    slowloris.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let started = Instant::now();
+    let _ = slowloris.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(4), "the connection stayed open");
+}
