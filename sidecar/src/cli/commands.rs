@@ -2,7 +2,7 @@
 //! for bad settings (exit 2).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -12,16 +12,28 @@ use gatehouse::services::http::explain::explain;
 use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::{Document, Runtime};
 
-pub fn policy_check(config: &Config, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let dir = dir.unwrap_or_else(|| config.policy_dir.clone());
-    let load = read_policies(&dir, &config.plugin_dir)?;
-    for (name, policy) in &load.set.plugins {
-        println!("ok    {name} ({})", policy.file.display());
-    }
+/// The load, dry: parse every policy, then compile each component
+/// (through the code cache), check its imports against its grants, resolve
+/// its secrets and read its `info()`, exactly as `run` would, without
+/// serving. One line per plugin or problem, on stdout.
+pub async fn policy_check(config: &Config) -> anyhow::Result<ExitCode> {
+    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let runtime = Runtime::new(config.runtime.clone())?;
+    let report = runtime.load(&load.set).await;
+    let mut bad = load.errors.len();
     for error in &load.errors {
         println!("error {error}");
     }
-    let (ok, bad) = (load.set.plugins.len(), load.errors.len());
+    for (name, policy) in &load.set.plugins {
+        match report.refused.iter().find(|e| &e.plugin == name) {
+            None => println!("ok    {name} ({})", policy.file.display()),
+            Some(refused) => {
+                bad += 1;
+                println!("error {}: plugin `{name}` refused: {}", refused.file, refused.reason);
+            }
+        }
+    }
+    let ok = load.set.plugins.len() + load.errors.len() - bad;
     println!("{ok} plugin(s) valid, {bad} problem(s)");
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -127,10 +139,8 @@ pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result
     }
     report_policy_errors(&load);
     let runtime = Runtime::new(config.runtime.clone())?;
-    let report = runtime.load(&load.set).await;
-    for refused in &report.refused {
-        eprintln!("error: {refused}");
-    }
+    // Each refusal is logged by the runtime (once).
+    runtime.load(&load.set).await;
     Ok(runtime)
 }
 

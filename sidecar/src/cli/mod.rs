@@ -57,8 +57,10 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate a policy directory (and the components it pins); exit 1
-    /// with every problem, by file and line, if anything is wrong.
+    /// Validate a policy directory as a load would, without serving: parse
+    /// every policy, compile each component, check its imports against its
+    /// grants, resolve its secrets; exit 1 with every problem, one line
+    /// each, if anything is wrong. Logs only with GATEHOUSE_LOG set.
     Check {
         /// Policy directory; defaults to the configured one.
         dir: Option<PathBuf>,
@@ -76,7 +78,10 @@ enum PolicyCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `policy check` reports on stdout, one line per problem; its log would
+    // only say the same again.
+    let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }));
+    init_tracing(if quiet { "off" } else { "info" });
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -96,7 +101,7 @@ pub fn main() -> ExitCode {
             Command::Invoke { plugin, input, content_type } => {
                 commands::invoke(&config, &plugin, &input, content_type).await
             }
-            Command::Policy(PolicyCommand::Check { dir }) => commands::policy_check(&config, dir),
+            Command::Policy(PolicyCommand::Check { .. }) => commands::policy_check(&config).await,
             Command::Policy(PolicyCommand::ExplainUrl { plugin, url }) => {
                 commands::explain_url(&config, &plugin, &url).await
             }
@@ -121,7 +126,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    if let Some(dir) = &cli.policies {
+    // `policy check DIR` resolves components the way `--policies DIR` does.
+    let checked = match &cli.command {
+        Command::Policy(PolicyCommand::Check { dir: Some(dir) }) => Some(dir),
+        _ => None,
+    };
+    if let Some(dir) = checked.or(cli.policies.as_ref()) {
         config.policy_dir = dir.clone();
         // Without a settings file, components sit next to their policies.
         if file.is_none() {
@@ -137,14 +147,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Logs go to stderr so that `invoke` output on stdout stays clean.
 /// `GATEHOUSE_LOG` (or `RUST_LOG`) overrides the `info` default. Colours
 /// only on a terminal, and never with `NO_COLOR` set.
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("GATEHOUSE_LOG")
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(default));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
 }

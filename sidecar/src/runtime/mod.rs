@@ -467,6 +467,7 @@ impl Runtime {
                 limits.concurrency, self.settings.max_instances
             ));
         }
+        kind_of_binary(&policy.component.bytes).map_err(|e| format!("not a valid component: {e}"))?;
         let (component, outcome) = self
             .cache
             .load_within(&self.engine, &policy.component, self.settings.compile_timeout)
@@ -567,6 +568,21 @@ impl Runtime {
                 Err(classify_failure(plugin, timeout, hostcall_fuel, instantiating, &error))
             }
         }
+    }
+}
+
+/// Says in one line what is wrong with bytes that are not a component,
+/// before the compiler's longer account of it.
+fn kind_of_binary(bytes: &[u8]) -> Result<(), String> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0x00, 0x01, 0x00]) => Ok(()),
+        Some([0, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00]) => {
+            Err("it is a core WebAssembly module, not a component: build it for the wasm32-wasip2 target \
+             (or wrap it with `wasm-tools component new`)"
+                .into())
+        }
+        _ if bytes.starts_with(b"\0asm") => Err("it is WebAssembly of an unknown version or layer".into()),
+        _ => Err("it is not WebAssembly (it does not start with the WebAssembly magic number)".into()),
     }
 }
 

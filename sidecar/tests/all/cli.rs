@@ -206,3 +206,48 @@ fn a_data_directory_others_may_write_is_refused_at_start() {
     let cache = std::fs::metadata(data.join("cache")).unwrap().permissions().mode() & 0o777;
     assert_eq!(cache, 0o700);
 }
+
+#[test]
+fn policy_check_is_the_load_without_serving() {
+    // Each of these passes parsing but fails the load; check must say so,
+    // one line each, resolving components the way `--policies DIR` does.
+    let policies = Policies::new();
+    let dir = policies.dir.path();
+    std::fs::copy("/etc/passwd", dir.join("passwd.wasm")).unwrap();
+    std::fs::write(dir.join("core.wasm"), wat::parse_str("(module)").unwrap()).unwrap();
+    std::fs::copy(crate::common::guest("hostile_socket"), dir.join("socket.wasm")).unwrap();
+    std::fs::copy(crate::common::guest("echo"), dir.join("echo.wasm")).unwrap();
+    let huge = dir.join("huge.wasm");
+    std::fs::File::create(&huge).unwrap().set_len(200 << 20).unwrap();
+    for (name, file) in [
+        ("passwd", "passwd.wasm"),
+        ("core", "core.wasm"),
+        ("socket", "socket.wasm"),
+        ("huge", "huge.wasm"),
+        ("echo", "echo.wasm"),
+    ] {
+        policies.write(&format!("{name}.toml"), &format!("[plugin]\nname = \"{name}\"\ncomponent = \"{file}\"\n"));
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["policy", "check", dir.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .env_remove("GATEHOUSE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = |name: &str| {
+        let lines: Vec<_> = stdout.lines().filter(|l| l.contains(&format!("{name}.toml"))).collect();
+        assert_eq!(lines.len(), 1, "one line for {name}:\n{stdout}");
+        lines[0].to_string()
+    };
+    assert!(line("passwd").contains("not WebAssembly"), "{stdout}");
+    assert!(line("core").contains("core WebAssembly module") && line("core").contains("wasm32-wasip2"), "{stdout}");
+    assert!(line("socket").contains("wasi:sockets"), "{stdout}");
+    assert!(line("huge").contains("larger than the 128 MiB"), "{stdout}");
+    assert!(line("echo").starts_with("ok"), "{stdout}");
+    assert!(stdout.contains("1 plugin(s) valid, 4 problem(s)"), "{stdout}");
+    assert!(text(&out.stderr).is_empty(), "nothing else is printed: {}", text(&out.stderr));
+}
