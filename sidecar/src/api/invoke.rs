@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tracing::Instrument;
 
 use super::{Api, errors};
@@ -32,6 +32,9 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/plugins/{name}/invoke", post(invoke))
         .route("/v1/plugins", get(list))
+        .route("/p/{name}", any(proxy_root))
+        .route("/p/{name}/", any(proxy_root))
+        .route("/p/{name}/{*rest}", any(proxy))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -93,6 +96,78 @@ async fn invoke(State(api): State<Arc<Api>>, Path(name): Path<String>, headers: 
     response
 }
 
+/// `/p/{name}` is the component's `/`.
+async fn proxy_root(state: State<Arc<Api>>, Path(name): Path<String>, request: axum::extract::Request) -> Response {
+    serve_proxy(state, name, String::new(), request).await
+}
+
+async fn proxy(
+    state: State<Arc<Api>>,
+    Path((name, rest)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    serve_proxy(state, name, rest, request).await
+}
+
+/// Hands the request to a `wasi:http/proxy` plugin with the `/p/{name}`
+/// prefix stripped (the component sees `/{rest}?{query}`, as under
+/// `wasmtime serve`); the stripped prefix is in `x-forwarded-prefix`.
+async fn serve_proxy(
+    State(api): State<Arc<Api>>,
+    name: String,
+    rest: String,
+    request: axum::extract::Request,
+) -> Response {
+    use http_body_util::BodyExt;
+    use wasmtime_wasi_http::Error as ErrorCode;
+
+    let id = request_id(request.headers());
+    let span = tracing::info_span!(
+        "http",
+        request_id = id.to_str().unwrap_or(""),
+        plugin = %crate::guest_text::escaped(&name, 64)
+    );
+    let (mut parts, body) = request.into_parts();
+    let path = match parts.uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    parts.uri = match path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return errors::respond(ErrorKind::InvalidInput, "invalid path", None),
+    };
+    if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{name}")) {
+        parts.headers.insert(HeaderName::from_static("x-forwarded-prefix"), prefix);
+    }
+    parts.headers.entry(header::HOST).or_insert(HeaderValue::from_static("localhost"));
+    let max = api.max_body;
+    let body = http_body_util::Limited::new(body, max)
+        .map_err(move |e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ErrorCode::HttpRequestBodySize(Some(max as u64))
+            } else {
+                ErrorCode::HttpProtocolError
+            }
+        })
+        .boxed_unsync();
+    let started = Instant::now();
+    let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
+    let outcome = api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span).await;
+    let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
+    let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
+    api.metrics.invocation(plugin, &version, label, started.elapsed());
+    let mut response = match outcome {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => errors::respond(error.kind(), &error.to_string(), error.retry_after()),
+    };
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
 trait WithStatus {
     fn with_status(self, status: StatusCode) -> Self;
 }
@@ -124,7 +199,7 @@ async fn list(State(api): State<Arc<Api>>) -> Response {
         .runtime
         .summaries()
         .into_iter()
-        .map(|p| serde_json::json!({ "name": p.name, "version": p.version, "description": p.description, "sha256": p.sha256 }))
+        .map(|p| serde_json::json!({ "name": p.name, "version": p.version, "description": p.description, "sha256": p.sha256, "kind": p.kind }))
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
 }

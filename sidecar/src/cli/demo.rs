@@ -22,13 +22,15 @@ const UPSTREAM_PORT: u16 = 8089;
 pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
     let _upstream = start_upstream().await;
     let runtime = start(config, None).await?;
-    let plugins = runtime.plugins();
+    // wasi:http components are served by `gatehouse run`, not invoked.
+    let plugins: Vec<_> = runtime.summaries().into_iter().filter(|p| p.kind == "plugin").collect();
     if plugins.is_empty() {
         anyhow::bail!("no plugin loaded from {}", config.policy_dir.display());
     }
     let mut failed = false;
-    for (name, info) in plugins {
-        println!("== {name} {} — {}", info.version, info.description);
+    for plugin in plugins {
+        let name = plugin.name;
+        println!("== {name} {} — {}", plugin.version, plugin.description);
         let sample = config.policy_dir.join("samples").join(format!("{name}.json"));
         let body = match std::fs::read(&sample) {
             Ok(body) => body,

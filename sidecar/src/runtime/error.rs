@@ -86,6 +86,21 @@ pub enum InvokeError {
         /// Bytes one host call may pass.
         limit: u64,
     },
+    /// The plugin exports the other interface (`invoke` on a
+    /// `wasi:http/proxy` component, or HTTP on a plugin-world one).
+    #[error("plugin `{plugin}` exports {exports}; call it through that interface")]
+    WrongInterface {
+        /// Plugin name.
+        plugin: String,
+        /// What it exports.
+        exports: &'static str,
+    },
+    /// A `wasi:http/proxy` component returned without setting a response.
+    #[error("plugin `{plugin}` finished without sending a response")]
+    NoResponse {
+        /// Plugin name.
+        plugin: String,
+    },
     /// The guest called `wasi:cli/exit` instead of returning a result.
     #[error("plugin `{plugin}` exited (status {status}) without returning a result")]
     Exited {
@@ -132,7 +147,8 @@ impl InvokeError {
     /// The shared error kind for this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            InvokeError::UnknownPlugin(_) => ErrorKind::NotFound,
+            InvokeError::UnknownPlugin(_) | InvokeError::WrongInterface { .. } => ErrorKind::NotFound,
+            InvokeError::NoResponse { .. } => ErrorKind::Internal,
             InvokeError::Refused(_) => ErrorKind::Unavailable,
             InvokeError::Busy { .. } => ErrorKind::RateLimited,
             InvokeError::Timeout { .. } => ErrorKind::Timeout,

@@ -53,7 +53,11 @@ fn rule(package: &str, interface: &str) -> Rule {
         return Rule::Always;
     }
     match (package, interface) {
-        ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler" | "types") => Rule::Needs("http"),
+        // The types alone send nothing (that takes outgoing-handler), and
+        // every wasi:http/proxy component imports them for its own
+        // request and response.
+        ("wasi:http", "types") => Rule::Always,
+        ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler") => Rule::Needs("http"),
         ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
     }

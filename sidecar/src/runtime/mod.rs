@@ -51,6 +51,10 @@ use crate::services::http::{HttpGateway, HttpMetricsSnapshot, PluginHttp};
 use crate::services::log::PluginTag;
 use crate::{Document, PluginInfo};
 use state::PluginState;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 /// Extra time the tokio timeout allows beyond a plugin's deadline, so that
 /// the epoch deadline (which reports a clean trap) normally fires first.
@@ -119,7 +123,7 @@ struct LoadedPlugin {
     policy: PluginPolicy,
     tag: Arc<PluginTag>,
     info: PluginInfo,
-    pre: PluginPre<PluginState>,
+    entry: Entry,
     slots: Semaphore,
     http: Option<Arc<PluginHttp>>,
     /// Bytes one host call (or the output) may lift from guest memory.
@@ -175,6 +179,9 @@ pub struct PluginSummary {
     pub concurrency: u32,
     /// The `[http]` allowlist, if granted.
     pub http: Option<Vec<String>>,
+    /// `plugin` (the gatehouse plugin world, called through invoke) or
+    /// `wasi-http` (a `wasi:http/proxy` component, served under `/p/`).
+    pub kind: &'static str,
 }
 
 /// What [`Runtime::load`] did with each policy.
@@ -208,16 +215,32 @@ pub struct Runtime {
     instances: Arc<Semaphore>,
 }
 
+/// What a component exports: the plugin world, or the standard
+/// `wasi:http/incoming-handler` (a `wasi:http/proxy` component).
+enum Entry {
+    Plugin(PluginPre<PluginState>),
+    Proxy(ProxyPre<PluginState>),
+}
+
 /// What one instance is asked to do.
 enum Call {
     Handle(Document),
     Info,
+    /// Instantiate only: a proxy component has no `info()`, but its start
+    /// functions and memory still get tried once at load.
+    Probe,
+    /// Serve one HTTP request; the guest answers through `respond`.
+    Http(http::Request<HyperIncomingBody>, ResponseSender),
 }
 
 enum Reply {
     Handle(Result<Document, crate::GuestError>),
     Info(PluginInfo),
+    Done,
 }
+
+/// Where a proxy component's response head goes.
+type ResponseSender = tokio::sync::oneshot::Sender<Result<http::Response<HyperOutgoingBody>, HttpErrorCode>>;
 
 impl Runtime {
     /// Creates the engine (and its epoch ticker thread) and the linker.
@@ -376,6 +399,10 @@ impl Runtime {
                 policy_file: p.policy.file.display().to_string(),
                 concurrency: p.policy.limits.concurrency,
                 http: p.policy.http.as_ref().map(|h| h.allow.iter().map(|r| r.text.clone()).collect()),
+                kind: match p.entry {
+                    Entry::Plugin(_) => "plugin",
+                    Entry::Proxy(_) => "wasi-http",
+                },
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -417,6 +444,12 @@ impl Runtime {
             });
         };
         drop(generation);
+        if let Entry::Proxy(_) = loaded.entry {
+            return Err(InvokeError::WrongInterface {
+                plugin: plugin.to_string(),
+                exports: "wasi:http/incoming-handler",
+            });
+        }
         let limits = loaded.policy.limits;
         // A bounded queue: past QUEUE_PER_SLOT callers per slot waiting,
         // more are turned away at once instead of piling up in memory.
@@ -434,8 +467,14 @@ impl Runtime {
             Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
             Err(_) => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
         };
-        let reply =
-            self.run(&loaded.pre, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, Call::Handle(input));
+        let reply = self.run(
+            &loaded.entry,
+            &loaded.policy,
+            &loaded.tag,
+            &loaded.http,
+            loaded.hostcall_fuel,
+            Call::Handle(input),
+        );
         match reply.await? {
             Reply::Handle(Ok(output)) => {
                 let size = (output.body.len() + output.content_type.len()) as u64;
@@ -449,7 +488,81 @@ impl Runtime {
                 Ok(output)
             }
             Reply::Handle(Err(error)) => Err(InvokeError::Plugin { plugin: plugin.to_string(), error }),
-            Reply::Info(_) => unreachable!("asked for handle"),
+            Reply::Info(_) | Reply::Done => unreachable!("asked for handle"),
+        }
+    }
+
+    /// Serves one HTTP request with a `wasi:http/proxy` plugin, under the
+    /// same limits, queue and policies as [`Runtime::invoke`]. Returns once
+    /// the guest has set its response head; the body streams while the
+    /// guest writes it, and the guest keeps its concurrency slot (and its
+    /// deadline) until it has finished.
+    pub async fn handle_http(
+        self: &Arc<Self>,
+        plugin: &str,
+        request: http::Request<HyperIncomingBody>,
+    ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
+        let generation = self.generation();
+        let Some(loaded) = generation.plugins.get(plugin).cloned() else {
+            return Err(match generation.refused.get(plugin) {
+                Some(error) => InvokeError::Refused(error.clone()),
+                None => InvokeError::UnknownPlugin(plugin.to_string()),
+            });
+        };
+        drop(generation);
+        if let Entry::Plugin(_) = loaded.entry {
+            return Err(InvokeError::WrongInterface {
+                plugin: plugin.to_string(),
+                exports: "gatehouse:services/plugin",
+            });
+        }
+        let (respond, response) = tokio::sync::oneshot::channel();
+        let runtime = self.clone();
+        let name = plugin.to_string();
+        let mut task = tokio::spawn(async move {
+            let limits = loaded.policy.limits;
+            let Some(_queued) = Queued::join(&loaded.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) else {
+                return Err(InvokeError::Busy { plugin: name, limit: limits.concurrency });
+            };
+            let wait = limits.timeout + 2 * TIMEOUT_GRACE;
+            let acquire = async { (loaded.slots.acquire().await, runtime.instances.acquire().await) };
+            let _slots = match tokio::time::timeout(wait, acquire).await {
+                Ok((Ok(slot), Ok(instance))) => {
+                    drop(_queued);
+                    (slot, instance)
+                }
+                Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
+                Err(_) => return Err(InvokeError::Busy { plugin: name, limit: limits.concurrency }),
+            };
+            let call = Call::Http(request, respond);
+            runtime.run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, call).await
+        });
+        let mut response = std::pin::pin!(response);
+        tokio::select! {
+            answered = &mut response => match answered {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(code)) => Err(InvokeError::Plugin {
+                    plugin: plugin.to_string(),
+                    error: crate::GuestError {
+                        kind: crate::ErrorKind::Internal,
+                        message: format!("the component answered with the error {code:?}"),
+                        retry_after_ms: None,
+                    },
+                }),
+                // The guest dropped its outparam: the task says why.
+                Err(_) => Err(task.await.map_err(|e| InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() })?.err().unwrap_or(InvokeError::NoResponse { plugin: plugin.to_string() })),
+            },
+            finished = &mut task => {
+                // Finished before we saw the head: it may still be there.
+                if let Ok(Ok(response)) = response.try_recv() {
+                    return Ok(response);
+                }
+                Err(match finished {
+                    Ok(Err(error)) => error,
+                    Ok(Ok(_)) => InvokeError::NoResponse { plugin: plugin.to_string() },
+                    Err(e) => InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() },
+                })
+            }
         }
     }
 
@@ -475,7 +588,7 @@ impl Runtime {
             .map_err(|e| format!("not a valid component: {e}"))?;
         tracing::debug!(plugin = %policy.name, ?outcome, "component ready");
         imports::check(&self.engine, &component, policy).map_err(|refused| refused.join("; "))?;
-        let pre = self.instance_pre(&component)?;
+        let entry = self.entry(&component)?;
         let http = match &policy.http {
             Some(grant) => {
                 Some(Arc::new(PluginHttp::new(&policy.name, grant.clone(), self.http.clone(), &self.settings.secrets)?))
@@ -488,10 +601,25 @@ impl Runtime {
         let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
         let mut info_policy = policy.clone();
         info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
-        let info = match self.run(&pre, &info_policy, &tag, &http, hostcall_fuel, Call::Info).await {
-            Ok(Reply::Info(info)) => info,
-            Ok(Reply::Handle(_)) => unreachable!("asked for info"),
-            Err(e) => return Err(format!("info() failed: {e}")),
+        let info = match &entry {
+            Entry::Plugin(_) => match self.run(&entry, &info_policy, &tag, &http, hostcall_fuel, Call::Info).await {
+                Ok(Reply::Info(info)) => info,
+                Ok(_) => unreachable!("asked for info"),
+                Err(e) => return Err(format!("info() failed: {e}")),
+            },
+            Entry::Proxy(_) => {
+                if let Err(e) = self.run(&entry, &info_policy, &tag, &http, hostcall_fuel, Call::Probe).await {
+                    return Err(format!("instantiating it failed: {e}"));
+                }
+                // A standard component says nothing about itself: its
+                // version is its digest.
+                let digest = hex::encode(&policy.component.sha256[..6]);
+                PluginInfo {
+                    name: policy.name.clone(),
+                    version: format!("sha256-{digest}"),
+                    description: "a wasi:http/proxy component".into(),
+                }
+            }
         };
         plugin_info::validate(&info)?;
         if info.name != policy.name {
@@ -503,7 +631,7 @@ impl Runtime {
             policy: policy.clone(),
             tag,
             info,
-            pre,
+            entry,
             slots,
             http,
             hostcall_fuel,
@@ -511,15 +639,21 @@ impl Runtime {
         })
     }
 
-    fn instance_pre(&self, component: &Component) -> Result<PluginPre<PluginState>, String> {
+    fn entry(&self, component: &Component) -> Result<Entry, String> {
         let pre = self.linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
-        PluginPre::new(pre).map_err(|e| format!("does not export the gatehouse:services/plugin world: {e:#}"))
+        let plugin = match PluginPre::new(pre.clone()) {
+            Ok(plugin) => return Ok(Entry::Plugin(plugin)),
+            Err(e) => e,
+        };
+        ProxyPre::new(pre).map(Entry::Proxy).map_err(|_| {
+            format!("exports neither the gatehouse:services/plugin world nor wasi:http/incoming-handler: {plugin:#}")
+        })
     }
 
     /// One fresh instance, one call, under the policy's limits.
     async fn run(
         &self,
-        pre: &PluginPre<PluginState>,
+        entry: &Entry,
         policy: &PluginPolicy,
         tag: &Arc<PluginTag>,
         http: &Option<Arc<PluginHttp>>,
@@ -547,10 +681,32 @@ impl Runtime {
         let outcome = tokio::time::timeout(
             timeout + TIMEOUT_GRACE,
             Box::pin(async {
-                let instance: PluginBindings = pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
-                let reply = match call {
-                    Call::Handle(input) => instance.call_handle(&mut store, &input).await.map(Reply::Handle),
-                    Call::Info => instance.call_info(&mut store).await.map(Reply::Info),
+                let reply = match (entry, call) {
+                    (Entry::Plugin(pre), call) => {
+                        let instance: PluginBindings =
+                            pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+                        match call {
+                            Call::Handle(input) => instance.call_handle(&mut store, &input).await.map(Reply::Handle),
+                            Call::Info => instance.call_info(&mut store).await.map(Reply::Info),
+                            Call::Probe | Call::Http(..) => unreachable!("asked a plugin-world component for HTTP"),
+                        }
+                    }
+                    (Entry::Proxy(pre), Call::Probe) => {
+                        pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+                        Ok(Reply::Done)
+                    }
+                    (Entry::Proxy(pre), Call::Http(request, respond)) => {
+                        let proxy = pre.instantiate_async(&mut store).await.map_err(|e| (true, e))?;
+                        let mut http = store.data_mut().http();
+                        let request = http.new_incoming_request(Scheme::Http, request).map_err(|e| (true, e))?;
+                        let out = http.new_response_outparam(respond).map_err(|e| (true, e))?;
+                        proxy
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut store, request, out)
+                            .await
+                            .map(|()| Reply::Done)
+                    }
+                    (Entry::Proxy(_), _) => unreachable!("asked a proxy component for the plugin world"),
                 };
                 reply.map_err(|e| (false, e))
             }),

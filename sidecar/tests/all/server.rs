@@ -136,11 +136,29 @@ fn request(
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    let mut body = raw[split + 4..].to_vec();
+    if header(&headers, "transfer-encoding") == Some("chunked") {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+/// Decodes a `chunked` body (sizes in hex, each chunk followed by CRLF).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        raw = &raw[line_end + 2 + size + 2..];
+    }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -394,4 +412,72 @@ fn a_slow_client_or_a_flood_of_one_plugin_does_not_hurt_another() {
     let started = Instant::now();
     let _ = slowloris.read_to_end(&mut rest);
     assert!(started.elapsed() < Duration::from_secs(4), "the connection stayed open");
+}
+
+/// A loopback HTTP server that answers every request `200 upstream` and
+/// counts them.
+fn upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream");
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
+    let (upstream, received) = upstream();
+    let port = upstream.rsplit(':').next().unwrap();
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\ntimeout = \"300ms\"\n[http]\nallow = [\"http://localhost:{port}\"]\n",
+            component.display().to_string()
+        ),
+    );
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let addr = &sidecar.invoke;
+
+    let (status, headers, body) = request(addr, "GET", "/p/hello/", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
+    assert!(header(&headers, "x-request-id").is_some());
+    // The prefix is stripped; method, query and body come through.
+    let (status, _, body) = request(addr, "POST", "/p/hello/echo?x=1", &[], b"payload");
+    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "Method::Post /echo?x=1\npayload"));
+
+    // Outbound calls go through its [http] policy: the granted origin is
+    // reached, another is refused before any connection.
+    let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://localhost:{port}/"), &[], b"");
+    assert_eq!(String::from_utf8_lossy(&body), "status 200");
+    let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://127.0.0.1:{port}/"), &[], b"");
+    assert_eq!(String::from_utf8_lossy(&body), "error ErrorCode::HttpRequestDenied");
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1, "only the granted request was sent");
+
+    // Its limits hold: a component that never answers gets 504.
+    let (status, _, body) = request(addr, "GET", "/p/hello/spin", &[], b"");
+    assert_eq!((status, json(&body)["kind"].as_str()), (504, Some("timeout")));
+
+    // Each kind is reached only through its own door.
+    let (status, _, body) = sidecar.invoke("hello", "x");
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(json(&body)["message"].as_str().unwrap().contains("wasi:http/incoming-handler"));
+    assert_eq!(request(addr, "GET", "/p/echo/", &[], b"").0, 404);
+    let (_, _, body) = sidecar.get(addr, "/v1/plugins");
+    let kinds: Vec<_> = json(&body)["plugins"].as_array().unwrap().iter().map(|p| p["kind"].clone()).collect();
+    assert_eq!(kinds, [serde_json::json!("plugin"), serde_json::json!("wasi-http")]);
 }
