@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,11 @@ pub struct InvocationLabels {
 struct PluginLabels {
     plugin: String,
     version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    plugin: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +78,15 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gatehouse");
         registry.register("invocations", "Plugin invocations, by outcome", self.invocations.clone());
         registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
+        let in_flight: Family<NameLabel, Gauge> = Family::default();
+        let slots: Family<NameLabel, Gauge> = Family::default();
+        for plugin in runtime.summaries() {
+            let label = NameLabel { plugin: plugin.name.clone() };
+            in_flight.get_or_create(&label).set(i64::from(runtime.in_flight(&plugin.name).unwrap_or(0)));
+            slots.get_or_create(&label).set(i64::from(plugin.concurrency));
+        }
+        registry.register("plugin_in_flight", "Invocations running now", in_flight);
+        registry.register("plugin_concurrency", "Invocations a plugin may run at once (its policy)", slots);
         let http: Family<HttpLabels, Counter> = Family::default();
         let http_bytes: Family<HttpLabels, Counter> = Family::default();
         for (plugin, _) in runtime.plugins() {

@@ -5,6 +5,7 @@
 
 mod commands;
 mod demo;
+mod json_log;
 mod run;
 
 use std::path::PathBuf;
@@ -25,8 +26,18 @@ struct Cli {
     /// Directory that policy `component` paths are relative to.
     #[arg(long, global = true, value_name = "DIR")]
     plugins: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line,
+    /// a plugin's fields as a real object) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,7 +92,7 @@ pub fn main() -> ExitCode {
     // `policy check` reports on stdout, one line per problem; its log would
     // only say the same again.
     let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }));
-    init_tracing(if quiet { "off" } else { "info" });
+    init_tracing(if quiet { "off" } else { "info" }, cli.log_format);
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -147,7 +158,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Logs go to stderr so that `invoke` output on stdout stays clean.
 /// `GATEHOUSE_LOG` (or `RUST_LOG`) overrides the `info` default. Colours
 /// only on a terminal, and never with `NO_COLOR` set.
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("GATEHOUSE_LOG")
@@ -155,6 +166,16 @@ fn init_tracing(default: &str) {
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init();
+        }
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json_log::JsonLines)
+            .init(),
+    }
 }

@@ -104,7 +104,8 @@ async fn a_panic_message_is_captured_into_the_log_not_written_raw() {
     let stderr: Vec<_> = events
         .iter()
         .filter(|e| {
-            e.target == "gatehouse::plugin" && e.fields.get("fields").is_some_and(|f| f.contains("stream=stderr"))
+            e.target == "gatehouse::plugin"
+                && e.fields.get("fields").is_some_and(|f| f.contains(r#""stream":"stderr""#))
         })
         .collect();
     let panic_line = stderr

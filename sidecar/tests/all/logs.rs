@@ -55,8 +55,13 @@ async fn guest_text_cannot_forge_a_log_line() {
     let messages: Vec<&str> = events.iter().map(|e| e.fields["message"].as_str()).collect();
     assert!(messages.iter().any(|m| m.starts_with("ok\\n2026-01-01T00:00:00.000000Z ERROR")), "{messages:?}");
     assert!(messages.iter().any(|m| m.starts_with("line\\r\\u{1b}[2K")), "{messages:?}");
-    let fields = events.iter().filter_map(|e| e.fields.get("fields")).cloned().collect::<Vec<_>>().join(" ");
-    assert!(fields.contains("key\\nERROR") && fields.contains("v\\u{1b}[31mred\\r"), "{fields}");
+    // Fields are a JSON object of escaped keys and values.
+    let forged = events
+        .iter()
+        .filter_map(|e| e.fields.get("fields"))
+        .filter_map(|f| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(f).ok())
+        .find_map(|object| object.get("key\\nERROR gatehouse::runtime: forged").cloned());
+    assert_eq!(forged, Some(serde_json::json!("v\\u{1b}[31mred\\r")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,12 +84,8 @@ async fn log_volume_is_bounded_per_invocation() {
         .iter()
         .find(|e| e.fields["message"].contains("log budget of the invocation exceeded"))
         .unwrap_or_else(|| panic!("no summary among {} events", events.len()));
-    let fields = &summary.fields["fields"];
-    let dropped: u64 = fields
-        .split(' ')
-        .find_map(|kv| kv.strip_prefix("dropped_events="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{fields}"));
+    let fields: serde_json::Value = serde_json::from_str(&summary.fields["fields"]).unwrap();
+    let dropped = fields["dropped_events"].as_u64().unwrap_or_else(|| panic!("{fields}"));
     // 100,000 log calls and the captured stdout lines, less what was kept.
     assert!(dropped >= 100_000 - MAX_EVENTS_PER_INVOCATION, "{fields}");
     assert!(
@@ -154,4 +155,39 @@ fn a_guest_finds_no_environment_arguments_input_or_files() {
     let opened: Vec<_> = report.lines().filter(|l| l.contains("OPEN")).collect();
     assert!(opened.is_empty(), "the guest reached the host's files: {opened:?}");
     assert_eq!(report.lines().filter(|l| l.contains("refused")).count(), 11, "{report}");
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_plugins_fields_as_an_object() {
+    let policies = Policies::new();
+    policies.plugin("doc-enricher", "doc_enricher", "");
+    policies.plugin("log", "hostile_log", "");
+    let dir = policies.dir.path().to_str().unwrap();
+    let run = |plugin: &str, input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["--log-format", "json", "--policies", dir, "invoke", plugin, "--content-type", "application/json"])
+            .env("GATEHOUSE_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect::<Vec<_>>()
+    };
+    let lines = run("doc-enricher", r#"{"text": "One two three."}"#);
+    let event = lines.iter().find(|l| l["target"] == "gatehouse::plugin").expect("the plugin's event");
+    assert_eq!(event["fields"]["words"], "3", "{event}");
+    assert_eq!(event["plugin"], "doc-enricher");
+    assert_eq!(event["level"], "INFO");
+
+    // Forged lines stay inside their JSON strings; every line parses.
+    let lines = run("log", "forge");
+    assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged by the guest"))));
 }

@@ -378,6 +378,8 @@ fn metrics_count_what_happened() {
     assert_eq!(value("gatehouse_invocations_total{plugin=\"echo\",version=\"0.1.0\",outcome=\"ok\"}"), 3.0);
     assert_eq!(value("gatehouse_invocations_total{plugin=\"crash\",version=\"0.1.0\",outcome=\"internal\"}"), 1.0);
     assert_eq!(value("gatehouse_invocation_seconds_count{plugin=\"echo\",version=\"0.1.0\"}"), 3.0);
+    assert_eq!(value("gatehouse_plugin_in_flight{plugin=\"echo\"}"), 0.0);
+    assert_eq!(value("gatehouse_plugin_concurrency{plugin=\"echo\"}"), 16.0);
     assert!(text.trim_end().ends_with("# EOF"));
 }
 

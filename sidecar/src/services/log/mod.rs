@@ -4,7 +4,6 @@
 
 pub mod stdio;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,26 +77,24 @@ impl Logger {
             return;
         }
         let message = escaped(message, MAX_MESSAGE).to_string();
-        let mut rendered = String::new();
+        // A JSON object: one unambiguous rendering for the text log (where
+        // it shows as `fields={"k":"v"}`) and the JSON log (where it becomes
+        // an object). Keys and values are escaped first, so no control
+        // character survives into either.
+        let mut object = serde_json::Map::new();
         for field in fields.iter().take(MAX_FIELDS) {
             let (key, value) = (escaped(&field.key, MAX_FIELD_KEY), escaped(&field.value, MAX_FIELD_VALUE));
-            // Quote only values that would otherwise be ambiguous.
-            let value = value.to_string();
-            if value.is_empty() || value.contains([' ', '=', '"']) {
-                let _ = write!(rendered, "{key}=\"{}\" ", value.replace('"', "\\\""));
-            } else {
-                let _ = write!(rendered, "{key}={value} ");
-            }
+            object.insert(key.to_string(), serde_json::Value::String(value.to_string()));
         }
-        let fields = rendered.trim_end();
-        if !self.budget.spend((message.len() + fields.len()) as u64) {
+        let rendered = serde_json::Value::Object(object).to_string();
+        if !self.budget.spend((message.len() + rendered.len()) as u64) {
             return;
         }
-        self.event(level, &message, fields);
+        self.event(level, &message, &rendered);
     }
 
     /// Emits an event the sidecar writes about the guest (not guest text),
-    /// outside the budget.
+    /// outside the budget; `fields` is a JSON object.
     pub(crate) fn notice(&self, level: Level, message: &str, fields: &str) {
         self.event(level, message, fields);
     }
@@ -152,10 +149,13 @@ impl Drop for Budget {
     fn drop(&mut self) {
         let dropped = *self.dropped_events.get_mut();
         if dropped > 0 {
-            let fields = format!(
-                "dropped_events={dropped} dropped_bytes={} max_events={MAX_EVENTS_PER_INVOCATION} max_bytes={MAX_BYTES_PER_INVOCATION}",
-                self.dropped_bytes.get_mut()
-            );
+            let fields = serde_json::json!({
+                "dropped_events": dropped,
+                "dropped_bytes": *self.dropped_bytes.get_mut(),
+                "max_events": MAX_EVENTS_PER_INVOCATION,
+                "max_bytes": MAX_BYTES_PER_INVOCATION,
+            })
+            .to_string();
             emit_event(&self.tag, Level::Warn, "log budget of the invocation exceeded; later events dropped", &fields);
         }
     }

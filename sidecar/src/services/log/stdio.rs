@@ -66,7 +66,7 @@ impl LineBuffer {
         let room = MAX_CAPTURE - self.captured;
         if bytes.len() > room && !self.truncated {
             self.truncated = true;
-            let fields = format!("stream={} limit_bytes={MAX_CAPTURE}", self.stream_name());
+            let fields = serde_json::json!({ "stream": self.stream_name(), "limit_bytes": MAX_CAPTURE }).to_string();
             self.logger.notice(Level::Warn, "guest output truncated", &fields);
         }
         let kept = &bytes[..bytes.len().min(room)];
