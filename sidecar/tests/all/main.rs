@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod compose;
 mod hostile;
 mod http_doors;
 mod http_gateway;
