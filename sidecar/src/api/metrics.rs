@@ -93,7 +93,8 @@ impl Metrics {
             let Some(s) = runtime.http_metrics(&plugin) else { continue };
             for (outcome, n) in [
                 ("response", s.responses),
-                ("denied", s.denied),
+                ("denied_by_policy", s.denied - s.denied_address),
+                ("denied_by_address", s.denied_address),
                 ("rate_limited", s.rate_limited),
                 ("failed", s.failed),
                 ("redirect", s.redirects),

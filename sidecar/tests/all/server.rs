@@ -469,6 +469,15 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://127.0.0.1:{port}/"), &[], b"");
     assert_eq!(String::from_utf8_lossy(&body), "error ErrorCode::HttpRequestDenied");
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1, "only the granted request was sent");
+    let (_, _, metrics) = sidecar.get(addr, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for series in [
+        "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"response\"} 1",
+        "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"denied_by_policy\"} 1",
+        "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"denied_by_address\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} not in\n{metrics}");
+    }
 
     // Its limits hold: a component that never answers gets 504.
     let (status, _, body) = request(addr, "GET", "/p/hello/spin", &[], b"");

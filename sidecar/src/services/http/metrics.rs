@@ -13,6 +13,7 @@ pub struct HttpMetrics {
     requests: AtomicU64,
     responses: AtomicU64,
     denied: AtomicU64,
+    denied_address: AtomicU64,
     rate_limited: AtomicU64,
     failed: AtomicU64,
     redirects: AtomicU64,
@@ -27,8 +28,11 @@ pub struct HttpMetricsSnapshot {
     pub requests: u64,
     /// Requests that produced a response (any status).
     pub responses: u64,
-    /// Refused by the policy or the SSRF guard.
+    /// Refused by the policy or the SSRF guard (both reasons together).
     pub denied: u64,
+    /// Of `denied`: refused by the SSRF guard (every address the host
+    /// resolved to, or the IP literal, is not one the plugin may reach).
+    pub denied_address: u64,
     /// Refused by the rate limiter.
     pub rate_limited: u64,
     /// Timeouts, connection failures, size limits, malformed requests.
@@ -58,6 +62,9 @@ impl HttpMetrics {
     pub(super) fn finished<T>(&self, outcome: &Result<T, HttpError>, received: u64) {
         bump(&self.requests, 1);
         bump(&self.bytes_received, received);
+        if let Err(HttpError::AddressRefused(_)) = outcome {
+            bump(&self.denied_address, 1);
+        }
         let counter = match outcome.as_ref().map_err(HttpError::kind) {
             Ok(_) => &self.responses,
             Err(ErrorKind::Denied) => &self.denied,
@@ -74,6 +81,7 @@ impl HttpMetrics {
             requests: read(&self.requests),
             responses: read(&self.responses),
             denied: read(&self.denied),
+            denied_address: read(&self.denied_address),
             rate_limited: read(&self.rate_limited),
             failed: read(&self.failed),
             redirects: read(&self.redirects),
