@@ -3,7 +3,8 @@
 # run by `./dev bench-server`. All on loopback, load from wrk, same run:
 #   (a) gatehouse invoke API, no-op plugin (noop, POST /v1/plugins/noop/invoke)
 #   (b) wasmtime serve of hello_proxy.wasm, defaults, then tuned pooling
-#   (c) gatehouse serving the same hello_proxy.wasm under /p/hello/
+#   (c) gatehouse serving the same hello_proxy.wasm under /p/hello/, on the
+#       default runtime (one worker per core) and on one worker
 # Prints req/s, p50 and p99 per row and the ratios. Not a test: numbers only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -79,6 +80,14 @@ GATEHOUSE_LOG=warn "$GATEHOUSE" --config "$WORK/gatehouse.toml" run > /dev/null 
 PIDS+=($!)
 wait_for "http://127.0.0.1:$GH_PORT/readyz"
 
+# The runtime layout: the same sidecar on one tokio worker (tokio reads
+# TOKIO_WORKER_THREADS), so no request hops between workers.
+GH1_PORT=$(free_port)
+sed "s/127.0.0.1:$GH_PORT/127.0.0.1:$GH1_PORT/" "$WORK/gatehouse.toml" > "$WORK/gatehouse1.toml"
+TOKIO_WORKER_THREADS=1 GATEHOUSE_LOG=warn "$GATEHOUSE" --config "$WORK/gatehouse1.toml" run > /dev/null &
+PIDS+=($!)
+wait_for "http://127.0.0.1:$GH1_PORT/readyz"
+
 WT_PORT=$(free_port)
 "$WASMTIME" serve --addr "127.0.0.1:$WT_PORT" "$COMPONENT" 2> /dev/null &
 PIDS+=($!)
@@ -97,12 +106,13 @@ echo "| row | req/s | p50 | p99 | notes |"
 echo "|---|---|---|---|---|"
 declare -A RPS
 for round in 1 2; do
-    for row in wasmtime wasmtime-tuned gatehouse-proxy gatehouse-invoke; do
+    for row in wasmtime wasmtime-tuned gatehouse-proxy gatehouse-invoke gatehouse-proxy-1-worker; do
         case $row in
             wasmtime) result=$(load "http://127.0.0.1:$WT_PORT/") ;;
             wasmtime-tuned) result=$(load "http://127.0.0.1:$WT_TUNED_PORT/") ;;
             gatehouse-proxy) result=$(load "http://127.0.0.1:$GH_PORT/p/hello/") ;;
             gatehouse-invoke) result=$(load "http://127.0.0.1:$GH_PORT/v1/plugins/noop/invoke" POST) ;;
+            gatehouse-proxy-1-worker) result=$(load "http://127.0.0.1:$GH1_PORT/p/hello/") ;;
         esac
         read -r rps p50 p99 notes <<< "$result"
         echo "| $row (round $round) | $rps | $p50 | $p99 | ${notes:-} |"

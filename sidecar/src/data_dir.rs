@@ -23,6 +23,12 @@ pub enum DataDirError {
     /// It exists but is not a directory.
     #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
+    /// It is a symbolic link.
+    #[error("{0} is a symbolic link; point the setting at the real directory")]
+    Symlink(PathBuf),
+    /// A file to trust is not a regular file.
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
     /// Another user owns it.
     #[error("{path} is owned by uid {owner}, not by the sidecar's uid {uid}; chown it to the sidecar's user")]
     WrongOwner {
@@ -44,23 +50,35 @@ pub enum DataDirError {
 }
 
 /// Creates `dir` (and missing parents) with mode 0700, or checks the one
-/// that is there. The parent of `dir` is checked too when it exists, since
-/// whoever can write to it can replace `dir` itself.
+/// that is there. The parent of `dir` is checked too, since whoever can
+/// write to it can replace `dir` itself; `dir` may not be a symbolic link
+/// (its target's parent would escape the check).
 pub fn secure(dir: &Path) -> Result<(), DataDirError> {
     let io = |source| DataDirError::Io { path: dir.to_path_buf(), source };
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
     }
+    if std::fs::symlink_metadata(dir).map_err(io)?.file_type().is_symlink() {
+        return Err(DataDirError::Symlink(dir.to_path_buf()));
+    }
     check(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        let parent_mode = std::fs::metadata(parent).map_err(io)?.mode();
-        // A sticky world-writable parent (like /tmp) cannot have its
-        // entries replaced by others; anything else writable is refused.
-        if parent_mode & 0o1000 == 0 {
-            check(parent)?;
-        }
+        check(parent)?;
     }
     Ok(())
+}
+
+/// Checks one file the sidecar is about to trust (a compiled artifact):
+/// a regular file, not a link, owned by the sidecar's user and writable by
+/// no one else. The directory checks keep others from replacing it; this
+/// keeps a file someone else left there, or loosened, from being run.
+pub fn trusted_file(path: &Path) -> Result<(), DataDirError> {
+    let meta =
+        std::fs::symlink_metadata(path).map_err(|source| DataDirError::Io { path: path.to_path_buf(), source })?;
+    if !meta.file_type().is_file() {
+        return Err(DataDirError::NotAFile(path.to_path_buf()));
+    }
+    owned_and_private(path, &meta)
 }
 
 fn check(dir: &Path) -> Result<(), DataDirError> {
@@ -68,13 +86,17 @@ fn check(dir: &Path) -> Result<(), DataDirError> {
     if !meta.is_dir() {
         return Err(DataDirError::NotADirectory(dir.to_path_buf()));
     }
+    owned_and_private(dir, &meta)
+}
+
+fn owned_and_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDirError> {
     let uid = rustix::process::geteuid().as_raw();
     if meta.uid() != uid {
-        return Err(DataDirError::WrongOwner { path: dir.to_path_buf(), owner: meta.uid(), uid });
+        return Err(DataDirError::WrongOwner { path: path.to_path_buf(), owner: meta.uid(), uid });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
-        return Err(DataDirError::Writable { path: dir.to_path_buf(), mode });
+        return Err(DataDirError::Writable { path: path.to_path_buf(), mode });
     }
     Ok(())
 }
@@ -94,7 +116,7 @@ mod tests {
     #[test]
     fn refuses_a_directory_others_may_write() {
         let root = tempfile::tempdir().unwrap();
-        for (mode, refused) in [(0o777, true), (0o770, true), (0o755, false), (0o700, false)] {
+        for (mode, refused) in [(0o777, true), (0o1777, true), (0o770, true), (0o755, false), (0o700, false)] {
             let dir = root.path().join(format!("d{mode:o}"));
             std::fs::create_dir(&dir).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -107,5 +129,23 @@ mod tests {
         std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
         let error = secure(&parent.join("cache")).unwrap_err();
         assert!(matches!(error, DataDirError::Writable { ref path, .. } if *path == parent), "{error}");
+        // A link to a private directory inside the open one is refused too.
+        let link = root.path().join("d700/link");
+        std::os::unix::fs::symlink(parent.join("cache"), &link).unwrap();
+        assert!(matches!(secure(&link), Err(DataDirError::Symlink(_))));
+    }
+
+    #[test]
+    fn a_file_is_trusted_only_when_private_and_ours() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("artifact");
+        std::fs::write(&file, b"x").unwrap();
+        for (mode, trusted) in [(0o600, true), (0o644, true), (0o664, false), (0o666, false)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(trusted_file(&file).is_ok(), trusted, "{mode:o}");
+        }
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(matches!(trusted_file(&link), Err(DataDirError::NotAFile(_))));
     }
 }

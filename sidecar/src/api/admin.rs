@@ -18,12 +18,15 @@ use super::invoke::json;
 /// The admin routes, behind the token check.
 pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
     let token = Arc::new(token);
-    Router::new().route("/admin/plugins", get(plugins)).route("/admin/reload", post(reload)).with_state(api).layer(
-        middleware::from_fn(move |request: Request, next: Next| {
+    Router::new()
+        .route("/admin/plugins", get(plugins))
+        .route("/admin/reload", post(reload))
+        .with_state(api)
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
             let token = token.clone();
             async move { authorize(token.as_deref(), request, next).await }
-        }),
-    )
+        }))
+        .layer(middleware::from_fn(super::invoke::edge))
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {

@@ -39,17 +39,26 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(api)
+        .layer(axum::middleware::from_fn(edge))
 }
 
-async fn invoke(State(api): State<Arc<Api>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
-    let id = request_id(&headers);
+async fn invoke(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refusal) = refuse_early(&api, &headers) {
+        return refusal;
+    }
     // The id is checked or generated to be plain ASCII.
     let span = tracing::info_span!(
         "invoke",
         request_id = id.to_str().unwrap_or(""),
         plugin = %crate::guest_text::escaped(&name, 64)
     );
-    let mut response = async {
+    async {
         let read = tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, api.max_body)).await;
         let body = match read {
             Ok(Ok(body)) => body,
@@ -85,15 +94,14 @@ async fn invoke(State(api): State<Arc<Api>>, Path(name): Path<String>, headers: 
                 ([(header::CONTENT_TYPE, content_type)], output.body).into_response()
             }
             Err(error) => {
-                tracing::info!(kind = %error.kind(), %error, "invocation failed");
+                // Quoted: the message may quote (escaped) caller or guest text.
+                tracing::info!(kind = %error.kind(), error = ?error.to_string(), "invocation failed");
                 errors::respond(error.kind(), &error.to_string(), error.retry_after())
             }
         }
     }
     .instrument(span)
-    .await;
-    response.headers_mut().insert(REQUEST_ID, id);
-    response
+    .await
 }
 
 /// `/p/{name}` is the component's `/`.
@@ -121,7 +129,10 @@ async fn serve_proxy(
     use http_body_util::BodyExt;
     use wasmtime_wasi_http::Error as ErrorCode;
 
-    let id = request_id(request.headers());
+    if let Some(refusal) = refuse_early(&api, request.headers()) {
+        return refusal;
+    }
+    let id = request.extensions().get::<RequestId>().map_or(HeaderValue::from_static(""), |r| r.0.clone());
     let span = tracing::info_span!(
         "http",
         request_id = id.to_str().unwrap_or(""),
@@ -156,13 +167,51 @@ async fn serve_proxy(
     let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
     let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
     api.metrics.invocation(plugin, &version, label, started.elapsed());
-    let mut response = match outcome {
+    match outcome {
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => errors::respond(error.kind(), &error.to_string(), error.retry_after()),
+    }
+}
+
+/// Answers before any body is read: `503` while the plugins are still
+/// loading (a name that will exist in a moment is not "not found"), `413`
+/// for a declared length over `max_body` (so `Expect: 100-continue` gets
+/// its answer without sending the body).
+fn refuse_early(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    if !api.is_ready() {
+        return Some(errors::respond(ErrorKind::Unavailable, "the sidecar is still loading its plugins", None));
+    }
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > api.max_body as u64) {
+        let message = format!("request body over the limit of {} bytes", api.max_body);
+        return Some(
+            errors::respond(ErrorKind::InvalidInput, &message, None).with_status(StatusCode::PAYLOAD_TOO_LARGE),
+        );
+    }
+    None
+}
+
+/// The request's id, set by [`edge`].
+#[derive(Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// What every request on either listener goes through first: a head over
+/// [`super::serve::MAX_REQUEST_HEAD`] is refused with `431` (hyper's own
+/// bound depends on how the head arrives), and every answer carries
+/// `x-request-id`.
+pub async fn edge(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let head = request.uri().to_string().len()
+        + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    let id = request_id(request.headers());
+    let mut response = if head > super::serve::MAX_REQUEST_HEAD {
+        (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head over 64 KiB\n").into_response()
+    } else {
+        request.extensions_mut().insert(RequestId(id.clone()));
+        next.run(request).await
     };
     response.headers_mut().insert(REQUEST_ID, id);
     response

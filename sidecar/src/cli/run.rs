@@ -35,10 +35,6 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let auth = if token.is_some() { "bearer token" } else { "loopback only, no token" };
         println!("gatehouse: admin API on http://{} ({auth})", admin.local_addr()?);
     }
-    println!(
-        "try: curl -s -H 'content-type: application/json' --data '{{\"text\": \"Hello, world.\"}}' \
-         http://{invoke_addr}/v1/plugins/doc-enricher/invoke"
-    );
 
     let (stop, stopped) = watch::channel(false);
     let limits = ServeLimits {
@@ -57,6 +53,17 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
 
     let summary = api.reload().await;
     tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "ready");
+    // A line to try, with a plugin that did load.
+    let plugins = api.runtime.summaries();
+    if let Some(plugin) =
+        plugins.iter().find(|p| p.name == "doc-enricher").or(plugins.iter().find(|p| p.kind == "plugin"))
+    {
+        println!(
+            "try: curl -s -H 'content-type: application/json' --data '{{\"text\": \"Hello, world.\"}}' \
+             http://{invoke_addr}/v1/plugins/{}/invoke",
+            plugin.name
+        );
+    }
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;

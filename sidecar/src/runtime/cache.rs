@@ -95,6 +95,14 @@ impl CodeCache {
             let component = Component::new(engine, &*source.bytes).map_err(|e| format!("{e:#}"))?;
             return Ok((component, CacheOutcome::Uncached));
         };
+        if path.exists()
+            && let Err(e) = crate::data_dir::trusted_file(&path)
+        {
+            // Someone else's or a loosened file is never run; compiling
+            // again replaces it (the directory is ours).
+            tracing::warn!(path = %path.display(), error = %e, "refusing an untrusted cached artifact; recompiling");
+            let _ = std::fs::remove_file(&path);
+        }
         if path.is_file() {
             match deserialize(engine, &path) {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
@@ -135,7 +143,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(&tmp, bytes)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(bytes)?;
+    }
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })

@@ -28,7 +28,8 @@ pub struct LoadError {
 #[non_exhaustive]
 pub enum InvokeError {
     /// No plugin of that name is loaded.
-    #[error("no plugin named `{0}` is loaded")]
+    /// (The name comes from the caller, so it is escaped and bounded.)
+    #[error("no plugin named `{}` is loaded", crate::guest_text::escaped(.0, crate::guest_text::SHORT))]
     UnknownPlugin(String),
     /// The plugin was refused at load time.
     #[error("{0}")]

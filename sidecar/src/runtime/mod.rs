@@ -124,12 +124,58 @@ struct LoadedPlugin {
     tag: Arc<PluginTag>,
     info: PluginInfo,
     entry: Entry,
-    slots: Semaphore,
+    /// Shared by every loaded version of the plugin (see [`Slots`]).
+    slots: Arc<Slots>,
     http: Option<Arc<PluginHttp>>,
     /// Bytes one host call (or the output) may lift from guest memory.
     hostcall_fuel: usize,
+}
+
+/// A plugin's concurrency slots and queue. One per plugin *name*, kept
+/// across reloads: invocations still running on the previous version hold
+/// slots of the same semaphore as the new version's, so a reload never
+/// lets a plugin run more than its `concurrency` at once.
+struct Slots {
+    semaphore: Arc<Semaphore>,
+    /// The concurrency the permits currently add up to.
+    capacity: std::sync::atomic::AtomicU32,
     /// Callers waiting for a slot.
     waiting: std::sync::atomic::AtomicU32,
+}
+
+impl Slots {
+    fn new(capacity: u32) -> Self {
+        Slots {
+            semaphore: Arc::new(Semaphore::new(capacity as usize)),
+            capacity: capacity.into(),
+            waiting: Default::default(),
+        }
+    }
+
+    /// Changes the number of slots to `capacity`. Growing adds permits at
+    /// once; shrinking takes permits away as they are returned, so running
+    /// invocations are not disturbed and never more than the new number
+    /// start.
+    fn resize(&self, capacity: u32) {
+        use std::sync::atomic::Ordering;
+        let old = self.capacity.swap(capacity, Ordering::AcqRel);
+        if capacity > old {
+            self.semaphore.add_permits((capacity - old) as usize);
+        } else if capacity < old {
+            let semaphore = self.semaphore.clone();
+            let excess = old - capacity;
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+
+    fn in_use(&self) -> u32 {
+        let capacity = self.capacity.load(std::sync::atomic::Ordering::Acquire);
+        capacity.saturating_sub(self.semaphore.available_permits() as u32)
+    }
 }
 
 /// Callers that may wait per concurrency slot before more are refused.
@@ -208,6 +254,8 @@ pub struct Runtime {
     /// Serialises loads: two reloads at once would each build a
     /// generation from the same starting point.
     loading: tokio::sync::Mutex<()>,
+    /// Each plugin name's slots, kept across reloads.
+    slots: std::sync::Mutex<HashMap<String, Arc<Slots>>>,
     /// One permit per pool instance available to invocations. Loaded
     /// plugins' concurrency never adds up to more, so in steady state no
     /// one waits here; during a reload, invocations of the old and the new
@@ -263,6 +311,7 @@ impl Runtime {
             http,
             current: RwLock::default(),
             loading: tokio::sync::Mutex::new(()),
+            slots: Default::default(),
             instances,
         })
     }
@@ -427,7 +476,7 @@ impl Runtime {
     pub fn in_flight(&self, plugin: &str) -> Option<u32> {
         let generation = self.generation();
         let loaded = generation.plugins.get(plugin)?;
-        Some(loaded.policy.limits.concurrency - loaded.slots.available_permits() as u32)
+        Some(loaded.slots.in_use())
     }
 
     /// Runs `plugin`'s `handle` on `input` in a fresh instance, under the
@@ -453,12 +502,12 @@ impl Runtime {
         let limits = loaded.policy.limits;
         // A bounded queue: past QUEUE_PER_SLOT callers per slot waiting,
         // more are turned away at once instead of piling up in memory.
-        let _queued = match Queued::join(&loaded.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) {
+        let _queued = match Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) {
             Some(queued) => queued,
             None => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
         };
         let wait = limits.timeout + 2 * TIMEOUT_GRACE;
-        let acquire = async { (loaded.slots.acquire().await, self.instances.acquire().await) };
+        let acquire = async { (loaded.slots.semaphore.acquire().await, self.instances.acquire().await) };
         let _slots = match tokio::time::timeout(wait, acquire).await {
             Ok((Ok(slot), Ok(instance))) => {
                 drop(_queued);
@@ -521,11 +570,12 @@ impl Runtime {
         let name = plugin.to_string();
         let mut task = tokio::spawn(async move {
             let limits = loaded.policy.limits;
-            let Some(_queued) = Queued::join(&loaded.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) else {
+            let Some(_queued) = Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT))
+            else {
                 return Err(InvokeError::Busy { plugin: name, limit: limits.concurrency });
             };
             let wait = limits.timeout + 2 * TIMEOUT_GRACE;
-            let acquire = async { (loaded.slots.acquire().await, runtime.instances.acquire().await) };
+            let acquire = async { (loaded.slots.semaphore.acquire().await, runtime.instances.acquire().await) };
             let _slots = match tokio::time::timeout(wait, acquire).await {
                 Ok((Ok(slot), Ok(instance))) => {
                     drop(_queued);
@@ -562,6 +612,23 @@ impl Runtime {
                     Ok(Ok(_)) => InvokeError::NoResponse { plugin: plugin.to_string() },
                     Err(e) => InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() },
                 })
+            }
+        }
+    }
+
+    /// The slots of plugin `name`, sized to `concurrency`: the same ones
+    /// its loaded version uses, if it has one.
+    fn slots_of(&self, name: &str, concurrency: u32) -> Arc<Slots> {
+        let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get(name) {
+            Some(slots) => {
+                slots.resize(concurrency);
+                slots.clone()
+            }
+            None => {
+                let slots = Arc::new(Slots::new(concurrency));
+                all.insert(name.to_string(), slots.clone());
+                slots
             }
         }
     }
@@ -626,17 +693,8 @@ impl Runtime {
             tracing::warn!(plugin = %policy.name, reported = %info.name, "plugin reports a different name than its policy; the policy's name is used");
         }
         tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
-        let slots = Semaphore::new(limits.concurrency as usize);
-        Ok(LoadedPlugin {
-            policy: policy.clone(),
-            tag,
-            info,
-            entry,
-            slots,
-            http,
-            hostcall_fuel,
-            waiting: Default::default(),
-        })
+        let slots = self.slots_of(&policy.name, limits.concurrency);
+        Ok(LoadedPlugin { policy: policy.clone(), tag, info, entry, slots, http, hostcall_fuel })
     }
 
     fn entry(&self, component: &Component) -> Result<Entry, String> {

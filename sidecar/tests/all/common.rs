@@ -67,7 +67,9 @@ pub fn settings() -> RuntimeSettings {
     static PROCESS_CACHE: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
     let cache = match std::env::var_os("GATEHOUSE_TEST_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => PROCESS_CACHE.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_path_buf(),
+        // A directory inside a private one: the sidecar refuses a cache
+        // whose parent (here /tmp) others may write.
+        None => PROCESS_CACHE.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().join("cache"),
     };
     RuntimeSettings { max_instances: 64, max_memory: 512 << 20, cache_dir: Some(cache), ..RuntimeSettings::default() }
 }

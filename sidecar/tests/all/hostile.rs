@@ -177,3 +177,28 @@ async fn concurrency_is_bounded_by_the_policy() {
     assert_eq!(kinds[0].kind(), ErrorKind::RateLimited);
     assert_eq!(kinds[1].kind(), ErrorKind::Timeout);
 }
+
+#[tokio::test]
+async fn a_cached_artifact_others_may_write_is_never_run() {
+    // Attack: loosen (or plant) a compiled artifact in the code cache;
+    // loading it would run whatever native code it holds.
+    use std::os::unix::fs::PermissionsExt;
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let cache = tempfile::tempdir().unwrap();
+    let settings = gatehouse::RuntimeSettings { cache_dir: Some(cache.path().join("cache")), ..settings() };
+    let warm = Runtime::new(settings.clone()).unwrap();
+    let (artifact, _) = warm.precompile(&policies.load().set.plugins["echo"]).unwrap();
+    assert_eq!(std::fs::metadata(&artifact).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let (logs, _guard) = capture_logs();
+    let runtime = Runtime::new(settings).unwrap();
+    assert!(runtime.load(&policies.load().set).await.refused.is_empty());
+    assert!(
+        logs.events().iter().any(|e| e.fields.get("message").is_some_and(|m| m.contains("untrusted cached artifact"))),
+        "the loosened artifact was used"
+    );
+    assert_eq!(std::fs::metadata(&artifact).unwrap().permissions().mode() & 0o777, 0o600, "compiled again");
+    assert_eq!(runtime.invoke("echo", doc("ok")).await.unwrap().body, b"ok");
+}

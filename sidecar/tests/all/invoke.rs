@@ -159,3 +159,28 @@ async fn a_reload_keeps_the_loaded_version_of_a_plugin_whose_new_policy_or_compo
     assert!(matches!(runtime.invoke("echo", doc("x")).await, Err(InvokeError::Refused(_))));
     assert!(matches!(runtime.invoke("sleeper", doc("1")).await, Err(InvokeError::UnknownPlugin(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_counting_invocations_still_running_on_the_old_version() {
+    // Attack: reload while the only slot is held, then call again. If the
+    // new version had slots of its own, both would run at once.
+    let policies = Policies::new();
+    policies.plugin("sleeper", "sleeper", "timeout = \"5s\"\nconcurrency = 1");
+    let runtime = std::sync::Arc::new(runtime(&policies).await);
+    let holder = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            runtime.invoke("sleeper", doc("300")).await.unwrap();
+            std::time::Instant::now()
+        })
+    };
+    while runtime.in_flight("sleeper") != Some(1) {
+        tokio::task::yield_now().await;
+    }
+    let report = runtime.reload(&policies.load().set, &[]).await;
+    assert!(report.refused.is_empty());
+    runtime.invoke("sleeper", doc("1")).await.unwrap();
+    let second_done = std::time::Instant::now();
+    let holder_done = holder.await.unwrap();
+    assert!(second_done >= holder_done, "the second call ran while the first held the only slot");
+}

@@ -166,7 +166,7 @@ async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin_under_hostile_
     let cache = tempfile::tempdir().unwrap();
     let budget = Duration::from_secs(1);
     let settings =
-        RuntimeSettings { compile_timeout: budget, cache_dir: Some(cache.path().to_path_buf()), ..settings() };
+        RuntimeSettings { compile_timeout: budget, cache_dir: Some(cache.path().join("cache")), ..settings() };
     // The ordinary guests are compiled ahead (as `gatehouse compile` would),
     // so that on two busy cores their compilation is not what the budget
     // measures.

@@ -129,7 +129,8 @@ fn request(
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    // The server may answer (413) and close before reading it all.
+    let _ = stream.write_all(body);
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
@@ -194,6 +195,27 @@ fn invoke_returns_the_document_and_a_request_id() {
     // An id that is not plain is replaced, not echoed.
     let (_, headers, _) = request(&sidecar.invoke, "POST", path, &[("x-request-id", "evil id=x")], b"forge");
     assert!(header(&headers, "x-request-id").is_some_and(|id| !id.contains("evil")));
+
+    // A plugin name in the path is caller text: it cannot start a log line.
+    let forged = "/v1/plugins/x%0a2026-01-01T00:00:00Z%20%20INFO%20gatehouse::cli::run:%20FORGED%1b%5b8m/invoke";
+    assert_eq!(request(&sidecar.invoke, "POST", forged, &[], b"x").0, 404);
+    let started = Instant::now();
+    while !sidecar.stderr().contains("FORGED") {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in sidecar.stderr().lines() {
+        assert!(!line.starts_with("2026-01-01") && !line.contains('\u{1b}'), "forged: {line:?}");
+    }
+
+    // Every answer has an id, whatever the route; a head over 64 KiB is
+    // refused whatever way it arrives.
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/plugins", "/nowhere"] {
+        assert!(header(&sidecar.get(&sidecar.invoke, path).1, "x-request-id").is_some(), "{path}");
+    }
+    assert!(header(&sidecar.get(&sidecar.admin, "/admin/plugins").1, "x-request-id").is_some());
+    let big = "a".repeat(70 * 1024);
+    assert_eq!(request(&sidecar.invoke, "GET", "/healthz", &[("x-big", &big)], b"").0, 431);
 
     let (status, _, body) = sidecar.get(&sidecar.invoke, "/v1/plugins");
     assert_eq!(status, 200);
@@ -478,6 +500,10 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     ] {
         assert!(metrics.lines().any(|l| l == series), "{series} not in\n{metrics}");
     }
+
+    // A declared body over max_body is refused before the component runs.
+    let big = vec![b'x'; 2 << 20];
+    assert_eq!(request(addr, "POST", "/p/hello/echo", &[], &big).0, 413);
 
     // Its limits hold: a component that never answers gets 504.
     let (status, _, body) = request(addr, "GET", "/p/hello/spin", &[], b"");
