@@ -485,14 +485,7 @@ impl Runtime {
     /// can keep one (timeout + grace), so a caller behind a stuck
     /// invocation gets the slot it frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
-        let generation = self.generation();
-        let Some(loaded) = generation.plugins.get(plugin).cloned() else {
-            return Err(match generation.refused.get(plugin) {
-                Some(error) => InvokeError::Refused(error.clone()),
-                None => InvokeError::UnknownPlugin(plugin.to_string()),
-            });
-        };
-        drop(generation);
+        let loaded = self.lookup(plugin)?;
         if let Entry::Proxy(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
                 plugin: plugin.to_string(),
@@ -500,22 +493,7 @@ impl Runtime {
             });
         }
         let limits = loaded.policy.limits;
-        // A bounded queue: past QUEUE_PER_SLOT callers per slot waiting,
-        // more are turned away at once instead of piling up in memory.
-        let _queued = match Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)) {
-            Some(queued) => queued,
-            None => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
-        };
-        let wait = limits.timeout + 2 * TIMEOUT_GRACE;
-        let acquire = async { (loaded.slots.semaphore.acquire().await, self.instances.acquire().await) };
-        let _slots = match tokio::time::timeout(wait, acquire).await {
-            Ok((Ok(slot), Ok(instance))) => {
-                drop(_queued);
-                (slot, instance)
-            }
-            Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
-            Err(_) => return Err(InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency }),
-        };
+        let _slots = self.admit(&loaded, plugin).await?;
         let reply = self.run(
             &loaded.entry,
             &loaded.policy,
@@ -541,6 +519,40 @@ impl Runtime {
         }
     }
 
+    /// The loaded version of `plugin`, or why there is none.
+    fn lookup(&self, plugin: &str) -> Result<Arc<LoadedPlugin>, InvokeError> {
+        let generation = self.generation();
+        generation.plugins.get(plugin).cloned().ok_or_else(|| match generation.refused.get(plugin) {
+            Some(error) => InvokeError::Refused(error.clone()),
+            None => InvokeError::UnknownPlugin(plugin.to_string()),
+        })
+    }
+
+    /// Takes one of the plugin's concurrency slots and one pool instance.
+    /// A bounded queue: past [`QUEUE_PER_SLOT`] callers per slot waiting,
+    /// more are turned away at once instead of piling up in memory.
+    /// Waiting lasts at most the plugin's timeout plus twice
+    /// [`TIMEOUT_GRACE`]: longer than a holder can keep a slot.
+    async fn admit<'a>(
+        &'a self,
+        loaded: &'a LoadedPlugin,
+        plugin: &str,
+    ) -> Result<(tokio::sync::SemaphorePermit<'a>, tokio::sync::SemaphorePermit<'a>), InvokeError> {
+        let limits = loaded.policy.limits;
+        let busy = || InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency };
+        let queued =
+            Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)).ok_or_else(busy)?;
+        let wait = limits.timeout + 2 * TIMEOUT_GRACE;
+        let acquire = async { (loaded.slots.semaphore.acquire().await, self.instances.acquire().await) };
+        let permits = match tokio::time::timeout(wait, acquire).await {
+            Ok((Ok(slot), Ok(instance))) => (slot, instance),
+            Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
+            Err(_) => return Err(busy()),
+        };
+        drop(queued);
+        Ok(permits)
+    }
+
     /// Serves one HTTP request with a `wasi:http/proxy` plugin, under the
     /// same limits, queue and policies as [`Runtime::invoke`]. Returns once
     /// the guest has set its response head; the body streams while the
@@ -551,14 +563,7 @@ impl Runtime {
         plugin: &str,
         request: http::Request<HyperIncomingBody>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
-        let generation = self.generation();
-        let Some(loaded) = generation.plugins.get(plugin).cloned() else {
-            return Err(match generation.refused.get(plugin) {
-                Some(error) => InvokeError::Refused(error.clone()),
-                None => InvokeError::UnknownPlugin(plugin.to_string()),
-            });
-        };
-        drop(generation);
+        let loaded = self.lookup(plugin)?;
         if let Entry::Plugin(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
                 plugin: plugin.to_string(),
@@ -569,21 +574,7 @@ impl Runtime {
         let runtime = self.clone();
         let name = plugin.to_string();
         let mut task = tokio::spawn(async move {
-            let limits = loaded.policy.limits;
-            let Some(_queued) = Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT))
-            else {
-                return Err(InvokeError::Busy { plugin: name, limit: limits.concurrency });
-            };
-            let wait = limits.timeout + 2 * TIMEOUT_GRACE;
-            let acquire = async { (loaded.slots.semaphore.acquire().await, runtime.instances.acquire().await) };
-            let _slots = match tokio::time::timeout(wait, acquire).await {
-                Ok((Ok(slot), Ok(instance))) => {
-                    drop(_queued);
-                    (slot, instance)
-                }
-                Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
-                Err(_) => return Err(InvokeError::Busy { plugin: name, limit: limits.concurrency }),
-            };
+            let _slots = runtime.admit(&loaded, &name).await?;
             let call = Call::Http(request, respond);
             runtime.run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, call).await
         });
