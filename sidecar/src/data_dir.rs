@@ -63,6 +63,9 @@ pub fn secure(dir: &Path) -> Result<(), DataDirError> {
     }
     check(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(parent).map_err(io)?.file_type().is_symlink() {
+            return Err(DataDirError::Symlink(parent.to_path_buf()));
+        }
         check(parent)?;
     }
     Ok(())
@@ -133,6 +136,10 @@ mod tests {
         let link = root.path().join("d700/link");
         std::os::unix::fs::symlink(parent.join("cache"), &link).unwrap();
         assert!(matches!(secure(&link), Err(DataDirError::Symlink(_))));
+        // So is a cache inside a linked data directory.
+        let linked_data = root.path().join("d700/data-link");
+        std::os::unix::fs::symlink(root.path().join("d755"), &linked_data).unwrap();
+        assert!(matches!(secure(&linked_data.join("cache")), Err(DataDirError::Symlink(_))));
     }
 
     #[test]

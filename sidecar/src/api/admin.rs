@@ -35,8 +35,13 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
+        // Defence in depth: `run` refuses an empty token at start.
+        if expected.is_empty() {
+            return (StatusCode::UNAUTHORIZED, "no admin token is configured\n").into_response();
+        }
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             let mut response = (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));

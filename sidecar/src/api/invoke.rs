@@ -56,7 +56,8 @@ async fn invoke(
     let span = tracing::info_span!(
         "invoke",
         request_id = id.to_str().unwrap_or(""),
-        plugin = %crate::guest_text::escaped(&name, 64)
+        // Quoted: a name from the path could otherwise pass for fields.
+        plugin = ?crate::guest_text::escaped(&name, 64)
     );
     async {
         let read = tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, api.max_body)).await;
@@ -136,7 +137,8 @@ async fn serve_proxy(
     let span = tracing::info_span!(
         "http",
         request_id = id.to_str().unwrap_or(""),
-        plugin = %crate::guest_text::escaped(&name, 64)
+        // Quoted: a name from the path could otherwise pass for fields.
+        plugin = ?crate::guest_text::escaped(&name, 64)
     );
     let (mut parts, body) = request.into_parts();
     let path = match parts.uri.query() {
@@ -163,7 +165,13 @@ async fn serve_proxy(
         .boxed_unsync();
     let started = Instant::now();
     let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
-    let outcome = api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span).await;
+    let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
+    let outcome =
+        api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        let _entered = span.enter();
+        tracing::info!(kind = %error.kind(), error = ?error.to_string(), "request failed");
+    }
     let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
     let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
     api.metrics.invocation(plugin, &version, label, started.elapsed());
@@ -174,6 +182,52 @@ async fn serve_proxy(
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => errors::respond(error.kind(), &error.to_string(), error.retry_after()),
+    }
+}
+
+/// A request body that must arrive within a deadline: past it, the
+/// component's next read fails (`HTTP-request-body-size` is not it; a
+/// timeout is), so a client that stalls its upload cannot keep a
+/// component's slot for the plugin's whole timeout.
+struct DeadlineBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, within: std::time::Duration) -> Self {
+        DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(within)) }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_http::Error>>> {
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -243,7 +297,10 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(&id).expect("hex digits and a dash")
 }
 
-async fn list(State(api): State<Arc<Api>>) -> Response {
+async fn list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse_early(&api, &headers) {
+        return refusal;
+    }
     let plugins: Vec<_> = api
         .runtime
         .summaries()

@@ -21,6 +21,10 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|source| source.read().map_err(|e| anyhow::anyhow!("[server] admin_token: cannot read {e}")))
         .transpose()?;
+    // An empty token would make every bearer header (or none) match.
+    if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        anyhow::bail!("[server] admin_token is empty: set a non-empty token (or remove admin_token on loopback)");
+    }
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
     let api = Arc::new(Api::new(runtime, server, config.policy_dir.clone(), config.plugin_dir.clone()));
 

@@ -208,6 +208,16 @@ fn invoke_returns_the_document_and_a_request_id() {
         assert!(!line.starts_with("2026-01-01") && !line.contains('\u{1b}'), "forged: {line:?}");
     }
 
+    // Nor can it pass for fields of its own.
+    let spaced = "/v1/plugins/x%20request_id=forged%20plugin=echo/invoke";
+    assert_eq!(request(&sidecar.invoke, "POST", spaced, &[], b"x").0, 404);
+    let started = Instant::now();
+    while !sidecar.stderr().contains("request_id=forged") {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sidecar.stderr().contains(r#"plugin="x request_id=forged plugin=echo""#), "{}", sidecar.stderr());
+
     // Every answer has an id, whatever the route; a head over 64 KiB is
     // refused whatever way it arrives.
     for path in ["/healthz", "/readyz", "/metrics", "/v1/plugins", "/nowhere"] {
@@ -303,6 +313,9 @@ fn the_admin_api_needs_its_token_and_only_exists_on_its_listener() {
         assert_eq!(request(&sidecar.invoke, "GET", path, &[("authorization", "Bearer s3cret")], b"").0, 404);
         assert_eq!(request(&sidecar.invoke, "POST", path, &[("authorization", "Bearer s3cret")], b"").0, 404);
     }
+    // The scheme is case-insensitive, the token is not.
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[("authorization", "bearer s3cret")], b"").0, 200);
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[("authorization", "Bearer S3CRET")], b"").0, 401);
     // The invoke API is not on the admin listener either.
     assert_eq!(request(admin, "POST", "/v1/plugins/echo/invoke", &[("authorization", "Bearer s3cret")], b"x").0, 404);
 }
@@ -517,4 +530,64 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     let (_, _, body) = sidecar.get(addr, "/v1/plugins");
     let kinds: Vec<_> = json(&body)["plugins"].as_array().unwrap().iter().map(|p| p["kind"].clone()).collect();
     assert_eq!(kinds, [serde_json::json!("plugin"), serde_json::json!("wasi-http")]);
+}
+
+#[test]
+fn an_empty_admin_token_is_refused_at_start() {
+    // Attack: an empty token (an unset variable, an empty file) would
+    // match any bearer header, or none.
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "policy_dir = {:?}\ndata_dir = \"data\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             admin_token = {{ env = \"EMPTY_TOKEN\" }}\n",
+            policies.dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .env("EMPTY_TOKEN", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin_token is empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_stalled_upload_does_not_hold_a_wasi_http_component_for_its_whole_timeout() {
+    // Attack: declare a body, send two bytes, go silent. The component
+    // reading it holds its only slot; the body deadline (request_timeout)
+    // must end that well before the plugin's 8 s.
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\nconcurrency = 1\ntimeout = \"8s\"\n\
+             [http]\nallow = [\"http://localhost:9\"]\n",
+            component.display().to_string()
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "request_timeout = \"1s\"", &[]);
+    let mut stalled = TcpStream::connect(&sidecar.invoke).unwrap();
+    stalled.write_all(b"POST /p/hello/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab").unwrap();
+    // Wait until the stalled request holds the slot.
+    let busy = "gatehouse_plugin_in_flight{plugin=\"hello\"} 1";
+    while !String::from_utf8_lossy(&sidecar.get(&sidecar.invoke, "/metrics").2).lines().any(|l| l == busy) {
+        std::thread::yield_now();
+    }
+    let started = Instant::now();
+    let (status, _, _) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?} behind a stalled upload", started.elapsed());
+    drop(stalled);
 }
