@@ -141,6 +141,22 @@ struct Slots {
     capacity: std::sync::atomic::AtomicU32,
     /// Callers waiting for a slot.
     waiting: std::sync::atomic::AtomicU32,
+    /// Invocations holding a slot (counted directly: while a shrink waits
+    /// for permits to come back, capacity minus free permits is not it).
+    running: std::sync::atomic::AtomicU32,
+}
+
+/// A running invocation's slot, pool instance and place in the count.
+struct Admission<'a> {
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _instance: tokio::sync::SemaphorePermit<'a>,
+    running: &'a std::sync::atomic::AtomicU32,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Slots {
@@ -149,6 +165,7 @@ impl Slots {
             semaphore: Arc::new(Semaphore::new(capacity as usize)),
             capacity: capacity.into(),
             waiting: Default::default(),
+            running: Default::default(),
         }
     }
 
@@ -173,8 +190,7 @@ impl Slots {
     }
 
     fn in_use(&self) -> u32 {
-        let capacity = self.capacity.load(std::sync::atomic::Ordering::Acquire);
-        capacity.saturating_sub(self.semaphore.available_permits() as u32)
+        self.running.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -533,24 +549,23 @@ impl Runtime {
     /// more are turned away at once instead of piling up in memory.
     /// Waiting lasts at most the plugin's timeout plus twice
     /// [`TIMEOUT_GRACE`]: longer than a holder can keep a slot.
-    async fn admit<'a>(
-        &'a self,
-        loaded: &'a LoadedPlugin,
-        plugin: &str,
-    ) -> Result<(tokio::sync::SemaphorePermit<'a>, tokio::sync::SemaphorePermit<'a>), InvokeError> {
+    async fn admit<'a>(&'a self, loaded: &'a LoadedPlugin, plugin: &str) -> Result<Admission<'a>, InvokeError> {
         let limits = loaded.policy.limits;
         let busy = || InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency };
         let queued =
             Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)).ok_or_else(busy)?;
         let wait = limits.timeout + 2 * TIMEOUT_GRACE;
         let acquire = async { (loaded.slots.semaphore.acquire().await, self.instances.acquire().await) };
-        let permits = match tokio::time::timeout(wait, acquire).await {
-            Ok((Ok(slot), Ok(instance))) => (slot, instance),
+        let admission = match tokio::time::timeout(wait, acquire).await {
+            Ok((Ok(slot), Ok(instance))) => {
+                loaded.slots.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                Admission { _slot: slot, _instance: instance, running: &loaded.slots.running }
+            }
             Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
             Err(_) => return Err(busy()),
         };
         drop(queued);
-        Ok(permits)
+        Ok(admission)
     }
 
     /// Serves one HTTP request with a `wasi:http/proxy` plugin, under the

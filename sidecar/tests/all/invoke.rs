@@ -184,3 +184,26 @@ async fn a_reload_keeps_counting_invocations_still_running_on_the_old_version() 
     let holder_done = holder.await.unwrap();
     assert!(second_done >= holder_done, "the second call ran while the first held the only slot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_counts_every_running_invocation_across_a_shrinking_reload() {
+    let policies = Policies::new();
+    policies.plugin("sleeper", "sleeper", "timeout = \"5s\"\nconcurrency = 2");
+    let runtime = std::sync::Arc::new(runtime(&policies).await);
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move { runtime.invoke("sleeper", doc("300")).await })
+        })
+        .collect();
+    while runtime.in_flight("sleeper") != Some(2) {
+        tokio::task::yield_now().await;
+    }
+    policies.plugin("sleeper", "sleeper", "timeout = \"5s\"\nconcurrency = 1");
+    assert!(runtime.reload(&policies.load().set, &[]).await.refused.is_empty());
+    assert_eq!(runtime.in_flight("sleeper"), Some(2), "both still run on the old version");
+    for holder in holders {
+        holder.await.unwrap().unwrap();
+    }
+    assert_eq!(runtime.in_flight("sleeper"), Some(0));
+}
