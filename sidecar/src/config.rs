@@ -123,6 +123,7 @@ struct EngineSection {
     max_instances: Option<u32>,
     epoch_tick: Option<HumanDuration>,
     compile_timeout: Option<HumanDuration>,
+    compile_memory: Option<ByteSize>,
     keep_resident: Option<ByteSize>,
 }
 
@@ -162,6 +163,7 @@ impl Config {
             max_instances: engine.max_instances.unwrap_or(defaults.max_instances),
             epoch_tick: engine.epoch_tick.map_or(defaults.epoch_tick, |d| d.0),
             compile_timeout: engine.compile_timeout.map_or(defaults.compile_timeout, |d| d.0),
+            compile_memory: engine.compile_memory.map_or(defaults.compile_memory, |s| s.0),
             keep_resident: engine.keep_resident.map_or(defaults.keep_resident, |s| s.0),
             cache_dir: Some(data_dir.join("cache")),
             secrets,

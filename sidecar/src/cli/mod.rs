@@ -64,6 +64,12 @@ enum Command {
     Run,
     /// Load the example plugins and run each on a sample document.
     Demo,
+    /// Internal: compile one component from stdin in a memory-capped child.
+    #[command(name = "__compile", hide = true)]
+    CompileWorker {
+        /// The engine settings, as the parent passes them.
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +95,9 @@ enum PolicyCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileWorker { args } = &cli.command {
+        return gatehouse::runtime::compile_worker::main(args);
+    }
     // `policy check` reports on stdout, one line per problem; its log would
     // only say the same again.
     let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }));
@@ -119,6 +128,7 @@ pub fn main() -> ExitCode {
             Command::Compile => commands::compile(&config),
             Command::Run => run::run(&config).await,
             Command::Demo => demo::demo(&config).await,
+            Command::CompileWorker { .. } => unreachable!("handled before the settings are read"),
         }
     });
     match result {
@@ -152,6 +162,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(dir) = &cli.plugins {
         config.plugin_dir = dir.clone();
     }
+    // Compile in a memory-capped child process of this same binary.
+    config.runtime.compile_worker = std::env::current_exe().ok();
     Ok(config)
 }
 

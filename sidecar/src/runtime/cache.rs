@@ -39,13 +39,26 @@ pub(super) struct CodeCache {
     /// the same bytes wait for one compilation instead of repeating it,
     /// including one that outlived its budget and still runs.
     compiling: Arc<Mutex<HashMap<[u8; 32], CompileLock>>>,
+    /// The worker binary and the settings it rebuilds the engine from,
+    /// when compilation runs in a memory-capped child process.
+    worker: Option<(PathBuf, Arc<super::RuntimeSettings>)>,
 }
 
 type CompileLock = Arc<tokio::sync::Mutex<()>>;
 
 impl CodeCache {
-    pub(super) fn new(dir: Option<PathBuf>) -> Self {
-        CodeCache { dir, compiling: Arc::default() }
+    pub(super) fn new(settings: &super::RuntimeSettings) -> Self {
+        let worker = settings.compile_worker.clone().map(|path| (path, Arc::new(settings.clone())));
+        CodeCache { dir: settings.cache_dir.clone(), compiling: Arc::default(), worker }
+    }
+
+    /// Compiles `bytes` to an artifact: in the worker process when one is
+    /// configured (memory-capped), else here.
+    fn precompile(&self, engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        match &self.worker {
+            Some((path, settings)) => super::compile_worker::compile(path, settings, bytes),
+            None => engine.precompile_component(bytes).map_err(|e| format!("{e:#}")),
+        }
     }
 
     /// [`CodeCache::load`] on a thread of its own, given at most `budget`.
@@ -92,8 +105,8 @@ impl CodeCache {
 
     pub(super) fn load(&self, engine: &Engine, source: &ComponentSource) -> Result<(Component, CacheOutcome), String> {
         let Some(path) = self.artifact_path(engine, source) else {
-            let component = Component::new(engine, &*source.bytes).map_err(|e| format!("{e:#}"))?;
-            return Ok((component, CacheOutcome::Uncached));
+            let compiled = self.precompile(engine, &source.bytes)?;
+            return Ok((deserialize_bytes(engine, &compiled)?, CacheOutcome::Uncached));
         };
         if path.exists()
             && let Err(e) = crate::data_dir::trusted_file(&path)
@@ -109,7 +122,7 @@ impl CodeCache {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached artifact"),
             }
         }
-        let compiled = engine.precompile_component(&source.bytes).map_err(|e| format!("{e:#}"))?;
+        let compiled = self.precompile(engine, &source.bytes)?;
         if let Err(e) = write_atomically(&path, &compiled) {
             tracing::warn!(path = %path.display(), error = %e, "could not write compiled component to the cache");
         }
@@ -128,8 +141,10 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
 
 #[allow(unsafe_code)]
 fn deserialize_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
-    // SAFETY: `bytes` was produced by `Engine::precompile_component` on this
-    // very engine a moment ago.
+    // SAFETY: `bytes` was produced a moment ago by `precompile_component`,
+    // on this engine or, in the compile worker, on an engine built from the
+    // same settings by this same binary; wasmtime checks its header and
+    // compatibility hash.
     unsafe { Component::deserialize(engine, bytes) }.map_err(|e| format!("{e:#}"))
 }
 

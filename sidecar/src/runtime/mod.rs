@@ -19,6 +19,7 @@
 //! the pool (see [`Runtime::load`]).
 
 mod cache;
+pub mod compile_worker;
 mod engine;
 mod error;
 mod imports;
@@ -85,6 +86,12 @@ pub struct RuntimeSettings {
     /// Longest time compiling one component may take at load (cache
     /// misses only; `gatehouse compile` has no budget).
     pub compile_timeout: Duration,
+    /// Memory the compiler may use for one component, when it runs in a
+    /// worker process (`compile_worker`).
+    pub compile_memory: u64,
+    /// The `gatehouse` binary, to compile in a child process capped at
+    /// `compile_memory`; `None` compiles in this process (no memory cap).
+    pub compile_worker: Option<PathBuf>,
     /// Bytes of each reused memory slot reset with memset instead of
     /// being returned to the kernel.
     pub keep_resident: u64,
@@ -110,6 +117,8 @@ impl Default for RuntimeSettings {
             max_instances: 1000,
             epoch_tick: Duration::from_millis(1),
             compile_timeout: Duration::from_secs(10),
+            compile_memory: 1 << 30,
+            compile_worker: None,
             keep_resident: 2 << 20,
             pooling: true,
             cache_dir: None,
@@ -316,7 +325,7 @@ impl Runtime {
         }
         let engine = engine::new_engine(&settings).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let linker = linker::new_linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let cache = cache::CodeCache::new(settings.cache_dir.clone());
+        let cache = cache::CodeCache::new(&settings);
         let http = Arc::new(HttpGateway::new(Arc::new(SystemLookup)).map_err(|e| RuntimeError(e.to_string()))?);
         let instances = Arc::new(Semaphore::new(settings.max_instances as usize));
         Ok(Runtime {

@@ -251,3 +251,46 @@ fn policy_check_is_the_load_without_serving() {
     assert!(stdout.contains("1 plugin(s) valid, 4 problem(s)"), "{stdout}");
     assert!(text(&out.stderr).is_empty(), "nothing else is printed: {}", text(&out.stderr));
 }
+
+#[test]
+fn compiling_happens_in_a_child_process_capped_at_compile_memory() {
+    // Attack: a component that makes Cranelift allocate hundreds of MiB
+    // (an outside review reached 3.2 GB with 400 KB). The compile memory
+    // budget must stop it, refusing only that plugin.
+    let policies = Policies::new();
+    let dir = policies.dir.path();
+    std::fs::write(dir.join("slow.wasm"), crate::sandbox::slow_to_compile()).unwrap();
+    std::fs::copy(crate::common::guest("echo"), dir.join("echo.wasm")).unwrap();
+    policies.write("slow.toml", "[plugin]\nname = \"slow\"\ncomponent = \"slow.wasm\"\n");
+    policies.write("echo.toml", "[plugin]\nname = \"echo\"\ncomponent = \"echo.wasm\"\n");
+    let settings = dir.join("gatehouse.toml");
+    std::fs::write(
+        &settings,
+        "policy_dir = \".\"\ndata_dir = \"data\"\n[engine]\ncompile_memory = \"32 MiB\"\ncompile_timeout = \"60s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--config", settings.to_str().unwrap(), "policy", "check"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let slow = stdout.lines().find(|l| l.contains("slow.toml")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(slow.contains("compile memory budget of 32 MiB"), "{slow}");
+    assert!(stdout.contains("ok    echo"), "{stdout}");
+
+    // With room to compile, the same component loads: the refusal above
+    // was the budget, not the component.
+    std::fs::write(
+        &settings,
+        "policy_dir = \".\"\ndata_dir = \"data\"\n[engine]\ncompile_memory = \"3 GiB\"\ncompile_timeout = \"60s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--config", settings.to_str().unwrap(), "policy", "check"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let slow = stdout.lines().find(|l| l.contains("slow")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(!slow.contains("compile memory budget"), "{slow}");
+}

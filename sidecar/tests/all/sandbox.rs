@@ -189,7 +189,7 @@ async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin_under_hostile_
 /// A component whose one function has 4000 locals and 8000 small blocks
 /// that branch out of themselves (each block end merges every live local):
 /// about 2 s of Cranelift time from 150 KB, and worse than linear in size.
-fn slow_to_compile() -> Vec<u8> {
+pub fn slow_to_compile() -> Vec<u8> {
     let mut body = String::new();
     for i in 0..8000 {
         let (set, a, b, cond) = (i % 4000, (i * 7) % 4000, (i * 13) % 4000, (i * 3) % 4000);
