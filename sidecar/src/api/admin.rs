@@ -26,7 +26,7 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
             let token = token.clone();
             async move { authorize(token.as_deref(), request, next).await }
         }))
-        .layer(middleware::from_fn(super::invoke::edge))
+        .layer(middleware::from_fn(super::edge::edge))
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {

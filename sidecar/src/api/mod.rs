@@ -3,6 +3,9 @@
 //!
 //! - [`invoke`]: the invoke listener: `POST /v1/plugins/{name}/invoke`,
 //!   `GET /v1/plugins`, `/healthz`, `/readyz`, `/metrics`. No admin route.
+//! - [`proxy`]: `/p/{name}/…` on the invoke listener, for `wasi:http/proxy`
+//!   components.
+//! - [`edge`]: request ids and the head-size bound, for both listeners.
 //! - [`admin`]: the admin listener, behind a bearer token: plugins with
 //!   versions and grants, reload.
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
@@ -10,9 +13,11 @@
 //! - [`serve`]: accepts connections until shutdown, then drains.
 
 pub mod admin;
+pub mod edge;
 pub mod errors;
 pub mod invoke;
 pub mod metrics;
+pub mod proxy;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -1,0 +1,146 @@
+//! `/p/{name}/…`: `wasi:http/proxy` components served as they would be
+//! under `wasmtime serve`, behind the same limits and policies as plugins.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::edge::RequestId;
+use super::invoke::refuse_early;
+use super::{Api, errors};
+use crate::ErrorKind;
+
+/// `/p/{name}` is the component's `/`.
+pub(super) async fn root(
+    state: State<Arc<Api>>,
+    Path(name): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    serve_proxy(state, name, String::new(), request).await
+}
+
+pub(super) async fn path(
+    state: State<Arc<Api>>,
+    Path((name, rest)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    serve_proxy(state, name, rest, request).await
+}
+
+/// Hands the request to a `wasi:http/proxy` plugin with the `/p/{name}`
+/// prefix stripped (the component sees `/{rest}?{query}`, as under
+/// `wasmtime serve`); the stripped prefix is in `x-forwarded-prefix`.
+async fn serve_proxy(
+    State(api): State<Arc<Api>>,
+    name: String,
+    rest: String,
+    request: axum::extract::Request,
+) -> Response {
+    use http_body_util::BodyExt;
+    use wasmtime_wasi_http::Error as ErrorCode;
+
+    if let Some(refusal) = refuse_early(&api, request.headers()) {
+        return refusal;
+    }
+    let id = request.extensions().get::<RequestId>().map_or(HeaderValue::from_static(""), |r| r.0.clone());
+    let span = tracing::info_span!(
+        "http",
+        request_id = id.to_str().unwrap_or(""),
+        // Quoted: a name from the path could otherwise pass for fields.
+        plugin = ?crate::guest_text::escaped(&name, 64)
+    );
+    let (mut parts, body) = request.into_parts();
+    let path = match parts.uri.query() {
+        Some(query) => format!("/{rest}?{query}"),
+        None => format!("/{rest}"),
+    };
+    parts.uri = match path.parse() {
+        Ok(uri) => uri,
+        Err(_) => return errors::respond(ErrorKind::InvalidInput, "invalid path", None),
+    };
+    if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{name}")) {
+        parts.headers.insert(HeaderName::from_static("x-forwarded-prefix"), prefix);
+    }
+    parts.headers.entry(header::HOST).or_insert(HeaderValue::from_static("localhost"));
+    let max = api.max_body;
+    let body = http_body_util::Limited::new(body, max)
+        .map_err(move |e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ErrorCode::HttpRequestBodySize(Some(max as u64))
+            } else {
+                ErrorCode::HttpProtocolError
+            }
+        })
+        .boxed_unsync();
+    let started = Instant::now();
+    let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
+    let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
+    let outcome =
+        api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
+    if let Err(error) = &outcome {
+        let _entered = span.enter();
+        tracing::info!(kind = %error.kind(), error = ?error.to_string(), "request failed");
+    }
+    let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
+    let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
+    api.metrics.invocation(plugin, &version, label, started.elapsed());
+    match outcome {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => errors::respond(error.kind(), &error.to_string(), error.retry_after()),
+    }
+}
+
+/// A request body that must arrive within a deadline: past it, the
+/// component's next read fails (`HTTP-request-body-size` is not it; a
+/// timeout is), so a client that stalls its upload cannot keep a
+/// component's slot for the plugin's whole timeout.
+struct DeadlineBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, within: std::time::Duration) -> Self {
+        DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(within)) }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = wasmtime_wasi_http::Error> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, wasmtime_wasi_http::Error>>> {
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
