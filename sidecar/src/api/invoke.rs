@@ -79,12 +79,9 @@ async fn invoke(
             .unwrap_or("application/octet-stream")
             .to_string();
         let started = Instant::now();
-        let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
+        let version = api.runtime.version(&name);
         let outcome = api.runtime.invoke(&name, Document { content_type, body: body.to_vec() }).await;
-        let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
-        // Unknown names are counted under one label: callers choose them.
-        let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
-        api.metrics.invocation(plugin, &version, label, started.elapsed());
+        api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {
             Ok(output) => {
                 let content_type = HeaderValue::from_str(&output.content_type)

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::Runtime;
+use crate::{InvokeError, Runtime};
 
 /// Labels of an invocation.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,8 +65,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one invocation and its latency.
-    pub fn invocation(&self, plugin: &str, version: &str, outcome: &str, took: Duration) {
+    /// Counts one invocation (through either route) and its latency.
+    /// `version` is `None` when no such plugin is loaded: those are counted
+    /// under one `(unknown)` label, since callers choose the names.
+    pub fn invocation<T>(&self, plugin: &str, version: Option<&str>, outcome: &Result<T, InvokeError>, took: Duration) {
+        let (plugin, version) = match version {
+            Some(version) => (plugin, version),
+            None => ("(unknown)", "unknown"),
+        };
+        let outcome = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
         let labels = InvocationLabels { plugin: plugin.into(), version: version.into(), outcome: outcome.into() };
         self.invocations.get_or_create(&labels).inc();
         let labels = PluginLabels { plugin: plugin.into(), version: version.into() };
@@ -80,17 +87,14 @@ impl Metrics {
         registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
         let in_flight: Family<NameLabel, Gauge> = Family::default();
         let slots: Family<NameLabel, Gauge> = Family::default();
+        let http: Family<HttpLabels, Counter> = Family::default();
+        let http_bytes: Family<HttpLabels, Counter> = Family::default();
         for plugin in runtime.summaries() {
             let label = NameLabel { plugin: plugin.name.clone() };
             in_flight.get_or_create(&label).set(i64::from(runtime.in_flight(&plugin.name).unwrap_or(0)));
             slots.get_or_create(&label).set(i64::from(plugin.concurrency));
-        }
-        registry.register("plugin_in_flight", "Invocations running now", in_flight);
-        registry.register("plugin_concurrency", "Invocations a plugin may run at once (its policy)", slots);
-        let http: Family<HttpLabels, Counter> = Family::default();
-        let http_bytes: Family<HttpLabels, Counter> = Family::default();
-        for (plugin, _) in runtime.plugins() {
-            let Some(s) = runtime.http_metrics(&plugin) else { continue };
+            let Some(s) = runtime.http_metrics(&plugin.name) else { continue };
+            let plugin = plugin.name;
             for (outcome, n) in [
                 ("response", s.responses),
                 ("denied_by_policy", s.denied - s.denied_address),
@@ -102,10 +106,10 @@ impl Metrics {
                 http.get_or_create(&HttpLabels { plugin: plugin.clone(), outcome }).inc_by(n);
             }
             http_bytes.get_or_create(&HttpLabels { plugin: plugin.clone(), outcome: "sent" }).inc_by(s.bytes_sent);
-            http_bytes
-                .get_or_create(&HttpLabels { plugin: plugin.clone(), outcome: "received" })
-                .inc_by(s.bytes_received);
+            http_bytes.get_or_create(&HttpLabels { plugin, outcome: "received" }).inc_by(s.bytes_received);
         }
+        registry.register("plugin_in_flight", "Invocations running now", in_flight);
+        registry.register("plugin_concurrency", "Invocations a plugin may run at once (its policy)", slots);
         registry.register("outbound_http_requests", "Outbound HTTP requests of plugins, by outcome", http);
         registry.register("outbound_http_body_bytes", "Outbound HTTP body bytes of plugins", http_bytes);
         let mut text = String::new();

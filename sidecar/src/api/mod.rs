@@ -104,6 +104,6 @@ impl Api {
     }
 
     fn names(&self) -> Vec<String> {
-        self.runtime.plugins().into_iter().map(|(name, _)| name).collect()
+        self.runtime.summaries().into_iter().map(|plugin| plugin.name).collect()
     }
 }

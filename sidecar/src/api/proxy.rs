@@ -78,7 +78,7 @@ async fn serve_proxy(
         })
         .boxed_unsync();
     let started = Instant::now();
-    let version = api.runtime.version(&name).unwrap_or_else(|| "unknown".into());
+    let version = api.runtime.version(&name);
     let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
     let outcome =
         api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
@@ -86,9 +86,7 @@ async fn serve_proxy(
         let _entered = span.enter();
         tracing::info!(kind = %error.kind(), error = ?error.to_string(), "request failed");
     }
-    let label = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
-    let plugin = if version == "unknown" { "(unknown)" } else { name.as_str() };
-    api.metrics.invocation(plugin, &version, label, started.elapsed());
+    api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
     match outcome {
         Ok(response) => {
             let (parts, body) = response.into_parts();

@@ -488,14 +488,6 @@ impl Runtime {
         self.generation().plugins.get(plugin).map(|p| p.info.version.clone())
     }
 
-    /// Names and self-descriptions of the loaded plugins, sorted by name.
-    pub fn plugins(&self) -> Vec<(String, PluginInfo)> {
-        let generation = self.generation();
-        let mut list: Vec<_> = generation.plugins.iter().map(|(name, p)| (name.clone(), p.info.clone())).collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        list
-    }
-
     /// Invocations of `plugin` running right now (at most its policy's
     /// `concurrency`); `None` if no such plugin is loaded.
     pub fn in_flight(&self, plugin: &str) -> Option<u32> {

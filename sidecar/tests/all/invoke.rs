@@ -100,7 +100,7 @@ async fn plugin_info_is_read_at_load() {
     policies.plugin("doc-enricher", "doc_enricher", "");
     policies.plugin("echo", "echo", "");
     let runtime = runtime(&policies).await;
-    let plugins: Vec<_> = runtime.plugins().into_iter().map(|(name, info)| (name, info.version)).collect();
+    let plugins: Vec<_> = runtime.summaries().into_iter().map(|plugin| (plugin.name, plugin.version)).collect();
     assert_eq!(plugins, [("doc-enricher".to_string(), "0.1.0".to_string()), ("echo".into(), "0.1.0".into())]);
 }
 
