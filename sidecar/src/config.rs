@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::databases::UrlSource;
 use crate::policy::units::{ByteSize, HumanDuration};
 use crate::runtime::RuntimeSettings;
 use crate::secrets::SecretSource;
@@ -29,6 +30,9 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// `gatehouse run`: listeners and request limits.
     pub server: ServerSettings,
+    /// `[databases.<alias>]`: PostgreSQL databases services refer to by
+    /// alias.
+    pub databases: BTreeMap<String, UrlSource>,
 }
 
 /// `[server]`: where `gatehouse run` listens and what one request may cost.
@@ -93,6 +97,23 @@ struct FileConfig {
     secrets: BTreeMap<String, SecretSection>,
     #[serde(default)]
     server: ServerSection,
+    #[serde(default)]
+    databases: BTreeMap<String, DatabaseSection>,
+}
+
+/// `[databases.<alias>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    url: UrlField,
+}
+
+/// A URL written out, or `{ env = … }` / `{ file = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a URL string, or { env = \"VARIABLE\" }, or { file = \"path\" }")]
+enum UrlField {
+    Inline(String),
+    Secret(SecretSection),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +174,23 @@ impl Config {
             .map(|(name, secret)| Ok((name.clone(), source(&format!("[secrets.{name}]"), secret)?)))
             .collect::<Result<_, String>>()?;
         let server = server_settings(raw.server, |s| source("[server] admin_token", s))?;
+        let databases = raw
+            .databases
+            .into_iter()
+            .map(|(alias, section)| {
+                if !is_alias(&alias) {
+                    return Err(format!(
+                        "[databases.{}]: an alias is 1 to 64 lowercase letters, digits, `_` or `-`, starting with a letter",
+                        crate::guest_text::escape(&alias, crate::guest_text::SHORT)
+                    ));
+                }
+                let url = match section.url {
+                    UrlField::Inline(url) => UrlSource::Inline(url),
+                    UrlField::Secret(secret) => UrlSource::Secret(source(&format!("[databases.{alias}] url"), secret)?),
+                };
+                Ok((alias, url))
+            })
+            .collect::<Result<_, String>>()?;
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
@@ -169,8 +207,15 @@ impl Config {
             secrets,
             ..defaults
         };
-        Ok(Config { policy_dir, plugin_dir, data_dir, runtime, server })
+        Ok(Config { policy_dir, plugin_dir, data_dir, runtime, server, databases })
     }
+}
+
+/// Aliases appear in policies (`[sql.<alias>]`) and metric labels.
+fn is_alias(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 fn server_settings(
@@ -239,6 +284,26 @@ mod tests {
         assert_eq!(config.server.admin_token, Some(SecretSource::Env("T".into())));
         assert_eq!(load("[server]\nadmin_listen = \"off\"\n").unwrap().server.admin_listen, None);
         assert_eq!(load("").unwrap().server, ServerSettings::default());
+    }
+
+    #[test]
+    fn databases_are_named_by_alias_with_a_url_inline_or_from_a_secret() {
+        let config = load(
+            "[databases.main]\nurl = \"postgres://localhost/app\"\n[databases.shared]\nurl = { env = \"DB_URL\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.databases["main"], UrlSource::Inline("postgres://localhost/app".into()));
+        assert_eq!(config.databases["shared"], UrlSource::Secret(SecretSource::Env("DB_URL".into())));
+        for (text, expected) in [
+            ("[databases.Main]\nurl = \"postgres://x\"\n", "[databases.Main]: an alias is"),
+            ("[databases.main]\n", "missing field `url`"),
+            ("[databases.main]\nurl = { envv = \"A\" }\n", "a URL string, or { env = \"VARIABLE\" }"),
+            ("[databases.main]\nurl = { env = \"A\", file = \"b\" }\n", "set exactly one of `env` or `file`"),
+            ("[databases.main]\nurl = \"postgres://x\"\npool = 3\n", "unknown field `pool`"),
+        ] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 
     #[test]

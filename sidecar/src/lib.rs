@@ -19,6 +19,8 @@
 //!   and backend; the runtime only wires them into the linker.
 //! - [`api`]: the HTTP server of `gatehouse run`: invoke API, admin API,
 //!   health, metrics.
+//! - [`databases`]: PostgreSQL databases named by alias in the settings,
+//!   and whether they answer (`/readyz`).
 //! - [`secrets`]: credentials the platform adds on a plugin's behalf.
 //! - [`data_dir`]: the sidecar's own directories, used only when no one
 //!   else may write to them.
@@ -47,6 +49,7 @@ pub mod api;
 pub mod bindings;
 pub mod config;
 pub mod data_dir;
+pub mod databases;
 pub mod error;
 pub mod guest_text;
 pub mod policy;

@@ -1,4 +1,5 @@
-//! The admin listener: what is loaded and granted, and reload. Every
+//! The admin listener: what is loaded and granted, reload, and database
+//! health. Every
 //! request needs `Authorization: Bearer <token>` when a token is set
 //! (compared in constant time); without a token the listener must be on
 //! a loopback address (checked when the settings are read).
@@ -21,6 +22,7 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
     Router::new()
         .route("/admin/plugins", get(plugins))
         .route("/admin/reload", post(reload))
+        .route("/admin/databases", get(databases))
         .with_state(api)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let token = token.clone();
@@ -63,6 +65,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn plugins(State(api): State<Arc<Api>>) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "plugins": api.runtime.summaries() }))
+}
+
+/// Each database alias, where it points (no password) and, when it does
+/// not answer, why.
+async fn databases(State(api): State<Arc<Api>>) -> Response {
+    let health = api.databases.check().await;
+    let list: Vec<_> = health
+        .iter()
+        .map(|h| serde_json::json!({ "alias": h.alias, "target": h.target, "up": h.is_up(), "problem": h.problem }))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "databases": list }))
 }
 
 async fn reload(State(api): State<Arc<Api>>) -> Response {

@@ -104,7 +104,7 @@ async fn invoke(
 /// for a declared length over `max_body` (so `Expect: 100-continue` gets
 /// its answer without sending the body).
 pub(super) fn refuse_early(api: &Api, headers: &HeaderMap) -> Option<Response> {
-    if !api.is_ready() {
+    if !api.is_loaded() {
         return Some(errors::respond(ErrorKind::Unavailable, "the sidecar is still loading its plugins", None));
     }
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -141,16 +141,30 @@ async fn list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
 }
 
+/// Ready once the plugins are loaded and every database answers. Only
+/// aliases are named here; the reasons are in the log and the admin API.
 async fn ready(State(api): State<Arc<Api>>) -> Response {
-    if api.is_ready() {
+    if !api.is_loaded() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "loading plugins\n").into_response();
+    }
+    let down: String = api
+        .databases
+        .check()
+        .await
+        .iter()
+        .filter(|h| !h.is_up())
+        .map(|h| format!("database `{}` unreachable\n", h.alias))
+        .collect();
+    if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading plugins\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, down).into_response()
     }
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let text = api.metrics.render(&api.runtime);
+    let databases = api.databases.check().await;
+    let text = api.metrics.render(&api.runtime, &databases);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

@@ -4,7 +4,8 @@
 //! by the invoke handler; the outbound HTTP counters are kept by
 //! `services::http` per loaded plugin and copied into the exposition at
 //! scrape time (they restart when a plugin is reloaded, which Prometheus
-//! treats as a counter reset).
+//! treats as a counter reset). Database health is checked at scrape time
+//! (at most once a second, see `databases`).
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::databases::Health;
 use crate::{InvokeError, Runtime};
 
 /// Labels of an invocation.
@@ -37,6 +39,11 @@ struct PluginLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabel {
+    database: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,8 +87,9 @@ impl Metrics {
         self.latency.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
-    /// The exposition, in the OpenMetrics text format.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// The exposition, in the OpenMetrics text format, with each
+    /// database's last check.
+    pub fn render(&self, runtime: &Runtime, databases: &[Health]) -> String {
         let mut registry = Registry::with_prefix("gatehouse");
         registry.register("invocations", "Plugin invocations, by outcome", self.invocations.clone());
         registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
@@ -112,6 +120,11 @@ impl Metrics {
         registry.register("plugin_concurrency", "Invocations a plugin may run at once (its policy)", slots);
         registry.register("outbound_http_requests", "Outbound HTTP requests of plugins, by outcome", http);
         registry.register("outbound_http_body_bytes", "Outbound HTTP body bytes of plugins", http_bytes);
+        let up: Family<DatabaseLabel, Gauge> = Family::default();
+        for health in databases {
+            up.get_or_create(&DatabaseLabel { database: health.alias.clone() }).set(i64::from(health.is_up()));
+        }
+        registry.register("database_up", "Whether the database answered its last check (1) or not (0)", up);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -7,7 +7,7 @@
 //!   components.
 //! - [`edge`]: request ids and the head-size bound, for both listeners.
 //! - [`admin`]: the admin listener, behind a bearer token: plugins with
-//!   versions and grants, reload.
+//!   versions and grants, reload, database health.
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Runtime;
+use crate::databases::Databases;
 use crate::policy;
 
 pub use serve::{ServeLimits, serve};
@@ -43,7 +44,9 @@ pub struct Api {
     pub policy_dir: PathBuf,
     /// Directory that policy `component` paths are relative to.
     pub plugin_dir: PathBuf,
-    ready: AtomicBool,
+    /// The database aliases; `/readyz` waits for each to answer.
+    pub databases: Arc<Databases>,
+    loaded: AtomicBool,
 }
 
 /// What a reload did, for the admin API and the SIGHUP log.
@@ -57,27 +60,25 @@ pub struct ReloadSummary {
 }
 
 impl Api {
-    /// An API over `runtime`, not ready until [`Api::reload`] has run once.
-    pub fn new(
-        runtime: Arc<Runtime>,
-        server: &crate::config::ServerSettings,
-        policy_dir: PathBuf,
-        plugin_dir: PathBuf,
-    ) -> Self {
+    /// An API over `runtime` with the settings' listeners, directories and
+    /// databases; plugins are served once [`Api::reload`] has run.
+    pub fn new(runtime: Arc<Runtime>, config: &crate::config::Config, databases: Arc<Databases>) -> Self {
+        let server = &config.server;
         Api {
             runtime,
             metrics: metrics::Metrics::default(),
             max_body: usize::try_from(server.max_body).unwrap_or(usize::MAX),
             body_timeout: server.request_timeout,
-            policy_dir,
-            plugin_dir,
-            ready: AtomicBool::new(false),
+            policy_dir: config.policy_dir.clone(),
+            plugin_dir: config.plugin_dir.clone(),
+            databases,
+            loaded: AtomicBool::new(false),
         }
     }
 
-    /// Whether the first load has completed (`/readyz`).
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// Whether the first load has completed.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     /// Reads the policy directory again and swaps in the new plugins. A
@@ -88,7 +89,7 @@ impl Api {
             Ok(load) => load,
             Err(e) => {
                 tracing::error!(error = %e, "reload failed: the policy directory cannot be read; keeping every plugin");
-                self.ready.store(true, Ordering::Release);
+                self.loaded.store(true, Ordering::Release);
                 return ReloadSummary { loaded: self.names(), errors: vec![e.to_string()] };
             }
         };
@@ -99,7 +100,7 @@ impl Api {
         }
         let report = self.runtime.reload(&load.set, &broken).await;
         errors.extend(report.refused.iter().map(|e| e.to_string()));
-        self.ready.store(true, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
         ReloadSummary { loaded: self.names(), errors }
     }
 

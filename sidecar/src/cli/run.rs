@@ -10,6 +10,7 @@ use anyhow::Context;
 use gatehouse::Runtime;
 use gatehouse::api::{self, Api, ServeLimits};
 use gatehouse::config::Config;
+use gatehouse::databases::Databases;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -26,7 +27,8 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         anyhow::bail!("[server] admin_token is empty: set a non-empty token (or remove admin_token on loopback)");
     }
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
-    let api = Arc::new(Api::new(runtime, server, config.policy_dir.clone(), config.plugin_dir.clone()));
+    let databases = Arc::new(Databases::open(&config.databases)?);
+    let api = Arc::new(Api::new(runtime, config, databases));
 
     let listener = TcpListener::bind(server.listen).await.with_context(|| format!("binding {}", server.listen))?;
     let invoke_addr = listener.local_addr()?;
@@ -56,7 +58,9 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     }
 
     let summary = api.reload().await;
-    tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "ready");
+    tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "plugins loaded");
+    // Logs each database as reachable or not.
+    api.databases.check().await;
     // A line to try, with a plugin that did load.
     let plugins = api.runtime.summaries();
     if let Some(plugin) =

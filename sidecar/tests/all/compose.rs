@@ -2,17 +2,23 @@
 //! `Dockerfile` and the settings they mount must agree (paths, ports,
 //! environment, build stages, copied files), the policies baked into the
 //! image must load, and the sidecar must run with exactly those settings
-//! (their container paths mapped onto the repository).
+//! (their container paths mapped onto the repository) against a
+//! PostgreSQL started here with the role, password and database that
+//! compose.yaml gives its `postgres` service.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use gatehouse::config::Config;
+use gatehouse::databases::UrlSource;
 use gatehouse::secrets::SecretSource;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::common::guest_dir;
+use crate::postgres::TestPostgres;
+use crate::sidecar::{Sidecar, request};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -21,6 +27,22 @@ fn repo() -> PathBuf {
 fn compose() -> Yaml {
     let text = std::fs::read_to_string(repo().join("compose/compose.yaml")).unwrap();
     YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+/// An environment value of a compose service as compose would pass it
+/// with nothing set in the shell: `${VAR:-default}` becomes `default`.
+fn env_value(service: &Yaml, variable: &str) -> String {
+    let raw = service["environment"][variable].as_str().unwrap_or_else(|| panic!("{variable} is not set"));
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = start + rest[start..].find('}').expect("closing brace");
+        let (_, default) = rest[start + 2..end].split_once(":-").expect("a ${VAR:-default}");
+        out.push_str(default);
+        rest = &rest[end + 1..];
+    }
+    out + rest
 }
 
 /// The Dockerfile's instructions, continuation lines joined.
@@ -116,6 +138,21 @@ fn compose_dockerfile_and_settings_agree() {
     let Some(SecretSource::Env(variable)) = &config.server.admin_token else { panic!("admin token from env") };
     assert!(sidecar["environment"][variable.as_str()].as_str().is_some(), "{variable} is not set in compose.yaml");
 
+    // Each database URL comes from a variable compose sets, and names the
+    // postgres service as the role, password and database it creates; the
+    // sidecar starts once that service is healthy.
+    let postgres = &compose["services"]["postgres"];
+    assert!(config.databases.contains_key("shared"));
+    for (alias, source) in &config.databases {
+        let UrlSource::Secret(SecretSource::Env(variable)) = source else { panic!("[databases.{alias}] url from env") };
+        let url = url::Url::parse(&env_value(sidecar, variable)).unwrap();
+        assert_eq!((url.host_str(), url.port()), (Some("postgres"), Some(5432)), "{alias}");
+        assert_eq!(url.username(), env_value(postgres, "POSTGRES_USER"));
+        assert_eq!(url.password(), Some(env_value(postgres, "POSTGRES_PASSWORD").as_str()));
+        assert_eq!(url.path(), format!("/{}", env_value(postgres, "POSTGRES_DB")));
+    }
+    assert_eq!(sidecar["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+
     // Services the demos name exist.
     for service in ["postgres", "upstream"] {
         assert!(!compose["services"][service].is_badvalue(), "{service}");
@@ -137,11 +174,24 @@ fn image_policies() -> tempfile::TempDir {
     dir
 }
 
+/// What is tried: the compose settings, with their container paths mapped
+/// onto this machine (the image's policies, the guests built here, a
+/// private data directory, kernel-chosen ports) and the `postgres` host
+/// pointed at a local server; `policy check` passes; the sidecar is ready
+/// only while the database answers, keeps serving plugins while it does
+/// not, and is ready again once it is back.
 #[test]
-fn the_sidecar_runs_with_the_compose_settings() {
-    // The compose settings, with their container paths mapped onto this
-    // machine: the image's policies, the guests built here, a private data
-    // directory, and ports chosen by the kernel.
+fn the_compose_settings_run_against_a_local_postgresql() {
+    let compose = compose();
+    let service = &compose["services"]["postgres"];
+    let postgres = TestPostgres::start(
+        &env_value(service, "POSTGRES_USER"),
+        &env_value(service, "POSTGRES_PASSWORD"),
+        &env_value(service, "POSTGRES_DB"),
+    );
+    let url = env_value(&compose["services"]["gatehouse"], "GATEHOUSE_DATABASE_URL")
+        .replace("@postgres:5432/", &format!("@127.0.0.1:{}/", postgres.port));
+
     let policies = image_policies();
     let data = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(repo().join("compose/gatehouse.toml")).unwrap();
@@ -162,30 +212,45 @@ fn the_sidecar_runs_with_the_compose_settings() {
     assert!(check.status.success(), "{stdout}");
     assert!(stdout.contains("ok    upstream-fetcher") && stdout.contains("ok    hello-proxy"), "{stdout}");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["--config", settings.to_str().unwrap(), "run"])
-        .env("GATEHOUSE_ADMIN_TOKEN", "compose-test")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.rsplit("http://").next().unwrap().to_string();
-    let ready = (0..500).any(|_| {
-        let ok = std::net::TcpStream::connect(&addr).is_ok_and(|mut s| {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            let mut answer = String::new();
-            let _ = s.read_to_string(&mut answer);
-            answer.starts_with("HTTP/1.1 200")
-        });
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+    let token = "compose-test";
+    let env = [("GATEHOUSE_ADMIN_TOKEN", token), ("GATEHOUSE_DATABASE_URL", url.as_str())];
+    let sidecar = Sidecar::spawn(&settings, &env, data);
+    sidecar.wait_ready();
+    let up = |sidecar: &Sidecar| {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        metrics.lines().find_map(|l| l.strip_prefix("gatehouse_database_up{database=\"shared\"} ")).map(String::from)
+    };
+    assert_eq!(up(&sidecar).as_deref(), Some("1"));
+    let hello = |sidecar: &Sidecar| request(&sidecar.invoke, "GET", "/p/hello-proxy/", &[], b"").0;
+    assert_eq!(hello(&sidecar), 200);
+
+    // The database goes away: not ready, naming the alias; the reason is
+    // on the admin API; plugins keep serving.
+    postgres.pause();
+    let started = Instant::now();
+    let body = loop {
+        let (status, _, body) = sidecar.get(&sidecar.invoke, "/readyz");
+        if status == 503 {
+            break String::from_utf8(body).unwrap();
         }
-        ok
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ready, "the sidecar never became ready on {addr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "still ready with the database stopped");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(body, "database `shared` unreachable\n");
+    assert_eq!(up(&sidecar).as_deref(), Some("0"));
+    let bearer = format!("Bearer {token}");
+    let (status, _, body) = request(&sidecar.admin, "GET", "/admin/databases", &[("authorization", &bearer)], b"");
+    assert_eq!(status, 200);
+    let databases = crate::sidecar::json(&body);
+    let shared = &databases["databases"][0];
+    assert_eq!((shared["alias"].as_str(), shared["up"].as_bool()), (Some("shared"), Some(false)), "{databases}");
+    assert_eq!(shared["target"], format!("gatehouse@127.0.0.1:{}/gatehouse", postgres.port));
+    assert!(shared["problem"].as_str().is_some_and(|p| !p.is_empty()), "{databases}");
+    assert_eq!(hello(&sidecar), 200);
+
+    // Back: ready again, without a restart.
+    postgres.resume();
+    sidecar.wait_ready();
+    assert_eq!(up(&sidecar).as_deref(), Some("1"));
+    assert!(sidecar.stderr().contains("database reachable"), "{}", sidecar.stderr());
 }

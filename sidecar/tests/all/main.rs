@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod compose;
+mod databases;
 mod hostile;
 mod http_doors;
 mod http_gateway;
@@ -12,8 +13,10 @@ mod http_props;
 mod invoke;
 mod logs;
 mod policy;
+mod postgres;
 mod sandbox;
 mod server;
+mod sidecar;
 mod ssrf;
 mod tls;
 mod upstream;

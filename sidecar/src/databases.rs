@@ -1,0 +1,267 @@
+//! Database aliases: `[databases.<alias>]` in `gatehouse.toml` names a
+//! PostgreSQL database by a short alias. Services refer to databases by
+//! alias only (a policy's `[sql.<alias>]`, the shared KV and audit
+//! backends), so connection details and passwords stay in the sidecar's
+//! settings, never in policies.
+//!
+//! Today the sidecar checks the aliases for `/readyz` and `/metrics`; the
+//! services that keep state in PostgreSQL build their pools from
+//! [`Databases::options`].
+//!
+//! The check opens a connection of its own instead of borrowing one from a
+//! service's pool: a busy pool is not an unreachable database, and a probe
+//! must not queue behind real work. Results are kept for
+//! [`CHECK_INTERVAL`] and one check runs at a time, so a flood of `/readyz`
+//! requests costs the database one connection a second.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+use tokio::sync::Mutex;
+
+use crate::guest_text;
+use crate::secrets::SecretSource;
+
+/// How long a check result is reused.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long one check may take before the database counts as down.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where an alias's connection URL comes from. A URL with a password
+/// belongs in an environment variable or a file, like any other secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlSource {
+    /// Written in `gatehouse.toml` (fine without a password, or locally).
+    Inline(String),
+    /// An environment variable or a file.
+    Secret(SecretSource),
+}
+
+impl std::fmt::Debug for UrlSource {
+    // An inline URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlSource::Inline(_) => f.write_str("Inline(..)"),
+            UrlSource::Secret(source) => f.debug_tuple("Secret").field(source).finish(),
+        }
+    }
+}
+
+/// A database alias that cannot be used. Messages name the alias and the
+/// URL's source, never the URL itself (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// The URL's environment variable or file cannot be read.
+    #[error("[databases.{alias}] url: cannot read {reason}")]
+    Unreadable {
+        /// The alias.
+        alias: String,
+        /// Which variable or file, and why.
+        reason: String,
+    },
+    /// The URL is not a PostgreSQL URL sqlx accepts.
+    #[error("[databases.{alias}] url: {reason}")]
+    BadUrl {
+        /// The alias.
+        alias: String,
+        /// What is wrong, without the URL.
+        reason: String,
+    },
+}
+
+/// What the last check found about one alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The alias.
+    pub alias: String,
+    /// `user@host:port/database`, without the password.
+    pub target: String,
+    /// `None` when the database answered; otherwise why not (escaped,
+    /// bounded: the text comes from the network).
+    pub problem: Option<String>,
+}
+
+impl Health {
+    /// Whether the database answered.
+    pub fn is_up(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+struct Alias {
+    name: String,
+    options: PgConnectOptions,
+    target: String,
+}
+
+struct Checked {
+    at: Instant,
+    health: Arc<[Health]>,
+}
+
+/// Every configured alias, with its connection options.
+pub struct Databases {
+    aliases: Vec<Alias>,
+    last: Mutex<Option<Checked>>,
+}
+
+impl std::fmt::Debug for Databases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.aliases.iter().map(|a| format!("{}: {}", a.name, a.target))).finish()
+    }
+}
+
+impl Databases {
+    /// No aliases.
+    pub fn none() -> Self {
+        Databases { aliases: Vec::new(), last: Mutex::new(None) }
+    }
+
+    /// Reads each alias's URL and parses it. Connects to nothing: a
+    /// database that is down at start makes the sidecar unready, not dead.
+    pub fn open(settings: &BTreeMap<String, UrlSource>) -> Result<Self, DatabaseError> {
+        let aliases = settings
+            .iter()
+            .map(|(name, source)| {
+                let url = match source {
+                    UrlSource::Inline(url) => url.clone(),
+                    UrlSource::Secret(secret) => secret
+                        .read()
+                        .map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?,
+                };
+                let options = parse(&url).map_err(|reason| DatabaseError::BadUrl { alias: name.clone(), reason })?;
+                Ok(Alias { name: name.clone(), target: describe(&options), options })
+            })
+            .collect::<Result<_, DatabaseError>>()?;
+        Ok(Databases { aliases, last: Mutex::new(None) })
+    }
+
+    /// Whether no alias is configured.
+    pub fn is_empty(&self) -> bool {
+        self.aliases.is_empty()
+    }
+
+    /// The connection options of `alias`, for a service to build its pool.
+    pub fn options(&self, alias: &str) -> Option<&PgConnectOptions> {
+        self.aliases.iter().find(|a| a.name == alias).map(|a| &a.options)
+    }
+
+    /// Whether each database answers, checked at most once per
+    /// [`CHECK_INTERVAL`]. A change of state is logged once, with the
+    /// reason.
+    pub async fn check(&self) -> Arc<[Health]> {
+        let mut last = self.last.lock().await;
+        if let Some(checked) = last.as_ref().filter(|c| c.at.elapsed() < CHECK_INTERVAL) {
+            return checked.health.clone();
+        }
+        let health: Arc<[Health]> = futures::future::join_all(self.aliases.iter().map(|alias| async move {
+            Health { alias: alias.name.clone(), target: alias.target.clone(), problem: probe(&alias.options).await.err() }
+        }))
+        .await
+        .into();
+        for now in health.iter() {
+            let before = last.as_ref().and_then(|c| c.health.iter().find(|h| h.alias == now.alias));
+            if before.map(Health::is_up) == Some(now.is_up()) {
+                continue;
+            }
+            match &now.problem {
+                None => tracing::info!(database = %now.alias, target = %now.target, "database reachable"),
+                Some(problem) => tracing::warn!(
+                    database = %now.alias, target = %now.target, %problem,
+                    "database unreachable: /readyz reports not ready until it answers"
+                ),
+            }
+        }
+        *last = Some(Checked { at: Instant::now(), health: health.clone() });
+        health
+    }
+}
+
+/// A connection of its own, `SELECT 1`, closed.
+async fn probe(options: &PgConnectOptions) -> Result<(), String> {
+    let attempt = async {
+        let mut connection = PgConnection::connect_with(options).await?;
+        connection.ping().await?;
+        connection.close().await
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(guest_text::escape(&e.to_string(), guest_text::LINE)),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+/// Parses a `postgres://` URL. The reason never quotes the URL.
+fn parse(text: &str) -> Result<PgConnectOptions, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        let scheme = guest_text::escape(url.scheme(), guest_text::SHORT);
+        return Err(format!("scheme `{scheme}`: only PostgreSQL (`postgres://`) databases can be named here"));
+    }
+    let options = PgConnectOptions::from_url(&url).map_err(|e| {
+        let reason = e.to_string();
+        // sqlx's messages quote parameter values, never the password; make
+        // sure of it.
+        match url.password() {
+            Some(password) if !password.is_empty() => reason.replace(password, "***"),
+            _ => reason,
+        }
+    })?;
+    let name = options.get_application_name().unwrap_or("gatehouse").to_string();
+    Ok(options.application_name(&name))
+}
+
+fn describe(options: &PgConnectOptions) -> String {
+    let place = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!("{}@{place}/{}", options.get_username(), options.get_database().unwrap_or(options.get_username()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str) -> Result<Databases, DatabaseError> {
+        Databases::open(&BTreeMap::from([("main".to_string(), UrlSource::Inline(url.into()))]))
+    }
+
+    #[test]
+    fn urls_are_checked_at_open_and_errors_never_quote_them() {
+        for (url, expected) in [
+            ("mysql://app:hunter2@db/app", "scheme `mysql`: only PostgreSQL"),
+            ("postgres://app:hunter2@db/app?sslmode=sometimes", "[databases.main] url: "),
+            ("db.internal:5432", "[databases.main] url: "),
+            ("not a url hunter2", "not a URL"),
+        ] {
+            let error = open(url).unwrap_err().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+            assert!(!error.contains("hunter2"), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_url_is_described_without_its_password() {
+        let databases = open("postgres://app:hunter2@db.internal:6432/orders").unwrap();
+        assert_eq!(databases.aliases[0].target, "app@db.internal:6432/orders");
+        assert!(!format!("{databases:?}").contains("hunter2"));
+        assert!(!format!("{:?}", UrlSource::Inline("postgres://app:hunter2@db".into())).contains("hunter2"));
+        assert_eq!(databases.options("main").unwrap().get_application_name(), Some("gatehouse"));
+        assert!(databases.options("other").is_none());
+    }
+
+    #[test]
+    fn a_url_from_a_missing_variable_is_refused_by_name() {
+        let settings = BTreeMap::from([(
+            "main".to_string(),
+            UrlSource::Secret(SecretSource::Env("GATEHOUSE_TEST_UNSET_DATABASE_URL".into())),
+        )]);
+        let error = Databases::open(&settings).unwrap_err().to_string();
+        assert!(error.starts_with("[databases.main] url: cannot read environment variable `GATEHOUSE_TEST_UNSET"));
+    }
+}

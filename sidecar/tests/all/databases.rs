@@ -1,0 +1,139 @@
+//! `[databases.<alias>]` against a real PostgreSQL: `/readyz`, `/metrics`
+//! and the admin API tell which aliases answer. What is tried:
+//! - a right URL, a wrong password (from a secret file) and a port where
+//!   nothing listens, side by side: only the bad two are named unready, with
+//!   their reasons on the admin API only;
+//! - plugins keep serving while a database is down;
+//! - no password, right or wrong, reaches the log or any answer;
+//! - a flood of `/readyz` costs the database at most one connection a
+//!   second;
+//! - TLS: with `sslmode=verify-full` and the server's CA the database is
+//!   reached over TLS; a certificate from another CA, a certificate for
+//!   another name, and a plain-text login are each refused.
+
+use std::net::TcpListener;
+
+use crate::common::Policies;
+use crate::postgres::TestPostgres;
+use crate::sidecar::{Sidecar, json, request};
+
+#[test]
+fn readiness_names_the_databases_that_do_not_answer_and_never_a_password() {
+    let postgres = TestPostgres::start("app", "right-pw-1a2b3c", "orders");
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secrets = tempfile::tempdir().unwrap();
+    let wrong = secrets.path().join("wrong-url");
+    std::fs::write(&wrong, format!("postgres://app:wrong-pw-4d5e6f@127.0.0.1:{}/orders\n", postgres.port)).unwrap();
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let settings = format!(
+        "[databases.good]\nurl = {{ env = \"GOOD_URL\" }}\n\
+         [databases.wrong]\nurl = {{ file = {:?} }}\n\
+         [databases.closed]\nurl = \"postgres://app:closed-pw-7a8b9c@127.0.0.1:{closed}/orders\"\n",
+        wrong.display().to_string()
+    );
+    let sidecar = Sidecar::start_unready(&policies, &settings, &[("GOOD_URL", &postgres.url())]);
+
+    let (status, _, body) = sidecar.get(&sidecar.invoke, "/readyz");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (503, "database `closed` unreachable\ndatabase `wrong` unreachable\n")
+    );
+    assert_eq!(sidecar.invoke("echo", "still serving").2, b"still serving");
+
+    let (status, _, body) = request(&sidecar.admin, "GET", "/admin/databases", &[], b"");
+    assert_eq!(status, 200);
+    let answer = json(&body);
+    let problem = |alias: &str| {
+        let entry = answer["databases"].as_array().unwrap().iter().find(|d| d["alias"] == alias).unwrap().clone();
+        (entry["up"].as_bool().unwrap(), entry["problem"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(problem("good"), (true, String::new()));
+    let (up, why) = problem("wrong");
+    assert!(!up && why.contains("password authentication failed for user \"app\""), "{why}");
+    let (up, why) = problem("closed");
+    assert!(!up && why.contains("Connection refused"), "{why}");
+
+    let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+    for series in [
+        "gatehouse_database_up{database=\"good\"} 1",
+        "gatehouse_database_up{database=\"wrong\"} 0",
+        "gatehouse_database_up{database=\"closed\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} not in\n{metrics}");
+    }
+
+    // Checks are shared: 50 readiness probes in a row open at most a
+    // handful of connections (one per second of the burst, plus the ones
+    // before it), never one each.
+    let before = connections(&postgres);
+    for _ in 0..50 {
+        sidecar.get(&sidecar.invoke, "/readyz");
+    }
+    let opened = connections(&postgres) - before;
+    assert!(opened <= 4, "{opened} connections for 50 probes");
+
+    let log = sidecar.stderr();
+    assert!(log.contains("database unreachable") && log.contains("database=wrong"), "{log}");
+    let everything = format!("{log}{answer}{metrics}");
+    for password in ["right-pw-1a2b3c", "wrong-pw-4d5e6f", "closed-pw-7a8b9c"] {
+        assert!(!everything.contains(password), "{password} leaked:\n{everything}");
+    }
+}
+
+#[test]
+fn tls_to_a_database_is_verified() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (trusted, other) = (ca("gatehouse test CA"), ca("another CA"));
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &trusted).unwrap();
+
+    let postgres = TestPostgres::start("app", "tls-pw", "orders");
+    postgres.require_tls(&(leaf.pem() + &trusted.pem()), &key.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    let (trusted_pem, other_pem) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&trusted_pem, trusted.pem()).unwrap();
+    std::fs::write(&other_pem, other.pem()).unwrap();
+    let port = postgres.port;
+    let url = |host: &str, query: String| format!("\"postgres://app:tls-pw@{host}:{port}/orders?{query}\"");
+    let verify = |ca: &std::path::Path| format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    let settings = format!(
+        "[databases.verified]\nurl = {}\n[databases.untrusted]\nurl = {}\n\
+         [databases.wrongname]\nurl = {}\n[databases.plain]\nurl = {}\n",
+        url("localhost", verify(&trusted_pem)),
+        url("localhost", verify(&other_pem)),
+        url("127.0.0.1", verify(&trusted_pem)),
+        url("localhost", "sslmode=disable".into()),
+    );
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start_unready(&policies, &settings, &[]);
+
+    let (_, _, body) = sidecar.get(&sidecar.invoke, "/readyz");
+    let unready = String::from_utf8(body).unwrap();
+    assert_eq!(
+        unready,
+        "database `plain` unreachable\ndatabase `untrusted` unreachable\ndatabase `wrongname` unreachable\n"
+    );
+    let answer = json(&request(&sidecar.admin, "GET", "/admin/databases", &[], b"").2);
+    let why = |alias: &str| {
+        let entry = answer["databases"].as_array().unwrap().iter().find(|d| d["alias"] == alias).unwrap().clone();
+        entry["problem"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(why("verified"), "");
+    assert!(why("untrusted").contains("certificate"), "{}", why("untrusted"));
+    assert!(why("wrongname").contains("certificate"), "{}", why("wrongname"));
+    assert!(why("plain").contains("no encryption"), "{}", why("plain"));
+}
+
+/// Successful logins to the cluster so far, from its statistics.
+fn connections(postgres: &TestPostgres) -> i64 {
+    let out = postgres.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'orders'");
+    out.trim().parse().unwrap_or_else(|_| panic!("sessions: {out:?}"))
+}
