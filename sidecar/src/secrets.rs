@@ -4,6 +4,7 @@
 //! itself. Values are read when plugins are loaded, so reloading picks up a
 //! rotated secret.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 /// Where a secret's value comes from.
@@ -18,15 +19,48 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Reads the current value. The error names the source, never the value.
+    ///
+    /// A file every user may write is refused: whoever can write it could
+    /// choose the admin token or point a database alias elsewhere.
+    /// Symbolic links are followed (Kubernetes mounts secrets that way), so
+    /// the mode checked is the target's.
     pub fn read(&self) -> Result<String, String> {
         match self {
             SecretSource::Env(var) => std::env::var(var).map_err(|e| format!("environment variable `{var}`: {e}")),
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map(|text| {
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    text.strip_suffix('\r').unwrap_or(text).to_string()
-                })
-                .map_err(|e| format!("file `{}`: {e}", path.display())),
+            SecretSource::File(path) => {
+                let fail = |e: &dyn std::fmt::Display| format!("file `{}`: {e}", path.display());
+                let mode = std::fs::metadata(path).map_err(|e| fail(&e))?.permissions().mode();
+                if mode & 0o002 != 0 {
+                    return Err(fail(&format_args!("every user may write it (chmod o-w `{}`)", path.display())));
+                }
+                let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_file_is_read_without_its_newline_unless_anyone_may_write_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\r\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(SecretSource::File(path.clone()).read().unwrap(), "s3cret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let error = SecretSource::File(path.clone()).read().unwrap_err();
+        assert!(error.ends_with(&format!("every user may write it (chmod o-w `{}`)", path.display())), "{error}");
+        assert!(!error.contains("s3cret"));
+        // Through a symbolic link, the target's mode counts.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(SecretSource::File(link.clone()).read().unwrap_err().contains("every user may write it"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(SecretSource::File(link).read().unwrap(), "s3cret");
     }
 }
