@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::databases::{Databases, UrlSource};
 use sqlx::postgres::PgConnection;
-use sqlx::Connection;
+use sqlx::{Connection, Executor};
 
 fn main() {
     let postgres = postgres::TestPostgres::start("bench", "bench-pw", "bench");
@@ -32,7 +32,7 @@ fn main() {
             let options = options.clone();
             async move {
                 let mut connection = PgConnection::connect_with(&options).await.unwrap();
-                connection.ping().await.unwrap();
+                connection.execute("SELECT 1").await.unwrap();
                 connection.close().await.unwrap();
             }
         })

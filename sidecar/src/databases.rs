@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::Mutex;
 
 use crate::guest_text;
@@ -116,11 +116,6 @@ impl std::fmt::Debug for Databases {
 }
 
 impl Databases {
-    /// No aliases.
-    pub fn none() -> Self {
-        Databases { aliases: Vec::new(), last: Mutex::new(None) }
-    }
-
     /// Reads each alias's URL and parses it. Connects to nothing: a
     /// database that is down at start makes the sidecar unready, not dead.
     pub fn open(settings: &BTreeMap<String, UrlSource>) -> Result<Self, DatabaseError> {
@@ -138,11 +133,6 @@ impl Databases {
             })
             .collect::<Result<_, DatabaseError>>()?;
         Ok(Databases { aliases, last: Mutex::new(None) })
-    }
-
-    /// Whether no alias is configured.
-    pub fn is_empty(&self) -> bool {
-        self.aliases.is_empty()
     }
 
     /// The connection options of `alias`, for a service to build its pool.
@@ -185,7 +175,8 @@ impl Databases {
 async fn probe(options: &PgConnectOptions) -> Result<(), String> {
     let attempt = async {
         let mut connection = PgConnection::connect_with(options).await?;
-        connection.ping().await?;
+        // Simple-query protocol: no statement is prepared or cached.
+        connection.execute("SELECT 1").await?;
         connection.close().await
     };
     match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
