@@ -16,6 +16,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    // First of all, before the addresses are printed and the plugins load
+    // (which can take seconds): a signal's default action would end the
+    // process, SIGHUP included. A SIGHUP that arrives during the first
+    // load reloads once it is done.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let server = &config.server;
     let token = server
         .admin_token
@@ -73,9 +80,6 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hangup.recv() => {

@@ -244,6 +244,23 @@ fn sighup_with_a_broken_policy_keeps_the_loaded_version_and_sigterm_drains() {
 }
 
 #[test]
+fn a_sighup_while_the_plugins_load_reloads_afterwards_instead_of_ending_the_process() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    // info() spins until its 1 s deadline: the first load takes a second.
+    policies.plugin("slow", "hostile_slow_info", "");
+    let mut sidecar = Sidecar::launch(&policies, "", &[]);
+    sidecar.signal("HUP");
+    let started = Instant::now();
+    while !sidecar.stderr().contains("reloaded on SIGHUP") {
+        assert!(sidecar.child.try_wait().unwrap().is_none(), "SIGHUP ended the process: {}", sidecar.stderr());
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sidecar.invoke("echo", "alive").2, b"alive");
+}
+
+#[test]
 fn metrics_count_what_happened() {
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");

@@ -30,6 +30,18 @@ impl Sidecar {
     /// [`Sidecar::start`], waiting only until the plugins are loaded (an
     /// invocation no longer answers 503), not for `/readyz`.
     pub fn start_unready(policies: &Policies, server: &str, env: &[(&str, &str)]) -> Sidecar {
+        let sidecar = Sidecar::launch(policies, server, env);
+        let started = Instant::now();
+        while sidecar.invoke("no-such-plugin", "").0 == 503 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sidecar
+    }
+
+    /// Writes the settings and starts the binary, without waiting for the
+    /// plugins to load.
+    pub fn launch(policies: &Policies, server: &str, env: &[(&str, &str)]) -> Sidecar {
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("gatehouse.toml");
         let text = format!(
@@ -39,13 +51,7 @@ impl Sidecar {
             guest_dir().display().to_string()
         );
         std::fs::write(&config, text).unwrap();
-        let sidecar = Sidecar::spawn(&config, env, data);
-        let started = Instant::now();
-        while sidecar.invoke("no-such-plugin", "").0 == 503 {
-            assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sidecar
+        Sidecar::spawn(&config, env, data)
     }
 
     /// Runs `gatehouse --config <config> run` and returns once it has
