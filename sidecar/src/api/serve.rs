@@ -1,7 +1,9 @@
 //! Serving a router: hyper's HTTP/1 server, one task per connection, with
 //! the limits a sidecar next to untrusted callers needs: a cap on open
 //! connections, a deadline for the request head (slowloris), a bound on
-//! header bytes, and a graceful drain on shutdown.
+//! header bytes, a deadline on each stalled write (a client that stops
+//! reading would otherwise keep its connection slot, and the response it
+//! does not read, forever), and a graceful drain on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio_io_timeout::TimeoutStream;
 use tokio::sync::Semaphore;
 
 /// Limits of one listener.
@@ -22,6 +25,9 @@ pub struct ServeLimits {
     pub max_connections: usize,
     /// Time a client has to send a complete request head.
     pub header_timeout: Duration,
+    /// Longest a response write may wait for the client to read; then the
+    /// connection is closed.
+    pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -56,11 +62,13 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(stream), service.clone());
+            .serve_connection(TokioIo::new(Box::pin(stream)), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _slot = slot;

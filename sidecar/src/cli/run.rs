@@ -53,6 +53,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let limits = ServeLimits {
         max_connections: server.max_connections,
         header_timeout: server.request_timeout,
+        write_timeout: server.request_timeout,
         drain_timeout: server.drain_timeout,
     };
     let wait = |mut stopped: watch::Receiver<bool>| async move {

@@ -287,6 +287,40 @@ fn metrics_count_what_happened() {
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
+/// What is tried: clients that ask for an answer larger than the socket
+/// buffers and never read it, on every connection slot. Expected: each is
+/// cut off `request_timeout` after its response stalls, so the slots come
+/// back and the next caller is served (without the write deadline it
+/// would wait forever, and the request below fails at its 30 s read
+/// timeout).
+#[test]
+fn clients_that_stop_reading_are_cut_off_and_free_their_connection_slot() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "memory = \"128 MiB\"");
+    let settings = "max_connections = 2\nrequest_timeout = \"1s\"\nmax_body = \"16 MiB\"";
+    let sidecar = Sidecar::start(&policies, settings, &[]);
+    let body = vec![b'x'; 12 << 20];
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&sidecar.invoke).unwrap();
+            let head = format!(
+                "POST /v1/plugins/echo/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+            stream
+        })
+        .collect();
+    let (status, _, answer) = sidecar.invoke("echo", "next");
+    assert_eq!((status, answer.as_slice()), (200, b"next".as_slice()));
+    for mut stream in stalled {
+        let mut received = Vec::new();
+        let _ = stream.read_to_end(&mut received);
+        assert!(received.len() < body.len(), "a stalled client got its whole answer");
+    }
+}
+
 #[test]
 fn a_slow_client_or_a_flood_of_one_plugin_does_not_hurt_another() {
     let policies = Policies::new();
