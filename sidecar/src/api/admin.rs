@@ -1,5 +1,7 @@
 //! The admin listener: what is loaded and granted, reload, and database
-//! health. Every
+//! health. Browsers are refused (any request with `Origin`), and without a
+//! token so is any `Host` but a loopback name, against cross-site forms and
+//! DNS rebinding. Every
 //! request needs `Authorization: Bearer <token>` when a token is set
 //! (compared in constant time); without a token the listener must be on
 //! a loopback address (checked when the settings are read).
@@ -32,6 +34,17 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
+    // The admin API is not for browsers. A page on another site can post a
+    // form here (the browser adds `Origin`), and with DNS rebinding read
+    // the answers too (the browser sends the attacker's name as `Host`).
+    if request.headers().contains_key(header::ORIGIN) {
+        return (StatusCode::FORBIDDEN, "the admin API does not answer browsers (the request has an Origin)\n")
+            .into_response();
+    }
+    if token.is_none() && !names_loopback(request.headers().get(header::HOST)) {
+        return (StatusCode::FORBIDDEN, "without an admin token, Host must be localhost or a loopback address\n")
+            .into_response();
+    }
     if let Some(expected) = token {
         let given = request
             .headers()
@@ -51,6 +64,15 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
         }
     }
     next.run(request).await
+}
+
+/// Whether a `Host` header names this machine by loopback: `localhost` or
+/// a loopback IP literal, with any port.
+fn names_loopback(host: Option<&header::HeaderValue>) -> bool {
+    let Some(host) = host.and_then(|h| h.to_str().ok()) else { return false };
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else { return false };
+    let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Compares without stopping at the first difference, so the time taken
@@ -86,7 +108,19 @@ async fn reload(State(api): State<Arc<Api>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, names_loopback};
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn only_loopback_names_pass_as_host() {
+        for host in ["127.0.0.1:8081", "localhost", "LOCALHOST:1", "[::1]:8081", "127.9.9.9"] {
+            assert!(names_loopback(Some(&HeaderValue::from_static(host))), "{host}");
+        }
+        for host in ["attacker.example:8081", "localhost.attacker.example", "10.0.0.1", "0.0.0.0", "[::]", "", "a b"] {
+            assert!(!names_loopback(Some(&HeaderValue::from_static(host))), "{host}");
+        }
+        assert!(!names_loopback(None));
+    }
 
     #[test]
     fn tokens_compare_by_value() {

@@ -150,6 +150,29 @@ fn each_error_kind_has_its_status_body_and_hint() {
     assert_eq!(json(&body)["kind"], "invalid-input");
 }
 
+/// What is tried against a loopback admin listener without a token: a
+/// cross-site form post (the browser adds `Origin`) and a DNS-rebinding
+/// read (the browser sends the attacker's name as `Host`). Expected: 403
+/// for both, while calls naming loopback pass.
+#[test]
+fn a_tokenless_admin_api_refuses_browsers_and_foreign_host_names() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let admin = &sidecar.admin;
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[], b"").0, 200);
+    let form = [("origin", "http://attacker.example"), ("content-type", "application/x-www-form-urlencoded")];
+    assert_eq!(request(admin, "POST", "/admin/reload", &form, b"a=1").0, 403);
+    let port = admin.rsplit(':').next().unwrap();
+    for (host, expected) in [("attacker.example", "403"), ("localhost", "200"), ("127.0.0.1", "200")] {
+        let mut stream = TcpStream::connect(admin).unwrap();
+        write!(stream, "GET /admin/plugins HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {expected}")), "{host}: {answer}");
+    }
+}
+
 #[test]
 fn the_admin_api_needs_its_token_and_only_exists_on_its_listener() {
     let policies = Policies::new();
