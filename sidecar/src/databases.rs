@@ -124,9 +124,9 @@ impl Databases {
             .map(|(name, source)| {
                 let url = match source {
                     UrlSource::Inline(url) => url.clone(),
-                    UrlSource::Secret(secret) => secret
-                        .read()
-                        .map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?,
+                    UrlSource::Secret(secret) => {
+                        secret.read().map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?
+                    }
                 };
                 let options = parse(&url).map_err(|reason| DatabaseError::BadUrl { alias: name.clone(), reason })?;
                 Ok(Alias { name: name.clone(), target: describe(&options), options })
@@ -149,7 +149,11 @@ impl Databases {
             return checked.health.clone();
         }
         let health: Arc<[Health]> = futures::future::join_all(self.aliases.iter().map(|alias| async move {
-            Health { alias: alias.name.clone(), target: alias.target.clone(), problem: probe(&alias.options).await.err() }
+            Health {
+                alias: alias.name.clone(),
+                target: alias.target.clone(),
+                problem: probe(&alias.options).await.err(),
+            }
         }))
         .await
         .into();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::ErrorKind;
+use crate::{ErrorKind, InvokeError};
 
 /// The status for an error kind. `quota-exceeded` is 507 (the request
 /// cannot be met with the resources granted), `rate-limited` 429.
@@ -23,6 +23,27 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// What a caller is told about `error`. A crash's trap and backtrace and a
+/// load refusal's file and reason are for the operator: the log has them
+/// (with the request id), the caller gets the kind and where to look.
+pub fn public_message(error: &InvokeError) -> String {
+    match error {
+        InvokeError::Trap { plugin, .. } => {
+            format!("plugin `{plugin}` crashed; the sidecar's log has the details (look for this x-request-id)")
+        }
+        InvokeError::Refused(refusal) => format!(
+            "plugin `{}` was refused at load; the sidecar's log and `gatehouse policy check` say why",
+            refusal.plugin
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The response for a failed invocation (see [`public_message`]).
+pub fn respond_to(error: &InvokeError) -> Response {
+    respond(error.kind(), &public_message(error), error.retry_after())
 }
 
 /// An error response. `message` must already be safe to show (the

@@ -91,7 +91,7 @@ async fn invoke(
             Err(error) => {
                 // Quoted: the message may quote (escaped) caller or guest text.
                 tracing::info!(kind = %error.kind(), error = ?error.to_string(), "invocation failed");
-                errors::respond(error.kind(), &error.to_string(), error.retry_after())
+                errors::respond_to(&error)
             }
         }
     }

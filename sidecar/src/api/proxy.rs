@@ -93,7 +93,7 @@ async fn serve_proxy(
             let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
             Response::from_parts(parts, Body::new(body))
         }
-        Err(error) => errors::respond(error.kind(), &error.to_string(), error.retry_after()),
+        Err(error) => errors::respond_to(&error),
     }
 }
 

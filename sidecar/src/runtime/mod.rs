@@ -34,6 +34,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -589,11 +590,16 @@ impl Runtime {
         let (respond, response) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let name = plugin.to_string();
-        let mut task = tokio::spawn(async move {
-            let _slots = runtime.admit(&loaded, &name).await?;
-            let call = Call::Http(request, respond);
-            runtime.run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, call).await
-        });
+        // In the caller's span, so the component's log lines (and its
+        // outbound refusals) carry the request id.
+        let mut task = tokio::spawn(
+            async move {
+                let _slots = runtime.admit(&loaded, &name).await?;
+                let call = Call::Http(request, respond);
+                runtime.run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, call).await
+            }
+            .in_current_span(),
+        );
         let mut response = std::pin::pin!(response);
         tokio::select! {
             answered = &mut response => match answered {

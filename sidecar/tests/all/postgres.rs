@@ -30,17 +30,14 @@ impl TestPostgres {
             run("chown", &["-R", "postgres:postgres", dir.path().to_str().unwrap()]);
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let postgres = TestPostgres {
-            bin,
-            port,
-            user: user.into(),
-            password: password.into(),
-            database: database.into(),
-            dir,
-        };
+        let postgres =
+            TestPostgres { bin, port, user: user.into(), password: password.into(), database: database.into(), dir };
         let data = postgres.data();
         let auth = ["--auth-local=trust", "--auth-host=scram-sha-256"];
-        postgres.pg("initdb", &[&["-D", &data, "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-locale"][..], &auth].concat());
+        postgres.pg(
+            "initdb",
+            &[&["-D", &data, "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-locale"][..], &auth].concat(),
+        );
         postgres.resume();
         let quoted = password.replace('\'', "''");
         postgres.psql(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'"));
@@ -66,7 +63,10 @@ impl TestPostgres {
             self.dir.path().display()
         );
         let log = self.dir.path().join("server.log");
-        self.pg("pg_ctl", &["-D", &self.data(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "-t", "30", "start"]);
+        self.pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-l", log.to_str().unwrap(), "-o", &options, "-w", "-t", "30", "start"],
+        );
     }
 
     /// Serves TLS with `cert_pem` and `key_pem`, and accepts TCP logins
@@ -120,7 +120,11 @@ impl TestPostgres {
     fn pg(&self, program: &str, args: &[&str]) -> Output {
         let program = self.bin.join(program);
         let program = program.to_str().unwrap();
-        if as_root() { run("runuser", &[&["-u", "postgres", "--", program], args].concat()) } else { run(program, args) }
+        if as_root() {
+            run("runuser", &[&["-u", "postgres", "--", program], args].concat())
+        } else {
+            run(program, args)
+        }
     }
 }
 
@@ -142,11 +146,7 @@ fn as_root() -> bool {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir("/")
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program).args(args).current_dir("/").output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "{program} {args:?} failed:\n{}{}",

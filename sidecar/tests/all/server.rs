@@ -115,6 +115,15 @@ fn each_error_kind_has_its_status_body_and_hint() {
     expect("spin", "go", 504, "timeout");
     expect("socket", "x", 503, "unavailable");
     expect("crash", "12345", 500, "internal");
+    // A crash's panic and backtrace, and a refusal's file and reason, are
+    // the operator's: in the log, not in the answer.
+    let (_, _, crash) = sidecar.invoke("crash", "12345");
+    let (_, _, socket) = sidecar.invoke("socket", "x");
+    let answers = format!("{}{}", String::from_utf8_lossy(&crash), String::from_utf8_lossy(&socket));
+    for detail in ["gave up", "wasm backtrace", "socket.toml", "wasi:sockets"] {
+        assert!(!answers.contains(detail), "{detail} in {answers}");
+    }
+    assert!(sidecar.stderr().contains("gave up") && sidecar.stderr().contains("wasi:sockets"), "{}", sidecar.stderr());
 
     // Rate limited: the only slot is held, and its queue is full.
     let holder = {
@@ -334,8 +343,7 @@ fn clients_that_stop_reading_are_cut_off_and_free_their_connection_slot() {
     let addr: std::net::SocketAddr = sidecar.invoke.parse().unwrap();
     rustix::net::connect(&socket, &addr).unwrap();
     let mut stalled = TcpStream::from(socket);
-    let head =
-        format!("POST /v1/plugins/echo/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!("POST /v1/plugins/echo/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
     stalled.write_all(head.as_bytes()).unwrap();
     stalled.write_all(&body).unwrap();
 
@@ -429,8 +437,15 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     // reached, another is refused before any connection.
     let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://localhost:{port}/"), &[], b"");
     assert_eq!(String::from_utf8_lossy(&body), "status 200");
-    let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://127.0.0.1:{port}/"), &[], b"");
+    let denied = format!("/p/hello/fetch?url=http://127.0.0.1:{port}/");
+    let (_, _, body) = request(addr, "GET", &denied, &[("x-request-id", "proxy-req-7")], b"");
     assert_eq!(String::from_utf8_lossy(&body), "error ErrorCode::HttpRequestDenied");
+    // The refusal's log line carries the request's id.
+    let started = Instant::now();
+    while !sidecar.stderr().lines().any(|l| l.contains("proxy-req-7") && l.contains("gatehouse::http")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1, "only the granted request was sent");
     let (_, _, metrics) = sidecar.get(addr, "/metrics");
     let metrics = String::from_utf8(metrics).unwrap();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tracing::Instrument;
 use wasmtime::component::HasData;
 use wasmtime_wasi_http::{ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -99,36 +100,42 @@ impl WasiHttpHooks for HttpHost {
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> ResponseFuture {
         let plugin = self.plugin.clone();
-        Box::new(async move {
-            let Some(plugin) = plugin else {
-                return Err(HttpError::NotGranted.to_wasi());
-            };
-            // A guest that never finishes its body must not hold the
-            // request open past the policy's deadline.
-            let timeout = plugin.policy().timeout;
-            let started = std::time::Instant::now();
-            let (method, url) = (request.method().to_string(), request.uri().to_string());
-            let read = tokio::time::timeout(timeout, read_wasi_request(request, options, plugin.policy()));
-            let outbound = match read.await.unwrap_or(Err(HttpError::Timeout(timeout))) {
-                Ok(outbound) => outbound,
-                Err(error) => {
-                    let wasi = error.to_wasi();
-                    plugin.refused_at_door(&method, &url, error, started);
-                    return Err(wasi);
-                }
-            };
-            let response = match plugin.send(outbound).await {
-                Ok(response) => response,
-                Err(error @ HttpError::RateLimited { .. }) => too_many_requests(&error),
-                Err(error) => return Err(error.to_wasi()),
-            };
-            let mut reply =
-                http::Response::new(Full::new(response.body).map_err(|never| match never {}).boxed_unsync());
-            *reply.status_mut() = response.status;
-            *reply.headers_mut() = response.headers;
-            let io_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(async { Ok(()) });
-            Ok((reply, io_done))
-        })
+        Box::new(
+            async move {
+                let Some(plugin) = plugin else {
+                    return Err(HttpError::NotGranted.to_wasi());
+                };
+                // A guest that never finishes its body must not hold the
+                // request open past the policy's deadline.
+                let timeout = plugin.policy().timeout;
+                let started = std::time::Instant::now();
+                let (method, url) = (request.method().to_string(), request.uri().to_string());
+                let read = tokio::time::timeout(timeout, read_wasi_request(request, options, plugin.policy()));
+                let outbound = match read.await.unwrap_or(Err(HttpError::Timeout(timeout))) {
+                    Ok(outbound) => outbound,
+                    Err(error) => {
+                        let wasi = error.to_wasi();
+                        plugin.refused_at_door(&method, &url, error, started);
+                        return Err(wasi);
+                    }
+                };
+                let response = match plugin.send(outbound).await {
+                    Ok(response) => response,
+                    Err(error @ HttpError::RateLimited { .. }) => too_many_requests(&error),
+                    Err(error) => return Err(error.to_wasi()),
+                };
+                let mut reply =
+                    http::Response::new(Full::new(response.body).map_err(|never| match never {}).boxed_unsync());
+                *reply.status_mut() = response.status;
+                *reply.headers_mut() = response.headers;
+                let io_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((reply, io_done))
+            }
+            // wasmtime-wasi-http runs this on a task of its own: keep the
+            // invocation's span, so the log lines carry its request id.
+            .instrument(tracing::Span::current()),
+        )
     }
 }
 
