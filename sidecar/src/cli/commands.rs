@@ -26,7 +26,7 @@ pub async fn policy_check(config: &Config) -> anyhow::Result<ExitCode> {
     }
     for (name, policy) in &load.set.plugins {
         match report.refused.iter().find(|e| &e.plugin == name) {
-            None => println!("ok    {name} ({})", policy.file.display()),
+            None => println!("ok    {name} ({})", gatehouse::policy::shown(&policy.file)),
             Some(refused) => {
                 bad += 1;
                 println!("error {}: plugin `{name}` refused: {}", refused.file, refused.reason);
@@ -45,7 +45,7 @@ pub async fn explain_url(config: &Config, plugin: &str, url: &str) -> anyhow::Re
         anyhow::bail!("no valid policy for plugin `{plugin}` in {}", config.policy_dir.display());
     };
     let e = explain(policy.http.as_ref(), url, &SystemLookup).await;
-    println!("plugin      {plugin} ({})", policy.file.display());
+    println!("plugin      {plugin} ({})", gatehouse::policy::shown(&policy.file));
     println!("url         {}", e.normalized.as_deref().unwrap_or(url));
     println!("rule        {}", e.rule.as_deref().unwrap_or("(none matched)"));
     if e.rule.is_some() {

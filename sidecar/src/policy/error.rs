@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::guest_text::{LINE, MESSAGE, escaped};
+
 /// One problem with one policy file. The whole file is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct PolicyError {
@@ -14,13 +16,24 @@ pub struct PolicyError {
     pub reason: String,
 }
 
+/// File names and TOML keys are written by whoever can add a policy file,
+/// so both are escaped: a problem stays one line in the log and in
+/// `policy check` output, whatever the file is called or contains.
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.to_string_lossy();
+        let file = escaped(&file, LINE);
+        let reason = escaped(&self.reason, MESSAGE);
         match self.line {
-            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.reason),
-            None => write!(f, "{}: {}", self.file.display(), self.reason),
+            Some(line) => write!(f, "{file}:{line}: {reason}"),
+            None => write!(f, "{file}: {reason}"),
         }
     }
+}
+
+/// A path as it may appear in a log line or on a terminal.
+pub fn shown(path: &std::path::Path) -> String {
+    crate::guest_text::escape(&path.to_string_lossy(), LINE)
 }
 
 /// 1-based line number of a byte offset in `text`.

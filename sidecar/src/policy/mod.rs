@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::services::http::HttpPolicy;
 
-pub use error::PolicyError;
+pub use error::{PolicyError, shown};
 pub use load::{MAX_COMPONENT_SIZE, PolicyLoad, load_dir};
 
 /// Default per-invocation memory limit when `[limits] memory` is absent.

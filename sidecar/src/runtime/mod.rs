@@ -400,7 +400,7 @@ impl Runtime {
         let mut reserved: u32 = 0;
         for (name, plugin) in &previous.plugins {
             if broken_files.contains(&plugin.policy.file) && !policies.plugins.contains_key(name) {
-                tracing::warn!(plugin = %name, file = %plugin.policy.file.display(), "policy file refused; keeping the loaded version");
+                tracing::warn!(plugin = %name, file = %crate::policy::shown(&plugin.policy.file), "policy file refused; keeping the loaded version");
                 reserved = reserved.saturating_add(plugin.policy.limits.concurrency);
                 next.plugins.insert(name.clone(), plugin.clone());
             }
@@ -429,7 +429,7 @@ impl Runtime {
                     // from the component (import names, function names).
                     let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
                     let error =
-                        LoadError { plugin: policy.name.clone(), file: policy.file.display().to_string(), reason };
+                        LoadError { plugin: policy.name.clone(), file: crate::policy::shown(&policy.file), reason };
                     tracing::error!(%error, "plugin refused");
                     match previous.plugins.get(&policy.name).filter(|_| keep_on_refusal) {
                         Some(old) => {
@@ -471,7 +471,7 @@ impl Runtime {
                 version: p.info.version.clone(),
                 description: p.info.description.clone(),
                 sha256: hex::encode(p.policy.component.sha256),
-                policy_file: p.policy.file.display().to_string(),
+                policy_file: crate::policy::shown(&p.policy.file),
                 concurrency: p.policy.limits.concurrency,
                 http: p.policy.http.as_ref().map(|h| h.allow.iter().map(|r| r.text.clone()).collect()),
                 kind: match p.entry {

@@ -42,6 +42,25 @@ fn policy_check_fails_naming_file_line_and_problem() {
     assert!(stdout.contains(&expected), "expected `{expected}` in:\n{stdout}");
 }
 
+/// What is tried: a policy file whose name, and another whose TOML key,
+/// carry a line break, a forged log line and an ANSI escape. Expected:
+/// each problem stays one line of `policy check` output, no escape byte
+/// reaches the terminal, and the name of a file that loads is escaped too.
+#[test]
+fn policy_check_output_cannot_be_forged_by_file_names_or_keys() {
+    let policies = Policies::new();
+    let forged = "2026-01-01T00:00:00Z ERROR gatehouse::admin: forged\u{1b}[31m";
+    policies.write(&format!("a\n{forged}.toml"), "[plugin\n");
+    policies.write("key.toml", &format!("[plugin]\n\"x\\n{}\" = 1\n", forged.replace('\u{1b}', "\\u001b")));
+    let component = crate::common::guest("echo").display().to_string();
+    policies.write(&format!("ok\n{forged}.toml"), &format!("[plugin]\nname = \"echo\"\ncomponent = {component:?}\n"));
+    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()], repo());
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert!(!stdout.lines().any(|l| l.starts_with("2026-01-01")), "a forged line:\n{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("forged")).count(), 3, "{stdout}");
+}
+
 #[test]
 fn invoke_prints_the_output_document() {
     let policies = Policies::new();
