@@ -6,7 +6,9 @@
 //! - `/fetch?url=<url>`: a `GET` of `url` through
 //!   `wasi:http/outgoing-handler` (so under the plugin's `[http]` policy),
 //!   answering the upstream's status or the error code that refused it;
-//! - `/spin`: never answers (the plugin's deadline must stop it).
+//! - `/spin`: never answers (the plugin's deadline must stop it);
+//! - `/status/<code>`: an empty answer with that status, whatever it is
+//!   (the sidecar must not pass on one that cannot end a request).
 
 use std::io::Read;
 
@@ -46,7 +48,10 @@ impl Guest for HelloProxy {
                     n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
             }
-            _ => respond(out, 404, b"no such route\n"),
+            _ => match route.strip_prefix("/status/").and_then(|code| code.parse().ok()) {
+                Some(code) => respond(out, code, b""),
+                None => respond(out, 404, b"no such route\n"),
+            },
         }
     }
 }
@@ -58,7 +63,12 @@ fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
     let outgoing = response.body().expect("the body is available once");
     ResponseOutparam::set(out, Ok(response));
     let stream = outgoing.write().expect("the stream is available once");
-    let _ = stream.blocking_write_and_flush(body);
+    // One blocking write takes at most 4096 bytes.
+    for chunk in body.chunks(4096) {
+        if stream.blocking_write_and_flush(chunk).is_err() {
+            break;
+        }
+    }
     drop(stream);
     let _ = OutgoingBody::finish(outgoing, None);
 }

@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 
 use crate::{ErrorKind, InvokeError};
 
+/// The longest `Retry-After` the API passes on.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The status for an error kind. `quota-exceeded` is 507 (the request
 /// cannot be met with the resources granted), `rate-limited` 429.
 pub fn status(kind: ErrorKind) -> StatusCode {
@@ -52,6 +55,8 @@ pub fn respond(kind: ErrorKind, message: &str, retry_after: Option<Duration>) ->
     // Transient failures always say when to come back; rate limits without
     // a hint of their own get one second.
     let retry_after = retry_after.or((kind == ErrorKind::RateLimited).then_some(Duration::from_secs(1)));
+    // A guest's own error may carry any hint: keep it sensible.
+    let retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER));
     let retry_after_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let body = serde_json::json!({ "kind": kind.as_str(), "message": message, "retry_after_ms": retry_after_ms });
     let mut response = (status(kind), body.to_string()).into_response();
@@ -92,5 +97,8 @@ mod tests {
         let response = respond(ErrorKind::RateLimited, "slow down", Some(Duration::from_millis(2500)));
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
         assert!(respond(ErrorKind::Denied, "no", None).headers().get(header::RETRY_AFTER).is_none());
+        // A guest's hint of u64::MAX ms is cut to an hour.
+        let response = respond(ErrorKind::Timeout, "later", Some(Duration::from_millis(u64::MAX)));
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3600");
     }
 }

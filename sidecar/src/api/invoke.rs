@@ -84,8 +84,7 @@ async fn invoke(
         api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {
             Ok(output) => {
-                let content_type = HeaderValue::from_str(&output.content_type)
-                    .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                let content_type = output_content_type(&output.content_type);
                 ([(header::CONTENT_TYPE, content_type)], output.body).into_response()
             }
             Err(error) => {
@@ -97,6 +96,17 @@ async fn invoke(
     }
     .instrument(span)
     .await
+}
+
+/// The plugin's content type as a header, when it is a short line of
+/// printable ASCII; otherwise `application/octet-stream` (a guest could
+/// send 16 MiB, control characters or bidirectional text).
+fn output_content_type(text: &str) -> HeaderValue {
+    let plain = text.len() <= 256 && text.contains('/') && text.bytes().all(|b| (0x20..0x7f).contains(&b));
+    plain
+        .then(|| HeaderValue::from_str(text).ok())
+        .flatten()
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"))
 }
 
 /// Answers before any body is read: `503` while the plugins are still
@@ -172,4 +182,18 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
 /// A JSON response.
 pub(super) fn json(status: StatusCode, value: &serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_content_type;
+
+    #[test]
+    fn a_plugin_content_type_is_passed_on_only_when_plain_and_short() {
+        assert_eq!(output_content_type("application/json; charset=utf-8"), "application/json; charset=utf-8");
+        let long = format!("text/{}", "x".repeat(300));
+        for bad in ["text/plain\u{202e}", "text/plain\r\nx-evil: 1", "plain", "", "text/\u{7f}", &long] {
+            assert_eq!(output_content_type(bad), "application/octet-stream", "{bad:?}");
+        }
+    }
 }

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use tracing::Instrument;
 
 use super::edge::RequestId;
-use super::invoke::refuse_early;
+use super::invoke::{WithStatus, refuse_early};
 use super::{Api, errors};
 use crate::ErrorKind;
 
@@ -88,6 +88,15 @@ async fn serve_proxy(
     }
     api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
     match outcome {
+        // A 1xx (`101 Switching Protocols` would hand the connection over)
+        // or a code past 599 cannot end a request.
+        Ok(response) if !(200..=599).contains(&response.status().as_u16()) => {
+            let code = response.status().as_u16();
+            let _entered = span.enter();
+            tracing::info!(status = code, "the component answered with a status that cannot end a request");
+            let message = format!("plugin `{name}` answered with status {code}, which cannot end a request");
+            errors::respond(ErrorKind::Internal, &message, None).with_status(StatusCode::BAD_GATEWAY)
+        }
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));

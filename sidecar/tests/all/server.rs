@@ -433,6 +433,19 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     let (status, _, body) = request(addr, "POST", "/p/hello/echo?x=1", &[], b"payload");
     assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "Method::Post /echo?x=1\npayload"));
 
+    // A status that cannot end a request (1xx: 101 would hand the
+    // connection over; past 599) becomes a 502 of the sidecar's own.
+    for code in ["100", "101", "999"] {
+        let (status, headers, body) = request(addr, "GET", &format!("/p/hello/status/{code}"), &[], b"");
+        assert_eq!((status, json(&body)["kind"].as_str()), (502, Some("internal")), "{code}");
+        assert!(header(&headers, "x-request-id").is_some());
+    }
+    assert_eq!(request(addr, "GET", "/p/hello/status/204", &[], b"").0, 204);
+    // Answers past one 4 KiB write come through whole.
+    let big = vec![b'z'; 10_000];
+    let (_, _, body) = request(addr, "POST", "/p/hello/echo", &[], &big);
+    assert_eq!(body.len(), "Method::Post /echo\n".len() + big.len());
+
     // Outbound calls go through its [http] policy: the granted origin is
     // reached, another is refused before any connection.
     let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://localhost:{port}/"), &[], b"");
