@@ -247,8 +247,11 @@ fn server_settings(
         max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
         request_timeout: raw.request_timeout.map_or(defaults.request_timeout, |d| d.0),
         drain_timeout: raw.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
-        max_connections: raw.max_connections.unwrap_or(defaults.max_connections).max(1),
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
     };
+    if settings.max_connections == 0 {
+        return Err("[server] max_connections must be at least 1".into());
+    }
     if settings.admin_listen == Some(settings.listen) && settings.listen.port() != 0 {
         return Err("[server] admin_listen must differ from listen: the invoke listener serves no admin route".into());
     }
@@ -284,6 +287,8 @@ mod tests {
         assert_eq!(config.server.admin_token, Some(SecretSource::Env("T".into())));
         assert_eq!(load("[server]\nadmin_listen = \"off\"\n").unwrap().server.admin_listen, None);
         assert_eq!(load("").unwrap().server, ServerSettings::default());
+        let error = load("[server]\nmax_connections = 0\n").unwrap_err().to_string();
+        assert!(error.ends_with("[server] max_connections must be at least 1"), "{error}");
     }
 
     #[test]

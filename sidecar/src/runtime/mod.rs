@@ -556,18 +556,25 @@ impl Runtime {
         let busy = || InvokeError::Busy { plugin: plugin.to_string(), limit: limits.concurrency };
         let queued =
             Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)).ok_or_else(busy)?;
-        let wait = limits.timeout + 2 * TIMEOUT_GRACE;
-        let acquire = async { (loaded.slots.semaphore.acquire().await, self.instances.acquire().await) };
-        let admission = match tokio::time::timeout(wait, acquire).await {
-            Ok((Ok(slot), Ok(instance))) => {
-                loaded.slots.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                Admission { _slot: slot, _instance: instance, running: &loaded.slots.running }
+        let deadline = tokio::time::Instant::now() + limits.timeout + 2 * TIMEOUT_GRACE;
+        let slot = tokio::time::timeout_at(deadline, loaded.slots.semaphore.acquire()).await.map_err(|_| busy())?;
+        // The admission check keeps the sum of all concurrencies within the
+        // pool, so this waits only after a reload: invocations that started
+        // under the old grants keep their instances until they finish.
+        let instance = tokio::time::timeout_at(deadline, self.instances.acquire()).await.map_err(|_| {
+            InvokeError::Unavailable {
+                plugin: plugin.to_string(),
+                message: "every instance of the pool ([engine] max_instances) is in use; invocations that \
+                          started before the last reload keep theirs until they finish"
+                    .into(),
             }
-            Ok(_closed) => unreachable!("the runtime's semaphores are never closed"),
-            Err(_) => return Err(busy()),
+        })?;
+        let (Ok(slot), Ok(instance)) = (slot, instance) else {
+            unreachable!("the runtime's semaphores are never closed")
         };
+        loaded.slots.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         drop(queued);
-        Ok(admission)
+        Ok(Admission { _slot: slot, _instance: instance, running: &loaded.slots.running })
     }
 
     /// Serves one HTTP request with a `wasi:http/proxy` plugin, under the

@@ -124,6 +124,42 @@ async fn no_plugin_can_empty_the_pool_for_another() {
     }
 }
 
+/// What is tried: plugin `a` fills a pool of 4 with long invocations, then
+/// a reload lowers `a` to 2 and admits `b` with 2. Expected: `b`'s callers
+/// are told the pool is full (`unavailable`, naming the reload), not that
+/// `b` is at its concurrency limit; once `a`'s old invocations finish, `b`
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reload_old_invocations_keep_their_instances_and_new_callers_are_told_so() {
+    let policies = Policies::new();
+    policies.plugin("a", "sleeper", "concurrency = 4\ntimeout = \"5s\"");
+    let mut small = settings();
+    small.max_instances = 4;
+    let (runtime, report) = load(&policies, small).await;
+    assert!(report.refused.is_empty(), "{report:?}");
+    let runtime = Arc::new(runtime);
+    let holders: Vec<_> = (0..4)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move { runtime.invoke("a", doc("1500")).await })
+        })
+        .collect();
+    while runtime.in_flight("a") != Some(4) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    policies.plugin("a", "sleeper", "concurrency = 2\ntimeout = \"5s\"");
+    policies.plugin("b", "echo", "concurrency = 2\ntimeout = \"200ms\"");
+    let load = policies.load();
+    assert!(runtime.reload(&load.set, &[]).await.refused.is_empty());
+    let error = runtime.invoke("b", doc("x")).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("started before the last reload"), "{error}");
+    for holder in holders {
+        assert_eq!(holder.await.unwrap().unwrap().body, b"slept");
+    }
+    assert_eq!(runtime.invoke("b", doc("x")).await.unwrap().body, b"x");
+}
+
 #[tokio::test]
 async fn a_host_call_cannot_make_the_host_lift_more_than_its_budget() {
     let policies = Policies::new();
