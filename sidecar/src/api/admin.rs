@@ -25,6 +25,8 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
         .route("/admin/plugins", get(plugins))
         .route("/admin/reload", post(reload))
         .route("/admin/databases", get(databases))
+        .fallback(super::errors::no_route)
+        .method_not_allowed_fallback(super::errors::wrong_method)
         .with_state(api)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
             let token = token.clone();

@@ -49,6 +49,23 @@ pub fn respond_to(error: &InvokeError) -> Response {
     respond(error.kind(), &public_message(error), error.retry_after())
 }
 
+/// A path whose parameters are not UTF-8 (the path is not quoted back).
+pub fn bad_path() -> Response {
+    respond(ErrorKind::InvalidInput, "the path is not valid: its segments must be UTF-8", None)
+}
+
+/// No route: the same JSON shape as every other error.
+pub async fn no_route() -> Response {
+    respond(ErrorKind::NotFound, "no such route", None)
+}
+
+/// A route that exists, with another method.
+pub async fn wrong_method() -> Response {
+    let mut response = respond(ErrorKind::InvalidInput, "this route does not take that method", None);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
 /// An error response. `message` must already be safe to show (the
 /// runtime's errors escape and bound the guest text they quote).
 pub fn respond(kind: ErrorKind, message: &str, retry_after: Option<Duration>) -> Response {

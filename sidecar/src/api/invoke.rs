@@ -20,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tracing::Instrument;
 
+use axum::extract::rejection::PathRejection;
+
 use super::edge::RequestId;
 use super::{Api, errors};
 use crate::{Document, ErrorKind};
@@ -35,17 +37,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .fallback(errors::no_route)
+        .method_not_allowed_fallback(errors::wrong_method)
         .with_state(api)
         .layer(axum::middleware::from_fn(super::edge::edge))
 }
 
 async fn invoke(
     State(api): State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     axum::Extension(RequestId(id)): axum::Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let Ok(Path(name)) = name else { return errors::bad_path() };
     if let Some(refusal) = refuse_early(&api, &headers) {
         return refusal;
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -18,17 +19,19 @@ use crate::ErrorKind;
 /// `/p/{name}` is the component's `/`.
 pub(super) async fn root(
     state: State<Arc<Api>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     request: axum::extract::Request,
 ) -> Response {
+    let Ok(Path(name)) = name else { return errors::bad_path() };
     serve_proxy(state, name, String::new(), request).await
 }
 
 pub(super) async fn path(
     state: State<Arc<Api>>,
-    Path((name, rest)): Path<(String, String)>,
+    parts: Result<Path<(String, String)>, PathRejection>,
     request: axum::extract::Request,
 ) -> Response {
+    let Ok(Path((name, rest))) = parts else { return errors::bad_path() };
     serve_proxy(state, name, rest, request).await
 }
 

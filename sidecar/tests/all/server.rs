@@ -115,6 +115,18 @@ fn each_error_kind_has_its_status_body_and_hint() {
     expect("spin", "go", 504, "timeout");
     expect("socket", "x", 503, "unavailable");
     expect("crash", "12345", 500, "internal");
+    // Routing failures have the same JSON shape: no route, a wrong method,
+    // a name that is not UTF-8 (not quoted back).
+    for (method, path, status, kind) in [
+        ("GET", "/nope", 404, "not-found"),
+        ("GET", "/v1/plugins/echo/invoke", 405, "invalid-input"),
+        ("POST", "/v1/plugins/%ff/invoke", 400, "invalid-input"),
+        ("GET", "/p/%ff/", 400, "invalid-input"),
+    ] {
+        let (got, headers, body) = request(&sidecar.invoke, method, path, &[], b"");
+        assert_eq!((got, json(&body)["kind"].as_str()), (status, Some(kind)), "{method} {path}");
+        assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    }
     // A crash's panic and backtrace, and a refusal's file and reason, are
     // the operator's: in the log, not in the answer.
     let (_, _, crash) = sidecar.invoke("crash", "12345");
