@@ -7,6 +7,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+/// The largest secret file read.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -29,9 +32,16 @@ impl SecretSource {
             SecretSource::Env(var) => std::env::var(var).map_err(|e| format!("environment variable `{var}`: {e}")),
             SecretSource::File(path) => {
                 let fail = |e: &dyn std::fmt::Display| format!("file `{}`: {e}", path.display());
-                let mode = std::fs::metadata(path).map_err(|e| fail(&e))?.permissions().mode();
-                if mode & 0o002 != 0 {
+                let metadata = std::fs::metadata(path).map_err(|e| fail(&e))?;
+                // A FIFO or a device would block or never end the read.
+                if !metadata.is_file() {
+                    return Err(fail(&"not a regular file"));
+                }
+                if metadata.permissions().mode() & 0o002 != 0 {
                     return Err(fail(&format_args!("every user may write it (chmod o-w `{}`)", path.display())));
+                }
+                if metadata.len() > MAX_SECRET_FILE {
+                    return Err(fail(&format_args!("larger than {MAX_SECRET_FILE} bytes")));
                 }
                 let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
                 let text = text.strip_suffix('\n').unwrap_or(&text);
@@ -62,5 +72,21 @@ mod tests {
         assert!(SecretSource::File(link.clone()).read().unwrap_err().contains("every user may write it"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(SecretSource::File(link).read().unwrap(), "s3cret");
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        // A FIFO would block the read forever (no writer), /dev/zero never
+        // end it, a directory is no secret.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        for path in [fifo, "/dev/zero".into(), dir.path().to_path_buf()] {
+            let error = SecretSource::File(path.clone()).read().unwrap_err();
+            assert!(error.ends_with("not a regular file"), "{path:?}: {error}");
+        }
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_SECRET_FILE as usize + 1]).unwrap();
+        assert!(SecretSource::File(big).read().unwrap_err().ends_with("larger than 65536 bytes"));
     }
 }
