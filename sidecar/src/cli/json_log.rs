@@ -37,13 +37,26 @@ where
                 let extensions = span.extensions();
                 let Some(fields) = extensions.get::<FormattedFields<N>>() else { continue };
                 if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
-                    line.extend(fields);
+                    line.extend(fields.into_iter().map(|(name, value)| match value {
+                        Value::String(text) => (name, unquote(text).into()),
+                        other => (name, other),
+                    }));
                 }
             }
         }
         let mut visitor = Collect { line: &mut line, plugin_event: meta.target() == "gatehouse::plugin" };
         event.record(&mut visitor);
         writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Guest and caller text is recorded with `?` so that the text log shows
+/// it quoted (it cannot pass for other fields there). JSON quotes strings
+/// itself: drop the outer pair, keep the escapes inside.
+fn unquote(text: String) -> String {
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.to_string(),
+        None => text,
     }
 }
 
@@ -68,7 +81,7 @@ impl Visit for Collect<'_> {
             self.line.insert("fields".into(), object);
             return;
         }
-        self.line.insert(field.name().into(), text.into());
+        self.line.insert(field.name().into(), unquote(text).into());
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
@@ -85,5 +98,49 @@ impl Visit for Collect<'_> {
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.line.insert(field.name().into(), value.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::format::JsonFields;
+
+    use super::JsonLines;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn quoted_fields_are_plain_json_strings_with_their_escapes_kept() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let name = "fetcher\nforged";
+            let span = tracing::info_span!("invoke", plugin = ?gatehouse::guest_text::escaped(name, 64));
+            let _entered = span.enter();
+            tracing::info!(error = ?"bad \"x\"".to_string(), "failed");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["plugin"], "fetcher\\nforged", "{text}");
+        assert_eq!(line["error"], "bad \\\"x\\\"", "{text}");
     }
 }

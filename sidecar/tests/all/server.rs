@@ -135,7 +135,12 @@ fn each_error_kind_has_its_status_body_and_hint() {
     for detail in ["gave up", "wasm backtrace", "socket.toml", "wasi:sockets"] {
         assert!(!answers.contains(detail), "{detail} in {answers}");
     }
-    assert!(sidecar.stderr().contains("gave up") && sidecar.stderr().contains("wasi:sockets"), "{}", sidecar.stderr());
+    // (The log reaches us through a pipe: give it a moment.)
+    let started = Instant::now();
+    while !(sidecar.stderr().contains("gave up") && sidecar.stderr().contains("wasi:sockets")) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Rate limited: the only slot is held, and its queue is full.
     let holder = {
