@@ -13,9 +13,15 @@ use serde::de::{self, Deserializer, Visitor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
+/// Rounded for reading, with the exact count when rounding hides it (so
+/// "4 GiB + 1 byte is out of range" never reads "4.0 GiB ... 4 GiB").
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
+        let shown = bytesize::ByteSize(self.0).display().iec().to_string();
+        match shown.parse::<bytesize::ByteSize>() {
+            Ok(read_back) if read_back.0 == self.0 => f.write_str(&shown),
+            _ => write!(f, "{shown} ({} bytes)", self.0),
+        }
     }
 }
 
@@ -92,6 +98,13 @@ mod tests {
         for (text, bytes) in cases {
             assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
         }
+    }
+
+    #[test]
+    fn sizes_are_shown_rounded_with_the_exact_count_when_rounding_hides_it() {
+        assert_eq!(ByteSize(4 << 30).to_string(), "4.0 GiB");
+        assert_eq!(ByteSize((4 << 30) + 1).to_string(), "4.0 GiB (4294967297 bytes)");
+        assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
     }
 
     #[test]
