@@ -197,6 +197,26 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
         let scheme = guest_text::escape(url.scheme(), guest_text::SHORT);
         return Err(format!("scheme `{scheme}`: only PostgreSQL (`postgres://`) databases can be named here"));
     }
+    // An `@` after the host means the authority ended early: a password
+    // holding `/`, `?` or `#` that was not percent-encoded. Read as is, the
+    // rest of the password would become the database name or a parameter,
+    // shown in messages and sent to whatever host the user name names.
+    let after_host = &url[url::Position::BeforePath..];
+    if after_host.contains('@') {
+        return Err("`@` after the host: percent-encode `/`, `?`, `#` and `@` in the user name and password \
+                    (`/` is `%2F`)"
+            .into());
+    }
+    // Certificate and key files are read on every connection: a FIFO there
+    // would block a thread for good.
+    for (key, path) in url.query_pairs() {
+        if matches!(&*key, "sslrootcert" | "sslcert" | "sslkey" | "ssl-root-cert" | "ssl-cert" | "ssl-key")
+            && !std::fs::metadata(&*path).is_ok_and(|m| m.is_file())
+        {
+            let path = guest_text::escape(&path, guest_text::LINE);
+            return Err(format!("{key} `{path}` is not a regular file"));
+        }
+    }
     let options = PgConnectOptions::from_url(&url).map_err(|e| {
         let reason = e.to_string();
         // sqlx's messages quote parameter values, never the password; make
@@ -207,12 +227,18 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
         }
     })?;
     let name = options.get_application_name().unwrap_or("gatehouse").to_string();
-    Ok(options.application_name(&name))
+    let options = options.application_name(&name);
+    // sqlx hands `[::1]` to the resolver with its brackets.
+    Ok(match url.host() {
+        Some(url::Host::Ipv6(ip)) => options.host(&ip.to_string()),
+        _ => options,
+    })
 }
 
 fn describe(options: &PgConnectOptions) -> String {
     let place = match options.get_socket() {
         Some(socket) => socket.display().to_string(),
+        None if options.get_host().contains(':') => format!("[{}]:{}", options.get_host(), options.get_port()),
         None => format!("{}:{}", options.get_host(), options.get_port()),
     };
     format!("{}@{place}/{}", options.get_username(), options.get_database().unwrap_or(options.get_username()))
@@ -233,6 +259,13 @@ mod tests {
             ("postgres://app:hunter2@db/app?sslmode=sometimes", "[databases.main] url: "),
             ("db.internal:5432", "[databases.main] url: "),
             ("not a url hunter2", "not a URL"),
+            // Passwords with `/`, `?` or `#` left unencoded.
+            ("postgres://app:/hunter2@db/app", "`@` after the host: percent-encode"),
+            ("postgres://app:12?hunter2@db/app", "`@` after the host"),
+            ("postgres://app:1?sslmode=hunter2@db/app", "`@` after the host"),
+            ("postgres://app:x?sslmode=hunter2@db/app", "not a URL"),
+            ("postgres://app:9#hunter2@db/app", "`@` after the host"),
+            ("postgres://app:pw@db/app?sslmode=verify-full&sslrootcert=/dev/null", "sslrootcert `/dev/null` is not"),
         ] {
             let error = open(url).unwrap_err().to_string();
             assert!(error.contains(expected), "{url}: {error}");
@@ -248,6 +281,11 @@ mod tests {
         assert!(!format!("{:?}", UrlSource::Inline("postgres://app:hunter2@db".into())).contains("hunter2"));
         assert_eq!(databases.options("main").unwrap().get_application_name(), Some("gatehouse"));
         assert!(databases.options("other").is_none());
+        // Percent-encoded, a password may hold anything.
+        assert!(open("postgres://app:%2Fhunter2%40x@db/app").is_ok());
+        let v6 = open("postgres://app@[::1]:6432/orders").unwrap();
+        assert_eq!(v6.options("main").unwrap().get_host(), "::1");
+        assert_eq!(v6.aliases[0].target, "app@[::1]:6432/orders");
     }
 
     #[test]

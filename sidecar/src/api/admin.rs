@@ -39,8 +39,15 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
     // The admin API is not for browsers. A page on another site can post a
     // form here (the browser adds `Origin`), and with DNS rebinding read
     // the answers too (the browser sends the attacker's name as `Host`).
-    if request.headers().contains_key(header::ORIGIN) {
-        return (StatusCode::FORBIDDEN, "the admin API does not answer browsers (the request has an Origin)\n")
+    let cross_site = request
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() != b"none" && site.as_bytes() != b"same-origin");
+    if request.headers().contains_key(header::ORIGIN) || cross_site {
+        return (
+            StatusCode::FORBIDDEN,
+            "the admin API does not answer browsers (the request has an Origin or comes from another site)\n",
+        )
             .into_response();
     }
     if token.is_none() && !names_loopback(request.headers().get(header::HOST)) {
@@ -71,7 +78,7 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
 /// Whether a `Host` header names this machine by loopback: `localhost` or
 /// a loopback IP literal, with any port.
 fn names_loopback(host: Option<&header::HeaderValue>) -> bool {
-    let Some(host) = host.and_then(|h| h.to_str().ok()) else { return false };
+    let Some(host) = host.and_then(|h| h.to_str().ok()).filter(|h| !h.contains('@')) else { return false };
     let Ok(authority) = host.parse::<axum::http::uri::Authority>() else { return false };
     let name = authority.host().trim_start_matches('[').trim_end_matches(']');
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -118,7 +125,16 @@ mod tests {
         for host in ["127.0.0.1:8081", "localhost", "LOCALHOST:1", "[::1]:8081", "127.9.9.9"] {
             assert!(names_loopback(Some(&HeaderValue::from_static(host))), "{host}");
         }
-        for host in ["attacker.example:8081", "localhost.attacker.example", "10.0.0.1", "0.0.0.0", "[::]", "", "a b"] {
+        for host in [
+            "attacker.example:8081",
+            "localhost.attacker.example",
+            "attacker.example@localhost",
+            "10.0.0.1",
+            "0.0.0.0",
+            "[::]",
+            "",
+            "a b",
+        ] {
             assert!(!names_loopback(Some(&HeaderValue::from_static(host))), "{host}");
         }
         assert!(!names_loopback(None));

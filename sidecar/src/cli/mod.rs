@@ -177,7 +177,11 @@ fn init_tracing(default: &str, format: LogFormat) {
         .ok()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+        .unwrap_or_else(|| EnvFilter::new(default))
+        // sqlx logs what a database server sends (NOTICE text, unknown URL
+        // parameters) as it is: unescaped, unbounded, and possibly quoting
+        // part of a URL. Gatehouse logs database problems itself.
+        .add_directive("sqlx=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => {

@@ -9,7 +9,10 @@
 //!   second;
 //! - TLS: with `sslmode=verify-full` and the server's CA the database is
 //!   reached over TLS; a certificate from another CA, a certificate for
-//!   another name, and a plain-text login are each refused.
+//!   another name, and a plain-text login are each refused;
+//! - a hostile server that answers every login and query with thousands of
+//!   NOTICE messages carrying a forged log line and ANSI escapes: no forged
+//!   line, no escape byte and no flood reach the sidecar's log.
 
 use std::net::TcpListener;
 
@@ -130,6 +133,92 @@ fn tls_to_a_database_is_verified() {
     assert!(why("untrusted").contains("certificate"), "{}", why("untrusted"));
     assert!(why("wrongname").contains("certificate"), "{}", why("wrongname"));
     assert!(why("plain").contains("no encryption"), "{}", why("plain"));
+}
+
+#[test]
+fn notices_from_a_hostile_server_cannot_forge_or_flood_the_log() {
+    let port = fake_postgres(5_000);
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let settings = format!("[databases.fake]\nurl = \"postgres://app:pw@127.0.0.1:{port}/db?sslmode=disable\"\n");
+    let sidecar = Sidecar::start(&policies, &settings, &[]);
+    // Ready means the checks went through the notices to `SELECT 1`.
+    for _ in 0..3 {
+        assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let log = sidecar.stderr();
+    assert!(!log.contains('\u{1b}'), "an escape byte reached the log");
+    assert!(!log.lines().any(|l| l.starts_with("2099-")), "a forged line:\n{log}");
+    assert!(log.len() < 64 * 1024, "{} bytes of log", log.len());
+}
+
+/// A "PostgreSQL server" that lets anyone in and answers the login and
+/// every simple query with `notices` NOTICE messages carrying a forged
+/// log line, then completes the query.
+fn fake_postgres(notices: usize) -> u16 {
+    use std::io::{Read, Write};
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+    let notice =
+        message(b'N', b"SNOTICE\0VNOTICE\0C00000\0Mhi\n2099-01-01T00:00:00Z ERROR gatehouse::api: FORGED\x1b[31m\0\0");
+    let burst: Vec<u8> = notice.repeat(notices);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let burst = burst.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut read_exact = |n: usize| {
+                    let mut buf = vec![0; n];
+                    stream.read_exact(&mut buf).map(|_| buf)
+                };
+                // Startup (after an SSLRequest, answered "no").
+                let Ok(len) = read_exact(4) else { return };
+                let Ok(body) = read_exact(i32::from_be_bytes(len.try_into().unwrap()) as usize - 4) else { return };
+                let mut stream = stream;
+                if body[..4] == 80877103i32.to_be_bytes() {
+                    let _ = stream.write_all(b"N");
+                    let mut len = [0; 4];
+                    if stream.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut rest = vec![0; i32::from_be_bytes(len) as usize - 4];
+                    let _ = stream.read_exact(&mut rest);
+                }
+                let mut hello = message(b'R', &0i32.to_be_bytes());
+                hello.extend_from_slice(&burst);
+                hello.extend(message(b'Z', b"I"));
+                if stream.write_all(&hello).is_err() {
+                    return;
+                }
+                loop {
+                    let mut head = [0; 5];
+                    if stream.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let mut body = vec![0; i32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4];
+                    if stream.read_exact(&mut body).is_err() || head[0] == b'X' {
+                        return;
+                    }
+                    if head[0] == b'Q' {
+                        let mut answer = burst.clone();
+                        answer.extend(message(b'C', b"SELECT 1\0"));
+                        answer.extend(message(b'Z', b"I"));
+                        if stream.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
 }
 
 /// Successful logins to the cluster so far, from its statistics.

@@ -189,6 +189,10 @@ fn a_tokenless_admin_api_refuses_browsers_and_foreign_host_names() {
     assert_eq!(request(admin, "GET", "/admin/plugins", &[], b"").0, 200);
     let form = [("origin", "http://attacker.example"), ("content-type", "application/x-www-form-urlencoded")];
     assert_eq!(request(admin, "POST", "/admin/reload", &form, b"a=1").0, 403);
+    // A cross-site GET (an <img> or a link) carries no Origin, but says
+    // where it comes from.
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[("sec-fetch-site", "cross-site")], b"").0, 403);
+    assert_eq!(request(admin, "GET", "/admin/plugins", &[("sec-fetch-site", "none")], b"").0, 200);
     let port = admin.rsplit(':').next().unwrap();
     for (host, expected) in [("attacker.example", "403"), ("localhost", "200"), ("127.0.0.1", "200")] {
         let mut stream = TcpStream::connect(admin).unwrap();
