@@ -174,22 +174,12 @@ fn fake_postgres(notices: usize) -> u16 {
             let burst = burst.clone();
             std::thread::spawn(move || {
                 let mut stream = stream;
-                let mut read_exact = |n: usize| {
-                    let mut buf = vec![0; n];
-                    stream.read_exact(&mut buf).map(|_| buf)
-                };
-                // Startup (after an SSLRequest, answered "no").
-                let Ok(len) = read_exact(4) else { return };
-                let Ok(body) = read_exact(i32::from_be_bytes(len.try_into().unwrap()) as usize - 4) else { return };
-                let mut stream = stream;
-                if body[..4] == 80877103i32.to_be_bytes() {
-                    let _ = stream.write_all(b"N");
-                    let mut len = [0; 4];
-                    if stream.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let mut rest = vec![0; i32::from_be_bytes(len) as usize - 4];
-                    let _ = stream.read_exact(&mut rest);
+                // Startup, after an SSLRequest answered "no" if one comes.
+                let Some(first) = startup_packet(&mut stream) else { return };
+                if first[..4] == 80877103i32.to_be_bytes()
+                    && (stream.write_all(b"N").is_err() || startup_packet(&mut stream).is_none())
+                {
+                    return;
                 }
                 let mut hello = message(b'R', &0i32.to_be_bytes());
                 hello.extend_from_slice(&burst);
@@ -219,6 +209,16 @@ fn fake_postgres(notices: usize) -> u16 {
         }
     });
     port
+}
+
+/// One length-prefixed startup packet (no tag byte).
+fn startup_packet(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0; (i32::from_be_bytes(len) as usize).checked_sub(4)?];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
 }
 
 /// Successful logins to the cluster so far, from its statistics.
