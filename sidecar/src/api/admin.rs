@@ -1,7 +1,7 @@
 //! The admin listener: what is loaded and granted, reload, and database
-//! health. Browsers are refused (any request with `Origin`), and without a
-//! token so is any `Host` but a loopback name, against cross-site forms and
-//! DNS rebinding. Every
+//! health. Browsers are refused (a request with `Origin`, or from another
+//! site by `Sec-Fetch-Site`), and without a token so is any `Host` but a
+//! loopback name, against cross-site forms and DNS rebinding. Every
 //! request needs `Authorization: Bearer <token>` when a token is set
 //! (compared in constant time); without a token the listener must be on
 //! a loopback address (checked when the settings are read).

@@ -14,13 +14,12 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tracing::Instrument;
-
-use axum::extract::rejection::PathRejection;
 
 use super::edge::RequestId;
 use super::{Api, errors};
