@@ -83,8 +83,8 @@ async fn invoke(
             .unwrap_or("application/octet-stream")
             .to_string();
         let started = Instant::now();
-        let version = api.runtime.version(&name);
-        let outcome = api.runtime.invoke(&name, Document { content_type, body: body.to_vec() }).await;
+        let input = Document { content_type, body: body.to_vec() };
+        let (version, outcome) = api.runtime.invoke_with_version(&name, input).await;
         api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {
             Ok(output) => {

@@ -81,9 +81,8 @@ async fn serve_proxy(
         })
         .boxed_unsync();
     let started = Instant::now();
-    let version = api.runtime.version(&name);
     let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
-    let outcome =
+    let (version, outcome) =
         api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
     if let Err(error) = &outcome {
         let _entered = span.enter();

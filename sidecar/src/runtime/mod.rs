@@ -484,11 +484,6 @@ impl Runtime {
         list
     }
 
-    /// The version `plugin` reports, if it is loaded.
-    pub fn version(&self, plugin: &str) -> Option<String> {
-        self.generation().plugins.get(plugin).map(|p| p.info.version.clone())
-    }
-
     /// Invocations of `plugin` running right now (at most its policy's
     /// `concurrency`); `None` if no such plugin is loaded.
     pub fn in_flight(&self, plugin: &str) -> Option<u32> {
@@ -503,7 +498,29 @@ impl Runtime {
     /// can keep one (timeout + grace), so a caller behind a stuck
     /// invocation gets the slot it frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
-        let loaded = self.lookup(plugin)?;
+        self.invoke_with_version(plugin, input).await.1
+    }
+
+    /// [`Runtime::invoke`], also saying which version ran (`None`: no such
+    /// plugin is loaded), read in the same lookup, so that a reload in
+    /// between cannot pair a result with the wrong version.
+    pub async fn invoke_with_version(
+        &self,
+        plugin: &str,
+        input: Document,
+    ) -> (Option<String>, Result<Document, InvokeError>) {
+        match self.lookup(plugin) {
+            Ok(loaded) => (Some(loaded.info.version.clone()), self.invoke_loaded(&loaded, plugin, input).await),
+            Err(error) => (None, Err(error)),
+        }
+    }
+
+    async fn invoke_loaded(
+        &self,
+        loaded: &LoadedPlugin,
+        plugin: &str,
+        input: Document,
+    ) -> Result<Document, InvokeError> {
         if let Entry::Proxy(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
                 plugin: plugin.to_string(),
@@ -511,7 +528,7 @@ impl Runtime {
             });
         }
         let limits = loaded.policy.limits;
-        let _slots = self.admit(&loaded, plugin).await?;
+        let _slots = self.admit(loaded, plugin).await?;
         let reply = self.run(
             &loaded.entry,
             &loaded.policy,
@@ -582,12 +599,26 @@ impl Runtime {
     /// the guest has set its response head; the body streams while the
     /// guest writes it, and the guest keeps its concurrency slot (and its
     /// deadline) until it has finished.
+    ///
+    /// Also says which version served it (`None`: no such plugin is
+    /// loaded), as [`Runtime::invoke_with_version`] does.
     pub async fn handle_http(
         self: &Arc<Self>,
         plugin: &str,
         request: http::Request<HyperIncomingBody>,
+    ) -> (Option<String>, Result<http::Response<HyperOutgoingBody>, InvokeError>) {
+        match self.lookup(plugin) {
+            Ok(loaded) => (Some(loaded.info.version.clone()), self.handle_loaded(loaded, plugin, request).await),
+            Err(error) => (None, Err(error)),
+        }
+    }
+
+    async fn handle_loaded(
+        self: &Arc<Self>,
+        loaded: Arc<LoadedPlugin>,
+        plugin: &str,
+        request: http::Request<HyperIncomingBody>,
     ) -> Result<http::Response<HyperOutgoingBody>, InvokeError> {
-        let loaded = self.lookup(plugin)?;
         if let Entry::Plugin(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
                 plugin: plugin.to_string(),
