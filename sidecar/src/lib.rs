@@ -22,6 +22,8 @@
 //! - [`databases`]: PostgreSQL databases named by alias in the settings,
 //!   and whether they answer (`/readyz`).
 //! - [`secrets`]: credentials the platform adds on a plugin's behalf.
+//! - [`bounded_read`]: reads files settings and policies name (components,
+//!   secrets) only when regular and small enough.
 //! - [`data_dir`]: the sidecar's own directories, used only when no one
 //!   else may write to them.
 //! - [`error`]: the error kinds shared with guests (the WIT `error` record).
@@ -47,6 +49,7 @@
 
 pub mod api;
 pub mod bindings;
+pub mod bounded_read;
 pub mod config;
 pub mod data_dir;
 pub mod databases;

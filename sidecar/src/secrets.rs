@@ -7,6 +7,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use crate::bounded_read::read_regular_file;
+
 /// The largest secret file read.
 pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 
@@ -32,18 +34,12 @@ impl SecretSource {
             SecretSource::Env(var) => std::env::var(var).map_err(|e| format!("environment variable `{var}`: {e}")),
             SecretSource::File(path) => {
                 let fail = |e: &dyn std::fmt::Display| format!("file `{}`: {e}", path.display());
-                let metadata = std::fs::metadata(path).map_err(|e| fail(&e))?;
-                // A FIFO or a device would block or never end the read.
-                if !metadata.is_file() {
-                    return Err(fail(&"not a regular file"));
-                }
-                if metadata.permissions().mode() & 0o002 != 0 {
+                let bytes = read_regular_file(path, MAX_SECRET_FILE).map_err(|e| fail(&e))?;
+                let mode = std::fs::metadata(path).map_err(|e| fail(&e))?.permissions().mode();
+                if mode & 0o002 != 0 {
                     return Err(fail(&format_args!("every user may write it (chmod o-w `{}`)", path.display())));
                 }
-                if metadata.len() > MAX_SECRET_FILE {
-                    return Err(fail(&format_args!("larger than {MAX_SECRET_FILE} bytes")));
-                }
-                let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+                let text = String::from_utf8(bytes).map_err(|_| fail(&"not UTF-8 text"))?;
                 let text = text.strip_suffix('\n').unwrap_or(&text);
                 Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
             }

@@ -13,6 +13,7 @@ use super::error::{PolicyError, line_of};
 use super::file::{HttpSection, InjectSection, PolicyFile};
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
+use crate::bounded_read::{BoundedReadError, read_regular_file};
 use crate::services::http::policy::{AllowRule, HttpPolicy, Injection, Rate, is_sidecar_managed};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
@@ -303,10 +304,14 @@ impl Validator<'_> {
             },
         };
         let resolved = plugin_dir.join(path.get_ref());
-        let bytes = match read_capped(&resolved, MAX_COMPONENT_SIZE) {
+        let bytes = match read_regular_file(&resolved, MAX_COMPONENT_SIZE) {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.fail(path, format!("component `{}` cannot be read: {e}", resolved.display()));
+                let why = match e {
+                    BoundedReadError::TooLarge(cap) => format!("larger than the {} MiB a component may be", cap >> 20),
+                    other => other.to_string(),
+                };
+                self.fail(path, format!("component `{}` cannot be read: {why}", resolved.display()));
                 return None;
             }
         };
@@ -328,34 +333,6 @@ impl Validator<'_> {
 /// Lowercase `name` if it is a valid HTTP header name.
 fn valid_header_name(name: &str) -> Option<String> {
     http::HeaderName::from_bytes(name.as_bytes()).ok().map(|n| n.as_str().to_string())
-}
-
-/// Reads at most `cap` bytes: a `component` pointing at `/dev/zero` or a
-/// runaway build artifact fails fast instead of exhausting memory.
-fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Checked before opening, and opened non-blocking: opening a FIFO
-    // would otherwise wait for a writer, and hold up every other plugin.
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(std::io::Error::other(format!("larger than the {} MiB a component may be", cap >> 20)));
-    }
-    Ok(bytes)
-}
-
-/// `O_NONBLOCK` on Linux (the same value on every architecture Rust's std
-/// supports there), without a libc dependency for one constant.
-const fn libc_o_nonblock() -> i32 {
-    0o4000
 }
 
 fn parse_sha256(text: &str) -> Option<[u8; 32]> {
