@@ -97,18 +97,12 @@ fn invoke_reports_a_typed_error_and_exits_non_zero() {
 fn compile_fills_the_cache_and_a_second_run_hits_it() {
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");
-    let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!("policy_dir = {:?}\ndata_dir = \"state\"\n", policies.dir.path().display().to_string()),
-    )
-    .unwrap();
+    let (data, config) = policies.settings("");
     let config = config.to_str().unwrap();
     let first = gatehouse(&["--config", config, "compile"], repo());
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).starts_with("echo: Compiled -> "), "{}", text(&first.stdout));
-    let cached: Vec<_> = std::fs::read_dir(data.path().join("state/cache")).unwrap().collect();
+    let cached: Vec<_> = std::fs::read_dir(data.path().join("data/cache")).unwrap().collect();
     assert_eq!(cached.len(), 1);
     let second = gatehouse(&["--config", config, "compile"], repo());
     assert!(text(&second.stdout).starts_with("echo: Hit -> "), "{}", text(&second.stdout));
@@ -201,17 +195,10 @@ fn a_data_directory_others_may_write_is_refused_at_start() {
     use std::os::unix::fs::PermissionsExt;
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");
-    let root = tempfile::tempdir().unwrap();
+    let (root, config) = policies.settings("");
     let data = root.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let config = root.path().join("gatehouse.toml");
-    let settings = format!(
-        "policy_dir = {:?}\nplugin_dir = {:?}\ndata_dir = \"data\"\n",
-        policies.dir.path().display().to_string(),
-        guest_dir().display().to_string()
-    );
-    std::fs::write(&config, settings).unwrap();
     let run = || gatehouse(&["--config", config.to_str().unwrap(), "invoke", "echo"], root.path());
 
     let out = run();

@@ -41,6 +41,22 @@ impl Policies {
         path
     }
 
+    /// A `gatehouse.toml` for these policies, in a fresh directory that
+    /// also holds the data directory (`data`): the policy directory, the
+    /// guests as the plugin directory, then `extra` (more keys or tables).
+    /// Returns the directory (keep it alive) and the file.
+    pub fn settings(&self, extra: &str) -> (TempDir, PathBuf) {
+        let root = tempfile::tempdir().expect("temp dir");
+        let file = root.path().join("gatehouse.toml");
+        let text = format!(
+            "policy_dir = {:?}\nplugin_dir = {:?}\ndata_dir = \"data\"\n{extra}\n",
+            self.dir.path().display().to_string(),
+            guest_dir().display().to_string()
+        );
+        std::fs::write(&file, text).expect("writing settings");
+        (root, file)
+    }
+
     /// Writes a policy for `name` running guest `guest` with `limits`
     /// (the body of a `[limits]` table).
     pub fn plugin(&self, name: &str, guest_name: &str, limits: &str) -> PathBuf {

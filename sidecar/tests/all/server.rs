@@ -515,17 +515,9 @@ fn an_empty_admin_token_is_refused_at_start() {
     // match any bearer header, or none.
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");
-    let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("gatehouse.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "policy_dir = {:?}\ndata_dir = \"data\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             admin_token = {{ env = \"EMPTY_TOKEN\" }}\n",
-            policies.dir.path().display().to_string()
-        ),
-    )
-    .unwrap();
+    let (_data, config) = policies.settings(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = { env = \"EMPTY_TOKEN\" }",
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["--config", config.to_str().unwrap(), "run"])
         .env("EMPTY_TOKEN", "")

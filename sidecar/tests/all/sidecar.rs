@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{Policies, guest_dir};
+use crate::common::Policies;
 
 /// A running `gatehouse run` with its two addresses.
 pub struct Sidecar {
@@ -42,15 +42,9 @@ impl Sidecar {
     /// Writes the settings and starts the binary, without waiting for the
     /// plugins to load.
     pub fn launch(policies: &Policies, server: &str, env: &[(&str, &str)]) -> Sidecar {
-        let data = tempfile::tempdir().unwrap();
-        let config = data.path().join("gatehouse.toml");
-        let text = format!(
-            "policy_dir = {:?}\nplugin_dir = {:?}\ndata_dir = \"data\"\n[engine]\nmax_instances = 256\n\
-             [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n",
-            policies.dir.path().display().to_string(),
-            guest_dir().display().to_string()
-        );
-        std::fs::write(&config, text).unwrap();
+        let (data, config) = policies.settings(&format!(
+            "[engine]\nmax_instances = 256\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}"
+        ));
         Sidecar::spawn(&config, env, data)
     }
 
