@@ -400,7 +400,8 @@ impl Runtime {
         let mut reserved: u32 = 0;
         for (name, plugin) in &previous.plugins {
             if broken_files.contains(&plugin.policy.file) && !policies.plugins.contains_key(name) {
-                tracing::warn!(plugin = %name, file = %crate::policy::shown(&plugin.policy.file), "policy file refused; keeping the loaded version");
+                let file = crate::policy::shown(&plugin.policy.file);
+                tracing::warn!(plugin = %name, %file, "policy file refused; keeping the loaded version");
                 reserved = reserved.saturating_add(plugin.policy.limits.concurrency);
                 next.plugins.insert(name.clone(), plugin.clone());
             }
@@ -638,6 +639,12 @@ impl Runtime {
             }
             .in_current_span(),
         );
+        // Why there is no response head, from how the task ended.
+        let no_response = |finished: Result<Result<_, InvokeError>, tokio::task::JoinError>| match finished {
+            Ok(Err(error)) => error,
+            Ok(Ok(_)) => InvokeError::NoResponse { plugin: plugin.to_string() },
+            Err(e) => InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() },
+        };
         let mut response = std::pin::pin!(response);
         tokio::select! {
             answered = &mut response => match answered {
@@ -651,18 +658,14 @@ impl Runtime {
                     },
                 }),
                 // The guest dropped its outparam: the task says why.
-                Err(_) => Err(task.await.map_err(|e| InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() })?.err().unwrap_or(InvokeError::NoResponse { plugin: plugin.to_string() })),
+                Err(_) => Err(no_response(task.await)),
             },
             finished = &mut task => {
                 // Finished before we saw the head: it may still be there.
                 if let Ok(Ok(response)) = response.try_recv() {
                     return Ok(response);
                 }
-                Err(match finished {
-                    Ok(Err(error)) => error,
-                    Ok(Ok(_)) => InvokeError::NoResponse { plugin: plugin.to_string() },
-                    Err(e) => InvokeError::Unavailable { plugin: plugin.to_string(), message: e.to_string() },
-                })
+                Err(no_response(finished))
             }
         }
     }
