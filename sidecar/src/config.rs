@@ -23,6 +23,9 @@ pub struct Config {
     pub policy_dir: PathBuf,
     /// Directory that policy `component` paths are relative to.
     pub plugin_dir: PathBuf,
+    /// What chose `plugin_dir` (a setting and its file, or a flag), for
+    /// messages about a component that cannot be read.
+    pub plugin_dir_origin: String,
     /// The sidecar's own state: compiled-code cache (and, later, embedded
     /// databases). Must be writable only by the sidecar.
     pub data_dir: PathBuf,
@@ -53,6 +56,22 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// When `/readyz` says ready.
+    pub ready_when: ReadyWhen,
+}
+
+/// `[server] ready_when`: what `/readyz` waits for, beside the databases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyWhen {
+    /// Every policy in the directory is served: not ready while the
+    /// directory cannot be read, or while a policy file or plugin is
+    /// refused with no earlier version in force. An orchestrator then
+    /// sends no traffic to a sidecar that would answer 503.
+    #[default]
+    AllLoaded,
+    /// Ready once the first load has finished, whatever it loaded.
+    Started,
 }
 
 impl Default for ServerSettings {
@@ -65,6 +84,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            ready_when: ReadyWhen::AllLoaded,
         }
     }
 }
@@ -127,6 +147,7 @@ struct ServerSection {
     request_timeout: Option<HumanDuration>,
     drain_timeout: Option<HumanDuration>,
     max_connections: Option<usize>,
+    ready_when: Option<ReadyWhen>,
 }
 
 /// `[secrets.<name>]`: exactly one of `env` or `file`.
@@ -158,7 +179,14 @@ impl Config {
             fail(format!("line {}: {}", line.unwrap_or(1), e.message().trim_end()))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_file(raw, base).map_err(fail)
+        let named = raw.plugin_dir.is_some();
+        let mut config = Config::from_file(raw, base).map_err(fail)?;
+        config.plugin_dir_origin = if named {
+            format!("plugin_dir in {}", path.display())
+        } else {
+            format!("the policy directory (no plugin_dir in {})", path.display())
+        };
+        Ok(config)
     }
 
     fn from_file(raw: FileConfig, base: &Path) -> Result<Config, String> {
@@ -207,7 +235,8 @@ impl Config {
             secrets,
             ..defaults
         };
-        Ok(Config { policy_dir, plugin_dir, data_dir, runtime, server, databases })
+        let plugin_dir_origin = "the policy directory".to_string();
+        Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases })
     }
 }
 
@@ -225,21 +254,9 @@ fn server_settings(
     let defaults = ServerSettings::default();
     let admin_listen = match raw.admin_listen.as_deref() {
         None => defaults.admin_listen,
-        Some("off") => None,
-        Some(text) => {
-            Some(text.parse().map_err(|_| format!("[server] admin_listen: `{text}` is not an address or \"off\""))?)
-        }
+        Some(text) => parse_admin_listen(text).map_err(|e| format!("[server] admin_listen: {e}"))?,
     };
     let admin_token = raw.admin_token.map(source).transpose()?;
-    if let Some(addr) = admin_listen
-        && !addr.ip().is_loopback()
-        && admin_token.is_none()
-    {
-        return Err(format!(
-            "[server] admin_listen {addr} is not a loopback address: set [server] admin_token (env or file), \
-             or the admin API would be open to the network"
-        ));
-    }
     let settings = ServerSettings {
         listen: raw.listen.unwrap_or(defaults.listen),
         admin_listen,
@@ -248,14 +265,43 @@ fn server_settings(
         request_timeout: raw.request_timeout.map_or(defaults.request_timeout, |d| d.0),
         drain_timeout: raw.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
         max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        ready_when: raw.ready_when.unwrap_or(defaults.ready_when),
     };
-    if settings.max_connections == 0 {
-        return Err("[server] max_connections must be at least 1".into());
-    }
-    if settings.admin_listen == Some(settings.listen) && settings.listen.port() != 0 {
-        return Err("[server] admin_listen must differ from listen: the invoke listener serves no admin route".into());
-    }
+    settings.validate()?;
     Ok(settings)
+}
+
+/// An admin address, or `off`.
+pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    match text {
+        "off" => Ok(None),
+        _ => text.parse().map(Some).map_err(|_| format!("`{text}` is not an address or \"off\"")),
+    }
+}
+
+impl ServerSettings {
+    /// The combinations that are never right; checked again after the
+    /// command line changes a listener.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(addr) = self.admin_listen
+            && !addr.ip().is_loopback()
+            && self.admin_token.is_none()
+        {
+            return Err(format!(
+                "[server] admin_listen {addr} is not a loopback address: set [server] admin_token (env or file), \
+                 or the admin API would be open to the network"
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("[server] max_connections must be at least 1".into());
+        }
+        if self.admin_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(
+                "[server] admin_listen must differ from listen: the invoke listener serves no admin route".into()
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

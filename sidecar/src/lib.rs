@@ -29,6 +29,7 @@
 //! - [`error`]: the error kinds shared with guests (the WIT `error` record).
 //! - [`guest_text`]: escapes and bounds every guest-controlled string before
 //!   it reaches a log, an error message or a terminal.
+//! - [`wit`]: the WIT package plugins target, embedded (`gatehouse wit`).
 //!
 //! # Example
 //!
@@ -59,9 +60,10 @@ pub mod policy;
 pub mod runtime;
 pub mod secrets;
 pub mod services;
+pub mod wit;
 
 pub use error::{ErrorKind, GuestError};
-pub use runtime::{InvokeError, LoadError, LoadReport, PluginSummary, Runtime, RuntimeError, RuntimeSettings};
+pub use runtime::{InvokeError, LoadError, LoadReport, PluginSummary, Refusal, Runtime, RuntimeError, RuntimeSettings};
 
 /// The unit of work a plugin receives and returns (WIT `document`).
 pub use bindings::gatehouse::services::types::Document;

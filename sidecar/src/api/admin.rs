@@ -12,11 +12,11 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use super::Api;
-use super::invoke::json;
+use super::invoke::{WithStatus, json};
 
 /// The admin routes, behind the token check.
 pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
@@ -44,15 +44,13 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
         .get("sec-fetch-site")
         .is_some_and(|site| site.as_bytes() != b"none" && site.as_bytes() != b"same-origin");
     if request.headers().contains_key(header::ORIGIN) || cross_site {
-        return (
+        return refuse(
             StatusCode::FORBIDDEN,
-            "the admin API does not answer browsers (the request has an Origin or comes from another site)\n",
-        )
-            .into_response();
+            "the admin API does not answer browsers (the request has an Origin or comes from another site)",
+        );
     }
     if token.is_none() && !names_loopback(request.headers().get(header::HOST)) {
-        return (StatusCode::FORBIDDEN, "without an admin token, Host must be localhost or a loopback address\n")
-            .into_response();
+        return refuse(StatusCode::FORBIDDEN, "without an admin token, Host must be localhost or a loopback address");
     }
     if let Some(expected) = token {
         let given = request
@@ -64,15 +62,20 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
             .map_or("", |(_, token)| token.trim());
         // Defence in depth: `run` refuses an empty token at start.
         if expected.is_empty() {
-            return (StatusCode::UNAUTHORIZED, "no admin token is configured\n").into_response();
+            return refuse(StatusCode::UNAUTHORIZED, "no admin token is configured");
         }
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            let mut response = (StatusCode::UNAUTHORIZED, "a valid bearer token is required\n").into_response();
+            let mut response = refuse(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
             response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
             return response;
         }
     }
     next.run(request).await
+}
+
+/// A refusal in the JSON error shape every other answer uses (`denied`).
+fn refuse(status: StatusCode, message: &str) -> Response {
+    super::errors::respond(crate::ErrorKind::Denied, message, None).with_status(status)
 }
 
 /// Whether a `Host` header names this machine by loopback: `localhost` or
@@ -94,8 +97,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// What is served, and what the last (re)load refused, with the reasons:
+/// plugins (with the version still served, if any), policy files that
+/// did not parse, and a policy directory that could not be read.
 async fn plugins(State(api): State<Arc<Api>>) -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "plugins": api.runtime.summaries() }))
+    let (directory, files) = api.unserved_policy_files();
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "plugins": api.runtime.summaries(),
+            "refused": api.runtime.refusals(),
+            "refused_policy_files": files,
+            "policy_dir_error": directory,
+        }),
+    )
 }
 
 /// Each database alias, where it points (no password) and, when it does
@@ -110,7 +125,7 @@ async fn databases(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn reload(State(api): State<Arc<Api>>) -> Response {
-    let summary = api.reload().await;
+    let summary = api.reload("admin API").await;
     let status = if summary.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     json(status, &serde_json::to_value(summary).unwrap_or_default())
 }

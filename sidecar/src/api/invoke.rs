@@ -155,24 +155,20 @@ async fn list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
 }
 
-/// Ready once the plugins are loaded and every database answers. Only
-/// aliases are named here; the reasons are in the log and the admin API.
+/// Ready once the plugins are loaded (see [`Api::readiness`]) and every
+/// database answers; otherwise 503 with one line per problem. Only names
+/// are given here; the reasons are in the log and the admin API.
 async fn ready(State(api): State<Arc<Api>>) -> Response {
-    if !api.is_loaded() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "loading plugins\n").into_response();
+    let mut problems = api.readiness().problems;
+    if api.is_loaded() {
+        let health = api.databases.check().await;
+        problems.extend(health.iter().filter(|h| !h.is_up()).map(|h| format!("database `{}` unreachable", h.alias)));
     }
-    let down: String = api
-        .databases
-        .check()
-        .await
-        .iter()
-        .filter(|h| !h.is_up())
-        .map(|h| format!("database `{}` unreachable\n", h.alias))
-        .collect();
-    if down.is_empty() {
+    if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, down).into_response()
+        let body: String = problems.iter().map(|p| format!("{p}\n")).collect();
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 

@@ -80,7 +80,12 @@ impl Metrics {
             Some(version) => (plugin, version),
             None => ("(unknown)", "unknown"),
         };
-        let outcome = outcome.as_ref().map_or_else(|e| e.kind().as_str(), |_| "ok");
+        let outcome = match outcome {
+            Ok(_) => "ok",
+            // The plugin exists; the caller used the other route.
+            Err(InvokeError::WrongInterface { .. }) => "wrong-interface",
+            Err(e) => e.kind().as_str(),
+        };
         let labels = InvocationLabels { plugin: plugin.into(), version: version.into(), outcome: outcome.into() };
         self.invocations.get_or_create(&labels).inc();
         let labels = PluginLabels { plugin: plugin.into(), version: version.into() };

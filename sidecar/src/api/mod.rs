@@ -44,9 +44,36 @@ pub struct Api {
     pub policy_dir: PathBuf,
     /// Directory that policy `component` paths are relative to.
     pub plugin_dir: PathBuf,
+    /// What chose `plugin_dir`, for messages.
+    pub plugin_dir_origin: String,
     /// The database aliases; `/readyz` waits for each to answer.
     pub databases: Arc<Databases>,
+    /// Whether `/readyz` also waits for every policy to be served.
+    pub ready_when: ReadyWhen,
     loaded: AtomicBool,
+    /// What the last (re)load could not read or serve.
+    unserved: std::sync::RwLock<Unserved>,
+}
+
+pub use crate::config::ReadyWhen;
+
+/// What the last (re)load left unserved, beside the runtime's refusals.
+#[derive(Debug, Default)]
+struct Unserved {
+    /// The policy directory could not be read (nothing in it was).
+    directory: Option<String>,
+    /// Policy files refused whole, with no earlier version in force.
+    files: Vec<policy::PolicyError>,
+}
+
+/// Why the sidecar is not ready to serve: one line each, for `/readyz`.
+/// Lines name plugins and files, never reasons (those are in the log and
+/// on `/admin/plugins`): the invoke listener may face more callers than
+/// the operators.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Empty when ready.
+    pub problems: Vec<String>,
 }
 
 /// What a reload did, for the admin API and the SIGHUP log.
@@ -71,9 +98,47 @@ impl Api {
             body_timeout: server.request_timeout,
             policy_dir: config.policy_dir.clone(),
             plugin_dir: config.plugin_dir.clone(),
+            plugin_dir_origin: config.plugin_dir_origin.clone(),
             databases,
+            ready_when: server.ready_when,
             loaded: AtomicBool::new(false),
+            unserved: Default::default(),
         }
+    }
+
+    /// What keeps the sidecar from being ready, databases aside: the first
+    /// load not done yet, and (with `ready_when = "all-loaded"`, the
+    /// default) a policy directory that could not be read, a policy file
+    /// refused or a plugin refused with no earlier version to serve.
+    pub fn readiness(&self) -> Readiness {
+        let mut problems = Vec::new();
+        if !self.is_loaded() {
+            problems.push("loading plugins".to_string());
+            return Readiness { problems };
+        }
+        if self.ready_when == ReadyWhen::Started {
+            return Readiness { problems };
+        }
+        let unserved = self.unserved.read().unwrap_or_else(|p| p.into_inner());
+        if unserved.directory.is_some() {
+            problems.push("the policy directory cannot be read".to_string());
+        }
+        for error in &unserved.files {
+            let name = error.file.file_name().unwrap_or_default().to_string_lossy();
+            problems.push(format!("policy file `{}` refused", crate::guest_text::escape(&name, 128)));
+        }
+        for refusal in self.runtime.refusals().into_iter().filter(|r| r.serving.is_none()) {
+            problems.push(format!("plugin `{}` refused", refusal.plugin));
+        }
+        Readiness { problems }
+    }
+
+    /// Policy files the last (re)load refused with nothing of theirs in
+    /// force, and whether the directory itself could not be read; for the
+    /// admin API.
+    pub fn unserved_policy_files(&self) -> (Option<String>, Vec<String>) {
+        let unserved = self.unserved.read().unwrap_or_else(|p| p.into_inner());
+        (unserved.directory.clone(), unserved.files.iter().map(|e| e.to_string()).collect())
     }
 
     /// Whether the first load has completed.
@@ -84,11 +149,18 @@ impl Api {
     /// Reads the policy directory again and swaps in the new plugins. A
     /// plugin whose file or component is refused keeps the version it has;
     /// in-flight invocations finish on the version they started with.
-    pub async fn reload(&self) -> ReloadSummary {
-        let load = match policy::load_dir(&self.policy_dir, &self.plugin_dir) {
+    /// `trigger` says what asked for it (`start`, `SIGHUP`, `admin API`)
+    /// in the one summary line each (re)load logs.
+    pub async fn reload(&self, trigger: &str) -> ReloadSummary {
+        let first = !self.is_loaded();
+        let components = policy::ComponentDir { path: &self.plugin_dir, origin: &self.plugin_dir_origin };
+        let load = match policy::load_dir_in(&self.policy_dir, components) {
             Ok(load) => load,
             Err(e) => {
-                tracing::error!(error = %e, "reload failed: the policy directory cannot be read; keeping every plugin");
+                let keeping = if first { "nothing is loaded" } else { "keeping every plugin" };
+                tracing::error!(error = %e, trigger, "the policy directory cannot be read; {keeping}");
+                *self.unserved.write().unwrap_or_else(|p| p.into_inner()) =
+                    Unserved { directory: Some(e.to_string()), files: Vec::new() };
                 self.loaded.store(true, Ordering::Release);
                 return ReloadSummary { loaded: self.names(), errors: vec![e.to_string()] };
             }
@@ -100,8 +172,12 @@ impl Api {
         }
         let report = self.runtime.reload(&load.set, &broken).await;
         errors.extend(report.refused.iter().map(|e| e.to_string()));
+        let files = load.errors.into_iter().filter(|e| !self.runtime.serves_policy_file(&e.file)).collect();
+        *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files };
         self.loaded.store(true, Ordering::Release);
-        ReloadSummary { loaded: self.names(), errors }
+        let summary = ReloadSummary { loaded: self.names(), errors };
+        tracing::info!(trigger, loaded = ?summary.loaded, problems = summary.errors.len(), "policies loaded");
+        summary
     }
 
     fn names(&self) -> Vec<String> {

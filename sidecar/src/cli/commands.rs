@@ -17,7 +17,7 @@ use gatehouse::{Document, Runtime};
 /// its secrets and read its `info()`, exactly as `run` would, without
 /// serving. One line per plugin or problem, on stdout.
 pub async fn policy_check(config: &Config) -> anyhow::Result<ExitCode> {
-    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let load = read_policies(config)?;
     let runtime = Runtime::new(config.runtime.clone())?;
     let report = runtime.load(&load.set).await;
     let mut bad = load.errors.len();
@@ -39,7 +39,7 @@ pub async fn policy_check(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn explain_url(config: &Config, plugin: &str, url: &str) -> anyhow::Result<ExitCode> {
-    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let load = read_policies(config)?;
     let Some(policy) = load.set.plugins.get(plugin) else {
         report_policy_errors(&load);
         anyhow::bail!("no valid policy for plugin `{plugin}` in {}", config.policy_dir.display());
@@ -108,7 +108,7 @@ pub async fn invoke(
 }
 
 pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
-    let load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let load = read_policies(config)?;
     report_policy_errors(&load);
     let runtime = Runtime::new(config.runtime.clone())?;
     let mut failed = !load.errors.is_empty();
@@ -130,7 +130,7 @@ pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
 /// policy is not among the valid ones, every policy problem is reported,
 /// since one of them is probably why.
 pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result<Runtime> {
-    let mut load = read_policies(&config.policy_dir, &config.plugin_dir)?;
+    let mut load = read_policies(config)?;
     if let Some(name) = only
         && load.set.plugins.contains_key(name)
     {
@@ -144,8 +144,9 @@ pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result
     Ok(runtime)
 }
 
-fn read_policies(dir: &Path, plugin_dir: &Path) -> anyhow::Result<PolicyLoad> {
-    Ok(policy::load_dir(dir, plugin_dir)?)
+fn read_policies(config: &Config) -> anyhow::Result<PolicyLoad> {
+    let components = policy::ComponentDir { path: &config.plugin_dir, origin: &config.plugin_dir_origin };
+    Ok(policy::load_dir_in(&config.policy_dir, components)?)
 }
 
 fn report_policy_errors(load: &PolicyLoad) {

@@ -23,7 +23,10 @@ pub async fn demo(config: &Config) -> anyhow::Result<ExitCode> {
     let _upstream = start_upstream().await;
     let runtime = start(config, None).await?;
     // wasi:http components are served by `gatehouse run`, not invoked.
-    let plugins: Vec<_> = runtime.summaries().into_iter().filter(|p| p.kind == "plugin").collect();
+    let (plugins, served): (Vec<_>, Vec<_>) = runtime.summaries().into_iter().partition(|p| p.kind == "plugin");
+    for proxy in served {
+        println!("== {} (wasi:http component): skipped; `gatehouse run` serves it at /p/{}/\n", proxy.name, proxy.name);
+    }
     if plugins.is_empty() {
         anyhow::bail!("no plugin loaded from {}", config.policy_dir.display());
     }

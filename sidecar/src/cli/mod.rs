@@ -61,9 +61,24 @@ enum Command {
     Compile,
     /// Run the sidecar: the invoke API, the admin API, health and metrics,
     /// until SIGTERM (SIGHUP reloads the policies).
-    Run,
+    Run {
+        /// Address of the invoke API (overrides `[server] listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Address of the admin API, or `off` (overrides `[server]
+        /// admin_listen`).
+        #[arg(long, value_name = "ADDR|off")]
+        admin_listen: Option<String>,
+    },
     /// Load the example plugins and run each on a sample document.
     Demo,
+    /// Write the `gatehouse:services` WIT package this binary serves into
+    /// DIR, for building a plugin outside this repository.
+    Wit {
+        /// Where to write the `.wit` files.
+        #[arg(default_value = "wit")]
+        dir: PathBuf,
+    },
     /// Internal: compile one component from stdin in a memory-capped child.
     #[command(name = "__compile", hide = true)]
     CompileWorker {
@@ -98,6 +113,19 @@ pub fn main() -> ExitCode {
     if let Command::CompileWorker { args } = &cli.command {
         return gatehouse::runtime::compile_worker::main(args);
     }
+    // Needs no settings and loads nothing.
+    if let Command::Wit { dir } = &cli.command {
+        return match gatehouse::wit::write_to(dir) {
+            Ok(files) => {
+                files.iter().for_each(|file| println!("{}", file.display()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: writing {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     // `policy check` reports on stdout, one line per problem; its log would
     // only say the same again.
     let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }));
@@ -126,9 +154,11 @@ pub fn main() -> ExitCode {
                 commands::explain_url(&config, &plugin, &url).await
             }
             Command::Compile => commands::compile(&config),
-            Command::Run => run::run(&config).await,
+            Command::Run { .. } => run::run(&config).await,
             Command::Demo => demo::demo(&config).await,
-            Command::CompileWorker { .. } => unreachable!("handled before the settings are read"),
+            Command::CompileWorker { .. } | Command::Wit { .. } => {
+                unreachable!("handled before the settings are read")
+            }
         }
     });
     match result {
@@ -147,20 +177,36 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    // `policy check DIR` resolves components the way `--policies DIR` does.
-    let checked = match &cli.command {
-        Command::Policy(PolicyCommand::Check { dir: Some(dir) }) => Some(dir),
-        _ => None,
+    // `policy check DIR` resolves components the way `--policies DIR` does:
+    // beside the policies, unless `--plugins` says where they are.
+    let (flag, dir) = match &cli.command {
+        Command::Policy(PolicyCommand::Check { dir: Some(dir) }) => ("policy check DIR", Some(dir)),
+        _ => ("--policies", cli.policies.as_ref()),
     };
-    if let Some(dir) = checked.or(cli.policies.as_ref()) {
+    if let Some(dir) = dir {
         config.policy_dir = dir.clone();
-        // Without a settings file, components sit next to their policies.
-        if file.is_none() {
-            config.plugin_dir = dir.clone();
-        }
+        config.plugin_dir = dir.clone();
+        config.plugin_dir_origin = format!("the policy directory given to {flag}");
     }
     if let Some(dir) = &cli.plugins {
         config.plugin_dir = dir.clone();
+        config.plugin_dir_origin = "--plugins".into();
+    }
+    if let Command::Run { listen, admin_listen } = &cli.command {
+        if let Some(addr) = listen {
+            config.server.listen = *addr;
+        }
+        if let Some(text) = admin_listen {
+            config.server.admin_listen = gatehouse::config::parse_admin_listen(text)
+                .map_err(|e| anyhow::anyhow!("--admin-listen: {e}"))?;
+        }
+        config.server.validate().map_err(anyhow::Error::msg)?;
+    }
+    // A check is read-only: without a settings file (which names the data
+    // directory), it compiles in memory rather than creating `.gatehouse/`
+    // wherever it happens to run.
+    if file.is_none() && matches!(cli.command, Command::Policy(_)) {
+        config.runtime.cache_dir = None;
     }
     // Compile in a memory-capped child process of this same binary.
     config.runtime.compile_worker = std::env::current_exe().ok();

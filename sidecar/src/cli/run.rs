@@ -65,8 +65,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         servers.spawn(api::serve(admin, api::admin::router(api.clone(), token), limits, wait(stopped.clone())));
     }
 
-    let summary = api.reload().await;
-    tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "plugins loaded");
+    api.reload("start").await;
     // Logs each database as reachable or not.
     api.databases.check().await;
     // A line to try, with a plugin that did load.
@@ -84,8 +83,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                let summary = api.reload().await;
-                tracing::info!(loaded = ?summary.loaded, problems = summary.errors.len(), "reloaded on SIGHUP");
+                api.reload("SIGHUP").await;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

@@ -48,6 +48,22 @@ pub struct PolicyLoad {
 /// Fails only when the directory itself cannot be read; problems with
 /// individual files are collected in [`PolicyLoad::errors`].
 pub fn load_dir(dir: &Path, plugin_dir: &Path) -> Result<PolicyLoad, PolicyError> {
+    load_dir_in(dir, ComponentDir { path: plugin_dir, origin: "the plugin directory" })
+}
+
+/// Where relative `component` paths are resolved, and which setting chose
+/// that directory: a component that cannot be read is reported with both,
+/// so that a path resolved against an unexpected directory explains itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentDir<'a> {
+    /// The directory.
+    pub path: &'a Path,
+    /// What chose it, for messages (`plugin_dir in ./gatehouse.toml`).
+    pub origin: &'a str,
+}
+
+/// [`load_dir`], naming in its messages what chose the plugin directory.
+pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoad, PolicyError> {
     let unreadable = |e: std::io::Error| PolicyError {
         file: dir.to_path_buf(),
         line: None,
@@ -87,7 +103,7 @@ pub fn load_dir(dir: &Path, plugin_dir: &Path) -> Result<PolicyLoad, PolicyError
 }
 
 /// Parses and validates one policy file, reporting every problem found.
-pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, Vec<PolicyError>> {
+pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<PluginPolicy, Vec<PolicyError>> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}") }])?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
@@ -112,7 +128,11 @@ pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, 
             limits,
             http,
         }),
-        _ => Err(v.errors),
+        _ => {
+            // In the order of the file, as a reader goes through it.
+            v.errors.sort_by_key(|e| e.line);
+            Err(v.errors)
+        }
     }
 }
 
@@ -291,7 +311,7 @@ impl Validator<'_> {
         &mut self,
         path: &Spanned<String>,
         pin: Option<&Spanned<String>>,
-        plugin_dir: &Path,
+        plugin_dir: ComponentDir<'_>,
     ) -> Option<ComponentSource> {
         let pin = match pin {
             None => None,
@@ -303,7 +323,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let resolved = plugin_dir.join(path.get_ref());
+        let resolved = plugin_dir.path.join(path.get_ref());
         let bytes = match read_regular_file(&resolved, MAX_COMPONENT_SIZE) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -311,7 +331,18 @@ impl Validator<'_> {
                     BoundedReadError::TooLarge(cap) => format!("larger than the {} MiB a component may be", cap >> 20),
                     other => other.to_string(),
                 };
-                self.fail(path, format!("component `{}` cannot be read: {why}", resolved.display()));
+                let relative = Path::new(path.get_ref()).is_relative();
+                let hint = if relative {
+                    format!(
+                        " (`{}` is relative to {}, `{}`)",
+                        path.get_ref(),
+                        plugin_dir.origin,
+                        plugin_dir.path.display()
+                    )
+                } else {
+                    String::new()
+                };
+                self.fail(path, format!("component `{}` cannot be read: {why}{hint}", resolved.display()));
                 return None;
             }
         };

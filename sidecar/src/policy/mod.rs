@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::services::http::HttpPolicy;
 
 pub use error::{PolicyError, shown};
-pub use load::{MAX_COMPONENT_SIZE, PolicyLoad, load_dir};
+pub use load::{ComponentDir, MAX_COMPONENT_SIZE, PolicyLoad, load_dir, load_dir_in};
 
 /// Default per-invocation memory limit when `[limits] memory` is absent.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;
@@ -41,8 +41,10 @@ pub struct PolicySet {
     pub plugins: BTreeMap<String, PluginPolicy>,
 }
 
-/// Everything the sidecar grants one plugin.
-#[derive(Debug, Clone)]
+/// Everything the sidecar grants one plugin. Two are equal when they grant
+/// the same to the same component bytes (a reload that changes neither is
+/// no change).
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginPolicy {
     /// Unique plugin name: lowercase ASCII letters, digits, `-` and `_`.
     pub name: String,
@@ -77,6 +79,13 @@ pub struct ComponentSource {
     pub sha256: [u8; 32],
     /// The component itself. Kept so that what was hashed is what runs.
     pub bytes: Arc<[u8]>,
+}
+
+/// The same file with the same digest: the bytes are compared by hash.
+impl PartialEq for ComponentSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.sha256 == other.sha256
+    }
 }
 
 impl fmt::Debug for ComponentSource {

@@ -89,7 +89,11 @@ pub enum InvokeError {
     },
     /// The plugin exports the other interface (`invoke` on a
     /// `wasi:http/proxy` component, or HTTP on a plugin-world one).
-    #[error("plugin `{plugin}` exports {exports}; call it through that interface")]
+    #[error("plugin `{plugin}` exports {exports}: {}", if exports.starts_with("wasi:http") {
+        format!("`gatehouse run` serves it at /p/{plugin}/")
+    } else {
+        format!("call it with POST /v1/plugins/{plugin}/invoke (or `gatehouse invoke {plugin}`)")
+    })]
     WrongInterface {
         /// Plugin name.
         plugin: String,

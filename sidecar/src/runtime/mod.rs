@@ -231,7 +231,23 @@ impl Drop for Queued<'_> {
 #[derive(Default)]
 struct Generation {
     plugins: HashMap<String, Arc<LoadedPlugin>>,
+    /// Plugins refused with no version to serve.
     refused: HashMap<String, LoadError>,
+    /// Plugins whose new version was refused, serving the one they had.
+    kept: HashMap<String, LoadError>,
+}
+
+/// A plugin the last (re)load refused, as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// Plugin name from its policy.
+    pub plugin: String,
+    /// The policy file.
+    pub policy_file: String,
+    /// Why (escaped: it may quote names from the component).
+    pub reason: String,
+    /// The version still served, when the plugin had one before.
+    pub serving: Option<String>,
 }
 
 /// One loaded plugin, as the API lists it.
@@ -421,7 +437,18 @@ impl Runtime {
             });
             match outcome {
                 Ok(plugin) => {
-                    tracing::info!(plugin = %policy.name, version = %plugin.info.version, "plugin loaded");
+                    match previous.plugins.get(&policy.name) {
+                        None => tracing::info!(plugin = %policy.name, version = %plugin.info.version, "plugin loaded"),
+                        Some(old) if old.policy == plugin.policy => {
+                            tracing::debug!(plugin = %policy.name, version = %plugin.info.version, "plugin unchanged")
+                        }
+                        Some(old) => tracing::info!(
+                            plugin = %policy.name,
+                            version = %plugin.info.version,
+                            previous = %old.info.version,
+                            "plugin reloaded with a new policy or component"
+                        ),
+                    }
                     report.loaded.push(plugin.info.clone());
                     next.plugins.insert(policy.name.clone(), Arc::new(plugin));
                 }
@@ -436,6 +463,7 @@ impl Runtime {
                         Some(old) => {
                             tracing::warn!(plugin = %policy.name, version = %old.info.version, "keeping the loaded version");
                             next.plugins.insert(policy.name.clone(), old.clone());
+                            next.kept.insert(policy.name.clone(), error.clone());
                         }
                         None => {
                             next.refused.insert(policy.name.clone(), error.clone());
@@ -445,18 +473,30 @@ impl Runtime {
                 }
             }
         }
+        for (name, old) in &previous.plugins {
+            if !next.plugins.contains_key(name) && !next.refused.contains_key(name) {
+                let file = crate::policy::shown(&old.policy.file);
+                tracing::info!(plugin = %name, version = %old.info.version, %file, "plugin unloaded: its policy is gone");
+            }
+        }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         report
     }
 
     /// Compiles a plugin's component into the code cache (for `gatehouse
-    /// compile`), returning where the artifact is.
+    /// compile`), returning where the artifact is. A component whose
+    /// imports its policy does not grant is compiled (the artifact stays
+    /// valid for a later policy) but reported as an error, since a load
+    /// would refuse it.
     pub fn precompile(&self, policy: &PluginPolicy) -> Result<(PathBuf, CacheOutcome), String> {
         let path = self
             .cache
             .artifact_path(&self.engine, &policy.component)
             .ok_or("no cache directory is configured (set data_dir in gatehouse.toml)")?;
-        let (_, outcome) = self.cache.load(&self.engine, &policy.component)?;
+        let (component, outcome) = self.cache.load(&self.engine, &policy.component)?;
+        imports::check(&self.engine, &component, policy)
+            .map_err(|refused| format!("compiled, but a load would refuse it: {}", refused.join("; ")))?;
+        self.entry(&component).map_err(|why| format!("compiled, but a load would refuse it: {why}"))?;
         Ok((path, outcome))
     }
 
@@ -483,6 +523,38 @@ impl Runtime {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// The plugins the last (re)load refused, sorted by name: those with
+    /// nothing to serve (`serving` is `None`) and those that kept their
+    /// previous version.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        let generation = self.generation();
+        let mut list: Vec<Refusal> = generation
+            .refused
+            .values()
+            .map(|e| (e, None))
+            .chain(
+                generation
+                    .kept
+                    .iter()
+                    .map(|(name, e)| (e, generation.plugins.get(name).map(|p| p.info.version.clone()))),
+            )
+            .map(|(e, serving)| Refusal {
+                plugin: e.plugin.clone(),
+                policy_file: e.file.clone(),
+                reason: e.reason.clone(),
+                serving,
+            })
+            .collect();
+        list.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        list
+    }
+
+    /// Whether a loaded plugin came from `file` (a policy file that no
+    /// longer parses may still have its previous version in force).
+    pub fn serves_policy_file(&self, file: &std::path::Path) -> bool {
+        self.generation().plugins.values().any(|p| p.policy.file == file)
     }
 
     /// Invocations of `plugin` running right now (at most its policy's

@@ -1,31 +1,22 @@
 //! The `gatehouse` binary, run as a user would.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::{Policies, guest_dir};
 
-fn gatehouse(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .current_dir(cwd)
-        .env("GATEHOUSE_LOG", "warn")
-        .output()
-        .expect("running gatehouse")
+fn gatehouse(args: &[&str]) -> Output {
+    crate::common::gatehouse_command().args(args).env("GATEHOUSE_LOG", "warn").output().expect("running gatehouse")
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 #[test]
 fn policy_check_accepts_the_example_policies() {
     let guests = guest_dir();
-    let out = gatehouse(&["--plugins", guests.to_str().unwrap(), "policy", "check", "policies"], repo());
+    let examples = crate::common::repo_root().join("policies");
+    let out = gatehouse(&["--plugins", guests.to_str().unwrap(), "policy", "check", examples.to_str().unwrap()]);
     assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("ok    doc-enricher") && stdout.contains("0 problem(s)"), "{stdout}");
@@ -35,7 +26,7 @@ fn policy_check_accepts_the_example_policies() {
 fn policy_check_fails_naming_file_line_and_problem() {
     let policies = Policies::new();
     policies.write("typo.toml", "[plugin]\nname = \"typo\"\ncomponent = \"x.wasm\"\ncomponnet = \"y\"\n");
-    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()], repo());
+    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     let expected = format!("{}:4: unknown field `componnet`", policies.dir.path().join("typo.toml").display());
@@ -54,7 +45,7 @@ fn policy_check_output_cannot_be_forged_by_file_names_or_keys() {
     policies.write("key.toml", &format!("[plugin]\n\"x\\n{}\" = 1\n", forged.replace('\u{1b}', "\\u001b")));
     let component = crate::common::guest("echo").display().to_string();
     policies.write(&format!("ok\n{forged}.toml"), &format!("[plugin]\nname = \"echo\"\ncomponent = {component:?}\n"));
-    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()], repo());
+    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
     assert!(!stdout.lines().any(|l| l.starts_with("2026-01-01")), "a forged line:\n{stdout}");
@@ -68,7 +59,7 @@ fn invoke_prints_the_output_document() {
     let input = policies.dir.path().join("input.json");
     std::fs::write(&input, r#"{"text": "Alpha beta gamma."}"#).unwrap();
     let dir = policies.dir.path().to_str().unwrap();
-    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()], repo());
+    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON document");
     assert_eq!(doc["enrichment"]["words"], 3);
@@ -81,7 +72,7 @@ fn invoke_reports_a_typed_error_and_exits_non_zero() {
     let input = policies.dir.path().join("input.json");
     std::fs::write(&input, "[1, 2]").unwrap();
     let dir = policies.dir.path().to_str().unwrap();
-    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()], repo());
+    let out = gatehouse(&["--policies", dir, "invoke", "doc-enricher", "--input", input.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
@@ -99,12 +90,12 @@ fn compile_fills_the_cache_and_a_second_run_hits_it() {
     policies.plugin("echo", "echo", "");
     let (data, config) = policies.settings("");
     let config = config.to_str().unwrap();
-    let first = gatehouse(&["--config", config, "compile"], repo());
+    let first = gatehouse(&["--config", config, "compile"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).starts_with("echo: Compiled -> "), "{}", text(&first.stdout));
     let cached: Vec<_> = std::fs::read_dir(data.path().join("data/cache")).unwrap().collect();
     assert_eq!(cached.len(), 1);
-    let second = gatehouse(&["--config", config, "compile"], repo());
+    let second = gatehouse(&["--config", config, "compile"]);
     assert!(text(&second.stdout).starts_with("echo: Hit -> "), "{}", text(&second.stdout));
 }
 
@@ -121,8 +112,7 @@ fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
     );
     policies.plugin("echo", "echo", "");
     let dir = policies.dir.path().to_str().unwrap();
-    let explain =
-        |plugin: &str, url: &str| gatehouse(&["--policies", dir, "policy", "explain-url", plugin, url], repo());
+    let explain = |plugin: &str, url: &str| gatehouse(&["--policies", dir, "policy", "explain-url", plugin, url]);
 
     // An exact grant: resolved through the system resolver, loopback admitted.
     let out = explain("fetcher", "HTTP://LOCALHOST.:8080/status");
@@ -172,7 +162,7 @@ fn invoke_loads_only_the_plugin_it_runs() {
     policies.plugin("slow", "hostile_slow_info", "timeout = \"10m\"");
     policies.write("typo.toml", "[plugin]\nname = \"typo\"\ncomponnet = \"x\"\n");
     let dir = policies.dir.path().to_str().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = crate::common::gatehouse_command()
         .args(["--policies", dir, "invoke", "echo"])
         .env("GATEHOUSE_LOG", "info")
         .stdin(std::process::Stdio::null())
@@ -183,7 +173,7 @@ fn invoke_loads_only_the_plugin_it_runs() {
     assert!(!stderr.contains("slow") && !stderr.contains("typo"), "{stderr}");
 
     // Invoking a plugin whose policy is broken reports the problems.
-    let out = gatehouse(&["--policies", dir, "invoke", "typo"], repo());
+    let out = gatehouse(&["--policies", dir, "invoke", "typo"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("componnet"), "{}", text(&out.stderr));
 }
@@ -199,7 +189,7 @@ fn a_data_directory_others_may_write_is_refused_at_start() {
     let data = root.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let run = || gatehouse(&["--config", config.to_str().unwrap(), "invoke", "echo"], root.path());
+    let run = || gatehouse(&["--config", config.to_str().unwrap(), "invoke", "echo"]);
 
     let out = run();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -235,7 +225,7 @@ fn policy_check_is_the_load_without_serving() {
         policies.write(&format!("{name}.toml"), &format!("[plugin]\nname = \"{name}\"\ncomponent = \"{file}\"\n"));
     }
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = crate::common::gatehouse_command()
         .args(["policy", "check", dir.to_str().unwrap()])
         .current_dir(elsewhere.path())
         .env_remove("GATEHOUSE_LOG")
@@ -275,7 +265,7 @@ fn compiling_happens_in_a_child_process_capped_at_compile_memory() {
         "policy_dir = \".\"\ndata_dir = \"data\"\n[engine]\ncompile_memory = \"32 MiB\"\ncompile_timeout = \"60s\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = crate::common::gatehouse_command()
         .args(["--config", settings.to_str().unwrap(), "policy", "check"])
         .output()
         .unwrap();
@@ -292,11 +282,151 @@ fn compiling_happens_in_a_child_process_capped_at_compile_memory() {
         "policy_dir = \".\"\ndata_dir = \"data\"\n[engine]\ncompile_memory = \"3 GiB\"\ncompile_timeout = \"60s\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = crate::common::gatehouse_command()
         .args(["--config", settings.to_str().unwrap(), "policy", "check"])
         .output()
         .unwrap();
     let stdout = text(&out.stdout);
     let slow = stdout.lines().find(|l| l.contains("slow")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(!slow.contains("compile memory budget"), "{slow}");
+}
+
+/// The README's "Writing a plugin" recipe, followed as an author outside
+/// this repository would: its Cargo.toml, src/lib.rs and policy, taken
+/// from the README itself (so the two cannot drift apart), in a directory
+/// outside the workspace, with the WIT from `gatehouse wit`; then the
+/// component is built for wasm32-wasip2, checked and invoked.
+#[test]
+fn an_out_of_tree_plugin_builds_from_the_readme_recipe() {
+    let readme = std::fs::read_to_string(crate::common::repo_root().join("README.md")).unwrap();
+    let project = tempfile::tempdir().unwrap();
+    let mut files = 0;
+    for part in readme.split("<!-- recipe: ").skip(1) {
+        let (path, rest) = part.split_once(" -->").unwrap();
+        let block = rest.split_once("```").unwrap().1;
+        let body = block.split_once('\n').unwrap().1.split_once("```").unwrap().0;
+        let target = project.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, body).unwrap();
+        files += 1;
+    }
+    assert_eq!(files, 3, "the README recipe has Cargo.toml, src/lib.rs and a policy");
+    // The recipe names the wit-bindgen version this repository's guests use.
+    let guests = std::fs::read_to_string(crate::common::repo_root().join("guests/Cargo.toml")).unwrap();
+    let pinned = guests.lines().find(|l| l.starts_with("wit-bindgen =")).unwrap();
+    let recipe = std::fs::read_to_string(project.path().join("Cargo.toml")).unwrap();
+    assert!(recipe.contains(pinned.split('#').next().unwrap().trim()), "{pinned} vs\n{recipe}");
+
+    let wit = project.path().join("wit");
+    let out = gatehouse(&["wit", wit.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wit.join("worlds.wit").is_file());
+
+    // Built output goes to target/ of this repository (kept between runs),
+    // reached through the project's own `target` link.
+    let build_dir = crate::common::repo_root().join("target/out-of-tree-plugin");
+    std::fs::create_dir_all(&build_dir).unwrap();
+    std::os::unix::fs::symlink(&build_dir, project.path().join("target")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(project.path())
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", text(&build.stderr));
+
+    let policies = project.path().join("policies");
+    let check = gatehouse(&["--policies", policies.to_str().unwrap(), "policy", "check"]);
+    assert!(check.status.success(), "{}{}", text(&check.stdout), text(&check.stderr));
+    let mut invoke = crate::common::gatehouse_command()
+        .args(["--policies", policies.to_str().unwrap(), "invoke", "shouter"])
+        .env("GATEHOUSE_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    invoke.stdin.take().unwrap().write_all(b"hello").unwrap();
+    let out = invoke.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "HELLO\n");
+}
+
+/// A component path that does not resolve says against which directory it
+/// was resolved and which setting chose that directory, for each way of
+/// choosing it.
+#[test]
+fn an_unreadable_component_names_the_directory_and_the_setting() {
+    let policies = Policies::new();
+    policies.write("lost.toml", "[plugin]\nname = \"lost\"\ncomponent = \"build/lost.wasm\"\n");
+    let dir = policies.dir.path().to_str().unwrap();
+    let out = gatehouse(&["--policies", dir, "invoke", "lost"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("(`build/lost.wasm` is relative to the policy directory given to --policies, `{dir}`)");
+    assert!(stderr.contains(&expected), "expected {expected} in {stderr}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = gatehouse(&["--policies", dir, "--plugins", elsewhere.path().to_str().unwrap(), "invoke", "lost"]);
+    assert!(text(&out.stderr).contains("is relative to --plugins"), "{}", text(&out.stderr));
+
+    let (_root, config) = policies.settings("");
+    let out = gatehouse(&["--config", config.to_str().unwrap(), "invoke", "lost"]);
+    let expected = format!("is relative to plugin_dir in {}", config.display());
+    assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+}
+
+/// Problems of one file are listed in the order of its lines, whatever
+/// order the checks found them in.
+#[test]
+fn policy_check_lists_a_files_problems_in_line_order() {
+    let policies = Policies::new();
+    policies.write(
+        "bad.toml",
+        "[plugin]\nname = \"Bad\"\ncomponent = \"missing.wasm\"\n[limits]\nmemory = \"1 KiB\"\n[http]\nallow = [\"localhost:8089\"]\n",
+    );
+    let out = gatehouse(&["policy", "check", policies.dir.path().to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    let lines: Vec<usize> =
+        stdout.lines().filter_map(|l| l.split("bad.toml:").nth(1)?.split(':').next()?.parse().ok()).collect();
+    assert_eq!(lines, vec![2, 3, 5, 7], "{stdout}");
+    assert!(stdout.contains("give the scheme too, as in `https://localhost:8089`"), "{stdout}");
+}
+
+/// `policy check` without a settings file writes nothing where it runs
+/// (it used to create `.gatehouse/cache` in the current directory).
+#[test]
+fn policy_check_without_settings_writes_nothing() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let cwd = tempfile::tempdir().unwrap();
+    let out = crate::common::gatehouse_command()
+        .args(["policy", "check", policies.dir.path().to_str().unwrap()])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0, "policy check wrote into its directory");
+}
+
+/// `gatehouse compile` fails, naming the reason, for a component a load
+/// would refuse (its imports are not granted), instead of reporting it
+/// compiled.
+#[test]
+fn compile_fails_for_a_plugin_a_load_would_refuse() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.plugin("socket", "hostile_socket", "");
+    let (_data, config) = policies.settings("");
+    let out = gatehouse(&["--config", config.to_str().unwrap(), "compile"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("echo: Compiled"), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("socket: compiled, but a load would refuse it") && stderr.contains("wasi:sockets"),
+        "{stderr}"
+    );
 }

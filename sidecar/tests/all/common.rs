@@ -17,6 +17,27 @@ pub fn guest_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"))
 }
 
+/// The real `gatehouse` binary, started in a scratch directory under
+/// `target/` (not the source tree), so whatever it writes relative to its
+/// working directory (`.gatehouse/` without a settings file) lands there.
+pub fn gatehouse_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    command.current_dir(scratch_dir());
+    command
+}
+
+/// A directory under `target/` for files the binary writes relative to
+/// where it runs; one per test process.
+pub fn scratch_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch dir")).path()
+}
+
+/// The repository root (for its example policies and files).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
 /// Path of one guest component; fails the test with a hint if it is missing.
 pub fn guest(name: &str) -> PathBuf {
     let path = guest_dir().join(format!("{name}.wasm"));

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gatehouse::config::Config;
@@ -204,7 +203,7 @@ fn the_compose_settings_run_against_a_local_postgresql() {
     let settings = data.path().join("gatehouse.toml");
     std::fs::write(&settings, text).unwrap();
 
-    let check = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let check = crate::common::gatehouse_command()
         .args(["--config", settings.to_str().unwrap(), "policy", "check"])
         .output()
         .unwrap();

@@ -16,7 +16,7 @@
 //!   everything empty or refused.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use gatehouse::Document;
 use gatehouse::services::log::{MAX_BYTES_PER_INVOCATION, MAX_EVENTS_PER_INVOCATION};
@@ -95,7 +95,7 @@ async fn log_volume_is_bounded_per_invocation() {
 }
 
 fn gatehouse(args: &[&str], dir: &Path, stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let mut child = crate::common::gatehouse_command()
         .args(["--policies", dir.to_str().unwrap()])
         .args(args)
         .env("GATEHOUSE_LOG", "info")
@@ -164,7 +164,7 @@ fn json_logs_are_one_object_a_line_with_the_plugins_fields_as_an_object() {
     policies.plugin("log", "hostile_log", "");
     let dir = policies.dir.path().to_str().unwrap();
     let run = |plugin: &str, input: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        let mut child = crate::common::gatehouse_command()
             .args(["--log-format", "json", "--policies", dir, "invoke", plugin, "--content-type", "application/json"])
             .env("GATEHOUSE_LOG", "info")
             .stdin(Stdio::piped())

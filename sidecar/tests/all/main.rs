@@ -12,6 +12,7 @@ mod http_logs;
 mod http_props;
 mod invoke;
 mod logs;
+mod operator;
 mod policy;
 mod postgres;
 mod sandbox;

@@ -16,7 +16,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustix::net::{AddressFamily, SocketType};
@@ -98,7 +97,8 @@ fn each_error_kind_has_its_status_body_and_hint() {
     policies.plugin("crash", "hostile_trap", "");
     policies.plugin("busy", "sleeper", "concurrency = 1\ntimeout = \"2s\"");
     policies.plugin("socket", "hostile_socket", "");
-    let sidecar = Sidecar::start(&policies, "max_body = \"1 KiB\"", &[]);
+    // Never ready (`socket` is refused), but serving the others.
+    let sidecar = Sidecar::start_unready(&policies, "max_body = \"1 KiB\"", &[]);
 
     let expect = |plugin: &str, input: &str, status: u16, kind: &str| {
         let (got, headers, body) = sidecar.invoke(plugin, input);
@@ -273,7 +273,7 @@ fn sighup_with_a_broken_policy_keeps_the_loaded_version_and_sigterm_drains() {
     std::fs::write(&sleeper, "[plugin\nname = ").unwrap();
     sidecar.signal("HUP");
     let started = Instant::now();
-    while !sidecar.stderr().contains("reloaded on SIGHUP") {
+    while !sidecar.stderr().contains("trigger=\"SIGHUP\"") {
         assert!(started.elapsed() < Duration::from_secs(10), "{}", sidecar.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -307,7 +307,7 @@ fn a_sighup_while_the_plugins_load_reloads_afterwards_instead_of_ending_the_proc
     let mut sidecar = Sidecar::launch(&policies, "", &[]);
     sidecar.signal("HUP");
     let started = Instant::now();
-    while !sidecar.stderr().contains("reloaded on SIGHUP") {
+    while !sidecar.stderr().contains("trigger=\"SIGHUP\"") {
         assert!(sidecar.child.try_wait().unwrap().is_none(), "SIGHUP ended the process: {}", sidecar.stderr());
         assert!(started.elapsed() < Duration::from_secs(20), "{}", sidecar.stderr());
         std::thread::sleep(Duration::from_millis(20));
@@ -518,7 +518,7 @@ fn an_empty_admin_token_is_refused_at_start() {
     let (_data, config) = policies.settings(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = { env = \"EMPTY_TOKEN\" }",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = crate::common::gatehouse_command()
         .args(["--config", config.to_str().unwrap(), "run"])
         .env("EMPTY_TOKEN", "")
         .output()

@@ -52,7 +52,7 @@ impl Sidecar {
     /// printed both addresses (the admin listener must be on). `data` is
     /// kept until the sidecar is dropped.
     pub fn spawn(config: &Path, env: &[(&str, &str)], data: tempfile::TempDir) -> Sidecar {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        let mut child = crate::common::gatehouse_command()
             .args(["--config", config.to_str().unwrap(), "run"])
             .envs(env.iter().copied())
             .env("GATEHOUSE_LOG", "info")

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -123,10 +122,9 @@ async fn a_certificate_from_an_untrusted_ca_is_refused_before_anything_is_sent()
 fn invoke_fetcher(policies: &Policies, ca_file: &Path, url: &str) -> std::process::Output {
     let input = policies.dir.path().join("input.json");
     std::fs::write(&input, format!(r#"{{"url": "{url}"}}"#)).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    crate::common::gatehouse_command()
         .args(["--policies", policies.dir.path().to_str().unwrap(), "invoke", "fetcher"])
         .args(["--input", input.to_str().unwrap()])
-        .current_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))
         .env("GATEHOUSE_LOG", "warn")
         .env("SSL_CERT_FILE", ca_file)
         .env_remove("SSL_CERT_DIR")

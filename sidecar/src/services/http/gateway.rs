@@ -228,7 +228,8 @@ impl PluginHttp {
     /// expressions run only when the event is enabled.
     fn log(&self, method: &str, url: &str, outcome: &Result<InboundResponse, HttpError>, started: Instant) {
         let (method, url) = (escaped(method, SHORT), escaped(url, LINE));
-        let elapsed_ms = || started.elapsed().as_secs_f64() * 1e3;
+        // Whole microseconds, so the field reads `21.522`, not `21.522000000000003`.
+        let elapsed_ms = || started.elapsed().as_micros() as f64 / 1e3;
         match outcome {
             Ok(response) => tracing::debug!(
                 target: "gatehouse::http", plugin = %self.plugin, ?method, ?url,

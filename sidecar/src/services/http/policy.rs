@@ -108,6 +108,12 @@ impl AllowRule {
                 "invalid allow entry `{text}`: `*` is only allowed as the first label, as in `https://*.example.com`"
             ));
         }
+        if !spelled.contains("://") {
+            // `localhost:8089` parses as scheme `localhost`: say what was meant.
+            return Err(format!(
+                "invalid allow entry `{text}`: give the scheme too, as in `https://{text}` or `http://{text}`"
+            ));
+        }
         let target = normalize(&spelled).map_err(|e| format!("invalid allow entry `{text}`: {e}"))?;
         if target.url.path() != "/" || target.url.query().is_some() {
             return Err(format!("invalid allow entry `{text}`: give scheme, host and port only, without a path"));
@@ -392,6 +398,12 @@ mod tests {
         ] {
             assert!(AllowRule::parse(bad).is_err(), "{bad} should be refused");
         }
+        // Without a scheme, the message shows the entry as it was meant.
+        let error = AllowRule::parse("localhost:8089").unwrap_err();
+        assert!(
+            error.contains("give the scheme too, as in `https://localhost:8089` or `http://localhost:8089`"),
+            "{error}"
+        );
         assert_eq!(
             AllowRule::parse("https://*.Example.ORG.:8443").unwrap().host,
             HostPattern::Subdomains("example.org".into())
