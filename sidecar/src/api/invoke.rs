@@ -119,7 +119,8 @@ fn output_content_type(text: &str) -> HeaderValue {
 /// its answer without sending the body).
 pub(super) fn refuse_early(api: &Api, headers: &HeaderMap) -> Option<Response> {
     if !api.is_loaded() {
-        return Some(errors::respond(ErrorKind::Unavailable, "the sidecar is still loading its plugins", None));
+        let soon = Some(std::time::Duration::from_secs(1));
+        return Some(errors::respond(ErrorKind::Unavailable, "the sidecar is still loading its plugins", soon));
     }
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > api.max_body as u64) {

@@ -62,7 +62,8 @@ pub use crate::config::ReadyWhen;
 struct Unserved {
     /// The policy directory could not be read (nothing in it was).
     directory: Option<String>,
-    /// Policy files refused whole, with no earlier version in force.
+    /// Policy files refused before they named a plugin (the others are
+    /// the runtime's refusals of that plugin).
     files: Vec<policy::PolicyError>,
 }
 
@@ -136,9 +137,17 @@ impl Api {
     /// Policy files the last (re)load refused with nothing of theirs in
     /// force, and whether the directory itself could not be read; for the
     /// admin API.
-    pub fn unserved_policy_files(&self) -> (Option<String>, Vec<String>) {
+    pub fn unserved_policy_files(&self) -> (Option<String>, Vec<serde_json::Value>) {
         let unserved = self.unserved.read().unwrap_or_else(|p| p.into_inner());
-        (unserved.directory.clone(), unserved.files.iter().map(|e| e.to_string()).collect())
+        let files = unserved
+            .files
+            .iter()
+            .map(|e| {
+                let reason = crate::guest_text::escape(&e.reason, crate::guest_text::MESSAGE);
+                serde_json::json!({ "policy_file": policy::shown(&e.file), "line": e.line, "reason": reason })
+            })
+            .collect();
+        (unserved.directory.clone(), files)
     }
 
     /// Whether the first load has completed.
@@ -165,14 +174,19 @@ impl Api {
                 return ReloadSummary { loaded: self.names(), errors: vec![e.to_string()] };
             }
         };
-        let broken: Vec<PathBuf> = load.errors.iter().map(|e| e.file.clone()).collect();
         let mut errors: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
         for error in &load.errors {
             tracing::error!(%error, "policy refused");
         }
-        let report = self.runtime.reload(&load.set, &broken).await;
+        let report = self.runtime.reload(&load.set, &load.errors).await;
         errors.extend(report.refused.iter().map(|e| e.to_string()));
-        let files = load.errors.into_iter().filter(|e| !self.runtime.serves_policy_file(&e.file)).collect();
+        // A file that names its plugin, or whose plugin keeps serving, is
+        // listed with that plugin (`refused`); these are the others.
+        let files = load
+            .errors
+            .into_iter()
+            .filter(|e| e.plugin.is_none() && !self.runtime.serves_policy_file(&e.file))
+            .collect();
         *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files };
         self.loaded.store(true, Ordering::Release);
         let summary = ReloadSummary { loaded: self.names(), errors };

@@ -20,7 +20,8 @@ struct Cli {
     /// Settings file. Defaults to ./gatehouse.toml when it exists.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Policy directory (overrides the settings file).
+    /// Policy directory (overrides the settings file). Components are then
+    /// looked for beside the policies, unless --plugins says otherwise.
     #[arg(long, global = true, value_name = "DIR")]
     policies: Option<PathBuf>,
     /// Directory that policy `component` paths are relative to.
@@ -186,7 +187,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(dir) = dir {
         config.policy_dir = dir.clone();
         config.plugin_dir = dir.clone();
-        config.plugin_dir_origin = format!("the policy directory given to {flag}");
+        config.plugin_dir_origin = format!("the policy directory given to {flag} (--plugins DIR looks elsewhere)");
     }
     if let Some(dir) = &cli.plugins {
         config.plugin_dir = dir.clone();
@@ -197,8 +198,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
             config.server.listen = *addr;
         }
         if let Some(text) = admin_listen {
-            config.server.admin_listen = gatehouse::config::parse_admin_listen(text)
-                .map_err(|e| anyhow::anyhow!("--admin-listen: {e}"))?;
+            config.server.admin_listen =
+                gatehouse::config::parse_admin_listen(text).map_err(|e| anyhow::anyhow!("--admin-listen: {e}"))?;
         }
         config.server.validate().map_err(anyhow::Error::msg)?;
     }

@@ -68,16 +68,16 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     api.reload("start").await;
     // Logs each database as reachable or not.
     api.databases.check().await;
-    // A line to try, with a plugin that did load.
+    // A line to try, with a plugin that did load: the example's own input
+    // for the example, a file of the caller's for any other plugin.
     let plugins = api.runtime.summaries();
-    if let Some(plugin) =
-        plugins.iter().find(|p| p.name == "doc-enricher").or(plugins.iter().find(|p| p.kind == "plugin"))
-    {
+    if plugins.iter().any(|p| p.name == "doc-enricher") {
         println!(
             "try: curl -s -H 'content-type: application/json' --data '{{\"text\": \"Hello, world.\"}}' \
-             http://{invoke_addr}/v1/plugins/{}/invoke",
-            plugin.name
+             http://{invoke_addr}/v1/plugins/doc-enricher/invoke"
         );
+    } else if let Some(plugin) = plugins.iter().find(|p| p.kind == "plugin") {
+        println!("try: curl -s --data-binary @input.json http://{invoke_addr}/v1/plugins/{}/invoke", plugin.name);
     }
 
     loop {

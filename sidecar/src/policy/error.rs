@@ -14,6 +14,10 @@ pub struct PolicyError {
     pub line: Option<usize>,
     /// What is wrong, written for the person who maintains the file.
     pub reason: String,
+    /// The plugin the file names, when it got far enough to name a valid
+    /// one: a refusal then belongs to that plugin (served by an earlier
+    /// version, or answered `unavailable`), not to an anonymous file.
+    pub plugin: Option<String>,
 }
 
 /// File names and TOML keys are written by whoever can add a policy file,

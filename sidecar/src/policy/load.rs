@@ -68,6 +68,7 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
         file: dir.to_path_buf(),
         line: None,
         reason: format!("cannot read the policy directory: {e}"),
+        plugin: None,
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(unreadable)?
@@ -77,45 +78,54 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
     files.sort();
 
     let mut load = PolicyLoad::default();
-    let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut claims: BTreeMap<String, Vec<PluginPolicy>> = BTreeMap::new();
     for file in files {
         match load_file(&file, plugin_dir) {
-            Ok(policy) => {
-                if let Some(first) = origin.get(&policy.name) {
-                    load.errors.push(PolicyError {
-                        file,
-                        line: None,
-                        reason: format!(
-                            "duplicate plugin name `{}`: already defined in {}",
-                            policy.name,
-                            first.display()
-                        ),
-                    });
-                    continue;
-                }
-                origin.insert(policy.name.clone(), file);
-                load.set.plugins.insert(policy.name.clone(), policy);
-            }
+            Ok(policy) => claims.entry(policy.name.clone()).or_default().push(policy),
             Err(errors) => load.errors.extend(errors),
         }
     }
+    // A name claimed by two files is refused in both: a new file that
+    // sorts first must not take over a plugin another file defines. A
+    // version already serving the name keeps serving.
+    for (name, mut policies) in claims {
+        if policies.len() == 1 {
+            load.set.plugins.insert(name, policies.pop().expect("one"));
+            continue;
+        }
+        let files: Vec<String> = policies.iter().map(|p| super::shown(&p.file)).collect();
+        for policy in policies {
+            load.errors.push(PolicyError {
+                file: policy.file,
+                line: None,
+                reason: format!(
+                    "plugin name `{name}` is claimed by {}: each is refused until one remains",
+                    files.join(", ")
+                ),
+                plugin: Some(name.clone()),
+            });
+        }
+    }
+    load.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
     Ok(load)
 }
 
 /// Parses and validates one policy file, reporting every problem found.
 pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<PluginPolicy, Vec<PolicyError>> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}") }])?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}"), plugin: None }]
+    })?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
         vec![PolicyError {
             file: file.to_path_buf(),
             line: e.span().map(|span| line_of(&text, span.start)),
             reason: e.message().trim_end().to_string(),
+            plugin: None,
         }]
     })?;
 
     let mut v = Validator { file, text: &text, errors: Vec::new() };
-    v.check_name(&raw.plugin.name);
+    let named = v.check_name(&raw.plugin.name);
     let limits = v.limits(&raw.limits);
     let http = raw.http.as_ref().map(|section| v.http(section));
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
@@ -131,6 +141,9 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
         _ => {
             // In the order of the file, as a reader goes through it.
             v.errors.sort_by_key(|e| e.line);
+            if named {
+                v.errors.iter_mut().for_each(|e| e.plugin = Some(raw.plugin.name.get_ref().clone()));
+            }
             Err(v.errors)
         }
     }
@@ -149,10 +162,12 @@ impl Validator<'_> {
             file: self.file.to_path_buf(),
             line: Some(line_of(self.text, at.span().start)),
             reason,
+            plugin: None,
         });
     }
 
-    fn check_name(&mut self, name: &Spanned<String>) {
+    /// Whether the name is valid (problems are then the named plugin's).
+    fn check_name(&mut self, name: &Spanned<String>) -> bool {
         let text = name.get_ref();
         let valid = !text.is_empty()
             && text.len() <= MAX_NAME_LEN
@@ -166,6 +181,7 @@ impl Validator<'_> {
                 ),
             );
         }
+        valid
     }
 
     /// A timeout within [`MIN_TIMEOUT`, `MAX_TIMEOUT`].

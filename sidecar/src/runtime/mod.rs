@@ -46,7 +46,7 @@ pub use limits::{
 pub use state::MAX_RANDOM_BYTES;
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
-use crate::policy::{PluginPolicy, PolicySet};
+use crate::policy::{PluginPolicy, PolicyError, PolicySet};
 use crate::secrets::SecretSource;
 use crate::services::http::resolve::{Lookup, SystemLookup};
 use crate::services::http::{HttpGateway, HttpMetricsSnapshot, PluginHttp};
@@ -393,11 +393,11 @@ impl Runtime {
     /// validate), or whose new version is refused, keeps the version it
     /// had, and the refusal is reported. Invocations already running
     /// finish on the version they started with.
-    pub async fn reload(&self, policies: &PolicySet, broken_files: &[PathBuf]) -> LoadReport {
+    pub async fn reload(&self, policies: &PolicySet, broken_files: &[PolicyError]) -> LoadReport {
         self.install(policies, broken_files, true).await
     }
 
-    async fn install(&self, policies: &PolicySet, broken_files: &[PathBuf], keep_on_refusal: bool) -> LoadReport {
+    async fn install(&self, policies: &PolicySet, broken: &[PolicyError], keep_on_refusal: bool) -> LoadReport {
         let _one_at_a_time = self.loading.lock().await;
         let previous = self.generation();
         let mut report = LoadReport::default();
@@ -415,11 +415,25 @@ impl Runtime {
         // of the pool, first.
         let mut reserved: u32 = 0;
         for (name, plugin) in &previous.plugins {
-            if broken_files.contains(&plugin.policy.file) && !policies.plugins.contains_key(name) {
+            let refusal = broken.iter().find(|e| e.file == plugin.policy.file);
+            if let Some(error) = refusal.filter(|_| !policies.plugins.contains_key(name)) {
                 let file = crate::policy::shown(&plugin.policy.file);
                 tracing::warn!(plugin = %name, %file, "policy file refused; keeping the loaded version");
                 reserved = reserved.saturating_add(plugin.policy.limits.concurrency);
                 next.plugins.insert(name.clone(), plugin.clone());
+                next.kept.insert(name.clone(), LoadError { plugin: name.clone(), file, reason: error.to_string() });
+            }
+        }
+        // A refused file that names a plugin with nothing to serve makes
+        // that plugin refused (`unavailable`), not unknown.
+        for error in broken {
+            if let Some(name) = error.plugin.as_ref().filter(|n| !next.plugins.contains_key(*n)) {
+                let file = crate::policy::shown(&error.file);
+                next.refused.entry(name.clone()).or_insert(LoadError {
+                    plugin: name.clone(),
+                    file,
+                    reason: error.to_string(),
+                });
             }
         }
         for (policy, outcome) in outcomes {

@@ -366,7 +366,9 @@ fn an_unreadable_component_names_the_directory_and_the_setting() {
     let out = gatehouse(&["--policies", dir, "invoke", "lost"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let expected = format!("(`build/lost.wasm` is relative to the policy directory given to --policies, `{dir}`)");
+    let expected = format!(
+        "(`build/lost.wasm` is relative to the policy directory given to --policies (--plugins DIR looks elsewhere), `{dir}`)"
+    );
     assert!(stderr.contains(&expected), "expected {expected} in {stderr}");
 
     let elsewhere = tempfile::tempdir().unwrap();

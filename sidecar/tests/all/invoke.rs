@@ -146,7 +146,7 @@ async fn a_reload_keeps_the_loaded_version_of_a_plugin_whose_new_policy_or_compo
     let load = policies.load();
     let broken: Vec<_> = load.errors.iter().map(|e| e.file.clone()).collect();
     assert_eq!(broken, std::slice::from_ref(&sleeper));
-    let report = runtime.reload(&load.set, &broken).await;
+    let report = runtime.reload(&load.set, &load.errors).await;
     assert_eq!(report.refused.len(), 1, "{report:?}");
 
     assert_eq!(in_flight.await.unwrap().unwrap().body, b"slept");

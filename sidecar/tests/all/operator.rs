@@ -60,7 +60,10 @@ fn readyz_waits_for_every_policy_to_be_served_and_names_what_is_not() {
     assert!(refused[0]["reason"].as_str().unwrap().contains("wasi:sockets"), "{plugins}");
     assert!(refused[0]["serving"].is_null());
     let files = plugins["refused_policy_files"].as_array().unwrap();
-    assert!(files.len() == 1 && files[0].as_str().unwrap().contains("unknown field `componnet`"), "{plugins}");
+    assert_eq!(files.len(), 1, "{plugins}");
+    assert!(files[0]["policy_file"].as_str().unwrap().ends_with("typo.toml"), "{plugins}");
+    assert_eq!(files[0]["line"], 3);
+    assert!(files[0]["reason"].as_str().unwrap().contains("unknown field `componnet`"), "{plugins}");
 
     // Fixed: ready.
     std::fs::remove_file(policies.dir.path().join("socket.toml")).unwrap();
@@ -78,6 +81,52 @@ fn readyz_waits_for_every_policy_to_be_served_and_names_what_is_not() {
     let plugins = admin_plugins(&sidecar);
     assert_eq!(plugins["refused"][0]["plugin"], "echo");
     assert_eq!(plugins["refused"][0]["serving"], "0.1.0", "{plugins}");
+
+    // The same when the new file does not even parse: the plugin keeps
+    // serving, and the refusal is listed with it.
+    policies.write("echo.toml", "[plugin]\nname = \"echo\"\ncomponnet = \"x\"\n");
+    assert_eq!(reload(&sidecar), 422);
+    assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
+    let plugins = admin_plugins(&sidecar);
+    assert_eq!(plugins["refused"][0]["serving"], "0.1.0", "{plugins}");
+    assert!(plugins["refused"][0]["reason"].as_str().unwrap().contains("componnet"), "{plugins}");
+    assert_eq!(plugins["refused_policy_files"].as_array().unwrap().len(), 0, "{plugins}");
+}
+
+/// The commonest mistake, a component path that does not resolve, is a
+/// refusal of that plugin: named on /readyz, `unavailable` to callers
+/// (not "no such plugin"), and listed with its reason on the admin API.
+#[test]
+fn a_missing_component_is_a_refused_plugin() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    policies.write("lost.toml", "[plugin]\nname = \"lost\"\ncomponent = \"nowhere/lost.wasm\"\n");
+    let sidecar = Sidecar::start_unready(&policies, "", &[]);
+    let (status, _, body) = sidecar.get(&sidecar.invoke, "/readyz");
+    assert_eq!((status, text(&body).as_str()), (503, "plugin `lost` refused\n"));
+    let (status, _, body) = sidecar.invoke("lost", "x");
+    assert_eq!((status, json(&body)["kind"].as_str()), (503, Some("unavailable")), "{}", text(&body));
+    let plugins = admin_plugins(&sidecar);
+    assert!(plugins["refused"][0]["reason"].as_str().unwrap().contains("cannot be read"), "{plugins}");
+}
+
+/// Attack: a new policy file that sorts first claims the name of a
+/// plugin another file defines, to take it over. Both files are refused;
+/// the version in force keeps serving, and the sidecar stays ready.
+#[test]
+fn a_second_file_claiming_a_plugin_name_takes_nothing_over() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let hog = crate::common::guest("hostile_memory").display().to_string();
+    policies.write("aa.toml", &format!("[plugin]\nname = \"echo\"\ncomponent = {hog:?}\n"));
+    assert_eq!(reload(&sidecar), 422);
+    assert_eq!(sidecar.invoke("echo", "same").2, b"same", "still the original echo");
+    assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
+    let plugins = admin_plugins(&sidecar);
+    let reason = plugins["refused"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("is claimed by") && reason.contains("aa.toml"), "{plugins}");
+    assert!(!sidecar.stderr().contains("reloaded with a new policy"), "{}", sidecar.stderr());
 }
 
 #[test]
