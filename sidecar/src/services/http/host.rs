@@ -215,11 +215,14 @@ impl hyper::body::Body for SlotBody {
 
 /// wasmtime-wasi-http's forbidden headers, and the policy's denied ones
 /// except `content-length`: standard guests may set it, and the body is
-/// read in full before sending anyway.
+/// read in full before sending anyway. wasmtime asks this for the fields a
+/// component receives too (a proxy component's request, a response), so
+/// the forwarding family, which needs a grant only to be sent, is checked
+/// by the gateway instead.
 fn wasi_header_forbidden(plugin: Option<&PluginHttp>, name: &HeaderName) -> bool {
     wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
         || plugin
-            .is_some_and(|p| *name != http::header::CONTENT_LENGTH && p.policy().check_header(name.as_str()).is_err())
+            .is_some_and(|p| *name != http::header::CONTENT_LENGTH && p.policy().check_field(name.as_str()).is_err())
 }
 
 /// Reads the guest's body (up to the request limit, or not at all for a

@@ -344,9 +344,26 @@ impl HttpPolicy {
         Err(Denial(format!("method {method} is not allowed (allowed: {allowed})")))
     }
 
-    /// Whether the guest may set header `name`: any case, and `_` counts
+    /// Whether the guest may send header `name`: any case, and `_` counts
     /// as `-` (see [`same_header`]).
     pub fn check_header(&self, name: &str) -> Result<(), Denial> {
+        self.check_field(name)?;
+        if is_granted_only(name) && !self.allow_headers.iter().any(|granted| same_header(granted, name)) {
+            return Err(Denial(format!(
+                "header `{}` overrides the method or forwards a host, client or URL: it needs `allow_headers` in [http]",
+                escaped(name, SHORT)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The part of [`HttpPolicy::check_header`] that holds for every
+    /// `wasi:http` field, in whichever direction: headers the sidecar
+    /// manages, denied and injected ones. (The method-override and
+    /// forwarding family is legitimate in what a proxy component receives,
+    /// `x-forwarded-prefix` among it, so it is checked when a request is
+    /// sent, not when fields are built.)
+    pub fn check_field(&self, name: &str) -> Result<(), Denial> {
         let quoted = || escaped(name, SHORT);
         if is_sidecar_managed(name) {
             return Err(Denial(format!("header `{}` is managed by the sidecar and may not be set", quoted())));
@@ -355,12 +372,6 @@ impl HttpPolicy {
             || self.inject.iter().any(|i| same_header(&i.header, name))
         {
             return Err(Denial(format!("header `{}` may not be set by this plugin", quoted())));
-        }
-        if is_granted_only(name) && !self.allow_headers.iter().any(|granted| same_header(granted, name)) {
-            return Err(Denial(format!(
-                "header `{}` overrides the method or forwards a host, client or URL: it needs `allow_headers` in [http]",
-                quoted()
-            )));
         }
         Ok(())
     }
@@ -518,6 +529,12 @@ mod tests {
         ] {
             assert!(p.check_header(name).unwrap_err().0.contains("allow_headers"), "{name}");
         }
+        // wasi:http fields a component receives (a proxy component's request
+        // carries `x-forwarded-prefix`) may hold them: only sending needs the
+        // grant, so the field check lets them through and keeps the rest.
+        assert!(p.check_field("X-Forwarded-Prefix").is_ok());
+        assert!(p.check_field("X-HTTP-Method-Override").is_ok());
+        assert!(p.check_field("Authorization").is_err() && p.check_field("x_internal").is_err());
         p.allow_headers.insert("x-forwarded-for".into());
         assert!(p.check_header("X_Forwarded_For").is_ok());
         assert!(p.check_header("X-Forwarded-Host").is_err(), "a grant names one header, not the family");
