@@ -9,6 +9,11 @@
 //!   directly, so the gateway's own cost can be read off;
 //! - gateway from Rust: `PluginHttp::send`, no wasm (policy check, rate
 //!   limiter, guarded resolver, bounded body read);
+//! - gateway from Rust, 16 plugins: the same, the requests spread over 16
+//!   plugins in turn, each with its own connection pools (connections are
+//!   never shared between plugins), so the cost of per-plugin pools can be
+//!   read off; the connections each layout opens are printed after the
+//!   table;
 //! - fetcher x100: one invocation sending 100 requests, so the instance
 //!   cost is amortised and what remains is the per-request host call;
 //! - fetcher / wasi-fetcher: one plugin invocation per request through
@@ -28,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use gatehouse::policy;
 use gatehouse::services::http::resolve::StaticLookup;
@@ -64,13 +70,27 @@ fn main() {
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let listener = listener.tap_io(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
         let app = axum::Router::new().fallback(|| async { "hello" });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
         let lookup = Arc::new(StaticLookup::new().with("upstream.test", &["127.0.0.1".parse().unwrap()]));
-        let (runtime, http) = setup(port, lookup).await;
+        let (runtime, http, grant) = setup(port, lookup.clone()).await;
         let runtime = Arc::new(runtime);
         let http = Arc::new(http);
+        let plugins = |count: usize| -> Arc<Vec<PluginHttp>> {
+            let gateway = Arc::new(HttpGateway::new(lookup.clone()).unwrap());
+            let each = (0..count).map(|i| {
+                PluginHttp::new(&format!("bench-{i}"), grant.clone(), gateway.clone(), &Default::default()).unwrap()
+            });
+            Arc::new(each.collect())
+        };
+        let many = plugins(16);
+        let turn = Arc::new(AtomicUsize::new(0));
         let direct_url = format!("http://127.0.0.1:{port}/hello");
         let gateway_url = format!("http://upstream.test:{port}/hello");
         let reqwest = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -119,6 +139,17 @@ fn main() {
                     }
                 }
             }),
+            path("gateway from Rust, 16 plugins", 1, {
+                let url = gateway_url.clone();
+                move || {
+                    let (many, url) = (many.clone(), url.clone());
+                    let i = turn.fetch_add(1, Ordering::Relaxed) % many.len();
+                    async move {
+                        let request = OutboundRequest { method: "GET".into(), url, ..OutboundRequest::default() };
+                        assert!(many[i].send(request).await.unwrap().body.len() == 5);
+                    }
+                }
+            }),
             invoke("fetcher", 100),
         ];
         // Run once each.
@@ -146,10 +177,31 @@ fn main() {
             }
         }
         println!("\n(latency of the x100 rows is per invocation of 100 requests)");
+
+        // What per-plugin pools cost in connections: fresh plugins, 2,000
+        // requests from 32 callers, spread over 1 or 16 plugins.
+        println!("\n| plugins sharing the load | connections opened for 2,000 requests, 32 callers |");
+        println!("|---|---|");
+        for count in [1, 16] {
+            let fresh = plugins(count);
+            let turn = Arc::new(AtomicUsize::new(0));
+            let url = gateway_url.clone();
+            let call = path("", 1, move || {
+                let (fresh, url) = (fresh.clone(), url.clone());
+                let i = turn.fetch_add(1, Ordering::Relaxed) % fresh.len();
+                async move {
+                    let request = OutboundRequest { method: "GET".into(), url, ..OutboundRequest::default() };
+                    assert!(fresh[i].send(request).await.unwrap().body.len() == 5);
+                }
+            });
+            let before = connections.load(Ordering::Relaxed);
+            drive(32, 2_000, &call.call).await;
+            println!("| {count} | {} |", connections.load(Ordering::Relaxed) - before);
+        }
     });
 }
 
-async fn setup(port: u16, lookup: Arc<StaticLookup>) -> (Runtime, PluginHttp) {
+async fn setup(port: u16, lookup: Arc<StaticLookup>) -> (Runtime, PluginHttp, gatehouse::services::http::HttpPolicy) {
     let dir = tempfile::tempdir().unwrap();
     let guests = std::env::var_os("GATEHOUSE_GUEST_DIR")
         .map(PathBuf::from)
@@ -170,8 +222,8 @@ async fn setup(port: u16, lookup: Arc<StaticLookup>) -> (Runtime, PluginHttp) {
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let grant = load.set.plugins["fetcher"].http.clone().unwrap();
     let gateway = Arc::new(HttpGateway::new(lookup).unwrap());
-    let http = PluginHttp::new("bench", grant, gateway, &Default::default()).unwrap();
-    (runtime, http)
+    let http = PluginHttp::new("bench", grant.clone(), gateway, &Default::default()).unwrap();
+    (runtime, http, grant)
 }
 
 struct Result {

@@ -14,6 +14,8 @@
 //! `"unfinished_body": true` (`wasi-fetcher` only) writes the body but never
 //! finishes it, then waits for the response, as a guest that stalls its
 //! upload would: the sidecar must give up at the request's deadline.
+//! `"upload_ms": N` (`wasi-fetcher` only) writes the body in four parts
+//! over about `N` milliseconds, as a slow uploader would.
 //!
 //! Output: `{"status": 200, "headers": [["content-type", "…"]], "body": "…",
 //! "requests": 1}`, the body decoded as UTF-8 (lossily).
@@ -38,6 +40,8 @@ pub struct FetchRequest {
     pub repeat: u32,
     #[serde(default)]
     pub unfinished_body: bool,
+    #[serde(default)]
+    pub upload_ms: u64,
 }
 
 fn get() -> String {

@@ -89,9 +89,16 @@ fn send(fetch: &FetchRequest) -> Result<FetchResponse, Error> {
     let pending = outgoing_handler::handle(request, options).map_err(from_code)?;
     if let Some(bytes) = &fetch.body {
         let mut stream = body.write().expect("the body stream is available once");
-        stream
-            .write_all(bytes.as_bytes())
-            .map_err(|e| error(ErrorKind::InvalidInput, format!("writing the body: {e}")))?;
+        let parts = if fetch.upload_ms > 0 { 4 } else { 1 };
+        let size = bytes.len().div_ceil(parts).max(1);
+        for part in bytes.as_bytes().chunks(size) {
+            if fetch.upload_ms > 0 {
+                wasip2::clocks::monotonic_clock::subscribe_duration(fetch.upload_ms * 1_000_000 / 4).block();
+            }
+            stream
+                .write_all(part)
+                .map_err(|e| error(ErrorKind::InvalidInput, format!("writing the body: {e}")))?;
+        }
     }
     // Kept open (not finished, not dropped) until the response arrives.
     let _unfinished = if fetch.unfinished_body {

@@ -50,6 +50,10 @@ pub(super) struct HttpSection {
     #[serde(default)]
     pub deny_headers: Vec<Spanned<String>>,
     #[serde(default)]
+    pub allow_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub body_methods: Vec<Spanned<String>>,
+    #[serde(default)]
     pub inject: Vec<InjectSection>,
 }
 

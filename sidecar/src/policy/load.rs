@@ -14,7 +14,9 @@ use super::file::{HttpSection, InjectSection, PolicyFile};
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
 use crate::bounded_read::{BoundedReadError, read_regular_file};
-use crate::services::http::policy::{AllowRule, HttpPolicy, Injection, Rate, is_sidecar_managed};
+use crate::services::http::policy::{
+    AllowRule, BODYLESS_METHODS, HttpPolicy, Injection, Rate, is_granted_only, is_sidecar_managed,
+};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
 /// is usually 1 MiB).
@@ -291,10 +293,39 @@ impl Validator<'_> {
                 None => self.fail(header, format!("invalid header name `{}`", header.get_ref())),
             }
         }
+        for header in &raw.allow_headers {
+            match valid_header_name(header.get_ref()) {
+                Some(name) if is_granted_only(&name) => {
+                    policy.allow_headers.insert(name);
+                }
+                Some(name) => self.fail(
+                    header,
+                    format!("`{name}` is not a method-override or forwarding header: other headers need no grant"),
+                ),
+                None => self.fail(header, format!("invalid header name `{}`", header.get_ref())),
+            }
+        }
+        for method in &raw.body_methods {
+            let name = method.get_ref().to_ascii_uppercase();
+            if BODYLESS_METHODS.contains(&name.as_str()) {
+                policy.body_methods.insert(name);
+            } else {
+                self.fail(
+                    method,
+                    format!("body_methods lists `{}`: only {} need it", method.get_ref(), BODYLESS_METHODS.join(", ")),
+                );
+            }
+        }
         for inject in &raw.inject {
             if let Some(injection) = self.injection(inject, &policy.allow) {
                 policy.inject.push(injection);
             }
+        }
+        // TRACE asks the upstream to send the request back, injected
+        // credential included (see README, "Injected credentials").
+        let trace = raw.methods.iter().flatten().find(|m| m.get_ref().eq_ignore_ascii_case("TRACE"));
+        if let Some(trace) = trace.filter(|_| !raw.inject.is_empty()) {
+            self.fail(trace, "method TRACE cannot be granted with [[http.inject]]: it reflects the credential".into());
         }
         policy
     }

@@ -65,6 +65,16 @@ pub enum InvokeError {
         /// The policy's `memory`, in bytes.
         limit: u64,
     },
+    /// The guest held more host resources (handles: `wasi:http` fields,
+    /// bodies, requests, streams, pollables) at once than its memory allows
+    /// (see `runtime::host_budget`).
+    #[error("plugin `{plugin}` held more than {limit} host resources at once (its [limits] memory sets how many)")]
+    TooManyHandles {
+        /// Plugin name.
+        plugin: String,
+        /// Handles the invocation may hold.
+        limit: usize,
+    },
     /// The output document is larger than the policy's `max_output`.
     #[error("plugin `{plugin}` returned a {size}-byte output, over its max_output of {limit} bytes")]
     OutputTooLarge {
@@ -157,9 +167,10 @@ impl InvokeError {
             InvokeError::Refused(_) => ErrorKind::Unavailable,
             InvokeError::Busy { .. } => ErrorKind::RateLimited,
             InvokeError::Timeout { .. } => ErrorKind::Timeout,
-            InvokeError::MemoryLimit { .. } | InvokeError::OutputTooLarge { .. } | InvokeError::TooMuchData { .. } => {
-                ErrorKind::QuotaExceeded
-            }
+            InvokeError::MemoryLimit { .. }
+            | InvokeError::OutputTooLarge { .. }
+            | InvokeError::TooMuchData { .. }
+            | InvokeError::TooManyHandles { .. } => ErrorKind::QuotaExceeded,
             InvokeError::Trap { .. } | InvokeError::Exited { .. } => ErrorKind::Internal,
             InvokeError::Plugin { error, .. } => error.kind,
             InvokeError::Unavailable { .. } => ErrorKind::Unavailable,

@@ -48,15 +48,18 @@ const ALWAYS: &[(&str, &[&str])] = &[
     ("gatehouse:services", &["types", "log"]),
 ];
 
-fn rule(package: &str, interface: &str) -> Rule {
+/// `serves_http`: the component exports `wasi:http/incoming-handler`.
+fn rule(package: &str, interface: &str, serves_http: bool) -> Rule {
     if ALWAYS.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface)) {
         return Rule::Always;
     }
     match (package, interface) {
-        // The types alone send nothing (that takes outgoing-handler), and
-        // every wasi:http/proxy component imports them for its own
-        // request and response.
-        ("wasi:http", "types") => Rule::Always,
+        // Every wasi:http/proxy component imports the types for its own
+        // request and response. A plugin-world component needs them only
+        // to send requests, which takes [http]: without it, the types
+        // would only let it make the host hold fields and bodies.
+        ("wasi:http", "types") if serves_http => Rule::Always,
+        ("wasi:http", "types") => Rule::Needs("http"),
         ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler") => Rule::Needs("http"),
         ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
@@ -66,14 +69,16 @@ fn rule(package: &str, interface: &str) -> Rule {
 /// Checks every import of `component` against what `policy` grants and
 /// returns one message per refused import.
 pub(super) fn check(engine: &Engine, component: &Component, policy: &PluginPolicy) -> Result<(), Vec<String>> {
-    let refused: Vec<String> = component
-        .component_type()
+    let ty = component.component_type();
+    let serves_http =
+        ty.exports(engine).any(|(name, _)| split_interface_name(name) == Some(("wasi:http", "incoming-handler")));
+    let refused: Vec<String> = ty
         .imports(engine)
         .filter_map(|(name, _)| {
             let Some((package, interface)) = split_interface_name(name) else {
                 return Some(format!("imports `{name}`, which is not an interface the sidecar provides"));
             };
-            match rule(package, interface) {
+            match rule(package, interface, serves_http) {
                 Rule::Always => None,
                 Rule::Needs(section) if policy.grants(section) => None,
                 Rule::Needs(section) => {
@@ -108,13 +113,20 @@ mod tests {
 
     #[test]
     fn rules_table() {
-        assert_eq!(rule("wasi:cli", "environment"), Rule::Always);
-        assert_eq!(rule("gatehouse:services", "log"), Rule::Always);
-        assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
-        assert_eq!(rule("wasi:http", "outgoing-handler"), Rule::Needs("http"));
-        assert_eq!(rule("gatehouse:services", "http-client"), Rule::Needs("http"));
-        assert_eq!(rule("wasi:http", "incoming-handler"), Rule::Unknown);
-        assert_eq!(rule("wasi:cli", "run"), Rule::Unknown);
-        assert_eq!(rule("evil:net", "raw"), Rule::Unknown);
+        for serves_http in [false, true] {
+            let rule = |p, i| rule(p, i, serves_http);
+            assert_eq!(rule("wasi:cli", "environment"), Rule::Always);
+            assert_eq!(rule("gatehouse:services", "log"), Rule::Always);
+            assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
+            assert_eq!(rule("wasi:http", "outgoing-handler"), Rule::Needs("http"));
+            assert_eq!(rule("gatehouse:services", "http-client"), Rule::Needs("http"));
+            assert_eq!(rule("wasi:http", "incoming-handler"), Rule::Unknown);
+            assert_eq!(rule("wasi:cli", "run"), Rule::Unknown);
+            assert_eq!(rule("evil:net", "raw"), Rule::Unknown);
+        }
+        // The types: for a proxy component's own request and response, or
+        // for sending with [http].
+        assert_eq!(rule("wasi:http", "types", true), Rule::Always);
+        assert_eq!(rule("wasi:http", "types", false), Rule::Needs("http"));
     }
 }

@@ -22,6 +22,7 @@ mod cache;
 pub mod compile_worker;
 mod engine;
 mod error;
+pub mod host_budget;
 mod imports;
 mod limits;
 mod linker;
@@ -918,6 +919,9 @@ impl Runtime {
             Ok(Err(_)) if store.data().limiter.exceeded() => {
                 Err(InvokeError::MemoryLimit { plugin, limit: policy.limits.memory })
             }
+            Ok(Err((_, error))) if table_full(&error) => {
+                Err(InvokeError::TooManyHandles { plugin, limit: store.data().table.max_capacity() })
+            }
             Ok(Err((instantiating, error))) => {
                 Err(classify_failure(plugin, timeout, hostcall_fuel, instantiating, &error))
             }
@@ -947,6 +951,12 @@ fn kind_of_binary(bytes: &[u8]) -> Result<(), String> {
 pub fn hostcall_fuel(policy: &PluginPolicy) -> u64 {
     let http = policy.http.as_ref().map_or(0, |http| http.max_request);
     policy.limits.max_output.max(http) + HOSTCALL_BASE
+}
+
+/// Whether the guest failed because its resource table was full (a host
+/// call that would have created one more resource past `host_budget`).
+fn table_full(error: &wasmtime::Error) -> bool {
+    matches!(error.downcast_ref(), Some(wasmtime::component::ResourceTableError::Full))
 }
 
 /// Turns what wasmtime reported into the invocation's typed error.

@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::host_budget;
 use super::limits::InvocationLimiter;
 use crate::policy::{PluginPolicy, Stdio};
 use crate::services::http::PluginHttp;
@@ -45,13 +46,23 @@ impl PluginState {
             }
             Stdio::Discard => {}
         }
+        // What the guest can make the host hold between calls, from its
+        // memory (see `host_budget`).
+        let memory = policy.limits.memory;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(host_budget::max_handles(memory));
+        let mut http_ctx = WasiHttpCtx::new();
+        http_ctx.set_field_size_limit(host_budget::FIELD_SIZE_LIMIT);
+        let open_requests = http
+            .as_ref()
+            .map_or(1, |h| host_budget::max_open_requests(memory, h.policy().max_request, h.policy().max_response));
         PluginState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: InvocationLimiter::new(policy.limits.memory),
+            table,
+            limiter: InvocationLimiter::new(memory),
             logger,
-            http: HttpHost::new(http),
-            http_ctx: WasiHttpCtx::new(),
+            http: HttpHost::new(http, open_requests),
+            http_ctx,
         }
     }
 }

@@ -307,3 +307,52 @@ async fn a_guest_that_never_finishes_its_body_is_stopped_at_the_request_deadline
     assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
     assert_eq!(up.hits(), 0);
 }
+
+/// Issue 16, finding 8c. Attack tried: a `wasi:http` guest that uploads its
+/// body slowly (300 ms of a 400 ms `timeout`) to an upstream that answers
+/// slowly (300 ms): with one deadline for the upload and another for the
+/// send, the request held its slot and connection for 600 ms, past its
+/// `timeout`. One deadline runs from hand-over, as in the custom door.
+/// (The invocation's own deadline, 1 s by default, is longer than both.)
+#[tokio::test]
+async fn the_wasi_http_door_gives_upload_and_send_one_deadline() {
+    let up = Upstream::start().await;
+    let runtime = runtime(&allow(&up, "timeout = \"400ms\"")).await;
+    let url = format!("http://upstream.test:{}/slow?ms=300", up.port());
+    let request = json!({ "method": "POST", "url": url, "body": "four parts", "upload_ms": 300 });
+    let error = guest_error(fetch(&runtime, "wasi-fetcher", request).await.unwrap_err());
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
+}
+
+/// Issue 16, findings 2 and 8a through both doors. Attacks tried: a `GET`
+/// with a body (request smuggling on a server that does not read it), and
+/// `X-HTTP-Method-Override: DELETE`, `X-Forwarded-Host` and `Forwarded` on
+/// a plugin granted `GET` only. Each is refused without reaching the
+/// server; granted (`body_methods`, `allow_headers`), each goes through.
+#[tokio::test]
+async fn bodies_on_get_and_forwarding_headers_need_a_grant_through_both_doors() {
+    let up = Upstream::start().await;
+    let url = format!("http://upstream.test:{}/echo", up.port());
+    let strict = runtime(&allow(&up, "")).await;
+    for (plugin, _) in DOORS {
+        let request = json!({ "method": "GET", "url": url, "body": "GET /admin HTTP/1.1\r\n\r\n" });
+        let error = guest_error(fetch(&strict, plugin, request).await.unwrap_err());
+        // The wasi:http guest may see its body write fail first, once the
+        // door has refused the request.
+        assert!(matches!(error.kind, ErrorKind::Denied | ErrorKind::InvalidInput), "{plugin}: {error:?}");
+        for header in ["X-HTTP-Method-Override", "X-Forwarded-Host", "Forwarded", "x_original_url"] {
+            let request = json!({ "url": url, "headers": [[header, "DELETE"]] });
+            let error = guest_error(fetch(&strict, plugin, request).await.unwrap_err());
+            assert_eq!(error.kind, ErrorKind::Denied, "{plugin} {header}: {error:?}");
+        }
+    }
+    assert_eq!(up.hits(), 0);
+
+    let granted = runtime(&allow(&up, "body_methods = [\"GET\"]\nallow_headers = [\"x-forwarded-for\"]")).await;
+    for (plugin, _) in DOORS {
+        let request = json!({ "url": url, "body": "query", "headers": [["x-forwarded-for", "203.0.113.9"]] });
+        let answer = fetch(&granted, plugin, request).await.unwrap();
+        let echo: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+        assert_eq!(echo["body"], "query", "{plugin}: {echo}");
+    }
+}

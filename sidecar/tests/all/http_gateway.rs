@@ -687,3 +687,76 @@ fn http_policy_defaults_are_the_documented_values() {
     assert_eq!(http.timeout, Duration::from_secs(5));
     assert_eq!(http.max_redirects, 3);
 }
+
+/// Issue 16, finding 2. Attacks tried: plugin A sends a `GET` whose body is
+/// a second request (`GET /smuggled`) to a server that never reads `GET`
+/// bodies, so the server reads the body as the next request and holds its
+/// reply on the connection; plugin B, granted the same origin, then sends
+/// its own request. With a pool shared between plugins, B's request went
+/// out on A's connection and B read the reply to A's smuggled request
+/// (which carried B's request head, credentials included, back to A's
+/// server-side request). Also: the same `GET` body from a plugin without
+/// `body_methods` never leaves the sidecar.
+#[tokio::test]
+async fn a_request_smuggled_in_a_get_body_never_reaches_another_plugins_connection() {
+    use crate::raw_upstream::{Behaviour, RawUpstream};
+    let up = RawUpstream::start(Behaviour::IgnoresBodies).await;
+    let port = up.port();
+    let gateway = gateway(dns());
+    let plugin = |name: &str, body_on_get: bool| {
+        let mut policy = HttpPolicy {
+            rate: Rate::parse("1000/s").unwrap(),
+            ..HttpPolicy::new(rules(&[format!("http://upstream.test:{port}")]))
+        };
+        if body_on_get {
+            policy.body_methods.insert("GET".into());
+        }
+        PluginHttp::new(name, policy, gateway.clone(), &BTreeMap::new()).unwrap()
+    };
+    let smuggle = |url: String| OutboundRequest {
+        body: Some(Bytes::from_static(b"GET /smuggled HTTP/1.1\r\nhost: upstream.test\r\n\r\n")),
+        ..get(url)
+    };
+    let url = |path: &str| format!("http://upstream.test:{port}{path}");
+
+    // Without a grant the body is refused before any connection is made.
+    let refused = plugin("refused", false);
+    let error = refused.send(smuggle(url("/a"))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    assert!(error.to_string().contains("body_methods"), "{error}");
+    assert_eq!(up.connections(), 0);
+
+    // Granted, the smuggled request stays on the attacker's own connection.
+    let attacker = plugin("attacker", true);
+    let victim = plugin("victim", false);
+    assert_eq!(&attacker.send(smuggle(url("/a"))).await.unwrap().body[..], b"/a");
+    let answer = victim.send(get(url("/b"))).await.unwrap();
+    assert_eq!(&answer.body[..], b"/b", "the victim read {:?}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(up.connections(), 2, "each plugin dials its own connection");
+}
+
+/// Issue 16, finding 8f. Attack tried: an upstream that sends 100,000
+/// `100 Continue` heads before its answer, each parsed and discarded by the
+/// client. The request fails after a few, long before the deadline.
+#[tokio::test]
+async fn an_upstream_sending_endless_informational_heads_is_cut_off() {
+    use crate::raw_upstream::{Behaviour, RawUpstream};
+    use gatehouse::services::http::transport::MAX_INFORMATIONAL;
+    for (count, ok) in [(MAX_INFORMATIONAL, true), (MAX_INFORMATIONAL + 1, false), (100_000, false)] {
+        let up = RawUpstream::start(Behaviour::Informational(count)).await;
+        let policy = HttpPolicy {
+            timeout: Duration::from_secs(60),
+            ..HttpPolicy::new(rules(&[format!("http://upstream.test:{}", up.port())]))
+        };
+        let http = plugin(policy, dns());
+        let outcome = http.send(get(format!("http://upstream.test:{}/", up.port()))).await;
+        match outcome {
+            Ok(response) => assert!(ok && &response.body[..] == b"done", "{count} heads were read"),
+            Err(error) => {
+                assert!(!ok, "{count} heads: {error}");
+                assert!(error.to_string().contains("informational"), "{count}: {error}");
+                assert_ne!(error.kind(), ErrorKind::Timeout, "{error}");
+            }
+        }
+    }
+}

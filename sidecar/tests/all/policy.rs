@@ -234,7 +234,7 @@ fn an_http_section_is_parsed_with_documented_defaults() {
         &policies,
         "allow = [\"http://db.internal:8080\"]\nmethods = [\"get\", \"post\"]\nrate = \"300/m\"\n\
          max_request = \"2 KiB\"\nmax_response = \"1 MiB\"\ntimeout = \"750ms\"\nmax_redirects = 0\n\
-         deny_headers = [\"X-Internal\"]\n\
+         deny_headers = [\"X-Internal\"]\nallow_headers = [\"X-Forwarded-For\"]\nbody_methods = [\"get\"]\n\
          [[http.inject]]\norigin = \"http://db.internal:8080\"\nheader = \"authorization\"\nsecret = \"db\"\nprefix = \"Bearer \"",
     );
     let load = policies.load();
@@ -246,6 +246,8 @@ fn an_http_section_is_parsed_with_documented_defaults() {
     assert_eq!(http.timeout, std::time::Duration::from_millis(750));
     assert_eq!(http.max_redirects, 0);
     assert!(http.deny_headers.contains("x-internal"));
+    assert!(http.allow_headers.contains("x-forwarded-for"));
+    assert!(http.body_methods.contains("GET"));
     assert_eq!(http.inject[0].secret, "db");
 }
 
@@ -255,8 +257,8 @@ fn every_bad_http_setting_is_reported_with_its_line() {
     let text = with_http(
         &policies,
         "allow = [\"https://api.example.com/v1\", \"https://a.*.example.com\", \"https://ok.example.com\"]\n\
-         methods = [\"GET\", \"CONNECT\"]\nrate = \"fast\"\nmax_redirects = 99\ntimeout = \"0s\"\n\
-         deny_headers = [\"bad header\"]\n\
+         methods = [\"GET\", \"CONNECT\", \"trace\"]\nrate = \"fast\"\nmax_redirects = 99\ntimeout = \"0s\"\n\
+         deny_headers = [\"bad header\"]\nallow_headers = [\"x-trace\"]\nbody_methods = [\"POST\"]\n\
          [[http.inject]]\norigin = \"https://elsewhere.example.net\"\nheader = \"host\"\nsecret = \"token\"",
     );
     let load = policies.load();
@@ -265,10 +267,13 @@ fn every_bad_http_setting_is_reported_with_its_line() {
         ("api.example.com/v1", "without a path"),
         ("a.*.example.com", "`*` is only allowed as the first label"),
         ("CONNECT", "CONNECT is never allowed"),
+        ("CONNECT", "TRACE cannot be granted with [[http.inject]]"),
         ("rate = ", "invalid rate `fast`"),
         ("max_redirects", "max_redirects must be between 0 and 20"),
         ("timeout = ", "out of range"),
         ("bad header", "invalid header name"),
+        ("x-trace", "not a method-override or forwarding header"),
+        ("body_methods", "only GET, HEAD, OPTIONS, TRACE need it"),
         ("elsewhere.example.net", "not covered by any allow entry"),
         ("header = \"host\"", "managed by the sidecar"),
     ];

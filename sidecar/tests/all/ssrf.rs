@@ -63,6 +63,12 @@ const HOSTILE_NAMES: &[(&str, &[&str])] = &[
     ("rfc1918-192.victim.test", &["192.168.1.1"]),
     ("cgnat.victim.test", &["100.64.0.1"]),
     ("metadata.victim.test", &["169.254.169.254"]),
+    ("ecs-metadata.victim.test", &["169.254.170.2"]),
+    ("alibaba-metadata.victim.test", &["100.100.100.200"]),
+    // Azure's WireServer: in a public range, refused by name (issue 16, 8e).
+    ("wireserver.victim.test", &["168.63.129.16"]),
+    ("wireserver-mapped.victim.test", &["::ffff:168.63.129.16"]),
+    ("gcp-metadata6.victim.test", &["fd20:ce::254"]),
     ("zero.victim.test", &["0.0.0.0"]),
     ("broadcast.victim.test", &["255.255.255.255"]),
     ("multicast.victim.test", &["224.0.0.1"]),

@@ -23,6 +23,10 @@ pub enum AddrClass {
     SharedCgnat,
     /// `169.254/16` (cloud metadata lives here), `fe80::/10`.
     LinkLocal,
+    /// A cloud's metadata or host-agent service at an address that is
+    /// otherwise public: Azure's WireServer `168.63.129.16` (see
+    /// [`HOST_AGENTS`]).
+    HostAgent,
     /// `fc00::/7`, and the deprecated site-local `fec0::/10`.
     UniqueLocal,
     /// `224/4`, `ff00::/8`.
@@ -62,6 +66,7 @@ impl fmt::Display for AddrClass {
             AddrClass::Private => "private",
             AddrClass::SharedCgnat => "shared (CGNAT)",
             AddrClass::LinkLocal => "link-local",
+            AddrClass::HostAgent => "cloud host agent",
             AddrClass::UniqueLocal => "unique-local",
             AddrClass::Multicast => "multicast",
             AddrClass::Broadcast => "broadcast",
@@ -79,6 +84,15 @@ pub fn classify(ip: IpAddr) -> AddrClass {
         IpAddr::V6(v6) => classify_v6(v6),
     }
 }
+
+/// Well-known cloud metadata and host-agent addresses that sit in ranges
+/// otherwise public, so the range table alone would admit them. The
+/// metadata services of AWS, GCP, Azure, Oracle, DigitalOcean, Hetzner,
+/// OpenStack and IBM (`169.254.169.254`, `169.254.170.2`, `fd00:ec2::254`,
+/// `fd20:ce::254`) and Alibaba's `100.100.100.200` are already link-local,
+/// unique-local or CGNAT; Azure's WireServer (VM agent, extensions, health
+/// probes, DNS) is not.
+pub const HOST_AGENTS: &[Ipv4Addr] = &[Ipv4Addr::new(168, 63, 129, 16)];
 
 const V4_RANGES: &[([u8; 4], u8, AddrClass)] = &[
     ([0, 0, 0, 0], 8, AddrClass::Unspecified),
@@ -100,6 +114,9 @@ const V4_RANGES: &[([u8; 4], u8, AddrClass)] = &[
 ];
 
 fn classify_v4(ip: Ipv4Addr) -> AddrClass {
+    if HOST_AGENTS.contains(&ip) {
+        return AddrClass::HostAgent;
+    }
     let bits = u32::from(ip);
     V4_RANGES
         .iter()
@@ -173,6 +190,15 @@ mod tests {
             ("100.64.0.1", AddrClass::SharedCgnat),
             ("100.127.255.255", AddrClass::SharedCgnat),
             ("169.254.169.254", AddrClass::LinkLocal),
+            ("169.254.170.2", AddrClass::LinkLocal),
+            ("100.100.100.200", AddrClass::SharedCgnat),
+            ("168.63.129.16", AddrClass::HostAgent),
+            ("168.63.129.17", AddrClass::Public),
+            ("::ffff:168.63.129.16", AddrClass::HostAgent),
+            ("64:ff9b::a83f:8110", AddrClass::HostAgent),
+            ("2002:a83f:8110::1", AddrClass::HostAgent),
+            ("fd00:ec2::254", AddrClass::UniqueLocal),
+            ("fd20:ce::254", AddrClass::UniqueLocal),
             ("192.0.0.170", AddrClass::Reserved),
             ("192.0.2.1", AddrClass::Documentation),
             ("198.51.100.7", AddrClass::Documentation),

@@ -65,6 +65,20 @@ pub enum HttpError {
         /// The policy's `max_redirects`.
         limit: u32,
     },
+    /// The upstream sent more informational (`1xx`) heads before its
+    /// answer than [`super::transport::MAX_INFORMATIONAL`].
+    #[error("the upstream sent more than {limit} informational (1xx) heads")]
+    TooManyInformational {
+        /// The bound.
+        limit: usize,
+    },
+    /// The invocation already has as many `wasi:http` requests open (sent,
+    /// or answered with a response it has not dropped) as its memory allows.
+    #[error("{limit} outgoing requests are already open in this invocation (its [limits] memory sets how many)")]
+    TooManyOpenRequests {
+        /// The bound.
+        limit: usize,
+    },
     /// The request did not complete within its deadline.
     #[error("no complete response within {0:?}")]
     Timeout(Duration),
@@ -83,10 +97,12 @@ impl HttpError {
             | HttpError::TooManyRedirects { .. }
             | HttpError::Url(UrlError::Credentials) => ErrorKind::Denied,
             HttpError::Url(_) | HttpError::BadRequest(_) | HttpError::RequestTooLarge { .. } => ErrorKind::InvalidInput,
-            HttpError::ResponseTooLarge { .. } | HttpError::ResponseHeadersTooLarge { .. } => ErrorKind::QuotaExceeded,
+            HttpError::ResponseTooLarge { .. }
+            | HttpError::ResponseHeadersTooLarge { .. }
+            | HttpError::TooManyOpenRequests { .. } => ErrorKind::QuotaExceeded,
             HttpError::RateLimited { .. } => ErrorKind::RateLimited,
             HttpError::Timeout(_) => ErrorKind::Timeout,
-            HttpError::Unavailable(_) => ErrorKind::Unavailable,
+            HttpError::Unavailable(_) | HttpError::TooManyInformational { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -127,6 +143,8 @@ impl HttpError {
             HttpError::TooManyRedirects { .. } => Wasi::LoopDetected,
             HttpError::Timeout(_) => Wasi::HttpResponseTimeout,
             HttpError::Unavailable(_) => Wasi::DestinationUnavailable,
+            HttpError::TooManyInformational { .. } => Wasi::HttpProtocolError,
+            HttpError::TooManyOpenRequests { .. } => Wasi::ConnectionLimitReached,
             // Answered with a synthetic 429 instead; see `host`.
             HttpError::RateLimited { .. } => Wasi::ConnectionLimitReached,
         }

@@ -2,13 +2,17 @@
 //! allowlist, pick the client for the address zone, send, follow redirects
 //! (checking each hop again), read a bounded body.
 //!
-//! Connection pools are shared by every plugin, so the pool must not let one
-//! plugin reuse another's grant: a plugin allowed into a private network
-//! (exact grant) and one that is not (wildcard, or no grant) must never
-//! share a connection to the same name. The gateway therefore keeps one
-//! pooled client per [`Zone`]: the public client's resolver admits only
-//! public addresses, whoever asks, and the granted client is used only for
-//! requests whose own policy grants that exact host and port.
+//! Connections are never shared between plugins: each plugin has pools of
+//! its own. A connection is state an upstream and the previous request
+//! left behind (an unread request body smuggled into it, a reply queued
+//! on it), so a shared one would let one plugin answer, or read, another
+//! plugin's request with its injected credential. Within one plugin the
+//! pool must not let a request reuse a grant it does not have either: a
+//! host granted exactly (which may be private) and the same name through a
+//! wildcard (public only) must never share a connection. Each plugin
+//! therefore keeps one pooled client per [`Zone`]: the public client's
+//! resolver admits only public addresses, and the granted client is used
+//! only for requests whose own policy grants that exact host and port.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
 use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
-use super::transport::{self, MAX_RESPONSE_HEAD, Response, Transport, TransportError};
+use super::transport::{self, Informational, MAX_RESPONSE_HEAD, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
 use crate::guest_text::{LINE, SHORT, escaped};
 use crate::secrets::SecretSource;
@@ -42,26 +46,39 @@ pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_millis(500);
 /// Sent unless the guest sets its own `user-agent`.
 const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("gatehouse/", env!("CARGO_PKG_VERSION")));
 
-/// The shared half: one connection pool per address zone, each resolving
-/// names through the SSRF guard. Create one per process and share it
-/// between plugins. There is no proxy support: a proxy would connect on
-/// the gateway's behalf, out of reach of the address check.
+/// The shared half: the resolver and the TLS settings every plugin's pools
+/// are built from. Create one per process and share it between plugins.
+/// There is no proxy support: a proxy would connect on the gateway's
+/// behalf, out of reach of the address check.
 pub struct HttpGateway {
+    lookup: Arc<dyn Lookup>,
+    tls: rustls::ClientConfig,
+}
+
+impl HttpGateway {
+    /// Reads the platform's certificate verifier once. `lookup` resolves
+    /// every name the pools connect to.
+    pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, TransportError> {
+        Ok(HttpGateway { lookup, tls: transport::tls_config()? })
+    }
+
+    /// A new pair of pools, for one plugin only.
+    fn pools(&self) -> Pools {
+        Pools {
+            public: transport::transport(self.lookup.clone(), Zone::Public, self.tls.clone()),
+            granted: transport::transport(self.lookup.clone(), Zone::Granted, self.tls.clone()),
+        }
+    }
+}
+
+/// One plugin's connection pools, one per address zone.
+struct Pools {
     public: Transport,
     granted: Transport,
 }
 
-impl HttpGateway {
-    /// Builds the pools. `lookup` resolves every name they connect to.
-    pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, TransportError> {
-        let tls = transport::tls_config()?;
-        Ok(HttpGateway {
-            public: transport::transport(lookup.clone(), Zone::Public, tls.clone()),
-            granted: transport::transport(lookup, Zone::Granted, tls),
-        })
-    }
-
-    fn transport(&self, zone: Zone) -> &Transport {
+impl Pools {
+    fn zone(&self, zone: Zone) -> &Transport {
         match zone {
             Zone::Public => &self.public,
             Zone::Granted => &self.granted,
@@ -109,7 +126,7 @@ struct ResolvedInjection {
 pub struct PluginHttp {
     plugin: String,
     policy: HttpPolicy,
-    gateway: Arc<HttpGateway>,
+    pools: Pools,
     rate: Budget,
     lookups: LookupSlots,
     refusal_log: RefusalLog,
@@ -179,7 +196,7 @@ impl PluginHttp {
                 suppressed: AtomicU64::new(0),
             },
             policy,
-            gateway,
+            pools: gateway.pools(),
             injections,
             metrics: HttpMetrics::default(),
         })
@@ -198,12 +215,34 @@ impl PluginHttp {
     /// Sends `request` if the policy allows it, following redirects, and
     /// reads the whole response. Every outcome is counted and logged.
     pub async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
+        self.send_paid(request, false).await
+    }
+
+    /// Takes a rate token for a request a door has been handed, before it
+    /// reads the request's body, so a guest over its rate makes the host
+    /// buffer nothing. Pass the request to [`PluginHttp::send_prepaid`].
+    pub fn take_door_token(&self) -> Result<(), HttpError> {
+        self.take_token()
+    }
+
+    /// [`PluginHttp::send`] for a request whose first token was taken by
+    /// [`PluginHttp::take_door_token`]; the token is given back if the
+    /// request is refused before it is sent.
+    pub async fn send_prepaid(&self, request: OutboundRequest) -> Result<InboundResponse, HttpError> {
+        self.send_paid(request, true).await
+    }
+
+    async fn send_paid(&self, request: OutboundRequest, prepaid: bool) -> Result<InboundResponse, HttpError> {
         let started = Instant::now();
         let deadline = request.timeout.map_or(self.policy.timeout, |t| t.min(self.policy.timeout));
-        let outcome = match tokio::time::timeout(deadline, self.send_within(&request)).await {
+        let mut unspent = prepaid;
+        let outcome = match tokio::time::timeout(deadline, self.send_within(&request, &mut unspent)).await {
             Ok(outcome) => outcome,
             Err(_elapsed) => Err(HttpError::Timeout(deadline)),
         };
+        if unspent {
+            self.rate.refund();
+        }
         self.log(&request.method, &request.url, &outcome, started);
         self.record(&outcome);
         outcome
@@ -255,11 +294,15 @@ impl PluginHttp {
         }
     }
 
-    async fn send_within(&self, request: &OutboundRequest) -> Result<InboundResponse, HttpError> {
+    /// `unspent`: a token taken at the door that no request has used yet.
+    async fn send_within(&self, request: &OutboundRequest, unspent: &mut bool) -> Result<InboundResponse, HttpError> {
         let mut method = parse_method(&request.method)?;
         self.policy.check_method(method.as_str()).map_err(|d| HttpError::Denied(d.0))?;
         let mut body = request.body.clone();
         let size = body.as_ref().map_or(0, |b| b.len() as u64);
+        if size > 0 {
+            self.policy.check_body(method.as_str()).map_err(|d| HttpError::Denied(d.0))?;
+        }
         if size > self.policy.max_request {
             return Err(HttpError::RequestTooLarge { size, limit: self.policy.max_request });
         }
@@ -279,8 +322,11 @@ impl PluginHttp {
                 HttpError::BadRequest(format!("`{url}` cannot be sent as an HTTP request target"))
             })?;
             // Every request sent spends a token, each redirect hop
-            // included, and only once the policy allows it.
-            self.take_token()?;
+            // included, and only once the policy allows it (a door's token
+            // pays for the first).
+            if !std::mem::take(unspent) {
+                self.take_token()?;
+            }
             let mut outgoing = http::Request::new(Full::new(body.clone().unwrap_or_default()));
             *outgoing.method_mut() = method.clone();
             *outgoing.uri_mut() = uri;
@@ -290,8 +336,18 @@ impl PluginHttp {
             for injection in self.injections.iter().filter(|i| i.to.matches(&target)) {
                 outgoing.headers_mut().append(injection.name.clone(), injection.value.clone());
             }
-            let sending = self.lookups.scope(self.gateway.transport(zone).request(outgoing));
-            let response = match sending.await {
+            let informational = Informational::watch(&mut outgoing);
+            let sending = self.lookups.scope(self.pools.zone(zone).request(outgoing));
+            // The count first: a head that arrives with one 1xx too many
+            // before it is refused, whatever came after it.
+            let sent = tokio::select! {
+                biased;
+                () = informational.exceeded() => {
+                    return Err(HttpError::TooManyInformational { limit: transport::MAX_INFORMATIONAL });
+                }
+                sent = sending => sent,
+            };
+            let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
                     let error = from_transport(&e);

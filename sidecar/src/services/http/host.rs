@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use wasmtime::component::HasData;
 use wasmtime_wasi_http::{ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks};
@@ -18,19 +19,25 @@ use super::gateway::{InboundResponse, OutboundRequest, PluginHttp};
 use super::policy::HttpPolicy;
 use crate::bindings::gatehouse::services::http_client::{Host, Request, Response};
 use crate::error::GuestError;
+use crate::runtime::host_budget;
 
 /// Per-invocation state of both doors: the plugin's gateway handle, or
 /// `None` when its policy has no `[http]` section (such a plugin is refused
 /// at load if it imports either door, so `None` is a second line of defence).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct HttpHost {
     plugin: Option<Arc<PluginHttp>>,
+    /// `wasi:http` requests this invocation may have open: a permit is
+    /// held from hand-over until the response (body included) is dropped.
+    open: Arc<Semaphore>,
+    open_limit: usize,
 }
 
 impl HttpHost {
-    /// The doors for a plugin with (or without) an HTTP grant.
-    pub fn new(plugin: Option<Arc<PluginHttp>>) -> Self {
-        HttpHost { plugin }
+    /// The doors for a plugin with (or without) an HTTP grant, allowing
+    /// `open_limit` open `wasi:http` requests at once.
+    pub fn new(plugin: Option<Arc<PluginHttp>>, open_limit: usize) -> Self {
+        HttpHost { plugin, open: Arc::new(Semaphore::new(open_limit)), open_limit }
     }
 }
 
@@ -66,14 +73,19 @@ fn into_wit_response(response: InboundResponse) -> Response {
     Response { status: response.status.as_u16(), headers, body: response.body.into() }
 }
 
-type ResponseFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
+/// Resolves once the response body has been sent to the guest; ours is
+/// complete before the response is handed over.
+type IoDone = Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>;
+type Sent = wasmtime_wasi_http::Result<(http::Response<WasiBody>, IoDone)>;
+type ResponseFuture = Box<dyn Future<Output = Sent> + Send>;
+
+fn ready(sent: Sent) -> ResponseFuture {
+    Box::new(std::future::ready(sent))
+}
+
+fn io_done() -> IoDone {
+    Box::new(std::future::ready(Ok(())))
+}
 
 impl WasiHttpHooks for HttpHost {
     /// Asked for every header a guest sets. Overridden (not left to the
@@ -88,49 +100,73 @@ impl WasiHttpHooks for HttpHost {
         Arc::new(move |name| wasi_header_forbidden(plugin.as_deref(), name))
     }
 
+    /// What one outgoing body may buffer in the host: one write of at most
+    /// 64 KiB waiting (the channel holds one more), not wasmtime's 1 MiB,
+    /// so a handle holds at most `host_budget::MAX_BYTES_PER_HANDLE`.
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        host_budget::OUTGOING_BODY_CHUNKS
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        host_budget::OUTGOING_BODY_CHUNK
+    }
+
     /// The URL carries the authority; a guest-set `host` could disagree.
     fn set_host_header(&mut self) -> bool {
         false
     }
 
+    /// The token and the open-request slot are taken here, when the guest
+    /// hands the request over and before its body is read, and the one
+    /// deadline (the policy's `timeout`) runs from here too: reading the
+    /// body and sending share it.
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> ResponseFuture {
-        let plugin = self.plugin.clone();
+        let Some(plugin) = self.plugin.clone() else {
+            return ready(Err(HttpError::NotGranted.to_wasi()));
+        };
+        let started = Instant::now();
+        let (method, url) = (request.method().to_string(), request.uri().to_string());
+        let refuse = |error: HttpError| -> ResponseFuture {
+            let wasi = error.to_wasi();
+            plugin.refused_at_door(&method, &url, error, started);
+            ready(Err(wasi))
+        };
+        let Ok(slot) = self.open.clone().try_acquire_owned() else {
+            return refuse(HttpError::TooManyOpenRequests { limit: self.open_limit });
+        };
+        if let Err(error) = plugin.take_door_token() {
+            let answer = too_many_requests(&error);
+            plugin.refused_at_door(&method, &url, error, started);
+            return ready(Ok((into_wasi_response(answer, slot), io_done())));
+        }
+        let deadline = started + plugin.policy().timeout;
         Box::new(
             async move {
-                let Some(plugin) = plugin else {
-                    return Err(HttpError::NotGranted.to_wasi());
-                };
-                // A guest that never finishes its body must not hold the
-                // request open past the policy's deadline.
-                let timeout = plugin.policy().timeout;
-                let started = std::time::Instant::now();
-                let (method, url) = (request.method().to_string(), request.uri().to_string());
-                let read = tokio::time::timeout(timeout, read_wasi_request(request, options, plugin.policy()));
-                let outbound = match read.await.unwrap_or(Err(HttpError::Timeout(timeout))) {
+                let reading = read_wasi_request(request, options, plugin.policy());
+                let read = tokio::time::timeout_at(deadline.into(), reading);
+                let mut outbound = match read.await.unwrap_or(Err(HttpError::Timeout(plugin.policy().timeout))) {
                     Ok(outbound) => outbound,
                     Err(error) => {
+                        // The token stays spent: it paid for reading the body.
                         let wasi = error.to_wasi();
                         plugin.refused_at_door(&method, &url, error, started);
                         return Err(wasi);
                     }
                 };
-                let response = match plugin.send(outbound).await {
+                // What is left of the deadline, or less if the guest asked.
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                outbound.timeout = Some(outbound.timeout.map_or(left, |asked| asked.min(left)));
+                let response = match plugin.send_prepaid(outbound).await {
                     Ok(response) => response,
                     Err(error @ HttpError::RateLimited { .. }) => too_many_requests(&error),
                     Err(error) => return Err(error.to_wasi()),
                 };
-                let mut reply =
-                    http::Response::new(Full::new(response.body).map_err(|never| match never {}).boxed_unsync());
-                *reply.status_mut() = response.status;
-                *reply.headers_mut() = response.headers;
-                let io_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
-                    Box::new(async { Ok(()) });
-                Ok((reply, io_done))
+                Ok((into_wasi_response(response, slot), io_done()))
             }
             // wasmtime-wasi-http runs this on a task of its own: keep the
             // invocation's span, so the log lines carry its request id.
@@ -139,31 +175,79 @@ impl WasiHttpHooks for HttpHost {
     }
 }
 
+/// The response as wasi:http hands it to the guest. Its body holds the
+/// request's open slot until the guest has read or dropped it, so unread
+/// responses count against the invocation's open requests.
+fn into_wasi_response(response: InboundResponse, slot: OwnedSemaphorePermit) -> http::Response<WasiBody> {
+    let body = SlotBody { body: Some(response.body), _slot: slot };
+    let mut reply = http::Response::new(body.boxed_unsync());
+    *reply.status_mut() = response.status;
+    *reply.headers_mut() = response.headers;
+    reply
+}
+
+/// A complete response body that keeps an open-request slot while it is
+/// alive.
+struct SlotBody {
+    body: Option<Bytes>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for SlotBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.body.take().filter(|b| !b.is_empty()).map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
 /// wasmtime-wasi-http's forbidden headers, and the policy's denied ones
 /// except `content-length`: standard guests may set it, and the body is
-/// read in full before sending anyway.
+/// read in full before sending anyway. wasmtime asks this for the fields a
+/// component receives too (a proxy component's request, a response), so
+/// the forwarding family, which needs a grant only to be sent, is checked
+/// by the gateway instead.
 fn wasi_header_forbidden(plugin: Option<&PluginHttp>, name: &HeaderName) -> bool {
     wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
         || plugin
-            .is_some_and(|p| *name != http::header::CONTENT_LENGTH && p.policy().check_header(name.as_str()).is_err())
+            .is_some_and(|p| *name != http::header::CONTENT_LENGTH && p.policy().check_field(name.as_str()).is_err())
 }
 
-/// Reads the guest's body (up to the request limit) and flattens the
-/// request into the pipeline's form.
+/// Reads the guest's body (up to the request limit, or not at all for a
+/// `GET` without `body_methods`) and flattens the request into the
+/// pipeline's form.
 async fn read_wasi_request(
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     policy: &HttpPolicy,
 ) -> Result<OutboundRequest, HttpError> {
     let (parts, body) = request.into_parts();
-    let limit = policy.max_request;
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
-        if e.downcast_ref::<LengthLimitError>().is_some() {
-            HttpError::RequestTooLarge { size: limit + 1, limit }
-        } else {
-            HttpError::BadRequest(format!("reading the request body: {e}"))
-        }
-    })?;
+    // A method that carries no body unless granted gets a limit of 0: its
+    // first byte is refused, so nothing is buffered.
+    let (limit, no_body) = match policy.check_body(parts.method.as_str()) {
+        Ok(()) => (policy.max_request, None),
+        Err(denial) => (0, Some(denial)),
+    };
+    let body =
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await.map_err(|e| {
+            match (e.downcast_ref::<LengthLimitError>(), no_body) {
+                (Some(_), Some(denial)) => HttpError::Denied(denial.0),
+                (Some(_), None) => HttpError::RequestTooLarge { size: limit + 1, limit },
+                (None, _) => HttpError::BadRequest(format!("reading the request body: {e}")),
+            }
+        })?;
     let body = body.to_bytes();
     let headers = parts
         .headers

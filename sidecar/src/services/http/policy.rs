@@ -53,6 +53,47 @@ pub const ALWAYS_DENIED_HEADERS: &[&str] = &[
 /// one must never see them from a guest.
 pub const ALWAYS_DENIED_PREFIX: &str = "proxy-";
 
+/// Headers that make an upstream (or a proxy or framework in front of it)
+/// read the request as another method, host, path or client: method
+/// overrides (`methods = ["GET"]` must not deliver a `DELETE`), forwarding
+/// headers (a forged `Host` or client address) and URL rewrites. Refused
+/// unless the policy lists the name in `allow_headers`; every name starting
+/// with [`GRANTED_ONLY_PREFIX`] is in the family too. Compared like every
+/// header name ([`same_header`]).
+pub const GRANTED_ONLY_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "forwarded",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-host",
+    "x-original-host",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+];
+
+/// `x-forwarded-for`, `-host`, `-proto`, `-port`, `-prefix`, `-server`, ...
+pub const GRANTED_ONLY_PREFIX: &str = "x-forwarded-";
+
+/// Methods whose requests carry no body unless the policy lists the method
+/// in `body_methods`: servers that do not expect one (Python's
+/// `http.server` for `GET`) leave it unread on the connection, where it is
+/// read as the next request (request smuggling).
+pub const BODYLESS_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE"];
+
+/// Whether `name` is in the method-override and forwarding family
+/// ([`GRANTED_ONLY_HEADERS`]), in any spelling [`same_header`] accepts.
+pub fn is_granted_only(name: &str) -> bool {
+    let prefix = name.get(..GRANTED_ONLY_PREFIX.len()).is_some_and(|p| same_header(p, GRANTED_ONLY_PREFIX));
+    prefix || GRANTED_ONLY_HEADERS.iter().any(|family| same_header(family, name))
+}
+
 /// Whether two header names are the same once case is ignored and `_` is
 /// read as `-`. CGI-style servers (WSGI, Rack, PHP, Puma: CVE-2024-45614)
 /// turn both `x-api-key` and `x_api_key` into `HTTP_X_API_KEY`, so a deny
@@ -249,6 +290,11 @@ pub struct HttpPolicy {
     pub deny_headers: BTreeSet<String>,
     /// Platform-injected headers.
     pub inject: Vec<Injection>,
+    /// Lowercase names from the [`GRANTED_ONLY_HEADERS`] family the guest
+    /// may set.
+    pub allow_headers: BTreeSet<String>,
+    /// Methods from [`BODYLESS_METHODS`] that may carry a request body.
+    pub body_methods: BTreeSet<String>,
 }
 
 /// Why a request was refused by the policy.
@@ -269,6 +315,8 @@ impl HttpPolicy {
             max_redirects: DEFAULT_MAX_REDIRECTS,
             deny_headers: BTreeSet::new(),
             inject: Vec::new(),
+            allow_headers: BTreeSet::new(),
+            body_methods: BTreeSet::new(),
         }
     }
 
@@ -302,9 +350,26 @@ impl HttpPolicy {
         Err(Denial(format!("method {method} is not allowed (allowed: {allowed})")))
     }
 
-    /// Whether the guest may set header `name`: any case, and `_` counts
+    /// Whether the guest may send header `name`: any case, and `_` counts
     /// as `-` (see [`same_header`]).
     pub fn check_header(&self, name: &str) -> Result<(), Denial> {
+        self.check_field(name)?;
+        if is_granted_only(name) && !self.allow_headers.iter().any(|granted| same_header(granted, name)) {
+            return Err(Denial(format!(
+                "header `{}` overrides the method or forwards a host, client or URL: it needs `allow_headers` in [http]",
+                escaped(name, SHORT)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The part of [`HttpPolicy::check_header`] that holds for every
+    /// `wasi:http` field, in whichever direction: headers the sidecar
+    /// manages, denied and injected ones. (The method-override and
+    /// forwarding family is legitimate in what a proxy component receives,
+    /// `x-forwarded-prefix` among it, so it is checked when a request is
+    /// sent, not when fields are built.)
+    pub fn check_field(&self, name: &str) -> Result<(), Denial> {
         let quoted = || escaped(name, SHORT);
         if is_sidecar_managed(name) {
             return Err(Denial(format!("header `{}` is managed by the sidecar and may not be set", quoted())));
@@ -313,6 +378,16 @@ impl HttpPolicy {
             || self.inject.iter().any(|i| same_header(&i.header, name))
         {
             return Err(Denial(format!("header `{}` may not be set by this plugin", quoted())));
+        }
+        Ok(())
+    }
+
+    /// Whether a request with `method` (uppercase) may carry a body.
+    pub fn check_body(&self, method: &str) -> Result<(), Denial> {
+        if BODYLESS_METHODS.contains(&method) && !self.body_methods.contains(method) {
+            return Err(Denial(format!(
+                "a {method} request may not carry a body unless `body_methods` in [http] lists {method}"
+            )));
         }
         Ok(())
     }
@@ -441,6 +516,57 @@ mod tests {
         for name in ["proxy", "x-proxy-foo", "x_trace", "hosts"] {
             assert!(p.check_header(name).is_ok(), "{name}");
         }
+    }
+
+    /// Attacks tried: a method override turning a granted GET into a
+    /// DELETE, forged forwarding and rewrite headers in several spellings.
+    #[test]
+    fn method_override_and_forwarding_headers_need_a_grant() {
+        let mut p = policy(&["https://api.example.com"]);
+        for name in [
+            "X-HTTP-Method-Override",
+            "x_http_method_override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+            "X-Forwarded-Host",
+            "X-Forwarded-For",
+            "x_forwarded_proto",
+            "X-Forwarded-Anything",
+            "Forwarded",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "X-Host",
+            "X-Real-IP",
+            "True-Client-IP",
+        ] {
+            assert!(p.check_header(name).unwrap_err().0.contains("allow_headers"), "{name}");
+        }
+        // wasi:http fields a component receives (a proxy component's request
+        // carries `x-forwarded-prefix`) may hold them: only sending needs the
+        // grant, so the field check lets them through and keeps the rest.
+        assert!(p.check_field("X-Forwarded-Prefix").is_ok());
+        assert!(p.check_field("X-HTTP-Method-Override").is_ok());
+        assert!(p.check_field("Authorization").is_err() && p.check_field("x_internal").is_err());
+        p.allow_headers.insert("x-forwarded-for".into());
+        assert!(p.check_header("X_Forwarded_For").is_ok());
+        assert!(p.check_header("X-Forwarded-Host").is_err(), "a grant names one header, not the family");
+        for name in ["x-forwarded", "x-hostname", "forwarded-x", "x-request-id"] {
+            assert!(p.check_header(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn bodies_on_get_head_options_need_a_grant() {
+        let mut p = policy(&["https://api.example.com"]);
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE"] {
+            assert!(p.check_body(method).unwrap_err().0.contains("body_methods"), "{method}");
+        }
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            assert!(p.check_body(method).is_ok(), "{method}");
+        }
+        p.body_methods.insert("GET".into());
+        assert!(p.check_body("GET").is_ok());
+        assert!(p.check_body("HEAD").is_err());
     }
 
     #[test]

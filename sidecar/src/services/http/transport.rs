@@ -10,6 +10,7 @@
 //! second from one caller and 1.7x from 32 (see BENCHMARKS.md).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
+use tokio::sync::Notify;
 
 use super::resolve::{GuardedResolver, Lookup, Zone};
 use super::url::Target;
@@ -35,6 +37,39 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// number of fields is bounded by hyper's default, 100: setting it moves
 /// hyper's header parsing to the heap, about 5% slower.)
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Informational (`1xx`) heads read before a request's answer, at most.
+/// hyper parses and drops each one and reads on, with no bound of its own,
+/// so an upstream could keep a request (and its connection) busy with
+/// them until the deadline; real servers send one `100` and a few `103`s.
+pub const MAX_INFORMATIONAL: usize = 8;
+
+/// Counts the `1xx` heads hyper reads for one request and says when there
+/// were more than [`MAX_INFORMATIONAL`].
+#[derive(Default)]
+pub(super) struct Informational {
+    count: AtomicUsize,
+    over: Notify,
+}
+
+impl Informational {
+    /// Registers the counter on `request` (hyper calls it for each `1xx`).
+    pub(super) fn watch(request: &mut http::Request<RequestBody>) -> Arc<Informational> {
+        let watch = Arc::new(Informational::default());
+        let counter = watch.clone();
+        hyper::ext::on_informational(request, move |_| {
+            if counter.count.fetch_add(1, Ordering::Relaxed) == MAX_INFORMATIONAL {
+                counter.over.notify_one();
+            }
+        });
+        watch
+    }
+
+    /// Resolves once the upstream has sent one `1xx` head too many.
+    pub(super) async fn exceeded(&self) {
+        self.over.notified().await
+    }
+}
 
 /// A request body: always complete before sending (the doors read guest
 /// bodies in full, within the policy's `max_request`).
