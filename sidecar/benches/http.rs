@@ -26,6 +26,7 @@
 //! Run with `./dev bench` (or `cargo bench -p gatehouse --bench http`).
 #![allow(missing_docs)]
 
+use gatehouse::services::Services;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -216,8 +217,8 @@ async fn setup(port: u16, lookup: Arc<StaticLookup>) -> (Runtime, PluginHttp, ga
     }
     let load = policy::load_dir(dir.path(), dir.path()).unwrap();
     assert!(load.errors.is_empty(), "{:?} (run ./dev guests first)", load.errors);
-    let mut runtime = Runtime::new(RuntimeSettings::default()).unwrap();
-    runtime.set_dns(lookup.clone()).unwrap();
+    let runtime =
+        Runtime::new(RuntimeSettings::default(), Arc::new(Services::with_dns(lookup.clone()).unwrap())).unwrap();
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let grant = load.set.plugins["fetcher"].http.clone().unwrap();

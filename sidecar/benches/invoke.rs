@@ -12,6 +12,10 @@
 //! Run with `./dev bench` (or `cargo bench -p gatehouse --bench invoke`).
 #![allow(missing_docs)]
 
+use std::sync::Arc;
+
+use gatehouse::services::Services;
+use gatehouse::services::http::resolve::SystemLookup;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -97,7 +101,7 @@ fn bench_policies() -> PolicyLoad {
 }
 
 async fn gatehouse_runtime(policies: &PolicySet, settings: RuntimeSettings) -> Runtime {
-    let runtime = Runtime::new(settings).unwrap();
+    let runtime = Runtime::new(settings, Arc::new(Services::with_dns(Arc::new(SystemLookup)).unwrap())).unwrap();
     let report = runtime.load(policies).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     runtime

@@ -38,7 +38,8 @@
 //! use gatehouse::{Document, Runtime, RuntimeSettings, policy};
 //!
 //! let policies = policy::load_dir("policies".as_ref(), "plugins".as_ref())?;
-//! let runtime = Runtime::new(RuntimeSettings::default())?;
+//! let services = std::sync::Arc::new(gatehouse::services::Services::from_config(&Default::default())?);
+//! let runtime = Runtime::new(RuntimeSettings::default(), services)?;
 //! let report = runtime.load(&policies.set).await;
 //! assert!(report.refused.is_empty());
 //! let output = runtime

@@ -175,7 +175,7 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let databases = api.databases.check().await;
-    let text = api.metrics.render(&api.runtime, &databases);
+    let text = api.metrics.render(&api.runtime, &api.services, &databases);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::databases::Health;
+use crate::services::Services;
 use crate::{InvokeError, Runtime};
 
 /// Labels of an invocation.
@@ -94,7 +95,7 @@ impl Metrics {
 
     /// The exposition, in the OpenMetrics text format, with each
     /// database's last check.
-    pub fn render(&self, runtime: &Runtime, databases: &[Health]) -> String {
+    pub fn render(&self, runtime: &Runtime, services: &Services, databases: &[Health]) -> String {
         let mut registry = Registry::with_prefix("gatehouse");
         registry.register("invocations", "Plugin invocations, by outcome", self.invocations.clone());
         registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
@@ -106,7 +107,7 @@ impl Metrics {
             let label = NameLabel { plugin: plugin.name.clone() };
             in_flight.get_or_create(&label).set(i64::from(runtime.in_flight(&plugin.name).unwrap_or(0)));
             slots.get_or_create(&label).set(i64::from(plugin.concurrency));
-            let Some(s) = runtime.http_metrics(&plugin.name) else { continue };
+            let Some(s) = services.http.metrics(&plugin.name) else { continue };
             let plugin = plugin.name;
             for (outcome, n) in [
                 ("response", s.responses),

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::Runtime;
 use crate::databases::Databases;
 use crate::policy;
+use crate::services::Services;
 
 pub use serve::{ServeLimits, serve};
 
@@ -34,6 +35,8 @@ pub use serve::{ServeLimits, serve};
 pub struct Api {
     /// The plugins.
     pub runtime: Arc<Runtime>,
+    /// The services' operator views (counters, usage).
+    pub services: Arc<Services>,
     /// Counters and histograms for `/metrics`.
     pub metrics: metrics::Metrics,
     /// Largest request body accepted.
@@ -90,10 +93,16 @@ pub struct ReloadSummary {
 impl Api {
     /// An API over `runtime` with the settings' listeners, directories and
     /// databases; plugins are served once [`Api::reload`] has run.
-    pub fn new(runtime: Arc<Runtime>, config: &crate::config::Config, databases: Arc<Databases>) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        services: Arc<Services>,
+        config: &crate::config::Config,
+        databases: Arc<Databases>,
+    ) -> Self {
         let server = &config.server;
         Api {
             runtime,
+            services,
             metrics: metrics::Metrics::default(),
             max_body: usize::try_from(server.max_body).unwrap_or(usize::MAX),
             body_timeout: server.request_timeout,

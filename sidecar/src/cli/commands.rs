@@ -18,7 +18,7 @@ use gatehouse::{Document, Runtime};
 /// serving. One line per plugin or problem, on stdout.
 pub async fn policy_check(config: &Config) -> anyhow::Result<ExitCode> {
     let load = read_policies(config)?;
-    let runtime = Runtime::new(config.runtime.clone())?;
+    let runtime = runtime(config)?;
     let report = runtime.load(&load.set).await;
     let mut bad = load.errors.len();
     for error in &load.errors {
@@ -110,7 +110,7 @@ pub async fn invoke(
 pub fn compile(config: &Config) -> anyhow::Result<ExitCode> {
     let load = read_policies(config)?;
     report_policy_errors(&load);
-    let runtime = Runtime::new(config.runtime.clone())?;
+    let runtime = runtime(config)?;
     let mut failed = !load.errors.is_empty();
     for (name, policy) in &load.set.plugins {
         match runtime.precompile(policy) {
@@ -138,10 +138,16 @@ pub(super) async fn start(config: &Config, only: Option<&str>) -> anyhow::Result
         load.errors.clear();
     }
     report_policy_errors(&load);
-    let runtime = Runtime::new(config.runtime.clone())?;
+    let runtime = runtime(config)?;
     // Each refusal is logged by the runtime (once).
     runtime.load(&load.set).await;
     Ok(runtime)
+}
+
+/// The runtime with the services the settings describe.
+fn runtime(config: &Config) -> anyhow::Result<Runtime> {
+    let services = std::sync::Arc::new(gatehouse::services::Services::from_config(config)?);
+    Ok(Runtime::new(config.runtime.clone(), services)?)
 }
 
 fn read_policies(config: &Config) -> anyhow::Result<PolicyLoad> {

@@ -11,6 +11,7 @@ use gatehouse::Runtime;
 use gatehouse::api::{self, Api, ServeLimits};
 use gatehouse::config::Config;
 use gatehouse::databases::Databases;
+use gatehouse::services::Services;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -33,9 +34,10 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         anyhow::bail!("[server] admin_token is empty: set a non-empty token (or remove admin_token on loopback)");
     }
-    let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+    let services = Arc::new(Services::from_config(config)?);
+    let runtime = Arc::new(Runtime::new(config.runtime.clone(), services.clone())?);
     let databases = Arc::new(Databases::open(&config.databases)?);
-    let api = Arc::new(Api::new(runtime, config, databases));
+    let api = Arc::new(Api::new(runtime, services, config, databases));
 
     let listener = TcpListener::bind(server.listen).await.with_context(|| format!("binding {}", server.listen))?;
     let invoke_addr = listener.local_addr()?;

@@ -49,8 +49,8 @@ pub use state::MAX_RANDOM_BYTES;
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
 use crate::policy::{PluginPolicy, PolicyError, PolicySet};
 use crate::secrets::SecretSource;
-use crate::services::http::resolve::{Lookup, SystemLookup};
-use crate::services::http::{HttpGateway, HttpMetricsSnapshot, PluginHttp};
+use crate::services::Services;
+use crate::services::http::PluginHttp;
 use crate::services::log::PluginTag;
 use crate::{Document, PluginInfo};
 use state::PluginState;
@@ -289,7 +289,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     cache: cache::CodeCache,
-    http: Arc<HttpGateway>,
+    /// Every service's shared state, wired into each plugin at load.
+    services: Arc<Services>,
     /// The plugins in force. Replaced whole by a (re)load, so each
     /// invocation runs on the version it started with while the next
     /// generation takes over.
@@ -337,40 +338,25 @@ impl Runtime {
     /// Creates the engine (and its epoch ticker thread) and the linker.
     /// Refuses a code cache directory that someone else could write to (see
     /// [`crate::data_dir`]): its artifacts are loaded as native code.
-    pub fn new(settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+    pub fn new(settings: RuntimeSettings, services: Arc<Services>) -> Result<Self, RuntimeError> {
         if let Some(dir) = &settings.cache_dir {
             crate::data_dir::secure(dir).map_err(|e| RuntimeError(format!("code cache: {e}")))?;
         }
         let engine = engine::new_engine(&settings).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let linker = linker::new_linker(&engine).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let cache = cache::CodeCache::new(&settings);
-        let http = Arc::new(HttpGateway::new(Arc::new(SystemLookup)).map_err(|e| RuntimeError(e.to_string()))?);
         let instances = Arc::new(Semaphore::new(settings.max_instances as usize));
         Ok(Runtime {
             settings,
             engine,
             linker,
             cache,
-            http,
+            services,
             current: RwLock::default(),
             loading: tokio::sync::Mutex::new(()),
             slots: Default::default(),
             instances,
         })
-    }
-
-    /// Replaces the DNS resolver of outbound HTTP (the system resolver by
-    /// default), for plugins loaded from now on. Tests and benchmarks use
-    /// it to point names at loopback servers without a DNS server.
-    pub fn set_dns(&mut self, lookup: Arc<dyn Lookup>) -> Result<(), RuntimeError> {
-        self.http = Arc::new(HttpGateway::new(lookup).map_err(|e| RuntimeError(e.to_string()))?);
-        Ok(())
-    }
-
-    /// Outbound HTTP counters of `plugin`, if it is loaded with an
-    /// `[http]` grant. They restart when policies are reloaded.
-    pub fn http_metrics(&self, plugin: &str) -> Option<HttpMetricsSnapshot> {
-        self.generation().plugins.get(plugin)?.http.as_ref().map(|http| http.metrics())
     }
 
     fn generation(&self) -> Arc<Generation> {
@@ -798,9 +784,12 @@ impl Runtime {
         imports::check(&self.engine, &component, policy).map_err(|refused| refused.join("; "))?;
         let entry = self.entry(&component)?;
         let http = match &policy.http {
-            Some(grant) => {
-                Some(Arc::new(PluginHttp::new(&policy.name, grant.clone(), self.http.clone(), &self.settings.secrets)?))
-            }
+            Some(grant) => Some(Arc::new(PluginHttp::new(
+                &policy.name,
+                grant.clone(),
+                self.services.http.clone(),
+                &self.settings.secrets,
+            )?)),
             None => None,
         };
 

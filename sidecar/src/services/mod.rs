@@ -1,6 +1,49 @@
 //! Host services, one module per WIT interface. Each module owns its policy
 //! check and backend and is testable without wasm; the runtime only links
 //! them (see `runtime::linker`).
+//!
+//! [`Services`] is the one value that owns every service's shared state
+//! (the HTTP gateway with its resolver, pools and counters; later the KV
+//! store, the SQL pools and the audit log). It is built once from the
+//! settings and handed to [`crate::Runtime::new`]; the API and the CLI reach
+//! a service's operator view (counters, usage) through it. A service's
+//! per-invocation state lives in the runtime's `PluginState`, its rule in
+//! the import table and its lines in the linker, so a new service adds a
+//! field here and touches no method of the runtime.
 
 pub mod http;
 pub mod log;
+
+use std::sync::Arc;
+
+use http::HttpGateway;
+use http::resolve::{Lookup, SystemLookup};
+
+/// Every service's shared state.
+pub struct Services {
+    /// Outbound HTTP: the resolver, each plugin's pools and counters.
+    pub http: Arc<HttpGateway>,
+}
+
+/// A service that could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServicesError {
+    /// The HTTP gateway (the platform's TLS roots).
+    #[error("outbound HTTP: {0}")]
+    Http(#[from] http::transport::TransportError),
+}
+
+impl Services {
+    /// The services as the settings describe them, with the system's DNS
+    /// resolver.
+    pub fn from_config(_config: &crate::config::Config) -> Result<Services, ServicesError> {
+        Services::with_dns(Arc::new(SystemLookup))
+    }
+
+    /// The services with another DNS resolver for outbound HTTP: tests and
+    /// benchmarks point names at loopback servers without a DNS server.
+    pub fn with_dns(lookup: Arc<dyn Lookup>) -> Result<Services, ServicesError> {
+        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?) })
+    }
+}

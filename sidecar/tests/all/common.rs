@@ -111,6 +111,14 @@ pub fn settings() -> RuntimeSettings {
     RuntimeSettings { max_instances: 64, max_memory: 512 << 20, cache_dir: Some(cache), ..RuntimeSettings::default() }
 }
 
+/// The services with the system resolver, for runtimes that make no
+/// outbound request to a test name.
+pub fn services() -> Arc<gatehouse::services::Services> {
+    Arc::new(
+        gatehouse::services::Services::with_dns(Arc::new(gatehouse::services::http::resolve::SystemLookup)).unwrap(),
+    )
+}
+
 /// A hand-written hostile component: `guests/hostile-shapes/plugin.wat`
 /// with `guests/hostile-shapes/<shape>.wat` spliced in, assembled into
 /// `dir/<shape>.wasm`.
@@ -129,7 +137,7 @@ pub fn shape(dir: &Path, shape: &str) -> PathBuf {
 pub async fn runtime(policies: &Policies) -> Runtime {
     let load = policies.load();
     assert!(load.errors.is_empty(), "policy errors: {:?}", load.errors);
-    let runtime = Runtime::new(settings()).expect("engine");
+    let runtime = Runtime::new(settings(), crate::common::services()).expect("engine");
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "refused: {:?}", report.refused);
     runtime

@@ -125,7 +125,7 @@ async fn ungranted_and_unknown_imports_are_refused_at_load() {
     policies.plugin("echo", "echo", "");
     let load = policies.load();
     assert!(load.errors.is_empty());
-    let runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings(), crate::common::services()).unwrap();
     let report = runtime.load(&load.set).await;
 
     assert_eq!(report.loaded.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(), ["echo"]);
@@ -148,7 +148,7 @@ async fn bytes_that_are_not_a_component_are_refused_at_load() {
     let junk = policies.dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm but not really").unwrap();
     policies.write("junk.toml", &format!("[plugin]\nname = \"junk\"\ncomponent = {:?}\n", junk.display().to_string()));
-    let runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings(), crate::common::services()).unwrap();
     let report = runtime.load(&policies.load().set).await;
     assert_eq!(report.refused.len(), 1);
     assert!(report.refused[0].reason.contains("not a valid component"), "{}", report.refused[0]);
@@ -187,13 +187,13 @@ async fn a_cached_artifact_others_may_write_is_never_run() {
     policies.plugin("echo", "echo", "");
     let cache = tempfile::tempdir().unwrap();
     let settings = gatehouse::RuntimeSettings { cache_dir: Some(cache.path().join("cache")), ..settings() };
-    let warm = Runtime::new(settings.clone()).unwrap();
+    let warm = Runtime::new(settings.clone(), crate::common::services()).unwrap();
     let (artifact, _) = warm.precompile(&policies.load().set.plugins["echo"]).unwrap();
     assert_eq!(std::fs::metadata(&artifact).unwrap().permissions().mode() & 0o777, 0o600);
     std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
 
     let (logs, _guard) = capture_logs();
-    let runtime = Runtime::new(settings).unwrap();
+    let runtime = Runtime::new(settings, crate::common::services()).unwrap();
     assert!(runtime.load(&policies.load().set).await.refused.is_empty());
     assert!(
         logs.events().iter().any(|e| e.fields.get("message").is_some_and(|m| m.contains("untrusted cached artifact"))),

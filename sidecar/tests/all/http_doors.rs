@@ -4,6 +4,7 @@
 //! `guests/`, loaded from real policy files, talking to a real server on
 //! loopback; the same policy must give the same answers through either.
 
+use gatehouse::services::Services;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,6 +26,16 @@ fn policy(name: &str, guest_name: &str, http: &str) -> String {
     )
 }
 
+/// The services of this file's runtimes: names point at loopback. One per
+/// test process (nextest runs each test in its own), so a test reads the
+/// counters of the runtimes it made.
+fn services() -> Arc<Services> {
+    static SERVICES: std::sync::OnceLock<Arc<Services>> = std::sync::OnceLock::new();
+    SERVICES
+        .get_or_init(|| Arc::new(Services::with_dns(Arc::new(dns().with("a.wild.test", &[ip("127.0.0.1")]))).unwrap()))
+        .clone()
+}
+
 /// Both fetchers under the same `[http]` section.
 async fn runtime(http: &str) -> Runtime {
     runtime_with_secrets(http, BTreeMap::new()).await
@@ -37,8 +48,7 @@ async fn runtime_with_secrets(http: &str, secrets: BTreeMap<String, SecretSource
     }
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let mut runtime = Runtime::new(RuntimeSettings { secrets, ..settings() }).unwrap();
-    runtime.set_dns(Arc::new(dns().with("a.wild.test", &[ip("127.0.0.1")]))).unwrap();
+    let runtime = Runtime::new(RuntimeSettings { secrets, ..settings() }, services()).unwrap();
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     runtime
@@ -91,7 +101,7 @@ async fn both_doors_fetch_an_allowed_url() {
                 .await
                 .unwrap();
         assert_eq!(response["requests"], 3);
-        let metrics = runtime.http_metrics(plugin).unwrap();
+        let metrics = services().http.metrics(plugin).unwrap();
         assert_eq!((metrics.requests, metrics.responses), (5, 5), "{plugin}");
     }
     assert_eq!(up.hits(), 10);
@@ -201,7 +211,7 @@ async fn a_plugin_that_imports_http_without_an_http_grant_is_refused_at_load() {
     for (name, guest_name) in DOORS {
         policies.plugin(name, guest_name, "");
     }
-    let runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings(), crate::common::services()).unwrap();
     let report = runtime.load(&policies.load().set).await;
     assert!(report.loaded.is_empty());
     let reasons: Vec<String> = report.refused.iter().map(|e| e.to_string()).collect();

@@ -15,6 +15,7 @@
 //! at most the guest's `memory`, the host bound `host_budget` documents for
 //! it, and a slack for the runtime's own allocations.
 
+use gatehouse::services::Services;
 use std::sync::Arc;
 
 use gatehouse::runtime::host_budget::{MAX_BYTES_PER_HANDLE, host_bytes_bound, max_handles};
@@ -83,8 +84,7 @@ async fn one_invocation_holds_at_most_its_memory_plus_the_documented_constant_in
     policies.write("state.toml", &policy(true, port));
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let mut runtime = Runtime::new(settings()).unwrap();
-    runtime.set_dns(Arc::new(dns())).unwrap();
+    let runtime = Runtime::new(settings(), Arc::new(Services::with_dns(Arc::new(dns())).unwrap())).unwrap();
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
 
@@ -123,7 +123,7 @@ async fn a_plugin_world_component_without_http_cannot_import_the_wasi_http_types
     policies.write("state.toml", &policy(false, 1));
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let runtime = Runtime::new(settings()).unwrap();
+    let runtime = Runtime::new(settings(), crate::common::services()).unwrap();
     let report = runtime.load(&load.set).await;
     let refused = format!("{:?}", report.refused);
     assert!(refused.contains("wasi:http/types") && refused.contains("[http]"), "{refused}");

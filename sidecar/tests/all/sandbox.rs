@@ -54,7 +54,7 @@ fn shape_policy(policies: &Policies, name: &str, shape_name: &str, limits: &str)
 async fn load(policies: &Policies, settings: RuntimeSettings) -> (Runtime, gatehouse::LoadReport) {
     let load = policies.load();
     assert!(load.errors.is_empty(), "{:?}", load.errors);
-    let runtime = Runtime::new(settings).unwrap();
+    let runtime = Runtime::new(settings, crate::common::services()).unwrap();
     let report = runtime.load(&load.set).await;
     (runtime, report)
 }
@@ -206,7 +206,7 @@ async fn a_spinning_info_or_a_slow_compile_delays_no_other_plugin_under_hostile_
     // The ordinary guests are compiled ahead (as `gatehouse compile` would),
     // so that on two busy cores their compilation is not what the budget
     // measures.
-    let warm = Runtime::new(settings.clone()).unwrap();
+    let warm = Runtime::new(settings.clone(), crate::common::services()).unwrap();
     for plugin in ["echo", "slow-info"] {
         warm.precompile(&policies.load().set.plugins[plugin]).unwrap();
     }

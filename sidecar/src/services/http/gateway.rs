@@ -53,13 +53,27 @@ const USER_AGENT_VALUE: HeaderValue = HeaderValue::from_static(concat!("gatehous
 pub struct HttpGateway {
     lookup: Arc<dyn Lookup>,
     tls: rustls::ClientConfig,
+    /// Each plugin's counters, by name: kept across reloads, so that the
+    /// exported counters only ever grow (as Prometheus expects). Plugin
+    /// names come from policy files, so their number is the operator's.
+    metrics: std::sync::Mutex<std::collections::HashMap<String, Arc<HttpMetrics>>>,
 }
 
 impl HttpGateway {
     /// Reads the platform's certificate verifier once. `lookup` resolves
     /// every name the pools connect to.
     pub fn new(lookup: Arc<dyn Lookup>) -> Result<Self, TransportError> {
-        Ok(HttpGateway { lookup, tls: transport::tls_config()? })
+        Ok(HttpGateway { lookup, tls: transport::tls_config()?, metrics: Default::default() })
+    }
+
+    /// Outbound HTTP counters of `plugin`, if it was ever loaded with an
+    /// `[http]` grant.
+    pub fn metrics(&self, plugin: &str) -> Option<HttpMetricsSnapshot> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner()).get(plugin).map(|m| m.snapshot())
+    }
+
+    fn plugin_metrics(&self, plugin: &str) -> Arc<HttpMetrics> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone()
     }
 
     /// A new pair of pools, for one plugin only.
@@ -131,7 +145,7 @@ pub struct PluginHttp {
     lookups: LookupSlots,
     refusal_log: RefusalLog,
     injections: Vec<ResolvedInjection>,
-    metrics: HttpMetrics,
+    metrics: Arc<HttpMetrics>,
 }
 
 /// The budget of one plugin's refusal log lines. A guest decides how often
@@ -198,7 +212,7 @@ impl PluginHttp {
             policy,
             pools: gateway.pools(),
             injections,
-            metrics: HttpMetrics::default(),
+            metrics: gateway.plugin_metrics(plugin),
         })
     }
 
@@ -207,7 +221,8 @@ impl PluginHttp {
         &self.policy
     }
 
-    /// The plugin's counters.
+    /// The plugin's counters (the same as [`HttpGateway::metrics`] gives
+    /// for its name).
     pub fn metrics(&self) -> HttpMetricsSnapshot {
         self.metrics.snapshot()
     }
