@@ -6,6 +6,8 @@
 //! - `/fetch?url=<url>`: a `GET` of `url` through
 //!   `wasi:http/outgoing-handler` (so under the plugin's `[http]` policy),
 //!   answering the upstream's status or the error code that refused it;
+//! - `/path…`: the path and query exactly as the component received them
+//!   (anything starting with `/path`, so encoded separators stay visible);
 //! - `/spin`: never answers (the plugin's deadline must stop it);
 //! - `/status/<code>`: an empty answer with that status, whatever it is
 //!   (the sidecar must not pass on one that cannot end a request).
@@ -42,6 +44,7 @@ impl Guest for HelloProxy {
                 let answer = fetch(url);
                 respond(out, 200, answer.as_bytes());
             }
+            _ if route.starts_with("/path") => respond(out, 200, path.as_bytes()),
             "/spin" => {
                 let mut n: u64 = 1;
                 loop {

@@ -560,3 +560,93 @@ fn a_stalled_upload_does_not_hold_a_wasi_http_component_for_its_whole_timeout() 
     assert!(started.elapsed() < Duration::from_secs(4), "waited {:?} behind a stalled upload", started.elapsed());
     drop(stalled);
 }
+
+#[test]
+fn a_wasi_http_component_sees_the_raw_request_target_without_its_prefix() {
+    // Attacks: encoded separators that would become `..` segments, `?` or
+    // `#` once decoded (`%2F..`, `%3F`, `%23`), double encoding (`%252e`
+    // must not become `%2e`), and bytes that are only valid encoded
+    // (`%20`, `%00`). The component must see exactly what the client sent,
+    // as under `wasmtime serve` or Spin, minus `/p/{name}`.
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[http]\nallow = [\"http://localhost:9\"]\n",
+            component.display().to_string()
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    for (target, seen) in [
+        ("/p/hello/path/a%2F..%2F..%2Fsecret", "/path/a%2F..%2F..%2Fsecret"),
+        ("/p/hello/path/x%3Fadmin=1?q=1", "/path/x%3Fadmin=1?q=1"),
+        ("/p/hello/path/x%23y?q=1", "/path/x%23y?q=1"),
+        ("/p/hello/path/x%252e", "/path/x%252e"),
+        ("/p/hello/path/my%20file", "/path/my%20file"),
+        ("/p/hello/path/%00", "/path/%00"),
+        ("/p/hello/path?a=%2F&b=%3F", "/path?a=%2F&b=%3F"),
+        ("/p/hello/path//double//slash", "/path//double//slash"),
+    ] {
+        let (status, _, body) = request(&sidecar.invoke, "GET", target, &[], b"");
+        assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, seen), "{target}");
+    }
+    // The root, with and without its slash and with a query.
+    for (target, seen) in [("/p/hello", "/"), ("/p/hello/", "/"), ("/p/hello?x=1", "/?x=1"), ("/p/hello/?x=1", "/?x=1")]
+    {
+        let (status, _, body) = request(&sidecar.invoke, "GET", target, &[], b"");
+        assert_eq!(status, 200, "{target}");
+        assert_eq!(String::from_utf8_lossy(&body), "hello from a wasi:http component\n", "{target} as {seen}");
+    }
+    // The plugin name is matched decoded: `hell%6F` is `hello`.
+    let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hell%6F/path%2Fx", &[], b"");
+    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "/path%2Fx"));
+}
+
+#[test]
+fn a_wasi_http_component_stops_when_its_client_hangs_up() {
+    // Attack: clients ask for an answer that never comes (`/spin`), more
+    // of them than the plugin has slots and queue, then hang up. Their
+    // work must end with them, not at the plugin's 20 s deadline: running
+    // components are stopped and queued callers leave the queue, so the
+    // next client is served at once.
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\nconcurrency = 2\ntimeout = \"20s\"\n\
+             [http]\nallow = [\"http://localhost:9\"]\n",
+            component.display().to_string()
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let in_flight = || {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"hello\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+    };
+    let clients: Vec<TcpStream> = (0..2 + 2 * 4)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            client.write_all(b"GET /p/hello/spin HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            client
+        })
+        .collect();
+    let started = Instant::now();
+    while in_flight() != 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the spinners never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    drop(clients);
+    let hung_up = Instant::now();
+    while in_flight() != 0 {
+        assert!(hung_up.elapsed() < Duration::from_secs(10), "still running after the clients hung up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nobody is left in the queue either: a new client is served now.
+    let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
+    assert!(hung_up.elapsed() < Duration::from_secs(15), "served only after the deadline");
+}
