@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::Runtime;
 use crate::databases::Databases;
 use crate::policy;
+use crate::services::log::window::{Admit, LogWindow};
 
 pub use serve::{ServeLimits, serve};
 
@@ -47,7 +48,16 @@ pub struct Api {
     /// The database aliases; `/readyz` waits for each to answer.
     pub databases: Arc<Databases>,
     loaded: AtomicBool,
+    /// The budget of the server's own per-request lines.
+    request_lines: LogWindow,
 }
+
+/// The server's own lines about single requests (a failed invocation, a
+/// refused route) written per second, across both listeners; past it they
+/// are dropped and counted, and the count is logged once a second.
+pub const MAX_REQUEST_LINES_PER_SECOND: u64 = 100;
+/// Bytes of those lines per second.
+pub const MAX_REQUEST_LINE_BYTES_PER_SECOND: u64 = 64 * 1024;
 
 /// What a reload did, for the admin API and the SIGHUP log.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -73,6 +83,27 @@ impl Api {
             plugin_dir: config.plugin_dir.clone(),
             databases,
             loaded: AtomicBool::new(false),
+            request_lines: LogWindow::new(MAX_REQUEST_LINES_PER_SECOND, MAX_REQUEST_LINE_BYTES_PER_SECOND),
+        }
+    }
+
+    /// Whether a per-request line of about `bytes` may be written now
+    /// (callers: `if api.request_line(n) { tracing::info!(…) }`). Reports
+    /// what the previous second dropped first, if anything.
+    pub(crate) fn request_line(&self, bytes: usize) -> bool {
+        match self.request_lines.admit(bytes as u64) {
+            Admit::Write(dropped) => {
+                if let Some(dropped) = dropped {
+                    tracing::warn!(
+                        dropped_lines = dropped.events,
+                        dropped_bytes = dropped.bytes,
+                        max_lines_per_second = MAX_REQUEST_LINES_PER_SECOND,
+                        "request log budget exceeded; lines dropped"
+                    );
+                }
+                true
+            }
+            Admit::Drop => false,
         }
     }
 

@@ -99,8 +99,11 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
     let (version, outcome) =
         api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
     if let Err(error) = &outcome {
-        let _entered = span.enter();
-        tracing::info!(kind = %error.kind(), error = ?error.to_string(), "request failed");
+        let text = error.to_string();
+        if api.request_line(text.len()) {
+            let _entered = span.enter();
+            tracing::info!(kind = %error.kind(), error = ?text, "request failed");
+        }
     }
     api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
     match outcome {
@@ -108,8 +111,10 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
         // or a code past 599 cannot end a request.
         Ok(response) if !(200..=599).contains(&response.status().as_u16()) => {
             let code = response.status().as_u16();
-            let _entered = span.enter();
-            tracing::info!(status = code, "the component answered with a status that cannot end a request");
+            if api.request_line(64) {
+                let _entered = span.enter();
+                tracing::info!(status = code, "the component answered with a status that cannot end a request");
+            }
             let message = format!("plugin `{name}` answered with status {code}, which cannot end a request");
             errors::respond(ErrorKind::Internal, &message, None).with_status(StatusCode::BAD_GATEWAY)
         }

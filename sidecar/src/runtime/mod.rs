@@ -631,7 +631,7 @@ impl Runtime {
 
         let hostcall_fuel = usize::try_from(hostcall_fuel(policy)).unwrap_or(usize::MAX);
 
-        let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
+        let mut tag = Arc::new(PluginTag::new(&policy.name, "unknown"));
         let mut info_policy = policy.clone();
         info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
         let info = match &entry {
@@ -658,7 +658,7 @@ impl Runtime {
         if info.name != policy.name {
             tracing::warn!(plugin = %policy.name, reported = %info.name, "plugin reports a different name than its policy; the policy's name is used");
         }
-        tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
+        tag = Arc::new(tag.at_version(&info.version));
         let slots = self.slots.of(&policy.name, limits.concurrency);
         Ok(LoadedPlugin { policy: policy.clone(), tag, info, entry, slots, http, hostcall_fuel })
     }

@@ -650,3 +650,32 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
     assert!(hung_up.elapsed() < Duration::from_secs(15), "served only after the deadline");
 }
+
+#[test]
+fn the_servers_own_request_lines_are_budgeted_and_the_dropped_counted() {
+    // Attack: unauthenticated requests for a plugin that does not exist,
+    // as fast as one client can send them (50,000 once wrote 9.7 MB of
+    // INFO lines). The per-request lines are bounded per second and what
+    // was dropped is reported once the next second opens.
+    use gatehouse::api::MAX_REQUEST_LINES_PER_SECOND;
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let started = Instant::now();
+    for _ in 0..600 {
+        assert_eq!(sidecar.invoke("nope", "x").0, 404);
+    }
+    let flooded = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(sidecar.invoke("nope", "x").0, 404);
+    let report = "request log budget exceeded; lines dropped";
+    let waited = Instant::now();
+    while !sidecar.stderr().contains(report) {
+        assert!(waited.elapsed() < Duration::from_secs(5), "no report of dropped lines: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = sidecar.stderr().lines().filter(|l| l.contains("invocation failed")).count() as u64;
+    let windows = flooded.as_secs() + 3;
+    assert!(lines <= windows * MAX_REQUEST_LINES_PER_SECOND, "{lines} lines in {flooded:?}");
+    assert!(lines < 600, "{lines}");
+}
