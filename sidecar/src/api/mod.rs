@@ -11,12 +11,14 @@
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
+//! - [`min_rate`]: the minimum rate at which a client must read its answer.
 
 pub mod admin;
 pub mod edge;
 pub mod errors;
 pub mod invoke;
 pub mod metrics;
+pub mod min_rate;
 pub mod proxy;
 pub mod serve;
 

@@ -29,6 +29,9 @@ const MAX_OUTPUT: u64 = 1 << 30;
 /// Largest component file read (bigger than any real plugin: a Python
 /// component with its interpreter is about 40 MiB).
 pub const MAX_COMPONENT_SIZE: u64 = 128 << 20;
+/// Largest policy file read (a policy is a few hundred bytes; a sparse
+/// file of gigabytes must not be read whole).
+pub const MAX_POLICY_FILE: u64 = 1 << 20;
 const MAX_NAME_LEN: usize = 64;
 const MAX_REDIRECTS: u32 = 20;
 
@@ -62,9 +65,14 @@ pub fn load_dir(dir: &Path, plugin_dir: &Path) -> Result<PolicyLoad, PolicyError
 
     let mut load = PolicyLoad::default();
     let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
+    // One copy of each distinct component, however many policies name it.
+    let mut components: BTreeMap<[u8; 32], Arc<[u8]>> = BTreeMap::new();
     for file in files {
         match load_file(&file, plugin_dir) {
-            Ok(policy) => {
+            Ok(mut policy) => {
+                let shared =
+                    components.entry(policy.component.sha256).or_insert_with(|| policy.component.bytes.clone());
+                policy.component.bytes = shared.clone();
                 if let Some(first) = origin.get(&policy.name) {
                     load.errors.push(PolicyError {
                         file,
@@ -88,8 +96,14 @@ pub fn load_dir(dir: &Path, plugin_dir: &Path) -> Result<PolicyLoad, PolicyError
 
 /// Parses and validates one policy file, reporting every problem found.
 pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, Vec<PolicyError>> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}") }])?;
+    let unreadable = |reason: String| vec![PolicyError { file: file.to_path_buf(), line: None, reason }];
+    let bytes = read_regular_file(file, MAX_POLICY_FILE).map_err(|e| match e {
+        BoundedReadError::TooLarge(cap) => {
+            unreadable(format!("cannot read: larger than the {cap} bytes a policy may be"))
+        }
+        other => unreadable(format!("cannot read: {other}")),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("cannot read: not UTF-8 text".into()))?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
         vec![PolicyError {
             file: file.to_path_buf(),

@@ -74,6 +74,9 @@ pub const INFO_DEADLINE: Duration = Duration::from_secs(1);
 /// calls of plugins being loaded, so a reload under full load never fails
 /// for want of an instance; also the number of plugins loaded at once.
 const LOAD_INSTANCES: u32 = 4;
+/// The shortest epoch tick: the ticker thread wakes once per tick whether
+/// or not a guest runs, so a tick of zero would burn a core while idle.
+pub const MIN_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Data one host call may pass to the host beyond what the policy's
 /// grants need (log messages, headers, small records).
 pub const HOSTCALL_BASE: u64 = 1 << 20;
@@ -239,6 +242,12 @@ impl Runtime {
     /// Refuses a code cache directory that someone else could write to (see
     /// [`crate::data_dir`]): its artifacts are loaded as native code.
     pub fn new(settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+        if settings.epoch_tick < MIN_EPOCH_TICK {
+            return Err(RuntimeError(format!(
+                "epoch_tick of {:?} is under the minimum of {MIN_EPOCH_TICK:?}",
+                settings.epoch_tick
+            )));
+        }
         if let Some(dir) = &settings.cache_dir {
             crate::data_dir::secure(dir).map_err(|e| RuntimeError(format!("code cache: {e}")))?;
         }
@@ -379,7 +388,7 @@ impl Runtime {
             .cache
             .artifact_path(&self.engine, &policy.component)
             .ok_or("no cache directory is configured (set data_dir in gatehouse.toml)")?;
-        let (_, outcome) = self.cache.load(&self.engine, &policy.component)?;
+        let (_, outcome) = self.cache.load(&self.engine, &policy.component, None)?;
         Ok((path, outcome))
     }
 
@@ -660,7 +669,12 @@ impl Runtime {
         }
         tag = Arc::new(tag.at_version(&info.version));
         let slots = self.slots.of(&policy.name, limits.concurrency);
-        Ok(LoadedPlugin { policy: policy.clone(), tag, info, entry, slots, http, hostcall_fuel })
+        // From here on the compiled component is what runs: the bytes are
+        // not kept resident (50 policies naming one 20 MiB component once
+        // kept a gigabyte for the server's life).
+        let mut policy = policy.clone();
+        policy.component.bytes = Arc::from(Vec::new());
+        Ok(LoadedPlugin { policy, tag, info, entry, slots, http, hostcall_fuel })
     }
 
     fn entry(&self, component: &Component) -> Result<Entry, String> {

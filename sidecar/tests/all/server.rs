@@ -651,6 +651,121 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     assert!(hung_up.elapsed() < Duration::from_secs(15), "served only after the deadline");
 }
 
+/// The `gatehouse __compile` workers whose parent is `parent`.
+fn compile_workers(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`; comm may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if fields.get(1) == Some(&parent.to_string().as_str())
+            && fields.first() != Some(&"Z")
+            && String::from_utf8_lossy(&cmdline).contains("__compile")
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` is alive (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn compile_workers_end_at_the_budget_and_with_the_sidecar() {
+    // Attacks: a component that takes seconds to compile. Under a 300 ms
+    // budget its worker once compiled on after the refusal (four of them,
+    // 265 MiB, outlived the sidecar); it must be gone once the plugin is
+    // refused. Under a long budget, the sidecar is killed (SIGKILL, no
+    // cleanup at all) mid-compile: the worker must die with it.
+    let policies = Policies::new();
+    let slow = policies.dir.path().join("slow.wasm");
+    std::fs::write(&slow, crate::sandbox::slow_to_compile()).unwrap();
+    policies.write("slow.toml", &format!("[plugin]\nname = \"slow\"\ncomponent = {:?}\n", slow.display().to_string()));
+    policies.plugin("echo", "echo", "");
+
+    let write_budget = |budget: &str| {
+        let (root, config) = policies.settings(&format!(
+            "[engine]\nmax_instances = 256\ncompile_timeout = \"{budget}\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"
+        ));
+        (root, config)
+    };
+    let (root, config) = write_budget("300ms");
+    let sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    while sidecar.invoke("echo", "x").0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sidecar.stderr().contains("compile budget of 300ms"), "{}", sidecar.stderr());
+    let refused = Instant::now();
+    while !compile_workers(sidecar.child.id()).is_empty() {
+        assert!(refused.elapsed() < Duration::from_secs(1), "a compile worker outlived the plugin's refusal");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Only the slow one now, so the worker found is its.
+    std::fs::remove_file(policies.dir.path().join("echo.toml")).unwrap();
+    let (root, config) = write_budget("60s");
+    let mut sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&worker) = compile_workers(sidecar.child.id()).first() {
+            break worker;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no compile worker: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    let killed = Instant::now();
+    while alive(worker) {
+        assert!(killed.elapsed() < Duration::from_millis(500), "the compile worker outlived the sidecar");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_during_the_first_load_does_not_wait_for_it() {
+    // Attack (of sorts): a component that takes seconds to compile, under
+    // a long budget, and SIGTERM while it compiles. The sidecar once
+    // finished the load first (9.3 s with drain_timeout 1 s); it must stop
+    // without completing it, and take its compile worker with it.
+    let policies = Policies::new();
+    let slow = policies.dir.path().join("slow.wasm");
+    std::fs::write(&slow, crate::sandbox::slow_to_compile()).unwrap();
+    policies.write("slow.toml", &format!("[plugin]\nname = \"slow\"\ncomponent = {:?}\n", slow.display().to_string()));
+    let (root, config) = policies.settings(
+        "[engine]\ncompile_timeout = \"60s\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         drain_timeout = \"1s\"\n",
+    );
+    let mut sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&worker) = compile_workers(sidecar.child.id()).first() {
+            break worker;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no compile worker: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    sidecar.signal("TERM");
+    let status = sidecar.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", sidecar.stderr());
+    let log = sidecar.stderr();
+    assert!(!log.contains("plugins loaded"), "the load was finished first: {log}");
+    let stopped = Instant::now();
+    while alive(worker) {
+        assert!(stopped.elapsed() < Duration::from_millis(500), "the compile worker outlived the sidecar");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn the_servers_own_request_lines_are_budgeted_and_the_dropped_counted() {
     // Attack: unauthenticated requests for a plugin that does not exist,
