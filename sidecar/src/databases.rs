@@ -208,6 +208,7 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
                     (`/` is `%2F`)"
             .into());
     }
+    check_password_files(&url, |name| std::env::var(name).ok())?;
     let options = PgConnectOptions::from_url(&url).map_err(|e| {
         let reason = e.to_string();
         // sqlx's messages quote parameter values, never the password; make
@@ -288,6 +289,25 @@ fn certificate_files(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Ve
             Some(CertificateFile { kind, source, path })
         })
         .collect()
+}
+
+/// Password files sqlx opens (synchronously, while parsing the URL) when
+/// the URL carries no password: `PGPASSFILE`, then `~/.pgpass`. A FIFO there
+/// would block the start for good, so anything but a regular file (or no
+/// file) is refused.
+fn check_password_files(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    if url.password().is_some() || url.query_pairs().any(|(key, _)| key == "password") {
+        return Ok(());
+    }
+    let named = env("PGPASSFILE").map(|path| ("PGPASSFILE", std::path::PathBuf::from(path)));
+    let home = env("HOME").map(|home| ("~/.pgpass", Path::new(&home).join(".pgpass")));
+    for (source, path) in named.into_iter().chain(home) {
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            let path = guest_text::escape(&path.display().to_string(), guest_text::LINE);
+            return Err(format!("{source} `{path}`: not a regular file"));
+        }
+    }
+    Ok(())
 }
 
 /// `user@host:port/database`, escaped: a database or user name may hold
@@ -399,6 +419,36 @@ mod tests {
         std::fs::write(&big, vec![b'a'; MAX_CERTIFICATE_FILE as usize + 1]).unwrap();
         let error = open(&format!("postgres://db/app?sslkey={}", big.display())).unwrap_err().to_string();
         assert!(error.contains("larger than 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_password_file_sqlx_would_open_must_be_a_regular_file() {
+        // Attack: a FIFO as PGPASSFILE (or ~/.pgpass): sqlx opens it while
+        // parsing a URL without a password, blocking the start for good.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pgpass");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let fifo = fifo.display().to_string();
+        let url = |text: &str| url::Url::parse(text).unwrap();
+        let named = |name: &str| (name == "PGPASSFILE").then(|| fifo.clone());
+        let error = check_password_files(&url("postgres://app@db/app"), named).unwrap_err();
+        assert_eq!(error, format!("PGPASSFILE `{fifo}`: not a regular file"));
+        assert!(std::process::Command::new("mkfifo").arg(dir.path().join(".pgpass")).status().unwrap().success());
+        let home = |name: &str| (name == "HOME").then(|| dir.path().display().to_string());
+        let error = check_password_files(&url("postgres://app@db/app"), home).unwrap_err();
+        assert!(error.starts_with("~/.pgpass `"), "{error}");
+        // With a password, sqlx reads no password file.
+        assert!(check_password_files(&url("postgres://app:pw@db/app"), named).is_ok());
+        assert!(check_password_files(&url("postgres://app@db/app?password=pw"), named).is_ok());
+        // A regular file, or none, is fine.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "db:5432:app:app:pw\n").unwrap();
+        let plain = plain.display().to_string();
+        assert!(
+            check_password_files(&url("postgres://app@db/app"), |n: &str| (n == "PGPASSFILE").then(|| plain.clone()))
+                .is_ok()
+        );
+        assert!(check_password_files(&url("postgres://app@db/app"), |_: &str| None).is_ok());
     }
 
     #[test]
