@@ -606,7 +606,8 @@ fn a_wasi_http_component_sees_the_raw_request_target_without_its_prefix() {
 #[test]
 fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     // Attack: clients ask for an answer that never comes (`/spin`), more
-    // of them than the plugin has slots and queue, then hang up. Their
+    // of them than the plugin has slots and queue, then hang up; then
+    // clients hang up in the middle of an endless answer (`/drip`). Their
     // work must end with them, not at the plugin's 20 s deadline: running
     // components are stopped and queued callers leave the queue, so the
     // next client is served at once.
@@ -649,6 +650,28 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
     assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
     assert!(hung_up.elapsed() < Duration::from_secs(15), "served only after the deadline");
+
+    // Attack: hang up mid-answer, from a component whose body never ends
+    // and which ignores failed writes (`/drip`): it is stopped when its
+    // answer is dropped, not at its deadline.
+    let mut clients: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            client.write_all(b"GET /p/hello/drip HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        let mut first = [0u8; 64];
+        assert!(client.read(&mut first).unwrap() > 0, "no answer head");
+    }
+    assert_eq!(in_flight(), 2);
+    drop(clients);
+    let hung_up = Instant::now();
+    while in_flight() != 0 {
+        assert!(hung_up.elapsed() < Duration::from_secs(10), "still dripping after the clients hung up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The `gatehouse __compile` workers whose parent is `parent`.
