@@ -235,6 +235,12 @@ impl Config {
             secrets,
             ..defaults
         };
+        if runtime.epoch_tick < crate::runtime::MIN_EPOCH_TICK {
+            return Err(format!(
+                "[engine] epoch_tick must be at least {:?}: the ticker wakes once per tick even while idle",
+                crate::runtime::MIN_EPOCH_TICK
+            ));
+        }
         let plugin_dir_origin = "the policy directory".to_string();
         Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases })
     }
@@ -355,6 +361,34 @@ mod tests {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn the_epoch_tick_has_a_floor() {
+        // Attack: `0s` (or a few nanoseconds) makes the ticker thread spin.
+        for tick in ["0s", "1ns", "999us"] {
+            let error = load(&format!("[engine]\nepoch_tick = \"{tick}\"\n")).unwrap_err().to_string();
+            assert!(
+                error.ends_with(
+                    "[engine] epoch_tick must be at least 1ms: the ticker wakes once per tick even while idle"
+                ),
+                "{tick}: {error}"
+            );
+        }
+        assert_eq!(load("[engine]\nepoch_tick = \"1ms\"\n").unwrap().runtime.epoch_tick, Duration::from_millis(1));
+        let tight = RuntimeSettings { epoch_tick: Duration::ZERO, ..RuntimeSettings::default() };
+        assert!(
+            crate::Runtime::new(
+                tight,
+                std::sync::Arc::new(
+                    crate::services::Services::with_dns(std::sync::Arc::new(
+                        crate::services::http::resolve::SystemLookup
+                    ))
+                    .unwrap(),
+                ),
+            )
+            .is_err_and(|e| e.to_string().contains("under the minimum"))
+        );
     }
 
     #[test]

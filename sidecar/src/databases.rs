@@ -15,6 +15,7 @@
 //! requests costs the database one connection a second.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -207,16 +208,7 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
                     (`/` is `%2F`)"
             .into());
     }
-    // Certificate and key files are read on every connection: a FIFO there
-    // would block a thread for good.
-    for (key, path) in url.query_pairs() {
-        if matches!(&*key, "sslrootcert" | "sslcert" | "sslkey" | "ssl-root-cert" | "ssl-cert" | "ssl-key")
-            && !std::fs::metadata(&*path).is_ok_and(|m| m.is_file())
-        {
-            let path = guest_text::escape(&path, guest_text::LINE);
-            return Err(format!("{key} `{path}` is not a regular file"));
-        }
-    }
+    check_password_files(&url, |name| std::env::var(name).ok())?;
     let options = PgConnectOptions::from_url(&url).map_err(|e| {
         let reason = e.to_string();
         // sqlx's messages quote parameter values, never the password; make
@@ -227,7 +219,19 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
         }
     })?;
     let name = options.get_application_name().unwrap_or("gatehouse").to_string();
-    let options = options.application_name(&name);
+    let mut options = options.application_name(&name);
+    // sqlx would read these files on every connection (a FIFO there blocks
+    // a thread for good): read each once here, bounded, and hand over the
+    // bytes instead.
+    for file in certificate_files(&url, |name| std::env::var(name).ok()) {
+        let bytes = crate::bounded_read::read_regular_file(Path::new(&file.path), MAX_CERTIFICATE_FILE)
+            .map_err(|e| format!("{} `{}`: {e}", file.source, guest_text::escape(&file.path, guest_text::LINE)))?;
+        options = match file.kind {
+            CertificateKind::Root => options.ssl_root_cert_from_pem(bytes),
+            CertificateKind::Client => options.ssl_client_cert_from_pem(bytes),
+            CertificateKind::Key => options.ssl_client_key_from_pem(bytes),
+        };
+    }
     // sqlx hands `[::1]` to the resolver with its brackets.
     Ok(match url.host() {
         Some(url::Host::Ipv6(ip)) => options.host(&ip.to_string()),
@@ -235,13 +239,88 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
     })
 }
 
+/// Largest certificate or key file read.
+pub const MAX_CERTIFICATE_FILE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertificateKind {
+    Root,
+    Client,
+    Key,
+}
+
+/// A certificate or key file sqlx would read, and which parameter or
+/// environment variable named it.
+#[derive(Debug, PartialEq, Eq)]
+struct CertificateFile {
+    kind: CertificateKind,
+    source: String,
+    path: String,
+}
+
+/// Every spelling sqlx honours for each file (`PgConnectOptions::from_url`:
+/// URL parameters, the last one winning, else the libpq environment
+/// variable), so none of them reaches sqlx as a path.
+const CERTIFICATE_SPELLINGS: [(CertificateKind, &[&str], &str); 3] = [
+    (CertificateKind::Root, &["sslrootcert", "ssl-root-cert", "ssl-ca"], "PGSSLROOTCERT"),
+    (CertificateKind::Client, &["sslcert", "ssl-cert"], "PGSSLCERT"),
+    (CertificateKind::Key, &["sslkey", "ssl-key"], "PGSSLKEY"),
+];
+
+/// The certificate and key files `url` (with the environment `env`) makes
+/// sqlx read. An environment value that is a PEM text itself (sqlx's own
+/// test: it starts with `-----BEGIN` and ends with `-----`) names no file.
+fn certificate_files(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Vec<CertificateFile> {
+    CERTIFICATE_SPELLINGS
+        .iter()
+        .filter_map(|&(kind, keys, variable)| {
+            let in_url = url.query_pairs().filter(|(key, _)| keys.contains(&&**key)).last();
+            let (source, path) = match in_url {
+                Some((key, path)) => (key.into_owned(), path.into_owned()),
+                None => {
+                    let value = env(variable)?;
+                    let trimmed = value.trim();
+                    if trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----") {
+                        return None;
+                    }
+                    (variable.to_string(), value)
+                }
+            };
+            Some(CertificateFile { kind, source, path })
+        })
+        .collect()
+}
+
+/// Password files sqlx opens (synchronously, while parsing the URL) when
+/// the URL carries no password: `PGPASSFILE`, then `~/.pgpass`. A FIFO there
+/// would block the start for good, so anything but a regular file (or no
+/// file) is refused.
+fn check_password_files(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    if url.password().is_some() || url.query_pairs().any(|(key, _)| key == "password") {
+        return Ok(());
+    }
+    let named = env("PGPASSFILE").map(|path| ("PGPASSFILE", std::path::PathBuf::from(path)));
+    let home = env("HOME").map(|home| ("~/.pgpass", Path::new(&home).join(".pgpass")));
+    for (source, path) in named.into_iter().chain(home) {
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            let path = guest_text::escape(&path.display().to_string(), guest_text::LINE);
+            return Err(format!("{source} `{path}`: not a regular file"));
+        }
+    }
+    Ok(())
+}
+
+/// `user@host:port/database`, escaped: a database or user name may hold
+/// line breaks or control characters (`%0A` in the URL).
 fn describe(options: &PgConnectOptions) -> String {
     let place = match options.get_socket() {
         Some(socket) => socket.display().to_string(),
         None if options.get_host().contains(':') => format!("[{}]:{}", options.get_host(), options.get_port()),
         None => format!("{}:{}", options.get_host(), options.get_port()),
     };
-    format!("{}@{place}/{}", options.get_username(), options.get_database().unwrap_or(options.get_username()))
+    let target =
+        format!("{}@{place}/{}", options.get_username(), options.get_database().unwrap_or(options.get_username()));
+    guest_text::escape(&target, guest_text::LINE)
 }
 
 #[cfg(test)]
@@ -265,7 +344,10 @@ mod tests {
             ("postgres://app:1?sslmode=hunter2@db/app", "`@` after the host"),
             ("postgres://app:x?sslmode=hunter2@db/app", "not a URL"),
             ("postgres://app:9#hunter2@db/app", "`@` after the host"),
-            ("postgres://app:pw@db/app?sslmode=verify-full&sslrootcert=/dev/null", "sslrootcert `/dev/null` is not"),
+            ("postgres://app:pw@db/app?sslmode=verify-full&sslrootcert=/dev/null", "sslrootcert `/dev/null`: not a"),
+            ("postgres://app:pw@db/app?ssl-ca=/dev/null", "ssl-ca `/dev/null`: not a regular file"),
+            ("postgres://app:pw@db/app?ssl-key=/dev/zero", "ssl-key `/dev/zero`: not a regular file"),
+            ("postgres://app:pw@db/app?sslcert=/nonexistent", "sslcert `/nonexistent`: No such file"),
         ] {
             let error = open(url).unwrap_err().to_string();
             assert!(error.contains(expected), "{url}: {error}");
@@ -286,6 +368,95 @@ mod tests {
         let v6 = open("postgres://app@[::1]:6432/orders").unwrap();
         assert_eq!(v6.options("main").unwrap().get_host(), "::1");
         assert_eq!(v6.aliases[0].target, "app@[::1]:6432/orders");
+    }
+
+    #[test]
+    fn every_spelling_of_a_certificate_file_is_found() {
+        // Attacks: a FIFO or device named by an alias sqlx honours but an
+        // older check did not (`ssl-ca`, the last of two spellings, an
+        // environment variable).
+        let url = |q: &str| url::Url::parse(&format!("postgres://db/app?{q}")).unwrap();
+        let none = |_: &str| -> Option<String> { None };
+        let found = |q: &str, env: &dyn Fn(&str) -> Option<String>| -> Vec<(CertificateKind, String, String)> {
+            certificate_files(&url(q), env).into_iter().map(|f| (f.kind, f.source, f.path)).collect()
+        };
+        let root = |source: &str, path: &str| (CertificateKind::Root, source.to_string(), path.to_string());
+        assert_eq!(found("ssl-ca=/a", &none), [root("ssl-ca", "/a")]);
+        assert_eq!(found("sslrootcert=/a&ssl-root-cert=/b", &none), [root("ssl-root-cert", "/b")]);
+        assert_eq!(
+            found("ssl-cert=/c&ssl-key=/k", &none),
+            [
+                (CertificateKind::Client, "ssl-cert".to_string(), "/c".to_string()),
+                (CertificateKind::Key, "ssl-key".to_string(), "/k".to_string())
+            ]
+        );
+        let env = |name: &str| match name {
+            "PGSSLROOTCERT" => Some("/fifo".to_string()),
+            "PGSSLCERT" => Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_string()),
+            "PGSSLKEY" => Some("/key".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            found("", &env),
+            [root("PGSSLROOTCERT", "/fifo"), (CertificateKind::Key, "PGSSLKEY".to_string(), "/key".to_string())]
+        );
+        // The URL wins over the environment, as in sqlx.
+        assert_eq!(found("sslrootcert=/a", &env)[0], root("sslrootcert", "/a"));
+    }
+
+    #[test]
+    fn a_certificate_file_is_read_once_and_handed_over_as_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n").unwrap();
+        let url = format!("postgres://app@db/app?sslmode=verify-full&ssl-ca={}", ca.display());
+        let databases = open(&url).unwrap();
+        // Read at open: the path is gone from the options.
+        std::fs::remove_file(&ca).unwrap();
+        let shown = format!("{:?}", databases.options("main").unwrap());
+        assert!(!shown.contains("ca.pem"), "{shown}");
+        let big = dir.path().join("big.pem");
+        std::fs::write(&big, vec![b'a'; MAX_CERTIFICATE_FILE as usize + 1]).unwrap();
+        let error = open(&format!("postgres://db/app?sslkey={}", big.display())).unwrap_err().to_string();
+        assert!(error.contains("larger than 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_password_file_sqlx_would_open_must_be_a_regular_file() {
+        // Attack: a FIFO as PGPASSFILE (or ~/.pgpass): sqlx opens it while
+        // parsing a URL without a password, blocking the start for good.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pgpass");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let fifo = fifo.display().to_string();
+        let url = |text: &str| url::Url::parse(text).unwrap();
+        let named = |name: &str| (name == "PGPASSFILE").then(|| fifo.clone());
+        let error = check_password_files(&url("postgres://app@db/app"), named).unwrap_err();
+        assert_eq!(error, format!("PGPASSFILE `{fifo}`: not a regular file"));
+        assert!(std::process::Command::new("mkfifo").arg(dir.path().join(".pgpass")).status().unwrap().success());
+        let home = |name: &str| (name == "HOME").then(|| dir.path().display().to_string());
+        let error = check_password_files(&url("postgres://app@db/app"), home).unwrap_err();
+        assert!(error.starts_with("~/.pgpass `"), "{error}");
+        // With a password, sqlx reads no password file.
+        assert!(check_password_files(&url("postgres://app:pw@db/app"), named).is_ok());
+        assert!(check_password_files(&url("postgres://app@db/app?password=pw"), named).is_ok());
+        // A regular file, or none, is fine.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "db:5432:app:app:pw\n").unwrap();
+        let plain = plain.display().to_string();
+        assert!(
+            check_password_files(&url("postgres://app@db/app"), |n: &str| (n == "PGPASSFILE").then(|| plain.clone()))
+                .is_ok()
+        );
+        assert!(check_password_files(&url("postgres://app@db/app"), |_: &str| None).is_ok());
+    }
+
+    #[test]
+    fn a_target_that_would_forge_a_line_is_escaped() {
+        let databases = open("postgres://app%0Aadmin@db/x%0A2026-01-01T00:00:00Z%20INFO%20forged%1b[31m").unwrap();
+        let target = &databases.aliases[0].target;
+        assert!(!target.contains('\n') && !target.contains('\u{1b}'), "{target:?}");
+        assert!(target.contains("\\n2026-01-01"), "{target}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!   and validation; the only I/O is reading the files and the components
 //!   they pin.
 //! - [`runtime`]: the wasmtime engine (pooling allocator, epoch deadlines,
-//!   compiled-code cache), the import check that refuses ungranted
+//!   compiled-code cache, compile workers), each plugin's concurrency slots
+//!   and the pool's admission rule, the import check that refuses ungranted
 //!   interfaces at load time, and [`Runtime::invoke`], the one entry point
 //!   the CLI and the HTTP server call.
 //! - [`services`]: one module per host interface. Each owns its policy check

@@ -6,7 +6,11 @@
 //! - `/fetch?url=<url>`: a `GET` of `url` through
 //!   `wasi:http/outgoing-handler` (so under the plugin's `[http]` policy),
 //!   answering the upstream's status or the error code that refused it;
+//! - `/path…`: the path and query exactly as the component received them
+//!   (anything starting with `/path`, so encoded separators stay visible);
 //! - `/spin`: never answers (the plugin's deadline must stop it);
+//! - `/drip`: answers, then writes a byte every 50 ms forever, ignoring
+//!   write errors (only the sidecar can stop it once its client is gone);
 //! - `/status/<code>`: an empty answer with that status, whatever it is
 //!   (the sidecar must not pass on one that cannot end a request).
 
@@ -42,6 +46,8 @@ impl Guest for HelloProxy {
                 let answer = fetch(url);
                 respond(out, 200, answer.as_bytes());
             }
+            _ if route.starts_with("/path") => respond(out, 200, path.as_bytes()),
+            "/drip" => drip(out),
             "/spin" => {
                 let mut n: u64 = 1;
                 loop {
@@ -71,6 +77,18 @@ fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
     }
     drop(stream);
     let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// A body that never ends and never notices that nobody reads it.
+fn drip(out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("the body is available once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("the stream is available once");
+    loop {
+        let _ = stream.blocking_write_and_flush(b"x");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `status <code>` or `error <code>`.

@@ -92,8 +92,11 @@ async fn invoke(
                 ([(header::CONTENT_TYPE, content_type)], output.body).into_response()
             }
             Err(error) => {
-                // Quoted: the message may quote (escaped) caller or guest text.
-                tracing::info!(kind = %error.kind(), error = ?error.to_string(), "invocation failed");
+                let text = error.to_string();
+                if api.request_line(text.len()) {
+                    // Quoted: the message may quote (escaped) caller or guest text.
+                    tracing::info!(kind = %error.kind(), error = ?text, "invocation failed");
+                }
                 errors::respond_to(&error)
             }
         }

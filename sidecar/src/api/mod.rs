@@ -11,12 +11,14 @@
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
+//! - [`min_rate`]: the minimum rate at which a client must read its answer.
 
 pub mod admin;
 pub mod edge;
 pub mod errors;
 pub mod invoke;
 pub mod metrics;
+pub mod min_rate;
 pub mod proxy;
 pub mod serve;
 
@@ -28,6 +30,7 @@ use crate::Runtime;
 use crate::databases::Databases;
 use crate::policy;
 use crate::services::Services;
+use crate::services::log::window::{Admit, LogWindow};
 
 pub use serve::{ServeLimits, serve};
 
@@ -54,6 +57,8 @@ pub struct Api {
     /// Whether `/readyz` also waits for every policy to be served.
     pub ready_when: ReadyWhen,
     loaded: AtomicBool,
+    /// The budget of the server's own per-request lines.
+    request_lines: LogWindow,
     /// What the last (re)load could not read or serve.
     unserved: std::sync::RwLock<Unserved>,
 }
@@ -79,6 +84,13 @@ pub struct Readiness {
     /// Empty when ready.
     pub problems: Vec<String>,
 }
+
+/// The server's own lines about single requests (a failed invocation, a
+/// refused route) written per second, across both listeners; past it they
+/// are dropped and counted, and the count is logged once a second.
+pub const MAX_REQUEST_LINES_PER_SECOND: u64 = 100;
+/// Bytes of those lines per second.
+pub const MAX_REQUEST_LINE_BYTES_PER_SECOND: u64 = 64 * 1024;
 
 /// What a reload did, for the admin API and the SIGHUP log.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -113,6 +125,27 @@ impl Api {
             ready_when: server.ready_when,
             loaded: AtomicBool::new(false),
             unserved: Default::default(),
+            request_lines: LogWindow::new(MAX_REQUEST_LINES_PER_SECOND, MAX_REQUEST_LINE_BYTES_PER_SECOND),
+        }
+    }
+
+    /// Whether a per-request line of about `bytes` may be written now
+    /// (callers: `if api.request_line(n) { tracing::info!(…) }`). Reports
+    /// what the previous second dropped first, if anything.
+    pub(crate) fn request_line(&self, bytes: usize) -> bool {
+        match self.request_lines.admit(bytes as u64) {
+            Admit::Write(dropped) => {
+                if let Some(dropped) = dropped {
+                    tracing::warn!(
+                        dropped_lines = dropped.events,
+                        dropped_bytes = dropped.bytes,
+                        max_lines_per_second = MAX_REQUEST_LINES_PER_SECOND,
+                        "request log budget exceeded; lines dropped"
+                    );
+                }
+                true
+            }
+            Admit::Drop => false,
         }
     }
 

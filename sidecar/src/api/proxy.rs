@@ -23,7 +23,7 @@ pub(super) async fn root(
     request: axum::extract::Request,
 ) -> Response {
     let Ok(Path(name)) = name else { return errors::bad_path() };
-    serve_proxy(state, name, String::new(), request).await
+    serve_proxy(state, name, request).await
 }
 
 pub(super) async fn path(
@@ -31,19 +31,33 @@ pub(super) async fn path(
     parts: Result<Path<(String, String)>, PathRejection>,
     request: axum::extract::Request,
 ) -> Response {
-    let Ok(Path((name, rest))) = parts else { return errors::bad_path() };
-    serve_proxy(state, name, rest, request).await
+    // The decoded rest is not used: the component gets the raw target.
+    let Ok(Path((name, _))) = parts else { return errors::bad_path() };
+    serve_proxy(state, name, request).await
+}
+
+/// The request target a component sees, and the prefix stripped from it:
+/// the *raw* path and query minus `/p/{name}` (not percent-decoded, so
+/// `%2F`, `%3F`, `%23` and `%25` reach the component as the client sent
+/// them, as under `wasmtime serve` or Spin). `/p/{name}` alone is `/`.
+fn strip_prefix(target: &axum::http::uri::PathAndQuery) -> Option<(String, &str)> {
+    let path = target.path();
+    let after = path.strip_prefix("/p/")?;
+    let (prefix, rest) = match after.find('/') {
+        Some(at) => (&path[..3 + at], &after[at..]),
+        None => (path, "/"),
+    };
+    let seen = match target.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_string(),
+    };
+    Some((seen, prefix))
 }
 
 /// Hands the request to a `wasi:http/proxy` plugin with the `/p/{name}`
-/// prefix stripped (the component sees `/{rest}?{query}`, as under
-/// `wasmtime serve`); the stripped prefix is in `x-forwarded-prefix`.
-async fn serve_proxy(
-    State(api): State<Arc<Api>>,
-    name: String,
-    rest: String,
-    request: axum::extract::Request,
-) -> Response {
+/// prefix stripped from the raw target (see [`strip_prefix`]); the
+/// stripped prefix is in `x-forwarded-prefix`.
+async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::extract::Request) -> Response {
     use http_body_util::BodyExt;
     use wasmtime_wasi_http::Error as ErrorCode;
 
@@ -58,15 +72,15 @@ async fn serve_proxy(
         plugin = ?crate::guest_text::escaped(&name, 64)
     );
     let (mut parts, body) = request.into_parts();
-    let path = match parts.uri.query() {
-        Some(query) => format!("/{rest}?{query}"),
-        None => format!("/{rest}"),
+    let Some((seen, prefix)) = parts.uri.path_and_query().and_then(strip_prefix) else {
+        return errors::bad_path();
     };
-    parts.uri = match path.parse() {
+    let prefix = HeaderValue::from_str(prefix);
+    parts.uri = match seen.parse() {
         Ok(uri) => uri,
         Err(_) => return errors::respond(ErrorKind::InvalidInput, "invalid path", None),
     };
-    if let Ok(prefix) = HeaderValue::from_str(&format!("/p/{name}")) {
+    if let Ok(prefix) = prefix {
         parts.headers.insert(HeaderName::from_static("x-forwarded-prefix"), prefix);
     }
     parts.headers.entry(header::HOST).or_insert(HeaderValue::from_static("localhost"));
@@ -85,8 +99,11 @@ async fn serve_proxy(
     let (version, outcome) =
         api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
     if let Err(error) = &outcome {
-        let _entered = span.enter();
-        tracing::info!(kind = %error.kind(), error = ?error.to_string(), "request failed");
+        let text = error.to_string();
+        if api.request_line(text.len()) {
+            let _entered = span.enter();
+            tracing::info!(kind = %error.kind(), error = ?text, "request failed");
+        }
     }
     api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
     match outcome {
@@ -94,8 +111,10 @@ async fn serve_proxy(
         // or a code past 599 cannot end a request.
         Ok(response) if !(200..=599).contains(&response.status().as_u16()) => {
             let code = response.status().as_u16();
-            let _entered = span.enter();
-            tracing::info!(status = code, "the component answered with a status that cannot end a request");
+            if api.request_line(64) {
+                let _entered = span.enter();
+                tracing::info!(status = code, "the component answered with a status that cannot end a request");
+            }
             let message = format!("plugin `{name}` answered with status {code}, which cannot end a request");
             errors::respond(ErrorKind::Internal, &message, None).with_status(StatusCode::BAD_GATEWAY)
         }
@@ -151,5 +170,26 @@ where
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_prefix;
+
+    #[test]
+    fn the_prefix_is_stripped_from_the_raw_target() {
+        for (target, seen, prefix) in [
+            ("/p/x", "/", "/p/x"),
+            ("/p/x/", "/", "/p/x"),
+            ("/p/x?q=1", "/?q=1", "/p/x"),
+            ("/p/x/a%2F..%2Fb?c=%3F", "/a%2F..%2Fb?c=%3F", "/p/x"),
+            ("/p/x%20y/%252e", "/%252e", "/p/x%20y"),
+            ("/p/x//", "//", "/p/x"),
+        ] {
+            let target: axum::http::uri::PathAndQuery = target.parse().unwrap();
+            assert_eq!(strip_prefix(&target), Some((seen.to_string(), prefix)), "{target}");
+        }
+        assert_eq!(strip_prefix(&"/v1/x".parse().unwrap()), None);
     }
 }

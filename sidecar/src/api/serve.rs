@@ -3,7 +3,9 @@
 //! connections, a deadline for the request head (slowloris), a bound on
 //! header bytes, a deadline on each stalled write (a client that stops
 //! reading would otherwise keep its connection slot, and the response it
-//! does not read, forever), and a graceful drain on shutdown.
+//! does not read, forever), a minimum read rate across writes
+//! ([`super::min_rate`]: one that reads a little now and then would
+//! otherwise do the same), and a graceful drain on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
+
+use super::min_rate::MinReadRate;
 
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +68,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
+        let stream = MinReadRate::new(Box::pin(stream), limits.write_timeout);
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(Box::pin(stream)), service.clone());
+            .serve_connection(TokioIo::new(stream), service.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _slot = slot;

@@ -67,11 +67,51 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         servers.spawn(api::serve(admin, api::admin::router(api.clone(), token), limits, wait(stopped.clone())));
     }
 
-    api.reload("start").await;
-    // Logs each database as reachable or not.
-    api.databases.check().await;
-    // A line to try, with a plugin that did load: the example's own input
-    // for the example, a file of the caller's for any other plugin.
+    // SIGTERM or SIGINT during a load (the first one, or a reload on
+    // SIGHUP) stops the process without waiting for it: compilations can
+    // take a long time, and their workers die with the process.
+    let stopping = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    let mut stopping = std::pin::pin!(stopping);
+    let first = async {
+        api.reload("start").await;
+        // Logs each database as reachable or not.
+        api.databases.check().await;
+    };
+    let interrupted = tokio::select! {
+        () = first => false,
+        () = &mut stopping => true,
+    };
+    if !interrupted {
+        try_line(&api, invoke_addr);
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    let reload = async {
+                        api.reload("SIGHUP").await;
+                    };
+                    tokio::select! {
+                        () = reload => {}
+                        () = &mut stopping => break,
+                    }
+                }
+                () = &mut stopping => break,
+            }
+        }
+    }
+    tracing::info!(timeout = ?server.drain_timeout, "stopping: draining in-flight requests");
+    let _ = stop.send(true);
+    while servers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a line to try, with a plugin that did load.
+fn try_line(api: &Api, invoke_addr: std::net::SocketAddr) {
     let plugins = api.runtime.summaries();
     if plugins.iter().any(|p| p.name == "doc-enricher") {
         println!(
@@ -81,19 +121,4 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     } else if let Some(plugin) = plugins.iter().find(|p| p.kind == "plugin") {
         println!("try: curl -s --data-binary @input.json http://{invoke_addr}/v1/plugins/{}/invoke", plugin.name);
     }
-
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => {
-                api.reload("SIGHUP").await;
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
-    }
-    tracing::info!(timeout = ?server.drain_timeout, "stopping: draining in-flight requests");
-    let _ = stop.send(true);
-    while servers.join_next().await.is_some() {}
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
 }

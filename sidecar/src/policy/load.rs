@@ -31,6 +31,9 @@ const MAX_OUTPUT: u64 = 1 << 30;
 /// Largest component file read (bigger than any real plugin: a Python
 /// component with its interpreter is about 40 MiB).
 pub const MAX_COMPONENT_SIZE: u64 = 128 << 20;
+/// Largest policy file read (a policy is a few hundred bytes; a sparse
+/// file of gigabytes must not be read whole).
+pub const MAX_POLICY_FILE: u64 = 1 << 20;
 const MAX_NAME_LEN: usize = 64;
 const MAX_REDIRECTS: u32 = 20;
 
@@ -81,9 +84,16 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
 
     let mut load = PolicyLoad::default();
     let mut claims: BTreeMap<String, Vec<PluginPolicy>> = BTreeMap::new();
+    // One copy of each distinct component, however many policies name it.
+    let mut components: BTreeMap<[u8; 32], Arc<[u8]>> = BTreeMap::new();
     for file in files {
         match load_file(&file, plugin_dir) {
-            Ok(policy) => claims.entry(policy.name.clone()).or_default().push(policy),
+            Ok(mut policy) => {
+                let shared =
+                    components.entry(policy.component.sha256).or_insert_with(|| policy.component.bytes.clone());
+                policy.component.bytes = shared.clone();
+                claims.entry(policy.name.clone()).or_default().push(policy)
+            }
             Err(errors) => load.errors.extend(errors),
         }
     }
@@ -114,9 +124,14 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
 
 /// Parses and validates one policy file, reporting every problem found.
 pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<PluginPolicy, Vec<PolicyError>> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![PolicyError { file: file.to_path_buf(), line: None, reason: format!("cannot read: {e}"), plugin: None }]
+    let unreadable = |reason: String| vec![PolicyError { file: file.to_path_buf(), line: None, reason, plugin: None }];
+    let bytes = read_regular_file(file, MAX_POLICY_FILE).map_err(|e| match e {
+        BoundedReadError::TooLarge(cap) => {
+            unreadable(format!("cannot read: larger than the {cap} bytes a policy may be"))
+        }
+        other => unreadable(format!("cannot read: {other}")),
     })?;
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("cannot read: not UTF-8 text".into()))?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
         vec![PolicyError {
             file: file.to_path_buf(),

@@ -14,7 +14,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -42,30 +42,40 @@ pub(super) struct CodeCache {
     /// The worker binary and the settings it rebuilds the engine from,
     /// when compilation runs in a memory-capped child process.
     worker: Option<(PathBuf, Arc<super::RuntimeSettings>)>,
+    /// Compilations running at once ([`MAX_COMPILERS`]), including any
+    /// that outlived their budget in this process (a thread cannot be
+    /// stopped; a worker process is killed at the budget).
+    compilers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Compilations (threads, and worker processes) at once, per runtime.
+pub const MAX_COMPILERS: usize = 4;
 
 type CompileLock = Arc<tokio::sync::Mutex<()>>;
 
 impl CodeCache {
     pub(super) fn new(settings: &super::RuntimeSettings) -> Self {
         let worker = settings.compile_worker.clone().map(|path| (path, Arc::new(settings.clone())));
-        CodeCache { dir: settings.cache_dir.clone(), compiling: Arc::default(), worker }
+        let compilers = Arc::new(tokio::sync::Semaphore::new(MAX_COMPILERS));
+        CodeCache { dir: settings.cache_dir.clone(), compiling: Arc::default(), worker, compilers }
     }
 
     /// Compiles `bytes` to an artifact: in the worker process when one is
     /// configured (memory-capped), else here.
-    fn precompile(&self, engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    fn precompile(&self, engine: &Engine, bytes: &[u8], deadline: Option<Instant>) -> Result<Vec<u8>, String> {
         match &self.worker {
-            Some((path, settings)) => super::compile_worker::compile(path, settings, bytes),
+            Some((path, settings)) => super::compile_worker::compile(path, settings, bytes, deadline),
             None => engine.precompile_component(bytes).map_err(|e| format!("{e:#}")),
         }
     }
 
-    /// [`CodeCache::load`] on a thread of its own, given at most `budget`.
-    /// Compilation cannot be interrupted, so past the budget the plugin is
-    /// refused and the compilation finishes in the background (and lands
-    /// in the cache, where a later load finds it). A plain thread, not
-    /// tokio's blocking pool, so a runtime shutting down never waits for it.
+    /// [`CodeCache::load`] on a thread of its own, given at most `budget`
+    /// (waiting for a compiler counts). Past the budget the plugin is
+    /// refused; a worker process is killed, while an in-process compilation
+    /// (which cannot be interrupted) finishes in the background, holding
+    /// one of the [`MAX_COMPILERS`], and lands in the cache. A plain thread,
+    /// not tokio's blocking pool, so a runtime shutting down never waits
+    /// for it.
     pub(super) async fn load_within(
         &self,
         engine: &Engine,
@@ -74,14 +84,20 @@ impl CodeCache {
     ) -> Result<(Component, CacheOutcome), String> {
         let lock = self.compiling.lock().unwrap_or_else(|p| p.into_inner()).entry(source.sha256).or_default().clone();
         let (cache, engine, source) = (self.clone(), engine.clone(), source.clone());
+        let deadline = Instant::now() + budget;
         let compile = async move {
             let held = lock.lock_owned().await;
+            let compiler = cache.compilers.clone().acquire_owned().await.expect("never closed");
             let (done, result) = tokio::sync::oneshot::channel();
             std::thread::Builder::new()
                 .name("gatehouse-compile".into())
                 .spawn(move || {
-                    let _held = held;
-                    let _ = done.send(cache.load(&engine, &source));
+                    let _held = (held, compiler);
+                    let result = cache.load(&engine, &source, Some(deadline));
+                    // The bytes are not needed past here: let them go before
+                    // the loader goes on (they are not kept resident).
+                    drop(source);
+                    let _ = done.send(result);
                 })
                 .map_err(|e| format!("cannot start a compiler thread: {e}"))?;
             result.await.map_err(|_| "the compiler thread panicked".to_string())?
@@ -90,7 +106,7 @@ impl CodeCache {
             Ok(result) => result,
             Err(_) => Err(format!(
                 "compiling it took longer than the compile budget of {budget:?} ([engine] compile_timeout); \
-                 it goes on in the background, or precompile it with `gatehouse compile`"
+                 precompile it with `gatehouse compile`, which has no budget"
             )),
         }
     }
@@ -103,9 +119,16 @@ impl CodeCache {
         self.dir.as_ref().map(|dir| dir.join(name))
     }
 
-    pub(super) fn load(&self, engine: &Engine, source: &ComponentSource) -> Result<(Component, CacheOutcome), String> {
+    /// Deserializes the cached artifact of `source`, or compiles it (a
+    /// worker process is killed at `deadline`) and caches the result.
+    pub(super) fn load(
+        &self,
+        engine: &Engine,
+        source: &ComponentSource,
+        deadline: Option<Instant>,
+    ) -> Result<(Component, CacheOutcome), String> {
         let Some(path) = self.artifact_path(engine, source) else {
-            let compiled = self.precompile(engine, &source.bytes)?;
+            let compiled = self.precompile(engine, &source.bytes, deadline)?;
             return Ok((deserialize_bytes(engine, &compiled)?, CacheOutcome::Uncached));
         };
         if path.exists()
@@ -122,7 +145,7 @@ impl CodeCache {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached artifact"),
             }
         }
-        let compiled = self.precompile(engine, &source.bytes)?;
+        let compiled = self.precompile(engine, &source.bytes, deadline)?;
         if let Err(e) = write_atomically(&path, &compiled) {
             tracing::warn!(path = %path.display(), error = %e, "could not write compiled component to the cache");
         }

@@ -11,10 +11,17 @@
 //! The child builds the same engine from the same settings, so the artifact
 //! it returns carries the parent's compatibility hash; the parent checks
 //! that when it loads it, as for any cached artifact.
+//!
+//! A child never outlives its use: it is killed at the compile budget's
+//! deadline, and it dies with the sidecar (`PR_SET_PDEATHSIG`), so a
+//! hostile component cannot leave compilers running after its refusal or
+//! after SIGTERM.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::RuntimeSettings;
 
@@ -29,22 +36,59 @@ pub(super) fn settings_args(settings: &RuntimeSettings) -> Vec<String> {
     ]
 }
 
-/// Compiles `bytes` in a child process running `worker`.
-pub(super) fn compile(worker: &Path, settings: &RuntimeSettings, bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let mut child = Command::new(worker)
+/// How often a compile worker is checked for having finished.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Compiles `bytes` in a child process running `worker`, killed at
+/// `deadline` if it has not finished by then.
+pub(super) fn compile(
+    worker: &Path,
+    settings: &RuntimeSettings,
+    bytes: &[u8],
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, String> {
+    let mut command = Command::new(worker);
+    command
         .arg("__compile")
         .args(settings_args(settings))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the compiler process {}: {e}", worker.display()))?;
+        .stderr(Stdio::piped());
+    die_with_parent(&mut command);
+    let mut child =
+        command.spawn().map_err(|e| format!("cannot start the compiler process {}: {e}", worker.display()))?;
     let mut stdin = child.stdin.take().expect("piped");
     let input = bytes.to_vec();
-    // Written from a thread: the child may fail before reading it all.
+    // Written and read from threads: the child may fail before reading it
+    // all, and a full pipe would stall it.
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let output = child.wait_with_output().map_err(|e| format!("the compiler process failed: {e}"))?;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("the compiler process failed: {e}"))? {
+            Some(status) => break status,
+            None if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = (writer.join(), stdout.join(), stderr.join());
+                return Err("the compiler process was stopped at the compile budget ([engine] compile_timeout)".into());
+            }
+            None => std::thread::sleep(POLL),
+        }
+    };
     let _ = writer.join();
+    let output = std::process::Output {
+        status,
+        stdout: stdout.join().map_err(|_| "reading the compiler's output failed")?,
+        stderr: stderr.join().map_err(|_| "reading the compiler's output failed")?,
+    };
     if output.status.success() {
         return Ok(output.stdout);
     }
@@ -57,6 +101,25 @@ pub(super) fn compile(worker: &Path, settings: &RuntimeSettings, bytes: &[u8]) -
         ));
     }
     Err(format!("compilation failed: {said}"))
+}
+
+/// Makes the child receive SIGKILL when the thread that started it ends
+/// (with the sidecar, whatever way it ends); a child whose parent is
+/// already gone by then exits at once.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs between fork and exec and only makes two
+    // system calls, which is async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::ErrorKind::NotConnected.into());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The child's side: caps its data segment, reads a component on stdin,

@@ -19,6 +19,7 @@
 //! the pool (see [`Runtime::load`]).
 
 mod cache;
+mod cancel;
 pub mod compile_worker;
 mod engine;
 mod error;
@@ -27,6 +28,7 @@ mod imports;
 mod limits;
 mod linker;
 mod plugin_info;
+mod slots;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +46,7 @@ pub use error::{InvokeError, LoadError, RuntimeError};
 pub use limits::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_COMPONENT,
 };
+pub use slots::QUEUE_PER_SLOT;
 pub use state::MAX_RANDOM_BYTES;
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
@@ -53,6 +56,7 @@ use crate::services::Services;
 use crate::services::http::PluginHttp;
 use crate::services::log::PluginTag;
 use crate::{Document, PluginInfo};
+use slots::{Admission, Admitted, Pool, Queued, SlotTable, Slots};
 use state::PluginState;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -71,6 +75,9 @@ pub const INFO_DEADLINE: Duration = Duration::from_secs(1);
 /// calls of plugins being loaded, so a reload under full load never fails
 /// for want of an instance; also the number of plugins loaded at once.
 const LOAD_INSTANCES: u32 = 4;
+/// The shortest epoch tick: the ticker thread wakes once per tick whether
+/// or not a guest runs, so a tick of zero would burn a core while idle.
+pub const MIN_EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Data one host call may pass to the host beyond what the policy's
 /// grants need (log messages, headers, small records).
 pub const HOSTCALL_BASE: u64 = 1 << 20;
@@ -140,92 +147,6 @@ struct LoadedPlugin {
     http: Option<Arc<PluginHttp>>,
     /// Bytes one host call (or the output) may lift from guest memory.
     hostcall_fuel: usize,
-}
-
-/// A plugin's concurrency slots and queue. One per plugin *name*, kept
-/// across reloads: invocations still running on the previous version hold
-/// slots of the same semaphore as the new version's, so a reload never
-/// lets a plugin run more than its `concurrency` at once.
-struct Slots {
-    semaphore: Arc<Semaphore>,
-    /// The concurrency the permits currently add up to.
-    capacity: std::sync::atomic::AtomicU32,
-    /// Callers waiting for a slot.
-    waiting: std::sync::atomic::AtomicU32,
-    /// Invocations holding a slot (counted directly: while a shrink waits
-    /// for permits to come back, capacity minus free permits is not it).
-    running: std::sync::atomic::AtomicU32,
-}
-
-/// A running invocation's slot, pool instance and place in the count.
-struct Admission<'a> {
-    _slot: tokio::sync::SemaphorePermit<'a>,
-    _instance: tokio::sync::SemaphorePermit<'a>,
-    running: &'a std::sync::atomic::AtomicU32,
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        self.running.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-impl Slots {
-    fn new(capacity: u32) -> Self {
-        Slots {
-            semaphore: Arc::new(Semaphore::new(capacity as usize)),
-            capacity: capacity.into(),
-            waiting: Default::default(),
-            running: Default::default(),
-        }
-    }
-
-    /// Changes the number of slots to `capacity`. Growing adds permits at
-    /// once; shrinking takes permits away as they are returned, so running
-    /// invocations are not disturbed and never more than the new number
-    /// start.
-    fn resize(&self, capacity: u32) {
-        use std::sync::atomic::Ordering;
-        let old = self.capacity.swap(capacity, Ordering::AcqRel);
-        if capacity > old {
-            self.semaphore.add_permits((capacity - old) as usize);
-        } else if capacity < old {
-            let semaphore = self.semaphore.clone();
-            let excess = old - capacity;
-            tokio::spawn(async move {
-                if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
-                    permits.forget();
-                }
-            });
-        }
-    }
-
-    fn in_use(&self) -> u32 {
-        self.running.load(std::sync::atomic::Ordering::Acquire)
-    }
-}
-
-/// Callers that may wait per concurrency slot before more are refused.
-pub const QUEUE_PER_SLOT: u32 = 4;
-
-/// A place in a plugin's queue, given back on drop.
-struct Queued<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl<'a> Queued<'a> {
-    fn join(waiting: &'a std::sync::atomic::AtomicU32, limit: u32) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        if waiting.fetch_add(1, Ordering::AcqRel) >= limit {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Queued(waiting))
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// One set of loaded plugins and the refusals that came with it.
@@ -299,7 +220,7 @@ pub struct Runtime {
     /// generation from the same starting point.
     loading: tokio::sync::Mutex<()>,
     /// Each plugin name's slots, kept across reloads.
-    slots: std::sync::Mutex<HashMap<String, Arc<Slots>>>,
+    slots: SlotTable,
     /// One permit per pool instance available to invocations. Loaded
     /// plugins' concurrency never adds up to more, so in steady state no
     /// one waits here; during a reload, invocations of the old and the new
@@ -339,6 +260,12 @@ impl Runtime {
     /// Refuses a code cache directory that someone else could write to (see
     /// [`crate::data_dir`]): its artifacts are loaded as native code.
     pub fn new(settings: RuntimeSettings, services: Arc<Services>) -> Result<Self, RuntimeError> {
+        if settings.epoch_tick < MIN_EPOCH_TICK {
+            return Err(RuntimeError(format!(
+                "epoch_tick of {:?} is under the minimum of {MIN_EPOCH_TICK:?}",
+                settings.epoch_tick
+            )));
+        }
         if let Some(dir) = &settings.cache_dir {
             crate::data_dir::secure(dir).map_err(|e| RuntimeError(format!("code cache: {e}")))?;
         }
@@ -398,15 +325,18 @@ impl Runtime {
             }
         }))
         .await;
-        // Plugins whose file is broken keep their version, and their share
-        // of the pool, first.
-        let mut reserved: u32 = 0;
+        // Shares in force are reserved first: plugins whose file is broken
+        // or whose new version is refused keep their version and its share,
+        // and every loaded plugin with a new version keeps its share as a
+        // fallback until the new one is admitted.
+        let mut pool = Pool::new(self.settings.max_instances);
+        let kept = |name: &String| previous.plugins.get(name).filter(|_| keep_on_refusal);
         for (name, plugin) in &previous.plugins {
             let refusal = broken.iter().find(|e| e.file == plugin.policy.file);
             if let Some(error) = refusal.filter(|_| !policies.plugins.contains_key(name)) {
                 let file = crate::policy::shown(&plugin.policy.file);
                 tracing::warn!(plugin = %name, %file, "policy file refused; keeping the loaded version");
-                reserved = reserved.saturating_add(plugin.policy.limits.concurrency);
+                pool.reserve(plugin.policy.limits.concurrency);
                 next.plugins.insert(name.clone(), plugin.clone());
                 next.kept.insert(name.clone(), LoadError { plugin: name.clone(), file, reason: error.to_string() });
             }
@@ -423,18 +353,18 @@ impl Runtime {
                 });
             }
         }
+        for (policy, _) in &outcomes {
+            if let Some(old) = kept(&policy.name) {
+                pool.reserve(old.policy.limits.concurrency);
+            }
+        }
         for (policy, outcome) in outcomes {
+            let old = kept(&policy.name);
             let outcome = outcome.and_then(|plugin| {
-                let total = reserved.saturating_add(policy.limits.concurrency);
-                if total > self.settings.max_instances {
-                    return Err(format!(
-                        "its concurrency of {} would bring the loaded plugins' total to {total}, over the engine's \
-                         max_instances of {} (gatehouse.toml [engine]); lower some concurrency or raise max_instances",
-                        policy.limits.concurrency, self.settings.max_instances
-                    ));
+                match pool.admit(policy.limits.concurrency, old.map(|old| old.policy.limits.concurrency)) {
+                    Admitted::New => Ok(plugin),
+                    Admitted::KeepLoaded(reason) | Admitted::Refused(reason) => Err(reason),
                 }
-                reserved = total;
-                Ok(plugin)
             });
             match outcome {
                 Ok(plugin) => {
@@ -450,6 +380,8 @@ impl Runtime {
                             "plugin reloaded with a new policy or component"
                         ),
                     }
+                    // Only now, admitted, may it change its plugin's slots.
+                    plugin.slots.resize(policy.limits.concurrency);
                     report.loaded.push(plugin.info.clone());
                     next.plugins.insert(policy.name.clone(), Arc::new(plugin));
                 }
@@ -460,7 +392,7 @@ impl Runtime {
                     let error =
                         LoadError { plugin: policy.name.clone(), file: crate::policy::shown(&policy.file), reason };
                     tracing::error!(%error, "plugin refused");
-                    match previous.plugins.get(&policy.name).filter(|_| keep_on_refusal) {
+                    match old {
                         Some(old) => {
                             tracing::warn!(plugin = %policy.name, version = %old.info.version, "keeping the loaded version");
                             next.plugins.insert(policy.name.clone(), old.clone());
@@ -494,7 +426,7 @@ impl Runtime {
             .cache
             .artifact_path(&self.engine, &policy.component)
             .ok_or("no cache directory is configured (set data_dir in gatehouse.toml)")?;
-        let (component, outcome) = self.cache.load(&self.engine, &policy.component)?;
+        let (component, outcome) = self.cache.load(&self.engine, &policy.component, None)?;
         imports::check(&self.engine, &component, policy)
             .map_err(|refused| format!("compiled, but a load would refuse it: {}", refused.join("; ")))?;
         self.entry(&component).map_err(|why| format!("compiled, but a load would refuse it: {why}"))?;
@@ -663,9 +595,8 @@ impl Runtime {
         let (Ok(slot), Ok(instance)) = (slot, instance) else {
             unreachable!("the runtime's semaphores are never closed")
         };
-        loaded.slots.running.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         drop(queued);
-        Ok(Admission { _slot: slot, _instance: instance, running: &loaded.slots.running })
+        Ok(loaded.slots.hold(slot, instance))
     }
 
     /// Serves one HTTP request with a `wasi:http/proxy` plugin, under the
@@ -712,6 +643,13 @@ impl Runtime {
             }
             .in_current_span(),
         );
+        // If the caller goes away (the client hung up) before the head, the
+        // task is aborted: it stops waiting for a slot, or stops running.
+        let cancel = cancel::Cancel::new(task.abort_handle());
+        let deliver = |response: http::Response<HyperOutgoingBody>| {
+            use http_body_util::BodyExt;
+            response.map(|body| cancel::CancelOnDropBody::new(body, cancel).boxed_unsync())
+        };
         // Why there is no response head, from how the task ended.
         let no_response = |finished: Result<Result<_, InvokeError>, tokio::task::JoinError>| match finished {
             Ok(Err(error)) => error,
@@ -721,7 +659,7 @@ impl Runtime {
         let mut response = std::pin::pin!(response);
         tokio::select! {
             answered = &mut response => match answered {
-                Ok(Ok(response)) => Ok(response),
+                Ok(Ok(response)) => Ok(deliver(response)),
                 Ok(Err(code)) => Err(InvokeError::Plugin {
                     plugin: plugin.to_string(),
                     error: crate::GuestError {
@@ -736,26 +674,9 @@ impl Runtime {
             finished = &mut task => {
                 // Finished before we saw the head: it may still be there.
                 if let Ok(Ok(response)) = response.try_recv() {
-                    return Ok(response);
+                    return Ok(deliver(response));
                 }
                 Err(no_response(finished))
-            }
-        }
-    }
-
-    /// The slots of plugin `name`, sized to `concurrency`: the same ones
-    /// its loaded version uses, if it has one.
-    fn slots_of(&self, name: &str, concurrency: u32) -> Arc<Slots> {
-        let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        match all.get(name) {
-            Some(slots) => {
-                slots.resize(concurrency);
-                slots.clone()
-            }
-            None => {
-                let slots = Arc::new(Slots::new(concurrency));
-                all.insert(name.to_string(), slots.clone());
-                slots
             }
         }
     }
@@ -795,7 +716,7 @@ impl Runtime {
 
         let hostcall_fuel = usize::try_from(hostcall_fuel(policy)).unwrap_or(usize::MAX);
 
-        let mut tag = Arc::new(PluginTag { name: policy.name.clone(), version: "unknown".into() });
+        let mut tag = Arc::new(PluginTag::new(&policy.name, "unknown"));
         let mut info_policy = policy.clone();
         info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
         let info = match &entry {
@@ -822,9 +743,14 @@ impl Runtime {
         if info.name != policy.name {
             tracing::warn!(plugin = %policy.name, reported = %info.name, "plugin reports a different name than its policy; the policy's name is used");
         }
-        tag = Arc::new(PluginTag { name: policy.name.clone(), version: info.version.clone() });
-        let slots = self.slots_of(&policy.name, limits.concurrency);
-        Ok(LoadedPlugin { policy: policy.clone(), tag, info, entry, slots, http, hostcall_fuel })
+        tag = Arc::new(tag.at_version(&info.version));
+        let slots = self.slots.of(&policy.name, limits.concurrency);
+        // From here on the compiled component is what runs: the bytes are
+        // not kept resident (50 policies naming one 20 MiB component once
+        // kept a gigabyte for the server's life).
+        let mut policy = policy.clone();
+        policy.component.bytes = Arc::from(Vec::new());
+        Ok(LoadedPlugin { policy, tag, info, entry, slots, http, hostcall_fuel })
     }
 
     fn entry(&self, component: &Component) -> Result<Entry, String> {

@@ -226,3 +226,48 @@ fn connections(postgres: &TestPostgres) -> i64 {
     let out = postgres.psql("SELECT sessions FROM pg_stat_database WHERE datname = 'orders'");
     out.trim().parse().unwrap_or_else(|_| panic!("sessions: {out:?}"))
 }
+
+#[test]
+fn a_certificate_file_named_by_the_environment_or_an_alias_spelling_must_be_a_regular_file() {
+    // Attacks: a FIFO named by `PGSSLROOTCERT` (which sqlx reads when the
+    // URL names no root certificate) and by `ssl-ca=` (sqlx's third
+    // spelling of `sslrootcert`). Read on every connection, each would
+    // block a thread per readiness probe; the start must refuse both,
+    // naming the variable or parameter, without blocking.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ca.pem");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.display().to_string();
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    for (url, env, named) in [
+        ("postgres://app@127.0.0.1:9/app?sslmode=verify-full".to_string(), Some(fifo.as_str()), "PGSSLROOTCERT"),
+        (format!("postgres://app@127.0.0.1:9/app?sslmode=verify-full&ssl-ca={fifo}"), None, "ssl-ca"),
+    ] {
+        let (_root, config) = policies.settings(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"off\"\n[databases.main]\nurl = {url:?}\n"
+        ));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        command.args(["--config", config.to_str().unwrap(), "run"]).env_remove("PGSSLROOTCERT");
+        if let Some(value) = env {
+            command.env("PGSSLROOTCERT", value);
+        }
+        let mut child =
+            command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("{named}: the sidecar started (or blocked) with a FIFO as a certificate file");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{named}: {stderr}");
+        assert!(stderr.contains(&format!("{named} `{fifo}`: not a regular file")), "{named}: {stderr}");
+    }
+}

@@ -191,3 +191,56 @@ fn json_logs_are_one_object_a_line_with_the_plugins_fields_as_an_object() {
     let lines = run("log", "forge");
     assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forged by the guest"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_volume_is_bounded_per_plugin_over_time() {
+    // Attack: many invocations, each within its own budget, 4 at a time
+    // (3,000 calls once wrote 782 MB in 3.9 s). What one plugin writes is
+    // bounded per second across its invocations, and what was dropped is
+    // reported once the next second opens.
+    use gatehouse::services::log::window::WINDOW;
+    use gatehouse::services::log::{MAX_BYTES_PER_PLUGIN_SECOND, MAX_EVENTS_PER_PLUGIN_SECOND};
+    let policies = Policies::new();
+    policies.plugin("log", "hostile_log", "timeout = \"10s\"\nconcurrency = 4");
+    let runtime = std::sync::Arc::new(runtime(&policies).await);
+    let (logs, _guard) = capture_logs();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let runtime = runtime.clone();
+                tokio::spawn(async move { runtime.invoke("log", doc("flood")).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+    }
+    let flooded = started.elapsed();
+    let during = logs.events().len();
+    tokio::time::sleep(WINDOW).await;
+    runtime.invoke("log", doc("forge")).await.unwrap();
+
+    let events = logs.events();
+    let flood = plugin_events(&events[..during]);
+    // Windows the flood touched: each admits its budget once.
+    let windows = flooded.as_secs() + 1 + u64::from(flooded.subsec_nanos() > 0);
+    let bytes: usize =
+        flood.iter().map(|e| e.fields["message"].len() + e.fields.get("fields").map_or(0, String::len)).sum();
+    let offered = 40 * MAX_BYTES_PER_INVOCATION;
+    assert!(
+        flood.len() as u64 <= windows * (MAX_EVENTS_PER_PLUGIN_SECOND + 1),
+        "{} events in {flooded:?}",
+        flood.len()
+    );
+    assert!(
+        bytes as u64 <= windows * (MAX_BYTES_PER_PLUGIN_SECOND + 4096),
+        "{bytes} bytes in {flooded:?} (the invocations offered {offered})"
+    );
+    let report = plugin_events(&events)
+        .into_iter()
+        .find(|e| e.fields["message"] == "log budget of the plugin exceeded; events dropped")
+        .expect("the dropped events are reported");
+    let fields: serde_json::Value = serde_json::from_str(&report.fields["fields"]).unwrap();
+    assert!(fields["dropped_events"].as_u64().unwrap() > 0, "{fields}");
+}

@@ -347,3 +347,39 @@ fn an_injection_cannot_target_a_managed_header_in_any_spelling() {
         assert!(error.reason.contains("managed by the sidecar and cannot be injected"), "{header}: {error}");
     }
 }
+
+#[test]
+fn a_policy_file_is_read_bounded() {
+    // Attack: a sparse file named `*.toml` (one of 3 GiB, read whole,
+    // took 21 s and 6.3 GB; 64 MiB here shows the bound as well). It must
+    // be refused by its size, not read and parsed.
+    let policies = Policies::new();
+    let huge = policies.dir.path().join("huge.toml");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 20).unwrap();
+    let load = policies.load();
+    let reasons: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("huge.toml") && r.contains("larger than the 1048576 bytes a policy may be")),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+}
+
+#[tokio::test]
+async fn many_policies_naming_one_component_keep_one_copy_and_the_runtime_none() {
+    // Attack: 50 policies naming one component. Each read separately and
+    // kept by the runtime, they held 50 copies for the server's life.
+    let policies = Policies::new();
+    for i in 0..50 {
+        policies.plugin(&format!("echo-{i:02}"), "echo", "concurrency = 1");
+    }
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let first = load.set.plugins.values().next().unwrap().component.bytes.clone();
+    assert!(load.set.plugins.values().all(|p| std::sync::Arc::ptr_eq(&p.component.bytes, &first)));
+    let runtime = gatehouse::Runtime::new(crate::common::settings(), crate::common::services()).unwrap();
+    let report = runtime.load(&load.set).await;
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    // The set's 50 references and ours: the runtime keeps none.
+    assert_eq!(std::sync::Arc::strong_count(&first), 51);
+}

@@ -8,7 +8,10 @@
 //!   while another plugin runs at its full concurrency;
 //! - a table past the per-invocation element cap (big-table.wat): refused;
 //! - policies whose concurrency adds up to more than the pool: the excess
-//!   plugin is refused, so every loaded plugin keeps its share;
+//!   plugin is refused, so every loaded plugin keeps its share; a reload
+//!   that raises a plugin past the pool is refused without changing its
+//!   slots, and a plugin kept on its old version (its new component
+//!   refused) keeps its share before a new plugin is admitted;
 //! - a log call lifting 2.5 million fields, or 120 fields aliasing one
 //!   1 MiB string (hostile-log `fields`, `alias`): stopped by the hostcall
 //!   budget as `quota-exceeded`, long before the deadline;
@@ -158,6 +161,77 @@ async fn after_a_reload_old_invocations_keep_their_instances_and_new_callers_are
         assert_eq!(holder.await.unwrap().unwrap().body, b"slept");
     }
     assert_eq!(runtime.invoke("b", doc("x")).await.unwrap().body, b"x");
+}
+
+/// What is tried: with a pool of 10 shared by `a` (5) and `b` (5), a
+/// reload raises `b` to 8. Expected: the raise is refused, `b` keeps 5
+/// slots (the admin API's figure and the real one agree), so at most 5 of 8
+/// callers run at once and `a` keeps its whole share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_does_not_change_a_plugins_concurrency() {
+    let policies = Policies::new();
+    policies.plugin("a", "echo", "concurrency = 5");
+    policies.plugin("b", "sleeper", "concurrency = 5\ntimeout = \"5s\"");
+    let mut small = settings();
+    small.max_instances = 10;
+    let (runtime, report) = load(&policies, small).await;
+    assert!(report.refused.is_empty(), "{report:?}");
+    let runtime = Arc::new(runtime);
+    policies.plugin("b", "sleeper", "concurrency = 8\ntimeout = \"5s\"");
+    let report = runtime.reload(&policies.load().set, &[]).await;
+    assert!(refusal(&report, "b").contains("max_instances of 10"), "{report:?}");
+    let shown = runtime.summaries().into_iter().find(|p| p.name == "b").unwrap();
+    assert_eq!(shown.concurrency, 5);
+
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move { runtime.invoke("b", doc("300")).await })
+        })
+        .collect();
+    let mut most = 0;
+    while calls.iter().any(|call| !call.is_finished()) {
+        most = most.max(runtime.in_flight("b").unwrap());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(most, 5, "callers running at once after a refused raise to 8");
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().body, b"slept");
+    }
+}
+
+/// What is tried: `a` (5) and `b` (5) fill a pool of 10; a reload replaces
+/// `a`'s component with one that is refused (so `a` keeps its loaded
+/// version) and adds `c` (5). Expected: the kept `a` is reserved first,
+/// `c` is refused, and `a` and `b` still run at their full concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_version_keeps_its_share_of_the_pool_across_a_reload() {
+    let policies = Policies::new();
+    policies.plugin("a", "sleeper", "concurrency = 5\ntimeout = \"5s\"");
+    policies.plugin("b", "sleeper", "concurrency = 5\ntimeout = \"5s\"");
+    let mut small = settings();
+    small.max_instances = 10;
+    let (runtime, report) = load(&policies, small).await;
+    assert!(report.refused.is_empty(), "{report:?}");
+    let runtime = Arc::new(runtime);
+    policies.plugin("a", "hostile_socket", "concurrency = 5\ntimeout = \"5s\"");
+    policies.plugin("c", "echo", "concurrency = 5");
+    let report = runtime.reload(&policies.load().set, &[]).await;
+    assert!(refusal(&report, "a").contains("wasi:sockets"), "{report:?}");
+    assert!(refusal(&report, "c").contains("max_instances of 10"), "{report:?}");
+    assert!(matches!(runtime.invoke("c", doc("x")).await, Err(InvokeError::Refused(_))));
+    // Both kept plugins get every one of their slots at once.
+    let calls: Vec<_> = ["a", "b"]
+        .into_iter()
+        .flat_map(|name| std::iter::repeat_n(name, 5))
+        .map(|name| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move { runtime.invoke(name, doc("300")).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().body, b"slept");
+    }
 }
 
 #[tokio::test]
@@ -316,38 +390,63 @@ async fn a_caller_queued_behind_a_parked_guest_gets_the_slot_it_frees() {
 
 /// Latency of another plugin, and deadline overshoot, with 16 guests
 /// spinning on a 2-worker runtime (the sidecar's layout on a 2-core
-/// machine). Before yields let tokio poll its drivers, the victim was woken
-/// about every 600 ms and a 100 ms deadline was enforced at 577 ms. With
-/// the default 1 ms tick the bound is the one the README states; with a
+/// machine). What starvation looks like: a worker that runs a spinner
+/// until its deadline serves nothing else meanwhile, so the victim waits
+/// for a spinner's whole deadline and a spinner that waited for a worker
+/// overshoots its own by about as much (before yields let tokio poll its
+/// drivers, a 100 ms deadline was enforced at 577 ms). The spinners'
+/// deadline is [`SPIN_DEADLINE`] (1 s); both figures must stay under half
+/// of it, plus whatever the machine itself stalled a plain thread during
+/// the same run (measured alongside, so a busy machine does not fail the
+/// test). Measured unloaded: victim 14–39 ms, overshoot 22–45 ms. With a
 /// 10 ms tick (one yield per 10 ms, where tokio's own interval of 61 polls
-/// would mean 610 ms between driver checks) the victim must still be
-/// served within a few rounds of the spinners.
+/// would mean 610 ms between driver checks) the same bound holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_and_deadlines_hold_under_hostile_load() {
-    let (victim, overshoot) = spin_and_measure(settings()).await;
-    assert!(victim < Duration::from_millis(100), "a 5 ms sleep took {victim:?}");
-    assert!(overshoot < Duration::from_millis(100), "deadline overshoot {overshoot:?}");
-
-    let coarse = RuntimeSettings { epoch_tick: Duration::from_millis(10), ..settings() };
-    let (victim, overshoot) = spin_and_measure(coarse).await;
-    assert!(victim < Duration::from_millis(300), "10 ms tick: a 5 ms sleep took {victim:?}");
-    assert!(overshoot < Duration::from_millis(300), "10 ms tick: deadline overshoot {overshoot:?}");
+    for tick in [Duration::from_millis(1), Duration::from_millis(10)] {
+        let settings = RuntimeSettings { epoch_tick: tick, ..settings() };
+        let run = spin_and_measure(settings).await;
+        let bound = SPIN_DEADLINE / 2 + run.machine_stall;
+        assert!(run.victim < bound, "tick {tick:?}: a 5 ms sleep took {:?} (bound {bound:?})", run.victim);
+        assert!(run.overshoot < bound, "tick {tick:?}: deadline overshoot {:?} (bound {bound:?})", run.overshoot);
+    }
 }
 
-/// Runs 16 spinners (300 ms deadline, restarted as they time out) and a
-/// victim sleeping 5 ms in a loop for 1.5 s; returns the victim's worst
-/// call and the worst deadline overshoot.
-async fn spin_and_measure(settings: RuntimeSettings) -> (Duration, Duration) {
+/// The spinners' deadline in [`timers_and_deadlines_hold_under_hostile_load`].
+const SPIN_DEADLINE: Duration = Duration::from_secs(1);
+
+/// What one run of [`spin_and_measure`] saw: the victim's worst call, the
+/// worst deadline overshoot, and the worst oversleep of a plain thread
+/// sleeping 5 ms in a loop meanwhile (the machine's own stalls).
+struct Measured {
+    victim: Duration,
+    overshoot: Duration,
+    machine_stall: Duration,
+}
+
+/// Runs 16 spinners (restarted as they time out) and a victim sleeping
+/// 5 ms in a loop for 2.5 s, with a plain thread measuring the machine.
+async fn spin_and_measure(settings: RuntimeSettings) -> Measured {
     const SPINNERS: usize = 16;
     let policies = Policies::new();
-    policies.plugin("spin", "hostile_loop", &format!("timeout = \"300ms\"\nconcurrency = {SPINNERS}"));
+    let deadline = format!("{}ms", SPIN_DEADLINE.as_millis());
+    policies.plugin("spin", "hostile_loop", &format!("timeout = \"{deadline}\"\nconcurrency = {SPINNERS}"));
     policies.plugin("victim", "sleeper", "timeout = \"5s\"");
     let (runtime, report) = load(&policies, settings.clone()).await;
     assert!(report.refused.is_empty(), "{report:?}");
     let runtime = Arc::new(runtime);
-    let window = Duration::from_millis(1500);
+    let window = Duration::from_millis(2500);
     let started = Instant::now();
 
+    let machine = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while started.elapsed() < window {
+            let nap = Instant::now();
+            std::thread::sleep(Duration::from_millis(5));
+            worst = worst.max(nap.elapsed().saturating_sub(Duration::from_millis(5)));
+        }
+        worst
+    });
     let spinners: Vec<_> = (0..SPINNERS)
         .map(|_| {
             let runtime = runtime.clone();
@@ -357,7 +456,7 @@ async fn spin_and_measure(settings: RuntimeSettings) -> (Duration, Duration) {
                     let call = Instant::now();
                     let error = runtime.invoke("spin", doc("go")).await.unwrap_err();
                     assert_eq!(error.kind(), ErrorKind::Timeout);
-                    worst = worst.max(call.elapsed().saturating_sub(Duration::from_millis(300)));
+                    worst = worst.max(call.elapsed().saturating_sub(SPIN_DEADLINE));
                 }
                 worst
             })
@@ -365,22 +464,24 @@ async fn spin_and_measure(settings: RuntimeSettings) -> (Duration, Duration) {
         .collect();
 
     let mut victim_calls = 0;
-    let mut victim_worst = Duration::ZERO;
+    let mut victim = Duration::ZERO;
     while started.elapsed() < window {
         let call = Instant::now();
         assert_eq!(runtime.invoke("victim", doc("5")).await.unwrap().body, b"slept");
-        victim_worst = victim_worst.max(call.elapsed());
+        victim = victim.max(call.elapsed());
         victim_calls += 1;
     }
-    let mut spin_worst = Duration::ZERO;
+    let mut overshoot = Duration::ZERO;
     for spinner in spinners {
-        spin_worst = spin_worst.max(spinner.await.unwrap());
+        overshoot = overshoot.max(spinner.await.unwrap());
     }
+    let machine_stall = machine.join().unwrap();
     eprintln!(
-        "tick {:?}: victim {victim_calls} calls, worst {victim_worst:?}; spin overshoot worst {spin_worst:?}",
+        "tick {:?}: victim {victim_calls} calls, worst {victim:?}; spin overshoot worst {overshoot:?}; \
+         machine stall {machine_stall:?}",
         settings.epoch_tick
     );
-    (victim_worst, spin_worst)
+    Measured { victim, overshoot, machine_stall }
 }
 
 #[test]

@@ -560,3 +560,260 @@ fn a_stalled_upload_does_not_hold_a_wasi_http_component_for_its_whole_timeout() 
     assert!(started.elapsed() < Duration::from_secs(4), "waited {:?} behind a stalled upload", started.elapsed());
     drop(stalled);
 }
+
+#[test]
+fn a_wasi_http_component_sees_the_raw_request_target_without_its_prefix() {
+    // Attacks: encoded separators that would become `..` segments, `?` or
+    // `#` once decoded (`%2F..`, `%3F`, `%23`), double encoding (`%252e`
+    // must not become `%2e`), and bytes that are only valid encoded
+    // (`%20`, `%00`). The component must see exactly what the client sent,
+    // as under `wasmtime serve` or Spin, minus `/p/{name}`.
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[http]\nallow = [\"http://localhost:9\"]\n",
+            component.display().to_string()
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    for (target, seen) in [
+        ("/p/hello/path/a%2F..%2F..%2Fsecret", "/path/a%2F..%2F..%2Fsecret"),
+        ("/p/hello/path/x%3Fadmin=1?q=1", "/path/x%3Fadmin=1?q=1"),
+        ("/p/hello/path/x%23y?q=1", "/path/x%23y?q=1"),
+        ("/p/hello/path/x%252e", "/path/x%252e"),
+        ("/p/hello/path/my%20file", "/path/my%20file"),
+        ("/p/hello/path/%00", "/path/%00"),
+        ("/p/hello/path?a=%2F&b=%3F", "/path?a=%2F&b=%3F"),
+        ("/p/hello/path//double//slash", "/path//double//slash"),
+    ] {
+        let (status, _, body) = request(&sidecar.invoke, "GET", target, &[], b"");
+        assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, seen), "{target}");
+    }
+    // The root, with and without its slash and with a query.
+    for (target, seen) in [("/p/hello", "/"), ("/p/hello/", "/"), ("/p/hello?x=1", "/?x=1"), ("/p/hello/?x=1", "/?x=1")]
+    {
+        let (status, _, body) = request(&sidecar.invoke, "GET", target, &[], b"");
+        assert_eq!(status, 200, "{target}");
+        assert_eq!(String::from_utf8_lossy(&body), "hello from a wasi:http component\n", "{target} as {seen}");
+    }
+    // The plugin name is matched decoded: `hell%6F` is `hello`.
+    let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hell%6F/path%2Fx", &[], b"");
+    assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (200, "/path%2Fx"));
+}
+
+#[test]
+fn a_wasi_http_component_stops_when_its_client_hangs_up() {
+    // Attack: clients ask for an answer that never comes (`/spin`), more
+    // of them than the plugin has slots and queue, then hang up; then
+    // clients hang up in the middle of an endless answer (`/drip`). Their
+    // work must end with them, not at the plugin's 20 s deadline: running
+    // components are stopped and queued callers leave the queue, so the
+    // next client is served at once.
+    let policies = Policies::new();
+    let component = crate::common::guest("hello_proxy");
+    policies.write(
+        "hello.toml",
+        &format!(
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\nconcurrency = 2\ntimeout = \"20s\"\n\
+             [http]\nallow = [\"http://localhost:9\"]\n",
+            component.display().to_string()
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let in_flight = || {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"hello\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+    };
+    let clients: Vec<TcpStream> = (0..2 + 2 * 4)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            client.write_all(b"GET /p/hello/spin HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            client
+        })
+        .collect();
+    let started = Instant::now();
+    while in_flight() != 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the spinners never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    drop(clients);
+    let hung_up = Instant::now();
+    while in_flight() != 0 {
+        assert!(hung_up.elapsed() < Duration::from_secs(10), "still running after the clients hung up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nobody is left in the queue either: a new client is served now.
+    let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
+    assert!(hung_up.elapsed() < Duration::from_secs(15), "served only after the deadline");
+
+    // Attack: hang up mid-answer, from a component whose body never ends
+    // and which ignores failed writes (`/drip`): it is stopped when its
+    // answer is dropped, not at its deadline.
+    let mut clients: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            client.write_all(b"GET /p/hello/drip HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        let mut first = [0u8; 64];
+        assert!(client.read(&mut first).unwrap() > 0, "no answer head");
+    }
+    assert_eq!(in_flight(), 2);
+    drop(clients);
+    let hung_up = Instant::now();
+    while in_flight() != 0 {
+        assert!(hung_up.elapsed() < Duration::from_secs(10), "still dripping after the clients hung up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `gatehouse __compile` workers whose parent is `parent`.
+fn compile_workers(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`; comm may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if fields.get(1) == Some(&parent.to_string().as_str())
+            && fields.first() != Some(&"Z")
+            && String::from_utf8_lossy(&cmdline).contains("__compile")
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Whether process `pid` is alive (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn compile_workers_end_at_the_budget_and_with_the_sidecar() {
+    // Attacks: a component that takes seconds to compile. Under a 300 ms
+    // budget its worker once compiled on after the refusal (four of them,
+    // 265 MiB, outlived the sidecar); it must be gone once the plugin is
+    // refused. Under a long budget, the sidecar is killed (SIGKILL, no
+    // cleanup at all) mid-compile: the worker must die with it.
+    let policies = Policies::new();
+    let slow = policies.dir.path().join("slow.wasm");
+    std::fs::write(&slow, crate::sandbox::slow_to_compile()).unwrap();
+    policies.write("slow.toml", &format!("[plugin]\nname = \"slow\"\ncomponent = {:?}\n", slow.display().to_string()));
+    policies.plugin("echo", "echo", "");
+
+    let write_budget = |budget: &str| {
+        let (root, config) = policies.settings(&format!(
+            "[engine]\nmax_instances = 256\ncompile_timeout = \"{budget}\"\n\
+             [server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n"
+        ));
+        (root, config)
+    };
+    let (root, config) = write_budget("300ms");
+    let sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    while sidecar.invoke("echo", "x").0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sidecar.stderr().contains("compile budget of 300ms"), "{}", sidecar.stderr());
+    let refused = Instant::now();
+    while !compile_workers(sidecar.child.id()).is_empty() {
+        assert!(refused.elapsed() < Duration::from_secs(1), "a compile worker outlived the plugin's refusal");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Only the slow one now, so the worker found is its.
+    std::fs::remove_file(policies.dir.path().join("echo.toml")).unwrap();
+    let (root, config) = write_budget("60s");
+    let mut sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&worker) = compile_workers(sidecar.child.id()).first() {
+            break worker;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no compile worker: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    let killed = Instant::now();
+    while alive(worker) {
+        assert!(killed.elapsed() < Duration::from_millis(500), "the compile worker outlived the sidecar");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_during_the_first_load_does_not_wait_for_it() {
+    // Attack (of sorts): a component that takes seconds to compile, under
+    // a long budget, and SIGTERM while it compiles. The sidecar once
+    // finished the load first (9.3 s with drain_timeout 1 s); it must stop
+    // without completing it, and take its compile worker with it.
+    let policies = Policies::new();
+    let slow = policies.dir.path().join("slow.wasm");
+    std::fs::write(&slow, crate::sandbox::slow_to_compile()).unwrap();
+    policies.write("slow.toml", &format!("[plugin]\nname = \"slow\"\ncomponent = {:?}\n", slow.display().to_string()));
+    let (root, config) = policies.settings(
+        "[engine]\ncompile_timeout = \"60s\"\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         drain_timeout = \"1s\"\n",
+    );
+    let mut sidecar = Sidecar::spawn(&config, &[], root);
+    let started = Instant::now();
+    let worker = loop {
+        if let Some(&worker) = compile_workers(sidecar.child.id()).first() {
+            break worker;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no compile worker: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    sidecar.signal("TERM");
+    let status = sidecar.child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", sidecar.stderr());
+    let log = sidecar.stderr();
+    assert!(!log.contains("policies loaded"), "the load was finished first: {log}");
+    let stopped = Instant::now();
+    while alive(worker) {
+        assert!(stopped.elapsed() < Duration::from_millis(500), "the compile worker outlived the sidecar");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_servers_own_request_lines_are_budgeted_and_the_dropped_counted() {
+    // Attack: unauthenticated requests for a plugin that does not exist,
+    // as fast as one client can send them (50,000 once wrote 9.7 MB of
+    // INFO lines). The per-request lines are bounded per second and what
+    // was dropped is reported once the next second opens.
+    use gatehouse::api::MAX_REQUEST_LINES_PER_SECOND;
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let started = Instant::now();
+    for _ in 0..600 {
+        assert_eq!(sidecar.invoke("nope", "x").0, 404);
+    }
+    let flooded = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(sidecar.invoke("nope", "x").0, 404);
+    let report = "request log budget exceeded; lines dropped";
+    let waited = Instant::now();
+    while !sidecar.stderr().contains(report) {
+        assert!(waited.elapsed() < Duration::from_secs(5), "no report of dropped lines: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = sidecar.stderr().lines().filter(|l| l.contains("invocation failed")).count() as u64;
+    let windows = flooded.as_secs() + 3;
+    assert!(lines <= windows * MAX_REQUEST_LINES_PER_SECOND, "{lines} lines in {flooded:?}");
+    assert!(lines < 600, "{lines}");
+}

@@ -3,6 +3,7 @@
 //! The guest's stdout/stderr are captured the same way (see [`stdio`]).
 
 pub mod stdio;
+pub mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use wasmtime::component::HasData;
 
 use crate::bindings::gatehouse::services::log::{Field, Host, Level};
 use crate::guest_text::{self, escaped};
+use window::{Admit, Dropped, LogWindow};
 
 /// Longest message kept, in escaped bytes; the rest is replaced by a marker.
 pub const MAX_MESSAGE: usize = guest_text::MESSAGE;
@@ -24,14 +26,35 @@ pub const MAX_FIELD_VALUE: usize = 1024;
 pub const MAX_EVENTS_PER_INVOCATION: u64 = 256;
 /// Guest text one invocation may log, counted after escaping.
 pub const MAX_BYTES_PER_INVOCATION: u64 = 256 * 1024;
+/// Events one plugin may log per second, across all its invocations
+/// (the per-invocation summaries and the sidecar's notes included).
+pub const MAX_EVENTS_PER_PLUGIN_SECOND: u64 = 1000;
+/// Bytes one plugin may log per second, across all its invocations.
+pub const MAX_BYTES_PER_PLUGIN_SECOND: u64 = 1 << 20;
 
-/// Who is logging: attached to every event a plugin produces.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who is logging, attached to every event a plugin produces, and the
+/// plugin's log budget over time, shared by all its invocations.
+#[derive(Debug, Clone)]
 pub struct PluginTag {
     /// Plugin name from its policy.
     pub name: String,
     /// Version the plugin reports through `info()` (validated at load).
     pub version: String,
+    /// Events and bytes per second, across invocations.
+    pub window: Arc<LogWindow>,
+}
+
+impl PluginTag {
+    /// A tag for `name` at `version` with a fresh budget over time.
+    pub fn new(name: &str, version: &str) -> Self {
+        let window = Arc::new(LogWindow::new(MAX_EVENTS_PER_PLUGIN_SECOND, MAX_BYTES_PER_PLUGIN_SECOND));
+        PluginTag { name: name.to_string(), version: version.to_string(), window }
+    }
+
+    /// The same plugin at another version, sharing the budget over time.
+    pub fn at_version(&self, version: &str) -> Self {
+        PluginTag { version: version.to_string(), ..self.clone() }
+    }
 }
 
 /// The per-invocation state of the log interface. Clones share one
@@ -94,13 +117,35 @@ impl Logger {
     }
 
     /// Emits an event the sidecar writes about the guest (not guest text),
-    /// outside the budget; `fields` is a JSON object.
+    /// outside the invocation's budget but within the plugin's over time;
+    /// `fields` is a JSON object.
     pub(crate) fn notice(&self, level: Level, message: &str, fields: &str) {
         self.event(level, message, fields);
     }
 
     fn event(&self, level: Level, message: &str, fields: &str) {
-        emit_event(&self.budget.tag, level, message, fields);
+        emit_within_window(&self.budget.tag, level, message, fields);
+    }
+}
+
+/// Emits an event if the plugin's budget over time allows, after the
+/// report of what the previous window dropped, if anything.
+fn emit_within_window(tag: &PluginTag, level: Level, message: &str, fields: &str) {
+    match tag.window.admit((message.len() + fields.len()) as u64) {
+        Admit::Write(dropped) => {
+            if let Some(Dropped { events, bytes }) = dropped {
+                let fields = serde_json::json!({
+                    "dropped_events": events,
+                    "dropped_bytes": bytes,
+                    "max_events_per_second": MAX_EVENTS_PER_PLUGIN_SECOND,
+                    "max_bytes_per_second": MAX_BYTES_PER_PLUGIN_SECOND,
+                })
+                .to_string();
+                emit_event(tag, Level::Warn, "log budget of the plugin exceeded; events dropped", &fields);
+            }
+            emit_event(tag, level, message, fields);
+        }
+        Admit::Drop => {}
     }
 }
 
@@ -156,7 +201,8 @@ impl Drop for Budget {
                 "max_bytes": MAX_BYTES_PER_INVOCATION,
             })
             .to_string();
-            emit_event(&self.tag, Level::Warn, "log budget of the invocation exceeded; later events dropped", &fields);
+            let message = "log budget of the invocation exceeded; later events dropped";
+            emit_within_window(&self.tag, Level::Warn, message, &fields);
         }
     }
 }
