@@ -3,4 +3,5 @@
 //! them (see `runtime::linker`).
 
 pub mod http;
+pub mod kv;
 pub mod log;
