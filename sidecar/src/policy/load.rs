@@ -10,11 +10,13 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::error::{PolicyError, line_of};
-use super::file::{HttpSection, InjectSection, PolicyFile};
+use super::file::{HttpSection, InjectSection, KvSection, PolicyFile};
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
 use crate::bounded_read::{BoundedReadError, read_regular_file};
 use crate::services::http::policy::{AllowRule, HttpPolicy, Injection, Rate, is_sidecar_managed};
+use crate::services::kv::KvPolicy;
+use crate::services::kv::policy::{Entry, bucket_table, check_quota_field};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
 /// is usually 1 MiB).
@@ -102,6 +104,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, 
     v.check_name(&raw.plugin.name);
     let limits = v.limits(&raw.limits);
     let http = raw.http.as_ref().map(|section| v.http(section));
+    let kv = raw.kv.as_ref().map(|section| v.kv(section));
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
@@ -111,6 +114,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: &Path) -> Result<PluginPolicy, 
             stdio: raw.plugin.stdio,
             limits,
             http,
+            kv,
         }),
         _ => Err(v.errors),
     }
@@ -258,6 +262,53 @@ impl Validator<'_> {
         for inject in &raw.inject {
             if let Some(injection) = self.injection(inject, &policy.allow) {
                 policy.inject.push(injection);
+            }
+        }
+        policy
+    }
+
+    fn kv(&mut self, raw: &KvSection) -> KvPolicy {
+        let mut policy = KvPolicy::default();
+        let quota = &mut policy.quota;
+        if let Some(n) = &raw.max_keys {
+            let checked = u64::try_from(*n.get_ref())
+                .map_err(|_| format!("[kv] max_keys {} is negative", n.get_ref()))
+                .and_then(|keys| check_quota_field("max_keys", keys));
+            match checked {
+                Ok(keys) => quota.max_keys = keys,
+                Err(reason) => self.fail(n, reason),
+            }
+        }
+        for (field, value, slot) in [
+            ("max_bytes", &raw.max_bytes, &mut quota.max_bytes),
+            ("max_key", &raw.max_key, &mut quota.max_key),
+            ("max_value", &raw.max_value, &mut quota.max_value),
+        ] {
+            if let Some(size) = value {
+                match check_quota_field(field, size.get_ref().0) {
+                    Ok(bytes) => *slot = bytes,
+                    Err(reason) => self.fail(size, reason),
+                }
+            }
+        }
+        if let Some(rate) = &raw.rate {
+            match Rate::parse(rate.get_ref()) {
+                Ok(parsed) => policy.rate = parsed,
+                Err(reason) => self.fail(rate, reason),
+            }
+        }
+        let buckets: Vec<&str> = raw.buckets.iter().map(|b| b.get_ref().as_str()).collect();
+        let relaxed: Vec<&str> = raw.relaxed.iter().map(|b| b.get_ref().as_str()).collect();
+        match bucket_table(&buckets, &relaxed) {
+            Ok(table) => policy.buckets = table,
+            Err(problems) => {
+                for (entry, reason) in problems {
+                    let at = match entry {
+                        Entry::Granted(i) => &raw.buckets[i.min(raw.buckets.len() - 1)],
+                        Entry::Relaxed(i) => &raw.relaxed[i],
+                    };
+                    self.fail(at, reason);
+                }
             }
         }
         policy

@@ -11,6 +11,7 @@ mod http_gateway;
 mod http_logs;
 mod http_props;
 mod invoke;
+mod kv;
 mod logs;
 mod policy;
 mod postgres;
