@@ -6,10 +6,13 @@
 //!   plugin and bucket (`[len] plugin [len] bucket`). Names are 1–64 of
 //!   `a-z0-9_-`, so no namespace's prefix is a prefix of another's: a range
 //!   scan of one namespace never sees another's keys.
-//! - `kv_usage`: `ns -> (keys, bytes)` and `kv_plugin_usage`:
-//!   `plugin -> (keys, bytes)`, updated in the transaction that changes the
-//!   data, so usage is exact after any crash. Bytes are key + value lengths
-//!   (the key without the namespace prefix).
+//! - usage rows in the same table, under keys starting with a 0 byte (no
+//!   namespace prefix does: a length byte is at least 1): `0 'n' ns ->
+//!   (keys, bytes)` per namespace and `0 'p' plugin -> (keys, bytes)` per
+//!   plugin, 16 bytes little-endian. They change in the transaction that
+//!   changes the data, so usage is exact after any crash. Bytes are key +
+//!   value lengths (the key without the namespace prefix). One table, not
+//!   three: a commit then rewrites the pages of one B-tree, not three.
 //!
 //! # Group commit
 //! redb runs one write transaction at a time and every durable commit
@@ -58,8 +61,43 @@ use super::error::{KvError, QuotaKind};
 use super::policy::{Durability, Quota};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_data");
-const NS_USAGE: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("kv_usage");
-const PLUGIN_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_plugin_usage");
+
+/// The key of a namespace's usage row.
+fn ns_usage_key(ns_prefix: &[u8]) -> Vec<u8> {
+    [&[0, b'n'][..], ns_prefix].concat()
+}
+
+/// The key of a plugin's usage row.
+fn plugin_usage_key(plugin: &str) -> Vec<u8> {
+    [&[0, b'p'][..], plugin.as_bytes()].concat()
+}
+
+/// A usage row, or zeros when absent.
+fn usage_row(table: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<(u64, u64), KvError> {
+    let Some(row) = table.get(key).map_err(unavailable)? else { return Ok((0, 0)) };
+    let row = row.value();
+    let (keys, bytes) = row
+        .split_at_checked(8)
+        .filter(|(_, b)| b.len() == 8)
+        .ok_or_else(|| KvError::Internal("a usage row is not 16 bytes".into()))?;
+    Ok((u64::from_le_bytes(keys.try_into().unwrap()), u64::from_le_bytes(bytes.try_into().unwrap())))
+}
+
+fn put_usage_row(
+    table: &mut ::redb::Table<'_, &'static [u8], &'static [u8]>,
+    key: &[u8],
+    row: (u64, u64),
+) -> Result<(), KvError> {
+    if row == (0, 0) {
+        table.remove(key).map_err(unavailable)?;
+    } else {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&row.0.to_le_bytes());
+        bytes[8..].copy_from_slice(&row.1.to_le_bytes());
+        table.insert(key, &bytes[..]).map_err(unavailable)?;
+    }
+    Ok(())
+}
 
 /// Bytes the writer queue may hold (keys, values and per-entry overhead).
 pub const QUEUE_BYTES: u64 = 64 << 20;
@@ -162,8 +200,6 @@ impl RedbBackend {
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(DATA).map_err(unavailable)?;
-            txn.open_table(NS_USAGE).map_err(unavailable)?;
-            txn.open_table(PLUGIN_USAGE).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -394,17 +430,11 @@ impl KvBackend for RedbBackend {
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
         Box::pin(async move {
             let txn = self.db.begin_read().map_err(unavailable)?;
-            let ns = txn.open_table(NS_USAGE).map_err(unavailable)?;
-            let plugins = txn.open_table(PLUGIN_USAGE).map_err(unavailable)?;
-            let row = |v: Option<::redb::AccessGuard<'_, (u64, u64)>>| {
-                v.map(|v| {
-                    let (keys, bytes) = v.value();
-                    Usage { keys, bytes }
-                })
-                .unwrap_or_default()
-            };
-            let bucket_usage = row(ns.get(ns_prefix(&bucket.namespace).as_slice()).map_err(unavailable)?);
-            let plugin_usage = row(plugins.get(bucket.namespace.plugin()).map_err(unavailable)?);
+            let table = txn.open_table(DATA).map_err(unavailable)?;
+            let (keys, bytes) = usage_row(&table, &ns_usage_key(&ns_prefix(&bucket.namespace)))?;
+            let bucket_usage = Usage { keys, bytes };
+            let (keys, bytes) = usage_row(&table, &plugin_usage_key(bucket.namespace.plugin()))?;
+            let plugin_usage = Usage { keys, bytes };
             Ok(UsageReport { bucket: bucket_usage, plugin: plugin_usage, quota: bucket.quota })
         })
     }
@@ -474,8 +504,6 @@ fn flush(db: &Database) -> Result<(), KvError> {
 
 struct Tables<'t> {
     data: ::redb::Table<'t, &'static [u8], &'static [u8]>,
-    ns_usage: ::redb::Table<'t, &'static [u8], (u64, u64)>,
-    plugin_usage: ::redb::Table<'t, &'static str, (u64, u64)>,
 }
 
 /// One transaction for the whole batch. `Err` only for a storage failure,
@@ -485,11 +513,7 @@ fn commit_batch(db: &Database, batch: &[Request], durable: bool) -> Result<Vec<R
     txn.set_durability(if durable { ::redb::Durability::Immediate } else { ::redb::Durability::None })
         .map_err(unavailable)?;
     let answers = {
-        let mut tables = Tables {
-            data: txn.open_table(DATA).map_err(unavailable)?,
-            ns_usage: txn.open_table(NS_USAGE).map_err(unavailable)?,
-            plugin_usage: txn.open_table(PLUGIN_USAGE).map_err(unavailable)?,
-        };
+        let mut tables = Tables { data: txn.open_table(DATA).map_err(unavailable)? };
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch {
             answers.push(apply(&mut tables, request)?);
@@ -579,7 +603,8 @@ fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError
         }
     }
     let plugin = request.namespace.plugin();
-    let (keys, bytes) = t.plugin_usage.get(plugin).map_err(unavailable)?.map(|v| v.value()).unwrap_or((0, 0));
+    let plugin_key = plugin_usage_key(plugin);
+    let (keys, bytes) = usage_row(&t.data, &plugin_key)?;
     let quota = &request.quota;
     let after = |now: u64, delta: i64| now.saturating_add_signed(delta);
     if delta_keys > 0 && after(keys, delta_keys) > quota.max_keys {
@@ -609,20 +634,10 @@ fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError
         }
     }
     if delta_keys != 0 || delta_bytes != 0 {
-        let row = (after(keys, delta_keys), after(bytes, delta_bytes));
-        if row == (0, 0) {
-            t.plugin_usage.remove(plugin).map_err(unavailable)?;
-        } else {
-            t.plugin_usage.insert(plugin, row).map_err(unavailable)?;
-        }
-        let (ns_keys, ns_bytes) =
-            t.ns_usage.get(prefix.as_slice()).map_err(unavailable)?.map(|v| v.value()).unwrap_or((0, 0));
-        let row = (after(ns_keys, delta_keys), after(ns_bytes, delta_bytes));
-        if row == (0, 0) {
-            t.ns_usage.remove(prefix.as_slice()).map_err(unavailable)?;
-        } else {
-            t.ns_usage.insert(prefix.as_slice(), row).map_err(unavailable)?;
-        }
+        put_usage_row(&mut t.data, &plugin_key, (after(keys, delta_keys), after(bytes, delta_bytes)))?;
+        let ns_key = ns_usage_key(&prefix);
+        let (ns_keys, ns_bytes) = usage_row(&t.data, &ns_key)?;
+        put_usage_row(&mut t.data, &ns_key, (after(ns_keys, delta_keys), after(ns_bytes, delta_bytes)))?;
     }
     Ok(Ok(answer))
 }
