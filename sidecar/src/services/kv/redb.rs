@@ -43,6 +43,7 @@
 //! Reads run on the caller's thread in a read transaction of their own
 //! (MVCC: never blocked by the writer) and see every acknowledged write.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::Path;
@@ -161,7 +162,17 @@ struct Request {
     cost: u64,
     reply: oneshot::Sender<Result<Answer, KvError>>,
     /// Held until the request is answered: what bounds the queue.
-    _budget: OwnedSemaphorePermit,
+    budget: OwnedSemaphorePermit,
+}
+
+impl Request {
+    /// Gives the queue budget back, then answers: a caller that has its
+    /// answer finds the room its write took already free.
+    fn answer(self, answer: Result<Answer, KvError>) {
+        let Request { reply, budget, .. } = self;
+        drop(budget);
+        let _ = reply.send(answer);
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> KvError {
@@ -232,7 +243,7 @@ impl RedbBackend {
             op,
             cost,
             reply,
-            _budget: permit,
+            budget: permit,
         };
         let queue = self.queue.as_ref().ok_or_else(|| unavailable("the writer has stopped"))?;
         queue.send(request).map_err(|_| unavailable("the writer has stopped"))?;
@@ -485,12 +496,12 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
                     unflushed = Some(Instant::now());
                 }
                 for (request, answer) in batch.into_iter().zip(answers) {
-                    let _ = request.reply.send(answer);
+                    request.answer(answer);
                 }
             }
             Err(e) => {
                 for request in batch {
-                    let _ = request.reply.send(Err(e.clone()));
+                    request.answer(Err(e.clone()));
                 }
             }
         }
@@ -524,26 +535,37 @@ fn commit_batch(db: &Database, batch: &[Request], durable: bool) -> Result<Vec<R
     Ok(answers)
 }
 
-/// One planned change: the key (without namespace) and its new value.
-type Change = (String, Option<Vec<u8>>);
+/// One planned change: the key (without namespace) and its new value,
+/// borrowed from the request (only a counter's new value is made here), so
+/// the writer copies no guest value before writing it.
+type Change<'r> = (&'r str, Option<Cow<'r, [u8]>>);
 
 /// Applies one operation: plans it, checks it, and only then writes.
-fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError>, KvError> {
+fn apply<'r>(t: &mut Tables<'_>, request: &'r Request) -> Result<Result<Answer, KvError>, KvError> {
     let prefix = ns_prefix(&request.namespace);
     let current = |t: &Tables<'_>, key: &str| -> Result<Option<Vec<u8>>, KvError> {
         Ok(t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec()))
     };
-    let (changes, answer): (Vec<Change>, Answer) = match &request.op {
-        Op::Set { key, value, expect: None } => (vec![(key.clone(), Some(value.clone()))], Answer::Unit),
+    let (changes, answer): (Vec<Change<'r>>, Answer) = match &request.op {
+        Op::Set { key, value, expect: None } => {
+            (vec![(key.as_str(), Some(Cow::Borrowed(value.as_slice())))], Answer::Unit)
+        }
         Op::Set { key, value, expect: Some(expected) } => {
-            if current(t, key)? != *expected {
+            // Compared in place: the stored value is not copied.
+            let stored = t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?;
+            let matches = match (stored, expected) {
+                (None, None) => true,
+                (Some(stored), Some(expected)) => stored.value() == expected.as_slice(),
+                _ => false,
+            };
+            if !matches {
                 return Ok(Ok(Answer::Bool(false)));
             }
-            (vec![(key.clone(), Some(value.clone()))], Answer::Bool(true))
+            (vec![(key.as_str(), Some(Cow::Borrowed(value.as_slice())))], Answer::Bool(true))
         }
         Op::Delete { key } => {
             let existed = t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.is_some();
-            (vec![(key.clone(), None)], Answer::Bool(existed))
+            (vec![(key.as_str(), None)], Answer::Bool(existed))
         }
         Op::Increment { key, delta } => {
             let now = match current(t, key)? {
@@ -565,19 +587,19 @@ fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError
             if let Err(e) = check_value(&request.quota, &value) {
                 return Ok(Err(e));
             }
-            (vec![(key.clone(), Some(value))], Answer::Int(next))
+            (vec![(key.as_str(), Some(Cow::Owned(value)))], Answer::Int(next))
         }
         Op::SetMany(items) => {
-            let last: BTreeMap<&String, &Vec<u8>> = items.iter().map(|(k, v)| (k, v)).collect();
-            (last.into_iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(), Answer::Unit)
+            let last: BTreeMap<&str, &[u8]> = items.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            (last.into_iter().map(|(k, v)| (k, Some(Cow::Borrowed(v)))).collect(), Answer::Unit)
         }
         Op::DeleteMany(keys) => {
-            let unique: BTreeSet<&String> = keys.iter().collect();
+            let unique: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
             let mut existing = 0;
             for key in &unique {
                 existing += u64::from(t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.is_some());
             }
-            (unique.into_iter().map(|k| (k.clone(), None)).collect(), Answer::Count(existing))
+            (unique.into_iter().map(|k| (k, None)).collect(), Answer::Count(existing))
         }
     };
 
@@ -626,7 +648,7 @@ fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError
         let full = full_key(&prefix, key);
         match new {
             Some(value) => {
-                t.data.insert(full.as_slice(), value.as_slice()).map_err(unavailable)?;
+                t.data.insert(full.as_slice(), value.as_ref()).map_err(unavailable)?;
             }
             None => {
                 t.data.remove(full.as_slice()).map_err(unavailable)?;
@@ -640,4 +662,51 @@ fn apply(t: &mut Tables<'_>, request: &Request) -> Result<Result<Answer, KvError
         put_usage_row(&mut t.data, &ns_key, (after(ns_keys, delta_keys), after(ns_bytes, delta_bytes)))?;
     }
     Ok(Ok(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::kv::backend::Namespace;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_callers_wait_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let bucket = Arc::new(Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota: Quota::default(),
+            durability: Durability::Immediate,
+        });
+        // Take all of the queue's budget, as queued writes would.
+        let held = Arc::clone(&backend.budget).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
+        let write = {
+            let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
+            tokio::spawn(async move { backend.set(&bucket, "k".into(), vec![1; 10]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!write.is_finished(), "a write was queued past the budget");
+        assert_eq!(backend.get(&bucket, "k").await.unwrap(), None);
+        drop(held);
+        write.await.unwrap().unwrap();
+        assert_eq!(backend.get(&bucket, "k").await.unwrap(), Some(vec![1; 10]));
+        assert_eq!(backend.budget.available_permits(), QUEUE_BYTES as usize, "answered writes give their budget back");
+    }
+
+    #[test]
+    fn namespace_prefixes_are_prefix_free_and_never_start_with_the_usage_byte() {
+        let names = ["a", "a-b", "b-c", "ab", "default", "c"];
+        let mut prefixes = Vec::new();
+        for plugin in names {
+            for bucket in names {
+                prefixes.push(ns_prefix(&Namespace::new(plugin, bucket).unwrap()));
+            }
+        }
+        for (i, a) in prefixes.iter().enumerate() {
+            assert_ne!(a[0], 0, "usage rows start with 0");
+            for (j, b) in prefixes.iter().enumerate() {
+                assert!(i == j || !b.starts_with(a), "{a:?} is a prefix of {b:?}");
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! file and line.
 
 use gatehouse::services::kv::policy::{Durability, Quota};
+use gatehouse::services::kv::{Bucket, KvError};
 
 use crate::common::{Policies, guest};
 
@@ -54,6 +55,18 @@ fn every_kv_field_is_read() {
     assert_eq!(kv.bucket("sessions").unwrap(), ("sessions", Durability::Immediate));
     assert_eq!(kv.bucket("").unwrap(), ("default", Durability::Immediate));
     assert!(kv.bucket("other").is_err());
+    // What a door opens: the grant decides the bucket and its durability.
+    let cache = Bucket::open("echo", &kv, "cache").unwrap();
+    assert_eq!((cache.namespace.plugin(), cache.namespace.bucket()), ("echo", "cache"));
+    assert_eq!(cache.durability, Durability::Relaxed);
+    assert_eq!(cache.quota, kv.quota);
+    assert_eq!(Bucket::open("echo", &kv, "").unwrap().namespace.bucket(), "default");
+    for refused in ["other", "Cache", "../cache", "cache\n"] {
+        match Bucket::open("echo", &kv, refused) {
+            Err(KvError::Denied(message)) => assert!(!message.contains('\n'), "{message}"),
+            other => panic!("{refused:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]
