@@ -169,7 +169,26 @@ pub struct Page {
 /// [`Durability::Relaxed`].
 ///
 /// Implementations must pass the behavioural suite in
-/// `sidecar/tests/all/kv.rs`.
+/// `sidecar/tests/all/kv/suite.rs`.
+///
+/// # Example
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), gatehouse::services::kv::KvError> {
+/// use gatehouse::services::kv::{Bucket, KvBackend, KvPolicy, RedbBackend};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = RedbBackend::open(&dir.path().join("kv.redb"))?;
+/// // What a door does for each call: the plugin's grant opens the bucket.
+/// let bucket = Bucket::open("my-plugin", &KvPolicy::default(), "")?;
+/// store.set(&bucket, "greeting".into(), b"hello".to_vec()).await?;
+/// assert_eq!(store.get(&bucket, "greeting").await?, Some(b"hello".to_vec()));
+/// assert_eq!(store.increment(&bucket, "visits".into(), 2).await?, 2);
+/// assert_eq!(store.get(&bucket, "visits").await?, Some(b"2".to_vec()));
+/// assert_eq!(store.usage(&bucket).await?.plugin.keys, 2);
+/// # Ok(()) }
+/// ```
 pub trait KvBackend: Send + Sync {
     /// The value of `key`, if any.
     fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>>;

@@ -9,6 +9,7 @@ use crate::ErrorKind;
 
 /// Which quota a write would break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum QuotaKind {
     /// `max_keys`: keys of the plugin, all buckets.
     Keys,
