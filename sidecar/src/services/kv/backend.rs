@@ -25,7 +25,7 @@ use std::pin::Pin;
 use sha2::{Digest, Sha256};
 
 use super::error::KvError;
-use super::policy::{Durability, KvPolicy, MAX_KEY_CEILING, Quota, check_bucket_name};
+use super::policy::{Durability, KvPolicy, MAX_KEY_CEILING, Quota, check_name};
 use crate::guest_text::{SHORT, escaped};
 
 /// Most keys one `list_keys` page returns; larger limits are lowered to it.
@@ -55,8 +55,8 @@ pub struct Namespace {
 impl Namespace {
     /// Checks both names.
     pub fn new(plugin: &str, bucket: &str) -> Result<Namespace, KvError> {
-        check_bucket_name(plugin).map_err(|e| KvError::InvalidInput(e.replace("bucket", "plugin")))?;
-        check_bucket_name(bucket).map_err(KvError::InvalidInput)?;
+        check_name("plugin", plugin).map_err(KvError::InvalidInput)?;
+        check_name("bucket", bucket).map_err(KvError::InvalidInput)?;
         Ok(Namespace { plugin: plugin.to_string(), bucket: bucket.to_string() })
     }
 
@@ -350,7 +350,8 @@ mod tests {
         assert!(check_prefix("").is_ok());
         assert!(check_limit(0).is_err());
         assert_eq!(check_limit(5000).unwrap(), MAX_PAGE);
-        assert!(Namespace::new("Alpha", "default").is_err());
+        let plugin = Namespace::new("Alpha", "default").unwrap_err().to_string();
+        assert!(plugin.starts_with("invalid plugin name `Alpha`"), "{plugin}");
         assert!(Namespace::new("alpha", "a/b").is_err());
     }
 }

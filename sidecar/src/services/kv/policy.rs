@@ -120,10 +120,16 @@ impl KvPolicy {
     }
 }
 
-/// Whether `name` is a valid bucket (or plugin) name: 1–64 of `a-z0-9_-`.
-/// Such names never contain a separator or a byte that could be read as
-/// part of another namespace.
+/// Whether `name` is a valid bucket name: 1–64 of `a-z0-9_-`. Such names
+/// never contain a separator or a byte that could be read as part of
+/// another namespace.
 pub fn check_bucket_name(name: &str) -> Result<(), String> {
+    check_name("bucket", name)
+}
+
+/// The rule of bucket names, for any name used in a namespace (plugin
+/// names follow it too); the message names `what`.
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name.len() <= MAX_BUCKET_NAME
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -131,7 +137,7 @@ pub fn check_bucket_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid bucket name `{}`: use 1 to {MAX_BUCKET_NAME} of `a-z`, `0-9`, `_` and `-`",
+            "invalid {what} name `{}`: use 1 to {MAX_BUCKET_NAME} of `a-z`, `0-9`, `_` and `-`",
             crate::guest_text::escaped(name, crate::guest_text::SHORT)
         ))
     }
