@@ -15,6 +15,7 @@ pub(super) struct PolicyFile {
     #[serde(default)]
     pub limits: LimitsSection,
     pub http: Option<HttpSection>,
+    pub kv: Option<KvSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,4 +67,19 @@ pub(super) struct InjectSection {
     pub secret: Spanned<String>,
     #[serde(default)]
     pub prefix: String,
+}
+
+/// `[kv]`: see `services::kv::policy` for the meaning of each field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvSection {
+    pub max_keys: Option<Spanned<i64>>,
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    pub max_key: Option<Spanned<ByteSize>>,
+    pub max_value: Option<Spanned<ByteSize>>,
+    pub rate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub buckets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub relaxed: Vec<Spanned<String>>,
 }

@@ -10,13 +10,15 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::error::{PolicyError, line_of};
-use super::file::{HttpSection, InjectSection, PolicyFile};
+use super::file::{HttpSection, InjectSection, KvSection, PolicyFile};
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
 use crate::bounded_read::{BoundedReadError, read_regular_file};
 use crate::services::http::policy::{
     AllowRule, BODYLESS_METHODS, HttpPolicy, Injection, Rate, is_granted_only, is_sidecar_managed,
 };
+use crate::services::kv::KvPolicy;
+use crate::services::kv::policy::{Entry, bucket_table, check_quota_field};
 
 /// Smallest memory limit that can run a real guest (its shadow stack alone
 /// is usually 1 MiB).
@@ -145,6 +147,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
     let named = v.check_name(&raw.plugin.name);
     let limits = v.limits(&raw.limits);
     let http = raw.http.as_ref().map(|section| v.http(section));
+    let kv = raw.kv.as_ref().map(|section| v.kv(section));
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
@@ -154,6 +157,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
             stdio: raw.plugin.stdio,
             limits,
             http,
+            kv,
         }),
         _ => {
             // In the order of the file, as a reader goes through it.
@@ -341,6 +345,53 @@ impl Validator<'_> {
         let trace = raw.methods.iter().flatten().find(|m| m.get_ref().eq_ignore_ascii_case("TRACE"));
         if let Some(trace) = trace.filter(|_| !raw.inject.is_empty()) {
             self.fail(trace, "method TRACE cannot be granted with [[http.inject]]: it reflects the credential".into());
+        }
+        policy
+    }
+
+    fn kv(&mut self, raw: &KvSection) -> KvPolicy {
+        let mut policy = KvPolicy::default();
+        let quota = &mut policy.quota;
+        if let Some(n) = &raw.max_keys {
+            let checked = u64::try_from(*n.get_ref())
+                .map_err(|_| format!("[kv] max_keys {} is negative", n.get_ref()))
+                .and_then(|keys| check_quota_field("max_keys", keys));
+            match checked {
+                Ok(keys) => quota.max_keys = keys,
+                Err(reason) => self.fail(n, reason),
+            }
+        }
+        for (field, value, slot) in [
+            ("max_bytes", &raw.max_bytes, &mut quota.max_bytes),
+            ("max_key", &raw.max_key, &mut quota.max_key),
+            ("max_value", &raw.max_value, &mut quota.max_value),
+        ] {
+            if let Some(size) = value {
+                match check_quota_field(field, size.get_ref().0) {
+                    Ok(bytes) => *slot = bytes,
+                    Err(reason) => self.fail(size, reason),
+                }
+            }
+        }
+        if let Some(rate) = &raw.rate {
+            match Rate::parse(rate.get_ref()) {
+                Ok(parsed) => policy.rate = parsed,
+                Err(reason) => self.fail(rate, reason),
+            }
+        }
+        let buckets: Vec<&str> = raw.buckets.iter().map(|b| b.get_ref().as_str()).collect();
+        let relaxed: Vec<&str> = raw.relaxed.iter().map(|b| b.get_ref().as_str()).collect();
+        match bucket_table(&buckets, &relaxed) {
+            Ok(table) => policy.buckets = table,
+            Err(problems) => {
+                for (entry, reason) in problems {
+                    let at = match entry {
+                        Entry::Granted(i) => &raw.buckets[i.min(raw.buckets.len() - 1)],
+                        Entry::Relaxed(i) => &raw.relaxed[i],
+                    };
+                    self.fail(at, reason);
+                }
+            }
         }
         policy
     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::services::http::HttpPolicy;
+use crate::services::kv::KvPolicy;
 
 pub use error::{PolicyError, shown};
 pub use load::{ComponentDir, MAX_COMPONENT_SIZE, MAX_POLICY_FILE, PolicyLoad, load_dir, load_dir_in};
@@ -58,6 +59,9 @@ pub struct PluginPolicy {
     pub limits: Limits,
     /// Outbound HTTP (`[http]`); `None` grants no network access at all.
     pub http: Option<HttpPolicy>,
+    /// Key-value storage (`[kv]`); `None` grants no storage. Removing the
+    /// section keeps the plugin's data (it is only no longer reachable).
+    pub kv: Option<KvPolicy>,
 }
 
 impl PluginPolicy {
@@ -65,6 +69,7 @@ impl PluginPolicy {
     pub fn grants(&self, section: &str) -> bool {
         match section {
             "http" => self.http.is_some(),
+            "kv" => self.kv.is_some(),
             _ => false,
         }
     }

@@ -12,6 +12,7 @@
 //! field here and touches no method of the runtime.
 
 pub mod http;
+pub mod kv;
 pub mod log;
 
 use std::sync::Arc;

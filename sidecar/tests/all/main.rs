@@ -12,6 +12,7 @@ mod http_logs;
 mod http_props;
 mod http_state;
 mod invoke;
+mod kv;
 mod logs;
 mod operator;
 mod policy;

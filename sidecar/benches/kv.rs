@@ -1,0 +1,244 @@
+//! Key-value storage benchmark: the redb backend (group-commit writer)
+//! against redb called directly from Rust, same disk, same run. Prints
+//! tables for BENCHMARKS.md.
+//!
+//! Durable `set` (100-byte values, a new key each), at 1, 8 and 64
+//! concurrent writers:
+//! - direct redb, one `Durability::Immediate` transaction per write (each
+//!   writer in `spawn_blocking`: redb runs one write transaction at a time,
+//!   so they queue on `begin_write`): the baseline every ratio is against;
+//! - `RedbBackend::set` on a durable bucket: group commit, one fsync per
+//!   batch, answered after it;
+//! - `RedbBackend::set` on a relaxed bucket (acknowledged before the fsync);
+//! - direct redb, one `Durability::None` transaction per write (no fsync:
+//!   the ceiling for one transaction per write).
+//!
+//! `get` of a random key among 10,000 (warm): `RedbBackend::get` against a
+//! direct read (`begin_read` + `open_table` + `get`), at 1 and 8 callers.
+//!
+//! Each row runs for a fixed time; rows alternate over three rounds and the
+//! median is kept. Run with `./dev bench` (or `cargo bench -p gatehouse
+//! --bench kv`); `GATEHOUSE_BENCH_DIR` picks the disk (default: the
+//! system's temporary directory).
+#![allow(missing_docs)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gatehouse::services::kv::backend::Namespace;
+use gatehouse::services::kv::policy::{Durability, Quota};
+use gatehouse::services::kv::{Bucket, KvBackend, RedbBackend};
+use redb::{ReadableDatabase, TableDefinition};
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bench");
+const ROUNDS: usize = 3;
+const SET_TIME: Duration = Duration::from_millis(1500);
+const GET_TIME: Duration = Duration::from_millis(1000);
+const KEYS: u64 = 10_000;
+const VALUE: [u8; 100] = [7; 100];
+
+type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+struct Path {
+    label: &'static str,
+    call: Call,
+}
+
+fn path<F, Fut>(label: &'static str, call: F) -> Path
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    Path { label, call: Arc::new(move |n| Box::pin(call(n))) }
+}
+
+fn bucket(name: &str, durability: Durability) -> Arc<Bucket> {
+    let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: 1024 };
+    Arc::new(Bucket { namespace: Namespace::new("bench", name).unwrap(), quota, durability })
+}
+
+fn direct_write(db: Arc<redb::Database>, durability: redb::Durability) -> Path {
+    let label = match durability {
+        redb::Durability::None => "direct redb, Durability::None per write",
+        _ => "direct redb, Durability::Immediate per write",
+    };
+    path(label, move |n| {
+        let db = db.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut txn = db.begin_write().unwrap();
+                txn.set_durability(durability).unwrap();
+                {
+                    let mut table = txn.open_table(TABLE).unwrap();
+                    table.insert(format!("key-{n}").as_bytes(), &VALUE[..]).unwrap();
+                }
+                txn.commit().unwrap();
+            })
+            .await
+            .unwrap();
+        }
+    })
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let base = std::env::var_os("GATEHOUSE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(base).unwrap();
+    rt.block_on(async {
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let direct = Arc::new(redb::Database::create(dir.path().join("direct.redb")).unwrap());
+        {
+            let txn = direct.begin_write().unwrap();
+            txn.open_table(TABLE).unwrap();
+            txn.commit().unwrap();
+        }
+
+        let durable = bucket("durable", Durability::Immediate);
+        let relaxed = bucket("relaxed", Durability::Relaxed);
+        let sets = [
+            direct_write(direct.clone(), redb::Durability::Immediate),
+            path("RedbBackend::set, durable bucket (group commit)", {
+                let (backend, b) = (backend.clone(), durable.clone());
+                move |n| {
+                    let (backend, b) = (backend.clone(), b.clone());
+                    async move { backend.set(&b, format!("key-{n}"), VALUE.to_vec()).await.unwrap() }
+                }
+            }),
+            path("RedbBackend::set, relaxed bucket", {
+                let (backend, b) = (backend.clone(), relaxed.clone());
+                move |n| {
+                    let (backend, b) = (backend.clone(), b.clone());
+                    async move { backend.set(&b, format!("key-{n}"), VALUE.to_vec()).await.unwrap() }
+                }
+            }),
+            direct_write(direct.clone(), redb::Durability::None),
+        ];
+        println!(
+            "durable set of a 100-byte value (a new key each), {} ms per row, median of {ROUNDS} rounds\n",
+            SET_TIME.as_millis()
+        );
+        println!("| path | writers | ops/s | p50 µs | p99 µs | vs one Immediate txn per write |");
+        println!("|---|---|---|---|---|---|");
+        for writers in [1, 8, 64] {
+            table(&sets, writers, SET_TIME).await;
+        }
+
+        // Reads: the same 10,000 keys in both stores.
+        let reads = bucket("reads", Durability::Immediate);
+        for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+            let items = chunk.iter().map(|i| (format!("read-{i}"), VALUE.to_vec())).collect();
+            backend.set_many(&reads, items).await.unwrap();
+        }
+        {
+            let txn = direct.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(TABLE).unwrap();
+                for i in 0..KEYS {
+                    table.insert(format!("read-{i}").as_bytes(), &VALUE[..]).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let gets = [
+            path("direct redb read (begin_read + open_table + get)", {
+                let db = direct.clone();
+                move |n| {
+                    let db = db.clone();
+                    async move {
+                        let txn = db.begin_read().unwrap();
+                        let table = txn.open_table(TABLE).unwrap();
+                        let key = format!("read-{}", scramble(n) % KEYS);
+                        assert_eq!(table.get(key.as_bytes()).unwrap().unwrap().value().len(), 100);
+                    }
+                }
+            }),
+            path("RedbBackend::get", {
+                let (backend, b) = (backend.clone(), reads.clone());
+                move |n| {
+                    let (backend, b) = (backend.clone(), b.clone());
+                    async move {
+                        let key = format!("read-{}", scramble(n) % KEYS);
+                        assert_eq!(backend.get(&b, &key).await.unwrap().unwrap().len(), 100);
+                    }
+                }
+            }),
+        ];
+        println!(
+            "\nget of a random key among {KEYS} (warm), {} ms per row, median of {ROUNDS} rounds\n",
+            GET_TIME.as_millis()
+        );
+        println!("| path | callers | ops/s | p50 µs | p99 µs | vs direct read |");
+        println!("|---|---|---|---|---|---|");
+        for callers in [1, 8] {
+            table(&gets, callers, GET_TIME).await;
+        }
+    });
+}
+
+/// Rows alternate over the rounds, so drift on a shared VM favours none.
+async fn table(paths: &[Path], callers: usize, time: Duration) {
+    let mut runs: Vec<Vec<Result>> = paths.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (path, runs) in paths.iter().zip(&mut runs) {
+            runs.push(run(callers, time, &path.call).await);
+        }
+    }
+    let medians: Vec<Result> = runs.into_iter().map(median).collect();
+    let baseline = medians[0].ops;
+    for (path, result) in paths.iter().zip(&medians) {
+        println!(
+            "| {} | {callers} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            path.label,
+            result.ops,
+            result.p50.as_secs_f64() * 1e6,
+            result.p99.as_secs_f64() * 1e6,
+            result.ops / baseline
+        );
+    }
+}
+
+fn scramble(n: u64) -> u64 {
+    n.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17
+}
+
+struct Result {
+    ops: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn median(mut runs: Vec<Result>) -> Result {
+    runs.sort_by(|a, b| a.ops.total_cmp(&b.ops));
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// Runs `call` from `callers` tasks for `time`; each call gets a new number.
+async fn run(callers: usize, time: Duration, call: &Call) -> Result {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while started.elapsed() < time {
+                    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                    let start = Instant::now();
+                    call(n).await;
+                    latencies.push(start.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Result { ops: all.len() as f64 / elapsed.as_secs_f64(), p50: all[all.len() / 2], p99: all[all.len() * 99 / 100] }
+}

@@ -1,0 +1,712 @@
+//! The embedded backend: one redb file in the data directory, written by
+//! one thread that commits concurrent writes together (group commit).
+//!
+//! # Layout
+//! - `kv_data`: `ns || key -> value`, where `ns` is the length-prefixed
+//!   plugin and bucket (`[len] plugin [len] bucket`). Names are 1–64 of
+//!   `a-z0-9_-`, so no namespace's prefix is a prefix of another's: a range
+//!   scan of one namespace never sees another's keys.
+//! - usage rows in the same table, under keys starting with a 0 byte (no
+//!   namespace prefix does: a length byte is at least 1): `0 'n' ns ->
+//!   (keys, bytes)` per namespace and `0 'p' plugin -> (keys, bytes)` per
+//!   plugin, 16 bytes little-endian. They change in the transaction that
+//!   changes the data, so usage is exact after any crash. Bytes are key +
+//!   value lengths (the key without the namespace prefix). One table, not
+//!   three: a commit then rewrites the pages of one B-tree, not three.
+//!
+//! # Group commit
+//! redb runs one write transaction at a time and every durable commit
+//! costs an fsync (hundreds per second on a VM disk). So every write is
+//! sent to one writer thread, which takes what is queued (up to
+//! [`MAX_BATCH_OPS`] operations or [`MAX_BATCH_BYTES`]), applies each
+//! operation in order inside one transaction, commits once and then
+//! answers each caller. Each operation is checked before it writes
+//! anything (sizes, quotas against the usage left by the operations before
+//! it, CAS expectations, counters): a refused operation writes nothing and
+//! its neighbours commit. Only a storage failure fails the whole batch, and
+//! then nothing of it is acknowledged.
+//!
+//! The queue is bounded in bytes, not just in entries: a caller waits for
+//! [`QUEUE_BYTES`] of budget (each entry costs its keys and values plus
+//! [`ENTRY_OVERHEAD`]) before its operation is queued, so the queue and a
+//! batch never hold more than that, whatever guests send.
+//!
+//! # Relaxed durability
+//! A batch made only of writes to relaxed buckets is committed without an
+//! fsync (`Durability::None`) and acknowledged at once. Such commits become
+//! durable with the next durable commit: the next batch with a durable
+//! write, or a flush the writer makes when [`RELAXED_FLUSH`] has passed
+//! since the first unflushed relaxed commit. A crash loses the relaxed
+//! writes acknowledged in that window (at most [`RELAXED_FLUSH`]), never a
+//! durable one, and never part of a write.
+//!
+//! Reads run on the caller's thread in a read transaction of their own
+//! (MVCC: never blocked by the writer) and see every acknowledged write.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use super::backend::{
+    Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Namespace, Page, Usage, UsageReport,
+    check_batch_len, check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
+};
+use super::error::{KvError, QuotaKind};
+use super::policy::{Durability, Quota};
+
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_data");
+
+/// The key of a namespace's usage row.
+fn ns_usage_key(ns_prefix: &[u8]) -> Vec<u8> {
+    [&[0, b'n'][..], ns_prefix].concat()
+}
+
+/// The key of a plugin's usage row.
+fn plugin_usage_key(plugin: &str) -> Vec<u8> {
+    [&[0, b'p'][..], plugin.as_bytes()].concat()
+}
+
+/// A usage row, or zeros when absent.
+fn usage_row(table: &impl ReadableTable<&'static [u8], &'static [u8]>, key: &[u8]) -> Result<(u64, u64), KvError> {
+    let Some(row) = table.get(key).map_err(unavailable)? else { return Ok((0, 0)) };
+    let row = row.value();
+    let (keys, bytes) = row
+        .split_at_checked(8)
+        .filter(|(_, b)| b.len() == 8)
+        .ok_or_else(|| KvError::Internal("a usage row is not 16 bytes".into()))?;
+    Ok((u64::from_le_bytes(keys.try_into().unwrap()), u64::from_le_bytes(bytes.try_into().unwrap())))
+}
+
+fn put_usage_row(
+    table: &mut ::redb::Table<'_, &'static [u8], &'static [u8]>,
+    key: &[u8],
+    row: (u64, u64),
+) -> Result<(), KvError> {
+    if row == (0, 0) {
+        table.remove(key).map_err(unavailable)?;
+    } else {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&row.0.to_le_bytes());
+        bytes[8..].copy_from_slice(&row.1.to_le_bytes());
+        table.insert(key, &bytes[..]).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Bytes the writer queue may hold (keys, values and per-entry overhead).
+pub const QUEUE_BYTES: u64 = 64 << 20;
+/// What each queued operation and each item of a batch call counts for,
+/// on top of its keys and values.
+pub const ENTRY_OVERHEAD: u64 = 256;
+/// Most operations applied in one transaction.
+pub const MAX_BATCH_OPS: usize = 1024;
+/// Most bytes of operations applied in one transaction (the writer stops
+/// taking more once a batch reaches it).
+pub const MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Longest time a relaxed write stays acknowledged but not on disk.
+pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
+
+/// The redb backend. Cheap to share behind an `Arc`; dropping it waits for
+/// the writer to finish what is queued.
+pub struct RedbBackend {
+    db: Arc<Database>,
+    queue: Option<mpsc::Sender<Request>>,
+    budget: Arc<Semaphore>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RedbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbBackend").finish_non_exhaustive()
+    }
+}
+
+/// One write, as the writer applies it.
+enum Op {
+    /// `expect`: `Some(expected)` makes it a compare-and-swap.
+    Set {
+        key: String,
+        value: Vec<u8>,
+        expect: Option<Option<Vec<u8>>>,
+    },
+    Delete {
+        key: String,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
+    SetMany(Vec<(String, Vec<u8>)>),
+    DeleteMany(Vec<String>),
+}
+
+enum Answer {
+    Unit,
+    Bool(bool),
+    Int(i64),
+    Count(u64),
+}
+
+struct Request {
+    namespace: Namespace,
+    quota: Quota,
+    durability: Durability,
+    op: Op,
+    cost: u64,
+    reply: oneshot::Sender<Result<Answer, KvError>>,
+    /// Held until the request is answered: what bounds the queue.
+    budget: OwnedSemaphorePermit,
+}
+
+impl Request {
+    /// Gives the queue budget back, then answers: a caller that has its
+    /// answer finds the room its write took already free.
+    fn answer(self, answer: Result<Answer, KvError>) {
+        let Request { reply, budget, .. } = self;
+        drop(budget);
+        let _ = reply.send(answer);
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> KvError {
+    KvError::Unavailable(e.to_string())
+}
+
+/// `[len] plugin [len] bucket`: the prefix of every key of a namespace.
+fn ns_prefix(ns: &Namespace) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(2 + ns.plugin().len() + ns.bucket().len());
+    prefix.push(ns.plugin().len() as u8);
+    prefix.extend_from_slice(ns.plugin().as_bytes());
+    prefix.push(ns.bucket().len() as u8);
+    prefix.extend_from_slice(ns.bucket().as_bytes());
+    prefix
+}
+
+fn full_key(prefix: &[u8], key: &str) -> Vec<u8> {
+    let mut full = Vec::with_capacity(prefix.len() + key.len());
+    full.extend_from_slice(prefix);
+    full.extend_from_slice(key.as_bytes());
+    full
+}
+
+impl RedbBackend {
+    /// Opens (or creates) the store at `path` and starts its writer. A file
+    /// that is not a redb database, or a damaged one, is `unavailable`
+    /// (never a panic), and so is a file another process has open.
+    pub fn open(path: &Path) -> Result<RedbBackend, KvError> {
+        let shown = crate::policy::shown(path);
+        let opened = std::panic::catch_unwind(|| Database::builder().create(path));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}"))),
+            Err(_) => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged"))),
+        };
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(DATA).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (queue, requests) = mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let writer = std::thread::Builder::new()
+            .name("gatehouse-kv-writer".into())
+            .spawn(move || writer(&writer_db, &requests))
+            .map_err(|e| KvError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(RedbBackend {
+            db,
+            queue: Some(queue),
+            budget: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
+            writer: Some(writer),
+        })
+    }
+
+    /// Queues `op` for the writer and waits for its answer.
+    async fn submit(&self, bucket: &Bucket, op: Op, bytes: u64, items: u64) -> Result<Answer, KvError> {
+        let cost = (bytes + ENTRY_OVERHEAD * items.max(1)).min(QUEUE_BYTES);
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(cost as u32)
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            namespace: bucket.namespace.clone(),
+            quota: bucket.quota,
+            durability: bucket.durability,
+            op,
+            cost,
+            reply,
+            budget: permit,
+        };
+        let queue = self.queue.as_ref().ok_or_else(|| unavailable("the writer has stopped"))?;
+        queue.send(request).map_err(|_| unavailable("the writer has stopped"))?;
+        answer.await.map_err(|_| KvError::Internal("the writer stopped before answering".into()))?
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&::redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(DATA).map_err(unavailable)?;
+        f(&table)
+    }
+}
+
+impl Drop for RedbBackend {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn sized(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+impl KvBackend for RedbBackend {
+    fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = full_key(&ns_prefix(&bucket.namespace), key);
+            self.read(|t| Ok(t.get(full.as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec())))
+        })
+    }
+
+    fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            let full = full_key(&ns_prefix(&bucket.namespace), key);
+            self.read(|t| Ok(t.get(full.as_slice()).map_err(unavailable)?.is_some()))
+        })
+    }
+
+    fn set<'a>(&'a self, bucket: &'a Bucket, key: String, value: Vec<u8>) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            check_key(&key)?;
+            check_value(&bucket.quota, &value)?;
+            let bytes = sized(&key, &value);
+            self.submit(bucket, Op::Set { key, value, expect: None }, bytes, 1).await.map(drop)
+        })
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a Bucket, key: String) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(&key)?;
+            let bytes = key.len() as u64;
+            match self.submit(bucket, Op::Delete { key }, bytes, 1).await? {
+                Answer::Bool(existed) => Ok(existed),
+                _ => Err(KvError::Internal("unexpected answer to delete".into())),
+            }
+        })
+    }
+
+    fn list_keys<'a>(
+        &'a self,
+        bucket: &'a Bucket,
+        prefix: &'a str,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> KvFuture<'a, Page> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let limit = check_limit(limit)? as usize;
+            let ns = ns_prefix(&bucket.namespace);
+            let from = full_key(&ns, prefix);
+            let after = cursor.map(|c| bucket.namespace.resume_after(c)).transpose()?.map(|k| full_key(&ns, &k));
+            let start = match &after {
+                Some(after) if *after >= from => Bound::Excluded(after.as_slice()),
+                _ => Bound::Included(from.as_slice()),
+            };
+            self.read(|t| {
+                let mut keys = Vec::new();
+                let mut more = false;
+                for entry in t.range::<&[u8]>((start, Bound::Unbounded)).map_err(unavailable)? {
+                    let (key, _) = entry.map_err(unavailable)?;
+                    let key = key.value();
+                    if !key.starts_with(&from) {
+                        break;
+                    }
+                    if keys.len() == limit {
+                        more = true;
+                        break;
+                    }
+                    let key = std::str::from_utf8(&key[ns.len()..])
+                        .map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
+                    keys.push(key.to_string());
+                }
+                let cursor = if more { keys.last().map(|k| bucket.namespace.cursor_after(k)) } else { None };
+                Ok(Page { keys, cursor })
+            })
+        })
+    }
+
+    fn get_many<'a>(&'a self, bucket: &'a Bucket, keys: &'a [String]) -> KvFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            check_batch_len(keys.len())?;
+            keys.iter().try_for_each(|k| check_key(k))?;
+            let ns = ns_prefix(&bucket.namespace);
+            self.read(|t| {
+                let mut values = Vec::with_capacity(keys.len());
+                let mut total = 0u64;
+                for key in keys {
+                    let value = t.get(full_key(&ns, key).as_slice()).map_err(unavailable)?;
+                    // Counted before copying: the answer stays bounded.
+                    total += value.as_ref().map_or(0, |v| v.value().len() as u64) + key.len() as u64;
+                    if total > MAX_CALL_BYTES {
+                        return Err(KvError::call_bound(total, MAX_CALL_BYTES));
+                    }
+                    values.push(value.map(|v| v.value().to_vec()));
+                }
+                Ok(values)
+            })
+        })
+    }
+
+    fn set_many<'a>(&'a self, bucket: &'a Bucket, items: Vec<(String, Vec<u8>)>) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            check_batch_len(items.len())?;
+            let mut bytes = 0;
+            for (key, value) in &items {
+                check_key(key)?;
+                check_value(&bucket.quota, value)?;
+                bytes += sized(key, value);
+            }
+            if bytes > MAX_CALL_BYTES {
+                return Err(KvError::call_bound(bytes, MAX_CALL_BYTES));
+            }
+            let n = items.len() as u64;
+            self.submit(bucket, Op::SetMany(items), bytes, n).await.map(drop)
+        })
+    }
+
+    fn delete_many<'a>(&'a self, bucket: &'a Bucket, keys: Vec<String>) -> KvFuture<'a, u64> {
+        Box::pin(async move {
+            check_batch_len(keys.len())?;
+            keys.iter().try_for_each(|k| check_key(k))?;
+            let bytes = keys.iter().map(|k| k.len() as u64).sum();
+            let n = keys.len() as u64;
+            match self.submit(bucket, Op::DeleteMany(keys), bytes, n).await? {
+                Answer::Count(n) => Ok(n),
+                _ => Err(KvError::Internal("unexpected answer to delete_many".into())),
+            }
+        })
+    }
+
+    fn increment<'a>(&'a self, bucket: &'a Bucket, key: String, delta: i64) -> KvFuture<'a, i64> {
+        Box::pin(async move {
+            check_key(&key)?;
+            let bytes = key.len() as u64 + 20;
+            match self.submit(bucket, Op::Increment { key, delta }, bytes, 1).await? {
+                Answer::Int(n) => Ok(n),
+                _ => Err(KvError::Internal("unexpected answer to increment".into())),
+            }
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        bucket: &'a Bucket,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(&key)?;
+            check_value(&bucket.quota, &new)?;
+            // An expected value longer than max_value can still match an old
+            // value stored under a higher limit; it is bounded by the ceiling.
+            if let Some(expected) = &expected
+                && expected.len() as u64 > super::policy::MAX_VALUE_CEILING
+            {
+                return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
+            }
+            let bytes = sized(&key, &new) + expected.as_ref().map_or(0, |e| e.len() as u64);
+            match self.submit(bucket, Op::Set { key, value: new, expect: Some(expected) }, bytes, 1).await? {
+                Answer::Bool(swapped) => Ok(swapped),
+                _ => Err(KvError::Internal("unexpected answer to compare_and_swap".into())),
+            }
+        })
+    }
+
+    fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
+        Box::pin(async move {
+            let txn = self.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DATA).map_err(unavailable)?;
+            let (keys, bytes) = usage_row(&table, &ns_usage_key(&ns_prefix(&bucket.namespace)))?;
+            let bucket_usage = Usage { keys, bytes };
+            let (keys, bytes) = usage_row(&table, &plugin_usage_key(bucket.namespace.plugin()))?;
+            let plugin_usage = Usage { keys, bytes };
+            Ok(UsageReport { bucket: bucket_usage, plugin: plugin_usage, quota: bucket.quota })
+        })
+    }
+}
+
+/// The writer thread: batches, applies, commits, answers. Ends when the
+/// backend is dropped, after a last durable commit.
+fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
+    let mut unflushed: Option<Instant> = None;
+    loop {
+        let first = match unflushed {
+            None => match requests.recv() {
+                Ok(request) => request,
+                Err(_) => return,
+            },
+            Some(since) => match requests.recv_timeout(RELAXED_FLUSH.saturating_sub(since.elapsed())) {
+                Ok(request) => request,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if flush(db).is_ok() {
+                        unflushed = None;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = flush(db);
+                    return;
+                }
+            },
+        };
+        let mut bytes = first.cost;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match requests.try_recv() {
+                Ok(request) => {
+                    bytes += request.cost;
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let durable = batch.iter().any(|r| r.durability == Durability::Immediate)
+            || unflushed.is_some_and(|since| since.elapsed() >= RELAXED_FLUSH);
+        match commit_batch(db, &batch, durable) {
+            Ok(answers) => {
+                if durable {
+                    unflushed = None;
+                } else if unflushed.is_none() {
+                    unflushed = Some(Instant::now());
+                }
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    request.answer(answer);
+                }
+            }
+            Err(e) => {
+                for request in batch {
+                    request.answer(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn flush(db: &Database) -> Result<(), KvError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    txn.commit().map_err(unavailable)
+}
+
+struct Tables<'t> {
+    data: ::redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+/// One transaction for the whole batch. `Err` only for a storage failure,
+/// which aborts everything; refusals are per operation.
+fn commit_batch(db: &Database, batch: &[Request], durable: bool) -> Result<Vec<Result<Answer, KvError>>, KvError> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(if durable { ::redb::Durability::Immediate } else { ::redb::Durability::None })
+        .map_err(unavailable)?;
+    let answers = {
+        let mut tables = Tables { data: txn.open_table(DATA).map_err(unavailable)? };
+        let mut answers = Vec::with_capacity(batch.len());
+        for request in batch {
+            answers.push(apply(&mut tables, request)?);
+        }
+        answers
+    };
+    txn.commit().map_err(unavailable)?;
+    Ok(answers)
+}
+
+/// One planned change: the key (without namespace) and its new value,
+/// borrowed from the request (only a counter's new value is made here), so
+/// the writer copies no guest value before writing it.
+type Change<'r> = (&'r str, Option<Cow<'r, [u8]>>);
+
+/// Applies one operation: plans it, checks it, and only then writes.
+fn apply<'r>(t: &mut Tables<'_>, request: &'r Request) -> Result<Result<Answer, KvError>, KvError> {
+    let prefix = ns_prefix(&request.namespace);
+    let current = |t: &Tables<'_>, key: &str| -> Result<Option<Vec<u8>>, KvError> {
+        Ok(t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec()))
+    };
+    let (changes, answer): (Vec<Change<'r>>, Answer) = match &request.op {
+        Op::Set { key, value, expect: None } => {
+            (vec![(key.as_str(), Some(Cow::Borrowed(value.as_slice())))], Answer::Unit)
+        }
+        Op::Set { key, value, expect: Some(expected) } => {
+            // Compared in place: the stored value is not copied.
+            let stored = t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?;
+            let matches = match (stored, expected) {
+                (None, None) => true,
+                (Some(stored), Some(expected)) => stored.value() == expected.as_slice(),
+                _ => false,
+            };
+            if !matches {
+                return Ok(Ok(Answer::Bool(false)));
+            }
+            (vec![(key.as_str(), Some(Cow::Borrowed(value.as_slice())))], Answer::Bool(true))
+        }
+        Op::Delete { key } => {
+            let existed = t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.is_some();
+            (vec![(key.as_str(), None)], Answer::Bool(existed))
+        }
+        Op::Increment { key, delta } => {
+            let now = match current(t, key)? {
+                None => 0,
+                Some(value) => match parse_counter(&value) {
+                    Some(n) => n,
+                    None => {
+                        return Ok(Err(KvError::Conflict(format!(
+                            "the value of `{}` is not a decimal integer",
+                            crate::guest_text::escaped(key, crate::guest_text::SHORT)
+                        ))));
+                    }
+                },
+            };
+            let Some(next) = now.checked_add(*delta) else {
+                return Ok(Err(KvError::Conflict(format!("{now} + {delta} overflows a signed 64-bit integer"))));
+            };
+            let value = next.to_string().into_bytes();
+            if let Err(e) = check_value(&request.quota, &value) {
+                return Ok(Err(e));
+            }
+            (vec![(key.as_str(), Some(Cow::Owned(value)))], Answer::Int(next))
+        }
+        Op::SetMany(items) => {
+            let last: BTreeMap<&str, &[u8]> = items.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            (last.into_iter().map(|(k, v)| (k, Some(Cow::Borrowed(v)))).collect(), Answer::Unit)
+        }
+        Op::DeleteMany(keys) => {
+            let unique: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+            let mut existing = 0;
+            for key in &unique {
+                existing += u64::from(t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.is_some());
+            }
+            (unique.into_iter().map(|k| (k, None)).collect(), Answer::Count(existing))
+        }
+    };
+
+    // Check: what the changes do to usage, before anything is written.
+    let mut delta_keys: i64 = 0;
+    let mut delta_bytes: i64 = 0;
+    for (key, new) in &changes {
+        let old = t.data.get(full_key(&prefix, key).as_slice()).map_err(unavailable)?.map(|v| v.value().len());
+        match (old, new) {
+            (None, Some(value)) => {
+                if let Err(e) = check_new_key(&request.quota, key.as_bytes()) {
+                    return Ok(Err(e));
+                }
+                delta_keys += 1;
+                delta_bytes += (key.len() + value.len()) as i64;
+            }
+            (Some(old), Some(value)) => delta_bytes += value.len() as i64 - old as i64,
+            (Some(old), None) => {
+                delta_keys -= 1;
+                delta_bytes -= (key.len() + old) as i64;
+            }
+            (None, None) => {}
+        }
+    }
+    let plugin = request.namespace.plugin();
+    let plugin_key = plugin_usage_key(plugin);
+    let (keys, bytes) = usage_row(&t.data, &plugin_key)?;
+    let quota = &request.quota;
+    let after = |now: u64, delta: i64| now.saturating_add_signed(delta);
+    if delta_keys > 0 && after(keys, delta_keys) > quota.max_keys {
+        let needed = after(keys, delta_keys);
+        return Ok(Err(KvError::QuotaExceeded { quota: QuotaKind::Keys, usage: keys, needed, limit: quota.max_keys }));
+    }
+    if delta_bytes > 0 && after(bytes, delta_bytes) > quota.max_bytes {
+        let needed = after(bytes, delta_bytes);
+        return Ok(Err(KvError::QuotaExceeded {
+            quota: QuotaKind::Bytes,
+            usage: bytes,
+            needed,
+            limit: quota.max_bytes,
+        }));
+    }
+
+    // Apply: data and both usage rows, in this transaction.
+    for (key, new) in &changes {
+        let full = full_key(&prefix, key);
+        match new {
+            Some(value) => {
+                t.data.insert(full.as_slice(), value.as_ref()).map_err(unavailable)?;
+            }
+            None => {
+                t.data.remove(full.as_slice()).map_err(unavailable)?;
+            }
+        }
+    }
+    if delta_keys != 0 || delta_bytes != 0 {
+        put_usage_row(&mut t.data, &plugin_key, (after(keys, delta_keys), after(bytes, delta_bytes)))?;
+        let ns_key = ns_usage_key(&prefix);
+        let (ns_keys, ns_bytes) = usage_row(&t.data, &ns_key)?;
+        put_usage_row(&mut t.data, &ns_key, (after(ns_keys, delta_keys), after(ns_bytes, delta_bytes)))?;
+    }
+    Ok(Ok(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::kv::backend::Namespace;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_callers_wait_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let bucket = Arc::new(Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota: Quota::default(),
+            durability: Durability::Immediate,
+        });
+        // Take all of the queue's budget, as queued writes would.
+        let held = Arc::clone(&backend.budget).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
+        let write = {
+            let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
+            tokio::spawn(async move { backend.set(&bucket, "k".into(), vec![1; 10]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!write.is_finished(), "a write was queued past the budget");
+        assert_eq!(backend.get(&bucket, "k").await.unwrap(), None);
+        drop(held);
+        write.await.unwrap().unwrap();
+        assert_eq!(backend.get(&bucket, "k").await.unwrap(), Some(vec![1; 10]));
+        assert_eq!(backend.budget.available_permits(), QUEUE_BYTES as usize, "answered writes give their budget back");
+    }
+
+    #[test]
+    fn namespace_prefixes_are_prefix_free_and_never_start_with_the_usage_byte() {
+        let names = ["a", "a-b", "b-c", "ab", "default", "c"];
+        let mut prefixes = Vec::new();
+        for plugin in names {
+            for bucket in names {
+                prefixes.push(ns_prefix(&Namespace::new(plugin, bucket).unwrap()));
+            }
+        }
+        for (i, a) in prefixes.iter().enumerate() {
+            assert_ne!(a[0], 0, "usage rows start with 0");
+            for (j, b) in prefixes.iter().enumerate() {
+                assert!(i == j || !b.starts_with(a), "{a:?} is a prefix of {b:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The key-value service's storage core: the `[kv]` policy section, and
+//! the behavioural suite every backend must pass (run here on redb files
+//! in temporary directories), crash safety included.
+
+mod crash;
+mod policy;
+mod props;
+mod redb;
+pub mod suite;
