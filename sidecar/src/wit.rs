@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 /// Each file of `wit/`, by name.
 pub const FILES: &[(&str, &str)] = &[
     ("http-client.wit", include_str!("../../wit/http-client.wit")),
+    ("kv.wit", include_str!("../../wit/kv.wit")),
     ("log.wit", include_str!("../../wit/log.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("worlds.wit", include_str!("../../wit/worlds.wit")),

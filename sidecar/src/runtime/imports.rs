@@ -61,6 +61,7 @@ fn rule(package: &str, interface: &str, serves_http: bool) -> Rule {
         ("wasi:http", "types") if serves_http => Rule::Always,
         ("wasi:http", "types") => Rule::Needs("http"),
         ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler") => Rule::Needs("http"),
+        ("gatehouse:services", "kv") => Rule::Needs("kv"),
         ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
     }

@@ -13,6 +13,7 @@ use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 use super::state::PluginState;
 use crate::bindings::gatehouse::services as gatehouse;
 use crate::services::http::host::HttpClientService;
+use crate::services::kv::KvService;
 use crate::services::log::LogService;
 
 pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
@@ -57,6 +58,9 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
     // for everyone, usable only with an [http] grant (see `imports`).
     gatehouse::http_client::add_to_linker::<S, HttpClientService>(l, |s| &mut s.http)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
+
+    // The key-value store (`services::kv`), usable only with a [kv] grant.
+    gatehouse::kv::add_to_linker::<S, KvService>(l, |s| &mut s.kv)?;
 
     Ok(linker)
 }

@@ -54,10 +54,11 @@ use crate::policy::{PluginPolicy, PolicyError, PolicySet};
 use crate::secrets::SecretSource;
 use crate::services::Services;
 use crate::services::http::PluginHttp;
+use crate::services::kv::PluginKv;
 use crate::services::log::PluginTag;
 use crate::{Document, PluginInfo};
 use slots::{Admission, Admitted, Pool, Queued, SlotTable, Slots};
-use state::PluginState;
+use state::{Granted, PluginState};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode as HttpErrorCode, Scheme};
@@ -144,7 +145,8 @@ struct LoadedPlugin {
     entry: Entry,
     /// Shared by every loaded version of the plugin (see [`Slots`]).
     slots: Arc<Slots>,
-    http: Option<Arc<PluginHttp>>,
+    /// The services its policy grants, shared by its invocations.
+    granted: Granted,
     /// Bytes one host call (or the output) may lift from guest memory.
     hostcall_fuel: usize,
 }
@@ -539,7 +541,7 @@ impl Runtime {
             &loaded.entry,
             &loaded.policy,
             &loaded.tag,
-            &loaded.http,
+            &loaded.granted,
             loaded.hostcall_fuel,
             Call::Handle(input),
         );
@@ -639,7 +641,9 @@ impl Runtime {
             async move {
                 let _slots = runtime.admit(&loaded, &name).await?;
                 let call = Call::Http(request, respond);
-                runtime.run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.http, loaded.hostcall_fuel, call).await
+                runtime
+                    .run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.granted, loaded.hostcall_fuel, call)
+                    .await
             }
             .in_current_span(),
         );
@@ -713,6 +717,15 @@ impl Runtime {
             )?)),
             None => None,
         };
+        let kv = match &policy.kv {
+            Some(grant) => {
+                let store =
+                    self.services.kv.clone().ok_or("it has a [kv] grant, but no key-value store is configured")?;
+                Some(Arc::new(PluginKv::new(&policy.name, grant.clone(), store)))
+            }
+            None => None,
+        };
+        let granted = Granted { http, kv };
 
         let hostcall_fuel = usize::try_from(hostcall_fuel(policy)).unwrap_or(usize::MAX);
 
@@ -720,13 +733,13 @@ impl Runtime {
         let mut info_policy = policy.clone();
         info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
         let info = match &entry {
-            Entry::Plugin(_) => match self.run(&entry, &info_policy, &tag, &http, hostcall_fuel, Call::Info).await {
+            Entry::Plugin(_) => match self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Info).await {
                 Ok(Reply::Info(info)) => info,
                 Ok(_) => unreachable!("asked for info"),
                 Err(e) => return Err(format!("info() failed: {e}")),
             },
             Entry::Proxy(_) => {
-                if let Err(e) = self.run(&entry, &info_policy, &tag, &http, hostcall_fuel, Call::Probe).await {
+                if let Err(e) = self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Probe).await {
                     return Err(format!("instantiating it failed: {e}"));
                 }
                 // A standard component says nothing about itself: its
@@ -750,7 +763,7 @@ impl Runtime {
         // kept a gigabyte for the server's life).
         let mut policy = policy.clone();
         policy.component.bytes = Arc::from(Vec::new());
-        Ok(LoadedPlugin { policy, tag, info, entry, slots, http, hostcall_fuel })
+        Ok(LoadedPlugin { policy, tag, info, entry, slots, granted, hostcall_fuel })
     }
 
     fn entry(&self, component: &Component) -> Result<Entry, String> {
@@ -770,12 +783,12 @@ impl Runtime {
         entry: &Entry,
         policy: &PluginPolicy,
         tag: &Arc<PluginTag>,
-        http: &Option<Arc<PluginHttp>>,
+        granted: &Granted,
         hostcall_fuel: usize,
         call: Call,
     ) -> Result<Reply, InvokeError> {
         let timeout = policy.limits.timeout;
-        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, http.clone()));
+        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, granted));
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(hostcall_fuel);
         // Check the deadline on every epoch tick. In between, yield to the

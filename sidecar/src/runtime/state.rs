@@ -12,11 +12,20 @@ use super::limits::InvocationLimiter;
 use crate::policy::{PluginPolicy, Stdio};
 use crate::services::http::PluginHttp;
 use crate::services::http::host::HttpHost;
+use crate::services::kv::{KvHost, PluginKv};
 use crate::services::log::stdio::{CapturedOutput, Stream};
 use crate::services::log::{Logger, PluginTag};
 
 /// Most bytes one `wasi:random` call may ask for.
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The services granted to one loaded plugin, shared by its invocations:
+/// each is `None` when the policy has no section for it.
+#[derive(Clone, Default)]
+pub(crate) struct Granted {
+    pub(crate) http: Option<Arc<PluginHttp>>,
+    pub(crate) kv: Option<Arc<PluginKv>>,
+}
 
 pub(crate) struct PluginState {
     wasi: WasiCtx,
@@ -25,10 +34,12 @@ pub(crate) struct PluginState {
     pub(crate) logger: Logger,
     pub(crate) http: HttpHost,
     http_ctx: WasiHttpCtx,
+    pub(crate) kv: KvHost,
 }
 
 impl PluginState {
-    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>, http: Option<Arc<PluginHttp>>) -> Self {
+    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>, granted: &Granted) -> Self {
+        let http = granted.http.clone();
         let logger = Logger::new(tag.clone());
         // No arguments, no environment variables, no preopened directories:
         // the builder grants nothing unless asked, and we never ask.
@@ -63,6 +74,7 @@ impl PluginState {
             logger,
             http: HttpHost::new(http, open_requests),
             http_ctx,
+            kv: KvHost::new(granted.kv.clone()),
         }
     }
 }

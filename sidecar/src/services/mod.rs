@@ -11,6 +11,7 @@
 //! the import table and its lines in the linker, so a new service adds a
 //! field here and touches no method of the runtime.
 
+pub(crate) mod budget;
 pub mod http;
 pub mod kv;
 pub mod log;
@@ -19,11 +20,14 @@ use std::sync::Arc;
 
 use http::HttpGateway;
 use http::resolve::{Lookup, SystemLookup};
+use kv::KvStore;
 
 /// Every service's shared state.
 pub struct Services {
     /// Outbound HTTP: the resolver, each plugin's pools and counters.
     pub http: Arc<HttpGateway>,
+    /// The key-value store; `None` refuses every plugin with `[kv]` at load.
+    pub kv: Option<Arc<KvStore>>,
 }
 
 /// A service that could not be started.
@@ -38,13 +42,19 @@ pub enum ServicesError {
 impl Services {
     /// The services as the settings describe them, with the system's DNS
     /// resolver.
-    pub fn from_config(_config: &crate::config::Config) -> Result<Services, ServicesError> {
-        Services::with_dns(Arc::new(SystemLookup))
+    pub fn from_config(config: &crate::config::Config) -> Result<Services, ServicesError> {
+        Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(KvStore::redb(config.data_dir.join("kv"))))
     }
 
-    /// The services with another DNS resolver for outbound HTTP: tests and
-    /// benchmarks point names at loopback servers without a DNS server.
+    /// These services with `store` as the key-value store.
+    pub fn with_kv(self, store: KvStore) -> Services {
+        Services { kv: Some(Arc::new(store)), ..self }
+    }
+
+    /// The services with another DNS resolver for outbound HTTP (tests and
+    /// benchmarks point names at loopback servers without a DNS server),
+    /// and no key-value store.
     pub fn with_dns(lookup: Arc<dyn Lookup>) -> Result<Services, ServicesError> {
-        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?) })
+        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?), kv: None })
     }
 }

@@ -26,7 +26,6 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
 
 use super::addr::classify;
-use super::budget::Budget;
 use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
 use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
@@ -35,6 +34,7 @@ use super::transport::{self, Informational, MAX_RESPONSE_HEAD, Response, Transpo
 use super::url::{Target, TargetHost, normalize};
 use crate::guest_text::{LINE, SHORT, escaped};
 use crate::secrets::SecretSource;
+use crate::services::budget::Budget;
 
 /// Refusal log lines one plugin may write at once (the bucket's burst)...
 pub const REFUSAL_LOG_BURST: u32 = 10;

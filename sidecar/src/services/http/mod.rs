@@ -12,13 +12,12 @@
 //! - [`transport`]: the pooled HTTP/1.1 client (hyper-util, rustls), one
 //!   pool per address zone.
 //! - [`gateway`]: the pipeline, the per-plugin rate and log budgets and
-//!   metrics (`budget`: the token bucket both use).
+//!   metrics (`services::budget`: the token bucket both use).
 //! - [`host`]: the two doors, translating guest requests into the pipeline
 //!   and its errors back into each door's vocabulary.
 //! - [`explain`]: the same checks, dry, for `gatehouse policy explain-url`.
 
 pub mod addr;
-mod budget;
 pub mod error;
 pub mod explain;
 pub mod gateway;

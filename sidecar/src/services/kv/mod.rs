@@ -13,10 +13,12 @@
 
 pub mod backend;
 pub mod error;
+pub mod host;
 pub mod policy;
 pub mod redb;
 
 pub use backend::{Bucket, KvBackend, Namespace, Page, Usage, UsageReport};
 pub use error::{KvError, QuotaKind};
+pub use host::{KvHost, KvService, KvStore, PluginKv};
 pub use policy::KvPolicy;
 pub use redb::RedbBackend;

@@ -3,6 +3,7 @@
 //! in temporary directories), crash safety included.
 
 mod crash;
+mod door;
 mod policy;
 mod props;
 mod redb;

@@ -1,4 +1,4 @@
-//! Token buckets for a plugin's request rate and its refusal log lines.
+//! Token buckets: a plugin's request rate (outbound HTTP, key-value) and its refusal log lines.
 //!
 //! Why not `governor`: a request spends its token before the connector
 //! resolves the host, and the address guard can still refuse it there. The
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// `burst` tokens, refilled one every `interval`.
 #[derive(Debug)]
-pub(super) struct Budget {
+pub(crate) struct Budget {
     /// Nanoseconds per token.
     interval: u64,
     /// Nanoseconds of credit a full bucket holds (`burst * interval`).
@@ -24,7 +24,7 @@ pub(super) struct Budget {
 
 impl Budget {
     /// A full bucket of `burst` tokens (at least one).
-    pub(super) fn new(burst: u32, interval: Duration) -> Self {
+    pub(crate) fn new(burst: u32, interval: Duration) -> Self {
         let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
         Budget {
             interval,
@@ -39,7 +39,7 @@ impl Budget {
     }
 
     /// Takes a token, or says how long until one is available.
-    pub(super) fn take(&self) -> Result<(), Duration> {
+    pub(crate) fn take(&self) -> Result<(), Duration> {
         let now = self.now();
         let mut wait = 0;
         let taken = self.full_at.fetch_update(Ordering::AcqRel, Ordering::Acquire, |full_at| {
@@ -56,7 +56,7 @@ impl Budget {
 
     /// Gives back a token taken with [`Budget::take`] that paid for
     /// nothing. The bucket never holds more than `burst` tokens.
-    pub(super) fn refund(&self) {
+    pub(crate) fn refund(&self) {
         let _ = self
             .full_at
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |full_at| Some(full_at.saturating_sub(self.interval)));

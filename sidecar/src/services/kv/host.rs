@@ -1,0 +1,233 @@
+//! The `gatehouse:services/kv` door: each call opens the bucket the
+//! plugin's `[kv]` grant names, takes a token of its rate, and goes to the
+//! one backend. (The `wasi:keyvalue` doors, next, go the same way.)
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use wasmtime::component::HasData;
+
+use super::backend::{Bucket, KvBackend};
+use super::error::KvError;
+use super::policy::KvPolicy;
+use super::redb::RedbBackend;
+use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport};
+use crate::error::{ErrorKind, GuestError};
+use crate::services::budget::Budget;
+use crate::services::http::policy::Per;
+
+/// The sidecar's store, opened at the first call that needs it, so that a
+/// sidecar (or a `policy check`) whose plugins never store anything
+/// creates no file. A failed open is tried again at the next call.
+pub struct KvStore {
+    dir: PathBuf,
+    backend: OnceCell<Arc<dyn KvBackend>>,
+}
+
+impl KvStore {
+    /// The redb store in `dir` (created with mode 0700 and checked like
+    /// the code cache: a directory others may write is refused).
+    pub fn redb(dir: PathBuf) -> KvStore {
+        KvStore { dir, backend: OnceCell::new() }
+    }
+
+    /// A store over an open backend (tests, and a PostgreSQL backend).
+    pub fn with_backend(backend: Arc<dyn KvBackend>) -> KvStore {
+        KvStore { dir: PathBuf::new(), backend: OnceCell::new_with(Some(backend)) }
+    }
+
+    async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
+        self.backend
+            .get_or_try_init(|| async {
+                crate::data_dir::secure(&self.dir)
+                    .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
+                let backend = RedbBackend::open(&self.dir.join("store.redb"))?;
+                Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+            })
+            .await
+    }
+}
+
+/// One plugin's `[kv]` grant, shared by all its invocations: the policy,
+/// the store, and the rate budget.
+pub struct PluginKv {
+    plugin: String,
+    policy: KvPolicy,
+    store: Arc<KvStore>,
+    rate: Budget,
+}
+
+impl PluginKv {
+    /// `plugin`'s grant on `store`.
+    pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
+        let per = match policy.rate.per {
+            Per::Second => Duration::from_secs(1),
+            Per::Minute => Duration::from_secs(60),
+            Per::Hour => Duration::from_secs(3600),
+        };
+        let count = policy.rate.count.get();
+        let rate = Budget::new(count, per / count);
+        PluginKv { plugin: plugin.to_string(), policy, store, rate }
+    }
+}
+
+/// Per-invocation state of the door: the plugin's grant, or `None` when
+/// its policy has no `[kv]` (such a plugin is refused at load if it
+/// imports the interface, so `None` is a second line of defence).
+#[derive(Clone, Default)]
+pub struct KvHost {
+    plugin: Option<Arc<PluginKv>>,
+}
+
+impl KvHost {
+    /// The door for a plugin with (or without) a `[kv]` grant.
+    pub fn new(plugin: Option<Arc<PluginKv>>) -> KvHost {
+        KvHost { plugin }
+    }
+
+    /// The plugin's grant, the bucket it names, and the backend, once a
+    /// rate token is taken.
+    async fn open(&self, bucket: &str) -> Result<(Bucket, &Arc<dyn KvBackend>), GuestError> {
+        let Some(plugin) = &self.plugin else {
+            return Err(guest(ErrorKind::Denied, "the policy has no [kv] section".into(), None));
+        };
+        if let Err(wait) = plugin.rate.take() {
+            let message = format!("key-value rate of {} exceeded", plugin.policy.rate);
+            return Err(guest(ErrorKind::RateLimited, message, Some(wait)));
+        }
+        let bucket = Bucket::open(&plugin.plugin, &plugin.policy, bucket).map_err(to_guest)?;
+        let backend = plugin.store.backend().await.map_err(to_guest)?;
+        Ok((bucket, backend))
+    }
+}
+
+fn guest(kind: ErrorKind, message: String, retry: Option<Duration>) -> GuestError {
+    let retry_after_ms = retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+    GuestError { kind, message, retry_after_ms }
+}
+
+fn to_guest(error: KvError) -> GuestError {
+    guest(error.kind(), error.to_string(), None)
+}
+
+/// Links `gatehouse:services/kv` against [`KvHost`].
+pub struct KvService;
+
+impl HasData for KvService {
+    type Data<'a> = &'a mut KvHost;
+}
+
+type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
+
+impl Host for KvHost {
+    async fn get(&mut self, bucket: String, key: String) -> Answer<Option<Vec<u8>>> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.get(&bucket, &key).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn set(&mut self, bucket: String, key: String, value: Vec<u8>) -> Answer<()> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.set(&bucket, key, value).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn delete(&mut self, bucket: String, key: String) -> Answer<bool> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.delete(&bucket, key).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn exists(&mut self, bucket: String, key: String) -> Answer<bool> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.exists(&bucket, &key).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: String,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> Answer<KeyPage> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            let page = store.list_keys(&bucket, &prefix, cursor.as_deref(), limit).await.map_err(to_guest)?;
+            Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+        }
+        .await)
+    }
+
+    async fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.get_many(&bucket, &keys).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn set_many(&mut self, bucket: String, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.set_many(&bucket, pairs).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn delete_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<u64> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.delete_many(&bucket, keys).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn increment(&mut self, bucket: String, key: String, delta: i64) -> Answer<i64> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.increment(&bucket, key, delta).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        bucket: String,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Answer<bool> {
+        Ok(async {
+            let (bucket, store) = self.open(&bucket).await?;
+            store.compare_and_swap(&bucket, key, expected, new).await.map_err(to_guest)
+        }
+        .await)
+    }
+
+    async fn usage(&mut self) -> Answer<UsageReport> {
+        Ok(async {
+            let (bucket, store) = self.open("").await?;
+            let report = store.usage(&bucket).await.map_err(to_guest)?;
+            Ok(UsageReport {
+                keys: report.plugin.keys,
+                bytes: report.plugin.bytes,
+                max_keys: report.quota.max_keys,
+                max_bytes: report.quota.max_bytes,
+                max_key: report.quota.max_key,
+                max_value: report.quota.max_value,
+            })
+        }
+        .await)
+    }
+}
