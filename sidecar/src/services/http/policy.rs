@@ -58,8 +58,8 @@ pub const ALWAYS_DENIED_PREFIX: &str = "proxy-";
 /// overrides (`methods = ["GET"]` must not deliver a `DELETE`), forwarding
 /// headers (a forged `Host` or client address) and URL rewrites. Refused
 /// unless the policy lists the name in `allow_headers`; every name starting
-/// with [`GRANTED_ONLY_PREFIX`] is in the family too. Compared like every
-/// header name ([`same_header`]).
+/// with one of [`GRANTED_ONLY_PREFIXES`] is in the family too. Compared
+/// like every header name ([`same_header`]).
 pub const GRANTED_ONLY_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
@@ -76,10 +76,20 @@ pub const GRANTED_ONLY_HEADERS: &[&str] = &[
     "true-client-ip",
     "x-cluster-client-ip",
     "client-ip",
+    "x-override-url",
+    "x-http-destinationurl",
+    "via",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-originating-ip",
 ];
 
-/// `x-forwarded-for`, `-host`, `-proto`, `-port`, `-prefix`, `-server`, ...
-pub const GRANTED_ONLY_PREFIX: &str = "x-forwarded-";
+/// `x-forwarded`, `x-forwarded-for`, `-host`, `-proto`, `-prefix`, ...;
+/// `x-original-url`, `-path`, `-forwarded-for`, ...; Envoy's own
+/// `x-envoy-*` (`x-envoy-original-path`), which it trusts from its peers.
+pub const GRANTED_ONLY_PREFIXES: &[&str] = &["x-forwarded", "x-original-", "x-envoy-"];
 
 /// Methods whose requests carry no body unless the policy lists the method
 /// in `body_methods`: servers that do not expect one (Python's
@@ -90,7 +100,8 @@ pub const BODYLESS_METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "TRACE"];
 /// Whether `name` is in the method-override and forwarding family
 /// ([`GRANTED_ONLY_HEADERS`]), in any spelling [`same_header`] accepts.
 pub fn is_granted_only(name: &str) -> bool {
-    let prefix = name.get(..GRANTED_ONLY_PREFIX.len()).is_some_and(|p| same_header(p, GRANTED_ONLY_PREFIX));
+    let prefix =
+        GRANTED_ONLY_PREFIXES.iter().any(|prefix| name.get(..prefix.len()).is_some_and(|p| same_header(p, prefix)));
     prefix || GRANTED_ONLY_HEADERS.iter().any(|family| same_header(family, name))
 }
 
@@ -538,6 +549,19 @@ mod tests {
             "X-Host",
             "X-Real-IP",
             "True-Client-IP",
+            // An outside review got these through before the family grew.
+            "X-Forwarded",
+            "X-Original-Forwarded-For",
+            "X-Original-Path",
+            "X-Envoy-Original-Path",
+            "X-Override-URL",
+            "X-HTTP-DestinationURL",
+            "Via",
+            "CF-Connecting-IP",
+            "Fastly-Client-IP",
+            "X-Remote-IP",
+            "X-Remote-Addr",
+            "X-Originating-IP",
         ] {
             assert!(p.check_header(name).unwrap_err().0.contains("allow_headers"), "{name}");
         }
@@ -550,7 +574,7 @@ mod tests {
         p.allow_headers.insert("x-forwarded-for".into());
         assert!(p.check_header("X_Forwarded_For").is_ok());
         assert!(p.check_header("X-Forwarded-Host").is_err(), "a grant names one header, not the family");
-        for name in ["x-forwarded", "x-hostname", "forwarded-x", "x-request-id"] {
+        for name in ["x-forwardee", "x-hostname", "forwarded-x", "x-request-id", "x-originals"] {
             assert!(p.check_header(name).is_ok(), "{name}");
         }
     }
