@@ -334,8 +334,11 @@ impl Runtime {
         let mut pool = Pool::new(self.settings.max_instances);
         let kept = |name: &String| previous.plugins.get(name).filter(|_| keep_on_refusal);
         for (name, plugin) in &previous.plugins {
+            // Kept also when another file now claims the name: a file that
+            // stops parsing must not let a new one take its plugin over.
             let refusal = broken.iter().find(|e| e.file == plugin.policy.file);
-            if let Some(error) = refusal.filter(|_| !policies.plugins.contains_key(name)) {
+            let claimed_elsewhere = policies.plugins.get(name).is_none_or(|p| p.file != plugin.policy.file);
+            if let Some(error) = refusal.filter(|_| claimed_elsewhere) {
                 let file = crate::policy::shown(&plugin.policy.file);
                 tracing::warn!(plugin = %name, %file, "policy file refused; keeping the loaded version");
                 pool.reserve(plugin.policy.limits.concurrency);
@@ -356,11 +359,22 @@ impl Runtime {
             }
         }
         for (policy, _) in &outcomes {
-            if let Some(old) = kept(&policy.name) {
+            if let Some(old) = kept(&policy.name).filter(|_| !next.plugins.contains_key(&policy.name)) {
                 pool.reserve(old.policy.limits.concurrency);
             }
         }
         for (policy, outcome) in outcomes {
+            if let Some(served) = next.plugins.get(&policy.name) {
+                let reason = format!(
+                    "plugin `{}` is served from {}, which is refused: fix or remove that file before another defines it",
+                    policy.name,
+                    crate::policy::shown(&served.policy.file)
+                );
+                let error = LoadError { plugin: policy.name.clone(), file: crate::policy::shown(&policy.file), reason };
+                tracing::error!(%error, "plugin refused");
+                report.refused.push(error);
+                continue;
+            }
             let old = kept(&policy.name);
             let outcome = outcome.and_then(|plugin| {
                 match pool.admit(policy.limits.concurrency, old.map(|old| old.policy.limits.concurrency)) {

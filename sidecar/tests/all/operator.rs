@@ -127,6 +127,16 @@ fn a_second_file_claiming_a_plugin_name_takes_nothing_over() {
     let reason = plugins["refused"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("is claimed by") && reason.contains("aa.toml"), "{plugins}");
     assert!(!sidecar.stderr().contains("reloaded with a new policy"), "{}", sidecar.stderr());
+
+    // The same when the plugin's own file stops parsing first, so that the
+    // new file is the only one naming it (found by an outside review).
+    std::fs::remove_file(policies.dir.path().join("aa.toml")).unwrap();
+    policies.write("echo.toml", "[plugin\nname = ");
+    policies.write("new.toml", &format!("[plugin]\nname = \"echo\"\ncomponent = {hog:?}\n"));
+    assert_eq!(reload(&sidecar), 422);
+    assert_eq!(sidecar.invoke("echo", "same").2, b"same", "still the original echo");
+    let plugins = admin_plugins(&sidecar);
+    assert_eq!(plugins["plugins"][0]["policy_file"].as_str().unwrap().ends_with("echo.toml"), true, "{plugins}");
 }
 
 #[test]
