@@ -8,7 +8,10 @@
 //! - `bodies`: outgoing requests whose bodies are written until the host
 //!   stops accepting writes, kept, forever;
 //! - `unsent URL`: requests with a 60 KiB body handed to
-//!   `outgoing-handler` for URL, never awaited, forever.
+//!   `outgoing-handler` for URL, never awaited, forever;
+//! - `big-strings`: requests never sent, each with a 1 MiB method and a
+//!   1 MiB authority, kept, forever (an outside review: strings the host
+//!   keeps in the request object).
 //!
 //! Output: `<attack> <objects kept> <why it stopped>`.
 
@@ -33,6 +36,7 @@ impl Guest for HostileHttpState {
             "from-list" => from_list(),
             "bodies" => bodies(),
             "unsent" => unsent(arg),
+            "big-strings" => big_strings(),
             _ => (0, format!("unknown attack `{attack}`")),
         };
         Ok(Document { content_type: "text/plain".into(), body: format!("{attack} {kept} {why}").into_bytes() })
@@ -106,6 +110,23 @@ fn bodies() -> (usize, String) {
         kept.push((request, body, stream));
     }
     (kept.len(), "no refusal".into())
+}
+
+fn big_strings() -> (usize, String) {
+    let method = Method::Other("A".repeat(1 << 20));
+    let authority = format!("{}.test", "a".repeat((1 << 20) - 5));
+    let mut kept = Vec::new();
+    while kept.len() < MAX_OBJECTS {
+        let request = OutgoingRequest::new(Fields::new());
+        if request.set_method(&method).is_err() {
+            return (kept.len(), "method refused".into());
+        }
+        if request.set_authority(Some(&authority)).is_err() {
+            return (kept.len(), "authority refused".into());
+        }
+        kept.push(request);
+    }
+    (kept.len(), "never refused".into())
 }
 
 fn unsent(url: &str) -> (usize, String) {

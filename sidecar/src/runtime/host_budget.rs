@@ -33,6 +33,11 @@ pub const HANDLE_FLOOR_BYTES: usize = MIN_HANDLES * MAX_BYTES_PER_HANDLE;
 /// Open `wasi:http` requests (sent, or with a response not yet dropped)
 /// an invocation may have at once, at most, whatever its memory.
 pub const MAX_OPEN_REQUESTS: usize = 64;
+/// Longest method or authority a guest may set on an `outgoing-request`:
+/// a real method is a short token and a real authority a host name (at
+/// most 253 bytes) and a port, so 1 KiB keeps every one while a handle
+/// stays well within [`MAX_BYTES_PER_HANDLE`].
+pub const MAX_REQUEST_STRING: usize = 1024;
 
 /// Resource-table entries one invocation may have: half its memory in
 /// handles of [`MAX_BYTES_PER_HANDLE`], at least [`MIN_HANDLES`].

@@ -10,6 +10,7 @@ use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings as wasi;
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
+use super::host_budget;
 use super::state::PluginState;
 use crate::bindings::gatehouse::services as gatehouse;
 use crate::services::http::host::HttpClientService;
@@ -58,6 +59,7 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
     // for everyone, usable only with an [http] grant (see `imports`).
     gatehouse::http_client::add_to_linker::<S, HttpClientService>(l, |s| &mut s.http)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
+    cap_request_strings(l)?;
 
     // The key-value store (`services::kv`), usable only with a [kv] grant.
     gatehouse::kv::add_to_linker::<S, KvService>(l, |s| &mut s.kv)?;
@@ -70,4 +72,41 @@ struct Io;
 
 impl HasData for Io {
     type Data<'a> = &'a mut ResourceTable;
+}
+
+/// wasmtime-wasi-http keeps the method and the authority a guest sets on an
+/// `outgoing-request` as they come, whether or not the request is ever
+/// sent: up to one host call's data each, times every handle the guest
+/// holds (an outside review made an 8 MiB plugin hold 390 MB). These two
+/// setters are replaced by ones that refuse a string longer than
+/// [`host_budget::MAX_REQUEST_STRING`] and otherwise do what wasmtime's do.
+fn cap_request_strings(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::WasiHttpView;
+    use wasmtime_wasi_http::p2::bindings::http::types::{HostOutgoingRequest, Method, OutgoingRequest};
+
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store, (request, method): (Resource<OutgoingRequest>, Method)| {
+            if matches!(&method, Method::Other(s) if s.len() > host_budget::MAX_REQUEST_STRING) {
+                return Ok((Err(()),));
+            }
+            let state: &mut PluginState = store.data_mut();
+            HostOutgoingRequest::set_method(&mut state.http(), request, method).map(|r| (r,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store, (request, authority): (Resource<OutgoingRequest>, Option<String>)| {
+            if authority.as_ref().is_some_and(|a| a.len() > host_budget::MAX_REQUEST_STRING) {
+                return Ok((Err(()),));
+            }
+            let state: &mut PluginState = store.data_mut();
+            HostOutgoingRequest::set_authority(&mut state.http(), request, authority).map(|r| (r,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -89,7 +89,8 @@ async fn one_invocation_holds_at_most_its_memory_plus_the_documented_constant_in
     assert!(report.refused.is_empty(), "{:?}", report.refused);
 
     let bound = MEMORY + host_bytes_bound(MEMORY, MIB, 4 * MIB) + SLACK;
-    for input in ["fields-clone", "from-list", "bodies", &format!("unsent http://upstream.test:{port}/")] {
+    for input in ["fields-clone", "from-list", "bodies", &format!("unsent http://upstream.test:{port}/"), "big-strings"]
+    {
         let (outcome, grown) = attack(&runtime, input).await;
         println!("{input}: {outcome:?}; peak resident memory grew {} KiB", grown / 1024);
         match &outcome {
