@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::services::http::policy::{Per, Rate};
+
 /// `burst` tokens, refilled one every `interval`.
 #[derive(Debug)]
 pub(crate) struct Budget {
@@ -23,6 +25,18 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
+    /// A policy's `rate` (`"20/s"`): a burst of its count, refilled evenly
+    /// over its unit of time.
+    pub(crate) fn for_rate(rate: &Rate) -> Self {
+        let per = match rate.per {
+            Per::Second => Duration::from_secs(1),
+            Per::Minute => Duration::from_secs(60),
+            Per::Hour => Duration::from_secs(3600),
+        };
+        let count = rate.count.get();
+        Budget::new(count, per / count)
+    }
+
     /// A full bucket of `burst` tokens (at least one).
     pub(crate) fn new(burst: u32, interval: Duration) -> Self {
         let interval = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);

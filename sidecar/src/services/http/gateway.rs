@@ -28,7 +28,7 @@ use hyper::body::Body as _;
 use super::addr::classify;
 use super::error::{HttpError, from_transport};
 use super::metrics::{HttpMetrics, HttpMetricsSnapshot};
-use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS, Per};
+use super::policy::{AllowRule, HttpPolicy, MAX_HEADER_VALUE, MAX_HEADERS};
 use super::resolve::{AddressRefused, Lookup, LookupSlots, Zone};
 use super::transport::{self, Informational, MAX_RESPONSE_HEAD, Response, Transport, TransportError};
 use super::url::{Target, TargetHost, normalize};
@@ -179,12 +179,7 @@ impl PluginHttp {
         gateway: Arc<HttpGateway>,
         secrets: &BTreeMap<String, SecretSource>,
     ) -> Result<Self, String> {
-        let per = match policy.rate.per {
-            Per::Second => Duration::from_secs(1),
-            Per::Minute => Duration::from_secs(60),
-            Per::Hour => Duration::from_secs(3600),
-        };
-        let rate = Budget::new(policy.rate.count.get(), per / policy.rate.count.get());
+        let rate = Budget::for_rate(&policy.rate);
         let mut injections = Vec::new();
         for injection in &policy.inject {
             let source = secrets.get(&injection.secret).ok_or_else(|| {

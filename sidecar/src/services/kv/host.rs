@@ -16,7 +16,6 @@ use super::redb::RedbBackend;
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
-use crate::services::http::policy::Per;
 
 /// The sidecar's store, opened at the first call that needs it, so that a
 /// sidecar (or a `policy check`) whose plugins never store anything
@@ -62,13 +61,7 @@ pub struct PluginKv {
 impl PluginKv {
     /// `plugin`'s grant on `store`.
     pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
-        let per = match policy.rate.per {
-            Per::Second => Duration::from_secs(1),
-            Per::Minute => Duration::from_secs(60),
-            Per::Hour => Duration::from_secs(3600),
-        };
-        let count = policy.rate.count.get();
-        let rate = Budget::new(count, per / count);
+        let rate = Budget::for_rate(&policy.rate);
         PluginKv { plugin: plugin.to_string(), policy, store, rate }
     }
 }
