@@ -91,6 +91,20 @@ impl Policies {
         )
     }
 
+    /// Writes a policy for `name` running the `hello-proxy` wasi:http
+    /// component with `limits` (the body of a `[limits]` table) and an
+    /// `[http]` grant of a port nothing listens on.
+    pub fn proxy(&self, name: &str, limits: &str) -> PathBuf {
+        let component = guest("hello_proxy");
+        self.write(
+            &format!("{name}.toml"),
+            &format!(
+                "[plugin]\nname = \"{name}\"\ncomponent = {:?}\n[limits]\n{limits}\n[http]\nallow = [\"http://localhost:9\"]\n",
+                component.display().to_string()
+            ),
+        )
+    }
+
     pub fn load(&self) -> PolicyLoad {
         policy::load_dir(self.dir.path(), &guest_dir()).expect("policy dir readable")
     }

@@ -537,15 +537,7 @@ fn a_stalled_upload_does_not_hold_a_wasi_http_component_for_its_whole_timeout() 
     // reading it holds its only slot; the body deadline (request_timeout)
     // must end that well before the plugin's 8 s.
     let policies = Policies::new();
-    let component = crate::common::guest("hello_proxy");
-    policies.write(
-        "hello.toml",
-        &format!(
-            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\nconcurrency = 1\ntimeout = \"8s\"\n\
-             [http]\nallow = [\"http://localhost:9\"]\n",
-            component.display().to_string()
-        ),
-    );
+    policies.proxy("hello", "concurrency = 1\ntimeout = \"8s\"");
     let sidecar = Sidecar::start(&policies, "request_timeout = \"1s\"", &[]);
     let mut stalled = TcpStream::connect(&sidecar.invoke).unwrap();
     stalled.write_all(b"POST /p/hello/echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab").unwrap();
@@ -569,14 +561,7 @@ fn a_wasi_http_component_sees_the_raw_request_target_without_its_prefix() {
     // (`%20`, `%00`). The component must see exactly what the client sent,
     // as under `wasmtime serve` or Spin, minus `/p/{name}`.
     let policies = Policies::new();
-    let component = crate::common::guest("hello_proxy");
-    policies.write(
-        "hello.toml",
-        &format!(
-            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[http]\nallow = [\"http://localhost:9\"]\n",
-            component.display().to_string()
-        ),
-    );
+    policies.proxy("hello", "");
     let sidecar = Sidecar::start(&policies, "", &[]);
     for (target, seen) in [
         ("/p/hello/path/a%2F..%2F..%2Fsecret", "/path/a%2F..%2F..%2Fsecret"),
@@ -612,15 +597,7 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     // components are stopped and queued callers leave the queue, so the
     // next client is served at once.
     let policies = Policies::new();
-    let component = crate::common::guest("hello_proxy");
-    policies.write(
-        "hello.toml",
-        &format!(
-            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\nconcurrency = 2\ntimeout = \"20s\"\n\
-             [http]\nallow = [\"http://localhost:9\"]\n",
-            component.display().to_string()
-        ),
-    );
+    policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
     let sidecar = Sidecar::start(&policies, "", &[]);
     let in_flight = || {
         let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
