@@ -9,6 +9,7 @@
 
 mod error;
 mod file;
+pub mod grant_diff;
 mod load;
 pub mod units;
 
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::services::http::HttpPolicy;
 use crate::services::kv::KvPolicy;
@@ -44,8 +45,8 @@ pub struct PolicySet {
 
 /// Everything the sidecar grants one plugin. Two are equal when they grant
 /// the same to the same component bytes (a reload that changes neither is
-/// no change).
-#[derive(Debug, Clone, PartialEq)]
+/// no change). Serialized, it is what [`grant_diff`] compares.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PluginPolicy {
     /// Unique plugin name: lowercase ASCII letters, digits, `-` and `_`.
     pub name: String,
@@ -75,14 +76,18 @@ impl PluginPolicy {
     }
 }
 
-/// A component's bytes and where they came from.
-#[derive(Clone)]
+/// A component's bytes and where they came from. Serialized as its digest
+/// alone: the bytes are the grant, not where they were read from.
+#[derive(Clone, Serialize)]
 pub struct ComponentSource {
     /// Path the bytes were read from.
+    #[serde(skip)]
     pub path: PathBuf,
     /// SHA-256 of `bytes`; the key of the compiled-code cache.
+    #[serde(serialize_with = "serialize_hex")]
     pub sha256: [u8; 32],
     /// The component itself. Kept so that what was hashed is what runs.
+    #[serde(skip)]
     pub bytes: Arc<[u8]>,
 }
 
@@ -103,12 +108,17 @@ impl fmt::Debug for ComponentSource {
     }
 }
 
+fn serialize_hex<S: serde::Serializer>(digest: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(digest))
+}
+
 /// Per-invocation limits (`[limits]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Maximum linear memory of one invocation, in bytes.
     pub memory: u64,
     /// Wall-clock deadline of one invocation.
+    #[serde(serialize_with = "units::serialize_duration")]
     pub timeout: Duration,
     /// Invocations of this plugin that may run at once.
     pub concurrency: u32,
@@ -128,7 +138,7 @@ impl Default for Limits {
 }
 
 /// What happens to a guest's stdout and stderr (`[plugin] stdio`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stdio {
     /// Each line becomes a log event tagged with the plugin (the default).

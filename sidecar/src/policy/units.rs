@@ -59,6 +59,12 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
     }
 }
 
+/// Writes a duration as `humantime` spells it (`"1s"`, `"1m 30s"`), the
+/// way policies write it.
+pub fn serialize_duration<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&HumanDuration(*duration))
+}
+
 /// A span of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod compose;
 mod databases;
+mod grant_diff;
 mod hostile;
 mod http_doors;
 mod http_gateway;

@@ -126,6 +126,8 @@ pub fn is_sidecar_managed(name: &str) -> bool {
 }
 
 /// One `allow` entry: scheme, host (exact or `*.` subdomains) and port.
+/// Serialized in its normal form (`https://*.example.com:443`), so two
+/// spellings of one origin are one grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowRule {
     /// The entry as written, for messages.
@@ -203,6 +205,21 @@ impl AllowRule {
     }
 }
 
+impl fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::Exact(host) => write!(f, "{}://{host}:{}", self.scheme, self.port),
+            HostPattern::Subdomains(suffix) => write!(f, "{}://*.{suffix}:{}", self.scheme, self.port),
+        }
+    }
+}
+
+impl serde::Serialize for AllowRule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl HostPattern {
     /// Whether `host` is covered, whatever the scheme and port.
     pub fn matches(&self, host: &TargetHost) -> bool {
@@ -218,7 +235,8 @@ impl HostPattern {
     }
 }
 
-/// Requests per unit of time, written `"20/s"`, `"300/m"` or `"1000/h"`.
+/// Requests per unit of time, written `"20/s"`, `"300/m"` or `"1000/h"`
+/// (and serialized so).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     /// Requests allowed per `per`.
@@ -254,6 +272,12 @@ impl Rate {
     }
 }
 
+impl serde::Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unit = match self.per {
@@ -266,8 +290,9 @@ impl fmt::Display for Rate {
 }
 
 /// A header the platform adds to requests for matching origins, with a
-/// value the plugin never sees (`[[http.inject]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// value the plugin never sees (`[[http.inject]]`). Serialized with the
+/// secret's name, never its value (which is not here).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Injection {
     /// Which requests get the header (same syntax as `allow`).
     pub to: AllowRule,
@@ -280,7 +305,7 @@ pub struct Injection {
 }
 
 /// Everything `[http]` grants a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HttpPolicy {
     /// Allowed origins.
     pub allow: Vec<AllowRule>,
@@ -293,6 +318,7 @@ pub struct HttpPolicy {
     /// Largest response body, in bytes.
     pub max_response: u64,
     /// Deadline for a whole request, redirects included.
+    #[serde(serialize_with = "crate::policy::units::serialize_duration")]
     pub timeout: Duration,
     /// Redirects followed per request (each hop is checked again).
     pub max_redirects: u32,

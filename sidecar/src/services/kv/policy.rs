@@ -42,7 +42,8 @@ pub const MAX_BUCKETS: usize = 64;
 pub const MAX_BUCKET_NAME: usize = 64;
 
 /// When a write is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// After the transaction holding it is on disk (fsync): a write that
     /// returned survives a crash. The default.
@@ -57,7 +58,7 @@ pub enum Durability {
 }
 
 /// The storage quotas of one plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Quota {
     /// Keys, all buckets together.
     pub max_keys: u64,
@@ -81,7 +82,7 @@ impl Default for Quota {
 }
 
 /// Everything `[kv]` grants a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KvPolicy {
     /// Storage quotas.
     pub quota: Quota,
