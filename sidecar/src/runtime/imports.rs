@@ -48,8 +48,13 @@ const ALWAYS: &[(&str, &[&str])] = &[
     ("gatehouse:services", &["types", "log"]),
 ];
 
+/// The `wasi:keyvalue` versions the linker holds (`services::kv::wasi_draft`
+/// and `wasi_draft2`). Pre-release versions match only exactly, so another
+/// one is refused here rather than failing to link.
+const KEYVALUE_VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
+
 /// `serves_http`: the component exports `wasi:http/incoming-handler`.
-fn rule(package: &str, interface: &str, serves_http: bool) -> Rule {
+fn rule(package: &str, interface: &str, version: Option<&str>, serves_http: bool) -> Rule {
     if ALWAYS.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface)) {
         return Rule::Always;
     }
@@ -62,6 +67,9 @@ fn rule(package: &str, interface: &str, serves_http: bool) -> Rule {
         ("wasi:http", "types") => Rule::Needs("http"),
         ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler") => Rule::Needs("http"),
         ("gatehouse:services", "kv") => Rule::Needs("kv"),
+        ("wasi:keyvalue", "store" | "atomics" | "batch") if version.is_some_and(|v| KEYVALUE_VERSIONS.contains(&v)) => {
+            Rule::Needs("kv")
+        }
         ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
     }
@@ -79,7 +87,8 @@ pub(super) fn check(engine: &Engine, component: &Component, policy: &PluginPolic
             let Some((package, interface)) = split_interface_name(name) else {
                 return Some(format!("imports `{name}`, which is not an interface the sidecar provides"));
             };
-            match rule(package, interface, serves_http) {
+            let version = name.split_once('@').map(|(_, v)| v);
+            match rule(package, interface, version, serves_http) {
                 Rule::Always => None,
                 Rule::Needs(section) if policy.grants(section) => None,
                 Rule::Needs(section) => {
@@ -115,7 +124,7 @@ mod tests {
     #[test]
     fn rules_table() {
         for serves_http in [false, true] {
-            let rule = |p, i| rule(p, i, serves_http);
+            let rule = |p, i| rule(p, i, None, serves_http);
             assert_eq!(rule("wasi:cli", "environment"), Rule::Always);
             assert_eq!(rule("gatehouse:services", "log"), Rule::Always);
             assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
@@ -127,7 +136,21 @@ mod tests {
         }
         // The types: for a proxy component's own request and response, or
         // for sending with [http].
-        assert_eq!(rule("wasi:http", "types", true), Rule::Always);
-        assert_eq!(rule("wasi:http", "types", false), Rule::Needs("http"));
+        assert_eq!(rule("wasi:http", "types", None, true), Rule::Always);
+        assert_eq!(rule("wasi:http", "types", None, false), Rule::Needs("http"));
+    }
+
+    #[test]
+    fn keyvalue_needs_kv_in_the_versions_the_linker_holds() {
+        for version in ["0.2.0-draft", "0.2.0-draft2"] {
+            for interface in ["store", "atomics", "batch"] {
+                assert_eq!(rule("wasi:keyvalue", interface, Some(version), false), Rule::Needs("kv"), "{interface}");
+            }
+            // An export, never an import the host serves.
+            assert_eq!(rule("wasi:keyvalue", "watcher", Some(version), false), Rule::Unknown);
+        }
+        for version in [None, Some("0.2.0"), Some("0.2.0-draft3"), Some("0.1.0")] {
+            assert_eq!(rule("wasi:keyvalue", "store", version, false), Rule::Unknown, "{version:?}");
+        }
     }
 }

@@ -14,7 +14,8 @@ use super::host_budget;
 use super::state::PluginState;
 use crate::bindings::gatehouse::services as gatehouse;
 use crate::services::http::host::HttpClientService;
-use crate::services::kv::KvService;
+use crate::services::kv::wasi::WasiKv;
+use crate::services::kv::{KvService, wasi_draft, wasi_draft2};
 use crate::services::log::LogService;
 
 pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
@@ -61,8 +62,11 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
     cap_request_strings(l)?;
 
-    // The key-value store (`services::kv`), usable only with a [kv] grant.
+    // The key-value store (`services::kv`), three doors onto one service,
+    // usable only with a [kv] grant.
     gatehouse::kv::add_to_linker::<S, KvService>(l, |s| &mut s.kv)?;
+    wasi_draft::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
+    wasi_draft2::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
 
     Ok(linker)
 }

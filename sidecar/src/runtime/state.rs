@@ -79,6 +79,14 @@ impl PluginState {
     }
 }
 
+impl PluginState {
+    /// What the `wasi:keyvalue` doors reach: the plugin's grant and the
+    /// table their handles live in.
+    pub(crate) fn wasi_kv(&mut self) -> crate::services::kv::wasi::WasiKvView<'_> {
+        crate::services::kv::wasi::WasiKvView { host: &mut self.kv, table: &mut self.table }
+    }
+}
+
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }

@@ -1,6 +1,11 @@
-//! The `gatehouse:services/kv` door: each call opens the bucket the
-//! plugin's `[kv]` grant names, takes a token of its rate, and goes to the
-//! one backend. (The `wasi:keyvalue` doors, next, go the same way.)
+//! The plugin's side of the key-value service, and its custom door.
+//!
+//! [`KvHost`] is the one enforcement path every door takes: a call of
+//! `gatehouse:services/kv` or of either `wasi:keyvalue` draft first goes
+//! through [`KvHost::admit`] (the `[kv]` grant, a token of its rate, the
+//! store), and names its bucket through [`KvHost::bucket`] (granted in the
+//! policy, or `denied`); the backend then enforces keys, sizes and quotas.
+//! The doors only translate arguments and errors.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,19 +85,34 @@ impl KvHost {
         KvHost { plugin }
     }
 
-    /// The plugin's grant, the bucket it names, and the backend, once a
-    /// rate token is taken.
-    async fn open(&self, bucket: &str) -> Result<(Bucket, &Arc<dyn KvBackend>), GuestError> {
-        let Some(plugin) = &self.plugin else {
-            return Err(guest(ErrorKind::Denied, "the policy has no [kv] section".into(), None));
-        };
+    /// What every call of every door does first: checks that the policy
+    /// has `[kv]`, takes a token of its rate (`rate-limited` with the wait
+    /// past it) and returns the store, opened if this is its first call.
+    pub(super) async fn admit(&self) -> Result<&Arc<dyn KvBackend>, GuestError> {
+        let plugin = self.grant()?;
         if let Err(wait) = plugin.rate.take() {
             let message = format!("key-value rate of {} exceeded", plugin.policy.rate);
             return Err(guest(ErrorKind::RateLimited, message, Some(wait)));
         }
-        let bucket = Bucket::open(&plugin.plugin, &plugin.policy, bucket).map_err(to_guest)?;
-        let backend = plugin.store.backend().await.map_err(to_guest)?;
-        Ok((bucket, backend))
+        plugin.store.backend().await.map_err(to_guest)
+    }
+
+    /// The bucket `name` (`""` and `"default"`: the default one) if the
+    /// policy grants it, `denied` otherwise. Spends no token: the call
+    /// that names it has been admitted.
+    pub(super) fn bucket(&self, name: &str) -> Result<Bucket, GuestError> {
+        let plugin = self.grant()?;
+        Bucket::open(&plugin.plugin, &plugin.policy, name).map_err(to_guest)
+    }
+
+    fn grant(&self) -> Result<&PluginKv, GuestError> {
+        self.plugin.as_deref().ok_or_else(|| guest(ErrorKind::Denied, "the policy has no [kv] section".into(), None))
+    }
+
+    /// The custom door's calls: admitted, then the bucket they name.
+    async fn open(&self, bucket: &str) -> Result<(Bucket, &Arc<dyn KvBackend>), GuestError> {
+        let backend = self.admit().await?;
+        Ok((self.bucket(bucket)?, backend))
     }
 }
 
@@ -101,7 +121,9 @@ fn guest(kind: ErrorKind, message: String, retry: Option<Duration>) -> GuestErro
     GuestError { kind, message, retry_after_ms }
 }
 
-fn to_guest(error: KvError) -> GuestError {
+/// A backend error as every door first sees it: the typed record of the
+/// custom door (the `wasi:keyvalue` doors translate it further).
+pub(super) fn to_guest(error: KvError) -> GuestError {
     guest(error.kind(), error.to_string(), None)
 }
 

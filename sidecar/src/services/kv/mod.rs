@@ -7,15 +7,23 @@
 //!   namespace and cursor types, and the input checks backends share.
 //! - [`redb`]: the embedded backend (one file, a group-commit writer).
 //! - [`error`]: [`KvError`], one variant per guest-visible kind.
+//! - [`host`]: [`KvHost`], the one path every door's call takes (the
+//!   `[kv]` grant, its rate, the bucket, the store), and the custom door
+//!   `gatehouse:services/kv`.
+//! - [`wasi`], [`wasi_draft`], [`wasi_draft2`]: the `wasi:keyvalue` doors,
+//!   `0.2.0-draft` (wasmtime, wasmCloud) and `0.2.0-draft2` (Spin), each
+//!   generated from its vendored WIT and translating onto [`KvHost`].
 //!
-//! Not here yet: the doors (the custom `kv` interface, wasi:keyvalue), the
-//! rate limiter that enforces `[kv] rate`, the PostgreSQL backend.
+//! Not here yet: the PostgreSQL backend.
 
 pub mod backend;
 pub mod error;
 pub mod host;
 pub mod policy;
 pub mod redb;
+pub mod wasi;
+pub mod wasi_draft;
+pub mod wasi_draft2;
 
 pub use backend::{Bucket, KvBackend, Namespace, Page, Usage, UsageReport};
 pub use error::{KvError, QuotaKind};

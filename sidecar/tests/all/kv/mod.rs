@@ -8,3 +8,4 @@ mod policy;
 mod props;
 mod redb;
 pub mod suite;
+mod wasi;
