@@ -1,21 +1,35 @@
 //! The `gatehouse:services/kv` door: each call opens the bucket the
 //! plugin's `[kv]` grant names, takes a token of its rate, and goes to the
 //! one backend. (The `wasi:keyvalue` doors, next, go the same way.)
+//!
+//! [`KvHost::run`] is the one enforcement point every door passes: the
+//! grant, the rate, the backend call, and the count of the outcome on
+//! `/metrics`. [`KvStore`] is also the operator's way in: which plugins are
+//! loaded with a grant, their counters, and a read-only view of the data.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use wasmtime::component::HasData;
 
 use super::backend::{Bucket, KvBackend};
 use super::error::KvError;
+use super::metrics::{KvMetrics, KvOp};
+use super::operator::KvReader;
 use super::policy::KvPolicy;
-use super::redb::RedbBackend;
+use super::redb::{OpenError, RedbBackend};
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
+
+/// How long the sidecar's first open of the store waits while another
+/// process has the file open (`gatehouse kv …` reading it holds a shared
+/// lock for one page at a time).
+pub const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// The sidecar's store, opened at the first call that needs it, so that a
 /// sidecar (or a `policy check`) whose plugins never store anything
@@ -23,18 +37,35 @@ use crate::services::budget::Budget;
 pub struct KvStore {
     dir: PathBuf,
     backend: OnceCell<Arc<dyn KvBackend>>,
+    /// The grants of loaded plugins, by name: each entry lives as long as
+    /// a loaded version of the plugin (a weak reference to its
+    /// [`PluginKv`]), newest last.
+    grants: Mutex<BTreeMap<String, Vec<Weak<Grant>>>>,
+    /// Each plugin's counters, by name: kept across reloads, so the
+    /// exported counters only grow. Plugin names come from policy files.
+    metrics: Mutex<HashMap<String, Arc<KvMetrics>>>,
+}
+
+/// A loaded plugin's grant, as the operator view sees it.
+struct Grant {
+    policy: KvPolicy,
 }
 
 impl KvStore {
     /// The redb store in `dir` (created with mode 0700 and checked like
     /// the code cache: a directory others may write is refused).
     pub fn redb(dir: PathBuf) -> KvStore {
-        KvStore { dir, backend: OnceCell::new() }
+        KvStore { dir, backend: OnceCell::new(), grants: Default::default(), metrics: Default::default() }
     }
 
     /// A store over an open backend (tests, and a PostgreSQL backend).
     pub fn with_backend(backend: Arc<dyn KvBackend>) -> KvStore {
-        KvStore { dir: PathBuf::new(), backend: OnceCell::new_with(Some(backend)) }
+        KvStore {
+            dir: PathBuf::new(),
+            backend: OnceCell::new_with(Some(backend)),
+            grants: Default::default(),
+            metrics: Default::default(),
+        }
     }
 
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
@@ -42,27 +73,83 @@ impl KvStore {
             .get_or_try_init(|| async {
                 crate::data_dir::secure(&self.dir)
                     .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
-                let backend = RedbBackend::open(&self.dir.join("store.redb"))?;
-                Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                let path = self.dir.join("store.redb");
+                let started = Instant::now();
+                loop {
+                    match RedbBackend::try_open(&path) {
+                        Ok(backend) => return Ok(Arc::new(backend) as Arc<dyn KvBackend>),
+                        // `gatehouse kv …` may be reading the file: it lets
+                        // go after one page.
+                        Err(OpenError::Locked(_)) if started.elapsed() < OPEN_WAIT => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(OpenError::Other(e)) => return Err(e),
+                        Err(e) => return Err(KvError::Unavailable(e.to_string())),
+                    }
+                }
             })
             .await
+    }
+
+    /// The operator's read-only view of the open store (opening it if no
+    /// call has yet).
+    pub async fn reader(&self) -> Result<KvReader, KvError> {
+        Ok(KvReader::Live(Arc::clone(self.backend().await?)))
+    }
+
+    /// The plugins loaded now with a `[kv]` grant, by name, with the grant
+    /// of the newest loaded version.
+    pub fn granted(&self) -> Vec<(String, KvPolicy)> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.retain(|_, versions| {
+            versions.retain(|v| v.strong_count() > 0);
+            !versions.is_empty()
+        });
+        grants
+            .iter()
+            .filter_map(|(name, versions)| {
+                versions.iter().rev().find_map(Weak::upgrade).map(|g| (name.clone(), g.policy.clone()))
+            })
+            .collect()
+    }
+
+    /// The operation counters of `plugin`, if it was ever loaded with a
+    /// `[kv]` grant.
+    pub fn metrics(&self, plugin: &str) -> Option<Vec<(&'static str, &'static str, u64)>> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner()).get(plugin).map(|m| m.snapshot())
+    }
+
+    fn register(&self, plugin: &str, policy: &KvPolicy) -> (Arc<Grant>, Arc<KvMetrics>) {
+        let grant = Arc::new(Grant { policy: policy.clone() });
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let versions = grants.entry(plugin.to_string()).or_default();
+        versions.retain(|v| v.strong_count() > 0);
+        versions.push(Arc::downgrade(&grant));
+        drop(grants);
+        let metrics =
+            self.metrics.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone();
+        (grant, metrics)
     }
 }
 
 /// One plugin's `[kv]` grant, shared by all its invocations: the policy,
-/// the store, and the rate budget.
+/// the store, the rate budget and the counters.
 pub struct PluginKv {
     plugin: String,
     policy: KvPolicy,
     store: Arc<KvStore>,
     rate: Budget,
+    metrics: Arc<KvMetrics>,
+    /// Keeps this version listed in [`KvStore::granted`] while it lives.
+    _grant: Arc<Grant>,
 }
 
 impl PluginKv {
     /// `plugin`'s grant on `store`.
     pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
         let rate = Budget::for_rate(&policy.rate);
-        PluginKv { plugin: plugin.to_string(), policy, store, rate }
+        let (grant, metrics) = store.register(plugin, &policy);
+        PluginKv { plugin: plugin.to_string(), policy, store, rate, metrics, _grant: grant }
     }
 }
 
@@ -96,6 +183,25 @@ impl KvHost {
     }
 }
 
+impl KvHost {
+    /// One operation through any door: opens the bucket (grant and rate),
+    /// runs `call` on the backend, and counts the outcome.
+    pub async fn run<T, F, Fut>(&self, op: KvOp, bucket: &str, call: F) -> Result<T, GuestError>
+    where
+        F: FnOnce(Bucket, Arc<dyn KvBackend + 'static>) -> Fut,
+        Fut: Future<Output = Result<T, KvError>>,
+    {
+        let result = match self.open(bucket).await {
+            Ok((bucket, backend)) => call(bucket, Arc::clone(backend)).await.map_err(to_guest),
+            Err(e) => Err(e),
+        };
+        if let Some(plugin) = &self.plugin {
+            plugin.metrics.record(op, result.as_ref().err().map(|e| e.kind));
+        }
+        result
+    }
+}
+
 fn guest(kind: ErrorKind, message: String, retry: Option<Duration>) -> GuestError {
     let retry_after_ms = retry.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     GuestError { kind, message, retry_after_ms }
@@ -116,35 +222,19 @@ type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
 impl Host for KvHost {
     async fn get(&mut self, bucket: String, key: String) -> Answer<Option<Vec<u8>>> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.get(&bucket, &key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Get, &bucket, move |b, store| async move { store.get(&b, &key).await }).await)
     }
 
     async fn set(&mut self, bucket: String, key: String, value: Vec<u8>) -> Answer<()> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.set(&bucket, key, value).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Set, &bucket, move |b, store| async move { store.set(&b, key, value).await }).await)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.delete(&bucket, key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Delete, &bucket, move |b, store| async move { store.delete(&b, key).await }).await)
     }
 
     async fn exists(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.exists(&bucket, &key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Exists, &bucket, move |b, store| async move { store.exists(&b, &key).await }).await)
     }
 
     async fn list_keys(
@@ -154,44 +244,28 @@ impl Host for KvHost {
         cursor: Option<String>,
         limit: u32,
     ) -> Answer<KeyPage> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            let page = store.list_keys(&bucket, &prefix, cursor.as_deref(), limit).await.map_err(to_guest)?;
-            Ok(KeyPage { keys: page.keys, cursor: page.cursor })
-        }
-        .await)
+        Ok(self
+            .run(KvOp::ListKeys, &bucket, move |b, store| async move {
+                let page = store.list_keys(&b, &prefix, cursor.as_deref(), limit).await?;
+                Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+            })
+            .await)
     }
 
     async fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.get_many(&bucket, &keys).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::GetMany, &bucket, move |b, store| async move { store.get_many(&b, &keys).await }).await)
     }
 
     async fn set_many(&mut self, bucket: String, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.set_many(&bucket, pairs).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::SetMany, &bucket, move |b, store| async move { store.set_many(&b, pairs).await }).await)
     }
 
     async fn delete_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<u64> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.delete_many(&bucket, keys).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::DeleteMany, &bucket, move |b, store| async move { store.delete_many(&b, keys).await }).await)
     }
 
     async fn increment(&mut self, bucket: String, key: String, delta: i64) -> Answer<i64> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.increment(&bucket, key, delta).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Increment, &bucket, move |b, store| async move { store.increment(&b, key, delta).await }).await)
     }
 
     async fn compare_and_swap(
@@ -201,26 +275,26 @@ impl Host for KvHost {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.compare_and_swap(&bucket, key, expected, new).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self
+            .run(KvOp::CompareAndSwap, &bucket, move |b, store| async move {
+                store.compare_and_swap(&b, key, expected, new).await
+            })
+            .await)
     }
 
     async fn usage(&mut self) -> Answer<UsageReport> {
-        Ok(async {
-            let (bucket, store) = self.open("").await?;
-            let report = store.usage(&bucket).await.map_err(to_guest)?;
-            Ok(UsageReport {
-                keys: report.plugin.keys,
-                bytes: report.plugin.bytes,
-                max_keys: report.quota.max_keys,
-                max_bytes: report.quota.max_bytes,
-                max_key: report.quota.max_key,
-                max_value: report.quota.max_value,
+        Ok(self
+            .run(KvOp::Usage, "", move |b, store| async move {
+                let report = store.usage(&b).await?;
+                Ok(UsageReport {
+                    keys: report.plugin.keys,
+                    bytes: report.plugin.bytes,
+                    max_keys: report.quota.max_keys,
+                    max_bytes: report.quota.max_bytes,
+                    max_key: report.quota.max_key,
+                    max_value: report.quota.max_value,
+                })
             })
-        }
-        .await)
+            .await)
     }
 }
