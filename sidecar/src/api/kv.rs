@@ -53,10 +53,7 @@ fn error(e: &KvError) -> Response {
 }
 
 fn store(api: &Api) -> Result<&Arc<KvStore>, Response> {
-    api.services
-        .kv
-        .as_ref()
-        .ok_or_else(|| respond(ErrorKind::Unavailable, "no key-value store is configured", None))
+    api.services.kv.as_ref().ok_or_else(|| respond(ErrorKind::Unavailable, "no key-value store is configured", None))
 }
 
 async fn reader(store: &KvStore) -> Result<KvReader, Response> {

@@ -156,7 +156,9 @@ impl Metrics {
             let family: Family<NameLabel, Gauge> = Family::default();
             for usage in kv {
                 if let Some(n) = read(usage) {
-                    family.get_or_create(&NameLabel { plugin: usage.plugin.clone() }).set(i64::try_from(n).unwrap_or(i64::MAX));
+                    family
+                        .get_or_create(&NameLabel { plugin: usage.plugin.clone() })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
             registry.register(name, help, family);

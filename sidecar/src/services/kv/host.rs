@@ -265,7 +265,9 @@ impl Host for KvHost {
     }
 
     async fn increment(&mut self, bucket: String, key: String, delta: i64) -> Answer<i64> {
-        Ok(self.run(KvOp::Increment, &bucket, move |b, store| async move { store.increment(&b, key, delta).await }).await)
+        Ok(self
+            .run(KvOp::Increment, &bucket, move |b, store| async move { store.increment(&b, key, delta).await })
+            .await)
     }
 
     async fn compare_and_swap(

@@ -132,9 +132,6 @@ mod tests {
         metrics.record(KvOp::Get, None);
         metrics.record(KvOp::Set, Some(ErrorKind::QuotaExceeded));
         metrics.record(KvOp::Usage, Some(ErrorKind::Internal));
-        assert_eq!(
-            metrics.snapshot(),
-            vec![("get", "ok", 2), ("set", "quota-exceeded", 1), ("usage", "internal", 1)]
-        );
+        assert_eq!(metrics.snapshot(), vec![("get", "ok", 2), ("set", "quota-exceeded", 1), ("usage", "internal", 1)]);
     }
 }
