@@ -33,7 +33,7 @@ use crate::guest_text;
 use crate::services::kv::backend::{MAX_PAGE, Namespace};
 use crate::services::kv::operator::{SHOWN_KEY, show_key, show_value};
 use crate::services::kv::policy::DEFAULT_BUCKET;
-use crate::services::kv::{KvError, KvReader, KvStore};
+use crate::services::kv::{KvError, KvReader};
 
 /// The routes, to be merged into the admin router.
 pub fn routes() -> Router<Arc<Api>> {
@@ -52,52 +52,45 @@ fn error(e: &KvError) -> Response {
     respond(e.kind(), &e.to_string(), None)
 }
 
-fn store(api: &Api) -> Result<&Arc<KvStore>, Response> {
-    api.services.kv.as_ref().ok_or_else(|| respond(ErrorKind::Unavailable, "no key-value store is configured", None))
-}
-
-async fn reader(store: &KvStore) -> Result<KvReader, Response> {
-    store.reader().await.map_err(|e| error(&e))
+/// The store's operator view, opened if no call has opened it yet.
+async fn reader(api: &Api) -> Result<KvReader, KvError> {
+    let store = api.services.kv.as_ref().ok_or_else(|| KvError::Unavailable("no store is configured".into()))?;
+    store.reader().await
 }
 
 /// The namespace a request names; the names are checked (`a-z0-9_-`), and
 /// quoted back escaped when they are not valid.
-fn namespace(plugin: &str, params: &HashMap<String, String>) -> Result<Namespace, Response> {
+fn namespace(plugin: &str, params: &HashMap<String, String>) -> Result<Namespace, KvError> {
     let bucket = params.get("bucket").map(String::as_str).filter(|b| !b.is_empty()).unwrap_or(DEFAULT_BUCKET);
-    Namespace::new(plugin, bucket).map_err(|e| error(&e))
+    Namespace::new(plugin, bucket)
 }
 
 async fn usage(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
-    let params = params(query);
-    let store = match store(&api) {
-        Ok(store) => store,
-        Err(response) => return response,
+    usage_of(&api, &params(query)).await.unwrap_or_else(|e| error(&e))
+}
+
+async fn usage_of(api: &Api, params: &HashMap<String, String>) -> Result<Response, KvError> {
+    let granted = match &api.services.kv {
+        Some(store) => store.granted(),
+        None => Vec::new(),
     };
-    let granted = store.granted();
     let wanted: Vec<(String, Option<_>)> = match params.get("plugin") {
         Some(plugin) => {
-            if let Err(e) = Namespace::new(plugin, DEFAULT_BUCKET) {
-                return error(&e);
-            }
+            Namespace::new(plugin, DEFAULT_BUCKET)?;
             let grant = granted.iter().find(|(name, _)| name == plugin).map(|(_, policy)| policy.clone());
             vec![(plugin.clone(), grant)]
         }
         None => granted.into_iter().map(|(name, policy)| (name, Some(policy))).collect(),
     };
     let mut plugins = Vec::with_capacity(wanted.len());
+    // With no plugin to show, the store is not opened.
     if !wanted.is_empty() {
-        let reader = match reader(store).await {
-            Ok(reader) => reader,
-            Err(response) => return response,
-        };
+        let reader = reader(api).await?;
         for (plugin, grant) in &wanted {
-            match reader.plugin_usage(plugin, grant.as_ref()).await {
-                Ok(usage) => plugins.push(usage),
-                Err(e) => return error(&e),
-            }
+            plugins.push(reader.plugin_usage(plugin, grant.as_ref()).await?);
         }
     }
-    json(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
+    Ok(json(StatusCode::OK, &serde_json::json!({ "plugins": plugins })))
 }
 
 /// A key as JSON: `key` is safe to print; `key_hex` (only when `key` is
@@ -116,38 +109,28 @@ async fn keys(
     RawQuery(query): RawQuery,
 ) -> Response {
     let Ok(Path(plugin)) = plugin else { return super::errors::bad_path() };
-    let params = params(query);
-    let namespace = match namespace(&plugin, &params) {
-        Ok(ns) => ns,
-        Err(response) => return response,
-    };
+    keys_of(&api, &plugin, &params(query)).await.unwrap_or_else(|e| error(&e))
+}
+
+async fn keys_of(api: &Api, plugin: &str, params: &HashMap<String, String>) -> Result<Response, KvError> {
+    let namespace = namespace(plugin, params)?;
     let limit = match params.get("limit").map(|l| l.parse::<u32>()) {
         None => MAX_PAGE,
         Some(Ok(limit)) => limit,
-        Some(Err(_)) => return respond(ErrorKind::InvalidInput, "limit must be a number from 1 to 1000", None),
-    };
-    let store = match store(&api) {
-        Ok(store) => store,
-        Err(response) => return response,
-    };
-    let reader = match reader(store).await {
-        Ok(reader) => reader,
-        Err(response) => return response,
+        Some(Err(_)) => return Err(KvError::InvalidInput("limit must be a number from 1 to 1000".into())),
     };
     let prefix = params.get("prefix").map(String::as_str).unwrap_or("");
     let cursor = params.get("cursor").map(String::as_str).filter(|c| !c.is_empty());
-    match reader.list_keys(&namespace, prefix, cursor, limit).await {
-        Ok(page) => json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "plugin": namespace.plugin(),
-                "bucket": namespace.bucket(),
-                "keys": page.keys.iter().map(|k| key_json(k)).collect::<Vec<_>>(),
-                "cursor": page.cursor,
-            }),
-        ),
-        Err(e) => error(&e),
-    }
+    let page = reader(api).await?.list_keys(&namespace, prefix, cursor, limit).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "plugin": namespace.plugin(),
+            "bucket": namespace.bucket(),
+            "keys": page.keys.iter().map(|k| key_json(k)).collect::<Vec<_>>(),
+            "cursor": page.cursor,
+        }),
+    ))
 }
 
 async fn value(
@@ -156,33 +139,23 @@ async fn value(
     RawQuery(query): RawQuery,
 ) -> Response {
     let Ok(Path(plugin)) = plugin else { return super::errors::bad_path() };
-    let params = params(query);
-    let namespace = match namespace(&plugin, &params) {
-        Ok(ns) => ns,
-        Err(response) => return response,
-    };
-    let Some(key) = params.get("key") else {
-        return respond(ErrorKind::InvalidInput, "the key parameter is missing", None);
-    };
-    let store = match store(&api) {
-        Ok(store) => store,
-        Err(response) => return response,
-    };
-    let reader = match reader(store).await {
-        Ok(reader) => reader,
-        Err(response) => return response,
-    };
+    value_of(&api, &plugin, &params(query)).await.unwrap_or_else(|e| error(&e))
+}
+
+async fn value_of(api: &Api, plugin: &str, params: &HashMap<String, String>) -> Result<Response, KvError> {
+    let namespace = namespace(plugin, params)?;
+    let key = params.get("key").ok_or_else(|| KvError::InvalidInput("the key parameter is missing".into()))?;
     let raw = params.get("raw").is_some_and(|r| r == "1" || r == "true");
-    match reader.get(&namespace, key).await {
-        Ok(Some(value)) if raw => ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response(),
-        Ok(Some(value)) => {
+    Ok(match reader(api).await?.get(&namespace, key).await? {
+        Some(value) if raw => ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response(),
+        Some(value) => {
             let mut answer = key_json(key);
             answer["plugin"] = namespace.plugin().into();
             answer["bucket"] = namespace.bucket().into();
             answer["value"] = serde_json::to_value(show_value(&value)).unwrap_or_default();
             json(StatusCode::OK, &answer)
         }
-        Ok(None) => respond(
+        None => respond(
             ErrorKind::NotFound,
             &format!(
                 "no key `{}` in bucket `{}` of plugin `{}`",
@@ -192,6 +165,5 @@ async fn value(
             ),
             None,
         ),
-        Err(e) => error(&e),
-    }
+    })
 }

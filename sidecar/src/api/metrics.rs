@@ -64,6 +64,9 @@ struct HttpLabels {
     outcome: &'static str,
 }
 
+/// A key-value gauge: name, help, and how to read it from a plugin's usage.
+type KvGauge = (&'static str, &'static str, fn(&PluginUsage) -> Option<u64>);
+
 type LatencyFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
 
 /// The server's own counters.
@@ -146,7 +149,7 @@ impl Metrics {
             }
         }
         registry.register("kv_operations", "Key-value operations of plugins, by operation and outcome", kv_ops);
-        let gauges: [(&str, &str, fn(&PluginUsage) -> Option<u64>); 4] = [
+        let gauges: [KvGauge; 4] = [
             ("kv_keys", "Keys a plugin stores, all buckets", |u| Some(u.keys)),
             ("kv_bytes", "Bytes of keys and values a plugin stores, all buckets", |u| Some(u.bytes)),
             ("kv_max_keys", "The max_keys quota of a plugin's [kv] grant", |u| u.quota.map(|q| q.max_keys)),
