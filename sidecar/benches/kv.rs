@@ -16,6 +16,14 @@
 //! `get` of a random key among 10,000 (warm): `RedbBackend::get` against a
 //! direct read (`begin_read` + `open_table` + `get`), at 1 and 8 callers.
 //!
+//! A guest's `get` through the sidecar (issue 18, performance (a)): the
+//! `kv-counter` component calling `gatehouse:services/kv` `get` in a loop
+//! of 10,000 inside one invocation (the per-get cost, invocation
+//! amortised), and one invocation per `get` (`read 1`), against a direct
+//! redb read of the same key and value from Rust (`begin_read` +
+//! `open_table` + `get` + copying the value out, as the guest gets a copy),
+//! in the same run.
+//!
 //! Each row runs for a fixed time; rows alternate over three rounds and the
 //! median is kept. Run with `./dev bench` (or `cargo bench -p gatehouse
 //! --bench kv`); `GATEHOUSE_BENCH_DIR` picks the disk (default: the
@@ -28,9 +36,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use gatehouse::services::Services;
+use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::services::kv::backend::Namespace;
 use gatehouse::services::kv::policy::{Durability, Quota};
-use gatehouse::services::kv::{Bucket, KvBackend, RedbBackend};
+use gatehouse::services::kv::{Bucket, KvBackend, KvStore, RedbBackend};
+use gatehouse::{Document, Runtime, RuntimeSettings};
 use redb::{ReadableDatabase, TableDefinition};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bench");
@@ -175,7 +186,108 @@ fn main() {
         for callers in [1, 8] {
             table(&gets, callers, GET_TIME).await;
         }
+
+        guest_gets(backend.clone(), direct.clone()).await;
     });
+}
+
+/// Gets in the guest's loop of one invocation.
+const GUEST_LOOP: u64 = 10_000;
+
+/// (a): a guest `get` through the sidecar against a direct redb read.
+async fn guest_gets(backend: Arc<RedbBackend>, direct: Arc<redb::Database>) {
+    let guests = std::env::var_os("GATEHOUSE_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"));
+    let policies = tempfile::tempdir().unwrap();
+    let component = guests.join("kv_counter.wasm");
+    std::fs::write(
+        policies.path().join("kvbench.toml"),
+        format!(
+            "[plugin]\nname = \"kvbench\"\ncomponent = {:?}\n[limits]\ntimeout = \"30s\"\n[kv]\nrate = \"1000000000/s\"\n",
+            component.display().to_string()
+        ),
+    )
+    .unwrap();
+    let load = gatehouse::policy::load_dir(policies.path(), policies.path()).unwrap();
+    assert!(load.errors.is_empty(), "{:?} (run ./dev guests first)", load.errors);
+    let store = KvStore::with_backend(backend.clone() as Arc<dyn KvBackend>);
+    let services = Services::with_dns(Arc::new(SystemLookup)).unwrap().with_kv(store);
+    let runtime = Runtime::new(RuntimeSettings::default(), Arc::new(services)).unwrap();
+    let report = runtime.load(&load.set).await;
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let runtime = Arc::new(runtime);
+
+    // The same key and 100-byte value in both stores.
+    let bucket = Arc::new(Bucket {
+        namespace: Namespace::new("kvbench", "default").unwrap(),
+        quota: Quota::default(),
+        durability: Durability::Immediate,
+    });
+    backend.set(&bucket, "k".into(), VALUE.to_vec()).await.unwrap();
+    {
+        let txn = direct.begin_write().unwrap();
+        txn.open_table(TABLE).unwrap().insert(&b"k"[..], &VALUE[..]).unwrap();
+        txn.commit().unwrap();
+    }
+
+    let invoke = |command: String| {
+        let runtime = runtime.clone();
+        async move {
+            let input = Document { content_type: "text/plain".into(), body: command.into_bytes() };
+            let output = runtime.invoke("kvbench", input).await.unwrap();
+            assert!(output.body.starts_with(b"{\"reads\""), "{}", String::from_utf8_lossy(&output.body));
+        }
+    };
+    let direct_read = |db: &redb::Database| {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(TABLE).unwrap();
+        let value = table.get(&b"k"[..]).unwrap().unwrap().value().to_vec();
+        assert_eq!(value.len(), 100);
+    };
+
+    // Per get, µs: each row is one batch of GUEST_LOOP gets, timed whole.
+    let mut guest_loop = Vec::new();
+    let mut direct_loop = Vec::new();
+    let mut backend_loop = Vec::new();
+    let mut invocation = Vec::new();
+    invoke(format!("read {GUEST_LOOP} k")).await; // warm: compiled, pooled
+    for _ in 0..5 {
+        let started = Instant::now();
+        invoke(format!("read {GUEST_LOOP} k")).await;
+        guest_loop.push(started.elapsed().as_secs_f64() * 1e6 / GUEST_LOOP as f64);
+        let started = Instant::now();
+        for _ in 0..GUEST_LOOP {
+            direct_read(&direct);
+        }
+        direct_loop.push(started.elapsed().as_secs_f64() * 1e6 / GUEST_LOOP as f64);
+        let started = Instant::now();
+        for _ in 0..GUEST_LOOP {
+            assert_eq!(backend.get(&bucket, "k").await.unwrap().unwrap().len(), 100);
+        }
+        backend_loop.push(started.elapsed().as_secs_f64() * 1e6 / GUEST_LOOP as f64);
+        let started = Instant::now();
+        for _ in 0..1000 {
+            invoke("read 1 k".into()).await;
+        }
+        invocation.push(started.elapsed().as_secs_f64() * 1e6 / 1000.0);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let direct = median(direct_loop);
+    println!("\na guest `get` through the sidecar (100-byte value, one key), median of 5 batches\n");
+    println!("| path | µs per get | vs direct read |");
+    println!("|---|---|---|");
+    for (label, us) in [
+        ("direct redb read from Rust (begin_read + open_table + get + copy)", direct),
+        ("`RedbBackend::get` from Rust", median(backend_loop)),
+        ("guest `get` in a loop of 10,000 in one invocation (kv-counter `read`)", median(guest_loop)),
+        ("one invocation per guest `get` (`read 1`, 1,000 invocations)", median(invocation)),
+    ] {
+        println!("| {label} | {us:.2} | {:.2}x |", us / direct);
+    }
 }
 
 /// Rows alternate over the rounds, so drift on a shared VM favours none.

@@ -5,7 +5,9 @@
 //! - `visit` (or an empty input): adds one to `visits`, answers `{"visits": N}`;
 //! - `fill N`: stores N bytes under `blob`;
 //! - `peek BUCKET KEY`: reads a key of another bucket;
-//! - `usage`: answers `{"keys": K, "bytes": B}`.
+//! - `usage`: answers `{"keys": K, "bytes": B}`;
+//! - `read N KEY`: reads KEY N times in a loop (the benchmark of a guest
+//!   `get`), answers `{"reads": N, "bytes": B}` (B: bytes read in all).
 //!
 //! Errors from the store are returned as they come, so their kind reaches
 //! the caller.
@@ -32,11 +34,19 @@ impl Guest for Counter {
                 let value = kv::get(bucket, key)?;
                 format!("{{\"found\": {}}}", value.is_some())
             }
+            ["read", n, key] => {
+                let n: u64 = n.parse().map_err(|_| invalid("read takes a count"))?;
+                let mut bytes = 0;
+                for _ in 0..n {
+                    bytes += kv::get("", key)?.map_or(0, |v| v.len());
+                }
+                format!("{{\"reads\": {n}, \"bytes\": {bytes}}}")
+            }
             ["usage"] => {
                 let usage = kv::usage()?;
                 format!("{{\"keys\": {}, \"bytes\": {}}}", usage.keys, usage.bytes)
             }
-            _ => return Err(invalid("commands: visit, fill N, peek BUCKET KEY, usage")),
+            _ => return Err(invalid("commands: visit, fill N, peek BUCKET KEY, read N KEY, usage")),
         };
         Ok(Document { content_type: "application/json".into(), body: answer.into_bytes() })
     }

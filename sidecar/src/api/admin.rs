@@ -1,5 +1,5 @@
-//! The admin listener: what is loaded and granted, reload, and database
-//! health. Browsers are refused (a request with `Origin`, or from another
+//! The admin listener: what is loaded and granted, reload, database
+//! health, and the key-value store's read-only view (`api::kv`). Browsers are refused (a request with `Origin`, or from another
 //! site by `Sec-Fetch-Site`), and without a token so is any `Host` but a
 //! loopback name, against cross-site forms and DNS rebinding. Every
 //! request needs `Authorization: Bearer <token>` when a token is set
@@ -25,6 +25,7 @@ pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
         .route("/admin/plugins", get(plugins))
         .route("/admin/reload", post(reload))
         .route("/admin/databases", get(databases))
+        .merge(super::kv::routes())
         .fallback(super::errors::no_route)
         .method_not_allowed_fallback(super::errors::wrong_method)
         .with_state(api)

@@ -178,7 +178,8 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let databases = api.databases.check().await;
-    let text = api.metrics.render(&api.runtime, &api.services, &databases);
+    let kv = super::metrics::kv_usage(&api.services).await;
+    let text = api.metrics.render(&api.runtime, &api.services, &databases, &kv);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

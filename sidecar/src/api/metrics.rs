@@ -5,7 +5,10 @@
 //! `services::http` per loaded plugin and copied into the exposition at
 //! scrape time (they restart when a plugin is reloaded, which Prometheus
 //! treats as a counter reset). Database health is checked at scrape time
-//! (at most once a second, see `databases`).
+//! (at most once a second, see `databases`). Key-value operations are
+//! counted by `services::kv` per plugin, operation and outcome (fixed
+//! sets, so guests cannot add series), and each plugin's usage and quotas
+//! are read from the store at scrape time ([`kv_usage`]).
 
 use std::time::Duration;
 
@@ -18,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::databases::Health;
 use crate::services::Services;
+use crate::services::kv::PluginUsage;
 use crate::{InvokeError, Runtime};
 
 /// Labels of an invocation.
@@ -43,6 +47,13 @@ struct NameLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KvLabels {
+    plugin: String,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabel {
     database: String,
 }
@@ -52,6 +63,9 @@ struct HttpLabels {
     plugin: String,
     outcome: &'static str,
 }
+
+/// A key-value gauge: name, help, and how to read it from a plugin's usage.
+type KvGauge = (&'static str, &'static str, fn(&PluginUsage) -> Option<u64>);
 
 type LatencyFamily = Family<PluginLabels, Histogram, fn() -> Histogram>;
 
@@ -95,7 +109,7 @@ impl Metrics {
 
     /// The exposition, in the OpenMetrics text format, with each
     /// database's last check.
-    pub fn render(&self, runtime: &Runtime, services: &Services, databases: &[Health]) -> String {
+    pub fn render(&self, runtime: &Runtime, services: &Services, databases: &[Health], kv: &[PluginUsage]) -> String {
         let mut registry = Registry::with_prefix("gatehouse");
         registry.register("invocations", "Plugin invocations, by outcome", self.invocations.clone());
         registry.register("invocation_seconds", "Invocation latency", self.latency.clone());
@@ -126,6 +140,32 @@ impl Metrics {
         registry.register("plugin_concurrency", "Invocations a plugin may run at once (its policy)", slots);
         registry.register("outbound_http_requests", "Outbound HTTP requests of plugins, by outcome", http);
         registry.register("outbound_http_body_bytes", "Outbound HTTP body bytes of plugins", http_bytes);
+        let kv_ops: Family<KvLabels, Counter> = Family::default();
+        if let Some(store) = &services.kv {
+            for plugin in runtime.summaries() {
+                for (operation, outcome, n) in store.metrics(&plugin.name).unwrap_or_default() {
+                    kv_ops.get_or_create(&KvLabels { plugin: plugin.name.clone(), operation, outcome }).inc_by(n);
+                }
+            }
+        }
+        registry.register("kv_operations", "Key-value operations of plugins, by operation and outcome", kv_ops);
+        let gauges: [KvGauge; 4] = [
+            ("kv_keys", "Keys a plugin stores, all buckets", |u| Some(u.keys)),
+            ("kv_bytes", "Bytes of keys and values a plugin stores, all buckets", |u| Some(u.bytes)),
+            ("kv_max_keys", "The max_keys quota of a plugin's [kv] grant", |u| u.quota.map(|q| q.max_keys)),
+            ("kv_max_bytes", "The max_bytes quota of a plugin's [kv] grant", |u| u.quota.map(|q| q.max_bytes)),
+        ];
+        for (name, help, read) in gauges {
+            let family: Family<NameLabel, Gauge> = Family::default();
+            for usage in kv {
+                if let Some(n) = read(usage) {
+                    family
+                        .get_or_create(&NameLabel { plugin: usage.plugin.clone() })
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            registry.register(name, help, family);
+        }
         let up: Family<DatabaseLabel, Gauge> = Family::default();
         for health in databases {
             up.get_or_create(&DatabaseLabel { database: health.alias.clone() }).set(i64::from(health.is_up()));
@@ -136,4 +176,24 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
     }
+}
+
+/// Each plugin loaded with a `[kv]` grant, its usage and quotas, for a
+/// scrape. Empty when no plugin has a grant (the store is then not
+/// opened) or when the store cannot be read (the gauges are left out, and
+/// the operation counters show the `unavailable` calls).
+pub async fn kv_usage(services: &Services) -> Vec<PluginUsage> {
+    let Some(store) = &services.kv else { return Vec::new() };
+    let granted = store.granted();
+    if granted.is_empty() {
+        return Vec::new();
+    }
+    let Ok(reader) = store.reader().await else { return Vec::new() };
+    let mut list = Vec::with_capacity(granted.len());
+    for (plugin, policy) in &granted {
+        if let Ok(usage) = reader.plugin_usage(plugin, Some(policy)).await {
+            list.push(usage);
+        }
+    }
+    list
 }

@@ -8,6 +8,8 @@
 //! - [`edge`]: request ids and the head-size bound, for both listeners.
 //! - [`admin`]: the admin listener, behind a bearer token: plugins with
 //!   versions and grants, reload, database health.
+//! - [`kv`]: the key-value store's read-only admin routes (usage, keys,
+//!   values).
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
@@ -17,6 +19,7 @@ pub mod admin;
 pub mod edge;
 pub mod errors;
 pub mod invoke;
+pub mod kv;
 pub mod metrics;
 pub mod min_rate;
 pub mod proxy;

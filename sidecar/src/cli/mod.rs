@@ -1,4 +1,4 @@
-//! `gatehouse invoke | policy … | compile | demo`.
+//! `gatehouse invoke | policy … | compile | demo | kv …`.
 //!
 //! The CLI is the binary's edge: it turns library errors into messages and
 //! exit codes (0 success, 1 the operation failed, 2 bad usage or settings).
@@ -6,6 +6,7 @@
 mod commands;
 mod demo;
 mod json_log;
+mod kv;
 mod run;
 
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ enum Command {
     },
     /// Load the example plugins and run each on a sample document.
     Demo,
+    /// Read the key-value store (read-only): usage, a value, keys.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
     /// Write the `gatehouse:services` WIT package this binary serves into
     /// DIR, for building a plugin outside this repository.
     Wit {
@@ -157,6 +161,7 @@ pub fn main() -> ExitCode {
             Command::Compile => commands::compile(&config),
             Command::Run { .. } => run::run(&config).await,
             Command::Demo => demo::demo(&config).await,
+            Command::Kv(command) => kv::run(&config, command).await,
             Command::CompileWorker { .. } | Command::Wit { .. } => {
                 unreachable!("handled before the settings are read")
             }

@@ -121,4 +121,10 @@ fn try_line(api: &Api, invoke_addr: std::net::SocketAddr) {
     } else if let Some(plugin) = plugins.iter().find(|p| p.kind == "plugin") {
         println!("try: curl -s --data-binary @input.json http://{invoke_addr}/v1/plugins/{}/invoke", plugin.name);
     }
+    if plugins.iter().any(|p| p.name == "kv-counter") {
+        println!(
+            "try: curl -s --data visit http://{invoke_addr}/v1/plugins/kv-counter/invoke   \
+             (counts in the key-value store; then: gatehouse kv get kv-counter visits)"
+        );
+    }
 }

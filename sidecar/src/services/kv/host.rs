@@ -6,21 +6,36 @@
 //! store), and names its bucket through [`KvHost::bucket`] (granted in the
 //! policy, or `denied`); the backend then enforces keys, sizes and quotas.
 //! The doors only translate arguments and errors.
+//!
+//! Every backend call goes through [`Counted`], which counts it by
+//! operation and outcome for `/metrics`; refusals before the backend (no
+//! grant, rate, a bucket not granted) are counted by the call that met
+//! them. [`KvStore`] is also the operator's way in: which plugins are
+//! loaded with a grant, their counters, and a read-only view of the data.
 
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 use wasmtime::component::HasData;
 
-use super::backend::{Bucket, KvBackend};
+use super::backend::{Bucket, KvBackend, Page, UsageReport};
 use super::error::KvError;
+use super::metrics::{KvMetrics, KvOp};
+use super::operator::KvReader;
 use super::policy::KvPolicy;
-use super::redb::RedbBackend;
-use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport};
+use super::redb::{OpenError, RedbBackend};
+use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport as Report};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
+
+/// How long the sidecar's first open of the store waits while another
+/// process has the file open (`gatehouse kv …` reading it holds a shared
+/// lock for one page at a time).
+pub const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// The sidecar's store, opened at the first call that needs it, so that a
 /// sidecar (or a `policy check`) whose plugins never store anything
@@ -28,18 +43,35 @@ use crate::services::budget::Budget;
 pub struct KvStore {
     dir: PathBuf,
     backend: OnceCell<Arc<dyn KvBackend>>,
+    /// The grants of loaded plugins, by name: each entry lives as long as
+    /// a loaded version of the plugin (a weak reference to its
+    /// [`PluginKv`]), newest last.
+    grants: Mutex<BTreeMap<String, Vec<Weak<Grant>>>>,
+    /// Each plugin's counters, by name: kept across reloads, so the
+    /// exported counters only grow. Plugin names come from policy files.
+    metrics: Mutex<HashMap<String, Arc<KvMetrics>>>,
+}
+
+/// A loaded plugin's grant, as the operator view sees it.
+struct Grant {
+    policy: KvPolicy,
 }
 
 impl KvStore {
     /// The redb store in `dir` (created with mode 0700 and checked like
     /// the code cache: a directory others may write is refused).
     pub fn redb(dir: PathBuf) -> KvStore {
-        KvStore { dir, backend: OnceCell::new() }
+        KvStore { dir, backend: OnceCell::new(), grants: Default::default(), metrics: Default::default() }
     }
 
     /// A store over an open backend (tests, and a PostgreSQL backend).
     pub fn with_backend(backend: Arc<dyn KvBackend>) -> KvStore {
-        KvStore { dir: PathBuf::new(), backend: OnceCell::new_with(Some(backend)) }
+        KvStore {
+            dir: PathBuf::new(),
+            backend: OnceCell::new_with(Some(backend)),
+            grants: Default::default(),
+            metrics: Default::default(),
+        }
     }
 
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
@@ -47,27 +79,83 @@ impl KvStore {
             .get_or_try_init(|| async {
                 crate::data_dir::secure(&self.dir)
                     .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
-                let backend = RedbBackend::open(&self.dir.join("store.redb"))?;
-                Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                let path = self.dir.join("store.redb");
+                let started = Instant::now();
+                loop {
+                    match RedbBackend::try_open(&path) {
+                        Ok(backend) => return Ok(Arc::new(backend) as Arc<dyn KvBackend>),
+                        // `gatehouse kv …` may be reading the file: it lets
+                        // go after one page.
+                        Err(OpenError::Locked(_)) if started.elapsed() < OPEN_WAIT => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(OpenError::Other(e)) => return Err(e),
+                        Err(e) => return Err(KvError::Unavailable(e.to_string())),
+                    }
+                }
             })
             .await
+    }
+
+    /// The operator's read-only view of the open store (opening it if no
+    /// call has yet).
+    pub async fn reader(&self) -> Result<KvReader, KvError> {
+        Ok(KvReader::Live(Arc::clone(self.backend().await?)))
+    }
+
+    /// The plugins loaded now with a `[kv]` grant, by name, with the grant
+    /// of the newest loaded version.
+    pub fn granted(&self) -> Vec<(String, KvPolicy)> {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        grants.retain(|_, versions| {
+            versions.retain(|v| v.strong_count() > 0);
+            !versions.is_empty()
+        });
+        grants
+            .iter()
+            .filter_map(|(name, versions)| {
+                versions.iter().rev().find_map(Weak::upgrade).map(|g| (name.clone(), g.policy.clone()))
+            })
+            .collect()
+    }
+
+    /// The operation counters of `plugin`, if it was ever loaded with a
+    /// `[kv]` grant.
+    pub fn metrics(&self, plugin: &str) -> Option<Vec<(&'static str, &'static str, u64)>> {
+        self.metrics.lock().unwrap_or_else(|p| p.into_inner()).get(plugin).map(|m| m.snapshot())
+    }
+
+    fn register(&self, plugin: &str, policy: &KvPolicy) -> (Arc<Grant>, Arc<KvMetrics>) {
+        let grant = Arc::new(Grant { policy: policy.clone() });
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let versions = grants.entry(plugin.to_string()).or_default();
+        versions.retain(|v| v.strong_count() > 0);
+        versions.push(Arc::downgrade(&grant));
+        drop(grants);
+        let metrics =
+            self.metrics.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone();
+        (grant, metrics)
     }
 }
 
 /// One plugin's `[kv]` grant, shared by all its invocations: the policy,
-/// the store, and the rate budget.
+/// the store, the rate budget and the counters.
 pub struct PluginKv {
     plugin: String,
     policy: KvPolicy,
     store: Arc<KvStore>,
     rate: Budget,
+    metrics: Arc<KvMetrics>,
+    /// Keeps this version listed in [`KvStore::granted`] while it lives.
+    _grant: Arc<Grant>,
 }
 
 impl PluginKv {
     /// `plugin`'s grant on `store`.
     pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
         let rate = Budget::for_rate(&policy.rate);
-        PluginKv { plugin: plugin.to_string(), policy, store, rate }
+        let (grant, metrics) = store.register(plugin, &policy);
+        PluginKv { plugin: plugin.to_string(), policy, store, rate, metrics, _grant: grant }
     }
 }
 
@@ -87,32 +175,128 @@ impl KvHost {
 
     /// What every call of every door does first: checks that the policy
     /// has `[kv]`, takes a token of its rate (`rate-limited` with the wait
-    /// past it) and returns the store, opened if this is its first call.
-    pub(super) async fn admit(&self) -> Result<&Arc<dyn KvBackend>, GuestError> {
-        let plugin = self.grant()?;
-        if let Err(wait) = plugin.rate.take() {
-            let message = format!("key-value rate of {} exceeded", plugin.policy.rate);
-            return Err(guest(ErrorKind::RateLimited, message, Some(wait)));
+    /// past it) and returns the store, opened if this is its first call,
+    /// counting the call under `op`. A refusal here is counted under `op`.
+    pub(super) async fn admit(&self, op: KvOp) -> Result<Counted, GuestError> {
+        let admitted = async {
+            let plugin = self.grant()?;
+            if let Err(wait) = plugin.rate.take() {
+                let message = format!("key-value rate of {} exceeded", plugin.policy.rate);
+                return Err(guest(ErrorKind::RateLimited, message, Some(wait)));
+            }
+            let backend = plugin.store.backend().await.map_err(to_guest)?;
+            Ok(Counted { backend: Arc::clone(backend), metrics: Arc::clone(&plugin.metrics) })
         }
-        plugin.store.backend().await.map_err(to_guest)
+        .await;
+        if let Err(refused) = &admitted {
+            self.count(op, refused);
+        }
+        admitted
     }
 
     /// The bucket `name` (`""` and `"default"`: the default one) if the
-    /// policy grants it, `denied` otherwise. Spends no token: the call
-    /// that names it has been admitted.
-    pub(super) fn bucket(&self, name: &str) -> Result<Bucket, GuestError> {
-        let plugin = self.grant()?;
-        Bucket::open(&plugin.plugin, &plugin.policy, name).map_err(to_guest)
+    /// policy grants it, `denied` (counted under `op`) otherwise. Spends no
+    /// token: the call that names it has been admitted.
+    pub(super) fn bucket(&self, op: KvOp, name: &str) -> Result<Bucket, GuestError> {
+        let bucket =
+            self.grant().and_then(|plugin| Bucket::open(&plugin.plugin, &plugin.policy, name).map_err(to_guest));
+        if let Err(refused) = &bucket {
+            self.count(op, refused);
+        }
+        bucket
     }
 
     fn grant(&self) -> Result<&PluginKv, GuestError> {
         self.plugin.as_deref().ok_or_else(|| guest(ErrorKind::Denied, "the policy has no [kv] section".into(), None))
     }
 
-    /// The custom door's calls: admitted, then the bucket they name.
-    async fn open(&self, bucket: &str) -> Result<(Bucket, &Arc<dyn KvBackend>), GuestError> {
-        let backend = self.admit().await?;
-        Ok((self.bucket(bucket)?, backend))
+    fn count(&self, op: KvOp, refused: &GuestError) {
+        if let Some(plugin) = &self.plugin {
+            plugin.metrics.record(op, Some(refused.kind));
+        }
+    }
+
+    /// One call of the custom door: admitted, the bucket it names, then
+    /// `call` on the (counting) backend.
+    async fn run<T, F, Fut>(&self, op: KvOp, bucket: &str, call: F) -> Result<T, GuestError>
+    where
+        F: FnOnce(Bucket, Counted) -> Fut,
+        Fut: Future<Output = Result<T, KvError>>,
+    {
+        let backend = self.admit(op).await?;
+        let bucket = self.bucket(op, bucket)?;
+        call(bucket, backend).await.map_err(to_guest)
+    }
+}
+
+/// The store as one admitted call sees it: each operation is counted by
+/// its kind and outcome in the plugin's metrics.
+pub(super) struct Counted {
+    backend: Arc<dyn KvBackend>,
+    metrics: Arc<KvMetrics>,
+}
+
+impl Counted {
+    async fn counted<T>(&self, op: KvOp, call: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
+        let result = call.await;
+        self.metrics.record(op, result.as_ref().err().map(KvError::kind));
+        result
+    }
+
+    pub(super) async fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.counted(KvOp::Get, self.backend.get(bucket, key)).await
+    }
+
+    pub(super) async fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool, KvError> {
+        self.counted(KvOp::Exists, self.backend.exists(bucket, key)).await
+    }
+
+    pub(super) async fn set(&self, bucket: &Bucket, key: String, value: Vec<u8>) -> Result<(), KvError> {
+        self.counted(KvOp::Set, self.backend.set(bucket, key, value)).await
+    }
+
+    pub(super) async fn delete(&self, bucket: &Bucket, key: String) -> Result<bool, KvError> {
+        self.counted(KvOp::Delete, self.backend.delete(bucket, key)).await
+    }
+
+    pub(super) async fn list_keys(
+        &self,
+        bucket: &Bucket,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, KvError> {
+        self.counted(KvOp::ListKeys, self.backend.list_keys(bucket, prefix, cursor, limit)).await
+    }
+
+    pub(super) async fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        self.counted(KvOp::GetMany, self.backend.get_many(bucket, keys)).await
+    }
+
+    pub(super) async fn set_many(&self, bucket: &Bucket, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        self.counted(KvOp::SetMany, self.backend.set_many(bucket, pairs)).await
+    }
+
+    pub(super) async fn delete_many(&self, bucket: &Bucket, keys: Vec<String>) -> Result<u64, KvError> {
+        self.counted(KvOp::DeleteMany, self.backend.delete_many(bucket, keys)).await
+    }
+
+    pub(super) async fn increment(&self, bucket: &Bucket, key: String, delta: i64) -> Result<i64, KvError> {
+        self.counted(KvOp::Increment, self.backend.increment(bucket, key, delta)).await
+    }
+
+    pub(super) async fn compare_and_swap(
+        &self,
+        bucket: &Bucket,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool, KvError> {
+        self.counted(KvOp::CompareAndSwap, self.backend.compare_and_swap(bucket, key, expected, new)).await
+    }
+
+    pub(super) async fn usage(&self, bucket: &Bucket) -> Result<UsageReport, KvError> {
+        self.counted(KvOp::Usage, self.backend.usage(bucket)).await
     }
 }
 
@@ -138,35 +322,19 @@ type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
 impl Host for KvHost {
     async fn get(&mut self, bucket: String, key: String) -> Answer<Option<Vec<u8>>> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.get(&bucket, &key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Get, &bucket, move |b, store| async move { store.get(&b, &key).await }).await)
     }
 
     async fn set(&mut self, bucket: String, key: String, value: Vec<u8>) -> Answer<()> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.set(&bucket, key, value).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Set, &bucket, move |b, store| async move { store.set(&b, key, value).await }).await)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.delete(&bucket, key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Delete, &bucket, move |b, store| async move { store.delete(&b, key).await }).await)
     }
 
     async fn exists(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.exists(&bucket, &key).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::Exists, &bucket, move |b, store| async move { store.exists(&b, &key).await }).await)
     }
 
     async fn list_keys(
@@ -176,44 +344,30 @@ impl Host for KvHost {
         cursor: Option<String>,
         limit: u32,
     ) -> Answer<KeyPage> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            let page = store.list_keys(&bucket, &prefix, cursor.as_deref(), limit).await.map_err(to_guest)?;
-            Ok(KeyPage { keys: page.keys, cursor: page.cursor })
-        }
-        .await)
+        Ok(self
+            .run(KvOp::ListKeys, &bucket, move |b, store| async move {
+                let page = store.list_keys(&b, &prefix, cursor.as_deref(), limit).await?;
+                Ok(KeyPage { keys: page.keys, cursor: page.cursor })
+            })
+            .await)
     }
 
     async fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.get_many(&bucket, &keys).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::GetMany, &bucket, move |b, store| async move { store.get_many(&b, &keys).await }).await)
     }
 
     async fn set_many(&mut self, bucket: String, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.set_many(&bucket, pairs).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::SetMany, &bucket, move |b, store| async move { store.set_many(&b, pairs).await }).await)
     }
 
     async fn delete_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<u64> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.delete_many(&bucket, keys).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self.run(KvOp::DeleteMany, &bucket, move |b, store| async move { store.delete_many(&b, keys).await }).await)
     }
 
     async fn increment(&mut self, bucket: String, key: String, delta: i64) -> Answer<i64> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.increment(&bucket, key, delta).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self
+            .run(KvOp::Increment, &bucket, move |b, store| async move { store.increment(&b, key, delta).await })
+            .await)
     }
 
     async fn compare_and_swap(
@@ -223,26 +377,26 @@ impl Host for KvHost {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Answer<bool> {
-        Ok(async {
-            let (bucket, store) = self.open(&bucket).await?;
-            store.compare_and_swap(&bucket, key, expected, new).await.map_err(to_guest)
-        }
-        .await)
+        Ok(self
+            .run(KvOp::CompareAndSwap, &bucket, move |b, store| async move {
+                store.compare_and_swap(&b, key, expected, new).await
+            })
+            .await)
     }
 
-    async fn usage(&mut self) -> Answer<UsageReport> {
-        Ok(async {
-            let (bucket, store) = self.open("").await?;
-            let report = store.usage(&bucket).await.map_err(to_guest)?;
-            Ok(UsageReport {
-                keys: report.plugin.keys,
-                bytes: report.plugin.bytes,
-                max_keys: report.quota.max_keys,
-                max_bytes: report.quota.max_bytes,
-                max_key: report.quota.max_key,
-                max_value: report.quota.max_value,
+    async fn usage(&mut self) -> Answer<Report> {
+        Ok(self
+            .run(KvOp::Usage, "", move |b, store| async move {
+                let report = store.usage(&b).await?;
+                Ok(Report {
+                    keys: report.plugin.keys,
+                    bytes: report.plugin.bytes,
+                    max_keys: report.quota.max_keys,
+                    max_bytes: report.quota.max_bytes,
+                    max_key: report.quota.max_key,
+                    max_value: report.quota.max_value,
+                })
             })
-        }
-        .await)
+            .await)
     }
 }

@@ -13,12 +13,16 @@
 //! - [`wasi`], [`wasi_draft`], [`wasi_draft2`]: the `wasi:keyvalue` doors,
 //!   `0.2.0-draft` (wasmtime, wasmCloud) and `0.2.0-draft2` (Spin), each
 //!   generated from its vendored WIT and translating onto [`KvHost`].
+//! - [`metrics`]: operation counters by plugin, operation and outcome.
+//! - [`operator`]: the read-only view for the admin API and the CLI.
 //!
 //! Not here yet: the PostgreSQL backend.
 
 pub mod backend;
 pub mod error;
 pub mod host;
+pub mod metrics;
+pub mod operator;
 pub mod policy;
 pub mod redb;
 pub mod wasi;
@@ -28,5 +32,7 @@ pub mod wasi_draft2;
 pub use backend::{Bucket, KvBackend, Namespace, Page, Usage, UsageReport};
 pub use error::{KvError, QuotaKind};
 pub use host::{KvHost, KvService, KvStore, PluginKv};
+pub use metrics::{KvMetrics, KvOp};
+pub use operator::{KvReader, PluginUsage};
 pub use policy::KvPolicy;
-pub use redb::RedbBackend;
+pub use redb::{RedbBackend, RedbReader};

@@ -201,12 +201,22 @@ impl RedbBackend {
     /// that is not a redb database, or a damaged one, is `unavailable`
     /// (never a panic), and so is a file another process has open.
     pub fn open(path: &Path) -> Result<RedbBackend, KvError> {
+        RedbBackend::try_open(path).map_err(|e| match e {
+            OpenError::Other(e) => e,
+            other => KvError::Unavailable(other.to_string()),
+        })
+    }
+
+    /// [`RedbBackend::open`], telling a file another process has open
+    /// (`gatehouse kv …` reading it, another sidecar) from other failures.
+    pub fn try_open(path: &Path) -> Result<RedbBackend, OpenError> {
         let shown = crate::policy::shown(path);
         let opened = std::panic::catch_unwind(|| Database::builder().create(path));
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}"))),
-            Err(_) => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged"))),
+            Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(OpenError::Locked(shown)),
+            Ok(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
+            Err(_) => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
         };
         let txn = db.begin_write().map_err(unavailable)?;
         {
@@ -254,10 +264,141 @@ impl RedbBackend {
         &self,
         f: impl FnOnce(&::redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, KvError>,
     ) -> Result<T, KvError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(DATA).map_err(unavailable)?;
-        f(&table)
+        read(&*self.db, f)
     }
+}
+
+/// One read transaction on `db` (the writer's database or a read-only one).
+fn read<T>(
+    db: &impl ReadableDatabase,
+    f: impl FnOnce(&::redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, KvError>,
+) -> Result<T, KvError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(DATA).map_err(unavailable)?;
+    f(&table)
+}
+
+/// Why [`RedbBackend::try_open`] or [`RedbReader::open`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process (or another handle in this one) has the file open:
+    /// redb lets one process open a file for writing, or several for
+    /// reading, never both.
+    #[error("{0} is open in another process")]
+    Locked(String),
+    /// There is no store yet.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// The file was not closed cleanly (its writer was killed); only a
+    /// writer may repair it, which a read-only open never does.
+    #[error("{0} was not closed cleanly; the sidecar repairs it when it next opens the store")]
+    NeedsRepair(String),
+    /// Anything else (a damaged file, an I/O error).
+    #[error(transparent)]
+    Other(#[from] KvError),
+}
+
+/// The store opened read-only, for `gatehouse kv …` when no sidecar has
+/// it open. It holds a shared lock on the file while it lives, which keeps
+/// a sidecar from opening the store meanwhile (the sidecar's first open
+/// waits for it: see [`crate::services::kv::KvStore`]), so hold it for
+/// one page of work at a time.
+pub struct RedbReader {
+    db: ::redb::ReadOnlyDatabase,
+}
+
+impl RedbReader {
+    /// Opens `path` read-only. Never creates, repairs or writes the file.
+    pub fn open(path: &Path) -> Result<RedbReader, OpenError> {
+        let shown = crate::policy::shown(path);
+        if !path.exists() {
+            return Err(OpenError::Missing(shown));
+        }
+        let opened = std::panic::catch_unwind(|| ::redb::Builder::new().open_read_only(path));
+        match opened {
+            Ok(Ok(db)) => Ok(RedbReader { db }),
+            Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::Locked(shown)),
+            Ok(Err(::redb::DatabaseError::RepairAborted)) => Err(OpenError::NeedsRepair(shown)),
+            Ok(Err(e)) => Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
+            Err(_) => Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
+        }
+    }
+
+    /// The value of `key` in `namespace`.
+    pub fn get(&self, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        read_get(&self.db, namespace, key)
+    }
+
+    /// A page of keys, as [`KvBackend::list_keys`] gives it.
+    pub fn list_keys(
+        &self,
+        namespace: &Namespace,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page, KvError> {
+        read_list(&self.db, namespace, prefix, cursor, limit)
+    }
+
+    /// What `namespace` and its plugin store.
+    pub fn usage(&self, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
+        read_usage(&self.db, namespace)
+    }
+}
+
+fn read_get(db: &impl ReadableDatabase, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    check_key(key)?;
+    let full = full_key(&ns_prefix(namespace), key);
+    read(db, |t| Ok(t.get(full.as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec())))
+}
+
+fn read_list(
+    db: &impl ReadableDatabase,
+    namespace: &Namespace,
+    prefix: &str,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<Page, KvError> {
+    check_prefix(prefix)?;
+    let limit = check_limit(limit)? as usize;
+    let ns = ns_prefix(namespace);
+    let from = full_key(&ns, prefix);
+    let after = cursor.map(|c| namespace.resume_after(c)).transpose()?.map(|k| full_key(&ns, &k));
+    let start = match &after {
+        Some(after) if *after >= from => Bound::Excluded(after.as_slice()),
+        _ => Bound::Included(from.as_slice()),
+    };
+    read(db, |t| {
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in t.range::<&[u8]>((start, Bound::Unbounded)).map_err(unavailable)? {
+            let (key, _) = entry.map_err(unavailable)?;
+            let key = key.value();
+            if !key.starts_with(&from) {
+                break;
+            }
+            if keys.len() == limit {
+                more = true;
+                break;
+            }
+            let key = std::str::from_utf8(&key[ns.len()..])
+                .map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
+            keys.push(key.to_string());
+        }
+        let cursor = if more { keys.last().map(|k| namespace.cursor_after(k)) } else { None };
+        Ok(Page { keys, cursor })
+    })
+}
+
+/// The namespace's usage and its plugin's.
+fn read_usage(db: &impl ReadableDatabase, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
+    read(db, |table| {
+        let (keys, bytes) = usage_row(table, &ns_usage_key(&ns_prefix(namespace)))?;
+        let bucket = Usage { keys, bytes };
+        let (keys, bytes) = usage_row(table, &plugin_usage_key(namespace.plugin()))?;
+        Ok((bucket, Usage { keys, bytes }))
+    })
 }
 
 impl Drop for RedbBackend {
@@ -275,11 +416,7 @@ fn sized(key: &str, value: &[u8]) -> u64 {
 
 impl KvBackend for RedbBackend {
     fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async move {
-            check_key(key)?;
-            let full = full_key(&ns_prefix(&bucket.namespace), key);
-            self.read(|t| Ok(t.get(full.as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec())))
-        })
+        Box::pin(async move { read_get(&*self.db, &bucket.namespace, key) })
     }
 
     fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
@@ -317,37 +454,7 @@ impl KvBackend for RedbBackend {
         cursor: Option<&'a str>,
         limit: u32,
     ) -> KvFuture<'a, Page> {
-        Box::pin(async move {
-            check_prefix(prefix)?;
-            let limit = check_limit(limit)? as usize;
-            let ns = ns_prefix(&bucket.namespace);
-            let from = full_key(&ns, prefix);
-            let after = cursor.map(|c| bucket.namespace.resume_after(c)).transpose()?.map(|k| full_key(&ns, &k));
-            let start = match &after {
-                Some(after) if *after >= from => Bound::Excluded(after.as_slice()),
-                _ => Bound::Included(from.as_slice()),
-            };
-            self.read(|t| {
-                let mut keys = Vec::new();
-                let mut more = false;
-                for entry in t.range::<&[u8]>((start, Bound::Unbounded)).map_err(unavailable)? {
-                    let (key, _) = entry.map_err(unavailable)?;
-                    let key = key.value();
-                    if !key.starts_with(&from) {
-                        break;
-                    }
-                    if keys.len() == limit {
-                        more = true;
-                        break;
-                    }
-                    let key = std::str::from_utf8(&key[ns.len()..])
-                        .map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
-                    keys.push(key.to_string());
-                }
-                let cursor = if more { keys.last().map(|k| bucket.namespace.cursor_after(k)) } else { None };
-                Ok(Page { keys, cursor })
-            })
-        })
+        Box::pin(async move { read_list(&*self.db, &bucket.namespace, prefix, cursor, limit) })
     }
 
     fn get_many<'a>(&'a self, bucket: &'a Bucket, keys: &'a [String]) -> KvFuture<'a, Vec<Option<Vec<u8>>>> {
@@ -440,12 +547,7 @@ impl KvBackend for RedbBackend {
 
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
         Box::pin(async move {
-            let txn = self.db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(DATA).map_err(unavailable)?;
-            let (keys, bytes) = usage_row(&table, &ns_usage_key(&ns_prefix(&bucket.namespace)))?;
-            let bucket_usage = Usage { keys, bytes };
-            let (keys, bytes) = usage_row(&table, &plugin_usage_key(bucket.namespace.plugin()))?;
-            let plugin_usage = Usage { keys, bytes };
+            let (bucket_usage, plugin_usage) = read_usage(&*self.db, &bucket.namespace)?;
             Ok(UsageReport { bucket: bucket_usage, plugin: plugin_usage, quota: bucket.quota })
         })
     }

@@ -35,6 +35,7 @@ use wasmtime::component::Resource;
 
 use super::backend::{Bucket, parse_counter};
 use super::host::to_guest;
+use super::metrics::KvOp;
 use super::wasi::{PAGE_KEYS, Refusal, WasiKvView, invalid};
 use crate::error::GuestError;
 use crate::guest_text::{SHORT, escaped};
@@ -120,8 +121,8 @@ impl WasiKvView<'_> {
 impl store::Host for WasiKvView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<DraftBucket>> {
         let bucket = async {
-            self.host.admit().await.map_err(refuse)?;
-            self.host.bucket(&identifier).map_err(refuse)
+            self.host.admit(KvOp::Open).await.map_err(refuse)?;
+            self.host.bucket(KvOp::Open, &identifier).map_err(refuse)
         }
         .await;
         match bucket {
@@ -135,7 +136,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn get(&mut self, handle: Resource<DraftBucket>, key: String) -> Answer<Option<Vec<u8>>> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Get).await.map_err(refuse)?;
             backend.get(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -144,7 +145,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn set(&mut self, handle: Resource<DraftBucket>, key: String, value: Vec<u8>) -> Answer<()> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Set).await.map_err(refuse)?;
             backend.set(&bucket, key, value).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -153,7 +154,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn delete(&mut self, handle: Resource<DraftBucket>, key: String) -> Answer<()> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Delete).await.map_err(refuse)?;
             backend.delete(&bucket, key).await.map(drop).map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -162,7 +163,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn exists(&mut self, handle: Resource<DraftBucket>, key: String) -> Answer<bool> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Exists).await.map_err(refuse)?;
             backend.exists(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -175,7 +176,7 @@ impl store::HostBucket for WasiKvView<'_> {
         };
         let page = async {
             let resume = resume.map_err(store::Error::from)?;
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::ListKeys).await.map_err(refuse)?;
             backend.list_keys(&bucket, "", resume.as_deref(), PAGE_KEYS).await.map_err(|e| refuse(to_guest(e)))
         }
         .await;
@@ -204,7 +205,7 @@ impl atomics::Host for WasiKvView<'_> {
             let Ok(delta) = i64::try_from(delta) else {
                 return Err(invalid(format!("the delta {delta} is above {}, the largest counter", i64::MAX)).into());
             };
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Increment).await.map_err(refuse)?;
             let failed = |e| refuse(to_guest(e));
             // A negative counter (only another door can store one) is not
             // this draft's: refused before anything is written.
@@ -232,7 +233,7 @@ impl batch::Host for WasiKvView<'_> {
     ) -> Answer<Vec<Option<(String, Vec<u8>)>>> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::GetMany).await.map_err(refuse)?;
             let values = backend.get_many(&bucket, &keys).await.map_err(|e| refuse(to_guest(e)))?;
             Ok(keys.into_iter().zip(values).map(|(key, value)| value.map(|v| (key, v))).collect())
         }
@@ -242,7 +243,7 @@ impl batch::Host for WasiKvView<'_> {
     async fn set_many(&mut self, handle: Resource<DraftBucket>, key_values: Vec<(String, Vec<u8>)>) -> Answer<()> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::SetMany).await.map_err(refuse)?;
             backend.set_many(&bucket, key_values).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -251,7 +252,7 @@ impl batch::Host for WasiKvView<'_> {
     async fn delete_many(&mut self, handle: Resource<DraftBucket>, keys: Vec<String>) -> Answer<()> {
         let bucket = self.draft_bucket(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::DeleteMany).await.map_err(refuse)?;
             backend.delete_many(&bucket, keys).await.map(drop).map_err(|e| refuse(to_guest(e)))
         }
         .await)

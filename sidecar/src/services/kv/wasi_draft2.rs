@@ -19,6 +19,7 @@ use wasmtime::component::Resource;
 
 use super::backend::Bucket;
 use super::host::to_guest;
+use super::metrics::KvOp;
 use super::wasi::{Fingerprint, PAGE_KEYS, Refusal, WasiKvView, fingerprint};
 use crate::error::GuestError;
 
@@ -72,8 +73,8 @@ impl WasiKvView<'_> {
 impl store::Host for WasiKvView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
         let bucket = async {
-            self.host.admit().await.map_err(refuse)?;
-            self.host.bucket(&identifier).map_err(refuse)
+            self.host.admit(KvOp::Open).await.map_err(refuse)?;
+            self.host.bucket(KvOp::Open, &identifier).map_err(refuse)
         }
         .await;
         match bucket {
@@ -87,7 +88,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn get(&mut self, handle: Resource<Bucket>, key: String) -> Answer<Option<Vec<u8>>> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Get).await.map_err(refuse)?;
             backend.get(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -96,7 +97,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn set(&mut self, handle: Resource<Bucket>, key: String, value: Vec<u8>) -> Answer<()> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Set).await.map_err(refuse)?;
             backend.set(&bucket, key, value).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -105,7 +106,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn delete(&mut self, handle: Resource<Bucket>, key: String) -> Answer<()> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Delete).await.map_err(refuse)?;
             backend.delete(&bucket, key).await.map(drop).map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -114,7 +115,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn exists(&mut self, handle: Resource<Bucket>, key: String) -> Answer<bool> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Exists).await.map_err(refuse)?;
             backend.exists(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -123,7 +124,7 @@ impl store::HostBucket for WasiKvView<'_> {
     async fn list_keys(&mut self, handle: Resource<Bucket>, cursor: Option<String>) -> Answer<store::KeyResponse> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::ListKeys).await.map_err(refuse)?;
             let page =
                 backend.list_keys(&bucket, "", cursor.as_deref(), PAGE_KEYS).await.map_err(|e| refuse(to_guest(e)))?;
             Ok(store::KeyResponse { keys: page.keys, cursor: page.cursor })
@@ -141,7 +142,7 @@ impl atomics::Host for WasiKvView<'_> {
     async fn increment(&mut self, handle: Resource<Bucket>, key: String, delta: i64) -> Answer<i64> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Increment).await.map_err(refuse)?;
             backend.increment(&bucket, key, delta).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -154,7 +155,7 @@ impl atomics::Host for WasiKvView<'_> {
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let cas = self.table.delete(handle)?;
         let outcome = async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::CompareAndSwap).await.map_err(refuse)?;
             let failed = |e| refuse(to_guest(e));
             let mut now = backend.get(&cas.bucket, &cas.key).await.map_err(failed)?;
             if fingerprint(now.as_deref()) == cas.seen {
@@ -180,7 +181,7 @@ impl atomics::HostCas for WasiKvView<'_> {
     async fn new(&mut self, handle: Resource<Bucket>, key: String) -> Answer<Resource<CasHandle>> {
         let bucket = self.bucket_of(&handle)?;
         let seen = async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Get).await.map_err(refuse)?;
             let now = backend.get(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))?;
             Ok(fingerprint(now.as_deref()))
         }
@@ -197,7 +198,7 @@ impl atomics::HostCas for WasiKvView<'_> {
             (cas.bucket.clone(), cas.key.clone())
         };
         let now = async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::Get).await.map_err(refuse)?;
             backend.get(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))
         }
         .await;
@@ -224,7 +225,7 @@ impl batch::Host for WasiKvView<'_> {
     ) -> Answer<Vec<(String, Option<Vec<u8>>)>> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::GetMany).await.map_err(refuse)?;
             let values = backend.get_many(&bucket, &keys).await.map_err(|e| refuse(to_guest(e)))?;
             Ok(keys.into_iter().zip(values).collect())
         }
@@ -234,7 +235,7 @@ impl batch::Host for WasiKvView<'_> {
     async fn set_many(&mut self, handle: Resource<Bucket>, key_values: Vec<(String, Vec<u8>)>) -> Answer<()> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::SetMany).await.map_err(refuse)?;
             backend.set_many(&bucket, key_values).await.map_err(|e| refuse(to_guest(e)))
         }
         .await)
@@ -243,7 +244,7 @@ impl batch::Host for WasiKvView<'_> {
     async fn delete_many(&mut self, handle: Resource<Bucket>, keys: Vec<String>) -> Answer<()> {
         let bucket = self.bucket_of(&handle)?;
         Ok(async {
-            let backend = self.host.admit().await.map_err(refuse)?;
+            let backend = self.host.admit(KvOp::DeleteMany).await.map_err(refuse)?;
             backend.delete_many(&bucket, keys).await.map(drop).map_err(|e| refuse(to_guest(e)))
         }
         .await)

@@ -4,6 +4,7 @@
 
 mod crash;
 mod door;
+mod operator;
 mod policy;
 mod props;
 mod redb;
