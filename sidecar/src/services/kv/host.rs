@@ -2,48 +2,91 @@
 //! plugin's `[kv]` grant names, takes a token of its rate, and goes to the
 //! one backend. (The `wasi:keyvalue` doors, next, go the same way.)
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::OnceCell;
 use wasmtime::component::HasData;
 
 use super::backend::{Bucket, KvBackend};
 use super::error::KvError;
 use super::policy::KvPolicy;
+use super::postgres::PostgresBackend;
 use super::redb::RedbBackend;
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport};
+use crate::databases::{DatabaseError, Databases, UrlSource};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
 
 /// The sidecar's store, opened at the first call that needs it, so that a
 /// sidecar (or a `policy check`) whose plugins never store anything
-/// creates no file. A failed open is tried again at the next call.
+/// creates no file and opens no connection. A failed open (a database
+/// that does not answer yet) is tried again at the next call.
 pub struct KvStore {
-    dir: PathBuf,
+    open: Open,
     backend: OnceCell<Arc<dyn KvBackend>>,
+}
+
+/// Where the store is, until it is opened.
+enum Open {
+    Redb(PathBuf),
+    Postgres(Box<PgConnectOptions>),
+    /// A `[databases.<alias>]`, its URL not read yet.
+    Alias(String, UrlSource),
+    Opened,
 }
 
 impl KvStore {
     /// The redb store in `dir` (created with mode 0700 and checked like
     /// the code cache: a directory others may write is refused).
     pub fn redb(dir: PathBuf) -> KvStore {
-        KvStore { dir, backend: OnceCell::new() }
+        KvStore { open: Open::Redb(dir), backend: OnceCell::new() }
     }
 
-    /// A store over an open backend (tests, and a PostgreSQL backend).
+    /// The PostgreSQL store in the database `options` names (its schema
+    /// applied when it is opened).
+    pub fn postgres(options: PgConnectOptions) -> KvStore {
+        KvStore { open: Open::Postgres(Box::new(options)), backend: OnceCell::new() }
+    }
+
+    /// The PostgreSQL store in the database of `alias`, whose URL is read
+    /// (from its secret) and parsed when the store opens: a URL that
+    /// cannot be used makes calls `unavailable`, naming the alias (`gatehouse
+    /// run` has already refused to start with one).
+    pub fn postgres_alias(alias: &str, url: UrlSource) -> KvStore {
+        KvStore { open: Open::Alias(alias.to_string(), url), backend: OnceCell::new() }
+    }
+
+    /// A store over an open backend (tests and benchmarks).
     pub fn with_backend(backend: Arc<dyn KvBackend>) -> KvStore {
-        KvStore { dir: PathBuf::new(), backend: OnceCell::new_with(Some(backend)) }
+        KvStore { open: Open::Opened, backend: OnceCell::new_with(Some(backend)) }
     }
 
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
         self.backend
             .get_or_try_init(|| async {
-                crate::data_dir::secure(&self.dir)
-                    .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
-                let backend = RedbBackend::open(&self.dir.join("store.redb"))?;
-                Ok(Arc::new(backend) as Arc<dyn KvBackend>)
+                let backend: Arc<dyn KvBackend> = match &self.open {
+                    Open::Redb(dir) => {
+                        crate::data_dir::secure(dir)
+                            .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
+                        Arc::new(RedbBackend::open(&dir.join("store.redb"))?)
+                    }
+                    Open::Postgres(options) => Arc::new(PostgresBackend::open((**options).clone()).await?),
+                    Open::Alias(alias, url) => {
+                        let unusable = |e: DatabaseError| KvError::Unavailable(e.to_string());
+                        let databases =
+                            Databases::open(&BTreeMap::from([(alias.clone(), url.clone())])).map_err(unusable)?;
+                        let options = databases.options(alias).cloned().ok_or_else(|| {
+                            KvError::Internal(format!("[databases.{alias}] was opened without its options"))
+                        })?;
+                        Arc::new(PostgresBackend::open(options).await?)
+                    }
+                    Open::Opened => return Err(KvError::Internal("the store was never opened".into())),
+                };
+                Ok(backend)
             })
             .await
     }
