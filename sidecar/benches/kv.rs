@@ -24,11 +24,26 @@
 //! `open_table` + `get` + copying the value out, as the guest gets a copy),
 //! in the same run.
 //!
+//! Then the same against PostgreSQL (a throwaway cluster started here from
+//! the system's server binaries, with its default durability: `fsync` and
+//! `synchronous_commit` on; skipped with a message when there are none):
+//! `PostgresBackend::set` (one transaction: the plugin's usage row locked,
+//! the key read, the value and both usage rows written) on a durable and a
+//! relaxed bucket, and on durable buckets of 16 plugins (writers of
+//! different plugins do not wait for each other's lock), against a direct
+//! sqlx `INSERT` (autocommit, a pool of the same size) into a plain table
+//! of the same database; and `get` against a direct sqlx `SELECT`.
+//!
 //! Each row runs for a fixed time; rows alternate over three rounds and the
 //! median is kept. Run with `./dev bench` (or `cargo bench -p gatehouse
-//! --bench kv`); `GATEHOUSE_BENCH_DIR` picks the disk (default: the
-//! system's temporary directory).
+//! --bench kv`); `GATEHOUSE_BENCH_DIR` picks the disk of the redb part
+//! (default: the system's temporary directory; the PostgreSQL cluster is
+//! always there).
 #![allow(missing_docs)]
+
+#[allow(dead_code)]
+#[path = "../tests/all/postgres.rs"]
+mod postgres;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +55,7 @@ use gatehouse::services::Services;
 use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::services::kv::backend::Namespace;
 use gatehouse::services::kv::policy::{Durability, Quota};
-use gatehouse::services::kv::{Bucket, KvBackend, KvStore, RedbBackend};
+use gatehouse::services::kv::{Bucket, KvBackend, KvStore, PostgresBackend, RedbBackend};
 use gatehouse::{Document, Runtime, RuntimeSettings};
 use redb::{ReadableDatabase, TableDefinition};
 
@@ -189,6 +204,119 @@ fn main() {
 
         guest_gets(backend.clone(), direct.clone()).await;
     });
+    if postgres::available() {
+        rt.block_on(on_postgres());
+    } else {
+        println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
+    }
+}
+
+fn set_path(label: &'static str, backend: Arc<PostgresBackend>, buckets: Vec<Arc<Bucket>>) -> Path {
+    path(label, move |n| {
+        let backend = backend.clone();
+        let b = buckets[n as usize % buckets.len()].clone();
+        async move { backend.set(&b, format!("key-{n}"), VALUE.to_vec()).await.unwrap() }
+    })
+}
+
+async fn on_postgres() {
+    let server = postgres::TestPostgres::start_durable("gatehouse", "bench-password", "gatehouse");
+    let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
+    let backend = Arc::new(PostgresBackend::open(options.clone()).await.unwrap());
+    let direct = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(gatehouse::services::kv::postgres::MAX_CONNECTIONS)
+        .connect_with(options)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE bench (key bytea PRIMARY KEY, value bytea NOT NULL)").execute(&direct).await.unwrap();
+    let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&direct).await.unwrap();
+
+    let plugins: Vec<Arc<Bucket>> = (0..16)
+        .map(|i| {
+            let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: 1024 };
+            let namespace = Namespace::new(&format!("bench-{i}"), "default").unwrap();
+            Arc::new(Bucket { namespace, quota, durability: Durability::Immediate })
+        })
+        .collect();
+    let sets = [
+        path("direct sqlx INSERT (autocommit)", {
+            let pool = direct.clone();
+            move |n| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query("INSERT INTO bench (key, value) VALUES ($1, $2)")
+                        .bind(format!("key-{n}").into_bytes())
+                        .bind(&VALUE[..])
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            }
+        }),
+        set_path(
+            "PostgresBackend::set, durable bucket",
+            backend.clone(),
+            vec![bucket("durable", Durability::Immediate)],
+        ),
+        set_path("PostgresBackend::set, relaxed bucket", backend.clone(), vec![bucket("relaxed", Durability::Relaxed)]),
+        set_path("PostgresBackend::set, durable, 16 plugins", backend.clone(), plugins),
+    ];
+    println!(
+        "\nPostgreSQL {version} (fsync on, synchronous_commit on): set of a 100-byte value (a new key each), \
+         {} ms per row, median of {ROUNDS} rounds\n",
+        SET_TIME.as_millis()
+    );
+    println!("| path | writers | ops/s | p50 µs | p99 µs | vs direct sqlx |");
+    println!("|---|---|---|---|---|---|");
+    for writers in [1, 8, 64] {
+        table(&sets, writers, SET_TIME).await;
+    }
+
+    let reads = bucket("reads", Durability::Relaxed);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let items = chunk.iter().map(|i| (format!("read-{i}"), VALUE.to_vec())).collect();
+        backend.set_many(&reads, items).await.unwrap();
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|i| format!("read-{i}").into_bytes()).collect();
+        sqlx::query("INSERT INTO bench (key, value) SELECT k, $2 FROM unnest($1::bytea[]) AS t(k)")
+            .bind(&keys)
+            .bind(&VALUE[..])
+            .execute(&direct)
+            .await
+            .unwrap();
+    }
+    let gets = [
+        path("direct sqlx SELECT", {
+            let pool = direct.clone();
+            move |n| {
+                let pool = pool.clone();
+                async move {
+                    let key = format!("read-{}", scramble(n) % KEYS);
+                    let value: Vec<u8> = sqlx::query_scalar("SELECT value FROM bench WHERE key = $1")
+                        .bind(key.into_bytes())
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                    assert_eq!(value.len(), 100);
+                }
+            }
+        }),
+        path("PostgresBackend::get", {
+            let (backend, b) = (backend.clone(), reads.clone());
+            move |n| {
+                let (backend, b) = (backend.clone(), b.clone());
+                async move {
+                    let key = format!("read-{}", scramble(n) % KEYS);
+                    assert_eq!(backend.get(&b, &key).await.unwrap().unwrap().len(), 100);
+                }
+            }
+        }),
+    ];
+    println!("\nPostgreSQL: get of a random key among {KEYS} (warm), {} ms per row\n", GET_TIME.as_millis());
+    println!("| path | callers | ops/s | p50 µs | p99 µs | vs direct sqlx |");
+    println!("|---|---|---|---|---|---|");
+    for callers in [1, 8] {
+        table(&gets, callers, GET_TIME).await;
+    }
 }
 
 /// Gets in the guest's loop of one invocation.

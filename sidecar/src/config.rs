@@ -36,6 +36,18 @@ pub struct Config {
     /// `[databases.<alias>]`: PostgreSQL databases services refer to by
     /// alias.
     pub databases: BTreeMap<String, UrlSource>,
+    /// `[kv]`: where the key-value store keeps its data.
+    pub kv: KvSettings,
+}
+
+/// `[kv]` in `gatehouse.toml` (the store; each plugin's grant is the
+/// `[kv]` of its policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KvSettings {
+    /// `database = "<alias>"`: PostgreSQL, through a `[databases.<alias>]`
+    /// of the same file, shared by every sidecar pointed at it. `None`:
+    /// the embedded redb file in the data directory.
+    pub database: Option<String>,
 }
 
 /// `[server]`: where `gatehouse run` listens and what one request may cost.
@@ -119,6 +131,15 @@ struct FileConfig {
     server: ServerSection,
     #[serde(default)]
     databases: BTreeMap<String, DatabaseSection>,
+    #[serde(default)]
+    kv: KvSection,
+}
+
+/// `[kv]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvSection {
+    database: Option<String>,
 }
 
 /// `[databases.<alias>]`.
@@ -202,7 +223,7 @@ impl Config {
             .map(|(name, secret)| Ok((name.clone(), source(&format!("[secrets.{name}]"), secret)?)))
             .collect::<Result<_, String>>()?;
         let server = server_settings(raw.server, |s| source("[server] admin_token", s))?;
-        let databases = raw
+        let databases: BTreeMap<String, UrlSource> = raw
             .databases
             .into_iter()
             .map(|(alias, section)| {
@@ -219,6 +240,15 @@ impl Config {
                 Ok((alias, url))
             })
             .collect::<Result<_, String>>()?;
+        let kv = KvSettings { database: raw.kv.database };
+        if let Some(alias) = &kv.database
+            && !databases.contains_key(alias)
+        {
+            return Err(format!(
+                "[kv] database = `{}`: no [databases.{0}] in this file (name one of its [databases.<alias>] sections)",
+                crate::guest_text::escape(alias, crate::guest_text::SHORT)
+            ));
+        }
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
@@ -242,7 +272,7 @@ impl Config {
             ));
         }
         let plugin_dir_origin = "the policy directory".to_string();
-        Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases })
+        Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases, kv })
     }
 }
 
@@ -341,6 +371,20 @@ mod tests {
         assert_eq!(load("").unwrap().server, ServerSettings::default());
         let error = load("[server]\nmax_connections = 0\n").unwrap_err().to_string();
         assert!(error.ends_with("[server] max_connections must be at least 1"), "{error}");
+    }
+
+    #[test]
+    fn the_kv_store_is_redb_unless_it_names_a_database_alias_of_the_file() {
+        assert_eq!(load("").unwrap().kv.database, None);
+        let config = load("[databases.shared]\nurl = \"postgres://db/app\"\n[kv]\ndatabase = \"shared\"\n").unwrap();
+        assert_eq!(config.kv.database.as_deref(), Some("shared"));
+        let error = load("[databases.shared]\nurl = \"postgres://db/app\"\n[kv]\ndatabase = \"main\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.ends_with("[kv] database = `main`: no [databases.main] in this file (name one of its [databases.<alias>] sections)"), "{error}");
+        let error = load("[kv]\ndatabase = \"a\\nforged\"\n").unwrap_err().to_string();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(load("[kv]\npool = 3\n").unwrap_err().to_string().contains("unknown field `pool`"));
     }
 
     #[test]

@@ -41,9 +41,22 @@ pub enum ServicesError {
 
 impl Services {
     /// The services as the settings describe them, with the system's DNS
-    /// resolver.
+    /// resolver. The key-value store is the redb file in the data
+    /// directory, or the PostgreSQL database `[kv] database` names; either
+    /// is opened at its first use, so a database that is down makes calls
+    /// `unavailable` rather than stopping the start.
     pub fn from_config(config: &crate::config::Config) -> Result<Services, ServicesError> {
-        Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(KvStore::redb(config.data_dir.join("kv"))))
+        let store = match &config.kv.database {
+            None => KvStore::redb(config.data_dir.join("kv")),
+            // The alias exists (checked when the settings were loaded); its
+            // URL is read when the store opens, so commands that never
+            // store anything (`policy check`, `compile`) need no secret.
+            Some(alias) => match config.databases.get(alias) {
+                Some(source) => KvStore::postgres_alias(alias, source.clone()),
+                None => KvStore::redb(config.data_dir.join("kv")),
+            },
+        };
+        Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(store))
     }
 
     /// These services with `store` as the key-value store.

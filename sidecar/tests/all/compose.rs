@@ -4,7 +4,8 @@
 //! image must load, and the sidecar must run with exactly those settings
 //! (their container paths mapped onto the repository) against a
 //! PostgreSQL started here with the role, password and database that
-//! compose.yaml gives its `postgres` service.
+//! compose.yaml gives its `postgres` service, keeping its key-value store
+//! there.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -151,6 +152,8 @@ fn compose_dockerfile_and_settings_agree() {
         assert_eq!(url.path(), format!("/{}", env_value(postgres, "POSTGRES_DB")));
     }
     assert_eq!(sidecar["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    // The key-value store is the shared database, not a file in the image.
+    assert_eq!(config.kv.database.as_deref(), Some("shared"));
 
     // Services the demos name exist.
     for service in ["postgres", "upstream"] {
@@ -160,6 +163,11 @@ fn compose_dockerfile_and_settings_agree() {
 
 /// The image's policy directory: the repository's policies plus the
 /// compose ones, as the Dockerfile copies them.
+/// The data directory the settings file in `settings`'s directory names.
+fn sidecar_state(settings: &Path) -> PathBuf {
+    settings.parent().unwrap().join("state")
+}
+
 fn image_policies() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for source in [repo().join("policies"), repo().join("compose/policies")] {
@@ -178,7 +186,10 @@ fn image_policies() -> tempfile::TempDir {
 /// private data directory, kernel-chosen ports) and the `postgres` host
 /// pointed at a local server; `policy check` passes; the sidecar is ready
 /// only while the database answers, keeps serving plugins while it does
-/// not, and is ready again once it is back.
+/// not, and is ready again once it is back. `kv-counter` keeps its count
+/// in that database (the row is read back with psql, and no redb file is
+/// made): `unavailable` (503) while it is down, counting on from where it
+/// was once it is back.
 #[test]
 fn the_compose_settings_run_against_a_local_postgresql() {
     let compose = compose();
@@ -210,6 +221,7 @@ fn the_compose_settings_run_against_a_local_postgresql() {
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(stdout.contains("ok    upstream-fetcher") && stdout.contains("ok    hello-proxy"), "{stdout}");
+    assert!(stdout.contains("ok    kv-counter"), "{stdout}");
 
     let token = "compose-test";
     let env = [("GATEHOUSE_ADMIN_TOKEN", token), ("GATEHOUSE_DATABASE_URL", url.as_str())];
@@ -222,6 +234,22 @@ fn the_compose_settings_run_against_a_local_postgresql() {
     assert_eq!(up(&sidecar).as_deref(), Some("1"));
     let hello = |sidecar: &Sidecar| request(&sidecar.invoke, "GET", "/p/hello-proxy/", &[], b"").0;
     assert_eq!(hello(&sidecar), 200);
+    let visit = |sidecar: &Sidecar| {
+        let (status, _, body) = request(&sidecar.invoke, "POST", "/v1/plugins/kv-counter/invoke", &[], b"visit");
+        (status, crate::sidecar::json(&body))
+    };
+    let stored = || {
+        postgres.psql_in(
+            "gatehouse",
+            "SELECT convert_from(value, 'UTF8') FROM gatehouse_kv_data WHERE plugin = 'kv-counter' AND key = 'visits'",
+        )
+    };
+    for expected in [1, 2] {
+        let (status, answer) = visit(&sidecar);
+        assert_eq!((status, &answer["visits"]), (200, &serde_json::json!(expected)), "{answer}");
+    }
+    assert_eq!(stored().trim(), "2");
+    assert!(!sidecar_state(&settings).join("kv").exists(), "a redb store was made beside PostgreSQL");
 
     // The database goes away: not ready, naming the alias; the reason is
     // on the admin API; plugins keep serving.
@@ -246,10 +274,15 @@ fn the_compose_settings_run_against_a_local_postgresql() {
     assert_eq!(shared["target"], format!("gatehouse@127.0.0.1:{}/gatehouse", postgres.port));
     assert!(shared["problem"].as_str().is_some_and(|p| !p.is_empty()), "{databases}");
     assert_eq!(hello(&sidecar), 200);
+    let (status, answer) = visit(&sidecar);
+    assert_eq!((status, answer["kind"].as_str()), (503, Some("unavailable")), "{answer}");
 
-    // Back: ready again, without a restart.
+    // Back: ready again, without a restart, and the count goes on.
     postgres.resume();
     sidecar.wait_ready();
     assert_eq!(up(&sidecar).as_deref(), Some("1"));
+    let (status, answer) = visit(&sidecar);
+    assert_eq!((status, &answer["visits"]), (200, &serde_json::json!(3)), "{answer}");
+    assert_eq!(stored().trim(), "3");
     assert!(sidecar.stderr().contains("database reachable"), "{}", sidecar.stderr());
 }

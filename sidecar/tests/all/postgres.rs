@@ -2,7 +2,8 @@
 //! temporary directory, a free loopback port, password (SCRAM) logins over
 //! TCP like a real deployment. PostgreSQL refuses to run as root, so as
 //! root its commands run as the `postgres` user, in a directory it owns.
-//! `./dev test` installs the server when it is missing.
+//! `./dev test` installs the server when it is missing. (The key-value
+//! benchmark includes this file too, for a durable cluster.)
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,20 +19,41 @@ pub struct TestPostgres {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// Whether commits are flushed (`fsync`, `synchronous_commit`): off
+    /// for tests, on for benchmarks that measure durable writes.
+    durable: bool,
 }
 
 impl TestPostgres {
     /// A cluster with one login role `user` (password `password`) that
     /// owns the database `database`.
     pub fn start(user: &str, password: &str, database: &str) -> TestPostgres {
+        Self::start_with(user, password, database, false)
+    }
+
+    /// The same, with the server's default durability: every commit is
+    /// flushed to disk before it is answered.
+    #[allow(dead_code, reason = "used by the key-value benchmark, which includes this file")]
+    pub fn start_durable(user: &str, password: &str, database: &str) -> TestPostgres {
+        Self::start_with(user, password, database, true)
+    }
+
+    fn start_with(user: &str, password: &str, database: &str, durable: bool) -> TestPostgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new().prefix("gatehouse-pg-").tempdir().unwrap();
         if as_root() {
             run("chown", &["-R", "postgres:postgres", dir.path().to_str().unwrap()]);
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let postgres =
-            TestPostgres { bin, port, user: user.into(), password: password.into(), database: database.into(), dir };
+        let postgres = TestPostgres {
+            bin,
+            port,
+            user: user.into(),
+            password: password.into(),
+            database: database.into(),
+            dir,
+            durable,
+        };
         let data = postgres.data();
         let auth = ["--auth-local=trust", "--auth-host=scram-sha-256"];
         postgres.pg(
@@ -57,11 +79,8 @@ impl TestPostgres {
 
     /// Starts the server, on the same port, and waits until it accepts.
     pub fn resume(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
-            self.port,
-            self.dir.path().display()
-        );
+        let flush = if self.durable { "" } else { " -c fsync=off -c synchronous_commit=off" };
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1{flush}", self.port, self.dir.path().display());
         let log = self.dir.path().join("server.log");
         self.pg(
             "pg_ctl",
@@ -90,6 +109,11 @@ impl TestPostgres {
 
     /// Runs one statement as the superuser over the Unix socket.
     pub fn psql(&self, statement: &str) -> String {
+        self.psql_in("postgres", statement)
+    }
+
+    /// Runs one statement as the superuser in `database`.
+    pub fn psql_in(&self, database: &str, statement: &str) -> String {
         let out = self.pg(
             "psql",
             &[
@@ -100,7 +124,7 @@ impl TestPostgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-At",
@@ -156,10 +180,23 @@ fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// Whether server binaries are there (benchmarks skip without them).
+#[allow(dead_code, reason = "used by the key-value benchmark, which includes this file")]
+pub fn available() -> bool {
+    find_bin_dir().is_some()
+}
+
 /// `GATEHOUSE_PG_BIN`, or the newest `/usr/lib/postgresql/<version>/bin`.
 fn bin_dir() -> PathBuf {
+    find_bin_dir().expect(
+        "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (./dev test installs them; \
+         or set GATEHOUSE_PG_BIN)",
+    )
+}
+
+fn find_bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("GATEHOUSE_PG_BIN") {
-        return dir.into();
+        return Some(dir.into());
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -172,8 +209,5 @@ fn bin_dir() -> PathBuf {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, bin)| bin).expect(
-        "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (./dev test installs them; \
-         or set GATEHOUSE_PG_BIN)",
-    )
+    found.pop().map(|(_, bin)| bin)
 }

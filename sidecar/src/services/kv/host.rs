@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::OnceCell;
 use wasmtime::component::HasData;
 
@@ -27,8 +28,10 @@ use super::error::KvError;
 use super::metrics::{KvMetrics, KvOp};
 use super::operator::KvReader;
 use super::policy::KvPolicy;
+use super::postgres::PostgresBackend;
 use super::redb::{OpenError, RedbBackend};
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport as Report};
+use crate::databases::{DatabaseError, Databases, UrlSource};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
 
@@ -39,9 +42,10 @@ pub const OPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// The sidecar's store, opened at the first call that needs it, so that a
 /// sidecar (or a `policy check`) whose plugins never store anything
-/// creates no file. A failed open is tried again at the next call.
+/// creates no file and opens no connection. A failed open (a database
+/// that does not answer yet) is tried again at the next call.
 pub struct KvStore {
-    dir: PathBuf,
+    open: Open,
     backend: OnceCell<Arc<dyn KvBackend>>,
     /// The grants of loaded plugins, by name: each entry lives as long as
     /// a loaded version of the plugin (a weak reference to its
@@ -57,42 +61,67 @@ struct Grant {
     policy: KvPolicy,
 }
 
+/// Where the store is, until it is opened.
+enum Open {
+    Redb(PathBuf),
+    Postgres(Box<PgConnectOptions>),
+    /// A `[databases.<alias>]`, its URL not read yet.
+    Alias(String, UrlSource),
+    Opened,
+}
+
 impl KvStore {
+    fn opening(open: Open) -> KvStore {
+        KvStore { open, backend: OnceCell::new(), grants: Default::default(), metrics: Default::default() }
+    }
+
     /// The redb store in `dir` (created with mode 0700 and checked like
     /// the code cache: a directory others may write is refused).
     pub fn redb(dir: PathBuf) -> KvStore {
-        KvStore { dir, backend: OnceCell::new(), grants: Default::default(), metrics: Default::default() }
+        KvStore::opening(Open::Redb(dir))
     }
 
-    /// A store over an open backend (tests, and a PostgreSQL backend).
+    /// The PostgreSQL store in the database `options` names (its schema
+    /// applied when it is opened).
+    pub fn postgres(options: PgConnectOptions) -> KvStore {
+        KvStore::opening(Open::Postgres(Box::new(options)))
+    }
+
+    /// The PostgreSQL store in the database of `alias`, whose URL is read
+    /// (from its secret) and parsed when the store opens: a URL that
+    /// cannot be used makes calls `unavailable`, naming the alias (`gatehouse
+    /// run` has already refused to start with one).
+    pub fn postgres_alias(alias: &str, url: UrlSource) -> KvStore {
+        KvStore::opening(Open::Alias(alias.to_string(), url))
+    }
+
+    /// A store over an open backend (tests and benchmarks).
     pub fn with_backend(backend: Arc<dyn KvBackend>) -> KvStore {
-        KvStore {
-            dir: PathBuf::new(),
-            backend: OnceCell::new_with(Some(backend)),
-            grants: Default::default(),
-            metrics: Default::default(),
-        }
+        KvStore { backend: OnceCell::new_with(Some(backend)), ..KvStore::opening(Open::Opened) }
     }
 
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
         self.backend
             .get_or_try_init(|| async {
-                crate::data_dir::secure(&self.dir)
-                    .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
-                let path = self.dir.join("store.redb");
-                let started = Instant::now();
-                loop {
-                    match RedbBackend::try_open(&path) {
-                        Ok(backend) => return Ok(Arc::new(backend) as Arc<dyn KvBackend>),
-                        // `gatehouse kv …` may be reading the file: it lets
-                        // go after one page.
-                        Err(OpenError::Locked(_)) if started.elapsed() < OPEN_WAIT => {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(OpenError::Other(e)) => return Err(e),
-                        Err(e) => return Err(KvError::Unavailable(e.to_string())),
+                let backend: Arc<dyn KvBackend> = match &self.open {
+                    Open::Redb(dir) => {
+                        crate::data_dir::secure(dir)
+                            .map_err(|e| KvError::Unavailable(format!("key-value store directory: {e}")))?;
+                        open_redb(&dir.join("store.redb")).await?
                     }
-                }
+                    Open::Postgres(options) => Arc::new(PostgresBackend::open((**options).clone()).await?),
+                    Open::Alias(alias, url) => {
+                        let unusable = |e: DatabaseError| KvError::Unavailable(e.to_string());
+                        let databases =
+                            Databases::open(&BTreeMap::from([(alias.clone(), url.clone())])).map_err(unusable)?;
+                        let options = databases.options(alias).cloned().ok_or_else(|| {
+                            KvError::Internal(format!("[databases.{alias}] was opened without its options"))
+                        })?;
+                        Arc::new(PostgresBackend::open(options).await?)
+                    }
+                    Open::Opened => return Err(KvError::Internal("the store was never opened".into())),
+                };
+                Ok(backend)
             })
             .await
     }
@@ -135,6 +164,22 @@ impl KvStore {
         let metrics =
             self.metrics.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone();
         (grant, metrics)
+    }
+}
+
+/// Opens the redb file, waiting up to [`OPEN_WAIT`] while `gatehouse kv …`
+/// reads it (the CLI lets go after one page).
+async fn open_redb(path: &std::path::Path) -> Result<Arc<dyn KvBackend>, KvError> {
+    let started = Instant::now();
+    loop {
+        match RedbBackend::try_open(path) {
+            Ok(backend) => return Ok(Arc::new(backend)),
+            Err(OpenError::Locked(_)) if started.elapsed() < OPEN_WAIT => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(OpenError::Other(e)) => return Err(e),
+            Err(e) => return Err(KvError::Unavailable(e.to_string())),
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`backend`]: the [`KvBackend`] trait every backend implements, the
 //!   namespace and cursor types, and the input checks backends share.
 //! - [`redb`]: the embedded backend (one file, a group-commit writer).
+//! - [`postgres`]: the shared backend (a `[databases.<alias>]` database;
+//!   quotas hold across sidecar processes).
 //! - [`error`]: [`KvError`], one variant per guest-visible kind.
 //! - [`host`]: [`KvHost`], the one path every door's call takes (the
 //!   `[kv]` grant, its rate, the bucket, the store), and the custom door
@@ -16,7 +18,6 @@
 //! - [`metrics`]: operation counters by plugin, operation and outcome.
 //! - [`operator`]: the read-only view for the admin API and the CLI.
 //!
-//! Not here yet: the PostgreSQL backend.
 
 pub mod backend;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod host;
 pub mod metrics;
 pub mod operator;
 pub mod policy;
+pub mod postgres;
 pub mod redb;
 pub mod wasi;
 pub mod wasi_draft;
@@ -35,4 +37,5 @@ pub use host::{KvHost, KvService, KvStore, PluginKv};
 pub use metrics::{KvMetrics, KvOp};
 pub use operator::{KvReader, PluginUsage};
 pub use policy::KvPolicy;
+pub use postgres::PostgresBackend;
 pub use redb::{RedbBackend, RedbReader};

@@ -1,6 +1,6 @@
 //! Random operation sequences against a model (`BTreeMap` + the quota
 //! rules), quota refusals included: every answer and every usage count
-//! must match.
+//! must match, on both backends.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,7 @@ use gatehouse::services::kv::backend::parse_counter;
 use gatehouse::services::kv::policy::{Durability, Quota};
 use gatehouse::services::kv::{Bucket, KvBackend, KvError, QuotaKind, RedbBackend, Usage};
 use proptest::prelude::*;
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 use super::suite::{assert_usage_exact, bucket};
 
@@ -256,28 +257,59 @@ async fn run(backend: &dyn KvBackend, buckets: &[Bucket; 3], op: &Op) -> Out {
     }
 }
 
+/// Runs `ops` against `backend` (empty) and the model: every answer and
+/// every usage count must match.
+async fn matches_the_model(backend: &dyn KvBackend, ops: &[Op]) -> Result<(), TestCaseError> {
+    let buckets = buckets();
+    let mut model = Model::default();
+    for (i, op) in ops.iter().enumerate() {
+        let expected = model.apply(op);
+        let got = run(backend, &buckets, op).await;
+        prop_assert_eq!(got, expected, "operation {} {:?}", i, op);
+    }
+    for (i, b) in buckets.iter().enumerate() {
+        let usage = assert_usage_exact(backend, b).await;
+        prop_assert_eq!(usage, model.bucket_usage(i));
+        prop_assert_eq!(backend.usage(b).await.unwrap().plugin, model.plugin_usage(i));
+    }
+    Ok(())
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(config(48))]
 
     #[test]
     fn kv_redb_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let backend = RedbBackend::open(&dir.path().join("kv.redb")).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let buckets = buckets();
-        let mut model = Model::default();
+        rt.block_on(matches_the_model(&backend, &ops))?;
+    }
+}
+
+/// The same sequences on PostgreSQL: one cluster and one backend for the
+/// whole run, the tables emptied before each case.
+#[test]
+fn kv_postgres_matches_the_model() {
+    let postgres = super::postgres::cluster();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let backend = rt.block_on(super::postgres::open(&postgres));
+    let admin = rt.block_on(sqlx::PgPool::connect_with(super::postgres::options(&postgres))).unwrap();
+    let mut runner = TestRunner::new(config(48));
+    let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         rt.block_on(async {
-            for (i, op) in ops.iter().enumerate() {
-                let expected = model.apply(op);
-                let got = run(&backend, &buckets, op).await;
-                prop_assert_eq!(got, expected, "operation {} {:?}", i, op);
-            }
-            for (i, b) in buckets.iter().enumerate() {
-                let usage = assert_usage_exact(&backend, b).await;
-                prop_assert_eq!(usage, model.bucket_usage(i));
-                prop_assert_eq!(backend.usage(b).await.unwrap().plugin, model.plugin_usage(i));
-            }
-            Ok(())
-        })?;
+            sqlx::query("TRUNCATE gatehouse_kv_data, gatehouse_kv_plugin_usage, gatehouse_kv_bucket_usage")
+                .execute(&admin)
+                .await
+                .unwrap();
+            matches_the_model(&*backend, &ops).await
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }

@@ -1,6 +1,9 @@
 //! The behavioural suite of `KvBackend`: every function takes a fresh
-//! backend, so each backend (redb here, PostgreSQL later) runs the same
-//! checks. Nothing here knows which backend it talks to.
+//! backend, so each backend (redb in `redb.rs`, PostgreSQL in
+//! `postgres.rs`) runs the same checks. Nothing here knows which backend it
+//! talks to. The `_on` variants take several backends over one store
+//! (several sidecar processes on one PostgreSQL database) and spread their
+//! tasks over them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -288,10 +291,15 @@ pub async fn increment_and_cas_semantics(backend: Arc<dyn KvBackend>) {
 }
 
 pub async fn increments_and_cas_under_concurrency_lose_no_update(backend: Arc<dyn KvBackend>) {
+    increments_and_cas_under_concurrency_lose_no_update_on(vec![backend]).await;
+}
+
+pub async fn increments_and_cas_under_concurrency_lose_no_update_on(backends: Vec<Arc<dyn KvBackend>>) {
+    let backend = Arc::clone(&backends[0]);
     let b = Arc::new(default_bucket("alpha"));
     let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (backend, b) = (Arc::clone(&backend), Arc::clone(&b));
+        .map(|t| {
+            let (backend, b) = (Arc::clone(&backends[t % backends.len()]), Arc::clone(&b));
             tokio::spawn(async move {
                 for _ in 0..20 {
                     backend.increment(&b, "counter".into(), 1).await.unwrap();
@@ -319,12 +327,18 @@ pub async fn increments_and_cas_under_concurrency_lose_no_update(backend: Arc<dy
 }
 
 pub async fn quotas_hold_under_concurrent_writers(backend: Arc<dyn KvBackend>) {
+    quotas_hold_under_concurrent_writers_on(vec![backend]).await;
+}
+
+pub async fn quotas_hold_under_concurrent_writers_on(backends: Vec<Arc<dyn KvBackend>>) {
+    let backend = Arc::clone(&backends[0]);
     let quota = Quota { max_keys: 50, max_bytes: 1500, max_key: 16, max_value: 64 };
     let b = Arc::new(bucket("alpha", "default", quota, Durability::Immediate));
     let cache = Arc::new(bucket("alpha", "cache", quota, Durability::Relaxed));
     let tasks: Vec<_> = (0..64)
         .map(|t| {
-            let (backend, b) = (Arc::clone(&backend), if t % 2 == 0 { Arc::clone(&b) } else { Arc::clone(&cache) });
+            let backend = Arc::clone(&backends[t % backends.len()]);
+            let b = if t % 2 == 0 { Arc::clone(&b) } else { Arc::clone(&cache) };
             tokio::spawn(async move {
                 let mut stored = 0u64;
                 for i in 0..4 {

@@ -1,0 +1,685 @@
+//! The shared backend: the key-value store in a PostgreSQL database named
+//! by a `[databases.<alias>]` alias, so that several sidecar processes
+//! serve one store under one set of quotas.
+//!
+//! # Schema
+//! `migrations/postgres/` (embedded as [`MIGRATIONS`], applied with sqlx's
+//! migrator when the backend opens): `gatehouse_kv_data (plugin, bucket,
+//! key bytea, value bytea)`, and usage rows per plugin and per bucket. Keys
+//! are `bytea`, so they sort in byte order exactly as redb's do: cursors
+//! ([`Namespace::cursor_after`]) mean the same on both backends.
+//!
+//! # Quotas across processes
+//! Every write is one transaction that first locks its plugin's usage row
+//! (an upsert, which takes the row lock), then reads the keys it touches,
+//! checks sizes, CAS expectations, counters and quotas against that
+//! usage, and only then writes the data and both usage rows. Writers of one
+//! plugin, in any process, therefore run one after another from the lock
+//! to the commit: no two can both see room for the last key, and the usage
+//! rows change with the data, so they always equal a full scan. Writers of
+//! different plugins do not wait for each other. A refused write rolls back
+//! and has written nothing.
+//!
+//! # Durability
+//! A write is answered after its `COMMIT` returned: with the server's
+//! `synchronous_commit` (on by default), after the commit record is
+//! flushed. A bucket with relaxed durability runs `SET LOCAL
+//! synchronous_commit = off`: acknowledged before the flush; PostgreSQL
+//! flushes it within three times `wal_writer_delay` (600 ms by default), and
+//! a server crash may lose what was acknowledged in that window, never part
+//! of a transaction.
+//!
+//! # A database that is down
+//! Every call takes a pooled connection (checked before use) within
+//! [`ACQUIRE_TIMEOUT`] and must finish within [`CALL_TIMEOUT`]; a
+//! connection failure, a server shutting down, a pool timeout or no answer
+//! is `unavailable`. Nothing is acknowledged unless its `COMMIT` succeeded
+//! (a commit whose answer is lost is reported `unavailable` although it
+//! may have been applied: retrying a `set` is harmless, an `increment` may
+//! then count twice). The pool opens new connections as calls come, so the
+//! backend recovers by itself once the server answers again.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
+
+use super::backend::{
+    Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Page, Usage, UsageReport, check_batch_len,
+    check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
+};
+use super::error::{KvError, QuotaKind};
+use super::policy::{Durability, MAX_VALUE_CEILING, Quota};
+use crate::guest_text;
+
+/// Most connections the backend holds (each call uses one at a time).
+pub const MAX_CONNECTIONS: u32 = 16;
+/// How long a call waits for a connection (a new one when the server was
+/// down) before it is `unavailable`.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one call may take in all, waits for its plugin's lock
+/// included, before it is `unavailable`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections are closed after this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The sidecar's PostgreSQL schema, `migrations/postgres/*.sql`, in
+/// version order (`version`, `description`, SQL).
+pub const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(20261202000001, "kv store", include_str!("../../../../migrations/postgres/20261202000001_kv_store.sql"))];
+
+/// sqlx's migrator over [`MIGRATIONS`]. (Not `sqlx::migrate!`: that macro
+/// needs sqlx's `macros` feature, whose serde features rebuild most of the
+/// dependency tree, wasmtime included.)
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
+/// The PostgreSQL backend.
+pub struct PostgresBackend {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend").finish_non_exhaustive()
+    }
+}
+
+/// A database error as the guest sees it: connection trouble is
+/// `unavailable`, the rest `internal`. The server's text is escaped and
+/// bounded (it comes from the network).
+fn db_error(e: sqlx::Error) -> KvError {
+    let text = |e: &dyn std::fmt::Display| guest_text::escape(&e.to_string(), guest_text::LINE);
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => KvError::Unavailable(text(&e)),
+        sqlx::Error::Database(db) => {
+            // 08 connection exception, 53 insufficient resources, 57
+            // operator intervention (shutdown), 58 system error, 40
+            // transaction rollback (serialization failure, deadlock).
+            let class = db.code().map(|c| c.chars().take(2).collect::<String>()).unwrap_or_default();
+            if matches!(class.as_str(), "08" | "53" | "57" | "58" | "40") {
+                KvError::Unavailable(text(&e))
+            } else {
+                KvError::Internal(text(&e))
+            }
+        }
+        _ => KvError::Internal(text(&e)),
+    }
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> KvError {
+    match e {
+        sqlx::migrate::MigrateError::Execute(e) => db_error(e),
+        other => KvError::Unavailable(format!(
+            "the database schema: {}",
+            guest_text::escape(&other.to_string(), guest_text::LINE)
+        )),
+    }
+}
+
+/// Runs `call` under [`CALL_TIMEOUT`].
+async fn bounded<T>(call: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(KvError::Unavailable(format!("no answer from the database within {CALL_TIMEOUT:?}"))))
+}
+
+/// The smallest byte string above every key that starts with `prefix`
+/// (keys are UTF-8, so no key byte is 0xFF and `[0xFF]` is above them all).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    match prefix.split_last() {
+        // UTF-8 never holds 0xF5..=0xFF, so `last + 1` cannot overflow.
+        Some((last, head)) => [head, &[last + 1]].concat(),
+        None => vec![0xFF],
+    }
+}
+
+fn usage_of(keys: i64, bytes: i64) -> Result<Usage, KvError> {
+    let count = |n: i64| u64::try_from(n).map_err(|_| KvError::Internal("a usage row is negative".into()));
+    Ok(Usage { keys: count(keys)?, bytes: count(bytes)? })
+}
+
+/// What a write plans, once it has read the current values: the changes
+/// (key, new value or `None` to delete) and the answer, or a refusal.
+type Plan<T> = Result<(Vec<(String, Option<Vec<u8>>)>, T), KvError>;
+
+/// The current state of the keys a write touches: length, and the value
+/// when the plan needs it.
+struct Current {
+    rows: BTreeMap<String, (u64, Option<Vec<u8>>)>,
+}
+
+impl Current {
+    fn len(&self, key: &str) -> Option<u64> {
+        self.rows.get(key).map(|(len, _)| *len)
+    }
+
+    fn value(&self, key: &str) -> Option<&[u8]> {
+        self.rows.get(key).and_then(|(_, value)| value.as_deref())
+    }
+}
+
+impl PostgresBackend {
+    /// A backend on the database `options` names: builds the pool and
+    /// applies the migrations. `unavailable` when the database cannot be
+    /// reached (the caller may try again later).
+    pub async fn open(options: PgConnectOptions) -> Result<PostgresBackend, KvError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(IDLE_TIMEOUT)
+            .connect_lazy_with(options);
+        bounded(async { migrator().run(&pool).await.map_err(migrate_error) }).await?;
+        Ok(PostgresBackend { pool })
+    }
+
+    /// One write transaction: lock the plugin's usage, read `keys`
+    /// (their values too when `values`), plan, check quotas, write.
+    async fn write<T: Send>(
+        &self,
+        bucket: &Bucket,
+        keys: Vec<String>,
+        values: bool,
+        plan: impl FnOnce(&Current) -> Plan<T> + Send,
+    ) -> Result<T, KvError> {
+        bounded(async {
+            let mut tx = match bucket.durability {
+                Durability::Immediate => self.pool.begin().await,
+                Durability::Relaxed => self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await,
+            }
+            .map_err(db_error)?;
+            let result = Self::apply(&mut tx, bucket, keys, values, plan).await;
+            match result {
+                Ok(answer) => {
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(answer)
+                }
+                Err(e) => {
+                    // Nothing was written, or the transaction is broken:
+                    // either way it must not commit.
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn apply<T>(
+        tx: &mut Transaction<'static, Postgres>,
+        bucket: &Bucket,
+        keys: Vec<String>,
+        values: bool,
+        plan: impl FnOnce(&Current) -> Plan<T>,
+    ) -> Result<T, KvError> {
+        let plugin = bucket.namespace.plugin();
+        let name = bucket.namespace.bucket();
+        // The lock: every writer of this plugin, in any process, waits here.
+        let row = sqlx::query(
+            "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
+             ON CONFLICT (plugin) DO UPDATE SET keys = gatehouse_kv_plugin_usage.keys \
+             RETURNING keys, bytes",
+        )
+        .bind(plugin)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let usage = usage_of(row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?)?;
+
+        let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let rows: Vec<PgRow> = sqlx::query(
+            "SELECT key, octet_length(value)::bigint, CASE WHEN $4 THEN value END FROM gatehouse_kv_data \
+             WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)",
+        )
+        .bind(plugin)
+        .bind(name)
+        .bind(&key_bytes)
+        .bind(values)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        let mut current = Current { rows: BTreeMap::new() };
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0).map_err(db_error)?;
+            let key = String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
+            let len: i64 = row.try_get(1).map_err(db_error)?;
+            current.rows.insert(key, (len as u64, row.try_get(2).map_err(db_error)?));
+        }
+
+        let (changes, answer) = plan(&current)?;
+        let (delta_keys, delta_bytes) = check_quota(&bucket.quota, usage, &changes, &current)?;
+
+        let mut set_keys: Vec<&[u8]> = Vec::new();
+        let mut set_values: Vec<&[u8]> = Vec::new();
+        let mut deleted: Vec<&[u8]> = Vec::new();
+        for (key, new) in &changes {
+            match new {
+                Some(value) => {
+                    set_keys.push(key.as_bytes());
+                    set_values.push(value);
+                }
+                None if current.len(key).is_some() => deleted.push(key.as_bytes()),
+                None => {}
+            }
+        }
+        if !set_keys.is_empty() {
+            sqlx::query(
+                "INSERT INTO gatehouse_kv_data (plugin, bucket, key, value) \
+                 SELECT $1, $2, k, v FROM unnest($3::bytea[], $4::bytea[]) AS t(k, v) \
+                 ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .bind(plugin)
+            .bind(name)
+            .bind(&set_keys)
+            .bind(&set_values)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+        if !deleted.is_empty() {
+            sqlx::query("DELETE FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)")
+                .bind(plugin)
+                .bind(name)
+                .bind(&deleted)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+        if delta_keys != 0 || delta_bytes != 0 {
+            sqlx::query(
+                "WITH p AS (UPDATE gatehouse_kv_plugin_usage SET keys = keys + $3, bytes = bytes + $4 \
+                 WHERE plugin = $1) \
+                 INSERT INTO gatehouse_kv_bucket_usage (plugin, bucket, keys, bytes) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (plugin, bucket) DO UPDATE \
+                 SET keys = gatehouse_kv_bucket_usage.keys + EXCLUDED.keys, \
+                 bytes = gatehouse_kv_bucket_usage.bytes + EXCLUDED.bytes",
+            )
+            .bind(plugin)
+            .bind(name)
+            .bind(delta_keys)
+            .bind(delta_bytes)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_error)?;
+        }
+        Ok(answer)
+    }
+
+    async fn read_value(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        bounded(async {
+            let row = sqlx::query("SELECT value FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
+                .bind(bucket.namespace.plugin())
+                .bind(bucket.namespace.bucket())
+                .bind(key.as_bytes())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+            row.map(|r| r.try_get(0).map_err(db_error)).transpose()
+        })
+        .await
+    }
+}
+
+/// What `changes` do to the plugin's usage, refused when a new key is
+/// longer than `max_key` or the result would pass `max_keys` or
+/// `max_bytes` (a change that does not grow a count always passes, so a
+/// lowered quota blocks growth only). The same rules as the redb writer.
+fn check_quota(
+    quota: &Quota,
+    usage: Usage,
+    changes: &[(String, Option<Vec<u8>>)],
+    current: &Current,
+) -> Result<(i64, i64), KvError> {
+    let mut delta_keys: i64 = 0;
+    let mut delta_bytes: i64 = 0;
+    for (key, new) in changes {
+        match (current.len(key), new) {
+            (None, Some(value)) => {
+                check_new_key(quota, key.as_bytes())?;
+                delta_keys += 1;
+                delta_bytes += (key.len() + value.len()) as i64;
+            }
+            (Some(old), Some(value)) => delta_bytes += value.len() as i64 - old as i64,
+            (Some(old), None) => {
+                delta_keys -= 1;
+                delta_bytes -= key.len() as i64 + old as i64;
+            }
+            (None, None) => {}
+        }
+    }
+    let after = |now: u64, delta: i64| now.saturating_add_signed(delta);
+    if delta_keys > 0 && after(usage.keys, delta_keys) > quota.max_keys {
+        return Err(KvError::QuotaExceeded {
+            quota: QuotaKind::Keys,
+            usage: usage.keys,
+            needed: after(usage.keys, delta_keys),
+            limit: quota.max_keys,
+        });
+    }
+    if delta_bytes > 0 && after(usage.bytes, delta_bytes) > quota.max_bytes {
+        return Err(KvError::QuotaExceeded {
+            quota: QuotaKind::Bytes,
+            usage: usage.bytes,
+            needed: after(usage.bytes, delta_bytes),
+            limit: quota.max_bytes,
+        });
+    }
+    Ok((delta_keys, delta_bytes))
+}
+
+impl KvBackend for PostgresBackend {
+    fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            check_key(key)?;
+            self.read_value(bucket, key).await
+        })
+    }
+
+    fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(key)?;
+            bounded(async {
+                let row = sqlx::query("SELECT 1 FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
+                    .bind(bucket.namespace.plugin())
+                    .bind(bucket.namespace.bucket())
+                    .bind(key.as_bytes())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                Ok(row.is_some())
+            })
+            .await
+        })
+    }
+
+    fn set<'a>(&'a self, bucket: &'a Bucket, key: String, value: Vec<u8>) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            check_key(&key)?;
+            check_value(&bucket.quota, &value)?;
+            self.write(bucket, vec![key.clone()], false, move |_| Ok((vec![(key, Some(value))], ()))).await
+        })
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a Bucket, key: String) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(&key)?;
+            self.write(bucket, vec![key.clone()], false, move |current| {
+                let existed = current.len(&key).is_some();
+                Ok((vec![(key, None)], existed))
+            })
+            .await
+        })
+    }
+
+    fn list_keys<'a>(
+        &'a self,
+        bucket: &'a Bucket,
+        prefix: &'a str,
+        cursor: Option<&'a str>,
+        limit: u32,
+    ) -> KvFuture<'a, Page> {
+        Box::pin(async move {
+            check_prefix(prefix)?;
+            let limit = check_limit(limit)?;
+            let after = cursor.map(|c| bucket.namespace.resume_after(c)).transpose()?;
+            // The first key strictly after `after` is `after` followed by a
+            // NUL byte: one inclusive bound serves both cases.
+            let start = match after {
+                Some(after) if after.as_str() >= prefix => [after.as_bytes(), &[0]].concat(),
+                _ => prefix.as_bytes().to_vec(),
+            };
+            let end = prefix_end(prefix.as_bytes());
+            let rows = bounded(async {
+                sqlx::query(
+                    "SELECT key FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 \
+                     AND key >= $3 AND key < $4 ORDER BY key LIMIT $5",
+                )
+                .bind(bucket.namespace.plugin())
+                .bind(bucket.namespace.bucket())
+                .bind(&start)
+                .bind(&end)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)
+            })
+            .await?;
+            let more = rows.len() > limit as usize;
+            let mut keys = Vec::with_capacity(rows.len().min(limit as usize));
+            for row in rows.into_iter().take(limit as usize) {
+                let key: Vec<u8> = row.try_get(0).map_err(db_error)?;
+                keys.push(String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?);
+            }
+            let cursor = if more { keys.last().map(|k| bucket.namespace.cursor_after(k)) } else { None };
+            Ok(Page { keys, cursor })
+        })
+    }
+
+    fn get_many<'a>(&'a self, bucket: &'a Bucket, keys: &'a [String]) -> KvFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            check_batch_len(keys.len())?;
+            keys.iter().try_for_each(|k| check_key(k))?;
+            let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            // One statement, one snapshot. The server sends the values only
+            // when all of them fit in the call's bound, so an answer past it
+            // is never transferred.
+            let rows = bounded(async {
+                sqlx::query(
+                    "WITH found AS (SELECT key, value FROM gatehouse_kv_data \
+                     WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)) \
+                     SELECT key, octet_length(value)::bigint, \
+                     CASE WHEN (SELECT coalesce(sum(octet_length(value)), 0) FROM found) <= $4 THEN value END \
+                     FROM found",
+                )
+                .bind(bucket.namespace.plugin())
+                .bind(bucket.namespace.bucket())
+                .bind(&key_bytes)
+                .bind(MAX_CALL_BYTES as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)
+            })
+            .await?;
+            let mut found: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
+            for row in rows {
+                let len: i64 = row.try_get(1).map_err(db_error)?;
+                found.insert(row.try_get(0).map_err(db_error)?, (len as u64, row.try_get(2).map_err(db_error)?));
+            }
+            // The bound as redb counts it: each named key and its value.
+            let total: u64 =
+                keys.iter().map(|k| k.len() as u64 + found.get(k.as_bytes()).map_or(0, |(len, _)| *len)).sum();
+            if total > MAX_CALL_BYTES {
+                return Err(KvError::call_bound(total, MAX_CALL_BYTES));
+            }
+            keys.iter()
+                .map(|k| match found.get(k.as_bytes()) {
+                    None => Ok(None),
+                    Some((_, Some(value))) => Ok(Some(value.clone())),
+                    Some((_, None)) => Err(KvError::Internal("a value was withheld below the bound".into())),
+                })
+                .collect()
+        })
+    }
+
+    fn set_many<'a>(&'a self, bucket: &'a Bucket, items: Vec<(String, Vec<u8>)>) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            check_batch_len(items.len())?;
+            let mut bytes = 0u64;
+            for (key, value) in &items {
+                check_key(key)?;
+                check_value(&bucket.quota, value)?;
+                bytes += (key.len() + value.len()) as u64;
+            }
+            if bytes > MAX_CALL_BYTES {
+                return Err(KvError::call_bound(bytes, MAX_CALL_BYTES));
+            }
+            // A repeated key: the last value wins.
+            let last: BTreeMap<String, Vec<u8>> = items.into_iter().collect();
+            let keys = last.keys().cloned().collect();
+            self.write(bucket, keys, false, move |_| Ok((last.into_iter().map(|(k, v)| (k, Some(v))).collect(), ())))
+                .await
+        })
+    }
+
+    fn delete_many<'a>(&'a self, bucket: &'a Bucket, keys: Vec<String>) -> KvFuture<'a, u64> {
+        Box::pin(async move {
+            check_batch_len(keys.len())?;
+            keys.iter().try_for_each(|k| check_key(k))?;
+            let unique: BTreeSet<String> = keys.into_iter().collect();
+            let keys = unique.iter().cloned().collect();
+            self.write(bucket, keys, false, move |current| {
+                let existing = unique.iter().filter(|k| current.len(k).is_some()).count() as u64;
+                Ok((unique.into_iter().map(|k| (k, None)).collect(), existing))
+            })
+            .await
+        })
+    }
+
+    fn increment<'a>(&'a self, bucket: &'a Bucket, key: String, delta: i64) -> KvFuture<'a, i64> {
+        Box::pin(async move {
+            check_key(&key)?;
+            let quota = bucket.quota;
+            self.write(bucket, vec![key.clone()], true, move |current| {
+                let now = match current.value(&key) {
+                    None if current.len(&key).is_none() => 0,
+                    value => parse_counter(value.unwrap_or_default()).ok_or_else(|| {
+                        KvError::Conflict(format!(
+                            "the value of `{}` is not a decimal integer",
+                            guest_text::escaped(&key, guest_text::SHORT)
+                        ))
+                    })?,
+                };
+                let next = now
+                    .checked_add(delta)
+                    .ok_or_else(|| KvError::Conflict(format!("{now} + {delta} overflows a signed 64-bit integer")))?;
+                let value = next.to_string().into_bytes();
+                check_value(&quota, &value)?;
+                Ok((vec![(key, Some(value))], next))
+            })
+            .await
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        bucket: &'a Bucket,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> KvFuture<'a, bool> {
+        Box::pin(async move {
+            check_key(&key)?;
+            check_value(&bucket.quota, &new)?;
+            if let Some(expected) = &expected
+                && expected.len() as u64 > MAX_VALUE_CEILING
+            {
+                return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
+            }
+            self.write(bucket, vec![key.clone()], true, move |current| {
+                let matches = match (current.len(&key), &expected) {
+                    (None, None) => true,
+                    (Some(_), Some(expected)) => current.value(&key) == Some(expected.as_slice()),
+                    _ => false,
+                };
+                if !matches {
+                    return Ok((Vec::new(), false));
+                }
+                Ok((vec![(key, Some(new))], true))
+            })
+            .await
+        })
+    }
+
+    fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
+        Box::pin(async move {
+            let row = bounded(async {
+                // One statement: both counts from one snapshot.
+                sqlx::query(
+                    "SELECT \
+                     (SELECT keys FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND bucket = $2), \
+                     (SELECT bytes FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND bucket = $2), \
+                     (SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = $1), \
+                     (SELECT bytes FROM gatehouse_kv_plugin_usage WHERE plugin = $1)",
+                )
+                .bind(bucket.namespace.plugin())
+                .bind(bucket.namespace.bucket())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)
+            })
+            .await?;
+            let column = |i: usize| -> Result<i64, KvError> {
+                Ok(row.try_get::<Option<i64>, _>(i).map_err(db_error)?.unwrap_or(0))
+            };
+            Ok(UsageReport {
+                bucket: usage_of(column(0)?, column(1)?)?,
+                plugin: usage_of(column(2)?, column(3)?)?,
+                quota: bucket.quota,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(version, description, _)| format!("{version}_{}.sql", description.replace(' ', "_")))
+            .collect();
+        assert_eq!(embedded, files);
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_keys_with_the_prefix() {
+        assert_eq!(prefix_end(b""), vec![0xFF]);
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        for prefix in ["", "a", "k\u{7f}", "é", "\u{10FFFF}"] {
+            let end = prefix_end(prefix.as_bytes());
+            for key in ["a", "a\0", "ab", "b", "k\u{7f}\u{10FFFF}", "é", "éz", "\u{10FFFF}", "\u{10FFFF}\u{10FFFF}"] {
+                let inside = key.as_bytes() >= prefix.as_bytes() && key.as_bytes() < end.as_slice();
+                assert_eq!(inside, key.starts_with(prefix), "{prefix:?} {key:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn connection_trouble_is_unavailable_and_the_rest_internal() {
+        assert!(matches!(db_error(sqlx::Error::PoolTimedOut), KvError::Unavailable(_)));
+        assert!(matches!(
+            db_error(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())),
+            KvError::Unavailable(_)
+        ));
+        assert!(matches!(db_error(sqlx::Error::RowNotFound), KvError::Internal(_)));
+        let forged = db_error(sqlx::Error::Protocol("line\n2026 INFO forged".into())).to_string();
+        assert!(!forged.contains('\n'), "{forged}");
+    }
+}
