@@ -21,6 +21,7 @@ mod raw_upstream;
 mod sandbox;
 mod server;
 mod sidecar;
+mod sql_policy;
 mod ssrf;
 mod tls;
 mod upstream;
