@@ -545,6 +545,7 @@ fn size_and_depth_are_bounded() {
             for (sql, rule) in &shapes {
                 assert!(sql.len() <= 64 << 10, "{}", sql.len());
                 for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                    // Names the shape in the output should a stack overflow abort the test.
                     eprintln!("shape {dialect} {}", &sql[..40]);
                     let lenient = check(dialect, &policy, sql);
                     let outcome = match (lenient, rule) {

@@ -36,9 +36,10 @@ pub use policy::{Access, Door, Kind, SqlPolicy, SqlSection, TableGrant};
 /// bounds what one check can cost (parse and walk are linear in it).
 pub const MAX_STATEMENT: usize = 64 << 10;
 /// The parser's recursion limit (parenthesised expressions, sub-queries):
-/// past it the statement is refused as unparsable, long before the
-/// parser's own stack frames could exhaust a 2 MiB thread stack.
-pub const PARSER_DEPTH: usize = 50;
+/// past it the statement is refused as unparsable. sqlparser's own default
+/// (50) let 50 nested `FROM (SELECT …)` overflow a 1 MiB stack; at 32 the
+/// deepest statements still fit in half of a tokio worker's 2 MiB (tested).
+pub const PARSER_DEPTH: usize = 32;
 /// How deep the checker walks nested expressions, sub-queries and `FROM`
 /// items; deeper is refused ([`Rule::TooDeep`]). Chains of one binary
 /// operator (`a AND b AND …`) are walked in a loop and cost no depth.
