@@ -29,7 +29,11 @@ customers = { select = ["id", "name"], update = ["name"] }
 /// (label, SQLite text, PostgreSQL text): the same statement with each
 /// dialect's placeholders.
 const STATEMENTS: &[(&str, &str, &str)] = &[
-    ("point select", "SELECT id, name, price FROM products WHERE id = ?", "SELECT id, name, price FROM products WHERE id = $1"),
+    (
+        "point select",
+        "SELECT id, name, price FROM products WHERE id = ?",
+        "SELECT id, name, price FROM products WHERE id = $1",
+    ),
     (
         "join + filter + order",
         "SELECT p.name, o.quantity FROM orders o JOIN products p ON p.id = o.product_id WHERE o.status = ? ORDER BY o.id DESC LIMIT 20",
@@ -42,8 +46,8 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
     ),
     (
         "sub-query + CTE",
-        "WITH recent AS (SELECT * FROM orders WHERE id > ?) SELECT c.name FROM customers c WHERE c.id IN (SELECT customer_id FROM recent)",
-        "WITH recent AS (SELECT * FROM orders WHERE id > $1) SELECT c.name FROM customers c WHERE c.id IN (SELECT customer_id FROM recent)",
+        "WITH recent AS (SELECT * FROM orders WHERE id > ?) SELECT c.name FROM customers c WHERE c.id IN (SELECT r.customer_id FROM recent r)",
+        "WITH recent AS (SELECT * FROM orders WHERE id > $1) SELECT c.name FROM customers c WHERE c.id IN (SELECT r.customer_id FROM recent r)",
     ),
     (
         "insert",
@@ -55,7 +59,11 @@ const STATEMENTS: &[(&str, &str, &str)] = &[
         "INSERT INTO products (id, name, price, stock) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET stock = excluded.stock RETURNING id",
         "INSERT INTO products (id, name, price, stock) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET stock = excluded.stock RETURNING id",
     ),
-    ("update", "UPDATE products SET stock = stock - ? WHERE id = ?", "UPDATE products SET stock = stock - $1 WHERE id = $2"),
+    (
+        "update",
+        "UPDATE products SET stock = stock - ? WHERE id = ?",
+        "UPDATE products SET stock = stock - $1 WHERE id = $2",
+    ),
     ("delete", "DELETE FROM orders WHERE status = ? AND id < ?", "DELETE FROM orders WHERE status = $1 AND id < $2"),
 ];
 
@@ -78,7 +86,8 @@ fn main() {
     println!("|---|---|---|---|---|");
     let mut totals = [(0.0, 0.0); 2];
     for (label, sqlite, postgres) in STATEMENTS {
-        for (i, (dialect, sql)) in [(Dialect::Sqlite, *sqlite), (Dialect::Postgres, *postgres)].into_iter().enumerate() {
+        for (i, (dialect, sql)) in [(Dialect::Sqlite, *sqlite), (Dialect::Postgres, *postgres)].into_iter().enumerate()
+        {
             check(dialect, &policy, sql).unwrap_or_else(|d| panic!("{label}: {d}"));
             let (mut parse, mut checked) = (Vec::new(), Vec::new());
             for _ in 0..ROUNDS {

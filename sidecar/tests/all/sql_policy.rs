@@ -125,13 +125,7 @@ const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     // Sub-queries in every clause.
     (BOTH, "", "SELECT (SELECT value FROM secrets LIMIT 1) FROM products", Rule::Table, "in select list › sub-query"),
     (BOTH, "", "SELECT id FROM products WHERE EXISTS (SELECT 1 FROM secrets)", Rule::Table, "in WHERE › EXISTS"),
-    (
-        BOTH,
-        "",
-        "SELECT count(*) FROM products GROUP BY (SELECT id FROM secrets LIMIT 1)",
-        Rule::Table,
-        "in GROUP BY",
-    ),
+    (BOTH, "", "SELECT count(*) FROM products GROUP BY (SELECT id FROM secrets LIMIT 1)", Rule::Table, "in GROUP BY"),
     (
         BOTH,
         "",
@@ -216,21 +210,9 @@ const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
         Rule::Table,
         "INSERT source",
     ),
-    (
-        BOTH,
-        "",
-        "UPDATE products SET name = (SELECT value FROM secrets LIMIT 1) WHERE id = 1",
-        Rule::Table,
-        "in SET",
-    ),
+    (BOTH, "", "UPDATE products SET name = (SELECT value FROM secrets LIMIT 1) WHERE id = 1", Rule::Table, "in SET"),
     (BOTH, "", "UPDATE products SET stock = 0 WHERE id IN (SELECT id FROM secrets)", Rule::Table, "in WHERE"),
-    (
-        BOTH,
-        "",
-        "UPDATE products SET name = s.value FROM secrets s WHERE s.id = products.id",
-        Rule::Table,
-        "in FROM",
-    ),
+    (BOTH, "", "UPDATE products SET name = s.value FROM secrets s WHERE s.id = products.id", Rule::Table, "in FROM"),
     (PG, "", "DELETE FROM orders USING secrets WHERE orders.id = secrets.id", Rule::Table, "in USING"),
     (BOTH, "", "DELETE FROM orders WHERE id IN (SELECT id FROM secrets)", Rule::Table, "in WHERE"),
     (
@@ -248,13 +230,7 @@ const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
         "for delete",
     ),
     (PG, "", "SELECT * FROM products p, LATERAL (SELECT value FROM secrets) s", Rule::Table, "`secrets`"),
-    (
-        PG,
-        "",
-        "SELECT DISTINCT ON ((SELECT id FROM secrets LIMIT 1)) id FROM products",
-        Rule::Table,
-        "DISTINCT ON",
-    ),
+    (PG, "", "SELECT DISTINCT ON ((SELECT id FROM secrets LIMIT 1)) id FROM products", Rule::Table, "DISTINCT ON"),
     // Writes and statement kinds.
     (BOTH, "", "INSERT INTO secrets (id, value) VALUES (1, 'x')", Rule::Table, "for insert"),
     (BOTH, "", "DELETE FROM products WHERE id = 1", Rule::Table, "`products` is not granted for delete"),

@@ -27,7 +27,7 @@ use std::fmt::Write as _;
 use sqlparser::ast::{
     self, AccessExpr, ArrayElemTypeDef, Assignment, AssignmentTarget, BinaryOperator, ConflictTarget, Cte, DataType,
     Delete, Distinct, Expr, FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
-    FunctionArguments, GroupByExpr, Ident, Insert, InTarget, Join, JoinConstraint, JoinOperator, LimitClause, Merge,
+    FunctionArguments, GroupByExpr, Ident, InTarget, Insert, Join, JoinConstraint, JoinOperator, LimitClause, Merge,
     MergeAction, MergeInsertKind, MergeUpdateKind, NamedWindowExpr, ObjectName, OnConflictAction, OnInsert, OrderBy,
     OrderByExpr, OrderByKind, Query, Select, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, SqliteOnConflict,
     Statement, Subscript, TableFactor, TableObject, TableWithJoins, TransactionModifier, UnaryOperator, Update,
@@ -95,10 +95,7 @@ pub fn check_for(door: Door, dialect: Dialect, policy: &SqlPolicy, statement: &s
         return Err(Denial::new(Rule::Empty, "no statement: the text is empty or only comments".into()));
     };
     if parsed.len() > 1 {
-        return Err(Denial::new(
-            Rule::Stacked,
-            format!("{} statements in one call: send exactly one", parsed.len()),
-        ));
+        return Err(Denial::new(Rule::Stacked, format!("{} statements in one call: send exactly one", parsed.len())));
     }
     let mut walk = Walk::new(dialect, policy);
     walk.statement(first, policy.transaction_control(door))
@@ -111,13 +108,15 @@ pub fn parse(dialect: Dialect, statement: &str) -> Result<Vec<Statement>, Denial
         Dialect::Postgres => run_parser(&sqlparser::dialect::PostgreSqlDialect {}, statement),
     };
     result.map_err(|e| match e {
-        ParserError::RecursionLimitExceeded => Denial::new(
-            Rule::Unparsable,
-            format!("nested deeper than the parser's limit of {PARSER_DEPTH}"),
-        ),
+        ParserError::RecursionLimitExceeded => {
+            Denial::new(Rule::Unparsable, format!("nested deeper than the parser's limit of {PARSER_DEPTH}"))
+        }
         other => Denial::new(
             Rule::Unparsable,
-            format!("not valid {dialect} SQL: {}", crate::guest_text::escape(&other.to_string(), crate::guest_text::LINE)),
+            format!(
+                "not valid {dialect} SQL: {}",
+                crate::guest_text::escape(&other.to_string(), crate::guest_text::LINE)
+            ),
         ),
     })
 }
@@ -496,7 +495,10 @@ impl<'p> Walk<'p> {
     }
 
     /// The name and alias of a write target: a plain table, no hints.
-    fn plain_table<'t>(&self, factor: &'t TableFactor) -> Result<(&'t ObjectName, Option<&'t ast::TableAlias>), Denial> {
+    fn plain_table<'t>(
+        &self,
+        factor: &'t TableFactor,
+    ) -> Result<(&'t ObjectName, Option<&'t ast::TableAlias>), Denial> {
         let TableFactor::Table {
             name,
             alias,
@@ -699,8 +701,18 @@ impl<'p> Walk<'p> {
     /// Returns whether it returns rows.
     fn query(&mut self, query: &Query, top: bool) -> Result<bool, Denial> {
         self.deeper()?;
-        let Query { with, body, order_by, limit_clause, fetch, locks, for_clause, settings, format_clause, pipe_operators } =
-            query;
+        let Query {
+            with,
+            body,
+            order_by,
+            limit_clause,
+            fetch,
+            locks,
+            for_clause,
+            settings,
+            format_clause,
+            pipe_operators,
+        } = query;
         if for_clause.is_some() || settings.is_some() || format_clause.is_some() || !pipe_operators.is_empty() {
             return Err(self.unsupported("this query clause"));
         }
@@ -1052,14 +1064,15 @@ impl<'p> Walk<'p> {
             }),
             JoinConstraint::Natural => {
                 let level = self.levels.last().map(Vec::as_slice).unwrap_or_default();
-                if let Some((table, _)) = level
-                    .iter()
-                    .filter_map(|rel| rel.table)
-                    .find(|(_, grant)| !matches!(grant.select, Access::All))
+                if let Some((table, _)) =
+                    level.iter().filter_map(|rel| rel.table).find(|(_, grant)| !matches!(grant.select, Access::All))
                 {
                     return Err(self.deny(
                         Rule::Column,
-                        format!("NATURAL JOIN with `{}` is refused: only some of its columns are granted", shown(table)),
+                        format!(
+                            "NATURAL JOIN with `{}` is refused: only some of its columns are granted",
+                            shown(table)
+                        ),
                     ));
                 }
                 Ok(())
@@ -1131,7 +1144,13 @@ impl<'p> Walk<'p> {
                 let rel_name = self.alias_or(alias.as_ref(), name)?;
                 self.add_rel(Rel { name: rel_name, table: None });
             }
-            TableFactor::UNNEST { alias, array_exprs, with_offset: false, with_offset_alias: None, with_ordinality: _ } => {
+            TableFactor::UNNEST {
+                alias,
+                array_exprs,
+                with_offset: false,
+                with_offset_alias: None,
+                with_ordinality: _,
+            } => {
                 if !self.policy.table_functions.contains("unnest") {
                     return Err(self.deny(Rule::TableFunction, "table function `unnest` is not granted".into()));
                 }
@@ -1462,7 +1481,8 @@ impl<'p> Walk<'p> {
     /// PostgreSQL reads `U&"…"` as one name with Unicode escapes; sqlparser
     /// reads `U & "…"`. Refused rather than decoded.
     fn unicode_escape(&self, left: &Expr, right: &Expr) -> Checks {
-        let is_u = matches!(left, Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("u"));
+        let is_u =
+            matches!(left, Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("u"));
         let quoted = match right {
             Expr::Identifier(id) => id.quote_style.is_some(),
             Expr::Value(v) => matches!(v.value, Value::SingleQuotedString(_)),
@@ -1525,11 +1545,7 @@ impl<'p> Walk<'p> {
                     | B::HashMinus
             ),
         };
-        if common || dialect {
-            Ok(())
-        } else {
-            Err(self.unsupported("this operator"))
-        }
+        if common || dialect { Ok(()) } else { Err(self.unsupported("this operator")) }
     }
 
     fn collation(&self, collation: &ObjectName) -> Checks {
@@ -1609,9 +1625,7 @@ impl<'p> Walk<'p> {
     }
 
     fn placeholder(&mut self, name: &str) -> Checks {
-        let bad = |w: &Self, why: &str| {
-            Err(w.deny(Rule::Placeholder, format!("placeholder `{}`: {why}", shown(name))))
-        };
+        let bad = |w: &Self, why: &str| Err(w.deny(Rule::Placeholder, format!("placeholder `{}`: {why}", shown(name))));
         match self.dialect {
             Dialect::Postgres => {
                 let Some(n) = name.strip_prefix('$').and_then(number) else {
@@ -1658,10 +1672,9 @@ impl<'p> Walk<'p> {
         let granted = functions::is_default(self.dialect, &normalised)
             || self.policy.functions.iter().any(|f| names::same(self.dialect, f, &normalised));
         if !granted {
-            return Err(self.deny(
-                Rule::Function,
-                format!("function `{}` is not on the allow-list", shown(&normalised)),
-            ));
+            return Err(
+                self.deny(Rule::Function, format!("function `{}` is not on the allow-list", shown(&normalised)))
+            );
         }
         if *uses_odbc_syntax || !matches!(parameters, FunctionArguments::None) {
             return Err(self.unsupported("this function call syntax"));
@@ -1772,7 +1785,8 @@ fn never_allowed(statement: &Statement) -> Denial {
         "ReleaseSavepoint" => "RELEASE SAVEPOINT",
         other => other,
     };
-    let family = if ["Create", "Alter", "Drop", "Truncate", "Comment", "Rename"].iter().any(|p| variant.starts_with(p)) {
+    let family = if ["Create", "Alter", "Drop", "Truncate", "Comment", "Rename"].iter().any(|p| variant.starts_with(p))
+    {
         "DDL"
     } else {
         "a statement kind the gateway never runs"

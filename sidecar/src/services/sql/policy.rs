@@ -207,9 +207,9 @@ impl SqlPolicy {
     /// `policy::load`, which reports lines.
     pub fn from_toml(text: &str) -> Result<SqlPolicy, String> {
         let section: SqlSection = toml::from_str(text).map_err(|e| e.message().trim_end().to_string())?;
-        section.validate().map_err(|problems| {
-            problems.into_iter().map(|(_, reason)| reason).collect::<Vec<_>>().join("; ")
-        })
+        section
+            .validate()
+            .map_err(|problems| problems.into_iter().map(|(_, reason)| reason).collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -306,15 +306,15 @@ impl SqlSection {
                 Some(parsed) => fail(kind.span(), format!("statement kind `{parsed}` is listed twice")),
                 None => fail(
                     kind.span(),
-                    format!(
-                        "unknown statement kind `{}`: use select, insert, update or delete",
-                        shown(kind.get_ref())
-                    ),
+                    format!("unknown statement kind `{}`: use select, insert, update or delete", shown(kind.get_ref())),
                 ),
             }
         }
         if self.statements.get_ref().is_empty() {
-            fail(self.statements.span(), "`statements` is empty: grant at least one kind, or remove the section".into());
+            fail(
+                self.statements.span(),
+                "`statements` is empty: grant at least one kind, or remove the section".into(),
+            );
         }
 
         if self.tables.len() > MAX_TABLES {
@@ -343,10 +343,7 @@ impl SqlSection {
                         if grant.access(kind).is_granted() && !policy.statements.contains(&kind) {
                             fail(
                                 value.span(),
-                                format!(
-                                    "table `{}` grants {kind}, which `statements` does not list",
-                                    shown(text)
-                                ),
+                                format!("table `{}` grants {kind}, which `statements` does not list", shown(text)),
                             );
                         }
                     }
@@ -450,9 +447,8 @@ fn table_grant(value: &toml::Value) -> Result<TableGrant, String> {
         }
         toml::Value::Table(kinds) if !kinds.is_empty() => {
             for (key, columns) in kinds {
-                let kind = Kind::parse(key).ok_or_else(|| {
-                    format!("unknown key `{}`: use select, insert, update or delete", shown(key))
-                })?;
+                let kind = Kind::parse(key)
+                    .ok_or_else(|| format!("unknown key `{}`: use select, insert, update or delete", shown(key)))?;
                 *grant.access_mut(kind) = match columns {
                     toml::Value::Boolean(true) => Access::All,
                     toml::Value::Array(names) if kind == Kind::Delete => {
