@@ -298,6 +298,8 @@ const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (LITE, "", "SELECT * FROM other.products", Rule::Schema, "`other`"),
     (PG, "", "SELECT U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
     (PG, "", "SELECT U&'\\0041' FROM products", Rule::Ambiguous, "Unicode"),
+    (PG, "", "SELECT name + U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
+    (PG, "", "SELECT * FROM u&\"secrets\"", Rule::Ambiguous, "Unicode"),
     (
         PG,
         "",
@@ -462,6 +464,19 @@ fn transaction_control_is_a_door_default_and_a_policy_switch() {
 }
 
 #[test]
+fn a_query_needs_select_even_without_a_table() {
+    let insert_only = SqlPolicy::from_toml("statements = [\"insert\"]\n[tables]\naudit_log = { insert = [\"at\"] }")
+        .expect("valid policy");
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        for sql in ["SELECT 1", "VALUES (1)", "SELECT lower('X')"] {
+            let denial = check(dialect, &insert_only, sql).unwrap_err();
+            assert_eq!(denial.rule, Rule::StatementKind, "{dialect}: {sql}: {denial}");
+        }
+        allow(dialect, &insert_only, "INSERT INTO audit_log (at) VALUES ('now')");
+    }
+}
+
+#[test]
 fn params_only_refuses_literals_but_not_null_true_false() {
     let strict = with("params_only = true");
     allow(Dialect::Postgres, &strict, "SELECT id FROM products WHERE id = $1 AND name IS NOT NULL AND TRUE");
@@ -593,24 +608,28 @@ fn reaches_secrets(sql: &str) -> bool {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
-    /// Grammar-built statements, and the same with one token dropped or
-    /// doubled (token soups): nothing that names `secrets` is ever allowed.
+    /// Grammar-built statements: nothing that reads or writes `secrets` is
+    /// ever allowed. The same with one token dropped or doubled (token
+    /// soups): no panic, and allowed only if the parser reads exactly one
+    /// statement. (A mutant can turn `secrets` into an alias: SQLite's
+    /// parser reads `SELECT SELECT * FROM "secrets"` as `SELECT (select *
+    /// from) AS "secrets"`, which SQLite itself refuses.)
     #[test]
     fn nothing_reaching_an_ungranted_table_is_allowed(sql in query(), cut in 0usize..64, doubled in any::<bool>()) {
         let policy = policy();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            if let Ok(checked) = check(dialect, &policy, &sql) {
+                prop_assert!(!reaches_secrets(&sql), "{dialect} allowed {sql}: {checked:?}");
+            }
+        }
         let mut tokens: Vec<&str> = sql.split(' ').collect();
-        let variants = {
-            let whole = sql.clone();
-            let at = cut % tokens.len();
-            if doubled { tokens.insert(at, tokens[at]) } else { tokens.remove(at); }
-            [whole, tokens.join(" ")]
-        };
-        for sql in &variants {
-            for dialect in [Dialect::Sqlite, Dialect::Postgres] {
-                if let Ok(checked) = check(dialect, &policy, sql) {
-                    prop_assert!(!reaches_secrets(sql), "{dialect} allowed {sql}: {checked:?}");
-                    prop_assert!(!checked.reads.contains("secrets") && !checked.writes.contains("secrets"));
-                }
+        let at = cut % tokens.len();
+        if doubled { tokens.insert(at, tokens[at]) } else { tokens.remove(at); }
+        let mutant = tokens.join(" ");
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            if check(dialect, &policy, &mutant).is_ok() {
+                let parsed = gatehouse::services::sql::check::parse(dialect, &mutant);
+                prop_assert!(parsed.is_ok_and(|statements| statements.len() == 1), "{dialect} allowed {mutant}");
             }
         }
     }

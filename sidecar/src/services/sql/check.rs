@@ -90,6 +90,12 @@ pub fn check_for(door: Door, dialect: Dialect, policy: &SqlPolicy, statement: &s
             format!("statement of {} bytes is refused: at most {MAX_STATEMENT} bytes", statement.len()),
         ));
     }
+    if dialect == Dialect::Postgres && has_unicode_escape(statement) {
+        return Err(Denial::new(
+            Rule::Ambiguous,
+            "Unicode-escaped names and strings (`U&\"…\"`, `U&'…'`) are refused".into(),
+        ));
+    }
     let parsed = parse(dialect, statement)?;
     let Some(first) = parsed.first() else {
         return Err(Denial::new(Rule::Empty, "no statement: the text is empty or only comments".into()));
@@ -99,6 +105,14 @@ pub fn check_for(door: Door, dialect: Dialect, policy: &SqlPolicy, statement: &s
     }
     let mut walk = Walk::new(dialect, policy);
     walk.statement(first, policy.transaction_control(door))
+}
+
+/// Whether the text holds `U&"` or `U&'` anywhere (strings and comments
+/// included: a false alarm only refuses). PostgreSQL reads them as names
+/// and strings with Unicode escapes, which sqlparser reads as `U & "…"`:
+/// the two readings differ, so the statement is refused before parsing.
+fn has_unicode_escape(text: &str) -> bool {
+    text.as_bytes().windows(3).any(|w| w[0].eq_ignore_ascii_case(&b'u') && w[1] == b'&' && matches!(w[2], b'"' | b'\''))
 }
 
 /// Parses with the dialect's own parser and a bounded recursion depth.
@@ -225,6 +239,9 @@ impl<'p> Walk<'p> {
                     SetExpr::Merge(_) => StatementKind::Merge,
                     _ => StatementKind::Select,
                 };
+                if kind == StatementKind::Select {
+                    self.kind_granted(Kind::Select)?;
+                }
                 let returns = self.query(query, true)?;
                 (kind, returns)
             }
