@@ -15,6 +15,7 @@ pub(crate) mod budget;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod sql;
 
 use std::sync::Arc;
 

@@ -22,6 +22,7 @@ mod raw_upstream;
 mod sandbox;
 mod server;
 mod sidecar;
+mod sql_policy;
 mod ssrf;
 mod tls;
 mod upstream;

@@ -1,0 +1,223 @@
+//! The functions a statement may call without the policy listing them:
+//! pure built-ins of each dialect (string, number, date, JSON, aggregate and
+//! window functions) that read nothing but their arguments and rows the
+//! statement already reaches.
+//!
+//! Left out on purpose, and only reachable through a policy's `functions`
+//! (some not even then: [`super::policy::NEVER_FUNCTIONS`]):
+//! - anything reaching files, programs, the network, the server's settings
+//!   or other sessions (`pg_*`, `lo_*`, `dblink*`, `load_extension`,
+//!   `readfile`, `current_setting`, `set_config`, ...);
+//! - SQL in a string (`query_to_xml` and its family, `ts_stat`), which the
+//!   statement check cannot see into;
+//! - functions that change state (`nextval`, `setval`) or report the
+//!   connection's (`last_insert_rowid`, `changes`, `current_user`,
+//!   `version`, `sqlite_version`);
+//! - size amplifiers that make the database allocate far more than the
+//!   statement's size from one small argument (`repeat`, `lpad`, `rpad`,
+//!   `printf`/`format` with a width, `zeroblob`, `randomblob`,
+//!   `generate_series`);
+//! - `pg_sleep` and other ways to hold a connection without work.
+//!
+//! `now()`/`CURRENT_TIMESTAMP` are on the lists: not pure in the strict
+//! sense, but they read only the clock, which every caller sees anyway.
+
+use super::Dialect;
+
+/// SQLite's default allow-list (lower case, sorted).
+pub const SQLITE: &[&str] = &[
+    "abs",
+    "avg",
+    "char",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cume_dist",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date",
+    "datetime",
+    "dense_rank",
+    "first_value",
+    "group_concat",
+    "hex",
+    "ifnull",
+    "iif",
+    "instr",
+    "json",
+    "json_array",
+    "json_array_length",
+    "json_extract",
+    "json_group_array",
+    "json_group_object",
+    "json_object",
+    "json_type",
+    "json_valid",
+    "julianday",
+    "lag",
+    "last_value",
+    "lead",
+    "length",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "octet_length",
+    "percent_rank",
+    "rank",
+    "replace",
+    "round",
+    "row_number",
+    "rtrim",
+    "sign",
+    "strftime",
+    "string_agg",
+    "substr",
+    "substring",
+    "sum",
+    "time",
+    "total",
+    "trim",
+    "typeof",
+    "unicode",
+    "unixepoch",
+    "upper",
+];
+
+/// PostgreSQL's default allow-list (lower case, sorted). `CAST`,
+/// `EXTRACT`, `POSITION`, `SUBSTRING … FROM`, `TRIM`, `OVERLAY`, `CEIL`,
+/// `FLOOR` and `AT TIME ZONE` are syntax, checked as such.
+pub const POSTGRES: &[&str] = &[
+    "abs",
+    "age",
+    "array",
+    "array_agg",
+    "array_length",
+    "array_position",
+    "avg",
+    "bit_length",
+    "bool_and",
+    "bool_or",
+    "btrim",
+    "cardinality",
+    "cbrt",
+    "ceil",
+    "ceiling",
+    "char_length",
+    "character_length",
+    "coalesce",
+    "concat",
+    "concat_ws",
+    "count",
+    "cume_dist",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "date_bin",
+    "date_part",
+    "date_trunc",
+    "dense_rank",
+    "div",
+    "every",
+    "exp",
+    "first_value",
+    "floor",
+    "greatest",
+    "initcap",
+    "json_agg",
+    "json_array_length",
+    "json_build_array",
+    "json_build_object",
+    "json_object_agg",
+    "jsonb_agg",
+    "jsonb_array_length",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "jsonb_object_agg",
+    "jsonb_typeof",
+    "lag",
+    "last_value",
+    "lead",
+    "least",
+    "left",
+    "length",
+    "ln",
+    "localtime",
+    "localtimestamp",
+    "log",
+    "lower",
+    "ltrim",
+    "max",
+    "md5",
+    "min",
+    "mod",
+    "now",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "octet_length",
+    "percent_rank",
+    "power",
+    "rank",
+    "replace",
+    "reverse",
+    "right",
+    "round",
+    "row_number",
+    "rtrim",
+    "sign",
+    "split_part",
+    "sqrt",
+    "starts_with",
+    "string_agg",
+    "strpos",
+    "substr",
+    "sum",
+    "to_char",
+    "to_date",
+    "to_json",
+    "to_jsonb",
+    "to_number",
+    "to_timestamp",
+    "translate",
+    "trunc",
+    "upper",
+];
+
+/// The default allow-list of `dialect`.
+pub fn defaults(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Sqlite => SQLITE,
+        Dialect::Postgres => POSTGRES,
+    }
+}
+
+/// Whether `name` (normalised) is on `dialect`'s default list.
+pub fn is_default(dialect: Dialect, name: &str) -> bool {
+    defaults(dialect).binary_search(&name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::sql::policy::never_grantable;
+
+    #[test]
+    fn lists_are_sorted_lower_case_and_hold_nothing_never_grantable() {
+        for list in [SQLITE, POSTGRES] {
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+            for name in list {
+                assert_eq!(name.to_ascii_lowercase(), *name);
+                assert!(!never_grantable(name), "{name}");
+            }
+        }
+        for amplifier in ["repeat", "lpad", "rpad", "printf", "format", "zeroblob", "randomblob", "generate_series"] {
+            assert!(!is_default(Dialect::Sqlite, amplifier) && !is_default(Dialect::Postgres, amplifier));
+        }
+    }
+}

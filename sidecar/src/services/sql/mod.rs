@@ -1,0 +1,64 @@
+//! The SQL gateway's statement policy: the first of its two lines of
+//! defence (the second, the database's own check, comes with the gateway).
+//! A plugin's statement is parsed by a real SQL parser in its database's
+//! dialect and walked node by node against the plugin's `[sql.<alias>]`
+//! grant; what the walk does not know is refused.
+//!
+//! # Layout
+//! - [`policy`]: the `[sql.<alias>]` grant ([`SqlPolicy`]) and its TOML
+//!   section, validated with every problem's place. Pure.
+//! - [`check`]: [`check()`] parses one statement and walks it: statement
+//!   kinds, tables and columns per kind of access, CTE scoping, functions,
+//!   literals and placeholders, always-refused statements. Pure.
+//! - [`names`]: identifiers and schemas as each database reads them.
+//! - [`functions`]: the default function allow-list of each dialect.
+//! - [`denial`]: [`Denial`] and its [`Rule`], what a refusal says.
+//!
+//! Not here yet: pools, the doors (`gatehouse:services/sql`, Spin's
+//! sqlite), the database's own check, `[sql]` in plugin policies, and the
+//! `max_rows`/`max_result_bytes`/`timeout` enforcement (the fields are
+//! parsed and validated here).
+
+pub mod check;
+pub mod denial;
+pub mod functions;
+pub mod names;
+pub mod policy;
+
+use std::fmt;
+
+pub use check::{Checked, StatementKind, check, check_for};
+pub use denial::{Denial, Rule};
+pub use policy::{Access, Door, Kind, SqlPolicy, SqlSection, TableGrant};
+
+/// Longest statement checked, in bytes; longer is refused before parsing
+/// (`invalid-input`). Real statements are a few hundred bytes; 64 KiB
+/// bounds what one check can cost (parse and walk are linear in it).
+pub const MAX_STATEMENT: usize = 64 << 10;
+/// The parser's recursion limit (parenthesised expressions, sub-queries):
+/// past it the statement is refused as unparsable. sqlparser's own default
+/// (50) let 50 nested `FROM (SELECT …)` overflow a 1 MiB stack; at 32 the
+/// deepest statements still fit in half of a tokio worker's 2 MiB (tested).
+pub const PARSER_DEPTH: usize = 32;
+/// How deep the checker walks nested expressions, sub-queries and `FROM`
+/// items; deeper is refused ([`Rule::TooDeep`]). Chains of one binary
+/// operator (`a AND b AND …`) are walked in a loop and cost no depth.
+pub const MAX_DEPTH: usize = 200;
+
+/// The SQL dialect of a database alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// SQLite 3.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dialect::Sqlite => "SQLite",
+            Dialect::Postgres => "PostgreSQL",
+        })
+    }
+}

@@ -1,0 +1,671 @@
+//! The SQL statement checker (`services::sql`), pure: no database. The
+//! fixtures in `tests/fixtures/sql/` (schema, policy, allowed statements)
+//! are shared with the gateway's tests, which run the allowed statements on
+//! real SQLite and PostgreSQL databases.
+
+use std::path::Path;
+
+use gatehouse::services::sql::{Checked, Denial, Dialect, Door, Rule, SqlPolicy, StatementKind, check, check_for};
+use proptest::prelude::*;
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn policy() -> SqlPolicy {
+    SqlPolicy::from_toml(&fixture("policy.toml")).expect("the fixture policy is valid")
+}
+
+fn with(extra: &str) -> SqlPolicy {
+    SqlPolicy::from_toml(&format!("{extra}\n{}", fixture("policy.toml"))).expect("valid policy")
+}
+
+const BOTH: &[Dialect] = &[Dialect::Sqlite, Dialect::Postgres];
+const PG: &[Dialect] = &[Dialect::Postgres];
+const LITE: &[Dialect] = &[Dialect::Sqlite];
+
+/// The allowed fixture: every line for `dialect`.
+fn allowed(dialect: Dialect) -> Vec<String> {
+    fixture("allowed.sql")
+        .lines()
+        .filter_map(|line| {
+            let (tag, sql) = line.split_once(": ")?;
+            let wanted = match tag {
+                "both" => true,
+                "sqlite" => dialect == Dialect::Sqlite,
+                "postgres" => dialect == Dialect::Postgres,
+                _ => return None,
+            };
+            wanted.then(|| sql.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_allowed_statements_pass_on_their_dialects() {
+    let policy = policy();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        for sql in allowed(dialect) {
+            count += 1;
+            if let Err(denial) = check(dialect, &policy, &sql) {
+                failures.push(format!("{dialect}: {sql}\n    -> {denial} ({:?})", denial.rule));
+            }
+        }
+    }
+    assert!(count >= 60, "{count}");
+    assert!(failures.is_empty(), "{} wrongly denied:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Statements that must be denied, each with the rule and a part of the
+/// reason. The attacks: stacked statements hidden by strings and comments;
+/// CTEs that read or write what is not granted, shadow tables outside their
+/// scope or could be read as tables; sub-queries reaching `secrets` from
+/// every clause; writes through INSERT … SELECT, UPDATE … FROM, DELETE …
+/// USING, MERGE and REPLACE; column grants bypassed with `*`, whole-row
+/// references, correlated and unqualified columns, column aliases and
+/// NATURAL JOIN; names spelt with quotes, case, schemas, system tables and
+/// Unicode escapes; denied functions (sleep, files, large objects, SQL in
+/// strings, settings, extensions, table functions); every statement kind
+/// that is never allowed; literals under params_only and foreign or mixed
+/// placeholders.
+const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
+    // Stacked statements, strings and comments.
+    (BOTH, "", "SELECT id FROM products; DELETE FROM orders", Rule::Stacked, "2 statements"),
+    (BOTH, "", "SELECT 'a\\'; DELETE FROM orders; --'", Rule::Stacked, "2 statements"),
+    (LITE, "", "SELECT 1 /* /* */ ; DELETE FROM orders; -- */", Rule::Stacked, "2 statements"),
+    (BOTH, "", "SELECT 1; SELECT 2", Rule::Stacked, "2 statements"),
+    (BOTH, "", "", Rule::Empty, "no statement"),
+    (BOTH, "", "-- nothing but a comment", Rule::Empty, "no statement"),
+    (BOTH, "", "SELEC id FROM products", Rule::Unparsable, "not valid"),
+    // CTEs.
+    (BOTH, "", "WITH x AS (SELECT * FROM secrets) SELECT * FROM x", Rule::Table, "`secrets`"),
+    (
+        BOTH,
+        "",
+        "SELECT * FROM (WITH secrets AS (SELECT 1 AS v) SELECT v FROM secrets) s, secrets",
+        Rule::Table,
+        "`secrets` is not granted for reading (in FROM)",
+    ),
+    (BOTH, "", "WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets", Rule::Ambiguous, "itself"),
+    (BOTH, "", "WITH a AS (SELECT * FROM b), b AS (SELECT * FROM products) SELECT * FROM a", Rule::Ambiguous, "`b`"),
+    (BOTH, "", "WITH a AS (SELECT 1), a AS (SELECT 2) SELECT * FROM a", Rule::Ambiguous, "twice"),
+    (
+        BOTH,
+        "",
+        "WITH RECURSIVE r AS (SELECT id FROM secrets UNION ALL SELECT id FROM r) SELECT * FROM r",
+        Rule::Table,
+        "`secrets`",
+    ),
+    (
+        BOTH,
+        "",
+        "SELECT * FROM products WHERE id IN (WITH s AS (SELECT id FROM secrets) SELECT id FROM s)",
+        Rule::Table,
+        "in WHERE › IN sub-query › CTE › FROM",
+    ),
+    (PG, "", "WITH d AS (DELETE FROM products WHERE id = 1 RETURNING id) SELECT * FROM d", Rule::Table, "for delete"),
+    (PG, "", "WITH d AS (INSERT INTO secrets (id) VALUES (1) RETURNING id) SELECT * FROM d", Rule::Table, "`secrets`"),
+    (
+        PG,
+        "",
+        "WITH d AS (UPDATE customers SET email = 'x' WHERE id = 1 RETURNING id) SELECT * FROM d",
+        Rule::Column,
+        "`email`",
+    ),
+    (
+        PG,
+        "",
+        "SELECT * FROM (WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING id) SELECT * FROM d) x",
+        Rule::Unsupported,
+        "top level",
+    ),
+    // Sub-queries in every clause.
+    (BOTH, "", "SELECT (SELECT value FROM secrets LIMIT 1) FROM products", Rule::Table, "in select list › sub-query"),
+    (BOTH, "", "SELECT id FROM products WHERE EXISTS (SELECT 1 FROM secrets)", Rule::Table, "in WHERE › EXISTS"),
+    (BOTH, "", "SELECT count(*) FROM products GROUP BY (SELECT id FROM secrets LIMIT 1)", Rule::Table, "in GROUP BY"),
+    (
+        BOTH,
+        "",
+        "SELECT count(*) FROM products HAVING count(*) > (SELECT count(*) FROM secrets)",
+        Rule::Table,
+        "in HAVING",
+    ),
+    (BOTH, "", "SELECT id FROM products ORDER BY (SELECT value FROM secrets LIMIT 1)", Rule::Table, "in ORDER BY"),
+    (BOTH, "", "SELECT id FROM products LIMIT (SELECT count(*) FROM secrets)", Rule::Table, "in LIMIT"),
+    (BOTH, "", "SELECT id FROM products LIMIT 1 OFFSET (SELECT count(*) FROM secrets)", Rule::Table, "in OFFSET"),
+    (
+        PG,
+        "",
+        "SELECT count(*) FILTER (WHERE id IN (SELECT id FROM secrets)) FROM products",
+        Rule::Table,
+        "in select list › FILTER",
+    ),
+    (
+        BOTH,
+        "",
+        "SELECT row_number() OVER (ORDER BY (SELECT id FROM secrets LIMIT 1)) FROM products",
+        Rule::Table,
+        "OVER",
+    ),
+    (
+        BOTH,
+        "",
+        "INSERT INTO products (id, name, price, stock) VALUES ((SELECT id FROM secrets LIMIT 1), 'a', 1, 1)",
+        Rule::Table,
+        "VALUES",
+    ),
+    (
+        BOTH,
+        "",
+        "INSERT INTO products (id, name, price, stock) VALUES (1, 'a', 1, 1) ON CONFLICT (id) DO UPDATE SET name = (SELECT value FROM secrets LIMIT 1)",
+        Rule::Table,
+        "in ON CONFLICT › SET",
+    ),
+    (
+        BOTH,
+        "",
+        "INSERT INTO products (id, name, price, stock) VALUES (1, 'a', 1, 1) RETURNING (SELECT value FROM secrets LIMIT 1)",
+        Rule::Table,
+        "in RETURNING",
+    ),
+    (
+        BOTH,
+        "",
+        "SELECT coalesce(name, (SELECT value FROM secrets LIMIT 1)) FROM products",
+        Rule::Table,
+        "function arguments",
+    ),
+    (
+        BOTH,
+        "",
+        "SELECT CASE WHEN id > 0 THEN (SELECT value FROM secrets LIMIT 1) END FROM products",
+        Rule::Table,
+        "CASE",
+    ),
+    (BOTH, "", "SELECT id FROM products WHERE id IN (1, (SELECT id FROM secrets LIMIT 1))", Rule::Table, "IN list"),
+    (BOTH, "", "SELECT p.id FROM products p JOIN secrets s ON s.id = p.id", Rule::Table, "in FROM › JOIN"),
+    (
+        BOTH,
+        "",
+        "SELECT p.id FROM products p JOIN orders o ON o.id = (SELECT id FROM secrets LIMIT 1)",
+        Rule::Table,
+        "JOIN … ON",
+    ),
+    (BOTH, "", "SELECT * FROM (SELECT * FROM secrets) AS s", Rule::Table, "in FROM › sub-query"),
+    (BOTH, "", "SELECT name FROM products UNION SELECT value FROM secrets", Rule::Table, "set operation"),
+    (
+        BOTH,
+        "",
+        "SELECT name FROM products UNION ALL SELECT name FROM products EXCEPT SELECT value FROM secrets",
+        Rule::Table,
+        "set operation",
+    ),
+    (
+        BOTH,
+        "",
+        "INSERT INTO products (id, name, price, stock) SELECT id, value, 1, 1 FROM secrets",
+        Rule::Table,
+        "INSERT source",
+    ),
+    (BOTH, "", "UPDATE products SET name = (SELECT value FROM secrets LIMIT 1) WHERE id = 1", Rule::Table, "in SET"),
+    (BOTH, "", "UPDATE products SET stock = 0 WHERE id IN (SELECT id FROM secrets)", Rule::Table, "in WHERE"),
+    (BOTH, "", "UPDATE products SET name = s.value FROM secrets s WHERE s.id = products.id", Rule::Table, "in FROM"),
+    (PG, "", "DELETE FROM orders USING secrets WHERE orders.id = secrets.id", Rule::Table, "in USING"),
+    (BOTH, "", "DELETE FROM orders WHERE id IN (SELECT id FROM secrets)", Rule::Table, "in WHERE"),
+    (
+        PG,
+        "",
+        "MERGE INTO products p USING secrets s ON p.id = s.id WHEN MATCHED THEN UPDATE SET name = s.value",
+        Rule::Table,
+        "MERGE source",
+    ),
+    (
+        PG,
+        "",
+        "MERGE INTO products p USING orders o ON p.id = o.product_id WHEN MATCHED THEN DELETE",
+        Rule::Table,
+        "for delete",
+    ),
+    (PG, "", "SELECT * FROM products p, LATERAL (SELECT value FROM secrets) s", Rule::Table, "`secrets`"),
+    (PG, "", "SELECT DISTINCT ON ((SELECT id FROM secrets LIMIT 1)) id FROM products", Rule::Table, "DISTINCT ON"),
+    // Writes and statement kinds.
+    (BOTH, "", "INSERT INTO secrets (id, value) VALUES (1, 'x')", Rule::Table, "for insert"),
+    (BOTH, "", "DELETE FROM products WHERE id = 1", Rule::Table, "`products` is not granted for delete"),
+    (BOTH, "", "UPDATE orders SET status = 'x'", Rule::WithoutWhere, "without WHERE"),
+    (BOTH, "", "DELETE FROM orders", Rule::WithoutWhere, "without WHERE"),
+    (BOTH, "", "INSERT INTO customers (id, name) VALUES (1, 'a')", Rule::Table, "for insert"),
+    (
+        LITE,
+        "",
+        "INSERT OR REPLACE INTO products (id, name, price, stock) VALUES (1, 'a', 1, 1)",
+        Rule::Table,
+        "for delete",
+    ),
+    (LITE, "", "REPLACE INTO products (id, name, price, stock) VALUES (1, 'a', 1, 1)", Rule::Table, "for delete"),
+    (LITE, "", "UPDATE OR REPLACE products SET id = 2 WHERE id = 1", Rule::Table, "for delete"),
+    (LITE, "", "MERGE INTO products USING orders ON 1 = 1 WHEN MATCHED THEN DELETE", Rule::Unsupported, ""),
+    // Column grants.
+    (BOTH, "", "SELECT * FROM customers", Rule::Column, "`*` on `customers`"),
+    (BOTH, "", "SELECT secret_note FROM customers", Rule::Column, "`secret_note`"),
+    (BOTH, "", "SELECT c.secret_note FROM customers c", Rule::Column, "`secret_note` of `customers`"),
+    (BOTH, "", "SELECT c.* FROM customers c", Rule::Column, "`c.*`"),
+    (PG, "", "SELECT c FROM customers c", Rule::Column, "column `c`"),
+    (PG, "", "SELECT to_json(c) FROM customers c", Rule::Column, "column `c`"),
+    (PG, "", "SELECT count(customers.*) FROM customers", Rule::Column, "`customers.*`"),
+    (BOTH, "", "SELECT id FROM products WHERE id IN (SELECT secret_note FROM customers)", Rule::Column, ""),
+    (
+        BOTH,
+        "",
+        "SELECT id FROM customers WHERE EXISTS (SELECT 1 FROM products WHERE products.name = secret_note)",
+        Rule::Column,
+        "could be read from `customers`",
+    ),
+    (PG, "", "SELECT a FROM customers AS c(a, b)", Rule::Column, "column aliases"),
+    (BOTH, "", "UPDATE customers SET email = 'x' WHERE id = 1", Rule::Column, "for update"),
+    (BOTH, "", "UPDATE customers SET name = secret_note WHERE id = 1", Rule::Column, "`secret_note`"),
+    (BOTH, "", "UPDATE customers SET name = 'x' WHERE secret_note = 'y'", Rule::Column, "`secret_note`"),
+    (BOTH, "", "INSERT INTO audit_log VALUES (1, '2026', 'a', 'b')", Rule::Column, "must name its columns"),
+    (BOTH, "", "INSERT INTO audit_log (id, at, actor, action) VALUES (1, 'x', 'a', 'b')", Rule::Column, "`id`"),
+    (
+        BOTH,
+        "",
+        "INSERT INTO audit_log (at, actor, action) VALUES ('x', 'a', 'b') RETURNING id",
+        Rule::Column,
+        "in RETURNING",
+    ),
+    (BOTH, "", "SELECT p.id FROM products p NATURAL JOIN customers", Rule::Column, "NATURAL JOIN"),
+    (BOTH, "", "SELECT id FROM customers ORDER BY secret_note", Rule::Column, "in ORDER BY"),
+    (BOTH, "", "SELECT id FROM audit_log", Rule::Table, "`audit_log` is not granted for reading"),
+    (BOTH, "", "SELECT name FROM customers JOIN orders USING (secret_note)", Rule::Column, "USING"),
+    // Names.
+    (PG, "", "SELECT * FROM \"Products\"", Rule::Table, "`Products`"),
+    (PG, "", "SELECT * FROM SECRETS", Rule::Table, "`secrets`"),
+    (PG, "", "SELECT * FROM \"public\".\"secrets\"", Rule::Table, "`secrets`"),
+    (LITE, "", "SELECT * FROM [secrets]", Rule::Table, "`secrets`"),
+    (LITE, "", "SELECT * FROM \"SeCrEtS\"", Rule::Table, "`secrets`"),
+    (LITE, "", "SELECT * FROM `secrets`", Rule::Table, "`secrets`"),
+    (PG, "", "SELECT * FROM pg_catalog.pg_authid", Rule::Schema, "`pg_catalog`"),
+    (PG, "", "SELECT * FROM pg_shadow", Rule::Schema, "system table"),
+    (PG, "", "SELECT * FROM information_schema.tables", Rule::Schema, "`information_schema`"),
+    (PG, "", "SELECT * FROM other.products", Rule::Schema, "`other`"),
+    (PG, "", "SELECT * FROM mydb.public.products", Rule::Schema, "3 parts"),
+    (LITE, "", "SELECT * FROM temp.products", Rule::Schema, "`temp`"),
+    (LITE, "", "SELECT * FROM sqlite_master", Rule::Schema, "system table"),
+    (LITE, "", "SELECT * FROM main.sqlite_schema", Rule::Schema, "system table"),
+    (LITE, "", "SELECT * FROM other.products", Rule::Schema, "`other`"),
+    (PG, "", "SELECT U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
+    (PG, "", "SELECT U&'\\0041' FROM products", Rule::Ambiguous, "Unicode"),
+    (PG, "", "SELECT name + U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
+    (PG, "", "SELECT * FROM u&\"secrets\"", Rule::Ambiguous, "Unicode"),
+    (
+        PG,
+        "",
+        "SELECT * FROM products_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        Rule::Ambiguous,
+        "longer than 63",
+    ),
+    // Functions.
+    (PG, "", "SELECT pg_sleep(10)", Rule::Function, "`pg_sleep`"),
+    (PG, "", "SELECT pg_read_file('/etc/passwd')", Rule::Function, "`pg_read_file`"),
+    (PG, "", "SELECT lo_import('/etc/passwd')", Rule::Function, "`lo_import`"),
+    (PG, "", "SELECT query_to_xml('select * from secrets', true, true, '')", Rule::Function, "`query_to_xml`"),
+    (PG, "", "SELECT set_config('role', 'postgres', false)", Rule::Function, "`set_config`"),
+    (PG, "", "SELECT current_setting('data_directory')", Rule::Function, "`current_setting`"),
+    (PG, "", "SELECT dblink('host=evil', 'select 1')", Rule::Function, "`dblink`"),
+    (PG, "", "SELECT nextval('orders_id_seq')", Rule::Function, "`nextval`"),
+    (PG, "", "SELECT pg_catalog.lower(name) FROM products", Rule::Function, "schema-qualified"),
+    (PG, "", "SELECT * FROM generate_series(1, 1000000000)", Rule::TableFunction, "`generate_series`"),
+    (PG, "", "SELECT * FROM dblink('x', 'select 1') AS t(a int)", Rule::TableFunction, "`dblink`"),
+    (PG, "", "SELECT 'pg_authid'::regclass", Rule::Unsupported, "cast"),
+    (BOTH, "", "SELECT repeat('x', 1000000000)", Rule::Function, "`repeat`"),
+    (LITE, "", "SELECT load_extension('/tmp/evil.so')", Rule::Function, "`load_extension`"),
+    (LITE, "", "SELECT readfile('/etc/passwd')", Rule::Function, "`readfile`"),
+    (LITE, "", "SELECT * FROM pragma_table_info('secrets')", Rule::TableFunction, "`pragma_table_info`"),
+    (LITE, "", "SELECT randomblob(1000000000)", Rule::Function, "`randomblob`"),
+    (LITE, "", "SELECT sqlite_version()", Rule::Function, "`sqlite_version`"),
+    // Never allowed.
+    (BOTH, "", "CREATE TABLE x (id INTEGER)", Rule::NeverAllowed, "DDL"),
+    (BOTH, "", "DROP TABLE products", Rule::NeverAllowed, "DDL"),
+    (BOTH, "", "ALTER TABLE products ADD COLUMN x INTEGER", Rule::NeverAllowed, "DDL"),
+    (PG, "", "TRUNCATE products", Rule::NeverAllowed, "TRUNCATE"),
+    (PG, "", "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql", Rule::NeverAllowed, "DDL"),
+    (BOTH, "", "BEGIN", Rule::TransactionControl, "this door"),
+    (BOTH, "", "COMMIT", Rule::TransactionControl, "this door"),
+    (PG, "", "SET ROLE postgres", Rule::NeverAllowed, "SET"),
+    (PG, "", "SET search_path = evil", Rule::NeverAllowed, "SET"),
+    (PG, "", "RESET ALL", Rule::NeverAllowed, "RESET"),
+    (PG, "", "DISCARD ALL", Rule::NeverAllowed, "DISCARD"),
+    (PG, "", "COPY products TO PROGRAM 'id'", Rule::NeverAllowed, "COPY"),
+    (PG, "", "COPY secrets TO '/tmp/x'", Rule::NeverAllowed, "COPY"),
+    (PG, "", "DO $$ BEGIN PERFORM pg_sleep(1); END $$", Rule::Unparsable, ""),
+    (PG, "", "CALL do_it()", Rule::NeverAllowed, "CALL"),
+    (PG, "", "PREPARE p AS SELECT * FROM secrets", Rule::NeverAllowed, "PREPARE"),
+    (PG, "", "EXECUTE p", Rule::NeverAllowed, "EXECUTE"),
+    (PG, "", "DEALLOCATE ALL", Rule::NeverAllowed, "DEALLOCATE"),
+    (PG, "", "DECLARE c CURSOR FOR SELECT * FROM products", Rule::NeverAllowed, "DECLARE"),
+    (PG, "", "LISTEN ch", Rule::NeverAllowed, "LISTEN"),
+    (PG, "", "NOTIFY ch, 'x'", Rule::NeverAllowed, "NOTIFY"),
+    (PG, "", "LOCK TABLE products", Rule::NeverAllowed, "LOCK"),
+    (PG, "", "GRANT ALL ON secrets TO PUBLIC", Rule::NeverAllowed, "GRANT"),
+    (PG, "", "REVOKE ALL ON products FROM PUBLIC", Rule::NeverAllowed, "REVOKE"),
+    (PG, "", "SELECT * INTO newtable FROM products", Rule::SelectInto, "INTO"),
+    (PG, "", "EXPLAIN ANALYZE SELECT * FROM products", Rule::NeverAllowed, "EXPLAIN"),
+    (BOTH, "", "EXPLAIN SELECT * FROM products", Rule::NeverAllowed, "EXPLAIN"),
+    (LITE, "", "VACUUM INTO '/tmp/x'", Rule::Unparsable, ""),
+    (LITE, "", "ATTACH DATABASE '/tmp/x.db' AS x", Rule::NeverAllowed, "ATTACH"),
+    (LITE, "", "PRAGMA writable_schema = 1", Rule::NeverAllowed, "PRAGMA"),
+    (PG, "", "SELECT id FROM products FOR UPDATE", Rule::RowLocking, "FOR UPDATE"),
+    (PG, "", "SELECT id FROM products FOR SHARE", Rule::RowLocking, "FOR UPDATE"),
+    // params_only, literals and placeholders.
+    (BOTH, "params_only = true", "SELECT id FROM products WHERE name = 'x'", Rule::Literal, "params_only"),
+    (BOTH, "params_only = true", "SELECT id FROM products LIMIT 10", Rule::Literal, "in LIMIT"),
+    (PG, "params_only = true", "SELECT id FROM products WHERE name = E'x'", Rule::Literal, "params_only"),
+    (PG, "params_only = true", "SELECT id FROM products WHERE name = $$x$$", Rule::Literal, "params_only"),
+    (LITE, "params_only = true", "SELECT id FROM products WHERE name = X'41'", Rule::Literal, "params_only"),
+    (PG, "params_only = true", "SELECT id FROM orders WHERE created_at > DATE '2026-01-01'", Rule::Literal, ""),
+    (PG, "", "SELECT id FROM products WHERE id = $0", Rule::Placeholder, "`$0`"),
+    (LITE, "", "SELECT id FROM products WHERE id = ? AND name = :n", Rule::Placeholder, "mixed"),
+    (LITE, "", "SELECT id FROM products WHERE id = ?0", Rule::Placeholder, "?1 to ?32766"),
+];
+
+#[test]
+fn the_bypass_table_is_denied_for_the_stated_reason() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (dialects, extra, sql, rule, reason) in BYPASSES {
+        let policy = with(extra);
+        for dialect in *dialects {
+            count += 1;
+            match check(*dialect, &policy, sql) {
+                Ok(checked) => failures.push(format!("{dialect}: {sql}\n    -> ALLOWED {checked:?}")),
+                Err(denial) if denial.rule != *rule || !denial.message.contains(reason) => failures.push(format!(
+                    "{dialect}: {sql}\n    -> {:?} {:?}, expected {rule:?} with {reason:?}",
+                    denial.rule, denial.message
+                )),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(BYPASSES.len() >= 80 && count >= 120, "{} entries, {count} checks", BYPASSES.len());
+    assert!(failures.is_empty(), "{} wrong:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn allow(dialect: Dialect, policy: &SqlPolicy, sql: &str) -> Checked {
+    check(dialect, policy, sql).unwrap_or_else(|d| panic!("{dialect}: {sql}: {d}"))
+}
+
+#[test]
+fn checked_reports_kind_tables_rows_and_placeholders() {
+    let policy = policy();
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<std::collections::BTreeSet<_>>();
+    let read = allow(
+        Dialect::Postgres,
+        &policy,
+        "SELECT p.name FROM Orders o JOIN products p ON p.id = o.product_id WHERE o.id = $2 AND p.id = $1",
+    );
+    assert_eq!(read.kind, StatementKind::Select);
+    assert_eq!((read.reads, read.writes.is_empty()), (set(&["orders", "products"]), true));
+    assert!(read.returns_rows);
+    assert_eq!(read.placeholders, 2);
+
+    let write = allow(Dialect::Sqlite, &policy, "UPDATE Products SET stock = ? WHERE id = ? RETURNING id");
+    assert_eq!(write.kind, StatementKind::Update);
+    assert_eq!(write.writes, set(&["products"]));
+    assert!(write.returns_rows);
+    assert_eq!(write.placeholders, 2);
+
+    let insert = allow(Dialect::Sqlite, &policy, "INSERT INTO audit_log (at, actor, action) VALUES (:at, :who, :at)");
+    assert_eq!((insert.kind, insert.returns_rows, insert.placeholders), (StatementKind::Insert, false, 2));
+    let numbered = allow(Dialect::Sqlite, &policy, "SELECT id FROM orders WHERE id = ?3 OR id = ?1");
+    assert_eq!(numbered.placeholders, 3);
+
+    let cte = allow(
+        Dialect::Postgres,
+        &policy,
+        "WITH gone AS (DELETE FROM orders WHERE status = $1 RETURNING product_id) SELECT name FROM products WHERE id IN (SELECT product_id FROM gone)",
+    );
+    assert_eq!(cte.kind, StatementKind::Select);
+    assert_eq!((cte.reads, cte.writes), (set(&["products"]), set(&["orders"])));
+
+    // PostgreSQL reads nested comments whole: one statement, nothing hidden.
+    let nested = allow(Dialect::Postgres, &policy, "SELECT 1 /* /* */ ; DELETE FROM orders; -- */");
+    assert!(nested.writes.is_empty() && nested.reads.is_empty());
+}
+
+#[test]
+fn transaction_control_is_a_door_default_and_a_policy_switch() {
+    let policy = policy();
+    for sql in ["BEGIN", "BEGIN TRANSACTION", "END TRANSACTION", "COMMIT", "ROLLBACK", "END"] {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let checked = check_for(Door::Spin, dialect, &policy, sql).unwrap_or_else(|d| panic!("{sql}: {d}"));
+            assert!(matches!(checked.kind, StatementKind::Begin | StatementKind::Commit | StatementKind::Rollback));
+            let refused = check_for(Door::Gatehouse, dialect, &policy, sql).unwrap_err();
+            assert_eq!(refused.rule, Rule::TransactionControl, "{sql}");
+        }
+    }
+    assert_eq!(check_for(Door::Spin, Dialect::Sqlite, &policy, "BEGIN IMMEDIATE").unwrap().kind, StatementKind::Begin);
+    let off = with("transaction_control = false");
+    assert_eq!(check_for(Door::Spin, Dialect::Sqlite, &off, "BEGIN").unwrap_err().rule, Rule::TransactionControl);
+    let on = with("transaction_control = true");
+    assert!(check_for(Door::Gatehouse, Dialect::Sqlite, &on, "COMMIT").is_ok());
+    for (dialect, sql) in [
+        (Dialect::Postgres, "BEGIN ISOLATION LEVEL SERIALIZABLE"),
+        (Dialect::Postgres, "ROLLBACK TO SAVEPOINT x"),
+        (Dialect::Postgres, "COMMIT AND CHAIN"),
+    ] {
+        let denial = check_for(Door::Spin, dialect, &policy, sql).unwrap_err();
+        assert_eq!(denial.rule, Rule::TransactionControl, "{sql}: {denial}");
+    }
+    let savepoint = check_for(Door::Spin, Dialect::Sqlite, &policy, "SAVEPOINT x").unwrap_err();
+    assert_eq!(savepoint.rule, Rule::NeverAllowed);
+}
+
+#[test]
+fn a_query_needs_select_even_without_a_table() {
+    let insert_only = SqlPolicy::from_toml("statements = [\"insert\"]\n[tables]\naudit_log = { insert = [\"at\"] }")
+        .expect("valid policy");
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        for sql in ["SELECT 1", "VALUES (1)", "SELECT lower('X')"] {
+            let denial = check(dialect, &insert_only, sql).unwrap_err();
+            assert_eq!(denial.rule, Rule::StatementKind, "{dialect}: {sql}: {denial}");
+        }
+        allow(dialect, &insert_only, "INSERT INTO audit_log (at) VALUES ('now')");
+    }
+}
+
+#[test]
+fn params_only_refuses_literals_but_not_null_true_false() {
+    let strict = with("params_only = true");
+    allow(Dialect::Postgres, &strict, "SELECT id FROM products WHERE id = $1 AND name IS NOT NULL AND TRUE");
+    allow(Dialect::Sqlite, &strict, "UPDATE products SET stock = ?, name = coalesce(?, NULL) WHERE id = ?");
+    assert_eq!(check(Dialect::Sqlite, &strict, "SELECT -1").unwrap_err().rule, Rule::Literal);
+}
+
+#[test]
+fn denials_escape_and_bound_the_names_they_quote() {
+    let policy = policy();
+    let hostile = format!("SELECT * FROM \"evil\u{1b}[31m\u{202e}{}\"", "x".repeat(40));
+    let denial = check(Dialect::Postgres, &policy, &hostile).unwrap_err();
+    assert_eq!(denial.rule, Rule::Table);
+    assert!(!denial.message.contains('\u{1b}') && !denial.message.contains('\u{202e}'), "{denial}");
+    assert!(denial.message.contains("\\u{1b}"), "{denial}");
+    let newline = check(Dialect::Sqlite, &policy, "SELECT * FROM \"a\nERROR forged\"").unwrap_err();
+    assert!(!newline.message.contains('\n'), "{newline}");
+    let long = format!("SELECT * FROM \"{}\"", "y".repeat(10_000));
+    let denial = check(Dialect::Sqlite, &policy, &long).unwrap_err();
+    assert!(denial.message.len() < 400, "{}", denial.message.len());
+    // Parser messages quote the statement too.
+    let garbage = format!("SELECT \u{1b}[2J {}", "z".repeat(5000));
+    let denial = check(Dialect::Sqlite, &policy, &garbage).unwrap_err();
+    assert!(denial.is_invalid_input() && !denial.message.contains('\u{1b}'), "{denial}");
+    assert!(denial.message.len() < 1200, "{}", denial.message.len());
+}
+
+/// Size and depth: an oversized statement is refused before parsing, and
+/// statements nested to every limit are refused cleanly (never a stack
+/// overflow) on a thread with a 1 MiB stack, half a tokio worker's.
+#[test]
+fn size_and_depth_are_bounded() {
+    let policy = policy();
+    let big = format!("SELECT id FROM products WHERE name = '{}'", "x".repeat(64 << 10));
+    let denial = check(Dialect::Sqlite, &policy, &big).unwrap_err();
+    assert_eq!(denial.rule, Rule::TooLarge);
+    assert!(denial.is_invalid_input());
+
+    let shapes: Vec<(String, Rule)> = vec![
+        (format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000)), Rule::Unparsable),
+        (format!("SELECT {}1", "- ".repeat(20_000)), Rule::Unparsable),
+        (format!("SELECT {}1", "NOT ".repeat(10_000)), Rule::Unparsable),
+        (
+            format!("SELECT id FROM products WHERE {}", vec!["id = 1"; 5000].join(" AND ")),
+            Rule::Literal, // allowed without params_only; refused with it (below)
+        ),
+        (format!("SELECT 1{}", " + 1".repeat(15_000)), Rule::Literal),
+        (format!("SELECT * FROM {}products{}", "(SELECT * FROM ".repeat(400), ") x".repeat(400)), Rule::Unparsable),
+        (format!("SELECT {}1 END", "CASE WHEN TRUE THEN ".repeat(3000)), Rule::Unparsable),
+        (format!("SELECT coalesce({}1{})", "coalesce(".repeat(3000), ")".repeat(3000)), Rule::Unparsable),
+    ];
+    let strict = with("params_only = true");
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let mut wrong = Vec::new();
+            for (sql, rule) in &shapes {
+                assert!(sql.len() <= 64 << 10, "{}", sql.len());
+                for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                    // Names the shape in the output should a stack overflow abort the test.
+                    eprintln!("shape {dialect} {}", &sql[..40]);
+                    let lenient = check(dialect, &policy, sql);
+                    let outcome = match (lenient, rule) {
+                        (Ok(_), Rule::Literal) => check(dialect, &strict, sql),
+                        (lenient, _) => lenient,
+                    };
+                    match outcome {
+                        Err(denial) if denial.rule == *rule => {}
+                        other => wrong.push(format!("{dialect}: {}…: {other:?}", &sql[..40])),
+                    }
+                }
+            }
+            assert!(wrong.is_empty(), "{wrong:#?}");
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+}
+
+/// A query built from a small grammar over the fixture tables, `secrets`
+/// included; aliases and CTE names never spell `secrets`, so a statement
+/// that names it reads the real table.
+fn query() -> impl Strategy<Value = String> {
+    let table = prop_oneof![
+        Just("products"),
+        Just("orders"),
+        Just("secrets"),
+        Just("customers"),
+        Just("PRODUCTS"),
+        Just("\"secrets\""),
+        Just("main.secrets"),
+    ];
+    let column = prop_oneof![
+        Just("id"),
+        Just("name"),
+        Just("x.id"),
+        Just("t.id"),
+        Just("status"),
+        Just("*"),
+        Just("count(*)"),
+        Just("lower(name)"),
+        Just("secret_note"),
+    ];
+    let leaf = (column.clone(), table.clone()).prop_map(|(c, t)| format!("SELECT {c} FROM {t}"));
+    leaf.prop_recursive(4, 24, 3, move |inner| {
+        prop_oneof![
+            (column.clone(), inner.clone()).prop_map(|(c, q)| format!("SELECT {c} FROM ({q}) AS x")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("{a} UNION {b}")),
+            (column.clone(), table.clone(), inner.clone())
+                .prop_map(|(c, t, q)| format!("SELECT {c} FROM {t} WHERE id IN ({q})")),
+            (column.clone(), table.clone(), inner.clone())
+                .prop_map(|(c, t, q)| format!("SELECT {c} FROM {t} WHERE EXISTS ({q})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("WITH t AS ({a}) {b}")),
+            (column.clone(), inner.clone(), table.clone())
+                .prop_map(|(c, q, t)| format!("SELECT ({q}) FROM {t} ORDER BY {c}")),
+            (table.clone(), inner.clone()).prop_map(|(t, q)| format!("INSERT INTO {t} (id) {q}")),
+            (table.clone(), inner.clone()).prop_map(|(t, q)| format!("DELETE FROM {t} WHERE id IN ({q})")),
+        ]
+    })
+}
+
+/// Whether `secrets` follows `FROM` or `INTO` (elsewhere, after a token
+/// was dropped, it can be a column alias).
+fn reaches_secrets(sql: &str) -> bool {
+    let tokens: Vec<String> = sql.split(' ').map(str::to_ascii_lowercase).collect();
+    tokens.windows(2).any(|pair| matches!(pair[0].as_str(), "from" | "into") && pair[1].contains("secrets"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Grammar-built statements: nothing that reads or writes `secrets` is
+    /// ever allowed. The same with one token dropped or doubled (token
+    /// soups): no panic, and allowed only if the parser reads exactly one
+    /// statement. (A mutant can turn `secrets` into an alias: SQLite's
+    /// parser reads `SELECT SELECT * FROM "secrets"` as `SELECT (select *
+    /// from) AS "secrets"`, which SQLite itself refuses.)
+    #[test]
+    fn nothing_reaching_an_ungranted_table_is_allowed(sql in query(), cut in 0usize..64, doubled in any::<bool>()) {
+        let policy = policy();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            if let Ok(checked) = check(dialect, &policy, &sql) {
+                prop_assert!(!reaches_secrets(&sql), "{dialect} allowed {sql}: {checked:?}");
+            }
+        }
+        let mut tokens: Vec<&str> = sql.split(' ').collect();
+        let at = cut % tokens.len();
+        if doubled { tokens.insert(at, tokens[at]) } else { tokens.remove(at); }
+        let mutant = tokens.join(" ");
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            if check(dialect, &policy, &mutant).is_ok() {
+                let parsed = gatehouse::services::sql::check::parse(dialect, &mutant);
+                prop_assert!(parsed.is_ok_and(|statements| statements.len() == 1), "{dialect} allowed {mutant}");
+            }
+        }
+    }
+
+    /// Arbitrary text: no panic, and what the parser refuses is never
+    /// allowed.
+    #[test]
+    fn arbitrary_text_never_panics_and_unparsable_is_never_allowed(sql in "[ -~\\n\u{80}-\u{2ff}]{0,200}") {
+        let policy = policy();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let parsed = gatehouse::services::sql::check::parse(dialect, &sql);
+            let result: Result<Checked, Denial> = check(dialect, &policy, &sql);
+            if !parsed.as_ref().is_ok_and(|statements| statements.len() == 1) {
+                prop_assert!(result.is_err(), "{dialect} allowed {sql:?}");
+            }
+        }
+    }
+
+    /// Random SQL keywords and symbols (more likely to parse than random
+    /// text; comments and strings included): no panic, and nothing allowed
+    /// that the parser does not read as exactly one statement.
+    #[test]
+    fn keyword_soups_never_panic(words in proptest::collection::vec(prop_oneof![
+        Just("SELECT"), Just("FROM"), Just("WHERE"), Just("secrets"), Just("products"), Just("("), Just(")"),
+        Just(","), Just("*"), Just("id"), Just("="), Just("1"), Just("UNION"), Just("WITH"), Just("AS"),
+        Just("JOIN"), Just("ON"), Just("IN"), Just("EXISTS"), Just(";"), Just("'"), Just("/*"), Just("*/"),
+        Just("--"), Just("\n"), Just("$1"), Just("?"), Just("INSERT"), Just("INTO"), Just("VALUES"),
+        Just("DELETE"), Just("UPDATE"), Just("SET"), Just("RETURNING"), Just("CASE"), Just("WHEN"), Just("END"),
+    ], 0..40)) {
+        let sql = words.join(" ");
+        let policy = policy();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            if check(dialect, &policy, &sql).is_ok() {
+                let parsed = gatehouse::services::sql::check::parse(dialect, &sql);
+                prop_assert!(parsed.is_ok_and(|statements| statements.len() == 1), "{dialect} allowed {sql:?}");
+            }
+        }
+    }
+}
