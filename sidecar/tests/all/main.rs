@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod compose;
+mod audit;
 mod databases;
 mod hostile;
 mod http_doors;
