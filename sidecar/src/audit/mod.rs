@@ -9,6 +9,7 @@
 //! One job per file:
 //! - [`canonical`]: canonical JSON, the byte form that is hashed.
 //! - [`entry`]: entries, their fields' limits and encoding.
+//! - [`scan`]: the fast check that bytes are a canonical entry (verify).
 //! - [`merkle`]: RFC 6962 roots, inclusion and consistency proofs.
 //! - [`note`]: C2SP signed-note with Ed25519 (sign, open, key forms).
 //! - [`checkpoint`]: C2SP tlog-checkpoint.
@@ -37,6 +38,7 @@ pub mod key;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod scan;
 pub mod store;
 pub mod verify;
 

@@ -30,7 +30,7 @@
 use std::fmt;
 
 use super::checkpoint::{Checkpoint, CheckpointError};
-use super::entry::Entry;
+use super::scan::scan;
 use super::merkle::{self, Hash, Tree};
 use super::note::{NoteError, NoteVerifier};
 
@@ -208,7 +208,7 @@ pub fn verify(
     let mut candidates: Vec<(u64, Problem, String)> = Vec::new();
     for (i, bytes) in entries.iter().enumerate() {
         let seq = i as u64;
-        let entry = match Entry::decode(bytes.as_ref()) {
+        let entry = match scan(bytes.as_ref()) {
             Ok(entry) => entry,
             Err(e) => {
                 candidates.push((seq, Problem::Malformed, e.to_string()));
@@ -224,7 +224,7 @@ pub fn verify(
             let vouched = i > 0 && opened.iter().any(|cp| cp.size == seq && root_matches(cp));
             let next_broken = entries
                 .get(i + 1)
-                .and_then(|next| Entry::decode(next.as_ref()).ok())
+                .and_then(|next| scan(next.as_ref()).ok())
                 .is_some_and(|next| next.prev != leaves[i]);
             if i == 0 || vouched || next_broken {
                 candidates.push((seq, Problem::PrevMismatch, "its prev is not the leaf hash of the entry before it".into()));
