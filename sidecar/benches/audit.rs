@@ -155,7 +155,12 @@ fn main() {
     println!("| {LOG_SIZE} entries, {:.1} MB, best of 3 | MB/s | vs raw SHA-256 |", bytes as f64 / 1e6);
     println!("|---|---|---|");
     println!("| raw SHA-256, one pass | {:.0} | 1.00 |", mb(best.0));
-    println!("| verify (decode + canonical check + chain + tree + {} checkpoints) | {:.0} | {:.2} |", exported.checkpoints.len(), mb(best.1), best.0.as_secs_f64() / best.1.as_secs_f64());
+    println!(
+        "| verify (decode + canonical check + chain + tree + {} checkpoints) | {:.0} | {:.2} |",
+        exported.checkpoints.len(),
+        mb(best.1),
+        best.0.as_secs_f64() / best.1.as_secs_f64()
+    );
     println!("| leaf hashes + tree only | {:.0} | {:.2} |", mb(best.2), best.0.as_secs_f64() / best.2.as_secs_f64());
     println!("| canonical-entry scan only | {:.0} | {:.2} |", mb(best.3), best.0.as_secs_f64() / best.3.as_secs_f64());
 }

@@ -110,7 +110,10 @@ mod tests {
     fn sorted_compact_and_escaped() {
         let v = json!({"b": [1, -2, true, null], "a": "x\"\\\n\u{1}\u{7f}é\u{2028}", "ä": {}, "Z": 18446744073709551615u64});
         let text = String::from_utf8(to_vec(&v).unwrap()).unwrap();
-        assert_eq!(text, "{\"Z\":18446744073709551615,\"a\":\"x\\\"\\\\\\n\\u0001\u{7f}é\u{2028}\",\"b\":[1,-2,true,null],\"ä\":{}}");
+        assert_eq!(
+            text,
+            "{\"Z\":18446744073709551615,\"a\":\"x\\\"\\\\\\n\\u0001\u{7f}é\u{2028}\",\"b\":[1,-2,true,null],\"ä\":{}}"
+        );
     }
 
     #[test]

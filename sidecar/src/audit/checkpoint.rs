@@ -47,8 +47,13 @@ impl Checkpoint {
         if origin.is_empty() {
             return Err(CheckpointError::Malformed("empty origin"));
         }
-        let canonical_size = !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
-        let size = size.parse().ok().filter(|_| canonical_size).ok_or(CheckpointError::Malformed("the size is not a decimal number"))?;
+        let canonical_size =
+            !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
+        let size = size
+            .parse()
+            .ok()
+            .filter(|_| canonical_size)
+            .ok_or(CheckpointError::Malformed("the size is not a decimal number"))?;
         let root: Hash = B64
             .decode(root)
             .ok()

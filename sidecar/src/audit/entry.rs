@@ -298,7 +298,10 @@ fn text<'a>(map: &'a Map<String, Value>, key: &str) -> Result<&'a str, EntryErro
 
 fn hash(text: &str, what: &str) -> Result<Hash, EntryError> {
     let ok = text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let bytes = hex::decode(text).ok().filter(|_| ok).ok_or_else(|| malformed(&format!("{what} is not 64 lowercase hex digits")))?;
+    let bytes = hex::decode(text)
+        .ok()
+        .filter(|_| ok)
+        .ok_or_else(|| malformed(&format!("{what} is not 64 lowercase hex digits")))?;
     Ok(bytes.try_into().expect("64 hex digits are 32 bytes"))
 }
 
@@ -346,7 +349,11 @@ fn from_json(value: &Value) -> Result<Entry, EntryError> {
 
 fn recorded_from(value: &Value, what: &str) -> Result<Option<Recorded>, EntryError> {
     let Some(map) = value.as_object() else {
-        return if value.is_null() { Ok(None) } else { Err(malformed(&format!("{what} is neither an object nor null"))) };
+        return if value.is_null() {
+            Ok(None)
+        } else {
+            Err(malformed(&format!("{what} is neither an object nor null")))
+        };
     };
     if map.contains_key("value") {
         let map = object(value, what, &["value"])?;

@@ -82,10 +82,12 @@ pub fn load_or_generate(path: &Path, name: &str) -> Result<NoteSigner, KeyError>
     match std::fs::symlink_metadata(path) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let signer = NoteSigner::generate(name).map_err(|source| KeyError::Key { path: path.to_path_buf(), source })?;
+            let signer =
+                NoteSigner::generate(name).map_err(|source| KeyError::Key { path: path.to_path_buf(), source })?;
             // create_new: never follow or overwrite something another
             // process put there in between.
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
             file.write_all(format!("{}\n", signer.to_skey()).as_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
             return Ok(signer);
@@ -94,7 +96,11 @@ pub fn load_or_generate(path: &Path, name: &str) -> Result<NoteSigner, KeyError>
     }
     let signer = load(path)?;
     if signer.name() != name {
-        return Err(KeyError::WrongName { path: path.to_path_buf(), found: signer.name().to_string(), expected: name.to_string() });
+        return Err(KeyError::WrongName {
+            path: path.to_path_buf(),
+            found: signer.name().to_string(),
+            expected: name.to_string(),
+        });
     }
     Ok(signer)
 }
@@ -115,7 +121,10 @@ pub fn load(path: &Path) -> Result<NoteSigner, KeyError> {
         return Err(KeyError::Exposed { path: path.to_path_buf(), mode });
     }
     if meta.len() > MAX_KEY_FILE {
-        return Err(KeyError::Key { path: path.to_path_buf(), source: NoteError::Key("the file is too long to be a key") });
+        return Err(KeyError::Key {
+            path: path.to_path_buf(),
+            source: NoteError::Key("the file is too long to be a key"),
+        });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
     NoteSigner::from_skey(&text).map_err(|source| KeyError::Key { path: path.to_path_buf(), source })
@@ -147,7 +156,8 @@ mod tests {
         let dir = root.path().join("audit");
         let path = dir.join("key");
         load_or_generate(&path, "log").unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false), (0o644, false)] {
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false), (0o644, false)]
+        {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let result = load(&path);
             assert_eq!(result.is_ok(), ok, "{mode:o}: {result:?}");

@@ -177,7 +177,9 @@ impl AuditLog {
             let root = merkle::root(&StoredNodes(&nodes), size)?;
             let proof = merkle::consistency_proof(&StoredNodes(&nodes), old_size, size)?;
             merkle::verify_consistency(old_size, size, &old_root, &root, &proof).map_err(|_| {
-                AuditError::Inconsistent(format!("the tree of size {size} does not extend the signed one of size {old_size}"))
+                AuditError::Inconsistent(format!(
+                    "the tree of size {size} does not extend the signed one of size {old_size}"
+                ))
             })?;
             let signers: Vec<&NoteSigner> = self.signers.iter().collect();
             let checkpoint = Checkpoint { origin: self.origin.clone(), size, root }.sign(&signers)?;
@@ -202,12 +204,15 @@ impl AuditLog {
     ) -> Result<Hash, AuditError> {
         let Some((signed_size, note)) = last else {
             if size != 0 {
-                return Err(AuditError::Inconsistent(format!("the store holds {size} entries but no signed checkpoint")));
+                return Err(AuditError::Inconsistent(format!(
+                    "the store holds {size} entries but no signed checkpoint"
+                )));
             }
             return Ok(merkle::empty_root());
         };
-        let checkpoint = Checkpoint::open(note, &self.verifiers())
-            .map_err(|e| AuditError::Inconsistent(format!("the last checkpoint does not open with the log's keys: {e}")))?;
+        let checkpoint = Checkpoint::open(note, &self.verifiers()).map_err(|e| {
+            AuditError::Inconsistent(format!("the last checkpoint does not open with the log's keys: {e}"))
+        })?;
         if checkpoint.origin != self.origin || checkpoint.size != signed_size {
             return Err(AuditError::Inconsistent("the last checkpoint is not this log's".into()));
         }
@@ -281,7 +286,11 @@ impl AuditLog {
 
     /// Verifies the stored log as an auditor would an export, with
     /// `trusted` keys and optionally a checkpoint the auditor held.
-    pub fn verify(&self, trusted: &[NoteVerifier], held: Option<&str>) -> Result<Result<Summary, VerifyError>, AuditError> {
+    pub fn verify(
+        &self,
+        trusted: &[NoteVerifier],
+        held: Option<&str>,
+    ) -> Result<Result<Summary, VerifyError>, AuditError> {
         let (entries, checkpoints) = store::read_all(&self.db)?;
         Ok(verify::verify(&entries, &checkpoints, trusted, held))
     }
@@ -292,5 +301,3 @@ fn latest(table: &impl ReadableTable<u64, &'static str>) -> Result<(u64, String)
     last.map(|(k, v)| (k.value(), v.value().to_string()))
         .ok_or_else(|| AuditError::Proof(ProofError::OutOfRange("the log has no checkpoint yet".into())))
 }
-
-

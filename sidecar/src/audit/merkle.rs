@@ -87,7 +87,7 @@ fn split(n: u64) -> u64 {
 /// MTH(D[lo:hi]), from stored complete subtrees.
 fn subtree<R: NodeReader + ?Sized>(r: &R, lo: u64, hi: u64) -> Result<Hash, ProofError> {
     let n = hi - lo;
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         return r.node(n.trailing_zeros() as u8, lo >> n.trailing_zeros());
     }
     let k = split(n);

@@ -80,7 +80,8 @@ impl<'a> Scanner<'a> {
                             if hex[0] != b'0' || hex[1] != b'0' || !hex[2..].iter().all(|d| lower(*d)) {
                                 return bad();
                             }
-                            let v = u8::from_str_radix(std::str::from_utf8(&hex[2..]).map_err(|_| Bad)?, 16).map_err(|_| Bad)?;
+                            let v = u8::from_str_radix(std::str::from_utf8(&hex[2..]).map_err(|_| Bad)?, 16)
+                                .map_err(|_| Bad)?;
                             if v >= 0x20 || matches!(v, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
                                 return bad();
                             }
@@ -118,7 +119,10 @@ impl<'a> Scanner<'a> {
                     b'n' => (b'\n', 2),
                     b'f' => (0x0c, 2),
                     b'r' => (b'\r', 2),
-                    b'u' => (u8::from_str_radix(std::str::from_utf8(&raw[i + 4..i + 6]).unwrap_or("zz"), 16).unwrap_or(0), 6),
+                    b'u' => (
+                        u8::from_str_radix(std::str::from_utf8(&raw[i + 4..i + 6]).unwrap_or("zz"), 16).unwrap_or(0),
+                        6,
+                    ),
                     other => (other, 2),
                 };
                 out.push(byte);
@@ -237,7 +241,7 @@ impl<'a> Scanner<'a> {
         if self.lit(b"{\"sha256\":").is_ok() {
             self.hash()?;
             self.lit(b",\"size\":")?;
-            if !self.integer()?.is_some_and(|size| size > INLINE_MAX as u64) {
+            if self.integer()?.is_none_or(|size| size <= INLINE_MAX as u64) {
                 return bad();
             }
         } else {
@@ -303,7 +307,9 @@ pub fn scan(bytes: &[u8]) -> Result<Scanned, EntryError> {
     if bytes.len() > MAX_ENTRY {
         return Err(EntryError::TooLong(bytes.len()));
     }
-    Scanner { b: bytes, i: 0 }.entry().map_err(|Bad| EntryError::Malformed("not the canonical encoding of an entry".into()))
+    Scanner { b: bytes, i: 0 }
+        .entry()
+        .map_err(|Bad| EntryError::Malformed("not the canonical encoding of an entry".into()))
 }
 
 #[cfg(test)]
@@ -331,7 +337,16 @@ mod tests {
     }
 
     fn entry_bytes() -> impl Strategy<Value = Vec<u8>> {
-        (any::<u64>(), "[a-z:\n\"\\\\]{1,8}", proptest::option::of("[a-z-]{1,8}"), "[a-z.]{1,8}", "[a-z.\u{1}]{0,8}", proptest::option::of(json_value()), proptest::option::of(json_value()), any::<[u8; 32]>())
+        (
+            any::<u64>(),
+            "[a-z:\n\"\\\\]{1,8}",
+            proptest::option::of("[a-z-]{1,8}"),
+            "[a-z.]{1,8}",
+            "[a-z.\u{1}]{0,8}",
+            proptest::option::of(json_value()),
+            proptest::option::of(json_value()),
+            any::<[u8; 32]>(),
+        )
             .prop_map(|(seq, actor, plugin, kind, item, before, after, prev)| {
                 let new = NewEntry { actor, plugin, change: Change { kind, item, before, after } };
                 Entry::record(seq, "2026-12-02T03:16:18.5Z".into(), prev, &new).unwrap().encode().unwrap()
@@ -359,11 +374,21 @@ mod tests {
 
     #[test]
     fn non_canonical_forms_are_refused() {
-        let e = Entry::record(1, "2026-12-02T03:16:18Z".into(), [1; 32], &NewEntry {
-            actor: "a".into(),
-            plugin: None,
-            change: Change { kind: "k".into(), item: String::new(), before: Some(json!({"b": 1, "a": [true, "x"]})), after: None },
-        })
+        let e = Entry::record(
+            1,
+            "2026-12-02T03:16:18Z".into(),
+            [1; 32],
+            &NewEntry {
+                actor: "a".into(),
+                plugin: None,
+                change: Change {
+                    kind: "k".into(),
+                    item: String::new(),
+                    before: Some(json!({"b": 1, "a": [true, "x"]})),
+                    after: None,
+                },
+            },
+        )
         .unwrap();
         let good = String::from_utf8(e.encode().unwrap()).unwrap();
         assert!(scan(good.as_bytes()).is_ok());

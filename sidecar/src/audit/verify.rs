@@ -30,9 +30,9 @@
 use std::fmt;
 
 use super::checkpoint::{Checkpoint, CheckpointError};
-use super::scan::scan;
 use super::merkle::{self, Hash, Tree};
 use super::note::{NoteError, NoteVerifier};
+use super::scan::scan;
 
 /// Where the first problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,11 @@ fn fail<T>(at: Location, problem: Problem, detail: impl Into<String>) -> Result<
 }
 
 /// Opens one checkpoint note with the trusted keys.
-fn open(note: &str, trusted: &[NoteVerifier], at: impl Fn(Option<u64>) -> Location) -> Result<(Checkpoint, Vec<String>), VerifyError> {
+fn open(
+    note: &str,
+    trusted: &[NoteVerifier],
+    at: impl Fn(Option<u64>) -> Location,
+) -> Result<(Checkpoint, Vec<String>), VerifyError> {
     let peeked = Checkpoint::peek(note).map_err(|e| VerifyError {
         at: at(None),
         problem: Problem::CheckpointMalformed,
@@ -154,7 +158,9 @@ fn open(note: &str, trusted: &[NoteVerifier], at: impl Fn(Option<u64>) -> Locati
     match super::note::open(note, trusted) {
         Ok((_, by)) => Ok((peeked, by.iter().map(|k| k.name().to_string()).collect())),
         Err(NoteError::Untrusted) => fail(at, Problem::Untrusted, "no trusted key signed it"),
-        Err(NoteError::BadSignature(name)) => fail(at, Problem::BadSignature, format!("the signature of {name} does not verify")),
+        Err(NoteError::BadSignature(name)) => {
+            fail(at, Problem::BadSignature, format!("the signature of {name} does not verify"))
+        }
         Err(e) => fail(at, Problem::CheckpointMalformed, CheckpointError::from(e).to_string()),
     }
 }
@@ -172,14 +178,17 @@ pub fn verify(
     let mut opened: Vec<Checkpoint> = Vec::with_capacity(checkpoints.len());
     let mut signed_by = Vec::new();
     for (index, note) in checkpoints.iter().enumerate() {
-        let (cp, by) = open(note.as_ref(), trusted, |size| size.map_or(Location::CheckpointAt(index), Location::Checkpoint))?;
-        if let Some(first) = opened.first() {
-            if cp.origin != first.origin {
-                return fail(Location::Checkpoint(cp.size), Problem::Origin, "another log's checkpoint");
-            }
+        let (cp, by) =
+            open(note.as_ref(), trusted, |size| size.map_or(Location::CheckpointAt(index), Location::Checkpoint))?;
+        if opened.first().is_some_and(|first| first.origin != cp.origin) {
+            return fail(Location::Checkpoint(cp.size), Problem::Origin, "another log's checkpoint");
         }
         if opened.last().is_some_and(|prev| prev.size >= cp.size) {
-            return fail(Location::Checkpoint(cp.size), Problem::CheckpointOrder, "not larger than the checkpoint before it");
+            return fail(
+                Location::Checkpoint(cp.size),
+                Problem::CheckpointOrder,
+                "not larger than the checkpoint before it",
+            );
         }
         signed_by = by;
         opened.push(cp);
@@ -222,12 +231,14 @@ pub fn verify(
         let expected = if i == 0 { [0; 32] } else { leaves[i - 1] };
         if entry.prev != expected {
             let vouched = i > 0 && opened.iter().any(|cp| cp.size == seq && root_matches(cp));
-            let next_broken = entries
-                .get(i + 1)
-                .and_then(|next| scan(next.as_ref()).ok())
-                .is_some_and(|next| next.prev != leaves[i]);
+            let next_broken =
+                entries.get(i + 1).and_then(|next| scan(next.as_ref()).ok()).is_some_and(|next| next.prev != leaves[i]);
             if i == 0 || vouched || next_broken {
-                candidates.push((seq, Problem::PrevMismatch, "its prev is not the leaf hash of the entry before it".into()));
+                candidates.push((
+                    seq,
+                    Problem::PrevMismatch,
+                    "its prev is not the leaf hash of the entry before it".into(),
+                ));
             } else {
                 candidates.push((
                     seq - 1,
@@ -252,21 +263,23 @@ pub fn verify(
     }
     match opened.last() {
         None if n > 0 => candidates.push((0, Problem::Unsigned, "no checkpoint covers any entry".into())),
-        Some(last) if last.size < n => {
-            candidates.push((last.size, Problem::Unsigned, format!("the last checkpoint covers {} entries of {n}", last.size)))
-        }
+        Some(last) if last.size < n => candidates.push((
+            last.size,
+            Problem::Unsigned,
+            format!("the last checkpoint covers {} entries of {n}", last.size),
+        )),
         Some(last) if last.size > n => {
             candidates.push((n, Problem::Truncated, format!("{n} entries, the last checkpoint counts {}", last.size)))
         }
         _ => {}
     }
-    if let Some(held) = &held {
-        if held.size > n {
-            candidates.push((n, Problem::Truncated, format!("{n} entries, the held checkpoint counts {}", held.size)));
-        }
+    if let Some(held) = held.as_ref().filter(|h| h.size > n) {
+        candidates.push((n, Problem::Truncated, format!("{n} entries, the held checkpoint counts {}", held.size)));
     }
     // Smallest position first; at a tie the earlier kind (pushed first).
-    if let Some((seq, problem, detail)) = candidates.into_iter().enumerate().min_by_key(|(order, c)| (c.0, *order)).map(|(_, c)| c) {
+    if let Some((seq, problem, detail)) =
+        candidates.into_iter().enumerate().min_by_key(|(order, c)| (c.0, *order)).map(|(_, c)| c)
+    {
         return fail(Location::Entry(seq), problem, detail);
     }
 

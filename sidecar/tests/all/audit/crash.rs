@@ -28,7 +28,12 @@ fn batch(round: &str, b: u64) -> Vec<NewEntry> {
         .map(|k| NewEntry {
             actor: format!("r{round}-b{b}-{k}"),
             plugin: None,
-            change: Change { kind: "added".into(), item: "crash".into(), before: None, after: Some(serde_json::json!(k)) },
+            change: Change {
+                kind: "added".into(),
+                item: "crash".into(),
+                before: None,
+                after: Some(serde_json::json!(k)),
+            },
         })
         .collect()
 }
@@ -118,7 +123,8 @@ fn audit_acknowledged_batches_survive_sigkill() {
             let want = batch(&round.to_string(), b);
             assert_eq!(size - first, want.len() as u64);
             for (k, new) in want.iter().enumerate() {
-                let bytes = log.entry(first + k as u64).unwrap().unwrap_or_else(|| panic!("round {round}: batch {b} lost"));
+                let bytes =
+                    log.entry(first + k as u64).unwrap().unwrap_or_else(|| panic!("round {round}: batch {b} lost"));
                 assert_eq!(Entry::decode(&bytes).unwrap().actor, new.actor, "round {round}, batch {b}");
             }
         }

@@ -53,15 +53,14 @@ fn we_accept_notes_signed_by_signed_note_and_refuse_its_other_keys() {
     let ours = NoteSigner::from_seed("rotation.test/log", [7; 32]).unwrap();
     // Go's signer key form, read by the other implementation.
     let theirs = signed_note::StandardSigner::new(&ours.to_skey()).unwrap();
-    let mut note = Note::new(Checkpoint { origin: "rotation.test/log".into(), size: 3, root: [1; 32] }.to_text().as_bytes(), &[]).unwrap();
+    let mut note =
+        Note::new(Checkpoint { origin: "rotation.test/log".into(), size: 3, root: [1; 32] }.to_text().as_bytes(), &[])
+            .unwrap();
     note.add_sigs(&[&theirs]).unwrap();
     let signed = String::from_utf8(note.to_bytes()).unwrap();
     let cp = Checkpoint::open(&signed, &[ours.verifier()]).unwrap();
     assert_eq!((cp.size, cp.root), (3, [1; 32]));
-    let vkey_theirs = signed_note::new_ed25519_verifier_key(
-        "rotation.test/log",
-        &ed25519_dalek_verifying_key(&ours),
-    );
+    let vkey_theirs = signed_note::new_ed25519_verifier_key("rotation.test/log", &ed25519_dalek_verifying_key(&ours));
     assert_eq!(NoteVerifier::from_vkey(&vkey_theirs).unwrap(), ours.verifier());
     let stranger = NoteSigner::from_seed("rotation.test/log", [8; 32]).unwrap();
     assert!(Checkpoint::open(&signed, &[stranger.verifier()]).is_err());

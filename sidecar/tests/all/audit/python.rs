@@ -17,9 +17,8 @@ fn venv_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let venv = root.join("target/audit-venv");
     let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p).args(["-c", "import cryptography"]).output().is_ok_and(|o| o.status.success())
-    };
+    let ready =
+        |p: &Path| Command::new(p).args(["-c", "import cryptography"]).output().is_ok_and(|o| o.status.success());
     if !ready(&python) {
         let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
         assert!(status.success(), "python3 -m venv failed");

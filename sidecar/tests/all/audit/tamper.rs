@@ -37,6 +37,9 @@ pub struct Case {
     pub expect: Option<(Location, Problem)>,
 }
 
+/// A change to one entry's JSON.
+type Edit = fn(&mut Value);
+
 /// Entry lines are the ones not starting with `{"checkpoint":`.
 fn entry_positions(lines: &[Vec<u8>]) -> Vec<usize> {
     (0..lines.len()).filter(|&i| !lines[i].starts_with(b"{\"checkpoint\":")).collect()
@@ -73,14 +76,20 @@ pub fn export_cases(dir: &Path) -> Vec<Case> {
     let good = export_lines(&log);
     let mut cases = vec![
         Case { name: "untouched".into(), lines: good.clone(), held: None, expect: None },
-        Case { name: "untouched, held checkpoint 5".into(), lines: good.clone(), held: Some(cps[4].clone()), expect: None },
+        Case {
+            name: "untouched, held checkpoint 5".into(),
+            lines: good.clone(),
+            held: Some(cps[4].clone()),
+            expect: None,
+        },
     ];
-    let mut case = |name: &str, held: Option<String>, expect: Option<(Location, Problem)>, f: &dyn Fn(&mut Vec<Vec<u8>>)| {
-        let mut lines = good.clone();
-        f(&mut lines);
-        cases.push(Case { name: name.into(), lines, held, expect });
-    };
-    let fields: [(&str, fn(&mut Value)); 7] = [
+    let mut case =
+        |name: &str, held: Option<String>, expect: Option<(Location, Problem)>, f: &dyn Fn(&mut Vec<Vec<u8>>)| {
+            let mut lines = good.clone();
+            f(&mut lines);
+            cases.push(Case { name: name.into(), lines, held, expect });
+        };
+    let fields: [(&str, Edit); 7] = [
         ("time", |v| v["time"] = json!("2030-01-01T00:00:00Z")),
         ("actor", |v| v["actor"] = json!("admin:someone-else")),
         ("plugin", |v| v["plugin"] = Value::Null),
@@ -100,9 +109,12 @@ pub fn export_cases(dir: &Path) -> Vec<Case> {
         edit_entry(l, 3, |v| v["seq"] = json!(4))
     });
     for seq in [0, 3, 7] {
-        case(&format!("edit prev of entry {seq}"), None, Some((Location::Entry(seq as u64), Problem::PrevMismatch)), &|l| {
-            edit_entry(l, seq, |v| v["prev"] = json!("ab".repeat(32)))
-        });
+        case(
+            &format!("edit prev of entry {seq}"),
+            None,
+            Some((Location::Entry(seq as u64), Problem::PrevMismatch)),
+            &|l| edit_entry(l, seq, |v| v["prev"] = json!("ab".repeat(32))),
+        );
     }
     case("edit v of entry 3", None, Some((Location::Entry(3), Problem::Malformed)), &|l| {
         edit_entry(l, 3, |v| v["v"] = json!(2))
@@ -145,18 +157,33 @@ pub fn export_cases(dir: &Path) -> Vec<Case> {
         l.truncate(cut);
     };
     case("truncate the tail", None, None, &truncate);
-    case("truncate the tail, held checkpoint 8", Some(cps[7].clone()), Some((Location::Entry(6), Problem::Truncated)), &truncate);
-    case("truncate the tail, held checkpoint 7", Some(cps[6].clone()), Some((Location::Entry(6), Problem::Truncated)), &truncate);
+    case(
+        "truncate the tail, held checkpoint 8",
+        Some(cps[7].clone()),
+        Some((Location::Entry(6), Problem::Truncated)),
+        &truncate,
+    );
+    case(
+        "truncate the tail, held checkpoint 7",
+        Some(cps[6].clone()),
+        Some((Location::Entry(6), Problem::Truncated)),
+        &truncate,
+    );
     case("truncate entries, keep checkpoints", None, Some((Location::Entry(6), Problem::Truncated)), &|l| {
         let at = entry_positions(l);
         l.remove(at[7]);
         l.remove(at[6]);
     });
-    case("drop the latest checkpoints (an old one replayed)", None, Some((Location::Entry(6), Problem::Unsigned)), &|l| {
-        let (c7, c8) = (checkpoint_position(l, 7), checkpoint_position(l, 8));
-        l.remove(c8);
-        l.remove(c7);
-    });
+    case(
+        "drop the latest checkpoints (an old one replayed)",
+        None,
+        Some((Location::Entry(6), Problem::Unsigned)),
+        &|l| {
+            let (c7, c8) = (checkpoint_position(l, 7), checkpoint_position(l, 8));
+            l.remove(c8);
+            l.remove(c7);
+        },
+    );
     let old = checkpoint_line(&cps[5]);
     case("replay checkpoint 6 in place of 8", None, Some((Location::Checkpoint(6), Problem::CheckpointOrder)), &|l| {
         let c8 = checkpoint_position(l, 8);
