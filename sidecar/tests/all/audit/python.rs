@@ -19,15 +19,30 @@ fn venv_python() -> PathBuf {
     let python = venv.join("bin/python");
     let ready =
         |p: &Path| Command::new(p).args(["-c", "import cryptography"]).output().is_ok_and(|o| o.status.success());
-    if !ready(&python) {
-        let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
-        assert!(status.success(), "python3 -m venv failed");
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .arg(root.join("tools/requirements.txt").to_str().map(|r| format!("--requirement={r}")).unwrap())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pip install of the verifier's requirements failed");
+    // Tests run in parallel processes: one creates the venv (holding a
+    // lock directory), the others wait for it.
+    let lock = root.join("target/audit-venv.lock");
+    let started = std::time::Instant::now();
+    while !ready(&python) {
+        if std::fs::create_dir(&lock).is_ok() {
+            if !ready(&python) {
+                let _ = std::fs::remove_dir_all(&venv);
+                let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
+                assert!(status.success(), "python3 -m venv failed");
+                let status = Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--requirement"])
+                    .arg(root.join("tools/requirements.txt"))
+                    .status()
+                    .unwrap();
+                std::fs::remove_dir(&lock).unwrap();
+                assert!(status.success(), "pip install of the verifier's requirements failed");
+            } else {
+                std::fs::remove_dir(&lock).unwrap();
+            }
+        } else {
+            assert!(started.elapsed() < std::time::Duration::from_secs(150), "waited too long for {}", lock.display());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
     }
     python
 }
