@@ -18,6 +18,8 @@
 //!   the CLI and the HTTP server call.
 //! - [`services`]: one module per host interface. Each owns its policy check
 //!   and backend; the runtime only wires them into the linker.
+//! - [`audit`]: the audit log of grant changes: a hash chain inside an
+//!   RFC 6962 tree with C2SP signed checkpoints, proofs and verification.
 //! - [`api`]: the HTTP server of `gatehouse run`: invoke API, admin API,
 //!   health, metrics.
 //! - [`databases`]: PostgreSQL databases named by alias in the settings,
@@ -51,6 +53,7 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod bindings;
 pub mod bounded_read;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Integration tests: real components compiled from `guests/`, real files,
 //! the real `gatehouse` binary. One test binary for the whole crate.
 
+mod audit;
 mod cli;
 mod common;
 mod compose;

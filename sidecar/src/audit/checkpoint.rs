@@ -1,0 +1,102 @@
+//! C2SP tlog-checkpoint: the note text `origin\nsize\nbase64(root)\n`
+//! (optional extension lines after it), signed as a signed-note.
+//!
+//! The origin names the log (e.g. `gatehouse.example/audit`); a verifier
+//! pins it so a checkpoint of another log is never taken for this one's.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::merkle::Hash;
+use super::note::{self, NoteError, NoteSigner, NoteVerifier};
+
+/// The signed statement "the log `origin` has `size` entries and root `root`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The log's name.
+    pub origin: String,
+    /// Entries in the tree.
+    pub size: u64,
+    /// The RFC 6962 root of those entries.
+    pub root: Hash,
+}
+
+/// A checkpoint that cannot be read or trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// The note around it.
+    #[error(transparent)]
+    Note(#[from] NoteError),
+    /// The text is not a checkpoint.
+    #[error("malformed checkpoint: {0}")]
+    Malformed(&'static str),
+}
+
+impl Checkpoint {
+    /// The note text.
+    pub fn to_text(&self) -> String {
+        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+    }
+
+    /// Reads a note text. Extension lines are accepted and ignored.
+    pub fn from_text(text: &str) -> Result<Checkpoint, CheckpointError> {
+        let mut lines = text.split('\n');
+        let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
+            return Err(CheckpointError::Malformed("fewer than three lines"));
+        };
+        if origin.is_empty() {
+            return Err(CheckpointError::Malformed("empty origin"));
+        }
+        let canonical_size =
+            !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()) && (size == "0" || !size.starts_with('0'));
+        let size = size
+            .parse()
+            .ok()
+            .filter(|_| canonical_size)
+            .ok_or(CheckpointError::Malformed("the size is not a decimal number"))?;
+        let root: Hash = B64
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Malformed("the root is not base64 of 32 bytes"))?;
+        Ok(Checkpoint { origin: origin.to_string(), size, root })
+    }
+
+    /// Signs it with every key: the signed note.
+    pub fn sign(&self, signers: &[&NoteSigner]) -> Result<String, CheckpointError> {
+        Ok(note::sign(&self.to_text(), signers)?)
+    }
+
+    /// Opens a signed checkpoint: signed by a trusted key, well formed.
+    pub fn open(signed: &str, trusted: &[NoteVerifier]) -> Result<Checkpoint, CheckpointError> {
+        let (text, _) = note::open(signed, trusted)?;
+        Checkpoint::from_text(&text)
+    }
+
+    /// Reads a signed checkpoint without checking signatures (to say which
+    /// checkpoint a bad signature is on).
+    pub fn peek(signed: &str) -> Result<Checkpoint, CheckpointError> {
+        Checkpoint::from_text(&note::parse(signed)?.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_is_strict() {
+        let cp = Checkpoint { origin: "gatehouse.example/audit".into(), size: 12, root: [5; 32] };
+        let text = cp.to_text();
+        assert_eq!(text, format!("gatehouse.example/audit\n12\n{}\n", B64.encode([5u8; 32])));
+        assert_eq!(Checkpoint::from_text(&text).unwrap(), cp);
+        assert_eq!(Checkpoint::from_text(&format!("{text}ext line\n")).unwrap(), cp);
+        for bad in ["o\n012\nAAAA\n", "o\n-1\nAAAA\n", "\n1\nBQUF\n", "o\n1\nnot base64\n", "o\n1\n"] {
+            assert!(Checkpoint::from_text(bad).is_err(), "{bad:?}");
+        }
+        let key = NoteSigner::from_seed("gatehouse.example/audit", [4; 32]).unwrap();
+        let signed = cp.sign(&[&key]).unwrap();
+        assert_eq!(Checkpoint::open(&signed, &[key.verifier()]).unwrap(), cp);
+        assert_eq!(Checkpoint::peek(&signed).unwrap(), cp);
+    }
+}

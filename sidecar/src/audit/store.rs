@@ -1,0 +1,89 @@
+//! The embedded storage of the log: one redb file (by default
+//! `<data_dir>/audit/log.redb`), three tables.
+//!
+//! - `audit_entries`: `seq -> canonical entry bytes`.
+//! - `audit_nodes`: `(level, index) -> 32-byte hash` for every complete
+//!   subtree (level 0 = leaf hashes), written when its last leaf is
+//!   appended and never changed (see [`super::merkle`]).
+//! - `audit_checkpoints`: `tree size -> signed checkpoint note`, one per
+//!   appended batch. Keeping every checkpoint, not just the latest, lets a
+//!   verifier say which batch an edit is in.
+//!
+//! An append is one write transaction over the three tables, committed
+//! with `Durability::Immediate`: after a crash the file holds a batch with
+//! its signed checkpoint, or neither.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::merkle::{Hash, NodeReader, ProofError};
+
+/// Entries by sequence number.
+pub const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_entries");
+/// Complete-subtree hashes by (level, index).
+pub const NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("audit_nodes");
+/// Signed checkpoints by tree size.
+pub const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("audit_checkpoints");
+
+/// A storage failure, with what redb said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit store: {0}")]
+pub struct StoreError(pub String);
+
+/// Wraps any redb error.
+pub fn store_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// Opens or creates the file and its tables. A file that is not a redb
+/// database, or is damaged, is an error, never a panic.
+pub fn open(path: &Path) -> Result<Database, StoreError> {
+    let shown = crate::policy::shown(path);
+    let db = match std::panic::catch_unwind(|| Database::builder().create(path)) {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}"))),
+        Err(_) => return Err(StoreError(format!("cannot open {shown}: the file is damaged"))),
+    };
+    let txn = db.begin_write().map_err(store_error)?;
+    {
+        txn.open_table(ENTRIES).map_err(store_error)?;
+        txn.open_table(NODES).map_err(store_error)?;
+        txn.open_table(CHECKPOINTS).map_err(store_error)?;
+    }
+    txn.commit().map_err(store_error)?;
+    Ok(db)
+}
+
+/// The stored nodes of one transaction, as the Merkle functions read them.
+pub struct StoredNodes<'a, T>(pub &'a T);
+
+impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeReader for StoredNodes<'_, T> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
+        let value = self.0.get((level, index)).map_err(|e| ProofError::Storage(e.to_string()))?;
+        let value = value.ok_or(ProofError::MissingNode { level, index })?;
+        value.value().try_into().map_err(|_| ProofError::Storage(format!("node ({level}, {index}) is not 32 bytes")))
+    }
+}
+
+/// Entries stored (the next sequence number).
+pub fn size(entries: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
+    Ok(entries.last().map_err(store_error)?.map_or(0, |(k, _)| k.value() + 1))
+}
+
+/// Everything a verifier needs, read in one read transaction: the
+/// entries' bytes and the signed checkpoints in size order.
+pub fn read_all(db: &Database) -> Result<(Vec<Vec<u8>>, Vec<String>), StoreError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let entries = txn.open_table(ENTRIES).map_err(store_error)?;
+    let checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
+    let mut out = Vec::with_capacity(entries.len().map_err(store_error)? as usize);
+    for row in entries.iter().map_err(store_error)? {
+        out.push(row.map_err(store_error)?.1.value().to_vec());
+    }
+    let mut notes = Vec::new();
+    for row in checkpoints.iter().map_err(store_error)? {
+        notes.push(row.map_err(store_error)?.1.value().to_string());
+    }
+    Ok((out, notes))
+}
