@@ -11,6 +11,9 @@
 //! on undisturbed. Cursors are the store's own, so a listing that starts
 //! on the file and finds it taken continues through the admin API.
 //!
+//! With `[kv] database` (PostgreSQL), the CLI reads the database itself:
+//! its reads take no lock a sidecar waits for.
+//!
 //! Output is guest data made safe: keys escaped and bounded, values as
 //! escaped text when they are UTF-8 and as hex otherwise (`--raw` writes
 //! a value's exact bytes).
@@ -89,9 +92,11 @@ pub struct AdminArg {
     admin: Option<SocketAddr>,
 }
 
-/// Reads through the file, or the running sidecar that has it open.
+/// Reads through the file, the PostgreSQL store, or the running sidecar
+/// that has the file open.
 enum Source {
     File(PathBuf),
+    Database(std::sync::Arc<gatehouse::services::kv::KvStore>),
     Admin(Admin),
 }
 
@@ -100,7 +105,13 @@ pub async fn run(config: &Config, command: KvCommand) -> anyhow::Result<ExitCode
         KvCommand::Usage { admin, .. } | KvCommand::Get { admin, .. } | KvCommand::List { admin, .. } => admin.admin,
     };
     let file = config.data_dir.join("kv").join("store.redb");
-    let mut source = Source::File(file.clone());
+    let mut source = match &config.kv.database {
+        None => Source::File(file.clone()),
+        Some(_) => {
+            let services = gatehouse::services::Services::from_config(config)?;
+            Source::Database(services.kv.context("the settings name no key-value store")?)
+        }
+    };
     let result = match command {
         KvCommand::Usage { plugin, .. } => usage(config, &mut source, admin, plugin.as_deref()).await,
         KvCommand::Get { plugin, key, bucket, raw, .. } => {
@@ -158,12 +169,16 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-/// Opens the file for one piece of work, or, when another process has it
-/// open, switches `source` to that sidecar's admin API for good.
-fn open(config: &Config, source: &mut Source, admin: Option<SocketAddr>) -> Result<Option<RedbReader>, Failure> {
-    let Source::File(path) = source else { return Ok(None) };
+/// Opens the store for one piece of work, or, when another process has
+/// the file open, switches `source` to that sidecar's admin API for good.
+async fn open(config: &Config, source: &mut Source, admin: Option<SocketAddr>) -> Result<Option<KvReader>, Failure> {
+    let path = match source {
+        Source::File(path) => path,
+        Source::Database(store) => return Ok(Some(store.reader().await?)),
+        Source::Admin(_) => return Ok(None),
+    };
     match RedbReader::open(path) {
-        Ok(reader) => Ok(Some(reader)),
+        Ok(reader) => Ok(Some(KvReader::File(reader))),
         Err(OpenError::Missing(_)) => Err(Failure::Missing),
         Err(OpenError::Locked(shown)) => {
             let admin = Admin::from_settings(config, admin).with_context(|| {
@@ -191,8 +206,8 @@ async fn usage(
     if let Some(plugin) = plugin {
         namespace(plugin, DEFAULT_BUCKET)?;
     }
-    let list: Vec<PluginUsage> = match open(config, source, admin)? {
-        Some(file) => {
+    let list: Vec<PluginUsage> = match open(config, source, admin).await? {
+        Some(reader) => {
             // The grants are the policies' (what `run` would load).
             let components =
                 gatehouse::policy::ComponentDir { path: &config.plugin_dir, origin: &config.plugin_dir_origin };
@@ -209,7 +224,6 @@ async fn usage(
                 Some(p) if grants.is_empty() => vec![(p.to_string(), None)],
                 _ => grants.into_iter().map(|(n, kv)| (n, Some(kv))).collect(),
             };
-            let reader = KvReader::File(file);
             let mut list = Vec::new();
             for (name, grant) in &wanted {
                 list.push(reader.plugin_usage(name, grant.as_ref()).await?);
@@ -251,8 +265,8 @@ async fn get(
     key: &str,
     raw: bool,
 ) -> Result<ExitCode, Failure> {
-    let value: Option<Result<Vec<u8>, ShownValue>> = match open(config, source, admin)? {
-        Some(file) => KvReader::File(file).get(ns, key).await?.map(Ok),
+    let value: Option<Result<Vec<u8>, ShownValue>> = match open(config, source, admin).await? {
+        Some(reader) => reader.get(ns, key).await?.map(Ok),
         None => {
             let Source::Admin(admin) = source else { unreachable!("switched to the admin API") };
             let path = format!(
@@ -309,9 +323,9 @@ async fn list(
     while left > 0 {
         let page_size = u32::try_from(left.min(u64::from(MAX_PAGE))).unwrap_or(MAX_PAGE);
         // The file is held for one page, then let go.
-        let (keys, next) = match open(config, source, admin)? {
-            Some(file) => {
-                let page = KvReader::File(file).list_keys(ns, prefix, cursor.as_deref(), page_size).await?;
+        let (keys, next) = match open(config, source, admin).await? {
+            Some(reader) => {
+                let page = reader.list_keys(ns, prefix, cursor.as_deref(), page_size).await?;
                 (page.keys.iter().map(|k| show_key(k)).collect::<Vec<_>>(), page.cursor)
             }
             None => {

@@ -34,6 +34,7 @@ use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport as Rep
 use crate::databases::{DatabaseError, Databases, UrlSource};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
+use crate::services::http::policy::Rate;
 
 /// How long the sidecar's first open of the store waits while another
 /// process has the file open (`gatehouse kv …` reading it holds a shared
@@ -54,7 +55,17 @@ pub struct KvStore {
     /// Each plugin's counters, by name: kept across reloads, so the
     /// exported counters only grow. Plugin names come from policy files.
     metrics: Mutex<HashMap<String, Arc<KvMetrics>>>,
+    /// Each plugin's rate budget, by name, with the rate it was made for:
+    /// a reload that keeps the rate keeps the budget (a reload must not
+    /// hand out a fresh allowance); a changed rate starts a new one.
+    rates: Mutex<HashMap<String, (Rate, Arc<Budget>)>>,
+    /// When a failed open was last logged, so that a damaged store (every
+    /// call retries the open) is logged once a minute, not once a call.
+    open_failure_logged: Mutex<Option<Instant>>,
 }
+
+/// How often a store that cannot be opened is logged again.
+const OPEN_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A loaded plugin's grant, as the operator view sees it.
 struct Grant {
@@ -72,7 +83,14 @@ enum Open {
 
 impl KvStore {
     fn opening(open: Open) -> KvStore {
-        KvStore { open, backend: OnceCell::new(), grants: Default::default(), metrics: Default::default() }
+        KvStore {
+            open,
+            backend: OnceCell::new(),
+            grants: Default::default(),
+            metrics: Default::default(),
+            rates: Default::default(),
+            open_failure_logged: Default::default(),
+        }
     }
 
     /// The redb store in `dir` (created with mode 0700 and checked like
@@ -124,6 +142,17 @@ impl KvStore {
                 Ok(backend)
             })
             .await
+            .inspect_err(|e| self.log_open_failure(e))
+    }
+
+    /// Says why the store cannot be opened, at most once a minute: every
+    /// call meanwhile answers `unavailable` with the same reason.
+    fn log_open_failure(&self, error: &KvError) {
+        let mut logged = self.open_failure_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.is_none_or(|at| at.elapsed() >= OPEN_FAILURE_LOG_INTERVAL) {
+            *logged = Some(Instant::now());
+            tracing::error!(error = %error, "the key-value store cannot be opened; its calls answer unavailable");
+        }
     }
 
     /// The operator's read-only view of the open store (opening it if no
@@ -154,7 +183,7 @@ impl KvStore {
         self.metrics.lock().unwrap_or_else(|p| p.into_inner()).get(plugin).map(|m| m.snapshot())
     }
 
-    fn register(&self, plugin: &str, policy: &KvPolicy) -> (Arc<Grant>, Arc<KvMetrics>) {
+    fn register(&self, plugin: &str, policy: &KvPolicy) -> (Arc<Grant>, Arc<KvMetrics>, Arc<Budget>) {
         let grant = Arc::new(Grant { policy: policy.clone() });
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let versions = grants.entry(plugin.to_string()).or_default();
@@ -163,7 +192,16 @@ impl KvStore {
         drop(grants);
         let metrics =
             self.metrics.lock().unwrap_or_else(|p| p.into_inner()).entry(plugin.to_string()).or_default().clone();
-        (grant, metrics)
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let rate = match rates.get(plugin) {
+            Some((rate, budget)) if *rate == policy.rate => Arc::clone(budget),
+            _ => {
+                let budget = Arc::new(Budget::for_rate(&policy.rate));
+                rates.insert(plugin.to_string(), (policy.rate, Arc::clone(&budget)));
+                budget
+            }
+        };
+        (grant, metrics, rate)
     }
 }
 
@@ -189,7 +227,7 @@ pub struct PluginKv {
     plugin: String,
     policy: KvPolicy,
     store: Arc<KvStore>,
-    rate: Budget,
+    rate: Arc<Budget>,
     metrics: Arc<KvMetrics>,
     /// Keeps this version listed in [`KvStore::granted`] while it lives.
     _grant: Arc<Grant>,
@@ -198,8 +236,7 @@ pub struct PluginKv {
 impl PluginKv {
     /// `plugin`'s grant on `store`.
     pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
-        let rate = Budget::for_rate(&policy.rate);
-        let (grant, metrics) = store.register(plugin, &policy);
+        let (grant, metrics, rate) = store.register(plugin, &policy);
         PluginKv { plugin: plugin.to_string(), policy, store, rate, metrics, _grant: grant }
     }
 }
@@ -443,5 +480,38 @@ impl Host for KvHost {
                 })
             })
             .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_rate(rate: &str) -> KvPolicy {
+        KvPolicy { rate: Rate::parse(rate).unwrap(), ..KvPolicy::default() }
+    }
+
+    /// An outside review reloaded the policies (no change) and got a fresh
+    /// allowance each time: the budget is the plugin's, kept by name while
+    /// its rate stays the same.
+    #[tokio::test]
+    async fn a_reload_keeps_the_rate_budget_and_a_new_rate_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn KvBackend> = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let store = Arc::new(KvStore::with_backend(backend));
+        let door = |rate: &str| KvHost::new(Some(Arc::new(PluginKv::new("p", with_rate(rate), Arc::clone(&store)))));
+        let spend = |host: KvHost| async move {
+            let mut granted = 0;
+            while host.admit(KvOp::Get).await.is_ok() {
+                granted += 1;
+                assert!(granted <= 3, "the rate is not enforced");
+            }
+            granted
+        };
+        assert_eq!(spend(door("3/m")).await, 3);
+        assert_eq!(spend(door("3/m")).await, 0, "a reload with the same rate refilled the budget");
+        assert_eq!(spend(door("2/m")).await, 2, "a new rate gets its own budget");
+        let other = KvHost::new(Some(Arc::new(PluginKv::new("q", with_rate("3/m"), Arc::clone(&store)))));
+        assert_eq!(spend(other).await, 3, "plugins do not share a budget");
     }
 }

@@ -196,6 +196,35 @@ fn full_key(prefix: &[u8], key: &str) -> Vec<u8> {
     full
 }
 
+/// Bytes of the store's pages redb keeps in memory (its read and write
+/// cache; redb's own default is 1 GiB). Charged to the sidecar: it is
+/// shared by every plugin, whatever they store.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Refuses a store file that exists but is empty: redb would take it for
+/// a new store, and a crash that left the file empty would silently reset
+/// every namespace and quota. A missing file is fine (redb creates it).
+fn prepare_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(meta) if meta.len() == 0 => Err(std::io::Error::other(
+            "the file is empty, so damaged (restore it from a backup, or move it away to start an empty store)",
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Makes the store file private (mode 0600): it holds every plugin's data,
+/// and redb creates it with the process's umask.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl RedbBackend {
     /// Opens (or creates) the store at `path` and starts its writer. A file
     /// that is not a redb database, or a damaged one, is `unavailable`
@@ -211,13 +240,15 @@ impl RedbBackend {
     /// (`gatehouse kv …` reading it, another sidecar) from other failures.
     pub fn try_open(path: &Path) -> Result<RedbBackend, OpenError> {
         let shown = crate::policy::shown(path);
-        let opened = std::panic::catch_unwind(|| Database::builder().create(path));
+        prepare_file(path).map_err(|e| KvError::Unavailable(format!("cannot open {shown}: {e}")))?;
+        let opened = std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(path));
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(OpenError::Locked(shown)),
             Ok(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
             Err(_) => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
         };
+        make_private(path).map_err(|e| KvError::Unavailable(format!("cannot make {shown} private: {e}")))?;
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(DATA).map_err(unavailable)?;
@@ -770,6 +801,35 @@ fn apply<'r>(t: &mut Tables<'_>, request: &'r Request) -> Result<Result<Answer, 
 mod tests {
     use super::*;
     use crate::services::kv::backend::Namespace;
+
+    /// An outside review emptied the file of a stopped sidecar: redb took
+    /// it for a new store, and every namespace and quota started over.
+    #[test]
+    fn an_empty_store_file_is_refused_not_taken_for_a_new_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        std::fs::write(&path, b"").unwrap();
+        let error = RedbBackend::open(&path).err().expect("an empty file must be refused");
+        assert!(matches!(&error, KvError::Unavailable(m) if m.contains("empty")), "{error:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the file was left as it was");
+    }
+
+    /// The store holds every plugin's data: created or found readable by
+    /// others, it is made private (an outside review read a 0644 file).
+    #[test]
+    fn the_store_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let created = dir.path().join("new.redb");
+        drop(RedbBackend::open(&created).unwrap());
+        assert_eq!(mode(&created), 0o600);
+        let existing = dir.path().join("old.redb");
+        drop(RedbBackend::open(&existing).unwrap());
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(RedbBackend::open(&existing).unwrap());
+        assert_eq!(mode(&existing), 0o600);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_makes_callers_wait_instead_of_growing() {

@@ -209,3 +209,34 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
     );
     assert_eq!(stored.trim(), "2");
 }
+
+/// `gatehouse kv` with `[kv] database`: the CLI reads the PostgreSQL store
+/// itself (no file, no sidecar needed), and prints guest keys escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_a_postgresql_store() {
+    use gatehouse::services::kv::{Bucket, KvPolicy};
+
+    use crate::common::{Policies, gatehouse_command};
+
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let grant = Bucket::open("reader", &KvPolicy::default(), "").unwrap();
+    backend.set(&grant, "greeting".into(), b"hello".to_vec()).await.unwrap();
+    backend.set(&grant, "line\nbreak".into(), b"x".to_vec()).await.unwrap();
+    let policies = Policies::new();
+    let (_root, config) =
+        policies.settings(&format!("[databases.shared]\nurl = {:?}\n[kv]\ndatabase = \"shared\"\n", postgres.url()));
+    let cli = |args: &[&str]| {
+        gatehouse_command().args(["--config", config.to_str().unwrap(), "kv"]).args(args).output().unwrap()
+    };
+    let get = cli(&["get", "reader", "greeting"]);
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
+    let list = cli(&["list", "reader"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "greeting\nline\\nbreak\n");
+    let usage = cli(&["usage", "reader"]);
+    assert!(String::from_utf8_lossy(&usage.stdout).contains("reader: 2 keys"), "{usage:?}");
+    let missing = cli(&["get", "reader", "absent"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
