@@ -809,7 +809,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.redb");
         std::fs::write(&path, b"").unwrap();
-        let error = RedbBackend::open(&path).err().expect("an empty file must be refused");
+        let Err(error) = RedbBackend::open(&path) else { panic!("an empty file must be refused") };
         assert!(matches!(&error, KvError::Unavailable(m) if m.contains("empty")), "{error:?}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the file was left as it was");
     }
