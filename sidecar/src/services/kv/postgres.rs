@@ -64,8 +64,8 @@ use crate::guest_text;
 mod group;
 mod plan;
 
-pub use group::{ENTRY_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_OPS, QUEUE_BYTES};
 use group::Group;
+pub use group::{ENTRY_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_OPS, QUEUE_BYTES};
 use plan::{Answer, Op, Slot, Stored, Write};
 
 /// Most connections the backend holds (each call uses one at a time).

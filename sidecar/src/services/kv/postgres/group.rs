@@ -89,7 +89,9 @@ impl Group {
         let budget = tokio::time::timeout(CALL_TIMEOUT, Arc::clone(&self.budget).acquire_many_owned(cost as u32))
             .await
             .map_err(|_| {
-                KvError::Unavailable(format!("the write queue had no room within {CALL_TIMEOUT:?} (the database is slow)"))
+                KvError::Unavailable(format!(
+                    "the write queue had no room within {CALL_TIMEOUT:?} (the database is slow)"
+                ))
             })?
             .map_err(|_| KvError::Unavailable("the write queue is closed".into()))?;
         let (reply, answer) = oneshot::channel();
@@ -232,9 +234,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_makes_callers_wait_instead_of_growing() {
         let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(200))
-            .connect_lazy_with(options);
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
         let backend = Arc::new(PostgresBackend::with_pool(pool));
         let bucket = Arc::new(Bucket {
             namespace: Namespace::new("alpha", "default").unwrap(),

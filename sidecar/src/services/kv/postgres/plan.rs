@@ -24,11 +24,23 @@ pub(super) const COUNTER_READ: u64 = 21;
 /// One write, as the batch applies it.
 #[derive(Debug)]
 pub(super) enum Op {
-    Set { key: String, value: Vec<u8> },
+    Set {
+        key: String,
+        value: Vec<u8>,
+    },
     /// `expected: None`: the key must be absent.
-    Cas { key: String, expected: Option<Vec<u8>>, new: Vec<u8> },
-    Delete { key: String },
-    Increment { key: String, delta: i64 },
+    Cas {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
     SetMany(Vec<(String, Vec<u8>)>),
     DeleteMany(Vec<String>),
 }
@@ -261,13 +273,13 @@ mod tests {
     #[test]
     fn each_write_is_decided_in_order_against_what_the_batch_left() {
         let writes = [
-            write("default", 4, set("a", b"1")),                                // new: 3 keys
-            write("default", 4, set("b", b"1")),                                // new: 4 keys
-            write("default", 4, set("c", b"1")),                                // refused: 5 > 4
+            write("default", 4, set("a", b"1")),                                 // new: 3 keys
+            write("default", 4, set("b", b"1")),                                 // new: 4 keys
+            write("default", 4, set("c", b"1")),                                 // refused: 5 > 4
             write("default", 4, Op::Increment { key: "text".into(), delta: 1 }), // conflict
-            write("default", 4, Op::Delete { key: "text".into() }),             // 3 keys
-            write("cache", 4, set("c", b"22")),                                 // 4 keys again
-            write("default", 4, Op::Increment { key: "a".into(), delta: 41 }),  // reads the batch's "1"
+            write("default", 4, Op::Delete { key: "text".into() }),              // 3 keys
+            write("cache", 4, set("c", b"22")),                                  // 4 keys again
+            write("default", 4, Op::Increment { key: "a".into(), delta: 41 }),   // reads the batch's "1"
             write("default", 4, Op::Cas { key: "b".into(), expected: Some(b"1".to_vec()), new: b"x".to_vec() }),
             write("default", 4, Op::Cas { key: "b".into(), expected: Some(b"1".to_vec()), new: b"y".to_vec() }),
             write("default", 4, Op::Increment { key: "long".into(), delta: 1 }),
@@ -303,11 +315,8 @@ mod tests {
                 "conflict"
             ]
         );
-        let changes: Vec<(&str, &str, Option<&[u8]>)> = outcome
-            .changes
-            .iter()
-            .map(|((b, k), v)| (b.as_str(), k.as_str(), v.as_deref()))
-            .collect();
+        let changes: Vec<(&str, &str, Option<&[u8]>)> =
+            outcome.changes.iter().map(|((b, k), v)| (b.as_str(), k.as_str(), v.as_deref())).collect();
         assert_eq!(
             changes,
             [
@@ -349,8 +358,8 @@ mod tests {
         let writes = [
             w(Op::SetMany(vec![("a".into(), b"1234".to_vec()), ("a".into(), b"1".to_vec())])), // 2 bytes
             w(Op::SetMany(vec![("b".into(), b"1234".to_vec()), ("c".into(), b"1234".to_vec())])), // 12: refused
-            w(set("b", b"1234567")),                                                            // 8: exactly 10
-            w(set("b", b"12345678")),                                                           // 11: refused
+            w(set("b", b"1234567")),                                                           // 8: exactly 10
+            w(set("b", b"12345678")),                                                          // 11: refused
         ];
         let refs: Vec<&Write> = writes.iter().collect();
         let outcome = plan(&refs, Usage::default(), BTreeMap::new());
