@@ -24,6 +24,7 @@
 //! without being applied.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -146,16 +147,44 @@ pub(super) fn take_batch(lane: &mut VecDeque<Request>) -> Vec<Request> {
     batch
 }
 
+/// Removes a lane whose task ends without emptying it (a panic, or the
+/// runtime shutting down): its queued callers are answered `unavailable`
+/// (their requests are dropped), and the next write starts a new task
+/// instead of queueing behind one that is gone.
+struct LaneGuard {
+    lanes: Arc<Lanes>,
+    plugin: String,
+    /// Set once the task removed its lane itself: a lane there then is a
+    /// new task's.
+    done: AtomicBool,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        if self.done.load(Ordering::Relaxed) {
+            return;
+        }
+        let orphans = self.lanes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.plugin);
+        drop(orphans);
+    }
+}
+
 /// Runs `plugin`'s lane until it is empty, then removes it (under the
 /// lock, so a write queued meanwhile finds no lane and starts a new task).
 async fn drain(pool: PgPool, lanes: Arc<Lanes>, plugin: String) {
+    let guard = LaneGuard { lanes, plugin, done: AtomicBool::new(false) };
+    let (lanes, plugin) = (&guard.lanes, &guard.plugin);
     loop {
         let batch = {
             let mut all = lanes.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(lane) = all.get_mut(&plugin) else { return };
+            let Some(lane) = all.get_mut(plugin) else {
+                guard.done.store(true, Ordering::Relaxed);
+                return;
+            };
             let batch = take_batch(lane);
             if batch.is_empty() {
-                all.remove(&plugin);
+                all.remove(plugin);
+                guard.done.store(true, Ordering::Relaxed);
                 return;
             }
             batch
@@ -173,7 +202,7 @@ async fn drain(pool: PgPool, lanes: Arc<Lanes>, plugin: String) {
         // Durable unless every write of the batch is to a relaxed bucket.
         let relaxed = batch.iter().all(|r| r.durability == Durability::Relaxed);
         let writes: Vec<&Write> = batch.iter().map(|r| &r.write).collect();
-        match commit_batch(&pool, &plugin, &writes, relaxed).await {
+        match commit_batch(&pool, plugin, &writes, relaxed).await {
             Ok(answers) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
                     request.answer(answer);
