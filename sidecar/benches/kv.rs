@@ -27,10 +27,11 @@
 //! Then the same against PostgreSQL (a throwaway cluster started here from
 //! the system's server binaries, with its default durability: `fsync` and
 //! `synchronous_commit` on; skipped with a message when there are none):
-//! `PostgresBackend::set` (one transaction: the plugin's usage row locked,
-//! the key read, the value and both usage rows written) on a durable and a
-//! relaxed bucket, and on durable buckets of 16 plugins (writers of
-//! different plugins do not wait for each other's lock), against a direct
+//! `PostgresBackend::set` (group commit: a plugin's queued writes in one
+//! transaction, the plugin's usage row locked, the keys read, the values
+//! and both usage rows written, one `COMMIT`) on a durable and a relaxed
+//! bucket, and on durable buckets of 16 plugins (batches of different
+//! plugins do not wait for each other's lock), against a direct
 //! sqlx `INSERT` (autocommit, a pool of the same size) into a plain table
 //! of the same database; and `get` against a direct sqlx `SELECT`.
 //!

@@ -9,59 +9,72 @@
 //! are `bytea`, so they sort in byte order exactly as redb's do: cursors
 //! ([`Namespace::cursor_after`]) mean the same on both backends.
 //!
-//! # Quotas across processes
-//! Every write is one transaction that first locks its plugin's usage row
-//! (an upsert, which takes the row lock), then reads the keys it touches,
-//! checks sizes, CAS expectations, counters and quotas against that
-//! usage, and only then writes the data and both usage rows. Writers of one
-//! plugin, in any process, therefore run one after another from the lock
-//! to the commit: no two can both see room for the last key, and the usage
-//! rows change with the data, so they always equal a full scan. Writers of
-//! different plugins do not wait for each other. A refused write rolls back
-//! and has written nothing.
+//! # Group commit, and quotas across processes
+//! Writes are queued per plugin ([`group`]) and applied in batches: one
+//! transaction per batch first locks its plugin's usage row (an upsert,
+//! which takes the row lock), reads every key the batch touches, decides
+//! each write in order against the state and usage the writes before it
+//! left ([`plan`]: sizes, CAS expectations, counters, quotas), then writes
+//! what the accepted ones changed and both usage rows, and commits once.
+//! A refused write issues no statement and changes nothing its neighbours
+//! see. Batches of one plugin, in any process, therefore run one after
+//! another from the lock to the commit: no two can both see room for the
+//! last key, and the usage rows change with the data, so they always equal
+//! a full scan. Batches of different plugins do not wait for each other.
 //!
 //! # Durability
-//! A write is answered after its `COMMIT` returned: with the server's
-//! `synchronous_commit` (on by default), after the commit record is
-//! flushed. A bucket with relaxed durability runs `SET LOCAL
-//! synchronous_commit = off`: acknowledged before the flush; PostgreSQL
-//! flushes it within three times `wal_writer_delay` (600 ms by default), and
-//! a server crash may lose what was acknowledged in that window, never part
-//! of a transaction.
+//! A write is answered after its batch's `COMMIT` returned: with the
+//! server's `synchronous_commit` (on by default), after the commit record
+//! is flushed, one flush for the whole batch. A batch made only of writes
+//! to relaxed buckets runs `SET LOCAL synchronous_commit = off`:
+//! acknowledged before the flush; PostgreSQL flushes it within three times
+//! `wal_writer_delay` (600 ms by default), and a server crash may lose
+//! what was acknowledged in that window, never part of a write. A relaxed
+//! write batched with a durable one is committed durably.
 //!
 //! # A database that is down
-//! Every call takes a pooled connection (checked before use) within
-//! [`ACQUIRE_TIMEOUT`] and must finish within [`CALL_TIMEOUT`]; a
+//! Every read and every batch takes a pooled connection (checked before
+//! use) within [`ACQUIRE_TIMEOUT`] and must finish within [`CALL_TIMEOUT`]
+//! (a write may first wait that long for room in the queue and for its
+//! plugin's earlier batches, see [`group`]); a
 //! connection failure, a server shutting down, a pool timeout or no answer
-//! is `unavailable`. Nothing is acknowledged unless its `COMMIT` succeeded
+//! is `unavailable`, for every write of the batch. Nothing is acknowledged
+//! unless its batch's `COMMIT` succeeded
 //! (a commit whose answer is lost is reported `unavailable` although it
 //! may have been applied: retrying a `set` is harmless, an `increment` may
 //! then count twice). The pool opens new connections as calls come, so the
 //! backend recovers by itself once the server answers again.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, SqlSafeStr, Transaction};
+use sqlx::{Row, SqlSafeStr};
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Page, Usage, UsageReport, check_batch_len,
-    check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
+    check_key, check_limit, check_prefix, check_value,
 };
-use super::error::{KvError, QuotaKind};
-use super::policy::{Durability, MAX_VALUE_CEILING, Quota};
+use super::error::KvError;
+use super::policy::MAX_VALUE_CEILING;
 use crate::guest_text;
+
+mod group;
+mod plan;
+
+use group::Group;
+pub use group::{ENTRY_OVERHEAD, MAX_BATCH_BYTES, MAX_BATCH_OPS, QUEUE_BYTES};
+use plan::{Answer, Op, Slot, Stored, Write};
 
 /// Most connections the backend holds (each call uses one at a time).
 pub const MAX_CONNECTIONS: u32 = 16;
 /// How long a call waits for a connection (a new one when the server was
 /// down) before it is `unavailable`.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long one call may take in all, waits for its plugin's lock
-/// included, before it is `unavailable`.
+/// How long one read or one batch may take in all, the wait for its
+/// plugin's lock included, before it is `unavailable`.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,6 +101,7 @@ fn migrator() -> Migrator {
 /// The PostgreSQL backend.
 pub struct PostgresBackend {
     pool: PgPool,
+    group: Group,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -155,26 +169,6 @@ fn usage_of(keys: i64, bytes: i64) -> Result<Usage, KvError> {
     Ok(Usage { keys: count(keys)?, bytes: count(bytes)? })
 }
 
-/// What a write plans, once it has read the current values: the changes
-/// (key, new value or `None` to delete) and the answer, or a refusal.
-type Plan<T> = Result<(Vec<(String, Option<Vec<u8>>)>, T), KvError>;
-
-/// The current state of the keys a write touches: length, and the value
-/// when the plan needs it.
-struct Current {
-    rows: BTreeMap<String, (u64, Option<Vec<u8>>)>,
-}
-
-impl Current {
-    fn len(&self, key: &str) -> Option<u64> {
-        self.rows.get(key).map(|(len, _)| *len)
-    }
-
-    fn value(&self, key: &str) -> Option<&[u8]> {
-        self.rows.get(key).and_then(|(_, value)| value.as_deref())
-    }
-}
-
 impl PostgresBackend {
     /// A backend on the database `options` names: builds the pool and
     /// applies the migrations. `unavailable` when the database cannot be
@@ -187,139 +181,12 @@ impl PostgresBackend {
             .idle_timeout(IDLE_TIMEOUT)
             .connect_lazy_with(options);
         bounded(async { migrator().run(&pool).await.map_err(migrate_error) }).await?;
-        Ok(PostgresBackend { pool })
+        Ok(PostgresBackend::with_pool(pool))
     }
 
-    /// One write transaction: lock the plugin's usage, read `keys`
-    /// (their values too when `values`), plan, check quotas, write.
-    async fn write<T: Send>(
-        &self,
-        bucket: &Bucket,
-        keys: Vec<String>,
-        values: bool,
-        plan: impl FnOnce(&Current) -> Plan<T> + Send,
-    ) -> Result<T, KvError> {
-        bounded(async {
-            let mut tx = match bucket.durability {
-                Durability::Immediate => self.pool.begin().await,
-                Durability::Relaxed => self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await,
-            }
-            .map_err(db_error)?;
-            let result = Self::apply(&mut tx, bucket, keys, values, plan).await;
-            match result {
-                Ok(answer) => {
-                    tx.commit().await.map_err(db_error)?;
-                    Ok(answer)
-                }
-                Err(e) => {
-                    // Nothing was written, or the transaction is broken:
-                    // either way it must not commit.
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            }
-        })
-        .await
-    }
-
-    async fn apply<T>(
-        tx: &mut Transaction<'static, Postgres>,
-        bucket: &Bucket,
-        keys: Vec<String>,
-        values: bool,
-        plan: impl FnOnce(&Current) -> Plan<T>,
-    ) -> Result<T, KvError> {
-        let plugin = bucket.namespace.plugin();
-        let name = bucket.namespace.bucket();
-        // The lock: every writer of this plugin, in any process, waits here.
-        let row = sqlx::query(
-            "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
-             ON CONFLICT (plugin) DO UPDATE SET keys = gatehouse_kv_plugin_usage.keys \
-             RETURNING keys, bytes",
-        )
-        .bind(plugin)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        let usage = usage_of(row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?)?;
-
-        let key_bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-        let rows: Vec<PgRow> = sqlx::query(
-            "SELECT key, octet_length(value)::bigint, CASE WHEN $4 THEN value END FROM gatehouse_kv_data \
-             WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)",
-        )
-        .bind(plugin)
-        .bind(name)
-        .bind(&key_bytes)
-        .bind(values)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        let mut current = Current { rows: BTreeMap::new() };
-        for row in rows {
-            let key: Vec<u8> = row.try_get(0).map_err(db_error)?;
-            let key = String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
-            let len: i64 = row.try_get(1).map_err(db_error)?;
-            current.rows.insert(key, (len as u64, row.try_get(2).map_err(db_error)?));
-        }
-
-        let (changes, answer) = plan(&current)?;
-        let (delta_keys, delta_bytes) = check_quota(&bucket.quota, usage, &changes, &current)?;
-
-        let mut set_keys: Vec<&[u8]> = Vec::new();
-        let mut set_values: Vec<&[u8]> = Vec::new();
-        let mut deleted: Vec<&[u8]> = Vec::new();
-        for (key, new) in &changes {
-            match new {
-                Some(value) => {
-                    set_keys.push(key.as_bytes());
-                    set_values.push(value);
-                }
-                None if current.len(key).is_some() => deleted.push(key.as_bytes()),
-                None => {}
-            }
-        }
-        if !set_keys.is_empty() {
-            sqlx::query(
-                "INSERT INTO gatehouse_kv_data (plugin, bucket, key, value) \
-                 SELECT $1, $2, k, v FROM unnest($3::bytea[], $4::bytea[]) AS t(k, v) \
-                 ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .bind(plugin)
-            .bind(name)
-            .bind(&set_keys)
-            .bind(&set_values)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
-        }
-        if !deleted.is_empty() {
-            sqlx::query("DELETE FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)")
-                .bind(plugin)
-                .bind(name)
-                .bind(&deleted)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        }
-        if delta_keys != 0 || delta_bytes != 0 {
-            sqlx::query(
-                "WITH p AS (UPDATE gatehouse_kv_plugin_usage SET keys = keys + $3, bytes = bytes + $4 \
-                 WHERE plugin = $1) \
-                 INSERT INTO gatehouse_kv_bucket_usage (plugin, bucket, keys, bytes) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (plugin, bucket) DO UPDATE \
-                 SET keys = gatehouse_kv_bucket_usage.keys + EXCLUDED.keys, \
-                 bytes = gatehouse_kv_bucket_usage.bytes + EXCLUDED.bytes",
-            )
-            .bind(plugin)
-            .bind(name)
-            .bind(delta_keys)
-            .bind(delta_bytes)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
-        }
-        Ok(answer)
+    /// A backend on `pool`, whose schema is in place.
+    fn with_pool(pool: PgPool) -> PostgresBackend {
+        PostgresBackend { group: Group::new(pool.clone()), pool }
     }
 
     async fn read_value(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -337,51 +204,153 @@ impl PostgresBackend {
     }
 }
 
-/// What `changes` do to the plugin's usage, refused when a new key is
-/// longer than `max_key` or the result would pass `max_keys` or
-/// `max_bytes` (a change that does not grow a count always passes, so a
-/// lowered quota blocks growth only). The same rules as the redb writer.
-fn check_quota(
-    quota: &Quota,
-    usage: Usage,
-    changes: &[(String, Option<Vec<u8>>)],
-    current: &Current,
-) -> Result<(i64, i64), KvError> {
-    let mut delta_keys: i64 = 0;
-    let mut delta_bytes: i64 = 0;
-    for (key, new) in changes {
-        match (current.len(key), new) {
-            (None, Some(value)) => {
-                check_new_key(quota, key.as_bytes())?;
-                delta_keys += 1;
-                delta_bytes += (key.len() + value.len()) as i64;
-            }
-            (Some(old), Some(value)) => delta_bytes += value.len() as i64 - old as i64,
-            (Some(old), None) => {
-                delta_keys -= 1;
-                delta_bytes -= key.len() as i64 + old as i64;
-            }
-            (None, None) => {}
+/// One batch of `plugin`'s writes as one transaction: lock the plugin's
+/// usage row, read every key the batch touches, decide each write in order
+/// ([`plan::plan`]), write what the accepted ones changed and both usage
+/// rows, commit. `Ok` holds one answer per write (refusals included), given
+/// only after the `COMMIT` succeeded; `Err` fails the whole batch, and then
+/// none of it is reported done (a failed `COMMIT` is `unavailable`).
+/// `relaxed`: every write is to a relaxed bucket, so the commit does not
+/// wait for the flush.
+async fn commit_batch(
+    pool: &PgPool,
+    plugin: &str,
+    writes: &[&Write],
+    relaxed: bool,
+) -> Result<Vec<Result<Answer, KvError>>, KvError> {
+    bounded(async {
+        let mut tx = if relaxed {
+            pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await
+        } else {
+            pool.begin().await
         }
-    }
-    let after = |now: u64, delta: i64| now.saturating_add_signed(delta);
-    if delta_keys > 0 && after(usage.keys, delta_keys) > quota.max_keys {
-        return Err(KvError::QuotaExceeded {
-            quota: QuotaKind::Keys,
-            usage: usage.keys,
-            needed: after(usage.keys, delta_keys),
-            limit: quota.max_keys,
-        });
-    }
-    if delta_bytes > 0 && after(usage.bytes, delta_bytes) > quota.max_bytes {
-        return Err(KvError::QuotaExceeded {
-            quota: QuotaKind::Bytes,
-            usage: usage.bytes,
-            needed: after(usage.bytes, delta_bytes),
-            limit: quota.max_bytes,
-        });
-    }
-    Ok((delta_keys, delta_bytes))
+        .map_err(db_error)?;
+        // The lock: every batch of this plugin, in any process, waits here.
+        let row = sqlx::query(
+            "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
+             ON CONFLICT (plugin) DO UPDATE SET keys = gatehouse_kv_plugin_usage.keys \
+             RETURNING keys, bytes",
+        )
+        .bind(plugin)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let usage = usage_of(row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?)?;
+
+        // Every key of the batch, once, with the most bytes of its value
+        // any write needs to see.
+        let mut reads: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for write in writes {
+            for (key, wanted) in write.reads() {
+                let most = reads.entry((write.bucket.as_str(), key)).or_default();
+                *most = (*most).max(wanted);
+            }
+        }
+        let buckets: Vec<&str> = reads.keys().map(|(b, _)| *b).collect();
+        let keys: Vec<&[u8]> = reads.keys().map(|(_, k)| k.as_bytes()).collect();
+        let wanted: Vec<i64> = reads.values().map(|&n| n as i64).collect();
+        let rows: Vec<PgRow> = sqlx::query(
+            "SELECT d.bucket, d.key, octet_length(d.value)::bigint, \
+             CASE WHEN octet_length(d.value) <= t.n THEN d.value END \
+             FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS t(b, k, n) \
+             JOIN gatehouse_kv_data d ON d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
+        )
+        .bind(plugin)
+        .bind(&buckets)
+        .bind(&keys)
+        .bind(&wanted)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut stored: BTreeMap<Slot, Stored> = BTreeMap::new();
+        for row in rows {
+            let bucket: String = row.try_get(0).map_err(db_error)?;
+            let key: Vec<u8> = row.try_get(1).map_err(db_error)?;
+            let key = String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
+            let len: i64 = row.try_get(2).map_err(db_error)?;
+            stored.insert((bucket, key), Stored { len: len as u64, value: row.try_get(3).map_err(db_error)? });
+        }
+
+        let outcome = plan::plan(writes, usage, stored);
+        if outcome.changes.is_empty() {
+            // Nothing to make durable: every write was refused or changed
+            // nothing, and each answer rests on what the lock let it read.
+            let _ = tx.rollback().await;
+            return Ok(outcome.answers);
+        }
+        let (mut set_buckets, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_buckets, mut del_keys) = (Vec::new(), Vec::new());
+        for ((bucket, key), value) in &outcome.changes {
+            match value {
+                Some(value) => {
+                    set_buckets.push(bucket.as_str());
+                    set_keys.push(key.as_bytes());
+                    set_values.push(value.as_ref());
+                }
+                None => {
+                    del_buckets.push(bucket.as_str());
+                    del_keys.push(key.as_bytes());
+                }
+            }
+        }
+        if !set_keys.is_empty() {
+            sqlx::query(
+                "INSERT INTO gatehouse_kv_data (plugin, bucket, key, value) \
+                 SELECT $1, b, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(b, k, v) \
+                 ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .bind(plugin)
+            .bind(&set_buckets)
+            .bind(&set_keys)
+            .bind(&set_values)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        if !del_keys.is_empty() {
+            sqlx::query(
+                "DELETE FROM gatehouse_kv_data d USING unnest($2::text[], $3::bytea[]) AS t(b, k) \
+                 WHERE d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
+            )
+            .bind(plugin)
+            .bind(&del_buckets)
+            .bind(&del_keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        if !outcome.buckets.is_empty() {
+            let names: Vec<&str> = outcome.buckets.keys().map(String::as_str).collect();
+            let delta_keys: Vec<i64> = outcome.buckets.values().map(|d| d.0).collect();
+            let delta_bytes: Vec<i64> = outcome.buckets.values().map(|d| d.1).collect();
+            sqlx::query(
+                "WITH p AS (UPDATE gatehouse_kv_plugin_usage SET keys = keys + $5, bytes = bytes + $6 \
+                 WHERE plugin = $1) \
+                 INSERT INTO gatehouse_kv_bucket_usage (plugin, bucket, keys, bytes) \
+                 SELECT $1, b, k, n FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(b, k, n) \
+                 ON CONFLICT (plugin, bucket) DO UPDATE \
+                 SET keys = gatehouse_kv_bucket_usage.keys + EXCLUDED.keys, \
+                 bytes = gatehouse_kv_bucket_usage.bytes + EXCLUDED.bytes",
+            )
+            .bind(plugin)
+            .bind(&names)
+            .bind(&delta_keys)
+            .bind(&delta_bytes)
+            .bind(outcome.plugin.0)
+            .bind(outcome.plugin.1)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(|e| match db_error(e) {
+            KvError::Internal(text) | KvError::Unavailable(text) => {
+                KvError::Unavailable(format!("the commit failed, nothing of the batch is acknowledged: {text}"))
+            }
+            other => other,
+        })?;
+        Ok(outcome.answers)
+    })
+    .await
 }
 
 impl KvBackend for PostgresBackend {
@@ -413,18 +382,19 @@ impl KvBackend for PostgresBackend {
         Box::pin(async move {
             check_key(&key)?;
             check_value(&bucket.quota, &value)?;
-            self.write(bucket, vec![key.clone()], false, move |_| Ok((vec![(key, Some(value))], ()))).await
+            let bytes = (key.len() + value.len()) as u64;
+            self.group.submit(bucket, Op::Set { key, value }, bytes, 1).await.map(drop)
         })
     }
 
     fn delete<'a>(&'a self, bucket: &'a Bucket, key: String) -> KvFuture<'a, bool> {
         Box::pin(async move {
             check_key(&key)?;
-            self.write(bucket, vec![key.clone()], false, move |current| {
-                let existed = current.len(&key).is_some();
-                Ok((vec![(key, None)], existed))
-            })
-            .await
+            let bytes = key.len() as u64;
+            match self.group.submit(bucket, Op::Delete { key }, bytes, 1).await? {
+                Answer::Bool(existed) => Ok(existed),
+                _ => Err(KvError::Internal("unexpected answer to delete".into())),
+            }
         })
     }
 
@@ -530,11 +500,8 @@ impl KvBackend for PostgresBackend {
             if bytes > MAX_CALL_BYTES {
                 return Err(KvError::call_bound(bytes, MAX_CALL_BYTES));
             }
-            // A repeated key: the last value wins.
-            let last: BTreeMap<String, Vec<u8>> = items.into_iter().collect();
-            let keys = last.keys().cloned().collect();
-            self.write(bucket, keys, false, move |_| Ok((last.into_iter().map(|(k, v)| (k, Some(v))).collect(), ())))
-                .await
+            let n = items.len() as u64;
+            self.group.submit(bucket, Op::SetMany(items), bytes, n).await.map(drop)
         })
     }
 
@@ -542,38 +509,23 @@ impl KvBackend for PostgresBackend {
         Box::pin(async move {
             check_batch_len(keys.len())?;
             keys.iter().try_for_each(|k| check_key(k))?;
-            let unique: BTreeSet<String> = keys.into_iter().collect();
-            let keys = unique.iter().cloned().collect();
-            self.write(bucket, keys, false, move |current| {
-                let existing = unique.iter().filter(|k| current.len(k).is_some()).count() as u64;
-                Ok((unique.into_iter().map(|k| (k, None)).collect(), existing))
-            })
-            .await
+            let bytes = keys.iter().map(|k| k.len() as u64).sum();
+            let n = keys.len() as u64;
+            match self.group.submit(bucket, Op::DeleteMany(keys), bytes, n).await? {
+                Answer::Count(n) => Ok(n),
+                _ => Err(KvError::Internal("unexpected answer to delete_many".into())),
+            }
         })
     }
 
     fn increment<'a>(&'a self, bucket: &'a Bucket, key: String, delta: i64) -> KvFuture<'a, i64> {
         Box::pin(async move {
             check_key(&key)?;
-            let quota = bucket.quota;
-            self.write(bucket, vec![key.clone()], true, move |current| {
-                let now = match current.value(&key) {
-                    None if current.len(&key).is_none() => 0,
-                    value => parse_counter(value.unwrap_or_default()).ok_or_else(|| {
-                        KvError::Conflict(format!(
-                            "the value of `{}` is not a decimal integer",
-                            guest_text::escaped(&key, guest_text::SHORT)
-                        ))
-                    })?,
-                };
-                let next = now
-                    .checked_add(delta)
-                    .ok_or_else(|| KvError::Conflict(format!("{now} + {delta} overflows a signed 64-bit integer")))?;
-                let value = next.to_string().into_bytes();
-                check_value(&quota, &value)?;
-                Ok((vec![(key, Some(value))], next))
-            })
-            .await
+            let bytes = key.len() as u64 + plan::COUNTER_READ;
+            match self.group.submit(bucket, Op::Increment { key, delta }, bytes, 1).await? {
+                Answer::Int(n) => Ok(n),
+                _ => Err(KvError::Internal("unexpected answer to increment".into())),
+            }
         })
     }
 
@@ -592,18 +544,13 @@ impl KvBackend for PostgresBackend {
             {
                 return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
             }
-            self.write(bucket, vec![key.clone()], true, move |current| {
-                let matches = match (current.len(&key), &expected) {
-                    (None, None) => true,
-                    (Some(_), Some(expected)) => current.value(&key) == Some(expected.as_slice()),
-                    _ => false,
-                };
-                if !matches {
-                    return Ok((Vec::new(), false));
-                }
-                Ok((vec![(key, Some(new))], true))
-            })
-            .await
+            // The expected value counts twice: the stored value of that
+            // length is read back to compare.
+            let bytes = (key.len() + new.len()) as u64 + 2 * expected.as_ref().map_or(0, |e| e.len() as u64);
+            match self.group.submit(bucket, Op::Cas { key, expected, new }, bytes, 1).await? {
+                Answer::Bool(swapped) => Ok(swapped),
+                _ => Err(KvError::Internal("unexpected answer to compare_and_swap".into())),
+            }
         })
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gatehouse::services::kv::policy::{Durability, Quota};
-use gatehouse::services::kv::{KvBackend, KvError, PostgresBackend};
+use gatehouse::services::kv::{KvBackend, KvError, PostgresBackend, QuotaKind};
 use sqlx::postgres::PgConnectOptions;
 
 use super::suite::{self, assert_usage_exact, bucket};
@@ -208,6 +208,187 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
         "SELECT convert_from(value, 'UTF8') FROM gatehouse_kv_data WHERE plugin = 'counter' AND key = 'visits'",
     );
     assert_eq!(stored.trim(), "2");
+}
+
+/// How many transactions wrote the plugin's current rows (rows written by
+/// one transaction share its `xmin`): fewer than the writes means they
+/// were grouped.
+fn transactions_of(postgres: &TestPostgres, plugin: &str) -> usize {
+    let count = postgres.psql_in(
+        "gatehouse",
+        &format!("SELECT count(DISTINCT xmin::text) FROM gatehouse_kv_data WHERE plugin = '{plugin}'"),
+    );
+    count.trim().parse().unwrap()
+}
+
+/// Group commit with refusals inside the batches. 96 tasks of one plugin
+/// start together: 48 each add a key (30 fit the key quota, 18 must be
+/// refused), 24 increment a counter (all succeed, none lost), 12 increment
+/// a text value (`conflict`), 12 CAS a key that exists expecting it absent
+/// (`false`). Attacks: the last keys of the quota raced inside one batch;
+/// a refused write or a conflict failing the writes batched with it.
+/// Checked: each answer is the right one, exactly the quota is stored,
+/// usage equals a full scan, and the writes were grouped (fewer
+/// transactions than stored writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_of_one_plugin_are_grouped_and_each_answered_on_its_own() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let quota = Quota { max_keys: 32, max_bytes: 1 << 20, max_key: 16, max_value: 64 };
+    let b = Arc::new(bucket("alpha", "default", quota, Durability::Immediate));
+    backend.set(&b, "text".into(), b"not a number".to_vec()).await.unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(96));
+    let tasks: Vec<_> = (0..96)
+        .map(|t| {
+            let (backend, b, start) = (Arc::clone(&backend), Arc::clone(&b), Arc::clone(&start));
+            tokio::spawn(async move {
+                start.wait().await;
+                match t % 8 {
+                    0..4 => backend.set(&b, format!("key-{t:02}"), vec![7; 20]).await.map(|()| "set"),
+                    4 | 5 => backend.increment(&b, "n".into(), 1).await.map(|_| "increment"),
+                    6 => backend.increment(&b, "text".into(), 1).await.map(|_| "increment of text"),
+                    _ => backend.compare_and_swap(&b, "text".into(), None, vec![]).await.map(|swapped| {
+                        assert!(!swapped, "a CAS expecting absence swapped an existing key");
+                        "cas"
+                    }),
+                }
+            })
+        })
+        .collect();
+    let mut sets = 0;
+    let mut refused = 0;
+    for (t, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        match (t % 8, result) {
+            (0..4, Ok(_)) => sets += 1,
+            (0..4, Err(KvError::QuotaExceeded { quota: QuotaKind::Keys, .. })) => refused += 1,
+            (4 | 5, Ok(_)) | (7, Ok(_)) => {}
+            (6, Err(KvError::Conflict(_))) => {}
+            (t, other) => panic!("task kind {t}: {other:?}"),
+        }
+    }
+    // "text" and "n" take two keys of 32.
+    assert_eq!((sets, refused), (30, 18));
+    assert_eq!(backend.get(&b, "n").await.unwrap(), Some(b"24".to_vec()), "no increment lost");
+    assert_eq!(backend.get(&b, "text").await.unwrap(), Some(b"not a number".to_vec()));
+    let usage = assert_usage_exact(&*backend, &b).await;
+    assert_eq!(usage.keys, 32);
+    assert_eq!(backend.usage(&b).await.unwrap().plugin, usage);
+    let transactions = transactions_of(&postgres, "alpha");
+    assert!(transactions < 30, "30 stored sets (and 24 increments) took {transactions} transactions: not grouped");
+}
+
+/// Four backends on one database (four sidecar processes), each with 32
+/// writers of one plugin, so each batches on its own and their batches
+/// race for the plugin's lock. Attacks: the last keys and the last bytes
+/// of the quotas taken by batches of different processes at once; keys
+/// of different sizes, so the byte quota, not the key quota, decides at
+/// the end. Checked: never over either quota, every acknowledged write
+/// stored and nothing else, usage equals a full scan, and batches formed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_several_sidecar_processes_stay_within_the_quotas() {
+    let postgres = cluster();
+    let mut backends = Vec::new();
+    for _ in 0..4 {
+        backends.push(open(&postgres).await);
+    }
+    let quota = Quota { max_keys: 200, max_bytes: 4000, max_key: 16, max_value: 64 };
+    let b = Arc::new(bucket("alpha", "default", quota, Durability::Immediate));
+    let tasks: Vec<_> = (0..128)
+        .map(|t| {
+            let (backend, b) = (Arc::clone(&backends[t % 4]), Arc::clone(&b));
+            tokio::spawn(async move {
+                let mut acknowledged = BTreeMap::new();
+                for i in 0..4 {
+                    let key = format!("{t:03}-{i}");
+                    let value = vec![b'v'; 10 + (t * 7 + i) % 40];
+                    match backend.set(&b, key.clone(), value.clone()).await {
+                        Ok(()) => {
+                            acknowledged.insert(key, value);
+                        }
+                        Err(KvError::QuotaExceeded { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut acknowledged = BTreeMap::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    let (stored, usage) = suite::full_scan(&*backends[0], &b).await;
+    assert_eq!(stored, acknowledged, "stored data is exactly the acknowledged writes");
+    assert!(usage.keys <= 200 && usage.bytes <= 4000, "over quota: {usage:?}");
+    assert!(usage.bytes > 4000 - 60, "the byte quota was filled: {usage:?}");
+    assert_usage_exact(&*backends[1], &b).await;
+    let transactions = transactions_of(&postgres, "alpha");
+    assert!(transactions < stored.len(), "{} writes took {transactions} transactions", stored.len());
+}
+
+/// The server stops while batches are queued: a transaction of another
+/// client holds the plugin's usage row, so the first batch waits for the
+/// lock and 64 more writes queue behind it; then a fast shutdown cuts
+/// every connection. Attacks: a batch whose connection dies before its
+/// COMMIT; queued batches meeting a database that is gone. Checked: every
+/// one of the 64 writes is `unavailable` (none acknowledged, none another
+/// kind), none of them is stored after the restart, the writes
+/// acknowledged before the outage are all there, usage equals a full scan,
+/// and the same backend writes again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_stopped_under_queued_batches_answers_all_unavailable_and_loses_nothing() {
+    let postgres = Arc::new(cluster());
+    let backend = open(&postgres).await;
+    let b = Arc::new(bucket("alpha", "default", Quota::default(), Durability::Immediate));
+    let mut before = BTreeMap::new();
+    for i in 0..20 {
+        backend.set(&b, format!("before-{i:02}"), vec![i]).await.unwrap();
+        before.insert(format!("before-{i:02}"), vec![i]);
+    }
+    use sqlx::Connection;
+    let mut blocker = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = 'alpha' FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..64)
+        .map(|t| {
+            let (backend, b) = (Arc::clone(&backend), Arc::clone(&b));
+            tokio::spawn(async move { backend.set(&b, format!("queued-{t:02}"), vec![1; 10]).await })
+        })
+        .collect();
+    // Wait until a batch waits for the lock.
+    let started = Instant::now();
+    while postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_locks WHERE NOT granted").trim() == "0" {
+        assert!(started.elapsed() < Duration::from_secs(10), "no batch ever waited for the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = Arc::clone(&postgres);
+    tokio::task::spawn_blocking(move || stopped.pause()).await.unwrap();
+    for writer in writers {
+        let answer = writer.await.unwrap();
+        assert!(matches!(answer, Err(KvError::Unavailable(_))), "{answer:?}");
+    }
+    drop(blocker);
+    let resumed = Arc::clone(&postgres);
+    tokio::task::spawn_blocking(move || resumed.resume()).await.unwrap();
+    let started = Instant::now();
+    loop {
+        match backend.set(&b, "after".into(), b"x".to_vec()).await {
+            Ok(()) => break,
+            Err(KvError::Unavailable(_)) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no recovery: {e:?}"),
+        }
+    }
+    before.insert("after".into(), b"x".to_vec());
+    let (stored, _) = suite::full_scan(&*backend, &b).await;
+    assert_eq!(stored, before, "exactly the acknowledged writes are stored");
+    assert_usage_exact(&*backend, &b).await;
 }
 
 /// `gatehouse kv` with `[kv] database`: the CLI reads the PostgreSQL store
