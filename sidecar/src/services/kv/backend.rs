@@ -269,6 +269,16 @@ pub fn check_batch_len(len: usize) -> Result<(), KvError> {
     Ok(())
 }
 
+/// A compare-and-swap's expected value: it may be longer than `max_value`
+/// (an old value stored under a higher limit can still match), but never
+/// longer than any value a store can hold.
+pub fn check_expected(expected: Option<&[u8]>) -> Result<(), KvError> {
+    if expected.is_some_and(|e| e.len() as u64 > super::policy::MAX_VALUE_CEILING) {
+        return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
+    }
+    Ok(())
+}
+
 /// A value a write stores, against the policy's `max_value`.
 pub fn check_value(quota: &Quota, value: &[u8]) -> Result<(), KvError> {
     if value.len() as u64 > quota.max_value {

@@ -55,10 +55,9 @@ use sqlx::{Row, SqlSafeStr};
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Page, Usage, UsageReport, check_batch_len,
-    check_key, check_limit, check_prefix, check_value,
+    check_expected, check_key, check_limit, check_prefix, check_value,
 };
 use super::error::KvError;
-use super::policy::MAX_VALUE_CEILING;
 use crate::guest_text;
 
 mod group;
@@ -539,11 +538,7 @@ impl KvBackend for PostgresBackend {
         Box::pin(async move {
             check_key(&key)?;
             check_value(&bucket.quota, &new)?;
-            if let Some(expected) = &expected
-                && expected.len() as u64 > MAX_VALUE_CEILING
-            {
-                return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
-            }
+            check_expected(expected.as_deref())?;
             // The expected value counts twice: the stored value of that
             // length is read back to compare.
             let bytes = (key.len() + new.len()) as u64 + 2 * expected.as_ref().map_or(0, |e| e.len() as u64);

@@ -56,7 +56,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Namespace, Page, Usage, UsageReport,
-    check_batch_len, check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
+    check_batch_len, check_expected, check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
 };
 use super::error::{KvError, QuotaKind};
 use super::policy::{Durability, Quota};
@@ -561,13 +561,7 @@ impl KvBackend for RedbBackend {
         Box::pin(async move {
             check_key(&key)?;
             check_value(&bucket.quota, &new)?;
-            // An expected value longer than max_value can still match an old
-            // value stored under a higher limit; it is bounded by the ceiling.
-            if let Some(expected) = &expected
-                && expected.len() as u64 > super::policy::MAX_VALUE_CEILING
-            {
-                return Err(KvError::InvalidInput("the expected value is larger than any stored value".into()));
-            }
+            check_expected(expected.as_deref())?;
             let bytes = sized(&key, &new) + expected.as_ref().map_or(0, |e| e.len() as u64);
             match self.submit(bucket, Op::Set { key, value: new, expect: Some(expected) }, bytes, 1).await? {
                 Answer::Bool(swapped) => Ok(swapped),
