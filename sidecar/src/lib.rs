@@ -62,6 +62,7 @@ pub mod databases;
 pub mod error;
 pub mod guest_text;
 pub mod policy;
+pub mod quiet_panic;
 pub mod runtime;
 pub mod secrets;
 pub mod services;

@@ -167,6 +167,11 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
     if api.is_loaded() {
         let health = api.databases.check().await;
         problems.extend(health.iter().filter(|h| !h.is_up()).map(|h| format!("database `{}` unreachable", h.alias)));
+        if let Some(kv) = &api.services.kv
+            && kv.readiness_problem().await.is_some()
+        {
+            problems.push("key-value store unavailable".to_string());
+        }
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()

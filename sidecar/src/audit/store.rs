@@ -40,10 +40,10 @@ pub fn store_error(e: impl std::fmt::Display) -> StoreError {
 /// database, or is damaged, is an error, never a panic.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
     let shown = crate::policy::shown(path);
-    let db = match std::panic::catch_unwind(|| Database::builder().create(path)) {
-        Ok(Ok(db)) => db,
-        Ok(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}"))),
-        Err(_) => return Err(StoreError(format!("cannot open {shown}: the file is damaged"))),
+    let db = match crate::quiet_panic::catch(|| Database::builder().create(path)) {
+        Some(Ok(db)) => db,
+        Some(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}"))),
+        None => return Err(StoreError(format!("cannot open {shown}: the file is damaged"))),
     };
     let txn = db.begin_write().map_err(store_error)?;
     {

@@ -59,13 +59,25 @@ pub struct KvStore {
     /// a reload that keeps the rate keeps the budget (a reload must not
     /// hand out a fresh allowance); a changed rate starts a new one.
     rates: Mutex<HashMap<String, (Rate, Arc<Budget>)>>,
-    /// When a failed open was last logged, so that a damaged store (every
-    /// call retries the open) is logged once a minute, not once a call.
-    open_failure_logged: Mutex<Option<Instant>>,
+    /// The last failed open, and when a failure was last logged.
+    open_failure: Mutex<OpenFailure>,
 }
 
 /// How often a store that cannot be opened is logged again.
 const OPEN_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a failed open is answered from memory before the store is
+/// tried again: every call (and `/readyz`) would otherwise open, and
+/// perhaps repair, a damaged file again.
+pub const OPEN_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the store could not be opened last, so that calls in the next
+/// [`OPEN_RETRY_INTERVAL`] answer without trying again, and the log says
+/// it once a minute, not once a call.
+#[derive(Default)]
+struct OpenFailure {
+    last: Option<(Instant, KvError)>,
+    logged: Option<Instant>,
+}
 
 /// A loaded plugin's grant, as the operator view sees it.
 struct Grant {
@@ -89,7 +101,7 @@ impl KvStore {
             grants: Default::default(),
             metrics: Default::default(),
             rates: Default::default(),
-            open_failure_logged: Default::default(),
+            open_failure: Default::default(),
         }
     }
 
@@ -119,6 +131,14 @@ impl KvStore {
     }
 
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
+        if self.backend.get().is_none() {
+            let failure = self.open_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, error)) = &failure.last
+                && at.elapsed() < OPEN_RETRY_INTERVAL
+            {
+                return Err(error.clone());
+            }
+        }
         self.backend
             .get_or_try_init(|| async {
                 let backend: Arc<dyn KvBackend> = match &self.open {
@@ -148,11 +168,23 @@ impl KvStore {
     /// Says why the store cannot be opened, at most once a minute: every
     /// call meanwhile answers `unavailable` with the same reason.
     fn log_open_failure(&self, error: &KvError) {
-        let mut logged = self.open_failure_logged.lock().unwrap_or_else(|p| p.into_inner());
-        if logged.is_none_or(|at| at.elapsed() >= OPEN_FAILURE_LOG_INTERVAL) {
-            *logged = Some(Instant::now());
+        let mut failure = self.open_failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.last = Some((Instant::now(), error.clone()));
+        if failure.logged.is_none_or(|at| at.elapsed() >= OPEN_FAILURE_LOG_INTERVAL) {
+            failure.logged = Some(Instant::now());
             tracing::error!(error = %error, "the key-value store cannot be opened; its calls answer unavailable");
         }
+    }
+
+    /// What keeps the store from serving the plugins granted `[kv]`, for
+    /// `/readyz`: `None` when no loaded plugin has a grant, or the store is
+    /// open (opening it if it was not; a failure is remembered for
+    /// [`OPEN_RETRY_INTERVAL`], so probes cannot make it reopen faster).
+    pub async fn readiness_problem(&self) -> Option<KvError> {
+        if self.granted().is_empty() {
+            return None;
+        }
+        self.backend().await.err()
     }
 
     /// The operator's read-only view of the open store (opening it if no
@@ -489,6 +521,29 @@ mod tests {
 
     fn with_rate(rate: &str) -> KvPolicy {
         KvPolicy { rate: Rate::parse(rate).unwrap(), ..KvPolicy::default() }
+    }
+
+    /// A store that cannot be opened is not opened again for every call:
+    /// within [`OPEN_RETRY_INTERVAL`] of a failure the failure is the
+    /// answer (even once the cause is gone), after it the store opens.
+    #[tokio::test]
+    async fn a_failed_open_is_retried_only_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = dir.path().join("kv");
+        std::fs::create_dir_all(&kv).unwrap();
+        std::fs::set_permissions(&kv, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::write(kv.join("store.redb"), vec![0x5a; 64 << 10]).unwrap();
+        let store = KvStore::redb(kv.clone());
+        assert!(store.reader().await.is_err(), "a damaged file was opened");
+        let failed = Instant::now();
+        std::fs::remove_file(kv.join("store.redb")).unwrap();
+        let again = store.reader().await;
+        // Only meaningful when this machine did not stall past the interval.
+        if failed.elapsed() < OPEN_RETRY_INTERVAL {
+            assert!(again.is_err(), "the store was opened again within the retry interval");
+        }
+        tokio::time::sleep(OPEN_RETRY_INTERVAL).await;
+        assert!(store.reader().await.is_ok(), "the store did not open once the cause was gone");
     }
 
     /// An outside review reloaded the policies (no change) and got a fresh

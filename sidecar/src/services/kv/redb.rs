@@ -241,12 +241,12 @@ impl RedbBackend {
     pub fn try_open(path: &Path) -> Result<RedbBackend, OpenError> {
         let shown = crate::policy::shown(path);
         prepare_file(path).map_err(|e| KvError::Unavailable(format!("cannot open {shown}: {e}")))?;
-        let opened = std::panic::catch_unwind(|| Database::builder().set_cache_size(CACHE_BYTES).create(path));
+        let opened = crate::quiet_panic::catch(|| Database::builder().set_cache_size(CACHE_BYTES).create(path));
         let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(OpenError::Locked(shown)),
-            Ok(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
-            Err(_) => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
+            Some(Ok(db)) => db,
+            Some(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(OpenError::Locked(shown)),
+            Some(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
+            None => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
         };
         make_private(path).map_err(|e| KvError::Unavailable(format!("cannot make {shown} private: {e}")))?;
         let txn = db.begin_write().map_err(unavailable)?;
@@ -346,13 +346,13 @@ impl RedbReader {
         if !path.exists() {
             return Err(OpenError::Missing(shown));
         }
-        let opened = std::panic::catch_unwind(|| ::redb::Builder::new().open_read_only(path));
+        let opened = crate::quiet_panic::catch(|| ::redb::Builder::new().open_read_only(path));
         match opened {
-            Ok(Ok(db)) => Ok(RedbReader { db }),
-            Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::Locked(shown)),
-            Ok(Err(::redb::DatabaseError::RepairAborted)) => Err(OpenError::NeedsRepair(shown)),
-            Ok(Err(e)) => Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
-            Err(_) => Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
+            Some(Ok(db)) => Ok(RedbReader { db }),
+            Some(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::Locked(shown)),
+            Some(Err(::redb::DatabaseError::RepairAborted)) => Err(OpenError::NeedsRepair(shown)),
+            Some(Err(e)) => Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
+            None => Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
         }
     }
 

@@ -326,3 +326,50 @@ fn metrics_count_guest_calls_by_operation_and_outcome() {
 fn visits_of(sidecar: &Sidecar, plugin: &str, command: &str) -> u16 {
     sidecar.invoke(plugin, command).0
 }
+
+/// A store file that redb finds damaged (a truncated file, as a full disk
+/// or a bad copy leaves it): the CLI refuses it in one line, without
+/// printing redb's panic; the sidecar serves, says 503 on `/readyz` with
+/// `key-value store unavailable` (the reason is in its log, once) and
+/// answers the plugin's calls `unavailable`; once the operator moves the
+/// file away, a new store opens without a restart and `/readyz` is 200.
+#[test]
+fn a_damaged_store_makes_the_sidecar_unready_and_the_cli_prints_no_panic() {
+    let policies = example_policies();
+    let (root, config) = settings(&policies);
+    let data = root.path().join("data");
+    let items: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("key-{i}"), vec![7; 1000])).collect();
+    let items: Vec<(&str, &[u8])> = items.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    seed(&data, "kv-counter", &items);
+    let file = data.join("kv/store.redb");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 3]).unwrap();
+
+    let out = kv_cli(&config, &["get", "kv-counter", "key-1"], TOKEN);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot open"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "the CLI printed a panic: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let sidecar = Sidecar::spawn(&config, &[("TEST_ADMIN_TOKEN", TOKEN)], tempfile::tempdir().unwrap());
+    let started = Instant::now();
+    loop {
+        let (status, _, body) = sidecar.get(&sidecar.invoke, "/readyz");
+        if status == 503 && text(&body) == "key-value store unavailable\n" {
+            break;
+        }
+        assert_ne!(status, 200, "ready with a damaged store");
+        assert!(started.elapsed() < Duration::from_secs(30), "{status} {}", text(&body));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _, body) = sidecar.invoke("kv-counter", "visit");
+    assert_eq!(status, 503, "{}", text(&body));
+    assert_eq!(json(&body)["kind"], "unavailable", "{}", text(&body));
+    assert!(!sidecar.stderr().contains("panicked"), "{}", sidecar.stderr());
+    assert_eq!(sidecar.stderr().matches("the key-value store cannot be opened").count(), 1, "{}", sidecar.stderr());
+
+    std::fs::rename(&file, data.join("kv/store.redb.damaged")).unwrap();
+    sidecar.wait_ready();
+    assert_eq!(visits(&sidecar), 1, "a new store, opened without a restart");
+}
