@@ -37,42 +37,50 @@ pub fn routes() -> Router<Arc<Api>> {
     Router::new().route("/admin/audit", get(entries)).route("/admin/audit/checkpoint", get(checkpoint))
 }
 
-fn trail(api: &Api) -> Result<Arc<AuditTrail>, Response> {
+/// A refusal, answered in the JSON error shape.
+type Refusal = (ErrorKind, String);
+
+fn answer((kind, message): Refusal) -> Response {
+    respond(kind, &message, None)
+}
+
+fn trail(api: &Api) -> Result<Arc<AuditTrail>, Refusal> {
     api.services
         .audit
         .clone()
-        .ok_or_else(|| respond(ErrorKind::NotFound, "the audit log is off ([audit] enabled = false)", None))
+        .ok_or_else(|| (ErrorKind::NotFound, "the audit log is off ([audit] enabled = false)".to_string()))
 }
 
-fn failed(e: AuditError) -> Response {
+fn failed(e: AuditError) -> Refusal {
     let message = crate::guest_text::escape(&e.to_string(), crate::guest_text::MESSAGE);
-    respond(ErrorKind::Unavailable, &format!("the audit log cannot be read: {message}"), None)
+    (ErrorKind::Unavailable, format!("the audit log cannot be read: {message}"))
 }
 
 /// Runs a read of the log off the executor.
 async fn read<T: Send + 'static>(
     trail: Arc<AuditTrail>,
     read: impl FnOnce(&crate::audit::AuditReader) -> Result<T, AuditError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Refusal> {
     match tokio::task::spawn_blocking(move || trail.read(read)).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(failed(e)),
-        Err(e) => Err(respond(ErrorKind::Internal, &format!("the read did not finish: {e}"), None)),
+        Err(e) => Err((ErrorKind::Internal, format!("the read did not finish: {e}"))),
     }
 }
 
 async fn entries(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Response {
     let params: HashMap<String, String> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
-    let number =
-        |name: &str| -> Result<Option<u64>, Response> {
-            params.get(name).map(|v| v.parse::<u64>()).transpose().map_err(|_| {
-                respond(ErrorKind::InvalidInput, &format!("`{name}` must be a non-negative integer"), None)
-            })
-        };
+    let number = |name: &str| -> Result<Option<u64>, Refusal> {
+        params
+            .get(name)
+            .map(|v| v.parse::<u64>())
+            .transpose()
+            .map_err(|_| (ErrorKind::InvalidInput, format!("`{name}` must be a non-negative integer")))
+    };
     let (after, limit) = match (number("after"), number("limit")) {
         (Ok(after), Ok(limit)) => (after, limit),
-        (Err(response), _) | (_, Err(response)) => return response,
+        (Err(refusal), _) | (_, Err(refusal)) => return answer(refusal),
     };
     let limit = match limit {
         None => DEFAULT_PAGE,
@@ -83,14 +91,14 @@ async fn entries(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Resp
     };
     let trail = match trail(&api) {
         Ok(trail) => trail,
-        Err(response) => return response,
+        Err(refusal) => return answer(refusal),
     };
     let from = after.map_or(0, |a| a.saturating_add(1));
     // One more than asked, to know whether a next page exists.
     let page = read(trail, move |log| Ok((log.entries(from, limit + 1)?, log.size()?))).await;
     let (mut rows, size) = match page {
         Ok(page) => page,
-        Err(response) => return response,
+        Err(refusal) => return answer(refusal),
     };
     let more = rows.len() > limit;
     rows.truncate(limit);
@@ -103,11 +111,11 @@ async fn entries(State(api): State<Arc<Api>>, RawQuery(query): RawQuery) -> Resp
 async fn checkpoint(State(api): State<Arc<Api>>) -> Response {
     let trail = match trail(&api) {
         Ok(trail) => trail,
-        Err(response) => return response,
+        Err(refusal) => return answer(refusal),
     };
     match read(trail, |log| log.checkpoint()).await {
         Ok(Some(note)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response(),
         Ok(None) => respond(ErrorKind::NotFound, "the audit log has no checkpoint yet", None),
-        Err(response) => response,
+        Err(refusal) => answer(refusal),
     }
 }
