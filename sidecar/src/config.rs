@@ -524,6 +524,45 @@ mod tests {
     }
 
     #[test]
+    fn admin_tokens_are_named_and_the_single_token_is_admin() {
+        let config =
+            load("[server]\nadmin_token = { env = \"A\" }\n[server.admin_tokens.ci]\nfile = \"ci.txt\"\n").unwrap();
+        let names: Vec<&str> = config.server.admin_token_sources().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["admin", "ci"]);
+        // A named token alone is enough off loopback.
+        let config =
+            load("[server]\nadmin_listen = \"0.0.0.0:8081\"\n[server.admin_tokens.ops]\nenv = \"T\"\n").unwrap();
+        assert_eq!(config.server.cli_token().map(|(n, _)| n), Some("ops"));
+        for (text, expected) in [
+            ("[server.admin_tokens.\"Bad Name\"]\nenv = \"T\"\n", "a token name is 1 to 64"),
+            ("[server]\nadmin_token = { env = \"A\" }\n[server.admin_tokens.admin]\nenv = \"B\"\n", "the same name"),
+            ("[server.admin_tokens.ci]\nenv = \"A\"\nfile = \"b\"\n", "set exactly one of `env` or `file`"),
+        ] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_audit_log_is_on_with_its_key_in_the_data_directory_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, "data_dir = \"state\"\n").unwrap();
+        let audit = Config::load(&path).unwrap().audit;
+        assert_eq!(audit, AuditSettings { enabled: true, key: dir.path().join("state/audit/key"), origin: None });
+        std::fs::write(&path, "[audit]\nenabled = false\nkey = \"k\"\norigin = \"example.com/log\"\n").unwrap();
+        let audit = Config::load(&path).unwrap().audit;
+        assert_eq!(
+            audit,
+            AuditSettings { enabled: false, key: dir.path().join("k"), origin: Some("example.com/log".into()) }
+        );
+        for origin in ["a b", "a+b", ""] {
+            let error = load(&format!("[audit]\norigin = {origin:?}\n")).unwrap_err().to_string();
+            assert!(error.contains("[audit] origin"), "{origin}: {error}");
+        }
+    }
+
+    #[test]
     fn a_secret_needs_exactly_one_source() {
         for text in ["[secrets.t]\nenv = \"T\"\nfile = \"t\"\n", "[secrets.t]\n"] {
             let error = load(text).unwrap_err().to_string();
