@@ -53,6 +53,17 @@ pub fn open(path: &Path) -> Result<Database, ReadOpenError> {
         Ok(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}")).into()),
         Err(_) => return Err(StoreError(format!("cannot open {shown}: the file is damaged")).into()),
     };
+    // The tables exist after the first open: skip the write transaction
+    // (and its fsync) the sidecar would otherwise pay on every append.
+    let read = db.begin_read().map_err(store_error)?;
+    let ready = read.open_table(ENTRIES).is_ok()
+        && read.open_table(NODES).is_ok()
+        && read.open_table(CHECKPOINTS).is_ok()
+        && read.open_table(GRANTS).is_ok();
+    drop(read);
+    if ready {
+        return Ok(db);
+    }
     let txn = db.begin_write().map_err(store_error)?;
     {
         txn.open_table(ENTRIES).map_err(store_error)?;
