@@ -38,6 +38,23 @@ pub struct Config {
     pub databases: BTreeMap<String, UrlSource>,
     /// `[kv]`: where the key-value store keeps its data.
     pub kv: KvSettings,
+    /// `[audit]`: the audit log of grant changes.
+    pub audit: AuditSettings,
+}
+
+/// `[audit]` in `gatehouse.toml`: the log every grant change is written
+/// to before it takes effect (see `crate::audit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// `enabled` (default true). Off, grant changes take effect unrecorded.
+    pub enabled: bool,
+    /// `key`: the Ed25519 signing key (default `<data_dir>/audit/key`),
+    /// created on first run, mode 0600.
+    pub key: PathBuf,
+    /// `origin`: the log's name in its checkpoints and the key's name.
+    /// `None`: the name of the existing key, or `gatehouse/<hostname>`
+    /// for a new one.
+    pub origin: Option<String>,
 }
 
 /// `[kv]` in `gatehouse.toml` (the store; each plugin's grant is the
@@ -58,8 +75,11 @@ pub struct ServerSettings {
     /// The admin API; `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
     /// Where the admin bearer token comes from. Required unless the admin
-    /// listener is on a loopback address.
+    /// listener is on a loopback address. Its name is `admin`.
     pub admin_token: Option<SecretSource>,
+    /// `[server.admin_tokens.<name>]`: more tokens, each named, so that
+    /// the audit log says whose token changed the grants.
+    pub admin_tokens: BTreeMap<String, SecretSource>,
     /// Largest request body.
     pub max_body: u64,
     /// Time a client has to send a request's head, and then its body.
@@ -92,6 +112,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
             admin_token: None,
+            admin_tokens: BTreeMap::new(),
             max_body: 1 << 20,
             request_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -133,6 +154,17 @@ struct FileConfig {
     databases: BTreeMap<String, DatabaseSection>,
     #[serde(default)]
     kv: KvSection,
+    #[serde(default)]
+    audit: AuditSection,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    enabled: Option<bool>,
+    key: Option<PathBuf>,
+    origin: Option<String>,
 }
 
 /// `[kv]`.
@@ -164,6 +196,8 @@ struct ServerSection {
     /// `"off"` or an address.
     admin_listen: Option<String>,
     admin_token: Option<SecretSection>,
+    #[serde(default)]
+    admin_tokens: BTreeMap<String, SecretSection>,
     max_body: Option<ByteSize>,
     request_timeout: Option<HumanDuration>,
     drain_timeout: Option<HumanDuration>,
@@ -222,7 +256,7 @@ impl Config {
             .into_iter()
             .map(|(name, secret)| Ok((name.clone(), source(&format!("[secrets.{name}]"), secret)?)))
             .collect::<Result<_, String>>()?;
-        let server = server_settings(raw.server, |s| source("[server] admin_token", s))?;
+        let server = server_settings(raw.server, |what, s| source(what, s))?;
         let databases: BTreeMap<String, UrlSource> = raw
             .databases
             .into_iter()
@@ -271,8 +305,20 @@ impl Config {
                 crate::runtime::MIN_EPOCH_TICK
             ));
         }
+        let audit = AuditSettings {
+            enabled: raw.audit.enabled.unwrap_or(true),
+            key: raw.audit.key.map(resolve).unwrap_or_else(|| data_dir.join(crate::audit::KEY_FILE)),
+            origin: raw.audit.origin,
+        };
+        if let Some(origin) = &audit.origin {
+            crate::audit::note::check_name(origin).map_err(|_| {
+                "[audit] origin: 1 to 128 characters, without spaces, control characters or `+` \
+                 (it is also the signing key's name)"
+                    .to_string()
+            })?;
+        }
         let plugin_dir_origin = "the policy directory".to_string();
-        Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases, kv })
+        Ok(Config { policy_dir, plugin_dir, plugin_dir_origin, data_dir, runtime, server, databases, kv, audit })
     }
 }
 
@@ -285,18 +331,35 @@ fn is_alias(name: &str) -> bool {
 
 fn server_settings(
     raw: ServerSection,
-    source: impl Fn(SecretSection) -> Result<SecretSource, String>,
+    source: impl Fn(&str, SecretSection) -> Result<SecretSource, String>,
 ) -> Result<ServerSettings, String> {
     let defaults = ServerSettings::default();
     let admin_listen = match raw.admin_listen.as_deref() {
         None => defaults.admin_listen,
         Some(text) => parse_admin_listen(text).map_err(|e| format!("[server] admin_listen: {e}"))?,
     };
-    let admin_token = raw.admin_token.map(source).transpose()?;
+    let admin_token = raw.admin_token.map(|s| source("[server] admin_token", s)).transpose()?;
+    let mut admin_tokens = BTreeMap::new();
+    for (name, secret) in raw.admin_tokens {
+        let shown = crate::guest_text::escape(&name, crate::guest_text::SHORT);
+        if !is_token_name(&name) {
+            return Err(format!(
+                "[server.admin_tokens.{shown}]: a token name is 1 to 64 lowercase letters, digits, `_` or `-`, \
+                 starting with a letter or digit"
+            ));
+        }
+        if name == ADMIN_TOKEN_NAME && admin_token.is_some() {
+            return Err(format!(
+                "[server.admin_tokens.{ADMIN_TOKEN_NAME}] and [server] admin_token are the same name: keep one"
+            ));
+        }
+        admin_tokens.insert(name, source(&format!("[server.admin_tokens.{shown}]"), secret)?);
+    }
     let settings = ServerSettings {
         listen: raw.listen.unwrap_or(defaults.listen),
         admin_listen,
         admin_token,
+        admin_tokens,
         max_body: raw.max_body.map_or(defaults.max_body, |s| s.0),
         request_timeout: raw.request_timeout.map_or(defaults.request_timeout, |d| d.0),
         drain_timeout: raw.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
@@ -305,6 +368,17 @@ fn server_settings(
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// The name `[server] admin_token` goes by in the audit log.
+pub const ADMIN_TOKEN_NAME: &str = "admin";
+
+/// Token names appear in audit entries (`admin:<name>`).
+fn is_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// An admin address, or `off`.
@@ -316,12 +390,26 @@ pub fn parse_admin_listen(text: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 impl ServerSettings {
+    /// Every admin token by name: `admin_token` as `admin`, then the
+    /// `[server.admin_tokens.<name>]`.
+    pub fn admin_token_sources(&self) -> Vec<(&str, &SecretSource)> {
+        let single = self.admin_token.iter().map(|s| (ADMIN_TOKEN_NAME, s));
+        single.chain(self.admin_tokens.iter().map(|(n, s)| (n.as_str(), s))).collect()
+    }
+
+    /// The token the CLI uses to ask a running sidecar: `admin`, else the
+    /// first named one.
+    pub fn cli_token(&self) -> Option<(&str, &SecretSource)> {
+        self.admin_token_sources().into_iter().next()
+    }
+
     /// The combinations that are never right; checked again after the
     /// command line changes a listener.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(addr) = self.admin_listen
             && !addr.ip().is_loopback()
             && self.admin_token.is_none()
+            && self.admin_tokens.is_empty()
         {
             return Err(format!(
                 "[server] admin_listen {addr} is not a loopback address: set [server] admin_token (env or file), \
@@ -433,6 +521,45 @@ mod tests {
             )
             .is_err_and(|e| e.to_string().contains("under the minimum"))
         );
+    }
+
+    #[test]
+    fn admin_tokens_are_named_and_the_single_token_is_admin() {
+        let config =
+            load("[server]\nadmin_token = { env = \"A\" }\n[server.admin_tokens.ci]\nfile = \"ci.txt\"\n").unwrap();
+        let names: Vec<&str> = config.server.admin_token_sources().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["admin", "ci"]);
+        // A named token alone is enough off loopback.
+        let config =
+            load("[server]\nadmin_listen = \"0.0.0.0:8081\"\n[server.admin_tokens.ops]\nenv = \"T\"\n").unwrap();
+        assert_eq!(config.server.cli_token().map(|(n, _)| n), Some("ops"));
+        for (text, expected) in [
+            ("[server.admin_tokens.\"Bad Name\"]\nenv = \"T\"\n", "a token name is 1 to 64"),
+            ("[server]\nadmin_token = { env = \"A\" }\n[server.admin_tokens.admin]\nenv = \"B\"\n", "the same name"),
+            ("[server.admin_tokens.ci]\nenv = \"A\"\nfile = \"b\"\n", "set exactly one of `env` or `file`"),
+        ] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_audit_log_is_on_with_its_key_in_the_data_directory_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, "data_dir = \"state\"\n").unwrap();
+        let audit = Config::load(&path).unwrap().audit;
+        assert_eq!(audit, AuditSettings { enabled: true, key: dir.path().join("state/audit/key"), origin: None });
+        std::fs::write(&path, "[audit]\nenabled = false\nkey = \"k\"\norigin = \"example.com/log\"\n").unwrap();
+        let audit = Config::load(&path).unwrap().audit;
+        assert_eq!(
+            audit,
+            AuditSettings { enabled: false, key: dir.path().join("k"), origin: Some("example.com/log".into()) }
+        );
+        for origin in ["a b", "a+b", ""] {
+            let error = load(&format!("[audit]\norigin = {origin:?}\n")).unwrap_err().to_string();
+            assert!(error.contains("[audit] origin"), "{origin}: {error}");
+        }
     }
 
     #[test]

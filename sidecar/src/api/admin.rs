@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
@@ -18,25 +19,38 @@ use axum::routing::{get, post};
 use super::Api;
 use super::invoke::{WithStatus, json};
 
+/// The admin tokens, by name (`[server] admin_token` is `admin`).
+pub type AdminTokens = Vec<(String, String)>;
+
+/// Who called, as the audit log names them: the name of the token the
+/// request carried, or [`LOOPBACK`] when no token is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// The caller's name when the admin API has no token (loopback only):
+/// any local process could have called.
+pub const LOOPBACK: &str = "loopback";
+
 /// The admin routes, behind the token check.
-pub fn router(api: Arc<Api>, token: Option<String>) -> Router {
-    let token = Arc::new(token);
+pub fn router(api: Arc<Api>, tokens: AdminTokens) -> Router {
+    let tokens = Arc::new(tokens);
     Router::new()
         .route("/admin/plugins", get(plugins))
         .route("/admin/reload", post(reload))
         .route("/admin/databases", get(databases))
         .merge(super::kv::routes())
+        .merge(super::audit::routes())
         .fallback(super::errors::no_route)
         .method_not_allowed_fallback(super::errors::wrong_method)
         .with_state(api)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            let token = token.clone();
-            async move { authorize(token.as_deref(), request, next).await }
+            let tokens = tokens.clone();
+            async move { authorize(&tokens, request, next).await }
         }))
         .layer(middleware::from_fn(super::edge::edge))
 }
 
-async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
+async fn authorize(tokens: &[(String, String)], mut request: Request, next: Next) -> Response {
     // The admin API is not for browsers. A page on another site can post a
     // form here (the browser adds `Origin`), and with DNS rebinding read
     // the answers too (the browser sends the attacker's name as `Host`).
@@ -50,10 +64,12 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
             "the admin API does not answer browsers (the request has an Origin or comes from another site)",
         );
     }
-    if token.is_none() && !names_loopback(request.headers().get(header::HOST)) {
+    if tokens.is_empty() && !names_loopback(request.headers().get(header::HOST)) {
         return refuse(StatusCode::FORBIDDEN, "without an admin token, Host must be localhost or a loopback address");
     }
-    if let Some(expected) = token {
+    let caller = if tokens.is_empty() {
+        LOOPBACK.to_string()
+    } else {
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -61,17 +77,32 @@ async fn authorize(token: Option<&str>, request: Request, next: Next) -> Respons
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map_or("", |(_, token)| token.trim());
-        // Defence in depth: `run` refuses an empty token at start.
-        if expected.is_empty() {
-            return refuse(StatusCode::UNAUTHORIZED, "no admin token is configured");
+        match which_token(tokens, given) {
+            Some(name) => name.to_string(),
+            None => {
+                let mut response = refuse(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+                return response;
+            }
         }
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            let mut response = refuse(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-            return response;
+    };
+    request.extensions_mut().insert(Caller(caller));
+    next.run(request).await
+}
+
+/// The name of the token `given` is, comparing it with every token in
+/// constant time (all of them, whichever matches), so the time taken says
+/// neither how much of a guess was right nor which token it was near.
+/// An empty token never matches (`run` refuses one at start).
+fn which_token<'a>(tokens: &'a [(String, String)], given: &str) -> Option<&'a str> {
+    let mut found = None;
+    for (name, expected) in tokens {
+        let equal = constant_time_eq(given.as_bytes(), expected.as_bytes()) & !expected.is_empty();
+        if equal {
+            found = Some(name.as_str());
         }
     }
-    next.run(request).await
+    found
 }
 
 /// A refusal in the JSON error shape every other answer uses (`denied`).
@@ -125,15 +156,22 @@ async fn databases(State(api): State<Arc<Api>>) -> Response {
     json(StatusCode::OK, &serde_json::json!({ "databases": list }))
 }
 
-async fn reload(State(api): State<Arc<Api>>) -> Response {
-    let summary = api.reload("admin API").await;
-    let status = if summary.errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+async fn reload(State(api): State<Arc<Api>>, Extension(Caller(caller)): Extension<Caller>) -> Response {
+    let summary = api.reload_by(caller).await;
+    let status = if summary.audit_error.is_some() {
+        // The audit log could not record the changes: nothing changed.
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if summary.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     json(status, &serde_json::to_value(summary).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, names_loopback};
+    use super::{constant_time_eq, names_loopback, which_token};
     use axum::http::HeaderValue;
 
     #[test]
@@ -162,5 +200,15 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn the_caller_is_the_name_of_the_token_it_gave() {
+        let tokens = vec![("admin".to_string(), "one".to_string()), ("ci".to_string(), "two".to_string())];
+        assert_eq!(which_token(&tokens, "one"), Some("admin"));
+        assert_eq!(which_token(&tokens, "two"), Some("ci"));
+        assert_eq!(which_token(&tokens, "twoo"), None);
+        assert_eq!(which_token(&tokens, ""), None);
+        assert_eq!(which_token(&[("empty".to_string(), String::new())], ""), None);
     }
 }

@@ -8,7 +8,9 @@
 //! (at most once a second, see `databases`). Key-value operations are
 //! counted by `services::kv` per plugin, operation and outcome (fixed
 //! sets, so guests cannot add series), and each plugin's usage and quotas
-//! are read from the store at scrape time ([`kv_usage`]).
+//! are read from the store at scrape time ([`kv_usage`]). The audit
+//! log's counters (entries appended, failed appends, the latest
+//! checkpoint's size and age) are kept by `audit::trail`.
 
 use std::time::Duration;
 
@@ -171,6 +173,31 @@ impl Metrics {
             up.get_or_create(&DatabaseLabel { database: health.alias.clone() }).set(i64::from(health.is_up()));
         }
         registry.register("database_up", "Whether the database answered its last check (1) or not (0)", up);
+        if let Some(trail) = &services.audit {
+            let m = trail.metrics();
+            let appended: Counter = Counter::default();
+            appended.inc_by(m.appended());
+            registry.register("audit_entries_appended", "Audit entries this process appended", appended);
+            let failures: Counter = Counter::default();
+            failures.inc_by(m.failures());
+            registry.register(
+                "audit_append_failures",
+                "Audit appends that failed (each left the grants in force unchanged)",
+                failures,
+            );
+            let size: Gauge = Gauge::default();
+            size.set(i64::try_from(m.checkpoint_size()).unwrap_or(i64::MAX));
+            registry.register("audit_checkpoint_size", "Tree size of the latest signed audit checkpoint", size);
+            if let Some(age) = m.checkpoint_age() {
+                let gauge: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+                gauge.set(age);
+                registry.register(
+                    "audit_checkpoint_age_seconds",
+                    "Seconds since the latest audit checkpoint was signed",
+                    gauge,
+                );
+            }
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -10,12 +10,15 @@
 //!   versions and grants, reload, database health.
 //! - [`kv`]: the key-value store's read-only admin routes (usage, keys,
 //!   values).
+//! - [`audit`]: the audit log's admin routes (entries, paged; the latest
+//!   signed checkpoint).
 //! - [`errors`]: the one mapping from error kinds to HTTP statuses.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
 //! - [`min_rate`]: the minimum rate at which a client must read its answer.
 
 pub mod admin;
+pub mod audit;
 pub mod edge;
 pub mod errors;
 pub mod invoke;
@@ -76,6 +79,9 @@ struct Unserved {
     /// Policy files refused before they named a plugin (the others are
     /// the runtime's refusals of that plugin).
     files: Vec<policy::PolicyError>,
+    /// The last (re)load's changes could not be recorded in the audit
+    /// log, so they did not take effect.
+    audit: Option<String>,
 }
 
 /// Why the sidecar is not ready to serve: one line each, for `/readyz`.
@@ -101,9 +107,19 @@ pub struct ReloadSummary {
     /// Plugins now loaded (new or kept), by name.
     pub loaded: Vec<String>,
     /// Every problem: policy files refused, plugins refused (a plugin
-    /// that had a version keeps it).
+    /// that had a version keeps it), the audit log failing.
     pub errors: Vec<String>,
+    /// Whether the new grants took effect: `false` when the audit log
+    /// could not record them (the grants in force did not change).
+    pub applied: bool,
+    /// Audit entries the (re)load wrote (`None`: no audit log).
+    pub audit_entries: Option<u64>,
+    /// Why the audit log could not record the changes (they then did not
+    /// take effect).
+    pub audit_error: Option<String>,
 }
+
+pub use crate::audit::Trigger;
 
 impl Api {
     /// An API over `runtime` with the settings' listeners, directories and
@@ -169,6 +185,9 @@ impl Api {
         if unserved.directory.is_some() {
             problems.push("the policy directory cannot be read".to_string());
         }
+        if unserved.audit.is_some() {
+            problems.push("the audit log cannot record the grants".to_string());
+        }
         for error in &unserved.files {
             let name = error.file.file_name().unwrap_or_default().to_string_lossy();
             problems.push(format!("policy file `{}` refused", crate::guest_text::escape(&name, 128)));
@@ -206,6 +225,19 @@ impl Api {
     /// `trigger` says what asked for it (`start`, `SIGHUP`, `admin API`)
     /// in the one summary line each (re)load logs.
     pub async fn reload(&self, trigger: &str) -> ReloadSummary {
+        self.reload_as(trigger, Trigger::Disk).await
+    }
+
+    /// [`Api::reload`] asked for through the admin API with the token
+    /// `name`: the audit entries name it as their actor.
+    pub async fn reload_by(&self, name: String) -> ReloadSummary {
+        self.reload_as("admin API", Trigger::Admin(name)).await
+    }
+
+    /// With an audit log, the changes are recorded before they take
+    /// effect; if they cannot be, nothing changes and the summary says
+    /// why (`applied: false`).
+    async fn reload_as(&self, trigger: &str, actor: Trigger) -> ReloadSummary {
         let first = !self.is_loaded();
         let components = policy::ComponentDir { path: &self.plugin_dir, origin: &self.plugin_dir_origin };
         let load = match policy::load_dir_in(&self.policy_dir, components) {
@@ -214,16 +246,57 @@ impl Api {
                 let keeping = if first { "nothing is loaded" } else { "keeping every plugin" };
                 tracing::error!(error = %e, trigger, "the policy directory cannot be read; {keeping}");
                 *self.unserved.write().unwrap_or_else(|p| p.into_inner()) =
-                    Unserved { directory: Some(e.to_string()), files: Vec::new() };
+                    Unserved { directory: Some(e.to_string()), files: Vec::new(), audit: None };
                 self.loaded.store(true, Ordering::Release);
-                return ReloadSummary { loaded: self.names(), errors: vec![e.to_string()] };
+                return ReloadSummary {
+                    loaded: self.names(),
+                    errors: vec![e.to_string()],
+                    applied: false,
+                    audit_entries: None,
+                    audit_error: None,
+                };
             }
         };
         let mut errors: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
         for error in &load.errors {
             tracing::error!(%error, "policy refused");
         }
-        let report = self.runtime.reload(&load.set, &load.errors).await;
+        let recorded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let outcome = match self.services.audit.clone() {
+            None => Ok(self.runtime.reload(&load.set, &load.errors).await),
+            Some(trail) => {
+                let counted = recorded.clone();
+                let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
+                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force))
+                        .await
+                        .map_err(|e| format!("the audit log's append did not finish: {e}"))?
+                        .map_err(|e| e.to_string())?;
+                    counted.store(written.entries, Ordering::Relaxed);
+                    Ok(())
+                };
+                self.runtime.reload_gated(&load.set, &load.errors, gate).await
+            }
+        };
+        let audit_entries = self.services.audit.as_ref().map(|_| recorded.load(Ordering::Relaxed));
+        let report = match outcome {
+            Ok(report) => report,
+            Err((report, reason)) => {
+                let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
+                let keeping = if first { "nothing is loaded" } else { "the grants in force are unchanged" };
+                tracing::error!(trigger, error = %reason, "the audit log cannot record the grant changes; {keeping}");
+                errors.extend(report.refused.iter().map(|e| e.to_string()));
+                errors.push(format!("audit log: {reason}; {keeping}"));
+                self.unserved.write().unwrap_or_else(|p| p.into_inner()).audit = Some(reason.clone());
+                self.loaded.store(true, Ordering::Release);
+                return ReloadSummary {
+                    loaded: self.names(),
+                    errors,
+                    applied: false,
+                    audit_entries: Some(0),
+                    audit_error: Some(reason),
+                };
+            }
+        };
         errors.extend(report.refused.iter().map(|e| e.to_string()));
         // A file that names its plugin, or whose plugin keeps serving, is
         // listed with that plugin (`refused`); these are the others.
@@ -232,10 +305,16 @@ impl Api {
             .into_iter()
             .filter(|e| e.plugin.is_none() && !self.runtime.serves_policy_file(&e.file))
             .collect();
-        *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files };
+        *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files, audit: None };
         self.loaded.store(true, Ordering::Release);
-        let summary = ReloadSummary { loaded: self.names(), errors };
-        tracing::info!(trigger, loaded = ?summary.loaded, problems = summary.errors.len(), "policies loaded");
+        let summary = ReloadSummary { loaded: self.names(), errors, applied: true, audit_entries, audit_error: None };
+        tracing::info!(
+            trigger,
+            loaded = ?summary.loaded,
+            problems = summary.errors.len(),
+            audit_entries = summary.audit_entries,
+            "policies loaded"
+        );
         summary
     }
 

@@ -5,14 +5,16 @@
 use std::io::Write;
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use std::collections::BTreeMap;
+
+use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::entry::{self, Entry, EntryError, NewEntry};
 use super::export;
 use super::merkle::{self, Hash, NodeReader as _, ProofError};
 use super::note::{NoteSigner, NoteVerifier};
-use super::store::{self, CHECKPOINTS, ENTRIES, NODES, StoreError, StoredNodes, store_error};
+use super::store::{self, CHECKPOINTS, ENTRIES, GRANTS, NODES, StoreError, StoredNodes, store_error};
 use super::verify::{self, Summary, VerifyError};
 
 /// Most entries in one batch (each at most 64 KiB).
@@ -24,6 +26,9 @@ pub enum AuditError {
     /// The storage failed; nothing of the batch was written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another process has the file open (`gatehouse audit …` reading it).
+    #[error("{0} is open in another process")]
+    Locked(String),
     /// An entry cannot be recorded.
     #[error("entry {index} of the batch: {source}")]
     Entry {
@@ -119,7 +124,12 @@ impl AuditLog {
         if origin.is_empty() || origin.contains('\n') || origin.chars().any(char::is_control) {
             return Err(AuditError::Checkpoint(CheckpointError::Malformed("the origin must be one line of text")));
         }
-        Ok(AuditLog { db: store::open(path)?, origin: origin.to_string(), signers })
+        let db = store::open(path).map_err(|e| match e {
+            store::ReadOpenError::Locked(shown) => AuditError::Locked(shown),
+            store::ReadOpenError::Store(e) => AuditError::Store(e),
+            other => AuditError::Store(StoreError(other.to_string())),
+        })?;
+        Ok(AuditLog { db, origin: origin.to_string(), signers })
     }
 
     /// The keys that check this log's checkpoints.
@@ -139,6 +149,19 @@ impl AuditLog {
     /// the new tree extends it (RFC 6962 consistency); otherwise it
     /// refuses with [`AuditError::Inconsistent`] and writes nothing.
     pub fn append(&self, batch: &[NewEntry]) -> Result<Appended, AuditError> {
+        self.append_with_state(batch, &[])
+    }
+
+    /// [`AuditLog::append`], also setting rows of the grants in force
+    /// (`plugin -> Some(bytes)`, or `None` to remove it) in the same
+    /// transaction, so that the entries and the state they describe are
+    /// durable together or not at all. With an empty batch nothing is
+    /// written, state included.
+    pub fn append_with_state(
+        &self,
+        batch: &[NewEntry],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Appended, AuditError> {
         if batch.len() > MAX_BATCH {
             return Err(AuditError::BatchTooLarge(batch.len()));
         }
@@ -184,6 +207,13 @@ impl AuditLog {
             let signers: Vec<&NoteSigner> = self.signers.iter().collect();
             let checkpoint = Checkpoint { origin: self.origin.clone(), size, root }.sign(&signers)?;
             checkpoints.insert(size, checkpoint.as_str()).map_err(store_error)?;
+            let mut grants = txn.open_table(GRANTS).map_err(store_error)?;
+            for (plugin, row) in state {
+                match row {
+                    Some(bytes) => grants.insert(plugin.as_str(), bytes.as_slice()).map_err(store_error)?,
+                    None => grants.remove(plugin.as_str()).map_err(store_error)?,
+                };
+            }
             Appended { first: old_size, size, checkpoint }
         };
         txn.commit().map_err(store_error)?;
@@ -238,50 +268,37 @@ impl AuditLog {
 
     /// Entries in the log.
     pub fn size(&self) -> Result<u64, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        Ok(store::size(&txn.open_table(ENTRIES).map_err(store_error)?)?)
+        read_size(&self.db)
     }
 
     /// The latest signed checkpoint (`None` before the first append).
     pub fn checkpoint(&self) -> Result<Option<String>, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let table = txn.open_table(CHECKPOINTS).map_err(store_error)?;
-        Ok(table.last().map_err(store_error)?.map(|(_, v)| v.value().to_string()))
+        read_checkpoint(&self.db)
     }
 
     /// The canonical bytes of entry `seq`.
     pub fn entry(&self, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let table = txn.open_table(ENTRIES).map_err(store_error)?;
-        Ok(table.get(seq).map_err(store_error)?.map(|v| v.value().to_vec()))
+        read_entry(&self.db, seq)
+    }
+
+    /// The grants in force as the entries left them, by plugin.
+    pub fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
+        read_grants(&self.db)
     }
 
     /// Proves that entry `seq` is in the tree of the latest checkpoint.
     pub fn prove(&self, seq: u64) -> Result<InclusionProof, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let entries = txn.open_table(ENTRIES).map_err(store_error)?;
-        let nodes = txn.open_table(NODES).map_err(store_error)?;
-        let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
-        let path = merkle::inclusion_proof(&StoredNodes(&nodes), seq, size)?;
-        let entry = entries.get(seq).map_err(store_error)?.map(|v| v.value().to_vec());
-        let entry = entry.ok_or(ProofError::OutOfRange(format!("entry {seq} is missing")))?;
-        Ok(InclusionProof { seq, entry, checkpoint, size, path })
+        read_prove(&self.db, seq)
     }
 
     /// Proves that the tree of size `old` is a prefix of the latest one.
     pub fn consistency(&self, old: u64) -> Result<ConsistencyProof, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let nodes = txn.open_table(NODES).map_err(store_error)?;
-        let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
-        let path = merkle::consistency_proof(&StoredNodes(&nodes), old, size)?;
-        Ok(ConsistencyProof { old, checkpoint, size, path })
+        read_consistency(&self.db, old)
     }
 
     /// Writes the whole log as JSON Lines (see [`export`]).
     pub fn export(&self, out: &mut impl Write) -> Result<(), AuditError> {
-        let (entries, checkpoints) = store::read_all(&self.db)?;
-        export::write(out, &entries, &checkpoints)?;
-        Ok(())
+        read_export(&self.db, out)
     }
 
     /// Verifies the stored log as an auditor would an export, with
@@ -294,6 +311,125 @@ impl AuditLog {
         let (entries, checkpoints) = store::read_all(&self.db)?;
         Ok(verify::verify(&entries, &checkpoints, trusted, held))
     }
+}
+
+/// The log's file opened for reading only (see [`store::open_read_only`]):
+/// what `gatehouse audit …` and the admin API read through, while no
+/// process appends. Hold it briefly: an append waits for it.
+pub struct AuditReader {
+    db: ReadOnlyDatabase,
+}
+
+impl AuditReader {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> Result<AuditReader, store::ReadOpenError> {
+        Ok(AuditReader { db: store::open_read_only(path)? })
+    }
+
+    /// Entries in the log.
+    pub fn size(&self) -> Result<u64, AuditError> {
+        read_size(&self.db)
+    }
+
+    /// The latest signed checkpoint (`None` before the first append).
+    pub fn checkpoint(&self) -> Result<Option<String>, AuditError> {
+        read_checkpoint(&self.db)
+    }
+
+    /// The canonical bytes of entry `seq`.
+    pub fn entry(&self, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        read_entry(&self.db, seq)
+    }
+
+    /// Up to `limit` entries from sequence number `from` on, in order.
+    pub fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        let txn = self.db.begin_read().map_err(store_error)?;
+        let table = txn.open_table(ENTRIES).map_err(store_error)?;
+        let mut out = Vec::new();
+        for row in table.range(from..).map_err(store_error)?.take(limit) {
+            let (seq, bytes) = row.map_err(store_error)?;
+            out.push((seq.value(), bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The grants in force as the entries left them, by plugin.
+    pub fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
+        read_grants(&self.db)
+    }
+
+    /// Entries and checkpoints, as a verifier reads them.
+    pub fn read_all(&self) -> Result<(Vec<Vec<u8>>, Vec<String>), AuditError> {
+        Ok(store::read_all(&self.db)?)
+    }
+
+    /// Proves that entry `seq` is in the tree of the latest checkpoint.
+    pub fn prove(&self, seq: u64) -> Result<InclusionProof, AuditError> {
+        read_prove(&self.db, seq)
+    }
+
+    /// Proves that the tree of size `old` is a prefix of the latest one.
+    pub fn consistency(&self, old: u64) -> Result<ConsistencyProof, AuditError> {
+        read_consistency(&self.db, old)
+    }
+}
+
+fn read_size(db: &impl ReadableDatabase) -> Result<u64, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    Ok(store::size(&txn.open_table(ENTRIES).map_err(store_error)?)?)
+}
+
+fn read_checkpoint(db: &impl ReadableDatabase) -> Result<Option<String>, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let table = txn.open_table(CHECKPOINTS).map_err(store_error)?;
+    Ok(table.last().map_err(store_error)?.map(|(_, v)| v.value().to_string()))
+}
+
+fn read_entry(db: &impl ReadableDatabase, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let table = txn.open_table(ENTRIES).map_err(store_error)?;
+    Ok(table.get(seq).map_err(store_error)?.map(|v| v.value().to_vec()))
+}
+
+fn read_grants(db: &impl ReadableDatabase) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    // A log written before the table existed has no grants recorded.
+    let table = match txn.open_table(GRANTS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+        Err(e) => return Err(store_error(e).into()),
+    };
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(store_error)? {
+        let (plugin, bytes) = row.map_err(store_error)?;
+        out.insert(plugin.value().to_string(), bytes.value().to_vec());
+    }
+    Ok(out)
+}
+
+fn read_prove(db: &impl ReadableDatabase, seq: u64) -> Result<InclusionProof, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let entries = txn.open_table(ENTRIES).map_err(store_error)?;
+    let nodes = txn.open_table(NODES).map_err(store_error)?;
+    let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
+    let path = merkle::inclusion_proof(&StoredNodes(&nodes), seq, size)?;
+    let entry = entries.get(seq).map_err(store_error)?.map(|v| v.value().to_vec());
+    let entry = entry.ok_or(ProofError::OutOfRange(format!("entry {seq} is missing")))?;
+    Ok(InclusionProof { seq, entry, checkpoint, size, path })
+}
+
+fn read_consistency(db: &impl ReadableDatabase, old: u64) -> Result<ConsistencyProof, AuditError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let nodes = txn.open_table(NODES).map_err(store_error)?;
+    let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
+    let path = merkle::consistency_proof(&StoredNodes(&nodes), old, size)?;
+    Ok(ConsistencyProof { old, checkpoint, size, path })
+}
+
+fn read_export(db: &impl ReadableDatabase, out: &mut impl Write) -> Result<(), AuditError> {
+    let (entries, checkpoints) = store::read_all(db)?;
+    export::write(out, &entries, &checkpoints)?;
+    Ok(())
 }
 
 fn latest(table: &impl ReadableTable<u64, &'static str>) -> Result<(u64, String), AuditError> {

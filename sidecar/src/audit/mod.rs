@@ -18,6 +18,9 @@
 //! - [`log`]: [`AuditLog`]: durable, signed appends; proofs.
 //! - [`export`]: JSON Lines export.
 //! - [`verify`]: verification that names the first bad entry and why.
+//! - [`trail`]: [`AuditTrail`], the log in the running sidecar: grant
+//!   changes recorded before they take effect, the grants in force kept
+//!   beside the entries.
 //!
 //! # Crates
 //! `signed_note` and `tlog_tiles` (crates.io, Cloudflare's ports of Go's
@@ -40,12 +43,14 @@ pub mod merkle;
 pub mod note;
 pub mod scan;
 pub mod store;
+pub mod trail;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{Change, Entry, NewEntry};
-pub use log::{Appended, AuditError, AuditLog, ConsistencyProof, InclusionProof};
+pub use log::{Appended, AuditError, AuditLog, AuditReader, ConsistencyProof, InclusionProof};
 pub use note::{NoteSigner, NoteVerifier};
+pub use trail::{AuditTrail, Trigger};
 pub use verify::{Location, Problem, Summary, VerifyError, verify};
 
 /// Where the embedded log lives in the data directory.

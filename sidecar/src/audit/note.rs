@@ -57,7 +57,9 @@ pub fn key_id(name: &str, public: &[u8; 32]) -> u32 {
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
-fn check_name(name: &str) -> Result<(), NoteError> {
+/// Whether `name` may name a key (and so a log's origin): 1 to 128
+/// characters, no `+`, whitespace or control character.
+pub fn check_name(name: &str) -> Result<(), NoteError> {
     let ok = !name.is_empty()
         && name.chars().count() <= 128
         && !name.chars().any(|c| c == '+' || c.is_whitespace() || c.is_control());
@@ -65,6 +67,7 @@ fn check_name(name: &str) -> Result<(), NoteError> {
 }
 
 /// A key that signs notes.
+#[derive(Clone)]
 pub struct NoteSigner {
     name: String,
     id: u32,

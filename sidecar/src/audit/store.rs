@@ -8,6 +8,11 @@
 //! - `audit_checkpoints`: `tree size -> signed checkpoint note`, one per
 //!   appended batch. Keeping every checkpoint, not just the latest, lets a
 //!   verifier say which batch an edit is in.
+//! - `audit_grants`: `plugin -> canonical JSON {"file", "grants"}`: the
+//!   grants in force as the entries left them, written in the same
+//!   transaction as the entries that changed them (see
+//!   [`super::grants`]). Not part of the tree: it is what the next load
+//!   is compared with, so a restart with the same policies writes nothing.
 //!
 //! An append is one write transaction over the three tables, committed
 //! with `Durability::Immediate`: after a crash the file holds a batch with
@@ -15,7 +20,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::merkle::{Hash, NodeReader, ProofError};
 
@@ -25,6 +30,8 @@ pub const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_ent
 pub const NODES: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("audit_nodes");
 /// Signed checkpoints by tree size.
 pub const CHECKPOINTS: TableDefinition<u64, &str> = TableDefinition::new("audit_checkpoints");
+/// The grants in force, by plugin.
+pub const GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_grants");
 
 /// A storage failure, with what redb said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,18 +45,31 @@ pub fn store_error(e: impl std::fmt::Display) -> StoreError {
 
 /// Opens or creates the file and its tables. A file that is not a redb
 /// database, or is damaged, is an error, never a panic.
-pub fn open(path: &Path) -> Result<Database, StoreError> {
+pub fn open(path: &Path) -> Result<Database, ReadOpenError> {
     let shown = crate::policy::shown(path);
     let db = match crate::quiet_panic::catch(|| Database::builder().create(path)) {
         Some(Ok(db)) => db,
-        Some(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}"))),
-        None => return Err(StoreError(format!("cannot open {shown}: the file is damaged"))),
+        Some(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => return Err(ReadOpenError::Locked(shown)),
+        Some(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}")).into()),
+        None => return Err(StoreError(format!("cannot open {shown}: the file is damaged")).into()),
     };
+    // The tables exist after the first open: skip the write transaction
+    // (and its fsync) the sidecar would otherwise pay on every append.
+    let read = db.begin_read().map_err(store_error)?;
+    let ready = read.open_table(ENTRIES).is_ok()
+        && read.open_table(NODES).is_ok()
+        && read.open_table(CHECKPOINTS).is_ok()
+        && read.open_table(GRANTS).is_ok();
+    drop(read);
+    if ready {
+        return Ok(db);
+    }
     let txn = db.begin_write().map_err(store_error)?;
     {
         txn.open_table(ENTRIES).map_err(store_error)?;
         txn.open_table(NODES).map_err(store_error)?;
         txn.open_table(CHECKPOINTS).map_err(store_error)?;
+        txn.open_table(GRANTS).map_err(store_error)?;
     }
     txn.commit().map_err(store_error)?;
     Ok(db)
@@ -71,9 +91,43 @@ pub fn size(entries: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Sto
     Ok(entries.last().map_err(store_error)?.map_or(0, |(k, _)| k.value() + 1))
 }
 
+/// Why the file could not be opened for reading.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadOpenError {
+    /// There is no file: nothing was ever recorded there.
+    #[error("no audit log at {0}")]
+    Missing(String),
+    /// Another process has it open for writing (a sidecar appending).
+    #[error("{0} is open in another process")]
+    Locked(String),
+    /// Its writer was killed mid-write; only a writer repairs it.
+    #[error("{0} was not closed cleanly; the sidecar repairs it when it next opens the log (at start or reload)")]
+    NeedsRepair(String),
+    /// Anything else.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens `path` for reading only: never creates, repairs or writes it.
+/// Several processes may read at once; none while one writes, so hold
+/// it briefly.
+pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, ReadOpenError> {
+    let shown = crate::policy::shown(path);
+    if !path.exists() {
+        return Err(ReadOpenError::Missing(shown));
+    }
+    match crate::quiet_panic::catch(|| redb::Builder::new().open_read_only(path)) {
+        Some(Ok(db)) => Ok(db),
+        Some(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(ReadOpenError::Locked(shown)),
+        Some(Err(redb::DatabaseError::RepairAborted)) => Err(ReadOpenError::NeedsRepair(shown)),
+        Some(Err(e)) => Err(StoreError(format!("cannot open {shown}: {e}")).into()),
+        None => Err(StoreError(format!("cannot open {shown}: the file is damaged")).into()),
+    }
+}
+
 /// Everything a verifier needs, read in one read transaction: the
 /// entries' bytes and the signed checkpoints in size order.
-pub fn read_all(db: &Database) -> Result<(Vec<Vec<u8>>, Vec<String>), StoreError> {
+pub fn read_all(db: &impl ReadableDatabase) -> Result<(Vec<Vec<u8>>, Vec<String>), StoreError> {
     let txn = db.begin_read().map_err(store_error)?;
     let entries = txn.open_table(ENTRIES).map_err(store_error)?;
     let checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;

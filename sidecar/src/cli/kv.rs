@@ -366,7 +366,7 @@ fn exact_key(entry: &serde_json::Value) -> Option<String> {
 }
 
 /// A running sidecar's admin API, with the settings' token.
-struct Admin {
+pub(crate) struct Admin {
     addr: SocketAddr,
     token: Option<String>,
 }
@@ -378,9 +378,8 @@ impl Admin {
         )?;
         let token = config
             .server
-            .admin_token
-            .as_ref()
-            .map(|source| source.read().map_err(|e| anyhow::anyhow!("[server] admin_token: cannot read {e}")))
+            .cli_token()
+            .map(|(name, source)| source.read().map_err(|e| anyhow::anyhow!("admin token `{name}`: cannot read {e}")))
             .transpose()?;
         Ok(Admin { addr, token })
     }

@@ -1,8 +1,9 @@
-//! `gatehouse invoke | policy … | compile | demo | kv …`.
+//! `gatehouse invoke | policy … | compile | demo | kv … | audit …`.
 //!
 //! The CLI is the binary's edge: it turns library errors into messages and
 //! exit codes (0 success, 1 the operation failed, 2 bad usage or settings).
 
+mod audit;
 mod commands;
 mod demo;
 mod json_log;
@@ -77,6 +78,10 @@ enum Command {
     /// Read the key-value store (read-only): usage, a value, keys.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// The audit log of grant changes (read-only): verify, show, export,
+    /// proofs, the verifier key.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Write the `gatehouse:services` WIT package this binary serves into
     /// DIR, for building a plugin outside this repository.
     Wit {
@@ -133,7 +138,7 @@ pub fn main() -> ExitCode {
     }
     // `policy check` reports on stdout, one line per problem; its log would
     // only say the same again.
-    let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }));
+    let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }) | Command::Audit(_));
     init_tracing(if quiet { "off" } else { "info" }, cli.log_format);
     let config = match load_config(&cli) {
         Ok(config) => config,
@@ -162,6 +167,7 @@ pub fn main() -> ExitCode {
             Command::Run { .. } => run::run(&config).await,
             Command::Demo => demo::demo(&config).await,
             Command::Kv(command) => kv::run(&config, command).await,
+            Command::Audit(command) => audit::run(&config, command),
             Command::CompileWorker { .. } | Command::Wit { .. } => {
                 unreachable!("handled before the settings are read")
             }

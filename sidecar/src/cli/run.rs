@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use gatehouse::Runtime;
 use gatehouse::api::{self, Api, ServeLimits};
+use gatehouse::audit::AuditTrail;
 use gatehouse::config::Config;
 use gatehouse::databases::Databases;
 use gatehouse::services::Services;
@@ -25,16 +26,30 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let server = &config.server;
-    let token = server
-        .admin_token
-        .as_ref()
-        .map(|source| source.read().map_err(|e| anyhow::anyhow!("[server] admin_token: cannot read {e}")))
-        .transpose()?;
-    // An empty token would make every bearer header (or none) match.
-    if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        anyhow::bail!("[server] admin_token is empty: set a non-empty token (or remove admin_token on loopback)");
+    let mut tokens = Vec::new();
+    for (name, source) in server.admin_token_sources() {
+        let what = if name == gatehouse::config::ADMIN_TOKEN_NAME && server.admin_token.is_some() {
+            "[server] admin_token".to_string()
+        } else {
+            format!("[server.admin_tokens.{name}]")
+        };
+        let token = source.read().map_err(|e| anyhow::anyhow!("{what}: cannot read {e}"))?;
+        // An empty token would make every bearer header (or none) match.
+        if token.trim().is_empty() {
+            anyhow::bail!("{what} is empty: set a non-empty token (or remove it on loopback)");
+        }
+        tokens.push((name.to_string(), token.trim().to_string()));
     }
-    let services = Arc::new(Services::from_config(config)?);
+    let mut services = Services::from_config(config)?;
+    if config.audit.enabled {
+        // Before anything is served: a log that cannot be opened, or whose
+        // store no longer matches its last checkpoint, stops the start.
+        let trail = AuditTrail::open(&config.data_dir, &config.audit).context("the audit log cannot be opened")?;
+        let store = gatehouse::policy::shown(trail.store());
+        tracing::info!(%store, origin = trail.origin(), entries = trail.metrics().checkpoint_size(), "audit log open");
+        services = services.with_audit(trail);
+    }
+    let services = Arc::new(services);
     let runtime = Arc::new(Runtime::new(config.runtime.clone(), services.clone())?);
     let databases = Arc::new(Databases::open(&config.databases)?);
     let api = Arc::new(Api::new(runtime, services, config, databases));
@@ -47,7 +62,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     };
     println!("gatehouse: invoke API on http://{invoke_addr}");
     if let Some(admin) = &admin {
-        let auth = if token.is_some() { "bearer token" } else { "loopback only, no token" };
+        let auth = if tokens.is_empty() { "loopback only, no token" } else { "bearer token" };
         println!("gatehouse: admin API on http://{} ({auth})", admin.local_addr()?);
     }
 
@@ -64,7 +79,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(api::serve(listener, api::invoke::router(api.clone()), limits, wait(stopped.clone())));
     if let Some(admin) = admin {
-        servers.spawn(api::serve(admin, api::admin::router(api.clone(), token), limits, wait(stopped.clone())));
+        servers.spawn(api::serve(admin, api::admin::router(api.clone(), tokens), limits, wait(stopped.clone())));
     }
 
     // SIGTERM or SIGINT during a load (the first one, or a reload on

@@ -50,21 +50,29 @@ pub fn diff_sets(before: &PolicySet, after: &PolicySet) -> Vec<GrantChange> {
 
 /// The changes of one plugin's grants (`None`: no policy in force).
 pub fn diff_plugin(name: &str, before: Option<&PluginPolicy>, after: Option<&PluginPolicy>) -> Vec<GrantChange> {
+    diff_grants(name, before.map(grants).as_ref(), after.map(grants).as_ref())
+}
+
+/// [`diff_plugin`] on grants already in their serialized form
+/// ([`grants`]), such as the grants in force the audit log keeps.
+pub fn diff_grants(name: &str, before: Option<&Value>, after: Option<&Value>) -> Vec<GrantChange> {
     let mut changes = Vec::new();
-    let before = before.map(grants);
-    let after = after.map(grants);
     match (before, after) {
-        (Some(before), Some(after)) => diff_value(name, String::new(), &before, &after, &mut changes),
-        (before, after) if before != after => {
-            changes.push(GrantChange { plugin: name.to_string(), item: String::new(), before, after })
-        }
+        (Some(before), Some(after)) => diff_value(name, String::new(), before, after, &mut changes),
+        (before, after) if before != after => changes.push(GrantChange {
+            plugin: name.to_string(),
+            item: String::new(),
+            before: before.cloned(),
+            after: after.cloned(),
+        }),
         _ => {}
     }
     changes
 }
 
-/// A policy as the value its grants serialize to, without where it came from.
-fn grants(policy: &PluginPolicy) -> Value {
+/// A policy as the value its grants serialize to, without where it came
+/// from: what [`diff_grants`] compares.
+pub fn grants(policy: &PluginPolicy) -> Value {
     let mut value = serde_json::to_value(policy).expect("a policy serializes to JSON");
     if let Value::Object(fields) = &mut value {
         fields.remove("file");

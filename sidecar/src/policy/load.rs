@@ -133,6 +133,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
         }
         other => unreadable(format!("cannot read: {other}")),
     })?;
+    let file_sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let text = String::from_utf8(bytes).map_err(|_| unreadable("cannot read: not UTF-8 text".into()))?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
         vec![PolicyError {
@@ -153,6 +154,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
         (Some(component), true) => Ok(PluginPolicy {
             name: raw.plugin.name.into_inner(),
             file: file.to_path_buf(),
+            file_sha256,
             component,
             stdio: raw.plugin.stdio,
             limits,

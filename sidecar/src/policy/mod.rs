@@ -52,6 +52,10 @@ pub struct PluginPolicy {
     pub name: String,
     /// The policy file this came from.
     pub file: PathBuf,
+    /// SHA-256 of the file's bytes as read: the audit log names the file
+    /// and this hash as the actor of the changes a load from disk makes.
+    #[serde(skip)]
+    pub file_sha256: [u8; 32],
     /// The component's bytes, read once and checked against the pin.
     pub component: ComponentSource,
     /// Where the guest's stdout/stderr go.

@@ -301,7 +301,7 @@ impl Runtime {
     /// concurrency fits in the pool (`max_instances`); the rest are
     /// refused, so every loaded plugin can always run at its concurrency.
     pub async fn load(&self, policies: &PolicySet) -> LoadReport {
-        self.install(policies, &[], false).await
+        self.install(policies, &[], false, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
     }
 
     /// Like [`Runtime::load`], for a running sidecar: a plugin whose
@@ -310,10 +310,40 @@ impl Runtime {
     /// had, and the refusal is reported. Invocations already running
     /// finish on the version they started with.
     pub async fn reload(&self, policies: &PolicySet, broken_files: &[PolicyError]) -> LoadReport {
-        self.install(policies, broken_files, true).await
+        self.install(policies, broken_files, true, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
     }
 
-    async fn install(&self, policies: &PolicySet, broken: &[PolicyError], keep_on_refusal: bool) -> LoadReport {
+    /// [`Runtime::reload`], with a gate between building the next set of
+    /// plugins and putting it in force: `gate` gets the policies that
+    /// would be in force (kept versions included) and must succeed first.
+    /// The audit log is the gate: the changes are recorded before they
+    /// take effect. If it fails, nothing changes (the plugins in force,
+    /// their concurrency slots and their refusals stay as they were) and
+    /// its reason is returned with the report of what would have loaded.
+    pub async fn reload_gated<G, F>(
+        &self,
+        policies: &PolicySet,
+        broken_files: &[PolicyError],
+        gate: G,
+    ) -> Result<LoadReport, (LoadReport, String)>
+    where
+        G: FnOnce(Vec<PluginPolicy>) -> F,
+        F: std::future::Future<Output = Result<(), String>>,
+    {
+        self.install(policies, broken_files, true, gate).await
+    }
+
+    async fn install<G, F>(
+        &self,
+        policies: &PolicySet,
+        broken: &[PolicyError],
+        keep_on_refusal: bool,
+        gate: G,
+    ) -> Result<LoadReport, (LoadReport, String)>
+    where
+        G: FnOnce(Vec<PluginPolicy>) -> F,
+        F: std::future::Future<Output = Result<(), String>>,
+    {
         let _one_at_a_time = self.loading.lock().await;
         let previous = self.generation();
         let mut report = LoadReport::default();
@@ -384,20 +414,6 @@ impl Runtime {
             });
             match outcome {
                 Ok(plugin) => {
-                    match previous.plugins.get(&policy.name) {
-                        None => tracing::info!(plugin = %policy.name, version = %plugin.info.version, "plugin loaded"),
-                        Some(old) if old.policy == plugin.policy => {
-                            tracing::debug!(plugin = %policy.name, version = %plugin.info.version, "plugin unchanged")
-                        }
-                        Some(old) => tracing::info!(
-                            plugin = %policy.name,
-                            version = %plugin.info.version,
-                            previous = %old.info.version,
-                            "plugin reloaded with a new policy or component"
-                        ),
-                    }
-                    // Only now, admitted, may it change its plugin's slots.
-                    plugin.slots.resize(policy.limits.concurrency);
                     report.loaded.push(plugin.info.clone());
                     next.plugins.insert(policy.name.clone(), Arc::new(plugin));
                 }
@@ -422,6 +438,29 @@ impl Runtime {
                 }
             }
         }
+        let mut in_force: Vec<PluginPolicy> = next.plugins.values().map(|p| p.policy.clone()).collect();
+        in_force.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Err(reason) = gate(in_force).await {
+            return Err((report, reason));
+        }
+        for (name, plugin) in &next.plugins {
+            match previous.plugins.get(name) {
+                Some(old) if Arc::ptr_eq(old, plugin) => continue,
+                None => tracing::info!(plugin = %name, version = %plugin.info.version, "plugin loaded"),
+                Some(old) if old.policy == plugin.policy => {
+                    tracing::debug!(plugin = %name, version = %plugin.info.version, "plugin unchanged")
+                }
+                Some(old) => tracing::info!(
+                    plugin = %name,
+                    version = %plugin.info.version,
+                    previous = %old.info.version,
+                    "plugin reloaded with a new policy or component"
+                ),
+            }
+            // Only now, admitted and past the gate, may it change its
+            // plugin's slots.
+            plugin.slots.resize(plugin.policy.limits.concurrency);
+        }
         for (name, old) in &previous.plugins {
             if !next.plugins.contains_key(name) && !next.refused.contains_key(name) {
                 let file = crate::policy::shown(&old.policy.file);
@@ -429,7 +468,7 @@ impl Runtime {
             }
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        report
+        Ok(report)
     }
 
     /// Compiles a plugin's component into the code cache (for `gatehouse

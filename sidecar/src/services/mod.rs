@@ -29,6 +29,10 @@ pub struct Services {
     pub http: Arc<HttpGateway>,
     /// The key-value store; `None` refuses every plugin with `[kv]` at load.
     pub kv: Option<Arc<KvStore>>,
+    /// The audit log every grant change is recorded in before it takes
+    /// effect; `None` (`[audit] enabled = false`, and commands that change
+    /// no grant) records nothing.
+    pub audit: Option<Arc<crate::audit::AuditTrail>>,
 }
 
 /// A service that could not be started.
@@ -60,6 +64,11 @@ impl Services {
         Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(store))
     }
 
+    /// These services with `trail` as the audit log (`gatehouse run`).
+    pub fn with_audit(self, trail: crate::audit::AuditTrail) -> Services {
+        Services { audit: Some(Arc::new(trail)), ..self }
+    }
+
     /// These services with `store` as the key-value store.
     pub fn with_kv(self, store: KvStore) -> Services {
         Services { kv: Some(Arc::new(store)), ..self }
@@ -69,6 +78,6 @@ impl Services {
     /// benchmarks point names at loopback servers without a DNS server),
     /// and no key-value store.
     pub fn with_dns(lookup: Arc<dyn Lookup>) -> Result<Services, ServicesError> {
-        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?), kv: None })
+        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?), kv: None, audit: None })
     }
 }

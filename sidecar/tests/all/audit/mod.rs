@@ -1,10 +1,12 @@
 //! The audit log end to end: tampering with an export and with the store,
 //! crashes during appends, the independent Python verifier, and the
-//! independent Rust implementations of Go's sumdb/note and sumdb/tlog.
+//! independent Rust implementations of Go's sumdb/note and sumdb/tlog,
+//! and the log in the running sidecar (`running`).
 
 mod crash;
 mod independent;
 mod python;
+mod running;
 mod tamper;
 
 use std::path::Path;

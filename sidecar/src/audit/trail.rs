@@ -1,0 +1,373 @@
+//! The audit log in the running sidecar: every load and reload records
+//! the grant changes it would make, in one durable batch, before they take
+//! effect (the runtime's gate, see [`crate::Runtime::reload_gated`]). If
+//! the batch cannot be written, the reload fails and the grants in force
+//! stay as they were.
+//!
+//! What a load is compared with: the grants in force as the log's own
+//! entries left them, kept in the store's `audit_grants` table and written
+//! in the same transaction as the entries (see [`super::store`]). Not the
+//! plugins in memory, which are empty at start: a restart with the same
+//! policies then writes nothing, and policies edited while the sidecar was
+//! stopped are recorded at the next start. Why not replay the entries
+//! instead: values over 16 KiB are recorded by hash, and a list element
+//! added reads the same as a section granted, so the entries alone do not
+//! give back the grants.
+//!
+//! The sidecar holds the log's file only while it appends or reads, so
+//! that `gatehouse audit …` reads the file itself whether or not a sidecar
+//! runs (redb lets one process write, or several read, never both). An
+//! append waits up to [`LOCK_WAIT`] for such a reader to let go.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
+use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH};
+use super::note::{NoteSigner, NoteVerifier};
+use super::store::ReadOpenError;
+use super::{STORE_FILE, canonical, key};
+use crate::config::AuditSettings;
+use crate::policy::PluginPolicy;
+use crate::policy::grant_diff::{GrantChange, diff_grants, grants};
+
+/// Longest an append or a read waits for another process (a `gatehouse
+/// audit …` reading the file) to let go of it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// What asked for a (re)load, which decides the entries' actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// The policy files on disk (the first load, SIGHUP): each entry's
+    /// actor is the plugin's policy file and its content hash,
+    /// `file:<path>#sha256:<hex>`.
+    Disk,
+    /// The admin API, with the name of the caller's token: `admin:<name>`.
+    Admin(String),
+}
+
+/// Why the changes could not be recorded; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The log refused or failed the append.
+    #[error(transparent)]
+    Log(#[from] AuditError),
+    /// More changes than one batch may hold.
+    #[error("{0} grant changes at once; one reload may make at most {MAX_BATCH}: apply them in steps")]
+    TooMany(usize),
+    /// The grants in force recorded in the store cannot be read.
+    #[error("the grants recorded in force for plugin `{0}` cannot be read")]
+    State(String),
+}
+
+/// Why the log could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrailError {
+    /// The key.
+    #[error(transparent)]
+    Key(#[from] key::KeyError),
+    /// The directory.
+    #[error(transparent)]
+    Directory(#[from] crate::data_dir::DataDirError),
+    /// The store, or its last checkpoint does not match it.
+    #[error(transparent)]
+    Log(#[from] AuditError),
+}
+
+/// What a successful record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Entries appended (0: no grant changed, nothing written).
+    pub entries: u64,
+    /// The log's size after.
+    pub size: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TrailMetrics {
+    appended: AtomicU64,
+    failures: AtomicU64,
+    size: AtomicU64,
+    /// When the latest checkpoint was signed, in ms since the epoch (0: none).
+    signed_ms: AtomicU64,
+}
+
+impl TrailMetrics {
+    /// Entries this process appended.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Appends that failed (each failed a reload).
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The latest checkpoint's tree size.
+    pub fn checkpoint_size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since the latest checkpoint was signed (`None`: none yet).
+    pub fn checkpoint_age(&self) -> Option<f64> {
+        let ms = self.signed_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        (ms != 0).then(|| now.saturating_sub(ms) as f64 / 1000.0)
+    }
+
+    fn signed_at(&self, time: SystemTime) {
+        let ms = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.signed_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+}
+
+/// The sidecar's audit log: where it is, its key, and its counters.
+#[derive(Debug)]
+pub struct AuditTrail {
+    store: PathBuf,
+    origin: String,
+    signers: Vec<NoteSigner>,
+    /// Reads share the file; an append has it alone (in this process;
+    /// other processes are waited for, see [`LOCK_WAIT`]).
+    lock: RwLock<()>,
+    metrics: TrailMetrics,
+}
+
+/// The origin a new log gets when the settings name none.
+pub fn default_origin() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).take(100).collect();
+    format!("gatehouse/{}", if host.is_empty() { "localhost" } else { &host })
+}
+
+impl AuditTrail {
+    /// Opens the log of `data_dir` (`<data_dir>/audit/log.redb`) with the
+    /// settings' key, creating both on first run, and checks that the
+    /// stored tree still matches the last checkpoint it signed. The origin
+    /// is the settings' one, else the existing key's name, else
+    /// [`default_origin`] (so a host renamed later keeps its log's name).
+    pub fn open(data_dir: &Path, settings: &AuditSettings) -> Result<AuditTrail, TrailError> {
+        let origin = match &settings.origin {
+            Some(origin) => origin.clone(),
+            None if settings.key.exists() => key::load(&settings.key)?.name().to_string(),
+            None => default_origin(),
+        };
+        let signer = key::load_or_generate(&settings.key, &origin)?;
+        let store = data_dir.join(STORE_FILE);
+        if let Some(dir) = store.parent() {
+            crate::data_dir::secure(dir)?;
+        }
+        let trail =
+            AuditTrail { store, origin, signers: vec![signer], lock: RwLock::new(()), metrics: Default::default() };
+        let log = trail.open_log()?;
+        // An empty append writes nothing but checks the stored tree
+        // against the last signed checkpoint (and repairs a file whose
+        // writer was killed).
+        let appended = log.append(&[])?;
+        trail.metrics.size.store(appended.size, Ordering::Relaxed);
+        if let Some(last) = appended.size.checked_sub(1).map(|seq| log.entry(seq)).transpose()?.flatten() {
+            let time = Entry::decode(&last).ok().and_then(|e| humantime::parse_rfc3339(&e.time).ok());
+            trail.metrics.signed_at(time.unwrap_or_else(SystemTime::now));
+        }
+        Ok(trail)
+    }
+
+    /// The log's origin (its name in checkpoints and its key's name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The keys that check its checkpoints.
+    pub fn verifiers(&self) -> Vec<NoteVerifier> {
+        self.signers.iter().map(NoteSigner::verifier).collect()
+    }
+
+    /// The store file.
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &TrailMetrics {
+        &self.metrics
+    }
+
+    fn open_log(&self) -> Result<AuditLog, AuditError> {
+        let started = Instant::now();
+        loop {
+            match AuditLog::open(&self.store, &self.origin, self.signers.clone()) {
+                Err(AuditError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs `read` on the log opened read-only (blocking; waits up to
+    /// [`LOCK_WAIT`] for another process's append).
+    pub fn read<T>(&self, read: impl FnOnce(&AuditReader) -> Result<T, AuditError>) -> Result<T, AuditError> {
+        let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
+        let reader = loop {
+            match AuditReader::open(&self.store) {
+                Ok(reader) => break reader,
+                Err(ReadOpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(ReadOpenError::Locked(shown)) => return Err(AuditError::Locked(shown)),
+                Err(e) => return Err(AuditError::Store(super::store::StoreError(e.to_string()))),
+            }
+        };
+        read(&reader)
+    }
+
+    /// Records the changes from the grants in force (as the log's entries
+    /// left them) to `in_force`, in one durable batch with the new state,
+    /// or nothing when nothing changed. Blocking: call it off the async
+    /// executor. Counts the outcome in the metrics.
+    pub fn record(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
+        let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.record_locked(trigger, in_force);
+        match &outcome {
+            Ok(recorded) if recorded.entries > 0 => {
+                self.metrics.appended.fetch_add(recorded.entries, Ordering::Relaxed);
+                self.metrics.size.store(recorded.size, Ordering::Relaxed);
+                self.metrics.signed_at(SystemTime::now());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        outcome
+    }
+
+    fn record_locked(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
+        let log = self.open_log()?;
+        let recorded = log.grants()?;
+        let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
+        for (plugin, bytes) in &recorded {
+            let row: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.clone()))?;
+            let file = row["file"].as_str().unwrap_or_default().to_string();
+            before.insert(plugin.clone(), (file, row["grants"].clone()));
+        }
+        let after: BTreeMap<&str, &PluginPolicy> = in_force.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut names: Vec<&str> = before.keys().map(String::as_str).chain(after.keys().copied()).collect();
+        names.sort_unstable();
+        names.dedup();
+
+        let mut batch = Vec::new();
+        let mut state = Vec::new();
+        for name in names {
+            let old = before.get(name);
+            let new = after.get(name).copied();
+            let new_grants = new.map(grants);
+            let changes = diff_grants(name, old.map(|(_, g)| g), new_grants.as_ref());
+            if changes.is_empty() {
+                continue;
+            }
+            let actor = match (trigger, new) {
+                (Trigger::Admin(token), _) => format!("admin:{token}"),
+                (Trigger::Disk, Some(policy)) => file_actor(&policy.file, Some(policy.file_sha256)),
+                (Trigger::Disk, None) => {
+                    let file = PathBuf::from(old.map(|(f, _)| f.as_str()).unwrap_or_default());
+                    file_actor(&file, current_hash(&file))
+                }
+            };
+            batch.extend(changes.into_iter().map(|change| entry(&actor, change)));
+            let row = match (new, new_grants) {
+                (Some(policy), Some(value)) => {
+                    let row = json!({ "file": policy.file.to_string_lossy(), "grants": value });
+                    Some(canonical::to_vec(&row).map_err(|_| RecordError::State(name.to_string()))?)
+                }
+                _ => None,
+            };
+            state.push((name.to_string(), row));
+        }
+        if batch.is_empty() {
+            return Ok(Recorded { entries: 0, size: log.size()? });
+        }
+        if batch.len() > MAX_BATCH {
+            return Err(RecordError::TooMany(batch.len()));
+        }
+        let appended = log.append_with_state(&batch, &state)?;
+        Ok(Recorded { entries: batch.len() as u64, size: appended.size })
+    }
+}
+
+/// One grant change as an entry: `added` (no value before), `removed`
+/// (none after) or `changed`.
+fn entry(actor: &str, change: GrantChange) -> NewEntry {
+    let kind = match (&change.before, &change.after) {
+        (None, _) => "added",
+        (_, None) => "removed",
+        _ => "changed",
+    };
+    NewEntry {
+        actor: actor.to_string(),
+        plugin: Some(change.plugin),
+        change: Change { kind: kind.into(), item: change.item, before: change.before, after: change.after },
+    }
+}
+
+/// `file:<path>#sha256:<hex>`, or `file:<path>#absent` when the file is
+/// gone. A path too long for the actor field keeps its end, after `…`.
+pub fn file_actor(path: &Path, sha256: Option<[u8; 32]>) -> String {
+    let suffix = match sha256 {
+        Some(digest) => format!("#sha256:{}", hex::encode(digest)),
+        None => "#absent".to_string(),
+    };
+    let room = MAX_ACTOR - "file:".len() - suffix.len();
+    let shown = crate::guest_text::escape(&path.to_string_lossy(), crate::guest_text::MESSAGE);
+    let shown = if shown.len() <= room {
+        shown
+    } else {
+        let mut cut = shown.len() - (room - "…".len());
+        while !shown.is_char_boundary(cut) {
+            cut += 1;
+        }
+        format!("…{}", &shown[cut..])
+    };
+    format!("file:{shown}{suffix}")
+}
+
+/// SHA-256 of the file as it is now (for the actor of a removal: the
+/// file that defined the plugin may be gone, or say something else now).
+fn current_hash(file: &Path) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let bytes = crate::bounded_read::read_regular_file(file, crate::policy::MAX_POLICY_FILE).ok()?;
+    Some(Sha256::digest(&bytes).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_actors_fit_the_actor_field_and_keep_the_end_of_the_path() {
+        let short = file_actor(Path::new("/etc/gatehouse/policies/a.toml"), Some([0xab; 32]));
+        assert_eq!(short, format!("file:/etc/gatehouse/policies/a.toml#sha256:{}", "ab".repeat(32)));
+        let long = PathBuf::from(format!("/{}/é/policy.toml", "d".repeat(400)));
+        let actor = file_actor(&long, Some([1; 32]));
+        assert!(actor.len() <= MAX_ACTOR, "{}", actor.len());
+        assert!(actor.starts_with("file:…") && actor.contains("/é/policy.toml#sha256:"), "{actor}");
+        assert_eq!(file_actor(Path::new("gone.toml"), None), "file:gone.toml#absent");
+        let forged = file_actor(Path::new("a\nb.toml"), None);
+        assert!(!forged.contains('\n'), "{forged}");
+    }
+
+    #[test]
+    fn the_default_origin_is_a_valid_key_name() {
+        let origin = default_origin();
+        assert!(origin.starts_with("gatehouse/"), "{origin}");
+        assert!(super::super::note::check_name(&origin).is_ok(), "{origin}");
+    }
+}
