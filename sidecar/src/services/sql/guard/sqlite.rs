@@ -368,7 +368,9 @@ mod tests {
     fn actions_are_decided_by_the_grant() {
         let g = grant("functions = [\"Similarity\"]\ntable_functions = [\"json_each\"]");
         let main = Some("main");
-        let cases: &[(i32, Option<&str>, Option<&str>, Option<&str>, bool)] = &[
+        // (action, first, second, database, allowed)
+        type Case<'a> = (i32, Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
+        let cases: &[Case] = &[
             (ffi::SQLITE_SELECT, None, None, None, true),
             (ffi::SQLITE_READ, Some("products"), Some("price"), main, true),
             (ffi::SQLITE_READ, Some("PRODUCTS"), Some("PRICE"), main, true),
