@@ -6,6 +6,7 @@
 mod audit;
 mod commands;
 mod demo;
+mod explain_sql;
 mod json_log;
 mod kv;
 mod run;
@@ -116,6 +117,26 @@ enum PolicyCommand {
         /// The URL the plugin would request.
         url: String,
     },
+    /// Say whether a plugin's `[sql.<alias>]` policy allows one statement:
+    /// its kind and the tables it reads and writes, or the rule it breaks
+    /// and where; exit 0 if allowed, 1 if denied, 2 on a usage or policy
+    /// error. Checks the statement only: no database is opened.
+    ExplainSql {
+        /// Plugin name, as in its policy file.
+        plugin: String,
+        /// Database alias, as in `[sql.<alias>]`.
+        alias: String,
+        /// The statement, as the plugin would send it.
+        statement: String,
+        /// The alias's SQL dialect, when the settings do not define the
+        /// alias (they say PostgreSQL for `[databases.<alias>]`).
+        #[arg(long, value_enum)]
+        dialect: Option<explain_sql::DialectArg>,
+        /// The door the statement comes through (sets whether
+        /// `BEGIN`/`COMMIT` are allowed by default).
+        #[arg(long, value_enum, default_value = "gatehouse")]
+        door: explain_sql::DoorArg,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -138,7 +159,10 @@ pub fn main() -> ExitCode {
     }
     // `policy check` reports on stdout, one line per problem; its log would
     // only say the same again.
-    let quiet = matches!(cli.command, Command::Policy(PolicyCommand::Check { .. }) | Command::Audit(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Policy(PolicyCommand::Check { .. } | PolicyCommand::ExplainSql { .. }) | Command::Audit(_)
+    );
     init_tracing(if quiet { "off" } else { "info" }, cli.log_format);
     let config = match load_config(&cli) {
         Ok(config) => config,
@@ -162,6 +186,9 @@ pub fn main() -> ExitCode {
             Command::Policy(PolicyCommand::Check { .. }) => commands::policy_check(&config).await,
             Command::Policy(PolicyCommand::ExplainUrl { plugin, url }) => {
                 commands::explain_url(&config, &plugin, &url).await
+            }
+            Command::Policy(PolicyCommand::ExplainSql { plugin, alias, statement, dialect, door }) => {
+                explain_sql::explain_sql(&config, &plugin, &alias, &statement, dialect, door)
             }
             Command::Compile => commands::compile(&config),
             Command::Run { .. } => run::run(&config).await,

@@ -432,3 +432,104 @@ fn compile_fails_for_a_plugin_a_load_would_refuse() {
         "{stderr}"
     );
 }
+
+/// `policy explain-sql` through the real binary: allowed with kind and
+/// tables (exit 0), denied with the rule and place (exit 1), usage and
+/// policy problems (exit 2); the dialect from the settings' alias or
+/// `--dialect`; the Spin door's transaction default; a hostile statement
+/// and alias printed escaped.
+#[test]
+fn explain_sql_says_allowed_or_denied_with_the_rule_and_the_place() {
+    let policies = Policies::new();
+    let sql = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sql/policy.toml")).unwrap();
+    let sql = sql.replace("[tables]", "[sql.main.tables]");
+    policies.write("shop.toml", &format!("[plugin]\nname = \"shop\"\ncomponent = \"shop.wasm\"\n\n[sql.main]\n{sql}"));
+    policies.write("bad.toml", "[plugin]\nname = \"bad\"\n\n[sql.main]\nstatements = [\"drop\"]\n");
+    let dir = policies.dir.path().to_str().unwrap();
+    let explain = |args: &[&str]| {
+        let mut all = vec!["--policies", dir, "policy", "explain-sql"];
+        all.extend_from_slice(args);
+        gatehouse(&all)
+    };
+
+    let out = explain(&[
+        "shop",
+        "main",
+        "--dialect",
+        "postgres",
+        "SELECT p.name FROM orders o JOIN products p ON p.id = o.product_id WHERE o.id = $1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for line in [
+        "alias       main (PostgreSQL)",
+        "kind        select",
+        "reads       orders, products",
+        "writes      -",
+        "parameters  1",
+        "verdict     allowed",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let out = explain(&["shop", "main", "--dialect", "sqlite", "DELETE FROM orders WHERE id = ? RETURNING id"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("kind        delete") && stdout.contains("writes      orders"), "{stdout}");
+
+    let out = explain(&[
+        "shop",
+        "main",
+        "--dialect",
+        "sqlite",
+        "SELECT id FROM products WHERE EXISTS (SELECT 1 FROM secrets)",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("verdict     denied: table `secrets` is not granted for reading (in WHERE › EXISTS"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(Table)"), "{stdout}");
+    let out = explain(&["shop", "main", "--dialect", "postgres", "SELECT pg_sleep(10)"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("`pg_sleep`"), "{}", text(&out.stdout));
+
+    // The door: Spin allows BEGIN by default, the custom door does not.
+    assert_eq!(explain(&["shop", "main", "--dialect", "sqlite", "BEGIN TRANSACTION"]).status.code(), Some(1));
+    let out = explain(&["shop", "main", "--dialect", "sqlite", "--door", "spin", "BEGIN TRANSACTION"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // Hostile text is escaped wherever it is printed.
+    let out = explain(&["shop", "main", "--dialect", "sqlite", "SELECT * FROM \"x\u{1b}[2J\nverdict     allowed\""]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains('\u{1b}') && stdout.lines().filter(|l| l.starts_with("verdict")).count() == 1, "{stdout}");
+    assert!(stdout.contains("\\u{1b}"), "{stdout}");
+
+    // The dialect comes from the settings when they define the alias.
+    let (_root, settings) = policies.settings("[databases.main]\nurl = \"postgres://u@127.0.0.1:1/app\"\n");
+    let settings = settings.to_str().unwrap();
+    let with_settings = |args: &[&str]| {
+        let mut all = vec!["--config", settings, "--policies", dir, "policy", "explain-sql"];
+        all.extend_from_slice(args);
+        gatehouse(&all)
+    };
+    let out = with_settings(&["shop", "main", "SELECT id FROM products WHERE id = $1"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("main (PostgreSQL)"), "{}", text(&out.stdout));
+    let out = with_settings(&["shop", "main", "--dialect", "sqlite", "SELECT 1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is a PostgreSQL database in the settings"), "{}", text(&out.stderr));
+
+    // Usage and policy problems: exit 2, saying what is wrong.
+    for (args, expected) in [
+        (&["shop", "main", "SELECT 1"][..], "--dialect sqlite|postgres"),
+        (&["shop", "other", "--dialect", "sqlite", "SELECT 1"][..], "no [sql.other] section"),
+        (&["nobody", "main", "--dialect", "sqlite", "SELECT 1"][..], "names plugin `nobody`"),
+        (&["bad", "main", "--dialect", "sqlite", "SELECT 1"][..], ":5: [sql.main]: unknown statement kind `drop`"),
+    ] {
+        let out = explain(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stdout));
+        assert!(text(&out.stderr).contains(expected), "{args:?}: {}", text(&out.stderr));
+    }
+}

@@ -1,23 +1,24 @@
 //! The SQL statement checker (`services::sql`), pure: no database. The
 //! fixtures in `tests/fixtures/sql/` (schema, policy, allowed statements)
 //! are shared with the gateway's tests, which run the allowed statements on
-//! real SQLite and PostgreSQL databases.
+//! real SQLite and PostgreSQL databases; `sql_guard` runs this file's
+//! bypass table against the database's own check alone.
 
 use std::path::Path;
 
 use gatehouse::services::sql::{Checked, Denial, Dialect, Door, Rule, SqlPolicy, StatementKind, check, check_for};
 use proptest::prelude::*;
 
-fn fixture(name: &str) -> String {
+pub(crate) fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sql").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn policy() -> SqlPolicy {
+pub(crate) fn policy() -> SqlPolicy {
     SqlPolicy::from_toml(&fixture("policy.toml")).expect("the fixture policy is valid")
 }
 
-fn with(extra: &str) -> SqlPolicy {
+pub(crate) fn with(extra: &str) -> SqlPolicy {
     SqlPolicy::from_toml(&format!("{extra}\n{}", fixture("policy.toml"))).expect("valid policy")
 }
 
@@ -26,7 +27,7 @@ const PG: &[Dialect] = &[Dialect::Postgres];
 const LITE: &[Dialect] = &[Dialect::Sqlite];
 
 /// The allowed fixture: every line for `dialect`.
-fn allowed(dialect: Dialect) -> Vec<String> {
+pub(crate) fn allowed(dialect: Dialect) -> Vec<String> {
     fixture("allowed.sql")
         .lines()
         .filter_map(|line| {
@@ -71,7 +72,7 @@ fn the_allowed_statements_pass_on_their_dialects() {
 /// strings, settings, extensions, table functions); every statement kind
 /// that is never allowed; literals under params_only and foreign or mixed
 /// placeholders.
-const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
+pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     // Stacked statements, strings and comments.
     (BOTH, "", "SELECT id FROM products; DELETE FROM orders", Rule::Stacked, "2 statements"),
     (BOTH, "", "SELECT 'a\\'; DELETE FROM orders; --'", Rule::Stacked, "2 statements"),

@@ -1,5 +1,5 @@
 //! The SQL gateway's statement policy: the first of its two lines of
-//! defence (the second, the database's own check, comes with the gateway).
+//! defence (the second, the database's own check, is [`guard`]).
 //! A plugin's statement is parsed by a real SQL parser in its database's
 //! dialect and walked node by node against the plugin's `[sql.<alias>]`
 //! grant; what the walk does not know is refused.
@@ -13,15 +13,19 @@
 //! - [`names`]: identifiers and schemas as each database reads them.
 //! - [`functions`]: the default function allow-list of each dialect.
 //! - [`denial`]: [`Denial`] and its [`Rule`], what a refusal says.
+//! - [`guard`]: the second line, the database's own check of the same
+//!   grant (SQLite authorizer, PostgreSQL roles), on plain sqlx
+//!   connections.
 //!
 //! Not here yet: pools, the doors (`gatehouse:services/sql`, Spin's
-//! sqlite), the database's own check, `[sql]` in plugin policies, and the
+//! sqlite), `[sql]` in plugin policies, and the
 //! `max_rows`/`max_result_bytes`/`timeout` enforcement (the fields are
 //! parsed and validated here).
 
 pub mod check;
 pub mod denial;
 pub mod functions;
+pub mod guard;
 pub mod names;
 pub mod policy;
 
