@@ -171,7 +171,7 @@ async fn a_database_that_goes_away_is_unavailable_and_loses_no_acknowledged_writ
 /// Through the door, with the store `Services::from_config` builds for
 /// `[kv] database` (an alias whose URL is read at the first call): the database is down at the first call (the schema
 /// cannot be applied), so the guest gets `unavailable`; once it answers, the
-/// next call opens the store, with no restart, and the count lands in
+/// next call after the retry interval opens the store, with no restart, and the count lands in
 /// PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
@@ -198,6 +198,8 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
     let visit = || runtime.invoke("counter", Document { content_type: "text/plain".into(), body: b"visit".to_vec() });
     assert_eq!(visit().await.unwrap_err().kind(), ErrorKind::Unavailable);
     postgres.resume();
+    // A failed open is the answer for this long; then the store opens.
+    tokio::time::sleep(gatehouse::services::kv::host::OPEN_RETRY_INTERVAL).await;
     for expected in [1, 2] {
         let output = visit().await.unwrap();
         let answer: serde_json::Value = serde_json::from_slice(&output.body).unwrap();
