@@ -8,7 +8,9 @@
 //! (at most once a second, see `databases`). Key-value operations are
 //! counted by `services::kv` per plugin, operation and outcome (fixed
 //! sets, so guests cannot add series), and each plugin's usage and quotas
-//! are read from the store at scrape time ([`kv_usage`]).
+//! are read from the store at scrape time ([`kv_usage`]). SQL calls are
+//! counted by `services::sql` by plugin, alias and outcome, with
+//! latencies, and each opened pool's connections are read at scrape time.
 
 use std::time::Duration;
 
@@ -166,6 +168,7 @@ impl Metrics {
             }
             registry.register(name, help, family);
         }
+        services.sql.metrics.register(&services.sql, &mut registry);
         let up: Family<DatabaseLabel, Gauge> = Family::default();
         for health in databases {
             up.get_or_create(&DatabaseLabel { database: health.alias.clone() }).set(i64::from(health.is_up()));
