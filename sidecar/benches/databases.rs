@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gatehouse::databases::{Databases, UrlSource};
+use gatehouse::databases::{DatabaseSettings, Databases, UrlSource};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor};
 
@@ -24,7 +24,8 @@ fn main() {
     let postgres = postgres::TestPostgres::start("bench", "bench-pw", "bench");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let settings = BTreeMap::from([("main".to_string(), UrlSource::Inline(postgres.url()))]);
+        let settings =
+            BTreeMap::from([("main".to_string(), DatabaseSettings::postgres(UrlSource::Inline(postgres.url())))]);
         let databases = Arc::new(Databases::open(&settings).unwrap());
         let options = databases.options("main").unwrap().clone();
 

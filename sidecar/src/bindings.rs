@@ -9,4 +9,5 @@ wasmtime::component::bindgen!({
     world: "gatehouse:services/plugin",
     imports: { default: async | trappable },
     exports: { default: async },
+    with: { "gatehouse:services/sql.transaction": crate::services::sql::host::Transaction },
 });

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::databases::UrlSource;
+use crate::databases::{DatabaseSettings, DatabaseTarget, PoolSettings, UrlSource};
 use crate::policy::units::{ByteSize, HumanDuration};
 use crate::runtime::RuntimeSettings;
 use crate::secrets::SecretSource;
@@ -33,9 +33,9 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// `gatehouse run`: listeners and request limits.
     pub server: ServerSettings,
-    /// `[databases.<alias>]`: PostgreSQL databases services refer to by
-    /// alias.
-    pub databases: BTreeMap<String, UrlSource>,
+    /// `[databases.<alias>]`: PostgreSQL databases and SQLite files
+    /// services refer to by alias, with their pool sizes.
+    pub databases: BTreeMap<String, DatabaseSettings>,
     /// `[kv]`: where the key-value store keeps its data.
     pub kv: KvSettings,
     /// `[audit]`: the audit log of grant changes.
@@ -174,11 +174,15 @@ struct KvSection {
     database: Option<String>,
 }
 
-/// `[databases.<alias>]`.
+/// `[databases.<alias>]`: exactly one of `url` or `sqlite`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DatabaseSection {
-    url: UrlField,
+    url: Option<UrlField>,
+    sqlite: Option<PathBuf>,
+    max_connections: Option<u32>,
+    acquire_timeout: Option<HumanDuration>,
+    per_plugin_connections: Option<u32>,
 }
 
 /// A URL written out, or `{ env = … }` / `{ file = … }`.
@@ -257,7 +261,8 @@ impl Config {
             .map(|(name, secret)| Ok((name.clone(), source(&format!("[secrets.{name}]"), secret)?)))
             .collect::<Result<_, String>>()?;
         let server = server_settings(raw.server, |what, s| source(what, s))?;
-        let databases: BTreeMap<String, UrlSource> = raw
+        let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
+        let databases: BTreeMap<String, DatabaseSettings> = raw
             .databases
             .into_iter()
             .map(|(alias, section)| {
@@ -267,14 +272,44 @@ impl Config {
                         crate::guest_text::escape(&alias, crate::guest_text::SHORT)
                     ));
                 }
-                let url = match section.url {
-                    UrlField::Inline(url) => UrlSource::Inline(url),
-                    UrlField::Secret(secret) => UrlSource::Secret(source(&format!("[databases.{alias}] url"), secret)?),
+                let target = match (section.url, section.sqlite) {
+                    (Some(UrlField::Inline(url)), None) => DatabaseTarget::Postgres(UrlSource::Inline(url)),
+                    (Some(UrlField::Secret(secret)), None) => DatabaseTarget::Postgres(UrlSource::Secret(source(
+                        &format!("[databases.{alias}] url"),
+                        secret,
+                    )?)),
+                    (None, Some(file)) if file.as_os_str().is_empty() => {
+                        return Err(format!("[databases.{alias}] sqlite: name a file"));
+                    }
+                    (None, Some(file)) => DatabaseTarget::Sqlite(if file.is_absolute() { file } else { data_dir.join(file) }),
+                    _ => {
+                        return Err(format!(
+                            "[databases.{alias}]: set exactly one of `url` (PostgreSQL) or `sqlite` (a file in the data directory)"
+                        ));
+                    }
                 };
-                Ok((alias, url))
+                let defaults = PoolSettings::default();
+                let max_connections = section.max_connections.unwrap_or(defaults.max_connections);
+                let pool = PoolSettings {
+                    max_connections,
+                    acquire_timeout: section.acquire_timeout.map_or(defaults.acquire_timeout, |d| d.0),
+                    per_plugin_connections: section
+                        .per_plugin_connections
+                        .unwrap_or(defaults.per_plugin_connections.min(max_connections)),
+                };
+                pool.validate().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
+                Ok((alias, DatabaseSettings { target, pool }))
             })
             .collect::<Result<_, String>>()?;
         let kv = KvSettings { database: raw.kv.database };
+        if let Some(alias) = &kv.database
+            && databases.get(alias).is_some_and(|d| matches!(d.target, DatabaseTarget::Sqlite(_)))
+        {
+            return Err(format!(
+                "[kv] database = `{}`: a SQLite alias; the key-value store is redb by default or PostgreSQL",
+                crate::guest_text::escape(alias, crate::guest_text::SHORT)
+            ));
+        }
         if let Some(alias) = &kv.database
             && !databases.contains_key(alias)
         {
@@ -285,7 +320,6 @@ impl Config {
         }
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
-        let data_dir = resolve(raw.data_dir.unwrap_or_else(|| ".gatehouse".into()));
         let defaults = RuntimeSettings::default();
         let engine = raw.engine;
         let runtime = RuntimeSettings {
@@ -323,7 +357,7 @@ impl Config {
 }
 
 /// Aliases appear in policies (`[sql.<alias>]`) and metric labels.
-fn is_alias(name: &str) -> bool {
+pub(crate) fn is_alias(name: &str) -> bool {
     name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
@@ -481,11 +515,26 @@ mod tests {
             "[databases.main]\nurl = \"postgres://localhost/app\"\n[databases.shared]\nurl = { env = \"DB_URL\" }\n",
         )
         .unwrap();
-        assert_eq!(config.databases["main"], UrlSource::Inline("postgres://localhost/app".into()));
-        assert_eq!(config.databases["shared"], UrlSource::Secret(SecretSource::Env("DB_URL".into())));
+        assert_eq!(
+            config.databases["main"],
+            DatabaseSettings::postgres(UrlSource::Inline("postgres://localhost/app".into()))
+        );
+        assert_eq!(
+            config.databases["shared"],
+            DatabaseSettings::postgres(UrlSource::Secret(SecretSource::Env("DB_URL".into())))
+        );
         for (text, expected) in [
             ("[databases.Main]\nurl = \"postgres://x\"\n", "[databases.Main]: an alias is"),
-            ("[databases.main]\n", "missing field `url`"),
+            ("[databases.main]\n", "set exactly one of `url` (PostgreSQL) or `sqlite`"),
+            ("[databases.main]\nurl = \"postgres://x\"\nsqlite = \"a.db\"\n", "set exactly one of `url`"),
+            ("[databases.main]\nsqlite = \"\"\n", "sqlite: name a file"),
+            ("[databases.main]\nsqlite = \"a.db\"\nmax_connections = 0\n", "max_connections must be between 1"),
+            (
+                "[databases.main]\nsqlite = \"a.db\"\nmax_connections = 2\nper_plugin_connections = 3\n",
+                "per_plugin_connections must be",
+            ),
+            ("[databases.main]\nsqlite = \"a.db\"\nacquire_timeout = \"0s\"\n", "acquire_timeout must be"),
+            ("[databases.app]\nsqlite = \"a.db\"\n[kv]\ndatabase = \"app\"\n", "a SQLite alias"),
             ("[databases.main]\nurl = { envv = \"A\" }\n", "a URL string, or { env = \"VARIABLE\" }"),
             ("[databases.main]\nurl = { env = \"A\", file = \"b\" }\n", "set exactly one of `env` or `file`"),
             ("[databases.main]\nurl = \"postgres://x\"\npool = 3\n", "unknown field `pool`"),
@@ -493,6 +542,27 @@ mod tests {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn a_sqlite_alias_is_a_file_in_the_data_directory_with_its_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"state\"\n[databases.app]\nsqlite = \"app.db\"\nmax_connections = 3\nacquire_timeout = \"250ms\"\n\
+             [databases.abs]\nsqlite = \"/var/x.db\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let app = &config.databases["app"];
+        assert_eq!(app.target, DatabaseTarget::Sqlite(dir.path().join("state").join("app.db")));
+        assert_eq!(
+            app.pool,
+            PoolSettings { max_connections: 3, acquire_timeout: Duration::from_millis(250), per_plugin_connections: 3 }
+        );
+        assert_eq!(config.databases["abs"].target, DatabaseTarget::Sqlite("/var/x.db".into()));
+        assert_eq!(config.databases["abs"].pool, PoolSettings::default());
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Database aliases: `[databases.<alias>]` in `gatehouse.toml` names a
-//! PostgreSQL database by a short alias. Services refer to databases by
-//! alias only (a policy's `[sql.<alias>]`, the shared KV and audit
-//! backends), so connection details and passwords stay in the sidecar's
-//! settings, never in policies.
+//! PostgreSQL database (`url`) or a SQLite file (`sqlite`, relative to the
+//! data directory) by a short alias, with the sizes of its pool. Services
+//! refer to databases by alias only (a policy's `[sql.<alias>]`, the
+//! shared KV and audit backends), so connection details and passwords stay
+//! in the sidecar's settings, never in policies.
 //!
-//! Today the sidecar checks the aliases for `/readyz` and `/metrics`; the
-//! services that keep state in PostgreSQL build their pools from
-//! [`Databases::options`].
+//! The sidecar checks the aliases for `/readyz` and `/metrics`; the
+//! services build their pools from [`Databases::options`] (PostgreSQL) and
+//! [`Databases::sqlite_options`].
 //!
 //! The check opens a connection of its own instead of borrowing one from a
 //! service's pool: a busy pool is not an unreachable database, and a probe
@@ -15,11 +16,12 @@
 //! requests costs the database one connection a second.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::Mutex;
 
@@ -48,6 +50,95 @@ impl std::fmt::Debug for UrlSource {
         match self {
             UrlSource::Inline(_) => f.write_str("Inline(..)"),
             UrlSource::Secret(source) => f.debug_tuple("Secret").field(source).finish(),
+        }
+    }
+}
+
+/// What an alias names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    /// A PostgreSQL server (`url`).
+    Postgres(UrlSource),
+    /// A SQLite file (`sqlite`), its path resolved against the data
+    /// directory; created at first use.
+    Sqlite(PathBuf),
+}
+
+/// Default `max_connections` of an alias's pool.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Default `acquire_timeout`: how long a call waits for a connection.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `per_plugin_connections`: connections one plugin may hold at
+/// once on one alias.
+pub const DEFAULT_PER_PLUGIN: u32 = 4;
+/// Largest `max_connections` an alias may set.
+pub const MAX_CONNECTIONS_CEILING: u32 = 1000;
+
+/// The pool of one alias (`max_connections`, `acquire_timeout`,
+/// `per_plugin_connections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections the pool opens at most.
+    pub max_connections: u32,
+    /// How long a call waits for a connection (its plugin's share, then the
+    /// pool's) before it is refused with a retry hint.
+    pub acquire_timeout: Duration,
+    /// Connections one plugin may hold at once: below `max_connections`,
+    /// so a greedy plugin leaves room for the others.
+    pub per_plugin_connections: u32,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            per_plugin_connections: DEFAULT_PER_PLUGIN,
+        }
+    }
+}
+
+impl PoolSettings {
+    /// The combinations that are never right.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&self.max_connections) {
+            return Err(format!("max_connections must be between 1 and {MAX_CONNECTIONS_CEILING}"));
+        }
+        if self.per_plugin_connections == 0 || self.per_plugin_connections > self.max_connections {
+            return Err("per_plugin_connections must be between 1 and max_connections".into());
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.acquire_timeout) {
+            return Err("acquire_timeout must be between 1ms and 60s".into());
+        }
+        Ok(())
+    }
+}
+
+/// One `[databases.<alias>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    /// The database.
+    pub target: DatabaseTarget,
+    /// Its pool.
+    pub pool: PoolSettings,
+}
+
+impl DatabaseSettings {
+    /// A PostgreSQL alias with the default pool.
+    pub fn postgres(url: UrlSource) -> DatabaseSettings {
+        DatabaseSettings { target: DatabaseTarget::Postgres(url), pool: PoolSettings::default() }
+    }
+
+    /// A SQLite alias with the default pool.
+    pub fn sqlite(path: PathBuf) -> DatabaseSettings {
+        DatabaseSettings { target: DatabaseTarget::Sqlite(path), pool: PoolSettings::default() }
+    }
+
+    /// The SQL dialect of the database.
+    pub fn dialect(&self) -> crate::services::sql::Dialect {
+        match self.target {
+            DatabaseTarget::Postgres(_) => crate::services::sql::Dialect::Postgres,
+            DatabaseTarget::Sqlite(_) => crate::services::sql::Dialect::Sqlite,
         }
     }
 }
@@ -95,8 +186,16 @@ impl Health {
 
 struct Alias {
     name: String,
-    options: PgConnectOptions,
+    options: Options,
     target: String,
+    pool: PoolSettings,
+}
+
+/// How to connect to one alias.
+#[derive(Clone)]
+enum Options {
+    Postgres(Box<PgConnectOptions>),
+    Sqlite(Box<SqliteConnectOptions>),
 }
 
 struct Checked {
@@ -119,26 +218,60 @@ impl std::fmt::Debug for Databases {
 impl Databases {
     /// Reads each alias's URL and parses it. Connects to nothing: a
     /// database that is down at start makes the sidecar unready, not dead.
-    pub fn open(settings: &BTreeMap<String, UrlSource>) -> Result<Self, DatabaseError> {
+    pub fn open(settings: &BTreeMap<String, DatabaseSettings>) -> Result<Self, DatabaseError> {
         let aliases = settings
             .iter()
-            .map(|(name, source)| {
-                let url = match source {
-                    UrlSource::Inline(url) => url.clone(),
-                    UrlSource::Secret(secret) => {
-                        secret.read().map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?
+            .map(|(name, settings)| {
+                let (options, target) = match &settings.target {
+                    DatabaseTarget::Postgres(source) => {
+                        let url = match source {
+                            UrlSource::Inline(url) => url.clone(),
+                            UrlSource::Secret(secret) => secret
+                                .read()
+                                .map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?,
+                        };
+                        let options =
+                            parse(&url).map_err(|reason| DatabaseError::BadUrl { alias: name.clone(), reason })?;
+                        let target = describe(&options);
+                        (Options::Postgres(Box::new(options)), target)
+                    }
+                    DatabaseTarget::Sqlite(path) => {
+                        let target =
+                            format!("sqlite:{}", guest_text::escape(&path.display().to_string(), guest_text::LINE));
+                        (Options::Sqlite(Box::new(sqlite_options(path))), target)
                     }
                 };
-                let options = parse(&url).map_err(|reason| DatabaseError::BadUrl { alias: name.clone(), reason })?;
-                Ok(Alias { name: name.clone(), target: describe(&options), options })
+                Ok(Alias { name: name.clone(), target, options, pool: settings.pool })
             })
             .collect::<Result<_, DatabaseError>>()?;
         Ok(Databases { aliases, last: Mutex::new(None) })
     }
 
-    /// The connection options of `alias`, for a service to build its pool.
+    /// The connection options of `alias` if it is a PostgreSQL database,
+    /// for a service to build its pool.
     pub fn options(&self, alias: &str) -> Option<&PgConnectOptions> {
-        self.aliases.iter().find(|a| a.name == alias).map(|a| &a.options)
+        match &self.aliases.iter().find(|a| a.name == alias)?.options {
+            Options::Postgres(options) => Some(options),
+            Options::Sqlite(_) => None,
+        }
+    }
+
+    /// The connection options of `alias` if it is a SQLite file.
+    pub fn sqlite_options(&self, alias: &str) -> Option<&SqliteConnectOptions> {
+        match &self.aliases.iter().find(|a| a.name == alias)?.options {
+            Options::Sqlite(options) => Some(options),
+            Options::Postgres(_) => None,
+        }
+    }
+
+    /// The pool settings of `alias`.
+    pub fn pool(&self, alias: &str) -> Option<PoolSettings> {
+        self.aliases.iter().find(|a| a.name == alias).map(|a| a.pool)
+    }
+
+    /// Every alias, in order.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.aliases.iter().map(|a| a.name.as_str())
     }
 
     /// Whether each database answers, checked at most once per
@@ -176,13 +309,38 @@ impl Databases {
     }
 }
 
+/// How the SQL gateway opens a SQLite file: created if missing, WAL (readers
+/// never wait for the writer), foreign keys on, a busy timeout so that
+/// writers queue instead of failing at once. No extension can be loaded
+/// (sqlx is built without `load-extension`).
+pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(1))
+}
+
 /// A connection of its own, `SELECT 1`, closed.
-async fn probe(options: &PgConnectOptions) -> Result<(), String> {
+async fn probe(options: &Options) -> Result<(), String> {
     let attempt = async {
-        let mut connection = PgConnection::connect_with(options).await?;
-        // Simple-query protocol: no statement is prepared or cached.
-        connection.execute("SELECT 1").await?;
-        connection.close().await
+        match options {
+            Options::Postgres(options) => {
+                let mut connection = PgConnection::connect_with(options).await?;
+                // Simple-query protocol: no statement is prepared or cached.
+                connection.execute("SELECT 1").await?;
+                connection.close().await
+            }
+            Options::Sqlite(options) => {
+                // Never creates the file: a probe only looks (the gateway
+                // creates it at its first use, or at start for `app`).
+                let options = (**options).clone().create_if_missing(false);
+                let mut connection = SqliteConnection::connect_with(&options).await?;
+                connection.execute("SELECT 1").await?;
+                connection.close().await
+            }
+        }
     };
     match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
         Ok(Ok(())) => Ok(()),
@@ -328,7 +486,10 @@ mod tests {
     use super::*;
 
     fn open(url: &str) -> Result<Databases, DatabaseError> {
-        Databases::open(&BTreeMap::from([("main".to_string(), UrlSource::Inline(url.into()))]))
+        Databases::open(&BTreeMap::from([(
+            "main".to_string(),
+            DatabaseSettings::postgres(UrlSource::Inline(url.into())),
+        )]))
     }
 
     #[test]
@@ -459,11 +620,29 @@ mod tests {
         assert!(target.contains("\\n2026-01-01"), "{target}");
     }
 
+    #[tokio::test]
+    async fn a_sqlite_alias_is_probed_without_creating_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let databases =
+            Databases::open(&BTreeMap::from([("app".to_string(), DatabaseSettings::sqlite(path.clone()))])).unwrap();
+        assert!(databases.options("app").is_none() && databases.sqlite_options("app").is_some());
+        let health = databases.check().await;
+        assert!(!health[0].is_up(), "a missing file is not a database");
+        assert!(!path.exists(), "the probe created the file");
+        let mut connection = SqliteConnection::connect_with(databases.sqlite_options("app").unwrap()).await.unwrap();
+        connection.execute("CREATE TABLE t (x)").await.unwrap();
+        *databases.last.lock().await = None;
+        assert!(databases.check().await[0].is_up());
+    }
+
     #[test]
     fn a_url_from_a_missing_variable_is_refused_by_name() {
         let settings = BTreeMap::from([(
             "main".to_string(),
-            UrlSource::Secret(SecretSource::Env("GATEHOUSE_TEST_UNSET_DATABASE_URL".into())),
+            DatabaseSettings::postgres(UrlSource::Secret(SecretSource::Env(
+                "GATEHOUSE_TEST_UNSET_DATABASE_URL".into(),
+            ))),
         )]);
         let error = Databases::open(&settings).unwrap_err().to_string();
         assert!(error.starts_with("[databases.main] url: cannot read environment variable `GATEHOUSE_TEST_UNSET"));

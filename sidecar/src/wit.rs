@@ -9,6 +9,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("http-client.wit", include_str!("../../wit/http-client.wit")),
     ("kv.wit", include_str!("../../wit/kv.wit")),
     ("log.wit", include_str!("../../wit/log.wit")),
+    ("sql.wit", include_str!("../../wit/sql.wit")),
     ("types.wit", include_str!("../../wit/types.wit")),
     ("worlds.wit", include_str!("../../wit/worlds.wit")),
 ];

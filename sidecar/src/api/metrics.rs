@@ -10,7 +10,9 @@
 //! sets, so guests cannot add series), and each plugin's usage and quotas
 //! are read from the store at scrape time ([`kv_usage`]). The audit
 //! log's counters (entries appended, failed appends, the latest
-//! checkpoint's size and age) are kept by `audit::trail`.
+//! checkpoint's size and age) are kept by `audit::trail`. SQL calls are
+//! counted by `services::sql` by plugin, alias and outcome, with
+//! latencies, and each opened pool's connections are read at scrape time.
 
 use std::time::Duration;
 
@@ -168,6 +170,7 @@ impl Metrics {
             }
             registry.register(name, help, family);
         }
+        services.sql.metrics.register(&services.sql, &mut registry);
         let up: Family<DatabaseLabel, Gauge> = Family::default();
         for health in databases {
             up.get_or_create(&DatabaseLabel { database: health.alias.clone() }).set(i64::from(health.is_up()));

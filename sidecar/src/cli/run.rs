@@ -50,6 +50,12 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         services = services.with_audit(trail);
     }
     let services = Arc::new(services);
+    // The embedded application database, when the settings name it, gets
+    // its schema before any plugin runs (a failure is logged; calls retry
+    // the open). Otherwise it is made at its first use.
+    if config.databases.contains_key(gatehouse::services::sql::pool::APP_ALIAS) {
+        services.sql.open_app().await;
+    }
     let runtime = Arc::new(Runtime::new(config.runtime.clone(), services.clone())?);
     let databases = Arc::new(Databases::open(&config.databases)?);
     let api = Arc::new(Api::new(runtime, services, config, databases));

@@ -16,6 +16,9 @@ pub(super) struct PolicyFile {
     pub limits: LimitsSection,
     pub http: Option<HttpSection>,
     pub kv: Option<KvSection>,
+    /// `[sql.<alias>]`, one per database alias.
+    #[serde(default)]
+    pub sql: std::collections::BTreeMap<Spanned<String>, crate::services::sql::SqlSection>,
 }
 
 #[derive(Debug, Deserialize)]

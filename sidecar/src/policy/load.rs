@@ -149,6 +149,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
     let limits = v.limits(&raw.limits);
     let http = raw.http.as_ref().map(|section| v.http(section));
     let kv = raw.kv.as_ref().map(|section| v.kv(section));
+    let sql = v.sql(&raw.sql);
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
@@ -160,6 +161,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
             limits,
             http,
             kv,
+            sql,
         }),
         _ => {
             // In the order of the file, as a reader goes through it.
@@ -396,6 +398,44 @@ impl Validator<'_> {
             }
         }
         policy
+    }
+
+    /// Each `[sql.<alias>]`, its problems placed on their lines. The alias
+    /// itself is checked against the settings when the plugin loads.
+    fn sql(
+        &mut self,
+        raw: &BTreeMap<Spanned<String>, crate::services::sql::SqlSection>,
+    ) -> BTreeMap<String, crate::services::sql::SqlPolicy> {
+        let mut grants = BTreeMap::new();
+        for (alias, section) in raw {
+            let name = alias.get_ref();
+            if !crate::config::is_alias(name) {
+                self.fail(
+                    alias,
+                    format!(
+                        "[sql.{}]: an alias is 1 to 64 lowercase letters, digits, `_` or `-`, starting with a letter",
+                        crate::guest_text::escape(name, crate::guest_text::SHORT)
+                    ),
+                );
+                continue;
+            }
+            match section.validate() {
+                Ok(policy) => {
+                    grants.insert(name.clone(), policy);
+                }
+                Err(problems) => {
+                    for (span, reason) in problems {
+                        self.errors.push(PolicyError {
+                            file: self.file.to_path_buf(),
+                            line: Some(line_of(self.text, span.start)),
+                            reason: format!("[sql.{name}] {reason}"),
+                            plugin: None,
+                        });
+                    }
+                }
+            }
+        }
+        grants
     }
 
     fn injection(&mut self, raw: &InjectSection, allow: &[AllowRule]) -> Option<Injection> {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::services::http::HttpPolicy;
 use crate::services::kv::KvPolicy;
+use crate::services::sql::SqlPolicy;
 
 pub use error::{PolicyError, shown};
 pub use load::{ComponentDir, MAX_COMPONENT_SIZE, MAX_POLICY_FILE, PolicyLoad, load_dir, load_dir_in};
@@ -67,6 +68,10 @@ pub struct PluginPolicy {
     /// Key-value storage (`[kv]`); `None` grants no storage. Removing the
     /// section keeps the plugin's data (it is only no longer reachable).
     pub kv: Option<KvPolicy>,
+    /// SQL (`[sql.<alias>]`), by database alias; empty grants no database.
+    /// Whether each alias exists (and is of a dialect the grant suits) is
+    /// checked when the plugin loads, against the settings.
+    pub sql: BTreeMap<String, SqlPolicy>,
 }
 
 impl PluginPolicy {
@@ -75,6 +80,7 @@ impl PluginPolicy {
         match section {
             "http" => self.http.is_some(),
             "kv" => self.kv.is_some(),
+            "sql" => !self.sql.is_empty(),
             _ => false,
         }
     }

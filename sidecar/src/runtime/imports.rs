@@ -67,6 +67,7 @@ fn rule(package: &str, interface: &str, version: Option<&str>, serves_http: bool
         ("wasi:http", "types") => Rule::Needs("http"),
         ("gatehouse:services", "http-client") | ("wasi:http", "outgoing-handler") => Rule::Needs("http"),
         ("gatehouse:services", "kv") => Rule::Needs("kv"),
+        ("gatehouse:services", "sql") => Rule::Needs("sql"),
         ("wasi:keyvalue", "store" | "atomics" | "batch") if version.is_some_and(|v| KEYVALUE_VERSIONS.contains(&v)) => {
             Rule::Needs("kv")
         }
@@ -130,6 +131,7 @@ mod tests {
             assert!(matches!(rule("wasi:sockets", "tcp"), Rule::Never(_)));
             assert_eq!(rule("wasi:http", "outgoing-handler"), Rule::Needs("http"));
             assert_eq!(rule("gatehouse:services", "http-client"), Rule::Needs("http"));
+            assert_eq!(rule("gatehouse:services", "sql"), Rule::Needs("sql"));
             assert_eq!(rule("wasi:http", "incoming-handler"), Rule::Unknown);
             assert_eq!(rule("wasi:cli", "run"), Rule::Unknown);
             assert_eq!(rule("evil:net", "raw"), Rule::Unknown);

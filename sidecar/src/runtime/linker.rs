@@ -17,6 +17,7 @@ use crate::services::http::host::HttpClientService;
 use crate::services::kv::wasi::WasiKv;
 use crate::services::kv::{KvService, wasi_draft, wasi_draft2};
 use crate::services::log::LogService;
+use crate::services::sql::SqlService;
 
 pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
@@ -67,6 +68,10 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
     gatehouse::kv::add_to_linker::<S, KvService>(l, |s| &mut s.kv)?;
     wasi_draft::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
     wasi_draft2::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
+
+    // The SQL gateway (`services::sql`), usable only with a [sql.<alias>]
+    // grant.
+    gatehouse::sql::add_to_linker::<S, SqlService>(l, |s| &mut s.sql)?;
 
     Ok(linker)
 }

@@ -56,6 +56,7 @@ use crate::services::Services;
 use crate::services::http::PluginHttp;
 use crate::services::kv::PluginKv;
 use crate::services::log::PluginTag;
+use crate::services::sql::PluginSql;
 use crate::{Document, PluginInfo};
 use slots::{Admission, Admitted, Pool, Queued, SlotTable, Slots};
 use state::{Granted, PluginState};
@@ -778,7 +779,12 @@ impl Runtime {
             }
             None => None,
         };
-        let granted = Granted { http, kv };
+        let sql = if policy.sql.is_empty() {
+            None
+        } else {
+            Some(Arc::new(PluginSql::new(&policy.name, &policy.sql, &self.services.sql)?))
+        };
+        let granted = Granted { http, kv, sql };
 
         let hostcall_fuel = usize::try_from(hostcall_fuel(policy)).unwrap_or(usize::MAX);
 

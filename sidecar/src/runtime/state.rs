@@ -15,6 +15,7 @@ use crate::services::http::host::HttpHost;
 use crate::services::kv::{KvHost, PluginKv};
 use crate::services::log::stdio::{CapturedOutput, Stream};
 use crate::services::log::{Logger, PluginTag};
+use crate::services::sql::{PluginSql, SqlHost};
 
 /// Most bytes one `wasi:random` call may ask for.
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
@@ -25,6 +26,7 @@ pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
 pub(crate) struct Granted {
     pub(crate) http: Option<Arc<PluginHttp>>,
     pub(crate) kv: Option<Arc<PluginKv>>,
+    pub(crate) sql: Option<Arc<PluginSql>>,
 }
 
 pub(crate) struct PluginState {
@@ -35,6 +37,9 @@ pub(crate) struct PluginState {
     pub(crate) http: HttpHost,
     http_ctx: WasiHttpCtx,
     pub(crate) kv: KvHost,
+    /// Dropped with the store at the end of the invocation: every
+    /// transaction the guest left open is rolled back then.
+    pub(crate) sql: SqlHost,
 }
 
 impl PluginState {
@@ -75,6 +80,7 @@ impl PluginState {
             http: HttpHost::new(http, open_requests),
             http_ctx,
             kv: KvHost::new(granted.kv.clone()),
+            sql: SqlHost::new(granted.sql.clone()),
         }
     }
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use http::HttpGateway;
 use http::resolve::{Lookup, SystemLookup};
 use kv::KvStore;
+use sql::SqlGateway;
 
 /// Every service's shared state.
 pub struct Services {
@@ -33,6 +34,9 @@ pub struct Services {
     /// effect; `None` (`[audit] enabled = false`, and commands that change
     /// no grant) records nothing.
     pub audit: Option<Arc<crate::audit::AuditTrail>>,
+    /// The SQL gateway: one pool per `[databases.<alias>]`, opened at
+    /// first use.
+    pub sql: Arc<SqlGateway>,
 }
 
 /// A service that could not be started.
@@ -56,12 +60,14 @@ impl Services {
             // The alias exists (checked when the settings were loaded); its
             // URL is read when the store opens, so commands that never
             // store anything (`policy check`, `compile`) need no secret.
-            Some(alias) => match config.databases.get(alias) {
-                Some(source) => KvStore::postgres_alias(alias, source.clone()),
-                None => KvStore::redb(config.data_dir.join("kv")),
+            Some(alias) => match config.databases.get(alias).map(|d| &d.target) {
+                Some(crate::databases::DatabaseTarget::Postgres(source)) => {
+                    KvStore::postgres_alias(alias, source.clone())
+                }
+                _ => KvStore::redb(config.data_dir.join("kv")),
             },
         };
-        Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(store))
+        Ok(Services::with_dns(Arc::new(SystemLookup))?.with_kv(store).with_sql(SqlGateway::from_config(config)))
     }
 
     /// These services with `trail` as the audit log (`gatehouse run`).
@@ -74,10 +80,20 @@ impl Services {
         Services { kv: Some(Arc::new(store)), ..self }
     }
 
+    /// These services with `gateway` as the SQL gateway.
+    pub fn with_sql(self, gateway: SqlGateway) -> Services {
+        Services { sql: Arc::new(gateway), ..self }
+    }
+
     /// The services with another DNS resolver for outbound HTTP (tests and
     /// benchmarks point names at loopback servers without a DNS server),
-    /// and no key-value store.
+    /// no key-value store and no database.
     pub fn with_dns(lookup: Arc<dyn Lookup>) -> Result<Services, ServicesError> {
-        Ok(Services { http: Arc::new(HttpGateway::new(lookup)?), kv: None, audit: None })
+        Ok(Services {
+            http: Arc::new(HttpGateway::new(lookup)?),
+            kv: None,
+            sql: Arc::new(SqlGateway::new(&Default::default())),
+            audit: None,
+        })
     }
 }

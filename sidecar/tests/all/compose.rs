@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gatehouse::config::Config;
-use gatehouse::databases::UrlSource;
+use gatehouse::databases::{DatabaseTarget, UrlSource};
 use gatehouse::secrets::SecretSource;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -143,8 +143,10 @@ fn compose_dockerfile_and_settings_agree() {
     // sidecar starts once that service is healthy.
     let postgres = &compose["services"]["postgres"];
     assert!(config.databases.contains_key("shared"));
-    for (alias, source) in &config.databases {
-        let UrlSource::Secret(SecretSource::Env(variable)) = source else { panic!("[databases.{alias}] url from env") };
+    for (alias, settings) in &config.databases {
+        let DatabaseTarget::Postgres(UrlSource::Secret(SecretSource::Env(variable))) = &settings.target else {
+            panic!("[databases.{alias}] url from env")
+        };
         let url = url::Url::parse(&env_value(sidecar, variable)).unwrap();
         assert_eq!((url.host_str(), url.port()), (Some("postgres"), Some(5432)), "{alias}");
         assert_eq!(url.username(), env_value(postgres, "POSTGRES_USER"));

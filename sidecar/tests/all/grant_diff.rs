@@ -85,3 +85,27 @@ fn plugins_added_and_removed_carry_their_whole_policy_and_a_new_component_its_ha
     assert_eq!(new["http"]["allow"], json!(["https://api.example.com:443", "https://*.cdn.example.com:443"]));
     assert!(new.get("file").is_none(), "where a policy came from is not a grant: {new}");
 }
+
+#[test]
+fn a_table_removed_from_an_sql_grant_is_one_change() {
+    let sql = |tables: &str| format!("[sql.main]\nstatements = [\"select\", \"insert\"]\n[sql.main.tables]\n{tables}");
+    let before = load(&[("a", "echo", &sql("products = \"select\"\norders = [\"select\", \"insert\"]\n"))]);
+    let after = load(&[("a", "echo", &sql("products = \"select\"\n"))]);
+    let changes = shown(diff_sets(&before, &after));
+    assert_eq!(
+        changes,
+        vec![(
+            "a".into(),
+            "sql.main.tables.orders".into(),
+            Some(json!({"select": true, "insert": true, "update": false, "delete": false})),
+            None
+        )]
+    );
+    // A column added to a restricted grant names the column.
+    let narrow = load(&[("a", "echo", &sql("products = { select = [\"id\"] }\n"))]);
+    let wider = load(&[("a", "echo", &sql("products = { select = [\"id\", \"name\"] }\n"))]);
+    assert_eq!(
+        shown(diff_sets(&narrow, &wider)),
+        vec![("a".into(), "sql.main.tables.products.select".into(), None, Some(json!("name")))]
+    );
+}

@@ -23,6 +23,7 @@ mod raw_upstream;
 mod sandbox;
 mod server;
 mod sidecar;
+mod sql;
 mod sql_guard;
 mod sql_policy;
 mod ssrf;

@@ -383,3 +383,47 @@ async fn many_policies_naming_one_component_keep_one_copy_and_the_runtime_none()
     // The set's 50 references and ours: the runtime keeps none.
     assert_eq!(std::sync::Arc::strong_count(&first), 51);
 }
+
+#[test]
+fn sql_sections_are_read_per_alias_and_every_problem_has_its_line() {
+    let policies = Policies::new();
+    let good = format!(
+        "{}\n[sql.app]\nstatements = [\"select\"]\nmax_rows = 50\n[sql.app.tables]\nproducts = \"select\"\n\
+         [sql.reports]\nstatements = [\"select\", \"insert\"]\n[sql.reports.tables]\nruns = [\"select\", \"insert\"]\n",
+        policy_with("", "")
+    );
+    policies.write("echo.toml", &good);
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let policy = &load.set.plugins["echo"];
+    assert!(policy.grants("sql"));
+    assert_eq!(policy.sql.keys().collect::<Vec<_>>(), ["app", "reports"]);
+    assert_eq!(policy.sql["app"].max_rows, 50);
+
+    let text = format!(
+        "{}\n[sql.app]\nstatements = [\"select\", \"drop\"]\nmax_rows = 0\n[sql.app.tables]\n\"public.x\" = \"select\"\n\
+         [sql.Bad]\nstatements = [\"select\"]\n",
+        policy_with("", "")
+    );
+    policies.write("echo.toml", &text);
+    let load = policies.load();
+    let found: Vec<(usize, String)> = load.errors.iter().map(|e| (e.line.unwrap_or(0), e.reason.clone())).collect();
+    for (needle, reason) in [
+        ("\"drop\"", "[sql.app] unknown statement kind `drop`"),
+        ("max_rows = 0", "[sql.app] max_rows 0 is out of range"),
+        ("public.x", "without a schema"),
+        ("[sql.Bad]", "[sql.Bad]: an alias is"),
+    ] {
+        let line = line_containing(&text, needle);
+        assert!(
+            found.iter().any(|(l, r)| *l == line && r.contains(reason)),
+            "line {line} `{reason}` not in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 4, "{found:#?}");
+    // An unknown key in a section is refused with its line.
+    policies.write("echo.toml", &format!("{}\n[sql.app]\nstatements = [\"select\"]\nrows = 5\n", policy_with("", "")));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("unknown field `rows`"), "{error}");
+    assert!(error.line.is_some());
+}

@@ -31,7 +31,7 @@ use super::policy::KvPolicy;
 use super::postgres::PostgresBackend;
 use super::redb::{OpenError, RedbBackend};
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport as Report};
-use crate::databases::{DatabaseError, Databases, UrlSource};
+use crate::databases::{DatabaseError, DatabaseSettings, Databases, UrlSource};
 use crate::error::{ErrorKind, GuestError};
 use crate::services::budget::Budget;
 use crate::services::http::policy::Rate;
@@ -150,8 +150,11 @@ impl KvStore {
                     Open::Postgres(options) => Arc::new(PostgresBackend::open((**options).clone()).await?),
                     Open::Alias(alias, url) => {
                         let unusable = |e: DatabaseError| KvError::Unavailable(e.to_string());
-                        let databases =
-                            Databases::open(&BTreeMap::from([(alias.clone(), url.clone())])).map_err(unusable)?;
+                        let databases = Databases::open(&BTreeMap::from([(
+                            alias.clone(),
+                            DatabaseSettings::postgres(url.clone()),
+                        )]))
+                        .map_err(unusable)?;
                         let options = databases.options(alias).cloned().ok_or_else(|| {
                             KvError::Internal(format!("[databases.{alias}] was opened without its options"))
                         })?;

@@ -1,8 +1,10 @@
-//! The SQL gateway's statement policy: the first of its two lines of
-//! defence (the second, the database's own check, is [`guard`]).
-//! A plugin's statement is parsed by a real SQL parser in its database's
-//! dialect and walked node by node against the plugin's `[sql.<alias>]`
-//! grant; what the walk does not know is refused.
+//! The SQL gateway: plugins query the databases the settings name
+//! (`[databases.<alias>]`, PostgreSQL or SQLite) within their
+//! `[sql.<alias>]` grants. A statement is parsed by a real SQL parser in
+//! its database's dialect and walked node by node against the grant (what
+//! the walk does not know is refused), then run on a pooled connection
+//! that keeps no session state between calls, where the database checks
+//! the same grant again ([`guard`]).
 //!
 //! # Layout
 //! - [`policy`]: the `[sql.<alias>]` grant ([`SqlPolicy`]) and its TOML
@@ -16,24 +18,47 @@
 //! - [`guard`]: the second line, the database's own check of the same
 //!   grant (SQLite authorizer, PostgreSQL roles), on plain sqlx
 //!   connections.
+//! - [`pool`]: [`SqlGateway`], one lazily opened sqlx pool per alias and
+//!   each plugin's share of it (`per_plugin_connections`); the embedded
+//!   application database and its migrations.
+//! - [`exec`]: [`SqlConnection`], one held connection: the check,
+//!   parameters, both deadlines, rows streamed under the caps,
+//!   transactions, and closing a connection left in an unknown state.
+//! - [`value`]: [`Value`] and [`Rows`], and how database types map onto
+//!   them.
+//! - [`error`]: [`SqlError`], one variant per guest-visible kind, database
+//!   text escaped and bounded.
+//! - [`host`]: [`PluginSql`] (a loaded plugin's grants, checked against the
+//!   settings), [`SqlHost`] (one invocation: its open transactions) and the
+//!   door `gatehouse:services/sql`.
+//! - [`metrics`]: calls by plugin, alias and outcome, with latencies.
 //!
-//! Not here yet: pools, the doors (`gatehouse:services/sql`, Spin's
-//! sqlite), `[sql]` in plugin policies, and the
-//! `max_rows`/`max_result_bytes`/`timeout` enforcement (the fields are
-//! parsed and validated here).
+//! Not here yet: Spin's sqlite doors (they will hold a [`SqlConnection`]
+//! per open connection resource, as the transaction resource does), `gatehouse policy explain-sql` on the loaded policy.
 
 pub mod check;
 pub mod denial;
+pub mod error;
+pub mod exec;
 pub mod functions;
 pub mod guard;
+pub mod host;
+pub mod metrics;
 pub mod names;
 pub mod policy;
+pub mod pool;
+pub mod value;
 
 use std::fmt;
 
 pub use check::{Checked, StatementKind, check, check_for};
 pub use denial::{Denial, Rule};
+pub use error::SqlError;
+pub use exec::{Limits, SqlConnection};
+pub use host::{PluginSql, SqlHost, SqlService};
 pub use policy::{Access, Door, Kind, SqlPolicy, SqlSection, TableGrant};
+pub use pool::SqlGateway;
+pub use value::{Column, Rows, Value};
 
 /// Longest statement checked, in bytes; longer is refused before parsing
 /// (`invalid-input`). Real statements are a few hundred bytes; 64 KiB

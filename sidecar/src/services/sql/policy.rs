@@ -16,10 +16,10 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::policy::units::{ByteSize, HumanDuration};
+use crate::policy::units::{ByteSize, HumanDuration, serialize_duration};
 
 /// Default `max_rows`: rows one query may return before it is refused.
 pub const DEFAULT_MAX_ROWS: u64 = 1000;
@@ -40,7 +40,8 @@ pub const MAX_TABLES: usize = 256;
 pub const MAX_LIST: usize = 256;
 
 /// A statement kind a policy grants, and the privilege it needs on a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// `SELECT`, and every read inside another statement.
     Select,
@@ -89,6 +90,18 @@ pub enum Access {
     Columns(BTreeSet<String>),
 }
 
+/// `false`, `true` (every column) or the list of columns, as a policy
+/// writes them: the grant diff names a column added or removed.
+impl Serialize for Access {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Access::None => serializer.serialize_bool(false),
+            Access::All => serializer.serialize_bool(true),
+            Access::Columns(columns) => columns.serialize(serializer),
+        }
+    }
+}
+
 impl Access {
     /// Whether any access of this kind is granted.
     pub fn is_granted(&self) -> bool {
@@ -97,7 +110,7 @@ impl Access {
 }
 
 /// What a policy grants on one table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct TableGrant {
     /// Reading: `SELECT` and every column a statement reads (in `WHERE`,
     /// `SET` values, `RETURNING`, ...), as PostgreSQL requires.
@@ -145,7 +158,8 @@ pub enum Door {
 }
 
 /// Everything `[sql.<alias>]` grants a plugin on one database alias.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized, it is what the grant diff compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SqlPolicy {
     /// Statement kinds allowed at all.
     pub statements: BTreeSet<Kind>,
@@ -174,6 +188,7 @@ pub struct SqlPolicy {
     /// Bytes of values one query may return (enforced like `max_rows`).
     pub max_result_bytes: u64,
     /// Deadline of one statement (enforced by the gateway and the database).
+    #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
 }
 

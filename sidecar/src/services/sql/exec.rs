@@ -1,0 +1,520 @@
+//! Running a checked statement on a pooled connection.
+//!
+//! [`SqlConnection`] is one pooled connection held for a plugin (with its
+//! share's permit): a one-shot call holds one for a single statement, a
+//! transaction resource (and, later, a Spin connection) holds one across
+//! calls. Whatever holds it, these hold:
+//!
+//! - **The statement is checked first** ([`checked`]): the policy's parse
+//!   and walk (`check_for`), then the parameter count. Nothing unchecked
+//!   reaches the database.
+//! - **No session state survives a call.** Statements are sent unprepared
+//!   (`persistent(false)`): a prepared statement cached on a pooled
+//!   connection would outlive the call and be reachable by the next plugin
+//!   to get that connection, whose grant may be narrower (and the
+//!   database's own check, which depends on the plugin, is made when a
+//!   statement is prepared). On PostgreSQL every call runs in a
+//!   transaction whose settings are `SET LOCAL` (gone at its end); the
+//!   checker refuses `SET`, temporary tables and every other DDL.
+//! - **Deadlines twice.** The database stops the statement itself
+//!   (PostgreSQL `statement_timeout`; SQLite a progress handler that
+//!   interrupts it) and the sidecar's own timer stops waiting a little
+//!   later. A connection whose statement was cut off, whose transaction was
+//!   left open, or whose result was abandoned mid-stream is closed on drop,
+//!   never handed back to the pool in an unknown state.
+//! - **Results stream.** Rows are decoded one at a time as they arrive and
+//!   counted against `max_rows` and `max_result_bytes`; past either the
+//!   call is refused (`quota-exceeded`) and the rest is never read.
+
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt as _;
+use sqlx::Executor as _;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
+use sqlx::sqlite::Sqlite;
+
+use super::error::SqlError;
+use super::pool::{AliasPool, Conn, Held};
+use super::value::{self, Rows, Value};
+use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
+
+/// Most parameters one statement may carry (PostgreSQL's own limit is
+/// 65535; nothing real comes near).
+pub const MAX_PARAMS: usize = 1000;
+
+/// How much later than the database's own deadline the sidecar stops
+/// waiting: the database's stop gives a clean error and a reusable
+/// connection, so it should win the race.
+pub const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
+/// What one call may cost, from the plugin's `[sql.<alias>]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rows a query may return.
+    pub max_rows: u64,
+    /// Bytes of values a query may return (see [`Value::size`]).
+    pub max_result_bytes: u64,
+    /// Deadline of one statement.
+    pub timeout: Duration,
+}
+
+impl From<&SqlPolicy> for Limits {
+    fn from(policy: &SqlPolicy) -> Limits {
+        Limits { max_rows: policy.max_rows, max_result_bytes: policy.max_result_bytes, timeout: policy.timeout }
+    }
+}
+
+/// Checks `statement` for `door` against `policy` and its parameters
+/// against what it expects.
+pub fn checked(
+    door: Door,
+    dialect: Dialect,
+    policy: &SqlPolicy,
+    statement: &str,
+    params: &[Value],
+) -> Result<Checked, SqlError> {
+    if params.len() > MAX_PARAMS {
+        return Err(SqlError::InvalidInput(format!("{} parameters: at most {MAX_PARAMS}", params.len())));
+    }
+    let checked = check_for(door, dialect, policy, statement).map_err(SqlError::from_denial)?;
+    if checked.placeholders != params.len() {
+        return Err(SqlError::InvalidInput(format!(
+            "the statement takes {} parameters, {} were given",
+            checked.placeholders,
+            params.len()
+        )));
+    }
+    Ok(checked)
+}
+
+/// One pooled connection held for one plugin.
+pub struct SqlConnection {
+    held: Held,
+    dialect: Dialect,
+    plugin: String,
+    /// A transaction the plugin opened is open.
+    transaction: bool,
+    /// Something left the connection in a state no one knows (a statement
+    /// cut off, a result abandoned, a failed rollback): it is closed on
+    /// drop, and an open transaction on it is lost.
+    broken: bool,
+}
+
+impl SqlConnection {
+    /// A connection of `alias` for `plugin`, within its share.
+    pub async fn open(alias: &AliasPool, plugin: &str) -> Result<SqlConnection, SqlError> {
+        let held = alias.acquire(plugin).await?;
+        Ok(SqlConnection {
+            held,
+            dialect: alias.dialect,
+            plugin: plugin.to_string(),
+            transaction: false,
+            broken: false,
+        })
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.transaction
+    }
+
+    /// Runs a statement already [`checked`]; returns its rows (none for a
+    /// statement that returns none).
+    pub async fn query(
+        &mut self,
+        checked: &Checked,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<Rows, SqlError> {
+        match self.control(checked.kind, limits).await {
+            Some(done) => done.map(|()| Rows::default()),
+            None => self.guarded(limits, Run::Query, statement, params).await.map(|(rows, _)| rows),
+        }
+    }
+
+    /// Runs a statement already [`checked`]; returns the rows it changed.
+    pub async fn execute(
+        &mut self,
+        checked: &Checked,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<u64, SqlError> {
+        match self.control(checked.kind, limits).await {
+            Some(done) => done.map(|()| 0),
+            None => self.guarded(limits, Run::Execute, statement, params).await.map(|(_, n)| n),
+        }
+    }
+
+    /// `BEGIN`/`COMMIT`/`ROLLBACK` as statements (doors whose policy allows
+    /// them) are the transaction methods, so the executor knows its state.
+    async fn control(&mut self, kind: StatementKind, limits: Limits) -> Option<Result<(), SqlError>> {
+        Some(match kind {
+            StatementKind::Begin => self.begin(limits).await,
+            StatementKind::Commit => self.commit().await,
+            StatementKind::Rollback => self.rollback().await,
+            _ => return None,
+        })
+    }
+
+    /// Opens a transaction that lasts until [`Self::commit`],
+    /// [`Self::rollback`], or the drop of the connection (rolled back).
+    pub async fn begin(&mut self, limits: Limits) -> Result<(), SqlError> {
+        self.usable()?;
+        if self.transaction {
+            return Err(SqlError::InvalidInput("a transaction is already open on this connection".into()));
+        }
+        self.broken = true;
+        let begun = match &mut self.held.conn {
+            Conn::Postgres(c) => prepare_connection_pg(c, &self.plugin, limits).await,
+            Conn::Sqlite(c) => c.execute("BEGIN").await.map(drop),
+        };
+        begun.map_err(SqlError::from_database)?;
+        self.broken = false;
+        self.transaction = true;
+        Ok(())
+    }
+
+    /// Commits the open transaction.
+    pub async fn commit(&mut self) -> Result<(), SqlError> {
+        self.finish("COMMIT").await
+    }
+
+    /// Rolls the open transaction back.
+    pub async fn rollback(&mut self) -> Result<(), SqlError> {
+        self.finish("ROLLBACK").await
+    }
+
+    async fn finish(&mut self, command: &'static str) -> Result<(), SqlError> {
+        self.usable()?;
+        if !self.transaction {
+            return Err(SqlError::InvalidInput("no transaction is open on this connection".into()));
+        }
+        self.transaction = false;
+        self.broken = true;
+        let done = match &mut self.held.conn {
+            Conn::Postgres(c) => c.execute(command).await.map(drop),
+            Conn::Sqlite(c) => c.execute(command).await.map(drop),
+        };
+        done.map_err(SqlError::from_database)?;
+        self.broken = false;
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<(), SqlError> {
+        if self.broken {
+            return Err(SqlError::InvalidInput(
+                "this connection was abandoned after an earlier error (its transaction is rolled back)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One statement under both deadlines. The connection is marked
+    /// broken while the statement runs: if the future is dropped (the
+    /// sidecar's timer, the invocation's deadline) it stays so and the
+    /// connection is closed on drop.
+    async fn guarded(
+        &mut self,
+        limits: Limits,
+        run: Run,
+        statement: &str,
+        params: &[Value],
+    ) -> Result<(Rows, u64), SqlError> {
+        self.usable()?;
+        self.broken = true;
+        let in_transaction = self.transaction;
+        let plugin = self.plugin.clone();
+        let work = async {
+            match &mut self.held.conn {
+                Conn::Postgres(c) => postgres(c, &plugin, in_transaction, limits, run, statement, params).await,
+                Conn::Sqlite(c) => sqlite(c, &plugin, limits, run, statement, params).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.transaction = false;
+                return Err(SqlError::Timeout(format!(
+                    "statement stopped at its deadline of {:?} (the connection is closed)",
+                    limits.timeout
+                )));
+            }
+        };
+        match outcome {
+            Ok(done) => {
+                self.broken = false;
+                Ok(done)
+            }
+            Err(Failure { error, clean }) => {
+                // A failed statement aborts a PostgreSQL transaction: the
+                // plugin may only roll it back, which the drop does.
+                if clean && !(in_transaction && self.dialect == Dialect::Postgres) {
+                    self.broken = false;
+                } else {
+                    self.transaction = false;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Drop for SqlConnection {
+    fn drop(&mut self) {
+        if self.transaction || self.broken {
+            // Closing rolls back whatever is open, on both databases, and
+            // no later borrower inherits the state.
+            self.held.conn.close_on_drop();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Query,
+    Execute,
+}
+
+/// A failed statement, and whether the connection is known to be fine.
+struct Failure {
+    error: SqlError,
+    clean: bool,
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Failure {
+        // The database answered with an error: the connection is in step.
+        let clean = matches!(error, sqlx::Error::Database(_));
+        Failure { error: SqlError::from_database(error), clean }
+    }
+}
+
+impl From<SqlError> for Failure {
+    // Refused by the gateway mid-result: rows are still in flight.
+    fn from(error: SqlError) -> Failure {
+        Failure { error, clean: false }
+    }
+}
+
+/// The place where a PostgreSQL connection is made ready for `plugin`'s
+/// statements: it opens the transaction every statement of the plugin runs
+/// in, with its settings local to it, so that none survives the call (or
+/// the plugin's transaction): the statement timeout, and `search_path`
+/// fixed to `public` (the schema the checker resolves names in).
+///
+/// This is the one place to make the database's own check too (a role per
+/// plugin: `SET LOCAL ROLE`), right after `BEGIN`.
+async fn prepare_connection_pg(conn: &mut sqlx::PgConnection, plugin: &str, limits: Limits) -> Result<(), sqlx::Error> {
+    // GUARD HOOK (services::sql::guard, after merging): `SET LOCAL ROLE`
+    // to `plugin`'s role goes into this same round trip, after BEGIN.
+    let _ = plugin;
+    let millis = limits.timeout.as_millis().max(1);
+    // One round trip, simple-query protocol: nothing is prepared.
+    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL search_path = public"
+    ))))
+    .await
+    .map(drop)
+}
+
+/// The place where a SQLite connection is made ready for one statement of
+/// `plugin`: a progress handler that interrupts the statement at its
+/// deadline (`SQLITE_INTERRUPT`, reported as `timeout`).
+///
+/// This is the one place to install the database's own check too (the
+/// authorizer for the plugin's grant).
+async fn prepare_connection_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    plugin: &str,
+    limits: Limits,
+) -> Result<(), sqlx::Error> {
+    // GUARD HOOK (services::sql::guard, after merging): the authorizer for
+    // `plugin`'s grant is installed here, on the same locked handle.
+    let _ = plugin;
+    let deadline = Instant::now() + limits.timeout;
+    let mut handle = conn.lock_handle().await?;
+    // Every 1000 virtual-machine instructions: microseconds of work.
+    handle.set_progress_handler(1000, move || Instant::now() < deadline);
+    Ok(())
+}
+
+async fn postgres(
+    conn: &mut sqlx::PgConnection,
+    plugin: &str,
+    in_transaction: bool,
+    limits: Limits,
+    run: Run,
+    statement: &str,
+    params: &[Value],
+) -> Result<(Rows, u64), Failure> {
+    if !in_transaction {
+        prepare_connection_pg(conn, plugin, limits).await?;
+    }
+    let mut query = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
+    for param in params {
+        query = match param.clone() {
+            Value::Null => query.bind(UntypedNull),
+            Value::Bool(b) => query.bind(b),
+            Value::Int(i) => query.bind(i),
+            Value::Float(f) => query.bind(f),
+            Value::Text(t) => query.bind(t),
+            Value::Blob(b) => query.bind(b),
+        };
+    }
+    let result: Result<(Rows, u64), Failure> = match run {
+        Run::Execute => match query.execute(&mut *conn).await {
+            Ok(done) => Ok((Rows::default(), done.rows_affected())),
+            Err(e) => Err(Failure::from(e)),
+        },
+        Run::Query => {
+            let mut stream = query.fetch(&mut *conn);
+            let mut collected = Collector::new(limits);
+            let mut outcome = Ok(());
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(row)) => {
+                        if let Err(e) = collected.push(&row, value::postgres_values) {
+                            outcome = Err(Failure::from(e));
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        outcome = Err(Failure::from(e));
+                        break;
+                    }
+                }
+            }
+            drop(stream);
+            outcome.map(|()| (collected.rows, 0))
+        }
+    };
+    match result {
+        Ok(done) if in_transaction => Ok(done),
+        Ok(done) => {
+            conn.execute("COMMIT").await?;
+            Ok(done)
+        }
+        Err(failure) => {
+            if failure.clean && !in_transaction {
+                // The database answered with an error and the connection is
+                // in step: end the call's transaction so it goes back
+                // clean. (Otherwise rows may still be in flight: reading
+                // them to reach the ROLLBACK would read the whole result;
+                // the connection is closed instead.)
+                conn.execute("ROLLBACK").await?;
+            }
+            Err(failure)
+        }
+    }
+}
+
+async fn sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    plugin: &str,
+    limits: Limits,
+    run: Run,
+    statement: &str,
+    params: &[Value],
+) -> Result<(Rows, u64), Failure> {
+    prepare_connection_sqlite(conn, plugin, limits).await?;
+    sqlite_statement(conn, limits, run, statement, params).await.map_err(|failure| match failure.error {
+        // sqlx binds `?` and `?NNN` only; its refusal of another
+        // placeholder is a protocol error, not an outage.
+        SqlError::Unavailable { ref message, .. } if message.contains("parameter format") => Failure {
+            error: SqlError::InvalidInput(
+                "named parameters (`:name`, `@name`, `$name`) are not supported on SQLite: use `?` or `?NNN`".into(),
+            ),
+            clean: true,
+        },
+        _ => failure,
+    })
+}
+
+async fn sqlite_statement(
+    conn: &mut sqlx::SqliteConnection,
+    limits: Limits,
+    run: Run,
+    statement: &str,
+    params: &[Value],
+) -> Result<(Rows, u64), Failure> {
+    let mut query = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
+    for param in params {
+        query = match param.clone() {
+            Value::Null => query.bind(None::<i64>),
+            Value::Bool(b) => query.bind(b),
+            Value::Int(i) => query.bind(i),
+            Value::Float(f) => query.bind(f),
+            Value::Text(t) => query.bind(t),
+            Value::Blob(b) => query.bind(b),
+        };
+    }
+    match run {
+        Run::Execute => Ok((Rows::default(), query.execute(&mut *conn).await?.rows_affected())),
+        Run::Query => {
+            let mut stream = query.fetch(&mut *conn);
+            let mut collected = Collector::new(limits);
+            while let Some(row) = stream.try_next().await? {
+                collected.push(&row, value::sqlite_values)?;
+            }
+            Ok((collected.rows, 0))
+        }
+    }
+}
+
+/// The rows of a query as they stream in, refused past the caps.
+struct Collector {
+    limits: Limits,
+    rows: Rows,
+    bytes: u64,
+}
+
+impl Collector {
+    fn new(limits: Limits) -> Collector {
+        Collector { limits, rows: Rows::default(), bytes: 0 }
+    }
+
+    fn push<R: sqlx::Row>(
+        &mut self,
+        row: &R,
+        decode: impl Fn(&R) -> Result<Vec<Value>, SqlError>,
+    ) -> Result<(), SqlError> {
+        if self.rows.rows.len() as u64 >= self.limits.max_rows {
+            return Err(SqlError::TooLarge(format!(
+                "the result has more than max_rows = {} rows: refused (narrow the query or page it)",
+                self.limits.max_rows
+            )));
+        }
+        if self.rows.columns.is_empty() && row.len() > 0 {
+            self.rows.columns = value::columns_of(row);
+        }
+        let values = decode(row)?;
+        self.bytes += values.iter().map(Value::size).sum::<u64>();
+        if self.bytes > self.limits.max_result_bytes {
+            return Err(SqlError::TooLarge(format!(
+                "the result is larger than max_result_bytes = {} bytes: refused (narrow the query or page it)",
+                self.limits.max_result_bytes
+            )));
+        }
+        self.rows.rows.push(values);
+        Ok(())
+    }
+}
+
+/// A PostgreSQL `NULL` parameter of no declared type (OID 0): the server
+/// infers the type from where it stands, as for a literal `NULL`.
+struct UntypedNull;
+
+impl sqlx::Type<Postgres> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}

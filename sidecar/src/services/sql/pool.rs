@@ -1,0 +1,330 @@
+//! One sqlx pool per database alias, and each plugin's share of it.
+//!
+//! A pool is built at the first call that needs it (or at start, for the
+//! embedded application database), so a database that is down makes calls
+//! `unavailable` rather than stopping the sidecar, and a sidecar whose
+//! plugins never query opens nothing.
+//!
+//! Fairness: before it may wait for one of the pool's connections, a call
+//! takes a permit of its plugin's semaphore on that alias
+//! (`per_plugin_connections`, below `max_connections` by default): a plugin
+//! that holds all of its share (open transactions, slow queries) waits for
+//! itself and is refused with `rate-limited` and a retry hint, while the
+//! other plugins still find connections. The permit lives as long as the
+//! connection is held ([`Held`]) and is released on drop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Postgres, Sqlite};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+
+use super::Dialect;
+use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
+use super::metrics::SqlMetrics;
+use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings};
+
+/// The migrations of the embedded application database
+/// (`migrations/sqlite-app/`: version, description, SQL), applied to the
+/// alias [`APP_ALIAS`] when it is a SQLite file. (Listed here rather than
+/// with `sqlx::migrate!`, whose `macros` feature rebuilds most of the tree.)
+pub const APP_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (20261202000001, "app schema", include_str!("../../../../migrations/sqlite-app/20261202000001_app_schema.sql")),
+    (20261202000002, "app seed", include_str!("../../../../migrations/sqlite-app/20261202000002_app_seed.sql")),
+];
+
+fn app_migrator() -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        APP_MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    std::borrow::Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The alias of the embedded application database.
+pub const APP_ALIAS: &str = "app";
+
+/// Every alias's pool: the SQL service's shared state.
+pub struct SqlGateway {
+    aliases: BTreeMap<String, Arc<AliasPool>>,
+    /// Query counters and latencies, by plugin, alias and outcome.
+    pub metrics: Arc<SqlMetrics>,
+}
+
+impl SqlGateway {
+    /// The aliases of the settings, none opened yet.
+    pub fn new(settings: &BTreeMap<String, DatabaseSettings>) -> SqlGateway {
+        let aliases = settings
+            .iter()
+            .map(|(name, settings)| (name.clone(), Arc::new(AliasPool::new(name, settings.clone()))))
+            .collect();
+        SqlGateway { aliases, metrics: Arc::default() }
+    }
+
+    /// The aliases of the settings, and the embedded application database
+    /// [`APP_ALIAS`] (`<data_dir>/app.db`) unless they define that alias
+    /// themselves: example plugins that query it work out of the box. The
+    /// implicit one is created at its first use, and is not in the health
+    /// checks until the settings name it.
+    pub fn from_config(config: &crate::config::Config) -> SqlGateway {
+        let mut settings = config.databases.clone();
+        settings
+            .entry(APP_ALIAS.to_string())
+            .or_insert_with(|| DatabaseSettings::sqlite(config.data_dir.join("app.db")));
+        SqlGateway::new(&settings)
+    }
+
+    /// An alias, if the settings define it.
+    pub fn alias(&self, name: &str) -> Option<&Arc<AliasPool>> {
+        self.aliases.get(name)
+    }
+
+    /// Every alias.
+    pub fn aliases(&self) -> impl Iterator<Item = &Arc<AliasPool>> {
+        self.aliases.values()
+    }
+
+    /// Opens the embedded application database, if configured, so that its
+    /// migrations are applied before the first plugin runs. A failure is
+    /// logged; calls retry the open.
+    pub async fn open_app(&self) {
+        if let Some(app) = self.aliases.get(APP_ALIAS).filter(|a| a.dialect == Dialect::Sqlite)
+            && let Err(e) = app.pool().await
+        {
+            tracing::error!(database = APP_ALIAS, error = %e, "the application database cannot be opened");
+        }
+    }
+}
+
+/// An open pool of either database.
+#[derive(Clone)]
+pub enum Pool {
+    /// PostgreSQL.
+    Postgres(sqlx::PgPool),
+    /// SQLite.
+    Sqlite(sqlx::SqlitePool),
+}
+
+impl Pool {
+    /// Connections open now, and of them idle.
+    pub fn usage(&self) -> (u32, usize) {
+        match self {
+            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+}
+
+/// A connection taken from a pool.
+pub enum Conn {
+    /// PostgreSQL.
+    Postgres(PoolConnection<Postgres>),
+    /// SQLite.
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+impl Conn {
+    /// Closes the connection when it is dropped instead of handing it back
+    /// to the pool: for a connection whose state is unknown (a statement
+    /// cut off mid-way, a transaction left open).
+    pub fn close_on_drop(&mut self) {
+        match self {
+            Conn::Postgres(c) => c.close_on_drop(),
+            Conn::Sqlite(c) => c.close_on_drop(),
+        }
+    }
+}
+
+/// One alias: its settings, its pool once opened, each plugin's share.
+pub struct AliasPool {
+    /// The alias.
+    pub name: String,
+    /// Its dialect.
+    pub dialect: Dialect,
+    settings: DatabaseSettings,
+    pool: OnceCell<Pool>,
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl AliasPool {
+    fn new(name: &str, settings: DatabaseSettings) -> AliasPool {
+        AliasPool {
+            name: name.to_string(),
+            dialect: settings.dialect(),
+            settings,
+            pool: OnceCell::new(),
+            shares: Mutex::default(),
+        }
+    }
+
+    /// Its pool settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.settings.pool
+    }
+
+    /// The pool if it has been opened (for `/metrics`: a scrape opens none).
+    pub fn opened(&self) -> Option<&Pool> {
+        self.pool.get()
+    }
+
+    /// The pool, built at the first call. A failure (an unreadable URL, a
+    /// migration that fails) is tried again at the next call.
+    pub async fn pool(&self) -> Result<&Pool, SqlError> {
+        self.pool.get_or_try_init(|| self.build()).await
+    }
+
+    async fn build(&self) -> Result<Pool, SqlError> {
+        let settings = self.settings.pool;
+        let unusable = |e: DatabaseError| SqlError::Unavailable { message: e.to_string(), retry_after: None };
+        let databases =
+            Databases::open(&BTreeMap::from([(self.name.clone(), self.settings.clone())])).map_err(unusable)?;
+        match &self.settings.target {
+            DatabaseTarget::Postgres(_) => {
+                let options: PgConnectOptions = databases
+                    .options(&self.name)
+                    .cloned()
+                    .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
+                Ok(Pool::Postgres(pool_options(settings).connect_lazy_with(options)))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                let options: SqliteConnectOptions = databases
+                    .sqlite_options(&self.name)
+                    .cloned()
+                    .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
+                create_parent(path)?;
+                let pool = pool_options(settings).connect_lazy_with(options);
+                if self.name == APP_ALIAS {
+                    app_migrator().run(&pool).await.map_err(|e| SqlError::Unavailable {
+                        message: format!(
+                            "[databases.{APP_ALIAS}] migrations: {}",
+                            crate::guest_text::escape(&e.to_string(), crate::guest_text::LINE)
+                        ),
+                        retry_after: Some(RETRY_UNAVAILABLE),
+                    })?;
+                }
+                Ok(Pool::Sqlite(pool))
+            }
+        }
+    }
+
+    /// The semaphore of `plugin`'s share of this alias. Plugin names come
+    /// from policy files, so the map is bounded by the policies.
+    pub fn share(&self, plugin: &str) -> Arc<Semaphore> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let permits = self.settings.pool.per_plugin_connections as usize;
+        Arc::clone(shares.entry(plugin.to_string()).or_insert_with(|| Arc::new(Semaphore::new(permits))))
+    }
+
+    /// A connection for `plugin`: first a permit of its share, then one of
+    /// the pool's connections, each within `acquire_timeout`.
+    pub async fn acquire(&self, plugin: &str) -> Result<Held, SqlError> {
+        let wait = self.settings.pool.acquire_timeout;
+        let share = self.share(plugin);
+        let permit = match tokio::time::timeout(wait, share.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SqlError::Internal("a plugin's connection share was closed".into())),
+            Err(_) => {
+                return Err(SqlError::RateLimited {
+                    message: format!(
+                        "the plugin holds all {} connections of its share of `{}` (per_plugin_connections)",
+                        self.settings.pool.per_plugin_connections, self.name
+                    ),
+                    retry_after: RETRY_BUSY,
+                });
+            }
+        };
+        let conn = match self.pool().await? {
+            Pool::Postgres(pool) => Conn::Postgres(pool.acquire().await.map_err(SqlError::from_database)?),
+            Pool::Sqlite(pool) => Conn::Sqlite(pool.acquire().await.map_err(SqlError::from_database)?),
+        };
+        Ok(Held { conn, _permit: permit })
+    }
+}
+
+/// A pooled connection and the permit of its plugin's share: both go back
+/// when it is dropped.
+pub struct Held {
+    /// The connection.
+    pub conn: Conn,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn pool_options<DB: sqlx::Database>(settings: PoolSettings) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        // A connection idle this long is closed: the pool shrinks back
+        // after a burst.
+        .idle_timeout(Duration::from_secs(300))
+        // Checked when taken: a connection the server closed (restart,
+        // failover) is replaced instead of failing the plugin's call.
+        .test_before_acquire(true)
+}
+
+/// Creates the directory of a SQLite file (owner-only, like the data
+/// directory) if it is missing.
+fn create_parent(path: &std::path::Path) -> Result<(), SqlError> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else { return Ok(()) };
+    if parent.is_dir() {
+        return Ok(());
+    }
+    crate::data_dir::secure(&PathBuf::from(parent)).map_err(|e| SqlError::Unavailable {
+        message: format!("the directory of a SQLite database: {e}"),
+        retry_after: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_app_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite-app");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = APP_MIGRATIONS
+            .iter()
+            .map(|(version, description, _)| format!("{version}_{}.sql", description.replace(' ', "_")))
+            .collect();
+        assert_eq!(embedded, files);
+    }
+
+    /// The application database is created and migrated at its first use,
+    /// once: a second gateway over the same file finds it migrated.
+    #[tokio::test]
+    async fn the_app_database_is_created_and_migrated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("app.db");
+        let settings = BTreeMap::from([(APP_ALIAS.to_string(), DatabaseSettings::sqlite(path.clone()))]);
+        for _ in 0..2 {
+            let gateway = SqlGateway::new(&settings);
+            gateway.open_app().await;
+            let Some(Pool::Sqlite(pool)) = gateway.alias(APP_ALIAS).unwrap().opened() else { panic!("opened") };
+            let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(pool).await.unwrap();
+            assert_eq!(products, 4);
+            pool.close().await;
+        }
+        assert!(path.is_file());
+    }
+}

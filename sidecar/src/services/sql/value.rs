@@ -1,0 +1,300 @@
+//! Values as they cross the door: parameters in, rows out.
+//!
+//! Six kinds travel natively: null, bool, s64, f64, text and blob. Other
+//! database types are carried as text in a fixed, documented form:
+//! PostgreSQL `numeric` as its exact decimal digits, `date` as
+//! `YYYY-MM-DD`, `timestamp` as `YYYY-MM-DD HH:MM:SS[.ffffff]` and
+//! `timestamptz` the same in UTC with `+00`, `uuid` in its hyphenated form,
+//! `json`/`jsonb` as their text; `int2`/`int4` and `float4` widen to s64
+//! and f64. A column of any other type (arrays, intervals, ...) is refused
+//! with `invalid-input`, naming the type: cast it in the statement
+//! (`tags::text`). SQLite values keep the storage class they have
+//! (`NUMERIC` columns hold integers or reals). On PostgreSQL a text
+//! parameter is typed `text`: cast it for other types (`$1::uuid`).
+
+use sqlx::postgres::{PgRow, PgValueFormat};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+
+use super::error::SqlError;
+
+/// One value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL `NULL`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A double.
+    Float(f64),
+    /// Text (UTF-8).
+    Text(String),
+    /// Bytes.
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    /// What the value counts against `max_result_bytes`: its bytes, 8 for
+    /// a number, 1 for a null or a bool.
+    pub fn size(&self) -> u64 {
+        match self {
+            Value::Null | Value::Bool(_) => 1,
+            Value::Int(_) | Value::Float(_) => 8,
+            Value::Text(text) => text.len() as u64,
+            Value::Blob(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// The database's name of its type (`INT8`, `TEXT`; SQLite: the
+    /// declared type, or `NULL` for an expression).
+    pub type_name: String,
+}
+
+/// A query's result.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Rows {
+    /// The columns, in order.
+    pub columns: Vec<Column>,
+    /// The rows, each with one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// The columns of a row.
+pub fn columns_of<R: sqlx::Row>(row: &R) -> Vec<Column> {
+    row.columns()
+        .iter()
+        .map(|c| Column { name: c.name().to_string(), type_name: c.type_info().name().to_string() })
+        .collect()
+}
+
+fn unsupported(type_name: &str, column: usize) -> SqlError {
+    SqlError::InvalidInput(format!(
+        "column {} is of type {}, which the door does not carry: cast it in the statement (for example to text)",
+        column + 1,
+        crate::guest_text::escape(type_name, crate::guest_text::SHORT)
+    ))
+}
+
+fn decode_error(e: impl std::fmt::Display) -> SqlError {
+    SqlError::InvalidInput(format!(
+        "a value cannot be read: {}",
+        crate::guest_text::escape(&e.to_string(), crate::guest_text::SHORT)
+    ))
+}
+
+/// The values of a SQLite row, by storage class.
+pub fn sqlite_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i).map_err(decode_error)?;
+            if raw.is_null() {
+                return Ok(Value::Null);
+            }
+            let class = raw.type_info().name().to_string();
+            Ok(match class.as_str() {
+                "INTEGER" | "BOOLEAN" => Value::Int(row.try_get_unchecked::<i64, _>(i).map_err(decode_error)?),
+                "REAL" | "NUMERIC" => Value::Float(row.try_get_unchecked::<f64, _>(i).map_err(decode_error)?),
+                "TEXT" | "DATE" | "TIME" | "DATETIME" => {
+                    Value::Text(row.try_get_unchecked::<String, _>(i).map_err(decode_error)?)
+                }
+                "BLOB" => Value::Blob(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(decode_error)?),
+                other => return Err(unsupported(other, i)),
+            })
+        })
+        .collect()
+}
+
+/// The values of a PostgreSQL row, by column type (binary format).
+pub fn postgres_values(row: &PgRow) -> Result<Vec<Value>, SqlError> {
+    (0..row.len())
+        .map(|i| {
+            let raw = row.try_get_raw(i).map_err(decode_error)?;
+            if raw.is_null() {
+                return Ok(Value::Null);
+            }
+            let type_name = raw.type_info().name().to_string();
+            if raw.format() != PgValueFormat::Binary {
+                return Err(unsupported(&type_name, i));
+            }
+            let bytes = raw.as_bytes().map_err(decode_error)?;
+            pg_value(&type_name, bytes).ok_or_else(|| unsupported(&type_name, i))
+        })
+        .collect()
+}
+
+/// One binary PostgreSQL value of type `type_name`; `None` for a type the
+/// door does not carry (or bytes that do not fit the type).
+fn pg_value(type_name: &str, bytes: &[u8]) -> Option<Value> {
+    let be = |n: usize| -> Option<[u8; 8]> {
+        let mut out = [0u8; 8];
+        (bytes.len() == n).then(|| out[8 - n..].copy_from_slice(bytes))?;
+        Some(out)
+    };
+    let signed = |n: usize| -> Option<i64> {
+        let raw = be(n)?;
+        let shift = 64 - 8 * n as u32;
+        Some(i64::from_be_bytes(raw) << shift >> shift)
+    };
+    Some(match type_name {
+        "BOOL" => Value::Bool(*bytes.first()? != 0),
+        "INT2" => Value::Int(signed(2)?),
+        "INT4" | "OID" => Value::Int(signed(4)?),
+        "INT8" => Value::Int(signed(8)?),
+        "FLOAT4" => Value::Float(f64::from(f32::from_bits(u32::try_from(signed(4)? & 0xffff_ffff).ok()?))),
+        "FLOAT8" => Value::Float(f64::from_bits(u64::from_be_bytes(be(8)?))),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "JSON" | "CITEXT" => {
+            Value::Text(String::from_utf8(bytes.to_vec()).ok()?)
+        }
+        "JSONB" => match bytes.split_first()? {
+            (1, text) => Value::Text(String::from_utf8(text.to_vec()).ok()?),
+            _ => return None,
+        },
+        "BYTEA" => Value::Blob(bytes.to_vec()),
+        "UUID" if bytes.len() == 16 => {
+            let hex = hex::encode(bytes);
+            Value::Text(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+        }
+        "NUMERIC" => Value::Text(numeric(bytes)?),
+        "DATE" => Value::Text(date(signed(4)?)?),
+        "TIMESTAMP" => Value::Text(timestamp(signed(8)?)?),
+        "TIMESTAMPTZ" => Value::Text(format!("{}+00", timestamp(signed(8)?)?)),
+        _ => return None,
+    })
+}
+
+/// PostgreSQL's binary `numeric`: digit count, weight (of the first
+/// base-10000 digit), sign, display scale, then the digits.
+fn numeric(bytes: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*bytes.get(2 * i)?, *bytes.get(2 * i + 1)?])) };
+    let count = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    let scale = usize::from(word(3)?);
+    if bytes.len() != 8 + 2 * count {
+        return None;
+    }
+    match sign {
+        0xC000 => return Some("NaN".into()),
+        0xD000 => return Some("Infinity".into()),
+        0xF000 => return Some("-Infinity".into()),
+        0 | 0x4000 => {}
+        _ => return None,
+    }
+    let digits: Vec<u16> = (0..count).map(|i| word(4 + i)).collect::<Option<_>>()?;
+    if digits.iter().any(|d| *d > 9999) || weight.unsigned_abs() > 0x4000 || scale > 0x4000 {
+        return None;
+    }
+    let digit =
+        |position: i32| -> u16 { usize::try_from(position).ok().and_then(|p| digits.get(p)).copied().unwrap_or(0) };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for w in 0..=weight {
+            let d = digit(w);
+            if w == 0 { out.push_str(&d.to_string()) } else { out.push_str(&format!("{d:04}")) }
+        }
+    }
+    if scale > 0 {
+        out.push('.');
+        let mut fraction = String::new();
+        let mut w = weight + 1;
+        while fraction.len() < scale {
+            fraction.push_str(&format!("{:04}", digit(w)));
+            w += 1;
+        }
+        fraction.truncate(scale);
+        out.push_str(&fraction);
+    }
+    Some(out)
+}
+
+/// Days since 2000-01-01 as `YYYY-MM-DD` (proleptic Gregorian).
+fn date(days: i64) -> Option<String> {
+    let (y, m, d) = civil(days.checked_add(10957)?);
+    (0..=9999).contains(&y).then(|| format!("{y:04}-{m:02}-{d:02}"))
+}
+
+/// Microseconds since 2000-01-01 00:00 as `YYYY-MM-DD HH:MM:SS[.ffffff]`.
+fn timestamp(micros: i64) -> Option<String> {
+    let days = micros.div_euclid(86_400_000_000);
+    let rest = micros.rem_euclid(86_400_000_000);
+    let (h, m, s, us) = (rest / 3_600_000_000, rest / 60_000_000 % 60, rest / 1_000_000 % 60, rest % 1_000_000);
+    let day = date(days)?;
+    Some(if us == 0 { format!("{day} {h:02}:{m:02}:{s:02}") } else { format!("{day} {h:02}:{m:02}:{s:02}.{us:06}") })
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's
+/// `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(count: u16, weight: i16, sign: u16, scale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for word in [count, weight as u16, sign, scale].iter().chain(digits) {
+            out.extend_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn numerics_are_exact_decimal_text() {
+        assert_eq!(numeric(&num(2, 0, 0, 2, &[12, 5000])).unwrap(), "12.50");
+        assert_eq!(numeric(&num(1, -1, 0x4000, 3, &[500])).unwrap(), "-0.050");
+        assert_eq!(numeric(&num(2, 1, 0, 0, &[1, 2])).unwrap(), "10002");
+        assert_eq!(numeric(&num(0, 0, 0, 0, &[])).unwrap(), "0");
+        assert_eq!(numeric(&num(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
+        assert!(numeric(&num(2, 0, 0, 0, &[1])).is_none(), "short");
+        assert!(numeric(&num(1, 0, 0, 0, &[10000])).is_none(), "digit out of range");
+    }
+
+    #[test]
+    fn dates_and_timestamps() {
+        assert_eq!(date(0).unwrap(), "2000-01-01");
+        assert_eq!(date(-1).unwrap(), "1999-12-31");
+        assert_eq!(date(9555).unwrap(), "2026-02-28");
+        assert_eq!(timestamp(0).unwrap(), "2000-01-01 00:00:00");
+        assert_eq!(timestamp(-1).unwrap(), "1999-12-31 23:59:59.999999");
+        assert_eq!(timestamp(86_400_000_000 + 3_723_000_001).unwrap(), "2000-01-02 01:02:03.000001");
+        assert!(date(i64::MAX).is_none() && timestamp(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn binary_values_by_type() {
+        assert_eq!(pg_value("INT2", &(-2i16).to_be_bytes()), Some(Value::Int(-2)));
+        assert_eq!(pg_value("INT4", &(-70000i32).to_be_bytes()), Some(Value::Int(-70000)));
+        assert_eq!(pg_value("INT8", &i64::MIN.to_be_bytes()), Some(Value::Int(i64::MIN)));
+        assert_eq!(pg_value("FLOAT4", &1.5f32.to_be_bytes()), Some(Value::Float(1.5)));
+        assert_eq!(pg_value("FLOAT8", &(-0.25f64).to_be_bytes()), Some(Value::Float(-0.25)));
+        assert_eq!(pg_value("JSONB", b"\x01{}"), Some(Value::Text("{}".into())));
+        assert_eq!(pg_value("UUID", &[0x12; 16]), Some(Value::Text("12121212-1212-1212-1212-121212121212".into())));
+        assert_eq!(pg_value("INT4", &[0, 1]), None, "wrong width");
+        assert_eq!(pg_value("INTERVAL", &[0; 16]), None);
+        assert_eq!(pg_value("TEXT", &[0xff]), None, "not UTF-8");
+    }
+}

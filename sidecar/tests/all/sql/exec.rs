@@ -1,0 +1,341 @@
+//! The executor (`services::sql::exec`) on both databases: the fixtures'
+//! allowed statements run, results are capped while they stream, each
+//! plugin has its share of the pool, no session state survives a call, and
+//! each failure has its kind.
+
+use std::sync::Arc;
+
+use gatehouse::ErrorKind;
+use gatehouse::services::sql::exec::{Limits, checked};
+use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
+
+use super::support::{TestDb, fixture, placeholder, policy, pool};
+
+/// One statement through the executor for `plugin`, as the door runs it.
+async fn query(
+    gateway: &SqlGateway,
+    plugin: &str,
+    policy: &SqlPolicy,
+    sql: &str,
+    params: &[Value],
+) -> Result<gatehouse::services::sql::Rows, SqlError> {
+    let alias = gateway.alias("db").unwrap();
+    let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
+    let mut connection = SqlConnection::open(alias, plugin).await?;
+    connection.query(&checked, sql, params, Limits::from(policy)).await
+}
+
+fn allowed(dialect: Dialect) -> Vec<String> {
+    let prefix = match dialect {
+        Dialect::Sqlite => "sqlite: ",
+        Dialect::Postgres => "postgres: ",
+    };
+    fixture("allowed.sql")
+        .lines()
+        .filter_map(|line| line.strip_prefix("both: ").or_else(|| line.strip_prefix(prefix)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every statement of `allowed.sql` for the dialect passes the check and
+/// runs on a real database, each in a transaction rolled back after it so
+/// that each sees the seed rows.
+async fn the_allowed_statements_run(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("");
+    let alias = gateway.alias("db").unwrap();
+    let statements = allowed(dialect);
+    assert!(statements.len() >= 30, "{}", statements.len());
+    for sql in &statements {
+        if sql.contains(" = :") {
+            // sqlx binds `?` and `?NNN` on SQLite, not `:name`: refused
+            // with invalid-input (see `named_parameters_are_refused_on_sqlite`).
+            continue;
+        }
+        let expected = gatehouse::services::sql::check(dialect, &policy, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        // Placeholders take the value 1 (an array literal for `ANY`).
+        let one = if sql.contains("int[]") { Value::Text("{1}".into()) } else { Value::Int(1) };
+        let params = vec![one; expected.placeholders];
+        let checked = checked(Door::Gatehouse, dialect, &policy, sql, &params).unwrap();
+        let mut connection = SqlConnection::open(alias, "fixtures").await.unwrap();
+        connection.begin(Limits::from(&policy)).await.unwrap();
+        let rows = connection.query(&checked, sql, &params, Limits::from(&policy)).await;
+        let rows = rows.unwrap_or_else(|e| panic!("{dialect}: {sql}: {e}"));
+        if sql == "SELECT * FROM products" {
+            assert_eq!(rows.rows.len(), 3, "{sql}");
+        }
+        connection.rollback().await.unwrap();
+    }
+    // Values of every column type the fixtures use come back decoded.
+    let rows = query(&gateway, "p", &policy, "SELECT * FROM products WHERE id = 1", &[]).await.unwrap();
+    let price = match dialect {
+        Dialect::Sqlite => Value::Float(12.5),
+        Dialect::Postgres => Value::Text("12.50".into()),
+    };
+    assert_eq!(rows.rows, vec![vec![Value::Int(1), Value::Text("widget".into()), price, Value::Int(10)]]);
+    let names: Vec<&str> = rows.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["id", "name", "price", "stock"]);
+    let rows = query(&gateway, "p", &policy, "SELECT created_at FROM orders WHERE id = 1", &[]).await.unwrap();
+    assert_eq!(rows.rows[0][0], Value::Text("2026-11-30 10:00:00".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allowed_statements_run_on_sqlite() {
+    the_allowed_statements_run(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allowed_statements_run_on_postgres() {
+    the_allowed_statements_run(Dialect::Postgres).await;
+}
+
+/// A result past `max_rows` or `max_result_bytes` is refused while it
+/// streams. The proof that the rest is never read: the last row of the
+/// query would fail (`abs` of the smallest 64-bit integer overflows on both
+/// databases), yet the refusal is `quota-exceeded`, not that error. (No
+/// `ORDER BY`: a sort would compute every row before sending the first.)
+async fn caps_refuse_mid_stream(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    db.big_table(20_000).await;
+    let gateway = db.gateway(pool(2, 2));
+    let grant = |extra: &str| {
+        SqlPolicy::from_toml(&format!("statements = [\"select\"]\n{extra}\n[tables]\nbig = \"select\"\n")).unwrap()
+    };
+    // `abs(MIN + 20000 - id)` overflows at id = 20000 only: computed per
+    // row, so no planner can fold it into an error before the first row.
+    let sql = format!("SELECT id, payload, abs({} - id) FROM big", placeholder(dialect, 1));
+    let params = [Value::Int(i64::MIN + 20_000)];
+
+    // Without a cap in the way, the statement fails at its last row.
+    let open = grant("max_rows = 100000\nmax_result_bytes = \"64 MiB\"");
+    let error = query(&gateway, "p", &open, &sql, &params).await.unwrap_err();
+    assert_ne!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+
+    let rows_capped = grant("max_rows = 10");
+    let error = query(&gateway, "p", &rows_capped, &sql, &params).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("max_rows = 10"), "{error}");
+
+    let bytes_capped = grant("max_result_bytes = \"1 KiB\"");
+    let error = query(&gateway, "p", &bytes_capped, &sql, &params).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("max_result_bytes = 1024"), "{error}");
+
+    // Exactly at the cap is fine; the connections went back (or were
+    // replaced) and the pool still serves.
+    let rows = query(&gateway, "p", &grant("max_rows = 3"), "SELECT id FROM big WHERE id <= 3", &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_refuse_mid_stream_on_sqlite() {
+    caps_refuse_mid_stream(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_refuse_mid_stream_on_postgres() {
+    caps_refuse_mid_stream(Dialect::Postgres).await;
+}
+
+/// A greedy plugin holds every connection of its share, from several
+/// tasks at once: its next call is `rate-limited` with a retry hint, while
+/// another plugin's calls, made concurrently, all succeed.
+async fn a_greedy_plugin_cannot_starve_another(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(4, 2));
+    let policy = Arc::new(policy(""));
+    let (release, released) = tokio::sync::watch::channel(false);
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let gateway = Arc::clone(&gateway);
+        let mut released = released.clone();
+        let (held, is_held) = tokio::sync::oneshot::channel();
+        holders.push(tokio::spawn(async move {
+            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy").await.unwrap();
+            held.send(()).unwrap();
+            released.wait_for(|r| *r).await.unwrap();
+            drop(connection);
+        }));
+        is_held.await.unwrap();
+    }
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let error = query(&gateway, "greedy", &policy, sql, &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert!(error.retry_after().is_some());
+    assert!(error.to_string().contains("per_plugin_connections"), "{error}");
+
+    let others: Vec<_> = (0..8)
+        .map(|_| {
+            let (gateway, policy) = (Arc::clone(&gateway), Arc::clone(&policy));
+            tokio::spawn(async move { query(&gateway, "other", &policy, sql, &[]).await })
+        })
+        .collect();
+    for other in others {
+        assert_eq!(other.await.unwrap().unwrap().rows, vec![vec![Value::Text("widget".into())]]);
+    }
+    release.send(true).unwrap();
+    for holder in holders {
+        holder.await.unwrap();
+    }
+    // Released on drop: the greedy plugin is served again.
+    assert!(query(&gateway, "greedy", &policy, sql, &[]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_plugin_cannot_starve_another_on_sqlite() {
+    a_greedy_plugin_cannot_starve_another(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_plugin_cannot_starve_another_on_postgres() {
+    a_greedy_plugin_cannot_starve_another(Dialect::Postgres).await;
+}
+
+/// No session state survives a call on a pooled connection. Attacks
+/// tried: `SET`, `set_config` (session-wide), a temporary table, `PREPARE`,
+/// `DISCARD`, `RESET`: all refused before the database. What the gateway
+/// sets itself (`SET LOCAL statement_timeout` and `search_path`) is gone
+/// after the call, and no prepared statement is left on the connection,
+/// seen from the one connection of the pool afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_state_survives_a_call_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(1, 1));
+    let policy = policy("timeout = \"1234ms\"");
+    for sql in [
+        "SET search_path = evil",
+        "SELECT set_config('search_path', 'evil', false)",
+        "CREATE TEMP TABLE products (id int)",
+        "PREPARE p AS SELECT 1",
+        "DISCARD ALL",
+        "RESET ROLE",
+        "SET LOCAL statement_timeout = 0",
+    ] {
+        let error = query(&gateway, "a", &policy, sql, &[]).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{sql}: {error}");
+    }
+    let rows = query(&gateway, "a", &policy, "SELECT name FROM products WHERE id = $1", &[Value::Int(2)]).await;
+    assert_eq!(rows.unwrap().rows, vec![vec![Value::Text("gizmo".into())]]);
+
+    let gatehouse::services::sql::pool::Pool::Postgres(pool) = gateway.alias("db").unwrap().opened().unwrap().clone()
+    else {
+        panic!("a PostgreSQL pool")
+    };
+    assert_eq!(pool.size(), 1, "the call's connection is the pool's only one");
+    let mut connection = pool.acquire().await.unwrap();
+    let setting = |name: &'static str| {
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}"))).persistent(false)
+    };
+    assert_eq!(setting("statement_timeout").fetch_one(&mut *connection).await.unwrap(), "0");
+    assert_eq!(setting("search_path").fetch_one(&mut *connection).await.unwrap(), "\"$user\", public");
+    let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+        .persistent(false)
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap();
+    assert_eq!(prepared, 0);
+    drop(connection);
+    // A call's write is committed: its transaction did not stay open on
+    // the pooled connection.
+    let insert = "INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)";
+    let values = [Value::Text("now".into()), Value::Text("a".into()), Value::Text("write".into())];
+    query(&gateway, "a", &policy, insert, &values).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_log").await, 2);
+}
+
+/// The database's deadline and the sidecar's both end in `timeout`, and
+/// the pool serves afterwards.
+async fn a_slow_statement_times_out(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    db.big_table(3000).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy =
+        SqlPolicy::from_toml("statements = [\"select\"]\ntimeout = \"50ms\"\n[tables]\nbig = \"select\"\n").unwrap();
+    // 27 billion combinations: minutes of work on either database.
+    let sql = "SELECT count(*) FROM big a, big b, big c WHERE a.payload <> c.payload";
+    let error = query(&gateway, "p", &policy, sql, &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    let rows = query(&gateway, "p", &policy, "SELECT count(*) FROM big", &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Int(3000)]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_statement_times_out_on_sqlite() {
+    a_slow_statement_times_out(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_statement_times_out_on_postgres() {
+    a_slow_statement_times_out(Dialect::Postgres).await;
+}
+
+/// A duplicate key and a broken foreign key are `conflict`, with the
+/// database's message escaped; bad SQL the parser accepts but the database
+/// refuses is `invalid-input`; a wrong parameter count is refused first.
+async fn failures_have_their_kinds(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let p = |n| placeholder(dialect, n);
+    let insert = format!("INSERT INTO products (id, name, price, stock) VALUES ({}, {}, 1, 1)", p(1), p(2));
+    let error = query(&gateway, "p", &policy, &insert, &[Value::Int(1), Value::Text("dup\nline".into())]).await;
+    let error = error.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
+    assert!(!error.to_string().contains('\n'), "{error}");
+    let order = format!(
+        "INSERT INTO orders (id, customer_id, product_id, quantity, status, created_at) VALUES (50, 1, {}, 1, 'open', '2026-12-01 00:00:00')",
+        p(1)
+    );
+    let error = query(&gateway, "p", &policy, &order, &[Value::Int(999)]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
+    let error = query(&gateway, "p", &policy, "SELECT nosuchcolumn FROM products", &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    let error = query(&gateway, "p", &policy, &format!("SELECT name FROM products WHERE id = {}", p(1)), &[]).await;
+    assert_eq!(error.unwrap_err().kind(), ErrorKind::InvalidInput);
+    let error = query(&gateway, "p", &policy, "SELECT value FROM secrets", &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied);
+    assert!(error.to_string().contains("secrets"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_their_kinds_on_sqlite() {
+    failures_have_their_kinds(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_their_kinds_on_postgres() {
+    failures_have_their_kinds(Dialect::Postgres).await;
+}
+
+/// A database that stops answering makes calls `unavailable` with a retry
+/// hint; once it is back, calls succeed with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_is_unavailable_and_recovers() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let sql = "SELECT name FROM products WHERE id = 3";
+    assert!(query(&gateway, "p", &policy, sql, &[]).await.is_ok());
+    let TestDb::Postgres(pg) = &db else { unreachable!() };
+    pg.pause();
+    let error = query(&gateway, "p", &policy, sql, &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.retry_after().is_some(), "{error:?}");
+    pg.resume();
+    let rows = query(&gateway, "p", &policy, sql, &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Text("doohickey".into())]]);
+}
+
+/// sqlx binds SQLite's `?` and `?NNN` but not `:name`: such a statement
+/// passes the check and is refused by the executor as `invalid-input`,
+/// never as a database outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_parameters_are_refused_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let error = query(&gateway, "p", &policy(""), "SELECT id FROM products WHERE id = :id", &[Value::Int(1)]).await;
+    let error = error.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert!(error.to_string().contains("?NNN"), "{error}");
+}

@@ -1,0 +1,131 @@
+//! Databases for the gateway's tests: a SQLite file in a temporary
+//! directory or a throwaway PostgreSQL cluster, each with the fixtures'
+//! schema (`tests/fixtures/sql/schema.sql`) and seed rows loaded by an
+//! administrator connection, and a gateway whose alias `db` names it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
+use gatehouse::services::sql::{Dialect, SqlGateway, SqlPolicy};
+use sqlx::{Connection, Executor};
+
+use crate::postgres::TestPostgres;
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(crate::common::repo_root().join("sidecar/tests/fixtures/sql").join(name)).unwrap()
+}
+
+/// The fixtures' policy, with `extra` keys added before `[tables]`.
+pub fn policy(extra: &str) -> SqlPolicy {
+    SqlPolicy::from_toml(&format!("{extra}\n{}", fixture("policy.toml"))).unwrap()
+}
+
+/// The fixtures' policy text as a `[sql.<alias>]` section body.
+pub fn policy_section(alias: &str, extra: &str) -> String {
+    let body = fixture("policy.toml").replace("[tables]", &format!("[sql.{alias}.tables]"));
+    format!("[sql.{alias}]\n{extra}\n{body}")
+}
+
+/// A database with the fixtures loaded.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestPostgres),
+}
+
+impl TestDb {
+    pub async fn start(dialect: Dialect) -> TestDb {
+        let db = match dialect {
+            Dialect::Sqlite => TestDb::Sqlite(tempfile::tempdir().unwrap()),
+            Dialect::Postgres => TestDb::Postgres(TestPostgres::start("gateway", "gateway-pw", "shop")),
+        };
+        db.admin(&fixture("schema.sql")).await;
+        if dialect == Dialect::Postgres {
+            db.admin(&fixture("schema.postgres.sql")).await;
+        }
+        db
+    }
+
+    #[allow(dead_code)]
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            TestDb::Sqlite(_) => Dialect::Sqlite,
+            TestDb::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub fn settings(&self, pool: PoolSettings) -> DatabaseSettings {
+        let mut settings = match self {
+            TestDb::Sqlite(dir) => DatabaseSettings::sqlite(dir.path().join("shop.db")),
+            TestDb::Postgres(pg) => DatabaseSettings::postgres(UrlSource::Inline(pg.url())),
+        };
+        settings.pool = pool;
+        settings
+    }
+
+    /// A gateway whose alias `db` is this database.
+    pub fn gateway(&self, pool: PoolSettings) -> Arc<SqlGateway> {
+        Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), self.settings(pool))])))
+    }
+
+    /// Runs `sql` (several statements) as the database's owner, outside the
+    /// gateway.
+    pub async fn admin(&self, sql: &str) {
+        match self {
+            TestDb::Sqlite(dir) => {
+                let options = gatehouse::databases::sqlite_options(&dir.path().join("shop.db"));
+                let mut c = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+                c.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))).await.unwrap();
+                c.close().await.unwrap();
+            }
+            TestDb::Postgres(pg) => {
+                let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+                c.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+
+    /// One number from `sql`, read as the owner.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self {
+            TestDb::Sqlite(dir) => {
+                let options = gatehouse::databases::sqlite_options(&dir.path().join("shop.db"));
+                let mut c = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&mut c).await.unwrap()
+            }
+            TestDb::Postgres(pg) => {
+                let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+
+    /// `big (id, payload)` with `rows` rows, ids from 1.
+    pub async fn big_table(&self, rows: u32) {
+        self.admin(&format!(
+            "CREATE TABLE big (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);\n\
+             INSERT INTO big (id, payload) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+             SELECT i, 'payload-payload-payload-payload-payload-payload' FROM n"
+        ))
+        .await;
+    }
+}
+
+/// A pool of `max` connections, `per_plugin` per plugin, a short wait.
+pub fn pool(max: u32, per_plugin: u32) -> PoolSettings {
+    PoolSettings {
+        max_connections: max,
+        acquire_timeout: Duration::from_millis(300),
+        per_plugin_connections: per_plugin,
+    }
+}
+
+/// The placeholder of parameter `n` (from 1) in `dialect`.
+pub fn placeholder(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("?{n}"),
+        Dialect::Postgres => format!("${n}"),
+    }
+}
