@@ -26,6 +26,7 @@
 //!   counted against `max_rows` and `max_result_bytes`; past either the
 //!   call is refused (`quota-exceeded`) and the rest is never read.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -34,6 +35,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
 
 use super::error::SqlError;
+use super::guard::sqlite::{self as sqlite_guard, SqliteGrant};
 use super::pool::{AliasPool, Conn, Held};
 use super::value::{self, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -92,6 +94,9 @@ pub struct SqlConnection {
     held: Held,
     dialect: Dialect,
     plugin: String,
+    /// What the SQLite authorizer lets this plugin's statements touch
+    /// (`None` on PostgreSQL, where the plugin's role does).
+    grant: Option<Arc<SqliteGrant>>,
     /// A transaction the plugin opened is open.
     transaction: bool,
     /// Something left the connection in a state no one knows (a statement
@@ -102,12 +107,20 @@ pub struct SqlConnection {
 
 impl SqlConnection {
     /// A connection of `alias` for `plugin`, within its share.
-    pub async fn open(alias: &AliasPool, plugin: &str) -> Result<SqlConnection, SqlError> {
+    /// On SQLite, `grant` is what the connection's authorizer allows the
+    /// plugin's statements (see [`sqlite_guard`]); a SQLite connection
+    /// without one refuses every statement of the plugin.
+    pub async fn open(
+        alias: &AliasPool,
+        plugin: &str,
+        grant: Option<Arc<SqliteGrant>>,
+    ) -> Result<SqlConnection, SqlError> {
         let held = alias.acquire(plugin).await?;
         Ok(SqlConnection {
             held,
             dialect: alias.dialect,
             plugin: plugin.to_string(),
+            grant,
             transaction: false,
             broken: false,
         })
@@ -168,7 +181,7 @@ impl SqlConnection {
         self.broken = true;
         let begun = match &mut self.held.conn {
             Conn::Postgres(c) => prepare_connection_pg(c, &self.plugin, limits).await,
-            Conn::Sqlite(c) => c.execute("BEGIN").await.map(drop),
+            Conn::Sqlite(c) => host_command(c, "BEGIN").await,
         };
         begun.map_err(SqlError::from_database)?;
         self.broken = false;
@@ -195,7 +208,7 @@ impl SqlConnection {
         self.broken = true;
         let done = match &mut self.held.conn {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
-            Conn::Sqlite(c) => c.execute(command).await.map(drop),
+            Conn::Sqlite(c) => host_command(c, command).await,
         };
         done.map_err(SqlError::from_database)?;
         self.broken = false;
@@ -226,10 +239,11 @@ impl SqlConnection {
         self.broken = true;
         let in_transaction = self.transaction;
         let plugin = self.plugin.clone();
+        let grant = self.grant.clone();
         let work = async {
             match &mut self.held.conn {
                 Conn::Postgres(c) => postgres(c, &plugin, in_transaction, limits, run, statement, params).await,
-                Conn::Sqlite(c) => sqlite(c, &plugin, limits, run, statement, params).await,
+                Conn::Sqlite(c) => sqlite(c, grant, limits, run, statement, params).await,
             }
         };
         let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
@@ -307,8 +321,9 @@ impl From<SqlError> for Failure {
 /// This is the one place to make the database's own check too (a role per
 /// plugin: `SET LOCAL ROLE`), right after `BEGIN`.
 async fn prepare_connection_pg(conn: &mut sqlx::PgConnection, plugin: &str, limits: Limits) -> Result<(), sqlx::Error> {
-    // GUARD HOOK (services::sql::guard, after merging): `SET LOCAL ROLE`
-    // to `plugin`'s role goes into this same round trip, after BEGIN.
+    // Not yet: `SET LOCAL ROLE` to `plugin`'s role (services::sql::guard::
+    // postgres, once the gateway syncs roles at load) belongs in this same
+    // round trip, after BEGIN.
     let _ = plugin;
     let millis = limits.timeout.as_millis().max(1);
     // One round trip, simple-query protocol: nothing is prepared.
@@ -319,25 +334,36 @@ async fn prepare_connection_pg(conn: &mut sqlx::PgConnection, plugin: &str, limi
     .map(drop)
 }
 
-/// The place where a SQLite connection is made ready for one statement of
-/// `plugin`: a progress handler that interrupts the statement at its
-/// deadline (`SQLITE_INTERRUPT`, reported as `timeout`).
-///
-/// This is the one place to install the database's own check too (the
-/// authorizer for the plugin's grant).
+/// Makes a SQLite connection ready for one statement of a plugin: its
+/// authorizer gets the plugin's grant (none: every statement refused), and
+/// a progress handler interrupts the statement at its deadline
+/// (`SQLITE_INTERRUPT`, reported as `timeout`).
 async fn prepare_connection_sqlite(
     conn: &mut sqlx::SqliteConnection,
-    plugin: &str,
+    grant: Option<Arc<SqliteGrant>>,
     limits: Limits,
-) -> Result<(), sqlx::Error> {
-    // GUARD HOOK (services::sql::guard, after merging): the authorizer for
-    // `plugin`'s grant is installed here, on the same locked handle.
-    let _ = plugin;
+) -> Result<(), SqlError> {
+    match grant {
+        Some(grant) => sqlite_guard::enter(conn, grant).await,
+        None => sqlite_guard::leave(conn).await,
+    }
+    .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
     let deadline = Instant::now() + limits.timeout;
-    let mut handle = conn.lock_handle().await?;
+    let mut handle = conn.lock_handle().await.map_err(SqlError::from_database)?;
     // Every 1000 virtual-machine instructions: microseconds of work.
     handle.set_progress_handler(1000, move || Instant::now() < deadline);
     Ok(())
+}
+
+/// The sidecar's own `BEGIN`/`COMMIT`/`ROLLBACK` around a plugin's
+/// statements on SQLite: run with the authorizer in host mode, then closed
+/// to everything again.
+async fn host_command(conn: &mut sqlx::SqliteConnection, command: &'static str) -> Result<(), sqlx::Error> {
+    let guard_error = |e: super::guard::GuardError| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}"));
+    sqlite_guard::enter_host(conn).await.map_err(guard_error)?;
+    let done = conn.execute(command).await.map(drop);
+    sqlite_guard::leave(conn).await.map_err(guard_error)?;
+    done
 }
 
 async fn postgres(
@@ -413,14 +439,17 @@ async fn postgres(
 
 async fn sqlite(
     conn: &mut sqlx::SqliteConnection,
-    plugin: &str,
+    grant: Option<Arc<SqliteGrant>>,
     limits: Limits,
     run: Run,
     statement: &str,
     params: &[Value],
 ) -> Result<(Rows, u64), Failure> {
-    prepare_connection_sqlite(conn, plugin, limits).await?;
-    sqlite_statement(conn, limits, run, statement, params).await.map_err(|failure| match failure.error {
+    prepare_connection_sqlite(conn, grant, limits).await?;
+    let outcome = sqlite_statement(conn, limits, run, statement, params).await;
+    // Closed to everything until the next statement enters a grant.
+    sqlite_guard::leave(conn).await.map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
+    outcome.map_err(|failure| match failure.error {
         // sqlx binds `?` and `?NNN` only; its refusal of another
         // placeholder is a protocol error, not an outage.
         SqlError::Unavailable { ref message, .. } if message.contains("parameter format") => Failure {

@@ -23,6 +23,7 @@ use wasmtime::component::{HasData, Resource};
 
 use super::error::SqlError;
 use super::exec::{self, Limits, SqlConnection};
+use super::guard::sqlite::SqliteGrant;
 use super::metrics::SqlMetrics;
 use super::pool::{AliasPool, SqlGateway};
 use super::value::{Rows, Value};
@@ -39,7 +40,7 @@ pub const MAX_TRANSACTIONS: usize = 16;
 /// A loaded plugin's `[sql.<alias>]` grants, shared by its invocations.
 pub struct PluginSql {
     plugin: String,
-    grants: BTreeMap<String, (SqlPolicy, Arc<AliasPool>)>,
+    grants: BTreeMap<String, Grant>,
     metrics: Arc<SqlMetrics>,
 }
 
@@ -52,10 +53,20 @@ impl PluginSql {
                 .alias(name)
                 .ok_or_else(|| format!("it has a [sql.{name}] grant, but the settings define no [databases.{name}]"))?;
             suits(name, alias.dialect, policy)?;
-            resolved.insert(name.clone(), (policy.clone(), Arc::clone(alias)));
+            let sqlite =
+                (alias.dialect == Dialect::Sqlite).then(|| Arc::new(SqliteGrant::new(policy, Door::Gatehouse)));
+            resolved.insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), sqlite });
         }
         Ok(PluginSql { plugin: plugin.to_string(), grants: resolved, metrics: Arc::clone(&gateway.metrics) })
     }
+}
+
+/// One `[sql.<alias>]` grant of a loaded plugin.
+struct Grant {
+    policy: SqlPolicy,
+    alias: Arc<AliasPool>,
+    /// The SQLite authorizer's form of `policy`, built once at load.
+    sqlite: Option<Arc<SqliteGrant>>,
 }
 
 /// Whether `policy` can be served on a database of `dialect`.
@@ -97,15 +108,15 @@ impl SqlHost {
         self.transactions.len()
     }
 
-    fn grant(&self, db: &str) -> Result<(&PluginSql, &SqlPolicy, &Arc<AliasPool>), SqlError> {
+    fn grant(&self, db: &str) -> Result<(&PluginSql, &Grant), SqlError> {
         let plugin = self.plugin.as_deref().ok_or_else(|| SqlError::Denied("the policy has no [sql] grant".into()))?;
-        let (policy, alias) = plugin.grants.get(db).ok_or_else(|| {
+        let grant = plugin.grants.get(db).ok_or_else(|| {
             SqlError::Denied(format!(
                 "database `{}` is not granted: the policy has no [sql.{0}]",
                 guest_text::escape(db, guest_text::SHORT)
             ))
         })?;
-        Ok((plugin, policy, alias))
+        Ok((plugin, grant))
     }
 
     fn record(&self, db: &str, statement: Option<&str>, outcome: &Result<(), SqlError>, took: Duration) {
@@ -132,10 +143,10 @@ impl SqlHost {
         params: &[Value],
         query: bool,
     ) -> Result<(Rows, u64), SqlError> {
-        let (plugin, policy, alias) = self.grant(db)?;
-        let checked = exec::checked(Door::Gatehouse, alias.dialect, policy, statement, params)?;
-        let limits = Limits::from(policy);
-        let mut connection = SqlConnection::open(alias, &plugin.plugin).await?;
+        let (plugin, grant) = self.grant(db)?;
+        let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
+        let limits = Limits::from(&grant.policy);
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.sqlite.clone()).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -149,9 +160,9 @@ impl SqlHost {
                 "{MAX_TRANSACTIONS} transactions are held by this invocation: drop one first"
             )));
         }
-        let (plugin, policy, alias) = self.grant(db)?;
-        let limits = Limits::from(policy);
-        let mut connection = SqlConnection::open(alias, &plugin.plugin).await?;
+        let (plugin, grant) = self.grant(db)?;
+        let limits = Limits::from(&grant.policy);
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.sqlite.clone()).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);
@@ -167,9 +178,9 @@ impl SqlHost {
         query: bool,
     ) -> Result<(Rows, u64), SqlError> {
         let alias = self.alias_of(key)?;
-        let (_, policy, pool) = self.grant(&alias)?;
-        let checked = exec::checked(Door::Gatehouse, pool.dialect, policy, statement, params)?;
-        let limits = Limits::from(policy);
+        let (_, grant) = self.grant(&alias)?;
+        let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
+        let limits = Limits::from(&grant.policy);
         let connection = self.open_connection(key)?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))

@@ -24,9 +24,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Postgres, Sqlite};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
-use super::Dialect;
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
+use super::{Dialect, guard};
 use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings};
 
 /// The migrations of the embedded application database
@@ -208,9 +208,13 @@ impl AliasPool {
                     .cloned()
                     .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
                 create_parent(path)?;
-                let pool = pool_options(settings).connect_lazy_with(options);
                 if self.name == APP_ALIAS {
-                    app_migrator().run(&pool).await.map_err(|e| SqlError::Unavailable {
+                    // On a pool of its own: the gateway's connections
+                    // refuse every statement the authorizer is not given.
+                    let migrations = PoolOptions::<Sqlite>::new().max_connections(1).connect_lazy_with(options.clone());
+                    let migrated = app_migrator().run(&migrations).await;
+                    migrations.close().await;
+                    migrated.map_err(|e| SqlError::Unavailable {
                         message: format!(
                             "[databases.{APP_ALIAS}] migrations: {}",
                             crate::guest_text::escape(&e.to_string(), crate::guest_text::LINE)
@@ -218,6 +222,16 @@ impl AliasPool {
                         retry_after: Some(RETRY_UNAVAILABLE),
                     })?;
                 }
+                // Every connection gets the authorizer (services::sql::guard)
+                // before the pool hands it out, closed until a plugin's grant
+                // is entered for a statement.
+                let pool = pool_options::<Sqlite>(settings)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            guard::sqlite::install(conn).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))
+                        })
+                    })
+                    .connect_lazy_with(options);
                 Ok(Pool::Sqlite(pool))
             }
         }
@@ -321,9 +335,16 @@ mod tests {
             let gateway = SqlGateway::new(&settings);
             gateway.open_app().await;
             let Some(Pool::Sqlite(pool)) = gateway.alias(APP_ALIAS).unwrap().opened() else { panic!("opened") };
-            let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(pool).await.unwrap();
-            assert_eq!(products, 4);
+            // The gateway's own connections refuse what no plugin's grant
+            // allows (the authorizer): read the file on a connection of
+            // the test's.
+            let refused = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products").fetch_one(pool).await;
+            assert!(refused.is_err(), "a pooled connection ran a statement without a grant");
             pool.close().await;
+            let direct = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path)).await.unwrap();
+            let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&direct).await.unwrap();
+            assert_eq!(products, 4);
+            direct.close().await;
         }
         assert!(path.is_file());
     }

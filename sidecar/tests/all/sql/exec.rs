@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::{Limits, checked};
+use gatehouse::services::sql::guard::sqlite::SqliteGrant;
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 
 use super::support::{TestDb, fixture, placeholder, policy, pool};
@@ -21,8 +22,14 @@ async fn query(
 ) -> Result<gatehouse::services::sql::Rows, SqlError> {
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
-    let mut connection = SqlConnection::open(alias, plugin).await?;
+    let mut connection = SqlConnection::open(alias, plugin, authorizer(alias.dialect, policy)).await?;
     connection.query(&checked, sql, params, Limits::from(policy)).await
+}
+
+/// What the door gives a connection for `policy`: the SQLite authorizer's
+/// grant (the database's own check), none on PostgreSQL.
+fn authorizer(dialect: Dialect, policy: &SqlPolicy) -> Option<Arc<SqliteGrant>> {
+    (dialect == Dialect::Sqlite).then(|| Arc::new(SqliteGrant::new(policy, Door::Gatehouse)))
 }
 
 fn allowed(dialect: Dialect) -> Vec<String> {
@@ -58,7 +65,7 @@ async fn the_allowed_statements_run(dialect: Dialect) {
         let one = if sql.contains("int[]") { Value::Text("{1}".into()) } else { Value::Int(1) };
         let params = vec![one; expected.placeholders];
         let checked = checked(Door::Gatehouse, dialect, &policy, sql, &params).unwrap();
-        let mut connection = SqlConnection::open(alias, "fixtures").await.unwrap();
+        let mut connection = SqlConnection::open(alias, "fixtures", authorizer(dialect, &policy)).await.unwrap();
         connection.begin(Limits::from(&policy)).await.unwrap();
         let rows = connection.query(&checked, sql, &params, Limits::from(&policy)).await;
         let rows = rows.unwrap_or_else(|e| panic!("{dialect}: {sql}: {e}"));
@@ -152,7 +159,7 @@ async fn a_greedy_plugin_cannot_starve_another(dialect: Dialect) {
         let mut released = released.clone();
         let (held, is_held) = tokio::sync::oneshot::channel();
         holders.push(tokio::spawn(async move {
-            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy").await.unwrap();
+            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy", None).await.unwrap();
             held.send(()).unwrap();
             released.wait_for(|r| *r).await.unwrap();
             drop(connection);
@@ -338,4 +345,40 @@ async fn named_parameters_are_refused_on_sqlite() {
     let error = error.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
     assert!(error.to_string().contains("?NNN"), "{error}");
+}
+
+/// The executor runs the database's own check on SQLite (the authorizer of
+/// the connection, given the plugin's grant): a statement that passes the
+/// parser's check under one grant, on a connection whose authorizer holds
+/// a narrower one, is refused by SQLite as `denied`, and nothing is read;
+/// a connection without any grant refuses even what the parser allows.
+/// (Attack: a parser bug that lets a statement through; modelled by
+/// checking against a wider grant than the database is given.)
+#[tokio::test]
+async fn the_executor_runs_the_sqlite_authorizer_for_the_plugin() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let alias = gateway.alias("db").unwrap();
+    let wide = policy("");
+    let narrow = SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\norders = [\"select\"]\n").unwrap();
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let products = checked(Door::Gatehouse, Dialect::Sqlite, &wide, sql, &[]).unwrap();
+
+    let mut connection = SqlConnection::open(alias, "p", authorizer(Dialect::Sqlite, &narrow)).await.unwrap();
+    let error = connection.query(&products, sql, &[], Limits::from(&wide)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    assert!(error.to_string().contains("the database refused"), "{error}");
+    // The connection is still usable: the refusal was the database's own.
+    let orders = "SELECT id FROM orders WHERE id = 1";
+    let checked_orders = checked(Door::Gatehouse, Dialect::Sqlite, &wide, orders, &[]).unwrap();
+    connection.query(&checked_orders, orders, &[], Limits::from(&wide)).await.unwrap();
+    drop(connection);
+
+    let mut bare = SqlConnection::open(alias, "p", None).await.unwrap();
+    let error = bare.query(&checked_orders, orders, &[], Limits::from(&wide)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+
+    let mut granted = SqlConnection::open(alias, "p", authorizer(Dialect::Sqlite, &wide)).await.unwrap();
+    let rows = granted.query(&products, sql, &[], Limits::from(&wide)).await.unwrap();
+    assert_eq!(rows.rows.len(), 1);
 }
