@@ -35,8 +35,9 @@ use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
 
 use super::error::SqlError;
+use super::guard::postgres as pg_guard;
 use super::guard::sqlite::{self as sqlite_guard, SqliteGrant};
-use super::pool::{AliasPool, Conn, Held};
+use super::pool::{AliasPool, Conn, Held, Pool};
 use super::value::{self, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
 
@@ -89,14 +90,66 @@ pub fn checked(
     Ok(checked)
 }
 
+/// The database's own check of one plugin's grant on one alias (the
+/// second line, [`super::guard`]), built once when the plugin loads.
+pub enum Guard {
+    /// What the SQLite authorizer allows the plugin's statements.
+    Sqlite(Arc<SqliteGrant>),
+    /// The plugin's PostgreSQL role, brought in step with the policy at
+    /// its first call (and again, once, after each reload that rebuilds
+    /// the guard); a failed sync is tried again at the next call.
+    Postgres {
+        /// The grant the role's privileges follow.
+        policy: SqlPolicy,
+        /// Set once the role has been synced for this guard.
+        synced: tokio::sync::OnceCell<()>,
+    },
+}
+
+impl Guard {
+    /// The guard of `policy` on a database of `dialect`, for `door`.
+    pub fn new(dialect: Dialect, policy: &SqlPolicy, door: Door) -> Guard {
+        match dialect {
+            Dialect::Sqlite => Guard::Sqlite(Arc::new(SqliteGrant::new(policy, door))),
+            Dialect::Postgres => Guard::Postgres { policy: policy.clone(), synced: Default::default() },
+        }
+    }
+
+    fn sqlite(&self) -> Option<Arc<SqliteGrant>> {
+        match self {
+            Guard::Sqlite(grant) => Some(Arc::clone(grant)),
+            Guard::Postgres { .. } => None,
+        }
+    }
+
+    /// Makes sure `plugin`'s PostgreSQL role holds exactly the policy's
+    /// privileges before its first statement.
+    async fn ready(&self, alias: &AliasPool, plugin: &str) -> Result<(), SqlError> {
+        let Guard::Postgres { policy, synced } = self else { return Ok(()) };
+        synced
+            .get_or_try_init(|| async {
+                let Pool::Postgres(pool) = alias.pool().await? else {
+                    return Err(SqlError::Internal("a PostgreSQL guard on a SQLite alias".into()));
+                };
+                pg_guard::sync(pool, plugin, policy).await.map(drop).map_err(|e| SqlError::Unavailable {
+                    message: format!("the plugin's database role: {e}"),
+                    retry_after: Some(super::error::RETRY_UNAVAILABLE),
+                })
+            })
+            .await
+            .map(drop)
+    }
+}
+
 /// One pooled connection held for one plugin.
 pub struct SqlConnection {
     held: Held,
     dialect: Dialect,
-    plugin: String,
     /// What the SQLite authorizer lets this plugin's statements touch
     /// (`None` on PostgreSQL, where the plugin's role does).
     grant: Option<Arc<SqliteGrant>>,
+    /// `plugin`'s PostgreSQL role, `SET LOCAL` in each call's transaction.
+    role: Option<String>,
     /// A transaction the plugin opened is open.
     transaction: bool,
     /// Something left the connection in a state no one knows (a statement
@@ -107,20 +160,21 @@ pub struct SqlConnection {
 
 impl SqlConnection {
     /// A connection of `alias` for `plugin`, within its share.
-    /// On SQLite, `grant` is what the connection's authorizer allows the
-    /// plugin's statements (see [`sqlite_guard`]); a SQLite connection
-    /// without one refuses every statement of the plugin.
-    pub async fn open(
-        alias: &AliasPool,
-        plugin: &str,
-        grant: Option<Arc<SqliteGrant>>,
-    ) -> Result<SqlConnection, SqlError> {
+    /// `guard` is the database's own check of the plugin's grant: the
+    /// SQLite authorizer's grant, or the PostgreSQL role the plugin's
+    /// statements run as (synced first if this is its first call).
+    pub async fn open(alias: &AliasPool, plugin: &str, guard: &Guard) -> Result<SqlConnection, SqlError> {
+        guard.ready(alias, plugin).await?;
+        let role = match guard {
+            Guard::Postgres { .. } => Some(pg_guard::role_name(plugin).map_err(|e| SqlError::Internal(e.to_string()))?),
+            Guard::Sqlite(_) => None,
+        };
         let held = alias.acquire(plugin).await?;
         Ok(SqlConnection {
             held,
             dialect: alias.dialect,
-            plugin: plugin.to_string(),
-            grant,
+            grant: guard.sqlite(),
+            role,
             transaction: false,
             broken: false,
         })
@@ -180,7 +234,7 @@ impl SqlConnection {
         }
         self.broken = true;
         let begun = match &mut self.held.conn {
-            Conn::Postgres(c) => prepare_connection_pg(c, &self.plugin, limits).await,
+            Conn::Postgres(c) => prepare_connection_pg(c, self.role.as_deref(), limits).await,
             Conn::Sqlite(c) => host_command(c, "BEGIN").await,
         };
         begun.map_err(SqlError::from_database)?;
@@ -238,11 +292,11 @@ impl SqlConnection {
         self.usable()?;
         self.broken = true;
         let in_transaction = self.transaction;
-        let plugin = self.plugin.clone();
+        let role = self.role.clone();
         let grant = self.grant.clone();
         let work = async {
             match &mut self.held.conn {
-                Conn::Postgres(c) => postgres(c, &plugin, in_transaction, limits, run, statement, params).await,
+                Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
                 Conn::Sqlite(c) => sqlite(c, grant, limits, run, statement, params).await,
             }
         };
@@ -312,23 +366,21 @@ impl From<SqlError> for Failure {
     }
 }
 
-/// The place where a PostgreSQL connection is made ready for `plugin`'s
-/// statements: it opens the transaction every statement of the plugin runs
-/// in, with its settings local to it, so that none survives the call (or
-/// the plugin's transaction): the statement timeout, and `search_path`
-/// fixed to `public` (the schema the checker resolves names in).
-///
-/// This is the one place to make the database's own check too (a role per
-/// plugin: `SET LOCAL ROLE`), right after `BEGIN`.
-async fn prepare_connection_pg(conn: &mut sqlx::PgConnection, plugin: &str, limits: Limits) -> Result<(), sqlx::Error> {
-    // Not yet: `SET LOCAL ROLE` to `plugin`'s role (services::sql::guard::
-    // postgres, once the gateway syncs roles at load) belongs in this same
-    // round trip, after BEGIN.
-    let _ = plugin;
-    let millis = limits.timeout.as_millis().max(1);
-    // One round trip, simple-query protocol: nothing is prepared.
+/// Opens the call's (or the plugin's) transaction on PostgreSQL and makes
+/// it the plugin's: its role (the database's own check, see
+/// [`pg_guard`]; `None` only for the sidecar's own use), the statement
+/// timeout, and the search path fixed to the schema the checker resolves
+/// names in. One round trip, simple-query protocol: nothing is prepared.
+async fn prepare_connection_pg(
+    conn: &mut sqlx::PgConnection,
+    role: Option<&str>,
+    limits: Limits,
+) -> Result<(), sqlx::Error> {
+    let millis = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
+    let role = role.map(|r| format!("SET LOCAL ROLE {}; ", pg_guard::quote(r))).unwrap_or_default();
     conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "BEGIN; SET LOCAL statement_timeout = {millis}; SET LOCAL search_path = public"
+        "BEGIN; {role}SET LOCAL statement_timeout = {millis}; SET LOCAL search_path = {}",
+        pg_guard::quote(pg_guard::SCHEMA)
     ))))
     .await
     .map(drop)
@@ -368,7 +420,7 @@ async fn host_command(conn: &mut sqlx::SqliteConnection, command: &'static str) 
 
 async fn postgres(
     conn: &mut sqlx::PgConnection,
-    plugin: &str,
+    role: Option<&str>,
     in_transaction: bool,
     limits: Limits,
     run: Run,
@@ -376,7 +428,7 @@ async fn postgres(
     params: &[Value],
 ) -> Result<(Rows, u64), Failure> {
     if !in_transaction {
-        prepare_connection_pg(conn, plugin, limits).await?;
+        prepare_connection_pg(conn, role, limits).await?;
     }
     let mut query = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
     for param in params {

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasData, Resource};
 
 use super::error::SqlError;
-use super::exec::{self, Limits, SqlConnection};
-use super::guard::sqlite::SqliteGrant;
+use super::exec::{self, Guard, Limits, SqlConnection};
 use super::metrics::SqlMetrics;
 use super::pool::{AliasPool, SqlGateway};
 use super::value::{Rows, Value};
@@ -53,9 +52,8 @@ impl PluginSql {
                 .alias(name)
                 .ok_or_else(|| format!("it has a [sql.{name}] grant, but the settings define no [databases.{name}]"))?;
             suits(name, alias.dialect, policy)?;
-            let sqlite =
-                (alias.dialect == Dialect::Sqlite).then(|| Arc::new(SqliteGrant::new(policy, Door::Gatehouse)));
-            resolved.insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), sqlite });
+            let guard = Guard::new(alias.dialect, policy, Door::Gatehouse);
+            resolved.insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), guard });
         }
         Ok(PluginSql { plugin: plugin.to_string(), grants: resolved, metrics: Arc::clone(&gateway.metrics) })
     }
@@ -65,8 +63,8 @@ impl PluginSql {
 struct Grant {
     policy: SqlPolicy,
     alias: Arc<AliasPool>,
-    /// The SQLite authorizer's form of `policy`, built once at load.
-    sqlite: Option<Arc<SqliteGrant>>,
+    /// The database's own check of `policy`, built once at load.
+    guard: Guard,
 }
 
 /// Whether `policy` can be served on a database of `dialect`.
@@ -146,7 +144,7 @@ impl SqlHost {
         let (plugin, grant) = self.grant(db)?;
         let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.sqlite.clone()).await?;
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, &grant.guard).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -162,7 +160,7 @@ impl SqlHost {
         }
         let (plugin, grant) = self.grant(db)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.sqlite.clone()).await?;
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, &grant.guard).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

@@ -34,10 +34,8 @@
 //! - [`metrics`]: calls by plugin, alias and outcome, with latencies.
 //!
 //! Not here yet: Spin's sqlite doors (they will hold a [`SqlConnection`]
-//! per open connection resource, as the transaction resource does), the
-//! executor's use of [`guard::postgres`] (roles synced at load, `SET LOCAL
-//! ROLE` per call), and `gatehouse policy explain-sql` on the loaded
-//! policy.
+//! per open connection resource, as the transaction resource does), and
+//! `gatehouse policy explain-sql` on the loaded policy.
 
 pub mod check;
 pub mod denial;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use gatehouse::ErrorKind;
+use gatehouse::services::sql::exec::Guard;
 use gatehouse::services::sql::exec::{Limits, checked};
-use gatehouse::services::sql::guard::sqlite::SqliteGrant;
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 
 use super::support::{TestDb, fixture, placeholder, policy, pool};
@@ -22,14 +22,14 @@ async fn query(
 ) -> Result<gatehouse::services::sql::Rows, SqlError> {
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
-    let mut connection = SqlConnection::open(alias, plugin, authorizer(alias.dialect, policy)).await?;
+    let mut connection = SqlConnection::open(alias, plugin, &authorizer(alias.dialect, policy)).await?;
     connection.query(&checked, sql, params, Limits::from(policy)).await
 }
 
-/// What the door gives a connection for `policy`: the SQLite authorizer's
-/// grant (the database's own check), none on PostgreSQL.
-fn authorizer(dialect: Dialect, policy: &SqlPolicy) -> Option<Arc<SqliteGrant>> {
-    (dialect == Dialect::Sqlite).then(|| Arc::new(SqliteGrant::new(policy, Door::Gatehouse)))
+/// What the door gives a connection for `policy`: the database's own
+/// check (the SQLite authorizer's grant, or the plugin's PostgreSQL role).
+fn authorizer(dialect: Dialect, policy: &SqlPolicy) -> Guard {
+    Guard::new(dialect, policy, Door::Gatehouse)
 }
 
 fn allowed(dialect: Dialect) -> Vec<String> {
@@ -54,6 +54,7 @@ async fn the_allowed_statements_run(dialect: Dialect) {
     let alias = gateway.alias("db").unwrap();
     let statements = allowed(dialect);
     assert!(statements.len() >= 30, "{}", statements.len());
+    let guard = authorizer(dialect, &policy);
     for sql in &statements {
         if sql.contains(" = :") {
             // sqlx binds `?` and `?NNN` on SQLite, not `:name`: refused
@@ -65,7 +66,7 @@ async fn the_allowed_statements_run(dialect: Dialect) {
         let one = if sql.contains("int[]") { Value::Text("{1}".into()) } else { Value::Int(1) };
         let params = vec![one; expected.placeholders];
         let checked = checked(Door::Gatehouse, dialect, &policy, sql, &params).unwrap();
-        let mut connection = SqlConnection::open(alias, "fixtures", authorizer(dialect, &policy)).await.unwrap();
+        let mut connection = SqlConnection::open(alias, "fixtures", &guard).await.unwrap();
         connection.begin(Limits::from(&policy)).await.unwrap();
         let rows = connection.query(&checked, sql, &params, Limits::from(&policy)).await;
         let rows = rows.unwrap_or_else(|e| panic!("{dialect}: {sql}: {e}"));
@@ -154,12 +155,14 @@ async fn a_greedy_plugin_cannot_starve_another(dialect: Dialect) {
     let policy = Arc::new(policy(""));
     let (release, released) = tokio::sync::watch::channel(false);
     let mut holders = Vec::new();
+    let guard = Arc::new(authorizer(dialect, &policy));
     for _ in 0..2 {
         let gateway = Arc::clone(&gateway);
+        let guard = Arc::clone(&guard);
         let mut released = released.clone();
         let (held, is_held) = tokio::sync::oneshot::channel();
         holders.push(tokio::spawn(async move {
-            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy", None).await.unwrap();
+            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy", &guard).await.unwrap();
             held.send(()).unwrap();
             released.wait_for(|r| *r).await.unwrap();
             drop(connection);
@@ -347,38 +350,50 @@ async fn named_parameters_are_refused_on_sqlite() {
     assert!(error.to_string().contains("?NNN"), "{error}");
 }
 
-/// The executor runs the database's own check on SQLite (the authorizer of
-/// the connection, given the plugin's grant): a statement that passes the
+/// The executor runs the database's own check (SQLite: the connection's
+/// authorizer given the plugin's grant; PostgreSQL: the plugin's role,
+/// synced with the grant and `SET LOCAL` per call): a statement that passes the
 /// parser's check under one grant, on a connection whose authorizer holds
-/// a narrower one, is refused by SQLite as `denied`, and nothing is read;
-/// a connection without any grant refuses even what the parser allows.
+/// a narrower one, is refused by the database as `denied`, and nothing is read;
+/// a grant of no table refuses even what the parser allows.
 /// (Attack: a parser bug that lets a statement through; modelled by
 /// checking against a wider grant than the database is given.)
-#[tokio::test]
-async fn the_executor_runs_the_sqlite_authorizer_for_the_plugin() {
-    let db = TestDb::start(Dialect::Sqlite).await;
+async fn the_executor_runs_the_database_check_for_the_plugin(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
     let gateway = db.gateway(pool(4, 4));
     let alias = gateway.alias("db").unwrap();
     let wide = policy("");
     let narrow = SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\norders = [\"select\"]\n").unwrap();
     let sql = "SELECT name FROM products WHERE id = 1";
-    let products = checked(Door::Gatehouse, Dialect::Sqlite, &wide, sql, &[]).unwrap();
+    let products = checked(Door::Gatehouse, dialect, &wide, sql, &[]).unwrap();
 
-    let mut connection = SqlConnection::open(alias, "p", authorizer(Dialect::Sqlite, &narrow)).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &narrow)).await.unwrap();
     let error = connection.query(&products, sql, &[], Limits::from(&wide)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
     assert!(error.to_string().contains("the database refused"), "{error}");
     // The connection is still usable: the refusal was the database's own.
     let orders = "SELECT id FROM orders WHERE id = 1";
-    let checked_orders = checked(Door::Gatehouse, Dialect::Sqlite, &wide, orders, &[]).unwrap();
+    let checked_orders = checked(Door::Gatehouse, dialect, &wide, orders, &[]).unwrap();
     connection.query(&checked_orders, orders, &[], Limits::from(&wide)).await.unwrap();
     drop(connection);
 
-    let mut bare = SqlConnection::open(alias, "p", None).await.unwrap();
+    let nothing = SqlPolicy::from_toml("statements = [\"select\"]\n").unwrap();
+    let mut bare = SqlConnection::open(alias, "p", &authorizer(dialect, &nothing)).await.unwrap();
     let error = bare.query(&checked_orders, orders, &[], Limits::from(&wide)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    drop(bare);
 
-    let mut granted = SqlConnection::open(alias, "p", authorizer(Dialect::Sqlite, &wide)).await.unwrap();
+    let mut granted = SqlConnection::open(alias, "p", &authorizer(dialect, &wide)).await.unwrap();
     let rows = granted.query(&products, sql, &[], Limits::from(&wide)).await.unwrap();
     assert_eq!(rows.rows.len(), 1);
+}
+
+#[tokio::test]
+async fn the_executor_runs_the_database_check_for_the_plugin_on_sqlite() {
+    the_executor_runs_the_database_check_for_the_plugin(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_runs_the_database_check_for_the_plugin_on_postgres() {
+    the_executor_runs_the_database_check_for_the_plugin(Dialect::Postgres).await;
 }

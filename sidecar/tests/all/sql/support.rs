@@ -38,7 +38,13 @@ impl TestDb {
     pub async fn start(dialect: Dialect) -> TestDb {
         let db = match dialect {
             Dialect::Sqlite => TestDb::Sqlite(tempfile::tempdir().unwrap()),
-            Dialect::Postgres => TestDb::Postgres(TestPostgres::start("gateway", "gateway-pw", "shop")),
+            Dialect::Postgres => {
+                let server = TestPostgres::start("gateway", "gateway-pw", "shop");
+                // What the README asks of the gateway's login: it manages
+                // one role per plugin (the database's own check).
+                server.psql("ALTER ROLE gateway CREATEROLE");
+                TestDb::Postgres(server)
+            }
         };
         db.admin(&fixture("schema.sql")).await;
         if dialect == Dialect::Postgres {

@@ -304,6 +304,9 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
         sqlx::raw_sql(AssertSqlSafe(statements)).execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    // The connection holds the statements prepared above: closed rather
+    // than handed back, so no plugin call inherits them.
+    drop(conn.detach().close().await);
     Ok(report)
 }
 
