@@ -53,6 +53,7 @@ pub fn open(path: &Path) -> Result<Database, ReadOpenError> {
         Some(Err(e)) => return Err(StoreError(format!("cannot open {shown}: {e}")).into()),
         None => return Err(StoreError(format!("cannot open {shown}: the file is damaged")).into()),
     };
+    crate::data_dir::make_private(path).map_err(|e| StoreError(format!("cannot make {shown} private: {e}")))?;
     // The tables exist after the first open: skip the write transaction
     // (and its fsync) the sidecar would otherwise pay on every append.
     let read = db.begin_read().map_err(store_error)?;
@@ -140,4 +141,23 @@ pub fn read_all(db: &impl ReadableDatabase) -> Result<(Vec<Vec<u8>>, Vec<String>
         notes.push(row.map_err(store_error)?.1.value().to_string());
     }
     Ok((out, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The log is the audit trail of every grant: readable by the owner
+    /// only, whatever the umask (an outside review found it 0644), and a
+    /// file made readable to others later is made private again on open.
+    #[test]
+    fn the_store_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        drop(super::open(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(super::open(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

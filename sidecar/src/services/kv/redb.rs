@@ -215,16 +215,6 @@ fn prepare_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Makes the store file private (mode 0600): it holds every plugin's data,
-/// and redb creates it with the process's umask.
-fn make_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
 impl RedbBackend {
     /// Opens (or creates) the store at `path` and starts its writer. A file
     /// that is not a redb database, or a damaged one, is `unavailable`
@@ -248,7 +238,8 @@ impl RedbBackend {
             Some(Err(e)) => return Err(KvError::Unavailable(format!("cannot open {shown}: {e}")).into()),
             None => return Err(KvError::Unavailable(format!("cannot open {shown}: the file is damaged")).into()),
         };
-        make_private(path).map_err(|e| KvError::Unavailable(format!("cannot make {shown} private: {e}")))?;
+        crate::data_dir::make_private(path)
+            .map_err(|e| KvError::Unavailable(format!("cannot make {shown} private: {e}")))?;
         let txn = db.begin_write().map_err(unavailable)?;
         {
             txn.open_table(DATA).map_err(unavailable)?;
