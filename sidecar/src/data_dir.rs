@@ -104,6 +104,17 @@ fn owned_and_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDi
     Ok(())
 }
 
+/// Makes a file the sidecar keeps (a store, a log) readable by its owner
+/// only, whatever the umask made it: its contents are other plugins' data
+/// or the audit trail.
+pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,15 +166,4 @@ mod tests {
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert!(matches!(trusted_file(&link), Err(DataDirError::NotAFile(_))));
     }
-}
-
-/// Makes a file the sidecar keeps (a store, a log) readable by its owner
-/// only, whatever the umask made it: its contents are other plugins' data
-/// or the audit trail.
-pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }
