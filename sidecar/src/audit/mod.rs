@@ -57,29 +57,3 @@ pub use verify::{Location, Problem, Summary, VerifyError, verify};
 pub const STORE_FILE: &str = "audit/log.redb";
 /// Where the signing key lives in the data directory unless configured.
 pub const KEY_FILE: &str = "audit/key";
-
-/// Opens the embedded log of a data directory: `<data_dir>/audit/log.redb`
-/// signed by the key in `<data_dir>/audit/key` (created on first use),
-/// whose name is the origin.
-pub fn open_in(data_dir: &std::path::Path, origin: &str) -> Result<AuditLog, OpenError> {
-    let signer = key::load_or_generate(&data_dir.join(KEY_FILE), origin)?;
-    let store = data_dir.join(STORE_FILE);
-    if let Some(dir) = store.parent() {
-        crate::data_dir::secure(dir)?;
-    }
-    Ok(AuditLog::open(&store, origin, vec![signer])?)
-}
-
-/// Why [`open_in`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The key.
-    #[error(transparent)]
-    Key(#[from] key::KeyError),
-    /// The directory.
-    #[error(transparent)]
-    Directory(#[from] crate::data_dir::DataDirError),
-    /// The store.
-    #[error(transparent)]
-    Log(#[from] AuditError),
-}
