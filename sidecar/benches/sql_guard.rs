@@ -82,7 +82,7 @@ async fn sqlite_rows() {
     let mut bare = SqliteConnection::connect_with(&options).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(schema())).execute(&mut bare).await.unwrap();
     let mut guarded = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlite::install(&mut guarded).await.unwrap();
+    sqlite::install(&mut guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     let grant = Arc::new(sqlite::SqliteGrant::new(&policy(), Door::Gatehouse));
 
     let (mut bares, mut guards) = (Vec::new(), Vec::new());

@@ -183,6 +183,7 @@ struct DatabaseSection {
     max_connections: Option<u32>,
     acquire_timeout: Option<HumanDuration>,
     per_plugin_connections: Option<u32>,
+    max_value_bytes: Option<ByteSize>,
 }
 
 /// A URL written out, or `{ env = … }` / `{ file = … }`.
@@ -296,6 +297,10 @@ impl Config {
                     per_plugin_connections: section
                         .per_plugin_connections
                         .unwrap_or(defaults.per_plugin_connections.min(max_connections)),
+                    // Out of u32's range is out of the validated range too.
+                    max_value_bytes: section
+                        .max_value_bytes
+                        .map_or(defaults.max_value_bytes, |b| u32::try_from(b.0).unwrap_or(u32::MAX)),
                 };
                 pool.validate().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
                 Ok((alias, DatabaseSettings { target, pool }))
@@ -559,7 +564,12 @@ mod tests {
         assert_eq!(app.target, DatabaseTarget::Sqlite(dir.path().join("state").join("app.db")));
         assert_eq!(
             app.pool,
-            PoolSettings { max_connections: 3, acquire_timeout: Duration::from_millis(250), per_plugin_connections: 3 }
+            PoolSettings {
+                max_connections: 3,
+                acquire_timeout: Duration::from_millis(250),
+                per_plugin_connections: 3,
+                max_value_bytes: crate::databases::DEFAULT_MAX_VALUE_BYTES,
+            }
         );
         assert_eq!(config.databases["abs"].target, DatabaseTarget::Sqlite("/var/x.db".into()));
         assert_eq!(config.databases["abs"].pool, PoolSettings::default());

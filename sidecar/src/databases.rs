@@ -71,6 +71,11 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `per_plugin_connections`: connections one plugin may hold at
 /// once on one alias.
 pub const DEFAULT_PER_PLUGIN: u32 = 4;
+/// Default `max_value_bytes`: the largest string or blob a SQLite
+/// connection builds (`SQLITE_LIMIT_LENGTH`; SQLite's own is 1 GB).
+pub const DEFAULT_MAX_VALUE_BYTES: u32 = 16 << 20;
+/// Largest `max_value_bytes` the settings accept.
+pub const MAX_VALUE_BYTES_CEILING: u32 = 1 << 30;
 /// Largest `max_connections` an alias may set.
 pub const MAX_CONNECTIONS_CEILING: u32 = 1000;
 
@@ -86,6 +91,10 @@ pub struct PoolSettings {
     /// Connections one plugin may hold at once: below `max_connections`,
     /// so a greedy plugin leaves room for the others.
     pub per_plugin_connections: u32,
+    /// SQLite: the largest string or blob a statement may build or bind;
+    /// past it the statement fails (`quota-exceeded`). Bounds what one
+    /// statement can make the sidecar's embedded database allocate.
+    pub max_value_bytes: u32,
 }
 
 impl Default for PoolSettings {
@@ -94,6 +103,7 @@ impl Default for PoolSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             per_plugin_connections: DEFAULT_PER_PLUGIN,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
         }
     }
 }
@@ -109,6 +119,9 @@ impl PoolSettings {
         }
         if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.acquire_timeout) {
             return Err("acquire_timeout must be between 1ms and 60s".into());
+        }
+        if !(1024..=MAX_VALUE_BYTES_CEILING).contains(&self.max_value_bytes) {
+            return Err("max_value_bytes must be between 1 KiB and 1 GiB".into());
         }
         Ok(())
     }

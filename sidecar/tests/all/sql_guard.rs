@@ -274,7 +274,7 @@ async fn sqlite_copy(template: &tempfile::TempDir) -> (tempfile::TempDir, Sqlite
     std::fs::copy(template.path().join("template.db"), dir.path().join("app.db")).unwrap();
     let options = SqliteConnectOptions::new().filename(dir.path().join("app.db"));
     let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlite::install(&mut conn).await.unwrap();
+    sqlite::install(&mut conn, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     (dir, conn)
 }
 
@@ -412,8 +412,8 @@ async fn sqlite_without_a_grant_refuses_everything() {
     let err = sqlite::enter(&mut bare, sqlite_grant(&policy())).await.unwrap_err();
     assert!(matches!(err, GuardError::NotInstalled), "{err}");
     // Installing twice keeps one authorizer.
-    sqlite::install(&mut bare).await.unwrap();
-    sqlite::install(&mut bare).await.unwrap();
+    sqlite::install(&mut bare, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
+    sqlite::install(&mut bare, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     assert!(sqlx::query("SELECT 1").persistent(false).fetch_all(&mut bare).await.is_err());
 }
 

@@ -100,6 +100,10 @@ impl SqlError {
                 let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
                 match classify(sqlite, &code) {
                     Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
+                    Class::TooLarge => SqlError::TooLarge(format!(
+                        "the statement needs more memory than the database allows (max_value_bytes, \
+                         the SQLite heap limit): {message}"
+                    )),
                     Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
                     Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),
                     Class::Unavailable => SqlError::Unavailable {
@@ -140,6 +144,7 @@ pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
 
 enum Class {
     Constraint,
+    TooLarge,
     Timeout,
     Denied,
     Unavailable,
@@ -155,6 +160,7 @@ fn classify(sqlite: bool, code: &str) -> Class {
         // SQLite: the primary code is the low byte.
         return match number & 0xff {
             19 => Class::Constraint,                      // SQLITE_CONSTRAINT
+            18 | 7 => Class::TooLarge,                    // SQLITE_TOOBIG (max_value_bytes), SQLITE_NOMEM (heap limit)
             9 => Class::Timeout,                          // SQLITE_INTERRUPT (the progress handler)
             23 => Class::Denied,                          // SQLITE_AUTH (the authorizer)
             5 | 6 => Class::Busy,                         // SQLITE_BUSY, SQLITE_LOCKED
@@ -197,6 +203,8 @@ mod tests {
             ("sqlite 1", ErrorKind::InvalidInput),
             ("sqlite 5", ErrorKind::RateLimited),
             ("sqlite 14", ErrorKind::Unavailable),
+            ("sqlite 18", ErrorKind::QuotaExceeded),
+            ("sqlite 7", ErrorKind::QuotaExceeded),
         ] {
             let (sqlite, code) = match code.strip_prefix("sqlite ") {
                 Some(code) => (true, code),
@@ -204,6 +212,7 @@ mod tests {
             };
             let error = match classify(sqlite, code) {
                 Class::Constraint => SqlError::Conflict(String::new()),
+                Class::TooLarge => SqlError::TooLarge(String::new()),
                 Class::Timeout => SqlError::Timeout(String::new()),
                 Class::Denied => SqlError::Denied(String::new()),
                 Class::Unavailable => SqlError::Unavailable { message: String::new(), retry_after: None },

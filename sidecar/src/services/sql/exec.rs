@@ -27,6 +27,7 @@
 //!   call is refused (`quota-exceeded`) and the rest is never read.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -386,25 +387,37 @@ async fn prepare_connection_pg(
     .map(drop)
 }
 
+/// Raises its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Makes a SQLite connection ready for one statement of a plugin: its
 /// authorizer gets the plugin's grant (none: every statement refused), and
-/// a progress handler interrupts the statement at its deadline
-/// (`SQLITE_INTERRUPT`, reported as `timeout`).
+/// a progress handler interrupts the statement at its deadline or once
+/// `stop` is raised (`SQLITE_INTERRUPT`, reported as `timeout`).
 async fn prepare_connection_sqlite(
     conn: &mut sqlx::SqliteConnection,
     grant: Option<Arc<SqliteGrant>>,
     limits: Limits,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), SqlError> {
+    // First, so that the previous statement's handler (its deadline past,
+    // its stop raised) cannot interrupt the authorizer's schema read.
+    let deadline = Instant::now() + limits.timeout;
+    let mut handle = conn.lock_handle().await.map_err(SqlError::from_database)?;
+    // Every 1000 virtual-machine instructions: microseconds of work.
+    handle.set_progress_handler(1000, move || !stop.load(Ordering::Relaxed) && Instant::now() < deadline);
+    drop(handle);
     match grant {
         Some(grant) => sqlite_guard::enter(conn, grant).await,
         None => sqlite_guard::leave(conn).await,
     }
-    .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
-    let deadline = Instant::now() + limits.timeout;
-    let mut handle = conn.lock_handle().await.map_err(SqlError::from_database)?;
-    // Every 1000 virtual-machine instructions: microseconds of work.
-    handle.set_progress_handler(1000, move || Instant::now() < deadline);
-    Ok(())
+    .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))
 }
 
 /// The sidecar's own `BEGIN`/`COMMIT`/`ROLLBACK` around a plugin's
@@ -497,7 +510,12 @@ async fn sqlite(
     statement: &str,
     params: &[Value],
 ) -> Result<(Rows, u64), Failure> {
-    prepare_connection_sqlite(conn, grant, limits).await?;
+    // Set when this future is dropped (the sidecar's timer, the
+    // invocation's end): SQLite runs the statement on its own thread, which
+    // would otherwise go on until the statement's deadline, holding the
+    // connection (closing it waits for the statement).
+    let stop = StopOnDrop(Arc::default());
+    prepare_connection_sqlite(conn, grant, limits, Arc::clone(&stop.0)).await?;
     let outcome = sqlite_statement(conn, limits, run, statement, params).await;
     // Closed to everything until the next statement enters a grant.
     sqlite_guard::leave(conn).await.map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;

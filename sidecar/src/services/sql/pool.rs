@@ -225,10 +225,14 @@ impl AliasPool {
                 // Every connection gets the authorizer (services::sql::guard)
                 // before the pool hands it out, closed until a plugin's grant
                 // is entered for a statement.
+                guard::sqlite::limit_heap();
+                let max_value_bytes = settings.max_value_bytes;
                 let pool = pool_options::<Sqlite>(settings)
-                    .after_connect(|conn, _| {
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            guard::sqlite::install(conn).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))
+                            guard::sqlite::install(conn, max_value_bytes)
+                                .await
+                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))
                         })
                     })
                     .connect_lazy_with(options);

@@ -4,11 +4,14 @@
 //! each failure has its kind.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::Guard;
 use gatehouse::services::sql::exec::{Limits, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
+
+use gatehouse::databases::PoolSettings;
 
 use super::support::{TestDb, fixture, placeholder, policy, pool};
 
@@ -396,4 +399,159 @@ async fn the_executor_runs_the_database_check_for_the_plugin_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_executor_runs_the_database_check_for_the_plugin_on_postgres() {
     the_executor_runs_the_database_check_for_the_plugin(Dialect::Postgres).await;
+}
+
+/// A statement whose caller goes away (the invocation's deadline drops the
+/// call) stops at once instead of running on to its own deadline. Attack
+/// (the outside review's pool starvation): invocations that end
+/// mid-statement, each leaving behind a statement no one waits for, which
+/// keeps its connection (sqlx waits up to 5 s to close it, then lets it run
+/// on detached), its locks and a core busy. The abandoned statement has a
+/// 60 s deadline; it must be gone within 10 s of its caller: on SQLite its
+/// write lock is free again (it is an `INSERT … SELECT`, which holds the
+/// lock while it computes), on PostgreSQL the server no longer runs it.
+async fn an_abandoned_statement_stops(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    db.big_table(3000).await;
+    let gateway = db.gateway(pool(1, 1));
+    let policy = SqlPolicy::from_toml(
+        "statements = [\"select\", \"insert\"]\ntimeout = \"60s\"\n[tables]\nbig = \"select\"\naudit_log = \"insert\"\n",
+    )
+    .unwrap();
+    let slow = "INSERT INTO audit_log (at, actor, action) \
+                SELECT 'now', 'p', count(*) FROM big a, big b, big c WHERE a.payload <> c.payload";
+    let running = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move { query(&gateway, "p", &policy, slow, &[]).await })
+    };
+    let started = Instant::now();
+    while !statement_runs(&db).await {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slow statement never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    let abandoned = Instant::now();
+    while statement_runs(&db).await {
+        assert!(abandoned.elapsed() < Duration::from_secs(10), "the abandoned statement still runs after 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = query(&gateway, "p", &policy, "SELECT count(*) FROM big", &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Int(3000)]]);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE actor = 'p'").await, 0, "nothing was written");
+}
+
+/// Whether the slow statement of [`an_abandoned_statement_stops`] runs:
+/// SQLite, its write lock is held (an immediate transaction cannot start);
+/// PostgreSQL, the server lists it as active.
+async fn statement_runs(db: &TestDb) -> bool {
+    use sqlx::Connection;
+    match db {
+        TestDb::Sqlite(dir) => {
+            let options =
+                gatehouse::databases::sqlite_options(&dir.path().join("shop.db")).busy_timeout(Duration::ZERO);
+            // Connecting sets the journal mode, which the lock can refuse
+            // too.
+            let Ok(mut c) = sqlx::SqliteConnection::connect_with(&options).await else { return true };
+            let locked = sqlx::query("BEGIN IMMEDIATE").execute(&mut c).await.is_err();
+            drop(c);
+            locked
+        }
+        TestDb::Postgres(_) => {
+            let active = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                          AND query LIKE 'INSERT INTO audit_log%' AND pid <> pg_backend_pid()";
+            db.count(active).await > 0
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_statement_stops_on_sqlite() {
+    an_abandoned_statement_stops(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_statement_stops_on_postgres() {
+    an_abandoned_statement_stops(Dialect::Postgres).await;
+}
+
+/// No string or blob a SQLite statement builds or binds grows past the
+/// alias's `max_value_bytes`: past it the statement is `quota-exceeded`
+/// and the connection serves on. Attacks (the outside review made 1.9 GB
+/// with one call): `replace()` nested so that each level squares the
+/// text, `||` doubling through a chain of CTEs, `group_concat` over a
+/// recursive CTE, and a parameter larger than the limit. Values up to the
+/// limit still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_values_stop_at_max_value_bytes() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let limit = 64 << 10;
+    let gateway = db.gateway(PoolSettings { max_value_bytes: limit, ..pool(2, 2) });
+    let policy = policy("max_result_bytes = \"1 MiB\"");
+    let s = "a".repeat(100);
+    let amplifiers = [
+        format!("SELECT length(replace(replace('{s}', 'a', '{s}'), 'a', '{s}')) AS n FROM products WHERE id = 1"),
+        format!(
+            "WITH a AS (SELECT '{s}' || '{s}' AS v), b AS (SELECT v || v || v || v AS v FROM a), \
+             c AS (SELECT v || v || v || v AS v FROM b), d AS (SELECT v || v || v || v AS v FROM c), \
+             e AS (SELECT v || v || v || v AS v FROM d), f AS (SELECT v || v || v || v AS v FROM e) \
+             SELECT length(v) AS n FROM f"
+        ),
+        format!(
+            "SELECT length(group_concat('{}')) AS n FROM products a, products b, products c, products d",
+            "x".repeat(2000)
+        ),
+    ];
+    for sql in &amplifiers {
+        let error = query(&gateway, "p", &policy, sql, &[]).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{sql}: {error}");
+        assert!(error.to_string().contains("max_value_bytes"), "{error}");
+    }
+    let insert = "INSERT INTO audit_log (at, actor, action) VALUES (?1, 'p', 'write')";
+    let error = query(&gateway, "p", &policy, insert, &[Value::Text("x".repeat(limit as usize + 1))]).await;
+    assert_eq!(error.unwrap_err().kind(), ErrorKind::QuotaExceeded);
+    // The limit is on whole rows too: a value with room for the row's
+    // other columns is stored.
+    query(&gateway, "p", &policy, insert, &[Value::Text("x".repeat(limit as usize - 100))]).await.unwrap();
+    let rows =
+        query(&gateway, "p", &policy, "SELECT length(replace('ab', 'a', 'xyz')) AS n FROM products WHERE id = 1", &[])
+            .await;
+    assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(4)]]);
+}
+
+/// A table whose schema resolves conflicts with `REPLACE` deletes the rows
+/// a write conflicts with, which no statement check can see: writes to it
+/// need `delete` as well. Attack (the outside review): an insert-only
+/// plugin overwriting an existing row by inserting its key again. Also
+/// checked: the schema is read again when it changes under an open
+/// connection (the pool's one connection served the table before the
+/// clause was added).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacing_table_needs_delete_for_writes() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    db.admin(
+        "CREATE TABLE tags (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE, owner TEXT NOT NULL);\
+              INSERT INTO tags (id, label, owner) VALUES (1, 'vip', 'alice');",
+    )
+    .await;
+    let gateway = db.gateway(pool(1, 1));
+    let insert_only =
+        SqlPolicy::from_toml("statements = [\"select\", \"insert\"]\n[tables]\ntags = [\"select\", \"insert\"]\n")
+            .unwrap();
+    let insert = "INSERT INTO tags (id, label, owner) VALUES (?1, ?2, 'mallory')";
+    query(&gateway, "p", &insert_only, insert, &[Value::Int(2), Value::Text("new".into())]).await.unwrap();
+
+    db.admin("CREATE TABLE tags2 (id INTEGER PRIMARY KEY, label TEXT NOT NULL UNIQUE ON CONFLICT REPLACE, owner TEXT NOT NULL);\
+              INSERT INTO tags2 SELECT * FROM tags; DROP TABLE tags; ALTER TABLE tags2 RENAME TO tags;").await;
+    let overwrite = [Value::Int(3), Value::Text("vip".into())];
+    let error = query(&gateway, "p", &insert_only, insert, &overwrite).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    assert_eq!(db.count("SELECT count(*) FROM tags WHERE label = 'vip' AND owner = 'alice'").await, 1);
+
+    let with_delete = SqlPolicy::from_toml(
+        "statements = [\"select\", \"insert\", \"delete\"]\n[tables]\ntags = [\"select\", \"insert\", \"delete\"]\n",
+    )
+    .unwrap();
+    query(&gateway, "p", &with_delete, insert, &overwrite).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM tags WHERE label = 'vip' AND owner = 'mallory'").await, 1);
 }

@@ -125,6 +125,7 @@ pub fn pool(max: u32, per_plugin: u32) -> PoolSettings {
         max_connections: max,
         acquire_timeout: Duration::from_millis(300),
         per_plugin_connections: per_plugin,
+        ..PoolSettings::default()
     }
 }
 

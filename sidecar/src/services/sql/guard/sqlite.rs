@@ -35,6 +35,13 @@
 //! `PRAGMA`, `ATTACH`/`DETACH`, every `CREATE`/`DROP`/`ALTER`, `REINDEX`,
 //! `ANALYZE`, virtual tables, savepoints.
 //!
+//! Writes to a table whose schema resolves conflicts with `REPLACE`
+//! (`UNIQUE … ON CONFLICT REPLACE` and the like) delete the rows they
+//! conflict with, which SQLite does not report to an authorizer: an
+//! `INSERT` or `UPDATE` of such a table needs `delete` on it as well. The
+//! tables are read from the schema when a plugin enters and the schema
+//! cookie changed since the last read.
+//!
 //! Not visible to an authorizer: which columns an `INSERT` names (SQLite
 //! reports the table only), literals, row counts, `WHERE`-less writes.
 //! Reads SQLite makes for foreign keys are reported as reads of the parent
@@ -56,6 +63,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libsqlite3_sys as ffi;
@@ -154,6 +162,17 @@ impl SqliteGrant {
         }
     }
 
+    /// Whether a write SQLite asks about may delete rows through a
+    /// `REPLACE` conflict clause of its table's schema (`replacing`: such
+    /// tables, lower case): only with `delete` on the table.
+    pub fn allows_replacing(&self, action: i32, table: Option<&str>, replacing: &BTreeSet<String>) -> bool {
+        if !matches!(action, ffi::SQLITE_INSERT | ffi::SQLITE_UPDATE) {
+            return true;
+        }
+        let Some(table) = table.map(str::to_ascii_lowercase) else { return true };
+        !replacing.contains(&table) || self.tables.get(&table).is_some_and(|grant| grant.delete)
+    }
+
     /// Whether the action SQLite asks about is granted. `first`, `second`
     /// and `database` are the authorizer's arguments (which depend on the
     /// action; see SQLite's `SQLITE_*` action codes); names compare
@@ -203,21 +222,30 @@ enum Mode {
     Closed,
     /// The sidecar itself: everything is allowed.
     Host,
-    /// A plugin: its grant.
-    Plugin(Arc<SqliteGrant>),
+    /// A plugin: its grant, and the tables whose schema resolves
+    /// conflicts with `REPLACE`.
+    Plugin(Arc<SqliteGrant>, Arc<BTreeSet<String>>),
 }
 
 /// The authorizer's user data, one per connection.
 struct Slot {
     mode: Mutex<Mode>,
+    /// The schema cookie last read, and the `REPLACE` tables it had.
+    schema: Mutex<Option<(i64, Arc<BTreeSet<String>>)>>,
 }
 
 impl Slot {
+    fn new() -> Slot {
+        Slot { mode: Mutex::new(Mode::Closed), schema: Mutex::new(None) }
+    }
+
     fn allows(&self, action: i32, first: Option<&str>, second: Option<&str>, database: Option<&str>) -> bool {
         match &*self.mode.lock().unwrap_or_else(PoisonError::into_inner) {
             Mode::Closed => false,
             Mode::Host => true,
-            Mode::Plugin(grant) => grant.allows(action, first, second, database),
+            Mode::Plugin(grant, replacing) => {
+                grant.allows(action, first, second, database) && grant.allows_replacing(action, first, replacing)
+            }
         }
     }
 
@@ -227,19 +255,26 @@ impl Slot {
 }
 
 /// Registers the authorizer on `conn`, refusing everything until
-/// [`enter`] or [`enter_host`]. Idempotent. Call it after the driver's own
+/// [`enter`] or [`enter_host`], and caps every string and blob the
+/// connection makes at `max_value_bytes` (`SQLITE_LIMIT_LENGTH`: past it a
+/// statement fails with `SQLITE_TOOBIG`, so nested `replace()` or `||`
+/// cannot build gigabytes). Idempotent. Call it after the driver's own
 /// setup statements (sqlx's `PRAGMA`s run at connect, before the pool's
 /// `after_connect`).
-pub async fn install(conn: &mut SqliteConnection) -> Result<(), GuardError> {
+pub async fn install(conn: &mut SqliteConnection, max_value_bytes: u32) -> Result<(), GuardError> {
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
+    let length = c_int::try_from(max_value_bytes).unwrap_or(c_int::MAX);
+    // SAFETY: `db` is the open connection sqlx hands out while `handle`
+    // holds its lock, so no other thread uses it during this call.
+    unsafe { ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, length) };
     // SAFETY: `db` is the open connection sqlx hands out while `handle`
     // holds its lock, so no other thread uses it during these calls; the
     // name is a NUL-terminated constant.
     if !unsafe { ffi::sqlite3_get_clientdata(db, SLOT_NAME.as_ptr()) }.is_null() {
         return Ok(());
     }
-    let slot = Box::into_raw(Box::new(Slot { mode: Mutex::new(Mode::Closed) }));
+    let slot = Box::into_raw(Box::new(Slot::new()));
     // SAFETY: as above for `db`. On success SQLite owns `slot` and frees it
     // with `drop_slot` when the connection closes, after every statement
     // is finalized; on failure it has already called `drop_slot` on it.
@@ -257,6 +292,23 @@ pub async fn install(conn: &mut SqliteConnection) -> Result<(), GuardError> {
     Ok(())
 }
 
+/// What SQLite may allocate in this process, all connections together
+/// (`sqlite3_hard_heap_limit64`): past it an allocation fails and the
+/// statement that asked gets `SQLITE_NOMEM` (`quota-exceeded`), instead of
+/// the sidecar being killed for its memory. A backstop behind each
+/// connection's `max_value_bytes`: statements that hold many large values
+/// at once still stop here.
+pub const SQLITE_HEAP_LIMIT: i64 = 512 << 20;
+
+/// Sets [`SQLITE_HEAP_LIMIT`] (once per process).
+pub fn limit_heap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a plain setter of SQLite's global allocator, thread-safe.
+    ONCE.call_once(|| unsafe {
+        ffi::sqlite3_hard_heap_limit64(SQLITE_HEAP_LIMIT);
+    });
+}
+
 /// Gives the connection to a plugin: statements prepared from now on are
 /// checked against `grant`. Empties sqlx's statement cache first when it
 /// holds anything, so no statement prepared under an earlier grant is
@@ -265,7 +317,23 @@ pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Resu
     if conn.cached_statements_size() > 0 {
         conn.clear_cached_statements().await?;
     }
-    set(conn, Mode::Plugin(grant)).await
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is open and locked for us (see `install`).
+    let slot = unsafe { slot_of(db)? };
+    slot.set(Mode::Host);
+    // SAFETY: as above; the slot is in host mode, so the reads are allowed.
+    let replacing = unsafe { replacing_tables(db, slot) };
+    match replacing {
+        Ok(replacing) => {
+            slot.set(Mode::Plugin(grant, replacing));
+            Ok(())
+        }
+        Err(e) => {
+            slot.set(Mode::Closed);
+            Err(e)
+        }
+    }
 }
 
 /// Gives the connection to the sidecar itself (everything allowed), for
@@ -285,16 +353,124 @@ async fn set(conn: &mut SqliteConnection, mode: Mode) -> Result<(), GuardError> 
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: `db` is open and locked for us (see `install`).
+    unsafe { slot_of(db)? }.set(mode);
+    Ok(())
+}
+
+/// The slot [`install`] registered on `db`.
+///
+/// # Safety
+/// `db` is an open connection no other thread uses until the reference
+/// is dropped (sqlx's handle lock held).
+unsafe fn slot_of<'a>(db: *mut ffi::sqlite3) -> Result<&'a Slot, GuardError> {
+    // SAFETY: the caller's promise; the name is a NUL-terminated constant.
     let slot = unsafe { ffi::sqlite3_get_clientdata(db, SLOT_NAME.as_ptr()) };
     if slot.is_null() {
         return Err(GuardError::NotInstalled);
     }
     // SAFETY: a non-null slot under our name is the `Box<Slot>` `install`
     // registered; it lives until the connection closes, which cannot
-    // happen while we hold `handle`. Only shared references are made.
-    let slot = unsafe { &*slot.cast::<Slot>() };
-    slot.set(mode);
-    Ok(())
+    // happen while the caller holds the lock. Only shared references are
+    // made.
+    Ok(unsafe { &*slot.cast::<Slot>() })
+}
+
+/// The tables of `db` whose schema resolves a conflict with `REPLACE`,
+/// read again only when the schema cookie changed since the slot's last
+/// read (a `PRAGMA schema_version`, microseconds, otherwise).
+///
+/// # Safety
+/// As [`slot_of`], and the slot is in host mode (the reads are allowed).
+unsafe fn replacing_tables(db: *mut ffi::sqlite3, slot: &Slot) -> Result<Arc<BTreeSet<String>>, GuardError> {
+    let mut cookie = 0;
+    // SAFETY: the caller's promise.
+    unsafe { each_row(db, c"PRAGMA schema_version", |row| cookie = row.int(0))? };
+    let mut cached = slot.schema.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((seen, tables)) = &*cached
+        && *seen == cookie
+    {
+        return Ok(Arc::clone(tables));
+    }
+    let mut tables = BTreeSet::new();
+    let sql = c"SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL";
+    // SAFETY: the caller's promise.
+    unsafe {
+        each_row(db, sql, |row| {
+            if resolves_by_replace(&row.text(1)) {
+                tables.insert(row.text(0).to_ascii_lowercase());
+            }
+        })?
+    };
+    let tables = Arc::new(tables);
+    *cached = Some((cookie, Arc::clone(&tables)));
+    Ok(tables)
+}
+
+/// Whether a `CREATE TABLE` statement has a `REPLACE` conflict clause,
+/// read token by token (an identifier or string spelled `replace` is not
+/// one). Text the tokenizer cannot read counts as having one.
+pub fn resolves_by_replace(create_table: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&sqlparser::dialect::SQLiteDialect {}, create_table).tokenize() else {
+        return true;
+    };
+    let words: Vec<Option<&str>> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .map(|t| match t {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.as_str()),
+            _ => None,
+        })
+        .collect();
+    words.windows(3).any(|w| {
+        let is = |i: usize, word: &str| w[i].is_some_and(|v| v.eq_ignore_ascii_case(word));
+        is(0, "on") && is(1, "conflict") && is(2, "replace")
+    })
+}
+
+/// One row of [`each_row`].
+struct Row(*mut ffi::sqlite3_stmt);
+
+impl Row {
+    fn int(&self, column: c_int) -> i64 {
+        // SAFETY: the statement is on a row (each_row's promise).
+        unsafe { ffi::sqlite3_column_int64(self.0, column) }
+    }
+
+    fn text(&self, column: c_int) -> String {
+        // SAFETY: the statement is on a row; the text is NUL-terminated and
+        // valid until the next step, and copied before it.
+        let text = unsafe { ffi::sqlite3_column_text(self.0, column) };
+        if text.is_null() {
+            return String::new();
+        }
+        // SAFETY: as above.
+        unsafe { CStr::from_ptr(text.cast()) }.to_string_lossy().into_owned()
+    }
+}
+
+/// Runs `sql` on `db`, calling `row` for each row.
+///
+/// # Safety
+/// As [`slot_of`].
+unsafe fn each_row(db: *mut ffi::sqlite3, sql: &CStr, mut row: impl FnMut(&Row)) -> Result<(), GuardError> {
+    let mut statement = ptr::null_mut();
+    // SAFETY: the caller's promise; `sql` is NUL-terminated.
+    let rc = unsafe { ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut statement, ptr::null_mut()) };
+    if rc != ffi::SQLITE_OK {
+        return Err(GuardError::Sqlite(rc));
+    }
+    let outcome = loop {
+        // SAFETY: `statement` was prepared above and is finalized below.
+        match unsafe { ffi::sqlite3_step(statement) } {
+            ffi::SQLITE_ROW => row(&Row(statement)),
+            ffi::SQLITE_DONE => break Ok(()),
+            rc => break Err(GuardError::Sqlite(rc)),
+        }
+    };
+    // SAFETY: finalized once, not used afterwards.
+    unsafe { ffi::sqlite3_finalize(statement) };
+    outcome
 }
 
 /// SQLite's destructor for the slot.
@@ -419,6 +595,45 @@ mod tests {
         }
     }
 
+    /// A write to a table whose schema replaces conflicting rows deletes
+    /// them: the plugin needs `delete` on it. Attack: an insert-only
+    /// plugin overwriting rows through `UNIQUE … ON CONFLICT REPLACE`.
+    #[test]
+    fn writes_to_a_replacing_table_need_delete() {
+        let g = grant("");
+        let replacing: BTreeSet<String> = ["products".into(), "audit_log".into()].into();
+        let slot = Slot::new();
+        slot.set(Mode::Plugin(Arc::new(g.clone()), Arc::new(replacing.clone())));
+        // products: insert and update granted, delete not.
+        for action in [ffi::SQLITE_INSERT, ffi::SQLITE_UPDATE] {
+            assert!(!g.allows_replacing(action, Some("Products"), &replacing));
+            assert!(g.allows_replacing(action, Some("customers"), &replacing));
+        }
+        assert!(!slot.allows(ffi::SQLITE_INSERT, Some("products"), None, Some("main")));
+        assert!(g.allows_replacing(ffi::SQLITE_READ, Some("products"), &replacing));
+        let with_delete = SqlPolicy::from_toml(
+            "statements = [\"insert\", \"delete\"]\n[tables]\nproducts = [\"insert\", \"delete\"]\n",
+        )
+        .unwrap();
+        let g = SqliteGrant::new(&with_delete, Door::Gatehouse);
+        assert!(g.allows_replacing(ffi::SQLITE_INSERT, Some("products"), &replacing));
+    }
+
+    #[test]
+    fn replace_conflict_clauses_are_found_by_token() {
+        for (sql, replaces) in [
+            ("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE ON CONFLICT REPLACE)", true),
+            ("CREATE TABLE t (id INTEGER, UNIQUE (id) on   conflict\n replace)", true),
+            ("CREATE TABLE t (id INTEGER PRIMARY KEY ON CONFLICT REPLACE)", true),
+            ("CREATE TABLE t (id INTEGER UNIQUE ON CONFLICT ABORT, note TEXT DEFAULT 'on conflict replace')", false),
+            ("CREATE TABLE \"on conflict replace\" (\"replace\" TEXT)", false),
+            ("CREATE TABLE t (id INTEGER, \"on\" TEXT, \"conflict\" TEXT, \"replace\" TEXT)", false),
+            ("CREATE TABLE t (x TEXT DEFAULT 'unterminated", true),
+        ] {
+            assert_eq!(resolves_by_replace(sql), replaces, "{sql}");
+        }
+    }
+
     #[test]
     fn transactions_follow_the_door_and_the_policy() {
         let policy = SqlPolicy::from_toml("statements = [\"select\"]").unwrap();
@@ -430,11 +645,11 @@ mod tests {
 
     #[test]
     fn a_closed_slot_refuses_and_a_host_slot_allows() {
-        let slot = Slot { mode: Mutex::new(Mode::Closed) };
+        let slot = Slot::new();
         assert!(!slot.allows(ffi::SQLITE_SELECT, None, None, None));
         slot.set(Mode::Host);
         assert!(slot.allows(ffi::SQLITE_PRAGMA, Some("x"), None, None));
-        slot.set(Mode::Plugin(Arc::new(grant(""))));
+        slot.set(Mode::Plugin(Arc::new(grant("")), Arc::default()));
         assert!(slot.allows(ffi::SQLITE_SELECT, None, None, None));
         assert!(!slot.allows(ffi::SQLITE_PRAGMA, Some("x"), None, None));
     }
