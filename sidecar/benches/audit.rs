@@ -82,7 +82,7 @@ fn main() {
 
     // Signing alone.
     let signer = key();
-    let cp = Checkpoint { origin: ORIGIN.into(), size: 123_456, root: [7; 32] };
+    let cp = Checkpoint { origin: ORIGIN.into(), size: 123_456, root: [7; 32], grants: None };
     let (ops, t) = timed(|| {
         for _ in 0..100 {
             std::hint::black_box(cp.sign(&[&signer]).unwrap());

@@ -174,9 +174,11 @@ impl AuditLog {
             let mut entries = txn.open_table(ENTRIES).map_err(store_error)?;
             let mut nodes = txn.open_table(NODES).map_err(store_error)?;
             let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
+            let mut grants = txn.open_table(GRANTS).map_err(store_error)?;
             let old_size = store::size(&entries)?;
             let last = checkpoints.last().map_err(store_error)?.map(|(k, v)| (k.value(), v.value().to_string()));
-            let old_root = self.check_last(old_size, last.as_ref().map(|(s, n)| (*s, n.as_str())), &entries, &nodes)?;
+            let old_root =
+                self.check_last(old_size, last.as_ref().map(|(s, n)| (*s, n.as_str())), &entries, &nodes, &grants)?;
             if batch.is_empty() {
                 let checkpoint = last.map(|(_, note)| note).unwrap_or_default();
                 return Ok(Appended { first: old_size, size: old_size, checkpoint });
@@ -204,16 +206,17 @@ impl AuditLog {
                     "the tree of size {size} does not extend the signed one of size {old_size}"
                 ))
             })?;
-            let signers: Vec<&NoteSigner> = self.signers.iter().collect();
-            let checkpoint = Checkpoint { origin: self.origin.clone(), size, root }.sign(&signers)?;
-            checkpoints.insert(size, checkpoint.as_str()).map_err(store_error)?;
-            let mut grants = txn.open_table(GRANTS).map_err(store_error)?;
             for (plugin, row) in state {
                 match row {
                     Some(bytes) => grants.insert(plugin.as_str(), bytes.as_slice()).map_err(store_error)?,
                     None => grants.remove(plugin.as_str()).map_err(store_error)?,
                 };
             }
+            let digest = store::stored_grants_digest(&grants)?;
+            let signers: Vec<&NoteSigner> = self.signers.iter().collect();
+            let checkpoint =
+                Checkpoint { origin: self.origin.clone(), size, root, grants: Some(digest) }.sign(&signers)?;
+            checkpoints.insert(size, checkpoint.as_str()).map_err(store_error)?;
             Appended { first: old_size, size, checkpoint }
         };
         txn.commit().map_err(store_error)?;
@@ -223,20 +226,27 @@ impl AuditLog {
     /// Checks the stored state against the last signed checkpoint and
     /// returns its root: the store holds exactly the entries it covers, it
     /// is this log's and one of our keys signed it, the stored nodes still
-    /// give its root, and the last entry still has its leaf hash (the next
-    /// entry's `prev`). Costs O(log n) node reads and one entry hash.
+    /// give its root, the last entry still has its leaf hash (the next
+    /// entry's `prev`), and the grants in force are the ones it signed.
+    /// Costs O(log n) node reads, one entry hash and a hash of the grants.
     fn check_last(
         &self,
         size: u64,
         last: Option<(u64, &str)>,
         entries: &impl ReadableTable<u64, &'static [u8]>,
         nodes: &impl ReadableTable<(u8, u64), &'static [u8]>,
+        grants: &impl ReadableTable<&'static str, &'static [u8]>,
     ) -> Result<Hash, AuditError> {
         let Some((signed_size, note)) = last else {
             if size != 0 {
                 return Err(AuditError::Inconsistent(format!(
                     "the store holds {size} entries but no signed checkpoint"
                 )));
+            }
+            if !grants.is_empty().map_err(store_error)? {
+                return Err(AuditError::Inconsistent(
+                    "the store records grants in force but no checkpoint signed them".into(),
+                ));
             }
             return Ok(merkle::empty_root());
         };
@@ -257,6 +267,15 @@ impl AuditLog {
             return Err(AuditError::Inconsistent(format!(
                 "the stored tree of size {size} no longer has the signed root"
             )));
+        }
+        if let Some(signed) = checkpoint.grants
+            && signed != store::stored_grants_digest(grants)?
+        {
+            return Err(AuditError::Inconsistent(
+                "the grants in force stored beside the log are not the ones the last checkpoint signed \
+                 (edited outside the sidecar?): restore the store from a backup"
+                    .into(),
+            ));
         }
         let Some(last) = size.checked_sub(1) else { return Ok(root) };
         let last_entry = entries.get(last).map_err(store_error)?.map(|v| merkle::leaf_hash(v.value()));

@@ -11,8 +11,11 @@
 //! - `audit_grants`: `plugin -> canonical JSON {"file", "grants"}`: the
 //!   grants in force as the entries left them, written in the same
 //!   transaction as the entries that changed them (see
-//!   [`super::grants`]). Not part of the tree: it is what the next load
+//!   [`super::trail`]). Not part of the tree: it is what the next load
 //!   is compared with, so a restart with the same policies writes nothing.
+//!   Each signed checkpoint carries its digest ([`grants_digest`]), and
+//!   every append checks it first: an edit of the table made while no
+//!   sidecar runs stops the log instead of hiding a change.
 //!
 //! An append is one write transaction over the three tables, committed
 //! with `Durability::Immediate`: after a crash the file holds a batch with
@@ -90,6 +93,34 @@ impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeReader for StoredNodes<'_, 
 /// Entries stored (the next sequence number).
 pub fn size(entries: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
     Ok(entries.last().map_err(store_error)?.map_or(0, |(k, _)| k.value() + 1))
+}
+
+/// The digest of the grants in force (the `audit_grants` rows), signed in
+/// each checkpoint's `gatehouse-grants` line: SHA-256 over
+/// `gatehouse-grants-v1\n`, then for each row in key order the plugin's
+/// name and the row's bytes, each preceded by its length as a big-endian
+/// u64.
+pub fn grants_digest<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Hash {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"gatehouse-grants-v1\n");
+    for (plugin, row) in rows {
+        for part in [plugin.as_bytes(), row] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// [`grants_digest`] of a stored table.
+pub fn stored_grants_digest(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Hash, StoreError> {
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(store_error)? {
+        let (plugin, bytes) = row.map_err(store_error)?;
+        rows.push((plugin.value().to_string(), bytes.value().to_vec()));
+    }
+    Ok(grants_digest(rows.iter().map(|(p, b)| (p.as_str(), b.as_slice()))))
 }
 
 /// Why the file could not be opened for reading.

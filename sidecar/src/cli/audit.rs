@@ -175,18 +175,32 @@ fn verify(
         }
         None => None,
     };
-    let (entries, checkpoints) = match export {
+    // The store also holds the grants in force, which its latest
+    // checkpoint signs (an export has no such table).
+    let (entries, checkpoints, grants) = match export {
         Some(path) => {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening the export {}", gatehouse::policy::shown(&path)))?;
             let read = export::read(&mut std::io::BufReader::new(file))?;
-            (read.entries, read.checkpoints)
+            (read.entries, read.checkpoints, None)
         }
         // Read, then let go of the file before the work.
-        None => open(store)?.read_all()?,
+        None => {
+            let reader = open(store)?;
+            let (entries, checkpoints) = reader.read_all()?;
+            (entries, checkpoints, Some(reader.grants()?))
+        }
     };
     let bytes: usize = entries.iter().map(Vec::len).sum();
     match gatehouse::audit::verify(&entries, &checkpoints, &trusted, held.as_deref()) {
+        Ok(_) if !grants_signed(grants.as_ref(), checkpoints.last()) => {
+            println!(
+                "{}: grants-mismatch: the grants in force stored beside the log are not the ones the latest \
+                 checkpoint signed (edited outside the sidecar?)",
+                gatehouse::policy::shown(store)
+            );
+            Ok(ExitCode::FAILURE)
+        }
         Ok(summary) => {
             let held = summary.held.map(|s| format!(", extends the held checkpoint of size {s}")).unwrap_or_default();
             println!(
@@ -203,6 +217,15 @@ fn verify(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Whether the stored grants in force are the ones the latest checkpoint
+/// signed (true when there is nothing to compare: an export, or a
+/// checkpoint signed before the digest line existed).
+fn grants_signed(grants: Option<&std::collections::BTreeMap<String, Vec<u8>>>, latest: Option<&String>) -> bool {
+    let (Some(grants), Some(latest)) = (grants, latest) else { return true };
+    let Some(signed) = gatehouse::audit::Checkpoint::peek(latest).ok().and_then(|c| c.grants) else { return true };
+    signed == gatehouse::audit::store::grants_digest(grants.iter().map(|(p, b)| (p.as_str(), b.as_slice())))
 }
 
 /// `--since`: an RFC 3339 time, or a duration back from now.

@@ -53,9 +53,11 @@ fn we_accept_notes_signed_by_signed_note_and_refuse_its_other_keys() {
     let ours = NoteSigner::from_seed("rotation.test/log", [7; 32]).unwrap();
     // Go's signer key form, read by the other implementation.
     let theirs = signed_note::StandardSigner::new(&ours.to_skey()).unwrap();
-    let mut note =
-        Note::new(Checkpoint { origin: "rotation.test/log".into(), size: 3, root: [1; 32] }.to_text().as_bytes(), &[])
-            .unwrap();
+    let mut note = Note::new(
+        Checkpoint { origin: "rotation.test/log".into(), size: 3, root: [1; 32], grants: None }.to_text().as_bytes(),
+        &[],
+    )
+    .unwrap();
     note.add_sigs(&[&theirs]).unwrap();
     let signed = String::from_utf8(note.to_bytes()).unwrap();
     let cp = Checkpoint::open(&signed, &[ours.verifier()]).unwrap();

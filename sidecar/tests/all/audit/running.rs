@@ -395,3 +395,65 @@ fn the_cli_proves_and_verifies_what_a_run_recorded_and_names_a_tampered_entry() 
     assert_eq!(verified.status.code(), Some(1));
     assert!(stdout(&verified).starts_with("entry 3: root-mismatch"), "{}", stdout(&verified));
 }
+
+/// The grants in force beside the log (what the next load is compared
+/// with) are signed in each checkpoint. Attack (an outside review): with
+/// the sidecar stopped, widen a plugin's policy and write the widened
+/// grants into the store's `audit_grants` too, so that the next start
+/// sees no change and records none. Checked: `audit verify` names the
+/// mismatch (the store of an honest run with the same policy verifies),
+/// and the sidecar refuses to start, so the widened grant is never served
+/// unrecorded.
+#[test]
+fn grants_edited_while_stopped_fail_verify_and_stop_the_start() {
+    use redb::ReadableDatabase;
+    let policies = Policies::new();
+    policies.write("fetch.toml", &fetcher_policy("\"http://localhost:9\""));
+    let (root, config) = settings(&policies);
+    drop(start(&config));
+    // An honest run of the widened policy, in a data directory of its own,
+    // gives the row the attacker writes.
+    policies.write("fetch.toml", &fetcher_policy("\"http://localhost:10\""));
+    let (honest_root, honest_config) = settings(&policies);
+    drop(start(&honest_config));
+    let widened = {
+        let db = redb::Database::open(honest_root.path().join("data/audit/log.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(gatehouse::audit::store::GRANTS).unwrap();
+        table.get("fetch").unwrap().unwrap().value().to_vec()
+    };
+    assert!(audit(&honest_config, &["verify"]).status.success());
+    let store = root.path().join("data/audit/log.redb");
+    {
+        let db = redb::Database::open(&store).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(gatehouse::audit::store::GRANTS).unwrap().insert("fetch", widened.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let verified = audit(&config, &["verify"]);
+    assert_eq!(verified.status.code(), Some(1), "{}", stdout(&verified));
+    assert!(stdout(&verified).contains("grants-mismatch"), "{}", stdout(&verified));
+
+    let mut run = gatehouse_command()
+        .args(["--config", config.to_str().unwrap(), "run"])
+        .envs([("AUDIT_TEST_TOKEN", TOKEN), ("AUDIT_TEST_ADMIN", "admin-secret")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = run.kill();
+            panic!("the sidecar started on a store whose grants in force were edited");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("not the ones the last checkpoint signed"), "{stderr}");
+}

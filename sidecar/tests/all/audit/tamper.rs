@@ -197,7 +197,7 @@ pub fn export_cases(dir: &Path) -> Vec<Case> {
         for e in &entries {
             tree.push(merkle::leaf_hash(e));
         }
-        let cp = Checkpoint { origin: ORIGIN.into(), size: 8, root: merkle::root(&tree, 8).unwrap() };
+        let cp = Checkpoint { origin: ORIGIN.into(), size: 8, root: merkle::root(&tree, 8).unwrap(), grants: None };
         let c8 = checkpoint_position(l, 8);
         l[c8] = checkpoint_line(&cp.sign(&[&attacker_key()]).unwrap());
     };
@@ -356,7 +356,7 @@ fn every_tampering_of_the_store_is_named_with_its_entry_and_reason() {
     // A checkpoint forged with another key, written into the store.
     let (path, _) = fresh(dir.path(), "forged-cp.redb");
     edit_store(&path, |txn| {
-        let cp = Checkpoint { origin: ORIGIN.into(), size: 8, root: [9; 32] };
+        let cp = Checkpoint { origin: ORIGIN.into(), size: 8, root: [9; 32], grants: None };
         txn.open_table(CHECKPOINTS).unwrap().insert(8, cp.sign(&[&attacker_key()]).unwrap().as_str()).unwrap();
     });
     assert_verdict(store_verdict(&path, None), Location::Checkpoint(8), Problem::Untrusted);
