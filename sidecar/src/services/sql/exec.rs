@@ -406,15 +406,12 @@ async fn prepare_connection_sqlite(
     limits: Limits,
     stop: Arc<AtomicBool>,
 ) -> Result<(), SqlError> {
-    // First, so that the previous statement's handler (its deadline past,
-    // its stop raised) cannot interrupt the authorizer's schema read.
     let deadline = Instant::now() + limits.timeout;
-    let mut handle = conn.lock_handle().await.map_err(SqlError::from_database)?;
     // Every 1000 virtual-machine instructions: microseconds of work.
-    handle.set_progress_handler(1000, move || !stop.load(Ordering::Relaxed) && Instant::now() < deadline);
-    drop(handle);
+    let progress = move || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
     match grant {
-        Some(grant) => sqlite_guard::enter(conn, grant).await,
+        Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress).await,
+        // Nothing will be authorized: no handler needed.
         None => sqlite_guard::leave(conn).await,
     }
     .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))

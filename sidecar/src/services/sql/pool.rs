@@ -228,6 +228,10 @@ impl AliasPool {
                 guard::sqlite::limit_heap();
                 let max_value_bytes = settings.max_value_bytes;
                 let pool = pool_options::<Sqlite>(settings)
+                    // A SQLite connection is a file handle in this process
+                    // that nothing closes behind our back: the check would
+                    // only cost a round trip to its worker thread.
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             guard::sqlite::install(conn, max_value_bytes)

@@ -314,10 +314,25 @@ pub fn limit_heap() {
 /// holds anything, so no statement prepared under an earlier grant is
 /// reused.
 pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Result<(), GuardError> {
+    enter_with_progress(conn, grant, || true).await
+}
+
+/// [`enter`], also setting the connection's progress handler (called every
+/// 1,000 virtual-machine steps; returning `false` interrupts the
+/// statement), both under one lock of the connection: one handoff to
+/// sqlx's worker thread instead of two. The handler is set first, so that
+/// the previous statement's (its deadline past) cannot interrupt the
+/// schema read here.
+pub async fn enter_with_progress(
+    conn: &mut SqliteConnection,
+    grant: Arc<SqliteGrant>,
+    progress: impl FnMut() -> bool + Send + 'static,
+) -> Result<(), GuardError> {
     if conn.cached_statements_size() > 0 {
         conn.clear_cached_statements().await?;
     }
     let mut handle = conn.lock_handle().await?;
+    handle.set_progress_handler(1000, progress);
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: `db` is open and locked for us (see `install`).
     let slot = unsafe { slot_of(db)? };
