@@ -2,8 +2,8 @@
 //!
 //! [`SqlConnection`] is one pooled connection held for a plugin (with its
 //! share's permit): a one-shot call holds one for a single statement, a
-//! transaction resource (and, later, a Spin connection) holds one across
-//! calls. Whatever holds it, these hold:
+//! transaction resource and a Spin connection ([`super::spin`]) hold one
+//! across calls. Whatever holds it, these hold:
 //!
 //! - **The statement is checked first** ([`checked`]): the policy's parse
 //!   and walk (`check_for`), then the parameter count. Nothing unchecked
@@ -25,11 +25,17 @@
 //! - **Results stream.** Rows are decoded one at a time as they arrive and
 //!   counted against `max_rows` and `max_result_bytes`; past either the
 //!   call is refused (`quota-exceeded`) and the rest is never read.
+//! - **Counts are the statement's own.** SQLite keeps the rows changed and
+//!   the last inserted rowid on the connection, across borrowers: the rows
+//!   changed are reported only for statements that write (a `SELECT` would
+//!   report the previous borrower's count), and the last rowid is reset
+//!   before each statement ([`Outcome`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
+use sqlx::Either;
 use sqlx::Executor as _;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
@@ -185,6 +191,17 @@ impl SqlConnection {
         self.transaction
     }
 
+    /// Whether an earlier failure left the connection unusable (it is
+    /// closed on drop; every statement on it is refused).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The dialect of the connection's database.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     /// Runs a statement already [`checked`]; returns its rows (none for a
     /// statement that returns none).
     pub async fn query(
@@ -194,13 +211,11 @@ impl SqlConnection {
         params: &[Value],
         limits: Limits,
     ) -> Result<Rows, SqlError> {
-        match self.control(checked.kind, limits).await {
-            Some(done) => done.map(|()| Rows::default()),
-            None => self.guarded(limits, Run::Query, statement, params).await.map(|(rows, _)| rows),
-        }
+        self.run(checked, statement, params, limits).await.map(|done| done.rows)
     }
 
-    /// Runs a statement already [`checked`]; returns the rows it changed.
+    /// Runs a statement already [`checked`]; returns the rows it changed
+    /// (its rows, if any, are read and dropped).
     pub async fn execute(
         &mut self,
         checked: &Checked,
@@ -208,10 +223,38 @@ impl SqlConnection {
         params: &[Value],
         limits: Limits,
     ) -> Result<u64, SqlError> {
-        match self.control(checked.kind, limits).await {
-            Some(done) => done.map(|()| 0),
-            None => self.guarded(limits, Run::Execute, statement, params).await.map(|(_, n)| n),
+        self.statement(checked, Run::Execute, statement, params, limits).await.map(|done| done.changes)
+    }
+
+    /// Runs a statement already [`checked`]; returns its rows and what it
+    /// changed (Spin's `execute`, which answers both).
+    pub async fn run(
+        &mut self,
+        checked: &Checked,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<Outcome, SqlError> {
+        self.statement(checked, Run::Query, statement, params, limits).await
+    }
+
+    async fn statement(
+        &mut self,
+        checked: &Checked,
+        run: Run,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<Outcome, SqlError> {
+        if let Some(done) = self.control(checked.kind, limits).await {
+            return done.map(|()| Outcome::default());
         }
+        let mut done = self.guarded(limits, run, statement, params).await?;
+        if !writes(checked.kind) {
+            done.changes = 0;
+            done.last_insert_rowid = None;
+        }
+        Ok(done)
     }
 
     /// `BEGIN`/`COMMIT`/`ROLLBACK` as statements (doors whose policy allows
@@ -288,7 +331,7 @@ impl SqlConnection {
         run: Run,
         statement: &str,
         params: &[Value],
-    ) -> Result<(Rows, u64), SqlError> {
+    ) -> Result<Outcome, SqlError> {
         self.usable()?;
         self.broken = true;
         let in_transaction = self.transaction;
@@ -339,10 +382,44 @@ impl Drop for SqlConnection {
     }
 }
 
+/// Whether a statement's rows are wanted.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Run {
+    /// Collected under the caps.
     Query,
+    /// Read and dropped (`execute` of a statement that returns rows).
     Execute,
+}
+
+/// What one statement did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// The rows it returned (none for a statement that returns none).
+    pub rows: Rows,
+    /// The rows it inserted, updated or deleted; 0 for a statement that
+    /// writes nothing (SQLite would report the connection's previous
+    /// count, possibly another plugin's).
+    pub changes: u64,
+    /// SQLite: the rowid of the last row it inserted, if it inserted one
+    /// into a rowid table (the connection's value is reset before each
+    /// statement, so it is never an earlier borrower's). `None` on
+    /// PostgreSQL.
+    pub last_insert_rowid: Option<i64>,
+}
+
+/// Whether statements of `kind` write rows (and so report changes).
+pub(super) fn writes(kind: StatementKind) -> bool {
+    matches!(kind, StatementKind::Insert | StatementKind::Update | StatementKind::Delete | StatementKind::Merge)
+}
+
+/// Sets the connection's last inserted rowid to 0, so that after the next
+/// statement a non-zero value is that statement's own.
+#[allow(unsafe_code)]
+fn forget_last_insert_rowid(handle: &mut sqlx::sqlite::LockedSqliteHandle<'_>) {
+    // SAFETY: the handle is locked for the call, so the pointer is a live
+    // connection that nothing else uses meanwhile;
+    // `sqlite3_set_last_insert_rowid` only stores the value.
+    unsafe { libsqlite3_sys::sqlite3_set_last_insert_rowid(handle.as_raw_handle().as_ptr(), 0) }
 }
 
 /// A failed statement, and whether the connection is known to be fine.
@@ -404,6 +481,7 @@ async fn prepare_connection_sqlite(
     let mut handle = conn.lock_handle().await.map_err(SqlError::from_database)?;
     // Every 1000 virtual-machine instructions: microseconds of work.
     handle.set_progress_handler(1000, move || Instant::now() < deadline);
+    forget_last_insert_rowid(&mut handle);
     Ok(())
 }
 
@@ -426,7 +504,7 @@ async fn postgres(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     if !in_transaction {
         prepare_connection_pg(conn, role, limits).await?;
     }
@@ -441,33 +519,28 @@ async fn postgres(
             Value::Blob(b) => query.bind(b),
         };
     }
-    let result: Result<(Rows, u64), Failure> = match run {
-        Run::Execute => match query.execute(&mut *conn).await {
-            Ok(done) => Ok((Rows::default(), done.rows_affected())),
-            Err(e) => Err(Failure::from(e)),
-        },
-        Run::Query => {
-            let mut stream = query.fetch(&mut *conn);
-            let mut collected = Collector::new(limits);
-            let mut outcome = Ok(());
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(row)) => {
-                        if let Err(e) = collected.push(&row, value::postgres_values) {
-                            outcome = Err(Failure::from(e));
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
+    let result = {
+        let mut stream = conn.fetch_many(query);
+        let mut collected = Collector::new(limits, run);
+        let mut outcome = Ok(());
+        loop {
+            match stream.try_next().await {
+                Ok(Some(Either::Right(row))) => {
+                    if let Err(e) = collected.push(&row, value::postgres_values) {
                         outcome = Err(Failure::from(e));
                         break;
                     }
                 }
+                Ok(Some(Either::Left(done))) => collected.changes += done.rows_affected(),
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(Failure::from(e));
+                    break;
+                }
             }
-            drop(stream);
-            outcome.map(|()| (collected.rows, 0))
         }
+        drop(stream);
+        outcome.map(|()| collected.done(None))
     };
     match result {
         Ok(done) if in_transaction => Ok(done),
@@ -496,7 +569,7 @@ async fn sqlite(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     prepare_connection_sqlite(conn, grant, limits).await?;
     let outcome = sqlite_statement(conn, limits, run, statement, params).await;
     // Closed to everything until the next statement enters a grant.
@@ -520,7 +593,7 @@ async fn sqlite_statement(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     let mut query = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
     for param in params {
         query = match param.clone() {
@@ -532,29 +605,40 @@ async fn sqlite_statement(
             Value::Blob(b) => query.bind(b),
         };
     }
-    match run {
-        Run::Execute => Ok((Rows::default(), query.execute(&mut *conn).await?.rows_affected())),
-        Run::Query => {
-            let mut stream = query.fetch(&mut *conn);
-            let mut collected = Collector::new(limits);
-            while let Some(row) = stream.try_next().await? {
-                collected.push(&row, value::sqlite_values)?;
+    let mut stream = conn.fetch_many(query);
+    let mut collected = Collector::new(limits, run);
+    let mut last_insert_rowid = None;
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Right(row) => collected.push(&row, value::sqlite_values)?,
+            Either::Left(done) => {
+                collected.changes += done.rows_affected();
+                // Reset to 0 before the statement (`prepare_connection_sqlite`):
+                // 0 here means the statement inserted no rowid.
+                last_insert_rowid = Some(done.last_insert_rowid()).filter(|&rowid| rowid != 0);
             }
-            Ok((collected.rows, 0))
         }
     }
+    Ok(collected.done(last_insert_rowid))
 }
 
-/// The rows of a query as they stream in, refused past the caps.
+/// The rows of a query as they stream in, refused past the caps (or read
+/// and dropped, for [`Run::Execute`]), and the rows changed.
 struct Collector {
     limits: Limits,
+    run: Run,
     rows: Rows,
     bytes: u64,
+    changes: u64,
 }
 
 impl Collector {
-    fn new(limits: Limits) -> Collector {
-        Collector { limits, rows: Rows::default(), bytes: 0 }
+    fn new(limits: Limits, run: Run) -> Collector {
+        Collector { limits, run, rows: Rows::default(), bytes: 0, changes: 0 }
+    }
+
+    fn done(self, last_insert_rowid: Option<i64>) -> Outcome {
+        Outcome { rows: self.rows, changes: self.changes, last_insert_rowid }
     }
 
     fn push<R: sqlx::Row>(
@@ -562,6 +646,9 @@ impl Collector {
         row: &R,
         decode: impl Fn(&R) -> Result<Vec<Value>, SqlError>,
     ) -> Result<(), SqlError> {
+        if self.run == Run::Execute {
+            return Ok(());
+        }
         if self.rows.rows.len() as u64 >= self.limits.max_rows {
             return Err(SqlError::TooLarge(format!(
                 "the result has more than max_rows = {} rows: refused (narrow the query or page it)",
