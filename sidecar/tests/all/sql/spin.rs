@@ -375,3 +375,47 @@ async fn open_connections_are_capped_per_invocation_and_released_at_its_end() {
     assert!(error.starts_with("io: rate-limited:") && error.contains("retry after"), "{answer}");
     assert_eq!(call(&runtime, json!({"version": 2, "hold": 2})).await, json!({"held": 2}));
 }
+
+/// A statement refused mid-result (past `max_rows`) leaves its connection
+/// in an unknown state, so the door closes it. Outside a transaction the
+/// next statement quietly gets a fresh connection (nothing was lost);
+/// inside one, the transaction is gone, so every statement is
+/// `invalid-connection` until the component says `ROLLBACK`, and none of
+/// the transaction's writes is kept.
+/// Attack: keep writing after the transaction was lost, so that the rest
+/// of a unit of work would commit on its own, statement by statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_lost_mid_result_is_refused_until_rolled_back() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    todos(&db).await;
+    db.admin("INSERT INTO todos (id, description) VALUES (1, 'a'), (2, 'b')").await;
+    let runtime = runtime(gateway(&db, &["db"], pool(2, 1)), &section("db", "max_rows = 1")).await;
+    let insert = "INSERT INTO todos (id, description) VALUES (?, ?)";
+    let count = step("SELECT count(*) FROM todos", json!([]));
+    let answer = call(
+        &runtime,
+        json!({"db": "db", "version": 3, "steps": [
+            step("SELECT id FROM todos", json!([])),
+            count,
+            step("BEGIN TRANSACTION", json!([])),
+            step(insert, json!([{"int": 10}, {"text": "c"}])),
+            step("SELECT id FROM todos", json!([])),
+            step(insert, json!([{"int": 11}, {"text": "d"}])),
+            step("END TRANSACTION", json!([])),
+            step("ROLLBACK", json!([])),
+            count,
+        ]}),
+    )
+    .await;
+    let results = answer["results"].as_array().unwrap();
+    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    assert!(errors[0].starts_with("io: quota-exceeded:") && errors[4].starts_with("io: quota-exceeded:"), "{answer}");
+    assert_eq!(&errors[5..=6], ["invalid-connection", "invalid-connection"], "{answer}");
+    assert_eq!(errors.iter().filter(|e| !e.is_empty()).count(), 4, "{answer}");
+    assert_eq!(
+        (results[1]["rows"].clone(), results[8]["rows"].clone()),
+        (json!([[{"int": 2}]]), json!([[{"int": 2}]]))
+    );
+    settle().await;
+    assert_eq!(db.count("SELECT count(*) FROM todos").await, 2);
+}
