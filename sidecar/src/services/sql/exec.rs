@@ -197,11 +197,6 @@ impl SqlConnection {
         self.broken
     }
 
-    /// The dialect of the connection's database.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Runs a statement already [`checked`]; returns its rows (none for a
     /// statement that returns none).
     pub async fn query(

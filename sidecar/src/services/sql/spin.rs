@@ -222,7 +222,7 @@ impl SqlHost {
             // before a fresh one is taken from the share.
             open.connection = None;
             let fresh = {
-                let (_, grant) = plugin.grants.get_key_value(&alias).ok_or_else(|| invalid_connection("no grant"))?;
+                let grant = plugin.grants.get(&alias).ok_or_else(|| invalid_connection("no grant"))?;
                 SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin)).await.map_err(failed)?
             };
             let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
