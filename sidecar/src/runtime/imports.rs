@@ -53,6 +53,11 @@ const ALWAYS: &[(&str, &[&str])] = &[
 /// one is refused here rather than failing to link.
 const KEYVALUE_VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
 
+/// Spin's sqlite interfaces the linker holds (`services::sql::spin`), by
+/// package. Exact versions only: `spin:sqlite@3.1.0` adds async functions
+/// this door does not serve.
+const SPIN_SQLITE: &[(&str, &str)] = &[("fermyon:spin", "2.0.0"), ("spin:sqlite", "3.0.0")];
+
 /// `serves_http`: the component exports `wasi:http/incoming-handler`.
 fn rule(package: &str, interface: &str, version: Option<&str>, serves_http: bool) -> Rule {
     if ALWAYS.iter().any(|(p, interfaces)| *p == package && interfaces.contains(&interface)) {
@@ -71,6 +76,7 @@ fn rule(package: &str, interface: &str, version: Option<&str>, serves_http: bool
         ("wasi:keyvalue", "store" | "atomics" | "batch") if version.is_some_and(|v| KEYVALUE_VERSIONS.contains(&v)) => {
             Rule::Needs("kv")
         }
+        (_, "sqlite") if SPIN_SQLITE.iter().any(|&(p, v)| p == package && version == Some(v)) => Rule::Needs("sql"),
         ("wasi:sockets", _) => Rule::Never("raw sockets would bypass the HTTP allowlist and the SSRF guard"),
         _ => Rule::Unknown,
     }
@@ -140,6 +146,23 @@ mod tests {
         // for sending with [http].
         assert_eq!(rule("wasi:http", "types", None, true), Rule::Always);
         assert_eq!(rule("wasi:http", "types", None, false), Rule::Needs("http"));
+    }
+
+    #[test]
+    fn spin_sqlite_needs_sql_in_the_versions_the_linker_holds() {
+        assert_eq!(rule("fermyon:spin", "sqlite", Some("2.0.0"), false), Rule::Needs("sql"));
+        assert_eq!(rule("spin:sqlite", "sqlite", Some("3.0.0"), false), Rule::Needs("sql"));
+        for (package, version) in [
+            ("fermyon:spin", None),
+            ("fermyon:spin", Some("3.0.0")),
+            ("spin:sqlite", Some("3.1.0")),
+            ("spin:sqlite", Some("2.0.0")),
+            ("spin:sqlite", None),
+        ] {
+            assert_eq!(rule(package, "sqlite", version, false), Rule::Unknown, "{package} {version:?}");
+        }
+        // Other Spin interfaces are not served.
+        assert_eq!(rule("fermyon:spin", "postgres", Some("2.0.0"), false), Rule::Unknown);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::services::http::host::HttpClientService;
 use crate::services::kv::wasi::WasiKv;
 use crate::services::kv::{KvService, wasi_draft, wasi_draft2};
 use crate::services::log::LogService;
-use crate::services::sql::SqlService;
+use crate::services::sql::{SpinSqlService, SqlService, spin};
 
 pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     let mut linker = Linker::new(engine);
@@ -69,9 +69,11 @@ pub(super) fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState
     wasi_draft::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
     wasi_draft2::bindings::Imports::add_to_linker::<S, WasiKv>(l, S::wasi_kv)?;
 
-    // The SQL gateway (`services::sql`), usable only with a [sql.<alias>]
-    // grant.
+    // The SQL gateway (`services::sql`), three doors onto one gateway,
+    // usable only with a [sql.<alias>] grant.
     gatehouse::sql::add_to_linker::<S, SqlService>(l, |s| &mut s.sql)?;
+    spin::v2::fermyon::spin::sqlite::add_to_linker::<S, SpinSqlService>(l, |s| &mut s.sql)?;
+    spin::v3::spin::sqlite::sqlite::add_to_linker::<S, SpinSqlService>(l, |s| &mut s.sql)?;
 
     Ok(linker)
 }

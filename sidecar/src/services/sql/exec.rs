@@ -2,8 +2,8 @@
 //!
 //! [`SqlConnection`] is one pooled connection held for a plugin (with its
 //! share's permit): a one-shot call holds one for a single statement, a
-//! transaction resource (and, later, a Spin connection) holds one across
-//! calls. Whatever holds it, these hold:
+//! transaction resource and a Spin connection ([`super::spin`]) hold one
+//! across calls. Whatever holds it, these hold:
 //!
 //! - **The statement is checked first** ([`checked`]): the policy's parse
 //!   and walk (`check_for`), then the parameter count. Nothing unchecked
@@ -25,12 +25,18 @@
 //! - **Results stream.** Rows are decoded one at a time as they arrive and
 //!   counted against `max_rows` and `max_result_bytes`; past either the
 //!   call is refused (`quota-exceeded`) and the rest is never read.
+//! - **Counts are the statement's own.** SQLite keeps the rows changed and
+//!   the last inserted rowid on the connection, across borrowers: the rows
+//!   changed are reported only for statements that write (a `SELECT` would
+//!   report the previous borrower's count), and the last rowid is reset
+//!   before each statement ([`Outcome`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
+use sqlx::Either;
 use sqlx::Executor as _;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
@@ -186,6 +192,12 @@ impl SqlConnection {
         self.transaction
     }
 
+    /// Whether an earlier failure left the connection unusable (it is
+    /// closed on drop; every statement on it is refused).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Runs a statement already [`checked`]; returns its rows (none for a
     /// statement that returns none).
     pub async fn query(
@@ -195,13 +207,11 @@ impl SqlConnection {
         params: &[Value],
         limits: Limits,
     ) -> Result<Rows, SqlError> {
-        match self.control(checked.kind, limits).await {
-            Some(done) => done.map(|()| Rows::default()),
-            None => self.guarded(limits, Run::Query, statement, params).await.map(|(rows, _)| rows),
-        }
+        self.run(checked, statement, params, limits).await.map(|done| done.rows)
     }
 
-    /// Runs a statement already [`checked`]; returns the rows it changed.
+    /// Runs a statement already [`checked`]; returns the rows it changed
+    /// (its rows, if any, are read and dropped).
     pub async fn execute(
         &mut self,
         checked: &Checked,
@@ -209,10 +219,38 @@ impl SqlConnection {
         params: &[Value],
         limits: Limits,
     ) -> Result<u64, SqlError> {
-        match self.control(checked.kind, limits).await {
-            Some(done) => done.map(|()| 0),
-            None => self.guarded(limits, Run::Execute, statement, params).await.map(|(_, n)| n),
+        self.statement(checked, Run::Execute, statement, params, limits).await.map(|done| done.changes)
+    }
+
+    /// Runs a statement already [`checked`]; returns its rows and what it
+    /// changed (Spin's `execute`, which answers both).
+    pub async fn run(
+        &mut self,
+        checked: &Checked,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<Outcome, SqlError> {
+        self.statement(checked, Run::Query, statement, params, limits).await
+    }
+
+    async fn statement(
+        &mut self,
+        checked: &Checked,
+        run: Run,
+        statement: &str,
+        params: &[Value],
+        limits: Limits,
+    ) -> Result<Outcome, SqlError> {
+        if let Some(done) = self.control(checked.kind, limits).await {
+            return done.map(|()| Outcome::default());
         }
+        let mut done = self.guarded(limits, run, statement, params).await?;
+        if !writes(checked.kind) {
+            done.changes = 0;
+            done.last_insert_rowid = None;
+        }
+        Ok(done)
     }
 
     /// `BEGIN`/`COMMIT`/`ROLLBACK` as statements (doors whose policy allows
@@ -289,7 +327,7 @@ impl SqlConnection {
         run: Run,
         statement: &str,
         params: &[Value],
-    ) -> Result<(Rows, u64), SqlError> {
+    ) -> Result<Outcome, SqlError> {
         self.usable()?;
         self.broken = true;
         let in_transaction = self.transaction;
@@ -340,10 +378,34 @@ impl Drop for SqlConnection {
     }
 }
 
+/// Whether a statement's rows are wanted.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Run {
+    /// Collected under the caps.
     Query,
+    /// Read and dropped (`execute` of a statement that returns rows).
     Execute,
+}
+
+/// What one statement did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// The rows it returned (none for a statement that returns none).
+    pub rows: Rows,
+    /// The rows it inserted, updated or deleted; 0 for a statement that
+    /// writes nothing (SQLite would report the connection's previous
+    /// count, possibly another plugin's).
+    pub changes: u64,
+    /// SQLite: the rowid of the last row it inserted, if it inserted one
+    /// into a rowid table (the connection's value is reset before each
+    /// statement, so it is never an earlier borrower's). `None` on
+    /// PostgreSQL.
+    pub last_insert_rowid: Option<i64>,
+}
+
+/// Whether statements of `kind` write rows (and so report changes).
+pub(super) fn writes(kind: StatementKind) -> bool {
+    matches!(kind, StatementKind::Insert | StatementKind::Update | StatementKind::Delete | StatementKind::Merge)
 }
 
 /// A failed statement, and whether the connection is known to be fine.
@@ -436,7 +498,7 @@ async fn postgres(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     if !in_transaction {
         prepare_connection_pg(conn, role, limits).await?;
     }
@@ -451,33 +513,28 @@ async fn postgres(
             Value::Blob(b) => query.bind(b),
         };
     }
-    let result: Result<(Rows, u64), Failure> = match run {
-        Run::Execute => match query.execute(&mut *conn).await {
-            Ok(done) => Ok((Rows::default(), done.rows_affected())),
-            Err(e) => Err(Failure::from(e)),
-        },
-        Run::Query => {
-            let mut stream = query.fetch(&mut *conn);
-            let mut collected = Collector::new(limits);
-            let mut outcome = Ok(());
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(row)) => {
-                        if let Err(e) = collected.push(&row, value::postgres_values) {
-                            outcome = Err(Failure::from(e));
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
+    let result = {
+        let mut stream = conn.fetch_many(query);
+        let mut collected = Collector::new(limits, run);
+        let mut outcome = Ok(());
+        loop {
+            match stream.try_next().await {
+                Ok(Some(Either::Right(row))) => {
+                    if let Err(e) = collected.push(&row, value::postgres_values) {
                         outcome = Err(Failure::from(e));
                         break;
                     }
                 }
+                Ok(Some(Either::Left(done))) => collected.changes += done.rows_affected(),
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Err(Failure::from(e));
+                    break;
+                }
             }
-            drop(stream);
-            outcome.map(|()| (collected.rows, 0))
         }
+        drop(stream);
+        outcome.map(|()| collected.done(None))
     };
     match result {
         Ok(done) if in_transaction => Ok(done),
@@ -506,7 +563,7 @@ async fn sqlite(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     // Set when this future is dropped (the sidecar's timer, the
     // invocation's end): SQLite runs the statement on its own thread, which
     // would otherwise go on until the statement's deadline, holding the
@@ -535,7 +592,7 @@ async fn sqlite_statement(
     run: Run,
     statement: &str,
     params: &[Value],
-) -> Result<(Rows, u64), Failure> {
+) -> Result<Outcome, Failure> {
     let mut query = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
     for param in params {
         query = match param.clone() {
@@ -547,29 +604,40 @@ async fn sqlite_statement(
             Value::Blob(b) => query.bind(b),
         };
     }
-    match run {
-        Run::Execute => Ok((Rows::default(), query.execute(&mut *conn).await?.rows_affected())),
-        Run::Query => {
-            let mut stream = query.fetch(&mut *conn);
-            let mut collected = Collector::new(limits);
-            while let Some(row) = stream.try_next().await? {
-                collected.push(&row, value::sqlite_values)?;
+    let mut stream = conn.fetch_many(query);
+    let mut collected = Collector::new(limits, run);
+    let mut last_insert_rowid = None;
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            Either::Right(row) => collected.push(&row, value::sqlite_values)?,
+            Either::Left(done) => {
+                collected.changes += done.rows_affected();
+                // Reset to 0 before the statement (`prepare_connection_sqlite`):
+                // 0 here means the statement inserted no rowid.
+                last_insert_rowid = Some(done.last_insert_rowid()).filter(|&rowid| rowid != 0);
             }
-            Ok((collected.rows, 0))
         }
     }
+    Ok(collected.done(last_insert_rowid))
 }
 
-/// The rows of a query as they stream in, refused past the caps.
+/// The rows of a query as they stream in, refused past the caps (or read
+/// and dropped, for [`Run::Execute`]), and the rows changed.
 struct Collector {
     limits: Limits,
+    run: Run,
     rows: Rows,
     bytes: u64,
+    changes: u64,
 }
 
 impl Collector {
-    fn new(limits: Limits) -> Collector {
-        Collector { limits, rows: Rows::default(), bytes: 0 }
+    fn new(limits: Limits, run: Run) -> Collector {
+        Collector { limits, run, rows: Rows::default(), bytes: 0, changes: 0 }
+    }
+
+    fn done(self, last_insert_rowid: Option<i64>) -> Outcome {
+        Outcome { rows: self.rows, changes: self.changes, last_insert_rowid }
     }
 
     fn push<R: sqlx::Row>(
@@ -577,6 +645,9 @@ impl Collector {
         row: &R,
         decode: impl Fn(&R) -> Result<Vec<Value>, SqlError>,
     ) -> Result<(), SqlError> {
+        if self.run == Run::Execute {
+            return Ok(());
+        }
         if self.rows.rows.len() as u64 >= self.limits.max_rows {
             return Err(SqlError::TooLarge(format!(
                 "the result has more than max_rows = {} rows: refused (narrow the query or page it)",

@@ -1,5 +1,6 @@
 //! The plugin's side of the SQL gateway, and its custom door
-//! `gatehouse:services/sql`.
+//! `gatehouse:services/sql` (Spin's doors, [`super::spin`], share the
+//! grants and the invocation's state).
 //!
 //! [`PluginSql`] is a loaded plugin's grants: for each `[sql.<alias>]`, the
 //! policy and the alias's pool, checked against the settings when the
@@ -38,8 +39,8 @@ pub const MAX_TRANSACTIONS: usize = 16;
 
 /// A loaded plugin's `[sql.<alias>]` grants, shared by its invocations.
 pub struct PluginSql {
-    plugin: String,
-    grants: BTreeMap<String, Grant>,
+    pub(super) plugin: String,
+    pub(super) grants: BTreeMap<String, Grant>,
     metrics: Arc<SqlMetrics>,
 }
 
@@ -53,18 +54,35 @@ impl PluginSql {
                 .ok_or_else(|| format!("it has a [sql.{name}] grant, but the settings define no [databases.{name}]"))?;
             suits(name, alias.dialect, policy)?;
             let guard = Guard::new(alias.dialect, policy, Door::Gatehouse);
-            resolved.insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), guard });
+            // The SQLite authorizer's grant depends on the door (Spin's
+            // allows transaction control by default); a PostgreSQL role
+            // does not, and one guard syncs it once.
+            let spin_guard = (alias.dialect == Dialect::Sqlite).then(|| Guard::new(alias.dialect, policy, Door::Spin));
+            resolved
+                .insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), guard, spin_guard });
         }
         Ok(PluginSql { plugin: plugin.to_string(), grants: resolved, metrics: Arc::clone(&gateway.metrics) })
     }
 }
 
 /// One `[sql.<alias>]` grant of a loaded plugin.
-struct Grant {
-    policy: SqlPolicy,
-    alias: Arc<AliasPool>,
+pub(super) struct Grant {
+    pub(super) policy: SqlPolicy,
+    pub(super) alias: Arc<AliasPool>,
     /// The database's own check of `policy`, built once at load.
     guard: Guard,
+    /// The same for Spin's doors, where it differs (SQLite).
+    spin_guard: Option<Guard>,
+}
+
+impl Grant {
+    /// The database's own check of the grant for statements through `door`.
+    pub(super) fn guard(&self, door: Door) -> &Guard {
+        match (door, &self.spin_guard) {
+            (Door::Spin, Some(guard)) => guard,
+            _ => &self.guard,
+        }
+    }
 }
 
 /// Whether `policy` can be served on a database of `dialect`.
@@ -90,15 +108,17 @@ struct Open {
 /// One invocation's side of the door.
 #[derive(Default)]
 pub struct SqlHost {
-    plugin: Option<Arc<PluginSql>>,
+    pub(super) plugin: Option<Arc<PluginSql>>,
     transactions: HashMap<u32, Open>,
     next: u32,
+    /// The connections Spin's doors hold open.
+    pub(super) spin: super::spin::SpinConnections,
 }
 
 impl SqlHost {
     /// The door for a plugin with (or without) `[sql.*]` grants.
     pub fn new(plugin: Option<Arc<PluginSql>>) -> SqlHost {
-        SqlHost { plugin, transactions: HashMap::new(), next: 0 }
+        SqlHost { plugin, transactions: HashMap::new(), next: 0, spin: Default::default() }
     }
 
     /// Transactions held now (open or finished, not dropped).
@@ -106,7 +126,7 @@ impl SqlHost {
         self.transactions.len()
     }
 
-    fn grant(&self, db: &str) -> Result<(&PluginSql, &Grant), SqlError> {
+    pub(super) fn grant(&self, db: &str) -> Result<(&PluginSql, &Grant), SqlError> {
         let plugin = self.plugin.as_deref().ok_or_else(|| SqlError::Denied("the policy has no [sql] grant".into()))?;
         let grant = plugin.grants.get(db).ok_or_else(|| {
             SqlError::Denied(format!(
@@ -117,7 +137,7 @@ impl SqlHost {
         Ok((plugin, grant))
     }
 
-    fn record(&self, db: &str, statement: Option<&str>, outcome: &Result<(), SqlError>, took: Duration) {
+    pub(super) fn record(&self, db: &str, statement: Option<&str>, outcome: &Result<(), SqlError>, took: Duration) {
         let Some(plugin) = &self.plugin else { return };
         let alias = if plugin.grants.contains_key(db) { db } else { "(not granted)" };
         plugin.metrics.record(&plugin.plugin, alias, outcome.as_ref().err().map(SqlError::kind), took);
@@ -144,7 +164,7 @@ impl SqlHost {
         let (plugin, grant) = self.grant(db)?;
         let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, &grant.guard).await?;
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse)).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -160,7 +180,7 @@ impl SqlHost {
         }
         let (plugin, grant) = self.grant(db)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, &grant.guard).await?;
+        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse)).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

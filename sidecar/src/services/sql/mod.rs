@@ -29,13 +29,15 @@
 //! - [`error`]: [`SqlError`], one variant per guest-visible kind, database
 //!   text escaped and bounded.
 //! - [`host`]: [`PluginSql`] (a loaded plugin's grants, checked against the
-//!   settings), [`SqlHost`] (one invocation: its open transactions) and the
-//!   door `gatehouse:services/sql`.
+//!   settings), [`SqlHost`] (one invocation: its open transactions and Spin
+//!   connections) and the door `gatehouse:services/sql`.
+//! - [`spin`]: Spin's sqlite doors (`fermyon:spin/sqlite@2.0.0`,
+//!   `spin:sqlite/sqlite@3.0.0`): one [`SqlConnection`] per open connection
+//!   resource, statements checked for [`Door::Spin`], errors as Spin's
+//!   variants.
 //! - [`metrics`]: calls by plugin, alias and outcome, with latencies.
 //!
-//! Not here yet: Spin's sqlite doors (they will hold a [`SqlConnection`]
-//! per open connection resource, as the transaction resource does), and
-//! `gatehouse policy explain-sql` on the loaded policy.
+//! Not here yet: `gatehouse policy explain-sql` on the loaded policy.
 
 pub mod check;
 pub mod denial;
@@ -48,6 +50,7 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod pool;
+pub mod spin;
 pub mod value;
 
 use std::fmt;
@@ -55,10 +58,11 @@ use std::fmt;
 pub use check::{Checked, StatementKind, check, check_for};
 pub use denial::{Denial, Rule};
 pub use error::SqlError;
-pub use exec::{Limits, SqlConnection};
+pub use exec::{Limits, Outcome, SqlConnection};
 pub use host::{PluginSql, SqlHost, SqlService};
 pub use policy::{Access, Door, Kind, SqlPolicy, SqlSection, TableGrant};
 pub use pool::SqlGateway;
+pub use spin::SpinSqlService;
 pub use value::{Column, Rows, Value};
 
 /// Longest statement checked, in bytes; longer is refused before parsing

@@ -142,6 +142,22 @@ async fn transactions_end_with_the_invocation_on_postgres() {
     transactions_end_with_the_invocation(Dialect::Postgres).await;
 }
 
+/// `execute` reports the rows the statement itself changed: one that
+/// writes nothing reports 0, never the count SQLite keeps on the pooled
+/// connection from its previous statement (here the same plugin's, on the
+/// pool's only connection; it could be another plugin's).
+/// Attack: learn how many rows an earlier borrower of the connection wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_counts_only_what_the_statement_changed() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let runtime = runtime(db.gateway(pool(1, 1)), &policy_section("db", "")).await;
+    let update =
+        json!({"db": "db", "execute": "UPDATE products SET stock = stock + 1 WHERE id > ?", "params": [{"int": 0}]});
+    assert_eq!(call(&runtime, update).await.unwrap(), json!({"changed": 3}));
+    let select = json!({"db": "db", "execute": "SELECT count(*) FROM products", "params": []});
+    assert_eq!(call(&runtime, select).await.unwrap(), json!({"changed": 0}));
+}
+
 /// Host state a guest can cause: open transactions per invocation are
 /// capped at `MAX_TRANSACTIONS` (each also holds a connection of the
 /// plugin's share), and all are released when the invocation ends.

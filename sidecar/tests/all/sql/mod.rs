@@ -3,4 +3,5 @@
 
 mod door;
 mod exec;
+mod spin;
 mod support;

@@ -319,10 +319,11 @@ pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Resu
 
 /// [`enter`], also setting the connection's progress handler (called every
 /// 1,000 virtual-machine steps; returning `false` interrupts the
-/// statement), both under one lock of the connection: one handoff to
-/// sqlx's worker thread instead of two. The handler is set first, so that
-/// the previous statement's (its deadline past) cannot interrupt the
-/// schema read here.
+/// statement) and forgetting its last inserted rowid (so that a non-zero
+/// one after the statement is the statement's own, never an earlier
+/// borrower's), all under one lock of the connection: one handoff to
+/// sqlx's worker thread. The handler is set first, so that the previous
+/// statement's (its deadline past) cannot interrupt the schema read here.
 pub async fn enter_with_progress(
     conn: &mut SqliteConnection,
     grant: Arc<SqliteGrant>,
@@ -334,6 +335,9 @@ pub async fn enter_with_progress(
     let mut handle = conn.lock_handle().await?;
     handle.set_progress_handler(1000, progress);
     let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is open and locked for us (see `install`); the call
+    // only stores the value.
+    unsafe { ffi::sqlite3_set_last_insert_rowid(db, 0) };
     // SAFETY: `db` is open and locked for us (see `install`).
     let slot = unsafe { slot_of(db)? };
     slot.set(Mode::Host);
