@@ -95,14 +95,19 @@ fn list(tables: &std::collections::BTreeSet<String>) -> String {
 }
 
 /// The alias's dialect: from the settings when they define the alias
-/// (`[databases.<alias>]` is PostgreSQL today), else `--dialect`, which
+/// (`url` is PostgreSQL, `sqlite` SQLite; `app`, when the settings do not
+/// define it, is the embedded SQLite database), else `--dialect`, which
 /// must agree with the settings when both say.
 fn alias_dialect(config: &Config, alias: &str, flag: Option<DialectArg>) -> anyhow::Result<Dialect> {
     let flag = flag.map(|d| match d {
         DialectArg::Sqlite => Dialect::Sqlite,
         DialectArg::Postgres => Dialect::Postgres,
     });
-    let configured = config.databases.contains_key(alias).then_some(Dialect::Postgres);
+    let configured = match config.databases.get(alias) {
+        Some(settings) => Some(settings.dialect()),
+        None if alias == gatehouse::services::sql::pool::APP_ALIAS => Some(Dialect::Sqlite),
+        None => None,
+    };
     match (configured, flag) {
         (Some(configured), Some(flag)) if configured != flag => {
             bail!("alias `{}` is a {configured} database in the settings, not {flag}", escape(alias, LINE))

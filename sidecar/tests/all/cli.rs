@@ -520,6 +520,23 @@ fn explain_sql_says_allowed_or_denied_with_the_rule_and_the_place() {
     let out = with_settings(&["shop", "main", "--dialect", "sqlite", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("is a PostgreSQL database in the settings"), "{}", text(&out.stderr));
+    // A SQLite alias is read as SQLite (an outside review found it read as
+    // PostgreSQL, whose `$1` SQLite does not take and whose names fold
+    // differently).
+    let (_root, settings) = policies.settings("[databases.main]\nsqlite = \"shop.db\"\n");
+    let out = gatehouse(&[
+        "--config",
+        settings.to_str().unwrap(),
+        "--policies",
+        dir,
+        "policy",
+        "explain-sql",
+        "shop",
+        "main",
+        "SELECT id FROM products WHERE id = ?1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("main (SQLite)"), "{}", text(&out.stdout));
 
     // Usage and policy problems: exit 2, saying what is wrong.
     for (args, expected) in [
