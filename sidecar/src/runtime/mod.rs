@@ -467,6 +467,13 @@ impl Runtime {
                 let file = crate::policy::shown(&old.policy.file);
                 tracing::info!(plugin = %name, version = %old.info.version, %file, "plugin unloaded: its policy is gone");
             }
+            // A database grant no plugin in force holds any more (its
+            // plugin or section removed, or the plugin now refused): the
+            // database's own copy of it goes too.
+            let still = next.plugins.get(name).map(|p| &p.policy.sql);
+            for alias in old.policy.sql.keys().filter(|a| still.is_none_or(|sql| !sql.contains_key(*a))) {
+                self.services.sql.retire(name, alias).await;
+            }
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(report)

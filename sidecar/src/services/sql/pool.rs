@@ -100,6 +100,25 @@ impl SqlGateway {
         self.aliases.values()
     }
 
+    /// Takes `plugin`'s role in the PostgreSQL database of `alias` away (its
+    /// privileges revoked, the role dropped) once no loaded policy grants
+    /// the plugin that alias: a plugin removed, or its `[sql.<alias>]`
+    /// section. Nothing for SQLite, where the grant lives in the loaded
+    /// policy only. A failure is logged and leaves the role as it was
+    /// (NOLOGIN: usable by no one but the sidecar's login).
+    pub async fn retire(&self, plugin: &str, alias: &str) {
+        let Some(pool) = self.aliases.get(alias).filter(|a| a.dialect == Dialect::Postgres) else { return };
+        let outcome = match pool.pool().await {
+            Ok(Pool::Postgres(pg)) => guard::postgres::remove(pg, plugin).await.map_err(|e| e.to_string()),
+            Ok(Pool::Sqlite(_)) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(dropped) => tracing::info!(plugin, database = alias, dropped, "plugin's database role retired"),
+            Err(error) => tracing::warn!(plugin, database = alias, %error, "plugin's database role not retired"),
+        }
+    }
+
     /// Opens the embedded application database, if configured, so that its
     /// migrations are applied before the first plugin runs. A failure is
     /// logged; calls retry the open.

@@ -231,3 +231,35 @@ async fn a_grant_on_an_unknown_or_unsuitable_alias_refuses_the_plugin() {
         assert!(refused.contains(expected), "{refused}");
     }
 }
+
+/// A plugin's PostgreSQL role goes once no policy in force grants it the
+/// database, so its privileges do not outlive the grant. Attack (the
+/// gap this closes): a plugin whose `[sql.<alias>]` section is removed
+/// keeps a role with `SELECT` on the tables, which anyone holding the
+/// sidecar's login could `SET ROLE` to. Checked for a section removed
+/// (the plugin, whose component imports the door, is then refused) and
+/// for a plugin removed altogether.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_grant_takes_the_plugins_role_away_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let runtime = runtime(Arc::clone(&gateway), &policy_section("db", "")).await;
+    let query = json!({"db": "db", "query": "SELECT name FROM products WHERE id = $1", "params": [{"int": 1}]});
+    let role = "SELECT count(*) FROM pg_roles WHERE rolname = 'gatehouse_p_demo'";
+    for remove in ["the section", "the plugin"] {
+        runtime.load(&Policies::new().load().set).await;
+        let policies = Policies::new();
+        let component = guest("sql_demo").display().to_string();
+        let plugin = format!("[plugin]\nname = \"demo\"\ncomponent = {component:?}\n");
+        policies.write("demo.toml", &format!("{plugin}{}", policy_section("db", "")));
+        assert!(runtime.load(&policies.load().set).await.refused.is_empty());
+        call(&runtime, query.clone()).await.unwrap();
+        assert_eq!(db.count(role).await, 1, "the first call makes the role");
+        let policies = Policies::new();
+        if remove == "the section" {
+            policies.write("demo.toml", &plugin);
+        }
+        runtime.load(&policies.load().set).await;
+        assert_eq!(db.count(role).await, 0, "the role stays after removing {remove}");
+    }
+}
