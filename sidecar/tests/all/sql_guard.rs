@@ -38,6 +38,15 @@ const SECRETS: &[&str] = &["the launch codes", "vip", "owes money", "ada@example
 /// Bypass rows the SQLite authorizer lets run, and why that is all it can
 /// do: an authorizer sees what a statement touches, not how it is written.
 const SQLITE_NOT_REFUSED: &[(&str, Not, &str)] = &[
+    (
+        "UPDATE products SET stock = $1::numeric(10/*) --*/) WHERE id = 1",
+        Not::FailsOtherwise,
+        "parameter syntax: one `$…` name to SQLite; every table it reaches is granted",
+    ),
+    ("SELECT id FROM products WHERE id = $1::int", Not::Runs, "parameter syntax: one `$…` name to SQLite"),
+    ("SELECT id FROM products WHERE id = $id", Not::FailsOtherwise, "parameter syntax: the driver binds `?NNN` only"),
+    ("SELECT id FROM products WHERE id = :id", Not::Runs, "parameter syntax: unbound, NULL"),
+    ("SELECT id FROM products WHERE id = @id", Not::FailsOtherwise, "parameter syntax: the driver binds `?NNN` only"),
     ("SELECT id FROM products; DELETE FROM orders", Not::Runs, "stacked: each statement is authorized on its own"),
     ("SELECT 'a\\'; DELETE FROM orders; --'", Not::Runs, "stacked: each statement is authorized on its own"),
     ("SELECT 1 /* /* */ ; DELETE FROM orders; -- */", Not::Runs, "stacked: each statement is authorized on its own"),

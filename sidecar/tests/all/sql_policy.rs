@@ -368,7 +368,16 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (LITE, "params_only = true", "SELECT id FROM products WHERE name = X'41'", Rule::Literal, "params_only"),
     (PG, "params_only = true", "SELECT id FROM orders WHERE created_at > DATE '2026-01-01'", Rule::Literal, ""),
     (PG, "", "SELECT id FROM products WHERE id = $0", Rule::Placeholder, "`$0`"),
-    (LITE, "", "SELECT id FROM products WHERE id = ? AND name = :n", Rule::Placeholder, "mixed"),
+    (LITE, "", "SELECT id FROM products WHERE id = ? AND name = :n", Rule::Placeholder, "named parameters"),
+    // SQLite reads `$name::…(…)` as one parameter name (Tcl-style), where
+    // a parser reading `::` as a cast sees a cast and a comment: the
+    // comment's text would run (an outside review: a second statement, a
+    // WHERE-less update, an ungranted insert column).
+    (LITE, "", "UPDATE products SET stock = $1::numeric(10/*) --*/) WHERE id = 1", Rule::Ambiguous, "CAST(x AS type)"),
+    (LITE, "", "SELECT id FROM products WHERE id = $1::int", Rule::Ambiguous, "CAST(x AS type)"),
+    (LITE, "", "SELECT id FROM products WHERE id = $id", Rule::Placeholder, "named parameters"),
+    (LITE, "", "SELECT id FROM products WHERE id = :id", Rule::Placeholder, "named parameters"),
+    (LITE, "", "SELECT id FROM products WHERE id = @id", Rule::Placeholder, "named parameters"),
     (LITE, "", "SELECT id FROM products WHERE id = ?0", Rule::Placeholder, "?1 to ?32766"),
 ];
 
@@ -418,7 +427,7 @@ fn checked_reports_kind_tables_rows_and_placeholders() {
     assert!(write.returns_rows);
     assert_eq!(write.placeholders, 2);
 
-    let insert = allow(Dialect::Sqlite, &policy, "INSERT INTO audit_log (at, actor, action) VALUES (:at, :who, :at)");
+    let insert = allow(Dialect::Sqlite, &policy, "INSERT INTO audit_log (at, actor, action) VALUES (?1, ?2, ?1)");
     assert_eq!((insert.kind, insert.returns_rows, insert.placeholders), (StatementKind::Insert, false, 2));
     let numbered = allow(Dialect::Sqlite, &policy, "SELECT id FROM orders WHERE id = ?3 OR id = ?1");
     assert_eq!(numbered.placeholders, 3);

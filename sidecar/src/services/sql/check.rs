@@ -1416,7 +1416,13 @@ impl<'p> Walk<'p> {
                 }
                 self.expr(expr)?;
             }
-            Expr::Cast { kind: _, expr, data_type, format: None } => {
+            Expr::Cast { kind, expr, data_type, format: None } => {
+                // `x::type` is PostgreSQL's: SQLite has no such cast, and
+                // reads `$name::…(…)` as one parameter name (Tcl-style), so
+                // text the parser takes for a cast and a comment would run.
+                if self.dialect == Dialect::Sqlite && *kind != ast::CastKind::Cast {
+                    return Err(self.deny(Rule::Ambiguous, "only `CAST(x AS type)` casts are read on SQLite".into()));
+                }
                 self.data_type(data_type)?;
                 self.expr(expr)?;
             }
@@ -1661,11 +1667,12 @@ impl<'p> Walk<'p> {
                         Some(n) if (1..=32_766).contains(&n) => self.params.highest = self.params.highest.max(n),
                         _ => return bad(self, "SQLite numbers parameters from ?1 to ?32766"),
                     }
-                } else if let Some(rest) = name.strip_prefix([':', '@', '$']) {
-                    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                        return bad(self, "a named parameter is `:name`, `@name` or `$name`");
-                    }
-                    self.params.named.insert(name.to_string());
+                } else if name.starts_with([':', '@', '$']) {
+                    // The driver binds `?` and `?NNN` only, and SQLite reads
+                    // a `$name` further than any other parser would
+                    // (`$a::b(…)` is one name): refused before it can
+                    // differ.
+                    return bad(self, "named parameters are not taken on SQLite: use `?` or `?NNN`");
                 } else {
                     return bad(self, "not a SQLite parameter");
                 }

@@ -336,7 +336,7 @@ impl SqlConnection {
         let work = async {
             match &mut self.held.conn {
                 Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
-                Conn::Sqlite(c) => sqlite(c, grant, limits, run, statement, params).await,
+                Conn::Sqlite(c) => sqlite(c, grant, in_transaction, limits, run, statement, params).await,
             }
         };
         let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
@@ -559,6 +559,7 @@ async fn postgres(
 async fn sqlite(
     conn: &mut sqlx::SqliteConnection,
     grant: Option<Arc<SqliteGrant>>,
+    in_transaction: bool,
     limits: Limits,
     run: Run,
     statement: &str,
@@ -572,7 +573,18 @@ async fn sqlite(
     prepare_connection_sqlite(conn, grant, limits, Arc::clone(&stop.0)).await?;
     let outcome = sqlite_statement(conn, limits, run, statement, params).await;
     // Closed to everything until the next statement enters a grant.
-    sqlite_guard::leave(conn).await.map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
+    let open = sqlite_guard::leave_in_transaction(conn)
+        .await
+        .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
+    if open != in_transaction {
+        // Only the executor begins and ends transactions: a statement that
+        // did either is refused, and its connection closed (rolling back
+        // whatever it opened) instead of going back to the pool.
+        return Err(Failure {
+            error: SqlError::Denied("the statement began or ended a transaction, which only the door may do".into()),
+            clean: false,
+        });
+    }
     outcome.map_err(|failure| match failure.error {
         // sqlx binds `?` and `?NNN` only; its refusal of another
         // placeholder is a protocol error, not an outage.

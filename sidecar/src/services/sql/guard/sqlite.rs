@@ -368,6 +368,20 @@ pub async fn leave(conn: &mut SqliteConnection) -> Result<(), GuardError> {
     set(conn, Mode::Closed).await
 }
 
+/// [`leave`], and whether a transaction is open on the connection
+/// (`sqlite3_get_autocommit`), read under the same lock: the executor
+/// compares it with the transactions it opened itself, so a statement that
+/// opened one unseen (a `BEGIN` the statement check did not read) is
+/// caught before the connection goes back to the pool.
+pub async fn leave_in_transaction(conn: &mut SqliteConnection) -> Result<bool, GuardError> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is open and locked for us (see `install`).
+    unsafe { slot_of(db)? }.set(Mode::Closed);
+    // SAFETY: as above; the call only reads the connection's state.
+    Ok(unsafe { ffi::sqlite3_get_autocommit(db) } == 0)
+}
+
 async fn set(conn: &mut SqliteConnection, mode: Mode) -> Result<(), GuardError> {
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
