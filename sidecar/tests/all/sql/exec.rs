@@ -583,3 +583,26 @@ async fn a_replacing_table_needs_delete_for_writes() {
     query(&gateway, "p", &with_delete, insert, &overwrite).await.unwrap();
     assert_eq!(db.count("SELECT count(*) FROM tags WHERE label = 'vip' AND owner = 'mallory'").await, 1);
 }
+
+/// On PostgreSQL a plugin granted `INSERT` on a table with a `serial`
+/// column gets `USAGE` on its sequence (its inserts call `nextval` for
+/// the default; an outside review found them `denied`), and loses it with
+/// the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_into_serial_tables_work_and_the_sequence_follows_the_grant_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    db.admin("CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)").await;
+    let gateway = db.gateway(pool(2, 2));
+    let writer =
+        SqlPolicy::from_toml("statements = [\"select\", \"insert\"]\n[tables]\nnotes = [\"select\", \"insert\"]\n")
+            .unwrap();
+    let insert = "INSERT INTO notes (body) VALUES ($1)";
+    query(&gateway, "p", &writer, insert, &[Value::Text("hello".into())]).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM notes WHERE id = 1").await, 1);
+    let usage =
+        "SELECT count(*) FROM (SELECT 1 WHERE has_sequence_privilege('gatehouse_p_p', 'notes_id_seq', 'USAGE')) x";
+    assert_eq!(db.count(usage).await, 1);
+    let reader = SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\nnotes = \"select\"\n").unwrap();
+    query(&gateway, "p", &reader, "SELECT body FROM notes", &[]).await.unwrap();
+    assert_eq!(db.count(usage).await, 0, "the sequence outlived the insert grant");
+}

@@ -191,7 +191,8 @@ async fn held(conn: &mut PgConnection, role: &str) -> Result<(BTreeSet<Privilege
     let rows = sqlx::query(
         "SELECT c.relname::text, NULL::text AS column, a.privilege_type::text \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a \
-         WHERE n.nspname = $1 AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2) \
+         WHERE n.nspname = $1 AND c.relkind <> 'S' \
+         AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2) \
          UNION ALL \
          SELECT c.relname::text, att.attname::text, a.privilege_type::text \
          FROM pg_attribute att JOIN pg_class c ON c.oid = att.attrelid \
@@ -216,6 +217,49 @@ async fn held(conn: &mut PgConnection, role: &str) -> Result<(BTreeSet<Privilege
         }
     }
     Ok((privileges, others))
+}
+
+/// `USAGE` on exactly the sequences behind `serial` columns of the tables
+/// the policy grants `INSERT` on: an insert that leaves the column to its
+/// default calls `nextval`, which needs it. (Identity columns need
+/// nothing.) Sequences of tables no longer granted lose it.
+async fn sync_sequences(conn: &mut PgConnection, role: &str, policy: &SqlPolicy) -> Result<(), GuardError> {
+    let inserting: Vec<String> =
+        policy.tables.iter().filter(|(_, grant)| grant.insert.is_granted()).map(|(t, _)| t.clone()).collect();
+    let wanted: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT s.relname::text FROM pg_class s \
+         JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype = 'a' \
+         JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE s.relkind = 'S' AND n.nspname = $1 AND t.relname = ANY($2)",
+    )
+    .bind(SCHEMA)
+    .bind(&inserting)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let held: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, aclexplode(c.relacl) a \
+         WHERE n.nspname = $1 AND c.relkind = 'S' AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $2)",
+    )
+    .bind(SCHEMA)
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let quoted = quote(role);
+    let mut statements = String::new();
+    for sequence in held.difference(&wanted) {
+        let _ = writeln!(statements, "REVOKE ALL ON SEQUENCE {}.{} FROM {quoted};", quote(SCHEMA), quote(sequence));
+    }
+    for sequence in wanted.difference(&held) {
+        let _ = writeln!(statements, "GRANT USAGE ON SEQUENCE {}.{} TO {quoted};", quote(SCHEMA), quote(sequence));
+    }
+    if !statements.is_empty() {
+        sqlx::raw_sql(AssertSqlSafe(statements)).execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// A 64-bit advisory lock key for one role.
@@ -303,6 +347,7 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
     if !statements.is_empty() {
         sqlx::raw_sql(AssertSqlSafe(statements)).execute(&mut *tx).await?;
     }
+    sync_sequences(&mut tx, &role, policy).await?;
     tx.commit().await?;
     // The connection holds the statements prepared above: closed rather
     // than handed back, so no plugin call inherits them.
