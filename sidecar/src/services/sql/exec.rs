@@ -429,6 +429,13 @@ impl From<SqlError> for Failure {
     }
 }
 
+/// How often a PostgreSQL server running a plugin's statement checks that
+/// the sidecar is still connected (`client_connection_check_interval`):
+/// otherwise a statement whose connection the sidecar closed (its
+/// invocation ended) runs on until its `statement_timeout`, since the
+/// server notices a closed socket only when it next writes.
+const CLIENT_CHECK_MILLIS: u32 = 250;
+
 /// Opens the call's (or the plugin's) transaction on PostgreSQL and makes
 /// it the plugin's: its role (the database's own check, see
 /// [`pg_guard`]; `None` only for the sidecar's own use), the statement
@@ -442,7 +449,8 @@ async fn prepare_connection_pg(
     let millis = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
     let role = role.map(|r| format!("SET LOCAL ROLE {}; ", pg_guard::quote(r))).unwrap_or_default();
     conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "BEGIN; {role}SET LOCAL statement_timeout = {millis}; SET LOCAL search_path = {}",
+        "BEGIN; {role}SET LOCAL statement_timeout = {millis}; \
+         SET LOCAL client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET LOCAL search_path = {}",
         pg_guard::quote(pg_guard::SCHEMA)
     ))))
     .await

@@ -606,3 +606,34 @@ async fn inserts_into_serial_tables_work_and_the_sequence_follows_the_grant_on_p
     query(&gateway, "p", &reader, "SELECT body FROM notes", &[]).await.unwrap();
     assert_eq!(db.count(usage).await, 0, "the sequence outlived the insert grant");
 }
+
+/// On PostgreSQL too, a statement whose caller went away stops on the
+/// server, not at its own deadline. Attack (the second outside review): a
+/// CPU-only recursive count under a 60 s SQL timeout, its invocation ended
+/// at once; the server kept such statements running past the pool's and
+/// the plugin's limits (13 at once from a pool of 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_cpu_bound_statement_stops_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = SqlPolicy::from_toml("statements = [\"select\"]\ntimeout = \"60s\"\n").unwrap();
+    let slow = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) \
+                SELECT count(*) FROM r";
+    let running = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move { query(&gateway, "p", &policy, slow, &[]).await })
+    };
+    let active = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                  AND query LIKE 'WITH RECURSIVE r(i)%' AND pid <> pg_backend_pid()";
+    let started = Instant::now();
+    while db.count(active).await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the slow statement never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.abort();
+    let abandoned = Instant::now();
+    while db.count(active).await > 0 {
+        assert!(abandoned.elapsed() < Duration::from_secs(10), "the server still runs it 10 s after its caller left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
