@@ -185,47 +185,43 @@ async fn compare(name: &str, mut settings: DatabaseSettings, direct: Direct, sql
 async fn guest_round(runtime: &Arc<Runtime>, sql: &'static str, param: i64, callers: usize) -> Round {
     let command =
         serde_json::json!({ "query": sql, "db": "db", "params": [{"int": param}], "repeat": LOOP }).to_string();
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (runtime, command) = (Arc::clone(runtime), command.clone());
-            tokio::spawn(async move {
-                let input = Document { content_type: "application/json".into(), body: command.into_bytes() };
-                let output = runtime.invoke("sqlbench", input).await.unwrap();
-                let answer: serde_json::Value = serde_json::from_slice(&output.body).unwrap();
-                let nanos: Vec<u64> = answer["nanos"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("{answer}"))
-                    .iter()
-                    .map(|n| n.as_u64().unwrap())
-                    .collect();
-                nanos
-            })
-        })
-        .collect();
-    let mut nanos = Vec::new();
-    for task in tasks {
-        nanos.extend(task.await.unwrap());
-    }
-    Round { per_second: nanos.len() as f64 / started.elapsed().as_secs_f64(), nanos }
+    round(callers, || {
+        let (runtime, command) = (Arc::clone(runtime), command.clone());
+        async move {
+            let input = Document { content_type: "application/json".into(), body: command.into_bytes() };
+            let output = runtime.invoke("sqlbench", input).await.unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&output.body).unwrap();
+            let nanos = answer["nanos"].as_array().unwrap_or_else(|| panic!("{answer}"));
+            nanos.iter().map(|n| n.as_u64().unwrap()).collect()
+        }
+    })
+    .await
 }
 
 async fn direct_round(direct: &Arc<Direct>, sql: &'static str, param: i64, rows: usize, callers: usize) -> Round {
+    round(callers, || {
+        let direct = Arc::clone(direct);
+        async move {
+            let mut nanos = Vec::with_capacity(LOOP);
+            for _ in 0..LOOP {
+                let started = Instant::now();
+                direct.query(sql, param, rows).await;
+                nanos.push(started.elapsed().as_nanos() as u64);
+            }
+            nanos
+        }
+    })
+    .await
+}
+
+/// `callers` tasks made by `task` at once, each answering its queries'
+/// times: their throughput together and every time.
+async fn round<F>(callers: usize, task: impl Fn() -> F) -> Round
+where
+    F: std::future::Future<Output = Vec<u64>> + Send + 'static,
+{
     let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let direct = Arc::clone(direct);
-            tokio::spawn(async move {
-                let mut nanos = Vec::with_capacity(LOOP);
-                for _ in 0..LOOP {
-                    let started = Instant::now();
-                    direct.query(sql, param, rows).await;
-                    nanos.push(started.elapsed().as_nanos() as u64);
-                }
-                nanos
-            })
-        })
-        .collect();
+    let tasks: Vec<_> = (0..callers).map(|_| tokio::spawn(task())).collect();
     let mut nanos = Vec::new();
     for task in tasks {
         nanos.extend(task.await.unwrap());

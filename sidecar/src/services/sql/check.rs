@@ -163,7 +163,6 @@ struct CteFrame {
 struct Params {
     anonymous: usize,
     highest: usize,
-    named: BTreeSet<String>,
 }
 
 struct Walk<'p> {
@@ -259,7 +258,7 @@ impl<'p> Walk<'p> {
             reads: std::mem::take(&mut self.reads),
             writes: std::mem::take(&mut self.writes),
             returns_rows,
-            placeholders: self.params.highest.max(self.params.anonymous).max(self.params.named.len()),
+            placeholders: self.params.highest.max(self.params.anonymous),
         })
     }
 
@@ -1676,9 +1675,8 @@ impl<'p> Walk<'p> {
                 } else {
                     return bad(self, "not a SQLite parameter");
                 }
-                let styles = [self.params.anonymous > 0, self.params.highest > 0, !self.params.named.is_empty()];
-                if styles.iter().filter(|&&used| used).count() > 1 {
-                    return bad(self, "`?`, `?NNN` and named parameters are not mixed in one statement");
+                if self.params.anonymous > 0 && self.params.highest > 0 {
+                    return bad(self, "`?` and `?NNN` are not mixed in one statement");
                 }
             }
         }

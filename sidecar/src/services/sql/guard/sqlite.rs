@@ -365,7 +365,7 @@ pub async fn enter_host(conn: &mut SqliteConnection) -> Result<(), GuardError> {
 /// Takes the connection back: every statement is refused until the next
 /// [`enter`].
 pub async fn leave(conn: &mut SqliteConnection) -> Result<(), GuardError> {
-    set(conn, Mode::Closed).await
+    leave_in_transaction(conn).await.map(drop)
 }
 
 /// [`leave`], and whether a transaction is open on the connection
