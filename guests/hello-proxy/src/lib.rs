@@ -11,6 +11,8 @@
 //! - `/spin`: never answers (the plugin's deadline must stop it);
 //! - `/drip`: answers, then writes a byte every 50 ms forever, ignoring
 //!   write errors (only the sidecar can stop it once its client is gone);
+//! - `/hold`: sends its answer's head, then never writes the body nor reads
+//!   its request (only the sidecar can stop it once its client is gone);
 //! - `/status/<code>`: an empty answer with that status, whatever it is
 //!   (the sidecar must not pass on one that cannot end a request).
 
@@ -48,6 +50,14 @@ impl Guest for HelloProxy {
             }
             _ if route.starts_with("/path") => respond(out, 200, path.as_bytes()),
             "/drip" => drip(out),
+            "/hold" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let _body = response.body().expect("the body is available once");
+                ResponseOutparam::set(out, Ok(response));
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
             "/spin" => {
                 let mut n: u64 = 1;
                 loop {

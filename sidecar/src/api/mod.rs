@@ -16,11 +16,13 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
 //! - [`min_rate`]: the minimum rate at which a client must read its answer.
+//! - [`hangup`]: noticing a client gone while its request body is unread.
 
 pub mod admin;
 pub mod audit;
 pub mod edge;
 pub mod errors;
+pub mod hangup;
 pub mod invoke;
 pub mod kv;
 pub mod metrics;

@@ -12,6 +12,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::edge::RequestId;
+use super::hangup::{ClientSocket, EndsWithClient};
 use super::invoke::{WithStatus, refuse_early};
 use super::{Api, errors};
 use crate::ErrorKind;
@@ -71,6 +72,12 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
         // Quoted: a name from the path could otherwise pass for fields.
         plugin = ?crate::guest_text::escaped(&name, 64)
     );
+    // hyper notices a client gone only by reading; with a body the
+    // component has not read, the socket is watched instead.
+    let mut hangup = match request.extensions().get::<ClientSocket>() {
+        Some(socket) if !hyper::body::Body::is_end_stream(request.body()) => socket.watch(),
+        _ => None,
+    };
     let (mut parts, body) = request.into_parts();
     let Some((seen, prefix)) = parts.uri.path_and_query().and_then(strip_prefix) else {
         return errors::bad_path();
@@ -96,8 +103,23 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
         .boxed_unsync();
     let started = Instant::now();
     let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
-    let (version, outcome) =
-        api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone()).await;
+    let handled = api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone());
+    let (version, outcome) = match &mut hangup {
+        None => handled.await,
+        Some(hangup) => tokio::select! {
+            handled = handled => handled,
+            // Dropping the call stops the component; hyper then finds the
+            // connection closed and writes nothing.
+            () = hangup.gone() => {
+                if api.request_line(64) {
+                    let _entered = span.enter();
+                    tracing::info!("the client hung up before the answer; the component was stopped");
+                }
+                // Nobody reads it: hyper finds the connection closed.
+                return errors::respond(ErrorKind::InvalidInput, "the client hung up", None);
+            }
+        },
+    };
     if let Err(error) = &outcome {
         let text = error.to_string();
         if api.request_line(text.len()) {
@@ -121,7 +143,10 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let body = body.map_err(|code| std::io::Error::other(format!("{code:?}")));
-            Response::from_parts(parts, Body::new(body))
+            match hangup {
+                Some(hangup) => Response::from_parts(parts, Body::new(EndsWithClient::new(body, hangup))),
+                None => Response::from_parts(parts, Body::new(body)),
+            }
         }
         Err(error) => errors::respond_to(&error),
     }

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 
+use super::hangup::ClientSocket;
 use super::min_rate::MinReadRate;
 
 /// Limits of one listener.
@@ -66,6 +67,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let socket = ClientSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
         let stream = MinReadRate::new(Box::pin(stream), limits.write_timeout);
@@ -73,7 +75,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(stream), service.clone());
+            .serve_connection(TokioIo::new(stream), with_socket(service.clone(), socket));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _slot = slot;
@@ -84,4 +86,34 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?limits.drain_timeout, "requests still running at the end of the drain; stopping anyway");
     }
+}
+
+/// `service`, with each request carrying the connection it came in on (for
+/// [`super::hangup`]).
+fn with_socket<S>(
+    service: S,
+    socket: ClientSocket,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = S::Response,
+    Error = S::Error,
+    Future = S::Future,
+> + Clone
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>> + Clone,
+{
+    #[derive(Clone)]
+    struct WithSocket<S>(S, ClientSocket);
+    impl<S: hyper::service::Service<hyper::Request<hyper::body::Incoming>>>
+        hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithSocket<S>
+    {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+        fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+            request.extensions_mut().insert(self.1);
+            self.0.call(request)
+        }
+    }
+    WithSocket(service, socket)
 }

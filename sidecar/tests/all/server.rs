@@ -651,6 +651,66 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     }
 }
 
+#[test]
+fn a_wasi_http_component_stops_when_its_client_hangs_up_with_its_body_unread() {
+    // hyper notices a closed connection only by reading it, and it reads a
+    // request body only for a component that asks for it. Attacks: clients
+    // send a body to a component that never reads it and never answers
+    // (`/spin`), then hang up; clients send half a body to one that sends
+    // its answer's head and then nothing (`/hold`), read the head and hang
+    // up. Both must end with their clients, not at the 20 s deadline; and a
+    // client still connected with its body unread is not taken for gone.
+    let policies = Policies::new();
+    policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let in_flight = || {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"hello\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+    };
+    let wait_for = |count: u32, what: &str| {
+        let started = Instant::now();
+        while in_flight() != count {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let body = vec![b'b'; 100_000];
+    let clients: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            let head = format!("POST /p/hello/spin HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+            client.write_all(head.as_bytes()).unwrap();
+            client.write_all(&body).unwrap();
+            client
+        })
+        .collect();
+    wait_for(2, "the spinners never started");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_flight(), 2, "a client still connected was taken for gone");
+    drop(clients);
+    wait_for(0, "still spinning after the clients hung up with their bodies unread");
+
+    let mut clients: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            let head = format!("POST /p/hello/hold HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", body.len());
+            client.write_all(head.as_bytes()).unwrap();
+            client.write_all(&body[..body.len() / 2]).unwrap();
+            client
+        })
+        .collect();
+    for client in &mut clients {
+        let mut head = [0u8; 64];
+        let n = client.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&head[..n]));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_flight(), 2, "a client still connected was taken for gone");
+    drop(clients);
+    wait_for(0, "still holding after the clients hung up with their bodies half sent");
+}
+
 /// The `gatehouse __compile` workers whose parent is `parent`.
 fn compile_workers(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
