@@ -87,9 +87,9 @@ async fn invoke(
         let (version, outcome) = api.runtime.invoke_with_version(&name, input).await;
         api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {
-            Ok(output) => {
+            Ok((output, slot)) => {
                 let content_type = output_content_type(&output.content_type);
-                ([(header::CONTENT_TYPE, content_type)], output.body).into_response()
+                ([(header::CONTENT_TYPE, content_type)], Body::new(Answer::new(output.body, slot))).into_response()
             }
             Err(error) => {
                 let text = error.to_string();
@@ -103,6 +103,54 @@ async fn invoke(
     }
     .instrument(span)
     .await
+}
+
+/// An invocation's output on its way to the caller, in chunks of
+/// [`Answer::CHUNK`], keeping the invocation's concurrency slot until its
+/// last chunk is handed to hyper (or the client is gone): a client that
+/// reads slowly holds the plugin's slot, not memory charged to no one.
+struct Answer {
+    rest: bytes::Bytes,
+    slot: Option<crate::runtime::SlotHold>,
+}
+
+impl Answer {
+    /// hyper's write buffer queues a chunk whole, so this is what of an
+    /// answer is left unaccounted once the slot is given back.
+    const CHUNK: usize = 64 * 1024;
+
+    fn new(body: Vec<u8>, slot: crate::runtime::SlotHold) -> Self {
+        Answer { rest: body.into(), slot: Some(slot) }
+    }
+}
+
+impl hyper::body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.rest.is_empty() {
+            self.slot = None;
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.rest.len().min(Self::CHUNK);
+        let chunk = self.rest.split_to(take);
+        if self.rest.is_empty() {
+            self.slot = None;
+        }
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 /// The plugin's content type as a header, when it is a short line of

@@ -46,7 +46,7 @@ pub use error::{InvokeError, LoadError, RuntimeError};
 pub use limits::{
     MAX_CORE_INSTANCES_PER_COMPONENT, MAX_MEMORIES_PER_COMPONENT, MAX_TABLE_ELEMENTS, MAX_TABLES_PER_COMPONENT,
 };
-pub use slots::QUEUE_PER_SLOT;
+pub use slots::{QUEUE_PER_SLOT, SlotHold};
 pub use state::MAX_RANDOM_BYTES;
 
 use crate::bindings::{Plugin as PluginBindings, PluginPre};
@@ -567,17 +567,20 @@ impl Runtime {
     /// can keep one (timeout + grace), so a caller behind a stuck
     /// invocation gets the slot it frees rather than `rate-limited`.
     pub async fn invoke(&self, plugin: &str, input: Document) -> Result<Document, InvokeError> {
-        self.invoke_with_version(plugin, input).await.1
+        self.invoke_with_version(plugin, input).await.1.map(|(output, _slot)| output)
     }
 
     /// [`Runtime::invoke`], also saying which version ran (`None`: no such
     /// plugin is loaded), read in the same lookup, so that a reload in
-    /// between cannot pair a result with the wrong version.
+    /// between cannot pair a result with the wrong version. The output
+    /// comes with the invocation's concurrency slot (its instance is back
+    /// in the pool): keep it until the output is delivered, so that
+    /// answers waiting for slow callers are charged to the plugin.
     pub async fn invoke_with_version(
         &self,
         plugin: &str,
         input: Document,
-    ) -> (Option<String>, Result<Document, InvokeError>) {
+    ) -> (Option<String>, Result<(Document, SlotHold), InvokeError>) {
         match self.lookup(plugin) {
             Ok(loaded) => (Some(loaded.info.version.clone()), self.invoke_loaded(&loaded, plugin, input).await),
             Err(error) => (None, Err(error)),
@@ -589,7 +592,7 @@ impl Runtime {
         loaded: &LoadedPlugin,
         plugin: &str,
         input: Document,
-    ) -> Result<Document, InvokeError> {
+    ) -> Result<(Document, SlotHold), InvokeError> {
         if let Entry::Proxy(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
                 plugin: plugin.to_string(),
@@ -597,7 +600,7 @@ impl Runtime {
             });
         }
         let limits = loaded.policy.limits;
-        let _slots = self.admit(loaded, plugin).await?;
+        let admission = self.admit(loaded, plugin).await?;
         let reply = self.run(
             &loaded.entry,
             &loaded.policy,
@@ -616,7 +619,7 @@ impl Runtime {
                         limit: limits.max_output,
                     });
                 }
-                Ok(output)
+                Ok((output, admission.into_slot()))
             }
             Reply::Handle(Err(error)) => Err(InvokeError::Plugin { plugin: plugin.to_string(), error }),
             Reply::Info(_) | Reply::Done => unreachable!("asked for handle"),
@@ -643,7 +646,9 @@ impl Runtime {
         let queued =
             Queued::join(&loaded.slots.waiting, limits.concurrency.saturating_mul(QUEUE_PER_SLOT)).ok_or_else(busy)?;
         let deadline = tokio::time::Instant::now() + limits.timeout + 2 * TIMEOUT_GRACE;
-        let slot = tokio::time::timeout_at(deadline, loaded.slots.semaphore.acquire()).await.map_err(|_| busy())?;
+        let slot = tokio::time::timeout_at(deadline, loaded.slots.semaphore.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?;
         // The admission check keeps the sum of all concurrencies within the
         // pool, so this waits only after a reload: invocations that started
         // under the old grants keep their instances until they finish.

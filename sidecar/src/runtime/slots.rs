@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 /// Callers that may wait per concurrency slot before more are refused.
 pub const QUEUE_PER_SLOT: u32 = 4;
@@ -66,22 +66,49 @@ impl Slots {
 
     /// Counts an invocation that holds `slot` and `instance` until the
     /// returned admission is dropped.
-    pub(super) fn hold<'a>(&'a self, slot: SemaphorePermit<'a>, instance: SemaphorePermit<'a>) -> Admission<'a> {
+    pub(super) fn hold<'a>(
+        self: &Arc<Self>,
+        slot: OwnedSemaphorePermit,
+        instance: SemaphorePermit<'a>,
+    ) -> Admission<'a> {
         self.running.fetch_add(1, Ordering::AcqRel);
-        Admission { _slot: slot, _instance: instance, running: &self.running }
+        Admission { slot: SlotHold { _permit: slot, slots: self.clone() }, _instance: instance }
     }
 }
 
 /// A running invocation's slot, pool instance and place in the count.
 pub(super) struct Admission<'a> {
-    _slot: SemaphorePermit<'a>,
+    slot: SlotHold,
     _instance: SemaphorePermit<'a>,
-    running: &'a AtomicU32,
 }
 
-impl Drop for Admission<'_> {
+impl Admission<'_> {
+    /// Gives the pool instance back and keeps the slot: for an answer the
+    /// invocation has produced but its caller has not yet taken.
+    pub(super) fn into_slot(self) -> SlotHold {
+        self.slot
+    }
+}
+
+/// One of a plugin's concurrency slots, and its place in the count of
+/// invocations holding one, until dropped. An invocation's answer keeps it
+/// while it is delivered (see [`super::Runtime::invoke_with_version`]), so
+/// answers a slow client has not read yet count against the plugin's
+/// `concurrency`, not against no one.
+pub struct SlotHold {
+    _permit: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+impl Drop for SlotHold {
     fn drop(&mut self) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        self.slots.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for SlotHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotHold")
     }
 }
 

@@ -376,6 +376,60 @@ fn clients_that_stop_reading_are_cut_off_and_free_their_connection_slot() {
 }
 
 #[test]
+fn an_answer_a_client_reads_slowly_keeps_its_plugins_slot_until_delivered() {
+    // Attack: invoke for a large answer and read none of it. The answer
+    // is host memory once the invocation has ended; it must stay charged to
+    // the plugin (its concurrency slot is held until the answer has been
+    // handed over), not to no one. Reading it later still gets all of it.
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "memory = \"64 MiB\"\nconcurrency = 1");
+    let sidecar = Sidecar::start(&policies, "request_timeout = \"30s\"\nmax_body = \"8 MiB\"", &[]);
+    let in_flight = || {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"echo\"}")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+    };
+    let body: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = sidecar.invoke.parse().unwrap();
+    rustix::net::connect(&socket, &addr).unwrap();
+    let mut stalled = TcpStream::from(socket);
+    let head = format!(
+        "POST /v1/plugins/echo/invoke HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stalled.write_all(head.as_bytes()).unwrap();
+    stalled.write_all(&body).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    while in_flight() != 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the invocation never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The component is done in milliseconds; its unread answer keeps the slot.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_flight(), 1, "an answer nobody has read is charged to no one");
+    let addr = sidecar.invoke.clone();
+    let next = std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/echo/invoke", &[], b"next"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!next.is_finished(), "a second invocation ran beside the undelivered answer, past concurrency 1");
+
+    let mut received = Vec::new();
+    stalled.read_to_end(&mut received).unwrap_or_else(|e| panic!("{e}"));
+    let at = received.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(received.len() - at, body.len(), "the answer lost bytes");
+    assert!(received[at..] == body[..], "the answer changed");
+    let (status, _, answer) = next.join().unwrap();
+    assert_eq!((status, answer.as_slice()), (200, b"next".as_slice()));
+    let started = Instant::now();
+    while in_flight() != 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the slot outlived its delivered answer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn a_slow_client_or_a_flood_of_one_plugin_does_not_hurt_another() {
     let policies = Policies::new();
     policies.plugin("echo", "echo", "");
