@@ -22,6 +22,7 @@ use axum::routing::{any, get, post};
 use tracing::Instrument;
 
 use super::edge::RequestId;
+use super::hangup::ClientSocket;
 use super::{Api, errors};
 use crate::{Document, ErrorKind};
 
@@ -46,10 +47,12 @@ async fn invoke(
     State(api): State<Arc<Api>>,
     name: Result<Path<String>, PathRejection>,
     axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    socket: Option<axum::Extension<ClientSocket>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Ok(Path(name)) = name else { return errors::bad_path() };
+    let mut hangup = socket.and_then(|axum::Extension(socket)| socket.watch());
     if let Some(refusal) = refuse_early(&api, &headers) {
         return refusal;
     }
@@ -84,7 +87,22 @@ async fn invoke(
             .to_string();
         let started = Instant::now();
         let input = Document { content_type, body: body.to_vec() };
-        let (version, outcome) = api.runtime.invoke_with_version(&name, input).await;
+        let invoked = api.runtime.invoke_with_version(&name, input);
+        // hyper notices a client gone only by reading, which it stops doing
+        // once a pipelined byte is in its buffer: the socket is watched.
+        let (version, outcome) = match hangup.as_mut() {
+            None => invoked.await,
+            Some(hangup) => tokio::select! {
+                invoked = invoked => invoked,
+                () = hangup.gone() => {
+                    if api.request_line(64) {
+                        tracing::info!("the client hung up before the answer; the invocation was stopped");
+                    }
+                    // Nobody reads it: hyper finds the connection closed.
+                    return errors::respond(ErrorKind::InvalidInput, "the client hung up", None);
+                }
+            },
+        };
         api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {
             Ok((output, slot)) => {

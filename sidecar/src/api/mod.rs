@@ -16,7 +16,7 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`serve`]: accepts connections until shutdown, then drains.
 //! - [`min_rate`]: the minimum rate at which a client must read its answer.
-//! - [`hangup`]: noticing a client gone while its request body is unread.
+//! - [`hangup`]: noticing a client gone while hyper does not read its connection.
 
 pub mod admin;
 pub mod audit;

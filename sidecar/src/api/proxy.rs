@@ -72,12 +72,10 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
         // Quoted: a name from the path could otherwise pass for fields.
         plugin = ?crate::guest_text::escaped(&name, 64)
     );
-    // hyper notices a client gone only by reading; with a body the
-    // component has not read, the socket is watched instead.
-    let mut hangup = match request.extensions().get::<ClientSocket>() {
-        Some(socket) if !hyper::body::Body::is_end_stream(request.body()) => socket.watch(),
-        _ => None,
-    };
+    // hyper notices a client gone only by reading, which it stops doing
+    // with a body the component has not read or a pipelined byte in its
+    // buffer: the socket is watched instead.
+    let mut hangup = request.extensions().get::<ClientSocket>().and_then(|socket| socket.watch());
     let (mut parts, body) = request.into_parts();
     let Some((seen, prefix)) = parts.uri.path_and_query().and_then(strip_prefix) else {
         return errors::bad_path();

@@ -765,6 +765,61 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up_with_its_body_unread() {
     wait_for(0, "still holding after the clients hung up with their bodies half sent");
 }
 
+#[test]
+fn a_call_stops_when_its_client_hangs_up_behind_a_pipelined_byte() {
+    // hyper stops reading a connection once a byte of a next request is in
+    // its buffer, so it no longer sees the client's close. Attacks (an
+    // outside review): a bodyless `GET` followed by one byte, then a reset,
+    // against a component that never answers (`/spin`), with more such
+    // clients than slots (the rest queued); an invoke of a plugin that
+    // sleeps 20 s, followed by one byte, then a close. Each call must end
+    // with its client, and the queue must empty.
+    let policies = Policies::new();
+    policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
+    policies.plugin("slow", "sleeper", "concurrency = 1\ntimeout = \"30s\"");
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let in_flight = |plugin: &str| {
+        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
+        let prefix = format!("gatehouse_plugin_in_flight{{plugin=\"{plugin}\"}}");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
+    };
+    let wait_for = |plugin: &str, count: u32, what: &str| {
+        let started = Instant::now();
+        while in_flight(plugin) != count {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let clients: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+            client.write_all(b"GET /p/hello/spin HTTP/1.1\r\nhost: x\r\n\r\nG").unwrap();
+            client
+        })
+        .collect();
+    wait_for("hello", 2, "the spinners never started");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_flight("hello"), 2, "a client still connected was taken for gone");
+    for client in &clients {
+        // A reset, not a close: the pipelined byte is unread.
+        rustix::net::sockopt::set_socket_linger(client, Some(Duration::ZERO)).unwrap();
+    }
+    drop(clients);
+    wait_for("hello", 0, "still spinning after the clients hung up behind a pipelined byte");
+    // The queued ones left as well: a new client is served now.
+    let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
+
+    let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+    client.write_all(b"POST /v1/plugins/slow/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n20000P").unwrap();
+    wait_for("slow", 1, "the sleeper never started");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(in_flight("slow"), 1, "a client still connected was taken for gone");
+    drop(client);
+    wait_for("slow", 0, "still sleeping after the client hung up behind a pipelined byte");
+}
+
 /// The `gatehouse __compile` workers whose parent is `parent`.
 fn compile_workers(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
