@@ -99,6 +99,37 @@ async fn sqlite_rows() {
     row("SQLite (file)", median(bares), median(guards));
 }
 
+/// `LIKE` over 10,000 rows: SQLite's built-in against the cost-bounded
+/// function every pooled connection gets (`guard::sqlite_functions`: a
+/// statement step on a private connection per call).
+async fn sqlite_like_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new().filename(dir.path().join("like.db")).create_if_missing(true);
+    let mut bare = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE words (w TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+         INSERT INTO words SELECT 'word number ' || i || ' of the benchmark' FROM n;",
+    )
+    .execute(&mut bare)
+    .await
+    .unwrap();
+    let mut guarded = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlite::install(&mut guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
+    sqlite::enter_host(&mut guarded).await.unwrap();
+    let like = "SELECT count(*) FROM words WHERE w LIKE ?";
+    let (mut bares, mut guards) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bares.push(timed!({
+            sqlx::query(like).bind("%77%").persistent(false).fetch_one(&mut bare).await.unwrap();
+        }));
+        guards.push(timed!({
+            sqlx::query(like).bind("%77%").persistent(false).fetch_one(&mut guarded).await.unwrap();
+        }));
+    }
+    row("SQLite, LIKE over 10,000 rows (bounded like())", median(bares), median(guards));
+}
+
 async fn pg_rows() {
     if !postgres::available() {
         println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
@@ -135,6 +166,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     runtime.block_on(async {
         sqlite_rows().await;
+        sqlite_like_rows().await;
         pg_rows().await;
     });
 }

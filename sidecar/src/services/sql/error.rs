@@ -101,8 +101,8 @@ impl SqlError {
                 match classify(sqlite, &code) {
                     Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
                     Class::TooLarge => SqlError::TooLarge(format!(
-                        "the statement needs more memory than the database allows (max_value_bytes, \
-                         the SQLite heap limit): {message}"
+                        "the statement needs more than the database allows (max_value_bytes, the SQLite \
+                         heap limit, a function's cost bound): {message}"
                     )),
                     Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
                     Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),

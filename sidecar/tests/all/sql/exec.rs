@@ -149,7 +149,10 @@ async fn caps_refuse_mid_stream_on_postgres() {
 /// another plugin's calls, made concurrently, all succeed.
 async fn a_greedy_plugin_cannot_starve_another(dialect: Dialect) {
     let db = TestDb::start(dialect).await;
-    let gateway = db.gateway(pool(4, 2));
+    // Eight calls share the two connections the greedy plugin leaves: a
+    // wait longer than `pool`'s, so a busy machine does not turn the
+    // queue into `unavailable`.
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(10), ..pool(4, 2) });
     let policy = Arc::new(policy(""));
     let (release, released) = tokio::sync::watch::channel(false);
     let mut holders = Vec::new();
@@ -545,6 +548,37 @@ async fn sqlite_values_stop_at_max_value_bytes() {
         query(&gateway, "p", &policy, "SELECT length(replace('ab', 'a', 'xyz')) AS n FROM products WHERE id = 1", &[])
             .await;
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(4)]]);
+}
+
+/// One call of a function is one step of SQLite's virtual machine: no
+/// deadline reaches inside it. Attacks (the outside review): `instr()`,
+/// `replace()`, `trim()` and `LIKE` on a long text and a long needle or
+/// pattern, whose time grows with the product of the two lengths (the
+/// review's `instr` ran minutes past its 2 s deadline, holding its
+/// connection). Each is refused at once as `quota-exceeded`, and the
+/// connection serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(PoolSettings { max_value_bytes: 32 << 20, ..pool(1, 1) });
+    let policy = policy("max_result_bytes = \"1 MiB\"\ntimeout = \"2s\"");
+    let haystack = Value::Text("a".repeat(16 << 20));
+    let needle = Value::Text(format!("{}b", "a".repeat(8 << 20)));
+    let started = std::time::Instant::now();
+    for sql in [
+        "SELECT instr(?1, ?2) AS n FROM products WHERE id = 1",
+        "SELECT length(replace(?1, ?2, 'x')) AS n FROM products WHERE id = 1",
+        "SELECT length(trim(?1, ?2)) AS n FROM products WHERE id = 1",
+        "SELECT ?1 LIKE ?2 AS n FROM products WHERE id = 1",
+    ] {
+        let error = query(&gateway, "p", &policy, sql, &[haystack.clone(), needle.clone()]).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{sql}: {error}");
+        assert!(error.to_string().contains("cost bound"), "{error}");
+    }
+    // Far from the deadlines the review saw (minutes): refused before running.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+    let rows = query(&gateway, "p", &policy, "SELECT instr('abcabc', 'ca') AS n FROM products WHERE id = 1", &[]).await;
+    assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
 }
 
 /// A table whose schema resolves conflicts with `REPLACE` deletes the rows

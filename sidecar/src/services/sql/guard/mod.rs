@@ -10,6 +10,9 @@
 //!   plugin's statement is prepared, [`sqlite::leave`] takes it back. It
 //!   sees every table and column read, every table written (columns for
 //!   `UPDATE`), every function called and every statement kind.
+//! - [`sqlite_functions`]: SQLite built-ins whose time grows with the
+//!   product of their arguments' lengths, refused past a bound on every
+//!   pooled connection (one call is one step: no deadline reaches inside).
 //! - [`postgres`]: a role per plugin whose `GRANT`s [`postgres::sync`] keeps
 //!   in step with the policy; [`postgres::enter`] switches to it inside the
 //!   call's transaction (`SET LOCAL ROLE`, `statement_timeout`,
@@ -26,6 +29,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_functions;
 
 /// Why the database's check could not be set up or switched.
 #[derive(Debug, thiserror::Error)]

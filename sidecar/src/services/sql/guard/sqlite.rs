@@ -258,7 +258,9 @@ impl Slot {
 /// [`enter`] or [`enter_host`], and caps every string and blob the
 /// connection makes at `max_value_bytes` (`SQLITE_LIMIT_LENGTH`: past it a
 /// statement fails with `SQLITE_TOOBIG`, so nested `replace()` or `||`
-/// cannot build gigabytes). Idempotent. Call it after the driver's own
+/// cannot build gigabytes), and bounds the built-ins whose time grows with
+/// the product of their arguments' lengths ([`super::sqlite_functions`]).
+/// Idempotent. Call it after the driver's own
 /// setup statements (sqlx's `PRAGMA`s run at connect, before the pool's
 /// `after_connect`).
 pub async fn install(conn: &mut SqliteConnection, max_value_bytes: u32) -> Result<(), GuardError> {
@@ -268,6 +270,8 @@ pub async fn install(conn: &mut SqliteConnection, max_value_bytes: u32) -> Resul
     // SAFETY: `db` is the open connection sqlx hands out while `handle`
     // holds its lock, so no other thread uses it during this call.
     unsafe { ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, length) };
+    // SAFETY: as above.
+    unsafe { super::sqlite_functions::register(db) }.map_err(GuardError::Sqlite)?;
     // SAFETY: `db` is the open connection sqlx hands out while `handle`
     // holds its lock, so no other thread uses it during these calls; the
     // name is a NUL-terminated constant.
