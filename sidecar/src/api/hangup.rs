@@ -72,13 +72,15 @@ impl Hangup {
         Poll::Pending
     }
 
+    /// Linux sets `POLLRDHUP` for a FIN and for everything that ends a TCP
+    /// connection (a reset, a retransmission timeout: both shut its
+    /// receiving side), so it alone says whether the client is gone.
     fn closed_now(&self) -> bool {
         let mut fds = [PollFd::new(&self.socket, PollFlags::RDHUP)];
         let now = Timespec { tv_sec: 0, tv_nsec: 0 };
         match rustix::event::poll(&mut fds, Some(&now)) {
-            Ok(0) => false,
-            Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
-            Err(_) => false,
+            Ok(0) | Err(_) => false,
+            Ok(_) => fds[0].revents().contains(PollFlags::RDHUP),
         }
     }
 }

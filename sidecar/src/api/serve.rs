@@ -40,6 +40,23 @@ pub struct ServeLimits {
 /// Largest request head (request line and headers).
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// The send buffer asked for on each served connection (Linux doubles it
+/// for its own bookkeeping). Left to itself Linux grows it to a few MiB,
+/// and a full buffer that large becomes writable again only after about a
+/// MiB has drained: at a few tens of KiB a second that is longer than
+/// `request_timeout`, so an honest reader well above the minimum rate
+/// ([`super::min_rate::MIN_READ_RATE`]) was cut off (an outside review: 32
+/// and 64 KiB/s readers of a 16 MB answer). With this size the wait for
+/// room is a few seconds at the minimum rate.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// Per-connection socket settings: no Nagle delay (answers are written
+/// whole), and the send buffer of [`SEND_BUFFER`].
+fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(stream, SEND_BUFFER);
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish for up to `drain_timeout`,
 /// and returns. Bind the listener yourself (port 0 in tests).
@@ -66,7 +83,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         let socket = ClientSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
@@ -116,4 +133,22 @@ where
         }
     }
     WithSocket(service, socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn served_connections_get_a_small_send_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let before = rustix::net::sockopt::socket_send_buffer_size(&server).unwrap();
+        tune(&server);
+        let after = rustix::net::sockopt::socket_send_buffer_size(&server).unwrap();
+        // Linux reports twice what was asked for, and no longer grows it.
+        assert_eq!(after, 2 * SEND_BUFFER, "before: {before}");
+        assert!(server.nodelay().unwrap());
+    }
 }
