@@ -98,7 +98,11 @@ impl SqlError {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let message = text(&db.message());
                 let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
-                match classify(sqlite, &code) {
+                // SQLite reports a function its authorizer refused as a
+                // plain error (code 1), not SQLITE_AUTH, in these words.
+                let refused_function = sqlite && db.message().starts_with("not authorized to use function");
+                let class = if refused_function { Class::Denied } else { classify(sqlite, &code) };
+                match class {
                     Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
                     Class::TooLarge => SqlError::TooLarge(format!(
                         "the statement needs more than the database allows (max_value_bytes, the SQLite \

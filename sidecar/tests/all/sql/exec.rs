@@ -420,6 +420,18 @@ async fn the_executor_runs_the_database_check_for_the_plugin(dialect: Dialect) {
     let mut granted = SqlConnection::open(alias, "p", &authorizer(dialect, &wide)).await.unwrap();
     let rows = granted.query(&products, sql, &[], Limits::from(&wide)).await.unwrap();
     assert_eq!(rows.rows.len(), 1);
+    drop(granted);
+
+    // A function the parser passes and SQLite's authorizer refuses is
+    // `denied` too (SQLite reports it as a plain error, not SQLITE_AUTH).
+    if dialect == Dialect::Sqlite {
+        let with_unhex = policy("functions = [\"unhex\"]");
+        let sql = "SELECT unhex('41') AS v FROM products WHERE id = 1";
+        let unhex = checked(Door::Gatehouse, dialect, &with_unhex, sql, &[]).unwrap();
+        let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &wide)).await.unwrap();
+        let error = connection.query(&unhex, sql, &[], Limits::from(&wide)).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    }
 }
 
 #[tokio::test]
