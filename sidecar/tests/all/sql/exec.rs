@@ -593,6 +593,29 @@ async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
 }
 
+/// SQLite runs its progress handler (deadline, abandoned call) only at
+/// jumps; one row may hold many calls with none between them. Attack (the
+/// second outside review): a hundred `LIKE`s, each just under the cost
+/// bound, in one row: the statement ran a minute past its 500 ms deadline.
+/// Each bounded call now asks the statement's progress check first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_bounded_calls_in_one_row_stop_at_the_deadline_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(PoolSettings { max_value_bytes: 32 << 20, ..pool(1, 1) });
+    let policy = policy("timeout = \"500ms\"");
+    let calls: Vec<&str> = std::iter::repeat_n("((?1 || name) LIKE ?2)", 100).collect();
+    let sql = format!("SELECT {} AS n FROM products WHERE id = 1", calls.join(" + "));
+    let text = Value::Text("a".repeat(1 << 20));
+    let pattern = Value::Text(format!("%{}b", "a".repeat(250)));
+    let started = std::time::Instant::now();
+    let error = query(&gateway, "p", &policy, &sql, &[text, pattern]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    // Without the check the hundred calls take far longer than this.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    let rows = query(&gateway, "p", &policy, "SELECT instr('abcabc', 'ca') AS n FROM products WHERE id = 1", &[]).await;
+    assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
+}
+
 /// A table whose schema resolves conflicts with `REPLACE` deletes the rows
 /// a write conflicts with, which no statement check can see: writes to it
 /// need `delete` as well. Attack (the outside review): an insert-only

@@ -232,11 +232,19 @@ struct Slot {
     mode: Mutex<Mode>,
     /// The schema cookie last read, and the `REPLACE` tables it had.
     schema: Mutex<Option<(i64, Arc<BTreeSet<String>>)>>,
+    /// The progress check of the statement entered last: the bounded
+    /// functions ask it before each call, since SQLite's progress handler
+    /// runs only at jumps and a row may hold thousands of calls.
+    progress: Mutex<Option<Progress>>,
 }
+
+/// Whether the statement entered last may go on (its deadline not past,
+/// its caller still waiting).
+type Progress = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Slot {
     fn new() -> Slot {
-        Slot { mode: Mutex::new(Mode::Closed), schema: Mutex::new(None) }
+        Slot { mode: Mutex::new(Mode::Closed), schema: Mutex::new(None), progress: Mutex::new(None) }
     }
 
     fn allows(&self, action: i32, first: Option<&str>, second: Option<&str>, database: Option<&str>) -> bool {
@@ -321,6 +329,18 @@ pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Resu
     enter_with_progress(conn, grant, || true).await
 }
 
+/// Whether the statement running on `db` may go on, by the progress check
+/// its [`enter_with_progress`] gave (true when none was given).
+///
+/// # Safety
+/// `db` must be the connection whose statement is running on this thread.
+pub(super) unsafe fn may_go_on(db: *mut ffi::sqlite3) -> bool {
+    // SAFETY: the caller's promise.
+    let Ok(slot) = (unsafe { slot_of(db) }) else { return true };
+    let progress = slot.progress.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    progress.is_none_or(|go_on| go_on())
+}
+
 /// [`enter`], also setting the connection's progress handler (called every
 /// 1,000 virtual-machine steps; returning `false` interrupts the
 /// statement) and forgetting its last inserted rowid (so that a non-zero
@@ -331,19 +351,22 @@ pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Resu
 pub async fn enter_with_progress(
     conn: &mut SqliteConnection,
     grant: Arc<SqliteGrant>,
-    progress: impl FnMut() -> bool + Send + 'static,
+    progress: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Result<(), GuardError> {
     if conn.cached_statements_size() > 0 {
         conn.clear_cached_statements().await?;
     }
+    let progress: Progress = Arc::new(progress);
     let mut handle = conn.lock_handle().await?;
-    handle.set_progress_handler(1000, progress);
+    let handler = progress.clone();
+    handle.set_progress_handler(1000, move || handler());
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: `db` is open and locked for us (see `install`); the call
     // only stores the value.
     unsafe { ffi::sqlite3_set_last_insert_rowid(db, 0) };
     // SAFETY: `db` is open and locked for us (see `install`).
     let slot = unsafe { slot_of(db)? };
+    *slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(progress);
     slot.set(Mode::Host);
     // SAFETY: as above; the slot is in host mode, so the reads are allowed.
     let replacing = unsafe { replacing_tables(db, slot) };
