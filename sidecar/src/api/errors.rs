@@ -54,6 +54,12 @@ pub fn bad_path() -> Response {
     respond(ErrorKind::InvalidInput, "the path is not valid: its segments must be UTF-8", None)
 }
 
+/// What a call whose client hung up answers: nobody reads it (hyper finds
+/// the connection closed), so it only ends the handler.
+pub fn client_gone() -> Response {
+    respond(ErrorKind::InvalidInput, "the client hung up", None)
+}
+
 /// No route: the same JSON shape as every other error.
 pub async fn no_route() -> Response {
     respond(ErrorKind::NotFound, "no such route", None)

@@ -85,6 +85,18 @@ impl Hangup {
     }
 }
 
+/// Runs `work` to its end, or until the client is gone (`None`: `work` was
+/// dropped, which stops a component or takes its caller out of the queue).
+pub async fn unless_client_leaves<F: std::future::Future>(hangup: Option<&mut Hangup>, work: F) -> Option<F::Output> {
+    match hangup {
+        None => Some(work.await),
+        Some(hangup) => tokio::select! {
+            output = work => Some(output),
+            () = hangup.gone() => None,
+        },
+    }
+}
+
 /// A response body that fails once its client is gone, so that hyper drops
 /// it (and with it the component) even while the component writes nothing.
 pub struct EndsWithClient<B> {

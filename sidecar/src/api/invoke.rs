@@ -22,7 +22,7 @@ use axum::routing::{any, get, post};
 use tracing::Instrument;
 
 use super::edge::RequestId;
-use super::hangup::ClientSocket;
+use super::hangup::{ClientSocket, unless_client_leaves};
 use super::{Api, errors};
 use crate::{Document, ErrorKind};
 
@@ -87,21 +87,14 @@ async fn invoke(
             .to_string();
         let started = Instant::now();
         let input = Document { content_type, body: body.to_vec() };
-        let invoked = api.runtime.invoke_with_version(&name, input);
         // hyper notices a client gone only by reading, which it stops doing
         // once a pipelined byte is in its buffer: the socket is watched.
-        let (version, outcome) = match hangup.as_mut() {
-            None => invoked.await,
-            Some(hangup) => tokio::select! {
-                invoked = invoked => invoked,
-                () = hangup.gone() => {
-                    if api.request_line(64) {
-                        tracing::info!("the client hung up before the answer; the invocation was stopped");
-                    }
-                    // Nobody reads it: hyper finds the connection closed.
-                    return errors::respond(ErrorKind::InvalidInput, "the client hung up", None);
-                }
-            },
+        let invoked = api.runtime.invoke_with_version(&name, input);
+        let Some((version, outcome)) = unless_client_leaves(hangup.as_mut(), invoked).await else {
+            if api.request_line(64) {
+                tracing::info!("the client hung up before the answer; the invocation was stopped");
+            }
+            return errors::client_gone();
         };
         api.metrics.invocation(&name, version.as_deref(), &outcome, started.elapsed());
         match outcome {

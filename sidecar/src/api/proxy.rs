@@ -12,7 +12,7 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::edge::RequestId;
-use super::hangup::{ClientSocket, EndsWithClient};
+use super::hangup::{ClientSocket, EndsWithClient, unless_client_leaves};
 use super::invoke::{WithStatus, refuse_early};
 use super::{Api, errors};
 use crate::ErrorKind;
@@ -102,21 +102,12 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
     let started = Instant::now();
     let body = DeadlineBody::new(body, api.body_timeout).boxed_unsync();
     let handled = api.runtime.handle_http(&name, axum::http::Request::from_parts(parts, body)).instrument(span.clone());
-    let (version, outcome) = match &mut hangup {
-        None => handled.await,
-        Some(hangup) => tokio::select! {
-            handled = handled => handled,
-            // Dropping the call stops the component; hyper then finds the
-            // connection closed and writes nothing.
-            () = hangup.gone() => {
-                if api.request_line(64) {
-                    let _entered = span.enter();
-                    tracing::info!("the client hung up before the answer; the component was stopped");
-                }
-                // Nobody reads it: hyper finds the connection closed.
-                return errors::respond(ErrorKind::InvalidInput, "the client hung up", None);
-            }
-        },
+    let Some((version, outcome)) = unless_client_leaves(hangup.as_mut(), handled).await else {
+        if api.request_line(64) {
+            let _entered = span.enter();
+            tracing::info!("the client hung up before the answer; the component was stopped");
+        }
+        return errors::client_gone();
     };
     if let Err(error) = &outcome {
         let text = error.to_string();
