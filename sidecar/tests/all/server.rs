@@ -384,11 +384,6 @@ fn an_answer_a_client_reads_slowly_keeps_its_plugins_slot_until_delivered() {
     let policies = Policies::new();
     policies.plugin("echo", "echo", "memory = \"64 MiB\"\nconcurrency = 1");
     let sidecar = Sidecar::start(&policies, "request_timeout = \"30s\"\nmax_body = \"8 MiB\"", &[]);
-    let in_flight = || {
-        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
-        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"echo\"}")).unwrap();
-        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
-    };
     let body: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
     let socket = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
     rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 64 * 1024).unwrap();
@@ -402,14 +397,10 @@ fn an_answer_a_client_reads_slowly_keeps_its_plugins_slot_until_delivered() {
     stalled.write_all(head.as_bytes()).unwrap();
     stalled.write_all(&body).unwrap();
     stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let started = Instant::now();
-    while in_flight() != 1 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the invocation never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sidecar.wait_in_flight("echo", 1, "the invocation never started");
     // The component is done in milliseconds; its unread answer keeps the slot.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(in_flight(), 1, "an answer nobody has read is charged to no one");
+    assert_eq!(sidecar.in_flight("echo"), 1, "an answer nobody has read is charged to no one");
     let addr = sidecar.invoke.clone();
     let next = std::thread::spawn(move || request(&addr, "POST", "/v1/plugins/echo/invoke", &[], b"next"));
     std::thread::sleep(Duration::from_millis(500));
@@ -422,11 +413,7 @@ fn an_answer_a_client_reads_slowly_keeps_its_plugins_slot_until_delivered() {
     assert!(received[at..] == body[..], "the answer changed");
     let (status, _, answer) = next.join().unwrap();
     assert_eq!((status, answer.as_slice()), (200, b"next".as_slice()));
-    let started = Instant::now();
-    while in_flight() != 0 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the slot outlived its delivered answer");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sidecar.wait_in_flight("echo", 0, "the slot outlived its delivered answer");
 }
 
 #[test]
@@ -653,11 +640,6 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
     let policies = Policies::new();
     policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
     let sidecar = Sidecar::start(&policies, "", &[]);
-    let in_flight = || {
-        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
-        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"hello\"}")).unwrap();
-        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
-    };
     let clients: Vec<TcpStream> = (0..2 + 2 * 4)
         .map(|_| {
             let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
@@ -665,18 +647,11 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
             client
         })
         .collect();
-    let started = Instant::now();
-    while in_flight() != 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the spinners never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sidecar.wait_in_flight("hello", 2, "the spinners never started");
     std::thread::sleep(Duration::from_millis(200));
     drop(clients);
     let hung_up = Instant::now();
-    while in_flight() != 0 {
-        assert!(hung_up.elapsed() < Duration::from_secs(10), "still running after the clients hung up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sidecar.wait_in_flight("hello", 0, "still running after the clients hung up");
     // Nobody is left in the queue either: a new client is served now.
     let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
     assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
@@ -696,13 +671,9 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up() {
         let mut first = [0u8; 64];
         assert!(client.read(&mut first).unwrap() > 0, "no answer head");
     }
-    assert_eq!(in_flight(), 2);
+    assert_eq!(sidecar.in_flight("hello"), 2);
     drop(clients);
-    let hung_up = Instant::now();
-    while in_flight() != 0 {
-        assert!(hung_up.elapsed() < Duration::from_secs(10), "still dripping after the clients hung up");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    sidecar.wait_in_flight("hello", 0, "still dripping after the clients hung up");
 }
 
 #[test]
@@ -717,18 +688,6 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up_with_its_body_unread() {
     let policies = Policies::new();
     policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
     let sidecar = Sidecar::start(&policies, "", &[]);
-    let in_flight = || {
-        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
-        let line = metrics.lines().find(|l| l.starts_with("gatehouse_plugin_in_flight{plugin=\"hello\"}")).unwrap();
-        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
-    };
-    let wait_for = |count: u32, what: &str| {
-        let started = Instant::now();
-        while in_flight() != count {
-            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     let body = vec![b'b'; 100_000];
     let clients: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -739,11 +698,11 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up_with_its_body_unread() {
             client
         })
         .collect();
-    wait_for(2, "the spinners never started");
+    sidecar.wait_in_flight("hello", 2, "the spinners never started");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(in_flight(), 2, "a client still connected was taken for gone");
+    assert_eq!(sidecar.in_flight("hello"), 2, "a client still connected was taken for gone");
     drop(clients);
-    wait_for(0, "still spinning after the clients hung up with their bodies unread");
+    sidecar.wait_in_flight("hello", 0, "still spinning after the clients hung up with their bodies unread");
 
     let mut clients: Vec<TcpStream> = (0..2)
         .map(|_| {
@@ -760,9 +719,9 @@ fn a_wasi_http_component_stops_when_its_client_hangs_up_with_its_body_unread() {
         assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&head[..n]));
     }
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(in_flight(), 2, "a client still connected was taken for gone");
+    assert_eq!(sidecar.in_flight("hello"), 2, "a client still connected was taken for gone");
     drop(clients);
-    wait_for(0, "still holding after the clients hung up with their bodies half sent");
+    sidecar.wait_in_flight("hello", 0, "still holding after the clients hung up with their bodies half sent");
 }
 
 #[test]
@@ -778,19 +737,6 @@ fn a_call_stops_when_its_client_hangs_up_behind_a_pipelined_byte() {
     policies.proxy("hello", "concurrency = 2\ntimeout = \"20s\"");
     policies.plugin("slow", "sleeper", "concurrency = 1\ntimeout = \"30s\"");
     let sidecar = Sidecar::start(&policies, "", &[]);
-    let in_flight = |plugin: &str| {
-        let metrics = String::from_utf8(sidecar.get(&sidecar.invoke, "/metrics").2).unwrap();
-        let prefix = format!("gatehouse_plugin_in_flight{{plugin=\"{plugin}\"}}");
-        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap();
-        line.rsplit(' ').next().unwrap().parse::<u32>().unwrap()
-    };
-    let wait_for = |plugin: &str, count: u32, what: &str| {
-        let started = Instant::now();
-        while in_flight(plugin) != count {
-            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
     let clients: Vec<TcpStream> = (0..4)
         .map(|_| {
             let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
@@ -798,26 +744,26 @@ fn a_call_stops_when_its_client_hangs_up_behind_a_pipelined_byte() {
             client
         })
         .collect();
-    wait_for("hello", 2, "the spinners never started");
+    sidecar.wait_in_flight("hello", 2, "the spinners never started");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(in_flight("hello"), 2, "a client still connected was taken for gone");
+    assert_eq!(sidecar.in_flight("hello"), 2, "a client still connected was taken for gone");
     for client in &clients {
         // A reset, not a close: the pipelined byte is unread.
         rustix::net::sockopt::set_socket_linger(client, Some(Duration::ZERO)).unwrap();
     }
     drop(clients);
-    wait_for("hello", 0, "still spinning after the clients hung up behind a pipelined byte");
+    sidecar.wait_in_flight("hello", 0, "still spinning after the clients hung up behind a pipelined byte");
     // The queued ones left as well: a new client is served now.
     let (status, _, body) = request(&sidecar.invoke, "GET", "/p/hello/", &[], b"");
     assert_eq!((status, body.as_slice()), (200, b"hello from a wasi:http component\n".as_slice()));
 
     let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
     client.write_all(b"POST /v1/plugins/slow/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n20000P").unwrap();
-    wait_for("slow", 1, "the sleeper never started");
+    sidecar.wait_in_flight("slow", 1, "the sleeper never started");
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(in_flight("slow"), 1, "a client still connected was taken for gone");
+    assert_eq!(sidecar.in_flight("slow"), 1, "a client still connected was taken for gone");
     drop(client);
-    wait_for("slow", 0, "still sleeping after the client hung up behind a pipelined byte");
+    sidecar.wait_in_flight("slow", 0, "still sleeping after the client hung up behind a pipelined byte");
 }
 
 /// The `gatehouse __compile` workers whose parent is `parent`.

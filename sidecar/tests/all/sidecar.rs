@@ -104,6 +104,23 @@ impl Sidecar {
         request(addr, "GET", path, &[], b"")
     }
 
+    /// `gatehouse_plugin_in_flight` of `plugin`, from `/metrics`.
+    pub fn in_flight(&self, plugin: &str) -> u32 {
+        let metrics = String::from_utf8(self.get(&self.invoke, "/metrics").2).unwrap();
+        let prefix = format!("gatehouse_plugin_in_flight{{plugin=\"{plugin}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}"));
+        line[prefix.len()..].parse().unwrap()
+    }
+
+    /// Waits up to 10 s for `plugin` to have `count` calls in flight.
+    pub fn wait_in_flight(&self, plugin: &str, count: u32, what: &str) {
+        let started = Instant::now();
+        while self.in_flight(plugin) != count {
+            assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn invoke(&self, plugin: &str, body: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
         request(
             &self.invoke,
