@@ -34,25 +34,25 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(200);
 pub struct ClientSocket(pub(super) RawFd);
 
 impl ClientSocket {
-    /// A watch on the client's side of the connection. Must be called
-    /// while the request is being handled (its connection is then open);
-    /// the watch keeps a descriptor of its own, so a number closed and
-    /// reused later is never watched by mistake.
-    #[allow(unsafe_code)]
-    pub fn watch(self) -> Option<Hangup> {
-        // SAFETY: the connection owns this descriptor for as long as it
-        // serves the request whose handler calls this.
-        let socket = unsafe { BorrowedFd::borrow_raw(self.0) };
-        let own = rustix::io::fcntl_dupfd_cloexec(socket, 0).ok()?;
-        let mut tick = tokio::time::interval(CHECK_EVERY);
+    /// A watch on the client's side of the connection, checked first after
+    /// [`CHECK_EVERY`]: a call that ends sooner costs a timer and no system
+    /// call. Must be used only while the request is being handled (its
+    /// connection is then open); at its first check the watch takes a
+    /// descriptor of its own, so a number closed and reused later is never
+    /// watched by mistake.
+    pub fn watch(self) -> Hangup {
+        let start = tokio::time::Instant::now() + CHECK_EVERY;
+        let mut tick = tokio::time::interval_at(start, CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Some(Hangup { socket: own, tick })
+        Hangup { client: self, socket: None, tick }
     }
 }
 
 /// A watch on one client connection: see [`Hangup::gone`].
 pub struct Hangup {
-    socket: OwnedFd,
+    client: ClientSocket,
+    /// Our duplicate of the client's descriptor, from the first check on.
+    socket: Option<OwnedFd>,
     tick: tokio::time::Interval,
 }
 
@@ -75,8 +75,17 @@ impl Hangup {
     /// Linux sets `POLLRDHUP` for a FIN and for everything that ends a TCP
     /// connection (a reset, a retransmission timeout: both shut its
     /// receiving side), so it alone says whether the client is gone.
-    fn closed_now(&self) -> bool {
-        let mut fds = [PollFd::new(&self.socket, PollFlags::RDHUP)];
+    #[allow(unsafe_code)]
+    fn closed_now(&mut self) -> bool {
+        if self.socket.is_none() {
+            // SAFETY: a watch is polled only by the connection's own task
+            // (in the request's handler or its answer's body), while the
+            // connection owns this descriptor.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(self.client.0) };
+            self.socket = rustix::io::fcntl_dupfd_cloexec(borrowed, 0).ok();
+        }
+        let Some(socket) = &self.socket else { return false };
+        let mut fds = [PollFd::new(socket, PollFlags::RDHUP)];
         let now = Timespec { tv_sec: 0, tv_nsec: 0 };
         match rustix::event::poll(&mut fds, Some(&now)) {
             Ok(0) | Err(_) => false,
@@ -153,7 +162,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut watch = ClientSocket(server.as_raw_fd()).watch().unwrap();
+        let mut watch = ClientSocket(server.as_raw_fd()).watch();
         // Bytes waiting unread are not a hang-up.
         client.write_all(&[7u8; 100_000]).await.unwrap();
         let early = tokio::time::timeout(3 * CHECK_EVERY, watch.gone()).await;

@@ -52,7 +52,7 @@ async fn invoke(
     body: Body,
 ) -> Response {
     let Ok(Path(name)) = name else { return errors::bad_path() };
-    let mut hangup = socket.and_then(|axum::Extension(socket)| socket.watch());
+    let mut hangup = socket.map(|axum::Extension(socket)| socket.watch());
     if let Some(refusal) = refuse_early(&api, &headers) {
         return refusal;
     }

@@ -75,7 +75,7 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
     // hyper notices a client gone only by reading, which it stops doing
     // with a body the component has not read or a pipelined byte in its
     // buffer: the socket is watched instead.
-    let mut hangup = request.extensions().get::<ClientSocket>().and_then(|socket| socket.watch());
+    let mut hangup = request.extensions().get::<ClientSocket>().map(|socket| socket.watch());
     let (mut parts, body) = request.into_parts();
     let Some((seen, prefix)) = parts.uri.path_and_query().and_then(strip_prefix) else {
         return errors::bad_path();
