@@ -92,7 +92,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(stream), with_socket(service.clone(), socket));
+            .serve_connection(TokioIo::new(stream), WithSocket(service.clone(), socket));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _slot = slot;
@@ -105,34 +105,23 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
     }
 }
 
-/// `service`, with each request carrying the connection it came in on (for
-/// [`super::hangup`]).
-fn with_socket<S>(
-    service: S,
-    socket: ClientSocket,
-) -> impl hyper::service::Service<
-    hyper::Request<hyper::body::Incoming>,
-    Response = S::Response,
-    Error = S::Error,
-    Future = S::Future,
-> + Clone
+/// A connection's service: each request carries the connection it came in
+/// on (for [`super::hangup`]).
+#[derive(Clone)]
+struct WithSocket<S>(S, ClientSocket);
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithSocket<S>
 where
-    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>> + Clone,
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>>,
 {
-    #[derive(Clone)]
-    struct WithSocket<S>(S, ClientSocket);
-    impl<S: hyper::service::Service<hyper::Request<hyper::body::Incoming>>>
-        hyper::service::Service<hyper::Request<hyper::body::Incoming>> for WithSocket<S>
-    {
-        type Response = S::Response;
-        type Error = S::Error;
-        type Future = S::Future;
-        fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-            request.extensions_mut().insert(self.1);
-            self.0.call(request)
-        }
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.1);
+        self.0.call(request)
     }
-    WithSocket(service, socket)
 }
 
 #[cfg(test)]
