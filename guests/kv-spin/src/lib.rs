@@ -17,6 +17,11 @@
 //!   until it answers (what a careless or hostile component does);
 //! - `POST /cas-incr?key=K`: adds one with `cas` + `swap`, retrying with
 //!   the handle `cas-failed` returns; answers `value retries`;
+//! - `POST /cas-blind?key=K` (body: the value): takes a `cas` handle,
+//!   overwrites the key itself, then swaps the body in with the stale
+//!   handle and, when that fails, once more with the fresh handle
+//!   `cas-failed` returns, without reading it; answers `first second`
+//!   (`ok` or `failed` each);
 //! - `GET /many?keys=a,b`: `get-many`, `key=value` or `key absent` lines;
 //! - `POST /set-many` (body: `key=value` lines), `POST /delete-many?keys=a,b`.
 //!
@@ -122,6 +127,21 @@ impl Guest for Spin {
                             Err(atomics::CasError::StoreError(error)) => return Err(error),
                         }
                     }
+                }
+                "/cas-blind" => {
+                    let stale = atomics::Cas::new(&bucket, &key)?;
+                    bucket.set(&key, b"changed")?;
+                    let outcome = |swap: Result<(), atomics::CasError>| match swap {
+                        Ok(()) => Ok(("ok", None)),
+                        Err(atomics::CasError::CasFailed(fresh)) => Ok(("failed", Some(fresh))),
+                        Err(atomics::CasError::StoreError(error)) => Err(error),
+                    };
+                    let (first, fresh) = outcome(atomics::swap(stale, &body))?;
+                    let second = match fresh {
+                        Some(fresh) => outcome(atomics::swap(fresh, &body))?.0,
+                        None => "-",
+                    };
+                    (200, format!("{first} {second}").into_bytes())
                 }
                 "/many" => {
                     let keys: Vec<String> = param("keys").unwrap_or_default().split(',').map(String::from).collect();

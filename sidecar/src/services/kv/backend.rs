@@ -307,10 +307,11 @@ pub fn check_new_key(quota: &Quota, key: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Reads a stored counter: decimal ASCII, optional leading `-`.
+/// Reads a stored counter: decimal ASCII digits, optional leading `-`
+/// (Rust's parser alone would also take a leading `+`).
 pub fn parse_counter(value: &[u8]) -> Option<i64> {
     let digits = value.strip_prefix(b"-").unwrap_or(value);
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
@@ -340,11 +341,30 @@ mod tests {
         }
     }
 
+    /// The length check admits exactly the cursors of 1- to
+    /// MAX_KEY_CEILING-byte keys: a shorter or longer one (well-formed
+    /// otherwise) is refused before it is decoded.
+    #[test]
+    fn cursor_lengths_are_checked_at_both_ends() {
+        let a = Namespace::new("alpha", "default").unwrap();
+        for key in ["k".to_string(), "k".repeat(MAX_KEY_CEILING as usize)] {
+            assert_eq!(a.resume_after(&a.cursor_after(&key)).unwrap(), key);
+        }
+        for key in [String::new(), "k".repeat(MAX_KEY_CEILING as usize + 1)] {
+            let err = a.resume_after(&a.cursor_after(&key)).unwrap_err().to_string();
+            assert!(err.contains("wrong length"), "{} bytes: {err}", key.len());
+        }
+    }
+
     #[test]
     fn counters_table() {
-        for (text, value) in
-            [("0", Some(0)), ("-5", Some(-5)), ("007", Some(7)), ("9223372036854775807", Some(i64::MAX))]
-        {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("-5", Some(-5)),
+            ("007", Some(7)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("000000000000000000000042", Some(42)),
+        ] {
             assert_eq!(parse_counter(text.as_bytes()), value, "{text}");
         }
         for bad in ["", "-", "+1", " 1", "1 ", "1.0", "0x1", "9223372036854775808", "abc", "١"] {
@@ -358,6 +378,15 @@ mod tests {
         assert!(check_key(&"k".repeat(4096)).is_ok());
         assert!(check_key(&"k".repeat(4097)).is_err());
         assert!(check_prefix("").is_ok());
+        assert!(check_prefix(&"k".repeat(4096)).is_ok());
+        assert!(check_prefix(&"k".repeat(4097)).is_err());
+        assert!(check_batch_len(MAX_BATCH_ITEMS).is_ok());
+        assert!(check_batch_len(MAX_BATCH_ITEMS + 1).is_err());
+        let ceiling = vec![0u8; super::super::policy::MAX_VALUE_CEILING as usize];
+        assert!(check_expected(None).is_ok());
+        assert!(check_expected(Some(&ceiling)).is_ok());
+        let over = vec![0u8; ceiling.len() + 1];
+        assert!(matches!(check_expected(Some(&over)), Err(KvError::InvalidInput(_))));
         assert!(check_limit(0).is_err());
         assert_eq!(check_limit(5000).unwrap(), MAX_PAGE);
         let plugin = Namespace::new("Alpha", "default").unwrap_err().to_string();

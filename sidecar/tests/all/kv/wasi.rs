@@ -83,6 +83,11 @@ fn both_drafts_serve_the_store_the_batches_and_the_counters() {
     }
     // draft2 only: a compare-and-swap round.
     assert_eq!(ok(&sidecar, "POST", "spin", "/cas-incr?key=n", b""), "8 0");
+    // A handle taken before another write fails its swap; the handle
+    // `cas-failed` returns holds what is stored now, so swapping with it
+    // succeeds without reading first.
+    assert_eq!(ok(&sidecar, "POST", "spin", "/cas-blind?key=blind", b"mine"), "failed ok");
+    assert_eq!(ok(&sidecar, "GET", "spin", "/get?key=blind", b""), "mine");
     // draft only: a counter another door made negative is not a u64.
     ok(&sidecar, "PUT", "cloud", "/set?key=neg", b"-3");
     let (_, text) = call(&sidecar, "POST", "cloud", "/incr?key=neg", b"");
