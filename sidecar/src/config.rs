@@ -55,6 +55,10 @@ pub struct AuditSettings {
     /// `None`: the name of the existing key, or `gatehouse/<hostname>`
     /// for a new one.
     pub origin: Option<String>,
+    /// `require_approval` (default false): grants that would grow beyond
+    /// what a person approved wait for `gatehouse grants approve` (see
+    /// `crate::audit::approval`). Needs the log.
+    pub require_approval: bool,
 }
 
 /// `[kv]` in `gatehouse.toml` (the store; each plugin's grant is the
@@ -165,6 +169,7 @@ struct AuditSection {
     enabled: Option<bool>,
     key: Option<PathBuf>,
     origin: Option<String>,
+    require_approval: Option<bool>,
 }
 
 /// `[kv]`.
@@ -348,7 +353,11 @@ impl Config {
             enabled: raw.audit.enabled.unwrap_or(true),
             key: raw.audit.key.map(resolve).unwrap_or_else(|| data_dir.join(crate::audit::KEY_FILE)),
             origin: raw.audit.origin,
+            require_approval: raw.audit.require_approval.unwrap_or(false),
         };
+        if audit.require_approval && !audit.enabled {
+            return Err("[audit] require_approval needs the audit log: it keeps the approvals (enabled = true)".into());
+        }
         if let Some(origin) = &audit.origin {
             crate::audit::note::check_name(origin).map_err(|_| {
                 "[audit] origin: 1 to 128 characters, without spaces, control characters or `+` \
@@ -629,12 +638,25 @@ mod tests {
         let path = dir.path().join("gatehouse.toml");
         std::fs::write(&path, "data_dir = \"state\"\n").unwrap();
         let audit = Config::load(&path).unwrap().audit;
-        assert_eq!(audit, AuditSettings { enabled: true, key: dir.path().join("state/audit/key"), origin: None });
+        assert_eq!(
+            audit,
+            AuditSettings {
+                enabled: true,
+                key: dir.path().join("state/audit/key"),
+                origin: None,
+                require_approval: false
+            }
+        );
         std::fs::write(&path, "[audit]\nenabled = false\nkey = \"k\"\norigin = \"example.com/log\"\n").unwrap();
         let audit = Config::load(&path).unwrap().audit;
         assert_eq!(
             audit,
-            AuditSettings { enabled: false, key: dir.path().join("k"), origin: Some("example.com/log".into()) }
+            AuditSettings {
+                enabled: false,
+                key: dir.path().join("k"),
+                origin: Some("example.com/log".into()),
+                require_approval: false
+            }
         );
         for origin in ["a b", "a+b", ""] {
             let error = load(&format!("[audit]\norigin = {origin:?}\n")).unwrap_err().to_string();

@@ -40,6 +40,7 @@ pub fn router(api: Arc<Api>, tokens: AdminTokens) -> Router {
         .route("/admin/databases", get(databases))
         .merge(super::kv::routes())
         .merge(super::audit::routes())
+        .merge(super::approvals::routes())
         .fallback(super::errors::no_route)
         .method_not_allowed_fallback(super::errors::wrong_method)
         .with_state(api)

@@ -19,6 +19,7 @@
 //! - [`hangup`]: noticing a client gone while hyper does not read its connection.
 
 pub mod admin;
+mod approvals;
 pub mod audit;
 pub mod edge;
 pub mod errors;
@@ -64,6 +65,8 @@ pub struct Api {
     pub databases: Arc<Databases>,
     /// Whether `/readyz` also waits for every policy to be served.
     pub ready_when: ReadyWhen,
+    /// `[audit] require_approval`: grants that grow wait for a person.
+    pub require_approval: bool,
     loaded: AtomicBool,
     /// The budget of the server's own per-request lines.
     request_lines: LogWindow,
@@ -119,6 +122,9 @@ pub struct ReloadSummary {
     /// Why the audit log could not record the changes (they then did not
     /// take effect).
     pub audit_error: Option<String>,
+    /// Plugins whose new grants wait for approval (`[audit]
+    /// require_approval`): each keeps the version it had, if any.
+    pub pending: Vec<String>,
 }
 
 pub use crate::audit::Trigger;
@@ -144,6 +150,7 @@ impl Api {
             plugin_dir_origin: config.plugin_dir_origin.clone(),
             databases,
             ready_when: server.ready_when,
+            require_approval: config.audit.require_approval,
             loaded: AtomicBool::new(false),
             unserved: Default::default(),
             request_lines: LogWindow::new(MAX_REQUEST_LINES_PER_SECOND, MAX_REQUEST_LINE_BYTES_PER_SECOND),
@@ -256,8 +263,14 @@ impl Api {
                     applied: false,
                     audit_entries: None,
                     audit_error: None,
+                    pending: Vec::new(),
                 };
             }
+        };
+        let mut load = load;
+        let pending = match self.hold_for_approval(&mut load, &actor).await {
+            Ok(pending) => pending,
+            Err(reason) => return self.unrecorded(trigger, first, Vec::new(), reason),
         };
         let mut errors: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
         for error in &load.errors {
@@ -283,20 +296,8 @@ impl Api {
         let report = match outcome {
             Ok(report) => report,
             Err((report, reason)) => {
-                let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
-                let keeping = if first { "nothing is loaded" } else { "the grants in force are unchanged" };
-                tracing::error!(trigger, error = %reason, "the audit log cannot record the grant changes; {keeping}");
                 errors.extend(report.refused.iter().map(|e| e.to_string()));
-                errors.push(format!("audit log: {reason}; {keeping}"));
-                self.unserved.write().unwrap_or_else(|p| p.into_inner()).audit = Some(reason.clone());
-                self.loaded.store(true, Ordering::Release);
-                return ReloadSummary {
-                    loaded: self.names(),
-                    errors,
-                    applied: false,
-                    audit_entries: Some(0),
-                    audit_error: Some(reason),
-                };
+                return self.unrecorded(trigger, first, errors, reason);
             }
         };
         errors.extend(report.refused.iter().map(|e| e.to_string()));
@@ -309,7 +310,8 @@ impl Api {
             .collect();
         *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files, audit: None };
         self.loaded.store(true, Ordering::Release);
-        let summary = ReloadSummary { loaded: self.names(), errors, applied: true, audit_entries, audit_error: None };
+        let summary =
+            ReloadSummary { loaded: self.names(), errors, applied: true, audit_entries, audit_error: None, pending };
         tracing::info!(
             trigger,
             loaded = ?summary.loaded,
@@ -318,6 +320,56 @@ impl Api {
             "policies loaded"
         );
         summary
+    }
+
+    /// With `[audit] require_approval`: takes out of `load` the plugins
+    /// whose grants would grow beyond the approved ones, each turned into
+    /// a refusal of its policy file (so a loaded version stays, a new
+    /// plugin stays out), and returns their names. The audit log records
+    /// what newly waits. `Err`: the log could not be read or written.
+    async fn hold_for_approval(&self, load: &mut policy::PolicyLoad, actor: &Trigger) -> Result<Vec<String>, String> {
+        let Some(trail) = self.services.audit.clone().filter(|_| self.require_approval) else {
+            return Ok(Vec::new());
+        };
+        let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
+        let actor = actor.clone();
+        let held = tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>()))
+            .await
+            .map_err(|e| format!("the audit log's append did not finish: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let mut pending = Vec::new();
+        for held in held {
+            if let Some(policy) = load.set.plugins.remove(&held.plugin) {
+                tracing::warn!(plugin = %held.plugin, reason = %held.reason, "grants held for approval");
+                load.errors.push(policy::PolicyError {
+                    file: policy.file,
+                    line: None,
+                    reason: held.reason,
+                    plugin: Some(held.plugin.clone()),
+                });
+                pending.push(held.plugin);
+            }
+        }
+        Ok(pending)
+    }
+
+    /// The summary of a (re)load whose grant changes the audit log could
+    /// not record, so nothing changed.
+    fn unrecorded(&self, trigger: &str, first: bool, mut errors: Vec<String>, reason: String) -> ReloadSummary {
+        let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
+        let keeping = if first { "nothing is loaded" } else { "the grants in force are unchanged" };
+        tracing::error!(trigger, error = %reason, "the audit log cannot record the grant changes; {keeping}");
+        errors.push(format!("audit log: {reason}; {keeping}"));
+        self.unserved.write().unwrap_or_else(|p| p.into_inner()).audit = Some(reason.clone());
+        self.loaded.store(true, Ordering::Release);
+        ReloadSummary {
+            loaded: self.names(),
+            errors,
+            applied: false,
+            audit_entries: Some(0),
+            audit_error: Some(reason),
+            pending: Vec::new(),
+        }
     }
 
     fn names(&self) -> Vec<String> {

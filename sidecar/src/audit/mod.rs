@@ -21,6 +21,8 @@
 //! - [`trail`]: [`AuditTrail`], the log in the running sidecar: grant
 //!   changes recorded before they take effect, the grants in force kept
 //!   beside the entries.
+//! - [`approval`]: which grant changes wait for a person, and where the
+//!   approvals are kept.
 //!
 //! # Crates
 //! `signed_note` and `tlog_tiles` (crates.io, Cloudflare's ports of Go's
@@ -33,6 +35,7 @@
 //! vectors, and both crates are used in the tests as the independent
 //! implementation that must accept our checkpoints and proofs.
 
+pub mod approval;
 pub mod canonical;
 pub mod checkpoint;
 pub mod entry;

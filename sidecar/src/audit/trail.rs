@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
+use super::approval::{Decision, Row, UnreadableRow, approved, growth, is_plugin_row, row};
 use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
 use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH};
 use super::note::{NoteSigner, NoteVerifier};
@@ -63,6 +64,37 @@ pub enum RecordError {
     /// The grants in force recorded in the store cannot be read.
     #[error("the grants recorded in force for plugin `{0}` cannot be read")]
     State(String),
+    /// An approval or rejection of a plugin with nothing pending.
+    #[error("plugin `{0}` has no grants waiting for approval")]
+    NotPending(String),
+}
+
+impl From<UnreadableRow> for RecordError {
+    fn from(e: UnreadableRow) -> Self {
+        RecordError::State(e.0)
+    }
+}
+
+/// A plugin whose next grants wait for a person ([`AuditTrail::screen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The plugin.
+    pub plugin: String,
+    /// Why, naming the items that grow and what to run.
+    pub reason: String,
+}
+
+/// Approval rows of the store ([`AuditTrail::approvals`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalState {
+    /// The plugin.
+    pub plugin: String,
+    /// `pending` or `rejected`.
+    pub row: Row,
+    /// The grants waiting or rejected.
+    pub grants: Value,
+    /// What they add to the approved grants.
+    pub growth: Vec<GrantChange>,
 }
 
 /// Why the log could not be opened at start.
@@ -237,11 +269,7 @@ impl AuditTrail {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let outcome = self.record_locked(trigger, in_force);
         match &outcome {
-            Ok(recorded) if recorded.entries > 0 => {
-                self.metrics.appended.fetch_add(recorded.entries, Ordering::Relaxed);
-                self.metrics.size.store(recorded.size, Ordering::Relaxed);
-                self.metrics.signed_at(SystemTime::now());
-            }
+            Ok(recorded) if recorded.entries > 0 => self.counted(recorded.entries, recorded.size),
             Ok(_) => {}
             Err(_) => {
                 self.metrics.failures.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +282,7 @@ impl AuditTrail {
         let log = self.open_log()?;
         let recorded = log.grants()?;
         let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
-        for (plugin, bytes) in &recorded {
+        for (plugin, bytes) in recorded.iter().filter(|(key, _)| is_plugin_row(key)) {
             let row: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.clone()))?;
             let file = row["file"].as_str().unwrap_or_default().to_string();
             before.insert(plugin.clone(), (file, row["grants"].clone()));
@@ -275,14 +303,14 @@ impl AuditTrail {
                 continue;
             }
             let actor = match (trigger, new) {
-                (Trigger::Admin(token), _) => format!("admin:{token}"),
-                (Trigger::Disk, Some(policy)) => file_actor(&policy.file, Some(policy.file_sha256)),
+                (_, Some(policy)) => actor(trigger, policy),
+                (Trigger::Admin(token), None) => format!("admin:{token}"),
                 (Trigger::Disk, None) => {
                     let file = PathBuf::from(old.map(|(f, _)| f.as_str()).unwrap_or_default());
                     file_actor(&file, current_hash(&file))
                 }
             };
-            batch.extend(changes.into_iter().map(|change| entry(&actor, change)));
+            batch.extend(changes.into_iter().map(|change| entry(&actor, change, None)));
             let row = match (new, new_grants) {
                 (Some(policy), Some(value)) => {
                     let row = json!({ "file": policy.file.to_string_lossy(), "grants": value });
@@ -301,16 +329,151 @@ impl AuditTrail {
         let appended = log.append_with_state(&batch, &state)?;
         Ok(Recorded { entries: batch.len() as u64, size: appended.size })
     }
+
+    /// Sorts `next` (the policies a reload would put in force) into those
+    /// that may take effect and those [`Held`] for approval (see
+    /// [`super::approval`]). Grants newly waiting are recorded (a
+    /// `requested` entry per item that grows, and the pending row) in one
+    /// durable batch; pending grants no longer asked for are `withdrawn`.
+    /// Blocking: call it off the async executor.
+    pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Vec<Held>, RecordError> {
+        let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        let log = self.open_log()?;
+        let rows = log.grants()?;
+        let mut batch = Vec::new();
+        let mut state = Vec::new();
+        let mut held = Vec::new();
+        for policy in next {
+            let name = policy.name.as_str();
+            let value = grants(policy);
+            let approved = approved(&rows, name)?;
+            let grows = growth(name, approved.as_ref(), &value);
+            let pending = row(&rows, Row::Pending, name)?;
+            let actor = actor(trigger, policy);
+            if grows.is_empty() {
+                if let Some(pending) = pending {
+                    let change =
+                        Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };
+                    batch.push(NewEntry { actor, plugin: Some(name.to_string()), change });
+                    state.push((Row::Pending.key(name), None));
+                }
+                continue;
+            }
+            let items = shown_items(&grows);
+            if row(&rows, Row::Rejected, name)?.as_ref() == Some(&value) {
+                let reason = format!(
+                    "its grants were rejected (they would grow: {items}); the loaded version, if any, stays \
+                     until the policy or the manifest asks for something else"
+                );
+                held.push(Held { plugin: name.to_string(), reason });
+                continue;
+            }
+            let reason = format!(
+                "waiting for approval: its grants would grow ({items}); `gatehouse grants approve {name}` or \
+                 POST /admin/approvals/{name}"
+            );
+            held.push(Held { plugin: name.to_string(), reason });
+            if pending.as_ref() != Some(&value) {
+                batch.extend(grows.into_iter().map(|change| entry(&actor, change, Some("requested"))));
+                let bytes = canonical::to_vec(&value).map_err(|_| RecordError::State(name.to_string()))?;
+                state.push((Row::Pending.key(name), Some(bytes)));
+                // A new request supersedes a rejected one.
+                state.push((Row::Rejected.key(name), None));
+            }
+        }
+        if batch.len() > MAX_BATCH {
+            return Err(RecordError::TooMany(batch.len()));
+        }
+        if !batch.is_empty() {
+            let appended = log.append_with_state(&batch, &state)?;
+            self.counted(batch.len() as u64, appended.size);
+        }
+        Ok(held)
+    }
+
+    /// Approves or rejects the grants pending for `plugin`, in one durable
+    /// batch: an `approved` or `rejected` entry naming `actor` (with the
+    /// grants approved before and the grants decided on), and the rows
+    /// (approved: they become the approved grants; rejected: they are held
+    /// until something else is asked for). The decision takes effect at
+    /// the next reload. Blocking.
+    pub fn decide(&self, plugin: &str, decision: Decision, actor: &str) -> Result<Recorded, RecordError> {
+        let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        let log = self.open_log()?;
+        let rows = log.grants()?;
+        let pending = row(&rows, Row::Pending, plugin)?.ok_or_else(|| RecordError::NotPending(plugin.to_string()))?;
+        let before = approved(&rows, plugin)?;
+        let bytes = canonical::to_vec(&pending).map_err(|_| RecordError::State(plugin.to_string()))?;
+        let change = Change { kind: decision.kind().into(), item: String::new(), before, after: Some(pending) };
+        let entry = NewEntry { actor: actor.to_string(), plugin: Some(plugin.to_string()), change };
+        let mut state = vec![(Row::Pending.key(plugin), None)];
+        match decision {
+            Decision::Approve => {
+                state.push((Row::Approved.key(plugin), Some(bytes)));
+                state.push((Row::Rejected.key(plugin), None));
+            }
+            Decision::Reject => state.push((Row::Rejected.key(plugin), Some(bytes))),
+        }
+        let appended = log.append_with_state(&[entry], &state)?;
+        self.counted(1, appended.size);
+        Ok(Recorded { entries: 1, size: appended.size })
+    }
+
+    /// The grants pending or rejected, by plugin, each with what it adds
+    /// to the approved grants.
+    pub fn approvals(&self) -> Result<Vec<ApprovalState>, RecordError> {
+        let rows = self.read(|reader| reader.grants())?;
+        let mut out = Vec::new();
+        for key in rows.keys() {
+            let Some((prefix, plugin)) = key.split_once(':') else { continue };
+            let which = match prefix {
+                "pending" => Row::Pending,
+                "rejected" => Row::Rejected,
+                _ => continue,
+            };
+            let Some(grants) = row(&rows, which, plugin)? else { continue };
+            let growth = growth(plugin, approved(&rows, plugin)?.as_ref(), &grants);
+            out.push(ApprovalState { plugin: plugin.to_string(), row: which, grants, growth });
+        }
+        Ok(out)
+    }
+
+    fn counted(&self, entries: u64, size: u64) {
+        self.metrics.appended.fetch_add(entries, Ordering::Relaxed);
+        self.metrics.size.store(size, Ordering::Relaxed);
+        self.metrics.signed_at(SystemTime::now());
+    }
 }
 
-/// One grant change as an entry: `added` (no value before), `removed`
-/// (none after) or `changed`.
-fn entry(actor: &str, change: GrantChange) -> NewEntry {
-    let kind = match (&change.before, &change.after) {
+/// The items that grow, for a one-line reason: at most five, then a count.
+fn shown_items(changes: &[GrantChange]) -> String {
+    let mut items: Vec<&str> =
+        changes.iter().map(|c| if c.item.is_empty() { "a new plugin" } else { c.item.as_str() }).collect();
+    items.dedup();
+    let more = items.len().saturating_sub(5);
+    let mut shown = items.into_iter().take(5).collect::<Vec<_>>().join(", ");
+    if more > 0 {
+        shown.push_str(&format!(" and {more} more"));
+    }
+    shown
+}
+
+/// The actor of changes a reload makes to `policy`'s grants.
+fn actor(trigger: &Trigger, policy: &PluginPolicy) -> String {
+    match trigger {
+        Trigger::Admin(token) => format!("admin:{token}"),
+        Trigger::Disk => file_actor(&policy.file, Some(policy.file_sha256)),
+    }
+}
+
+/// One grant change as an entry: `kind`, else `added` (no value before),
+/// `removed` (none after) or `changed`.
+fn entry(actor: &str, change: GrantChange, kind: Option<&str>) -> NewEntry {
+    let kind = kind.unwrap_or(match (&change.before, &change.after) {
         (None, _) => "added",
         (_, None) => "removed",
         _ => "changed",
-    };
+    });
     NewEntry {
         actor: actor.to_string(),
         plugin: Some(change.plugin),

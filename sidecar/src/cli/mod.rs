@@ -7,6 +7,7 @@ mod audit;
 mod commands;
 mod demo;
 mod explain_sql;
+mod grants;
 mod json_log;
 mod kv;
 mod run;
@@ -83,6 +84,10 @@ enum Command {
     /// proofs, the verifier key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// What a reload would change (`diff`), and the approvals of grants
+    /// that grow (`pending`, `approve`, `reject`).
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
     /// Write the `gatehouse:services` WIT package this binary serves into
     /// DIR, for building a plugin outside this repository.
     Wit {
@@ -161,7 +166,9 @@ pub fn main() -> ExitCode {
     // only say the same again.
     let quiet = matches!(
         cli.command,
-        Command::Policy(PolicyCommand::Check { .. } | PolicyCommand::ExplainSql { .. }) | Command::Audit(_)
+        Command::Policy(PolicyCommand::Check { .. } | PolicyCommand::ExplainSql { .. })
+            | Command::Audit(_)
+            | Command::Grants(_)
     );
     init_tracing(if quiet { "off" } else { "info" }, cli.log_format);
     let config = match load_config(&cli) {
@@ -195,6 +202,7 @@ pub fn main() -> ExitCode {
             Command::Demo => demo::demo(&config).await,
             Command::Kv(command) => kv::run(&config, command).await,
             Command::Audit(command) => audit::run(&config, command),
+            Command::Grants(command) => grants::run(&config, command),
             Command::CompileWorker { .. } | Command::Wit { .. } => {
                 unreachable!("handled before the settings are read")
             }

@@ -21,6 +21,18 @@ pub(super) struct PolicyFile {
     pub sql: std::collections::BTreeMap<Spanned<String>, crate::services::sql::SqlSection>,
 }
 
+/// A component's permission manifest (`<stem>.permissions.toml` beside
+/// it): the grant sections of a policy, in the same syntax, saying what the
+/// component asks for. See `super::manifest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ManifestFile {
+    pub http: Option<HttpSection>,
+    pub kv: Option<KvSection>,
+    #[serde(default)]
+    pub sql: std::collections::BTreeMap<Spanned<String>, crate::services::sql::SqlSection>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PluginSection {

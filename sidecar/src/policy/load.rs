@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::error::{PolicyError, line_of};
-use super::file::{HttpSection, InjectSection, KvSection, PolicyFile};
+use super::file::{HttpSection, InjectSection, KvSection, ManifestFile, PolicyFile};
+use super::manifest::Requested;
 use super::units::HumanDuration;
 use super::{ComponentSource, Limits, PluginPolicy, PolicySet};
 use crate::bounded_read::{BoundedReadError, read_regular_file};
@@ -81,6 +82,7 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
         .map_err(unreadable)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml") && path.is_file())
+        .filter(|path| !super::manifest::is_manifest(path))
         .collect();
     files.sort();
 
@@ -151,6 +153,13 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
     let kv = raw.kv.as_ref().map(|section| v.kv(section));
     let sql = v.sql(&raw.sql);
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
+    let requested = match &component {
+        Some(component) => load_manifest(file, &component.path).unwrap_or_else(|errors| {
+            v.errors.extend(errors);
+            None
+        }),
+        None => None,
+    };
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
             name: raw.plugin.name.into_inner(),
@@ -162,6 +171,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
             http,
             kv,
             sql,
+            requested,
         }),
         _ => {
             // In the order of the file, as a reader goes through it.
@@ -171,6 +181,49 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
             }
             Err(v.errors)
         }
+    }
+}
+
+/// Reads and validates the permission manifest beside a component, if it
+/// ships one. Its problems refuse the policy: they are reported against
+/// the policy file (whose plugin keeps a loaded version), naming the
+/// manifest and its line.
+fn load_manifest(policy_file: &Path, component: &Path) -> Result<Option<Requested>, Vec<PolicyError>> {
+    let file = super::manifest::path_for(component);
+    let shown = super::shown(&file);
+    let refused = |problems: Vec<(Option<usize>, String)>| {
+        problems
+            .into_iter()
+            .map(|(line, reason)| PolicyError {
+                file: policy_file.to_path_buf(),
+                line: None,
+                reason: match line {
+                    Some(line) => format!("permission manifest {shown}:{line}: {reason}"),
+                    None => format!("permission manifest {shown}: {reason}"),
+                },
+                plugin: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let bytes = match read_regular_file(&file, MAX_POLICY_FILE) {
+        Ok(bytes) => bytes,
+        Err(BoundedReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refused(vec![(None, format!("cannot read: {e}"))])),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| refused(vec![(None, "cannot read: not UTF-8 text".into())]))?;
+    let raw: ManifestFile = toml::from_str(&text).map_err(|e| {
+        refused(vec![(e.span().map(|span| line_of(&text, span.start)), e.message().trim_end().to_string())])
+    })?;
+    let mut v = Validator { file: &file, text: &text, errors: Vec::new() };
+    let requested = Requested {
+        http: raw.http.as_ref().map(|section| v.http(section)),
+        kv: raw.kv.as_ref().map(|section| v.kv(section)),
+        sql: v.sql(&raw.sql),
+    };
+    if v.errors.is_empty() {
+        Ok(Some(requested))
+    } else {
+        Err(refused(v.errors.into_iter().map(|e| (e.line, e.reason)).collect()))
     }
 }
 

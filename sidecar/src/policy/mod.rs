@@ -11,6 +11,7 @@ mod error;
 mod file;
 pub mod grant_diff;
 mod load;
+pub mod manifest;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,9 @@ pub struct PluginPolicy {
     /// Whether each alias exists (and is of a dialect the grant suits) is
     /// checked when the plugin loads, against the settings.
     pub sql: BTreeMap<String, SqlPolicy>,
+    /// What the component's permission manifest asks for, when it ships
+    /// one ([`manifest`]); compared by approvals, never enforced.
+    pub requested: Option<manifest::Requested>,
 }
 
 impl PluginPolicy {

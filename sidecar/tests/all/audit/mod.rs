@@ -3,6 +3,7 @@
 //! independent Rust implementations of Go's sumdb/note and sumdb/tlog,
 //! and the log in the running sidecar (`running`).
 
+mod approvals;
 mod crash;
 mod independent;
 mod python;

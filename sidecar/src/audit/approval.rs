@@ -1,0 +1,200 @@
+//! Approvals: with `[audit] require_approval`, grants that would grow
+//! beyond what a person approved wait for one, and the plugin stays on the
+//! version it has (or unloaded, if new) until `gatehouse grants approve` or
+//! `POST /admin/approvals/<plugin>`.
+//!
+//! What grows ([`grows`]), judged by the generic grant diff so that a
+//! section added to the policy later needs no code here: anything added
+//! (a plugin, a section, a list element, a field), and any changed value
+//! except a number lowered. A removal or a lowered number never waits. The
+//! component's hash is not a grant that grows: an upgrade waits only when
+//! its manifest asks for more (`requested.*`) or its policy grants more.
+//!
+//! The state lives beside the grants in force, in the same signed table
+//! (`audit_grants`), under keys no plugin name can take:
+//!
+//! - `approved:<plugin>`: the grants last approved (before the first
+//!   approval, the grants in force count as approved, so turning approvals
+//!   on holds nothing that already runs);
+//! - `pending:<plugin>`: grants waiting, written with a `requested` entry
+//!   per item that grows;
+//! - `rejected:<plugin>`: grants a person refused, held (not pending
+//!   again, however often they are reloaded) until the policy or the
+//!   manifest asks for something else, which becomes pending in their
+//!   place, or a later approval.
+//!
+//! Each row is written in the same transaction as the entry that explains
+//! it, and each checkpoint signs the table's digest, so an edit of the
+//! state outside the sidecar stops the log as an edit of the grants does.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::policy::grant_diff::{GrantChange, diff_grants};
+
+/// Which approval row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    /// `approved:<plugin>`.
+    Approved,
+    /// `pending:<plugin>`.
+    Pending,
+    /// `rejected:<plugin>`.
+    Rejected,
+}
+
+impl Row {
+    /// The row's key in the grants table.
+    pub fn key(self, plugin: &str) -> String {
+        let prefix = match self {
+            Row::Approved => "approved",
+            Row::Pending => "pending",
+            Row::Rejected => "rejected",
+        };
+        format!("{prefix}:{plugin}")
+    }
+}
+
+/// Whether a key of the grants table is a plugin's grants in force (and
+/// not an approval row: plugin names never hold `:`).
+pub fn is_plugin_row(key: &str) -> bool {
+    !key.contains(':')
+}
+
+/// A person's decision on pending grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The pending grants become the approved ones.
+    Approve,
+    /// The pending grants are held until something else is asked for.
+    Reject,
+}
+
+impl Decision {
+    /// The entry's kind: `approved` or `rejected`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+        }
+    }
+}
+
+/// A row of the grants table that is not the JSON the sidecar wrote.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the grants recorded for plugin `{0}` cannot be read")]
+pub struct UnreadableRow(pub String);
+
+/// An approval row's grants, from the grants table's `rows`.
+pub fn row(rows: &BTreeMap<String, Vec<u8>>, which: Row, plugin: &str) -> Result<Option<Value>, UnreadableRow> {
+    rows.get(&which.key(plugin))
+        .map(|bytes| serde_json::from_slice(bytes).map_err(|_| UnreadableRow(plugin.to_string())))
+        .transpose()
+}
+
+/// The grants approved for `plugin`: the last approval, else the grants in
+/// force (nothing is held that already ran), else none (a new plugin).
+pub fn approved(rows: &BTreeMap<String, Vec<u8>>, plugin: &str) -> Result<Option<Value>, UnreadableRow> {
+    if let Some(value) = row(rows, Row::Approved, plugin)? {
+        return Ok(Some(value));
+    }
+    let Some(bytes) = rows.get(plugin) else { return Ok(None) };
+    let in_force: Value = serde_json::from_slice(bytes).map_err(|_| UnreadableRow(plugin.to_string()))?;
+    Ok(Some(in_force["grants"].clone()))
+}
+
+/// The changes from `approved` (`None`: nothing approved, a new plugin)
+/// to `next` that grow the grants; empty when `next` needs no approval.
+pub fn growth(plugin: &str, approved: Option<&Value>, next: &Value) -> Vec<GrantChange> {
+    diff_grants(plugin, approved, Some(next)).into_iter().filter(grows).collect()
+}
+
+/// Whether one change grows the grants: see the module's documentation.
+pub fn grows(change: &GrantChange) -> bool {
+    if change.item == "component.sha256" {
+        return false;
+    }
+    match (&change.before, &change.after) {
+        (_, None) => false,
+        (Some(Value::Number(before)), Some(Value::Number(after))) => {
+            after.as_f64().unwrap_or(f64::INFINITY) > before.as_f64().unwrap_or(f64::NEG_INFINITY)
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn grown(before: Option<Value>, after: Value) -> Vec<String> {
+        growth("p", before.as_ref(), &after).into_iter().map(|c| c.item).collect::<Vec<_>>()
+    }
+
+    #[test]
+    fn what_grows_and_what_does_not() {
+        let base = json!({
+            "component": {"sha256": "aa"},
+            "http": {"allow": ["https://a.example:443"], "rate": "10/s"},
+            "kv": {"quota": {"max_keys": 10}},
+            "limits": {"memory": 100},
+            "requested": null,
+        });
+        assert_eq!(grown(None, base.clone()), vec![""], "a new plugin grows as a whole");
+        assert!(grown(Some(base.clone()), base.clone()).is_empty());
+        let cases: &[(&str, Value, &[&str])] = &[
+            ("an upgrade alone", json!({"component": {"sha256": "bb"}}), &[]),
+            (
+                "an origin added",
+                json!({"http": {"allow": ["https://a.example:443", "https://b.example:443"]}}),
+                &["http.allow"],
+            ),
+            ("an origin removed", json!({"http": {"allow": []}}), &[]),
+            ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}}), &["kv.quota.max_keys"]),
+            ("a quota lowered", json!({"kv": {"quota": {"max_keys": 9}}}), &[]),
+            ("a rate changed (text)", json!({"http": {"rate": "5/s"}}), &["http.rate"]),
+            ("a section withdrawn", json!({"kv": null}), &[]),
+            ("a section granted", json!({"sql": {"app": {"tables": ["t"]}}}), &["sql"]),
+            (
+                "the manifest asks for more",
+                json!({"requested": {"http": {"allow": ["https://b.example:443"]}}}),
+                &["requested"],
+            ),
+        ];
+        for (what, patch, expected) in cases {
+            let mut next = base.clone();
+            merge(&mut next, patch);
+            assert_eq!(grown(Some(base.clone()), next), *expected, "{what}");
+        }
+    }
+
+    /// `patch`'s fields replace `target`'s, recursively into objects.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(target), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    match target.get_mut(key) {
+                        Some(existing) if value.is_object() && existing.is_object() => merge(existing, value),
+                        _ => {
+                            target.insert(key.clone(), value.clone());
+                        }
+                    }
+                }
+            }
+            (target, patch) => *target = patch.clone(),
+        }
+    }
+
+    #[test]
+    fn approval_rows_never_collide_with_plugins() {
+        assert_eq!(Row::Pending.key("fetch"), "pending:fetch");
+        assert!(is_plugin_row("fetch"));
+        for row in [Row::Approved, Row::Pending, Row::Rejected] {
+            assert!(!is_plugin_row(&row.key("fetch")));
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Approvals (`[audit] require_approval`) in the running sidecar (the real
+//! binary): grants that would grow wait, the plugin keeps the version it
+//! has (or stays out, if new), and only a decision through the admin API
+//! or `gatehouse grants approve` lets them take effect; decisions and
+//! requests are audit entries naming who made them; permission manifests
+//! beside a component count as grants asked for.
+//!
+//! Attacks tried: a new plugin loading itself without approval; a grant
+//! raised by editing the file (SIGHUP or an admin reload) taking effect
+//! unapproved; a rejected grant coming back by reloading; an upgrade whose
+//! manifest asks for more slipping through because its policy did not
+//! change; a decision for a plugin with nothing pending; a malformed
+//! decision body; approval rows edited outside the sidecar.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{Policies, gatehouse_command, guest};
+use crate::sidecar::{Sidecar, json as body_json, request};
+
+const TOKEN: &str = "approver-token";
+
+fn settings(policies: &Policies) -> (tempfile::TempDir, PathBuf) {
+    policies.settings(
+        "[engine]\nmax_instances = 64\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [server.admin_tokens.lead]\nenv = \"APPROVALS_TEST_TOKEN\"\n[audit]\nrequire_approval = true\n",
+    )
+}
+
+fn start(config: &Path) -> Sidecar {
+    let sidecar = Sidecar::spawn(config, &[("APPROVALS_TEST_TOKEN", TOKEN)], tempfile::tempdir().unwrap());
+    let started = Instant::now();
+    while sidecar.invoke("no-such-plugin", "").0 == 503 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sidecar
+}
+
+fn cli(config: &Path, args: &[&str]) -> Output {
+    gatehouse_command().args(["--config", config.to_str().unwrap()]).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn admin(sidecar: &Sidecar, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, body) = request(&sidecar.admin, method, path, &[("authorization", &auth)], body);
+    (status, body_json(&body))
+}
+
+fn reload(sidecar: &Sidecar) -> Value {
+    admin(sidecar, "POST", "/admin/reload", b"").1
+}
+
+/// (actor, kind, item) of every entry from `from` on.
+fn entries(sidecar: &Sidecar, from: usize) -> Vec<(String, String, String)> {
+    let (status, page) = admin(sidecar, "GET", "/admin/audit?limit=1000", b"");
+    assert_eq!(status, 200, "{page}");
+    page["entries"].as_array().unwrap()[from..]
+        .iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap().to_string();
+            (text(&e["actor"]), text(&e["change"]["kind"]), text(&e["change"]["item"]))
+        })
+        .collect()
+}
+
+fn count(sidecar: &Sidecar) -> usize {
+    entries(sidecar, 0).len()
+}
+
+/// The `max_keys` the store enforces for `plugin` now (`None`: no grant in
+/// force).
+fn max_keys(sidecar: &Sidecar, plugin: &str) -> Option<u64> {
+    let (status, usage) = admin(sidecar, "GET", &format!("/admin/kv/usage?plugin={plugin}"), b"");
+    assert_eq!(status, 200, "{usage}");
+    usage["plugins"][0]["quota"]["max_keys"].as_u64()
+}
+
+fn store_policy(max_keys: u64) -> String {
+    format!(
+        "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nmax_keys = {max_keys}\n",
+        guest("echo").display().to_string()
+    )
+}
+
+#[test]
+fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
+    let policies = Policies::new();
+    let file = policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+
+    // A new plugin is held: not loaded, listed as pending, one `requested`
+    // entry by its file; nothing added.
+    assert_eq!(max_keys(&sidecar, "store"), None);
+    let (status, list) = admin(&sidecar, "GET", "/admin/approvals", b"");
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["approvals"][0]["plugin"], "store");
+    assert_eq!(list["approvals"][0]["state"], "pending");
+    assert_eq!(list["approvals"][0]["grows"][0]["item"], "");
+    let first = entries(&sidecar, 0);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].0.starts_with(&format!("file:{}#sha256:", file.display())), "{first:?}");
+    assert_eq!((first[0].1.as_str(), first[0].2.as_str()), ("requested", ""));
+    // Reloading changes nothing: the request is not recorded twice.
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(count(&sidecar), 1);
+
+    // Bad decisions: malformed body, nothing pending.
+    let (status, _) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"maybe\"}");
+    assert_eq!(status, 400);
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/other", b"{\"decision\":\"approve\"}");
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(count(&sidecar), 1, "a refused decision writes nothing");
+
+    // Approved through the API by the `lead` token: loaded at once.
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reload"]["loaded"], json!(["store"]), "{answer}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    assert_eq!(
+        entries(&sidecar, 1),
+        vec![
+            ("admin:lead".into(), "approved".into(), String::new()),
+            ("admin:lead".into(), "added".into(), String::new())
+        ]
+    );
+
+    // A quota raised in the file: held, the old grant stays in force, and
+    // `grants diff` says so without applying anything.
+    policies.write("store.toml", &store_policy(20));
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    assert_eq!(entries(&sidecar, 3), vec![("admin:lead".into(), "requested".into(), "kv.quota.max_keys".into())]);
+    let diff = cli(&config, &["grants", "diff"]);
+    assert!(diff.status.success());
+    assert!(stdout(&diff).contains("store  kv.quota.max_keys  10 -> 20  (needs approval)"), "{}", stdout(&diff));
+    assert_eq!(count(&sidecar), 4, "diff applies nothing");
+
+    // Approved from the CLI, by the OS user; applied at the next reload.
+    let approved = cli(&config, &["grants", "approve", "store"]);
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    assert!(stdout(&approved).contains("by os-user:"), "{}", stdout(&approved));
+    assert_eq!(max_keys(&sidecar, "store"), Some(10), "not before the reload");
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!([]), "{summary}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(20));
+    let after = entries(&sidecar, 4);
+    assert!(after[0].0.starts_with("os-user:") && after[0].1 == "approved", "{after:?}");
+    assert_eq!(after[1], ("admin:lead".into(), "changed".into(), "kv.quota.max_keys".into()));
+
+    // Lowered: no approval needed. Raised back within what was approved:
+    // none either.
+    policies.write("store.toml", &store_policy(5));
+    assert_eq!(reload(&sidecar)["pending"], json!([]));
+    assert_eq!(max_keys(&sidecar, "store"), Some(5));
+    policies.write("store.toml", &store_policy(20));
+    assert_eq!(reload(&sidecar)["pending"], json!([]));
+    assert_eq!(max_keys(&sidecar, "store"), Some(20));
+
+    // Raised beyond: rejected from the CLI; reloads keep it held (not
+    // pending again); asking for something else makes it pending again.
+    policies.write("store.toml", &store_policy(30));
+    reload(&sidecar);
+    let rejected = cli(&config, &["grants", "reject", "store"]);
+    assert!(rejected.status.success(), "{}", String::from_utf8_lossy(&rejected.stderr));
+    let before = count(&sidecar);
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert!(summary["errors"].to_string().contains("rejected"), "{summary}");
+    assert_eq!(count(&sidecar), before, "a rejected request is not recorded again");
+    assert_eq!(max_keys(&sidecar, "store"), Some(20));
+    assert_eq!(admin(&sidecar, "GET", "/admin/approvals", b"").1["approvals"][0]["state"], "rejected");
+    let again = cli(&config, &["grants", "approve", "store"]);
+    assert_eq!(again.status.code(), Some(1), "nothing pending after a rejection");
+    policies.write("store.toml", &store_policy(40));
+    reload(&sidecar);
+    let pending = cli(&config, &["grants", "pending"]);
+    assert!(stdout(&pending).starts_with("pending  store\n"), "{}", stdout(&pending));
+    assert!(stdout(&pending).contains("kv.quota.max_keys  20 -> 40"), "{}", stdout(&pending));
+
+    // Back within the approved grants: the pending request is withdrawn.
+    policies.write("store.toml", &store_policy(20));
+    reload(&sidecar);
+    assert_eq!(entries(&sidecar, count(&sidecar) - 1)[0].1, "withdrawn");
+    assert!(stdout(&cli(&config, &["grants", "pending"])).contains("nothing waits"));
+    drop(sidecar);
+
+    // The approval state is signed with the grants: the log verifies.
+    let verified = cli(&config, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+}
+
+/// A component shipping `<stem>.permissions.toml`: what it asks for is a
+/// grant that grows like the policy's own, so an upgrade whose manifest
+/// asks for more waits even when its policy is unchanged; `grants diff`
+/// lists what is granted but not asked for; a bad manifest refuses the
+/// plugin, naming the manifest and the line.
+#[test]
+fn a_manifest_that_asks_for_more_waits_and_a_bad_one_is_refused() {
+    let policies = Policies::new();
+    // The component and its manifest beside the policy (the policy
+    // directory skips manifests).
+    std::fs::copy(guest("echo"), policies.dir.path().join("echo.wasm")).unwrap();
+    let manifest = policies.write("echo.permissions.toml", "[kv]\nmax_keys = 10\n");
+    policies.write(
+        "store.toml",
+        "[plugin]\nname = \"store\"\ncomponent = \"echo.wasm\"\n[kv]\nmax_keys = 10\nbuckets = [\"cache\"]\n",
+    );
+    let (_root, config) = settings(&policies);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("plugin_dir = {:?}", crate::common::guest_dir().display().to_string()),
+            &format!("plugin_dir = {:?}", policies.dir.path().display().to_string()),
+        ),
+    )
+    .unwrap();
+
+    let diff = stdout(&cli(&config, &["grants", "diff"]));
+    assert!(diff.contains("granted-not-requested  store  kv.buckets.cache  - -> \"immediate\""), "{diff}");
+    let sidecar = start(&config);
+    admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+
+    // The manifest asks for a bucket the policy already grants: held.
+    std::fs::write(&manifest, "[kv]\nmax_keys = 10\nbuckets = [\"cache\"]\n").unwrap();
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    let last = entries(&sidecar, count(&sidecar) - 1);
+    assert_eq!(last[0].1, "requested");
+    assert!(last[0].2.starts_with("requested.kv"), "{last:?}");
+
+    // A manifest with an unknown field refuses the plugin: the loaded
+    // version stays.
+    std::fs::write(&manifest, "[kv]\nmax_keys = 10\nmax_everything = 1\n").unwrap();
+    let summary = reload(&sidecar);
+    let errors = summary["errors"].to_string();
+    assert!(errors.contains("echo.permissions.toml") && errors.contains("max_everything"), "{summary}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+}
