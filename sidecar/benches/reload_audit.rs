@@ -56,8 +56,12 @@ fn main() {
         let settings = RuntimeSettings { cache_dir: Some(data.path().join("cache")), ..RuntimeSettings::default() };
         let services = Arc::new(Services::with_dns(Arc::new(SystemLookup)).unwrap());
         let runtime = Runtime::new(settings, services).unwrap();
-        let audit =
-            AuditSettings { enabled: true, key: data.path().join("audit/key"), origin: Some("bench/reload".into()) };
+        let audit = AuditSettings {
+            enabled: true,
+            key: data.path().join("audit/key"),
+            origin: Some("bench/reload".into()),
+            require_approval: false,
+        };
         let trail = Arc::new(AuditTrail::open(data.path(), &audit).unwrap());
         tokio.block_on(async {
             // Warm: compile once into the cache, record the first state.
