@@ -105,6 +105,37 @@ pub fn approved(rows: &BTreeMap<String, Vec<u8>>, plugin: &str) -> Result<Option
     Ok(Some(in_force["grants"].clone()))
 }
 
+/// Grants pending or rejected for one plugin ([`states`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalState {
+    /// The plugin.
+    pub plugin: String,
+    /// `pending` or `rejected`.
+    pub row: Row,
+    /// The grants waiting or rejected.
+    pub grants: Value,
+    /// What they add to the approved grants.
+    pub growth: Vec<GrantChange>,
+}
+
+/// Every pending and rejected row of the grants table's `rows`, with what
+/// each adds to the approved grants.
+pub fn states(rows: &BTreeMap<String, Vec<u8>>) -> Result<Vec<ApprovalState>, UnreadableRow> {
+    let mut out = Vec::new();
+    for key in rows.keys() {
+        let Some((prefix, plugin)) = key.split_once(':') else { continue };
+        let which = match prefix {
+            "pending" => Row::Pending,
+            "rejected" => Row::Rejected,
+            _ => continue,
+        };
+        let Some(grants) = row(rows, which, plugin)? else { continue };
+        let growth = growth(plugin, approved(rows, plugin)?.as_ref(), &grants);
+        out.push(ApprovalState { plugin: plugin.to_string(), row: which, grants, growth });
+    }
+    Ok(out)
+}
+
 /// The changes from `approved` (`None`: nothing approved, a new plugin)
 /// to `next` that grow the grants; empty when `next` needs no approval.
 pub fn growth(plugin: &str, approved: Option<&Value>, next: &Value) -> Vec<GrantChange> {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::approval::{Decision, Row, UnreadableRow, approved, growth, is_plugin_row, row};
+use super::approval::{ApprovalState, Decision, Row, UnreadableRow, approved, growth, is_plugin_row, row, states};
 use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
 use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH};
 use super::note::{NoteSigner, NoteVerifier};
@@ -82,19 +82,6 @@ pub struct Held {
     pub plugin: String,
     /// Why, naming the items that grow and what to run.
     pub reason: String,
-}
-
-/// Approval rows of the store ([`AuditTrail::approvals`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApprovalState {
-    /// The plugin.
-    pub plugin: String,
-    /// `pending` or `rejected`.
-    pub row: Row,
-    /// The grants waiting or rejected.
-    pub grants: Value,
-    /// What they add to the approved grants.
-    pub growth: Vec<GrantChange>,
 }
 
 /// Why the log could not be opened at start.
@@ -423,19 +410,7 @@ impl AuditTrail {
     /// to the approved grants.
     pub fn approvals(&self) -> Result<Vec<ApprovalState>, RecordError> {
         let rows = self.read(|reader| reader.grants())?;
-        let mut out = Vec::new();
-        for key in rows.keys() {
-            let Some((prefix, plugin)) = key.split_once(':') else { continue };
-            let which = match prefix {
-                "pending" => Row::Pending,
-                "rejected" => Row::Rejected,
-                _ => continue,
-            };
-            let Some(grants) = row(&rows, which, plugin)? else { continue };
-            let growth = growth(plugin, approved(&rows, plugin)?.as_ref(), &grants);
-            out.push(ApprovalState { plugin: plugin.to_string(), row: which, grants, growth });
-        }
-        Ok(out)
+        Ok(states(&rows)?)
     }
 
     fn counted(&self, entries: u64, size: u64) {
@@ -469,11 +444,7 @@ fn actor(trigger: &Trigger, policy: &PluginPolicy) -> String {
 /// One grant change as an entry: `kind`, else `added` (no value before),
 /// `removed` (none after) or `changed`.
 fn entry(actor: &str, change: GrantChange, kind: Option<&str>) -> NewEntry {
-    let kind = kind.unwrap_or(match (&change.before, &change.after) {
-        (None, _) => "added",
-        (_, None) => "removed",
-        _ => "changed",
-    });
+    let kind = kind.unwrap_or(change.kind());
     NewEntry {
         actor: actor.to_string(),
         plugin: Some(change.plugin),

@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use gatehouse::audit::approval::{Decision, approved, growth, is_plugin_row};
+use gatehouse::audit::approval::{Decision, Row, approved, growth, is_plugin_row, states};
 use gatehouse::audit::store::ReadOpenError;
 use gatehouse::audit::trail::RecordError;
 use gatehouse::audit::{AuditReader, AuditTrail, STORE_FILE};
@@ -90,7 +89,7 @@ fn diff(config: &Config) -> anyhow::Result<ExitCode> {
         };
         for change in diff_grants(name, in_force.get(name), next_grants.as_ref()) {
             let mark = if waits.iter().any(|w| w.item == change.item) { "  (needs approval)" } else { "" };
-            println!("{}{mark}", line(kind(&change), &change));
+            println!("{}{mark}", line(change.kind(), &change));
             changes += 1;
         }
         if let Some(policy) = next {
@@ -122,22 +121,15 @@ fn print_unrequested(policy: &PluginPolicy) {
 }
 
 fn pending(config: &Config) -> anyhow::Result<ExitCode> {
-    let rows = stored_rows(config)?;
-    let mut any = false;
-    for (key, bytes) in &rows {
-        let Some((prefix, plugin)) = key.split_once(':') else { continue };
-        if prefix != "pending" && prefix != "rejected" {
-            continue;
+    let states = states(&stored_rows(config)?)?;
+    for state in &states {
+        let which = if state.row == Row::Pending { "pending" } else { "rejected" };
+        println!("{which}  {}", escape(&state.plugin, LINE));
+        for change in &state.growth {
+            println!("{}", line("grows", change));
         }
-        let grants: Value = serde_json::from_slice(bytes).context("an approval row is not JSON")?;
-        let approved = approved(&rows, plugin)?;
-        println!("{prefix}  {}", escape(plugin, LINE));
-        for change in growth(plugin, approved.as_ref(), &grants) {
-            println!("{}", line("grows", &change));
-        }
-        any = true;
     }
-    if !any {
+    if states.is_empty() {
         println!("nothing waits for approval");
     }
     Ok(ExitCode::SUCCESS)
@@ -179,14 +171,6 @@ fn stored_rows(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
             }
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-fn kind(change: &GrantChange) -> &'static str {
-    match (&change.before, &change.after) {
-        (None, _) => "added",
-        (_, None) => "removed",
-        _ => "changed",
     }
 }
 

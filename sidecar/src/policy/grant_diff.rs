@@ -39,6 +39,17 @@ pub struct GrantChange {
     pub after: Option<Value>,
 }
 
+impl GrantChange {
+    /// `added` (no value before), `removed` (none after) or `changed`.
+    pub fn kind(&self) -> &'static str {
+        match (&self.before, &self.after) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            _ => "changed",
+        }
+    }
+}
+
 /// Every change from `before` to `after`, by plugin, then item; empty when
 /// the two grant the same.
 pub fn diff_sets(before: &PolicySet, after: &PolicySet) -> Vec<GrantChange> {
