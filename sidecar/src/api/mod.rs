@@ -268,8 +268,8 @@ impl Api {
             }
         };
         let mut load = load;
-        let pending = match self.hold_for_approval(&mut load, &actor).await {
-            Ok(pending) => pending,
+        let (pending, requested) = match self.hold_for_approval(&mut load, &actor).await {
+            Ok(held) => held,
             Err(reason) => return self.unrecorded(trigger, first, Vec::new(), reason),
         };
         let mut errors: Vec<String> = load.errors.iter().map(|e| e.to_string()).collect();
@@ -292,7 +292,7 @@ impl Api {
                 self.runtime.reload_gated(&load.set, &load.errors, gate).await
             }
         };
-        let audit_entries = self.services.audit.as_ref().map(|_| recorded.load(Ordering::Relaxed));
+        let audit_entries = self.services.audit.as_ref().map(|_| requested + recorded.load(Ordering::Relaxed));
         let report = match outcome {
             Ok(report) => report,
             Err((report, reason)) => {
@@ -325,20 +325,25 @@ impl Api {
     /// With `[audit] require_approval`: takes out of `load` the plugins
     /// whose grants would grow beyond the approved ones, each turned into
     /// a refusal of its policy file (so a loaded version stays, a new
-    /// plugin stays out), and returns their names. The audit log records
-    /// what newly waits. `Err`: the log could not be read or written.
-    async fn hold_for_approval(&self, load: &mut policy::PolicyLoad, actor: &Trigger) -> Result<Vec<String>, String> {
+    /// plugin stays out), and returns their names with the number of
+    /// entries the audit log wrote about what newly waits (or was
+    /// withdrawn). `Err`: the log could not be read or written.
+    async fn hold_for_approval(
+        &self,
+        load: &mut policy::PolicyLoad,
+        actor: &Trigger,
+    ) -> Result<(Vec<String>, u64), String> {
         let Some(trail) = self.services.audit.clone().filter(|_| self.require_approval) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         };
         let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
         let actor = actor.clone();
-        let held = tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>()))
+        let screened = tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>()))
             .await
             .map_err(|e| format!("the audit log's append did not finish: {e}"))?
             .map_err(|e| e.to_string())?;
         let mut pending = Vec::new();
-        for held in held {
+        for held in screened.held {
             if let Some(policy) = load.set.plugins.remove(&held.plugin) {
                 tracing::warn!(plugin = %held.plugin, reason = %held.reason, "grants held for approval");
                 load.errors.push(policy::PolicyError {
@@ -350,7 +355,7 @@ impl Api {
                 pending.push(held.plugin);
             }
         }
-        Ok(pending)
+        Ok((pending, screened.entries))
     }
 
     /// The summary of a (re)load whose grant changes the audit log could

@@ -84,6 +84,15 @@ pub struct Held {
     pub reason: String,
 }
 
+/// What [`AuditTrail::screen`] decided and wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// The plugins held for approval.
+    pub held: Vec<Held>,
+    /// Entries appended (`requested`, `withdrawn`).
+    pub entries: u64,
+}
+
 /// Why the log could not be opened at start.
 #[derive(Debug, thiserror::Error)]
 pub enum TrailError {
@@ -323,7 +332,7 @@ impl AuditTrail {
     /// `requested` entry per item that grows, and the pending row) in one
     /// durable batch; pending grants no longer asked for are `withdrawn`.
     /// Blocking: call it off the async executor.
-    pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Vec<Held>, RecordError> {
+    pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Screened, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let log = self.open_log()?;
         let rows = log.grants()?;
@@ -375,7 +384,7 @@ impl AuditTrail {
             let appended = log.append_with_state(&batch, &state)?;
             self.counted(batch.len() as u64, appended.size);
         }
-        Ok(held)
+        Ok(Screened { held, entries: batch.len() as u64 })
     }
 
     /// Approves or rejects the grants pending for `plugin`, in one durable

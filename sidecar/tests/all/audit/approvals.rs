@@ -100,6 +100,8 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     // A new plugin is held: not loaded, listed as pending, one `requested`
     // entry by its file; nothing added.
     assert_eq!(max_keys(&sidecar, "store"), None);
+    let (status, _, ready) = sidecar.get(&sidecar.invoke, "/readyz");
+    assert_eq!((status, String::from_utf8_lossy(&ready).contains("plugin `store` refused")), (503, true));
     let (status, list) = admin(&sidecar, "GET", "/admin/approvals", b"");
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["approvals"][0]["plugin"], "store");
@@ -112,6 +114,7 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     // Reloading changes nothing: the request is not recorded twice.
     let summary = reload(&sidecar);
     assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(summary["audit_entries"], 0, "{summary}");
     assert_eq!(count(&sidecar), 1);
 
     // Bad decisions: malformed body, nothing pending.
@@ -126,6 +129,7 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["reload"]["loaded"], json!(["store"]), "{answer}");
     assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
     assert_eq!(
         entries(&sidecar, 1),
         vec![
@@ -139,6 +143,7 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     policies.write("store.toml", &store_policy(20));
     let summary = reload(&sidecar);
     assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(summary["audit_entries"], 1, "the `requested` entry is counted: {summary}");
     assert_eq!(max_keys(&sidecar, "store"), Some(10));
     assert_eq!(entries(&sidecar, 3), vec![("admin:lead".into(), "requested".into(), "kv.quota.max_keys".into())]);
     let diff = cli(&config, &["grants", "diff"]);
