@@ -31,11 +31,7 @@ impl Sidecar {
     /// invocation no longer answers 503), not for `/readyz`.
     pub fn start_unready(policies: &Policies, server: &str, env: &[(&str, &str)]) -> Sidecar {
         let sidecar = Sidecar::launch(policies, server, env);
-        let started = Instant::now();
-        while sidecar.invoke("no-such-plugin", "").0 == 503 {
-            assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sidecar.wait_loaded();
         sidecar
     }
 
@@ -85,6 +81,16 @@ impl Sidecar {
         // Keep reading: a closed pipe would fail the sidecar's next print.
         std::thread::spawn(move || lines.for_each(drop));
         Sidecar { child, invoke, admin, stderr, _data: data }
+    }
+
+    /// Waits (up to 30 s) until the first load is done: an invocation no
+    /// longer answers 503.
+    pub fn wait_loaded(&self) {
+        let started = Instant::now();
+        while self.invoke("no-such-plugin", "").0 == 503 {
+            assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits (up to 30 s) until `/readyz` answers 200.

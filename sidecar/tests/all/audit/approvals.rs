@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -32,11 +31,7 @@ fn settings(policies: &Policies) -> (tempfile::TempDir, PathBuf) {
 
 fn start(config: &Path) -> Sidecar {
     let sidecar = Sidecar::spawn(config, &[("APPROVALS_TEST_TOKEN", TOKEN)], tempfile::tempdir().unwrap());
-    let started = Instant::now();
-    while sidecar.invoke("no-such-plugin", "").0 == 503 {
-        assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sidecar.wait_loaded();
     sidecar
 }
 

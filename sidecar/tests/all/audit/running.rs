@@ -35,11 +35,7 @@ fn start(config: &Path) -> Sidecar {
         &[("AUDIT_TEST_TOKEN", TOKEN), ("AUDIT_TEST_ADMIN", "admin-secret")],
         tempfile::tempdir().unwrap(),
     );
-    let started = Instant::now();
-    while sidecar.invoke("no-such-plugin", "").0 == 503 {
-        assert!(started.elapsed() < Duration::from_secs(30), "not loaded: {}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sidecar.wait_loaded();
     sidecar
 }
 
