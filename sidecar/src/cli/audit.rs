@@ -128,15 +128,14 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<ExitCode> {
 
 /// The store opened read-only, waiting up to [`LOCK_WAIT`] while a
 /// sidecar appends.
-fn open(store: &Path) -> anyhow::Result<AuditReader> {
+pub(super) fn open(store: &Path) -> Result<AuditReader, ReadOpenError> {
     let started = Instant::now();
     loop {
         match AuditReader::open(store) {
-            Ok(reader) => return Ok(reader),
             Err(ReadOpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(10))
             }
-            Err(e) => return Err(e.into()),
+            opened => return opened,
         }
     }
 }

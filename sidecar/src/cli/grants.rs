@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use gatehouse::audit::approval::{Decision, Row, approved, growth, is_plugin_row, states};
 use gatehouse::audit::store::ReadOpenError;
 use gatehouse::audit::trail::RecordError;
-use gatehouse::audit::{AuditReader, AuditTrail, STORE_FILE};
+use gatehouse::audit::{AuditTrail, STORE_FILE};
 use gatehouse::config::Config;
 use gatehouse::guest_text::{LINE, escape};
 use gatehouse::policy::grant_diff::{GrantChange, diff_grants, grants};
@@ -160,17 +160,10 @@ fn decide(config: &Config, plugin: &str, decision: Decision) -> anyhow::Result<E
 
 /// The grants table's rows (empty when no log was ever written).
 fn stored_rows(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    let store = config.data_dir.join(STORE_FILE);
-    let started = std::time::Instant::now();
-    loop {
-        match AuditReader::open(&store) {
-            Ok(reader) => return Ok(reader.grants()?),
-            Err(ReadOpenError::Missing(_)) => return Ok(BTreeMap::new()),
-            Err(ReadOpenError::Locked(_)) if started.elapsed() < gatehouse::audit::trail::LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match super::audit::open(&config.data_dir.join(STORE_FILE)) {
+        Ok(reader) => Ok(reader.grants()?),
+        Err(ReadOpenError::Missing(_)) => Ok(BTreeMap::new()),
+        Err(e) => Err(e.into()),
     }
 }
 
