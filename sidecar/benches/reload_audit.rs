@@ -61,6 +61,7 @@ fn main() {
             key: data.path().join("audit/key"),
             origin: Some("bench/reload".into()),
             require_approval: false,
+            database: None,
         };
         let trail = Arc::new(AuditTrail::open(data.path(), &audit).unwrap());
         tokio.block_on(async {

@@ -59,6 +59,10 @@ pub struct AuditSettings {
     /// what a person approved wait for `gatehouse grants approve` (see
     /// `crate::audit::approval`). Needs the log.
     pub require_approval: bool,
+    /// `database = "<alias>"`: the log in PostgreSQL, through a
+    /// `[databases.<alias>]` of the same file, shared by every sidecar
+    /// pointed at it. `None`: the embedded redb file in the data directory.
+    pub database: Option<String>,
 }
 
 /// `[kv]` in `gatehouse.toml` (the store; each plugin's grant is the
@@ -170,6 +174,7 @@ struct AuditSection {
     key: Option<PathBuf>,
     origin: Option<String>,
     require_approval: Option<bool>,
+    database: Option<String>,
 }
 
 /// `[kv]`.
@@ -312,22 +317,8 @@ impl Config {
             })
             .collect::<Result<_, String>>()?;
         let kv = KvSettings { database: raw.kv.database };
-        if let Some(alias) = &kv.database
-            && databases.get(alias).is_some_and(|d| matches!(d.target, DatabaseTarget::Sqlite(_)))
-        {
-            return Err(format!(
-                "[kv] database = `{}`: a SQLite alias; the key-value store is redb by default or PostgreSQL",
-                crate::guest_text::escape(alias, crate::guest_text::SHORT)
-            ));
-        }
-        if let Some(alias) = &kv.database
-            && !databases.contains_key(alias)
-        {
-            return Err(format!(
-                "[kv] database = `{}`: no [databases.{0}] in this file (name one of its [databases.<alias>] sections)",
-                crate::guest_text::escape(alias, crate::guest_text::SHORT)
-            ));
-        }
+        check_postgres_alias("[kv]", "the key-value store is redb", kv.database.as_deref(), &databases)?;
+        check_postgres_alias("[audit]", "the audit log is redb", raw.audit.database.as_deref(), &databases)?;
         let policy_dir = resolve(raw.policy_dir.unwrap_or_else(|| "policies".into()));
         let plugin_dir = raw.plugin_dir.map(resolve).unwrap_or_else(|| policy_dir.clone());
         let defaults = RuntimeSettings::default();
@@ -354,6 +345,7 @@ impl Config {
             key: raw.audit.key.map(resolve).unwrap_or_else(|| data_dir.join(crate::audit::KEY_FILE)),
             origin: raw.audit.origin,
             require_approval: raw.audit.require_approval.unwrap_or(false),
+            database: raw.audit.database,
         };
         if audit.require_approval && !audit.enabled {
             return Err("[audit] require_approval needs the audit log: it keeps the approvals (enabled = true)".into());
@@ -416,6 +408,27 @@ fn server_settings(
     };
     settings.validate()?;
     Ok(settings)
+}
+
+/// `<section> database = "<alias>"` must name a PostgreSQL alias of the
+/// same file (`embedded`: what the service is without one).
+fn check_postgres_alias(
+    section: &str,
+    embedded: &str,
+    alias: Option<&str>,
+    databases: &BTreeMap<String, DatabaseSettings>,
+) -> Result<(), String> {
+    let Some(alias) = alias else { return Ok(()) };
+    let shown = crate::guest_text::escape(alias, crate::guest_text::SHORT);
+    match databases.get(alias).map(|d| &d.target) {
+        Some(DatabaseTarget::Postgres(_)) => Ok(()),
+        Some(DatabaseTarget::Sqlite(_)) => {
+            Err(format!("{section} database = `{shown}`: a SQLite alias; {embedded} by default or PostgreSQL"))
+        }
+        None => Err(format!(
+            "{section} database = `{shown}`: no [databases.{shown}] in this file (name one of its [databases.<alias>] sections)"
+        )),
+    }
 }
 
 /// The name `[server] admin_token` goes by in the audit log.
@@ -644,7 +657,8 @@ mod tests {
                 enabled: true,
                 key: dir.path().join("state/audit/key"),
                 origin: None,
-                require_approval: false
+                require_approval: false,
+                database: None
             }
         );
         std::fs::write(&path, "[audit]\nenabled = false\nkey = \"k\"\norigin = \"example.com/log\"\n").unwrap();
@@ -655,9 +669,17 @@ mod tests {
                 enabled: false,
                 key: dir.path().join("k"),
                 origin: Some("example.com/log".into()),
-                require_approval: false
+                require_approval: false,
+                database: None
             }
         );
+        let shared = "[databases.shared]\nurl = \"postgres://db/app\"\n[databases.app]\nsqlite = \"app.db\"\n";
+        let audit = load(&format!("{shared}[audit]\ndatabase = \"shared\"\n")).unwrap().audit;
+        assert_eq!(audit.database.as_deref(), Some("shared"));
+        let error = load(&format!("{shared}[audit]\ndatabase = \"app\"\n")).unwrap_err().to_string();
+        assert!(error.contains("[audit] database = `app`: a SQLite alias"), "{error}");
+        let error = load(&format!("{shared}[audit]\ndatabase = \"main\"\n")).unwrap_err().to_string();
+        assert!(error.contains("[audit] database = `main`: no [databases.main]"), "{error}");
         for origin in ["a b", "a+b", ""] {
             let error = load(&format!("[audit]\norigin = {origin:?}\n")).unwrap_err().to_string();
             assert!(error.contains("[audit] origin"), "{origin}: {error}");

@@ -494,9 +494,51 @@ fn describe(options: &PgConnectOptions) -> String {
     guest_text::escape(&target, guest_text::LINE)
 }
 
+/// The sidecar's own PostgreSQL schema, `migrations/postgres/*.sql`, in
+/// version order (`version`, `description`, SQL): the key-value store's
+/// tables and the audit log's, applied by whichever opens first.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (20261202000001, "kv store", include_str!("../../migrations/postgres/20261202000001_kv_store.sql")),
+    (20261203000001, "audit log", include_str!("../../migrations/postgres/20261203000001_audit_log.sql")),
+];
+
+/// sqlx's migrator over [`MIGRATIONS`] (it takes an advisory lock, so
+/// sidecars starting together apply each migration once). Not
+/// `sqlx::migrate!`: that macro needs sqlx's `macros` feature, whose serde
+/// features rebuild most of the dependency tree, wasmtime included.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(version, description, _)| format!("{version}_{}.sql", description.replace(' ', "_")))
+            .collect();
+        assert_eq!(embedded, files);
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
 
     fn open(url: &str) -> Result<Databases, DatabaseError> {
         Databases::open(&BTreeMap::from([(

@@ -1,20 +1,23 @@
 //! [`AuditLog`]: appends batches of entries durably, each batch sealed by
 //! a signed checkpoint in the same transaction, and answers proofs from
-//! the stored nodes.
-
-use std::io::Write;
-use std::path::Path;
+//! the stored nodes. The same code runs over the embedded store (redb)
+//! and the shared one (PostgreSQL), through [`super::tables`].
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
 
-use redb::{Database, Durability, ReadOnlyDatabase, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadOnlyDatabase};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
 use super::entry::{self, Entry, EntryError, NewEntry};
 use super::export;
 use super::merkle::{self, Hash, NodeReader as _, ProofError};
 use super::note::{NoteSigner, NoteVerifier};
-use super::store::{self, CHECKPOINTS, ENTRIES, GRANTS, NODES, StoreError, StoredNodes, store_error};
+use super::postgres::PgStore;
+use super::store::{self, StoreError, store_error};
+use super::tables::{StoredNodes, Tables, WriteTables};
 use super::verify::{self, Summary, VerifyError};
 
 /// Most entries in one batch (each at most 64 KiB).
@@ -99,10 +102,11 @@ pub struct ConsistencyProof {
     pub path: Vec<Hash>,
 }
 
-/// The audit log over its redb store. Appends from several threads are
-/// serialised by redb's single writer.
+/// The audit log over its store. Appends from several threads (or, in
+/// PostgreSQL, several processes) are serialised by the store. It reads
+/// like an [`AuditReader`] (`Deref`).
 pub struct AuditLog {
-    db: Database,
+    reader: AuditReader,
     origin: String,
     signers: Vec<NoteSigner>,
 }
@@ -113,23 +117,33 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+impl std::ops::Deref for AuditLog {
+    type Target = AuditReader;
+
+    fn deref(&self) -> &AuditReader {
+        &self.reader
+    }
+}
+
 impl AuditLog {
-    /// Opens (or creates) the log at `path`. `origin` names the log in
-    /// its checkpoints; every checkpoint is signed by every key in
+    /// Opens (or creates) the embedded log at `path`. `origin` names the
+    /// log in its checkpoints; every checkpoint is signed by every key in
     /// `signers` (more than one during a key rotation).
     pub fn open(path: &Path, origin: &str, signers: Vec<NoteSigner>) -> Result<AuditLog, AuditError> {
-        if signers.is_empty() {
-            return Err(AuditError::NoKey);
-        }
-        if origin.is_empty() || origin.contains('\n') || origin.chars().any(char::is_control) {
-            return Err(AuditError::Checkpoint(CheckpointError::Malformed("the origin must be one line of text")));
-        }
+        check_names(origin, &signers)?;
         let db = store::open(path).map_err(|e| match e {
             store::ReadOpenError::Locked(shown) => AuditError::Locked(shown),
             store::ReadOpenError::Store(e) => AuditError::Store(e),
             other => AuditError::Store(StoreError(other.to_string())),
         })?;
-        Ok(AuditLog { db, origin: origin.to_string(), signers })
+        Ok(AuditLog { reader: AuditReader(Source::Redb(Arc::new(db))), origin: origin.to_string(), signers })
+    }
+
+    /// The log in a PostgreSQL database, shared by every sidecar pointed at
+    /// it (they share its origin and signing key).
+    pub fn postgres(store: PgStore, origin: &str, signers: Vec<NoteSigner>) -> Result<AuditLog, AuditError> {
+        check_names(origin, &signers)?;
+        Ok(AuditLog { reader: AuditReader(Source::Postgres(store)), origin: origin.to_string(), signers })
     }
 
     /// The keys that check this log's checkpoints.
@@ -168,59 +182,71 @@ impl AuditLog {
         for (index, new) in batch.iter().enumerate() {
             entry::check_new(new).map_err(|source| AuditError::Entry { index, source })?;
         }
-        let mut txn = self.db.begin_write().map_err(store_error)?;
-        txn.set_durability(Durability::Immediate).map_err(store_error)?;
-        let appended = {
-            let mut entries = txn.open_table(ENTRIES).map_err(store_error)?;
-            let mut nodes = txn.open_table(NODES).map_err(store_error)?;
-            let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
-            let mut grants = txn.open_table(GRANTS).map_err(store_error)?;
-            let old_size = store::size(&entries)?;
-            let last = checkpoints.last().map_err(store_error)?.map(|(k, v)| (k.value(), v.value().to_string()));
-            let old_root =
-                self.check_last(old_size, last.as_ref().map(|(s, n)| (*s, n.as_str())), &entries, &nodes, &grants)?;
-            if batch.is_empty() {
-                let checkpoint = last.map(|(_, note)| note).unwrap_or_default();
-                return Ok(Appended { first: old_size, size: old_size, checkpoint });
-            }
-            let time = entry::now();
-            let mut prev = if old_size == 0 { [0; 32] } else { StoredNodes(&nodes).node(0, old_size - 1)? };
-            for (index, new) in batch.iter().enumerate() {
-                let seq = old_size + index as u64;
-                let bytes = Entry::record(seq, time.clone(), prev, new)
-                    .and_then(|e| e.encode())
-                    .map_err(|source| AuditError::Entry { index, source })?;
-                let leaf = merkle::leaf_hash(&bytes);
-                entries.insert(seq, bytes.as_slice()).map_err(store_error)?;
-                let completed = merkle::completed_nodes(seq, leaf, |level, i| StoredNodes(&nodes).node(level, i))?;
-                for (level, i, hash) in completed {
-                    nodes.insert((level, i), hash.as_slice()).map_err(store_error)?;
+        match &self.reader.0 {
+            Source::Redb(db) => {
+                let mut txn = db.begin_write().map_err(store_error)?;
+                txn.set_durability(Durability::Immediate).map_err(store_error)?;
+                let appended = self.append_in(&mut store::write_tables(&txn)?, batch, state)?;
+                // An empty batch wrote nothing: the transaction is dropped.
+                if appended.size != appended.first {
+                    txn.commit().map_err(store_error)?;
                 }
-                prev = leaf;
+                Ok(appended)
             }
-            let size = old_size + batch.len() as u64;
-            let root = merkle::root(&StoredNodes(&nodes), size)?;
-            let proof = merkle::consistency_proof(&StoredNodes(&nodes), old_size, size)?;
-            merkle::verify_consistency(old_size, size, &old_root, &root, &proof).map_err(|_| {
-                AuditError::Inconsistent(format!(
-                    "the tree of size {size} does not extend the signed one of size {old_size}"
-                ))
-            })?;
-            for (plugin, row) in state {
-                match row {
-                    Some(bytes) => grants.insert(plugin.as_str(), bytes.as_slice()).map_err(store_error)?,
-                    None => grants.remove(plugin.as_str()).map_err(store_error)?,
-                };
+            Source::Postgres(pg) => pg.append(|tables| {
+                let appended = self.append_in(tables, batch, state)?;
+                let (first, size) = (appended.first, appended.size);
+                Ok::<_, AuditError>((appended, first, size))
+            }),
+            Source::RedbReadOnly(_) => unreachable!("an AuditLog never holds a read-only store"),
+        }
+    }
+
+    /// The append itself, in the store's write transaction.
+    fn append_in(
+        &self,
+        tables: &mut dyn WriteTables,
+        batch: &[NewEntry],
+        state: &[(String, Option<Vec<u8>>)],
+    ) -> Result<Appended, AuditError> {
+        let old_size = tables.size()?;
+        let last = tables.last_checkpoint()?;
+        let old_root = self.check_last(old_size, last.as_ref().map(|(s, n)| (*s, n.as_str())), tables)?;
+        if batch.is_empty() {
+            let checkpoint = last.map(|(_, note)| note).unwrap_or_default();
+            return Ok(Appended { first: old_size, size: old_size, checkpoint });
+        }
+        let time = entry::now();
+        let mut prev = if old_size == 0 { [0; 32] } else { StoredNodes(tables).node(0, old_size - 1)? };
+        for (index, new) in batch.iter().enumerate() {
+            let seq = old_size + index as u64;
+            let bytes = Entry::record(seq, time.clone(), prev, new)
+                .and_then(|e| e.encode())
+                .map_err(|source| AuditError::Entry { index, source })?;
+            let leaf = merkle::leaf_hash(&bytes);
+            tables.put_entry(seq, &bytes)?;
+            let completed = merkle::completed_nodes(seq, leaf, |level, i| StoredNodes(tables).node(level, i))?;
+            for (level, i, hash) in completed {
+                tables.put_node(level, i, &hash)?;
             }
-            let digest = store::stored_grants_digest(&grants)?;
-            let signers: Vec<&NoteSigner> = self.signers.iter().collect();
-            let checkpoint =
-                Checkpoint { origin: self.origin.clone(), size, root, grants: Some(digest) }.sign(&signers)?;
-            checkpoints.insert(size, checkpoint.as_str()).map_err(store_error)?;
-            Appended { first: old_size, size, checkpoint }
-        };
-        txn.commit().map_err(store_error)?;
-        Ok(appended)
+            prev = leaf;
+        }
+        let size = old_size + batch.len() as u64;
+        let root = merkle::root(&StoredNodes(tables), size)?;
+        let proof = merkle::consistency_proof(&StoredNodes(tables), old_size, size)?;
+        merkle::verify_consistency(old_size, size, &old_root, &root, &proof).map_err(|_| {
+            AuditError::Inconsistent(format!(
+                "the tree of size {size} does not extend the signed one of size {old_size}"
+            ))
+        })?;
+        for (plugin, row) in state {
+            tables.set_grant(plugin, row.as_deref())?;
+        }
+        let digest = store::stored_grants_digest(tables)?;
+        let signers: Vec<&NoteSigner> = self.signers.iter().collect();
+        let checkpoint = Checkpoint { origin: self.origin.clone(), size, root, grants: Some(digest) }.sign(&signers)?;
+        tables.put_checkpoint(size, &checkpoint)?;
+        Ok(Appended { first: old_size, size, checkpoint })
     }
 
     /// Checks the stored state against the last signed checkpoint and
@@ -229,21 +255,14 @@ impl AuditLog {
     /// give its root, the last entry still has its leaf hash (the next
     /// entry's `prev`), and the grants in force are the ones it signed.
     /// Costs O(log n) node reads, one entry hash and a hash of the grants.
-    fn check_last(
-        &self,
-        size: u64,
-        last: Option<(u64, &str)>,
-        entries: &impl ReadableTable<u64, &'static [u8]>,
-        nodes: &impl ReadableTable<(u8, u64), &'static [u8]>,
-        grants: &impl ReadableTable<&'static str, &'static [u8]>,
-    ) -> Result<Hash, AuditError> {
+    fn check_last(&self, size: u64, last: Option<(u64, &str)>, tables: &dyn Tables) -> Result<Hash, AuditError> {
         let Some((signed_size, note)) = last else {
             if size != 0 {
                 return Err(AuditError::Inconsistent(format!(
                     "the store holds {size} entries but no signed checkpoint"
                 )));
             }
-            if !grants.is_empty().map_err(store_error)? {
+            if !tables.grants()?.is_empty() {
                 return Err(AuditError::Inconsistent(
                     "the store records grants in force but no checkpoint signed them".into(),
                 ));
@@ -262,14 +281,14 @@ impl AuditLog {
                 checkpoint.size
             )));
         }
-        let root = merkle::root(&StoredNodes(nodes), size)?;
+        let root = merkle::root(&StoredNodes(tables), size)?;
         if root != checkpoint.root {
             return Err(AuditError::Inconsistent(format!(
                 "the stored tree of size {size} no longer has the signed root"
             )));
         }
         if let Some(signed) = checkpoint.grants
-            && signed != store::stored_grants_digest(grants)?
+            && signed != store::stored_grants_digest(tables)?
         {
             return Err(AuditError::Inconsistent(
                 "the grants in force stored beside the log are not the ones the last checkpoint signed \
@@ -278,46 +297,113 @@ impl AuditLog {
             ));
         }
         let Some(last) = size.checked_sub(1) else { return Ok(root) };
-        let last_entry = entries.get(last).map_err(store_error)?.map(|v| merkle::leaf_hash(v.value()));
-        if last_entry != Some(StoredNodes(nodes).node(0, last)?) {
+        let last_entry = tables.entry(last)?.map(|v| merkle::leaf_hash(&v));
+        if last_entry != Some(StoredNodes(tables).node(0, last)?) {
             return Err(AuditError::Inconsistent(format!("entry {last} is not the one the tree holds")));
         }
         Ok(root)
     }
+}
+
+fn check_names(origin: &str, signers: &[NoteSigner]) -> Result<(), AuditError> {
+    if signers.is_empty() {
+        return Err(AuditError::NoKey);
+    }
+    if origin.is_empty() || origin.contains('\n') || origin.chars().any(char::is_control) {
+        return Err(AuditError::Checkpoint(CheckpointError::Malformed("the origin must be one line of text")));
+    }
+    Ok(())
+}
+
+/// Where a reader reads.
+enum Source {
+    /// The embedded file, opened for writing (an [`AuditLog`]'s).
+    Redb(Arc<Database>),
+    /// The embedded file, opened read-only.
+    RedbReadOnly(ReadOnlyDatabase),
+    /// The shared database.
+    Postgres(PgStore),
+}
+
+/// The log opened for reading: what `gatehouse audit …` and the admin API
+/// read through. The embedded file is opened read-only (see
+/// [`store::open_read_only`]): hold it briefly, an append waits for it.
+/// Each call reads one consistent snapshot.
+pub struct AuditReader(Source);
+
+impl AuditReader {
+    /// Opens the embedded log at `path` read-only.
+    pub fn open(path: &Path) -> Result<AuditReader, store::ReadOpenError> {
+        Ok(AuditReader(Source::RedbReadOnly(store::open_read_only(path)?)))
+    }
+
+    /// The log in a PostgreSQL database.
+    pub fn postgres(store: PgStore) -> AuditReader {
+        AuditReader(Source::Postgres(store))
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&dyn Tables) -> Result<T, AuditError>) -> Result<T, AuditError> {
+        match &self.0 {
+            Source::Redb(db) => read(&store::read_tables(&**db)?),
+            Source::RedbReadOnly(db) => read(&store::read_tables(db)?),
+            Source::Postgres(pg) => pg.read(read),
+        }
+    }
 
     /// Entries in the log.
     pub fn size(&self) -> Result<u64, AuditError> {
-        read_size(&self.db)
+        self.read(|t| Ok(t.size()?))
     }
 
     /// The latest signed checkpoint (`None` before the first append).
     pub fn checkpoint(&self) -> Result<Option<String>, AuditError> {
-        read_checkpoint(&self.db)
+        self.read(|t| Ok(t.last_checkpoint()?.map(|(_, note)| note)))
     }
 
     /// The canonical bytes of entry `seq`.
     pub fn entry(&self, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
-        read_entry(&self.db, seq)
+        self.read(|t| Ok(t.entry(seq)?))
+    }
+
+    /// Up to `limit` entries from sequence number `from` on, in order.
+    pub fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        self.read(|t| Ok(t.entries(from, limit)?))
     }
 
     /// The grants in force as the entries left them, by plugin.
     pub fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
-        read_grants(&self.db)
+        self.read(|t| Ok(t.grants()?))
+    }
+
+    /// Entries and checkpoints, as a verifier reads them.
+    pub fn read_all(&self) -> Result<(Vec<Vec<u8>>, Vec<String>), AuditError> {
+        self.read(|t| Ok((t.entries(0, usize::MAX)?.into_iter().map(|(_, e)| e).collect(), t.checkpoints()?)))
     }
 
     /// Proves that entry `seq` is in the tree of the latest checkpoint.
     pub fn prove(&self, seq: u64) -> Result<InclusionProof, AuditError> {
-        read_prove(&self.db, seq)
+        self.read(|t| {
+            let (size, checkpoint) = latest(t)?;
+            let path = merkle::inclusion_proof(&StoredNodes(t), seq, size)?;
+            let entry = t.entry(seq)?.ok_or(ProofError::OutOfRange(format!("entry {seq} is missing")))?;
+            Ok(InclusionProof { seq, entry, checkpoint, size, path })
+        })
     }
 
     /// Proves that the tree of size `old` is a prefix of the latest one.
     pub fn consistency(&self, old: u64) -> Result<ConsistencyProof, AuditError> {
-        read_consistency(&self.db, old)
+        self.read(|t| {
+            let (size, checkpoint) = latest(t)?;
+            let path = merkle::consistency_proof(&StoredNodes(t), old, size)?;
+            Ok(ConsistencyProof { old, checkpoint, size, path })
+        })
     }
 
     /// Writes the whole log as JSON Lines (see [`export`]).
     pub fn export(&self, out: &mut impl Write) -> Result<(), AuditError> {
-        read_export(&self.db, out)
+        let (entries, checkpoints) = self.read_all()?;
+        export::write(out, &entries, &checkpoints)?;
+        Ok(())
     }
 
     /// Verifies the stored log as an auditor would an export, with
@@ -327,132 +413,13 @@ impl AuditLog {
         trusted: &[NoteVerifier],
         held: Option<&str>,
     ) -> Result<Result<Summary, VerifyError>, AuditError> {
-        let (entries, checkpoints) = store::read_all(&self.db)?;
+        let (entries, checkpoints) = self.read_all()?;
         Ok(verify::verify(&entries, &checkpoints, trusted, held))
     }
 }
 
-/// The log's file opened for reading only (see [`store::open_read_only`]):
-/// what `gatehouse audit …` and the admin API read through, while no
-/// process appends. Hold it briefly: an append waits for it.
-pub struct AuditReader {
-    db: ReadOnlyDatabase,
-}
-
-impl AuditReader {
-    /// Opens `path` read-only.
-    pub fn open(path: &Path) -> Result<AuditReader, store::ReadOpenError> {
-        Ok(AuditReader { db: store::open_read_only(path)? })
-    }
-
-    /// Entries in the log.
-    pub fn size(&self) -> Result<u64, AuditError> {
-        read_size(&self.db)
-    }
-
-    /// The latest signed checkpoint (`None` before the first append).
-    pub fn checkpoint(&self) -> Result<Option<String>, AuditError> {
-        read_checkpoint(&self.db)
-    }
-
-    /// The canonical bytes of entry `seq`.
-    pub fn entry(&self, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
-        read_entry(&self.db, seq)
-    }
-
-    /// Up to `limit` entries from sequence number `from` on, in order.
-    pub fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
-        let txn = self.db.begin_read().map_err(store_error)?;
-        let table = txn.open_table(ENTRIES).map_err(store_error)?;
-        let mut out = Vec::new();
-        for row in table.range(from..).map_err(store_error)?.take(limit) {
-            let (seq, bytes) = row.map_err(store_error)?;
-            out.push((seq.value(), bytes.value().to_vec()));
-        }
-        Ok(out)
-    }
-
-    /// The grants in force as the entries left them, by plugin.
-    pub fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
-        read_grants(&self.db)
-    }
-
-    /// Entries and checkpoints, as a verifier reads them.
-    pub fn read_all(&self) -> Result<(Vec<Vec<u8>>, Vec<String>), AuditError> {
-        Ok(store::read_all(&self.db)?)
-    }
-
-    /// Proves that entry `seq` is in the tree of the latest checkpoint.
-    pub fn prove(&self, seq: u64) -> Result<InclusionProof, AuditError> {
-        read_prove(&self.db, seq)
-    }
-
-    /// Proves that the tree of size `old` is a prefix of the latest one.
-    pub fn consistency(&self, old: u64) -> Result<ConsistencyProof, AuditError> {
-        read_consistency(&self.db, old)
-    }
-}
-
-fn read_size(db: &impl ReadableDatabase) -> Result<u64, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    Ok(store::size(&txn.open_table(ENTRIES).map_err(store_error)?)?)
-}
-
-fn read_checkpoint(db: &impl ReadableDatabase) -> Result<Option<String>, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    let table = txn.open_table(CHECKPOINTS).map_err(store_error)?;
-    Ok(table.last().map_err(store_error)?.map(|(_, v)| v.value().to_string()))
-}
-
-fn read_entry(db: &impl ReadableDatabase, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    let table = txn.open_table(ENTRIES).map_err(store_error)?;
-    Ok(table.get(seq).map_err(store_error)?.map(|v| v.value().to_vec()))
-}
-
-fn read_grants(db: &impl ReadableDatabase) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    // A log written before the table existed has no grants recorded.
-    let table = match txn.open_table(GRANTS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(store_error(e).into()),
-    };
-    let mut out = BTreeMap::new();
-    for row in table.iter().map_err(store_error)? {
-        let (plugin, bytes) = row.map_err(store_error)?;
-        out.insert(plugin.value().to_string(), bytes.value().to_vec());
-    }
-    Ok(out)
-}
-
-fn read_prove(db: &impl ReadableDatabase, seq: u64) -> Result<InclusionProof, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    let entries = txn.open_table(ENTRIES).map_err(store_error)?;
-    let nodes = txn.open_table(NODES).map_err(store_error)?;
-    let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
-    let path = merkle::inclusion_proof(&StoredNodes(&nodes), seq, size)?;
-    let entry = entries.get(seq).map_err(store_error)?.map(|v| v.value().to_vec());
-    let entry = entry.ok_or(ProofError::OutOfRange(format!("entry {seq} is missing")))?;
-    Ok(InclusionProof { seq, entry, checkpoint, size, path })
-}
-
-fn read_consistency(db: &impl ReadableDatabase, old: u64) -> Result<ConsistencyProof, AuditError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    let nodes = txn.open_table(NODES).map_err(store_error)?;
-    let (size, checkpoint) = latest(&txn.open_table(CHECKPOINTS).map_err(store_error)?)?;
-    let path = merkle::consistency_proof(&StoredNodes(&nodes), old, size)?;
-    Ok(ConsistencyProof { old, checkpoint, size, path })
-}
-
-fn read_export(db: &impl ReadableDatabase, out: &mut impl Write) -> Result<(), AuditError> {
-    let (entries, checkpoints) = store::read_all(db)?;
-    export::write(out, &entries, &checkpoints)?;
-    Ok(())
-}
-
-fn latest(table: &impl ReadableTable<u64, &'static str>) -> Result<(u64, String), AuditError> {
-    let last = table.last().map_err(store_error)?;
-    last.map(|(k, v)| (k.value(), v.value().to_string()))
+fn latest(tables: &dyn Tables) -> Result<(u64, String), AuditError> {
+    tables
+        .last_checkpoint()?
         .ok_or_else(|| AuditError::Proof(ProofError::OutOfRange("the log has no checkpoint yet".into())))
 }

@@ -14,7 +14,9 @@
 //! - [`note`]: C2SP signed-note with Ed25519 (sign, open, key forms).
 //! - [`checkpoint`]: C2SP tlog-checkpoint.
 //! - [`key`]: the signing key file (0600, refused when others may read it).
-//! - [`store`]: the redb tables.
+//! - [`tables`]: what the log reads and writes in one transaction.
+//! - [`store`]: the embedded store (redb).
+//! - [`postgres`]: the shared store (PostgreSQL).
 //! - [`log`]: [`AuditLog`]: durable, signed appends; proofs.
 //! - [`export`]: JSON Lines export.
 //! - [`verify`]: verification that names the first bad entry and why.
@@ -44,8 +46,10 @@ pub mod key;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod postgres;
 pub mod scan;
 pub mod store;
+pub mod tables;
 pub mod trail;
 pub mod verify;
 

@@ -1,5 +1,5 @@
 //! The embedded storage of the log: one redb file (by default
-//! `<data_dir>/audit/log.redb`), three tables.
+//! `<data_dir>/audit/log.redb`), four tables.
 //!
 //! - `audit_entries`: `seq -> canonical entry bytes`.
 //! - `audit_nodes`: `(level, index) -> 32-byte hash` for every complete
@@ -21,11 +21,13 @@
 //! with `Durability::Immediate`: after a crash the file holds a batch with
 //! its signed checkpoint, or neither.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::merkle::{Hash, NodeReader, ProofError};
+use super::merkle::Hash;
+use super::tables::{Tables, WriteTables};
 
 /// Entries by sequence number.
 pub const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_entries");
@@ -79,20 +81,129 @@ pub fn open(path: &Path) -> Result<Database, ReadOpenError> {
     Ok(db)
 }
 
-/// The stored nodes of one transaction, as the Merkle functions read them.
-pub struct StoredNodes<'a, T>(pub &'a T);
+/// The four tables of one redb transaction: read-only tables (a log
+/// written before `audit_grants` existed has none) or a write
+/// transaction's.
+pub struct RedbTables<E, N, C, G> {
+    entries: E,
+    nodes: N,
+    checkpoints: C,
+    grants: Option<G>,
+}
 
-impl<T: ReadableTable<(u8, u64), &'static [u8]>> NodeReader for StoredNodes<'_, T> {
-    fn node(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
-        let value = self.0.get((level, index)).map_err(|e| ProofError::Storage(e.to_string()))?;
-        let value = value.ok_or(ProofError::MissingNode { level, index })?;
-        value.value().try_into().map_err(|_| ProofError::Storage(format!("node ({level}, {index}) is not 32 bytes")))
+/// The tables of a write transaction.
+pub type RedbWrite<'t> = RedbTables<
+    redb::Table<'t, u64, &'static [u8]>,
+    redb::Table<'t, (u8, u64), &'static [u8]>,
+    redb::Table<'t, u64, &'static str>,
+    redb::Table<'t, &'static str, &'static [u8]>,
+>;
+
+/// The tables of a read transaction.
+pub type RedbRead = RedbTables<
+    redb::ReadOnlyTable<u64, &'static [u8]>,
+    redb::ReadOnlyTable<(u8, u64), &'static [u8]>,
+    redb::ReadOnlyTable<u64, &'static str>,
+    redb::ReadOnlyTable<&'static str, &'static [u8]>,
+>;
+
+/// Opens the tables of a write transaction.
+pub fn write_tables(txn: &redb::WriteTransaction) -> Result<RedbWrite<'_>, StoreError> {
+    Ok(RedbTables {
+        entries: txn.open_table(ENTRIES).map_err(store_error)?,
+        nodes: txn.open_table(NODES).map_err(store_error)?,
+        checkpoints: txn.open_table(CHECKPOINTS).map_err(store_error)?,
+        grants: Some(txn.open_table(GRANTS).map_err(store_error)?),
+    })
+}
+
+/// Opens the tables of a read transaction of `db`.
+pub fn read_tables(db: &impl ReadableDatabase) -> Result<RedbRead, StoreError> {
+    let txn = db.begin_read().map_err(store_error)?;
+    let grants = match txn.open_table(GRANTS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(store_error(e)),
+    };
+    Ok(RedbTables {
+        entries: txn.open_table(ENTRIES).map_err(store_error)?,
+        nodes: txn.open_table(NODES).map_err(store_error)?,
+        checkpoints: txn.open_table(CHECKPOINTS).map_err(store_error)?,
+        grants,
+    })
+}
+
+impl<E, N, C, G> Tables for RedbTables<E, N, C, G>
+where
+    E: ReadableTable<u64, &'static [u8]>,
+    N: ReadableTable<(u8, u64), &'static [u8]>,
+    C: ReadableTable<u64, &'static str>,
+    G: ReadableTable<&'static str, &'static [u8]>,
+{
+    fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.entries.last().map_err(store_error)?.map_or(0, |(k, _)| k.value() + 1))
+    }
+
+    fn entry(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.entries.get(seq).map_err(store_error)?.map(|v| v.value().to_vec()))
+    }
+
+    fn entries(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.entries.range(from..).map_err(store_error)?.take(limit) {
+            let (seq, bytes) = row.map_err(store_error)?;
+            out.push((seq.value(), bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn node(&self, level: u8, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.nodes.get((level, index)).map_err(store_error)?.map(|v| v.value().to_vec()))
+    }
+
+    fn last_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self.checkpoints.last().map_err(store_error)?.map(|(k, v)| (k.value(), v.value().to_string())))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<String>, StoreError> {
+        let mut notes = Vec::new();
+        for row in self.checkpoints.iter().map_err(store_error)? {
+            notes.push(row.map_err(store_error)?.1.value().to_string());
+        }
+        Ok(notes)
+    }
+
+    fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut out = BTreeMap::new();
+        let Some(table) = &self.grants else { return Ok(out) };
+        for row in table.iter().map_err(store_error)? {
+            let (plugin, bytes) = row.map_err(store_error)?;
+            out.insert(plugin.value().to_string(), bytes.value().to_vec());
+        }
+        Ok(out)
     }
 }
 
-/// Entries stored (the next sequence number).
-pub fn size(entries: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, StoreError> {
-    Ok(entries.last().map_err(store_error)?.map_or(0, |(k, _)| k.value() + 1))
+impl WriteTables for RedbWrite<'_> {
+    fn put_entry(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.entries.insert(seq, bytes).map_err(store_error).map(drop)
+    }
+
+    fn put_node(&mut self, level: u8, index: u64, hash: &Hash) -> Result<(), StoreError> {
+        self.nodes.insert((level, index), hash.as_slice()).map_err(store_error).map(drop)
+    }
+
+    fn put_checkpoint(&mut self, size: u64, note: &str) -> Result<(), StoreError> {
+        self.checkpoints.insert(size, note).map_err(store_error).map(drop)
+    }
+
+    fn set_grant(&mut self, plugin: &str, row: Option<&[u8]>) -> Result<(), StoreError> {
+        let table = self.grants.as_mut().ok_or_else(|| StoreError("the grants table is not open".into()))?;
+        match row {
+            Some(bytes) => table.insert(plugin, bytes).map_err(store_error).map(drop),
+            None => table.remove(plugin).map_err(store_error).map(drop),
+        }
+    }
 }
 
 /// The digest of the grants in force (the `audit_grants` rows), signed in
@@ -113,13 +224,9 @@ pub fn grants_digest<'a>(rows: impl IntoIterator<Item = (&'a str, &'a [u8])>) ->
     hasher.finalize().into()
 }
 
-/// [`grants_digest`] of a stored table.
-pub fn stored_grants_digest(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Hash, StoreError> {
-    let mut rows = Vec::new();
-    for row in table.iter().map_err(store_error)? {
-        let (plugin, bytes) = row.map_err(store_error)?;
-        rows.push((plugin.value().to_string(), bytes.value().to_vec()));
-    }
+/// [`grants_digest`] of the stored rows.
+pub fn stored_grants_digest(tables: &dyn Tables) -> Result<Hash, StoreError> {
+    let rows = tables.grants()?;
     Ok(grants_digest(rows.iter().map(|(p, b)| (p.as_str(), b.as_slice()))))
 }
 
@@ -155,23 +262,6 @@ pub fn open_read_only(path: &Path) -> Result<ReadOnlyDatabase, ReadOpenError> {
         Some(Err(e)) => Err(StoreError(format!("cannot open {shown}: {e}")).into()),
         None => Err(StoreError(format!("cannot open {shown}: the file is damaged")).into()),
     }
-}
-
-/// Everything a verifier needs, read in one read transaction: the
-/// entries' bytes and the signed checkpoints in size order.
-pub fn read_all(db: &impl ReadableDatabase) -> Result<(Vec<Vec<u8>>, Vec<String>), StoreError> {
-    let txn = db.begin_read().map_err(store_error)?;
-    let entries = txn.open_table(ENTRIES).map_err(store_error)?;
-    let checkpoints = txn.open_table(CHECKPOINTS).map_err(store_error)?;
-    let mut out = Vec::with_capacity(entries.len().map_err(store_error)? as usize);
-    for row in entries.iter().map_err(store_error)? {
-        out.push(row.map_err(store_error)?.1.value().to_vec());
-    }
-    let mut notes = Vec::new();
-    for row in checkpoints.iter().map_err(store_error)? {
-        notes.push(row.map_err(store_error)?.1.value().to_string());
-    }
-    Ok((out, notes))
 }
 
 #[cfg(test)]

@@ -31,9 +31,10 @@ use super::approval::{ApprovalState, Decision, Row, UnreadableRow, approved, gro
 use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
 use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH};
 use super::note::{NoteSigner, NoteVerifier};
-use super::store::ReadOpenError;
+use super::postgres::PgStore;
+use super::store::{ReadOpenError, StoreError};
 use super::{STORE_FILE, canonical, key};
-use crate::config::AuditSettings;
+use crate::config::{AuditSettings, Config};
 use crate::policy::PluginPolicy;
 use crate::policy::grant_diff::{GrantChange, diff_grants, grants};
 
@@ -105,6 +106,64 @@ pub enum TrailError {
     /// The store, or its last checkpoint does not match it.
     #[error(transparent)]
     Log(#[from] AuditError),
+    /// `[audit] database`'s alias cannot be used.
+    #[error(transparent)]
+    Database(#[from] crate::databases::DatabaseError),
+}
+
+/// Where the log is kept.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// The embedded redb file (`<data_dir>/audit/log.redb`).
+    File(PathBuf),
+    /// A PostgreSQL database (`[audit] database`), shared by the sidecars
+    /// pointed at it.
+    Postgres(PgStore),
+}
+
+impl Location {
+    /// The settings' store: the PostgreSQL alias `[audit] database` names
+    /// (connected to and given its schema now, so this needs a tokio
+    /// runtime), else the file in the data directory.
+    pub fn of(config: &Config) -> Result<Location, TrailError> {
+        let Some(alias) = &config.audit.database else {
+            return Ok(Location::File(config.data_dir.join(STORE_FILE)));
+        };
+        let settings = config.databases.get(alias).cloned().ok_or_else(|| {
+            AuditError::Store(StoreError(format!("[audit] database: no [databases.{alias}] in the settings")))
+        })?;
+        let databases = crate::databases::Databases::open(&BTreeMap::from([(alias.clone(), settings)]))?;
+        let options = databases.options(alias).cloned().ok_or_else(|| {
+            AuditError::Store(StoreError(format!("[audit] database: [databases.{alias}] is not PostgreSQL")))
+        })?;
+        Ok(Location::Postgres(PgStore::open(options, alias).map_err(AuditError::Store)?))
+    }
+
+    /// For messages: the file, or the database alias.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::File(path) => crate::policy::shown(path),
+            Location::Postgres(pg) => format!("[databases.{}] (PostgreSQL)", pg.alias()),
+        }
+    }
+
+    /// The log opened for reading. The file is opened read-only, waiting up
+    /// to [`LOCK_WAIT`] while another process appends (blocking).
+    pub fn reader(&self) -> Result<AuditReader, ReadOpenError> {
+        let path = match self {
+            Location::Postgres(pg) => return Ok(AuditReader::postgres(pg.clone())),
+            Location::File(path) => path,
+        };
+        let started = Instant::now();
+        loop {
+            match AuditReader::open(path) {
+                Err(ReadOpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                opened => return opened,
+            }
+        }
+    }
 }
 
 /// What a successful record did.
@@ -158,7 +217,7 @@ impl TrailMetrics {
 /// The sidecar's audit log: where it is, its key, and its counters.
 #[derive(Debug)]
 pub struct AuditTrail {
-    store: PathBuf,
+    location: Location,
     origin: String,
     signers: Vec<NoteSigner>,
     /// Reads share the file; an append has it alone (in this process;
@@ -176,24 +235,31 @@ pub fn default_origin() -> String {
 }
 
 impl AuditTrail {
-    /// Opens the log of `data_dir` (`<data_dir>/audit/log.redb`) with the
-    /// settings' key, creating both on first run, and checks that the
-    /// stored tree still matches the last checkpoint it signed. The origin
-    /// is the settings' one, else the existing key's name, else
-    /// [`default_origin`] (so a host renamed later keeps its log's name).
+    /// Opens the log of `data_dir` (`<data_dir>/audit/log.redb`): see
+    /// [`AuditTrail::open_at`].
     pub fn open(data_dir: &Path, settings: &AuditSettings) -> Result<AuditTrail, TrailError> {
+        AuditTrail::open_at(Location::File(data_dir.join(STORE_FILE)), settings)
+    }
+
+    /// Opens the log at `location` with the settings' key, creating both
+    /// on first run, and checks that the stored tree still matches the
+    /// last checkpoint it signed. The origin is the settings' one, else
+    /// the existing key's name, else [`default_origin`] (so a host renamed
+    /// later keeps its log's name).
+    pub fn open_at(location: Location, settings: &AuditSettings) -> Result<AuditTrail, TrailError> {
         let origin = match &settings.origin {
             Some(origin) => origin.clone(),
             None if settings.key.exists() => key::load(&settings.key)?.name().to_string(),
             None => default_origin(),
         };
         let signer = key::load_or_generate(&settings.key, &origin)?;
-        let store = data_dir.join(STORE_FILE);
-        if let Some(dir) = store.parent() {
+        if let Location::File(store) = &location
+            && let Some(dir) = store.parent()
+        {
             crate::data_dir::secure(dir)?;
         }
         let trail =
-            AuditTrail { store, origin, signers: vec![signer], lock: RwLock::new(()), metrics: Default::default() };
+            AuditTrail { location, origin, signers: vec![signer], lock: RwLock::new(()), metrics: Default::default() };
         let log = trail.open_log()?;
         // An empty append writes nothing but checks the stored tree
         // against the last signed checkpoint (and repairs a file whose
@@ -217,9 +283,9 @@ impl AuditTrail {
         self.signers.iter().map(NoteSigner::verifier).collect()
     }
 
-    /// The store file.
-    pub fn store(&self) -> &Path {
-        &self.store
+    /// Where the log is kept.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// Its counters.
@@ -228,9 +294,13 @@ impl AuditTrail {
     }
 
     fn open_log(&self) -> Result<AuditLog, AuditError> {
+        let path = match &self.location {
+            Location::Postgres(pg) => return AuditLog::postgres(pg.clone(), &self.origin, self.signers.clone()),
+            Location::File(path) => path,
+        };
         let started = Instant::now();
         loop {
-            match AuditLog::open(&self.store, &self.origin, self.signers.clone()) {
+            match AuditLog::open(path, &self.origin, self.signers.clone()) {
                 Err(AuditError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
@@ -243,17 +313,10 @@ impl AuditTrail {
     /// [`LOCK_WAIT`] for another process's append).
     pub fn read<T>(&self, read: impl FnOnce(&AuditReader) -> Result<T, AuditError>) -> Result<T, AuditError> {
         let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
-        let started = Instant::now();
-        let reader = loop {
-            match AuditReader::open(&self.store) {
-                Ok(reader) => break reader,
-                Err(ReadOpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(ReadOpenError::Locked(shown)) => return Err(AuditError::Locked(shown)),
-                Err(e) => return Err(AuditError::Store(super::store::StoreError(e.to_string()))),
-            }
-        };
+        let reader = self.location.reader().map_err(|e| match e {
+            ReadOpenError::Locked(shown) => AuditError::Locked(shown),
+            e => AuditError::Store(StoreError(e.to_string())),
+        })?;
         read(&reader)
     }
 

@@ -16,15 +16,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use gatehouse::audit::entry::{Entry, Recorded};
-use gatehouse::audit::store::ReadOpenError;
-use gatehouse::audit::trail::LOCK_WAIT;
-use gatehouse::audit::{AuditReader, NoteVerifier, STORE_FILE, export, key, merkle};
+use gatehouse::audit::trail::Location;
+use gatehouse::audit::{NoteVerifier, export, key, merkle};
 use gatehouse::config::Config;
 use gatehouse::guest_text::{LINE, escape};
 
@@ -84,13 +83,13 @@ pub enum AuditCommand {
 }
 
 pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let store = config.data_dir.join(STORE_FILE);
+    let store = Location::of(config).context("the audit log")?;
     match command {
         AuditCommand::Verify { checkpoint, key, export } => verify(config, &store, checkpoint, key, export),
         AuditCommand::Show { plugin, since } => show(&store, plugin.as_deref(), since.as_deref()),
         AuditCommand::Export { out } => export_to(&store, out),
         AuditCommand::Prove { seq } => {
-            let proof = open(&store)?.prove(seq).with_context(|| format!("no proof of entry {seq}"))?;
+            let proof = store.reader()?.prove(seq).with_context(|| format!("no proof of entry {seq}"))?;
             let entry = String::from_utf8(proof.entry.clone()).context("the stored entry is not UTF-8")?;
             print_json(&serde_json::json!({
                 "type": "inclusion",
@@ -104,7 +103,7 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Consistency { old_size } => {
             let proof =
-                open(&store)?.consistency(old_size).with_context(|| format!("no proof from size {old_size}"))?;
+                store.reader()?.consistency(old_size).with_context(|| format!("no proof from size {old_size}"))?;
             print_json(&serde_json::json!({
                 "type": "consistency",
                 "old_size": proof.old,
@@ -124,20 +123,6 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
 fn print_json(value: &serde_json::Value) -> anyhow::Result<ExitCode> {
     println!("{value}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// The store opened read-only, waiting up to [`LOCK_WAIT`] while a
-/// sidecar appends.
-pub(super) fn open(store: &Path) -> Result<AuditReader, ReadOpenError> {
-    let started = Instant::now();
-    loop {
-        match AuditReader::open(store) {
-            Err(ReadOpenError::Locked(_)) if started.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            opened => return opened,
-        }
-    }
 }
 
 /// The keys to trust: `--key` (a vkey, or a file holding one), else the
@@ -160,7 +145,7 @@ fn trusted(config: &Config, given: Option<String>) -> anyhow::Result<Vec<NoteVer
 
 fn verify(
     config: &Config,
-    store: &Path,
+    store: &Location,
     held: Option<PathBuf>,
     key: Option<String>,
     export: Option<PathBuf>,
@@ -185,7 +170,7 @@ fn verify(
         }
         // Read, then let go of the file before the work.
         None => {
-            let reader = open(store)?;
+            let reader = store.reader()?;
             let (entries, checkpoints) = reader.read_all()?;
             (entries, checkpoints, Some(reader.grants()?))
         }
@@ -196,7 +181,7 @@ fn verify(
             println!(
                 "{}: grants-mismatch: the grants in force stored beside the log are not the ones the latest \
                  checkpoint signed (edited outside the sidecar?)",
-                gatehouse::policy::shown(store)
+                store.shown()
             );
             Ok(ExitCode::FAILURE)
         }
@@ -245,9 +230,9 @@ fn shown_value(value: &Option<Recorded>) -> String {
     }
 }
 
-fn show(store: &Path, plugin: Option<&str>, since: Option<&str>) -> anyhow::Result<ExitCode> {
+fn show(store: &Location, plugin: Option<&str>, since: Option<&str>) -> anyhow::Result<ExitCode> {
     let since = since.map(since_time).transpose()?;
-    let (entries, _) = open(store)?.read_all()?;
+    let (entries, _) = store.reader()?.read_all()?;
     let mut out = std::io::stdout().lock();
     for (seq, bytes) in entries.iter().enumerate() {
         let Ok(entry) = Entry::decode(bytes) else {
@@ -278,8 +263,8 @@ fn show(store: &Path, plugin: Option<&str>, since: Option<&str>) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn export_to(store: &Path, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let (entries, checkpoints) = open(store)?.read_all()?;
+fn export_to(store: &Location, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let (entries, checkpoints) = store.reader()?.read_all()?;
     match out {
         Some(path) => {
             let mut file = std::io::BufWriter::new(

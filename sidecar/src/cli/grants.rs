@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use gatehouse::audit::AuditTrail;
 use gatehouse::audit::approval::{Decision, Row, approved, growth, is_plugin_row, states};
 use gatehouse::audit::store::ReadOpenError;
+use gatehouse::audit::trail::Location;
 use gatehouse::audit::trail::RecordError;
-use gatehouse::audit::{AuditTrail, STORE_FILE};
 use gatehouse::config::Config;
 use gatehouse::guest_text::{LINE, escape};
 use gatehouse::policy::grant_diff::{GrantChange, diff_grants, grants};
@@ -137,7 +138,7 @@ fn pending(config: &Config) -> anyhow::Result<ExitCode> {
 
 fn decide(config: &Config, plugin: &str, decision: Decision) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(config.audit.enabled, "the audit log is off ([audit] enabled = false): it keeps the approvals");
-    let trail = AuditTrail::open(&config.data_dir, &config.audit)?;
+    let trail = AuditTrail::open_at(Location::of(config)?, &config.audit)?;
     let actor = os_user();
     match trail.decide(plugin, decision, &actor) {
         Ok(recorded) => {
@@ -160,7 +161,7 @@ fn decide(config: &Config, plugin: &str, decision: Decision) -> anyhow::Result<E
 
 /// The grants table's rows (empty when no log was ever written).
 fn stored_rows(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    match super::audit::open(&config.data_dir.join(STORE_FILE)) {
+    match Location::of(config)?.reader() {
         Ok(reader) => Ok(reader.grants()?),
         Err(ReadOpenError::Missing(_)) => Ok(BTreeMap::new()),
         Err(e) => Err(e.into()),

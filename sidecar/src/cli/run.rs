@@ -10,6 +10,7 @@ use anyhow::Context;
 use gatehouse::Runtime;
 use gatehouse::api::{self, Api, ServeLimits};
 use gatehouse::audit::AuditTrail;
+use gatehouse::audit::trail::Location;
 use gatehouse::config::Config;
 use gatehouse::databases::Databases;
 use gatehouse::services::Services;
@@ -44,8 +45,9 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if config.audit.enabled {
         // Before anything is served: a log that cannot be opened, or whose
         // store no longer matches its last checkpoint, stops the start.
-        let trail = AuditTrail::open(&config.data_dir, &config.audit).context("the audit log cannot be opened")?;
-        let store = gatehouse::policy::shown(trail.store());
+        let location = Location::of(config).context("the audit log cannot be opened")?;
+        let trail = AuditTrail::open_at(location, &config.audit).context("the audit log cannot be opened")?;
+        let store = trail.location().shown();
         tracing::info!(%store, origin = trail.origin(), entries = trail.metrics().checkpoint_size(), "audit log open");
         services = services.with_audit(trail);
     }

@@ -45,13 +45,11 @@
 //! then count twice). The pool opens new connections as calls come, so the
 //! backend recovers by itself once the server answers again.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Row, SqlSafeStr};
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Page, Usage, UsageReport, check_batch_len,
@@ -77,25 +75,6 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The sidecar's PostgreSQL schema, `migrations/postgres/*.sql`, in
-/// version order (`version`, `description`, SQL).
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(20261202000001, "kv store", include_str!("../../../../migrations/postgres/20261202000001_kv_store.sql"))];
-
-/// sqlx's migrator over [`MIGRATIONS`]. (Not `sqlx::migrate!`: that macro
-/// needs sqlx's `macros` feature, whose serde features rebuild most of the
-/// dependency tree, wasmtime included.)
-fn migrator() -> Migrator {
-    Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, sql.into_sql_str(), false)
-            })
-            .collect(),
-    )
-}
 
 /// The PostgreSQL backend.
 pub struct PostgresBackend {
@@ -179,7 +158,7 @@ impl PostgresBackend {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(IDLE_TIMEOUT)
             .connect_lazy_with(options);
-        bounded(async { migrator().run(&pool).await.map_err(migrate_error) }).await?;
+        bounded(async { crate::databases::migrator().run(&pool).await.map_err(migrate_error) }).await?;
         Ok(PostgresBackend::with_pool(pool))
     }
 
@@ -582,23 +561,6 @@ impl KvBackend for PostgresBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_migration_file_is_embedded_in_order() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let embedded: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|(version, description, _)| format!("{version}_{}.sql", description.replace(' ', "_")))
-            .collect();
-        assert_eq!(embedded, files);
-        assert!(MIGRATIONS.windows(2).all(|w| w[0].0 < w[1].0));
-    }
 
     #[test]
     fn prefix_ends_bound_exactly_the_keys_with_the_prefix() {

@@ -367,7 +367,14 @@ fn a_damaged_store_makes_the_sidecar_unready_and_the_cli_prints_no_panic() {
     assert_eq!(status, 503, "{}", text(&body));
     assert_eq!(json(&body)["kind"], "unavailable", "{}", text(&body));
     assert!(!sidecar.stderr().contains("panicked"), "{}", sidecar.stderr());
-    assert_eq!(sidecar.stderr().matches("the key-value store cannot be opened").count(), 1, "{}", sidecar.stderr());
+    // The sidecar's stderr reaches the test through a pipe and a thread:
+    // wait for the line before counting it.
+    let logged = || sidecar.stderr().matches("the key-value store cannot be opened").count();
+    let waited = Instant::now();
+    while logged() == 0 && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(logged(), 1, "{}", sidecar.stderr());
 
     std::fs::rename(&file, data.join("kv/store.redb.damaged")).unwrap();
     sidecar.wait_ready();
