@@ -74,6 +74,10 @@ pub struct Appended {
     pub checkpoint: String,
 }
 
+/// What an append writes: the entries, and the grants rows to set
+/// (`Some`) or remove (`None`) with them.
+pub type Plan = (Vec<NewEntry>, Vec<(String, Option<Vec<u8>>)>);
+
 /// An inclusion proof of one entry against a signed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InclusionProof {
@@ -176,17 +180,37 @@ impl AuditLog {
         batch: &[NewEntry],
         state: &[(String, Option<Vec<u8>>)],
     ) -> Result<Appended, AuditError> {
-        if batch.len() > MAX_BATCH {
-            return Err(AuditError::BatchTooLarge(batch.len()));
-        }
-        for (index, new) in batch.iter().enumerate() {
-            entry::check_new(new).map_err(|source| AuditError::Entry { index, source })?;
-        }
+        self.append_planned(|_| Ok::<_, AuditError>((batch.to_vec(), state.to_vec())))
+    }
+
+    /// Appends what `plan` makes of the grants in force as the store holds
+    /// them inside the append's own write transaction: the entries and the
+    /// rows to set. No other writer (another process on the same
+    /// PostgreSQL log, a `gatehouse grants approve`) can append between
+    /// the read and the write, so two sidecars that see the same change
+    /// record it once.
+    pub fn append_planned<E>(
+        &self,
+        plan: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> Result<Plan, E>,
+    ) -> Result<Appended, E>
+    where
+        E: From<AuditError> + From<StoreError>,
+    {
+        let planned = |tables: &mut dyn WriteTables| -> Result<Appended, E> {
+            let (batch, state) = plan(&tables.grants()?)?;
+            if batch.len() > MAX_BATCH {
+                return Err(AuditError::BatchTooLarge(batch.len()).into());
+            }
+            for (index, new) in batch.iter().enumerate() {
+                entry::check_new(new).map_err(|source| AuditError::Entry { index, source })?;
+            }
+            Ok(self.append_in(tables, &batch, &state)?)
+        };
         match &self.reader.0 {
             Source::Redb(db) => {
                 let mut txn = db.begin_write().map_err(store_error)?;
                 txn.set_durability(Durability::Immediate).map_err(store_error)?;
-                let appended = self.append_in(&mut store::write_tables(&txn)?, batch, state)?;
+                let appended = planned(&mut store::write_tables(&txn)?)?;
                 // An empty batch wrote nothing: the transaction is dropped.
                 if appended.size != appended.first {
                     txn.commit().map_err(store_error)?;
@@ -194,11 +218,11 @@ impl AuditLog {
                 Ok(appended)
             }
             Source::Postgres(pg) => pg.append(|tables| {
-                let appended = self.append_in(tables, batch, state)?;
+                let appended = planned(tables)?;
                 let (first, size) = (appended.first, appended.size);
-                Ok::<_, AuditError>((appended, first, size))
+                Ok((appended, first, size))
             }),
-            Source::RedbReadOnly(_) => unreachable!("an AuditLog never holds a read-only store"),
+            Source::RedbReadOnly(_) => Err(AuditError::Store(StoreError("the log was opened read-only".into())).into()),
         }
     }
 

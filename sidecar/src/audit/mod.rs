@@ -55,7 +55,7 @@ pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{Change, Entry, NewEntry};
-pub use log::{Appended, AuditError, AuditLog, AuditReader, ConsistencyProof, InclusionProof};
+pub use log::{Appended, AuditError, AuditLog, AuditReader, ConsistencyProof, InclusionProof, Plan};
 pub use note::{NoteSigner, NoteVerifier};
 pub use trail::{AuditTrail, Trigger};
 pub use verify::{Location, Problem, Summary, VerifyError, verify};

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::approval::{ApprovalState, Decision, Row, UnreadableRow, approved, growth, is_plugin_row, row, states};
 use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
-use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH};
+use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH, Plan};
 use super::note::{NoteSigner, NoteVerifier};
 use super::postgres::PgStore;
 use super::store::{ReadOpenError, StoreError};
@@ -68,6 +68,12 @@ pub enum RecordError {
     /// An approval or rejection of a plugin with nothing pending.
     #[error("plugin `{0}` has no grants waiting for approval")]
     NotPending(String),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        RecordError::Log(AuditError::Store(e))
+    }
 }
 
 impl From<UnreadableRow> for RecordError {
@@ -338,55 +344,8 @@ impl AuditTrail {
     }
 
     fn record_locked(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
-        let log = self.open_log()?;
-        let recorded = log.grants()?;
-        let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
-        for (plugin, bytes) in recorded.iter().filter(|(key, _)| is_plugin_row(key)) {
-            let row: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.clone()))?;
-            let file = row["file"].as_str().unwrap_or_default().to_string();
-            before.insert(plugin.clone(), (file, row["grants"].clone()));
-        }
-        let after: BTreeMap<&str, &PluginPolicy> = in_force.iter().map(|p| (p.name.as_str(), p)).collect();
-        let mut names: Vec<&str> = before.keys().map(String::as_str).chain(after.keys().copied()).collect();
-        names.sort_unstable();
-        names.dedup();
-
-        let mut batch = Vec::new();
-        let mut state = Vec::new();
-        for name in names {
-            let old = before.get(name);
-            let new = after.get(name).copied();
-            let new_grants = new.map(grants);
-            let changes = diff_grants(name, old.map(|(_, g)| g), new_grants.as_ref());
-            if changes.is_empty() {
-                continue;
-            }
-            let actor = match (trigger, new) {
-                (_, Some(policy)) => actor(trigger, policy),
-                (Trigger::Admin(token), None) => format!("admin:{token}"),
-                (Trigger::Disk, None) => {
-                    let file = PathBuf::from(old.map(|(f, _)| f.as_str()).unwrap_or_default());
-                    file_actor(&file, current_hash(&file))
-                }
-            };
-            batch.extend(changes.into_iter().map(|change| entry(&actor, change, None)));
-            let row = match (new, new_grants) {
-                (Some(policy), Some(value)) => {
-                    let row = json!({ "file": policy.file.to_string_lossy(), "grants": value });
-                    Some(canonical::to_vec(&row).map_err(|_| RecordError::State(name.to_string()))?)
-                }
-                _ => None,
-            };
-            state.push((name.to_string(), row));
-        }
-        if batch.is_empty() {
-            return Ok(Recorded { entries: 0, size: log.size()? });
-        }
-        if batch.len() > MAX_BATCH {
-            return Err(RecordError::TooMany(batch.len()));
-        }
-        let appended = log.append_with_state(&batch, &state)?;
-        Ok(Recorded { entries: batch.len() as u64, size: appended.size })
+        let appended = self.open_log()?.append_planned(|rows| plan_record(trigger, in_force, rows))?;
+        Ok(Recorded { entries: appended.size - appended.first, size: appended.size })
     }
 
     /// Sorts `next` (the policies a reload would put in force) into those
@@ -397,57 +356,17 @@ impl AuditTrail {
     /// Blocking: call it off the async executor.
     pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Screened, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let log = self.open_log()?;
-        let rows = log.grants()?;
-        let mut batch = Vec::new();
-        let mut state = Vec::new();
         let mut held = Vec::new();
-        for policy in next {
-            let name = policy.name.as_str();
-            let value = grants(policy);
-            let approved = approved(&rows, name)?;
-            let grows = growth(name, approved.as_ref(), &value);
-            let pending = row(&rows, Row::Pending, name)?;
-            let actor = actor(trigger, policy);
-            if grows.is_empty() {
-                if let Some(pending) = pending {
-                    let change =
-                        Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };
-                    batch.push(NewEntry { actor, plugin: Some(name.to_string()), change });
-                    state.push((Row::Pending.key(name), None));
-                }
-                continue;
-            }
-            let items = shown_items(&grows);
-            if row(&rows, Row::Rejected, name)?.as_ref() == Some(&value) {
-                let reason = format!(
-                    "its grants were rejected (they would grow: {items}); the loaded version, if any, stays \
-                     until the policy or the manifest asks for something else"
-                );
-                held.push(Held { plugin: name.to_string(), reason });
-                continue;
-            }
-            let reason = format!(
-                "waiting for approval: its grants would grow ({items}); `gatehouse grants approve {name}` or \
-                 POST /admin/approvals/{name}"
-            );
-            held.push(Held { plugin: name.to_string(), reason });
-            if pending.as_ref() != Some(&value) {
-                batch.extend(grows.into_iter().map(|change| entry(&actor, change, Some("requested"))));
-                let bytes = canonical::to_vec(&value).map_err(|_| RecordError::State(name.to_string()))?;
-                state.push((Row::Pending.key(name), Some(bytes)));
-                // A new request supersedes a rejected one.
-                state.push((Row::Rejected.key(name), None));
-            }
+        let appended = self.open_log()?.append_planned(|rows| {
+            let (plan, waiting) = plan_screen(trigger, next, rows)?;
+            held = waiting;
+            Ok::<_, RecordError>(plan)
+        })?;
+        let entries = appended.size - appended.first;
+        if entries > 0 {
+            self.counted(entries, appended.size);
         }
-        if batch.len() > MAX_BATCH {
-            return Err(RecordError::TooMany(batch.len()));
-        }
-        if !batch.is_empty() {
-            let appended = log.append_with_state(&batch, &state)?;
-            self.counted(batch.len() as u64, appended.size);
-        }
-        Ok(Screened { held, entries: batch.len() as u64 })
+        Ok(Screened { held, entries })
     }
 
     /// Approves or rejects the grants pending for `plugin`, in one durable
@@ -458,22 +377,7 @@ impl AuditTrail {
     /// the next reload. Blocking.
     pub fn decide(&self, plugin: &str, decision: Decision, actor: &str) -> Result<Recorded, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let log = self.open_log()?;
-        let rows = log.grants()?;
-        let pending = row(&rows, Row::Pending, plugin)?.ok_or_else(|| RecordError::NotPending(plugin.to_string()))?;
-        let before = approved(&rows, plugin)?;
-        let bytes = canonical::to_vec(&pending).map_err(|_| RecordError::State(plugin.to_string()))?;
-        let change = Change { kind: decision.kind().into(), item: String::new(), before, after: Some(pending) };
-        let entry = NewEntry { actor: actor.to_string(), plugin: Some(plugin.to_string()), change };
-        let mut state = vec![(Row::Pending.key(plugin), None)];
-        match decision {
-            Decision::Approve => {
-                state.push((Row::Approved.key(plugin), Some(bytes)));
-                state.push((Row::Rejected.key(plugin), None));
-            }
-            Decision::Reject => state.push((Row::Rejected.key(plugin), Some(bytes))),
-        }
-        let appended = log.append_with_state(&[entry], &state)?;
+        let appended = self.open_log()?.append_planned(|rows| plan_decision(plugin, decision, actor, rows))?;
         self.counted(1, appended.size);
         Ok(Recorded { entries: 1, size: appended.size })
     }
@@ -490,6 +394,136 @@ impl AuditTrail {
         self.metrics.size.store(size, Ordering::Relaxed);
         self.metrics.signed_at(SystemTime::now());
     }
+}
+
+/// The entries and rows that take the grants in force (`rows`) to
+/// `in_force`: each change an entry by the reload's actor, each plugin's
+/// row its new grants (or removed).
+fn plan_record(
+    trigger: &Trigger,
+    in_force: &[PluginPolicy],
+    recorded: &BTreeMap<String, Vec<u8>>,
+) -> Result<Plan, RecordError> {
+    let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    for (plugin, bytes) in recorded.iter().filter(|(key, _)| is_plugin_row(key)) {
+        let row: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.clone()))?;
+        let file = row["file"].as_str().unwrap_or_default().to_string();
+        before.insert(plugin.clone(), (file, row["grants"].clone()));
+    }
+    let after: BTreeMap<&str, &PluginPolicy> = in_force.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut names: Vec<&str> = before.keys().map(String::as_str).chain(after.keys().copied()).collect();
+    names.sort_unstable();
+    names.dedup();
+
+    let mut batch = Vec::new();
+    let mut state = Vec::new();
+    for name in names {
+        let old = before.get(name);
+        let new = after.get(name).copied();
+        let new_grants = new.map(grants);
+        let changes = diff_grants(name, old.map(|(_, g)| g), new_grants.as_ref());
+        if changes.is_empty() {
+            continue;
+        }
+        let actor = match (trigger, new) {
+            (_, Some(policy)) => actor(trigger, policy),
+            (Trigger::Admin(token), None) => format!("admin:{token}"),
+            (Trigger::Disk, None) => {
+                let file = PathBuf::from(old.map(|(f, _)| f.as_str()).unwrap_or_default());
+                file_actor(&file, current_hash(&file))
+            }
+        };
+        batch.extend(changes.into_iter().map(|change| entry(&actor, change, None)));
+        let row = match (new, new_grants) {
+            (Some(policy), Some(value)) => {
+                let row = json!({ "file": policy.file.to_string_lossy(), "grants": value });
+                Some(canonical::to_vec(&row).map_err(|_| RecordError::State(name.to_string()))?)
+            }
+            _ => None,
+        };
+        state.push((name.to_string(), row));
+    }
+    if batch.len() > MAX_BATCH {
+        return Err(RecordError::TooMany(batch.len()));
+    }
+    Ok((batch, state))
+}
+
+/// What a reload's screening writes (`requested` and `withdrawn` entries,
+/// pending rows), and the plugins held.
+fn plan_screen(
+    trigger: &Trigger,
+    next: &[&PluginPolicy],
+    rows: &BTreeMap<String, Vec<u8>>,
+) -> Result<(Plan, Vec<Held>), RecordError> {
+    let mut batch = Vec::new();
+    let mut state = Vec::new();
+    let mut held = Vec::new();
+    for policy in next {
+        let name = policy.name.as_str();
+        let value = grants(policy);
+        let approved = approved(rows, name)?;
+        let grows = growth(name, approved.as_ref(), &value);
+        let pending = row(rows, Row::Pending, name)?;
+        let actor = actor(trigger, policy);
+        if grows.is_empty() {
+            if let Some(pending) = pending {
+                let change =
+                    Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };
+                batch.push(NewEntry { actor, plugin: Some(name.to_string()), change });
+                state.push((Row::Pending.key(name), None));
+            }
+            continue;
+        }
+        let items = shown_items(&grows);
+        if row(rows, Row::Rejected, name)?.as_ref() == Some(&value) {
+            let reason = format!(
+                "its grants were rejected (they would grow: {items}); the loaded version, if any, stays \
+                     until the policy or the manifest asks for something else"
+            );
+            held.push(Held { plugin: name.to_string(), reason });
+            continue;
+        }
+        let reason = format!(
+            "waiting for approval: its grants would grow ({items}); `gatehouse grants approve {name}` or \
+                 POST /admin/approvals/{name}"
+        );
+        held.push(Held { plugin: name.to_string(), reason });
+        if pending.as_ref() != Some(&value) {
+            batch.extend(grows.into_iter().map(|change| entry(&actor, change, Some("requested"))));
+            let bytes = canonical::to_vec(&value).map_err(|_| RecordError::State(name.to_string()))?;
+            state.push((Row::Pending.key(name), Some(bytes)));
+            // A new request supersedes a rejected one.
+            state.push((Row::Rejected.key(name), None));
+        }
+    }
+    if batch.len() > MAX_BATCH {
+        return Err(RecordError::TooMany(batch.len()));
+    }
+    Ok(((batch, state), held))
+}
+
+/// The entry and rows of a decision on `plugin`'s pending grants.
+fn plan_decision(
+    plugin: &str,
+    decision: Decision,
+    actor: &str,
+    rows: &BTreeMap<String, Vec<u8>>,
+) -> Result<Plan, RecordError> {
+    let pending = row(rows, Row::Pending, plugin)?.ok_or_else(|| RecordError::NotPending(plugin.to_string()))?;
+    let before = approved(rows, plugin)?;
+    let bytes = canonical::to_vec(&pending).map_err(|_| RecordError::State(plugin.to_string()))?;
+    let change = Change { kind: decision.kind().into(), item: String::new(), before, after: Some(pending) };
+    let entry = NewEntry { actor: actor.to_string(), plugin: Some(plugin.to_string()), change };
+    let mut state = vec![(Row::Pending.key(plugin), None)];
+    match decision {
+        Decision::Approve => {
+            state.push((Row::Approved.key(plugin), Some(bytes)));
+            state.push((Row::Rejected.key(plugin), None));
+        }
+        Decision::Reject => state.push((Row::Rejected.key(plugin), Some(bytes))),
+    }
+    Ok((vec![entry], state))
 }
 
 /// The items that grow, for a one-line reason: at most five, then a count.
