@@ -6,6 +6,7 @@
 mod approvals;
 mod crash;
 mod independent;
+mod postgres;
 mod python;
 mod running;
 mod tamper;

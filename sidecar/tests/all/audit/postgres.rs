@@ -1,0 +1,219 @@
+//! The audit log in PostgreSQL (`[audit] database`), against a real
+//! throwaway server (`crate::postgres`): several processes appending to
+//! one log at once never fork it, and the store's own checks hold there
+//! as they do in redb.
+//!
+//! Attacks tried: four writer processes racing on one log (a repeated or
+//! missing sequence number, a batch split by another's, two checkpoints of
+//! one size); sidecars sharing the log that each see the same policy
+//! change (recorded twice); a grants row, an entry and the head edited
+//! in the database behind the log's back; the CLI reading the shared log.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use gatehouse::audit::postgres::PgStore;
+use gatehouse::audit::{AuditError, AuditLog, AuditReader, Change, Entry, NewEntry};
+
+use super::{ORIGIN, key};
+use crate::postgres::TestPostgres;
+
+const CHILD_URL: &str = "GATEHOUSE_AUDIT_PG_URL";
+const CHILD_NAME: &str = "GATEHOUSE_AUDIT_PG_WRITER";
+const WRITERS: usize = 4;
+const BATCHES: u64 = 25;
+
+fn cluster() -> TestPostgres {
+    TestPostgres::start("gatehouse", "audit-test-password", "gatehouse")
+}
+
+/// The log over `url`; `runtime` runs its queries.
+fn open(runtime: &tokio::runtime::Runtime, url: &str) -> AuditLog {
+    let _entered = runtime.enter();
+    let store = PgStore::open(url.parse().unwrap(), "shared").unwrap();
+    AuditLog::postgres(store, ORIGIN, vec![key()]).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+}
+
+fn batch(writer: &str, b: u64) -> Vec<NewEntry> {
+    (0..1 + b % 4)
+        .map(|k| NewEntry {
+            actor: format!("{writer}-b{b}-{k}"),
+            plugin: None,
+            change: Change { kind: "added".into(), item: "race".into(), before: None, after: Some(k.into()) },
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "a child process of writers_in_several_processes_never_fork_a_postgresql_log"]
+fn pg_writer_child() {
+    let (Some(url), Some(name)) = (std::env::var_os(CHILD_URL), std::env::var_os(CHILD_NAME)) else {
+        return;
+    };
+    let (url, name) = (url.into_string().unwrap(), name.into_string().unwrap());
+    let runtime = runtime();
+    let log = open(&runtime, &url);
+    let _entered = runtime.enter();
+    for b in 0..BATCHES {
+        let appended = log.append(&batch(&name, b)).unwrap();
+        println!("ACK {b} {} {}", appended.first, appended.size);
+    }
+}
+
+#[test]
+fn writers_in_several_processes_never_fork_a_postgresql_log() {
+    let postgres = cluster();
+    let children: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "audit::postgres::pg_writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+                .env(CHILD_URL, postgres.url())
+                .env(CHILD_NAME, format!("w{w}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut acks = Vec::new();
+    for (w, mut child) in children.into_iter().enumerate() {
+        let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap()).lines().map(Result::unwrap).collect();
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "writer {w}: {stderr}");
+        // libtest may print its `test … ` prefix on the first line.
+        for line in lines.iter().filter_map(|l| l.split_once("ACK ").map(|(_, ack)| ack)) {
+            let n: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+            acks.push((format!("w{w}"), n[0], n[1], n[2]));
+        }
+    }
+    assert_eq!(acks.len(), WRITERS * BATCHES as usize, "every batch acknowledged");
+
+    let runtime = runtime();
+    let log = open(&runtime, &postgres.url());
+    let _entered = runtime.enter();
+    // The chain, the tree and every checkpoint verify: no sequence number
+    // repeats or is missing, and the checkpoints grow one batch at a time.
+    let summary = log.verify(&[key().verifier()], None).unwrap().unwrap();
+    let total: u64 = acks.iter().map(|(_, _, first, size)| size - first).sum();
+    assert_eq!(summary.size, total);
+    assert_eq!(summary.checkpoints, acks.len());
+    // Each acknowledged batch is where its writer was told, whole.
+    for (writer, b, first, size) in &acks {
+        let want = batch(writer, *b);
+        assert_eq!(size - first, want.len() as u64);
+        for (k, new) in want.iter().enumerate() {
+            let bytes = log.entry(first + k as u64).unwrap().unwrap();
+            assert_eq!(Entry::decode(&bytes).unwrap().actor, new.actor, "{writer} batch {b}");
+        }
+    }
+}
+
+/// Rows changed in the database behind the log's back stop the next
+/// append, as in the embedded store; nothing is signed over them.
+#[test]
+fn the_postgresql_log_refuses_to_sign_over_rows_changed_behind_its_back() {
+    let postgres = cluster();
+    let runtime = runtime();
+    let log = open(&runtime, &postgres.url());
+    let _entered = runtime.enter();
+    log.append_with_state(&batch("w", 3), &[("echo".into(), Some(b"{}".to_vec()))]).unwrap();
+    log.append(&batch("w", 1)).unwrap();
+    let refused = |what: &str| match log.append(&batch("w", 0)) {
+        Err(AuditError::Inconsistent(reason)) => reason,
+        other => panic!("{what}: {other:?}"),
+    };
+    let sql = |statement: &str| postgres.psql_in("gatehouse", statement);
+
+    sql("UPDATE gatehouse_audit_grants SET grants = '\\x7b2278223a317d' WHERE plugin = 'echo'");
+    assert!(refused("grants row edited").contains("grants in force"));
+    sql("UPDATE gatehouse_audit_grants SET grants = '\\x7b7d' WHERE plugin = 'echo'");
+    log.append(&batch("w", 0)).unwrap();
+
+    let size = log.size().unwrap();
+    let last = log.entry(size - 1).unwrap().unwrap();
+    let forged = String::from_utf8(last.clone()).unwrap().replace("w-b0-0", "w-b0-X");
+    sql(&format!(
+        "UPDATE gatehouse_audit_entries SET entry = '\\x{}' WHERE seq = {}",
+        hex::encode(forged.as_bytes()),
+        size - 1
+    ));
+    assert!(refused("last entry edited").contains(&format!("entry {}", size - 1)));
+    sql(&format!("UPDATE gatehouse_audit_entries SET entry = '\\x{}' WHERE seq = {}", hex::encode(&last), size - 1));
+
+    // The head moved back: the append starts from the stored entries, and
+    // the compare-and-swap on the head refuses it.
+    sql("UPDATE gatehouse_audit_head SET size = 1");
+    assert!(matches!(log.append(&batch("w", 0)), Err(AuditError::Store(e)) if e.0.contains("head")));
+    sql(&format!("UPDATE gatehouse_audit_head SET size = {size}"));
+    log.append(&batch("w", 0)).unwrap();
+
+    // Every entry deleted: the log refuses rather than starting afresh.
+    sql("DELETE FROM gatehouse_audit_entries");
+    assert!(refused("entries deleted").contains("covers"));
+    // A reader still reads (and the verifier names what is wrong).
+    let reader = AuditReader::postgres(PgStore::open(postgres.url().parse().unwrap(), "shared").unwrap());
+    assert_eq!(reader.size().unwrap(), 0);
+}
+
+/// Three sidecar processes on one policy directory and one PostgreSQL
+/// log (same key and origin): a policy change that all three reload at
+/// once is recorded once, and `gatehouse audit` reads the shared log.
+#[test]
+fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
+    use crate::common::{Policies, gatehouse_command, guest};
+    use crate::sidecar::{Sidecar, request};
+
+    let postgres = cluster();
+    let policies = Policies::new();
+    let policy = |max_keys: u32| {
+        format!("[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nmax_keys = {max_keys}\n", guest("echo").display())
+    };
+    policies.write("store.toml", &policy(10));
+    // The key is shared, in a directory only this user may write (as is
+    // its parent: the sidecar checks both).
+    let shared = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "[engine]\nmax_instances = 16\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [databases.shared]\nurl = {:?}\n[audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\n",
+        postgres.url(),
+        shared.path().join("keys/key").display().to_string()
+    );
+    let mut configs = Vec::new();
+    let mut sidecars = Vec::new();
+    // One after another: the first creates the key the others load.
+    for _ in 0..3 {
+        let (root, config) = policies.settings(&settings);
+        let sidecar = Sidecar::spawn(&config, &[], tempfile::tempdir().unwrap());
+        sidecar.wait_loaded();
+        configs.push((root, config));
+        sidecars.push(sidecar);
+    }
+    let cli = |args: &[&str]| {
+        gatehouse_command().args(["--config", configs[0].1.to_str().unwrap(), "audit"]).args(args).output().unwrap()
+    };
+    let kinds = || {
+        let shown = String::from_utf8(cli(&["show"]).stdout).unwrap();
+        shown.lines().map(|l| l.split(' ').nth(4).unwrap_or_default().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(), vec!["added"], "the first load, recorded by the first sidecar only");
+
+    policies.write("store.toml", &policy(20));
+    std::thread::scope(|scope| {
+        for sidecar in &sidecars {
+            scope.spawn(|| {
+                let (status, _, body) = request(&sidecar.admin, "POST", "/admin/reload", &[], b"");
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            });
+        }
+    });
+    assert_eq!(kinds(), vec!["added", "changed"], "one change, recorded once");
+    let verified = cli(&["verify"]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("ok: 2 entries"), "{verified:?}");
+}
