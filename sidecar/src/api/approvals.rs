@@ -11,7 +11,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -26,6 +25,9 @@ use super::invoke::json;
 use crate::ErrorKind;
 use crate::audit::approval::{Decision, Row};
 use crate::audit::trail::RecordError;
+
+/// Largest decision body, in bytes.
+const MAX_DECISION: usize = 4096;
 
 /// The routes, to be merged into the admin router.
 pub fn routes() -> Router<Arc<Api>> {
@@ -57,8 +59,13 @@ async fn decide(
     State(api): State<Arc<Api>>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(plugin): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    // A decision is a few bytes: a larger or trickled body is refused.
+    let body = match api.read_body(body, MAX_DECISION).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {

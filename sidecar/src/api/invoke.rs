@@ -64,21 +64,9 @@ async fn invoke(
         plugin = ?crate::guest_text::escaped(&name, 64)
     );
     async {
-        let read = tokio::time::timeout(api.body_timeout, axum::body::to_bytes(body, api.max_body)).await;
-        let body = match read {
-            Ok(Ok(body)) => body,
-            Err(_slow) => {
-                let message = format!("request body not received within {:?}", api.body_timeout);
-                return errors::respond(ErrorKind::InvalidInput, &message, None)
-                    .into_response()
-                    .with_status(StatusCode::REQUEST_TIMEOUT);
-            }
-            Ok(Err(_)) => {
-                let message = format!("request body over the limit of {} bytes, or not fully received", api.max_body);
-                return errors::respond(ErrorKind::InvalidInput, &message, None)
-                    .into_response()
-                    .with_status(StatusCode::PAYLOAD_TOO_LARGE);
-            }
+        let body = match api.read_body(body, api.max_body).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
         };
         let content_type = headers
             .get(header::CONTENT_TYPE)

@@ -157,6 +157,32 @@ impl Api {
         }
     }
 
+    /// Reads a request body of at most `limit` bytes within
+    /// `[server] request_timeout`; otherwise the answer to send instead
+    /// (408, or 413 for a body too large or cut off), so that a client
+    /// trickling a body cannot hold a connection slot.
+    pub(crate) async fn read_body(
+        &self,
+        body: axum::body::Body,
+        limit: usize,
+    ) -> Result<axum::body::Bytes, axum::response::Response> {
+        use axum::http::StatusCode;
+        use invoke::WithStatus as _;
+        match tokio::time::timeout(self.body_timeout, axum::body::to_bytes(body, limit)).await {
+            Ok(Ok(body)) => Ok(body),
+            Err(_slow) => {
+                let message = format!("request body not received within {:?}", self.body_timeout);
+                Err(errors::respond(crate::ErrorKind::InvalidInput, &message, None)
+                    .with_status(StatusCode::REQUEST_TIMEOUT))
+            }
+            Ok(Err(_)) => {
+                let message = format!("request body over the limit of {limit} bytes, or not fully received");
+                Err(errors::respond(crate::ErrorKind::InvalidInput, &message, None)
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE))
+            }
+        }
+    }
+
     /// Whether a per-request line of about `bytes` may be written now
     /// (callers: `if api.request_line(n) { tracing::info!(…) }`). Reports
     /// what the previous second dropped first, if anything.

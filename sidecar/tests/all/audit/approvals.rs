@@ -248,3 +248,35 @@ fn a_manifest_that_asks_for_more_waits_and_a_bad_one_is_refused() {
     assert!(errors.contains("echo.permissions.toml") && errors.contains("max_everything"), "{summary}");
     assert_eq!(max_keys(&sidecar, "store"), Some(10));
 }
+
+/// A decision whose body trickles in (an outside review held twelve such
+/// requests open indefinitely, blocking the admin API) is answered 408
+/// within `[server] request_timeout`; an oversized one 413.
+#[test]
+fn a_trickled_or_oversized_decision_body_is_refused() {
+    use std::io::{Read, Write};
+
+    let policies = Policies::new();
+    policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let text = std::fs::read_to_string(&config).unwrap().replace("[server]\n", "[server]\nrequest_timeout = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
+    let sidecar = start(&config);
+
+    let mut stream = std::net::TcpStream::connect(&sidecar.admin).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /admin/approvals/store HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{",
+        sidecar.admin
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let (status, _) = admin(&sidecar, "POST", "/admin/approvals/store", &vec![b' '; 5000]);
+    assert_eq!(status, 413);
+    assert_eq!(count(&sidecar), 1, "only the request of the new plugin");
+}
