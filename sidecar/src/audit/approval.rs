@@ -4,9 +4,12 @@
 //! `POST /admin/approvals/<plugin>`.
 //!
 //! What grows ([`grows`]), judged by the generic grant diff so that a
-//! section added to the policy later needs no code here: anything added
-//! (a plugin, a section, a list element, a field), and any changed value
-//! except a number lowered. A removal or a lowered number never waits. The
+//! section added to the policy later waits rather than slips through:
+//! anything added (a plugin, a section, a list element, a field), any
+//! changed value except a number lowered, and any removal except of what
+//! grants ([`removal_narrows`]: an origin, a bucket, a table, a section).
+//! Removing a restriction (a denied header, an injected one, a setting
+//! that falls back to a more permissive default) waits. The
 //! component's hash is not a grant that grows: an upgrade waits only when
 //! its manifest asks for more (`requested.*`) or its policy grants more.
 //!
@@ -142,13 +145,45 @@ pub fn growth(plugin: &str, approved: Option<&Value>, next: &Value) -> Vec<Grant
     diff_grants(plugin, approved, Some(next)).into_iter().filter(grows).collect()
 }
 
+/// Lists and maps whose elements each grant something (an origin, a
+/// method, a bucket, a table and its columns, a function): removing one
+/// narrows. `*` stands for any one segment (a database alias).
+const GRANTING: &[&[&str]] = &[
+    &["http", "allow"],
+    &["http", "methods"],
+    &["http", "allow_headers"],
+    &["http", "body_methods"],
+    &["kv", "buckets"],
+    &["sql", "*", "statements"],
+    &["sql", "*", "functions"],
+    &["sql", "*", "table_functions"],
+    &["sql", "*", "tables"],
+];
+
+/// Whether removing `item` narrows what the plugin may do: the plugin
+/// itself, a whole section or database alias, an element of a
+/// [`GRANTING`] list or map, or anything the manifest no longer asks for.
+/// Every other removal may widen and waits: an element of
+/// `http.deny_headers` or `http.inject` (the plugin could then set that
+/// header itself), a setting that falls back to a door's default such as
+/// `sql.<alias>.transaction_control`, and any field added later.
+pub fn removal_narrows(item: &str) -> bool {
+    let segments: Vec<&str> = item.split('.').collect();
+    match segments.as_slice() {
+        [""] | ["requested", ..] | ["http" | "kv" | "sql"] | ["sql", _] => true,
+        _ => GRANTING.iter().any(|pattern| {
+            segments.len() >= pattern.len() && pattern.iter().zip(&segments).all(|(p, s)| *p == "*" || p == s)
+        }),
+    }
+}
+
 /// Whether one change grows the grants: see the module's documentation.
 pub fn grows(change: &GrantChange) -> bool {
     if change.item == "component.sha256" {
         return false;
     }
     match (&change.before, &change.after) {
-        (_, None) => false,
+        (_, None) => !removal_narrows(&change.item),
         (Some(Value::Number(before)), Some(Value::Number(after))) => {
             after.as_f64().unwrap_or(f64::INFINITY) > before.as_f64().unwrap_or(f64::NEG_INFINITY)
         }
@@ -170,8 +205,14 @@ mod tests {
     fn what_grows_and_what_does_not() {
         let base = json!({
             "component": {"sha256": "aa"},
-            "http": {"allow": ["https://a.example:443"], "rate": "10/s"},
-            "kv": {"quota": {"max_keys": 10}},
+            "http": {
+                "allow": ["https://a.example:443"],
+                "rate": "10/s",
+                "deny_headers": ["x-internal-user"],
+                "inject": [{"header": "authorization", "secret": "api", "prefix": "Bearer "}],
+            },
+            "kv": {"quota": {"max_keys": 10}, "buckets": {"cache": "immediate"}},
+            "sql": {"app": {"transaction_control": false, "tables": {"orders": {"select": true}}}},
             "limits": {"memory": 100},
             "requested": null,
         });
@@ -185,11 +226,27 @@ mod tests {
                 &["http.allow"],
             ),
             ("an origin removed", json!({"http": {"allow": []}}), &[]),
+            (
+                "a denied header no longer denied",
+                json!({"http": {"deny_headers": []}}),
+                &["http.deny_headers"],
+            ),
+            ("an injected header removed", json!({"http": {"inject": []}}), &["http.inject"]),
+            ("a bucket removed", json!({"kv": {"buckets": {"cache": null}}}), &[]),
+            (
+                "transaction control back to the door's default",
+                json!({"sql": {"app": {"transaction_control": null}}}),
+                &["sql.app.transaction_control"],
+            ),
+            ("a table removed", json!({"sql": {"app": {"tables": {"orders": null}}}}), &[]),
+            ("a column grant narrowed", json!({"sql": {"app": {"tables": {"orders": {"select": null}}}}}), &[]),
+            ("a database alias removed", json!({"sql": {"app": null}}), &[]),
             ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}}), &["kv.quota.max_keys"]),
             ("a quota lowered", json!({"kv": {"quota": {"max_keys": 9}}}), &[]),
             ("a rate changed (text)", json!({"http": {"rate": "5/s"}}), &["http.rate"]),
             ("a section withdrawn", json!({"kv": null}), &[]),
-            ("a section granted", json!({"sql": {"app": {"tables": ["t"]}}}), &["sql"]),
+            ("a database granted", json!({"sql": {"reports": {"tables": ["t"]}}}), &["sql.reports"]),
+            ("a section granted", json!({"other": {"x": 1}}), &["other"]),
             (
                 "the manifest asks for more",
                 json!({"requested": {"http": {"allow": ["https://b.example:443"]}}}),
