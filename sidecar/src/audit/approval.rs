@@ -226,11 +226,7 @@ mod tests {
                 &["http.allow"],
             ),
             ("an origin removed", json!({"http": {"allow": []}}), &[]),
-            (
-                "a denied header no longer denied",
-                json!({"http": {"deny_headers": []}}),
-                &["http.deny_headers"],
-            ),
+            ("a denied header no longer denied", json!({"http": {"deny_headers": []}}), &["http.deny_headers"]),
             ("an injected header removed", json!({"http": {"inject": []}}), &["http.inject"]),
             ("a bucket removed", json!({"kv": {"buckets": {"cache": null}}}), &[]),
             (

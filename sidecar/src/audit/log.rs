@@ -72,6 +72,8 @@ pub struct Appended {
     pub size: u64,
     /// The signed checkpoint of that size.
     pub checkpoint: String,
+    /// The tree's root at that size.
+    pub root: Hash,
 }
 
 /// What an append writes: the entries, and the grants rows to set
@@ -113,6 +115,9 @@ pub struct AuditLog {
     reader: AuditReader,
     origin: String,
     signers: Vec<NoteSigner>,
+    /// A tree (size, root) this log was seen to hold: the store must still
+    /// extend it ([`AuditLog::extending`]).
+    floor: Option<(u64, Hash)>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -140,19 +145,34 @@ impl AuditLog {
             store::ReadOpenError::Store(e) => AuditError::Store(e),
             other => AuditError::Store(StoreError(other.to_string())),
         })?;
-        Ok(AuditLog { reader: AuditReader(Source::Redb(Arc::new(db))), origin: origin.to_string(), signers })
+        Ok(AuditLog {
+            reader: AuditReader(Source::Redb(Arc::new(db))),
+            origin: origin.to_string(),
+            signers,
+            floor: None,
+        })
     }
 
     /// The log in a PostgreSQL database, shared by every sidecar pointed at
     /// it (they share its origin and signing key).
     pub fn postgres(store: PgStore, origin: &str, signers: Vec<NoteSigner>) -> Result<AuditLog, AuditError> {
         check_names(origin, &signers)?;
-        Ok(AuditLog { reader: AuditReader(Source::Postgres(store)), origin: origin.to_string(), signers })
+        Ok(AuditLog { reader: AuditReader(Source::Postgres(store)), origin: origin.to_string(), signers, floor: None })
     }
 
     /// The keys that check this log's checkpoints.
     pub fn verifiers(&self) -> Vec<NoteVerifier> {
         self.signers.iter().map(NoteSigner::verifier).collect()
+    }
+
+    /// This log, refusing to append unless the store still extends the
+    /// tree of `size` entries with `root` (one a running sidecar saw): a
+    /// store deleted, replaced by an older copy or rolled back while the
+    /// sidecar runs would otherwise pass every check against its own last
+    /// checkpoint.
+    pub fn extending(mut self, size: u64, root: Hash) -> AuditLog {
+        self.floor = Some((size, root));
+        self
     }
 
     /// The log's origin line.
@@ -236,9 +256,21 @@ impl AuditLog {
         let old_size = tables.size()?;
         let last = tables.last_checkpoint()?;
         let old_root = self.check_last(old_size, last.as_ref().map(|(s, n)| (*s, n.as_str())), tables)?;
+        if let Some((seen, seen_root)) = self.floor {
+            let extends = seen <= old_size
+                && merkle::consistency_proof(&StoredNodes(tables), seen, old_size).is_ok_and(|proof| {
+                    merkle::verify_consistency(seen, old_size, &seen_root, &old_root, &proof).is_ok()
+                });
+            if !extends {
+                return Err(AuditError::Inconsistent(format!(
+                    "the store (now {old_size} entries) does not extend the log of {seen} entries this process \
+                     saw: it was deleted, replaced or rolled back; restore it from a backup"
+                )));
+            }
+        }
         if batch.is_empty() {
             let checkpoint = last.map(|(_, note)| note).unwrap_or_default();
-            return Ok(Appended { first: old_size, size: old_size, checkpoint });
+            return Ok(Appended { first: old_size, size: old_size, checkpoint, root: old_root });
         }
         let time = entry::now();
         let mut prev = if old_size == 0 { [0; 32] } else { StoredNodes(tables).node(0, old_size - 1)? };
@@ -270,7 +302,7 @@ impl AuditLog {
         let signers: Vec<&NoteSigner> = self.signers.iter().collect();
         let checkpoint = Checkpoint { origin: self.origin.clone(), size, root, grants: Some(digest) }.sign(&signers)?;
         tables.put_checkpoint(size, &checkpoint)?;
-        Ok(Appended { first: old_size, size, checkpoint })
+        Ok(Appended { first: old_size, size, checkpoint, root })
     }
 
     /// Checks the stored state against the last signed checkpoint and

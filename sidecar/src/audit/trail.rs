@@ -229,6 +229,9 @@ pub struct AuditTrail {
     /// Reads share the file; an append has it alone (in this process;
     /// other processes are waited for, see [`LOCK_WAIT`]).
     lock: RwLock<()>,
+    /// The latest tree (size, root) this process saw the store hold: every
+    /// append checks that the store still extends it.
+    seen: std::sync::Mutex<Option<(u64, super::merkle::Hash)>>,
     metrics: TrailMetrics,
 }
 
@@ -264,13 +267,20 @@ impl AuditTrail {
         {
             crate::data_dir::secure(dir)?;
         }
-        let trail =
-            AuditTrail { location, origin, signers: vec![signer], lock: RwLock::new(()), metrics: Default::default() };
+        let trail = AuditTrail {
+            location,
+            origin,
+            signers: vec![signer],
+            lock: RwLock::new(()),
+            seen: Default::default(),
+            metrics: Default::default(),
+        };
         let log = trail.open_log()?;
         // An empty append writes nothing but checks the stored tree
         // against the last signed checkpoint (and repairs a file whose
         // writer was killed).
         let appended = log.append(&[])?;
+        *trail.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((appended.size, appended.root));
         trail.metrics.size.store(appended.size, Ordering::Relaxed);
         if let Some(last) = appended.size.checked_sub(1).map(|seq| log.entry(seq)).transpose()?.flatten() {
             let time = Entry::decode(&last).ok().and_then(|e| humantime::parse_rfc3339(&e.time).ok());
@@ -315,6 +325,23 @@ impl AuditTrail {
         }
     }
 
+    /// Appends what `plan` makes of the stored grants (see
+    /// [`AuditLog::append_planned`]), refusing a store that no longer
+    /// extends the tree this process last saw it hold.
+    fn append(
+        &self,
+        plan: impl FnOnce(&BTreeMap<String, Vec<u8>>) -> Result<Plan, RecordError>,
+    ) -> Result<super::log::Appended, RecordError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.open_log()?;
+        if let Some((size, root)) = *seen {
+            log = log.extending(size, root);
+        }
+        let appended = log.append_planned(plan)?;
+        *seen = Some((appended.size, appended.root));
+        Ok(appended)
+    }
+
     /// Runs `read` on the log opened read-only (blocking; waits up to
     /// [`LOCK_WAIT`] for another process's append).
     pub fn read<T>(&self, read: impl FnOnce(&AuditReader) -> Result<T, AuditError>) -> Result<T, AuditError> {
@@ -344,7 +371,7 @@ impl AuditTrail {
     }
 
     fn record_locked(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
-        let appended = self.open_log()?.append_planned(|rows| plan_record(trigger, in_force, rows))?;
+        let appended = self.append(|rows| plan_record(trigger, in_force, rows))?;
         Ok(Recorded { entries: appended.size - appended.first, size: appended.size })
     }
 
@@ -357,7 +384,7 @@ impl AuditTrail {
     pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Screened, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let mut held = Vec::new();
-        let appended = self.open_log()?.append_planned(|rows| {
+        let appended = self.append(|rows| {
             let (plan, waiting) = plan_screen(trigger, next, rows)?;
             held = waiting;
             Ok::<_, RecordError>(plan)
@@ -377,7 +404,7 @@ impl AuditTrail {
     /// the next reload. Blocking.
     pub fn decide(&self, plugin: &str, decision: Decision, actor: &str) -> Result<Recorded, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let appended = self.open_log()?.append_planned(|rows| plan_decision(plugin, decision, actor, rows))?;
+        let appended = self.append(|rows| plan_decision(plugin, decision, actor, rows))?;
         self.counted(1, appended.size);
         Ok(Recorded { entries: 1, size: appended.size })
     }

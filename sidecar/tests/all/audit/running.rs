@@ -453,3 +453,38 @@ fn grants_edited_while_stopped_fail_verify_and_stop_the_start() {
     assert!(!status.success());
     assert!(stderr.contains("not the ones the last checkpoint signed"), "{stderr}");
 }
+
+/// Attack (an outside review): swap the store under a running sidecar, by
+/// an older copy of itself or by deleting it. Each copy is consistent with
+/// its own last checkpoint, so only what the sidecar saw can tell: the
+/// next append is refused, and the grants in force stay.
+#[test]
+fn a_store_rolled_back_or_deleted_under_a_running_sidecar_stops_its_appends() {
+    let policies = Policies::new();
+    policies.plugin("echo", "echo", "concurrency = 2");
+    let (root, config) = settings(&policies);
+    let sidecar = start(&config);
+    let store = root.path().join("data/audit/log.redb");
+    let older = std::fs::read(&store).unwrap();
+    policies.plugin("echo", "echo", "concurrency = 4");
+    let (status, summary) = reload_as(&sidecar, TOKEN);
+    assert_eq!((status, summary["audit_entries"].as_u64()), (200, Some(1)), "{summary}");
+
+    for (what, swap) in [
+        ("rolled back", Box::new(|| std::fs::write(&store, &older).unwrap()) as Box<dyn Fn()>),
+        ("deleted", Box::new(|| std::fs::remove_file(&store).unwrap())),
+    ] {
+        swap();
+        policies.plugin("echo", "echo", "concurrency = 8");
+        let (status, summary) = reload_as(&sidecar, TOKEN);
+        assert_eq!(status, 503, "{what}: {summary}");
+        assert_eq!(summary["applied"], false, "{what}");
+        assert!(
+            summary["audit_error"].as_str().unwrap().contains("does not extend the log of 2 entries"),
+            "{what}: {summary}"
+        );
+        let (_, _, plugins) = request(&sidecar.admin, "GET", "/admin/plugins", &[("authorization", &bearer())], b"");
+        let plugins = body_json(&plugins);
+        assert_eq!(plugins["plugins"][0]["concurrency"], 4, "{what}: the grant in force stays: {plugins}");
+    }
+}
