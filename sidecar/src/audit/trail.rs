@@ -460,6 +460,7 @@ fn plan_record(
                 file_actor(&file, current_hash(&file))
             }
         };
+        let changes = bounded(name, changes, old.map(|(_, g)| g), new_grants.as_ref());
         batch.extend(changes.into_iter().map(|change| entry(&actor, change, None)));
         let row = match (new, new_grants) {
             (Some(policy), Some(value)) => {
@@ -517,6 +518,7 @@ fn plan_screen(
         );
         held.push(Held { plugin: name.to_string(), reason });
         if pending.as_ref() != Some(&value) {
+            let grows = bounded(name, grows, approved.as_ref(), Some(&value));
             batch.extend(grows.into_iter().map(|change| entry(&actor, change, Some("requested"))));
             let bytes = canonical::to_vec(&value).map_err(|_| RecordError::State(name.to_string()))?;
             state.push((Row::Pending.key(name), Some(bytes)));
@@ -551,6 +553,24 @@ fn plan_decision(
         Decision::Reject => state.push((Row::Rejected.key(plugin), Some(bytes))),
     }
     Ok((vec![entry], state))
+}
+
+/// Most entries one plugin's changes take in one batch. Past it they are
+/// recorded as one change of the whole plugin (item `""`, its grants
+/// before and after), so that a policy or a manifest naming thousands of
+/// origins cannot fill the batch and fail every other plugin's reload.
+pub const MAX_ENTRIES_PER_PLUGIN: usize = 64;
+
+fn bounded(plugin: &str, changes: Vec<GrantChange>, before: Option<&Value>, after: Option<&Value>) -> Vec<GrantChange> {
+    if changes.len() <= MAX_ENTRIES_PER_PLUGIN {
+        return changes;
+    }
+    vec![GrantChange {
+        plugin: plugin.to_string(),
+        item: String::new(),
+        before: before.cloned(),
+        after: after.cloned(),
+    }]
 }
 
 /// The items that grow, for a one-line reason: at most five, then a count.

@@ -280,3 +280,56 @@ fn a_trickled_or_oversized_decision_body_is_refused() {
     assert_eq!(status, 413);
     assert_eq!(count(&sidecar), 1, "only the request of the new plugin");
 }
+
+/// Attack (an outside review): a manifest naming 1,500 origins. Its
+/// changes would overfill the reload's one batch (1,024 entries) and fail
+/// every plugin's reload; instead they are one `requested` entry of the
+/// whole plugin, the plugin waits, and the other plugin's change applies.
+#[test]
+fn a_manifest_naming_thousands_of_origins_waits_alone() {
+    let policies = Policies::new();
+    std::fs::copy(guest("echo"), policies.dir.path().join("echo.wasm")).unwrap();
+    let manifest = policies.write("echo.permissions.toml", "[http]\nallow = [\"https://a.example.com\"]\n");
+    policies.write("store.toml", "[plugin]\nname = \"store\"\ncomponent = \"echo.wasm\"\n");
+    policies.write("other.toml", &store_policy(10).replace("\"store\"", "\"other\""));
+    let (_root, config) = settings(&policies);
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("plugin_dir = {:?}", crate::common::guest_dir().display().to_string()),
+            &format!("plugin_dir = {:?}", policies.dir.path().display().to_string()),
+        ),
+    )
+    .unwrap();
+    let sidecar = start(&config);
+    for plugin in ["store", "other"] {
+        let (status, _) = admin(&sidecar, "POST", &format!("/admin/approvals/{plugin}"), b"{\"decision\":\"approve\"}");
+        assert_eq!(status, 200);
+    }
+    let before = count(&sidecar);
+
+    let origins: Vec<String> = (0..1500).map(|n| format!("\"https://h{n}.example.com\"")).collect();
+    std::fs::write(&manifest, format!("[http]\nallow = [{}]\n", origins.join(", "))).unwrap();
+    policies.write("other.toml", &store_policy(5).replace("\"store\"", "\"other\""));
+    let summary = reload(&sidecar);
+    assert_eq!(summary["applied"], true, "{summary}");
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(max_keys(&sidecar, "other"), Some(5), "the other plugin's change applied");
+    let written = entries(&sidecar, before);
+    assert_eq!(
+        written.iter().map(|(_, kind, item)| (kind.as_str(), item.as_str())).collect::<Vec<_>>(),
+        vec![("requested", ""), ("changed", "kv.quota.max_keys")],
+        "{written:?}"
+    );
+    // Approved: the change in force is one entry of the whole plugin too.
+    let before = count(&sidecar);
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["reload"]["applied"], true, "{answer}");
+    let written = entries(&sidecar, before);
+    assert_eq!(
+        written.iter().map(|(_, kind, item)| (kind.as_str(), item.as_str())).collect::<Vec<_>>(),
+        vec![("approved", ""), ("changed", "")],
+        "{written:?}"
+    );
+}
