@@ -5,7 +5,9 @@
 //!   (`rejected`), each with the items they would add to the approved
 //!   grants (`grows`: `item`, `before`, `after`).
 //! - `POST /admin/approvals/<plugin>` with `{"decision": "approve"}` or
-//!   `{"decision": "reject"}`: records the decision in the audit log,
+//!   `{"decision": "reject"}`, and optionally the `sha256` the listing
+//!   gave (refused with 409 if the pending grants changed since): records
+//!   the decision in the audit log,
 //!   naming the caller's token (`admin:<name>`); an approval then reloads,
 //!   so the approved grants take effect at once (`reload` in the answer).
 
@@ -49,7 +51,7 @@ async fn list(State(api): State<Arc<Api>>) -> Response {
             let grows: Vec<_> =
                 state.growth.iter().map(|c| json!({ "item": c.item, "before": c.before, "after": c.after })).collect();
             let which = if state.row == Row::Pending { "pending" } else { "rejected" };
-            json!({ "plugin": state.plugin, "state": which, "grows": grows })
+            json!({ "plugin": state.plugin, "state": which, "grows": grows, "sha256": state.sha256 })
         })
         .collect();
     json(StatusCode::OK, &json!({ "required": api.require_approval, "approvals": list }))
@@ -70,11 +72,13 @@ async fn decide(
     #[serde(deny_unknown_fields)]
     struct Body {
         decision: Decision,
+        sha256: Option<String>,
     }
-    let Ok(Body { decision }) = serde_json::from_slice::<Body>(&body) else {
+    let Ok(Body { decision, sha256 }) = serde_json::from_slice::<Body>(&body) else {
         return respond(
             ErrorKind::InvalidInput,
-            "the body must be {\"decision\": \"approve\"} or {\"decision\": \"reject\"}",
+            "the body must be {\"decision\": \"approve\"} or {\"decision\": \"reject\"}, with the \
+             reviewed grants' \"sha256\" if wanted",
             None,
         );
     };
@@ -83,7 +87,7 @@ async fn decide(
     };
     let actor = format!("admin:{caller}");
     let name = plugin.clone();
-    match tokio::task::spawn_blocking(move || trail.decide(&name, decision, &actor)).await {
+    match tokio::task::spawn_blocking(move || trail.decide(&name, decision, &actor, sha256.as_deref())).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return failed(&e),
         Err(e) => return respond(ErrorKind::Internal, &format!("the decision did not finish: {e}"), None),
@@ -99,6 +103,7 @@ fn failed(e: &RecordError) -> Response {
     let message = crate::guest_text::escape(&e.to_string(), crate::guest_text::MESSAGE);
     let kind = match e {
         RecordError::NotPending(_) => ErrorKind::NotFound,
+        RecordError::NotReviewed(..) => ErrorKind::Conflict,
         _ => ErrorKind::Unavailable,
     };
     respond(kind, &message, None)

@@ -119,6 +119,17 @@ pub struct ApprovalState {
     pub grants: Value,
     /// What they add to the approved grants.
     pub growth: Vec<GrantChange>,
+    /// [`digest`] of `grants`: an approver who names it approves exactly
+    /// the grants reviewed.
+    pub sha256: String,
+}
+
+/// SHA-256 (hex) of grants in their canonical form: what `gatehouse grants
+/// pending` and `GET /admin/approvals` show, and a decision may name.
+pub fn digest(grants: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = super::canonical::to_vec(grants).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Every pending and rejected row of the grants table's `rows`, with what
@@ -134,7 +145,8 @@ pub fn states(rows: &BTreeMap<String, Vec<u8>>) -> Result<Vec<ApprovalState>, Un
         };
         let Some(grants) = row(rows, which, plugin)? else { continue };
         let growth = growth(plugin, approved(rows, plugin)?.as_ref(), &grants);
-        out.push(ApprovalState { plugin: plugin.to_string(), row: which, grants, growth });
+        let sha256 = digest(&grants);
+        out.push(ApprovalState { plugin: plugin.to_string(), row: which, grants, growth, sha256 });
     }
     Ok(out)
 }

@@ -68,6 +68,11 @@ pub enum RecordError {
     /// An approval or rejection of a plugin with nothing pending.
     #[error("plugin `{0}` has no grants waiting for approval")]
     NotPending(String),
+    /// A decision naming grants (by digest) other than those pending now.
+    #[error(
+        "the grants pending for plugin `{0}` are not the ones reviewed (sha256 {1}): they changed since; review them again"
+    )]
+    NotReviewed(String, String),
 }
 
 impl From<StoreError> for RecordError {
@@ -402,9 +407,17 @@ impl AuditTrail {
     /// (approved: they become the approved grants; rejected: they are held
     /// until something else is asked for). The decision takes effect at
     /// the next reload. Blocking.
-    pub fn decide(&self, plugin: &str, decision: Decision, actor: &str) -> Result<Recorded, RecordError> {
+    /// With `reviewed` (the [`super::approval::digest`] the approver saw),
+    /// the decision is refused unless the pending grants are still those.
+    pub fn decide(
+        &self,
+        plugin: &str,
+        decision: Decision,
+        actor: &str,
+        reviewed: Option<&str>,
+    ) -> Result<Recorded, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let appended = self.append(|rows| plan_decision(plugin, decision, actor, rows))?;
+        let appended = self.append(|rows| plan_decision(plugin, decision, actor, reviewed, rows))?;
         self.counted(1, appended.size);
         Ok(Recorded { entries: 1, size: appended.size })
     }
@@ -537,9 +550,16 @@ fn plan_decision(
     plugin: &str,
     decision: Decision,
     actor: &str,
+    reviewed: Option<&str>,
     rows: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Plan, RecordError> {
     let pending = row(rows, Row::Pending, plugin)?.ok_or_else(|| RecordError::NotPending(plugin.to_string()))?;
+    if let Some(reviewed) = reviewed
+        && !reviewed.eq_ignore_ascii_case(&super::approval::digest(&pending))
+    {
+        let shown = crate::guest_text::escape(reviewed, crate::guest_text::SHORT);
+        return Err(RecordError::NotReviewed(plugin.to_string(), shown));
+    }
     let before = approved(rows, plugin)?;
     let bytes = canonical::to_vec(&pending).map_err(|_| RecordError::State(plugin.to_string()))?;
     let change = Change { kind: decision.kind().into(), item: String::new(), before, after: Some(pending) };

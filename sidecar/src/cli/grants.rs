@@ -39,12 +39,19 @@ pub enum GrantsCommand {
     Approve {
         /// The plugin's name.
         plugin: String,
+        /// The sha256 `grants pending` printed: refuse if the pending
+        /// grants changed since they were reviewed.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
     /// Reject the grants pending for PLUGIN: it keeps the version it has
     /// until its policy or manifest asks for something else.
     Reject {
         /// The plugin's name.
         plugin: String,
+        /// As for approve.
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
     },
 }
 
@@ -52,8 +59,8 @@ pub fn run(config: &Config, command: GrantsCommand) -> anyhow::Result<ExitCode> 
     match command {
         GrantsCommand::Diff => diff(config),
         GrantsCommand::Pending => pending(config),
-        GrantsCommand::Approve { plugin } => decide(config, &plugin, Decision::Approve),
-        GrantsCommand::Reject { plugin } => decide(config, &plugin, Decision::Reject),
+        GrantsCommand::Approve { plugin, sha256 } => decide(config, &plugin, Decision::Approve, sha256),
+        GrantsCommand::Reject { plugin, sha256 } => decide(config, &plugin, Decision::Reject, sha256),
     }
 }
 
@@ -125,7 +132,7 @@ fn pending(config: &Config) -> anyhow::Result<ExitCode> {
     let states = states(&stored_rows(config)?)?;
     for state in &states {
         let which = if state.row == Row::Pending { "pending" } else { "rejected" };
-        println!("{which}  {}", escape(&state.plugin, LINE));
+        println!("{which}  {}  sha256:{}", escape(&state.plugin, LINE), state.sha256);
         for change in &state.growth {
             println!("{}", line("grows", change));
         }
@@ -136,11 +143,11 @@ fn pending(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn decide(config: &Config, plugin: &str, decision: Decision) -> anyhow::Result<ExitCode> {
+fn decide(config: &Config, plugin: &str, decision: Decision, reviewed: Option<String>) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(config.audit.enabled, "the audit log is off ([audit] enabled = false): it keeps the approvals");
     let trail = AuditTrail::open_at(Location::of(config)?, &config.audit)?;
     let actor = os_user();
-    match trail.decide(plugin, decision, &actor) {
+    match trail.decide(plugin, decision, &actor, reviewed.as_deref()) {
         Ok(recorded) => {
             println!(
                 "{}: plugin `{}` by {actor} (entry {}); the sidecar applies it at its next reload (SIGHUP or \
@@ -151,7 +158,7 @@ fn decide(config: &Config, plugin: &str, decision: Decision) -> anyhow::Result<E
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e @ RecordError::NotPending(_)) => {
+        Err(e @ (RecordError::NotPending(_) | RecordError::NotReviewed(..))) => {
             eprintln!("error: {}", escape(&e.to_string(), LINE));
             Ok(ExitCode::FAILURE)
         }

@@ -185,7 +185,7 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     policies.write("store.toml", &store_policy(40));
     reload(&sidecar);
     let pending = cli(&config, &["grants", "pending"]);
-    assert!(stdout(&pending).starts_with("pending  store\n"), "{}", stdout(&pending));
+    assert!(stdout(&pending).starts_with("pending  store  sha256:"), "{}", stdout(&pending));
     assert!(stdout(&pending).contains("kv.quota.max_keys  20 -> 40"), "{}", stdout(&pending));
 
     // Back within the approved grants: the pending request is withdrawn.
@@ -332,4 +332,42 @@ fn a_manifest_naming_thousands_of_origins_waits_alone() {
         vec![("approved", ""), ("changed", "")],
         "{written:?}"
     );
+}
+
+/// Attack (an outside review): the grants change between the approver's
+/// review and the decision (someone raises the quota again and reloads).
+/// A decision naming the reviewed digest is refused (CLI exit 1, API 409)
+/// and writes nothing; one naming the current digest passes.
+#[test]
+fn an_approval_that_names_its_review_approves_only_what_was_reviewed() {
+    let policies = Policies::new();
+    policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    let digest = |sidecar: &Sidecar| {
+        let (_, list) = admin(sidecar, "GET", "/admin/approvals", b"");
+        list["approvals"][0]["sha256"].as_str().unwrap().to_string()
+    };
+    let reviewed = digest(&sidecar);
+    assert_eq!(reviewed.len(), 64);
+    assert!(stdout(&cli(&config, &["grants", "pending"])).contains(&format!("sha256:{reviewed}")));
+
+    policies.write("store.toml", &store_policy(999_999));
+    reload(&sidecar);
+    let before = count(&sidecar);
+    let stale = cli(&config, &["grants", "approve", "store", "--sha256", &reviewed]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("not the ones reviewed"), "{stale:?}");
+    let body = format!("{{\"decision\":\"approve\",\"sha256\":\"{reviewed}\"}}");
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", body.as_bytes());
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(count(&sidecar), before, "a refused decision writes nothing");
+    assert_eq!(max_keys(&sidecar, "store"), None);
+
+    let current = digest(&sidecar);
+    assert_ne!(current, reviewed);
+    let body = format!("{{\"decision\":\"approve\",\"sha256\":\"{current}\"}}");
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(999_999));
 }
