@@ -539,6 +539,26 @@ fn plan_screen(
             state.push((Row::Rejected.key(name), None));
         }
     }
+    // A request whose plugin no longer has a policy is withdrawn, so that it
+    // cannot be approved for a plugin added back later.
+    let asked: std::collections::BTreeSet<&str> = next.iter().map(|p| p.name.as_str()).collect();
+    for (key, bytes) in rows {
+        let Some(plugin) = key.strip_prefix("pending:").filter(|plugin| !asked.contains(plugin)) else { continue };
+        let pending: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
+        let actor = match trigger {
+            Trigger::Admin(token) => format!("admin:{token}"),
+            // The file that defined it, as the grants in force name it (a
+            // new plugin was never in force: its file is unknown).
+            Trigger::Disk => {
+                let in_force: Option<Value> = rows.get(plugin).and_then(|b| serde_json::from_slice(b).ok());
+                let file = in_force.as_ref().and_then(|row| row["file"].as_str()).unwrap_or("-");
+                file_actor(Path::new(file), current_hash(Path::new(file)))
+            }
+        };
+        let change = Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };
+        batch.push(NewEntry { actor, plugin: Some(plugin.to_string()), change });
+        state.push((key.clone(), None));
+    }
     if batch.len() > MAX_BATCH {
         return Err(RecordError::TooMany(batch.len()));
     }

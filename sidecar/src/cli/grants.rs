@@ -96,7 +96,14 @@ fn diff(config: &Config) -> anyhow::Result<ExitCode> {
             _ => Vec::new(),
         };
         for change in diff_grants(name, in_force.get(name), next_grants.as_ref()) {
-            let mark = if waits.iter().any(|w| w.item == change.item) { "  (needs approval)" } else { "" };
+            // Diffed against the grants in force but judged against the
+            // approved ones, the two may name the same growth at different
+            // depths (a plugin re-added whole, grown in one field).
+            let nested = |a: &str, b: &str| a.is_empty() || b.strip_prefix(a).is_some_and(|rest| rest.starts_with('.'));
+            let waits_too = waits
+                .iter()
+                .any(|w| w.item == change.item || nested(&change.item, &w.item) || nested(&w.item, &change.item));
+            let mark = if waits_too { "  (needs approval)" } else { "" };
             println!("{}{mark}", line(change.kind(), &change));
             changes += 1;
         }

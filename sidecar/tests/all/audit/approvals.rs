@@ -371,3 +371,31 @@ fn an_approval_that_names_its_review_approves_only_what_was_reviewed() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(max_keys(&sidecar, "store"), Some(999_999));
 }
+
+/// Attacks (an outside review): a request left pending for a plugin whose
+/// policy was deleted, approved later for whatever comes back under its
+/// name; and `grants diff` not marking a plugin re-added with more than
+/// was approved.
+#[test]
+fn a_removed_plugins_request_is_withdrawn_and_a_re_added_plugin_is_marked() {
+    let policies = Policies::new();
+    let file = policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    std::fs::remove_file(&file).unwrap();
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!([]), "{summary}");
+    assert_eq!(entries(&sidecar, count(&sidecar) - 1)[0].1, "withdrawn");
+    assert_eq!(cli(&config, &["grants", "approve", "store"]).status.code(), Some(1), "nothing left to approve");
+
+    // Approved at 10, removed, then back at 20: the diff says it waits.
+    policies.write("store.toml", &store_policy(10));
+    reload(&sidecar);
+    admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    std::fs::remove_file(&file).unwrap();
+    reload(&sidecar);
+    policies.write("store.toml", &store_policy(20));
+    let diff = stdout(&cli(&config, &["grants", "diff"]));
+    assert!(diff.contains("added") && diff.contains("store  (plugin)") && diff.contains("(needs approval)"), "{diff}");
+}
