@@ -10,10 +10,20 @@
 //!   raw SHA-256 over the same bytes (one pass, same run), and the leaf
 //!   hashing + tree part of verify alone.
 //!
+//! - the same durable appends into a shared PostgreSQL log
+//!   (`AuditLog::postgres`, a throwaway cluster with the server's default
+//!   durability), beside the baseline of one sqlx transaction inserting
+//!   the same entry bytes into a plain table (skipped without server
+//!   binaries).
+//!
 //! Run with `./dev bench` or `cargo bench -p gatehouse --bench audit`;
 //! `GATEHOUSE_BENCH_DIR` picks the disk (default: the system's temporary
 //! directory).
 #![allow(missing_docs)]
+
+#[allow(dead_code)]
+#[path = "../tests/all/postgres.rs"]
+mod postgres;
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +89,9 @@ fn main() {
     });
     row("append, 64 entries per batch (durable)", ops, t, "entries");
     drop(log);
+    if postgres::available() {
+        postgres_appends();
+    }
 
     // Signing alone.
     let signer = key();
@@ -163,4 +176,54 @@ fn main() {
     );
     println!("| leaf hashes + tree only | {:.0} | {:.2} |", mb(best.2), best.0.as_secs_f64() / best.2.as_secs_f64());
     println!("| canonical-entry scan only | {:.0} | {:.2} |", mb(best.3), best.0.as_secs_f64() / best.3.as_secs_f64());
+}
+
+/// Durable appends to a PostgreSQL log against one plain sqlx insert
+/// transaction of the same bytes (what any durable write to the database
+/// costs at least).
+fn postgres_appends() {
+    use sqlx::Connection;
+
+    let cluster = postgres::TestPostgres::start_durable("gatehouse", "bench-password", "gatehouse");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let _entered = runtime.enter();
+    let store = gatehouse::audit::postgres::PgStore::open(cluster.url().parse().unwrap(), "bench").unwrap();
+    let log = AuditLog::postgres(store, ORIGIN, vec![key()]).unwrap();
+    let bytes = serde_json::to_vec(&serde_json::json!({ "change": change(0).change.after })).unwrap();
+    let mut conn = runtime.block_on(sqlx::PgConnection::connect(&cluster.url())).unwrap();
+    runtime
+        .block_on(
+            sqlx::query("CREATE TABLE baseline (seq bigserial PRIMARY KEY, entry bytea NOT NULL)").execute(&mut conn),
+        )
+        .unwrap();
+    for per_batch in [1u64, 64] {
+        let mut n = 0;
+        let (ops, t) = timed(|| {
+            let batch: Vec<NewEntry> = (0..per_batch).map(|i| change(n + i)).collect();
+            n += per_batch;
+            log.append(&batch).unwrap();
+            per_batch
+        });
+        let audit = ops as f64 / t.as_secs_f64();
+        let (ops, t) = timed(|| {
+            runtime.block_on(async {
+                let mut txn = conn.begin().await.unwrap();
+                for _ in 0..per_batch {
+                    sqlx::query("INSERT INTO baseline (entry) VALUES ($1)")
+                        .bind(&bytes)
+                        .execute(&mut *txn)
+                        .await
+                        .unwrap();
+                }
+                txn.commit().await.unwrap();
+            });
+            per_batch
+        });
+        let plain = ops as f64 / t.as_secs_f64();
+        println!(
+            "| PostgreSQL append, {per_batch} per batch (durable) | {audit:.0} entries/s | {:.1} µs | plain sqlx insert+commit {plain:.0}/s: {:.2}x |",
+            1e6 / audit,
+            audit / plain
+        );
+    }
 }
