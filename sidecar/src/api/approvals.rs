@@ -87,8 +87,12 @@ async fn decide(
     };
     let actor = format!("admin:{caller}");
     let name = plugin.clone();
+    let by = actor.clone();
     match tokio::task::spawn_blocking(move || trail.decide(&name, decision, &actor, sha256.as_deref())).await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(recorded)) => {
+            let shown = crate::guest_text::escaped(&plugin, 64);
+            tracing::info!(plugin = ?shown, actor = %by, entry = recorded.size - 1, "grants {}", decision.kind());
+        }
         Ok(Err(e)) => return failed(&e),
         Err(e) => return respond(ErrorKind::Internal, &format!("the decision did not finish: {e}"), None),
     }

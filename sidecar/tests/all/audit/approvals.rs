@@ -125,6 +125,12 @@ fn grants_that_grow_wait_for_a_decision_and_every_step_is_audited() {
     assert_eq!(answer["reload"]["loaded"], json!(["store"]), "{answer}");
     assert_eq!(max_keys(&sidecar, "store"), Some(10));
     assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
+    // The server's log names the decision and who made it.
+    let waited = std::time::Instant::now();
+    while !sidecar.stderr().contains("grants approved") && waited.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(sidecar.stderr().contains("actor=admin:lead"), "{}", sidecar.stderr());
     assert_eq!(
         entries(&sidecar, 1),
         vec![
