@@ -37,6 +37,10 @@ use crate::guest_text;
 pub const MAX_CONNECTIONS: u32 = 4;
 /// How long one query may take, the wait for a connection included.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a query waits for a connection (a new one when the server
+/// was away): a database that does not answer fails a reload in this
+/// time, not in [`QUERY_TIMEOUT`].
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The log's tables in one PostgreSQL database.
 #[derive(Clone)]
@@ -66,9 +70,40 @@ fn db_int(n: u64) -> Result<i64, StoreError> {
 
 impl PgStore {
     /// The log in the database `options` names, as alias `alias`: builds a
-    /// small pool and applies the sidecar's migrations. Must be called
-    /// inside a multi-threaded tokio runtime, which then runs its queries.
+    /// small pool and applies the sidecar's migrations (what `gatehouse
+    /// run` does). Must be called inside a multi-threaded tokio runtime,
+    /// which then runs its queries.
     pub fn open(options: PgConnectOptions, alias: &str) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(options, alias)?;
+        store.wait(async {
+            crate::databases::migrator().run(&store.pool).await.map_err(|e| {
+                StoreError(format!("the database schema: {}", guest_text::escape(&e.to_string(), guest_text::LINE)))
+            })
+        })?;
+        Ok(store)
+    }
+
+    /// The log a sidecar made in that database, without creating or
+    /// changing anything: what the CLI opens, so that an auditor's role
+    /// needs only `SELECT` (and `INSERT`/`UPDATE` for `grants approve`),
+    /// and a database with no log is an error, not an empty log.
+    pub fn open_existing(options: PgConnectOptions, alias: &str) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(options, alias)?;
+        let found: Option<String> = store.wait(async {
+            sqlx::query_scalar("SELECT to_regclass('gatehouse_audit_head')::text")
+                .fetch_one(&store.pool)
+                .await
+                .map_err(db_error)
+        })?;
+        if found.is_none() {
+            return Err(StoreError(format!(
+                "no audit log in [databases.{alias}] (a sidecar with `[audit] database = \"{alias}\"` creates it)"
+            )));
+        }
+        Ok(store)
+    }
+
+    fn connect(options: PgConnectOptions, alias: &str) -> Result<PgStore, StoreError> {
         let handle =
             Handle::try_current().map_err(|_| StoreError("the PostgreSQL audit store needs a tokio runtime".into()))?;
         let pool = {
@@ -76,17 +111,11 @@ impl PgStore {
             PgPoolOptions::new()
                 .max_connections(MAX_CONNECTIONS)
                 .min_connections(0)
-                .acquire_timeout(QUERY_TIMEOUT)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .idle_timeout(Duration::from_secs(60))
                 .connect_lazy_with(options)
         };
-        let store = PgStore { pool, handle, alias: alias.to_string() };
-        store.wait(async {
-            crate::databases::migrator().run(&store.pool).await.map_err(|e| {
-                StoreError(format!("the database schema: {}", guest_text::escape(&e.to_string(), guest_text::LINE)))
-            })
-        })?;
-        Ok(store)
+        Ok(PgStore { pool, handle, alias: alias.to_string() })
     }
 
     /// The `[databases.<alias>]` the log is in, for messages.

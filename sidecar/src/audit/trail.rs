@@ -134,9 +134,10 @@ pub enum Location {
 
 impl Location {
     /// The settings' store: the PostgreSQL alias `[audit] database` names
-    /// (connected to and given its schema now, so this needs a tokio
-    /// runtime), else the file in the data directory.
-    pub fn of(config: &Config) -> Result<Location, TrailError> {
+    /// (connected to now, so this needs a tokio runtime; given its schema
+    /// when `create`, else it must exist), else the file in the data
+    /// directory.
+    pub fn of(config: &Config, create: bool) -> Result<Location, TrailError> {
         let Some(alias) = &config.audit.database else {
             return Ok(Location::File(config.data_dir.join(STORE_FILE)));
         };
@@ -147,7 +148,8 @@ impl Location {
         let options = databases.options(alias).cloned().ok_or_else(|| {
             AuditError::Store(StoreError(format!("[audit] database: [databases.{alias}] is not PostgreSQL")))
         })?;
-        Ok(Location::Postgres(PgStore::open(options, alias).map_err(AuditError::Store)?))
+        let store = if create { PgStore::open(options, alias) } else { PgStore::open_existing(options, alias) };
+        Ok(Location::Postgres(store.map_err(AuditError::Store)?))
     }
 
     /// For messages: the file, or the database alias.

@@ -83,7 +83,7 @@ pub enum AuditCommand {
 }
 
 pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
-    let store = Location::of(config).context("the audit log")?;
+    let store = Location::of(config, false).context("the audit log")?;
     match command {
         AuditCommand::Verify { checkpoint, key, export } => verify(config, &store, checkpoint, key, export),
         AuditCommand::Show { plugin, since } => show(&store, plugin.as_deref(), since.as_deref()),

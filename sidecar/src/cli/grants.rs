@@ -152,7 +152,7 @@ fn pending(config: &Config) -> anyhow::Result<ExitCode> {
 
 fn decide(config: &Config, plugin: &str, decision: Decision, reviewed: Option<String>) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(config.audit.enabled, "the audit log is off ([audit] enabled = false): it keeps the approvals");
-    let trail = AuditTrail::open_at(Location::of(config)?, &config.audit)?;
+    let trail = AuditTrail::open_at(Location::of(config, false)?, &config.audit)?;
     let actor = os_user();
     match trail.decide(plugin, decision, &actor, reviewed.as_deref()) {
         Ok(recorded) => {
@@ -175,7 +175,7 @@ fn decide(config: &Config, plugin: &str, decision: Decision, reviewed: Option<St
 
 /// The grants table's rows (empty when no log was ever written).
 fn stored_rows(config: &Config) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
-    match Location::of(config)?.reader() {
+    match Location::of(config, false)?.reader() {
         Ok(reader) => Ok(reader.grants()?),
         Err(ReadOpenError::Missing(_)) => Ok(BTreeMap::new()),
         Err(e) => Err(e.into()),

@@ -45,7 +45,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if config.audit.enabled {
         // Before anything is served: a log that cannot be opened, or whose
         // store no longer matches its last checkpoint, stops the start.
-        let location = Location::of(config).context("the audit log cannot be opened")?;
+        let location = Location::of(config, true).context("the audit log cannot be opened")?;
         let trail = AuditTrail::open_at(location, &config.audit).context("the audit log cannot be opened")?;
         let store = trail.location().shown();
         tracing::info!(%store, origin = trail.origin(), entries = trail.metrics().checkpoint_size(), "audit log open");

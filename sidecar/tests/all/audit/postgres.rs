@@ -216,4 +216,31 @@ fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
     let verified = cli(&["verify"]);
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
     assert!(String::from_utf8_lossy(&verified.stdout).starts_with("ok: 2 entries"), "{verified:?}");
+
+    // The CLI creates nothing (an outside review found it migrating): an
+    // auditor's role with SELECT alone verifies, and a database with no
+    // log is an error, not an empty log that verifies.
+    postgres.psql_in(
+        "gatehouse",
+        "CREATE ROLE auditor LOGIN PASSWORD 'audit-pw'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO auditor",
+    );
+    postgres.psql("CREATE DATABASE empty");
+    let base = postgres.url();
+    let at = base.rfind('@').unwrap();
+    for (url, ok) in [
+        (format!("postgres://auditor:audit-pw{}", &base[at..]), true),
+        (format!("{}/empty", &base[..base.rfind('/').unwrap()]), false),
+    ] {
+        let text = std::fs::read_to_string(&configs[0].1)
+            .unwrap()
+            .replace(&format!("{:?}", postgres.url()), &format!("{url:?}"));
+        let config = configs[0].0.path().join("auditor.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = gatehouse_command().args(["--config", config.to_str().unwrap(), "audit", "verify"]).output().unwrap();
+        assert_eq!(out.status.success(), ok, "{url}: {out:?}");
+        if !ok {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("no audit log in [databases.shared]"), "{out:?}");
+        }
+    }
+    assert!(postgres.psql_in("empty", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").trim() == "0");
 }
