@@ -7,8 +7,9 @@
 //! command that finds it held waits up to `LOCK_WAIT` for it. So the
 //! commands need the data directory, not the admin token, and a command
 //! holding the file delays a reload's append by as long (its reads take
-//! milliseconds). `verify` also reads an export (`--export FILE`), for an
-//! auditor who has only that.
+//! milliseconds). With `[audit] database`, the commands read the shared
+//! PostgreSQL log instead, creating nothing there. `verify` also reads an
+//! export (`--export FILE`), for an auditor who has only that.
 //!
 //! What an entry holds came from policy files and token names: `show`
 //! prints each field escaped and bounded, one entry a line.
