@@ -38,6 +38,10 @@ use crate::config::{AuditSettings, Config};
 use crate::policy::PluginPolicy;
 use crate::policy::grant_diff::{GrantChange, diff_grants, grants};
 
+/// How often a sidecar on a shared (PostgreSQL) log reads its head
+/// ([`AuditTrail::follow`]).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Longest an append or a read waits for another process (a `gatehouse
 /// audit …` reading the file) to let go of it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -347,6 +351,45 @@ impl AuditTrail {
         let appended = log.append_planned(plan)?;
         *seen = Some((appended.size, appended.root));
         Ok(appended)
+    }
+
+    /// Moves what this process has seen up to the log's latest checkpoint,
+    /// if the store extends what it saw; otherwise refuses, as the next
+    /// append would. A sidecar on a shared log calls it every
+    /// [`FOLLOW_INTERVAL`], so that a rollback of the database is refused
+    /// by every sidecar that ran while the newer log existed, not only by
+    /// those that appended to it. Blocking.
+    pub fn follow(&self) -> Result<(), AuditError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let verifiers = self.verifiers();
+        let latest = self.read(|reader| {
+            let Some(note) = reader.checkpoint()? else { return Ok(None) };
+            let checkpoint = super::Checkpoint::open(&note, &verifiers)?;
+            let proof = match *seen {
+                Some((size, _)) if size <= checkpoint.size => Some(reader.consistency(size)?),
+                _ => None,
+            };
+            Ok(Some((checkpoint, proof)))
+        })?;
+        let Some((size, root)) = *seen else { return Ok(()) };
+        let latest_size = latest.as_ref().map_or(0, |(checkpoint, _)| checkpoint.size);
+        let extends = match &latest {
+            Some((checkpoint, Some(proof))) if proof.size == checkpoint.size => {
+                super::merkle::verify_consistency(size, checkpoint.size, &root, &checkpoint.root, &proof.path).is_ok()
+            }
+            None => size == 0,
+            _ => false,
+        };
+        if !extends {
+            return Err(AuditError::Inconsistent(format!(
+                "the store (now {latest_size} entries) does not extend the log of {size} entries this process saw: \
+                 it was deleted, replaced or rolled back; restore it from a backup"
+            )));
+        }
+        if let Some((checkpoint, _)) = latest {
+            *seen = Some((checkpoint.size, checkpoint.root));
+        }
+        Ok(())
     }
 
     /// Runs `read` on the log opened read-only (blocking; waits up to

@@ -85,6 +85,11 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
+    if let Some(trail) = api.services.audit.clone()
+        && matches!(trail.location(), Location::Postgres(_))
+    {
+        servers.spawn(follow_shared_log(trail, wait(stopped.clone())));
+    }
     servers.spawn(api::serve(listener, api::invoke::router(api.clone()), limits, wait(stopped.clone())));
     if let Some(admin) = admin {
         servers.spawn(api::serve(admin, api::admin::router(api.clone(), tokens), limits, wait(stopped.clone())));
@@ -149,5 +154,32 @@ fn try_line(api: &Api, invoke_addr: std::net::SocketAddr) {
             "try: curl -s --data visit http://{invoke_addr}/v1/plugins/kv-counter/invoke   \
              (counts in the key-value store; then: gatehouse kv get kv-counter visits)"
         );
+    }
+}
+
+/// Reads the shared log's head every `FOLLOW_INTERVAL` (see
+/// `AuditTrail::follow`); says once when the log stops extending what
+/// this sidecar saw, and once when it does again.
+async fn follow_shared_log(trail: std::sync::Arc<AuditTrail>, stopped: impl std::future::Future<Output = ()>) {
+    let mut stopped = std::pin::pin!(stopped);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(gatehouse::audit::trail::FOLLOW_INTERVAL) => {}
+        }
+        let trail = trail.clone();
+        let outcome = tokio::task::spawn_blocking(move || trail.follow()).await;
+        match outcome {
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "the shared audit log cannot be followed");
+            }
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!("the shared audit log is readable again");
+            }
+            _ => {}
+        }
     }
 }

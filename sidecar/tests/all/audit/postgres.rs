@@ -244,3 +244,53 @@ fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
     }
     assert!(postgres.psql_in("empty", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").trim() == "0");
 }
+
+/// Attack (an outside review): restore the shared database to a copy
+/// taken before a change, then reload a sidecar that did not append since
+/// the copy. It followed the log meanwhile (every 2 s), so it refuses to
+/// sign over the rollback instead of forking the log.
+#[test]
+fn a_sidecar_that_followed_the_shared_log_refuses_a_rolled_back_database() {
+    use crate::common::{Policies, guest};
+    use crate::sidecar::{Sidecar, json, request};
+
+    let postgres = cluster();
+    let policies = Policies::new();
+    let policy = |max_keys: u32| {
+        format!("[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nmax_keys = {max_keys}\n", guest("echo").display())
+    };
+    policies.write("store.toml", &policy(10));
+    let shared = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[databases.shared]\nurl = {:?}\n\
+         [audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\n",
+        postgres.url(),
+        shared.path().join("keys/key").display().to_string()
+    );
+    let (_a_root, a_config) = policies.settings(&settings);
+    let a = Sidecar::spawn(&a_config, &[], tempfile::tempdir().unwrap());
+    a.wait_loaded();
+    let (_b_root, b_config) = policies.settings(&settings);
+    let b = Sidecar::spawn(&b_config, &[], tempfile::tempdir().unwrap());
+    b.wait_loaded();
+
+    let tables = ["entries", "nodes", "checkpoints", "grants", "head"];
+    let copy: Vec<String> =
+        tables.iter().map(|t| format!("CREATE TABLE snap_{t} AS SELECT * FROM gatehouse_audit_{t}")).collect();
+    postgres.psql_in("gatehouse", &copy.join("; "));
+    policies.write("store.toml", &policy(20));
+    let (status, _, body) = request(&a.admin, "POST", "/admin/reload", &[], b"");
+    assert_eq!((status, json(&body)["audit_entries"].as_u64()), (200, Some(1)));
+    std::thread::sleep(gatehouse::audit::trail::FOLLOW_INTERVAL * 2);
+
+    let restore: Vec<String> = tables
+        .iter()
+        .map(|t| format!("DELETE FROM gatehouse_audit_{t}; INSERT INTO gatehouse_audit_{t} SELECT * FROM snap_{t}"))
+        .collect();
+    postgres.psql_in("gatehouse", &restore.join("; "));
+    policies.write("store.toml", &policy(30));
+    let (status, _, body) = request(&b.admin, "POST", "/admin/reload", &[], b"");
+    let summary = json(&body);
+    assert_eq!(status, 503, "{summary}");
+    assert!(summary["audit_error"].as_str().unwrap().contains("does not extend the log of 2 entries"), "{summary}");
+}
