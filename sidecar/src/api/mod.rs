@@ -129,6 +129,17 @@ pub struct ReloadSummary {
 
 pub use crate::audit::Trigger;
 
+/// What [`Api::hold_for_approval`] took out of a reload.
+#[derive(Debug, Default)]
+struct HeldOut {
+    /// Plugins whose grants wait for a decision.
+    pending: Vec<String>,
+    /// Those of them whose loaded version goes too.
+    unkept: Vec<String>,
+    /// Audit entries written (`requested`, `withdrawn`).
+    entries: u64,
+}
+
 impl Api {
     /// An API over `runtime` with the settings' listeners, directories and
     /// databases; plugins are served once [`Api::reload`] has run.
@@ -294,7 +305,7 @@ impl Api {
             }
         };
         let mut load = load;
-        let (pending, requested) = match self.hold_for_approval(&mut load, &actor).await {
+        let held = match self.hold_for_approval(&mut load, &actor).await {
             Ok(held) => held,
             Err(reason) => return self.unrecorded(trigger, first, Vec::new(), reason),
         };
@@ -315,10 +326,10 @@ impl Api {
                     counted.store(written.entries, Ordering::Relaxed);
                     Ok(())
                 };
-                self.runtime.reload_gated(&load.set, &load.errors, gate).await
+                self.runtime.reload_gated(&load.set, &load.errors, &held.unkept, gate).await
             }
         };
-        let audit_entries = self.services.audit.as_ref().map(|_| requested + recorded.load(Ordering::Relaxed));
+        let audit_entries = self.services.audit.as_ref().map(|_| held.entries + recorded.load(Ordering::Relaxed));
         let report = match outcome {
             Ok(report) => report,
             Err((report, reason)) => {
@@ -336,8 +347,14 @@ impl Api {
             .collect();
         *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files, audit: None };
         self.loaded.store(true, Ordering::Release);
-        let summary =
-            ReloadSummary { loaded: self.names(), errors, applied: true, audit_entries, audit_error: None, pending };
+        let summary = ReloadSummary {
+            loaded: self.names(),
+            errors,
+            applied: true,
+            audit_entries,
+            audit_error: None,
+            pending: held.pending,
+        };
         tracing::info!(
             trigger,
             loaded = ?summary.loaded,
@@ -351,24 +368,23 @@ impl Api {
     /// With `[audit] require_approval`: takes out of `load` the plugins
     /// whose grants would grow beyond the approved ones, each turned into
     /// a refusal of its policy file (so a loaded version stays, a new
-    /// plugin stays out), and returns their names with the number of
-    /// entries the audit log wrote about what newly waits (or was
-    /// withdrawn). `Err`: the log could not be read or written.
-    async fn hold_for_approval(
-        &self,
-        load: &mut policy::PolicyLoad,
-        actor: &Trigger,
-    ) -> Result<(Vec<String>, u64), String> {
+    /// plugin stays out, and a loaded version beyond the approved grants
+    /// goes), with the number of entries the audit log wrote about what
+    /// newly waits (or was withdrawn). `Err`: the log could not be read or
+    /// written.
+    async fn hold_for_approval(&self, load: &mut policy::PolicyLoad, actor: &Trigger) -> Result<HeldOut, String> {
         let Some(trail) = self.services.audit.clone().filter(|_| self.require_approval) else {
-            return Ok((Vec::new(), 0));
+            return Ok(HeldOut::default());
         };
         let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
+        let loaded = self.runtime.loaded_policies();
         let actor = actor.clone();
-        let screened = tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>()))
-            .await
-            .map_err(|e| format!("the audit log's append did not finish: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let mut pending = Vec::new();
+        let screened =
+            tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>(), &loaded))
+                .await
+                .map_err(|e| format!("the audit log's append did not finish: {e}"))?
+                .map_err(|e| e.to_string())?;
+        let mut out = HeldOut { entries: screened.entries, ..HeldOut::default() };
         for held in screened.held {
             if let Some(policy) = load.set.plugins.remove(&held.plugin) {
                 tracing::warn!(plugin = %held.plugin, reason = %held.reason, "grants held for approval");
@@ -378,10 +394,13 @@ impl Api {
                     reason: held.reason,
                     plugin: Some(held.plugin.clone()),
                 });
-                pending.push(held.plugin);
+                if held.unload {
+                    out.unkept.push(held.plugin.clone());
+                }
+                out.pending.push(held.plugin);
             }
         }
-        Ok((pending, screened.entries))
+        Ok(out)
     }
 
     /// The summary of a (re)load whose grant changes the audit log could

@@ -98,6 +98,10 @@ pub struct Held {
     pub plugin: String,
     /// Why, naming the items that grow and what to run.
     pub reason: String,
+    /// Its loaded version grows beyond the approved grants as well (they
+    /// were approved since it loaded, or another sidecar loaded them), so
+    /// it must stop serving rather than be kept.
+    pub unload: bool,
 }
 
 /// What [`AuditTrail::screen`] decided and wrote.
@@ -430,12 +434,18 @@ impl AuditTrail {
     /// [`super::approval`]). Grants newly waiting are recorded (a
     /// `requested` entry per item that grows, and the pending row) in one
     /// durable batch; pending grants no longer asked for are `withdrawn`.
-    /// Blocking: call it off the async executor.
-    pub fn screen(&self, trigger: &Trigger, next: &[&PluginPolicy]) -> Result<Screened, RecordError> {
+    /// `loaded`: the versions loaded now, each judged too when its plugin
+    /// is held. Blocking: call it off the async executor.
+    pub fn screen(
+        &self,
+        trigger: &Trigger,
+        next: &[&PluginPolicy],
+        loaded: &[PluginPolicy],
+    ) -> Result<Screened, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
         let mut held = Vec::new();
         let appended = self.append(|rows| {
-            let (plan, waiting) = plan_screen(trigger, next, rows)?;
+            let (plan, waiting) = plan_screen(trigger, next, loaded, rows)?;
             held = waiting;
             Ok::<_, RecordError>(plan)
         })?;
@@ -540,6 +550,7 @@ fn plan_record(
 fn plan_screen(
     trigger: &Trigger,
     next: &[&PluginPolicy],
+    loaded: &[PluginPolicy],
     rows: &BTreeMap<String, Vec<u8>>,
 ) -> Result<(Plan, Vec<Held>), RecordError> {
     let mut batch = Vec::new();
@@ -562,19 +573,33 @@ fn plan_screen(
             continue;
         }
         let items = shown_items(&grows);
+        // The version it keeps must itself be within the approved grants.
+        let beyond = loaded
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| growth(name, approved.as_ref(), &grants(p)))
+            .filter(|grows| !grows.is_empty());
+        let unload = beyond.is_some();
+        let kept = match &beyond {
+            Some(grows) => format!(
+                "its loaded version is unloaded: it grows beyond the approved grants too ({})",
+                shown_items(grows)
+            ),
+            None => "the loaded version, if any, stays".to_string(),
+        };
         if row(rows, Row::Rejected, name)?.as_ref() == Some(&value) {
             let reason = format!(
-                "its grants were rejected (they would grow: {items}); the loaded version, if any, stays \
-                     until the policy or the manifest asks for something else"
+                "its grants were rejected (they would grow: {items}); {kept} until the policy or the manifest \
+                 asks for something else"
             );
-            held.push(Held { plugin: name.to_string(), reason });
+            held.push(Held { plugin: name.to_string(), reason, unload });
             continue;
         }
         let reason = format!(
-            "waiting for approval: its grants would grow ({items}); `gatehouse grants approve {name}` or \
-                 POST /admin/approvals/{name}"
+            "waiting for approval: its grants would grow ({items}); {kept}; `gatehouse grants approve {name}` \
+             or POST /admin/approvals/{name}"
         );
-        held.push(Held { plugin: name.to_string(), reason });
+        held.push(Held { plugin: name.to_string(), reason, unload });
         if pending.as_ref() != Some(&value) {
             let grows = bounded(name, grows, approved.as_ref(), Some(&value));
             batch.extend(grows.into_iter().map(|change| entry(&actor, change, Some("requested"))));

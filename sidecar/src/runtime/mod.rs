@@ -302,7 +302,7 @@ impl Runtime {
     /// concurrency fits in the pool (`max_instances`); the rest are
     /// refused, so every loaded plugin can always run at its concurrency.
     pub async fn load(&self, policies: &PolicySet) -> LoadReport {
-        self.install(policies, &[], false, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
+        self.install(policies, &[], &[], false, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
     }
 
     /// Like [`Runtime::load`], for a running sidecar: a plugin whose
@@ -311,7 +311,7 @@ impl Runtime {
     /// had, and the refusal is reported. Invocations already running
     /// finish on the version they started with.
     pub async fn reload(&self, policies: &PolicySet, broken_files: &[PolicyError]) -> LoadReport {
-        self.install(policies, broken_files, true, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
+        self.install(policies, broken_files, &[], true, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
     }
 
     /// [`Runtime::reload`], with a gate between building the next set of
@@ -321,23 +321,32 @@ impl Runtime {
     /// take effect. If it fails, nothing changes (the plugins in force,
     /// their concurrency slots and their refusals stay as they were) and
     /// its reason is returned with the report of what would have loaded.
+    /// The plugins named in `unkept` are refused without keeping their
+    /// loaded version (one no longer approved must stop serving).
     pub async fn reload_gated<G, F>(
         &self,
         policies: &PolicySet,
         broken_files: &[PolicyError],
+        unkept: &[String],
         gate: G,
     ) -> Result<LoadReport, (LoadReport, String)>
     where
         G: FnOnce(Vec<PluginPolicy>) -> F,
         F: std::future::Future<Output = Result<(), String>>,
     {
-        self.install(policies, broken_files, true, gate).await
+        self.install(policies, broken_files, unkept, true, gate).await
+    }
+
+    /// The policy of the loaded version of each plugin in force.
+    pub fn loaded_policies(&self) -> Vec<PluginPolicy> {
+        self.generation().plugins.values().map(|p| p.policy.clone()).collect()
     }
 
     async fn install<G, F>(
         &self,
         policies: &PolicySet,
         broken: &[PolicyError],
+        unkept: &[String],
         keep_on_refusal: bool,
         gate: G,
     ) -> Result<LoadReport, (LoadReport, String)>
@@ -347,6 +356,7 @@ impl Runtime {
     {
         let _one_at_a_time = self.loading.lock().await;
         let previous = self.generation();
+        let keeps = |name: &String| keep_on_refusal && !unkept.contains(name);
         let mut report = LoadReport::default();
         let mut next = Generation::default();
         let loads = Semaphore::new(LOAD_INSTANCES as usize);
@@ -363,8 +373,8 @@ impl Runtime {
         // and every loaded plugin with a new version keeps its share as a
         // fallback until the new one is admitted.
         let mut pool = Pool::new(self.settings.max_instances);
-        let kept = |name: &String| previous.plugins.get(name).filter(|_| keep_on_refusal);
-        for (name, plugin) in &previous.plugins {
+        let kept = |name: &String| previous.plugins.get(name).filter(|_| keeps(name));
+        for (name, plugin) in previous.plugins.iter().filter(|(name, _)| keeps(name)) {
             // Kept also when another file now claims the name: a file that
             // stops parsing must not let a new one take its plugin over.
             let refusal = broken.iter().find(|e| e.file == plugin.policy.file);

@@ -10,7 +10,8 @@
 //! unapproved; a rejected grant coming back by reloading; an upgrade whose
 //! manifest asks for more slipping through because its policy did not
 //! change; a decision for a plugin with nothing pending; a malformed
-//! decision body; approval rows edited outside the sidecar.
+//! decision body; approval rows edited outside the sidecar; a held
+//! plugin kept on a version approved away since it loaded.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -404,4 +405,69 @@ fn a_removed_plugins_request_is_withdrawn_and_a_re_added_plugin_is_marked() {
     policies.write("store.toml", &store_policy(20));
     let diff = stdout(&cli(&config, &["grants", "diff"]));
     assert!(diff.contains("added") && diff.contains("store  (plugin)") && diff.contains("(needs approval)"), "{diff}");
+}
+
+fn bucket_policy(buckets: &[&str]) -> String {
+    format!(
+        "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",
+        guest("echo").display().to_string()
+    )
+}
+
+/// (loaded plugin names, `serving` of each refusal) from `/admin/plugins`.
+fn served(sidecar: &Sidecar) -> (Vec<String>, Value) {
+    let (status, list) = admin(sidecar, "GET", "/admin/plugins", b"");
+    assert_eq!(status, 200, "{list}");
+    let names = list["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string());
+    (names.collect(), list["refused"].clone())
+}
+
+/// A kept version is kept only while it is within the approved grants.
+/// Attack: grants approved from the CLI (so no reload follows), then the
+/// file grows again before the next reload; the sidecar held the new
+/// request and kept serving the old version, which no one approved any
+/// more, and wrote it back as the grants in force (with several sidecars
+/// on one shared log, a lagging sidecar did this over the others' newer
+/// grants).
+#[test]
+fn a_held_plugin_whose_loaded_version_is_no_longer_approved_stops_serving() {
+    let policies = Policies::new();
+    policies.write("store.toml", &bucket_policy(&["a"]));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    assert_eq!(admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}").0, 200);
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+
+    // `a` swapped for `b`: held, the approved `a` version stays.
+    policies.write("store.toml", &bucket_policy(&["b"]));
+    assert_eq!(reload(&sidecar)["pending"], json!(["store"]));
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, vec!["store"]);
+    assert!(refused[0]["reason"].as_str().unwrap().contains("the loaded version, if any, stays"), "{refused}");
+
+    // `b` approved from the CLI: now `a` is no longer approved. The file
+    // asks for `c` as well before the sidecar reloads.
+    let approved = cli(&config, &["grants", "approve", "store"]);
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    policies.write("store.toml", &bucket_policy(&["b", "c"]));
+    let before = count(&sidecar);
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, Vec::<String>::new(), "the unapproved version is not kept");
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("its loaded version is unloaded") && reason.contains("kv.buckets"), "{refused}");
+    assert_eq!(refused[0]["serving"], Value::Null, "{refused}");
+    assert_eq!(max_keys(&sidecar, "store"), None, "no grant of the old version stays in force");
+    // The log says the plugin's grants left force.
+    let written = entries(&sidecar, before);
+    assert!(written.iter().any(|(_, kind, item)| kind == "removed" && item.is_empty()), "{written:?}");
+
+    // Approving what is asked for brings it back.
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+    drop(sidecar);
+    let verified = cli(&config, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
 }

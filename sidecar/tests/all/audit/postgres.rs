@@ -7,7 +7,9 @@
 //! missing sequence number, a batch split by another's, two checkpoints of
 //! one size); sidecars sharing the log that each see the same policy
 //! change (recorded twice); a grants row, an entry and the head edited
-//! in the database behind the log's back; the CLI reading the shared log.
+//! in the database behind the log's back; the CLI reading the shared log;
+//! a restored dump re-signed by a sidecar; a lagging sidecar serving and
+//! writing back grants approved away through another.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -293,4 +295,74 @@ fn a_sidecar_that_followed_the_shared_log_refuses_a_rolled_back_database() {
     let summary = json(&body);
     assert_eq!(status, 503, "{summary}");
     assert!(summary["audit_error"].as_str().unwrap().contains("does not extend the log of 2 entries"), "{summary}");
+}
+
+/// Approvals across sidecars sharing one log. Attack (an outside review):
+/// grants approved through one sidecar while another still serves the
+/// version approved before, then a newer change to the file: the lagging
+/// sidecar held the change, kept serving the no-longer-approved version
+/// and wrote it back into the shared grants in force. Now it stops serving
+/// that version, and nothing it writes grants it again.
+#[test]
+fn a_lagging_sidecar_never_serves_or_writes_back_grants_approved_away() {
+    use crate::common::{Policies, guest};
+    use crate::sidecar::{Sidecar, json, request};
+
+    let postgres = cluster();
+    let policies = Policies::new();
+    let policy = |buckets: &[&str]| {
+        format!("[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n", guest("echo").display())
+    };
+    policies.write("store.toml", &policy(&["a"]));
+    let shared = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[databases.shared]\nurl = {:?}\n\
+         [audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\nrequire_approval = true\n",
+        postgres.url(),
+        shared.path().join("keys/key").display().to_string()
+    );
+    let (_a_root, a_config) = policies.settings(&settings);
+    let a = Sidecar::spawn(&a_config, &[], tempfile::tempdir().unwrap());
+    a.wait_loaded();
+    let (_b_root, b_config) = policies.settings(&settings);
+    let b = Sidecar::spawn(&b_config, &[], tempfile::tempdir().unwrap());
+    b.wait_loaded();
+    let call = |sidecar: &Sidecar, method: &str, path: &str, body: &[u8]| {
+        // A reload that holds a plugin answers 422 (a policy refused).
+        let (status, _, body) = request(&sidecar.admin, method, path, &[], body);
+        assert!(status == 200 || status == 422, "{method} {path}: {status} {}", String::from_utf8_lossy(&body));
+        json(&body)
+    };
+    let loaded = |sidecar: &Sidecar| call(sidecar, "GET", "/admin/plugins", b"")["plugins"].as_array().unwrap().len();
+    let buckets_granted = || {
+        let entries = call(&a, "GET", "/admin/audit?limit=1000", b"")["entries"].as_array().unwrap().clone();
+        entries
+            .iter()
+            .filter(|e| e["change"]["kind"] != "requested")
+            .map(|e| e["change"].to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // `a` approved through A; B picks it up at its reload.
+    call(&a, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    call(&b, "POST", "/admin/reload", b"");
+    assert_eq!((loaded(&a), loaded(&b)), (1, 1));
+
+    // `a` swapped for `b`: held on both, each keeps `a`; approved through
+    // A only, which reloads.
+    policies.write("store.toml", &policy(&["b"]));
+    call(&a, "POST", "/admin/reload", b"");
+    call(&b, "POST", "/admin/reload", b"");
+    call(&a, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!((loaded(&a), loaded(&b)), (1, 1), "B has not reloaded yet");
+    let before = buckets_granted().len();
+
+    // The file grows again; B reloads first.
+    policies.write("store.toml", &policy(&["b", "c"]));
+    let summary = call(&b, "POST", "/admin/reload", b"");
+    assert_eq!(summary["pending"], serde_json::json!(["store"]), "{summary}");
+    assert_eq!(loaded(&b), 0, "B stops serving the version approved away");
+    assert_eq!(loaded(&a), 1, "A keeps the approved one");
+    let written = &buckets_granted()[before..];
+    assert!(written.iter().all(|change| !change.contains("\"a\"")), "B wrote `a` back: {written:?}");
 }
