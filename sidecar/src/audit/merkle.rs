@@ -279,6 +279,18 @@ impl Tree {
         self.levels.first().map_or(0, |l| l.len() as u64)
     }
 
+    /// The tree of `leaves` (leaf hashes, in order), built a level at a
+    /// time: what [`Tree::push`] of each leaf gives, without its per-leaf
+    /// bookkeeping (a third of a verify's hashing time).
+    pub fn from_leaves(leaves: Vec<Hash>) -> Tree {
+        let mut levels = vec![leaves];
+        while let Some(below) = levels.last().filter(|level| level.len() > 1) {
+            let up = below.chunks_exact(2).map(|pair| node_hash(&pair[0], &pair[1])).collect();
+            levels.push(up);
+        }
+        Tree { levels }
+    }
+
     /// Appends a leaf by its leaf hash.
     pub fn push(&mut self, leaf: Hash) {
         let index = self.size();
@@ -472,6 +484,20 @@ mod tests {
     }
 
     proptest! {
+        /// A tree built a level at a time has every node a tree built leaf
+        /// by leaf has, and no other.
+        #[test]
+        fn a_tree_built_from_its_leaves_is_the_tree_built_by_pushes(size in 0u64..300) {
+            let pushed = tree_of(size);
+            let leaves = (0..size).map(|i| pushed.leaf(i).unwrap()).collect();
+            let built = Tree::from_leaves(leaves);
+            for level in 0..10u8 {
+                for index in 0..size + 2 {
+                    prop_assert_eq!(built.node(level, index), pushed.node(level, index), "level {} index {}", level, index);
+                }
+            }
+        }
+
         /// Every inclusion proof of a random tree verifies, and fails for
         /// another leaf or another index. (Another tree size can pass: a
         /// path says nothing of leaves right of it, so a proof for size n

@@ -447,3 +447,40 @@ fn a_rolled_back_and_reappended_store_is_a_fork_against_a_held_checkpoint() {
         .is_err()
     );
 }
+
+/// A log large enough that verify splits its entries over threads (each
+/// part at least 4,096 entries): each problem is still named at its own
+/// entry, in the part it falls in, and the first one wins. Attacks: an
+/// entry edited in the last part, a non-canonical one in the first part
+/// and one in the last. (Batches of 1,000, so the problems sit where a
+/// checkpoint's range starts: the root mismatch names the same entry.)
+#[test]
+fn a_large_log_split_over_threads_names_each_problem_at_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(&dir.path().join("large.redb"), ORIGIN, vec![key()]).unwrap();
+    const SIZE: u64 = 12_000;
+    for batch in 0..SIZE / 1000 {
+        log.append(&(batch * 1000..(batch + 1) * 1000).map(change).collect::<Vec<_>>()).unwrap();
+    }
+    let verdict = |lines: &[Vec<u8>]| {
+        rust_verdict(&Case { name: String::new(), lines: lines.to_vec(), held: None, expect: None })
+    };
+    let good = export_lines(&log);
+    assert_eq!(verdict(&good).unwrap().size, SIZE);
+
+    let mut edited = good.clone();
+    edit_entry(&mut edited, 11_000, |v| v["actor"] = json!("admin:someone-else"));
+    assert_verdict(verdict(&edited), Location::Entry(11_000), Problem::HashMismatch);
+
+    let spaced = |lines: &mut Vec<Vec<u8>>, seq: usize| {
+        let at = entry_positions(lines)[seq];
+        lines[at] = String::from_utf8(lines[at].clone()).unwrap().replacen(':', ": ", 1).into_bytes();
+    };
+    let mut malformed = good.clone();
+    spaced(&mut malformed, 10_000);
+    assert_verdict(verdict(&malformed), Location::Entry(10_000), Problem::Malformed);
+    spaced(&mut malformed, 1_000);
+    assert_verdict(verdict(&malformed), Location::Entry(1_000), Problem::Malformed);
+    spaced(&mut edited, 10_000);
+    assert_verdict(verdict(&edited), Location::Entry(10_000), Problem::Malformed);
+}
