@@ -549,6 +549,25 @@ mod tests {
         assert!(store.reader().await.is_ok(), "the store did not open once the cause was gone");
     }
 
+    /// `gatehouse kv …` holds the store's file for a page at a time: a
+    /// sidecar opening it meanwhile waits (up to [`OPEN_WAIT`]) instead of
+    /// failing its plugins' first calls.
+    #[tokio::test]
+    async fn an_open_waits_while_a_cli_reader_holds_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = dir.path().join("kv");
+        std::fs::create_dir_all(&kv).unwrap();
+        std::fs::set_permissions(&kv, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let held = redb::Database::create(kv.join("store.redb")).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let store = KvStore::redb(kv);
+        assert!(store.reader().await.is_ok(), "the open did not wait for the reader");
+        release.join().unwrap();
+    }
+
     /// An outside review reloaded the policies (no change) and got a fresh
     /// allowance each time: the budget is the plugin's, kept by name while
     /// its rate stays the same.

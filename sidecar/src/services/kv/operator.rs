@@ -212,6 +212,11 @@ mod tests {
         assert!(v.truncated && v.shown.len() <= SHOWN_VALUE + 64, "{}", v.shown.len());
         let v = show_value(&vec![0xff; 1 << 20]);
         assert!(v.truncated && v.shown.len() == SHOWN_VALUE, "{}", v.shown.len());
+        // Text whose bytes fit but whose escaped form does not is cut too.
+        let controls = vec![0x01; SHOWN_VALUE / 2];
+        let v = show_value(&controls);
+        assert_eq!(v.encoding, "text");
+        assert!(v.truncated && v.shown.len() <= SHOWN_VALUE + 64, "{}", v.shown.len());
         // A long UTF-8 value cut inside a character is still text.
         let mut long = vec![b'a'; SHOWN_VALUE + 3];
         long.extend_from_slice("é".repeat(10).as_bytes());

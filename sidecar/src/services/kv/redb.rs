@@ -816,6 +816,27 @@ mod tests {
         assert_eq!(mode(&existing), 0o600);
     }
 
+    /// A `set_many` of exactly [`MAX_CALL_BYTES`] (keys plus values) is
+    /// one call; a byte more is refused whole, naming the bound.
+    #[tokio::test]
+    async fn set_many_is_bounded_at_exactly_the_call_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RedbBackend::open(&dir.path().join("kv.redb")).unwrap();
+        let bucket = Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota: Quota { max_value: MAX_CALL_BYTES, max_bytes: 4 * MAX_CALL_BYTES, ..Quota::default() },
+            durability: Durability::Immediate,
+        };
+        let half = (MAX_CALL_BYTES / 2) as usize;
+        let items =
+            |extra: usize| vec![("a".to_string(), vec![1; half - 1]), ("b".to_string(), vec![2; half - 1 + extra])];
+        backend.set_many(&bucket, items(0)).await.unwrap();
+        assert_eq!(backend.get(&bucket, "b").await.unwrap().map(|v| v.len()), Some(half - 1));
+        let error = backend.set_many(&bucket, items(1)).await.unwrap_err();
+        assert!(error.to_string().contains(&MAX_CALL_BYTES.to_string()), "{error}");
+        assert_eq!(backend.get(&bucket, "b").await.unwrap().map(|v| v.len()), Some(half - 1), "nothing written");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_makes_callers_wait_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();

@@ -285,4 +285,42 @@ mod tests {
         assert_eq!(backend.group.budget().available_permits(), QUEUE_BYTES as usize);
         assert!(backend.group.lanes.lock().unwrap().is_empty(), "an empty lane is removed");
     }
+
+    /// Each write is charged the bytes it carries, whatever its kind: with
+    /// 1 MiB of room left, writes carrying 2 MiB wait (a compare-and-swap
+    /// with no expected value was once charged nothing for its new one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_kind_of_write_is_charged_its_bytes() {
+        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
+        let backend = Arc::new(PostgresBackend::with_pool(pool));
+        let bucket = Arc::new(Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota: Quota { max_value: 4 << 20, ..Quota::default() },
+            durability: Durability::Immediate,
+        });
+        let held =
+            Arc::clone(backend.group.budget()).acquire_many_owned((QUEUE_BYTES - (1 << 20)) as u32).await.unwrap();
+        let big = || vec![7u8; 2 << 20];
+        // One at a time: the budget is fair, so one waiting write would
+        // hold back the next whatever its size.
+        for kind in ["set", "compare-and-swap"] {
+            let write = {
+                let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
+                tokio::spawn(async move {
+                    match kind {
+                        "set" => backend.set(&bucket, "k".into(), big()).await.map(drop),
+                        _ => backend.compare_and_swap(&bucket, "k".into(), None, big()).await.map(drop),
+                    }
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!write.is_finished(), "a {kind} of 2 MiB was queued in 1 MiB of room");
+            write.abort();
+            assert!(write.await.unwrap_err().is_cancelled());
+        }
+        drop(held);
+        assert_eq!(backend.group.budget().available_permits(), QUEUE_BYTES as usize);
+    }
 }
