@@ -566,6 +566,29 @@ fn size_and_depth_are_bounded() {
         .expect("no stack overflow");
 }
 
+/// Function calls per statement are bounded (SQLite checks a deadline
+/// only at jumps, and one row's calls have none between them). Attack (an
+/// outside review): thousands of `length`/`hex` calls of a 16 MiB value in
+/// one row, ~10 ms each, ran long past the statement's deadline.
+#[test]
+fn function_calls_per_statement_are_bounded() {
+    use gatehouse::services::sql::MAX_FUNCTION_CALLS;
+    let policy = policy();
+    let calls = |n: usize| vec!["length(name)"; n].join(" + ");
+    for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+        let at = format!("SELECT {} AS n FROM products", calls(MAX_FUNCTION_CALLS));
+        assert!(check(dialect, &policy, &at).is_ok(), "{dialect}: {:?}", check(dialect, &policy, &at));
+        // Nested or spread over clauses, they count alike.
+        let nested = format!("SELECT id FROM products WHERE length(upper(name)) > {}", calls(MAX_FUNCTION_CALLS - 1));
+        let over = [format!("SELECT {} AS n FROM products", calls(MAX_FUNCTION_CALLS + 1)), nested];
+        for sql in over {
+            let denial = check(dialect, &policy, &sql).unwrap_err();
+            assert_eq!(denial.rule, Rule::TooManyCalls, "{dialect}: {denial}");
+            assert!(denial.message.contains(&MAX_FUNCTION_CALLS.to_string()), "{denial}");
+        }
+    }
+}
+
 /// A query built from a small grammar over the fixture tables, `secrets`
 /// included; aliases and CTE names never spell `secrets`, so a statement
 /// that names it reads the real table.

@@ -37,7 +37,7 @@ use sqlparser::parser::{Parser, ParserError};
 
 use super::denial::{Denial, Rule, shown};
 use super::policy::{Access, Door, Kind, SqlPolicy, TableGrant};
-use super::{Dialect, MAX_DEPTH, MAX_STATEMENT, PARSER_DEPTH, functions, names};
+use super::{Dialect, MAX_DEPTH, MAX_FUNCTION_CALLS, MAX_STATEMENT, PARSER_DEPTH, functions, names};
 
 /// What an allowed statement is, for the gateway's next steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +169,8 @@ struct Walk<'p> {
     dialect: Dialect,
     policy: &'p SqlPolicy,
     depth: usize,
+    /// Function calls written so far.
+    calls: usize,
     place: Vec<&'static str>,
     ctes: Vec<CteFrame>,
     levels: Vec<Vec<Rel<'p>>>,
@@ -183,6 +185,7 @@ impl<'p> Walk<'p> {
             dialect,
             policy,
             depth: 0,
+            calls: 0,
             place: Vec::new(),
             ctes: Vec::new(),
             levels: Vec::new(),
@@ -1697,6 +1700,16 @@ impl<'p> Walk<'p> {
             return Err(
                 self.deny(Rule::Function, format!("function `{}` is not on the allow-list", shown(&normalised)))
             );
+        }
+        self.calls += 1;
+        if self.calls > MAX_FUNCTION_CALLS {
+            return Err(self.deny(
+                Rule::TooManyCalls,
+                format!(
+                    "more than {MAX_FUNCTION_CALLS} function calls in one statement: the database checks the \
+                     deadline only between rows"
+                ),
+            ));
         }
         if *uses_odbc_syntax || !matches!(parameters, FunctionArguments::None) {
             return Err(self.unsupported("this function call syntax"));

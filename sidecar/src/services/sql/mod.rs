@@ -78,6 +78,13 @@ pub const PARSER_DEPTH: usize = 32;
 /// items; deeper is refused ([`Rule::TooDeep`]). Chains of one binary
 /// operator (`a AND b AND …`) are walked in a loop and cost no depth.
 pub const MAX_DEPTH: usize = 200;
+/// Most function calls one statement may write; more is refused
+/// ([`Rule::TooManyCalls`]). SQLite checks a statement's deadline only at
+/// jumps, and the calls of one row have none between them: each allowed
+/// built-in is linear in its arguments (`length`, `hex`, `json_extract` of
+/// a 16 MiB value take ~10 ms), so this bounds a row's unchecked work.
+/// Real statements write a handful.
+pub const MAX_FUNCTION_CALLS: usize = 64;
 
 /// The SQL dialect of a database alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
