@@ -28,7 +28,8 @@ MAX_ENTRY = 64 * 1024
 MAX_DEPTH = 64
 HEX64 = re.compile(r"[0-9a-f]{64}")
 KIND = re.compile(r"[a-z0-9._-]{1,64}")
-TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z")
+# ASCII digits only (`\d` would take any Unicode digit).
+TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?Z")
 DASH = "\u2014 "
 
 
@@ -297,7 +298,9 @@ def main():
     except ValueError as e:
         print(f"bad vkey: {e}", file=sys.stderr)
         return 2
-    held = open(args.held, encoding="utf-8").read() if args.held else None
+    # Bytes as written: text mode would turn CRLF into LF and accept a note
+    # the signed-note format refuses.
+    held = open(args.held, "rb").read().decode("utf-8") if args.held else None
     entries, notes = read_export(args.export)
     try:
         n, root = verify(entries, notes, trusted, held)

@@ -72,7 +72,13 @@ async fn decide(
     #[serde(deny_unknown_fields)]
     struct Body {
         decision: Decision,
+        /// Absent, or a string: `null` is refused, not read as absent (a
+        /// client sending unset fields as null would lose the check).
+        #[serde(default, deserialize_with = "present")]
         sha256: Option<String>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Option<String>, D::Error> {
+        <String as serde::Deserialize>::deserialize(value).map(Some)
     }
     let Ok(Body { decision, sha256 }) = serde_json::from_slice::<Body>(&body) else {
         return respond(

@@ -84,11 +84,7 @@ pub fn diff_grants(name: &str, before: Option<&Value>, after: Option<&Value>) ->
 /// A policy as the value its grants serialize to, without where it came
 /// from: what [`diff_grants`] compares.
 pub fn grants(policy: &PluginPolicy) -> Value {
-    let mut value = serde_json::to_value(policy).expect("a policy serializes to JSON");
-    if let Value::Object(fields) = &mut value {
-        fields.remove("file");
-    }
-    value
+    serde_json::to_value(policy).expect("a policy's grants are JSON values")
 }
 
 fn diff_value(plugin: &str, item: String, before: &Value, after: &Value, out: &mut Vec<GrantChange>) {

@@ -52,7 +52,9 @@ pub struct PolicySet {
 pub struct PluginPolicy {
     /// Unique plugin name: lowercase ASCII letters, digits, `-` and `_`.
     pub name: String,
-    /// The policy file this came from.
+    /// The policy file this came from. Not a grant (and its name need not
+    /// be UTF-8, which JSON cannot carry): the audit log names it apart.
+    #[serde(skip)]
     pub file: PathBuf,
     /// SHA-256 of the file's bytes as read: the audit log names the file
     /// and this hash as the actor of the changes a load from disk makes.

@@ -368,6 +368,11 @@ fn an_approval_that_names_its_review_approves_only_what_was_reviewed() {
     let body = format!("{{\"decision\":\"approve\",\"sha256\":\"{reviewed}\"}}");
     let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", body.as_bytes());
     assert_eq!(status, 409, "{answer}");
+    // A null digest is not an absent one (an outside review: it approved
+    // whatever was pending, unchecked).
+    let (status, answer) =
+        admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\",\"sha256\":null}");
+    assert_eq!(status, 400, "{answer}");
     assert_eq!(count(&sidecar), before, "a refused decision writes nothing");
     assert_eq!(max_keys(&sidecar, "store"), None);
 

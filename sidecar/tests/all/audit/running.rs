@@ -488,3 +488,34 @@ fn a_store_rolled_back_or_deleted_under_a_running_sidecar_stops_its_appends() {
         assert_eq!(plugins["plugins"][0]["concurrency"], 4, "{what}: the grant in force stays: {plugins}");
     }
 }
+
+/// A policy file whose name is not UTF-8 (JSON cannot carry it). Attack
+/// (an outside review): such a file made every reload's audit append
+/// panic, so no change applied (not even removing a plugin, the emergency
+/// revocation) and a restart loaded nothing. Now it loads like any other,
+/// its entries name it escaped, and removing it applies.
+#[test]
+fn a_policy_file_whose_name_is_not_utf8_is_recorded_like_any_other() {
+    use std::os::unix::ffi::OsStrExt;
+    let policies = Policies::new();
+    policies.write("store.toml", &counter_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    let odd = policies.dir.path().join(std::ffi::OsStr::from_bytes(b"fetch\xff.toml"));
+    std::fs::write(&odd, fetcher_policy("\"https://api.example.com\"")).unwrap();
+    let (status, summary) = reload_as(&sidecar, TOKEN);
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["loaded"], serde_json::json!(["fetch", "store"]), "{summary}");
+    let added = entries(&sidecar, 100);
+    let last = added.last().unwrap();
+    assert_eq!((last["plugin"].as_str(), last["change"]["kind"].as_str()), (Some("fetch"), Some("added")), "{last}");
+
+    std::fs::remove_file(&odd).unwrap();
+    let (status, summary) = reload_as(&sidecar, TOKEN);
+    assert_eq!((status, summary["loaded"].clone()), (200, serde_json::json!(["store"])), "{summary}");
+    let removed = entries(&sidecar, 100);
+    assert_eq!(removed.last().unwrap()["change"]["kind"], "removed");
+    drop(sidecar);
+    let verified = audit(&config, &["verify"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+}

@@ -105,6 +105,24 @@ pub fn export_cases(dir: &Path) -> Vec<Case> {
             });
         }
     }
+    // Digits that are digits only outside ASCII (an outside review: the
+    // Python verifier's `\d` took them), and a held note with CRLF line
+    // ends (Python read it in text mode and accepted it).
+    case("Arabic-Indic digits in the time of entry 3", None, Some((Location::Entry(3), Problem::Malformed)), &|l| {
+        edit_entry(l, 3, |v| v["time"] = json!("\u{662}\u{660}\u{662}\u{666}-01-01T00:00:00Z"))
+    });
+    case(
+        "fullwidth fraction digit in the time of entry 3",
+        None,
+        Some((Location::Entry(3), Problem::Malformed)),
+        &|l| edit_entry(l, 3, |v| v["time"] = json!("2026-01-01T00:00:00.\u{ff11}Z")),
+    );
+    case(
+        "held checkpoint 5 with CRLF line ends",
+        Some(cps[4].replace('\n', "\r\n")),
+        Some((Location::Held, Problem::CheckpointMalformed)),
+        &|_| {},
+    );
     case("edit seq of entry 3", None, Some((Location::Entry(3), Problem::Sequence)), &|l| {
         edit_entry(l, 3, |v| v["seq"] = json!(4))
     });
