@@ -40,6 +40,18 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
 }
 
+/// Settings of a sidecar on the shared log in `postgres`, its key in
+/// `keys` (shared by every sidecar of a test): `before` goes ahead of the
+/// `[server]` table, `audit` at the end of `[audit]`.
+fn shared_settings(postgres: &TestPostgres, keys: &std::path::Path, before: &str, audit: &str) -> String {
+    format!(
+        "{before}[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[databases.shared]\nurl = {:?}\n\
+         [audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\n{audit}",
+        postgres.url(),
+        keys.join("keys/key").display().to_string()
+    )
+}
+
 fn batch(writer: &str, b: u64) -> Vec<NewEntry> {
     (0..1 + b % 4)
         .map(|k| NewEntry {
@@ -180,12 +192,7 @@ fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
     // The key is shared, in a directory only this user may write (as is
     // its parent: the sidecar checks both).
     let shared = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "[engine]\nmax_instances = 16\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [databases.shared]\nurl = {:?}\n[audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\n",
-        postgres.url(),
-        shared.path().join("keys/key").display().to_string()
-    );
+    let settings = shared_settings(&postgres, shared.path(), "[engine]\nmax_instances = 16\n", "");
     let mut configs = Vec::new();
     let mut sidecars = Vec::new();
     // One after another: the first creates the key the others load.
@@ -263,12 +270,7 @@ fn a_sidecar_that_followed_the_shared_log_refuses_a_rolled_back_database() {
     };
     policies.write("store.toml", &policy(10));
     let shared = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[databases.shared]\nurl = {:?}\n\
-         [audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\n",
-        postgres.url(),
-        shared.path().join("keys/key").display().to_string()
-    );
+    let settings = shared_settings(&postgres, shared.path(), "", "");
     let (_a_root, a_config) = policies.settings(&settings);
     let a = Sidecar::spawn(&a_config, &[], tempfile::tempdir().unwrap());
     a.wait_loaded();
@@ -315,12 +317,7 @@ fn a_lagging_sidecar_never_serves_or_writes_back_grants_approved_away() {
     };
     policies.write("store.toml", &policy(&["a"]));
     let shared = tempfile::tempdir().unwrap();
-    let settings = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[databases.shared]\nurl = {:?}\n\
-         [audit]\ndatabase = \"shared\"\nkey = {:?}\norigin = \"gatehouse.test/shared\"\nrequire_approval = true\n",
-        postgres.url(),
-        shared.path().join("keys/key").display().to_string()
-    );
+    let settings = shared_settings(&postgres, shared.path(), "", "require_approval = true\n");
     let (_a_root, a_config) = policies.settings(&settings);
     let a = Sidecar::spawn(&a_config, &[], tempfile::tempdir().unwrap());
     a.wait_loaded();

@@ -257,20 +257,30 @@ mod tests {
         assert!(take_batch(&mut lane).is_empty());
     }
 
+    /// A backend whose database never answers (nothing listens on port 1).
+    fn unreachable_backend() -> Arc<PostgresBackend> {
+        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
+        Arc::new(PostgresBackend::with_pool(pool))
+    }
+
+    /// Plugin `alpha`'s default bucket under `quota`.
+    fn alpha(quota: Quota) -> Arc<Bucket> {
+        Arc::new(Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota,
+            durability: Durability::Immediate,
+        })
+    }
+
     /// Attack: writes that keep coming while the queue is full. They wait
     /// for room instead of growing it, and every answered write (here:
     /// `unavailable`, no server listens) gives its room back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_makes_callers_wait_instead_of_growing() {
-        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
-        let pool =
-            sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
-        let backend = Arc::new(PostgresBackend::with_pool(pool));
-        let bucket = Arc::new(Bucket {
-            namespace: Namespace::new("alpha", "default").unwrap(),
-            quota: Quota::default(),
-            durability: Durability::Immediate,
-        });
+        let backend = unreachable_backend();
+        let bucket = alpha(Quota::default());
         let held = Arc::clone(backend.group.budget()).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
         let write = {
             let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
@@ -291,15 +301,8 @@ mod tests {
     /// with no expected value was once charged nothing for its new one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_kind_of_write_is_charged_its_bytes() {
-        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
-        let pool =
-            sqlx::postgres::PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
-        let backend = Arc::new(PostgresBackend::with_pool(pool));
-        let bucket = Arc::new(Bucket {
-            namespace: Namespace::new("alpha", "default").unwrap(),
-            quota: Quota { max_value: 4 << 20, ..Quota::default() },
-            durability: Durability::Immediate,
-        });
+        let backend = unreachable_backend();
+        let bucket = alpha(Quota { max_value: 4 << 20, ..Quota::default() });
         let held =
             Arc::clone(backend.group.budget()).acquire_many_owned((QUEUE_BYTES - (1 << 20)) as u32).await.unwrap();
         let big = || vec![7u8; 2 << 20];
