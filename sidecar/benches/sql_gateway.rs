@@ -35,6 +35,7 @@ use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
 use gatehouse::services::Services;
 use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::services::sql::SqlGateway;
+use gatehouse::services::sql::relay::{Relay, Upstream};
 use gatehouse::{Document, Runtime, RuntimeSettings};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
@@ -99,7 +100,7 @@ fn main() {
             .connect_with(gatehouse::databases::sqlite_options(&file));
         let direct = direct.await.unwrap();
         let settings = DatabaseSettings::sqlite(file.clone());
-        compare("SQLite", settings, Direct::Sqlite(direct), |q| q.sqlite).await;
+        compare("SQLite", settings, Direct::Sqlite(direct), None, |q| q.sqlite).await;
 
         if !postgres::available() {
             println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
@@ -113,7 +114,13 @@ fn main() {
                 .unwrap();
         sqlx::raw_sql(AssertSqlSafe(format!("{}\n{pg_schema}\n{BIG}", schema()))).execute(&pool).await.unwrap();
         let settings = DatabaseSettings::postgres(UrlSource::Inline(server.url()));
-        compare("PostgreSQL", settings, Direct::Postgres(pool), |q| q.postgres).await;
+        // The relay's own cost: sqlx directly, through a relay of its own.
+        let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), server.port)).unwrap();
+        let relayed =
+            sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect_with(relay.options(&options)).await;
+        let relayed = ("sqlx through the relay", Direct::Postgres(relayed.unwrap()));
+        compare("PostgreSQL", settings, Direct::Postgres(pool), Some(relayed), |q| q.postgres).await;
     });
 }
 
@@ -132,7 +139,13 @@ impl Direct {
     }
 }
 
-async fn compare(name: &str, mut settings: DatabaseSettings, direct: Direct, sql_of: fn(&Query) -> &'static str) {
+async fn compare(
+    name: &str,
+    mut settings: DatabaseSettings,
+    direct: Direct,
+    relayed: Option<(&str, Direct)>,
+    sql_of: fn(&Query) -> &'static str,
+) {
     settings.pool = PoolSettings { max_connections: POOL, per_plugin_connections: POOL, ..PoolSettings::default() };
     let gateway = SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)]));
     let services = Services::with_dns(Arc::new(SystemLookup)).unwrap().with_sql(gateway);
@@ -155,6 +168,7 @@ async fn compare(name: &str, mut settings: DatabaseSettings, direct: Direct, sql
     let report = runtime.load(&load.set).await;
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let direct = Arc::new(direct);
+    let relayed = relayed.map(|(label, direct)| (label, Arc::new(direct)));
 
     println!("\n{name}: {LOOP} queries per invocation (gateway) or task (direct), pool of {POOL}\n");
     println!("| query | callers | path | queries/s | p50 µs | p99 µs | vs direct |");
@@ -165,13 +179,24 @@ async fn compare(name: &str, mut settings: DatabaseSettings, direct: Direct, sql
             // Warm: compiled, pooled, connections open.
             guest_round(&runtime, sql, query.param, 1).await;
             direct_round(&direct, sql, query.param, query.rows, 1).await;
-            let (mut guest, mut plain) = (Vec::new(), Vec::new());
+            if let Some((_, relayed)) = &relayed {
+                direct_round(relayed, sql, query.param, query.rows, 1).await;
+            }
+            let (mut guest, mut plain, mut via_relay) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 guest.push(guest_round(&runtime, sql, query.param, callers).await);
                 plain.push(direct_round(&direct, sql, query.param, query.rows, callers).await);
+                if let Some((_, relayed)) = &relayed {
+                    via_relay.push(direct_round(relayed, sql, query.param, query.rows, callers).await);
+                }
             }
             let (guest, plain) = (summarize(guest), summarize(plain));
-            for (path, (rate, p50, p99)) in [("sqlx directly", plain), ("guest through the gateway", guest)] {
+            let mut paths = vec![("sqlx directly", plain)];
+            if let Some((label, _)) = &relayed {
+                paths.push((label, summarize(via_relay)));
+            }
+            paths.push(("guest through the gateway", guest));
+            for (path, (rate, p50, p99)) in paths {
                 println!(
                     "| {} | {callers} | {path} | {rate:.0} | {p50:.1} | {p99:.1} | {:.2}x |",
                     query.label,

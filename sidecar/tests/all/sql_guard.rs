@@ -277,6 +277,22 @@ async fn sqlite_template() -> tempfile::TempDir {
     dir
 }
 
+/// The statements sqlx has cached on `conn`. sqlx's worker thread
+/// updates the count after it has sent a statement's result, so the count
+/// is read once it has stopped changing.
+async fn cached_statements(conn: &SqliteConnection) -> usize {
+    let mut last = sqlx::Connection::cached_statements_size(conn);
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let now = sqlx::Connection::cached_statements_size(conn);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 /// A connection to a fresh copy of the template, the authorizer installed.
 async fn sqlite_copy(template: &tempfile::TempDir) -> (tempfile::TempDir, SqliteConnection) {
     let dir = tempfile::tempdir().unwrap();
@@ -442,10 +458,10 @@ async fn sqlite_grants_switch_per_statement_and_cached_statements_are_not_reused
     sqlite::enter(&mut conn, a.clone()).await.unwrap();
     let row = sqlx::query(read).bind(1i64).fetch_one(&mut conn).await.unwrap();
     assert_eq!(row.get::<String, _>(0), "the launch codes");
-    assert_eq!(sqlx::Connection::cached_statements_size(&conn), 1, "persistent: cached under A's grant");
+    assert_eq!(cached_statements(&conn).await, 1, "persistent: cached under A's grant");
 
     sqlite::enter(&mut conn, b.clone()).await.unwrap();
-    assert_eq!(sqlx::Connection::cached_statements_size(&conn), 0, "enter empties the cache");
+    assert_eq!(cached_statements(&conn).await, 0, "enter empties the cache");
     let err = sqlx::query(read).bind(1i64).fetch_one(&mut conn).await.unwrap_err();
     assert!(err.to_string().contains("prohibited"), "{err}");
 

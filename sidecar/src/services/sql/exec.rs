@@ -45,6 +45,7 @@ use super::error::SqlError;
 use super::guard::postgres as pg_guard;
 use super::guard::sqlite::{self as sqlite_guard, SqliteGrant};
 use super::pool::{AliasPool, Conn, Held, Pool};
+use super::relay;
 use super::value::{self, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
 
@@ -416,6 +417,19 @@ struct Failure {
 
 impl From<sqlx::Error> for Failure {
     fn from(error: sqlx::Error) -> Failure {
+        if let sqlx::Error::Database(db) = &error
+            && db.code().as_deref() == Some(relay::OVERSIZED)
+        {
+            // The relay refused a row past the limit and closed the
+            // connection; the executor says why in the caps' own words.
+            let why = crate::guest_text::escape(db.message(), crate::guest_text::LINE);
+            return Failure {
+                error: SqlError::TooLarge(format!(
+                    "the result is larger than max_result_bytes allows, {why}: refused (narrow the query or page it)"
+                )),
+                clean: false,
+            };
+        }
         // The database answered with an error: the connection is in step.
         let clean = matches!(error, sqlx::Error::Database(_));
         Failure { error: SqlError::from_database(error), clean }
@@ -440,7 +454,8 @@ const CLIENT_CHECK_MILLIS: u32 = 250;
 /// it the plugin's: its role (the database's own check, see
 /// [`pg_guard`]; `None` only for the sidecar's own use), the statement
 /// timeout, and the search path fixed to the schema the checker resolves
-/// names in. One round trip, simple-query protocol: nothing is prepared.
+/// names in; and it tells the [`relay`] the call's `max_result_bytes`. One
+/// round trip, simple-query protocol: nothing is prepared.
 async fn prepare_connection_pg(
     conn: &mut sqlx::PgConnection,
     role: Option<&str>,
@@ -448,8 +463,10 @@ async fn prepare_connection_pg(
 ) -> Result<(), sqlx::Error> {
     let millis = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
     let role = role.map(|r| format!("SET LOCAL ROLE {}; ", pg_guard::quote(r))).unwrap_or_default();
+    // First, for the relay: the bound of each row until the transaction ends.
+    let marker = relay::marker(limits.max_result_bytes);
     conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "BEGIN; {role}SET LOCAL statement_timeout = {millis}; \
+        "{marker}BEGIN; {role}SET LOCAL statement_timeout = {millis}; \
          SET LOCAL client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET LOCAL search_path = {}",
         pg_guard::quote(pg_guard::SCHEMA)
     ))))

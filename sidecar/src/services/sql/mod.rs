@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod pool;
+pub mod relay;
 pub mod spin;
 pub mod value;
 

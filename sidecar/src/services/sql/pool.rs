@@ -26,6 +26,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
+use super::relay::{Plan, Relay};
 use super::{Dialect, guard};
 use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings};
 
@@ -178,6 +179,8 @@ pub struct AliasPool {
     pub dialect: Dialect,
     settings: DatabaseSettings,
     pool: OnceCell<Pool>,
+    /// The relay a PostgreSQL pool connects through, kept as long as it.
+    relay: Mutex<Option<Relay>>,
     shares: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -188,6 +191,7 @@ impl AliasPool {
             dialect: settings.dialect(),
             settings,
             pool: OnceCell::new(),
+            relay: Mutex::default(),
             shares: Mutex::default(),
         }
     }
@@ -219,6 +223,7 @@ impl AliasPool {
                     .options(&self.name)
                     .cloned()
                     .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
+                let options = self.relayed(options).await?;
                 Ok(Pool::Postgres(pool_options(settings).connect_lazy_with(options)))
             }
             DatabaseTarget::Sqlite(path) => {
@@ -260,6 +265,32 @@ impl AliasPool {
                     })
                     .connect_lazy_with(options);
                 Ok(Pool::Sqlite(pool))
+            }
+        }
+    }
+
+    /// `options` through a [`Relay`] of this alias's own, unless the
+    /// connection uses TLS (then a warning says that the single-row bound
+    /// does not hold).
+    async fn relayed(&self, options: PgConnectOptions) -> Result<PgConnectOptions, SqlError> {
+        let unavailable = |e: std::io::Error| SqlError::Unavailable {
+            message: format!("[databases.{}]: {e}", self.name),
+            retry_after: Some(RETRY_UNAVAILABLE),
+        };
+        match Plan::of(&options).await.map_err(unavailable)? {
+            Plan::Relay(upstream) => {
+                let relay = Relay::start(upstream).map_err(unavailable)?;
+                let relayed = relay.options(&options);
+                *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+                Ok(relayed)
+            }
+            Plan::Direct(reason) => {
+                tracing::warn!(
+                    database = %self.name,
+                    reason,
+                    "not relayed: a single row is read whole before max_result_bytes applies"
+                );
+                Ok(options)
             }
         }
     }

@@ -706,3 +706,43 @@ async fn an_abandoned_cpu_bound_statement_stops_on_postgres() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The sidecar's peak memory now (`VmHWM`), after resetting it to the
+/// current use: nextest runs each test in a process of its own.
+fn peak_rss_bytes(reset: bool) -> u64 {
+    if reset {
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A single value the server builds is refused before the sidecar reads
+/// it, not after: the gateway's connections pass through the relay
+/// (`services::sql::relay`), which reads each row's length first. Attack
+/// (the second outside review held ~600 MB for one call this way under a
+/// 64 KiB cap): `replace()` of an 8,000-character parameter by itself, a
+/// 64 MB value, under `max_result_bytes = 64 KiB`. The call is
+/// `quota-exceeded` and the process's peak memory grows by far less than
+/// the value (sqlx alone would hold it whole, then decode it twice); a
+/// value within the cap still comes back, and the pool serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_single_value_is_refused_before_it_is_read_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("max_result_bytes = \"64 KiB\"");
+    let sql = "SELECT replace($1, 'a', $1) AS v";
+    let small = query(&gateway, "p", &policy, sql, &[Value::Text("a".repeat(200))]).await.unwrap();
+    assert_eq!(small.rows, vec![vec![Value::Text("a".repeat(40_000))]]);
+
+    let before = peak_rss_bytes(true);
+    let error = query(&gateway, "p", &policy, sql, &[Value::Text("a".repeat(8000))]).await.unwrap_err();
+    let grown = peak_rss_bytes(false).saturating_sub(before);
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("max_result_bytes = 65536"), "{error}");
+    assert!(grown < 16 << 20, "the peak memory grew by {grown} bytes for a refused 64 MB value");
+
+    let again = query(&gateway, "p", &policy, sql, &[Value::Text("a".repeat(100))]).await.unwrap();
+    assert_eq!(again.rows[0][0], Value::Text("a".repeat(10_000)));
+}

@@ -1,0 +1,570 @@
+//! The gateway's PostgreSQL connections pass through this relay, so that a
+//! row longer than the call may return is never read into the sidecar.
+//!
+//! sqlx reads each message of the PostgreSQL protocol whole before the
+//! executor sees it, and has no hook to refuse one by its length: a single
+//! value the server builds (`replace()`, `||`, `string_agg`, up to 1 GB)
+//! would be held, and decoded twice more, before `max_result_bytes`
+//! applied. So sqlx connects to the relay (a Unix socket in a private
+//! directory of its own) and the relay to the server. The relay reads each
+//! server message's five-byte header before its body: a data row longer
+//! than the limit of the transaction it belongs to is answered by an error
+//! in its place (SQLSTATE [`OVERSIZED`]), and the connection is closed
+//! without reading the rest.
+//!
+//! The limit comes from the executor, which opens every call's transaction
+//! with a simple query that begins with [`marker`]. The relay reads it
+//! from that `Query` message only: plugins' statements travel in `Parse`
+//! messages and never reach a `Query`. It holds until the server reports
+//! the connection idle (`ReadyForQuery` 'I', the transaction over);
+//! outside a marked transaction (the sidecar's own queries, such as the
+//! role sync) rows and every other message are read up to
+//! [`UNMARKED_LIMIT`].
+//!
+//! The relay reads plaintext only: [`Plan::of`] routes a connection that
+//! would use TLS (`sslmode` `require`/`verify-*`, or `prefer` against a
+//! server that offers TLS) straight to the server, as before.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter,
+};
+use tokio::net::{TcpStream, UnixStream};
+
+/// The SQLSTATE of the relay's refusal (a class PostgreSQL does not use).
+pub const OVERSIZED: &str = "GH001";
+
+/// The limit outside a marked transaction, and the least one for any
+/// message but a row (an error text that quotes a huge value, say).
+pub const UNMARKED_LIMIT: u64 = 1 << 20;
+
+/// The limit's value outside a marked transaction.
+const UNMARKED: u64 = u64::MAX;
+
+/// Room for a row's framing beyond its values' sizes ([`super::Value::size`]):
+/// a two-byte column count, and per column a four-byte length plus what the
+/// binary form may take beyond the decoded value (at most 9 bytes, a
+/// `numeric`), for PostgreSQL's most columns, 1,664.
+pub const ROW_SLACK: u64 = 2 + 1664 * 16;
+
+/// How the relayed connection reaches sqlx: `<dir>/.s.PGSQL.<port>`.
+const PORT: u16 = 5432;
+
+/// Buffer of each direction.
+const BUFFER: usize = 64 << 10;
+
+/// Longest startup message read from sqlx (user, database and options).
+const MAX_STARTUP: u64 = 64 << 10;
+
+const MARKER: &[u8] = b"/*gatehouse:max-result-bytes=";
+
+/// What the executor puts before its `BEGIN`: the call's
+/// `max_result_bytes`, which bounds each of its rows.
+pub fn marker(max_result_bytes: u64) -> String {
+    format!("{}{max_result_bytes}*/ ", std::str::from_utf8(MARKER).unwrap_or_default())
+}
+
+/// The `max_result_bytes` a `Query` message's text sets, if it begins
+/// with [`marker`].
+fn marked(text: &[u8]) -> Option<u64> {
+    let rest = text.strip_prefix(MARKER)?;
+    let end = rest.iter().position(|&b| b == b'*')?;
+    let digits = std::str::from_utf8(&rest[..end]).ok()?;
+    digits.parse::<u64>().ok()
+}
+
+/// Where the server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// A TCP host and port.
+    Tcp(String, u16),
+    /// A Unix socket's path.
+    Unix(PathBuf),
+}
+
+/// Whether an alias's connections go through the relay.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Relayed, to this server.
+    Relay(Upstream),
+    /// Straight to the server, for this reason (TLS).
+    Direct(&'static str),
+}
+
+impl Plan {
+    /// The plan for `options`. `prefer` asks the server whether it offers
+    /// TLS, as sqlx would (one connection, closed at once); a server that
+    /// cannot be reached is an error, tried again at the next call.
+    pub async fn of(options: &PgConnectOptions) -> io::Result<Plan> {
+        let upstream = match options.get_socket() {
+            Some(dir) => Upstream::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
+            None if options.get_host().starts_with('/') => {
+                Upstream::Unix(PathBuf::from(options.get_host()).join(format!(".s.PGSQL.{}", options.get_port())))
+            }
+            None => Upstream::Tcp(options.get_host().to_string(), options.get_port()),
+        };
+        let tls = "the connection uses TLS, inside which the relay cannot read";
+        Ok(match (options.get_ssl_mode(), &upstream) {
+            // PostgreSQL offers no TLS on Unix sockets; sqlx does not try
+            // it for `allow`.
+            (PgSslMode::Disable | PgSslMode::Allow, _) | (_, Upstream::Unix(_)) => Plan::Relay(upstream),
+            (PgSslMode::Prefer, Upstream::Tcp(host, port)) => {
+                if offers_tls(host, *port).await? {
+                    Plan::Direct(tls)
+                } else {
+                    Plan::Relay(upstream)
+                }
+            }
+            (PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull, _) => Plan::Direct(tls),
+        })
+    }
+}
+
+/// Whether the server answers an `SSLRequest` with 'S'.
+async fn offers_tls(host: &str, port: u16) -> io::Result<bool> {
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let ask = async {
+        let mut server = TcpStream::connect((host, port)).await?;
+        server.write_all(&SSL_REQUEST).await?;
+        let mut answer = [0u8];
+        server.read_exact(&mut answer).await?;
+        Ok::<_, io::Error>(answer[0] == b'S')
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to SSLRequest within 5 s")))
+}
+
+/// A running relay: its socket's directory (owner-only, removed on drop)
+/// and the task that accepts connections.
+pub struct Relay {
+    dir: tempfile::TempDir,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Relay {
+    /// Starts relaying to `upstream` (on the current tokio runtime).
+    pub fn start(upstream: Upstream) -> io::Result<Relay> {
+        // tempfile makes the directory 0700: no other user reaches the
+        // socket, and so the server through the sidecar's address.
+        let dir = tempfile::Builder::new().prefix("gatehouse-pg-").tempdir()?;
+        let listener = tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{PORT}")))?;
+        let upstream = Arc::new(upstream);
+        let accept = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((client, _)) => drop(tokio::spawn(serve(client, Arc::clone(&upstream)))),
+                    Err(error) => {
+                        // Out of file descriptors, most likely: sqlx's
+                        // connect fails and is retried.
+                        tracing::warn!(%error, "the PostgreSQL relay cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(Relay { dir, accept })
+    }
+
+    /// `options` pointed at the relay (TLS off: the relay is in this
+    /// process, and it reaches the server in plaintext anyway).
+    pub fn options(&self, options: &PgConnectOptions) -> PgConnectOptions {
+        options.clone().socket(self.dir.path()).port(PORT).ssl_mode(PgSslMode::Disable)
+    }
+}
+
+/// One relayed connection, until either side closes it or the relay
+/// refuses a message.
+async fn serve(client: UnixStream, upstream: Arc<Upstream>) {
+    let (client_read, client_write) = client.into_split();
+    let client_write = BufWriter::with_capacity(BUFFER, client_write);
+    let outcome = match &*upstream {
+        Upstream::Tcp(host, port) => match TcpStream::connect((host.as_str(), *port)).await {
+            Ok(server) => {
+                // As sqlx sets on its own connections: messages are small
+                // and each is waited for.
+                let _ = server.set_nodelay(true);
+                let (read, write) = server.into_split();
+                relay(client_read, client_write, read, write).await
+            }
+            Err(error) => refuse(client_write, "08001", &format!("the relay cannot reach the database: {error}")).await,
+        },
+        Upstream::Unix(path) => match UnixStream::connect(path).await {
+            Ok(server) => {
+                let (read, write) = server.into_split();
+                relay(client_read, client_write, read, write).await
+            }
+            Err(error) => refuse(client_write, "08001", &format!("the relay cannot reach the database: {error}")).await,
+        },
+    };
+    if let Err(error) = outcome {
+        tracing::debug!(%error, "a relayed PostgreSQL connection ended");
+    }
+}
+
+async fn relay<C, S, W>(
+    client_read: C,
+    client_write: BufWriter<W>,
+    server_read: S,
+    server_write: impl AsyncWrite + Unpin,
+) -> io::Result<()>
+where
+    C: AsyncRead + Unpin,
+    S: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limit = AtomicU64::new(UNMARKED);
+    let up = to_server(
+        BufReader::with_capacity(BUFFER, client_read),
+        BufWriter::with_capacity(BUFFER, server_write),
+        &limit,
+    );
+    let down = to_client(BufReader::with_capacity(BUFFER, server_read), client_write, &limit);
+    // Whichever side ends first ends the connection: both halves drop.
+    tokio::select! {
+        done = up => done,
+        done = down => done,
+    }
+}
+
+/// sqlx's messages to the server, unchanged; a `Query` that begins with
+/// [`marker`] sets the limit.
+async fn to_server<R, W>(mut from: BufReader<R>, mut to: BufWriter<W>, limit: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // The startup message has no type byte.
+    let mut length = [0u8; 4];
+    read_exact(&mut from, &mut to, &mut length).await?;
+    let startup = u64::from(u32::from_be_bytes(length));
+    if !(8..=MAX_STARTUP).contains(&startup) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a startup message of {startup} bytes")));
+    }
+    to.write_all(&length).await?;
+    copy(&mut from, &mut to, startup - 4).await?;
+    loop {
+        let mut header = [0u8; 5];
+        read_exact(&mut from, &mut to, &mut header).await?;
+        let body = body_length(&header)?;
+        to.write_all(&header).await?;
+        let mut head = [0u8; 64];
+        let head_len = if header[0] == b'Q' { body.min(head.len() as u64) as usize } else { 0 };
+        read_exact(&mut from, &mut to, &mut head[..head_len]).await?;
+        if let Some(marked) = marked(&head[..head_len]) {
+            limit.store(marked, Ordering::SeqCst);
+        }
+        to.write_all(&head[..head_len]).await?;
+        copy(&mut from, &mut to, body - head_len as u64).await?;
+    }
+}
+
+/// The server's messages to sqlx, each within the limit.
+async fn to_client<R, W>(mut from: BufReader<R>, mut to: BufWriter<W>, limit: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let mut header = [0u8; 5];
+        read_exact(&mut from, &mut to, &mut header).await?;
+        let body = body_length(&header)?;
+        if let Some(over) = over_limit(header[0], body, limit.load(Ordering::SeqCst)) {
+            return refuse(to, OVERSIZED, &over).await;
+        }
+        to.write_all(&header).await?;
+        if header[0] == b'Z' && body == 1 {
+            let mut status = [0u8];
+            read_exact(&mut from, &mut to, &mut status).await?;
+            if status[0] == b'I' {
+                limit.store(UNMARKED, Ordering::SeqCst);
+            }
+            to.write_all(&status).await?;
+        } else {
+            copy(&mut from, &mut to, body).await?;
+        }
+    }
+}
+
+/// Why a server message of `kind` whose body is `body` bytes is not read,
+/// under the limit `max` ([`UNMARKED`] or a call's `max_result_bytes`).
+fn over_limit(kind: u8, body: u64, max: u64) -> Option<String> {
+    let row = kind == b'D';
+    let allowed = match max {
+        UNMARKED => UNMARKED_LIMIT,
+        max if row => max.saturating_add(ROW_SLACK),
+        max => max.saturating_add(ROW_SLACK).max(UNMARKED_LIMIT),
+    };
+    (body > allowed).then(|| match max {
+        UNMARKED => {
+            format!("a message of {body} bytes: more than the {UNMARKED_LIMIT} the gateway reads outside a call")
+        }
+        max if row => {
+            format!("a row of {body} bytes: more than max_result_bytes = {max} (and {ROW_SLACK} for its framing)")
+        }
+        _ => format!("a message of {body} bytes from the database: more than the gateway reads ({allowed})"),
+    })
+}
+
+/// The body length a typed message's header declares.
+fn body_length(header: &[u8; 5]) -> io::Result<u64> {
+    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    length
+        .checked_sub(4)
+        .map(u64::from)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("a message length of {length}")))
+}
+
+/// Answers sqlx with an `ErrorResponse` and ends the connection.
+async fn refuse<W: AsyncWrite + Unpin>(mut to: BufWriter<W>, code: &str, message: &str) -> io::Result<()> {
+    let mut fields = Vec::new();
+    for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', message)] {
+        fields.push(field);
+        fields.extend_from_slice(value.replace('\0', "").as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let length = u32::try_from(fields.len() + 4).map_err(|_| io::Error::other("an error message too long"))?;
+    to.write_all(b"E").await?;
+    to.write_all(&length.to_be_bytes()).await?;
+    to.write_all(&fields).await?;
+    to.flush().await
+}
+
+/// What `from` has buffered, reading more (after sending what `to` holds,
+/// since the peer may be waiting for it) if it has nothing.
+async fn fill<'a, R, W>(from: &'a mut BufReader<R>, to: &mut BufWriter<W>) -> io::Result<&'a [u8]>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if from.buffer().is_empty() {
+        to.flush().await?;
+    }
+    let buffered = from.fill_buf().await?;
+    if buffered.is_empty() {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buffered)
+}
+
+async fn read_exact<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>, out: &mut [u8]) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut done = 0;
+    while done < out.len() {
+        let buffered = fill(from, to).await?;
+        let n = buffered.len().min(out.len() - done);
+        out[done..done + n].copy_from_slice(&buffered[..n]);
+        from.consume(n);
+        done += n;
+    }
+    Ok(())
+}
+
+/// Forwards `length` bytes without holding more than the buffer.
+async fn copy<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>, mut length: u64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while length > 0 {
+        let buffered = fill(from, to).await?;
+        let n = buffered.len().min(usize::try_from(length).unwrap_or(usize::MAX));
+        to.write_all(&buffered[..n]).await?;
+        from.consume(n);
+        length -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_sets_the_call_limit_and_nothing_else_does() {
+        assert_eq!(marked(marker(1024).as_bytes()), Some(1024));
+        assert_eq!(marked(format!("{}BEGIN; SET LOCAL", marker(7)).as_bytes()), Some(7));
+        for other in ["BEGIN", " /*gatehouse:max-result-bytes=5*/", "/*gatehouse:max-result-bytes=x*/", ""] {
+            assert_eq!(marked(other.as_bytes()), None, "{other:?}");
+        }
+    }
+
+    /// Each bound at its edge: a row within `max_result_bytes` and its
+    /// framing is read, one byte more is not; other messages get at least
+    /// the unmarked limit; outside a call, everything gets that.
+    #[test]
+    fn each_message_is_bounded_at_its_edge() {
+        let max = 1000;
+        assert_eq!(over_limit(b'D', max + ROW_SLACK, max), None);
+        assert!(over_limit(b'D', max + ROW_SLACK + 1, max).unwrap().contains("max_result_bytes = 1000"));
+        assert_eq!(over_limit(b'E', UNMARKED_LIMIT, max), None);
+        assert!(over_limit(b'E', UNMARKED_LIMIT + 1, max).is_some());
+        let big = 64 << 20;
+        assert_eq!(over_limit(b'E', big + ROW_SLACK, big), None);
+        assert!(over_limit(b'E', big + ROW_SLACK + 1, big).is_some());
+        for kind in [b'D', b'E', b'T'] {
+            assert_eq!(over_limit(kind, UNMARKED_LIMIT, UNMARKED), None);
+            assert!(over_limit(kind, UNMARKED_LIMIT + 1, UNMARKED).unwrap().contains("outside a call"));
+        }
+    }
+
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    async fn read_message(from: &mut UnixStream) -> (u8, Vec<u8>) {
+        let mut header = [0u8; 5];
+        from.read_exact(&mut header).await.unwrap();
+        let mut body = vec![0u8; body_length(&header).unwrap() as usize];
+        from.read_exact(&mut body).await.unwrap();
+        (header[0], body)
+    }
+
+    /// The relay between a client speaking as sqlx does and a hostile
+    /// server on loopback. Attacks: a row one byte past the call's bound
+    /// (and one at it), a row declaring 1 GiB that the server never sends
+    /// (the refusal comes from the header alone, without waiting for the
+    /// body), a limit expected to outlive its transaction, and a marker
+    /// sent inside an extended-protocol `Parse` (as a plugin's statement
+    /// would be), which must set nothing.
+    #[tokio::test]
+    async fn rows_past_the_marked_limit_are_refused_from_their_header() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port)).unwrap();
+        let socket = relay.dir.path().join(format!(".s.PGSQL.{PORT}"));
+        let max = 100u64;
+        let row = |n: u64| message(b'D', &vec![b'x'; n as usize]);
+        let idle = message(b'Z', b"I");
+        let in_transaction = message(b'Z', b"T");
+
+        // One connection: each step is what the client sends, then what the
+        // server answers, then whether the client gets it whole.
+        let mut client = UnixStream::connect(&socket).await.unwrap();
+        let (mut upstream, _) = server.accept().await.unwrap();
+        let startup = [0u8, 0, 0, 8, 0, 3, 0, 0];
+        client.write_all(&startup).await.unwrap();
+        let mut got = [0u8; 8];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, startup);
+
+        let begin = message(b'Q', format!("{}BEGIN\0", marker(max)).as_bytes());
+        client.write_all(&begin).await.unwrap();
+        let mut got = vec![0u8; begin.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, begin, "the query reaches the server unchanged");
+        // At the bound: passed on. (Then the transaction goes on: 'T'.)
+        upstream.write_all(&[row(max + ROW_SLACK), in_transaction.clone()].concat()).await.unwrap();
+        assert_eq!(read_message(&mut client).await, (b'D', vec![b'x'; (max + ROW_SLACK) as usize]));
+        assert_eq!(read_message(&mut client).await.0, b'Z');
+        // The limit is the transaction's: idle, it falls back to 1 MiB, so
+        // a 200 KiB row passes that would not have in the call.
+        upstream.write_all(&[idle.clone(), row(200 << 10)].concat()).await.unwrap();
+        assert_eq!(read_message(&mut client).await.0, b'Z');
+        assert_eq!(read_message(&mut client).await.1.len(), 200 << 10);
+        // A marker in a `Parse` sets nothing.
+        let parse = message(b'P', format!("\0{}SELECT 1\0\0\0", marker(1 << 40)).as_bytes());
+        client.write_all(&parse).await.unwrap();
+        let mut got = vec![0u8; parse.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        upstream.write_all(&row(UNMARKED_LIMIT + 1)[..5]).await.unwrap();
+        let (kind, body) = read_message(&mut client).await;
+        assert_eq!(kind, b'E');
+        assert!(String::from_utf8_lossy(&body).contains(OVERSIZED));
+        drop((client, upstream));
+
+        // A marked call whose row is one byte too long, and a row declaring
+        // 1 GiB of which nothing is sent: refused from the header, and the
+        // connection is closed both ways.
+        for declared in [max + ROW_SLACK + 1, 1 << 30] {
+            let mut client = UnixStream::connect(&socket).await.unwrap();
+            let (mut upstream, _) = server.accept().await.unwrap();
+            client.write_all(&[&startup[..], &begin].concat()).await.unwrap();
+            let mut got = vec![0u8; startup.len() + begin.len()];
+            upstream.read_exact(&mut got).await.unwrap();
+            let mut header = row(0)[..5].to_vec();
+            header[1..5].copy_from_slice(&(declared as u32 + 4).to_be_bytes());
+            upstream.write_all(&[in_transaction.clone(), header].concat()).await.unwrap();
+            assert_eq!(read_message(&mut client).await.0, b'Z');
+            let (kind, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut client)).await.unwrap();
+            let text = String::from_utf8_lossy(&body).to_string();
+            assert_eq!(kind, b'E', "{text}");
+            assert!(text.contains(OVERSIZED) && text.contains("max_result_bytes = 100"), "{text}");
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
+            assert_eq!(upstream.read(&mut [0u8; 1]).await.unwrap(), 0, "the server side stays open");
+        }
+    }
+
+    /// A server that cannot be reached is said so in PostgreSQL's words,
+    /// not as a bare closed socket.
+    #[tokio::test]
+    async fn a_server_that_cannot_be_reached_is_an_error_message() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port)).unwrap();
+        let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
+        let (kind, body) = read_message(&mut client).await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(kind, b'E');
+        assert!(text.contains("08001") && text.contains("cannot reach the database"), "{text}");
+    }
+
+    /// The plan follows what sqlx would have done: plaintext is relayed,
+    /// TLS is not (the relay could not read inside it), and `prefer` asks
+    /// the server, which answers `S` (TLS) or `N` (none).
+    #[tokio::test]
+    async fn only_plaintext_connections_are_relayed() {
+        async fn answering(answer: u8) -> u16 {
+            let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = server.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (mut conn, _) = server.accept().await.unwrap();
+                let mut request = [0u8; 8];
+                conn.read_exact(&mut request).await.unwrap();
+                assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+                conn.write_all(&[answer]).await.unwrap();
+            });
+            port
+        }
+        let options = |mode: PgSslMode, port: u16| PgConnectOptions::new().host("127.0.0.1").port(port).ssl_mode(mode);
+        let tcp = |port| Plan::Relay(Upstream::Tcp("127.0.0.1".into(), port));
+        let tls = |plan: &Plan| matches!(plan, Plan::Direct(reason) if reason.contains("TLS"));
+
+        let port = answering(b'N').await;
+        assert_eq!(Plan::of(&options(PgSslMode::Prefer, port)).await.unwrap(), tcp(port));
+        let port = answering(b'S').await;
+        assert!(tls(&Plan::of(&options(PgSslMode::Prefer, port)).await.unwrap()));
+        // No question asked for these (nothing listens on port 1).
+        for mode in [PgSslMode::Disable, PgSslMode::Allow] {
+            assert_eq!(Plan::of(&options(mode, 1)).await.unwrap(), tcp(1));
+        }
+        for mode in [PgSslMode::Require, PgSslMode::VerifyCa, PgSslMode::VerifyFull] {
+            assert!(tls(&Plan::of(&options(mode, 1)).await.unwrap()));
+        }
+        assert!(Plan::of(&options(PgSslMode::Prefer, 1)).await.is_err(), "nothing listens: an error, tried again");
+        let socket = PgConnectOptions::new().socket("/run/pg").port(5433).ssl_mode(PgSslMode::VerifyFull);
+        assert_eq!(Plan::of(&socket).await.unwrap(), Plan::Relay(Upstream::Unix("/run/pg/.s.PGSQL.5433".into())));
+    }
+}
