@@ -35,7 +35,7 @@ use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
 use gatehouse::services::Services;
 use gatehouse::services::http::resolve::SystemLookup;
 use gatehouse::services::sql::SqlGateway;
-use gatehouse::services::sql::relay::{Relay, Upstream};
+use gatehouse::services::sql::relay::{Relay, Upgrade, Upstream};
 use gatehouse::{Document, Runtime, RuntimeSettings};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
@@ -116,7 +116,7 @@ fn main() {
         let settings = DatabaseSettings::postgres(UrlSource::Inline(server.url()));
         // The relay's own cost: sqlx directly, through a relay of its own.
         let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
-        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), server.port)).unwrap();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), server.port), Upgrade::Never).unwrap();
         let relayed =
             sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect_with(relay.options(&options)).await;
         let relayed = ("sqlx through the relay", Direct::Postgres(relayed.unwrap()));

@@ -207,7 +207,7 @@ struct Alias {
 /// How to connect to one alias.
 #[derive(Clone)]
 enum Options {
-    Postgres(Box<PgConnectOptions>),
+    Postgres(Box<PgConnectOptions>, Arc<TlsFiles>),
     Sqlite(Box<SqliteConnectOptions>),
 }
 
@@ -243,10 +243,10 @@ impl Databases {
                                 .read()
                                 .map_err(|reason| DatabaseError::Unreadable { alias: name.clone(), reason })?,
                         };
-                        let options =
+                        let (options, tls) =
                             parse(&url).map_err(|reason| DatabaseError::BadUrl { alias: name.clone(), reason })?;
                         let target = describe(&options);
-                        (Options::Postgres(Box::new(options)), target)
+                        (Options::Postgres(Box::new(options), Arc::new(tls)), target)
                     }
                     DatabaseTarget::Sqlite(path) => {
                         let target =
@@ -264,7 +264,17 @@ impl Databases {
     /// for a service to build its pool.
     pub fn options(&self, alias: &str) -> Option<&PgConnectOptions> {
         match &self.aliases.iter().find(|a| a.name == alias)?.options {
-            Options::Postgres(options) => Some(options),
+            Options::Postgres(options, _) => Some(options),
+            Options::Sqlite(_) => None,
+        }
+    }
+
+    /// The certificates and key `alias`'s URL names, if it is a PostgreSQL
+    /// database: what a connection made outside sqlx (the SQL gateway's
+    /// relay) needs for TLS, since sqlx keeps its own copy private.
+    pub fn tls_files(&self, alias: &str) -> Option<Arc<TlsFiles>> {
+        match &self.aliases.iter().find(|a| a.name == alias)?.options {
+            Options::Postgres(_, tls) => Some(Arc::clone(tls)),
             Options::Sqlite(_) => None,
         }
     }
@@ -273,7 +283,7 @@ impl Databases {
     pub fn sqlite_options(&self, alias: &str) -> Option<&SqliteConnectOptions> {
         match &self.aliases.iter().find(|a| a.name == alias)?.options {
             Options::Sqlite(options) => Some(options),
-            Options::Postgres(_) => None,
+            Options::Postgres(..) => None,
         }
     }
 
@@ -339,7 +349,7 @@ pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
 async fn probe(options: &Options) -> Result<(), String> {
     let attempt = async {
         match options {
-            Options::Postgres(options) => {
+            Options::Postgres(options, _) => {
                 let mut connection = PgConnection::connect_with(options).await?;
                 // Simple-query protocol: no statement is prepared or cached.
                 connection.execute("SELECT 1").await?;
@@ -362,8 +372,30 @@ async fn probe(options: &Options) -> Result<(), String> {
     }
 }
 
+/// The PEM certificates and key a PostgreSQL URL (or the libpq
+/// environment) names, read once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Root certificates (`sslrootcert`).
+    pub root: Option<Vec<u8>>,
+    /// The client certificate chain (`sslcert`).
+    pub client: Option<Vec<u8>>,
+    /// The client's private key (`sslkey`).
+    pub key: Option<Vec<u8>>,
+}
+
+impl TlsFiles {
+    fn set(&mut self, kind: CertificateKind, bytes: Vec<u8>) {
+        match kind {
+            CertificateKind::Root => self.root = Some(bytes),
+            CertificateKind::Client => self.client = Some(bytes),
+            CertificateKind::Key => self.key = Some(bytes),
+        }
+    }
+}
+
 /// Parses a `postgres://` URL. The reason never quotes the URL.
-fn parse(text: &str) -> Result<PgConnectOptions, String> {
+fn parse(text: &str) -> Result<(PgConnectOptions, TlsFiles), String> {
     let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         let scheme = guest_text::escape(url.scheme(), guest_text::SHORT);
@@ -394,20 +426,27 @@ fn parse(text: &str) -> Result<PgConnectOptions, String> {
     // sqlx would read these files on every connection (a FIFO there blocks
     // a thread for good): read each once here, bounded, and hand over the
     // bytes instead.
+    let mut tls = TlsFiles::default();
     for file in certificate_files(&url, |name| std::env::var(name).ok()) {
         let bytes = crate::bounded_read::read_regular_file(Path::new(&file.path), MAX_CERTIFICATE_FILE)
             .map_err(|e| format!("{} `{}`: {e}", file.source, guest_text::escape(&file.path, guest_text::LINE)))?;
         options = match file.kind {
-            CertificateKind::Root => options.ssl_root_cert_from_pem(bytes),
-            CertificateKind::Client => options.ssl_client_cert_from_pem(bytes),
-            CertificateKind::Key => options.ssl_client_key_from_pem(bytes),
+            CertificateKind::Root => options.ssl_root_cert_from_pem(bytes.clone()),
+            CertificateKind::Client => options.ssl_client_cert_from_pem(bytes.clone()),
+            CertificateKind::Key => options.ssl_client_key_from_pem(bytes.clone()),
         };
+        tls.set(file.kind, bytes);
+    }
+    // sqlx takes these from the environment itself.
+    for (kind, pem) in inline_certificates(&url, |name| std::env::var(name).ok()) {
+        tls.set(kind, pem.into_bytes());
     }
     // sqlx hands `[::1]` to the resolver with its brackets.
-    Ok(match url.host() {
+    let options = match url.host() {
         Some(url::Host::Ipv6(ip)) => options.host(&ip.to_string()),
         _ => options,
-    })
+    };
+    Ok((options, tls))
 }
 
 /// Largest certificate or key file read.
@@ -438,6 +477,23 @@ const CERTIFICATE_SPELLINGS: [(CertificateKind, &[&str], &str); 3] = [
     (CertificateKind::Key, &["sslkey", "ssl-key"], "PGSSLKEY"),
 ];
 
+/// Whether an environment value is a PEM text itself rather than a path
+/// (sqlx's own test).
+fn is_inline_pem(value: &str) -> bool {
+    let trimmed = value.trim();
+    trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----")
+}
+
+/// The certificates and keys the environment holds as PEM text, for the
+/// kinds `url` names no file of.
+fn inline_certificates(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Vec<(CertificateKind, String)> {
+    CERTIFICATE_SPELLINGS
+        .iter()
+        .filter(|(_, keys, _)| !url.query_pairs().any(|(key, _)| keys.contains(&&*key)))
+        .filter_map(|&(kind, _, variable)| env(variable).filter(|v| is_inline_pem(v)).map(|pem| (kind, pem)))
+        .collect()
+}
+
 /// The certificate and key files `url` (with the environment `env`) makes
 /// sqlx read. An environment value that is a PEM text itself (sqlx's own
 /// test: it starts with `-----BEGIN` and ends with `-----`) names no file.
@@ -450,8 +506,7 @@ fn certificate_files(url: &url::Url, env: impl Fn(&str) -> Option<String>) -> Ve
                 Some((key, path)) => (key.into_owned(), path.into_owned()),
                 None => {
                     let value = env(variable)?;
-                    let trimmed = value.trim();
-                    if trimmed.starts_with("-----BEGIN") && trimmed.ends_with("-----") {
+                    if is_inline_pem(&value) {
                         return None;
                     }
                     (variable.to_string(), value)
@@ -618,6 +673,10 @@ mod tests {
         );
         // The URL wins over the environment, as in sqlx.
         assert_eq!(found("sslrootcert=/a", &env)[0], root("sslrootcert", "/a"));
+        // A PEM text in the environment is kept as it is (for the relay).
+        let inline = inline_certificates(&url(""), env);
+        assert_eq!(inline.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(), [CertificateKind::Client]);
+        assert!(inline_certificates(&url("ssl-cert=/c"), env).is_empty());
     }
 
     #[test]

@@ -26,9 +26,9 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
-use super::relay::{Plan, Relay};
+use super::relay::{Relay, Upgrade, Upstream};
 use super::{Dialect, guard};
-use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings};
+use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings, TlsFiles};
 
 /// The migrations of the embedded application database
 /// (`migrations/sqlite-app/`: version, description, SQL), applied to the
@@ -223,7 +223,8 @@ impl AliasPool {
                     .options(&self.name)
                     .cloned()
                     .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
-                let options = self.relayed(options).await?;
+                let tls = databases.tls_files(&self.name).unwrap_or_default();
+                let options = self.relayed(options, &tls)?;
                 Ok(Pool::Postgres(pool_options(settings).connect_lazy_with(options)))
             }
             DatabaseTarget::Sqlite(path) => {
@@ -269,30 +270,18 @@ impl AliasPool {
         }
     }
 
-    /// `options` through a [`Relay`] of this alias's own, unless the
-    /// connection uses TLS (then a warning says that the single-row bound
-    /// does not hold).
-    async fn relayed(&self, options: PgConnectOptions) -> Result<PgConnectOptions, SqlError> {
-        let unavailable = |e: std::io::Error| SqlError::Unavailable {
-            message: format!("[databases.{}]: {e}", self.name),
+    /// `options` through a [`Relay`] of this alias's own, which makes the
+    /// TLS session with the server that sqlx would have made.
+    fn relayed(&self, options: PgConnectOptions, tls: &TlsFiles) -> Result<PgConnectOptions, SqlError> {
+        let unusable = |message: String| SqlError::Unavailable {
+            message: format!("[databases.{}]: {message}", self.name),
             retry_after: Some(RETRY_UNAVAILABLE),
         };
-        match Plan::of(&options).await.map_err(unavailable)? {
-            Plan::Relay(upstream) => {
-                let relay = Relay::start(upstream).map_err(unavailable)?;
-                let relayed = relay.options(&options);
-                *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
-                Ok(relayed)
-            }
-            Plan::Direct(reason) => {
-                tracing::warn!(
-                    database = %self.name,
-                    reason,
-                    "not relayed: a single row is read whole before max_result_bytes applies"
-                );
-                Ok(options)
-            }
-        }
+        let upgrade = Upgrade::of(&options, tls).map_err(unusable)?;
+        let relay = Relay::start(Upstream::of(&options), upgrade).map_err(|e| unusable(e.to_string()))?;
+        let relayed = relay.options(&options);
+        *self.relay.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
+        Ok(relayed)
     }
 
     /// The semaphore of `plugin`'s share of this alias. Plugin names come

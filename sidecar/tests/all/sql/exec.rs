@@ -13,7 +13,7 @@ use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGatewa
 
 use gatehouse::databases::PoolSettings;
 
-use super::support::{TestDb, fixture, placeholder, policy, pool};
+use super::support::{TestDb, fixture, peak_rss_bytes, placeholder, policy, pool};
 
 /// One statement through the executor for `plugin`, as the door runs it.
 async fn query(
@@ -705,17 +705,6 @@ async fn an_abandoned_cpu_bound_statement_stops_on_postgres() {
         assert!(abandoned.elapsed() < Duration::from_secs(10), "the server still runs it 10 s after its caller left");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The sidecar's peak memory now (`VmHWM`), after resetting it to the
-/// current use: nextest runs each test in a process of its own.
-fn peak_rss_bytes(reset: bool) -> u64 {
-    if reset {
-        std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 /// A single value the server builds is refused before the sidecar reads

@@ -3,5 +3,6 @@
 
 mod door;
 mod exec;
+mod relay;
 mod spin;
 mod support;

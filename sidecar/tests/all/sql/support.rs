@@ -136,3 +136,14 @@ pub fn placeholder(dialect: Dialect, n: usize) -> String {
         Dialect::Postgres => format!("${n}"),
     }
 }
+
+/// The sidecar's peak memory now (`VmHWM`), after resetting it to the
+/// current use: nextest runs each test in a process of its own.
+pub fn peak_rss_bytes(reset: bool) -> u64 {
+    if reset {
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}

@@ -21,9 +21,10 @@
 //! role sync) rows and every other message are read up to
 //! [`UNMARKED_LIMIT`].
 //!
-//! The relay reads plaintext only: [`Plan::of`] routes a connection that
-//! would use TLS (`sslmode` `require`/`verify-*`, or `prefer` against a
-//! server that offers TLS) straight to the server, as before.
+//! TLS: sqlx speaks plaintext to the relay (inside this process), and the
+//! relay makes the TLS session with the server that sqlx would have made
+//! ([`tls`]): same `sslmode` rules, roots, certificate checks and client
+//! certificate.
 
 use std::io;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+pub use tls::Upgrade;
+
+mod tls;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter,
 };
@@ -88,57 +93,16 @@ pub enum Upstream {
     Unix(PathBuf),
 }
 
-/// Whether an alias's connections go through the relay.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Plan {
-    /// Relayed, to this server.
-    Relay(Upstream),
-    /// Straight to the server, for this reason (TLS).
-    Direct(&'static str),
-}
-
-impl Plan {
-    /// The plan for `options`. `prefer` asks the server whether it offers
-    /// TLS, as sqlx would (one connection, closed at once); a server that
-    /// cannot be reached is an error, tried again at the next call.
-    pub async fn of(options: &PgConnectOptions) -> io::Result<Plan> {
-        let upstream = match options.get_socket() {
-            Some(dir) => Upstream::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
-            None if options.get_host().starts_with('/') => {
-                Upstream::Unix(PathBuf::from(options.get_host()).join(format!(".s.PGSQL.{}", options.get_port())))
-            }
+impl Upstream {
+    /// Where `options` point.
+    pub fn of(options: &PgConnectOptions) -> Upstream {
+        let socket = |dir: &std::path::Path| Upstream::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port())));
+        match options.get_socket() {
+            Some(dir) => socket(dir),
+            None if options.get_host().starts_with('/') => socket(std::path::Path::new(options.get_host())),
             None => Upstream::Tcp(options.get_host().to_string(), options.get_port()),
-        };
-        let tls = "the connection uses TLS, inside which the relay cannot read";
-        Ok(match (options.get_ssl_mode(), &upstream) {
-            // PostgreSQL offers no TLS on Unix sockets; sqlx does not try
-            // it for `allow`.
-            (PgSslMode::Disable | PgSslMode::Allow, _) | (_, Upstream::Unix(_)) => Plan::Relay(upstream),
-            (PgSslMode::Prefer, Upstream::Tcp(host, port)) => {
-                if offers_tls(host, *port).await? {
-                    Plan::Direct(tls)
-                } else {
-                    Plan::Relay(upstream)
-                }
-            }
-            (PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull, _) => Plan::Direct(tls),
-        })
+        }
     }
-}
-
-/// Whether the server answers an `SSLRequest` with 'S'.
-async fn offers_tls(host: &str, port: u16) -> io::Result<bool> {
-    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-    let ask = async {
-        let mut server = TcpStream::connect((host, port)).await?;
-        server.write_all(&SSL_REQUEST).await?;
-        let mut answer = [0u8];
-        server.read_exact(&mut answer).await?;
-        Ok::<_, io::Error>(answer[0] == b'S')
-    };
-    tokio::time::timeout(Duration::from_secs(5), ask)
-        .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to SSLRequest within 5 s")))
 }
 
 /// A running relay: its socket's directory (owner-only, removed on drop)
@@ -155,13 +119,14 @@ impl Drop for Relay {
 }
 
 impl Relay {
-    /// Starts relaying to `upstream` (on the current tokio runtime).
-    pub fn start(upstream: Upstream) -> io::Result<Relay> {
+    /// Starts relaying to `upstream`, with TLS as `upgrade` says (on the
+    /// current tokio runtime).
+    pub fn start(upstream: Upstream, upgrade: Upgrade) -> io::Result<Relay> {
         // tempfile makes the directory 0700: no other user reaches the
         // socket, and so the server through the sidecar's address.
         let dir = tempfile::Builder::new().prefix("gatehouse-pg-").tempdir()?;
         let listener = tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{PORT}")))?;
-        let upstream = Arc::new(upstream);
+        let upstream = Arc::new((upstream, upgrade));
         let accept = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -179,7 +144,7 @@ impl Relay {
     }
 
     /// `options` pointed at the relay (TLS off: the relay is in this
-    /// process, and it reaches the server in plaintext anyway).
+    /// process, and makes the TLS session with the server itself).
     pub fn options(&self, options: &PgConnectOptions) -> PgConnectOptions {
         options.clone().socket(self.dir.path()).port(PORT).ssl_mode(PgSslMode::Disable)
     }
@@ -187,31 +152,74 @@ impl Relay {
 
 /// One relayed connection, until either side closes it or the relay
 /// refuses a message.
-async fn serve(client: UnixStream, upstream: Arc<Upstream>) {
+async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
     let (client_read, client_write) = client.into_split();
     let client_write = BufWriter::with_capacity(BUFFER, client_write);
-    let outcome = match &*upstream {
+    let (place, upgrade) = &*upstream;
+    let outcome = match place {
         Upstream::Tcp(host, port) => match TcpStream::connect((host.as_str(), *port)).await {
             Ok(server) => {
                 // As sqlx sets on its own connections: messages are small
                 // and each is waited for.
                 let _ = server.set_nodelay(true);
-                let (read, write) = server.into_split();
-                relay(client_read, client_write, read, write).await
+                secured(server, upgrade, client_read, client_write).await
             }
-            Err(error) => refuse(client_write, "08001", &format!("the relay cannot reach the database: {error}")).await,
+            Err(error) => unreachable_server(client_write, &error).await,
         },
         Upstream::Unix(path) => match UnixStream::connect(path).await {
-            Ok(server) => {
-                let (read, write) = server.into_split();
-                relay(client_read, client_write, read, write).await
-            }
-            Err(error) => refuse(client_write, "08001", &format!("the relay cannot reach the database: {error}")).await,
+            Ok(server) => secured(server, upgrade, client_read, client_write).await,
+            Err(error) => unreachable_server(client_write, &error).await,
         },
     };
     if let Err(error) = outcome {
         tracing::debug!(%error, "a relayed PostgreSQL connection ended");
     }
+}
+
+async fn unreachable_server<W: AsyncWrite + Unpin>(client: BufWriter<W>, error: &io::Error) -> io::Result<()> {
+    refuse(client, "08001", &format!("the relay cannot reach the database: {error}")).await
+}
+
+/// Relays over `server`, first asking it for TLS if `upgrade` says so.
+async fn secured<S, C, W>(
+    mut server: S,
+    upgrade: &Upgrade,
+    client_read: C,
+    client_write: BufWriter<W>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (connector, required) = match upgrade {
+        Upgrade::Never => return relay_over(server, client_read, client_write).await,
+        Upgrade::Prefer(connector) => (connector, false),
+        Upgrade::Require(connector) => (connector, true),
+    };
+    const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    server.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8];
+    server.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => match connector.connect(server).await {
+            Ok(tls) => relay_over(tls, client_read, client_write).await,
+            Err(error) => refuse(client_write, "08001", &format!("TLS with the database: {error}")).await,
+        },
+        b'N' if !required => relay_over(server, client_read, client_write).await,
+        b'N' => refuse(client_write, "08001", "the database does not offer TLS, which sslmode requires").await,
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("an answer 0x{other:02x} to SSLRequest"))),
+    }
+}
+
+async fn relay_over<S, C, W>(server: S, client_read: C, client_write: BufWriter<W>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (read, write) = tokio::io::split(server);
+    relay(client_read, client_write, read, write).await
 }
 
 async fn relay<C, S, W>(
@@ -395,6 +403,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::databases::TlsFiles;
 
     #[test]
     fn the_marker_sets_the_call_limit_and_nothing_else_does() {
@@ -450,7 +459,7 @@ mod tests {
     async fn rows_past_the_marked_limit_are_refused_from_their_header() {
         let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = server.local_addr().unwrap().port();
-        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port)).unwrap();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), Upgrade::Never).unwrap();
         let socket = relay.dir.path().join(format!(".s.PGSQL.{PORT}"));
         let max = 100u64;
         let row = |n: u64| message(b'D', &vec![b'x'; n as usize]);
@@ -523,7 +532,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port)).unwrap();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), Upgrade::Never).unwrap();
         let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
         let (kind, body) = read_message(&mut client).await;
         let text = String::from_utf8_lossy(&body).to_string();
@@ -531,40 +540,53 @@ mod tests {
         assert!(text.contains("08001") && text.contains("cannot reach the database"), "{text}");
     }
 
-    /// The plan follows what sqlx would have done: plaintext is relayed,
-    /// TLS is not (the relay could not read inside it), and `prefer` asks
-    /// the server, which answers `S` (TLS) or `N` (none).
+    /// `sslmode` as sqlx reads it: `disable` and `allow` never ask for
+    /// TLS, `prefer` goes on in plaintext when the server says `N`, the
+    /// others are refused then; a client certificate needs its key.
     #[tokio::test]
-    async fn only_plaintext_connections_are_relayed() {
-        async fn answering(answer: u8) -> u16 {
+    async fn a_server_without_tls_is_plaintext_only_where_sqlx_allows_it() {
+        let options = |mode| PgConnectOptions::new().host("127.0.0.1").ssl_mode(mode);
+        let none = TlsFiles::default();
+        for (mode, expected) in [
+            (PgSslMode::Disable, "never"),
+            (PgSslMode::Allow, "never"),
+            (PgSslMode::Prefer, "prefer"),
+            (PgSslMode::Require, "require"),
+            (PgSslMode::VerifyCa, "require"),
+            (PgSslMode::VerifyFull, "require"),
+        ] {
+            assert_eq!(format!("{:?}", Upgrade::of(&options(mode), &none).unwrap()), expected);
+        }
+        let lone =
+            TlsFiles { client: Some(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n".to_vec()), ..none };
+        assert!(Upgrade::of(&options(PgSslMode::Require), &lone).is_err());
+
+        // A server that answers `N`, then echoes what it gets.
+        for (mode, plaintext) in
+            [(PgSslMode::Prefer, true), (PgSslMode::Require, false), (PgSslMode::VerifyFull, false)]
+        {
             let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let port = server.local_addr().unwrap().port();
-            tokio::spawn(async move {
-                let (mut conn, _) = server.accept().await.unwrap();
-                let mut request = [0u8; 8];
-                conn.read_exact(&mut request).await.unwrap();
-                assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
-                conn.write_all(&[answer]).await.unwrap();
-            });
-            port
+            let upgrade = Upgrade::of(&options(mode), &TlsFiles::default()).unwrap();
+            let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), upgrade).unwrap();
+            let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
+            let (mut upstream, _) = server.accept().await.unwrap();
+            let mut request = [0u8; 8];
+            upstream.read_exact(&mut request).await.unwrap();
+            assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "{mode:?} asks for TLS");
+            upstream.write_all(b"N").await.unwrap();
+            if plaintext {
+                let startup = [0u8, 0, 0, 8, 0, 3, 0, 0];
+                client.write_all(&startup).await.unwrap();
+                let mut got = [0u8; 8];
+                upstream.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, startup);
+            } else {
+                let (kind, body) = read_message(&mut client).await;
+                let text = String::from_utf8_lossy(&body).to_string();
+                assert_eq!(kind, b'E');
+                assert!(text.contains("does not offer TLS"), "{text}");
+            }
         }
-        let options = |mode: PgSslMode, port: u16| PgConnectOptions::new().host("127.0.0.1").port(port).ssl_mode(mode);
-        let tcp = |port| Plan::Relay(Upstream::Tcp("127.0.0.1".into(), port));
-        let tls = |plan: &Plan| matches!(plan, Plan::Direct(reason) if reason.contains("TLS"));
-
-        let port = answering(b'N').await;
-        assert_eq!(Plan::of(&options(PgSslMode::Prefer, port)).await.unwrap(), tcp(port));
-        let port = answering(b'S').await;
-        assert!(tls(&Plan::of(&options(PgSslMode::Prefer, port)).await.unwrap()));
-        // No question asked for these (nothing listens on port 1).
-        for mode in [PgSslMode::Disable, PgSslMode::Allow] {
-            assert_eq!(Plan::of(&options(mode, 1)).await.unwrap(), tcp(1));
-        }
-        for mode in [PgSslMode::Require, PgSslMode::VerifyCa, PgSslMode::VerifyFull] {
-            assert!(tls(&Plan::of(&options(mode, 1)).await.unwrap()));
-        }
-        assert!(Plan::of(&options(PgSslMode::Prefer, 1)).await.is_err(), "nothing listens: an error, tried again");
-        let socket = PgConnectOptions::new().socket("/run/pg").port(5433).ssl_mode(PgSslMode::VerifyFull);
-        assert_eq!(Plan::of(&socket).await.unwrap(), Plan::Relay(Upstream::Unix("/run/pg/.s.PGSQL.5433".into())));
     }
 }
