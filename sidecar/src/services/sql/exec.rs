@@ -646,7 +646,7 @@ async fn sqlite_statement(
     let mut last_insert_rowid = None;
     while let Some(item) = stream.try_next().await? {
         match item {
-            Either::Right(row) => collected.push(&row, value::sqlite_values)?,
+            Either::Right(row) => collected.push(&row, |row, _| value::sqlite_values(row).map(Some))?,
             Either::Left(done) => {
                 collected.changes += done.rows_affected();
                 // Reset to 0 before the statement (`prepare_connection_sqlite`):
@@ -677,10 +677,12 @@ impl Collector {
         Outcome { rows: self.rows, changes: self.changes, last_insert_rowid }
     }
 
+    /// Takes `row` if it fits. `decode` makes its values, or `None` once
+    /// they would pass the bytes left (before making the one that would).
     fn push<R: sqlx::Row>(
         &mut self,
         row: &R,
-        decode: impl Fn(&R) -> Result<Vec<Value>, SqlError>,
+        decode: impl Fn(&R, u64) -> Result<Option<Vec<Value>>, SqlError>,
     ) -> Result<(), SqlError> {
         if self.run == Run::Execute {
             return Ok(());
@@ -694,13 +696,17 @@ impl Collector {
         if self.rows.columns.is_empty() && row.len() > 0 {
             self.rows.columns = value::columns_of(row);
         }
-        let values = decode(row)?;
-        self.bytes += values.iter().map(Value::size).sum::<u64>();
-        if self.bytes > self.limits.max_result_bytes {
-            return Err(SqlError::TooLarge(format!(
+        let too_large = || {
+            SqlError::TooLarge(format!(
                 "the result is larger than max_result_bytes = {} bytes: refused (narrow the query or page it)",
                 self.limits.max_result_bytes
-            )));
+            ))
+        };
+        let left = self.limits.max_result_bytes.saturating_sub(self.bytes);
+        let values = decode(row, left)?.ok_or_else(too_large)?;
+        self.bytes += values.iter().map(Value::size).sum::<u64>();
+        if self.bytes > self.limits.max_result_bytes {
+            return Err(too_large());
         }
         self.rows.rows.push(values);
         Ok(())

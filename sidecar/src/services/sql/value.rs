@@ -112,22 +112,67 @@ pub fn sqlite_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
         .collect()
 }
 
-/// The values of a PostgreSQL row, by column type (binary format).
-pub fn postgres_values(row: &PgRow) -> Result<Vec<Value>, SqlError> {
-    (0..row.len())
-        .map(|i| {
-            let raw = row.try_get_raw(i).map_err(decode_error)?;
-            if raw.is_null() {
-                return Ok(Value::Null);
-            }
-            let type_name = raw.type_info().name().to_string();
-            if raw.format() != PgValueFormat::Binary {
-                return Err(unsupported(&type_name, i));
-            }
-            let bytes = raw.as_bytes().map_err(decode_error)?;
-            pg_value(&type_name, bytes).ok_or_else(|| unsupported(&type_name, i))
-        })
-        .collect()
+/// The values of a PostgreSQL row, by column type (binary format), or
+/// `None` once their sizes ([`Value::size`]) pass `budget`. A value's size
+/// is known before it is made: a binary `numeric` of a few bytes is
+/// thousands of digits as text, and a row of them must be refused, not
+/// built.
+pub fn postgres_values(row: &PgRow, budget: u64) -> Result<Option<Vec<Value>>, SqlError> {
+    let mut values = Vec::with_capacity(row.len());
+    let mut size = 0u64;
+    for i in 0..row.len() {
+        let raw = row.try_get_raw(i).map_err(decode_error)?;
+        if raw.is_null() {
+            size += Value::Null.size();
+            values.push(Value::Null);
+            continue;
+        }
+        let type_name = raw.type_info().name().to_string();
+        if raw.format() != PgValueFormat::Binary {
+            return Err(unsupported(&type_name, i));
+        }
+        let bytes = raw.as_bytes().map_err(decode_error)?;
+        size += pg_value_size(&type_name, bytes);
+        if size > budget {
+            return Ok(None);
+        }
+        values.push(pg_value(&type_name, bytes).ok_or_else(|| unsupported(&type_name, i))?);
+    }
+    Ok((size <= budget).then_some(values))
+}
+
+/// The size of the value [`pg_value`] makes of `bytes`, without making
+/// it: the text length for a `numeric`, otherwise a bound (the binary
+/// forms of the other types are at most a few bytes shorter than theirs).
+fn pg_value_size(type_name: &str, bytes: &[u8]) -> u64 {
+    let len = bytes.len() as u64;
+    match type_name {
+        "NUMERIC" => numeric_len(bytes).unwrap_or(len),
+        "UUID" => 36,
+        "DATE" | "TIMESTAMP" | "TIMESTAMPTZ" => 29,
+        "BOOL" => 1,
+        "INT2" | "INT4" | "OID" | "INT8" | "FLOAT4" | "FLOAT8" => 8,
+        "JSONB" => len.saturating_sub(1),
+        _ => len,
+    }
+}
+
+/// The length of [`numeric`]'s text for `bytes`, from its header alone.
+fn numeric_len(bytes: &[u8]) -> Option<u64> {
+    let word = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*bytes.get(2 * i)?, *bytes.get(2 * i + 1)?])) };
+    let count = word(0)?;
+    let weight = i64::from(word(1)? as i16);
+    let scale = u64::from(word(3)?);
+    Some(match word(2)? {
+        0xC000 => 3,
+        0xD000 => 8,
+        0xF000 => 9,
+        sign => {
+            let first = if count == 0 { 0 } else { word(4)? };
+            let integer = if weight < 0 { 1 } else { (first.max(1).ilog10() + 1) as u64 + 4 * weight as u64 };
+            u64::from(sign == 0x4000) + integer + if scale > 0 { 1 + scale } else { 0 }
+        }
+    })
 }
 
 /// One binary PostgreSQL value of type `type_name`; `None` for a type the
@@ -194,7 +239,8 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     }
     let digit =
         |position: i32| -> u16 { usize::try_from(position).ok().and_then(|p| digits.get(p)).copied().unwrap_or(0) };
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(usize::try_from(numeric_len(bytes)?).ok()? + 3);
     if sign == 0x4000 {
         out.push('-');
     }
@@ -203,19 +249,18 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     } else {
         for w in 0..=weight {
             let d = digit(w);
-            if w == 0 { out.push_str(&d.to_string()) } else { out.push_str(&format!("{d:04}")) }
+            let _ = if w == 0 { write!(out, "{d}") } else { write!(out, "{d:04}") };
         }
     }
     if scale > 0 {
         out.push('.');
-        let mut fraction = String::new();
+        let start = out.len();
         let mut w = weight + 1;
-        while fraction.len() < scale {
-            fraction.push_str(&format!("{:04}", digit(w)));
+        while out.len() - start < scale {
+            let _ = write!(out, "{:04}", digit(w));
             w += 1;
         }
-        fraction.truncate(scale);
-        out.push_str(&fraction);
+        out.truncate(start + scale);
     }
     Some(out)
 }
@@ -296,5 +341,36 @@ mod tests {
         assert_eq!(pg_value("INT4", &[0, 1]), None, "wrong width");
         assert_eq!(pg_value("INTERVAL", &[0; 16]), None);
         assert_eq!(pg_value("TEXT", &[0xff]), None, "not UTF-8");
+    }
+
+    proptest::proptest! {
+        /// The size a value is charged before it is made is never less
+        /// than the size of what is made: exactly the text's length for a
+        /// `numeric` (so a row of them is refused unbuilt, and one within
+        /// the budget is never refused), a bound for the others.
+        #[test]
+        fn a_value_is_charged_at_least_what_it_becomes(
+            weight in -40i16..40,
+            negative: bool,
+            scale in 0u16..200,
+            digits in proptest::collection::vec(0u16..10000, 0..20),
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..17),
+        ) {
+            let sign = if negative { 0x4000 } else { 0 };
+            let bytes = num(digits.len() as u16, weight, sign, scale, &digits);
+            if let Some(text) = numeric(&bytes) {
+                proptest::prop_assert_eq!(numeric_len(&bytes), Some(text.len() as u64));
+            }
+            for sign in [0xC000, 0xD000, 0xF000] {
+                let special = num(0, 0, sign, 0, &[]);
+                proptest::prop_assert_eq!(numeric_len(&special), Some(numeric(&special).unwrap().len() as u64));
+            }
+            for type_name in ["INT2", "INT4", "INT8", "FLOAT4", "FLOAT8", "BOOL", "UUID", "DATE", "TIMESTAMP",
+                              "TIMESTAMPTZ", "TEXT", "BYTEA", "JSONB", "JSON", "NAME"] {
+                if let Some(value) = pg_value(type_name, &raw) {
+                    proptest::prop_assert!(pg_value_size(type_name, &raw) >= value.size(), "{}", type_name);
+                }
+            }
+        }
     }
 }

@@ -735,3 +735,32 @@ async fn a_huge_single_value_is_refused_before_it_is_read_on_postgres() {
     let again = query(&gateway, "p", &policy, sql, &[Value::Text("a".repeat(100))]).await.unwrap();
     assert_eq!(again.rows[0][0], Value::Text("a".repeat(10_000)));
 }
+
+/// A value is charged its decoded size before it is made. Attack (the
+/// relay's outside review): a row of 1,000 `numeric` columns, each the
+/// parameter `1` followed by 65,538 zeros and a scale of 16,383: ~14 bytes
+/// each on the wire (well within the relay's bound for a 64 KiB
+/// `max_result_bytes`), ~82 KB each as text, 82 MB for the row, which the
+/// gateway built whole (seconds of a runtime worker, +136 MB peak) before
+/// counting it. Now `quota-exceeded` at the first value past the budget,
+/// and the peak memory stays far below the row's text; a row of numerics
+/// within the budget still comes back exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_values_are_charged_before_they_are_made_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("max_result_bytes = \"64 KiB\"\nparams_only = true");
+    let columns = |n: usize| (0..n).map(|i| format!("$1::numeric AS c{i}")).collect::<Vec<_>>().join(", ");
+    let small = format!("SELECT {}", columns(3));
+    let rows = query(&gateway, "p", &policy, &small, &[Value::Text("12.50".into())]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Text("12.50".into()); 3]]);
+
+    let huge = Value::Text(format!("1{}.{}", "0".repeat(65_538), "0".repeat(16_383)));
+    let sql = format!("SELECT {}", columns(1000));
+    let before = peak_rss_bytes(true);
+    let error = query(&gateway, "p", &policy, &sql, &[huge]).await.unwrap_err();
+    let grown = peak_rss_bytes(false).saturating_sub(before);
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("max_result_bytes = 65536"), "{error}");
+    assert!(grown < 16 << 20, "the peak memory grew by {grown} bytes for a row whose text is 82 MB");
+}

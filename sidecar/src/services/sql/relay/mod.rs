@@ -122,9 +122,14 @@ impl Relay {
     /// Starts relaying to `upstream`, with TLS as `upgrade` says (on the
     /// current tokio runtime).
     pub fn start(upstream: Upstream, upgrade: Upgrade) -> io::Result<Relay> {
-        // tempfile makes the directory 0700: no other user reaches the
-        // socket, and so the server through the sidecar's address.
-        let dir = tempfile::Builder::new().prefix("gatehouse-pg-").tempdir()?;
+        // Owner-only whatever the umask (which can only take bits away):
+        // no other user reaches the socket, or can replace it with one of
+        // their own that sqlx would send the password to.
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix("gatehouse-pg-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
         let listener = tokio::net::UnixListener::bind(dir.path().join(format!(".s.PGSQL.{PORT}")))?;
         let upstream = Arc::new((upstream, upgrade));
         let accept = tokio::spawn(async move {
@@ -588,5 +593,23 @@ mod tests {
                 assert!(text.contains("does not offer TLS"), "{text}");
             }
         }
+    }
+
+    /// Attack (the relay's outside review): under umask 000 the directory
+    /// was 0777, so another local user could replace the socket with a
+    /// listener of their own and receive the login's password. It is
+    /// owner-only whatever the umask.
+    #[tokio::test]
+    async fn the_socket_directory_is_owner_only_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), 1), Upgrade::Never);
+        rustix::process::umask(old);
+        let relay = relay.unwrap();
+        let mode = std::fs::metadata(relay.dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        let dir = relay.dir.path().to_path_buf();
+        drop(relay);
+        assert!(!dir.exists(), "removed with the relay");
     }
 }
