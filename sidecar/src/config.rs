@@ -194,6 +194,7 @@ struct DatabaseSection {
     acquire_timeout: Option<HumanDuration>,
     per_plugin_connections: Option<u32>,
     max_value_bytes: Option<ByteSize>,
+    manage_roles: Option<bool>,
 }
 
 /// A URL written out, or `{ env = … }` / `{ file = … }`.
@@ -313,7 +314,11 @@ impl Config {
                         .map_or(defaults.max_value_bytes, |b| u32::try_from(b.0).unwrap_or(u32::MAX)),
                 };
                 pool.validate().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
-                Ok((alias, DatabaseSettings { target, pool }))
+                if section.manage_roles.is_some() && matches!(target, DatabaseTarget::Sqlite(_)) {
+                    return Err(format!("[databases.{alias}] manage_roles: only for PostgreSQL (SQLite has no roles)"));
+                }
+                let manage_roles = section.manage_roles.unwrap_or(true);
+                Ok((alias, DatabaseSettings { target, pool, manage_roles }))
             })
             .collect::<Result<_, String>>()?;
         let kv = KvSettings { database: raw.kv.database };
@@ -550,6 +555,9 @@ mod tests {
             config.databases["shared"],
             DatabaseSettings::postgres(UrlSource::Secret(SecretSource::Env("DB_URL".into())))
         );
+        assert!(config.databases["main"].manage_roles, "on by default");
+        let operated = load("[databases.main]\nurl = \"postgres://x\"\nmanage_roles = false\n").unwrap();
+        assert!(!operated.databases["main"].manage_roles);
         for (text, expected) in [
             ("[databases.Main]\nurl = \"postgres://x\"\n", "[databases.Main]: an alias is"),
             ("[databases.main]\n", "set exactly one of `url` (PostgreSQL) or `sqlite`"),
@@ -565,6 +573,7 @@ mod tests {
             ("[databases.main]\nurl = { envv = \"A\" }\n", "a URL string, or { env = \"VARIABLE\" }"),
             ("[databases.main]\nurl = { env = \"A\", file = \"b\" }\n", "set exactly one of `env` or `file`"),
             ("[databases.main]\nurl = \"postgres://x\"\npool = 3\n", "unknown field `pool`"),
+            ("[databases.main]\nsqlite = \"a.db\"\nmanage_roles = false\n", "manage_roles: only for PostgreSQL"),
         ] {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");

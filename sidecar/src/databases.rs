@@ -134,17 +134,21 @@ pub struct DatabaseSettings {
     pub target: DatabaseTarget,
     /// Its pool.
     pub pool: PoolSettings,
+    /// PostgreSQL: whether the SQL gateway creates, grants and drops the
+    /// plugins' roles (`manage_roles`, default on), or only checks that an
+    /// operator provided them.
+    pub manage_roles: bool,
 }
 
 impl DatabaseSettings {
     /// A PostgreSQL alias with the default pool.
     pub fn postgres(url: UrlSource) -> DatabaseSettings {
-        DatabaseSettings { target: DatabaseTarget::Postgres(url), pool: PoolSettings::default() }
+        DatabaseSettings { target: DatabaseTarget::Postgres(url), pool: PoolSettings::default(), manage_roles: true }
     }
 
     /// A SQLite alias with the default pool.
     pub fn sqlite(path: PathBuf) -> DatabaseSettings {
-        DatabaseSettings { target: DatabaseTarget::Sqlite(path), pool: PoolSettings::default() }
+        DatabaseSettings { target: DatabaseTarget::Sqlite(path), pool: PoolSettings::default(), manage_roles: true }
     }
 
     /// The SQL dialect of the database.

@@ -139,7 +139,12 @@ impl Guard {
                 let Pool::Postgres(pool) = alias.pool().await? else {
                     return Err(SqlError::Internal("a PostgreSQL guard on a SQLite alias".into()));
                 };
-                pg_guard::sync(pool, plugin, policy).await.map(drop).map_err(|e| SqlError::Unavailable {
+                let ready = if alias.manages_roles() {
+                    pg_guard::sync(pool, plugin, policy).await.map(drop)
+                } else {
+                    pg_guard::check_provided(pool, plugin).await
+                };
+                ready.map_err(|e| SqlError::Unavailable {
                     message: format!("the plugin's database role: {e}"),
                     retry_after: Some(super::error::RETRY_UNAVAILABLE),
                 })

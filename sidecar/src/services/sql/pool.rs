@@ -108,7 +108,10 @@ impl SqlGateway {
     /// policy only. A failure is logged and leaves the role as it was
     /// (NOLOGIN: usable by no one but the sidecar's login).
     pub async fn retire(&self, plugin: &str, alias: &str) {
-        let Some(pool) = self.aliases.get(alias).filter(|a| a.dialect == Dialect::Postgres) else { return };
+        // An operator's roles (`manage_roles = false`) are theirs to drop.
+        let Some(pool) = self.aliases.get(alias).filter(|a| a.dialect == Dialect::Postgres && a.manages_roles()) else {
+            return;
+        };
         let outcome = match pool.pool().await {
             Ok(Pool::Postgres(pg)) => guard::postgres::remove(pg, plugin).await.map_err(|e| e.to_string()),
             Ok(Pool::Sqlite(_)) => return,
@@ -199,6 +202,12 @@ impl AliasPool {
     /// Its pool settings.
     pub fn settings(&self) -> PoolSettings {
         self.settings.pool
+    }
+
+    /// Whether the gateway keeps the plugins' PostgreSQL roles itself
+    /// (`manage_roles`).
+    pub fn manages_roles(&self) -> bool {
+        self.settings.manage_roles
     }
 
     /// The pool if it has been opened (for `/metrics`: a scrape opens none).

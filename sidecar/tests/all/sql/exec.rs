@@ -11,7 +11,7 @@ use gatehouse::services::sql::exec::Guard;
 use gatehouse::services::sql::exec::{Limits, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 
-use gatehouse::databases::PoolSettings;
+use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
 
 use super::support::{TestDb, fixture, peak_rss_bytes, placeholder, policy, pool};
 
@@ -763,4 +763,55 @@ async fn numeric_values_are_charged_before_they_are_made_on_postgres() {
     assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
     assert!(error.to_string().contains("max_result_bytes = 65536"), "{error}");
     assert!(grown < 16 << 20, "the peak memory grew by {grown} bytes for a row whose text is 82 MB");
+}
+
+/// `manage_roles = false`: an operator keeps the plugins' roles, and the
+/// gateway changes none. The login here has no `CREATEROLE` (which a
+/// managing gateway needs). The operator's role for plugin `p` may read
+/// `products` only, though the policy also grants `orders`: the database
+/// refuses `orders` (the role's privileges are the operator's, not synced
+/// to the policy), and still holds exactly what the operator granted after
+/// the call. A plugin whose role the operator did not make is
+/// `unavailable`, naming the role and the setting, and no role is created;
+/// retiring a plugin drops nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_manage_roles_off_the_operators_roles_are_used_and_never_changed_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let TestDb::Postgres(server) = &db else { unreachable!() };
+    let role = gatehouse::services::sql::guard::postgres::role_name("p").unwrap();
+    for statement in [
+        "CREATE ROLE ops LOGIN PASSWORD 'ops-pw'".to_string(),
+        format!("CREATE ROLE {role} NOLOGIN NOINHERIT"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON products TO {role}"),
+        format!("GRANT {role} TO ops"),
+    ] {
+        server.psql_in("shop", &statement);
+    }
+    let mut settings =
+        DatabaseSettings::postgres(UrlSource::Inline(format!("postgres://ops:ops-pw@127.0.0.1:{}/shop", server.port)));
+    settings.pool = pool(2, 2);
+    settings.manage_roles = false;
+    let gateway = SqlGateway::new(&std::collections::BTreeMap::from([("db".to_string(), settings)]));
+    let policy = policy("");
+
+    let rows = query(&gateway, "p", &policy, "SELECT name FROM products WHERE id = 1", &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Text("widget".into())]]);
+    let error = query(&gateway, "p", &policy, "SELECT id FROM orders", &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
+    let privileges = format!(
+        "SELECT string_agg(table_name || ':' || privilege_type, ',' ORDER BY table_name, privilege_type) \
+         FROM information_schema.role_table_grants WHERE grantee = '{role}'"
+    );
+    assert_eq!(server.psql_in("shop", &privileges).trim(), "products:SELECT");
+
+    let error = query(&gateway, "q", &policy, "SELECT name FROM products", &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("gatehouse_p_q") && error.to_string().contains("manage_roles"), "{error}");
+    let roles = "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'gatehouse_p_%'";
+    assert_eq!(server.psql(roles).trim(), "1");
+
+    gateway.retire("p", "db").await;
+    assert_eq!(server.psql(roles).trim(), "1", "the operator's role stays");
+    assert_eq!(server.psql_in("shop", &privileges).trim(), "products:SELECT");
 }

@@ -56,4 +56,11 @@ pub enum GuardError {
         "the database login cannot manage plugin roles ({0}): it needs CREATEROLE (see the README, SQL: the database's own check)"
     )]
     RoleManagement(String),
+    /// `manage_roles = false`, and the plugin's role is missing or the
+    /// login is not a member of it.
+    #[error(
+        "role `{0}` does not exist or the database login is not a member of it: with manage_roles = false the \
+         operator creates it (NOLOGIN) and grants it to the login"
+    )]
+    RoleNotProvided(String),
 }

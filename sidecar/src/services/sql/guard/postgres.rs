@@ -28,8 +28,10 @@
 //! them) and must own the granted tables or hold them `WITH GRANT OPTION`.
 //! Where an operator manages roles outside the sidecar, the roles must
 //! exist with these names and the login must be a member of each; `sync`
-//! then only adjusts privileges (a `manage_roles = false` setting that
-//! skips it altogether is not built yet).
+//! then only adjusts privileges. With `manage_roles = false` on the alias
+//! the sidecar changes nothing at all: [`check_provided`] replaces `sync`
+//! (the role must exist and the login be a member), nothing is revoked or
+//! dropped, and the role's privileges are the operator's.
 //!
 //! Functions: PostgreSQL grants `EXECUTE` on functions to `PUBLIC`, and a
 //! non-superuser cannot revoke that for the built-ins in `pg_catalog`. So
@@ -353,6 +355,19 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
     // than handed back, so no plugin call inherits them.
     drop(conn.detach().close().await);
     Ok(report)
+}
+
+/// With `manage_roles = false`: that `plugin`'s role exists and the login
+/// may `SET ROLE` to it, so a call fails here with what to do rather than
+/// at its `SET LOCAL ROLE`. Changes nothing.
+pub async fn check_provided(pool: &PgPool, plugin: &str) -> Result<(), GuardError> {
+    let role = role_name(plugin)?;
+    let provided =
+        sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1 AND pg_has_role(current_user, oid, 'MEMBER')")
+            .bind(&role)
+            .fetch_optional(pool)
+            .await?;
+    provided.map(drop).ok_or(GuardError::RoleNotProvided(role))
 }
 
 /// Takes every privilege from `plugin`'s role in this database and drops
