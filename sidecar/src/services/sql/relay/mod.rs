@@ -33,14 +33,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-
-pub use tls::Upgrade;
-
-mod tls;
 use tokio::io::{
     AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter,
 };
 use tokio::net::{TcpStream, UnixStream};
+
+mod tls;
+
+pub use tls::Upgrade;
 
 /// The SQLSTATE of the relay's refusal (a class PostgreSQL does not use).
 pub const OVERSIZED: &str = "GH001";
