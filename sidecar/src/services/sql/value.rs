@@ -149,7 +149,8 @@ fn pg_value_size(type_name: &str, bytes: &[u8]) -> u64 {
     match type_name {
         "NUMERIC" => numeric_len(bytes).unwrap_or(len),
         "UUID" => 36,
-        "DATE" | "TIMESTAMP" | "TIMESTAMPTZ" => 29,
+        // Years of up to 7 digits (any i32 of days), ` BC`, `+00`.
+        "DATE" | "TIMESTAMP" | "TIMESTAMPTZ" => 40,
         "BOOL" => 1,
         "INT2" | "INT4" | "OID" | "INT8" | "FLOAT4" | "FLOAT8" => 8,
         "JSONB" => len.saturating_sub(1),
@@ -209,8 +210,8 @@ fn pg_value(type_name: &str, bytes: &[u8]) -> Option<Value> {
         }
         "NUMERIC" => Value::Text(numeric(bytes)?),
         "DATE" => Value::Text(date(signed(4)?)?),
-        "TIMESTAMP" => Value::Text(timestamp(signed(8)?)?),
-        "TIMESTAMPTZ" => Value::Text(format!("{}+00", timestamp(signed(8)?)?)),
+        "TIMESTAMP" => Value::Text(timestamp(signed(8)?, "")?),
+        "TIMESTAMPTZ" => Value::Text(timestamp(signed(8)?, "+00")?),
         _ => return None,
     })
 }
@@ -234,7 +235,9 @@ fn numeric(bytes: &[u8]) -> Option<String> {
         _ => return None,
     }
     let digits: Vec<u16> = (0..count).map(|i| word(4 + i)).collect::<Option<_>>()?;
-    if digits.iter().any(|d| *d > 9999) || weight.unsigned_abs() > 0x4000 || scale > 0x4000 {
+    // Any weight PostgreSQL sends (131,072 digits before the point at
+    // most) is written: the caller charged the text's length first.
+    if digits.iter().any(|d| *d > 9999) || scale > 0x4000 {
         return None;
     }
     let digit =
@@ -266,18 +269,44 @@ fn numeric(bytes: &[u8]) -> Option<String> {
 }
 
 /// Days since 2000-01-01 as `YYYY-MM-DD` (proleptic Gregorian).
+/// As PostgreSQL writes it (`DateStyle` ISO): a year before 1 AD as
+/// `YYYY-MM-DD BC` (year 0 is 1 BC), a year past 9999 with its digits,
+/// and the sentinels `infinity` and `-infinity`.
 fn date(days: i64) -> Option<String> {
-    let (y, m, d) = civil(days.checked_add(10957)?);
-    (0..=9999).contains(&y).then(|| format!("{y:04}-{m:02}-{d:02}"))
+    match days {
+        0x7FFF_FFFF => Some("infinity".into()),
+        -0x8000_0000 => Some("-infinity".into()),
+        days => {
+            let (day, bc) = calendar(days)?;
+            Some(format!("{day}{bc}"))
+        }
+    }
 }
 
-/// Microseconds since 2000-01-01 00:00 as `YYYY-MM-DD HH:MM:SS[.ffffff]`.
-fn timestamp(micros: i64) -> Option<String> {
+/// Days since 2000-01-01 as `YYYY-MM-DD` (proleptic Gregorian), and the
+/// ` BC` that follows the whole value for years before 1 AD.
+fn calendar(days: i64) -> Option<(String, &'static str)> {
+    let (y, m, d) = civil(days.checked_add(10957)?);
+    Some(if y > 0 { (format!("{y:04}-{m:02}-{d:02}"), "") } else { (format!("{:04}-{m:02}-{d:02}", 1 - y), " BC") })
+}
+
+/// Microseconds since 2000-01-01 00:00 as `YYYY-MM-DD HH:MM:SS[.ffffff]`,
+/// then `zone` (`+00` for `timestamptz`, which sqlx reads in UTC), as
+/// PostgreSQL writes it (see [`date`]; the sentinels are `i64::MAX`/`MIN`).
+fn timestamp(micros: i64, zone: &str) -> Option<String> {
+    match micros {
+        i64::MAX => return Some("infinity".into()),
+        i64::MIN => return Some("-infinity".into()),
+        _ => {}
+    }
     let days = micros.div_euclid(86_400_000_000);
     let rest = micros.rem_euclid(86_400_000_000);
     let (h, m, s, us) = (rest / 3_600_000_000, rest / 60_000_000 % 60, rest / 1_000_000 % 60, rest % 1_000_000);
-    let day = date(days)?;
-    Some(if us == 0 { format!("{day} {h:02}:{m:02}:{s:02}") } else { format!("{day} {h:02}:{m:02}:{s:02}.{us:06}") })
+    let (day, bc) = calendar(days)?;
+    // Always six digits of a fraction (the door's documented form, where
+    // PostgreSQL drops trailing zeros).
+    let fraction = if us == 0 { String::new() } else { format!(".{us:06}") };
+    Some(format!("{day} {h:02}:{m:02}:{s:02}{fraction}{zone}{bc}"))
 }
 
 /// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's
@@ -323,10 +352,20 @@ mod tests {
         assert_eq!(date(0).unwrap(), "2000-01-01");
         assert_eq!(date(-1).unwrap(), "1999-12-31");
         assert_eq!(date(9555).unwrap(), "2026-02-28");
-        assert_eq!(timestamp(0).unwrap(), "2000-01-01 00:00:00");
-        assert_eq!(timestamp(-1).unwrap(), "1999-12-31 23:59:59.999999");
-        assert_eq!(timestamp(86_400_000_000 + 3_723_000_001).unwrap(), "2000-01-02 01:02:03.000001");
-        assert!(date(i64::MAX).is_none() && timestamp(i64::MAX).is_none());
+        assert_eq!(timestamp(0, "").unwrap(), "2000-01-01 00:00:00");
+        assert_eq!(timestamp(-1, "").unwrap(), "1999-12-31 23:59:59.999999");
+        assert_eq!(timestamp(86_400_000_000 + 3_723_000_001, "+00").unwrap(), "2000-01-02 01:02:03.000001+00");
+        assert_eq!(
+            (timestamp(i64::MAX, ""), timestamp(i64::MIN, "+00")),
+            (Some("infinity".into()), Some("-infinity".into()))
+        );
+        assert_eq!((date(0x7FFF_FFFF), date(-0x8000_0000)), (Some("infinity".into()), Some("-infinity".into())));
+        // 0001-01-01 is day -730119; the day before is in 1 BC (year 0).
+        assert_eq!(date(-730_119).unwrap(), "0001-01-01");
+        assert_eq!(date(-730_120).unwrap(), "0001-12-31 BC");
+        assert_eq!(timestamp(-730_120 * 86_400_000_000, "+00").unwrap(), "0001-12-31 00:00:00+00 BC");
+        assert_eq!(date(2_921_940).unwrap(), "10000-01-01");
+        assert!(date(i64::MAX).is_none());
     }
 
     #[test]

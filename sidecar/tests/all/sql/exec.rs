@@ -815,3 +815,43 @@ async fn with_manage_roles_off_the_operators_roles_are_used_and_never_changed_on
     assert_eq!(server.psql(roles).trim(), "1", "the operator's role stays");
     assert_eq!(server.psql_in("shop", &privileges).trim(), "products:SELECT");
 }
+
+/// Dates, timestamps and numerics come back as the database itself
+/// writes them, at their edges too (the relay's outside review found
+/// `infinity`, years past 9999 or before 1 AD, and numerics of more than
+/// 65,536 digits refused as types the door "does not carry", and `BC`
+/// lost). The oracle is PostgreSQL's own `::text` of each value, returned
+/// beside it (fractions here have no trailing zeros, which the door
+/// always writes as six digits and PostgreSQL drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_timestamps_and_numerics_read_as_postgresql_writes_them() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("max_result_bytes = \"1 MiB\"");
+    let values = [
+        ("date", "infinity"),
+        ("date", "-infinity"),
+        ("date", "4713-01-01 BC"),
+        ("date", "0001-01-01 BC"),
+        ("date", "0001-01-01"),
+        ("date", "10000-01-01"),
+        ("date", "5874897-12-31"),
+        ("timestamp", "infinity"),
+        ("timestamp", "294276-12-31 23:59:59.999999"),
+        ("timestamp", "0001-01-01 00:00:00 BC"),
+        ("timestamp", "4713-01-01 00:00:00.500001 BC"),
+        ("timestamptz", "-infinity"),
+        ("timestamptz", "0044-03-15 12:00:00+00 BC"),
+        ("timestamptz", "2026-12-03 13:45:00.000001+00"),
+    ];
+    for (kind, literal) in values {
+        let sql = format!("SELECT $1::{kind} AS v, $1::{kind}::text AS t");
+        let rows = query(&gateway, "p", &policy, &sql, &[Value::Text(literal.into())]).await;
+        let rows = rows.unwrap_or_else(|e| panic!("{kind} {literal}: {e}")).rows;
+        assert_eq!(rows[0][0], rows[0][1], "{kind} {literal}");
+    }
+    let big = format!("{}.5", "9".repeat(131_072));
+    let sql = "SELECT $1::numeric AS v, $1::numeric::text AS t";
+    let rows = query(&gateway, "p", &policy, sql, &[Value::Text(big)]).await.unwrap().rows;
+    assert_eq!(rows[0][0], rows[0][1]);
+}
