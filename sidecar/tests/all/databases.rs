@@ -17,7 +17,7 @@
 use std::net::TcpListener;
 
 use crate::common::Policies;
-use crate::postgres::TestPostgres;
+use crate::postgres::{TestPostgres, test_ca};
 use crate::sidecar::{Sidecar, json, request};
 
 #[test]
@@ -86,19 +86,10 @@ fn readiness_names_the_databases_that_do_not_answer_and_never_a_password() {
 
 #[test]
 fn tls_to_a_database_is_verified() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let ca = |name: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    };
-    let (trusted, other) = (ca("gatehouse test CA"), ca("another CA"));
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &trusted).unwrap();
+    let (trusted, other) = (test_ca("gatehouse test CA"), test_ca("another CA"));
 
     let postgres = TestPostgres::start("app", "tls-pw", "orders");
-    postgres.require_tls(&(leaf.pem() + &trusted.pem()), &key.serialize_pem());
+    postgres.require_tls(&trusted);
     let dir = tempfile::tempdir().unwrap();
     let (trusted_pem, other_pem) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
     std::fs::write(&trusted_pem, trusted.pem()).unwrap();

@@ -88,9 +88,13 @@ impl TestPostgres {
         );
     }
 
-    /// Serves TLS with `cert_pem` and `key_pem`, and accepts TCP logins
-    /// over TLS only (`hostssl`), so a login that succeeds was encrypted.
-    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+    /// Serves TLS with a certificate for `localhost` that `ca` signs (see
+    /// [`test_ca`]), and accepts TCP logins over TLS only (`hostssl`), so
+    /// a login that succeeds was encrypted.
+    pub fn require_tls(&self, ca: &TestCa) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, ca).unwrap();
+        let (cert_pem, key_pem) = (leaf.pem() + &ca.pem(), key.serialize_pem());
         let data = Path::new(&self.data()).to_path_buf();
         std::fs::write(data.join("server.crt"), cert_pem).unwrap();
         std::fs::write(data.join("server.key"), key_pem).unwrap();
@@ -210,4 +214,16 @@ fn find_bin_dir() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop().map(|(_, bin)| bin)
+}
+
+/// A certificate authority of a TLS test.
+pub type TestCa = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+/// A self-signed certificate authority named `name`.
+pub fn test_ca(name: &str) -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }

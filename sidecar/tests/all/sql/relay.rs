@@ -22,6 +22,7 @@ use gatehouse::services::sql::exec::{Guard, Limits, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 
 use super::support::{TestDb, peak_rss_bytes, policy, pool};
+use crate::postgres::test_ca;
 
 async fn query(url: &str, policy: &SqlPolicy, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, SqlError> {
     let mut settings = DatabaseSettings::postgres(UrlSource::Inline(url.to_string()));
@@ -36,20 +37,11 @@ async fn query(url: &str, policy: &SqlPolicy, sql: &str, params: &[Value]) -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_makes_the_tls_session_sqlx_would() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let ca = |name: &str| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    };
-    let (trusted, other) = (ca("gatehouse test CA"), ca("another CA"));
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &trusted).unwrap();
+    let (trusted, other) = (test_ca("gatehouse test CA"), test_ca("another CA"));
 
     let db = TestDb::start(Dialect::Postgres).await;
     let TestDb::Postgres(server) = &db else { unreachable!() };
-    server.require_tls(&(leaf.pem() + &trusted.pem()), &key.serialize_pem());
+    server.require_tls(&trusted);
     let dir = tempfile::tempdir().unwrap();
     let (trusted_pem, other_pem) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
     std::fs::write(&trusted_pem, trusted.pem()).unwrap();

@@ -67,18 +67,18 @@ const BUFFER: usize = 64 << 10;
 /// Longest startup message read from sqlx (user, database and options).
 const MAX_STARTUP: u64 = 64 << 10;
 
-const MARKER: &[u8] = b"/*gatehouse:max-result-bytes=";
+const MARKER: &str = "/*gatehouse:max-result-bytes=";
 
 /// What the executor puts before its `BEGIN`: the call's
 /// `max_result_bytes`, which bounds each of its rows.
 pub fn marker(max_result_bytes: u64) -> String {
-    format!("{}{max_result_bytes}*/ ", std::str::from_utf8(MARKER).unwrap_or_default())
+    format!("{MARKER}{max_result_bytes}*/ ")
 }
 
 /// The `max_result_bytes` a `Query` message's text sets, if it begins
 /// with [`marker`].
 fn marked(text: &[u8]) -> Option<u64> {
-    let rest = text.strip_prefix(MARKER)?;
+    let rest = text.strip_prefix(MARKER.as_bytes())?;
     let end = rest.iter().position(|&b| b == b'*')?;
     let digits = std::str::from_utf8(&rest[..end]).ok()?;
     digits.parse::<u64>().ok()
