@@ -155,11 +155,27 @@ impl Relay {
     }
 }
 
+/// sqlx's side of a relayed connection, its startup message already read.
+struct Client<R, W> {
+    read: BufReader<R>,
+    write: BufWriter<W>,
+    startup: Vec<u8>,
+}
+
 /// One relayed connection, until either side closes it or the relay
 /// refuses a message.
 async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
-    let (client_read, client_write) = client.into_split();
-    let client_write = BufWriter::with_capacity(BUFFER, client_write);
+    let (read, write) = client.into_split();
+    let (mut read, mut write) = (BufReader::with_capacity(BUFFER, read), BufWriter::with_capacity(BUFFER, write));
+    // Read before anything can be refused: closing a socket whose peer is
+    // still writing fails that write (EPIPE) and sqlx never sees the
+    // refusal. It also keeps the relay from dialling the server for a
+    // client that never says who it is.
+    let startup = match startup_message(&mut read, &mut write).await {
+        Ok(startup) => startup,
+        Err(error) => return tracing::debug!(%error, "a relayed PostgreSQL connection sent no startup message"),
+    };
+    let client = Client { read, write, startup };
     let (place, upgrade) = &*upstream;
     let outcome = match place {
         Upstream::Tcp(host, port) => match TcpStream::connect((host.as_str(), *port)).await {
@@ -167,13 +183,13 @@ async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
                 // As sqlx sets on its own connections: messages are small
                 // and each is waited for.
                 let _ = server.set_nodelay(true);
-                secured(server, upgrade, client_read, client_write).await
+                secured(server, upgrade, client).await
             }
-            Err(error) => unreachable_server(client_write, &error).await,
+            Err(error) => unreachable_server(client.write, &error).await,
         },
         Upstream::Unix(path) => match UnixStream::connect(path).await {
-            Ok(server) => secured(server, upgrade, client_read, client_write).await,
-            Err(error) => unreachable_server(client_write, &error).await,
+            Ok(server) => secured(server, upgrade, client).await,
+            Err(error) => unreachable_server(client.write, &error).await,
         },
     };
     if let Err(error) = outcome {
@@ -181,24 +197,37 @@ async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
     }
 }
 
+/// sqlx's first message, whole (it has a length but no type byte).
+async fn startup_message<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>) -> io::Result<Vec<u8>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut length = [0u8; 4];
+    read_exact(from, to, &mut length).await?;
+    let declared = u32::from_be_bytes(length);
+    if !(8..=MAX_STARTUP).contains(&u64::from(declared)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a startup message of {declared} bytes")));
+    }
+    let mut startup = vec![0u8; declared as usize];
+    startup[..4].copy_from_slice(&length);
+    read_exact(from, to, &mut startup[4..]).await?;
+    Ok(startup)
+}
+
 async fn unreachable_server<W: AsyncWrite + Unpin>(client: BufWriter<W>, error: &io::Error) -> io::Result<()> {
     refuse(client, "08001", &format!("the relay cannot reach the database: {error}")).await
 }
 
 /// Relays over `server`, first asking it for TLS if `upgrade` says so.
-async fn secured<S, C, W>(
-    mut server: S,
-    upgrade: &Upgrade,
-    client_read: C,
-    client_write: BufWriter<W>,
-) -> io::Result<()>
+async fn secured<S, R, W>(mut server: S, upgrade: &Upgrade, client: Client<R, W>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    C: AsyncRead + Unpin,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let (connector, required) = match upgrade {
-        Upgrade::Never => return relay_over(server, client_read, client_write).await,
+        Upgrade::Never => return relay_over(server, client).await,
         Upgrade::Prefer(connector) => (connector, false),
         Upgrade::Require(connector) => (connector, true),
     };
@@ -208,43 +237,29 @@ where
     server.read_exact(&mut answer).await?;
     match answer[0] {
         b'S' => match connector.connect(server).await {
-            Ok(tls) => relay_over(tls, client_read, client_write).await,
-            Err(error) => refuse(client_write, "08001", &format!("TLS with the database: {error}")).await,
+            Ok(tls) => relay_over(tls, client).await,
+            Err(error) => refuse(client.write, "08001", &format!("TLS with the database: {error}")).await,
         },
-        b'N' if !required => relay_over(server, client_read, client_write).await,
-        b'N' => refuse(client_write, "08001", "the database does not offer TLS, which sslmode requires").await,
+        b'N' if !required => relay_over(server, client).await,
+        b'N' => refuse(client.write, "08001", "the database does not offer TLS, which sslmode requires").await,
         other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("an answer 0x{other:02x} to SSLRequest"))),
     }
 }
 
-async fn relay_over<S, C, W>(server: S, client_read: C, client_write: BufWriter<W>) -> io::Result<()>
+/// Relays between sqlx and `server` until either ends: the startup
+/// message first, then each message within its bound.
+async fn relay_over<S, R, W>(server: S, client: Client<R, W>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    C: AsyncRead + Unpin,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (read, write) = tokio::io::split(server);
-    relay(client_read, client_write, read, write).await
-}
-
-async fn relay<C, S, W>(
-    client_read: C,
-    client_write: BufWriter<W>,
-    server_read: S,
-    server_write: impl AsyncWrite + Unpin,
-) -> io::Result<()>
-where
-    C: AsyncRead + Unpin,
-    S: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+    let (server_read, server_write) = tokio::io::split(server);
     let limit = AtomicU64::new(UNMARKED);
-    let up = to_server(
-        BufReader::with_capacity(BUFFER, client_read),
-        BufWriter::with_capacity(BUFFER, server_write),
-        &limit,
-    );
-    let down = to_client(BufReader::with_capacity(BUFFER, server_read), client_write, &limit);
+    let mut server_write = BufWriter::with_capacity(BUFFER, server_write);
+    server_write.write_all(&client.startup).await?;
+    let up = to_server(client.read, server_write, &limit);
+    let down = to_client(BufReader::with_capacity(BUFFER, server_read), client.write, &limit);
     // Whichever side ends first ends the connection: both halves drop.
     tokio::select! {
         done = up => done,
@@ -252,22 +267,13 @@ where
     }
 }
 
-/// sqlx's messages to the server, unchanged; a `Query` that begins with
-/// [`marker`] sets the limit.
+/// sqlx's messages after its startup, unchanged; a `Query` that begins
+/// with [`marker`] sets the limit.
 async fn to_server<R, W>(mut from: BufReader<R>, mut to: BufWriter<W>, limit: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // The startup message has no type byte.
-    let mut length = [0u8; 4];
-    read_exact(&mut from, &mut to, &mut length).await?;
-    let startup = u64::from(u32::from_be_bytes(length));
-    if !(8..=MAX_STARTUP).contains(&startup) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a startup message of {startup} bytes")));
-    }
-    to.write_all(&length).await?;
-    copy(&mut from, &mut to, startup - 4).await?;
     loop {
         let mut header = [0u8; 5];
         read_exact(&mut from, &mut to, &mut header).await?;
@@ -438,6 +444,9 @@ mod tests {
         }
     }
 
+    /// The shortest startup message: its length and protocol 3.0.
+    const STARTUP: [u8; 8] = [0, 0, 0, 8, 0, 3, 0, 0];
+
     fn message(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut out = vec![kind];
         out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
@@ -473,13 +482,13 @@ mod tests {
 
         // One connection: each step is what the client sends, then what the
         // server answers, then whether the client gets it whole.
+        // The relay dials the server once it has the startup message.
         let mut client = UnixStream::connect(&socket).await.unwrap();
+        client.write_all(&STARTUP).await.unwrap();
         let (mut upstream, _) = server.accept().await.unwrap();
-        let startup = [0u8, 0, 0, 8, 0, 3, 0, 0];
-        client.write_all(&startup).await.unwrap();
         let mut got = [0u8; 8];
         upstream.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, startup);
+        assert_eq!(got, STARTUP);
 
         let begin = message(b'Q', format!("{}BEGIN\0", marker(max)).as_bytes());
         client.write_all(&begin).await.unwrap();
@@ -511,9 +520,9 @@ mod tests {
         // connection is closed both ways.
         for declared in [max + ROW_SLACK + 1, 1 << 30] {
             let mut client = UnixStream::connect(&socket).await.unwrap();
+            client.write_all(&[&STARTUP[..], &begin].concat()).await.unwrap();
             let (mut upstream, _) = server.accept().await.unwrap();
-            client.write_all(&[&startup[..], &begin].concat()).await.unwrap();
-            let mut got = vec![0u8; startup.len() + begin.len()];
+            let mut got = vec![0u8; STARTUP.len() + begin.len()];
             upstream.read_exact(&mut got).await.unwrap();
             let mut header = row(0)[..5].to_vec();
             header[1..5].copy_from_slice(&(declared as u32 + 4).to_be_bytes());
@@ -531,7 +540,10 @@ mod tests {
     }
 
     /// A server that cannot be reached is said so in PostgreSQL's words,
-    /// not as a bare closed socket.
+    /// not as a bare closed socket, even to a client slow to send its
+    /// startup message (a loaded sqlx: were the relay to refuse first and
+    /// close, the client's write would fail with EPIPE and the refusal
+    /// would be lost).
     #[tokio::test]
     async fn a_server_that_cannot_be_reached_is_an_error_message() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -539,6 +551,8 @@ mod tests {
         drop(closed);
         let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), Upgrade::Never).unwrap();
         let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.write_all(&STARTUP).await.expect("the relay waits for the startup message");
         let (kind, body) = read_message(&mut client).await;
         let text = String::from_utf8_lossy(&body).to_string();
         assert_eq!(kind, b'E');
@@ -575,17 +589,16 @@ mod tests {
             let upgrade = Upgrade::of(&options(mode), &TlsFiles::default()).unwrap();
             let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), upgrade).unwrap();
             let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
+            client.write_all(&STARTUP).await.unwrap();
             let (mut upstream, _) = server.accept().await.unwrap();
             let mut request = [0u8; 8];
             upstream.read_exact(&mut request).await.unwrap();
             assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "{mode:?} asks for TLS");
             upstream.write_all(b"N").await.unwrap();
             if plaintext {
-                let startup = [0u8, 0, 0, 8, 0, 3, 0, 0];
-                client.write_all(&startup).await.unwrap();
                 let mut got = [0u8; 8];
                 upstream.read_exact(&mut got).await.unwrap();
-                assert_eq!(got, startup);
+                assert_eq!(got, STARTUP);
             } else {
                 let (kind, body) = read_message(&mut client).await;
                 let text = String::from_utf8_lossy(&body).to_string();
