@@ -19,6 +19,7 @@
 //! - [`postgres`]: the shared store (PostgreSQL).
 //! - [`log`]: [`AuditLog`]: durable, signed appends; proofs.
 //! - [`export`]: JSON Lines export.
+//! - [`tiles`]: the C2SP tlog-tiles export.
 //! - [`verify`]: verification that names the first bad entry and why.
 //! - [`trail`]: [`AuditTrail`], the log in the running sidecar: grant
 //!   changes recorded before they take effect, the grants in force kept
@@ -50,6 +51,7 @@ pub mod postgres;
 pub mod scan;
 pub mod store;
 pub mod tables;
+pub mod tiles;
 pub mod trail;
 pub mod verify;
 

@@ -24,7 +24,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use gatehouse::audit::entry::{Entry, Recorded};
 use gatehouse::audit::trail::Location;
-use gatehouse::audit::{NoteVerifier, export, key, merkle};
+use gatehouse::audit::{NoteVerifier, export, key, merkle, tiles};
 use gatehouse::config::Config;
 use gatehouse::guest_text::{LINE, escape};
 
@@ -61,10 +61,16 @@ pub enum AuditCommand {
     },
     /// Write the log as JSON Lines: each entry's canonical bytes on a line,
     /// and after the entries each checkpoint covers, `{"checkpoint": NOTE}`.
+    /// With --tiles, a C2SP tlog-tiles directory instead.
     Export {
         /// Write to this file instead of stdout.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "tiles")]
         out: Option<PathBuf>,
+        /// Write the tree of the latest checkpoint as a tlog-tiles
+        /// directory (created; refused unless empty): `checkpoint`,
+        /// `tile/<L>/<N>` and `tile/entries/<N>`.
+        #[arg(long, value_name = "DIR")]
+        tiles: Option<PathBuf>,
     },
     /// Print an inclusion proof of entry SEQ against the latest checkpoint
     /// (one JSON object; docs/audit-log.md, "Proofs from the CLI").
@@ -88,7 +94,8 @@ pub fn run(config: &Config, command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify { checkpoint, key, export } => verify(config, &store, checkpoint, key, export),
         AuditCommand::Show { plugin, since } => show(&store, plugin.as_deref(), since.as_deref()),
-        AuditCommand::Export { out } => export_to(&store, out),
+        AuditCommand::Export { tiles: Some(dir), .. } => tiles_to(&store, &dir),
+        AuditCommand::Export { out, tiles: None } => export_to(&store, out),
         AuditCommand::Prove { seq } => {
             let proof = store.reader()?.prove(seq).with_context(|| format!("no proof of entry {seq}"))?;
             let entry = String::from_utf8(proof.entry.clone()).context("the stored entry is not UTF-8")?;
@@ -261,6 +268,14 @@ fn show(store: &Location, plugin: Option<&str>, since: Option<&str>) -> anyhow::
             shown_value(&change.after),
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tiles_to(store: &Location, dir: &Path) -> anyhow::Result<ExitCode> {
+    let (entries, checkpoints) = store.reader()?.read_all()?;
+    let latest = checkpoints.last().ok_or(tiles::TilesError::NoCheckpoint)?;
+    let written = tiles::write(dir, &entries, latest)?;
+    println!("wrote {} entries in {} files to {}", written.size, written.files.len(), gatehouse::policy::shown(dir));
     Ok(ExitCode::SUCCESS)
 }
 

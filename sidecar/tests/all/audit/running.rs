@@ -365,6 +365,19 @@ fn the_cli_proves_and_verifies_what_a_run_recorded_and_names_a_tampered_entry() 
     let (size, tree) = root_of(proof["checkpoint"].as_str().unwrap());
     tlog_tiles::tlog::check_tree(&hashes(&proof["path"]), size, tree, old_size, old_root).unwrap();
 
+    // The tiles export, read by the tile client: the same entries as the
+    // JSON export; a second export into the same directory is refused.
+    let tiles = root.path().join("tiles");
+    let written = audit(&config, &["export", "--tiles", tiles.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    assert!(stdout(&written).starts_with("wrote 4 entries in 3 files"), "{}", stdout(&written));
+    let from_tiles = super::independent::read_tiles_independently(&tiles, &vkey).unwrap();
+    let from_json: Vec<Vec<u8>> =
+        export.lines().filter(|l| !l.starts_with("{\"checkpoint\"")).map(|l| l.as_bytes().to_vec()).collect();
+    assert_eq!(from_tiles, from_json);
+    let again = audit(&config, &["export", "--tiles", tiles.to_str().unwrap()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+
     // verify with a held checkpoint; then an entry edited in the store is
     // named, with why.
     let held = root.path().join("held.note");
