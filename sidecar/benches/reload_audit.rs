@@ -77,13 +77,13 @@ fn main() {
             }
             // The log starts from the grants in force (sets[0], ROUNDS even).
             let in_force: Vec<_> = sets[0].plugins.values().cloned().collect();
-            trail.record(&Trigger::Disk, &in_force).unwrap();
+            trail.record(&Trigger::Disk, &in_force, &[]).unwrap();
             for round in 0..ROUNDS {
                 let next = &sets[(round as usize + 1) % 2];
                 let trail = trail.clone();
                 let started = Instant::now();
                 let gate = move |in_force: Vec<gatehouse::policy::PluginPolicy>| async move {
-                    let written = tokio::task::spawn_blocking(move || trail.record(&Trigger::Disk, &in_force))
+                    let written = tokio::task::spawn_blocking(move || trail.record(&Trigger::Disk, &in_force, &[]))
                         .await
                         .unwrap()
                         .map_err(|e| e.to_string())?;

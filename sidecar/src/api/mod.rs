@@ -318,8 +318,9 @@ impl Api {
             None => Ok(self.runtime.reload(&load.set, &load.errors).await),
             Some(trail) => {
                 let counted = recorded.clone();
+                let waiting = held.pending.clone();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
-                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force))
+                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &waiting))
                         .await
                         .map_err(|e| format!("the audit log's append did not finish: {e}"))?
                         .map_err(|e| e.to_string())?;

@@ -26,6 +26,9 @@
 //!   manifest asks for something else, which becomes pending in their
 //!   place, or a later approval.
 //!
+//! Approved and rejected rows end (`revoked`) when their plugin is neither
+//! in force nor held: what comes back under the name asks again.
+//!
 //! Each row is written in the same transaction as the entry that explains
 //! it, and each checkpoint signs the table's digest, so an edit of the
 //! state outside the sidecar stops the log as an edit of the grants does.

@@ -409,11 +409,18 @@ impl AuditTrail {
 
     /// Records the changes from the grants in force (as the log's entries
     /// left them) to `in_force`, in one durable batch with the new state,
-    /// or nothing when nothing changed. Blocking: call it off the async
-    /// executor. Counts the outcome in the metrics.
-    pub fn record(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
+    /// or nothing when nothing changed. `held`: the plugins this reload
+    /// holds for approval ([`AuditTrail::screen`]); the approvals of any
+    /// other plugin not in force end (`revoked`). Blocking: call it off
+    /// the async executor. Counts the outcome in the metrics.
+    pub fn record(
+        &self,
+        trigger: &Trigger,
+        in_force: &[PluginPolicy],
+        held: &[String],
+    ) -> Result<Recorded, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let outcome = self.record_locked(trigger, in_force);
+        let outcome = self.record_locked(trigger, in_force, held);
         match &outcome {
             Ok(recorded) if recorded.entries > 0 => self.counted(recorded.entries, recorded.size),
             Ok(_) => {}
@@ -424,8 +431,13 @@ impl AuditTrail {
         outcome
     }
 
-    fn record_locked(&self, trigger: &Trigger, in_force: &[PluginPolicy]) -> Result<Recorded, RecordError> {
-        let appended = self.append(|rows| plan_record(trigger, in_force, rows))?;
+    fn record_locked(
+        &self,
+        trigger: &Trigger,
+        in_force: &[PluginPolicy],
+        held: &[String],
+    ) -> Result<Recorded, RecordError> {
+        let appended = self.append(|rows| plan_record(trigger, in_force, held, rows))?;
         Ok(Recorded { entries: appended.size - appended.first, size: appended.size })
     }
 
@@ -493,10 +505,12 @@ impl AuditTrail {
 
 /// The entries and rows that take the grants in force (`rows`) to
 /// `in_force`: each change an entry by the reload's actor, each plugin's
-/// row its new grants (or removed).
+/// row its new grants (or removed); and the approval rows of plugins
+/// neither in force nor `held`, `revoked`.
 fn plan_record(
     trigger: &Trigger,
     in_force: &[PluginPolicy],
+    held: &[String],
     recorded: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Plan, RecordError> {
     let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
@@ -520,13 +534,9 @@ fn plan_record(
         if changes.is_empty() {
             continue;
         }
-        let actor = match (trigger, new) {
-            (_, Some(policy)) => actor(trigger, policy),
-            (Trigger::Admin(token), None) => format!("admin:{token}"),
-            (Trigger::Disk, None) => {
-                let file = PathBuf::from(old.map(|(f, _)| f.as_str()).unwrap_or_default());
-                file_actor(&file, current_hash(&file))
-            }
+        let actor = match new {
+            Some(policy) => actor(trigger, policy),
+            None => gone_actor(trigger, recorded, name),
         };
         let changes = bounded(name, changes, old.map(|(_, g)| g), new_grants.as_ref());
         batch.extend(changes.into_iter().map(|change| entry(&actor, change, None)));
@@ -539,10 +549,37 @@ fn plan_record(
         };
         state.push((name.to_string(), row));
     }
+    // An approval ends with its plugin, so that a plugin added back under
+    // the same name asks again. One held for approval keeps them (it is
+    // out only until its request is decided).
+    for (key, bytes) in recorded {
+        let Some((which, plugin)) = key.split_once(':') else { continue };
+        if !matches!(which, "approved" | "rejected") || after.contains_key(plugin) || held.iter().any(|h| h == plugin) {
+            continue;
+        }
+        let grants: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
+        let change = Change { kind: "revoked".into(), item: which.to_string(), before: Some(grants), after: None };
+        batch.push(NewEntry { actor: gone_actor(trigger, recorded, plugin), plugin: Some(plugin.to_string()), change });
+        state.push((key.clone(), None));
+    }
     if batch.len() > MAX_BATCH {
         return Err(RecordError::TooMany(batch.len()));
     }
     Ok((batch, state))
+}
+
+/// Who ended what `plugin` had when its policy is gone: the admin token's
+/// name, or the file that defined it, as the grants in force name it (a
+/// plugin never in force: `-`).
+fn gone_actor(trigger: &Trigger, rows: &BTreeMap<String, Vec<u8>>, plugin: &str) -> String {
+    match trigger {
+        Trigger::Admin(token) => format!("admin:{token}"),
+        Trigger::Disk => {
+            let in_force: Option<Value> = rows.get(plugin).and_then(|b| serde_json::from_slice(b).ok());
+            let file = in_force.as_ref().and_then(|row| row["file"].as_str()).unwrap_or("-");
+            file_actor(Path::new(file), current_hash(Path::new(file)))
+        }
+    }
 }
 
 /// What a reload's screening writes (`requested` and `withdrawn` entries,
@@ -615,16 +652,7 @@ fn plan_screen(
     for (key, bytes) in rows {
         let Some(plugin) = key.strip_prefix("pending:").filter(|plugin| !asked.contains(plugin)) else { continue };
         let pending: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
-        let actor = match trigger {
-            Trigger::Admin(token) => format!("admin:{token}"),
-            // The file that defined it, as the grants in force name it (a
-            // new plugin was never in force: its file is unknown).
-            Trigger::Disk => {
-                let in_force: Option<Value> = rows.get(plugin).and_then(|b| serde_json::from_slice(b).ok());
-                let file = in_force.as_ref().and_then(|row| row["file"].as_str()).unwrap_or("-");
-                file_actor(Path::new(file), current_hash(Path::new(file)))
-            }
-        };
+        let actor = gone_actor(trigger, rows, plugin);
         let change = Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };
         batch.push(NewEntry { actor, plugin: Some(plugin.to_string()), change });
         state.push((key.clone(), None));

@@ -412,6 +412,54 @@ fn a_removed_plugins_request_is_withdrawn_and_a_re_added_plugin_is_marked() {
     assert!(diff.contains("added") && diff.contains("store  (plugin)") && diff.contains("(needs approval)"), "{diff}");
 }
 
+/// Attack (an outside review): an approval outliving its plugin, so that
+/// whatever is added back under the name loads up to the old approval
+/// without anyone asking. A removal ends the plugin's approved and
+/// rejected grants (`revoked` entries, in the removal's batch); a held
+/// plugin (rejected, reloaded) keeps them.
+#[test]
+fn an_approval_ends_with_its_plugin_and_a_held_plugin_keeps_its_own() {
+    let policies = Policies::new();
+    let file = policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+
+    std::fs::remove_file(&file).unwrap();
+    let before = count(&sidecar);
+    reload(&sidecar);
+    let ended: Vec<(String, String)> =
+        entries(&sidecar, before).into_iter().map(|(_, kind, item)| (kind, item)).collect();
+    assert_eq!(ended, [("removed".to_string(), String::new()), ("revoked".to_string(), "approved".to_string())]);
+    // Back with exactly the grants approved before: it asks again.
+    policies.write("store.toml", &store_policy(10));
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!(["store"]), "{summary}");
+    assert_eq!(max_keys(&sidecar, "store"), None);
+
+    // Rejected, it stays held (and keeps the rejection) however often it
+    // is reloaded; removed, the rejection ends too.
+    let (status, _) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"reject\"}");
+    assert_eq!(status, 200);
+    let before = count(&sidecar);
+    for _ in 0..2 {
+        assert_eq!(reload(&sidecar)["pending"], json!(["store"]));
+    }
+    assert_eq!(count(&sidecar), before, "a held plugin's reload writes nothing");
+    let (_, list) = admin(&sidecar, "GET", "/admin/approvals", b"");
+    assert_eq!(list["approvals"][0]["state"], "rejected", "{list}");
+    std::fs::remove_file(&file).unwrap();
+    reload(&sidecar);
+    let ended: Vec<(String, String)> =
+        entries(&sidecar, before).into_iter().map(|(_, kind, item)| (kind, item)).collect();
+    assert_eq!(ended, [("revoked".to_string(), "rejected".to_string())]);
+    let (_, list) = admin(&sidecar, "GET", "/admin/approvals", b"");
+    assert_eq!(list["approvals"], json!([]), "{list}");
+    let verified = cli(&config, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+}
+
 fn bucket_policy(buckets: &[&str]) -> String {
     format!(
         "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",
