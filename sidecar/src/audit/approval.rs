@@ -160,6 +160,17 @@ pub fn growth(plugin: &str, approved: Option<&Value>, next: &Value) -> Vec<Grant
     diff_grants(plugin, approved, Some(next)).into_iter().filter(grows).collect()
 }
 
+/// The changes from `loaded` to `next` that take something away (an
+/// origin removed, a number lowered): what a held plugin cannot keep
+/// serving without, since its loaded version still has it. The
+/// component's hash and the manifest (`requested.*`) grant nothing.
+pub fn narrowing(plugin: &str, loaded: &Value, next: &Value) -> Vec<GrantChange> {
+    diff_grants(plugin, Some(loaded), Some(next))
+        .into_iter()
+        .filter(|change| !grows(change) && change.item != "component.sha256" && !change.item.starts_with("requested"))
+        .collect()
+}
+
 /// Lists and maps whose elements each grant something (an origin, a
 /// method, a bucket, a table and its columns, a function): removing one
 /// narrows. `*` stands for any one segment (a database alias).
@@ -285,6 +296,36 @@ mod tests {
                 }
             }
             (target, patch) => *target = patch.clone(),
+        }
+    }
+
+    #[test]
+    fn narrowing_is_what_is_taken_away_and_nothing_else() {
+        let loaded = json!({
+            "component": {"sha256": "aa"},
+            "http": {"allow": ["https://a.example:443", "https://b.example:443"]},
+            "kv": {"quota": {"max_keys": 10}},
+            "requested": {"http": {"allow": ["https://a.example:443"]}},
+        });
+        let narrowed = |patch: Value| {
+            let mut next = loaded.clone();
+            merge(&mut next, &patch);
+            narrowing("p", &loaded, &next).into_iter().map(|c| c.item).collect::<Vec<_>>()
+        };
+        assert!(narrowed(json!({})).is_empty());
+        assert_eq!(narrowed(json!({"http": {"allow": ["https://b.example:443"]}})), ["http.allow"]);
+        assert_eq!(narrowed(json!({"kv": {"quota": {"max_keys": 9}}})), ["kv.quota.max_keys"]);
+        assert_eq!(narrowed(json!({"kv": null})), ["kv"]);
+        for (what, patch) in [
+            ("an upgrade", json!({"component": {"sha256": "bb"}})),
+            ("the manifest asking for less", json!({"requested": null})),
+            ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}})),
+            (
+                "an origin added",
+                json!({"http": {"allow": ["https://a.example:443", "https://b.example:443", "https://c.example:443"]}}),
+            ),
+        ] {
+            assert!(narrowed(patch).is_empty(), "{what}");
         }
     }
 

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::approval::{ApprovalState, Decision, Row, UnreadableRow, approved, growth, is_plugin_row, row, states};
+use super::approval::{
+    ApprovalState, Decision, Row, UnreadableRow, approved, growth, is_plugin_row, narrowing, row, states,
+};
 use super::entry::{Change, Entry, MAX_ACTOR, NewEntry};
 use super::log::{AuditError, AuditLog, AuditReader, MAX_BATCH, Plan};
 use super::note::{NoteSigner, NoteVerifier};
@@ -98,9 +100,10 @@ pub struct Held {
     pub plugin: String,
     /// Why, naming the items that grow and what to run.
     pub reason: String,
-    /// Its loaded version grows beyond the approved grants as well (they
-    /// were approved since it loaded, or another sidecar loaded them), so
-    /// it must stop serving rather than be kept.
+    /// Its loaded version must stop serving rather than be kept: it grows
+    /// beyond the approved grants as well (they were approved since it
+    /// loaded, or another sidecar loaded them), or it has what the new
+    /// policy takes away, which cannot wait for the growth's decision.
     pub unload: bool,
 }
 
@@ -610,19 +613,22 @@ fn plan_screen(
             continue;
         }
         let items = shown_items(&grows);
-        // The version it keeps must itself be within the approved grants.
-        let beyond = loaded
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| growth(name, approved.as_ref(), &grants(p)))
-            .filter(|grows| !grows.is_empty());
-        let unload = beyond.is_some();
-        let kept = match &beyond {
-            Some(grows) => format!(
+        // The version it keeps must itself be within the approved grants,
+        // and keep nothing the new policy takes away.
+        let loaded = loaded.iter().find(|p| p.name == name).map(grants);
+        let beyond = loaded.as_ref().map(|l| growth(name, approved.as_ref(), l)).filter(|g| !g.is_empty());
+        let narrows = loaded.as_ref().map(|l| narrowing(name, l, &value)).filter(|n| !n.is_empty());
+        let unload = beyond.is_some() || narrows.is_some();
+        let kept = match (&beyond, &narrows) {
+            (Some(grows), _) => format!(
                 "its loaded version is unloaded: it grows beyond the approved grants too ({})",
                 shown_items(grows)
             ),
-            None => "the loaded version, if any, stays".to_string(),
+            (None, Some(narrows)) => format!(
+                "its loaded version is unloaded: it still has what the policy takes away ({})",
+                shown_items(narrows)
+            ),
+            (None, None) => "the loaded version, if any, stays".to_string(),
         };
         if row(rows, Row::Rejected, name)?.as_ref() == Some(&value) {
             let reason = format!(

@@ -491,28 +491,26 @@ fn a_held_plugin_whose_loaded_version_is_no_longer_approved_stops_serving() {
     assert_eq!(admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}").0, 200);
     assert_eq!(served(&sidecar).0, vec!["store"]);
 
-    // `a` swapped for `b`: held, the approved `a` version stays.
-    policies.write("store.toml", &bucket_policy(&["b"]));
+    // `b` added: held, the approved `a` version stays.
+    policies.write("store.toml", &bucket_policy(&["a", "b"]));
     assert_eq!(reload(&sidecar)["pending"], json!(["store"]));
     let (loaded, refused) = served(&sidecar);
     assert_eq!(loaded, vec!["store"]);
     assert!(refused[0]["reason"].as_str().unwrap().contains("the loaded version, if any, stays"), "{refused}");
 
-    // `b` approved from the CLI: now `a` is no longer approved. The file
-    // asks for `c` as well before the sidecar reloads.
-    let approved = cli(&config, &["grants", "approve", "store"]);
-    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
-    policies.write("store.toml", &bucket_policy(&["b", "c"]));
+    // `a` swapped for `b` before that is decided: `a` is taken away at
+    // once, so the loaded `a` version stops serving (a removal cannot wait
+    // for an addition's decision). The log says its grants left force.
+    policies.write("store.toml", &bucket_policy(&["b"]));
     let before = count(&sidecar);
     let summary = reload(&sidecar);
     assert_eq!(summary["pending"], json!(["store"]), "{summary}");
     let (loaded, refused) = served(&sidecar);
-    assert_eq!(loaded, Vec::<String>::new(), "the unapproved version is not kept");
+    assert_eq!(loaded, Vec::<String>::new(), "the version granting `a` is not kept");
     let reason = refused[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("its loaded version is unloaded") && reason.contains("kv.buckets"), "{refused}");
+    assert!(reason.contains("it still has what the policy takes away (kv.buckets.a)"), "{refused}");
     assert_eq!(refused[0]["serving"], Value::Null, "{refused}");
     assert_eq!(max_keys(&sidecar, "store"), None, "no grant of the old version stays in force");
-    // The log says the plugin's grants left force.
     let written = entries(&sidecar, before);
     assert!(written.iter().any(|(_, kind, item)| kind == "removed" && item.is_empty()), "{written:?}");
 
@@ -523,4 +521,61 @@ fn a_held_plugin_whose_loaded_version_is_no_longer_approved_stops_serving() {
     drop(sidecar);
     let verified = cli(&config, &["audit", "verify"]);
     assert!(verified.status.success(), "{}", stdout(&verified));
+}
+
+/// The screening itself, as several sidecars on one log meet it: a
+/// loaded version is judged against the approved grants and against the
+/// next policy. Attack: grants approved by another sidecar (or the CLI)
+/// since this one loaded its version, which is no longer within them;
+/// and a policy that adds `c` and takes `a` away, whose removal must not
+/// wait for the addition's decision.
+#[test]
+fn a_loaded_version_beyond_the_approval_or_past_a_removal_is_unloaded() {
+    use gatehouse::audit::approval::Decision;
+    use gatehouse::audit::{AuditTrail, Trigger};
+    use gatehouse::config::AuditSettings;
+    use gatehouse::policy::{ComponentDir, PluginPolicy, load_dir_in};
+
+    let data = tempfile::tempdir().unwrap();
+    let settings = AuditSettings {
+        enabled: true,
+        key: data.path().join("audit/key"),
+        origin: Some("approvals.test/log".into()),
+        require_approval: true,
+        database: None,
+    };
+    let trail = AuditTrail::open(data.path(), &settings).unwrap();
+    let version = |buckets: &[&str]| -> PluginPolicy {
+        let policies = Policies::new();
+        policies.write("store.toml", &bucket_policy(buckets));
+        let components = ComponentDir { path: policies.dir.path(), origin: "test" };
+        let load = load_dir_in(policies.dir.path(), components).unwrap();
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        load.set.plugins["store"].clone()
+    };
+    let (a, b, ab, bc) = (version(&["a"]), version(&["b"]), version(&["a", "b"]), version(&["b", "c"]));
+    let approve = |next: &PluginPolicy, loaded: &[PluginPolicy]| {
+        trail.screen(&Trigger::Disk, &[next], loaded).unwrap();
+        trail.decide("store", Decision::Approve, "os-user:test", None).unwrap();
+    };
+
+    // `a` approved and loaded here.
+    approve(&a, &[]);
+    trail.record(&Trigger::Disk, std::slice::from_ref(&a), &[]).unwrap();
+    // `a, b` asks for more: held, and `a` is kept (nothing taken away).
+    let screened = trail.screen(&Trigger::Disk, &[&ab], std::slice::from_ref(&a)).unwrap();
+    assert_eq!((screened.held.len(), screened.held[0].unload), (1, false), "{screened:?}");
+    // `b, c` adds `c` and takes `a` away: `a` goes now.
+    let screened = trail.screen(&Trigger::Disk, &[&bc], std::slice::from_ref(&a)).unwrap();
+    let held = &screened.held[0];
+    assert!(held.unload && held.reason.contains("still has what the policy takes away (kv.buckets.a)"), "{held:?}");
+    // Another sidecar, with nothing loaded, gets `b` approved; this one
+    // still has `a` loaded when `b, c` comes: beyond the approval.
+    approve(&b, &[]);
+    let screened = trail.screen(&Trigger::Disk, &[&bc], std::slice::from_ref(&a)).unwrap();
+    let held = &screened.held[0];
+    assert!(held.unload && held.reason.contains("grows beyond the approved grants too (kv.buckets.a)"), "{held:?}");
+    // With `b` loaded, `b, c` only waits.
+    let screened = trail.screen(&Trigger::Disk, &[&bc], std::slice::from_ref(&b)).unwrap();
+    assert!(!screened.held[0].unload, "{screened:?}");
 }
