@@ -345,11 +345,17 @@ fn a_lagging_sidecar_never_serves_or_writes_back_grants_approved_away() {
     call(&b, "POST", "/admin/reload", b"");
     assert_eq!((loaded(&a), loaded(&b)), (1, 1));
 
-    // `a` swapped for `b`: held on both, each keeps `a`; approved through
-    // A only, which reloads.
-    policies.write("store.toml", &policy(&["b"]));
+    // `b` added: held on both, each keeps `a`.
+    policies.write("store.toml", &policy(&["a", "b"]));
     call(&a, "POST", "/admin/reload", b"");
     call(&b, "POST", "/admin/reload", b"");
+    assert_eq!((loaded(&a), loaded(&b)), (1, 1));
+    // `a` swapped for `b`, seen by A only: A stops serving `a` at once (a
+    // removal does not wait), then `b` is approved through A, which
+    // reloads and serves it.
+    policies.write("store.toml", &policy(&["b"]));
+    call(&a, "POST", "/admin/reload", b"");
+    assert_eq!(loaded(&a), 0, "A keeps nothing the policy takes away");
     call(&a, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
     assert_eq!((loaded(&a), loaded(&b)), (1, 1), "B has not reloaded yet");
     let before = buckets_granted().len();
