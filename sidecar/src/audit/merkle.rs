@@ -283,7 +283,14 @@ impl Tree {
     /// time: what [`Tree::push`] of each leaf gives, without its per-leaf
     /// bookkeeping (a third of a verify's hashing time).
     pub fn from_leaves(leaves: Vec<Hash>) -> Tree {
-        let mut levels = vec![leaves];
+        Tree::from_lower_levels(vec![leaves])
+    }
+
+    /// The tree whose lowest levels are given (`levels[0]` the leaf
+    /// hashes, each level every complete node of its level, possibly
+    /// none), built up from the highest: what threads that each hashed an
+    /// aligned part of the leaves give ([`crate::audit::verify`]).
+    pub fn from_lower_levels(mut levels: Vec<Vec<Hash>>) -> Tree {
         while let Some(below) = levels.last().filter(|level| level.len() > 1) {
             let up = below.chunks_exact(2).map(|pair| node_hash(&pair[0], &pair[1])).collect();
             levels.push(up);
