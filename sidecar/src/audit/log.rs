@@ -381,6 +381,49 @@ enum Source {
     Postgres(PgStore),
 }
 
+/// A store as `audit verify` reads it: what is signed (the entries and
+/// checkpoints, and the grants in force the latest checkpoint signs), and
+/// what the store keeps to append and prove with, which nothing signs.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The entries' bytes, in order.
+    pub entries: Vec<Vec<u8>>,
+    /// Every signed checkpoint, in size order.
+    pub checkpoints: Vec<String>,
+    /// The grants in force, by plugin (and approval row).
+    pub grants: BTreeMap<String, Vec<u8>>,
+    /// The separate head's size, where the store keeps one.
+    pub head: Option<u64>,
+    /// The root of the entries read from the stored tree nodes, or why
+    /// there is none.
+    pub stored_root: Result<Hash, String>,
+}
+
+impl Snapshot {
+    /// What is wrong with the store beside its `n` entries, which
+    /// verified with root `root`: appends and proofs read the head and the
+    /// nodes, so a head or a tree that disagrees with the entries stops
+    /// them. The tree is checked through its root (the nodes along the
+    /// right edge, O(log n)), not node by node.
+    pub fn store_problem(&self, n: u64, root: &Hash) -> Option<String> {
+        if let Some(head) = self.head.filter(|head| *head != n) {
+            return Some(format!(
+                "head-mismatch: the head row counts {head} entries, the store holds {n}: appends fail until it is \
+                 repaired"
+            ));
+        }
+        match &self.stored_root {
+            Ok(stored) if stored == root => None,
+            Ok(_) => Some(
+                "tree-mismatch: the stored tree nodes do not give the entries' root: proofs and appends \
+                          fail until they are rebuilt"
+                    .to_string(),
+            ),
+            Err(why) => Some(format!("tree-mismatch: {why}: proofs and appends fail until the nodes are rebuilt")),
+        }
+    }
+}
+
 /// The log opened for reading: what `gatehouse audit …` and the admin API
 /// read through. The embedded file is opened read-only (see
 /// [`store::open_read_only`]): hold it briefly, an append waits for it.
@@ -429,6 +472,17 @@ impl AuditReader {
     /// The grants in force as the entries left them, by plugin.
     pub fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, AuditError> {
         self.read(|t| Ok(t.grants()?))
+    }
+
+    /// What `audit verify` reads of a store, from one snapshot.
+    pub fn snapshot(&self) -> Result<Snapshot, AuditError> {
+        self.read(|t| {
+            let entries: Vec<Vec<u8>> = t.entries(0, usize::MAX)?.into_iter().map(|(_, e)| e).collect();
+            let (checkpoints, grants, head) = (t.checkpoints()?, t.grants()?, t.head()?);
+            // Last: a failed read ends a PostgreSQL snapshot.
+            let stored_root = merkle::root(&StoredNodes(t), entries.len() as u64).map_err(|e| e.to_string());
+            Ok(Snapshot { entries, checkpoints, grants, head, stored_root })
+        })
     }
 
     /// Entries and checkpoints, as a verifier reads them.

@@ -57,7 +57,7 @@ pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::{Change, Entry, NewEntry};
-pub use log::{Appended, AuditError, AuditLog, AuditReader, ConsistencyProof, InclusionProof, Plan};
+pub use log::{Appended, AuditError, AuditLog, AuditReader, ConsistencyProof, InclusionProof, Plan, Snapshot};
 pub use note::{NoteSigner, NoteVerifier};
 pub use trail::{AuditTrail, Trigger};
 pub use verify::{Location, Problem, Summary, VerifyError, verify};

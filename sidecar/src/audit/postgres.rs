@@ -295,6 +295,12 @@ impl Tables for PgTables<'_> {
             rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
         })
     }
+
+    fn head(&self) -> Result<Option<u64>, StoreError> {
+        let size: i64 =
+            self.query(async |c| sqlx::query("SELECT size FROM gatehouse_audit_head").fetch_one(c).await?.try_get(0))?;
+        Ok(Some(seq_of(size)?))
+    }
 }
 
 impl WriteTables for PgTables<'_> {

@@ -26,6 +26,12 @@ pub trait Tables {
     fn checkpoints(&self) -> Result<Vec<String>, StoreError>;
     /// The grants in force as the entries left them, by plugin.
     fn grants(&self) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
+    /// The size a store that keeps a separate head (PostgreSQL's
+    /// compare-and-swap row) says the log has; `None` where the entries
+    /// alone say it.
+    fn head(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A write transaction: what an append adds. Nothing is visible to

@@ -168,8 +168,8 @@ fn verify(
         None => None,
     };
     // The store also holds the grants in force, which its latest
-    // checkpoint signs (an export has no such table).
-    let (entries, checkpoints, grants) = match export {
+    // checkpoint signs, and its tree and head (an export has none).
+    let (entries, checkpoints, snapshot) = match export {
         Some(path) => {
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("opening the export {}", gatehouse::policy::shown(&path)))?;
@@ -178,19 +178,25 @@ fn verify(
         }
         // Read, then let go of the file before the work.
         None => {
-            let reader = store.reader()?;
-            let (entries, checkpoints) = reader.read_all()?;
-            (entries, checkpoints, Some(reader.grants()?))
+            let mut snapshot = store.reader()?.snapshot()?;
+            let (entries, checkpoints) = (std::mem::take(&mut snapshot.entries), snapshot.checkpoints.clone());
+            (entries, checkpoints, Some(snapshot))
         }
     };
     let bytes: usize = entries.iter().map(Vec::len).sum();
     match gatehouse::audit::verify(&entries, &checkpoints, &trusted, held.as_deref()) {
-        Ok(_) if !grants_signed(grants.as_ref(), checkpoints.last()) => {
+        Ok(_) if !grants_signed(snapshot.as_ref().map(|s| &s.grants), checkpoints.last()) => {
             println!(
                 "{}: grants-mismatch: the grants in force stored beside the log are not the ones the latest \
                  checkpoint signed (edited outside the sidecar?)",
                 store.shown()
             );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(summary)
+            if let Some(problem) = snapshot.as_ref().and_then(|s| s.store_problem(summary.size, &summary.root)) =>
+        {
+            println!("{}: {problem}", store.shown());
             Ok(ExitCode::FAILURE)
         }
         Ok(summary) => {

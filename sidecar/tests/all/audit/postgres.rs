@@ -167,6 +167,26 @@ fn the_postgresql_log_refuses_to_sign_over_rows_changed_behind_its_back() {
     sql(&format!("UPDATE gatehouse_audit_head SET size = {size}"));
     log.append(&batch("w", 0)).unwrap();
 
+    // Nothing signs the head or the tree nodes, so `audit verify` checks
+    // them beside the entries: a head moved back, a tree gone.
+    let reader = AuditReader::postgres(PgStore::open(postgres.url().parse().unwrap(), "shared").unwrap());
+    let judged = || {
+        let snapshot = reader.snapshot().unwrap();
+        let summary =
+            gatehouse::audit::verify(&snapshot.entries, &snapshot.checkpoints, &[key().verifier()], None).unwrap();
+        snapshot.store_problem(summary.size, &summary.root)
+    };
+    assert_eq!(judged(), None);
+    sql("UPDATE gatehouse_audit_head SET size = 1");
+    let problem = judged().unwrap();
+    assert!(problem.starts_with("head-mismatch: the head row counts 1 entries"), "{problem}");
+    sql(&format!("UPDATE gatehouse_audit_head SET size = {}", log.size().unwrap()));
+    sql("ALTER TABLE gatehouse_audit_nodes RENAME TO gone");
+    let problem = judged().unwrap();
+    assert!(problem.starts_with("tree-mismatch") && problem.contains("gatehouse_audit_nodes"), "{problem}");
+    sql("ALTER TABLE gone RENAME TO gatehouse_audit_nodes");
+    assert_eq!(judged(), None);
+
     // Every entry deleted: the log refuses rather than starting afresh.
     sql("DELETE FROM gatehouse_audit_entries");
     assert!(refused("entries deleted").contains("covers"));

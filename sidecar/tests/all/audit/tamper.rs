@@ -414,6 +414,44 @@ fn the_log_refuses_to_sign_over_a_store_changed_behind_its_back() {
     assert_eq!(log.size().unwrap(), 8);
 }
 
+/// What nothing signs but appends and proofs need: the stored tree nodes.
+/// An edited or deleted node on the right edge (of 8 entries: the root
+/// node), or the whole table
+/// emptied, leaves every entry and checkpoint verifying, so the store's
+/// snapshot names it (`tree-mismatch`), as `audit verify` prints it. A
+/// node off the right edge is not read (O(log n)); the next append or
+/// proof through it fails instead.
+#[test]
+fn a_store_whose_tree_disagrees_with_its_entries_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let judged = |path: &Path| {
+        let snapshot = gatehouse::audit::AuditReader::open(path).unwrap().snapshot().unwrap();
+        let summary =
+            gatehouse::audit::verify(&snapshot.entries, &snapshot.checkpoints, &[key().verifier()], None).unwrap();
+        snapshot.store_problem(summary.size, &summary.root)
+    };
+    let (path, _) = fresh(dir.path(), "intact.redb");
+    assert_eq!(judged(&path), None);
+    type Edit = fn(&redb::WriteTransaction);
+    let edits: [(&str, Edit); 3] = [
+        ("the root node edited", |txn| {
+            txn.open_table(NODES).unwrap().insert((3u8, 0u64), [7u8; 32].as_slice()).unwrap();
+        }),
+        ("the root node deleted", |txn| {
+            txn.open_table(NODES).unwrap().remove((3u8, 0u64)).unwrap();
+        }),
+        ("every node deleted", |txn| {
+            txn.open_table(NODES).unwrap().retain(|_, _| false).unwrap();
+        }),
+    ];
+    for (name, edit) in edits {
+        let (path, _) = fresh(dir.path(), &format!("{}.redb", name.len()));
+        edit_store(&path, edit);
+        let problem = judged(&path).unwrap_or_else(|| panic!("{name}: not named"));
+        assert!(problem.starts_with("tree-mismatch"), "{name}: {problem}");
+    }
+}
+
 /// The rollback attack on the store: the file is restored from a copy
 /// taken at 4 entries and new entries are appended, which the log signs
 /// (it cannot know). An auditor holding checkpoint 6 of the first history
