@@ -318,7 +318,11 @@ impl Api {
             None => Ok(self.runtime.reload(&load.set, &load.errors).await),
             Some(trail) => {
                 let counted = recorded.clone();
-                let waiting = held.pending.clone();
+                // Approvals end with a plugin that is neither in force nor
+                // waiting; one whose file is refused but names it is
+                // waiting too (a duplicate name, a bad manifest).
+                let waiting: Vec<String> =
+                    held.pending.iter().cloned().chain(load.errors.iter().filter_map(|e| e.plugin.clone())).collect();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
                     let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &waiting))
                         .await

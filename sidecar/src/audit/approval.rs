@@ -160,15 +160,75 @@ pub fn growth(plugin: &str, approved: Option<&Value>, next: &Value) -> Vec<Grant
     diff_grants(plugin, approved, Some(next)).into_iter().filter(grows).collect()
 }
 
-/// The changes from `loaded` to `next` that take something away (an
-/// origin removed, a number lowered): what a held plugin cannot keep
-/// serving without, since its loaded version still has it. The
-/// component's hash and the manifest (`requested.*`) grant nothing.
+/// The changes from `loaded` to `next` that may take something away: what
+/// a held plugin's loaded version cannot keep serving with. This errs the
+/// other way from [`grows`]: only a change that clearly widens (something
+/// added that grants, a larger number, duration or rate) is left out, so
+/// any other change unloads the loaded version rather than keep what the
+/// policy may have taken away. The component's hash and the manifest
+/// (`requested.*`) grant nothing.
 pub fn narrowing(plugin: &str, loaded: &Value, next: &Value) -> Vec<GrantChange> {
     diff_grants(plugin, Some(loaded), Some(next))
         .into_iter()
-        .filter(|change| !grows(change) && change.item != "component.sha256" && !change.item.starts_with("requested"))
+        .filter(|change| change.item != "component.sha256" && !change.item.starts_with("requested"))
+        .filter(|change| !widens(change))
         .collect()
+}
+
+/// Whether a change clearly only widens the grants.
+fn widens(change: &GrantChange) -> bool {
+    let item = change.item.as_str();
+    match (&change.before, &change.after) {
+        (_, None) => !removal_narrows(item),
+        (None, Some(_)) => grants_when_added(item),
+        (Some(before), Some(after)) => match (magnitude(before), magnitude(after)) {
+            (Some(before), Some(after)) if before.0 == after.0 => after.1 >= before.1,
+            _ => in_granting(item) && value_narrows(after, before),
+        },
+    }
+}
+
+/// Whether an item that appears grants (rather than restricts): a
+/// section, a database alias, an element of a [`GRANTING`] list or map.
+fn grants_when_added(item: &str) -> bool {
+    let segments: Vec<&str> = item.split('.').collect();
+    matches!(segments.as_slice(), ["http" | "kv" | "sql"] | ["sql", _]) || in_granting(item)
+}
+
+/// A value whose size orders what it grants, larger granting more: a
+/// number, a duration (`500ms`) or a rate (`10/s`, `300/m`), as
+/// `(kind, size)` so that only like is compared with like.
+fn magnitude(value: &Value) -> Option<(u8, f64)> {
+    match value {
+        Value::Number(n) => n.as_f64().map(|n| (0, n)),
+        Value::String(text) => match text.split_once('/') {
+            Some((count, unit)) => {
+                let per = humantime::parse_duration(&format!("1{}", unit.trim())).ok()?.as_secs_f64();
+                let count: f64 = count.trim().parse().ok()?;
+                (per > 0.0).then(|| (1, count / per))
+            }
+            None => humantime::parse_duration(text.trim()).ok().map(|d| (2, d.as_secs_f64())),
+        },
+        _ => None,
+    }
+}
+
+/// Whether `after` grants less than `before` where both are one grant's
+/// forms (`true`: all of it; `false`: none; a list: those columns).
+fn value_narrows(before: &Value, after: &Value) -> bool {
+    match (before, after) {
+        (Value::Bool(true), Value::Bool(false) | Value::Array(_)) | (Value::Array(_), Value::Bool(false)) => true,
+        (Value::Array(before), Value::Array(after)) => after.iter().all(|v| before.contains(v)),
+        _ => false,
+    }
+}
+
+/// Whether `item` is inside a [`GRANTING`] list or map.
+fn in_granting(item: &str) -> bool {
+    let segments: Vec<&str> = item.split('.').collect();
+    GRANTING.iter().any(|pattern| {
+        segments.len() >= pattern.len() && pattern.iter().zip(&segments).all(|(p, s)| *p == "*" || p == s)
+    })
 }
 
 /// Lists and maps whose elements each grant something (an origin, a
@@ -197,9 +257,7 @@ pub fn removal_narrows(item: &str) -> bool {
     let segments: Vec<&str> = item.split('.').collect();
     match segments.as_slice() {
         [""] | ["requested", ..] | ["http" | "kv" | "sql"] | ["sql", _] => true,
-        _ => GRANTING.iter().any(|pattern| {
-            segments.len() >= pattern.len() && pattern.iter().zip(&segments).all(|(p, s)| *p == "*" || p == s)
-        }),
+        _ => in_granting(item),
     }
 }
 
@@ -210,11 +268,18 @@ pub fn grows(change: &GrantChange) -> bool {
     }
     match (&change.before, &change.after) {
         (_, None) => !removal_narrows(&change.item),
-        (Some(Value::Number(before)), Some(Value::Number(after))) => {
-            after.as_f64().unwrap_or(f64::INFINITY) > before.as_f64().unwrap_or(f64::NEG_INFINITY)
-        }
-        _ => true,
+        (Some(before), Some(after)) => match (magnitude(before), magnitude(after)) {
+            (Some(before), Some(after)) if before.0 == after.0 => after.1 > before.1,
+            _ => !(in_granting(&change.item) && value_narrows(before, after)),
+        },
+        (None, Some(_)) => !item_restricts(&change.item),
     }
+}
+
+/// Whether `item` restricts what the plugin may do, so that adding to it
+/// narrows: the headers it may never send.
+fn item_restricts(item: &str) -> bool {
+    item == "http.deny_headers" || item.starts_with("http.deny_headers.")
 }
 
 #[cfg(test)]
@@ -234,6 +299,7 @@ mod tests {
             "http": {
                 "allow": ["https://a.example:443"],
                 "rate": "10/s",
+                "timeout": "5s",
                 "deny_headers": ["x-internal-user"],
                 "inject": [{"header": "authorization", "secret": "api", "prefix": "Bearer "}],
             },
@@ -253,6 +319,7 @@ mod tests {
             ),
             ("an origin removed", json!({"http": {"allow": []}}), &[]),
             ("a denied header no longer denied", json!({"http": {"deny_headers": []}}), &["http.deny_headers"]),
+            ("a header denied", json!({"http": {"deny_headers": ["x-internal-user", "x-secret"]}}), &[]),
             ("an injected header removed", json!({"http": {"inject": []}}), &["http.inject"]),
             ("a bucket removed", json!({"kv": {"buckets": {"cache": null}}}), &[]),
             (
@@ -265,7 +332,19 @@ mod tests {
             ("a database alias removed", json!({"sql": {"app": null}}), &[]),
             ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}}), &["kv.quota.max_keys"]),
             ("a quota lowered", json!({"kv": {"quota": {"max_keys": 9}}}), &[]),
-            ("a rate changed (text)", json!({"http": {"rate": "5/s"}}), &["http.rate"]),
+            ("a rate lowered", json!({"http": {"rate": "5/s"}}), &[]),
+            ("a rate lowered in other units", json!({"http": {"rate": "300/m"}}), &[]),
+            ("a rate raised", json!({"http": {"rate": "1000/m"}}), &["http.rate"]),
+            ("a duration shortened", json!({"http": {"timeout": "500ms"}}), &[]),
+            ("a duration lengthened", json!({"http": {"timeout": "1m"}}), &["http.timeout"]),
+            ("a rate where a duration was", json!({"http": {"timeout": "1/s"}}), &["http.timeout"]),
+            ("a table grant cut to columns", json!({"sql": {"app": {"tables": {"orders": {"select": ["id"]}}}}}), &[]),
+            ("a statement kind withdrawn", json!({"sql": {"app": {"tables": {"orders": {"select": false}}}}}), &[]),
+            (
+                "a statement kind granted",
+                json!({"sql": {"app": {"tables": {"orders": {"insert": true}}}}}),
+                &["sql.app.tables.orders.insert"],
+            ),
             ("a section withdrawn", json!({"kv": null}), &[]),
             ("a database granted", json!({"sql": {"reports": {"tables": ["t"]}}}), &["sql.reports"]),
             ("a section granted", json!({"other": {"x": 1}}), &["other"]),
@@ -303,8 +382,10 @@ mod tests {
     fn narrowing_is_what_is_taken_away_and_nothing_else() {
         let loaded = json!({
             "component": {"sha256": "aa"},
-            "http": {"allow": ["https://a.example:443", "https://b.example:443"]},
+            "http": {"allow": ["https://a.example:443", "https://b.example:443"], "rate": "10/s"},
             "kv": {"quota": {"max_keys": 10}},
+            "sql": {"app": {"tables": {"orders": {"select": true, "insert": false}}}},
+            "stdio": "inherit",
             "requested": {"http": {"allow": ["https://a.example:443"]}},
         });
         let narrowed = |patch: Value| {
@@ -316,10 +397,21 @@ mod tests {
         assert_eq!(narrowed(json!({"http": {"allow": ["https://b.example:443"]}})), ["http.allow"]);
         assert_eq!(narrowed(json!({"kv": {"quota": {"max_keys": 9}}})), ["kv.quota.max_keys"]);
         assert_eq!(narrowed(json!({"kv": null})), ["kv"]);
+        assert_eq!(narrowed(json!({"http": {"rate": "5/s"}})), ["http.rate"]);
+        assert_eq!(narrowed(json!({"http": {"deny_headers": ["x-secret"]}})), ["http.deny_headers"]);
+        assert_eq!(
+            narrowed(json!({"sql": {"app": {"tables": {"orders": {"select": ["id"]}}}}})),
+            ["sql.app.tables.orders.select"]
+        );
+        // What is not clearly a widening counts as taking away.
+        assert_eq!(narrowed(json!({"stdio": "discard"})), ["stdio"]);
         for (what, patch) in [
             ("an upgrade", json!({"component": {"sha256": "bb"}})),
             ("the manifest asking for less", json!({"requested": null})),
             ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}})),
+            ("a rate raised", json!({"http": {"rate": "20/s"}})),
+            ("a statement kind granted", json!({"sql": {"app": {"tables": {"orders": {"insert": true}}}}})),
+            ("a database granted", json!({"sql": {"reports": {"tables": {}}}})),
             (
                 "an origin added",
                 json!({"http": {"allow": ["https://a.example:443", "https://b.example:443", "https://c.example:443"]}}),

@@ -34,6 +34,9 @@ pub enum TilesError {
     /// The directory already holds something.
     #[error("{0} is not empty")]
     NotEmpty(String),
+    /// Others could change the directory while it is written.
+    #[error("{0}")]
+    Unsafe(#[from] crate::data_dir::DataDirError),
     /// Nothing is signed yet.
     #[error("the log has no checkpoint yet")]
     NoCheckpoint,
@@ -114,19 +117,29 @@ pub fn tiles(entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles, TilesError>
 }
 
 /// Writes the tiles directory of `entries` under `checkpoint` into `dir`
-/// (created if missing; refused unless empty).
+/// (created if missing; refused unless empty, and unless owned by this
+/// user and writable by no one else: another user who could write in it
+/// could plant a link between the check and the writes and have the
+/// export overwrite a file elsewhere). Files are created new, never
+/// through an existing name.
 pub fn write(dir: &Path, entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles, TilesError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::DirBuilderExt as _;
+
     let tiles = tiles(entries, checkpoint)?;
-    std::fs::create_dir_all(dir)?;
+    let mut directories = std::fs::DirBuilder::new();
+    directories.recursive(true).mode(0o755);
+    directories.create(dir)?;
+    crate::data_dir::owned_private_dir(dir)?;
     if std::fs::read_dir(dir)?.next().is_some() {
         return Err(TilesError::NotEmpty(crate::policy::shown(dir)));
     }
     for (relative, bytes) in &tiles.files {
         let target = dir.join(relative);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            directories.create(parent)?;
         }
-        std::fs::write(target, bytes)?;
+        std::fs::OpenOptions::new().write(true).create_new(true).open(target)?.write_all(bytes)?;
     }
     Ok(tiles)
 }
@@ -134,6 +147,39 @@ pub fn write(dir: &Path, entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::NoteSigner;
+
+    /// Attack (an outside review): a directory another user can write in,
+    /// where a link planted between the emptiness check and the writes
+    /// made the export overwrite a file elsewhere. Such a directory is
+    /// refused before anything is written; so is one owned by another
+    /// user (when the test runs as root, which can hand one over).
+    #[test]
+    fn a_directory_others_can_write_in_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let entries: Vec<Vec<u8>> = (0..3).map(|i| format!("entry {i}").into_bytes()).collect();
+        let tree = Tree::from_leaves(entries.iter().map(|e| merkle::leaf_hash(e)).collect());
+        let root = merkle::root(&tree, 3).unwrap();
+        let signer = NoteSigner::from_seed("tiles.test/log", [3; 32]).unwrap();
+        let note =
+            Checkpoint { origin: "tiles.test/log".into(), size: 3, root, grants: None }.sign(&[&signer]).unwrap();
+
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(write(&open, &entries, &note), Err(TilesError::Unsafe(_))));
+        assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing written");
+        if rustix::process::geteuid().is_root() {
+            let theirs = base.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert!(matches!(write(&theirs, &entries, &note), Err(TilesError::Unsafe(_))));
+        }
+        let mine = base.path().join("mine/tiles");
+        assert_eq!(write(&mine, &entries, &note).unwrap().size, 3);
+        assert_eq!(std::fs::read(mine.join("tile/entries/000.p/3")).unwrap().len(), 3 * 2 + 3 * 7);
+    }
 
     #[test]
     fn paths_group_the_index_by_three_digits_and_mark_partial_tiles() {

@@ -460,6 +460,31 @@ fn an_approval_ends_with_its_plugin_and_a_held_plugin_keeps_its_own() {
     assert!(verified.status.success(), "{}", stdout(&verified));
 }
 
+/// Attack (an outside review): a plugin briefly unnameable lost its
+/// approval: a second file claiming its name across a restart (both
+/// refused, nothing in force) revoked it, so it had to be approved again.
+/// A refused file that names its plugin keeps that plugin's approvals.
+#[test]
+fn a_plugin_whose_name_is_briefly_claimed_twice_keeps_its_approval() {
+    let policies = Policies::new();
+    policies.write("store.toml", &store_policy(10));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    drop(sidecar);
+
+    let duplicate = policies.write("zz-dup.toml", &store_policy(10));
+    let sidecar = start(&config);
+    assert_eq!(max_keys(&sidecar, "store"), None, "both claims refused at a start");
+    let kinds: Vec<String> = entries(&sidecar, 0).into_iter().map(|(_, kind, _)| kind).collect();
+    assert!(!kinds.iter().any(|k| k == "revoked"), "{kinds:?}");
+    std::fs::remove_file(&duplicate).unwrap();
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!([]), "{summary}");
+    assert_eq!(max_keys(&sidecar, "store"), Some(10), "back without a new approval");
+}
+
 fn bucket_policy(buckets: &[&str]) -> String {
     format!(
         "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",

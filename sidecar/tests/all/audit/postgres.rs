@@ -227,7 +227,9 @@ fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
         gatehouse_command().args(["--config", configs[0].1.to_str().unwrap(), "audit"]).args(args).output().unwrap()
     };
     let kinds = || {
-        let shown = String::from_utf8(cli(&["show"]).stdout).unwrap();
+        let out = cli(&["show"]);
+        assert!(out.status.success(), "audit show: {}", String::from_utf8_lossy(&out.stderr));
+        let shown = String::from_utf8(out.stdout).unwrap();
         shown.lines().map(|l| l.split(' ').nth(4).unwrap_or_default().to_string()).collect::<Vec<_>>()
     };
     assert_eq!(kinds(), vec!["added"], "the first load, recorded by the first sidecar only");
