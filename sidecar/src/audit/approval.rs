@@ -197,9 +197,11 @@ fn grants_when_added(item: &str) -> bool {
 
 /// A value whose size orders what it grants, larger granting more: a
 /// number, a duration (`500ms`) or a rate (`10/s`, `300/m`), as
-/// `(kind, size)` so that only like is compared with like.
+/// `(kind, size)` so that only like is compared with like. The grants
+/// are the typed policy serialized, so these are its own forms; anything
+/// else (and anything not finite) has no size, and its change waits.
 fn magnitude(value: &Value) -> Option<(u8, f64)> {
-    match value {
+    let size = match value {
         Value::Number(n) => n.as_f64().map(|n| (0, n)),
         Value::String(text) => match text.split_once('/') {
             Some((count, unit)) => {
@@ -210,7 +212,8 @@ fn magnitude(value: &Value) -> Option<(u8, f64)> {
             None => humantime::parse_duration(text.trim()).ok().map(|d| (2, d.as_secs_f64())),
         },
         _ => None,
-    }
+    };
+    size.filter(|(_, size)| size.is_finite())
 }
 
 /// Whether `after` grants less than `before` where both are one grant's
@@ -338,6 +341,7 @@ mod tests {
             ("a duration shortened", json!({"http": {"timeout": "500ms"}}), &[]),
             ("a duration lengthened", json!({"http": {"timeout": "1m"}}), &["http.timeout"]),
             ("a rate where a duration was", json!({"http": {"timeout": "1/s"}}), &["http.timeout"]),
+            ("a rate of no size", json!({"http": {"rate": "NaN/s"}}), &["http.rate"]),
             ("a table grant cut to columns", json!({"sql": {"app": {"tables": {"orders": {"select": ["id"]}}}}}), &[]),
             ("a statement kind withdrawn", json!({"sql": {"app": {"tables": {"orders": {"select": false}}}}}), &[]),
             (
