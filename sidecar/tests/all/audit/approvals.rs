@@ -485,6 +485,37 @@ fn a_plugin_whose_name_is_briefly_claimed_twice_keeps_its_approval() {
     assert_eq!(max_keys(&sidecar, "store"), Some(10), "back without a new approval");
 }
 
+/// Attack (an outside review): a SQL table grant cut from every column to
+/// a list of them was taken for growth, so the cut waited for approval
+/// and the loaded version kept serving every column (even after the
+/// "growth" was rejected). A cut applies at once.
+#[test]
+fn a_sql_table_grant_cut_to_columns_applies_at_once() {
+    let policies = Policies::new();
+    let policy = |products: &str| {
+        format!(
+            "[plugin]\nname = \"sd\"\ncomponent = {:?}\n[sql.app]\nstatements = [\"select\"]\n\
+             [sql.app.tables]\nproducts = {products}\n",
+            guest("sql_demo").display().to_string()
+        )
+    };
+    policies.write("sd.toml", &policy("\"select\""));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    admin(&sidecar, "POST", "/admin/approvals/sd", b"{\"decision\":\"approve\"}");
+    let price = r#"{"query":"SELECT price_cents FROM products LIMIT 1"}"#;
+    let (status, _, body) = sidecar.invoke("sd", price);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    policies.write("sd.toml", &policy("{ select = [\"id\"] }"));
+    let summary = reload(&sidecar);
+    assert_eq!(summary["pending"], json!([]), "{summary}");
+    let (status, _, body) = sidecar.invoke("sd", price);
+    assert_ne!(status, 200, "the cut column is still served: {}", String::from_utf8_lossy(&body));
+    let (status, _, body) = sidecar.invoke("sd", r#"{"query":"SELECT id FROM products LIMIT 1"}"#);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
 fn bucket_policy(buckets: &[&str]) -> String {
     format!(
         "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",
