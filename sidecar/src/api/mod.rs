@@ -318,11 +318,17 @@ impl Api {
             None => Ok(self.runtime.reload(&load.set, &load.errors).await),
             Some(trail) => {
                 let counted = recorded.clone();
-                // Approvals end with a plugin that is neither in force nor
-                // waiting; one whose file is refused but names it is
-                // waiting too (a duplicate name, a bad manifest).
-                let waiting: Vec<String> =
-                    held.pending.iter().cloned().chain(load.errors.iter().filter_map(|e| e.plugin.clone())).collect();
+                // Approvals end with a plugin's policy: every plugin a
+                // policy still names keeps them, loaded or not (held, a
+                // duplicate name, a secret it cannot read yet).
+                let waiting: Vec<String> = load
+                    .set
+                    .plugins
+                    .keys()
+                    .cloned()
+                    .chain(held.pending.iter().cloned())
+                    .chain(load.errors.iter().filter_map(|e| e.plugin.clone()))
+                    .collect();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
                     let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &waiting))
                         .await

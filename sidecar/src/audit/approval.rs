@@ -175,15 +175,18 @@ pub fn narrowing(plugin: &str, loaded: &Value, next: &Value) -> Vec<GrantChange>
         .collect()
 }
 
-/// Whether a change clearly only widens the grants.
+/// Whether a change clearly only widens the grants. A removal does only
+/// when what goes is a restriction (a denied header): removing anything
+/// else may take something away (an injected credential, a switch that
+/// falls back to a narrower default).
 fn widens(change: &GrantChange) -> bool {
     let item = change.item.as_str();
     match (&change.before, &change.after) {
-        (_, None) => !removal_narrows(item),
+        (_, None) => item_restricts(item),
         (None, Some(_)) => grants_when_added(item),
-        (Some(before), Some(after)) => match (magnitude(before), magnitude(after)) {
-            (Some(before), Some(after)) if before.0 == after.0 => after.1 >= before.1,
-            _ => in_granting(item) && value_narrows(after, before),
+        (Some(before), Some(after)) => match compare(before, after) {
+            Some(order) => order.is_ge(),
+            None => in_granting(item) && value_narrows(after, before),
         },
     }
 }
@@ -195,25 +198,45 @@ fn grants_when_added(item: &str) -> bool {
     matches!(segments.as_slice(), ["http" | "kv" | "sql"] | ["sql", _]) || in_granting(item)
 }
 
-/// A value whose size orders what it grants, larger granting more: a
-/// number, a duration (`500ms`) or a rate (`10/s`, `300/m`), as
-/// `(kind, size)` so that only like is compared with like. The grants
-/// are the typed policy serialized, so these are its own forms; anything
-/// else (and anything not finite) has no size, and its change waits.
-fn magnitude(value: &Value) -> Option<(u8, f64)> {
+/// What a value grants, where its size orders it (larger granting more):
+/// a number, a duration (`500ms`), or a rate (`10/s`, `300/m`), which is a
+/// token bucket whose burst is its count, so both its count and its
+/// per-second rate grant. The grants are the typed policy serialized, so
+/// these are its own forms; anything else, and anything not finite, has
+/// no size, and its change waits.
+fn magnitude(value: &Value) -> Option<(u8, [f64; 2])> {
     let size = match value {
-        Value::Number(n) => n.as_f64().map(|n| (0, n)),
+        Value::Number(n) => n.as_f64().map(|n| (0, [n, n])),
         Value::String(text) => match text.split_once('/') {
             Some((count, unit)) => {
                 let per = humantime::parse_duration(&format!("1{}", unit.trim())).ok()?.as_secs_f64();
                 let count: f64 = count.trim().parse().ok()?;
-                (per > 0.0).then(|| (1, count / per))
+                (per > 0.0).then(|| (1, [count, count / per]))
             }
-            None => humantime::parse_duration(text.trim()).ok().map(|d| (2, d.as_secs_f64())),
+            None => humantime::parse_duration(text.trim()).ok().map(|d| (2, [d.as_secs_f64(); 2])),
         },
         _ => None,
     };
-    size.filter(|(_, size)| size.is_finite())
+    size.filter(|(_, size)| size.iter().all(|s| s.is_finite()))
+}
+
+/// How `after` compares with `before` in what it grants, when both have a
+/// size of the same kind and every part of it moves the same way (a rate
+/// whose burst grows while its per-second rate shrinks has no order).
+fn compare(before: &Value, after: &Value) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let ((kind_before, before), (kind_after, after)) = (magnitude(before)?, magnitude(after)?);
+    if kind_before != kind_after {
+        return None;
+    }
+    let orders: Vec<std::cmp::Ordering> =
+        before.iter().zip(&after).map(|(b, a)| a.partial_cmp(b)).collect::<Option<_>>()?;
+    match (orders.contains(&Greater), orders.contains(&Less)) {
+        (true, true) => None,
+        (true, false) => Some(Greater),
+        (false, true) => Some(Less),
+        (false, false) => Some(Equal),
+    }
 }
 
 /// Whether `after` grants less than `before` where both are one grant's
@@ -271,9 +294,10 @@ pub fn grows(change: &GrantChange) -> bool {
     }
     match (&change.before, &change.after) {
         (_, None) => !removal_narrows(&change.item),
-        (Some(before), Some(after)) => match (magnitude(before), magnitude(after)) {
-            (Some(before), Some(after)) if before.0 == after.0 => after.1 > before.1,
-            _ => !(in_granting(&change.item) && value_narrows(before, after)),
+        (Some(before), Some(after)) => match compare(before, after) {
+            Some(order) => order.is_gt(),
+            None if magnitude(before).is_some() && magnitude(after).is_some() => true,
+            None => !(in_granting(&change.item) && value_narrows(before, after)),
         },
         (None, Some(_)) => !item_restricts(&change.item),
     }
@@ -336,8 +360,9 @@ mod tests {
             ("a quota raised", json!({"kv": {"quota": {"max_keys": 11}}}), &["kv.quota.max_keys"]),
             ("a quota lowered", json!({"kv": {"quota": {"max_keys": 9}}}), &[]),
             ("a rate lowered", json!({"http": {"rate": "5/s"}}), &[]),
-            ("a rate lowered in other units", json!({"http": {"rate": "300/m"}}), &[]),
+            ("a rate lowered in other units", json!({"http": {"rate": "6/m"}}), &[]),
             ("a rate raised", json!({"http": {"rate": "1000/m"}}), &["http.rate"]),
+            ("a rate's burst raised, its pace lowered", json!({"http": {"rate": "300/h"}}), &["http.rate"]),
             ("a duration shortened", json!({"http": {"timeout": "500ms"}}), &[]),
             ("a duration lengthened", json!({"http": {"timeout": "1m"}}), &["http.timeout"]),
             ("a rate where a duration was", json!({"http": {"timeout": "1/s"}}), &["http.timeout"]),
@@ -386,9 +411,14 @@ mod tests {
     fn narrowing_is_what_is_taken_away_and_nothing_else() {
         let loaded = json!({
             "component": {"sha256": "aa"},
-            "http": {"allow": ["https://a.example:443", "https://b.example:443"], "rate": "10/s"},
+            "http": {
+                "allow": ["https://a.example:443", "https://b.example:443"],
+                "rate": "10/s",
+                "deny_headers": ["x-internal-user"],
+                "inject": [{"header": "authorization", "secret": "api"}],
+            },
             "kv": {"quota": {"max_keys": 10}},
-            "sql": {"app": {"tables": {"orders": {"select": true, "insert": false}}}},
+            "sql": {"app": {"transaction_control": true, "tables": {"orders": {"select": true, "insert": false}}}},
             "stdio": "inherit",
             "requested": {"http": {"allow": ["https://a.example:443"]}},
         });
@@ -409,6 +439,11 @@ mod tests {
         );
         // What is not clearly a widening counts as taking away.
         assert_eq!(narrowed(json!({"stdio": "discard"})), ["stdio"]);
+        assert_eq!(narrowed(json!({"http": {"rate": "300/m"}})), ["http.rate"], "a burst raised, a pace lowered");
+        // A removal widens only when a restriction goes.
+        assert_eq!(narrowed(json!({"http": {"inject": null}})), ["http.inject"]);
+        assert_eq!(narrowed(json!({"sql": {"app": {"transaction_control": null}}})), ["sql.app.transaction_control"]);
+        assert!(narrowed(json!({"http": {"deny_headers": null}})).is_empty());
         for (what, patch) in [
             ("an upgrade", json!({"component": {"sha256": "bb"}})),
             ("the manifest asking for less", json!({"requested": null})),

@@ -412,10 +412,11 @@ impl AuditTrail {
 
     /// Records the changes from the grants in force (as the log's entries
     /// left them) to `in_force`, in one durable batch with the new state,
-    /// or nothing when nothing changed. `held`: the plugins this reload
-    /// holds for approval ([`AuditTrail::screen`]); the approvals of any
-    /// other plugin not in force end (`revoked`). Blocking: call it off
-    /// the async executor. Counts the outcome in the metrics.
+    /// or nothing when nothing changed. `held`: the plugins a policy
+    /// still names (loaded or not: held for approval, refused); the
+    /// approvals of any other plugin not in force end (`revoked`).
+    /// Blocking: call it off the async executor. Counts the outcome in the
+    /// metrics.
     pub fn record(
         &self,
         trigger: &Trigger,
@@ -552,9 +553,9 @@ fn plan_record(
         };
         state.push((name.to_string(), row));
     }
-    // An approval ends with its plugin, so that a plugin added back under
-    // the same name asks again. One held for approval keeps them (it is
-    // out only until its request is decided).
+    // An approval ends with its plugin's policy, so that a plugin added
+    // back under the same name asks again. One a policy still names keeps
+    // them (held, or out until it loads).
     for (key, bytes) in recorded {
         let Some((which, plugin)) = key.split_once(':') else { continue };
         if !matches!(which, "approved" | "rejected") || after.contains_key(plugin) || held.iter().any(|h| h == plugin) {

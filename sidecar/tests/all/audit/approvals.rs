@@ -516,6 +516,48 @@ fn a_sql_table_grant_cut_to_columns_applies_at_once() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
+/// Attack (an outside review): a restart while a plugin's secret could
+/// not be read refused the plugin (not in force) and revoked its
+/// approval, so it had to be approved again once the secret was back. A
+/// plugin its policy still names keeps its approvals, loaded or not.
+#[test]
+fn a_plugin_out_until_its_secret_is_back_keeps_its_approval() {
+    let policies = Policies::new();
+    policies.write(
+        "fetch.toml",
+        &format!(
+            "[plugin]\nname = \"fetch\"\ncomponent = {:?}\n[http]\nallow = [\"http://127.0.0.1:9\"]\n\
+             [[http.inject]]\norigin = \"http://127.0.0.1:9\"\nheader = \"x-api-key\"\nsecret = \"tok\"\n",
+            guest("fetcher").display().to_string()
+        ),
+    );
+    let (_root, config) = policies.settings(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [server.admin_tokens.lead]\nenv = \"APPROVALS_TEST_TOKEN\"\n[secrets.tok]\nenv = \"APPROVALS_SECRET\"\n\
+         [audit]\nrequire_approval = true\n",
+    );
+    let spawn = |secret: Option<&str>| {
+        let mut env = vec![("APPROVALS_TEST_TOKEN", TOKEN)];
+        env.extend(secret.map(|s| ("APPROVALS_SECRET", s)));
+        let sidecar = Sidecar::spawn(&config, &env, tempfile::tempdir().unwrap());
+        sidecar.wait_loaded();
+        sidecar
+    };
+    let sidecar = spawn(Some("s3cret"));
+    admin(&sidecar, "POST", "/admin/approvals/fetch", b"{\"decision\":\"approve\"}");
+    assert_eq!(served(&sidecar).0, vec!["fetch"]);
+    drop(sidecar);
+
+    let sidecar = spawn(None);
+    assert_eq!(served(&sidecar).0, Vec::<String>::new(), "refused without its secret");
+    let kinds: Vec<String> = entries(&sidecar, 0).into_iter().map(|(_, kind, _)| kind).collect();
+    assert!(!kinds.iter().any(|k| k == "revoked"), "{kinds:?}");
+    drop(sidecar);
+
+    let sidecar = spawn(Some("s3cret"));
+    assert_eq!(served(&sidecar).0, vec!["fetch"], "back without a new approval");
+}
+
 fn bucket_policy(buckets: &[&str]) -> String {
     format!(
         "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",
