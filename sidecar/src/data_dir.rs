@@ -84,13 +84,6 @@ pub fn trusted_file(path: &Path) -> Result<(), DataDirError> {
     owned_and_private(path, &meta)
 }
 
-/// Checks a directory the sidecar writes into on someone's request (an
-/// export): a directory owned by the sidecar's user and writable by no
-/// one else, so no one else can put a link in it to redirect the writes.
-pub fn owned_private_dir(dir: &Path) -> Result<(), DataDirError> {
-    check(dir)
-}
-
 fn check(dir: &Path) -> Result<(), DataDirError> {
     let meta = std::fs::metadata(dir).map_err(|source| DataDirError::Io { path: dir.to_path_buf(), source })?;
     if !meta.is_dir() {

@@ -16,6 +16,8 @@
 
 use std::path::Path;
 
+use crate::data_dir::DataDirError;
+
 use super::checkpoint::Checkpoint;
 use super::merkle::{self, NodeReader, Tree};
 
@@ -36,7 +38,7 @@ pub enum TilesError {
     NotEmpty(String),
     /// Others could change the directory while it is written.
     #[error("{0}")]
-    Unsafe(#[from] crate::data_dir::DataDirError),
+    Unsafe(#[from] DataDirError),
     /// Nothing is signed yet.
     #[error("the log has no checkpoint yet")]
     NoCheckpoint,
@@ -117,29 +119,61 @@ pub fn tiles(entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles, TilesError>
 }
 
 /// Writes the tiles directory of `entries` under `checkpoint` into `dir`
-/// (created if missing; refused unless empty, and unless owned by this
-/// user and writable by no one else: another user who could write in it
-/// could plant a link between the check and the writes and have the
-/// export overwrite a file elsewhere). Files are created new, never
-/// through an existing name.
+/// (created if missing). `dir` is opened once, not through a link, and
+/// refused unless it is empty, owned by this user and writable by no one
+/// else; everything is then made relative to that handle, never through
+/// an existing name. So no one can redirect the writes: not by planting a
+/// link in it (another user who could write in it could, between the
+/// check and the writes), nor by swapping the path for another directory.
 pub fn write(dir: &Path, entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles, TilesError> {
     use std::io::Write as _;
     use std::os::unix::fs::DirBuilderExt as _;
 
+    use rustix::fs::{Mode, OFlags};
+
     let tiles = tiles(entries, checkpoint)?;
-    let mut directories = std::fs::DirBuilder::new();
-    directories.recursive(true).mode(0o755);
-    directories.create(dir)?;
-    crate::data_dir::owned_private_dir(dir)?;
-    if std::fs::read_dir(dir)?.next().is_some() {
-        return Err(TilesError::NotEmpty(crate::policy::shown(dir)));
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let root = rustix::fs::open(dir, directory, Mode::empty()).map_err(|e| {
+        // O_NOFOLLOW with O_DIRECTORY fails a link with ENOTDIR or ELOOP.
+        let link = std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+        TilesError::Io(std::io::Error::other(format!(
+            "{}: {}",
+            crate::policy::shown(dir),
+            if link { "a symbolic link (refused: name the directory itself)".to_string() } else { e.to_string() }
+        )))
+    })?;
+    let stat = rustix::fs::fstat(&root).map_err(std::io::Error::from)?;
+    let uid = rustix::process::geteuid().as_raw();
+    if stat.st_uid != uid {
+        let error = DataDirError::WrongOwner { path: dir.to_path_buf(), owner: stat.st_uid, uid };
+        return Err(TilesError::Unsafe(error));
+    }
+    if stat.st_mode & 0o022 != 0 {
+        let error = DataDirError::Writable { path: dir.to_path_buf(), mode: stat.st_mode & 0o7777 };
+        return Err(TilesError::Unsafe(error));
+    }
+    let listing = rustix::fs::Dir::read_from(&root).map_err(std::io::Error::from)?;
+    for entry in listing {
+        let name = entry.map_err(std::io::Error::from)?;
+        if !matches!(name.file_name().to_bytes(), b"." | b"..") {
+            return Err(TilesError::NotEmpty(crate::policy::shown(dir)));
+        }
     }
     for (relative, bytes) in &tiles.files {
-        let target = dir.join(relative);
-        if let Some(parent) = target.parent() {
-            directories.create(parent)?;
+        let mut parts: Vec<&str> = relative.split('/').collect();
+        let file = parts.pop().expect("a path has a name");
+        let mut at = root.try_clone()?;
+        for part in parts {
+            match rustix::fs::mkdirat(&at, part, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+            at = rustix::fs::openat(&at, part, directory, Mode::empty()).map_err(std::io::Error::from)?;
         }
-        std::fs::OpenOptions::new().write(true).create_new(true).open(target)?.write_all(bytes)?;
+        let create = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&at, file, create, Mode::from_raw_mode(0o644)).map_err(std::io::Error::from)?;
+        std::fs::File::from(fd).write_all(bytes)?;
     }
     Ok(tiles)
 }
@@ -149,11 +183,13 @@ mod tests {
     use super::*;
     use crate::audit::NoteSigner;
 
-    /// Attack (an outside review): a directory another user can write in,
-    /// where a link planted between the emptiness check and the writes
-    /// made the export overwrite a file elsewhere. Such a directory is
-    /// refused before anything is written; so is one owned by another
-    /// user (when the test runs as root, which can hand one over).
+    /// Attacks (two outside reviews): a directory another user can write
+    /// in, where a link planted between the emptiness check and the writes
+    /// made the export overwrite a file elsewhere; and a path that is a
+    /// link, swapped between a good directory and the attacker's after the
+    /// check. Both are refused before anything is written; so is a
+    /// directory owned by another user (when the test runs as root, which
+    /// can hand one over). The writes go through the one handle opened.
     #[test]
     fn a_directory_others_can_write_in_is_refused() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -176,6 +212,13 @@ mod tests {
             std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
             assert!(matches!(write(&theirs, &entries, &note), Err(TilesError::Unsafe(_))));
         }
+        let good = base.path().join("good");
+        std::fs::create_dir(&good).unwrap();
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let error = write(&link, &entries, &note).unwrap_err();
+        assert!(error.to_string().contains("a symbolic link"), "{error}");
+        assert_eq!(std::fs::read_dir(&good).unwrap().count(), 0, "nothing written");
         let mine = base.path().join("mine/tiles");
         assert_eq!(write(&mine, &entries, &note).unwrap().size, 3);
         assert_eq!(std::fs::read(mine.join("tile/entries/000.p/3")).unwrap().len(), 3 * 2 + 3 * 7);
