@@ -321,7 +321,7 @@ impl Api {
                 // Approvals end with a plugin's policy: every plugin a
                 // policy still names keeps them, loaded or not (held, a
                 // duplicate name, a secret it cannot read yet).
-                let waiting: Vec<String> = load
+                let named: Vec<String> = load
                     .set
                     .plugins
                     .keys()
@@ -330,7 +330,7 @@ impl Api {
                     .chain(load.errors.iter().filter_map(|e| e.plugin.clone()))
                     .collect();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
-                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &waiting))
+                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &named))
                         .await
                         .map_err(|e| format!("the audit log's append did not finish: {e}"))?
                         .map_err(|e| e.to_string())?;

@@ -412,7 +412,7 @@ impl AuditTrail {
 
     /// Records the changes from the grants in force (as the log's entries
     /// left them) to `in_force`, in one durable batch with the new state,
-    /// or nothing when nothing changed. `held`: the plugins a policy
+    /// or nothing when nothing changed. `named`: the plugins a policy
     /// still names (loaded or not: held for approval, refused); the
     /// approvals of any other plugin not in force end (`revoked`).
     /// Blocking: call it off the async executor. Counts the outcome in the
@@ -421,10 +421,10 @@ impl AuditTrail {
         &self,
         trigger: &Trigger,
         in_force: &[PluginPolicy],
-        held: &[String],
+        named: &[String],
     ) -> Result<Recorded, RecordError> {
         let _alone = self.lock.write().unwrap_or_else(|p| p.into_inner());
-        let outcome = self.record_locked(trigger, in_force, held);
+        let outcome = self.record_locked(trigger, in_force, named);
         match &outcome {
             Ok(recorded) if recorded.entries > 0 => self.counted(recorded.entries, recorded.size),
             Ok(_) => {}
@@ -439,9 +439,9 @@ impl AuditTrail {
         &self,
         trigger: &Trigger,
         in_force: &[PluginPolicy],
-        held: &[String],
+        named: &[String],
     ) -> Result<Recorded, RecordError> {
-        let appended = self.append(|rows| plan_record(trigger, in_force, held, rows))?;
+        let appended = self.append(|rows| plan_record(trigger, in_force, named, rows))?;
         Ok(Recorded { entries: appended.size - appended.first, size: appended.size })
     }
 
@@ -510,11 +510,11 @@ impl AuditTrail {
 /// The entries and rows that take the grants in force (`rows`) to
 /// `in_force`: each change an entry by the reload's actor, each plugin's
 /// row its new grants (or removed); and the approval rows of plugins
-/// neither in force nor `held`, `revoked`.
+/// neither in force nor `named` by a policy, `revoked`.
 fn plan_record(
     trigger: &Trigger,
     in_force: &[PluginPolicy],
-    held: &[String],
+    named: &[String],
     recorded: &BTreeMap<String, Vec<u8>>,
 ) -> Result<Plan, RecordError> {
     let mut before: BTreeMap<String, (String, Value)> = BTreeMap::new();
@@ -558,7 +558,8 @@ fn plan_record(
     // them (held, or out until it loads).
     for (key, bytes) in recorded {
         let Some((which, plugin)) = key.split_once(':') else { continue };
-        if !matches!(which, "approved" | "rejected") || after.contains_key(plugin) || held.iter().any(|h| h == plugin) {
+        if !matches!(which, "approved" | "rejected") || after.contains_key(plugin) || named.iter().any(|n| n == plugin)
+        {
             continue;
         }
         let grants: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
