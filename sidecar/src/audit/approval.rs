@@ -240,13 +240,14 @@ fn compare(before: &Value, after: &Value) -> Option<std::cmp::Ordering> {
 }
 
 /// Whether `after` grants less than `before` where both are one grant's
-/// forms (`true`: all of it; `false`: none; a list: those columns).
+/// forms (`true`: all of it; `false`: none; a list: those columns). Two
+/// lists are never compared here: the diff compares them element by
+/// element.
 fn value_narrows(before: &Value, after: &Value) -> bool {
-    match (before, after) {
-        (Value::Bool(true), Value::Bool(false) | Value::Array(_)) | (Value::Array(_), Value::Bool(false)) => true,
-        (Value::Array(before), Value::Array(after)) => after.iter().all(|v| before.contains(v)),
-        _ => false,
-    }
+    matches!(
+        (before, after),
+        (Value::Bool(true), Value::Bool(false) | Value::Array(_)) | (Value::Array(_), Value::Bool(false))
+    )
 }
 
 /// Whether `item` is inside a [`GRANTING`] list or map.
@@ -304,9 +305,10 @@ pub fn grows(change: &GrantChange) -> bool {
 }
 
 /// Whether `item` restricts what the plugin may do, so that adding to it
-/// narrows: the headers it may never send.
+/// narrows: the headers it may never send (a list of names, so the diff
+/// names each one added or removed by the list).
 fn item_restricts(item: &str) -> bool {
-    item == "http.deny_headers" || item.starts_with("http.deny_headers.")
+    item == "http.deny_headers"
 }
 
 #[cfg(test)]
