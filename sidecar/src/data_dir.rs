@@ -92,7 +92,10 @@ fn check(dir: &Path) -> Result<(), DataDirError> {
     owned_and_private(dir, &meta)
 }
 
-fn owned_and_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDirError> {
+/// Checks what `meta` says of `path` (read from a handle by a caller that
+/// must not look the path up again): owned by the sidecar's user and
+/// writable by no one else.
+pub fn owned_and_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), DataDirError> {
     let uid = rustix::process::geteuid().as_raw();
     if meta.uid() != uid {
         return Err(DataDirError::WrongOwner { path: path.to_path_buf(), owner: meta.uid(), uid });

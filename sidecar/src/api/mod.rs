@@ -319,14 +319,14 @@ impl Api {
             Some(trail) => {
                 let counted = recorded.clone();
                 // Approvals end with a plugin's policy: every plugin a
-                // policy still names keeps them, loaded or not (held, a
-                // duplicate name, a secret it cannot read yet).
+                // policy still names keeps them, loaded or not (held ones
+                // are among the refused files: `hold_for_approval`; a
+                // duplicate name; a secret it cannot read yet).
                 let named: Vec<String> = load
                     .set
                     .plugins
                     .keys()
                     .cloned()
-                    .chain(held.pending.iter().cloned())
                     .chain(load.errors.iter().filter_map(|e| e.plugin.clone()))
                     .collect();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {

@@ -51,14 +51,26 @@ pub enum Row {
 }
 
 impl Row {
-    /// The row's key in the grants table.
-    pub fn key(self, plugin: &str) -> String {
-        let prefix = match self {
+    /// The row's name: the prefix of its key.
+    pub fn name(self) -> &'static str {
+        match self {
             Row::Approved => "approved",
             Row::Pending => "pending",
             Row::Rejected => "rejected",
-        };
-        format!("{prefix}:{plugin}")
+        }
+    }
+
+    /// The row's key in the grants table.
+    pub fn key(self, plugin: &str) -> String {
+        format!("{}:{plugin}", self.name())
+    }
+
+    /// The row and plugin a key of the grants table names, if it is an
+    /// approval row.
+    pub fn parse(key: &str) -> Option<(Row, &str)> {
+        let (prefix, plugin) = key.split_once(':')?;
+        let row = [Row::Approved, Row::Pending, Row::Rejected].into_iter().find(|row| row.name() == prefix)?;
+        Some((row, plugin))
     }
 }
 
@@ -140,12 +152,7 @@ pub fn digest(grants: &Value) -> String {
 pub fn states(rows: &BTreeMap<String, Vec<u8>>) -> Result<Vec<ApprovalState>, UnreadableRow> {
     let mut out = Vec::new();
     for key in rows.keys() {
-        let Some((prefix, plugin)) = key.split_once(':') else { continue };
-        let which = match prefix {
-            "pending" => Row::Pending,
-            "rejected" => Row::Rejected,
-            _ => continue,
-        };
+        let Some((which @ (Row::Pending | Row::Rejected), plugin)) = Row::parse(key) else { continue };
         let Some(grants) = row(rows, which, plugin)? else { continue };
         let growth = growth(plugin, approved(rows, plugin)?.as_ref(), &grants);
         let sha256 = digest(&grants);
@@ -183,19 +190,14 @@ fn widens(change: &GrantChange) -> bool {
     let item = change.item.as_str();
     match (&change.before, &change.after) {
         (_, None) => item_restricts(item),
-        (None, Some(_)) => grants_when_added(item),
+        // What narrows when it goes grants when it comes (`narrowing`
+        // never sees the whole plugin or the manifest).
+        (None, Some(_)) => removal_narrows(item),
         (Some(before), Some(after)) => match compare(before, after) {
             Some(order) => order.is_ge(),
             None => in_granting(item) && value_narrows(after, before),
         },
     }
-}
-
-/// Whether an item that appears grants (rather than restricts): a
-/// section, a database alias, an element of a [`GRANTING`] list or map.
-fn grants_when_added(item: &str) -> bool {
-    let segments: Vec<&str> = item.split('.').collect();
-    matches!(segments.as_slice(), ["http" | "kv" | "sql"] | ["sql", _]) || in_granting(item)
 }
 
 /// What a value grants, where its size orders it (larger granting more):
@@ -297,7 +299,8 @@ pub fn grows(change: &GrantChange) -> bool {
         (_, None) => !removal_narrows(&change.item),
         (Some(before), Some(after)) => match compare(before, after) {
             Some(order) => order.is_gt(),
-            None if magnitude(before).is_some() && magnitude(after).is_some() => true,
+            // Sizes without an order fall here too: neither is a grant's
+            // form, so they grow.
             None => !(in_granting(&change.item) && value_narrows(before, after)),
         },
         (None, Some(_)) => !item_restricts(&change.item),
@@ -465,6 +468,11 @@ mod tests {
     #[test]
     fn approval_rows_never_collide_with_plugins() {
         assert_eq!(Row::Pending.key("fetch"), "pending:fetch");
+        for row in [Row::Approved, Row::Pending, Row::Rejected] {
+            assert_eq!(Row::parse(&row.key("a:b")), Some((row, "a:b")));
+        }
+        assert_eq!(Row::parse("fetch"), None);
+        assert_eq!(Row::parse("other:fetch"), None);
         assert!(is_plugin_row("fetch"));
         for row in [Row::Approved, Row::Pending, Row::Rejected] {
             assert!(!is_plugin_row(&row.key("fetch")));

@@ -143,16 +143,7 @@ pub fn write(dir: &Path, entries: &[Vec<u8>], checkpoint: &str) -> Result<Tiles,
             if link { "a symbolic link (refused: name the directory itself)".to_string() } else { e.to_string() }
         )))
     })?;
-    let stat = rustix::fs::fstat(&root).map_err(std::io::Error::from)?;
-    let uid = rustix::process::geteuid().as_raw();
-    if stat.st_uid != uid {
-        let error = DataDirError::WrongOwner { path: dir.to_path_buf(), owner: stat.st_uid, uid };
-        return Err(TilesError::Unsafe(error));
-    }
-    if stat.st_mode & 0o022 != 0 {
-        let error = DataDirError::Writable { path: dir.to_path_buf(), mode: stat.st_mode & 0o7777 };
-        return Err(TilesError::Unsafe(error));
-    }
+    crate::data_dir::owned_and_private(dir, &std::fs::File::from(root.try_clone()?).metadata()?)?;
     let listing = rustix::fs::Dir::read_from(&root).map_err(std::io::Error::from)?;
     for entry in listing {
         let name = entry.map_err(std::io::Error::from)?;

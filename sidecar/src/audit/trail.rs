@@ -557,13 +557,12 @@ fn plan_record(
     // back under the same name asks again. One a policy still names keeps
     // them (held, or out until it loads).
     for (key, bytes) in recorded {
-        let Some((which, plugin)) = key.split_once(':') else { continue };
-        if !matches!(which, "approved" | "rejected") || after.contains_key(plugin) || named.iter().any(|n| n == plugin)
-        {
+        let Some((which @ (Row::Approved | Row::Rejected), plugin)) = Row::parse(key) else { continue };
+        if after.contains_key(plugin) || named.iter().any(|n| n == plugin) {
             continue;
         }
         let grants: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
-        let change = Change { kind: "revoked".into(), item: which.to_string(), before: Some(grants), after: None };
+        let change = Change { kind: "revoked".into(), item: which.name().into(), before: Some(grants), after: None };
         batch.push(NewEntry { actor: gone_actor(trigger, recorded, plugin), plugin: Some(plugin.to_string()), change });
         state.push((key.clone(), None));
     }
@@ -658,7 +657,9 @@ fn plan_screen(
     // cannot be approved for a plugin added back later.
     let asked: std::collections::BTreeSet<&str> = next.iter().map(|p| p.name.as_str()).collect();
     for (key, bytes) in rows {
-        let Some(plugin) = key.strip_prefix("pending:").filter(|plugin| !asked.contains(plugin)) else { continue };
+        let Some((Row::Pending, plugin)) = Row::parse(key).filter(|(_, plugin)| !asked.contains(plugin)) else {
+            continue;
+        };
         let pending: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.to_string()))?;
         let actor = gone_actor(trigger, rows, plugin);
         let change = Change { kind: "withdrawn".into(), item: String::new(), before: Some(pending), after: None };

@@ -179,7 +179,8 @@ fn verify(
         // Read, then let go of the file before the work.
         None => {
             let mut snapshot = store.reader()?.snapshot()?;
-            let (entries, checkpoints) = (std::mem::take(&mut snapshot.entries), snapshot.checkpoints.clone());
+            let (entries, checkpoints) =
+                (std::mem::take(&mut snapshot.entries), std::mem::take(&mut snapshot.checkpoints));
             (entries, checkpoints, Some(snapshot))
         }
     };

@@ -632,7 +632,7 @@ fn a_loaded_version_beyond_the_approval_or_past_a_removal_is_unloaded() {
     use gatehouse::audit::approval::Decision;
     use gatehouse::audit::{AuditTrail, Trigger};
     use gatehouse::config::AuditSettings;
-    use gatehouse::policy::{ComponentDir, PluginPolicy, load_dir_in};
+    use gatehouse::policy::PluginPolicy;
 
     let data = tempfile::tempdir().unwrap();
     let settings = AuditSettings {
@@ -646,8 +646,7 @@ fn a_loaded_version_beyond_the_approval_or_past_a_removal_is_unloaded() {
     let version = |buckets: &[&str]| -> PluginPolicy {
         let policies = Policies::new();
         policies.write("store.toml", &bucket_policy(buckets));
-        let components = ComponentDir { path: policies.dir.path(), origin: "test" };
-        let load = load_dir_in(policies.dir.path(), components).unwrap();
+        let load = policies.load();
         assert!(load.errors.is_empty(), "{:?}", load.errors);
         load.set.plugins["store"].clone()
     };
