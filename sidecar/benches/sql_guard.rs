@@ -81,8 +81,8 @@ async fn sqlite_rows() {
     let options = SqliteConnectOptions::new().filename(dir.path().join("app.db")).create_if_missing(true);
     let mut bare = SqliteConnection::connect_with(&options).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(schema())).execute(&mut bare).await.unwrap();
-    let mut guarded = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlite::install(&mut guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
+    let guarded = SqliteConnection::connect_with(&options.clone().serialized(true)).await.unwrap();
+    let mut guarded = sqlite::install(guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     let grant = Arc::new(sqlite::SqliteGrant::new(&policy(), Door::Gatehouse));
 
     let (mut bares, mut guards) = (Vec::new(), Vec::new());
@@ -92,8 +92,8 @@ async fn sqlite_rows() {
         }));
         guards.push(timed!({
             sqlite::enter(&mut guarded, grant.clone()).await.unwrap();
-            sqlx::query(SELECT_SQLITE).bind(1i64).persistent(false).fetch_one(&mut guarded).await.unwrap();
-            sqlite::leave(&mut guarded).await.unwrap();
+            sqlx::query(SELECT_SQLITE).bind(1i64).persistent(false).fetch_one(guarded.connection()).await.unwrap();
+            sqlite::leave(&mut guarded);
         }));
     }
     row("SQLite (file)", median(bares), median(guards));
@@ -114,9 +114,9 @@ async fn sqlite_like_rows() {
     .execute(&mut bare)
     .await
     .unwrap();
-    let mut guarded = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlite::install(&mut guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
-    sqlite::enter_host(&mut guarded).await.unwrap();
+    let guarded = SqliteConnection::connect_with(&options.clone().serialized(true)).await.unwrap();
+    let mut guarded = sqlite::install(guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
+    sqlite::enter_host(&mut guarded);
     let like = "SELECT count(*) FROM words WHERE w LIKE ?";
     let (mut bares, mut guards) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -124,7 +124,7 @@ async fn sqlite_like_rows() {
             sqlx::query(like).bind("%77%").persistent(false).fetch_one(&mut bare).await.unwrap();
         }));
         guards.push(timed!({
-            sqlx::query(like).bind("%77%").persistent(false).fetch_one(&mut guarded).await.unwrap();
+            sqlx::query(like).bind("%77%").persistent(false).fetch_one(guarded.connection()).await.unwrap();
         }));
     }
     row("SQLite, LIKE over 10,000 rows (bounded like())", median(bares), median(guards));

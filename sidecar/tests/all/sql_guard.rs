@@ -294,12 +294,12 @@ async fn cached_statements(conn: &SqliteConnection) -> usize {
 }
 
 /// A connection to a fresh copy of the template, the authorizer installed.
-async fn sqlite_copy(template: &tempfile::TempDir) -> (tempfile::TempDir, SqliteConnection) {
+async fn sqlite_copy(template: &tempfile::TempDir) -> (tempfile::TempDir, sqlite::Guarded) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(template.path().join("template.db"), dir.path().join("app.db")).unwrap();
-    let options = SqliteConnectOptions::new().filename(dir.path().join("app.db"));
-    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlite::install(&mut conn, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
+    let options = SqliteConnectOptions::new().filename(dir.path().join("app.db")).serialized(true);
+    let conn = SqliteConnection::connect_with(&options).await.unwrap();
+    let conn = sqlite::install(conn, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     (dir, conn)
 }
 
@@ -307,9 +307,9 @@ fn sqlite_grant(policy: &SqlPolicy) -> Arc<sqlite::SqliteGrant> {
     Arc::new(sqlite::SqliteGrant::new(policy, Door::Gatehouse))
 }
 
-async fn ungranted_sqlite(conn: &mut SqliteConnection) -> Vec<String> {
-    sqlite::enter_host(conn).await.unwrap();
-    let row = sqlx::query(UNGRANTED).fetch_one(&mut *conn).await.unwrap();
+async fn ungranted_sqlite(conn: &mut sqlite::Guarded) -> Vec<String> {
+    sqlite::enter_host(conn);
+    let row = sqlx::query(UNGRANTED).fetch_one(conn.connection()).await.unwrap();
     (0..2).map(|i| row.try_get::<String, _>(i).unwrap_or_else(|_| row.get::<i64, _>(i).to_string())).collect()
 }
 
@@ -326,13 +326,13 @@ async fn run_sqlite(
     sqlite::enter(&mut conn, grant.clone()).await.unwrap();
     let result = if sql.contains(" :") {
         // sqlx binds `?` and `?NNN` only: run `:name` unbound (NULL).
-        sqlx::raw_sql(AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await
+        sqlx::raw_sql(AssertSqlSafe(sql.to_string())).fetch_all(conn.connection()).await
     } else {
         let mut query = sqlx::query(AssertSqlSafe(sql.to_string())).persistent(false);
         for _ in 0..params {
             query = query.bind(1i64);
         }
-        query.fetch_all(&mut conn).await
+        query.fetch_all(conn.connection()).await
     };
     let outcome = match result {
         Ok(rows) => {
@@ -341,7 +341,7 @@ async fn run_sqlite(
         }
         Err(e) => Outcome::of_error(e),
     };
-    sqlite::leave(&mut conn).await.unwrap();
+    sqlite::leave(&mut conn);
     outcome
 }
 
@@ -410,36 +410,35 @@ async fn sqlite_alone_runs_the_allowed_table() {
 }
 
 /// A connection with the authorizer refuses everything until a grant is
-/// entered, and again after `leave`; `enter` on a connection never
-/// installed fails rather than run unchecked. `VACUUM`, which SQLite never
+/// entered, and again after `leave`; a connection that is not serialized
+/// is not guarded. `VACUUM`, which SQLite never
 /// reports to an authorizer, is still refused: its own `ATTACH` is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_without_a_grant_refuses_everything() {
     let template = sqlite_template().await;
     let (dir, mut conn) = sqlite_copy(&template).await;
     for sql in ["SELECT 1", "SELECT id FROM products", "BEGIN", "PRAGMA user_version"] {
-        let err = sqlx::query(sql).persistent(false).fetch_all(&mut conn).await.unwrap_err();
+        let err = sqlx::query(sql).persistent(false).fetch_all(conn.connection()).await.unwrap_err();
         assert!(err.to_string().contains("not authorized"), "{sql}: {err}");
     }
     sqlite::enter(&mut conn, sqlite_grant(&policy())).await.unwrap();
-    sqlx::query("SELECT id FROM products").persistent(false).fetch_all(&mut conn).await.unwrap();
+    sqlx::query("SELECT id FROM products").persistent(false).fetch_all(conn.connection()).await.unwrap();
     let copy = dir.path().join("copy.db");
     for vacuum in [format!("VACUUM INTO '{}'", copy.display()), "VACUUM".into()] {
-        let err = sqlx::query(AssertSqlSafe(vacuum.clone())).persistent(false).execute(&mut conn).await.unwrap_err();
+        let err =
+            sqlx::query(AssertSqlSafe(vacuum.clone())).persistent(false).execute(conn.connection()).await.unwrap_err();
         assert!(matches!(Outcome::of_error(err), Outcome::Denied(_)), "{vacuum}");
     }
     assert!(!copy.exists());
-    sqlite::leave(&mut conn).await.unwrap();
-    assert!(sqlx::query("SELECT 1").persistent(false).fetch_all(&mut conn).await.is_err());
+    sqlite::leave(&mut conn);
+    assert!(sqlx::query("SELECT 1").persistent(false).fetch_all(conn.connection()).await.is_err());
 
+    // The guard uses the raw handle from the caller's thread: only a
+    // serialized connection may be guarded.
     let options = SqliteConnectOptions::new().filename(dir.path().join("bare.db")).create_if_missing(true);
-    let mut bare = SqliteConnection::connect_with(&options).await.unwrap();
-    let err = sqlite::enter(&mut bare, sqlite_grant(&policy())).await.unwrap_err();
-    assert!(matches!(err, GuardError::NotInstalled), "{err}");
-    // Installing twice keeps one authorizer.
-    sqlite::install(&mut bare, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
-    sqlite::install(&mut bare, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
-    assert!(sqlx::query("SELECT 1").persistent(false).fetch_all(&mut bare).await.is_err());
+    let bare = SqliteConnection::connect_with(&options.serialized(false)).await.unwrap();
+    let err = sqlite::install(bare, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.err().unwrap();
+    assert!(matches!(err, GuardError::NotSerialized), "{err}");
 }
 
 /// Two plugins on one connection: A may read `secrets`, B may not. A
@@ -456,29 +455,32 @@ async fn sqlite_grants_switch_per_statement_and_cached_statements_are_not_reused
     let read = "SELECT value FROM secrets WHERE id = ?";
 
     sqlite::enter(&mut conn, a.clone()).await.unwrap();
-    let row = sqlx::query(read).bind(1i64).fetch_one(&mut conn).await.unwrap();
+    let row = sqlx::query(read).bind(1i64).fetch_one(conn.connection()).await.unwrap();
     assert_eq!(row.get::<String, _>(0), "the launch codes");
-    assert_eq!(cached_statements(&conn).await, 1, "persistent: cached under A's grant");
+    assert_eq!(cached_statements(conn.connection()).await, 1, "persistent: cached under A's grant");
 
     sqlite::enter(&mut conn, b.clone()).await.unwrap();
-    assert_eq!(cached_statements(&conn).await, 0, "enter empties the cache");
-    let err = sqlx::query(read).bind(1i64).fetch_one(&mut conn).await.unwrap_err();
+    assert_eq!(cached_statements(conn.connection()).await, 0, "enter empties the cache");
+    let err = sqlx::query(read).bind(1i64).fetch_one(conn.connection()).await.unwrap_err();
     assert!(err.to_string().contains("prohibited"), "{err}");
 
     for _ in 0..3 {
         sqlite::enter(&mut conn, a.clone()).await.unwrap();
-        assert!(sqlx::query(read).bind(1i64).persistent(false).fetch_one(&mut conn).await.is_ok());
+        assert!(sqlx::query(read).bind(1i64).persistent(false).fetch_one(conn.connection()).await.is_ok());
         sqlite::enter(&mut conn, b.clone()).await.unwrap();
-        assert!(sqlx::query(read).bind(1i64).persistent(false).fetch_one(&mut conn).await.is_err());
+        assert!(sqlx::query(read).bind(1i64).persistent(false).fetch_one(conn.connection()).await.is_err());
     }
 
     let spin = Arc::new(sqlite::SqliteGrant::new(&policy(), Door::Spin));
     sqlite::enter(&mut conn, spin).await.unwrap();
-    conn.execute(sqlx::query("BEGIN TRANSACTION").persistent(false)).await.unwrap();
-    conn.execute(sqlx::query("UPDATE products SET stock = 1 WHERE id = ?").bind(1i64).persistent(false)).await.unwrap();
-    conn.execute(sqlx::query("END TRANSACTION").persistent(false)).await.unwrap();
+    conn.connection().execute(sqlx::query("BEGIN TRANSACTION").persistent(false)).await.unwrap();
+    conn.connection()
+        .execute(sqlx::query("UPDATE products SET stock = 1 WHERE id = ?").bind(1i64).persistent(false))
+        .await
+        .unwrap();
+    conn.connection().execute(sqlx::query("END TRANSACTION").persistent(false)).await.unwrap();
     sqlite::enter(&mut conn, b).await.unwrap();
-    let err = conn.execute(sqlx::query("BEGIN").persistent(false)).await.unwrap_err();
+    let err = conn.connection().execute(sqlx::query("BEGIN").persistent(false)).await.unwrap_err();
     assert!(err.to_string().contains("not authorized"), "{err}");
 }
 

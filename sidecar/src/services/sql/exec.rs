@@ -43,7 +43,7 @@ use sqlx::sqlite::Sqlite;
 
 use super::error::SqlError;
 use super::guard::postgres as pg_guard;
-use super::guard::sqlite::{self as sqlite_guard, SqliteGrant};
+use super::guard::sqlite::{self as sqlite_guard, Guarded, SqliteGrant};
 use super::pool::{AliasPool, Conn, Held, Pool};
 use super::relay;
 use super::value::{self, Rows, Value};
@@ -490,10 +490,10 @@ impl Drop for StopOnDrop {
 
 /// Makes a SQLite connection ready for one statement of a plugin: its
 /// authorizer gets the plugin's grant (none: every statement refused), and
-/// a progress handler interrupts the statement at its deadline or once
+/// its progress handler interrupts the statement at its deadline or once
 /// `stop` is raised (`SQLITE_INTERRUPT`, reported as `timeout`).
 async fn prepare_connection_sqlite(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
     limits: Limits,
     stop: Arc<AtomicBool>,
@@ -502,21 +502,24 @@ async fn prepare_connection_sqlite(
     // Every 1000 virtual-machine instructions: microseconds of work.
     let progress = move || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
     match grant {
-        Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress).await,
+        Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress)
+            .await
+            .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}"))),
         // Nothing will be authorized: no handler needed.
-        None => sqlite_guard::leave(conn).await,
+        None => {
+            sqlite_guard::leave(conn);
+            Ok(())
+        }
     }
-    .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))
 }
 
 /// The sidecar's own `BEGIN`/`COMMIT`/`ROLLBACK` around a plugin's
 /// statements on SQLite: run with the authorizer in host mode, then closed
 /// to everything again.
-async fn host_command(conn: &mut sqlx::SqliteConnection, command: &'static str) -> Result<(), sqlx::Error> {
-    let guard_error = |e: super::guard::GuardError| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}"));
-    sqlite_guard::enter_host(conn).await.map_err(guard_error)?;
-    let done = conn.execute(command).await.map(drop);
-    sqlite_guard::leave(conn).await.map_err(guard_error)?;
+async fn host_command(conn: &mut Guarded, command: &'static str) -> Result<(), sqlx::Error> {
+    sqlite_guard::enter_host(conn);
+    let done = conn.connection().execute(command).await.map(drop);
+    sqlite_guard::leave(conn);
     done
 }
 
@@ -587,7 +590,7 @@ async fn postgres(
 }
 
 async fn sqlite(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
     in_transaction: bool,
     limits: Limits,
@@ -601,11 +604,12 @@ async fn sqlite(
     // connection (closing it waits for the statement).
     let stop = StopOnDrop(Arc::default());
     prepare_connection_sqlite(conn, grant, limits, Arc::clone(&stop.0)).await?;
-    let outcome = sqlite_statement(conn, limits, run, statement, params).await;
+    let outcome = sqlite_statement(conn.connection(), limits, run, statement, params).await;
+    // A statement still running (its result abandoned at a cap) stops at
+    // its next progress check.
+    drop(stop);
     // Closed to everything until the next statement enters a grant.
-    let open = sqlite_guard::leave_in_transaction(conn)
-        .await
-        .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}")))?;
+    let open = sqlite_guard::leave_in_transaction(conn);
     if open != in_transaction {
         // Only the executor begins and ends transactions: a statement that
         // did either is refused, and its connection closed (rolling back

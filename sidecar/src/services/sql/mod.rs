@@ -16,11 +16,12 @@
 //! - [`functions`]: the default function allow-list of each dialect.
 //! - [`denial`]: [`Denial`] and its [`Rule`], what a refusal says.
 //! - [`guard`]: the second line, the database's own check of the same
-//!   grant (SQLite authorizer, PostgreSQL roles), on plain sqlx
-//!   connections.
-//! - [`pool`]: [`SqlGateway`], one lazily opened sqlx pool per alias and
-//!   each plugin's share of it (`per_plugin_connections`); the embedded
+//!   grant (SQLite authorizer, PostgreSQL roles).
+//! - [`pool`]: [`SqlGateway`], one lazily opened pool per alias and each
+//!   plugin's share of it (`per_plugin_connections`); the embedded
 //!   application database and its migrations.
+//! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
+//!   raw handle, so a call makes one handoff to sqlx's worker thread.
 //! - [`exec`]: [`SqlConnection`], one held connection: the check,
 //!   parameters, both deadlines, rows streamed under the caps,
 //!   transactions, and closing a connection left in an unknown state.
@@ -52,6 +53,7 @@ pub mod policy;
 pub mod pool;
 pub mod relay;
 pub mod spin;
+pub mod sqlite_pool;
 pub mod value;
 
 use std::fmt;

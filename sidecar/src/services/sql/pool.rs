@@ -27,6 +27,7 @@ use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
 use super::relay::{Relay, Upgrade, Upstream};
+use super::sqlite_pool::{PooledSqlite, SqlitePool};
 use super::{Dialect, guard};
 use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings, TlsFiles};
 
@@ -140,8 +141,8 @@ impl SqlGateway {
 pub enum Pool {
     /// PostgreSQL.
     Postgres(sqlx::PgPool),
-    /// SQLite.
-    Sqlite(sqlx::SqlitePool),
+    /// SQLite: the gateway's own pool ([`super::sqlite_pool`]).
+    Sqlite(SqlitePool),
 }
 
 impl Pool {
@@ -149,7 +150,7 @@ impl Pool {
     pub fn usage(&self) -> (u32, usize) {
         match self {
             Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
-            Pool::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Pool::Sqlite(pool) => pool.usage(),
         }
     }
 }
@@ -159,7 +160,7 @@ pub enum Conn {
     /// PostgreSQL.
     Postgres(PoolConnection<Postgres>),
     /// SQLite.
-    Sqlite(PoolConnection<Sqlite>),
+    Sqlite(PooledSqlite),
 }
 
 impl Conn {
@@ -260,21 +261,12 @@ impl AliasPool {
                 // before the pool hands it out, closed until a plugin's grant
                 // is entered for a statement.
                 guard::sqlite::limit_heap();
-                let max_value_bytes = settings.max_value_bytes;
-                let pool = pool_options::<Sqlite>(settings)
-                    // A SQLite connection is a file handle in this process
-                    // that nothing closes behind our back: the check would
-                    // only cost a round trip to its worker thread.
-                    .test_before_acquire(false)
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            guard::sqlite::install(conn, max_value_bytes)
-                                .await
-                                .map_err(|e| sqlx::Error::Protocol(e.to_string()))
-                        })
-                    })
-                    .connect_lazy_with(options);
-                Ok(Pool::Sqlite(pool))
+                Ok(Pool::Sqlite(SqlitePool::new(
+                    options,
+                    settings.max_connections,
+                    settings.acquire_timeout,
+                    settings.max_value_bytes,
+                )))
             }
         }
     }
@@ -335,7 +327,7 @@ pub struct Held {
     _permit: OwnedSemaphorePermit,
 }
 
-fn pool_options<DB: sqlx::Database>(settings: PoolSettings) -> PoolOptions<DB> {
+fn pool_options(settings: PoolSettings) -> PoolOptions<Postgres> {
     PoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout)
@@ -394,9 +386,12 @@ mod tests {
             // The gateway's own connections refuse what no plugin's grant
             // allows (the authorizer): read the file on a connection of
             // the test's.
-            let refused = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products").fetch_one(pool).await;
+            let mut conn = pool.acquire().await.unwrap();
+            let refused =
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products").fetch_one(conn.connection()).await;
             assert!(refused.is_err(), "a pooled connection ran a statement without a grant");
-            pool.close().await;
+            drop(conn);
+            pool.close();
             let direct = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path)).await.unwrap();
             let products: i64 = sqlx::query_scalar("SELECT count(*) FROM products").fetch_one(&direct).await.unwrap();
             assert_eq!(products, 4);

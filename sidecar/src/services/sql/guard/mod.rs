@@ -24,8 +24,9 @@
 //! is the first line's job; the README's "SQL: the database's own check"
 //! lists each case, and `tests/all/sql_guard.rs` pins them.
 //!
-//! Both work on plain sqlx connections: the pools and the executor call
-//! them, this module owns no connection.
+//! The SQLite guard wraps the connection it is installed on
+//! ([`sqlite::Guarded`], which the gateway's SQLite pool keeps); the
+//! PostgreSQL guard works on plain sqlx connections.
 
 pub mod postgres;
 pub mod sqlite;
@@ -38,9 +39,11 @@ pub enum GuardError {
     /// The connection's driver failed (closed connection, server error).
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// [`sqlite::enter`] on a connection [`sqlite::install`] never saw.
-    #[error("the SQLite authorizer is not installed on this connection")]
-    NotInstalled,
+    /// [`sqlite::install`] on a connection that is not serialized
+    /// (`SQLITE_OPEN_FULLMUTEX`), whose raw handle the guard may not use
+    /// from the caller's thread.
+    #[error("the SQLite connection is not serialized (open it with serialized(true))")]
+    NotSerialized,
     /// SQLite refused to register the authorizer's data (out of memory).
     #[error("SQLite could not register the authorizer (code {0})")]
     Sqlite(i32),

@@ -7,9 +7,9 @@
 //! authorized", "access to t.c is prohibited"): the statement never runs.
 //!
 //! # Use
-//! - [`install`] once per connection (the pool's `after_connect`). From
-//!   then on the connection refuses every statement until it is told whose
-//!   statement comes next.
+//! - [`install`] once per connection, which it turns into a [`Guarded`].
+//!   From then on the connection refuses every statement until it is told
+//!   whose statement comes next.
 //! - [`enter`] with the plugin's [`SqliteGrant`] before the plugin's
 //!   statement, [`leave`] after it (back to refusing everything);
 //!   [`enter_host`] for the sidecar's own statements on the connection
@@ -50,11 +50,13 @@
 //!
 //! # Memory safety
 //! All the module's `unsafe` is here. The callback's user data is a
-//! per-connection `Box<Slot>` handed to SQLite with
+//! per-connection `Arc<Slot>`, one count of which is handed to SQLite with
 //! `sqlite3_set_clientdata`, whose destructor SQLite calls when the
 //! connection is finally closed, after its last statement is finalized: so
 //! the data outlives every statement prepared (or re-prepared after a
-//! schema change) under it. The grant inside the slot is swapped under a
+//! schema change) under it. The guard's calls use the raw handle from the
+//! caller's thread, which SQLite allows because the connection is
+//! serialized ([`Guarded`]). The grant inside the slot is swapped under a
 //! mutex, never freed while the callback reads it (an `Arc`). The callback
 //! never unwinds into SQLite: it catches panics and denies.
 
@@ -67,7 +69,7 @@ use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libsqlite3_sys as ffi;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::{Connection as _, SqliteConnection};
 
 use super::GuardError;
 use crate::services::sql::functions;
@@ -260,48 +262,102 @@ impl Slot {
     fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
     }
+
+    /// The progress check of the statement entered last (taken out of the
+    /// lock before it is called).
+    fn may_go_on(&self) -> bool {
+        let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        progress.is_none_or(|go_on| go_on())
+    }
+}
+
+/// A SQLite connection whose authorizer is installed ([`install`]), with
+/// the raw handle and the slot the guard's calls use.
+///
+/// Entering and leaving a grant ([`enter`], [`leave`], [`enter_host`])
+/// are calls on the caller's thread, straight on the raw handle, rather
+/// than a request for sqlx's handle lock each time: that lock is a
+/// handoff to the connection's worker thread and back (~50–60 µs on a
+/// 2-vCPU VM), and a call used to make two of them besides its
+/// statement. It is sound because the connection is serialized
+/// (`SQLITE_OPEN_FULLMUTEX`, which [`install`] checks): SQLite takes the
+/// connection's own mutex in every API call, whichever thread makes it.
+/// `&mut` access to the `Guarded` means no statement of the holder's is
+/// in flight meanwhile; one still stepping after its result was abandoned
+/// only makes these calls wait for its current step.
+pub struct Guarded {
+    conn: SqliteConnection,
+    db: Db,
+    slot: Arc<Slot>,
+}
+
+/// The raw handle of a serialized connection.
+struct Db(std::ptr::NonNull<ffi::sqlite3>);
+
+// SAFETY: the connection is serialized (checked by `install`), so SQLite
+// allows its API to be called from any thread; the pointer stays valid
+// as long as the `SqliteConnection` beside it in `Guarded`.
+unsafe impl Send for Db {}
+// SAFETY: as above.
+unsafe impl Sync for Db {}
+
+impl Guarded {
+    /// The sqlx connection, to run statements on.
+    pub fn connection(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    fn db(&self) -> *mut ffi::sqlite3 {
+        self.db.0.as_ptr()
+    }
 }
 
 /// Registers the authorizer on `conn`, refusing everything until
 /// [`enter`] or [`enter_host`], and caps every string and blob the
 /// connection makes at `max_value_bytes` (`SQLITE_LIMIT_LENGTH`: past it a
 /// statement fails with `SQLITE_TOOBIG`, so nested `replace()` or `||`
-/// cannot build gigabytes), and bounds the built-ins whose time grows with
-/// the product of their arguments' lengths ([`super::sqlite_functions`]).
-/// Idempotent. Call it after the driver's own
-/// setup statements (sqlx's `PRAGMA`s run at connect, before the pool's
-/// `after_connect`).
-pub async fn install(conn: &mut SqliteConnection, max_value_bytes: u32) -> Result<(), GuardError> {
+/// cannot build gigabytes), bounds the built-ins whose time grows with
+/// the product of their arguments' lengths ([`super::sqlite_functions`]),
+/// and sets the progress handler that stops a statement once the check
+/// its [`enter_with_progress`] gave says so. The connection must be
+/// serialized (`SqliteConnectOptions::serialized(true)`); call this after
+/// the driver's own setup statements (sqlx's `PRAGMA`s run at connect).
+pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result<Guarded, GuardError> {
+    let slot = Arc::new(Slot::new());
     let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle().as_ptr();
+    let db = handle.as_raw_handle();
+    let raw = db.as_ptr();
+    // SAFETY: `raw` is the open connection sqlx hands out while `handle`
+    // holds its lock, so no other thread uses it during these calls.
+    if unsafe { ffi::sqlite3_db_mutex(raw) }.is_null() {
+        return Err(GuardError::NotSerialized);
+    }
     let length = c_int::try_from(max_value_bytes).unwrap_or(c_int::MAX);
-    // SAFETY: `db` is the open connection sqlx hands out while `handle`
-    // holds its lock, so no other thread uses it during this call.
-    unsafe { ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, length) };
     // SAFETY: as above.
-    unsafe { super::sqlite_functions::register(db) }.map_err(GuardError::Sqlite)?;
-    // SAFETY: `db` is the open connection sqlx hands out while `handle`
-    // holds its lock, so no other thread uses it during these calls; the
-    // name is a NUL-terminated constant.
-    if !unsafe { ffi::sqlite3_get_clientdata(db, SLOT_NAME.as_ptr()) }.is_null() {
-        return Ok(());
-    }
-    let slot = Box::into_raw(Box::new(Slot::new()));
-    // SAFETY: as above for `db`. On success SQLite owns `slot` and frees it
-    // with `drop_slot` when the connection closes, after every statement
-    // is finalized; on failure it has already called `drop_slot` on it.
-    let rc = unsafe { ffi::sqlite3_set_clientdata(db, SLOT_NAME.as_ptr(), slot.cast(), Some(drop_slot)) };
+    unsafe { ffi::sqlite3_limit(raw, ffi::SQLITE_LIMIT_LENGTH, length) };
+    // SAFETY: as above.
+    unsafe { super::sqlite_functions::register(raw) }.map_err(GuardError::Sqlite)?;
+    let user = Arc::into_raw(Arc::clone(&slot)).cast_mut().cast::<c_void>();
+    // SAFETY: as above for `raw`; the name is a NUL-terminated constant.
+    // On success SQLite owns one count of the slot and drops it with
+    // `drop_slot` when the connection closes, after every statement is
+    // finalized; on failure it has already called `drop_slot`.
+    let rc = unsafe { ffi::sqlite3_set_clientdata(raw, SLOT_NAME.as_ptr(), user, Some(drop_slot)) };
     if rc != ffi::SQLITE_OK {
         return Err(GuardError::Sqlite(rc));
     }
-    // SAFETY: `slot` stays valid until the connection closes (above), so
-    // the authorizer may read it whenever SQLite calls it for this
-    // connection; `authorize` only reads it through a shared reference.
-    let rc = unsafe { ffi::sqlite3_set_authorizer(db, Some(authorize), slot.cast()) };
+    // SAFETY: the count SQLite owns keeps `user` valid until the
+    // connection closes, so the authorizer may read it whenever SQLite
+    // calls it for this connection; `authorize` only makes shared
+    // references.
+    let rc = unsafe { ffi::sqlite3_set_authorizer(raw, Some(authorize), user) };
     if rc != ffi::SQLITE_OK {
         return Err(GuardError::Sqlite(rc));
     }
-    Ok(())
+    let progress = Arc::clone(&slot);
+    handle.set_progress_handler(1000, move || progress.may_go_on());
+    drop(handle);
+    Ok(Guarded { conn, db: Db(db), slot })
 }
 
 /// What SQLite may allocate in this process, all connections together
@@ -325,7 +381,7 @@ pub fn limit_heap() {
 /// checked against `grant`. Empties sqlx's statement cache first when it
 /// holds anything, so no statement prepared under an earlier grant is
 /// reused.
-pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Result<(), GuardError> {
+pub async fn enter(conn: &mut Guarded, grant: Arc<SqliteGrant>) -> Result<(), GuardError> {
     enter_with_progress(conn, grant, || true).await
 }
 
@@ -336,47 +392,37 @@ pub async fn enter(conn: &mut SqliteConnection, grant: Arc<SqliteGrant>) -> Resu
 /// `db` must be the connection whose statement is running on this thread.
 pub(super) unsafe fn may_go_on(db: *mut ffi::sqlite3) -> bool {
     // SAFETY: the caller's promise.
-    let Ok(slot) = (unsafe { slot_of(db) }) else { return true };
-    let progress = slot.progress.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    progress.is_none_or(|go_on| go_on())
+    unsafe { slot_of(db) }.is_none_or(|slot| slot.may_go_on())
 }
 
-/// [`enter`], also setting the connection's progress handler (called every
-/// 1,000 virtual-machine steps; returning `false` interrupts the
-/// statement) and forgetting its last inserted rowid (so that a non-zero
-/// one after the statement is the statement's own, never an earlier
-/// borrower's), all under one lock of the connection: one handoff to
-/// sqlx's worker thread. The handler is set first, so that the previous
-/// statement's (its deadline past) cannot interrupt the schema read here.
+/// [`enter`], also giving the progress handler (called every 1,000
+/// virtual-machine steps) the check that stops this statement (`false`
+/// interrupts it) and forgetting the connection's last inserted rowid (so
+/// that a non-zero one after the statement is the statement's own, never
+/// an earlier borrower's). The check is swapped first, so that the
+/// previous statement's (its deadline past) cannot interrupt the schema
+/// read here.
 pub async fn enter_with_progress(
-    conn: &mut SqliteConnection,
+    conn: &mut Guarded,
     grant: Arc<SqliteGrant>,
     progress: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Result<(), GuardError> {
-    if conn.cached_statements_size() > 0 {
-        conn.clear_cached_statements().await?;
+    if conn.conn.cached_statements_size() > 0 {
+        conn.conn.clear_cached_statements().await?;
     }
-    let progress: Progress = Arc::new(progress);
-    let mut handle = conn.lock_handle().await?;
-    let handler = progress.clone();
-    handle.set_progress_handler(1000, move || handler());
-    let db = handle.as_raw_handle().as_ptr();
-    // SAFETY: `db` is open and locked for us (see `install`); the call
-    // only stores the value.
-    unsafe { ffi::sqlite3_set_last_insert_rowid(db, 0) };
-    // SAFETY: `db` is open and locked for us (see `install`).
-    let slot = unsafe { slot_of(db)? };
-    *slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(progress);
-    slot.set(Mode::Host);
+    *conn.slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(progress));
+    // SAFETY: a `Guarded` handle is open and serialized.
+    unsafe { ffi::sqlite3_set_last_insert_rowid(conn.db(), 0) };
+    conn.slot.set(Mode::Host);
     // SAFETY: as above; the slot is in host mode, so the reads are allowed.
-    let replacing = unsafe { replacing_tables(db, slot) };
+    let replacing = unsafe { replacing_tables(conn.db(), &conn.slot) };
     match replacing {
         Ok(replacing) => {
-            slot.set(Mode::Plugin(grant, replacing));
+            conn.slot.set(Mode::Plugin(grant, replacing));
             Ok(())
         }
         Err(e) => {
-            slot.set(Mode::Closed);
+            conn.slot.set(Mode::Closed);
             Err(e)
         }
     }
@@ -385,54 +431,44 @@ pub async fn enter_with_progress(
 /// Gives the connection to the sidecar itself (everything allowed), for
 /// its own statements around a plugin's: `BEGIN`, `COMMIT`, `ROLLBACK`.
 /// Never run a plugin's statement in this mode.
-pub async fn enter_host(conn: &mut SqliteConnection) -> Result<(), GuardError> {
-    set(conn, Mode::Host).await
+pub fn enter_host(conn: &mut Guarded) {
+    conn.slot.set(Mode::Host);
 }
 
 /// Takes the connection back: every statement is refused until the next
 /// [`enter`].
-pub async fn leave(conn: &mut SqliteConnection) -> Result<(), GuardError> {
-    leave_in_transaction(conn).await.map(drop)
+pub fn leave(conn: &mut Guarded) {
+    conn.slot.set(Mode::Closed);
 }
 
 /// [`leave`], and whether a transaction is open on the connection
-/// (`sqlite3_get_autocommit`), read under the same lock: the executor
-/// compares it with the transactions it opened itself, so a statement that
-/// opened one unseen (a `BEGIN` the statement check did not read) is
-/// caught before the connection goes back to the pool.
-pub async fn leave_in_transaction(conn: &mut SqliteConnection) -> Result<bool, GuardError> {
-    let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle().as_ptr();
-    // SAFETY: `db` is open and locked for us (see `install`).
-    unsafe { slot_of(db)? }.set(Mode::Closed);
-    // SAFETY: as above; the call only reads the connection's state.
-    Ok(unsafe { ffi::sqlite3_get_autocommit(db) } == 0)
-}
-
-async fn set(conn: &mut SqliteConnection, mode: Mode) -> Result<(), GuardError> {
-    let mut handle = conn.lock_handle().await?;
-    let db = handle.as_raw_handle().as_ptr();
-    // SAFETY: `db` is open and locked for us (see `install`).
-    unsafe { slot_of(db)? }.set(mode);
-    Ok(())
+/// (`sqlite3_get_autocommit`): the executor compares it with the
+/// transactions it opened itself, so a statement that opened one unseen
+/// (a `BEGIN` the statement check did not read) is caught before the
+/// connection goes back to the pool.
+pub fn leave_in_transaction(conn: &mut Guarded) -> bool {
+    leave(conn);
+    // SAFETY: a `Guarded` handle is open and serialized; the call only
+    // reads the connection's state.
+    unsafe { ffi::sqlite3_get_autocommit(conn.db()) == 0 }
 }
 
 /// The slot [`install`] registered on `db`.
 ///
 /// # Safety
-/// `db` is an open connection no other thread uses until the reference
-/// is dropped (sqlx's handle lock held).
-unsafe fn slot_of<'a>(db: *mut ffi::sqlite3) -> Result<&'a Slot, GuardError> {
+/// `db` is an open connection: the one whose statement is running on this
+/// thread.
+unsafe fn slot_of<'a>(db: *mut ffi::sqlite3) -> Option<&'a Slot> {
     // SAFETY: the caller's promise; the name is a NUL-terminated constant.
     let slot = unsafe { ffi::sqlite3_get_clientdata(db, SLOT_NAME.as_ptr()) };
     if slot.is_null() {
-        return Err(GuardError::NotInstalled);
+        return None;
     }
-    // SAFETY: a non-null slot under our name is the `Box<Slot>` `install`
-    // registered; it lives until the connection closes, which cannot
-    // happen while the caller holds the lock. Only shared references are
-    // made.
-    Ok(unsafe { &*slot.cast::<Slot>() })
+    // SAFETY: a non-null slot under our name is the `Arc<Slot>` count
+    // `install` registered; it lives until the connection closes, which
+    // cannot happen while one of its statements runs. Only shared
+    // references are made.
+    Some(unsafe { &*slot.cast::<Slot>() })
 }
 
 /// The tables of `db` whose schema resolves a conflict with `REPLACE`,
@@ -440,7 +476,8 @@ unsafe fn slot_of<'a>(db: *mut ffi::sqlite3) -> Result<&'a Slot, GuardError> {
 /// read (a `PRAGMA schema_version`, microseconds, otherwise).
 ///
 /// # Safety
-/// As [`slot_of`], and the slot is in host mode (the reads are allowed).
+/// `db` is a [`Guarded`] handle, and the slot is in host mode (the reads
+/// are allowed).
 unsafe fn replacing_tables(db: *mut ffi::sqlite3, slot: &Slot) -> Result<Arc<BTreeSet<String>>, GuardError> {
     let mut cookie = 0;
     // SAFETY: the caller's promise.
@@ -512,7 +549,7 @@ impl Row {
 /// Runs `sql` on `db`, calling `row` for each row.
 ///
 /// # Safety
-/// As [`slot_of`].
+/// `db` is a [`Guarded`] handle (open and serialized).
 unsafe fn each_row(db: *mut ffi::sqlite3, sql: &CStr, mut row: impl FnMut(&Row)) -> Result<(), GuardError> {
     let mut statement = ptr::null_mut();
     // SAFETY: the caller's promise; `sql` is NUL-terminated.
@@ -536,10 +573,10 @@ unsafe fn each_row(db: *mut ffi::sqlite3, sql: &CStr, mut row: impl FnMut(&Row))
 /// SQLite's destructor for the slot.
 unsafe extern "C" fn drop_slot(slot: *mut c_void) {
     // SAFETY: SQLite passes back the pointer `install` made with
-    // `Box::into_raw`, once, when the connection closes (or when the
-    // registration fails); nothing uses it afterwards. Dropping a mutex and
-    // an `Arc` cannot panic.
-    drop(unsafe { Box::from_raw(slot.cast::<Slot>()) });
+    // `Arc::into_raw`, once, when the connection closes (or when the
+    // registration fails); nothing uses it afterwards. Dropping mutexes and
+    // `Arc`s cannot panic.
+    drop(unsafe { Arc::from_raw(slot.cast::<Slot>()) });
 }
 
 /// The authorizer SQLite calls while it prepares a statement.
