@@ -213,7 +213,9 @@ fn magnitude(value: &Value) -> Option<(u8, [f64; 2])> {
             Some((count, unit)) => {
                 let per = humantime::parse_duration(&format!("1{}", unit.trim())).ok()?.as_secs_f64();
                 let count: f64 = count.trim().parse().ok()?;
-                (per > 0.0).then(|| (1, [count, count / per]))
+                // `1<unit>` is never zero long; were it, the rate would
+                // not be finite and have no size (below).
+                Some((1, [count, count / per]))
             }
             None => humantime::parse_duration(text.trim()).ok().map(|d| (2, [d.as_secs_f64(); 2])),
         },
