@@ -251,7 +251,9 @@ async fn usage(
         };
         writeln!(out, "{}: {} keys, {} bytes {quota}", usage.plugin, usage.keys, usage.bytes)?;
         for bucket in &usage.buckets {
-            writeln!(out, "  bucket {}: {} keys, {} bytes", bucket.bucket, bucket.keys, bucket.bytes)?;
+            let ungranted =
+                if bucket.granted || usage.quota.is_none() { "" } else { " (not granted: counts in the quota)" };
+            writeln!(out, "  bucket {}: {} keys, {} bytes{ungranted}", bucket.bucket, bucket.keys, bucket.bytes)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -228,6 +228,9 @@ pub trait KvBackend: Send + Sync {
     ) -> KvFuture<'a, bool>;
     /// What the bucket and its plugin store.
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport>;
+    /// The buckets of `plugin` that hold at least one key, in name order,
+    /// whether its policy grants them now or not (data outlives a grant).
+    fn buckets<'a>(&'a self, plugin: &'a str) -> KvFuture<'a, Vec<String>>;
 }
 
 /// A key any call may name: 1 to [`MAX_KEY_CEILING`] bytes. (A policy's

@@ -71,18 +71,32 @@ impl KvReader {
         }
     }
 
-    /// A plugin's usage, per bucket its grant names (the default bucket
-    /// only without a grant), against its quotas.
+    /// The buckets of `plugin` that hold a key.
+    pub async fn buckets(&self, plugin: &str) -> Result<Vec<String>, KvError> {
+        match self {
+            KvReader::Live(backend) => backend.buckets(plugin).await,
+            KvReader::File(file) => file.buckets(plugin),
+        }
+    }
+
+    /// A plugin's usage against its quotas, per bucket: each its grant
+    /// names (the default bucket without a grant), and each that still
+    /// holds keys though no grant names it any more (`granted: false`:
+    /// its keys count in the plugin's total and quota).
     pub async fn plugin_usage(&self, plugin: &str, grant: Option<&KvPolicy>) -> Result<PluginUsage, KvError> {
-        let names: Vec<&str> = match grant {
+        let granted: Vec<&str> = match grant {
             Some(policy) => policy.buckets.keys().map(String::as_str).collect(),
             None => vec![DEFAULT_BUCKET],
         };
+        let stored = self.buckets(plugin).await?;
+        let mut names: Vec<(&str, bool)> = granted.iter().map(|name| (*name, grant.is_some())).collect();
+        names.extend(stored.iter().filter(|name| !granted.contains(&name.as_str())).map(|name| (name.as_str(), false)));
+        names.sort();
         let mut buckets = Vec::with_capacity(names.len());
         let mut total = Usage::default();
-        for name in names {
+        for (name, granted) in names {
             let (bucket, plugin_total) = self.usage(&Namespace::new(plugin, name)?).await?;
-            buckets.push(BucketUsage { bucket: name.to_string(), keys: bucket.keys, bytes: bucket.bytes });
+            buckets.push(BucketUsage { bucket: name.to_string(), granted, keys: bucket.keys, bytes: bucket.bytes });
             total = plugin_total;
         }
         Ok(PluginUsage {
@@ -110,7 +124,8 @@ pub struct PluginUsage {
     pub bytes: u64,
     /// The grant's quotas; `None` without a grant.
     pub quota: Option<QuotaView>,
-    /// The granted buckets (the default one without a grant).
+    /// The granted buckets (the default one without a grant), and those
+    /// that hold keys without a grant, in name order.
     pub buckets: Vec<BucketUsage>,
 }
 
@@ -119,6 +134,8 @@ pub struct PluginUsage {
 pub struct BucketUsage {
     /// The bucket's name (from the policy: `a-z0-9_-`).
     pub bucket: String,
+    /// Whether the plugin's `[kv]` grant names it now.
+    pub granted: bool,
     /// Keys in it.
     pub keys: u64,
     /// Bytes of its keys and values.

@@ -528,6 +528,21 @@ impl KvBackend for PostgresBackend {
         })
     }
 
+    fn buckets<'a>(&'a self, plugin: &'a str) -> KvFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            bounded(async {
+                sqlx::query_scalar(
+                    "SELECT bucket FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND keys > 0 ORDER BY bucket COLLATE \"C\"",
+                )
+                .bind(plugin)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)
+            })
+            .await
+        })
+    }
+
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
         Box::pin(async move {
             let row = bounded(async {

@@ -367,6 +367,11 @@ impl RedbReader {
     pub fn usage(&self, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
         read_usage(&self.db, namespace)
     }
+
+    /// The buckets of `plugin` that hold a key ([`KvBackend::buckets`]).
+    pub fn buckets(&self, plugin: &str) -> Result<Vec<String>, KvError> {
+        read_buckets(&self.db, plugin)
+    }
 }
 
 fn read_get(db: &impl ReadableDatabase, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
@@ -414,6 +419,30 @@ fn read_list(
 }
 
 /// The namespace's usage and its plugin's.
+/// The buckets of `plugin` with a usage row (one that holds a key: a
+/// row that falls to zero is removed), from the rows' keys: `[0, 'n',
+/// len, plugin, len, bucket]`.
+fn read_buckets(db: &impl ReadableDatabase, plugin: &str) -> Result<Vec<String>, KvError> {
+    let mut prefix = ns_usage_key(&[plugin.len() as u8]);
+    prefix.extend_from_slice(plugin.as_bytes());
+    read(db, |table| {
+        let mut buckets = Vec::new();
+        for row in table.range::<&[u8]>(prefix.as_slice()..).map_err(unavailable)? {
+            let (key, _) = row.map_err(unavailable)?;
+            let Some(rest) = key.value().strip_prefix(prefix.as_slice()) else { break };
+            let bucket = rest
+                .split_first()
+                .filter(|(len, name)| usize::from(**len) == name.len())
+                .and_then(|(_, name)| std::str::from_utf8(name).ok())
+                .ok_or_else(|| KvError::Internal("a bucket usage row with a malformed key".into()))?;
+            buckets.push(bucket.to_string());
+        }
+        // Rows are in key order, which puts a name's length first.
+        buckets.sort();
+        Ok(buckets)
+    })
+}
+
 fn read_usage(db: &impl ReadableDatabase, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
     read(db, |table| {
         let (keys, bytes) = usage_row(table, &ns_usage_key(&ns_prefix(namespace)))?;
@@ -566,6 +595,10 @@ impl KvBackend for RedbBackend {
             let (bucket_usage, plugin_usage) = read_usage(&*self.db, &bucket.namespace)?;
             Ok(UsageReport { bucket: bucket_usage, plugin: plugin_usage, quota: bucket.quota })
         })
+    }
+
+    fn buckets<'a>(&'a self, plugin: &'a str) -> KvFuture<'a, Vec<String>> {
+        Box::pin(async move { read_buckets(&*self.db, plugin) })
     }
 }
 

@@ -135,12 +135,17 @@ fn the_example_counts_across_restarts_and_the_cli_reads_it_with_or_without_a_sid
 /// Writes `items` into plugin `plugin`'s default bucket of the store under
 /// `data`, before any sidecar opens it.
 fn seed(data: &Path, plugin: &str, items: &[(&str, &[u8])]) {
+    seed_bucket(data, plugin, "default", items);
+}
+
+/// [`seed`] into `bucket`.
+fn seed_bucket(data: &Path, plugin: &str, bucket: &str, items: &[(&str, &[u8])]) {
     let dir = data.join("kv");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let store = Arc::new(RedbBackend::open(&dir.join("store.redb")).unwrap());
     let bucket = Bucket {
-        namespace: Namespace::new(plugin, "default").unwrap(),
+        namespace: Namespace::new(plugin, bucket).unwrap(),
         quota: Quota::default(),
         durability: Durability::Immediate,
     };
@@ -158,6 +163,54 @@ fn counter_policy(policies: &Policies, name: &str, kv: &str) {
         &format!("{name}.toml"),
         &format!("[plugin]\nname = \"{name}\"\ncomponent = {component:?}\n[kv]\n{kv}\n"),
     );
+}
+
+/// Keys left in a bucket the plugin's grant no longer names still count
+/// in its total and quota, so the per-bucket breakdown lists that bucket
+/// too, marked not granted: through the admin API (the running store)
+/// and from the file (`gatehouse kv usage` with no sidecar). Buckets with
+/// no key (never written, or emptied) are not listed unless granted.
+#[test]
+fn usage_lists_buckets_that_hold_keys_without_a_grant() {
+    let policies = Policies::new();
+    counter_policy(&policies, "a", "max_keys = 50\nbuckets = [\"fresh\"]");
+    let (root, config) = settings(&policies);
+    let data = root.path().join("data");
+    seed(&data, "a", &[("visits", b"1")]);
+    seed_bucket(&data, "a", "retired", &[("k1", b"v1"), ("k2", b"v2")]);
+    seed_bucket(&data, "b", "other", &[("k", b"v")]);
+    let sidecar = start(&config);
+    let (status, _, body) = request(
+        &sidecar.admin,
+        "GET",
+        "/admin/kv/usage?plugin=a",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", text(&body));
+    let usage = &json(&body)["plugins"][0];
+    let buckets: Vec<(String, bool, u64)> = usage["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (b["bucket"].as_str().unwrap().to_string(), b["granted"].as_bool().unwrap(), b["keys"].as_u64().unwrap())
+        })
+        .collect();
+    let expected =
+        vec![("default".to_string(), true, 1), ("fresh".to_string(), true, 0), ("retired".to_string(), false, 2)];
+    assert_eq!(buckets, expected, "{usage}");
+    assert_eq!(usage["keys"], 3, "the retired bucket's keys count in the total");
+    stop(sidecar);
+
+    let out = kv_cli(&config, &["usage", "a"], TOKEN);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.starts_with("a: 3 keys"), "{shown}");
+    assert!(shown.contains("  bucket default: 1 keys, 7 bytes\n"), "{shown}");
+    assert!(shown.contains("  bucket fresh: 0 keys, 0 bytes\n"), "{shown}");
+    assert!(shown.contains("  bucket retired: 2 keys, 8 bytes (not granted: counts in the quota)\n"), "{shown}");
+    assert!(!shown.contains("other"), "another plugin's bucket: {shown}");
 }
 
 /// Attacks on the admin routes: reading without the token (401 on every

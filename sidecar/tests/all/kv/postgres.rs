@@ -44,6 +44,7 @@ on_postgres!(
     keys_are_checked,
     quota_boundaries_are_exact,
     quotas_count_every_bucket_of_a_plugin,
+    buckets_are_those_that_hold_keys,
     a_lowered_quota_blocks_growth_only,
     batches_are_all_or_nothing,
     increment_and_cas_semantics,

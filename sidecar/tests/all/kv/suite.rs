@@ -202,6 +202,26 @@ pub async fn quotas_count_every_bucket_of_a_plugin(backend: Arc<dyn KvBackend>) 
     assert_usage_exact(backend, &other).await;
 }
 
+/// `buckets` names each bucket of the plugin that holds a key, in byte
+/// order, and no other: not another plugin's (one whose name is a prefix
+/// of it, or has it as a prefix), not one emptied by deletes.
+pub async fn buckets_are_those_that_hold_keys(backend: Arc<dyn KvBackend>) {
+    let backend = &*backend;
+    let quota = Quota::default();
+    assert!(backend.buckets("alpha").await.unwrap().is_empty());
+    for (plugin, name) in
+        [("alpha", "z-last"), ("alpha", "a_first"), ("alpha", "a-first"), ("alph", "x"), ("alphabet", "y")]
+    {
+        backend.set(&bucket(plugin, name, quota, Durability::Immediate), "k".into(), b"v".to_vec()).await.unwrap();
+    }
+    let emptied = bucket("alpha", "emptied", quota, Durability::Relaxed);
+    backend.set(&emptied, "k".into(), b"v".to_vec()).await.unwrap();
+    assert!(backend.delete(&emptied, "k".into()).await.unwrap());
+    assert_eq!(backend.buckets("alpha").await.unwrap(), ["a-first", "a_first", "z-last"]);
+    assert_eq!(backend.buckets("alph").await.unwrap(), ["x"]);
+    assert_eq!(backend.buckets("alphabet").await.unwrap(), ["y"]);
+}
+
 pub async fn a_lowered_quota_blocks_growth_only(backend: Arc<dyn KvBackend>) {
     let backend = &*backend;
     let wide = bucket("alpha", "default", Quota::default(), Durability::Immediate);
