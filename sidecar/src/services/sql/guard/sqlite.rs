@@ -750,4 +750,90 @@ mod tests {
         assert!(slot.allows(ffi::SQLITE_SELECT, None, None, None));
         assert!(!slot.allows(ffi::SQLITE_PRAGMA, Some("x"), None, None));
     }
+
+    /// A guarded connection on a file with `products` and `secrets`.
+    async fn guarded(dir: &tempfile::TempDir) -> Guarded {
+        use sqlx::ConnectOptions as _;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("guard.db"))
+            .create_if_missing(true)
+            .serialized(true);
+        let mut conn = options.connect().await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, price REAL, stock INTEGER);
+             CREATE TABLE secrets (id INTEGER PRIMARY KEY, value TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO products (name) SELECT 'p' || i FROM n;",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        install(conn, 1 << 20).await.unwrap()
+    }
+
+    async fn runs(conn: &mut Guarded, sql: &str) -> Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).persistent(false).execute(conn.connection()).await
+    }
+
+    /// The guard's calls on the raw handle, one by one: closed after
+    /// `install` and `leave`, the grant after `enter`, everything in host
+    /// mode; `leave_in_transaction` says whether a transaction is open;
+    /// `enter` empties sqlx's statement cache and forgets the last
+    /// inserted rowid; the progress check given to `enter_with_progress`
+    /// stops a statement when it says so, and only then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_guard_follows_enter_and_leave_on_the_raw_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = guarded(&dir).await;
+        let not_authorized = |r: Result<_, sqlx::Error>| r.is_err_and(|e| e.to_string().contains("not authorized"));
+        assert!(not_authorized(runs(&mut conn, "SELECT id FROM products").await), "closed after install");
+        enter(&mut conn, Arc::new(grant(""))).await.unwrap();
+        runs(&mut conn, "SELECT id FROM products").await.unwrap();
+        assert!(runs(&mut conn, "SELECT value FROM secrets").await.is_err(), "not in the grant");
+        leave(&mut conn);
+        assert!(not_authorized(runs(&mut conn, "SELECT id FROM products").await), "closed after leave");
+
+        enter_host(&mut conn);
+        runs(&mut conn, "SELECT value FROM secrets").await.unwrap();
+        runs(&mut conn, "BEGIN").await.unwrap();
+        assert!(leave_in_transaction(&mut conn), "a transaction is open");
+        assert!(not_authorized(runs(&mut conn, "SELECT 1").await), "leave_in_transaction leaves");
+        enter_host(&mut conn);
+        runs(&mut conn, "ROLLBACK").await.unwrap();
+        assert!(!leave_in_transaction(&mut conn), "none is open");
+
+        // A statement cached under the host is not kept for a plugin.
+        enter_host(&mut conn);
+        sqlx::query("SELECT value FROM secrets").execute(conn.connection()).await.unwrap();
+        assert!(conn.connection().cached_statements_size() > 0);
+        enter(&mut conn, Arc::new(grant(""))).await.unwrap();
+        assert_eq!(conn.connection().cached_statements_size(), 0);
+
+        // The last inserted rowid is forgotten on enter.
+        enter_host(&mut conn);
+        let inserted = runs(&mut conn, "INSERT INTO secrets (value) VALUES ('x')").await.unwrap();
+        assert_ne!(inserted.last_insert_rowid(), 0);
+        enter(&mut conn, Arc::new(grant(""))).await.unwrap();
+        let nothing = runs(&mut conn, "INSERT INTO products (name) SELECT name FROM products WHERE 0").await.unwrap();
+        assert_eq!(nothing.last_insert_rowid(), 0, "not the host's rowid");
+
+        let long = "SELECT count(*) FROM products AS a, products AS b";
+        enter_with_progress(&mut conn, Arc::new(grant("")), || false).await.unwrap();
+        let stopped = runs(&mut conn, long).await.unwrap_err();
+        assert!(stopped.to_string().contains("interrupt"), "{stopped}");
+        enter_with_progress(&mut conn, Arc::new(grant("")), || true).await.unwrap();
+        runs(&mut conn, long).await.unwrap();
+    }
+
+    /// A connection that is not serialized is refused: the guard's calls
+    /// would use it from another thread than its worker's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_is_not_serialized_is_refused() {
+        use sqlx::ConnectOptions as _;
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(dir.path().join("plain.db")).create_if_missing(true);
+        let conn = options.serialized(false).connect().await.unwrap();
+        assert!(matches!(install(conn, 1 << 20).await, Err(GuardError::NotSerialized)));
+    }
 }
