@@ -336,6 +336,12 @@ impl Databases {
     }
 }
 
+/// How long a SQLite statement waits for another connection's lock
+/// before it fails with `SQLITE_BUSY` (the gateway's connections wait in
+/// a handler of their own that also stops once the caller is gone:
+/// `services::sql::guard::sqlite`).
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How the SQL gateway opens a SQLite file: created if missing, WAL (readers
 /// never wait for the writer), foreign keys on, a busy timeout so that
 /// writers queue instead of failing at once. No extension can be loaded
@@ -346,7 +352,7 @@ pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(1))
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
 }
 
 /// A connection of its own, `SELECT 1`, closed.

@@ -436,8 +436,15 @@ impl From<sqlx::Error> for Failure {
             };
         }
         // The database answered with an error: the connection is in step.
-        let clean = matches!(error, sqlx::Error::Database(_));
-        Failure { error: SqlError::from_database(error), clean }
+        let answered = matches!(error, sqlx::Error::Database(_));
+        let error = SqlError::from_database(error);
+        // Except a statement stopped at its deadline: SQLite leaves the
+        // transaction of an interrupted read open and goes on, so a
+        // transaction cut off so would commit what came before and after
+        // it. Cut off is cut off, on both databases: the connection is
+        // closed and its transaction lost.
+        let clean = answered && !matches!(error, SqlError::Timeout(_));
+        Failure { error, clean }
     }
 }
 

@@ -260,8 +260,9 @@ pub type Problem = (Range<usize>, String);
 
 /// Functions a policy may never grant, whatever it lists: they reach
 /// outside the data a grant describes (files, programs, the network,
-/// other sessions, server settings) or run SQL given as a string, which
-/// the statement check cannot see. Compared in lower case; every name
+/// other sessions, server settings, a pooled connection's counters of
+/// earlier borrowers) or run SQL given as a string, which the statement
+/// check cannot see. Compared in lower case; every name
 /// starting with one of [`NEVER_PREFIXES`] is refused too.
 pub const NEVER_FUNCTIONS: &[&str] = &[
     "load_extension",
@@ -290,6 +291,11 @@ pub const NEVER_FUNCTIONS: &[&str] = &[
     "nextval",
     "setval",
     "txid_current",
+    // SQLite: rows changed by the connection's last statement and since it
+    // opened, whoever ran them (another plugin, on a pooled connection);
+    // the door reports a statement's own count instead.
+    "changes",
+    "total_changes",
 ];
 /// Prefixes of function names a policy may never grant: PostgreSQL's
 /// administration, file and sleep functions (`pg_`), large objects
@@ -606,6 +612,9 @@ mod tests {
             ("statements = [\"select\"]\n[tables]\norders = { select = [\"id\", \"ID\"] }", "twice"),
             ("statements = [\"select\"]\nfunctions = [\"pg_sleep\"]", "can never be granted"),
             ("statements = [\"select\"]\nfunctions = [\"load_extension\"]", "can never be granted"),
+            // Another borrower's counts on a pooled SQLite connection.
+            ("statements = [\"select\"]\nfunctions = [\"changes\"]", "can never be granted"),
+            ("statements = [\"select\"]\nfunctions = [\"TOTAL_CHANGES\"]", "can never be granted"),
             ("statements = [\"select\"]\ntable_functions = [\"dblink\"]", "can never be granted"),
             ("statements = [\"select\"]\nfunctions = [\"a-b\"]", "invalid function name"),
             ("statements = [\"select\"]\nfunctions = [\"lower\", \"LOWER\"]", "listed twice"),

@@ -311,11 +311,19 @@ impl AliasPool {
                 });
             }
         };
-        let conn = match self.pool().await? {
-            Pool::Postgres(pool) => Conn::Postgres(pool.acquire().await.map_err(SqlError::from_database)?),
-            Pool::Sqlite(pool) => Conn::Sqlite(pool.acquire().await.map_err(SqlError::from_database)?),
-        };
-        Ok(Held { conn, _permit: permit })
+        Ok(match self.pool().await? {
+            Pool::Postgres(pool) => Held {
+                conn: Conn::Postgres(pool.acquire().await.map_err(SqlError::from_database)?),
+                _permit: Some(permit),
+            },
+            Pool::Sqlite(pool) => {
+                // Held by the connection: a closing one keeps its share
+                // until its worker has finished.
+                let mut conn = pool.acquire().await.map_err(SqlError::from_database)?;
+                conn.hold(permit);
+                Held { conn: Conn::Sqlite(conn), _permit: None }
+            }
+        })
     }
 }
 
@@ -324,7 +332,8 @@ impl AliasPool {
 pub struct Held {
     /// The connection.
     pub conn: Conn,
-    _permit: OwnedSemaphorePermit,
+    /// The plugin's share (on SQLite the connection holds it).
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 fn pool_options(settings: PoolSettings) -> PoolOptions<Postgres> {

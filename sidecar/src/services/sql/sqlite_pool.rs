@@ -10,7 +10,11 @@
 //! (`PoolTimedOut`), connections opened lazily and again after an error,
 //! an idle connection closed after [`IDLE_TIMEOUT`] (checked whenever one
 //! is taken or given back), a connection marked [`PooledSqlite::close_on_drop`]
-//! closed instead of reused.
+//! closed instead of reused. A connection being closed still counts, and
+//! keeps its place in the pool (and the permits its holder attached), until
+//! its worker thread has finished: a statement abandoned on it may still be
+//! running (waiting for a lock, say), and a place freed at once let an
+//! outside review open hundreds of connections past `max_connections`.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -86,7 +90,7 @@ impl SqlitePool {
                 guarded
             }
         };
-        Ok(PooledSqlite { conn: Some(conn), pool: Arc::clone(inner), close: false, _permit: permit })
+        Ok(PooledSqlite { conn: Some(conn), pool: Arc::clone(inner), close: false, permits: vec![permit] })
     }
 
     /// Connections open now, and of them idle.
@@ -125,10 +129,18 @@ pub struct PooledSqlite {
     conn: Option<Guarded>,
     pool: Arc<Inner>,
     close: bool,
-    _permit: OwnedSemaphorePermit,
+    /// The pool's permit, and those the holder attached: released when the
+    /// connection is back in the pool, or has finished closing.
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl PooledSqlite {
+    /// Keeps `permit` (a plugin's share, say) as long as this connection's
+    /// place in the pool: until it is given back, or has finished closing.
+    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
+        self.permits.push(permit);
+    }
+
     /// Closes the connection when it is dropped instead of giving it back:
     /// for a connection whose state is unknown. Closing rolls back a
     /// transaction left open.
@@ -153,12 +165,28 @@ impl DerefMut for PooledSqlite {
 impl Drop for PooledSqlite {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.close || self.pool.permits.is_closed() {
-            self.pool.open.fetch_sub(1, Ordering::Relaxed);
-            drop(conn);
+        if !self.close && !self.pool.permits.is_closed() {
+            self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push((conn, Instant::now()));
             return;
         }
-        self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push((conn, Instant::now()));
+        let (pool, permits) = (Arc::clone(&self.pool), std::mem::take(&mut self.permits));
+        let closed = move || {
+            pool.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permits);
+        };
+        match tokio::runtime::Handle::try_current() {
+            // The worker finishes what it runs, then closes the database.
+            Ok(runtime) => drop(runtime.spawn(async move {
+                let _ = sqlx::Connection::close(conn.into_connection()).await;
+                closed();
+            })),
+            // No runtime to wait on (a drop at shutdown): the worker
+            // closes the database when it ends.
+            Err(_) => {
+                drop(conn);
+                closed();
+            }
+        }
     }
 }
 
@@ -194,7 +222,12 @@ mod tests {
         let mut c = c;
         c.close_on_drop();
         drop(c);
-        assert_eq!(pool.usage(), (1, 0), "closed, not given back");
+        // Its place is freed once the worker has closed the database.
+        let closed = Instant::now();
+        while pool.usage() != (1, 0) {
+            assert!(closed.elapsed() < Duration::from_secs(10), "never closed: {:?}", pool.usage());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         drop(b);
         assert_eq!(pool.usage(), (1, 1));
 
@@ -235,5 +268,39 @@ mod tests {
         pool.inner.idle.lock().unwrap()[0].1 = long_ago;
         let _conn = pool.acquire().await.unwrap();
         assert_eq!(pool.usage(), (1, 0), "none fresh: a new one opened");
+    }
+
+    /// A connection closed while a statement still runs on it (abandoned
+    /// while it waits for another connection's write lock) keeps its place
+    /// until the statement is done: no connection past `max_connections`
+    /// is opened meanwhile. (An outside review opened hundreds, each a
+    /// thread and a file handle, by hanging up on writes under contention.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_connection_keeps_its_place_until_its_statement_is_done() {
+        use sqlx::{ConnectOptions as _, Executor as _};
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut holder = crate::databases::sqlite_options(&dir.path().join("pool.db")).connect().await.unwrap();
+        holder.execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        holder.execute("BEGIN IMMEDIATE").await.unwrap();
+
+        let mut conn = pool.acquire().await.unwrap();
+        guard::enter_host(&mut conn);
+        let write =
+            tokio::time::timeout(Duration::from_millis(100), conn.connection().execute("INSERT INTO t VALUES (1)"));
+        assert!(write.await.is_err(), "the write waits for the lock");
+        conn.close_on_drop();
+        drop(conn);
+        assert!(matches!(pool.acquire().await.err().unwrap(), sqlx::Error::PoolTimedOut), "its place is still taken");
+        assert_eq!(pool.usage(), (1, 0));
+
+        holder.execute("ROLLBACK").await.unwrap();
+        let freed = Instant::now();
+        loop {
+            match pool.acquire().await {
+                Ok(_) => break,
+                Err(e) => assert!(freed.elapsed() < Duration::from_secs(10), "never freed: {e}"),
+            }
+        }
     }
 }

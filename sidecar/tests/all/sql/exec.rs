@@ -281,6 +281,86 @@ async fn a_slow_statement_times_out_on_postgres() {
     a_slow_statement_times_out(Dialect::Postgres).await;
 }
 
+/// A write whose caller has gone (its invocation ended) while it waits
+/// for another connection's lock gives up at once: it is never written
+/// once the lock frees. (An outside review: it waited out the busy
+/// timeout, where SQLite's progress handler does not run, and committed
+/// after its caller had been answered `timeout`.) The wait itself still
+/// works for a caller that stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_is_gone_stops_waiting_for_the_lock_on_sqlite() {
+    use sqlx::{Connection as _, Executor as _};
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let TestDb::Sqlite(dir) = &db else { unreachable!() };
+    let options = gatehouse::databases::sqlite_options(&dir.path().join("shop.db"));
+    let mut holder = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+    let insert = "INSERT INTO products (id, name, price, stock) VALUES (778, 'late', 1, 1)";
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), query(&gateway, "p", &policy, insert, &[]));
+    assert!(abandoned.await.is_err(), "the write waits for the lock");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 778").await, 0, "written after its caller left");
+
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+    let waiting = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let insert = "INSERT INTO products (id, name, price, stock) VALUES (779, 'waited', 1, 1)";
+            query(&gateway, "p", &policy, insert, &[]).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 779").await, 1, "a caller that stays waits");
+}
+
+/// A statement stopped at its deadline inside a transaction loses the
+/// transaction, on both databases: nothing more runs on the connection,
+/// the commit is refused, and the write made before it is not in the
+/// database. (An outside review: SQLite keeps the transaction of an
+/// interrupted read open, and the commit went through.)
+async fn a_statement_cut_off_in_a_transaction_loses_it(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    db.big_table(3000).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let policy = SqlPolicy::from_toml(
+        "statements = [\"select\", \"insert\"]\ntimeout = \"50ms\"\n[tables]\nbig = \"select\"\n\
+         products = [\"select\", \"insert\"]\n",
+    )
+    .unwrap();
+    let limits = Limits::from(&policy);
+    let insert = "INSERT INTO products (id, name, price, stock) VALUES (777, 'cut', 1, 1)";
+    let slow = "SELECT count(*) FROM big a, big b, big c WHERE a.payload <> c.payload";
+    let quick = "SELECT count(*) FROM big";
+    let check = |sql| checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy)).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    connection.execute(&check(insert), insert, &[], limits).await.unwrap();
+    let error = connection.query(&check(slow), slow, &[], limits).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(connection.is_broken(), "the connection is abandoned");
+    assert!(connection.query(&check(quick), quick, &[], limits).await.is_err(), "nothing more runs on it");
+    assert!(connection.commit().await.is_err(), "the transaction is lost");
+    drop(connection);
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 777").await, 0, "the write before the cut");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_cut_off_in_a_transaction_loses_it_on_sqlite() {
+    a_statement_cut_off_in_a_transaction_loses_it(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_cut_off_in_a_transaction_loses_it_on_postgres() {
+    a_statement_cut_off_in_a_transaction_loses_it(Dialect::Postgres).await;
+}
+
 /// A duplicate key and a broken foreign key are `conflict`, with the
 /// database's message escaped; bad SQL the parser accepts but the database
 /// refuses is `invalid-input`; a wrong parameter count is refused first.

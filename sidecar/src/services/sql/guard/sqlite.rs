@@ -307,6 +307,11 @@ impl Guarded {
         &mut self.conn
     }
 
+    /// The sqlx connection, to close it.
+    pub fn into_connection(self) -> SqliteConnection {
+        self.conn
+    }
+
     fn db(&self) -> *mut ffi::sqlite3 {
         self.db.0.as_ptr()
     }
@@ -351,6 +356,13 @@ pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result
     // calls it for this connection; `authorize` only makes shared
     // references.
     let rc = unsafe { ffi::sqlite3_set_authorizer(raw, Some(authorize), user) };
+    if rc != ffi::SQLITE_OK {
+        return Err(GuardError::Sqlite(rc));
+    }
+    // SAFETY: as for the authorizer: the count SQLite owns keeps `user`
+    // valid while the connection is open, and `wait_for_lock` only makes
+    // shared references. This replaces the driver's `busy_timeout`.
+    let rc = unsafe { ffi::sqlite3_busy_handler(raw, Some(wait_for_lock), user) };
     if rc != ffi::SQLITE_OK {
         return Err(GuardError::Sqlite(rc));
     }
@@ -430,8 +442,11 @@ pub async fn enter_with_progress(
 
 /// Gives the connection to the sidecar itself (everything allowed), for
 /// its own statements around a plugin's: `BEGIN`, `COMMIT`, `ROLLBACK`.
-/// Never run a plugin's statement in this mode.
+/// Never run a plugin's statement in this mode. The last statement's
+/// progress check is dropped: the sidecar's own statements run (and wait
+/// for locks) whether or not that statement's caller is still there.
 pub fn enter_host(conn: &mut Guarded) {
+    *conn.slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
     conn.slot.set(Mode::Host);
 }
 
@@ -568,6 +583,32 @@ unsafe fn each_row(db: *mut ffi::sqlite3, sql: &CStr, mut row: impl FnMut(&Row))
     // SAFETY: finalized once, not used afterwards.
     unsafe { ffi::sqlite3_finalize(statement) };
     outcome
+}
+
+/// How often [`wait_for_lock`] looks again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// SQLite's busy handler: waits for another connection's lock up to
+/// [`crate::databases::SQLITE_BUSY_TIMEOUT`], as the driver's
+/// `busy_timeout` did, but also stops waiting (the statement fails with
+/// `SQLITE_BUSY`) as soon as the statement's progress check says stop: its
+/// caller gone or its deadline past. SQLite's progress handler does not
+/// run while a statement waits for a lock, and a write whose caller had
+/// been answered `timeout` went on waiting and then committed (an outside
+/// review). Returns 1 to wait again, 0 to give up.
+unsafe extern "C" fn wait_for_lock(slot: *mut c_void, waits: c_int) -> c_int {
+    let wait = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `slot` is the pointer `install` registered with this
+        // handler, valid while the connection is open.
+        let slot = unsafe { &*slot.cast::<Slot>() };
+        let waited = LOCK_POLL.saturating_mul(u32::try_from(waits).unwrap_or(u32::MAX));
+        if waited >= crate::databases::SQLITE_BUSY_TIMEOUT || !slot.may_go_on() {
+            return false;
+        }
+        std::thread::sleep(LOCK_POLL);
+        true
+    }));
+    c_int::from(wait.unwrap_or(false))
 }
 
 /// SQLite's destructor for the slot.
