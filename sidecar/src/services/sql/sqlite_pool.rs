@@ -46,7 +46,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Connections not held, most recently returned last.
     idle: Mutex<Vec<(Guarded, Instant)>>,
-    /// Connections open (held or idle).
+    /// Connections open (held, idle, or closing).
     open: AtomicU32,
 }
 
