@@ -252,22 +252,44 @@ mod tests {
         assert!(conn.connection().execute("SELECT 1").await.is_err());
     }
 
+    /// Marks a connection (a temporary table is the connection's own).
+    async fn mark(conn: &mut PooledSqlite) {
+        use sqlx::Executor as _;
+        guard::enter_host(conn);
+        conn.connection().execute("CREATE TEMP TABLE mark (x INTEGER)").await.unwrap();
+        guard::leave(conn);
+    }
+
+    async fn marked(conn: &mut PooledSqlite) -> bool {
+        use sqlx::Executor as _;
+        guard::enter_host(conn);
+        let found = conn.connection().execute("SELECT count(*) FROM temp.mark").await.is_ok();
+        guard::leave(conn);
+        found
+    }
+
     /// A connection idle past [`IDLE_TIMEOUT`] is closed when the next
     /// one is taken, and a fresh one opened in its place.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_idle_too_long_are_closed() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(&dir, 2);
-        drop((pool.acquire().await.unwrap(), pool.acquire().await.unwrap()));
+        let (older, mut newer) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        mark(&mut newer).await;
+        drop(older);
+        drop(newer);
         assert_eq!(pool.usage(), (2, 2));
         let long_ago = Instant::now().checked_sub(IDLE_TIMEOUT + Duration::from_secs(1)).unwrap();
         pool.inner.idle.lock().unwrap()[0].1 = long_ago;
         let conn = pool.acquire().await.unwrap();
-        assert_eq!(pool.usage(), (1, 0), "the stale one closed, the fresh one taken");
+        assert_eq!(pool.usage(), (1, 0), "the stale one closed");
+        let mut conn = conn;
+        assert!(marked(&mut conn).await, "the fresh one taken");
         drop(conn);
         pool.inner.idle.lock().unwrap()[0].1 = long_ago;
-        let _conn = pool.acquire().await.unwrap();
-        assert_eq!(pool.usage(), (1, 0), "none fresh: a new one opened");
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(pool.usage(), (1, 0));
+        assert!(!marked(&mut conn).await, "none fresh: a new one opened, the stale one closed");
     }
 
     /// A connection closed while a statement still runs on it (abandoned
