@@ -78,19 +78,19 @@ impl SqlitePool {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let idle = inner.take_idle();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = inner.options.connect().await?;
-                let guarded = guard::install(conn, inner.max_value_bytes)
-                    .await
-                    .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))?;
-                inner.open.fetch_add(1, Ordering::Relaxed);
-                guarded
+        match inner.take_idle() {
+            Some(conn) => {
+                Ok(PooledSqlite { conn: Some(conn), pool: Arc::clone(inner), close: false, permits: vec![permit] })
             }
-        };
-        Ok(PooledSqlite { conn: Some(conn), pool: Arc::clone(inner), close: false, permits: vec![permit] })
+            // Opened in a task of its own, holding the place: a caller that
+            // goes away meanwhile (its invocation ended) leaves the new
+            // connection to the pool instead of a worker thread running
+            // on outside it (an outside review saw bursts past
+            // `max_connections` from callers hanging up mid-connect).
+            None => {
+                tokio::spawn(Inner::open(Arc::clone(inner), permit)).await.map_err(|_| sqlx::Error::WorkerCrashed)?
+            }
+        }
     }
 
     /// Connections open now, and of them idle.
@@ -108,6 +108,16 @@ impl SqlitePool {
 }
 
 impl Inner {
+    /// A new connection, guarded, in `permit`'s place.
+    async fn open(self: Arc<Self>, permit: OwnedSemaphorePermit) -> Result<PooledSqlite, sqlx::Error> {
+        let conn = self.options.connect().await?;
+        let guarded = guard::install(conn, self.max_value_bytes)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledSqlite { conn: Some(guarded), pool: self, close: false, permits: vec![permit] })
+    }
+
     /// The most recently returned idle connection, closing those idle
     /// past [`IDLE_TIMEOUT`].
     fn take_idle(&self) -> Option<Guarded> {
@@ -324,5 +334,24 @@ mod tests {
                 Err(e) => assert!(freed.elapsed() < Duration::from_secs(10), "never freed: {e}"),
             }
         }
+    }
+
+    /// A caller that goes away while its new connection is being opened
+    /// leaves that connection to the pool (idle, counted), not to a worker
+    /// thread outside the bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_whose_caller_left_while_it_opened_goes_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut acquiring = Box::pin(pool.acquire());
+        assert!(futures::FutureExt::now_or_never(&mut acquiring).is_none(), "the connection is being opened");
+        drop(acquiring);
+        let left = Instant::now();
+        while pool.usage() != (1, 1) {
+            assert!(left.elapsed() < Duration::from_secs(10), "not in the pool: {:?}", pool.usage());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _conn = pool.acquire().await.unwrap();
+        assert_eq!(pool.usage(), (1, 0), "reused, none opened past the bound");
     }
 }
