@@ -179,11 +179,15 @@ fn unavailable(e: impl std::fmt::Display) -> KvError {
     KvError::Unavailable(e.to_string())
 }
 
+/// `[len] plugin`: the prefix of every namespace of a plugin.
+fn plugin_prefix(plugin: &str) -> Vec<u8> {
+    [&[plugin.len() as u8][..], plugin.as_bytes()].concat()
+}
+
 /// `[len] plugin [len] bucket`: the prefix of every key of a namespace.
 fn ns_prefix(ns: &Namespace) -> Vec<u8> {
-    let mut prefix = Vec::with_capacity(2 + ns.plugin().len() + ns.bucket().len());
-    prefix.push(ns.plugin().len() as u8);
-    prefix.extend_from_slice(ns.plugin().as_bytes());
+    let mut prefix = plugin_prefix(ns.plugin());
+    prefix.reserve(1 + ns.bucket().len());
     prefix.push(ns.bucket().len() as u8);
     prefix.extend_from_slice(ns.bucket().as_bytes());
     prefix
@@ -418,13 +422,11 @@ fn read_list(
     })
 }
 
-/// The namespace's usage and its plugin's.
 /// The buckets of `plugin` with a usage row (one that holds a key: a
 /// row that falls to zero is removed), from the rows' keys: `[0, 'n',
 /// len, plugin, len, bucket]`.
 fn read_buckets(db: &impl ReadableDatabase, plugin: &str) -> Result<Vec<String>, KvError> {
-    let mut prefix = ns_usage_key(&[plugin.len() as u8]);
-    prefix.extend_from_slice(plugin.as_bytes());
+    let prefix = ns_usage_key(&plugin_prefix(plugin));
     read(db, |table| {
         let mut buckets = Vec::new();
         for row in table.range::<&[u8]>(prefix.as_slice()..).map_err(unavailable)? {
@@ -443,6 +445,7 @@ fn read_buckets(db: &impl ReadableDatabase, plugin: &str) -> Result<Vec<String>,
     })
 }
 
+/// The namespace's usage and its plugin's.
 fn read_usage(db: &impl ReadableDatabase, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
     read(db, |table| {
         let (keys, bytes) = usage_row(table, &ns_usage_key(&ns_prefix(namespace)))?;

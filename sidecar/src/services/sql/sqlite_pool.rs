@@ -79,9 +79,7 @@ impl SqlitePool {
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
         match inner.take_idle() {
-            Some(conn) => {
-                Ok(PooledSqlite { conn: Some(conn), pool: Arc::clone(inner), close: false, permits: vec![permit] })
-            }
+            Some(conn) => Ok(Arc::clone(inner).lend(conn, permit)),
             // Opened in a task of its own, holding the place: a caller that
             // goes away meanwhile (its invocation ended) leaves the new
             // connection to the pool instead of a worker thread running
@@ -115,7 +113,12 @@ impl Inner {
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledSqlite { conn: Some(guarded), pool: self, close: false, permits: vec![permit] })
+        Ok(self.lend(guarded, permit))
+    }
+
+    /// `conn`, held in `permit`'s place until it is given back or closed.
+    fn lend(self: Arc<Self>, conn: Guarded, permit: OwnedSemaphorePermit) -> PooledSqlite {
+        PooledSqlite { conn: Some(conn), pool: self, close: false, permits: vec![permit] }
     }
 
     /// The most recently returned idle connection, closing those idle

@@ -263,6 +263,10 @@ impl Slot {
         *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
     }
 
+    fn set_progress(&self, progress: Option<Progress>) {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = progress;
+    }
+
     /// The progress check of the statement entered last (taken out of the
     /// lock before it is called).
     fn may_go_on(&self) -> bool {
@@ -422,7 +426,7 @@ pub async fn enter_with_progress(
     if conn.conn.cached_statements_size() > 0 {
         conn.conn.clear_cached_statements().await?;
     }
-    *conn.slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(progress));
+    conn.slot.set_progress(Some(Arc::new(progress)));
     // SAFETY: a `Guarded` handle is open and serialized.
     unsafe { ffi::sqlite3_set_last_insert_rowid(conn.db(), 0) };
     conn.slot.set(Mode::Host);
@@ -446,7 +450,7 @@ pub async fn enter_with_progress(
 /// progress check is dropped: the sidecar's own statements run (and wait
 /// for locks) whether or not that statement's caller is still there.
 pub fn enter_host(conn: &mut Guarded) {
-    *conn.slot.progress.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    conn.slot.set_progress(None);
     conn.slot.set(Mode::Host);
 }
 
