@@ -90,7 +90,7 @@ fn main() {
                     assert_eq!(written.entries, 2 * n as u64);
                     Ok(())
                 };
-                runtime.reload_gated(next, &[], &[], gate).await.map_err(|(_, e)| e).unwrap();
+                runtime.reload_gated(next, &[], &gatehouse::Holds::default(), gate).await.map_err(|(_, e)| e).unwrap();
                 audited += started.elapsed();
             }
             let (plain, audited) = (plain / ROUNDS, audited / ROUNDS);

@@ -69,7 +69,9 @@ pub mod services;
 pub mod wit;
 
 pub use error::{ErrorKind, GuestError};
-pub use runtime::{InvokeError, LoadError, LoadReport, PluginSummary, Refusal, Runtime, RuntimeError, RuntimeSettings};
+pub use runtime::{
+    Holds, InvokeError, LoadError, LoadReport, PluginSummary, Refusal, Runtime, RuntimeError, RuntimeSettings,
+};
 
 /// The unit of work a plugin receives and returns (WIT `document`).
 pub use bindings::gatehouse::services::types::Document;

@@ -67,6 +67,9 @@ pub struct Api {
     pub ready_when: ReadyWhen,
     /// `[audit] require_approval`: grants that grow wait for a person.
     pub require_approval: bool,
+    /// With approvals, the version of each plugin in force, kept for a
+    /// restart.
+    kept: Option<policy::kept::KeptVersions>,
     loaded: AtomicBool,
     /// The budget of the server's own per-request lines.
     request_lines: LogWindow,
@@ -134,8 +137,9 @@ pub use crate::audit::Trigger;
 struct HeldOut {
     /// Plugins whose grants wait for a decision.
     pending: Vec<String>,
-    /// Those of them whose loaded version goes too.
-    unkept: Vec<String>,
+    /// Those of them whose loaded version goes, and those that serve a
+    /// version kept from before a restart.
+    holds: crate::Holds,
     /// Audit entries written (`requested`, `withdrawn`).
     entries: u64,
 }
@@ -162,6 +166,7 @@ impl Api {
             databases,
             ready_when: server.ready_when,
             require_approval: config.audit.require_approval,
+            kept: config.audit.require_approval.then(|| policy::kept::KeptVersions::new(&config.data_dir)),
             loaded: AtomicBool::new(false),
             unserved: Default::default(),
             request_lines: LogWindow::new(MAX_REQUEST_LINES_PER_SECOND, MAX_REQUEST_LINE_BYTES_PER_SECOND),
@@ -314,21 +319,17 @@ impl Api {
             tracing::error!(%error, "policy refused");
         }
         let recorded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // Approvals end with a plugin's policy: every plugin a policy still
+        // names keeps them, loaded or not (held ones are among the refused
+        // files: `hold_for_approval`; a duplicate name; a secret it cannot
+        // read yet).
+        let named: Vec<String> =
+            load.set.plugins.keys().cloned().chain(load.errors.iter().filter_map(|e| e.plugin.clone())).collect();
         let outcome = match self.services.audit.clone() {
             None => Ok(self.runtime.reload(&load.set, &load.errors).await),
             Some(trail) => {
                 let counted = recorded.clone();
-                // Approvals end with a plugin's policy: every plugin a
-                // policy still names keeps them, loaded or not (held ones
-                // are among the refused files: `hold_for_approval`; a
-                // duplicate name; a secret it cannot read yet).
-                let named: Vec<String> = load
-                    .set
-                    .plugins
-                    .keys()
-                    .cloned()
-                    .chain(load.errors.iter().filter_map(|e| e.plugin.clone()))
-                    .collect();
+                let named = named.clone();
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
                     let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &named))
                         .await
@@ -337,7 +338,7 @@ impl Api {
                     counted.store(written.entries, Ordering::Relaxed);
                     Ok(())
                 };
-                self.runtime.reload_gated(&load.set, &load.errors, &held.unkept, gate).await
+                self.runtime.reload_gated(&load.set, &load.errors, &held.holds, gate).await
             }
         };
         let audit_entries = self.services.audit.as_ref().map(|_| held.entries + recorded.load(Ordering::Relaxed));
@@ -349,6 +350,7 @@ impl Api {
             }
         };
         errors.extend(report.refused.iter().map(|e| e.to_string()));
+        self.keep_versions(named).await;
         // A file that names its plugin, or whose plugin keeps serving, is
         // listed with that plugin (`refused`); these are the others.
         let files = load
@@ -388,7 +390,27 @@ impl Api {
             return Ok(HeldOut::default());
         };
         let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
-        let loaded = self.runtime.loaded_policies();
+        let mut loaded = self.runtime.loaded_policies();
+        // A plugin with nothing loaded (after a restart) is judged by the
+        // version kept from when it was last in force, if any: it keeps
+        // serving that one if the approvals allow, as without the restart.
+        let mut restorable = std::collections::BTreeMap::new();
+        if let Some(kept) = self.kept.clone() {
+            let missing: Vec<(String, PathBuf)> = next
+                .iter()
+                .filter(|p| !loaded.iter().any(|l| l.name == p.name))
+                .map(|p| (p.name.clone(), p.file.clone()))
+                .collect();
+            let restored = tokio::task::spawn_blocking(move || {
+                missing.into_iter().filter_map(|(name, file)| kept.restore(&name, &file)).collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| format!("reading the kept versions did not finish: {e}"))?;
+            for policy in restored {
+                loaded.push(policy.clone());
+                restorable.insert(policy.name.clone(), policy);
+            }
+        }
         let actor = actor.clone();
         let screened =
             tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>(), &loaded))
@@ -406,12 +428,28 @@ impl Api {
                     plugin: Some(held.plugin.clone()),
                 });
                 if held.unload {
-                    out.unkept.push(held.plugin.clone());
+                    out.holds.unkept.push(held.plugin.clone());
+                } else if let Some(version) = restorable.remove(&held.plugin) {
+                    out.holds.restored.insert(held.plugin.clone(), version);
                 }
                 out.pending.push(held.plugin);
             }
         }
         Ok(out)
+    }
+
+    /// With approvals: keeps the version of each plugin now in force on
+    /// disk, for a restart that finds its policy held
+    /// ([`policy::kept`]), and forgets the plugins no policy names. A
+    /// failure is logged: the plugin then stays out after a restart that
+    /// holds it, as it would without the copy.
+    async fn keep_versions(&self, named: Vec<String>) {
+        let Some(kept) = self.kept.clone() else { return };
+        let in_force = self.runtime.loaded_policies();
+        let failed = tokio::task::spawn_blocking(move || kept.sync(&in_force, &named)).await.unwrap_or_default();
+        for (plugin, error) in failed {
+            tracing::warn!(%plugin, %error, "the version in force is not kept for a restart");
+        }
     }
 
     /// The summary of a (re)load whose grant changes the audit log could

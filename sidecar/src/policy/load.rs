@@ -128,6 +128,16 @@ pub fn load_dir_in(dir: &Path, plugin_dir: ComponentDir<'_>) -> Result<PolicyLoa
 
 /// Parses and validates one policy file, reporting every problem found.
 pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<PluginPolicy, Vec<PolicyError>> {
+    load_file_with(file, plugin_dir, None)
+}
+
+/// [`load_file`], the component read from `component` whatever path the
+/// file names (a kept copy of both: [`super::kept`]).
+pub(super) fn load_file_with(
+    file: &Path,
+    plugin_dir: ComponentDir<'_>,
+    component: Option<&Path>,
+) -> Result<PluginPolicy, Vec<PolicyError>> {
     let unreadable = |reason: String| vec![PolicyError { file: file.to_path_buf(), line: None, reason, plugin: None }];
     let bytes = read_regular_file(file, MAX_POLICY_FILE).map_err(|e| match e {
         BoundedReadError::TooLarge(cap) => {
@@ -152,7 +162,7 @@ pub(super) fn load_file(file: &Path, plugin_dir: ComponentDir<'_>) -> Result<Plu
     let http = raw.http.as_ref().map(|section| v.http(section));
     let kv = raw.kv.as_ref().map(|section| v.kv(section));
     let sql = v.sql(&raw.sql);
-    let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir);
+    let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir, component);
     let requested = match &component {
         Some(component) => load_manifest(file, &component.path).unwrap_or_else(|errors| {
             v.errors.extend(errors);
@@ -520,6 +530,7 @@ impl Validator<'_> {
         path: &Spanned<String>,
         pin: Option<&Spanned<String>>,
         plugin_dir: ComponentDir<'_>,
+        instead: Option<&Path>,
     ) -> Option<ComponentSource> {
         let pin = match pin {
             None => None,
@@ -531,7 +542,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let resolved = plugin_dir.path.join(path.get_ref());
+        let resolved = instead.map_or_else(|| plugin_dir.path.join(path.get_ref()), Path::to_path_buf);
         let bytes = match read_regular_file(&resolved, MAX_COMPONENT_SIZE) {
             Ok(bytes) => bytes,
             Err(e) => {

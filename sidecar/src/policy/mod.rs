@@ -10,6 +10,7 @@
 mod error;
 mod file;
 pub mod grant_diff;
+pub mod kept;
 mod load;
 pub mod manifest;
 pub mod units;

@@ -206,6 +206,18 @@ pub struct LoadReport {
     pub refused: Vec<LoadError>,
 }
 
+/// The plugins a gated reload holds for approval ([`Runtime::reload_gated`]).
+#[derive(Debug, Default)]
+pub struct Holds {
+    /// Those refused without keeping their loaded version (one no longer
+    /// approved must stop serving).
+    pub unkept: Vec<String>,
+    /// Held plugins with nothing loaded (the sidecar restarted since they
+    /// took effect) and the version kept on disk to serve instead
+    /// ([`crate::policy::kept`]), each already judged within the approvals.
+    pub restored: BTreeMap<String, PluginPolicy>,
+}
+
 /// The plugin runtime. `invoke` takes `&self` and may be called
 /// concurrently (share the runtime behind an `Arc`).
 pub struct Runtime {
@@ -302,7 +314,9 @@ impl Runtime {
     /// concurrency fits in the pool (`max_instances`); the rest are
     /// refused, so every loaded plugin can always run at its concurrency.
     pub async fn load(&self, policies: &PolicySet) -> LoadReport {
-        self.install(policies, &[], &[], false, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
+        self.install(policies, &[], &Holds::default(), false, |_| async { Ok(()) })
+            .await
+            .unwrap_or_else(|(report, _)| report)
     }
 
     /// Like [`Runtime::load`], for a running sidecar: a plugin whose
@@ -311,7 +325,9 @@ impl Runtime {
     /// had, and the refusal is reported. Invocations already running
     /// finish on the version they started with.
     pub async fn reload(&self, policies: &PolicySet, broken_files: &[PolicyError]) -> LoadReport {
-        self.install(policies, broken_files, &[], true, |_| async { Ok(()) }).await.unwrap_or_else(|(report, _)| report)
+        self.install(policies, broken_files, &Holds::default(), true, |_| async { Ok(()) })
+            .await
+            .unwrap_or_else(|(report, _)| report)
     }
 
     /// [`Runtime::reload`], with a gate between building the next set of
@@ -321,20 +337,20 @@ impl Runtime {
     /// take effect. If it fails, nothing changes (the plugins in force,
     /// their concurrency slots and their refusals stay as they were) and
     /// its reason is returned with the report of what would have loaded.
-    /// The plugins named in `unkept` are refused without keeping their
-    /// loaded version (one no longer approved must stop serving).
+    /// `holds`: the plugins held for approval whose loaded version goes,
+    /// and those that serve a version restored from disk.
     pub async fn reload_gated<G, F>(
         &self,
         policies: &PolicySet,
         broken_files: &[PolicyError],
-        unkept: &[String],
+        holds: &Holds,
         gate: G,
     ) -> Result<LoadReport, (LoadReport, String)>
     where
         G: FnOnce(Vec<PluginPolicy>) -> F,
         F: std::future::Future<Output = Result<(), String>>,
     {
-        self.install(policies, broken_files, unkept, true, gate).await
+        self.install(policies, broken_files, holds, true, gate).await
     }
 
     /// The policy of the loaded version of each plugin in force.
@@ -346,7 +362,7 @@ impl Runtime {
         &self,
         policies: &PolicySet,
         broken: &[PolicyError],
-        unkept: &[String],
+        holds: &Holds,
         keep_on_refusal: bool,
         gate: G,
     ) -> Result<LoadReport, (LoadReport, String)>
@@ -356,7 +372,7 @@ impl Runtime {
     {
         let _one_at_a_time = self.loading.lock().await;
         let previous = self.generation();
-        let keeps = |name: &String| keep_on_refusal && !unkept.contains(name);
+        let keeps = |name: &String| keep_on_refusal && !holds.unkept.contains(name);
         let mut report = LoadReport::default();
         let mut next = Generation::default();
         let loads = Semaphore::new(LOAD_INSTANCES as usize);
@@ -385,6 +401,31 @@ impl Runtime {
                 pool.reserve(plugin.policy.limits.concurrency);
                 next.plugins.insert(name.clone(), plugin.clone());
                 next.kept.insert(name.clone(), LoadError { plugin: name.clone(), file, reason: error.to_string() });
+            }
+        }
+        // A held plugin with nothing loaded serves the version restored for
+        // it, as a loaded version would keep serving.
+        for (name, policy) in &holds.restored {
+            let Some(error) = broken.iter().find(|e| e.plugin.as_ref() == Some(name)) else { continue };
+            if next.plugins.contains_key(name) || !keeps(name) {
+                continue;
+            }
+            let outcome =
+                self.load_plugin(policy).await.and_then(|plugin| match pool.admit(policy.limits.concurrency, None) {
+                    Admitted::New => Ok(plugin),
+                    Admitted::KeepLoaded(reason) | Admitted::Refused(reason) => Err(reason),
+                });
+            match outcome {
+                Ok(plugin) => {
+                    let file = crate::policy::shown(&error.file);
+                    tracing::warn!(plugin = %name, version = %plugin.info.version, %file, "policy held; serving the version kept from before the restart");
+                    next.plugins.insert(name.clone(), Arc::new(plugin));
+                    next.kept.insert(name.clone(), LoadError { plugin: name.clone(), file, reason: error.to_string() });
+                }
+                Err(reason) => {
+                    let reason = crate::guest_text::escape(&reason, crate::guest_text::MESSAGE);
+                    tracing::error!(plugin = %name, %reason, "the version kept from before the restart cannot be loaded");
+                }
             }
         }
         // A refused file that names a plugin with nothing to serve makes

@@ -676,3 +676,62 @@ fn a_loaded_version_beyond_the_approval_or_past_a_removal_is_unloaded() {
     let screened = trail.screen(&Trigger::Disk, &[&bc], std::slice::from_ref(&b)).unwrap();
     assert!(!screened.held[0].unload, "{screened:?}");
 }
+
+/// A restart while a plugin's grants wait: the version in force before
+/// it (kept in `<data_dir>/kept`) serves on, as it would have without the
+/// restart, and the log records no change of it; the approval then loads
+/// the new one. The kept version is judged as a loaded one is, and
+/// without it the plugin stays out until decided. Attacks: a restart
+/// taking a held plugin out of service (or, the other way, serving a kept
+/// version that keeps what the waiting policy takes away).
+#[test]
+fn a_held_plugin_serves_its_kept_version_across_a_restart() {
+    let policies = Policies::new();
+    policies.write("store.toml", &bucket_policy(&["a"]));
+    let (root, config) = settings(&policies);
+    let sidecar = start(&config);
+    assert_eq!(admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}").0, 200);
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+    let before = count(&sidecar);
+    drop(sidecar);
+
+    // `b` added while the sidecar was down: held, and `a` serves on.
+    policies.write("store.toml", &bucket_policy(&["a", "b"]));
+    let sidecar = start(&config);
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, vec!["store"], "{refused} {}", sidecar.stderr());
+    assert!(refused[0]["serving"].is_string(), "{refused}");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("waiting for approval"), "{refused}");
+    assert_eq!(sidecar.get(&sidecar.invoke, "/readyz").0, 200);
+    let written: Vec<(String, String)> = entries(&sidecar, before).into_iter().map(|(_, k, i)| (k, i)).collect();
+    assert_eq!(written, vec![("requested".to_string(), "kv.buckets.b".to_string())], "nothing else changed");
+    let (status, answer) = admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}");
+    assert_eq!(status, 200, "{answer}");
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!((loaded, refused), (vec!["store".to_string()], json!([])));
+    drop(sidecar);
+
+    // `a` swapped for `c`: the kept `a, b` still has what the policy takes
+    // away, so it does not serve.
+    policies.write("store.toml", &bucket_policy(&["b", "c"]));
+    let sidecar = start(&config);
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, Vec::<String>::new(), "{refused}");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("still has what the policy takes away"), "{refused}");
+    drop(sidecar);
+
+    // Growth alone again: the kept `a, b` serves; without the copy the
+    // plugin stays out.
+    policies.write("store.toml", &bucket_policy(&["a", "b", "d"]));
+    let sidecar = start(&config);
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+    drop(sidecar);
+    std::fs::remove_dir_all(root.path().join("data").join("kept")).unwrap();
+    let sidecar = start(&config);
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, Vec::<String>::new(), "{refused}");
+    assert_eq!(refused[0]["serving"], Value::Null, "{refused}");
+    drop(sidecar);
+    let verified = cli(&config, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", stdout(&verified));
+}
