@@ -139,7 +139,8 @@ async fn pg_rows() {
     server.psql("ALTER ROLE gatehouse CREATEROLE");
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&server.url()).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(schema())).execute(&pool).await.unwrap();
-    pg_guard::sync(&pool, "bench", &policy()).await.unwrap();
+    let roles = gatehouse::services::sql::pg_pool::pg_pool(server.url().parse().unwrap(), 1, Duration::from_secs(10));
+    pg_guard::sync(&roles, "bench", &policy()).await.unwrap();
     let mut conn: PgConnection = PgConnection::connect(&server.url()).await.unwrap();
 
     let (mut bares, mut guards) = (Vec::new(), Vec::new());

@@ -491,10 +491,11 @@ const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A throwaway cluster whose login owns the fixture tables and may manage
 /// roles, and a pool on it.
-async fn pg_fixture() -> (TestPostgres, PgPool) {
+async fn pg_fixture() -> (TestPostgres, PgPool, gatehouse::services::sql::pg_pool::PgPool) {
     let server = TestPostgres::start("gatehouse", "guard-test-password", "app");
     server.psql("ALTER ROLE gatehouse CREATEROLE");
     let pool = PgPoolOptions::new().max_connections(2).connect(&server.url()).await.unwrap();
+    let roles = gatehouse_pg_pool(&server.url());
     sqlx::raw_sql(AssertSqlSafe(fixture("schema.sql"))).execute(&pool).await.unwrap();
     // PostgreSQL has no rowid: `INSERT INTO audit_log (at, actor, action)`
     // needs a default for `id`. An identity (not a serial) needs no
@@ -503,7 +504,7 @@ async fn pg_fixture() -> (TestPostgres, PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    (server, pool)
+    (server, pool, roles)
 }
 
 async fn ungranted_pg(conn: &mut PgConnection) -> Vec<Option<String>> {
@@ -541,14 +542,14 @@ async fn run_pg(url: &str, plugin: &str, sql: &str, params: usize) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_alone_refuses_the_bypass_table_except_the_documented_rows() {
-    let (server, pool) = pg_fixture().await;
+    let (server, _pool, roles) = pg_fixture().await;
     let mut outcomes = Vec::new();
     let not_sent: BTreeSet<&str> = PG_NOT_SENT.iter().map(|(sql, _)| *sql).collect();
     for (dialects, extra, sql, _, _) in BYPASSES {
         if !dialects.contains(&Dialect::Postgres) || not_sent.contains(sql) {
             continue;
         }
-        postgres::sync(&pool, PLUGIN, &with(extra)).await.unwrap();
+        postgres::sync(&roles, PLUGIN, &with(extra)).await.unwrap();
         outcomes.push((sql.to_string(), run_pg(&server.url(), PLUGIN, sql, 0).await));
     }
     assert!(BYPASSES.iter().any(|(_, _, sql, _, _)| not_sent.contains(sql)));
@@ -557,9 +558,9 @@ async fn postgres_alone_refuses_the_bypass_table_except_the_documented_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_alone_runs_the_allowed_table() {
-    let (server, pool) = pg_fixture().await;
+    let (server, _pool, roles) = pg_fixture().await;
     let policy = policy();
-    let report = postgres::sync(&pool, PLUGIN, &policy).await.unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &policy).await.unwrap();
     assert!(report.created && report.revoked.is_empty() && report.missing_tables.is_empty(), "{report:?}");
     let mut failures = Vec::new();
     let statements = allowed(Dialect::Postgres);
@@ -579,19 +580,19 @@ async fn postgres_alone_runs_the_allowed_table() {
 /// committed or rolled back, and `enter` outside a transaction is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_roles_follow_the_policy_and_settings_end_with_the_transaction() {
-    let (server, pool) = pg_fixture().await;
+    let (server, pool, roles) = pg_fixture().await;
     let url = server.url();
     let mut conn = PgConnection::connect(&url).await.unwrap();
     let read = "SELECT value FROM secrets";
     let granted = SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\nsecrets = \"select\"").unwrap();
-    let report = postgres::sync(&pool, PLUGIN, &granted).await.unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &granted).await.unwrap();
     assert_eq!(report.granted.iter().map(ToString::to_string).collect::<Vec<_>>(), ["SELECT on secrets"]);
     assert!(matches!(run_pg(&url, PLUGIN, read, 0).await, Outcome::Ran(v) if v == ["the launch codes"]));
 
-    let again = postgres::sync(&pool, PLUGIN, &granted).await.unwrap();
+    let again = postgres::sync(&roles, PLUGIN, &granted).await.unwrap();
     assert!(!again.created && again.granted.is_empty() && again.revoked.is_empty(), "{again:?}");
 
-    let report = postgres::sync(&pool, PLUGIN, &policy()).await.unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &policy()).await.unwrap();
     assert!(report.revoked.iter().any(|p| p.to_string() == "SELECT on secrets"), "{report:?}");
     assert!(matches!(run_pg(&url, PLUGIN, read, 0).await, Outcome::Denied(e) if e.contains("permission denied")));
     assert!(matches!(run_pg(&url, PLUGIN, "SELECT email FROM customers", 0).await, Outcome::Denied(_)));
@@ -599,11 +600,11 @@ async fn postgres_roles_follow_the_policy_and_settings_end_with_the_transaction(
 
     // From every column to some: the table grant goes, the columns stay.
     let wide = SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\ncustomers = \"select\"").unwrap();
-    postgres::sync(&pool, PLUGIN, &wide).await.unwrap();
+    postgres::sync(&roles, PLUGIN, &wide).await.unwrap();
     assert!(matches!(run_pg(&url, PLUGIN, "SELECT email FROM customers", 0).await, Outcome::Ran(_)));
     let narrow =
         SqlPolicy::from_toml("statements = [\"select\"]\n[tables]\ncustomers = { select = [\"name\"] }").unwrap();
-    let report = postgres::sync(&pool, PLUGIN, &narrow).await.unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &narrow).await.unwrap();
     assert_eq!(report.granted.iter().map(ToString::to_string).collect::<Vec<_>>(), ["SELECT (name) on customers"]);
     assert!(matches!(run_pg(&url, PLUGIN, "SELECT email FROM customers", 0).await, Outcome::Denied(_)));
     assert!(matches!(run_pg(&url, PLUGIN, "SELECT name FROM customers", 0).await, Outcome::Ran(_)));
@@ -633,7 +634,7 @@ async fn postgres_roles_follow_the_policy_and_settings_end_with_the_transaction(
     assert!(matches!(&sleep, Outcome::Denied(e) if e.contains("statement timeout")), "{sleep:?}");
 
     conn.close().await.unwrap();
-    assert!(postgres::remove(&pool, PLUGIN).await.unwrap());
+    assert!(postgres::remove(&roles, PLUGIN).await.unwrap());
     let role = postgres::role_name(PLUGIN).unwrap();
     assert_eq!(server.psql(&format!("SELECT count(*) FROM pg_roles WHERE rolname = '{role}'")).trim(), "0");
     let mut conn = pool.acquire().await.unwrap();
@@ -646,8 +647,14 @@ async fn postgres_roles_follow_the_policy_and_settings_end_with_the_transaction(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sync_without_createrole_says_what_is_missing() {
     let server = TestPostgres::start("gatehouse", "guard-test-password", "app");
-    let pool = PgPoolOptions::new().max_connections(1).connect(&server.url()).await.unwrap();
-    let err = postgres::sync(&pool, PLUGIN, &policy()).await.unwrap_err();
+    let roles = gatehouse_pg_pool(&server.url());
+    let err = postgres::sync(&roles, PLUGIN, &policy()).await.unwrap_err();
     assert!(matches!(err, GuardError::RoleManagement(_)), "{err}");
     assert!(err.to_string().contains("CREATEROLE"), "{err}");
+}
+
+/// The gateway's own PostgreSQL pool, which the role sync takes its
+/// connections from.
+fn gatehouse_pg_pool(url: &str) -> gatehouse::services::sql::pg_pool::PgPool {
+    gatehouse::services::sql::pg_pool::pg_pool(url.parse().unwrap(), 2, std::time::Duration::from_secs(10))
 }

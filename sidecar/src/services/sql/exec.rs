@@ -13,9 +13,10 @@
 //!   connection would outlive the call and be reachable by the next plugin
 //!   to get that connection, whose grant may be narrower (and the
 //!   database's own check, which depends on the plugin, is made when a
-//!   statement is prepared). On PostgreSQL every call runs in a
-//!   transaction whose settings are `SET LOCAL` (gone at its end); the
-//!   checker refuses `SET`, temporary tables and every other DDL.
+//!   statement is prepared). On PostgreSQL a statement runs in the
+//!   plugin's session ([`Session`]: its role and settings, set again
+//!   whenever the connection last carried another's); the checker refuses
+//!   `SET`, temporary tables and every other DDL.
 //! - **Deadlines twice.** The database stops the statement itself
 //!   (PostgreSQL `statement_timeout`; SQLite a progress handler that
 //!   interrupts it) and the sidecar's own timer stops waiting a little
@@ -44,7 +45,8 @@ use sqlx::sqlite::Sqlite;
 use super::error::SqlError;
 use super::guard::postgres as pg_guard;
 use super::guard::sqlite::{self as sqlite_guard, Guarded, SqliteGrant};
-use super::pool::{AliasPool, Conn, Held, Pool};
+use super::pg_pool::{PooledPg, Session};
+use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
 use super::value::{self, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -156,12 +158,12 @@ impl Guard {
 
 /// One pooled connection held for one plugin.
 pub struct SqlConnection {
-    held: Held,
+    conn: Conn,
     dialect: Dialect,
     /// What the SQLite authorizer lets this plugin's statements touch
     /// (`None` on PostgreSQL, where the plugin's role does).
     grant: Option<Arc<SqliteGrant>>,
-    /// `plugin`'s PostgreSQL role, `SET LOCAL` in each call's transaction.
+    /// `plugin`'s PostgreSQL role, set in its session ([`Session`]).
     role: Option<String>,
     /// A transaction the plugin opened is open.
     transaction: bool,
@@ -178,13 +180,17 @@ impl SqlConnection {
     /// statements run as (synced first if this is its first call).
     pub async fn open(alias: &AliasPool, plugin: &str, guard: &Guard) -> Result<SqlConnection, SqlError> {
         guard.ready(alias, plugin).await?;
-        let role = match guard {
-            Guard::Postgres { .. } => Some(pg_guard::role_name(plugin).map_err(|e| SqlError::Internal(e.to_string()))?),
-            Guard::Sqlite(_) => None,
+        let (role, session) = match guard {
+            Guard::Postgres { policy, .. } => {
+                let role = pg_guard::role_name(plugin).map_err(|e| SqlError::Internal(e.to_string()))?;
+                let session = Session::plugin(&role, policy.timeout, policy.max_result_bytes);
+                (Some(role), Some(session))
+            }
+            Guard::Sqlite(_) => (None, None),
         };
-        let held = alias.acquire(plugin).await?;
+        let conn = alias.acquire(plugin, session.as_ref()).await?;
         Ok(SqlConnection {
-            held,
+            conn,
             dialect: alias.dialect,
             grant: guard.sqlite(),
             role,
@@ -278,8 +284,11 @@ impl SqlConnection {
             return Err(SqlError::InvalidInput("a transaction is already open on this connection".into()));
         }
         self.broken = true;
-        let begun = match &mut self.held.conn {
-            Conn::Postgres(c) => prepare_connection_pg(c, self.role.as_deref(), limits).await,
+        let begun = match &mut self.conn {
+            Conn::Postgres(c) => match enter_session(c, self.role.as_deref(), limits).await {
+                Ok(()) => c.execute("BEGIN").await.map(drop),
+                Err(e) => Err(e),
+            },
             Conn::Sqlite(c) => host_command(c, "BEGIN").await,
         };
         begun.map_err(SqlError::from_database)?;
@@ -305,7 +314,7 @@ impl SqlConnection {
         }
         self.transaction = false;
         self.broken = true;
-        let done = match &mut self.held.conn {
+        let done = match &mut self.conn {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
             Conn::Sqlite(c) => host_command(c, command).await,
         };
@@ -340,7 +349,7 @@ impl SqlConnection {
         let role = self.role.clone();
         let grant = self.grant.clone();
         let work = async {
-            match &mut self.held.conn {
+            match &mut self.conn {
                 Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
                 Conn::Sqlite(c) => sqlite(c, grant, in_transaction, limits, run, statement, params).await,
             }
@@ -379,7 +388,7 @@ impl Drop for SqlConnection {
         if self.transaction || self.broken {
             // Closing rolls back whatever is open, on both databases, and
             // no later borrower inherits the state.
-            self.held.conn.close_on_drop();
+            self.conn.close_on_drop();
         }
     }
 }
@@ -435,8 +444,9 @@ impl From<sqlx::Error> for Failure {
                 clean: false,
             };
         }
-        // The database answered with an error: the connection is in step.
-        let answered = matches!(error, sqlx::Error::Database(_));
+        // The database answered with an error: the connection is in step
+        // (unless the error ended the session).
+        let answered = super::pg_pool::survives(&error);
         let error = SqlError::from_database(error);
         // Except a statement stopped at its deadline: SQLite leaves the
         // transaction of an interrupted read open and goes on, so a
@@ -455,35 +465,18 @@ impl From<SqlError> for Failure {
     }
 }
 
-/// How often a PostgreSQL server running a plugin's statement checks that
-/// the sidecar is still connected (`client_connection_check_interval`):
-/// otherwise a statement whose connection the sidecar closed (its
-/// invocation ended) runs on until its `statement_timeout`, since the
-/// server notices a closed socket only when it next writes.
-const CLIENT_CHECK_MILLIS: u32 = 250;
-
-/// Opens the call's (or the plugin's) transaction on PostgreSQL and makes
-/// it the plugin's: its role (the database's own check, see
-/// [`pg_guard`]; `None` only for the sidecar's own use), the statement
-/// timeout, and the search path fixed to the schema the checker resolves
-/// names in; and it tells the [`relay`] the call's `max_result_bytes`. One
-/// round trip, simple-query protocol: nothing is prepared.
-async fn prepare_connection_pg(
-    conn: &mut sqlx::PgConnection,
-    role: Option<&str>,
-    limits: Limits,
-) -> Result<(), sqlx::Error> {
-    let millis = limits.timeout.as_millis().clamp(1, i32::MAX as u128);
-    let role = role.map(|r| format!("SET LOCAL ROLE {}; ", pg_guard::quote(r))).unwrap_or_default();
-    // First, for the relay: the bound of each row until the transaction ends.
-    let marker = relay::marker(limits.max_result_bytes);
-    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "{marker}BEGIN; {role}SET LOCAL statement_timeout = {millis}; \
-         SET LOCAL client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET LOCAL search_path = {}",
-        pg_guard::quote(pg_guard::SCHEMA)
-    ))))
-    .await
-    .map(drop)
+/// Puts a PostgreSQL connection in the plugin's session ([`Session`]):
+/// its role (the database's own check, see [`pg_guard`]; `None` only for
+/// the sidecar's own use), the statement timeout, the search path fixed to
+/// the schema the checker resolves names in, and the [`relay`]'s bound on
+/// each row (`max_result_bytes`). No round trip when the connection
+/// already carries it.
+async fn enter_session(conn: &mut PooledPg, role: Option<&str>, limits: Limits) -> Result<(), sqlx::Error> {
+    let session = match role {
+        Some(role) => Session::plugin(role, limits.timeout, limits.max_result_bytes),
+        None => Session::own(),
+    };
+    session.enter(conn).await
 }
 
 /// Raises its flag when dropped.
@@ -531,7 +524,7 @@ async fn host_command(conn: &mut Guarded, command: &'static str) -> Result<(), s
 }
 
 async fn postgres(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PooledPg,
     role: Option<&str>,
     in_transaction: bool,
     limits: Limits,
@@ -540,7 +533,8 @@ async fn postgres(
     params: &[Value],
 ) -> Result<Outcome, Failure> {
     if !in_transaction {
-        prepare_connection_pg(conn, role, limits).await?;
+        // Then the statement runs in autocommit: nothing to end after it.
+        enter_session(conn, role, limits).await?;
     }
     let mut query = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
     for param in params {
@@ -553,45 +547,14 @@ async fn postgres(
             Value::Blob(b) => query.bind(b),
         };
     }
-    let result = {
-        let mut stream = conn.fetch_many(query);
-        let mut collected = Collector::new(limits, run);
-        let mut outcome = Ok(());
-        loop {
-            match stream.try_next().await {
-                Ok(Some(Either::Right(row))) => {
-                    if let Err(e) = collected.push(&row, value::postgres_values) {
-                        outcome = Err(Failure::from(e));
-                        break;
-                    }
-                }
-                Ok(Some(Either::Left(done))) => collected.changes += done.rows_affected(),
-                Ok(None) => break,
-                Err(e) => {
-                    outcome = Err(Failure::from(e));
-                    break;
-                }
-            }
-        }
-        drop(stream);
-        outcome.map(|()| collected.done(None))
-    };
-    match result {
-        Ok(done) if in_transaction => Ok(done),
-        Ok(done) => {
-            conn.execute("COMMIT").await?;
-            Ok(done)
-        }
-        Err(failure) => {
-            if failure.clean && !in_transaction {
-                // The database answered with an error and the connection is
-                // in step: end the call's transaction so it goes back
-                // clean. (Otherwise rows may still be in flight: reading
-                // them to reach the ROLLBACK would read the whole result;
-                // the connection is closed instead.)
-                conn.execute("ROLLBACK").await?;
-            }
-            Err(failure)
+    let mut stream = (&mut **conn).fetch_many(query);
+    let mut collected = Collector::new(limits, run);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(Either::Right(row))) => collected.push(&row, value::postgres_values)?,
+            Ok(Some(Either::Left(done))) => collected.changes += done.rows_affected(),
+            Ok(None) => return Ok(collected.done(None)),
+            Err(e) => return Err(Failure::from(e)),
         }
     }
 }

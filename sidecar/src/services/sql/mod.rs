@@ -41,6 +41,7 @@
 //! Not here yet: `gatehouse policy explain-sql` on the loaded policy.
 
 pub mod check;
+pub mod conn_pool;
 pub mod denial;
 pub mod error;
 pub mod exec;
@@ -49,6 +50,7 @@ pub mod guard;
 pub mod host;
 pub mod metrics;
 pub mod names;
+pub mod pg_pool;
 pub mod policy;
 pub mod pool;
 pub mod relay;

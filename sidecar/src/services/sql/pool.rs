@@ -16,18 +16,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::Sqlite;
+use sqlx::pool::PoolOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Postgres, Sqlite};
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OnceCell, Semaphore};
 
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
+use super::pg_pool::{PgPool, PooledPg, Session, pg_pool};
 use super::relay::{Relay, Upgrade, Upstream};
-use super::sqlite_pool::{PooledSqlite, SqlitePool};
+use super::sqlite_pool::{PooledSqlite, SqlitePool, sqlite_pool};
 use super::{Dialect, guard};
 use crate::databases::{DatabaseError, DatabaseSettings, DatabaseTarget, Databases, PoolSettings, TlsFiles};
 
@@ -139,8 +139,8 @@ impl SqlGateway {
 /// An open pool of either database.
 #[derive(Clone)]
 pub enum Pool {
-    /// PostgreSQL.
-    Postgres(sqlx::PgPool),
+    /// PostgreSQL: the gateway's own pool ([`super::pg_pool`]).
+    Postgres(PgPool),
     /// SQLite: the gateway's own pool ([`super::sqlite_pool`]).
     Sqlite(SqlitePool),
 }
@@ -149,7 +149,7 @@ impl Pool {
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         match self {
-            Pool::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Pool::Postgres(pool) => pool.usage(),
             Pool::Sqlite(pool) => pool.usage(),
         }
     }
@@ -158,7 +158,7 @@ impl Pool {
 /// A connection taken from a pool.
 pub enum Conn {
     /// PostgreSQL.
-    Postgres(PoolConnection<Postgres>),
+    Postgres(PooledPg),
     /// SQLite.
     Sqlite(PooledSqlite),
 }
@@ -235,7 +235,7 @@ impl AliasPool {
                     .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
                 let tls = databases.tls_files(&self.name).unwrap_or_default();
                 let options = self.relayed(options, &tls)?;
-                Ok(Pool::Postgres(pool_options(settings).connect_lazy_with(options)))
+                Ok(Pool::Postgres(pg_pool(options, settings.max_connections, settings.acquire_timeout)))
             }
             DatabaseTarget::Sqlite(path) => {
                 let options: SqliteConnectOptions = databases
@@ -261,7 +261,7 @@ impl AliasPool {
                 // before the pool hands it out, closed until a plugin's grant
                 // is entered for a statement.
                 guard::sqlite::limit_heap();
-                Ok(Pool::Sqlite(SqlitePool::new(
+                Ok(Pool::Sqlite(sqlite_pool(
                     options,
                     settings.max_connections,
                     settings.acquire_timeout,
@@ -294,8 +294,10 @@ impl AliasPool {
     }
 
     /// A connection for `plugin`: first a permit of its share, then one of
-    /// the pool's connections, each within `acquire_timeout`.
-    pub async fn acquire(&self, plugin: &str) -> Result<Held, SqlError> {
+    /// the pool's connections (on PostgreSQL preferably one already in
+    /// `session`), each within `acquire_timeout`. The permit is the
+    /// connection's until it is given back, or has finished closing.
+    pub async fn acquire(&self, plugin: &str, session: Option<&Session>) -> Result<Conn, SqlError> {
         let wait = self.settings.pool.acquire_timeout;
         let share = self.share(plugin);
         let permit = match tokio::time::timeout(wait, share.acquire_owned()).await {
@@ -312,40 +314,18 @@ impl AliasPool {
             }
         };
         Ok(match self.pool().await? {
-            Pool::Postgres(pool) => Held {
-                conn: Conn::Postgres(pool.acquire().await.map_err(SqlError::from_database)?),
-                _permit: Some(permit),
-            },
-            Pool::Sqlite(pool) => {
-                // Held by the connection: a closing one keeps its share
-                // until its worker has finished.
-                let mut conn = pool.acquire().await.map_err(SqlError::from_database)?;
+            Pool::Postgres(pool) => {
+                let mut conn = pool.acquire(session.map(Session::as_str)).await.map_err(SqlError::from_database)?;
                 conn.hold(permit);
-                Held { conn: Conn::Sqlite(conn), _permit: None }
+                Conn::Postgres(conn)
+            }
+            Pool::Sqlite(pool) => {
+                let mut conn = pool.acquire(None).await.map_err(SqlError::from_database)?;
+                conn.hold(permit);
+                Conn::Sqlite(conn)
             }
         })
     }
-}
-
-/// A pooled connection and the permit of its plugin's share: both go back
-/// when it is dropped.
-pub struct Held {
-    /// The connection.
-    pub conn: Conn,
-    /// The plugin's share (on SQLite the connection holds it).
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-fn pool_options(settings: PoolSettings) -> PoolOptions<Postgres> {
-    PoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(settings.acquire_timeout)
-        // A connection idle this long is closed: the pool shrinks back
-        // after a burst.
-        .idle_timeout(Duration::from_secs(300))
-        // Checked when taken: a connection the server closed (restart,
-        // failover) is replaced instead of failing the plugin's call.
-        .test_before_acquire(true)
 }
 
 /// Creates the directory of a SQLite file (owner-only, like the data
@@ -395,7 +375,7 @@ mod tests {
             // The gateway's own connections refuse what no plugin's grant
             // allows (the authorizer): read the file on a connection of
             // the test's.
-            let mut conn = pool.acquire().await.unwrap();
+            let mut conn = pool.acquire(None).await.unwrap();
             let refused =
                 sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products").fetch_one(conn.connection()).await;
             assert!(refused.is_err(), "a pooled connection ran a statement without a grant");

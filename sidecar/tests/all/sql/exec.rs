@@ -203,17 +203,21 @@ async fn a_greedy_plugin_cannot_starve_another_on_postgres() {
     a_greedy_plugin_cannot_starve_another(Dialect::Postgres).await;
 }
 
-/// No session state survives a call on a pooled connection. Attacks
-/// tried: `SET`, `set_config` (session-wide), a temporary table, `PREPARE`,
-/// `DISCARD`, `RESET`: all refused before the database. What the gateway
-/// sets itself (`SET LOCAL statement_timeout` and `search_path`) is gone
-/// after the call, and no prepared statement is left on the connection,
-/// seen from the one connection of the pool afterwards.
+/// No plugin's session state reaches another caller of a pooled
+/// connection. Attacks tried: `SET`, `set_config` (session-wide), a
+/// temporary table, `PREPARE`, `DISCARD`, `RESET`: all refused before the
+/// database. What the gateway sets itself (the plugin's role,
+/// `statement_timeout`, `search_path`, the relay's row limit) stays with
+/// the idle connection and is replaced before anyone else's statement: the
+/// sidecar's own session finds the login's role and defaults, and no
+/// prepared statement, on the pool's one connection; another plugin's
+/// larger row limit applies on it right after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_session_state_survives_a_call_on_postgres() {
+    use gatehouse::services::sql::pg_pool::Session;
     let db = TestDb::start(Dialect::Postgres).await;
     let gateway = db.gateway(pool(1, 1));
-    let policy = policy("timeout = \"1234ms\"");
+    let policy = policy("timeout = \"1234ms\"\nmax_result_bytes = 64");
     for sql in [
         "SET search_path = evil",
         "SELECT set_config('search_path', 'evil', false)",
@@ -228,18 +232,31 @@ async fn no_session_state_survives_a_call_on_postgres() {
     }
     let rows = query(&gateway, "a", &policy, "SELECT name FROM products WHERE id = $1", &[Value::Int(2)]).await;
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Text("gizmo".into())]]);
+    // A row past what the relay lets `a`'s session read (64 bytes and the
+    // framing's slack), within `b`'s: the connection `a` left carries
+    // `a`'s bound, and `b`'s call replaces it with its own.
+    db.admin(&format!("INSERT INTO products VALUES (99, '{}', 1, 1)", "w".repeat(40_000))).await;
+    let wide = "SELECT name FROM products WHERE id = $1";
+    let refused = query(&gateway, "a", &policy, wide, &[Value::Int(99)]).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::QuotaExceeded, "{refused}");
+    query(&gateway, "a", &policy, wide, &[Value::Int(2)]).await.unwrap();
+    let other = gatehouse::services::sql::SqlPolicy { max_result_bytes: 1 << 20, ..policy.clone() };
+    let rows = query(&gateway, "b", &other, wide, &[Value::Int(99)]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Text("w".repeat(40_000))]]);
+    query(&gateway, "a", &policy, wide, &[Value::Int(2)]).await.unwrap();
 
     let gatehouse::services::sql::pool::Pool::Postgres(pool) = gateway.alias("db").unwrap().opened().unwrap().clone()
     else {
         panic!("a PostgreSQL pool")
     };
-    assert_eq!(pool.size(), 1, "the call's connection is the pool's only one");
-    let mut connection = pool.acquire().await.unwrap();
+    assert_eq!(pool.usage().0, 1, "the calls' connection is the pool's only one");
+    let mut connection = Session::own().acquire(&pool).await.unwrap();
     let setting = |name: &'static str| {
         sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}"))).persistent(false)
     };
     assert_eq!(setting("statement_timeout").fetch_one(&mut *connection).await.unwrap(), "0");
     assert_eq!(setting("search_path").fetch_one(&mut *connection).await.unwrap(), "\"$user\", public");
+    assert_eq!(setting("role").fetch_one(&mut *connection).await.unwrap(), "none");
     let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
         .persistent(false)
         .fetch_one(&mut *connection)
@@ -247,8 +264,8 @@ async fn no_session_state_survives_a_call_on_postgres() {
         .unwrap();
     assert_eq!(prepared, 0);
     drop(connection);
-    // A call's write is committed: its transaction did not stay open on
-    // the pooled connection.
+    // A call's write is committed: no transaction stays open on the pooled
+    // connection.
     let insert = "INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)";
     let values = [Value::Text("now".into()), Value::Text("a".into()), Value::Text("write".into())];
     query(&gateway, "a", &policy, insert, &values).await.unwrap();

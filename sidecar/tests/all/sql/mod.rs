@@ -3,6 +3,7 @@
 
 mod door;
 mod exec;
+mod pg_pool;
 mod relay;
 mod spin;
 mod support;

@@ -18,11 +18,12 @@
 //! - [`remove`]: when a plugin's grant is gone, revokes everything and
 //!   drops its role (left empty when it still holds privileges in another
 //!   database of the cluster).
-//! - [`enter`]: inside the call's transaction, `SET LOCAL ROLE` to the
-//!   plugin's role, `SET LOCAL statement_timeout` to the policy's timeout,
-//!   `SET LOCAL search_path` to [`SCHEMA`] (then `pg_temp`, so a temporary
-//!   table never shadows a real one). `LOCAL`: all three end with the
-//!   transaction, whether it commits or rolls back.
+//! - [`enter`]: inside a transaction, `SET LOCAL ROLE` to the plugin's
+//!   role, `SET LOCAL statement_timeout` to the policy's timeout, `SET
+//!   LOCAL search_path` to [`SCHEMA`] (then `pg_temp`, so a temporary table
+//!   never shadows a real one): this line on its own, as its tests use it.
+//!   The gateway sets the same at session level instead, once per
+//!   connection and plugin ([`crate::services::sql::pg_pool::Session`]).
 //!
 //! The login role needs `CREATEROLE` (to create plugin roles and join
 //! them) and must own the granted tables or hold them `WITH GRANT OPTION`.
@@ -58,9 +59,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 // Role and table names are quoted identifiers from the policy and the
 // catalog, never statement text from a plugin.
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use super::GuardError;
+use crate::services::sql::pg_pool::{PgPool, Session};
 use crate::services::sql::{Access, Kind, SqlPolicy};
 
 /// The schema every plugin statement is confined to.
@@ -286,7 +288,10 @@ fn role_error(error: sqlx::Error) -> GuardError {
 pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<SyncReport, GuardError> {
     let role = role_name(plugin)?;
     let quoted = quote(&role);
-    let mut conn = pool.acquire().await?;
+    let mut conn = Session::own().acquire(pool).await?;
+    // It will hold the statements prepared here: closed rather than handed
+    // back, so no plugin call inherits them.
+    conn.close_on_drop();
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(&role)).execute(&mut *tx).await?;
     let mut report = SyncReport { role: role.clone(), ..SyncReport::default() };
@@ -351,9 +356,6 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
     }
     sync_sequences(&mut tx, &role, policy).await?;
     tx.commit().await?;
-    // The connection holds the statements prepared above: closed rather
-    // than handed back, so no plugin call inherits them.
-    drop(conn.detach().close().await);
     Ok(report)
 }
 
@@ -362,10 +364,12 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
 /// at its `SET LOCAL ROLE`. Changes nothing.
 pub async fn check_provided(pool: &PgPool, plugin: &str) -> Result<(), GuardError> {
     let role = role_name(plugin)?;
+    let mut conn = Session::own().acquire(pool).await?;
     let provided =
         sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1 AND pg_has_role(current_user, oid, 'MEMBER')")
+            .persistent(false)
             .bind(&role)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
     provided.map(drop).ok_or(GuardError::RoleNotProvided(role))
 }
@@ -376,7 +380,9 @@ pub async fn check_provided(pool: &PgPool, plugin: &str) -> Result<(), GuardErro
 pub async fn remove(pool: &PgPool, plugin: &str) -> Result<bool, GuardError> {
     let role = role_name(plugin)?;
     let quoted = quote(&role);
-    let mut conn = pool.acquire().await?;
+    let mut conn = Session::own().acquire(pool).await?;
+    // Closed afterwards, as in `sync`.
+    conn.close_on_drop();
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(&role)).execute(&mut *tx).await?;
     let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1").bind(&role).fetch_optional(&mut *tx).await?;

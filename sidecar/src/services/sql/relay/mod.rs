@@ -12,14 +12,14 @@
 //! in its place (SQLSTATE [`OVERSIZED`]), and the connection is closed
 //! without reading the rest.
 //!
-//! The limit comes from the executor, which opens every call's transaction
-//! with a simple query that begins with [`marker`]. The relay reads it
-//! from that `Query` message only: plugins' statements travel in `Parse`
-//! messages and never reach a `Query`. It holds until the server reports
-//! the connection idle (`ReadyForQuery` 'I', the transaction over);
-//! outside a marked transaction (the sidecar's own queries, such as the
-//! role sync) rows and every other message are read up to
-//! [`UNMARKED_LIMIT`].
+//! The limit comes from the executor, which sets a plugin's session on a
+//! connection (its role and settings, [`super::pg_pool`]) with a simple
+//! query that begins with [`marker`]. The relay reads it from that `Query`
+//! message only: plugins' statements travel in `Parse` messages and never
+//! reach a `Query`. It holds until the next marker: the sidecar's own
+//! queries (such as the role sync) first set [`marker`]`(`[`UNMARKED`]`)`,
+//! under which rows and every other message are read up to
+//! [`UNMARKED_LIMIT`], as on a new connection.
 //!
 //! TLS: sqlx speaks plaintext to the relay (inside this process), and the
 //! relay makes the TLS session with the server that sqlx would have made
@@ -45,12 +45,12 @@ pub use tls::Upgrade;
 /// The SQLSTATE of the relay's refusal (a class PostgreSQL does not use).
 pub const OVERSIZED: &str = "GH001";
 
-/// The limit outside a marked transaction, and the least one for any
-/// message but a row (an error text that quotes a huge value, say).
+/// The limit on a connection no plugin's session is set on, and the least
+/// one for any message but a row (an error text that quotes a huge value, say).
 pub const UNMARKED_LIMIT: u64 = 1 << 20;
 
-/// The limit's value outside a marked transaction.
-const UNMARKED: u64 = u64::MAX;
+/// The limit's value on a connection no plugin's session is set on.
+pub const UNMARKED: u64 = u64::MAX;
 
 /// Room for a row's framing beyond its values' sizes ([`super::Value::size`]):
 /// a two-byte column count, and per column a four-byte length plus what the
@@ -69,8 +69,8 @@ const MAX_STARTUP: u64 = 64 << 10;
 
 const MARKER: &str = "/*gatehouse:max-result-bytes=";
 
-/// What the executor puts before its `BEGIN`: the call's
-/// `max_result_bytes`, which bounds each of its rows.
+/// What the executor puts before a session's settings: the plugin's
+/// `max_result_bytes`, which bounds each row until the next marker.
 pub fn marker(max_result_bytes: u64) -> String {
     format!("{MARKER}{max_result_bytes}*/ ")
 }
@@ -304,16 +304,7 @@ where
             return refuse(to, OVERSIZED, &over).await;
         }
         to.write_all(&header).await?;
-        if header[0] == b'Z' && body == 1 {
-            let mut status = [0u8];
-            read_exact(&mut from, &mut to, &mut status).await?;
-            if status[0] == b'I' {
-                limit.store(UNMARKED, Ordering::SeqCst);
-            }
-            to.write_all(&status).await?;
-        } else {
-            copy(&mut from, &mut to, body).await?;
-        }
+        copy(&mut from, &mut to, body).await?;
     }
 }
 
@@ -466,7 +457,7 @@ mod tests {
     /// server on loopback. Attacks: a row one byte past the call's bound
     /// (and one at it), a row declaring 1 GiB that the server never sends
     /// (the refusal comes from the header alone, without waiting for the
-    /// body), a limit expected to outlive its transaction, and a marker
+    /// body), a limit expected to end with its transaction, and a marker
     /// sent inside an extended-protocol `Parse` (as a plugin's statement
     /// would be), which must set nothing.
     #[tokio::test]
@@ -499,8 +490,13 @@ mod tests {
         upstream.write_all(&[row(max + ROW_SLACK), in_transaction.clone()].concat()).await.unwrap();
         assert_eq!(read_message(&mut client).await, (b'D', vec![b'x'; (max + ROW_SLACK) as usize]));
         assert_eq!(read_message(&mut client).await.0, b'Z');
-        // The limit is the transaction's: idle, it falls back to 1 MiB, so
-        // a 200 KiB row passes that would not have in the call.
+        // The limit is the session's until the next marker: the sidecar's
+        // own (unmarked) brings back 1 MiB, so a 200 KiB row passes that
+        // would not have in the plugin's session.
+        let own = message(b'Q', format!("{}RESET ROLE\0", marker(UNMARKED)).as_bytes());
+        client.write_all(&own).await.unwrap();
+        let mut got = vec![0u8; own.len()];
+        upstream.read_exact(&mut got).await.unwrap();
         upstream.write_all(&[idle.clone(), row(200 << 10)].concat()).await.unwrap();
         assert_eq!(read_message(&mut client).await.0, b'Z');
         assert_eq!(read_message(&mut client).await.1.len(), 200 << 10);
@@ -515,10 +511,11 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains(OVERSIZED));
         drop((client, upstream));
 
-        // A marked call whose row is one byte too long, and a row declaring
-        // 1 GiB of which nothing is sent: refused from the header, and the
-        // connection is closed both ways.
-        for declared in [max + ROW_SLACK + 1, 1 << 30] {
+        // A marked session's row one byte too long (after its transaction
+        // ended: the limit outlives it), and a row declaring 1 GiB of which
+        // nothing is sent: refused from the header, and the connection is
+        // closed both ways.
+        for (declared, status) in [(max + ROW_SLACK + 1, &idle), (1 << 30, &in_transaction)] {
             let mut client = UnixStream::connect(&socket).await.unwrap();
             client.write_all(&[&STARTUP[..], &begin].concat()).await.unwrap();
             let (mut upstream, _) = server.accept().await.unwrap();
@@ -526,7 +523,7 @@ mod tests {
             upstream.read_exact(&mut got).await.unwrap();
             let mut header = row(0)[..5].to_vec();
             header[1..5].copy_from_slice(&(declared as u32 + 4).to_be_bytes());
-            upstream.write_all(&[in_transaction.clone(), header].concat()).await.unwrap();
+            upstream.write_all(&[status.clone(), header].concat()).await.unwrap();
             assert_eq!(read_message(&mut client).await.0, b'Z');
             let (kind, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut client)).await.unwrap();
             let text = String::from_utf8_lossy(&body).to_string();

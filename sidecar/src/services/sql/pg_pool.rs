@@ -1,0 +1,157 @@
+//! The gateway's PostgreSQL connections ([`super::conn_pool`]), each
+//! remembering the session it carries: the settings a plugin's statements
+//! run under (its role, statement timeout, search path, the relay's row
+//! limit), set with one simple query ([`Session`]).
+//!
+//! A call sets its plugin's session only when the connection carries
+//! another one, and runs its statement in autocommit: one round trip fewer
+//! than a transaction per call with `SET LOCAL`s (`BEGIN` and its settings,
+//! the statement, `COMMIT`), and two fewer when the plugin's previous call
+//! left the connection in its session. The pool lends a connection already
+//! in the caller's session when it has one idle.
+//!
+//! Between calls a connection keeps the session of the plugin that last
+//! used it. Nothing runs on it until the next caller has set its own
+//! (a different plugin, or the sidecar's own work: [`Session::own`],
+//! which resets the role and every setting), so no plugin's statement runs
+//! under another's role or settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
+
+use super::conn_pool::{ConnPool, Connector, Pooled};
+use super::guard::postgres as pg_guard;
+use super::relay;
+
+/// A pool of PostgreSQL connections that remember their session.
+pub type PgPool = ConnPool<PgConnector>;
+
+/// A connection taken from a [`PgPool`].
+pub type PooledPg = Pooled<PgConnector>;
+
+/// How long an idle connection is lent without a check: one idle longer
+/// is pinged first, so a server restarted meanwhile costs no plugin's call.
+/// (sqlx's pool pings before every acquire: a round trip per call.)
+pub const CHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// How long the check of an idle connection may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a PostgreSQL server running a plugin's statement checks that
+/// the sidecar is still connected (`client_connection_check_interval`):
+/// otherwise a statement whose connection the sidecar closed (its
+/// invocation ended) runs on until its `statement_timeout`, since the
+/// server notices a closed socket only when it next writes.
+const CLIENT_CHECK_MILLIS: u32 = 250;
+
+/// Opens PostgreSQL connections (through the alias's relay).
+pub struct PgConnector {
+    options: PgConnectOptions,
+}
+
+/// A pool over `options`, opening nothing yet.
+pub fn pg_pool(options: PgConnectOptions, max_connections: u32, acquire_timeout: Duration) -> PgPool {
+    ConnPool::new(PgConnector { options }, max_connections, acquire_timeout)
+}
+
+impl Connector for PgConnector {
+    type Conn = PgConnection;
+
+    const CHECK_AFTER: Duration = CHECK_AFTER;
+
+    async fn open(&self) -> Result<PgConnection, sqlx::Error> {
+        self.options.connect().await
+    }
+
+    async fn check(conn: &mut PgConnection) -> bool {
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, conn.ping()).await, Ok(Ok(())))
+    }
+
+    async fn close(conn: PgConnection) {
+        let _ = conn.close().await;
+    }
+}
+
+/// Whether a connection is still in step after `error`: the server
+/// answered with an error that did not end the session (not `FATAL` or
+/// `PANIC`, such as a shutdown's or a terminated backend's).
+pub fn survives(error: &sqlx::Error) -> bool {
+    use sqlx::postgres::{PgDatabaseError, PgSeverity};
+    match error {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_none_or(|pg| !matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        _ => false,
+    }
+}
+
+/// The settings statements run under on a connection, as the one simple
+/// query that sets them (which is also how a connection remembers them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session(Arc<str>);
+
+impl Session {
+    /// A plugin's: its `role`, the statement timeout, the search path fixed
+    /// to the schema the checker resolves names in, the server's check
+    /// for a vanished client, and the relay's bound on each row
+    /// (`max_result_bytes`). Session-level: they outlast the call, and
+    /// the next caller of another session sets its own first.
+    pub fn plugin(role: &str, timeout: Duration, max_result_bytes: u64) -> Session {
+        let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+        Session(Arc::from(format!(
+            "{}SET ROLE {}; SET statement_timeout = {millis}; \
+             SET client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET search_path = {}",
+            relay::marker(max_result_bytes),
+            pg_guard::quote(role),
+            pg_guard::quote(pg_guard::SCHEMA)
+        )))
+    }
+
+    /// The sidecar's own (the role sync): the login's role and defaults,
+    /// and no plugin's row limit.
+    pub fn own() -> Session {
+        Session(Arc::from(format!("{}RESET ROLE; RESET ALL", relay::marker(relay::UNMARKED))))
+    }
+
+    /// The query that sets it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Puts `conn` in this session, unless it is already (no round trip
+    /// then). While the settings change the connection's session is
+    /// unknown: a caller that leaves meanwhile leaves a connection that is
+    /// set again by whoever takes it next.
+    pub async fn enter(&self, conn: &mut PooledPg) -> Result<(), sqlx::Error> {
+        if conn.session() == Some(self.as_str()) {
+            return Ok(());
+        }
+        conn.set_session(None);
+        match conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await {
+            Ok(_) => {
+                conn.set_session(Some(Arc::clone(&self.0)));
+                Ok(())
+            }
+            // The server refused a setting (a role that is gone): the
+            // connection is fine, in no one's session.
+            Err(e) if survives(&e) => Err(e),
+            // The connection is not (the server restarted, say): closed,
+            // so it fails no other call.
+            Err(e) => {
+                conn.close_on_drop();
+                Err(e)
+            }
+        }
+    }
+
+    /// A connection of `pool` in this session: one idle in it if there is
+    /// one, else another set to it.
+    pub async fn acquire(&self, pool: &PgPool) -> Result<PooledPg, sqlx::Error> {
+        let mut conn = pool.acquire(Some(self.as_str())).await?;
+        self.enter(&mut conn).await?;
+        Ok(conn)
+    }
+}

@@ -1,0 +1,109 @@
+//! The gateway's PostgreSQL pool (`services::sql::pg_pool`): connections
+//! remember the session they carry, the pool lends one already in the
+//! caller's session when it has one, a session is set only when it
+//! differs, and a connection the server dropped is replaced (checked when
+//! idle past `CHECK_AFTER`, closed when setting a session finds it dead).
+
+use std::time::Duration;
+
+use gatehouse::services::sql::pg_pool::{CHECK_AFTER, PgPool, PooledPg, Session, pg_pool};
+use sqlx::Executor as _;
+
+use crate::postgres::TestPostgres;
+
+fn start() -> (TestPostgres, PgPool) {
+    let server = TestPostgres::start("gateway", "gateway-pw", "shop");
+    server.psql(
+        "CREATE ROLE reader NOLOGIN; GRANT reader TO gateway; CREATE ROLE writer NOLOGIN; GRANT writer TO gateway",
+    );
+    let pool = pg_pool(server.url().parse().unwrap(), 2, Duration::from_secs(5));
+    (server, pool)
+}
+
+async fn pid(conn: &mut PooledPg) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()").persistent(false).fetch_one(&mut **conn).await.unwrap()
+}
+
+async fn current_role(conn: &mut PooledPg) -> String {
+    sqlx::query_scalar("SELECT current_user::text").persistent(false).fetch_one(&mut **conn).await.unwrap()
+}
+
+/// Two connections in two sessions: each caller gets the one already in
+/// its own, whichever was returned last; a session is entered once (a
+/// second `enter` sends nothing, shown by a session whose query would now
+/// fail); the sidecar's own session resets the role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_the_callers_session_is_preferred_and_not_set_again() {
+    let (server, pool) = start();
+    let (reader, writer) = (
+        Session::plugin("reader", Duration::from_secs(5), 1 << 20),
+        Session::plugin("writer", Duration::from_secs(5), 1 << 20),
+    );
+    let mut a = reader.acquire(&pool).await.unwrap();
+    let mut b = writer.acquire(&pool).await.unwrap();
+    assert_eq!((current_role(&mut a).await, current_role(&mut b).await), ("reader".into(), "writer".into()));
+    let (pid_a, pid_b) = (pid(&mut a).await, pid(&mut b).await);
+    drop(a);
+    drop(b);
+    for _ in 0..3 {
+        let mut a = reader.acquire(&pool).await.unwrap();
+        assert_eq!(pid(&mut a).await, pid_a, "the reader's connection, though the writer's came back last");
+        drop(a);
+        let mut b = writer.acquire(&pool).await.unwrap();
+        assert_eq!(pid(&mut b).await, pid_b);
+        drop(b);
+    }
+    // Not sent again: with the role gone the query would fail.
+    server.psql(
+        "REASSIGN OWNED BY reader TO gateway; DROP OWNED BY reader; REVOKE reader FROM gateway; DROP ROLE reader",
+    );
+    let mut a = reader.acquire(&pool).await.unwrap();
+    assert_eq!(pid(&mut a).await, pid_a);
+    // Another session on it is set (and the reset of the sidecar's own
+    // brings back the login).
+    Session::own().enter(&mut a).await.unwrap();
+    assert_eq!(current_role(&mut a).await, "gateway");
+    assert_eq!(a.session(), Some(Session::own().as_str()));
+    // A refused setting leaves the connection usable, in no session.
+    let refused = reader.enter(&mut a).await.unwrap_err();
+    assert!(refused.to_string().contains("reader"), "{refused}");
+    assert_eq!(a.session(), None);
+    assert_eq!(pid(&mut a).await, pid_a);
+}
+
+/// The server restarted under idle connections: one idle past
+/// `CHECK_AFTER` is checked and replaced before it is lent (the caller
+/// sees nothing); one idle for less fails the setting of a session, and
+/// is closed rather than handed to the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_dropped_are_replaced() {
+    let (server, pool) = start();
+    let reader = Session::plugin("reader", Duration::from_secs(5), 1 << 20);
+    let writer = Session::plugin("writer", Duration::from_secs(5), 1 << 20);
+    drop(reader.acquire(&pool).await.unwrap());
+    assert_eq!(pool.usage(), (1, 1));
+
+    server.pause();
+    server.resume();
+    // Idle for less than CHECK_AFTER: lent unchecked, and a session change
+    // finds it dead.
+    let mut conn = pool.acquire(Some(writer.as_str())).await.unwrap();
+    assert!(writer.enter(&mut conn).await.is_err());
+    drop(conn);
+    let waited = std::time::Instant::now();
+    while pool.usage() != (0, 0) {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the dead connection was kept: {:?}", pool.usage());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut conn = writer.acquire(&pool).await.unwrap();
+    assert_eq!(current_role(&mut conn).await, "writer");
+    drop(conn);
+
+    // Idle for longer: checked, and replaced without an error.
+    server.pause();
+    server.resume();
+    tokio::time::sleep(CHECK_AFTER + Duration::from_millis(200)).await;
+    let mut conn = writer.acquire(&pool).await.unwrap();
+    assert_eq!(current_role(&mut conn).await, "writer");
+    conn.execute("SELECT 1").await.unwrap();
+}
