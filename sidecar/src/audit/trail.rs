@@ -250,8 +250,14 @@ pub struct AuditTrail {
     /// The latest tree (size, root) this process saw the store hold: every
     /// append checks that the store still extends it.
     seen: std::sync::Mutex<Option<(u64, super::merkle::Hash)>>,
+    /// Where `seen` is remembered across restarts ([`AuditTrail::remembering`]).
+    witness: Option<PathBuf>,
     metrics: TrailMetrics,
 }
+
+/// The file under the data directory that remembers the latest tree the
+/// sidecar saw ([`AuditTrail::remembering`]).
+pub const WITNESS_FILE: &str = "audit/seen";
 
 /// The origin a new log gets when the settings name none.
 pub fn default_origin() -> String {
@@ -291,6 +297,7 @@ impl AuditTrail {
             signers: vec![signer],
             lock: RwLock::new(()),
             seen: Default::default(),
+            witness: None,
             metrics: Default::default(),
         };
         let log = trail.open_log()?;
@@ -305,6 +312,64 @@ impl AuditTrail {
             trail.metrics.signed_at(time.unwrap_or_else(SystemTime::now));
         }
         Ok(trail)
+    }
+
+    /// Remembers the latest tree this process sees (size and root) in
+    /// `file`, a file of the sidecar's own outside the store, and refuses
+    /// now a store that does not extend the tree remembered there: a
+    /// sidecar restarted after its database was rolled back (a restored
+    /// dump, a replaced file) refuses to sign over it, as a running one
+    /// does. To accept a log that was reset on purpose, remove the file.
+    pub fn remembering(mut self, file: PathBuf) -> Result<AuditTrail, TrailError> {
+        if let Some(dir) = file.parent() {
+            crate::data_dir::secure(dir)?;
+        }
+        if let Some((size, root)) = read_witness(&file)? {
+            self.open_log()?.extending(size, root).append(&[]).map_err(|e| match e {
+                AuditError::Inconsistent(why) => AuditError::Inconsistent(format!(
+                    "{why} (the tree this sidecar saw before it restarted, remembered in {}; remove that file \
+                     only to accept a log reset on purpose)",
+                    crate::policy::shown(&file)
+                )),
+                e => e,
+            })?;
+        }
+        self.witness = Some(file);
+        let seen = *self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = seen {
+            self.remember(seen).map_err(|e| AuditError::Store(StoreError(e)))?;
+        }
+        Ok(self)
+    }
+
+    /// Writes `seen` to the witness file, if there is one (atomically: a
+    /// new file renamed over the old).
+    fn remember(&self, (size, root): (u64, super::merkle::Hash)) -> Result<(), String> {
+        let Some(file) = &self.witness else { return Ok(()) };
+        let shown = crate::policy::shown(file);
+        let temporary = file.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut out =
+                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
+            out.write_all(format!("{size} {}\n", hex::encode(root)).as_bytes())?;
+            out.sync_all()?;
+            std::fs::rename(&temporary, file)
+        };
+        write().map_err(|e| format!("{shown}: {e}"))
+    }
+
+    /// Records `latest` as seen, in memory and in the witness file (whose
+    /// failure is logged: an older witness only checks less).
+    fn saw(&self, seen: &mut Option<(u64, super::merkle::Hash)>, latest: (u64, super::merkle::Hash)) {
+        if *seen == Some(latest) {
+            return;
+        }
+        *seen = Some(latest);
+        if let Err(error) = self.remember(latest) {
+            tracing::warn!(%error, "the audit log's latest tree is not remembered for a restart");
+        }
     }
 
     /// The log's origin (its name in checkpoints and its key's name).
@@ -356,7 +421,7 @@ impl AuditTrail {
             log = log.extending(size, root);
         }
         let appended = log.append_planned(plan)?;
-        *seen = Some((appended.size, appended.root));
+        self.saw(&mut seen, (appended.size, appended.root));
         Ok(appended)
     }
 
@@ -394,7 +459,7 @@ impl AuditTrail {
             )));
         }
         if let Some((checkpoint, _)) = latest {
-            *seen = Some((checkpoint.size, checkpoint.root));
+            self.saw(&mut seen, (checkpoint.size, checkpoint.root));
         }
         Ok(())
     }
@@ -781,6 +846,24 @@ fn current_hash(file: &Path) -> Option<[u8; 32]> {
     Some(Sha256::digest(&bytes).into())
 }
 
+/// The tree a witness file remembers, if it exists.
+fn read_witness(file: &Path) -> Result<Option<(u64, super::merkle::Hash)>, TrailError> {
+    let shown = crate::policy::shown(file);
+    let bytes = match crate::bounded_read::read_regular_file(file, 256) {
+        Ok(bytes) => bytes,
+        Err(crate::bounded_read::BoundedReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(AuditError::Store(StoreError(format!("{shown}: {e}"))).into()),
+    };
+    let malformed = || AuditError::Store(StoreError(format!("{shown}: not `<size> <root in hex>`")));
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let (size, root) = text.trim_end().split_once(' ').ok_or_else(malformed)?;
+    let size = size.parse::<u64>().map_err(|_| malformed())?;
+    let root: super::merkle::Hash = hex::decode(root).ok().and_then(|r| r.try_into().ok()).ok_or_else(malformed)?;
+    Ok(Some((size, root)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -796,6 +879,46 @@ mod tests {
         assert_eq!(file_actor(Path::new("gone.toml"), None), "file:gone.toml#absent");
         let forged = file_actor(Path::new("a\nb.toml"), None);
         assert!(!forged.contains('\n'), "{forged}");
+    }
+
+    /// A sidecar remembers the tree it saw outside the store
+    /// ([`WITNESS_FILE`]): reopened on a store rolled back to an older copy
+    /// (a backup of the file alone restored), it refuses; a malformed
+    /// memory is an error, not ignored; without one, the store opens and is
+    /// remembered anew.
+    #[test]
+    fn a_store_rolled_back_behind_the_remembered_tree_is_refused_at_open() {
+        let data = tempfile::tempdir().unwrap();
+        let settings = AuditSettings {
+            enabled: true,
+            key: data.path().join("audit/key"),
+            origin: Some("witness.test/log".into()),
+            require_approval: false,
+            database: None,
+        };
+        let (witness, store) = (data.path().join(WITNESS_FILE), data.path().join(STORE_FILE));
+        let open = || AuditTrail::open(data.path(), &settings).unwrap().remembering(witness.clone());
+        let entry = |item: &str| NewEntry {
+            actor: "test".into(),
+            plugin: Some("p".into()),
+            change: Change { kind: "added".into(), item: item.into(), before: None, after: Some(json!(1)) },
+        };
+        open().unwrap().append(|_| Ok((vec![entry("a")], Vec::new()))).unwrap();
+        let older = std::fs::read(&store).unwrap();
+        open().unwrap().append(|_| Ok((vec![entry("b")], Vec::new()))).unwrap();
+        assert!(std::fs::read_to_string(&witness).unwrap().starts_with("2 "));
+
+        std::fs::write(&store, &older).unwrap();
+        let refused = open().unwrap_err().to_string();
+        assert!(
+            refused.contains("does not extend the log of 2 entries") && refused.contains("audit/seen"),
+            "{refused}"
+        );
+        std::fs::write(&witness, "two 00").unwrap();
+        assert!(open().unwrap_err().to_string().contains("not `<size> <root in hex>`"));
+        std::fs::remove_file(&witness).unwrap();
+        open().unwrap();
+        assert!(std::fs::read_to_string(&witness).unwrap().starts_with("1 "));
     }
 
     #[test]

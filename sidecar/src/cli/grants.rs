@@ -152,7 +152,8 @@ fn pending(config: &Config) -> anyhow::Result<ExitCode> {
 
 fn decide(config: &Config, plugin: &str, decision: Decision, reviewed: Option<String>) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(config.audit.enabled, "the audit log is off ([audit] enabled = false): it keeps the approvals");
-    let trail = AuditTrail::open_at(Location::of(config, false)?, &config.audit)?;
+    let trail = AuditTrail::open_at(Location::of(config, false)?, &config.audit)?
+        .remembering(config.data_dir.join(gatehouse::audit::trail::WITNESS_FILE))?;
     let actor = os_user();
     match trail.decide(plugin, decision, &actor, reviewed.as_deref()) {
         Ok(recorded) => {

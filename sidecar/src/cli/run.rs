@@ -46,7 +46,9 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         // Before anything is served: a log that cannot be opened, or whose
         // store no longer matches its last checkpoint, stops the start.
         let location = Location::of(config, true).context("the audit log cannot be opened")?;
-        let trail = AuditTrail::open_at(location, &config.audit).context("the audit log cannot be opened")?;
+        let trail = AuditTrail::open_at(location, &config.audit)
+            .and_then(|trail| trail.remembering(config.data_dir.join(gatehouse::audit::trail::WITNESS_FILE)))
+            .context("the audit log cannot be opened")?;
         let store = trail.location().shown();
         tracing::info!(%store, origin = trail.origin(), entries = trail.metrics().checkpoint_size(), "audit log open");
         services = services.with_audit(trail);

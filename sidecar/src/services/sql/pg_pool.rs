@@ -88,6 +88,15 @@ pub fn survives(error: &sqlx::Error) -> bool {
     }
 }
 
+/// How often settings cancelled by the previous session's timeout are
+/// tried again ([`Session::enter`]).
+const CANCELLED_RETRIES: usize = 3;
+
+/// Whether `error` is PostgreSQL's `query_canceled` (a statement timeout).
+fn cancelled(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
+}
+
 /// The settings statements run under on a connection, as the one simple
 /// query that sets them (which is also how a connection remembers them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +139,21 @@ impl Session {
             return Ok(());
         }
         conn.set_session(None);
-        match conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await {
+        let mut set = conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await;
+        // The settings run under the previous session's `statement_timeout`,
+        // which may be a plugin's 1 ms: cancelled, they are sent again after
+        // clearing it on its own (a trivial statement, tried a few times),
+        // so that no plugin's timeout decides another's call (an outside
+        // review saw 1 switch in ~700 away from a 1 ms plugin fail).
+        for _ in 0..CANCELLED_RETRIES {
+            if !set.as_ref().is_err_and(cancelled) {
+                break;
+            }
+            if conn.execute("SET statement_timeout = 0").await.is_ok() {
+                set = conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await;
+            }
+        }
+        match set {
             Ok(_) => {
                 conn.set_session(Some(Arc::clone(&self.0)));
                 Ok(())

@@ -279,7 +279,8 @@ fn sidecars_sharing_a_postgresql_log_record_each_change_once() {
 /// Attack (an outside review): restore the shared database to a copy
 /// taken before a change, then reload a sidecar that did not append since
 /// the copy. It followed the log meanwhile (every 2 s), so it refuses to
-/// sign over the rollback instead of forking the log.
+/// sign over the rollback instead of forking the log; and restarted, it
+/// refuses to start on it.
 #[test]
 fn a_sidecar_that_followed_the_shared_log_refuses_a_rolled_back_database() {
     use crate::common::{Policies, guest};
@@ -319,6 +320,32 @@ fn a_sidecar_that_followed_the_shared_log_refuses_a_rolled_back_database() {
     let summary = json(&body);
     assert_eq!(status, 503, "{summary}");
     assert!(summary["audit_error"].as_str().unwrap().contains("does not extend the log of 2 entries"), "{summary}");
+
+    // Restarted, it still refuses: the tree it saw is remembered outside
+    // the database (`<data_dir>/audit/seen`), so it does not start on the
+    // rolled-back log at all.
+    drop(b);
+    let mut restarted = crate::common::gatehouse_command()
+        .args(["--config", b_config.to_str().unwrap(), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = restarted.try_wait().unwrap() {
+            break status;
+        }
+        if waited.elapsed() > std::time::Duration::from_secs(30) {
+            restarted.kill().unwrap();
+            panic!("a restarted sidecar started on the rolled-back log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut restarted.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("does not extend the log of 2 entries") && stderr.contains("audit/seen"), "{stderr}");
 }
 
 /// Approvals across sidecars sharing one log. Attack (an outside review):

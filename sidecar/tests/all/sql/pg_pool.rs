@@ -107,3 +107,30 @@ async fn connections_the_server_dropped_are_replaced() {
     assert_eq!(current_role(&mut conn).await, "writer");
     conn.execute("SELECT 1").await.unwrap();
 }
+
+/// A session's settings run under the previous session's
+/// `statement_timeout`, which may be a plugin's 1 ms: cancelled by it,
+/// they are sent again once it is cleared, so one plugin's tiny timeout
+/// never fails another's call. Attack (an outside review): a 1 ms plugin
+/// alternating with others on one connection failed ~1 switch in 700.
+/// Provoked here by holding a lock the next `SET ROLE` waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_timeout_left_on_a_connection_does_not_fail_the_next_session() {
+    use sqlx::Connection as _;
+    let (server, pool) = start();
+    server.psql("ALTER ROLE gateway SUPERUSER");
+    let tiny = Session::plugin("reader", Duration::from_millis(1), 1 << 20);
+    let writer = Session::plugin("writer", Duration::from_secs(5), 1 << 20);
+    let mut conn = tiny.acquire(&pool).await.unwrap();
+    let mut locker = sqlx::PgConnection::connect(&server.url()).await.unwrap();
+    locker.execute("BEGIN").await.unwrap();
+    locker.execute("LOCK TABLE pg_catalog.pg_authid IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let entering = tokio::spawn(async move { writer.enter(&mut conn).await.map(|()| conn) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    locker.execute("ROLLBACK").await.unwrap();
+    let mut conn = entering.await.unwrap().expect("the settings, once the lock is gone");
+    assert_eq!(current_role(&mut conn).await, "writer");
+    let timeout: String =
+        sqlx::query_scalar("SHOW statement_timeout").persistent(false).fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(timeout, "5s");
+}
