@@ -642,6 +642,25 @@ async fn postgres_roles_follow_the_policy_and_settings_end_with_the_transaction(
     assert!(postgres::enter(&mut tx, PLUGIN, TIMEOUT).await.is_err(), "no role, no call");
 }
 
+/// Several plugins' roles synced at once (their first calls after a
+/// reload) all succeed. Attack (an outside review): four at once failed
+/// one or two with "tuple concurrently updated", their `GRANT`s on the
+/// shared schema colliding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_roles_of_several_plugins_sync_at_once() {
+    let (_server, _pool, _) = pg_fixture().await;
+    let roles = gatehouse::services::sql::pg_pool::pg_pool(_server.url().parse().unwrap(), 8, Duration::from_secs(30));
+    for round in 0..3 {
+        let syncs = (0..6).map(|i| {
+            let roles = roles.clone();
+            async move { postgres::sync(&roles, &format!("p{round}-{i}"), &policy()).await }
+        });
+        for outcome in futures::future::join_all(syncs).await {
+            outcome.unwrap();
+        }
+    }
+}
+
 /// Without CREATEROLE, `sync` fails with a message that says what the
 /// login needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,10 @@
 //!   member (so it may `SET ROLE` to it), then revokes every privilege on a
 //!   table of [`SCHEMA`] that the policy no longer grants and grants what
 //!   it does: `SELECT`, `INSERT`, `UPDATE` per table or per column,
-//!   `DELETE` per table. One transaction, under an advisory lock on the
-//!   role, so several sidecars syncing at once neither race on `CREATE
-//!   ROLE` nor interleave their changes. Run it on every load or reload of
+//!   `DELETE` per table. One transaction, under one advisory lock for all
+//!   plugin roles, so syncs at once (several plugins, several sidecars)
+//!   neither race on `CREATE ROLE` or the schema's privileges nor
+//!   interleave their changes. Run it on every load or reload of
 //!   a policy. Tables the policy names that do not exist are reported and
 //!   skipped (a statement on them fails anyway).
 //! - [`remove`]: when a plugin's grant is gone, revokes everything and
@@ -266,9 +267,13 @@ async fn sync_sequences(conn: &mut PgConnection, role: &str, policy: &SqlPolicy)
     Ok(())
 }
 
-/// A 64-bit advisory lock key for one role.
-fn lock_key(role: &str) -> i64 {
-    let digest = Sha256::digest(format!("gatehouse role {role}").as_bytes());
+/// The advisory lock every sync and removal of a plugin role takes: one
+/// for all of them, not one per role, since they also grant on the shared
+/// schema, whose privileges are one catalog row that concurrent `GRANT`s
+/// collide on ("tuple concurrently updated", found by an outside review
+/// when four plugins made their first call at once after a reload).
+fn roles_lock() -> i64 {
+    let digest = Sha256::digest(b"gatehouse plugin roles");
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -293,7 +298,7 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
     // back, so no plugin call inherits them.
     conn.close_on_drop();
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(&role)).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(roles_lock()).execute(&mut *tx).await?;
     let mut report = SyncReport { role: role.clone(), ..SyncReport::default() };
 
     let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1").bind(&role).fetch_optional(&mut *tx).await?;
@@ -384,7 +389,7 @@ pub async fn remove(pool: &PgPool, plugin: &str) -> Result<bool, GuardError> {
     // Closed afterwards, as in `sync`.
     conn.close_on_drop();
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(lock_key(&role)).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(roles_lock()).execute(&mut *tx).await?;
     let exists = sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1").bind(&role).fetch_optional(&mut *tx).await?;
     if exists.is_none() {
         tx.commit().await?;
