@@ -330,11 +330,19 @@ impl Api {
             Some(trail) => {
                 let counted = recorded.clone();
                 let named = named.clone();
+                let (kept, read) = (self.kept.clone(), load.set.plugins.clone());
                 let gate = move |in_force: Vec<policy::PluginPolicy>| async move {
-                    let written = tokio::task::spawn_blocking(move || trail.record(&actor, &in_force, &named))
-                        .await
-                        .map_err(|e| format!("the audit log's append did not finish: {e}"))?
-                        .map_err(|e| e.to_string())?;
+                    let written = tokio::task::spawn_blocking(move || {
+                        let written = trail.record(&actor, &in_force, &named)?;
+                        // Recorded first: a copy never runs ahead of the log.
+                        if let Some(kept) = kept {
+                            keep_versions(&kept, &in_force, &read, named);
+                        }
+                        Ok::<_, crate::audit::trail::RecordError>(written)
+                    })
+                    .await
+                    .map_err(|e| format!("the audit log's append did not finish: {e}"))?
+                    .map_err(|e| e.to_string())?;
                     counted.store(written.entries, Ordering::Relaxed);
                     Ok(())
                 };
@@ -350,7 +358,6 @@ impl Api {
             }
         };
         errors.extend(report.refused.iter().map(|e| e.to_string()));
-        self.keep_versions(named).await;
         // A file that names its plugin, or whose plugin keeps serving, is
         // listed with that plugin (`refused`); these are the others.
         let files = load
@@ -392,23 +399,40 @@ impl Api {
         let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
         let mut loaded = self.runtime.loaded_policies();
         // A plugin with nothing loaded (after a restart) is judged by the
-        // version kept from when it was last in force, if any: it keeps
-        // serving that one if the approvals allow, as without the restart.
+        // version kept from when it was last in force, if it is the one the
+        // log records in force: it keeps serving that one if the approvals
+        // allow, as without the restart. So does one whose file is refused
+        // (a name claimed twice), as a loaded version would.
         let mut restorable = std::collections::BTreeMap::new();
         if let Some(kept) = self.kept.clone() {
-            let missing: Vec<(String, PathBuf)> = next
+            let candidates: Vec<(String, PathBuf)> = next
                 .iter()
-                .filter(|p| !loaded.iter().any(|l| l.name == p.name))
                 .map(|p| (p.name.clone(), p.file.clone()))
+                .chain(load.errors.iter().filter_map(|e| e.plugin.clone().map(|name| (name, e.file.clone()))))
+                .filter(|(name, _)| !loaded.iter().any(|l| &l.name == name))
                 .collect();
+            let trail = trail.clone();
             let restored = tokio::task::spawn_blocking(move || {
-                missing.into_iter().filter_map(|(name, file)| kept.restore(&name, &file)).collect::<Vec<_>>()
+                let in_force = trail.in_force()?;
+                let mut restored = Vec::new();
+                for (name, file) in candidates {
+                    let Some(version) = kept.restore(&name, &file) else { continue };
+                    if in_force.get(&name) == Some(&policy::grant_diff::grants(&version)) {
+                        restored.push(version);
+                    } else {
+                        tracing::warn!(plugin = %name, "the kept version is not the one the audit log records in force; not used");
+                    }
+                }
+                Ok::<_, crate::audit::trail::RecordError>(restored)
             })
             .await
-            .map_err(|e| format!("reading the kept versions did not finish: {e}"))?;
-            for policy in restored {
-                loaded.push(policy.clone());
-                restorable.insert(policy.name.clone(), policy);
+            .map_err(|e| format!("reading the kept versions did not finish: {e}"))?
+            .map_err(|e| e.to_string())?;
+            for version in restored {
+                if next.iter().any(|p| p.name == version.name) {
+                    loaded.push(version.clone());
+                }
+                restorable.insert(version.name.clone(), version);
             }
         }
         let actor = actor.clone();
@@ -418,6 +442,14 @@ impl Api {
                 .map_err(|e| format!("the audit log's append did not finish: {e}"))?
                 .map_err(|e| e.to_string())?;
         let mut out = HeldOut { entries: screened.entries, ..HeldOut::default() };
+        // Refused before screening (a name claimed twice): served as kept.
+        for (name, version) in std::mem::take(&mut restorable) {
+            if load.set.plugins.contains_key(&name) {
+                restorable.insert(name, version);
+            } else {
+                out.holds.restored.insert(name, version);
+            }
+        }
         for held in screened.held {
             if let Some(policy) = load.set.plugins.remove(&held.plugin) {
                 tracing::warn!(plugin = %held.plugin, reason = %held.reason, "grants held for approval");
@@ -436,20 +468,6 @@ impl Api {
             }
         }
         Ok(out)
-    }
-
-    /// With approvals: keeps the version of each plugin now in force on
-    /// disk, for a restart that finds its policy held
-    /// ([`policy::kept`]), and forgets the plugins no policy names. A
-    /// failure is logged: the plugin then stays out after a restart that
-    /// holds it, as it would without the copy.
-    async fn keep_versions(&self, named: Vec<String>) {
-        let Some(kept) = self.kept.clone() else { return };
-        let in_force = self.runtime.loaded_policies();
-        let failed = tokio::task::spawn_blocking(move || kept.sync(&in_force, &named)).await.unwrap_or_default();
-        for (plugin, error) in failed {
-            tracing::warn!(%plugin, %error, "the version in force is not kept for a restart");
-        }
     }
 
     /// The summary of a (re)load whose grant changes the audit log could
@@ -473,5 +491,32 @@ impl Api {
 
     fn names(&self) -> Vec<String> {
         self.runtime.summaries().into_iter().map(|plugin| plugin.name).collect()
+    }
+}
+
+/// With approvals: keeps on disk the version of each plugin going into
+/// force, for a restart that finds its policy held ([`policy::kept`]), as
+/// the loader read it (`read`: this reload's policies, which still hold
+/// their bytes; a version that stays in force from before was kept when it
+/// took effect), and forgets the plugins no policy names. A failure is
+/// logged: that plugin then stays out after a restart that holds it, as
+/// it would without the copy.
+fn keep_versions(
+    kept: &policy::kept::KeptVersions,
+    in_force: &[policy::PluginPolicy],
+    read: &std::collections::BTreeMap<String, policy::PluginPolicy>,
+    mut named: Vec<String>,
+) {
+    let going: Vec<policy::PluginPolicy> = in_force
+        .iter()
+        .filter_map(|p| {
+            read.get(&p.name)
+                .filter(|r| r.file_sha256 == p.file_sha256 && r.component.sha256 == p.component.sha256)
+                .cloned()
+        })
+        .collect();
+    named.extend(in_force.iter().map(|p| p.name.clone()));
+    for (plugin, error) in kept.sync(&going, &named) {
+        tracing::warn!(%plugin, %error, "the version in force is not kept for a restart");
     }
 }

@@ -558,6 +558,19 @@ impl AuditTrail {
         Ok(Recorded { entries: 1, size: appended.size })
     }
 
+    /// The grants in force, by plugin, as the log's state records them.
+    /// Blocking.
+    pub fn in_force(&self) -> Result<BTreeMap<String, Value>, RecordError> {
+        let rows = self.read(|reader| reader.grants())?;
+        rows.iter()
+            .filter(|(key, _)| super::approval::is_plugin_row(key))
+            .map(|(plugin, bytes)| {
+                let row: Value = serde_json::from_slice(bytes).map_err(|_| RecordError::State(plugin.clone()))?;
+                Ok((plugin.clone(), row["grants"].clone()))
+            })
+            .collect()
+    }
+
     /// The grants pending or rejected, by plugin, each with what it adds
     /// to the approved grants.
     pub fn approvals(&self) -> Result<Vec<ApprovalState>, RecordError> {

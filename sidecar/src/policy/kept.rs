@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::load::{ComponentDir, MAX_COMPONENT_SIZE, MAX_POLICY_FILE, load_file_with};
+use super::load::{ComponentDir, load_file_with};
 use super::{PluginPolicy, manifest};
 use crate::bounded_read::read_regular_file;
 use crate::data_dir::DataDirError;
@@ -45,10 +45,10 @@ pub enum KeptError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// The policy file is no longer what was loaded (edited since): the
-    /// copy is made at the next reload that puts it in force.
-    #[error("{0} changed since it was loaded")]
-    Changed(PathBuf),
+    /// The policy no longer holds its component's bytes (a loaded
+    /// version's: the runtime drops them).
+    #[error("plugin `{0}`: its component's bytes are not at hand")]
+    NoBytes(String),
 }
 
 /// The kept versions under one data directory.
@@ -85,55 +85,38 @@ impl KeptVersions {
     }
 
     /// Keeps `policy` as its plugin's version. `Ok(false)`: it already was.
+    /// The copy is of the bytes the loader read (the files may have
+    /// changed since), so `policy` must still hold its component's bytes
+    /// (the runtime drops them once it has compiled them).
     pub fn keep(&self, policy: &PluginPolicy) -> Result<bool, KeptError> {
         if policy.component.path.starts_with(&self.dir) {
             // Restored from here: kept already.
             return Ok(false);
         }
+        if policy.component.bytes.is_empty() {
+            return Err(KeptError::NoBytes(policy.name.clone()));
+        }
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| KeptError::Io { path, source }
         };
-        let text = read_regular_file(&policy.file, MAX_POLICY_FILE)
-            .map_err(|e| KeptError::Io { path: policy.file.clone(), source: std::io::Error::other(e.to_string()) })?;
-        if <[u8; 32]>::from(Sha256::digest(&text)) != policy.file_sha256 {
-            return Err(KeptError::Changed(policy.file.clone()));
-        }
-        let manifest_file = manifest::path_for(&policy.component.path);
-        let manifest = match policy.requested {
-            None => None,
-            Some(_) => Some(
-                read_regular_file(&manifest_file, MAX_POLICY_FILE)
-                    .map_err(|_| KeptError::Changed(manifest_file.clone()))?,
-            ),
-        };
-        let version = version_of(&text, &policy.component.sha256, manifest.as_deref());
+        let (text, manifest, component) =
+            (&policy.source.policy, policy.source.manifest.as_deref(), &policy.component.bytes);
+        let version = version_of(text, &policy.component.sha256, manifest);
         let plugin_dir = self.plugin_dir(&policy.name);
         crate::data_dir::secure(&self.dir)?;
         crate::data_dir::secure(&plugin_dir)?;
         if current(&plugin_dir).as_deref() == Some(version.as_str()) && plugin_dir.join(&version).is_dir() {
             return Ok(false);
         }
-        // The runtime does not keep a loaded component's bytes: read again,
-        // and only if they are still the ones that loaded.
-        let read;
-        let component: &[u8] = if policy.component.bytes.is_empty() {
-            read = read_regular_file(&policy.component.path, MAX_COMPONENT_SIZE)
-                .ok()
-                .filter(|bytes| <[u8; 32]>::from(Sha256::digest(bytes)) == policy.component.sha256)
-                .ok_or_else(|| KeptError::Changed(policy.component.path.clone()))?;
-            &read
-        } else {
-            &policy.component.bytes
-        };
         // Written whole under a temporary name, then renamed into place and
         // named by `current`: a reader never sees a version half written.
         let staging = plugin_dir.join(format!(".{version}.tmp"));
         let _ = std::fs::remove_dir_all(&staging);
         crate::data_dir::secure(&staging)?;
-        write_synced(&staging.join(POLICY), &text).map_err(io(&staging.join(POLICY)))?;
+        write_synced(&staging.join(POLICY), text).map_err(io(&staging.join(POLICY)))?;
         write_synced(&staging.join(COMPONENT), component).map_err(io(&staging.join(COMPONENT)))?;
-        if let Some(manifest) = &manifest {
+        if let Some(manifest) = manifest {
             let file = manifest::path_for(&staging.join(COMPONENT));
             write_synced(&file, manifest).map_err(io(&file))?;
         }
@@ -259,10 +242,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let kept = KeptVersions::new(&root.path().join("data"));
         let first = load(root.path(), 10, b"component one", Some("[kv]\nmax_keys = 10\n"));
-        // As the runtime holds it: without the component's bytes.
-        let mut loaded = first.clone();
-        loaded.component.bytes = std::sync::Arc::from(Vec::new());
-        assert!(kept.keep(&loaded).unwrap());
+        assert!(kept.keep(&first).unwrap());
         assert!(!kept.keep(&first).unwrap(), "the same version is not written twice");
         assert_eq!(versions(root.path()).len(), 2, "{:?}", versions(root.path()));
 
@@ -282,21 +262,26 @@ mod tests {
         assert_eq!(grant_diff::grants(&kept.restore("p", &now_at).unwrap()), grant_diff::grants(&next));
     }
 
-    /// A policy file or a component changed since it loaded is not kept
-    /// under the loaded version's name (its bytes are not what was in
-    /// force).
+    /// The copy is of the bytes the loader read: the files edited on disk
+    /// after the load (a deploy racing the reload) change nothing in it. A
+    /// version without its component's bytes (as the runtime holds a
+    /// loaded one) is not kept.
     #[test]
-    fn a_file_changed_since_it_loaded_is_not_kept() {
+    fn the_copy_is_of_what_was_loaded_not_of_the_files_now() {
         let root = tempfile::tempdir().unwrap();
         let kept = KeptVersions::new(&root.path().join("data"));
-        let mut policy = load(root.path(), 10, b"c", None);
-        policy.component.bytes = std::sync::Arc::from(Vec::new());
+        let policy = load(root.path(), 10, b"c", Some("[kv]\nmax_keys = 10\n"));
         std::fs::write(root.path().join("p.wasm"), b"another").unwrap();
-        assert!(matches!(kept.keep(&policy), Err(KeptError::Changed(p)) if p == root.path().join("p.wasm")));
-        std::fs::write(root.path().join("p.wasm"), b"c").unwrap();
+        std::fs::write(root.path().join("p.permissions.toml"), "[kv]\nmax_keys = 99\n").unwrap();
         std::fs::write(&policy.file, "[plugin]\nname = \"p\"\ncomponent = \"p.wasm\"\n").unwrap();
-        assert!(matches!(kept.keep(&policy), Err(KeptError::Changed(p)) if p == policy.file));
-        assert!(kept.restore("p", &policy.file).is_none());
+        kept.keep(&policy).unwrap();
+        let restored = kept.restore("p", &policy.file).unwrap();
+        assert_eq!(grant_diff::grants(&restored), grant_diff::grants(&policy));
+        assert_eq!((&*restored.component.bytes, &restored.source), (&b"c"[..], &policy.source));
+
+        let mut compiled = policy.clone();
+        compiled.component.bytes = std::sync::Arc::from(Vec::new());
+        assert!(matches!(KeptVersions::new(&root.path().join("other")).keep(&compiled), Err(KeptError::NoBytes(_))));
     }
 
     /// What cannot be read back is not used: no copy, a `current` naming

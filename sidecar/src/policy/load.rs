@@ -146,6 +146,7 @@ pub(super) fn load_file_with(
         other => unreadable(format!("cannot read: {other}")),
     })?;
     let file_sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let read: Arc<[u8]> = Arc::from(bytes.as_slice());
     let text = String::from_utf8(bytes).map_err(|_| unreadable("cannot read: not UTF-8 text".into()))?;
     let raw: PolicyFile = toml::from_str(&text).map_err(|e| {
         vec![PolicyError {
@@ -163,12 +164,16 @@ pub(super) fn load_file_with(
     let kv = raw.kv.as_ref().map(|section| v.kv(section));
     let sql = v.sql(&raw.sql);
     let component = v.component(&raw.plugin.component, raw.plugin.sha256.as_ref(), plugin_dir, component);
-    let requested = match &component {
-        Some(component) => load_manifest(file, &component.path).unwrap_or_else(|errors| {
-            v.errors.extend(errors);
-            None
-        }),
-        None => None,
+    let (requested, manifest) = match &component {
+        Some(component) => match load_manifest(file, &component.path) {
+            Ok(Some((requested, bytes))) => (Some(requested), Some(bytes)),
+            Ok(None) => (None, None),
+            Err(errors) => {
+                v.errors.extend(errors);
+                (None, None)
+            }
+        },
+        None => (None, None),
     };
     match (component, v.errors.is_empty()) {
         (Some(component), true) => Ok(PluginPolicy {
@@ -182,6 +187,7 @@ pub(super) fn load_file_with(
             kv,
             sql,
             requested,
+            source: super::PolicySource { policy: read, manifest },
         }),
         _ => {
             // In the order of the file, as a reader goes through it.
@@ -194,11 +200,14 @@ pub(super) fn load_file_with(
     }
 }
 
+/// A manifest's grants and the bytes they were read from.
+type ReadManifest = (Requested, Arc<[u8]>);
+
 /// Reads and validates the permission manifest beside a component, if it
 /// ships one. Its problems refuse the policy: they are reported against
 /// the policy file (whose plugin keeps a loaded version), naming the
 /// manifest and its line.
-fn load_manifest(policy_file: &Path, component: &Path) -> Result<Option<Requested>, Vec<PolicyError>> {
+fn load_manifest(policy_file: &Path, component: &Path) -> Result<Option<ReadManifest>, Vec<PolicyError>> {
     let file = super::manifest::path_for(component);
     let shown = super::shown(&file);
     let refused = |problems: Vec<(Option<usize>, String)>| {
@@ -220,6 +229,7 @@ fn load_manifest(policy_file: &Path, component: &Path) -> Result<Option<Requeste
         Err(BoundedReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(refused(vec![(None, format!("cannot read: {e}"))])),
     };
+    let read: Arc<[u8]> = Arc::from(bytes.as_slice());
     let text = String::from_utf8(bytes).map_err(|_| refused(vec![(None, "cannot read: not UTF-8 text".into())]))?;
     let raw: ManifestFile = toml::from_str(&text).map_err(|e| {
         refused(vec![(e.span().map(|span| line_of(&text, span.start)), e.message().trim_end().to_string())])
@@ -231,7 +241,7 @@ fn load_manifest(policy_file: &Path, component: &Path) -> Result<Option<Requeste
         sql: v.sql(&raw.sql),
     };
     if v.errors.is_empty() {
-        Ok(Some(requested))
+        Ok(Some((requested, read)))
     } else {
         Err(refused(v.errors.into_iter().map(|e| (e.line, e.reason)).collect()))
     }

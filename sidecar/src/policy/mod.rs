@@ -79,6 +79,20 @@ pub struct PluginPolicy {
     /// What the component's permission manifest asks for, when it ships
     /// one ([`manifest`]); compared by approvals, never enforced.
     pub requested: Option<manifest::Requested>,
+    /// The bytes this was read from, for the copy approvals keep
+    /// ([`kept`]): taken at the load, never read again (the files may
+    /// have changed since).
+    #[serde(skip)]
+    pub source: PolicySource,
+}
+
+/// The policy file's and the manifest's bytes as the loader read them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PolicySource {
+    /// The policy file.
+    pub policy: Arc<[u8]>,
+    /// The permission manifest, if the component ships one.
+    pub manifest: Option<Arc<[u8]>>,
 }
 
 impl PluginPolicy {

@@ -476,7 +476,10 @@ fn a_plugin_whose_name_is_briefly_claimed_twice_keeps_its_approval() {
 
     let duplicate = policies.write("zz-dup.toml", &store_policy(10));
     let sidecar = start(&config);
-    assert_eq!(max_keys(&sidecar, "store"), None, "both claims refused at a start");
+    // Both claims refused; the version in force before the restart (kept
+    // on disk) serves on, as it would have without the restart.
+    assert_eq!(max_keys(&sidecar, "store"), Some(10));
+    assert!(served(&sidecar).1.to_string().contains("is claimed by"));
     let kinds: Vec<String> = entries(&sidecar, 0).into_iter().map(|(_, kind, _)| kind).collect();
     assert!(!kinds.iter().any(|k| k == "revoked"), "{kinds:?}");
     std::fs::remove_file(&duplicate).unwrap();
@@ -720,16 +723,43 @@ fn a_held_plugin_serves_its_kept_version_across_a_restart() {
     assert!(refused[0]["reason"].as_str().unwrap().contains("still has what the policy takes away"), "{refused}");
     drop(sidecar);
 
-    // Growth alone again: the kept `a, b` serves; without the copy the
-    // plugin stays out.
+    // Out before the restart, so out after it too, though its copy is
+    // within the approvals: only the version the log records in force is
+    // brought back.
     policies.write("store.toml", &bucket_policy(&["a", "b", "d"]));
+    let sidecar = start(&config);
+    assert_eq!(served(&sidecar).0, Vec::<String>::new());
+    policies.write("store.toml", &bucket_policy(&["b", "c"]));
+    reload(&sidecar);
+    assert_eq!(admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}").0, 200);
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+    drop(sidecar);
+
+    // Growth alone: the kept `b, c` serves. A second file claiming the
+    // name: the kept version serves on, as a running sidecar's would.
+    policies.write("store.toml", &bucket_policy(&["b", "c", "d"]));
     let sidecar = start(&config);
     assert_eq!(served(&sidecar).0, vec!["store"]);
     drop(sidecar);
-    std::fs::remove_dir_all(root.path().join("data").join("kept")).unwrap();
+    policies.write("store.toml", &bucket_policy(&["b", "c"]));
+    policies.write("claim.toml", &bucket_policy(&["z"]));
     let sidecar = start(&config);
     let (loaded, refused) = served(&sidecar);
-    assert_eq!(loaded, Vec::<String>::new(), "{refused}");
+    assert_eq!(loaded, vec!["store"], "{refused}");
+    assert!(refused.to_string().contains("is claimed by"), "{refused}");
+    drop(sidecar);
+    std::fs::remove_file(policies.dir.path().join("claim.toml")).unwrap();
+
+    // A copy that is not what the log records in force (its component
+    // swapped on disk) is not used.
+    policies.write("store.toml", &bucket_policy(&["b", "c", "d"]));
+    let kept = root.path().join("data").join("kept").join("store");
+    let version = std::fs::read_to_string(kept.join("current")).unwrap();
+    let component = kept.join(version.trim()).join("component.wasm");
+    std::fs::copy(guest("noop"), &component).unwrap();
+    let sidecar = start(&config);
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, Vec::<String>::new(), "a swapped component is not served: {refused}");
     assert_eq!(refused[0]["serving"], Value::Null, "{refused}");
     drop(sidecar);
     let verified = cli(&config, &["audit", "verify"]);
