@@ -344,7 +344,25 @@ async fn batches_of_several_sidecar_processes_stay_within_the_quotas() {
 async fn a_database_stopped_under_queued_batches_answers_all_unavailable_and_loses_nothing() {
     let postgres = Arc::new(cluster());
     let backend = open(&postgres).await;
-    let b = Arc::new(bucket("alpha", "default", Quota::default(), Durability::Immediate));
+    // The waiting batch may win its race with the shutdown and commit every
+    // queued write (all acknowledged, all stored): then no write met the
+    // outage, and the round is played again with another plugin.
+    let mut met = false;
+    for round in 0..5 {
+        met = stop_under_queued_batches(&postgres, &backend, &format!("alpha{round}")).await;
+        if met {
+            break;
+        }
+    }
+    assert!(met, "no queued write met the outage in five rounds");
+}
+
+/// One round of [`a_database_stopped_under_queued_batches_answers_all_unavailable_and_loses_nothing`]
+/// for `plugin`; whether a queued write met the outage.
+async fn stop_under_queued_batches(postgres: &Arc<TestPostgres>, backend: &Arc<dyn KvBackend>, plugin: &str) -> bool {
+    let postgres = Arc::clone(postgres);
+    let backend = Arc::clone(backend);
+    let b = Arc::new(bucket(plugin, "default", Quota::default(), Durability::Immediate));
     let mut before = BTreeMap::new();
     for i in 0..20 {
         backend.set(&b, format!("before-{i:02}"), vec![i]).await.unwrap();
@@ -353,7 +371,8 @@ async fn a_database_stopped_under_queued_batches_answers_all_unavailable_and_los
     use sqlx::Connection;
     let mut blocker = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
     sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
-    sqlx::query("SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = 'alpha' FOR UPDATE")
+    sqlx::query("SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = $1 FOR UPDATE")
+        .bind(plugin)
         .execute(&mut blocker)
         .await
         .unwrap();
@@ -386,7 +405,6 @@ async fn a_database_stopped_under_queued_batches_answers_all_unavailable_and_los
             Err(e) => panic!("a queued write answered {e:?}"),
         }
     }
-    assert!(unavailable > 0, "no queued write met the outage");
     drop(blocker);
     let resumed = Arc::clone(&postgres);
     tokio::task::spawn_blocking(move || resumed.resume()).await.unwrap();
@@ -404,6 +422,7 @@ async fn a_database_stopped_under_queued_batches_answers_all_unavailable_and_los
     let (stored, _) = suite::full_scan(&*backend, &b).await;
     assert_eq!(stored, before, "exactly the acknowledged writes are stored");
     assert_usage_exact(&*backend, &b).await;
+    unavailable > 0
 }
 
 /// `gatehouse kv` with `[kv] database`: the CLI reads the PostgreSQL store
