@@ -31,6 +31,7 @@ pub mod min_rate;
 pub mod proxy;
 pub mod serve;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -398,43 +399,14 @@ impl Api {
         };
         let next: Vec<policy::PluginPolicy> = load.set.plugins.values().cloned().collect();
         let mut loaded = self.runtime.loaded_policies();
-        // A plugin with nothing loaded (after a restart) is judged by the
-        // version kept from when it was last in force, if it is the one the
-        // log records in force: it keeps serving that one if the approvals
-        // allow, as without the restart. So does one whose file is refused
-        // (a name claimed twice), as a loaded version would.
-        let mut restorable = std::collections::BTreeMap::new();
-        if let Some(kept) = self.kept.clone() {
-            let candidates: Vec<(String, PathBuf)> = next
-                .iter()
-                .map(|p| (p.name.clone(), p.file.clone()))
-                .chain(load.errors.iter().filter_map(|e| e.plugin.clone().map(|name| (name, e.file.clone()))))
-                .filter(|(name, _)| !loaded.iter().any(|l| &l.name == name))
-                .collect();
-            let trail = trail.clone();
-            let restored = tokio::task::spawn_blocking(move || {
-                let in_force = trail.in_force()?;
-                let mut restored = Vec::new();
-                for (name, file) in candidates {
-                    let Some(version) = kept.restore(&name, &file) else { continue };
-                    if in_force.get(&name) == Some(&policy::grant_diff::grants(&version)) {
-                        restored.push(version);
-                    } else {
-                        tracing::warn!(plugin = %name, "the kept version is not the one the audit log records in force; not used");
-                    }
-                }
-                Ok::<_, crate::audit::trail::RecordError>(restored)
-            })
-            .await
-            .map_err(|e| format!("reading the kept versions did not finish: {e}"))?
-            .map_err(|e| e.to_string())?;
-            for version in restored {
-                if next.iter().any(|p| p.name == version.name) {
-                    loaded.push(version.clone());
-                }
-                restorable.insert(version.name.clone(), version);
-            }
-        }
+        let mut restored = self.restorable(&trail, load, &loaded).await?;
+        // A held plugin's restored version is judged as a loaded one; one
+        // whose file is refused (a name claimed twice) is served as kept.
+        let held_restored: BTreeMap<String, policy::PluginPolicy> = next
+            .iter()
+            .filter_map(|p| restored.remove_entry(&p.name))
+            .inspect(|(_, version)| loaded.push(version.clone()))
+            .collect();
         let actor = actor.clone();
         let screened =
             tokio::task::spawn_blocking(move || trail.screen(&actor, &next.iter().collect::<Vec<_>>(), &loaded))
@@ -442,14 +414,8 @@ impl Api {
                 .map_err(|e| format!("the audit log's append did not finish: {e}"))?
                 .map_err(|e| e.to_string())?;
         let mut out = HeldOut { entries: screened.entries, ..HeldOut::default() };
-        // Refused before screening (a name claimed twice): served as kept.
-        for (name, version) in std::mem::take(&mut restorable) {
-            if load.set.plugins.contains_key(&name) {
-                restorable.insert(name, version);
-            } else {
-                out.holds.restored.insert(name, version);
-            }
-        }
+        out.holds.restored = restored;
+        let mut held_restored = held_restored;
         for held in screened.held {
             if let Some(policy) = load.set.plugins.remove(&held.plugin) {
                 tracing::warn!(plugin = %held.plugin, reason = %held.reason, "grants held for approval");
@@ -461,13 +427,55 @@ impl Api {
                 });
                 if held.unload {
                     out.holds.unkept.push(held.plugin.clone());
-                } else if let Some(version) = restorable.remove(&held.plugin) {
+                } else if let Some(version) = held_restored.remove(&held.plugin) {
                     out.holds.restored.insert(held.plugin.clone(), version);
                 }
                 out.pending.push(held.plugin);
             }
         }
         Ok(out)
+    }
+
+    /// After a restart (with approvals): the versions kept on disk
+    /// ([`policy::kept`]) of the plugins `load` names that have nothing
+    /// loaded, each only if it is exactly what the audit log records in
+    /// force for its plugin (a plugin that was out stays out; a copy that
+    /// is not what was in force is not used).
+    async fn restorable(
+        &self,
+        trail: &Arc<crate::audit::AuditTrail>,
+        load: &policy::PolicyLoad,
+        loaded: &[policy::PluginPolicy],
+    ) -> Result<BTreeMap<String, policy::PluginPolicy>, String> {
+        let Some(kept) = self.kept.clone() else { return Ok(BTreeMap::new()) };
+        let candidates: Vec<(String, PathBuf)> = load
+            .set
+            .plugins
+            .values()
+            .map(|p| (p.name.clone(), p.file.clone()))
+            .chain(load.errors.iter().filter_map(|e| e.plugin.clone().map(|name| (name, e.file.clone()))))
+            .filter(|(name, _)| !loaded.iter().any(|l| &l.name == name))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let trail = Arc::clone(trail);
+        tokio::task::spawn_blocking(move || {
+            let in_force = trail.in_force()?;
+            let mut restored = BTreeMap::new();
+            for (name, file) in candidates {
+                let Some(version) = kept.restore(&name, &file) else { continue };
+                if in_force.get(&name) == Some(&policy::grant_diff::grants(&version)) {
+                    restored.insert(name, version);
+                } else {
+                    tracing::warn!(plugin = %name, "the kept version is not what the audit log records in force; not used");
+                }
+            }
+            Ok::<_, crate::audit::trail::RecordError>(restored)
+        })
+        .await
+        .map_err(|e| format!("reading the kept versions did not finish: {e}"))?
+        .map_err(|e| e.to_string())
     }
 
     /// The summary of a (re)load whose grant changes the audit log could
@@ -504,7 +512,7 @@ impl Api {
 fn keep_versions(
     kept: &policy::kept::KeptVersions,
     in_force: &[policy::PluginPolicy],
-    read: &std::collections::BTreeMap<String, policy::PluginPolicy>,
+    read: &BTreeMap<String, policy::PluginPolicy>,
     mut named: Vec<String>,
 ) {
     let going: Vec<policy::PluginPolicy> = in_force

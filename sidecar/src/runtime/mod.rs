@@ -212,9 +212,10 @@ pub struct Holds {
     /// Those refused without keeping their loaded version (one no longer
     /// approved must stop serving).
     pub unkept: Vec<String>,
-    /// Held plugins with nothing loaded (the sidecar restarted since they
-    /// took effect) and the version kept on disk to serve instead
-    /// ([`crate::policy::kept`]), each already judged within the approvals.
+    /// Plugins with nothing loaded (the sidecar restarted since they took
+    /// effect) whose file is held or refused, and the version kept on disk
+    /// to serve instead ([`crate::policy::kept`]): the one in force before,
+    /// judged within the approvals.
     pub restored: BTreeMap<String, PluginPolicy>,
 }
 
