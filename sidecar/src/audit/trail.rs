@@ -347,7 +347,9 @@ impl AuditTrail {
     fn remember(&self, (size, root): (u64, super::merkle::Hash)) -> Result<(), String> {
         let Some(file) = &self.witness else { return Ok(()) };
         let shown = crate::policy::shown(file);
-        let temporary = file.with_extension("tmp");
+        // A name of this process's own: the CLI and the sidecar may both
+        // write it at once (writes within one process hold `seen`).
+        let temporary = file.with_extension(format!("{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             use std::io::Write as _;
             use std::os::unix::fs::OpenOptionsExt as _;
