@@ -931,6 +931,11 @@ mod tests {
         );
         std::fs::write(&witness, "two 00").unwrap();
         assert!(open().unwrap_err().to_string().contains("not `<size> <root in hex>`"));
+        // Unreadable is not absent: a symbolic link to itself does not
+        // make the check go away.
+        std::fs::remove_file(&witness).unwrap();
+        std::os::unix::fs::symlink(&witness, &witness).unwrap();
+        assert!(open().is_err(), "a witness that cannot be read was taken as none");
         std::fs::remove_file(&witness).unwrap();
         open().unwrap();
         assert!(std::fs::read_to_string(&witness).unwrap().starts_with("1 "));

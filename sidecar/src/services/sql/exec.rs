@@ -90,6 +90,11 @@ pub fn checked(
         return Err(SqlError::InvalidInput(format!("{} parameters: at most {MAX_PARAMS}", params.len())));
     }
     let checked = check_for(door, dialect, policy, statement).map_err(SqlError::from_denial)?;
+    fits(checked, params)
+}
+
+/// `checked`, if `params` are the parameters it expects.
+pub fn fits(checked: Checked, params: &[Value]) -> Result<Checked, SqlError> {
     if checked.placeholders != params.len() {
         return Err(SqlError::InvalidInput(format!(
             "the statement takes {} parameters, {} were given",

@@ -22,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Resource};
 
+use super::check_cache::CheckCache;
 use super::error::SqlError;
 use super::exec::{self, Guard, Limits, SqlConnection};
 use super::metrics::SqlMetrics;
 use super::pool::{AliasPool, SqlGateway};
 use super::value::{Rows, Value};
-use super::{Dialect, Door, SqlPolicy};
+use super::{Checked, Dialect, Door, SqlPolicy};
 use crate::bindings::gatehouse::services::sql as wit;
 use crate::error::GuestError;
 use crate::guest_text;
@@ -58,8 +59,16 @@ impl PluginSql {
             // allows transaction control by default); a PostgreSQL role
             // does not, and one guard syncs it once.
             let spin_guard = (alias.dialect == Dialect::Sqlite).then(|| Guard::new(alias.dialect, policy, Door::Spin));
-            resolved
-                .insert(name.clone(), Grant { policy: policy.clone(), alias: Arc::clone(alias), guard, spin_guard });
+            resolved.insert(
+                name.clone(),
+                Grant {
+                    policy: policy.clone(),
+                    alias: Arc::clone(alias),
+                    guard,
+                    spin_guard,
+                    checks: CheckCache::default(),
+                },
+            );
         }
         Ok(PluginSql { plugin: plugin.to_string(), grants: resolved, metrics: Arc::clone(&gateway.metrics) })
     }
@@ -73,9 +82,23 @@ pub(super) struct Grant {
     guard: Guard,
     /// The same for Spin's doors, where it differs (SQLite).
     spin_guard: Option<Guard>,
+    /// The statements `policy` passed, so a repeated one is not checked
+    /// again.
+    checks: CheckCache,
 }
 
 impl Grant {
+    /// [`exec::checked`] for this grant, a statement it passed before
+    /// taken from [`CheckCache`].
+    pub(super) fn checked(&self, door: Door, statement: &str, params: &[Value]) -> Result<Checked, SqlError> {
+        if let Some(checked) = self.checks.get(door, statement) {
+            return exec::fits(checked, params);
+        }
+        let checked = exec::checked(door, self.alias.dialect, &self.policy, statement, params)?;
+        self.checks.put(door, statement, &checked);
+        Ok(checked)
+    }
+
     /// The database's own check of the grant for statements through `door`.
     pub(super) fn guard(&self, door: Door) -> &Guard {
         match (door, &self.spin_guard) {
@@ -162,7 +185,7 @@ impl SqlHost {
         query: bool,
     ) -> Result<(Rows, u64), SqlError> {
         let (plugin, grant) = self.grant(db)?;
-        let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
+        let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
         let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse)).await?;
         if query {
@@ -197,7 +220,7 @@ impl SqlHost {
     ) -> Result<(Rows, u64), SqlError> {
         let alias = self.alias_of(key)?;
         let (_, grant) = self.grant(&alias)?;
-        let checked = exec::checked(Door::Gatehouse, grant.alias.dialect, &grant.policy, statement, params)?;
+        let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
         let connection = self.open_connection(key)?;
         if query {

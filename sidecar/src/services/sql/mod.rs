@@ -41,6 +41,7 @@
 //! Not here yet: `gatehouse policy explain-sql` on the loaded policy.
 
 pub mod check;
+pub mod check_cache;
 pub mod conn_pool;
 pub mod denial;
 pub mod error;

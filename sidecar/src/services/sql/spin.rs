@@ -206,8 +206,7 @@ impl SqlHost {
         let alias = self.spin_alias_of(key)?;
         let plugin = Arc::clone(self.plugin.as_ref().ok_or_else(|| invalid_connection("no [sql] grant"))?);
         let (_, grant) = self.grant(&alias).map_err(failed)?;
-        let checked =
-            exec::checked(Door::Spin, grant.alias.dialect, &grant.policy, statement, params).map_err(failed)?;
+        let checked = grant.checked(Door::Spin, statement, params).map_err(failed)?;
         let limits = Limits::from(&grant.policy);
 
         let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
