@@ -257,8 +257,18 @@ mod tests {
         // A restored version is kept already: nothing is written for it.
         assert!(!kept.keep(&restored).unwrap());
 
+        let pointer = root.path().join("data").join(DIR).join("p").join(CURRENT);
+        let first_version = std::fs::read_to_string(&pointer).unwrap();
         assert!(kept.keep(&next).unwrap());
         assert_eq!(versions(root.path()).len(), 2, "the old version is gone: {:?}", versions(root.path()));
+        assert_eq!(grant_diff::grants(&kept.restore("p", &now_at).unwrap()), grant_diff::grants(&next));
+
+        // A crash between the copy's rename and the pointer's: the copy is
+        // there, the pointer names the old version (gone). Kept again, the
+        // pointer follows.
+        std::fs::write(&pointer, &first_version).unwrap();
+        assert!(kept.restore("p", &now_at).is_none());
+        assert!(kept.keep(&next).unwrap());
         assert_eq!(grant_diff::grants(&kept.restore("p", &now_at).unwrap()), grant_diff::grants(&next));
     }
 
@@ -304,6 +314,22 @@ mod tests {
         assert!(kept.restore("p", &policy.file).is_none(), "a malformed pointer");
         std::fs::write(plugin_dir.join(CURRENT), "0".repeat(32)).unwrap();
         assert!(kept.restore("p", &policy.file).is_none(), "a pointer to nothing");
+        // A pointer of the right length out of the plugin's directory, and
+        // a short hexadecimal one, each to a real copy: not followed.
+        let copy = |to: &Path| {
+            std::fs::create_dir_all(to).unwrap();
+            for file in [POLICY, COMPONENT] {
+                std::fs::copy(plugin_dir.join(&version).join(file), to.join(file)).unwrap();
+            }
+        };
+        copy(&root.path().join("data").join(DIR).join("evil"));
+        let outside = format!("../{}evil/", "./".repeat(12));
+        assert_eq!(outside.len(), 32);
+        std::fs::write(plugin_dir.join(CURRENT), &outside).unwrap();
+        assert!(kept.restore("p", &policy.file).is_none(), "a pointer out of the plugin's directory");
+        copy(&plugin_dir.join("abc"));
+        std::fs::write(plugin_dir.join(CURRENT), "abc").unwrap();
+        assert!(kept.restore("p", &policy.file).is_none(), "a pointer that is no version");
         std::fs::write(plugin_dir.join(CURRENT), &version).unwrap();
 
         let pinned = format!(

@@ -115,9 +115,9 @@ impl<C: Connector> ConnPool<C> {
                     .await
                     .map_err(|_| sqlx::Error::WorkerCrashed)?;
             };
-            let checked = idle.since.elapsed() > C::CHECK_AFTER;
+            let stale = idle.since.elapsed() > C::CHECK_AFTER;
             let mut conn = Arc::clone(inner).lend(idle.conn, idle.session, permit);
-            if !checked {
+            if !stale {
                 return Ok(conn);
             }
             // Closed if the caller leaves mid-check.
