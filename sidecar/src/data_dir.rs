@@ -118,6 +118,24 @@ pub fn make_private(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path`, owner-only (0600), replacing what is there,
+/// and flushes them to disk before returning.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Replaces `path` by `bytes` at once: written whole to `temporary`
+/// ([`write_private`]), then renamed over `path`, so a reader (or a crash)
+/// finds the old content or the new, never part of it.
+pub fn replace_private(path: &Path, temporary: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_private(temporary, bytes)?;
+    std::fs::rename(temporary, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

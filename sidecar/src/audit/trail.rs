@@ -350,16 +350,8 @@ impl AuditTrail {
         // A name of this process's own: the CLI and the sidecar may both
         // write it at once (writes within one process hold `seen`).
         let temporary = file.with_extension(format!("{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut out =
-                std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
-            out.write_all(format!("{size} {}\n", hex::encode(root)).as_bytes())?;
-            out.sync_all()?;
-            std::fs::rename(&temporary, file)
-        };
-        write().map_err(|e| format!("{shown}: {e}"))
+        let text = format!("{size} {}\n", hex::encode(root));
+        crate::data_dir::replace_private(file, &temporary, text.as_bytes()).map_err(|e| format!("{shown}: {e}"))
     }
 
     /// Records `latest` as seen, in memory and in the witness file (whose

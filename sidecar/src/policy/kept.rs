@@ -10,12 +10,12 @@
 //! names the version and is replaced by a rename, so a crash leaves the
 //! old version or the new one, never a mix of the two.
 //!
-//! A kept version is read back through the policy loader, then judged as a
-//! loaded version is (`audit::trail`'s screening): it serves only while it
-//! is within the approved grants and keeps nothing the waiting policy takes
-//! away. This copy is a convenience for restarts; the approvals decide.
+//! A kept version is read back through the policy loader; the sidecar
+//! serves it only if its grants are exactly those the audit log records in
+//! force for the plugin, and (for a held plugin) as the approvals judge a
+//! loaded version (`audit::trail`'s screening). This copy is a convenience
+//! for restarts; the log and the approvals decide.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::load::{ComponentDir, load_file_with};
 use super::{PluginPolicy, manifest};
 use crate::bounded_read::read_regular_file;
-use crate::data_dir::DataDirError;
+use crate::data_dir::{DataDirError, replace_private, write_private};
 
 /// The directory under the data directory.
 pub const DIR: &str = "kept";
@@ -37,7 +37,7 @@ pub enum KeptError {
     /// A directory the sidecar may not trust or create.
     #[error(transparent)]
     Directory(#[from] DataDirError),
-    /// Reading the policy or writing the copy failed.
+    /// Writing the copy failed.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -114,19 +114,19 @@ impl KeptVersions {
         let staging = plugin_dir.join(format!(".{version}.tmp"));
         let _ = std::fs::remove_dir_all(&staging);
         crate::data_dir::secure(&staging)?;
-        write_synced(&staging.join(POLICY), text).map_err(io(&staging.join(POLICY)))?;
-        write_synced(&staging.join(COMPONENT), component).map_err(io(&staging.join(COMPONENT)))?;
+        write_private(&staging.join(POLICY), text).map_err(io(&staging.join(POLICY)))?;
+        write_private(&staging.join(COMPONENT), component).map_err(io(&staging.join(COMPONENT)))?;
         if let Some(manifest) = manifest {
             let file = manifest::path_for(&staging.join(COMPONENT));
-            write_synced(&file, manifest).map_err(io(&file))?;
+            write_private(&file, manifest).map_err(io(&file))?;
         }
         sync_dir(&staging).map_err(io(&staging))?;
         let final_dir = plugin_dir.join(&version);
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&staging, &final_dir).map_err(io(&final_dir))?;
-        let pointer = plugin_dir.join(format!(".{CURRENT}.tmp"));
-        write_synced(&pointer, version.as_bytes()).map_err(io(&pointer))?;
-        std::fs::rename(&pointer, plugin_dir.join(CURRENT)).map_err(io(&plugin_dir))?;
+        let pointer = plugin_dir.join(CURRENT);
+        replace_private(&pointer, &plugin_dir.join(format!(".{CURRENT}.tmp")), version.as_bytes())
+            .map_err(io(&pointer))?;
         sync_dir(&plugin_dir).map_err(io(&plugin_dir))?;
         // Older versions: nothing names them any more.
         for entry in std::fs::read_dir(&plugin_dir).map_err(io(&plugin_dir))?.flatten() {
@@ -186,13 +186,6 @@ fn current(plugin_dir: &Path) -> Option<String> {
     let text = read_regular_file(&plugin_dir.join(CURRENT), 64).ok()?;
     let version = String::from_utf8(text).ok()?;
     (version.len() == 32 && version.bytes().all(|b| b.is_ascii_hexdigit())).then_some(version)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
