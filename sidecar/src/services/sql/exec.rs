@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use sqlx::Either;
-use sqlx::Executor as _;
+use sqlx::{Connection as _, Executor as _};
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
 
@@ -46,6 +46,7 @@ use super::error::SqlError;
 use super::guard::postgres as pg_guard;
 use super::guard::sqlite::{self as sqlite_guard, Guarded, SqliteGrant};
 use super::pg_pool::{PooledPg, Session};
+use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
 use super::value::{self, Rows, Value};
@@ -541,7 +542,49 @@ async fn postgres(
         // Then the statement runs in autocommit: nothing to end after it.
         enter_session(conn, role, limits).await?;
     }
-    let mut query = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
+    let kinds = pg_prepared::kinds(params);
+    let mut replanned = false;
+    loop {
+        let keep = match conn.prepared().plan(statement, &kinds) {
+            Plan::Keep => true,
+            Plan::ClearFirst => {
+                conn.unprepare().await?;
+                true
+            }
+            Plan::Once => false,
+        };
+        let before = conn.cached_statements_size();
+        let outcome = postgres_statement(conn, keep, limits, run, statement, params).await;
+        if conn.cached_statements_size() > before {
+            conn.prepared().kept(statement, kinds.clone());
+        }
+        match outcome {
+            // A kept statement whose result's shape changed (an operator's
+            // migration) is prepared again, once, where nothing ran yet
+            // (the server refuses it before it runs); in a transaction,
+            // which the refusal aborted, the plugin sees the error.
+            Err(Ok(error)) if pg_prepared::replanned(&error) && !in_transaction && !replanned => {
+                replanned = true;
+                conn.unprepare().await?;
+            }
+            Err(Ok(error)) => return Err(error.into()),
+            Err(Err(failure)) => return Err(failure),
+            Ok(done) => return Ok(done),
+        }
+    }
+}
+
+/// One run of a statement, kept prepared or not: the database's error
+/// apart from the gateway's refusals (a cap), for [`pg_prepared::replanned`].
+async fn postgres_statement(
+    conn: &mut PooledPg,
+    keep: bool,
+    limits: Limits,
+    run: Run,
+    statement: &str,
+    params: &[Value],
+) -> Result<Outcome, Result<sqlx::Error, Failure>> {
+    let mut query = sqlx::query::<Postgres>(sqlx::AssertSqlSafe(statement.to_string())).persistent(keep);
     for param in params {
         query = match param.clone() {
             Value::Null => query.bind(UntypedNull),
@@ -552,14 +595,15 @@ async fn postgres(
             Value::Blob(b) => query.bind(b),
         };
     }
-    let mut stream = (&mut **conn).fetch_many(query);
+    let connection: &mut sqlx::PgConnection = conn;
+    let mut stream = connection.fetch_many(query);
     let mut collected = Collector::new(limits, run);
     loop {
         match stream.try_next().await {
-            Ok(Some(Either::Right(row))) => collected.push(&row, value::postgres_values)?,
+            Ok(Some(Either::Right(row))) => collected.push(&row, value::postgres_values).map_err(|e| Err(e.into()))?,
             Ok(Some(Either::Left(done))) => collected.changes += done.rows_affected(),
             Ok(None) => return Ok(collected.done(None)),
-            Err(e) => return Err(Failure::from(e)),
+            Err(e) => return Err(Ok(e)),
         }
     }
 }

@@ -22,6 +22,8 @@
 //!   application database and its migrations.
 //! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
 //!   raw handle, so a call makes one handoff to sqlx's worker thread.
+//! - [`pg_prepared`]: which of a plugin's statements a PostgreSQL
+//!   connection keeps prepared while it carries the plugin's session.
 //! - [`exec`]: [`SqlConnection`], one held connection: the check,
 //!   parameters, both deadlines, rows streamed under the caps,
 //!   transactions, and closing a connection left in an unknown state.
@@ -52,6 +54,7 @@ pub mod host;
 pub mod metrics;
 pub mod names;
 pub mod pg_pool;
+pub mod pg_prepared;
 pub mod policy;
 pub mod pool;
 pub mod relay;

@@ -11,11 +11,14 @@
 //! in the caller's session when it has one idle.
 //!
 //! Between calls a connection keeps the session of the plugin that last
-//! used it. Nothing runs on it until the next caller has set its own
-//! (a different plugin, or the sidecar's own work: [`Session::own`],
-//! which resets the role and every setting), so no plugin's statement runs
-//! under another's role or settings.
+//! used it, and the statements that plugin prepared on it
+//! ([`super::pg_prepared`]). Nothing runs on it until the next caller has
+//! set its own (a different plugin, or the sidecar's own work:
+//! [`Session::own`], which resets the role and every setting), closing
+//! those statements first, so no plugin's statement runs under another's
+//! role or settings, and none runs another's statements.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::postgres as pg_guard;
+use super::pg_prepared::{self, Prepared};
 use super::relay;
 
 /// A pool of PostgreSQL connections that remember their session.
@@ -54,24 +58,61 @@ pub struct PgConnector {
 
 /// A pool over `options`, opening nothing yet.
 pub fn pg_pool(options: PgConnectOptions, max_connections: u32, acquire_timeout: Duration) -> PgPool {
+    // One more than the gateway keeps, so that sqlx never drops a statement
+    // of its own accord and its cache is exactly what `Prepared` records.
+    let options = options.statement_cache_capacity(pg_prepared::PER_CONNECTION + 1);
     ConnPool::new(PgConnector { options }, max_connections, acquire_timeout)
 }
 
+/// A pooled PostgreSQL connection and the statements kept prepared on it
+/// for the session it carries.
+pub struct PgConn {
+    conn: PgConnection,
+    prepared: Prepared,
+}
+
+impl PgConn {
+    /// The statements kept on it.
+    pub fn prepared(&mut self) -> &mut Prepared {
+        &mut self.prepared
+    }
+
+    /// Closes every statement kept on it, on the server too (one round
+    /// trip, none when there is nothing to close).
+    pub async fn unprepare(&mut self) -> Result<(), sqlx::Error> {
+        self.prepared.clear();
+        self.conn.clear_cached_statements().await
+    }
+}
+
+impl Deref for PgConn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
 impl Connector for PgConnector {
-    type Conn = PgConnection;
+    type Conn = PgConn;
 
     const CHECK_AFTER: Duration = CHECK_AFTER;
 
-    async fn open(&self) -> Result<PgConnection, sqlx::Error> {
-        self.options.connect().await
+    async fn open(&self) -> Result<PgConn, sqlx::Error> {
+        Ok(PgConn { conn: self.options.connect().await?, prepared: Prepared::default() })
     }
 
-    async fn check(conn: &mut PgConnection) -> bool {
-        matches!(tokio::time::timeout(CHECK_TIMEOUT, conn.ping()).await, Ok(Ok(())))
+    async fn check(conn: &mut PgConn) -> bool {
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, conn.conn.ping()).await, Ok(Ok(())))
     }
 
-    async fn close(conn: PgConnection) {
-        let _ = conn.close().await;
+    async fn close(conn: PgConn) {
+        let _ = conn.conn.close().await;
     }
 }
 
@@ -131,15 +172,19 @@ impl Session {
     }
 
     /// Puts `conn` in this session, unless it is already (no round trip
-    /// then). While the settings change the connection's session is
-    /// unknown: a caller that leaves meanwhile leaves a connection that is
-    /// set again by whoever takes it next.
+    /// then), first closing the statements kept for the session it
+    /// carried. While the session changes it is unknown: a caller that
+    /// leaves meanwhile leaves a connection that is set again by whoever
+    /// takes it next.
     pub async fn enter(&self, conn: &mut PooledPg) -> Result<(), sqlx::Error> {
         if conn.session() == Some(self.as_str()) {
             return Ok(());
         }
         conn.set_session(None);
-        let mut set = conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await;
+        let mut set = match conn.unprepare().await {
+            Ok(()) => conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await,
+            Err(e) => Err(e),
+        };
         // The settings run under the previous session's `statement_timeout`,
         // which may be a plugin's 1 ms: cancelled, they are sent again after
         // clearing it on its own (a trivial statement, tried a few times),

@@ -254,12 +254,12 @@ async fn no_session_state_survives_a_call_on_postgres() {
     let setting = |name: &'static str| {
         sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!("SHOW {name}"))).persistent(false)
     };
-    assert_eq!(setting("statement_timeout").fetch_one(&mut *connection).await.unwrap(), "0");
-    assert_eq!(setting("search_path").fetch_one(&mut *connection).await.unwrap(), "\"$user\", public");
-    assert_eq!(setting("role").fetch_one(&mut *connection).await.unwrap(), "none");
+    assert_eq!(setting("statement_timeout").fetch_one(&mut **connection).await.unwrap(), "0");
+    assert_eq!(setting("search_path").fetch_one(&mut **connection).await.unwrap(), "\"$user\", public");
+    assert_eq!(setting("role").fetch_one(&mut **connection).await.unwrap(), "none");
     let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
         .persistent(false)
-        .fetch_one(&mut *connection)
+        .fetch_one(&mut **connection)
         .await
         .unwrap();
     assert_eq!(prepared, 0);
@@ -270,6 +270,118 @@ async fn no_session_state_survives_a_call_on_postgres() {
     let values = [Value::Text("now".into()), Value::Text("a".into()), Value::Text("write".into())];
     query(&gateway, "a", &policy, insert, &values).await.unwrap();
     assert_eq!(db.count("SELECT count(*) FROM audit_log").await, 2);
+}
+
+/// A plugin's statements stay prepared on a connection while it carries
+/// the plugin's session (one round trip per repeated call), and what that
+/// could break does not. Attacks and accidents tried: another plugin (and
+/// the sidecar's own work) taking the connection next, which must find
+/// none of them; the same text bound with a value of another kind, which
+/// sqlx would send in the kept statement's binary type (text `12345678`
+/// read as the integer 0x3132333435363738); a privilege revoked while a
+/// statement is kept, which the database must still refuse at its next
+/// run; a column added under a kept `SELECT *` (PostgreSQL refuses to run
+/// a kept plan whose result changed: prepared again, the call succeeds);
+/// and 40 distinct statements, of which at most 32 stay kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
+    use gatehouse::services::sql::guard::postgres::role_name;
+    use gatehouse::services::sql::pg_pool::{PgPool, Session};
+    use gatehouse::services::sql::pg_prepared::PER_CONNECTION;
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(1, 1));
+    let policy = policy("");
+    let select = "SELECT name FROM products WHERE id = $1";
+    query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap();
+    let gatehouse::services::sql::pool::Pool::Postgres(pool) = gateway.alias("db").unwrap().opened().unwrap().clone()
+    else {
+        panic!("a PostgreSQL pool")
+    };
+    // What the connection holds, seen from inside `plugin`'s session (so
+    // that looking does not change it).
+    async fn kept(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Vec<String> {
+        let limits = Limits::from(policy);
+        let session = Session::plugin(&role_name(plugin).unwrap(), limits.timeout, limits.max_result_bytes);
+        let mut conn = session.acquire(pool).await.unwrap();
+        sqlx::query_scalar("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+            .persistent(false)
+            .fetch_all(&mut **conn)
+            .await
+            .unwrap()
+    }
+    for id in [2, 1] {
+        query(&gateway, "a", &policy, select, &[Value::Int(id)]).await.unwrap();
+    }
+    assert_eq!(kept(&pool, "a", &policy).await, [select], "kept once, reused");
+
+    // Another plugin finds none of `a`'s, nor does the sidecar's own work.
+    query(&gateway, "b", &policy, select, &[Value::Int(1)]).await.unwrap();
+    assert_eq!(kept(&pool, "b", &policy).await, [select], "b's own, prepared anew");
+    query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap();
+    let mut own = Session::own().acquire(&pool).await.unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+        .persistent(false)
+        .fetch_one(&mut **own)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the sidecar's own session closes the plugin's statements");
+    drop(own);
+
+    // The same text with a value of another kind is prepared again for it.
+    let insert = "INSERT INTO audit_log (at, actor, action) VALUES ($1, $2, $3)";
+    let row = |actor: Value| [Value::Text("now".into()), actor, Value::Text("typed".into())];
+    query(&gateway, "a", &policy, insert, &row(Value::Int(5))).await.unwrap();
+    query(&gateway, "a", &policy, insert, &row(Value::Text("12345678".into()))).await.unwrap();
+    query(&gateway, "a", &policy, insert, &row(Value::Float(2.5))).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE action = 'typed' AND actor = '5'").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE action = 'typed' AND actor = '12345678'").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE action = 'typed' AND actor = '2.5'").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE action = 'typed'").await, 3);
+
+    // A privilege revoked under a kept statement: refused at its next run.
+    // (One guard: a new one syncs the role's grants at its first call.)
+    let guard = authorizer(Dialect::Postgres, &policy);
+    async fn run(
+        gateway: &SqlGateway,
+        guard: &Guard,
+        policy: &SqlPolicy,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<gatehouse::services::sql::Rows, SqlError> {
+        let alias = gateway.alias("db").unwrap();
+        let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
+        let mut connection = SqlConnection::open(alias, "a", guard).await?;
+        connection.query(&checked, sql, params, Limits::from(policy)).await
+    }
+    run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap();
+    run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap();
+    assert!(kept(&pool, "a", &policy).await.contains(&select.to_string()));
+    // (On another connection: the pool's, in the sidecar's own session,
+    // would close the plugin's statements first.)
+    let role = role_name("a").unwrap();
+    db.admin(&format!("REVOKE SELECT ON products FROM {role}")).await;
+    let refused = run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Denied, "{refused}");
+    assert!(refused.to_string().contains("permission denied"), "{refused}");
+    db.admin(&format!("GRANT SELECT ON products TO {role}")).await;
+
+    // A column added under a kept `SELECT *`.
+    let star = "SELECT * FROM products WHERE id = $1";
+    let before = query(&gateway, "a", &policy, star, &[Value::Int(1)]).await.unwrap();
+    db.admin("ALTER TABLE products ADD COLUMN note text").await;
+    let after = query(&gateway, "a", &policy, star, &[Value::Int(1)]).await.unwrap();
+    assert_eq!(after.columns.len(), before.columns.len() + 1, "prepared again with the new column");
+
+    // Bounded.
+    for n in 0..40 {
+        query(&gateway, "a", &policy, &format!("SELECT id FROM products WHERE id = $1 AND stock > {n}"), &[
+            Value::Int(1),
+        ])
+        .await
+        .unwrap();
+    }
+    let count = kept(&pool, "a", &policy).await.len();
+    assert!((1..=PER_CONNECTION).contains(&count), "{count} kept");
 }
 
 /// The database's deadline and the sidecar's both end in `timeout`, and

@@ -21,11 +21,11 @@ fn start() -> (TestPostgres, PgPool) {
 }
 
 async fn pid(conn: &mut PooledPg) -> i32 {
-    sqlx::query_scalar("SELECT pg_backend_pid()").persistent(false).fetch_one(&mut **conn).await.unwrap()
+    sqlx::query_scalar("SELECT pg_backend_pid()").persistent(false).fetch_one(&mut ***conn).await.unwrap()
 }
 
 async fn current_role(conn: &mut PooledPg) -> String {
-    sqlx::query_scalar("SELECT current_user::text").persistent(false).fetch_one(&mut **conn).await.unwrap()
+    sqlx::query_scalar("SELECT current_user::text").persistent(false).fetch_one(&mut ***conn).await.unwrap()
 }
 
 /// Two connections in two sessions: each caller gets the one already in
@@ -131,6 +131,6 @@ async fn a_tiny_timeout_left_on_a_connection_does_not_fail_the_next_session() {
     let mut conn = entering.await.unwrap().expect("the settings, once the lock is gone");
     assert_eq!(current_role(&mut conn).await, "writer");
     let timeout: String =
-        sqlx::query_scalar("SHOW statement_timeout").persistent(false).fetch_one(&mut *conn).await.unwrap();
+        sqlx::query_scalar("SHOW statement_timeout").persistent(false).fetch_one(&mut **conn).await.unwrap();
     assert_eq!(timeout, "5s");
 }

@@ -374,7 +374,7 @@ pub async fn check_provided(pool: &PgPool, plugin: &str) -> Result<(), GuardErro
         sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1 AND pg_has_role(current_user, oid, 'MEMBER')")
             .persistent(false)
             .bind(&role)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut **conn)
             .await?;
     provided.map(drop).ok_or(GuardError::RoleNotProvided(role))
 }
