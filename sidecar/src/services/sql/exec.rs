@@ -8,15 +8,16 @@
 //! - **The statement is checked first** ([`checked`]): the policy's parse
 //!   and walk (`check_for`), then the parameter count. Nothing unchecked
 //!   reaches the database.
-//! - **No session state survives a call.** Statements are sent unprepared
-//!   (`persistent(false)`): a prepared statement cached on a pooled
-//!   connection would outlive the call and be reachable by the next plugin
-//!   to get that connection, whose grant may be narrower (and the
-//!   database's own check, which depends on the plugin, is made when a
-//!   statement is prepared). On PostgreSQL a statement runs in the
-//!   plugin's session ([`Session`]: its role and settings, set again
-//!   whenever the connection last carried another's); the checker refuses
-//!   `SET`, temporary tables and every other DDL.
+//! - **No plugin's session state reaches another.** The checker refuses
+//!   `SET`, `PREPARE`, temporary tables and every other DDL. SQLite
+//!   statements are sent unprepared (`persistent(false)`): the authorizer
+//!   checks a statement when it is prepared, so one kept on a pooled
+//!   connection would skip the next plugin's check. On PostgreSQL a
+//!   statement runs in the plugin's session ([`Session`]: its role and
+//!   settings, set again whenever the connection last carried another's),
+//!   which keeps that plugin's statements prepared until another session
+//!   is entered ([`pg_prepared`]; PostgreSQL checks privileges at every
+//!   run).
 //! - **Deadlines twice.** The database stops the statement itself
 //!   (PostgreSQL `statement_timeout`; SQLite a progress handler that
 //!   interrupts it) and the sidecar's own timer stops waiting a little
@@ -38,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use sqlx::Either;
-use sqlx::{Connection as _, Executor as _};
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::sqlite::Sqlite;
+use sqlx::{Connection as _, Executor as _};
 
 use super::error::SqlError;
 use super::guard::postgres as pg_guard;

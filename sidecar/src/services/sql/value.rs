@@ -98,8 +98,8 @@ pub fn sqlite_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
             if raw.is_null() {
                 return Ok(Value::Null);
             }
-            let class = raw.type_info().name().to_string();
-            Ok(match class.as_str() {
+            let info = raw.type_info();
+            Ok(match info.name() {
                 "INTEGER" | "BOOLEAN" => Value::Int(row.try_get_unchecked::<i64, _>(i).map_err(decode_error)?),
                 "REAL" | "NUMERIC" => Value::Float(row.try_get_unchecked::<f64, _>(i).map_err(decode_error)?),
                 "TEXT" | "DATE" | "TIME" | "DATETIME" => {
@@ -127,16 +127,17 @@ pub fn postgres_values(row: &PgRow, budget: u64) -> Result<Option<Vec<Value>>, S
             values.push(Value::Null);
             continue;
         }
-        let type_name = raw.type_info().name().to_string();
+        let info = raw.type_info();
+        let type_name = info.name();
         if raw.format() != PgValueFormat::Binary {
-            return Err(unsupported(&type_name, i));
+            return Err(unsupported(type_name, i));
         }
         let bytes = raw.as_bytes().map_err(decode_error)?;
-        size += pg_value_size(&type_name, bytes);
+        size += pg_value_size(type_name, bytes);
         if size > budget {
             return Ok(None);
         }
-        values.push(pg_value(&type_name, bytes).ok_or_else(|| unsupported(&type_name, i))?);
+        values.push(pg_value(type_name, bytes).ok_or_else(|| unsupported(type_name, i))?);
     }
     Ok((size <= budget).then_some(values))
 }

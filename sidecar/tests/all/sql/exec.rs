@@ -374,9 +374,13 @@ async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
 
     // Bounded.
     for n in 0..40 {
-        query(&gateway, "a", &policy, &format!("SELECT id FROM products WHERE id = $1 AND stock > {n}"), &[
-            Value::Int(1),
-        ])
+        query(
+            &gateway,
+            "a",
+            &policy,
+            &format!("SELECT id FROM products WHERE id = $1 AND stock > {n}"),
+            &[Value::Int(1)],
+        )
         .await
         .unwrap();
     }
