@@ -120,9 +120,10 @@ fn alias_dialect(config: &Config, alias: &str, flag: Option<DialectArg>) -> anyh
     }
 }
 
-/// The `[sql.<alias>]` section of `plugin`'s policy file, read on its own
-/// (the policy loader does not assemble `[sql]` yet: when it does, this is
-/// the loaded policy's section instead). Returns the file's name too.
+/// The `[sql.<alias>]` section of `plugin`'s policy file, validated as the
+/// loader validates it ([`SqlSection::validate`]) but read on its own: the
+/// plugin's component need not be built or present (CI checks statements
+/// before it is). Returns the file's name too.
 fn sql_policy(dir: &Path, plugin: &str, alias: &str) -> anyhow::Result<(String, SqlPolicy)> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading the policy directory {}", dir.display()))?;
     let mut files: Vec<_> = entries

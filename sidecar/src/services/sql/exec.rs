@@ -561,9 +561,10 @@ async fn postgres(
         }
         match outcome {
             // A kept statement whose result's shape changed (an operator's
-            // migration) is prepared again, once, where nothing ran yet
-            // (the server refuses it before it runs); in a transaction,
-            // which the refusal aborted, the plugin sees the error.
+            // migration) is prepared again, once. Outside a transaction
+            // only: the refusal comes before the statement runs, and any
+            // other error of its code was rolled back with the statement;
+            // a transaction it aborted is the plugin's to roll back.
             Err(Ok(error)) if pg_prepared::replanned(&error) && !in_transaction && !replanned => {
                 replanned = true;
                 conn.unprepare().await?;

@@ -40,7 +40,8 @@
 //!   variants.
 //! - [`metrics`]: calls by plugin, alias and outcome, with latencies.
 //!
-//! Not here yet: `gatehouse policy explain-sql` on the loaded policy.
+//! `gatehouse policy explain-sql` (`cli/explain_sql.rs`) runs [`check_for`]
+//! on a policy file's section, validated as the loader validates it.
 
 pub mod check;
 pub mod check_cache;

@@ -107,12 +107,13 @@ fn fits(kept: &[Option<Discriminant<Value>>], now: &[Option<Discriminant<Value>>
     kept.len() == now.len() && kept.iter().zip(now).all(|(kept, now)| now.is_none() || kept == now)
 }
 
-/// Whether `error` is PostgreSQL's refusal to run a kept statement whose
-/// result's shape changed since it was prepared (a column added to a table
-/// it selects `*` from): `cached plan must not change result type`.
+/// Whether `error` may be PostgreSQL's refusal to run a kept statement
+/// whose result's shape changed since it was prepared (a column added to a
+/// table it selects `*` from: `cached plan must not change result type`).
+/// By its code alone, `feature_not_supported`: the message is in the
+/// server's language. Another error of that code costs one more try.
 pub fn replanned(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000")
-        && db.message().contains("cached plan"))
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("0A000"))
 }
 
 #[cfg(test)]
