@@ -287,10 +287,24 @@ async fn no_session_state_survives_a_call_on_postgres() {
 async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
     use gatehouse::services::sql::guard::postgres::role_name;
     use gatehouse::services::sql::pg_pool::{PgPool, Session};
-    use gatehouse::services::sql::pg_prepared::PER_CONNECTION;
+    use gatehouse::services::sql::pg_prepared::{KEPT_BYTES, MAX_TEXT, PER_CONNECTION};
     let db = TestDb::start(Dialect::Postgres).await;
     let gateway = db.gateway(pool(1, 1));
     let policy = policy("");
+    // One guard per plugin, as a loaded plugin has: a new guard syncs the
+    // role's grants at its first call, in the sidecar's own session, which
+    // closes the statements kept before.
+    let guards = [("a", authorizer(Dialect::Postgres, &policy)), ("b", authorizer(Dialect::Postgres, &policy))];
+    let query = |_: &SqlGateway, plugin: &'static str, policy: &SqlPolicy, sql: &str, params: &[Value]| {
+        let guard = &guards.iter().find(|(name, _)| *name == plugin).unwrap().1;
+        let (gateway, policy, sql, params) = (&gateway, policy.clone(), sql.to_string(), params.to_vec());
+        async move {
+            let alias = gateway.alias("db").unwrap();
+            let checked = checked(Door::Gatehouse, alias.dialect, &policy, &sql, &params)?;
+            let mut connection = SqlConnection::open(alias, plugin, guard).await?;
+            connection.query(&checked, &sql, &params, Limits::from(&policy)).await
+        }
+    };
     let select = "SELECT name FROM products WHERE id = $1";
     query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap();
     let gatehouse::services::sql::pool::Pool::Postgres(pool) = gateway.alias("db").unwrap().opened().unwrap().clone()
@@ -339,28 +353,14 @@ async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
     assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE action = 'typed'").await, 3);
 
     // A privilege revoked under a kept statement: refused at its next run.
-    // (One guard: a new one syncs the role's grants at its first call.)
-    let guard = authorizer(Dialect::Postgres, &policy);
-    async fn run(
-        gateway: &SqlGateway,
-        guard: &Guard,
-        policy: &SqlPolicy,
-        sql: &str,
-        params: &[Value],
-    ) -> Result<gatehouse::services::sql::Rows, SqlError> {
-        let alias = gateway.alias("db").unwrap();
-        let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
-        let mut connection = SqlConnection::open(alias, "a", guard).await?;
-        connection.query(&checked, sql, params, Limits::from(policy)).await
-    }
-    run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap();
-    run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap();
-    assert!(kept(&pool, "a", &policy).await.contains(&select.to_string()));
+    query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap();
+    query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap();
+    assert_eq!(kept(&pool, "a", &policy).await, [insert, select], "both kept");
     // (On another connection: the pool's, in the sidecar's own session,
     // would close the plugin's statements first.)
     let role = role_name("a").unwrap();
     db.admin(&format!("REVOKE SELECT ON products FROM {role}")).await;
-    let refused = run(&gateway, &guard, &policy, select, &[Value::Int(1)]).await.unwrap_err();
+    let refused = query(&gateway, "a", &policy, select, &[Value::Int(1)]).await.unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Denied, "{refused}");
     assert!(refused.to_string().contains("permission denied"), "{refused}");
     db.admin(&format!("GRANT SELECT ON products TO {role}")).await;
@@ -386,6 +386,19 @@ async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
     }
     let count = kept(&pool, "a", &policy).await.len();
     assert!((1..=PER_CONNECTION).contains(&count), "{count} kept");
+    // And by text: statements near MAX_TEXT, at most KEPT_BYTES of them
+    // together; one byte longer is never kept.
+    for n in 0..6 {
+        let padded = format!("SELECT id FROM products WHERE id = $1 /*{n}{}*/", "x".repeat(MAX_TEXT - 45));
+        assert!(padded.len() <= MAX_TEXT);
+        query(&gateway, "a", &policy, &padded, &[Value::Int(1)]).await.unwrap();
+    }
+    let long = format!("SELECT id FROM products WHERE id = $1 /*{}*/", "y".repeat(MAX_TEXT));
+    query(&gateway, "a", &policy, &long, &[Value::Int(1)]).await.unwrap();
+    let texts = kept(&pool, "a", &policy).await;
+    let bytes: usize = texts.iter().map(String::len).sum();
+    assert!(!texts.is_empty() && bytes <= KEPT_BYTES, "{} kept, {bytes} bytes", texts.len());
+    assert!(!texts.contains(&long), "a statement over MAX_TEXT is not kept");
 }
 
 /// The database's deadline and the sidecar's both end in `timeout`, and
