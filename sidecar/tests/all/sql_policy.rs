@@ -296,6 +296,13 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (LITE, "", "SELECT * FROM temp.products", Rule::Schema, "`temp`"),
     (LITE, "", "SELECT * FROM sqlite_master", Rule::Schema, "system table"),
     (LITE, "", "SELECT * FROM main.sqlite_schema", Rule::Schema, "system table"),
+    // The sidecar's own tables (the KV store's and the audit log's, in a
+    // shared database), in any spelling: an outside review granted them.
+    (PG, "", "SELECT * FROM gatehouse_kv_data", Rule::Schema, "sidecar's own table"),
+    (PG, "", "SELECT * FROM public.\"gatehouse_audit_entries\"", Rule::Schema, "sidecar's own table"),
+    (PG, "", "SELECT * FROM \"GATEHOUSE_AUDIT_GRANTS\"", Rule::Schema, "sidecar's own table"),
+    (PG, "", "SELECT version FROM _sqlx_migrations", Rule::Schema, "sidecar's own table"),
+    (LITE, "", "SELECT * FROM [_SQLX_MIGRATIONS]", Rule::Schema, "sidecar's own table"),
     (LITE, "", "SELECT * FROM other.products", Rule::Schema, "`other`"),
     (PG, "", "SELECT U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
     (PG, "", "SELECT U&'\\0041' FROM products", Rule::Ambiguous, "Unicode"),

@@ -8,7 +8,9 @@
 //! opens one SQLite file as `main`, so those are the only qualifications
 //! accepted. PostgreSQL searches `pg_catalog` before the path and SQLite
 //! keeps its own tables as `sqlite_*`, so names with those prefixes are
-//! refused even when unqualified.
+//! refused even when unqualified. So are the sidecar's own tables
+//! ([`sidecar_table`]), which the key-value store and the audit log keep in
+//! `public` when they share a database with plugins' grants.
 
 use sqlparser::ast::{Ident, ObjectName, ObjectNamePart};
 
@@ -101,8 +103,22 @@ pub fn table(dialect: Dialect, name: &ObjectName) -> Result<(bool, String), Deni
         Dialect::Postgres => "pg_",
         Dialect::Sqlite => "sqlite_",
     };
-    if table.len() >= system.len() && table.as_bytes()[..system.len()].eq_ignore_ascii_case(system.as_bytes()) {
+    if starts_with_folded(&table, system) {
         return Err(Denial::new(Rule::Schema, format!("system table `{}` is refused", shown(&table))));
     }
+    if sidecar_table(&table) {
+        return Err(Denial::new(Rule::Schema, format!("the sidecar's own table `{}` is refused", shown(&table))));
+    }
     Ok((schema.is_some(), table))
+}
+
+/// Whether `table` is (or may be) one of the sidecar's own: the key-value
+/// store's and the audit log's (`gatehouse_*`) and sqlx's migration record
+/// (`_sqlx_migrations`), in any case. No grant reaches them.
+pub fn sidecar_table(table: &str) -> bool {
+    starts_with_folded(table, "gatehouse_") || table.eq_ignore_ascii_case("_sqlx_migrations")
+}
+
+fn starts_with_folded(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }

@@ -348,6 +348,16 @@ impl SqlSection {
                 fail(name.span(), reason);
                 continue;
             }
+            if super::names::sidecar_table(text) {
+                fail(
+                    name.span(),
+                    format!(
+                        "table `{}` is reserved for the sidecar's own tables (`gatehouse_*`, `_sqlx_migrations`)",
+                        shown(text)
+                    ),
+                );
+                continue;
+            }
             if let Some(other) = folded.insert(text.to_ascii_lowercase(), text) {
                 fail(
                     name.span(),
@@ -610,6 +620,9 @@ mod tests {
             ("statements = [\"select\"]\n[tables]\n\"public.orders\" = \"select\"", "without a schema"),
             ("statements = [\"select\"]\n[tables]\nOrders = \"select\"\norders = \"select\"", "differ only in case"),
             ("statements = [\"select\"]\n[tables]\norders = { select = [\"id\", \"ID\"] }", "twice"),
+            ("statements = [\"select\"]\n[tables]\ngatehouse_kv_data = \"select\"", "reserved for the sidecar"),
+            ("statements = [\"select\"]\n[tables]\nGatehouse_Audit_Entries = \"select\"", "reserved for the sidecar"),
+            ("statements = [\"select\"]\n[tables]\n_sqlx_migrations = \"select\"", "reserved for the sidecar"),
             ("statements = [\"select\"]\nfunctions = [\"pg_sleep\"]", "can never be granted"),
             ("statements = [\"select\"]\nfunctions = [\"load_extension\"]", "can never be granted"),
             // Another borrower's counts on a pooled SQLite connection.
