@@ -58,9 +58,10 @@ pub struct PgConnector {
 
 /// A pool over `options`, opening nothing yet.
 pub fn pg_pool(options: PgConnectOptions, max_connections: u32, acquire_timeout: Duration) -> PgPool {
-    // One more than the gateway keeps, so that sqlx never drops a statement
-    // of its own accord and its cache is exactly what `Prepared` records.
-    let options = options.statement_cache_capacity(pg_prepared::PER_CONNECTION + 1);
+    // As many as the gateway keeps, which closes them all before it would
+    // keep one more: sqlx never drops one of its own accord, and its cache
+    // is exactly what `Prepared` records.
+    let options = options.statement_cache_capacity(pg_prepared::PER_CONNECTION);
     ConnPool::new(PgConnector { options }, max_connections, acquire_timeout)
 }
 

@@ -40,8 +40,7 @@ use std::mem::Discriminant;
 
 use super::value::Value;
 
-/// Most statements kept on one connection (sqlx's cache is set one larger,
-/// so that it never drops one on its own).
+/// Most statements kept on one connection (and the size of sqlx's cache).
 pub const PER_CONNECTION: usize = 32;
 
 /// Longest statement text kept prepared.
