@@ -105,16 +105,6 @@ impl Prepared {
         self.kept.clear();
         self.bytes = 0;
     }
-
-    /// How many statements are kept.
-    pub fn len(&self) -> usize {
-        self.kept.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.kept.is_empty()
-    }
 }
 
 /// Whether values of `now` may be bound to a statement prepared with
@@ -193,10 +183,10 @@ mod tests {
             assert_eq!(prepared.plan(&sql, &of(&[])), Plan::Keep, "{n}");
             prepared.kept(&sql, of(&[]));
         }
-        assert_eq!(prepared.len(), PER_CONNECTION);
+        assert_eq!(prepared.kept.len(), PER_CONNECTION);
         assert_eq!(prepared.plan("SELECT 0", &of(&[])), Plan::Keep, "kept already");
         assert_eq!(prepared.plan("SELECT 'one more'", &of(&[])), Plan::ClearFirst);
         prepared.clear();
-        assert!(prepared.is_empty());
+        assert!(prepared.kept.is_empty() && prepared.bytes == 0);
     }
 }
