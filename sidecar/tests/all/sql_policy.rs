@@ -447,6 +447,28 @@ fn checked_reports_kind_tables_rows_and_placeholders() {
     assert_eq!(cte.kind, StatementKind::Select);
     assert_eq!((cte.reads, cte.writes), (set(&["products"]), set(&["orders"])));
 
+    // A write led by `WITH` parses as a query whose body is the write: its
+    // kind is the write's, so the rows it changed are reported.
+    let writes = [
+        ("WITH n AS (SELECT 1 AS x) INSERT INTO orders (id) SELECT x FROM n", StatementKind::Insert),
+        (
+            "WITH n AS (SELECT 1 AS x) UPDATE orders SET status = 'x' WHERE id IN (SELECT x FROM n)",
+            StatementKind::Update,
+        ),
+        ("WITH n AS (SELECT 1 AS x) DELETE FROM orders WHERE id IN (SELECT x FROM n)", StatementKind::Delete),
+    ];
+    for (sql, kind) in writes {
+        for &dialect in BOTH {
+            assert_eq!(allow(dialect, &policy, sql).kind, kind, "{dialect}: {sql}");
+        }
+    }
+    // PostgreSQL 15 has no `WITH … MERGE`: refused as unsupported, not
+    // judged as a select (which this policy does not grant).
+    let inserts = SqlPolicy::from_toml("statements = [\"insert\"]\n[tables]\norders = [\"insert\"]\n").unwrap();
+    let merge = "WITH n AS (SELECT 1 AS x) MERGE INTO orders o USING orders p ON o.id = p.id \
+                 WHEN MATCHED THEN UPDATE SET quantity = 1";
+    assert_eq!(check(Dialect::Postgres, &inserts, merge).unwrap_err().rule, Rule::Unsupported);
+
     // PostgreSQL reads nested comments whole: one statement, nothing hidden.
     let nested = allow(Dialect::Postgres, &policy, "SELECT 1 /* /* */ ; DELETE FROM orders; -- */");
     assert!(nested.writes.is_empty() && nested.reads.is_empty());
@@ -527,8 +549,15 @@ fn denials_escape_and_bound_the_names_they_quote() {
 #[test]
 fn size_and_depth_are_bounded() {
     let policy = policy();
-    let big = format!("SELECT id FROM products WHERE name = '{}'", "x".repeat(64 << 10));
-    let denial = check(Dialect::Sqlite, &policy, &big).unwrap_err();
+    // Exactly MAX_STATEMENT bytes are checked; one more is refused unread.
+    let sized = |len: usize| {
+        let head = "SELECT id FROM products WHERE name = '";
+        format!("{head}{}'", "x".repeat(len - head.len() - 1))
+    };
+    let at_bound = sized(gatehouse::services::sql::MAX_STATEMENT);
+    assert_eq!(at_bound.len(), 64 << 10);
+    assert!(check(Dialect::Sqlite, &policy, &at_bound).is_ok());
+    let denial = check(Dialect::Sqlite, &policy, &sized(at_bound.len() + 1)).unwrap_err();
     assert_eq!(denial.rule, Rule::TooLarge);
     assert!(denial.is_invalid_input());
 
@@ -567,6 +596,32 @@ fn size_and_depth_are_bounded() {
                 }
             }
             assert!(wrong.is_empty(), "{wrong:#?}");
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+}
+
+/// The walk's own depth bound is reached by what the parser builds in a
+/// loop, not by recursion it counts: a chain of set operations is as deep
+/// as it is long. The first select of `k` `UNION ALL`s sits `k + 3` levels
+/// down (the query, its body, each operation, then the select's items and
+/// tables), so `MAX_DEPTH - 3` operations are walked and one more is
+/// refused, on a thread with a 1 MiB stack.
+#[test]
+fn a_chain_of_set_operations_is_walked_to_max_depth_and_no_further() {
+    use gatehouse::services::sql::MAX_DEPTH;
+    let chain = |k: usize| format!("SELECT id FROM products{}", " UNION ALL SELECT id FROM products".repeat(k));
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            let policy = policy();
+            for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                let at = check(dialect, &policy, &chain(MAX_DEPTH - 3));
+                assert!(at.is_ok(), "{dialect}: {at:?}");
+                let denial = check(dialect, &policy, &chain(MAX_DEPTH - 2)).unwrap_err();
+                assert_eq!(denial.rule, Rule::TooDeep, "{dialect}: {denial}");
+            }
         })
         .unwrap()
         .join()
