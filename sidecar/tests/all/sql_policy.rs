@@ -602,6 +602,64 @@ fn size_and_depth_are_bounded() {
         .expect("no stack overflow");
 }
 
+/// Forms of write the check does not read are refused, never passed with
+/// the part it skips: each statement below sets one such part of the
+/// parsed write (other dialects' syntax that sqlparser also reads in
+/// SQLite's or PostgreSQL's). Attacks: `OUTPUT`, `OVERRIDING`, `ON
+/// CLUSTER`, `LIMIT`/`ORDER BY` on a write, `DELETE t FROM t`, index and
+/// table hints, a column list on the target's alias. `WITHOUT WHERE` and
+/// an aliased target are allowed when granted, as written.
+#[test]
+fn forms_of_write_the_check_does_not_read_are_refused() {
+    let policy = with("update_without_where = true\ndelete_without_where = true");
+    let refused: &[(&[Dialect], &str)] = &[
+        (PG, "INSERT /*+ APPEND */ INTO orders (id) VALUES (1)"),
+        (BOTH, "INSERT INTO orders BY NAME SELECT 1 AS id"),
+        (BOTH, "INSERT OVERWRITE orders SELECT 1"),
+        (LITE, "INSERT INTO orders PARTITION (p) VALUES (1)"),
+        (BOTH, "INSERT INTO orders (id) PARTITION (p) VALUES (1)"),
+        (BOTH, "INSERT INTO orders (id) OVERRIDING SYSTEM VALUE VALUES (1)"),
+        (BOTH, "INSERT INTO TABLE orders (id) VALUES (1)"),
+        (BOTH, "INSERT INTO orders (id) OUTPUT inserted.id VALUES (1)"),
+        (PG, "UPDATE /*+ x */ orders SET status = 'x' WHERE id = 1"),
+        (BOTH, "UPDATE orders ON CLUSTER c SET status = 'x' WHERE id = 1"),
+        (BOTH, "UPDATE orders SET status = 'x' OUTPUT inserted.id WHERE id = 1"),
+        (BOTH, "UPDATE orders SET status = 'x' WHERE id = 1 LIMIT 1"),
+        (BOTH, "UPDATE orders SET status = 'x' LIMIT 1"),
+        (PG, "DELETE /*+ x */ FROM orders WHERE id = 1"),
+        (BOTH, "DELETE orders FROM orders WHERE id = 1"),
+        (BOTH, "DELETE FROM orders ON CLUSTER c WHERE id = 1"),
+        (BOTH, "DELETE FROM orders OUTPUT deleted.id WHERE id = 1"),
+        (BOTH, "DELETE FROM orders WHERE id = 1 ORDER BY id"),
+        (BOTH, "DELETE FROM orders WHERE id = 1 LIMIT 1"),
+        (BOTH, "DELETE FROM orders LIMIT 1"),
+        (LITE, "UPDATE orders INDEXED BY i SET status = 'x' WHERE id = 1"),
+        (LITE, "DELETE FROM orders NOT INDEXED WHERE id = 1"),
+        (BOTH, "DELETE FROM orders WITH (NOLOCK) WHERE id = 1"),
+        (BOTH, "UPDATE orders AS o (a, b) SET status = 'x' WHERE id = 1"),
+        (BOTH, "UPDATE orders TABLESAMPLE SYSTEM (1) SET status = 'x' WHERE id = 1"),
+    ];
+    let mut wrong = Vec::new();
+    for (dialects, sql) in refused {
+        for &dialect in *dialects {
+            match check(dialect, &policy, sql) {
+                Err(denial) if denial.rule == Rule::Unsupported => {}
+                other => wrong.push(format!("{dialect}: {sql}: {other:?}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    for &dialect in BOTH {
+        for sql in [
+            "UPDATE orders AS o SET status = 'x' WHERE o.id = 1",
+            "UPDATE orders SET status = 'x'",
+            "DELETE FROM orders",
+        ] {
+            allow(dialect, &policy, sql);
+        }
+    }
+}
+
 /// The walk's own depth bound is reached by what the parser builds in a
 /// loop, not by recursion it counts: a chain of set operations is as deep
 /// as it is long. The first select of `k` `UNION ALL`s sits `k + 3` levels
