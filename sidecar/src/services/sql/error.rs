@@ -88,6 +88,19 @@ impl SqlError {
         }
     }
 
+    /// An error SQLite reported on a connection the gateway steps itself
+    /// ([`super::sqlite_step`]): its extended result code and message, as
+    /// [`SqlError::from_database`] reads them from sqlx.
+    pub fn from_sqlite(code: i32, message: &str) -> SqlError {
+        let escaped = guest_text::escape(message, guest_text::LINE);
+        let class = if message.starts_with("not authorized to use function") {
+            Class::Denied
+        } else {
+            classify(true, &code.to_string())
+        };
+        class.error(escaped)
+    }
+
     /// An error sqlx reports while running a statement, by what the
     /// database said (SQLSTATE or SQLite's code). The database's own text
     /// is kept, escaped and bounded: it may quote the guest's values.
@@ -102,23 +115,7 @@ impl SqlError {
                 // plain error (code 1), not SQLITE_AUTH, in these words.
                 let refused_function = sqlite && db.message().starts_with("not authorized to use function");
                 let class = if refused_function { Class::Denied } else { classify(sqlite, &code) };
-                match class {
-                    Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
-                    Class::TooLarge => SqlError::TooLarge(format!(
-                        "the statement needs more than the database allows (max_value_bytes, the SQLite \
-                         heap limit, a function's cost bound): {message}"
-                    )),
-                    Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
-                    Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),
-                    Class::Unavailable => SqlError::Unavailable {
-                        message: format!("database unavailable: {message}"),
-                        retry_after: Some(RETRY_UNAVAILABLE),
-                    },
-                    Class::Busy => {
-                        SqlError::RateLimited { message: format!("database busy: {message}"), retry_after: RETRY_BUSY }
-                    }
-                    Class::Input => SqlError::InvalidInput(format!("the database refused the statement: {message}")),
-                }
+                class.error(message)
             }
             sqlx::Error::PoolTimedOut => SqlError::Unavailable {
                 message: "no database connection free within the acquire timeout".into(),
@@ -154,6 +151,30 @@ enum Class {
     Unavailable,
     Busy,
     Input,
+}
+
+impl Class {
+    /// The door's error of this class, with the database's own `message`
+    /// (escaped and bounded).
+    fn error(self, message: String) -> SqlError {
+        match self {
+            Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
+            Class::TooLarge => SqlError::TooLarge(format!(
+                "the statement needs more than the database allows (max_value_bytes, the SQLite \
+                 heap limit, a function's cost bound): {message}"
+            )),
+            Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
+            Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),
+            Class::Unavailable => SqlError::Unavailable {
+                message: format!("database unavailable: {message}"),
+                retry_after: Some(RETRY_UNAVAILABLE),
+            },
+            Class::Busy => {
+                SqlError::RateLimited { message: format!("database busy: {message}"), retry_after: RETRY_BUSY }
+            }
+            Class::Input => SqlError::InvalidInput(format!("the database refused the statement: {message}")),
+        }
+    }
 }
 
 /// PostgreSQL's SQLSTATE (five characters) or SQLite's extended result

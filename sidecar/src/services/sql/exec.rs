@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt as _;
 use sqlx::Either;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
-use sqlx::sqlite::Sqlite;
 use sqlx::{Connection as _, Executor as _};
 
 use super::error::SqlError;
@@ -50,7 +49,8 @@ use super::pg_pool::{PooledPg, Session};
 use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
-use super::value::{self, Rows, Value};
+use super::sqlite_step::{self, RowSink as _};
+use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
 
 /// Most parameters one statement may carry (PostgreSQL's own limit is
@@ -625,7 +625,7 @@ async fn sqlite(
     // connection (closing it waits for the statement).
     let stop = StopOnDrop(Arc::default());
     prepare_connection_sqlite(conn, grant, limits, Arc::clone(&stop.0)).await?;
-    let outcome = sqlite_statement(conn.connection(), limits, run, statement, params).await;
+    let outcome = sqlite_statement(conn, limits, run, statement, params).await;
     // A statement still running (its result abandoned at a cap) stops at
     // its next progress check.
     drop(stop);
@@ -640,52 +640,30 @@ async fn sqlite(
             clean: false,
         });
     }
-    outcome.map_err(|failure| match failure.error {
-        // sqlx binds `?` and `?NNN` only; its refusal of another
-        // placeholder is a protocol error, not an outage.
-        SqlError::Unavailable { ref message, .. } if message.contains("parameter format") => Failure {
-            error: SqlError::InvalidInput(
-                "named parameters (`:name`, `@name`, `$name`) are not supported on SQLite: use `?` or `?NNN`".into(),
-            ),
-            clean: true,
-        },
-        _ => failure,
-    })
+    outcome
 }
 
 async fn sqlite_statement(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Guarded,
     limits: Limits,
     run: Run,
     statement: &str,
     params: &[Value],
 ) -> Result<Outcome, Failure> {
-    let mut query = sqlx::query::<Sqlite>(sqlx::AssertSqlSafe(statement.to_string())).persistent(false);
-    for param in params {
-        query = match param.clone() {
-            Value::Null => query.bind(None::<i64>),
-            Value::Bool(b) => query.bind(b),
-            Value::Int(i) => query.bind(i),
-            Value::Float(f) => query.bind(f),
-            Value::Text(t) => query.bind(t),
-            Value::Blob(b) => query.bind(b),
-        };
+    let handle = conn.step_handle();
+    let (statement, params) = (statement.to_owned(), params.to_vec());
+    let stepped = tokio::task::spawn_blocking(move || {
+        let mut collected = Collector::new(limits, run);
+        let done = handle.run(&statement, &params, run == Run::Query, &mut collected);
+        done.map(|done| {
+            collected.changes = done.changes;
+            collected.done(done.last_insert_rowid)
+        })
+    });
+    match stepped.await {
+        Ok(outcome) => outcome.map_err(|failed| Failure { error: failed.error, clean: failed.clean }),
+        Err(e) => Err(Failure { error: SqlError::Internal(format!("the statement's thread: {e}")), clean: false }),
     }
-    let mut stream = conn.fetch_many(query);
-    let mut collected = Collector::new(limits, run);
-    let mut last_insert_rowid = None;
-    while let Some(item) = stream.try_next().await? {
-        match item {
-            Either::Right(row) => collected.push(&row, |row, _| value::sqlite_values(row).map(Some))?,
-            Either::Left(done) => {
-                collected.changes += done.rows_affected();
-                // Reset to 0 before the statement (`prepare_connection_sqlite`):
-                // 0 here means the statement inserted no rowid.
-                last_insert_rowid = Some(done.last_insert_rowid()).filter(|&rowid| rowid != 0);
-            }
-        }
-    }
-    Ok(collected.done(last_insert_rowid))
 }
 
 /// The rows of a query as they stream in, refused past the caps (or read
@@ -707,12 +685,24 @@ impl Collector {
         Outcome { rows: self.rows, changes: self.changes, last_insert_rowid }
     }
 
-    /// Takes `row` if it fits. `decode` makes its values, or `None` once
-    /// they would pass the bytes left (before making the one that would).
+    /// Takes a sqlx `row` if it fits. `decode` makes its values, or `None`
+    /// once they would pass the bytes left (before making the one that
+    /// would).
     fn push<R: sqlx::Row>(
         &mut self,
         row: &R,
         decode: impl Fn(&R, u64) -> Result<Option<Vec<Value>>, SqlError>,
+    ) -> Result<(), SqlError> {
+        let columns = || if row.len() > 0 { value::columns_of(row) } else { Vec::new() };
+        self.row(&columns, &mut |left| decode(row, left))
+    }
+}
+
+impl sqlite_step::RowSink for Collector {
+    fn row(
+        &mut self,
+        columns: &dyn Fn() -> Vec<Column>,
+        decode: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
     ) -> Result<(), SqlError> {
         if self.run == Run::Execute {
             return Ok(());
@@ -723,8 +713,8 @@ impl Collector {
                 self.limits.max_rows
             )));
         }
-        if self.rows.columns.is_empty() && row.len() > 0 {
-            self.rows.columns = value::columns_of(row);
+        if self.rows.columns.is_empty() {
+            self.rows.columns = columns();
         }
         let too_large = || {
             SqlError::TooLarge(format!(
@@ -733,7 +723,7 @@ impl Collector {
             ))
         };
         let left = self.limits.max_result_bytes.saturating_sub(self.bytes);
-        let values = decode(row, left)?.ok_or_else(too_large)?;
+        let values = decode(left)?.ok_or_else(too_large)?;
         self.bytes += values.iter().map(Value::size).sum::<u64>();
         if self.bytes > self.limits.max_result_bytes {
             return Err(too_large());

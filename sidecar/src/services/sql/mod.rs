@@ -21,7 +21,9 @@
 //!   plugin's share of it (`per_plugin_connections`); the embedded
 //!   application database and its migrations.
 //! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
-//!   raw handle, so a call makes one handoff to sqlx's worker thread.
+//!   raw handle.
+//! - [`sqlite_step`]: a plugin's SQLite statement stepped on that handle
+//!   on one blocking thread, rows decoded under the caps as they come.
 //! - [`pg_prepared`]: which of a plugin's statements a PostgreSQL
 //!   connection keeps prepared while it carries the plugin's session.
 //! - [`exec`]: [`SqlConnection`], one held connection: the check,
@@ -61,6 +63,7 @@ pub mod pool;
 pub mod relay;
 pub mod spin;
 pub mod sqlite_pool;
+pub mod sqlite_step;
 pub mod value;
 
 use std::fmt;

@@ -46,9 +46,10 @@ impl Connector for SqliteConnector {
             .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))
     }
 
-    /// The worker finishes what it runs, then closes the database.
+    /// Waits for a statement still stopping on the handle, then the
+    /// worker finishes what it runs and closes the database.
     async fn close(conn: Guarded) {
-        let _ = sqlx::Connection::close(conn.into_connection()).await;
+        let _ = sqlx::Connection::close(conn.into_connection().await).await;
     }
 }
 

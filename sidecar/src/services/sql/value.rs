@@ -13,7 +13,6 @@
 //! parameter is typed `text`: cast it for other types (`$1::uuid`).
 
 use sqlx::postgres::{PgRow, PgValueFormat};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::error::SqlError;
@@ -88,28 +87,6 @@ fn decode_error(e: impl std::fmt::Display) -> SqlError {
         "a value cannot be read: {}",
         crate::guest_text::escape(&e.to_string(), crate::guest_text::SHORT)
     ))
-}
-
-/// The values of a SQLite row, by storage class.
-pub fn sqlite_values(row: &SqliteRow) -> Result<Vec<Value>, SqlError> {
-    (0..row.len())
-        .map(|i| {
-            let raw = row.try_get_raw(i).map_err(decode_error)?;
-            if raw.is_null() {
-                return Ok(Value::Null);
-            }
-            let info = raw.type_info();
-            Ok(match info.name() {
-                "INTEGER" | "BOOLEAN" => Value::Int(row.try_get_unchecked::<i64, _>(i).map_err(decode_error)?),
-                "REAL" | "NUMERIC" => Value::Float(row.try_get_unchecked::<f64, _>(i).map_err(decode_error)?),
-                "TEXT" | "DATE" | "TIME" | "DATETIME" => {
-                    Value::Text(row.try_get_unchecked::<String, _>(i).map_err(decode_error)?)
-                }
-                "BLOB" => Value::Blob(row.try_get_unchecked::<Vec<u8>, _>(i).map_err(decode_error)?),
-                other => return Err(unsupported(other, i)),
-            })
-        })
-        .collect()
 }
 
 /// The values of a PostgreSQL row, by column type (binary format), or

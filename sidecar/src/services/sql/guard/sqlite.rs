@@ -73,6 +73,7 @@ use sqlx::{Connection as _, SqliteConnection};
 
 use super::GuardError;
 use crate::services::sql::functions;
+use crate::services::sql::sqlite_step::{RawDb, StepHandle};
 use crate::services::sql::{Access, Dialect, Door, SqlPolicy};
 
 /// The name the slot is registered under (`sqlite3_set_clientdata`).
@@ -293,6 +294,9 @@ pub struct Guarded {
     conn: SqliteConnection,
     db: Db,
     slot: Arc<Slot>,
+    /// Held by a statement's thread while it runs on the handle
+    /// ([`StepHandle`]); `false` once the connection is closing.
+    open: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// The raw handle of a serialized connection.
@@ -311,8 +315,16 @@ impl Guarded {
         &mut self.conn
     }
 
-    /// The sqlx connection, to close it.
-    pub fn into_connection(self) -> SqliteConnection {
+    /// The handle a statement's thread runs on ([`crate::services::sql::sqlite_step`]).
+    pub fn step_handle(&self) -> StepHandle {
+        StepHandle { db: RawDb(self.db.0), open: Arc::clone(&self.open) }
+    }
+
+    /// The sqlx connection, to close it, once no statement runs on the
+    /// handle (one abandoned by its caller may still be stopping) and none
+    /// will.
+    pub async fn into_connection(self) -> SqliteConnection {
+        *self.open.lock().await = false;
         self.conn
     }
 
@@ -373,7 +385,7 @@ pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result
     let progress = Arc::clone(&slot);
     handle.set_progress_handler(1000, move || progress.may_go_on());
     drop(handle);
-    Ok(Guarded { conn, db: Db(db), slot })
+    Ok(Guarded { conn, db: Db(db), slot, open: Arc::new(tokio::sync::Mutex::new(true)) })
 }
 
 /// What SQLite may allocate in this process, all connections together

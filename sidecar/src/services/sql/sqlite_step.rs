@@ -1,0 +1,370 @@
+//! A plugin's SQLite statement run on the connection's raw handle, on one
+//! blocking thread, start to finish: prepared, bound, stepped and
+//! finalized there, its rows decoded under the caps as they come.
+//!
+//! sqlx runs a SQLite connection on a worker thread of its own and sends
+//! each row back to the caller over a channel; a caller that keeps up with
+//! the worker waits for, and is woken by, every row. On a 2-vCPU VM that
+//! cost a 50-row query more than the statement itself, and put whole runs
+//! in a state of ~8 context switches a query (BENCHMARKS.md). Here a
+//! statement is one handoff to a blocking thread and one back, whatever
+//! its rows. The thread is tokio's blocking pool's; at most one runs per
+//! pooled connection, so their number is bounded by the pools' sizes.
+//!
+//! The connection is serialized (`SQLITE_OPEN_FULLMUTEX`, checked when it
+//! is guarded), so SQLite allows its API from any thread. The grant, the
+//! progress handler (the statement's deadline, and the stop raised when
+//! its caller is gone) and the busy handler are the connection's, set by
+//! [`super::guard::sqlite`] before the statement, and work on whichever
+//! thread steps. A caller that goes away does not wait for the thread:
+//! its stop flag interrupts the statement at the next progress check, and
+//! the connection, marked broken, is closed only once the statement has
+//! let go of it ([`StepHandle`]'s lock), never under it.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, c_char, c_int};
+use std::ptr;
+use std::sync::Arc;
+
+use libsqlite3_sys as ffi;
+
+use super::error::SqlError;
+use super::value::{Column, Value};
+
+/// What a statement's thread needs of its connection: the raw handle, and
+/// the lock that keeps the connection open while a statement runs on it
+/// (`true` once it is closed).
+#[derive(Clone)]
+pub struct StepHandle {
+    pub(super) db: RawDb,
+    pub(super) open: Arc<tokio::sync::Mutex<bool>>,
+}
+
+/// The raw handle of a serialized connection.
+#[derive(Clone, Copy)]
+pub(super) struct RawDb(pub(super) ptr::NonNull<ffi::sqlite3>);
+
+// SAFETY: the connection is serialized (checked when it is guarded), so
+// SQLite allows its API from any thread; the pointer is used only while
+// the `StepHandle`'s lock says the connection is open.
+unsafe impl Send for RawDb {}
+// SAFETY: as above.
+unsafe impl Sync for RawDb {}
+
+/// A statement's rows as they come: each gets its values only if it fits
+/// the caps (`decode` answers `None` past the bytes left).
+pub trait RowSink {
+    /// Takes one row; an error stops the statement.
+    fn row(
+        &mut self,
+        columns: &dyn Fn() -> Vec<Column>,
+        decode: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
+    ) -> Result<(), SqlError>;
+}
+
+/// What a statement changed, once it is done.
+pub struct Done {
+    /// `sqlite3_changes64` after it.
+    pub changes: u64,
+    /// `sqlite3_last_insert_rowid` after it, unless 0.
+    pub last_insert_rowid: Option<i64>,
+}
+
+/// How a statement failed, and whether the connection is known to be
+/// fine (the database answered, and did not interrupt the statement).
+pub struct Failed {
+    /// What the guest is told.
+    pub error: SqlError,
+    /// Whether the connection may serve on.
+    pub clean: bool,
+}
+
+impl From<SqlError> for Failed {
+    fn from(error: SqlError) -> Failed {
+        Failed { error, clean: false }
+    }
+}
+
+impl StepHandle {
+    /// Runs `statement` with `params` (bound to SQLite's own parameter
+    /// numbers, `?` and `?NNN`), handing each row to `rows`. Blocks: call
+    /// it on a blocking thread. `wanted` is false for a statement whose
+    /// rows are read and dropped.
+    pub fn run(&self, statement: &str, params: &[Value], wanted: bool, rows: &mut dyn RowSink) -> Result<Done, Failed> {
+        let open = self.open.blocking_lock();
+        if !*open {
+            return Err(SqlError::Internal("the connection was closed before its statement ran".into()).into());
+        }
+        let db = self.db.0.as_ptr();
+        // SAFETY: the connection is open and stays so while `open` is held.
+        let prepared = unsafe { Prepared::new(db, statement) }?;
+        let Some(prepared) = prepared else {
+            // Only comments or spaces: nothing runs.
+            return Ok(Done { changes: 0, last_insert_rowid: None });
+        };
+        prepared.bind(params)?;
+        let columns = || prepared.columns();
+        loop {
+            // SAFETY: the statement is prepared and bound, not finalized.
+            match unsafe { ffi::sqlite3_step(prepared.statement) } {
+                ffi::SQLITE_ROW if wanted => rows.row(&columns, &mut |left| prepared.values(left))?,
+                ffi::SQLITE_ROW => {}
+                ffi::SQLITE_DONE => break,
+                _ => return Err(prepared.error()),
+            }
+        }
+        // SAFETY: the connection is open; plain reads of its state.
+        let (changes, rowid) = unsafe { (ffi::sqlite3_changes64(db), ffi::sqlite3_last_insert_rowid(db)) };
+        Ok(Done { changes: u64::try_from(changes).unwrap_or(0), last_insert_rowid: (rowid != 0).then_some(rowid) })
+    }
+}
+
+/// A prepared statement, finalized on drop.
+struct Prepared {
+    db: *mut ffi::sqlite3,
+    statement: *mut ffi::sqlite3_stmt,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // SAFETY: prepared by `new`, finalized once, here.
+        unsafe { ffi::sqlite3_finalize(self.statement) };
+    }
+}
+
+impl Prepared {
+    /// Prepares the one statement of `text` (`None`: there is none). More
+    /// than one is refused: the door runs exactly one statement per call.
+    ///
+    /// # Safety
+    /// `db` is an open, serialized connection, not closed while the
+    /// returned statement lives.
+    unsafe fn new(db: *mut ffi::sqlite3, text: &str) -> Result<Option<Prepared>, Failed> {
+        let Some((statement, rest)) = (unsafe { prepare(db, text) })? else { return Ok(None) };
+        let prepared = Prepared { db, statement };
+        if !rest.trim().is_empty()
+            && let Some((second, _)) = unsafe { prepare(db, rest) }?
+        {
+            drop(Prepared { db, statement: second });
+            return Err(
+                SqlError::Denied("the text holds more than one statement: send exactly one per call".into()).into()
+            );
+        }
+        Ok(Some(prepared))
+    }
+
+    fn bind(&self, params: &[Value]) -> Result<(), Failed> {
+        // SAFETY: the statement is prepared (all the calls below are on it).
+        let count = unsafe { ffi::sqlite3_bind_parameter_count(self.statement) };
+        for index in 1..=count {
+            // SAFETY: as above; the name (or null) is valid while the statement is.
+            let name = unsafe { ffi::sqlite3_bind_parameter_name(self.statement, index) };
+            if !name.is_null() && unsafe { *name } != b'?' as c_char {
+                return Err(Failed {
+                    error: SqlError::InvalidInput(
+                        "named parameters (`:name`, `@name`, `$name`) are not supported on SQLite: use `?` or `?NNN`"
+                            .into(),
+                    ),
+                    clean: true,
+                });
+            }
+            let Some(value) = usize::try_from(index - 1).ok().and_then(|i| params.get(i)) else {
+                return Err(Failed {
+                    error: SqlError::InvalidInput(format!(
+                        "the statement has {count} parameters and {} values were given",
+                        params.len()
+                    )),
+                    clean: true,
+                });
+            };
+            // SQLITE_TRANSIENT: SQLite copies text and blobs before the call returns.
+            let rc = unsafe {
+                match value {
+                    Value::Null => ffi::sqlite3_bind_null(self.statement, index),
+                    Value::Bool(b) => ffi::sqlite3_bind_int64(self.statement, index, i64::from(*b)),
+                    Value::Int(i) => ffi::sqlite3_bind_int64(self.statement, index, *i),
+                    Value::Float(f) => ffi::sqlite3_bind_double(self.statement, index, *f),
+                    Value::Text(t) => ffi::sqlite3_bind_text64(
+                        self.statement,
+                        index,
+                        t.as_ptr().cast(),
+                        t.len() as u64,
+                        ffi::SQLITE_TRANSIENT(),
+                        ffi::SQLITE_UTF8 as u8,
+                    ),
+                    Value::Blob(b) => ffi::sqlite3_bind_blob64(
+                        self.statement,
+                        index,
+                        b.as_ptr().cast(),
+                        b.len() as u64,
+                        ffi::SQLITE_TRANSIENT(),
+                    ),
+                }
+            };
+            if rc != ffi::SQLITE_OK {
+                return Err(self.error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The result's columns: each name, and its type as sqlx names it
+    /// (the declared type read by SQLite's affinity words; `NULL` for an
+    /// expression or a declared type those words do not name).
+    fn columns(&self) -> Vec<Column> {
+        // SAFETY: the statement is prepared; names and declared types are
+        // valid until it is finalized, and copied here.
+        let count = unsafe { ffi::sqlite3_column_count(self.statement) };
+        (0..count)
+            .map(|i| {
+                let name = unsafe { text_of(ffi::sqlite3_column_name(self.statement, i)) };
+                let declared = unsafe { text_of(ffi::sqlite3_column_decltype(self.statement, i)) };
+                Column { name, type_name: declared_type(&declared).to_string() }
+            })
+            .collect()
+    }
+
+    /// The current row's values by storage class, or `None` once their
+    /// sizes ([`Value::size`]) pass `left`, before the one that would is
+    /// copied.
+    fn values(&self, left: u64) -> Result<Option<Vec<Value>>, SqlError> {
+        // SAFETY: the statement is on a row; each column's text or blob is
+        // valid until the next step and copied before it (text first, then
+        // its length, as SQLite asks).
+        let count = unsafe { ffi::sqlite3_column_count(self.statement) };
+        let mut values = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut size = 0u64;
+        for i in 0..count {
+            let value = unsafe {
+                match ffi::sqlite3_column_type(self.statement, i) {
+                    ffi::SQLITE_NULL => Value::Null,
+                    ffi::SQLITE_INTEGER => Value::Int(ffi::sqlite3_column_int64(self.statement, i)),
+                    ffi::SQLITE_FLOAT => Value::Float(ffi::sqlite3_column_double(self.statement, i)),
+                    kind => {
+                        let data = if kind == ffi::SQLITE_TEXT {
+                            ffi::sqlite3_column_text(self.statement, i)
+                        } else {
+                            ffi::sqlite3_column_blob(self.statement, i).cast()
+                        };
+                        let len = usize::try_from(ffi::sqlite3_column_bytes(self.statement, i)).unwrap_or(0);
+                        if size + len as u64 > left {
+                            return Ok(None);
+                        }
+                        let bytes = if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) };
+                        if kind == ffi::SQLITE_TEXT {
+                            let text = std::str::from_utf8(bytes).map_err(|_| {
+                                SqlError::InvalidInput(format!("column {} holds text that is not UTF-8", i + 1))
+                            })?;
+                            Value::Text(text.to_owned())
+                        } else {
+                            Value::Blob(bytes.to_vec())
+                        }
+                    }
+                }
+            };
+            size += value.size();
+            if size > left {
+                return Ok(None);
+            }
+            values.push(value);
+        }
+        Ok(Some(values))
+    }
+
+    /// The connection's last error, as the door reports it.
+    fn error(&self) -> Failed {
+        // SAFETY: the connection is open; the message is copied at once.
+        let (code, message) =
+            unsafe { (ffi::sqlite3_extended_errcode(self.db), text_of(ffi::sqlite3_errmsg(self.db))) };
+        let error = SqlError::from_sqlite(code, &message);
+        // Interrupted (its deadline, its caller gone): cut off is cut off,
+        // as on PostgreSQL (see `exec::Failure`).
+        let clean = !matches!(error, SqlError::Timeout(_));
+        Failed { error, clean }
+    }
+}
+
+/// Prepares the first statement of `text`: it and the text after it, or
+/// `None` when the text holds only comments and spaces.
+///
+/// # Safety
+/// `db` is an open, serialized connection.
+unsafe fn prepare(db: *mut ffi::sqlite3, text: &str) -> Result<Option<(*mut ffi::sqlite3_stmt, &str)>, Failed> {
+    let len = c_int::try_from(text.len())
+        .map_err(|_| SqlError::InvalidInput("the statement is too long for SQLite".into()))?;
+    let mut statement = ptr::null_mut();
+    let mut tail: *const c_char = ptr::null();
+    // SAFETY: the caller's promise; `text` is valid for `len` bytes and
+    // SQLite reads no further (no NUL needed).
+    let rc = unsafe { ffi::sqlite3_prepare_v2(db, text.as_ptr().cast(), len, &mut statement, &mut tail) };
+    if rc != ffi::SQLITE_OK {
+        // SAFETY: as above; the message is copied at once.
+        let (code, message) = unsafe { (ffi::sqlite3_extended_errcode(db), text_of(ffi::sqlite3_errmsg(db))) };
+        return Err(Failed { error: SqlError::from_sqlite(code, &message), clean: true });
+    }
+    if statement.is_null() {
+        return Ok(None);
+    }
+    // SQLite's tail points into `text`, at a character boundary (it stops
+    // after a `;` or at the end).
+    let consumed = (tail as usize).saturating_sub(text.as_ptr() as usize).min(text.len());
+    Ok(Some((statement, text.get(consumed..).unwrap_or(""))))
+}
+
+/// A C string SQLite hands out, copied (empty for null).
+///
+/// # Safety
+/// `text` is null or a NUL-terminated string valid for this call.
+unsafe fn text_of(text: *const c_char) -> String {
+    if text.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's promise.
+    unsafe { CStr::from_ptr(text) }.to_string_lossy().into_owned()
+}
+
+/// The name sqlx gives a column of declared type `declared` (its
+/// `DataType::from_str`, then `TypeInfo::name`): the door's column types
+/// stayed what they were when statements ran through sqlx.
+fn declared_type(declared: &str) -> &'static str {
+    let lower = declared.to_ascii_lowercase();
+    match lower.as_str() {
+        "int4" | "int8" => "INTEGER",
+        "boolean" | "bool" => "BOOLEAN",
+        "date" => "DATE",
+        "time" => "TIME",
+        "datetime" | "timestamp" => "DATETIME",
+        _ if lower.contains("int") => "INTEGER",
+        _ if lower.contains("char") || lower.contains("clob") || lower.contains("text") => "TEXT",
+        _ if lower.contains("blob") => "BLOB",
+        _ if lower.contains("real") || lower.contains("floa") || lower.contains("doub") => "REAL",
+        _ => "NULL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::declared_type;
+
+    #[test]
+    fn declared_types_are_named_as_sqlx_names_them() {
+        for (declared, name) in [
+            ("INTEGER", "INTEGER"),
+            ("int8", "INTEGER"),
+            ("BIGINT", "INTEGER"),
+            ("VARCHAR(20)", "TEXT"),
+            ("clob", "TEXT"),
+            ("BLOB", "BLOB"),
+            ("DOUBLE PRECISION", "REAL"),
+            ("float", "REAL"),
+            ("BOOLEAN", "BOOLEAN"),
+            ("timestamp", "DATETIME"),
+            ("DATE", "DATE"),
+            ("TIME", "TIME"),
+            ("NUMERIC", "NULL"),
+            ("", "NULL"),
+        ] {
+            assert_eq!(declared_type(declared), name, "{declared}");
+        }
+    }
+}
