@@ -344,7 +344,112 @@ fn declared_type(declared: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::declared_type;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::services::sql::guard::sqlite::{self as guard, Guarded};
+
+    /// A guarded connection in host mode (everything allowed).
+    async fn host(dir: &tempfile::TempDir) -> Guarded {
+        use sqlx::ConnectOptions as _;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("step.db"))
+            .create_if_missing(true)
+            .serialized(true);
+        let mut conn = guard::install(options.connect().await.unwrap(), 1 << 20).await.unwrap();
+        guard::enter_host(&mut conn);
+        conn
+    }
+
+    /// Keeps every row's values, and when the last one came.
+    #[derive(Default)]
+    struct Kept {
+        rows: Vec<Vec<Value>>,
+        first: Option<std::sync::mpsc::Sender<()>>,
+        last: Option<Instant>,
+    }
+
+    impl RowSink for Kept {
+        fn row(
+            &mut self,
+            _: &dyn Fn() -> Vec<Column>,
+            decode: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
+        ) -> Result<(), SqlError> {
+            if let Some(first) = self.first.take() {
+                let _ = first.send(());
+            }
+            self.rows.push(decode(u64::MAX)?.expect("no cap"));
+            self.last = Some(Instant::now());
+            Ok(())
+        }
+    }
+
+    async fn run(conn: &Guarded, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, SqlError> {
+        let (handle, sql, params) = (conn.step_handle(), sql.to_string(), params.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut kept = Kept::default();
+            handle.run(&sql, &params, true, &mut kept).map(|_| kept.rows).map_err(|f| f.error)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Closing a connection waits for a statement still running on its
+    /// handle (one whose caller left), and a handle kept past the close
+    /// runs nothing: no statement ever steps on a closed connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_waits_for_the_running_statement_and_a_closed_handle_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = host(&dir).await;
+        let handle = conn.step_handle();
+        let (first, started) = std::sync::mpsc::channel();
+        let running = tokio::task::spawn_blocking(move || {
+            let mut kept = Kept { first: Some(first), ..Kept::default() };
+            let sql =
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) SELECT i FROM n";
+            let done = handle.run(sql, &[], true, &mut kept);
+            (done.is_ok(), kept.rows.len(), kept.last.unwrap(), handle)
+        });
+        tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
+        let sqlx_conn = conn.into_connection().await;
+        let closed_at = Instant::now();
+        let (ok, rows, last_row, handle) = running.await.unwrap();
+        assert!(ok && rows == 300_000, "the statement ran to its end");
+        assert!(closed_at > last_row, "the close waited for the statement's last row");
+        sqlx::Connection::close(sqlx_conn).await.unwrap();
+        let stale = tokio::task::spawn_blocking(move || handle.run("SELECT 1", &[], true, &mut Kept::default()));
+        let refused = stale.await.unwrap().err().expect("a closed connection runs nothing");
+        assert!(matches!(refused.error, SqlError::Internal(_)), "{}", refused.error);
+    }
+
+    /// One statement per text (a second one is refused, comments and a
+    /// trailing `;` are not a statement); parameters by SQLite's own
+    /// numbers, named ones refused, missing ones refused; values by
+    /// storage class; text that is not UTF-8 refused, not mangled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_parameters_and_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = host(&dir).await;
+        let one = vec![vec![Value::Int(1)]];
+        assert_eq!(run(&conn, "SELECT 1; -- the end", &[]).await.unwrap(), one);
+        assert_eq!(run(&conn, " /* nothing */ ", &[]).await.unwrap(), Vec::<Vec<Value>>::new());
+        let stacked = run(&conn, "SELECT 1; SELECT 2", &[]).await.unwrap_err();
+        assert!(matches!(stacked, SqlError::Denied(_)), "{stacked}");
+
+        let params = [Value::Text("a".into()), Value::Blob(vec![0, 1]), Value::Float(0.5), Value::Bool(true)];
+        let got = run(&conn, "SELECT ?2, ?1, ?3, ?4, NULL", &params).await.unwrap();
+        let want =
+            vec![Value::Blob(vec![0, 1]), Value::Text("a".into()), Value::Float(0.5), Value::Int(1), Value::Null];
+        assert_eq!(got, vec![want]);
+        for named in ["SELECT :a", "SELECT @a", "SELECT $a"] {
+            let refused = run(&conn, named, &[Value::Int(1)]).await.unwrap_err();
+            assert!(refused.to_string().contains("named parameters"), "{named}: {refused}");
+        }
+        let missing = run(&conn, "SELECT ?, ?", &[Value::Int(1)]).await.unwrap_err();
+        assert!(matches!(missing, SqlError::InvalidInput(_)), "{missing}");
+        let mangled = run(&conn, "SELECT CAST(x'ff' AS TEXT)", &[]).await.unwrap_err();
+        assert!(matches!(mangled, SqlError::InvalidInput(_)), "{mangled}");
+    }
 
     #[test]
     fn declared_types_are_named_as_sqlx_names_them() {
