@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse::services::sql::guard::{GuardError, postgres, sqlite};
-use gatehouse::services::sql::{Dialect, Door, SqlPolicy, check};
+use gatehouse::services::sql::sqlite_step::RowSink;
+use gatehouse::services::sql::{Column, Dialect, Door, SqlError, SqlPolicy, Value, check};
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, PgPool, Row, SqliteConnection};
 
 use super::postgres::TestPostgres;
@@ -43,14 +44,41 @@ const SQLITE_NOT_REFUSED: &[(&str, Not, &str)] = &[
         Not::FailsOtherwise,
         "parameter syntax: one `$…` name to SQLite; every table it reaches is granted",
     ),
-    ("SELECT id FROM products WHERE id = $1::int", Not::Runs, "parameter syntax: one `$…` name to SQLite"),
-    ("SELECT id FROM products WHERE id = $id", Not::FailsOtherwise, "parameter syntax: the driver binds `?NNN` only"),
-    ("SELECT id FROM products WHERE id = :id", Not::Runs, "parameter syntax: unbound, NULL"),
-    ("SELECT id FROM products WHERE id = @id", Not::FailsOtherwise, "parameter syntax: the driver binds `?NNN` only"),
-    ("SELECT id FROM products; DELETE FROM orders", Not::Runs, "stacked: each statement is authorized on its own"),
-    ("SELECT 'a\\'; DELETE FROM orders; --'", Not::Runs, "stacked: each statement is authorized on its own"),
-    ("SELECT 1 /* /* */ ; DELETE FROM orders; -- */", Not::Runs, "stacked: each statement is authorized on its own"),
-    ("SELECT 1; SELECT 2", Not::Runs, "stacked: each statement is authorized on its own"),
+    (
+        "SELECT id FROM products WHERE id = $1::int",
+        Not::FailsOtherwise,
+        "parameter syntax: the gateway binds `?`/`?NNN` only",
+    ),
+    (
+        "SELECT id FROM products WHERE id = $id",
+        Not::FailsOtherwise,
+        "parameter syntax: the gateway binds `?`/`?NNN` only",
+    ),
+    (
+        "SELECT id FROM products WHERE id = :id",
+        Not::FailsOtherwise,
+        "parameter syntax: the gateway binds `?`/`?NNN` only",
+    ),
+    (
+        "SELECT id FROM products WHERE id = @id",
+        Not::FailsOtherwise,
+        "parameter syntax: the gateway binds `?`/`?NNN` only",
+    ),
+    (
+        "DELETE FROM orders -- \0\n WHERE id = 2",
+        Not::Runs,
+        "SQLite reads the text up to the NUL (a WHERE-less delete of a granted table): the checker and the executor refuse a NUL",
+    ),
+    (
+        "UPDATE customers SET name = ? -- \0\n WHERE id = 1",
+        Not::FailsOtherwise,
+        "the text up to the NUL has a parameter this row binds no value to",
+    ),
+    (
+        "SELECT id FROM orders WHERE id = ? -- \0\n + ?",
+        Not::FailsOtherwise,
+        "the text up to the NUL has a parameter this row binds no value to",
+    ),
     ("", Not::Runs, "empty: nothing to authorize"),
     ("-- nothing but a comment", Not::Runs, "empty: nothing to authorize"),
     (
@@ -90,7 +118,11 @@ const SQLITE_NOT_REFUSED: &[(&str, Not, &str)] = &[
     ("SELECT id FROM products WHERE name = 'x'", Not::Runs, "literals (params_only): not an authorizer action"),
     ("SELECT id FROM products LIMIT 10", Not::Runs, "literals (params_only): not an authorizer action"),
     ("SELECT id FROM products WHERE name = X'41'", Not::Runs, "literals (params_only): not an authorizer action"),
-    ("SELECT id FROM products WHERE id = ? AND name = :n", Not::Runs, "placeholder styles: not an authorizer action"),
+    (
+        "SELECT id FROM products WHERE id = ? AND name = :n",
+        Not::FailsOtherwise,
+        "parameter syntax: the gateway binds `?`/`?NNN` only",
+    ),
     ("SELEC id FROM products", Not::FailsOtherwise, "SQLite's parser"),
     (
         "WITH secrets AS (SELECT * FROM secrets) SELECT * FROM secrets",
@@ -113,6 +145,13 @@ const SQLITE_NOT_REFUSED: &[(&str, Not, &str)] = &[
 
 /// Bypass rows PostgreSQL lets run under the plugin's role, and why.
 const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
+    ("DELETE FROM orders -- \0\n WHERE id = 2", Not::FailsOtherwise, "a NUL: the server refuses the message"),
+    (
+        "UPDATE customers SET name = ? -- \0\n WHERE id = 1",
+        Not::FailsOtherwise,
+        "a NUL: the server refuses the message",
+    ),
+    ("SELECT id FROM orders WHERE id = ? -- \0\n + ?", Not::FailsOtherwise, "a NUL: the server refuses the message"),
     ("", Not::Runs, "empty: nothing runs"),
     ("-- nothing but a comment", Not::Runs, "empty: nothing runs"),
     ("UPDATE orders SET status = 'x'", Not::Runs, "WHERE-less write to a granted table: privileges have no WHERE"),
@@ -244,12 +283,6 @@ enum Not {
     FailsOtherwise,
 }
 
-fn texts_sqlite(rows: &[SqliteRow]) -> Vec<String> {
-    rows.iter()
-        .flat_map(|row| (0..row.len()).filter_map(|i| row.try_get::<Option<String>, _>(i).ok().flatten()))
-        .collect()
-}
-
 fn texts_pg(rows: &[PgRow]) -> Vec<String> {
     rows.iter()
         .flat_map(|row| (0..row.len()).filter_map(|i| row.try_get::<Option<String>, _>(i).ok().flatten()))
@@ -335,25 +368,46 @@ async fn run_sqlite(
     let (_dir, mut conn) = sqlite_copy(template).await;
     let before = ungranted_sqlite(&mut conn).await;
     sqlite::enter(&mut conn, grant.clone()).await.unwrap();
-    let result = if sql.contains(" :") {
-        // sqlx binds `?` and `?NNN` only: run `:name` unbound (NULL).
-        sqlx::raw_sql(AssertSqlSafe(sql.to_string())).fetch_all(conn.connection()).await
-    } else {
-        let mut query = sqlx::query(AssertSqlSafe(sql.to_string())).persistent(false);
-        for _ in 0..params {
-            query = query.bind(1i64);
-        }
-        query.fetch_all(conn.connection()).await
-    };
+    // As the gateway runs a plugin's statement: stepped on the raw handle
+    // (`services::sql::sqlite_step`), each placeholder bound to 1.
+    let (handle, sql_owned) = (conn.step_handle(), sql.to_string());
+    let result = tokio::task::spawn_blocking(move || {
+        let mut rows = Texts::default();
+        handle.run(&sql_owned, &vec![Value::Int(1); params], true, &mut rows).map(|_| rows.0)
+    })
+    .await
+    .unwrap();
     let outcome = match result {
-        Ok(rows) => {
+        Ok(texts) => {
             assert_eq!(ungranted_sqlite(&mut conn).await, before, "SQLite: {sql} changed ungranted data");
-            Outcome::Ran(texts_sqlite(&rows))
+            Outcome::Ran(texts)
         }
-        Err(e) => Outcome::of_error(e),
+        Err(failed) => match failed.error {
+            SqlError::Denied(text) | SqlError::Timeout(text) => Outcome::Denied(text),
+            other => Outcome::Failed(other.to_string()),
+        },
     };
     sqlite::leave(&mut conn);
     outcome
+}
+
+/// The text values of the rows a statement returns.
+#[derive(Default)]
+struct Texts(Vec<String>);
+
+impl RowSink for Texts {
+    fn row(
+        &mut self,
+        _: &dyn Fn() -> Vec<Column>,
+        decode: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
+    ) -> Result<(), SqlError> {
+        let values = decode(u64::MAX)?.unwrap_or_default();
+        self.0.extend(values.into_iter().filter_map(|v| match v {
+            Value::Text(text) => Some(text),
+            _ => None,
+        }));
+        Ok(())
+    }
 }
 
 /// Checks a bypass table's outcomes against the documented rows the

@@ -304,6 +304,11 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (PG, "", "SELECT version FROM _sqlx_migrations", Rule::Schema, "sidecar's own table"),
     (LITE, "", "SELECT * FROM [_SQLX_MIGRATIONS]", Rule::Schema, "sidecar's own table"),
     (LITE, "", "SELECT * FROM other.products", Rule::Schema, "`other`"),
+    // A NUL ends the text for both databases but not for the parser (an
+    // outside review: the WHERE after it was checked, then never run).
+    (BOTH, "", "DELETE FROM orders -- \0\n WHERE id = 2", Rule::Ambiguous, "NUL"),
+    (BOTH, "", "UPDATE customers SET name = ? -- \0\n WHERE id = 1", Rule::Ambiguous, "NUL"),
+    (BOTH, "", "SELECT id FROM orders WHERE id = ? -- \0\n + ?", Rule::Ambiguous, "NUL"),
     (PG, "", "SELECT U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),
     (PG, "", "SELECT U&'\\0041' FROM products", Rule::Ambiguous, "Unicode"),
     (PG, "", "SELECT name + U&\"\\0073ecret_note\" FROM customers", Rule::Ambiguous, "Unicode"),

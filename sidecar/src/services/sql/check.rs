@@ -90,6 +90,15 @@ pub fn check_for(door: Door, dialect: Dialect, policy: &SqlPolicy, statement: &s
             format!("statement of {} bytes is refused: at most {MAX_STATEMENT} bytes", statement.len()),
         ));
     }
+    if statement.contains('\0') {
+        // Both databases read a NUL as the end of the text, while the
+        // parser reads on: `DELETE FROM t -- \0\n WHERE …` passed the check
+        // with its WHERE and ran without it (an outside review).
+        return Err(Denial::new(
+            Rule::Ambiguous,
+            "a NUL character (U+0000) is refused: the database would read it as the end of the statement".into(),
+        ));
+    }
     if dialect == Dialect::Postgres && has_unicode_escape(statement) {
         return Err(Denial::new(
             Rule::Ambiguous,

@@ -261,6 +261,14 @@ impl SqlConnection {
         params: &[Value],
         limits: Limits,
     ) -> Result<Outcome, SqlError> {
+        if statement.contains('\0') {
+            // The checker refuses it too; here for the database's sake:
+            // both read a NUL as the end of the text, so what runs would
+            // be less than what was checked.
+            return Err(SqlError::InvalidInput(
+                "the statement holds a NUL character (U+0000), which the database would read as its end".into(),
+            ));
+        }
         if let Some(done) = self.control(checked.kind, limits).await {
             return done.map(|()| Outcome::default());
         }

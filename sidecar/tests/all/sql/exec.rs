@@ -430,6 +430,35 @@ async fn a_slow_statement_times_out_on_postgres() {
     a_slow_statement_times_out(Dialect::Postgres).await;
 }
 
+/// The executor refuses a NUL in the text it runs, whatever was checked:
+/// both databases read a NUL as the end of the text, so `DELETE … --
+/// \0\n WHERE …` would run without its WHERE (an outside review deleted
+/// every row so through both SQLite doors; the checker refuses it too).
+async fn a_nul_in_the_statement_is_refused_by_the_executor(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let alias = gateway.alias("db").unwrap();
+    let before = db.count("SELECT count(*) FROM orders").await;
+    assert!(before > 1);
+    let checked = checked(Door::Gatehouse, dialect, &policy, "DELETE FROM orders WHERE id = 2", &[]).unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy)).await.unwrap();
+    let hidden = "DELETE FROM orders -- \0\n WHERE id = 2";
+    let refused = connection.execute(&checked, hidden, &[], Limits::from(&policy)).await.unwrap_err();
+    assert!(matches!(refused, SqlError::InvalidInput(_)), "{refused}");
+    assert_eq!(db.count("SELECT count(*) FROM orders").await, before, "nothing deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_the_statement_is_refused_by_the_executor_on_sqlite() {
+    a_nul_in_the_statement_is_refused_by_the_executor(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_the_statement_is_refused_by_the_executor_on_postgres() {
+    a_nul_in_the_statement_is_refused_by_the_executor(Dialect::Postgres).await;
+}
+
 /// A write whose caller has gone (its invocation ended) while it waits
 /// for another connection's lock gives up at once: it is never written
 /// once the lock frees. (An outside review: it waited out the busy
