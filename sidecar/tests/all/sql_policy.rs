@@ -607,6 +607,42 @@ fn size_and_depth_are_bounded() {
         .expect("no stack overflow");
 }
 
+/// `MERGE` (PostgreSQL) is checked per action: each `WHEN` needs its
+/// kind on the target, an `INSERT` without a column list only where every
+/// column may be inserted, and the forms the check does not read are
+/// refused. Attacks: an `INSERT` with no column list into a table granted
+/// only some columns, a column list on the target's alias, optimizer
+/// hints, `OUTPUT`, `UPDATE … WHERE`, `UPDATE … DELETE WHERE`, `INSERT …
+/// WHERE`.
+#[test]
+fn merge_is_checked_per_action() {
+    let policy = policy();
+    let merge = |tail: &str| format!("MERGE INTO products p USING orders o ON p.id = o.product_id {tail}");
+    for sql in [
+        merge("WHEN NOT MATCHED THEN INSERT (id, name, price, stock) VALUES (o.product_id, 'x', 1, 1)"),
+        merge("WHEN NOT MATCHED THEN INSERT VALUES (o.product_id, 'x', 1, 1)"),
+        "MERGE INTO audit_log a USING orders o ON o.id < 0 WHEN NOT MATCHED THEN INSERT (at, actor, action) VALUES ('x', 'y', 'z')".into(),
+    ] {
+        allow(Dialect::Postgres, &policy, &sql);
+    }
+    let unnamed =
+        "MERGE INTO audit_log a USING orders o ON o.id < 0 WHEN NOT MATCHED THEN INSERT VALUES (1, 'x', 'y', 'z')";
+    let denial = check(Dialect::Postgres, &policy, unnamed).unwrap_err();
+    assert_eq!(denial.rule, Rule::Column, "{denial}");
+    assert!(denial.message.contains("must name its columns"), "{denial}");
+    for sql in [
+        "MERGE INTO products AS p (a, b) USING orders o ON o.id < 0 WHEN MATCHED THEN DO NOTHING".to_string(),
+        "MERGE /*+ x */ INTO products p USING orders o ON p.id = o.product_id WHEN MATCHED THEN DO NOTHING".into(),
+        merge("WHEN MATCHED THEN DO NOTHING OUTPUT $action"),
+        merge("WHEN MATCHED THEN UPDATE SET stock = 1 WHERE p.id = 1"),
+        merge("WHEN MATCHED THEN UPDATE SET stock = 1 DELETE WHERE p.id = 1"),
+        merge("WHEN NOT MATCHED THEN INSERT (id) VALUES (1) WHERE o.id = 1"),
+    ] {
+        let denial = check(Dialect::Postgres, &policy, &sql).unwrap_err();
+        assert_eq!(denial.rule, Rule::Unsupported, "{sql}: {denial}");
+    }
+}
+
 /// Forms of write the check does not read are refused, never passed with
 /// the part it skips: each statement below sets one such part of the
 /// parsed write (other dialects' syntax that sqlparser also reads in
