@@ -398,24 +398,33 @@ impl<'p> Walk<'p> {
             multi_table_when_clauses,
             multi_table_else_clause,
         } = insert;
-        if !optimizer_hints.is_empty()
-            || *ignore
+        // Set only by other dialects' syntax (MySQL's `IGNORE`, `SET`,
+        // priorities and row alias, ClickHouse's settings and format,
+        // Snowflake's and Oracle's multi-table inserts): neither dialect's
+        // parser here produces them, and each is refused should one start
+        // to. The parts below it are reachable, each refused by a test
+        // (`sql_policy.rs` `forms_of_write_the_check_does_not_read_are_refused`).
+        let foreign = [
+            *ignore,
+            !assignments.is_empty(),
+            priority.is_some(),
+            insert_alias.is_some(),
+            settings.is_some(),
+            format_clause.is_some(),
+            multi_table_insert_type.is_some(),
+            !multi_table_into_clauses.is_empty(),
+            !multi_table_when_clauses.is_empty(),
+            multi_table_else_clause.is_some(),
+        ];
+        if foreign.contains(&true)
+            || !optimizer_hints.is_empty()
             || *by_name
             || *overwrite
-            || !assignments.is_empty()
             || partitioned.is_some()
             || !after_columns.is_empty()
             || overriding.is_some()
             || *has_table_keyword
             || output.is_some()
-            || priority.is_some()
-            || insert_alias.is_some()
-            || settings.is_some()
-            || format_clause.is_some()
-            || multi_table_insert_type.is_some()
-            || !multi_table_into_clauses.is_empty()
-            || !multi_table_when_clauses.is_empty()
-            || multi_table_else_clause.is_some()
         {
             return Err(self.unsupported("this form of INSERT"));
         }
