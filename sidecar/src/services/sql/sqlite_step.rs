@@ -451,6 +451,74 @@ mod tests {
         assert!(matches!(mangled, SqlError::InvalidInput(_)), "{mangled}");
     }
 
+    /// Rows of a statement run for its changes only (`wanted` false) are
+    /// stepped through, never handed on; the rows a write changed and the
+    /// rowid it inserted are reported, a statement that inserted nothing
+    /// reports no rowid.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_and_rowids_and_unwanted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = host(&dir).await;
+        let handle = conn.step_handle();
+        tokio::task::spawn_blocking(move || {
+            let mut kept = Kept::default();
+            let run = |sql: &str, wanted: bool, kept: &mut Kept| handle.run(sql, &[], wanted, kept).ok().unwrap();
+            run("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", true, &mut kept);
+            let inserted = run("INSERT INTO t (v) VALUES ('a'), ('b') RETURNING id", false, &mut kept);
+            assert_eq!((inserted.changes, inserted.last_insert_rowid), (2, Some(2)));
+            assert!(kept.rows.is_empty(), "rows not wanted are not handed on");
+            let updated = run("UPDATE t SET v = 'c' WHERE id = 1", true, &mut kept);
+            assert_eq!(updated.changes, 1);
+            let fresh = StepHandle { db: handle.db, open: Arc::clone(&handle.open) };
+            let none = conn_rowid_after_reset(&fresh);
+            assert_eq!(none, None, "no rowid from a statement that inserted none");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A `SELECT` on a connection whose last insert rowid was reset (as
+    /// entering a grant does) reports none.
+    fn conn_rowid_after_reset(handle: &StepHandle) -> Option<i64> {
+        // SAFETY: the connection is open (the test holds it).
+        unsafe { ffi::sqlite3_set_last_insert_rowid(handle.db.0.as_ptr(), 0) };
+        handle.run("SELECT 1", &[], false, &mut Kept::default()).ok().unwrap().last_insert_rowid
+    }
+
+    /// Values past the bytes left are not copied: the row is refused
+    /// (`None`) at the value that would pass, and one that fits exactly is
+    /// taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_past_the_bytes_left_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = host(&dir).await;
+        let handle = conn.step_handle();
+        tokio::task::spawn_blocking(move || {
+            struct Budget(u64, Vec<Option<Vec<Value>>>);
+            impl RowSink for Budget {
+                fn row(
+                    &mut self,
+                    _: &dyn Fn() -> Vec<Column>,
+                    decode: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
+                ) -> Result<(), SqlError> {
+                    self.1.push(decode(self.0)?);
+                    Ok(())
+                }
+            }
+            // 'abcd' is 4 bytes, x'0102' 2, 7 an integer (8).
+            let sql = "SELECT 'abcd', x'0102', 7";
+            let cases =
+                [(sql, 14, true), (sql, 13, false), (sql, 5, false), (sql, 4, false), ("SELECT 'abcd'", 4, true)];
+            for (sql, left, fits) in cases {
+                let mut budget = Budget(left, Vec::new());
+                handle.run(sql, &[], true, &mut budget).ok().unwrap();
+                assert_eq!(budget.1[0].is_some(), fits, "{sql}: {left} bytes left");
+            }
+        })
+        .await
+        .unwrap();
+    }
+
     #[test]
     fn declared_types_are_named_as_sqlx_names_them() {
         for (declared, name) in [
