@@ -519,6 +519,38 @@ mod tests {
         .unwrap();
     }
 
+    /// A result's columns carry their names and declared types (`NULL`
+    /// for an expression).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn columns_are_named_with_their_declared_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = host(&dir).await;
+        let handle = conn.step_handle();
+        let columns = tokio::task::spawn_blocking(move || {
+            struct Columns(Vec<Column>);
+            impl RowSink for Columns {
+                fn row(
+                    &mut self,
+                    columns: &dyn Fn() -> Vec<Column>,
+                    _: &mut dyn FnMut(u64) -> Result<Option<Vec<Value>>, SqlError>,
+                ) -> Result<(), SqlError> {
+                    self.0 = columns();
+                    Ok(())
+                }
+            }
+            let mut kept = Kept::default();
+            handle.run("CREATE TABLE d (n VARCHAR(9), r DOUBLE)", &[], true, &mut kept).ok().unwrap();
+            handle.run("INSERT INTO d VALUES ('a', 1.5)", &[], true, &mut kept).ok().unwrap();
+            let mut columns = Columns(Vec::new());
+            handle.run("SELECT n, r, 1 + 1 AS two FROM d", &[], true, &mut columns).ok().unwrap();
+            columns.0
+        })
+        .await
+        .unwrap();
+        let named: Vec<(&str, &str)> = columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str())).collect();
+        assert_eq!(named, [("n", "TEXT"), ("r", "REAL"), ("two", "NULL")]);
+    }
+
     #[test]
     fn declared_types_are_named_as_sqlx_names_them() {
         for (declared, name) in [
