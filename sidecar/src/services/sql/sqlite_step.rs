@@ -449,6 +449,21 @@ mod tests {
         assert!(matches!(missing, SqlError::InvalidInput(_)), "{missing}");
         let mangled = run(&conn, "SELECT CAST(x'ff' AS TEXT)", &[]).await.unwrap_err();
         assert!(matches!(mangled, SqlError::InvalidInput(_)), "{mangled}");
+
+        // A database stored in UTF-16 still gives UTF-8 text, and blobs
+        // as they are.
+        use sqlx::ConnectOptions as _;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("utf16.db"))
+            .create_if_missing(true)
+            .pragma("encoding", "'UTF-16le'")
+            .serialized(true);
+        let mut utf16 = guard::install(options.connect().await.unwrap(), 1 << 20).await.unwrap();
+        guard::enter_host(&mut utf16);
+        let encoding = run(&utf16, "PRAGMA encoding", &[]).await.unwrap();
+        assert_eq!(encoding, vec![vec![Value::Text("UTF-16le".into())]]);
+        let got = run(&utf16, "SELECT 'é', x'e900'", &[]).await.unwrap();
+        assert_eq!(got, vec![vec![Value::Text("é".into()), Value::Blob(vec![0xe9, 0])]]);
     }
 
     /// Rows of a statement run for its changes only (`wanted` false) are
@@ -507,8 +522,14 @@ mod tests {
             }
             // 'abcd' is 4 bytes, x'0102' 2, 7 an integer (8).
             let sql = "SELECT 'abcd', x'0102', 7";
-            let cases =
-                [(sql, 14, true), (sql, 13, false), (sql, 5, false), (sql, 4, false), ("SELECT 'abcd'", 4, true)];
+            let cases = [
+                (sql, 14, true),
+                (sql, 13, false),
+                (sql, 5, false),
+                (sql, 4, false),
+                ("SELECT 'abcd'", 4, true),
+                ("SELECT 'abcd', x'0102'", 6, true),
+            ];
             for (sql, left, fits) in cases {
                 let mut budget = Budget(left, Vec::new());
                 handle.run(sql, &[], true, &mut budget).ok().unwrap();
