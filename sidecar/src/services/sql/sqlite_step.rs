@@ -329,7 +329,6 @@ unsafe fn text_of(text: *const c_char) -> String {
 fn declared_type(declared: &str) -> &'static str {
     let lower = declared.to_ascii_lowercase();
     match lower.as_str() {
-        "int4" | "int8" => "INTEGER",
         "boolean" | "bool" => "BOOLEAN",
         "date" => "DATE",
         "time" => "TIME",
@@ -572,11 +571,39 @@ mod tests {
         assert_eq!(named, [("n", "TEXT"), ("r", "REAL"), ("two", "NULL")]);
     }
 
+    /// A statement stopped by its progress check (its deadline, its
+    /// caller gone) is `timeout` and leaves its connection marked unclean
+    /// (the executor closes it); one the database refused for its data
+    /// leaves the connection clean.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_interrupted_statement_leaves_its_connection_unclean() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = host(&dir).await;
+        let handle = conn.step_handle();
+        let failed = |sql: &'static str| {
+            let handle = handle.clone();
+            tokio::task::spawn_blocking(move || handle.run(sql, &[], true, &mut Kept::default()).err().unwrap())
+        };
+        let refused = failed("SELECT json('not json')").await.unwrap();
+        assert!(refused.clean && !matches!(refused.error, SqlError::Timeout(_)), "{}", refused.error);
+        let grant = Arc::new(guard::SqliteGrant::new(
+            &crate::services::sql::SqlPolicy::from_toml("statements = [\"select\"]").unwrap(),
+            crate::services::sql::Door::Gatehouse,
+        ));
+        guard::enter_with_progress(&mut conn, grant, || false).await.unwrap();
+        let slow =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000) SELECT max(i) FROM n";
+        let stopped = failed(slow).await.unwrap();
+        assert!(matches!(stopped.error, SqlError::Timeout(_)), "{}", stopped.error);
+        assert!(!stopped.clean);
+    }
+
     #[test]
     fn declared_types_are_named_as_sqlx_names_them() {
         for (declared, name) in [
             ("INTEGER", "INTEGER"),
             ("int8", "INTEGER"),
+            ("INT4", "INTEGER"),
             ("BIGINT", "INTEGER"),
             ("VARCHAR(20)", "TEXT"),
             ("clob", "TEXT"),
