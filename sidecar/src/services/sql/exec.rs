@@ -701,8 +701,7 @@ impl Collector {
         row: &R,
         decode: impl Fn(&R, u64) -> Result<Option<Vec<Value>>, SqlError>,
     ) -> Result<(), SqlError> {
-        let columns = || if row.len() > 0 { value::columns_of(row) } else { Vec::new() };
-        self.row(&columns, &mut |left| decode(row, left))
+        self.row(&|| value::columns_of(row), &mut |left| decode(row, left))
     }
 }
 
