@@ -92,13 +92,7 @@ impl SqlError {
     /// ([`super::sqlite_step`]): its extended result code and message, as
     /// [`SqlError::from_database`] reads them from sqlx.
     pub fn from_sqlite(code: i32, message: &str) -> SqlError {
-        let escaped = guest_text::escape(message, guest_text::LINE);
-        let class = if message.starts_with("not authorized to use function") {
-            Class::Denied
-        } else {
-            classify(true, &code.to_string())
-        };
-        class.error(escaped)
+        database_error(true, &code.to_string(), message)
     }
 
     /// An error sqlx reports while running a statement, by what the
@@ -109,13 +103,8 @@ impl SqlError {
         match &error {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                let message = text(&db.message());
                 let sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
-                // SQLite reports a function its authorizer refused as a
-                // plain error (code 1), not SQLITE_AUTH, in these words.
-                let refused_function = sqlite && db.message().starts_with("not authorized to use function");
-                let class = if refused_function { Class::Denied } else { classify(sqlite, &code) };
-                class.error(message)
+                database_error(sqlite, &code, db.message())
             }
             sqlx::Error::PoolTimedOut => SqlError::Unavailable {
                 message: "no database connection free within the acquire timeout".into(),
@@ -175,6 +164,17 @@ impl Class {
             Class::Input => SqlError::InvalidInput(format!("the database refused the statement: {message}")),
         }
     }
+}
+
+/// The door's error for what the database said: its code (SQLSTATE, or
+/// SQLite's extended result code as text) and its own message, escaped
+/// and bounded (it may quote the guest's values).
+fn database_error(sqlite: bool, code: &str, message: &str) -> SqlError {
+    // SQLite reports a function its authorizer refused as a plain error
+    // (code 1), not SQLITE_AUTH, in these words.
+    let refused_function = sqlite && message.starts_with("not authorized to use function");
+    let class = if refused_function { Class::Denied } else { classify(sqlite, code) };
+    class.error(guest_text::escape(message, guest_text::LINE))
 }
 
 /// PostgreSQL's SQLSTATE (five characters) or SQLite's extended result

@@ -273,15 +273,23 @@ impl Prepared {
 
     /// The connection's last error, as the door reports it.
     fn error(&self) -> Failed {
-        // SAFETY: the connection is open; the message is copied at once.
-        let (code, message) =
-            unsafe { (ffi::sqlite3_extended_errcode(self.db), text_of(ffi::sqlite3_errmsg(self.db))) };
-        let error = SqlError::from_sqlite(code, &message);
-        // Interrupted (its deadline, its caller gone): cut off is cut off,
-        // as on PostgreSQL (see `exec::Failure`).
-        let clean = !matches!(error, SqlError::Timeout(_));
-        Failed { error, clean }
+        // SAFETY: the connection is open (`new`'s promise).
+        unsafe { last_error(self.db) }
     }
+}
+
+/// The last error on `db`, as the door reports it. Interrupted (its
+/// deadline, its caller gone) leaves the connection unclean: cut off is
+/// cut off, as on PostgreSQL (see `exec::Failure`).
+///
+/// # Safety
+/// `db` is an open connection.
+unsafe fn last_error(db: *mut ffi::sqlite3) -> Failed {
+    // SAFETY: the caller's promise; the message is copied at once.
+    let (code, message) = unsafe { (ffi::sqlite3_extended_errcode(db), text_of(ffi::sqlite3_errmsg(db))) };
+    let error = SqlError::from_sqlite(code, &message);
+    let clean = !matches!(error, SqlError::Timeout(_));
+    Failed { error, clean }
 }
 
 /// Prepares the first statement of `text`: it and the text after it, or
@@ -298,9 +306,8 @@ unsafe fn prepare(db: *mut ffi::sqlite3, text: &str) -> Result<Option<(*mut ffi:
     // SQLite reads no further (no NUL needed).
     let rc = unsafe { ffi::sqlite3_prepare_v2(db, text.as_ptr().cast(), len, &mut statement, &mut tail) };
     if rc != ffi::SQLITE_OK {
-        // SAFETY: as above; the message is copied at once.
-        let (code, message) = unsafe { (ffi::sqlite3_extended_errcode(db), text_of(ffi::sqlite3_errmsg(db))) };
-        return Err(Failed { error: SqlError::from_sqlite(code, &message), clean: true });
+        // SAFETY: as above.
+        return Err(unsafe { last_error(db) });
     }
     if statement.is_null() {
         return Ok(None);
@@ -315,7 +322,7 @@ unsafe fn prepare(db: *mut ffi::sqlite3, text: &str) -> Result<Option<(*mut ffi:
 ///
 /// # Safety
 /// `text` is null or a NUL-terminated string valid for this call.
-unsafe fn text_of(text: *const c_char) -> String {
+pub(super) unsafe fn text_of(text: *const c_char) -> String {
     if text.is_null() {
         return String::new();
     }

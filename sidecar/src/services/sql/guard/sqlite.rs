@@ -73,7 +73,7 @@ use sqlx::{Connection as _, SqliteConnection};
 
 use super::GuardError;
 use crate::services::sql::functions;
-use crate::services::sql::sqlite_step::{RawDb, StepHandle};
+use crate::services::sql::sqlite_step::{self, RawDb, StepHandle};
 use crate::services::sql::{Access, Dialect, Door, SqlPolicy};
 
 /// The name the slot is registered under (`sqlite3_set_clientdata`).
@@ -566,14 +566,9 @@ impl Row {
     }
 
     fn text(&self, column: c_int) -> String {
-        // SAFETY: the statement is on a row; the text is NUL-terminated and
-        // valid until the next step, and copied before it.
-        let text = unsafe { ffi::sqlite3_column_text(self.0, column) };
-        if text.is_null() {
-            return String::new();
-        }
-        // SAFETY: as above.
-        unsafe { CStr::from_ptr(text.cast()) }.to_string_lossy().into_owned()
+        // SAFETY: the statement is on a row; the text (or null) is
+        // NUL-terminated and valid until the next step, and copied before it.
+        unsafe { sqlite_step::text_of(ffi::sqlite3_column_text(self.0, column).cast()) }
     }
 }
 
