@@ -66,6 +66,7 @@ pub mod quiet_panic;
 pub mod runtime;
 pub mod secrets;
 pub mod services;
+pub mod stop;
 pub mod wit;
 
 pub use error::{ErrorKind, GuestError};

@@ -77,7 +77,7 @@ async fn invoke(
         let input = Document { content_type, body: body.to_vec() };
         // hyper notices a client gone only by reading, which it stops doing
         // once a pipelined byte is in its buffer: the socket is watched.
-        let invoked = api.runtime.invoke_with_version(&name, input);
+        let invoked = api.runtime.invoke_on_own_task(&name, input);
         let Some((version, outcome)) = unless_client_leaves(hangup.as_mut(), invoked).await else {
             if api.request_line(64) {
                 tracing::info!("the client hung up before the answer; the invocation was stopped");

@@ -4,7 +4,10 @@
 //! would leave it running, holding a slot and a pool instance, until its
 //! deadline. [`Cancel`] aborts the task when the caller goes away before
 //! the head, and [`CancelOnDropBody`] when the response body is dropped
-//! before its end (the client hung up mid-answer).
+//! before its end (the client hung up mid-answer). Either also raises the
+//! invocation's [`Stop`]: an abort reaches a task only when it next yields,
+//! and a host call stepping a SQLite statement on the task's own thread
+//! does not yield until the statement ends; the statement reads the stop.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,25 +16,35 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::task::AbortHandle;
 
-/// Aborts a task when dropped, unless [`Cancel::disarm`]ed.
-pub(super) struct Cancel(Option<AbortHandle>);
+use crate::stop::{RaiseOnDrop, Stop};
+
+/// Aborts a task and raises its invocation's stop when dropped, unless
+/// [`Cancel::disarm`]ed.
+pub(super) struct Cancel {
+    task: Option<AbortHandle>,
+    stop: Option<RaiseOnDrop>,
+}
 
 impl Cancel {
-    pub(super) fn new(task: AbortHandle) -> Self {
-        Cancel(Some(task))
+    pub(super) fn new(task: AbortHandle, stop: &Stop) -> Self {
+        Cancel { task: Some(task), stop: Some(stop.raise_on_drop()) }
     }
 
-    /// Hands the duty to abort over to whoever takes the handle.
-    pub(super) fn disarm(mut self) -> Option<AbortHandle> {
-        self.0.take()
+    /// The task may finish on its own.
+    pub(super) fn disarm(mut self) {
+        self.task = None;
+        if let Some(stop) = self.stop.take() {
+            stop.disarm();
+        }
     }
 }
 
 impl Drop for Cancel {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
+        if let Some(task) = self.task.take() {
             task.abort();
         }
+        // The stop is raised as `self.stop` drops.
     }
 }
 

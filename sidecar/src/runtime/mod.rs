@@ -57,6 +57,7 @@ use crate::services::http::PluginHttp;
 use crate::services::kv::PluginKv;
 use crate::services::log::PluginTag;
 use crate::services::sql::PluginSql;
+use crate::stop::Stop;
 use crate::{Document, PluginInfo};
 use slots::{Admission, Admitted, Pool, Queued, SlotTable, Slots};
 use state::{Granted, PluginState};
@@ -633,8 +634,45 @@ impl Runtime {
         plugin: &str,
         input: Document,
     ) -> (Option<String>, Result<(Document, SlotHold), InvokeError>) {
+        self.invoke_until(plugin, input, &Stop::new()).await
+    }
+
+    /// [`Runtime::invoke_with_version`], on a task of its own, so that
+    /// dropping this future stops the invocation even while its thread is
+    /// busy in a host call that does not yield (a SQLite statement): the
+    /// drop aborts the task and raises the invocation's [`Stop`], which such
+    /// calls read. The server's invoke route calls it; dropping the future
+    /// of [`Runtime::invoke`] itself stops such a call only at the
+    /// invocation's deadline.
+    pub async fn invoke_on_own_task(
+        self: &Arc<Self>,
+        plugin: &str,
+        input: Document,
+    ) -> (Option<String>, Result<(Document, SlotHold), InvokeError>) {
+        let stop = Stop::new();
+        let (runtime, name, task_stop) = (Arc::clone(self), plugin.to_string(), stop.clone());
+        let task = tokio::spawn(async move { runtime.invoke_until(&name, input, &task_stop).await }.in_current_span());
+        let cancel = cancel::Cancel::new(task.abort_handle(), &stop);
+        let done = task.await;
+        cancel.disarm();
+        done.unwrap_or_else(|e| {
+            (
+                None,
+                Err(InvokeError::Unavailable { plugin: plugin.to_string(), message: format!("the invocation: {e}") }),
+            )
+        })
+    }
+
+    /// [`Runtime::invoke_with_version`], stopping host calls that read
+    /// `stop` (see [`crate::stop`]) once it is raised.
+    async fn invoke_until(
+        &self,
+        plugin: &str,
+        input: Document,
+        stop: &Stop,
+    ) -> (Option<String>, Result<(Document, SlotHold), InvokeError>) {
         match self.lookup(plugin) {
-            Ok(loaded) => (Some(loaded.info.version.clone()), self.invoke_loaded(&loaded, plugin, input).await),
+            Ok(loaded) => (Some(loaded.info.version.clone()), self.invoke_loaded(&loaded, plugin, input, stop).await),
             Err(error) => (None, Err(error)),
         }
     }
@@ -644,6 +682,7 @@ impl Runtime {
         loaded: &LoadedPlugin,
         plugin: &str,
         input: Document,
+        stop: &Stop,
     ) -> Result<(Document, SlotHold), InvokeError> {
         if let Entry::Proxy(_) = loaded.entry {
             return Err(InvokeError::WrongInterface {
@@ -660,6 +699,7 @@ impl Runtime {
             &loaded.granted,
             loaded.hostcall_fuel,
             Call::Handle(input),
+            stop,
         );
         match reply.await? {
             Reply::Handle(Ok(output)) => {
@@ -753,6 +793,8 @@ impl Runtime {
         let (respond, response) = tokio::sync::oneshot::channel();
         let runtime = self.clone();
         let name = plugin.to_string();
+        let stop = Stop::new();
+        let task_stop = stop.clone();
         // In the caller's span, so the component's log lines (and its
         // outbound refusals) carry the request id.
         let mut task = tokio::spawn(
@@ -760,14 +802,22 @@ impl Runtime {
                 let _slots = runtime.admit(&loaded, &name).await?;
                 let call = Call::Http(request, respond);
                 runtime
-                    .run(&loaded.entry, &loaded.policy, &loaded.tag, &loaded.granted, loaded.hostcall_fuel, call)
+                    .run(
+                        &loaded.entry,
+                        &loaded.policy,
+                        &loaded.tag,
+                        &loaded.granted,
+                        loaded.hostcall_fuel,
+                        call,
+                        &task_stop,
+                    )
                     .await
             }
             .in_current_span(),
         );
         // If the caller goes away (the client hung up) before the head, the
         // task is aborted: it stops waiting for a slot, or stops running.
-        let cancel = cancel::Cancel::new(task.abort_handle());
+        let cancel = cancel::Cancel::new(task.abort_handle(), &stop);
         let deliver = |response: http::Response<HyperOutgoingBody>| {
             use http_body_util::BodyExt;
             response.map(|body| cancel::CancelOnDropBody::new(body, cancel).boxed_unsync())
@@ -856,13 +906,17 @@ impl Runtime {
         let mut info_policy = policy.clone();
         info_policy.limits.timeout = limits.timeout.min(INFO_DEADLINE);
         let info = match &entry {
-            Entry::Plugin(_) => match self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Info).await {
-                Ok(Reply::Info(info)) => info,
-                Ok(_) => unreachable!("asked for info"),
-                Err(e) => return Err(format!("info() failed: {e}")),
-            },
+            Entry::Plugin(_) => {
+                match self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Info, &Stop::new()).await {
+                    Ok(Reply::Info(info)) => info,
+                    Ok(_) => unreachable!("asked for info"),
+                    Err(e) => return Err(format!("info() failed: {e}")),
+                }
+            }
             Entry::Proxy(_) => {
-                if let Err(e) = self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Probe).await {
+                if let Err(e) =
+                    self.run(&entry, &info_policy, &tag, &granted, hostcall_fuel, Call::Probe, &Stop::new()).await
+                {
                     return Err(format!("instantiating it failed: {e}"));
                 }
                 // A standard component says nothing about itself: its
@@ -900,7 +954,9 @@ impl Runtime {
         })
     }
 
-    /// One fresh instance, one call, under the policy's limits.
+    /// One fresh instance, one call, under the policy's limits, until its
+    /// deadline or `stop`.
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         entry: &Entry,
@@ -909,16 +965,17 @@ impl Runtime {
         granted: &Granted,
         hostcall_fuel: usize,
         call: Call,
+        stop: &Stop,
     ) -> Result<Reply, InvokeError> {
         let timeout = policy.limits.timeout;
-        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, granted));
+        let deadline = Instant::now() + timeout;
+        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, granted, stop.until(deadline)));
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(hostcall_fuel);
         // Check the deadline on every epoch tick. In between, yield to the
         // executor through `yield_now`, which tokio defers until the worker
         // has polled its timers and sockets: other tasks' wake-ups are never
         // starved by guests that spin.
-        let deadline = Instant::now() + timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             Ok(if Instant::now() >= deadline {

@@ -16,6 +16,7 @@ use crate::services::kv::{KvHost, PluginKv};
 use crate::services::log::stdio::{CapturedOutput, Stream};
 use crate::services::log::{Logger, PluginTag};
 use crate::services::sql::{PluginSql, SqlHost};
+use crate::stop::Stop;
 
 /// Most bytes one `wasi:random` call may ask for.
 pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
@@ -43,7 +44,7 @@ pub(crate) struct PluginState {
 }
 
 impl PluginState {
-    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>, granted: &Granted) -> Self {
+    pub(crate) fn new(policy: &PluginPolicy, tag: &Arc<PluginTag>, granted: &Granted, stop: Stop) -> Self {
         let http = granted.http.clone();
         let logger = Logger::new(tag.clone());
         // No arguments, no environment variables, no preopened directories:
@@ -80,7 +81,7 @@ impl PluginState {
             http: HttpHost::new(http, open_requests),
             http_ctx,
             kv: KvHost::new(granted.kv.clone()),
-            sql: SqlHost::new(granted.sql.clone()),
+            sql: SqlHost::new(granted.sql.clone(), stop),
         }
     }
 }

@@ -766,6 +766,58 @@ fn a_call_stops_when_its_client_hangs_up_behind_a_pipelined_byte() {
     sidecar.wait_in_flight("slow", 0, "still sleeping after the client hung up behind a pipelined byte");
 }
 
+/// A plugin running a SQLite statement for a minute (`sql-demo`, the
+/// embedded application database). A SQLite statement is stepped on its
+/// invocation's own thread, where nothing can drop the invocation until the
+/// statement ends, so these stops reach it through the invocation's stop
+/// signal instead.
+fn endless_sql(plugin_timeout: &str) -> (Policies, Sidecar, String) {
+    let policies = Policies::new();
+    policies.plugin(
+        "q",
+        "sql_demo",
+        &format!(
+            "timeout = \"{plugin_timeout}\"\n[sql.app]\nstatements = [\"select\"]\ntimeout = \"60s\"\n\
+             [sql.app.tables]\nproducts = \"select\"\n"
+        ),
+    );
+    let sidecar = Sidecar::start(&policies, "", &[]);
+    let joined: Vec<String> = (0..20).map(|i| format!("products p{i}")).collect();
+    let count = format!("SELECT count(*) FROM {}", joined.join(", "));
+    (policies, sidecar, serde_json::json!({ "query": count }).to_string())
+}
+
+#[test]
+fn a_sql_statement_stops_when_its_client_hangs_up() {
+    // Attack: invoke a plugin whose statement would run for a minute, then
+    // hang up. The invocation (and with it the statement, its connection
+    // and its thread) must end with the client, not at the deadline.
+    let (_policies, sidecar, endless) = endless_sql("50s");
+    let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+    let head = format!("POST /v1/plugins/q/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", endless.len());
+    client.write_all(format!("{head}{endless}").as_bytes()).unwrap();
+    sidecar.wait_in_flight("q", 1, "the statement never started");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sidecar.in_flight("q"), 1, "a client still connected was taken for gone");
+    drop(client);
+    sidecar.wait_in_flight("q", 0, "the statement still runs after its client hung up");
+    let (status, _, body) = sidecar.invoke("q", r#"{"query": "SELECT count(*) FROM products"}"#);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn a_sql_statement_stops_at_its_invocations_deadline() {
+    // Attack: a statement whose own deadline (60 s) is far past its
+    // plugin's (1 s). The invocation must end at its own deadline, as
+    // `timeout`, with the statement stopped.
+    let (_policies, sidecar, endless) = endless_sql("1s");
+    let started = Instant::now();
+    let (status, _, body) = sidecar.invoke("q", &endless);
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < Duration::from_secs(10), "ended only after {:?}", started.elapsed());
+    sidecar.wait_in_flight("q", 0, "the statement still runs after its invocation's deadline");
+}
+
 /// The `gatehouse __compile` workers whose parent is `parent`.
 fn compile_workers(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();

@@ -34,7 +34,6 @@
 //!   before each statement ([`Outcome`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -52,6 +51,7 @@ use super::relay;
 use super::sqlite_step::{self, RowSink as _};
 use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
+use crate::stop::Stop;
 
 /// Most parameters one statement may carry (PostgreSQL's own limit is
 /// 65535; nothing real comes near).
@@ -178,6 +178,8 @@ pub struct SqlConnection {
     /// cut off, a result abandoned, a failed rollback): it is closed on
     /// drop, and an open transaction on it is lost.
     broken: bool,
+    /// The invocation's stop: its statements stop once it is due.
+    stop: Stop,
 }
 
 impl SqlConnection {
@@ -185,7 +187,10 @@ impl SqlConnection {
     /// `guard` is the database's own check of the plugin's grant: the
     /// SQLite authorizer's grant, or the PostgreSQL role the plugin's
     /// statements run as (synced first if this is its first call).
-    pub async fn open(alias: &AliasPool, plugin: &str, guard: &Guard) -> Result<SqlConnection, SqlError> {
+    /// `stop` is the invocation's: a SQLite statement on the connection
+    /// stops once it is due, even while its caller's thread is busy
+    /// stepping it.
+    pub async fn open(alias: &AliasPool, plugin: &str, guard: &Guard, stop: &Stop) -> Result<SqlConnection, SqlError> {
         guard.ready(alias, plugin).await?;
         let (role, session) = match guard {
             Guard::Postgres { policy, .. } => {
@@ -203,6 +208,7 @@ impl SqlConnection {
             role,
             transaction: false,
             broken: false,
+            stop: stop.clone(),
         })
     }
 
@@ -363,10 +369,11 @@ impl SqlConnection {
         let in_transaction = self.transaction;
         let role = self.role.clone();
         let grant = self.grant.clone();
+        let stop = self.stop.clone();
         let work = async {
             match &mut self.conn {
                 Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
-                Conn::Sqlite(c) => sqlite(c, grant, in_transaction, limits, run, statement, params).await,
+                Conn::Sqlite(c) => sqlite(c, grant, stop, in_transaction, limits, run, statement, params).await,
             }
         };
         let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
@@ -494,28 +501,17 @@ async fn enter_session(conn: &mut PooledPg, role: Option<&str>, limits: Limits) 
     session.enter(conn).await
 }
 
-/// Raises its flag when dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Makes a SQLite connection ready for one statement of a plugin: its
 /// authorizer gets the plugin's grant (none: every statement refused), and
-/// its progress handler interrupts the statement at its deadline or once
-/// `stop` is raised (`SQLITE_INTERRUPT`, reported as `timeout`).
+/// its progress handler interrupts the statement once either `stop` is
+/// due (`SQLITE_INTERRUPT`, reported as `timeout`).
 async fn prepare_connection_sqlite(
     conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
-    limits: Limits,
-    stop: Arc<AtomicBool>,
+    stops: [Stop; 2],
 ) -> Result<(), SqlError> {
-    let deadline = Instant::now() + limits.timeout;
     // Every 1000 virtual-machine instructions: microseconds of work.
-    let progress = move || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+    let progress = move || !stops.iter().any(Stop::is_due);
     match grant {
         Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress)
             .await
@@ -618,25 +614,39 @@ async fn postgres_statement(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn sqlite(
     conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
+    stop: Stop,
     in_transaction: bool,
     limits: Limits,
     run: Run,
     statement: &str,
     params: &[Value],
 ) -> Result<Outcome, Failure> {
-    // Set when this future is dropped (the sidecar's timer, the
-    // invocation's end): SQLite runs the statement on its own thread, which
-    // would otherwise go on until the statement's deadline, holding the
+    // Due at the statement's deadline, when the invocation's stop is, and
+    // when this future is dropped mid-statement (possible only where the
+    // statement runs on another thread, see `sqlite_statement`): that
+    // thread would otherwise go on until the deadline, holding the
     // connection (closing it waits for the statement).
-    let stop = StopOnDrop(Arc::default());
-    prepare_connection_sqlite(conn, grant, limits, Arc::clone(&stop.0)).await?;
-    let outcome = sqlite_statement(conn, limits, run, statement, params).await;
-    // A statement still running (its result abandoned at a cap) stops at
-    // its next progress check.
-    drop(stop);
+    let own = Stop::new().until(Instant::now() + limits.timeout);
+    let _dropped = own.raise_on_drop();
+    let stops = [own, stop];
+    prepare_connection_sqlite(conn, grant, stops.clone()).await?;
+    let mut outcome = sqlite_statement(conn, limits, run, statement, params).await;
+    if let Err(failure) = &mut outcome
+        && stops.iter().any(Stop::is_due)
+        && !matches!(failure.error, SqlError::Timeout(_))
+    {
+        // Stopped while it waited for a lock (the busy handler gives up
+        // with `SQLITE_BUSY`) or between steps: it is the deadline or the
+        // invocation's end, not a busy database, that ended it.
+        *failure = Failure {
+            error: SqlError::Timeout("the statement was stopped: its deadline passed or its invocation ended".into()),
+            clean: false,
+        };
+    }
     // Closed to everything until the next statement enters a grant.
     let open = sqlite_guard::leave_in_transaction(conn);
     if open != in_transaction {
@@ -651,6 +661,15 @@ async fn sqlite(
     outcome
 }
 
+/// Steps a statement on the connection's raw handle. On a multi-threaded
+/// runtime it runs on the caller's own thread (`block_in_place` hands the
+/// thread's other tasks to another one first): no thread handoff, which
+/// for a point select is most of its time. There the caller's future
+/// cannot be dropped until the statement ends, so the statement stops
+/// through the invocation's [`Stop`] instead (its deadline; raised by
+/// whoever watches the invocation from another task). Elsewhere (a
+/// current-thread runtime, where `block_in_place` is not allowed) it runs
+/// on a thread of the blocking pool and stops when this future is dropped.
 async fn sqlite_statement(
     conn: &mut Guarded,
     limits: Limits,
@@ -659,19 +678,39 @@ async fn sqlite_statement(
     params: &[Value],
 ) -> Result<Outcome, Failure> {
     let handle = conn.step_handle();
-    let (statement, params) = (statement.to_owned(), params.to_vec());
-    let stepped = tokio::task::spawn_blocking(move || {
-        let mut collected = Collector::new(limits, run);
-        let done = handle.run(&statement, &params, run == Run::Query, &mut collected);
-        done.map(|done| {
-            collected.changes = done.changes;
-            collected.done(done.last_insert_rowid)
-        })
-    });
-    match stepped.await {
-        Ok(outcome) => outcome.map_err(|failed| Failure { error: failed.error, clean: failed.clean }),
-        Err(e) => Err(Failure { error: SqlError::Internal(format!("the statement's thread: {e}")), clean: false }),
+    let on_many_threads = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_many_threads {
+        return tokio::task::block_in_place(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(&handle, limits, run, statement, params)))
+                .unwrap_or_else(|_| Err(thread_failed("it panicked")))
+        });
     }
+    let (statement, params) = (statement.to_owned(), params.to_vec());
+    let stepped = tokio::task::spawn_blocking(move || step(&handle, limits, run, &statement, &params));
+    stepped.await.unwrap_or_else(|e| Err(thread_failed(&e.to_string())))
+}
+
+fn step(
+    handle: &sqlite_step::StepHandle,
+    limits: Limits,
+    run: Run,
+    statement: &str,
+    params: &[Value],
+) -> Result<Outcome, Failure> {
+    let mut collected = Collector::new(limits, run);
+    let done = handle.run(statement, params, run == Run::Query, &mut collected);
+    match done {
+        Ok(done) => {
+            collected.changes = done.changes;
+            Ok(collected.done(done.last_insert_rowid))
+        }
+        Err(failed) => Err(Failure { error: failed.error, clean: failed.clean }),
+    }
+}
+
+fn thread_failed(why: &str) -> Failure {
+    Failure { error: SqlError::Internal(format!("the statement's thread: {why}")), clean: false }
 }
 
 /// The rows of a query as they stream in, refused past the caps (or read

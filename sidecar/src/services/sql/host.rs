@@ -32,6 +32,7 @@ use super::{Checked, Dialect, Door, SqlPolicy};
 use crate::bindings::gatehouse::services::sql as wit;
 use crate::error::GuestError;
 use crate::guest_text;
+use crate::stop::Stop;
 
 /// Transactions one invocation may hold at once (open or finished but not
 /// yet dropped by the guest). Each open one also holds one of the
@@ -136,12 +137,15 @@ pub struct SqlHost {
     next: u32,
     /// The connections Spin's doors hold open.
     pub(super) spin: super::spin::SpinConnections,
+    /// The invocation's stop, which its statements obey.
+    pub(super) stop: Stop,
 }
 
 impl SqlHost {
-    /// The door for a plugin with (or without) `[sql.*]` grants.
-    pub fn new(plugin: Option<Arc<PluginSql>>) -> SqlHost {
-        SqlHost { plugin, transactions: HashMap::new(), next: 0, spin: Default::default() }
+    /// The door for a plugin with (or without) `[sql.*]` grants, in an
+    /// invocation that stops when `stop` is due.
+    pub fn new(plugin: Option<Arc<PluginSql>>, stop: Stop) -> SqlHost {
+        SqlHost { plugin, transactions: HashMap::new(), next: 0, spin: Default::default(), stop }
     }
 
     /// Transactions held now (open or finished, not dropped).
@@ -187,7 +191,8 @@ impl SqlHost {
         let (plugin, grant) = self.grant(db)?;
         let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse)).await?;
+        let mut connection =
+            SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse), &self.stop).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -203,7 +208,8 @@ impl SqlHost {
         }
         let (plugin, grant) = self.grant(db)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse)).await?;
+        let mut connection =
+            SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse), &self.stop).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

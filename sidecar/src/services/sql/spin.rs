@@ -199,7 +199,7 @@ impl SqlHost {
 
     async fn spin_connect(&self, alias: &str) -> Result<SqlConnection, SqlError> {
         let (plugin, grant) = self.grant(alias)?;
-        SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin)).await
+        SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop).await
     }
 
     async fn spin_execute(&mut self, key: u32, statement: &str, params: &[Value]) -> Result<Rows, Failed> {
@@ -222,7 +222,9 @@ impl SqlHost {
             open.connection = None;
             let fresh = {
                 let grant = plugin.grants.get(&alias).ok_or_else(|| invalid_connection("no grant"))?;
-                SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin)).await.map_err(failed)?
+                SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop)
+                    .await
+                    .map_err(failed)?
             };
             let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
             open.connection = Some(fresh);

@@ -10,6 +10,7 @@ use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::Guard;
 use gatehouse::services::sql::exec::{Limits, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
+use gatehouse::stop::Stop;
 
 use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
 
@@ -23,9 +24,21 @@ async fn query(
     sql: &str,
     params: &[Value],
 ) -> Result<gatehouse::services::sql::Rows, SqlError> {
+    query_until(gateway, plugin, policy, sql, params, &Stop::new()).await
+}
+
+/// [`query`] in an invocation that stops once `stop` is due.
+async fn query_until(
+    gateway: &SqlGateway,
+    plugin: &str,
+    policy: &SqlPolicy,
+    sql: &str,
+    params: &[Value],
+    stop: &Stop,
+) -> Result<gatehouse::services::sql::Rows, SqlError> {
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
-    let mut connection = SqlConnection::open(alias, plugin, &authorizer(alias.dialect, policy)).await?;
+    let mut connection = SqlConnection::open(alias, plugin, &authorizer(alias.dialect, policy), stop).await?;
     connection.query(&checked, sql, params, Limits::from(policy)).await
 }
 
@@ -64,7 +77,7 @@ async fn the_allowed_statements_run(dialect: Dialect) {
         let one = if sql.contains("int[]") { Value::Text("{1}".into()) } else { Value::Int(1) };
         let params = vec![one; expected.placeholders];
         let checked = checked(Door::Gatehouse, dialect, &policy, sql, &params).unwrap();
-        let mut connection = SqlConnection::open(alias, "fixtures", &guard).await.unwrap();
+        let mut connection = SqlConnection::open(alias, "fixtures", &guard, &Stop::new()).await.unwrap();
         connection.begin(Limits::from(&policy)).await.unwrap();
         let rows = connection.query(&checked, sql, &params, Limits::from(&policy)).await;
         let rows = rows.unwrap_or_else(|e| panic!("{dialect}: {sql}: {e}"));
@@ -163,7 +176,8 @@ async fn a_greedy_plugin_cannot_starve_another(dialect: Dialect) {
         let mut released = released.clone();
         let (held, is_held) = tokio::sync::oneshot::channel();
         holders.push(tokio::spawn(async move {
-            let connection = SqlConnection::open(gateway.alias("db").unwrap(), "greedy", &guard).await.unwrap();
+            let connection =
+                SqlConnection::open(gateway.alias("db").unwrap(), "greedy", &guard, &Stop::new()).await.unwrap();
             held.send(()).unwrap();
             released.wait_for(|r| *r).await.unwrap();
             drop(connection);
@@ -301,7 +315,7 @@ async fn statements_stay_prepared_only_in_their_plugins_session_on_postgres() {
         async move {
             let alias = gateway.alias("db").unwrap();
             let checked = checked(Door::Gatehouse, alias.dialect, &policy, &sql, &params)?;
-            let mut connection = SqlConnection::open(alias, plugin, guard).await?;
+            let mut connection = SqlConnection::open(alias, plugin, guard, &Stop::new()).await?;
             connection.query(&checked, &sql, &params, Limits::from(&policy)).await
         }
     };
@@ -442,7 +456,7 @@ async fn a_nul_in_the_statement_is_refused_by_the_executor(dialect: Dialect) {
     let before = db.count("SELECT count(*) FROM orders").await;
     assert!(before > 1);
     let checked = checked(Door::Gatehouse, dialect, &policy, "DELETE FROM orders WHERE id = 2", &[]).unwrap();
-    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy)).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy), &Stop::new()).await.unwrap();
     let hidden = "DELETE FROM orders -- \0\n WHERE id = 2";
     let refused = connection.execute(&checked, hidden, &[], Limits::from(&policy)).await.unwrap_err();
     assert!(matches!(refused, SqlError::InvalidInput(_)), "{refused}");
@@ -459,14 +473,13 @@ async fn a_nul_in_the_statement_is_refused_by_the_executor_on_postgres() {
     a_nul_in_the_statement_is_refused_by_the_executor(Dialect::Postgres).await;
 }
 
-/// A write whose caller has gone (its invocation ended) while it waits
-/// for another connection's lock gives up at once: it is never written
-/// once the lock frees. (An outside review: it waited out the busy
-/// timeout, where SQLite's progress handler does not run, and committed
-/// after its caller had been answered `timeout`.) The wait itself still
-/// works for a caller that stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_whose_caller_is_gone_stops_waiting_for_the_lock_on_sqlite() {
+/// A write whose invocation has ended while it waits for another
+/// connection's lock gives up at once: it is never written once the lock
+/// frees. (An outside review: it waited out the busy timeout, where
+/// SQLite's progress handler does not run, and committed after its caller
+/// had been answered `timeout`.) The wait itself still works for a caller
+/// that stays. Both ways an invocation ends ([`Abandon`]).
+async fn a_write_whose_caller_is_gone_stops_waiting_for_the_lock(how: Abandon) {
     use sqlx::{Connection as _, Executor as _};
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(pool(2, 2));
@@ -476,8 +489,25 @@ async fn a_write_whose_caller_is_gone_stops_waiting_for_the_lock_on_sqlite() {
     let mut holder = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
     holder.execute("BEGIN IMMEDIATE").await.unwrap();
     let insert = "INSERT INTO products (id, name, price, stock) VALUES (778, 'late', 1, 1)";
-    let abandoned = tokio::time::timeout(Duration::from_millis(100), query(&gateway, "p", &policy, insert, &[]));
-    assert!(abandoned.await.is_err(), "the write waits for the lock");
+    let stop = Stop::new();
+    let late = {
+        let (gateway, policy, stop) = (Arc::clone(&gateway), policy.clone(), stop.clone());
+        tokio::spawn(async move { query_until(&gateway, "p", &policy, insert, &[], &stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!late.is_finished(), "the write waits for the lock");
+    match how {
+        Abandon::Stopped => {
+            stop.raise();
+            let error = tokio::time::timeout(Duration::from_secs(2), late)
+                .await
+                .expect("the stopped write still waits")
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+        }
+        Abandon::Dropped => late.abort(),
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     holder.execute("COMMIT").await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -495,6 +525,17 @@ async fn a_write_whose_caller_is_gone_stops_waiting_for_the_lock_on_sqlite() {
     holder.execute("COMMIT").await.unwrap();
     waiting.await.unwrap().unwrap();
     assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 779").await, 1, "a caller that stays waits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_write_stops_waiting_for_the_lock_on_sqlite() {
+    a_write_whose_caller_is_gone_stops_waiting_for_the_lock(Abandon::Stopped).await;
+}
+
+/// On a current-thread runtime the statement runs on the blocking pool.
+#[tokio::test]
+async fn a_dropped_write_stops_waiting_for_the_lock_on_sqlite_off_a_multi_threaded_runtime() {
+    a_write_whose_caller_is_gone_stops_waiting_for_the_lock(Abandon::Dropped).await;
 }
 
 /// A statement stopped at its deadline inside a transaction loses the
@@ -517,7 +558,7 @@ async fn a_statement_cut_off_in_a_transaction_loses_it(dialect: Dialect) {
     let slow = "SELECT count(*) FROM big a, big b, big c WHERE a.payload <> c.payload";
     let quick = "SELECT count(*) FROM big";
     let check = |sql| checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
-    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy)).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy), &Stop::new()).await.unwrap();
     connection.begin(limits).await.unwrap();
     connection.execute(&check(insert), insert, &[], limits).await.unwrap();
     let error = connection.query(&check(slow), slow, &[], limits).await.unwrap_err();
@@ -630,7 +671,7 @@ async fn a_statement_that_opens_a_transaction_unseen_is_refused_and_its_connecti
     let benign = checked(Door::Spin, Dialect::Sqlite, &policy, "SELECT id FROM products WHERE id = 1", &[]).unwrap();
     let hidden = "UPDATE products SET stock = 4242 WHERE id = 1";
     let update = checked(Door::Spin, Dialect::Sqlite, &policy, hidden, &[]).unwrap();
-    let mut connection = SqlConnection::open(alias, "p", &guard).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &guard, &Stop::new()).await.unwrap();
     let error = connection.execute(&benign, "BEGIN", &[], Limits::from(&policy)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
     assert!(error.to_string().contains("transaction"), "{error}");
@@ -659,7 +700,7 @@ async fn the_executor_runs_the_database_check_for_the_plugin(dialect: Dialect) {
     let sql = "SELECT name FROM products WHERE id = 1";
     let products = checked(Door::Gatehouse, dialect, &wide, sql, &[]).unwrap();
 
-    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &narrow)).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &narrow), &Stop::new()).await.unwrap();
     let error = connection.query(&products, sql, &[], Limits::from(&wide)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
     assert!(error.to_string().contains("the database refused"), "{error}");
@@ -670,12 +711,12 @@ async fn the_executor_runs_the_database_check_for_the_plugin(dialect: Dialect) {
     drop(connection);
 
     let nothing = SqlPolicy::from_toml("statements = [\"select\"]\n").unwrap();
-    let mut bare = SqlConnection::open(alias, "p", &authorizer(dialect, &nothing)).await.unwrap();
+    let mut bare = SqlConnection::open(alias, "p", &authorizer(dialect, &nothing), &Stop::new()).await.unwrap();
     let error = bare.query(&checked_orders, orders, &[], Limits::from(&wide)).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
     drop(bare);
 
-    let mut granted = SqlConnection::open(alias, "p", &authorizer(dialect, &wide)).await.unwrap();
+    let mut granted = SqlConnection::open(alias, "p", &authorizer(dialect, &wide), &Stop::new()).await.unwrap();
     let rows = granted.query(&products, sql, &[], Limits::from(&wide)).await.unwrap();
     assert_eq!(rows.rows.len(), 1);
     drop(granted);
@@ -686,7 +727,7 @@ async fn the_executor_runs_the_database_check_for_the_plugin(dialect: Dialect) {
         let with_unhex = policy("functions = [\"unhex\"]");
         let sql = "SELECT unhex('41') AS v FROM products WHERE id = 1";
         let unhex = checked(Door::Gatehouse, dialect, &with_unhex, sql, &[]).unwrap();
-        let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &wide)).await.unwrap();
+        let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &wide), &Stop::new()).await.unwrap();
         let error = connection.query(&unhex, sql, &[], Limits::from(&wide)).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Denied, "{error}");
     }
@@ -702,16 +743,23 @@ async fn the_executor_runs_the_database_check_for_the_plugin_on_postgres() {
     the_executor_runs_the_database_check_for_the_plugin(Dialect::Postgres).await;
 }
 
-/// A statement whose caller goes away (the invocation's deadline drops the
-/// call) stops at once instead of running on to its own deadline. Attack
-/// (the outside review's pool starvation): invocations that end
+/// A statement whose invocation is stopped (its deadline passed, its client
+/// hung up) stops at once instead of running on to its own deadline.
+/// Attack (the outside review's pool starvation): invocations that end
 /// mid-statement, each leaving behind a statement no one waits for, which
-/// keeps its connection (sqlx waits up to 5 s to close it, then lets it run
-/// on detached), its locks and a core busy. The abandoned statement has a
-/// 60 s deadline; it must be gone within 10 s of its caller: on SQLite its
-/// write lock is free again (it is an `INSERT … SELECT`, which holds the
+/// keeps its connection, its locks and a core busy. The abandoned statement
+/// has a 60 s deadline; it must be gone within 10 s of its end: on SQLite
+/// its write lock is free again (it is an `INSERT … SELECT`, which holds the
 /// lock while it computes), on PostgreSQL the server no longer runs it.
-async fn an_abandoned_statement_stops(dialect: Dialect) {
+///
+/// Both ways an invocation ends: `Stop` raised, which is what the runtime
+/// does when a deadline passes or a client leaves (on a multi-threaded
+/// runtime a SQLite statement runs on its caller's own thread, whose future
+/// cannot be dropped until it ends), and the caller's future dropped
+/// (aborted), which stops it where the statement runs on another thread
+/// (PostgreSQL, where the runtime's stop always comes with the drop;
+/// SQLite on a current-thread runtime).
+async fn an_abandoned_statement_stops(dialect: Dialect, how: Abandon) {
     let db = TestDb::start(dialect).await;
     db.big_table(3000).await;
     let gateway = db.gateway(pool(1, 1));
@@ -721,17 +769,31 @@ async fn an_abandoned_statement_stops(dialect: Dialect) {
     .unwrap();
     let slow = "INSERT INTO audit_log (at, actor, action) \
                 SELECT 'now', 'p', count(*) FROM big a, big b, big c WHERE a.payload <> c.payload";
+    let stop = Stop::new();
     let running = {
-        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
-        tokio::spawn(async move { query(&gateway, "p", &policy, slow, &[]).await })
+        let (gateway, policy, stop) = (Arc::clone(&gateway), policy.clone(), stop.clone());
+        tokio::spawn(async move { query_until(&gateway, "p", &policy, slow, &[], &stop).await })
     };
     let started = Instant::now();
     while !statement_runs(&db).await {
         assert!(started.elapsed() < Duration::from_secs(10), "the slow statement never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running.abort();
-    assert!(running.await.unwrap_err().is_cancelled());
+    match how {
+        Abandon::Stopped => {
+            stop.raise();
+            let error = tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .expect("the stopped statement still runs after 10 s")
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+        }
+        Abandon::Dropped => {
+            running.abort();
+            assert!(running.await.unwrap_err().is_cancelled());
+        }
+    }
     let abandoned = Instant::now();
     while statement_runs(&db).await {
         assert!(abandoned.elapsed() < Duration::from_secs(10), "the abandoned statement still runs after 10 s");
@@ -740,6 +802,14 @@ async fn an_abandoned_statement_stops(dialect: Dialect) {
     let rows = query(&gateway, "p", &policy, "SELECT count(*) FROM big", &[]).await.unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Int(3000)]]);
     assert_eq!(db.count("SELECT count(*) FROM audit_log WHERE actor = 'p'").await, 0, "nothing was written");
+}
+
+/// How [`an_abandoned_statement_stops`] ends the statement's invocation.
+enum Abandon {
+    /// Its stop is raised.
+    Stopped,
+    /// Its caller's future is dropped.
+    Dropped,
 }
 
 /// Whether the slow statement of [`an_abandoned_statement_stops`] runs:
@@ -767,13 +837,19 @@ async fn statement_runs(db: &TestDb) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_statement_stops_on_sqlite() {
-    an_abandoned_statement_stops(Dialect::Sqlite).await;
+async fn a_stopped_statement_stops_on_sqlite() {
+    an_abandoned_statement_stops(Dialect::Sqlite, Abandon::Stopped).await;
+}
+
+/// On a current-thread runtime the statement runs on the blocking pool.
+#[tokio::test]
+async fn a_dropped_statement_stops_on_sqlite_off_a_multi_threaded_runtime() {
+    an_abandoned_statement_stops(Dialect::Sqlite, Abandon::Dropped).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_abandoned_statement_stops_on_postgres() {
-    an_abandoned_statement_stops(Dialect::Postgres).await;
+async fn a_dropped_statement_stops_on_postgres() {
+    an_abandoned_statement_stops(Dialect::Postgres, Abandon::Dropped).await;
 }
 
 /// No string or blob a SQLite statement builds or binds grows past the

@@ -20,6 +20,7 @@ use gatehouse::ErrorKind;
 use gatehouse::databases::{DatabaseSettings, UrlSource};
 use gatehouse::services::sql::exec::{Guard, Limits, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
+use gatehouse::stop::Stop;
 
 use super::support::{TestDb, peak_rss_bytes, policy, pool};
 use crate::postgres::test_ca;
@@ -31,7 +32,7 @@ async fn query(url: &str, policy: &SqlPolicy, sql: &str, params: &[Value]) -> Re
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, Dialect::Postgres, policy, sql, params)?;
     let guard = Guard::new(Dialect::Postgres, policy, Door::Gatehouse);
-    let mut connection = SqlConnection::open(alias, "p", &guard).await?;
+    let mut connection = SqlConnection::open(alias, "p", &guard, &Stop::new()).await?;
     connection.query(&checked, sql, params, Limits::from(policy)).await.map(|rows| rows.rows)
 }
 
