@@ -180,6 +180,9 @@ pub struct SqlConnection {
     broken: bool,
     /// The invocation's stop: its statements stop once it is due.
     stop: Stop,
+    /// SQLite: the plugin's transaction is open but its `BEGIN` not yet
+    /// sent ([`Self::begin`] says why).
+    begin_pending: bool,
 }
 
 impl SqlConnection {
@@ -209,6 +212,7 @@ impl SqlConnection {
             transaction: false,
             broken: false,
             stop: stop.clone(),
+            begin_pending: false,
         })
     }
 
@@ -278,6 +282,9 @@ impl SqlConnection {
         if let Some(done) = self.control(checked.kind, limits).await {
             return done.map(|()| Outcome::default());
         }
+        if self.begin_pending {
+            self.send_begin(writes(checked.kind)).await?;
+        }
         let mut done = self.guarded(limits, run, statement, params).await?;
         if !writes(checked.kind) {
             done.changes = 0;
@@ -299,6 +306,14 @@ impl SqlConnection {
 
     /// Opens a transaction that lasts until [`Self::commit`],
     /// [`Self::rollback`], or the drop of the connection (rolled back).
+    ///
+    /// On SQLite its `BEGIN` waits for the transaction's first statement,
+    /// and is `BEGIN IMMEDIATE` if that statement writes: the gateway reads
+    /// the schema cookie before each statement (the authorizer's `REPLACE`
+    /// tables), which in a deferred transaction starts its snapshot, so a
+    /// first write would otherwise fail at once (`SQLITE_BUSY_SNAPSHOT`)
+    /// whenever another connection wrote meanwhile, instead of waiting for
+    /// the lock as outside a transaction.
     pub async fn begin(&mut self, limits: Limits) -> Result<(), SqlError> {
         self.usable()?;
         if self.transaction {
@@ -310,11 +325,24 @@ impl SqlConnection {
                 Ok(()) => c.execute("BEGIN").await.map(drop),
                 Err(e) => Err(e),
             },
-            Conn::Sqlite(c) => host_command(c, "BEGIN").await,
+            Conn::Sqlite(_) => {
+                self.begin_pending = true;
+                Ok(())
+            }
         };
         begun.map_err(SqlError::from_database)?;
         self.broken = false;
         self.transaction = true;
+        Ok(())
+    }
+
+    /// Sends a SQLite transaction's `BEGIN`, before its first statement.
+    async fn send_begin(&mut self, write: bool) -> Result<(), SqlError> {
+        let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
+        self.broken = true;
+        host_command(c, if write { "BEGIN IMMEDIATE" } else { "BEGIN" }).await.map_err(SqlError::from_database)?;
+        self.broken = false;
+        self.begin_pending = false;
         Ok(())
     }
 
@@ -334,6 +362,10 @@ impl SqlConnection {
             return Err(SqlError::InvalidInput("no transaction is open on this connection".into()));
         }
         self.transaction = false;
+        if std::mem::take(&mut self.begin_pending) {
+            // Nothing ran: nothing to end.
+            return Ok(());
+        }
         self.broken = true;
         let done = match &mut self.conn {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
@@ -407,7 +439,7 @@ impl SqlConnection {
 
 impl Drop for SqlConnection {
     fn drop(&mut self) {
-        if self.transaction || self.broken {
+        if (self.transaction && !self.begin_pending) || self.broken {
             // Closing rolls back whatever is open, on both databases, and
             // no later borrower inherits the state.
             self.conn.close_on_drop();

@@ -538,6 +538,56 @@ async fn a_dropped_write_stops_waiting_for_the_lock_on_sqlite_off_a_multi_thread
     a_write_whose_caller_is_gone_stops_waiting_for_the_lock(Abandon::Dropped).await;
 }
 
+/// A transaction's first write waits for another connection's write lock,
+/// as a write outside a transaction does, and commits once the lock frees.
+/// (An outside review: it failed at once, `rate-limited: database busy`,
+/// when another connection was writing: the gateway's schema read before
+/// the statement had started the deferred transaction's snapshot, which
+/// the other's commit made stale.) A read-only transaction does not take
+/// the write lock: a writer outside it is not kept waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactions_first_write_waits_for_the_lock_on_sqlite() {
+    use sqlx::{Connection as _, Executor as _};
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let alias = gateway.alias("db").unwrap();
+    let TestDb::Sqlite(dir) = &db else { unreachable!() };
+    let options = gatehouse::databases::sqlite_options(&dir.path().join("shop.db"));
+    let mut holder = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+    holder.execute("INSERT INTO products (id, name, price, stock) VALUES (780, 'first', 1, 1)").await.unwrap();
+    let insert = "INSERT INTO products (id, name, price, stock) VALUES (781, 'second', 1, 1)";
+    let writer = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move {
+            let alias = gateway.alias("db").unwrap();
+            let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, insert, &[]).unwrap();
+            let guard = authorizer(Dialect::Sqlite, &policy);
+            let mut connection = SqlConnection::open(alias, "p", &guard, &Stop::new()).await.unwrap();
+            connection.begin(Limits::from(&policy)).await.unwrap();
+            connection.execute(&checked, insert, &[], Limits::from(&policy)).await?;
+            connection.commit().await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!writer.is_finished(), "the write waits for the lock");
+    holder.execute("COMMIT").await.unwrap();
+    writer.await.unwrap().expect("the transaction's write waited and committed");
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id IN (780, 781)").await, 2);
+
+    let select = "SELECT count(*) FROM products";
+    let read = checked(Door::Gatehouse, Dialect::Sqlite, &policy, select, &[]).unwrap();
+    let mut reader =
+        SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
+    reader.begin(Limits::from(&policy)).await.unwrap();
+    reader.query(&read, select, &[], Limits::from(&policy)).await.unwrap();
+    let quick = options.clone().busy_timeout(Duration::ZERO);
+    let mut other = sqlx::SqliteConnection::connect_with(&quick).await.unwrap();
+    other.execute("INSERT INTO products (id, name, price, stock) VALUES (782, 'third', 1, 1)").await.unwrap();
+    reader.commit().await.unwrap();
+}
+
 /// A statement stopped at its deadline inside a transaction loses the
 /// transaction, on both databases: nothing more runs on the connection,
 /// the commit is refused, and the write made before it is not in the
