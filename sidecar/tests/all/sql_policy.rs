@@ -491,6 +491,11 @@ fn transaction_control_is_a_door_default_and_a_policy_switch() {
         }
     }
     assert_eq!(check_for(Door::Spin, Dialect::Sqlite, &policy, "BEGIN IMMEDIATE").unwrap().kind, StatementKind::Begin);
+    for (begin, locks) in
+        [("BEGIN IMMEDIATE", true), ("BEGIN EXCLUSIVE TRANSACTION", true), ("BEGIN DEFERRED", false), ("BEGIN", false)]
+    {
+        assert_eq!(check_for(Door::Spin, Dialect::Sqlite, &policy, begin).unwrap().locks_at_begin, locks, "{begin}");
+    }
     let off = with("transaction_control = false");
     assert_eq!(check_for(Door::Spin, Dialect::Sqlite, &off, "BEGIN").unwrap_err().rule, Rule::TransactionControl);
     let on = with("transaction_control = true");

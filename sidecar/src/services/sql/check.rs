@@ -74,6 +74,9 @@ pub struct Checked {
     /// Parameters it expects: the highest `$n` (PostgreSQL); for SQLite the
     /// count of `?`, the highest `?NNN`, or the distinct `:name`s.
     pub placeholders: usize,
+    /// A SQLite `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`: the transaction
+    /// takes the write lock when it begins.
+    pub locks_at_begin: bool,
 }
 
 /// Checks one statement for the `gatehouse:services/sql` door.
@@ -265,12 +268,20 @@ impl<'p> Walk<'p> {
             }
             other => return Err(never_allowed(other)),
         };
+        let locks_at_begin = matches!(
+            statement,
+            Statement::StartTransaction {
+                modifier: Some(TransactionModifier::Immediate | TransactionModifier::Exclusive),
+                ..
+            }
+        );
         Ok(Checked {
             kind,
             reads: std::mem::take(&mut self.reads),
             writes: std::mem::take(&mut self.writes),
             returns_rows,
             placeholders: self.params.highest.max(self.params.anonymous),
+            locks_at_begin,
         })
     }
 

@@ -279,7 +279,7 @@ impl SqlConnection {
                 "the statement holds a NUL character (U+0000), which the database would read as its end".into(),
             ));
         }
-        if let Some(done) = self.control(checked.kind, limits).await {
+        if let Some(done) = self.control(checked, limits).await {
             return done.map(|()| Outcome::default());
         }
         if self.begin_pending {
@@ -295,9 +295,14 @@ impl SqlConnection {
 
     /// `BEGIN`/`COMMIT`/`ROLLBACK` as statements (doors whose policy allows
     /// them) are the transaction methods, so the executor knows its state.
-    async fn control(&mut self, kind: StatementKind, limits: Limits) -> Option<Result<(), SqlError>> {
-        Some(match kind {
-            StatementKind::Begin => self.begin(limits).await,
+    /// A SQLite `BEGIN IMMEDIATE` or `EXCLUSIVE` takes the write lock at
+    /// once, as asked.
+    async fn control(&mut self, checked: &Checked, limits: Limits) -> Option<Result<(), SqlError>> {
+        Some(match checked.kind {
+            StatementKind::Begin => match self.begin(limits).await {
+                Ok(()) if checked.locks_at_begin && self.begin_pending => self.send_begin(true).await,
+                begun => begun,
+            },
             StatementKind::Commit => self.commit().await,
             StatementKind::Rollback => self.rollback().await,
             _ => return None,

@@ -586,6 +586,22 @@ async fn a_transactions_first_write_waits_for_the_lock_on_sqlite() {
     let mut other = sqlx::SqliteConnection::connect_with(&quick).await.unwrap();
     other.execute("INSERT INTO products (id, name, price, stock) VALUES (782, 'third', 1, 1)").await.unwrap();
     reader.commit().await.unwrap();
+
+    // A plugin's own `BEGIN IMMEDIATE` (Spin's door) takes the lock at
+    // once, as it asks; a plain `BEGIN` with nothing after it takes none.
+    for (begin, locks) in [("BEGIN IMMEDIATE", true), ("BEGIN EXCLUSIVE", true), ("BEGIN", false)] {
+        let begun = checked(Door::Spin, Dialect::Sqlite, &policy, begin, &[]).unwrap();
+        let guard = Guard::new(Dialect::Sqlite, &policy, Door::Spin);
+        let mut plugin = SqlConnection::open(alias, "p", &guard, &Stop::new()).await.unwrap();
+        plugin.execute(&begun, begin, &[], Limits::from(&policy)).await.unwrap();
+        let locked = other.execute("BEGIN IMMEDIATE").await.is_err();
+        assert_eq!(locked, locks, "{begin}");
+        if !locked {
+            other.execute("ROLLBACK").await.unwrap();
+        }
+        let end = checked(Door::Spin, Dialect::Sqlite, &policy, "ROLLBACK", &[]).unwrap();
+        plugin.execute(&end, "ROLLBACK", &[], Limits::from(&policy)).await.unwrap();
+    }
 }
 
 /// A statement stopped at its deadline inside a transaction loses the
