@@ -1,25 +1,27 @@
 //! A plugin's SQLite statement run on the connection's raw handle, on one
-//! blocking thread, start to finish: prepared, bound, stepped and
-//! finalized there, its rows decoded under the caps as they come.
+//! thread, start to finish: prepared, bound, stepped and finalized there,
+//! its rows decoded under the caps as they come.
 //!
 //! sqlx runs a SQLite connection on a worker thread of its own and sends
 //! each row back to the caller over a channel; a caller that keeps up with
 //! the worker waits for, and is woken by, every row. On a 2-vCPU VM that
 //! cost a 50-row query more than the statement itself, and put whole runs
 //! in a state of ~8 context switches a query (BENCHMARKS.md). Here a
-//! statement is one handoff to a blocking thread and one back, whatever
-//! its rows. The thread is tokio's blocking pool's; at most one runs per
-//! pooled connection, so their number is bounded by the pools' sizes.
+//! statement runs on one thread whatever its rows: the executor
+//! ([`super::exec`]) steps it on the invocation's own thread where it can
+//! (no handoff at all), else on a thread of tokio's blocking pool. At most
+//! one runs per pooled connection, so their number is bounded by the
+//! pools' sizes.
 //!
 //! The connection is serialized (`SQLITE_OPEN_FULLMUTEX`, checked when it
 //! is guarded), so SQLite allows its API from any thread. The grant, the
-//! progress handler (the statement's deadline, and the stop raised when
-//! its caller is gone) and the busy handler are the connection's, set by
+//! progress handler (the statement's deadline, and the invocation's stop)
+//! and the busy handler are the connection's, set by
 //! [`super::guard::sqlite`] before the statement, and work on whichever
-//! thread steps. A caller that goes away does not wait for the thread:
-//! its stop flag interrupts the statement at the next progress check, and
-//! the connection, marked broken, is closed only once the statement has
-//! let go of it ([`StepHandle`]'s lock), never under it.
+//! thread steps. A caller on another thread that goes away does not wait
+//! for the statement: its stop interrupts it at the next progress check,
+//! and the connection, marked broken, is closed only once the statement
+//! has let go of it ([`StepHandle`]'s lock), never under it.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_int};
