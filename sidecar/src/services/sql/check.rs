@@ -37,7 +37,7 @@ use sqlparser::parser::{Parser, ParserError};
 
 use super::denial::{Denial, Rule, shown};
 use super::policy::{Access, Door, Kind, SqlPolicy, TableGrant};
-use super::{Dialect, MAX_DEPTH, MAX_FUNCTION_CALLS, MAX_STATEMENT, PARSER_DEPTH, functions, names};
+use super::{Dialect, MAX_DEPTH, MAX_FUNCTION_CALLS, MAX_OPERATORS, MAX_STATEMENT, PARSER_DEPTH, functions, names};
 
 /// What an allowed statement is, for the gateway's next steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +183,8 @@ struct Walk<'p> {
     depth: usize,
     /// Function calls written so far.
     calls: usize,
+    /// Operators written so far ([`MAX_OPERATORS`]).
+    operators: usize,
     place: Vec<&'static str>,
     ctes: Vec<CteFrame>,
     levels: Vec<Vec<Rel<'p>>>,
@@ -198,6 +200,7 @@ impl<'p> Walk<'p> {
             policy,
             depth: 0,
             calls: 0,
+            operators: 0,
             place: Vec::new(),
             ctes: Vec::new(),
             levels: Vec::new(),
@@ -1382,22 +1385,35 @@ impl<'p> Walk<'p> {
             | Expr::IsNotUnknown(e)
             | Expr::Nested(e) => self.expr(e)?,
             Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                self.operators(1)?;
                 self.expr(a)?;
                 self.expr(b)?;
             }
             Expr::AtTimeZone { timestamp, time_zone } => {
+                self.operators(1)?;
                 self.expr(timestamp)?;
                 self.expr(time_zone)?;
             }
             Expr::In { expr, target, negated: _, global: false } => {
                 self.expr(expr)?;
                 match target {
-                    InTarget::List(list) => self.at("IN list", |w| list.iter().try_for_each(|e| w.expr(e)))?,
-                    InTarget::Subquery(query) => self.at("IN sub-query", |w| w.query(query, false).map(|_| ()))?,
+                    InTarget::List(list) => {
+                        // A list of values is looked up in a table SQLite
+                        // builds once (one probe a row); other members are
+                        // compared one by one.
+                        let compared = list.iter().filter(|e| !matches!(e, Expr::Value(_))).count();
+                        self.operators(1 + compared)?;
+                        self.at("IN list", |w| list.iter().try_for_each(|e| w.expr(e)))?
+                    }
+                    InTarget::Subquery(query) => {
+                        self.operators(1)?;
+                        self.at("IN sub-query", |w| w.query(query, false).map(|_| ()))?
+                    }
                     _ => return Err(self.unsupported("this IN")),
                 }
             }
             Expr::Between { expr, negated: _, low, high } => {
+                self.operators(2)?;
                 self.expr(expr)?;
                 self.expr(low)?;
                 self.expr(high)?;
@@ -1409,6 +1425,7 @@ impl<'p> Walk<'p> {
                 let mut rights = Vec::new();
                 while let Expr::BinaryOp { left, op, right } = node {
                     self.binary_operator(op)?;
+                    self.operators(1)?;
                     if self.dialect == Dialect::Postgres && matches!(op, BinaryOperator::BitwiseAnd) {
                         self.unicode_escape(left, right)?;
                     }
@@ -1422,6 +1439,7 @@ impl<'p> Walk<'p> {
             }
             Expr::Like { negated: _, any: false, expr, pattern, escape_char }
             | Expr::ILike { negated: _, any: false, expr, pattern, escape_char } => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 self.expr(pattern)?;
                 if let Some(escape) = escape_char {
@@ -1429,6 +1447,7 @@ impl<'p> Walk<'p> {
                 }
             }
             Expr::SimilarTo { negated: _, expr, pattern, escape_char } if self.dialect == Dialect::Postgres => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 self.expr(pattern)?;
                 if let Some(escape) = escape_char {
@@ -1437,6 +1456,7 @@ impl<'p> Walk<'p> {
             }
             Expr::AnyOp { left, compare_op, right, is_some: _ } | Expr::AllOp { left, compare_op, right } => {
                 self.binary_operator(compare_op)?;
+                self.operators(1)?;
                 self.expr(left)?;
                 self.expr(right)?;
             }
@@ -1445,6 +1465,7 @@ impl<'p> Walk<'p> {
                     UnaryOperator::Plus | UnaryOperator::Minus | UnaryOperator::Not | UnaryOperator::BitwiseNot => {}
                     _ => return Err(self.unsupported("this unary operator")),
                 }
+                self.operators(1)?;
                 self.expr(expr)?;
             }
             Expr::Cast { kind, expr, data_type, format: None } => {
@@ -1455,24 +1476,32 @@ impl<'p> Walk<'p> {
                     return Err(self.deny(Rule::Ambiguous, "only `CAST(x AS type)` casts are read on SQLite".into()));
                 }
                 self.data_type(data_type)?;
+                self.operators(1)?;
                 self.expr(expr)?;
             }
-            Expr::Extract { field: _, syntax: _, expr } => self.expr(expr)?,
+            Expr::Extract { field: _, syntax: _, expr } => {
+                self.operators(1)?;
+                self.expr(expr)?
+            }
             Expr::Ceil { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) }
             | Expr::Floor { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) } => {
+                self.operators(1)?;
                 self.expr(expr)?
             }
             Expr::Position { expr, r#in } => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 self.expr(r#in)?;
             }
             Expr::Substring { expr, substring_from, substring_for, special: _, shorthand: _ } => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 for part in [substring_from, substring_for].into_iter().flatten() {
                     self.expr(part)?;
                 }
             }
             Expr::Trim { trim_where: _, trim_what, expr, trim_characters } => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 if let Some(what) = trim_what {
                     self.expr(what)?;
@@ -1482,6 +1511,7 @@ impl<'p> Walk<'p> {
                 }
             }
             Expr::Overlay { expr, overlay_what, overlay_from, overlay_for } => {
+                self.operators(1)?;
                 self.expr(expr)?;
                 self.expr(overlay_what)?;
                 self.expr(overlay_from)?;
@@ -1502,6 +1532,8 @@ impl<'p> Walk<'p> {
             Expr::Function(function) => self.function(function)?,
             Expr::Case { case_token: _, end_token: _, operand, conditions, else_result } => self.at("CASE", |w| {
                 if let Some(operand) = operand {
+                    // Each `WHEN` compares the operand.
+                    w.operators(conditions.len())?;
                     w.expr(operand)?;
                 }
                 for when in conditions {
@@ -1529,6 +1561,21 @@ impl<'p> Walk<'p> {
             _ => return Err(self.unsupported("this expression")),
         }
         self.depth -= 1;
+        Ok(())
+    }
+
+    /// Counts `n` operators against [`MAX_OPERATORS`].
+    fn operators(&mut self, n: usize) -> Checks {
+        self.operators += n;
+        if self.operators > MAX_OPERATORS {
+            return Err(self.deny(
+                Rule::TooManyCalls,
+                format!(
+                    "more than {MAX_OPERATORS} operators in one statement: the database checks the deadline only \
+                     between rows"
+                ),
+            ));
+        }
         Ok(())
     }
 

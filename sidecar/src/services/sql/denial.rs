@@ -20,7 +20,8 @@ pub enum Rule {
     Stacked,
     /// Expressions or sub-queries nested past [`super::MAX_DEPTH`].
     TooDeep,
-    /// More than [`super::MAX_FUNCTION_CALLS`] function calls.
+    /// More than [`super::MAX_FUNCTION_CALLS`] function calls or
+    /// [`super::MAX_OPERATORS`] operators.
     TooManyCalls,
     /// A statement kind the policy does not list in `statements`.
     StatementKind,

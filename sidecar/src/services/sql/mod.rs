@@ -98,6 +98,15 @@ pub const MAX_DEPTH: usize = 200;
 /// a 16 MiB value take ~10 ms), so this bounds a row's unchecked work.
 /// Real statements write a handful.
 pub const MAX_FUNCTION_CALLS: usize = 64;
+/// Most operators one statement may write (comparisons, arithmetic,
+/// concatenation, casts, `LIKE`, `BETWEEN`, `IN` and `CASE` tests, …); more
+/// is refused ([`Rule::TooManyCalls`]). Like a function call, an operator
+/// is one virtual-machine step linear in its operands (a `COLLATE NOCASE`
+/// comparison of two 8 MiB strings takes ~6 ms), and the operators of one
+/// row have no deadline check between them: an outside review held a
+/// connection 13 s past a 1 s deadline with 2,000 of them in one row.
+/// Real statements write a few dozen.
+pub const MAX_OPERATORS: usize = 128;
 
 /// The SQL dialect of a database alias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
