@@ -19,6 +19,8 @@ use std::time::Instant;
 #[derive(Debug, Clone, Default)]
 pub struct Stop {
     raised: Arc<AtomicBool>,
+    /// The flag of a wider stop it also obeys ([`Stop::joined`]).
+    also: Option<Arc<AtomicBool>>,
     deadline: Option<Instant>,
 }
 
@@ -31,7 +33,14 @@ impl Stop {
     /// The same flag, also due at `deadline` (the earlier one if it had one).
     pub fn until(&self, deadline: Instant) -> Stop {
         let deadline = self.deadline.map_or(deadline, |earlier| earlier.min(deadline));
-        Stop { raised: Arc::clone(&self.raised), deadline: Some(deadline) }
+        Stop { raised: Arc::clone(&self.raised), also: self.also.clone(), deadline: Some(deadline) }
+    }
+
+    /// The same flag and deadline, also due once `wider` is raised (the
+    /// sidecar stopping): one wider stop, replacing any joined before.
+    /// Raising the result does not raise `wider`.
+    pub fn joined(&self, wider: &Stop) -> Stop {
+        Stop { raised: Arc::clone(&self.raised), also: Some(Arc::clone(&wider.raised)), deadline: self.deadline }
     }
 
     /// Stops the work: every clone is due from now on.
@@ -41,7 +50,9 @@ impl Stop {
 
     /// Whether the work must stop now.
     pub fn is_due(&self) -> bool {
-        self.raised.load(Ordering::Relaxed) || self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        self.raised.load(Ordering::Relaxed)
+            || self.also.as_ref().is_some_and(|wider| wider.load(Ordering::Relaxed))
+            || self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     /// A guard that raises the signal when dropped, unless disarmed.
@@ -97,6 +108,22 @@ mod tests {
         assert!(later.is_due(), "an earlier deadline is kept");
         let far = stop.until(Instant::now() + Duration::from_secs(60));
         assert!(!far.is_due());
+    }
+
+    #[test]
+    fn a_joined_stop_is_due_with_the_wider_one_but_does_not_raise_it() {
+        let wider = Stop::new();
+        let invocation = Stop::new().until(Instant::now() + Duration::from_secs(60)).joined(&wider);
+        assert!(!invocation.is_due());
+        wider.raise();
+        assert!(invocation.is_due());
+        let other = Stop::new();
+        let joined = other.joined(&Stop::new());
+        joined.raise();
+        assert!(other.is_due(), "the own flag is shared");
+        let (wider, invocation) = (Stop::new(), Stop::new());
+        invocation.joined(&wider).raise();
+        assert!(!wider.is_due(), "raising the joined stop leaves the wider one alone");
     }
 
     #[test]

@@ -18,6 +18,11 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+/// How long, once the drain is over, the invocations still running get to
+/// end after their stops are raised: one row's unchecked work (see the
+/// README's SQL deadlines) and the unwinding of the guest.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     // First of all, before the addresses are printed and the plugins load
     // (which can take seconds): a signal's default action would end the
@@ -136,6 +141,9 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     tracing::info!(timeout = ?server.drain_timeout, "stopping: draining in-flight requests");
     let _ = stop.send(true);
     while servers.join_next().await.is_some() {}
+    // What the drain left running is stopped now, rather than when the
+    // runtime's threads are torn down under it.
+    api.runtime.stop_all(STOP_WAIT).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -243,6 +243,8 @@ pub struct Runtime {
     /// one waits here; during a reload, invocations of the old and the new
     /// plugins together still never overfill the pool.
     instances: Arc<Semaphore>,
+    /// Raised when the sidecar stops: every invocation's stop obeys it.
+    shutdown: Stop,
 }
 
 /// What a component exports: the plugin world, or the standard
@@ -300,7 +302,22 @@ impl Runtime {
             loading: tokio::sync::Mutex::new(()),
             slots: Default::default(),
             instances,
+            shutdown: Stop::new(),
         })
+    }
+
+    /// Stops every invocation's host calls that read their stop (a SQLite
+    /// statement stepped on the invocation's own thread, which nothing can
+    /// drop), and waits up to `limit` for the invocations to end: called
+    /// when the sidecar stops, after its drain, so that the process does
+    /// not wait for statements to reach their own deadlines.
+    pub async fn stop_all(&self, limit: Duration) {
+        self.shutdown.raise();
+        let pool = self.settings.max_instances as usize;
+        let started = tokio::time::Instant::now();
+        while self.instances.available_permits() < pool && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn generation(&self) -> Arc<Generation> {
@@ -969,7 +986,10 @@ impl Runtime {
     ) -> Result<Reply, InvokeError> {
         let timeout = policy.limits.timeout;
         let deadline = Instant::now() + timeout;
-        let mut store = Store::new(&self.engine, PluginState::new(policy, tag, granted, stop.until(deadline)));
+        let mut store = Store::new(
+            &self.engine,
+            PluginState::new(policy, tag, granted, stop.until(deadline).joined(&self.shutdown)),
+        );
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(hostcall_fuel);
         // Check the deadline on every epoch tick. In between, yield to the
