@@ -283,7 +283,7 @@ impl SqlConnection {
             return done.map(|()| Outcome::default());
         }
         if self.begin_pending {
-            self.send_begin(writes(checked.kind)).await?;
+            self.send_begin(writes(checked.kind), limits).await?;
         }
         let mut done = self.guarded(limits, run, statement, params).await?;
         if !writes(checked.kind) {
@@ -300,7 +300,7 @@ impl SqlConnection {
     async fn control(&mut self, checked: &Checked, limits: Limits) -> Option<Result<(), SqlError>> {
         Some(match checked.kind {
             StatementKind::Begin => match self.begin(limits).await {
-                Ok(()) if checked.locks_at_begin && self.begin_pending => self.send_begin(true).await,
+                Ok(()) if checked.locks_at_begin && self.begin_pending => self.send_begin(true, limits).await,
                 begun => begun,
             },
             StatementKind::Commit => self.commit().await,
@@ -341,11 +341,31 @@ impl SqlConnection {
         Ok(())
     }
 
-    /// Sends a SQLite transaction's `BEGIN`, before its first statement.
-    async fn send_begin(&mut self, write: bool) -> Result<(), SqlError> {
+    /// Sends a SQLite transaction's `BEGIN`, before its first statement and
+    /// under that statement's deadline and the invocation's stop: waiting
+    /// for another connection's write lock ends with them.
+    async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<(), SqlError> {
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
+        let stops = [Stop::new().until(Instant::now() + limits.timeout), self.stop.clone()];
+        let stopped = {
+            let stops = stops.clone();
+            move || stops.iter().any(Stop::is_due)
+        };
         self.broken = true;
-        host_command(c, if write { "BEGIN IMMEDIATE" } else { "BEGIN" }).await.map_err(SqlError::from_database)?;
+        sqlite_guard::enter_host_with_progress(c, {
+            let stopped = stopped.clone();
+            move || !stopped()
+        });
+        let command = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
+        let begun = c.connection().execute(command).await.map(drop);
+        sqlite_guard::leave(c);
+        begun.map_err(|e| {
+            if stopped() {
+                SqlError::Timeout("the transaction stopped waiting for the database's lock at its deadline".into())
+            } else {
+                SqlError::from_database(e)
+            }
+        })?;
         self.broken = false;
         self.begin_pending = false;
         Ok(())

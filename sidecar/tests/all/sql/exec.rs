@@ -576,6 +576,21 @@ async fn a_transactions_first_write_waits_for_the_lock_on_sqlite() {
     writer.await.unwrap().expect("the transaction's write waited and committed");
     assert_eq!(db.count("SELECT count(*) FROM products WHERE id IN (780, 781)").await, 2);
 
+    // Its wait ends at the statement's deadline, as a statement's own does
+    // (the review saw it wait a fixed second, then `rate-limited`).
+    holder.execute("BEGIN IMMEDIATE").await.unwrap();
+    let short = super::support::policy("timeout = \"300ms\"");
+    let late = "INSERT INTO products (id, name, price, stock) VALUES (783, 'late', 1, 1)";
+    let checked_late = checked(Door::Gatehouse, Dialect::Sqlite, &short, late, &[]).unwrap();
+    let guard = authorizer(Dialect::Sqlite, &short);
+    let mut waiting = SqlConnection::open(alias, "p", &guard, &Stop::new()).await.unwrap();
+    waiting.begin(Limits::from(&short)).await.unwrap();
+    let error = waiting.execute(&checked_late, late, &[], Limits::from(&short)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    drop(waiting);
+    holder.execute("COMMIT").await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 783").await, 0, "nothing written");
+
     let select = "SELECT count(*) FROM products";
     let read = checked(Door::Gatehouse, Dialect::Sqlite, &policy, select, &[]).unwrap();
     let mut reader =

@@ -466,6 +466,15 @@ pub fn enter_host(conn: &mut Guarded) {
     conn.slot.set(Mode::Host);
 }
 
+/// [`enter_host`] for the sidecar's own `BEGIN` of a plugin's transaction,
+/// sent with the plugin's first statement: a wait for another connection's
+/// lock ends when the statement's `progress` check says stop, as the
+/// statement's own would.
+pub fn enter_host_with_progress(conn: &mut Guarded, progress: impl Fn() -> bool + Send + Sync + 'static) {
+    conn.slot.set_progress(Some(Arc::new(progress)));
+    conn.slot.set(Mode::Host);
+}
+
 /// Takes the connection back: every statement is refused until the next
 /// [`enter`].
 pub fn leave(conn: &mut Guarded) {
