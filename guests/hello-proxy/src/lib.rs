@@ -14,7 +14,9 @@
 //! - `/hold`: sends its answer's head, then never writes the body nor reads
 //!   its request (only the sidecar can stop it once its client is gone);
 //! - `/status/<code>`: an empty answer with that status, whatever it is
-//!   (the sidecar must not pass on one that cannot end a request).
+//!   (the sidecar must not pass on one that cannot end a request);
+//! - `/after?url=<url>`: answers, then, 100 ms after its answer ended,
+//!   fetches `url` (work after the answer, within the deadline).
 
 use std::io::Read;
 
@@ -47,6 +49,11 @@ impl Guest for HelloProxy {
                 let url = query.strip_prefix("url=").unwrap_or_default();
                 let answer = fetch(url);
                 respond(out, 200, answer.as_bytes());
+            }
+            "/after" => {
+                respond(out, 200, b"answered\n");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let _ = fetch(query.strip_prefix("url=").unwrap_or_default());
             }
             _ if route.starts_with("/path") => respond(out, 200, path.as_bytes()),
             "/drip" => drip(out),

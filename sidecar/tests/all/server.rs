@@ -532,6 +532,17 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
         assert!(metrics.lines().any(|l| l == series), "{series} not in\n{metrics}");
     }
 
+    // A component may work on after its answer has been delivered (within
+    // its deadline): the answer's end does not stop it.
+    let before = received.load(std::sync::atomic::Ordering::SeqCst);
+    let (_, _, body) = request(addr, "GET", &format!("/p/hello/after?url=http://localhost:{port}/"), &[], b"");
+    assert_eq!(body, b"answered\n");
+    let started = Instant::now();
+    while received.load(std::sync::atomic::Ordering::SeqCst) == before {
+        assert!(started.elapsed() < Duration::from_secs(10), "the work after the answer never happened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
     // A declared body over max_body is refused before the component runs.
     let big = vec![b'x'; 2 << 20];
     assert_eq!(request(addr, "POST", "/p/hello/echo", &[], &big).0, 413);
