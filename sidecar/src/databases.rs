@@ -72,8 +72,11 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// once on one alias.
 pub const DEFAULT_PER_PLUGIN: u32 = 4;
 /// Default `max_value_bytes`: the largest string or blob a SQLite
-/// connection builds (`SQLITE_LIMIT_LENGTH`; SQLite's own is 1 GB).
-pub const DEFAULT_MAX_VALUE_BYTES: u32 = 16 << 20;
+/// connection builds (`SQLITE_LIMIT_LENGTH`; SQLite's own is 1 GB). Small,
+/// because it also sets how long one row may run unchecked: SQLite checks
+/// a statement's deadline only between rows, and each operator or call in
+/// a row is linear in its operands (see the README's SQL deadlines).
+pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1 << 20;
 /// Largest `max_value_bytes` the settings accept.
 pub const MAX_VALUE_BYTES_CEILING: u32 = 1 << 30;
 /// Largest `max_connections` an alias may set.

@@ -754,12 +754,17 @@ fn function_calls_per_statement_are_bounded() {
 /// did not stop it. Each form counts what SQLite compares: a binary
 /// operator one, `BETWEEN` two, an `IN` list of values one (a lookup) and
 /// one per member that is not a value, `CASE x WHEN …` one per `WHEN`,
-/// casts, unary operators and `LIKE` one each.
+/// casts, unary operators and `LIKE` one each, a row-value comparison one
+/// per element, a call one per argument past its first (a second review
+/// got past the count with `(x, x, …) = (y, y, …)` and `max(x, x, …)`).
 #[test]
 fn operators_per_statement_are_bounded() {
     use gatehouse::services::sql::MAX_OPERATORS;
     let policy = policy();
-    let forms: [(&str, usize); 8] = [
+    let forms: [(&str, usize); 11] = [
+        ("(price, stock, id) = (1, 2, 3)", 3),
+        ("coalesce(price, stock, id, 4)", 3),
+        ("abs(price)", 0),
         ("price BETWEEN 1 AND 2", 2),
         ("price IN (1, 2, 3, 4)", 1),
         ("price IN (stock, id, 3)", 3),

@@ -1425,7 +1425,8 @@ impl<'p> Walk<'p> {
                 let mut rights = Vec::new();
                 while let Expr::BinaryOp { left, op, right } = node {
                     self.binary_operator(op)?;
-                    self.operators(1)?;
+                    // Row values compare element by element.
+                    self.operators(width(left).max(width(right)))?;
                     if self.dialect == Dialect::Postgres && matches!(op, BinaryOperator::BitwiseAnd) {
                         self.unicode_escape(left, right)?;
                     }
@@ -1787,6 +1788,11 @@ impl<'p> Walk<'p> {
                 ),
             ));
         }
+        // A call of many arguments may compare or copy each (`max(a, b, …)`):
+        // the arguments past the first count as operators.
+        if let FunctionArguments::List(list) = args {
+            self.operators(list.args.len().saturating_sub(1))?;
+        }
         if *uses_odbc_syntax || !matches!(parameters, FunctionArguments::None) {
             return Err(self.unsupported("this function call syntax"));
         }
@@ -1847,6 +1853,15 @@ impl<'p> Walk<'p> {
             }
         }
         Ok(())
+    }
+}
+
+/// How many values `expr` stands for: a row value `(a, b, c)` three.
+fn width(expr: &Expr) -> usize {
+    match expr {
+        Expr::Tuple(items) => items.len().max(1),
+        Expr::Nested(inner) => width(inner),
+        _ => 1,
     }
 }
 

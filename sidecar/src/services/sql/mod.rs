@@ -99,8 +99,9 @@ pub const MAX_DEPTH: usize = 200;
 /// Real statements write a handful.
 pub const MAX_FUNCTION_CALLS: usize = 64;
 /// Most operators one statement may write (comparisons, arithmetic,
-/// concatenation, casts, `LIKE`, `BETWEEN`, `IN` and `CASE` tests, …); more
-/// is refused ([`Rule::TooManyCalls`]). Like a function call, an operator
+/// concatenation, casts, `LIKE`, `BETWEEN`, `IN` and `CASE` tests, each
+/// element of a row-value comparison, each argument of a call past its
+/// first, …); more is refused ([`Rule::TooManyCalls`]). Like a function call, an operator
 /// is one virtual-machine step linear in its operands (a `COLLATE NOCASE`
 /// comparison of two 8 MiB strings takes ~6 ms), and the operators of one
 /// row have no deadline check between them: an outside review held a

@@ -1018,7 +1018,8 @@ async fn many_bounded_calls_in_one_row_stop_at_the_deadline_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(PoolSettings { max_value_bytes: 32 << 20, ..pool(1, 1) });
     let policy = policy("timeout = \"500ms\"");
-    let calls: Vec<&str> = std::iter::repeat_n("((?1 || name) LIKE ?2)", 100).collect();
+    // Forty, within the statement's operator bound (two each).
+    let calls: Vec<&str> = std::iter::repeat_n("((?1 || name) LIKE ?2)", 40).collect();
     let sql = format!("SELECT {} AS n FROM products WHERE id = 1", calls.join(" + "));
     let text = Value::Text("a".repeat(1 << 20));
     let pattern = Value::Text(format!("%{}b", "a".repeat(250)));
@@ -1165,13 +1166,17 @@ async fn numeric_values_are_charged_before_they_are_made_on_postgres() {
     let db = TestDb::start(Dialect::Postgres).await;
     let gateway = db.gateway(pool(2, 2));
     let policy = policy("max_result_bytes = \"64 KiB\"\nparams_only = true");
-    let columns = |n: usize| (0..n).map(|i| format!("$1::numeric AS c{i}")).collect::<Vec<_>>().join(", ");
-    let small = format!("SELECT {}", columns(3));
+    // One cast, referenced by every column (within the operator bound).
+    let columns = |n: usize| {
+        let list = (0..n).map(|i| format!("v AS c{i}")).collect::<Vec<_>>().join(", ");
+        format!("WITH n(v) AS (SELECT $1::numeric) SELECT {list} FROM n")
+    };
+    let small = columns(3);
     let rows = query(&gateway, "p", &policy, &small, &[Value::Text("12.50".into())]).await.unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Text("12.50".into()); 3]]);
 
     let huge = Value::Text(format!("1{}.{}", "0".repeat(65_538), "0".repeat(16_383)));
-    let sql = format!("SELECT {}", columns(1000));
+    let sql = columns(1000);
     let before = peak_rss_bytes(true);
     let error = query(&gateway, "p", &policy, &sql, &[huge]).await.unwrap_err();
     let grown = peak_rss_bytes(false).saturating_sub(before);
