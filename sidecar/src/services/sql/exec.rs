@@ -347,20 +347,17 @@ impl SqlConnection {
     async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<(), SqlError> {
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
         let stops = [Stop::new().until(Instant::now() + limits.timeout), self.stop.clone()];
-        let stopped = {
+        let progress = {
             let stops = stops.clone();
-            move || stops.iter().any(Stop::is_due)
+            move || !stops.iter().any(Stop::is_due)
         };
         self.broken = true;
-        sqlite_guard::enter_host_with_progress(c, {
-            let stopped = stopped.clone();
-            move || !stopped()
-        });
+        sqlite_guard::enter_host_with_progress(c, progress);
         let command = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
         let begun = c.connection().execute(command).await.map(drop);
         sqlite_guard::leave(c);
         begun.map_err(|e| {
-            if stopped() {
+            if stops.iter().any(Stop::is_due) {
                 SqlError::Timeout("the transaction stopped waiting for the database's lock at its deadline".into())
             } else {
                 SqlError::from_database(e)
