@@ -861,7 +861,10 @@ fn sigterm_stops_a_sql_statement_left_running_by_the_drain() {
     assert!(exit.success(), "{exit:?}");
     assert!(sidecar.stderr().contains("stopped"), "{}", sidecar.stderr());
     assert!(!sidecar.stderr().contains("panicked"), "{}", sidecar.stderr());
-    let _ = running.join();
+    // Stopped while the server still runs, the invocation is answered (as
+    // a timeout), not cut off with the process.
+    let (status, _, body) = running.join().unwrap();
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
 }
 
 /// The `gatehouse __compile` workers whose parent is `parent`.
