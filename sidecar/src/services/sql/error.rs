@@ -150,7 +150,7 @@ impl Class {
             Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
             Class::TooLarge => SqlError::TooLarge(format!(
                 "the statement needs more than the database allows (max_value_bytes, the SQLite \
-                 heap limit, a function's cost bound): {message}"
+                 heap limit, a function's cost bound, the length of its compiled program): {message}"
             )),
             Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
             Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),

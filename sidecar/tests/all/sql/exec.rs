@@ -1008,6 +1008,28 @@ async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
 }
 
+/// A statement whose compiled program is longer than
+/// `MAX_PROGRAM_STEPS` is refused at prepare, whatever its text counts.
+/// Attack (the second review of 2026-12-05): a sub-query's expression
+/// referenced 2,000 times, which SQLite copies into every reference (the
+/// checker counts it once): one row ran 13 s past a 1 s deadline. The
+/// same shape with a few references runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_compiled_past_its_program_bound_is_refused_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(1, 1));
+    let policy = policy("");
+    let referenced = |n: usize| {
+        let columns = vec!["v"; n].join(", ");
+        format!("SELECT {columns} FROM (SELECT name = upper(name) AS v FROM products WHERE id = 1)")
+    };
+    let rows = query(&gateway, "p", &policy, &referenced(3), &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 1);
+    let error = query(&gateway, "p", &policy, &referenced(2_000), &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("compiled program"), "{error}");
+}
+
 /// SQLite runs its progress handler (deadline, abandoned call) only at
 /// jumps; one row may hold many calls with none between them. Attack (the
 /// second outside review): a hundred `LIKE`s, each just under the cost

@@ -333,6 +333,18 @@ impl Guarded {
     }
 }
 
+/// Most virtual-machine instructions a plugin's statement may compile to
+/// (`SQLITE_LIMIT_VDBE_OP`; past it the prepare fails, `quota-exceeded`).
+/// SQLite checks a statement's deadline only at the bottom of its loops, so
+/// the work one row does between checks is at most the program's length,
+/// each step linear in values of at most `max_value_bytes`. The statement
+/// checker counts operators in the text, but SQLite's program can hold
+/// far more (a sub-query's expression copied into each of its references,
+/// `JOIN … USING`, CTEs doubling their work): an outside review ran one row
+/// 13 s past its deadline so. The 42 statements of the test fixtures
+/// compile to at most 71 instructions.
+pub const MAX_PROGRAM_STEPS: c_int = 2_000;
+
 /// Registers the authorizer on `conn`, refusing everything until
 /// [`enter`] or [`enter_host`], and caps every string and blob the
 /// connection makes at `max_value_bytes` (`SQLITE_LIMIT_LENGTH`: past it a
@@ -356,6 +368,8 @@ pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result
     let length = c_int::try_from(max_value_bytes).unwrap_or(c_int::MAX);
     // SAFETY: as above.
     unsafe { ffi::sqlite3_limit(raw, ffi::SQLITE_LIMIT_LENGTH, length) };
+    // SAFETY: as above.
+    unsafe { ffi::sqlite3_limit(raw, ffi::SQLITE_LIMIT_VDBE_OP, MAX_PROGRAM_STEPS) };
     // SAFETY: as above.
     unsafe { super::sqlite_functions::register(raw) }.map_err(GuardError::Sqlite)?;
     let user = Arc::into_raw(Arc::clone(&slot)).cast_mut().cast::<c_void>();
