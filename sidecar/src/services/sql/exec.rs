@@ -346,10 +346,10 @@ impl SqlConnection {
     /// for another connection's write lock ends with them.
     async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<(), SqlError> {
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
-        let stops = [Stop::new().until(Instant::now() + limits.timeout), self.stop.clone()];
+        let stops = StatementStops::new(&self.stop, limits);
         let progress = {
             let stops = stops.clone();
-            move || !stops.iter().any(Stop::is_due)
+            move || !stops.is_due()
         };
         self.broken = true;
         sqlite_guard::enter_host_with_progress(c, progress);
@@ -357,7 +357,7 @@ impl SqlConnection {
         let begun = c.connection().execute(command).await.map(drop);
         sqlite_guard::leave(c);
         begun.map_err(|e| {
-            if stops.iter().any(Stop::is_due) {
+            if stops.is_due() {
                 SqlError::Timeout("the transaction stopped waiting for the database's lock at its deadline".into())
             } else {
                 SqlError::from_database(e)
@@ -555,17 +555,36 @@ async fn enter_session(conn: &mut PooledPg, role: Option<&str>, limits: Limits) 
     session.enter(conn).await
 }
 
+/// What stops one SQLite statement (or the `BEGIN` sent for it): its own
+/// deadline, also raised when its caller's future is dropped, and its
+/// invocation's stop.
+#[derive(Clone)]
+struct StatementStops {
+    own: Stop,
+    invocation: Stop,
+}
+
+impl StatementStops {
+    fn new(invocation: &Stop, limits: Limits) -> StatementStops {
+        StatementStops { own: Stop::new().until(Instant::now() + limits.timeout), invocation: invocation.clone() }
+    }
+
+    fn is_due(&self) -> bool {
+        self.own.is_due() || self.invocation.is_due()
+    }
+}
+
 /// Makes a SQLite connection ready for one statement of a plugin: its
 /// authorizer gets the plugin's grant (none: every statement refused), and
-/// its progress handler interrupts the statement once either `stop` is
+/// its progress handler interrupts the statement once `stops` are
 /// due (`SQLITE_INTERRUPT`, reported as `timeout`).
 async fn prepare_connection_sqlite(
     conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
-    stops: [Stop; 2],
+    stops: StatementStops,
 ) -> Result<(), SqlError> {
     // Every 1000 virtual-machine instructions: microseconds of work.
-    let progress = move || !stops.iter().any(Stop::is_due);
+    let progress = move || !stops.is_due();
     match grant {
         Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress)
             .await
@@ -684,13 +703,12 @@ async fn sqlite(
     // statement runs on another thread, see `sqlite_statement`): that
     // thread would otherwise go on until the deadline, holding the
     // connection (closing it waits for the statement).
-    let own = Stop::new().until(Instant::now() + limits.timeout);
-    let _dropped = own.raise_on_drop();
-    let stops = [own, stop];
+    let stops = StatementStops::new(&stop, limits);
+    let _dropped = stops.own.raise_on_drop();
     prepare_connection_sqlite(conn, grant, stops.clone()).await?;
     let mut outcome = sqlite_statement(conn, limits, run, statement, params).await;
     if let Err(failure) = &mut outcome
-        && stops.iter().any(Stop::is_due)
+        && stops.is_due()
         && !matches!(failure.error, SqlError::Timeout(_))
     {
         // Stopped while it waited for a lock (the busy handler gives up
