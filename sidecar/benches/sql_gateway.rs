@@ -25,7 +25,8 @@
 //! (skipped with a message when there are none). Rows alternate over
 //! three rounds; the median round's throughput is kept, and the
 //! latencies of all rounds are pooled. Run with `./dev bench` or `cargo
-//! bench -p gatehouse --bench sql_gateway`.
+//! bench -p gatehouse --bench sql_gateway`; `SQL_BENCH_ONLY=sqlite` or
+//! `=postgres` runs one database's half.
 #![allow(missing_docs)]
 
 #[allow(dead_code)]
@@ -91,54 +92,67 @@ struct Round {
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let only = std::env::var("SQL_BENCH_ONLY").ok();
+    let runs = |database: &str| only.as_deref().is_none_or(|only| only == database);
     runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bench.db");
-        {
-            let options = gatehouse::databases::sqlite_options(&file);
-            let mut c = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
-            c.execute(sqlx::raw_sql(AssertSqlSafe(format!("{}\n{BIG}", schema())))).await.unwrap();
-            c.close().await.unwrap();
+        if runs("sqlite") {
+            sqlite().await;
         }
-        let direct = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
-            .max_connections(POOL)
-            .connect_with(gatehouse::databases::sqlite_options(&file));
-        let direct = direct.await.unwrap();
-        let unpinged = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
-            .max_connections(POOL)
-            .test_before_acquire(false)
-            .connect_with(gatehouse::databases::sqlite_options(&file));
-        let unpinged = unpinged.await.unwrap();
-        let others = vec![(NO_PING, Direct::Sqlite(unpinged.clone())), (VALUES_READ, Direct::SqliteRead(unpinged))];
-        let settings = DatabaseSettings::sqlite(file.clone());
-        compare("SQLite", settings, Direct::Sqlite(direct), others, |q| q.sqlite).await;
-
-        if !postgres::available() {
-            println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
-            return;
+        if runs("postgres") {
+            postgres().await;
         }
-        let server = postgres::TestPostgres::start("gateway", "bench-pw", "shop");
-        server.psql("ALTER ROLE gateway CREATEROLE");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect(&server.url()).await.unwrap();
-        let pg_schema =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sql/schema.postgres.sql"))
-                .unwrap();
-        sqlx::raw_sql(AssertSqlSafe(format!("{}\n{pg_schema}\n{BIG}", schema()))).execute(&pool).await.unwrap();
-        let settings = DatabaseSettings::postgres(UrlSource::Inline(server.url()));
-        // The relay's own cost: sqlx directly, through a relay of its own.
-        let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
-        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), server.port), Upgrade::Never).unwrap();
-        let relayed =
-            sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect_with(relay.options(&options)).await;
-        let unpinged = sqlx::postgres::PgPoolOptions::new().max_connections(POOL).test_before_acquire(false);
-        let unpinged = unpinged.connect_with(options.clone()).await.unwrap();
-        let others = vec![
-            (NO_PING, Direct::Postgres(unpinged.clone())),
-            (VALUES_READ, Direct::PostgresRead(unpinged)),
-            ("sqlx through the relay", Direct::Postgres(relayed.unwrap())),
-        ];
-        compare("PostgreSQL", settings, Direct::Postgres(pool), others, |q| q.postgres).await;
     });
+}
+
+async fn sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bench.db");
+    {
+        let options = gatehouse::databases::sqlite_options(&file);
+        let mut c = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        c.execute(sqlx::raw_sql(AssertSqlSafe(format!("{}\n{BIG}", schema())))).await.unwrap();
+        c.close().await.unwrap();
+    }
+    let direct = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
+        .max_connections(POOL)
+        .connect_with(gatehouse::databases::sqlite_options(&file));
+    let direct = direct.await.unwrap();
+    let unpinged = sqlx::pool::PoolOptions::<sqlx::Sqlite>::new()
+        .max_connections(POOL)
+        .test_before_acquire(false)
+        .connect_with(gatehouse::databases::sqlite_options(&file));
+    let unpinged = unpinged.await.unwrap();
+    let others = vec![(NO_PING, Direct::Sqlite(unpinged.clone())), (VALUES_READ, Direct::SqliteRead(unpinged))];
+    let settings = DatabaseSettings::sqlite(file.clone());
+    compare("SQLite", settings, Direct::Sqlite(direct), others, |q| q.sqlite).await;
+}
+
+async fn postgres() {
+    if !postgres::available() {
+        println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
+        return;
+    }
+    let server = postgres::TestPostgres::start("gateway", "bench-pw", "shop");
+    server.psql("ALTER ROLE gateway CREATEROLE");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect(&server.url()).await.unwrap();
+    let pg_schema =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sql/schema.postgres.sql"))
+            .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("{}\n{pg_schema}\n{BIG}", schema()))).execute(&pool).await.unwrap();
+    let settings = DatabaseSettings::postgres(UrlSource::Inline(server.url()));
+    // The relay's own cost: sqlx directly, through a relay of its own.
+    let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
+    let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), server.port), Upgrade::Never).unwrap();
+    let relayed =
+        sqlx::postgres::PgPoolOptions::new().max_connections(POOL).connect_with(relay.options(&options)).await;
+    let unpinged = sqlx::postgres::PgPoolOptions::new().max_connections(POOL).test_before_acquire(false);
+    let unpinged = unpinged.connect_with(options.clone()).await.unwrap();
+    let others = vec![
+        (NO_PING, Direct::Postgres(unpinged.clone())),
+        (VALUES_READ, Direct::PostgresRead(unpinged)),
+        ("sqlx through the relay", Direct::Postgres(relayed.unwrap())),
+    ];
+    compare("PostgreSQL", settings, Direct::Postgres(pool), others, |q| q.postgres).await;
 }
 
 /// sqlx's pool without its ping before each acquire
