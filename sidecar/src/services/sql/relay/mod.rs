@@ -33,9 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader, BufWriter,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UnixStream};
 
 mod tls;
@@ -156,22 +155,21 @@ impl Relay {
 }
 
 /// sqlx's side of a relayed connection, its startup message already read.
-struct Client<R, W> {
-    read: BufReader<R>,
-    write: BufWriter<W>,
+struct Client {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
     startup: Vec<u8>,
 }
 
 /// One relayed connection, until either side closes it or the relay
 /// refuses a message.
 async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
-    let (read, write) = client.into_split();
-    let (mut read, mut write) = (BufReader::with_capacity(BUFFER, read), BufWriter::with_capacity(BUFFER, write));
+    let (mut read, write) = client.into_split();
     // Read before anything can be refused: closing a socket whose peer is
     // still writing fails that write (EPIPE) and sqlx never sees the
     // refusal. It also keeps the relay from dialling the server for a
     // client that never says who it is.
-    let startup = match startup_message(&mut read, &mut write).await {
+    let startup = match startup_message(&mut read).await {
         Ok(startup) => startup,
         Err(error) => return tracing::debug!(%error, "a relayed PostgreSQL connection sent no startup message"),
     };
@@ -198,33 +196,27 @@ async fn serve(client: UnixStream, upstream: Arc<(Upstream, Upgrade)>) {
 }
 
 /// sqlx's first message, whole (it has a length but no type byte).
-async fn startup_message<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>) -> io::Result<Vec<u8>>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+async fn startup_message<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<Vec<u8>> {
     let mut length = [0u8; 4];
-    read_exact(from, to, &mut length).await?;
+    from.read_exact(&mut length).await?;
     let declared = u32::from_be_bytes(length);
     if !(8..=MAX_STARTUP).contains(&u64::from(declared)) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a startup message of {declared} bytes")));
     }
     let mut startup = vec![0u8; declared as usize];
     startup[..4].copy_from_slice(&length);
-    read_exact(from, to, &mut startup[4..]).await?;
+    from.read_exact(&mut startup[4..]).await?;
     Ok(startup)
 }
 
-async fn unreachable_server<W: AsyncWrite + Unpin>(client: BufWriter<W>, error: &io::Error) -> io::Result<()> {
+async fn unreachable_server<W: AsyncWrite + Unpin>(client: W, error: &io::Error) -> io::Result<()> {
     refuse(client, "08001", &format!("the relay cannot reach the database: {error}")).await
 }
 
 /// Relays over `server`, first asking it for TLS if `upgrade` says so.
-async fn secured<S, R, W>(mut server: S, upgrade: &Upgrade, client: Client<R, W>) -> io::Result<()>
+async fn secured<S>(mut server: S, upgrade: &Upgrade, client: Client) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
     let (connector, required) = match upgrade {
         Upgrade::Never => return relay_over(server, client).await,
@@ -248,18 +240,15 @@ where
 
 /// Relays between sqlx and `server` until either ends: the startup
 /// message first, then each message within its bound.
-async fn relay_over<S, R, W>(server: S, client: Client<R, W>) -> io::Result<()>
+async fn relay_over<S>(server: S, client: Client) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
-    let (server_read, server_write) = tokio::io::split(server);
+    let (server_read, mut server_write) = tokio::io::split(server);
     let limit = AtomicU64::new(UNMARKED);
-    let mut server_write = BufWriter::with_capacity(BUFFER, server_write);
     server_write.write_all(&client.startup).await?;
     let up = to_server(client.read, server_write, &limit);
-    let down = to_client(BufReader::with_capacity(BUFFER, server_read), client.write, &limit);
+    let down = to_client(server_read, client.write, &limit);
     // Whichever side ends first ends the connection: both halves drop.
     tokio::select! {
         done = up => done,
@@ -269,42 +258,93 @@ where
 
 /// sqlx's messages after its startup, unchanged; a `Query` that begins
 /// with [`marker`] sets the limit.
-async fn to_server<R, W>(mut from: BufReader<R>, mut to: BufWriter<W>, limit: &AtomicU64) -> io::Result<()>
+async fn to_server<R, W>(from: R, to: W, limit: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    loop {
-        let mut header = [0u8; 5];
-        read_exact(&mut from, &mut to, &mut header).await?;
-        let body = body_length(&header)?;
-        to.write_all(&header).await?;
-        let mut head = [0u8; 64];
-        let head_len = if header[0] == b'Q' { body.min(head.len() as u64) as usize } else { 0 };
-        read_exact(&mut from, &mut to, &mut head[..head_len]).await?;
-        if let Some(marked) = marked(&head[..head_len]) {
+    let head = |kind, body: u64| if kind == b'Q' { body.min(MARKER_HEAD) as usize } else { 0 };
+    let refusal = forward(from, to, head, |_, _, head| {
+        if let Some(marked) = marked(head) {
             limit.store(marked, Ordering::SeqCst);
         }
-        to.write_all(&head[..head_len]).await?;
-        copy(&mut from, &mut to, body - head_len as u64).await?;
-    }
+        None
+    });
+    refusal.await.map(drop)
 }
 
 /// The server's messages to sqlx, each within the limit.
-async fn to_client<R, W>(mut from: BufReader<R>, mut to: BufWriter<W>, limit: &AtomicU64) -> io::Result<()>
+async fn to_client<R, W>(from: R, mut to: W, limit: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let over = forward(from, &mut to, |_, _| 0, |kind, body, _| over_limit(kind, body, limit.load(Ordering::SeqCst)));
+    let over = over.await?;
+    refuse(to, OVERSIZED, &over).await
+}
+
+/// How much of a `Query`'s text is read before it is passed on: enough for
+/// [`marker`] and its number.
+const MARKER_HEAD: u64 = 64;
+
+/// Passes `from`'s messages on to `to` as they come, each whole read at
+/// once, until one is refused (its reason is returned, and nothing of it
+/// was passed on) or either side fails. `inspect` sees each message's
+/// kind, body length and the first `head(kind, body)` bytes of its body
+/// before any of it is passed on, and refuses it by answering a reason.
+///
+/// One read's messages are checked in place and written in one piece: a
+/// result's rows are many small messages, and a read and a write per
+/// message (or an await per message) would cost more than the rows.
+async fn forward<R, W>(
+    mut from: R,
+    mut to: W,
+    head: impl Fn(u8, u64) -> usize,
+    mut inspect: impl FnMut(u8, u64, &[u8]) -> Option<String>,
+) -> io::Result<String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER];
+    // The start of the buffer not yet passed on: the incomplete header (and
+    // head) of the next message, left over from the last read.
+    let mut held = 0;
+    // What is left of the current message's body once its header is passed.
+    let mut body_left: u64 = 0;
     loop {
-        let mut header = [0u8; 5];
-        read_exact(&mut from, &mut to, &mut header).await?;
-        let body = body_length(&header)?;
-        if let Some(over) = over_limit(header[0], body, limit.load(Ordering::SeqCst)) {
-            return refuse(to, OVERSIZED, &over).await;
+        let read = from.read(&mut buffer[held..]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        to.write_all(&header).await?;
-        copy(&mut from, &mut to, body).await?;
+        let end = held + read;
+        let mut at = 0;
+        loop {
+            let skipped = body_left.min((end - at) as u64);
+            at += skipped as usize;
+            body_left -= skipped;
+            if at == end || end - at < 5 {
+                break;
+            }
+            let header: [u8; 5] = buffer[at..at + 5].try_into().expect("five bytes");
+            let body = body_length(&header)?;
+            let wanted = head(header[0], body);
+            if end - at - 5 < wanted {
+                break;
+            }
+            if let Some(refused) = inspect(header[0], body, &buffer[at + 5..at + 5 + wanted]) {
+                to.write_all(&buffer[..at]).await?;
+                return Ok(refused);
+            }
+            at += 5;
+            body_left = body;
+        }
+        to.write_all(&buffer[..at]).await?;
+        // A TLS stream keeps what it was given until flushed.
+        to.flush().await?;
+        buffer.copy_within(at..end, 0);
+        held = end - at;
     }
 }
 
@@ -338,7 +378,7 @@ fn body_length(header: &[u8; 5]) -> io::Result<u64> {
 }
 
 /// Answers sqlx with an `ErrorResponse` and ends the connection.
-async fn refuse<W: AsyncWrite + Unpin>(mut to: BufWriter<W>, code: &str, message: &str) -> io::Result<()> {
+async fn refuse<W: AsyncWrite + Unpin>(mut to: W, code: &str, message: &str) -> io::Result<()> {
     let mut fields = Vec::new();
     for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', code), (b'M', message)] {
         fields.push(field);
@@ -347,59 +387,11 @@ async fn refuse<W: AsyncWrite + Unpin>(mut to: BufWriter<W>, code: &str, message
     }
     fields.push(0);
     let length = u32::try_from(fields.len() + 4).map_err(|_| io::Error::other("an error message too long"))?;
-    to.write_all(b"E").await?;
-    to.write_all(&length.to_be_bytes()).await?;
-    to.write_all(&fields).await?;
+    let mut answer = vec![b'E'];
+    answer.extend_from_slice(&length.to_be_bytes());
+    answer.extend_from_slice(&fields);
+    to.write_all(&answer).await?;
     to.flush().await
-}
-
-/// What `from` has buffered, reading more (after sending what `to` holds,
-/// since the peer may be waiting for it) if it has nothing.
-async fn fill<'a, R, W>(from: &'a mut BufReader<R>, to: &mut BufWriter<W>) -> io::Result<&'a [u8]>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    if from.buffer().is_empty() {
-        to.flush().await?;
-    }
-    let buffered = from.fill_buf().await?;
-    if buffered.is_empty() {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(buffered)
-}
-
-async fn read_exact<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>, out: &mut [u8]) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut done = 0;
-    while done < out.len() {
-        let buffered = fill(from, to).await?;
-        let n = buffered.len().min(out.len() - done);
-        out[done..done + n].copy_from_slice(&buffered[..n]);
-        from.consume(n);
-        done += n;
-    }
-    Ok(())
-}
-
-/// Forwards `length` bytes without holding more than the buffer.
-async fn copy<R, W>(from: &mut BufReader<R>, to: &mut BufWriter<W>, mut length: u64) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    while length > 0 {
-        let buffered = fill(from, to).await?;
-        let n = buffered.len().min(usize::try_from(length).unwrap_or(usize::MAX));
-        to.write_all(&buffered[..n]).await?;
-        from.consume(n);
-        length -= n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -534,6 +526,63 @@ mod tests {
             assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
             assert_eq!(upstream.read(&mut [0u8; 1]).await.unwrap(), 0, "the server side stays open");
         }
+    }
+
+    /// Writes `bytes` in pieces cut at `cuts` (offsets), pausing between
+    /// them so that each arrives in a read of its own.
+    async fn dribble<W: AsyncWrite + Unpin>(to: &mut W, bytes: &[u8], cuts: &[usize]) {
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&bytes.len()]) {
+            to.write_all(&bytes[from..cut]).await.unwrap();
+            to.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            from = cut;
+        }
+    }
+
+    /// The relay reads whatever arrives and checks each message in it, so
+    /// a message cut anywhere must be judged as the whole it is. Attacks:
+    /// the marker's `Query` cut inside its text (the limit must still be
+    /// set), rows cut inside their header or body and several in one
+    /// piece (all passed on whole), and an oversized row whose header
+    /// arrives in two pieces after a good row in the same piece (the good
+    /// row is passed on, nothing of the oversized one is).
+    #[tokio::test]
+    async fn messages_cut_anywhere_are_judged_whole() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let relay = Relay::start(Upstream::Tcp("127.0.0.1".into(), port), Upgrade::Never).unwrap();
+        let mut client = UnixStream::connect(relay.dir.path().join(format!(".s.PGSQL.{PORT}"))).await.unwrap();
+        client.write_all(&STARTUP).await.unwrap();
+        let (mut upstream, _) = server.accept().await.unwrap();
+        upstream.read_exact(&mut [0u8; 8]).await.unwrap();
+
+        let max = 100u64;
+        let begin = message(b'Q', format!("{}BEGIN\0", marker(max)).as_bytes());
+        dribble(&mut client, &begin, &[2, 5, 6, 20, 30]).await;
+        let mut got = vec![0u8; begin.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, begin, "the query reaches the server whole");
+
+        let row = |n: u64, fill: u8| message(b'D', &vec![fill; n as usize]);
+        let rows = [row(max, b'a'), row(3, b'b'), row(max + ROW_SLACK, b'c'), row(0, b'd')].concat();
+        dribble(&mut upstream, &rows, &[1, 4, 5, 50, 110, 115, 120]).await;
+        for (n, fill) in [(max, b'a'), (3, b'b'), (max + ROW_SLACK, b'c'), (0, b'd')] {
+            assert_eq!(read_message(&mut client).await, (b'D', vec![fill; n as usize]));
+        }
+
+        let over = row(max + ROW_SLACK + 1, b'x');
+        let good = row(7, b'g');
+        let piece = [&good[..], &over[..2]].concat();
+        dribble(&mut upstream, &[piece, over[2..5].to_vec()].concat(), &[good.len() + 2]).await;
+        assert_eq!(read_message(&mut client).await, (b'D', vec![b'g'; 7]));
+        let (kind, body) = read_message(&mut client).await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(kind, b'E', "{text}");
+        assert!(text.contains(OVERSIZED) && text.contains("max_result_bytes = 100"), "{text}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
     }
 
     /// A server that cannot be reached is said so in PostgreSQL's words,
