@@ -444,6 +444,43 @@ async fn a_slow_statement_times_out_on_postgres() {
     a_slow_statement_times_out(Dialect::Postgres).await;
 }
 
+/// A write that reaches its commit past its deadline commits nothing: it
+/// is `timeout` and the table is unchanged. Attack (the third outside
+/// review): one row of flattened calls over a large value (of a column, so
+/// not computed once as a constant), in a program too short to reach
+/// SQLite's progress check (every 1,000 instructions),
+/// so nothing stopped it before its commit; the caller was answered
+/// `timeout` for a write that stood, and a retry doubled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_ends_past_its_deadline_commits_nothing_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let copies = vec!["a"; 120].join(" + ");
+    let sql = format!(
+        "INSERT INTO audit_log (at, actor, action) SELECT {copies}, 'x', 'y' \
+         FROM (SELECT length(upper(?1 || name)) AS a FROM products WHERE id = 1)"
+    );
+    let params = [Value::Text("x".repeat((1 << 20) - 16))];
+    let before = db.count("SELECT count(*) FROM audit_log").await;
+    let late = policy("timeout = \"10ms\"");
+    let checked = checked(Door::Gatehouse, Dialect::Sqlite, &late, &sql, &params).unwrap();
+    let mut connection =
+        SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &late), &Stop::new()).await.unwrap();
+    let error = connection.execute(&checked, &sql, &params, Limits::from(&late)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    drop(connection);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log").await, before, "nothing committed");
+
+    // Within its deadline the same write commits.
+    let policy = policy("");
+    let mut connection =
+        SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
+    assert_eq!(connection.execute(&checked, &sql, &params, Limits::from(&policy)).await.unwrap(), 1);
+    drop(connection);
+    assert_eq!(db.count("SELECT count(*) FROM audit_log").await, before + 1);
+}
+
 /// The executor refuses a NUL in the text it runs, whatever was checked:
 /// both databases read a NUL as the end of the text, so `DELETE … --
 /// \0\n WHERE …` would run without its WHERE (an outside review deleted

@@ -396,6 +396,9 @@ pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result
     if rc != ffi::SQLITE_OK {
         return Err(GuardError::Sqlite(rc));
     }
+    // SAFETY: as for the busy handler; `refuse_late_commit` only makes
+    // shared references. (It returns the previous hook, none.)
+    unsafe { ffi::sqlite3_commit_hook(raw, Some(refuse_late_commit), user) };
     let progress = Arc::clone(&slot);
     handle.set_progress_handler(1000, move || progress.may_go_on());
     drop(handle);
@@ -643,6 +646,25 @@ unsafe extern "C" fn wait_for_lock(slot: *mut c_void, waits: c_int) -> c_int {
         true
     }));
     c_int::from(wait.unwrap_or(false))
+}
+
+/// SQLite's commit hook: a statement whose progress check says stop (its
+/// deadline past, its invocation ended) commits nothing. SQLite turns the
+/// commit into a rollback and the statement fails
+/// (`SQLITE_CONSTRAINT_COMMITHOOK`), which the executor reports as
+/// `timeout`. The progress handler runs only every 1,000 instructions, so a
+/// short program whose one row ran long (flattened calls on large values)
+/// reached its commit unchecked: an outside review saw writes answered
+/// `timeout` and committed, which a client retrying on `timeout` doubles.
+/// The sidecar's own `COMMIT` of a plugin's transaction runs with no check
+/// ([`enter_host`]), so it is never refused here. Returns non-zero to refuse.
+unsafe extern "C" fn refuse_late_commit(slot: *mut c_void) -> c_int {
+    let go_on = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `slot` is the pointer `install` registered with this
+        // hook, valid while the connection is open.
+        unsafe { &*slot.cast::<Slot>() }.may_go_on()
+    }));
+    c_int::from(!go_on.unwrap_or(false))
 }
 
 /// SQLite's destructor for the slot.
