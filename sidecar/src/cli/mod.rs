@@ -208,6 +208,7 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    end_runtime(runtime);
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -215,6 +216,21 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// How long the process waits, once its command is done, for threads
+/// still busy in work nothing awaits any more.
+const THREADS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends the async runtime without waiting more than [`THREADS_WAIT`] for
+/// its threads. Dropping it would wait for every one, and a thread stepping
+/// a SQLite statement that no check reaches (one row of uninterruptible
+/// work, see the README) kept a stopped server alive for a minute after
+/// SIGTERM (an outside review); `gatehouse run` has by then drained, and
+/// stopped what it could (`Runtime::stop_all`). The process exits with such
+/// a thread mid-statement, as on a crash, which SQLite's journal undoes.
+fn end_runtime(runtime: tokio::runtime::Runtime) {
+    runtime.shutdown_timeout(THREADS_WAIT);
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -286,5 +302,30 @@ fn init_tracing(default: &str, format: LogFormat) {
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(json_log::JsonLines)
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// A thread busy in work nothing awaits any more (as a SQLite statement
+    /// no check reaches) does not keep the process: the runtime ends after
+    /// `THREADS_WAIT`, where dropping it waits for the thread (the outside
+    /// review's minute after SIGTERM).
+    #[test]
+    fn ending_the_runtime_does_not_wait_for_a_busy_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (started, busy) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            tokio::task::block_in_place(|| {
+                started.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(120));
+            })
+        });
+        busy.recv().unwrap();
+        let ending = Instant::now();
+        super::end_runtime(runtime);
+        assert!(ending.elapsed() < Duration::from_secs(60), "{:?}", ending.elapsed());
     }
 }

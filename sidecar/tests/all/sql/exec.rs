@@ -1019,8 +1019,8 @@ async fn sqlite_values_stop_at_max_value_bytes() {
 /// `replace()`, `trim()` and `LIKE` on a long text and a long needle or
 /// pattern, whose time grows with the product of the two lengths (the
 /// review's `instr` ran minutes past its 2 s deadline, holding its
-/// connection). Each is refused at once as `quota-exceeded`, and the
-/// connection serves the next call.
+/// connection), and `strftime` over a huge format. Each is refused at once
+/// as `quota-exceeded`, and the connection serves the next call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
@@ -1043,6 +1043,17 @@ async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
     let rows = query(&gateway, "p", &policy, "SELECT instr('abcabc', 'ca') AS n FROM products WHERE id = 1", &[]).await;
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
+
+    // The third review: `strftime` over a 1 MiB format of `%J` (~150 ms a
+    // call), copied into 300 places by the flattener, ran 56 s past a 1 s
+    // deadline. Its format is bounded; a real one runs.
+    let copies = vec!["v"; 300].join(", ");
+    let sql = format!("SELECT {copies} FROM (SELECT strftime(?1, quantity) AS v FROM orders WHERE id = 2)");
+    let error = query(&gateway, "p", &policy, &sql, &[Value::Text("%J".repeat(1 << 19))]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("a format of 1048576 bytes"), "{error}");
+    let rows = query(&gateway, "p", &policy, &sql, &[Value::Text("%Y-%m-%d".into())]).await.unwrap();
+    assert_eq!(rows.rows[0].len(), 300);
 }
 
 /// A statement whose compiled program is longer than
@@ -1089,6 +1100,17 @@ async fn many_bounded_calls_in_one_row_stop_at_the_deadline_on_sqlite() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     let rows = query(&gateway, "p", &policy, "SELECT instr('abcabc', 'ca') AS n FROM products WHERE id = 1", &[]).await;
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(3)]]);
+
+    // The third review: `strftime` over a 1 MiB format of `%J` (~150 ms a
+    // call), copied into 300 places by the flattener, ran 56 s past a 1 s
+    // deadline. Its format is bounded; a real one runs.
+    let copies = vec!["v"; 300].join(", ");
+    let sql = format!("SELECT {copies} FROM (SELECT strftime(?1, quantity) AS v FROM orders WHERE id = 2)");
+    let error = query(&gateway, "p", &policy, &sql, &[Value::Text("%J".repeat(1 << 19))]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+    assert!(error.to_string().contains("a format of 1048576 bytes"), "{error}");
+    let rows = query(&gateway, "p", &policy, &sql, &[Value::Text("%Y-%m-%d".into())]).await.unwrap();
+    assert_eq!(rows.rows[0].len(), 300);
 }
 
 /// A table whose schema resolves conflicts with `REPLACE` deletes the rows

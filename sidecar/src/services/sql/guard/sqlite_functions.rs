@@ -1,22 +1,27 @@
 //! SQLite built-ins whose running time grows with the *product* of their
 //! arguments' lengths (`like`, `glob`, `instr`, `replace`, two-argument
-//! `trim`/`ltrim`/`rtrim`), given a bound.
+//! `trim`/`ltrim`/`rtrim`, and the grantable `unhex(x, y)` and
+//! `json_patch`), or whose format is expanded at a far higher cost per
+//! byte than the others' (`strftime`), given a bound.
 //!
 //! One call of a function is one step of SQLite's virtual machine, so the
 //! progress handler (the statement's deadline, a call abandoned by its
 //! caller) is not reached while it runs, and `sqlite3_interrupt` is not
 //! looked at either. An outside review ran `instr()` on a 16 MiB text and an
 //! 8 MiB needle for minutes past the statement's deadline, holding its
-//! connection, its locks and its memory.
+//! connection, its locks and its memory; a third ran one row of `strftime`
+//! over a 1 MiB format of `%J` (each two bytes a `%.16g` number, ~150 ms a
+//! call) copied into 334 places by SQLite's flattener, 56 s past a 1 s
+//! deadline.
 //!
 //! [`register`] gives every pooled connection functions of the same names
-//! and arities. Each refuses a call whose cost (the product of its first two
-//! arguments' lengths in bytes) is over [`COST_LIMIT`] with `SQLITE_TOOBIG`
-//! (`quota-exceeded`), and otherwise evaluates SQLite's own built-in on a
-//! private in-memory connection of the calling thread, so its answers are
-//! SQLite's, byte for byte. The private connection takes the calling
-//! connection's `SQLITE_LIMIT_LENGTH` and `SQLITE_LIKE_PATTERN_LENGTH`
-//! before each call, and SQLite's process-wide heap limit covers it.
+//! and arities. Each refuses a call over its [`Bound`] with `SQLITE_TOOBIG`
+//! (`quota-exceeded`), asks the statement's progress check, and otherwise
+//! evaluates SQLite's own built-in on a private in-memory connection of
+//! the calling thread, so its answers are SQLite's, byte for byte. The
+//! private connection takes the calling connection's `SQLITE_LIMIT_LENGTH`
+//! and `SQLITE_LIKE_PATTERN_LENGTH` before each call, and SQLite's
+//! process-wide heap limit covers it.
 //!
 //! Cost of the indirection: a statement step and two or three value copies
 //! per call; `LIKE` also loses SQLite's index optimisation for a constant
@@ -26,6 +31,7 @@
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{CStr, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
@@ -38,17 +44,33 @@ use libsqlite3_sys as ffi;
 /// machines. A number counts as 32 bytes (its text), `NULL` as 0.
 pub const COST_LIMIT: u64 = 1 << 28;
 
-/// The functions given a bound: name, arity, and the statement evaluating
-/// SQLite's own built-in on the private connection.
-const BOUNDED: &[(&CStr, c_int, &CStr)] = &[
-    (c"like", 2, c"SELECT like(?1, ?2)"),
-    (c"like", 3, c"SELECT like(?1, ?2, ?3)"),
-    (c"glob", 2, c"SELECT glob(?1, ?2)"),
-    (c"instr", 2, c"SELECT instr(?1, ?2)"),
-    (c"replace", 3, c"SELECT replace(?1, ?2, ?3)"),
-    (c"trim", 2, c"SELECT trim(?1, ?2)"),
-    (c"ltrim", 2, c"SELECT ltrim(?1, ?2)"),
-    (c"rtrim", 2, c"SELECT rtrim(?1, ?2)"),
+/// Longest format (bytes) one `strftime` call may expand: real formats are
+/// tens of bytes; at this bound a call costs ~0.1 ms, where a 1 MiB one
+/// cost ~150 ms.
+pub const FORMAT_LIMIT: u64 = 1 << 10;
+
+/// What one call of a bounded function may cost.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// The product of its first two arguments' lengths, at most [`COST_LIMIT`].
+    Product,
+    /// Its first argument's length, at most [`FORMAT_LIMIT`].
+    Format,
+}
+
+/// The functions given a bound: name, arity (-1: any), and bound.
+const BOUNDED: &[(&CStr, c_int, Bound)] = &[
+    (c"like", 2, Bound::Product),
+    (c"like", 3, Bound::Product),
+    (c"glob", 2, Bound::Product),
+    (c"instr", 2, Bound::Product),
+    (c"replace", 3, Bound::Product),
+    (c"trim", 2, Bound::Product),
+    (c"ltrim", 2, Bound::Product),
+    (c"rtrim", 2, Bound::Product),
+    (c"unhex", 2, Bound::Product),
+    (c"json_patch", 2, Bound::Product),
+    (c"strftime", -1, Bound::Format),
 ];
 
 /// Registers the bounded functions on `db`, replacing SQLite's built-ins
@@ -83,29 +105,59 @@ pub(super) unsafe fn register(db: *mut ffi::sqlite3) -> Result<(), c_int> {
     Ok(())
 }
 
-/// The cost of one call, from its first two arguments (see [`COST_LIMIT`]).
+/// A value's length for [`Bound`]: a number counts as 32 bytes (its text),
+/// `NULL` as 0.
 ///
 /// # Safety
-/// Each pointer must be a live argument of the current call.
-unsafe fn cost(first: *mut ffi::sqlite3_value, second: *mut ffi::sqlite3_value) -> u64 {
-    // SAFETY: live arguments (the caller's promise). Only the type and the
+/// `value` must be a live argument of the current call.
+unsafe fn length(value: *mut ffi::sqlite3_value) -> u64 {
+    // SAFETY: a live argument (the caller's promise). Only the type and the
     // length are read; for text and blobs neither converts the value.
-    let length = |value| unsafe {
+    unsafe {
         match ffi::sqlite3_value_type(value) {
             ffi::SQLITE_TEXT | ffi::SQLITE_BLOB => ffi::sqlite3_value_bytes(value).max(0) as u64,
             ffi::SQLITE_NULL => 0,
             _ => 32,
         }
-    };
-    length(first).saturating_mul(length(second))
+    }
+}
+
+/// Why a call of `name` with `args` is over `bound`, if it is.
+///
+/// # Safety
+/// Each pointer must be a live argument of the current call.
+unsafe fn over_bound(name: &CStr, bound: Bound, args: &[*mut ffi::sqlite3_value]) -> Option<String> {
+    let name = name.to_string_lossy();
+    // SAFETY: live arguments (the caller's promise).
+    let length = |at: usize| args.get(at).map_or(0, |value| unsafe { length(*value) });
+    match bound {
+        Bound::Product => {
+            let cost = length(0).saturating_mul(length(1));
+            (cost > COST_LIMIT).then(|| {
+                format!(
+                    "{name}(): its first two arguments' lengths multiply to {cost}, over its cost bound of {COST_LIMIT}"
+                )
+            })
+        }
+        Bound::Format => {
+            let format = length(0);
+            (format > FORMAT_LIMIT)
+                .then(|| format!("{name}(): a format of {format} bytes, over its bound of {FORMAT_LIMIT}"))
+        }
+    }
 }
 
 /// A private in-memory connection of one thread, with SQLite's own
-/// built-ins, and one prepared statement per bounded function.
+/// built-ins, and the statements evaluating them, prepared on first use.
 struct Private {
     db: *mut ffi::sqlite3,
-    statements: Vec<*mut ffi::sqlite3_stmt>,
+    /// By index in [`BOUNDED`] and number of arguments.
+    statements: HashMap<(usize, usize), *mut ffi::sqlite3_stmt>,
 }
+
+/// Most statements a [`Private`] keeps (a variadic function has one per
+/// number of arguments): past it they are all finalized.
+const MAX_PRIVATE_STATEMENTS: usize = 64;
 
 impl Private {
     fn open() -> Option<Private> {
@@ -114,34 +166,47 @@ impl Private {
         // SAFETY: a NUL-terminated name and an out-pointer; the handle is
         // closed below on failure, or by `Drop`.
         let rc = unsafe { ffi::sqlite3_open_v2(c":memory:".as_ptr(), &mut db, flags, ptr::null()) };
-        let mut private = Private { db, statements: Vec::with_capacity(BOUNDED.len()) };
+        let private = Private { db, statements: HashMap::new() };
+        (rc == ffi::SQLITE_OK).then_some(private)
+    }
+
+    /// The statement `SELECT name(?1, …, ?n)` for `BOUNDED[index]` with `n`
+    /// arguments, or SQLite's code when it cannot be prepared.
+    fn statement(&mut self, index: usize, n: usize) -> Result<*mut ffi::sqlite3_stmt, c_int> {
+        if let Some(statement) = self.statements.get(&(index, n)) {
+            return Ok(*statement);
+        }
+        if self.statements.len() >= MAX_PRIVATE_STATEMENTS {
+            self.finalize_all();
+        }
+        let (name, _, _) = BOUNDED[index];
+        let params: Vec<String> = (1..=n).map(|at| format!("?{at}")).collect();
+        let sql = format!("SELECT {}({})", name.to_string_lossy(), params.join(", "));
+        let sql = std::ffi::CString::new(sql).map_err(|_| ffi::SQLITE_MISUSE)?;
+        let mut statement = ptr::null_mut();
+        // SAFETY: `db` is open and used by this thread only; the text is
+        // NUL-terminated (length -1).
+        let rc = unsafe { ffi::sqlite3_prepare_v2(self.db, sql.as_ptr(), -1, &mut statement, ptr::null_mut()) };
         if rc != ffi::SQLITE_OK {
-            return None;
+            return Err(rc);
         }
-        for (_, _, sql) in BOUNDED {
-            let mut statement = ptr::null_mut();
-            // SAFETY: `db` is open and used by this thread only; the text is
-            // NUL-terminated (length -1).
-            let rc = unsafe { ffi::sqlite3_prepare_v2(db, sql.as_ptr(), -1, &mut statement, ptr::null_mut()) };
-            if rc != ffi::SQLITE_OK {
-                return None;
-            }
-            private.statements.push(statement);
+        self.statements.insert((index, n), statement);
+        Ok(statement)
+    }
+
+    fn finalize_all(&mut self) {
+        for (_, statement) in self.statements.drain() {
+            // SAFETY: prepared by `statement` on this connection, finalized once.
+            unsafe { ffi::sqlite3_finalize(statement) };
         }
-        Some(private)
     }
 }
 
 impl Drop for Private {
     fn drop(&mut self) {
-        // SAFETY: statements and connection were opened by `open` on this
-        // thread and are finalized once, statements first.
-        unsafe {
-            for statement in self.statements.drain(..) {
-                ffi::sqlite3_finalize(statement);
-            }
-            ffi::sqlite3_close(self.db);
-        }
+        self.finalize_all();
+        // SAFETY: opened by `open` on this thread, its statements finalized.
+        unsafe { ffi::sqlite3_close(self.db) };
     }
 }
 
@@ -168,21 +233,18 @@ unsafe extern "C" fn call(context: *mut ffi::sqlite3_context, argc: c_int, argv:
 /// As SQLite calls [`call`]: a live context and `argc` live arguments.
 unsafe fn evaluate(context: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *mut ffi::sqlite3_value) {
     // SAFETY: the caller's promise.
-    let (index, args) =
-        unsafe { (ffi::sqlite3_user_data(context) as usize, std::slice::from_raw_parts(argv, argc.max(0) as usize)) };
-    let (Some((name, arity, _)), [first, second, ..]) = (BOUNDED.get(index), args) else {
+    let (index, args) = unsafe {
+        let args = if argc > 0 { std::slice::from_raw_parts(argv, argc as usize) } else { &[] };
+        (ffi::sqlite3_user_data(context) as usize, args)
+    };
+    let Some((name, arity, bound)) = BOUNDED.get(index) else {
         // SAFETY: live context.
         return unsafe { fail(context, c"bounded SQL function called wrongly", ffi::SQLITE_MISUSE) };
     };
-    debug_assert_eq!(*arity as usize, args.len());
+    debug_assert!(*arity < 0 || *arity as usize == args.len());
     // SAFETY: live arguments.
-    let cost = unsafe { cost(*first, *second) };
-    if cost > COST_LIMIT {
-        let message = format!(
-            "{}(): its first two arguments' lengths multiply to {cost}, over its cost bound of {COST_LIMIT}",
-            name.to_string_lossy()
-        );
-        let message = std::ffi::CString::new(message).unwrap_or_default();
+    if let Some(over) = unsafe { over_bound(name, *bound, args) } {
+        let message = std::ffi::CString::new(over).unwrap_or_default();
         // SAFETY: live context.
         return unsafe { fail(context, &message, ffi::SQLITE_TOOBIG) };
     }
@@ -200,9 +262,17 @@ unsafe fn evaluate(context: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *
         if private.is_none() {
             *private = Private::open();
         }
-        let Some(private) = private.as_ref() else {
+        let Some(private) = private.as_mut() else {
             // SAFETY: live context.
             return unsafe { fail(context, c"cannot open the private SQLite connection", ffi::SQLITE_NOMEM) };
+        };
+        let statement = match private.statement(index, args.len()) {
+            Ok(statement) => statement,
+            // SAFETY: live context; SQLite copies the message.
+            Err(code) => unsafe {
+                ffi::sqlite3_result_error(context, ffi::sqlite3_errmsg(private.db), -1);
+                return ffi::sqlite3_result_error_code(context, code);
+            },
         };
         // SAFETY: the private connection and its statements belong to this
         // thread; the outer connection is the one running this call, on
@@ -212,7 +282,6 @@ unsafe fn evaluate(context: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *
             for limit in [ffi::SQLITE_LIMIT_LENGTH, ffi::SQLITE_LIMIT_LIKE_PATTERN_LENGTH] {
                 ffi::sqlite3_limit(private.db, limit, ffi::sqlite3_limit(outer, limit, -1));
             }
-            let statement = private.statements[index];
             for (at, arg) in args.iter().enumerate() {
                 ffi::sqlite3_bind_value(statement, at as c_int + 1, *arg);
             }
@@ -340,7 +409,49 @@ mod tests {
                 }
             }
         }
-        assert!(compared > 2_000, "{compared}");
+        // The grantable quadratic ones, on values of their own kinds too.
+        let more = [
+            text("616263"),
+            text("61-62 63"),
+            text("- "),
+            text(r#"{"a":1,"b":{"c":2}}"#),
+            text(r#"{"b":{"c":null,"d":[1]},"e":"x"}"#),
+            text("[1,2]"),
+            text("not json"),
+        ];
+        for sql in ["unhex(?, ?)", "json_patch(?, ?)"] {
+            for a in values.iter().chain(&more) {
+                for b in values.iter().chain(&more) {
+                    let args = [a.clone(), b.clone()];
+                    let expected = answer(&mut plain, sql, &args).await;
+                    assert_eq!(answer(&mut bounded, sql, &args).await, expected, "{sql} {args:?}");
+                    compared += 1;
+                }
+            }
+        }
+        // strftime with any number of arguments (not `now`: it moves).
+        let formats = [text("%Y-%m-%d %H:%M:%f"), text("%J %s %j %w"), text("%%"), text(""), Arg::Null, Arg::Int(5)];
+        let times =
+            [text("2026-12-05 04:20:00.5"), text("2460000.5"), Arg::Int(1_700_000_000), text("junk"), Arg::Null];
+        let modifiers = [text("+1 day"), text("start of month"), text("unixepoch"), text("bogus")];
+        for format in &formats {
+            let args = [format.clone()];
+            let (ours, sqlites) =
+                (answer(&mut bounded, "strftime(?)", &args).await, answer(&mut plain, "strftime(?)", &args).await);
+            assert_eq!(ours.split(' ').next(), sqlites.split(' ').next(), "{args:?}: the same type");
+            for time in &times {
+                let args = [format.clone(), time.clone()];
+                let expected = answer(&mut plain, "strftime(?, ?)", &args).await;
+                assert_eq!(answer(&mut bounded, "strftime(?, ?)", &args).await, expected, "{args:?}");
+                for modifier in &modifiers {
+                    let args = [format.clone(), time.clone(), modifier.clone(), text("+2 hours")];
+                    let expected = answer(&mut plain, "strftime(?, ?, ?, ?)", &args).await;
+                    assert_eq!(answer(&mut bounded, "strftime(?, ?, ?, ?)", &args).await, expected, "{args:?}");
+                    compared += 2;
+                }
+            }
+        }
+        assert!(compared > 2_500, "{compared}");
     }
 
     #[tokio::test]
@@ -354,6 +465,30 @@ mod tests {
                 sqlx::query(sql).bind(&haystack).bind(&needle).fetch_one(&mut bounded).await.map(|_| ()).unwrap_err();
             let database = error.as_database_error().expect("a database error");
             assert_eq!(database.code().as_deref(), Some("18"), "{sql}: {database}"); // SQLITE_TOOBIG
+        }
+        // The grantable quadratic ones.
+        let hex = "61".repeat(1 << 19);
+        for sql in ["SELECT unhex(?1, ?2)", "SELECT json_patch(?1, ?2)"] {
+            let error =
+                sqlx::query(sql).bind(&hex).bind(&needle).fetch_one(&mut bounded).await.map(|_| ()).unwrap_err();
+            let database = error.as_database_error().expect("a database error");
+            assert_eq!(database.code().as_deref(), Some("18"), "{sql}: {database}");
+            assert!(database.message().contains("cost bound"), "{database}");
+        }
+        // strftime: a format over its bound, whatever follows it; one at it runs.
+        for sql in [
+            "SELECT strftime(?1)",
+            "SELECT strftime(?1, 0, 'unixepoch')",
+            "SELECT strftime(?1, 0, 'unixepoch', '+1 day')",
+        ] {
+            let long = "%J".repeat(FORMAT_LIMIT as usize / 2 + 1);
+            let error = sqlx::query(sql).bind(&long).fetch_one(&mut bounded).await.map(|_| ()).unwrap_err();
+            let database = error.as_database_error().expect("a database error");
+            assert_eq!(database.code().as_deref(), Some("18"), "{sql}: {database}");
+            assert!(database.message().contains("a format of 1026 bytes"), "{database}");
+            let at = "%Y".repeat(FORMAT_LIMIT as usize / 2);
+            let row = sqlx::query(sql).bind(&at).fetch_one(&mut bounded).await.unwrap();
+            assert_eq!(row.get::<String, _>(0).len(), 2 * FORMAT_LIMIT as usize, "{sql}");
         }
         // Just under the limit: SQLite's answer.
         let needle = "a".repeat(255);
