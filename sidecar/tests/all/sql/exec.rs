@@ -1061,7 +1061,9 @@ async fn a_function_call_past_its_cost_bound_is_refused_on_sqlite() {
 /// Attack (the second review of 2026-12-05): a sub-query's expression
 /// referenced 2,000 times, which SQLite copies into every reference (the
 /// checker counts it once): one row ran 13 s past a 1 s deadline. The
-/// same shape with a few references runs.
+/// same shape with a few references runs, and so does an `IN` list of the
+/// gateway's most parameters (the third review: more than 441 were
+/// refused, where ORMs send batches of up to 999).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_compiled_past_its_program_bound_is_refused_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
@@ -1073,9 +1075,15 @@ async fn a_statement_compiled_past_its_program_bound_is_refused_on_sqlite() {
     };
     let rows = query(&gateway, "p", &policy, &referenced(3), &[]).await.unwrap();
     assert_eq!(rows.rows.len(), 1);
-    let error = query(&gateway, "p", &policy, &referenced(2_000), &[]).await.unwrap_err();
+    let error = query(&gateway, "p", &policy, &referenced(1_900), &[]).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
     assert!(error.to_string().contains("compiled program"), "{error}");
+
+    let ids: Vec<Value> = (1..=gatehouse::services::sql::exec::MAX_PARAMS as i64).map(Value::Int).collect();
+    let marks = vec!["?"; ids.len()].join(", ");
+    let sql = format!("SELECT id FROM products WHERE id IN ({marks})");
+    let rows = query(&gateway, "p", &policy, &sql, &ids).await.unwrap();
+    assert_eq!(rows.rows.len() as i64, db.count("SELECT count(*) FROM products").await);
 }
 
 /// SQLite runs its progress handler (deadline, abandoned call) only at
