@@ -454,6 +454,24 @@ mod tests {
         assert!(compared > 2_500, "{compared}");
     }
 
+    /// A thread's private statements (one per function and number of
+    /// arguments) are kept for reuse, and never more than
+    /// `MAX_PRIVATE_STATEMENTS` of them.
+    #[test]
+    fn private_statements_are_kept_and_bounded() {
+        let mut private = Private::open().unwrap();
+        let strftime = BOUNDED.iter().position(|(name, _, _)| *name == c"strftime").unwrap();
+        for n in 1..=10 {
+            private.statement(strftime, n).unwrap();
+        }
+        assert_eq!(private.statements.len(), 10, "each kept");
+        for n in 1..=200 {
+            private.statement(strftime, n).unwrap();
+            assert!(private.statements.len() <= MAX_PRIVATE_STATEMENTS);
+        }
+        assert!(private.statements.contains_key(&(strftime, 200)));
+    }
+
     #[tokio::test]
     async fn calls_past_the_cost_limit_are_too_big_and_others_run() {
         let mut bounded = connection(true).await;
