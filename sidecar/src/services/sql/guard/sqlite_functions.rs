@@ -472,6 +472,27 @@ mod tests {
         assert!(private.statements.contains_key(&(strftime, 200)));
     }
 
+    /// A thread's private connection is closed when the thread ends:
+    /// tokio's blocking threads come and go, and each would otherwise
+    /// leave one behind.
+    #[test]
+    fn a_private_connection_ends_with_its_thread() {
+        // SAFETY: a read of SQLite's global counter.
+        let used = || unsafe { ffi::sqlite3_memory_used() };
+        let before = used();
+        std::thread::spawn(move || {
+            PRIVATE.with(|private| {
+                let mut opened = Private::open().unwrap();
+                opened.statement(0, 2).unwrap();
+                *private.borrow_mut() = Some(opened);
+            });
+            assert!(used() > 0);
+        })
+        .join()
+        .unwrap();
+        assert!(used() <= before + 4096, "{} bytes left of {}", used() - before, before);
+    }
+
     #[tokio::test]
     async fn calls_past_the_cost_limit_are_too_big_and_others_run() {
         let mut bounded = connection(true).await;
