@@ -707,20 +707,32 @@ async fn sqlite(
     let _dropped = stops.own.raise_on_drop();
     prepare_connection_sqlite(conn, grant, stops.clone()).await?;
     let mut outcome = sqlite_statement(conn, limits, run, statement, params).await;
-    if let Err(failure) = &mut outcome
-        && stops.is_due()
-        && !matches!(failure.error, SqlError::Timeout(_))
-    {
-        // Stopped while it waited for a lock (the busy handler gives up
-        // with `SQLITE_BUSY`) or between steps: it is the deadline or the
-        // invocation's end, not a busy database, that ended it.
-        *failure = Failure {
-            error: SqlError::Timeout("the statement was stopped: its deadline passed or its invocation ended".into()),
-            clean: false,
-        };
+    let stopped = || Failure {
+        error: SqlError::Timeout("the statement was stopped: its deadline passed or its invocation ended".into()),
+        clean: false,
+    };
+    if stops.is_due() {
+        match &mut outcome {
+            // Stopped while it waited for a lock (the busy handler gives up
+            // with `SQLITE_BUSY`) or between steps: it is the deadline or
+            // the invocation's end, not a busy database, that ended it.
+            Err(failure) if !matches!(failure.error, SqlError::Timeout(_)) => *failure = stopped(),
+            // Ended past its deadline without meeting a check (one long
+            // row): in a transaction its work would be committed with the
+            // rest, so it fails as an interrupted one does, taking the
+            // transaction with it. (Outside one the commit hook refused a
+            // write's commit, and a read's rows are answered.)
+            Ok(_) if in_transaction => outcome = Err(stopped()),
+            _ => {}
+        }
     }
     // Closed to everything until the next statement enters a grant.
     let open = sqlite_guard::leave_in_transaction(conn);
+    if open != in_transaction && outcome.as_ref().is_err_and(|f| matches!(f.error, SqlError::Timeout(_))) {
+        // SQLite rolls the whole transaction back when it interrupts a
+        // write in it: the transaction ended with the statement, not by it.
+        return Err(stopped());
+    }
     if open != in_transaction {
         // Only the executor begins and ends transactions: a statement that
         // did either is refused, and its connection closed (rolling back

@@ -481,6 +481,45 @@ async fn a_write_that_ends_past_its_deadline_commits_nothing_on_sqlite() {
     assert_eq!(db.count("SELECT count(*) FROM audit_log").await, before + 1);
 }
 
+/// In a transaction, a statement past its deadline is `timeout` and ends
+/// the transaction, nothing of it committed, however it got there.
+/// Attacks (the fourth outside review): one long row that meets no
+/// progress check (it was answered success, ~1.2 s past a 300 ms
+/// deadline, and committed with the transaction), and a write the progress
+/// handler interrupts (SQLite then rolls the whole transaction back, which
+/// was reported as `denied`, "began or ended a transaction").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("timeout = \"10ms\"");
+    let limits = Limits::from(&policy);
+    let first = "INSERT INTO audit_log (at, actor, action) VALUES ('first', 'x', 'y')";
+    let copies = vec!["a"; 120].join(" + ");
+    let long_row = format!(
+        "INSERT INTO audit_log (at, actor, action) SELECT {copies}, 'x', 'y' \
+         FROM (SELECT length(upper(?1 || name)) AS a FROM products WHERE id = 1)"
+    );
+    let many_rows = "INSERT INTO audit_log (at, actor, action) WITH RECURSIVE r(i) AS \
+                     (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) SELECT i, 'x', 'y' FROM r";
+    let big = [Value::Text("x".repeat((1 << 20) - 16))];
+    let before = db.count("SELECT count(*) FROM audit_log").await;
+    for (sql, params) in [(long_row.as_str(), &big[..]), (many_rows, &[][..])] {
+        let mut connection =
+            SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
+        connection.begin(limits).await.unwrap();
+        let checked_first = checked(Door::Gatehouse, Dialect::Sqlite, &policy, first, &[]).unwrap();
+        connection.execute(&checked_first, first, &[], limits).await.unwrap();
+        let heavy = checked(Door::Gatehouse, Dialect::Sqlite, &policy, sql, params).unwrap();
+        let error = connection.execute(&heavy, sql, params, limits).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Timeout, "{sql}: {error}");
+        assert!(connection.commit().await.is_err(), "{sql}: the transaction ended with its statement");
+        drop(connection);
+        assert_eq!(db.count("SELECT count(*) FROM audit_log").await, before, "{sql}: nothing committed");
+    }
+}
+
 /// The executor refuses a NUL in the text it runs, whatever was checked:
 /// both databases read a NUL as the end of the text, so `DELETE … --
 /// \0\n WHERE …` would run without its WHERE (an outside review deleted
