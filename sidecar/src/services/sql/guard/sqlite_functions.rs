@@ -49,13 +49,26 @@ pub const COST_LIMIT: u64 = 1 << 28;
 /// cost ~150 ms.
 pub const FORMAT_LIMIT: u64 = 1 << 10;
 
+/// Most bytes one `json_extract` call may walk: its document's length
+/// times its paths. A walk costs ~8 ns a byte here (a path such as
+/// `$[#-1]` crosses an array twice), so this is ~70 ms a call; a 1 MiB
+/// document may be asked 8 paths at once.
+pub const WALK_LIMIT: u64 = 1 << 23;
+
 /// What one call of a bounded function may cost.
 #[derive(Clone, Copy)]
 enum Bound {
     /// The product of its first two arguments' lengths, at most [`COST_LIMIT`].
     Product,
+    /// A JSON patch: the target and the patch's lengths together times the
+    /// patch's (each key of the patch is looked for among the target's and
+    /// those added before it), at most [`COST_LIMIT`].
+    Patch,
     /// Its first argument's length, at most [`FORMAT_LIMIT`].
     Format,
+    /// Its first argument's length times the number of the others (each a
+    /// path walked through it), at most [`WALK_LIMIT`].
+    Walks,
 }
 
 /// The functions given a bound: name, arity (-1: any), and bound.
@@ -69,8 +82,10 @@ const BOUNDED: &[(&CStr, c_int, Bound)] = &[
     (c"ltrim", 2, Bound::Product),
     (c"rtrim", 2, Bound::Product),
     (c"unhex", 2, Bound::Product),
-    (c"json_patch", 2, Bound::Product),
+    (c"json_patch", 2, Bound::Patch),
+    (c"jsonb_patch", 2, Bound::Patch),
     (c"strftime", -1, Bound::Format),
+    (c"json_extract", -1, Bound::Walks),
 ];
 
 /// Registers the bounded functions on `db`, replacing SQLite's built-ins
@@ -81,7 +96,10 @@ const BOUNDED: &[(&CStr, c_int, Bound)] = &[
 /// call.
 pub(super) unsafe fn register(db: *mut ffi::sqlite3) -> Result<(), c_int> {
     for (index, (name, arity, _)) in BOUNDED.iter().enumerate() {
-        let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC;
+        // A JSON result keeps its subtype (so that `json_object` nests it
+        // as JSON, not as a string), as SQLite's own functions' do: the
+        // flag says so to SQLite.
+        let flags = ffi::SQLITE_UTF8 | ffi::SQLITE_DETERMINISTIC | ffi::SQLITE_RESULT_SUBTYPE;
         // SAFETY: `db` is open and ours for the call (the caller's promise);
         // the name is NUL-terminated and static; the user data is an index,
         // never dereferenced.
@@ -136,6 +154,26 @@ unsafe fn over_bound(name: &CStr, bound: Bound, args: &[*mut ffi::sqlite3_value]
             (cost > COST_LIMIT).then(|| {
                 format!(
                     "{name}(): its first two arguments' lengths multiply to {cost}, over its cost bound of {COST_LIMIT}"
+                )
+            })
+        }
+        Bound::Patch => {
+            let cost = length(0).saturating_add(length(1)).saturating_mul(length(1));
+            (cost > COST_LIMIT).then(|| {
+                format!(
+                    "{name}(): a patch of {} bytes on {} bytes costs {cost}, over its cost bound of {COST_LIMIT}",
+                    length(1),
+                    length(0)
+                )
+            })
+        }
+        Bound::Walks => {
+            let walked = length(0).saturating_mul(args.len().saturating_sub(1).max(1) as u64);
+            (walked > WALK_LIMIT).then(|| {
+                format!(
+                    "{name}(): {} paths through {} bytes walk {walked}, over its bound of {WALK_LIMIT}",
+                    args.len().saturating_sub(1),
+                    length(0)
                 )
             })
         }
@@ -286,6 +324,7 @@ unsafe fn evaluate(context: *mut ffi::sqlite3_context, argc: c_int, argv: *mut *
                 ffi::sqlite3_bind_value(statement, at as c_int + 1, *arg);
             }
             match ffi::sqlite3_step(statement) {
+                // The copy keeps the value's subtype.
                 ffi::SQLITE_ROW => ffi::sqlite3_result_value(context, ffi::sqlite3_column_value(statement, 0)),
                 _ => {
                     let code = ffi::sqlite3_errcode(private.db);
@@ -419,10 +458,35 @@ mod tests {
             text("[1,2]"),
             text("not json"),
         ];
-        for sql in ["unhex(?, ?)", "json_patch(?, ?)"] {
+        for sql in ["unhex(?, ?)", "json_patch(?, ?)", "jsonb_patch(?, ?)"] {
             for a in values.iter().chain(&more) {
                 for b in values.iter().chain(&more) {
                     let args = [a.clone(), b.clone()];
+                    let expected = answer(&mut plain, sql, &args).await;
+                    assert_eq!(answer(&mut bounded, sql, &args).await, expected, "{sql} {args:?}");
+                    compared += 1;
+                }
+            }
+        }
+        // json_extract with one path or several, and nested in the JSON
+        // functions, which read its result's subtype.
+        let docs = [
+            text(r#"{"a":1,"b":{"c":[1,2,{"d":"x"}]},"e":null,"f":"s"}"#),
+            text("[1,[2,3],{\"k\":true}]"),
+            text("not json"),
+            Arg::Null,
+            Arg::Int(3),
+        ];
+        let paths = [text("$"), text("$.b"), text("$.b.c[2]"), text("$[#-1]"), text("$.f"), text("$.e"), text("bad")];
+        for doc in &docs {
+            for path in &paths {
+                for sql in [
+                    "json_extract(?, ?)",
+                    "json_object('k', json_extract(?, ?))",
+                    "json_array(json_extract(?, ?))",
+                    "json_extract(?, ?, '$.a', '$[0]')",
+                ] {
+                    let args = [doc.clone(), path.clone()];
                     let expected = answer(&mut plain, sql, &args).await;
                     assert_eq!(answer(&mut bounded, sql, &args).await, expected, "{sql} {args:?}");
                     compared += 1;
@@ -514,6 +578,28 @@ mod tests {
             assert_eq!(database.code().as_deref(), Some("18"), "{sql}: {database}");
             assert!(database.message().contains("cost bound"), "{database}");
         }
+        // A patch costs with its own length squared, whatever the target.
+        let patch = format!("{{{}}}", (0..100_000).map(|k| format!("\"k{k}\":1")).collect::<Vec<_>>().join(","));
+        for sql in ["SELECT json_patch('{}', ?1)", "SELECT jsonb_patch('{}', ?1)"] {
+            let error = sqlx::query(sql).bind(&patch).fetch_one(&mut bounded).await.map(|_| ()).unwrap_err();
+            let database = error.as_database_error().expect("a database error");
+            assert_eq!(database.code().as_deref(), Some("18"), "{sql}: {database}");
+        }
+        // json_extract: a document's length times its paths.
+        let document = format!("[{}]", vec!["1"; 500_000].join(","));
+        let walks = |n: usize| {
+            let paths = vec!["'$[#-1]'"; n].join(", ");
+            format!("SELECT json_extract(?1, {paths})")
+        };
+        let most = (WALK_LIMIT / document.len() as u64) as usize;
+        assert!(most >= 8, "{most}");
+        let error = sqlx::query(sqlx::AssertSqlSafe(walks(most + 1))).bind(&document).fetch_one(&mut bounded).await;
+        let error = error.map(|_| ()).unwrap_err();
+        let database = error.as_database_error().expect("a database error");
+        assert_eq!(database.code().as_deref(), Some("18"), "{database}");
+        assert!(database.message().contains("paths through"), "{database}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(walks(most))).bind(&document).fetch_one(&mut bounded).await.unwrap();
+        assert_eq!(row.get::<String, _>(0), format!("[{}]", vec!["1"; most].join(",")));
         // strftime: a format over its bound, whatever follows it; one at it runs.
         for sql in [
             "SELECT strftime(?1)",
