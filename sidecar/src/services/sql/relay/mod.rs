@@ -445,6 +445,18 @@ mod tests {
         (header[0], body)
     }
 
+    /// What a client reads after a row over `max_result_bytes = 100`: the
+    /// relay's refusal, then nothing, the connection closed.
+    async fn refused_and_closed(client: &mut UnixStream) {
+        let (kind, body) = read_message(client).await;
+        let text = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(kind, b'E', "{text}");
+        assert!(text.contains(OVERSIZED) && text.contains("max_result_bytes = 100"), "{text}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
+    }
+
     /// The relay between a client speaking as sqlx does and a hostile
     /// server on loopback. Attacks: a row one byte past the call's bound
     /// (and one at it), a row declaring 1 GiB that the server never sends
@@ -517,13 +529,7 @@ mod tests {
             header[1..5].copy_from_slice(&(declared as u32 + 4).to_be_bytes());
             upstream.write_all(&[status.clone(), header].concat()).await.unwrap();
             assert_eq!(read_message(&mut client).await.0, b'Z');
-            let (kind, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut client)).await.unwrap();
-            let text = String::from_utf8_lossy(&body).to_string();
-            assert_eq!(kind, b'E', "{text}");
-            assert!(text.contains(OVERSIZED) && text.contains("max_result_bytes = 100"), "{text}");
-            let mut rest = Vec::new();
-            client.read_to_end(&mut rest).await.unwrap();
-            assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
+            tokio::time::timeout(Duration::from_secs(10), refused_and_closed(&mut client)).await.unwrap();
             assert_eq!(upstream.read(&mut [0u8; 1]).await.unwrap(), 0, "the server side stays open");
         }
     }
@@ -576,13 +582,7 @@ mod tests {
         let piece = [&good[..], &over[..2]].concat();
         dribble(&mut upstream, &[piece, over[2..5].to_vec()].concat(), &[good.len() + 2]).await;
         assert_eq!(read_message(&mut client).await, (b'D', vec![b'g'; 7]));
-        let (kind, body) = read_message(&mut client).await;
-        let text = String::from_utf8_lossy(&body).to_string();
-        assert_eq!(kind, b'E', "{text}");
-        assert!(text.contains(OVERSIZED) && text.contains("max_result_bytes = 100"), "{text}");
-        let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "{} more bytes after the refusal", rest.len());
+        refused_and_closed(&mut client).await;
     }
 
     /// A server that cannot be reached is said so in PostgreSQL's words,
