@@ -728,12 +728,12 @@ async fn sqlite(
     }
     // Closed to everything until the next statement enters a grant.
     let open = sqlite_guard::leave_in_transaction(conn);
-    if open != in_transaction && outcome.as_ref().is_err_and(|f| matches!(f.error, SqlError::Timeout(_))) {
-        // SQLite rolls the whole transaction back when it interrupts a
-        // write in it: the transaction ended with the statement, not by it.
-        return Err(stopped());
-    }
     if open != in_transaction {
+        if outcome.as_ref().is_err_and(|f| matches!(f.error, SqlError::Timeout(_))) {
+            // SQLite rolls the whole transaction back when it interrupts a
+            // write in it: it ended with the statement, not by it.
+            return Err(stopped());
+        }
         // Only the executor begins and ends transactions: a statement that
         // did either is refused, and its connection closed (rolling back
         // whatever it opened) instead of going back to the pool.
