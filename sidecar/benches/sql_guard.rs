@@ -99,17 +99,19 @@ async fn sqlite_rows() {
     row("SQLite (file)", median(bares), median(guards));
 }
 
-/// `LIKE` over 10,000 rows: SQLite's built-in against the cost-bounded
-/// function every pooled connection gets (`guard::sqlite_functions`: a
-/// statement step on a private connection per call).
-async fn sqlite_like_rows() {
+/// Bounded built-ins over 10,000 rows (`LIKE`, `json_extract`, `strftime`):
+/// SQLite's own against the functions every pooled connection gets
+/// (`guard::sqlite_functions`: a bound, a deadline check and a statement
+/// step on a private connection per call).
+async fn sqlite_bounded_rows() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteConnectOptions::new().filename(dir.path().join("like.db")).create_if_missing(true);
     let mut bare = SqliteConnection::connect_with(&options).await.unwrap();
     sqlx::raw_sql(
-        "CREATE TABLE words (w TEXT NOT NULL);
+        "CREATE TABLE words (w TEXT NOT NULL, j TEXT NOT NULL, t TEXT NOT NULL);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
-         INSERT INTO words SELECT 'word number ' || i || ' of the benchmark' FROM n;",
+         INSERT INTO words SELECT 'word number ' || i || ' of the benchmark', '{\"n\":' || i || ',\"s\":\"x\"}',
+             datetime(1700000000 + i * 3600, 'unixepoch') FROM n;",
     )
     .execute(&mut bare)
     .await
@@ -117,17 +119,22 @@ async fn sqlite_like_rows() {
     let guarded = SqliteConnection::connect_with(&options.clone().serialized(true)).await.unwrap();
     let mut guarded = sqlite::install(guarded, gatehouse::databases::DEFAULT_MAX_VALUE_BYTES).await.unwrap();
     sqlite::enter_host(&mut guarded);
-    let like = "SELECT count(*) FROM words WHERE w LIKE ?";
-    let (mut bares, mut guards) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        bares.push(timed!({
-            sqlx::query(like).bind("%77%").persistent(false).fetch_one(&mut bare).await.unwrap();
-        }));
-        guards.push(timed!({
-            sqlx::query(like).bind("%77%").persistent(false).fetch_one(guarded.connection()).await.unwrap();
-        }));
+    for (label, sql, param) in [
+        ("LIKE", "SELECT count(*) FROM words WHERE w LIKE ?", "%77%"),
+        ("json_extract", "SELECT sum(json_extract(j, ?)) FROM words", "$.n"),
+        ("strftime", "SELECT count(strftime(?, t)) FROM words", "%Y-%m-%d %H"),
+    ] {
+        let (mut bares, mut guards) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            bares.push(timed!({
+                sqlx::query(sql).bind(param).persistent(false).fetch_one(&mut bare).await.unwrap();
+            }));
+            guards.push(timed!({
+                sqlx::query(sql).bind(param).persistent(false).fetch_one(guarded.connection()).await.unwrap();
+            }));
+        }
+        row(&format!("SQLite, {label} over 10,000 rows (bounded)"), median(bares), median(guards));
     }
-    row("SQLite, LIKE over 10,000 rows (bounded like())", median(bares), median(guards));
 }
 
 async fn pg_rows() {
@@ -167,7 +174,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     runtime.block_on(async {
         sqlite_rows().await;
-        sqlite_like_rows().await;
+        sqlite_bounded_rows().await;
         pg_rows().await;
     });
 }
