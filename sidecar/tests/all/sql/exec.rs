@@ -444,6 +444,20 @@ async fn a_slow_statement_times_out_on_postgres() {
     a_slow_statement_times_out(Dialect::Postgres).await;
 }
 
+/// A write whose one row runs long with no progress check in reach: 120
+/// flattened calls over a value of about 1 MiB (of a column, so not
+/// computed once as a constant), in a program far under the 1,000
+/// instructions between SQLite's progress checks. Its statement and
+/// parameter.
+fn long_row_write() -> (String, [Value; 1]) {
+    let copies = vec!["a"; 120].join(" + ");
+    let sql = format!(
+        "INSERT INTO audit_log (at, actor, action) SELECT {copies}, 'x', 'y' \
+         FROM (SELECT length(upper(?1 || name)) AS a FROM products WHERE id = 1)"
+    );
+    (sql, [Value::Text("x".repeat((1 << 20) - 16))])
+}
+
 /// A write that reaches its commit past its deadline commits nothing: it
 /// is `timeout` and the table is unchanged. Attack (the third outside
 /// review): one row of flattened calls over a large value (of a column, so
@@ -456,12 +470,7 @@ async fn a_write_that_ends_past_its_deadline_commits_nothing_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(pool(2, 2));
     let alias = gateway.alias("db").unwrap();
-    let copies = vec!["a"; 120].join(" + ");
-    let sql = format!(
-        "INSERT INTO audit_log (at, actor, action) SELECT {copies}, 'x', 'y' \
-         FROM (SELECT length(upper(?1 || name)) AS a FROM products WHERE id = 1)"
-    );
-    let params = [Value::Text("x".repeat((1 << 20) - 16))];
+    let (sql, params) = long_row_write();
     let before = db.count("SELECT count(*) FROM audit_log").await;
     let late = policy("timeout = \"10ms\"");
     let checked = checked(Door::Gatehouse, Dialect::Sqlite, &late, &sql, &params).unwrap();
@@ -496,14 +505,9 @@ async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
     let policy = policy("timeout = \"10ms\"");
     let limits = Limits::from(&policy);
     let first = "INSERT INTO audit_log (at, actor, action) VALUES ('first', 'x', 'y')";
-    let copies = vec!["a"; 120].join(" + ");
-    let long_row = format!(
-        "INSERT INTO audit_log (at, actor, action) SELECT {copies}, 'x', 'y' \
-         FROM (SELECT length(upper(?1 || name)) AS a FROM products WHERE id = 1)"
-    );
+    let (long_row, big) = long_row_write();
     let many_rows = "INSERT INTO audit_log (at, actor, action) WITH RECURSIVE r(i) AS \
                      (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) SELECT i, 'x', 'y' FROM r";
-    let big = [Value::Text("x".repeat((1 << 20) - 16))];
     let before = db.count("SELECT count(*) FROM audit_log").await;
     for (sql, params) in [(long_row.as_str(), &big[..]), (many_rows, &[][..])] {
         let mut connection =
