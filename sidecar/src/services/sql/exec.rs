@@ -347,16 +347,9 @@ impl SqlConnection {
     async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<(), SqlError> {
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
         let stops = StatementStops::new(&self.stop, limits);
-        let progress = {
-            let stops = stops.clone();
-            move || !stops.is_due()
-        };
         self.broken = true;
-        sqlite_guard::enter_host_with_progress(c, progress);
         let command = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
-        let begun = c.connection().execute(command).await.map(drop);
-        sqlite_guard::leave(c);
-        begun.map_err(|e| {
+        host_command(c, command, Some(&stops)).await.map_err(|e| {
             if stops.is_due() {
                 SqlError::Timeout("the transaction stopped waiting for the database's lock at its deadline".into())
             } else {
@@ -391,7 +384,7 @@ impl SqlConnection {
         self.broken = true;
         let done = match &mut self.conn {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
-            Conn::Sqlite(c) => host_command(c, command).await,
+            Conn::Sqlite(c) => host_command(c, command, None).await,
         };
         done.map_err(SqlError::from_database)?;
         self.broken = false;
@@ -572,6 +565,12 @@ impl StatementStops {
     fn is_due(&self) -> bool {
         self.own.is_due() || self.invocation.is_due()
     }
+
+    /// The check SQLite's progress and busy handlers ask: `false` stops.
+    fn may_go_on(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let stops = self.clone();
+        move || !stops.is_due()
+    }
 }
 
 /// Makes a SQLite connection ready for one statement of a plugin: its
@@ -583,10 +582,9 @@ async fn prepare_connection_sqlite(
     grant: Option<Arc<SqliteGrant>>,
     stops: StatementStops,
 ) -> Result<(), SqlError> {
-    // Every 1000 virtual-machine instructions: microseconds of work.
-    let progress = move || !stops.is_due();
     match grant {
-        Some(grant) => sqlite_guard::enter_with_progress(conn, grant, progress)
+        // Asked every 1000 virtual-machine instructions: microseconds of work.
+        Some(grant) => sqlite_guard::enter_with_progress(conn, grant, stops.may_go_on())
             .await
             .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}"))),
         // Nothing will be authorized: no handler needed.
@@ -599,9 +597,19 @@ async fn prepare_connection_sqlite(
 
 /// The sidecar's own `BEGIN`/`COMMIT`/`ROLLBACK` around a plugin's
 /// statements on SQLite: run with the authorizer in host mode, then closed
-/// to everything again.
-async fn host_command(conn: &mut Guarded, command: &'static str) -> Result<(), sqlx::Error> {
-    sqlite_guard::enter_host(conn);
+/// to everything again. With `stops` (a transaction's deferred `BEGIN`,
+/// sent for its first statement), a wait for another connection's lock
+/// ends when they are due, as the statement's own would; without, nothing
+/// stops it (and the commit hook never refuses it).
+async fn host_command(
+    conn: &mut Guarded,
+    command: &'static str,
+    stops: Option<&StatementStops>,
+) -> Result<(), sqlx::Error> {
+    match stops {
+        Some(stops) => sqlite_guard::enter_host_with_progress(conn, stops.may_go_on()),
+        None => sqlite_guard::enter_host(conn),
+    }
     let done = conn.connection().execute(command).await.map(drop);
     sqlite_guard::leave(conn);
     done
