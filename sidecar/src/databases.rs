@@ -347,20 +347,27 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How the SQL gateway opens a SQLite file: created if missing, WAL (readers
 /// never wait for the writer), foreign keys on, a busy timeout so that
-/// writers queue instead of failing at once. Temporary storage (sorts,
-/// `DISTINCT`, materialised sub-queries) in memory, where the process's
-/// SQLite heap limit bounds it: on disk, four `ORDER BY`s over a large
-/// recursive query from one plugin wrote 4.4 GiB to `/tmp` in 4 s (an
-/// outside review). No extension can be loaded (sqlx is built without
-/// `load-extension`).
+/// writers queue instead of failing at once. Temporary files (sorts,
+/// `DISTINCT`, materialised sub-queries) in memory, from SQLite's heap and
+/// under its limit, through the gateway's VFS
+/// ([`crate::services::sql::guard::sqlite_temp_files`]): SQLite then sorts
+/// in runs of 2 MiB, each between deadline checks, and nothing reaches
+/// `/tmp` (on disk, four `ORDER BY`s over a large recursive query from one
+/// plugin wrote 4.4 GiB there in 4 s, an outside review). Should that VFS
+/// be missing, SQLite's in-memory temporary storage (one sort step,
+/// unbounded in time) is the fallback. No extension can be loaded (sqlx is
+/// built without `load-extension`).
 pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .foreign_keys(true)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT)
-        .pragma("temp_store", "memory")
+        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    match crate::services::sql::guard::sqlite_temp_files::register() {
+        Some(vfs) => options.vfs(vfs).pragma("temp_store", "file"),
+        None => options.pragma("temp_store", "memory"),
+    }
 }
 
 /// A connection of its own, `SELECT 1`, closed.

@@ -100,7 +100,7 @@ mod tests {
 
     /// Every connection the pool opens is guarded: it refuses a statement
     /// until a grant is entered, and is serialized; its temporary storage
-    /// is in memory.
+    /// is in files of the gateway's VFS.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_connection_is_guarded() {
         use sqlx::Executor as _;
@@ -111,10 +111,13 @@ mod tests {
         assert!(err.to_string().contains("not authorized"), "{err}");
         guard::enter_host(&mut conn);
         conn.connection().execute("SELECT 1").await.unwrap();
-        // Temporary storage in memory, under SQLite's heap limit, not in
-        // files in the system's temporary directory (2 = MEMORY).
+        // Temporary storage in files (1 = FILE), so that the sorter sorts in
+        // runs; those files are the gateway's VFS's, in memory (its tests),
+        // and sorted by this thread alone (no helper threads: 0).
         let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(conn.connection()).await.unwrap();
-        assert_eq!(temp_store, 2);
+        assert_eq!(temp_store, 1);
+        let threads: i64 = sqlx::query_scalar("PRAGMA threads").fetch_one(conn.connection()).await.unwrap();
+        assert_eq!(threads, 0);
         guard::leave(&mut conn);
         assert!(conn.connection().execute("SELECT 1").await.is_err());
     }

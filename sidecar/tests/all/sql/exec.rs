@@ -461,8 +461,8 @@ fn long_row_write() -> (String, [Value; 1]) {
 /// A write that reaches its commit past its deadline commits nothing: it
 /// is `timeout` and the table is unchanged. Attack (the third outside
 /// review): one row of flattened calls over a large value (of a column, so
-/// not computed once as a constant), in a program too short to reach
-/// SQLite's progress check (every 1,000 instructions),
+/// not computed once as a constant), in a program with no loop, so never
+/// reaching SQLite's progress check (only where the program jumps),
 /// so nothing stopped it before its commit; the caller was answered
 /// `timeout` for a write that stood, and a retry doubled it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@
 //! - [`sqlite_functions`]: SQLite built-ins whose time grows with the
 //!   product of their arguments' lengths, refused past a bound on every
 //!   pooled connection (one call is one step: no deadline reaches inside).
+//! - [`sqlite_temp_files`]: temporary files in memory under SQLite's heap
+//!   limit, so that a sort runs in bounded steps.
 //! - [`postgres`]: a role per plugin whose `GRANT`s [`postgres::sync`] keeps
 //!   in step with the policy; [`postgres::enter`] switches to it inside the
 //!   call's transaction (`SET LOCAL ROLE`, `statement_timeout`,
@@ -31,6 +33,7 @@
 pub mod postgres;
 pub mod sqlite;
 mod sqlite_functions;
+pub mod sqlite_temp_files;
 
 /// Why the database's check could not be set up or switched.
 #[derive(Debug, thiserror::Error)]
