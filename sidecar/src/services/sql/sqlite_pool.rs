@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
 use sqlx::sqlite::SqliteConnectOptions;
+use tokio::sync::mpsc;
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::sqlite::{self as guard, Guarded};
@@ -23,17 +24,44 @@ pub type PooledSqlite = Pooled<SqliteConnector>;
 pub struct SqliteConnector {
     options: SqliteConnectOptions,
     max_value_bytes: u32,
+    checkpoints: mpsc::Sender<()>,
 }
 
-/// A pool over `options` (made serialized here), opening nothing yet.
+/// A pool over `options` (made serialized here), opening nothing yet, and
+/// its checkpointer (a task, which opens its connection when first asked).
+/// Call it inside a tokio runtime.
 pub fn sqlite_pool(
     options: SqliteConnectOptions,
     max_connections: u32,
     acquire_timeout: Duration,
     max_value_bytes: u32,
 ) -> SqlitePool {
-    let connector = SqliteConnector { options: options.serialized(true), max_value_bytes };
+    let (checkpoints, asked) = mpsc::channel(1);
+    tokio::spawn(checkpointer(options.clone(), asked));
+    let connector = SqliteConnector { options: options.serialized(true), max_value_bytes, checkpoints };
     ConnPool::new(connector, max_connections, acquire_timeout)
+}
+
+/// Copies the WAL into the database whenever a pooled connection's commit
+/// asks ([`Guarded::checkpoint_elsewhere`]), on a connection of its own, so
+/// that no plugin's statement runs a checkpoint in its last step (past its
+/// deadline's last check) and none waits for one. `PASSIVE`: it copies
+/// what no reader still needs and never waits for a lock. Ends, closing
+/// its connection, once the pool and every connection it opened are gone.
+async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>) {
+    let mut conn: Option<sqlx::SqliteConnection> = None;
+    while asked.recv().await.is_some() {
+        if conn.is_none() {
+            conn = options.connect().await.ok();
+        }
+        let Some(open) = conn.as_mut() else { continue };
+        if sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *open).await.is_err() {
+            conn = None;
+        }
+    }
+    if let Some(conn) = conn {
+        let _ = sqlx::Connection::close(conn).await;
+    }
 }
 
 impl Connector for SqliteConnector {
@@ -41,9 +69,11 @@ impl Connector for SqliteConnector {
 
     async fn open(&self) -> Result<Guarded, sqlx::Error> {
         let conn = self.options.connect().await?;
-        guard::install(conn, self.max_value_bytes)
+        let conn = guard::install(conn, self.max_value_bytes)
             .await
-            .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))
+            .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))?;
+        conn.checkpoint_elsewhere(self.checkpoints.clone());
+        Ok(conn)
     }
 
     /// Waits for a statement still stopping on the handle, then the
@@ -120,6 +150,33 @@ mod tests {
         assert_eq!(threads, 0);
         guard::leave(&mut conn);
         assert!(conn.connection().execute("SELECT 1").await.is_err());
+    }
+
+    /// A commit that leaves the WAL past its checkpoint threshold returns
+    /// without copying it into the database (the database file has not
+    /// grown when the statement is done: before, SQLite's automatic
+    /// checkpoint ran inside the statement, past its deadline's last
+    /// check), and the pool's checkpointer copies it soon after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_leaves_the_checkpoint_to_the_checkpointer() {
+        use sqlx::Executor as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        let db_file = || std::fs::metadata(dir.path().join("pool.db")).unwrap().len();
+        conn.connection().execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        let written = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500) \
+                       INSERT INTO t SELECT zeroblob(8000) FROM c";
+        conn.connection().execute(written).await.unwrap();
+        assert!(db_file() < 1 << 20, "checkpointed in the statement: {} bytes", db_file());
+        guard::leave(&mut conn);
+        drop(conn);
+        let waited = Instant::now();
+        while db_file() < 8 << 20 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "never checkpointed: {} bytes", db_file());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the pool's usage is `usage` (closing is asynchronous).
