@@ -378,6 +378,7 @@ mod tests {
 
             assert_eq!(truncate(file, at(3 * CHUNK)), ffi::SQLITE_OK);
             assert_eq!(size(file), at(3 * CHUNK));
+            assert_eq!(super::chunks(file).blocks.len(), 3, "no more chunks than the length needs");
             assert_eq!(close(file), ffi::SQLITE_OK);
         }
     }
