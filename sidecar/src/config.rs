@@ -194,6 +194,7 @@ struct DatabaseSection {
     acquire_timeout: Option<HumanDuration>,
     per_plugin_connections: Option<u32>,
     max_value_bytes: Option<ByteSize>,
+    max_database_bytes: Option<ByteSize>,
     manage_roles: Option<bool>,
 }
 
@@ -312,8 +313,14 @@ impl Config {
                     max_value_bytes: section
                         .max_value_bytes
                         .map_or(defaults.max_value_bytes, |b| u32::try_from(b.0).unwrap_or(u32::MAX)),
+                    max_database_bytes: section.max_database_bytes.map(|b| b.0),
                 };
                 pool.validate().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
+                if section.max_database_bytes.is_some() && matches!(target, DatabaseTarget::Postgres(_)) {
+                    return Err(format!(
+                        "[databases.{alias}] max_database_bytes: only for SQLite (a PostgreSQL server's size is its own)"
+                    ));
+                }
                 if section.manage_roles.is_some() && matches!(target, DatabaseTarget::Sqlite(_)) {
                     return Err(format!("[databases.{alias}] manage_roles: only for PostgreSQL (SQLite has no roles)"));
                 }
@@ -574,6 +581,14 @@ mod tests {
             ("[databases.main]\nurl = { env = \"A\", file = \"b\" }\n", "set exactly one of `env` or `file`"),
             ("[databases.main]\nurl = \"postgres://x\"\npool = 3\n", "unknown field `pool`"),
             ("[databases.main]\nsqlite = \"a.db\"\nmanage_roles = false\n", "manage_roles: only for PostgreSQL"),
+            (
+                "[databases.main]\nurl = \"postgres://x\"\nmax_database_bytes = \"1 GiB\"\n",
+                "max_database_bytes: only for SQLite",
+            ),
+            (
+                "[databases.main]\nsqlite = \"a.db\"\nmax_database_bytes = \"1 KiB\"\n",
+                "max_database_bytes must be at least 1 MiB",
+            ),
         ] {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
@@ -587,7 +602,7 @@ mod tests {
         std::fs::write(
             &path,
             "data_dir = \"state\"\n[databases.app]\nsqlite = \"app.db\"\nmax_connections = 3\nacquire_timeout = \"250ms\"\n\
-             [databases.abs]\nsqlite = \"/var/x.db\"\n",
+             max_database_bytes = \"64 MiB\"\n[databases.abs]\nsqlite = \"/var/x.db\"\n",
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
@@ -600,6 +615,7 @@ mod tests {
                 acquire_timeout: Duration::from_millis(250),
                 per_plugin_connections: 3,
                 max_value_bytes: crate::databases::DEFAULT_MAX_VALUE_BYTES,
+                max_database_bytes: Some(64 << 20),
             }
         );
         assert_eq!(config.databases["abs"].target, DatabaseTarget::Sqlite("/var/x.db".into()));

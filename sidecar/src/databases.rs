@@ -79,6 +79,9 @@ pub const DEFAULT_PER_PLUGIN: u32 = 4;
 pub const DEFAULT_MAX_VALUE_BYTES: u32 = 1 << 20;
 /// Largest `max_value_bytes` the settings accept.
 pub const MAX_VALUE_BYTES_CEILING: u32 = 1 << 30;
+/// Smallest `max_database_bytes` the settings accept (room for the schema
+/// and a few rows: a smaller bound would only refuse every write).
+pub const MIN_DATABASE_BYTES: u64 = 1 << 20;
 /// Largest `max_connections` an alias may set.
 pub const MAX_CONNECTIONS_CEILING: u32 = 1000;
 
@@ -98,6 +101,11 @@ pub struct PoolSettings {
     /// past it the statement fails (`quota-exceeded`). Bounds what one
     /// statement can make the sidecar's embedded database allocate.
     pub max_value_bytes: u32,
+    /// SQLite: how large the database file may grow (`PRAGMA
+    /// max_page_count`, in the file's pages); past it a write fails
+    /// (`quota-exceeded`) and is rolled back, and reads and deletes go on.
+    /// `None`: no bound but the disk's. What every plugin writes shares it.
+    pub max_database_bytes: Option<u64>,
 }
 
 impl Default for PoolSettings {
@@ -107,6 +115,7 @@ impl Default for PoolSettings {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             per_plugin_connections: DEFAULT_PER_PLUGIN,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_database_bytes: None,
         }
     }
 }
@@ -125,6 +134,9 @@ impl PoolSettings {
         }
         if !(1024..=MAX_VALUE_BYTES_CEILING).contains(&self.max_value_bytes) {
             return Err("max_value_bytes must be between 1 KiB and 1 GiB".into());
+        }
+        if self.max_database_bytes.is_some_and(|bytes| bytes < MIN_DATABASE_BYTES) {
+            return Err("max_database_bytes must be at least 1 MiB".into());
         }
         Ok(())
     }

@@ -150,7 +150,8 @@ impl Class {
             Class::Constraint => SqlError::Conflict(format!("constraint violated: {message}")),
             Class::TooLarge => SqlError::TooLarge(format!(
                 "the statement needs more than the database allows (max_value_bytes, the SQLite \
-                 heap limit, a function's cost bound, the length of its compiled program): {message}"
+                 heap limit, a function's cost bound, the length of its compiled program, \
+                 max_database_bytes): {message}"
             )),
             Class::Timeout => SqlError::Timeout(format!("statement stopped at its deadline: {message}")),
             Class::Denied => SqlError::Denied(format!("the database refused the statement: {message}")),
@@ -184,12 +185,12 @@ fn classify(sqlite: bool, code: &str) -> Class {
         let number = code.parse::<u32>().unwrap_or(1);
         // SQLite: the primary code is the low byte.
         return match number & 0xff {
-            19 => Class::Constraint,                      // SQLITE_CONSTRAINT
-            18 | 7 => Class::TooLarge,                    // SQLITE_TOOBIG (max_value_bytes), SQLITE_NOMEM (heap limit)
-            9 => Class::Timeout,                          // SQLITE_INTERRUPT (the progress handler)
-            23 => Class::Denied,                          // SQLITE_AUTH (the authorizer)
-            5 | 6 => Class::Busy,                         // SQLITE_BUSY, SQLITE_LOCKED
-            10 | 13 | 14 | 26 | 11 => Class::Unavailable, // IOERR, FULL, CANTOPEN, NOTADB, CORRUPT
+            19 => Class::Constraint,                 // SQLITE_CONSTRAINT
+            18 | 7 | 13 => Class::TooLarge, // SQLITE_TOOBIG (max_value_bytes), SQLITE_NOMEM (heap limit), SQLITE_FULL (max_database_bytes, or the disk)
+            9 => Class::Timeout,            // SQLITE_INTERRUPT (the progress handler)
+            23 => Class::Denied,            // SQLITE_AUTH (the authorizer)
+            5 | 6 => Class::Busy,           // SQLITE_BUSY, SQLITE_LOCKED
+            10 | 14 | 26 | 11 => Class::Unavailable, // IOERR, CANTOPEN, NOTADB, CORRUPT
             _ => Class::Input,
         };
     }
@@ -230,6 +231,7 @@ mod tests {
             ("sqlite 14", ErrorKind::Unavailable),
             ("sqlite 18", ErrorKind::QuotaExceeded),
             ("sqlite 7", ErrorKind::QuotaExceeded),
+            ("sqlite 13", ErrorKind::QuotaExceeded),
         ] {
             let (sqlite, code) = match code.strip_prefix("sqlite ") {
                 Some(code) => (true, code),

@@ -266,6 +266,7 @@ impl AliasPool {
                     settings.max_connections,
                     settings.acquire_timeout,
                     settings.max_value_bytes,
+                    settings.max_database_bytes,
                 )))
             }
         }

@@ -24,6 +24,7 @@ pub type PooledSqlite = Pooled<SqliteConnector>;
 pub struct SqliteConnector {
     options: SqliteConnectOptions,
     max_value_bytes: u32,
+    max_database_bytes: Option<u64>,
     checkpoints: mpsc::Sender<()>,
 }
 
@@ -35,11 +36,24 @@ pub fn sqlite_pool(
     max_connections: u32,
     acquire_timeout: Duration,
     max_value_bytes: u32,
+    max_database_bytes: Option<u64>,
 ) -> SqlitePool {
     let (checkpoints, asked) = mpsc::channel(1);
     tokio::spawn(checkpointer(options.clone(), asked));
-    let connector = SqliteConnector { options: options.serialized(true), max_value_bytes, checkpoints };
+    let connector =
+        SqliteConnector { options: options.serialized(true), max_value_bytes, max_database_bytes, checkpoints };
     ConnPool::new(connector, max_connections, acquire_timeout)
+}
+
+/// Bounds the database file at `bytes` on `conn` (`PRAGMA max_page_count`
+/// in the file's own pages; a setting of the connection, which plugins
+/// cannot change: the authorizer refuses `PRAGMA`). A file already larger
+/// keeps its size as the bound: SQLite never sets it below that.
+async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    let page: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut *conn).await?;
+    let pages = bytes / u64::try_from(page.max(512)).unwrap_or(512);
+    conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.map(drop)
 }
 
 /// Copies the WAL into the database whenever a pooled connection's commit
@@ -68,7 +82,10 @@ impl Connector for SqliteConnector {
     type Conn = Guarded;
 
     async fn open(&self) -> Result<Guarded, sqlx::Error> {
-        let conn = self.options.connect().await?;
+        let mut conn = self.options.connect().await?;
+        if let Some(bytes) = self.max_database_bytes {
+            bound_database(&mut conn, bytes).await?;
+        }
         let conn = guard::install(conn, self.max_value_bytes)
             .await
             .map_err(|e| sqlx::Error::Protocol(format!("the SQLite authorizer: {e}")))?;
@@ -92,7 +109,7 @@ mod tests {
 
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
         let options = crate::databases::sqlite_options(&dir.path().join("pool.db"));
-        sqlite_pool(options, max, Duration::from_millis(200), crate::databases::DEFAULT_MAX_VALUE_BYTES)
+        sqlite_pool(options, max, Duration::from_millis(200), crate::databases::DEFAULT_MAX_VALUE_BYTES, None)
     }
 
     /// At most `max_connections` are held; the next caller is refused

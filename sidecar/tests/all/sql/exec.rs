@@ -1057,6 +1057,40 @@ async fn sqlite_values_stop_at_max_value_bytes() {
     assert_eq!(rows.unwrap().rows, vec![vec![Value::Int(4)]]);
 }
 
+/// A SQLite alias's `max_database_bytes` bounds its file: a write past it
+/// is `quota-exceeded` and rolled back whole, what was written before
+/// stays, and reads and deletes go on (a delete makes room again).
+/// Attack (the fifth outside review): a plugin with an `insert` grant grew
+/// the database by ~600 MB per 1 s call, bounded only by the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_stops_at_max_database_bytes() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(PoolSettings { max_database_bytes: Some(1 << 20), ..pool(2, 2) });
+    let policy = policy("");
+    let big = || vec![Value::Text("x".repeat(60 << 10))];
+    let count = "SELECT count(*) AS n FROM orders WHERE length(created_at) > 1000";
+    let stored = |n: i64| vec![vec![Value::Int(n)]];
+    // 30 rows of 60 KiB in one statement do not fit: none of them stays.
+    let many = "INSERT INTO orders (product_id, quantity, status, created_at) \
+                WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30) SELECT 1, x, 'new', ?1 FROM c";
+    let full = query(&gateway, "p", &policy, many, &big()).await.unwrap_err();
+    assert_eq!(full.kind(), ErrorKind::QuotaExceeded, "{full}");
+    assert!(full.to_string().contains("max_database_bytes"), "{full}");
+    assert_eq!(query(&gateway, "p", &policy, count, &[]).await.unwrap().rows, stored(0));
+    // One at a time until the file is full: those written stay.
+    let one = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let mut written = 0;
+    while query(&gateway, "p", &policy, one, &big()).await.is_ok() {
+        written += 1;
+        assert!(written < 30, "1 MiB held {written} rows of 60 KiB");
+    }
+    assert!(written > 0);
+    assert_eq!(query(&gateway, "p", &policy, count, &[]).await.unwrap().rows, stored(written));
+    // A delete makes room again.
+    query(&gateway, "p", &policy, "DELETE FROM orders WHERE length(created_at) > 1000", &[]).await.unwrap();
+    query(&gateway, "p", &policy, one, &big()).await.unwrap();
+}
+
 /// One call of a function is one step of SQLite's virtual machine: no
 /// deadline reaches inside it. Attacks (the outside review): `instr()`,
 /// `replace()`, `trim()` and `LIKE` on a long text and a long needle or
