@@ -357,6 +357,12 @@ impl Databases {
 /// `services::sql::guard::sqlite`).
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How large a SQLite WAL file stays once a checkpoint has copied it all:
+/// the first commit after that cuts it back to this (`journal_size_limit`).
+/// Without it the file keeps its largest size until the sidecar restarts
+/// (an outside review left 1.6 GB behind).
+pub const WAL_SIZE_LIMIT: u64 = 64 << 20;
+
 /// How the SQL gateway opens a SQLite file: created if missing, WAL (readers
 /// never wait for the writer), foreign keys on, a busy timeout so that
 /// writers queue instead of failing at once. Temporary files (sorts,
@@ -375,7 +381,8 @@ pub fn sqlite_options(path: &Path) -> SqliteConnectOptions {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .foreign_keys(true)
-        .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
     match crate::services::sql::guard::sqlite_temp_files::register() {
         Some(vfs) => options.vfs(vfs).pragma("temp_store", "file"),
         None => options.pragma("temp_store", "memory"),

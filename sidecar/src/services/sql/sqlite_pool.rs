@@ -196,6 +196,32 @@ mod tests {
         }
     }
 
+    /// Once the checkpointer has copied a WAL grown past `WAL_SIZE_LIMIT`,
+    /// the next commit cuts the file back to it: it does not keep its
+    /// largest size until a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grown_wal_is_cut_back_after_its_checkpoint() {
+        use sqlx::Executor as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        let wal = || std::fs::metadata(dir.path().join("pool.db-wal")).map_or(0, |m| m.len());
+        conn.connection().execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        let written = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10000) \
+                       INSERT INTO t SELECT zeroblob(8000) FROM c";
+        conn.connection().execute(written).await.unwrap();
+        assert!(wal() > crate::databases::WAL_SIZE_LIMIT, "the WAL did not grow: {} bytes", wal());
+        let waited = Instant::now();
+        // Small commits until one follows a whole checkpoint and restarts
+        // the WAL.
+        while wal() > crate::databases::WAL_SIZE_LIMIT {
+            assert!(waited.elapsed() < Duration::from_secs(20), "the WAL stayed at {} bytes", wal());
+            conn.connection().execute("INSERT INTO t VALUES (x'00')").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the pool's usage is `usage` (closing is asynchronous).
     async fn settled(pool: &SqlitePool, usage: (u32, usize)) {
         let waited = Instant::now();
