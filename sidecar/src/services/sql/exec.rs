@@ -612,6 +612,9 @@ async fn host_command(
     }
     let done = conn.connection().execute(command).await.map(drop);
     sqlite_guard::leave(conn);
+    // The end of a transaction frees what it held (its statement journal):
+    // given back now, not when some later statement ends.
+    sqlite_guard::give_back_freed_memory_soon();
     done
 }
 

@@ -524,6 +524,46 @@ async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
     }
 }
 
+/// What a SQLite transaction held goes back to the system when it ends,
+/// not when some later statement does. Attack (the sixth outside review):
+/// 200 rows of 1 MiB updated twice in a transaction and rolled back left
+/// 147–448 MiB held by an idle sidecar (its statement journal, freed by
+/// the rollback into the C allocator's arenas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_a_transaction_held_goes_back_when_it_ends_on_sqlite() {
+    let rss = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+    };
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("timeout = \"60s\"\nmax_result_bytes = \"1 MiB\"");
+    let limits = Limits::from(&policy);
+    let fill = "INSERT INTO orders (product_id, quantity, status, created_at) \
+                WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 150) \
+                SELECT 1, x, 'new', ?1 || x FROM c";
+    query(&gateway, "p", &policy, fill, &[Value::Text("x".repeat(1_000_000))]).await.unwrap();
+    let touch = "UPDATE orders SET created_at = created_at || 'y' WHERE length(created_at) > 1000";
+    let before = rss();
+    let mut connection =
+        SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    for _ in 0..2 {
+        let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, touch, &[]).unwrap();
+        connection.execute(&checked, touch, &[], limits).await.unwrap();
+    }
+    connection.rollback().await.unwrap();
+    drop(connection);
+    let waited = std::time::Instant::now();
+    while rss().saturating_sub(before) > 64 << 20 {
+        let held = rss().saturating_sub(before) >> 20;
+        assert!(waited.elapsed() < std::time::Duration::from_secs(10), "{held} MiB still held after the rollback");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The executor refuses a NUL in the text it runs, whatever was checked:
 /// both databases read a NUL as the end of the text, so `DELETE … --
 /// \0\n WHERE …` would run without its WHERE (an outside review deleted

@@ -474,15 +474,33 @@ const GIVE_BACK_ABOVE: i64 = 64 << 20;
 /// that freed 512 MiB of small nodes, on that statement's thread);
 /// elsewhere than glibc this does nothing.
 pub fn give_back_freed_memory() {
-    // SAFETY: thread-safe reads of SQLite's statistics (the high point is
-    // reset to what is in use now, so the next statement measures its own).
+    if freed_much() {
+        trim();
+    }
+}
+
+/// [`give_back_freed_memory`] from async code: the trim, when there is one
+/// to do, runs on a blocking thread (it may take a few hundred ms).
+pub fn give_back_freed_memory_soon() {
+    if freed_much() {
+        tokio::task::spawn_blocking(trim);
+    }
+}
+
+/// Whether SQLite freed more than [`GIVE_BACK_ABOVE`] since the high point
+/// was last read (the high point is reset to what is in use now, so the
+/// next caller measures its own).
+fn freed_much() -> bool {
+    // SAFETY: thread-safe reads of SQLite's statistics.
     let (high, used) = unsafe { (ffi::sqlite3_memory_highwater(1), ffi::sqlite3_memory_used()) };
-    if high - used > GIVE_BACK_ABOVE {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: glibc's `malloc_trim` is thread-safe.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+    high - used > GIVE_BACK_ABOVE
+}
+
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: glibc's `malloc_trim` is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
