@@ -354,6 +354,9 @@ mod tests {
             size
         };
         let at = |offset: usize| i64::try_from(offset).unwrap();
+        // SAFETY: a thread-safe read of SQLite's statistics.
+        let held = || unsafe { ffi::sqlite3_memory_used() };
+        let before = held();
         // SAFETY: `file` has room for a `TempFile`; open without a name
         // makes a temporary file, closed at the end.
         unsafe {
@@ -379,8 +382,10 @@ mod tests {
             assert_eq!(truncate(file, at(3 * CHUNK)), ffi::SQLITE_OK);
             assert_eq!(size(file), at(3 * CHUNK));
             assert_eq!(super::chunks(file).blocks.len(), 3, "no more chunks than the length needs");
+            assert!(held() >= before + 3 * i64::try_from(CHUNK).unwrap(), "the chunks are SQLite's heap");
             assert_eq!(close(file), ffi::SQLITE_OK);
         }
+        assert_eq!(held(), before, "closing frees every chunk");
     }
 
     /// A sort larger than one run is written to this VFS's files (not kept
