@@ -56,20 +56,45 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.map(drop)
 }
 
+/// How many pages the WAL may still hold after a `PASSIVE` checkpoint
+/// before the checkpointer waits for the readers that keep it (256 MiB of
+/// 4 KiB pages).
+const WAL_PINNED_PAGES: i64 = 65_536;
+
+/// How long the checkpointer waits for those readers, holding off writers
+/// meanwhile (readers that start after the WAL is copied read the database
+/// itself, so only older ones are waited for).
+const WAL_PINNED_WAIT: Duration = Duration::from_secs(10);
+
 /// Copies the WAL into the database whenever a pooled connection's commit
 /// asks ([`Guarded::checkpoint_elsewhere`]), on a connection of its own, so
 /// that no plugin's statement runs a checkpoint in its last step (past its
-/// deadline's last check) and none waits for one. `PASSIVE`: it copies
-/// what no reader still needs and never waits for a lock. Ends, closing
-/// its connection, once the pool and every connection it opened are gone.
+/// deadline's last check) and none waits for one. `PASSIVE` first: it
+/// copies what no reader still needs and never waits for a lock. A
+/// checkpoint cannot copy past the oldest open read, so a plugin chaining
+/// overlapping reads let the WAL grow at the writers' rate (an outside
+/// review: 5 → 1,036 MiB in 60 s). Past [`WAL_PINNED_PAGES`] left behind,
+/// `TRUNCATE`: it waits up to [`WAL_PINNED_WAIT`] for the reads begun
+/// before it (new writers wait too, new readers do not), then empties the
+/// WAL. Ends, closing its connection, once the pool and every connection
+/// it opened are gone.
 async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>) {
+    let waiting = options.clone().busy_timeout(WAL_PINNED_WAIT);
     let mut conn: Option<sqlx::SqliteConnection> = None;
     while asked.recv().await.is_some() {
         if conn.is_none() {
-            conn = options.connect().await.ok();
+            conn = waiting.connect().await.ok();
         }
         let Some(open) = conn.as_mut() else { continue };
-        if sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *open).await.is_err() {
+        let passive: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *open).await;
+        let done = match passive {
+            Ok((_, log, copied)) if log - copied > WAL_PINNED_PAGES => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut *open).await.map(drop)
+            }
+            other => other.map(drop),
+        };
+        if done.is_err() {
             conn = None;
         }
     }
@@ -170,27 +195,39 @@ mod tests {
     }
 
     /// A commit that leaves the WAL past its checkpoint threshold returns
-    /// without copying it into the database (the database file has not
-    /// grown when the statement is done: before, SQLite's automatic
-    /// checkpoint ran inside the statement, past its deadline's last
-    /// check), and the pool's checkpointer copies it soon after.
+    /// without copying it into the database and asks for a checkpoint
+    /// (before, SQLite's automatic checkpoint ran inside the statement,
+    /// past its deadline's last check); the pool's checkpointer then copies
+    /// it. The first half runs on a connection with no checkpointer behind
+    /// its channel, so nothing else can have copied the WAL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_leaves_the_checkpoint_to_the_checkpointer() {
         use sqlx::Executor as _;
         let dir = tempfile::tempdir().unwrap();
+        let db_file = || std::fs::metadata(dir.path().join("pool.db")).unwrap().len();
+        let written = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500) \
+                       INSERT INTO t SELECT zeroblob(8000) FROM c";
+        let options = crate::databases::sqlite_options(&dir.path().join("pool.db")).serialized(true);
+        let mut alone = guard::install(options.connect().await.unwrap(), 1 << 20).await.unwrap();
+        let (asks, mut asked) = mpsc::channel(1);
+        alone.checkpoint_elsewhere(asks);
+        guard::enter_host(&mut alone);
+        alone.connection().execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        assert!(asked.try_recv().is_err(), "a small commit asks for nothing");
+        alone.connection().execute(written).await.unwrap();
+        assert!(db_file() < 1 << 20, "checkpointed in the statement: {} bytes", db_file());
+        assert!(asked.try_recv().is_ok(), "no checkpoint asked for");
+        guard::leave(&mut alone);
+        sqlx::Connection::close(alone.into_connection().await).await.unwrap();
+
         let pool = pool(&dir, 1);
         let mut conn = pool.acquire(None).await.unwrap();
         guard::enter_host(&mut conn);
-        let db_file = || std::fs::metadata(dir.path().join("pool.db")).unwrap().len();
-        conn.connection().execute("CREATE TABLE t (v BLOB)").await.unwrap();
-        let written = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500) \
-                       INSERT INTO t SELECT zeroblob(8000) FROM c";
         conn.connection().execute(written).await.unwrap();
-        assert!(db_file() < 1 << 20, "checkpointed in the statement: {} bytes", db_file());
         guard::leave(&mut conn);
         drop(conn);
         let waited = Instant::now();
-        while db_file() < 8 << 20 {
+        while db_file() < 16 << 20 {
             assert!(waited.elapsed() < Duration::from_secs(10), "never checkpointed: {} bytes", db_file());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -219,6 +256,45 @@ mod tests {
             assert!(waited.elapsed() < Duration::from_secs(20), "the WAL stayed at {} bytes", wal());
             conn.connection().execute("INSERT INTO t VALUES (x'00')").await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A WAL kept by an open read past `WAL_PINNED_PAGES` is emptied once
+    /// that read ends (the checkpointer waits for it), not left to grow
+    /// while reads keep starting. Attack (the sixth outside review): a
+    /// plugin chaining overlapping reads let the WAL grow to 1 GiB in 60 s
+    /// beside an honest writer, and it never shrank.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wal_kept_by_a_reader_is_emptied_once_the_reader_ends() {
+        use sqlx::{Connection as _, Executor as _};
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        let wal = || std::fs::metadata(dir.path().join("pool.db-wal")).map_or(0, |m| m.len());
+        conn.connection().execute("CREATE TABLE t (v BLOB)").await.unwrap();
+        let mut reader =
+            sqlx::SqliteConnection::connect_with(&crate::databases::sqlite_options(&dir.path().join("pool.db")))
+                .await
+                .unwrap();
+        reader.execute("BEGIN").await.unwrap();
+        reader.execute("SELECT count(*) FROM t").await.unwrap();
+        let pages = usize::try_from(WAL_PINNED_PAGES).unwrap();
+        let written = format!(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {}) \
+             INSERT INTO t SELECT zeroblob(3900) FROM c",
+            pages + pages / 4
+        );
+        conn.connection().execute(sqlx::AssertSqlSafe(written)).await.unwrap();
+        let grown = wal();
+        assert!(grown > (WAL_PINNED_PAGES as u64) << 12, "the WAL did not grow: {grown} bytes");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(wal() >= grown, "emptied while its reader still read");
+        reader.execute("COMMIT").await.unwrap();
+        let waited = Instant::now();
+        while wal() > 0 {
+            assert!(waited.elapsed() < Duration::from_secs(15), "the WAL stayed at {} bytes", wal());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
