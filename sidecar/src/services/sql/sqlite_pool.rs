@@ -56,10 +56,9 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
     conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.map(drop)
 }
 
-/// How many pages the WAL may still hold after a `PASSIVE` checkpoint
-/// before the checkpointer waits for the readers that keep it (256 MiB of
-/// 4 KiB pages).
-const WAL_PINNED_PAGES: i64 = 65_536;
+/// How much the WAL may still hold after a `PASSIVE` checkpoint before the
+/// checkpointer waits for the readers that keep it.
+const WAL_PINNED_BYTES: i64 = 256 << 20;
 
 /// How long the checkpointer waits for those readers, holding off writers
 /// meanwhile (readers that start after the WAL is copied read the database
@@ -73,23 +72,23 @@ const WAL_PINNED_WAIT: Duration = Duration::from_secs(10);
 /// copies what no reader still needs and never waits for a lock. A
 /// checkpoint cannot copy past the oldest open read, so a plugin chaining
 /// overlapping reads let the WAL grow at the writers' rate (an outside
-/// review: 5 → 1,036 MiB in 60 s). Past [`WAL_PINNED_PAGES`] left behind,
+/// review: 5 → 1,036 MiB in 60 s). Past [`WAL_PINNED_BYTES`] left behind,
 /// `TRUNCATE`: it waits up to [`WAL_PINNED_WAIT`] for the reads begun
 /// before it (new writers wait too, new readers do not), then empties the
 /// WAL. Ends, closing its connection, once the pool and every connection
 /// it opened are gone.
 async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>) {
     let waiting = options.clone().busy_timeout(WAL_PINNED_WAIT);
-    let mut conn: Option<sqlx::SqliteConnection> = None;
+    let mut conn: Option<(sqlx::SqliteConnection, i64)> = None;
     while asked.recv().await.is_some() {
         if conn.is_none() {
-            conn = waiting.connect().await.ok();
+            conn = connect_with_page_size(&waiting).await.ok();
         }
-        let Some(open) = conn.as_mut() else { continue };
+        let Some((open, page_size)) = conn.as_mut() else { continue };
         let passive: Result<(i64, i64, i64), _> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&mut *open).await;
         let done = match passive {
-            Ok((_, log, copied)) if log - copied > WAL_PINNED_PAGES => {
+            Ok((_, log, copied)) if (log - copied).saturating_mul(*page_size) > WAL_PINNED_BYTES => {
                 sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut *open).await.map(drop)
             }
             other => other.map(drop),
@@ -98,9 +97,16 @@ async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<(
             conn = None;
         }
     }
-    if let Some(conn) = conn {
+    if let Some((conn, _)) = conn {
         let _ = sqlx::Connection::close(conn).await;
     }
+}
+
+/// A connection, and its database's page size (a WAL frame is one page).
+async fn connect_with_page_size(options: &SqliteConnectOptions) -> Result<(sqlx::SqliteConnection, i64), sqlx::Error> {
+    let mut conn = options.connect().await?;
+    let page_size = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut conn).await?;
+    Ok((conn, page_size))
 }
 
 impl Connector for SqliteConnector {
@@ -279,7 +285,7 @@ mod tests {
                 .unwrap();
         reader.execute("BEGIN").await.unwrap();
         reader.execute("SELECT count(*) FROM t").await.unwrap();
-        let pages = usize::try_from(WAL_PINNED_PAGES).unwrap();
+        let pages = usize::try_from(WAL_PINNED_BYTES >> 12).unwrap();
         let written = format!(
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {}) \
              INSERT INTO t SELECT zeroblob(3900) FROM c",
@@ -287,7 +293,7 @@ mod tests {
         );
         conn.connection().execute(sqlx::AssertSqlSafe(written)).await.unwrap();
         let grown = wal();
-        assert!(grown > (WAL_PINNED_PAGES as u64) << 12, "the WAL did not grow: {grown} bytes");
+        assert!(grown > WAL_PINNED_BYTES as u64, "the WAL did not grow: {grown} bytes");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(wal() >= grown, "emptied while its reader still read");
         reader.execute("COMMIT").await.unwrap();
