@@ -745,6 +745,14 @@ async fn sqlite(
             // write in it: it ended with the statement, not by it.
             return Err(stopped());
         }
+        if let Err(failure) = outcome
+            && matches!(failure.error, SqlError::TooLarge(_))
+        {
+            // So it does when a write finds the database full
+            // (`max_database_bytes`): the plugin's quota, not a statement
+            // that ended a transaction.
+            return Err(Failure { clean: false, ..failure });
+        }
         // Only the executor begins and ends transactions: a statement that
         // did either is refused, and its connection closed (rolling back
         // whatever it opened) instead of going back to the pool.

@@ -1126,6 +1126,16 @@ async fn a_sqlite_database_stops_at_max_database_bytes() {
     }
     assert!(written > 0);
     assert_eq!(query(&gateway, "p", &policy, count, &[]).await.unwrap().rows, stored(written));
+    // Inside a transaction too (SQLite then rolls the transaction back).
+    let alias = gateway.alias("db").unwrap();
+    let mut connection =
+        SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
+    let limits = Limits::from(&policy);
+    connection.begin(limits).await.unwrap();
+    let checked_one = checked(Door::Gatehouse, Dialect::Sqlite, &policy, one, &big()).unwrap();
+    let error = connection.execute(&checked_one, one, &big(), limits).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "in a transaction: {error}");
+    drop(connection);
     // A delete makes room again.
     query(&gateway, "p", &policy, "DELETE FROM orders WHERE length(created_at) > 1000", &[]).await.unwrap();
     query(&gateway, "p", &policy, one, &big()).await.unwrap();
