@@ -583,7 +583,7 @@ async fn prepare_connection_sqlite(
     stops: StatementStops,
 ) -> Result<(), SqlError> {
     match grant {
-        // Asked every 1000 virtual-machine instructions: microseconds of work.
+        // Asked at most every `PROGRESS_STEPS` instructions: microseconds of work.
         Some(grant) => sqlite_guard::enter_with_progress(conn, grant, stops.may_go_on())
             .await
             .map_err(|e| SqlError::Internal(format!("the SQLite authorizer: {e}"))),

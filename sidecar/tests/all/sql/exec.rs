@@ -14,7 +14,7 @@ use gatehouse::stop::Stop;
 
 use gatehouse::databases::{DatabaseSettings, PoolSettings, UrlSource};
 
-use super::support::{TestDb, fixture, peak_rss_bytes, placeholder, policy, pool};
+use super::support::{TestDb, fixture, peak_rss_bytes, placeholder, policy, pool, rss_bytes};
 
 /// One statement through the executor for `plugin`, as the door runs it.
 async fn query(
@@ -531,11 +531,6 @@ async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
 /// the rollback into the C allocator's arenas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_a_transaction_held_goes_back_when_it_ends_on_sqlite() {
-    let rss = || {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
-    };
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(pool(2, 2));
     let alias = gateway.alias("db").unwrap();
@@ -546,7 +541,7 @@ async fn memory_a_transaction_held_goes_back_when_it_ends_on_sqlite() {
                 SELECT 1, x, 'new', ?1 || x FROM c";
     query(&gateway, "p", &policy, fill, &[Value::Text("x".repeat(1_000_000))]).await.unwrap();
     let touch = "UPDATE orders SET created_at = created_at || 'y' WHERE length(created_at) > 1000";
-    let before = rss();
+    let before = rss_bytes();
     let mut connection =
         SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
     connection.begin(limits).await.unwrap();
@@ -557,8 +552,8 @@ async fn memory_a_transaction_held_goes_back_when_it_ends_on_sqlite() {
     connection.rollback().await.unwrap();
     drop(connection);
     let waited = std::time::Instant::now();
-    while rss().saturating_sub(before) > 64 << 20 {
-        let held = rss().saturating_sub(before) >> 20;
+    while rss_bytes().saturating_sub(before) > 64 << 20 {
+        let held = rss_bytes().saturating_sub(before) >> 20;
         assert!(waited.elapsed() < std::time::Duration::from_secs(10), "{held} MiB still held after the rollback");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -143,7 +143,17 @@ pub fn peak_rss_bytes(reset: bool) -> u64 {
     if reset {
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
     }
+    status_bytes("VmHWM:")
+}
+
+/// The process's resident memory now.
+pub fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A size line of `/proc/self/status` (given in KiB), in bytes.
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }

@@ -523,8 +523,8 @@ pub(super) unsafe fn may_go_on(db: *mut ffi::sqlite3) -> bool {
 }
 
 /// [`enter`], also giving the progress handler (called at most every
-/// [`PROGRESS_STEPS`] virtual-machine steps) the check that stops this statement (`false`
-/// interrupts it) and forgetting the connection's last inserted rowid (so
+/// [`PROGRESS_STEPS`] virtual-machine steps) the check that stops this
+/// statement (`false` interrupts it) and forgetting the connection's last inserted rowid (so
 /// that a non-zero one after the statement is the statement's own, never
 /// an earlier borrower's). The check is swapped first, so that the
 /// previous statement's (its deadline past) cannot interrupt the schema

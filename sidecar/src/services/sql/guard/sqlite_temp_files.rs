@@ -30,10 +30,13 @@ use std::sync::OnceLock;
 
 use libsqlite3_sys as ffi;
 
-/// The VFS's name, for `SqliteConnectOptions::vfs`.
-pub const VFS_NAME: &str = "gatehouse-memory-temp";
-
 const VFS_NAME_C: &CStr = c"gatehouse-memory-temp";
+
+/// The VFS's name, for `SqliteConnectOptions::vfs`.
+pub const VFS_NAME: &str = match VFS_NAME_C.to_str() {
+    Ok(name) => name,
+    Err(_) => panic!("the VFS's name is UTF-8"),
+};
 
 /// Bytes per chunk: a temporary file grows a chunk at a time (no copy of
 /// what it holds), and a run of the sorter (2 MiB) is 32 of them.
