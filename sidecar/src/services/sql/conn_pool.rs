@@ -130,6 +130,11 @@ impl<C: Connector> ConnPool<C> {
         }
     }
 
+    /// What makes the pool's connections.
+    pub fn connector(&self) -> &C {
+        &self.inner.connector
+    }
+
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         (self.inner.open.load(Ordering::Relaxed), self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner).len())
@@ -163,7 +168,7 @@ impl<C: Connector> Inner<C> {
 
     /// `conn`, held in `permit`'s place until it is given back or closed.
     fn lend(self: Arc<Self>, conn: C::Conn, session: Option<Arc<str>>, permit: OwnedSemaphorePermit) -> Pooled<C> {
-        Pooled { conn: Some(conn), session, pool: self, close: false, permits: vec![permit] }
+        Pooled { conn: Some(conn), session, pool: self, close: false, permits: vec![Box::new(permit)] }
     }
 
     /// An idle connection, closing those idle past [`IDLE_TIMEOUT`]: the
@@ -186,7 +191,7 @@ impl<C: Connector> Inner<C> {
     }
 
     /// Closes `conn`, keeping its place (and `permits`) until it has.
-    fn closing(self: Arc<Self>, conn: C::Conn, permits: Vec<OwnedSemaphorePermit>) {
+    fn closing(self: Arc<Self>, conn: C::Conn, permits: Vec<Box<dyn Send + Sync>>) {
         let closed = move || {
             self.open.fetch_sub(1, Ordering::Relaxed);
             drop(permits);
@@ -212,16 +217,23 @@ pub struct Pooled<C: Connector> {
     session: Option<Arc<str>>,
     pool: Arc<Inner<C>>,
     close: bool,
-    /// The pool's permit, and those the holder attached: released when the
-    /// connection is back in the pool, or has finished closing.
-    permits: Vec<OwnedSemaphorePermit>,
+    /// The pool's permit, and what the holder attached (a plugin's share,
+    /// say): released when the connection is back in the pool, or has
+    /// finished closing.
+    permits: Vec<Box<dyn Send + Sync>>,
 }
 
 impl<C: Connector> Pooled<C> {
-    /// Keeps `permit` (a plugin's share, say) as long as this connection's
-    /// place in the pool: until it is given back, or has finished closing.
-    pub fn hold(&mut self, permit: OwnedSemaphorePermit) {
-        self.permits.push(permit);
+    /// Keeps `held` (a plugin's share's permit, say) as long as this
+    /// connection's place in the pool: until it is given back, or has
+    /// finished closing.
+    pub fn hold(&mut self, held: impl Send + Sync + 'static) {
+        self.permits.push(Box::new(held));
+    }
+
+    /// What made the connection.
+    pub fn connector(&self) -> &C {
+        &self.pool.connector
     }
 
     /// Closes the connection when it is dropped instead of giving it back:

@@ -40,6 +40,7 @@ use futures::TryStreamExt as _;
 use sqlx::Either;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::{Connection as _, Executor as _};
+use tokio::sync::OwnedRwLockReadGuard;
 
 use super::error::SqlError;
 use super::guard::postgres as pg_guard;
@@ -183,6 +184,12 @@ pub struct SqlConnection {
     /// SQLite: the plugin's transaction is open but its `BEGIN` not yet
     /// sent ([`Self::begin`] says why).
     begin_pending: bool,
+    /// SQLite: this connection's place among the reads open on the WAL
+    /// ([`super::sqlite_pool::SqliteConnector::wal_reads`]), held while a
+    /// read outside a transaction runs and from a transaction's `BEGIN` to
+    /// its end; given to the pooled connection on drop, so that it lasts
+    /// until a connection being closed has closed.
+    wal_read: Option<OwnedRwLockReadGuard<()>>,
 }
 
 impl SqlConnection {
@@ -213,6 +220,7 @@ impl SqlConnection {
             broken: false,
             stop: stop.clone(),
             begin_pending: false,
+            wal_read: None,
         })
     }
 
@@ -282,10 +290,16 @@ impl SqlConnection {
         if let Some(done) = self.control(checked, limits).await {
             return done.map(|()| Outcome::default());
         }
-        if self.begin_pending {
-            self.send_begin(writes(checked.kind), limits).await?;
-        }
-        let mut done = self.guarded(limits, run, statement, params).await?;
+        let limits = if self.begin_pending {
+            self.send_begin(writes(checked.kind), limits).await?
+        } else if writes(checked.kind) {
+            limits
+        } else {
+            self.enter_reads(limits).await?
+        };
+        let done = self.guarded(limits, run, statement, params).await;
+        self.leave_reads_when_done();
+        let mut done = done?;
         if !writes(checked.kind) {
             done.changes = 0;
             done.last_insert_rowid = None;
@@ -300,7 +314,7 @@ impl SqlConnection {
     async fn control(&mut self, checked: &Checked, limits: Limits) -> Option<Result<(), SqlError>> {
         Some(match checked.kind {
             StatementKind::Begin => match self.begin(limits).await {
-                Ok(()) if checked.locks_at_begin && self.begin_pending => self.send_begin(true, limits).await,
+                Ok(()) if checked.locks_at_begin && self.begin_pending => self.send_begin(true, limits).await.map(drop),
                 begun => begun,
             },
             StatementKind::Commit => self.commit().await,
@@ -343,8 +357,11 @@ impl SqlConnection {
 
     /// Sends a SQLite transaction's `BEGIN`, before its first statement and
     /// under that statement's deadline and the invocation's stop: waiting
-    /// for another connection's write lock ends with them.
-    async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<(), SqlError> {
+    /// for the WAL's checkpoint ([`Self::enter_reads`]) or for another
+    /// connection's write lock ends with them. Returns what is left of
+    /// `limits` for the statement.
+    async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<Limits, SqlError> {
+        let limits = self.enter_reads(limits).await?;
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
         let stops = StatementStops::new(&self.stop, limits);
         self.broken = true;
@@ -358,7 +375,37 @@ impl SqlConnection {
         })?;
         self.broken = false;
         self.begin_pending = false;
-        Ok(())
+        Ok(limits)
+    }
+
+    /// SQLite: takes this connection's place among the reads open on the
+    /// WAL, waiting (within `limits`' deadline) while the checkpointer
+    /// restarts it; returns what is left of `limits`. Nothing to take on
+    /// PostgreSQL, or when the place is already held (in a transaction).
+    async fn enter_reads(&mut self, limits: Limits) -> Result<Limits, SqlError> {
+        let Conn::Sqlite(c) = &self.conn else { return Ok(limits) };
+        if self.wal_read.is_some() {
+            return Ok(limits);
+        }
+        let waited = Instant::now();
+        let reads = Arc::clone(c.connector().wal_reads()).read_owned();
+        let Ok(place) = tokio::time::timeout(limits.timeout, reads).await else {
+            return Err(SqlError::Timeout(format!(
+                "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
+                limits.timeout
+            )));
+        };
+        self.wal_read = Some(place);
+        Ok(Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })
+    }
+
+    /// Gives the place among the WAL's reads back once no read of this
+    /// connection's can be open: no transaction, and no statement left in
+    /// an unknown state (closed on drop, which keeps the place until then).
+    fn leave_reads_when_done(&mut self) {
+        if !self.transaction && !self.broken {
+            self.wal_read = None;
+        }
     }
 
     /// Commits the open transaction.
@@ -388,6 +435,7 @@ impl SqlConnection {
         };
         done.map_err(SqlError::from_database)?;
         self.broken = false;
+        self.leave_reads_when_done();
         Ok(())
     }
 
@@ -458,6 +506,9 @@ impl Drop for SqlConnection {
             // Closing rolls back whatever is open, on both databases, and
             // no later borrower inherits the state.
             self.conn.close_on_drop();
+        }
+        if let (Some(place), Conn::Sqlite(c)) = (self.wal_read.take(), &mut self.conn) {
+            c.hold(place);
         }
     }
 }
