@@ -1603,8 +1603,14 @@ async fn while_the_wal_drains_new_reads_wait_and_writes_go_on_on_sqlite() {
     let mut open_read = SqlConnection::open(alias, "reader", &guard, &Stop::new()).await.unwrap();
     open_read.begin(limits).await.unwrap();
     open_read.query(&read_checked, read, &[], limits).await.unwrap();
-    // Past the WAL's bound (64 MiB) while that read keeps it.
-    for n in 0..72 {
+    // Under the WAL's bound (64 MiB) nothing waits for that read, though
+    // checkpoints are asked for (past 1,000 pages).
+    for n in 0..8 {
+        write_once(n).await;
+    }
+    query(&gateway, "another", &policy, read, &[]).await.unwrap();
+    // Past it, while that read keeps it.
+    for n in 8..72 {
         write_once(n).await;
     }
     let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
