@@ -49,6 +49,7 @@ use super::pg_pool::{PooledPg, Session};
 use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
+use super::sqlite_pool::WalReads;
 use super::sqlite_step::{self, RowSink as _};
 use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -224,6 +225,31 @@ impl SqlConnection {
         })
     }
 
+    /// [`Self::open`] for one statement, `checked`, under `limits`: a
+    /// SQLite read takes its place among the WAL's reads
+    /// ([`Self::enter_reads`]) before its pooled connection, so that reads
+    /// held back while the checkpointer drains the WAL hold none of the
+    /// connections writes need. Returns what is left of `limits`.
+    pub async fn open_for(
+        alias: &AliasPool,
+        plugin: &str,
+        guard: &Guard,
+        stop: &Stop,
+        checked: &Checked,
+        limits: Limits,
+    ) -> Result<(SqlConnection, Limits), SqlError> {
+        let (place, limits) = match alias.pool().await? {
+            Pool::Sqlite(pool) if !writes(checked.kind) => {
+                let (place, left) = wait_for_reads(pool.connector().wal_reads(), limits).await?;
+                (Some(place), left)
+            }
+            _ => (None, limits),
+        };
+        let mut connection = SqlConnection::open(alias, plugin, guard, stop).await?;
+        connection.wal_read = place;
+        Ok((connection, limits))
+    }
+
     /// Whether a transaction is open.
     pub fn in_transaction(&self) -> bool {
         self.transaction
@@ -387,16 +413,9 @@ impl SqlConnection {
         if self.wal_read.is_some() {
             return Ok(limits);
         }
-        let waited = Instant::now();
-        let reads = Arc::clone(c.connector().wal_reads()).read_owned();
-        let Ok(place) = tokio::time::timeout(limits.timeout, reads).await else {
-            return Err(SqlError::Timeout(format!(
-                "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
-                limits.timeout
-            )));
-        };
+        let (place, left) = wait_for_reads(c.connector().wal_reads(), limits).await?;
         self.wal_read = Some(place);
-        Ok(Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })
+        Ok(left)
     }
 
     /// Gives the place among the WAL's reads back once no read of this
@@ -510,6 +529,19 @@ impl Drop for SqlConnection {
         if let (Some(place), Conn::Sqlite(c)) = (self.wal_read.take(), &mut self.conn) {
             c.hold(place);
         }
+    }
+}
+
+/// A place among `reads`, waited for within `limits`' deadline; and what
+/// is left of `limits`.
+async fn wait_for_reads(reads: &WalReads, limits: Limits) -> Result<(OwnedRwLockReadGuard<()>, Limits), SqlError> {
+    let waited = Instant::now();
+    match tokio::time::timeout(limits.timeout, Arc::clone(reads).read_owned()).await {
+        Ok(place) => Ok((place, Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })),
+        Err(_) => Err(SqlError::Timeout(format!(
+            "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
+            limits.timeout
+        ))),
     }
 }
 

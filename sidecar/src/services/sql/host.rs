@@ -191,8 +191,9 @@ impl SqlHost {
         let (plugin, grant) = self.grant(db)?;
         let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection =
-            SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse), &self.stop).await?;
+        let guard = grant.guard(Door::Gatehouse);
+        let (mut connection, limits) =
+            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, &checked, limits).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {

@@ -38,8 +38,10 @@ async fn query_until(
 ) -> Result<gatehouse::services::sql::Rows, SqlError> {
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
-    let mut connection = SqlConnection::open(alias, plugin, &authorizer(alias.dialect, policy), stop).await?;
-    connection.query(&checked, sql, params, Limits::from(policy)).await
+    let guard = authorizer(alias.dialect, policy);
+    let (mut connection, limits) =
+        SqlConnection::open_for(alias, plugin, &guard, stop, &checked, Limits::from(policy)).await?;
+    connection.query(&checked, sql, params, limits).await
 }
 
 /// What the door gives a connection for `policy`: the database's own
@@ -1570,7 +1572,8 @@ async fn a_wal_kept_by_overlapping_reads_is_restarted_on_sqlite() {
 }
 
 /// While the checkpointer waits for the reads open on a grown WAL, new
-/// reads wait behind it and writes go on; once the last open read ends the
+/// reads wait behind it, holding no pooled connection, and writes go on;
+/// once the last open read ends the
 /// WAL is emptied and the waiting read runs. (Waiting inside SQLite
 /// instead, `TRUNCATE` alone, held every plugin's writes back while one
 /// plugin's read lasted: 15.8 s in the seventh outside review.)
@@ -1621,17 +1624,27 @@ async fn while_the_wal_drains_new_reads_wait_and_writes_go_on_on_sqlite() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let new_read = {
-        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
-        tokio::spawn(async move { query(&gateway, "another", &policy, read, &[]).await })
-    };
+    // More new reads than the pool has connections left: waiting, they
+    // hold none, and the write still finds one.
+    let new_reads: Vec<_> = (0..4)
+        .map(|n| {
+            let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+            tokio::spawn(async move { query(&gateway, &format!("another-{n}"), &policy, read, &[]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(write_once(72).await, 1, "a write during the drain");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!new_read.is_finished(), "a new read ran while the checkpointer waited for the open one");
+    assert!(
+        new_reads.iter().all(|read| !read.is_finished()),
+        "a new read ran while the checkpointer waited for the open one"
+    );
     assert!(wal_size() > 64 << 20, "the WAL was restarted under an open read");
 
     open_read.commit().await.unwrap();
-    new_read.await.unwrap().unwrap();
+    for read in new_reads {
+        read.await.unwrap().unwrap();
+    }
     let waited = Instant::now();
     while wal_size() > 0 {
         assert!(waited.elapsed() < Duration::from_secs(10), "the WAL stayed at {} bytes", wal_size());
