@@ -40,7 +40,6 @@ use futures::TryStreamExt as _;
 use sqlx::Either;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, Postgres};
 use sqlx::{Connection as _, Executor as _};
-use tokio::sync::OwnedRwLockReadGuard;
 
 use super::error::SqlError;
 use super::guard::postgres as pg_guard;
@@ -49,7 +48,7 @@ use super::pg_pool::{PooledPg, Session};
 use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
-use super::sqlite_pool::WalReads;
+use super::sqlite_pool::{DRAIN_GRACE, WalPlace, WalReads};
 use super::sqlite_step::{self, RowSink as _};
 use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -189,8 +188,9 @@ pub struct SqlConnection {
     /// ([`super::sqlite_pool::SqliteConnector::wal_reads`]), held while a
     /// read outside a transaction runs and from a transaction's `BEGIN` to
     /// its end; given to the pooled connection on drop, so that it lasts
-    /// until a connection being closed has closed.
-    wal_read: Option<OwnedRwLockReadGuard<()>>,
+    /// until a connection being closed has closed. The checkpointer may
+    /// end the read first ([`WalPlace::ended`]).
+    wal_read: Option<Arc<WalPlace>>,
 }
 
 impl SqlConnection {
@@ -225,27 +225,29 @@ impl SqlConnection {
         })
     }
 
-    /// [`Self::open`] for one statement, `checked`, under `limits`: a
-    /// SQLite read takes its place among the WAL's reads
-    /// ([`Self::enter_reads`]) before its pooled connection, so that reads
-    /// held back while the checkpointer drains the WAL hold none of the
-    /// connections writes need. Returns what is left of `limits`.
+    /// [`Self::open`] for one statement or one transaction under
+    /// `limits`: on SQLite it takes its place among the statements open on
+    /// the WAL ([`Self::take_wal_place`]) before its pooled connection, so
+    /// that those held back while the checkpointer drains the WAL hold no
+    /// connection others need. Returns what is left of `limits`.
     pub async fn open_for(
         alias: &AliasPool,
         plugin: &str,
         guard: &Guard,
         stop: &Stop,
-        checked: &Checked,
         limits: Limits,
     ) -> Result<(SqlConnection, Limits), SqlError> {
         let (place, limits) = match alias.pool().await? {
-            Pool::Sqlite(pool) if !writes(checked.kind) => {
+            Pool::Sqlite(pool) => {
                 let (place, left) = wait_for_reads(pool.connector().wal_reads(), limits).await?;
                 (Some(place), left)
             }
             _ => (None, limits),
         };
         let mut connection = SqlConnection::open(alias, plugin, guard, stop).await?;
+        if let (Some(place), Conn::Sqlite(c)) = (&place, &connection.conn) {
+            place.attach(c);
+        }
         connection.wal_read = place;
         Ok((connection, limits))
     }
@@ -316,14 +318,18 @@ impl SqlConnection {
         if let Some(done) = self.control(checked, limits).await {
             return done.map(|()| Outcome::default());
         }
+        self.read_not_ended().await?;
         let limits = if self.begin_pending {
             self.send_begin(writes(checked.kind), limits).await?
-        } else if writes(checked.kind) {
-            limits
         } else {
-            self.enter_reads(limits).await?
+            self.take_wal_place(limits).await?
         };
         let done = self.guarded(limits, run, statement, params).await;
+        if done.is_err() || self.transaction {
+            // Rows of a read outside a transaction that ended in time
+            // stand; anything else of an ended read does not.
+            self.read_not_ended().await?;
+        }
         self.leave_reads_when_done();
         let mut done = done?;
         if !writes(checked.kind) {
@@ -383,13 +389,14 @@ impl SqlConnection {
 
     /// Sends a SQLite transaction's `BEGIN`, before its first statement and
     /// under that statement's deadline and the invocation's stop: waiting
-    /// for the WAL's checkpoint ([`Self::enter_reads`]) or for another
+    /// for the WAL's checkpoint ([`Self::take_wal_place`]) or for another
     /// connection's write lock ends with them. Returns what is left of
     /// `limits` for the statement.
     async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<Limits, SqlError> {
-        let limits = self.enter_reads(limits).await?;
+        let limits = self.take_wal_place(limits).await?;
+        let read = self.read_stop();
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
-        let stops = StatementStops::new(&self.stop, limits);
+        let stops = StatementStops::new(&self.stop, read, limits);
         self.broken = true;
         let command = if write { "BEGIN IMMEDIATE" } else { "BEGIN" };
         host_command(c, command, Some(&stops)).await.map_err(|e| {
@@ -404,16 +411,20 @@ impl SqlConnection {
         Ok(limits)
     }
 
-    /// SQLite: takes this connection's place among the reads open on the
-    /// WAL, waiting (within `limits`' deadline) while the checkpointer
+    /// SQLite: takes this connection's place among the statements open on
+    /// the WAL, waiting (within `limits`' deadline) while the checkpointer
     /// restarts it; returns what is left of `limits`. Nothing to take on
     /// PostgreSQL, or when the place is already held (in a transaction).
-    async fn enter_reads(&mut self, limits: Limits) -> Result<Limits, SqlError> {
+    /// Writes take one too: a write holding the lock when the drain's
+    /// `TRUNCATE` comes made it give up (an outside review kept the WAL
+    /// from restarting so, 1.1 GiB in 60 s).
+    async fn take_wal_place(&mut self, limits: Limits) -> Result<Limits, SqlError> {
         let Conn::Sqlite(c) = &self.conn else { return Ok(limits) };
         if self.wal_read.is_some() {
             return Ok(limits);
         }
         let (place, left) = wait_for_reads(c.connector().wal_reads(), limits).await?;
+        place.attach(c);
         self.wal_read = Some(place);
         Ok(left)
     }
@@ -422,9 +433,43 @@ impl SqlConnection {
     /// connection's can be open: no transaction, and no statement left in
     /// an unknown state (closed on drop, which keeps the place until then).
     fn leave_reads_when_done(&mut self) {
-        if !self.transaction && !self.broken {
-            self.wal_read = None;
+        if !self.transaction
+            && !self.broken
+            && let Some(place) = self.wal_read.take()
+        {
+            place.detach();
         }
+    }
+
+    /// The stop the checkpointer raises to end this connection's read.
+    fn read_stop(&self) -> Option<Stop> {
+        self.wal_read.as_ref().map(|place| place.ended().clone())
+    }
+
+    /// Refuses to go on once the checkpointer has ended this connection's
+    /// read (it kept the WAL from restarting past [`DRAIN_GRACE`]): what
+    /// the read's transaction did is rolled back, here too in case a
+    /// statement began a new one since, and the connection serves no more
+    /// statements (closed on drop).
+    async fn read_not_ended(&mut self) -> Result<(), SqlError> {
+        if !self.wal_read.as_ref().is_some_and(|place| place.ended().is_due()) {
+            return Ok(());
+        }
+        self.transaction = false;
+        self.begin_pending = false;
+        self.broken = true;
+        if let Conn::Sqlite(c) = &mut self.conn
+            && sqlite_guard::leave_in_transaction(c)
+        {
+            let _ = host_command(c, "ROLLBACK", None).await;
+        }
+        Err(SqlError::Unavailable {
+            message: format!(
+                "the read was ended (and any transaction it was part of rolled back): it kept the database's WAL \
+                 from its checkpoint for over {DRAIN_GRACE:?}; this connection serves no more statements"
+            ),
+            retry_after: Some(super::error::RETRY_UNAVAILABLE),
+        })
     }
 
     /// Commits the open transaction.
@@ -438,6 +483,7 @@ impl SqlConnection {
     }
 
     async fn finish(&mut self, command: &'static str) -> Result<(), SqlError> {
+        self.read_not_ended().await?;
         self.usable()?;
         if !self.transaction {
             return Err(SqlError::InvalidInput("no transaction is open on this connection".into()));
@@ -452,7 +498,10 @@ impl SqlConnection {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
             Conn::Sqlite(c) => host_command(c, command, None).await,
         };
-        done.map_err(SqlError::from_database)?;
+        if let Err(e) = done {
+            self.read_not_ended().await?;
+            return Err(SqlError::from_database(e));
+        }
         self.broken = false;
         self.leave_reads_when_done();
         Ok(())
@@ -483,11 +532,11 @@ impl SqlConnection {
         let in_transaction = self.transaction;
         let role = self.role.clone();
         let grant = self.grant.clone();
-        let stop = self.stop.clone();
+        let stops = StatementStops::new(&self.stop, self.read_stop(), limits);
         let work = async {
             match &mut self.conn {
                 Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
-                Conn::Sqlite(c) => sqlite(c, grant, stop, in_transaction, limits, run, statement, params).await,
+                Conn::Sqlite(c) => sqlite(c, grant, stops, in_transaction, limits, run, statement, params).await,
             }
         };
         let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
@@ -521,7 +570,8 @@ impl SqlConnection {
 
 impl Drop for SqlConnection {
     fn drop(&mut self) {
-        if (self.transaction && !self.begin_pending) || self.broken {
+        let ended = self.wal_read.as_ref().is_some_and(|place| place.ended().is_due());
+        if (self.transaction && !self.begin_pending) || self.broken || ended {
             // Closing rolls back whatever is open, on both databases, and
             // no later borrower inherits the state.
             self.conn.close_on_drop();
@@ -534,9 +584,9 @@ impl Drop for SqlConnection {
 
 /// A place among `reads`, waited for within `limits`' deadline; and what
 /// is left of `limits`.
-async fn wait_for_reads(reads: &WalReads, limits: Limits) -> Result<(OwnedRwLockReadGuard<()>, Limits), SqlError> {
+async fn wait_for_reads(reads: &WalReads, limits: Limits) -> Result<(Arc<WalPlace>, Limits), SqlError> {
     let waited = Instant::now();
-    match tokio::time::timeout(limits.timeout, Arc::clone(reads).read_owned()).await {
+    match tokio::time::timeout(limits.timeout, reads.enter()).await {
         Ok(place) => Ok((place, Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })),
         Err(_) => Err(SqlError::Timeout(format!(
             "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
@@ -638,15 +688,17 @@ async fn enter_session(conn: &mut PooledPg, role: Option<&str>, limits: Limits) 
 struct StatementStops {
     own: Stop,
     invocation: Stop,
+    /// The checkpointer's, ending the read the statement is part of.
+    read: Option<Stop>,
 }
 
 impl StatementStops {
-    fn new(invocation: &Stop, limits: Limits) -> StatementStops {
-        StatementStops { own: Stop::new().until(Instant::now() + limits.timeout), invocation: invocation.clone() }
+    fn new(invocation: &Stop, read: Option<Stop>, limits: Limits) -> StatementStops {
+        StatementStops { own: Stop::new().until(Instant::now() + limits.timeout), invocation: invocation.clone(), read }
     }
 
     fn is_due(&self) -> bool {
-        self.own.is_due() || self.invocation.is_due()
+        self.own.is_due() || self.invocation.is_due() || self.read.as_ref().is_some_and(Stop::is_due)
     }
 
     /// The check SQLite's progress and busy handlers ask: `false` stops.
@@ -785,19 +837,19 @@ async fn postgres_statement(
 async fn sqlite(
     conn: &mut Guarded,
     grant: Option<Arc<SqliteGrant>>,
-    stop: Stop,
+    stops: StatementStops,
     in_transaction: bool,
     limits: Limits,
     run: Run,
     statement: &str,
     params: &[Value],
 ) -> Result<Outcome, Failure> {
-    // Due at the statement's deadline, when the invocation's stop is, and
-    // when this future is dropped mid-statement (possible only where the
-    // statement runs on another thread, see `sqlite_statement`): that
-    // thread would otherwise go on until the deadline, holding the
-    // connection (closing it waits for the statement).
-    let stops = StatementStops::new(&stop, limits);
+    // Due at the statement's deadline, when the invocation's stop is, when
+    // the checkpointer ends its read, and when this future is dropped
+    // mid-statement (possible only where the statement runs on another
+    // thread, see `sqlite_statement`): that thread would otherwise go on
+    // until the deadline, holding the connection (closing it waits for
+    // the statement).
     let _dropped = stops.own.raise_on_drop();
     prepare_connection_sqlite(conn, grant, stops.clone()).await?;
     let mut outcome = sqlite_statement(conn, limits, run, statement, params).await;

@@ -193,7 +193,7 @@ impl SqlHost {
         let limits = Limits::from(&grant.policy);
         let guard = grant.guard(Door::Gatehouse);
         let (mut connection, limits) =
-            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, &checked, limits).await?;
+            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, limits).await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -209,8 +209,9 @@ impl SqlHost {
         }
         let (plugin, grant) = self.grant(db)?;
         let limits = Limits::from(&grant.policy);
-        let mut connection =
-            SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Gatehouse), &self.stop).await?;
+        let guard = grant.guard(Door::Gatehouse);
+        let (mut connection, limits) =
+            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, limits).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
 use sqlx::sqlite::SqliteConnectOptions;
-use tokio::sync::{RwLock, mpsc};
+use std::sync::{Mutex, PoisonError, Weak};
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, mpsc};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
-use super::guard::sqlite::{self as guard, Guarded};
+use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
+use crate::stop::Stop;
 
 /// A pool of serialized SQLite connections with the authorizer installed.
 pub type SqlitePool = ConnPool<SqliteConnector>;
@@ -27,22 +30,131 @@ pub struct SqliteConnector {
     max_value_bytes: u32,
     max_database_bytes: Option<u64>,
     checkpoints: mpsc::Sender<()>,
-    wal_reads: WalReads,
+    wal_reads: Arc<WalReads>,
 }
 
 impl SqliteConnector {
-    /// The places of the plugins' reads open on the alias's WAL: a read
-    /// holds one (shared) from its first statement until it ends, a
-    /// transaction until its end, so that the [`checkpointer`] can wait
-    /// for the WAL to be free of them (exclusive). Writes outside a
-    /// transaction hold none.
-    pub fn wal_reads(&self) -> &WalReads {
+    /// The places of the plugins' statements open on the alias's WAL.
+    pub fn wal_reads(&self) -> &Arc<WalReads> {
         &self.wal_reads
     }
 }
 
-/// See [`SqliteConnector::wal_reads`].
-pub type WalReads = Arc<RwLock<()>>;
+/// The places of the plugins' statements open on an alias's WAL: a
+/// statement holds one while it runs, a transaction from its start until
+/// its end, so that the [`checkpointer`] can hold new ones back and wait
+/// for the WAL to be free of the open ones.
+pub struct WalReads {
+    /// Shared by the places, taken whole by the checkpointer.
+    gate: Arc<RwLock<()>>,
+    /// The places given out (those dropped since are pruned as more come).
+    places: Mutex<Vec<Weak<WalPlace>>>,
+    /// [`DRAIN_GRACE`], unless a test set another.
+    grace: Mutex<Duration>,
+}
+
+impl Default for WalReads {
+    fn default() -> WalReads {
+        WalReads { gate: Arc::default(), places: Mutex::default(), grace: Mutex::new(DRAIN_GRACE) }
+    }
+}
+
+impl WalReads {
+    /// Whether a drain holds new reads back now.
+    pub fn held_back(&self) -> bool {
+        self.gate.try_read().is_err()
+    }
+
+    /// Replaces [`DRAIN_GRACE`]: for tests, which show what happens
+    /// before it and after it without waiting on the clock.
+    #[doc(hidden)]
+    pub fn set_grace(&self, grace: Duration) {
+        *self.grace.lock().unwrap_or_else(PoisonError::into_inner) = grace;
+    }
+
+    /// A place, once no drain holds new reads back.
+    pub async fn enter(&self) -> Arc<WalPlace> {
+        let gate = Arc::clone(&self.gate).read_owned().await;
+        let place = Arc::new(WalPlace { gate: Mutex::new(Some(gate)), ended: Stop::new(), conn: Mutex::new(None) });
+        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
+        places.retain(|place| place.strong_count() > 0);
+        places.push(Arc::downgrade(&place));
+        place
+    }
+
+    /// The whole gate: new reads wait from the call on. Reads still open
+    /// after [`DRAIN_GRACE`] are ended ([`WalPlace::end`]), so that one
+    /// plugin keeping a transaction open holds no one's reads back longer
+    /// and the WAL stops growing.
+    async fn drain(&self) -> OwnedRwLockWriteGuard<()> {
+        let whole = Arc::clone(&self.gate).write_owned();
+        tokio::pin!(whole);
+        let mut wait = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Ok(whole) = tokio::time::timeout(wait, &mut whole).await {
+                return whole;
+            }
+            let open: Vec<_> =
+                self.places.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
+            for place in open {
+                place.end();
+            }
+            wait = ENDING_RETRY;
+        }
+    }
+}
+
+/// A read's place among [`WalReads`].
+pub struct WalPlace {
+    /// Its share of the gate, until the read ends (or is ended).
+    gate: Mutex<Option<OwnedRwLockReadGuard<()>>>,
+    /// Raised when the checkpointer ends the read: the owner's statements
+    /// stop, and its next one is refused.
+    ended: Stop,
+    /// The connection the read is open on, once it has one.
+    conn: Mutex<Option<ReadEnder>>,
+}
+
+impl WalPlace {
+    /// The read runs on `conn` from now on.
+    pub fn attach(&self, conn: &Guarded) {
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.read_ender());
+    }
+
+    /// The read is over: its connection may serve anything again, so the
+    /// checkpointer must not touch it any more (waits for an ending under
+    /// way).
+    pub fn detach(&self) {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+
+    /// Raised once the checkpointer has ended (or is ending) the read.
+    pub fn ended(&self) -> &Stop {
+        &self.ended
+    }
+
+    /// Stops the read: raises [`Self::ended`]; then, unless a statement
+    /// runs on its connection or the connection is closing, rolls back
+    /// its transaction and gives the place up. Try again while it holds.
+    fn end(&self) {
+        self.ended.raise();
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let over = conn.as_ref().is_none_or(|conn| conn.try_end() == Ending::Ended);
+        if over {
+            self.gate.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+    }
+}
+
+/// How long the checkpointer waits for the reads open on a grown WAL to
+/// end on their own before it ends them ([`WalReads::drain`]): what a
+/// drain may hold new reads back, and the longest a read may stay open
+/// once one has begun.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the checkpointer tries again to end a read it could not end
+/// yet (a statement of it was running, stopping at its next check).
+const ENDING_RETRY: Duration = Duration::from_millis(20);
 
 /// How many frames the WAL may hold before the checkpointer holds new
 /// reads back until it has restarted it ([`checkpointer`]).
@@ -59,7 +171,7 @@ pub fn sqlite_pool(
     max_database_bytes: Option<u64>,
 ) -> SqlitePool {
     let (checkpoints, asked) = mpsc::channel(1);
-    let wal_reads = WalReads::default();
+    let wal_reads = Arc::new(WalReads::default());
     tokio::spawn(checkpointer(options.clone(), asked, Arc::clone(&wal_reads)));
     let connector = SqliteConnector {
         options: options.serialized(true),
@@ -93,29 +205,39 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
 /// only when no read uses it: reads that overlap one another (one plugin's
 /// chained on purpose, or just many plugins' busy reads) kept it growing at
 /// the writers' rate (an outside review: 5.6 GiB in 60 s). So once it
-/// holds more than [`WAL_DRAIN_FRAMES`], the checkpointer takes
-/// `wal_reads` exclusively: new reads wait, those open end (each within
-/// its deadline), and with none left a `TRUNCATE` checkpoint copies the
-/// rest and empties the file. Writes outside a transaction go on meanwhile
-/// (they hold no place; `TRUNCATE` waits for the one running, at most the
-/// busy timeout, and holds the next back only while it copies). Waiting
-/// for readers inside SQLite instead (`TRUNCATE` alone) was tried and
-/// undone: it holds the write lock while it waits, and one plugin's 18 s
-/// read held every plugin's writes back 15.8 s.
-async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>, wal_reads: WalReads) {
+/// holds more than [`WAL_DRAIN_FRAMES`] at two checkpoints in a row, the
+/// checkpointer drains it ([`WalReads::drain`]): new statements of the
+/// alias wait, reads and writes alike; those open end, or are ended after
+/// [`DRAIN_GRACE`]; with none left a `TRUNCATE` checkpoint copies the rest
+/// and empties the file, with no lock to wait for. Writes wait too because
+/// one holding the lock past the busy timeout made `TRUNCATE` give up, and
+/// a read begun right after kept the WAL again (an outside review: 1.1 GiB
+/// in 60 s with no read open over 5 s). Waiting inside SQLite instead
+/// (`TRUNCATE` alone) was tried and undone: it holds the write lock while
+/// it waits, with no bound on the reads it waits for (one plugin's 18 s
+/// read held every plugin's writes back 15.8 s).
+async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>, wal_reads: Arc<WalReads>) {
     let mut conn: Option<sqlx::SqliteConnection> = None;
+    // Whether the last checkpoint left the WAL past its bound.
+    let mut over = false;
     while asked.recv().await.is_some() {
         if conn.is_none() {
             conn = options.connect().await.ok();
         }
         let Some(open) = conn.as_mut() else { continue };
-        let done = match checkpoint(open, "PRAGMA wal_checkpoint(PASSIVE)").await {
-            Ok(frames) if frames > WAL_DRAIN_FRAMES => {
-                let _no_reads = wal_reads.write().await;
-                checkpoint(open, "PRAGMA wal_checkpoint(TRUNCATE)").await
-            }
-            done => done,
+        let passive = checkpoint(open, "PRAGMA wal_checkpoint(PASSIVE)").await;
+        let grown = passive.as_ref().is_ok_and(|&frames| frames > WAL_DRAIN_FRAMES);
+        // Past the bound a second time: the WAL did not restart in between,
+        // so statements keep it. (Once may be one large commit, which the
+        // next write restarts after this checkpoint copied it: no need to
+        // stop anyone.)
+        let done = if grown && over {
+            let _nothing_open = wal_reads.drain().await;
+            checkpoint(open, "PRAGMA wal_checkpoint(TRUNCATE)").await
+        } else {
+            passive
         };
+        over = done.as_ref().is_ok_and(|&frames| frames > WAL_DRAIN_FRAMES);
         if done.is_err() {
             conn = None;
         }
@@ -161,6 +283,8 @@ impl Connector for SqliteConnector {
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
+
+    use sqlx::Executor as _;
 
     use super::*;
     use crate::services::sql::conn_pool::IDLE_TIMEOUT;
@@ -208,7 +332,6 @@ mod tests {
     /// is in files of the gateway's VFS.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_connection_is_guarded() {
-        use sqlx::Executor as _;
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(&dir, 1);
         let mut conn = pool.acquire(None).await.unwrap();
@@ -235,7 +358,6 @@ mod tests {
     /// its channel, so nothing else can have copied the WAL.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_leaves_the_checkpoint_to_the_checkpointer() {
-        use sqlx::Executor as _;
         let dir = tempfile::tempdir().unwrap();
         let db_file = || std::fs::metadata(dir.path().join("pool.db")).unwrap().len();
         let written = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500) \
@@ -271,7 +393,6 @@ mod tests {
     /// largest size until a restart.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_grown_wal_is_cut_back_after_its_checkpoint() {
-        use sqlx::Executor as _;
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(&dir, 1);
         let mut conn = pool.acquire(None).await.unwrap();
@@ -293,6 +414,48 @@ mod tests {
     }
 
     /// Waits until the pool's usage is `usage` (closing is asynchronous).
+    /// Ending a read rolls back the transaction open on its connection and
+    /// gives its place up; a read its owner has detached (its connection
+    /// may serve a new transaction) is left alone; a statement running
+    /// defers the ending.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ending_a_read_rolls_back_only_the_connection_it_is_attached_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let reads = Arc::clone(pool.connector().wal_reads());
+        let in_transaction = |conn: &mut PooledSqlite| guard::leave_in_transaction(conn);
+
+        let place = reads.enter().await;
+        place.attach(&conn);
+        guard::enter_host(&mut conn);
+        conn.connection().execute("BEGIN").await.unwrap();
+        conn.connection().execute("SELECT count(*) FROM t").await.unwrap();
+        {
+            let _running = conn.step_handle().open.try_lock_owned().unwrap();
+            place.end();
+            assert!(in_transaction(&mut conn), "ended under a running statement");
+            assert!(place.ended().is_due(), "the running statement is told to stop");
+            assert!(reads.gate.try_write().is_err(), "the place given up before its read ended");
+        }
+        place.end();
+        assert!(!in_transaction(&mut conn), "the transaction is still open");
+        assert!(reads.gate.try_write().is_ok(), "the place is still held");
+
+        let place = reads.enter().await;
+        place.attach(&conn);
+        place.detach();
+        guard::enter_host(&mut conn);
+        conn.connection().execute("BEGIN").await.unwrap();
+        conn.connection().execute("INSERT INTO t VALUES (1)").await.unwrap();
+        place.end();
+        assert!(in_transaction(&mut conn), "a detached read's ending rolled back the connection's next transaction");
+        guard::enter_host(&mut conn);
+        conn.connection().execute("COMMIT").await.unwrap();
+    }
+
     async fn settled(pool: &SqlitePool, usage: (u32, usize)) {
         let waited = Instant::now();
         while pool.usage() != usage {
@@ -303,14 +466,12 @@ mod tests {
 
     /// Marks a connection (a temporary table is the connection's own).
     async fn mark(conn: &mut PooledSqlite) {
-        use sqlx::Executor as _;
         guard::enter_host(conn);
         conn.connection().execute("CREATE TEMP TABLE mark (x INTEGER)").await.unwrap();
         guard::leave(conn);
     }
 
     async fn marked(conn: &mut PooledSqlite) -> bool {
-        use sqlx::Executor as _;
         guard::enter_host(conn);
         let found = conn.connection().execute("SELECT count(*) FROM temp.mark").await.is_ok();
         guard::leave(conn);

@@ -66,6 +66,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use libsqlite3_sys as ffi;
@@ -243,6 +244,9 @@ struct Slot {
     /// a checkpoint ([`Guarded::checkpoint_elsewhere`]); unset, the
     /// committing statement checkpoints itself, as SQLite does by default.
     checkpoints: std::sync::OnceLock<tokio::sync::mpsc::Sender<()>>,
+    /// Set while [`ReadEnder::try_end`] rolls a plugin's transaction back
+    /// from outside: its `ROLLBACK` is allowed and runs to its end.
+    ending: AtomicBool,
 }
 
 /// Whether the statement entered last may go on (its deadline not past,
@@ -256,10 +260,14 @@ impl Slot {
             schema: Mutex::new(None),
             progress: Mutex::new(None),
             checkpoints: std::sync::OnceLock::new(),
+            ending: AtomicBool::new(false),
         }
     }
 
     fn allows(&self, action: i32, first: Option<&str>, second: Option<&str>, database: Option<&str>) -> bool {
+        if action == ffi::SQLITE_TRANSACTION && self.ending.load(Ordering::SeqCst) {
+            return true;
+        }
         match &*self.mode.lock().unwrap_or_else(PoisonError::into_inner) {
             Mode::Closed => false,
             Mode::Host => true,
@@ -280,6 +288,9 @@ impl Slot {
     /// The progress check of the statement entered last (taken out of the
     /// lock before it is called).
     fn may_go_on(&self) -> bool {
+        if self.ending.load(Ordering::SeqCst) {
+            return true;
+        }
         let progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner).clone();
         progress.is_none_or(|go_on| go_on())
     }
@@ -335,6 +346,12 @@ impl Guarded {
     pub async fn into_connection(self) -> SqliteConnection {
         *self.open.lock().await = false;
         self.conn
+    }
+
+    /// What ends a plugin's read on this connection from another task
+    /// (the checkpointer's, [`ReadEnder`]).
+    pub fn read_ender(&self) -> ReadEnder {
+        ReadEnder { db: RawDb(self.db.0), open: Arc::clone(&self.open), slot: Arc::clone(&self.slot) }
     }
 
     fn db(&self) -> *mut ffi::sqlite3 {
@@ -501,6 +518,61 @@ fn trim() {
     // SAFETY: glibc's `malloc_trim` is thread-safe.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Ends the read a plugin holds open on a connection, from outside the
+/// plugin's call: the checkpointer's, when a read keeps the WAL from
+/// restarting for too long (`super::super::sqlite_pool`). A transaction
+/// left open between statements holds its snapshot until its owner ends
+/// it, which a plugin may put off until its invocation's deadline; this
+/// rolls it back without waiting for the owner. Sound because the
+/// connection is serialized and no statement of the owner's steps
+/// meanwhile (the handle's lock is held throughout); the owner learns of
+/// it through its place's stop, before its next statement.
+pub struct ReadEnder {
+    db: RawDb,
+    open: Arc<tokio::sync::Mutex<bool>>,
+    slot: Arc<Slot>,
+}
+
+/// What [`ReadEnder::try_end`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// No transaction is open on the connection (any there was is rolled
+    /// back): it holds no snapshot.
+    Ended,
+    /// A statement runs on it (or the rollback failed): try again.
+    Busy,
+    /// It is being closed, which ends whatever it holds.
+    Closing,
+}
+
+impl ReadEnder {
+    /// Rolls back the transaction open on the connection, if no statement
+    /// runs on it now.
+    pub fn try_end(&self) -> Ending {
+        let Ok(open) = self.open.try_lock() else { return Ending::Busy };
+        if !*open {
+            return Ending::Closing;
+        }
+        let db = self.db.0.as_ptr();
+        // SAFETY: the connection is open and serialized, and stays open
+        // while `open` is held; no statement of the owner's runs.
+        if unsafe { ffi::sqlite3_get_autocommit(db) } != 0 {
+            return Ending::Ended;
+        }
+        self.slot.ending.store(true, Ordering::SeqCst);
+        // SAFETY: as above; the statement is a NUL-terminated constant and
+        // no callback or out-pointer is given.
+        let rc = unsafe { ffi::sqlite3_exec(db, c"ROLLBACK".as_ptr(), None, ptr::null_mut(), ptr::null_mut()) };
+        self.slot.ending.store(false, Ordering::SeqCst);
+        give_back_freed_memory_soon();
+        // SAFETY: as above.
+        match rc == ffi::SQLITE_OK && unsafe { ffi::sqlite3_get_autocommit(db) } != 0 {
+            true => Ending::Ended,
+            false => Ending::Busy,
+        }
     }
 }
 
