@@ -324,6 +324,7 @@ impl SqlConnection {
         } else {
             self.take_wal_place(limits).await?
         };
+        let limits = if writes(checked.kind) { self.take_write_turn(limits).await? } else { limits };
         let done = self.guarded(limits, run, statement, params).await;
         if done.is_err() || self.transaction {
             // Rows of a read outside a transaction that ended in time
@@ -394,6 +395,7 @@ impl SqlConnection {
     /// `limits` for the statement.
     async fn send_begin(&mut self, write: bool, limits: Limits) -> Result<Limits, SqlError> {
         let limits = self.take_wal_place(limits).await?;
+        let limits = if write { self.take_write_turn(limits).await? } else { limits };
         let read = self.read_stop();
         let Conn::Sqlite(c) = &mut self.conn else { unreachable!("only SQLite defers its BEGIN") };
         let stops = StatementStops::new(&self.stop, read, limits);
@@ -427,6 +429,26 @@ impl SqlConnection {
         place.attach(c);
         self.wal_read = Some(place);
         Ok(left)
+    }
+
+    /// SQLite: takes the alias's turn to write for this connection's place
+    /// (kept until the place goes: the statement's end outside a
+    /// transaction, the transaction's end inside one), waiting in line
+    /// within `limits`' deadline; returns what is left of `limits`.
+    async fn take_write_turn(&mut self, limits: Limits) -> Result<Limits, SqlError> {
+        let (Conn::Sqlite(c), Some(place)) = (&self.conn, &self.wal_read) else { return Ok(limits) };
+        let waited = Instant::now();
+        match tokio::time::timeout(limits.timeout, c.connector().wal_reads().write_turn(place)).await {
+            Ok(()) => Ok(Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits }),
+            Err(_) => Err(SqlError::RateLimited {
+                message: format!(
+                    "database busy: the statement waited its whole deadline of {:?} for its turn to write \
+                     (other statements were writing)",
+                    limits.timeout
+                ),
+                retry_after: super::error::RETRY_BUSY,
+            }),
+        }
     }
 
     /// Gives the place among the WAL's reads back once no read of this

@@ -1570,6 +1570,39 @@ async fn a_wal_kept_by_overlapping_reads_is_restarted_on_sqlite() {
     assert!(largest < 96 << 20, "the WAL reached {} MiB for 160 MiB written", largest >> 20);
 }
 
+/// Writers of a SQLite alias take turns in line: one plugin running slow
+/// write after write (each within its deadline, no transaction) cannot
+/// keep another plugin's writes out. SQLite's own lock is no line: its
+/// busy handler sleeps and tries again, and the writer that just let go
+/// took it back each time (the eighth outside review: 32 writes of 32
+/// refused over 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_take_turns_in_line_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("timeout = \"20s\"");
+    // Each longer than SQLite's busy timeout (1 s), the most a writer
+    // waits for its lock outside the line.
+    let slow = "INSERT INTO orders (product_id, quantity, status, created_at) \
+                WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 12000000) \
+                SELECT 1, max(x), 'new', 'slow' FROM c";
+    let hog = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                query(&gateway, "hog", &policy, slow, &[]).await.unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', 'fair')";
+    for n in 0..3 {
+        assert!(!hog.is_finished(), "the slow writes ended before write {n}");
+        query(&gateway, "honest", &policy, write, &[]).await.unwrap_or_else(|e| panic!("write {n}: {e:?}"));
+    }
+    hog.await.unwrap();
+}
+
 /// A read still open when the checkpointer has waited its grace for it
 /// (`DRAIN_GRACE`, 2 s; shortened here) is ended, so that no plugin holds
 /// every other plugin's reads back, or the WAL growing, for longer: a
