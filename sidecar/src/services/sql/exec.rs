@@ -48,7 +48,7 @@ use super::pg_pool::{PooledPg, Session};
 use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
-use super::sqlite_pool::{DRAIN_GRACE, WalPlace, WalReads};
+use super::sqlite_pool::{DRAIN_GRACE, WalPlace, WalPlaces};
 use super::sqlite_step::{self, RowSink as _};
 use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -185,7 +185,7 @@ pub struct SqlConnection {
     /// sent ([`Self::begin`] says why).
     begin_pending: bool,
     /// SQLite: this connection's place among the reads open on the WAL
-    /// ([`super::sqlite_pool::SqliteConnector::wal_reads`]), held while a
+    /// ([`super::sqlite_pool::SqliteConnector::wal_places`]), held while a
     /// read outside a transaction runs and from a transaction's `BEGIN` to
     /// its end; given to the pooled connection on drop, so that it lasts
     /// until a connection being closed has closed. The checkpointer may
@@ -239,7 +239,7 @@ impl SqlConnection {
     ) -> Result<(SqlConnection, Limits), SqlError> {
         let (place, limits) = match alias.pool().await? {
             Pool::Sqlite(pool) => {
-                let (place, left) = wait_for_reads(pool.connector().wal_reads(), limits).await?;
+                let (place, left) = wait_for_place(pool.connector().wal_places(), limits).await?;
                 (Some(place), left)
             }
             _ => (None, limits),
@@ -425,7 +425,7 @@ impl SqlConnection {
         if self.wal_read.is_some() {
             return Ok(limits);
         }
-        let (place, left) = wait_for_reads(c.connector().wal_reads(), limits).await?;
+        let (place, left) = wait_for_place(c.connector().wal_places(), limits).await?;
         place.attach(c);
         self.wal_read = Some(place);
         Ok(left)
@@ -437,18 +437,17 @@ impl SqlConnection {
     /// within `limits`' deadline; returns what is left of `limits`.
     async fn take_write_turn(&mut self, limits: Limits) -> Result<Limits, SqlError> {
         let (Conn::Sqlite(c), Some(place)) = (&self.conn, &self.wal_read) else { return Ok(limits) };
-        let waited = Instant::now();
-        match tokio::time::timeout(limits.timeout, c.connector().wal_reads().write_turn(place)).await {
-            Ok(()) => Ok(Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits }),
-            Err(_) => Err(SqlError::RateLimited {
-                message: format!(
-                    "database busy: the statement waited its whole deadline of {:?} for its turn to write \
-                     (other statements were writing)",
-                    limits.timeout
-                ),
-                retry_after: super::error::RETRY_BUSY,
-            }),
-        }
+        let turn = c.connector().wal_places().write_turn(place);
+        let ((), left) = within(limits, turn, || SqlError::RateLimited {
+            message: format!(
+                "database busy: the statement waited its whole deadline of {:?} for its turn to write \
+                 (other statements were writing)",
+                limits.timeout
+            ),
+            retry_after: super::error::RETRY_BUSY,
+        })
+        .await?;
+        Ok(left)
     }
 
     /// Gives the place among the WAL's reads back once no read of this
@@ -604,16 +603,29 @@ impl Drop for SqlConnection {
     }
 }
 
-/// A place among `reads`, waited for within `limits`' deadline; and what
-/// is left of `limits`.
-async fn wait_for_reads(reads: &WalReads, limits: Limits) -> Result<(Arc<WalPlace>, Limits), SqlError> {
-    let waited = Instant::now();
-    match tokio::time::timeout(limits.timeout, reads.enter()).await {
-        Ok(place) => Ok((place, Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })),
-        Err(_) => Err(SqlError::Timeout(format!(
+/// A place among `places`, waited for within `limits`' deadline; and
+/// what is left of `limits`.
+async fn wait_for_place(places: &WalPlaces, limits: Limits) -> Result<(Arc<WalPlace>, Limits), SqlError> {
+    within(limits, places.enter(), || {
+        SqlError::Timeout(format!(
             "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
             limits.timeout
-        ))),
+        ))
+    })
+    .await
+}
+
+/// What `wait` gives within `limits`' deadline, and what is left of
+/// `limits` for the statement; `late()` past it.
+async fn within<T>(
+    limits: Limits,
+    wait: impl Future<Output = T>,
+    late: impl FnOnce() -> SqlError,
+) -> Result<(T, Limits), SqlError> {
+    let waited = Instant::now();
+    match tokio::time::timeout(limits.timeout, wait).await {
+        Ok(done) => Ok((done, Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })),
+        Err(_) => Err(late()),
     }
 }
 

@@ -30,13 +30,13 @@ pub struct SqliteConnector {
     max_value_bytes: u32,
     max_database_bytes: Option<u64>,
     checkpoints: mpsc::Sender<()>,
-    wal_reads: Arc<WalReads>,
+    wal_places: Arc<WalPlaces>,
 }
 
 impl SqliteConnector {
     /// The places of the plugins' statements open on the alias's WAL.
-    pub fn wal_reads(&self) -> &Arc<WalReads> {
-        &self.wal_reads
+    pub fn wal_places(&self) -> &Arc<WalPlaces> {
+        &self.wal_places
     }
 }
 
@@ -44,20 +44,20 @@ impl SqliteConnector {
 /// statement holds one while it runs, a transaction from its start until
 /// its end, so that the [`checkpointer`] can hold new ones back and wait
 /// for the WAL to be free of the open ones.
-pub struct WalReads {
+pub struct WalPlaces {
     /// Shared by the places, taken whole by the checkpointer.
     gate: Arc<RwLock<()>>,
     /// The places given out (those dropped since are pruned as more come).
     places: Mutex<Vec<Weak<WalPlace>>>,
     /// [`DRAIN_GRACE`], unless a test set another.
     grace: Mutex<Duration>,
-    /// Whose turn it is to write ([`WalReads::write_turn`]).
+    /// Whose turn it is to write ([`WalPlaces::write_turn`]).
     turns: Arc<tokio::sync::Mutex<()>>,
 }
 
-impl Default for WalReads {
-    fn default() -> WalReads {
-        WalReads {
+impl Default for WalPlaces {
+    fn default() -> WalPlaces {
+        WalPlaces {
             gate: Arc::default(),
             places: Mutex::default(),
             grace: Mutex::new(DRAIN_GRACE),
@@ -66,7 +66,7 @@ impl Default for WalReads {
     }
 }
 
-impl WalReads {
+impl WalPlaces {
     /// Whether a drain holds new reads back now.
     pub fn held_back(&self) -> bool {
         self.gate.try_read().is_err()
@@ -134,7 +134,7 @@ impl WalReads {
     }
 }
 
-/// A read's place among [`WalReads`].
+/// A read's place among [`WalPlaces`].
 pub struct WalPlace {
     /// Its share of the gate, until the read ends (or is ended).
     gate: Mutex<Option<OwnedRwLockReadGuard<()>>>,
@@ -180,7 +180,7 @@ impl WalPlace {
 }
 
 /// How long the checkpointer waits for the reads open on a grown WAL to
-/// end on their own before it ends them ([`WalReads::drain`]): what a
+/// end on their own before it ends them ([`WalPlaces::drain`]): what a
 /// drain may hold new reads back, and the longest a read may stay open
 /// once one has begun.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -204,14 +204,14 @@ pub fn sqlite_pool(
     max_database_bytes: Option<u64>,
 ) -> SqlitePool {
     let (checkpoints, asked) = mpsc::channel(1);
-    let wal_reads = Arc::new(WalReads::default());
-    tokio::spawn(checkpointer(options.clone(), asked, Arc::clone(&wal_reads)));
+    let wal_places = Arc::new(WalPlaces::default());
+    tokio::spawn(checkpointer(options.clone(), asked, Arc::clone(&wal_places)));
     let connector = SqliteConnector {
         options: options.serialized(true),
         max_value_bytes,
         max_database_bytes,
         checkpoints,
-        wal_reads,
+        wal_places,
     };
     ConnPool::new(connector, max_connections, acquire_timeout)
 }
@@ -239,7 +239,7 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
 /// chained on purpose, or just many plugins' busy reads) kept it growing at
 /// the writers' rate (an outside review: 5.6 GiB in 60 s). So once it
 /// holds more than [`WAL_DRAIN_FRAMES`] at two checkpoints in a row, the
-/// checkpointer drains it ([`WalReads::drain`]): new statements of the
+/// checkpointer drains it ([`WalPlaces::drain`]): new statements of the
 /// alias wait, reads and writes alike; those open end, or are ended after
 /// [`DRAIN_GRACE`]; with none left a `TRUNCATE` checkpoint copies the rest
 /// and empties the file, with no lock to wait for. Writes wait too because
@@ -249,7 +249,7 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
 /// (`TRUNCATE` alone) was tried and undone: it holds the write lock while
 /// it waits, with no bound on the reads it waits for (one plugin's 18 s
 /// read held every plugin's writes back 15.8 s).
-async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>, wal_reads: Arc<WalReads>) {
+async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>, wal_places: Arc<WalPlaces>) {
     let mut conn: Option<sqlx::SqliteConnection> = None;
     // Whether the last checkpoint left the WAL past its bound.
     let mut over = false;
@@ -265,7 +265,7 @@ async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<(
         // next write restarts after this checkpoint copied it: no need to
         // stop anyone.)
         let done = if grown && over {
-            let _nothing_open = wal_reads.drain().await;
+            let _nothing_open = wal_places.drain().await;
             checkpoint(open, "PRAGMA wal_checkpoint(TRUNCATE)").await
         } else {
             passive
@@ -458,7 +458,7 @@ mod tests {
         let mut conn = pool.acquire(None).await.unwrap();
         guard::enter_host(&mut conn);
         conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
-        let reads = Arc::clone(pool.connector().wal_reads());
+        let reads = Arc::clone(pool.connector().wal_places());
         let in_transaction = |conn: &mut PooledSqlite| guard::leave_in_transaction(conn);
 
         let place = reads.enter().await;

@@ -1629,7 +1629,7 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
     idle.begin(limits).await.unwrap();
     idle.query(&read_checked, read, &[], limits).await.unwrap();
     let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
-    pool.connector().wal_reads().set_grace(Duration::from_millis(300));
+    pool.connector().wal_places().set_grace(Duration::from_millis(300));
     let slow = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) \
                 SELECT count(*) FROM r WHERE i > (SELECT count(*) FROM orders)";
     let running = {
@@ -1699,7 +1699,7 @@ async fn while_the_wal_drains_new_statements_wait_holding_no_connection_on_sqlit
     open_read.begin(limits).await.unwrap();
     open_read.query(&read_checked, read, &[], limits).await.unwrap();
     let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
-    let reads = Arc::clone(pool.connector().wal_reads());
+    let reads = Arc::clone(pool.connector().wal_places());
     // This test shows the drain before the reads open are ended.
     reads.set_grace(Duration::from_secs(60));
     // Under the WAL's bound (64 MiB) nothing waits for that read, though

@@ -569,9 +569,10 @@ impl ReadEnder {
         self.slot.ending.store(false, Ordering::SeqCst);
         give_back_freed_memory_soon();
         // SAFETY: as above.
-        match rc == ffi::SQLITE_OK && unsafe { ffi::sqlite3_get_autocommit(db) } != 0 {
-            true => Ending::Ended,
-            false => Ending::Busy,
+        if rc == ffi::SQLITE_OK && unsafe { ffi::sqlite3_get_autocommit(db) } != 0 {
+            Ending::Ended
+        } else {
+            Ending::Busy
         }
     }
 }
