@@ -227,19 +227,25 @@ impl SqlConnection {
 
     /// [`Self::open`] for one statement or one transaction under
     /// `limits`: on SQLite it takes its place among the statements open on
-    /// the WAL ([`Self::take_wal_place`]) before its pooled connection, so
-    /// that those held back while the checkpointer drains the WAL hold no
-    /// connection others need. Returns what is left of `limits`.
+    /// the WAL ([`Self::take_wal_place`]), and for one statement that
+    /// `writes` its turn to write ([`Self::take_write_turn`]), before its
+    /// pooled connection, so that those held back by a drain or waiting in
+    /// line hold no connection others need (an outside review: writes
+    /// queued behind one idle write transaction took a pool of 10 from a
+    /// read-only plugin). Returns what is left of `limits`.
     pub async fn open_for(
         alias: &AliasPool,
         plugin: &str,
         guard: &Guard,
         stop: &Stop,
+        writes: bool,
         limits: Limits,
     ) -> Result<(SqlConnection, Limits), SqlError> {
         let (place, limits) = match alias.pool().await? {
             Pool::Sqlite(pool) => {
-                let (place, left) = wait_for_place(pool.connector().wal_places(), limits).await?;
+                let places = pool.connector().wal_places();
+                let (place, left) = wait_for_place(places, limits).await?;
+                let left = if writes { wait_for_turn(places, &place, left).await? } else { left };
                 (Some(place), left)
             }
             _ => (None, limits),
@@ -437,17 +443,7 @@ impl SqlConnection {
     /// within `limits`' deadline; returns what is left of `limits`.
     async fn take_write_turn(&mut self, limits: Limits) -> Result<Limits, SqlError> {
         let (Conn::Sqlite(c), Some(place)) = (&self.conn, &self.wal_read) else { return Ok(limits) };
-        let turn = c.connector().wal_places().write_turn(place);
-        let ((), left) = within(limits, turn, || SqlError::RateLimited {
-            message: format!(
-                "database busy: the statement waited its whole deadline of {:?} for its turn to write \
-                 (other statements were writing)",
-                limits.timeout
-            ),
-            retry_after: super::error::RETRY_BUSY,
-        })
-        .await?;
-        Ok(left)
+        wait_for_turn(c.connector().wal_places(), place, limits).await
     }
 
     /// Gives the place among the WAL's reads back once no read of this
@@ -615,6 +611,20 @@ async fn wait_for_place(places: &WalPlaces, limits: Limits) -> Result<(Arc<WalPl
     .await
 }
 
+/// `place`'s turn to write among `places`, waited for within `limits`'
+/// deadline; what is left of `limits`.
+async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, limits: Limits) -> Result<Limits, SqlError> {
+    let late = || SqlError::RateLimited {
+        message: format!(
+            "database busy: the statement waited its whole deadline of {:?} for its turn to write \
+             (other statements were writing)",
+            limits.timeout
+        ),
+        retry_after: super::error::RETRY_BUSY,
+    };
+    within(limits, places.write_turn(place), late).await.map(|((), left)| left)
+}
+
 /// What `wait` gives within `limits`' deadline, and what is left of
 /// `limits` for the statement; `late()` past it.
 async fn within<T>(
@@ -655,7 +665,7 @@ pub struct Outcome {
 }
 
 /// Whether statements of `kind` write rows (and so report changes).
-pub(super) fn writes(kind: StatementKind) -> bool {
+pub fn writes(kind: StatementKind) -> bool {
     matches!(kind, StatementKind::Insert | StatementKind::Update | StatementKind::Delete | StatementKind::Merge)
 }
 

@@ -192,8 +192,15 @@ impl SqlHost {
         let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
         let guard = grant.guard(Door::Gatehouse);
-        let (mut connection, limits) =
-            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, limits).await?;
+        let (mut connection, limits) = SqlConnection::open_for(
+            &grant.alias,
+            &plugin.plugin,
+            guard,
+            &self.stop,
+            exec::writes(checked.kind),
+            limits,
+        )
+        .await?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -211,7 +218,7 @@ impl SqlHost {
         let limits = Limits::from(&grant.policy);
         let guard = grant.guard(Door::Gatehouse);
         let (mut connection, limits) =
-            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, limits).await?;
+            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, false, limits).await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::Guard;
-use gatehouse::services::sql::exec::{Limits, checked};
+use gatehouse::services::sql::exec::{Limits, checked, writes};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 use gatehouse::stop::Stop;
 
@@ -39,7 +39,8 @@ async fn query_until(
     let alias = gateway.alias("db").unwrap();
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
     let guard = authorizer(alias.dialect, policy);
-    let (mut connection, limits) = SqlConnection::open_for(alias, plugin, &guard, stop, Limits::from(policy)).await?;
+    let (mut connection, limits) =
+        SqlConnection::open_for(alias, plugin, &guard, stop, writes(checked.kind), Limits::from(policy)).await?;
     connection.query(&checked, sql, params, limits).await
 }
 
@@ -1575,7 +1576,8 @@ async fn a_wal_kept_by_overlapping_reads_is_restarted_on_sqlite() {
 /// keep another plugin's writes out. SQLite's own lock is no line: its
 /// busy handler sleeps and tries again, and the writer that just let go
 /// took it back each time (the eighth outside review: 32 writes of 32
-/// refused over 30 s).
+/// refused over 30 s). Writes waiting in line hold no pooled connection
+/// (the ninth review: a read-only plugin refused one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_take_turns_in_line_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
@@ -1596,11 +1598,57 @@ async fn writers_take_turns_in_line_on_sqlite() {
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', 'fair')";
+    // More writes waiting in line than the pool has connections left: they
+    // hold none, so a read still finds one.
+    let queued: Vec<_> = (0..5)
+        .map(|n| {
+            let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+            tokio::spawn(async move { query(&gateway, &format!("queued-{n}"), &policy, write, &[]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    query(&gateway, "reader", &policy, "SELECT count(*) FROM orders", &[])
+        .await
+        .expect("a read found no connection while writes waited in line");
+    for write in queued {
+        write.await.unwrap().unwrap();
+    }
     for n in 0..3 {
         assert!(!hog.is_finished(), "the slow writes ended before write {n}");
         query(&gateway, "honest", &policy, write, &[]).await.unwrap_or_else(|e| panic!("write {n}: {e:?}"));
     }
     hog.await.unwrap();
+}
+
+/// One large commit past the WAL's bound starts no drain: the next write
+/// restarts the WAL once the checkpointer has copied it, unless reads keep
+/// it, which the next checkpoint past the bound shows. (Draining at once
+/// ended honest transactions for one plugin's bulk insert.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_commit_starts_no_drain_on_sqlite() {
+    use gatehouse::services::sql::pool::Pool;
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("timeout = \"30s\"");
+    let limits = Limits::from(&policy);
+    let read = "SELECT count(*) FROM orders";
+    let read_checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let mut open = SqlConnection::open(alias, "reader", &guard, &Stop::new()).await.unwrap();
+    open.begin(limits).await.unwrap();
+    open.query(&read_checked, read, &[], limits).await.unwrap();
+    let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
+    pool.connector().wal_places().set_grace(Duration::from_millis(100));
+
+    let fill = "INSERT INTO orders (product_id, quantity, status, created_at) \
+                WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) \
+                SELECT 1, x, 'new', ?1 || x FROM c";
+    query(&gateway, "bulk", &policy, fill, &[Value::Text("x".repeat(1_000_000))]).await.unwrap();
+    // Long enough for the checkpointer's copy of 100 MB and a grace.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    open.query(&read_checked, read, &[], limits).await.expect("the open read was ended");
+    open.commit().await.unwrap();
 }
 
 /// A read still open when the checkpointer has waited its grace for it
@@ -1689,7 +1737,7 @@ async fn while_the_wal_drains_new_statements_wait_holding_no_connection_on_sqlit
             let guard = authorizer(Dialect::Sqlite, &policy);
             let alias = gateway.alias("db").unwrap();
             let (mut connection, limits) =
-                SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), limits).await.unwrap();
+                SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), true, limits).await.unwrap();
             connection.execute(&checked, write, &params, limits).await.unwrap()
         }
     };
