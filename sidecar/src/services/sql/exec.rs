@@ -184,10 +184,10 @@ pub struct SqlConnection {
     /// SQLite: the plugin's transaction is open but its `BEGIN` not yet
     /// sent ([`Self::begin`] says why).
     begin_pending: bool,
-    /// SQLite: this connection's place among the reads open on the WAL
-    /// ([`super::sqlite_pool::SqliteConnector::wal_places`]), held while a
-    /// read outside a transaction runs and from a transaction's `BEGIN` to
-    /// its end; given to the pooled connection on drop, so that it lasts
+    /// SQLite: this connection's place among the statements open on the
+    /// WAL ([`super::sqlite_pool::SqliteConnector::wal_places`]), held
+    /// while a statement outside a transaction runs and from a
+    /// transaction's start to its end; given to the pooled connection on drop, so that it lasts
     /// until a connection being closed has closed. The checkpointer may
     /// end the read first ([`WalPlace::ended`]).
     wal_read: Option<Arc<WalPlace>>,
@@ -463,13 +463,18 @@ impl SqlConnection {
         self.wal_read.as_ref().map(|place| place.ended().clone())
     }
 
+    /// Whether the checkpointer has ended this connection's read.
+    fn read_ended(&self) -> bool {
+        self.wal_read.as_ref().is_some_and(|place| place.ended().is_due())
+    }
+
     /// Refuses to go on once the checkpointer has ended this connection's
     /// read (it kept the WAL from restarting past [`DRAIN_GRACE`]): what
     /// the read's transaction did is rolled back, here too in case a
     /// statement began a new one since, and the connection serves no more
     /// statements (closed on drop).
     async fn read_not_ended(&mut self) -> Result<(), SqlError> {
-        if !self.wal_read.as_ref().is_some_and(|place| place.ended().is_due()) {
+        if !self.read_ended() {
             return Ok(());
         }
         self.transaction = false;
@@ -549,11 +554,14 @@ impl SqlConnection {
         let in_transaction = self.transaction;
         let role = self.role.clone();
         let grant = self.grant.clone();
-        let stops = StatementStops::new(&self.stop, self.read_stop(), limits);
+        let (stop, read) = (self.stop.clone(), self.read_stop());
         let work = async {
             match &mut self.conn {
                 Conn::Postgres(c) => postgres(c, role.as_deref(), in_transaction, limits, run, statement, params).await,
-                Conn::Sqlite(c) => sqlite(c, grant, stops, in_transaction, limits, run, statement, params).await,
+                Conn::Sqlite(c) => {
+                    let stops = StatementStops::new(&stop, read, limits);
+                    sqlite(c, grant, stops, in_transaction, limits, run, statement, params).await
+                }
             }
         };
         let outcome = match tokio::time::timeout(limits.timeout + DEADLINE_GRACE, work).await {
@@ -587,8 +595,7 @@ impl SqlConnection {
 
 impl Drop for SqlConnection {
     fn drop(&mut self) {
-        let ended = self.wal_read.as_ref().is_some_and(|place| place.ended().is_due());
-        if (self.transaction && !self.begin_pending) || self.broken || ended {
+        if (self.transaction && !self.begin_pending) || self.broken || self.read_ended() {
             // Closing rolls back whatever is open, on both databases, and
             // no later borrower inherits the state.
             self.conn.close_on_drop();

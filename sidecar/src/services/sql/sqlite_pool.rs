@@ -5,13 +5,11 @@
 //! thread (its statement) instead of three. sqlx's pool hands out its own
 //! connection type, with no room for that handle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
 use sqlx::sqlite::SqliteConnectOptions;
-use std::sync::{Mutex, PoisonError, Weak};
-
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, mpsc};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
@@ -67,7 +65,7 @@ impl Default for WalPlaces {
 }
 
 impl WalPlaces {
-    /// Whether a drain holds new reads back now.
+    /// Whether a drain holds new statements back now.
     pub fn held_back(&self) -> bool {
         self.gate.try_read().is_err()
     }
@@ -79,7 +77,7 @@ impl WalPlaces {
         *self.grace.lock().unwrap_or_else(PoisonError::into_inner) = grace;
     }
 
-    /// A place, once no drain holds new reads back.
+    /// A place, once no drain holds new statements back.
     pub async fn enter(&self) -> Arc<WalPlace> {
         let gate = Arc::clone(&self.gate).read_owned().await;
         let place = Arc::new(WalPlace {
@@ -112,10 +110,10 @@ impl WalPlaces {
         }
     }
 
-    /// The whole gate: new reads wait from the call on. Reads still open
-    /// after [`DRAIN_GRACE`] are ended ([`WalPlace::end`]), so that one
-    /// plugin keeping a transaction open holds no one's reads back longer
-    /// and the WAL stops growing.
+    /// The whole gate: new statements wait from the call on. Those still
+    /// open after [`DRAIN_GRACE`] are ended ([`WalPlace::end`]), so that
+    /// one plugin keeping a transaction open holds no one back longer and
+    /// the WAL stops growing.
     async fn drain(&self) -> OwnedRwLockWriteGuard<()> {
         let whole = Arc::clone(&self.gate).write_owned();
         tokio::pin!(whole);
@@ -134,7 +132,8 @@ impl WalPlaces {
     }
 }
 
-/// A read's place among [`WalPlaces`].
+/// A statement's or transaction's place among [`WalPlaces`] (its read
+/// of the WAL: a write reads it too).
 pub struct WalPlace {
     /// Its share of the gate, until the read ends (or is ended).
     gate: Mutex<Option<OwnedRwLockReadGuard<()>>>,
@@ -179,10 +178,10 @@ impl WalPlace {
     }
 }
 
-/// How long the checkpointer waits for the reads open on a grown WAL to
-/// end on their own before it ends them ([`WalPlaces::drain`]): what a
-/// drain may hold new reads back, and the longest a read may stay open
-/// once one has begun.
+/// How long the checkpointer waits for the statements open on a grown WAL
+/// to end on their own before it ends them ([`WalPlaces::drain`]): what a
+/// drain may hold new statements back, and the longest one may stay open
+/// once a drain has begun.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// How often the checkpointer tries again to end a read it could not end

@@ -1511,6 +1511,40 @@ async fn dates_timestamps_and_numerics_read_as_postgresql_writes_them() {
     assert_eq!(rows[0][0], rows[0][1]);
 }
 
+/// Writes 1 MiB into row `1 + n % 3` of `orders` as the plugin `writer`
+/// (text that is not a number: `created_at` has NUMERIC affinity); the
+/// rows changed.
+async fn write_mib(gateway: &SqlGateway, policy: &SqlPolicy, n: i64) -> u64 {
+    let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
+    let params = [Value::Text(format!("x{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
+    let checked = checked(Door::Gatehouse, Dialect::Sqlite, policy, write, &params).unwrap();
+    let guard = authorizer(Dialect::Sqlite, policy);
+    let alias = gateway.alias("db").unwrap();
+    let (mut connection, limits) =
+        SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), true, Limits::from(policy)).await.unwrap();
+    connection.execute(&checked, write, &params, limits).await.unwrap()
+}
+
+/// A transaction of `plugin` that has read `orders` (so keeps the WAL's
+/// snapshot it read), left open.
+async fn open_read(gateway: &SqlGateway, plugin: &str, policy: &SqlPolicy) -> SqlConnection {
+    let read = "SELECT count(*) FROM orders";
+    let checked = checked(Door::Gatehouse, Dialect::Sqlite, policy, read, &[]).unwrap();
+    let limits = Limits::from(policy);
+    let guard = authorizer(Dialect::Sqlite, policy);
+    let mut connection = SqlConnection::open(gateway.alias("db").unwrap(), plugin, &guard, &Stop::new()).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    connection.query(&checked, read, &[], limits).await.unwrap();
+    connection
+}
+
+/// The drain's places of the SQLite alias `db`, once its pool is open.
+fn wal_places(gateway: &SqlGateway) -> Arc<gatehouse::services::sql::sqlite_pool::WalPlaces> {
+    use gatehouse::services::sql::pool::Pool;
+    let Some(Pool::Sqlite(pool)) = gateway.alias("db").unwrap().opened() else { panic!("a SQLite pool") };
+    Arc::clone(pool.connector().wal_places())
+}
+
 /// Reads that overlap one another no longer keep the WAL growing: once it
 /// holds more than 64 MiB the checkpointer holds new reads back until the
 /// open ones end, and restarts it. Attack (the seventh outside review): a
@@ -1551,15 +1585,9 @@ async fn a_wal_kept_by_overlapping_reads_is_restarted_on_sqlite() {
     let readers = [reader(Duration::ZERO), reader(Duration::from_millis(20))];
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
     let mut largest = 0;
     for n in 0..160_i64 {
-        let params = [Value::Text(format!("x{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
-        let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
-        let guard = authorizer(Dialect::Sqlite, &policy);
-        let alias = gateway.alias("db").unwrap();
-        let mut connection = SqlConnection::open(alias, "writer", &guard, &Stop::new()).await.unwrap();
-        assert_eq!(connection.execute(&checked, write, &params, limits).await.unwrap(), 1);
+        assert_eq!(write_mib(&gateway, &policy, n).await, 1);
         largest = largest.max(std::fs::metadata(&wal_file).map_or(0, |m| m.len()));
         // Paced, so that the readers take many turns meanwhile.
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1626,20 +1654,14 @@ async fn writers_take_turns_in_line_on_sqlite() {
 /// ended honest transactions for one plugin's bulk insert.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_large_commit_starts_no_drain_on_sqlite() {
-    use gatehouse::services::sql::pool::Pool;
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(pool(4, 4));
-    let alias = gateway.alias("db").unwrap();
     let policy = policy("timeout = \"30s\"");
     let limits = Limits::from(&policy);
     let read = "SELECT count(*) FROM orders";
     let read_checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
-    let guard = authorizer(Dialect::Sqlite, &policy);
-    let mut open = SqlConnection::open(alias, "reader", &guard, &Stop::new()).await.unwrap();
-    open.begin(limits).await.unwrap();
-    open.query(&read_checked, read, &[], limits).await.unwrap();
-    let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
-    pool.connector().wal_places().set_grace(Duration::from_millis(100));
+    let mut open = open_read(&gateway, "reader", &policy).await;
+    wal_places(&gateway).set_grace(Duration::from_millis(100));
 
     let fill = "INSERT INTO orders (product_id, quantity, status, created_at) \
                 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) \
@@ -1661,23 +1683,17 @@ async fn one_large_commit_starts_no_drain_on_sqlite() {
 /// that long.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
-    use gatehouse::services::sql::pool::Pool;
     let db = TestDb::start(Dialect::Sqlite).await;
     let TestDb::Sqlite(dir) = &db else { unreachable!() };
     let wal_size = || std::fs::metadata(dir.path().join("shop.db-wal")).map_or(0, |m| m.len());
     let gateway = db.gateway(pool(4, 4));
-    let alias = gateway.alias("db").unwrap();
     let policy = policy("timeout = \"30s\"");
     let limits = Limits::from(&policy);
     let read = "SELECT count(*) FROM orders";
     let read_checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
-    let guard = authorizer(Dialect::Sqlite, &policy);
 
-    let mut idle = SqlConnection::open(alias, "idle", &guard, &Stop::new()).await.unwrap();
-    idle.begin(limits).await.unwrap();
-    idle.query(&read_checked, read, &[], limits).await.unwrap();
-    let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
-    pool.connector().wal_places().set_grace(Duration::from_millis(300));
+    let mut idle = open_read(&gateway, "idle", &policy).await;
+    wal_places(&gateway).set_grace(Duration::from_millis(300));
     let slow = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) \
                 SELECT count(*) FROM r WHERE i > (SELECT count(*) FROM orders)";
     let running = {
@@ -1687,12 +1703,8 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!running.is_finished(), "the slow read ended early: {:?}", running.await);
 
-    let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
     for n in 0..72_i64 {
-        let params = [Value::Text(format!("x{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
-        let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
-        let mut connection = SqlConnection::open(alias, "writer", &guard, &Stop::new()).await.unwrap();
-        assert_eq!(connection.execute(&checked, write, &params, limits).await.unwrap(), 1);
+        assert_eq!(write_mib(&gateway, &policy, n).await, 1);
     }
     // Without the ending this waits for its whole 30 s deadline.
     query(&gateway, "another", &policy, read, &[]).await.unwrap();
@@ -1718,36 +1730,19 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
 /// give up when it held the lock: the eighth outside review.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_wal_drains_new_statements_wait_holding_no_connection_on_sqlite() {
-    use gatehouse::services::sql::pool::Pool;
     let db = TestDb::start(Dialect::Sqlite).await;
     let TestDb::Sqlite(dir) = &db else { unreachable!() };
     let wal_size = || std::fs::metadata(dir.path().join("shop.db-wal")).map_or(0, |m| m.len());
     let gateway = db.gateway(pool(4, 4));
-    let alias = gateway.alias("db").unwrap();
     let policy = policy("timeout = \"20s\"");
-    let limits = Limits::from(&policy);
     let read = "SELECT count(*) FROM orders";
-    let read_checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
-    let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
     let write_once = |n: i64| {
         let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
-        async move {
-            let params = [Value::Text(format!("x{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
-            let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
-            let guard = authorizer(Dialect::Sqlite, &policy);
-            let alias = gateway.alias("db").unwrap();
-            let (mut connection, limits) =
-                SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), true, limits).await.unwrap();
-            connection.execute(&checked, write, &params, limits).await.unwrap()
-        }
+        async move { write_mib(&gateway, &policy, n).await }
     };
 
-    let guard = authorizer(Dialect::Sqlite, &policy);
-    let mut open_read = SqlConnection::open(alias, "reader", &guard, &Stop::new()).await.unwrap();
-    open_read.begin(limits).await.unwrap();
-    open_read.query(&read_checked, read, &[], limits).await.unwrap();
-    let Some(Pool::Sqlite(pool)) = alias.opened() else { panic!("a SQLite pool") };
-    let reads = Arc::clone(pool.connector().wal_places());
+    let mut open_read = open_read(&gateway, "reader", &policy).await;
+    let reads = wal_places(&gateway);
     // This test shows the drain before the reads open are ended.
     reads.set_grace(Duration::from_secs(60));
     // Under the WAL's bound (64 MiB) nothing waits for that read, though
