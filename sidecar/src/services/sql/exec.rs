@@ -228,7 +228,7 @@ impl SqlConnection {
     /// [`Self::open`] for one statement or one transaction under
     /// `limits`: on SQLite it takes its place among the statements open on
     /// the WAL ([`Self::take_wal_place`]), and for one statement that
-    /// `writes` its turn to write ([`Self::take_write_turn`]), before its
+    /// writes its turn to write ([`Self::take_write_turn`]), before its
     /// pooled connection, so that those held back by a drain or waiting in
     /// line hold no connection others need (an outside review: writes
     /// queued behind one idle write transaction took a pool of 10 from a
@@ -238,14 +238,14 @@ impl SqlConnection {
         plugin: &str,
         guard: &Guard,
         stop: &Stop,
-        writes: bool,
+        to: OpenFor,
         limits: Limits,
     ) -> Result<(SqlConnection, Limits), SqlError> {
         let (place, limits) = match alias.pool().await? {
             Pool::Sqlite(pool) => {
                 let places = pool.connector().wal_places();
-                let (place, left) = wait_for_place(places, limits).await?;
-                let left = if writes { wait_for_turn(places, &place, left).await? } else { left };
+                let (place, left) = wait_for_place(places, to == OpenFor::Transaction, limits).await?;
+                let left = if to == OpenFor::Write { wait_for_turn(places, &place, left).await? } else { left };
                 (Some(place), left)
             }
             _ => (None, limits),
@@ -420,18 +420,17 @@ impl SqlConnection {
     }
 
     /// SQLite: takes this connection's place among the statements open on
-    /// the WAL, waiting (within `limits`' deadline) while the checkpointer
-    /// restarts it; returns what is left of `limits`. Nothing to take on
-    /// PostgreSQL, or when the place is already held (in a transaction).
-    /// Writes take one too: a write holding the lock when the drain's
-    /// `TRUNCATE` comes made it give up (an outside review kept the WAL
-    /// from restarting so, 1.1 GiB in 60 s).
+    /// the WAL, for a transaction waiting (within `limits`' deadline)
+    /// while the checkpointer restarts it; returns what is left of
+    /// `limits`. Nothing to take on PostgreSQL, or when the place is
+    /// already held (in a transaction). Writes take one too, so that a
+    /// drain can tell the writes that came after it began.
     async fn take_wal_place(&mut self, limits: Limits) -> Result<Limits, SqlError> {
         let Conn::Sqlite(c) = &self.conn else { return Ok(limits) };
         if self.wal_read.is_some() {
             return Ok(limits);
         }
-        let (place, left) = wait_for_place(c.connector().wal_places(), limits).await?;
+        let (place, left) = wait_for_place(c.connector().wal_places(), self.transaction, limits).await?;
         place.attach(c);
         self.wal_read = Some(place);
         Ok(left)
@@ -606,10 +605,14 @@ impl Drop for SqlConnection {
     }
 }
 
-/// A place among `places`, waited for within `limits`' deadline; and
-/// what is left of `limits`.
-async fn wait_for_place(places: &WalPlaces, limits: Limits) -> Result<(Arc<WalPlace>, Limits), SqlError> {
-    within(limits, places.enter(), || {
+/// A place among `places` (for a transaction if `lasting`), waited for
+/// within `limits`' deadline; and what is left of `limits`.
+async fn wait_for_place(
+    places: &WalPlaces,
+    lasting: bool,
+    limits: Limits,
+) -> Result<(Arc<WalPlace>, Limits), SqlError> {
+    within(limits, places.enter(lasting), || {
         SqlError::Timeout(format!(
             "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
             limits.timeout
@@ -624,7 +627,7 @@ async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, limits: Limits) -> 
     let late = || SqlError::RateLimited {
         message: format!(
             "database busy: the statement waited its whole deadline of {:?} for its turn to write \
-             (other statements were writing)",
+             (other statements were writing, or the WAL was being checkpointed)",
             limits.timeout
         ),
         retry_after: super::error::RETRY_BUSY,
@@ -643,6 +646,24 @@ async fn within<T>(
     match tokio::time::timeout(limits.timeout, wait).await {
         Ok(done) => Ok((done, Limits { timeout: limits.timeout.saturating_sub(waited.elapsed()), ..limits })),
         Err(_) => Err(late()),
+    }
+}
+
+/// What a connection is opened for ([`SqlConnection::open_for`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OpenFor {
+    /// One statement that only reads.
+    Read,
+    /// One statement that writes.
+    Write,
+    /// A transaction.
+    Transaction,
+}
+
+impl OpenFor {
+    /// One statement of `kind`.
+    pub fn statement(kind: StatementKind) -> OpenFor {
+        if writes(kind) { OpenFor::Write } else { OpenFor::Read }
     }
 }
 

@@ -24,7 +24,7 @@ use wasmtime::component::{HasData, Resource};
 
 use super::check_cache::CheckCache;
 use super::error::SqlError;
-use super::exec::{self, Guard, Limits, SqlConnection};
+use super::exec::{self, Guard, Limits, OpenFor, SqlConnection};
 use super::metrics::SqlMetrics;
 use super::pool::{AliasPool, SqlGateway};
 use super::value::{Rows, Value};
@@ -197,7 +197,7 @@ impl SqlHost {
             &plugin.plugin,
             guard,
             &self.stop,
-            exec::writes(checked.kind),
+            OpenFor::statement(checked.kind),
             limits,
         )
         .await?;
@@ -218,7 +218,8 @@ impl SqlHost {
         let limits = Limits::from(&grant.policy);
         let guard = grant.guard(Door::Gatehouse);
         let (mut connection, limits) =
-            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, false, limits).await?;
+            SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, OpenFor::Transaction, limits)
+                .await?;
         connection.begin(limits).await?;
         let key = self.next;
         self.next = self.next.wrapping_add(1);

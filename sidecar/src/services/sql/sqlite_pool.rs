@@ -6,11 +6,11 @@
 //! connection type, with no room for that handle.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::ConnectOptions as _;
 use sqlx::sqlite::SqliteConnectOptions;
-use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, mpsc};
+use tokio::sync::{mpsc, watch};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
@@ -40,24 +40,33 @@ impl SqliteConnector {
 
 /// The places of the plugins' statements open on an alias's WAL: a
 /// statement holds one while it runs, a transaction from its start until
-/// its end, so that the [`checkpointer`] can hold new ones back and wait
-/// for the WAL to be free of the open ones.
+/// its end, so that the [`checkpointer`] can end those that keep the WAL
+/// from restarting, and hold new writes back while it restarts it.
 pub struct WalPlaces {
-    /// Shared by the places, taken whole by the checkpointer.
-    gate: Arc<RwLock<()>>,
-    /// The places given out (those dropped since are pruned as more come).
-    places: Mutex<Vec<Weak<WalPlace>>>,
+    /// The places given out, numbered as they come.
+    places: Mutex<Places>,
+    /// While a drain runs: the number of the first place that came after
+    /// it began ([`WalPlaces::drain`]). Set and read under `places`.
+    draining: watch::Sender<Option<u64>>,
     /// [`DRAIN_GRACE`], unless a test set another.
     grace: Mutex<Duration>,
     /// Whose turn it is to write ([`WalPlaces::write_turn`]).
     turns: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The places given out (those dropped since are pruned as more come), and
+/// the number the next one gets.
+#[derive(Default)]
+struct Places {
+    open: Vec<Weak<WalPlace>>,
+    next: u64,
+}
+
 impl Default for WalPlaces {
     fn default() -> WalPlaces {
         WalPlaces {
-            gate: Arc::default(),
             places: Mutex::default(),
+            draining: watch::Sender::new(None),
             grace: Mutex::new(DRAIN_GRACE),
             turns: Arc::default(),
         }
@@ -65,9 +74,9 @@ impl Default for WalPlaces {
 }
 
 impl WalPlaces {
-    /// Whether a drain holds new statements back now.
-    pub fn held_back(&self) -> bool {
-        self.gate.try_read().is_err()
+    /// Whether a drain runs now.
+    pub fn draining(&self) -> bool {
+        self.draining.borrow().is_some()
     }
 
     /// Replaces [`DRAIN_GRACE`]: for tests, which show what happens
@@ -77,23 +86,41 @@ impl WalPlaces {
         *self.grace.lock().unwrap_or_else(PoisonError::into_inner) = grace;
     }
 
-    /// A place, once no drain holds new statements back.
-    pub async fn enter(&self) -> Arc<WalPlace> {
-        let gate = Arc::clone(&self.gate).read_owned().await;
+    /// A place: at once for one statement; for a transaction (`lasting`),
+    /// once no drain runs, since a transaction begun in a drain may read
+    /// the WAL the drain waits for and then wait to write until the drain
+    /// is over, and would be ended.
+    pub async fn enter(&self, lasting: bool) -> Arc<WalPlace> {
+        loop {
+            if let Some(place) = self.try_enter(lasting) {
+                return place;
+            }
+            let _ = self.draining.subscribe().wait_for(Option::is_none).await;
+        }
+    }
+
+    /// A place, unless it is `lasting` and a drain runs.
+    fn try_enter(&self, lasting: bool) -> Option<Arc<WalPlace>> {
+        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
+        if lasting && self.draining() {
+            return None;
+        }
         let place = Arc::new(WalPlace {
-            gate: Mutex::new(Some(gate)),
+            number: places.next,
+            since: Instant::now(),
             turn: Mutex::new(None),
             ended: Stop::new(),
             conn: Mutex::new(None),
         });
-        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-        places.retain(|place| place.strong_count() > 0);
-        places.push(Arc::downgrade(&place));
-        place
+        places.next += 1;
+        places.open.retain(|place| place.strong_count() > 0);
+        places.open.push(Arc::downgrade(&place));
+        Some(place)
     }
 
     /// The alias's turn to write, for `place` until it is dropped or
-    /// ended, waited for in line. SQLite's own lock is no line: its busy
+    /// ended, waited for in line; a place that came after a drain began
+    /// waits for the drain first. SQLite's own lock is no line: its busy
     /// handler sleeps and tries again, so a plugin running write after
     /// write took the lock back each time before any other writer woke (an
     /// outside review: another plugin's writes refused 32 times in 32
@@ -102,6 +129,7 @@ impl WalPlaces {
         if place.turn.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
             return;
         }
+        let _ = self.draining.subscribe().wait_for(|from| from.is_none_or(|from| place.number < from)).await;
         let turn = Arc::clone(&self.turns).lock_owned().await;
         let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // An ended place keeps nothing (its owner may hold it for long).
@@ -110,33 +138,95 @@ impl WalPlaces {
         }
     }
 
-    /// The whole gate: new statements wait from the call on. Those still
-    /// open after [`DRAIN_GRACE`] are ended ([`WalPlace::end`]), so that
-    /// one plugin keeping a transaction open holds no one back longer and
-    /// the WAL stops growing.
-    async fn drain(&self) -> OwnedRwLockWriteGuard<()> {
-        let whole = Arc::clone(&self.gate).write_owned();
-        tokio::pin!(whole);
-        let mut wait = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Restarts the WAL with `TRUNCATE` checkpoints on `conn`, tried
+    /// every [`ENDING_RETRY`] until one finds no statement using the WAL;
+    /// the frames it holds after. Meanwhile the writes of places that came
+    /// after it began wait ([`Self::write_turn`]), so that the WAL stops
+    /// growing, and so do new transactions; reads outside a transaction go
+    /// on: once the WAL is wholly copied into the database, new ones read
+    /// the database alone and hold nothing back. Places still open
+    /// [`DRAIN_GRACE`] after the drain began (or after they came, if
+    /// later) are ended ([`WalPlace::end`]), unless they came after the
+    /// copy was whole; past four graces the drain gives up (something
+    /// outside the gateway's places reads the WAL).
+    async fn drain(&self, conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
+        let _draining = Draining::begin(self);
+        let began = Instant::now();
+        let grace = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+        // The first place that read the WAL only once it was wholly copied.
+        let mut copied_from = u64::MAX;
         loop {
-            if let Ok(whole) = tokio::time::timeout(wait, &mut whole).await {
-                return whole;
+            if began.elapsed() > grace * 4 {
+                return checkpoint(conn, "PRAGMA wal_checkpoint(PASSIVE)").await.map(|done| done.frames);
             }
-            let open: Vec<_> =
-                self.places.lock().unwrap_or_else(PoisonError::into_inner).iter().filter_map(Weak::upgrade).collect();
-            for place in open {
+            // In line with the writes: it needs the write lock, and each
+            // try took it from them while it copied (SQLite's busy handler
+            // is no line).
+            let turn = tokio::time::timeout(ENDING_RETRY, Arc::clone(&self.turns).lock_owned()).await;
+            if let Ok(_turn) = turn {
+                let done = checkpoint(conn, "PRAGMA wal_checkpoint(TRUNCATE)").await?;
+                if !done.busy {
+                    return Ok(done.frames);
+                }
+                if copied_from == u64::MAX && done.frames >= 0 && done.copied == done.frames {
+                    copied_from = self.places.lock().unwrap_or_else(PoisonError::into_inner).next;
+                }
+            }
+            for place in self.due(copied_from, began, grace) {
                 place.end();
             }
-            wait = ENDING_RETRY;
+            tokio::time::sleep(ENDING_RETRY).await;
         }
+    }
+}
+
+impl WalPlaces {
+    /// The places a drain begun at `began` ends now: those on a connection
+    /// (waiting for one or for their turn to write, they read nothing) and
+    /// numbered below `copied_from` (so may read the WAL), open `grace`
+    /// since it began, or since they came if later.
+    fn due(&self, copied_from: u64, began: Instant, grace: Duration) -> Vec<Arc<WalPlace>> {
+        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
+        places.open.retain(|place| place.strong_count() > 0);
+        let now = Instant::now();
+        places
+            .open
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|place| {
+                place.number < copied_from
+                    && place.since.max(began) + grace <= now
+                    && place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+            })
+            .collect()
+    }
+}
+
+/// A drain under way ([`WalPlaces::drain`]): from its start to its drop,
+/// places that come wait to write.
+struct Draining<'a>(&'a WalPlaces);
+
+impl<'a> Draining<'a> {
+    fn begin(places: &'a WalPlaces) -> Draining<'a> {
+        let numbers = places.places.lock().unwrap_or_else(PoisonError::into_inner);
+        places.draining.send_replace(Some(numbers.next));
+        Draining(places)
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.draining.send_replace(None);
     }
 }
 
 /// A statement's or transaction's place among [`WalPlaces`] (its read
 /// of the WAL: a write reads it too).
 pub struct WalPlace {
-    /// Its share of the gate, until the read ends (or is ended).
-    gate: Mutex<Option<OwnedRwLockReadGuard<()>>>,
+    /// Its number among the places, in the order they came.
+    number: u64,
+    /// When it came.
+    since: Instant,
     /// The alias's turn to write, once it has written.
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     /// Raised when the checkpointer ends the read: the owner's statements
@@ -166,30 +256,31 @@ impl WalPlace {
 
     /// Stops the read: raises [`Self::ended`]; then, unless a statement
     /// runs on its connection or the connection is closing, rolls back
-    /// its transaction and gives the place up. Try again while it holds.
+    /// its transaction and gives its turn to write up. Try again while it
+    /// holds.
     fn end(&self) {
         self.ended.raise();
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let over = conn.as_ref().is_none_or(|conn| conn.try_end() == Ending::Ended);
         if over {
             self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
-            self.gate.lock().unwrap_or_else(PoisonError::into_inner).take();
         }
     }
 }
 
-/// How long the checkpointer waits for the statements open on a grown WAL
-/// to end on their own before it ends them ([`WalPlaces::drain`]): what a
-/// drain may hold new statements back, and the longest one may stay open
-/// once a drain has begun.
+/// How long the checkpointer lets the statements open on a grown WAL end
+/// on their own before it ends them ([`WalPlaces::drain`]): the longest
+/// one may stay open once a drain has begun, and about what a drain holds
+/// new writes back.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// How often the checkpointer tries again to end a read it could not end
-/// yet (a statement of it was running, stopping at its next check).
+/// How often a drain tries its `TRUNCATE` again, ending the reads that
+/// are due (and those it could not end yet: a statement of theirs was
+/// running, stopping at its next check).
 const ENDING_RETRY: Duration = Duration::from_millis(20);
 
-/// How many frames the WAL may hold before the checkpointer holds new
-/// reads back until it has restarted it ([`checkpointer`]).
+/// How many frames the WAL may hold before the checkpointer drains it
+/// ([`checkpointer`]).
 const WAL_DRAIN_FRAMES: i64 = (crate::databases::WAL_SIZE_LIMIT / 4096) as i64;
 
 /// A pool over `options` (made serialized here), opening nothing yet, and
@@ -238,17 +329,20 @@ async fn bound_database(conn: &mut sqlx::SqliteConnection, bytes: u64) -> Result
 /// chained on purpose, or just many plugins' busy reads) kept it growing at
 /// the writers' rate (an outside review: 5.6 GiB in 60 s). So once it
 /// holds more than [`WAL_DRAIN_FRAMES`] at two checkpoints in a row, the
-/// checkpointer drains it ([`WalPlaces::drain`]): new statements of the
-/// alias wait, reads and writes alike; those open end, or are ended after
-/// [`DRAIN_GRACE`]; with none left a `TRUNCATE` checkpoint copies the rest
-/// and empties the file, with no lock to wait for. Writes wait too because
-/// one holding the lock past the busy timeout made `TRUNCATE` give up, and
-/// a read begun right after kept the WAL again (an outside review: 1.1 GiB
-/// in 60 s with no read open over 5 s). Waiting inside SQLite instead
-/// (`TRUNCATE` alone) was tried and undone: it holds the write lock while
-/// it waits, with no bound on the reads it waits for (one plugin's 18 s
-/// read held every plugin's writes back 15.8 s).
+/// checkpointer drains it ([`WalPlaces::drain`]): new writes wait, so the
+/// WAL stops growing; reads go on, and once the WAL is wholly copied new
+/// ones no longer read it; those open end, or are ended after
+/// [`DRAIN_GRACE`]; then a `TRUNCATE` checkpoint empties the file. Until
+/// 2026-12-06 reads waited in a drain too: then one plugin committing
+/// 70 MiB transactions held every plugin's reads back ~2 s in every 2
+/// (an outside review). Waiting inside SQLite instead (`TRUNCATE` with a
+/// busy timeout) was tried and undone: it holds the write lock while it
+/// waits, with no bound on the reads it waits for (one plugin's 18 s read
+/// held every plugin's writes back 15.8 s).
 async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<()>, wal_places: Arc<WalPlaces>) {
+    // No busy timeout: the drain's `TRUNCATE` must not hold the write lock
+    // while it waits for readers; it tries again instead.
+    let options = options.busy_timeout(Duration::ZERO);
     let mut conn: Option<sqlx::SqliteConnection> = None;
     // Whether the last checkpoint left the WAL past its bound.
     let mut over = false;
@@ -257,18 +351,13 @@ async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<(
             conn = options.connect().await.ok();
         }
         let Some(open) = conn.as_mut() else { continue };
-        let passive = checkpoint(open, "PRAGMA wal_checkpoint(PASSIVE)").await;
+        let passive = checkpoint(open, "PRAGMA wal_checkpoint(PASSIVE)").await.map(|done| done.frames);
         let grown = passive.as_ref().is_ok_and(|&frames| frames > WAL_DRAIN_FRAMES);
         // Past the bound a second time: the WAL did not restart in between,
         // so statements keep it. (Once may be one large commit, which the
         // next write restarts after this checkpoint copied it: no need to
-        // stop anyone.)
-        let done = if grown && over {
-            let _nothing_open = wal_places.drain().await;
-            checkpoint(open, "PRAGMA wal_checkpoint(TRUNCATE)").await
-        } else {
-            passive
-        };
+        // hold anyone back.)
+        let done = if grown && over { wal_places.drain(open).await } else { passive };
         over = done.as_ref().is_ok_and(|&frames| frames > WAL_DRAIN_FRAMES);
         if done.is_err() {
             conn = None;
@@ -279,11 +368,20 @@ async fn checkpointer(options: SqliteConnectOptions, mut asked: mpsc::Receiver<(
     }
 }
 
-/// Runs `checkpoint` (a `PRAGMA wal_checkpoint`); the frames the WAL
-/// holds after it.
-async fn checkpoint(conn: &mut sqlx::SqliteConnection, checkpoint: &'static str) -> Result<i64, sqlx::Error> {
-    let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as(checkpoint).fetch_one(conn).await?;
-    Ok(frames)
+/// What a `PRAGMA wal_checkpoint` answered.
+struct Checkpoint {
+    /// It could not finish: something used the WAL or held the lock.
+    busy: bool,
+    /// The frames the WAL holds after it.
+    frames: i64,
+    /// Of those, the frames copied into the database.
+    copied: i64,
+}
+
+/// Runs `checkpoint` (a `PRAGMA wal_checkpoint`).
+async fn checkpoint(conn: &mut sqlx::SqliteConnection, checkpoint: &'static str) -> Result<Checkpoint, sqlx::Error> {
+    let (busy, frames, copied): (i64, i64, i64) = sqlx::query_as(checkpoint).fetch_one(conn).await?;
+    Ok(Checkpoint { busy: busy != 0, frames, copied })
 }
 
 impl Connector for SqliteConnector {
@@ -460,8 +558,9 @@ mod tests {
         let reads = Arc::clone(pool.connector().wal_places());
         let in_transaction = |conn: &mut PooledSqlite| guard::leave_in_transaction(conn);
 
-        let place = reads.enter().await;
+        let place = reads.enter(true).await;
         place.attach(&conn);
+        reads.write_turn(&place).await;
         guard::enter_host(&mut conn);
         conn.connection().execute("BEGIN").await.unwrap();
         conn.connection().execute("SELECT count(*) FROM t").await.unwrap();
@@ -470,13 +569,13 @@ mod tests {
             place.end();
             assert!(in_transaction(&mut conn), "ended under a running statement");
             assert!(place.ended().is_due(), "the running statement is told to stop");
-            assert!(reads.gate.try_write().is_err(), "the place given up before its read ended");
+            assert!(reads.turns.try_lock().is_err(), "the turn given up before its read ended");
         }
         place.end();
         assert!(!in_transaction(&mut conn), "the transaction is still open");
-        assert!(reads.gate.try_write().is_ok(), "the place is still held");
+        assert!(reads.turns.try_lock().is_ok(), "the turn to write is still held");
 
-        let place = reads.enter().await;
+        let place = reads.enter(true).await;
         place.attach(&conn);
         place.detach();
         guard::enter_host(&mut conn);

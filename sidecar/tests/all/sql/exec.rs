@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::Guard;
-use gatehouse::services::sql::exec::{Limits, checked, writes};
+use gatehouse::services::sql::exec::{Limits, OpenFor, checked};
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 use gatehouse::stop::Stop;
 
@@ -40,7 +40,8 @@ async fn query_until(
     let checked = checked(Door::Gatehouse, alias.dialect, policy, sql, params)?;
     let guard = authorizer(alias.dialect, policy);
     let (mut connection, limits) =
-        SqlConnection::open_for(alias, plugin, &guard, stop, writes(checked.kind), Limits::from(policy)).await?;
+        SqlConnection::open_for(alias, plugin, &guard, stop, OpenFor::statement(checked.kind), Limits::from(policy))
+            .await?;
     connection.query(&checked, sql, params, limits).await
 }
 
@@ -1521,7 +1522,9 @@ async fn write_mib(gateway: &SqlGateway, policy: &SqlPolicy, n: i64) -> u64 {
     let guard = authorizer(Dialect::Sqlite, policy);
     let alias = gateway.alias("db").unwrap();
     let (mut connection, limits) =
-        SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), true, Limits::from(policy)).await.unwrap();
+        SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), OpenFor::Write, Limits::from(policy))
+            .await
+            .unwrap();
     connection.execute(&checked, write, &params, limits).await.unwrap()
 }
 
@@ -1724,12 +1727,15 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
 }
 
 /// While the checkpointer waits for the statements open on a grown WAL,
-/// new ones wait behind it, reads and writes, holding no pooled
-/// connection; once the last open one ends the WAL is emptied and the
-/// waiting ones run. (A write left to go on made the drain's `TRUNCATE`
-/// give up when it held the lock: the eighth outside review.)
+/// new writes and new transactions wait, holding no pooled connection,
+/// and new reads outside a transaction run; once the last open read ends
+/// the WAL is emptied and the waiting ones run. (Reads waited in a drain
+/// too until the ninth outside review: one plugin committing 70 MiB
+/// transactions then held every plugin's reads back ~2 s in every 2. A
+/// write left to go on made the drain's `TRUNCATE` give up when it held
+/// the lock: the eighth review.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_the_wal_drains_new_statements_wait_holding_no_connection_on_sqlite() {
+async fn while_the_wal_drains_new_writes_wait_holding_no_connection_and_reads_run_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
     let TestDb::Sqlite(dir) = &db else { unreachable!() };
     let wal_size = || std::fs::metadata(dir.path().join("shop.db-wal")).map_or(0, |m| m.len());
@@ -1742,54 +1748,67 @@ async fn while_the_wal_drains_new_statements_wait_holding_no_connection_on_sqlit
     };
 
     let mut open_read = open_read(&gateway, "reader", &policy).await;
-    let reads = wal_places(&gateway);
+    let places = wal_places(&gateway);
     // This test shows the drain before the reads open are ended.
-    reads.set_grace(Duration::from_secs(60));
+    places.set_grace(Duration::from_secs(60));
     // Under the WAL's bound (64 MiB) nothing waits for that read, though
     // checkpoints are asked for (past 1,000 pages).
     for n in 0..8 {
         write_once(n).await;
     }
-    query(&gateway, "another", &policy, read, &[]).await.unwrap();
+    assert!(!places.draining());
     // Past it, while that read keeps it, until the drain holds writes
-    // back too (the last write may be one of them).
+    // back (the last write may be one of them).
     let mut held_write = None;
     for n in 8.. {
         assert!(n < 200, "the checkpointer never waited for the open read");
         let write = tokio::spawn(write_once(n));
-        while !write.is_finished() && !reads.held_back() {
+        while !write.is_finished() && !places.draining() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if reads.held_back() {
+        if places.draining() {
             held_write = Some(write);
             break;
         }
         assert_eq!(write.await.unwrap(), 1);
     }
 
-    // More new statements than the pool has connections left: waiting,
-    // they hold none (else some would be refused one).
-    let new_reads: Vec<_> = (0..4)
-        .map(|n| {
-            let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
-            tokio::spawn(async move { query(&gateway, &format!("another-{n}"), &policy, read, &[]).await })
+    // More new writes than the pool has connections left (the open read
+    // holds one): waiting, they hold none, else the reads would be refused
+    // one. A new transaction waits too.
+    let new_writes: Vec<_> = (72..77).map(|n| tokio::spawn(write_once(n))).collect();
+    let new_transaction = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move {
+            let guard = authorizer(Dialect::Sqlite, &policy);
+            let alias = gateway.alias("db").unwrap();
+            let stop = Stop::new();
+            let opened =
+                SqlConnection::open_for(alias, "late", &guard, &stop, OpenFor::Transaction, Limits::from(&policy));
+            let (mut connection, limits) = opened.await.unwrap();
+            connection.begin(limits).await.unwrap();
+            connection.commit().await.unwrap();
         })
-        .collect();
-    let new_write = tokio::spawn(write_once(72));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for n in 0..4 {
+        query(&gateway, &format!("another-{n}"), &policy, read, &[])
+            .await
+            .unwrap_or_else(|e| panic!("read {n} in the drain: {e:?}"));
+    }
+    assert!(places.draining(), "the drain ended under the open read");
     assert!(
-        new_reads.iter().all(|read| !read.is_finished()),
-        "a new read ran while the checkpointer waited for the open one"
+        new_writes.iter().all(|write| !write.is_finished()),
+        "a new write ran while the drain waited for the open read"
     );
-    assert!(!new_write.is_finished(), "a new write ran while the checkpointer waited for the open read");
+    assert!(!new_transaction.is_finished(), "a new transaction began while the drain waited for the open read");
     assert!(wal_size() > 64 << 20, "the WAL was restarted under an open read");
 
     open_read.commit().await.unwrap();
-    for read in new_reads {
-        read.await.unwrap().unwrap();
+    for write in new_writes {
+        assert_eq!(write.await.unwrap(), 1, "a write held back");
     }
-    assert_eq!(new_write.await.unwrap(), 1, "the write held back");
+    new_transaction.await.unwrap();
     let _ = held_write.unwrap().await.unwrap();
-    // Emptied, then the writes held back ran: one or two of 1 MiB.
-    assert!(wal_size() < 8 << 20, "the WAL is at {} bytes", wal_size());
+    // Emptied, then the writes held back ran: up to six of 1 MiB.
+    assert!(wal_size() < 12 << 20, "the WAL is at {} bytes", wal_size());
 }
