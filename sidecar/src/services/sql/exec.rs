@@ -191,6 +191,9 @@ pub struct SqlConnection {
     /// until a connection being closed has closed. The checkpointer may
     /// end the read first ([`WalPlace::ended`]).
     wal_read: Option<Arc<WalPlace>>,
+    /// The plugin whose statements run on it: on SQLite, what they write
+    /// to the WAL is charged to it ([`WalPlaces::charge`]).
+    plugin: String,
 }
 
 impl SqlConnection {
@@ -222,6 +225,7 @@ impl SqlConnection {
             stop: stop.clone(),
             begin_pending: false,
             wal_read: None,
+            plugin: plugin.to_string(),
         })
     }
 
@@ -245,7 +249,7 @@ impl SqlConnection {
             Pool::Sqlite(pool) => {
                 let places = pool.connector().wal_places();
                 let (place, left) = wait_for_place(places, to == OpenFor::Transaction, limits).await?;
-                let left = if to == OpenFor::Write { wait_for_turn(places, &place, left).await? } else { left };
+                let left = if to == OpenFor::Write { wait_for_turn(places, &place, plugin, left).await? } else { left };
                 (Some(place), left)
             }
             _ => (None, limits),
@@ -332,6 +336,7 @@ impl SqlConnection {
         };
         let limits = if writes(checked.kind) { self.take_write_turn(limits).await? } else { limits };
         let done = self.guarded(limits, run, statement, params).await;
+        self.charge_writes();
         if done.is_err() || self.transaction {
             // Rows of a read outside a transaction that ended in time
             // stand; anything else of an ended read does not.
@@ -442,7 +447,18 @@ impl SqlConnection {
     /// within `limits`' deadline; returns what is left of `limits`.
     async fn take_write_turn(&mut self, limits: Limits) -> Result<Limits, SqlError> {
         let (Conn::Sqlite(c), Some(place)) = (&self.conn, &self.wal_read) else { return Ok(limits) };
-        wait_for_turn(c.connector().wal_places(), place, limits).await
+        wait_for_turn(c.connector().wal_places(), place, &self.plugin, limits).await
+    }
+
+    /// SQLite: charges what the statements on the connection wrote to the
+    /// WAL since the last charge to the plugin.
+    fn charge_writes(&self) {
+        if let Conn::Sqlite(c) = &self.conn {
+            let bytes = c.take_bytes_written();
+            if bytes > 0 {
+                c.connector().wal_places().charge(&self.plugin, bytes);
+            }
+        }
     }
 
     /// Gives the place among the WAL's reads back once no read of this
@@ -519,6 +535,7 @@ impl SqlConnection {
             Conn::Postgres(c) => c.execute(command).await.map(drop),
             Conn::Sqlite(c) => host_command(c, command, None).await,
         };
+        self.charge_writes();
         if let Err(e) = done {
             self.read_not_ended().await?;
             return Err(SqlError::from_database(e));
@@ -622,8 +639,24 @@ async fn wait_for_place(
 }
 
 /// `place`'s turn to write among `places`, waited for within `limits`'
-/// deadline; what is left of `limits`.
-async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, limits: Limits) -> Result<Limits, SqlError> {
+/// deadline; what is left of `limits`. First `plugin` pays off what it
+/// wrote past its `plugin_write_rate`, holding no turn meanwhile (a
+/// transaction already holding its turn writes on).
+async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, plugin: &str, limits: Limits) -> Result<Limits, SqlError> {
+    if place.has_turn() {
+        return Ok(limits);
+    }
+    let owed = places.owed(plugin);
+    if owed >= limits.timeout {
+        return Err(SqlError::RateLimited {
+            message: format!(
+                "the plugin's writes to this database passed its plugin_write_rate; its next write may run \
+                 in {} ms",
+                owed.as_millis()
+            ),
+            retry_after: owed.max(super::error::RETRY_BUSY),
+        });
+    }
     let late = || SqlError::RateLimited {
         message: format!(
             "database busy: the statement waited its whole deadline of {:?} for its turn to write \
@@ -632,7 +665,11 @@ async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, limits: Limits) -> 
         ),
         retry_after: super::error::RETRY_BUSY,
     };
-    within(limits, places.write_turn(place), late).await.map(|((), left)| left)
+    let paid_then_turn = async {
+        tokio::time::sleep(owed).await;
+        places.write_turn(place).await;
+    };
+    within(limits, paid_then_turn, late).await.map(|((), left)| left)
 }
 
 /// What `wait` gives within `limits`' deadline, and what is left of

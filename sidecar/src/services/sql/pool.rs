@@ -261,13 +261,7 @@ impl AliasPool {
                 // before the pool hands it out, closed until a plugin's grant
                 // is entered for a statement.
                 guard::sqlite::limit_heap();
-                Ok(Pool::Sqlite(sqlite_pool(
-                    options,
-                    settings.max_connections,
-                    settings.acquire_timeout,
-                    settings.max_value_bytes,
-                    settings.max_database_bytes,
-                )))
+                Ok(Pool::Sqlite(sqlite_pool(options, &settings)))
             }
         }
     }

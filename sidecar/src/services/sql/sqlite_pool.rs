@@ -5,6 +5,7 @@
 //! thread (its statement) instead of three. sqlx's pool hands out its own
 //! connection type, with no room for that handle.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
+use crate::databases::PoolSettings;
 use crate::stop::Stop;
 
 /// A pool of serialized SQLite connections with the authorizer installed.
@@ -45,13 +47,39 @@ impl SqliteConnector {
 pub struct WalPlaces {
     /// The places given out, numbered as they come.
     places: Mutex<Places>,
-    /// While a drain runs: the number of the first place that came after
-    /// it began ([`WalPlaces::drain`]). Set and read under `places`.
-    draining: watch::Sender<Option<u64>>,
+    /// The drain under way, if any ([`WalPlaces::drain`]); begun under
+    /// `places`.
+    draining: watch::Sender<Option<Drain>>,
     /// [`DRAIN_GRACE`], unless a test set another.
     grace: Mutex<Duration>,
     /// Whose turn it is to write ([`WalPlaces::write_turn`]).
     turns: Arc<tokio::sync::Mutex<()>>,
+    /// What each plugin has written to the WAL, against its rate
+    /// ([`WalPlaces::charge`]). Plugin names come from policy files, so
+    /// the map is bounded by the policies.
+    budgets: Mutex<HashMap<String, WriteBudget>>,
+    /// `plugin_write_rate`: bytes a second.
+    write_rate: u64,
+}
+
+/// A drain under way, as new places see it.
+#[derive(Clone, Copy)]
+struct Drain {
+    /// The number of the first place that came after it began: from it
+    /// on, places wait to write.
+    from: u64,
+    /// Whether new reads wait too: once the drain has had to end a read,
+    /// so that the next read of the same plugin, begun the moment it was
+    /// ended, does not keep the WAL in its place (an honest 3.6 s query
+    /// run again and again was ended every 2.2 s so).
+    reads_wait: bool,
+}
+
+impl Drain {
+    /// Whether a new place (a transaction's if `lasting`) waits for it.
+    fn holds_back(self, lasting: bool) -> bool {
+        lasting || self.reads_wait
+    }
 }
 
 /// The places given out (those dropped since are pruned as more come), and
@@ -62,18 +90,37 @@ struct Places {
     next: u64,
 }
 
-impl Default for WalPlaces {
-    fn default() -> WalPlaces {
+impl WalPlaces {
+    /// None given out yet; each plugin may write `write_rate` bytes a
+    /// second to the WAL.
+    pub fn new(write_rate: u64) -> WalPlaces {
         WalPlaces {
             places: Mutex::default(),
             draining: watch::Sender::new(None),
             grace: Mutex::new(DRAIN_GRACE),
             turns: Arc::default(),
+            budgets: Mutex::default(),
+            write_rate: write_rate.max(1),
         }
     }
-}
 
-impl WalPlaces {
+    /// Charges `bytes` its statements wrote to the WAL to `plugin`.
+    pub fn charge(&self, plugin: &str, bytes: u64) {
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let budget = match budgets.get_mut(plugin) {
+            Some(budget) => budget,
+            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(self.write_rate)),
+        };
+        budget.charge(self.write_rate, bytes);
+    }
+
+    /// How long `plugin` waits before its next write: until what it wrote
+    /// past its rate is paid off.
+    pub fn owed(&self, plugin: &str) -> Duration {
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(self.write_rate))
+    }
+
     /// Whether a drain runs now.
     pub fn draining(&self) -> bool {
         self.draining.borrow().is_some()
@@ -86,23 +133,24 @@ impl WalPlaces {
         *self.grace.lock().unwrap_or_else(PoisonError::into_inner) = grace;
     }
 
-    /// A place: at once for one statement; for a transaction (`lasting`),
-    /// once no drain runs, since a transaction begun in a drain may read
-    /// the WAL the drain waits for and then wait to write until the drain
-    /// is over, and would be ended.
+    /// A place: for one statement at once, unless a drain is ending
+    /// reads ([`Drain::reads_wait`]); for a transaction (`lasting`), once
+    /// no drain runs, since a transaction begun in a drain may read the WAL
+    /// the drain waits for and then wait to write until the drain is over,
+    /// and would be ended.
     pub async fn enter(&self, lasting: bool) -> Arc<WalPlace> {
         loop {
             if let Some(place) = self.try_enter(lasting) {
                 return place;
             }
-            let _ = self.draining.subscribe().wait_for(Option::is_none).await;
+            let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| !d.holds_back(lasting))).await;
         }
     }
 
-    /// A place, unless it is `lasting` and a drain runs.
+    /// A place, unless a drain holds it back.
     fn try_enter(&self, lasting: bool) -> Option<Arc<WalPlace>> {
         let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-        if lasting && self.draining() {
+        if self.draining.borrow().is_some_and(|drain| drain.holds_back(lasting)) {
             return None;
         }
         let place = Arc::new(WalPlace {
@@ -126,10 +174,10 @@ impl WalPlaces {
     /// outside review: another plugin's writes refused 32 times in 32
     /// over 30 s).
     pub async fn write_turn(&self, place: &WalPlace) {
-        if place.turn.lock().unwrap_or_else(PoisonError::into_inner).is_some() {
+        if place.has_turn() {
             return;
         }
-        let _ = self.draining.subscribe().wait_for(|from| from.is_none_or(|from| place.number < from)).await;
+        let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| place.number < d.from)).await;
         let turn = Arc::clone(&self.turns).lock_owned().await;
         let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // An ended place keeps nothing (its owner may hold it for long).
@@ -147,8 +195,9 @@ impl WalPlaces {
     /// the database alone and hold nothing back. Places still open
     /// [`DRAIN_GRACE`] after the drain began (or after they came, if
     /// later) are ended ([`WalPlace::end`]), unless they came after the
-    /// copy was whole; past four graces the drain gives up (something
-    /// outside the gateway's places reads the WAL).
+    /// copy was whole; from the first such ending on, new reads wait too.
+    /// Past four graces the drain gives up (something outside the
+    /// gateway's places reads the WAL).
     async fn drain(&self, conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
         let _draining = Draining::begin(self);
         let began = Instant::now();
@@ -172,7 +221,13 @@ impl WalPlaces {
                     copied_from = self.places.lock().unwrap_or_else(PoisonError::into_inner).next;
                 }
             }
-            for place in self.due(copied_from, began, grace) {
+            let due = self.due(copied_from, began, grace);
+            if !due.is_empty() {
+                self.draining.send_if_modified(|drain| {
+                    drain.as_mut().is_some_and(|drain| !std::mem::replace(&mut drain.reads_wait, true))
+                });
+            }
+            for place in due {
                 place.end();
             }
             tokio::time::sleep(ENDING_RETRY).await;
@@ -202,14 +257,52 @@ impl WalPlaces {
     }
 }
 
+/// One plugin's bytes left to write to the WAL: a bucket of four seconds'
+/// worth of its rate, refilled at the rate, which its writes may overdraw;
+/// the plugin's next write waits until it is refilled past zero.
+struct WriteBudget {
+    /// Bytes left; below zero, owed.
+    left: f64,
+    /// When `left` was last refilled.
+    at: Instant,
+}
+
+impl WriteBudget {
+    /// A full bucket.
+    fn full(rate: u64) -> WriteBudget {
+        WriteBudget { left: Self::capacity(rate), at: Instant::now() }
+    }
+
+    fn capacity(rate: u64) -> f64 {
+        4.0 * rate as f64
+    }
+
+    fn refill(&mut self, rate: u64) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * rate as f64;
+        self.left = (self.left + earned).min(Self::capacity(rate));
+        self.at = now;
+    }
+
+    fn charge(&mut self, rate: u64, bytes: u64) {
+        self.refill(rate);
+        self.left -= bytes as f64;
+    }
+
+    fn owed(&mut self, rate: u64) -> Duration {
+        self.refill(rate);
+        if self.left >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.left / rate as f64) }
+    }
+}
+
 /// A drain under way ([`WalPlaces::drain`]): from its start to its drop,
-/// places that come wait to write.
+/// places that come wait to write ([`Drain`]).
 struct Draining<'a>(&'a WalPlaces);
 
 impl<'a> Draining<'a> {
     fn begin(places: &'a WalPlaces) -> Draining<'a> {
         let numbers = places.places.lock().unwrap_or_else(PoisonError::into_inner);
-        places.draining.send_replace(Some(numbers.next));
+        places.draining.send_replace(Some(Drain { from: numbers.next, reads_wait: false }));
         Draining(places)
     }
 }
@@ -249,6 +342,11 @@ impl WalPlace {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner).take();
     }
 
+    /// Whether it holds the alias's turn to write.
+    pub fn has_turn(&self) -> bool {
+        self.turn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
     /// Raised once the checkpointer has ended (or is ending) the read.
     pub fn ended(&self) -> &Stop {
         &self.ended
@@ -283,27 +381,21 @@ const ENDING_RETRY: Duration = Duration::from_millis(20);
 /// ([`checkpointer`]).
 const WAL_DRAIN_FRAMES: i64 = (crate::databases::WAL_SIZE_LIMIT / 4096) as i64;
 
-/// A pool over `options` (made serialized here), opening nothing yet, and
-/// its checkpointer (a task, which opens its connection when first asked).
-/// Call it inside a tokio runtime.
-pub fn sqlite_pool(
-    options: SqliteConnectOptions,
-    max_connections: u32,
-    acquire_timeout: Duration,
-    max_value_bytes: u32,
-    max_database_bytes: Option<u64>,
-) -> SqlitePool {
+/// A pool over `options` (made serialized here) with `settings`, opening
+/// nothing yet, and its checkpointer (a task, which opens its connection
+/// when first asked). Call it inside a tokio runtime.
+pub fn sqlite_pool(options: SqliteConnectOptions, settings: &PoolSettings) -> SqlitePool {
     let (checkpoints, asked) = mpsc::channel(1);
-    let wal_places = Arc::new(WalPlaces::default());
+    let wal_places = Arc::new(WalPlaces::new(settings.plugin_write_rate));
     tokio::spawn(checkpointer(options.clone(), asked, Arc::clone(&wal_places)));
     let connector = SqliteConnector {
         options: options.serialized(true),
-        max_value_bytes,
-        max_database_bytes,
+        max_value_bytes: settings.max_value_bytes,
+        max_database_bytes: settings.max_database_bytes,
         checkpoints,
         wal_places,
     };
-    ConnPool::new(connector, max_connections, acquire_timeout)
+    ConnPool::new(connector, settings.max_connections, settings.acquire_timeout)
 }
 
 /// Bounds the database file at `bytes` on `conn` (`PRAGMA max_page_count`
@@ -417,11 +509,14 @@ mod tests {
     use sqlx::Executor as _;
 
     use super::*;
+    use crate::databases::DEFAULT_PLUGIN_WRITE_RATE;
     use crate::services::sql::conn_pool::IDLE_TIMEOUT;
 
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
         let options = crate::databases::sqlite_options(&dir.path().join("pool.db"));
-        sqlite_pool(options, max, Duration::from_millis(200), crate::databases::DEFAULT_MAX_VALUE_BYTES, None)
+        let settings =
+            PoolSettings { max_connections: max, acquire_timeout: Duration::from_millis(200), ..Default::default() };
+        sqlite_pool(options, &settings)
     }
 
     /// At most `max_connections` are held; the next caller is refused
@@ -585,6 +680,29 @@ mod tests {
         assert!(in_transaction(&mut conn), "a detached read's ending rolled back the connection's next transaction");
         guard::enter_host(&mut conn);
         conn.connection().execute("COMMIT").await.unwrap();
+    }
+
+    /// In a drain, places that come wait to write, transactions wait to
+    /// begin, and reads outside a transaction run until the drain has had
+    /// to end a read; places that came before it write in line as before.
+    #[tokio::test]
+    async fn a_drain_holds_back_writes_and_transactions_and_reads_only_once_it_ends_one() {
+        use futures::FutureExt as _;
+        let places = WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE);
+        let before = places.enter(false).await;
+        let drain = Draining::begin(&places);
+        assert!(places.draining());
+        let read = places.enter(false).now_or_never().expect("a read waited in a drain");
+        assert!(places.enter(true).now_or_never().is_none(), "a transaction began in a drain");
+        assert!(places.write_turn(&read).now_or_never().is_none(), "a write that came in a drain ran");
+        places.write_turn(&before).now_or_never().expect("a write that came before the drain waited for it");
+        drop(before);
+        places.draining.send_modify(|drain| drain.as_mut().unwrap().reads_wait = true);
+        assert!(places.enter(false).now_or_never().is_none(), "a read ran while the drain ended reads");
+        drop(drain);
+        assert!(!places.draining());
+        places.enter(true).now_or_never().expect("a transaction waited after the drain");
+        places.write_turn(&read).now_or_never().expect("a write waited after the drain");
     }
 
     async fn settled(pool: &SqlitePool, usage: (u32, usize)) {

@@ -1516,16 +1516,19 @@ async fn dates_timestamps_and_numerics_read_as_postgresql_writes_them() {
 /// (text that is not a number: `created_at` has NUMERIC affinity); the
 /// rows changed.
 async fn write_mib(gateway: &SqlGateway, policy: &SqlPolicy, n: i64) -> u64 {
+    write_mib_as(gateway, "writer", policy, n).await.unwrap()
+}
+
+/// [`write_mib`] as `plugin`.
+async fn write_mib_as(gateway: &SqlGateway, plugin: &str, policy: &SqlPolicy, n: i64) -> Result<u64, SqlError> {
     let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
     let params = [Value::Text(format!("x{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
     let checked = checked(Door::Gatehouse, Dialect::Sqlite, policy, write, &params).unwrap();
     let guard = authorizer(Dialect::Sqlite, policy);
     let alias = gateway.alias("db").unwrap();
     let (mut connection, limits) =
-        SqlConnection::open_for(alias, "writer", &guard, &Stop::new(), OpenFor::Write, Limits::from(policy))
-            .await
-            .unwrap();
-    connection.execute(&checked, write, &params, limits).await.unwrap()
+        SqlConnection::open_for(alias, plugin, &guard, &Stop::new(), OpenFor::Write, Limits::from(policy)).await?;
+    connection.execute(&checked, write, &params, limits).await
 }
 
 /// A transaction of `plugin` that has read `orders` (so keeps the WAL's
@@ -1811,4 +1814,54 @@ async fn while_the_wal_drains_new_writes_wait_holding_no_connection_and_reads_ru
     let _ = held_write.unwrap().await.unwrap();
     // Emptied, then the writes held back ran: up to six of 1 MiB.
     assert!(wal_size() < 12 << 20, "the WAL is at {} bytes", wal_size());
+}
+
+/// A plugin's writes are charged to it: past its `plugin_write_rate`
+/// (four seconds' worth at once) its next write waits until it has paid
+/// off what it wrote over, or is refused `rate-limited` with that wait as
+/// its retry hint when the wait passes its deadline; another plugin's
+/// writes go on. Counted for a transaction's statements and commit and for
+/// one-shot writes alike. Attack (the ninth outside review): one plugin
+/// committing 70 MiB insert-and-delete transactions, 0.3 s each, filled
+/// the WAL every ~2 s and started a drain each time, which every plugin of
+/// the alias paid for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_a_plugins_write_rate_wait_and_others_write_on_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    // 1 MiB a second: 4 MiB at once.
+    let gateway = db.gateway(PoolSettings { plugin_write_rate: 1 << 20, ..pool(4, 4) });
+    let (policy, hurried) = (policy("timeout = \"20s\""), policy("timeout = \"200ms\""));
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let stop = Stop::new();
+    let (mut transaction, limits) =
+        SqlConnection::open_for(alias, "bulk", &guard, &stop, OpenFor::Transaction, Limits::from(&policy))
+            .await
+            .unwrap();
+    transaction.begin(limits).await.unwrap();
+    let write = "UPDATE orders SET created_at = ?1 WHERE id = ?2";
+    // 16 MiB, past 4 MiB and what 1 MiB a second earns meanwhile; a
+    // transaction holding its turn writes on.
+    for n in 0..16 {
+        let params = [Value::Text(format!("t{n:06}").repeat(140_000)), Value::Int(1 + n % 3)];
+        let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
+        transaction.execute(&checked, write, &params, limits).await.unwrap();
+    }
+    transaction.commit().await.unwrap();
+    drop(transaction);
+
+    let places = wal_places(&gateway);
+    assert_eq!(places.owed("other"), Duration::ZERO);
+    write_mib_as(&gateway, "other", &policy, 1).await.expect("another plugin's write");
+    let owed = places.owed("bulk");
+    assert!(owed > Duration::from_secs(1), "the transaction was not charged: {owed:?} owed");
+    let waited = Instant::now();
+    write_mib_as(&gateway, "bulk", &policy, 2).await.expect("a write within its deadline waits");
+    assert!(waited.elapsed() >= owed, "wrote after {:?}, owing {owed:?}", waited.elapsed());
+    // That write is charged too: the next, with a deadline shorter than
+    // its wait, is refused at once.
+    let refused = write_mib_as(&gateway, "bulk", &hurried, 3).await.unwrap_err();
+    let SqlError::RateLimited { message, retry_after } = &refused else { panic!("{refused:?}") };
+    assert!(message.contains("plugin_write_rate"), "{message}");
+    assert!(*retry_after > Duration::from_millis(200), "the retry hint is not the wait: {retry_after:?}");
 }

@@ -317,6 +317,8 @@ pub struct Guarded {
     /// Held by a statement's thread while it runs on the handle
     /// ([`StepHandle`]); `false` once the connection is closing.
     open: Arc<tokio::sync::Mutex<bool>>,
+    /// The database's page size in bytes (a WAL frame holds one page).
+    page_size: u64,
 }
 
 /// The raw handle of a serialized connection.
@@ -356,6 +358,20 @@ impl Guarded {
 
     fn db(&self) -> *mut ffi::sqlite3 {
         self.db.0.as_ptr()
+    }
+
+    /// The bytes the connection's statements have written to the
+    /// database's files since the last call (in WAL mode, to the WAL):
+    /// the pages SQLite's cache wrote, a page each. None while a statement
+    /// still runs on the handle (counted at the next call): the handle's
+    /// mutex would hold this thread until its step ends.
+    pub fn take_bytes_written(&self) -> u64 {
+        let Ok(_no_statement) = self.open.try_lock() else { return 0 };
+        let (mut pages, mut highest) = (0, 0);
+        // SAFETY: the handle is open and serialized; the call reads and
+        // resets a counter of the connection into the two out-pointers.
+        unsafe { ffi::sqlite3_db_status(self.db(), ffi::SQLITE_DBSTATUS_CACHE_WRITE, &mut pages, &mut highest, 1) };
+        u64::try_from(pages).unwrap_or(0) * self.page_size
     }
 
     /// From now on a commit that leaves more than [`CHECKPOINT_PAGES`] in
@@ -406,6 +422,7 @@ pub const PROGRESS_STEPS: i32 = 100;
 /// serialized (`SqliteConnectOptions::serialized(true)`); call this after
 /// the driver's own setup statements (sqlx's `PRAGMA`s run at connect).
 pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result<Guarded, GuardError> {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size").fetch_one(&mut conn).await?;
     let slot = Arc::new(Slot::new());
     let mut handle = conn.lock_handle().await?;
     let db = handle.as_raw_handle();
@@ -455,7 +472,8 @@ pub async fn install(mut conn: SqliteConnection, max_value_bytes: u32) -> Result
     let progress = Arc::clone(&slot);
     handle.set_progress_handler(PROGRESS_STEPS, move || progress.may_go_on());
     drop(handle);
-    Ok(Guarded { conn, db: Db(db), slot, open: Arc::new(tokio::sync::Mutex::new(true)) })
+    let page_size = u64::try_from(page_size).unwrap_or(4096);
+    Ok(Guarded { conn, db: Db(db), slot, open: Arc::new(tokio::sync::Mutex::new(true)), page_size })
 }
 
 /// What SQLite may allocate in this process, all connections together
