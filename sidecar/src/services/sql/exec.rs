@@ -502,8 +502,9 @@ impl SqlConnection {
         }
         Err(SqlError::Unavailable {
             message: format!(
-                "the read was ended (and any transaction it was part of rolled back): it kept the database's WAL \
-                 from its checkpoint for over {DRAIN_GRACE:?}; this connection serves no more statements"
+                "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
+                 kept the database's WAL from its checkpoint for {DRAIN_GRACE:?}; this connection serves no more \
+                 statements"
             ),
             retry_after: Some(super::error::RETRY_UNAVAILABLE),
         })

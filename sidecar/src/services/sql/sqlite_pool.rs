@@ -68,8 +68,8 @@ struct Drain {
     /// The number of the first place that came after it began: from it
     /// on, places wait to write.
     from: u64,
-    /// Whether new reads wait too: once the drain has had to end a read,
-    /// so that the next read of the same plugin, begun the moment it was
+    /// Whether new reads wait too: once the drain ends the reads open, so
+    /// that the next read of the same plugin, begun the moment its last was
     /// ended, does not keep the WAL in its place (an honest 3.6 s query
     /// run again and again was ended every 2.2 s so).
     reads_wait: bool,
@@ -155,7 +155,6 @@ impl WalPlaces {
         }
         let place = Arc::new(WalPlace {
             number: places.next,
-            since: Instant::now(),
             turn: Mutex::new(None),
             ended: Stop::new(),
             conn: Mutex::new(None),
@@ -192,12 +191,13 @@ impl WalPlaces {
     /// after it began wait ([`Self::write_turn`]), so that the WAL stops
     /// growing, and so do new transactions; reads outside a transaction go
     /// on: once the WAL is wholly copied into the database, new ones read
-    /// the database alone and hold nothing back. Places still open
-    /// [`DRAIN_GRACE`] after the drain began (or after they came, if
-    /// later) are ended ([`WalPlace::end`]), unless they came after the
-    /// copy was whole; from the first such ending on, new reads wait too.
-    /// Past four graces the drain gives up (something outside the
-    /// gateway's places reads the WAL).
+    /// the database alone and hold nothing back. [`DRAIN_GRACE`] after the
+    /// drain began, new reads wait too, and the places that may still
+    /// read the WAL are ended ([`WalPlace::end`]): a drain lasts about a
+    /// grace. (Ending only those open a grace since they came let a chain
+    /// of honest 2 s queries, each begun before the copy was whole, hold
+    /// every write back ~4 s in every 4.4.) Past four graces it gives up
+    /// (something outside the gateway's places reads the WAL).
     async fn drain(&self, conn: &mut sqlx::SqliteConnection) -> Result<i64, sqlx::Error> {
         let _draining = Draining::begin(self);
         let began = Instant::now();
@@ -221,14 +221,13 @@ impl WalPlaces {
                     copied_from = self.places.lock().unwrap_or_else(PoisonError::into_inner).next;
                 }
             }
-            let due = self.due(copied_from, began, grace);
-            if !due.is_empty() {
+            if began.elapsed() >= grace {
                 self.draining.send_if_modified(|drain| {
                     drain.as_mut().is_some_and(|drain| !std::mem::replace(&mut drain.reads_wait, true))
                 });
-            }
-            for place in due {
-                place.end();
+                for place in self.reading_the_wal(copied_from) {
+                    place.end();
+                }
             }
             tokio::time::sleep(ENDING_RETRY).await;
         }
@@ -236,22 +235,19 @@ impl WalPlaces {
 }
 
 impl WalPlaces {
-    /// The places a drain begun at `began` ends now: those on a connection
-    /// (waiting for one or for their turn to write, they read nothing) and
-    /// numbered below `copied_from` (so may read the WAL), open `grace`
-    /// since it began, or since they came if later.
-    fn due(&self, copied_from: u64, began: Instant, grace: Duration) -> Vec<Arc<WalPlace>> {
+    /// The places that may read the WAL: those on a connection (waiting
+    /// for one or for their turn to write, they read nothing) that came
+    /// before `copied_from`, the first that came once the WAL was wholly
+    /// copied into the database.
+    fn reading_the_wal(&self, copied_from: u64) -> Vec<Arc<WalPlace>> {
         let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
         places.open.retain(|place| place.strong_count() > 0);
-        let now = Instant::now();
         places
             .open
             .iter()
             .filter_map(Weak::upgrade)
             .filter(|place| {
-                place.number < copied_from
-                    && place.since.max(began) + grace <= now
-                    && place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+                place.number < copied_from && place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
             })
             .collect()
     }
@@ -318,8 +314,6 @@ impl Drop for Draining<'_> {
 pub struct WalPlace {
     /// Its number among the places, in the order they came.
     number: u64,
-    /// When it came.
-    since: Instant,
     /// The alias's turn to write, once it has written.
     turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
     /// Raised when the checkpointer ends the read: the owner's statements
