@@ -48,7 +48,7 @@ use super::pg_pool::{PooledPg, Session};
 use super::pg_prepared::{self, Plan};
 use super::pool::{AliasPool, Conn, Pool};
 use super::relay;
-use super::sqlite_pool::{DRAIN_GRACE, WalPlace, WalPlaces};
+use super::sqlite_pool::{DRAIN_GRACE, EndedFor, WalPlace, WalPlaces};
 use super::sqlite_step::{self, RowSink as _};
 use super::value::{self, Column, Rows, Value};
 use super::{Checked, Dialect, Door, SqlPolicy, StatementKind, check_for};
@@ -500,12 +500,18 @@ impl SqlConnection {
         {
             let _ = host_command(c, "ROLLBACK", None).await;
         }
-        Err(SqlError::Unavailable {
-            message: format!(
-                "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
-                 kept the database's WAL from its checkpoint for {DRAIN_GRACE:?}; this connection serves no more \
-                 statements"
+        let why = match self.wal_read.as_ref().and_then(|place| place.ended_for()) {
+            Some(EndedFor::IdleWithTurn) => format!(
+                "the transaction was ended and rolled back: it held the database's turn to write, idle between \
+                 statements, while another write waited {DRAIN_GRACE:?}"
             ),
+            _ => format!(
+                "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
+                 kept the database's WAL from its checkpoint for {DRAIN_GRACE:?}"
+            ),
+        };
+        Err(SqlError::Unavailable {
+            message: format!("{why}; this connection serves no more statements"),
             retry_after: Some(super::error::RETRY_UNAVAILABLE),
         })
     }
@@ -643,7 +649,12 @@ async fn wait_for_place(
 /// deadline; what is left of `limits`. First `plugin` pays off what it
 /// wrote past its `plugin_write_rate`, holding no turn meanwhile (a
 /// transaction already holding its turn writes on).
-async fn wait_for_turn(places: &WalPlaces, place: &WalPlace, plugin: &str, limits: Limits) -> Result<Limits, SqlError> {
+async fn wait_for_turn(
+    places: &WalPlaces,
+    place: &Arc<WalPlace>,
+    plugin: &str,
+    limits: Limits,
+) -> Result<Limits, SqlError> {
     if place.has_turn() {
         return Ok(limits);
     }

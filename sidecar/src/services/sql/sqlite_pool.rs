@@ -54,6 +54,8 @@ pub struct WalPlaces {
     grace: Mutex<Duration>,
     /// Whose turn it is to write ([`WalPlaces::write_turn`]).
     turns: Arc<tokio::sync::Mutex<()>>,
+    /// The place the turn was last given to.
+    holder: Mutex<Weak<WalPlace>>,
     /// What each plugin has written to the WAL, against its rate
     /// ([`WalPlaces::charge`]). Plugin names come from policy files, so
     /// the map is bounded by the policies.
@@ -99,6 +101,7 @@ impl WalPlaces {
             draining: watch::Sender::new(None),
             grace: Mutex::new(DRAIN_GRACE),
             turns: Arc::default(),
+            holder: Mutex::new(Weak::new()),
             budgets: Mutex::default(),
             write_rate: write_rate.max(1),
         }
@@ -157,6 +160,7 @@ impl WalPlaces {
             number: places.next,
             turn: Mutex::new(None),
             ended: Stop::new(),
+            ended_for: std::sync::OnceLock::new(),
             conn: Mutex::new(None),
         });
         places.next += 1;
@@ -171,17 +175,37 @@ impl WalPlaces {
     /// handler sleeps and tries again, so a plugin running write after
     /// write took the lock back each time before any other writer woke (an
     /// outside review: another plugin's writes refused 32 times in 32
-    /// over 30 s).
-    pub async fn write_turn(&self, place: &WalPlace) {
+    /// over 30 s). Once it has waited a grace ([`DRAIN_GRACE`]), a
+    /// transaction holding the turn while idle between statements is ended
+    /// ([`WalPlace::end_if_idle_with_turn`]): an outside review's plugin
+    /// held every other write of the alias back 20 s so.
+    pub async fn write_turn(&self, place: &Arc<WalPlace>) {
         if place.has_turn() {
             return;
         }
         let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| place.number < d.from)).await;
-        let turn = Arc::clone(&self.turns).lock_owned().await;
+        // Pinned, not dropped and asked again: the line is first come,
+        // first served.
+        let asked = Arc::clone(&self.turns).lock_owned();
+        tokio::pin!(asked);
+        let mut patience = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+        let turn = loop {
+            tokio::select! {
+                turn = &mut asked => break turn,
+                () = tokio::time::sleep(patience) => {
+                    let holder = self.holder.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
+                    if let Some(holder) = holder {
+                        holder.end_if_idle_with_turn();
+                    }
+                    patience = ENDING_RETRY;
+                }
+            }
+        };
         let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // An ended place keeps nothing (its owner may hold it for long).
         if !place.ended.is_due() {
             *held = Some(turn);
+            *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(place);
         }
     }
 
@@ -319,6 +343,8 @@ pub struct WalPlace {
     /// Raised when the checkpointer ends the read: the owner's statements
     /// stop, and its next one is refused.
     ended: Stop,
+    /// Why it was ended, set before `ended` is raised.
+    ended_for: std::sync::OnceLock<EndedFor>,
     /// The connection the read is open on, once it has one.
     conn: Mutex<Option<ReadEnder>>,
 }
@@ -346,11 +372,17 @@ impl WalPlace {
         &self.ended
     }
 
+    /// Why it was ended, once it was.
+    pub fn ended_for(&self) -> Option<EndedFor> {
+        self.ended_for.get().copied()
+    }
+
     /// Stops the read: raises [`Self::ended`]; then, unless a statement
     /// runs on its connection or the connection is closing, rolls back
     /// its transaction and gives its turn to write up. Try again while it
     /// holds.
     fn end(&self) {
+        let _ = self.ended_for.set(EndedFor::Drain);
         self.ended.raise();
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let over = conn.as_ref().is_none_or(|conn| conn.try_end() == Ending::Ended);
@@ -358,6 +390,31 @@ impl WalPlace {
             self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
         }
     }
+}
+
+impl WalPlace {
+    /// Ends the transaction open on the place's connection if it holds the
+    /// alias's turn to write while no statement of it runs: rolls it back,
+    /// gives the turn up, and its owner's next statement is refused.
+    fn end_if_idle_with_turn(&self) {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.has_turn() || conn.as_ref().is_none_or(|conn| conn.try_end_open() != Ending::Ended) {
+            return;
+        }
+        let _ = self.ended_for.set(EndedFor::IdleWithTurn);
+        self.ended.raise();
+        self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// Why a place was ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedFor {
+    /// It kept the WAL from a drain's checkpoint past the grace.
+    Drain,
+    /// Its transaction held the alias's turn to write, idle between
+    /// statements, while another write waited a grace.
+    IdleWithTurn,
 }
 
 /// How long the checkpointer lets the statements open on a grown WAL end

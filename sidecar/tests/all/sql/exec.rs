@@ -1865,3 +1865,47 @@ async fn writes_past_a_plugins_write_rate_wait_and_others_write_on_on_sqlite() {
     assert!(message.contains("plugin_write_rate"), "{message}");
     assert!(*retry_after > Duration::from_millis(200), "the retry hint is not the wait: {retry_after:?}");
 }
+
+/// A transaction holding the alias's turn to write while idle between
+/// statements is ended once another write has waited a grace (2 s;
+/// shortened here): rolled back, its next statement and its commit
+/// `unavailable`; the waiting write runs. A transaction whose statement
+/// is running is not ended (`writers_take_turns_in_line_on_sqlite`: slow
+/// writes of ~1.5 s each, five queued). Attack (the ninth and tenth
+/// outside reviews): a plugin began a write transaction, wrote a row and
+/// slept 20 s; every other write of the alias waited or was refused
+/// `rate-limited` for 20 s, up to the holder's invocation timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("timeout = \"20s\"");
+    let limits = Limits::from(&policy);
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let stop = Stop::new();
+    let (mut idle, _) =
+        SqlConnection::open_for(alias, "idle", &guard, &stop, OpenFor::Transaction, limits).await.unwrap();
+    idle.begin(limits).await.unwrap();
+    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let held = [Value::Text("held".into())];
+    let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &held).unwrap();
+    idle.execute(&checked_write, write, &held, limits).await.unwrap();
+    wal_places(&gateway).set_grace(Duration::from_millis(300));
+
+    query(&gateway, "waiting", &policy, write, &[Value::Text("waited".into())])
+        .await
+        .expect("the write behind the idle transaction");
+    let ended =
+        |e: &SqlError| matches!(e, SqlError::Unavailable { message, .. } if message.contains("turn to write, idle"));
+    let next = idle.execute(&checked_write, write, &held, limits).await.unwrap_err();
+    assert!(ended(&next), "the idle transaction's next statement: {next:?}");
+    let commit = idle.commit().await.unwrap_err();
+    assert!(ended(&commit), "its commit: {commit:?}");
+    drop(idle);
+    let count = "SELECT count(*) FROM orders WHERE created_at = ?1";
+    let rows = query(&gateway, "reader", &policy, count, &held).await.unwrap().rows;
+    assert_eq!(rows[0][0], Value::Int(0), "the ended transaction's row stands");
+    let rows = query(&gateway, "reader", &policy, count, &[Value::Text("waited".into())]).await.unwrap().rows;
+    assert_eq!(rows[0][0], Value::Int(1));
+}

@@ -564,12 +564,24 @@ pub enum Ending {
     Busy,
     /// It is being closed, which ends whatever it holds.
     Closing,
+    /// [`ReadEnder::try_end_open`] found no transaction open: nothing done.
+    NotOpen,
 }
 
 impl ReadEnder {
     /// Rolls back the transaction open on the connection, if no statement
     /// runs on it now.
     pub fn try_end(&self) -> Ending {
+        self.end(false)
+    }
+
+    /// [`Self::try_end`] for a transaction open between statements only:
+    /// with none open, [`Ending::NotOpen`].
+    pub fn try_end_open(&self) -> Ending {
+        self.end(true)
+    }
+
+    fn end(&self, only_open: bool) -> Ending {
         let Ok(open) = self.open.try_lock() else { return Ending::Busy };
         if !*open {
             return Ending::Closing;
@@ -578,7 +590,7 @@ impl ReadEnder {
         // SAFETY: the connection is open and serialized, and stays open
         // while `open` is held; no statement of the owner's runs.
         if unsafe { ffi::sqlite3_get_autocommit(db) } != 0 {
-            return Ending::Ended;
+            return if only_open { Ending::NotOpen } else { Ending::Ended };
         }
         self.slot.ending.store(true, Ordering::SeqCst);
         // SAFETY: as above; the statement is a NUL-terminated constant and
