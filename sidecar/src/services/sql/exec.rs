@@ -679,7 +679,7 @@ async fn wait_for_turn(
     };
     let paid_then_turn = async {
         tokio::time::sleep(owed).await;
-        places.write_turn(place).await;
+        places.write_turn(place, plugin).await;
     };
     within(limits, paid_then_turn, late).await.map(|((), left)| left)
 }

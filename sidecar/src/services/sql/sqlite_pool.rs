@@ -6,6 +6,7 @@
 //! connection type, with no room for that handle.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub struct WalPlaces {
     turns: Arc<tokio::sync::Mutex<()>>,
     /// The place the turn was last given to.
     holder: Mutex<Weak<WalPlace>>,
+    /// How long each plugin held the turn while other writes waited.
+    turn_use: Arc<TurnUse>,
     /// What each plugin has written to the WAL, against its rate
     /// ([`WalPlaces::charge`]). Plugin names come from policy files, so
     /// the map is bounded by the policies.
@@ -102,6 +105,7 @@ impl WalPlaces {
             grace: Mutex::new(DRAIN_GRACE),
             turns: Arc::default(),
             holder: Mutex::new(Weak::new()),
+            turn_use: Arc::default(),
             budgets: Mutex::default(),
             write_rate: write_rate.max(1),
         }
@@ -179,19 +183,51 @@ impl WalPlaces {
     /// transaction holding the turn while idle between statements is ended
     /// ([`WalPlace::end_if_idle_with_turn`]): an outside review's plugin
     /// held every other write of the alias back 20 s so.
-    pub async fn write_turn(&self, place: &Arc<WalPlace>) {
+    ///
+    /// A plugin that held the turn while other writes waited more than
+    /// its share ([`TURN_SHARE`]) gives the turn to the next in line when
+    /// it comes to it, and asks again once its time is paid off: the
+    /// tenth review's plugin ran four threads of 5 s writes that wrote
+    /// nothing, and an honest writer got 3 writes in 20 s.
+    pub async fn write_turn(&self, place: &Arc<WalPlace>, plugin: &str) {
         if place.has_turn() {
             return;
         }
         let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| place.number < d.from)).await;
-        // Pinned, not dropped and asked again: the line is first come,
-        // first served.
+        let turn = loop {
+            let turn = self.in_line().await;
+            let owed = self.turn_use.owed(plugin);
+            if owed.is_zero() || self.turn_use.waiting.load(Ordering::SeqCst) == 0 {
+                break turn;
+            }
+            drop(turn);
+            tokio::time::sleep(owed).await;
+        };
+        let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        // An ended place keeps nothing (its owner may hold it for long).
+        if !place.ended.is_due() {
+            *held = Some(HeldTurn {
+                _turn: turn,
+                plugin: plugin.to_string(),
+                since: Instant::now(),
+                arrivals: self.turn_use.arrivals.load(Ordering::SeqCst),
+                turn_use: Arc::clone(&self.turn_use),
+            });
+            *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(place);
+        }
+    }
+
+    /// The turn, waited for in line (first come, first served: the wait
+    /// is pinned, never dropped and asked again), ending an idle holder
+    /// after a grace.
+    async fn in_line(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        let _waiting = Waiting::new(&self.turn_use);
         let asked = Arc::clone(&self.turns).lock_owned();
         tokio::pin!(asked);
         let mut patience = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
-        let turn = loop {
+        loop {
             tokio::select! {
-                turn = &mut asked => break turn,
+                turn = &mut asked => return turn,
                 () = tokio::time::sleep(patience) => {
                     let holder = self.holder.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
                     if let Some(holder) = holder {
@@ -200,12 +236,6 @@ impl WalPlaces {
                     patience = ENDING_RETRY;
                 }
             }
-        };
-        let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        // An ended place keeps nothing (its owner may hold it for long).
-        if !place.ended.is_due() {
-            *held = Some(turn);
-            *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(place);
         }
     }
 
@@ -339,7 +369,7 @@ pub struct WalPlace {
     /// Its number among the places, in the order they came.
     number: u64,
     /// The alias's turn to write, once it has written.
-    turn: Mutex<Option<tokio::sync::OwnedMutexGuard<()>>>,
+    turn: Mutex<Option<HeldTurn>>,
     /// Raised when the checkpointer ends the read: the owner's statements
     /// stop, and its next one is refused.
     ended: Stop,
@@ -404,6 +434,80 @@ impl WalPlace {
         let _ = self.ended_for.set(EndedFor::IdleWithTurn);
         self.ended.raise();
         self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// The share of the time a plugin may hold an alias's turn to write while
+/// other writes wait, on average: half, up to four seconds' worth (2 s)
+/// at once.
+pub const TURN_SHARE: f64 = 0.5;
+
+/// How long the plugins held an alias's turn while other writes waited.
+#[derive(Default)]
+struct TurnUse {
+    /// Writes waiting in line now.
+    waiting: AtomicUsize,
+    /// Writes that came to wait in line, ever.
+    arrivals: AtomicU64,
+    /// Each plugin's time, in microseconds, against [`TURN_SHARE`].
+    budgets: Mutex<HashMap<String, WriteBudget>>,
+}
+
+/// Microseconds of holding a second.
+const TURN_RATE: u64 = (TURN_SHARE * 1e6) as u64;
+
+impl TurnUse {
+    fn charge(&self, plugin: &str, held: Duration) {
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let budget = match budgets.get_mut(plugin) {
+            Some(budget) => budget,
+            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(TURN_RATE)),
+        };
+        budget.charge(TURN_RATE, u64::try_from(held.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    fn owed(&self, plugin: &str) -> Duration {
+        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(TURN_RATE))
+    }
+}
+
+/// A write waiting in line, counted while it waits.
+struct Waiting<'a>(&'a TurnUse);
+
+impl<'a> Waiting<'a> {
+    fn new(turn_use: &'a TurnUse) -> Waiting<'a> {
+        turn_use.arrivals.fetch_add(1, Ordering::SeqCst);
+        turn_use.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(turn_use)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The alias's turn to write, held by a plugin's place; when given back,
+/// the time it was held is charged to the plugin if another write came to
+/// wait meanwhile or waits now.
+struct HeldTurn {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    plugin: String,
+    since: Instant,
+    /// [`TurnUse::arrivals`] when it was taken.
+    arrivals: u64,
+    turn_use: Arc<TurnUse>,
+}
+
+impl Drop for HeldTurn {
+    fn drop(&mut self) {
+        let waited = self.turn_use.waiting.load(Ordering::SeqCst) > 0
+            || self.turn_use.arrivals.load(Ordering::SeqCst) != self.arrivals;
+        if waited {
+            self.turn_use.charge(&self.plugin, self.since.elapsed());
+        }
     }
 }
 
@@ -706,7 +810,7 @@ mod tests {
 
         let place = reads.enter(true).await;
         place.attach(&conn);
-        reads.write_turn(&place).await;
+        reads.write_turn(&place, "p").await;
         guard::enter_host(&mut conn);
         conn.connection().execute("BEGIN").await.unwrap();
         conn.connection().execute("SELECT count(*) FROM t").await.unwrap();
@@ -745,15 +849,65 @@ mod tests {
         assert!(places.draining());
         let read = places.enter(false).now_or_never().expect("a read waited in a drain");
         assert!(places.enter(true).now_or_never().is_none(), "a transaction began in a drain");
-        assert!(places.write_turn(&read).now_or_never().is_none(), "a write that came in a drain ran");
-        places.write_turn(&before).now_or_never().expect("a write that came before the drain waited for it");
+        assert!(places.write_turn(&read, "p").now_or_never().is_none(), "a write that came in a drain ran");
+        places.write_turn(&before, "p").now_or_never().expect("a write that came before the drain waited for it");
         drop(before);
         places.draining.send_modify(|drain| drain.as_mut().unwrap().reads_wait = true);
         assert!(places.enter(false).now_or_never().is_none(), "a read ran while the drain ended reads");
         drop(drain);
         assert!(!places.draining());
         places.enter(true).now_or_never().expect("a transaction waited after the drain");
-        places.write_turn(&read).now_or_never().expect("a write waited after the drain");
+        places.write_turn(&read, "p").now_or_never().expect("a write waited after the drain");
+    }
+
+    /// A plugin that held the turn while others waited past its share
+    /// ([`TURN_SHARE`]: half the time, 2 s at once) lets the next in line
+    /// go first when the turn comes to it; one that did not keeps its
+    /// place. Attack (the tenth outside review): four threads of 5 s
+    /// writes that wrote nothing left an honest writer 3 writes in 20 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_past_its_share_of_the_turn_lets_the_next_in_line_go_first() {
+        let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE));
+        places.set_grace(Duration::from_secs(600));
+        let turn = |plugin: &'static str| {
+            let places = Arc::clone(&places);
+            tokio::spawn(async move {
+                let place = places.enter(false).await;
+                places.write_turn(&place, plugin).await;
+                place
+            })
+        };
+        let hog = turn("hog").await.unwrap();
+        let honest = turn("honest");
+        queued(&honest).await;
+        // 3 s while another write waits: 1 s past its 2 s at once.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(hog);
+        let honest = honest.await.unwrap();
+        let hog_again = turn("hog");
+        queued(&hog_again).await;
+        let next = turn("next");
+        queued(&next).await;
+        drop(honest);
+        let next = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("the plugin past its share took the turn before the next in line")
+            .unwrap();
+        assert!(!hog_again.is_finished(), "the plugin past its share took the turn before the next in line");
+        drop(next);
+        drop(hog_again.await.unwrap());
+
+        // Held as long with no one waiting: nothing owed.
+        let alone = turn("alone").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(alone);
+        assert_eq!(places.turn_use.owed("alone"), Duration::ZERO);
+    }
+
+    /// Waits a little, then checks that `task` waits for the turn.
+    async fn queued(task: &tokio::task::JoinHandle<Arc<WalPlace>>) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!task.is_finished(), "it did not wait in line");
     }
 
     async fn settled(pool: &SqlitePool, usage: (u32, usize)) {
