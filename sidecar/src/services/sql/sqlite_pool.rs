@@ -185,8 +185,8 @@ impl WalPlaces {
     /// held every other write of the alias back 20 s so.
     ///
     /// A plugin that held the turn while other writes waited more than
-    /// its share ([`TURN_SHARE`]) gives the turn to the next in line when
-    /// it comes to it, and asks again once its time is paid off: the
+    /// its share ([`TURN_SHARE`]) gives the turn up when it comes to it,
+    /// and asks again once its time is paid off: the
     /// tenth review's plugin ran four threads of 5 s writes that wrote
     /// nothing, and an honest writer got 3 writes in 20 s.
     pub async fn write_turn(&self, place: &Arc<WalPlace>, plugin: &str) {
@@ -196,8 +196,11 @@ impl WalPlaces {
         let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| place.number < d.from)).await;
         let turn = loop {
             let turn = self.in_line().await;
+            // Even with no one in line now: the next writer may be a moment
+            // away (the tenth review's honest writer paused 20 ms between
+            // writes, and each time a 5 s write took the turn meanwhile).
             let owed = self.turn_use.owed(plugin);
-            if owed.is_zero() || self.turn_use.waiting.load(Ordering::SeqCst) == 0 {
+            if owed.is_zero() {
                 break turn;
             }
             drop(turn);
