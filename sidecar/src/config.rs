@@ -196,6 +196,7 @@ struct DatabaseSection {
     max_value_bytes: Option<ByteSize>,
     max_database_bytes: Option<ByteSize>,
     plugin_write_rate: Option<ByteSize>,
+    write_rate: Option<ByteSize>,
     manage_roles: Option<bool>,
 }
 
@@ -316,6 +317,7 @@ impl Config {
                         .map_or(defaults.max_value_bytes, |b| u32::try_from(b.0).unwrap_or(u32::MAX)),
                     max_database_bytes: section.max_database_bytes.map(|b| b.0),
                     plugin_write_rate: section.plugin_write_rate.map_or(defaults.plugin_write_rate, |b| b.0),
+                    write_rate: section.write_rate.map_or(defaults.write_rate, |b| b.0),
                 };
                 pool.validate().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
                 if section.max_database_bytes.is_some() && matches!(target, DatabaseTarget::Postgres(_)) {
@@ -323,10 +325,12 @@ impl Config {
                         "[databases.{alias}] max_database_bytes: only for SQLite (a PostgreSQL server's size is its own)"
                     ));
                 }
-                if section.plugin_write_rate.is_some() && matches!(target, DatabaseTarget::Postgres(_)) {
-                    return Err(format!(
-                        "[databases.{alias}] plugin_write_rate: only for SQLite (a PostgreSQL server's WAL is its own)"
-                    ));
+                for (set, name) in [(section.plugin_write_rate, "plugin_write_rate"), (section.write_rate, "write_rate")] {
+                    if set.is_some() && matches!(target, DatabaseTarget::Postgres(_)) {
+                        return Err(format!(
+                            "[databases.{alias}] {name}: only for SQLite (a PostgreSQL server's WAL is its own)"
+                        ));
+                    }
                 }
                 if section.manage_roles.is_some() && matches!(target, DatabaseTarget::Sqlite(_)) {
                     return Err(format!("[databases.{alias}] manage_roles: only for PostgreSQL (SQLite has no roles)"));
@@ -604,6 +608,8 @@ mod tests {
                 "[databases.main]\nsqlite = \"a.db\"\nplugin_write_rate = \"1 KiB\"\n",
                 "plugin_write_rate must be at least 64 KiB",
             ),
+            ("[databases.main]\nurl = \"postgres://x\"\nwrite_rate = \"1 MiB\"\n", "write_rate: only for SQLite"),
+            ("[databases.main]\nsqlite = \"a.db\"\nwrite_rate = \"1 KiB\"\n", "write_rate must be at least 64 KiB"),
         ] {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
@@ -617,7 +623,7 @@ mod tests {
         std::fs::write(
             &path,
             "data_dir = \"state\"\n[databases.app]\nsqlite = \"app.db\"\nmax_connections = 3\nacquire_timeout = \"250ms\"\n\
-             max_database_bytes = \"64 MiB\"\nplugin_write_rate = \"4 MiB\"\n[databases.abs]\nsqlite = \"/var/x.db\"\n",
+             max_database_bytes = \"64 MiB\"\nplugin_write_rate = \"4 MiB\"\nwrite_rate = \"8 MiB\"\n[databases.abs]\nsqlite = \"/var/x.db\"\n",
         )
         .unwrap();
         let config = Config::load(&path).unwrap();
@@ -632,6 +638,7 @@ mod tests {
                 max_value_bytes: crate::databases::DEFAULT_MAX_VALUE_BYTES,
                 max_database_bytes: Some(64 << 20),
                 plugin_write_rate: 4 << 20,
+                write_rate: 8 << 20,
             }
         );
         assert_eq!(config.databases["abs"].target, DatabaseTarget::Sqlite("/var/x.db".into()));

@@ -90,7 +90,11 @@ pub const MAX_CONNECTIONS_CEILING: u32 = 1000;
 /// bound (64 MiB) a second, so that one plugin alone makes the WAL need a
 /// drain at most every ~4 s however reads hold it.
 pub const DEFAULT_PLUGIN_WRITE_RATE: u64 = 16 << 20;
-/// Smallest `plugin_write_rate` the settings accept.
+/// Default `write_rate`: the bytes per second all plugins' writes together
+/// may add to a SQLite alias's WAL, shared equally between those writing:
+/// two plugins' worth at the default `plugin_write_rate`.
+pub const DEFAULT_WRITE_RATE: u64 = 32 << 20;
+/// Smallest `plugin_write_rate` (and `write_rate`) the settings accept.
 pub const MIN_PLUGIN_WRITE_RATE: u64 = 64 << 10;
 
 /// The pool of one alias (`max_connections`, `acquire_timeout`,
@@ -120,6 +124,11 @@ pub struct PoolSettings {
     /// wait would pass its deadline. Charges the WAL's drains to the
     /// plugins whose writes fill it.
     pub plugin_write_rate: u64,
+    /// SQLite: the bytes per second all plugins together may add to the
+    /// WAL: each plugin writing earns the lesser of `plugin_write_rate`
+    /// and an equal share of this among the plugins that wrote in the
+    /// last 4 s, so that plugins writing together cannot add up past it.
+    pub write_rate: u64,
 }
 
 impl Default for PoolSettings {
@@ -131,6 +140,7 @@ impl Default for PoolSettings {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_database_bytes: None,
             plugin_write_rate: DEFAULT_PLUGIN_WRITE_RATE,
+            write_rate: DEFAULT_WRITE_RATE,
         }
     }
 }
@@ -155,6 +165,9 @@ impl PoolSettings {
         }
         if self.plugin_write_rate < MIN_PLUGIN_WRITE_RATE {
             return Err("plugin_write_rate must be at least 64 KiB (a second)".into());
+        }
+        if self.write_rate < MIN_PLUGIN_WRITE_RATE {
+            return Err("write_rate must be at least 64 KiB (a second)".into());
         }
         Ok(())
     }

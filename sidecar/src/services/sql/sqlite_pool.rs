@@ -65,6 +65,9 @@ pub struct WalPlaces {
     budgets: Mutex<HashMap<String, WriteBudget>>,
     /// `plugin_write_rate`: bytes a second.
     write_rate: u64,
+    /// `write_rate`: bytes a second for every plugin together, shared
+    /// equally between the plugins writing ([`WalPlaces::rate_now`]).
+    alias_rate: u64,
 }
 
 /// A drain under way, as new places see it.
@@ -97,8 +100,8 @@ struct Places {
 
 impl WalPlaces {
     /// None given out yet; each plugin may write `write_rate` bytes a
-    /// second to the WAL.
-    pub fn new(write_rate: u64) -> WalPlaces {
+    /// second to the WAL, all together `alias_rate`.
+    pub fn new(write_rate: u64, alias_rate: u64) -> WalPlaces {
         WalPlaces {
             places: Mutex::default(),
             draining: watch::Sender::new(None),
@@ -108,24 +111,37 @@ impl WalPlaces {
             turn_use: Arc::default(),
             budgets: Mutex::default(),
             write_rate: write_rate.max(1),
+            alias_rate: alias_rate.max(1),
         }
+    }
+
+    /// The rate each plugin earns now: its own, or an equal share of the
+    /// alias's between the plugins that wrote in the last [`ACTIVE_FOR`],
+    /// whichever is less, so that plugins writing together cannot add up
+    /// past the alias's (the tenth outside review's four plugins, each
+    /// within its own rate, left an honest writer 12 writes in 20 s).
+    fn rate_now(&self, budgets: &HashMap<String, WriteBudget>) -> u64 {
+        let writing = budgets.values().filter(|budget| budget.charged.elapsed() < ACTIVE_FOR).count().max(1);
+        self.write_rate.min(self.alias_rate / writing as u64).max(1)
     }
 
     /// Charges `bytes` its statements wrote to the WAL to `plugin`.
     pub fn charge(&self, plugin: &str, bytes: u64) {
         let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
+        let rate = self.rate_now(&budgets);
         let budget = match budgets.get_mut(plugin) {
             Some(budget) => budget,
-            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(self.write_rate)),
+            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(rate)),
         };
-        budget.charge(self.write_rate, bytes);
+        budget.charge(rate, bytes);
     }
 
     /// How long `plugin` waits before its next write: until what it wrote
     /// past its rate is paid off.
     pub fn owed(&self, plugin: &str) -> Duration {
         let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(self.write_rate))
+        let rate = self.rate_now(&budgets);
+        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(rate))
     }
 
     /// Whether a drain runs now.
@@ -318,12 +334,19 @@ struct WriteBudget {
     left: f64,
     /// When `left` was last refilled.
     at: Instant,
+    /// When it was last charged.
+    charged: Instant,
 }
+
+/// How recently a plugin must have written to count among those sharing
+/// an alias's `write_rate`.
+const ACTIVE_FOR: Duration = Duration::from_secs(4);
 
 impl WriteBudget {
     /// A full bucket.
     fn full(rate: u64) -> WriteBudget {
-        WriteBudget { left: Self::capacity(rate), at: Instant::now() }
+        let now = Instant::now();
+        WriteBudget { left: Self::capacity(rate), at: now, charged: now }
     }
 
     fn capacity(rate: u64) -> f64 {
@@ -340,6 +363,7 @@ impl WriteBudget {
     fn charge(&mut self, rate: u64, bytes: u64) {
         self.refill(rate);
         self.left -= bytes as f64;
+        self.charged = Instant::now();
     }
 
     fn owed(&mut self, rate: u64) -> Duration {
@@ -544,7 +568,7 @@ const WAL_DRAIN_FRAMES: i64 = (crate::databases::WAL_SIZE_LIMIT / 4096) as i64;
 /// when first asked). Call it inside a tokio runtime.
 pub fn sqlite_pool(options: SqliteConnectOptions, settings: &PoolSettings) -> SqlitePool {
     let (checkpoints, asked) = mpsc::channel(1);
-    let wal_places = Arc::new(WalPlaces::new(settings.plugin_write_rate));
+    let wal_places = Arc::new(WalPlaces::new(settings.plugin_write_rate, settings.write_rate));
     tokio::spawn(checkpointer(options.clone(), asked, Arc::clone(&wal_places)));
     let connector = SqliteConnector {
         options: options.serialized(true),
@@ -667,7 +691,7 @@ mod tests {
     use sqlx::Executor as _;
 
     use super::*;
-    use crate::databases::DEFAULT_PLUGIN_WRITE_RATE;
+    use crate::databases::{DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE};
     use crate::services::sql::conn_pool::IDLE_TIMEOUT;
 
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
@@ -846,7 +870,7 @@ mod tests {
     #[tokio::test]
     async fn a_drain_holds_back_writes_and_transactions_and_reads_only_once_it_ends_one() {
         use futures::FutureExt as _;
-        let places = WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE);
+        let places = WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE);
         let before = places.enter(false).await;
         let drain = Draining::begin(&places);
         assert!(places.draining());
@@ -870,7 +894,7 @@ mod tests {
     /// writes that wrote nothing left an honest writer 3 writes in 20 s.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plugin_past_its_share_of_the_turn_lets_the_next_in_line_go_first() {
-        let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE));
+        let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE));
         places.set_grace(Duration::from_secs(600));
         let turn = |plugin: &'static str| {
             let places = Arc::clone(&places);

@@ -1909,3 +1909,30 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
     let rows = query(&gateway, "reader", &policy, count, &[Value::Text("waited".into())]).await.unwrap().rows;
     assert_eq!(rows[0][0], Value::Int(1));
 }
+
+/// The alias's `write_rate` is shared equally between the plugins writing:
+/// each earns the lesser of its own `plugin_write_rate` and its share, so
+/// plugins writing together cannot add up past the alias's. Attack (the
+/// tenth outside review): four plugins, each within its own 16 MiB/s,
+/// churning 70 MiB transactions, left an honest writer 12 writes in 20 s
+/// (~360 alone) and the WAL at 436 MiB. Here the alias's rate equals one
+/// plugin's: with a second plugin writing, what the first owes for the
+/// same write doubles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alias_write_rate_is_shared_between_the_plugins_writing_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let mib = 1 << 20;
+    let gateway = db.gateway(PoolSettings { plugin_write_rate: mib, write_rate: mib, ..pool(4, 4) });
+    let policy = policy("timeout = \"20s\"");
+    // 1 MiB a second, 4 MiB at once: 6 MiB leave about 2 s owed.
+    for n in 0..6 {
+        write_mib_as(&gateway, "first", &policy, n).await.unwrap();
+    }
+    let places = wal_places(&gateway);
+    let alone = places.owed("first");
+    assert!(alone > Duration::ZERO, "nothing owed alone");
+    // Another plugin writes: now each earns half the alias's rate.
+    write_mib_as(&gateway, "second", &policy, 7).await.unwrap();
+    let shared = places.owed("first");
+    assert!(shared > alone * 3 / 2, "owed {shared:?} sharing the rate, {alone:?} alone");
+}
