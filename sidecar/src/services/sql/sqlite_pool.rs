@@ -305,9 +305,7 @@ impl WalPlaces {
             tokio::time::sleep(ENDING_RETRY).await;
         }
     }
-}
 
-impl WalPlaces {
     /// The places that may read the WAL: those on a connection (waiting
     /// for one or for their turn to write, they read nothing) that came
     /// before `copied_from`, the first that came once the WAL was wholly
@@ -447,9 +445,7 @@ impl WalPlace {
             self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
         }
     }
-}
 
-impl WalPlace {
     /// Ends the transaction open on the place's connection if it holds the
     /// alias's turn to write while no statement of it runs: rolls it back,
     /// gives the turn up, and its owner's next statement is refused.
