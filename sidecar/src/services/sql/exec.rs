@@ -335,7 +335,13 @@ impl SqlConnection {
             self.take_wal_place(limits).await?
         };
         let limits = if writes(checked.kind) { self.take_write_turn(limits).await? } else { limits };
+        if let Some(place) = &self.wal_read {
+            place.ran();
+        }
         let done = self.guarded(limits, run, statement, params).await;
+        if let Some(place) = &self.wal_read {
+            place.ran();
+        }
         self.charge_writes();
         if done.is_err() || self.transaction {
             // Rows of a read outside a transaction that ended in time

@@ -1893,9 +1893,20 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
     idle.execute(&checked_write, write, &held, limits).await.unwrap();
     wal_places(&gateway).set_grace(Duration::from_millis(300));
 
-    query(&gateway, "waiting", &policy, write, &[Value::Text("waited".into())])
-        .await
-        .expect("the write behind the idle transaction");
+    // Busy, statements 50 ms apart while a write waits past the grace:
+    // not idle, not ended (the eleventh review: 600 inserts 5 ms apart
+    // were).
+    let waiting = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move { query(&gateway, "waiting", &policy, write, &[Value::Text("waited".into())]).await })
+    };
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        idle.execute(&checked_write, write, &held, limits).await.expect("a busy transaction was ended");
+    }
+    assert!(!waiting.is_finished(), "the write did not wait for the busy transaction");
+    // Then idle: ended once idle a second, and the write runs.
+    waiting.await.unwrap().expect("the write behind the idle transaction");
     let ended =
         |e: &SqlError| matches!(e, SqlError::Unavailable { message, .. } if message.contains("turn to write, idle"));
     let next = idle.execute(&checked_write, write, &held, limits).await.unwrap_err();
