@@ -129,11 +129,7 @@ impl WalPlaces {
     pub fn charge(&self, plugin: &str, bytes: u64) {
         let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
         let rate = self.rate_now(&budgets);
-        let budget = match budgets.get_mut(plugin) {
-            Some(budget) => budget,
-            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(rate)),
-        };
-        budget.charge(rate, bytes);
+        WriteBudget::of(&mut budgets, plugin, rate).charge(rate, bytes);
     }
 
     /// How long `plugin` waits before its next write: until what it wrote
@@ -342,6 +338,15 @@ struct WriteBudget {
 const ACTIVE_FOR: Duration = Duration::from_secs(4);
 
 impl WriteBudget {
+    /// `plugin`'s bucket among `budgets`, a full one at `rate` if it has
+    /// none yet (allocating its name only then).
+    fn of<'a>(budgets: &'a mut HashMap<String, WriteBudget>, plugin: &str, rate: u64) -> &'a mut WriteBudget {
+        if !budgets.contains_key(plugin) {
+            budgets.insert(plugin.to_string(), WriteBudget::full(rate));
+        }
+        budgets.get_mut(plugin).expect("inserted above")
+    }
+
     /// A full bucket.
     fn full(rate: u64) -> WriteBudget {
         let now = Instant::now();
@@ -494,11 +499,8 @@ const TURN_RATE: u64 = (TURN_SHARE * 1e6) as u64;
 impl TurnUse {
     fn charge(&self, plugin: &str, held: Duration) {
         let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        let budget = match budgets.get_mut(plugin) {
-            Some(budget) => budget,
-            None => budgets.entry(plugin.to_string()).or_insert_with(|| WriteBudget::full(TURN_RATE)),
-        };
-        budget.charge(TURN_RATE, u64::try_from(held.as_micros()).unwrap_or(u64::MAX));
+        let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        WriteBudget::of(&mut budgets, plugin, TURN_RATE).charge(TURN_RATE, held);
     }
 
     fn owed(&self, plugin: &str) -> Duration {
