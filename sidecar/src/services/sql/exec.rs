@@ -511,6 +511,9 @@ impl SqlConnection {
                 "the transaction was ended and rolled back: it held the database's turn to write, idle between \
                  statements, while another write waited {DRAIN_GRACE:?}"
             ),
+            Some(EndedFor::PastTurnShare) => "the write was ended (and any transaction it was part of rolled \
+                 back): its plugin held the database's turn to write past its share while other writes waited"
+                .to_string(),
             _ => format!(
                 "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
                  kept the database's WAL from its checkpoint for {DRAIN_GRACE:?}"

@@ -22,6 +22,8 @@
 //!   application database and its migrations.
 //! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
 //!   raw handle.
+//! - [`write_share`]: how the plugins writing to one SQLite alias share
+//!   it: bytes written to its WAL, and time holding its turn to write.
 //! - [`sqlite_step`]: a plugin's SQLite statement stepped on that handle
 //!   on one blocking thread, rows decoded under the caps as they come.
 //! - [`pg_prepared`]: which of a plugin's statements a PostgreSQL
@@ -65,6 +67,7 @@ pub mod spin;
 pub mod sqlite_pool;
 pub mod sqlite_step;
 pub mod value;
+pub mod write_share;
 
 use std::fmt;
 

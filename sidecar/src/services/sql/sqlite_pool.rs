@@ -5,8 +5,6 @@
 //! thread (its statement) instead of three. sqlx's pool hands out its own
 //! connection type, with no room for that handle.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
+use super::write_share::{HeldTurn, Shares, TurnUse, Waiting};
 use crate::databases::PoolSettings;
 use crate::stop::Stop;
 
@@ -59,15 +58,9 @@ pub struct WalPlaces {
     holder: Mutex<Weak<WalPlace>>,
     /// How long each plugin held the turn while other writes waited.
     turn_use: Arc<TurnUse>,
-    /// What each plugin has written to the WAL, against its rate
-    /// ([`WalPlaces::charge`]). Plugin names come from policy files, so
-    /// the map is bounded by the policies.
-    budgets: Mutex<HashMap<String, WriteBudget>>,
-    /// `plugin_write_rate`: bytes a second.
-    write_rate: u64,
-    /// `write_rate`: bytes a second for every plugin together, shared
-    /// equally between the plugins writing ([`WalPlaces::rate_now`]).
-    alias_rate: u64,
+    /// What each plugin has written to the WAL ([`WalPlaces::charge`]),
+    /// against its `plugin_write_rate` and its share of `write_rate`.
+    written: Shares,
 }
 
 /// A drain under way, as new places see it.
@@ -109,35 +102,19 @@ impl WalPlaces {
             turns: Arc::default(),
             holder: Mutex::new(Weak::new()),
             turn_use: Arc::default(),
-            budgets: Mutex::default(),
-            write_rate: write_rate.max(1),
-            alias_rate: alias_rate.max(1),
+            written: Shares::new(write_rate, alias_rate),
         }
-    }
-
-    /// The rate each plugin earns now: its own, or an equal share of the
-    /// alias's between the plugins that wrote in the last [`ACTIVE_FOR`],
-    /// whichever is less, so that plugins writing together cannot add up
-    /// past the alias's (the tenth outside review's four plugins, each
-    /// within its own rate, left an honest writer 12 writes in 20 s).
-    fn rate_now(&self, budgets: &HashMap<String, WriteBudget>) -> u64 {
-        let writing = budgets.values().filter(|budget| budget.charged.elapsed() < ACTIVE_FOR).count().max(1);
-        self.write_rate.min(self.alias_rate / writing as u64).max(1)
     }
 
     /// Charges `bytes` its statements wrote to the WAL to `plugin`.
     pub fn charge(&self, plugin: &str, bytes: u64) {
-        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        let rate = self.rate_now(&budgets);
-        WriteBudget::of(&mut budgets, plugin, rate).charge(rate, bytes);
+        self.written.charge(plugin, bytes);
     }
 
     /// How long `plugin` waits before its next write: until what it wrote
     /// past its rate is paid off.
     pub fn owed(&self, plugin: &str) -> Duration {
-        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        let rate = self.rate_now(&budgets);
-        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(rate))
+        self.written.owed(plugin)
     }
 
     /// Whether a drain runs now.
@@ -222,34 +199,29 @@ impl WalPlaces {
         let mut held = place.turn.lock().unwrap_or_else(PoisonError::into_inner);
         // An ended place keeps nothing (its owner may hold it for long).
         if !place.ended.is_due() {
-            *held = Some(HeldTurn {
-                _turn: turn,
-                plugin: plugin.to_string(),
-                since: Instant::now(),
-                arrivals: self.turn_use.arrivals.load(Ordering::SeqCst),
-                turn_use: Arc::clone(&self.turn_use),
-            });
+            *held = Some(self.turn_use.take(turn, plugin));
             *self.holder.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(place);
         }
     }
 
     /// The turn, waited for in line (first come, first served: the wait
-    /// is pinned, never dropped and asked again), ending an idle holder
-    /// after a grace.
+    /// is pinned, never dropped and asked again), ending the holder once
+    /// it has held the turn past its plugin's share while this write
+    /// waited, or idle a grace.
     async fn in_line(&self) -> tokio::sync::OwnedMutexGuard<()> {
         let _waiting = Waiting::new(&self.turn_use);
         let asked = Arc::clone(&self.turns).lock_owned();
         tokio::pin!(asked);
-        let mut patience = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+        let grace = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = Instant::now();
         loop {
             tokio::select! {
                 turn = &mut asked => return turn,
-                () = tokio::time::sleep(patience) => {
+                () = tokio::time::sleep(ENDING_RETRY) => {
                     let holder = self.holder.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
                     if let Some(holder) = holder {
-                        holder.end_if_idle_with_turn();
+                        holder.end_if_holding_too_long(&self.turn_use, since.elapsed(), grace);
                     }
-                    patience = ENDING_RETRY;
                 }
             }
         }
@@ -296,7 +268,7 @@ impl WalPlaces {
                     drain.as_mut().is_some_and(|drain| !std::mem::replace(&mut drain.reads_wait, true))
                 });
                 for place in self.reading_the_wal(copied_from) {
-                    place.end();
+                    place.end(EndedFor::Drain);
                 }
             }
             tokio::time::sleep(ENDING_RETRY).await;
@@ -318,61 +290,6 @@ impl WalPlaces {
                 place.number < copied_from && place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
             })
             .collect()
-    }
-}
-
-/// One plugin's bytes left to write to the WAL: a bucket of four seconds'
-/// worth of its rate, refilled at the rate, which its writes may overdraw;
-/// the plugin's next write waits until it is refilled past zero.
-struct WriteBudget {
-    /// Bytes left; below zero, owed.
-    left: f64,
-    /// When `left` was last refilled.
-    at: Instant,
-    /// When it was last charged.
-    charged: Instant,
-}
-
-/// How recently a plugin must have written to count among those sharing
-/// an alias's `write_rate`.
-const ACTIVE_FOR: Duration = Duration::from_secs(4);
-
-impl WriteBudget {
-    /// `plugin`'s bucket among `budgets`, a full one at `rate` if it has
-    /// none yet (allocating its name only then).
-    fn of<'a>(budgets: &'a mut HashMap<String, WriteBudget>, plugin: &str, rate: u64) -> &'a mut WriteBudget {
-        if !budgets.contains_key(plugin) {
-            budgets.insert(plugin.to_string(), WriteBudget::full(rate));
-        }
-        budgets.get_mut(plugin).expect("inserted above")
-    }
-
-    /// A full bucket.
-    fn full(rate: u64) -> WriteBudget {
-        let now = Instant::now();
-        WriteBudget { left: Self::capacity(rate), at: now, charged: now }
-    }
-
-    fn capacity(rate: u64) -> f64 {
-        4.0 * rate as f64
-    }
-
-    fn refill(&mut self, rate: u64) {
-        let now = Instant::now();
-        let earned = now.duration_since(self.at).as_secs_f64() * rate as f64;
-        self.left = (self.left + earned).min(Self::capacity(rate));
-        self.at = now;
-    }
-
-    fn charge(&mut self, rate: u64, bytes: u64) {
-        self.refill(rate);
-        self.left -= bytes as f64;
-        self.charged = Instant::now();
-    }
-
-    fn owed(&mut self, rate: u64) -> Duration {
-        self.refill(rate);
-        if self.left >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.left / rate as f64) }
     }
 }
 
@@ -449,13 +366,34 @@ impl WalPlace {
     /// runs on its connection or the connection is closing, rolls back
     /// its transaction and gives its turn to write up. Try again while it
     /// holds.
-    fn end(&self) {
-        let _ = self.ended_for.set(EndedFor::Drain);
+    fn end(&self, why: EndedFor) {
+        let _ = self.ended_for.set(why);
         self.ended.raise();
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let over = conn.as_ref().is_none_or(|conn| conn.try_end() == Ending::Ended);
         if over {
             self.turn.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+    }
+
+    /// Ends the write holding the alias's turn (busy or not: a running
+    /// statement stops at its next check) once it has held it past its
+    /// plugin's share while another write waited `waited`
+    /// ([`TurnUse::past_share`]): the eleventh outside review's
+    /// transaction never idle, one insert then back-to-back reads, held
+    /// the turn to its invocation's timeout. Else, after `grace`, ends it
+    /// if it is idle ([`Self::end_if_idle_with_turn`]).
+    fn end_if_holding_too_long(&self, turn_use: &TurnUse, waited: Duration, grace: Duration) {
+        let past_share = self
+            .turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|held| turn_use.past_share(held, waited));
+        if past_share {
+            self.end(EndedFor::PastTurnShare);
+        } else if waited >= grace {
+            self.end_if_idle_with_turn();
         }
     }
 
@@ -477,77 +415,6 @@ impl WalPlace {
     }
 }
 
-/// The share of the time a plugin may hold an alias's turn to write while
-/// other writes wait, on average: half, up to four seconds' worth (2 s)
-/// at once.
-pub const TURN_SHARE: f64 = 0.5;
-
-/// How long the plugins held an alias's turn while other writes waited.
-#[derive(Default)]
-struct TurnUse {
-    /// Writes waiting in line now.
-    waiting: AtomicUsize,
-    /// Writes that came to wait in line, ever.
-    arrivals: AtomicU64,
-    /// Each plugin's time, in microseconds, against [`TURN_SHARE`].
-    budgets: Mutex<HashMap<String, WriteBudget>>,
-}
-
-/// Microseconds of holding a second.
-const TURN_RATE: u64 = (TURN_SHARE * 1e6) as u64;
-
-impl TurnUse {
-    fn charge(&self, plugin: &str, held: Duration) {
-        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
-        WriteBudget::of(&mut budgets, plugin, TURN_RATE).charge(TURN_RATE, held);
-    }
-
-    fn owed(&self, plugin: &str) -> Duration {
-        let mut budgets = self.budgets.lock().unwrap_or_else(PoisonError::into_inner);
-        budgets.get_mut(plugin).map_or(Duration::ZERO, |budget| budget.owed(TURN_RATE))
-    }
-}
-
-/// A write waiting in line, counted while it waits.
-struct Waiting<'a>(&'a TurnUse);
-
-impl<'a> Waiting<'a> {
-    fn new(turn_use: &'a TurnUse) -> Waiting<'a> {
-        turn_use.arrivals.fetch_add(1, Ordering::SeqCst);
-        turn_use.waiting.fetch_add(1, Ordering::SeqCst);
-        Waiting(turn_use)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The alias's turn to write, held by a plugin's place; when given back,
-/// the time it was held is charged to the plugin if another write came to
-/// wait meanwhile or waits now.
-struct HeldTurn {
-    _turn: tokio::sync::OwnedMutexGuard<()>,
-    plugin: String,
-    since: Instant,
-    /// [`TurnUse::arrivals`] when it was taken.
-    arrivals: u64,
-    turn_use: Arc<TurnUse>,
-}
-
-impl Drop for HeldTurn {
-    fn drop(&mut self) {
-        let waited = self.turn_use.waiting.load(Ordering::SeqCst) > 0
-            || self.turn_use.arrivals.load(Ordering::SeqCst) != self.arrivals;
-        if waited {
-            self.turn_use.charge(&self.plugin, self.since.elapsed());
-        }
-    }
-}
-
 /// Why a place was ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndedFor {
@@ -556,6 +423,9 @@ pub enum EndedFor {
     /// Its transaction held the alias's turn to write, idle between
     /// statements, while another write waited a grace.
     IdleWithTurn,
+    /// It held the alias's turn to write past its plugin's share while
+    /// another write waited.
+    PastTurnShare,
 }
 
 /// How long a transaction holding the turn to write must have run no
@@ -857,12 +727,12 @@ mod tests {
         conn.connection().execute("SELECT count(*) FROM t").await.unwrap();
         {
             let _running = conn.step_handle().open.try_lock_owned().unwrap();
-            place.end();
+            place.end(EndedFor::Drain);
             assert!(in_transaction(&mut conn), "ended under a running statement");
             assert!(place.ended().is_due(), "the running statement is told to stop");
             assert!(reads.turns.try_lock().is_err(), "the turn given up before its read ended");
         }
-        place.end();
+        place.end(EndedFor::Drain);
         assert!(!in_transaction(&mut conn), "the transaction is still open");
         assert!(reads.turns.try_lock().is_ok(), "the turn to write is still held");
 
@@ -872,7 +742,7 @@ mod tests {
         guard::enter_host(&mut conn);
         conn.connection().execute("BEGIN").await.unwrap();
         conn.connection().execute("INSERT INTO t VALUES (1)").await.unwrap();
-        place.end();
+        place.end(EndedFor::Drain);
         assert!(in_transaction(&mut conn), "a detached read's ending rolled back the connection's next transaction");
         guard::enter_host(&mut conn);
         conn.connection().execute("COMMIT").await.unwrap();
@@ -901,13 +771,17 @@ mod tests {
         places.write_turn(&read, "p").now_or_never().expect("a write waited after the drain");
     }
 
-    /// A plugin that held the turn while others waited past its share
-    /// ([`TURN_SHARE`]: half the time, 2 s at once) lets the next in line
-    /// go first when the turn comes to it; one that did not keeps its
-    /// place. Attack (the tenth outside review): four threads of 5 s
-    /// writes that wrote nothing left an honest writer 3 writes in 20 s.
+    /// A write that holds the turn past its plugin's share while another
+    /// waits ([`super::super::write_share::TURN_SHARE`]: 2 s at once alone) is ended, busy or not,
+    /// and the next in line goes; its plugin, owing the time, then lets
+    /// the next in line go first when the turn comes to it. Held as long
+    /// with no one waiting, it costs nothing. Attacks (the tenth and
+    /// eleventh outside reviews): four threads of 5 s writes that wrote
+    /// nothing left an honest writer 3 writes in 20 s; a transaction never
+    /// idle (one insert, then back-to-back reads) held the turn to its
+    /// invocation's timeout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_plugin_past_its_share_of_the_turn_lets_the_next_in_line_go_first() {
+    async fn a_write_past_its_share_of_the_turn_is_ended_and_its_plugin_goes_last() {
         let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE));
         places.set_grace(Duration::from_secs(600));
         let turn = |plugin: &'static str| {
@@ -919,12 +793,21 @@ mod tests {
             })
         };
         let hog = turn("hog").await.unwrap();
+        let held = Instant::now();
         let honest = turn("honest");
         queued(&honest).await;
-        // 3 s while another write waits: 1 s past its 2 s at once.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let honest = tokio::time::timeout(Duration::from_secs(10), honest)
+            .await
+            .expect("a write holding the turn past its share was not ended")
+            .unwrap();
+        assert!(held.elapsed() >= Duration::from_millis(1_900), "ended within its share: {:?}", held.elapsed());
+        assert_eq!(hog.ended_for(), Some(EndedFor::PastTurnShare));
+        assert!(hog.ended().is_due() && !hog.has_turn());
         drop(hog);
-        let honest = honest.await.unwrap();
+
+        // Owing a second past its share (as after 3 s held while another
+        // waited), it goes last.
+        places.turn_use.charge("hog", Duration::from_secs(3));
         let hog_again = turn("hog");
         queued(&hog_again).await;
         let next = turn("next");
@@ -938,9 +821,9 @@ mod tests {
         drop(next);
         drop(hog_again.await.unwrap());
 
-        // Held as long with no one waiting: nothing owed.
         let alone = turn("alone").await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(alone.ended_for().is_none(), "a write holding the turn alone was ended");
         drop(alone);
         assert_eq!(places.turn_use.owed("alone"), Duration::ZERO);
     }

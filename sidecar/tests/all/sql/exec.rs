@@ -1622,12 +1622,21 @@ async fn writers_take_turns_in_line_on_sqlite() {
     let slow = "INSERT INTO orders (product_id, quantity, status, created_at) \
                 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 12000000) \
                 SELECT 1, max(x), 'new', 'slow' FROM c";
+    // The slow writes go on until the honest ones are done; those that
+    // hold the turn past the hog's share while others wait are ended.
+    let hogging = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let hog = {
-        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        let (gateway, policy, hogging) = (Arc::clone(&gateway), policy.clone(), Arc::clone(&hogging));
         tokio::spawn(async move {
-            for _ in 0..5 {
-                query(&gateway, "hog", &policy, slow, &[]).await.unwrap();
+            let (mut done, mut ended) = (0, 0);
+            while hogging.load(std::sync::atomic::Ordering::SeqCst) {
+                match query(&gateway, "hog", &policy, slow, &[]).await {
+                    Ok(_) => done += 1,
+                    Err(SqlError::Unavailable { message, .. }) if message.contains("past its share") => ended += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
             }
+            (done, ended)
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1648,10 +1657,11 @@ async fn writers_take_turns_in_line_on_sqlite() {
         write.await.unwrap().unwrap();
     }
     for n in 0..3 {
-        assert!(!hog.is_finished(), "the slow writes ended before write {n}");
         query(&gateway, "honest", &policy, write, &[]).await.unwrap_or_else(|e| panic!("write {n}: {e:?}"));
     }
-    hog.await.unwrap();
+    hogging.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (done, _ended) = hog.await.unwrap();
+    assert!(done >= 1, "the hog's first slow write, within its share, did not run");
 }
 
 /// One large commit past the WAL's bound starts no drain: the next write
@@ -1900,7 +1910,9 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
         let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
         tokio::spawn(async move { query(&gateway, "waiting", &policy, write, &[Value::Text("waited".into())]).await })
     };
-    for _ in 0..20 {
+    // (Half a second: held 2 s while another write waits, it would be
+    // past its plugin's share of the turn, busy or not.)
+    for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         idle.execute(&checked_write, write, &held, limits).await.expect("a busy transaction was ended");
     }
@@ -1919,6 +1931,57 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
     assert_eq!(rows[0][0], Value::Int(0), "the ended transaction's row stands");
     let rows = query(&gateway, "reader", &policy, count, &[Value::Text("waited".into())]).await.unwrap().rows;
     assert_eq!(rows[0][0], Value::Int(1));
+}
+
+/// A write transaction that holds the alias's turn while another write
+/// waits is ended past its plugin's share of the turn (2 s at once for a
+/// plugin alone), busy or not: rolled back, its next statement
+/// `unavailable` saying why; the waiting write runs. Attack (the eleventh
+/// outside review): a transaction wrote a row, then ran 0.55 s reads back
+/// to back, never idle; it held every other write of the alias back to
+/// its invocation's timeout (an honest writer: 4 writes in 8 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_write_transaction_past_its_share_of_the_turn_is_ended_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("timeout = \"30s\"");
+    let limits = Limits::from(&policy);
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let stop = Stop::new();
+    let (mut busy, _) =
+        SqlConnection::open_for(alias, "busy", &guard, &stop, OpenFor::Transaction, limits).await.unwrap();
+    busy.begin(limits).await.unwrap();
+    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let held = [Value::Text("held".into())];
+    let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &held).unwrap();
+    busy.execute(&checked_write, write, &held, limits).await.unwrap();
+    let waiting = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move {
+            let began = Instant::now();
+            query(&gateway, "waiting", &policy, write, &[Value::Text("waited".into())]).await.map(|_| began.elapsed())
+        })
+    };
+    let read = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) \
+                SELECT max(x) FROM c";
+    let checked_read = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
+    let began = Instant::now();
+    let ended = loop {
+        assert!(began.elapsed() < Duration::from_secs(20), "the busy transaction kept the turn 20 s");
+        match busy.query(&checked_read, read, &[], limits).await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(&ended, SqlError::Unavailable { message, .. } if message.contains("past its share")), "{ended:?}");
+    let waited = waiting.await.unwrap().expect("the write behind the busy transaction");
+    assert!(waited >= Duration::from_millis(1_900), "ended within its share: waited {waited:?}");
+    assert!(busy.commit().await.is_err(), "the ended transaction committed");
+    drop(busy);
+    let count = "SELECT count(*) FROM orders WHERE created_at = ?1";
+    let rows = query(&gateway, "reader", &policy, count, &held).await.unwrap().rows;
+    assert_eq!(rows[0][0], Value::Int(0), "the ended transaction's row stands");
 }
 
 /// The alias's `write_rate` is shared equally between the plugins writing:
