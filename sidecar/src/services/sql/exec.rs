@@ -875,7 +875,7 @@ async fn host_command(
         Some(stops) => sqlite_guard::enter_host_with_progress(conn, stops.may_go_on()),
         None => sqlite_guard::enter_host(conn),
     }
-    let done = conn.connection().execute(command).await.map(drop);
+    let done = conn.execute_host(command).await;
     sqlite_guard::leave(conn);
     // The end of a transaction frees what it held (its statement journal):
     // given back now, not when some later statement ends.

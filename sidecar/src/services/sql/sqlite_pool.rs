@@ -704,6 +704,35 @@ mod tests {
         }
     }
 
+    /// The sidecar's own commands on a plugin's connection hold it as a
+    /// statement does: ending its read waits for them. (A commit looked
+    /// ended to the drain before it had written, since SQLite sets the
+    /// connection back to autocommit first: the turn was given up while the
+    /// commit held SQLite's lock.) Seen here with a `BEGIN IMMEDIATE`
+    /// waiting for another connection's lock, in autocommit all along.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ending_a_read_waits_for_the_sidecars_own_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let mut other = SqliteConnectOptions::new().filename(dir.path().join("pool.db")).connect().await.unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let ender = conn.read_ender();
+        let command = tokio::spawn(async move {
+            guard::enter_host(&mut conn);
+            conn.execute_host("BEGIN IMMEDIATE").await.map(|()| conn)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(ender.try_end(), Ending::Busy, "ended while the sidecar's BEGIN waited for the lock");
+        other.execute("ROLLBACK").await.unwrap();
+        let mut conn = command.await.unwrap().expect("the BEGIN IMMEDIATE");
+        assert!(guard::leave_in_transaction(&mut conn));
+        assert_eq!(ender.try_end(), Ending::Ended);
+        assert!(!guard::leave_in_transaction(&mut conn));
+    }
+
     /// Waits until the pool's usage is `usage` (closing is asynchronous).
     /// Ending a read rolls back the transaction open on its connection and
     /// gives its place up; a read its owner has detached (its connection

@@ -337,6 +337,19 @@ impl Guarded {
         &mut self.conn
     }
 
+    /// Runs the sidecar's own `command` (a `BEGIN`, `COMMIT` or `ROLLBACK`
+    /// of a plugin's transaction) through sqlx, holding the handle's lock
+    /// as a plugin's statement does: SQLite sets a connection back to
+    /// autocommit before its commit writes, so a [`ReadEnder`] that looked
+    /// mid-commit took the transaction for ended and gave its turn to
+    /// write up while the commit still held SQLite's lock, and the next
+    /// writer in line waited out its busy timeout ("database is locked";
+    /// the tenth outside review, during drains).
+    pub async fn execute_host(&mut self, command: &'static str) -> Result<(), sqlx::Error> {
+        let _running = Arc::clone(&self.open).lock_owned().await;
+        sqlx::Executor::execute(&mut self.conn, command).await.map(drop)
+    }
+
     /// The handle a statement's thread runs on ([`crate::services::sql::sqlite_step`]).
     pub fn step_handle(&self) -> StepHandle {
         StepHandle { db: RawDb(self.db.0), open: Arc::clone(&self.open) }
