@@ -227,6 +227,27 @@ mod tests {
         assert_eq!(shares.left("b"), 200, "a bucket holds four seconds of the share");
     }
 
+    /// The turn is charged to its plugin when given back if another write
+    /// came to wait while it was held, and not otherwise.
+    #[tokio::test]
+    async fn the_turn_is_charged_only_when_another_write_waited() {
+        let turn_use = Arc::new(TurnUse::default());
+        let line = Arc::new(tokio::sync::Mutex::new(()));
+        let full = Duration::from_micros(turn_use.held.left("p"));
+        let held = turn_use.take(Arc::clone(&line).lock_owned().await, "p");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+        assert_eq!(turn_use.owed("p"), Duration::ZERO);
+        assert!(Duration::from_micros(turn_use.held.left("p")) >= full, "charged with no one waiting");
+
+        let held = turn_use.take(Arc::clone(&line).lock_owned().await, "p");
+        drop(Waiting::new(&turn_use));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+        let left = Duration::from_micros(turn_use.held.left("p"));
+        assert!(left <= full - Duration::from_millis(250), "{left:?} left of {full:?}");
+    }
+
     /// Ordinary rates: own below the total, a bucket refilled over time.
     #[test]
     fn a_bucket_refills_at_the_rate_up_to_four_seconds_of_it() {
