@@ -19,6 +19,14 @@
 //! outside review open hundreds of connections past `max_connections`.
 //! A new connection is opened in a task of its own holding its place, so a
 //! caller that leaves mid-connect leaves it to the pool.
+//!
+//! A SQLite pool keeps one place for the write that holds the alias's turn
+//! to write ([`ConnPool::with_reserve`]): writes outside a transaction take
+//! the turn before their connection, and transactions waiting in line for
+//! the turn keep theirs, so with the pool full of those the holder waited
+//! for a connection only they could free, holding everyone back (a twelfth
+//! outside review: three plugins' eleven waiting transactions left an
+//! honest one-row writer 0 writes in 15 s).
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -71,6 +79,8 @@ struct Inner<C: Connector> {
     acquire_timeout: Duration,
     /// One permit per connection that may be held.
     permits: Arc<Semaphore>,
+    /// The permit kept for [`ConnPool::acquire_reserved`], if any.
+    reserve: Option<Arc<Semaphore>>,
     /// Connections not held, most recently returned last.
     idle: Mutex<Vec<Idle<C::Conn>>>,
     /// Connections open (held, idle, or closing).
@@ -87,11 +97,31 @@ impl<C: Connector> ConnPool<C> {
     /// A pool of at most `max_connections` made by `connector`, opening
     /// nothing yet.
     pub fn new(connector: C, max_connections: u32, acquire_timeout: Duration) -> ConnPool<C> {
+        Self::with_places(connector, max_connections as usize, None, acquire_timeout)
+    }
+
+    /// [`Self::new`], with one of the `max_connections` (if there are two
+    /// or more) kept for [`Self::acquire_reserved`].
+    pub fn with_reserve(connector: C, max_connections: u32, acquire_timeout: Duration) -> ConnPool<C> {
+        let max = max_connections as usize;
+        match max {
+            0 | 1 => Self::with_places(connector, max, None, acquire_timeout),
+            _ => Self::with_places(connector, max - 1, Some(Arc::new(Semaphore::new(1))), acquire_timeout),
+        }
+    }
+
+    fn with_places(
+        connector: C,
+        places: usize,
+        reserve: Option<Arc<Semaphore>>,
+        acquire_timeout: Duration,
+    ) -> ConnPool<C> {
         ConnPool {
             inner: Arc::new(Inner {
                 connector,
                 acquire_timeout,
-                permits: Arc::new(Semaphore::new(max_connections as usize)),
+                permits: Arc::new(Semaphore::new(places)),
+                reserve,
                 idle: Mutex::default(),
                 open: AtomicU32::new(0),
             }),
@@ -102,11 +132,21 @@ impl<C: Connector> ConnPool<C> {
     /// `session`, so that it need not be set again), or a new one if none
     /// is idle, within `acquire_timeout` of waiting for a free place.
     pub async fn acquire(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
+        self.acquire_in(session, false).await
+    }
+
+    /// [`Self::acquire`], in the reserved place if the others are taken:
+    /// for the one caller at a time that the reserve is kept for.
+    pub async fn acquire_reserved(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
+        self.acquire_in(session, true).await
+    }
+
+    async fn acquire_in(&self, session: Option<&str>, reserved: bool) -> Result<Pooled<C>, sqlx::Error> {
         let inner = &self.inner;
         let waited = Instant::now();
         loop {
             let left = inner.acquire_timeout.saturating_sub(waited.elapsed());
-            let permit = tokio::time::timeout(left, Arc::clone(&inner.permits).acquire_owned())
+            let permit = tokio::time::timeout(left, inner.permit(reserved))
                 .await
                 .map_err(|_| sqlx::Error::PoolTimedOut)?
                 .map_err(|_| sqlx::Error::PoolClosed)?;
@@ -151,6 +191,9 @@ impl<C: Connector> ConnPool<C> {
     /// (held ones close when they are given back).
     pub fn close(&self) {
         self.inner.permits.close();
+        if let Some(reserve) = &self.inner.reserve {
+            reserve.close();
+        }
         let idle = std::mem::take(&mut *self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner));
         for idle in idle {
             Inner::<C>::closing(Arc::clone(&self.inner), idle.conn, Vec::new());
@@ -159,6 +202,18 @@ impl<C: Connector> ConnPool<C> {
 }
 
 impl<C: Connector> Inner<C> {
+    /// A place in the pool; with `reserved`, the reserved one too.
+    async fn permit(&self, reserved: bool) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        match (&self.reserve, reserved) {
+            (Some(reserve), true) => tokio::select! {
+                biased;
+                permit = Arc::clone(&self.permits).acquire_owned() => permit,
+                permit = Arc::clone(reserve).acquire_owned() => permit,
+            },
+            _ => Arc::clone(&self.permits).acquire_owned().await,
+        }
+    }
+
     /// A new connection, in `permit`'s place.
     async fn open(self: Arc<Self>, permit: OwnedSemaphorePermit) -> Result<Pooled<C>, sqlx::Error> {
         let conn = self.connector.open().await?;

@@ -205,6 +205,18 @@ impl SqlConnection {
     /// stops once it is due, even while its caller's thread is busy
     /// stepping it.
     pub async fn open(alias: &AliasPool, plugin: &str, guard: &Guard, stop: &Stop) -> Result<SqlConnection, SqlError> {
+        Self::connect(alias, plugin, guard, stop, false).await
+    }
+
+    /// [`Self::open`]; with `holds_turn`, for a write holding the SQLite
+    /// alias's turn to write, which may take the pool's reserved place.
+    async fn connect(
+        alias: &AliasPool,
+        plugin: &str,
+        guard: &Guard,
+        stop: &Stop,
+        holds_turn: bool,
+    ) -> Result<SqlConnection, SqlError> {
         guard.ready(alias, plugin).await?;
         let (role, session) = match guard {
             Guard::Postgres { policy, .. } => {
@@ -214,7 +226,7 @@ impl SqlConnection {
             }
             Guard::Sqlite(_) => (None, None),
         };
-        let conn = alias.acquire(plugin, session.as_ref()).await?;
+        let conn = alias.acquire(plugin, session.as_ref(), holds_turn).await?;
         Ok(SqlConnection {
             conn,
             dialect: alias.dialect,
@@ -254,7 +266,8 @@ impl SqlConnection {
             }
             _ => (None, limits),
         };
-        let mut connection = SqlConnection::open(alias, plugin, guard, stop).await?;
+        let holds_turn = place.as_ref().is_some_and(|place| place.has_turn());
+        let mut connection = SqlConnection::connect(alias, plugin, guard, stop, holds_turn).await?;
         if let (Some(place), Conn::Sqlite(c)) = (&place, &connection.conn) {
             place.attach(c);
         }

@@ -291,8 +291,10 @@ impl AliasPool {
     /// A connection for `plugin`: first a permit of its share, then one of
     /// the pool's connections (on PostgreSQL preferably one already in
     /// `session`), each within `acquire_timeout`. The permit is the
-    /// connection's until it is given back, or has finished closing.
-    pub async fn acquire(&self, plugin: &str, session: Option<&Session>) -> Result<Conn, SqlError> {
+    /// connection's until it is given back, or has finished closing. With
+    /// `holds_turn` (its write holds the SQLite alias's turn to write), it
+    /// may take the place the pool keeps for that.
+    pub async fn acquire(&self, plugin: &str, session: Option<&Session>, holds_turn: bool) -> Result<Conn, SqlError> {
         let wait = self.settings.pool.acquire_timeout;
         let share = self.share(plugin);
         let permit = match tokio::time::timeout(wait, share.acquire_owned()).await {
@@ -315,7 +317,8 @@ impl AliasPool {
                 Conn::Postgres(conn)
             }
             Pool::Sqlite(pool) => {
-                let mut conn = pool.acquire(None).await.map_err(SqlError::from_database)?;
+                let conn = if holds_turn { pool.acquire_reserved(None).await } else { pool.acquire(None).await };
+                let mut conn = conn.map_err(SqlError::from_database)?;
                 conn.hold(permit);
                 Conn::Sqlite(conn)
             }

@@ -461,7 +461,7 @@ pub fn sqlite_pool(options: SqliteConnectOptions, settings: &PoolSettings) -> Sq
         checkpoints,
         wal_places,
     };
-    ConnPool::new(connector, settings.max_connections, settings.acquire_timeout)
+    ConnPool::with_reserve(connector, settings.max_connections, settings.acquire_timeout)
 }
 
 /// Bounds the database file at `bytes` on `conn` (`PRAGMA max_page_count`
@@ -585,33 +585,44 @@ mod tests {
         sqlite_pool(options, &settings)
     }
 
-    /// At most `max_connections` are held; the next caller is refused
+    /// At most `max_connections` are held, the last of them only by a
+    /// write holding the turn (`acquire_reserved`); the next caller is refused
     /// with `PoolTimedOut` after `acquire_timeout`, and gets one as soon as
     /// one is given back. Given-back connections are reused, not reopened;
     /// one marked `close_on_drop` is closed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_bounded_reused_and_closed_when_marked() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = pool(&dir, 2);
+        let pool = pool(&dir, 3);
         assert_eq!(pool.usage(), (0, 0), "nothing opened before the first call");
         let a = pool.acquire(None).await.unwrap();
         let b = pool.acquire(None).await.unwrap();
         assert_eq!(pool.usage(), (2, 0));
+        // The third place is kept for the write holding the turn.
         let refused = pool.acquire(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
+        let turn = pool.acquire_reserved(None).await.unwrap();
+        assert_eq!(pool.usage(), (3, 0));
+        let refused = pool.acquire_reserved(None).await.err().unwrap();
+        assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
+        drop(turn);
+        assert_eq!(pool.usage(), (3, 1));
+        let refused = pool.acquire(None).await.err().unwrap();
+        assert!(matches!(refused, sqlx::Error::PoolTimedOut), "the reserved place was taken: {refused}");
+        drop(pool.acquire_reserved(None).await.unwrap());
 
         drop(a);
-        assert_eq!(pool.usage(), (2, 1));
+        assert_eq!(pool.usage(), (3, 2));
         let c = pool.acquire(None).await.unwrap();
-        assert_eq!(pool.usage(), (2, 0), "the idle one is taken, none opened");
+        assert_eq!(pool.usage(), (3, 1), "an idle one is taken, none opened");
 
         let mut c = c;
         c.close_on_drop();
         drop(c);
         // Its place is freed once the worker has closed the database.
-        settled(&pool, (1, 0)).await;
+        settled(&pool, (2, 1)).await;
         drop(b);
-        assert_eq!(pool.usage(), (1, 1));
+        assert_eq!(pool.usage(), (2, 2));
 
         pool.close();
         settled(&pool, (0, 0)).await;
@@ -890,7 +901,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_idle_too_long_are_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = pool(&dir, 2);
+        let pool = pool(&dir, 3);
         let (older, mut newer) = (pool.acquire(None).await.unwrap(), pool.acquire(None).await.unwrap());
         mark(&mut newer).await;
         drop(older);

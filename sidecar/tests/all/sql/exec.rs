@@ -682,7 +682,7 @@ async fn a_dropped_write_stops_waiting_for_the_lock_on_sqlite_off_a_multi_thread
 async fn a_transactions_first_write_waits_for_the_lock_on_sqlite() {
     use sqlx::{Connection as _, Executor as _};
     let db = TestDb::start(Dialect::Sqlite).await;
-    let gateway = db.gateway(pool(2, 2));
+    let gateway = db.gateway(pool(3, 3));
     let policy = policy("");
     let alias = gateway.alias("db").unwrap();
     let TestDb::Sqlite(dir) = &db else { unreachable!() };
@@ -1931,6 +1931,65 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
     assert_eq!(rows[0][0], Value::Int(0), "the ended transaction's row stands");
     let rows = query(&gateway, "reader", &policy, count, &[Value::Text("waited".into())]).await.unwrap().rows;
     assert_eq!(rows[0][0], Value::Int(1));
+}
+
+/// The write holding the alias's turn finds a connection even when
+/// transactions waiting in line for the turn hold every other one: the
+/// pool keeps a place for it. Attack (the twelfth outside review): three
+/// plugins' eleven transactions waiting in line filled a pool of ten, and
+/// an honest one-row write, given the turn, waited for a connection only
+/// they could free until it was refused (0 writes in 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_holding_the_turn_finds_a_connection_in_a_pool_full_of_waiting_transactions_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("timeout = \"20s\"");
+    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let transaction = |plugin: &'static str| {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move {
+            let limits = Limits::from(&policy);
+            let guard = authorizer(Dialect::Sqlite, &policy);
+            let alias = gateway.alias("db").unwrap();
+            let (mut connection, _) =
+                SqlConnection::open_for(alias, plugin, &guard, &Stop::new(), OpenFor::Transaction, limits).await?;
+            connection.begin(limits).await.unwrap();
+            let params = [Value::Text(plugin.into())];
+            let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
+            connection.execute(&checked_write, write, &params, limits).await.unwrap();
+            Ok::<_, SqlError>(connection)
+        })
+    };
+    let mut holder = transaction("holder").await.unwrap().unwrap();
+    let honest = {
+        let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
+        tokio::spawn(async move { query(&gateway, "honest", &policy, write, &[Value::Text("honest".into())]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every other place of the pool: the holder's and those of the
+    // transactions waiting in line behind the honest write (the third
+    // finds none: one is kept).
+    let waiting = [transaction("waiting"), transaction("waiting"), transaction("waiting")];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!honest.is_finished() && waiting.iter().all(|w| !w.is_finished()), "nothing waited in line");
+    holder.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), honest)
+        .await
+        .expect("the honest write never ran")
+        .unwrap()
+        .expect("the honest write, holding the turn, found no connection");
+    // Each as it gets the turn (they queued in any order).
+    let mut waiting = tokio::task::JoinSet::from_iter(waiting.map(|task| async move { task.await.unwrap() }));
+    // (Kept, so that the third finds no place meanwhile.)
+    let mut committed = Vec::new();
+    while let Some(done) = waiting.join_next().await {
+        if let Ok(mut connection) = done.unwrap() {
+            connection.commit().await.unwrap();
+            committed.push(connection);
+        }
+    }
+    assert_eq!(committed.len(), 2, "the pool's places other than the kept one");
+    drop(holder);
 }
 
 /// A write transaction that holds the alias's turn while another write
