@@ -822,19 +822,10 @@ mod tests {
     /// invocation's timeout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_past_its_share_of_the_turn_is_ended_and_its_plugin_goes_last() {
-        let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE));
-        places.set_grace(Duration::from_secs(600));
-        let turn = |plugin: &'static str| {
-            let places = Arc::clone(&places);
-            tokio::spawn(async move {
-                let place = places.enter(false).await;
-                places.write_turn(&place, plugin).await;
-                place
-            })
-        };
-        let hog = turn("hog").await.unwrap();
+        let places = turn_places();
+        let hog = turn(&places, "hog").await.unwrap();
         let held = Instant::now();
-        let honest = turn("honest");
+        let honest = turn(&places, "honest");
         queued(&honest).await;
         let honest = tokio::time::timeout(Duration::from_secs(10), honest)
             .await
@@ -843,14 +834,18 @@ mod tests {
         assert!(held.elapsed() >= Duration::from_millis(1_900), "ended within its share: {:?}", held.elapsed());
         assert_eq!(hog.ended_for(), Some(EndedFor::PastTurnShare));
         assert!(hog.ended().is_due() && !hog.has_turn());
-        drop(hog);
+        drop((hog, honest));
 
-        // Owing a second past its share (as after 3 s held while another
-        // waited), it goes last.
-        places.turn_use.charge("hog", Duration::from_secs(3));
-        let hog_again = turn("hog");
+        // Two plugins charged lately: each earns a quarter of the time, a
+        // second at once. Held 1.5 s while others waited, the hog owes
+        // 2 s and goes last, while all plugins together have time left.
+        let places = turn_places();
+        places.turn_use.charge("other", Duration::ZERO);
+        places.turn_use.charge("hog", Duration::from_millis(1_500));
+        let honest = turn(&places, "honest").await.unwrap();
+        let hog_again = turn(&places, "hog");
         queued(&hog_again).await;
-        let next = turn("next");
+        let next = turn(&places, "next");
         queued(&next).await;
         drop(honest);
         let next = tokio::time::timeout(Duration::from_secs(10), next)
@@ -861,11 +856,28 @@ mod tests {
         drop(next);
         drop(hog_again.await.unwrap());
 
-        let alone = turn("alone").await.unwrap();
+        let places = turn_places();
+        let alone = turn(&places, "alone").await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(alone.ended_for().is_none(), "a write holding the turn alone was ended");
         drop(alone);
         assert_eq!(places.turn_use.owed("alone"), Duration::ZERO);
+    }
+
+    fn turn_places() -> Arc<WalPlaces> {
+        let places = Arc::new(WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE));
+        places.set_grace(Duration::from_secs(600));
+        places
+    }
+
+    /// A task that takes a place and `plugin`'s turn to write in it.
+    fn turn(places: &Arc<WalPlaces>, plugin: &'static str) -> tokio::task::JoinHandle<Arc<WalPlace>> {
+        let places = Arc::clone(places);
+        tokio::spawn(async move {
+            let place = places.enter(false).await;
+            places.write_turn(&place, plugin).await;
+            place
+        })
     }
 
     /// Waits a little, then checks that `task` waits for the turn.
