@@ -252,6 +252,22 @@ async fn plugins_together_cannot_take_the_last_connections(dialect: Dialect) {
     drop((honest, hoarded));
 }
 
+/// A plugin alone uses its whole share, however few places are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_alone_uses_its_whole_share_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    // Four places besides the one kept for the write holding the turn.
+    let gateway = db.gateway(pool(5, 4));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let mut held = Vec::new();
+    for n in 0..4 {
+        let connection = SqlConnection::open(alias, "alone", &guard, &Stop::new()).await;
+        held.push(connection.unwrap_or_else(|e| panic!("connection {n} of a plugin alone: {e:?}")));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_together_cannot_take_the_last_connections_on_sqlite() {
     plugins_together_cannot_take_the_last_connections(Dialect::Sqlite).await;
