@@ -30,11 +30,11 @@
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a connection may sit idle before it is closed: the pool
 /// shrinks back after a burst (each open connection is a server process,
@@ -62,23 +62,6 @@ pub trait Connector: Send + Sync + 'static {
     /// Closes a connection once whatever runs on it is done.
     fn close(conn: Self::Conn) -> impl Future<Output = ()> + Send;
 }
-
-/// Who asks for a connection ([`ConnPool::acquire_as`]).
-#[derive(Clone, Debug)]
-pub enum Asker {
-    /// Anyone: the first free place.
-    Any,
-    /// The caller the pool's reserved place is kept for.
-    Reserved,
-    /// A caller holding the counted connections while others hold some:
-    /// a place only while more are free than it holds, so that callers
-    /// holding several cannot together take the last places from one
-    /// holding none.
-    Crowding(Arc<AtomicUsize>),
-}
-
-/// How often a [`Asker::Crowding`] caller looks for enough free places.
-const CROWDED_RETRY: Duration = Duration::from_millis(10);
 
 /// A pool of connections made by `C`.
 pub struct ConnPool<C: Connector> {
@@ -149,19 +132,24 @@ impl<C: Connector> ConnPool<C> {
     /// `session`, so that it need not be set again), or a new one if none
     /// is idle, within `acquire_timeout` of waiting for a free place.
     pub async fn acquire(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
-        self.acquire_as(session, &Asker::Any).await
+        self.acquire_in(session, false).await
     }
 
-    /// [`Self::acquire`] for `asker`: in the reserved place if the others
-    /// are taken, for the one caller at a time that the reserve is kept
-    /// for; only while `n` places are free, for a caller crowding others.
-    pub async fn acquire_as(&self, session: Option<&str>, asker: &Asker) -> Result<Pooled<C>, sqlx::Error> {
+    /// [`Self::acquire`], in the reserved place if the others are taken:
+    /// for the one caller at a time that the reserve is kept for.
+    pub async fn acquire_reserved(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
+        self.acquire_in(session, true).await
+    }
+
+    async fn acquire_in(&self, session: Option<&str>, reserved: bool) -> Result<Pooled<C>, sqlx::Error> {
         let inner = &self.inner;
         let waited = Instant::now();
         loop {
             let left = inner.acquire_timeout.saturating_sub(waited.elapsed());
-            let permit =
-                tokio::time::timeout(left, inner.permit(asker)).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+            let permit = tokio::time::timeout(left, inner.permit(reserved))
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|_| sqlx::Error::PoolClosed)?;
             let Some(idle) = inner.take_idle(session) else {
                 return tokio::spawn(Inner::open(Arc::clone(inner), permit))
                     .await
@@ -214,30 +202,15 @@ impl<C: Connector> ConnPool<C> {
 }
 
 impl<C: Connector> Inner<C> {
-    /// A place in the pool for `asker`, waited for.
-    async fn permit(&self, asker: &Asker) -> Result<OwnedSemaphorePermit, sqlx::Error> {
-        let closed = |_| sqlx::Error::PoolClosed;
-        match (asker, &self.reserve) {
-            (Asker::Reserved, Some(reserve)) => tokio::select! {
+    /// A place in the pool; with `reserved`, the reserved one too.
+    async fn permit(&self, reserved: bool) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        match (&self.reserve, reserved) {
+            (Some(reserve), true) => tokio::select! {
                 biased;
-                permit = Arc::clone(&self.permits).acquire_owned() => permit.map_err(closed),
-                permit = Arc::clone(reserve).acquire_owned() => permit.map_err(closed),
+                permit = Arc::clone(&self.permits).acquire_owned() => permit,
+                permit = Arc::clone(reserve).acquire_owned() => permit,
             },
-            // Not a wait in the semaphore's line: a wait for `n` permits
-            // there would hold back every single one behind it.
-            // (What the caller holds is counted again each time: it may
-            // give one back meanwhile.)
-            (Asker::Crowding(held), _) => loop {
-                if self.permits.available_permits() > held.load(Ordering::SeqCst) || self.permits.is_closed() {
-                    match Arc::clone(&self.permits).try_acquire_owned() {
-                        Ok(permit) => return Ok(permit),
-                        Err(TryAcquireError::Closed) => return Err(sqlx::Error::PoolClosed),
-                        Err(TryAcquireError::NoPermits) => {}
-                    }
-                }
-                tokio::time::sleep(CROWDED_RETRY).await;
-            },
-            _ => Arc::clone(&self.permits).acquire_owned().await.map_err(closed),
+            _ => Arc::clone(&self.permits).acquire_owned().await,
         }
     }
 

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sqlx::Sqlite;
@@ -24,7 +23,6 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::conn_pool::Asker;
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
 use super::metrics::SqlMetrics;
 use super::pg_pool::{PgPool, PooledPg, Session, pg_pool};
@@ -187,32 +185,7 @@ pub struct AliasPool {
     pool: OnceCell<Pool>,
     /// The relay a PostgreSQL pool connects through, kept as long as it.
     relay: Mutex<Option<Relay>>,
-    shares: Mutex<HashMap<String, Share>>,
-}
-
-/// A plugin's share of an alias's pool: its permits
-/// (`per_plugin_connections`), and the connections it holds now.
-#[derive(Clone)]
-struct Share {
-    permits: Arc<Semaphore>,
-    held: Arc<AtomicUsize>,
-}
-
-/// One connection counted among its plugin's [`Share::held`] while it
-/// lives (it goes with the connection, until it has closed).
-struct Holding(Arc<AtomicUsize>);
-
-impl Holding {
-    fn new(held: &Arc<AtomicUsize>) -> Holding {
-        held.fetch_add(1, Ordering::SeqCst);
-        Holding(Arc::clone(held))
-    }
-}
-
-impl Drop for Holding {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl AliasPool {
@@ -307,21 +280,12 @@ impl AliasPool {
         Ok(relayed)
     }
 
-    /// `plugin`'s share of this alias. Plugin names come from policy
-    /// files, so the map is bounded by the policies.
-    fn share(&self, plugin: &str) -> Share {
+    /// The semaphore of `plugin`'s share of this alias. Plugin names come
+    /// from policy files, so the map is bounded by the policies.
+    pub fn share(&self, plugin: &str) -> Arc<Semaphore> {
         let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
         let permits = self.settings.pool.per_plugin_connections as usize;
-        let share = shares
-            .entry(plugin.to_string())
-            .or_insert_with(|| Share { permits: Arc::new(Semaphore::new(permits)), held: Arc::default() });
-        share.clone()
-    }
-
-    /// Whether a plugin other than `plugin` holds a connection now.
-    fn others_hold(&self, plugin: &str) -> bool {
-        let shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        shares.iter().any(|(name, share)| name != plugin && share.held.load(Ordering::SeqCst) > 0)
+        Arc::clone(shares.entry(plugin.to_string()).or_insert_with(|| Arc::new(Semaphore::new(permits))))
     }
 
     /// A connection for `plugin`: first a permit of its share, then one of
@@ -329,16 +293,11 @@ impl AliasPool {
     /// `session`), each within `acquire_timeout`. The permit is the
     /// connection's until it is given back, or has finished closing. With
     /// `holds_turn` (its write holds the SQLite alias's turn to write), it
-    /// may take the place the pool keeps for that. A plugin's `n`th
-    /// connection while another plugin holds one is taken only while `n`
-    /// places are free ([`Asker::Crowding`]): plugins within their shares
-    /// together took every place (the thirteenth outside review: three
-    /// plugins holding idle connections left an honest reader 47 reads
-    /// and 18 refusals in 40 s).
+    /// may take the place the pool keeps for that.
     pub async fn acquire(&self, plugin: &str, session: Option<&Session>, holds_turn: bool) -> Result<Conn, SqlError> {
         let wait = self.settings.pool.acquire_timeout;
         let share = self.share(plugin);
-        let permit = match tokio::time::timeout(wait, Arc::clone(&share.permits).acquire_owned()).await {
+        let permit = match tokio::time::timeout(wait, share.acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(SqlError::Internal("a plugin's connection share was closed".into())),
             Err(_) => {
@@ -351,25 +310,16 @@ impl AliasPool {
                 });
             }
         };
-        let asker = if holds_turn {
-            Asker::Reserved
-        } else if share.held.load(Ordering::SeqCst) > 0 && self.others_hold(plugin) {
-            Asker::Crowding(Arc::clone(&share.held))
-        } else {
-            Asker::Any
-        };
         Ok(match self.pool().await? {
             Pool::Postgres(pool) => {
-                let mut conn =
-                    pool.acquire_as(session.map(Session::as_str), &asker).await.map_err(SqlError::from_database)?;
+                let mut conn = pool.acquire(session.map(Session::as_str)).await.map_err(SqlError::from_database)?;
                 conn.hold(permit);
-                conn.hold(Holding::new(&share.held));
                 Conn::Postgres(conn)
             }
             Pool::Sqlite(pool) => {
-                let mut conn = pool.acquire_as(None, &asker).await.map_err(SqlError::from_database)?;
+                let conn = if holds_turn { pool.acquire_reserved(None).await } else { pool.acquire(None).await };
+                let mut conn = conn.map_err(SqlError::from_database)?;
                 conn.hold(permit);
-                conn.hold(Holding::new(&share.held));
                 Conn::Sqlite(conn)
             }
         })

@@ -576,7 +576,6 @@ mod tests {
 
     use super::*;
     use crate::databases::{DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE};
-    use crate::services::sql::conn_pool::Asker;
     use crate::services::sql::conn_pool::IDLE_TIMEOUT;
 
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
@@ -602,15 +601,15 @@ mod tests {
         // The third place is kept for the write holding the turn.
         let refused = pool.acquire(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
-        let turn = pool.acquire_as(None, &Asker::Reserved).await.unwrap();
+        let turn = pool.acquire_reserved(None).await.unwrap();
         assert_eq!(pool.usage(), (3, 0));
-        let refused = pool.acquire_as(None, &Asker::Reserved).await.err().unwrap();
+        let refused = pool.acquire_reserved(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
         drop(turn);
         assert_eq!(pool.usage(), (3, 1));
         let refused = pool.acquire(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "the reserved place was taken: {refused}");
-        drop(pool.acquire_as(None, &Asker::Reserved).await.unwrap());
+        drop(pool.acquire_reserved(None).await.unwrap());
 
         drop(a);
         assert_eq!(pool.usage(), (3, 2));

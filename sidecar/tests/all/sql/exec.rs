@@ -220,38 +220,6 @@ async fn a_greedy_plugin_cannot_starve_another_on_postgres() {
     a_greedy_plugin_cannot_starve_another(Dialect::Postgres).await;
 }
 
-/// Plugins each within their `per_plugin_connections` cannot together
-/// take every connection from a plugin that holds none: a plugin's `n`th
-/// connection, while another plugin holds one, is taken only while `n`
-/// places are free. Attack (the thirteenth outside review): three plugins
-/// each holding four idle connections (Spin's door holds one per open
-/// connection resource) filled a pool of ten; an honest reader got 47
-/// reads and 18 refusals in 40 s, an honest writer's transactions the
-/// same.
-async fn plugins_together_cannot_take_the_last_connections(dialect: Dialect) {
-    let db = TestDb::start(dialect).await;
-    let gateway = db.gateway(pool(10, 4));
-    let policy = policy("");
-    let guard = authorizer(dialect, &policy);
-    let alias = gateway.alias("db").unwrap();
-    let mut hoarded = Vec::new();
-    for _ in 0..4 {
-        for plugin in ["a", "b", "c"] {
-            if let Ok(connection) = SqlConnection::open(alias, plugin, &guard, &Stop::new()).await {
-                hoarded.push(connection);
-            }
-        }
-    }
-    assert!(hoarded.len() >= 6, "each hoarder gets two connections at least: {}", hoarded.len());
-    let honest = SqlConnection::open(alias, "honest", &guard, &Stop::new())
-        .await
-        .expect("a plugin holding none found no connection beside three hoarders");
-    let sql = "SELECT name FROM products WHERE id = 1";
-    let rows = query(&gateway, "reader", &policy, sql, &[]).await.expect("a reader beside three hoarders").rows;
-    assert_eq!(rows, vec![vec![Value::Text("widget".into())]]);
-    drop((honest, hoarded));
-}
-
 /// A plugin alone uses its whole share, however few places are left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_alone_uses_its_whole_share_on_sqlite() {
@@ -266,16 +234,6 @@ async fn a_plugin_alone_uses_its_whole_share_on_sqlite() {
         let connection = SqlConnection::open(alias, "alone", &guard, &Stop::new()).await;
         held.push(connection.unwrap_or_else(|e| panic!("connection {n} of a plugin alone: {e:?}")));
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_together_cannot_take_the_last_connections_on_sqlite() {
-    plugins_together_cannot_take_the_last_connections(Dialect::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_together_cannot_take_the_last_connections_on_postgres() {
-    plugins_together_cannot_take_the_last_connections(Dialect::Postgres).await;
 }
 
 /// No plugin's session state reaches another caller of a pooled
@@ -573,9 +531,12 @@ async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
     for (sql, params) in [(long_row.as_str(), &big[..]), (many_rows, &[][..])] {
         let mut connection =
             SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
-        connection.begin(limits).await.unwrap();
+        // (The first write with time to spare: 10 ms is short on a busy
+        // machine.)
+        let spare = Limits { timeout: Duration::from_secs(10), ..limits };
+        connection.begin(spare).await.unwrap();
         let checked_first = checked(Door::Gatehouse, Dialect::Sqlite, &policy, first, &[]).unwrap();
-        connection.execute(&checked_first, first, &[], limits).await.unwrap();
+        connection.execute(&checked_first, first, &[], spare).await.unwrap();
         let heavy = checked(Door::Gatehouse, Dialect::Sqlite, &policy, sql, params).unwrap();
         let error = connection.execute(&heavy, sql, params, limits).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Timeout, "{sql}: {error}");
