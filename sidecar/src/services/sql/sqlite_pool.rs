@@ -169,14 +169,13 @@ impl WalPlaces {
     /// handler sleeps and tries again, so a plugin running write after
     /// write took the lock back each time before any other writer woke (an
     /// outside review: another plugin's writes refused 32 times in 32
-    /// over 30 s). Once it has waited a grace ([`DRAIN_GRACE`]), a
-    /// transaction holding the turn while idle between statements is ended
-    /// ([`WalPlace::end_if_idle_with_turn`]): an outside review's plugin
-    /// held every other write of the alias back 20 s so.
+    /// over 30 s). While it waits, the holder is ended once it has held
+    /// the turn past its plugin's share, busy or not, or idle a grace
+    /// ([`WalPlace::end_if_holding_too_long`]).
     ///
     /// A plugin that held the turn while other writes waited more than
-    /// its share ([`TURN_SHARE`]) gives the turn up when it comes to it,
-    /// and asks again once its time is paid off: the
+    /// its share ([`super::write_share::TURN_SHARE`]) gives the turn up
+    /// when it comes to it, and asks again once its time is paid off: the
     /// tenth review's plugin ran four threads of 5 s writes that wrote
     /// nothing, and an honest writer got 3 writes in 20 s.
     pub async fn write_turn(&self, place: &Arc<WalPlace>, plugin: &str) {

@@ -3,7 +3,8 @@
 //! others wait ([`super::sqlite_pool::WalPlaces`]). Both are per-plugin
 //! buckets refilled at an equal share of the alias's rate between the
 //! plugins that used it lately ([`Shares`]), so that plugins working
-//! together get no more than one plugin alone.
+//! together get no more than one plugin alone; the turn has one bucket
+//! for all plugins together besides ([`TurnUse`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
