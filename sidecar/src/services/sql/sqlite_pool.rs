@@ -743,7 +743,6 @@ mod tests {
         assert!(!guard::leave_in_transaction(&mut conn));
     }
 
-    /// Waits until the pool's usage is `usage` (closing is asynchronous).
     /// Ending a read rolls back the transaction open on its connection and
     /// gives its place up; a read its owner has detached (its connection
     /// may serve a new transaction) is left alone; a statement running
@@ -885,6 +884,7 @@ mod tests {
         assert!(!task.is_finished(), "it did not wait in line");
     }
 
+    /// Waits until the pool's usage is `usage` (closing is asynchronous).
     async fn settled(pool: &SqlitePool, usage: (u32, usize)) {
         let waited = Instant::now();
         while pool.usage() != usage {
