@@ -1563,6 +1563,29 @@ async fn open_read(gateway: &SqlGateway, plugin: &str, policy: &SqlPolicy) -> Sq
     connection
 }
 
+/// An order marked by its `created_at` (`?1`), which tests count.
+const MARKED_ORDER: &str = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+
+/// A transaction of `plugin` on the SQLite alias `db` that has written one
+/// order marked `marker`, so holds the alias's turn to write; left open.
+async fn transaction_that_wrote(
+    gateway: &SqlGateway,
+    plugin: &str,
+    policy: &SqlPolicy,
+    marker: &str,
+) -> Result<SqlConnection, SqlError> {
+    let limits = Limits::from(policy);
+    let guard = authorizer(Dialect::Sqlite, policy);
+    let alias = gateway.alias("db").unwrap();
+    let (mut connection, _) =
+        SqlConnection::open_for(alias, plugin, &guard, &Stop::new(), OpenFor::Transaction, limits).await?;
+    connection.begin(limits).await?;
+    let params = [Value::Text(marker.into())];
+    let write = checked(Door::Gatehouse, Dialect::Sqlite, policy, MARKED_ORDER, &params)?;
+    connection.execute(&write, MARKED_ORDER, &params, limits).await?;
+    Ok(connection)
+}
+
 /// The drain's places of the SQLite alias `db`, once its pool is open.
 fn wal_places(gateway: &SqlGateway) -> Arc<gatehouse::services::sql::sqlite_pool::WalPlaces> {
     use gatehouse::services::sql::pool::Pool;
@@ -1910,16 +1933,10 @@ async fn an_idle_write_transaction_holding_the_line_is_ended_on_sqlite() {
     let gateway = db.gateway(pool(4, 4));
     let policy = policy("timeout = \"20s\"");
     let limits = Limits::from(&policy);
-    let guard = authorizer(Dialect::Sqlite, &policy);
-    let alias = gateway.alias("db").unwrap();
-    let stop = Stop::new();
-    let (mut idle, _) =
-        SqlConnection::open_for(alias, "idle", &guard, &stop, OpenFor::Transaction, limits).await.unwrap();
-    idle.begin(limits).await.unwrap();
-    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let mut idle = transaction_that_wrote(&gateway, "idle", &policy, "held").await.unwrap();
+    let write = MARKED_ORDER;
     let held = [Value::Text("held".into())];
     let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &held).unwrap();
-    idle.execute(&checked_write, write, &held, limits).await.unwrap();
     wal_places(&gateway).set_grace(Duration::from_millis(300));
 
     // Busy, statements 50 ms apart while a write waits past the grace:
@@ -1963,21 +1980,10 @@ async fn the_write_holding_the_turn_finds_a_connection_in_a_pool_full_of_waiting
     let db = TestDb::start(Dialect::Sqlite).await;
     let gateway = db.gateway(pool(4, 4));
     let policy = policy("timeout = \"20s\"");
-    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let write = MARKED_ORDER;
     let transaction = |plugin: &'static str| {
         let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
-        tokio::spawn(async move {
-            let limits = Limits::from(&policy);
-            let guard = authorizer(Dialect::Sqlite, &policy);
-            let alias = gateway.alias("db").unwrap();
-            let (mut connection, _) =
-                SqlConnection::open_for(alias, plugin, &guard, &Stop::new(), OpenFor::Transaction, limits).await?;
-            connection.begin(limits).await.unwrap();
-            let params = [Value::Text(plugin.into())];
-            let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &params).unwrap();
-            connection.execute(&checked_write, write, &params, limits).await.unwrap();
-            Ok::<_, SqlError>(connection)
-        })
+        tokio::spawn(async move { transaction_that_wrote(&gateway, plugin, &policy, plugin).await })
     };
     let mut holder = transaction("holder").await.unwrap().unwrap();
     let honest = {
@@ -2002,9 +2008,12 @@ async fn the_write_holding_the_turn_finds_a_connection_in_a_pool_full_of_waiting
     // (Kept, so that the third finds no place meanwhile.)
     let mut committed = Vec::new();
     while let Some(done) = waiting.join_next().await {
-        if let Ok(mut connection) = done.unwrap() {
-            connection.commit().await.unwrap();
-            committed.push(connection);
+        match done.unwrap() {
+            Ok(mut connection) => {
+                connection.commit().await.unwrap();
+                committed.push(connection);
+            }
+            Err(e) => assert!(e.to_string().contains("no database connection free"), "{e:?}"),
         }
     }
     assert_eq!(committed.len(), 2, "the pool's places other than the kept one");
@@ -2024,16 +2033,9 @@ async fn a_busy_write_transaction_past_its_share_of_the_turn_is_ended_on_sqlite(
     let gateway = db.gateway(pool(4, 4));
     let policy = policy("timeout = \"30s\"");
     let limits = Limits::from(&policy);
-    let guard = authorizer(Dialect::Sqlite, &policy);
-    let alias = gateway.alias("db").unwrap();
-    let stop = Stop::new();
-    let (mut busy, _) =
-        SqlConnection::open_for(alias, "busy", &guard, &stop, OpenFor::Transaction, limits).await.unwrap();
-    busy.begin(limits).await.unwrap();
-    let write = "INSERT INTO orders (product_id, quantity, status, created_at) VALUES (1, 1, 'new', ?1)";
+    let mut busy = transaction_that_wrote(&gateway, "busy", &policy, "held").await.unwrap();
+    let write = MARKED_ORDER;
     let held = [Value::Text("held".into())];
-    let checked_write = checked(Door::Gatehouse, Dialect::Sqlite, &policy, write, &held).unwrap();
-    busy.execute(&checked_write, write, &held, limits).await.unwrap();
     let waiting = {
         let (gateway, policy) = (Arc::clone(&gateway), policy.clone());
         tokio::spawn(async move {
