@@ -14,7 +14,8 @@
 //! - `{"transaction": [STEP…], "db": ALIAS, "end": "commit" | "rollback" |
 //!   "leave"}` runs each step (a query or execute command without `db`) in
 //!   one transaction and answers `{"results": [...]}`; `leave` returns with
-//!   the transaction still open (the host rolls it back);
+//!   the transaction still open (the host rolls it back); a step with
+//!   `"after_ms": N` sleeps N ms first;
 //! - `{"hold": N, "db": ALIAS}` begins N transactions and keeps them until
 //!   the invocation ends (`{"held": N}`), or answers the error of the first
 //!   that fails.
@@ -110,6 +111,7 @@ fn run(command: &Json) -> Result<Json, Error> {
 }
 
 fn step_in(transaction: &Transaction, step: &Json) -> Result<Json, Error> {
+    pause(step);
     let params = params(&step["params"])?;
     if let Some(statement) = step["query"].as_str() {
         return Ok(rows_json(transaction.query(statement, &params)?));
@@ -118,6 +120,14 @@ fn step_in(transaction: &Transaction, step: &Json) -> Result<Json, Error> {
         return Ok(json!({ "changed": transaction.execute(statement, &params)? }));
     }
     Err(invalid("a step is a query or an execute"))
+}
+
+/// A step's `"after_ms"`: the guest sleeps that long before it (holding
+/// what it holds, as a component calling some other service would).
+fn pause(step: &Json) {
+    if let Some(ms) = step["after_ms"].as_u64() {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 fn rows_json(rows: sql::Rows) -> Json {

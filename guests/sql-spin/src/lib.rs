@@ -18,7 +18,8 @@
 //! - `{"steps": [{"sql": S, "params": [V…]}…], "end": "drop" | "leave"}`:
 //!   each statement on one connection, going on after errors; answers
 //!   `{"results": [R…]}` where `R` is `{"columns": […], "rows": […]}` or
-//!   `{"error": E}` (plus the counters on version 3). `leave` returns
+//!   `{"error": E}` (plus the counters on version 3); a step with
+//!   `"after_ms": N` sleeps N ms first, holding the connection. `leave` returns
 //!   without dropping the connection (whatever it holds open stays open
 //!   until the host ends the invocation); `drop` drops it first.
 //! - `{"hold": N}`: opens N connections and keeps them all until the
@@ -141,6 +142,9 @@ fn run(command: &Json) -> Result<Json, Error> {
         };
         let mut results = Vec::new();
         for step in steps {
+            if let Some(ms) = step["after_ms"].as_u64() {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
             let params = params(&step["params"])?;
             let statement = step["sql"].as_str().ok_or_else(|| invalid("a step needs `sql`"))?;
             let mut result = match connection.execute(statement, &params) {

@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+
+use super::pool_places::Places;
 
 /// How long a connection may sit idle before it is closed: the pool
 /// shrinks back after a burst (each open connection is a server process,
@@ -77,8 +79,9 @@ impl<C: Connector> Clone for ConnPool<C> {
 struct Inner<C: Connector> {
     connector: C,
     acquire_timeout: Duration,
-    /// One permit per connection that may be held.
-    permits: Arc<Semaphore>,
+    /// One per connection that may be held, given to the waiting plugin
+    /// holding the fewest.
+    places: Arc<Places>,
     /// The permit kept for [`ConnPool::acquire_reserved`], if any.
     reserve: Option<Arc<Semaphore>>,
     /// Connections not held, most recently returned last.
@@ -120,7 +123,7 @@ impl<C: Connector> ConnPool<C> {
             inner: Arc::new(Inner {
                 connector,
                 acquire_timeout,
-                permits: Arc::new(Semaphore::new(places)),
+                places: Places::new(places),
                 reserve,
                 idle: Mutex::default(),
                 open: AtomicU32::new(0),
@@ -128,25 +131,30 @@ impl<C: Connector> ConnPool<C> {
         }
     }
 
-    /// A connection: an idle one (preferably one whose session is
-    /// `session`, so that it need not be set again), or a new one if none
-    /// is idle, within `acquire_timeout` of waiting for a free place.
+    /// A connection for the sidecar itself ([`Self::acquire_for`] the
+    /// holder `""`).
     pub async fn acquire(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
-        self.acquire_in(session, false).await
+        self.acquire_for("", session, false).await
     }
 
-    /// [`Self::acquire`], in the reserved place if the others are taken:
-    /// for the one caller at a time that the reserve is kept for.
-    pub async fn acquire_reserved(&self, session: Option<&str>) -> Result<Pooled<C>, sqlx::Error> {
-        self.acquire_in(session, true).await
-    }
-
-    async fn acquire_in(&self, session: Option<&str>, reserved: bool) -> Result<Pooled<C>, sqlx::Error> {
+    /// A connection for `holder` (a plugin): an idle one (preferably one
+    /// whose session is `session`, so that it need not be set again), or a
+    /// new one if none is idle, within `acquire_timeout` of waiting for a
+    /// place ([`Places`]: a freed place goes to the waiting holder that
+    /// holds the fewest). With `reserved`, in the reserved place if the
+    /// others are taken: for the one caller at a time that the reserve is
+    /// kept for.
+    pub async fn acquire_for(
+        &self,
+        holder: &str,
+        session: Option<&str>,
+        reserved: bool,
+    ) -> Result<Pooled<C>, sqlx::Error> {
         let inner = &self.inner;
         let waited = Instant::now();
         loop {
             let left = inner.acquire_timeout.saturating_sub(waited.elapsed());
-            let permit = tokio::time::timeout(left, inner.permit(reserved))
+            let permit = tokio::time::timeout(left, inner.permit(holder, reserved))
                 .await
                 .map_err(|_| sqlx::Error::PoolTimedOut)?
                 .map_err(|_| sqlx::Error::PoolClosed)?;
@@ -175,6 +183,11 @@ impl<C: Connector> ConnPool<C> {
         &self.inner.connector
     }
 
+    /// Places `holder` holds now (the reserved one not counted).
+    pub fn held_by(&self, holder: &str) -> usize {
+        self.inner.places.held_by(holder)
+    }
+
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         (self.inner.open.load(Ordering::Relaxed), self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner).len())
@@ -190,7 +203,7 @@ impl<C: Connector> ConnPool<C> {
     /// Closes the idle connections and refuses every later acquire
     /// (held ones close when they are given back).
     pub fn close(&self) {
-        self.inner.permits.close();
+        self.inner.places.close();
         if let Some(reserve) = &self.inner.reserve {
             reserve.close();
         }
@@ -202,28 +215,29 @@ impl<C: Connector> ConnPool<C> {
 }
 
 impl<C: Connector> Inner<C> {
-    /// A place in the pool; with `reserved`, the reserved one too.
-    async fn permit(&self, reserved: bool) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    /// A place in the pool for `holder`; with `reserved`, the reserved one
+    /// too.
+    async fn permit(&self, holder: &str, reserved: bool) -> Result<Permit, PoolClosed> {
         match (&self.reserve, reserved) {
             (Some(reserve), true) => tokio::select! {
                 biased;
-                permit = Arc::clone(&self.permits).acquire_owned() => permit,
-                permit = Arc::clone(reserve).acquire_owned() => permit,
+                place = self.places.take(holder) => Ok(Box::new(place.map_err(|_| PoolClosed)?)),
+                permit = Arc::clone(reserve).acquire_owned() => Ok(Box::new(permit.map_err(|_| PoolClosed)?)),
             },
-            _ => Arc::clone(&self.permits).acquire_owned().await,
+            _ => Ok(Box::new(self.places.take(holder).await.map_err(|_| PoolClosed)?)),
         }
     }
 
     /// A new connection, in `permit`'s place.
-    async fn open(self: Arc<Self>, permit: OwnedSemaphorePermit) -> Result<Pooled<C>, sqlx::Error> {
+    async fn open(self: Arc<Self>, permit: Permit) -> Result<Pooled<C>, sqlx::Error> {
         let conn = self.connector.open().await?;
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(self.lend(conn, None, permit))
     }
 
     /// `conn`, held in `permit`'s place until it is given back or closed.
-    fn lend(self: Arc<Self>, conn: C::Conn, session: Option<Arc<str>>, permit: OwnedSemaphorePermit) -> Pooled<C> {
-        Pooled { conn: Some(conn), session, pool: self, close: false, permits: vec![Box::new(permit)] }
+    fn lend(self: Arc<Self>, conn: C::Conn, session: Option<Arc<str>>, permit: Permit) -> Pooled<C> {
+        Pooled { conn: Some(conn), session, pool: self, close: false, permits: vec![permit] }
     }
 
     /// An idle connection, closing those idle past [`IDLE_TIMEOUT`]: the
@@ -264,6 +278,13 @@ impl<C: Connector> Inner<C> {
         }
     }
 }
+
+/// What holds a connection's place: a [`super::pool_places::Place`], or
+/// the reserved permit.
+type Permit = Box<dyn Send + Sync>;
+
+/// The pool was closed.
+struct PoolClosed;
 
 /// A connection taken from a [`ConnPool`]; back to it on drop, or closed
 /// if marked so.
@@ -327,7 +348,7 @@ impl<C: Connector> DerefMut for Pooled<C> {
 impl<C: Connector> Drop for Pooled<C> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if !self.close && !self.pool.permits.is_closed() {
+        if !self.close && !self.pool.places.is_closed() {
             let session = self.session.take();
             let idle = Idle { conn, session, since: Instant::now() };
             self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).push(idle);

@@ -149,11 +149,17 @@ impl Guard {
                 let Pool::Postgres(pool) = alias.pool().await? else {
                     return Err(SqlError::Internal("a PostgreSQL guard on a SQLite alias".into()));
                 };
-                let ready = if alias.manages_roles() {
-                    pg_guard::sync(pool, plugin, policy).await.map(drop)
-                } else {
-                    pg_guard::check_provided(pool, plugin).await
-                };
+                // On the sidecar's own connection, which may need a place
+                // taken back from plugins holding them all.
+                let ready = alias
+                    .taking_back(plugin, async {
+                        if alias.manages_roles() {
+                            pg_guard::sync(pool, plugin, policy).await.map(drop)
+                        } else {
+                            pg_guard::check_provided(pool, plugin).await
+                        }
+                    })
+                    .await;
                 ready.map_err(|e| SqlError::Unavailable {
                     message: format!("the plugin's database role: {e}"),
                     retry_after: Some(super::error::RETRY_UNAVAILABLE),

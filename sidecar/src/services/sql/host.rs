@@ -25,6 +25,7 @@ use wasmtime::component::{HasData, Resource};
 use super::check_cache::CheckCache;
 use super::error::SqlError;
 use super::exec::{self, Guard, Limits, OpenFor, SqlConnection};
+use super::held::{Held, Lent};
 use super::metrics::SqlMetrics;
 use super::pool::{AliasPool, SqlGateway};
 use super::value::{Rows, Value};
@@ -125,8 +126,9 @@ pub struct Transaction;
 
 struct Open {
     alias: String,
-    /// `None` once committed or rolled back (the connection went back).
-    connection: Option<SqlConnection>,
+    /// Empty once committed or rolled back (the connection went back), or
+    /// taken back while idle ([`super::held`]).
+    connection: Held,
 }
 
 /// One invocation's side of the door.
@@ -221,9 +223,10 @@ impl SqlHost {
             SqlConnection::open_for(&grant.alias, &plugin.plugin, guard, &self.stop, OpenFor::Transaction, limits)
                 .await?;
         connection.begin(limits).await?;
+        let connection = Held::new(grant.alias.holdings(), &plugin.plugin, connection);
         let key = self.next;
         self.next = self.next.wrapping_add(1);
-        self.transactions.insert(key, Open { alias: db.to_string(), connection: Some(connection) });
+        self.transactions.insert(key, Open { alias: db.to_string(), connection });
         Ok(key)
     }
 
@@ -238,7 +241,8 @@ impl SqlHost {
         let (_, grant) = self.grant(&alias)?;
         let checked = grant.checked(Door::Gatehouse, statement, params)?;
         let limits = Limits::from(&grant.policy);
-        let connection = self.open_connection(key)?;
+        let mut lent = self.lend(key)?;
+        let connection = open_transaction(&mut lent, &alias)?;
         if query {
             Ok((connection.query(&checked, statement, params, limits).await?, 0))
         } else {
@@ -247,12 +251,12 @@ impl SqlHost {
     }
 
     async fn finish(&mut self, key: u32, commit: bool) -> Result<(), SqlError> {
-        let connection = self.open_connection(key)?;
+        let alias = self.alias_of(key)?;
+        let mut lent = self.lend(key)?;
+        let connection = open_transaction(&mut lent, &alias)?;
         let done = if commit { connection.commit().await } else { connection.rollback().await };
         // Over either way: the connection goes back (or, broken, is closed).
-        if let Some(open) = self.transactions.get_mut(&key) {
-            open.connection = None;
-        }
+        lent.connection = None;
         done
     }
 
@@ -263,15 +267,30 @@ impl SqlHost {
             .ok_or_else(|| SqlError::Internal("unknown transaction handle".into()))
     }
 
-    fn open_connection(&mut self, key: u32) -> Result<&mut SqlConnection, SqlError> {
+    fn lend(&self, key: u32) -> Result<Lent, SqlError> {
         let open =
-            self.transactions.get_mut(&key).ok_or_else(|| SqlError::Internal("unknown transaction handle".into()))?;
-        match open.connection.as_mut() {
-            Some(connection) if connection.in_transaction() => Ok(connection),
-            _ => Err(SqlError::InvalidInput(
-                "the transaction is over (committed, rolled back, or aborted by an error)".into(),
-            )),
-        }
+            self.transactions.get(&key).ok_or_else(|| SqlError::Internal("unknown transaction handle".into()))?;
+        Ok(open.connection.lend())
+    }
+}
+
+/// The connection of a transaction still open on `alias`; why not.
+fn open_transaction<'a>(lent: &'a mut Lent, alias: &str) -> Result<&'a mut SqlConnection, SqlError> {
+    if let Some(taken) = lent.taken_back {
+        return Err(SqlError::Unavailable {
+            message: format!(
+                "the transaction was rolled back: it sat idle {} ms while another plugin waited for a connection \
+                 of `{alias}` (begin again)",
+                taken.idle_for.as_millis()
+            ),
+            retry_after: Some(super::error::RETRY_BUSY),
+        });
+    }
+    match lent.connection.as_mut() {
+        Some(connection) if connection.in_transaction() => Ok(connection),
+        _ => Err(SqlError::InvalidInput(
+            "the transaction is over (committed, rolled back, or aborted by an error)".into(),
+        )),
     }
 }
 

@@ -20,6 +20,11 @@
 //! - [`pool`]: [`SqlGateway`], one lazily opened pool per alias and each
 //!   plugin's share of it (`per_plugin_connections`); the embedded
 //!   application database and its migrations.
+//! - [`conn_pool`]: the gateway's connection pool, for both databases;
+//!   [`pool_places`]: its places, a freed one given to the waiting plugin
+//!   holding the fewest.
+//! - [`held`]: connections plugins hold between calls (Spin connections,
+//!   transactions), taken back when they sit idle while another waits.
 //! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
 //!   raw handle.
 //! - [`write_share`]: how the plugins writing to one SQLite alias share
@@ -55,6 +60,7 @@ pub mod error;
 pub mod exec;
 pub mod functions;
 pub mod guard;
+pub mod held;
 pub mod host;
 pub mod metrics;
 pub mod names;
@@ -62,6 +68,7 @@ pub mod pg_pool;
 pub mod pg_prepared;
 pub mod policy;
 pub mod pool;
+pub mod pool_places;
 pub mod relay;
 pub mod spin;
 pub mod sqlite_pool;

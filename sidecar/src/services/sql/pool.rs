@@ -24,6 +24,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::error::{RETRY_BUSY, RETRY_UNAVAILABLE, SqlError};
+use super::held::Holdings;
 use super::metrics::SqlMetrics;
 use super::pg_pool::{PgPool, PooledPg, Session, pg_pool};
 use super::relay::{Relay, Upgrade, Upstream};
@@ -146,6 +147,14 @@ pub enum Pool {
 }
 
 impl Pool {
+    /// Places `plugin` holds now.
+    pub fn held_by(&self, plugin: &str) -> usize {
+        match self {
+            Pool::Postgres(pool) => pool.held_by(plugin),
+            Pool::Sqlite(pool) => pool.held_by(plugin),
+        }
+    }
+
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         match self {
@@ -186,6 +195,9 @@ pub struct AliasPool {
     /// The relay a PostgreSQL pool connects through, kept as long as it.
     relay: Mutex<Option<Relay>>,
     shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Connections plugins hold between calls, which a waiting plugin may
+    /// have taken back.
+    holdings: Holdings,
 }
 
 impl AliasPool {
@@ -197,6 +209,7 @@ impl AliasPool {
             pool: OnceCell::new(),
             relay: Mutex::default(),
             shares: Mutex::default(),
+            holdings: Holdings::default(),
         }
     }
 
@@ -312,17 +325,53 @@ impl AliasPool {
         };
         Ok(match self.pool().await? {
             Pool::Postgres(pool) => {
-                let mut conn = pool.acquire(session.map(Session::as_str)).await.map_err(SqlError::from_database)?;
+                let acquiring = pool.acquire_for(plugin, session.map(Session::as_str), false);
+                let mut conn = self.taking_back(plugin, acquiring).await.map_err(SqlError::from_database)?;
                 conn.hold(permit);
                 Conn::Postgres(conn)
             }
             Pool::Sqlite(pool) => {
-                let conn = if holds_turn { pool.acquire_reserved(None).await } else { pool.acquire(None).await };
-                let mut conn = conn.map_err(SqlError::from_database)?;
+                let acquiring = pool.acquire_for(plugin, None, holds_turn);
+                let mut conn = self.taking_back(plugin, acquiring).await.map_err(SqlError::from_database)?;
                 conn.hold(permit);
                 Conn::Sqlite(conn)
             }
         })
+    }
+
+    /// The connections plugins hold between calls on this alias.
+    pub fn holdings(&self) -> &Holdings {
+        &self.holdings
+    }
+
+    /// What `acquiring` (a wait for a place in the pool, for `plugin`)
+    /// gives; from half the `acquire_timeout` on, and every eighth of it
+    /// after, it takes back one held connection ([`Holdings::take_back`]),
+    /// whose place goes to the waiting plugin holding the fewest.
+    pub async fn taking_back<T>(&self, plugin: &str, acquiring: impl Future<Output = T>) -> T {
+        let held_by = |p: &str| self.opened().map_or(0, |pool| pool.held_by(p));
+        let wait = self.settings.pool.acquire_timeout;
+        let mut next = tokio::time::Instant::now() + wait / 2;
+        tokio::pin!(acquiring);
+        loop {
+            tokio::select! {
+                acquired = &mut acquiring => return acquired,
+                () = tokio::time::sleep_until(next) => {
+                    next += (wait / 8).max(std::time::Duration::from_millis(1));
+                    if let Some((holder, taken)) = self.holdings.take_back(plugin, held_by) {
+                        tracing::info!(
+                            database = %self.name,
+                            holder = %holder,
+                            for_plugin = plugin,
+                            idle_ms = taken.map(|t| t.idle_for.as_millis() as u64),
+                            rolled_back = taken.map(|t| t.in_transaction),
+                            "a held connection is taken back for a waiting plugin (at once if idle, else when its \
+                             statement ends)"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -45,6 +45,7 @@ use wasmtime::component::{HasData, Resource};
 
 use super::error::SqlError;
 use super::exec::{self, Limits, SqlConnection};
+use super::held::Held;
 use super::host::SqlHost;
 use super::pool::APP_ALIAS;
 use super::value::{Rows, Value};
@@ -119,9 +120,9 @@ impl SpinConnections {
 
 struct Open {
     alias: String,
-    /// `None` after a failure left it unusable and no fresh one could be
-    /// had yet.
-    connection: Option<SqlConnection>,
+    /// Empty after a failure left it unusable and no fresh one could be
+    /// had yet, or once taken back while idle ([`super::held`]).
+    connection: Held,
     /// A transaction was open when the connection became unusable: the
     /// guest is told until it rolls back.
     lost_transaction: bool,
@@ -190,16 +191,16 @@ impl SqlHost {
         let connection = self.spin_connect(&alias).await.map_err(failed)?;
         let key = self.spin.next;
         self.spin.next = self.spin.next.wrapping_add(1);
-        self.spin.open.insert(
-            key,
-            Open { alias, connection: Some(connection), lost_transaction: false, last_insert_rowid: 0, changes: 0 },
-        );
+        self.spin
+            .open
+            .insert(key, Open { alias, connection, lost_transaction: false, last_insert_rowid: 0, changes: 0 });
         Ok(key)
     }
 
-    async fn spin_connect(&self, alias: &str) -> Result<SqlConnection, SqlError> {
+    async fn spin_connect(&self, alias: &str) -> Result<Held, SqlError> {
         let (plugin, grant) = self.grant(alias)?;
-        SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop).await
+        let connection = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop).await?;
+        Ok(Held::new(grant.alias.holdings(), &plugin.plugin, connection))
     }
 
     async fn spin_execute(&mut self, key: u32, statement: &str, params: &[Value]) -> Result<Rows, Failed> {
@@ -210,7 +211,17 @@ impl SqlHost {
         let limits = Limits::from(&grant.policy);
 
         let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
-        let unusable = open.connection.as_ref().is_none_or(SqlConnection::is_broken);
+        let mut lent = open.connection.lend();
+        if lent.taken_back.is_some_and(|taken| taken.in_transaction) {
+            open.lost_transaction = true;
+            if checked.kind != StatementKind::Rollback {
+                return Err(invalid_connection(
+                    "the connection's transaction was rolled back: it sat idle while another plugin waited for a \
+                     connection (ROLLBACK to go on)",
+                ));
+            }
+        }
+        let unusable = lent.connection.as_ref().is_none_or(SqlConnection::is_broken);
         if unusable {
             if open.lost_transaction && checked.kind != StatementKind::Rollback {
                 return Err(invalid_connection(
@@ -219,25 +230,26 @@ impl SqlHost {
             }
             // The old connection is closed (rolling back whatever it held)
             // before a fresh one is taken from the share.
-            open.connection = None;
-            let fresh = {
-                let grant = plugin.grants.get(&alias).ok_or_else(|| invalid_connection("no grant"))?;
-                SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop)
-                    .await
-                    .map_err(failed)?
-            };
+            lent.connection = None;
+            let grant = plugin.grants.get(&alias).ok_or_else(|| invalid_connection("no grant"))?;
+            let fresh = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop)
+                .await
+                .map_err(failed)?;
+            lent.connection = Some(fresh);
             let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
-            open.connection = Some(fresh);
             if open.lost_transaction {
                 // The guest's ROLLBACK: what it rolls back is gone already.
                 open.lost_transaction = false;
                 return Ok(Rows::default());
             }
         }
-        let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
-        let connection = open.connection.as_mut().ok_or_else(|| invalid_connection("no connection"))?;
+        let connection = lent.connection.as_mut().ok_or_else(|| invalid_connection("no connection"))?;
         let was_in_transaction = connection.in_transaction();
-        match connection.run(&checked, statement, params, limits).await {
+        let ran = connection.run(&checked, statement, params, limits).await;
+        let lost = was_in_transaction && connection.is_broken();
+        drop(lent);
+        let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
+        match ran {
             Ok(done) => {
                 if exec::writes(checked.kind) {
                     open.changes = done.changes;
@@ -248,7 +260,7 @@ impl SqlHost {
                 Ok(done.rows)
             }
             Err(error) => {
-                if was_in_transaction && connection.is_broken() {
+                if lost {
                     open.lost_transaction = true;
                 }
                 Err(failed(error))

@@ -600,15 +600,15 @@ mod tests {
         // The third place is kept for the write holding the turn.
         let refused = pool.acquire(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
-        let turn = pool.acquire_reserved(None).await.unwrap();
+        let turn = pool.acquire_for("", None, true).await.unwrap();
         assert_eq!(pool.usage(), (3, 0));
-        let refused = pool.acquire_reserved(None).await.err().unwrap();
+        let refused = pool.acquire_for("", None, true).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "{refused}");
         drop(turn);
         assert_eq!(pool.usage(), (3, 1));
         let refused = pool.acquire(None).await.err().unwrap();
         assert!(matches!(refused, sqlx::Error::PoolTimedOut), "the reserved place was taken: {refused}");
-        drop(pool.acquire_reserved(None).await.unwrap());
+        drop(pool.acquire_for("", None, true).await.unwrap());
 
         drop(a);
         assert_eq!(pool.usage(), (3, 2));

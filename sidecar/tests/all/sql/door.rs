@@ -142,6 +142,34 @@ async fn transactions_end_with_the_invocation_on_postgres() {
     transactions_end_with_the_invocation(Dialect::Postgres).await;
 }
 
+/// Attack (outside reviews 13 and 14): a plugin holds a transaction open
+/// and idle while another plugin waits for the pool's only place. Once
+/// the waiter has waited half its `acquire_timeout`, the idle
+/// transaction's connection is taken back: rolled back, the waiter
+/// served, and the holder's next statement `unavailable`, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_is_rolled_back_for_a_waiting_plugin() {
+    use super::support::{query_as, until_held};
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let settings =
+        gatehouse::databases::PoolSettings { acquire_timeout: std::time::Duration::from_secs(1), ..pool(2, 2) };
+    let gateway = db.gateway(settings);
+    let runtime = runtime(Arc::clone(&gateway), &policy_section("db", "")).await;
+    let insert = json!({"execute": "INSERT INTO products (id, name, price, stock) VALUES (300, 'p', 1, 1)"});
+    let read = json!({"query": "SELECT count(*) FROM products", "after_ms": 2500});
+    let holder = tokio::spawn(async move {
+        call(&runtime, json!({"db": "db", "transaction": [insert, read], "end": "commit"})).await
+    });
+    until_held(&gateway, "demo", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rows = query_as(&gateway, "other", "SELECT name FROM products WHERE id = 1").await.unwrap();
+    assert_eq!(rows.rows.len(), 1);
+    let error = holder.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("rolled back"), "{error}");
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 300").await, 0);
+}
+
 /// `execute` reports the rows the statement itself changed: one that
 /// writes nothing reports 0, never the count SQLite keeps on the pooled
 /// connection from its previous statement (here the same plugin's, on the

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use gatehouse::ErrorKind;
 use gatehouse::services::sql::exec::Guard;
 use gatehouse::services::sql::exec::{Limits, OpenFor, checked};
+use gatehouse::services::sql::held::Held;
 use gatehouse::services::sql::{Dialect, Door, SqlConnection, SqlError, SqlGateway, SqlPolicy, Value};
 use gatehouse::stop::Stop;
 
@@ -234,6 +235,107 @@ async fn a_plugin_alone_uses_its_whole_share_on_sqlite() {
         let connection = SqlConnection::open(alias, "alone", &guard, &Stop::new()).await;
         held.push(connection.unwrap_or_else(|e| panic!("connection {n} of a plugin alone: {e:?}")));
     }
+}
+
+/// The shared places of a pool of `max` on `dialect` (SQLite keeps one
+/// for the write holding the turn).
+fn shared_places(dialect: Dialect, max: usize) -> usize {
+    if dialect == Dialect::Sqlite { max - 1 } else { max }
+}
+
+/// Attack (outside reviews 13 and 14): a plugin holds every place of the
+/// pool with connections it leaves idle between calls (Spin connection
+/// resources, transactions) until its invocation's timeout; before, an
+/// honest reader got 47 reads and 6 refusals in 40 s. Now another
+/// plugin's call, once it has waited half its `acquire_timeout`, has one
+/// taken back: the longest idle, its transaction rolled back, its holder
+/// told at its next call; the others stay held.
+async fn idle_held_connections_are_taken_back_for_a_waiting_plugin(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(4, 4) });
+    let policy = policy("");
+    let guard = authorizer(dialect, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let checked = checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
+    let limits = Limits::from(&policy);
+    let mut in_transaction = SqlConnection::open(alias, "hog", &guard, &Stop::new()).await.unwrap();
+    in_transaction.begin(limits).await.unwrap();
+    in_transaction.query(&checked, sql, &[], limits).await.unwrap();
+    let mut held = vec![Held::new(alias.holdings(), "hog", in_transaction)];
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 1..shared_places(dialect, 4) {
+        let connection = SqlConnection::open(alias, "hog", &guard, &Stop::new()).await.unwrap();
+        held.push(Held::new(alias.holdings(), "hog", connection));
+    }
+    let started = Instant::now();
+    let rows = query(&gateway, "honest", &policy, sql, &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Text("widget".into())]]);
+    assert!(started.elapsed() >= Duration::from_millis(900), "taken back before half the acquire timeout");
+    let taken: Vec<_> = held.iter().map(|h| h.lend().taken_back.map(|t| t.in_transaction)).collect();
+    assert_eq!(taken[0], Some(true), "the longest idle, with its transaction, is taken back: {taken:?}");
+    assert!(taken[1..].iter().all(Option::is_none), "only one is taken back: {taken:?}");
+    assert!(held[1].lend().connection.is_some() && held[0].lend().connection.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_held_connections_are_taken_back_for_a_waiting_plugin_on_sqlite() {
+    idle_held_connections_are_taken_back_for_a_waiting_plugin(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_held_connections_are_taken_back_for_a_waiting_plugin_on_postgres() {
+    idle_held_connections_are_taken_back_for_a_waiting_plugin(Dialect::Postgres).await;
+}
+
+/// Attack: a plugin keeps each of its held connections busy a moment
+/// every few milliseconds, so none is ever idle when another plugin looks.
+/// One in use is taken back as soon as its statement ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_connection_in_use_is_taken_back_when_its_statement_ends_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(2, 2) });
+    let policy = Arc::new(policy(""));
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let connection = SqlConnection::open(alias, "toucher", &guard, &Stop::new()).await.unwrap();
+    let held = Held::new(alias.holdings(), "toucher", connection);
+    let mut lent = held.lend();
+    let honest = {
+        let (gateway, policy) = (Arc::clone(&gateway), Arc::clone(&policy));
+        tokio::spawn(async move { query(&gateway, "honest", &policy, "SELECT name FROM products", &[]).await })
+    };
+    // In use past the point where the honest call asks for one back.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(!honest.is_finished(), "served while the only place was in use");
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, sql, &[]).unwrap();
+    lent.connection.as_mut().unwrap().query(&checked, sql, &[], Limits::from(&*policy)).await.unwrap();
+    drop(lent);
+    assert_eq!(honest.await.unwrap().unwrap().rows.len(), 3);
+    let taken = held.lend().taken_back;
+    assert_eq!(taken.map(|t| (t.in_transaction, t.idle_for)), Some((false, Duration::ZERO)));
+}
+
+/// A plugin holding fewer places than the waiting one keeps its idle
+/// connection: the waiter, holding more, is refused instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_fewer_keeps_its_idle_connection_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(4, 4));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        busy.push(SqlConnection::open(alias, "waiter", &guard, &Stop::new()).await.unwrap());
+    }
+    let idle = SqlConnection::open(alias, "small", &guard, &Stop::new()).await.unwrap();
+    let held = Held::new(alias.holdings(), "small", idle);
+    let error = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    let lent = held.lend();
+    assert!(lent.connection.is_some() && lent.taken_back.is_none());
 }
 
 /// No plugin's session state reaches another caller of a pooled

@@ -419,3 +419,53 @@ async fn a_transaction_lost_mid_result_is_refused_until_rolled_back() {
     settle().await;
     assert_eq!(db.count("SELECT count(*) FROM todos").await, 2);
 }
+/// Attack (outside reviews 13 and 14): Spin connections held idle fill
+/// the pool. A plugin waiting half its `acquire_timeout` has one taken
+/// back. Outside a transaction the component never notices: its next
+/// statement runs on a fresh connection. Inside one, the transaction is
+/// rolled back, and the component is told as Spin tells a lost
+/// connection: `invalid-connection` until it says `ROLLBACK`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
+    use super::support::{query_as, until_held};
+    let db = TestDb::start(Dialect::Sqlite).await;
+    todos(&db).await;
+    let gateway = gateway(&db, &["db"], PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool(2, 2) });
+    let runtime = runtime(Arc::clone(&gateway), &section("db", "")).await;
+    let count = step("SELECT count(*) FROM todos", json!([]));
+    let mut idle_count = count.clone();
+    idle_count["after_ms"] = json!(2000);
+    let insert = "INSERT INTO todos (id, description) VALUES (?, ?)";
+    let mut idle_insert = step(insert, json!([{"int": 11}, {"text": "d"}]));
+    idle_insert["after_ms"] = json!(2000);
+    let component = tokio::spawn(async move {
+        call(
+            &runtime,
+            json!({"db": "db", "version": 3, "steps": [
+                count,
+                idle_count,
+                step("BEGIN TRANSACTION", json!([])),
+                step(insert, json!([{"int": 10}, {"text": "c"}])),
+                idle_insert,
+                step("END TRANSACTION", json!([])),
+                step("ROLLBACK", json!([])),
+                count,
+            ]}),
+        )
+        .await
+    });
+    let other = "SELECT name FROM products WHERE id = 1";
+    for _ in 0..2 {
+        until_held(&gateway, "spin", 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(query_as(&gateway, "other", other).await.unwrap().rows.len(), 1);
+    }
+    let answer = component.await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    assert_eq!(errors, ["", "", "", "", "invalid-connection", "invalid-connection", "", ""], "{answer}");
+    assert_eq!(results[1]["rows"], json!([[{"int": 0}]]), "{answer}");
+    assert_eq!(results[7]["rows"], json!([[{"int": 0}]]), "{answer}");
+    settle().await;
+    assert_eq!(db.count("SELECT count(*) FROM todos").await, 0);
+}

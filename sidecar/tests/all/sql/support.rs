@@ -22,6 +22,38 @@ pub fn policy(extra: &str) -> SqlPolicy {
     SqlPolicy::from_toml(&format!("{extra}\n{}", fixture("policy.toml"))).unwrap()
 }
 
+/// `sql` run for `plugin` under the fixtures' policy on the alias `db`, as
+/// the custom door runs a one-shot query.
+pub async fn query_as(
+    gateway: &gatehouse::services::sql::SqlGateway,
+    plugin: &str,
+    sql: &str,
+) -> Result<gatehouse::services::sql::Rows, gatehouse::services::sql::SqlError> {
+    use gatehouse::services::sql::exec::{Guard, Limits, OpenFor, checked};
+    use gatehouse::services::sql::{Door, SqlConnection};
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("");
+    let checked = checked(Door::Gatehouse, alias.dialect, &policy, sql, &[])?;
+    let guard = Guard::new(alias.dialect, &policy, Door::Gatehouse);
+    let open = OpenFor::statement(checked.kind);
+    let stop = gatehouse::stop::Stop::new();
+    let (mut connection, limits) =
+        SqlConnection::open_for(alias, plugin, &guard, &stop, open, Limits::from(&policy)).await?;
+    connection.query(&checked, sql, &[], limits).await
+}
+
+/// Waits until `plugin` holds `places` of the pool of the alias `db`.
+pub async fn until_held(gateway: &gatehouse::services::sql::SqlGateway, plugin: &str, places: usize) {
+    let alias = gateway.alias("db").unwrap();
+    for _ in 0..1000 {
+        if alias.opened().is_some_and(|pool| pool.held_by(plugin) == places) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{plugin} never held {places} places");
+}
+
 /// The fixtures' policy text as a `[sql.<alias>]` section body.
 pub fn policy_section(alias: &str, extra: &str) -> String {
     let body = fixture("policy.toml").replace("[tables]", &format!("[sql.{alias}.tables]"));
