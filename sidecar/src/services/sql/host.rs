@@ -279,9 +279,13 @@ fn open_transaction<'a>(lent: &'a mut Lent, alias: &str) -> Result<&'a mut SqlCo
     if let Some(taken) = lent.taken_back {
         return Err(SqlError::Unavailable {
             message: format!(
-                "the transaction was rolled back: it sat idle {} ms while another plugin waited for a connection \
-                 of `{alias}` (begin again)",
-                taken.idle_for.as_millis()
+                "the transaction was rolled back: its connection was taken back, {}, for another plugin that \
+                 waited for one of `{alias}` while this plugin held the most (begin again)",
+                if taken.idle_for.is_zero() {
+                    "as its statement ended".to_string()
+                } else {
+                    format!("idle {} ms", taken.idle_for.as_millis())
+                }
             ),
             retry_after: Some(super::error::RETRY_BUSY),
         });

@@ -11,7 +11,12 @@
 //! that holds all of its share (open transactions, slow queries) waits for
 //! itself and is refused with `rate-limited` and a retry hint, while the
 //! other plugins still find connections. The permit lives as long as the
-//! connection is held ([`Held`]) and is released on drop.
+//! connection is held and is released on drop. Between plugins, a freed
+//! place of the pool goes to the waiting plugin holding the fewest
+//! ([`super::pool_places`]), and a plugin that has waited half its
+//! `acquire_timeout` has a connection held between calls taken back from
+//! the plugin holding the most ([`AliasPool::taking_back`],
+//! [`super::held`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -216,8 +216,8 @@ impl SqlHost {
             open.lost_transaction = true;
             if checked.kind != StatementKind::Rollback {
                 return Err(invalid_connection(
-                    "the connection's transaction was rolled back: it sat idle while another plugin waited for a \
-                     connection (ROLLBACK to go on)",
+                    "the connection's transaction was rolled back: the connection was taken back for another \
+                     plugin that waited while this plugin held the most (ROLLBACK to go on)",
                 ));
             }
         }
