@@ -35,9 +35,11 @@ struct Holding {
 enum Slot {
     /// Between calls.
     Idle { connection: Box<SqlConnection>, since: Instant },
-    /// Lent to a call ([`Lent`]), or none held; `wanted`: taken back as
-    /// soon as the call gives it back.
+    /// Lent to a call ([`Lent`]); `wanted`: taken back as soon as the call
+    /// gives it back.
     Out { wanted: bool },
+    /// None held (a transaction over, a Spin connection lost).
+    Empty,
     /// Taken back by [`Holdings::take_back`], not yet told to the holder.
     TakenBack(TakenBack),
 }
@@ -84,12 +86,12 @@ impl Held {
     pub fn lend(&self) -> Lent {
         let mut slot = locked(&self.holding.slot);
         if let Slot::Out { .. } = *slot {
-            // Lent already (a call cut off mid-way), or none held.
+            // Lent already (to a call cut off mid-way).
             return Lent { holding: Arc::clone(&self.holding), connection: None, taken_back: None };
         }
         let (connection, taken_back) = match std::mem::replace(&mut *slot, Slot::Out { wanted: false }) {
             Slot::Idle { connection, .. } => (Some(*connection), None),
-            Slot::Out { .. } => (None, None),
+            Slot::Out { .. } | Slot::Empty => (None, None),
             Slot::TakenBack(taken) => (None, Some(taken)),
         };
         Lent { holding: Arc::clone(&self.holding), connection, taken_back }
@@ -98,8 +100,13 @@ impl Held {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let Some(connection) = self.connection.take() else { return };
         let mut slot = locked(&self.holding.slot);
+        let Some(connection) = self.connection.take() else {
+            if let Slot::Out { .. } = *slot {
+                *slot = Slot::Empty;
+            }
+            return;
+        };
         if let Slot::Out { wanted: true } = *slot {
             let taken = TakenBack { in_transaction: connection.in_transaction(), idle_for: Duration::ZERO };
             *slot = Slot::TakenBack(taken);
@@ -118,15 +125,18 @@ impl Holdings {
     /// least as many as it; of its connections the longest idle, taken at
     /// once (closed, rolling back what it held, or given back to the pool,
     /// whose freed place goes to the waiting plugin holding the fewest),
-    /// else one in use, taken when its call gives it back. Returns whose it
+    /// else one in use, taken when its call gives it back (unless one in
+    /// use is already wanted: one statement's wait is enough to free a
+    /// place, and each more taken would cost its holder). Returns whose it
     /// was, and what was taken at once.
     pub fn take_back(&self, waiter: &str, held_by: impl Fn(&str) -> usize) -> Option<(Arc<str>, Option<TakenBack>)> {
         let holdings: Vec<Arc<Holding>> = locked(&self.held).iter().filter_map(Weak::upgrade).collect();
+        let one_wanted = holdings.iter().any(|h| matches!(*locked(&h.slot), Slot::Out { wanted: true }));
         // Idle ones first, the longest idle first; then those in use not
         // yet wanted.
         let rank = |h: &Holding| match &*locked(&h.slot) {
             Slot::Idle { since, .. } => Some((1, std::cmp::Reverse(*since))),
-            Slot::Out { wanted: false } => Some((0, std::cmp::Reverse(Instant::now()))),
+            Slot::Out { wanted: false } if !one_wanted => Some((0, std::cmp::Reverse(Instant::now()))),
             _ => None,
         };
         let (victim, _) = holdings
@@ -146,7 +156,7 @@ impl Holdings {
                 Some(taken)
             }
             Slot::Out { .. } => None,
-            other => {
+            other @ (Slot::TakenBack(_) | Slot::Empty) => {
                 *slot = other;
                 return None;
             }

@@ -290,31 +290,39 @@ async fn idle_held_connections_are_taken_back_for_a_waiting_plugin_on_postgres()
 
 /// Attack: a plugin keeps each of its held connections busy a moment
 /// every few milliseconds, so none is ever idle when another plugin looks.
-/// One in use is taken back as soon as its statement ends.
+/// One in use is taken back as soon as its statement ends; only one,
+/// however many times the waiter asks meanwhile (each more would cost its
+/// holder a transaction, and one statement's end frees the place).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_connection_in_use_is_taken_back_when_its_statement_ends_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
-    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(2, 2) });
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(4), ..pool(3, 2) });
     let policy = Arc::new(policy(""));
     let guard = authorizer(Dialect::Sqlite, &policy);
     let alias = gateway.alias("db").unwrap();
-    let connection = SqlConnection::open(alias, "toucher", &guard, &Stop::new()).await.unwrap();
-    let held = Held::new(alias.holdings(), "toucher", connection);
-    let mut lent = held.lend();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let connection = SqlConnection::open(alias, "toucher", &guard, &Stop::new()).await.unwrap();
+        held.push(Held::new(alias.holdings(), "toucher", connection));
+    }
+    let mut lent: Vec<_> = held.iter().map(Held::lend).collect();
     let honest = {
         let (gateway, policy) = (Arc::clone(&gateway), Arc::clone(&policy));
         tokio::spawn(async move { query(&gateway, "honest", &policy, "SELECT name FROM products", &[]).await })
     };
-    // In use past the point where the honest call asks for one back.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert!(!honest.is_finished(), "served while the only place was in use");
+    // In use past three of the honest call's asks for one back (at 2, 2.5
+    // and 3 s of its 4 s).
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(!honest.is_finished(), "served while every place was in use");
     let sql = "SELECT name FROM products WHERE id = 1";
     let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, sql, &[]).unwrap();
-    lent.connection.as_mut().unwrap().query(&checked, sql, &[], Limits::from(&*policy)).await.unwrap();
+    for lent in &mut lent {
+        lent.connection.as_mut().unwrap().query(&checked, sql, &[], Limits::from(&*policy)).await.unwrap();
+    }
     drop(lent);
     assert_eq!(honest.await.unwrap().unwrap().rows.len(), 3);
-    let taken = held.lend().taken_back;
-    assert_eq!(taken.map(|t| (t.in_transaction, t.idle_for)), Some((false, Duration::ZERO)));
+    let taken: Vec<_> = held.iter().map(|h| h.lend().taken_back.map(|t| (t.in_transaction, t.idle_for))).collect();
+    assert_eq!(taken.iter().flatten().collect::<Vec<_>>(), [&(false, Duration::ZERO)], "{taken:?}");
 }
 
 /// A plugin holding fewer places than the waiting one keeps its idle
