@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::pool_places::Places;
+use super::fair_places::Places;
 
 /// How long a connection may sit idle before it is closed: the pool
 /// shrinks back after a burst (each open connection is a server process,
@@ -279,7 +279,7 @@ impl<C: Connector> Inner<C> {
     }
 }
 
-/// What holds a connection's place: a [`super::pool_places::Place`], or
+/// What holds a connection's place: a [`super::fair_places::Place`], or
 /// the reserved permit.
 type Permit = Box<dyn Send + Sync>;
 

@@ -13,6 +13,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{mpsc, watch};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
+use super::fair_places::{Place as FairPlace, Places as FairPlaces};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
 use super::write_share::{HeldTurn, Shares, TurnUse, Waiting};
 use crate::databases::PoolSettings;
@@ -52,8 +53,9 @@ pub struct WalPlaces {
     draining: watch::Sender<Option<Drain>>,
     /// [`DRAIN_GRACE`], unless a test set another.
     grace: Mutex<Duration>,
-    /// Whose turn it is to write ([`WalPlaces::write_turn`]).
-    turns: Arc<tokio::sync::Mutex<()>>,
+    /// Whose turn it is to write ([`WalPlaces::write_turn`]): one place,
+    /// given to the waiting plugin with the most of its share left.
+    turns: Arc<FairPlaces>,
     /// The place the turn was last given to.
     holder: Mutex<Weak<WalPlace>>,
     /// How long each plugin held the turn while other writes waited.
@@ -95,13 +97,18 @@ impl WalPlaces {
     /// None given out yet; each plugin may write `write_rate` bytes a
     /// second to the WAL, all together `alias_rate`.
     pub fn new(write_rate: u64, alias_rate: u64) -> WalPlaces {
+        let turn_use = Arc::new(TurnUse::default());
+        let ranked_by = Arc::clone(&turn_use);
+        // The checkpointer's drain (`""`) first: it is what the writes
+        // held back by it wait for.
+        let rank = move |plugin: &str| if plugin.is_empty() { 0 } else { u64::MAX - ranked_by.left(plugin) };
         WalPlaces {
             places: Mutex::default(),
             draining: watch::Sender::new(None),
             grace: Mutex::new(DRAIN_GRACE),
-            turns: Arc::default(),
+            turns: FairPlaces::ranked(1, rank),
             holder: Mutex::new(Weak::new()),
-            turn_use: Arc::default(),
+            turn_use,
             written: Shares::new(write_rate, alias_rate),
         }
     }
@@ -184,7 +191,7 @@ impl WalPlaces {
         }
         let _ = self.draining.subscribe().wait_for(|drain| drain.is_none_or(|d| place.number < d.from)).await;
         let turn = loop {
-            let turn = self.in_line().await;
+            let turn = self.in_line(plugin).await;
             // Even with no one in line now: the next writer may be a moment
             // away (the tenth review's honest writer paused 20 ms between
             // writes, and each time a 5 s write took the turn meanwhile).
@@ -203,19 +210,19 @@ impl WalPlaces {
         }
     }
 
-    /// The turn, waited for in line (first come, first served: the wait
-    /// is pinned, never dropped and asked again), ending the holder once
-    /// it has held the turn past its plugin's share while this write
-    /// waited, or idle a grace.
-    async fn in_line(&self) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The turn for `plugin`, waited for in line (the plugin with the most
+    /// of its share left first, then the first come: [`FairPlaces`]; the
+    /// wait is pinned, never dropped and asked again), ending the holder once it has held the turn past
+    /// its plugin's share while this write waited, or idle a grace.
+    async fn in_line(&self, plugin: &str) -> FairPlace {
         let _waiting = Waiting::new(&self.turn_use);
-        let asked = Arc::clone(&self.turns).lock_owned();
+        let asked = self.turns.take(plugin);
         tokio::pin!(asked);
         let grace = *self.grace.lock().unwrap_or_else(PoisonError::into_inner);
         let since = Instant::now();
         loop {
             tokio::select! {
-                turn = &mut asked => return turn,
+                turn = &mut asked => return turn.expect("the turn's places are never closed"),
                 () = tokio::time::sleep(ENDING_RETRY) => {
                     let holder = self.holder.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
                     if let Some(holder) = holder {
@@ -252,8 +259,8 @@ impl WalPlaces {
             // In line with the writes: it needs the write lock, and each
             // try took it from them while it copied (SQLite's busy handler
             // is no line).
-            let turn = tokio::time::timeout(ENDING_RETRY, Arc::clone(&self.turns).lock_owned()).await;
-            if let Ok(_turn) = turn {
+            let turn = tokio::time::timeout(ENDING_RETRY, self.turns.take("")).await;
+            if let Ok(Ok(_turn)) = turn {
                 let done = checkpoint(conn, "PRAGMA wal_checkpoint(TRUNCATE)").await?;
                 if !done.busy {
                     return Ok(done.frames);
@@ -768,11 +775,11 @@ mod tests {
             place.end(EndedFor::Drain);
             assert!(in_transaction(&mut conn), "ended under a running statement");
             assert!(place.ended().is_due(), "the running statement is told to stop");
-            assert!(reads.turns.try_lock().is_err(), "the turn given up before its read ended");
+            assert_eq!(reads.turns.free(), 0, "the turn given up before its read ended");
         }
         place.end(EndedFor::Drain);
         assert!(!in_transaction(&mut conn), "the transaction is still open");
-        assert!(reads.turns.try_lock().is_ok(), "the turn to write is still held");
+        assert_eq!(reads.turns.free(), 1, "the turn to write is still held");
 
         let place = reads.enter(true).await;
         place.attach(&conn);
@@ -882,6 +889,36 @@ mod tests {
     async fn queued(task: &tokio::task::JoinHandle<Arc<WalPlace>>) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!task.is_finished(), "it did not wait in line");
+    }
+
+    /// Attack (review 12's N2): many plugins each take the turn for a
+    /// while; in a first-come line an honest writer waited one such hold
+    /// per write. The turn goes to the waiting plugin with the most of its
+    /// share left, whenever it came (the holder's own next write is
+    /// charged for the hold first).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_turn_goes_to_the_waiting_plugin_with_the_most_share_left() {
+        let places = turn_places();
+        let holder = turn(&places, "busy").await.unwrap();
+        // Spent most of its share holding the turn while others waited,
+        // without owing yet.
+        places.turn_use.charge("spent", Duration::from_millis(1500));
+        assert!(places.turn_use.owed("spent").is_zero());
+        let spent = turn(&places, "spent");
+        queued(&spent).await;
+        let busy_again = turn(&places, "busy");
+        queued(&busy_again).await;
+        let fresh = turn(&places, "fresh");
+        queued(&fresh).await;
+        drop(holder);
+        let fresh = tokio::time::timeout(Duration::from_secs(5), fresh).await.unwrap().unwrap();
+        assert!(!spent.is_finished() && !busy_again.is_finished(), "the turn went to a plugin with less left");
+        drop(fresh);
+        // `busy` held the turn ~0.3 s while others waited, `spent` 1.5 s.
+        let busy_again = tokio::time::timeout(Duration::from_secs(5), busy_again).await.unwrap().unwrap();
+        assert!(!spent.is_finished(), "the turn went to the plugin with less left");
+        drop(busy_again);
+        tokio::time::timeout(Duration::from_secs(5), spent).await.unwrap().unwrap();
     }
 
     /// Waits until the pool's usage is `usage` (closing is asynchronous).

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::fair_places::Place;
+
 /// Each plugin's bucket of something it spends (bytes, microseconds),
 /// refilled at the lesser of its own rate and an equal share of the
 /// alias's between the plugins charged in the last [`ACTIVE_FOR`].
@@ -158,8 +160,14 @@ impl TurnUse {
         self.all.charge("", held);
     }
 
+    /// What is left of `plugin`'s share, in microseconds: the line to the
+    /// turn serves the plugin with the most left first.
+    pub fn left(&self, plugin: &str) -> u64 {
+        self.held.left(plugin)
+    }
+
     /// The turn, given to `plugin`'s write: held until dropped.
-    pub fn take(self: &Arc<Self>, turn: tokio::sync::OwnedMutexGuard<()>, plugin: &str) -> HeldTurn {
+    pub fn take(self: &Arc<Self>, turn: Place, plugin: &str) -> HeldTurn {
         HeldTurn {
             _turn: turn,
             plugin: plugin.to_string(),
@@ -201,7 +209,7 @@ impl Drop for Waiting<'_> {
 /// the time it was held is charged to the plugin if another write came to
 /// wait meanwhile or waits now.
 pub struct HeldTurn {
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _turn: Place,
     plugin: String,
     since: Instant,
     /// [`TurnUse::arrivals`] when it was taken.
@@ -244,15 +252,15 @@ mod tests {
     #[tokio::test]
     async fn the_turn_is_charged_only_when_another_write_waited() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = Arc::new(tokio::sync::Mutex::new(()));
+        let line = super::super::fair_places::Places::new(1);
         let full = Duration::from_micros(turn_use.held.left("p"));
-        let held = turn_use.take(Arc::clone(&line).lock_owned().await, "p");
+        let held = turn_use.take(line.take("p").await.unwrap(), "p");
         std::thread::sleep(Duration::from_millis(300));
         drop(held);
         assert_eq!(turn_use.owed("p"), Duration::ZERO);
         assert!(Duration::from_micros(turn_use.held.left("p")) >= full, "charged with no one waiting");
 
-        let held = turn_use.take(Arc::clone(&line).lock_owned().await, "p");
+        let held = turn_use.take(line.take("p").await.unwrap(), "p");
         drop(Waiting::new(&turn_use));
         std::thread::sleep(Duration::from_millis(300));
         drop(held);
@@ -265,8 +273,8 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_plugin_holds_the_turn_no_longer_than_all_plugins_have_left() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = Arc::new(tokio::sync::Mutex::new(()));
-        let fresh = turn_use.take(Arc::clone(&line).lock_owned().await, "fresh");
+        let line = super::super::fair_places::Places::new(1);
+        let fresh = turn_use.take(line.take("p").await.unwrap(), "fresh");
         std::thread::sleep(LEAST_HOLD + Duration::from_millis(50));
         assert!(!turn_use.past_share(&fresh, Duration::from_secs(1)), "ended within its share");
         turn_use.charge("first", Duration::from_secs(2));
