@@ -20,6 +20,9 @@
 //! A new connection is opened in a task of its own holding its place, so a
 //! caller that leaves mid-connect leaves it to the pool.
 //!
+//! Places are not first come, first served: a freed one goes to the
+//! waiting holder (plugin) that holds the fewest ([`super::fair_places`]).
+//!
 //! A SQLite pool keeps one place for the write that holds the alias's turn
 //! to write ([`ConnPool::with_reserve`]): writes outside a transaction take
 //! the turn before their connection, and transactions waiting in line for
@@ -82,7 +85,7 @@ struct Inner<C: Connector> {
     /// One per connection that may be held, given to the waiting plugin
     /// holding the fewest.
     places: Arc<Places>,
-    /// The permit kept for [`ConnPool::acquire_reserved`], if any.
+    /// The permit kept for [`ConnPool::acquire_for`] with `reserved`, if any.
     reserve: Option<Arc<Semaphore>>,
     /// Connections not held, most recently returned last.
     idle: Mutex<Vec<Idle<C::Conn>>>,
@@ -104,7 +107,7 @@ impl<C: Connector> ConnPool<C> {
     }
 
     /// [`Self::new`], with one of the `max_connections` (if there are two
-    /// or more) kept for [`Self::acquire_reserved`].
+    /// or more) kept for [`Self::acquire_for`] with `reserved`.
     pub fn with_reserve(connector: C, max_connections: u32, acquire_timeout: Duration) -> ConnPool<C> {
         let max = max_connections as usize;
         match max {

@@ -592,7 +592,7 @@ mod tests {
     }
 
     /// At most `max_connections` are held, the last of them only by a
-    /// write holding the turn (`acquire_reserved`); the next caller is refused
+    /// write holding the turn (`acquire_for` with `reserved`); the next caller is refused
     /// with `PoolTimedOut` after `acquire_timeout`, and gets one as soon as
     /// one is given back. Given-back connections are reused, not reopened;
     /// one marked `close_on_drop` is closed.
