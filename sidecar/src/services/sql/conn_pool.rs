@@ -126,7 +126,9 @@ impl<C: Connector> ConnPool<C> {
             inner: Arc::new(Inner {
                 connector,
                 acquire_timeout,
-                places: Places::new(places),
+                // A pool of three or more keeps its last place for a
+                // plugin holding none ([`Places::new`]).
+                places: Places::new(places, usize::from(places >= 3)),
                 reserve,
                 idle: Mutex::default(),
                 open: AtomicU32::new(0),

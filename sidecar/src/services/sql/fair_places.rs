@@ -13,8 +13,16 @@
 //! that counts what each plugin holds, so calls made at the same instant
 //! cannot all pass a check made before any of them took its place (a
 //! polled rule tried before lost that race, and left places empty while
-//! honest calls waited). A place free while no one waits is taken by
-//! whoever asks first: nothing is held back for fairness alone.
+//! honest calls waited).
+//!
+//! A pool also keeps its last place ([`Places::new`] with `keep`) for a
+//! plugin holding none, while another plugin holds one: otherwise a few
+//! plugins fill every place whenever no one else happens to be waiting,
+//! and a newcomer waits for a running statement to end (review 15: three
+//! plugins' one-shot 5 s statements, started together and ended together,
+//! left an honest reader 4 reads and 5 refusals in 15 s; twelve write
+//! transactions waiting in line cut an honest reader to a tenth). A plugin
+//! alone may take every place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,6 +36,8 @@ type Rank = Box<dyn Fn(&str) -> u64 + Send + Sync>;
 pub struct Places {
     state: Mutex<State>,
     rank: Rank,
+    /// The last places free, kept for plugins holding none.
+    keep: usize,
 }
 
 #[derive(Default)]
@@ -60,24 +70,26 @@ pub struct Place {
 }
 
 impl Places {
-    /// `count` places, all free, ranked only by what each plugin holds.
-    pub fn new(count: usize) -> Arc<Places> {
-        Self::ranked(count, |_| 0)
+    /// `count` places, all free, ranked only by what each plugin holds;
+    /// the last `keep` free places only for plugins holding none while
+    /// another plugin holds one.
+    pub fn new(count: usize, keep: usize) -> Arc<Places> {
+        Arc::new(Places { state: Mutex::new(State { free: count, ..State::default() }), rank: Box::new(|_| 0), keep })
     }
 
     /// `count` places, all free; among waiters whose plugins hold as many,
     /// the lowest `rank` first (asked under the lock, when a place frees).
     pub fn ranked(count: usize, rank: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Arc<Places> {
-        Arc::new(Places { state: Mutex::new(State { free: count, ..State::default() }), rank: Box::new(rank) })
+        Arc::new(Places { state: Mutex::new(State { free: count, ..State::default() }), rank: Box::new(rank), keep: 0 })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for `plugin`: a free one, else the next freed while
-    /// `plugin` holds the fewest of those waiting (the earliest first
-    /// among equals). Dropping the future gives up its turn.
+    /// A place for `plugin`: a free one it may take, else the next freed
+    /// while `plugin` holds the fewest of those waiting (then ranks first,
+    /// then came first). Dropping the future gives up its turn.
     pub async fn take(self: &Arc<Self>, plugin: &str) -> Result<Place, Closed> {
         let (given, _left) = {
             let mut state = self.state();
@@ -85,7 +97,7 @@ impl Places {
                 return Err(Closed);
             }
             let plugin: Arc<str> = Arc::from(plugin);
-            if state.free > 0 && state.waiting.is_empty() {
+            if state.free > 0 && state.may_take(&plugin, state.free, self.keep) {
                 state.free -= 1;
                 *state.held.entry(Arc::clone(&plugin)).or_default() += 1;
                 return Ok(Place { places: Some(Arc::clone(self)), plugin });
@@ -124,8 +136,8 @@ impl Places {
         self.state().closed
     }
 
-    /// `plugin`'s place back: to the waiter whose plugin holds the fewest,
-    /// else free.
+    /// `plugin`'s place back: to the waiter whose plugin holds the fewest
+    /// among those that may take it, else free.
     fn release(self: &Arc<Self>, plugin: &Arc<str>) {
         let mut state = self.state();
         match state.held.get_mut(plugin) {
@@ -133,7 +145,7 @@ impl Places {
             Some(n) => *n -= 1,
         }
         loop {
-            let Some(next) = state.next_waiter(&self.rank) else {
+            let Some(next) = state.next_waiter(&self.rank, self.keep) else {
                 state.free += 1;
                 break;
             };
@@ -157,14 +169,23 @@ impl Places {
 }
 
 impl State {
-    /// The index of the waiter whose plugin holds the fewest places, then
-    /// ranks lowest, then came first.
-    fn next_waiter(&self, rank: &Rank) -> Option<usize> {
+    /// Whether `plugin` may take one of `free` places: any while more
+    /// than `keep` are free, the last ones only while it holds none or no
+    /// other plugin holds one.
+    fn may_take(&self, plugin: &str, free: usize, keep: usize) -> bool {
+        free > keep || !self.held.contains_key(plugin) || self.held.keys().all(|holder| &**holder == plugin)
+    }
+
+    /// The index of the waiter that may take a freed place whose plugin
+    /// holds the fewest places, then ranks lowest, then came first.
+    fn next_waiter(&self, rank: &Rank, keep: usize) -> Option<usize> {
         let holds = |w: &Waiter| self.held.get(&w.plugin).copied().unwrap_or(0);
-        (0..self.waiting.len()).min_by_key(|&i| {
-            let waiter = &self.waiting[i];
-            (holds(waiter), rank(&waiter.plugin), waiter.ticket)
-        })
+        (0..self.waiting.len()).filter(|&i| self.may_take(&self.waiting[i].plugin, self.free + 1, keep)).min_by_key(
+            |&i| {
+                let waiter = &self.waiting[i];
+                (holds(waiter), rank(&waiter.plugin), waiter.ticket)
+            },
+        )
     }
 }
 
@@ -209,7 +230,7 @@ mod tests {
     /// all went to the first.
     #[tokio::test]
     async fn a_freed_place_goes_to_the_waiting_plugin_holding_the_fewest() {
-        let places = Places::new(2);
+        let places = Places::new(2, 0);
         let a1 = places.take("a").await.unwrap();
         let _a2 = places.take("a").await.unwrap();
         let a3 = waiting(&places, "a").await;
@@ -229,7 +250,7 @@ mod tests {
     /// Among plugins holding as many, the one that waited longest.
     #[tokio::test]
     async fn equals_are_served_in_the_order_they_came() {
-        let places = Places::new(1);
+        let places = Places::new(1, 0);
         let held = places.take("x").await.unwrap();
         let b = waiting(&places, "b").await;
         let c = waiting(&places, "c").await;
@@ -238,6 +259,28 @@ mod tests {
         assert!(!c.is_finished());
         drop(b);
         tokio::time::timeout(Duration::from_secs(5), c).await.unwrap().unwrap();
+    }
+
+    /// Attack (review 15): plugins that already hold places take every
+    /// free one while no one else waits. The last is kept for a plugin
+    /// holding none; a plugin alone takes it too.
+    #[tokio::test]
+    async fn the_last_place_is_kept_for_a_plugin_holding_none() {
+        let places = Places::new(3, 1);
+        let _a = places.take("a").await.unwrap();
+        let b = places.take("b").await.unwrap();
+        let a2 = tokio::time::timeout(Duration::from_millis(50), places.take("a")).await;
+        assert!(a2.is_err(), "a plugin holding one took the last place while another held one");
+        drop(places.take("newcomer").await.unwrap());
+        let a2 = waiting(&places, "a").await;
+        assert!(!a2.is_finished(), "the kept place went to a waiting plugin holding one");
+        // Two free: one may go to a plugin holding some.
+        drop(b);
+        let _a2 = tokio::time::timeout(Duration::from_secs(5), a2).await.unwrap().unwrap();
+        assert_eq!(places.free(), 1);
+        // Alone, `a` takes the last one too.
+        let _a3 = places.take("a").await.unwrap();
+        assert_eq!((places.held_by("a"), places.free()), (3, 0));
     }
 
     /// Among plugins holding as many, the lowest rank first, whenever it
@@ -259,7 +302,7 @@ mod tests {
     /// nor stays in the queue: the place goes to the next, or back.
     #[tokio::test]
     async fn a_waiter_that_left_loses_nothing_for_the_others() {
-        let places = Places::new(1);
+        let places = Places::new(1, 0);
         let held = places.take("a").await.unwrap();
         let gone = tokio::time::timeout(Duration::from_millis(20), places.take("b")).await;
         assert!(gone.is_err());
@@ -274,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn closing_refuses_the_waiting_and_later_calls() {
-        let places = Places::new(1);
+        let places = Places::new(1, 0);
         let _held = places.take("a").await.unwrap();
         let places2 = Arc::clone(&places);
         let waiting = tokio::spawn(async move { places2.take("b").await.map(drop) });

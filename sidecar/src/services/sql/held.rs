@@ -7,14 +7,19 @@
 //! held every place of the pool, and an honest reader got 47 reads and 6
 //! refusals in 40 s. A place is only freed by its holder, and an idle
 //! holder frees nothing, so no queue order helps: the pool must take some
-//! back. [`Holdings::take_back`] takes one connection of the plugin
+//! back. [`Holdings::take_back`] takes one connection of the other plugin
 //! holding the most places (if it holds at least as many as the waiter):
-//! an idle one at once, else one in use as soon as its statement ends (a
+//! an idle one at once (in a transaction only if idle for the whole wait),
+//! else one in use outside a transaction as soon as its statement ends (a
 //! plugin that touches each of its connections every few milliseconds
 //! keeps none of them that way). Outside a transaction the holder never
 //! notices (Spin's door opens a fresh connection at its next statement);
 //! a transaction is rolled back, and its next statement says why
-//! ([`TakenBack`]).
+//! ([`TakenBack`]). A transaction in use is never taken: review 15's nine
+//! one-connection plugins made an honest plugin with three short
+//! transactions open "hold the most", and had 17 of them rolled back in
+//! 13 s; and a plugin's waiting call never takes back its own (review 15
+//! saw honest plugins roll back their own transactions).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -35,9 +40,10 @@ struct Holding {
 enum Slot {
     /// Between calls.
     Idle { connection: Box<SqlConnection>, since: Instant },
-    /// Lent to a call ([`Lent`]); `wanted`: taken back as soon as the call
-    /// gives it back.
-    Out { wanted: bool },
+    /// Lent to a call ([`Lent`]), outside a transaction when lent unless
+    /// `in_transaction`; `wanted`: taken back as soon as the call gives it
+    /// back, if still outside one.
+    Out { wanted: bool, in_transaction: bool },
     /// None held (a transaction over, a Spin connection lost).
     Empty,
     /// Taken back by [`Holdings::take_back`], not yet told to the holder.
@@ -89,7 +95,9 @@ impl Held {
             // Lent already (to a call cut off mid-way).
             return Lent { holding: Arc::clone(&self.holding), connection: None, taken_back: None };
         }
-        let (connection, taken_back) = match std::mem::replace(&mut *slot, Slot::Out { wanted: false }) {
+        let in_transaction = matches!(&*slot, Slot::Idle { connection, .. } if connection.in_transaction());
+        let (connection, taken_back) = match std::mem::replace(&mut *slot, Slot::Out { wanted: false, in_transaction })
+        {
             Slot::Idle { connection, .. } => (Some(*connection), None),
             Slot::Out { .. } | Slot::Empty => (None, None),
             Slot::TakenBack(taken) => (None, Some(taken)),
@@ -107,7 +115,9 @@ impl Drop for Lent {
             }
             return;
         };
-        if let Slot::Out { wanted: true } = *slot {
+        if let Slot::Out { wanted: true, .. } = *slot
+            && !connection.in_transaction()
+        {
             let taken = TakenBack { in_transaction: connection.in_transaction(), idle_for: Duration::ZERO };
             *slot = Slot::TakenBack(taken);
             drop(slot);
@@ -120,34 +130,47 @@ impl Drop for Lent {
 }
 
 impl Holdings {
-    /// Takes back one connection for `waiter`: one of the plugin holding
-    /// the most places (`held_by`), if that plugin is `waiter` or holds at
-    /// least as many as it; of its connections the longest idle, taken at
-    /// once (closed, rolling back what it held, or given back to the pool,
-    /// whose freed place goes to the waiting plugin holding the fewest),
-    /// else one in use, taken when its call gives it back (unless one in
-    /// use is already wanted: one statement's wait is enough to free a
-    /// place, and each more taken would cost its holder). Returns whose it
-    /// was, and what was taken at once.
-    pub fn take_back(&self, waiter: &str, held_by: impl Fn(&str) -> usize) -> Option<(Arc<str>, Option<TakenBack>)> {
+    /// Takes back one connection for `waiter`, waiting since
+    /// `waiting_since`: one of another plugin, the one holding the most
+    /// places (`held_by`), if it holds at least as many as `waiter`. Of its
+    /// connections, the longest idle is taken at once (closed, rolling
+    /// back what it held, or given back to the pool, whose freed place goes
+    /// to the waiting plugin holding the fewest): one in a transaction only
+    /// if idle since before the wait began. Else one in use outside a
+    /// transaction, taken when its call gives it back, if still outside
+    /// one (and unless one in use is wanted already: one statement's end
+    /// frees a place, and each more taken would cost its holder). A
+    /// transaction in use is never taken. Returns whose it was, and what
+    /// was taken at once.
+    pub fn take_back(
+        &self,
+        waiter: &str,
+        waiting_since: Instant,
+        held_by: impl Fn(&str) -> usize,
+    ) -> Option<(Arc<str>, Option<TakenBack>)> {
         let holdings: Vec<Arc<Holding>> = locked(&self.held).iter().filter_map(Weak::upgrade).collect();
-        let one_wanted = holdings.iter().any(|h| matches!(*locked(&h.slot), Slot::Out { wanted: true }));
+        let one_wanted = holdings.iter().any(|h| matches!(*locked(&h.slot), Slot::Out { wanted: true, .. }));
         // Idle ones first, the longest idle first; then those in use not
         // yet wanted.
         let rank = |h: &Holding| match &*locked(&h.slot) {
-            Slot::Idle { since, .. } => Some((1, std::cmp::Reverse(*since))),
-            Slot::Out { wanted: false } if !one_wanted => Some((0, std::cmp::Reverse(Instant::now()))),
+            Slot::Idle { connection, since } if !connection.in_transaction() || *since <= waiting_since => {
+                Some((1, std::cmp::Reverse(*since)))
+            }
+            Slot::Out { wanted: false, in_transaction: false } if !one_wanted => {
+                Some((0, std::cmp::Reverse(Instant::now())))
+            }
             _ => None,
         };
         let (victim, _) = holdings
             .iter()
+            .filter(|h| &*h.plugin != waiter)
             .filter_map(|h| rank(h).map(|rank| (h, (held_by(&h.plugin), rank))))
             .max_by_key(|(_, rank)| *rank)?;
-        if &*victim.plugin != waiter && held_by(&victim.plugin) < held_by(waiter) {
+        if held_by(&victim.plugin) < held_by(waiter) {
             return None;
         }
         let mut slot = locked(&victim.slot);
-        let taken = match std::mem::replace(&mut *slot, Slot::Out { wanted: true }) {
+        let taken = match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Idle { connection, since } => {
                 let taken = TakenBack { in_transaction: connection.in_transaction(), idle_for: since.elapsed() };
                 *slot = Slot::TakenBack(taken);
@@ -155,7 +178,10 @@ impl Holdings {
                 drop(connection);
                 Some(taken)
             }
-            Slot::Out { .. } => None,
+            Slot::Out { in_transaction, .. } => {
+                *slot = Slot::Out { wanted: true, in_transaction };
+                None
+            }
             other @ (Slot::TakenBack(_) | Slot::Empty) => {
                 *slot = other;
                 return None;

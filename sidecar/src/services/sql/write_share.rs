@@ -252,7 +252,7 @@ mod tests {
     #[tokio::test]
     async fn the_turn_is_charged_only_when_another_write_waited() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = super::super::fair_places::Places::new(1);
+        let line = super::super::fair_places::Places::new(1, 0);
         let full = Duration::from_micros(turn_use.held.left("p"));
         let held = turn_use.take(line.take("p").await.unwrap(), "p");
         std::thread::sleep(Duration::from_millis(300));
@@ -273,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_plugin_holds_the_turn_no_longer_than_all_plugins_have_left() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = super::super::fair_places::Places::new(1);
+        let line = super::super::fair_places::Places::new(1, 0);
         let fresh = turn_use.take(line.take("p").await.unwrap(), "fresh");
         std::thread::sleep(LEAST_HOLD + Duration::from_millis(50));
         assert!(!turn_use.past_share(&fresh, Duration::from_secs(1)), "ended within its share");

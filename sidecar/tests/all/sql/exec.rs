@@ -325,6 +325,53 @@ async fn a_held_connection_in_use_is_taken_back_when_its_statement_ends_on_sqlit
     assert_eq!(taken.iter().flatten().collect::<Vec<_>>(), [&(false, Duration::ZERO)], "{taken:?}");
 }
 
+/// What is never taken back: a transaction in use (review 15: nine
+/// one-connection plugins had 17 of an honest plugin's short transactions
+/// rolled back in 13 s), one idle for less than the waiter's whole wait,
+/// and a waiting plugin's own connection (review 15: honest plugins rolled
+/// back their own transactions). Each waiter is refused instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_in_use_or_lately_used_and_a_waiters_own_are_never_taken_back_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    // One shared place.
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, sql, &[]).unwrap();
+    let limits = Limits::from(&policy);
+    let mut connection = SqlConnection::open(alias, "holder", &guard, &Stop::new()).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    let held = Held::new(alias.holdings(), "holder", connection);
+    let refused = |error: SqlError| assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+
+    // In use for the whole wait.
+    let mut lent = held.lend();
+    lent.connection.as_mut().unwrap().query(&checked, sql, &[], limits).await.unwrap();
+    refused(query(&gateway, "waiter", &policy, sql, &[]).await.unwrap_err());
+    drop(lent);
+    // Used again while the waiter waited (every 50 ms).
+    let waiting = query(&gateway, "waiter", &policy, sql, &[]);
+    let touching = async {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut lent = held.lend();
+            lent.connection.as_mut().unwrap().query(&checked, sql, &[], limits).await.unwrap();
+        }
+    };
+    let (waited, ()) = tokio::join!(waiting, touching);
+    refused(waited.unwrap_err());
+    // Idle all along, but the waiter's own.
+    refused(query(&gateway, "holder", &policy, sql, &[]).await.unwrap_err());
+    let lent = held.lend();
+    assert!(lent.taken_back.is_none() && lent.connection.as_ref().is_some_and(SqlConnection::in_transaction));
+    drop(lent);
+    // Idle all along, another plugin's: taken back.
+    assert_eq!(query(&gateway, "waiter", &policy, sql, &[]).await.unwrap().rows.len(), 1);
+    assert_eq!(held.lend().taken_back.map(|t| t.in_transaction), Some(true));
+}
+
 /// A plugin holding fewer places than the waiting one keeps its idle
 /// connection: the waiter, holding more, is refused instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2102,9 +2149,10 @@ async fn the_write_holding_the_turn_finds_a_connection_in_a_pool_full_of_waiting
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Every other place of the pool: the holder's and those of the
-    // transactions waiting in line behind the honest write (the third
-    // finds none: one is kept).
-    let waiting = [transaction("waiting"), transaction("waiting"), transaction("waiting")];
+    // transactions waiting in line behind the honest write, each of
+    // another plugin (a plugin holding one gets none of the pool's last
+    // places while others hold some); the third finds none: one is kept.
+    let waiting = [transaction("waiting1"), transaction("waiting2"), transaction("waiting3")];
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!honest.is_finished() && waiting.iter().all(|w| !w.is_finished()), "nothing waited in line");
     holder.commit().await.unwrap();
