@@ -148,10 +148,7 @@ impl Places {
     /// among those that may take it, else free.
     fn release(self: &Arc<Self>, plugin: &Arc<str>) {
         let mut state = self.state();
-        match state.held.get_mut(plugin) {
-            Some(1) | None => drop(state.held.remove(plugin)),
-            Some(n) => *n -= 1,
-        }
+        state.unhold(plugin);
         loop {
             let Some(next) = state.next_waiter(&self.rank, self.keep, self.count) else {
                 state.free += 1;
@@ -164,10 +161,7 @@ impl Places {
                 Ok(()) => break,
                 // The waiter left meanwhile: its place goes to the next.
                 Err(mut place) => {
-                    match state.held.get_mut(&waiter.plugin) {
-                        Some(1) | None => drop(state.held.remove(&waiter.plugin)),
-                        Some(n) => *n -= 1,
-                    }
+                    state.unhold(&waiter.plugin);
                     // Dropped without a second release.
                     place.places = None;
                 }
@@ -177,6 +171,14 @@ impl Places {
 }
 
 impl State {
+    /// One place fewer held by `plugin`.
+    fn unhold(&mut self, plugin: &Arc<str>) {
+        match self.held.get_mut(plugin) {
+            Some(1) | None => drop(self.held.remove(plugin)),
+            Some(n) => *n -= 1,
+        }
+    }
+
     /// Whether `plugin` may take one of `free` of `count` places: any
     /// while more than `keep` are free, the last ones only while it holds
     /// less than its fair share, `count` over the plugins holding or
