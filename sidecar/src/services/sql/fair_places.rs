@@ -312,6 +312,7 @@ mod tests {
         assert!(!a4.is_finished());
         drop(c);
         a.push(tokio::time::timeout(Duration::from_secs(5), a4).await.unwrap().unwrap());
+        assert_eq!(places.free(), 1, "the kept place is free");
     }
 
     /// Among plugins holding as many, the lowest rank first, whenever it
