@@ -118,7 +118,7 @@ impl Drop for Lent {
         if let Slot::Out { wanted: true, .. } = *slot
             && !connection.in_transaction()
         {
-            let taken = TakenBack { in_transaction: connection.in_transaction(), idle_for: Duration::ZERO };
+            let taken = TakenBack { in_transaction: false, idle_for: Duration::ZERO };
             *slot = Slot::TakenBack(taken);
             drop(slot);
             // Closed (a transaction rolled back) or back in the pool.
@@ -161,12 +161,12 @@ impl Holdings {
             }
             _ => None,
         };
-        let (victim, _) = holdings
+        let (victim, (victim_holds, _)) = holdings
             .iter()
             .filter(|h| &*h.plugin != waiter)
             .filter_map(|h| rank(h).map(|rank| (h, (held_by(&h.plugin), rank))))
             .max_by_key(|(_, rank)| *rank)?;
-        if held_by(&victim.plugin) < held_by(waiter) {
+        if victim_holds < held_by(waiter) {
             return None;
         }
         let mut slot = locked(&victim.slot);
