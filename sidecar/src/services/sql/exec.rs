@@ -266,7 +266,7 @@ impl SqlConnection {
         let (place, limits) = match alias.pool().await? {
             Pool::Sqlite(pool) => {
                 let places = pool.connector().wal_places();
-                let (place, left) = wait_for_place(places, to == OpenFor::Transaction, limits).await?;
+                let (place, left) = wait_for_place(places, to == OpenFor::Transaction, plugin, limits).await?;
                 let left = if to == OpenFor::Write { wait_for_turn(places, &place, plugin, left).await? } else { left };
                 (Some(place), left)
             }
@@ -355,11 +355,11 @@ impl SqlConnection {
         };
         let limits = if writes(checked.kind) { self.take_write_turn(limits).await? } else { limits };
         if let Some(place) = &self.wal_read {
-            place.ran();
+            place.statement_begins();
         }
         let done = self.guarded(limits, run, statement, params).await;
         if let Some(place) = &self.wal_read {
-            place.ran();
+            place.statement_ends();
         }
         self.charge_writes();
         if done.is_err() || self.transaction {
@@ -460,7 +460,7 @@ impl SqlConnection {
         if self.wal_read.is_some() {
             return Ok(limits);
         }
-        let (place, left) = wait_for_place(c.connector().wal_places(), self.transaction, limits).await?;
+        let (place, left) = wait_for_place(c.connector().wal_places(), self.transaction, &self.plugin, limits).await?;
         place.attach(c);
         self.wal_read = Some(place);
         Ok(left)
@@ -532,6 +532,10 @@ impl SqlConnection {
             ),
             Some(EndedFor::PastTurnShare) => "the write was ended (and any transaction it was part of rolled \
                  back): its plugin held the database's turn to write past its share while other writes waited"
+                .to_string(),
+            Some(EndedFor::ForWaiter) => "the statement was ended (and any transaction it was part of rolled \
+                 back): it had run longer than another plugin, holding fewer of the pool's connections than this \
+                 plugin, had waited for one"
                 .to_string(),
             _ => format!(
                 "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
@@ -657,14 +661,15 @@ impl Drop for SqlConnection {
     }
 }
 
-/// A place among `places` (for a transaction if `lasting`), waited for
-/// within `limits`' deadline; and what is left of `limits`.
+/// A place among `places` (for a transaction if `lasting`) for `plugin`,
+/// waited for within `limits`' deadline; and what is left of `limits`.
 async fn wait_for_place(
     places: &WalPlaces,
     lasting: bool,
+    plugin: &str,
     limits: Limits,
 ) -> Result<(Arc<WalPlace>, Limits), SqlError> {
-    within(limits, places.enter(lasting), || {
+    within(limits, places.enter(lasting, plugin), || {
         SqlError::Timeout(format!(
             "the statement waited its whole deadline of {:?} for the database's WAL checkpoint",
             limits.timeout

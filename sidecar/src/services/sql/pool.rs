@@ -206,6 +206,8 @@ pub struct AliasPool {
     /// The log lines of taking back (one a second at most: review 15's
     /// eighteen busy plugins caused 15–19 a second).
     taken_back_lines: LineEverySecond,
+    /// The log lines of ending long statements for a waiting plugin.
+    ended_for_waiter_lines: LineEverySecond,
 }
 
 impl AliasPool {
@@ -219,6 +221,7 @@ impl AliasPool {
             shares: Mutex::default(),
             holdings: Holdings::default(),
             taken_back_lines: LineEverySecond::default(),
+            ended_for_waiter_lines: LineEverySecond::default(),
         }
     }
 
@@ -356,7 +359,9 @@ impl AliasPool {
     /// What `acquiring` (a wait for a place in the pool, for `plugin`)
     /// gives; from half the `acquire_timeout` on, and every eighth of it
     /// after, it takes back one held connection ([`Holdings::take_back`]),
-    /// whose place goes to the waiting plugin holding the fewest.
+    /// or else, on SQLite, ends one long statement
+    /// ([`super::sqlite_pool::WalPlaces::end_for_waiter`]); the place goes
+    /// to the waiting plugin holding the fewest.
     pub async fn taking_back<T>(&self, plugin: &str, acquiring: impl Future<Output = T>) -> T {
         let held_by = |p: &str| self.opened().map_or(0, |pool| pool.held_by(p));
         let wait = self.settings.pool.acquire_timeout;
@@ -368,7 +373,8 @@ impl AliasPool {
                 acquired = &mut acquiring => return acquired,
                 () = tokio::time::sleep_until(next) => {
                     next += (wait / 8).max(std::time::Duration::from_millis(1));
-                    if let Some((holder, taken)) = self.holdings.take_back(plugin, since.into_std(), held_by) {
+                    let since = since.into_std();
+                    if let Some((holder, taken)) = self.holdings.take_back(plugin, since, held_by) {
                         self.taken_back_lines.note(|taken_before| {
                             tracing::info!(
                                 database = %self.name,
@@ -379,6 +385,20 @@ impl AliasPool {
                                 taken_before,
                                 "a held connection is taken back for a waiting plugin (at once if idle, else when its \
                                  statement ends; taken_before: how many since the last such line)"
+                            );
+                        });
+                    } else if let Some(Pool::Sqlite(pool)) = self.opened()
+                        && let Some((holder, ran)) = pool.connector().wal_places().end_for_waiter(plugin, since, held_by)
+                    {
+                        self.ended_for_waiter_lines.note(|ended_before| {
+                            tracing::info!(
+                                database = %self.name,
+                                holder = %holder,
+                                for_plugin = plugin,
+                                ran_ms = ran.as_millis() as u64,
+                                ended_before,
+                                "a long statement of the plugin holding the most connections is ended for a plugin \
+                                 holding fewer that waited (ended_before: how many since the last such line)"
                             );
                         });
                     }

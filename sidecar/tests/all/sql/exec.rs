@@ -353,6 +353,109 @@ async fn the_last_place_is_kept_for_a_plugin_holding_none_on_sqlite() {
     drop((newcomer, busy));
 }
 
+/// A statement on the big table that runs for minutes (27 billion rows
+/// combined), under a policy letting it run 60 s.
+fn long_statement() -> (Arc<SqlPolicy>, &'static str) {
+    let policy = "statements = [\"select\"]\ntimeout = \"60s\"\n[tables]\nbig = \"select\"\n";
+    (
+        Arc::new(SqlPolicy::from_toml(policy).unwrap()),
+        "SELECT count(*) FROM big a, big b, big c WHERE a.payload <> c.payload",
+    )
+}
+
+/// `plugin`'s long statement in an invocation that stops with `stop`,
+/// run in a task once `plugin` holds `held` places before it (so that
+/// those started first have run longest).
+async fn running_long(
+    gateway: &Arc<SqlGateway>,
+    plugin: &'static str,
+    held: usize,
+    stop: &Stop,
+) -> tokio::task::JoinHandle<SqlError> {
+    let (policy, sql) = long_statement();
+    let (gateway2, stop) = (Arc::clone(gateway), stop.clone());
+    let task = tokio::spawn(async move {
+        let ran = query_until(&gateway2, plugin, &policy, sql, &[], &stop).await;
+        ran.err().expect("a statement of minutes ended on its own")
+    });
+    super::support::until_held(gateway, plugin, held + 1).await;
+    task
+}
+
+/// The error of a long statement ended for a waiting plugin.
+async fn ended_for_waiter(task: tokio::task::JoinHandle<SqlError>) {
+    let error = tokio::time::timeout(Duration::from_secs(5), task).await.expect("not ended").unwrap();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.retry_after().is_some(), "{error}");
+    assert!(error.to_string().contains("holding fewer of the pool's connections"), "{error}");
+}
+
+/// Attack (outside review 16's L9): as many plugins as places each run
+/// one long statement after another, so every place is busy and nothing
+/// is idle to take back; before, an honest reader got 8 reads and 3
+/// refusals (and 5 with twice as many plugins). Once the reader has waited
+/// half its `acquire_timeout`, the longest-running statement of the
+/// plugin holding the most is ended (`unavailable`, with a retry hint) and
+/// the reader takes its place. A statement of a plugin holding as many as
+/// the waiter is not ended: that waiter is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_statements_of_the_plugin_holding_the_most_are_ended_for_a_waiting_plugin_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    db.big_table(3000).await;
+    // Three shared places.
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(4, 4) });
+    let stop = Stop::new();
+    let greedy_first = running_long(&gateway, "greedy", 0, &stop).await;
+    let greedy_second = running_long(&gateway, "greedy", 1, &stop).await;
+    let steady = running_long(&gateway, "steady", 0, &stop).await;
+    let policy = policy("");
+    let sql = "SELECT name FROM products WHERE id = 1";
+    let started = Instant::now();
+    let rows = query(&gateway, "reader", &policy, sql, &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(900), "ended before half the acquire timeout");
+    ended_for_waiter(greedy_first).await;
+    assert!(!greedy_second.is_finished() && !steady.is_finished(), "more than one statement was ended");
+
+    // Each left holds one, as many as this waiter.
+    let alias = gateway.alias("db").unwrap();
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let holding_one = SqlConnection::open(alias, "waiter", &guard, &Stop::new()).await.unwrap();
+    let refused = query(&gateway, "waiter", &policy, sql, &[]).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    assert!(!greedy_second.is_finished() && !steady.is_finished(), "a plugin holding as many was ended");
+    drop(holding_one);
+    stop.raise();
+    let _ = (greedy_second.await, steady.await);
+}
+
+/// Attack (outside reviews 16 and 17, K1 and M2): greedy plugins keep two
+/// long statements each running; an honest plugin holding one connection
+/// could not get a second (the last free place is kept for plugins holding
+/// none): 3 ok, 3 refused. The greedy plugin's longest-running statement
+/// is ended for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_second_connection_beside_a_greedy_one_ends_a_long_statement_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    db.big_table(3000).await;
+    // Four shared places, the last kept for a plugin holding none.
+    let gateway = db.gateway(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(5, 4) });
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let first = SqlConnection::open(alias, "honest", &guard, &Stop::new()).await.unwrap();
+    let stop = Stop::new();
+    let greedy_first = running_long(&gateway, "greedy", 0, &stop).await;
+    let greedy_second = running_long(&gateway, "greedy", 1, &stop).await;
+    let rows = query(&gateway, "honest", &policy, "SELECT name FROM products", &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 3);
+    ended_for_waiter(greedy_first).await;
+    assert!(!greedy_second.is_finished(), "more than one statement was ended");
+    drop(first);
+    stop.raise();
+    let _ = greedy_second.await;
+}
+
 /// What is never taken back: a transaction in use (review 15: nine
 /// one-connection plugins had 17 of an honest plugin's short transactions
 /// rolled back in 13 s), one idle for less than the waiter's whole wait,
