@@ -357,10 +357,18 @@ impl SqlConnection {
         if let Some(place) = &self.wal_read {
             place.statement_begins();
         }
+        let running = match &self.conn {
+            Conn::Postgres(c) => Some(c.connector().running().begin(&self.plugin, c.pid())),
+            Conn::Sqlite(_) => None,
+        };
         let done = self.guarded(limits, run, statement, params).await;
         if let Some(place) = &self.wal_read {
             place.statement_ends();
         }
+        let done = match running {
+            Some(running) if running.over() => self.ended_for_waiter(done),
+            _ => done,
+        };
         self.charge_writes();
         if done.is_err() || self.transaction {
             // Rows of a read outside a transaction that ended in time
@@ -374,6 +382,17 @@ impl SqlConnection {
             done.last_insert_rowid = None;
         }
         Ok(done)
+    }
+
+    /// After a PostgreSQL statement the server was asked to cancel for a
+    /// waiting plugin ([`super::running`]): the connection is closed (the
+    /// cancel may reach whatever runs on it next, and a transaction on it
+    /// is lost), and a failure is told as that; a statement that succeeded
+    /// before the cancel stands.
+    fn ended_for_waiter(&mut self, done: Result<Outcome, SqlError>) -> Result<Outcome, SqlError> {
+        self.broken = true;
+        self.transaction = false;
+        done.map_err(|_| super::running::ended_for_waiter())
     }
 
     /// `BEGIN`/`COMMIT`/`ROLLBACK` as statements (doors whose policy allows
@@ -533,10 +552,7 @@ impl SqlConnection {
             Some(EndedFor::PastTurnShare) => "the write was ended (and any transaction it was part of rolled \
                  back): its plugin held the database's turn to write past its share while other writes waited"
                 .to_string(),
-            Some(EndedFor::ForWaiter) => "the statement was ended (and any transaction it was part of rolled \
-                 back): it had run longer than another plugin, holding fewer of the pool's connections than this \
-                 plugin, had waited for one"
-                .to_string(),
+            Some(EndedFor::ForWaiter) => return Err(super::running::ended_for_waiter()),
             _ => format!(
                 "the read was ended (and any transaction it was part of rolled back): it was among the reads that \
                  kept the database's WAL from its checkpoint for {DRAIN_GRACE:?}"

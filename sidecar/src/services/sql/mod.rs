@@ -25,6 +25,8 @@
 //!   holding the fewest.
 //! - [`held`]: connections plugins hold between calls (Spin connections,
 //!   transactions), taken back when they sit idle while another waits.
+//! - [`running`]: long statements ended for a plugin waiting for a
+//!   connection (which to end; PostgreSQL's statements running).
 //! - [`sqlite_pool`]: SQLite connections pooled with their authorizer's
 //!   raw handle.
 //! - [`write_share`]: how the plugins writing to one SQLite alias share
@@ -70,6 +72,7 @@ pub mod pg_prepared;
 pub mod policy;
 pub mod pool;
 pub mod relay;
+pub mod running;
 pub mod spin;
 pub mod sqlite_pool;
 pub mod sqlite_step;

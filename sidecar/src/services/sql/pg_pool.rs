@@ -20,7 +20,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
@@ -29,6 +29,7 @@ use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::guard::postgres as pg_guard;
 use super::pg_prepared::{self, Prepared};
 use super::relay;
+use super::running::PgRunning;
 
 /// A pool of PostgreSQL connections that remember their session.
 pub type PgPool = ConnPool<PgConnector>;
@@ -54,6 +55,8 @@ const CLIENT_CHECK_MILLIS: u32 = 250;
 /// Opens PostgreSQL connections (through the alias's relay).
 pub struct PgConnector {
     options: PgConnectOptions,
+    /// The plugins' statements running on its connections.
+    running: PgRunning,
 }
 
 /// A pool over `options`, opening nothing yet.
@@ -62,7 +65,7 @@ pub fn pg_pool(options: PgConnectOptions, max_connections: u32, acquire_timeout:
     // keep one more: sqlx never drops one of its own accord, and its cache
     // is exactly what `Prepared` records.
     let options = options.statement_cache_capacity(pg_prepared::PER_CONNECTION);
-    ConnPool::new(PgConnector { options }, max_connections, acquire_timeout)
+    ConnPool::new(PgConnector { options, running: PgRunning::default() }, max_connections, acquire_timeout)
 }
 
 /// A pooled PostgreSQL connection and the statements kept prepared on it
@@ -70,9 +73,16 @@ pub fn pg_pool(options: PgConnectOptions, max_connections: u32, acquire_timeout:
 pub struct PgConn {
     conn: PgConnection,
     prepared: Prepared,
+    /// Its server process.
+    pid: i32,
 }
 
 impl PgConn {
+    /// Its server process (`pg_backend_pid()`), which a cancel names.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// The statements kept on it.
     pub fn prepared(&mut self) -> &mut Prepared {
         &mut self.prepared
@@ -105,7 +115,9 @@ impl Connector for PgConnector {
     const CHECK_AFTER: Duration = CHECK_AFTER;
 
     async fn open(&self) -> Result<PgConn, sqlx::Error> {
-        Ok(PgConn { conn: self.options.connect().await?, prepared: Prepared::default() })
+        let mut conn = self.options.connect().await?;
+        let pid = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+        Ok(PgConn { conn, prepared: Prepared::default(), pid })
     }
 
     async fn check(conn: &mut PgConn) -> bool {
@@ -114,6 +126,43 @@ impl Connector for PgConnector {
 
     async fn close(conn: PgConn) {
         let _ = conn.conn.close().await;
+    }
+}
+
+impl PgConnector {
+    /// The plugins' statements running on its connections.
+    pub fn running(&self) -> &PgRunning {
+        &self.running
+    }
+
+    /// Ends one long statement for `waiter`, waiting since `waiting_since`
+    /// ([`PgRunning::pick_for_waiter`]): the server cancels it, asked on a
+    /// connection of the sidecar's login opened for that alone, outside
+    /// the pool (one at a time per alias, within [`CHECK_TIMEOUT`]), since
+    /// the pool has no place free and sqlx does not expose the cancel key
+    /// of its connections. Returns whose it was and how long it had run.
+    pub fn end_for_waiter(
+        &self,
+        waiter: &str,
+        waiting_since: Instant,
+        held_by: impl Fn(&str) -> usize,
+    ) -> Option<(Arc<str>, Duration)> {
+        let (pid, plugin, since, cancelling) = self.running.pick_for_waiter(waiter, waiting_since, held_by)?;
+        let options = self.options.clone();
+        tokio::spawn(async move {
+            let cancel = async {
+                let mut conn = options.connect().await?;
+                sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut conn).await?;
+                conn.close().await
+            };
+            if let Err(error) =
+                tokio::time::timeout(CHECK_TIMEOUT, cancel).await.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+            {
+                tracing::warn!(%error, "a long statement could not be cancelled for a waiting plugin");
+            }
+            drop(cancelling);
+        });
+        Some((plugin, since.elapsed()))
     }
 }
 

@@ -359,8 +359,7 @@ impl AliasPool {
     /// What `acquiring` (a wait for a place in the pool, for `plugin`)
     /// gives; from half the `acquire_timeout` on, and every eighth of it
     /// after, it takes back one held connection ([`Holdings::take_back`]),
-    /// or else, on SQLite, ends one long statement
-    /// ([`super::sqlite_pool::WalPlaces::end_for_waiter`]); the place goes
+    /// or else ends one long statement ([`super::running`]); the place goes
     /// to the waiting plugin holding the fewest.
     pub async fn taking_back<T>(&self, plugin: &str, acquiring: impl Future<Output = T>) -> T {
         let held_by = |p: &str| self.opened().map_or(0, |pool| pool.held_by(p));
@@ -387,9 +386,7 @@ impl AliasPool {
                                  statement ends; taken_before: how many since the last such line)"
                             );
                         });
-                    } else if let Some(Pool::Sqlite(pool)) = self.opened()
-                        && let Some((holder, ran)) = pool.connector().wal_places().end_for_waiter(plugin, since, held_by)
-                    {
+                    } else if let Some((holder, ran)) = self.end_for_waiter(plugin, since, held_by) {
                         self.ended_for_waiter_lines.note(|ended_before| {
                             tracing::info!(
                                 database = %self.name,
@@ -404,6 +401,21 @@ impl AliasPool {
                     }
                 }
             }
+        }
+    }
+
+    /// Ends one long statement for `waiter`, which has waited since
+    /// `waiting_since` ([`super::running`]); whose it was and how long it
+    /// had run.
+    fn end_for_waiter(
+        &self,
+        waiter: &str,
+        waiting_since: std::time::Instant,
+        held_by: impl Fn(&str) -> usize,
+    ) -> Option<(Arc<str>, std::time::Duration)> {
+        match self.opened()? {
+            Pool::Sqlite(pool) => pool.connector().wal_places().end_for_waiter(waiter, waiting_since, held_by),
+            Pool::Postgres(pool) => pool.connector().end_for_waiter(waiter, waiting_since, held_by),
         }
     }
 }

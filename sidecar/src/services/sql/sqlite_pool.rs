@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::conn_pool::{ConnPool, Connector, Pooled};
 use super::fair_places::{Place as FairPlace, Places as FairPlaces};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
+use super::running::longest_of_the_most;
 use super::write_share::{HeldTurn, Shares, TurnUse, Waiting};
 use crate::databases::PoolSettings;
 use crate::stop::Stop;
@@ -300,21 +301,12 @@ impl WalPlaces {
     }
 
     /// Ends one statement for `waiter`, which has waited since
-    /// `waiting_since` for one of the pool's connections: of the other
-    /// plugins' statements running since before that, one of the plugin
-    /// holding the most connections (`held_by`), if it holds more than
-    /// `waiter`, the longest running first. It stops at its next progress
-    /// check ([`WalPlace::end`]), rolling back the transaction it was part
-    /// of, and its connection closes: the pool gives the place to the
-    /// waiting plugin holding the fewest. Returns whose it was and how
-    /// long it had run.
-    ///
-    /// Outside reviews 16 and 17: taking back idle held connections left
-    /// busy ones alone, so plugins each running one long statement after
-    /// another held every place (nine of them: an honest reader 8 ok and 3
-    /// refused), and greedy plugins at two each kept an honest plugin from
-    /// its second connection. A statement that has run longer than another
-    /// plugin with fewer connections has waited now gives way.
+    /// `waiting_since` for one of the pool's connections
+    /// ([`longest_of_the_most`], `held_by` counting what each plugin
+    /// holds). It stops at its next progress check ([`WalPlace::end`]),
+    /// rolling back the transaction it was part of, and its connection
+    /// closes: the pool gives the place to the waiting plugin holding the
+    /// fewest. Returns whose it was and how long it had run.
     pub fn end_for_waiter(
         &self,
         waiter: &str,
@@ -326,17 +318,16 @@ impl WalPlaces {
             places.open.retain(|place| place.strong_count() > 0);
             places.open.iter().filter_map(Weak::upgrade).collect()
         };
-        let waiter_holds = held_by(waiter);
-        let (victim, _, since) = open
+        let running = open
             .into_iter()
-            .filter(|place| &*place.plugin != waiter && !place.ended.is_due())
+            .filter(|place| !place.ended.is_due())
             .filter(|place| place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some())
             .filter_map(|place| {
-                let since = place.running_since().filter(|since| *since <= waiting_since)?;
-                let holds = held_by(&place.plugin);
-                (holds > waiter_holds).then_some((place, holds, since))
-            })
-            .max_by_key(|(_, holds, since)| (*holds, std::cmp::Reverse(*since)))?;
+                let since = place.running_since()?;
+                let plugin = Arc::clone(&place.plugin);
+                Some((place, plugin, since))
+            });
+        let (victim, since) = longest_of_the_most(running, waiter, waiting_since, held_by)?;
         victim.end(EndedFor::ForWaiter);
         Some((Arc::clone(&victim.plugin), since.elapsed()))
     }
