@@ -231,17 +231,19 @@ impl SqlHost {
             // The old connection is closed (rolling back whatever it held)
             // before a fresh one is taken from the share.
             lent.connection = None;
+            if open.lost_transaction {
+                // The guest's ROLLBACK: what it rolls back is gone already,
+                // and it needs no connection (review 18: under pressure a
+                // fresh one was refused, and the connection stayed
+                // unusable). The next statement takes one.
+                open.lost_transaction = false;
+                return Ok(Rows::default());
+            }
             let grant = plugin.grants.get(&alias).ok_or_else(|| invalid_connection("no grant"))?;
             let fresh = SqlConnection::open(&grant.alias, &plugin.plugin, grant.guard(Door::Spin), &self.stop)
                 .await
                 .map_err(failed)?;
             lent.connection = Some(fresh);
-            let open = self.spin.open.get_mut(&key).ok_or_else(|| invalid_connection("unknown connection handle"))?;
-            if open.lost_transaction {
-                // The guest's ROLLBACK: what it rolls back is gone already.
-                open.lost_transaction = false;
-                return Ok(Rows::default());
-            }
         }
         let connection = lent.connection.as_mut().ok_or_else(|| invalid_connection("no connection"))?;
         let was_in_transaction = connection.in_transaction();
