@@ -18,11 +18,19 @@ use std::time::Instant;
 
 use super::error::{RETRY_UNAVAILABLE, SqlError};
 
+/// How many connections a plugin holds at least for one of its
+/// statements to be ended for a waiter: review 18 saw plugins holding
+/// none, each waiting in turn, end an honest plugin's only report (a
+/// plugin holding one uses no more than a newcomer will; the pool's kept
+/// place serves newcomers, [`super::fair_places`]).
+const LEAST_HELD: usize = 2;
+
 /// Of `running` (a statement, its plugin, since when it runs), the one
 /// to end for `waiter`, waiting since `waiting_since`: of the statements
 /// of other plugins running since before that, one of the plugin holding
-/// the most connections (`held_by`), if it holds more than `waiter`; the
-/// longest running first. Returns it and since when it ran.
+/// the most connections (`held_by`), if it holds more than `waiter` and
+/// at least [`LEAST_HELD`]; the longest running first. Returns it and
+/// since when it ran.
 pub fn longest_of_the_most<T>(
     running: impl IntoIterator<Item = (T, Arc<str>, Instant)>,
     waiter: &str,
@@ -35,7 +43,7 @@ pub fn longest_of_the_most<T>(
         .filter(|(_, plugin, since)| &**plugin != waiter && *since <= waiting_since)
         .filter_map(|(statement, plugin, since)| {
             let holds = held_by(&plugin);
-            (holds > waiter_holds).then_some((statement, holds, since))
+            (holds > waiter_holds && holds >= LEAST_HELD).then_some((statement, holds, since))
         })
         .max_by_key(|(_, holds, since)| (*holds, std::cmp::Reverse(*since)))
         .map(|(statement, _, since)| (statement, since))
@@ -180,8 +188,11 @@ mod tests {
         // plugin holding the most.
         let counts = held(&[("a", 2), ("b", 1), ("w", 0)]);
         assert_eq!(longest_of_the_most(running(), "w", ago(500), &counts).map(|(s, _)| s), Some("a-long"));
-        let counts = held(&[("a", 1), ("b", 1), ("w", 0)]);
+        let counts = held(&[("a", 2), ("b", 3), ("w", 0)]);
         assert_eq!(longest_of_the_most(running(), "w", ago(500), &counts).map(|(s, _)| s), Some("b-longest"));
+        // Holding one: never.
+        let counts = held(&[("a", 1), ("b", 1), ("w", 0)]);
+        assert_eq!(longest_of_the_most(running(), "w", ago(500), &counts).map(|(s, _)| s), None);
     }
 
     /// One cancel at a time per alias; a statement over is never picked,
@@ -192,7 +203,7 @@ mod tests {
         let a = running.begin("a", 10);
         let b = running.begin("b", 11);
         let later = Instant::now() + Duration::from_secs(1);
-        let counts = held(&[("a", 2), ("b", 1)]);
+        let counts = held(&[("a", 3), ("b", 2)]);
         let (pid, plugin, _, cancelling) = running.pick_for_waiter("w", later, &counts).unwrap();
         assert_eq!((pid, &*plugin), (10, "a"));
         assert!(running.pick_for_waiter("w", later, &counts).is_none(), "two cancels at once");
