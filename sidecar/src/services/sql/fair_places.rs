@@ -16,45 +16,78 @@
 //! honest calls waited).
 //!
 //! A pool also keeps its last free place ([`Places::new`] with `keep`)
-//! for a plugin holding none while another plugin holds one: otherwise a
-//! few plugins fill every place whenever no one else happens to be
-//! waiting, and a newcomer waits for a running statement to end (review
-//! 15: three plugins' one-shot 5 s statements, started together and ended
-//! together, left an honest reader 4 reads and 5 refusals in 15 s; twelve
-//! write transactions waiting in line cut an honest reader to a tenth). A
-//! plugin alone may take every place. Kept instead for any plugin below
-//! its fair share (the places over the plugins holding or waiting), it let
-//! three greedy plugins, each below its share, take it before any newcomer
-//! came (review 17: the honest reader back at 4 reads and 3 refusals); kept
-//! for plugins holding none, it cannot serve a plugin's second connection
-//! while greedy ones hold the rest (review 16's K1, open: see the README).
+//! for a plugin that has used little of the pool lately while another
+//! plugin holds one: otherwise a few plugins fill every place whenever no
+//! one else happens to be waiting, and a newcomer waits for a running
+//! statement to end (review 15: three plugins' one-shot 5 s statements,
+//! started together and ended together, left an honest reader 4 reads and
+//! 5 refusals in 15 s; twelve write transactions waiting in line cut an
+//! honest reader to a tenth). "Little" is at most half its fair share
+//! (the places over the plugins holding or waiting), counted as the
+//! places it held on average over the last seconds ([`USE_SPAN`]), not
+//! at the moment: kept for any plugin holding fewer than its share now, it
+//! let three greedy plugins, each a moment below theirs while one of their
+//! statements ended, take it before any newcomer came (review 17: the
+//! honest reader back at 4 reads and 3 refusals); kept for plugins holding
+//! none, it could not serve an honest plugin's second connection while
+//! greedy ones held the rest (reviews 16 and 18: 10 calls in 10 s against
+//! 351), nor a newcomer beside as many plugins as places each holding one
+//! (review 18: about a call a second). A plugin alone may take every
+//! place.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 /// How a plugin ranks among waiters holding as many places: lower first.
 type Rank = Box<dyn Fn(&str) -> u64 + Send + Sync>;
 
+/// Over how long a plugin's use of the places is averaged (the time
+/// constant of an exponential average of the places it holds).
+pub const USE_SPAN: Duration = Duration::from_secs(2);
+
 /// Places handed to waiting plugins fairly.
 pub struct Places {
     state: Mutex<State>,
     rank: Rank,
-    /// The last places free, kept for plugins holding none.
+    /// The last places free, kept for plugins that used little lately.
     keep: usize,
 }
 
 #[derive(Default)]
 struct State {
+    /// All places.
+    count: usize,
     free: usize,
     closed: bool,
+    /// Each plugin's use of the places lately; entries of plugins that
+    /// hold none and used next to nothing are pruned as places are taken.
+    used: HashMap<Arc<str>, Use>,
     /// Places held, by plugin (a key of the holder's choosing; `""` for
     /// the sidecar's own connections). No entry for a plugin holding none.
     held: HashMap<Arc<str>, usize>,
     /// Calls waiting, in the order they came.
     waiting: Vec<Waiter>,
     next: u64,
+}
+
+/// A plugin's places held, averaged over [`USE_SPAN`].
+#[derive(Clone, Copy)]
+struct Use {
+    held: usize,
+    /// The average at `at`.
+    average: f64,
+    at: Instant,
+}
+
+impl Use {
+    /// The average now: it moves from `average` towards `held`.
+    fn average(&self, now: Instant) -> f64 {
+        let decay = (-now.saturating_duration_since(self.at).as_secs_f64() / USE_SPAN.as_secs_f64()).exp();
+        self.held as f64 + (self.average - self.held as f64) * decay
+    }
 }
 
 struct Waiter {
@@ -76,17 +109,17 @@ pub struct Place {
 
 impl Places {
     /// `count` places, all free, ranked only by what each plugin holds;
-    /// the last `keep` free places only for plugins holding none while
-    /// another plugin holds one.
+    /// the last `keep` free places only for plugins that used at most half
+    /// their fair share lately while another plugin holds one.
     pub fn new(count: usize, keep: usize) -> Arc<Places> {
-        let state = Mutex::new(State { free: count, ..State::default() });
+        let state = Mutex::new(State { count, free: count, ..State::default() });
         Arc::new(Places { state, rank: Box::new(|_| 0), keep })
     }
 
     /// `count` places, all free; among waiters whose plugins hold as many,
     /// the lowest `rank` first (asked under the lock, when a place frees).
     pub fn ranked(count: usize, rank: impl Fn(&str) -> u64 + Send + Sync + 'static) -> Arc<Places> {
-        let state = Mutex::new(State { free: count, ..State::default() });
+        let state = Mutex::new(State { count, free: count, ..State::default() });
         Arc::new(Places { state, rank: Box::new(rank), keep: 0 })
     }
 
@@ -106,7 +139,7 @@ impl Places {
             let plugin: Arc<str> = Arc::from(plugin);
             if state.free > 0 && state.may_take(&plugin, state.free, self.keep) {
                 state.free -= 1;
-                *state.held.entry(Arc::clone(&plugin)).or_default() += 1;
+                state.hold(&plugin);
                 return Ok(Place { places: Some(Arc::clone(self)), plugin });
             }
             let (give, given) = oneshot::channel();
@@ -154,7 +187,7 @@ impl Places {
                 break;
             };
             let waiter = state.waiting.remove(next);
-            *state.held.entry(Arc::clone(&waiter.plugin)).or_default() += 1;
+            state.hold(&waiter.plugin);
             let place = Place { places: Some(Arc::clone(self)), plugin: Arc::clone(&waiter.plugin) };
             match waiter.give.send(place) {
                 Ok(()) => break,
@@ -170,19 +203,55 @@ impl Places {
 }
 
 impl State {
+    /// One place more held by `plugin`.
+    fn hold(&mut self, plugin: &Arc<str>) {
+        let held = self.held.entry(Arc::clone(plugin)).or_default();
+        *held += 1;
+        let held = *held;
+        let now = Instant::now();
+        self.used.retain(|_, used| used.held > 0 || used.average(now) > 0.01);
+        self.note_use(plugin, held, now);
+    }
+
     /// One place fewer held by `plugin`.
     fn unhold(&mut self, plugin: &Arc<str>) {
-        match self.held.get_mut(plugin) {
-            Some(1) | None => drop(self.held.remove(plugin)),
-            Some(n) => *n -= 1,
-        }
+        let held = match self.held.get_mut(plugin) {
+            Some(1) | None => {
+                self.held.remove(plugin);
+                0
+            }
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+        };
+        self.note_use(plugin, held, Instant::now());
+    }
+
+    /// `plugin` holds `held` places from `now` on.
+    fn note_use(&mut self, plugin: &Arc<str>, held: usize, now: Instant) {
+        let used = self.used.entry(Arc::clone(plugin)).or_insert(Use { held: 0, average: 0.0, at: now });
+        *used = Use { held, average: used.average(now), at: now };
+    }
+
+    /// Whether `plugin` used at most half its fair share lately: the
+    /// places over the plugins holding or waiting for one (it among them).
+    fn used_little(&self, plugin: &str) -> bool {
+        let mut plugins: Vec<&str> =
+            self.held.keys().map(|p| &**p).chain(self.waiting.iter().map(|w| &*w.plugin)).collect();
+        plugins.push(plugin);
+        plugins.sort_unstable();
+        plugins.dedup();
+        let share = self.count as f64 / plugins.len() as f64;
+        let used = self.used.get(plugin).map_or(0.0, |used| used.average(Instant::now()));
+        used <= share / 2.0
     }
 
     /// Whether `plugin` may take one of `free` places: any while more
-    /// than `keep` are free, the last ones only while it holds none or no
-    /// other plugin holds one.
+    /// than `keep` are free, the last ones only while it used little
+    /// lately ([`Self::used_little`]) or no other plugin holds one.
     fn may_take(&self, plugin: &str, free: usize, keep: usize) -> bool {
-        free > keep || !self.held.contains_key(plugin) || self.held.keys().all(|holder| &**holder == plugin)
+        free > keep || self.held.keys().all(|holder| &**holder == plugin) || self.used_little(plugin)
     }
 
     /// The index of the waiter that may take a freed place whose plugin
@@ -269,31 +338,85 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), c).await.unwrap().unwrap();
     }
 
-    /// Attack (review 15): plugins that already hold places take every
-    /// free one while no one else waits. The last is kept for a plugin
-    /// holding none (review 17: kept for any plugin below its fair share,
-    /// three greedy plugins each below theirs took it); a plugin alone
-    /// takes it too.
+    /// Sets `plugin`'s average use of `places` to `average`, as if it had
+    /// held that many lately.
+    fn used(places: &Places, plugin: &str, average: f64) {
+        let mut state = places.state();
+        let held = state.held.get(plugin).copied().unwrap_or(0);
+        state.used.insert(Arc::from(plugin), Use { held, average, at: Instant::now() });
+    }
+
+    /// Attack (reviews 15 and 17): plugins that already hold places take
+    /// every free one while no one else waits; review 17's three greedy
+    /// plugins each a moment below their fair share took the last. It is
+    /// kept for a plugin that used at most half its fair share lately: a
+    /// newcomer, or (reviews 16 and 18, K1) an honest plugin's second
+    /// connection beside greedy ones; a plugin alone takes it too.
     #[tokio::test]
-    async fn the_last_place_is_kept_for_a_plugin_holding_none() {
-        let places = Places::new(6, 1);
+    async fn the_last_place_is_kept_for_a_plugin_that_used_little_lately() {
+        let places = Places::new(9, 1);
         let mut greedy = Vec::new();
-        for plugin in ["greedy1", "greedy1", "greedy2", "greedy2", "greedy3"] {
+        for plugin in ["g1", "g1", "g1", "g2", "g2", "g2", "g3", "g3"] {
             greedy.push(places.take(plugin).await.unwrap());
         }
-        // Five of six held, one free, kept: `greedy3` holds 1, below a fair
-        // share of 2, and still gets none.
-        let more = tokio::time::timeout(Duration::from_millis(50), places.take("greedy3")).await;
-        assert!(more.is_err(), "a plugin holding one took the kept place");
+        // `g3` held three until a moment ago: below its share of three now,
+        // but not on average.
+        used(&places, "g1", 3.0);
+        used(&places, "g2", 3.0);
+        used(&places, "g3", 2.9);
+        let more = tokio::time::timeout(Duration::from_millis(50), places.take("g3")).await;
+        assert!(more.is_err(), "a greedy plugin took the kept place");
         let newcomer = places.take("newcomer").await.unwrap();
         assert_eq!(places.free(), 0);
         drop((newcomer, greedy));
-        // Alone, a plugin takes every place.
-        let mut alone = Vec::new();
-        for _ in 0..6 {
-            alone.push(places.take("alone").await.unwrap());
+
+        // K1: two greedy plugins hold 7 of 9, an honest one holds 1 (its
+        // transaction) and wants a second.
+        let mut held = Vec::new();
+        for plugin in ["a", "a", "a", "a", "b", "b", "b", "honest"] {
+            held.push(places.take(plugin).await.unwrap());
         }
-        assert_eq!((places.held_by("alone"), places.free()), (6, 0));
+        used(&places, "a", 4.0);
+        used(&places, "b", 3.0);
+        used(&places, "honest", 1.2);
+        let more = tokio::time::timeout(Duration::from_millis(50), places.take("b")).await;
+        assert!(more.is_err(), "a greedy plugin took the kept place");
+        held.push(places.take("honest").await.unwrap());
+        // Past half its share (9 / 3), it would wait.
+        drop(held.pop());
+        used(&places, "honest", 1.6);
+        let more = tokio::time::timeout(Duration::from_millis(50), places.take("honest")).await;
+        assert!(more.is_err(), "a plugin past half its share took the kept place");
+        drop(held);
+
+        // Alone, a plugin takes every place, however much it used.
+        let mut alone = Vec::new();
+        for _ in 0..9 {
+            alone.push(places.take("alone").await.unwrap());
+            used(&places, "alone", 9.0);
+        }
+        assert_eq!((places.held_by("alone"), places.free()), (9, 0));
+    }
+
+    /// A plugin's use moves from its average towards what it holds over
+    /// [`USE_SPAN`]; entries of plugins holding none that used next to
+    /// nothing are pruned.
+    #[test]
+    fn use_is_averaged_over_the_span_and_pruned() {
+        let now = Instant::now();
+        let building = Use { held: 2, average: 0.0, at: now };
+        let later = building.average(now + USE_SPAN);
+        assert!((later - 2.0 * (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{later}");
+        let falling = Use { held: 0, average: 3.0, at: now };
+        assert!((falling.average(now + USE_SPAN * 2) - 3.0 * (-2.0f64).exp()).abs() < 1e-9);
+        assert_eq!(falling.average(now), 3.0);
+
+        let places = Places::new(2, 0);
+        drop(futures::FutureExt::now_or_never(places.take("gone")).unwrap().unwrap());
+        used(&places, "gone", 0.001);
+        let _kept = futures::FutureExt::now_or_never(places.take("other")).unwrap().unwrap();
+        let state = places.state();
+        assert!(!state.used.contains_key("gone") && state.used.contains_key("other"));
     }
 
     /// With more than the kept places free, a freed place goes to a waiter
@@ -306,6 +429,7 @@ mod tests {
             a.push(places.take("a").await.unwrap());
         }
         let (_b, c) = (places.take("b").await.unwrap(), places.take("c").await.unwrap());
+        used(&places, "a", 3.0);
         assert!(!places.is_closed());
         // One free, kept.
         let a4 = waiting(&places, "a").await;
