@@ -228,7 +228,7 @@ impl WalPlaces {
                 () = tokio::time::sleep(ENDING_RETRY) => {
                     let holder = self.holder.lock().unwrap_or_else(PoisonError::into_inner).upgrade();
                     if let Some(holder) = holder {
-                        holder.end_if_holding_too_long(&self.turn_use, since.elapsed(), grace, plugin);
+                        holder.end_if_holding_too_long(&self.turn_use, since.elapsed(), grace);
                     }
                 }
             }
@@ -437,13 +437,13 @@ impl WalPlace {
     /// transaction never idle, one insert then back-to-back reads, held
     /// the turn to its invocation's timeout. Else, after `grace`, ends it
     /// if it is idle ([`Self::end_if_idle_with_turn`]).
-    fn end_if_holding_too_long(&self, turn_use: &TurnUse, waited: Duration, grace: Duration, waiter: &str) {
+    fn end_if_holding_too_long(&self, turn_use: &TurnUse, waited: Duration, grace: Duration) {
         let past_share = self
             .turn
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|held| turn_use.past_share(held, waited, waiter));
+            .is_some_and(|held| turn_use.past_share(held, waited));
         if past_share {
             self.end(EndedFor::PastTurnShare);
         } else if waited >= grace {

@@ -121,10 +121,6 @@ const TURN_RATE: u64 = (TURN_SHARE * 1e6) as u64;
 /// still writes something each turn.
 pub const LEAST_HOLD: Duration = Duration::from_millis(100);
 
-/// The least a write may hold the turn while a write of a plugin with
-/// much more of its share left waits ([`TurnUse::past_share`]).
-pub const SHORT_HOLD: Duration = Duration::from_millis(20);
-
 /// How long the plugins held an alias's turn while other writes waited.
 pub struct TurnUse {
     /// Writes waiting in line now.
@@ -181,22 +177,13 @@ impl TurnUse {
         }
     }
 
-    /// Whether `held` has held the turn past its share while a write of
-    /// `waiter` waited `waited`: past what is left of its plugin's share
-    /// or of all plugins', and past [`LEAST_HOLD`], or only past
-    /// [`SHORT_HOLD`] if `waiter` has more than twice as much of its share
-    /// left as the holder's plugin (and at least `SHORT_HOLD`). The
-    /// twelfth and sixteenth reviews: fourteen plugins each taking the turn
-    /// for 100 ms in the honest writer's pauses left it one write per such
-    /// hold, a fifth of its writes; plugins using their shares alike still
-    /// hold it `LEAST_HOLD` each.
-    pub fn past_share(&self, held: &HeldTurn, waited: Duration, waiter: &str) -> bool {
+    /// Whether `held` has held the turn past its share while another
+    /// write waited `waited`: past what is left of its plugin's share or
+    /// of all plugins', and past [`LEAST_HOLD`].
+    pub fn past_share(&self, held: &HeldTurn, waited: Duration) -> bool {
         let contended = waited.min(held.since.elapsed());
-        let own = self.held.left(&held.plugin);
-        let left = Duration::from_micros(own.min(self.all.left("")));
-        let waiter_left = self.held.left(waiter);
-        let short = waiter_left > own.saturating_mul(2) && waiter_left >= SHORT_HOLD.as_micros() as u64;
-        contended > left.max(if short { SHORT_HOLD } else { LEAST_HOLD })
+        let left = Duration::from_micros(self.held.left(&held.plugin).min(self.all.left("")));
+        contended > left.max(LEAST_HOLD)
     }
 }
 
@@ -289,45 +276,10 @@ mod tests {
         let line = super::super::fair_places::Places::new(1, 0);
         let fresh = turn_use.take(line.take("p").await.unwrap(), "fresh");
         std::thread::sleep(LEAST_HOLD + Duration::from_millis(50));
-        assert!(!turn_use.past_share(&fresh, Duration::from_secs(1), "other"), "ended within its share");
+        assert!(!turn_use.past_share(&fresh, Duration::from_secs(1)), "ended within its share");
         turn_use.charge("first", Duration::from_secs(2));
-        assert!(turn_use.past_share(&fresh, Duration::from_secs(1), "other"), "held past what all plugins had left");
-        assert!(!turn_use.past_share(&fresh, LEAST_HOLD, "other"), "ended within the least hold");
-    }
-
-    /// A plugin that has spent its share holds the turn only
-    /// [`SHORT_HOLD`] while a plugin with much more of its share left
-    /// waits, and [`LEAST_HOLD`] while one that spent as much waits.
-    /// Attack (reviews 12 and 16, N2): many plugins each took the turn for
-    /// 100 ms in an honest writer's pauses.
-    #[tokio::test]
-    async fn a_plugin_past_its_share_gives_the_turn_up_sooner_to_one_with_share_left() {
-        let turn_use = Arc::new(TurnUse::default());
-        let line = super::super::fair_places::Places::new(1, 0);
-        turn_use.charge("spent", Duration::from_secs(2));
-        turn_use.charge("also-spent", Duration::from_secs(2));
-        turn_use.charge("honest", Duration::ZERO);
-        let held = turn_use.take(line.take("spent").await.unwrap(), "spent");
-        std::thread::sleep(SHORT_HOLD + Duration::from_millis(30));
-        let waited = Duration::from_secs(1);
-        assert!(
-            turn_use.past_share(&held, waited, "honest"),
-            "held past the short hold beside a plugin with share left"
-        );
-        assert!(
-            !turn_use.past_share(&held, waited, "also-spent"),
-            "ended before the least hold beside a plugin as spent"
-        );
-        assert!(!turn_use.past_share(&held, SHORT_HOLD / 2, "honest"), "ended before it was contended the short hold");
-        drop(held);
-        // Plugins alike: the least hold, whoever waits.
-        let turn_use = Arc::new(TurnUse::default());
-        turn_use.charge("a", Duration::from_millis(300));
-        turn_use.charge("b", Duration::from_millis(250));
-        turn_use.all.charge("", 3_000_000);
-        let held = turn_use.take(line.take("a").await.unwrap(), "a");
-        std::thread::sleep(SHORT_HOLD + Duration::from_millis(30));
-        assert!(!turn_use.past_share(&held, waited, "b"), "ended within the least hold beside a plugin alike");
+        assert!(turn_use.past_share(&fresh, Duration::from_secs(1)), "held past what all plugins had left");
+        assert!(!turn_use.past_share(&fresh, LEAST_HOLD), "ended within the least hold");
     }
 
     /// Ordinary rates: own below the total, a bucket refilled over time.
