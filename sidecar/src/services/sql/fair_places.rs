@@ -73,21 +73,20 @@ struct State {
     next: u64,
 }
 
-/// A plugin's places held or waited for, averaged over [`USE_SPAN`].
+/// A plugin's places held, averaged over [`USE_SPAN`].
 #[derive(Clone, Copy)]
 struct Use {
-    /// Places held plus calls waiting, now.
-    demand: usize,
+    held: usize,
     /// The average at `at`.
     average: f64,
     at: Instant,
 }
 
 impl Use {
-    /// The average now: it moves from `average` towards `demand`.
+    /// The average now: it moves from `average` towards `held`.
     fn average(&self, now: Instant) -> f64 {
         let decay = (-now.saturating_duration_since(self.at).as_secs_f64() / USE_SPAN.as_secs_f64()).exp();
-        self.demand as f64 + (self.average - self.demand as f64) * decay
+        self.held as f64 + (self.average - self.held as f64) * decay
     }
 }
 
@@ -146,8 +145,7 @@ impl Places {
             let (give, given) = oneshot::channel();
             let ticket = state.next;
             state.next += 1;
-            state.waiting.push(Waiter { plugin: Arc::clone(&plugin), ticket, give });
-            state.note_use(&plugin, Instant::now());
+            state.waiting.push(Waiter { plugin, ticket, give });
             (given, Leaving { places: self, ticket })
         };
         given.await.map_err(|_| Closed)
@@ -205,33 +203,35 @@ impl Places {
 }
 
 impl State {
-    /// One place more held by `plugin` (a waiter of it served, maybe).
+    /// One place more held by `plugin`.
     fn hold(&mut self, plugin: &Arc<str>) {
-        *self.held.entry(Arc::clone(plugin)).or_default() += 1;
+        let held = self.held.entry(Arc::clone(plugin)).or_default();
+        *held += 1;
+        let held = *held;
         let now = Instant::now();
-        self.used.retain(|_, used| used.demand > 0 || used.average(now) > 0.01);
-        self.note_use(plugin, now);
+        self.used.retain(|_, used| used.held > 0 || used.average(now) > 0.01);
+        self.note_use(plugin, held, now);
     }
 
     /// One place fewer held by `plugin`.
     fn unhold(&mut self, plugin: &Arc<str>) {
-        match self.held.get_mut(plugin) {
-            Some(1) | None => drop(self.held.remove(plugin)),
-            Some(n) => *n -= 1,
-        }
-        self.note_use(plugin, Instant::now());
+        let held = match self.held.get_mut(plugin) {
+            Some(1) | None => {
+                self.held.remove(plugin);
+                0
+            }
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+        };
+        self.note_use(plugin, held, Instant::now());
     }
 
-    /// `plugin`'s demand changed at `now`: the places it holds plus its
-    /// calls waiting. Waiting counts, so that plugins kept waiting by a
-    /// full pool do not come to look as if they used little (review 19:
-    /// eighteen one-place plugins, each waiting a while in turn, took the
-    /// kept place from a newcomer).
-    fn note_use(&mut self, plugin: &Arc<str>, now: Instant) {
-        let waiting = self.waiting.iter().filter(|w| w.plugin == *plugin).count();
-        let demand = self.held.get(plugin).copied().unwrap_or(0) + waiting;
-        let used = self.used.entry(Arc::clone(plugin)).or_insert(Use { demand: 0, average: 0.0, at: now });
-        *used = Use { demand, average: used.average(now), at: now };
+    /// `plugin` holds `held` places from `now` on.
+    fn note_use(&mut self, plugin: &Arc<str>, held: usize, now: Instant) {
+        let used = self.used.entry(Arc::clone(plugin)).or_insert(Use { held: 0, average: 0.0, at: now });
+        *used = Use { held, average: used.average(now), at: now };
     }
 
     /// Whether `plugin` used at most half its fair share lately: the
@@ -276,9 +276,7 @@ struct Leaving<'a> {
 impl Drop for Leaving<'_> {
     fn drop(&mut self) {
         let mut state = self.places.state();
-        let Some(at) = state.waiting.iter().position(|w| w.ticket == self.ticket) else { return };
-        let waiter = state.waiting.remove(at);
-        state.note_use(&waiter.plugin, Instant::now());
+        state.waiting.retain(|w| w.ticket != self.ticket);
     }
 }
 
@@ -344,8 +342,8 @@ mod tests {
     /// held that many lately.
     fn used(places: &Places, plugin: &str, average: f64) {
         let mut state = places.state();
-        let demand = state.held.get(plugin).copied().unwrap_or(0);
-        state.used.insert(Arc::from(plugin), Use { demand, average, at: Instant::now() });
+        let held = state.held.get(plugin).copied().unwrap_or(0);
+        state.used.insert(Arc::from(plugin), Use { held, average, at: Instant::now() });
     }
 
     /// Attack (reviews 15 and 17): plugins that already hold places take
@@ -406,10 +404,10 @@ mod tests {
     #[test]
     fn use_is_averaged_over_the_span_and_pruned() {
         let now = Instant::now();
-        let building = Use { demand: 2, average: 0.0, at: now };
+        let building = Use { held: 2, average: 0.0, at: now };
         let later = building.average(now + USE_SPAN);
         assert!((later - 2.0 * (1.0 - (-1.0f64).exp())).abs() < 1e-9, "{later}");
-        let falling = Use { demand: 0, average: 3.0, at: now };
+        let falling = Use { held: 0, average: 3.0, at: now };
         assert!((falling.average(now + USE_SPAN * 2) - 3.0 * (-2.0f64).exp()).abs() < 1e-9);
         assert_eq!(falling.average(now), 3.0);
 
@@ -419,24 +417,6 @@ mod tests {
         let _kept = futures::FutureExt::now_or_never(places.take("other")).unwrap().unwrap();
         let state = places.state();
         assert!(!state.used.contains_key("gone") && state.used.contains_key("other"));
-    }
-
-    /// A call waiting counts as use: a plugin kept waiting by a full pool
-    /// does not come to look as if it used little (review 19: eighteen
-    /// one-place plugins took turns at the kept place). A waiter that left
-    /// counts no more.
-    #[tokio::test]
-    async fn waiting_counts_as_use() {
-        let places = Places::new(1, 0);
-        let _held = places.take("a").await.unwrap();
-        let b = waiting(&places, "b").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let average = |places: &Places| places.state().used.get("b").map_or(0.0, |u| u.average(Instant::now()));
-        let waited = average(&places);
-        assert!(waited > 0.02, "a waiting plugin used nothing: {waited}");
-        b.abort();
-        let _ = b.await;
-        assert_eq!(places.state().used.get("b").map(|u| u.demand), Some(0), "a waiter that left still counts");
     }
 
     /// With more than the kept places free, a freed place goes to a waiter
