@@ -414,9 +414,13 @@ mod tests {
         let places = Places::new(2, 0);
         drop(futures::FutureExt::now_or_never(places.take("gone")).unwrap().unwrap());
         used(&places, "gone", 0.001);
+        // Holding none, but busy until a moment ago: kept.
+        drop(futures::FutureExt::now_or_never(places.take("recent")).unwrap().unwrap());
+        used(&places, "recent", 3.0);
         let _kept = futures::FutureExt::now_or_never(places.take("other")).unwrap().unwrap();
         let state = places.state();
         assert!(!state.used.contains_key("gone") && state.used.contains_key("other"));
+        assert!(state.used.contains_key("recent"), "a plugin's recent use was forgotten once it held none");
     }
 
     /// With more than the kept places free, a freed place goes to a waiter
