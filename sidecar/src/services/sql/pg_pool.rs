@@ -116,7 +116,9 @@ impl Connector for PgConnector {
 
     async fn open(&self) -> Result<PgConn, sqlx::Error> {
         let mut conn = self.options.connect().await?;
-        let pid = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+        // Not kept prepared: the connection's statement cache holds only
+        // what `Prepared` records.
+        let pid = sqlx::query_scalar("SELECT pg_backend_pid()").persistent(false).fetch_one(&mut conn).await?;
         Ok(PgConn { conn, prepared: Prepared::default(), pid })
     }
 
