@@ -7,7 +7,7 @@
 //! long statements each kept an honest plugin from its second connection.
 //! So a plugin that has waited half its `acquire_timeout` ends one
 //! statement that has run longer than it has waited, of the plugin holding
-//! the most connections if it holds more than the waiter
+//! the most connections if it holds more than the waiter and at least two
 //! ([`longest_of_the_most`]). A SQLite statement stops at its next
 //! progress check ([`super::sqlite_pool::WalPlaces::end_for_waiter`]); a
 //! PostgreSQL one is cancelled by the server ([`PgRunning`]).

@@ -288,15 +288,21 @@ impl WalPlaces {
     /// before `copied_from`, the first that came once the WAL was wholly
     /// copied into the database.
     fn reading_the_wal(&self, copied_from: u64) -> Vec<Arc<WalPlace>> {
+        let mut places = self.on_a_connection();
+        places.retain(|place| place.number < copied_from);
+        places
+    }
+
+    /// The places open on a connection (those waiting for one, or for
+    /// their turn to write, run nothing).
+    fn on_a_connection(&self) -> Vec<Arc<WalPlace>> {
         let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
         places.open.retain(|place| place.strong_count() > 0);
         places
             .open
             .iter()
             .filter_map(Weak::upgrade)
-            .filter(|place| {
-                place.number < copied_from && place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some()
-            })
+            .filter(|place| place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some())
             .collect()
     }
 
@@ -313,20 +319,11 @@ impl WalPlaces {
         waiting_since: Instant,
         held_by: impl Fn(&str) -> usize,
     ) -> Option<(Arc<str>, Duration)> {
-        let open: Vec<Arc<WalPlace>> = {
-            let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-            places.open.retain(|place| place.strong_count() > 0);
-            places.open.iter().filter_map(Weak::upgrade).collect()
-        };
-        let running = open
-            .into_iter()
-            .filter(|place| !place.ended.is_due())
-            .filter(|place| place.conn.lock().unwrap_or_else(PoisonError::into_inner).is_some())
-            .filter_map(|place| {
-                let since = place.running_since()?;
-                let plugin = Arc::clone(&place.plugin);
-                Some((place, plugin, since))
-            });
+        let running = self.on_a_connection().into_iter().filter(|place| !place.ended.is_due()).filter_map(|place| {
+            let since = place.running_since()?;
+            let plugin = Arc::clone(&place.plugin);
+            Some((place, plugin, since))
+        });
         let (victim, since) = longest_of_the_most(running, waiter, waiting_since, held_by)?;
         victim.end(EndedFor::ForWaiter);
         Some((Arc::clone(&victim.plugin), since.elapsed()))
