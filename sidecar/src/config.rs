@@ -198,6 +198,7 @@ struct DatabaseSection {
     plugin_write_rate: Option<ByteSize>,
     write_rate: Option<ByteSize>,
     manage_roles: Option<bool>,
+    guaranteed_connections: Option<BTreeMap<String, u32>>,
 }
 
 /// A URL written out, or `{ env = … }` / `{ file = … }`.
@@ -336,7 +337,10 @@ impl Config {
                     return Err(format!("[databases.{alias}] manage_roles: only for PostgreSQL (SQLite has no roles)"));
                 }
                 let manage_roles = section.manage_roles.unwrap_or(true);
-                Ok((alias, DatabaseSettings { target, pool, manage_roles }))
+                let guaranteed = section.guaranteed_connections.unwrap_or_default();
+                let settings = DatabaseSettings { target, pool, manage_roles, guaranteed };
+                settings.check_guarantees().map_err(|reason| format!("[databases.{alias}] {reason}"))?;
+                Ok((alias, settings))
             })
             .collect::<Result<_, String>>()?;
         let kv = KvSettings { database: raw.kv.database };
@@ -610,6 +614,24 @@ mod tests {
             ),
             ("[databases.main]\nurl = \"postgres://x\"\nwrite_rate = \"1 MiB\"\n", "write_rate: only for SQLite"),
             ("[databases.main]\nsqlite = \"a.db\"\nwrite_rate = \"1 KiB\"\n", "write_rate must be at least 64 KiB"),
+            // Nine shared places (one kept for the write turn): eight at most.
+            (
+                "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 4, b = 4, c = 1 }\n",
+                "guaranteed_connections: 9 in all, but the plugins share 9 places",
+            ),
+            (
+                "[databases.main]\nurl = \"postgres://x\"\nmax_connections = 3\nguaranteed_connections = { a = 2, b = 1 }\n",
+                "guaranteed_connections: 3 in all, but the plugins share 3 places (max_connections)",
+            ),
+            (
+                "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 5 }\n",
+                "a's must be between 1 and per_plugin_connections",
+            ),
+            ("[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 0 }\n", "a's must be between 1"),
+            (
+                "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { \"Bad\\u001b\" = 1 }\n",
+                "`Bad\\u{1b}` is not a plugin name",
+            ),
         ] {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(expected), "{text}: {error}");
@@ -643,6 +665,21 @@ mod tests {
         );
         assert_eq!(config.databases["abs"].target, DatabaseTarget::Sqlite("/var/x.db".into()));
         assert_eq!(config.databases["abs"].pool, PoolSettings::default());
+        assert!(app.guaranteed.is_empty());
+    }
+
+    #[test]
+    fn connections_are_guaranteed_to_named_plugins_within_the_shared_places() {
+        let config = load(
+            "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { reports = 4, billing = 4 }\n\
+             [databases.pg]\nurl = \"postgres://x\"\nmax_connections = 3\nper_plugin_connections = 2\n\
+             guaranteed_connections = { reports = 2 }\n",
+        )
+        .unwrap();
+        let guaranteed = |alias: &str| config.databases[alias].guaranteed.clone().into_iter().collect::<Vec<_>>();
+        assert_eq!(guaranteed("main"), [("billing".to_string(), 4), ("reports".to_string(), 4)]);
+        assert_eq!(guaranteed("pg"), [("reports".to_string(), 2)]);
+        assert_eq!((config.databases["main"].shared_places(), config.databases["pg"].shared_places()), (9, 3));
     }
 
     #[test]

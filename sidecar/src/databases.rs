@@ -184,17 +184,73 @@ pub struct DatabaseSettings {
     /// plugins' roles (`manage_roles`, default on), or only checks that an
     /// operator provided them.
     pub manage_roles: bool,
+    /// Connections guaranteed to plugins (`guaranteed_connections`, by
+    /// plugin name): never taken by another plugin, whatever the others
+    /// hold. Within `per_plugin_connections` each, and leaving at least
+    /// one of the places plugins share unguaranteed.
+    pub guaranteed: BTreeMap<String, u32>,
 }
 
 impl DatabaseSettings {
+    /// The places of the pool that plugins share: `max_connections`, less
+    /// the one a SQLite pool of two or more keeps for the write holding
+    /// the turn to write.
+    pub fn shared_places(&self) -> u32 {
+        match self.target {
+            DatabaseTarget::Sqlite(_) if self.pool.max_connections >= 2 => self.pool.max_connections - 1,
+            _ => self.pool.max_connections,
+        }
+    }
+
+    /// `guaranteed_connections`: plugin names, each within
+    /// `per_plugin_connections`, all together leaving at least one shared
+    /// place unguaranteed (for the plugins without a guarantee).
+    pub fn check_guarantees(&self) -> Result<(), String> {
+        for (plugin, &places) in &self.guaranteed {
+            if !crate::policy::is_plugin_name(plugin) {
+                return Err(format!(
+                    "guaranteed_connections: `{}` is not a plugin name",
+                    guest_text::escape(plugin, guest_text::SHORT)
+                ));
+            }
+            if places == 0 || places > self.pool.per_plugin_connections {
+                return Err(format!("guaranteed_connections: {plugin}'s must be between 1 and per_plugin_connections"));
+            }
+        }
+        let total: u64 = self.guaranteed.values().map(|&places| u64::from(places)).sum();
+        if total >= u64::from(self.shared_places()) {
+            return Err(format!(
+                "guaranteed_connections: {total} in all, but the plugins share {} places (max_connections{}) and \
+                 at least one must be left to the plugins without a guarantee",
+                self.shared_places(),
+                if matches!(self.target, DatabaseTarget::Sqlite(_)) {
+                    ", less the one kept for the write holding the turn"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
+    }
+
     /// A PostgreSQL alias with the default pool.
     pub fn postgres(url: UrlSource) -> DatabaseSettings {
-        DatabaseSettings { target: DatabaseTarget::Postgres(url), pool: PoolSettings::default(), manage_roles: true }
+        DatabaseSettings {
+            target: DatabaseTarget::Postgres(url),
+            pool: PoolSettings::default(),
+            manage_roles: true,
+            guaranteed: BTreeMap::new(),
+        }
     }
 
     /// A SQLite alias with the default pool.
     pub fn sqlite(path: PathBuf) -> DatabaseSettings {
-        DatabaseSettings { target: DatabaseTarget::Sqlite(path), pool: PoolSettings::default(), manage_roles: true }
+        DatabaseSettings {
+            target: DatabaseTarget::Sqlite(path),
+            pool: PoolSettings::default(),
+            manage_roles: true,
+            guaranteed: BTreeMap::new(),
+        }
     }
 
     /// The SQL dialect of the database.

@@ -267,10 +267,7 @@ impl Validator<'_> {
     /// Whether the name is valid (problems are then the named plugin's).
     fn check_name(&mut self, name: &Spanned<String>) -> bool {
         let text = name.get_ref();
-        let valid = !text.is_empty()
-            && text.len() <= MAX_NAME_LEN
-            && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        let valid = is_plugin_name(text);
         if !valid {
             self.fail(
                 name,
@@ -599,4 +596,13 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let mut digest = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut digest).ok()?;
     Some(digest)
+}
+
+/// Whether `text` is a valid plugin name: 1 to 64 lowercase letters,
+/// digits, `-` or `_`, starting with a letter or digit.
+pub fn is_plugin_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }

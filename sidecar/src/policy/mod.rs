@@ -28,7 +28,7 @@ use crate::services::kv::KvPolicy;
 use crate::services::sql::SqlPolicy;
 
 pub use error::{PolicyError, shown};
-pub use load::{ComponentDir, MAX_COMPONENT_SIZE, MAX_POLICY_FILE, PolicyLoad, load_dir, load_dir_in};
+pub use load::{ComponentDir, MAX_COMPONENT_SIZE, MAX_POLICY_FILE, PolicyLoad, is_plugin_name, load_dir, load_dir_in};
 
 /// Default per-invocation memory limit when `[limits] memory` is absent.
 pub const DEFAULT_MEMORY: u64 = 64 << 20;

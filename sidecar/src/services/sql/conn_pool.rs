@@ -193,6 +193,17 @@ impl<C: Connector> ConnPool<C> {
         self.inner.places.held_by(holder)
     }
 
+    /// Places `holder` holds now beyond those guaranteed to it
+    /// ([`Self::guarantee`]).
+    pub fn held_beyond_guarantee(&self, holder: &str) -> usize {
+        self.inner.places.held_beyond_guarantee(holder)
+    }
+
+    /// Guarantees `holder` `places` of the pool ([`Places::guarantee`]).
+    pub fn guarantee(&self, holder: &str, places: usize) {
+        self.inner.places.guarantee(holder, places);
+    }
+
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         (self.inner.open.load(Ordering::Relaxed), self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner).len())

@@ -149,8 +149,9 @@ impl Guard {
                 let Pool::Postgres(pool) = alias.pool().await? else {
                     return Err(SqlError::Internal("a PostgreSQL guard on a SQLite alias".into()));
                 };
-                // On the sidecar's own connection, which may need a place
-                // taken back from plugins holding them all.
+                // On a connection of the sidecar's login, its place the
+                // plugin's (it may need one taken back from plugins
+                // holding them all).
                 let ready = alias
                     .taking_back(plugin, async {
                         if alias.manages_roles() {

@@ -34,6 +34,14 @@
 //! 351), nor a newcomer beside as many plugins as places each holding one
 //! (review 18: about a call a second). A plugin alone may take every
 //! place.
+//!
+//! No rule on use tells a newcomer from a tenant that spreads its load
+//! over many plugin names, or from many plugins that each wait their turn
+//! (reviews 19 and 20: with twice as many plugins as places, each holding
+//! one for long statements, an honest reader got one call in ten
+//! seconds). What an operator must be sure of is guaranteed instead
+//! ([`Places::guarantee`]): a plugin's guaranteed places are never taken
+//! by another, whatever it holds or however many there are.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -71,6 +79,9 @@ struct State {
     /// Calls waiting, in the order they came.
     waiting: Vec<Waiter>,
     next: u64,
+    /// Places guaranteed to a plugin: while it holds fewer, the others
+    /// leave it the difference.
+    guaranteed: HashMap<Arc<str>, usize>,
 }
 
 /// A plugin's places held, averaged over [`USE_SPAN`].
@@ -123,6 +134,14 @@ impl Places {
         Arc::new(Places { state, rank: Box::new(rank), keep: 0 })
     }
 
+    /// Guarantees `plugin` `places` of the pool: while it holds fewer,
+    /// the others take only what is free beyond the difference (the sum
+    /// of guarantees must leave a place unguaranteed; the settings check
+    /// it). Set before the places are used.
+    pub fn guarantee(&self, plugin: &str, places: usize) {
+        self.state().guaranteed.insert(Arc::from(plugin), places);
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -137,7 +156,7 @@ impl Places {
                 return Err(Closed);
             }
             let plugin: Arc<str> = Arc::from(plugin);
-            if state.free > 0 && state.may_take(&plugin, state.free, self.keep) {
+            if state.may_take(&plugin, state.free, self.keep) {
                 state.free -= 1;
                 state.hold(&plugin);
                 return Ok(Place { places: Some(Arc::clone(self)), plugin });
@@ -153,7 +172,14 @@ impl Places {
 
     /// Places held by `plugin` now.
     pub fn held_by(&self, plugin: &str) -> usize {
-        self.state().held.get(plugin).copied().unwrap_or(0)
+        self.state().held_by(plugin)
+    }
+
+    /// Places held by `plugin` now beyond those guaranteed to it: what it
+    /// holds that another plugin might have had.
+    pub fn held_beyond_guarantee(&self, plugin: &str) -> usize {
+        let state = self.state();
+        state.held_by(plugin).saturating_sub(state.guaranteed_to(plugin))
     }
 
     /// Places free now.
@@ -203,6 +229,20 @@ impl Places {
 }
 
 impl State {
+    fn held_by(&self, plugin: &str) -> usize {
+        self.held.get(plugin).copied().unwrap_or(0)
+    }
+
+    fn guaranteed_to(&self, plugin: &str) -> usize {
+        self.guaranteed.get(plugin).copied().unwrap_or(0)
+    }
+
+    /// The places guaranteed to plugins and not held by them now: no one
+    /// else may take those.
+    fn owed(&self) -> usize {
+        self.guaranteed.iter().map(|(plugin, places)| places.saturating_sub(self.held_by(plugin))).sum()
+    }
+
     /// One place more held by `plugin`.
     fn hold(&mut self, plugin: &Arc<str>) {
         let held = self.held.entry(Arc::clone(plugin)).or_default();
@@ -247,17 +287,23 @@ impl State {
         used <= share / 2.0
     }
 
-    /// Whether `plugin` may take one of `free` places: any while more
-    /// than `keep` are free, the last ones only while it used little
-    /// lately ([`Self::used_little`]) or no other plugin holds one.
+    /// Whether `plugin` may take one of `free` places: one guaranteed to
+    /// it while it holds fewer; else of those not owed to other plugins'
+    /// guarantees, any while more than `keep` are free, the last ones only
+    /// while it used little lately ([`Self::used_little`]) or no other
+    /// plugin holds one.
     fn may_take(&self, plugin: &str, free: usize, keep: usize) -> bool {
-        free > keep || self.held.keys().all(|holder| &**holder == plugin) || self.used_little(plugin)
+        if self.held_by(plugin) < self.guaranteed_to(plugin) {
+            return free > 0;
+        }
+        let unowed = free.saturating_sub(self.owed());
+        unowed > keep || unowed > 0 && (self.held.keys().all(|holder| &**holder == plugin) || self.used_little(plugin))
     }
 
     /// The index of the waiter that may take a freed place whose plugin
     /// holds the fewest places, then ranks lowest, then came first.
     fn next_waiter(&self, rank: &Rank, keep: usize) -> Option<usize> {
-        let holds = |w: &Waiter| self.held.get(&w.plugin).copied().unwrap_or(0);
+        let holds = |w: &Waiter| self.held_by(&w.plugin);
         let may_take = |i: &usize| self.may_take(&self.waiting[*i].plugin, self.free + 1, keep);
         (0..self.waiting.len()).filter(may_take).min_by_key(|&i| {
             let waiter = &self.waiting[i];
@@ -421,6 +467,44 @@ mod tests {
         let state = places.state();
         assert!(!state.used.contains_key("gone") && state.used.contains_key("other"));
         assert!(state.used.contains_key("recent"), "a plugin's recent use was forgotten once it held none");
+    }
+
+    /// Attack (reviews 19 and 20, L18 and the name rotation): more plugins
+    /// than places, each holding one for long statements, or one tenant
+    /// under many names, take every place a newcomer might have had. The
+    /// places guaranteed to a plugin are never taken by another: not free,
+    /// not as they are freed, not as the kept place; beyond them the
+    /// plugin is one among the others.
+    #[tokio::test]
+    async fn guaranteed_places_are_left_to_their_plugin() {
+        let places = Places::new(5, 1);
+        places.guarantee("reports", 2);
+        let mut others = Vec::new();
+        for plugin in ["a", "b"] {
+            others.push(places.take(plugin).await.unwrap());
+        }
+        // One more unowed place: kept, and `c` a newcomer takes it.
+        others.push(places.take("c").await.unwrap());
+        assert_eq!(places.free(), 2);
+        let d = waiting(&places, "d").await;
+        let first = places.take("reports").await.unwrap();
+        assert!(!d.is_finished(), "a plugin took a place guaranteed to another");
+        assert_eq!(places.free(), 1);
+        let second = places.take("reports").await.unwrap();
+        assert_eq!((places.held_beyond_guarantee("reports"), places.held_by("reports")), (0, 2));
+        // An unowed place freed goes to the waiter.
+        drop(others.pop());
+        let d = tokio::time::timeout(Duration::from_secs(5), d).await.unwrap().unwrap();
+        // Beyond its guarantee, it waits like the others.
+        let third = tokio::time::timeout(Duration::from_millis(50), places.take("reports")).await;
+        assert!(third.is_err(), "a plugin took more than its guarantee from a full pool");
+        // Its guaranteed places, given back, are free for it again.
+        drop(first);
+        let e = tokio::time::timeout(Duration::from_millis(50), places.take("e")).await;
+        assert!(e.is_err(), "a place guaranteed to another was taken as it was freed");
+        let again = places.take("reports").await.unwrap();
+        drop((again, second, d, others));
+        assert_eq!(places.free(), 5);
     }
 
     /// With more than the kept places free, a freed place goes to a waiter

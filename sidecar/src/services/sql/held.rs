@@ -132,7 +132,8 @@ impl Drop for Lent {
 impl Holdings {
     /// Takes back one connection for `waiter`, waiting since
     /// `waiting_since`: one of another plugin, the one holding the most
-    /// places (`held_by`), if it holds at least as many as `waiter`. Of its
+    /// places (`held_by`: beyond those guaranteed to it, so never one of
+    /// those), if it holds at least as many as `waiter`. Of its
     /// connections, the longest idle is taken at once (closed, rolling
     /// back what it held, or given back to the pool, whose freed place goes
     /// to the waiting plugin holding the fewest): one in a transaction only
@@ -165,6 +166,7 @@ impl Holdings {
             .iter()
             .filter(|h| &*h.plugin != waiter)
             .filter_map(|h| rank(h).map(|rank| (h, (held_by(&h.plugin), rank))))
+            .filter(|(_, (holds, _))| *holds > 0)
             .max_by_key(|(_, rank)| *rank)?;
         if victim_holds < held_by(waiter) {
             return None;

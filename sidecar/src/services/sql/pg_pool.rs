@@ -270,7 +270,14 @@ impl Session {
     /// A connection of `pool` in this session: one idle in it if there is
     /// one, else another set to it.
     pub async fn acquire(&self, pool: &PgPool) -> Result<PooledPg, sqlx::Error> {
-        let mut conn = pool.acquire(Some(self.as_str())).await?;
+        self.acquire_for(pool, "").await
+    }
+
+    /// [`Self::acquire`], its place charged to `holder` (a plugin the
+    /// sidecar works for: its role is made before its first call, in a
+    /// place guaranteed to it if it has one).
+    pub async fn acquire_for(&self, pool: &PgPool, holder: &str) -> Result<PooledPg, sqlx::Error> {
+        let mut conn = pool.acquire_for(holder, Some(self.as_str()), false).await?;
         self.enter(&mut conn).await?;
         Ok(conn)
     }

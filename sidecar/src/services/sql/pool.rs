@@ -160,6 +160,22 @@ impl Pool {
         }
     }
 
+    /// Places `plugin` holds now beyond those guaranteed to it.
+    pub fn held_beyond_guarantee(&self, plugin: &str) -> usize {
+        match self {
+            Pool::Postgres(pool) => pool.held_beyond_guarantee(plugin),
+            Pool::Sqlite(pool) => pool.held_beyond_guarantee(plugin),
+        }
+    }
+
+    /// Guarantees `plugin` `places` of the pool.
+    fn guarantee(&self, plugin: &str, places: usize) {
+        match self {
+            Pool::Postgres(pool) => pool.guarantee(plugin, places),
+            Pool::Sqlite(pool) => pool.guarantee(plugin, places),
+        }
+    }
+
     /// Connections open now, and of them idle.
     pub fn usage(&self) -> (u32, usize) {
         match self {
@@ -260,7 +276,11 @@ impl AliasPool {
                     .ok_or_else(|| SqlError::Internal(format!("[databases.{}] opened without options", self.name)))?;
                 let tls = databases.tls_files(&self.name).unwrap_or_default();
                 let options = self.relayed(options, &tls)?;
-                Ok(Pool::Postgres(pg_pool(options, settings.max_connections, settings.acquire_timeout)))
+                Ok(self.guaranteeing(Pool::Postgres(pg_pool(
+                    options,
+                    settings.max_connections,
+                    settings.acquire_timeout,
+                ))))
             }
             DatabaseTarget::Sqlite(path) => {
                 let options: SqliteConnectOptions = databases
@@ -286,9 +306,17 @@ impl AliasPool {
                 // before the pool hands it out, closed until a plugin's grant
                 // is entered for a statement.
                 guard::sqlite::limit_heap();
-                Ok(Pool::Sqlite(sqlite_pool(options, &settings)))
+                Ok(self.guaranteeing(Pool::Sqlite(sqlite_pool(options, &settings))))
             }
         }
+    }
+
+    /// `pool` with the places guaranteed to plugins (`guaranteed_connections`).
+    fn guaranteeing(&self, pool: Pool) -> Pool {
+        for (plugin, &places) in &self.settings.guaranteed {
+            pool.guarantee(plugin, places as usize);
+        }
+        pool
     }
 
     /// `options` through a [`Relay`] of this alias's own, which makes the
@@ -362,7 +390,9 @@ impl AliasPool {
     /// or else ends one long statement ([`super::running`]); the place goes
     /// to the waiting plugin holding the fewest.
     pub async fn taking_back<T>(&self, plugin: &str, acquiring: impl Future<Output = T>) -> T {
-        let held_by = |p: &str| self.opened().map_or(0, |pool| pool.held_by(p));
+        // Places guaranteed to a plugin are never taken from it: freed,
+        // they would be owed to it again.
+        let held_by = |p: &str| self.opened().map_or(0, |pool| pool.held_beyond_guarantee(p));
         let wait = self.settings.pool.acquire_timeout;
         let since = tokio::time::Instant::now();
         let mut next = since + wait / 2;

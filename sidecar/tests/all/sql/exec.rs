@@ -3,6 +3,7 @@
 //! plugin has its share of the pool, no session state survives a call, and
 //! each failure has its kind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -496,6 +497,111 @@ async fn a_plugins_second_connection_beside_greedy_ones_takes_the_kept_place_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_second_connection_beside_greedy_ones_takes_the_kept_place_on_postgres() {
     a_plugins_second_connection_beside_greedy_ones_takes_the_kept_place(Dialect::Postgres).await;
+}
+
+/// Attack (outside reviews 19 and 20, L18 and the plugin-name rotation):
+/// more plugins than places, each holding one for long statements (or one
+/// tenant under many names), keep every place busy; a plugin holding
+/// none ends nothing (each holds one) and, with them all at their fair
+/// share, finds the kept place taken by their waiters: refused. A plugin
+/// granted `guaranteed_connections` is served at once beside them, ends
+/// nothing and takes nothing of theirs, and its places, even freed, are
+/// not taken by the waiting ones.
+async fn a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_plugins(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    db.big_table(3000).await;
+    // Four shared places, one guaranteed to `reports`.
+    let max = if dialect == Dialect::Sqlite { 5 } else { 4 };
+    let mut settings = db.settings(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(max, 4) });
+    settings.guaranteed = BTreeMap::from([("reports".to_string(), 1)]);
+    let gateway = Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)])));
+    let stop = Stop::new();
+    let mut long = Vec::new();
+    for plugin in ["q1", "q2", "q3"] {
+        long.push(running_long(&gateway, plugin, 0, &stop).await);
+    }
+    // A fourth one-place plugin waits for a place, again and again.
+    let (policy_long, sql_long) = long_statement();
+    let waiting = {
+        let (gateway, stop) = (Arc::clone(&gateway), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_due() {
+                let refused = query_until(&gateway, "q4", &policy_long, sql_long, &[], &stop).await.unwrap_err();
+                assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+            }
+        })
+    };
+    let q4_holds_none = || {
+        let held = gateway.alias("db").unwrap().opened().unwrap().held_by("q4");
+        assert_eq!(held, 0, "a waiting plugin took the place guaranteed to another");
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let policy = policy("");
+    let sql = "SELECT name FROM products WHERE id = 1";
+    // Without a guarantee: refused (no statement is ended for it, nothing
+    // is idle to take back, the place left is guaranteed to another).
+    let refused = query(&gateway, "honest", &policy, sql, &[]).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    q4_holds_none();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(query(&gateway, "reports", &policy, sql, &[]).await.unwrap().rows.len(), 1);
+        assert!(started.elapsed() < Duration::from_millis(900), "the guaranteed plugin waited for an ending");
+        q4_holds_none();
+    }
+    let alias = gateway.alias("db").unwrap();
+    let guard = authorizer(dialect, &policy);
+    // Beyond its guarantee it is one among the others: holding one, its
+    // second waits and is refused (each of them holds as many).
+    let first = SqlConnection::open(alias, "reports", &guard, &Stop::new()).await.unwrap();
+    let second = SqlConnection::open(alias, "reports", &guard, &Stop::new()).await.err().expect("a second place");
+    assert_eq!(second.kind(), ErrorKind::Unavailable, "{second}");
+    drop(first);
+    q4_holds_none();
+    assert!(long.iter().all(|task| !task.is_finished()), "a statement was ended");
+    // (Left while it waits, so that it starts no statement of its own.)
+    waiting.abort();
+    if let Err(left) = waiting.await
+        && left.is_panic()
+    {
+        std::panic::resume_unwind(left.into_panic());
+    }
+    end_long(&stop, long).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_plugins_on_sqlite() {
+    a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_plugins(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_plugins_on_postgres() {
+    a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_plugins(Dialect::Postgres).await;
+}
+
+/// A transaction held idle in a place guaranteed to its plugin is never
+/// taken back for a waiter: freed, the place would be owed to that plugin
+/// again, and its transaction rolled back for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_in_a_guaranteed_place_is_never_taken_back_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    // Two shared places, one guaranteed to `reports`.
+    let mut settings = db.settings(pool(3, 2));
+    settings.guaranteed = BTreeMap::from([("reports".to_string(), 1)]);
+    let gateway = Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)])));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let other = SqlConnection::open(alias, "other", &guard, &Stop::new()).await.unwrap();
+    let mut connection = SqlConnection::open(alias, "reports", &guard, &Stop::new()).await.unwrap();
+    connection.begin(Limits::from(&policy)).await.unwrap();
+    let held = Held::new(alias.holdings(), "reports", connection);
+    let refused = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    let lent = held.lend();
+    assert!(lent.taken_back.is_none(), "a connection in a guaranteed place was taken back");
+    assert!(lent.connection.as_ref().is_some_and(SqlConnection::in_transaction));
+    drop((lent, other));
 }
 
 /// What is never taken back: a transaction in use (review 15: nine

@@ -45,8 +45,13 @@ pub async fn query_as(
 /// Waits until `plugin` holds `places` of the pool of the alias `db`.
 pub async fn until_held(gateway: &gatehouse::services::sql::SqlGateway, plugin: &str, places: usize) {
     let alias = gateway.alias("db").unwrap();
+    // Held over five checks in a row: on PostgreSQL a plugin's call first
+    // makes its role in a place of its own, given back before its
+    // statement takes one.
+    let mut steady = 0;
     for _ in 0..1000 {
-        if alias.opened().is_some_and(|pool| pool.held_by(plugin) == places) {
+        steady = if alias.opened().is_some_and(|pool| pool.held_by(plugin) == places) { steady + 1 } else { 0 };
+        if steady == 5 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

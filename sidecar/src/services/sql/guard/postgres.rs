@@ -293,7 +293,7 @@ fn role_error(error: sqlx::Error) -> GuardError {
 pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<SyncReport, GuardError> {
     let role = role_name(plugin)?;
     let quoted = quote(&role);
-    let mut conn = Session::own().acquire(pool).await?;
+    let mut conn = Session::own().acquire_for(pool, plugin).await?;
     // It will hold the statements prepared here: closed rather than handed
     // back, so no plugin call inherits them.
     conn.close_on_drop();
@@ -369,7 +369,7 @@ pub async fn sync(pool: &PgPool, plugin: &str, policy: &SqlPolicy) -> Result<Syn
 /// at its `SET LOCAL ROLE`. Changes nothing.
 pub async fn check_provided(pool: &PgPool, plugin: &str) -> Result<(), GuardError> {
     let role = role_name(plugin)?;
-    let mut conn = Session::own().acquire(pool).await?;
+    let mut conn = Session::own().acquire_for(pool, plugin).await?;
     let provided =
         sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = $1 AND pg_has_role(current_user, oid, 'MEMBER')")
             .persistent(false)
