@@ -625,9 +625,9 @@ mod tests {
             ),
             (
                 "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 5 }\n",
-                "a's must be between 1 and per_plugin_connections",
+                "a's 5 must be between 1 and per_plugin_connections (4)",
             ),
-            ("[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 0 }\n", "a's must be between 1"),
+            ("[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { a = 0 }\n", "a's 0 must be between 1"),
             (
                 "[databases.main]\nsqlite = \"a.db\"\nguaranteed_connections = { \"Bad\\u001b\" = 1 }\n",
                 "`Bad\\u{1b}` is not a plugin name",

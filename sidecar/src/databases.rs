@@ -214,16 +214,22 @@ impl DatabaseSettings {
                 ));
             }
             if places == 0 || places > self.pool.per_plugin_connections {
-                return Err(format!("guaranteed_connections: {plugin}'s must be between 1 and per_plugin_connections"));
+                return Err(format!(
+                    "guaranteed_connections: {plugin}'s {places} must be between 1 and per_plugin_connections ({})",
+                    self.pool.per_plugin_connections
+                ));
             }
         }
         let total: u64 = self.guaranteed.values().map(|&places| u64::from(places)).sum();
         if total >= u64::from(self.shared_places()) {
             return Err(format!(
-                "guaranteed_connections: {total} in all, but the plugins share {} places (max_connections{}) and \
+                "guaranteed_connections: {total} in all, but the plugins share {} (max_connections{}) and \
                  at least one must be left to the plugins without a guarantee",
-                self.shared_places(),
-                if matches!(self.target, DatabaseTarget::Sqlite(_)) {
+                match self.shared_places() {
+                    1 => "1 place".to_string(),
+                    places => format!("{places} places"),
+                },
+                if self.shared_places() < self.pool.max_connections {
                     ", less the one kept for the write holding the turn"
                 } else {
                     ""

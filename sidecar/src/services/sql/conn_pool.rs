@@ -199,6 +199,11 @@ impl<C: Connector> ConnPool<C> {
         self.inner.places.held_beyond_guarantee(holder)
     }
 
+    /// Places guaranteed to `holder`.
+    pub fn guaranteed_to(&self, holder: &str) -> usize {
+        self.inner.places.guaranteed_to(holder)
+    }
+
     /// Guarantees `holder` `places` of the pool ([`Places::guarantee`]).
     pub fn guarantee(&self, holder: &str, places: usize) {
         self.inner.places.guarantee(holder, places);

@@ -149,9 +149,9 @@ impl Guard {
                 let Pool::Postgres(pool) = alias.pool().await? else {
                     return Err(SqlError::Internal("a PostgreSQL guard on a SQLite alias".into()));
                 };
-                // On a connection of the sidecar's login, its place the
-                // plugin's (it may need one taken back from plugins
-                // holding them all).
+                // On the sidecar's own connection (in the plugin's place if
+                // one is guaranteed to it), which may need a place taken
+                // back from plugins holding them all.
                 let ready = alias
                     .taking_back(plugin, async {
                         if alias.manages_roles() {

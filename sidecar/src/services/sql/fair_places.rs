@@ -175,6 +175,11 @@ impl Places {
         self.state().held_by(plugin)
     }
 
+    /// Places guaranteed to `plugin` ([`Self::guarantee`]).
+    pub fn guaranteed_to(&self, plugin: &str) -> usize {
+        self.state().guaranteed_to(plugin)
+    }
+
     /// Places held by `plugin` now beyond those guaranteed to it: what it
     /// holds that another plugin might have had.
     pub fn held_beyond_guarantee(&self, plugin: &str) -> usize {
