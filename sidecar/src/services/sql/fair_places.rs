@@ -497,6 +497,8 @@ mod tests {
         assert_eq!(places.free(), 1);
         let second = places.take("reports").await.unwrap();
         assert_eq!((places.held_beyond_guarantee("reports"), places.held_by("reports")), (0, 2));
+        assert_eq!((places.guaranteed_to("reports"), places.guaranteed_to("a")), (2, 0));
+        assert_eq!(places.held_beyond_guarantee("a"), 1);
         // An unowed place freed goes to the waiter.
         drop(others.pop());
         let d = tokio::time::timeout(Duration::from_secs(5), d).await.unwrap().unwrap();
