@@ -368,6 +368,7 @@ impl Api {
             .collect();
         *self.unserved.write().unwrap_or_else(|p| p.into_inner()) = Unserved { directory: None, files, audit: None };
         self.loaded.store(true, Ordering::Release);
+        self.warn_of_unused_guarantees();
         let summary = ReloadSummary {
             loaded: self.names(),
             errors,
@@ -384,6 +385,22 @@ impl Api {
             "policies loaded"
         );
         summary
+    }
+
+    /// Names each `guaranteed_connections` entry whose plugin no loaded
+    /// policy grants the alias: its places are kept from every plugin.
+    fn warn_of_unused_guarantees(&self) {
+        let loaded = self.runtime.loaded_policies();
+        let grants = |plugin: &str, alias: &str| loaded.iter().any(|p| p.name == plugin && p.sql.contains_key(alias));
+        for (database, plugin, places) in self.services.sql.unused_guarantees(grants) {
+            tracing::warn!(
+                database,
+                plugin,
+                places,
+                "guaranteed_connections names a plugin that no loaded policy grants this database: its places are \
+                 kept from every other plugin"
+            );
+        }
     }
 
     /// With `[audit] require_approval`: takes out of `load` the plugins

@@ -108,6 +108,19 @@ impl SqlGateway {
         self.aliases.values()
     }
 
+    /// The places guaranteed to plugins that `grants` (plugin, alias) says
+    /// no loaded policy grants that alias, as (alias, plugin, places):
+    /// kept from the others for no one, most likely a misspelt name.
+    pub fn unused_guarantees(&self, grants: impl Fn(&str, &str) -> bool) -> Vec<(&str, &str, u32)> {
+        self.aliases
+            .iter()
+            .flat_map(|(alias, pool)| {
+                pool.settings.guaranteed.iter().map(move |(plugin, &places)| (alias.as_str(), plugin.as_str(), places))
+            })
+            .filter(|&(alias, plugin, _)| !grants(plugin, alias))
+            .collect()
+    }
+
     /// Takes `plugin`'s role in the PostgreSQL database of `alias` away (its
     /// privileges revoked, the role dropped) once no loaded policy grants
     /// the plugin that alias: a plugin removed, or its `[sql.<alias>]`
@@ -508,6 +521,18 @@ mod tests {
 
     /// The application database is created and migrated at its first use,
     /// once: a second gateway over the same file finds it migrated.
+    /// Review 22: a guarantee naming a plugin no policy grants the alias
+    /// keeps its places from everyone, silently.
+    #[test]
+    fn guarantees_no_loaded_policy_uses_are_listed() {
+        let mut settings = DatabaseSettings::sqlite("unused.db".into());
+        settings.guaranteed = BTreeMap::from([("reports".to_string(), 1), ("reprots".to_string(), 2)]);
+        let gateway = SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)]));
+        let granted = |plugin: &str, alias: &str| plugin == "reports" && alias == "db";
+        assert_eq!(gateway.unused_guarantees(granted), [("db", "reprots", 2)]);
+        assert!(gateway.unused_guarantees(|_, _| true).is_empty());
+    }
+
     #[tokio::test]
     async fn the_app_database_is_created_and_migrated_once() {
         let dir = tempfile::tempdir().unwrap();
