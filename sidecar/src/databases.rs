@@ -221,15 +221,16 @@ impl DatabaseSettings {
             }
         }
         let total: u64 = self.guaranteed.values().map(|&places| u64::from(places)).sum();
-        if total >= u64::from(self.shared_places()) {
+        let shared = self.shared_places();
+        if total >= u64::from(shared) {
             return Err(format!(
                 "guaranteed_connections: {total} in all, but the plugins share {} (max_connections{}) and \
                  at least one must be left to the plugins without a guarantee",
-                match self.shared_places() {
+                match shared {
                     1 => "1 place".to_string(),
                     places => format!("{places} places"),
                 },
-                if self.shared_places() < self.pool.max_connections {
+                if shared < self.pool.max_connections {
                     ", less the one kept for the write holding the turn"
                 } else {
                     ""

@@ -519,8 +519,6 @@ mod tests {
         assert_eq!(embedded, files);
     }
 
-    /// The application database is created and migrated at its first use,
-    /// once: a second gateway over the same file finds it migrated.
     /// Review 22: a guarantee naming a plugin no policy grants the alias
     /// keeps its places from everyone, silently.
     #[test]
@@ -533,6 +531,8 @@ mod tests {
         assert!(gateway.unused_guarantees(|_, _| true).is_empty());
     }
 
+    /// The application database is created and migrated at its first use,
+    /// once: a second gateway over the same file finds it migrated.
     #[tokio::test]
     async fn the_app_database_is_created_and_migrated_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! plugin has its share of the pool, no session state survives a call, and
 //! each failure has its kind.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -512,9 +511,8 @@ async fn a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_p
     db.big_table(3000).await;
     // Four shared places, one guaranteed to `reports`.
     let max = if dialect == Dialect::Sqlite { 5 } else { 4 };
-    let mut settings = db.settings(PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(max, 4) });
-    settings.guaranteed = BTreeMap::from([("reports".to_string(), 1)]);
-    let gateway = Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)])));
+    let pool = PoolSettings { acquire_timeout: Duration::from_secs(2), ..pool(max, 4) };
+    let gateway = db.gateway_guaranteeing(pool, &[("reports", 1)]);
     let stop = Stop::new();
     let mut long = Vec::new();
     for plugin in ["q1", "q2", "q3"] {
@@ -586,9 +584,7 @@ async fn a_plugins_guaranteed_connections_are_left_to_it_beside_many_one_place_p
 async fn a_connection_held_in_a_guaranteed_place_is_never_taken_back_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
     // Two shared places, one guaranteed to `reports`.
-    let mut settings = db.settings(pool(3, 2));
-    settings.guaranteed = BTreeMap::from([("reports".to_string(), 1)]);
-    let gateway = Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)])));
+    let gateway = db.gateway_guaranteeing(pool(3, 2), &[("reports", 1)]);
     let policy = policy("");
     let guard = authorizer(Dialect::Sqlite, &policy);
     let alias = gateway.alias("db").unwrap();

@@ -109,7 +109,15 @@ impl TestDb {
 
     /// A gateway whose alias `db` is this database.
     pub fn gateway(&self, pool: PoolSettings) -> Arc<SqlGateway> {
-        Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), self.settings(pool))])))
+        self.gateway_guaranteeing(pool, &[])
+    }
+
+    /// [`Self::gateway`], with places guaranteed to plugins
+    /// (`guaranteed_connections`).
+    pub fn gateway_guaranteeing(&self, pool: PoolSettings, guaranteed: &[(&str, u32)]) -> Arc<SqlGateway> {
+        let mut settings = self.settings(pool);
+        settings.guaranteed = guaranteed.iter().map(|&(plugin, places)| (plugin.to_string(), places)).collect();
+        Arc::new(SqlGateway::new(&BTreeMap::from([("db".to_string(), settings)])))
     }
 
     /// Runs `sql` (several statements) as the database's owner, outside the
