@@ -26,7 +26,9 @@
 //! three rounds; the median round's throughput is kept, and the
 //! latencies of all rounds are pooled. Run with `./dev bench` or `cargo
 //! bench -p gatehouse --bench sql_gateway`; `SQL_BENCH_ONLY=sqlite` or
-//! `=postgres` runs one database's half.
+//! `=postgres` runs one database's half; `SQL_BENCH_QUERY=<part of a
+//! query's label>` and `SQL_BENCH_CALLERS=<n>` run one row, for a
+//! profiler (`perf record`) to look at one path.
 #![allow(missing_docs)]
 
 #[allow(dead_code)]
@@ -273,9 +275,11 @@ async fn compare(
     println!("\n{name}: {LOOP} queries per invocation (gateway) or task (direct), pool of {POOL}\n");
     println!("| query | callers | path | queries/s | p50 µs | p99 µs | vs direct | vs {NO_PING} | vs {VALUES_READ} |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for query in QUERIES {
+    let only_query = std::env::var("SQL_BENCH_QUERY").ok();
+    let only_callers: Option<usize> = std::env::var("SQL_BENCH_CALLERS").ok().map(|n| n.parse().unwrap());
+    for query in QUERIES.iter().filter(|q| only_query.as_deref().is_none_or(|part| q.label.contains(part))) {
         let sql = sql_of(query);
-        for callers in [1, 8] {
+        for callers in [1, 8].into_iter().filter(|n| only_callers.is_none_or(|only| only == *n)) {
             // Warm: compiled, pooled, connections open.
             guest_round(&runtime, sql, query.param, 1).await;
             direct_round(&direct, sql, query.param, query.rows, 1).await;
