@@ -390,8 +390,12 @@ impl Api {
     /// Names each `guaranteed_connections` entry whose plugin no loaded
     /// policy grants the alias: its places are kept from every plugin.
     fn warn_of_unused_guarantees(&self) {
-        let loaded = self.runtime.loaded_policies();
-        let grants = |plugin: &str, alias: &str| loaded.iter().any(|p| p.name == plugin && p.sql.contains_key(alias));
+        // Read only if some alias guarantees places (a reload need not copy the policies otherwise).
+        let loaded = std::cell::OnceCell::new();
+        let grants = |plugin: &str, alias: &str| {
+            let loaded = loaded.get_or_init(|| self.runtime.loaded_policies());
+            loaded.iter().any(|p| p.name == plugin && p.sql.contains_key(alias))
+        };
         for (database, plugin, places) in self.services.sql.unused_guarantees(grants) {
             tracing::warn!(
                 database,

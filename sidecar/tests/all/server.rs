@@ -1008,3 +1008,35 @@ fn the_servers_own_request_lines_are_budgeted_and_the_dropped_counted() {
     assert!(lines <= windows * MAX_REQUEST_LINES_PER_SECOND, "{lines} lines in {flooded:?}");
     assert!(lines < 600, "{lines}");
 }
+
+#[test]
+fn each_load_warns_of_a_guaranteed_plugin_no_policy_grants_the_database() {
+    // A misspelt name in `guaranteed_connections` keeps its places from
+    // every other plugin (an outside review): each load says so, for that
+    // name only, and again after a reload.
+    let policies = Policies::new();
+    policies.plugin("q", "sql_demo", "[sql.app]\nstatements = [\"select\"]\n[sql.app.tables]\nproducts = \"select\"\n");
+    let databases = "[databases.app]\nsqlite = \"app.db\"\nmax_connections = 6\n\
+                     guaranteed_connections = { q = 1, reprots = 1 }\n";
+    let sidecar = Sidecar::start(&policies, databases, &[]);
+    let warnings = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("guaranteed_connections names a plugin"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    while warnings(&sidecar.stderr()).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no warning: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = warnings(&sidecar.stderr());
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("WARN") && first[0].contains("plugin=\"reprots\"") && first[0].contains("places=1"));
+    sidecar.signal("HUP");
+    while warnings(&sidecar.stderr()).len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "not warned again: {}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(warnings(&sidecar.stderr()).iter().all(|w| w.contains("plugin=\"reprots\"")), "{}", sidecar.stderr());
+}
