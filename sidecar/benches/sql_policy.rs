@@ -1,7 +1,9 @@
 //! Statement policy benchmark: what `services::sql::check` costs (parse in
 //! the alias's dialect, then the walk against a policy) for typical
 //! statements, against sqlparser's parse alone (the baseline, same
-//! statements, same run). Prints a table for BENCHMARKS.md.
+//! statements, same run), and what a statement sent again costs: a lookup
+//! in the grant's [`CheckCache`] (what the gateway does before checking).
+//! Prints a table for BENCHMARKS.md.
 //!
 //! Each statement is checked in batches of 2,000 calls; rows alternate
 //! over five rounds and the median batch is kept. Run with `./dev bench`
@@ -11,7 +13,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use gatehouse::services::sql::{Dialect, SqlPolicy, check};
+use gatehouse::services::sql::check_cache::CheckCache;
+use gatehouse::services::sql::{Dialect, Door, SqlPolicy, check};
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
@@ -82,14 +85,16 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn main() {
     let policy = SqlPolicy::from_toml(POLICY).expect("valid policy");
-    println!("| statement | dialect | parse only µs | parse + check µs | ratio |");
-    println!("|---|---|---|---|---|");
-    let mut totals = [(0.0, 0.0); 2];
+    println!("| statement | dialect | parse only µs | parse + check µs | ratio | sent again (cache) µs |");
+    println!("|---|---|---|---|---|---|");
+    let mut totals = [(0.0, 0.0, 0.0); 2];
     for (label, sqlite, postgres) in STATEMENTS {
         for (i, (dialect, sql)) in [(Dialect::Sqlite, *sqlite), (Dialect::Postgres, *postgres)].into_iter().enumerate()
         {
-            check(dialect, &policy, sql).unwrap_or_else(|d| panic!("{label}: {d}"));
-            let (mut parse, mut checked) = (Vec::new(), Vec::new());
+            let passed = check(dialect, &policy, sql).unwrap_or_else(|d| panic!("{label}: {d}"));
+            let cache = CheckCache::default();
+            cache.put(Door::Gatehouse, sql, &passed);
+            let (mut parse, mut checked, mut cached) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 parse.push(per_call_us(|| {
                     let statements = match dialect {
@@ -101,16 +106,20 @@ fn main() {
                 checked.push(per_call_us(|| {
                     black_box(check(dialect, &policy, black_box(sql)).expect("allowed"));
                 }));
+                cached.push(per_call_us(|| {
+                    black_box(cache.get(Door::Gatehouse, black_box(sql)).expect("kept"));
+                }));
             }
-            let (parse, checked) = (median(parse), median(checked));
+            let (parse, checked, cached) = (median(parse), median(checked), median(cached));
             totals[i].0 += parse;
             totals[i].1 += checked;
-            println!("| {label} | {dialect} | {parse:.2} | {checked:.2} | {:.2}x |", checked / parse);
+            totals[i].2 += cached;
+            println!("| {label} | {dialect} | {parse:.2} | {checked:.2} | {:.2}x | {cached:.2} |", checked / parse);
         }
     }
     let n = STATEMENTS.len() as f64;
     for (i, dialect) in [Dialect::Sqlite, Dialect::Postgres].into_iter().enumerate() {
-        let (parse, checked) = (totals[i].0 / n, totals[i].1 / n);
-        println!("| **mean** | {dialect} | {parse:.2} | {checked:.2} | {:.2}x |", checked / parse);
+        let (parse, checked, cached) = (totals[i].0 / n, totals[i].1 / n, totals[i].2 / n);
+        println!("| **mean** | {dialect} | {parse:.2} | {checked:.2} | {:.2}x | {cached:.2} |", checked / parse);
     }
 }
