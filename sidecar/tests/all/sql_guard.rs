@@ -157,6 +157,28 @@ const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
     ("UPDATE orders SET status = 'x'", Not::Runs, "WHERE-less write to a granted table: privileges have no WHERE"),
     ("DELETE FROM orders", Not::Runs, "WHERE-less write to a granted table: privileges have no WHERE"),
     ("SELECT pg_catalog.lower(name) FROM products", Not::Runs, "EXECUTE is PUBLIC: functions are the checker's"),
+    (
+        "SELECT i.pg_typeof FROM products i",
+        Not::Runs,
+        "`t.f` is `f(t)`, EXECUTE is PUBLIC: functions are the checker's",
+    ),
+    (
+        "SELECT products.pg_column_size FROM products",
+        Not::Runs,
+        "`t.f` is `f(t)`, EXECUTE is PUBLIC: functions are the checker's",
+    ),
+    (
+        "SELECT o.row_to_json FROM orders o WHERE o.id = 1",
+        Not::Runs,
+        "`t.f` is `f(t)`, EXECUTE is PUBLIC: functions are the checker's",
+    ),
+    (
+        "SELECT id FROM products p ORDER BY p.hash_record",
+        Not::Runs,
+        "`t.f` is `f(t)`, EXECUTE is PUBLIC: functions are the checker's",
+    ),
+    ("SELECT lastval()", Not::FailsOtherwise, "no sequence used yet on the test's own connection"),
+    ("SELECT txid_current_snapshot()", Not::Runs, "EXECUTE is PUBLIC: functions are the checker's"),
     ("SELECT 'pg_authid'::regclass", Not::Runs, "catalog names are readable by every role"),
     ("SELECT * FROM information_schema.tables", Not::Runs, "lists only what the role may see"),
     ("SET search_path = evil", Not::Runs, "only loses the fixed path for the rest of the transaction"),
@@ -619,6 +641,30 @@ async fn postgres_alone_refuses_the_bypass_table_except_the_documented_rows() {
     }
     assert!(BYPASSES.iter().any(|(_, _, sql, _, _)| not_sent.contains(sql)));
     judge("PostgreSQL", &outcomes, PG_NOT_REFUSED);
+}
+
+/// PostgreSQL's functions that take a whole row as their one argument: what
+/// `t.f` may call when `t` has no column `f` (plain functions and plain
+/// aggregates; window and ordered-set ones refuse the notation).
+const ROW_FUNCTIONS: &str = "SELECT DISTINCT p.proname::text FROM pg_proc p \
+     LEFT JOIN pg_aggregate a ON a.aggfnoid = p.oid \
+     WHERE p.prokind IN ('f', 'a') AND coalesce(a.aggkind, 'n') = 'n' AND ( \
+       (p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 AND format_type(p.proargtypes[0], NULL) IN \
+         ('\"any\"', 'anyelement', 'anynonarray', 'anycompatible', 'anycompatiblenonarray', 'record')) \
+       OR (p.pronargs = 1 AND p.provariadic = 'pg_catalog.\"any\"'::regtype))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_a_row_reaches_is_listed_on_postgres() {
+    // The checker refuses `t.f` for these unless `f` is allowed (an outside
+    // review called `pg_typeof`, `pg_column_size`, `row_to_json` and
+    // `num_nulls` as `i.pg_typeof`, …): its list must hold every one this
+    // server has.
+    let (_server, pool, _) = pg_fixture().await;
+    let names: Vec<String> = sqlx::query_scalar(ROW_FUNCTIONS).fetch_all(&pool).await.unwrap();
+    assert!(names.iter().any(|n| n == "pg_typeof") && names.len() >= 20, "{names:?}");
+    let listed = gatehouse::services::sql::functions::POSTGRES_ON_A_ROW;
+    let missing: Vec<&String> = names.iter().filter(|n| listed.binary_search(&n.as_str()).is_err()).collect();
+    assert!(missing.is_empty(), "not in functions::POSTGRES_ON_A_ROW: {missing:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -391,6 +391,33 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (LITE, "", "SELECT id FROM products WHERE id = :id", Rule::Placeholder, "named parameters"),
     (LITE, "", "SELECT id FROM products WHERE id = @id", Rule::Placeholder, "named parameters"),
     (LITE, "", "SELECT id FROM products WHERE id = ?0", Rule::Placeholder, "?1 to ?32766"),
+    // A qualifier naming relations at two levels: SQLite looks for the
+    // column in the inner one, then in the outer (an outside review read
+    // `customers.ssn` this way, `products` granted whole).
+    (LITE, "", "SELECT (SELECT p.email FROM products p) FROM customers p", Rule::Column, "`email` of `customers`"),
+    (
+        LITE,
+        "",
+        "SELECT (SELECT products.secret_note FROM products) FROM customers products",
+        Rule::Column,
+        "`secret_note` of `customers`",
+    ),
+    (
+        LITE,
+        "",
+        "SELECT id FROM customers p WHERE EXISTS (SELECT 1 FROM products p WHERE p.email LIKE 'a%')",
+        Rule::Column,
+        "`email` of `customers`",
+    ),
+    // PostgreSQL's attribute notation: `t.f` is `f(t)` when `t` has no
+    // column `f` (an outside review called functions past the allow-list).
+    (PG, "", "SELECT i.pg_typeof FROM products i", Rule::Function, "`pg_typeof(i)`"),
+    (PG, "", "SELECT products.pg_column_size FROM products", Rule::Function, "function `pg_column_size`"),
+    (PG, "", "SELECT o.row_to_json FROM orders o WHERE o.id = 1", Rule::Function, "function `row_to_json`"),
+    (PG, "", "SELECT id FROM products p ORDER BY p.hash_record", Rule::Function, "function `hash_record`"),
+    // Session state of other plugins' calls on a pooled connection.
+    (PG, "", "SELECT lastval()", Rule::Function, "`lastval`"),
+    (PG, "", "SELECT txid_current_snapshot()", Rule::Function, "`txid_current_snapshot`"),
 ];
 
 #[test]
@@ -611,6 +638,27 @@ fn size_and_depth_are_bounded() {
 /// only some columns, a column list on the target's alias, optimizer
 /// hints, `OUTPUT`, `UPDATE … WHERE`, `UPDATE … DELETE WHERE`, `INSERT …
 /// WHERE`.
+#[test]
+fn attribute_notation_is_a_function_call_on_postgres() {
+    // `t.f` is `f(t)` on PostgreSQL where `t` has no column `f`: allowed
+    // only where the function is, and counted as a call; still a column
+    // read, so a table granting some columns refuses it. SQLite has no
+    // such notation: the same text is a column, which the database's own
+    // check judges.
+    let policy = policy();
+    let checked = allow(Dialect::Postgres, &policy, "SELECT p.to_json, p.count FROM products p");
+    assert_eq!(checked.kind, StatementKind::Select);
+    let denied = check(Dialect::Postgres, &policy, "SELECT c.to_json FROM customers c").unwrap_err();
+    assert_eq!((denied.rule, denied.message.contains("`to_json` of `customers`")), (Rule::Column, true), "{denied}");
+    let with_it = with("functions = [\"row_to_json\"]");
+    allow(Dialect::Postgres, &with_it, "SELECT p.row_to_json FROM products p");
+    allow(Dialect::Sqlite, &policy, "SELECT p.pg_typeof FROM products p");
+    // Each counts against the calls a statement may make.
+    let many: Vec<String> = (0..65).map(|i| format!("p.to_json AS c{i}")).collect();
+    let denied = check(Dialect::Postgres, &policy, &format!("SELECT {} FROM products p", many.join(", "))).unwrap_err();
+    assert_eq!(denied.rule, Rule::TooManyCalls, "{denied}");
+}
+
 #[test]
 fn merge_is_checked_per_action() {
     let policy = policy();

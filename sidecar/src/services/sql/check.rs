@@ -1311,15 +1311,42 @@ impl<'p> Walk<'p> {
             })
     }
 
-    fn qualified_column(&self, qualifier: &str, column: &str) -> Checks {
-        let rel = self.relation(qualifier)?;
-        if let Some((table, grant)) = rel.table
-            && !self.column_granted(&grant.select, column)
-        {
-            return Err(self.deny(
-                Rule::Column,
-                format!("column `{}` of `{}` is not granted for reading", shown(column), shown(table)),
-            ));
+    /// `qualifier.column`: readable on every relation of that name in
+    /// scope, outer levels included. SQLite looks for the column in the
+    /// innermost one and, if that has no such column, in the next one out:
+    /// an outside review read `customers.ssn` with `(SELECT p.ssn FROM
+    /// products p) … FROM customers p`, `products` granted whole. Without
+    /// the schema the check cannot tell which one has the column.
+    ///
+    /// On PostgreSQL `t.f` is also `f(t)` when `t` has no column `f`
+    /// ([`functions::POSTGRES_ON_A_ROW`]): such a name must be a function
+    /// the policy allows, and counts as a call.
+    fn qualified_column(&mut self, qualifier: &str, column: &str) -> Checks {
+        self.relation(qualifier)?;
+        let named = |rel: &&Rel<'p>| names::same(self.dialect, &rel.name, qualifier);
+        for rel in self.levels.iter().flat_map(|level| level.iter()).filter(named) {
+            if let Some((table, grant)) = rel.table
+                && !self.column_granted(&grant.select, column)
+            {
+                return Err(self.deny(
+                    Rule::Column,
+                    format!("column `{}` of `{}` is not granted for reading", shown(column), shown(table)),
+                ));
+            }
+        }
+        if self.dialect == Dialect::Postgres && functions::POSTGRES_ON_A_ROW.binary_search(&column).is_ok() {
+            if !self.function_granted(column) {
+                return Err(self.deny(
+                    Rule::Function,
+                    format!(
+                        "`{q}.{c}` is PostgreSQL's notation for `{c}({q})` where `{q}` has no column `{c}`: \
+                         function `{c}` is not on the allow-list",
+                        q = shown(qualifier),
+                        c = shown(column)
+                    ),
+                ));
+            }
+            self.count_call()?;
         }
         Ok(())
     }
@@ -1771,23 +1798,12 @@ impl<'p> Walk<'p> {
             return Err(self.deny(Rule::Function, "schema-qualified function names are refused".into()));
         };
         let normalised = self.ident(id)?;
-        let granted = functions::is_default(self.dialect, &normalised)
-            || self.policy.functions.iter().any(|f| names::same(self.dialect, f, &normalised));
-        if !granted {
+        if !self.function_granted(&normalised) {
             return Err(
                 self.deny(Rule::Function, format!("function `{}` is not on the allow-list", shown(&normalised)))
             );
         }
-        self.calls += 1;
-        if self.calls > MAX_FUNCTION_CALLS {
-            return Err(self.deny(
-                Rule::TooManyCalls,
-                format!(
-                    "more than {MAX_FUNCTION_CALLS} function calls in one statement: the database checks the \
-                     deadline only between rows"
-                ),
-            ));
-        }
+        self.count_call()?;
         // A call of many arguments may compare or copy each (`max(a, b, …)`):
         // the arguments past the first count as operators.
         if let FunctionArguments::List(list) = args {
@@ -1821,6 +1837,26 @@ impl<'p> Walk<'p> {
         match over {
             None | Some(WindowType::NamedWindow(_)) => {}
             Some(WindowType::WindowSpec(spec)) => self.at("OVER", |w| w.window_spec(spec))?,
+        }
+        Ok(())
+    }
+
+    /// Whether the policy lets a statement call `name` (normalised).
+    fn function_granted(&self, name: &str) -> bool {
+        functions::is_default(self.dialect, name)
+            || self.policy.functions.iter().any(|f| names::same(self.dialect, f, name))
+    }
+
+    fn count_call(&mut self) -> Checks {
+        self.calls += 1;
+        if self.calls > MAX_FUNCTION_CALLS {
+            return Err(self.deny(
+                Rule::TooManyCalls,
+                format!(
+                    "more than {MAX_FUNCTION_CALLS} function calls in one statement: the database checks the \
+                     deadline only between rows"
+                ),
+            ));
         }
         Ok(())
     }

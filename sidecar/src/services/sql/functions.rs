@@ -189,6 +189,48 @@ pub const POSTGRES: &[&str] = &[
     "upper",
 ];
 
+/// PostgreSQL's built-in functions that take a whole row as their one
+/// argument (`"any"`, `anyelement`, `anynonarray`, `anycompatible…`,
+/// `record`, or `VARIADIC "any"`; plain functions and plain aggregates,
+/// since window and ordered-set ones refuse the notation): PostgreSQL reads
+/// `t.f` as `f(t)` when `t` has no column `f`, so each of these names is a
+/// call wherever it follows a qualifier (an outside review called
+/// `pg_column_size`, `pg_typeof`, `row_to_json` and `num_nulls` that way).
+/// From PostgreSQL 15's catalog; `sql_guard.rs`
+/// `every_function_a_row_reaches_is_listed_on_postgres` compares it with the
+/// test server's. Functions an extension or an operator adds that take a
+/// row are not on it (EXECUTE is PUBLIC by default: revoke it). Sorted.
+pub const POSTGRES_ON_A_ROW: &[&str] = &[
+    "any_out",
+    "anycompatible_out",
+    "anycompatiblenonarray_out",
+    "anyelement_out",
+    "anynonarray_out",
+    "array_agg",
+    "concat",
+    "count",
+    "hash_record",
+    "json_agg",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_agg",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "num_nonnulls",
+    "num_nulls",
+    "pg_collation_for",
+    "pg_column_compression",
+    "pg_column_size",
+    "pg_typeof",
+    "quote_literal",
+    "quote_nullable",
+    "record_out",
+    "record_send",
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+];
+
 /// The default allow-list of `dialect`.
 pub fn defaults(dialect: Dialect) -> &'static [&'static str] {
     match dialect {
@@ -209,6 +251,7 @@ mod tests {
 
     #[test]
     fn lists_are_sorted_lower_case_and_hold_nothing_never_grantable() {
+        assert!(POSTGRES_ON_A_ROW.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
         for list in [SQLITE, POSTGRES] {
             assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
             for name in list {

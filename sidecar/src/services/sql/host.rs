@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Resource};
 
+use super::check::StatementKind;
 use super::check_cache::CheckCache;
 use super::error::SqlError;
 use super::exec::{self, Guard, Limits, OpenFor, SqlConnection};
@@ -192,6 +193,15 @@ impl SqlHost {
     ) -> Result<(Rows, u64), SqlError> {
         let (plugin, grant) = self.grant(db)?;
         let checked = grant.checked(Door::Gatehouse, statement, params)?;
+        if checked.kind == StatementKind::Begin {
+            // Its connection goes back at the end of this call, which would
+            // end the transaction unseen (an outside review got `changed: 0`).
+            return Err(SqlError::InvalidInput(
+                "BEGIN outside a transaction: a call's connection is its own, so the transaction would end with \
+                 the call; begin one with the `begin` function (its resource holds the connection)"
+                    .into(),
+            ));
+        }
         let limits = Limits::from(&grant.policy);
         let guard = grant.guard(Door::Gatehouse);
         let (mut connection, limits) = SqlConnection::open_for(

@@ -290,7 +290,13 @@ pub const NEVER_FUNCTIONS: &[&str] = &[
     "ts_rewrite",
     "nextval",
     "setval",
-    "txid_current",
+    // PostgreSQL session state a pooled connection carries from one
+    // plugin's calls to the next (an outside review: `lastval()` read the
+    // ids of another plugin's inserts into a table it cannot read, and
+    // `setseed()` chose another plugin's `random()`); `txid_*` below.
+    "lastval",
+    "currval",
+    "setseed",
     // SQLite: rows changed by the connection's last statement and since it
     // opened, whoever ran them (another plugin, on a pooled connection);
     // the door reports a statement's own count instead.
@@ -298,9 +304,10 @@ pub const NEVER_FUNCTIONS: &[&str] = &[
     "total_changes",
 ];
 /// Prefixes of function names a policy may never grant: PostgreSQL's
-/// administration, file and sleep functions (`pg_`), large objects
-/// (`lo_`), `dblink`, and SQLite's internals (`sqlite_`).
-pub const NEVER_PREFIXES: &[&str] = &["pg_", "lo_", "dblink", "sqlite_"];
+/// administration, file and sleep functions (`pg_`), other sessions'
+/// transactions (`txid_`), large objects (`lo_`), `dblink`, and SQLite's
+/// internals (`sqlite_`).
+pub const NEVER_PREFIXES: &[&str] = &["pg_", "txid_", "lo_", "dblink", "sqlite_"];
 
 /// Whether a policy may list function `name` (lower case).
 pub fn never_grantable(name: &str) -> bool {
@@ -628,6 +635,14 @@ mod tests {
             // Another borrower's counts on a pooled SQLite connection.
             ("statements = [\"select\"]\nfunctions = [\"changes\"]", "can never be granted"),
             ("statements = [\"select\"]\nfunctions = [\"TOTAL_CHANGES\"]", "can never be granted"),
+            // PostgreSQL session state another plugin's calls left on a
+            // pooled connection (an outside review read insert ids with
+            // `lastval` and chose `random()` with `setseed`).
+            ("statements = [\"select\"]\nfunctions = [\"lastval\"]", "can never be granted"),
+            ("statements = [\"select\"]\nfunctions = [\"currval\"]", "can never be granted"),
+            ("statements = [\"select\"]\nfunctions = [\"setseed\"]", "can never be granted"),
+            ("statements = [\"select\"]\nfunctions = [\"txid_current_snapshot\"]", "can never be granted"),
+            ("statements = [\"select\"]\nfunctions = [\"txid_status\"]", "can never be granted"),
             ("statements = [\"select\"]\ntable_functions = [\"dblink\"]", "can never be granted"),
             ("statements = [\"select\"]\nfunctions = [\"a-b\"]", "invalid function name"),
             ("statements = [\"select\"]\nfunctions = [\"lower\", \"LOWER\"]", "listed twice"),

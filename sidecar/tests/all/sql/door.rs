@@ -186,6 +186,35 @@ async fn execute_counts_only_what_the_statement_changed() {
     assert_eq!(call(&runtime, select).await.unwrap(), json!({"changed": 0}));
 }
 
+/// With `transaction_control` on, a `BEGIN` outside a transaction resource
+/// is refused rather than run on a connection that goes back when the call
+/// ends (an outside review got `{"changed": 0}` and a transaction ended
+/// unseen), on both databases; inside a transaction, `COMMIT` ends it.
+async fn begin_as_a_statement_needs_a_transaction(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let runtime = runtime(db.gateway(pool(2, 2)), &policy_section("db", "transaction_control = true")).await;
+    for call_as in ["execute", "query"] {
+        let error = call(&runtime, json!({"db": "db", call_as: "BEGIN"})).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains("begin one with the `begin` function"), "{error}");
+    }
+    let insert = json!({"execute": "INSERT INTO products (id, name, price, stock) VALUES (99, 'kept', 1, 1)"});
+    let steps = json!([insert, {"execute": "COMMIT"}]);
+    call(&runtime, json!({"db": "db", "transaction": steps, "end": "leave"})).await.unwrap();
+    let count = json!({"db": "db", "query": "SELECT count(*) FROM products WHERE name = 'kept'"});
+    assert_eq!(call(&runtime, count).await.unwrap()["rows"], json!([[{"int": 1}]]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_as_a_statement_needs_a_transaction_on_sqlite() {
+    begin_as_a_statement_needs_a_transaction(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_as_a_statement_needs_a_transaction_on_postgres() {
+    begin_as_a_statement_needs_a_transaction(Dialect::Postgres).await;
+}
+
 /// Host state a guest can cause: open transactions per invocation are
 /// capped at `MAX_TRANSACTIONS` (each also holds a connection of the
 /// plugin's share), and all are released when the invocation ends.
