@@ -177,6 +177,17 @@ const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
         Not::Runs,
         "`t.f` is `f(t)`, EXECUTE is PUBLIC: functions are the checker's",
     ),
+    ("SELECT x.setseed FROM unnest(ARRAY[0.5]) x", Not::Runs, "`x.f` is `f(x)`, EXECUTE is PUBLIC: the checker's"),
+    (
+        "SELECT x.current_setting FROM unnest(ARRAY['search_path']) AS x(v)",
+        Not::Runs,
+        "`x.f` is `f(x)`, EXECUTE is PUBLIC: the checker's",
+    ),
+    (
+        "SELECT g.g FROM generate_series(1, 2) g WHERE g.pg_try_advisory_lock",
+        Not::Runs,
+        "`x.f` is `f(x)`, EXECUTE is PUBLIC: the checker's (the lock goes with the test's own connection)",
+    ),
     ("SELECT lastval()", Not::FailsOtherwise, "no sequence used yet on the test's own connection"),
     ("SELECT txid_current_snapshot()", Not::Runs, "EXECUTE is PUBLIC: functions are the checker's"),
     ("SELECT 'pg_authid'::regclass", Not::Runs, "catalog names are readable by every role"),
@@ -787,4 +798,36 @@ async fn postgres_sync_without_createrole_says_what_is_missing() {
 /// connections from.
 fn gatehouse_pg_pool(url: &str) -> gatehouse::services::sql::pg_pool::PgPool {
     gatehouse::services::sql::pg_pool::pg_pool(url.parse().unwrap(), 2, std::time::Duration::from_secs(10))
+}
+
+/// An operator's function taking a table's row is one PostgreSQL calls as
+/// `t.f`, past the checker (an outside review read an ungranted table
+/// through a `SECURITY DEFINER` one): the role sync names each the plugin's
+/// role may execute and its policy does not list, and none once `EXECUTE`
+/// is revoked from `PUBLIC`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_sync_names_functions_a_row_reaches() {
+    let (server, pool, roles) = pg_fixture().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION leak(p products) RETURNS text LANGUAGE sql SECURITY DEFINER \
+           AS 'SELECT value FROM secrets LIMIT 1'; \
+         CREATE FUNCTION twice(i integer) RETURNS integer LANGUAGE sql AS 'SELECT i * 2'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &policy()).await.unwrap();
+    assert_eq!(report.row_functions, ["leak(products)"], "a function of an integer is not reached by a row");
+    // What the warning is about: the checker passes it as a column.
+    let sql = "SELECT p.leak FROM products p";
+    check(Dialect::Postgres, &policy(), sql).unwrap();
+    assert!(
+        matches!(run_pg(&server.url(), PLUGIN, sql, 0).await, Outcome::Ran(v) if v.iter().any(|v| SECRETS.contains(&v.as_str())))
+    );
+    let listed = postgres::sync(&roles, PLUGIN, &with("functions = [\"leak\"]")).await.unwrap();
+    assert!(listed.row_functions.is_empty(), "{:?}", listed.row_functions);
+    sqlx::raw_sql("REVOKE EXECUTE ON FUNCTION leak(products) FROM PUBLIC").execute(&pool).await.unwrap();
+    let report = postgres::sync(&roles, PLUGIN, &policy()).await.unwrap();
+    assert!(report.row_functions.is_empty(), "{:?}", report.row_functions);
+    assert!(matches!(run_pg(&server.url(), PLUGIN, sql, 0).await, Outcome::Denied(_)));
 }

@@ -415,6 +415,30 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (PG, "", "SELECT products.pg_column_size FROM products", Rule::Function, "function `pg_column_size`"),
     (PG, "", "SELECT o.row_to_json FROM orders o WHERE o.id = 1", Rule::Function, "function `row_to_json`"),
     (PG, "", "SELECT id FROM products p ORDER BY p.hash_record", Rule::Function, "function `hash_record`"),
+    // And for a table function returning a scalar, `x.f` is `f(x)` for any
+    // function taking its type (a second review: `setseed`, `currval`,
+    // `pg_advisory_lock`, `current_setting` this way).
+    (
+        PG,
+        "table_functions = [\"unnest\"]",
+        "SELECT x.setseed FROM unnest(ARRAY[0.5]) x",
+        Rule::Function,
+        "`setseed(x)`",
+    ),
+    (
+        PG,
+        "table_functions = [\"unnest\"]",
+        "SELECT x.current_setting FROM unnest(ARRAY['search_path']) AS x(v)",
+        Rule::Function,
+        "`current_setting(x)`",
+    ),
+    (
+        PG,
+        "table_functions = [\"generate_series\"]",
+        "SELECT g.g FROM generate_series(1, 2) g WHERE g.pg_try_advisory_lock",
+        Rule::Function,
+        "one of its columns (here `g`, `key`, `value`)",
+    ),
     // Session state of other plugins' calls on a pooled connection.
     (PG, "", "SELECT lastval()", Rule::Function, "`lastval`"),
     (PG, "", "SELECT txid_current_snapshot()", Rule::Function, "`txid_current_snapshot`"),
@@ -653,6 +677,20 @@ fn attribute_notation_is_a_function_call_on_postgres() {
     let with_it = with("functions = [\"row_to_json\"]");
     allow(Dialect::Postgres, &with_it, "SELECT p.row_to_json FROM products p");
     allow(Dialect::Sqlite, &policy, "SELECT p.pg_typeof FROM products p");
+    // A table function's own columns, qualified, pass.
+    let functions = with("table_functions = [\"unnest\", \"json_each\"]");
+    for sql in [
+        "SELECT x.x FROM unnest(ARRAY[1, 2]) x",
+        "SELECT unnest.unnest FROM unnest(ARRAY[1, 2])",
+        "SELECT t.a, t.ordinality FROM unnest(ARRAY[1, 2]) WITH ORDINALITY AS t(a)",
+        "SELECT j.key, j.value FROM json_each('{\"a\": 1}') j",
+        "SELECT j.k FROM json_each('{\"a\": 1}') AS j(k, v)",
+    ] {
+        allow(Dialect::Postgres, &functions, sql);
+    }
+    let denied = check(Dialect::Postgres, &functions, "SELECT j.key FROM json_each('{}') AS j(k, v)").unwrap_err();
+    assert_eq!(denied.rule, Rule::Function, "{denied}");
+    allow(Dialect::Sqlite, &functions, "SELECT x.anything FROM json_each('[1]') x");
     // Each counts against the calls a statement may make.
     let many: Vec<String> = (0..65).map(|i| format!("p.to_json AS c{i}")).collect();
     let denied = check(Dialect::Postgres, &policy, &format!("SELECT {} FROM products p", many.join(", "))).unwrap_err();

@@ -160,6 +160,9 @@ struct Rel<'p> {
     /// The granted table behind it; `None` for derived tables, CTEs and
     /// table functions, whose contents are checked where they are defined.
     table: Option<(&'p str, &'p TableGrant)>,
+    /// On PostgreSQL, a table function's: the only names `name.x` may
+    /// use ([`Walk::function_columns`]); `None` elsewhere.
+    columns: Option<Vec<String>>,
 }
 
 /// The CTE names of one `WITH`.
@@ -470,8 +473,8 @@ impl<'p> Walk<'p> {
             None => names::table(self.dialect, name).map_err(|d| self.deny(d.rule, d.message))?.1,
         };
         self.levels.push(vec![
-            Rel { name: rel_name, table: Some(target) },
-            Rel { name: "excluded".into(), table: Some(target) },
+            Rel { name: rel_name, table: Some(target), columns: None },
+            Rel { name: "excluded".into(), table: Some(target), columns: None },
         ]);
         match on {
             None => {}
@@ -542,7 +545,7 @@ impl<'p> Walk<'p> {
             Some(_) => return Err(self.unsupported("column aliases on a write target")),
             None => names::table(self.dialect, name).map_err(|d| self.deny(d.rule, d.message))?.1,
         };
-        Ok(Rel { name: rel_name, table: Some(target) })
+        Ok(Rel { name: rel_name, table: Some(target), columns: None })
     }
 
     /// The name and alias of a write target: a plain table, no hints.
@@ -698,7 +701,7 @@ impl<'p> Walk<'p> {
             Some(_) => return Err(self.unsupported("column aliases on a write target")),
             None => target_name.clone(),
         };
-        self.levels.push(vec![Rel { name: rel_name, table: Some(target) }]);
+        self.levels.push(vec![Rel { name: rel_name, table: Some(target), columns: None }]);
         self.at("MERGE source", |w| w.table_factor(source))?;
         self.at("MERGE ON", |w| w.expr(on))?;
         for clause in clauses {
@@ -1170,7 +1173,8 @@ impl<'p> Walk<'p> {
                     }
                     self.table_function(name, &args.args)?;
                     let rel_name = self.alias_or(alias.as_ref(), name)?;
-                    self.add_rel(Rel { name: rel_name, table: None });
+                    let columns = self.function_columns(&rel_name, alias.as_ref(), *with_ordinality)?;
+                    self.add_rel(Rel { name: rel_name, table: None, columns });
                 } else {
                     if *with_ordinality {
                         return Err(self.unsupported("WITH ORDINALITY on a table"));
@@ -1188,19 +1192,20 @@ impl<'p> Walk<'p> {
                     Some(alias) => self.ident(&alias.name)?,
                     None => String::new(),
                 };
-                self.add_rel(Rel { name, table: None });
+                self.add_rel(Rel { name, table: None, columns: None });
             }
-            TableFactor::Function { lateral: _, name, args, with_ordinality: _, alias } => {
+            TableFactor::Function { lateral: _, name, args, with_ordinality, alias } => {
                 self.table_function(name, args)?;
                 let rel_name = self.alias_or(alias.as_ref(), name)?;
-                self.add_rel(Rel { name: rel_name, table: None });
+                let columns = self.function_columns(&rel_name, alias.as_ref(), *with_ordinality)?;
+                self.add_rel(Rel { name: rel_name, table: None, columns });
             }
             TableFactor::UNNEST {
                 alias,
                 array_exprs,
                 with_offset: false,
                 with_offset_alias: None,
-                with_ordinality: _,
+                with_ordinality,
             } => {
                 if !self.policy.table_functions.contains("unnest") {
                     return Err(self.deny(Rule::TableFunction, "table function `unnest` is not granted".into()));
@@ -1210,7 +1215,8 @@ impl<'p> Walk<'p> {
                     Some(alias) => self.ident(&alias.name)?,
                     None => "unnest".into(),
                 };
-                self.add_rel(Rel { name, table: None });
+                let columns = self.function_columns(&name, alias.as_ref(), *with_ordinality)?;
+                self.add_rel(Rel { name, table: None, columns });
             }
             TableFactor::NestedJoin { table_with_joins, alias } => {
                 if alias.is_some() {
@@ -1222,6 +1228,32 @@ impl<'p> Walk<'p> {
         }
         self.depth -= 1;
         Ok(())
+    }
+
+    /// The names `rel_name.x` may use for a table function on PostgreSQL:
+    /// its column aliases (`AS x(a, b)`), else the one column of a function
+    /// returning a scalar, named as the relation, or the `key`/`value` of
+    /// the JSON ones; and `ordinality`. PostgreSQL reads any other `x.f` as
+    /// the call `f(x)`, and for a scalar `x` that is any function taking
+    /// its type (an outside review called `setseed`, `currval` and
+    /// `pg_advisory_lock` as `x.setseed` … `FROM unnest(…) x`).
+    fn function_columns(
+        &self,
+        rel_name: &str,
+        alias: Option<&ast::TableAlias>,
+        ordinality: bool,
+    ) -> Result<Option<Vec<String>>, Denial> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut columns = match alias.filter(|a| !a.columns.is_empty()) {
+            Some(alias) => alias.columns.iter().map(|c| self.ident(&c.name)).collect::<Result<Vec<_>, _>>()?,
+            None => vec![rel_name.to_string(), "key".into(), "value".into()],
+        };
+        if ordinality {
+            columns.push("ordinality".into());
+        }
+        Ok(Some(columns))
     }
 
     fn alias_or(&self, alias: Option<&ast::TableAlias>, name: &ObjectName) -> Result<String, Denial> {
@@ -1259,7 +1291,7 @@ impl<'p> Walk<'p> {
                         Some(alias) => self.ident(&alias.name)?,
                         None => table,
                     };
-                    return Ok(Rel { name: rel_name, table: None });
+                    return Ok(Rel { name: rel_name, table: None, columns: None });
                 }
                 if frame.pending.iter().any(|cte| names::same(self.dialect, cte, &table)) {
                     return Err(self.deny(
@@ -1294,7 +1326,7 @@ impl<'p> Walk<'p> {
             }
             None => table,
         };
-        Ok(Rel { name: rel_name, table: Some((key, grant)) })
+        Ok(Rel { name: rel_name, table: Some((key, grant)), columns: None })
     }
 
     // ---- columns ----
@@ -1331,6 +1363,20 @@ impl<'p> Walk<'p> {
                 return Err(self.deny(
                     Rule::Column,
                     format!("column `{}` of `{}` is not granted for reading", shown(column), shown(table)),
+                ));
+            }
+            if let Some(columns) = &rel.columns
+                && !columns.iter().any(|c| c == column)
+            {
+                return Err(self.deny(
+                    Rule::Function,
+                    format!(
+                        "`{q}.{c}`: `{q}` is a table function, and PostgreSQL reads `{q}.{c}` as the call `{c}({q})` \
+                         unless `{c}` is one of its columns (here {}): name them with `AS {q}(a, b, …)`",
+                        columns.iter().map(|c| format!("`{}`", shown(c))).collect::<Vec<_>>().join(", "),
+                        q = shown(qualifier),
+                        c = shown(column)
+                    ),
                 ));
             }
         }

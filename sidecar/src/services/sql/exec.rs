@@ -155,7 +155,21 @@ impl Guard {
                 let ready = alias
                     .taking_back(plugin, async {
                         if alias.manages_roles() {
-                            pg_guard::sync(pool, plugin, policy).await.map(drop)
+                            let report = pg_guard::sync(pool, plugin, policy).await?;
+                            if !report.row_functions.is_empty() {
+                                let functions = crate::guest_text::escape(
+                                    &report.row_functions.join(", "),
+                                    crate::guest_text::SHORT,
+                                );
+                                tracing::warn!(
+                                    plugin,
+                                    %functions,
+                                    "functions in the database that this plugin's role may execute, each taking a \
+                                     row: PostgreSQL calls one as `t.f` for a table `t`, which no policy can see; \
+                                     revoke EXECUTE on them from PUBLIC unless plugins may call them"
+                                );
+                            }
+                            Ok(())
                         } else {
                             pg_guard::check_provided(pool, plugin).await
                         }

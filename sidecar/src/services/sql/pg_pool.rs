@@ -193,7 +193,11 @@ fn cancelled(error: &sqlx::Error) -> bool {
 /// The settings statements run under on a connection, as the one simple
 /// query that sets them (which is also how a connection remembers them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session(Arc<str>);
+pub struct Session {
+    text: Arc<str>,
+    /// Where the settings begin, after the relay's marker.
+    settings_at: usize,
+}
 
 impl Session {
     /// A plugin's: its `role`, the statement timeout, the search path fixed
@@ -203,24 +207,49 @@ impl Session {
     /// the next caller of another session sets its own first.
     pub fn plugin(role: &str, timeout: Duration, max_result_bytes: u64) -> Session {
         let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
-        Session(Arc::from(format!(
-            "{}SET ROLE {}; SET statement_timeout = {millis}; \
+        let settings = format!(
+            "SET ROLE {}; SET statement_timeout = {millis}; \
              SET client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET search_path = {}",
-            relay::marker(max_result_bytes),
             pg_guard::quote(role),
             pg_guard::quote(pg_guard::SCHEMA)
-        )))
+        );
+        Session::new(max_result_bytes, &settings)
     }
 
     /// The sidecar's own (the role sync): the login's role and defaults,
     /// and no plugin's row limit.
     pub fn own() -> Session {
-        Session(Arc::from(format!("{}RESET ROLE; RESET ALL", relay::marker(relay::UNMARKED))))
+        Session::new(relay::UNMARKED, "RESET ROLE; RESET ALL")
+    }
+
+    fn new(max_result_bytes: u64, settings: &str) -> Session {
+        let marker = relay::marker(max_result_bytes);
+        Session { text: Arc::from(format!("{marker}{settings}")), settings_at: marker.len() }
     }
 
     /// The query that sets it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The query that sets it on a connection that carried another session
+    /// (or an unknown one): first what that session's calls leave in the
+    /// server process beyond settings, which `SET ROLE` keeps: sequences'
+    /// `currval`/`lastval`, advisory locks, and the state of `random()`,
+    /// seeded afresh from the system's random source (the checker keeps
+    /// the functions that read or set these from plugins; this is the
+    /// database's own line, after two outside reviews reached them). Not
+    /// `DISCARD ALL`, which cannot run in the one query and would close the
+    /// kept statements the pool tracks.
+    fn switch_query(&self) -> String {
+        let seed = getrandom::u64().unwrap_or_else(|_| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish()
+        });
+        // setseed takes [-1, 1].
+        let seed = (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let (marker, settings) = self.text.split_at(self.settings_at);
+        format!("{marker}RESET ROLE; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all(), setseed({seed}); {settings}")
     }
 
     /// Puts `conn` in this session, unless it is already (no round trip
@@ -233,8 +262,9 @@ impl Session {
             return Ok(());
         }
         conn.set_session(None);
+        let query = self.switch_query();
         let mut set = match conn.unprepare().await {
-            Ok(()) => conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await,
+            Ok(()) => conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(query.clone()))).await,
             Err(e) => Err(e),
         };
         // The settings run under the previous session's `statement_timeout`,
@@ -247,12 +277,12 @@ impl Session {
                 break;
             }
             if conn.execute("SET statement_timeout = 0").await.is_ok() {
-                set = conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(self.as_str().to_string()))).await;
+                set = conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(query.clone()))).await;
             }
         }
         match set {
             Ok(_) => {
-                conn.set_session(Some(Arc::clone(&self.0)));
+                conn.set_session(Some(Arc::clone(&self.text)));
                 Ok(())
             }
             // The server refused a setting (a role that is gone): the

@@ -134,3 +134,59 @@ async fn a_tiny_timeout_left_on_a_connection_does_not_fail_the_next_session() {
         sqlx::query_scalar("SHOW statement_timeout").persistent(false).fetch_one(&mut **conn).await.unwrap();
     assert_eq!(timeout, "5s");
 }
+
+/// What a plugin's calls leave in the server process beyond settings,
+/// which `SET ROLE` keeps, is undone when another session takes the
+/// connection (two outside reviews reached these through the checker:
+/// `lastval()` read another plugin's insert ids, `setseed()` chose its
+/// `random()`; an advisory lock outlived the call). Attacks, each run
+/// straight on the connection as the first session's role (the checker
+/// would refuse them): a sequence used, then `lastval()`/`currval()` in
+/// the next session; `setseed(0.42)`, then the next session's `random()`
+/// against the value that seed gives; an advisory lock taken, then looked
+/// for in `pg_locks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn another_session_finds_no_sequence_seed_or_lock_of_the_one_before() {
+    let (server, _) = start();
+    let pool = pg_pool(server.url().parse().unwrap(), 1, Duration::from_secs(5));
+    {
+        let mut own = Session::own().acquire(&pool).await.unwrap();
+        let create = "CREATE SEQUENCE ids; GRANT USAGE ON SEQUENCE ids TO reader, writer";
+        (**own).execute(sqlx::raw_sql(create)).await.unwrap();
+    }
+    let (reader, writer) = (
+        Session::plugin("reader", Duration::from_secs(5), 1 << 20),
+        Session::plugin("writer", Duration::from_secs(5), 1 << 20),
+    );
+    let run = |sql: &'static str| sqlx::query(sql).persistent(false);
+    let value = |sql: &'static str| sqlx::query_scalar::<_, f64>(sql).persistent(false);
+    // What `random()` gives right after `setseed(0.42)` on this server.
+    let seeded = {
+        let mut c = reader.acquire(&pool).await.unwrap();
+        run("SELECT setseed(0.42)").execute(&mut **c).await.unwrap();
+        value("SELECT random()").fetch_one(&mut **c).await.unwrap()
+    };
+    for _ in 0..2 {
+        let mut a = reader.acquire(&pool).await.unwrap();
+        let process = pid(&mut a).await;
+        run("SELECT nextval('ids')").execute(&mut **a).await.unwrap();
+        run("SELECT pg_advisory_lock(7)").execute(&mut **a).await.unwrap();
+        run("SELECT setseed(0.42)").execute(&mut **a).await.unwrap();
+        drop(a);
+        let mut b = writer.acquire(&pool).await.unwrap();
+        assert_eq!(pid(&mut b).await, process, "one connection");
+        for sql in ["SELECT lastval()", "SELECT currval('ids')"] {
+            let error = run(sql).execute(&mut **b).await.unwrap_err().to_string();
+            assert!(error.contains("not yet defined in this session"), "{sql}: {error}");
+        }
+        let random = value("SELECT random()").fetch_one(&mut **b).await.unwrap();
+        assert_ne!(random, seeded, "the next session's random() was chosen by the one before");
+        let locks: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1")
+            .bind(process)
+            .persistent(false)
+            .fetch_one(&mut **b)
+            .await
+            .unwrap();
+        assert_eq!(locks, 0, "an advisory lock outlived its session");
+    }
+}
