@@ -188,6 +188,21 @@ const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
         Not::Runs,
         "`x.f` is `f(x)`, EXECUTE is PUBLIC: the checker's (the lock goes with the test's own connection)",
     ),
+    (
+        "SELECT ts_stat.ts_stat FROM jsonb_array_elements_text('[\"SELECT 1\"]') ts_stat",
+        Not::FailsOtherwise,
+        "`x.f` is `f(x)`: ts_stat runs the string, which returns no tsvector",
+    ),
+    (
+        "SELECT current_setting.current_setting FROM json_array_elements_text('[\"search_path\"]') current_setting",
+        Not::Runs,
+        "`x.f` is `f(x)`, EXECUTE is PUBLIC: the checker's",
+    ),
+    (
+        "SELECT current_setting.current_setting FROM unnest(ARRAY['search_path'], ARRAY[1]) current_setting",
+        Not::FailsOtherwise,
+        "no current_setting of a row",
+    ),
     ("SELECT lastval()", Not::FailsOtherwise, "no sequence used yet on the test's own connection"),
     ("SELECT txid_current_snapshot()", Not::Runs, "EXECUTE is PUBLIC: functions are the checker's"),
     ("SELECT 'pg_authid'::regclass", Not::Runs, "catalog names are readable by every role"),

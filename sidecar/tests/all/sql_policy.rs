@@ -437,7 +437,31 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
         "table_functions = [\"generate_series\"]",
         "SELECT g.g FROM generate_series(1, 2) g WHERE g.pg_try_advisory_lock",
         Rule::Function,
-        "one of its columns (here `g`, `key`, `value`)",
+        "one of its columns (here `g`)",
+    ),
+    // A table function whose column is named by an `OUT` parameter: `value`,
+    // whatever the alias, so the alias as a column is the call (a third
+    // review ran `ts_stat` and `current_setting` this way).
+    (
+        PG,
+        "table_functions = [\"jsonb_array_elements_text\"]",
+        "SELECT ts_stat.ts_stat FROM jsonb_array_elements_text('[\"SELECT 1\"]') ts_stat",
+        Rule::Function,
+        "`ts_stat(ts_stat)`",
+    ),
+    (
+        PG,
+        "table_functions = [\"json_array_elements_text\"]",
+        "SELECT current_setting.current_setting FROM json_array_elements_text('[\"search_path\"]') current_setting",
+        Rule::Function,
+        "one of its columns (here `value`)",
+    ),
+    (
+        PG,
+        "table_functions = [\"unnest\"]",
+        "SELECT current_setting.current_setting FROM unnest(ARRAY['search_path'], ARRAY[1]) current_setting",
+        Rule::Function,
+        "`current_setting(current_setting)`",
     ),
     // Session state of other plugins' calls on a pooled connection.
     (PG, "", "SELECT lastval()", Rule::Function, "`lastval`"),
@@ -678,18 +702,29 @@ fn attribute_notation_is_a_function_call_on_postgres() {
     allow(Dialect::Postgres, &with_it, "SELECT p.row_to_json FROM products p");
     allow(Dialect::Sqlite, &policy, "SELECT p.pg_typeof FROM products p");
     // A table function's own columns, qualified, pass.
-    let functions = with("table_functions = [\"unnest\", \"json_each\"]");
+    let functions =
+        with("table_functions = [\"unnest\", \"json_each\", \"jsonb_array_elements\", \"generate_series\"]");
     for sql in [
         "SELECT x.x FROM unnest(ARRAY[1, 2]) x",
         "SELECT unnest.unnest FROM unnest(ARRAY[1, 2])",
         "SELECT t.a, t.ordinality FROM unnest(ARRAY[1, 2]) WITH ORDINALITY AS t(a)",
         "SELECT j.key, j.value FROM json_each('{\"a\": 1}') j",
         "SELECT j.k FROM json_each('{\"a\": 1}') AS j(k, v)",
+        "SELECT e.value FROM jsonb_array_elements('[1]') e",
+        "SELECT g.g, g.ordinality FROM generate_series(1, 3) WITH ORDINALITY g",
+        "SELECT u.a, u.b FROM unnest(ARRAY[1], ARRAY[2]) AS u(a, b)",
     ] {
         allow(Dialect::Postgres, &functions, sql);
     }
-    let denied = check(Dialect::Postgres, &functions, "SELECT j.key FROM json_each('{}') AS j(k, v)").unwrap_err();
-    assert_eq!(denied.rule, Rule::Function, "{denied}");
+    for sql in [
+        "SELECT j.key FROM json_each('{}') AS j(k, v)",
+        "SELECT e.e FROM jsonb_array_elements('[1]') e",
+        "SELECT x.value FROM unnest(ARRAY[1]) x",
+        "SELECT u.unnest FROM unnest(ARRAY[1], ARRAY[2]) u",
+    ] {
+        let denied = check(Dialect::Postgres, &functions, sql).unwrap_err();
+        assert_eq!(denied.rule, Rule::Function, "{sql}: {denied}");
+    }
     allow(Dialect::Sqlite, &functions, "SELECT x.anything FROM json_each('[1]') x");
     // Each counts against the calls a statement may make.
     let many: Vec<String> = (0..65).map(|i| format!("p.to_json AS c{i}")).collect();

@@ -1173,7 +1173,9 @@ impl<'p> Walk<'p> {
                     }
                     self.table_function(name, &args.args)?;
                     let rel_name = self.alias_or(alias.as_ref(), name)?;
-                    let columns = self.function_columns(&rel_name, alias.as_ref(), *with_ordinality)?;
+                    let function = (self.function_name(name)?, args.args.len());
+                    let columns =
+                        self.function_columns((&function.0, function.1), &rel_name, alias.as_ref(), *with_ordinality)?;
                     self.add_rel(Rel { name: rel_name, table: None, columns });
                 } else {
                     if *with_ordinality {
@@ -1197,7 +1199,9 @@ impl<'p> Walk<'p> {
             TableFactor::Function { lateral: _, name, args, with_ordinality, alias } => {
                 self.table_function(name, args)?;
                 let rel_name = self.alias_or(alias.as_ref(), name)?;
-                let columns = self.function_columns(&rel_name, alias.as_ref(), *with_ordinality)?;
+                let function = self.function_name(name)?;
+                let columns =
+                    self.function_columns((&function, args.len()), &rel_name, alias.as_ref(), *with_ordinality)?;
                 self.add_rel(Rel { name: rel_name, table: None, columns });
             }
             TableFactor::UNNEST {
@@ -1215,7 +1219,8 @@ impl<'p> Walk<'p> {
                     Some(alias) => self.ident(&alias.name)?,
                     None => "unnest".into(),
                 };
-                let columns = self.function_columns(&name, alias.as_ref(), *with_ordinality)?;
+                let unnest = ("unnest", array_exprs.len());
+                let columns = self.function_columns(unnest, &name, alias.as_ref(), *with_ordinality)?;
                 self.add_rel(Rel { name, table: None, columns });
             }
             TableFactor::NestedJoin { table_with_joins, alias } => {
@@ -1230,15 +1235,17 @@ impl<'p> Walk<'p> {
         Ok(())
     }
 
-    /// The names `rel_name.x` may use for a table function on PostgreSQL:
-    /// its column aliases (`AS x(a, b)`), else the one column of a function
-    /// returning a scalar, named as the relation, or the `key`/`value` of
-    /// the JSON ones; and `ordinality`. PostgreSQL reads any other `x.f` as
-    /// the call `f(x)`, and for a scalar `x` that is any function taking
-    /// its type (an outside review called `setseed`, `currval` and
-    /// `pg_advisory_lock` as `x.setseed` … `FROM unnest(…) x`).
+    /// The names `rel_name.x` may use for table function `function` on
+    /// PostgreSQL: its column aliases (`AS x(a, b)`), else the columns it
+    /// is known to return ([`functions::postgres_table_columns`]; none for
+    /// one not known), and `ordinality`. PostgreSQL reads any other `x.f`
+    /// as the call `f(x)`, and for a single-valued `x` that is any function
+    /// taking its type (outside reviews called `setseed`, `currval`,
+    /// `pg_advisory_lock`, and `ts_stat` as `ts_stat.ts_stat … FROM
+    /// jsonb_array_elements_text(…) ts_stat`, whose column is `value`).
     fn function_columns(
         &self,
+        (function, arguments): (&str, usize),
         rel_name: &str,
         alias: Option<&ast::TableAlias>,
         ordinality: bool,
@@ -1248,12 +1255,22 @@ impl<'p> Walk<'p> {
         }
         let mut columns = match alias.filter(|a| !a.columns.is_empty()) {
             Some(alias) => alias.columns.iter().map(|c| self.ident(&c.name)).collect::<Result<Vec<_>, _>>()?,
-            None => vec![rel_name.to_string(), "key".into(), "value".into()],
+            None => match functions::postgres_table_columns(function, arguments) {
+                Some(functions::TableColumns::OneNamedAsTheAlias) => vec![rel_name.to_string()],
+                Some(functions::TableColumns::Named(names)) => names.iter().map(|c| c.to_string()).collect(),
+                None => Vec::new(),
+            },
         };
         if ordinality {
             columns.push("ordinality".into());
         }
         Ok(Some(columns))
+    }
+
+    /// The last part of a table function's name, normalised.
+    fn function_name(&self, name: &ObjectName) -> Result<String, Denial> {
+        let parts = names::parts(name).map_err(|d| self.deny(d.rule, d.message))?;
+        parts.last().map(|id| self.ident(id)).unwrap_or_else(|| Ok(String::new()))
     }
 
     fn alias_or(&self, alias: Option<&ast::TableAlias>, name: &ObjectName) -> Result<String, Denial> {

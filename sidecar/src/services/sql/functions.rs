@@ -231,6 +231,45 @@ pub const POSTGRES_ON_A_ROW: &[&str] = &[
     "to_jsonb",
 ];
 
+/// What a PostgreSQL table function's columns are called when `FROM`
+/// gives none (`AS x(a, b)`).
+pub enum TableColumns {
+    /// One column, named as the relation (the alias, else the function):
+    /// functions returning one plain value with no `OUT` name.
+    OneNamedAsTheAlias,
+    /// Columns of these names, whatever the alias (`OUT` parameters).
+    Named(&'static [&'static str]),
+}
+
+/// The columns of the table functions a policy may grant whose names are
+/// known; `None` for any other (its columns then need `AS x(a, b)` to be
+/// qualified). PostgreSQL reads `x.f` as the call `f(x)` where `x` has no
+/// column `f`, so guessing a column name would call a function instead:
+/// `jsonb_array_elements_text(…) AS ts_stat` has one column, `value`, and
+/// `ts_stat.ts_stat` ran `ts_stat` (an outside review). `arguments`: how
+/// many it is given (`unnest` of several arrays names each column
+/// `unnest`).
+pub fn postgres_table_columns(function: &str, arguments: usize) -> Option<TableColumns> {
+    use TableColumns::{Named, OneNamedAsTheAlias};
+    Some(match function {
+        "unnest" if arguments != 1 => return None,
+        "unnest"
+        | "generate_series"
+        | "generate_subscripts"
+        | "regexp_split_to_table"
+        | "regexp_matches"
+        | "string_to_table"
+        | "json_object_keys"
+        | "jsonb_object_keys"
+        | "jsonb_path_query" => OneNamedAsTheAlias,
+        "json_array_elements" | "json_array_elements_text" | "jsonb_array_elements" | "jsonb_array_elements_text" => {
+            Named(&["value"])
+        }
+        "json_each" | "json_each_text" | "jsonb_each" | "jsonb_each_text" => Named(&["key", "value"]),
+        _ => return None,
+    })
+}
+
 /// The default allow-list of `dialect`.
 pub fn defaults(dialect: Dialect) -> &'static [&'static str] {
     match dialect {

@@ -201,7 +201,8 @@ pub struct Session {
 
 impl Session {
     /// A plugin's: its `role`, the statement timeout, the search path fixed
-    /// to the schema the checker resolves names in, the server's check
+    /// to the schema the checker resolves names in, strings read as the
+    /// checker reads them (whatever the server's default), the server's check
     /// for a vanished client, and the relay's bound on each row
     /// (`max_result_bytes`). Session-level: they outlast the call, and
     /// the next caller of another session sets its own first.
@@ -209,7 +210,8 @@ impl Session {
         let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
         let settings = format!(
             "SET ROLE {}; SET statement_timeout = {millis}; \
-             SET client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET search_path = {}",
+             SET client_connection_check_interval = {CLIENT_CHECK_MILLIS}; SET search_path = {}; \
+             SET standard_conforming_strings = on",
             pg_guard::quote(role),
             pg_guard::quote(pg_guard::SCHEMA)
         );
@@ -233,14 +235,15 @@ impl Session {
     }
 
     /// The query that sets it on a connection that carried another session
-    /// (or an unknown one): first what that session's calls leave in the
-    /// server process beyond settings, which `SET ROLE` keeps: sequences'
-    /// `currval`/`lastval`, advisory locks, and the state of `random()`,
-    /// seeded afresh from the system's random source (the checker keeps
-    /// the functions that read or set these from plugins; this is the
-    /// database's own line, after two outside reviews reached them). Not
-    /// `DISCARD ALL`, which cannot run in the one query and would close the
-    /// kept statements the pool tracks.
+    /// (or an unknown one): first what that session's calls may have left
+    /// in the server process: every setting (`set_config` reached past the
+    /// checker made other plugins' writes read-only and their strings read
+    /// with backslash escapes), sequences' `currval`/`lastval`, advisory
+    /// locks, and the state of `random()`, seeded afresh from the system's
+    /// random source. The checker keeps plugins from the functions that
+    /// change these; this is the database's own line, after three outside
+    /// reviews reached them. Not `DISCARD ALL`, which cannot run in the one
+    /// query and would close the kept statements the pool tracks.
     fn switch_query(&self) -> String {
         let seed = getrandom::u64().unwrap_or_else(|_| {
             use std::hash::{BuildHasher, Hasher};
@@ -249,7 +252,10 @@ impl Session {
         // setseed takes [-1, 1].
         let seed = (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
         let (marker, settings) = self.text.split_at(self.settings_at);
-        format!("{marker}RESET ROLE; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all(), setseed({seed}); {settings}")
+        format!(
+            "{marker}RESET ROLE; RESET ALL; DISCARD SEQUENCES; SELECT pg_advisory_unlock_all(), setseed({seed}); \
+             {settings}"
+        )
     }
 
     /// Puts `conn` in this session, unless it is already (no round trip

@@ -144,7 +144,7 @@ async fn a_tiny_timeout_left_on_a_connection_does_not_fail_the_next_session() {
 /// would refuse them): a sequence used, then `lastval()`/`currval()` in
 /// the next session; `setseed(0.42)`, then the next session's `random()`
 /// against the value that seed gives; an advisory lock taken, then looked
-/// for in `pg_locks`.
+/// for in `pg_locks`; settings changed with `set_config`, then `SHOW`n.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn another_session_finds_no_sequence_seed_or_lock_of_the_one_before() {
     let (server, _) = start();
@@ -172,6 +172,10 @@ async fn another_session_finds_no_sequence_seed_or_lock_of_the_one_before() {
         run("SELECT nextval('ids')").execute(&mut **a).await.unwrap();
         run("SELECT pg_advisory_lock(7)").execute(&mut **a).await.unwrap();
         run("SELECT setseed(0.42)").execute(&mut **a).await.unwrap();
+        // Settings a plugin reached `set_config` for (a third review: other
+        // plugins' writes made read-only, their strings read with escapes).
+        run("SELECT set_config('default_transaction_read_only', 'on', false)").execute(&mut **a).await.unwrap();
+        run("SELECT set_config('standard_conforming_strings', 'off', false)").execute(&mut **a).await.unwrap();
         drop(a);
         let mut b = writer.acquire(&pool).await.unwrap();
         assert_eq!(pid(&mut b).await, process, "one connection");
@@ -188,5 +192,9 @@ async fn another_session_finds_no_sequence_seed_or_lock_of_the_one_before() {
             .await
             .unwrap();
         assert_eq!(locks, 0, "an advisory lock outlived its session");
+        let setting = |name: &'static str| sqlx::query_scalar::<_, String>(name).persistent(false);
+        let read_only = setting("SHOW default_transaction_read_only").fetch_one(&mut **b).await.unwrap();
+        let strings = setting("SHOW standard_conforming_strings").fetch_one(&mut **b).await.unwrap();
+        assert_eq!((read_only.as_str(), strings.as_str()), ("off", "on"), "a setting outlived its session");
     }
 }
