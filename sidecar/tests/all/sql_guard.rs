@@ -203,6 +203,23 @@ const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
         Not::FailsOtherwise,
         "no current_setting of a row",
     ),
+    (
+        "SELECT x.a FROM json_to_record('{\"a\": 1259}') AS x(a regclass)",
+        Not::Runs,
+        "a column definition's type is the checker's, like a cast's",
+    ),
+    (
+        "SELECT x.a FROM jsonb_to_recordset('[{\"a\": null}]') AS x(a secrets)",
+        Not::Runs,
+        "a column definition's type is the checker's (a null row: nothing of the table)",
+    ),
+    ("SELECT current_role", Not::Runs, "the session's role name: a function, EXECUTE is PUBLIC"),
+    ("SELECT id FROM products WHERE name = current_schema", Not::Runs, "the schema's name: a function"),
+    (
+        "SELECT x.ordinality FROM unnest(ARRAY[1]) WITH ORDINALITY AS x(v, n)",
+        Not::FailsOtherwise,
+        "no function `ordinality` on the test server",
+    ),
     ("SELECT lastval()", Not::FailsOtherwise, "no sequence used yet on the test's own connection"),
     ("SELECT txid_current_snapshot()", Not::Runs, "EXECUTE is PUBLIC: functions are the checker's"),
     ("SELECT 'pg_authid'::regclass", Not::Runs, "catalog names are readable by every role"),

@@ -463,6 +463,33 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
         Rule::Function,
         "`current_setting(current_setting)`",
     ),
+    // A fourth review: a column definition list runs each type's input
+    // function (`regclass` names tables by id, a table's row type lists
+    // its columns); `current_role` is a function, not a column; with
+    // column names given, `ordinality` is renamed and `x.ordinality` a call.
+    (
+        PG,
+        "table_functions = [\"json_to_record\"]",
+        "SELECT x.a FROM json_to_record('{\"a\": 1259}') AS x(a regclass)",
+        Rule::Unsupported,
+        "a cast to this type",
+    ),
+    (
+        PG,
+        "table_functions = [\"jsonb_to_recordset\"]",
+        "SELECT x.a FROM jsonb_to_recordset('[{\"a\": null}]') AS x(a secrets)",
+        Rule::Unsupported,
+        "a cast to this type",
+    ),
+    (PG, "", "SELECT current_role", Rule::Function, "`current_role`"),
+    (PG, "", "SELECT id FROM products WHERE name = current_schema", Rule::Function, "`current_schema`"),
+    (
+        PG,
+        "table_functions = [\"unnest\"]",
+        "SELECT x.ordinality FROM unnest(ARRAY[1]) WITH ORDINALITY AS x(v, n)",
+        Rule::Function,
+        "`ordinality(x)`",
+    ),
     // Session state of other plugins' calls on a pooled connection.
     (PG, "", "SELECT lastval()", Rule::Function, "`lastval`"),
     (PG, "", "SELECT txid_current_snapshot()", Rule::Function, "`txid_current_snapshot`"),
@@ -702,17 +729,21 @@ fn attribute_notation_is_a_function_call_on_postgres() {
     allow(Dialect::Postgres, &with_it, "SELECT p.row_to_json FROM products p");
     allow(Dialect::Sqlite, &policy, "SELECT p.pg_typeof FROM products p");
     // A table function's own columns, qualified, pass.
-    let functions =
-        with("table_functions = [\"unnest\", \"json_each\", \"jsonb_array_elements\", \"generate_series\"]");
+    let functions = with(
+        "table_functions = [\"unnest\", \"json_each\", \"jsonb_array_elements\", \"generate_series\", \"json_to_record\"]",
+    );
     for sql in [
         "SELECT x.x FROM unnest(ARRAY[1, 2]) x",
         "SELECT unnest.unnest FROM unnest(ARRAY[1, 2])",
-        "SELECT t.a, t.ordinality FROM unnest(ARRAY[1, 2]) WITH ORDINALITY AS t(a)",
+        "SELECT t.a FROM unnest(ARRAY[1, 2]) WITH ORDINALITY AS t(a)",
         "SELECT j.key, j.value FROM json_each('{\"a\": 1}') j",
         "SELECT j.k FROM json_each('{\"a\": 1}') AS j(k, v)",
         "SELECT e.value FROM jsonb_array_elements('[1]') e",
         "SELECT g.g, g.ordinality FROM generate_series(1, 3) WITH ORDINALITY g",
         "SELECT u.a, u.b FROM unnest(ARRAY[1], ARRAY[2]) AS u(a, b)",
+        "SELECT u.v, u.n FROM unnest(ARRAY[1]) WITH ORDINALITY AS u(v, n)",
+        "SELECT r.a, r.b FROM json_to_record('{\"a\": 1, \"b\": \"x\"}') AS r(a int, b text)",
+        "SELECT \"current_role\" FROM unnest(ARRAY[1]) AS u(\"current_role\")",
     ] {
         allow(Dialect::Postgres, &functions, sql);
     }

@@ -1250,20 +1250,35 @@ impl<'p> Walk<'p> {
         alias: Option<&ast::TableAlias>,
         ordinality: bool,
     ) -> Result<Option<Vec<String>>, Denial> {
+        // A column definition list (`json_to_record(…) AS x(a regclass)`)
+        // runs each type's input function on the value, as a cast would (an
+        // outside review listed tables, roles and functions by id with
+        // `regclass`, `regrole`, `regprocedure`, and ungranted tables'
+        // columns with their row types).
+        for column in alias.iter().flat_map(|a| &a.columns) {
+            if let Some(data_type) = &column.data_type {
+                self.data_type(data_type)?;
+            }
+        }
         if self.dialect != Dialect::Postgres {
             return Ok(None);
         }
-        let mut columns = match alias.filter(|a| !a.columns.is_empty()) {
+        let columns = match alias.filter(|a| !a.columns.is_empty()) {
+            // They rename the columns, `ordinality` too when there are
+            // enough of them (`x.ordinality` is then a call).
             Some(alias) => alias.columns.iter().map(|c| self.ident(&c.name)).collect::<Result<Vec<_>, _>>()?,
-            None => match functions::postgres_table_columns(function, arguments) {
-                Some(functions::TableColumns::OneNamedAsTheAlias) => vec![rel_name.to_string()],
-                Some(functions::TableColumns::Named(names)) => names.iter().map(|c| c.to_string()).collect(),
-                None => Vec::new(),
-            },
+            None => {
+                let mut columns = match functions::postgres_table_columns(function, arguments) {
+                    Some(functions::TableColumns::OneNamedAsTheAlias) => vec![rel_name.to_string()],
+                    Some(functions::TableColumns::Named(names)) => names.iter().map(|c| c.to_string()).collect(),
+                    None => Vec::new(),
+                };
+                if ordinality {
+                    columns.push("ordinality".into());
+                }
+                columns
+            }
         };
-        if ordinality {
-            columns.push("ordinality".into());
-        }
         Ok(Some(columns))
     }
 
@@ -1441,6 +1456,19 @@ impl<'p> Walk<'p> {
         match expr {
             Expr::Identifier(id) => {
                 let column = self.ident(id)?;
+                if self.dialect == Dialect::Postgres
+                    && id.quote_style.is_none()
+                    && functions::POSTGRES_SESSION_WORDS.contains(&column.as_str())
+                {
+                    return Err(self.deny(
+                        Rule::Function,
+                        format!(
+                            "`{}` is PostgreSQL's function of the session's role or schema, not a column (quote it to \
+                             name a column)",
+                            shown(&column)
+                        ),
+                    ));
+                }
                 self.unqualified_column(&column)?;
             }
             Expr::CompoundIdentifier(ids) => match ids.as_slice() {

@@ -231,6 +231,13 @@ pub const POSTGRES_ON_A_ROW: &[&str] = &[
     "to_jsonb",
 ];
 
+/// Words PostgreSQL evaluates as functions of the connection where a
+/// column could stand, unquoted and without parentheses: the session's
+/// role, user and schema, which the default lists leave out (an outside
+/// review read the plugin's role name with `current_role`).
+pub const POSTGRES_SESSION_WORDS: &[&str] =
+    &["current_catalog", "current_role", "current_schema", "current_user", "session_user", "system_user", "user"];
+
 /// What a PostgreSQL table function's columns are called when `FROM`
 /// gives none (`AS x(a, b)`).
 pub enum TableColumns {
