@@ -490,6 +490,13 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
         Rule::Function,
         "`ordinality(x)`",
     ),
+    // A fifth review: `FROM session_user` is the function whatever a CTE
+    // says; system columns tell transaction ids and others' updates; an
+    // operator in `ORDER BY … USING` passed unchecked.
+    (PG, "", "WITH \"session_user\" AS (SELECT 1 AS a) SELECT * FROM session_user", Rule::Function, "`session_user`"),
+    (PG, "", "SELECT p.xmin FROM products p", Rule::Column, "system column `xmin`"),
+    (PG, "", "SELECT id FROM products WHERE xmax <> '0'", Rule::Column, "system column `xmax`"),
+    (PG, "", "SELECT id FROM products ORDER BY id USING <", Rule::Unsupported, "USING an operator"),
     // Session state of other plugins' calls on a pooled connection.
     (PG, "", "SELECT lastval()", Rule::Function, "`lastval`"),
     (PG, "", "SELECT txid_current_snapshot()", Rule::Function, "`txid_current_snapshot`"),
@@ -744,6 +751,7 @@ fn attribute_notation_is_a_function_call_on_postgres() {
         "SELECT u.v, u.n FROM unnest(ARRAY[1]) WITH ORDINALITY AS u(v, n)",
         "SELECT r.a, r.b FROM json_to_record('{\"a\": 1, \"b\": \"x\"}') AS r(a int, b text)",
         "SELECT \"current_role\" FROM unnest(ARRAY[1]) AS u(\"current_role\")",
+        "WITH \"session_user\" AS (SELECT 1 AS a) SELECT a FROM \"session_user\"",
     ] {
         allow(Dialect::Postgres, &functions, sql);
     }

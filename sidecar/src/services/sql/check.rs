@@ -848,6 +848,11 @@ impl<'p> Walk<'p> {
             if item.with_fill.is_some() {
                 return Err(self.unsupported("ORDER BY … WITH FILL"));
             }
+            // An operator the operator list never sees (an outside review
+            // ran `USING operator(pg_catalog.<)`).
+            if matches!(item.options.sort, Some(ast::OrderBySort::Using(_))) {
+                return Err(self.unsupported("ORDER BY … USING an operator"));
+            }
             self.expr(&item.expr)?;
         }
         Ok(())
@@ -1315,6 +1320,12 @@ impl<'p> Walk<'p> {
 
     /// A table read in `FROM`: a CTE in scope, or a granted table.
     fn read_table(&mut self, name: &ObjectName, alias: Option<&ast::TableAlias>) -> Result<Rel<'p>, Denial> {
+        // `FROM session_user` is PostgreSQL's function whatever a CTE of
+        // that name says (an outside review read the login's role and the
+        // database's name through `WITH "session_user" AS …`).
+        if let Ok([id]) = names::parts(name).as_deref() {
+            self.session_word(id)?;
+        }
         let (qualified, table) = names::table(self.dialect, name).map_err(|d| self.deny(d.rule, d.message))?;
         if !qualified {
             for frame in self.ctes.iter().rev() {
@@ -1387,6 +1398,7 @@ impl<'p> Walk<'p> {
     /// the policy allows, and counts as a call.
     fn qualified_column(&mut self, qualifier: &str, column: &str) -> Checks {
         self.relation(qualifier)?;
+        self.system_column(column)?;
         let named = |rel: &&Rel<'p>| names::same(self.dialect, &rel.name, qualifier);
         for rel in self.levels.iter().flat_map(|level| level.iter()).filter(named) {
             if let Some((table, grant)) = rel.table
@@ -1432,6 +1444,7 @@ impl<'p> Walk<'p> {
     /// An unqualified column could be any relation's in scope: it must be
     /// readable on every table in scope that restricts its columns.
     fn unqualified_column(&self, column: &str) -> Checks {
+        self.system_column(column)?;
         for rel in self.levels.iter().flat_map(|level| level.iter()) {
             if let Some((table, grant)) = rel.table
                 && !self.column_granted(&grant.select, column)
@@ -1455,20 +1468,8 @@ impl<'p> Walk<'p> {
         self.deeper()?;
         match expr {
             Expr::Identifier(id) => {
+                self.session_word(id)?;
                 let column = self.ident(id)?;
-                if self.dialect == Dialect::Postgres
-                    && id.quote_style.is_none()
-                    && functions::POSTGRES_SESSION_WORDS.contains(&column.as_str())
-                {
-                    return Err(self.deny(
-                        Rule::Function,
-                        format!(
-                            "`{}` is PostgreSQL's function of the session's role or schema, not a column (quote it to \
-                             name a column)",
-                            shown(&column)
-                        ),
-                    ));
-                }
                 self.unqualified_column(&column)?;
             }
             Expr::CompoundIdentifier(ids) => match ids.as_slice() {
@@ -1928,6 +1929,37 @@ impl<'p> Walk<'p> {
         match over {
             None | Some(WindowType::NamedWindow(_)) => {}
             Some(WindowType::WindowSpec(spec)) => self.at("OVER", |w| w.window_spec(spec))?,
+        }
+        Ok(())
+    }
+
+    /// Refuses `id` where PostgreSQL reads it, unquoted, as a function of
+    /// the connection ([`functions::POSTGRES_SESSION_WORDS`]).
+    fn session_word(&self, id: &Ident) -> Checks {
+        let word = id.value.to_ascii_lowercase();
+        if self.dialect == Dialect::Postgres
+            && id.quote_style.is_none()
+            && functions::POSTGRES_SESSION_WORDS.contains(&word.as_str())
+        {
+            return Err(self.deny(
+                Rule::Function,
+                format!(
+                    "`{}` is PostgreSQL's function of the session's role or schema, not a column or table (quote it \
+                     to name one)",
+                    shown(&word)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses PostgreSQL's system columns, which every table has and no
+    /// grant names: `xmin`/`xmax` tell transaction ids (what the
+    /// never-grantable `txid_current` would) and another plugin's
+    /// uncommitted update of a row (an outside review).
+    fn system_column(&self, column: &str) -> Checks {
+        if self.dialect == Dialect::Postgres && functions::POSTGRES_SYSTEM_COLUMNS.contains(&column) {
+            return Err(self.deny(Rule::Column, format!("system column `{}` is refused", shown(column))));
         }
         Ok(())
     }

@@ -238,6 +238,10 @@ pub const POSTGRES_ON_A_ROW: &[&str] = &[
 pub const POSTGRES_SESSION_WORDS: &[&str] =
     &["current_catalog", "current_role", "current_schema", "current_user", "session_user", "system_user", "user"];
 
+/// PostgreSQL's system columns, present in every table under these names
+/// (no user column may take one).
+pub const POSTGRES_SYSTEM_COLUMNS: &[&str] = &["cmax", "cmin", "ctid", "tableoid", "xmax", "xmin"];
+
 /// What a PostgreSQL table function's columns are called when `FROM`
 /// gives none (`AS x(a, b)`).
 pub enum TableColumns {

@@ -215,6 +215,31 @@ async fn begin_as_a_statement_needs_a_transaction_on_postgres() {
     begin_as_a_statement_needs_a_transaction(Dialect::Postgres).await;
 }
 
+/// A plugin's first call on PostgreSQL warns of the database's functions
+/// a row reaches as `t.f` (which no policy sees), naming each; a database
+/// with none logs no such warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_call_warns_of_functions_a_row_reaches_on_postgres() {
+    let warned = |logs: &crate::common::Captured| {
+        logs.events()
+            .iter()
+            .filter(|e| e.fields.get("message").is_some_and(|m| m.contains("each taking a row")))
+            .map(|e| e.fields.get("functions").cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let query = json!({"db": "db", "query": "SELECT name FROM products WHERE id = 1"});
+    let db = TestDb::start(Dialect::Postgres).await;
+    let (logs, _guard) = crate::common::capture_logs();
+    let first = runtime(db.gateway(pool(2, 2)), &policy_section("db", "")).await;
+    call(&first, query.clone()).await.unwrap();
+    assert!(warned(&logs).is_empty(), "{:?}", warned(&logs));
+    drop(first);
+    db.admin("CREATE FUNCTION price_of(p products) RETURNS numeric LANGUAGE sql AS 'SELECT p.price'").await;
+    let second = runtime(db.gateway(pool(2, 2)), &policy_section("db", "")).await;
+    call(&second, query).await.unwrap();
+    assert_eq!(warned(&logs), ["price_of(products)"]);
+}
+
 /// Host state a guest can cause: open transactions per invocation are
 /// capped at `MAX_TRANSACTIONS` (each also holds a connection of the
 /// plugin's share), and all are released when the invocation ends.
