@@ -1176,12 +1176,7 @@ impl<'p> Walk<'p> {
                     if args.settings.is_some() {
                         return Err(self.unsupported("table function settings"));
                     }
-                    self.table_function(name, &args.args)?;
-                    let rel_name = self.alias_or(alias.as_ref(), name)?;
-                    let function = (self.function_name(name)?, args.args.len());
-                    let columns =
-                        self.function_columns((&function.0, function.1), &rel_name, alias.as_ref(), *with_ordinality)?;
-                    self.add_rel(Rel { name: rel_name, table: None, columns });
+                    self.read_table_function(name, &args.args, alias.as_ref(), *with_ordinality)?;
                 } else {
                     if *with_ordinality {
                         return Err(self.unsupported("WITH ORDINALITY on a table"));
@@ -1202,12 +1197,7 @@ impl<'p> Walk<'p> {
                 self.add_rel(Rel { name, table: None, columns: None });
             }
             TableFactor::Function { lateral: _, name, args, with_ordinality, alias } => {
-                self.table_function(name, args)?;
-                let rel_name = self.alias_or(alias.as_ref(), name)?;
-                let function = self.function_name(name)?;
-                let columns =
-                    self.function_columns((&function, args.len()), &rel_name, alias.as_ref(), *with_ordinality)?;
-                self.add_rel(Rel { name: rel_name, table: None, columns });
+                self.read_table_function(name, args, alias.as_ref(), *with_ordinality)?;
             }
             TableFactor::UNNEST {
                 alias,
@@ -1291,6 +1281,24 @@ impl<'p> Walk<'p> {
     fn function_name(&self, name: &ObjectName) -> Result<String, Denial> {
         let parts = names::parts(name).map_err(|d| self.deny(d.rule, d.message))?;
         parts.last().map(|id| self.ident(id)).unwrap_or_else(|| Ok(String::new()))
+    }
+
+    /// A table function in `FROM` (`f(…)`, both of sqlparser's forms):
+    /// checked, and its relation added with the columns it may be
+    /// qualified with.
+    fn read_table_function(
+        &mut self,
+        name: &ObjectName,
+        args: &[FunctionArg],
+        alias: Option<&ast::TableAlias>,
+        ordinality: bool,
+    ) -> Checks {
+        self.table_function(name, args)?;
+        let rel_name = self.alias_or(alias, name)?;
+        let function = self.function_name(name)?;
+        let columns = self.function_columns((&function, args.len()), &rel_name, alias, ordinality)?;
+        self.add_rel(Rel { name: rel_name, table: None, columns });
+        Ok(())
     }
 
     fn alias_or(&self, alias: Option<&ast::TableAlias>, name: &ObjectName) -> Result<String, Denial> {
