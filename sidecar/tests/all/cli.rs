@@ -135,6 +135,8 @@ fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
         ),
         "{stdout}"
     );
+    // The exact grant opens loopback only for the request it allows.
+    assert!(stdout.contains("127.0.0.1 loopback (refused)"), "{stdout}");
 
     // Cloud metadata by IP literal: classified, and denied.
     let out = explain("fetcher", "http://169.254.169.254/latest/meta-data/");

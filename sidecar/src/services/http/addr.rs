@@ -150,13 +150,13 @@ fn classify_v6(ip: Ipv6Addr) -> AddrClass {
     if in_net(0x2002 << 112, 16) {
         return classify_v4(embedded_v4(80));
     }
+    // Outside 2000::/3 everything is reserved (the last line), so the
+    // local-use NAT64 prefix 64:ff9b:1::/48 and discard-only 100::/64
+    // need no entry; nor does Teredo, 2001::/32, inside 2001::/23.
     const RANGES: &[(u128, u32, AddrClass)] = &[
-        (0x0064_ff9b_0001 << 80, 48, AddrClass::Reserved), // local-use NAT64
-        (0x0100 << 112, 64, AddrClass::Reserved),          // discard-only
         (0x2001_0db8 << 96, 32, AddrClass::Documentation), // 2001:db8::/32
         (0x3fff << 112, 20, AddrClass::Documentation),     // 3fff::/20
         (0x2001_0002 << 96, 48, AddrClass::Benchmarking),  // 2001:2::/48
-        (0x2001_0000 << 96, 32, AddrClass::Reserved),      // Teredo
         (0x2001_0000 << 96, 23, AddrClass::Reserved),      // IETF protocol assignments
         (0xfc00 << 112, 7, AddrClass::UniqueLocal),        // fc00::/7
         (0xfec0 << 112, 10, AddrClass::UniqueLocal),       // site-local, deprecated
@@ -224,6 +224,9 @@ mod tests {
             ("2002:a9fe:a9fe::1", AddrClass::LinkLocal),
             ("2002:808:808::1", AddrClass::Public),
             ("2001::1", AddrClass::Reserved),
+            ("2001:1::1", AddrClass::Reserved),
+            ("2001:1ff:ffff::1", AddrClass::Reserved),
+            ("2001:200::1", AddrClass::Public),
             ("2001:db8::1", AddrClass::Documentation),
             ("3fff::1", AddrClass::Documentation),
             ("2001:2::1", AddrClass::Benchmarking),

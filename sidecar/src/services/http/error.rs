@@ -183,3 +183,35 @@ fn render_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's error table: only `rate-limited` says when to retry, so
+    /// a plugin passing on any other refusal gives its caller no hint.
+    #[test]
+    fn only_a_rate_limit_carries_a_retry_hint() {
+        let limited = HttpError::RateLimited { rate: "2/m".into(), retry_after: Duration::from_millis(2500) };
+        assert_eq!(limited.to_guest().retry_after_ms, Some(2500));
+        let due_now = HttpError::RateLimited { rate: "2/m".into(), retry_after: Duration::ZERO };
+        assert_eq!(due_now.to_guest().retry_after_ms, Some(1), "a hint of 0 ms would read as none");
+        let others = [
+            HttpError::NotGranted,
+            HttpError::Denied("no rule".into()),
+            HttpError::BadRequest("bad header".into()),
+            HttpError::RequestTooLarge { size: 2, limit: 1 },
+            HttpError::ResponseTooLarge { limit: 1 },
+            HttpError::ResponseHeadersTooLarge { limit: 1 },
+            HttpError::TooManyRedirects { limit: 1 },
+            HttpError::TooManyInformational { limit: 1 },
+            HttpError::TooManyOpenRequests { limit: 1 },
+            HttpError::Timeout(Duration::from_secs(1)),
+            HttpError::Unavailable("refused".into()),
+        ];
+        for error in others {
+            assert_eq!(error.retry_after(), None, "{error}");
+            assert_eq!(error.to_guest().retry_after_ms, None, "{error}");
+        }
+    }
+}
