@@ -107,7 +107,7 @@ fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
         "fetcher.toml",
         &format!(
             "[plugin]\nname = \"fetcher\"\ncomponent = {component:?}\n\n[http]\n\
-             allow = [\"http://localhost:8080\", \"https://*.example.com\"]\n"
+             allow = [\"http://localhost:8080\", \"https://*.example.com\", \"http://0.0.0.0:8080\"]\n"
         ),
     );
     policies.plugin("echo", "echo", "");
@@ -142,6 +142,18 @@ fn explain_url_says_allowed_or_denied_with_the_rule_and_the_addresses() {
     let out = explain("fetcher", "http://169.254.169.254/latest/meta-data/");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("169.254.169.254 link-local (refused)"), "{}", text(&out.stdout));
+
+    // Even an exact grant never opens the unspecified address.
+    let out = explain("fetcher", "http://0.0.0.0:8080/");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains(
+            "verdict     denied: 0.0.0.0 is refused by the SSRF guard: it resolves only to unspecified, \
+             multicast or broadcast addresses, which are never allowed"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
 
     // Credentials in the URL, a plugin without [http], an unknown plugin.
     let out = explain("fetcher", "https://user@api.example.com/");
