@@ -75,3 +75,27 @@ async fn refused_requests_cannot_forge_or_flood_the_log() {
     assert!(suppressed + events.len() as u64 <= rounds as u64);
     assert!(events.iter().any(|e| e.fields.get("message").is_some_and(|m| m.contains("SSRF guard"))), "{events:?}");
 }
+
+/// An answered request's line says how long it took, in milliseconds: at
+/// least the upstream's delay, at most the time the test saw pass.
+#[tokio::test]
+async fn an_answered_request_logs_its_duration_in_milliseconds() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let policy = HttpPolicy::new(rules(&[format!("http://upstream.test:{port}")]));
+    let gateway = Arc::new(HttpGateway::new(Arc::new(dns())).unwrap());
+    let http = PluginHttp::new("timed", policy, gateway, &BTreeMap::new()).unwrap();
+    let (captured, _guard) = capture_logs();
+    let url = format!("http://upstream.test:{port}/slow?ms=300");
+    let started = Instant::now();
+    http.send(OutboundRequest { method: "GET".into(), url, ..Default::default() }).await.expect("answered");
+    let wall_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let events = captured.events();
+    let line = events
+        .iter()
+        .find(|e| e.target == "gatehouse::http" && e.fields.get("message").is_some_and(|m| m == "outbound request"))
+        .unwrap_or_else(|| panic!("no line for the answered request: {events:?}"));
+    let elapsed_ms: f64 = line.fields["elapsed_ms"].parse().expect("a number");
+    assert!((300.0..=wall_ms).contains(&elapsed_ms), "elapsed_ms {elapsed_ms}, the test saw {wall_ms} ms");
+}
