@@ -102,6 +102,7 @@ async fn each_allowlist_denial_names_the_origin_and_never_connects() {
         let error = http.send(get(url.clone())).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Denied, "{url}: {error}");
         assert!(error.to_string().contains(why), "{url}: {error}");
+        assert!(!error.to_string().contains("redirect"), "no redirect was followed: {error}");
     }
     assert_eq!(up.hits(), 0);
     assert_eq!(http.metrics().denied, 4);
@@ -199,9 +200,13 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     let mut request = get(format!("http://upstream.test:{port}/echo"));
     request.method = "POST".into();
     request.body = Some(Bytes::from(vec![b'a'; 17]));
-    let error = http.send(request).await.unwrap_err();
+    let error = http.send(request.clone()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
     assert_eq!(up.hits(), 0);
+    // `max_request` itself is allowed.
+    request.body = Some(Bytes::from(vec![b'a'; 16]));
+    assert_eq!(echo_json(&http.send(request).await.unwrap().body)["body"], "a".repeat(16));
+    assert_eq!(up.hits(), 1);
 
     let ok = http.send(get(format!("http://upstream.test:{port}/big?n=1000"))).await.unwrap();
     assert_eq!(ok.body.len(), 1000);
