@@ -305,17 +305,36 @@ async fn redirects_are_followed_only_where_each_hop_is_allowed() {
     assert_eq!(http.send(get(looping)).await.unwrap_err(), HttpError::TooManyRedirects { limit: 2 });
 }
 
+/// What browsers and curl do: a 303 turns any method but HEAD into a GET
+/// without its body, and so do 301 and 302 a POST; every other redirect
+/// keeps the method and the body.
 #[tokio::test]
-async fn a_303_turns_a_post_into_a_get_without_its_body() {
+async fn a_redirect_turns_a_request_into_a_get_only_where_browsers_do() {
     let up = Upstream::start().await;
     let mut policy = exact(&up);
-    policy.methods.insert("POST".into());
+    policy.methods.extend(["POST".to_string(), "PUT".to_string()]);
     let http = plugin(policy, dns());
-    let mut request = get(format!("http://upstream.test:{}/redirect?to=/echo&status=303", up.port()));
-    request.method = "POST".into();
-    request.body = Some(Bytes::from_static(b"form"));
-    let echo = echo_json(&http.send(request).await.unwrap().body);
-    assert_eq!((echo["method"].as_str(), echo["body"].as_str()), (Some("GET"), Some("")));
+    let cases = [
+        ("POST", 303, "GET", ""),
+        ("PUT", 303, "GET", ""),
+        ("POST", 302, "GET", ""),
+        ("POST", 301, "GET", ""),
+        ("PUT", 302, "PUT", "form"),
+        ("PUT", 301, "PUT", "form"),
+        ("POST", 307, "POST", "form"),
+        ("POST", 308, "POST", "form"),
+    ];
+    for (method, status, method_after, body_after) in cases {
+        let mut request = get(format!("http://upstream.test:{}/redirect?to=/echo&status={status}", up.port()));
+        request.method = method.into();
+        request.body = Some(Bytes::from_static(b"form"));
+        let echo = echo_json(&http.send(request).await.unwrap().body);
+        assert_eq!(
+            (echo["method"].as_str(), echo["body"].as_str()),
+            (Some(method_after), Some(body_after)),
+            "{method} answered {status}"
+        );
+    }
 }
 
 /// A resolver whose answers are counted, and which answers loopback: the
