@@ -219,6 +219,33 @@ async fn body_limits_refuse_oversized_requests_and_responses() {
     }
 }
 
+/// `max_response` counts each header field as `name: value` plus 4 bytes,
+/// and the body: a response of exactly the limit is read, one byte more is
+/// refused, declared or streamed; a head of exactly the limit leaves room
+/// for an empty body only.
+#[tokio::test]
+async fn max_response_counts_each_header_field_and_the_body_to_the_byte() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let with_limit = |max_response: u64| plugin(HttpPolicy { max_response, ..exact(&up) }, dns());
+    for chunked in ["", "&chunked=1"] {
+        let url = |n: usize| format!("http://upstream.test:{port}/big?n={n}{chunked}");
+        // The head as the policy counts it (its `content-length` differs with n).
+        let head = async |n| -> u64 {
+            let response = with_limit(1 << 20).send(get(url(n))).await.unwrap();
+            response.headers.iter().map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64).sum()
+        };
+        let head_100 = head(100).await;
+        assert_eq!(with_limit(head_100 + 100).send(get(url(100))).await.unwrap().body.len(), 100, "{chunked}");
+        let error = with_limit(head_100 + 99).send(get(url(100))).await.unwrap_err();
+        assert_eq!(error, HttpError::ResponseTooLarge { limit: head_100 + 99 }, "{chunked}");
+        let head_0 = head(0).await;
+        assert!(with_limit(head_0).send(get(url(0))).await.unwrap().body.is_empty(), "{chunked}");
+        let error = with_limit(head_0 - 1).send(get(url(0))).await.unwrap_err();
+        assert_eq!(error, HttpError::ResponseHeadersTooLarge { limit: head_0 - 1 }, "{chunked}");
+    }
+}
+
 #[tokio::test]
 async fn the_rate_limit_refuses_with_a_retry_hint() {
     let up = Upstream::start().await;
