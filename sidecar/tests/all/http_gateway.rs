@@ -246,6 +246,21 @@ async fn max_response_counts_each_header_field_and_the_body_to_the_byte() {
     }
 }
 
+/// A response declaring a body over `max_response` is refused from its
+/// head: the upstream here never sends the body, so a client that waited
+/// for it would fail only at its deadline.
+#[tokio::test]
+async fn a_declared_length_over_max_response_is_refused_before_reading() {
+    use crate::raw_upstream::{Behaviour, RawUpstream};
+    let up = RawUpstream::start(Behaviour::DeclaresAndStalls(10 << 30)).await;
+    let policy = HttpPolicy {
+        timeout: Duration::from_secs(5),
+        ..HttpPolicy::new(rules(&[format!("http://upstream.test:{}", up.port())]))
+    };
+    let error = plugin(policy, dns()).send(get(format!("http://upstream.test:{}/", up.port()))).await.unwrap_err();
+    assert!(matches!(error, HttpError::ResponseTooLarge { .. }), "{error}");
+}
+
 #[tokio::test]
 async fn the_rate_limit_refuses_with_a_retry_hint() {
     let up = Upstream::start().await;

@@ -1,8 +1,8 @@
 //! Hostile upstreams written on raw TCP, for attacks a well-behaved HTTP
 //! server library would not let a test make: a server that never reads
 //! request bodies (so a body shaped as a request is read as the next
-//! request on the connection), and one that sends any number of `1xx`
-//! heads before its answer.
+//! request on the connection), one that sends any number of `1xx`
+//! heads before its answer, and one that declares a body it never sends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,9 @@ pub enum Behaviour {
     IgnoresBodies,
     /// Sends this many `100 Continue` heads, then `200 done`.
     Informational(usize),
+    /// Answers `200` declaring a body of this many bytes, and sends none
+    /// of it, keeping the connection open.
+    DeclaresAndStalls(u64),
 }
 
 pub struct RawUpstream {
@@ -92,6 +95,9 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
                     }
                 }
                 out.extend(response("200 OK", b"done"));
+            }
+            Behaviour::DeclaresAndStalls(length) => {
+                out.extend(format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n").into_bytes());
             }
         }
         if stream.write_all(&out).await.is_err() {
