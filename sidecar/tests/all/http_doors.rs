@@ -153,6 +153,10 @@ async fn headers_the_policy_denies_are_refused_by_both_doors() {
             let error = guest_error(fetch(&runtime, plugin, request.clone()).await.unwrap_err());
             assert_eq!(error.kind, ErrorKind::Denied, "{plugin} {header}: {error:?}");
         }
+        // wasi:http refuses the field as the guest sets it (`forbidden`),
+        // before there is a request to send.
+        let error = guest_error(fetch(&runtime, "wasi-fetcher", request).await.unwrap_err());
+        assert!(error.message.contains("the host forbids one of the request headers"), "{header}: {error:?}");
     }
     assert_eq!(up.hits(), 0);
 }
