@@ -187,7 +187,8 @@ fn into_wasi_response(response: InboundResponse, slot: OwnedSemaphorePermit) -> 
 }
 
 /// A complete response body that keeps an open-request slot while it is
-/// alive.
+/// alive. wasmtime reads it frame by frame only (no `is_end_stream` or
+/// `size_hint`: the upstream's own headers already say its length).
 struct SlotBody {
     body: Option<Bytes>,
     _slot: OwnedSemaphorePermit,
@@ -202,14 +203,6 @@ impl hyper::body::Body for SlotBody {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         std::task::Poll::Ready(self.body.take().filter(|b| !b.is_empty()).map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Bytes::is_empty)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.body.as_ref().map_or(0, |b| b.len() as u64))
     }
 }
 
@@ -280,4 +273,30 @@ fn too_many_requests(error: &HttpError) -> InboundResponse {
     headers.insert(HeaderName::from_static("gatehouse-retry-after-ms"), HeaderValue::from(retry_ms));
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     InboundResponse { status: StatusCode::TOO_MANY_REQUESTS, headers, body: Bytes::from(error.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, body: &'static [u8]) -> http::Request<WasiBody> {
+        let body = http_body_util::Full::new(Bytes::from_static(body)).map_err(|never| match never {}).boxed_unsync();
+        http::Request::builder().method(method).uri("http://upstream.test/").body(body).unwrap()
+    }
+
+    /// The body a guest streams is read up to `max_request` and no
+    /// further; past it the refusal says how many bytes it saw.
+    #[tokio::test]
+    async fn a_wasi_body_is_read_up_to_max_request() {
+        let mut policy = HttpPolicy::new(Vec::new());
+        policy.max_request = 16;
+        let fits = read_wasi_request(request("POST", &[b'a'; 16]), None, &policy).await.unwrap();
+        assert_eq!(fits.body.as_deref(), Some(&[b'a'; 16][..]));
+        match read_wasi_request(request("POST", &[b'a'; 20]), None, &policy).await {
+            Err(HttpError::RequestTooLarge { size, limit: 16 }) => assert!(size > 16, "{size}"),
+            other => panic!("{other:?}"),
+        }
+        let error = read_wasi_request(request("GET", b"query"), None, &policy).await.unwrap_err();
+        assert!(matches!(error, HttpError::Denied(_)), "{error}");
+    }
 }
