@@ -85,6 +85,7 @@ async fn post_bodies_and_guest_headers_arrive_unchanged() {
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body"], "payload");
     assert!(echo["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-trace" && h[1] == "abc"), "{echo}");
+    assert_eq!(http.metrics().bytes_sent, b"payload".len() as u64);
 }
 
 #[tokio::test]
