@@ -629,6 +629,9 @@ mod tests {
         assert!(!rule("https://api.example.com").covers(&rule("https://*.example.com")));
         assert!(!rule("https://*.example.com").covers(&rule("http://api.example.com")));
         assert!(!rule("https://*.example.com").covers(&rule("https://api.example.com:8443")));
+        assert!(rule("https://*.example.com").covers(&rule("https://*.EXAMPLE.com")));
+        assert!(!rule("https://*.example.com").covers(&rule("https://*.example.org")));
+        assert!(!rule("https://*.eu.example.com").covers(&rule("https://*.example.com")));
     }
 
     #[test]
