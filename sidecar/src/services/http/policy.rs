@@ -225,10 +225,11 @@ impl HostPattern {
     pub fn matches(&self, host: &TargetHost) -> bool {
         match (self, host) {
             (HostPattern::Exact(exact), host) => exact == host,
+            // `a.example.org` but not `example.org` nor `aexample.org`
+            // (`url::normalize` refuses empty labels, so whatever is before
+            // the dot is a label).
             (HostPattern::Subdomains(suffix), TargetHost::Domain(name)) => {
-                name.len() > suffix.len() + 1
-                    && name.ends_with(suffix.as_str())
-                    && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+                name.strip_suffix(suffix.as_str()).is_some_and(|rest| rest.ends_with('.'))
             }
             (HostPattern::Subdomains(_), TargetHost::Ip(_)) => false,
         }
