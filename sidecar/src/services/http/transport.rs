@@ -154,6 +154,16 @@ mod tests {
         }
     }
 
+    /// The parts are compared together: a scheme that disagrees is enough
+    /// to send nothing, though host and port agree.
+    #[test]
+    fn a_target_whose_parts_disagree_with_its_url_is_not_sent() {
+        let mut target = normalize("http://api.example.com:8080/x").unwrap();
+        assert!(uri(&target).is_some());
+        target.scheme = "https";
+        assert_eq!(uri(&target), None, "the scheme differs");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
