@@ -124,7 +124,6 @@ pub fn normalize(input: &str) -> Result<Target, UrlError> {
         url.set_host(Some(&name)).map_err(|e| UrlError::Invalid(e.to_string()))?;
     }
     let host = match url.host() {
-        Some(Host::Domain(name)) if name.is_empty() || name.ends_with('.') => return Err(UrlError::NoHost),
         // An empty label (`a..example.com`) names nothing DNS can resolve,
         // yet `*.example.com` would match it: refuse it as malformed.
         Some(Host::Domain(name)) if name.starts_with('.') || name.contains("..") => {
@@ -195,6 +194,13 @@ mod tests {
             assert!(matches!(normalize(empty_label).unwrap_err(), UrlError::Invalid(_)), "{empty_label}");
         }
         assert_eq!(normalize(&format!("http://a.com/{}", "x".repeat(MAX_URL_LEN))).unwrap_err(), UrlError::TooLong);
+        let longest = format!("http://a.com/{}", "x".repeat(MAX_URL_LEN - "http://a.com/".len()));
+        assert!(normalize(&longest).is_ok(), "{MAX_URL_LEN} bytes are allowed");
+        // Beyond ASCII: a space that is no control (U+3000), a control that
+        // is no space (U+009B, the one-byte CSI).
+        for spaced in ["http://example.com/ä\u{3000}x", "http://example.com/ä\u{9b}31m"] {
+            assert!(matches!(normalize(spaced).unwrap_err(), UrlError::Ambiguous(_)), "{spaced:?}");
+        }
     }
 
     #[test]
