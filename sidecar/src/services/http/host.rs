@@ -285,7 +285,7 @@ mod tests {
     }
 
     /// The body a guest streams is read up to `max_request` and no
-    /// further; past it the refusal says how many bytes it saw.
+    /// further; past it the refusal says more than the limit arrived.
     #[tokio::test]
     async fn a_wasi_body_is_read_up_to_max_request() {
         let mut policy = HttpPolicy::new(Vec::new());
