@@ -45,3 +45,17 @@ pub fn read_regular_file(path: &Path, cap: u64) -> Result<Vec<u8>, BoundedReadEr
 /// `O_NONBLOCK` on Linux (the same value on every architecture Rust's std
 /// supports there), without a libc dependency for one constant.
 const O_NONBLOCK: i32 = 0o4000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cap` bytes are read; one more is refused, not cut.
+    #[test]
+    fn a_file_of_exactly_cap_bytes_is_read() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"0123456789").unwrap();
+        assert_eq!(read_regular_file(file.path(), 10).unwrap(), b"0123456789");
+        assert!(matches!(read_regular_file(file.path(), 9), Err(BoundedReadError::TooLarge(9))));
+    }
+}
