@@ -140,6 +140,19 @@ pub fn replace_private(path: &Path, temporary: &Path, bytes: &[u8]) -> std::io::
 mod tests {
     use super::*;
 
+    /// The new content replaces the old whole, owner-only, and the
+    /// temporary file is gone.
+    #[test]
+    fn a_file_is_replaced_whole_and_private() {
+        let root = tempfile::tempdir().unwrap();
+        let (path, temporary) = (root.path().join("current"), root.path().join(".current.tmp"));
+        std::fs::write(&path, b"old content").unwrap();
+        replace_private(&path, &temporary, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!temporary.exists());
+    }
+
     /// Whatever the umask left (group or world bits), a kept file ends
     /// owner-only; one already owner-only is left as it is.
     #[test]
