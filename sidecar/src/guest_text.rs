@@ -86,9 +86,9 @@ impl fmt::Display for Escaped<'_> {
             f.write_str(piece)?;
             written += piece.len();
         }
-        if self.unseen > 0 {
-            write!(f, "…[{} more bytes]", self.unseen)?;
-        }
+        // Bytes left `unseen` are always told in the loop: decoding never
+        // shrinks text, so the `max + 4` bytes `escape_bytes` decodes print
+        // past `max`.
         Ok(())
     }
 }
