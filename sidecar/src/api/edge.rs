@@ -46,3 +46,36 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     let id = format!("{start:016x}-{:08x}", NEXT.fetch_add(1, Ordering::Relaxed));
     HeaderValue::from_str(&id).expect("hex digits and a dash")
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower_service::Service;
+
+    use super::{REQUEST_ID, edge};
+    use crate::api::serve::MAX_REQUEST_HEAD;
+
+    /// The status of `GET /x` with one field `x-big` of `len` bytes, as
+    /// the middleware alone answers it (hyper's bound, which depends on
+    /// how the head arrives, is not in the way here).
+    async fn answer(len: usize) -> StatusCode {
+        let mut router = axum::Router::new()
+            .route("/x", axum::routing::get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(edge));
+        std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut router, cx)).await.unwrap();
+        let request = Request::get("/x").header("x-big", "a".repeat(len)).body(Body::empty()).unwrap();
+        let response: axum::response::Response = router.call(request).await.unwrap();
+        assert!(response.headers().contains_key(REQUEST_ID), "every answer has an id, a refusal too");
+        response.status()
+    }
+
+    #[tokio::test]
+    async fn a_head_of_exactly_the_bound_is_served_and_one_byte_more_is_not() {
+        // Counted as sent: the target (`/x`) and each field as
+        // `name: value` and its line end (`x-big` + 4).
+        let fits = MAX_REQUEST_HEAD - "/x".len() - "x-big".len() - 4;
+        assert_eq!(answer(fits).await, StatusCode::OK);
+        assert_eq!(answer(fits + 1).await, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+}
