@@ -174,6 +174,20 @@ fn each_error_kind_has_its_status_body_and_hint() {
     let (status, _, body) = sidecar.invoke("log", &"x".repeat(2048));
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["kind"], "invalid-input");
+    // A declared length one byte over is refused from the head, before any
+    // body is asked for: `Expect: 100-continue` gets 413, not `100
+    // Continue`. One of exactly the limit is asked for.
+    for (length, first) in [(1025, "HTTP/1.1 413"), (1024, "HTTP/1.1 100")] {
+        let mut stream = TcpStream::connect(&sidecar.invoke).unwrap();
+        write!(
+            stream,
+            "POST /v1/plugins/log/invoke HTTP/1.1\r\nhost: localhost\r\ncontent-length: {length}\r\nexpect: 100-continue\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(String::from_utf8_lossy(&answer), first, "declared {length}");
+    }
 }
 
 /// What is tried against a loopback admin listener without a token: a
