@@ -144,7 +144,8 @@ async fn serve_proxy(State(api): State<Arc<Api>>, name: String, request: axum::e
 /// A request body that must arrive within a deadline: past it, the
 /// component's next read fails (`HTTP-request-body-size` is not it; a
 /// timeout is), so a client that stalls its upload cannot keep a
-/// component's slot for the plugin's whole timeout.
+/// component's slot for the plugin's whole timeout. No end or size hints:
+/// wasmtime reads a `wasi:http@0.2` request body frame by frame only.
 struct DeadlineBody<B> {
     inner: B,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -176,14 +177,6 @@ where
             }
             std::task::Poll::Pending => std::task::Poll::Pending,
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -789,6 +789,18 @@ fn a_call_stops_when_its_client_hangs_up_behind_a_pipelined_byte() {
     assert_eq!(sidecar.in_flight("slow"), 1, "a client still connected was taken for gone");
     drop(client);
     sidecar.wait_in_flight("slow", 0, "still sleeping after the client hung up behind a pipelined byte");
+
+    // A client that shuts only its sending half is gone too (the call
+    // stops), and what it can still read is an error, never a success.
+    let mut client = TcpStream::connect(&sidecar.invoke).unwrap();
+    client.write_all(b"POST /v1/plugins/slow/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n20000P").unwrap();
+    sidecar.wait_in_flight("slow", 1, "the sleeper never started");
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    sidecar.wait_in_flight("slow", 0, "still sleeping after the client shut its sending half");
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = client.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("the client hung up"), "{answer}");
 }
 
 /// A plugin running a SQLite statement for a minute (`sql-demo`, the
