@@ -153,4 +153,30 @@ mod tests {
         drop(server);
         assert_eq!(reader.await.unwrap().unwrap(), answer.len());
     }
+
+    /// A client that keeps pausing but reads 8 KiB every 50 ms (ten times
+    /// the minimum rate) stalls the writes far longer in total than the
+    /// grace, and is never cut off: what it reads keeps earning time.
+    #[tokio::test]
+    async fn a_reader_above_the_minimum_rate_is_not_cut_off_however_long_it_pauses() {
+        let (server, mut client) = tokio::io::duplex(8 * 1024);
+        let mut server = MinReadRate::new(server, Duration::from_millis(300));
+        let reader = tokio::spawn(async move {
+            let mut chunk = vec![0u8; 8 * 1024];
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        });
+        let answer = vec![b'x'; 256 * 1024];
+        server.write_all(&answer).await.unwrap();
+        assert!(server.stalled > Duration::from_millis(600), "{:?}: no longer than the grace", server.stalled);
+        server.shutdown().await.unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap(), answer.len());
+    }
 }
