@@ -116,42 +116,66 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MinReadRate<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A client reading `chunk` bytes every 50 ms; ends with what it read.
+    fn paced_reader(mut client: DuplexStream, chunk: usize) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; chunk];
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+    }
+
+    /// Writes `answer` whole through `poll_write`, or through
+    /// `poll_write_vectored` as hyper does over TCP. A write never cut off
+    /// fails after 30 s instead of the minutes a trickler would take.
+    async fn send(server: &mut MinReadRate<DuplexStream>, answer: &[u8], vectored: bool) -> io::Result<()> {
+        let all = async {
+            if !vectored {
+                return server.write_all(answer).await;
+            }
+            let mut at = 0;
+            while at < answer.len() {
+                at += server.write_vectored(&[io::IoSlice::new(&answer[at..])]).await?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), all).await.expect("the write went on for 30 s")
+    }
 
     /// Attack: a client that reads 256 bytes every 50 ms (5 KiB/s): no
     /// single write waits long, but the total is cut off after the grace,
     /// long before the 200 s the answer would take at that pace.
     #[tokio::test]
     async fn a_trickling_reader_is_cut_off_and_a_prompt_one_is_not() {
-        let (server, mut client) = tokio::io::duplex(1024);
-        let mut server = MinReadRate::new(server, Duration::from_millis(300));
-        let reader = tokio::spawn(async move {
-            let mut chunk = [0u8; 256];
-            let mut total = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                match client.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return total,
-                    Ok(n) => total += n,
-                }
-            }
-        });
         let answer = vec![b'x'; 1 << 20];
-        let error = server.write_all(&answer).await.unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-        drop(server);
-        assert!(reader.await.unwrap() < answer.len() / 4);
+        for vectored in [false, true] {
+            let (server, client) = tokio::io::duplex(1024);
+            let mut server = MinReadRate::new(server, Duration::from_millis(300));
+            let reader = paced_reader(client, 256);
+            let error = send(&mut server, &answer, vectored).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::TimedOut, "vectored: {vectored}");
+            drop(server);
+            assert!(reader.await.unwrap() < answer.len() / 4);
 
-        let (server, mut client) = tokio::io::duplex(1024);
-        let mut server = MinReadRate::new(server, Duration::from_secs(2));
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            client.read_to_end(&mut all).await.map(|_| all.len())
-        });
-        server.write_all(&answer).await.unwrap();
-        server.shutdown().await.unwrap();
-        drop(server);
-        assert_eq!(reader.await.unwrap().unwrap(), answer.len());
+            let (server, mut client) = tokio::io::duplex(1024);
+            let mut server = MinReadRate::new(server, Duration::from_secs(2));
+            let reader = tokio::spawn(async move {
+                let mut all = Vec::new();
+                client.read_to_end(&mut all).await.map(|_| all.len())
+            });
+            send(&mut server, &answer, vectored).await.unwrap();
+            server.shutdown().await.unwrap();
+            drop(server);
+            assert_eq!(reader.await.unwrap().unwrap(), answer.len());
+        }
     }
 
     /// A client that keeps pausing but reads 8 KiB every 50 ms (ten times
@@ -159,24 +183,16 @@ mod tests {
     /// grace, and is never cut off: what it reads keeps earning time.
     #[tokio::test]
     async fn a_reader_above_the_minimum_rate_is_not_cut_off_however_long_it_pauses() {
-        let (server, mut client) = tokio::io::duplex(8 * 1024);
-        let mut server = MinReadRate::new(server, Duration::from_millis(300));
-        let reader = tokio::spawn(async move {
-            let mut chunk = vec![0u8; 8 * 1024];
-            let mut total = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                match client.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return total,
-                    Ok(n) => total += n,
-                }
-            }
-        });
         let answer = vec![b'x'; 256 * 1024];
-        server.write_all(&answer).await.unwrap();
-        assert!(server.stalled > Duration::from_millis(600), "{:?}: no longer than the grace", server.stalled);
-        server.shutdown().await.unwrap();
-        drop(server);
-        assert_eq!(reader.await.unwrap(), answer.len());
+        for vectored in [false, true] {
+            let (server, client) = tokio::io::duplex(8 * 1024);
+            let mut server = MinReadRate::new(server, Duration::from_millis(300));
+            let reader = paced_reader(client, 8 * 1024);
+            send(&mut server, &answer, vectored).await.unwrap();
+            assert!(server.stalled > Duration::from_millis(600), "{:?}: no longer than the grace", server.stalled);
+            server.shutdown().await.unwrap();
+            drop(server);
+            assert_eq!(reader.await.unwrap(), answer.len());
+        }
     }
 }
