@@ -494,7 +494,7 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
     policies.write(
         "hello.toml",
         &format!(
-            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\ntimeout = \"300ms\"\n[http]\nallow = [\"http://localhost:{port}\"]\n",
+            "[plugin]\nname = \"hello\"\ncomponent = {:?}\n[limits]\ntimeout = \"300ms\"\n[http]\nallow = [\"http://localhost:{port}\", \"http://0.0.0.0:{port}\"]\n",
             component.display().to_string()
         ),
     );
@@ -535,13 +535,17 @@ fn a_wasi_http_component_is_served_under_its_prefix_with_its_policies() {
         assert!(started.elapsed() < Duration::from_secs(5), "{}", sidecar.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A granted name whose address is never allowed is refused by the
+    // address guard, and counted apart from the policy's refusals.
+    let (_, _, body) = request(addr, "GET", &format!("/p/hello/fetch?url=http://0.0.0.0:{port}/"), &[], b"");
+    assert!(String::from_utf8_lossy(&body).starts_with("error "), "{}", String::from_utf8_lossy(&body));
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1, "only the granted request was sent");
     let (_, _, metrics) = sidecar.get(addr, "/metrics");
     let metrics = String::from_utf8(metrics).unwrap();
     for series in [
         "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"response\"} 1",
         "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"denied_by_policy\"} 1",
-        "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"denied_by_address\"} 0",
+        "gatehouse_outbound_http_requests_total{plugin=\"hello\",outcome=\"denied_by_address\"} 1",
     ] {
         assert!(metrics.lines().any(|l| l == series), "{series} not in\n{metrics}");
     }
