@@ -272,7 +272,7 @@ fn a_reload_whose_entries_cannot_be_written_leaves_the_old_grants_in_force() {
 }
 
 /// Attacks on the admin routes: no token, a wrong token, a limit past the
-/// bound; and on the CLI: an entry edited in the store after a run.
+/// bound, a negative `after`; and on the CLI: an entry edited in the store after a run.
 #[test]
 fn the_cli_proves_and_verifies_what_a_run_recorded_and_names_a_tampered_entry() {
     let policies = Policies::new();
@@ -299,6 +299,8 @@ fn the_cli_proves_and_verifies_what_a_run_recorded_and_names_a_tampered_entry() 
     let auth = bearer();
     let over = request(&sidecar.admin, "GET", "/admin/audit?limit=1001", &[("authorization", &auth)], b"");
     assert_eq!(over.0, 400);
+    let negative = request(&sidecar.admin, "GET", "/admin/audit?after=-1", &[("authorization", &auth)], b"");
+    assert_eq!((negative.0, body_json(&negative.2)["kind"].clone()), (400, json!("invalid-input")));
     let (status, _, note) = request(&sidecar.admin, "GET", "/admin/audit/checkpoint", &[("authorization", &auth)], b"");
     assert_eq!(status, 200);
     let note = String::from_utf8(note).unwrap();
