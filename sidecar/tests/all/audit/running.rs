@@ -313,6 +313,10 @@ fn the_cli_proves_and_verifies_what_a_run_recorded_and_names_a_tampered_entry() 
         (page["entries"][0]["seq"].clone(), page["next"].clone(), page["size"].clone()),
         (json!(3), Value::Null, json!(4))
     );
+    // A page that ends exactly at the log's end has no next page either.
+    let page = request(&sidecar.admin, "GET", "/admin/audit?after=0&limit=3", &[("authorization", &auth)], b"");
+    let page = body_json(&page.2);
+    assert_eq!((page["entries"].as_array().unwrap().len(), page["next"].clone()), (3, Value::Null));
     drop(sidecar);
 
     // `show`, filtered and escaped.
