@@ -561,6 +561,44 @@ fn a_plugin_out_until_its_secret_is_back_keeps_its_approval() {
     assert_eq!(served(&sidecar).0, vec!["fetch"], "back without a new approval");
 }
 
+/// The copy kept for a restart is the version in force, not the one a
+/// reload read and refused: a component replaced on disk by one the
+/// runtime refuses (the policy file unchanged) leaves the old version
+/// serving, and after a restart that holds the policy it is that version
+/// which serves.
+#[test]
+fn a_refused_component_is_never_kept_for_a_restart() {
+    let policies = Policies::new();
+    let components = tempfile::tempdir().unwrap();
+    let component = components.path().join("store.wasm");
+    std::fs::copy(guest("echo"), &component).unwrap();
+    let policy = |buckets: &[&str]| {
+        format!(
+            "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",
+            component.display().to_string()
+        )
+    };
+    policies.write("store.toml", &policy(&["a"]));
+    let (_root, config) = settings(&policies);
+    let sidecar = start(&config);
+    assert_eq!(admin(&sidecar, "POST", "/admin/approvals/store", b"{\"decision\":\"approve\"}").0, 200);
+    assert_eq!(served(&sidecar).0, vec!["store"]);
+
+    std::fs::write(&component, b"not wasm").unwrap();
+    let summary = reload(&sidecar);
+    assert_eq!(summary["errors"].as_array().map(Vec::len), Some(1), "{summary}");
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, vec!["store"], "the loaded version serves on: {refused}");
+    drop(sidecar);
+
+    policies.write("store.toml", &policy(&["a", "b"]));
+    let sidecar = start(&config);
+    let (loaded, refused) = served(&sidecar);
+    assert_eq!(loaded, vec!["store"], "the kept version is the one in force: {refused} {}", sidecar.stderr());
+    assert!(refused[0]["reason"].as_str().unwrap().contains("waiting for approval"), "{refused}");
+    assert_eq!(sidecar.invoke("store", "{\"x\":1}").0, 200);
+}
+
 fn bucket_policy(buckets: &[&str]) -> String {
     format!(
         "[plugin]\nname = \"store\"\ncomponent = {:?}\n[kv]\nbuckets = {buckets:?}\n",

@@ -250,6 +250,9 @@ fn a_reload_whose_entries_cannot_be_written_leaves_the_old_grants_in_force() {
     assert_eq!(status, 503, "{summary}");
     assert_eq!(summary["applied"], false);
     assert!(summary["audit_error"].as_str().unwrap().contains("open in another process"), "{summary}");
+    // Plugins are loaded: the summary says they keep their grants (not
+    // that nothing is loaded, as at a first load).
+    assert!(summary["errors"][0].as_str().unwrap().ends_with("; the grants in force are unchanged"), "{summary}");
     let (status, _, body) = sidecar.invoke("fetch", &url);
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
     assert_eq!(upstream.hits(), 0);
