@@ -103,6 +103,10 @@ mod tests {
         // Bytes bound too.
         assert_eq!(window.admit_at(next, 81), Admit::Drop);
         assert_eq!(window.admit_at(next, 80), Admit::Write(None));
+        // A window that dropped nothing reports nothing.
+        let third = next + WINDOW;
+        assert_eq!(window.admit_at(third, 1), Admit::Write(Some(Dropped { events: 1, bytes: 81 })));
+        assert_eq!(window.admit_at(third + WINDOW, 1), Admit::Write(None));
     }
 
     #[test]
