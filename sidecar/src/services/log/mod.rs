@@ -220,3 +220,53 @@ pub struct LogService;
 impl HasData for LogService {
     type Data<'a> = &'a mut Logger;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logger(window: LogWindow) -> Logger {
+        let tag = PluginTag { name: "p".into(), version: "1".into(), window: Arc::new(window) };
+        Logger::new(Arc::new(tag))
+    }
+
+    fn unbounded() -> Logger {
+        logger(LogWindow::new(u64::MAX, u64::MAX))
+    }
+
+    #[test]
+    fn an_invocation_spends_its_budget_to_the_event_and_to_the_byte() {
+        let events = unbounded();
+        for _ in 0..MAX_EVENTS_PER_INVOCATION {
+            assert!(events.budget.spend(1));
+        }
+        assert!(events.budget.spent());
+        assert!(!events.budget.spend(0), "one event more");
+
+        let bytes = unbounded();
+        assert!(bytes.budget.spend(MAX_BYTES_PER_INVOCATION - 1));
+        assert!(!bytes.budget.spent());
+        assert!(bytes.budget.spend(1), "exactly the bytes allowed");
+        assert!(bytes.budget.spent(), "bytes alone spend the budget");
+        assert!(!bytes.budget.spend(1), "one byte more");
+        assert_eq!(bytes.budget.dropped_bytes.load(Ordering::Relaxed), 1);
+    }
+
+    /// An event costs its escaped message and its rendered fields, in the
+    /// invocation's budget and in the plugin's over time alike.
+    #[test]
+    fn an_event_costs_its_message_and_fields() {
+        let message = "m".repeat(1000);
+        let invocation = unbounded();
+        invocation.emit(Level::Info, &message, &[]);
+        assert_eq!(invocation.budget.bytes.load(Ordering::Relaxed), 1000 + "{}".len() as u64);
+        let field = Field { key: "k".into(), value: "v".into() };
+        invocation.emit(Level::Info, &message, &[field]);
+        assert_eq!(invocation.budget.bytes.load(Ordering::Relaxed), 2002 + r#"{"k":"v"}"#.len() as u64);
+
+        // A window of exactly one such event: it is written, and nothing more fits.
+        let windowed = logger(LogWindow::new(10, 1002));
+        windowed.emit(Level::Info, &message, &[]);
+        assert_eq!(windowed.budget.tag.window.admit(1), Admit::Drop);
+    }
+}
