@@ -230,7 +230,7 @@ mod tests {
         Logger::new(Arc::new(tag))
     }
 
-    fn unbounded() -> Logger {
+    pub(super) fn unbounded() -> Logger {
         logger(LogWindow::new(u64::MAX, u64::MAX))
     }
 

@@ -163,3 +163,72 @@ impl AsyncWrite for CapturedOutput {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::services::log::tests::unbounded;
+
+    /// Events and bytes the invocation of `logger` has logged.
+    fn logged(logger: &Logger) -> (u64, u64) {
+        let budget = &logger.budget;
+        (
+            budget.events.load(std::sync::atomic::Ordering::Relaxed),
+            budget.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    const FIELD: &str = r#"{"stream":"stdout"}"#;
+
+    #[test]
+    fn each_line_is_an_event_without_its_newline_and_a_last_line_is_kept() {
+        let logger = unbounded();
+        let out = CapturedOutput::new(logger.clone(), Stream::Stdout);
+        out.write(b"one\ntw");
+        assert_eq!(logged(&logger), (1, (3 + FIELD.len()) as u64), "the newline is not part of the line");
+        out.write(b"o\r\n\nlast");
+        assert_eq!(logged(&logger).0, 2, "a CR before the newline goes, an empty line is no event");
+        drop(out);
+        assert_eq!(logged(&logger), (3, (3 + 3 + 4 + 3 * FIELD.len()) as u64), "the last line, without a newline");
+    }
+
+    /// Exactly `MAX_CAPTURE` bytes are captured and nothing is marked cut;
+    /// past them nothing is logged and the capture is marked cut (its one
+    /// warning).
+    #[test]
+    fn capture_is_cut_past_its_bound_and_told_once() {
+        let logger = unbounded();
+        let out = CapturedOutput::new(logger.clone(), Stream::Stdout);
+        let line = [&[b'x'; 1023][..], b"\n"].concat();
+        for _ in 0..MAX_CAPTURE / line.len() {
+            out.write(&line);
+        }
+        assert_eq!(logged(&logger).0, (MAX_CAPTURE / line.len()) as u64);
+        assert!(!out.0.lock().unwrap().truncated, "nothing was cut");
+        out.write(b"y\n");
+        out.write(b"z\n");
+        assert!(out.0.lock().unwrap().truncated);
+        assert_eq!(logged(&logger).0, (MAX_CAPTURE / line.len()) as u64, "nothing past the bound is logged");
+    }
+
+    /// Writers through `AsyncWrite` (the path of `wasi:cli@0.3` streams)
+    /// are told every byte was taken, so a guest never retries or fails.
+    #[tokio::test]
+    async fn async_writes_take_every_byte() {
+        let logger = unbounded();
+        let mut out = CapturedOutput::new(logger.clone(), Stream::Stdout);
+        AsyncWriteExt::write_all(&mut out, b"one\ntwo\n").await.unwrap();
+        AsyncWriteExt::flush(&mut out).await.unwrap();
+        AsyncWriteExt::shutdown(&mut out).await.unwrap();
+        assert_eq!(logged(&logger).0, 2);
+    }
+
+    /// A guest told its output is a terminal would write colour and cursor
+    /// escapes into the log.
+    #[test]
+    fn captured_output_is_no_terminal() {
+        assert!(!CapturedOutput::new(unbounded(), Stream::Stderr).is_terminal());
+    }
+}
