@@ -314,7 +314,6 @@ struct Alias {
     name: String,
     options: Options,
     target: String,
-    pool: PoolSettings,
 }
 
 /// How to connect to one alias.
@@ -367,7 +366,7 @@ impl Databases {
                         (Options::Sqlite(Box::new(sqlite_options(path))), target)
                     }
                 };
-                Ok(Alias { name: name.clone(), target, options, pool: settings.pool })
+                Ok(Alias { name: name.clone(), target, options })
             })
             .collect::<Result<_, DatabaseError>>()?;
         Ok(Databases { aliases, last: Mutex::new(None) })
@@ -398,11 +397,6 @@ impl Databases {
             Options::Sqlite(options) => Some(options),
             Options::Postgres(..) => None,
         }
-    }
-
-    /// The pool settings of `alias`.
-    pub fn pool(&self, alias: &str) -> Option<PoolSettings> {
-        self.aliases.iter().find(|a| a.name == alias).map(|a| a.pool)
     }
 
     /// Every alias, in order.
