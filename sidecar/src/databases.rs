@@ -751,6 +751,8 @@ mod tests {
             ("postgres://app:pw@db/app?ssl-ca=/dev/null", "ssl-ca `/dev/null`: not a regular file"),
             ("postgres://app:pw@db/app?ssl-key=/dev/zero", "ssl-key `/dev/zero`: not a regular file"),
             ("postgres://app:pw@db/app?sslcert=/nonexistent", "sslcert `/nonexistent`: No such file"),
+            // A password that is also a parameter's value sqlx quotes.
+            ("postgres://app:hunter2@db/app?sslmode=hunter2", "[databases.main] url: "),
         ] {
             let error = open(url).unwrap_err().to_string();
             assert!(error.contains(expected), "{url}: {error}");
@@ -803,6 +805,14 @@ mod tests {
         assert_eq!([places(sqlite(), 1), places(sqlite(), 2), places(sqlite(), 5)], [1, 1, 4]);
         let postgres = || DatabaseTarget::Postgres(UrlSource::Inline("postgres://db/app".into()));
         assert_eq!([places(postgres(), 1), places(postgres(), 5)], [1, 5]);
+    }
+
+    #[test]
+    fn only_a_whole_pem_block_is_inline() {
+        assert!(is_inline_pem(" -----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"));
+        for path in ["-----BEGIN.pem", "/certs/ca-----", "/certs/ca.pem"] {
+            assert!(!is_inline_pem(path), "{path}");
+        }
     }
 
     #[test]
