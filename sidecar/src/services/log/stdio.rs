@@ -166,6 +166,8 @@ impl AsyncWrite for CapturedOutput {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -174,10 +176,7 @@ mod tests {
     /// Events and bytes the invocation of `logger` has logged.
     fn logged(logger: &Logger) -> (u64, u64) {
         let budget = &logger.budget;
-        (
-            budget.events.load(std::sync::atomic::Ordering::Relaxed),
-            budget.bytes.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        (budget.events.load(Ordering::Relaxed), budget.bytes.load(Ordering::Relaxed))
     }
 
     const FIELD: &str = r#"{"stream":"stdout"}"#;
@@ -195,10 +194,9 @@ mod tests {
     }
 
     /// Exactly `MAX_CAPTURE` bytes are captured and nothing is marked cut;
-    /// past them nothing is logged and the capture is marked cut (its one
-    /// warning).
+    /// past them nothing is logged and the capture is marked cut.
     #[test]
-    fn capture_is_cut_past_its_bound_and_told_once() {
+    fn capture_is_cut_past_its_bound_to_the_byte() {
         let logger = unbounded();
         let out = CapturedOutput::new(logger.clone(), Stream::Stdout);
         let line = [&[b'x'; 1023][..], b"\n"].concat();
