@@ -399,11 +399,6 @@ impl Databases {
         }
     }
 
-    /// Every alias, in order.
-    pub fn aliases(&self) -> impl Iterator<Item = &str> {
-        self.aliases.iter().map(|a| a.name.as_str())
-    }
-
     /// Whether each database answers, checked at most once per
     /// [`CHECK_INTERVAL`]. A change of state is logged once, with the
     /// reason.
