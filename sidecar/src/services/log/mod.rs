@@ -234,6 +234,11 @@ mod tests {
         logger(LogWindow::new(u64::MAX, u64::MAX))
     }
 
+    /// Events and bytes the invocation of `logger` has logged.
+    pub(super) fn logged(logger: &Logger) -> (u64, u64) {
+        (logger.budget.events.load(Ordering::Relaxed), logger.budget.bytes.load(Ordering::Relaxed))
+    }
+
     #[test]
     fn an_invocation_spends_its_budget_to_the_event_and_to_the_byte() {
         let events = unbounded();
@@ -259,10 +264,10 @@ mod tests {
         let message = "m".repeat(1000);
         let invocation = unbounded();
         invocation.emit(Level::Info, &message, &[]);
-        assert_eq!(invocation.budget.bytes.load(Ordering::Relaxed), 1000 + "{}".len() as u64);
+        assert_eq!(logged(&invocation).1, 1000 + "{}".len() as u64);
         let field = Field { key: "k".into(), value: "v".into() };
         invocation.emit(Level::Info, &message, &[field]);
-        assert_eq!(invocation.budget.bytes.load(Ordering::Relaxed), 2002 + r#"{"k":"v"}"#.len() as u64);
+        assert_eq!(logged(&invocation).1, 2002 + r#"{"k":"v"}"#.len() as u64);
 
         // A window of exactly one such event: it is written, and nothing more fits.
         let windowed = logger(LogWindow::new(10, 1002));

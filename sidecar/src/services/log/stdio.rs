@@ -166,18 +166,10 @@ impl AsyncWrite for CapturedOutput {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
-
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::services::log::tests::unbounded;
-
-    /// Events and bytes the invocation of `logger` has logged.
-    fn logged(logger: &Logger) -> (u64, u64) {
-        let budget = &logger.budget;
-        (budget.events.load(Ordering::Relaxed), budget.bytes.load(Ordering::Relaxed))
-    }
+    use crate::services::log::tests::{logged, unbounded};
 
     const FIELD: &str = r#"{"stream":"stdout"}"#;
 
