@@ -4,6 +4,8 @@
 //!   nothing listens, side by side: only the bad two are named unready, with
 //!   their reasons on the admin API only;
 //! - plugins keep serving while a database is down;
+//! - each database's state is logged once, when it changes, not at every
+//!   check;
 //! - no password, right or wrong, reaches the log or any answer;
 //! - a flood of `/readyz` costs the database at most one connection a
 //!   second;
@@ -76,8 +78,26 @@ fn readiness_names_the_databases_that_do_not_answer_and_never_a_password() {
     let opened = connections(&postgres) - before;
     assert!(opened <= 4, "{opened} connections for 50 probes");
 
+    // A state is logged when it changes, once: two more checks, each past
+    // the readiness cache's second, add no line.
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        sidecar.get(&sidecar.invoke, "/readyz");
+    }
     let log = sidecar.stderr();
-    assert!(log.contains("database unreachable") && log.contains("database=wrong"), "{log}");
+    let logged = |message: &str, alias: &str| {
+        let alias = format!("database={alias} ");
+        log.lines().filter(|line| line.contains(message) && line.contains(&alias)).count()
+    };
+    assert_eq!(
+        [
+            logged("database reachable", "good"),
+            logged("database unreachable", "wrong"),
+            logged("database unreachable", "closed")
+        ],
+        [1, 1, 1],
+        "{log}"
+    );
     let everything = format!("{log}{answer}{metrics}");
     for password in ["right-pw-1a2b3c", "wrong-pw-4d5e6f", "closed-pw-7a8b9c"] {
         assert!(!everything.contains(password), "{password} leaked:\n{everything}");
