@@ -200,7 +200,9 @@ const MAX_PRIVATE_STATEMENTS: usize = 64;
 impl Private {
     fn open() -> Option<Private> {
         let mut db = ptr::null_mut();
-        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_MEMORY | ffi::SQLITE_OPEN_NOMUTEX;
+        // The name `:memory:` alone makes the database in-memory; one thread
+        // uses it, so no mutex.
+        let flags = ffi::SQLITE_OPEN_READWRITE | ffi::SQLITE_OPEN_NOMUTEX;
         // SAFETY: a NUL-terminated name and an out-pointer; the handle is
         // closed below on failure, or by `Drop`.
         let rc = unsafe { ffi::sqlite3_open_v2(c":memory:".as_ptr(), &mut db, flags, ptr::null()) };
