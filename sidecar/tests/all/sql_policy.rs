@@ -137,6 +137,14 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (BOTH, "", "SELECT id FROM products ORDER BY (SELECT value FROM secrets LIMIT 1)", Rule::Table, "in ORDER BY"),
     (BOTH, "", "SELECT id FROM products LIMIT (SELECT count(*) FROM secrets)", Rule::Table, "in LIMIT"),
     (BOTH, "", "SELECT id FROM products LIMIT 1 OFFSET (SELECT count(*) FROM secrets)", Rule::Table, "in OFFSET"),
+    (PG, "", "SELECT ceil((SELECT count(*) FROM secrets)) FROM products", Rule::Table, "`secrets`"),
+    (
+        PG,
+        "",
+        "SELECT overlay(name placing (SELECT value FROM secrets LIMIT 1) from 1) FROM products",
+        Rule::Table,
+        "`secrets`",
+    ),
     (
         PG,
         "",
