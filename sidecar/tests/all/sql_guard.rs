@@ -141,6 +141,9 @@ const SQLITE_NOT_REFUSED: &[(&str, Not, &str)] = &[
     ("SELECT repeat('x', 1000000000)", Not::FailsOtherwise, "no such function in SQLite"),
     ("SELECT readfile('/etc/passwd')", Not::FailsOtherwise, "no such function (a shell extension)"),
     ("SELECT id FROM products WHERE id = ?0", Not::FailsOtherwise, "SQLite: ?0 is not a parameter"),
+    ("SELECT id FROM products WHERE id = ?01", Not::FailsOtherwise, "SQLite reads ?01 as ?1: no value given"),
+    ("SELECT id FROM products WHERE id = ?32767", Not::FailsOtherwise, "SQLite numbers to ?32766"),
+    ("SELECT id FROM products WHERE id = ?1000000", Not::FailsOtherwise, "SQLite numbers to ?32766"),
 ];
 
 /// Bypass rows PostgreSQL lets run under the plugin's role, and why.
@@ -308,6 +311,9 @@ const PG_NOT_REFUSED: &[(&str, Not, &str)] = &[
     ("EXECUTE p", Not::FailsOtherwise, "no prepared p on this connection; it would run under the role"),
     ("DEALLOCATE ALL", Not::Runs, "drops the session's prepared statements: no privilege"),
     ("SELECT id FROM products WHERE id = $0", Not::FailsOtherwise, "no parameter $0"),
+    ("SELECT id FROM products WHERE id = $01", Not::FailsOtherwise, "read as $1: no value given"),
+    ("SELECT id FROM products WHERE id = $65536", Not::FailsOtherwise, "past the protocol's 65,535 parameters"),
+    ("SELECT id FROM products WHERE id = $99999999999999999999999", Not::FailsOtherwise, "read as $-1 (overflow)"),
 ];
 
 /// Bypass rows not sent to PostgreSQL at all: they would make the test

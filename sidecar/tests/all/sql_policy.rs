@@ -399,6 +399,12 @@ pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     (LITE, "", "SELECT id FROM products WHERE id = :id", Rule::Placeholder, "named parameters"),
     (LITE, "", "SELECT id FROM products WHERE id = @id", Rule::Placeholder, "named parameters"),
     (LITE, "", "SELECT id FROM products WHERE id = ?0", Rule::Placeholder, "?1 to ?32766"),
+    (LITE, "", "SELECT id FROM products WHERE id = ?01", Rule::Placeholder, "?1 to ?32766"),
+    (LITE, "", "SELECT id FROM products WHERE id = ?32767", Rule::Placeholder, "?1 to ?32766"),
+    (LITE, "", "SELECT id FROM products WHERE id = ?1000000", Rule::Placeholder, "?1 to ?32766"),
+    (PG, "", "SELECT id FROM products WHERE id = $01", Rule::Placeholder, "PostgreSQL takes"),
+    (PG, "", "SELECT id FROM products WHERE id = $65536", Rule::Placeholder, "out of range"),
+    (PG, "", "SELECT id FROM products WHERE id = $99999999999999999999999", Rule::Placeholder, "PostgreSQL takes"),
     // A qualifier naming relations at two levels: SQLite looks for the
     // column in the inner one, then in the outer (an outside review read
     // `customers.ssn` this way, `products` granted whole).
@@ -560,6 +566,9 @@ fn checked_reports_kind_tables_rows_and_placeholders() {
     assert_eq!((insert.kind, insert.returns_rows, insert.placeholders), (StatementKind::Insert, false, 2));
     let numbered = allow(Dialect::Sqlite, &policy, "SELECT id FROM orders WHERE id = ?3 OR id = ?1");
     assert_eq!(numbered.placeholders, 3);
+    // The highest number each database takes (past it: the bypass table).
+    assert_eq!(allow(Dialect::Sqlite, &policy, "SELECT id FROM orders WHERE id = ?32766").placeholders, 32_766);
+    assert_eq!(allow(Dialect::Postgres, &policy, "SELECT id FROM orders WHERE id = $65535").placeholders, 65_535);
 
     let cte = allow(
         Dialect::Postgres,

@@ -2039,9 +2039,10 @@ fn table_name(table: &TableWithJoins) -> ObjectName {
     }
 }
 
-/// A decimal number without sign or leading zero.
+/// A decimal number without sign or leading zero (`None` past `usize`: the
+/// callers' ranges are far smaller).
 fn number(text: &str) -> Option<usize> {
-    if text.is_empty() || text.len() > 6 || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     text.parse().ok()
