@@ -70,8 +70,9 @@ fn the_allowed_statements_pass_on_their_dialects() {
 /// NATURAL JOIN; names spelt with quotes, case, schemas, system tables and
 /// Unicode escapes; denied functions (sleep, files, large objects, SQL in
 /// strings, settings, extensions, table functions); every statement kind
-/// that is never allowed; literals under params_only and foreign or mixed
-/// placeholders.
+/// that is never allowed; literals under params_only and foreign, mixed or
+/// out-of-range placeholders (numbers past each database's highest, leading
+/// zeros).
 pub(crate) const BYPASSES: &[(&[Dialect], &str, &str, Rule, &str)] = &[
     // Stacked statements, strings and comments.
     (BOTH, "", "SELECT id FROM products; DELETE FROM orders", Rule::Stacked, "2 statements"),
