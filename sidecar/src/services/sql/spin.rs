@@ -106,18 +106,6 @@ pub struct SpinConnections {
     next: u32,
 }
 
-impl SpinConnections {
-    /// Connections held now.
-    pub fn len(&self) -> usize {
-        self.open.len()
-    }
-
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-}
-
 struct Open {
     alias: String,
     /// Empty after a failure left it unusable and no fresh one could be

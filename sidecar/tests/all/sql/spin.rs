@@ -330,6 +330,17 @@ async fn opening_a_label_not_granted_is_access_denied() {
     assert_eq!(databases.len(), 6, "{events:#?}");
     assert!(databases.iter().all(|d| !d.contains('\n') && !d.contains('\u{1b}')), "{databases:?}");
 
+    // With `[sql.app]` granted, "default" opens it, and nothing else does.
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _admin) = app_database(&dir, pool(4, 4)).await;
+    let runtime = self::runtime(app, &section("app", "")).await;
+    for (version, label) in [(2, "db"), (3, "nosuch")] {
+        let answer = call(&runtime, json!({"version": version, "db": label, "steps": []})).await;
+        assert_eq!(answer, json!({"error": "access-denied"}), "v{version} {label:?} with [sql.app]");
+    }
+    let answer = call(&runtime, json!({"version": 2, "steps": [step("SELECT count(*) FROM todos", json!([]))]})).await;
+    assert_eq!(answer["results"][0]["rows"], json!([[{"int": 0}]]), "\"default\" opens [sql.app]: {answer}");
+
     let policies = Policies::new();
     let component = guest("sql_spin").display().to_string();
     policies.write("spin.toml", &format!("[plugin]\nname = \"spin\"\ncomponent = {component:?}\n"));
@@ -476,6 +487,43 @@ async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
     assert_eq!(errors[..7], ["", "", "", "", "invalid-connection", "invalid-connection", ""], "{answer}");
     assert_ne!(errors[7], "", "a statement ran with no place free: {answer}");
     assert_eq!(results[1]["rows"], json!([[{"int": 0}]]), "{answer}");
+    settle().await;
+    assert_eq!(db.count("SELECT count(*) FROM todos").await, 0);
+}
+
+/// A component may decide to roll back while its connection sits idle:
+/// when the transaction was taken back meanwhile, its `ROLLBACK` (and only
+/// that) is served, and the next statement runs on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_right_after_a_take_back_is_served() {
+    use super::support::{query_as, until_held};
+    let db = TestDb::start(Dialect::Sqlite).await;
+    todos(&db).await;
+    let gateway = gateway(&db, &["db"], PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool(2, 2) });
+    let runtime = runtime(Arc::clone(&gateway), &section("db", "")).await;
+    let mut idle_rollback = step("ROLLBACK", json!([]));
+    idle_rollback["after_ms"] = json!(2000);
+    let component = tokio::spawn(async move {
+        call(
+            &runtime,
+            json!({"db": "db", "steps": [
+                step("BEGIN TRANSACTION", json!([])),
+                step("INSERT INTO todos (id, description) VALUES (10, 'c')", json!([])),
+                idle_rollback,
+                step("SELECT count(*) FROM todos", json!([])),
+            ]}),
+        )
+        .await
+    });
+    until_held(&gateway, "spin", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = "SELECT name FROM products WHERE id = 1";
+    assert_eq!(query_as(&gateway, "other", other).await.unwrap().rows.len(), 1);
+    let answer = component.await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    assert_eq!(errors, ["", "", "", ""], "{answer}");
+    assert_eq!(results[3]["rows"], json!([[{"int": 0}]]), "{answer}");
     settle().await;
     assert_eq!(db.count("SELECT count(*) FROM todos").await, 0);
 }
