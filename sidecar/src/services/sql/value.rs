@@ -355,6 +355,19 @@ mod tests {
         assert_eq!(pg_value("FLOAT8", &(-0.25f64).to_be_bytes()), Some(Value::Float(-0.25)));
         assert_eq!(pg_value("JSONB", b"\x01{}"), Some(Value::Text("{}".into())));
         assert_eq!(pg_value("UUID", &[0x12; 16]), Some(Value::Text("12121212-1212-1212-1212-121212121212".into())));
+        assert_eq!(
+            (pg_value("BOOL", &[1]), pg_value("BOOL", &[0])),
+            (Some(Value::Bool(true)), Some(Value::Bool(false)))
+        );
+        for text_type in ["TEXT", "VARCHAR", "BPCHAR", "NAME", "CHAR", "JSON", "CITEXT"] {
+            assert_eq!(pg_value(text_type, "é".as_bytes()), Some(Value::Text("é".into())), "{text_type}");
+        }
+        assert_eq!(pg_value("BYTEA", &[0, 0xff]), Some(Value::Blob(vec![0, 0xff])));
+        assert_eq!(pg_value("NUMERIC", &num(2, 0, 0, 2, &[12, 5000])), Some(Value::Text("12.50".into())));
+        assert_eq!(pg_value("DATE", &(-1i32).to_be_bytes()), Some(Value::Text("1999-12-31".into())));
+        let second = 1_000_000i64.to_be_bytes();
+        assert_eq!(pg_value("TIMESTAMP", &second), Some(Value::Text("2000-01-01 00:00:01".into())));
+        assert_eq!(pg_value("TIMESTAMPTZ", &second), Some(Value::Text("2000-01-01 00:00:01+00".into())));
         assert_eq!(pg_value("INT4", &[0, 1]), None, "wrong width");
         assert_eq!(pg_value("INTERVAL", &[0; 16]), None);
         assert_eq!(pg_value("TEXT", &[0xff]), None, "not UTF-8");
