@@ -214,8 +214,10 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     }
     let digits: Vec<u16> = (0..count).map(|i| word(4 + i)).collect::<Option<_>>()?;
     // Any weight PostgreSQL sends (131,072 digits before the point at
-    // most) is written: the caller charged the text's length first.
-    if digits.iter().any(|d| *d > 9999) || scale > 0x4000 {
+    // most) is written: the caller charged the text's length first. A
+    // display scale past PostgreSQL's own largest (its `NUMERIC_DSCALE_MAX`)
+    // is not one it sends.
+    if digits.iter().any(|d| *d > 9999) || scale > 0x3FFF {
         return None;
     }
     let digit =
@@ -236,10 +238,9 @@ fn numeric(bytes: &[u8]) -> Option<String> {
     if scale > 0 {
         out.push('.');
         let start = out.len();
-        let mut w = weight + 1;
-        while out.len() - start < scale {
+        let groups = i32::try_from(scale.div_ceil(4)).ok()?;
+        for w in weight + 1..=weight + groups {
             let _ = write!(out, "{:04}", digit(w));
-            w += 1;
         }
         out.truncate(start + scale);
     }
@@ -322,7 +323,11 @@ mod tests {
         assert_eq!(numeric(&num(0, 0, 0, 0, &[])).unwrap(), "0");
         assert_eq!(numeric(&num(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
         assert!(numeric(&num(2, 0, 0, 0, &[1])).is_none(), "short");
+        assert_eq!(numeric(&num(2, -1, 0, 8, &[1234, 5678])).unwrap(), "0.12345678");
+        assert_eq!(numeric(&num(2, 0, 0, 5, &[9999, 9999])).unwrap(), "9999.99990");
         assert!(numeric(&num(1, 0, 0, 0, &[10000])).is_none(), "digit out of range");
+        assert_eq!(numeric(&num(0, 0, 0, 0x3FFF, &[])).unwrap().len(), 2 + 0x3FFF, "PostgreSQL's largest scale");
+        assert!(numeric(&num(0, 0, 0, 0x4000, &[])).is_none(), "a scale PostgreSQL never sends");
     }
 
     #[test]
