@@ -351,6 +351,41 @@ mod tests {
         assert!(date(i64::MAX).is_none());
     }
 
+    /// Each day is the day after the one before, by the Gregorian rules
+    /// written plainly, from 1970-01-01 back past year 0 and forward past
+    /// 2400 (centuries, the 400th years, the ends of eras).
+    #[test]
+    fn each_day_follows_the_one_before() {
+        let leap = |y: i64| y.rem_euclid(4) == 0 && (y.rem_euclid(100) != 0 || y.rem_euclid(400) == 0);
+        let month_days = |y: i64, m: u32| match m {
+            2 if leap(y) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let next = |(y, m, d): (i64, u32, u32)| match (d == month_days(y, m), m) {
+            (false, _) => (y, m, d + 1),
+            (true, 12) => (y + 1, 1, 1),
+            (true, _) => (y, m + 1, 1),
+        };
+        let previous = |(y, m, d): (i64, u32, u32)| match (d, m) {
+            (1, 1) => (y - 1, 12, 31),
+            (1, _) => (y, m - 1, month_days(y, m - 1)),
+            _ => (y, m, d - 1),
+        };
+        assert_eq!(civil(0), (1970, 1, 1));
+        let mut day = civil(0);
+        for days in 1..=200_000 {
+            day = next(day);
+            assert_eq!(civil(days), day, "{days}");
+        }
+        let mut day = civil(0);
+        for days in (-800_000..0).rev() {
+            day = previous(day);
+            assert_eq!(civil(days), day, "{days}");
+        }
+    }
+
     #[test]
     fn binary_values_by_type() {
         assert_eq!(pg_value("INT2", &(-2i16).to_be_bytes()), Some(Value::Int(-2)));
