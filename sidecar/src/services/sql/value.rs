@@ -90,17 +90,17 @@ fn decode_error(e: impl std::fmt::Display) -> SqlError {
 }
 
 /// The values of a PostgreSQL row, by column type (binary format), or
-/// `None` once their sizes ([`Value::size`]) pass `budget`. A value's size
-/// is known before it is made: a binary `numeric` of a few bytes is
-/// thousands of digits as text, and a row of them must be refused, not
-/// built.
+/// `None` once the sizes ([`Value::size`]) of those it builds pass
+/// `budget`. A value's size is known before it is made: a binary `numeric`
+/// of a few bytes is thousands of digits as text, and a row of them must
+/// be refused, not built. Nulls build nothing: the caller counts them
+/// with the rest when it counts the whole row.
 pub fn postgres_values(row: &PgRow, budget: u64) -> Result<Option<Vec<Value>>, SqlError> {
     let mut values = Vec::with_capacity(row.len());
     let mut size = 0u64;
     for i in 0..row.len() {
         let raw = row.try_get_raw(i).map_err(decode_error)?;
         if raw.is_null() {
-            size += Value::Null.size();
             values.push(Value::Null);
             continue;
         }
@@ -116,7 +116,7 @@ pub fn postgres_values(row: &PgRow, budget: u64) -> Result<Option<Vec<Value>>, S
         }
         values.push(pg_value(type_name, bytes).ok_or_else(|| unsupported(type_name, i))?);
     }
-    Ok((size <= budget).then_some(values))
+    Ok(Some(values))
 }
 
 /// The size of the value [`pg_value`] makes of `bytes`, without making

@@ -149,6 +149,18 @@ async fn caps_refuse_mid_stream(dialect: Dialect) {
     // replaced) and the pool still serves.
     let rows = query(&gateway, "p", &grant("max_rows = 3"), "SELECT id FROM big WHERE id <= 3", &[]).await.unwrap();
     assert_eq!(rows.rows.len(), 3);
+
+    // Bytes are counted as documented, to the byte: 8 for a number, 1 for
+    // a null, a text's length; nulls first or last.
+    let edge = grant("max_result_bytes = 17");
+    for sql in ["SELECT NULL, 1, 'abcdefgh'", "SELECT 'abcdefgh', 1, NULL"] {
+        let rows = query(&gateway, "p", &edge, sql, &[]).await.unwrap();
+        assert_eq!(rows.rows.len(), 1, "{sql}");
+    }
+    for sql in ["SELECT NULL, NULL, 1, 'abcdefgh'", "SELECT 'abcdefgh', 1, NULL, NULL", "SELECT 2, 1, 'ab'"] {
+        let error = query(&gateway, "p", &edge, sql, &[]).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{sql}: {error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
