@@ -2195,6 +2195,12 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
     let read_checked = checked(Door::Gatehouse, Dialect::Sqlite, &policy, read, &[]).unwrap();
 
     let mut idle = open_read(&gateway, "idle", &policy).await;
+    // A connection whose statement ran outside a transaction keeps no read
+    // open: held idle through the drain, it is never ended.
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let mut finished =
+        SqlConnection::open(gateway.alias("db").unwrap(), "finished", &guard, &Stop::new()).await.unwrap();
+    finished.query(&read_checked, read, &[], limits).await.unwrap();
     wal_places(&gateway).set_grace(Duration::from_millis(300));
     let slow = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) \
                 SELECT count(*) FROM r WHERE i > (SELECT count(*) FROM orders)";
@@ -2221,6 +2227,7 @@ async fn reads_kept_open_past_the_drains_grace_are_ended_on_sqlite() {
     let commit = idle.commit().await.unwrap_err();
     assert!(ended(commit.clone()), "the idle transaction's commit: {commit:?}");
     drop(idle);
+    finished.query(&read_checked, read, &[], limits).await.unwrap();
     // The alias serves on: reads and writes of others.
     query(&gateway, "another", &policy, read, &[]).await.unwrap();
 }
