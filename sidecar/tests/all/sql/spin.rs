@@ -81,6 +81,36 @@ fn step(sql: &str, params: Json) -> Json {
     json!({"sql": sql, "params": params})
 }
 
+/// `step` after the component holds its connection idle for 2 s.
+fn idle_first(mut step: Json) -> Json {
+    step["after_ms"] = json!(2000);
+    step
+}
+
+/// Each step's error (`""` for a step that succeeded).
+fn errors(answer: &Json) -> Vec<&str> {
+    answer["results"].as_array().unwrap().iter().map(|r| r["error"].as_str().unwrap_or("")).collect()
+}
+
+/// A SQLite `db` holding `todos`, a pool of two places whose waiters have
+/// one taken back after half a second, and `sql-spin` granted `todos`.
+async fn take_back_setup() -> (TestDb, Arc<SqlGateway>, Runtime) {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    todos(&db).await;
+    let gateway = gateway(&db, &["db"], PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool(2, 2) });
+    let runtime = runtime(Arc::clone(&gateway), &section("db", "")).await;
+    (db, gateway, runtime)
+}
+
+/// Another plugin waits for a place once `sql-spin` holds one, and is
+/// served by taking that one back.
+async fn take_back_one(gateway: &SqlGateway) {
+    super::support::until_held(gateway, "spin", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = "SELECT name FROM products WHERE id = 1";
+    assert_eq!(super::support::query_as(gateway, "other", other).await.unwrap().rows.len(), 1);
+}
+
 /// Lets a closed connection's rollback land before the database is read
 /// from outside.
 async fn settle() {
@@ -236,7 +266,7 @@ async fn transactions_and_their_failures_on_postgres() {
     )
     .await;
     let results = answer["results"].as_array().unwrap();
-    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    let errors = errors(&answer);
     assert!(errors[4].starts_with("io: conflict:"), "{answer}");
     assert_eq!(&errors[5..=6], ["invalid-connection", "invalid-connection"], "{answer}");
     assert_eq!(errors.iter().filter(|e| !e.is_empty()).count(), 3, "{answer}");
@@ -419,7 +449,7 @@ async fn a_transaction_lost_mid_result_is_refused_until_rolled_back() {
     )
     .await;
     let results = answer["results"].as_array().unwrap();
-    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    let errors = errors(&answer);
     assert!(errors[0].starts_with("io: quota-exceeded:") && errors[4].starts_with("io: quota-exceeded:"), "{answer}");
     assert_eq!(&errors[5..=6], ["invalid-connection", "invalid-connection"], "{answer}");
     assert_eq!(errors.iter().filter(|e| !e.is_empty()).count(), 4, "{answer}");
@@ -438,17 +468,11 @@ async fn a_transaction_lost_mid_result_is_refused_until_rolled_back() {
 /// connection: `invalid-connection` until it says `ROLLBACK`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
-    use super::support::{query_as, until_held};
-    let db = TestDb::start(Dialect::Sqlite).await;
-    todos(&db).await;
-    let gateway = gateway(&db, &["db"], PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool(2, 2) });
-    let runtime = runtime(Arc::clone(&gateway), &section("db", "")).await;
+    let (db, gateway, runtime) = take_back_setup().await;
     let count = step("SELECT count(*) FROM todos", json!([]));
-    let mut idle_count = count.clone();
-    idle_count["after_ms"] = json!(2000);
+    let idle_count = idle_first(count.clone());
     let insert = "INSERT INTO todos (id, description) VALUES (?, ?)";
-    let mut idle_insert = step(insert, json!([{"int": 11}, {"text": "d"}]));
-    idle_insert["after_ms"] = json!(2000);
+    let idle_insert = idle_first(step(insert, json!([{"int": 11}, {"text": "d"}])));
     let component = tokio::spawn(async move {
         call(
             &runtime,
@@ -465,11 +489,8 @@ async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
         )
         .await
     });
-    let other = "SELECT name FROM products WHERE id = 1";
     for _ in 0..2 {
-        until_held(&gateway, "spin", 1).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(query_as(&gateway, "other", other).await.unwrap().rows.len(), 1);
+        take_back_one(&gateway).await;
     }
     // The pool's one place stays taken while the component goes on: its
     // ROLLBACK needs none (review 18: it was refused, and the connection
@@ -483,7 +504,7 @@ async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
     let answer = component.await.unwrap();
     drop(holding);
     let results = answer["results"].as_array().unwrap();
-    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    let errors = errors(&answer);
     assert_eq!(errors[..7], ["", "", "", "", "invalid-connection", "invalid-connection", ""], "{answer}");
     assert_ne!(errors[7], "", "a statement ran with no place free: {answer}");
     assert_eq!(results[1]["rows"], json!([[{"int": 0}]]), "{answer}");
@@ -496,13 +517,8 @@ async fn a_spin_connection_held_idle_is_taken_back_for_a_waiting_plugin() {
 /// that) is served, and the next statement runs on a fresh connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_right_after_a_take_back_is_served() {
-    use super::support::{query_as, until_held};
-    let db = TestDb::start(Dialect::Sqlite).await;
-    todos(&db).await;
-    let gateway = gateway(&db, &["db"], PoolSettings { acquire_timeout: Duration::from_secs(1), ..pool(2, 2) });
-    let runtime = runtime(Arc::clone(&gateway), &section("db", "")).await;
-    let mut idle_rollback = step("ROLLBACK", json!([]));
-    idle_rollback["after_ms"] = json!(2000);
+    let (db, gateway, runtime) = take_back_setup().await;
+    let idle_rollback = idle_first(step("ROLLBACK", json!([])));
     let component = tokio::spawn(async move {
         call(
             &runtime,
@@ -515,13 +531,10 @@ async fn a_rollback_right_after_a_take_back_is_served() {
         )
         .await
     });
-    until_held(&gateway, "spin", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let other = "SELECT name FROM products WHERE id = 1";
-    assert_eq!(query_as(&gateway, "other", other).await.unwrap().rows.len(), 1);
+    take_back_one(&gateway).await;
     let answer = component.await.unwrap();
     let results = answer["results"].as_array().unwrap();
-    let errors: Vec<&str> = results.iter().map(|r| r["error"].as_str().unwrap_or("")).collect();
+    let errors = errors(&answer);
     assert_eq!(errors, ["", "", "", ""], "{answer}");
     assert_eq!(results[3]["rows"], json!([[{"int": 0}]]), "{answer}");
     settle().await;
