@@ -19,29 +19,24 @@ fn venv_python() -> PathBuf {
     let python = venv.join("bin/python");
     let ready =
         |p: &Path| Command::new(p).args(["-c", "import cryptography"]).output().is_ok_and(|o| o.status.success());
-    // Tests run in parallel processes: one creates the venv (holding a
-    // lock directory), the others wait for it.
-    let lock = root.join("target/audit-venv.lock");
-    let started = std::time::Instant::now();
-    while !ready(&python) {
-        if std::fs::create_dir(&lock).is_ok() {
-            if !ready(&python) {
-                let _ = std::fs::remove_dir_all(&venv);
-                let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
-                assert!(status.success(), "python3 -m venv failed");
-                let status = Command::new(&python)
-                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--requirement"])
-                    .arg(root.join("tools/requirements.txt"))
-                    .status()
-                    .unwrap();
-                std::fs::remove_dir(&lock).unwrap();
-                assert!(status.success(), "pip install of the verifier's requirements failed");
-            } else {
-                std::fs::remove_dir(&lock).unwrap();
-            }
-        } else {
-            assert!(started.elapsed() < std::time::Duration::from_secs(150), "waited too long for {}", lock.display());
-            std::thread::sleep(std::time::Duration::from_millis(200));
+    // Tests run in parallel processes: one creates the venv under an
+    // exclusive file lock, the others wait on it. The kernel releases the
+    // lock with its process, so a run cancelled mid-install (nextest's
+    // fail-fast kills tests) leaves nothing that blocks the next one.
+    if !ready(&python) {
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        let lock = std::fs::File::create(root.join("target/audit-venv.flock")).unwrap();
+        lock.lock().unwrap();
+        if !ready(&python) {
+            let _ = std::fs::remove_dir_all(&venv);
+            let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
+            assert!(status.success(), "python3 -m venv failed");
+            let status = Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--requirement"])
+                .arg(root.join("tools/requirements.txt"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "pip install of the verifier's requirements failed");
         }
     }
     python
