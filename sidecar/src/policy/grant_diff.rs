@@ -151,6 +151,13 @@ mod tests {
         out.into_iter().map(|c| (c.item, c.before, c.after)).collect()
     }
 
+    /// A plugin with no policy before and none after has no change.
+    #[test]
+    fn no_policy_before_or_after_is_no_change() {
+        assert!(diff_grants("p", None, None).is_empty());
+        assert_eq!(diff_grants("p", None, Some(&json!({"kv": null}))).len(), 1);
+    }
+
     #[test]
     fn equal_values_have_no_change() {
         let value = json!({"http": {"allow": ["https://a.example:443"], "rate": "20/s"}, "kv": null});

@@ -460,7 +460,7 @@ impl Validator<'_> {
             Err(problems) => {
                 for (entry, reason) in problems {
                     let at = match entry {
-                        Entry::Granted(i) => &raw.buckets[i.min(raw.buckets.len() - 1)],
+                        Entry::Granted(i) => &raw.buckets[i],
                         Entry::Relaxed(i) => &raw.relaxed[i],
                     };
                     self.fail(at, reason);

@@ -96,6 +96,34 @@ fn bad_duration_is_refused() {
     assert!(error.reason.contains("invalid duration `soon`"), "{error}");
 }
 
+/// A size or a duration of the wrong type says what it expects.
+#[test]
+fn a_size_or_duration_of_the_wrong_type_says_what_is_expected() {
+    let policies = Policies::new();
+    policies.write("echo.toml", &policy_with("", "memory = true"));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("expected a size such as \"64 MiB\" or a number of bytes"), "{error}");
+    policies.write("echo.toml", &policy_with("", "timeout = [1]"));
+    let error = only_error(&policies);
+    assert!(error.reason.contains("expected a duration such as \"500ms\" or \"2s\""), "{error}");
+}
+
+/// Plugin names: 1 to 64 lowercase letters, digits, `-` or `_`, led by a
+/// letter or a digit (they name log fields, metrics, KV namespaces and
+/// database roles).
+#[test]
+fn plugin_names_are_lowercase_letters_digits_dashes_and_underscores() {
+    use gatehouse::policy::is_plugin_name;
+    let longest = "a".repeat(64);
+    for name in ["a", "7", "a-b_c9", "0-", &longest] {
+        assert!(is_plugin_name(name), "{name:?} refused");
+    }
+    let too_long = "a".repeat(65);
+    for name in ["", "-a", "_a", "aB", "a b", "a.b", "a/b", "é", &too_long] {
+        assert!(!is_plugin_name(name), "{name:?} accepted");
+    }
+}
+
 #[test]
 fn toml_syntax_error_is_refused_with_line() {
     let policies = Policies::new();
@@ -286,6 +314,76 @@ fn every_bad_http_setting_is_reported_with_its_line() {
     }
     assert_eq!(found.len(), expect.len(), "{found:#?}");
     assert!(load.set.plugins.is_empty(), "a file with problems grants nothing");
+}
+
+/// A granted method is letters and dashes (extension methods such as
+/// `X-PURGE` included); anything else is refused, naming it.
+#[test]
+fn a_method_is_letters_and_dashes() {
+    let policies = Policies::new();
+    with_http(&policies, "allow = [\"https://api.example.com\"]\nmethods = [\"get\", \"X-Purge\"]");
+    let load = policies.load();
+    assert!(load.errors.is_empty(), "{:?}", load.errors);
+    let methods = &load.set.plugins["echo"].http.as_ref().unwrap().methods;
+    assert_eq!(methods.iter().map(String::as_str).collect::<Vec<_>>(), ["GET", "X-PURGE"]);
+
+    with_http(&policies, "allow = [\"https://api.example.com\"]\nmethods = [\"\", \"GE T\", \"GET/1\"]");
+    let reasons: Vec<String> = policies.load().errors.into_iter().map(|e| e.reason).collect();
+    for method in ["``", "`GE T`", "`GET/1`"] {
+        assert!(reasons.iter().any(|r| r.contains(&format!("invalid method {method}"))), "{method}: {reasons:?}");
+    }
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+}
+
+/// More buckets than may be granted: refused at the first one past the
+/// bound (one entry a line here, so the line names it).
+#[test]
+fn buckets_past_the_bound_are_refused_at_the_first_one_over() {
+    use gatehouse::services::kv::policy::MAX_BUCKETS;
+    let policies = Policies::new();
+    let names: Vec<String> = (0..=MAX_BUCKETS).map(|i| format!("  \"b{i}\",\n")).collect();
+    let text = format!("{}\n[kv]\nbuckets = [\n{}]\n", policy_with("", ""), names.concat());
+    policies.write("echo.toml", &text);
+    let error = only_error(&policies);
+    assert_eq!(error.line, Some(line_containing(&text, &format!("\"b{MAX_BUCKETS}\""))), "{error}");
+    assert!(error.reason.contains(&format!("at most {MAX_BUCKETS} buckets")), "{error}");
+}
+
+/// Two sources are one component only at the same path with the same
+/// digest (a reload logs either change as a new version); shown, a source
+/// is its path, digest and length, never its bytes.
+#[test]
+fn a_component_is_the_same_only_at_its_path_with_its_digest() {
+    use gatehouse::policy::ComponentSource;
+    let source = |path: &str, byte: u8| ComponentSource {
+        path: path.into(),
+        sha256: [byte; 32],
+        bytes: std::sync::Arc::from(vec![byte; 3]),
+    };
+    assert_eq!(source("a.wasm", 1), source("a.wasm", 1));
+    assert_ne!(source("a.wasm", 1), source("a.wasm", 2));
+    assert_ne!(source("a.wasm", 1), source("b.wasm", 1));
+    let shown = format!("{:?}", source("a.wasm", 0xab));
+    assert!(shown.contains("a.wasm") && shown.contains(&"ab".repeat(32)) && shown.contains("len: 3"), "{shown}");
+    assert!(!shown.contains("171"), "{shown}");
+}
+
+/// A permission manifest that exists but cannot be read (here a symbolic
+/// link loop) refuses its plugin; only a manifest that is not there means
+/// none.
+#[test]
+fn an_unreadable_permission_manifest_refuses_its_plugin() {
+    let policies = Policies::new();
+    let dir = policies.dir.path();
+    std::fs::copy(guest("echo"), dir.join("echo.wasm")).unwrap();
+    let component = dir.join("echo.wasm").display().to_string();
+    policies.write("echo.toml", &format!("[plugin]\nname = \"echo\"\ncomponent = {component:?}\n"));
+    let load = policies.load();
+    assert!(load.errors.is_empty() && load.set.plugins.contains_key("echo"), "{:?}", load.errors);
+
+    std::os::unix::fs::symlink("echo.permissions.toml", dir.join("echo.permissions.toml")).unwrap();
+    let error = only_error(&policies);
+    assert!(error.reason.contains("permission manifest") && error.reason.contains("cannot read"), "{error}");
 }
 
 #[test]
