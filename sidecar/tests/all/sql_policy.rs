@@ -880,6 +880,74 @@ fn forms_of_write_the_check_does_not_read_are_refused() {
     }
 }
 
+/// Each query, SELECT and FROM clause the check does not read is refused
+/// alone (one is enough to reach the database unread), and the FROM items
+/// it does read are walked, not refused: a parenthesised join, `LATERAL`
+/// table functions, `NATURAL JOIN` of tables granted whole, and sub-queries
+/// side by side (each one level deep, however many).
+#[test]
+fn each_clause_the_check_does_not_read_is_refused_alone() {
+    let refused: &[(&[Dialect], &str, &str, Rule, &str)] = &[
+        (BOTH, "", "SELECT id FROM products FOR XML PATH", Rule::Unsupported, "this query clause"),
+        (PG, "", "SELECT /*+ SeqScan(products) */ id FROM products", Rule::Unsupported, "this SELECT clause"),
+        (BOTH, "", "SELECT TOP 1 id FROM products", Rule::Unsupported, "this SELECT clause"),
+        (BOTH, "", "SELECT id FROM products QUALIFY id = 1", Rule::Unsupported, "this SELECT clause"),
+        (PG, "", "SELECT * AS x FROM products", Rule::Unsupported, "options on `*`"),
+        (BOTH, "", "SELECT id FROM products WITH (NOLOCK)", Rule::Unsupported, "this table clause"),
+        (
+            BOTH,
+            "",
+            "SELECT * FROM (UPDATE orders SET status = 'x' WHERE id = 1 RETURNING id) AS u",
+            Rule::Unsupported,
+            "only allowed at the top level",
+        ),
+        (
+            BOTH,
+            "",
+            "SELECT * FROM (DELETE FROM orders WHERE id = 1 RETURNING id) AS u",
+            Rule::Unsupported,
+            "only allowed at the top level",
+        ),
+        (
+            PG,
+            "table_functions = [\"generate_series\"]",
+            "SELECT p.id FROM products p, LATERAL pg_read_file('x') AS g",
+            Rule::TableFunction,
+            "`pg_read_file`",
+        ),
+        (BOTH, "", "SELECT p.id FROM (products p JOIN secrets s ON true)", Rule::Table, "`secrets`"),
+        (BOTH, "", "SELECT id FROM orders NATURAL JOIN customers", Rule::Column, "NATURAL JOIN with `customers`"),
+    ];
+    let mut wrong = Vec::new();
+    for (dialects, extra, sql, rule, reason) in refused {
+        for &dialect in *dialects {
+            match check(dialect, &with(extra), sql) {
+                Err(denial) if denial.rule == *rule && denial.message.contains(reason) => {}
+                other => wrong.push(format!("{dialect}: {sql}: {other:?}")),
+            }
+        }
+    }
+    let siblings = format!("SELECT {}", vec!["(SELECT 1)"; gatehouse::services::sql::MAX_DEPTH + 1].join(", "));
+    let allowed: &[(&[Dialect], &str, &str)] = &[
+        (BOTH, "", "SELECT p.id FROM (products p JOIN orders o ON p.id = o.id)"),
+        (BOTH, "", "SELECT id FROM products NATURAL JOIN orders"),
+        (
+            PG,
+            "table_functions = [\"generate_series\"]",
+            "SELECT p.id, g FROM products p, LATERAL generate_series(1, p.id) AS g",
+        ),
+        (BOTH, "", &siblings),
+    ];
+    for (dialects, extra, sql) in allowed {
+        for &dialect in *dialects {
+            if let Err(denial) = check(dialect, &with(extra), sql) {
+                wrong.push(format!("{dialect}: {}: {denial}", &sql[..sql.len().min(80)]));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 /// The walk's own depth bound is reached by what the parser builds in a
 /// loop, not by recursion it counts: a chain of set operations is as deep
 /// as it is long. The first select of `k` `UNION ALL`s sits `k + 3` levels

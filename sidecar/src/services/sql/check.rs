@@ -767,7 +767,12 @@ impl<'p> Walk<'p> {
             format_clause,
             pipe_operators,
         } = query;
-        if for_clause.is_some() || settings.is_some() || format_clause.is_some() || !pipe_operators.is_empty() {
+        // ClickHouse's settings and format and BigQuery's pipe operators:
+        // neither dialect's parser here produces them (each is refused
+        // should one start to). `FOR XML`/`FOR JSON` parses, and a test
+        // refuses it.
+        let foreign = [settings.is_some(), format_clause.is_some(), !pipe_operators.is_empty()];
+        if for_clause.is_some() || foreign.contains(&true) {
             return Err(self.unsupported("this query clause"));
         }
         if !locks.is_empty() && !self.policy.row_locking {
@@ -1050,13 +1055,17 @@ impl<'p> Walk<'p> {
             opt_rename,
             opt_alias,
         } = options;
-        if opt_ilike.is_some()
-            || opt_exclude.is_some()
-            || opt_except.is_some()
-            || opt_replace.is_some()
-            || opt_rename.is_some()
-            || opt_alias.is_some()
-        {
+        // Snowflake's, BigQuery's and DuckDB's options: neither dialect's
+        // parser here produces them (each is refused should one start to).
+        // PostgreSQL's parser reads `* AS x`, and a test refuses it.
+        let foreign = [
+            opt_ilike.is_some(),
+            opt_exclude.is_some(),
+            opt_except.is_some(),
+            opt_replace.is_some(),
+            opt_rename.is_some(),
+        ];
+        if foreign.contains(&true) || opt_alias.is_some() {
             return Err(self.unsupported("options on `*`"));
         }
         Ok(())
