@@ -892,6 +892,7 @@ fn each_clause_the_check_does_not_read_is_refused_alone() {
         (PG, "", "SELECT /*+ SeqScan(products) */ id FROM products", Rule::Unsupported, "this SELECT clause"),
         (BOTH, "", "SELECT TOP 1 id FROM products", Rule::Unsupported, "this SELECT clause"),
         (BOTH, "", "SELECT id FROM products QUALIFY id = 1", Rule::Unsupported, "this SELECT clause"),
+        (BOTH, "", "SELECT id FROM products GROUP BY ALL", Rule::Unsupported, "this GROUP BY"),
         (PG, "", "SELECT * AS x FROM products", Rule::Unsupported, "options on `*`"),
         (BOTH, "", "SELECT id FROM products WITH (NOLOCK)", Rule::Unsupported, "this table clause"),
         (
@@ -942,6 +943,64 @@ fn each_clause_the_check_does_not_read_is_refused_alone() {
         for &dialect in *dialects {
             if let Err(denial) = check(dialect, &with(extra), sql) {
                 wrong.push(format!("{dialect}: {}: {denial}", &sql[..sql.len().min(80)]));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The expression forms the walk reads, each allowed on the dialects that
+/// have it and refused on the other where its parser reads it too: the
+/// special-syntax functions, grouping sets, array subscripts, collations,
+/// casts, `SIMILAR TO`, and PostgreSQL's `U&` escapes as sqlparser splits
+/// them (`u & "…"`), which other uses of `&` are not mistaken for.
+#[test]
+fn expression_forms_are_read_on_their_dialects() {
+    let allowed: &[(&[Dialect], &str)] = &[
+        (BOTH, "SELECT EXTRACT(YEAR FROM CAST(name AS DATE)) FROM products"),
+        (BOTH, "SELECT POSITION('a' IN name) FROM products"),
+        (BOTH, "SELECT SUBSTRING(name FROM 1 FOR 2) FROM products"),
+        (BOTH, "SELECT TRIM(BOTH 'x' FROM name) FROM products"),
+        (PG, "SELECT id FROM products GROUP BY GROUPING SETS ((id), ())"),
+        (PG, "SELECT id FROM products GROUP BY CUBE (id)"),
+        (PG, "SELECT (ARRAY[1, 2])[1]"),
+        (PG, "SELECT (ARRAY[1, 2])[1:2]"),
+        (PG, "SELECT id FROM products WHERE name SIMILAR TO 'a%'"),
+        (BOTH, "SELECT id & \"name\" FROM products"),
+        (BOTH, "SELECT u & 1 FROM products"),
+        (PG, "SELECT name COLLATE \"C\" FROM products"),
+        (LITE, "SELECT name COLLATE nocase FROM products"),
+        (PG, "SELECT CAST(id AS INT4), CAST(name AS JSONB) FROM products"),
+        (LITE, "SELECT CAST(id AS BLOB) FROM products"),
+    ];
+    let refused: &[(&[Dialect], &str, Rule, &str)] = &[
+        (PG, "SELECT u & \"name\" FROM products", Rule::Ambiguous, "Unicode-escaped"),
+        (PG, "SELECT u & 'x' FROM products", Rule::Ambiguous, "Unicode-escaped"),
+        (LITE, "SELECT id FROM products WHERE name SIMILAR TO 'a%'", Rule::Unsupported, "this expression"),
+        (LITE, "SELECT name COLLATE \"C\" FROM products", Rule::Unsupported, "this collation"),
+        (PG, "SELECT name COLLATE nocase FROM products", Rule::Unsupported, "this collation"),
+        (BOTH, "SELECT name COLLATE \"de_DE\" FROM products", Rule::Unsupported, "this collation"),
+        (LITE, "SELECT CAST(id AS INT4) FROM products", Rule::Unsupported, "a cast to this type"),
+        (PG, "SELECT CAST(id AS BLOB) FROM products", Rule::Unsupported, "a cast to this type"),
+        (BOTH, "SELECT SUBSTRING(name FROM (SELECT 1 FROM secrets)) FROM products", Rule::Table, "`secrets`"),
+        (BOTH, "SELECT TRIM((SELECT note FROM secrets) FROM name) FROM products", Rule::Table, "`secrets`"),
+        (BOTH, "SELECT POSITION('a' IN (SELECT note FROM secrets)) FROM products", Rule::Table, "`secrets`"),
+        (PG, "SELECT id FROM products GROUP BY ROLLUP (id, pg_sleep(1))", Rule::Function, "`pg_sleep`"),
+    ];
+    let policy = policy();
+    let mut wrong = Vec::new();
+    for (dialects, sql) in allowed {
+        for &dialect in *dialects {
+            if let Err(denial) = check(dialect, &policy, sql) {
+                wrong.push(format!("{dialect}: {sql}: {denial}"));
+            }
+        }
+    }
+    for (dialects, sql, rule, reason) in refused {
+        for &dialect in *dialects {
+            match check(dialect, &policy, sql) {
+                Err(denial) if denial.rule == *rule && denial.message.contains(reason) => {}
+                other => wrong.push(format!("{dialect}: {sql}: {other:?}")),
             }
         }
     }
