@@ -972,6 +972,7 @@ fn expression_forms_are_read_on_their_dialects() {
         (LITE, "SELECT name COLLATE nocase FROM products"),
         (PG, "SELECT CAST(id AS INT4), CAST(name AS JSONB) FROM products"),
         (LITE, "SELECT CAST(id AS BLOB) FROM products"),
+        (LITE, "SELECT X'00'"),
     ];
     let refused: &[(&[Dialect], &str, Rule, &str)] = &[
         (PG, "SELECT u & \"name\" FROM products", Rule::Ambiguous, "Unicode-escaped"),
@@ -982,6 +983,7 @@ fn expression_forms_are_read_on_their_dialects() {
         (BOTH, "SELECT name COLLATE \"de_DE\" FROM products", Rule::Unsupported, "this collation"),
         (LITE, "SELECT CAST(id AS INT4) FROM products", Rule::Unsupported, "a cast to this type"),
         (PG, "SELECT CAST(id AS BLOB) FROM products", Rule::Unsupported, "a cast to this type"),
+        (PG, "SELECT X'00'", Rule::Literal, "this kind of literal is not PostgreSQL"),
         (BOTH, "SELECT SUBSTRING(name FROM (SELECT 1 FROM secrets)) FROM products", Rule::Table, "`secrets`"),
         (BOTH, "SELECT TRIM((SELECT note FROM secrets) FROM name) FROM products", Rule::Table, "`secrets`"),
         (BOTH, "SELECT POSITION('a' IN (SELECT note FROM secrets)) FROM products", Rule::Table, "`secrets`"),

@@ -1848,9 +1848,6 @@ impl<'p> Walk<'p> {
                 "a literal"
             }
             Value::HexStringLiteral(_) if self.dialect == Dialect::Sqlite => "a literal",
-            Value::UnicodeStringLiteral(_) => {
-                return Err(self.deny(Rule::Ambiguous, "Unicode-escaped strings (`U&'…'`) are refused".into()));
-            }
             _ => return Err(self.deny(Rule::Literal, format!("this kind of literal is not {}", self.dialect))),
         };
         if self.policy.params_only {
