@@ -1927,7 +1927,6 @@ impl<'p> Walk<'p> {
                 for clause in &list.clauses {
                     match clause {
                         FunctionArgumentClause::OrderBy(items) => w.order_by(items)?,
-                        FunctionArgumentClause::IgnoreOrRespectNulls(_) => {}
                         _ => return Err(w.unsupported("this function argument clause")),
                     }
                 }
