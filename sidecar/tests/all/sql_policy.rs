@@ -973,6 +973,7 @@ fn expression_forms_are_read_on_their_dialects() {
         (PG, "SELECT CAST(id AS INT4), CAST(name AS JSONB) FROM products"),
         (LITE, "SELECT CAST(id AS BLOB) FROM products"),
         (LITE, "SELECT X'00'"),
+        (BOTH, "SELECT string_agg(name, ',') WITHIN GROUP (ORDER BY id) FROM products"),
     ];
     let refused: &[(&[Dialect], &str, Rule, &str)] = &[
         (PG, "SELECT u & \"name\" FROM products", Rule::Ambiguous, "Unicode-escaped"),
@@ -987,6 +988,14 @@ fn expression_forms_are_read_on_their_dialects() {
         (BOTH, "SELECT {fn lower(name)} FROM products", Rule::Unsupported, "this function call syntax"),
         (LITE, "SELECT id FROM products WHERE id = ? OR id = ?1", Rule::Placeholder, "not mixed"),
         (LITE, "SELECT id FROM products WHERE id = ?1 OR id = ?", Rule::Placeholder, "not mixed"),
+        (BOTH, "SELECT max(*) FROM products", Rule::Unsupported, "`*` as this function's argument"),
+        (BOTH, "SELECT lower(x => name) FROM products", Rule::Unsupported, "this function argument"),
+        (
+            BOTH,
+            "SELECT string_agg(name, ',') WITHIN GROUP (ORDER BY (SELECT note FROM secrets)) FROM products",
+            Rule::Table,
+            "`secrets`",
+        ),
         (BOTH, "SELECT SUBSTRING(name FROM (SELECT 1 FROM secrets)) FROM products", Rule::Table, "`secrets`"),
         (BOTH, "SELECT TRIM((SELECT note FROM secrets) FROM name) FROM products", Rule::Table, "`secrets`"),
         (BOTH, "SELECT POSITION('a' IN (SELECT note FROM secrets)) FROM products", Rule::Table, "`secrets`"),

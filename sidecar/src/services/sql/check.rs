@@ -1998,10 +1998,10 @@ impl<'p> Walk<'p> {
     }
 
     fn function_arg(&mut self, arg: &FunctionArg, count: bool) -> Checks {
-        let arg = match arg {
-            FunctionArg::Unnamed(arg) => arg,
-            FunctionArg::Named { name: _, arg, operator: _ } if self.dialect == Dialect::Postgres => arg,
-            _ => return Err(self.unsupported("this function argument")),
+        // Named arguments (`f(a => 1)`, which sqlparser reads as
+        // `ExprNamed` on both dialects) are refused.
+        let FunctionArg::Unnamed(arg) = arg else {
+            return Err(self.unsupported("this function argument"));
         };
         match arg {
             FunctionArgExpr::Expr(expr) => self.expr(expr),
