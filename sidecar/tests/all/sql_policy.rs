@@ -1084,8 +1084,9 @@ fn function_calls_per_statement_are_bounded() {
 fn operators_per_statement_are_bounded() {
     use gatehouse::services::sql::MAX_OPERATORS;
     let policy = policy();
-    let forms: [(&str, usize); 11] = [
+    let forms: [(&str, usize); 12] = [
         ("(price, stock, id) = (1, 2, 3)", 3),
+        ("((price, stock, id)) = ((1, 2, 3))", 3),
         ("coalesce(price, stock, id, 4)", 3),
         ("abs(price)", 0),
         ("price BETWEEN 1 AND 2", 2),

@@ -211,6 +211,21 @@ fn classify(sqlite: bool, code: &str) -> Class {
 mod tests {
     use super::*;
 
+    /// Only a malformed statement (too large, empty, unparsable) is
+    /// `invalid-input`; every other denial is `denied`, its message whole.
+    #[test]
+    fn denials_are_invalid_input_only_when_malformed() {
+        use super::super::denial::Rule;
+        for rule in [Rule::TooLarge, Rule::Empty, Rule::Unparsable] {
+            assert!(matches!(SqlError::from_denial(Denial::new(rule, "m".into())), SqlError::InvalidInput(m) if m == "m"));
+        }
+        for rule in [Rule::Table, Rule::Stacked, Rule::Unsupported, Rule::Function, Rule::TooDeep] {
+            let denial = Denial::new(rule, "not granted".into());
+            assert_eq!(denial.to_string(), "not granted");
+            assert!(matches!(SqlError::from_denial(denial), SqlError::Denied(m) if m == "not granted"), "{rule:?}");
+        }
+    }
+
     #[test]
     fn codes_are_classified() {
         for (code, kind) in [
