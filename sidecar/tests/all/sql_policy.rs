@@ -952,6 +952,38 @@ fn each_clause_the_check_does_not_read_is_refused_alone() {
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
+/// A grant is read to its bounds: as many tables and functions as the
+/// bounds allow (function names with `_`), names of the longest length;
+/// one more is refused. A table granted `{ select = true }` is granted
+/// whole; one granted nothing (`[]`, `{}`) is refused, not taken as
+/// granting nothing silently.
+#[test]
+fn grants_are_read_to_their_bounds() {
+    use gatehouse::services::sql::policy::{MAX_LIST, MAX_NAME, MAX_TABLES};
+    let tables = |n: usize| (0..n).map(|i| format!("t{i} = \"select\"\n")).collect::<String>();
+    let functions = |n: usize| (0..n).map(|i| format!("\"f_{i}\"")).collect::<Vec<_>>().join(", ");
+    let read = |body: String| SqlPolicy::from_toml(&format!("statements = [\"select\"]\n{body}"));
+    assert!(read(format!("[tables]\n{}", tables(MAX_TABLES))).is_ok());
+    let too_many = read(format!("[tables]\n{}", tables(MAX_TABLES + 1))).unwrap_err();
+    assert!(too_many.contains(&format!("at most {MAX_TABLES} tables")), "{too_many}");
+    for key in ["functions", "table_functions"] {
+        assert!(read(format!("{key} = [{}]", functions(MAX_LIST))).is_ok(), "{key}");
+        let too_many = read(format!("{key} = [{}]", functions(MAX_LIST + 1))).unwrap_err();
+        assert!(too_many.contains(&format!("at most {MAX_LIST}")), "{too_many}");
+    }
+    let longest = "n".repeat(MAX_NAME);
+    assert!(read(format!("[tables]\n{longest} = {{ select = [\"{longest}\"] }}")).is_ok());
+    let long = "n".repeat(MAX_NAME + 1);
+    assert!(read(format!("[tables]\n{long} = \"select\"")).unwrap_err().contains("use 1 to 63 bytes"));
+    for nothing in ["[]", "{}"] {
+        assert!(read(format!("[tables]\norders = {nothing}")).is_err(), "{nothing}");
+    }
+    let whole = read("[tables]\norders = { select = true }".into()).unwrap();
+    for dialect in BOTH {
+        allow(*dialect, &whole, "SELECT * FROM orders");
+    }
+}
+
 /// The expression forms the walk reads, each allowed on the dialects that
 /// have it and refused on the other where its parser reads it too: the
 /// special-syntax functions, grouping sets, array subscripts, collations,

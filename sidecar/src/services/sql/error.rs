@@ -217,7 +217,9 @@ mod tests {
     fn denials_are_invalid_input_only_when_malformed() {
         use super::super::denial::Rule;
         for rule in [Rule::TooLarge, Rule::Empty, Rule::Unparsable] {
-            assert!(matches!(SqlError::from_denial(Denial::new(rule, "m".into())), SqlError::InvalidInput(m) if m == "m"));
+            assert!(
+                matches!(SqlError::from_denial(Denial::new(rule, "m".into())), SqlError::InvalidInput(m) if m == "m")
+            );
         }
         for rule in [Rule::Table, Rule::Stacked, Rule::Unsupported, Rule::Function, Rule::TooDeep] {
             let denial = Denial::new(rule, "not granted".into());
