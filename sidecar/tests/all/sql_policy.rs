@@ -1008,6 +1008,10 @@ fn expression_forms_are_read_on_their_dialects() {
         (PG, "SELECT CAST(id AS INT4), CAST(name AS JSONB) FROM products"),
         (LITE, "SELECT CAST(id AS BLOB) FROM products"),
         (LITE, "SELECT X'00'"),
+        (PG, "SELECT CAST(name AS TIMESTAMP) AT TIME ZONE 'UTC' FROM products"),
+        (BOTH, "SELECT id FROM products WHERE id IS DISTINCT FROM 1 OR id IS NOT DISTINCT FROM 2"),
+        (LITE, "SELECT u & \"name\" FROM products"),
+        (PG, "SELECT id FROM products WHERE u = 'x'"),
         (BOTH, "SELECT string_agg(name, ',') WITHIN GROUP (ORDER BY id) FROM products"),
     ];
     let refused: &[(&[Dialect], &str, Rule, &str)] = &[
@@ -1024,6 +1028,18 @@ fn expression_forms_are_read_on_their_dialects() {
         (LITE, "SELECT id FROM products WHERE id = ? OR id = ?1", Rule::Placeholder, "not mixed"),
         (LITE, "SELECT id FROM products WHERE id = ?1 OR id = ?", Rule::Placeholder, "not mixed"),
         (BOTH, "SELECT max(*) FROM products", Rule::Unsupported, "`*` as this function's argument"),
+        (
+            BOTH,
+            "SELECT id FROM products WHERE id IS NOT DISTINCT FROM (SELECT 1 FROM secrets)",
+            Rule::Table,
+            "`secrets`",
+        ),
+        (
+            PG,
+            "SELECT CAST(name AS TIMESTAMP) AT TIME ZONE (SELECT note FROM secrets) FROM products",
+            Rule::Table,
+            "`secrets`",
+        ),
         (BOTH, "SELECT lower(x => name) FROM products", Rule::Unsupported, "this function argument"),
         (
             BOTH,
