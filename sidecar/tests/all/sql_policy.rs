@@ -988,6 +988,11 @@ fn grants_are_read_to_their_bounds() {
         let too_many = read(format!("{key} = [{}]", functions(MAX_LIST + 1))).unwrap_err();
         assert!(too_many.contains(&format!("at most {MAX_LIST}")), "{too_many}");
     }
+    // A function name starts with a letter or `_`.
+    assert!(read("functions = [\"_f\", \"f_1\"]".into()).is_ok());
+    for bad in ["1f", "-f", "f-1", "f.g", ""] {
+        assert!(read(format!("functions = [\"{bad}\"]")).is_err(), "{bad:?}");
+    }
     let longest = "n".repeat(MAX_NAME);
     assert!(read(format!("[tables]\n{longest} = {{ select = [\"{longest}\"] }}")).is_ok());
     let long = "n".repeat(MAX_NAME + 1);
