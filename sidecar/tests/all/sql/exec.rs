@@ -2537,6 +2537,11 @@ async fn the_alias_write_rate_is_shared_between_the_plugins_writing_on_sqlite() 
     let places = wal_places(&gateway);
     let alone = places.owed("first");
     assert!(alone > Duration::ZERO, "nothing owed alone");
+    // A plugin that only reads wrote nothing: it is not one of the writers
+    // sharing the rate (what the first owes only shrinks with time).
+    query(&gateway, "reader", &policy, "SELECT count(*) FROM orders", &[]).await.unwrap();
+    let read = places.owed("first");
+    assert!(read <= alone, "owed {read:?} after another plugin's read, {alone:?} alone");
     // Another plugin writes: now each earns half the alias's rate.
     write_mib_as(&gateway, "second", &policy, 7).await.unwrap();
     let shared = places.owed("first");
