@@ -5,7 +5,10 @@
 //!   Pure, table-tested.
 //! - [`backend`]: the [`KvBackend`] trait every backend implements, the
 //!   namespace and cursor types, and the input checks backends share.
-//! - [`redb`]: the embedded backend (one file, a group-commit writer).
+//! - [`redb`]: the embedded backend (one file, a group-commit writer
+//!   taking each plugin's writes in turn: [`fair_batches`]).
+//! - [`queue`]: the write queue's budget, common and per plugin (both
+//!   backends).
 //! - [`postgres`]: the shared backend (a `[databases.<alias>]` database;
 //!   quotas hold across sidecar processes).
 //! - [`error`]: [`KvError`], one variant per guest-visible kind.
@@ -21,11 +24,13 @@
 
 pub mod backend;
 pub mod error;
+pub mod fair_batches;
 pub mod host;
 pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod postgres;
+pub mod queue;
 pub mod redb;
 pub mod wasi;
 pub mod wasi_draft;

@@ -18,18 +18,20 @@
 //! redb runs one write transaction at a time and every durable commit
 //! costs an fsync (hundreds per second on a VM disk). So every write is
 //! sent to one writer thread, which takes what is queued (up to
-//! [`MAX_BATCH_OPS`] operations or [`MAX_BATCH_BYTES`]), applies each
-//! operation in order inside one transaction, commits once and then
-//! answers each caller. Each operation is checked before it writes
+//! [`MAX_BATCH_OPS`] operations or [`MAX_BATCH_BYTES`], one operation of
+//! each plugin in turn, the plugin served least recently first:
+//! [`super::fair_batches`]), applies each operation in order inside one
+//! transaction, commits once and then answers each caller. Each operation is checked before it writes
 //! anything (sizes, quotas against the usage left by the operations before
 //! it, CAS expectations, counters): a refused operation writes nothing and
 //! its neighbours commit. Only a storage failure fails the whole batch, and
 //! then nothing of it is acknowledged.
 //!
 //! The queue is bounded in bytes, not just in entries: a caller waits for
-//! [`QUEUE_BYTES`] of budget (each entry costs its keys and values plus
-//! [`ENTRY_OVERHEAD`]) before its operation is queued, so the queue and a
-//! batch never hold more than that, whatever guests send.
+//! room in its plugin's share and in the common budget
+//! ([`super::queue`]: each entry costs its keys and values plus an
+//! overhead) before its operation is queued, so the queue and a batch
+//! never hold more than [`QUEUE_BYTES`], whatever guests send.
 //!
 //! # Relaxed durability
 //! A batch made only of writes to relaxed buckets is committed without an
@@ -52,14 +54,16 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ::redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Namespace, Page, Usage, UsageReport,
     check_batch_len, check_expected, check_key, check_limit, check_new_key, check_prefix, check_value, parse_counter,
 };
 use super::error::{KvError, QuotaKind};
+use super::fair_batches::FairBatches;
 use super::policy::{Durability, Quota};
+use super::queue::{QueueBudget, QueuePermit};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_data");
 
@@ -100,11 +104,7 @@ fn put_usage_row(
     Ok(())
 }
 
-/// Bytes the writer queue may hold (keys, values and per-entry overhead).
-pub const QUEUE_BYTES: u64 = 64 << 20;
-/// What each queued operation and each item of a batch call counts for,
-/// on top of its keys and values.
-pub const ENTRY_OVERHEAD: u64 = 256;
+pub use super::queue::{ENTRY_OVERHEAD, PLUGIN_QUEUE_BYTES, QUEUE_BYTES};
 /// Most operations applied in one transaction.
 pub const MAX_BATCH_OPS: usize = 1024;
 /// Most bytes of operations applied in one transaction (the writer stops
@@ -118,7 +118,7 @@ pub const RELAXED_FLUSH: Duration = Duration::from_secs(1);
 pub struct RedbBackend {
     db: Arc<Database>,
     queue: Option<mpsc::Sender<Request>>,
-    budget: Arc<Semaphore>,
+    budget: QueueBudget,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -162,7 +162,7 @@ struct Request {
     cost: u64,
     reply: oneshot::Sender<Result<Answer, KvError>>,
     /// Held until the request is answered: what bounds the queue.
-    budget: OwnedSemaphorePermit,
+    budget: QueuePermit,
 }
 
 impl Request {
@@ -256,19 +256,15 @@ impl RedbBackend {
             .name("gatehouse-kv-writer".into())
             .spawn(move || writer(&writer_db, &requests))
             .map_err(|e| KvError::Internal(format!("cannot start the writer thread: {e}")))?;
-        Ok(RedbBackend {
-            db,
-            queue: Some(queue),
-            budget: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
-            writer: Some(writer),
-        })
+        Ok(RedbBackend { db, queue: Some(queue), budget: QueueBudget::default(), writer: Some(writer) })
     }
 
     /// Queues `op` for the writer and waits for its answer.
     async fn submit(&self, bucket: &Bucket, op: Op, bytes: u64, items: u64) -> Result<Answer, KvError> {
-        let cost = (bytes + ENTRY_OVERHEAD * items.max(1)).min(QUEUE_BYTES);
-        let permit = Arc::clone(&self.budget)
-            .acquire_many_owned(cost as u32)
+        let cost = QueueBudget::cost(bytes, items);
+        let permit = self
+            .budget
+            .acquire(bucket.namespace.plugin(), cost)
             .await
             .map_err(|_| unavailable("the writer has stopped"))?;
         let (reply, answer) = oneshot::channel();
@@ -609,14 +605,22 @@ impl KvBackend for RedbBackend {
 /// backend is dropped, after a last durable commit.
 fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
     let mut unflushed: Option<Instant> = None;
+    let mut lanes = FairBatches::default();
+    let mut open = true;
     loop {
-        let first = match unflushed {
-            None => match requests.recv() {
-                Ok(request) => request,
-                Err(_) => return,
-            },
-            Some(since) => match requests.recv_timeout(RELAXED_FLUSH.saturating_sub(since.elapsed())) {
-                Ok(request) => request,
+        if lanes.is_empty() {
+            if !open {
+                if unflushed.is_some() {
+                    let _ = flush(db);
+                }
+                return;
+            }
+            let received = match unflushed {
+                None => requests.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(since) => requests.recv_timeout(RELAXED_FLUSH.saturating_sub(since.elapsed())),
+            };
+            match received {
+                Ok(request) => enqueue(&mut lanes, request),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if flush(db).is_ok() {
                         unflushed = None;
@@ -624,22 +628,17 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = flush(db);
-                    return;
+                    open = false;
+                    continue;
                 }
-            },
-        };
-        let mut bytes = first.cost;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-            match requests.try_recv() {
-                Ok(request) => {
-                    bytes += request.cost;
-                    batch.push(request);
-                }
-                Err(_) => break,
             }
         }
+        // Everything queued (the queue budget bounds it), so that each
+        // plugin waiting has its lane before the batch is chosen.
+        while let Ok(request) = requests.try_recv() {
+            enqueue(&mut lanes, request);
+        }
+        let batch = lanes.next_batch(MAX_BATCH_OPS, MAX_BATCH_BYTES);
         let durable = batch.iter().any(|r| r.durability == Durability::Immediate)
             || unflushed.is_some_and(|since| since.elapsed() >= RELAXED_FLUSH);
         match commit_batch(db, &batch, durable) {
@@ -660,6 +659,11 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
             }
         }
     }
+}
+
+fn enqueue(lanes: &mut FairBatches<Request>, request: Request) {
+    let plugin = request.namespace.plugin().to_string();
+    lanes.push(&plugin, request.cost, request);
 }
 
 fn flush(db: &Database) -> Result<(), KvError> {
@@ -883,7 +887,7 @@ mod tests {
             durability: Durability::Immediate,
         });
         // Take all of the queue's budget, as queued writes would.
-        let held = Arc::clone(&backend.budget).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
+        let held = Arc::clone(backend.budget.total()).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
         let write = {
             let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
             tokio::spawn(async move { backend.set(&bucket, "k".into(), vec![1; 10]).await })
@@ -894,7 +898,62 @@ mod tests {
         drop(held);
         write.await.unwrap().unwrap();
         assert_eq!(backend.get(&bucket, "k").await.unwrap(), Some(vec![1; 10]));
-        assert_eq!(backend.budget.available_permits(), QUEUE_BYTES as usize, "answered writes give their budget back");
+        assert_eq!(backend.budget.available(), QUEUE_BYTES, "answered writes give their budget back");
+    }
+
+    /// Waits (at most 10 s) until the queue's common budget has `left`.
+    async fn budget_reaches(backend: &RedbBackend, left: u64) {
+        for _ in 0..1000 {
+            if backend.budget.available() == left {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the queue budget stayed at {} (expected {left})", backend.budget.available());
+    }
+
+    /// An outside review's plugin kept the queue full with large writes
+    /// and another plugin's small write waited behind all of them. With
+    /// the writer stopped (a write transaction held), alpha's writes fill
+    /// its share and its next one waits unqueued, while beta's is queued
+    /// at once; everything is written once the writer goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_past_its_queue_share_waits_and_others_are_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let bucket = |plugin: &str| {
+            Arc::new(Bucket {
+                namespace: Namespace::new(plugin, "default").unwrap(),
+                quota: Quota { max_value: 8 << 20, max_bytes: 1 << 30, ..Quota::default() },
+                durability: Durability::Immediate,
+            })
+        };
+        let write = |bucket: &Arc<Bucket>, key: &str, len: usize| {
+            let (backend, bucket, key) = (Arc::clone(&backend), Arc::clone(bucket), key.to_string());
+            tokio::spawn(async move { backend.set(&bucket, key, vec![7; len]).await })
+        };
+        let (alpha, beta) = (bucket("alpha"), bucket("beta"));
+        let large = 6 << 20;
+        let cost = |key: &str, len: usize| QueueBudget::cost((key.len() + len) as u64, 1);
+        let blocker = backend.db.begin_write().unwrap();
+        let mut writes = vec![write(&alpha, "a1", large)];
+        budget_reaches(&backend, QUEUE_BYTES - cost("a1", large)).await;
+        writes.push(write(&alpha, "a2", large));
+        let alpha_queued = QUEUE_BYTES - cost("a1", large) - cost("a2", large);
+        budget_reaches(&backend, alpha_queued).await;
+        writes.push(write(&alpha, "a3", large));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(backend.budget.available(), alpha_queued, "alpha queued past its share");
+        writes.push(write(&beta, "b1", 100));
+        budget_reaches(&backend, alpha_queued - cost("b1", 100)).await;
+        drop(blocker);
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        for (bucket, key, len) in [(&alpha, "a1", large), (&alpha, "a3", large), (&beta, "b1", 100)] {
+            assert_eq!(backend.get(bucket, key).await.unwrap().map(|v| v.len()), Some(len));
+        }
+        assert_eq!(backend.budget.available(), QUEUE_BYTES);
     }
 
     #[test]

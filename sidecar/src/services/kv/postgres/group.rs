@@ -16,10 +16,11 @@
 //! without an answer. Its write is still applied, as on redb.
 //!
 //! # Bounds
-//! All lanes share [`QUEUE_BYTES`] of budget: a write waits (at most
+//! All lanes share [`QUEUE_BYTES`] of budget, and each plugin has a share
+//! of it ([`super::super::queue`]): a write waits (at most
 //! [`CALL_TIMEOUT`], then `unavailable`) until its keys and values plus
-//! [`ENTRY_OVERHEAD`] per item fit before it is queued, and gives the
-//! budget back when answered. A write that waited in its lane longer than
+//! [`ENTRY_OVERHEAD`] per item fit in both before it is queued, and gives
+//! them back when answered. A write that waited in its lane longer than
 //! [`CALL_TIMEOUT`] (the database is slow) is answered `unavailable`
 //! without being applied.
 
@@ -29,19 +30,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sqlx::postgres::PgPool;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use super::super::backend::Bucket;
 use super::super::error::KvError;
 use super::super::policy::Durability;
+use super::super::queue::{QueueBudget, QueuePermit};
 use super::plan::{Answer, Op, Write};
 use super::{CALL_TIMEOUT, commit_batch};
 
-/// Bytes all queued writes may hold (keys, values and per-item overhead).
-pub const QUEUE_BYTES: u64 = 64 << 20;
-/// What each queued operation and each item of a batch call counts for,
-/// on top of its keys and values.
-pub const ENTRY_OVERHEAD: u64 = 256;
+pub use super::super::queue::{ENTRY_OVERHEAD, QUEUE_BYTES};
 /// Most operations in one batch (one transaction).
 pub const MAX_BATCH_OPS: usize = 1024;
 /// Most bytes of operations in one batch; a single operation larger than
@@ -56,7 +54,7 @@ pub(super) struct Request {
     pub queued: Instant,
     reply: oneshot::Sender<Result<Answer, KvError>>,
     /// Held until the request is answered: what bounds the queue.
-    budget: OwnedSemaphorePermit,
+    budget: Option<QueuePermit>,
 }
 
 impl Request {
@@ -75,19 +73,20 @@ type Lanes = Mutex<HashMap<String, VecDeque<Request>>>;
 pub(super) struct Group {
     pool: PgPool,
     lanes: Arc<Lanes>,
-    budget: Arc<Semaphore>,
+    budget: QueueBudget,
 }
 
 impl Group {
     pub fn new(pool: PgPool) -> Group {
-        Group { pool, lanes: Arc::default(), budget: Arc::new(Semaphore::new(QUEUE_BYTES as usize)) }
+        Group { pool, lanes: Arc::default(), budget: QueueBudget::default() }
     }
 
     /// Queues `op` on its plugin's lane and waits for the answer. `bytes`:
     /// its keys and values; `items`: how many it names.
     pub async fn submit(&self, bucket: &Bucket, op: Op, bytes: u64, items: u64) -> Result<Answer, KvError> {
-        let cost = bytes.saturating_add(ENTRY_OVERHEAD * items.max(1)).min(QUEUE_BYTES);
-        let budget = tokio::time::timeout(CALL_TIMEOUT, Arc::clone(&self.budget).acquire_many_owned(cost as u32))
+        let cost = QueueBudget::cost(bytes, items);
+        let plugin = bucket.namespace.plugin().to_string();
+        let budget = tokio::time::timeout(CALL_TIMEOUT, self.budget.acquire(&plugin, cost))
             .await
             .map_err(|_| {
                 KvError::Unavailable(format!(
@@ -96,14 +95,13 @@ impl Group {
             })?
             .map_err(|_| KvError::Unavailable("the write queue is closed".into()))?;
         let (reply, answer) = oneshot::channel();
-        let plugin = bucket.namespace.plugin().to_string();
         let request = Request {
             write: Write { bucket: bucket.namespace.bucket().to_string(), quota: bucket.quota, op },
             durability: bucket.durability,
             cost,
             queued: Instant::now(),
             reply,
-            budget,
+            budget: Some(budget),
         };
         let start = {
             let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,9 +122,9 @@ impl Group {
         answer.await.map_err(|_| KvError::Unavailable("the write was dropped before it was answered".into()))?
     }
 
-    /// The budget left (for tests).
+    /// The queue's budget (for tests).
     #[cfg(test)]
-    pub fn budget(&self) -> &Arc<Semaphore> {
+    pub fn budget(&self) -> &QueueBudget {
         &self.budget
     }
 }
@@ -226,7 +224,7 @@ mod tests {
     use super::super::PostgresBackend;
     use super::*;
 
-    fn request(cost: u64, budget: &Arc<Semaphore>) -> (Request, oneshot::Receiver<Result<Answer, KvError>>) {
+    fn request(cost: u64) -> (Request, oneshot::Receiver<Result<Answer, KvError>>) {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             write: Write { bucket: "default".into(), quota: Quota::default(), op: Op::Delete { key: "k".into() } },
@@ -234,23 +232,21 @@ mod tests {
             cost,
             queued: Instant::now(),
             reply,
-            budget: Arc::clone(budget).try_acquire_many_owned(0).unwrap(),
+            budget: None,
         };
         (request, answer)
     }
 
     #[test]
     fn a_batch_stays_within_its_operations_and_bytes() {
-        let budget = Arc::new(Semaphore::new(0));
-        let mut lane: VecDeque<Request> = (0..3000).map(|_| request(ENTRY_OVERHEAD, &budget).0).collect();
+        let mut lane: VecDeque<Request> = (0..3000).map(|_| request(ENTRY_OVERHEAD).0).collect();
         assert_eq!(take_batch(&mut lane).len(), MAX_BATCH_OPS);
         assert_eq!(lane.len(), 3000 - MAX_BATCH_OPS);
         // By bytes: 4 MiB each, so four fill a batch exactly.
-        let mut lane: VecDeque<Request> = (0..9).map(|_| request(4 << 20, &budget).0).collect();
+        let mut lane: VecDeque<Request> = (0..9).map(|_| request(4 << 20).0).collect();
         assert_eq!(take_batch(&mut lane).len(), 4);
         // One operation larger than a batch goes alone, never with others.
-        let mut lane: VecDeque<Request> =
-            [request(1, &budget).0, request(MAX_BATCH_BYTES + 1, &budget).0, request(1, &budget).0].into();
+        let mut lane: VecDeque<Request> = [request(1).0, request(MAX_BATCH_BYTES + 1).0, request(1).0].into();
         assert_eq!(take_batch(&mut lane).len(), 1);
         assert_eq!(take_batch(&mut lane).len(), 1);
         assert_eq!(take_batch(&mut lane).len(), 1);
@@ -281,7 +277,7 @@ mod tests {
     async fn a_full_queue_makes_callers_wait_instead_of_growing() {
         let backend = unreachable_backend();
         let bucket = alpha(Quota::default());
-        let held = Arc::clone(backend.group.budget()).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
+        let held = Arc::clone(backend.group.budget().total()).acquire_many_owned(QUEUE_BYTES as u32).await.unwrap();
         let write = {
             let (backend, bucket) = (Arc::clone(&backend), Arc::clone(&bucket));
             tokio::spawn(async move { backend.set(&bucket, "k".into(), vec![1; 10]).await })
@@ -292,7 +288,7 @@ mod tests {
         drop(held);
         let answer = write.await.unwrap();
         assert!(matches!(answer, Err(KvError::Unavailable(_))), "{answer:?}");
-        assert_eq!(backend.group.budget().available_permits(), QUEUE_BYTES as usize);
+        assert_eq!(backend.group.budget().available(), QUEUE_BYTES);
         assert!(backend.group.lanes.lock().unwrap().is_empty(), "an empty lane is removed");
     }
 
@@ -303,8 +299,10 @@ mod tests {
     async fn every_kind_of_write_is_charged_its_bytes() {
         let backend = unreachable_backend();
         let bucket = alpha(Quota { max_value: 4 << 20, ..Quota::default() });
-        let held =
-            Arc::clone(backend.group.budget()).acquire_many_owned((QUEUE_BYTES - (1 << 20)) as u32).await.unwrap();
+        let held = Arc::clone(backend.group.budget().total())
+            .acquire_many_owned((QUEUE_BYTES - (1 << 20)) as u32)
+            .await
+            .unwrap();
         let big = || vec![7u8; 2 << 20];
         // One at a time: the budget is fair, so one waiting write would
         // hold back the next whatever its size.
@@ -324,6 +322,6 @@ mod tests {
             assert!(write.await.unwrap_err().is_cancelled());
         }
         drop(held);
-        assert_eq!(backend.group.budget().available_permits(), QUEUE_BYTES as usize);
+        assert_eq!(backend.group.budget().available(), QUEUE_BYTES);
     }
 }
