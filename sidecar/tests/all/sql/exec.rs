@@ -1241,7 +1241,8 @@ async fn a_statement_cut_off_in_a_transaction_loses_it(dialect: Dialect) {
     let error = connection.query(&check(slow), slow, &[], limits).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
     assert!(connection.is_broken(), "the connection is abandoned");
-    assert!(connection.query(&check(quick), quick, &[], limits).await.is_err(), "nothing more runs on it");
+    let error = connection.query(&check(quick), quick, &[], limits).await.unwrap_err();
+    assert!(error.to_string().contains("abandoned after an earlier error"), "nothing more runs on it: {error}");
     assert!(connection.commit().await.is_err(), "the transaction is lost");
     drop(connection);
     assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 777").await, 0, "the write before the cut");
@@ -1255,6 +1256,85 @@ async fn a_statement_cut_off_in_a_transaction_loses_it_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_cut_off_in_a_transaction_loses_it_on_postgres() {
     a_statement_cut_off_in_a_transaction_loses_it(Dialect::Postgres).await;
+}
+
+/// The README's "a failed statement inside a transaction": on SQLite the
+/// transaction stays open, as SQLite keeps it (the writes before and after
+/// the failure commit); on PostgreSQL it is aborted, so the connection is
+/// abandoned, the commit refused, and nothing of it written.
+async fn a_failed_statement_in_a_transaction(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("");
+    let limits = Limits::from(&policy);
+    let insert = |id: i64| format!("INSERT INTO products (id, name, price, stock) VALUES ({id}, 'f{id}', 1, 1)");
+    let check = |sql: &str| checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy), &Stop::new()).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    let (before, duplicate, after) = (insert(778), insert(1), insert(779));
+    connection.execute(&check(&before), &before, &[], limits).await.unwrap();
+    let error = connection.execute(&check(&duplicate), &duplicate, &[], limits).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict, "{error}");
+    match dialect {
+        Dialect::Sqlite => {
+            assert!(!connection.is_broken(), "a clean failure left the SQLite connection usable");
+            connection.execute(&check(&after), &after, &[], limits).await.unwrap();
+            connection.commit().await.unwrap();
+            assert_eq!(db.count("SELECT count(*) FROM products WHERE id IN (778, 779)").await, 2);
+        }
+        Dialect::Postgres => {
+            assert!(connection.is_broken(), "PostgreSQL aborted the transaction");
+            let error = connection.commit().await.unwrap_err();
+            assert!(error.to_string().contains("abandoned after an earlier error"), "{error}");
+            drop(connection);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(db.count("SELECT count(*) FROM products WHERE id IN (778, 779)").await, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_statement_leaves_a_sqlite_transaction_open() {
+    a_failed_statement_in_a_transaction(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_statement_aborts_a_postgres_transaction() {
+    a_failed_statement_in_a_transaction(Dialect::Postgres).await;
+}
+
+/// A rolled-back transaction is over on the connection: its write is gone
+/// and the next statement runs on its own and stays (not inside a
+/// transaction still open, which the connection's drop would roll back).
+async fn after_a_rollback_statements_run_outside_a_transaction(dialect: Dialect) {
+    let db = TestDb::start(dialect).await;
+    let gateway = db.gateway(pool(2, 2));
+    let alias = gateway.alias("db").unwrap();
+    let policy = policy("");
+    let limits = Limits::from(&policy);
+    let insert = |id: i64| format!("INSERT INTO products (id, name, price, stock) VALUES ({id}, 'r{id}', 1, 1)");
+    let check = |sql: &str| checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy), &Stop::new()).await.unwrap();
+    connection.begin(limits).await.unwrap();
+    let (rolled_back, kept) = (insert(780), insert(781));
+    connection.execute(&check(&rolled_back), &rolled_back, &[], limits).await.unwrap();
+    connection.rollback().await.unwrap();
+    connection.execute(&check(&kept), &kept, &[], limits).await.unwrap();
+    drop(connection);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 780").await, 0, "the rolled-back write");
+    assert_eq!(db.count("SELECT count(*) FROM products WHERE id = 781").await, 1, "the write after the rollback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollback_statements_run_outside_a_transaction_on_sqlite() {
+    after_a_rollback_statements_run_outside_a_transaction(Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rollback_statements_run_outside_a_transaction_on_postgres() {
+    after_a_rollback_statements_run_outside_a_transaction(Dialect::Postgres).await;
 }
 
 /// A duplicate key and a broken foreign key are `conflict`, with the
