@@ -8,7 +8,7 @@
 //! - [`redb`]: the embedded backend (one file, a group-commit writer
 //!   taking each plugin's writes in turn: [`fair_batches`]).
 //! - [`queue`]: the write queue's budget, common and per plugin (both
-//!   backends).
+//!   backends), on [`shares`]: a semaphore per plugin.
 //! - [`postgres`]: the shared backend (a `[databases.<alias>]` database;
 //!   quotas hold across sidecar processes).
 //! - [`error`]: [`KvError`], one variant per guest-visible kind.
@@ -32,6 +32,7 @@ pub mod policy;
 pub mod postgres;
 pub mod queue;
 pub mod redb;
+pub mod shares;
 pub mod wasi;
 pub mod wasi_draft;
 pub mod wasi_draft2;

@@ -56,6 +56,7 @@ use super::backend::{
     check_expected, check_key, check_limit, check_prefix, check_value,
 };
 use super::error::KvError;
+use super::shares::PluginShares;
 use crate::guest_text;
 
 mod group;
@@ -75,11 +76,17 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most reads one plugin runs at once, each on a connection of its own (a
+/// plugin's further reads wait on it, not on the pool): review 28's two
+/// plugins, 16 clients each, held all [`MAX_CONNECTIONS`] and another
+/// plugin's `get` waited 70–575 ms for one.
+pub const PLUGIN_READS: usize = 4;
 
 /// The PostgreSQL backend.
 pub struct PostgresBackend {
     pool: PgPool,
     group: Group,
+    reads: PluginShares,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -164,11 +171,22 @@ impl PostgresBackend {
 
     /// A backend on `pool`, whose schema is in place.
     fn with_pool(pool: PgPool) -> PostgresBackend {
-        PostgresBackend { group: Group::new(pool.clone()), pool }
+        PostgresBackend { group: Group::new(pool.clone()), pool, reads: PluginShares::new(PLUGIN_READS) }
+    }
+
+    /// Runs a read of `plugin`'s under [`CALL_TIMEOUT`], holding one of its
+    /// [`PLUGIN_READS`] places (the wait for it included).
+    async fn reading<T>(&self, plugin: &str, read: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
+        let share = self.reads.of(plugin);
+        bounded(async {
+            let _place = share.acquire().await.map_err(|_| KvError::Internal("the read share is closed".into()))?;
+            read.await
+        })
+        .await
     }
 
     async fn read_value(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        bounded(async {
+        self.reading(bucket.namespace.plugin(), async {
             let row = sqlx::query("SELECT value FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
                 .bind(bucket.namespace.plugin())
                 .bind(bucket.namespace.bucket())
@@ -342,7 +360,7 @@ impl KvBackend for PostgresBackend {
     fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
         Box::pin(async move {
             check_key(key)?;
-            bounded(async {
+            self.reading(bucket.namespace.plugin(), async {
                 let row = sqlx::query("SELECT 1 FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
                     .bind(bucket.namespace.plugin())
                     .bind(bucket.namespace.bucket())
@@ -394,21 +412,22 @@ impl KvBackend for PostgresBackend {
                 _ => prefix.as_bytes().to_vec(),
             };
             let end = prefix_end(prefix.as_bytes());
-            let rows = bounded(async {
-                sqlx::query(
-                    "SELECT key FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 \
+            let rows = self
+                .reading(bucket.namespace.plugin(), async {
+                    sqlx::query(
+                        "SELECT key FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 \
                      AND key >= $3 AND key < $4 ORDER BY key LIMIT $5",
-                )
-                .bind(bucket.namespace.plugin())
-                .bind(bucket.namespace.bucket())
-                .bind(&start)
-                .bind(&end)
-                .bind(i64::from(limit) + 1)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)
-            })
-            .await?;
+                    )
+                    .bind(bucket.namespace.plugin())
+                    .bind(bucket.namespace.bucket())
+                    .bind(&start)
+                    .bind(&end)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)
+                })
+                .await?;
             let more = rows.len() > limit as usize;
             let mut keys = Vec::with_capacity(rows.len().min(limit as usize));
             for row in rows.into_iter().take(limit as usize) {
@@ -428,23 +447,24 @@ impl KvBackend for PostgresBackend {
             // One statement, one snapshot. The server sends the values only
             // when all of them fit in the call's bound, so an answer past it
             // is never transferred.
-            let rows = bounded(async {
-                sqlx::query(
-                    "WITH found AS (SELECT key, value FROM gatehouse_kv_data \
+            let rows = self
+                .reading(bucket.namespace.plugin(), async {
+                    sqlx::query(
+                        "WITH found AS (SELECT key, value FROM gatehouse_kv_data \
                      WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)) \
                      SELECT key, octet_length(value)::bigint, \
                      CASE WHEN (SELECT coalesce(sum(octet_length(value)), 0) FROM found) <= $4 THEN value END \
                      FROM found",
-                )
-                .bind(bucket.namespace.plugin())
-                .bind(bucket.namespace.bucket())
-                .bind(&key_bytes)
-                .bind(MAX_CALL_BYTES as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)
-            })
-            .await?;
+                    )
+                    .bind(bucket.namespace.plugin())
+                    .bind(bucket.namespace.bucket())
+                    .bind(&key_bytes)
+                    .bind(MAX_CALL_BYTES as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)
+                })
+                .await?;
             let mut found: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
             for row in rows {
                 let len: i64 = row.try_get(1).map_err(db_error)?;
@@ -530,7 +550,7 @@ impl KvBackend for PostgresBackend {
 
     fn buckets<'a>(&'a self, plugin: &'a str) -> KvFuture<'a, Vec<String>> {
         Box::pin(async move {
-            bounded(async {
+            self.reading(plugin, async {
                 sqlx::query_scalar(
                     "SELECT bucket FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND keys > 0 ORDER BY bucket COLLATE \"C\"",
                 )
@@ -545,22 +565,23 @@ impl KvBackend for PostgresBackend {
 
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
         Box::pin(async move {
-            let row = bounded(async {
-                // One statement: both counts from one snapshot.
-                sqlx::query(
-                    "SELECT \
+            let row = self
+                .reading(bucket.namespace.plugin(), async {
+                    // One statement: both counts from one snapshot.
+                    sqlx::query(
+                        "SELECT \
                      (SELECT keys FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND bucket = $2), \
                      (SELECT bytes FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND bucket = $2), \
                      (SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = $1), \
                      (SELECT bytes FROM gatehouse_kv_plugin_usage WHERE plugin = $1)",
-                )
-                .bind(bucket.namespace.plugin())
-                .bind(bucket.namespace.bucket())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_error)
-            })
-            .await?;
+                    )
+                    .bind(bucket.namespace.plugin())
+                    .bind(bucket.namespace.bucket())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error)
+                })
+                .await?;
             let column = |i: usize| -> Result<i64, KvError> {
                 Ok(row.try_get::<Option<i64>, _>(i).map_err(db_error)?.unwrap_or(0))
             };
@@ -575,7 +596,41 @@ impl KvBackend for PostgresBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::backend::Namespace;
+    use super::super::policy::{Durability, Quota};
     use super::*;
+
+    /// Review 28: two plugins' reads held every connection of the pool.
+    /// With alpha's read places all taken, its next read waits on its own
+    /// share, while beta's goes on to the pool (here a server that is not
+    /// there, so beta is answered `unavailable` at the pool's timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plugin_past_its_read_share_waits_and_others_go_on() {
+        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
+        let pool = PgPoolOptions::new().acquire_timeout(Duration::from_millis(200)).connect_lazy_with(options);
+        let backend = Arc::new(PostgresBackend::with_pool(pool));
+        let bucket = |plugin: &str| Bucket {
+            namespace: Namespace::new(plugin, "default").unwrap(),
+            quota: Quota::default(),
+            durability: Durability::Immediate,
+        };
+        let read = |plugin: &str| {
+            let (backend, bucket) = (Arc::clone(&backend), bucket(plugin));
+            tokio::spawn(async move { backend.get(&bucket, "k").await })
+        };
+        let held = backend.reads.of("alpha").acquire_many_owned(PLUGIN_READS as u32).await.unwrap();
+        let waiting = read("alpha");
+        let other = read("beta").await.unwrap();
+        assert!(matches!(other, Err(KvError::Unavailable(_))), "{other:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "alpha read past its share");
+        drop(held);
+        let answer = waiting.await.unwrap();
+        assert!(matches!(answer, Err(KvError::Unavailable(_))), "alpha's read went on to the pool: {answer:?}");
+        assert_eq!(backend.reads.of("alpha").available_permits(), PLUGIN_READS, "places come back");
+    }
 
     #[test]
     fn prefix_ends_bound_exactly_the_keys_with_the_prefix() {

@@ -9,10 +9,11 @@
 //! common budget: a plugin past its share waits on its own, and the
 //! callers waiting for the common budget hold at most one share each.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+use super::shares::PluginShares;
 
 /// Bytes all queued writes may hold (keys, values and per-item overhead).
 pub const QUEUE_BYTES: u64 = 64 << 20;
@@ -23,12 +24,11 @@ pub const PLUGIN_QUEUE_BYTES: u64 = 16 << 20;
 /// on top of its keys and values.
 pub const ENTRY_OVERHEAD: u64 = 256;
 
-/// The common budget and each plugin's share. One share per plugin name
-/// that wrote (names come from policy files, never from a guest).
+/// The common budget and each plugin's share.
 #[derive(Debug)]
 pub struct QueueBudget {
     total: Arc<Semaphore>,
-    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    shares: PluginShares,
 }
 
 /// Held until the write is answered; dropping it gives both back.
@@ -40,7 +40,10 @@ pub struct QueuePermit {
 
 impl Default for QueueBudget {
     fn default() -> QueueBudget {
-        QueueBudget { total: Arc::new(Semaphore::new(QUEUE_BYTES as usize)), shares: Mutex::default() }
+        QueueBudget {
+            total: Arc::new(Semaphore::new(QUEUE_BYTES as usize)),
+            shares: PluginShares::new(PLUGIN_QUEUE_BYTES as usize),
+        }
     }
 }
 
@@ -52,13 +55,7 @@ impl QueueBudget {
 
     /// Waits for `cost` of `plugin`'s share, then of the common budget.
     pub async fn acquire(&self, plugin: &str, cost: u64) -> Result<QueuePermit, AcquireError> {
-        let share = {
-            let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-            let share = shares
-                .entry(plugin.to_string())
-                .or_insert_with(|| Arc::new(Semaphore::new(PLUGIN_QUEUE_BYTES as usize)));
-            Arc::clone(share)
-        };
+        let share = self.shares.of(plugin);
         let share = share.acquire_many_owned(cost.min(PLUGIN_QUEUE_BYTES) as u32).await?;
         let total = Arc::clone(&self.total).acquire_many_owned(cost.min(QUEUE_BYTES) as u32).await?;
         Ok(QueuePermit { _share: share, _total: total })
