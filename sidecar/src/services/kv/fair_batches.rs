@@ -66,7 +66,7 @@ impl<T> FairBatches<T> {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         let mut took = true;
-        while took && batch.len() < max_items {
+        while took {
             took = false;
             for (_, _, plugin) in &order {
                 let Some(lane) = self.lanes.get_mut(plugin) else { continue };
@@ -164,16 +164,39 @@ mod tests {
     }
 
     /// Old services are forgotten (the map stays as small as the plugins
-    /// served lately), which orders their lanes as never served.
+    /// served lately), which orders their lanes as never served; those
+    /// served within the last [`REMEMBERED_BATCHES`] are kept.
     #[test]
-    fn old_services_are_forgotten() {
-        let mut batches = queue(&[("a", 1, "a1")]);
-        batches.next_batch(1024, 16 * MIB);
-        for _ in 0..2 * REMEMBERED_BATCHES {
-            batches.push("b", 1, "b");
-            batches.next_batch(1024, 16 * MIB);
+    fn old_services_are_forgotten_and_recent_ones_kept() {
+        let mut batches = FairBatches::default();
+        let mut serve = |plugin: &str| {
+            batches.push(plugin, 1, ());
+            assert_eq!(batches.next_batch(1024, 16 * MIB).len(), 1);
+        };
+        for n in 1..=2 * REMEMBERED_BATCHES {
+            serve(match n {
+                1 => "a",
+                5 => "d",
+                REMEMBERED_BATCHES => "e",
+                n if n == REMEMBERED_BATCHES + 1 => "c",
+                _ => "b",
+            });
         }
-        assert!(!batches.served.contains_key("a"), "a was remembered past {} batches", 2 * REMEMBERED_BATCHES);
-        assert!(batches.served.contains_key("b"));
+        let remembered = |plugin| batches.served.contains_key(plugin);
+        for old in ["a", "d", "e"] {
+            assert!(!remembered(old), "{old} was remembered past {REMEMBERED_BATCHES} batches");
+        }
+        assert!(remembered("c") && remembered("b"), "a plugin served lately was forgotten");
+    }
+
+    /// Among plugins served equally long ago, the one waiting longest goes
+    /// first, whatever their names.
+    #[test]
+    fn among_equals_the_earliest_waiting_goes_first() {
+        let mut batches = queue(&[("zeta", 10 * MIB, "z1"), ("alpha", 10 * MIB, "a1")]);
+        assert_eq!(batches.next_batch(1024, 16 * MIB), ["z1"]);
+        assert!(!batches.is_empty(), "alpha's write is still queued");
+        assert_eq!(batches.next_batch(1024, 16 * MIB), ["a1"]);
+        assert!(batches.is_empty());
     }
 }

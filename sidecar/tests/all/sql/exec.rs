@@ -963,7 +963,7 @@ async fn a_write_that_ends_past_its_deadline_commits_nothing_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
     let db = TestDb::start(Dialect::Sqlite).await;
-    let gateway = db.gateway(pool(2, 2));
+    let gateway = db.gateway(PoolSettings { max_value_bytes: 64 << 20, ..pool(2, 2) });
     let alias = gateway.alias("db").unwrap();
     let policy = policy("timeout = \"10ms\"");
     let limits = Limits::from(&policy);
@@ -971,8 +971,13 @@ async fn a_statement_past_its_deadline_ends_its_transaction_on_sqlite() {
     let (long_row, big) = long_row_write();
     let many_rows = "INSERT INTO audit_log (at, actor, action) WITH RECURSIVE r(i) AS \
                      (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000000) SELECT i, 'x', 'y' FROM r";
+    // One call that is one step of tens of ms, and the statement's last:
+    // no check comes after it, so the statement ends with rows, past its
+    // deadline, and only the executor's own look at the clock ends it.
+    let one_call = "INSERT INTO audit_log (at, actor, action) SELECT length(upper(?1)), 'x', 'y'";
+    let huge = [Value::Text("x".repeat(48 << 20))];
     let before = db.count("SELECT count(*) FROM audit_log").await;
-    for (sql, params) in [(long_row.as_str(), &big[..]), (many_rows, &[][..])] {
+    for (sql, params) in [(long_row.as_str(), &big[..]), (many_rows, &[][..]), (one_call, &huge[..])] {
         let mut connection =
             SqlConnection::open(alias, "p", &authorizer(Dialect::Sqlite, &policy), &Stop::new()).await.unwrap();
         // (The first write with time to spare: 10 ms is short on a busy
@@ -1691,6 +1696,14 @@ async fn a_sqlite_database_stops_at_max_database_bytes() {
     let checked_one = checked(Door::Gatehouse, Dialect::Sqlite, &policy, one, &big()).unwrap();
     let error = connection.execute(&checked_one, one, &big(), limits).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "in a transaction: {error}");
+    // The transaction SQLite rolled back is over for the component too:
+    // nothing more runs on the connection (a statement would otherwise
+    // run outside the transaction the component believes open).
+    assert!(connection.is_broken(), "the connection is abandoned with its transaction");
+    let error = connection
+        .query(&checked(Door::Gatehouse, Dialect::Sqlite, &policy, count, &[]).unwrap(), count, &[], limits)
+        .await;
+    assert!(error.unwrap_err().to_string().contains("abandoned after an earlier error"));
     drop(connection);
     // A delete makes room again.
     query(&gateway, "p", &policy, "DELETE FROM orders WHERE length(created_at) > 1000", &[]).await.unwrap();
