@@ -895,6 +895,15 @@ async fn a_slow_statement_times_out(dialect: Dialect) {
     assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
     let rows = query(&gateway, "p", &policy, "SELECT count(*) FROM big", &[]).await.unwrap();
     assert_eq!(rows.rows, vec![vec![Value::Int(3000)]]);
+    // Cut off is cut off, on both databases, even when the server itself
+    // answered the timeout (PostgreSQL's statement_timeout): the
+    // connection is abandoned, never used again.
+    let alias = gateway.alias("db").unwrap();
+    let mut connection = SqlConnection::open(alias, "p", &authorizer(dialect, &policy), &Stop::new()).await.unwrap();
+    let slow = checked(Door::Gatehouse, dialect, &policy, sql, &[]).unwrap();
+    let error = connection.query(&slow, sql, &[], Limits::from(&policy)).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert!(connection.is_broken(), "a connection whose statement was cut off is abandoned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
