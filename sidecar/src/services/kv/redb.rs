@@ -21,10 +21,10 @@
 //! [`MAX_BATCH_OPS`] operations or [`MAX_BATCH_BYTES`], one operation of
 //! each plugin in turn, the plugin served least recently first:
 //! [`super::fair_batches`]), applies each operation in order inside one
-//! transaction, commits once and then answers each caller. Each operation is checked before it writes
-//! anything (sizes, quotas against the usage left by the operations before
-//! it, CAS expectations, counters): a refused operation writes nothing and
-//! its neighbours commit. Only a storage failure fails the whole batch, and
+//! transaction, commits once and then answers each caller. Each operation
+//! is checked before it writes anything (sizes, quotas against the usage
+//! left by the operations before it, CAS expectations, counters): a
+//! refused operation writes nothing and its neighbours commit. Only a storage failure fails the whole batch, and
 //! then nothing of it is acknowledged.
 //!
 //! The queue is bounded in bytes, not just in entries: a caller waits for
