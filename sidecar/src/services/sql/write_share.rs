@@ -266,6 +266,31 @@ mod tests {
         drop(held);
         let left = Duration::from_micros(turn_use.held.left("p"));
         assert!(left <= full - Duration::from_millis(250), "{left:?} left of {full:?}");
+
+        // A write that was already waiting when the turn was taken counts
+        // too (no new arrival while it was held).
+        let turn_use = Arc::new(TurnUse::default());
+        let waiter = Waiting::new(&turn_use);
+        let held = turn_use.take(line.take("p").await.unwrap(), "p");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+        drop(waiter);
+        let left = Duration::from_micros(turn_use.held.left("p"));
+        assert!(left <= full - Duration::from_millis(250), "{left:?} left of {full:?} with a write waiting throughout");
+    }
+
+    /// A plugin that held the turn past its share owes the time it
+    /// overdrew: it waits that long before it takes the turn again
+    /// (`SqlitePool::write_turn`); a plugin within its share owes nothing.
+    #[test]
+    fn a_plugin_past_its_share_owes_what_it_overdrew() {
+        let turn_use = TurnUse::default();
+        let share = Duration::from_micros(turn_use.left("p"));
+        turn_use.charge("p", share / 2);
+        assert_eq!(turn_use.owed("p"), Duration::ZERO, "within its share");
+        turn_use.charge("p", share);
+        assert!(turn_use.owed("p") > Duration::ZERO, "past its share by half of it, it owed nothing");
+        assert_eq!(turn_use.owed("q"), Duration::ZERO, "another plugin owes nothing");
     }
 
     /// A plugin that has not held the turn lately has a full share of its
