@@ -34,9 +34,9 @@ impl<T> Default for FairBatches<T> {
 
 impl<T> FairBatches<T> {
     /// Queues `item` costing `cost` bytes on `plugin`'s lane.
-    pub fn push(&mut self, plugin: &str, cost: u64, item: T) {
+    pub fn push(&mut self, plugin: impl Into<String>, cost: u64, item: T) {
         self.arrivals += 1;
-        let lane = self.lanes.entry(plugin.to_string()).or_default();
+        let lane = self.lanes.entry(plugin.into()).or_default();
         lane.push_back((self.arrivals, cost, item));
     }
 

@@ -38,6 +38,16 @@ pub struct QueuePermit {
     _total: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
+impl QueuePermit {
+    /// A permit of nothing, for tests that make queued requests by hand.
+    pub fn empty() -> QueuePermit {
+        let none = Arc::new(Semaphore::new(0));
+        let take = || Arc::clone(&none).try_acquire_many_owned(0).expect("zero permits are always there");
+        QueuePermit { _share: take(), _total: take() }
+    }
+}
+
 impl Default for QueueBudget {
     fn default() -> QueueBudget {
         QueueBudget {

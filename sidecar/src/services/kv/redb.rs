@@ -620,7 +620,7 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
                 Some(since) => requests.recv_timeout(RELAXED_FLUSH.saturating_sub(since.elapsed())),
             };
             match received {
-                Ok(request) => enqueue(&mut lanes, request),
+                Ok(request) => lanes.push(request.namespace.plugin().to_string(), request.cost, request),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if flush(db).is_ok() {
                         unflushed = None;
@@ -636,7 +636,7 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
         // Everything queued (the queue budget bounds it), so that each
         // plugin waiting has its lane before the batch is chosen.
         while let Ok(request) = requests.try_recv() {
-            enqueue(&mut lanes, request);
+            lanes.push(request.namespace.plugin().to_string(), request.cost, request);
         }
         let batch = lanes.next_batch(MAX_BATCH_OPS, MAX_BATCH_BYTES);
         let durable = batch.iter().any(|r| r.durability == Durability::Immediate)
@@ -659,11 +659,6 @@ fn writer(db: &Database, requests: &mpsc::Receiver<Request>) {
             }
         }
     }
-}
-
-fn enqueue(lanes: &mut FairBatches<Request>, request: Request) {
-    let plugin = request.namespace.plugin().to_string();
-    lanes.push(&plugin, request.cost, request);
 }
 
 fn flush(db: &Database) -> Result<(), KvError> {

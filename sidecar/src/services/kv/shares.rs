@@ -26,7 +26,11 @@ impl PluginShares {
     /// `plugin`'s share.
     pub fn of(&self, plugin: &str) -> Arc<Semaphore> {
         let mut shares = self.shares.lock().unwrap_or_else(|e| e.into_inner());
-        let share = shares.entry(plugin.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.size)));
-        Arc::clone(share)
+        if let Some(share) = shares.get(plugin) {
+            return Arc::clone(share);
+        }
+        let share = Arc::new(Semaphore::new(self.size));
+        shares.insert(plugin.to_string(), Arc::clone(&share));
+        share
     }
 }

@@ -54,7 +54,7 @@ pub(super) struct Request {
     pub queued: Instant,
     reply: oneshot::Sender<Result<Answer, KvError>>,
     /// Held until the request is answered: what bounds the queue.
-    budget: Option<QueuePermit>,
+    budget: QueuePermit,
 }
 
 impl Request {
@@ -101,7 +101,7 @@ impl Group {
             cost,
             queued: Instant::now(),
             reply,
-            budget: Some(budget),
+            budget,
         };
         let start = {
             let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
@@ -232,7 +232,7 @@ mod tests {
             cost,
             queued: Instant::now(),
             reply,
-            budget: None,
+            budget: QueuePermit::empty(),
         };
         (request, answer)
     }
