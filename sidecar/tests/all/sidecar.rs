@@ -15,6 +15,9 @@ pub struct Sidecar {
     pub invoke: String,
     pub admin: String,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread copying stderr; joined by [`Sidecar::wait_exit`] so that
+    /// the last lines are in `stderr` once the process has gone.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     _data: tempfile::TempDir,
 }
 
@@ -57,7 +60,7 @@ impl Sidecar {
             .spawn()
             .unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        {
+        let stderr_reader = {
             let mut pipe = child.stderr.take().unwrap();
             let stderr = stderr.clone();
             std::thread::spawn(move || {
@@ -68,8 +71,8 @@ impl Sidecar {
                     }
                     stderr.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
-        }
+            })
+        };
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut address = |prefix: &str| {
             let line = lines.next().expect("gatehouse printed its addresses").unwrap();
@@ -80,7 +83,7 @@ impl Sidecar {
         let admin = address("admin API on http://");
         // Keep reading: a closed pipe would fail the sidecar's next print.
         std::thread::spawn(move || lines.for_each(drop));
-        Sidecar { child, invoke, admin, stderr, _data: data }
+        Sidecar { child, invoke, admin, stderr, stderr_reader: Some(stderr_reader), _data: data }
     }
 
     /// Waits (up to 30 s) until the first load is done: an invocation no
@@ -100,6 +103,24 @@ impl Sidecar {
             assert!(started.elapsed() < Duration::from_secs(30), "not ready: {}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `limit` for the process to exit, then for its last
+    /// stderr lines: `stderr()` after an exit seen by `try_wait` alone may
+    /// still miss them.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(started.elapsed() < limit, "still running after {limit:?}: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().unwrap();
+        }
+        exit
     }
 
     pub fn stderr(&self) -> String {

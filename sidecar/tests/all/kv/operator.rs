@@ -36,11 +36,7 @@ fn start(config: &Path) -> Sidecar {
 /// Stops a sidecar with SIGTERM and waits for it to exit.
 fn stop(mut sidecar: Sidecar) {
     sidecar.signal("TERM");
-    let started = Instant::now();
-    while sidecar.child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the sidecar did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sidecar.wait_exit(Duration::from_secs(30));
 }
 
 fn kv_cli(config: &Path, args: &[&str], token: &str) -> Output {
