@@ -61,6 +61,7 @@ impl TestPostgres {
             &[&["-D", &data, "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-locale"][..], &auth].concat(),
         );
         postgres.resume();
+        postgres.stop_when_this_process_dies();
         let quoted = password.replace('\'', "''");
         postgres.psql(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'"));
         postgres.psql(&format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""));
@@ -137,6 +138,34 @@ impl TestPostgres {
             ],
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A test killed at its timeout never drops its cluster, and the
+    /// server (which `pg_ctl` starts in a session of its own) would run on.
+    /// A shell in its own process group, out of reach of the signal that
+    /// kills the test, waits for this process to go, then stops the
+    /// server and removes its directory (both already done after a drop).
+    fn stop_when_this_process_dies(&self) {
+        use std::os::unix::process::CommandExt;
+        let pg_ctl = self.bin.join("pg_ctl");
+        let as_postgres = if as_root() { "runuser -u postgres -- " } else { "" };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {as_postgres}'{pg_ctl}' -D '{data}' -m immediate stop; \
+             rm -rf '{dir}'",
+            pid = std::process::id(),
+            pg_ctl = pg_ctl.display(),
+            data = self.data(),
+            dir = self.dir.path().display(),
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
     }
 
     fn data(&self) -> String {
