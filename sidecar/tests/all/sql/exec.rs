@@ -680,6 +680,29 @@ async fn a_plugin_holding_fewer_keeps_its_idle_connection_on_sqlite() {
     assert!(lent.connection.is_some() && lent.taken_back.is_none());
 }
 
+/// The tie: a plugin holding as many places as the waiting one (two
+/// each) gives back its idle connection; "at least as many" is the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_as_many_as_the_waiter_gives_back_its_idle_connection_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    // Four shared places.
+    let gateway = db.gateway(pool(5, 4));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let mut busy = Vec::new();
+    for plugin in ["waiter", "waiter", "equal"] {
+        busy.push(SqlConnection::open(alias, plugin, &guard, &Stop::new()).await.unwrap());
+    }
+    let idle = SqlConnection::open(alias, "equal", &guard, &Stop::new()).await.unwrap();
+    let held = Held::new(alias.holdings(), "equal", idle);
+    let rows = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 3);
+    let lent = held.lend();
+    assert!(lent.connection.is_none() && lent.taken_back.is_some(), "the idle connection was kept");
+    drop((lent, busy));
+}
+
 /// No plugin's session state reaches another caller of a pooled
 /// connection. Attacks tried: `SET`, `set_config` (session-wide), a
 /// temporary table, `PREPARE`, `DISCARD`, `RESET`: all refused before the
