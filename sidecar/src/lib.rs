@@ -60,6 +60,7 @@ pub mod config;
 pub mod data_dir;
 pub mod databases;
 pub mod error;
+pub mod give_back;
 pub mod guest_text;
 pub mod policy;
 pub mod quiet_panic;

@@ -22,6 +22,8 @@ pub struct TestPostgres {
     /// Whether commits are flushed (`fsync`, `synchronous_commit`): off
     /// for tests, on for benchmarks that measure durable writes.
     durable: bool,
+    /// See [`TestPostgres::stop_when_this_process_dies`]; killed on drop.
+    watcher: Option<std::process::Child>,
 }
 
 impl TestPostgres {
@@ -45,7 +47,7 @@ impl TestPostgres {
             run("chown", &["-R", "postgres:postgres", dir.path().to_str().unwrap()]);
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let postgres = TestPostgres {
+        let mut postgres = TestPostgres {
             bin,
             port,
             user: user.into(),
@@ -53,6 +55,7 @@ impl TestPostgres {
             database: database.into(),
             dir,
             durable,
+            watcher: None,
         };
         let data = postgres.data();
         let auth = ["--auth-local=trust", "--auth-host=scram-sha-256"];
@@ -61,7 +64,7 @@ impl TestPostgres {
             &[&["-D", &data, "-U", "postgres", "--no-sync", "-E", "UTF8", "--no-locale"][..], &auth].concat(),
         );
         postgres.resume();
-        postgres.stop_when_this_process_dies();
+        postgres.watcher = Some(postgres.stop_when_this_process_dies());
         let quoted = password.replace('\'', "''");
         postgres.psql(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{quoted}'"));
         postgres.psql(&format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""));
@@ -144,8 +147,9 @@ impl TestPostgres {
     /// server (which `pg_ctl` starts in a session of its own) would run on.
     /// A shell in its own process group, out of reach of the signal that
     /// kills the test, waits for this process to go, then stops the
-    /// server and removes its directory (both already done after a drop).
-    fn stop_when_this_process_dies(&self) {
+    /// server and removes its directory. A drop does both itself and kills
+    /// the shell.
+    fn stop_when_this_process_dies(&self) -> std::process::Child {
         use std::os::unix::process::CommandExt;
         let pg_ctl = self.bin.join("pg_ctl");
         let as_postgres = if as_root() { "runuser -u postgres -- " } else { "" };
@@ -165,7 +169,7 @@ impl TestPostgres {
             .stderr(std::process::Stdio::null())
             .process_group(0)
             .spawn()
-            .unwrap();
+            .unwrap()
     }
 
     fn data(&self) -> String {
@@ -195,6 +199,10 @@ impl Drop for TestPostgres {
         } else {
             Command::new(self.bin.join("pg_ctl")).args(["-D", &self.data(), "-m", "immediate", "stop"]).output()
         };
+        if let Some(mut watcher) = self.watcher.take() {
+            let _ = watcher.kill();
+            let _ = watcher.wait();
+        }
     }
 }
 

@@ -361,7 +361,9 @@ impl Counted {
     }
 
     pub(super) async fn get(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.counted(KvOp::Get, self.backend.get(bucket, key)).await
+        let value = self.counted(KvOp::Get, self.backend.get(bucket, key)).await;
+        freeing(value.iter().flatten().map(Vec::len));
+        value
     }
 
     pub(super) async fn exists(&self, bucket: &Bucket, key: &str) -> Result<bool, KvError> {
@@ -369,6 +371,7 @@ impl Counted {
     }
 
     pub(super) async fn set(&self, bucket: &Bucket, key: String, value: Vec<u8>) -> Result<(), KvError> {
+        freeing(std::iter::once(value.len()));
         self.counted(KvOp::Set, self.backend.set(bucket, key, value)).await
     }
 
@@ -387,10 +390,13 @@ impl Counted {
     }
 
     pub(super) async fn get_many(&self, bucket: &Bucket, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
-        self.counted(KvOp::GetMany, self.backend.get_many(bucket, keys)).await
+        let values = self.counted(KvOp::GetMany, self.backend.get_many(bucket, keys)).await;
+        freeing(values.iter().flatten().flatten().map(Vec::len));
+        values
     }
 
     pub(super) async fn set_many(&self, bucket: &Bucket, pairs: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        freeing(pairs.iter().map(|(_, value)| value.len()));
         self.counted(KvOp::SetMany, self.backend.set_many(bucket, pairs)).await
     }
 
@@ -409,12 +415,20 @@ impl Counted {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, KvError> {
+        freeing(expected.iter().chain([&new]).map(Vec::len));
         self.counted(KvOp::CompareAndSwap, self.backend.compare_and_swap(bucket, key, expected, new)).await
     }
 
     pub(super) async fn usage(&self, bucket: &Bucket) -> Result<UsageReport, KvError> {
         self.counted(KvOp::Usage, self.backend.usage(bucket)).await
     }
+}
+
+/// Counts values a call hands over or gets, freed once it is over, so that
+/// the C allocator gives them back after floods of large ones (see
+/// [`crate::give_back`]).
+fn freeing(values: impl Iterator<Item = usize>) {
+    crate::give_back::freeing(values.map(|len| len as u64).sum());
 }
 
 fn guest(kind: ErrorKind, message: String, retry: Option<Duration>) -> GuestError {
@@ -590,5 +604,62 @@ mod tests {
         assert_eq!(spend(door("2/m")).await, 2, "a new rate gets its own budget");
         let other = KvHost::new(Some(Arc::new(PluginKv::new("q", with_rate("3/m"), Arc::clone(&store)))));
         assert_eq!(spend(other).await, 3, "plugins do not share a budget");
+    }
+
+    /// Waits up to 10 s for a trim after `before` trims.
+    async fn trimmed_after(before: u64, what: &str) {
+        let asked = Instant::now();
+        while crate::give_back::trims() == before {
+            assert!(asked.elapsed() < Duration::from_secs(10), "{what} asked for no trim");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Review 28: an idle sidecar kept 382 MB (170 MB before) after floods
+    /// of large `get_many` answers. Each call that hands over or gets
+    /// values counts them, and every `TRIM_AFTER_BYTES` (64 MiB) asks for
+    /// the C allocator's free memory to be given back; each kind of call
+    /// here moves exactly 64 MiB.
+    #[tokio::test]
+    async fn large_values_in_and_out_ask_for_freed_memory_to_be_given_back() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(crate::give_back::TRIM_AFTER_BYTES, 64 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn KvBackend> = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
+        let store = Arc::new(KvStore::with_backend(backend));
+        let mut policy = with_rate("1000/s");
+        policy.quota.max_value = 16 * MIB as u64;
+        policy.quota.max_bytes = 65 * MIB as u64;
+        let host = KvHost::new(Some(Arc::new(PluginKv::new("p", policy, store))));
+        let kv = host.admit(KvOp::Get).await.unwrap();
+        let bucket = host.bucket(KvOp::Get, "").unwrap();
+        let keys: Vec<String> = (0..4).map(|n| format!("k{n}")).collect();
+        let value = vec![7u8; 16 * MIB];
+
+        let before = crate::give_back::trims();
+        for key in &keys {
+            kv.set(&bucket, key.clone(), value.clone()).await.unwrap();
+        }
+        trimmed_after(before, "set").await;
+        let before = crate::give_back::trims();
+        for key in &keys {
+            assert_eq!(kv.get(&bucket, key).await.unwrap().map(|v| v.len()), Some(16 * MIB));
+        }
+        trimmed_after(before, "get").await;
+        let before = crate::give_back::trims();
+        for key in keys.chunks(1) {
+            assert_eq!(kv.get_many(&bucket, key).await.unwrap().len(), 1);
+        }
+        trimmed_after(before, "get_many").await;
+        let before = crate::give_back::trims();
+        for key in &keys {
+            kv.set_many(&bucket, vec![(key.clone(), value.clone())]).await.unwrap();
+        }
+        trimmed_after(before, "set_many").await;
+        let before = crate::give_back::trims();
+        for key in &keys[..2] {
+            assert!(kv.compare_and_swap(&bucket, key.clone(), Some(value.clone()), value.clone()).await.unwrap());
+        }
+        trimmed_after(before, "compare_and_swap").await;
     }
 }

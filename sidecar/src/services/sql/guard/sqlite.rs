@@ -523,7 +523,7 @@ const GIVE_BACK_ABOVE: i64 = 64 << 20;
 /// elsewhere than glibc this does nothing.
 pub fn give_back_freed_memory() {
     if freed_much() {
-        trim();
+        crate::give_back::trim();
     }
 }
 
@@ -531,7 +531,7 @@ pub fn give_back_freed_memory() {
 /// to do, runs on a blocking thread (it may take a few hundred ms).
 pub fn give_back_freed_memory_soon() {
     if freed_much() {
-        tokio::task::spawn_blocking(trim);
+        tokio::task::spawn_blocking(crate::give_back::trim);
     }
 }
 
@@ -542,14 +542,6 @@ fn freed_much() -> bool {
     // SAFETY: thread-safe reads of SQLite's statistics.
     let (high, used) = unsafe { (ffi::sqlite3_memory_highwater(1), ffi::sqlite3_memory_used()) };
     high - used > GIVE_BACK_ABOVE
-}
-
-fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: glibc's `malloc_trim` is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Ends the read a plugin holds open on a connection, from outside the
