@@ -680,6 +680,32 @@ async fn a_plugin_holding_fewer_keeps_its_idle_connection_on_sqlite() {
     assert!(lent.connection.is_some() && lent.taken_back.is_none());
 }
 
+/// `gatehouse_sql_pool_connections`: an opened pool's connections by
+/// state, here one in use and two idle (the README's metrics table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_gauge_counts_connections_in_use_and_idle_on_sqlite() {
+    let db = TestDb::start(Dialect::Sqlite).await;
+    let gateway = db.gateway(pool(5, 4));
+    let policy = policy("");
+    let guard = authorizer(Dialect::Sqlite, &policy);
+    let alias = gateway.alias("db").unwrap();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(SqlConnection::open(alias, "p", &guard, &Stop::new()).await.unwrap());
+    }
+    open.truncate(1);
+    let gauge = |state: &str| {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("gatehouse");
+        gatehouse::services::sql::metrics::SqlMetrics::default().register(&gateway, &mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = format!("gatehouse_sql_pool_connections{{database=\"db\",state=\"{state}\"}} ");
+        let value = text.lines().find_map(|l| l.strip_prefix(line.as_str())).map(str::to_string);
+        value.unwrap_or_else(|| panic!("no {line} in {text}"))
+    };
+    assert_eq!((gauge("in_use"), gauge("idle")), ("1".to_string(), "2".to_string()));
+}
+
 /// The tie: a plugin holding as many places as the waiting one (two
 /// each) gives back its idle connection; "at least as many" is the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
