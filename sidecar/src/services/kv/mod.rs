@@ -27,6 +27,7 @@ pub mod error;
 pub mod fair_batches;
 pub mod host;
 pub mod metrics;
+pub mod offload;
 pub mod operator;
 pub mod policy;
 pub mod postgres;

@@ -62,6 +62,7 @@ use super::backend::{
 };
 use super::error::{KvError, QuotaKind};
 use super::fair_batches::FairBatches;
+use super::offload;
 use super::policy::{Durability, Quota};
 use super::queue::{QueueBudget, QueuePermit};
 
@@ -288,6 +289,47 @@ impl RedbBackend {
     ) -> Result<T, KvError> {
         read(&*self.db, f)
     }
+
+    /// The values of `keys` in one snapshot, in order: copied here when
+    /// they come to at most [`offload::INLINE_BYTES`], else read again and
+    /// copied on a blocking thread (see [`offload`]).
+    async fn values_of(&self, namespace: &Namespace, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let ns = ns_prefix(namespace);
+        if let Some(values) = self.read(|t| values_in(t, &ns, keys, offload::INLINE_BYTES))? {
+            return Ok(values);
+        }
+        let (db, keys) = (Arc::clone(&self.db), keys.to_vec());
+        offload::sized(u64::MAX, move || {
+            read(&*db, |t| values_in(t, &ns, &keys, u64::MAX)).map(|values| values.unwrap_or_default())
+        })
+        .await
+    }
+}
+
+/// The values of `keys` (under the namespace prefix `ns`) in `t`, in
+/// order, or `None`, with nothing copied, when they come to more than
+/// `inline` bytes. Counted before copying, with the keys, so an answer is
+/// at most `MAX_CALL_BYTES` (`quota-exceeded` past it).
+fn values_in(
+    t: &::redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ns: &[u8],
+    keys: &[String],
+    inline: u64,
+) -> Result<Option<Vec<Option<Vec<u8>>>>, KvError> {
+    let mut found = Vec::with_capacity(keys.len());
+    let mut total = 0u64;
+    for key in keys {
+        let value = t.get(full_key(ns, key).as_slice()).map_err(unavailable)?;
+        total += value.as_ref().map_or(0, |v| v.value().len() as u64) + key.len() as u64;
+        if total > MAX_CALL_BYTES {
+            return Err(KvError::call_bound(total, MAX_CALL_BYTES));
+        }
+        found.push(value);
+    }
+    if total > inline {
+        return Ok(None);
+    }
+    Ok(Some(found.into_iter().map(|value| value.map(|v| v.value().to_vec())).collect()))
 }
 
 /// One read transaction on `db` (the writer's database or a read-only one).
@@ -466,7 +508,11 @@ fn sized(key: &str, value: &[u8]) -> u64 {
 
 impl KvBackend for RedbBackend {
     fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
-        Box::pin(async move { read_get(&*self.db, &bucket.namespace, key) })
+        Box::pin(async move {
+            check_key(key)?;
+            let mut values = self.values_of(&bucket.namespace, std::slice::from_ref(&key.to_string())).await?;
+            Ok(values.pop().flatten())
+        })
     }
 
     fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
@@ -511,21 +557,7 @@ impl KvBackend for RedbBackend {
         Box::pin(async move {
             check_batch_len(keys.len())?;
             keys.iter().try_for_each(|k| check_key(k))?;
-            let ns = ns_prefix(&bucket.namespace);
-            self.read(|t| {
-                let mut values = Vec::with_capacity(keys.len());
-                let mut total = 0u64;
-                for key in keys {
-                    let value = t.get(full_key(&ns, key).as_slice()).map_err(unavailable)?;
-                    // Counted before copying: the answer stays bounded.
-                    total += value.as_ref().map_or(0, |v| v.value().len() as u64) + key.len() as u64;
-                    if total > MAX_CALL_BYTES {
-                        return Err(KvError::call_bound(total, MAX_CALL_BYTES));
-                    }
-                    values.push(value.map(|v| v.value().to_vec()));
-                }
-                Ok(values)
-            })
+            self.values_of(&bucket.namespace, keys).await
         })
     }
 
@@ -870,6 +902,37 @@ mod tests {
         let error = backend.set_many(&bucket, items(1)).await.unwrap_err();
         assert!(error.to_string().contains(&MAX_CALL_BYTES.to_string()), "{error}");
         assert_eq!(backend.get(&bucket, "b").await.unwrap().map(|v| v.len()), Some(half - 1), "nothing written");
+    }
+
+    /// Review 29: copying large values out on the executor held up other
+    /// plugins' timers. Reads whose values pass `offload::INLINE_BYTES` are
+    /// copied on a blocking thread (the one read that counts), smaller ones
+    /// inline, and the answers are the same either way.
+    #[tokio::test]
+    async fn large_reads_are_copied_off_the_executor() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = RedbBackend::open(&dir.path().join("kv.redb")).unwrap();
+        let bucket = Bucket {
+            namespace: Namespace::new("alpha", "default").unwrap(),
+            quota: Quota { max_value: 1 << 20, ..Quota::default() },
+            durability: Durability::Immediate,
+        };
+        let inline = offload::INLINE_BYTES as usize;
+        // Each key is one byte: "s" and "t" come to the bound exactly.
+        for (key, len) in [("s", inline / 2 - 1), ("t", inline / 2 - 1), ("l", inline)] {
+            backend.set(&bucket, key.into(), vec![key.as_bytes()[0]; len]).await.unwrap();
+        }
+        let keys = |names: &[&str]| names.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        let lens = |values: Vec<Option<Vec<u8>>>| values.into_iter().map(|v| v.map(|v| v.len())).collect::<Vec<_>>();
+        let before = offload::offloaded();
+        assert_eq!(backend.get(&bucket, "s").await.unwrap().unwrap(), vec![b's'; inline / 2 - 1]);
+        assert_eq!(lens(backend.get_many(&bucket, &keys(&["s", "t"])).await.unwrap()).len(), 2);
+        assert_eq!(offload::offloaded(), before, "small reads left the executor");
+        assert_eq!(backend.get(&bucket, "l").await.unwrap().unwrap(), vec![b'l'; inline]);
+        assert_eq!(offload::offloaded(), before + 1, "a large get was copied inline");
+        let values = backend.get_many(&bucket, &keys(&["s", "none", "t", "s"])).await.unwrap();
+        assert_eq!(lens(values), [Some(inline / 2 - 1), None, Some(inline / 2 - 1), Some(inline / 2 - 1)]);
+        assert_eq!(offload::offloaded(), before + 2, "a get_many past the bound was copied inline");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,17 @@ pub(super) fn fingerprint(value: Option<&[u8]>) -> Fingerprint {
     value.map(|v| Sha256::digest(v).into())
 }
 
+/// [`fingerprint`] of a value the caller still needs, computed off the
+/// executor when large (see [`super::offload`]); the value comes back.
+pub(super) async fn fingerprinted(value: Option<Vec<u8>>) -> (Option<Vec<u8>>, Fingerprint) {
+    let bytes = value.as_ref().map_or(0, |v| v.len() as u64);
+    super::offload::sized(bytes, move || {
+        let seen = fingerprint(value.as_deref());
+        (value, seen)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use wasmtime::component::Resource;
 use super::backend::Bucket;
 use super::host::to_guest;
 use super::metrics::KvOp;
-use super::wasi::{Fingerprint, PAGE_KEYS, Refusal, WasiKvView, fingerprint};
+use super::wasi::{Fingerprint, PAGE_KEYS, Refusal, WasiKvView, fingerprinted};
 use crate::error::GuestError;
 
 /// Generated from the vendored WIT by `bindgen!`.
@@ -157,16 +157,17 @@ impl atomics::Host for WasiKvView<'_> {
         let outcome = async {
             let backend = self.host.admit(KvOp::CompareAndSwap).await.map_err(refuse)?;
             let failed = |e| refuse(to_guest(e));
-            let mut now = backend.get(&cas.bucket, &cas.key).await.map_err(failed)?;
-            if fingerprint(now.as_deref()) == cas.seen {
+            let (mut now, mut seen) = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await;
+            if seen == cas.seen {
                 if backend.compare_and_swap(&cas.bucket, cas.key.clone(), now, value).await.map_err(failed)? {
                     return Ok(None);
                 }
                 // Changed between the read and the swap.
-                now = backend.get(&cas.bucket, &cas.key).await.map_err(failed)?;
+                (now, seen) = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await;
             }
+            drop(now);
             // A handle on what is stored now, for the retry.
-            Ok(Some(CasHandle { seen: fingerprint(now.as_deref()), ..cas }))
+            Ok(Some(CasHandle { seen, ..cas }))
         }
         .await;
         match outcome {
@@ -183,7 +184,7 @@ impl atomics::HostCas for WasiKvView<'_> {
         let seen = async {
             let backend = self.host.admit(KvOp::Get).await.map_err(refuse)?;
             let now = backend.get(&bucket, &key).await.map_err(|e| refuse(to_guest(e)))?;
-            Ok(fingerprint(now.as_deref()))
+            Ok(fingerprinted(now).await.1)
         }
         .await;
         match seen {
@@ -205,9 +206,14 @@ impl atomics::HostCas for WasiKvView<'_> {
         // What the guest is shown is what `swap` will expect (as Spin's
         // handles do), so a swap of a value computed from it cannot
         // overwrite a value the guest never saw.
-        if let Ok(now) = &now {
-            self.table.get_mut(&handle)?.seen = fingerprint(now.as_deref());
-        }
+        let now = match now {
+            Ok(now) => {
+                let (now, seen) = fingerprinted(now).await;
+                self.table.get_mut(&handle)?.seen = seen;
+                Ok(now)
+            }
+            Err(refused) => Err(refused),
+        };
         Ok(now)
     }
 
