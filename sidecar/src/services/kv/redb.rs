@@ -293,12 +293,17 @@ impl RedbBackend {
     /// The values of `keys` in one snapshot, in order: copied here when
     /// they come to at most [`offload::INLINE_BYTES`], else read again and
     /// copied on a blocking thread (see [`offload`]).
-    async fn values_of(&self, namespace: &Namespace, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+    async fn values_of(
+        &self,
+        namespace: &Namespace,
+        keys: &[impl AsRef<str>],
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         let ns = ns_prefix(namespace);
         if let Some(values) = self.read(|t| values_in(t, &ns, keys, offload::INLINE_BYTES))? {
             return Ok(values);
         }
-        let (db, keys) = (Arc::clone(&self.db), keys.to_vec());
+        let db = Arc::clone(&self.db);
+        let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_string()).collect();
         offload::sized(u64::MAX, move || {
             read(&*db, |t| values_in(t, &ns, &keys, u64::MAX)).map(|values| values.unwrap_or_default())
         })
@@ -313,12 +318,12 @@ impl RedbBackend {
 fn values_in(
     t: &::redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     ns: &[u8],
-    keys: &[String],
+    keys: &[impl AsRef<str>],
     inline: u64,
 ) -> Result<Option<Vec<Option<Vec<u8>>>>, KvError> {
     let mut found = Vec::with_capacity(keys.len());
     let mut total = 0u64;
-    for key in keys {
+    for key in keys.iter().map(AsRef::as_ref) {
         let value = t.get(full_key(ns, key).as_slice()).map_err(unavailable)?;
         total += value.as_ref().map_or(0, |v| v.value().len() as u64) + key.len() as u64;
         if total > MAX_CALL_BYTES {
@@ -510,7 +515,7 @@ impl KvBackend for RedbBackend {
     fn get<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
             check_key(key)?;
-            let mut values = self.values_of(&bucket.namespace, std::slice::from_ref(&key.to_string())).await?;
+            let mut values = self.values_of(&bucket.namespace, &[key]).await?;
             Ok(values.pop().flatten())
         })
     }
