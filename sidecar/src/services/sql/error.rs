@@ -266,4 +266,35 @@ mod tests {
             assert_eq!(error.kind(), kind, "{code}");
         }
     }
+
+    /// sqlx's errors by what they say about the database: what it said
+    /// itself (a real SQLite error: a constraint), no connection free, the
+    /// connection or server gone, a value that cannot be carried, and
+    /// anything else.
+    #[tokio::test]
+    async fn sqlx_errors_are_told_by_their_kind() {
+        use sqlx::Connection as _;
+        let mut connection = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY)").execute(&mut connection).await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)").execute(&mut connection).await.unwrap();
+        let duplicate = sqlx::query("INSERT INTO t VALUES (1)").execute(&mut connection).await.unwrap_err();
+        let gone = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        for (error, kind) in [
+            (duplicate, ErrorKind::Conflict),
+            (sqlx::Error::PoolTimedOut, ErrorKind::Unavailable),
+            (sqlx::Error::Io(gone()), ErrorKind::Unavailable),
+            (sqlx::Error::Protocol("cut".into()), ErrorKind::Unavailable),
+            (sqlx::Error::PoolClosed, ErrorKind::Unavailable),
+            (sqlx::Error::WorkerCrashed, ErrorKind::Unavailable),
+            (sqlx::Error::Decode("no".into()), ErrorKind::InvalidInput),
+            (sqlx::Error::Encode("no".into()), ErrorKind::InvalidInput),
+            (sqlx::Error::RowNotFound, ErrorKind::Internal),
+        ] {
+            let text = error.to_string();
+            let told = SqlError::from_database(error);
+            assert_eq!(told.kind(), kind, "{text}: {told:?}");
+            let retry = matches!(told, SqlError::Unavailable { .. }).then_some(());
+            assert_eq!(told.retry_after().map(drop), retry, "{text}");
+        }
+    }
 }

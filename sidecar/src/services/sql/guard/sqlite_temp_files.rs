@@ -340,6 +340,22 @@ mod tests {
         SqliteConnection::connect_with(&crate::databases::sqlite_options(&dir.path().join("t.db"))).await.unwrap()
     }
 
+    /// A copy that crosses a block's end moves exactly its bytes: the part
+    /// in the next block is what is left of it, not more (the source has
+    /// marked bytes past the copy).
+    #[test]
+    fn a_copy_across_a_block_end_moves_exactly_its_bytes() {
+        use super::{CHUNK, Chunks};
+        let mut file = Chunks { blocks: Vec::new(), len: 0 };
+        assert!(file.cover(2 * CHUNK));
+        let mut source: Vec<u8> = (1..=40).collect();
+        file.copy(CHUNK - 10, source.as_mut_ptr(), 20, true);
+        let mut back = vec![0u8; 2 * CHUNK];
+        file.copy(0, back.as_mut_ptr(), 2 * CHUNK, false);
+        assert_eq!(&back[CHUNK - 10..CHUNK + 10], &source[..20]);
+        assert!(back[..CHUNK - 10].iter().chain(&back[CHUNK + 10..]).all(|&b| b == 0), "bytes past the copy");
+    }
+
     /// The file's methods as SQLite uses them: writes across chunk ends
     /// read back; a read past the end is short and zero-filled; bytes cut
     /// by a truncation read as zeros when the file grows over them again,
