@@ -802,6 +802,20 @@ async fn a_request_smuggled_in_a_get_body_never_reaches_another_plugins_connecti
     assert_eq!(up.connections(), 2, "each plugin dials its own connection");
 }
 
+/// Review 29, F4. Attack tried: an upstream that answers `101 Switching
+/// Protocols` to a plain request (and goes on in a protocol of its own):
+/// it was handed to the plugin as a final response with an empty body;
+/// now it is the upstream's error, as a 1xx from a plugin is on the way in.
+#[tokio::test]
+async fn an_upstream_switching_protocols_unasked_is_an_error_not_an_answer() {
+    use crate::raw_upstream::{Behaviour, RawUpstream};
+    let up = RawUpstream::start(Behaviour::SwitchesProtocols).await;
+    let http = plugin(HttpPolicy::new(rules(&[format!("http://upstream.test:{}", up.port())])), dns());
+    let error = http.send(get(format!("http://upstream.test:{}/", up.port()))).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(error.to_string().contains("101"), "{error}");
+}
+
 /// Issue 16, finding 8f. Attack tried: an upstream that sends 100,000
 /// `100 Continue` heads before its answer, each parsed and discarded by the
 /// client. The request fails after a few, long before the deadline.

@@ -2,7 +2,8 @@
 //! server library would not let a test make: a server that never reads
 //! request bodies (so a body shaped as a request is read as the next
 //! request on the connection), one that sends any number of `1xx`
-//! heads before its answer, and one that declares a body it never sends.
+//! heads before its answer, one that declares a body it never sends, and
+//! one that switches protocols unasked.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub enum Behaviour {
     /// Answers `200` declaring a body of this many bytes, and sends none
     /// of it, keeping the connection open.
     DeclaresAndStalls(u64),
+    /// Answers `101 Switching Protocols` to any request, then sends bytes
+    /// of its own protocol.
+    SwitchesProtocols,
 }
 
 pub struct RawUpstream {
@@ -95,6 +99,12 @@ async fn serve(mut stream: TcpStream, behaviour: Behaviour) {
                     }
                 }
                 out.extend(response("200 OK", b"done"));
+            }
+            Behaviour::SwitchesProtocols => {
+                out.extend_from_slice(
+                    b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n",
+                );
+                out.extend_from_slice(b"not http at all");
             }
             Behaviour::DeclaresAndStalls(length) => {
                 out.extend(format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n").into_bytes());

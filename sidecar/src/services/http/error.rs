@@ -72,6 +72,14 @@ pub enum HttpError {
         /// The bound.
         limit: usize,
     },
+    /// The upstream answered with an informational status (`101
+    /// Switching Protocols`): no request through the gateway asks for an
+    /// upgrade, and such a status cannot end a request.
+    #[error("the upstream answered {status}, which cannot end a request (nothing asked to switch protocols)")]
+    InformationalAnswer {
+        /// The status it answered with.
+        status: u16,
+    },
     /// The invocation already has as many `wasi:http` requests open (sent,
     /// or answered with a response it has not dropped) as its memory allows.
     #[error("{limit} outgoing requests are already open in this invocation (its [limits] memory sets how many)")]
@@ -102,7 +110,9 @@ impl HttpError {
             | HttpError::TooManyOpenRequests { .. } => ErrorKind::QuotaExceeded,
             HttpError::RateLimited { .. } => ErrorKind::RateLimited,
             HttpError::Timeout(_) => ErrorKind::Timeout,
-            HttpError::Unavailable(_) | HttpError::TooManyInformational { .. } => ErrorKind::Unavailable,
+            HttpError::Unavailable(_)
+            | HttpError::TooManyInformational { .. }
+            | HttpError::InformationalAnswer { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -143,7 +153,7 @@ impl HttpError {
             HttpError::TooManyRedirects { .. } => Wasi::LoopDetected,
             HttpError::Timeout(_) => Wasi::HttpResponseTimeout,
             HttpError::Unavailable(_) => Wasi::DestinationUnavailable,
-            HttpError::TooManyInformational { .. } => Wasi::HttpProtocolError,
+            HttpError::TooManyInformational { .. } | HttpError::InformationalAnswer { .. } => Wasi::HttpProtocolError,
             HttpError::TooManyOpenRequests { .. } => Wasi::ConnectionLimitReached,
             // Answered with a synthetic 429 instead; see `host`.
             HttpError::RateLimited { .. } => Wasi::ConnectionLimitReached,
@@ -205,6 +215,7 @@ mod tests {
             HttpError::ResponseHeadersTooLarge { limit: 1 },
             HttpError::TooManyRedirects { limit: 1 },
             HttpError::TooManyInformational { limit: 1 },
+            HttpError::InformationalAnswer { status: 101 },
             HttpError::TooManyOpenRequests { limit: 1 },
             HttpError::Timeout(Duration::from_secs(1)),
             HttpError::Unavailable("refused".into()),

@@ -370,6 +370,12 @@ impl PluginHttp {
                 }
             };
             self.metrics.sent(body.as_ref().map_or(0, |b| b.len() as u64));
+            // hyper hands a `101` to its caller for an upgrade; none is
+            // asked here (the header is refused), so it is the upstream's
+            // error, not an answer for the plugin.
+            if response.status().is_informational() {
+                return Err(HttpError::InformationalAnswer { status: response.status().as_u16() });
+            }
 
             // With `max_redirects = 0` the plugin follows redirects itself,
             // if at all: every 3xx is its answer, whatever its Location.
