@@ -891,7 +891,7 @@ mod tests {
     /// A `set_many` of exactly [`MAX_CALL_BYTES`] (keys plus values) is
     /// one call; a byte more is refused whole, naming the bound.
     #[tokio::test]
-    async fn set_many_is_bounded_at_exactly_the_call_bound() {
+    async fn set_many_and_get_many_are_bounded_at_exactly_the_call_bound() {
         let dir = tempfile::tempdir().unwrap();
         let backend = RedbBackend::open(&dir.path().join("kv.redb")).unwrap();
         let bucket = Bucket {
@@ -904,6 +904,13 @@ mod tests {
             |extra: usize| vec![("a".to_string(), vec![1; half - 1]), ("b".to_string(), vec![2; half - 1 + extra])];
         backend.set_many(&bucket, items(0)).await.unwrap();
         assert_eq!(backend.get(&bucket, "b").await.unwrap().map(|v| v.len()), Some(half - 1));
+        // A get_many's answer is bounded the same way, keys included: "a"
+        // and "b" come to the bound exactly; a further key, even absent,
+        // takes it one byte past.
+        let at_bound = backend.get_many(&bucket, &["a".to_string(), "b".to_string()]).await.unwrap();
+        assert_eq!(at_bound.iter().map(|v| v.as_ref().map(Vec::len)).collect::<Vec<_>>(), [Some(half - 1); 2]);
+        let past = backend.get_many(&bucket, &["a".to_string(), "b".to_string(), "c".to_string()]).await;
+        assert!(matches!(past, Err(KvError::QuotaExceeded { .. })), "{past:?}");
         let error = backend.set_many(&bucket, items(1)).await.unwrap_err();
         assert!(error.to_string().contains(&MAX_CALL_BYTES.to_string()), "{error}");
         assert_eq!(backend.get(&bucket, "b").await.unwrap().map(|v| v.len()), Some(half - 1), "nothing written");
