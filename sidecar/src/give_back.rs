@@ -7,9 +7,9 @@
 //! an idle sidecar held 382 MB (170 MB before) in an outside review, and a
 //! SQLite statement that drove its heap to the limit left 660 MB. A trim
 //! (`malloc_trim`) walks every arena and returns their free pages; it may
-//! take a few hundred milliseconds, so callers ask for one
-//! ([`freeing`], [`soon`]) and one background thread does it, at most once
-//! a second. Elsewhere than glibc nothing is trimmed.
+//! take a few hundred milliseconds, so callers count what they free
+//! ([`freeing`]) and one background thread trims, at most once a second.
+//! Elsewhere than glibc nothing is trimmed.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +48,7 @@ pub fn freeing(bytes: u64) {
 /// Asks the background thread for a trim, [`DELAY`] from now or, if one
 /// was done less than [`MIN_INTERVAL`] ago, once that has passed. Asks
 /// made meanwhile are one ask.
-pub fn soon() {
+fn soon() {
     static ASK: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
     let ask = ASK.get_or_init(|| {
         let (ask, asked) = sync_channel(1);
