@@ -157,15 +157,14 @@ impl atomics::Host for WasiKvView<'_> {
         let outcome = async {
             let backend = self.host.admit(KvOp::CompareAndSwap).await.map_err(refuse)?;
             let failed = |e| refuse(to_guest(e));
-            let (mut now, mut seen) = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await;
+            let (now, mut seen) = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await;
             if seen == cas.seen {
                 if backend.compare_and_swap(&cas.bucket, cas.key.clone(), now, value).await.map_err(failed)? {
                     return Ok(None);
                 }
                 // Changed between the read and the swap.
-                (now, seen) = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await;
+                seen = fingerprinted(backend.get(&cas.bucket, &cas.key).await.map_err(failed)?).await.1;
             }
-            drop(now);
             // A handle on what is stored now, for the retry.
             Ok(Some(CasHandle { seen, ..cas }))
         }
@@ -207,14 +206,12 @@ impl atomics::HostCas for WasiKvView<'_> {
         // handles do), so a swap of a value computed from it cannot
         // overwrite a value the guest never saw.
         let now = match now {
-            Ok(now) => {
-                let (now, seen) = fingerprinted(now).await;
-                self.table.get_mut(&handle)?.seen = seen;
-                Ok(now)
-            }
-            Err(refused) => Err(refused),
+            Ok(now) => now,
+            Err(refused) => return Ok(Err(refused)),
         };
-        Ok(now)
+        let (now, seen) = fingerprinted(now).await;
+        self.table.get_mut(&handle)?.seen = seen;
+        Ok(Ok(now))
     }
 
     async fn drop(&mut self, handle: Resource<CasHandle>) -> wasmtime::Result<()> {
