@@ -659,25 +659,48 @@ async fn transactions_in_use_or_lately_used_and_a_waiters_own_are_never_taken_ba
     assert_eq!(held.lend().taken_back.map(|t| t.in_transaction), Some(true));
 }
 
-/// A plugin holding fewer places than the waiting one keeps its idle
-/// connection: the waiter, holding more, is refused instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_holding_fewer_keeps_its_idle_connection_on_sqlite() {
+/// A waiter holding `waiter` places with statements and another plugin
+/// holding `other` (one of them a connection held idle, the rest in
+/// use), in a pool whose shared places they fill: the waiter's call, and
+/// whether the idle connection was taken back for it (then it is gone).
+async fn a_waiter_beside_an_idle_connection(waiter: usize, other: usize) -> (Result<usize, SqlError>, bool) {
     let db = TestDb::start(Dialect::Sqlite).await;
-    let gateway = db.gateway(pool(4, 4));
+    // One place more, kept for the write holding the turn.
+    let gateway = db.gateway(pool(u32::try_from(waiter + other + 1).unwrap(), 4));
     let policy = policy("");
     let guard = authorizer(Dialect::Sqlite, &policy);
     let alias = gateway.alias("db").unwrap();
     let mut busy = Vec::new();
-    for _ in 0..2 {
-        busy.push(SqlConnection::open(alias, "waiter", &guard, &Stop::new()).await.unwrap());
+    for plugin in std::iter::repeat_n("waiter", waiter).chain(std::iter::repeat_n("other", other - 1)) {
+        busy.push(SqlConnection::open(alias, plugin, &guard, &Stop::new()).await.unwrap());
     }
-    let idle = SqlConnection::open(alias, "small", &guard, &Stop::new()).await.unwrap();
-    let held = Held::new(alias.holdings(), "small", idle);
-    let error = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    let idle = SqlConnection::open(alias, "other", &guard, &Stop::new()).await.unwrap();
+    let held = Held::new(alias.holdings(), "other", idle);
+    let answer = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.map(|rows| rows.rows.len());
     let lent = held.lend();
-    assert!(lent.connection.is_some() && lent.taken_back.is_none());
+    let taken = lent.taken_back.is_some();
+    assert_eq!(lent.connection.is_none(), taken, "taken back, yet still held (or gone without being taken)");
+    drop((lent, busy));
+    (answer, taken)
+}
+
+/// A plugin holding fewer places than the waiting one keeps its idle
+/// connection: the waiter, holding more, is refused instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_fewer_keeps_its_idle_connection_on_sqlite() {
+    let (answer, taken) = a_waiter_beside_an_idle_connection(2, 1).await;
+    let error = answer.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{error}");
+    assert!(!taken, "the idle connection of a plugin holding fewer was taken back");
+}
+
+/// The tie: a plugin holding as many places as the waiting one (two
+/// each) gives back its idle connection; "at least as many" is the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_as_many_as_the_waiter_gives_back_its_idle_connection_on_sqlite() {
+    let (answer, taken) = a_waiter_beside_an_idle_connection(2, 2).await;
+    assert_eq!(answer.unwrap(), 3);
+    assert!(taken, "the idle connection was kept");
 }
 
 /// `gatehouse_sql_pool_connections`: an opened pool's connections by
@@ -704,29 +727,6 @@ async fn the_pool_gauge_counts_connections_in_use_and_idle_on_sqlite() {
         value.unwrap_or_else(|| panic!("no {line} in {text}"))
     };
     assert_eq!((gauge("in_use"), gauge("idle")), ("2".to_string(), "1".to_string()));
-}
-
-/// The tie: a plugin holding as many places as the waiting one (two
-/// each) gives back its idle connection; "at least as many" is the rule.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_holding_as_many_as_the_waiter_gives_back_its_idle_connection_on_sqlite() {
-    let db = TestDb::start(Dialect::Sqlite).await;
-    // Four shared places.
-    let gateway = db.gateway(pool(5, 4));
-    let policy = policy("");
-    let guard = authorizer(Dialect::Sqlite, &policy);
-    let alias = gateway.alias("db").unwrap();
-    let mut busy = Vec::new();
-    for plugin in ["waiter", "waiter", "equal"] {
-        busy.push(SqlConnection::open(alias, plugin, &guard, &Stop::new()).await.unwrap());
-    }
-    let idle = SqlConnection::open(alias, "equal", &guard, &Stop::new()).await.unwrap();
-    let held = Held::new(alias.holdings(), "equal", idle);
-    let rows = query(&gateway, "waiter", &policy, "SELECT name FROM products", &[]).await.unwrap();
-    assert_eq!(rows.rows.len(), 3);
-    let lent = held.lend();
-    assert!(lent.connection.is_none() && lent.taken_back.is_some(), "the idle connection was kept");
-    drop((lent, busy));
 }
 
 /// No plugin's session state reaches another caller of a pooled
