@@ -39,7 +39,8 @@
 //! median is kept. Run with `./dev bench` (or `cargo bench -p gatehouse
 //! --bench kv`); `GATEHOUSE_BENCH_DIR` picks the disk of the redb part
 //! (default: the system's temporary directory; the PostgreSQL cluster is
-//! always there).
+//! always there). `GATEHOUSE_BENCH_ONLY=guest-get` runs the guest `get`
+//! section alone (about 20 s), for working on the door's cost.
 #![allow(missing_docs)]
 
 #[allow(dead_code)]
@@ -114,6 +115,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let base = std::env::var_os("GATEHOUSE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).unwrap();
+    let guest_get_only = std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|only| only == "guest-get");
     rt.block_on(async {
         let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
         let direct = Arc::new(redb::Database::create(dir.path().join("direct.redb")).unwrap());
@@ -121,6 +123,9 @@ fn main() {
             let txn = direct.begin_write().unwrap();
             txn.open_table(TABLE).unwrap();
             txn.commit().unwrap();
+        }
+        if guest_get_only {
+            return guest_gets(backend, direct).await;
         }
 
         let durable = bucket("durable", Durability::Immediate);
@@ -205,6 +210,9 @@ fn main() {
 
         guest_gets(backend.clone(), direct.clone()).await;
     });
+    if guest_get_only {
+        return;
+    }
     if postgres::available() {
         rt.block_on(on_postgres());
     } else {

@@ -34,6 +34,7 @@ pub mod postgres;
 pub mod queue;
 pub mod redb;
 pub mod shares;
+mod snapshot;
 pub mod wasi;
 pub mod wasi_draft;
 pub mod wasi_draft2;
