@@ -111,7 +111,8 @@ impl Namespace {
 
 /// A namespace opened under a policy: what a backend needs to run a call
 /// (the quotas it checks writes against, when to acknowledge them). Built
-/// per call from the current policy, so a reload applies at the next call.
+/// once per grant from its policy: a reload makes a new grant, which the
+/// next invocation uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
     /// Where the data lives.
@@ -126,11 +127,15 @@ impl Bucket {
     /// The bucket `name` (`""` = the default one) of `plugin`, if its
     /// policy grants it: `denied` otherwise.
     pub fn open(plugin: &str, policy: &KvPolicy, name: &str) -> Result<Bucket, KvError> {
-        let (name, durability) = policy
-            .bucket(name)
-            .map_err(|e| KvError::Denied(format!("bucket `{}` is not granted to this plugin", escaped(&e.0, SHORT))))?;
+        let (name, durability) = policy.bucket(name).map_err(|e| not_granted(&e.0))?;
         Ok(Bucket { namespace: Namespace::new(plugin, name)?, quota: policy.quota, durability })
     }
+}
+
+/// The refusal of a bucket the policy does not grant, naming it as the
+/// guest did (escaped).
+pub fn not_granted(name: &str) -> KvError {
+    KvError::Denied(format!("bucket `{}` is not granted to this plugin", escaped(name, SHORT)))
 }
 
 /// What is stored: keys and bytes (keys + values).

@@ -23,11 +23,11 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::OnceCell;
 use wasmtime::component::HasData;
 
-use super::backend::{Bucket, KvBackend, Page, UsageReport};
+use super::backend::{Bucket, KvBackend, Page, UsageReport, not_granted};
 use super::error::KvError;
 use super::metrics::{KvMetrics, KvOp};
 use super::operator::KvReader;
-use super::policy::KvPolicy;
+use super::policy::{DEFAULT_BUCKET, KvPolicy};
 use super::postgres::PostgresBackend;
 use super::redb::{OpenError, RedbBackend};
 use crate::bindings::gatehouse::services::kv::{Host, KeyPage, UsageReport as Report};
@@ -130,8 +130,19 @@ impl KvStore {
         KvStore { backend: OnceCell::new_with(Some(backend)), ..KvStore::opening(Open::Opened) }
     }
 
+    /// The open backend, opened at the first call. Every call awaits this,
+    /// so the opening is boxed: inline, its future (a PostgreSQL connect
+    /// among them) would make every call's future larger and every call
+    /// copy it around.
     async fn backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
-        if self.backend.get().is_none() {
+        match self.backend.get() {
+            Some(backend) => Ok(backend),
+            None => Box::pin(self.open_backend()).await,
+        }
+    }
+
+    async fn open_backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
+        {
             let failure = self.open_failure.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, error)) = &failure.last
                 && at.elapsed() < OPEN_RETRY_INTERVAL
@@ -259,8 +270,10 @@ async fn open_redb(path: &std::path::Path) -> Result<Arc<dyn KvBackend>, KvError
 /// One plugin's `[kv]` grant, shared by all its invocations: the policy,
 /// the store, the rate budget and the counters.
 pub struct PluginKv {
-    plugin: String,
     policy: KvPolicy,
+    /// Each granted bucket, opened once for the grant's life rather than
+    /// at each call (or why it cannot be: a plugin name the store refuses).
+    buckets: BTreeMap<String, Result<Bucket, KvError>>,
     store: Arc<KvStore>,
     rate: Arc<Budget>,
     metrics: Arc<KvMetrics>,
@@ -272,7 +285,14 @@ impl PluginKv {
     /// `plugin`'s grant on `store`.
     pub fn new(plugin: &str, policy: KvPolicy, store: Arc<KvStore>) -> PluginKv {
         let (grant, metrics, rate) = store.register(plugin, &policy);
-        PluginKv { plugin: plugin.to_string(), policy, store, rate, metrics, _grant: grant }
+        let buckets = policy.buckets.keys().map(|name| (name.clone(), Bucket::open(plugin, &policy, name))).collect();
+        PluginKv { policy, buckets, store, rate, metrics, _grant: grant }
+    }
+
+    /// The granted bucket a guest names (`""`: the default one).
+    fn bucket(&self, name: &str) -> Result<&Bucket, KvError> {
+        let granted = self.buckets.get(if name.is_empty() { DEFAULT_BUCKET } else { name });
+        granted.ok_or_else(|| not_granted(name))?.as_ref().map_err(KvError::clone)
     }
 }
 
@@ -314,9 +334,8 @@ impl KvHost {
     /// The bucket `name` (`""` and `"default"`: the default one) if the
     /// policy grants it, `denied` (counted under `op`) otherwise. Spends no
     /// token: the call that names it has been admitted.
-    pub(super) fn bucket(&self, op: KvOp, name: &str) -> Result<Bucket, GuestError> {
-        let bucket =
-            self.grant().and_then(|plugin| Bucket::open(&plugin.plugin, &plugin.policy, name).map_err(to_guest));
+    pub(super) fn bucket(&self, op: KvOp, name: &str) -> Result<&Bucket, GuestError> {
+        let bucket = self.grant().and_then(|plugin| plugin.bucket(name).map_err(to_guest));
         if let Err(refused) = &bucket {
             self.count(op, refused);
         }
@@ -335,11 +354,12 @@ impl KvHost {
 
     /// One call of the custom door: admitted, the bucket it names, then
     /// `call` on the (counting) backend.
-    async fn run<T, F, Fut>(&self, op: KvOp, bucket: &str, call: F) -> Result<T, GuestError>
-    where
-        F: FnOnce(Bucket, Counted) -> Fut,
-        Fut: Future<Output = Result<T, KvError>>,
-    {
+    async fn run<T>(
+        &self,
+        op: KvOp,
+        bucket: &str,
+        call: impl AsyncFnOnce(&Bucket, Counted) -> Result<T, KvError>,
+    ) -> Result<T, GuestError> {
         let backend = self.admit(op).await?;
         let bucket = self.bucket(op, bucket)?;
         call(bucket, backend).await.map_err(to_guest)
@@ -453,19 +473,19 @@ type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
 impl Host for KvHost {
     async fn get(&mut self, bucket: String, key: String) -> Answer<Option<Vec<u8>>> {
-        Ok(self.run(KvOp::Get, &bucket, move |b, store| async move { store.get(&b, &key).await }).await)
+        Ok(self.run(KvOp::Get, &bucket, async move |b, store| store.get(b, &key).await).await)
     }
 
     async fn set(&mut self, bucket: String, key: String, value: Vec<u8>) -> Answer<()> {
-        Ok(self.run(KvOp::Set, &bucket, move |b, store| async move { store.set(&b, key, value).await }).await)
+        Ok(self.run(KvOp::Set, &bucket, async move |b, store| store.set(b, key, value).await).await)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(self.run(KvOp::Delete, &bucket, move |b, store| async move { store.delete(&b, key).await }).await)
+        Ok(self.run(KvOp::Delete, &bucket, async move |b, store| store.delete(b, key).await).await)
     }
 
     async fn exists(&mut self, bucket: String, key: String) -> Answer<bool> {
-        Ok(self.run(KvOp::Exists, &bucket, move |b, store| async move { store.exists(&b, &key).await }).await)
+        Ok(self.run(KvOp::Exists, &bucket, async move |b, store| store.exists(b, &key).await).await)
     }
 
     async fn list_keys(
@@ -476,29 +496,27 @@ impl Host for KvHost {
         limit: u32,
     ) -> Answer<KeyPage> {
         Ok(self
-            .run(KvOp::ListKeys, &bucket, move |b, store| async move {
-                let page = store.list_keys(&b, &prefix, cursor.as_deref(), limit).await?;
+            .run(KvOp::ListKeys, &bucket, async move |b, store| {
+                let page = store.list_keys(b, &prefix, cursor.as_deref(), limit).await?;
                 Ok(KeyPage { keys: page.keys, cursor: page.cursor })
             })
             .await)
     }
 
     async fn get_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
-        Ok(self.run(KvOp::GetMany, &bucket, move |b, store| async move { store.get_many(&b, &keys).await }).await)
+        Ok(self.run(KvOp::GetMany, &bucket, async move |b, store| store.get_many(b, &keys).await).await)
     }
 
     async fn set_many(&mut self, bucket: String, pairs: Vec<(String, Vec<u8>)>) -> Answer<()> {
-        Ok(self.run(KvOp::SetMany, &bucket, move |b, store| async move { store.set_many(&b, pairs).await }).await)
+        Ok(self.run(KvOp::SetMany, &bucket, async move |b, store| store.set_many(b, pairs).await).await)
     }
 
     async fn delete_many(&mut self, bucket: String, keys: Vec<String>) -> Answer<u64> {
-        Ok(self.run(KvOp::DeleteMany, &bucket, move |b, store| async move { store.delete_many(&b, keys).await }).await)
+        Ok(self.run(KvOp::DeleteMany, &bucket, async move |b, store| store.delete_many(b, keys).await).await)
     }
 
     async fn increment(&mut self, bucket: String, key: String, delta: i64) -> Answer<i64> {
-        Ok(self
-            .run(KvOp::Increment, &bucket, move |b, store| async move { store.increment(&b, key, delta).await })
-            .await)
+        Ok(self.run(KvOp::Increment, &bucket, async move |b, store| store.increment(b, key, delta).await).await)
     }
 
     async fn compare_and_swap(
@@ -509,16 +527,16 @@ impl Host for KvHost {
         new: Vec<u8>,
     ) -> Answer<bool> {
         Ok(self
-            .run(KvOp::CompareAndSwap, &bucket, move |b, store| async move {
-                store.compare_and_swap(&b, key, expected, new).await
+            .run(KvOp::CompareAndSwap, &bucket, async move |b, store| {
+                store.compare_and_swap(b, key, expected, new).await
             })
             .await)
     }
 
     async fn usage(&mut self) -> Answer<Report> {
         Ok(self
-            .run(KvOp::Usage, "", move |b, store| async move {
-                let report = store.usage(&b).await?;
+            .run(KvOp::Usage, "", async move |b, store| {
+                let report = store.usage(b).await?;
                 Ok(Report {
                     keys: report.plugin.keys,
                     bytes: report.plugin.bytes,
@@ -535,9 +553,43 @@ impl Host for KvHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::kv::policy::Durability;
 
     fn with_rate(rate: &str) -> KvPolicy {
         KvPolicy { rate: Rate::parse(rate).unwrap(), ..KvPolicy::default() }
+    }
+
+    /// Buckets are opened once per grant: a guest's name finds the granted
+    /// bucket with its own durability, `""` the default one, and anything
+    /// else (another case, a name with a control character, a plugin name
+    /// the store refuses) is refused as before, the guest's name escaped.
+    #[test]
+    fn a_guest_names_only_granted_buckets() {
+        let store = Arc::new(KvStore::with_backend(Arc::new(
+            RedbBackend::open(&tempfile::tempdir().unwrap().path().join("kv.redb")).unwrap(),
+        )));
+        let mut policy = KvPolicy::default();
+        policy.buckets.insert("logs".into(), Durability::Relaxed);
+        let host = KvHost::new(Some(Arc::new(PluginKv::new("p", policy.clone(), Arc::clone(&store)))));
+        for (name, bucket, durability) in [
+            ("", "default", Durability::Immediate),
+            ("default", "default", Durability::Immediate),
+            ("logs", "logs", Durability::Relaxed),
+        ] {
+            let opened = host.bucket(KvOp::Get, name).unwrap();
+            assert_eq!((opened.namespace.plugin(), opened.namespace.bucket()), ("p", bucket));
+            assert_eq!(opened.durability, durability, "{name}");
+        }
+        for name in ["Logs", "other", "logs\n"] {
+            let refused = host.bucket(KvOp::Get, name).unwrap_err();
+            assert_eq!(refused.kind, ErrorKind::Denied, "{name:?}");
+            assert!(!refused.message.contains('\n'), "{:?}", refused.message);
+            assert!(refused.message.contains(&crate::guest_text::escaped(name, crate::guest_text::SHORT).to_string()));
+        }
+        let misnamed = KvHost::new(Some(Arc::new(PluginKv::new("Bad Name", policy, store))));
+        let refused = misnamed.bucket(KvOp::Get, "").unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::InvalidInput);
+        assert!(refused.message.contains("invalid plugin name"), "{}", refused.message);
     }
 
     /// A store that cannot be opened is not opened again for every call:
@@ -638,27 +690,27 @@ mod tests {
 
         let before = crate::give_back::trims();
         for key in &keys {
-            kv.set(&bucket, key.clone(), value.clone()).await.unwrap();
+            kv.set(bucket, key.clone(), value.clone()).await.unwrap();
         }
         trimmed_after(before, "set").await;
         let before = crate::give_back::trims();
         for key in &keys {
-            assert_eq!(kv.get(&bucket, key).await.unwrap().map(|v| v.len()), Some(16 * MIB));
+            assert_eq!(kv.get(bucket, key).await.unwrap().map(|v| v.len()), Some(16 * MIB));
         }
         trimmed_after(before, "get").await;
         let before = crate::give_back::trims();
         for key in keys.chunks(1) {
-            assert_eq!(kv.get_many(&bucket, key).await.unwrap().len(), 1);
+            assert_eq!(kv.get_many(bucket, key).await.unwrap().len(), 1);
         }
         trimmed_after(before, "get_many").await;
         let before = crate::give_back::trims();
         for key in &keys {
-            kv.set_many(&bucket, vec![(key.clone(), value.clone())]).await.unwrap();
+            kv.set_many(bucket, vec![(key.clone(), value.clone())]).await.unwrap();
         }
         trimmed_after(before, "set_many").await;
         let before = crate::give_back::trims();
         for key in &keys[..2] {
-            assert!(kv.compare_and_swap(&bucket, key.clone(), Some(value.clone()), value.clone()).await.unwrap());
+            assert!(kv.compare_and_swap(bucket, key.clone(), Some(value.clone()), value.clone()).await.unwrap());
         }
         trimmed_after(before, "compare_and_swap").await;
     }

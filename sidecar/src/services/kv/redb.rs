@@ -190,10 +190,12 @@ fn plugin_prefix(plugin: &str) -> Vec<u8> {
 
 /// `[len] plugin [len] bucket`: the prefix of every key of a namespace.
 fn ns_prefix(ns: &Namespace) -> Vec<u8> {
-    let mut prefix = plugin_prefix(ns.plugin());
-    prefix.reserve(1 + ns.bucket().len());
-    prefix.push(ns.bucket().len() as u8);
-    prefix.extend_from_slice(ns.bucket().as_bytes());
+    let (plugin, bucket) = (ns.plugin().as_bytes(), ns.bucket().as_bytes());
+    let mut prefix = Vec::with_capacity(2 + plugin.len() + bucket.len());
+    prefix.push(plugin.len() as u8);
+    prefix.extend_from_slice(plugin);
+    prefix.push(bucket.len() as u8);
+    prefix.extend_from_slice(bucket);
     prefix
 }
 

@@ -122,7 +122,7 @@ impl store::Host for WasiKvView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<DraftBucket>> {
         let bucket = async {
             self.host.admit(KvOp::Open).await.map_err(refuse)?;
-            self.host.bucket(KvOp::Open, &identifier).map_err(refuse)
+            self.host.bucket(KvOp::Open, &identifier).cloned().map_err(refuse)
         }
         .await;
         match bucket {

@@ -74,7 +74,7 @@ impl store::Host for WasiKvView<'_> {
     async fn open(&mut self, identifier: String) -> Answer<Resource<Bucket>> {
         let bucket = async {
             self.host.admit(KvOp::Open).await.map_err(refuse)?;
-            self.host.bucket(KvOp::Open, &identifier).map_err(refuse)
+            self.host.bucket(KvOp::Open, &identifier).cloned().map_err(refuse)
         }
         .await;
         match bucket {
