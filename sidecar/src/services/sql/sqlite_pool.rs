@@ -863,6 +863,10 @@ mod tests {
         let read = places.enter(false, "p").now_or_never().expect("a read waited in a drain");
         assert!(places.enter(true, "p").now_or_never().is_none(), "a transaction began in a drain");
         assert!(places.write_turn(&read, "p").now_or_never().is_none(), "a write that came in a drain ran");
+        // Every place that comes later is numbered after it too.
+        let later = places.enter(false, "q").now_or_never().unwrap();
+        assert!(places.write_turn(&later, "q").now_or_never().is_none(), "a second write that came in a drain ran");
+        drop(later);
         places.write_turn(&before, "p").now_or_never().expect("a write that came before the drain waited for it");
         drop(before);
         places.draining.send_modify(|drain| drain.as_mut().unwrap().reads_wait = true);
@@ -871,6 +875,53 @@ mod tests {
         assert!(!places.draining());
         places.enter(true, "p").now_or_never().expect("a transaction waited after the drain");
         places.write_turn(&read, "p").now_or_never().expect("a write waited after the drain");
+    }
+
+    /// Past four graces a drain gives up with a `PASSIVE` checkpoint: what
+    /// still keeps the WAL then reads it from outside the gateway's places
+    /// (another process), which no ending reaches, and holding writes back
+    /// longer would not restart it.
+    #[tokio::test]
+    async fn a_drain_gives_up_after_four_graces_when_a_reader_outside_keeps_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::databases::sqlite_options(&dir.path().join("d.db")).busy_timeout(Duration::ZERO);
+        let mut writer = options.connect().await.unwrap();
+        writer.execute("CREATE TABLE t (x)").await.unwrap();
+        writer.execute("INSERT INTO t VALUES (1)").await.unwrap();
+        let mut outside = options.connect().await.unwrap();
+        outside.execute("BEGIN").await.unwrap();
+        sqlx::query("SELECT count(*) FROM t").fetch_one(&mut outside).await.unwrap();
+        writer.execute("INSERT INTO t VALUES (2)").await.unwrap();
+
+        let places = WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE);
+        let grace = Duration::from_millis(50);
+        places.set_grace(grace);
+        let mut conn = options.connect().await.unwrap();
+        let began = Instant::now();
+        let frames = tokio::time::timeout(Duration::from_secs(10), places.drain(&mut conn))
+            .await
+            .expect("the drain never gave up")
+            .unwrap();
+        assert!(began.elapsed() > grace * 4, "gave up after {:?}", began.elapsed());
+        assert!(frames > 0, "the WAL the outside reader keeps is still there");
+        assert!(!places.draining(), "writes are still held back");
+        outside.execute("COMMIT").await.unwrap();
+    }
+
+    /// Places are listed while open only: those dropped are forgotten as
+    /// new ones come, so a long run of statements leaves one entry, not one
+    /// per statement.
+    #[test]
+    fn dropped_places_are_forgotten_as_new_ones_come() {
+        use futures::FutureExt as _;
+        let places = WalPlaces::new(DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE);
+        let kept = places.enter(false, "p").now_or_never().unwrap();
+        for _ in 0..100 {
+            drop(places.enter(false, "p").now_or_never().unwrap());
+        }
+        let listed = places.places.lock().unwrap().open.len();
+        assert_eq!(listed, 2, "the open place and the last one dropped (forgotten at the next)");
+        drop(kept);
     }
 
     /// A write that holds the turn past its plugin's share while another
