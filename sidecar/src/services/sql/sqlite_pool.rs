@@ -267,9 +267,8 @@ impl WalPlaces {
                 if !done.busy {
                     return Ok(done.frames);
                 }
-                if copied_from == u64::MAX && done.frames >= 0 && done.copied == done.frames {
-                    copied_from = self.places.lock().unwrap_or_else(PoisonError::into_inner).next;
-                }
+                copied_from =
+                    done.copied_from(copied_from, || self.places.lock().unwrap_or_else(PoisonError::into_inner).next);
             }
             if began.elapsed() >= grace {
                 self.draining.send_if_modified(|drain| {
@@ -599,6 +598,17 @@ struct Checkpoint {
     copied: i64,
 }
 
+impl Checkpoint {
+    /// The first place that reads the WAL only once it was wholly copied
+    /// (places before it may read frames the copy has not reached):
+    /// `so_far` once known (`u64::MAX`: not yet), else `next`, the number
+    /// of the next place, when this checkpoint copied the whole WAL (SQLite
+    /// answers -1 frames outside WAL mode).
+    fn copied_from(&self, so_far: u64, next: impl FnOnce() -> u64) -> u64 {
+        if so_far == u64::MAX && self.frames >= 0 && self.copied == self.frames { next() } else { so_far }
+    }
+}
+
 /// Runs `checkpoint` (a `PRAGMA wal_checkpoint`).
 async fn checkpoint(conn: &mut sqlx::SqliteConnection, checkpoint: &'static str) -> Result<Checkpoint, sqlx::Error> {
     let (busy, frames, copied): (i64, i64, i64) = sqlx::query_as(checkpoint).fetch_one(conn).await?;
@@ -906,6 +916,20 @@ mod tests {
         assert!(frames > 0, "the WAL the outside reader keeps is still there");
         assert!(!places.draining(), "writes are still held back");
         outside.execute("COMMIT").await.unwrap();
+    }
+
+    /// The drain ends the places that came before the WAL was first found
+    /// wholly copied, never those after: later checkpoints that find it
+    /// copied again do not move that number on, and neither does a copy
+    /// that left frames, nor a database not in WAL mode.
+    #[test]
+    fn the_places_reading_the_wal_are_those_before_its_first_whole_copy() {
+        let done = |frames, copied| Checkpoint { busy: true, frames, copied };
+        assert_eq!(done(5, 5).copied_from(u64::MAX, || 7), 7);
+        assert_eq!(done(5, 5).copied_from(3, || 7), 3, "a later whole copy moved the number on");
+        assert_eq!(done(5, 4).copied_from(u64::MAX, || 7), u64::MAX, "a copy that left frames counted as whole");
+        assert_eq!(done(-1, -1).copied_from(u64::MAX, || 7), u64::MAX, "a database not in WAL mode counted");
+        assert_eq!(done(0, 0).copied_from(u64::MAX, || 7), 7, "an empty WAL is wholly copied");
     }
 
     /// Places are listed while open only: those dropped are forgotten as
