@@ -210,3 +210,52 @@ fn kv_acknowledged_writes_survive_sigkill() {
     eprintln!("{ROUNDS} rounds, {total_acks} acknowledged writes checked in {:?}", started.elapsed());
     assert!(total_acks > 100 * ROUNDS as usize / 10, "too few writes to mean anything: {total_acks}");
 }
+
+const RELAXED_FILE: &str = "GATEHOUSE_KV_RELAXED_FILE";
+const RELAXED_WRITES: usize = 50;
+
+#[test]
+#[ignore = "the child process of relaxed_writes_are_on_disk_a_flush_interval_after_the_last"]
+fn relaxed_child() {
+    let Some(file) = std::env::var_os(RELAXED_FILE) else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let backend = RedbBackend::open(file.as_ref()).unwrap();
+        for i in 0..RELAXED_WRITES {
+            backend.set(&relaxed(), format!("k{i}"), vec![1; 100]).await.unwrap();
+        }
+        println_flush("ACKED");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+/// The README's promise for relaxed buckets: a crash loses at most the
+/// writes of the last `RELAXED_FLUSH` (1 s). Once writes stop, the writer
+/// makes them durable within that: a child process writes 50 relaxed
+/// values, is idle 2 s, and is killed (SIGKILL); all 50 are there. (redb
+/// keeps no non-durable commit across a kill: without the writer's flush
+/// all 50 are lost.)
+#[test]
+fn relaxed_writes_are_on_disk_a_flush_interval_after_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kv.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "kv::crash::relaxed_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(RELAXED_FILE, &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let acked = stdout.lines().map_while(Result::ok).any(|line| line.ends_with("ACKED"));
+    assert!(acked, "the child did not write");
+    std::thread::sleep(gatehouse::services::kv::redb::RELAXED_FLUSH + Duration::from_secs(1));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let backend = RedbBackend::open(&file).expect("the store opens after a SIGKILL");
+        let (stored, _) = full_scan(&backend, &relaxed()).await;
+        assert_eq!(stored.len(), RELAXED_WRITES, "relaxed writes acknowledged over a second before the kill were lost");
+    });
+}
