@@ -143,6 +143,7 @@ impl KvStore {
 
     async fn open_backend(&self) -> Result<&Arc<dyn KvBackend>, KvError> {
         {
+            // Let go of before the open's awaits.
             let failure = self.open_failure.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, error)) = &failure.last
                 && at.elapsed() < OPEN_RETRY_INTERVAL

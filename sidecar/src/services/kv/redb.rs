@@ -428,14 +428,14 @@ impl RedbReader {
     }
 }
 
-fn read_get(db: &impl Reads, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+fn read_get(store: &impl Reads, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
     check_key(key)?;
     let full = full_key(&ns_prefix(namespace), key);
-    db.read(|t| Ok(t.get(full.as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec())))
+    store.read(|t| Ok(t.get(full.as_slice()).map_err(unavailable)?.map(|v| v.value().to_vec())))
 }
 
 fn read_list(
-    db: &impl Reads,
+    store: &impl Reads,
     namespace: &Namespace,
     prefix: &str,
     cursor: Option<&str>,
@@ -450,7 +450,7 @@ fn read_list(
         Some(after) if *after >= from => Bound::Excluded(after.as_slice()),
         _ => Bound::Included(from.as_slice()),
     };
-    db.read(|t| {
+    store.read(|t| {
         let mut keys = Vec::new();
         let mut more = false;
         for entry in t.range::<&[u8]>((start, Bound::Unbounded)).map_err(unavailable)? {
@@ -475,9 +475,9 @@ fn read_list(
 /// The buckets of `plugin` with a usage row (one that holds a key: a
 /// row that falls to zero is removed), from the rows' keys: `[0, 'n',
 /// len, plugin, len, bucket]`.
-fn read_buckets(db: &impl Reads, plugin: &str) -> Result<Vec<String>, KvError> {
+fn read_buckets(store: &impl Reads, plugin: &str) -> Result<Vec<String>, KvError> {
     let prefix = ns_usage_key(&plugin_prefix(plugin));
-    db.read(|table| {
+    store.read(|table| {
         let mut buckets = Vec::new();
         for row in table.range::<&[u8]>(prefix.as_slice()..).map_err(unavailable)? {
             let (key, _) = row.map_err(unavailable)?;
@@ -496,8 +496,8 @@ fn read_buckets(db: &impl Reads, plugin: &str) -> Result<Vec<String>, KvError> {
 }
 
 /// The namespace's usage and its plugin's.
-fn read_usage(db: &impl Reads, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
-    db.read(|table| {
+fn read_usage(store: &impl Reads, namespace: &Namespace) -> Result<(Usage, Usage), KvError> {
+    store.read(|table| {
         let (keys, bytes) = usage_row(table, &ns_usage_key(&ns_prefix(namespace)))?;
         let bucket = Usage { keys, bytes };
         let (keys, bytes) = usage_row(table, &plugin_usage_key(namespace.plugin()))?;
