@@ -78,7 +78,8 @@ impl Latest {
     pub(super) fn committed(&self) {
         let old = {
             let mut state = self.lock();
-            state.commits += 1;
+            // Compared for equality only.
+            state.commits = state.commits.wrapping_add(1);
             state.snapshot.take()
         };
         // Its read transaction ends here (or with the last read using it),
