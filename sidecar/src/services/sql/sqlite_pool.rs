@@ -295,8 +295,7 @@ impl WalPlaces {
     /// The places open on a connection (those waiting for one, or for
     /// their turn to write, run nothing).
     fn on_a_connection(&self) -> Vec<Arc<WalPlace>> {
-        let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-        places.open.retain(|place| place.strong_count() > 0);
+        let places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
         places
             .open
             .iter()
@@ -930,6 +929,30 @@ mod tests {
         assert_eq!(done(5, 4).copied_from(u64::MAX, || 7), u64::MAX, "a copy that left frames counted as whole");
         assert_eq!(done(-1, -1).copied_from(u64::MAX, || 7), u64::MAX, "a database not in WAL mode counted");
         assert_eq!(done(0, 0).copied_from(u64::MAX, || 7), 7, "an empty WAL is wholly copied");
+    }
+
+    /// Only a statement running now is ended for a waiting plugin: one
+    /// that ended leaves its place (a transaction between statements)
+    /// alone, and the next one it begins may be ended again.
+    #[tokio::test]
+    async fn only_a_running_statement_is_ended_for_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let conn = pool.acquire(None).await.unwrap();
+        let places = pool.connector().wal_places();
+        let place = places.enter(true, "hog").await;
+        place.attach(&conn);
+        let waiting_since = Instant::now() + Duration::from_secs(1);
+        let held_by = |plugin: &str| if plugin == "hog" { 3 } else { 0 };
+        place.statement_begins();
+        place.statement_ends();
+        assert!(places.end_for_waiter("waiter", waiting_since, held_by).is_none(), "an ended statement was ended");
+        assert!(!place.ended().is_due());
+        place.statement_begins();
+        let (plugin, _) =
+            places.end_for_waiter("waiter", waiting_since, held_by).expect("the running one was not ended");
+        assert_eq!(&*plugin, "hog");
+        assert_eq!(place.ended_for(), Some(EndedFor::ForWaiter));
     }
 
     /// Places are listed while open only: those dropped are forgotten as
