@@ -931,6 +931,36 @@ mod tests {
         assert_eq!(done(0, 0).copied_from(u64::MAX, || 7), 7, "an empty WAL is wholly copied");
     }
 
+    /// A transaction idle past `IDLE_WITH_TURN` while it holds the turn to
+    /// write is rolled back, its place ended and the turn given up; one
+    /// idle a moment is left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_idle_with_the_turn_is_ended_and_gives_it_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let places = Arc::clone(pool.connector().wal_places());
+        let place = places.enter(true, "p").await;
+        place.attach(&conn);
+        places.write_turn(&place, "p").await;
+        guard::enter_host(&mut conn);
+        conn.connection().execute("BEGIN").await.unwrap();
+        conn.connection().execute("INSERT INTO t VALUES (1)").await.unwrap();
+        place.statement_begins();
+        place.statement_ends();
+        place.end_if_idle_with_turn();
+        assert_eq!(place.ended_for(), None, "ended a moment after its statement");
+        assert!(place.has_turn());
+        place.runs.lock().unwrap().last = Instant::now() - IDLE_WITH_TURN;
+        place.end_if_idle_with_turn();
+        assert_eq!(place.ended_for(), Some(EndedFor::IdleWithTurn));
+        assert!(place.ended().is_due() && !place.has_turn());
+        assert_eq!(places.turns.free(), 1, "the turn to write is still held");
+        assert!(!guard::leave_in_transaction(&mut conn), "the transaction is still open");
+    }
+
     /// Only a statement running now is ended for a waiting plugin: one
     /// that ended leaves its place (a transaction between statements)
     /// alone, and the next one it begins may be ended again.
