@@ -108,16 +108,21 @@ mod tests {
         txn.commit().unwrap();
     }
 
+    /// A store holding `k = one`, and no snapshot kept yet.
+    fn holding_one() -> (tempfile::TempDir, Database, Latest) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("s.redb")).unwrap();
+        write(&db, b"one");
+        (dir, db, Latest::default())
+    }
+
     fn value(table: &DataTable) -> Vec<u8> {
         table.get(&b"k"[..]).unwrap().unwrap().value().to_vec()
     }
 
     #[test]
     fn reads_share_one_snapshot_until_a_commit_is_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("s.redb")).unwrap();
-        write(&db, b"one");
-        let latest = Latest::default();
+        let (_dir, db, latest) = holding_one();
         let first = latest.table(&db, TABLE).unwrap();
         assert!(Arc::ptr_eq(&first, &latest.table(&db, TABLE).unwrap()), "the second read opened its own");
 
@@ -134,10 +139,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_opened_across_a_commit_is_used_once_and_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("s.redb")).unwrap();
-        write(&db, b"one");
-        let latest = Latest::default();
+        let (_dir, db, latest) = holding_one();
         // A read counts the commits, opens its snapshot; meanwhile the
         // writer commits and counts it; then the read offers its snapshot.
         let commits = latest.kept().unwrap_err();

@@ -650,6 +650,15 @@ mod tests {
     use crate::databases::{DEFAULT_PLUGIN_WRITE_RATE, DEFAULT_WRITE_RATE};
     use crate::services::sql::conn_pool::IDLE_TIMEOUT;
 
+    /// A pool of one connection, taken, on a database with a table `t`.
+    async fn one_connection_with_table(dir: &tempfile::TempDir) -> (SqlitePool, PooledSqlite) {
+        let pool = pool(dir, 1);
+        let mut conn = pool.acquire(None).await.unwrap();
+        guard::enter_host(&mut conn);
+        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        (pool, conn)
+    }
+
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
         let options = crate::databases::sqlite_options(&dir.path().join("pool.db"));
         let settings =
@@ -796,10 +805,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ending_a_read_waits_for_the_sidecars_own_command() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = pool(&dir, 1);
-        let mut conn = pool.acquire(None).await.unwrap();
-        guard::enter_host(&mut conn);
-        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let (_pool, mut conn) = one_connection_with_table(&dir).await;
         let mut other = SqliteConnectOptions::new().filename(dir.path().join("pool.db")).connect().await.unwrap();
         other.execute("BEGIN IMMEDIATE").await.unwrap();
         let ender = conn.read_ender();
@@ -823,10 +829,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ending_a_read_rolls_back_only_the_connection_it_is_attached_to() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = pool(&dir, 1);
-        let mut conn = pool.acquire(None).await.unwrap();
-        guard::enter_host(&mut conn);
-        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let (pool, mut conn) = one_connection_with_table(&dir).await;
         let reads = Arc::clone(pool.connector().wal_places());
         let in_transaction = |conn: &mut PooledSqlite| guard::leave_in_transaction(conn);
 
@@ -937,10 +940,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_transaction_idle_with_the_turn_is_ended_and_gives_it_up() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = pool(&dir, 1);
-        let mut conn = pool.acquire(None).await.unwrap();
-        guard::enter_host(&mut conn);
-        conn.connection().execute("CREATE TABLE t (v INTEGER)").await.unwrap();
+        let (pool, mut conn) = one_connection_with_table(&dir).await;
         let places = Arc::clone(pool.connector().wal_places());
         let place = places.enter(true, "p").await;
         place.attach(&conn);
