@@ -2316,10 +2316,20 @@ async fn one_large_commit_starts_no_drain_on_sqlite() {
     let mut open = open_read(&gateway, "reader", &policy).await;
     wal_places(&gateway).set_grace(Duration::from_millis(100));
 
-    let fill = "INSERT INTO orders (product_id, quantity, status, created_at) \
-                WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) \
-                SELECT 1, x, 'new', ?1 || x FROM c";
-    query(&gateway, "bulk", &policy, fill, &[Value::Text("x".repeat(1_000_000))]).await.unwrap();
+    let fill = |rows: u32| {
+        format!(
+            "INSERT INTO orders (product_id, quantity, status, created_at) \
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) \
+             SELECT 1, x, 'new', ?1 || x FROM c"
+        )
+    };
+    let mb = || [Value::Text("x".repeat(1_000_000))];
+    // First a commit past `CHECKPOINT_PAGES` but under the drain's bound,
+    // and its checkpoint: that checkpoint does not count as one past the
+    // bound for the large commit after it.
+    query(&gateway, "bulk", &policy, &fill(5), &mb()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    query(&gateway, "bulk", &policy, &fill(100), &mb()).await.unwrap();
     // Long enough for the checkpointer's copy of 100 MB and a grace.
     tokio::time::sleep(Duration::from_secs(3)).await;
     open.query(&read_checked, read, &[], limits).await.expect("the open read was ended");
