@@ -41,6 +41,11 @@
 //! (default: the system's temporary directory; the PostgreSQL cluster is
 //! always there). `GATEHOUSE_BENCH_ONLY=guest-get` runs the guest `get`
 //! section alone (about 20 s), for working on the door's cost.
+//!
+//! Last, fairness on PostgreSQL (review 29's load): a light plugin's `get`s,
+//! one at a time, alone and then beside ten plugins reading hard (16
+//! callers each) on the same backend; `GATEHOUSE_BENCH_ONLY=pg-fair` runs
+//! that alone, `GATEHOUSE_BENCH_ONLY=postgres` the PostgreSQL part.
 #![allow(missing_docs)]
 
 #[allow(dead_code)]
@@ -115,7 +120,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let base = std::env::var_os("GATEHOUSE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).unwrap();
-    let guest_get_only = std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|only| only == "guest-get");
+    let only = std::env::var("GATEHOUSE_BENCH_ONLY").unwrap_or_default();
+    let guest_get_only = only == "guest-get";
+    if only == "postgres" || only == "pg-fair" {
+        rt.block_on(on_postgres(only == "pg-fair"));
+        return;
+    }
     rt.block_on(async {
         let backend = Arc::new(RedbBackend::open(&dir.path().join("kv.redb")).unwrap());
         let direct = Arc::new(redb::Database::create(dir.path().join("direct.redb")).unwrap());
@@ -214,7 +224,7 @@ fn main() {
         return;
     }
     if postgres::available() {
-        rt.block_on(on_postgres());
+        rt.block_on(on_postgres(false));
     } else {
         println!("\nPostgreSQL: skipped (no server binaries in /usr/lib/postgresql/*/bin; set GATEHOUSE_PG_BIN)");
     }
@@ -228,10 +238,20 @@ fn set_path(label: &'static str, backend: Arc<PostgresBackend>, buckets: Vec<Arc
     })
 }
 
-async fn on_postgres() {
+/// A durable bucket of its own plugin.
+fn plugin_bucket(plugin: &str) -> Arc<Bucket> {
+    let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: HEAVY_VALUE as u64 };
+    let namespace = Namespace::new(plugin, "default").unwrap();
+    Arc::new(Bucket { namespace, quota, durability: Durability::Immediate })
+}
+
+async fn on_postgres(fairness_only: bool) {
     let server = postgres::TestPostgres::start_durable("gatehouse", "bench-password", "gatehouse");
     let options: sqlx::postgres::PgConnectOptions = server.url().parse().unwrap();
     let backend = Arc::new(PostgresBackend::open(options.clone()).await.unwrap());
+    if fairness_only {
+        return light_beside_heavy(backend).await;
+    }
     let direct = sqlx::postgres::PgPoolOptions::new()
         .max_connections(gatehouse::services::kv::postgres::MAX_CONNECTIONS)
         .connect_with(options)
@@ -240,13 +260,7 @@ async fn on_postgres() {
     sqlx::query("CREATE TABLE bench (key bytea PRIMARY KEY, value bytea NOT NULL)").execute(&direct).await.unwrap();
     let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&direct).await.unwrap();
 
-    let plugins: Vec<Arc<Bucket>> = (0..16)
-        .map(|i| {
-            let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: 1024 };
-            let namespace = Namespace::new(&format!("bench-{i}"), "default").unwrap();
-            Arc::new(Bucket { namespace, quota, durability: Durability::Immediate })
-        })
-        .collect();
+    let plugins: Vec<Arc<Bucket>> = (0..16).map(|i| plugin_bucket(&format!("bench-{i}"))).collect();
     let sets = [
         path("direct sqlx INSERT (autocommit)", {
             let pool = direct.clone();
@@ -428,6 +442,87 @@ async fn guest_gets(backend: Arc<RedbBackend>, direct: Arc<redb::Database>) {
 }
 
 /// Rows alternate over the rounds, so drift on a shared VM favours none.
+/// How long the light plugin calls, alone and beside the heavy ones.
+const FAIR_TIME: Duration = Duration::from_secs(5);
+/// The value each heavy plugin reads: large enough that a read holds its
+/// connection for a while, as review 29's did.
+const HEAVY_VALUE: usize = 256 << 10;
+
+/// The light plugin's `get`s, one at a time for [`FAIR_TIME`]: their
+/// latencies sorted, and how many were `unavailable`.
+async fn light_calls(backend: &PostgresBackend, light: &Bucket) -> (Vec<Duration>, usize) {
+    let (mut latencies, mut unavailable) = (Vec::new(), 0);
+    let start = Instant::now();
+    while start.elapsed() < FAIR_TIME {
+        let call = Instant::now();
+        match backend.get(light, "key").await {
+            Ok(value) => assert_eq!(value.map(|v| v.len()), Some(VALUE.len())),
+            Err(gatehouse::services::kv::KvError::Unavailable(_)) => unavailable += 1,
+            Err(e) => panic!("{e}"),
+        }
+        latencies.push(call.elapsed());
+    }
+    latencies.sort();
+    (latencies, unavailable)
+}
+
+/// Review 29's load: ten plugins reading hard, 16 callers each, beside a
+/// light plugin calling `get` one at a time; its latencies against the
+/// same calls alone, in the same run.
+async fn light_beside_heavy(backend: Arc<PostgresBackend>) {
+    let light = plugin_bucket("light");
+    backend.set(&light, "key".into(), VALUE.to_vec()).await.unwrap();
+    let alone = light_calls(&backend, &light).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heavy_calls = Arc::new(AtomicU64::new(0));
+    let mut heavy = Vec::new();
+    for plugin in 0..10 {
+        let bucket = plugin_bucket(&format!("heavy-{plugin}"));
+        backend.set(&bucket, "key".into(), vec![7; HEAVY_VALUE]).await.unwrap();
+        for _ in 0..16 {
+            let (backend, bucket, stop, calls) = (backend.clone(), bucket.clone(), stop.clone(), heavy_calls.clone());
+            heavy.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = backend.get(&bucket, "key").await;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = heavy_calls.load(Ordering::Relaxed);
+    let beside = light_calls(&backend, &light).await;
+    let heavy_rate = (heavy_calls.load(Ordering::Relaxed) - before) as f64 / FAIR_TIME.as_secs_f64();
+    let heavy_kib = HEAVY_VALUE >> 10;
+    stop.store(true, Ordering::Relaxed);
+    for task in heavy {
+        task.await.unwrap();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let row = |label: &str, (latencies, unavailable): &(Vec<Duration>, usize)| {
+        let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+        println!(
+            "| {label} | {} | {:.2} | {:.2} | {:.2} | {unavailable} |",
+            latencies.len(),
+            ms(at(50)),
+            ms(at(99)),
+            ms(*latencies.last().unwrap())
+        );
+    };
+    println!(
+        "\nPostgreSQL fairness: a light plugin's get, one at a time, {} s each; the ten heavy plugins made {heavy_rate:.0} gets/s of {heavy_kib} KiB\n",
+        FAIR_TIME.as_secs()
+    );
+    println!("| light plugin | calls | p50 ms | p99 ms | max ms | unavailable |");
+    println!("|---|---|---|---|---|---|");
+    row("alone", &alone);
+    row("beside ten heavy plugins (16 callers each)", &beside);
+    println!(
+        "\np99 beside / alone: {:.1}x",
+        ms(beside.0[beside.0.len() * 99 / 100]) / ms(alone.0[alone.0.len() * 99 / 100])
+    );
+}
+
 async fn table(paths: &[Path], callers: usize, time: Duration) {
     let mut runs: Vec<Vec<Result>> = paths.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {

@@ -12,6 +12,7 @@
 //! field here and touches no method of the runtime.
 
 pub(crate) mod budget;
+pub mod fair_places;
 pub mod http;
 pub mod kv;
 pub mod log;

@@ -21,7 +21,7 @@
 //! caller that leaves mid-connect leaves it to the pool.
 //!
 //! Places are not first come, first served: a freed one goes to the
-//! waiting holder (plugin) that holds the fewest ([`super::fair_places`]).
+//! waiting holder (plugin) that holds the fewest ([`crate::services::fair_places`]).
 //!
 //! A SQLite pool keeps one place for the write that holds the alias's turn
 //! to write ([`ConnPool::with_reserve`]): writes outside a transaction take
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::fair_places::Places;
+use crate::services::fair_places::Places;
 
 /// How long a connection may sit idle before it is closed: the pool
 /// shrinks back after a burst (each open connection is a server process,
@@ -300,7 +300,7 @@ impl<C: Connector> Inner<C> {
     }
 }
 
-/// What holds a connection's place: a [`super::fair_places::Place`], or
+/// What holds a connection's place: a [`crate::services::fair_places::Place`], or
 /// the reserved permit.
 type Permit = Box<dyn Send + Sync>;
 

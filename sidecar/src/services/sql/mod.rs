@@ -21,7 +21,7 @@
 //!   plugin's share of it (`per_plugin_connections`); the embedded
 //!   application database and its migrations.
 //! - [`conn_pool`]: the gateway's connection pool, for both databases;
-//!   [`fair_places`]: its places, a freed one given to the waiting plugin
+//!   [`super::fair_places`]: its places, a freed one given to the waiting plugin
 //!   holding the fewest.
 //! - [`held`]: connections plugins hold between calls (Spin connections,
 //!   transactions), taken back when they sit idle while another waits.
@@ -60,7 +60,6 @@ pub mod conn_pool;
 pub mod denial;
 pub mod error;
 pub mod exec;
-pub mod fair_places;
 pub mod functions;
 pub mod guard;
 pub mod held;

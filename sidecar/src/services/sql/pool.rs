@@ -13,7 +13,7 @@
 //! other plugins still find connections. The permit lives as long as the
 //! connection is held and is released on drop. Between plugins, a freed
 //! place of the pool goes to the waiting plugin holding the fewest
-//! ([`super::fair_places`]), and a plugin that has waited half its
+//! ([`crate::services::fair_places`]), and a plugin that has waited half its
 //! `acquire_timeout` has a connection held between calls taken back from
 //! the plugin holding the most ([`AliasPool::taking_back`],
 //! [`super::held`]).

@@ -22,7 +22,7 @@ use super::error::{RETRY_UNAVAILABLE, SqlError};
 /// statements to be ended for a waiter: review 18 saw plugins holding
 /// none, each waiting in turn, end an honest plugin's only report (a
 /// plugin holding one uses no more than a newcomer will; the pool's kept
-/// place serves newcomers, [`super::fair_places`]).
+/// place serves newcomers, [`crate::services::fair_places`]).
 const LEAST_HELD: usize = 2;
 
 /// Of `running` (a statement, its plugin, since when it runs), the one

@@ -13,11 +13,11 @@ use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::{mpsc, watch};
 
 use super::conn_pool::{ConnPool, Connector, Pooled};
-use super::fair_places::{Place as FairPlace, Places as FairPlaces};
 use super::guard::sqlite::{self as guard, Ending, Guarded, ReadEnder};
 use super::running::longest_of_the_most;
 use super::write_share::{HeldTurn, Shares, TurnUse, Waiting};
 use crate::databases::PoolSettings;
+use crate::services::fair_places::{Place as FairPlace, Places as FairPlaces};
 use crate::stop::Stop;
 
 /// A pool of serialized SQLite connections with the authorizer installed.

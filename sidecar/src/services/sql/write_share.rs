@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::fair_places::Place;
+use crate::services::fair_places::Place;
 
 /// Each plugin's bucket of something it spends (bytes, microseconds),
 /// refilled at the lesser of its own rate and an equal share of the
@@ -252,7 +252,7 @@ mod tests {
     #[tokio::test]
     async fn the_turn_is_charged_only_when_another_write_waited() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = super::super::fair_places::Places::new(1, 0);
+        let line = crate::services::fair_places::Places::new(1, 0);
         let full = Duration::from_micros(turn_use.held.left("p"));
         let held = turn_use.take(line.take("p").await.unwrap(), "p");
         std::thread::sleep(Duration::from_millis(300));
@@ -298,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_plugin_holds_the_turn_no_longer_than_all_plugins_have_left() {
         let turn_use = Arc::new(TurnUse::default());
-        let line = super::super::fair_places::Places::new(1, 0);
+        let line = crate::services::fair_places::Places::new(1, 0);
         let fresh = turn_use.take(line.take("p").await.unwrap(), "fresh");
         std::thread::sleep(LEAST_HOLD + Duration::from_millis(50));
         assert!(!turn_use.past_share(&fresh, Duration::from_secs(1)), "ended within its share");

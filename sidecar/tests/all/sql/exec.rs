@@ -358,7 +358,7 @@ async fn the_last_place_is_kept_for_a_plugin_that_used_little_on_sqlite() {
     }
     // Held long enough to count: `greedy3`'s two over two spans of use
     // average 1.73, past half its share of three.
-    tokio::time::sleep(gatehouse::services::sql::fair_places::USE_SPAN * 2).await;
+    tokio::time::sleep(gatehouse::services::fair_places::USE_SPAN * 2).await;
     let refused = open("greedy3").await.err().expect("a greedy plugin took the kept place");
     assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
     // (Nothing here can be taken back or ended: without the kept place it

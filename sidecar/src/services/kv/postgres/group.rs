@@ -37,7 +37,8 @@ use super::super::error::KvError;
 use super::super::policy::Durability;
 use super::super::queue::{QueueBudget, QueuePermit};
 use super::plan::{Answer, Op, Write};
-use super::{CALL_TIMEOUT, commit_batch};
+use super::{CALL_TIMEOUT, commit_batch, hand_on, take_place};
+use crate::services::fair_places::Places;
 
 pub use super::super::queue::{ENTRY_OVERHEAD, QUEUE_BYTES};
 /// Most operations in one batch (one transaction).
@@ -72,13 +73,15 @@ type Lanes = Mutex<HashMap<String, VecDeque<Request>>>;
 /// The queue of every plugin's writes.
 pub(super) struct Group {
     pool: PgPool,
+    /// The backend's places in the pool: each batch takes its plugin's.
+    places: Arc<Places>,
     lanes: Arc<Lanes>,
     budget: QueueBudget,
 }
 
 impl Group {
-    pub fn new(pool: PgPool) -> Group {
-        Group { pool, lanes: Arc::default(), budget: QueueBudget::default() }
+    pub fn new(pool: PgPool, places: Arc<Places>) -> Group {
+        Group { pool, places, lanes: Arc::default(), budget: QueueBudget::default() }
     }
 
     /// Queues `op` on its plugin's lane and waits for the answer. `bytes`:
@@ -117,7 +120,7 @@ impl Group {
             }
         };
         if start {
-            tokio::spawn(drain(self.pool.clone(), Arc::clone(&self.lanes), plugin));
+            tokio::spawn(drain(self.pool.clone(), Arc::clone(&self.places), Arc::clone(&self.lanes), plugin));
         }
         answer.await.map_err(|_| KvError::Unavailable("the write was dropped before it was answered".into()))?
     }
@@ -169,7 +172,7 @@ impl Drop for LaneGuard {
 
 /// Runs `plugin`'s lane until it is empty, then removes it (under the
 /// lock, so a write queued meanwhile finds no lane and starts a new task).
-async fn drain(pool: PgPool, lanes: Arc<Lanes>, plugin: String) {
+async fn drain(pool: PgPool, places: Arc<Places>, lanes: Arc<Lanes>, plugin: String) {
     let guard = LaneGuard { lanes, plugin, done: AtomicBool::new(false) };
     let (lanes, plugin) = (&guard.lanes, &guard.plugin);
     loop {
@@ -200,7 +203,15 @@ async fn drain(pool: PgPool, lanes: Arc<Lanes>, plugin: String) {
         // Durable unless every write of the batch is to a relaxed bucket.
         let relaxed = batch.iter().all(|r| r.durability == Durability::Relaxed);
         let writes: Vec<&Write> = batch.iter().map(|r| &r.write).collect();
-        match commit_batch(&pool, plugin, &writes, relaxed).await {
+        let committed = match take_place(&places, plugin).await {
+            Ok(place) => {
+                let committed = commit_batch(&pool, plugin, &writes, relaxed).await;
+                hand_on(&places, place).await;
+                committed
+            }
+            Err(e) => Err(e),
+        };
+        match committed {
             Ok(answers) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
                     request.answer(answer);

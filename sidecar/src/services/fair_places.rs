@@ -1,4 +1,4 @@
-//! Places (a pool's connections, an alias's turn to write) handed to the
+//! Places (a pool's connections, an SQL alias's turn to write) handed to the
 //! waiting plugins fairly: a freed place goes to the waiter whose plugin
 //! holds the fewest, then ranks first ([`Places::ranked`]: for the turn to
 //! write, the plugin with the most of its share left), then came first.
@@ -185,6 +185,11 @@ impl Places {
     pub fn held_beyond_guarantee(&self, plugin: &str) -> usize {
         let state = self.state();
         state.held_by(plugin).saturating_sub(state.guaranteed_to(plugin))
+    }
+
+    /// Whether a call waits for a place now.
+    pub fn is_awaited(&self) -> bool {
+        !self.state().waiting.is_empty()
     }
 
     /// Places free now.
