@@ -952,6 +952,16 @@ unsafe fn text<'a>(ptr: *const c_char) -> Option<Option<&'a str>> {
 mod tests {
     use super::*;
 
+    /// The README's backstop: all SQLite connections of the process hold
+    /// at most 512 MiB (what a statement past it gets is tested with a
+    /// lower limit in `sqlite_temp_files`; a limit of 0 would be none).
+    #[test]
+    fn the_heap_limit_in_force_is_512_mib() {
+        limit_heap();
+        // SAFETY: a negative argument only reads the limit.
+        assert_eq!(unsafe { ffi::sqlite3_hard_heap_limit64(-1) }, 512 << 20);
+    }
+
     fn grant(extra: &str) -> SqliteGrant {
         let policy = SqlPolicy::from_toml(&format!(
             "statements = [\"select\", \"insert\", \"update\", \"delete\"]\n{extra}\n[tables]\n\
