@@ -1111,6 +1111,26 @@ mod tests {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).persistent(false).execute(conn.connection()).await
     }
 
+    /// Memory goes back to the system after a statement that freed more
+    /// than 64 MiB, not after every statement (a trim walks every arena:
+    /// hundreds of ms after a large statement).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_statement_that_freed_much_gives_memory_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = guarded(&dir).await;
+        enter_host(&mut conn);
+        freed_much();
+        runs(&mut conn, "SELECT count(*) FROM products").await.unwrap();
+        assert!(!freed_much(), "a small statement");
+        runs(&mut conn, "PRAGMA temp_store = MEMORY").await.unwrap();
+        freed_much();
+        let hundred_mb =
+            "SELECT count(DISTINCT b) FROM (SELECT randomblob(1000000) AS b FROM products WHERE id <= 100)";
+        runs(&mut conn, hundred_mb).await.unwrap();
+        assert!(freed_much(), "a statement that held and freed 100 MB");
+        assert!(!freed_much(), "measured again from what is in use");
+    }
+
     /// The guard's calls on the raw handle, one by one: closed after
     /// `install` and `leave`, the grant after `enter`, everything in host
     /// mode; `leave_in_transaction` says whether a transaction is open;
