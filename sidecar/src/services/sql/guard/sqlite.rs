@@ -1129,6 +1129,15 @@ mod tests {
         runs(&mut conn, hundred_mb).await.unwrap();
         assert!(freed_much(), "a statement that held and freed 100 MB");
         assert!(!freed_much(), "measured again from what is in use");
+        // 60 MB kept in the page cache is in use, not freed.
+        runs(&mut conn, "PRAGMA cache_size = -200000").await.unwrap();
+        runs(&mut conn, "CREATE TABLE big (b BLOB)").await.unwrap();
+        let fill = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60) \
+                    INSERT INTO big SELECT randomblob(1000000) FROM n";
+        runs(&mut conn, fill).await.unwrap();
+        freed_much();
+        runs(&mut conn, "SELECT count(*) FROM big WHERE length(b) > 0").await.unwrap();
+        assert!(!freed_much(), "a statement reading 60 MB from the cache");
     }
 
     /// The guard's calls on the raw handle, one by one: closed after
