@@ -79,6 +79,23 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one read or one batch may take in all, the wait for its
 /// plugin's lock included, before it is `unavailable`.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server lets one statement of the store's run (its
+/// `statement_timeout`), under [`CALL_TIMEOUT`]: a batch waiting on its
+/// plugin's lock (another sidecar's batch, an operator's transaction) is
+/// ended by the server, and its connection comes back to the pool with its
+/// place. Cut off by the call's timeout instead, a statement went on
+/// waiting on the server after its place was given to another call, which
+/// then found no connection (review 31: fourteen batches stuck on their
+/// locks took every connection twice over).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
+/// How often the server checks, while a statement runs, that the sidecar
+/// is still connected (`client_connection_check_interval`): a statement
+/// whose connection was closed (the sidecar stopped or was killed, or sqlx
+/// found the connection broken) stops within this instead of holding its
+/// plugin's lock until [`STATEMENT_TIMEOUT`]. (A call dropped mid-statement
+/// does not close its connection: sqlx waits for the statement to end
+/// before it takes the connection back.)
+const CLIENT_CHECK: Duration = Duration::from_millis(250);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most reads one plugin runs at once, each on a connection of its own (a
@@ -194,6 +211,11 @@ impl PostgresBackend {
     /// applies the migrations. `unavailable` when the database cannot be
     /// reached (the caller may try again later).
     pub async fn open(options: PgConnectOptions) -> Result<PostgresBackend, KvError> {
+        let millis = |d: Duration| d.as_millis().to_string();
+        let options = options.options([
+            ("statement_timeout", millis(STATEMENT_TIMEOUT)),
+            ("client_connection_check_interval", millis(CLIENT_CHECK)),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(0)

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::services::kv::policy::{Durability, Quota};
 use gatehouse::services::kv::{KvBackend, KvError, PostgresBackend, QuotaKind};
+use sqlx::Connection as _;
 use sqlx::postgres::PgConnectOptions;
 
 use super::suite::{self, assert_usage_exact, bucket};
@@ -213,7 +214,50 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
     assert_eq!(stored.trim(), "2");
 }
 
-/// How many transactions wrote the plugin's current rows (rows written by
+/// Review 31: a batch waiting on its plugin's lock past the call's 10 s was
+/// cut off by the sidecar but went on waiting on the server, holding a
+/// connection its place no longer counted; fourteen such plugins took
+/// every connection and every other plugin's call was `unavailable`.
+/// Attack: an outside transaction holds a plugin's usage row (as another
+/// sidecar's long batch would) while that plugin writes. Checked: the
+/// server ends the waiting statement (`STATEMENT_TIMEOUT`), the write is
+/// `unavailable` and not applied after the lock goes, no connection of
+/// the store is left waiting on the lock once it is answered, and another
+/// plugin is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stuck_on_its_plugins_lock_is_ended_by_the_server_and_gives_its_connection_back() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let stuck = bucket("stuck", "default", Quota::default(), Durability::Immediate);
+    let other = bucket("other", "default", Quota::default(), Durability::Immediate);
+    backend.set(&stuck, "k".into(), b"before".to_vec()).await.unwrap();
+
+    let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT keys FROM gatehouse_kv_plugin_usage WHERE plugin = 'stuck' FOR UPDATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let waiting = {
+        let (backend, stuck) = (Arc::clone(&backend), stuck.clone());
+        tokio::spawn(async move { backend.set(&stuck, "k".into(), b"after".to_vec()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting_on_locks =
+        || postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
+    assert_eq!(waiting_on_locks().trim(), "1", "the write waits on the lock");
+    backend.set(&other, "k".into(), b"v".to_vec()).await.unwrap();
+    assert_eq!(backend.get(&other, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+
+    let answer = waiting.await.unwrap();
+    assert!(matches!(&answer, Err(KvError::Unavailable(m)) if m.contains("statement timeout")), "{answer:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(waiting_on_locks().trim(), "0", "a connection still waits on the lock after its answer");
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(backend.get(&stuck, "k").await.unwrap().as_deref(), Some(&b"before"[..]), "applied after all");
+    backend.set(&stuck, "k".into(), b"later".to_vec()).await.unwrap();
+}
+
+/// How many transactions wrote the plugin's current rows (rows written by/// How many transactions wrote the plugin's current rows (rows written by
 /// one transaction share its `xmin`): fewer than the writes means they
 /// were grouped.
 fn transactions_of(postgres: &TestPostgres, plugin: &str) -> usize {
