@@ -1061,6 +1061,8 @@ mod tests {
             ("CREATE TABLE t (id INTEGER UNIQUE ON CONFLICT ABORT, note TEXT DEFAULT 'on conflict replace')", false),
             ("CREATE TABLE \"on conflict replace\" (\"replace\" TEXT)", false),
             ("CREATE TABLE t (id INTEGER, \"on\" TEXT, \"conflict\" TEXT, \"replace\" TEXT)", false),
+            // A column "on" of type "conflict" "replace": quoted, so names.
+            ("CREATE TABLE t (\"on\" \"conflict\" \"replace\")", false),
             ("CREATE TABLE t (x TEXT DEFAULT 'unterminated", true),
         ] {
             assert_eq!(resolves_by_replace(sql), replaces, "{sql}");
