@@ -49,8 +49,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use tokio::time::Instant;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection as _, Postgres, Row};
 
 use super::backend::{
     Bucket, KvBackend, KvFuture, MAX_BATCH_BYTES as MAX_CALL_BYTES, Page, Usage, UsageReport, check_batch_len,
@@ -90,11 +93,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often the server checks, while a statement runs, that the sidecar
 /// is still connected (`client_connection_check_interval`): a statement
-/// whose connection was closed (the sidecar stopped or was killed, or sqlx
-/// found the connection broken) stops within this instead of holding its
-/// plugin's lock until [`STATEMENT_TIMEOUT`]. (A call dropped mid-statement
-/// does not close its connection: sqlx waits for the statement to end
-/// before it takes the connection back.)
+/// whose connection was closed (its call dropped, [`on_a_connection`]; the
+/// sidecar killed) stops within this instead of running on to
+/// [`STATEMENT_TIMEOUT`].
 const CLIENT_CHECK: Duration = Duration::from_millis(250);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -160,13 +161,55 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> KvError {
     }
 }
 
-/// A place in the pool for `plugin` ([`PostgresBackend::places`]), within
-/// [`ACQUIRE_TIMEOUT`] as the pool's own wait was.
-async fn take_place(places: &Arc<Places>, plugin: &str) -> Result<Place, KvError> {
-    match tokio::time::timeout(ACQUIRE_TIMEOUT, places.take(plugin)).await {
+/// A place in the pool for `plugin` ([`PostgresBackend::places`]), by
+/// `deadline`.
+async fn take_place(places: &Arc<Places>, plugin: &str, deadline: Instant) -> Result<Place, KvError> {
+    match tokio::time::timeout_at(deadline, places.take(plugin)).await {
         Ok(Ok(place)) => Ok(place),
         Ok(Err(Closed)) => Err(KvError::Unavailable("the connection pool is closed".into())),
-        Err(_) => Err(KvError::Unavailable(format!("no database connection free within {ACQUIRE_TIMEOUT:?}"))),
+        Err(_) => Err(no_connection()),
+    }
+}
+
+fn no_connection() -> KvError {
+    KvError::Unavailable(format!("no database connection free within {ACQUIRE_TIMEOUT:?}"))
+}
+
+/// Runs `work` on a connection of `pool`, holding `plugin`'s place among
+/// `places` for it. Dropped before `work` is done (its caller gone, or
+/// the call's timeout), the connection is closed rather than given back:
+/// sqlx takes a connection dropped mid-statement back only once the
+/// statement ends (up to [`STATEMENT_TIMEOUT`] later, a lock wait's whole
+/// length), while its place would already serve another call, which then
+/// found no connection. Closed, the server stops the statement at its next
+/// client check ([`CLIENT_CHECK`]) and the pool may open another at once.
+async fn on_a_connection<T>(
+    pool: &PgPool,
+    places: &Arc<Places>,
+    plugin: &str,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, KvError>,
+) -> Result<T, KvError> {
+    // One wait for both, so that a free place with no connection behind it
+    // yet (one being opened, or closing) adds nothing to the bound.
+    let deadline = Instant::now() + ACQUIRE_TIMEOUT;
+    let place = take_place(places, plugin, deadline).await?;
+    let conn = tokio::time::timeout_at(deadline, pool.acquire()).await.map_err(|_| no_connection())?;
+    let mut conn = InUse(Some(conn.map_err(db_error)?));
+    let done = work(conn.0.as_mut().expect("taken only here")).await;
+    drop(conn.0.take());
+    hand_on(places, place).await;
+    done
+}
+
+/// A connection of the pool that a call is using: closed when dropped
+/// before the call is done with it ([`on_a_connection`]).
+struct InUse(Option<PoolConnection<Postgres>>);
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -238,27 +281,28 @@ impl PostgresBackend {
     }
 
     /// Runs a read of `plugin`'s under [`CALL_TIMEOUT`], holding one of its
-    /// [`PLUGIN_READS`] places, then a place in the pool (the waits for
-    /// them included).
-    async fn reading<T>(&self, plugin: &str, read: impl Future<Output = Result<T, KvError>>) -> Result<T, KvError> {
+    /// [`PLUGIN_READS`] places, then a connection of the pool with its place
+    /// (the waits for them included).
+    async fn reading<T>(
+        &self,
+        plugin: &str,
+        read: impl AsyncFnOnce(&mut PgConnection) -> Result<T, KvError>,
+    ) -> Result<T, KvError> {
         let share = self.reads.of(plugin);
         bounded(async {
             let _share = share.acquire().await.map_err(|_| KvError::Internal("the read share is closed".into()))?;
-            let place = take_place(&self.places, plugin).await?;
-            let read = read.await;
-            hand_on(&self.places, place).await;
-            read
+            on_a_connection(&self.pool, &self.places, plugin, read).await
         })
         .await
     }
 
     async fn read_value(&self, bucket: &Bucket, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.reading(bucket.namespace.plugin(), async {
+        self.reading(bucket.namespace.plugin(), async |conn| {
             let row = sqlx::query("SELECT value FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
                 .bind(bucket.namespace.plugin())
                 .bind(bucket.namespace.bucket())
                 .bind(key.as_bytes())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error)?;
             row.map(|r| r.try_get(0).map_err(db_error)).transpose()
@@ -276,144 +320,138 @@ impl PostgresBackend {
 /// `relaxed`: every write is to a relaxed bucket, so the commit does not
 /// wait for the flush.
 async fn commit_batch(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     plugin: &str,
     writes: &[&Write],
     relaxed: bool,
 ) -> Result<Vec<Result<Answer, KvError>>, KvError> {
-    bounded(async {
-        let mut tx = if relaxed {
-            pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await
-        } else {
-            pool.begin().await
-        }
-        .map_err(db_error)?;
-        // The lock: every batch of this plugin, in any process, waits here.
-        let row = sqlx::query(
-            "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
-             ON CONFLICT (plugin) DO UPDATE SET keys = gatehouse_kv_plugin_usage.keys \
-             RETURNING keys, bytes",
-        )
-        .bind(plugin)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let usage = usage_of(row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?)?;
-
-        // Every key of the batch, once, with the most bytes of its value
-        // any write needs to see.
-        let mut reads: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for write in writes {
-            for (key, wanted) in write.reads() {
-                let most = reads.entry((write.bucket.as_str(), key)).or_default();
-                *most = (*most).max(wanted);
-            }
-        }
-        let buckets: Vec<&str> = reads.keys().map(|(b, _)| *b).collect();
-        let keys: Vec<&[u8]> = reads.keys().map(|(_, k)| k.as_bytes()).collect();
-        let wanted: Vec<i64> = reads.values().map(|&n| n as i64).collect();
-        let rows: Vec<PgRow> = sqlx::query(
-            "SELECT d.bucket, d.key, octet_length(d.value)::bigint, \
-             CASE WHEN octet_length(d.value) <= t.n THEN d.value END \
-             FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS t(b, k, n) \
-             JOIN gatehouse_kv_data d ON d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
-        )
-        .bind(plugin)
-        .bind(&buckets)
-        .bind(&keys)
-        .bind(&wanted)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let mut stored: BTreeMap<Slot, Stored> = BTreeMap::new();
-        for row in rows {
-            let bucket: String = row.try_get(0).map_err(db_error)?;
-            let key: Vec<u8> = row.try_get(1).map_err(db_error)?;
-            let key = String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
-            let len: i64 = row.try_get(2).map_err(db_error)?;
-            stored.insert((bucket, key), Stored { len: len as u64, value: row.try_get(3).map_err(db_error)? });
-        }
-
-        let outcome = plan::plan(writes, usage, stored);
-        if outcome.changes.is_empty() {
-            // Nothing to make durable: every write was refused or changed
-            // nothing, and each answer rests on what the lock let it read.
-            let _ = tx.rollback().await;
-            return Ok(outcome.answers);
-        }
-        let (mut set_buckets, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut del_buckets, mut del_keys) = (Vec::new(), Vec::new());
-        for ((bucket, key), value) in &outcome.changes {
-            match value {
-                Some(value) => {
-                    set_buckets.push(bucket.as_str());
-                    set_keys.push(key.as_bytes());
-                    set_values.push(value.as_ref());
-                }
-                None => {
-                    del_buckets.push(bucket.as_str());
-                    del_keys.push(key.as_bytes());
-                }
-            }
-        }
-        if !set_keys.is_empty() {
-            sqlx::query(
-                "INSERT INTO gatehouse_kv_data (plugin, bucket, key, value) \
-                 SELECT $1, b, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(b, k, v) \
-                 ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .bind(plugin)
-            .bind(&set_buckets)
-            .bind(&set_keys)
-            .bind(&set_values)
-            .execute(&mut *tx)
-            .await
+    let mut tx =
+        if relaxed { conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await } else { conn.begin().await }
             .map_err(db_error)?;
-        }
-        if !del_keys.is_empty() {
-            sqlx::query(
-                "DELETE FROM gatehouse_kv_data d USING unnest($2::text[], $3::bytea[]) AS t(b, k) \
-                 WHERE d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
-            )
-            .bind(plugin)
-            .bind(&del_buckets)
-            .bind(&del_keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        }
-        if !outcome.buckets.is_empty() {
-            let names: Vec<&str> = outcome.buckets.keys().map(String::as_str).collect();
-            let delta_keys: Vec<i64> = outcome.buckets.values().map(|d| d.0).collect();
-            let delta_bytes: Vec<i64> = outcome.buckets.values().map(|d| d.1).collect();
-            sqlx::query(
-                "WITH p AS (UPDATE gatehouse_kv_plugin_usage SET keys = keys + $5, bytes = bytes + $6 \
-                 WHERE plugin = $1) \
-                 INSERT INTO gatehouse_kv_bucket_usage (plugin, bucket, keys, bytes) \
-                 SELECT $1, b, k, n FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(b, k, n) \
-                 ON CONFLICT (plugin, bucket) DO UPDATE \
-                 SET keys = gatehouse_kv_bucket_usage.keys + EXCLUDED.keys, \
-                 bytes = gatehouse_kv_bucket_usage.bytes + EXCLUDED.bytes",
-            )
-            .bind(plugin)
-            .bind(&names)
-            .bind(&delta_keys)
-            .bind(&delta_bytes)
-            .bind(outcome.plugin.0)
-            .bind(outcome.plugin.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(|e| match db_error(e) {
-            KvError::Internal(text) | KvError::Unavailable(text) => {
-                KvError::Unavailable(format!("the commit failed, nothing of the batch is acknowledged: {text}"))
-            }
-            other => other,
-        })?;
-        Ok(outcome.answers)
-    })
+    // The lock: every batch of this plugin, in any process, waits here.
+    let row = sqlx::query(
+        "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
+         ON CONFLICT (plugin) DO UPDATE SET keys = gatehouse_kv_plugin_usage.keys \
+         RETURNING keys, bytes",
+    )
+    .bind(plugin)
+    .fetch_one(&mut *tx)
     .await
+    .map_err(db_error)?;
+    let usage = usage_of(row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?)?;
+
+    // Every key of the batch, once, with the most bytes of its value
+    // any write needs to see.
+    let mut reads: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for write in writes {
+        for (key, wanted) in write.reads() {
+            let most = reads.entry((write.bucket.as_str(), key)).or_default();
+            *most = (*most).max(wanted);
+        }
+    }
+    let buckets: Vec<&str> = reads.keys().map(|(b, _)| *b).collect();
+    let keys: Vec<&[u8]> = reads.keys().map(|(_, k)| k.as_bytes()).collect();
+    let wanted: Vec<i64> = reads.values().map(|&n| n as i64).collect();
+    let rows: Vec<PgRow> = sqlx::query(
+        "SELECT d.bucket, d.key, octet_length(d.value)::bigint, \
+         CASE WHEN octet_length(d.value) <= t.n THEN d.value END \
+         FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS t(b, k, n) \
+         JOIN gatehouse_kv_data d ON d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
+    )
+    .bind(plugin)
+    .bind(&buckets)
+    .bind(&keys)
+    .bind(&wanted)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_error)?;
+    let mut stored: BTreeMap<Slot, Stored> = BTreeMap::new();
+    for row in rows {
+        let bucket: String = row.try_get(0).map_err(db_error)?;
+        let key: Vec<u8> = row.try_get(1).map_err(db_error)?;
+        let key = String::from_utf8(key).map_err(|_| KvError::Internal("a stored key is not UTF-8".into()))?;
+        let len: i64 = row.try_get(2).map_err(db_error)?;
+        stored.insert((bucket, key), Stored { len: len as u64, value: row.try_get(3).map_err(db_error)? });
+    }
+
+    let outcome = plan::plan(writes, usage, stored);
+    if outcome.changes.is_empty() {
+        // Nothing to make durable: every write was refused or changed
+        // nothing, and each answer rests on what the lock let it read.
+        let _ = tx.rollback().await;
+        return Ok(outcome.answers);
+    }
+    let (mut set_buckets, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_buckets, mut del_keys) = (Vec::new(), Vec::new());
+    for ((bucket, key), value) in &outcome.changes {
+        match value {
+            Some(value) => {
+                set_buckets.push(bucket.as_str());
+                set_keys.push(key.as_bytes());
+                set_values.push(value.as_ref());
+            }
+            None => {
+                del_buckets.push(bucket.as_str());
+                del_keys.push(key.as_bytes());
+            }
+        }
+    }
+    if !set_keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO gatehouse_kv_data (plugin, bucket, key, value) \
+             SELECT $1, b, k, v FROM unnest($2::text[], $3::bytea[], $4::bytea[]) AS t(b, k, v) \
+             ON CONFLICT (plugin, bucket, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .bind(plugin)
+        .bind(&set_buckets)
+        .bind(&set_keys)
+        .bind(&set_values)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    if !del_keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM gatehouse_kv_data d USING unnest($2::text[], $3::bytea[]) AS t(b, k) \
+             WHERE d.plugin = $1 AND d.bucket = t.b AND d.key = t.k",
+        )
+        .bind(plugin)
+        .bind(&del_buckets)
+        .bind(&del_keys)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    if !outcome.buckets.is_empty() {
+        let names: Vec<&str> = outcome.buckets.keys().map(String::as_str).collect();
+        let delta_keys: Vec<i64> = outcome.buckets.values().map(|d| d.0).collect();
+        let delta_bytes: Vec<i64> = outcome.buckets.values().map(|d| d.1).collect();
+        sqlx::query(
+            "WITH p AS (UPDATE gatehouse_kv_plugin_usage SET keys = keys + $5, bytes = bytes + $6 \
+             WHERE plugin = $1) \
+             INSERT INTO gatehouse_kv_bucket_usage (plugin, bucket, keys, bytes) \
+             SELECT $1, b, k, n FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS t(b, k, n) \
+             ON CONFLICT (plugin, bucket) DO UPDATE \
+             SET keys = gatehouse_kv_bucket_usage.keys + EXCLUDED.keys, \
+             bytes = gatehouse_kv_bucket_usage.bytes + EXCLUDED.bytes",
+        )
+        .bind(plugin)
+        .bind(&names)
+        .bind(&delta_keys)
+        .bind(&delta_bytes)
+        .bind(outcome.plugin.0)
+        .bind(outcome.plugin.1)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(|e| match db_error(e) {
+        KvError::Internal(text) | KvError::Unavailable(text) => {
+            KvError::Unavailable(format!("the commit failed, nothing of the batch is acknowledged: {text}"))
+        }
+        other => other,
+    })?;
+    Ok(outcome.answers)
 }
 
 impl KvBackend for PostgresBackend {
@@ -427,12 +465,12 @@ impl KvBackend for PostgresBackend {
     fn exists<'a>(&'a self, bucket: &'a Bucket, key: &'a str) -> KvFuture<'a, bool> {
         Box::pin(async move {
             check_key(key)?;
-            self.reading(bucket.namespace.plugin(), async {
+            self.reading(bucket.namespace.plugin(), async |conn| {
                 let row = sqlx::query("SELECT 1 FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 AND key = $3")
                     .bind(bucket.namespace.plugin())
                     .bind(bucket.namespace.bucket())
                     .bind(key.as_bytes())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(db_error)?;
                 Ok(row.is_some())
@@ -480,7 +518,7 @@ impl KvBackend for PostgresBackend {
             };
             let end = prefix_end(prefix.as_bytes());
             let rows = self
-                .reading(bucket.namespace.plugin(), async {
+                .reading(bucket.namespace.plugin(), async |conn| {
                     sqlx::query(
                         "SELECT key FROM gatehouse_kv_data WHERE plugin = $1 AND bucket = $2 \
                      AND key >= $3 AND key < $4 ORDER BY key LIMIT $5",
@@ -490,7 +528,7 @@ impl KvBackend for PostgresBackend {
                     .bind(&start)
                     .bind(&end)
                     .bind(i64::from(limit) + 1)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(db_error)
                 })
@@ -515,7 +553,7 @@ impl KvBackend for PostgresBackend {
             // when all of them fit in the call's bound, so an answer past it
             // is never transferred.
             let rows = self
-                .reading(bucket.namespace.plugin(), async {
+                .reading(bucket.namespace.plugin(), async |conn| {
                     sqlx::query(
                         "WITH found AS (SELECT key, value FROM gatehouse_kv_data \
                      WHERE plugin = $1 AND bucket = $2 AND key = ANY($3)) \
@@ -527,7 +565,7 @@ impl KvBackend for PostgresBackend {
                     .bind(bucket.namespace.bucket())
                     .bind(&key_bytes)
                     .bind(MAX_CALL_BYTES as i64)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(db_error)
                 })
@@ -617,12 +655,12 @@ impl KvBackend for PostgresBackend {
 
     fn buckets<'a>(&'a self, plugin: &'a str) -> KvFuture<'a, Vec<String>> {
         Box::pin(async move {
-            self.reading(plugin, async {
+            self.reading(plugin, async |conn| {
                 sqlx::query_scalar(
                     "SELECT bucket FROM gatehouse_kv_bucket_usage WHERE plugin = $1 AND keys > 0 ORDER BY bucket COLLATE \"C\"",
                 )
                 .bind(plugin)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db_error)
             })
@@ -633,7 +671,7 @@ impl KvBackend for PostgresBackend {
     fn usage<'a>(&'a self, bucket: &'a Bucket) -> KvFuture<'a, UsageReport> {
         Box::pin(async move {
             let row = self
-                .reading(bucket.namespace.plugin(), async {
+                .reading(bucket.namespace.plugin(), async |conn| {
                     // One statement: both counts from one snapshot.
                     sqlx::query(
                         "SELECT \
@@ -644,7 +682,7 @@ impl KvBackend for PostgresBackend {
                     )
                     .bind(bucket.namespace.plugin())
                     .bind(bucket.namespace.bucket())
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err(db_error)
                 })
@@ -742,6 +780,28 @@ mod tests {
         let write = backend.set(&bucket("light"), "k".into(), b"v".to_vec()).await;
         assert!(matches!(&write, Err(KvError::Unavailable(m)) if m.contains("free within")), "{write:?}");
         assert!(started.elapsed() >= ACQUIRE_TIMEOUT * 2, "{:?}", started.elapsed());
+    }
+
+    /// The 1 s is one wait for a place and its connection together
+    /// (review 32: a place freed after most of a second, then the pool's
+    /// own wait for a connection it could not open, answered after 2 s).
+    /// Here the pool would wait 5 s for a server that is not there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wait_for_a_place_and_its_connection_is_one_second_in_all() {
+        let options = "postgres://nobody:x@127.0.0.1:1/none".parse().unwrap();
+        let pool = PgPoolOptions::new().acquire_timeout(Duration::from_secs(5)).connect_lazy_with(options);
+        let backend = Arc::new(PostgresBackend::with_pool(pool));
+        let mut held = every_place(&backend, "heavy").await;
+        let started = std::time::Instant::now();
+        let read = {
+            let backend = Arc::clone(&backend);
+            tokio::spawn(async move { backend.get(&bucket("light"), "k").await })
+        };
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        held.pop();
+        let read = read.await.unwrap();
+        assert!(matches!(&read, Err(KvError::Unavailable(m)) if m.contains("free within")), "{read:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 
     /// Review 28: two plugins' reads held every connection of the pool.

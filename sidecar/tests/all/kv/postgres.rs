@@ -257,7 +257,41 @@ async fn a_batch_stuck_on_its_plugins_lock_is_ended_by_the_server_and_gives_its_
     backend.set(&stuck, "k".into(), b"later".to_vec()).await.unwrap();
 }
 
-/// How many transactions wrote the plugin's current rows (rows written by/// How many transactions wrote the plugin's current rows (rows written by
+/// A call dropped mid-statement (its invocation ended) closes its
+/// connection: sqlx would take it back only once the statement ended,
+/// while its place already served another call. Attack: an outside
+/// transaction locks the data table, so reads wait on the server; their
+/// calls are dropped after 300 ms. Checked: the server stops their
+/// statements within a second (its client check), not at the lock's end
+/// or the 8 s `statement_timeout`; the store serves on after the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_mid_statement_closes_its_connection() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let plugin = bucket("reader", "default", Quota::default(), Durability::Immediate);
+    backend.set(&plugin, "k".into(), b"v".to_vec()).await.unwrap();
+
+    let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let waiting_on_locks = || {
+        let count =
+            postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
+        count.trim().parse::<usize>().unwrap()
+    };
+    for _ in 0..3 {
+        let dropped = tokio::time::timeout(Duration::from_millis(300), backend.get(&plugin, "k")).await;
+        assert!(dropped.is_err(), "the read was answered under the lock: {dropped:?}");
+    }
+    let dropped_at = Instant::now();
+    while waiting_on_locks() > 0 {
+        assert!(dropped_at.elapsed() < Duration::from_secs(3), "the dropped reads still wait on the server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert_eq!(backend.get(&plugin, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// How many transactions wrote the plugin's current rows (rows written by
 /// one transaction share its `xmin`): fewer than the writes means they
 /// were grouped.
 fn transactions_of(postgres: &TestPostgres, plugin: &str) -> usize {

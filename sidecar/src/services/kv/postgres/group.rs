@@ -37,7 +37,7 @@ use super::super::error::KvError;
 use super::super::policy::Durability;
 use super::super::queue::{QueueBudget, QueuePermit};
 use super::plan::{Answer, Op, Write};
-use super::{CALL_TIMEOUT, commit_batch, hand_on, take_place};
+use super::{CALL_TIMEOUT, bounded, commit_batch, on_a_connection};
 use crate::services::fair_places::Places;
 
 pub use super::super::queue::{ENTRY_OVERHEAD, QUEUE_BYTES};
@@ -203,15 +203,10 @@ async fn drain(pool: PgPool, places: Arc<Places>, lanes: Arc<Lanes>, plugin: Str
         // Durable unless every write of the batch is to a relaxed bucket.
         let relaxed = batch.iter().all(|r| r.durability == Durability::Relaxed);
         let writes: Vec<&Write> = batch.iter().map(|r| &r.write).collect();
-        let committed = match take_place(&places, plugin).await {
-            Ok(place) => {
-                let committed = commit_batch(&pool, plugin, &writes, relaxed).await;
-                hand_on(&places, place).await;
-                committed
-            }
-            Err(e) => Err(e),
-        };
-        match committed {
+        let committed = bounded(on_a_connection(&pool, &places, plugin, async |conn| {
+            commit_batch(conn, plugin, &writes, relaxed).await
+        }));
+        match committed.await {
             Ok(answers) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
                     request.answer(answer);
