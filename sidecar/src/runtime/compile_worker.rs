@@ -54,6 +54,13 @@ pub(super) fn compile(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Nothing of the sidecar's environment, which would change the child
+    // under its memory cap: `RUST_MIN_STACK` (16 MiB thread stacks: the
+    // compiler's threads could not start within 32 MiB) or
+    // `RUST_BACKTRACE=1` (a panic's backtrace is symbolized, which
+    // allocates, fails inside the panic's own lock, and the child hung
+    // until the budget instead of failing at once).
+    command.env_clear().env("RUST_BACKTRACE", "0");
     die_with_parent(&mut command);
     let mut child =
         command.spawn().map_err(|e| format!("cannot start the compiler process {}: {e}", worker.display()))?;

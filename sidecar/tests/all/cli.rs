@@ -279,8 +279,13 @@ fn compiling_happens_in_a_child_process_capped_at_compile_memory() {
         "policy_dir = \".\"\ndata_dir = \"data\"\n[engine]\ncompile_memory = \"32 MiB\"\ncompile_timeout = \"60s\"\n",
     )
     .unwrap();
+    // The sidecar's environment does not reach the capped child: with
+    // these it could not start its threads (16 MiB stacks) or hung on a
+    // panic's backtrace until the budget.
     let out = crate::common::gatehouse_command()
         .args(["--config", settings.to_str().unwrap(), "policy", "check"])
+        .env("RUST_MIN_STACK", "16777216")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     let stdout = text(&out.stdout);
