@@ -96,6 +96,9 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(8);
 /// sidecar killed) stops within this instead of running on to
 /// [`STATEMENT_TIMEOUT`].
 const CLIENT_CHECK: Duration = Duration::from_millis(250);
+/// A connection idle longer than this is pinged before it is lent, so a
+/// server restarted meanwhile costs no call (as the SQL gateway's pools).
+const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// Idle connections are closed after this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most reads one plugin runs at once, each on a connection of its own (a
@@ -263,6 +266,17 @@ impl PostgresBackend {
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(IDLE_TIMEOUT)
+            // sqlx pings every connection it lends, a round trip per call:
+            // only one idle longer than `CHECK_AFTER` is checked.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > CHECK_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options);
         bounded(async { crate::databases::migrator().run(&pool).await.map_err(migrate_error) }).await?;
         Ok(PostgresBackend::with_pool(pool))

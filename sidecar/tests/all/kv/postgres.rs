@@ -291,6 +291,40 @@ async fn a_call_dropped_mid_statement_closes_its_connection() {
     assert_eq!(backend.get(&plugin, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
+/// A connection idle past a second is checked before it is lent (sqlx's
+/// ping before every call, a round trip each, is off): after the server
+/// restarts, the idle connections it closed cost no call. Attack: a pool
+/// holding four idle connections when the server is stopped and started
+/// again; then calls one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_by_a_server_restart_cost_no_call() {
+    let postgres = Arc::new(cluster());
+    let backend = open(&postgres).await;
+    let b = bucket("alpha", "default", Quota::default(), Durability::Immediate);
+    backend.set(&b, "k".into(), b"v".to_vec()).await.unwrap();
+    let reads: Vec<_> = (0..4)
+        .map(|_| {
+            let (backend, b) = (Arc::clone(&backend), b.clone());
+            tokio::spawn(async move { backend.get(&b, "k").await })
+        })
+        .collect();
+    for read in reads {
+        read.await.unwrap().unwrap();
+    }
+    let restarted = Arc::clone(&postgres);
+    tokio::task::spawn_blocking(move || {
+        restarted.pause();
+        restarted.resume();
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in 0..6 {
+        let read = backend.get(&b, "k").await;
+        assert_eq!(read.as_ref().map(|v| v.as_deref()), Ok(Some(&b"v"[..])), "call {n} after the restart: {read:?}");
+    }
+}
+
 /// How many transactions wrote the plugin's current rows (rows written by
 /// one transaction share its `xmin`): fewer than the writes means they
 /// were grouped.
