@@ -88,9 +88,11 @@ where
     Path { label, call: Arc::new(move |n| Box::pin(call(n))) }
 }
 
+/// Room for everything the bench writes.
+const QUOTA: Quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: HEAVY_VALUE as u64 };
+
 fn bucket(name: &str, durability: Durability) -> Arc<Bucket> {
-    let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: 1024 };
-    Arc::new(Bucket { namespace: Namespace::new("bench", name).unwrap(), quota, durability })
+    Arc::new(Bucket { namespace: Namespace::new("bench", name).unwrap(), quota: QUOTA, durability })
 }
 
 fn direct_write(db: Arc<redb::Database>, durability: redb::Durability) -> Path {
@@ -240,9 +242,8 @@ fn set_path(label: &'static str, backend: Arc<PostgresBackend>, buckets: Vec<Arc
 
 /// A durable bucket of its own plugin.
 fn plugin_bucket(plugin: &str) -> Arc<Bucket> {
-    let quota = Quota { max_keys: 1 << 30, max_bytes: 1 << 40, max_key: 64, max_value: HEAVY_VALUE as u64 };
     let namespace = Namespace::new(plugin, "default").unwrap();
-    Arc::new(Bucket { namespace, quota, durability: Durability::Immediate })
+    Arc::new(Bucket { namespace, quota: QUOTA, durability: Durability::Immediate })
 }
 
 async fn on_postgres(fairness_only: bool) {
@@ -441,7 +442,6 @@ async fn guest_gets(backend: Arc<RedbBackend>, direct: Arc<redb::Database>) {
     }
 }
 
-/// Rows alternate over the rounds, so drift on a shared VM favours none.
 /// How long the light plugin calls, alone and beside the heavy ones.
 const FAIR_TIME: Duration = Duration::from_secs(5);
 /// The value each heavy plugin reads: large enough that a read holds its
@@ -499,13 +499,14 @@ async fn light_beside_heavy(backend: Arc<PostgresBackend>) {
         task.await.unwrap();
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // The `q`th percentile of sorted latencies.
+    let at = |latencies: &[Duration], q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
     let row = |label: &str, (latencies, unavailable): &(Vec<Duration>, usize)| {
-        let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
         println!(
             "| {label} | {} | {:.2} | {:.2} | {:.2} | {unavailable} |",
             latencies.len(),
-            ms(at(50)),
-            ms(at(99)),
+            ms(at(latencies, 50)),
+            ms(at(latencies, 99)),
             ms(*latencies.last().unwrap())
         );
     };
@@ -517,12 +518,10 @@ async fn light_beside_heavy(backend: Arc<PostgresBackend>) {
     println!("|---|---|---|---|---|---|");
     row("alone", &alone);
     row("beside ten heavy plugins (16 callers each)", &beside);
-    println!(
-        "\np99 beside / alone: {:.1}x",
-        ms(beside.0[beside.0.len() * 99 / 100]) / ms(alone.0[alone.0.len() * 99 / 100])
-    );
+    println!("\np99 beside / alone: {:.1}x", ms(at(&beside.0, 99)) / ms(at(&alone.0, 99)));
 }
 
+/// Rows alternate over the rounds, so drift on a shared VM favours none.
 async fn table(paths: &[Path], callers: usize, time: Duration) {
     let mut runs: Vec<Vec<Result>> = paths.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {

@@ -659,6 +659,17 @@ mod tests {
         (pool, conn)
     }
 
+    /// Plugin `p`'s lasting place on `conn`, holding the turn to write, and
+    /// a transaction begun on it.
+    async fn a_transaction_with_the_turn(places: &WalPlaces, conn: &mut PooledSqlite) -> Arc<WalPlace> {
+        let place = places.enter(true, "p").await;
+        place.attach(conn);
+        places.write_turn(&place, "p").await;
+        guard::enter_host(conn);
+        conn.connection().execute("BEGIN").await.unwrap();
+        place
+    }
+
     fn pool(dir: &tempfile::TempDir, max: u32) -> SqlitePool {
         let options = crate::databases::sqlite_options(&dir.path().join("pool.db"));
         let settings =
@@ -833,11 +844,7 @@ mod tests {
         let reads = Arc::clone(pool.connector().wal_places());
         let in_transaction = |conn: &mut PooledSqlite| guard::leave_in_transaction(conn);
 
-        let place = reads.enter(true, "p").await;
-        place.attach(&conn);
-        reads.write_turn(&place, "p").await;
-        guard::enter_host(&mut conn);
-        conn.connection().execute("BEGIN").await.unwrap();
+        let place = a_transaction_with_the_turn(&reads, &mut conn).await;
         conn.connection().execute("SELECT count(*) FROM t").await.unwrap();
         {
             let _running = conn.step_handle().open.try_lock_owned().unwrap();
@@ -942,11 +949,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, mut conn) = one_connection_with_table(&dir).await;
         let places = Arc::clone(pool.connector().wal_places());
-        let place = places.enter(true, "p").await;
-        place.attach(&conn);
-        places.write_turn(&place, "p").await;
-        guard::enter_host(&mut conn);
-        conn.connection().execute("BEGIN").await.unwrap();
+        let place = a_transaction_with_the_turn(&places, &mut conn).await;
         conn.connection().execute("INSERT INTO t VALUES (1)").await.unwrap();
         place.statement_begins();
         place.statement_ends();

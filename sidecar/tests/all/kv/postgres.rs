@@ -214,6 +214,12 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
     assert_eq!(stored.trim(), "2");
 }
 
+/// How many of the server's sessions wait on a lock now.
+fn waiting_on_locks(postgres: &TestPostgres) -> usize {
+    let count = postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
+    count.trim().parse().unwrap()
+}
+
 /// Review 31: a batch waiting on its plugin's lock past the call's 10 s was
 /// cut off by the sidecar but went on waiting on the server, holding a
 /// connection its place no longer counted; fourteen such plugins took
@@ -242,16 +248,14 @@ async fn a_batch_stuck_on_its_plugins_lock_is_ended_by_the_server_and_gives_its_
         tokio::spawn(async move { backend.set(&stuck, "k".into(), b"after".to_vec()).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let waiting_on_locks =
-        || postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
-    assert_eq!(waiting_on_locks().trim(), "1", "the write waits on the lock");
+    assert_eq!(waiting_on_locks(&postgres), 1, "the write waits on the lock");
     backend.set(&other, "k".into(), b"v".to_vec()).await.unwrap();
     assert_eq!(backend.get(&other, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
 
     let answer = waiting.await.unwrap();
     assert!(matches!(&answer, Err(KvError::Unavailable(m)) if m.contains("statement timeout")), "{answer:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(waiting_on_locks().trim(), "0", "a connection still waits on the lock after its answer");
+    assert_eq!(waiting_on_locks(&postgres), 0, "a connection still waits on the lock after its answer");
     sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
     assert_eq!(backend.get(&stuck, "k").await.unwrap().as_deref(), Some(&b"before"[..]), "applied after all");
     backend.set(&stuck, "k".into(), b"later".to_vec()).await.unwrap();
@@ -273,17 +277,12 @@ async fn a_call_dropped_mid_statement_closes_its_connection() {
 
     let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
     sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
-    let waiting_on_locks = || {
-        let count =
-            postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
-        count.trim().parse::<usize>().unwrap()
-    };
     for _ in 0..3 {
         let dropped = tokio::time::timeout(Duration::from_millis(300), backend.get(&plugin, "k")).await;
         assert!(dropped.is_err(), "the read was answered under the lock: {dropped:?}");
     }
     let dropped_at = Instant::now();
-    while waiting_on_locks() > 0 {
+    while waiting_on_locks(&postgres) > 0 {
         assert!(dropped_at.elapsed() < Duration::from_secs(3), "the dropped reads still wait on the server");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
