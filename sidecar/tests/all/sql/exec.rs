@@ -2002,6 +2002,27 @@ async fn a_huge_single_value_is_refused_before_it_is_read_on_postgres() {
     assert_eq!(again.rows[0][0], Value::Text("a".repeat(10_000)));
 }
 
+/// The relay's bound on a row leaves room for its framing
+/// (`relay::ROW_SLACK`), so it never refuses a row the gateway's own count
+/// allows: PostgreSQL's most columns, 1,664 nulls, are 1,664 bytes by the
+/// gateway's count (one each) but 6,658 on the wire (a four-byte length
+/// each); under `max_result_bytes = 1664` the row comes back whole, and
+/// one more byte of value is `quota-exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_of_the_most_columns_within_max_result_bytes_passes_the_relay_on_postgres() {
+    let db = TestDb::start(Dialect::Postgres).await;
+    let gateway = db.gateway(pool(2, 2));
+    let policy = policy("max_result_bytes = 1664");
+    let columns = |first: &str| {
+        let rest = (1..1664).map(|i| format!("v AS c{i}")).collect::<Vec<_>>().join(", ");
+        format!("WITH n(v) AS (SELECT NULL::int8) SELECT {first} AS c0, {rest} FROM n")
+    };
+    let rows = query(&gateway, "p", &policy, &columns("v"), &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Null; 1664]]);
+    let error = query(&gateway, "p", &policy, &columns("'ab'"), &[]).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::QuotaExceeded, "{error}");
+}
+
 /// A value is charged its decoded size before it is made. Attack (the
 /// relay's outside review): a row of 1,000 `numeric` columns, each the
 /// parameter `1` followed by 65,538 zeros and a scale of 16,383: ~14 bytes

@@ -408,6 +408,22 @@ mod tests {
         }
     }
 
+    /// A socket directory reaches sqlx's options in two ways: a URL's
+    /// `host=/dir` sets it as the socket, while `PGHOST=/dir` (or sqlx's
+    /// default, the first of its directories holding the server's socket)
+    /// leaves it as a host that begins with `/`. Both are Unix sockets.
+    #[test]
+    fn a_socket_directory_given_as_the_host_is_a_unix_socket() {
+        let unix = Upstream::Unix(PathBuf::from("/run/pg/.s.PGSQL.5433"));
+        let url: PgConnectOptions = "postgres://u@localhost/db?host=/run/pg&port=5433".parse().unwrap();
+        assert_eq!(Upstream::of(&url), unix);
+        assert_eq!(Upstream::of(&PgConnectOptions::new().host("/run/pg").port(5433)), unix);
+        assert_eq!(
+            Upstream::of(&PgConnectOptions::new().host("db.internal").port(5433)),
+            Upstream::Tcp("db.internal".into(), 5433)
+        );
+    }
+
     /// Each bound at its edge: a row within `max_result_bytes` and its
     /// framing is read, one byte more is not; other messages get at least
     /// the unmarked limit; outside a call, everything gets that.
