@@ -33,8 +33,9 @@
 //! write batched with a durable one is committed durably.
 //!
 //! # A database that is down
-//! Every read and every batch takes a pooled connection (checked before
-//! use) within [`ACQUIRE_TIMEOUT`] and must finish within [`CALL_TIMEOUT`]
+//! Every read and every batch takes a pooled connection within
+//! [`ACQUIRE_TIMEOUT`] (one the server closed is replaced, see
+//! [`on_a_connection`]) and must finish within [`CALL_TIMEOUT`]
 //! (a write may first wait that long for room in the queue and for its
 //! plugin's earlier batches, see [`group`]); a
 //! connection failure, a server shutting down, a pool timeout or no answer
@@ -135,9 +136,14 @@ fn db_error(e: sqlx::Error) -> KvError {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => KvError::Unavailable(text(&e)),
+        // sqlx's words ("pool timed out while waiting for an open
+        // connection") read as a full pool; with a place held, the pool
+        // has room, and no connection means none could be opened.
+        sqlx::Error::PoolTimedOut => KvError::Unavailable(format!(
+            "no connection to the database within {ACQUIRE_TIMEOUT:?}: it is not answering, or connections are still closing"
+        )),
         sqlx::Error::Database(db) => {
             // 08 connection exception, 53 insufficient resources, 57
             // operator intervention (shutdown), 58 system error, 40
@@ -177,6 +183,43 @@ fn no_connection() -> KvError {
     KvError::Unavailable(format!("no database connection free within {ACQUIRE_TIMEOUT:?}"))
 }
 
+/// Why a call's work on one connection failed.
+enum Failed {
+    /// The connection was already closed when the call's first statement
+    /// met it, so nothing of the call was done: it may run on another.
+    Lost(KvError),
+    /// Anything else: the call's answer.
+    Other(KvError),
+}
+
+impl From<KvError> for Failed {
+    fn from(e: KvError) -> Failed {
+        Failed::Other(e)
+    }
+}
+
+/// [`db_error`] for a statement whose failure leaves nothing done (a read;
+/// a batch's `BEGIN`): a connection the server closed (an idle-session
+/// timeout, a terminated backend, a restart: a `FATAL` answer) or whose
+/// socket is gone is [`Failed::Lost`].
+fn nothing_done(e: sqlx::Error) -> Failed {
+    if connection_lost(&e) { Failed::Lost(db_error(e)) } else { Failed::Other(db_error(e)) }
+}
+
+/// Whether `e` ended the connection: its socket is gone, or the server
+/// answered `FATAL` (a terminated backend, a shutdown, an idle-session
+/// timeout) and closed it.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    use sqlx::postgres::{PgDatabaseError, PgSeverity};
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        _ => false,
+    }
+}
+
 /// Runs `work` on a connection of `pool`, holding `plugin`'s place among
 /// `places` for it. Dropped before `work` is done (its caller gone, or
 /// the call's timeout), the connection is closed rather than given back:
@@ -185,20 +228,48 @@ fn no_connection() -> KvError {
 /// length), while its place would already serve another call, which then
 /// found no connection. Closed, the server stops the statement at its next
 /// client check ([`CLIENT_CHECK`]) and the pool may open another at once.
+///
+/// A connection idle for less than [`CHECK_AFTER`] is lent unchecked, so
+/// one the server closed meanwhile (an `idle_session_timeout` under a
+/// second, a terminated backend, a restart) is found closed by `work`'s
+/// first statement ([`Failed::Lost`]): `work` then runs again on another,
+/// each pinged first (after a restart every idle connection is closed),
+/// within the same [`ACQUIRE_TIMEOUT`]. Review 34 saw every second call of
+/// a lightly used sidecar fail under a 300 ms `idle_session_timeout`.
 async fn on_a_connection<T>(
     pool: &PgPool,
     places: &Arc<Places>,
     plugin: &str,
-    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, KvError>,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, Failed> + Clone,
 ) -> Result<T, KvError> {
     // One wait for both, so that a free place with no connection behind it
     // yet (one being opened, or closing) adds nothing to the bound.
     let deadline = Instant::now() + ACQUIRE_TIMEOUT;
     let place = take_place(places, plugin, deadline).await?;
-    let conn = tokio::time::timeout_at(deadline, pool.acquire()).await.map_err(|_| no_connection())?;
-    let mut conn = InUse(Some(conn.map_err(db_error)?));
-    let done = work(conn.0.as_mut().expect("taken only here")).await;
-    drop(conn.0.take());
+    let mut lost = None;
+    let done = loop {
+        // After a lost connection, its error says more than the pool's.
+        let conn = match tokio::time::timeout_at(deadline, pool.acquire()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => break Err(lost.unwrap_or(db_error(e))),
+            Err(_) => break Err(lost.unwrap_or_else(no_connection)),
+        };
+        let mut conn = InUse(Some(conn));
+        let c = conn.0.as_mut().expect("taken only here");
+        if lost.is_some() && c.ping().await.is_err() {
+            continue;
+        }
+        let result = work.clone()(c).await;
+        // Given back, unless lost (then closed on drop).
+        if !matches!(result, Err(Failed::Lost(_))) {
+            drop(conn.0.take());
+        }
+        match result {
+            Ok(answer) => break Ok(answer),
+            Err(Failed::Lost(e)) if lost.is_none() => lost = Some(e),
+            Err(Failed::Lost(e) | Failed::Other(e)) => break Err(e),
+        }
+    };
     hand_on(places, place).await;
     done
 }
@@ -299,12 +370,16 @@ impl PostgresBackend {
     async fn reading<T>(
         &self,
         plugin: &str,
-        read: impl AsyncFnOnce(&mut PgConnection) -> Result<T, KvError>,
+        read: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error> + Clone,
     ) -> Result<T, KvError> {
         let share = self.reads.of(plugin);
         bounded(async {
             let _share = share.acquire().await.map_err(|_| KvError::Internal("the read share is closed".into()))?;
-            on_a_connection(&self.pool, &self.places, plugin, read).await
+            // A read changes nothing: it may run again whatever failed.
+            on_a_connection(&self.pool, &self.places, plugin, async |conn| {
+                read.clone()(conn).await.map_err(nothing_done)
+            })
+            .await
         })
         .await
     }
@@ -316,9 +391,8 @@ impl PostgresBackend {
                 .bind(bucket.namespace.bucket())
                 .bind(key.as_bytes())
                 .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?;
-            row.map(|r| r.try_get(0).map_err(db_error)).transpose()
+                .await?;
+            row.map(|r| r.try_get(0)).transpose()
         })
         .await
     }
@@ -337,10 +411,10 @@ async fn commit_batch(
     plugin: &str,
     writes: &[&Write],
     relaxed: bool,
-) -> Result<Vec<Result<Answer, KvError>>, KvError> {
+) -> Result<Vec<Result<Answer, KvError>>, Failed> {
     let mut tx =
         if relaxed { conn.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await } else { conn.begin().await }
-            .map_err(db_error)?;
+            .map_err(nothing_done)?;
     // The lock: every batch of this plugin, in any process, waits here.
     let row = sqlx::query(
         "INSERT INTO gatehouse_kv_plugin_usage (plugin) VALUES ($1) \
@@ -458,11 +532,19 @@ async fn commit_batch(
         .await
         .map_err(db_error)?;
     }
-    tx.commit().await.map_err(|e| match db_error(e) {
-        KvError::Internal(text) | KvError::Unavailable(text) => {
-            KvError::Unavailable(format!("the commit failed, nothing of the batch is acknowledged: {text}"))
+    // Refused by the server, the commit wrote nothing; lost with its
+    // connection, it may have been applied (review 34: most were).
+    tx.commit().await.map_err(|e| {
+        let lost = connection_lost(&e);
+        match db_error(e) {
+            KvError::Internal(text) | KvError::Unavailable(text) if lost => KvError::Unavailable(format!(
+                "the connection was lost at the commit, which may have been applied (a retried increment may count twice): {text}"
+            )),
+            KvError::Internal(text) | KvError::Unavailable(text) => {
+                KvError::Unavailable(format!("the commit failed, nothing of the batch was written: {text}"))
+            }
+            other => other,
         }
-        other => other,
     })?;
     Ok(outcome.answers)
 }
@@ -484,8 +566,7 @@ impl KvBackend for PostgresBackend {
                     .bind(bucket.namespace.bucket())
                     .bind(key.as_bytes())
                     .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
+                    .await?;
                 Ok(row.is_some())
             })
             .await
@@ -543,7 +624,6 @@ impl KvBackend for PostgresBackend {
                     .bind(i64::from(limit) + 1)
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err(db_error)
                 })
                 .await?;
             let more = rows.len() > limit as usize;
@@ -580,7 +660,6 @@ impl KvBackend for PostgresBackend {
                     .bind(MAX_CALL_BYTES as i64)
                     .fetch_all(&mut *conn)
                     .await
-                    .map_err(db_error)
                 })
                 .await?;
             let mut found: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)> = BTreeMap::new();
@@ -675,7 +754,6 @@ impl KvBackend for PostgresBackend {
                 .bind(plugin)
                 .fetch_all(&mut *conn)
                 .await
-                .map_err(db_error)
             })
             .await
         })
@@ -697,7 +775,6 @@ impl KvBackend for PostgresBackend {
                     .bind(bucket.namespace.bucket())
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err(db_error)
                 })
                 .await?;
             let column = |i: usize| -> Result<i64, KvError> {
