@@ -149,10 +149,13 @@ fn db_error(e: sqlx::Error) -> KvError {
             // operator intervention (shutdown), 58 system error, 40
             // transaction rollback (serialization failure, deadlock).
             let class = db.code().map(|c| c.chars().take(2).collect::<String>()).unwrap_or_default();
+            // The server's message, without sqlx's "at line N" of the
+            // server's own source.
+            let said = text(&format_args!("the database said: {}", db.message()));
             if matches!(class.as_str(), "08" | "53" | "57" | "58" | "40") {
-                KvError::Unavailable(text(&e))
+                KvError::Unavailable(said)
             } else {
-                KvError::Internal(text(&e))
+                KvError::Internal(said)
             }
         }
         _ => KvError::Internal(text(&e)),
