@@ -142,7 +142,7 @@ fn db_error(e: sqlx::Error) -> KvError {
         // connection") read as a full pool; with a place held, the pool
         // has room, and no connection means none could be opened.
         sqlx::Error::PoolTimedOut => KvError::Unavailable(format!(
-            "no connection to the database within {ACQUIRE_TIMEOUT:?}: it is not answering, or connections are still closing"
+            "no connection to the database within {ACQUIRE_TIMEOUT:?}: it did not answer or refused more connections, or ours are still closing"
         )),
         sqlx::Error::Database(db) => {
             // 08 connection exception, 53 insufficient resources, 57
@@ -179,6 +179,17 @@ async fn take_place(places: &Arc<Places>, plugin: &str, deadline: Instant) -> Re
         Ok(Ok(place)) => Ok(place),
         Ok(Err(Closed)) => Err(KvError::Unavailable("the connection pool is closed".into())),
         Err(_) => Err(no_connection()),
+    }
+}
+
+/// The pool's failure to lend a connection: `unavailable` whatever the
+/// server said, a refused login included (`pg_hba.conf`, a database not
+/// accepting connections: review 35 saw those answered `internal`, which
+/// tells callers not to retry).
+fn no_login(e: sqlx::Error) -> KvError {
+    match db_error(e) {
+        KvError::Internal(text) => KvError::Unavailable(text),
+        other => other,
     }
 }
 
@@ -249,12 +260,24 @@ async fn on_a_connection<T>(
     // yet (one being opened, or closing) adds nothing to the bound.
     let deadline = Instant::now() + ACQUIRE_TIMEOUT;
     let place = take_place(places, plugin, deadline).await?;
-    let mut lost = None;
+    let mut lost: Option<KvError> = None;
+    // After a lost connection, every idle one may be closed too (a
+    // restart) and the pool then opens one: each is checked, and that many
+    // checks at most, so a server that closes connections as they open
+    // costs each call a bounded number of logins (review 35: ~258 a
+    // second for one caller, unbounded).
+    let mut checks = MAX_CONNECTIONS + 1;
     let done = loop {
+        if let Some(e) = &lost {
+            if checks == 0 {
+                break Err(e.clone());
+            }
+            checks -= 1;
+        }
         // After a lost connection, its error says more than the pool's.
         let conn = match tokio::time::timeout_at(deadline, pool.acquire()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => break Err(lost.unwrap_or(db_error(e))),
+            Ok(Err(e)) => break Err(lost.unwrap_or_else(|| no_login(e))),
             Err(_) => break Err(lost.unwrap_or_else(no_connection)),
         };
         let mut conn = InUse(Some(conn));
@@ -873,6 +896,54 @@ mod tests {
         let write = backend.set(&bucket("light"), "k".into(), b"v".to_vec()).await;
         assert!(matches!(&write, Err(KvError::Unavailable(m)) if m.contains("free within")), "{write:?}");
         assert!(started.elapsed() >= ACQUIRE_TIMEOUT * 2, "{:?}", started.elapsed());
+    }
+
+    /// A server that logs every connection in and closes it at its first
+    /// statement (review 35, through a proxy: a call tried ~258 logins a
+    /// second for its whole 1 s). The first connection is lost at the
+    /// read's statement, then each other is checked, at most
+    /// `MAX_CONNECTIONS + 1` of them: the call is `unavailable` after a
+    /// bounded number of logins. (No TLS offered; trust login.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_closing_every_connection_costs_a_call_a_bounded_number_of_logins() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let logins = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&logins);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    loop {
+                        let mut length = [0u8; 4];
+                        socket.read_exact(&mut length).await?;
+                        let mut body = vec![0u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+                        socket.read_exact(&mut body).await?;
+                        // An SSLRequest is declined; the startup message logs in.
+                        if body.starts_with(&[0x04, 0xd2, 0x16, 0x2f]) {
+                            socket.write_all(b"N").await?;
+                            continue;
+                        }
+                        break;
+                    }
+                    // AuthenticationOk, BackendKeyData, ReadyForQuery (idle).
+                    socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
+                    socket.write_all(&[b'K', 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 2]).await?;
+                    socket.write_all(&[b'Z', 0, 0, 0, 5, b'I']).await?;
+                    let _ = socket.read(&mut [0u8; 1]).await?;
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        let options = format!("postgres://nobody@127.0.0.1:{port}/none?sslmode=disable").parse().unwrap();
+        let pool = PgPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
+        let backend = PostgresBackend::with_pool(pool);
+        let read = backend.get(&bucket("p"), "k").await;
+        assert!(matches!(read, Err(KvError::Unavailable(_))), "{read:?}");
+        let logins = logins.load(Ordering::SeqCst);
+        assert!((2..=MAX_CONNECTIONS + 2).contains(&logins), "{logins} logins for one call");
     }
 
     /// The 1 s is one wait for a place and its connection together

@@ -381,6 +381,34 @@ async fn connections_the_server_closed_cost_no_call() {
     assert_eq!(backend.get(&b, "count").await.unwrap(), Some(increments.to_string().into_bytes()));
 }
 
+/// A server that refuses logins answers every call `unavailable` (retry
+/// later), naming why, and the store works again once logins are allowed.
+/// Attack (review 35): `ALLOW_CONNECTIONS false` (or a `pg_hba.conf`
+/// `reject`), the store's connections ended: every call was `internal`,
+/// which tells a caller not to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_logins_is_unavailable() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let b = bucket("alpha", "default", Quota::default(), Durability::Immediate);
+    backend.set(&b, "k".into(), b"v".to_vec()).await.unwrap();
+    postgres.psql("ALTER DATABASE gatehouse ALLOW_CONNECTIONS false");
+    postgres.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'gatehouse'");
+    let mut named = 0;
+    for n in 0..3 {
+        let read = backend.get(&b, "k").await;
+        let write = backend.increment(&b, "count".into(), 1).await;
+        for answer in [read.map(drop), write.map(drop)] {
+            let Err(KvError::Unavailable(message)) = &answer else { panic!("call {n}: {answer:?}") };
+            named += usize::from(message.contains("is not currently accepting connections"));
+        }
+    }
+    assert!(named >= 4, "the refusal was named in {named} of 6 answers");
+    postgres.psql("ALTER DATABASE gatehouse ALLOW_CONNECTIONS true");
+    assert_eq!(backend.get(&b, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(backend.increment(&b, "count".into(), 1).await, Ok(1));
+}
+
 /// How many transactions wrote the plugin's current rows (rows written by
 /// one transaction share its `xmin`): fewer than the writes means they
 /// were grouped.
