@@ -381,6 +381,80 @@ async fn connections_the_server_closed_cost_no_call() {
     assert_eq!(backend.get(&b, "count").await.unwrap(), Some(increments.to_string().into_bytes()));
 }
 
+/// After a lost connection a call checks the others (every idle one may
+/// be closed: a restart, a terminate of them all) and the one the pool
+/// then opens: with all 16 connections idle and ended on the server, the
+/// next call meets one, checks the other 15 and a new one, and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_after_every_idle_connection_was_ended_is_served() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let b = |plugin: usize| bucket(&format!("p{plugin}"), "default", Quota::default(), Durability::Immediate);
+    backend.set(&b(0), "k".into(), b"v".to_vec()).await.unwrap();
+    // Sixteen plugins' reads held on a lock: sixteen connections.
+    let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let reads: Vec<_> = (0..16)
+        .map(|plugin| {
+            let (backend, b) = (Arc::clone(&backend), b(plugin));
+            tokio::spawn(async move { backend.get(&b, "k").await })
+        })
+        .collect();
+    let started = Instant::now();
+    while waiting_on_locks(&postgres) < 16 {
+        assert!(started.elapsed() < Duration::from_secs(5), "{} reads waiting", waiting_on_locks(&postgres));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    for read in reads {
+        read.await.unwrap().unwrap();
+    }
+    let ended = postgres.psql_in(
+        "gatehouse",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = 'gatehouse' AND usename = 'gatehouse' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(ended.trim(), "16");
+    let read = backend.get(&b(0), "k").await;
+    assert_eq!(read.as_ref().map(|v| v.as_deref()), Ok(Some(&b"v"[..])), "{read:?}");
+}
+
+/// A failed commit says whether its batch may have been applied, and is
+/// not run again: refused by the server (a deferred constraint) it wrote
+/// nothing; lost with its connection (the backend ended during its
+/// commit) the sidecar cannot know (review 34: "nothing of the batch is
+/// acknowledged" was read as "not applied" where most were). Staged with
+/// a deferred trigger that raises for one key and ends its own backend
+/// for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_says_whether_the_batch_may_have_been_applied() {
+    let postgres = cluster();
+    let backend = open(&postgres).await;
+    let b = bucket("alpha", "default", Quota::default(), Durability::Immediate);
+    backend.set(&b, "k".into(), b"v".to_vec()).await.unwrap();
+    postgres.psql_in(
+        "gatehouse",
+        "CREATE FUNCTION at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.key = convert_to('refused', 'UTF8') THEN RAISE EXCEPTION 'refused at commit'; END IF; \
+           IF NEW.key = convert_to('lost', 'UTF8') THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; \
+           RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT OR UPDATE ON gatehouse_kv_data \
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION at_commit()",
+    );
+    let refused = backend.set(&b, "refused".into(), b"x".to_vec()).await;
+    assert!(
+        matches!(&refused, Err(KvError::Unavailable(m)) if m.contains("nothing of the batch was written") && m.contains("refused at commit")),
+        "{refused:?}"
+    );
+    let lost = backend.set(&b, "lost".into(), b"x".to_vec()).await;
+    assert!(matches!(&lost, Err(KvError::Unavailable(m)) if m.contains("may have been applied")), "{lost:?}");
+    for key in ["refused", "lost"] {
+        assert_eq!(backend.get(&b, key).await, Ok(None), "{key}");
+    }
+    assert_eq!(backend.get(&b, "k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
 /// A server that refuses logins answers every call `unavailable` (retry
 /// later), naming why, and the store works again once logins are allowed.
 /// Attack (review 35): `ALLOW_CONNECTIONS false` (or a `pg_hba.conf`
