@@ -730,6 +730,13 @@ async fn postgres_alone_runs_the_allowed_table() {
     let policy = policy();
     let report = postgres::sync(&roles, PLUGIN, &policy).await.unwrap();
     assert!(report.created && report.revoked.is_empty() && report.missing_tables.is_empty(), "{report:?}");
+    // Every kind a policy grants is read back as held: a second sync
+    // changes nothing.
+    let kinds: std::collections::BTreeSet<String> =
+        report.granted.iter().map(|p| p.to_string().split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["DELETE", "INSERT", "SELECT", "UPDATE"]);
+    let again = postgres::sync(&roles, PLUGIN, &policy).await.unwrap();
+    assert!(again.granted.is_empty() && again.revoked.is_empty(), "{again:?}");
     let mut failures = Vec::new();
     let statements = allowed(Dialect::Postgres);
     for sql in &statements {
