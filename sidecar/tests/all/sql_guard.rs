@@ -730,6 +730,7 @@ async fn postgres_alone_runs_the_allowed_table() {
     let policy = policy();
     let report = postgres::sync(&roles, PLUGIN, &policy).await.unwrap();
     assert!(report.created && report.revoked.is_empty() && report.missing_tables.is_empty(), "{report:?}");
+    assert_eq!(report.role, postgres::role_name(PLUGIN).unwrap(), "the report names the role");
     // Every kind a policy grants is read back as held: a second sync
     // changes nothing.
     let kinds: std::collections::BTreeSet<String> =
