@@ -214,6 +214,25 @@ async fn a_store_whose_database_is_down_at_first_use_opens_once_it_answers() {
     assert_eq!(stored.trim(), "2");
 }
 
+/// An outside transaction holding the data table, so the store's
+/// statements wait on the server until it ends.
+async fn lock_data_table(postgres: &TestPostgres) -> sqlx::PgConnection {
+    let mut holder = sqlx::PgConnection::connect_with(&options(postgres)).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    holder
+}
+
+/// Ends the store's backends on the server (`pg_terminate_backend`), those
+/// also matching `and` (SQL, `""` for all); how many. Run from the
+/// `postgres` database, which stays open to logins.
+fn end_store_backends(postgres: &TestPostgres, and: &str) -> usize {
+    let ended = postgres.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = 'gatehouse' AND usename = 'gatehouse' {and}"
+    ));
+    ended.trim().parse().unwrap()
+}
+
 /// How many of the server's sessions wait on a lock now.
 fn waiting_on_locks(postgres: &TestPostgres) -> usize {
     let count = postgres.psql_in("gatehouse", "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
@@ -278,8 +297,7 @@ async fn a_call_dropped_mid_statement_closes_its_connection() {
     let plugin = bucket("reader", "default", Quota::default(), Durability::Immediate);
     backend.set(&plugin, "k".into(), b"v".to_vec()).await.unwrap();
 
-    let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let mut holder = lock_data_table(&postgres).await;
     for _ in 0..3 {
         let dropped = tokio::time::timeout(Duration::from_millis(300), backend.get(&plugin, "k")).await;
         assert!(dropped.is_err(), "the read was answered under the lock: {dropped:?}");
@@ -347,12 +365,7 @@ async fn connections_the_server_closed_cost_no_call() {
         }
     };
     burst(&mut increments).await;
-    let terminated = postgres.psql_in(
-        "gatehouse",
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = 'gatehouse' AND usename = 'gatehouse' AND state = 'idle' AND pid <> pg_backend_pid()",
-    );
-    assert_ne!(terminated.trim(), "0", "no idle connection to terminate");
+    assert_ne!(end_store_backends(&postgres, "AND state = 'idle'"), 0, "no idle connection to terminate");
     burst(&mut increments).await;
 
     let reads: Vec<_> = (0..4)
@@ -392,8 +405,7 @@ async fn a_call_after_every_idle_connection_was_ended_is_served() {
     let b = |plugin: usize| bucket(&format!("p{plugin}"), "default", Quota::default(), Durability::Immediate);
     backend.set(&b(0), "k".into(), b"v".to_vec()).await.unwrap();
     // Sixteen plugins' reads held on a lock: sixteen connections.
-    let mut holder = sqlx::PgConnection::connect_with(&options(&postgres)).await.unwrap();
-    sqlx::raw_sql("BEGIN; LOCK TABLE gatehouse_kv_data IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
+    let mut holder = lock_data_table(&postgres).await;
     let reads: Vec<_> = (0..16)
         .map(|plugin| {
             let (backend, b) = (Arc::clone(&backend), b(plugin));
@@ -410,12 +422,7 @@ async fn a_call_after_every_idle_connection_was_ended_is_served() {
     for read in reads {
         read.await.unwrap().unwrap();
     }
-    let ended = postgres.psql_in(
-        "gatehouse",
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = 'gatehouse' AND usename = 'gatehouse' AND pid <> pg_backend_pid()",
-    );
-    assert_eq!(ended.trim(), "16");
+    assert_eq!(end_store_backends(&postgres, ""), 16);
     let read = backend.get(&b(0), "k").await;
     assert_eq!(read.as_ref().map(|v| v.as_deref()), Ok(Some(&b"v"[..])), "{read:?}");
 }
@@ -467,7 +474,7 @@ async fn a_server_refusing_logins_is_unavailable() {
     let b = bucket("alpha", "default", Quota::default(), Durability::Immediate);
     backend.set(&b, "k".into(), b"v".to_vec()).await.unwrap();
     postgres.psql("ALTER DATABASE gatehouse ALLOW_CONNECTIONS false");
-    postgres.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'gatehouse'");
+    end_store_backends(&postgres, "");
     let mut named = 0;
     for n in 0..3 {
         let read = backend.get(&b, "k").await;

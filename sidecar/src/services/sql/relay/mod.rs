@@ -569,10 +569,11 @@ mod tests {
     /// The relay reads whatever arrives and checks each message in it, so
     /// a message cut anywhere must be judged as the whole it is. Attacks:
     /// the marker's `Query` cut inside its text, up to a few bytes short of
-    /// its head (the limit must still be set), rows cut inside their header or body and several in one
-    /// piece (all passed on whole), and an oversized row whose header
-    /// arrives in two pieces after a good row in the same piece (the good
-    /// row is passed on, nothing of the oversized one is).
+    /// its head (the limit must still be set), rows cut inside their
+    /// header or body and several in one piece (all passed on whole), and
+    /// an oversized row whose header arrives in two pieces after a good
+    /// row in the same piece (the good row is passed on, nothing of the
+    /// oversized one is).
     #[tokio::test]
     async fn messages_cut_anywhere_are_judged_whole() {
         let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
